@@ -1,0 +1,900 @@
+//! `baton.toml`: the configuration model, its parser and its validation.
+//!
+//! Parsing is strict (unknown keys are errors) and every error names `file:line:column` and
+//! what was expected. Validation turns the raw file into a [`Plan`]: references resolved,
+//! cycles rejected (naming the cycle), phases computed, `${VAR}`s expanded from an environment
+//! passed in as a map. Checks that need IO (does a command exist?) are the shell's; the plan
+//! keeps the locations they report against.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::graph;
+use crate::model::{NewTask, Priority, TaskRef};
+use crate::time::{DurationStr, SizeStr, format_duration};
+
+/// A place in a configuration file. Lines and columns are 1-based; columns count characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// One problem found in a configuration, at a place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Every problem found in a configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Error {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (idx, diagnostic) in self.diagnostics.iter().enumerate() {
+            if idx > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    orchestration: RawOrchestration,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    workstreams: Vec<RawWorkstream>,
+    #[serde(default)]
+    agents: Vec<RawAgent>,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrchestration {
+    name: Spanned<String>,
+    max_concurrent_agents: Option<Spanned<u32>>,
+    agent_spawn_timeout: Option<DurationStr>,
+    workstream_timeout: Option<DurationStr>,
+    coordinator: Option<Coordinator>,
+    retry_backoff: Option<DurationStr>,
+    retry_backoff_max: Option<DurationStr>,
+    lease_ttl: Option<Spanned<DurationStr>>,
+}
+
+/// How tasks are assigned. Only the rule-based coordinator exists so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Coordinator {
+    #[default]
+    Rules,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkstream {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    priority: Option<Priority>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: Spanned<String>,
+    role: Option<String>,
+    workstream: Option<Spanned<String>>,
+    priority: Option<Priority>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    runtime: RuntimeKind,
+    #[serde(default)]
+    mode: ProcessMode,
+    command: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    restart: RestartPolicy,
+    max_restarts: Option<u32>,
+    concurrency: Option<Spanned<u32>>,
+    runbook: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    env_passthrough: Vec<String>,
+    workdir: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    objectives: Vec<Objective>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<SizeStr>,
+    cpu: Option<DurationStr>,
+    timeout: Option<DurationStr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    key: Option<Spanned<String>>,
+    title: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    workstream: Option<Spanned<String>>,
+    input: Option<serde_json::Value>,
+    #[serde(default)]
+    requires: Vec<Spanned<String>>,
+    agent: Option<Spanned<String>>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    priority: Option<Priority>,
+    max_attempts: Option<Spanned<u32>>,
+    timeout: Option<DurationStr>,
+    #[serde(default)]
+    resources: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated plan.
+
+/// How an agent runs. Only OS processes exist so far; `llm` and `a2a` come later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    #[default]
+    Process,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+        }
+    }
+}
+
+/// How a process agent runs. Long-running `worker` and `pty` agents come with supervision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessMode {
+    /// The command is started once per task.
+    #[default]
+    PerTask,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    #[default]
+    OnFailure,
+    Always,
+}
+
+/// What an agent is for; shown to users and handed to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    pub description: String,
+    #[serde(default)]
+    pub deliverable: String,
+    #[serde(default)]
+    pub validation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    pub max_concurrent_agents: u32,
+    pub agent_spawn_timeout: Duration,
+    pub workstream_timeout: Option<Duration>,
+    pub coordinator: Coordinator,
+    /// First retry delay; doubled on each further attempt, with jitter.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// How long a running task's lease lasts without renewal.
+    pub lease_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_concurrent_agents: 8,
+            agent_spawn_timeout: Duration::from_secs(30),
+            workstream_timeout: None,
+            coordinator: Coordinator::Rules,
+            retry_backoff: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(100),
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkstreamSpec {
+    pub name: String,
+    pub description: String,
+    pub priority: Priority,
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Limits {
+    /// Address-space limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU-time limit.
+    pub cpu: Option<Duration>,
+    /// Wall-clock limit for one task, when the task sets none.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSpec {
+    pub name: String,
+    pub role: String,
+    pub workstream: Option<String>,
+    pub priority: Priority,
+    pub capabilities: Vec<String>,
+    pub runtime: RuntimeKind,
+    pub mode: ProcessMode,
+    pub command: Vec<String>,
+    /// Where `command` is written, for errors about it found later (command not found).
+    pub command_location: Location,
+    pub restart: RestartPolicy,
+    pub max_restarts: u32,
+    pub concurrency: u32,
+    pub runbook: Option<String>,
+    pub env: BTreeMap<String, String>,
+    /// Variables of Baton's own environment the agent may inherit, beyond the safe defaults.
+    pub env_passthrough: Vec<String>,
+    /// Working directory, relative to the configuration file's directory.
+    pub workdir: Option<String>,
+    pub limits: Limits,
+    pub objectives: Vec<Objective>,
+}
+
+impl AgentSpec {
+    /// Whether this agent may run a task of `workstream` requiring `requires`, pinned to
+    /// `pinned`. An agent without a workstream serves every workstream.
+    pub fn can_run(&self, workstream: Option<&str>, requires: &[String], pinned: Option<&str>) -> bool {
+        if pinned.is_some_and(|pinned| pinned != self.name) {
+            return false;
+        }
+        if let Some(own) = &self.workstream
+            && workstream != Some(own.as_str())
+        {
+            return false;
+        }
+        requires.iter().all(|capability| self.capabilities.contains(capability))
+    }
+}
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub name: String,
+    pub settings: Settings,
+    pub store_url: String,
+    pub listen: String,
+    pub workstreams: Vec<WorkstreamSpec>,
+    /// Workstream names per phase, in order.
+    pub phases: Vec<Vec<String>>,
+    pub agents: Vec<AgentSpec>,
+    /// The tasks declared in the file, each with a key.
+    pub tasks: Vec<NewTask>,
+}
+
+impl Plan {
+    pub fn workstream(&self, name: &str) -> Option<&WorkstreamSpec> {
+        self.workstreams.iter().find(|ws| ws.name == name)
+    }
+
+    pub fn agent(&self, name: &str) -> Option<&AgentSpec> {
+        self.agents.iter().find(|agent| agent.name == name)
+    }
+
+    /// 1-based phase of a workstream; tasks without a workstream belong to phase 1.
+    pub fn phase_of(&self, workstream: Option<&str>) -> u32 {
+        let Some(workstream) = workstream else { return 1 };
+        self.phases
+            .iter()
+            .position(|phase| phase.iter().any(|name| name == workstream))
+            .map_or(1, |idx| idx as u32 + 1)
+    }
+
+    /// A human summary of the phases: what runs in each.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "plan `{}`: {} workstream(s), {} agent(s), {} task(s), {} phase(s)\n",
+            self.name,
+            self.workstreams.len(),
+            self.agents.len(),
+            self.tasks.len(),
+            self.phases.len()
+        );
+        let unassigned: Vec<&NewTask> = self.tasks.iter().filter(|task| task.workstream.is_none()).collect();
+        for (idx, phase) in self.phases.iter().enumerate() {
+            text.push_str(&format!("phase {}:\n", idx + 1));
+            for name in phase {
+                let ws = self.workstream(name).expect("phases name declared workstreams");
+                let agents: Vec<&str> = self
+                    .agents
+                    .iter()
+                    .filter(|agent| agent.workstream.as_deref() == Some(name))
+                    .map(|agent| agent.name.as_str())
+                    .collect();
+                let n_tasks = self.tasks.iter().filter(|task| task.workstream.as_deref() == Some(name)).count();
+                let after = if ws.depends_on.is_empty() {
+                    String::new()
+                } else {
+                    format!(", after {}", ws.depends_on.join(", "))
+                };
+                text.push_str(&format!(
+                    "  {name} [{}{after}]: {n_tasks} task(s); agents: {}\n",
+                    ws.priority,
+                    if agents.is_empty() { "shared".to_string() } else { agents.join(", ") }
+                ));
+            }
+            if idx == 0 && !unassigned.is_empty() {
+                text.push_str(&format!("  (no workstream): {} task(s)\n", unassigned.len()));
+            }
+        }
+        if self.phases.is_empty() && !unassigned.is_empty() {
+            text.push_str(&format!("phase 1:\n  (no workstream): {} task(s)\n", unassigned.len()));
+        }
+        let shared: Vec<&str> =
+            self.agents.iter().filter(|agent| agent.workstream.is_none()).map(|agent| agent.name.as_str()).collect();
+        if !shared.is_empty() {
+            text.push_str(&format!("shared agents (all phases): {}\n", shared.join(", ")));
+        }
+        text.push_str(&format!(
+            "settings: max {} concurrent agent(s), retries back off from {}, leases last {}",
+            self.settings.max_concurrent_agents,
+            format_duration(self.settings.retry_backoff),
+            format_duration(self.settings.lease_ttl)
+        ));
+        text
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+/// Parses and validates a configuration. `file` is the name errors use; `env` is the
+/// environment `${VAR}` expands from.
+pub fn load(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
+    let locator = Locator::new(file, text);
+    let raw: RawConfig = toml::from_str(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        let message = error.message().trim().to_string();
+        Error { diagnostics: vec![Diagnostic { location: locator.locate(span), message }] }
+    })?;
+    let mut validator = Validator { locator: &locator, env, diagnostics: Vec::new() };
+    let plan = validator.validate(raw);
+    let mut diagnostics = validator.diagnostics;
+    diagnostics.sort_by(|a, b| (a.location.line, a.location.column).cmp(&(b.location.line, b.location.column)));
+    match plan {
+        Some(plan) if diagnostics.is_empty() => Ok(plan),
+        _ => Err(Error { diagnostics }),
+    }
+}
+
+/// Turns byte offsets into lines and columns.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    fn new(file: &'a str, text: &'a str) -> Self {
+        Locator { file, text }
+    }
+
+    fn locate(&self, span: Range<usize>) -> Location {
+        let offset = span.start.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |idx| idx + 1);
+        let column = before[line_start..].chars().count() + 1;
+        Location { file: self.file.to_string(), line, column }
+    }
+}
+
+struct Validator<'a> {
+    locator: &'a Locator<'a>,
+    env: &'a BTreeMap<String, String>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic { location: self.locator.locate(span), message: message.into() });
+    }
+
+    fn expand(&mut self, value: &Spanned<String>) -> String {
+        match expand_vars(value.get_ref(), self.env) {
+            Ok(expanded) => expanded,
+            Err(message) => {
+                self.error(value.span(), message);
+                value.get_ref().clone()
+            }
+        }
+    }
+
+    fn check_name(&mut self, what: &str, name: &Spanned<String>) {
+        let text = name.get_ref();
+        let valid = text.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            self.error(
+                name.span(),
+                format!(
+                    "invalid {what} name `{text}`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"
+                ),
+            );
+        }
+    }
+
+    fn validate(&mut self, raw: RawConfig) -> Option<Plan> {
+        let settings = self.settings(&raw.orchestration);
+        let name = raw.orchestration.name.get_ref().clone();
+        if name.trim().is_empty() {
+            self.error(raw.orchestration.name.span(), "`orchestration.name` must not be empty");
+        }
+        let store_url = raw.store.url.as_ref().map_or_else(|| DEFAULT_STORE_URL.to_string(), |url| self.expand(url));
+        if let Some(url) = &raw.store.url
+            && !store_url.starts_with("sqlite:")
+        {
+            self.error(
+                url.span(),
+                format!("unsupported store url `{store_url}`: this version supports `sqlite://PATH` (e.g. \"{DEFAULT_STORE_URL}\")"),
+            );
+        }
+        let listen = raw.server.listen.as_ref().map_or_else(|| DEFAULT_LISTEN.to_string(), |listen| self.expand(listen));
+
+        let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
+        let agents = self.agents(&raw.agents, &workstreams);
+        let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
+        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks })
+    }
+
+    fn settings(&mut self, raw: &RawOrchestration) -> Settings {
+        let defaults = Settings::default();
+        let max_concurrent_agents = match &raw.max_concurrent_agents {
+            Some(value) if *value.get_ref() == 0 => {
+                self.error(value.span(), "`max_concurrent_agents` must be at least 1");
+                1
+            }
+            Some(value) => *value.get_ref(),
+            None => defaults.max_concurrent_agents,
+        };
+        let lease_ttl = match &raw.lease_ttl {
+            Some(value) if value.get_ref().0 < Duration::from_secs(1) => {
+                self.error(value.span(), "`lease_ttl` must be at least \"1s\"");
+                defaults.lease_ttl
+            }
+            Some(value) => value.get_ref().0,
+            None => defaults.lease_ttl,
+        };
+        Settings {
+            max_concurrent_agents,
+            agent_spawn_timeout: raw.agent_spawn_timeout.map_or(defaults.agent_spawn_timeout, |d| d.0),
+            workstream_timeout: raw.workstream_timeout.map(|d| d.0),
+            coordinator: raw.coordinator.unwrap_or_default(),
+            retry_backoff: raw.retry_backoff.map_or(defaults.retry_backoff, |d| d.0),
+            retry_backoff_max: raw.retry_backoff_max.map_or(defaults.retry_backoff_max, |d| d.0),
+            lease_ttl,
+        }
+    }
+
+    /// Validates workstreams and computes the phases. Returns `None` (with diagnostics) when
+    /// the graph cannot be built, since nothing after it can be checked meaningfully.
+    fn workstreams(&mut self, raw: &[RawWorkstream]) -> Option<(Vec<WorkstreamSpec>, Vec<Vec<String>>)> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (idx, ws) in raw.iter().enumerate() {
+            self.check_name("workstream", &ws.name);
+            if index.insert(ws.name.get_ref(), idx).is_some() {
+                self.error(ws.name.span(), format!("duplicate workstream `{}`", ws.name.get_ref()));
+            }
+        }
+        let known: Vec<&str> = raw.iter().map(|ws| ws.name.get_ref().as_str()).collect();
+        let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
+        let mut broken = false;
+        for ws in raw {
+            let mut deps = Vec::new();
+            for dep in &ws.depends_on {
+                match index.get(dep.get_ref().as_str()) {
+                    Some(&dep_idx) => deps.push(dep_idx),
+                    None => {
+                        broken = true;
+                        self.error(dep.span(), unknown("workstream", dep.get_ref(), &known));
+                    }
+                }
+            }
+            depends_on.push(deps);
+        }
+        if broken {
+            return None;
+        }
+        if let Some(cycle) = graph::find_cycle(&depends_on) {
+            let path: Vec<&str> = cycle.iter().map(|&idx| raw[idx].name.get_ref().as_str()).collect();
+            self.error(raw[cycle[0]].name.span(), format!("workstream dependency cycle: {}", path.join(" -> ")));
+            return None;
+        }
+        let nodes: Vec<graph::Node> = raw
+            .iter()
+            .zip(&depends_on)
+            .map(|(ws, deps)| graph::Node { priority: ws.priority.unwrap_or_default(), depends_on: deps.clone() })
+            .collect();
+        let phases = graph::phases(&nodes)?;
+        let specs = raw
+            .iter()
+            .map(|ws| WorkstreamSpec {
+                name: ws.name.get_ref().clone(),
+                description: ws.description.clone(),
+                priority: ws.priority.unwrap_or_default(),
+                depends_on: ws.depends_on.iter().map(|dep| dep.get_ref().clone()).collect(),
+            })
+            .collect();
+        let phases = phases
+            .into_iter()
+            .map(|phase| phase.into_iter().map(|idx| raw[idx].name.get_ref().clone()).collect())
+            .collect();
+        Some((specs, phases))
+    }
+
+    fn agents(&mut self, raw: &[RawAgent], workstreams: &[WorkstreamSpec]) -> Vec<AgentSpec> {
+        let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut specs = Vec::with_capacity(raw.len());
+        for agent in raw {
+            self.check_name("agent", &agent.name);
+            if !seen.insert(agent.name.get_ref()) {
+                self.error(agent.name.span(), format!("duplicate agent `{}`", agent.name.get_ref()));
+            }
+            let workstream = agent.workstream.as_ref().map(|ws| {
+                if !known_ws.contains(&ws.get_ref().as_str()) {
+                    self.error(ws.span(), unknown("workstream", ws.get_ref(), &known_ws));
+                }
+                ws.get_ref().clone()
+            });
+            let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
+            if agent.command.get_ref().is_empty() {
+                self.error(agent.command.span(), "`command` must name a program, e.g. [\"bash\", \"agents/build.sh\"]");
+            }
+            let mut command = Vec::with_capacity(agent.command.get_ref().len());
+            for arg in agent.command.get_ref() {
+                let expanded = self.expand(arg);
+                if let Err(message) = check_placeholders(&expanded) {
+                    self.error(arg.span(), message);
+                }
+                command.push(expanded);
+            }
+            let concurrency = match &agent.concurrency {
+                Some(value) if *value.get_ref() == 0 => {
+                    self.error(value.span(), "`concurrency` must be at least 1");
+                    1
+                }
+                Some(value) => *value.get_ref(),
+                None => 1,
+            };
+            let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
+            let command_span = agent.command.get_ref().first().map_or(agent.command.span(), |arg| arg.span());
+            specs.push(AgentSpec {
+                name: agent.name.get_ref().clone(),
+                role: agent.role.clone().unwrap_or_else(|| agent.name.get_ref().clone()),
+                workstream,
+                priority: agent.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
+                capabilities: agent.capabilities.clone(),
+                runtime: agent.runtime,
+                mode: agent.mode,
+                command,
+                command_location: self.locator.locate(command_span),
+                restart: agent.restart,
+                max_restarts: agent.max_restarts.unwrap_or(5),
+                concurrency,
+                runbook: agent.runbook.clone(),
+                env,
+                env_passthrough: agent.env_passthrough.clone(),
+                workdir: agent.workdir.as_ref().map(|dir| self.expand(dir)),
+                limits: Limits {
+                    memory: agent.limits.memory.map(|size| size.0),
+                    cpu: agent.limits.cpu.map(|d| d.0),
+                    timeout: agent.limits.timeout.map(|d| d.0),
+                },
+                objectives: agent.objectives.clone(),
+            });
+        }
+        specs
+    }
+
+    fn tasks(
+        &mut self,
+        raw: &[RawTask],
+        workstreams: &[WorkstreamSpec],
+        phases: &[Vec<String>],
+        agents: &[AgentSpec],
+    ) -> Vec<NewTask> {
+        let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
+        let known_agents: Vec<&str> = agents.iter().map(|agent| agent.name.as_str()).collect();
+        let keys: Vec<String> = raw
+            .iter()
+            .map(|task| task.key.as_ref().map_or_else(|| slug(task.title.get_ref()), |key| key.get_ref().clone()))
+            .collect();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (idx, (task, key)) in raw.iter().zip(&keys).enumerate() {
+            if let Some(given) = &task.key {
+                self.check_name("task key", given);
+            }
+            if index.insert(key.as_str(), idx).is_some() {
+                let span = task.key.as_ref().map_or(task.title.span(), |key| key.span());
+                self.error(span, format!("duplicate task key `{key}`; give each task a distinct `key`"));
+            }
+        }
+        let known_keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let phase_of = |workstream: Option<&str>| -> usize {
+            workstream.and_then(|ws| phases.iter().position(|phase| phase.iter().any(|name| name == ws))).unwrap_or(0)
+        };
+
+        let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
+        let mut tasks = Vec::with_capacity(raw.len());
+        for (task, key) in raw.iter().zip(&keys) {
+            let title = task.title.get_ref();
+            if title.trim().is_empty() {
+                self.error(task.title.span(), "task `title` must not be empty");
+            }
+            let workstream = task.workstream.as_ref().map(|ws| ws.get_ref().clone());
+            if let Some(ws) = &task.workstream
+                && !known_ws.contains(&ws.get_ref().as_str())
+            {
+                self.error(ws.span(), unknown("workstream", ws.get_ref(), &known_ws));
+            }
+            if let Some(agent) = &task.agent
+                && !known_agents.contains(&agent.get_ref().as_str())
+            {
+                self.error(agent.span(), unknown("agent", agent.get_ref(), &known_agents));
+            }
+            let requires: Vec<String> = task.requires.iter().map(|cap| cap.get_ref().clone()).collect();
+            let pinned = task.agent.as_ref().map(|agent| agent.get_ref().as_str());
+            let capable = agents.iter().any(|agent| agent.can_run(workstream.as_deref(), &requires, pinned));
+            let workstream_known = workstream.as_deref().is_none_or(|ws| known_ws.contains(&ws));
+            let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));
+            if !capable && workstream_known && pinned_known {
+                let span = task.requires.first().map_or(task.title.span(), |cap| cap.span());
+                let scope = match &workstream {
+                    Some(ws) => format!("of workstream `{ws}` or shared"),
+                    None => "without a workstream".to_string(),
+                };
+                let needs = if requires.is_empty() { "any capability".to_string() } else { format!("[{}]", requires.join(", ")) };
+                let who = match pinned {
+                    Some(agent) => format!("pinned agent `{agent}` cannot run it"),
+                    None => format!("no agent {scope} has {needs}"),
+                };
+                self.error(span, format!("task `{key}` cannot be assigned: {who}; add the capabilities to an agent or change `requires`"));
+            }
+            let mut deps = Vec::new();
+            for dep in &task.depends_on {
+                match index.get(dep.get_ref().as_str()) {
+                    Some(&dep_idx) => {
+                        let dep_phase = phase_of(raw[dep_idx].workstream.as_ref().map(|ws| ws.get_ref().as_str()));
+                        let own_phase = phase_of(workstream.as_deref());
+                        if dep_phase > own_phase {
+                            self.error(
+                                dep.span(),
+                                format!(
+                                    "task `{key}` (phase {}) depends on `{}`, which runs in a later phase ({}); it could never start",
+                                    own_phase + 1,
+                                    dep.get_ref(),
+                                    dep_phase + 1
+                                ),
+                            );
+                        }
+                        deps.push(dep_idx);
+                    }
+                    None => self.error(dep.span(), unknown("task", dep.get_ref(), &known_keys)),
+                }
+            }
+            depends_on.push(deps);
+            let max_attempts = match &task.max_attempts {
+                Some(value) if *value.get_ref() == 0 => {
+                    self.error(value.span(), "`max_attempts` must be at least 1");
+                    1
+                }
+                Some(value) => *value.get_ref(),
+                None => DEFAULT_MAX_ATTEMPTS,
+            };
+            let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
+            tasks.push(NewTask {
+                key: Some(key.clone()),
+                workstream,
+                title: title.clone(),
+                description: task.description.clone(),
+                input: task.input.clone().unwrap_or(serde_json::Value::Object(Default::default())),
+                requires,
+                agent: task.agent.as_ref().map(|agent| agent.get_ref().clone()),
+                depends_on: task.depends_on.iter().map(|dep| TaskRef::Key(dep.get_ref().clone())).collect(),
+                priority: task.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
+                max_attempts,
+                timeout_ms: task.timeout.map(|d| d.0.as_millis() as u64),
+                resources: task.resources.clone(),
+            });
+        }
+        if let Some(cycle) = graph::find_cycle(&depends_on) {
+            let path: Vec<&str> = cycle.iter().map(|&idx| keys[idx].as_str()).collect();
+            let span = raw[cycle[0]].key.as_ref().map_or(raw[cycle[0]].title.span(), |key| key.span());
+            self.error(span, format!("task dependency cycle: {}", path.join(" -> ")));
+        }
+        tasks
+    }
+}
+
+/// "unknown workstream `tesing` (did you mean `testing`?)", or the known names when none is close.
+fn unknown(what: &str, name: &str, known: &[&str]) -> String {
+    let closest = known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(name, candidate), *candidate))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, candidate)) => format!("unknown {what} `{name}` (did you mean `{candidate}`?)"),
+        None if known.is_empty() => format!("unknown {what} `{name}` (none is declared)"),
+        None => format!("unknown {what} `{name}` (known: {})", known.join(", ")),
+    }
+}
+
+/// A task key derived from a title: lowercase words joined by `-`.
+pub fn slug(title: &str) -> String {
+    let mut slug = String::with_capacity(title.len());
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    while slug.ends_with('-') {
+        slug.pop();
+    }
+    if slug.is_empty() { "task".to_string() } else { slug }
+}
+
+/// Expands `${NAME}` and `${NAME:-default}`; `$$` is a literal `$`.
+pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(idx) = rest.find('$') {
+        out.push_str(&rest[..idx]);
+        let after = &rest[idx + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(format!("unterminated `${{` in `{text}`; write `${{NAME}}`, or `$$` for a literal `$`"));
+            };
+            let inner = &body[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name `{name}` in `{text}`"));
+            }
+            match (env.get(name), default) {
+                (Some(value), _) => out.push_str(value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable `{name}` is not set; set it, or write `${{{name}:-default}}`"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+const PLACEHOLDERS: [&str; 6] = ["task.id", "task.key", "task.title", "task.description", "agent.name", "run.id"];
+
+/// Checks that every `{...}` in an argument is a known placeholder.
+fn check_placeholders(arg: &str) -> Result<(), String> {
+    for name in placeholders(arg) {
+        let known = PLACEHOLDERS.contains(&name) || name.strip_prefix("task.input.").is_some_and(|field| !field.is_empty());
+        if !known {
+            return Err(format!(
+                "unknown placeholder `{{{name}}}`; known: {}, {{task.input.FIELD}}",
+                PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The placeholder names inside `{...}` in an argument. Only dotted lowercase names such as
+/// `{task.title}` count, so literal braces (`awk '{print $1}'`, JSON) pass through untouched.
+pub fn placeholders(arg: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start + 1..].find('}') else { break };
+        let name = &rest[start + 1..start + 1 + len];
+        if is_placeholder_name(name) {
+            names.push(name);
+        }
+        rest = &rest[start + 1..];
+    }
+    names
+}
+
+fn is_placeholder_name(name: &str) -> bool {
+    let mut parts = name.split('.');
+    let head_ok = parts.next().is_some_and(|head| !head.is_empty() && head.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    let mut n_rest = 0;
+    let rest_ok = parts.all(|part| {
+        n_rest += 1;
+        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    head_ok && rest_ok && n_rest > 0
+}
+
+#[cfg(test)]
+mod tests;

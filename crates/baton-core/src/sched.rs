@@ -1,0 +1,1018 @@
+//! The scheduler: the engine's decisions, as a state machine with no IO.
+//!
+//! It holds a run's tasks and agents in memory, takes commands (start, an attempt's outcome,
+//! cancel, a clock tick) with the current time, changes its state and returns [`Effects`]:
+//! the writes to make durable (each with its events) and the effects to perform afterwards
+//! (start an agent, hand a task to an agent, kill an attempt). The runtime makes the writes
+//! durable *before* it performs the effects, so a crash never leaves an effect without its
+//! record.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentSpec, Plan};
+use crate::event::EventKind;
+use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
+use crate::time::{Timestamp, format_duration};
+
+/// A durable change. The store applies a batch of them in one transaction, writing each
+/// write's events with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Write {
+    /// Change a task, only if it is still in `expect_state` at `expect_attempt`.
+    Task { id: TaskId, expect_state: TaskState, expect_attempt: u32, change: TaskChange, events: Vec<EventKind> },
+    /// Insert or replace an agent's record.
+    Agent { record: AgentRecord, events: Vec<EventKind> },
+    /// Update the run's progress and state.
+    Run { change: RunChange, events: Vec<EventKind> },
+    /// Extend the leases of every running task this node owns.
+    RenewLeases { owner: String, until: Timestamp },
+    /// An event about no record in particular.
+    Event(EventKind),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunChange {
+    pub state: RunState,
+    pub phase: u32,
+    pub n_tasks: u64,
+    pub n_finished: u64,
+    pub ended_at: Option<Timestamp>,
+    pub error: Option<String>,
+}
+
+/// A task handed to an agent. The attempt number identifies it: an outcome for an older
+/// attempt is rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub task: TaskRecord,
+    pub agent: String,
+}
+
+/// What the runtime must do after a command: make `writes` durable, then perform the rest.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Effects {
+    pub writes: Vec<Write>,
+    pub start_agents: Vec<String>,
+    pub stop_agents: Vec<String>,
+    pub assignments: Vec<Assignment>,
+    /// Running attempts to kill (cancelled, or their workstream timed out).
+    pub kills: Vec<(TaskId, u32)>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.start_agents.is_empty()
+            && self.stop_agents.is_empty()
+            && self.assignments.is_empty()
+            && self.kills.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("no task {0} in this run")]
+    UnknownTask(TaskId),
+    #[error("task {task} is {state}; only a {wanted} task can be {verb}")]
+    WrongState { task: TaskId, state: TaskState, wanted: &'static str, verb: &'static str },
+    /// A late or duplicate outcome: the attempt no longer holds the task.
+    #[error("outcome for task {task} attempt {attempt} rejected: {reason}")]
+    Stale { task: TaskId, attempt: u32, reason: String },
+    #[error("no agent `{0}` in this run")]
+    UnknownAgent(String),
+}
+
+#[derive(Debug, Clone)]
+struct AgentSlot {
+    spec: AgentSpec,
+    state: AgentState,
+    running: u32,
+    succeeded: u64,
+    failed: u64,
+    last_activity: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct WorkstreamState {
+    started: bool,
+    done: bool,
+    failed: bool,
+    n_open: u64,
+    deadline: Option<Timestamp>,
+}
+
+/// Equal jitter: half the delay fixed, half random, so retries spread without ever being
+/// immediate. `jitter` is a number in `[0, 1)` from the caller's random source.
+pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let full = base.saturating_mul(1u32 << exponent).min(max);
+    let half = full / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+pub struct Scheduler {
+    plan: Plan,
+    run_id: String,
+    node: String,
+    tasks: HashMap<TaskId, TaskRecord>,
+    dependents: HashMap<TaskId, Vec<TaskId>>,
+    ready: BTreeSet<(i64, TaskId)>,
+    delayed: BTreeSet<(Timestamp, TaskId)>,
+    agents: Vec<AgentSlot>,
+    agent_index: HashMap<String, usize>,
+    workstreams: BTreeMap<String, WorkstreamState>,
+    /// Tasks without a workstream that are not finished.
+    n_open_unassigned: u64,
+    /// Resource keys held by running tasks.
+    held: HashMap<String, TaskId>,
+    phase: u32,
+    n_running: u32,
+    n_finished: u64,
+    state: RunState,
+    run_dirty: bool,
+    dirty_agents: BTreeSet<usize>,
+    next_lease_renewal: Option<Timestamp>,
+}
+
+impl Scheduler {
+    /// Builds the scheduler for a run from the plan and the run's stored tasks. `phase` is the
+    /// phase the run had reached (0 for a new run). Tasks left `running` by a previous node are
+    /// taken back: their lease is treated as expired and the attempt counted.
+    pub fn new(
+        plan: Plan,
+        run_id: String,
+        node: String,
+        stored: Vec<TaskRecord>,
+        phase: u32,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Scheduler {
+        let agents: Vec<AgentSlot> = plan
+            .agents
+            .iter()
+            .map(|spec| AgentSlot {
+                spec: spec.clone(),
+                state: AgentState::Waiting,
+                running: 0,
+                succeeded: 0,
+                failed: 0,
+                last_activity: None,
+            })
+            .collect();
+        let agent_index = agents.iter().enumerate().map(|(idx, slot)| (slot.spec.name.clone(), idx)).collect();
+        let workstreams = plan.workstreams.iter().map(|ws| (ws.name.clone(), WorkstreamState::default())).collect();
+        let mut sched = Scheduler {
+            plan,
+            run_id,
+            node,
+            tasks: HashMap::with_capacity(stored.len()),
+            dependents: HashMap::new(),
+            ready: BTreeSet::new(),
+            delayed: BTreeSet::new(),
+            agents,
+            agent_index,
+            workstreams,
+            n_open_unassigned: 0,
+            held: HashMap::new(),
+            phase: 0,
+            n_running: 0,
+            n_finished: 0,
+            state: RunState::Running,
+            run_dirty: true,
+            dirty_agents: BTreeSet::new(),
+            next_lease_renewal: None,
+        };
+        for task in stored {
+            sched.insert(task);
+        }
+        sched.take_back_running(now, fx);
+        // Phases the run had already started are entered again silently: their events exist.
+        for phase_number in 1..=phase.min(sched.plan.phases.len() as u32) {
+            sched.enter_phase(phase_number, now, false, fx);
+        }
+        sched
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    pub fn phase(&self) -> u32 {
+        self.phase
+    }
+
+    pub fn n_running(&self) -> u32 {
+        self.n_running
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&TaskRecord> {
+        self.tasks.get(&id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.tasks.values()
+    }
+
+    /// Adds a task that the store has just created (state `pending`). Call [`Scheduler::step`]
+    /// afterwards to make it ready when it can be.
+    pub fn add_task(&mut self, task: TaskRecord) {
+        debug_assert_eq!(task.state, TaskState::Pending);
+        self.insert(task);
+        self.run_dirty = true;
+    }
+
+    fn insert(&mut self, task: TaskRecord) {
+        for dep in &task.depends_on {
+            self.dependents.entry(*dep).or_default().push(task.id);
+        }
+        if !task.state.is_terminal() {
+            self.open_count(task.workstream.as_deref(), 1);
+        } else {
+            self.n_finished += 1;
+        }
+        match task.state {
+            TaskState::Ready => self.enqueue_ready(&task),
+            TaskState::Running => {
+                self.n_running += 1;
+            }
+            _ => {}
+        }
+        self.tasks.insert(task.id, task);
+    }
+
+    fn open_count(&mut self, workstream: Option<&str>, delta: i64) {
+        let counter = match workstream.and_then(|ws| self.workstreams.get_mut(ws)) {
+            Some(ws) => &mut ws.n_open,
+            None => &mut self.n_open_unassigned,
+        };
+        *counter = counter.saturating_add_signed(delta);
+    }
+
+    fn enqueue_ready(&mut self, task: &TaskRecord) {
+        match task.not_before {
+            Some(not_before) if not_before > Timestamp::ZERO => {
+                self.delayed.insert((not_before, task.id));
+            }
+            _ => {
+                self.ready.insert((task.priority.rank(), task.id));
+            }
+        }
+    }
+
+    /// Running tasks of a previous node: their lease is gone with it.
+    fn take_back_running(&mut self, now: Timestamp, fx: &mut Effects) {
+        let mut running: Vec<TaskId> =
+            self.tasks.values().filter(|task| task.state == TaskState::Running).map(|task| task.id).collect();
+        running.sort_unstable();
+        for id in running {
+            let task = &self.tasks[&id];
+            let expired = EventKind::TaskLeaseExpired { task: id, agent: task.assigned_agent.clone(), attempt: task.attempt };
+            let reason = format!(
+                "lease expired: the node running attempt {} ({}) stopped",
+                task.attempt,
+                task.lease_owner.as_deref().unwrap_or("unknown")
+            );
+            // Retried at once: the attempt did not fail, its node did.
+            self.fail_attempt(id, reason, Some(expired), now, None, fx);
+        }
+    }
+
+    /// Starts the run if it has not started, makes whatever can be ready ready and assigns
+    /// what can be assigned. Call after any command; it is cheap when nothing changed.
+    pub fn step(&mut self, now: Timestamp, fx: &mut Effects) {
+        if self.state != RunState::Running {
+            return;
+        }
+        if self.phase == 0 {
+            if self.plan.phases.is_empty() {
+                self.phase = 1;
+                self.start_shared_agents(fx);
+            } else {
+                self.enter_phase(1, now, true, fx);
+            }
+            self.release_unassigned(now, fx);
+        }
+        self.promote_due(now);
+        // Each pass may finish work that lets the next go further (a cancelled stuck task
+        // completes its workstream, which starts the next phase); a pass that writes nothing
+        // is the fixed point.
+        loop {
+            let n_writes = fx.writes.len();
+            self.advance_phases(now, fx);
+            self.dispatch(now, fx);
+            self.finish_if_done(now, fx);
+            if fx.writes.len() == n_writes || self.state != RunState::Running {
+                break;
+            }
+        }
+        self.flush(now, fx);
+    }
+
+    fn start_shared_agents(&mut self, fx: &mut Effects) {
+        for idx in 0..self.agents.len() {
+            if self.agents[idx].spec.workstream.is_none() {
+                self.start_agent(idx, fx);
+            }
+        }
+    }
+
+    fn start_agent(&mut self, idx: usize, fx: &mut Effects) {
+        if self.agents[idx].state != AgentState::Waiting {
+            return;
+        }
+        self.set_agent_state(idx, AgentState::Starting, None, fx);
+        fx.start_agents.push(self.agents[idx].spec.name.clone());
+    }
+
+    fn set_agent_state(&mut self, idx: usize, to: AgentState, reason: Option<String>, fx: &mut Effects) {
+        let slot = &mut self.agents[idx];
+        if slot.state == to {
+            return;
+        }
+        let from = slot.state;
+        slot.state = to;
+        let agent = slot.spec.name.clone();
+        fx.writes.push(Write::Event(EventKind::AgentStateChanged { agent, from, to, reason }));
+        self.dirty_agents.insert(idx);
+    }
+
+    /// Enters phase `number`: starts its agents (critical first) and releases its tasks.
+    /// `announce` is false when re-entering a phase after a restart.
+    fn enter_phase(&mut self, number: u32, now: Timestamp, announce: bool, fx: &mut Effects) {
+        self.phase = number;
+        self.run_dirty = true;
+        if number == 1 {
+            self.start_shared_agents(fx);
+            self.release_unassigned(now, fx);
+        }
+        let names = self.plan.phases[number as usize - 1].clone();
+        if announce {
+            fx.writes.push(Write::Event(EventKind::PhaseStarted { phase: number, workstreams: names.clone() }));
+        }
+        let workstream_timeout = self.plan.settings.workstream_timeout;
+        for name in &names {
+            let upstream_failed = self.plan.workstream(name).and_then(|spec| {
+                spec.depends_on.iter().find(|dep| self.workstreams.get(dep.as_str()).is_some_and(|ws| ws.failed)).cloned()
+            });
+            let ws = self.workstreams.get_mut(name).expect("phases name declared workstreams");
+            ws.started = true;
+            if ws.deadline.is_none() {
+                ws.deadline = workstream_timeout.map(|timeout| now.plus(timeout));
+            }
+            if let Some(upstream) = upstream_failed {
+                let ids = self.open_tasks_of(Some(name));
+                for id in ids {
+                    self.cancel_task(id, format!("upstream workstream `{upstream}` failed"), now, fx);
+                }
+                continue;
+            }
+        }
+        // Critical agents first: the runtime starts them in this order.
+        let mut to_start: Vec<usize> = (0..self.agents.len())
+            .filter(|&idx| {
+                let ws = self.agents[idx].spec.workstream.as_deref();
+                ws.is_some_and(|ws| names.iter().any(|name| name == ws))
+                    && !self.workstreams.get(ws.unwrap_or_default()).is_some_and(|ws| ws.failed || ws.n_open == 0)
+            })
+            .collect();
+        to_start.sort_by_key(|&idx| (self.agents[idx].spec.priority, idx));
+        for idx in to_start {
+            self.start_agent(idx, fx);
+        }
+        for name in &names {
+            for id in self.pending_tasks_of(Some(name)) {
+                self.try_release(id, now, fx);
+            }
+        }
+        if !announce {
+            // Re-entered after a restart: a workstream with nothing open had its completion
+            // written with its last task; do not announce it twice.
+            for name in &names {
+                let failed = self.tasks.values().any(|task| {
+                    task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
+                });
+                let ws = self.workstreams.get_mut(name).expect("declared");
+                if ws.n_open == 0 {
+                    ws.done = true;
+                    ws.failed = failed;
+                }
+            }
+        }
+    }
+
+    fn release_unassigned(&mut self, now: Timestamp, fx: &mut Effects) {
+        for id in self.pending_tasks_of(None) {
+            self.try_release(id, now, fx);
+        }
+    }
+
+    fn pending_tasks_of(&self, workstream: Option<&str>) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|task| task.state == TaskState::Pending && task.workstream.as_deref() == workstream)
+            .map(|task| task.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn open_tasks_of(&self, workstream: Option<&str>) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|task| !task.state.is_terminal() && task.workstream.as_deref() == workstream)
+            .map(|task| task.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn workstream_started(&self, workstream: Option<&str>) -> bool {
+        match workstream {
+            None => self.phase >= 1,
+            Some(ws) => self.workstreams.get(ws).is_some_and(|ws| ws.started),
+        }
+    }
+
+    /// Makes a pending task ready when its workstream has started and its dependencies have
+    /// succeeded; cancels it when a dependency can no longer succeed.
+    fn try_release(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) {
+        let task = &self.tasks[&id];
+        if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
+            return;
+        }
+        let mut all_done = true;
+        for dep in &task.depends_on {
+            match self.tasks.get(dep).map(|dep| dep.state) {
+                Some(TaskState::Succeeded) => {}
+                Some(TaskState::Dead | TaskState::Cancelled) => {
+                    let dep_name = self.tasks[dep].key.clone().unwrap_or_else(|| dep.to_string());
+                    let state = self.tasks[dep].state;
+                    self.cancel_task(id, format!("dependency `{dep_name}` is {state}"), now, fx);
+                    return;
+                }
+                // A dependency outside this run can never finish here.
+                None => {
+                    self.cancel_task(id, format!("dependency {dep} does not exist in this run"), now, fx);
+                    return;
+                }
+                Some(_) => all_done = false,
+            }
+        }
+        if !all_done {
+            return;
+        }
+        let mut change = task.change();
+        change.state = TaskState::Ready;
+        change.not_before = None;
+        self.transition(id, change, vec![EventKind::TaskReady { task: id }], now, fx);
+    }
+
+    /// Writes a task change (compare-and-set on the current state) and applies it in memory,
+    /// keeping the queues and counters in step.
+    fn transition(&mut self, id: TaskId, change: TaskChange, events: Vec<EventKind>, now: Timestamp, fx: &mut Effects) {
+        let task = self.tasks.get_mut(&id).expect("transitions name known tasks");
+        let (from, attempt) = (task.state, task.attempt);
+        debug_assert!(!from.is_terminal() || change.state == TaskState::Pending, "terminal tasks leave only by retry");
+        let to = change.state;
+        fx.writes.push(Write::Task { id, expect_state: from, expect_attempt: attempt, change: change.clone(), events });
+        if from == TaskState::Ready {
+            self.ready.remove(&(task.priority.rank(), id));
+            if let Some(not_before) = task.not_before {
+                self.delayed.remove(&(not_before, id));
+            }
+        }
+        task.apply(change, now);
+        let task = task.clone();
+        if from == TaskState::Running {
+            self.n_running -= 1;
+            for resource in &task.resources {
+                if self.held.get(resource) == Some(&id) {
+                    self.held.remove(resource);
+                }
+            }
+        }
+        match to {
+            TaskState::Ready => self.enqueue_ready(&task),
+            TaskState::Running => self.n_running += 1,
+            _ => {}
+        }
+        if to.is_terminal() && !from.is_terminal() {
+            self.n_finished += 1;
+            self.run_dirty = true;
+            self.open_count(task.workstream.as_deref(), -1);
+            let dependents = self.dependents.get(&id).cloned().unwrap_or_default();
+            for dependent in dependents {
+                self.try_release(dependent, now, fx);
+            }
+        } else if from.is_terminal() && !to.is_terminal() {
+            self.n_finished -= 1;
+            self.run_dirty = true;
+            self.open_count(task.workstream.as_deref(), 1);
+        }
+    }
+
+    fn promote_due(&mut self, now: Timestamp) {
+        while let Some(&(not_before, id)) = self.delayed.first() {
+            if not_before > now {
+                break;
+            }
+            self.delayed.pop_first();
+            if let Some(task) = self.tasks.get(&id)
+                && task.state == TaskState::Ready
+            {
+                self.ready.insert((task.priority.rank(), id));
+            }
+        }
+    }
+
+    /// Assigns ready tasks, most urgent first (priority, then age), each to the least-loaded
+    /// agent that can run it, within per-agent concurrency and the global limit.
+    fn dispatch(&mut self, now: Timestamp, fx: &mut Effects) {
+        let max_running = self.plan.settings.max_concurrent_agents;
+        let mut free_slots: u64 = self
+            .agents
+            .iter()
+            .filter(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active))
+            .map(|slot| u64::from(slot.spec.concurrency.saturating_sub(slot.running)))
+            .sum();
+        if free_slots == 0 || self.n_running >= max_running || self.ready.is_empty() {
+            return;
+        }
+        let candidates: Vec<TaskId> = self.ready.iter().map(|&(_, id)| id).collect();
+        for id in candidates {
+            if free_slots == 0 || self.n_running >= max_running {
+                break;
+            }
+            let task = &self.tasks[&id];
+            if task.resources.iter().any(|resource| self.held.contains_key(resource)) {
+                continue;
+            }
+            let chosen = self
+                .agents
+                .iter()
+                .enumerate()
+                .filter(|(_, slot)| {
+                    matches!(slot.state, AgentState::Idle | AgentState::Active)
+                        && slot.running < slot.spec.concurrency
+                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
+                })
+                .min_by_key(|(idx, slot)| (slot.running, slot.spec.priority, *idx))
+                .map(|(idx, _)| idx);
+            let Some(agent_idx) = chosen else { continue };
+            self.claim(id, agent_idx, now, fx);
+            free_slots -= 1;
+        }
+    }
+
+    fn claim(&mut self, id: TaskId, agent_idx: usize, now: Timestamp, fx: &mut Effects) {
+        let agent = self.agents[agent_idx].spec.name.clone();
+        let task = &self.tasks[&id];
+        let attempt = task.attempt + 1;
+        let mut change = task.change();
+        change.state = TaskState::Running;
+        change.attempt = attempt;
+        change.assigned_agent = Some(agent.clone());
+        change.lease_owner = Some(self.node.clone());
+        change.lease_expires_at = Some(now.plus(self.plan.settings.lease_ttl));
+        change.not_before = None;
+        change.error = None;
+        let resources = task.resources.clone();
+        self.transition(id, change, vec![EventKind::TaskClaimed { task: id, agent: agent.clone(), attempt }], now, fx);
+        for resource in resources {
+            self.held.insert(resource, id);
+        }
+        let slot = &mut self.agents[agent_idx];
+        slot.running += 1;
+        slot.last_activity = Some(now);
+        self.dirty_agents.insert(agent_idx);
+        if self.agents[agent_idx].state == AgentState::Idle {
+            self.agents[agent_idx].state = AgentState::Active;
+        }
+        if self.next_lease_renewal.is_none() {
+            self.next_lease_renewal = Some(now.plus(self.plan.settings.lease_ttl / 3));
+        }
+        fx.assignments.push(Assignment { task: self.tasks[&id].clone(), agent });
+    }
+
+    /// Records the outcome of a running attempt. A late or duplicate outcome (the attempt no
+    /// longer holds the task) is rejected and changes nothing.
+    pub fn complete(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+        now: Timestamp,
+        jitter: f64,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
+        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        if task.state != TaskState::Running || task.attempt != attempt {
+            let reason = if task.attempt != attempt {
+                format!("the task is on attempt {} now (its lease expired and it was re-queued)", task.attempt)
+            } else {
+                format!("the task is {} already", task.state)
+            };
+            return Err(Error::Stale { task: id, attempt, reason });
+        }
+        let agent = task.assigned_agent.clone().unwrap_or_default();
+        if let Some(&agent_idx) = self.agent_index.get(&agent) {
+            let slot = &mut self.agents[agent_idx];
+            slot.running = slot.running.saturating_sub(1);
+            slot.last_activity = Some(now);
+            match &outcome {
+                Outcome::Succeeded { .. } => slot.succeeded += 1,
+                Outcome::Failed { .. } => slot.failed += 1,
+            }
+            if slot.running == 0 && slot.state == AgentState::Active {
+                slot.state = AgentState::Idle;
+            }
+            self.dirty_agents.insert(agent_idx);
+        }
+        match outcome {
+            Outcome::Succeeded { result } => {
+                let mut change = task.change();
+                change.state = TaskState::Succeeded;
+                change.result = Some(result);
+                change.lease_owner = None;
+                change.lease_expires_at = None;
+                change.finished_at = Some(now);
+                self.transition(id, change, vec![EventKind::TaskCompleted { task: id, agent, attempt }], now, fx);
+            }
+            Outcome::Failed { reason } => {
+                let failed = EventKind::TaskFailed { task: id, agent: Some(agent), attempt, reason: reason.clone() };
+                self.fail_attempt(id, reason, Some(failed), now, Some(jitter), fx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a running attempt as failed: back to `ready` while attempts are left (after a
+    /// backoff when `jitter` is given, at once otherwise), `dead` after the last.
+    fn fail_attempt(
+        &mut self,
+        id: TaskId,
+        reason: String,
+        first_event: Option<EventKind>,
+        now: Timestamp,
+        jitter: Option<f64>,
+        fx: &mut Effects,
+    ) {
+        let task = &self.tasks[&id];
+        let attempt = task.attempt;
+        let mut change = task.change();
+        change.lease_owner = None;
+        change.lease_expires_at = None;
+        change.error = Some(reason.clone());
+        let mut events: Vec<EventKind> = first_event.into_iter().collect();
+        if attempt < task.max_attempts {
+            let settings = &self.plan.settings;
+            let delay = jitter.map_or(Duration::ZERO, |jitter| {
+                backoff(attempt, settings.retry_backoff, settings.retry_backoff_max, jitter)
+            });
+            let not_before = now.plus(delay);
+            change.state = TaskState::Ready;
+            change.not_before = Some(not_before);
+            events.push(EventKind::TaskRetrying { task: id, attempt: attempt + 1, not_before });
+        } else {
+            change.state = TaskState::Dead;
+            change.finished_at = Some(now);
+            events.push(EventKind::TaskDeadLettered { task: id, attempts: attempt, reason });
+        }
+        self.transition(id, change, events, now, fx);
+    }
+
+    /// Cancels a task that has not finished; a running attempt is killed.
+    pub fn cancel(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        if task.state.is_terminal() {
+            return Err(Error::WrongState { task: id, state: task.state, wanted: "unfinished", verb: "cancelled" });
+        }
+        self.cancel_task(id, reason, now, fx);
+        Ok(())
+    }
+
+    fn cancel_task(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) {
+        let task = &self.tasks[&id];
+        if task.state.is_terminal() {
+            return;
+        }
+        if task.state == TaskState::Running {
+            fx.kills.push((id, task.attempt));
+            if let Some(&agent_idx) = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)) {
+                let slot = &mut self.agents[agent_idx];
+                slot.running = slot.running.saturating_sub(1);
+                if slot.running == 0 && slot.state == AgentState::Active {
+                    slot.state = AgentState::Idle;
+                }
+                self.dirty_agents.insert(agent_idx);
+            }
+        }
+        let mut change = task.change();
+        change.state = TaskState::Cancelled;
+        change.lease_owner = None;
+        change.lease_expires_at = None;
+        change.error = Some(reason.clone());
+        change.finished_at = Some(now);
+        self.transition(id, change, vec![EventKind::TaskCancelled { task: id, reason }], now, fx);
+    }
+
+    /// Puts a dead or cancelled task back in the queue with a fresh set of attempts.
+    pub fn retry(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        if !matches!(task.state, TaskState::Dead | TaskState::Cancelled) {
+            return Err(Error::WrongState { task: id, state: task.state, wanted: "dead or cancelled", verb: "retried" });
+        }
+        let from = task.state;
+        let mut change = task.change();
+        change.state = TaskState::Pending;
+        change.attempt = 0;
+        change.error = None;
+        change.finished_at = None;
+        if let Some(ws) = task.workstream.as_deref().and_then(|ws| self.workstreams.get_mut(ws)) {
+            // The workstream is open again; whether it failed is decided when it completes.
+            ws.done = false;
+            ws.failed = false;
+        }
+        self.transition(id, change, vec![EventKind::TaskRequeued { task: id, from }], now, fx);
+        self.try_release(id, now, fx);
+        Ok(())
+    }
+
+    /// The runtime started an agent: it can take tasks.
+    pub fn agent_started(&mut self, name: &str, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+        let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+        if self.agents[idx].state != AgentState::Starting {
+            return Ok(());
+        }
+        let runtime = self.agents[idx].spec.runtime.as_str().to_string();
+        fx.writes.push(Write::Event(EventKind::AgentSpawned { agent: name.to_string(), runtime }));
+        self.agents[idx].last_activity = Some(now);
+        self.set_agent_state(idx, AgentState::Idle, None, fx);
+        Ok(())
+    }
+
+    /// The runtime could not start an agent, or it died for good.
+    pub fn agent_failed(&mut self, name: &str, reason: String, fx: &mut Effects) -> Result<(), Error> {
+        let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+        self.set_agent_state(idx, AgentState::Failed, Some(reason.clone()), fx);
+        fx.writes.push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason }));
+        Ok(())
+    }
+
+    /// Periodic work: due retries, lease renewal, workstream timeouts.
+    pub fn tick(&mut self, now: Timestamp, fx: &mut Effects) {
+        if let Some(renewal) = self.next_lease_renewal
+            && renewal <= now
+        {
+            if self.n_running > 0 {
+                let until = now.plus(self.plan.settings.lease_ttl);
+                fx.writes.push(Write::RenewLeases { owner: self.node.clone(), until });
+                for task in self.tasks.values_mut().filter(|task| task.state == TaskState::Running) {
+                    task.lease_expires_at = Some(until);
+                }
+                self.next_lease_renewal = Some(now.plus(self.plan.settings.lease_ttl / 3));
+            } else {
+                self.next_lease_renewal = None;
+            }
+        }
+        let expired: Vec<String> = self
+            .workstreams
+            .iter()
+            .filter(|(_, ws)| ws.started && !ws.done && ws.n_open > 0 && ws.deadline.is_some_and(|d| d <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            let timeout = self.plan.settings.workstream_timeout.map(format_duration).unwrap_or_default();
+            for id in self.open_tasks_of(Some(&name)) {
+                self.cancel_task(id, format!("workstream `{name}` timed out after {timeout}"), now, fx);
+            }
+        }
+        self.step(now, fx);
+    }
+
+    /// When the runtime should call [`Scheduler::tick`] next, if anything is waiting on time.
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        let retry = self.delayed.first().map(|&(at, _)| at);
+        let deadline = self
+            .workstreams
+            .values()
+            .filter(|ws| ws.started && !ws.done && ws.n_open > 0)
+            .filter_map(|ws| ws.deadline)
+            .min();
+        [retry, self.next_lease_renewal, deadline].into_iter().flatten().min()
+    }
+
+    /// Completes finished workstreams and phases, and starts the next phase.
+    fn advance_phases(&mut self, now: Timestamp, fx: &mut Effects) {
+        loop {
+            if self.phase == 0 || self.phase as usize > self.plan.phases.len() {
+                return;
+            }
+            let names = self.plan.phases[self.phase as usize - 1].clone();
+            for name in &names {
+                let ws = self.workstreams.get_mut(name).expect("declared");
+                if ws.started && !ws.done && ws.n_open == 0 {
+                    let failed = self.tasks.values().any(|task| {
+                        task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
+                    });
+                    let ws = self.workstreams.get_mut(name).expect("declared");
+                    ws.done = true;
+                    ws.failed = failed;
+                    let succeeded = !failed;
+                    fx.writes.push(Write::Event(EventKind::WorkstreamCompleted { workstream: name.clone(), succeeded }));
+                    let idxs: Vec<usize> = (0..self.agents.len())
+                        .filter(|&idx| self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()))
+                        .collect();
+                    for idx in idxs {
+                        if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting) {
+                            self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
+                            fx.stop_agents.push(self.agents[idx].spec.name.clone());
+                        }
+                    }
+                }
+            }
+            let all_done = names.iter().all(|name| self.workstreams[name].done);
+            if !all_done {
+                return;
+            }
+            fx.writes.push(Write::Event(EventKind::PhaseCompleted { phase: self.phase }));
+            if self.phase as usize == self.plan.phases.len() {
+                // Past the last phase.
+                self.phase += 1;
+                self.run_dirty = true;
+                return;
+            }
+            self.enter_phase(self.phase + 1, now, true, fx);
+        }
+    }
+
+    fn finish_if_done(&mut self, now: Timestamp, fx: &mut Effects) {
+        let phases_done = self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
+        if !phases_done || self.n_finished < self.tasks.len() as u64 {
+            if self.n_running == 0 && self.delayed.is_empty() && !self.agents_starting() {
+                // Nothing running, nothing waiting on time, nothing starting: any task still
+                // ready has no agent that can take it.
+                self.cancel_unrunnable(now, fx);
+            }
+            return;
+        }
+        let mut counts = (0u64, 0u64, 0u64);
+        for task in self.tasks.values() {
+            match task.state {
+                TaskState::Succeeded => counts.0 += 1,
+                TaskState::Dead => counts.1 += 1,
+                _ => counts.2 += 1,
+            }
+        }
+        let state = if counts.1 == 0 && counts.2 == 0 { RunState::Succeeded } else { RunState::Failed };
+        let error = (state == RunState::Failed).then(|| self.failure_summary());
+        self.state = state;
+        for idx in 0..self.agents.len() {
+            if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting) {
+                self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
+                fx.stop_agents.push(self.agents[idx].spec.name.clone());
+            }
+        }
+        let completed = EventKind::RunCompleted {
+            state,
+            n_succeeded: counts.0,
+            n_dead: counts.1,
+            n_cancelled: counts.2,
+            error: error.clone(),
+        };
+        fx.writes.push(Write::Run {
+            change: RunChange {
+                state,
+                phase: self.phase.min(self.plan.phases.len() as u32),
+                n_tasks: self.tasks.len() as u64,
+                n_finished: self.n_finished,
+                ended_at: Some(now),
+                error,
+            },
+            events: vec![completed],
+        });
+        self.run_dirty = false;
+    }
+
+    fn agents_starting(&self) -> bool {
+        self.agents.iter().any(|slot| slot.state == AgentState::Starting)
+    }
+
+    /// Cancels ready tasks that no live agent can run, so the run ends instead of waiting
+    /// forever, and says why.
+    fn cancel_unrunnable(&mut self, now: Timestamp, fx: &mut Effects) {
+        let stuck: Vec<TaskId> = self.ready.iter().map(|&(_, id)| id).collect();
+        for id in stuck {
+            let task = &self.tasks[&id];
+            let candidates: Vec<&AgentSlot> = self
+                .agents
+                .iter()
+                .filter(|slot| slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref()))
+                .collect();
+            if candidates.iter().any(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active)) {
+                continue;
+            }
+            let reason = if candidates.is_empty() {
+                "no agent can run it".to_string()
+            } else {
+                let names: Vec<String> =
+                    candidates.iter().map(|slot| format!("{} is {}", slot.spec.name, slot.state)).collect();
+                format!("no agent is available to run it ({})", names.join(", "))
+            };
+            self.cancel_task(id, reason, now, fx);
+        }
+    }
+
+    /// "2 task(s) dead: compile (exit status 1); 1 cancelled: test (dependency `compile` is dead)"
+    pub fn failure_summary(&self) -> String {
+        let mut dead: Vec<&TaskRecord> = self.tasks.values().filter(|task| task.state == TaskState::Dead).collect();
+        let mut cancelled: Vec<&TaskRecord> =
+            self.tasks.values().filter(|task| task.state == TaskState::Cancelled).collect();
+        dead.sort_by_key(|task| task.id);
+        cancelled.sort_by_key(|task| task.id);
+        let describe = |tasks: &[&TaskRecord]| -> String {
+            let shown: Vec<String> = tasks
+                .iter()
+                .take(5)
+                .map(|task| {
+                    let name = task.key.clone().unwrap_or_else(|| task.id.to_string());
+                    format!("{name} ({})", task.error.as_deref().unwrap_or("no reason recorded"))
+                })
+                .collect();
+            let more = if tasks.len() > 5 { format!(", and {} more", tasks.len() - 5) } else { String::new() };
+            format!("{}{more}", shown.join(", "))
+        };
+        let mut parts = Vec::new();
+        if !dead.is_empty() {
+            parts.push(format!("{} task(s) dead: {}", dead.len(), describe(&dead)));
+        }
+        if !cancelled.is_empty() {
+            parts.push(format!("{} task(s) cancelled: {}", cancelled.len(), describe(&cancelled)));
+        }
+        parts.join("; ")
+    }
+
+    /// Writes what changed in the run's progress and the agents' records.
+    fn flush(&mut self, now: Timestamp, fx: &mut Effects) {
+        if self.run_dirty && self.state == RunState::Running {
+            fx.writes.push(Write::Run {
+                change: RunChange {
+                    state: self.state,
+                    phase: self.phase.min(self.plan.phases.len() as u32),
+                    n_tasks: self.tasks.len() as u64,
+                    n_finished: self.n_finished,
+                    ended_at: None,
+                    error: None,
+                },
+                events: Vec::new(),
+            });
+            self.run_dirty = false;
+        }
+        for idx in std::mem::take(&mut self.dirty_agents) {
+            fx.writes.push(Write::Agent { record: self.agent_record(idx, now), events: Vec::new() });
+        }
+    }
+
+    fn agent_record(&self, idx: usize, now: Timestamp) -> AgentRecord {
+        let slot = &self.agents[idx];
+        AgentRecord {
+            run_id: self.run_id.clone(),
+            name: slot.spec.name.clone(),
+            role: slot.spec.role.clone(),
+            workstream: slot.spec.workstream.clone(),
+            priority: slot.spec.priority,
+            capabilities: slot.spec.capabilities.clone(),
+            runtime: slot.spec.runtime.as_str().to_string(),
+            state: slot.state,
+            running: slot.running,
+            tasks_succeeded: slot.succeeded,
+            tasks_failed: slot.failed,
+            last_activity: slot.last_activity,
+            updated_at: now,
+        }
+    }
+
+    /// Every agent's record, for writing them all once when a run starts.
+    pub fn agent_records(&mut self, now: Timestamp, fx: &mut Effects) {
+        for idx in 0..self.agents.len() {
+            self.dirty_agents.insert(idx);
+        }
+        self.flush(now, fx);
+    }
+}
+
+#[cfg(test)]
+mod tests;

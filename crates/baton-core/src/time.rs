@@ -1,0 +1,107 @@
+//! Time as data: a [`Timestamp`] is milliseconds since the Unix epoch, passed into the core by
+//! whoever owns a clock. Durations in configuration are strings such as `"30s"` or `"10m"`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub const ZERO: Timestamp = Timestamp(0);
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn plus(self, duration: Duration) -> Timestamp {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(millis))
+    }
+
+    /// The time from `earlier` to `self`, zero when `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(u64::try_from(self.0 - earlier.0).unwrap_or(0))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// A duration written as a string in `baton.toml` (`"500ms"`, `"30s"`, `"10m"`, `"1h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurationStr(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_duration(&text).map(DurationStr).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"30s"`, `"10m"`, `"1h 30m"`, `"250ms"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|error| {
+        format!("invalid duration `{text}` ({error}); write a number and a unit, e.g. \"30s\", \"10m\", \"1h\"")
+    })
+}
+
+/// Formats a duration the way it is written in `baton.toml`.
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis == 0 {
+        return "0s".to_string();
+    }
+    if millis % 1000 != 0 {
+        return format!("{millis}ms");
+    }
+    humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+}
+
+/// A size written as a string in `baton.toml` (`"512MiB"`, `"2GB"`), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeStr(pub u64);
+
+impl<'de> Deserialize<'de> for SizeStr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|size| SizeStr(size.as_u64()))
+            .map_err(|error| {
+                serde::de::Error::custom(format!(
+                    "invalid size `{text}` ({error}); write a number and a unit, e.g. \"512MiB\", \"2GiB\""
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10x").unwrap_err().contains("invalid duration `10x`"));
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn timestamps_are_saturating() {
+        let now = Timestamp(1_000);
+        assert_eq!(now.plus(Duration::from_millis(500)), Timestamp(1_500));
+        assert_eq!(Timestamp(1_000).since(Timestamp(2_000)), Duration::ZERO);
+        assert_eq!(Timestamp(2_000).since(Timestamp(1_000)), Duration::from_secs(1));
+    }
+}
