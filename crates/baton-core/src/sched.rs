@@ -29,6 +29,9 @@ pub enum Write {
     Run { change: RunChange, events: Vec<EventKind> },
     /// Extend the leases of every running task this node owns.
     RenewLeases { owner: String, until: Timestamp },
+    /// Take or renew the claim on executing the run, only if it is held by `expect_owner` (or
+    /// by nobody, or expired by `now`). `owner: None` releases it.
+    RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
     /// An event about no record in particular.
     Event(EventKind),
 }

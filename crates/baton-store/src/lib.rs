@@ -1,1 +1,129 @@
-//! placeholder
+//! Baton's durable store: the [`Store`] trait and its embedded SQLite implementation.
+//!
+//! Architecture invariant: this is the only crate with SQL. State tables are the source of
+//! truth; every state change is written in the same transaction as its events. Writes are
+//! compare-and-set where a stale writer could otherwise overwrite newer state (a task changes
+//! only from the state and attempt its writer last saw), which is what makes completion
+//! exactly-once.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use baton_core::model::{AgentRecord, NewTask, RunRecord, TaskId, TaskRecord, TaskState};
+use baton_core::sched::Write;
+use baton_core::{Event, EventKind, Timestamp};
+
+pub mod sqlite;
+pub mod suite;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open the store at `{path}`: {message}")]
+    Open { path: String, message: String },
+    #[error("corrupt record in the store: {0}")]
+    Corrupt(String),
+    #[error("the store was closed")]
+    Closed,
+    #[error("no run `{0}` in the store")]
+    UnknownRun(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What became of one [`Write`] in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// A compare-and-set found the record changed; nothing of this write was stored.
+    Conflict(String),
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub workstream: Option<String>,
+    pub agent: Option<String>,
+    pub limit: Option<u64>,
+    /// Only tasks with an id greater than this (for paging).
+    pub after: Option<TaskId>,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub run_id: Option<String>,
+    /// Only events with a sequence number greater than this.
+    pub since: i64,
+    pub task: Option<TaskId>,
+    pub limit: Option<u64>,
+}
+
+/// A command for the process executing a run, left in the store by another process (`baton
+/// task cancel` while `baton run` works).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Control {
+    CancelTask { task: TaskId, reason: String },
+    RetryTask { task: TaskId },
+}
+
+/// A run to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub id: String,
+    pub name: String,
+    pub n_phases: u32,
+    pub owner: String,
+    pub owner_pid: u32,
+    pub owner_until: Timestamp,
+}
+
+/// The durable store. One implementation per database; one conformance suite ([`suite`]) for
+/// all of them.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a run, claimed by its owner, and writes `RunStarted`.
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<RunRecord>;
+
+    /// Creates tasks in a run, resolving dependencies given by key against the run's tasks
+    /// (including those in the same batch), and writes `TaskCreated` for each.
+    async fn create_tasks(&self, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>>;
+
+    /// Applies a batch of writes in one transaction, with their events.
+    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>) -> Result<Vec<Applied>>;
+
+    /// Appends events that change no record.
+    async fn append_events(&self, run_id: &str, now: Timestamp, events: Vec<EventKind>) -> Result<()> {
+        self.apply(run_id, now, events.into_iter().map(Write::Event).collect()).await.map(|_| ())
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
+
+    /// The most recently started run, of the plan `name` when given.
+    async fn latest_run(&self, name: Option<&str>) -> Result<Option<RunRecord>>;
+
+    async fn tasks(&self, run_id: &str, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
+
+    async fn task(&self, id: TaskId) -> Result<Option<TaskRecord>>;
+
+    async fn agents(&self, run_id: &str) -> Result<Vec<AgentRecord>>;
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;
+
+    /// Events committed through this handle from now on. Other processes' events are read
+    /// with [`Store::events`].
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64>;
+
+    /// Takes the run's pending control commands, oldest first; each is returned once.
+    async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>>;
+}

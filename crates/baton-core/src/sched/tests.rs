@@ -37,7 +37,7 @@ impl Store {
                     self.events.extend(events.iter().cloned());
                 }
                 Write::Agent { events, .. } => self.events.extend(events.iter().cloned()),
-                Write::RenewLeases { .. } => {}
+                Write::RenewLeases { .. } | Write::RunOwner { .. } => {}
                 Write::Event(event) => self.events.push(event.clone()),
             }
         }

@@ -1,0 +1,809 @@
+//! The embedded SQLite store.
+//!
+//! One writer thread owns the only write connection. Callers send it operations; it takes
+//! every operation waiting, runs each in its own savepoint inside one transaction, commits
+//! once (one fsync with `synchronous=FULL`) and then answers them all: group commit, which is
+//! how durability and throughput coexist on one disk. Reads use a separate connection; in WAL
+//! mode they never wait for the writer.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use baton_core::model::{AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::sched::Write;
+use baton_core::{Event, EventKind, Timestamp};
+
+use crate::{Applied, Control, Error, EventQuery, NewRun, Result, Store, TaskFilter};
+
+/// How hard SQLite works to keep a commit on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync on every commit: a machine crash loses nothing acknowledged. The default.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: a machine crash may lose the last commits (a process crash
+    /// loses nothing).
+    Normal,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub synchronous: Synchronous,
+}
+
+impl Options {
+    /// Parses `sqlite://PATH[?synchronous=full|normal]` into a path (relative paths resolved
+    /// against `base`) and options.
+    pub fn from_url(url: &str, base: &Path) -> Result<(PathBuf, Options)> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| Error::Invalid(format!("`{url}` is not a sqlite url; write sqlite://PATH")))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err(Error::Invalid(format!("`{url}` names no file; write sqlite://PATH")));
+        }
+        let mut options = Options::default();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some(("synchronous", "full")) => options.synchronous = Synchronous::Full,
+                Some(("synchronous", "normal")) => options.synchronous = Synchronous::Normal,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "unknown store option `{pair}` in `{url}`; known: synchronous=full|normal"
+                    )));
+                }
+            }
+        }
+        let path = Path::new(path);
+        let path = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+        Ok((path, options))
+    }
+}
+
+type Output = Box<dyn Any + Send>;
+type Op = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<Output> + Send>;
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Output>>,
+}
+
+/// What an operation sees: the open transaction, and the events it wrote (published to
+/// subscribers after the commit).
+pub(crate) struct WriteCtx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    events: Vec<Event>,
+}
+
+impl WriteCtx<'_> {
+    fn event(&mut self, run_id: &str, at: Timestamp, kind: EventKind) -> Result<i64> {
+        let data = serde_json::to_string(&kind).map_err(|error| Error::Corrupt(error.to_string()))?;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO events (run_id, at, type, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        stmt.execute(params![run_id, at.0, kind.name(), kind.task().map(|id| id.0), kind.agent(), data])?;
+        let seq = self.tx.last_insert_rowid();
+        self.events.push(Event { seq, run_id: run_id.to_string(), at, kind });
+        Ok(seq)
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<Job>,
+    /// The read connection. A std mutex because it is only ever held inside `spawn_blocking`,
+    /// never across an `.await`.
+    reader: Mutex<Connection>,
+    events: broadcast::Sender<Event>,
+}
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase INTEGER NOT NULL DEFAULT 0,
+    n_phases INTEGER NOT NULL,
+    n_tasks INTEGER NOT NULL DEFAULT 0,
+    n_finished INTEGER NOT NULL DEFAULT 0,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    error TEXT,
+    owner TEXT,
+    owner_pid INTEGER,
+    owner_until INTEGER
+);
+CREATE INDEX runs_by_name ON runs (name, started_at);
+
+CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    key TEXT,
+    workstream TEXT,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    input TEXT NOT NULL,
+    requires TEXT NOT NULL,
+    agent TEXT,
+    depends_on TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    timeout_ms INTEGER,
+    resources TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    assigned_agent TEXT,
+    lease_owner TEXT,
+    lease_expires_at INTEGER,
+    not_before INTEGER,
+    result TEXT,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE UNIQUE INDEX tasks_by_key ON tasks (run_id, key) WHERE key IS NOT NULL;
+CREATE INDEX tasks_by_state ON tasks (run_id, state);
+
+CREATE TABLE agents (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    task_id INTEGER,
+    agent TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX events_by_task ON events (task_id) WHERE task_id IS NOT NULL;
+
+CREATE TABLE control (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    command TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    taken_at INTEGER
+);
+CREATE INDEX control_pending ON control (run_id) WHERE taken_at IS NULL;
+"#];
+
+const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
+     priority, max_attempts, timeout_ms, resources, state, attempt, assigned_agent, lease_owner, lease_expires_at, \
+     not_before, result, error, created_at, updated_at, finished_at";
+
+const RUN_COLUMNS: &str =
+    "id, name, state, phase, n_phases, n_tasks, n_finished, started_at, ended_at, error, owner, owner_pid, owner_until";
+
+/// Most operations one commit takes. Bounds the latency of the first caller in a batch.
+const MAX_BATCH: usize = 512;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path, options: Options) -> Result<SqliteStore> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|error| Error::Open {
+                path: path.display().to_string(),
+                message: format!("cannot create {}: {error}", parent.display()),
+            })?;
+        }
+        let open_error = |error: rusqlite::Error| Error::Open { path: path.display().to_string(), message: error.to_string() };
+        let mut writer = Connection::open(path).map_err(open_error)?;
+        configure(&writer, options).map_err(open_error)?;
+        migrate(&mut writer)?;
+        let reader = Connection::open(path).map_err(open_error)?;
+        configure(&reader, options).map_err(open_error)?;
+
+        let (job_tx, job_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(65_536);
+        let events_for_writer = events.clone();
+        std::thread::Builder::new()
+            .name("baton-store-writer".into())
+            .spawn(move || write_loop(writer, job_rx, events_for_writer))
+            .map_err(|error| Error::Open { path: path.display().to_string(), message: error.to_string() })?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner { path: path.to_path_buf(), writer: job_tx, reader: Mutex::new(reader), events }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `op` on the writer thread inside the group-commit transaction.
+    async fn write<R, F>(&self, op: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<R> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: Op = Box::new(move |ctx| op(ctx).map(|value| Box::new(value) as Output));
+        self.inner.writer.send(Job { op, reply }).map_err(|_| Error::Closed)?;
+        let output = answer.await.map_err(|_| Error::Closed)??;
+        Ok(*output.downcast::<R>().expect("an operation's output has the type it was sent with"))
+    }
+
+    /// Runs `query` on the read connection off the async threads.
+    async fn read<R, F>(&self, query: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            query(&conn)
+        })
+        .await
+        .map_err(|_| Error::Closed)?
+    }
+}
+
+fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(Error::Open {
+            path: conn.path().unwrap_or_default().to_string(),
+            message: format!("the store has schema version {version}, newer than this baton knows ({known}); upgrade baton"),
+        });
+    }
+    for (idx, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", idx as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, events: broadcast::Sender<Event>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (outputs, committed) = run_batch(&mut conn, &mut batch);
+        match committed {
+            Ok(published) => {
+                for (job, output) in batch.drain(..).zip(outputs) {
+                    let _ = job.reply.send(output);
+                }
+                for event in published {
+                    let _ = events.send(event);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(%message, "store commit failed");
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(Error::Invalid(format!("commit failed: {message}"))));
+                }
+            }
+        }
+    }
+}
+
+/// Runs every job of a batch in its own savepoint and commits once. Returns each job's output
+/// and, when the commit succeeded, the events to publish.
+fn run_batch(conn: &mut Connection, batch: &mut [Job]) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
+    let mut outputs = Vec::with_capacity(batch.len());
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => return (outputs, Err(error.into())),
+    };
+    let mut published = Vec::new();
+    for job in batch.iter_mut() {
+        let op = std::mem::replace(&mut job.op, Box::new(|_| Err(Error::Closed)));
+        let output = (|| -> Result<Output> {
+            tx.execute_batch("SAVEPOINT job")?;
+            let mut ctx = WriteCtx { tx: &tx, events: Vec::new() };
+            match op(&mut ctx) {
+                Ok(output) => {
+                    tx.execute_batch("RELEASE job")?;
+                    published.append(&mut ctx.events);
+                    Ok(output)
+                }
+                Err(error) => {
+                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    Err(error)
+                }
+            }
+        })();
+        outputs.push(output);
+    }
+    match tx.commit() {
+        Ok(()) => (outputs, Ok(published)),
+        Err(error) => (outputs, Err(error.into())),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("{what}: {error}").into())
+    })
+}
+
+fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> rusqlite::Result<T> {
+    text.parse()
+        .map_err(|error: String| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, error.into()))
+}
+
+fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
+    let depends_on: Vec<i64> = from_json(&row.get::<_, String>(9)?, "depends_on")?;
+    Ok(TaskRecord {
+        id: TaskId(row.get(0)?),
+        run_id: row.get(1)?,
+        key: row.get(2)?,
+        workstream: row.get(3)?,
+        title: row.get(4)?,
+        description: row.get(5)?,
+        input: from_json(&row.get::<_, String>(6)?, "input")?,
+        requires: from_json(&row.get::<_, String>(7)?, "requires")?,
+        agent: row.get(8)?,
+        depends_on: depends_on.into_iter().map(TaskId).collect(),
+        priority: Priority::from_rank(row.get(10)?),
+        max_attempts: row.get(11)?,
+        timeout_ms: row.get::<_, Option<i64>>(12)?.map(|ms| ms as u64),
+        resources: from_json(&row.get::<_, String>(13)?, "resources")?,
+        state: parse(&row.get::<_, String>(14)?)?,
+        attempt: row.get(15)?,
+        assigned_agent: row.get(16)?,
+        lease_owner: row.get(17)?,
+        lease_expires_at: row.get::<_, Option<i64>>(18)?.map(Timestamp),
+        not_before: row.get::<_, Option<i64>>(19)?.map(Timestamp),
+        result: row.get::<_, Option<String>>(20)?.map(|text| from_json(&text, "result")).transpose()?,
+        error: row.get(21)?,
+        created_at: Timestamp(row.get(22)?),
+        updated_at: Timestamp(row.get(23)?),
+        finished_at: row.get::<_, Option<i64>>(24)?.map(Timestamp),
+    })
+}
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        state: parse::<RunState>(&row.get::<_, String>(2)?)?,
+        phase: row.get(3)?,
+        n_phases: row.get(4)?,
+        n_tasks: row.get::<_, i64>(5)? as u64,
+        n_finished: row.get::<_, i64>(6)? as u64,
+        started_at: Timestamp(row.get(7)?),
+        ended_at: row.get::<_, Option<i64>>(8)?.map(Timestamp),
+        error: row.get(9)?,
+        owner: row.get(10)?,
+        owner_pid: row.get(11)?,
+        owner_until: row.get::<_, Option<i64>>(12)?.map(Timestamp),
+    })
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        seq: row.get(0)?,
+        run_id: row.get(1)?,
+        at: Timestamp(row.get(2)?),
+        kind: from_json(&row.get::<_, String>(3)?, "event")?,
+    })
+}
+
+fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write: Write) -> Result<Applied> {
+    match write {
+        Write::Task { id, expect_state, expect_attempt, change, events } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "UPDATE tasks SET state = ?1, attempt = ?2, assigned_agent = ?3, lease_owner = ?4, \
+                 lease_expires_at = ?5, not_before = ?6, result = ?7, error = ?8, finished_at = ?9, updated_at = ?10 \
+                 WHERE id = ?11 AND state = ?12 AND attempt = ?13",
+            )?;
+            let n_changed = stmt.execute(params![
+                change.state.as_str(),
+                change.attempt,
+                change.assigned_agent,
+                change.lease_owner,
+                change.lease_expires_at.map(|t| t.0),
+                change.not_before.map(|t| t.0),
+                change.result.as_ref().map(to_json),
+                change.error,
+                change.finished_at.map(|t| t.0),
+                now.0,
+                id.0,
+                expect_state.as_str(),
+                expect_attempt,
+            ])?;
+            if n_changed == 0 {
+                return Ok(Applied::Conflict(format!(
+                    "task {id} is no longer {expect_state} at attempt {expect_attempt}"
+                )));
+            }
+            for event in events {
+                ctx.event(run_id, now, event)?;
+            }
+        }
+        Write::Agent { record, events } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "INSERT OR REPLACE INTO agents (run_id, name, state, record, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            stmt.execute(params![run_id, record.name, record.state.as_str(), to_json(&record), now.0])?;
+            for event in events {
+                ctx.event(run_id, now, event)?;
+            }
+        }
+        Write::Run { change, events } => {
+            let ended = change.state != RunState::Running;
+            let mut stmt = ctx.tx.prepare_cached(
+                "UPDATE runs SET state = ?1, phase = ?2, n_tasks = ?3, n_finished = ?4, ended_at = ?5, error = ?6, \
+                 owner = CASE WHEN ?7 THEN NULL ELSE owner END, \
+                 owner_until = CASE WHEN ?7 THEN NULL ELSE owner_until END WHERE id = ?8",
+            )?;
+            let n_changed = stmt.execute(params![
+                change.state.as_str(),
+                change.phase,
+                change.n_tasks as i64,
+                change.n_finished as i64,
+                change.ended_at.map(|t| t.0),
+                change.error,
+                ended,
+                run_id,
+            ])?;
+            if n_changed == 0 {
+                return Err(Error::UnknownRun(run_id.to_string()));
+            }
+            for event in events {
+                ctx.event(run_id, now, event)?;
+            }
+        }
+        Write::RenewLeases { owner, until } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "UPDATE tasks SET lease_expires_at = ?1 WHERE run_id = ?2 AND state = 'running' AND lease_owner = ?3",
+            )?;
+            stmt.execute(params![until.0, run_id, owner])?;
+        }
+        Write::RunOwner { owner, pid, until, expect_owner } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "UPDATE runs SET owner = ?1, owner_pid = ?2, owner_until = ?3 WHERE id = ?4 \
+                 AND (owner IS NULL OR owner = ?5 OR owner = ?1 OR owner_until < ?6)",
+            )?;
+            let n_changed = stmt.execute(params![owner, pid, until.map(|t| t.0), run_id, expect_owner, now.0])?;
+            if n_changed == 0 {
+                return Ok(Applied::Conflict(format!("run {run_id} is held by another node")));
+            }
+        }
+        Write::Event(event) => {
+            ctx.event(run_id, now, event)?;
+        }
+    }
+    Ok(Applied::Done)
+}
+
+fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>> {
+    let mut created: Vec<TaskRecord> = Vec::with_capacity(tasks.len());
+    let mut by_key: HashMap<String, TaskId> = HashMap::new();
+    {
+        let mut stmt = ctx.tx.prepare_cached(
+            "INSERT INTO tasks (run_id, key, workstream, title, description, input, requires, agent, depends_on, \
+             priority, max_attempts, timeout_ms, resources, state, attempt, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', ?9, ?10, ?11, ?12, 'pending', 0, ?13, ?13)",
+        )?;
+        for task in &tasks {
+            let inserted = stmt.execute(params![
+                run_id,
+                task.key,
+                task.workstream,
+                task.title,
+                task.description,
+                to_json(&task.input),
+                to_json(&task.requires),
+                task.agent,
+                task.priority.rank(),
+                task.max_attempts,
+                task.timeout_ms.map(|ms| ms as i64),
+                to_json(&task.resources),
+                now.0,
+            ]);
+            if let Err(rusqlite::Error::SqliteFailure(failure, _)) = &inserted
+                && failure.code == rusqlite::ErrorCode::ConstraintViolation
+            {
+                return Err(Error::Invalid(format!(
+                    "a task with key `{}` already exists in run {run_id}",
+                    task.key.as_deref().unwrap_or_default()
+                )));
+            }
+            inserted?;
+            let id = TaskId(ctx.tx.last_insert_rowid());
+            if let Some(key) = &task.key {
+                by_key.insert(key.clone(), id);
+            }
+            created.push(TaskRecord {
+                id,
+                run_id: run_id.to_string(),
+                key: task.key.clone(),
+                workstream: task.workstream.clone(),
+                title: task.title.clone(),
+                description: task.description.clone(),
+                input: task.input.clone(),
+                requires: task.requires.clone(),
+                agent: task.agent.clone(),
+                depends_on: Vec::new(),
+                priority: task.priority,
+                max_attempts: task.max_attempts,
+                timeout_ms: task.timeout_ms,
+                resources: task.resources.clone(),
+                state: TaskState::Pending,
+                attempt: 0,
+                assigned_agent: None,
+                lease_owner: None,
+                lease_expires_at: None,
+                not_before: None,
+                result: None,
+                error: None,
+                created_at: now,
+                updated_at: now,
+                finished_at: None,
+            });
+        }
+    }
+    for (task, record) in tasks.iter().zip(created.iter_mut()) {
+        if task.depends_on.is_empty() {
+            continue;
+        }
+        let mut ids = Vec::with_capacity(task.depends_on.len());
+        for dep in &task.depends_on {
+            let id = match dep {
+                TaskRef::Id(id) => ctx
+                    .tx
+                    .prepare_cached("SELECT id FROM tasks WHERE id = ?1 AND run_id = ?2")?
+                    .query_row(params![id.0, run_id], |row| row.get(0))
+                    .optional()?
+                    .map(TaskId),
+                TaskRef::Key(key) => match by_key.get(key) {
+                    Some(id) => Some(*id),
+                    None => ctx
+                        .tx
+                        .prepare_cached("SELECT id FROM tasks WHERE run_id = ?1 AND key = ?2")?
+                        .query_row(params![run_id, key], |row| row.get(0))
+                        .optional()?
+                        .map(TaskId),
+                },
+            };
+            let Some(id) = id else {
+                let name = match dep {
+                    TaskRef::Id(id) => id.to_string(),
+                    TaskRef::Key(key) => format!("`{key}`"),
+                };
+                return Err(Error::Invalid(format!("task `{}` depends on unknown task {name}", record.title)));
+            };
+            ids.push(id);
+        }
+        let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        ctx.tx
+            .prepare_cached("UPDATE tasks SET depends_on = ?1 WHERE id = ?2")?
+            .execute(params![to_json(&raw), record.id.0])?;
+        record.depends_on = ids;
+    }
+    for record in &created {
+        ctx.event(
+            run_id,
+            now,
+            EventKind::TaskCreated {
+                task: record.id,
+                key: record.key.clone(),
+                title: record.title.clone(),
+                workstream: record.workstream.clone(),
+            },
+        )?;
+    }
+    Ok(created)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<RunRecord> {
+        self.write(move |ctx| {
+            ctx.tx.execute(
+                "INSERT INTO runs (id, name, state, phase, n_phases, started_at, owner, owner_pid, owner_until) \
+                 VALUES (?1, ?2, 'running', 0, ?3, ?4, ?5, ?6, ?7)",
+                params![run.id, run.name, run.n_phases, now.0, run.owner, run.owner_pid, run.owner_until.0],
+            )?;
+            ctx.event(&run.id, now, EventKind::RunStarted { name: run.name.clone(), n_phases: run.n_phases })?;
+            Ok(RunRecord {
+                id: run.id,
+                name: run.name,
+                state: RunState::Running,
+                phase: 0,
+                n_phases: run.n_phases,
+                n_tasks: 0,
+                n_finished: 0,
+                started_at: now,
+                ended_at: None,
+                error: None,
+                owner: Some(run.owner),
+                owner_pid: Some(run.owner_pid),
+                owner_until: Some(run.owner_until),
+            })
+        })
+        .await
+    }
+
+    async fn create_tasks(&self, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| insert_tasks(ctx, &run_id, tasks, now)).await
+    }
+
+    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>) -> Result<Vec<Applied>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            let mut applied = Vec::with_capacity(writes.len());
+            for write in writes {
+                applied.push(apply_write(ctx, &run_id, now, write)?);
+            }
+            Ok(applied)
+        })
+        .await
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
+                .query_row(params![id], run_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn latest_run(&self, name: Option<&str>) -> Result<Option<RunRecord>> {
+        let name = name.map(str::to_string);
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR name = ?1) ORDER BY started_at DESC, rowid DESC LIMIT 1"
+            );
+            Ok(conn.prepare_cached(&sql)?.query_row(params![name], run_from_row).optional()?)
+        })
+        .await
+    }
+
+    async fn tasks(&self, run_id: &str, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let run_id = run_id.to_string();
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) \
+                 AND (?3 IS NULL OR workstream = ?3) AND (?4 IS NULL OR assigned_agent = ?4) AND id > ?5 \
+                 ORDER BY id LIMIT ?6"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    run_id,
+                    filter.state.map(|state| state.as_str()),
+                    filter.workstream,
+                    filter.agent,
+                    filter.after.map_or(0, |id| id.0),
+                    filter.limit.map_or(-1, |limit| limit as i64),
+                ],
+                task_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn task(&self, id: TaskId) -> Result<Option<TaskRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+                .query_row(params![id.0], task_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn agents(&self, run_id: &str) -> Result<Vec<AgentRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT record FROM agents WHERE run_id = ?1 ORDER BY rowid")?;
+            let rows = stmt.query_map(params![run_id], |row| from_json::<AgentRecord>(&row.get::<_, String>(0)?, "agent"))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        let query = query.clone();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, run_id, at, data FROM events WHERE seq > ?1 AND (?2 IS NULL OR run_id = ?2) \
+                 AND (?3 IS NULL OR task_id = ?3) ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![query.since, query.run_id, query.task.map(|id| id.0), query.limit.map_or(-1, |l| l as i64)],
+                event_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            ctx.tx.execute(
+                "INSERT INTO control (run_id, command, created_at) VALUES (?1, ?2, ?3)",
+                params![run_id, to_json(&control), now.0],
+            )?;
+            Ok(ctx.tx.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            let commands = {
+                let mut stmt = ctx
+                    .tx
+                    .prepare_cached("SELECT id, command FROM control WHERE run_id = ?1 AND taken_at IS NULL ORDER BY id")?;
+                let rows = stmt.query_map(params![run_id], |row| {
+                    Ok((row.get::<_, i64>(0)?, from_json::<Control>(&row.get::<_, String>(1)?, "control")?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            if let Some((last, _)) = commands.last() {
+                ctx.tx.execute(
+                    "UPDATE control SET taken_at = ?1 WHERE run_id = ?2 AND taken_at IS NULL AND id <= ?3",
+                    params![now.0, run_id, last],
+                )?;
+            }
+            Ok(commands.into_iter().map(|(_, command)| command).collect())
+        })
+        .await
+    }
+}
