@@ -1,1 +1,213 @@
-fn main() {}
+//! `baton`: the command line. Thin: it parses arguments, loads the configuration, opens the
+//! store and calls the engine; everything else lives in the library crates.
+
+mod commands;
+mod init;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Baton runs a team of agents against a plan: workstreams with dependencies, tasks routed by
+/// capability and priority, durable state that survives a crash.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short, long, global = true, env = "BATON_CONFIG", default_value = "baton.toml")]
+    pub config: PathBuf,
+
+    /// The store to read, overriding the configuration's `store.url`.
+    #[arg(long, global = true, env = "BATON_STORE")]
+    pub store: Option<String>,
+
+    /// Log level for Baton's own diagnostics (also `RUST_LOG`).
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write the example roadmap (baton.toml and its agents) into a directory.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the configuration and its environment, and print the plan.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the plan to completion, resuming the unfinished run if there is one.
+    Run {
+        /// Start a new run even if the last one did not finish.
+        #[arg(long)]
+        fresh: bool,
+        /// Print plain lines even on a terminal.
+        #[arg(long)]
+        plain: bool,
+        /// How long running tasks may finish after Ctrl-C or SIGTERM.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Show the current (or last) run: phase, progress, outcome, workstreams.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// A run id; the latest run of the plan by default.
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// List the run's tasks.
+    Tasks {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        workstream: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Show, cancel or retry one task.
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+    },
+    /// List the run's agents.
+    Agents {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Print the run's events; with --follow, keep printing until the run ends.
+    Events {
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        /// Only events about this task.
+        #[arg(long)]
+        task: Option<i64>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Print an agent's log (its stderr and Baton's notes about each task).
+    Logs {
+        agent: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Measure the engine on the embedded store (DESIGN.md §8 figures).
+    Bench {
+        /// Tasks in the lifecycle figure.
+        #[arg(long, default_value_t = 20_000)]
+        tasks: u64,
+        /// Lifecycle runs; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: u32,
+        /// Seconds of load for the dispatch-latency figure.
+        #[arg(long, default_value_t = 4)]
+        latency_seconds: u64,
+        /// SQLite synchronous mode: full (default) or normal.
+        #[arg(long, default_value = "full")]
+        synchronous: String,
+        /// Where to put the benchmark's stores (a temporary directory by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskAction {
+    /// Show a task with its attempts' events.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task (a running attempt is killed). Applied by the running `baton run`.
+    Cancel {
+        id: i64,
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Put a dead or cancelled task back in the queue. Applied by the running `baton run`.
+    Retry {
+        id: i64,
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    baton_core::time::parse_duration(text)
+}
+
+/// A failure with the exit code it maps to: 1 for a failed run, 2 for bad configuration or
+/// usage.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure { code: 2, message: message.into() }
+    }
+
+    pub fn run(message: impl Into<String>) -> Failure {
+        Failure { code: 1, message: message.into() }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure { code: 1, message: format!("{error:#}") }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},baton=info", cli.log_level)));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if !failure.message.is_empty() {
+                eprintln!("{}", failure.message);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -103,8 +103,32 @@ struct WorkstreamState {
     started: bool,
     done: bool,
     failed: bool,
+    n_total: u64,
     n_open: u64,
+    n_running: u64,
+    n_unsuccessful: u64,
     deadline: Option<Timestamp>,
+}
+
+/// A run's progress, per workstream, for progress bars.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub phase: u32,
+    pub n_phases: u32,
+    pub workstreams: Vec<WorkstreamProgress>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WorkstreamProgress {
+    /// `None` for tasks without a workstream.
+    pub name: Option<String>,
+    pub phase: u32,
+    pub started: bool,
+    pub n_total: u64,
+    pub n_finished: u64,
+    pub n_running: u64,
+    /// Dead or cancelled.
+    pub n_unsuccessful: u64,
 }
 
 /// Equal jitter: half the delay fixed, half random, so retries spread without ever being
@@ -127,14 +151,18 @@ pub struct Scheduler {
     agents: Vec<AgentSlot>,
     agent_index: HashMap<String, usize>,
     workstreams: BTreeMap<String, WorkstreamState>,
-    /// Tasks without a workstream that are not finished.
-    n_open_unassigned: u64,
+    /// Counters of the tasks without a workstream.
+    unassigned: WorkstreamState,
     /// Resource keys held by running tasks.
     held: HashMap<String, TaskId>,
     phase: u32,
     n_running: u32,
     n_finished: u64,
     state: RunState,
+    /// While held, nothing new is assigned (a shutdown lets running attempts finish).
+    held_back: bool,
+    /// An open run does not end when its tasks are done: more may come (a server, a benchmark).
+    stays_open: bool,
     run_dirty: bool,
     dirty_agents: BTreeSet<usize>,
     next_lease_renewal: Option<Timestamp>,
@@ -178,12 +206,14 @@ impl Scheduler {
             agents,
             agent_index,
             workstreams,
-            n_open_unassigned: 0,
+            unassigned: WorkstreamState::default(),
             held: HashMap::new(),
             phase: 0,
             n_running: 0,
             n_finished: 0,
             state: RunState::Running,
+            held_back: false,
+            stays_open: false,
             run_dirty: true,
             dirty_agents: BTreeSet::new(),
             next_lease_renewal: None,
@@ -239,14 +269,20 @@ impl Scheduler {
         for dep in &task.depends_on {
             self.dependents.entry(*dep).or_default().push(task.id);
         }
+        let counters = self.counters(task.workstream.as_deref());
+        counters.n_total += 1;
         if !task.state.is_terminal() {
-            self.open_count(task.workstream.as_deref(), 1);
+            counters.n_open += 1;
         } else {
+            if task.state != TaskState::Succeeded {
+                counters.n_unsuccessful += 1;
+            }
             self.n_finished += 1;
         }
         match task.state {
             TaskState::Ready => self.enqueue_ready(&task),
             TaskState::Running => {
+                self.counters(task.workstream.as_deref()).n_running += 1;
                 self.n_running += 1;
             }
             _ => {}
@@ -254,12 +290,39 @@ impl Scheduler {
         self.tasks.insert(task.id, task);
     }
 
-    fn open_count(&mut self, workstream: Option<&str>, delta: i64) {
-        let counter = match workstream.and_then(|ws| self.workstreams.get_mut(ws)) {
-            Some(ws) => &mut ws.n_open,
-            None => &mut self.n_open_unassigned,
+    fn counters(&mut self, workstream: Option<&str>) -> &mut WorkstreamState {
+        match workstream.and_then(|ws| self.workstreams.get_mut(ws)) {
+            Some(ws) => ws,
+            None => &mut self.unassigned,
+        }
+    }
+
+    /// The run's progress per workstream, in phase order.
+    pub fn progress(&self) -> Progress {
+        let mut workstreams = Vec::with_capacity(self.workstreams.len() + 1);
+        let row = |name: Option<String>, phase: u32, ws: &WorkstreamState, started: bool| WorkstreamProgress {
+            name,
+            phase,
+            started,
+            n_total: ws.n_total,
+            n_finished: ws.n_total - ws.n_open,
+            n_running: ws.n_running,
+            n_unsuccessful: ws.n_unsuccessful,
         };
-        *counter = counter.saturating_add_signed(delta);
+        if self.unassigned.n_total > 0 {
+            workstreams.push(row(None, 1, &self.unassigned, self.phase >= 1));
+        }
+        for (idx, phase) in self.plan.phases.iter().enumerate() {
+            for name in phase {
+                let ws = &self.workstreams[name];
+                workstreams.push(row(Some(name.clone()), idx as u32 + 1, ws, ws.started));
+            }
+        }
+        Progress {
+            phase: self.phase.min(self.plan.phases.len() as u32),
+            n_phases: self.plan.phases.len() as u32,
+            workstreams,
+        }
     }
 
     fn enqueue_ready(&mut self, task: &TaskRecord) {
@@ -501,6 +564,7 @@ impl Scheduler {
         let task = task.clone();
         if from == TaskState::Running {
             self.n_running -= 1;
+            self.counters(task.workstream.as_deref()).n_running -= 1;
             for resource in &task.resources {
                 if self.held.get(resource) == Some(&id) {
                     self.held.remove(resource);
@@ -509,13 +573,20 @@ impl Scheduler {
         }
         match to {
             TaskState::Ready => self.enqueue_ready(&task),
-            TaskState::Running => self.n_running += 1,
+            TaskState::Running => {
+                self.n_running += 1;
+                self.counters(task.workstream.as_deref()).n_running += 1;
+            }
             _ => {}
         }
         if to.is_terminal() && !from.is_terminal() {
             self.n_finished += 1;
             self.run_dirty = true;
-            self.open_count(task.workstream.as_deref(), -1);
+            let counters = self.counters(task.workstream.as_deref());
+            counters.n_open -= 1;
+            if to != TaskState::Succeeded {
+                counters.n_unsuccessful += 1;
+            }
             let dependents = self.dependents.get(&id).cloned().unwrap_or_default();
             for dependent in dependents {
                 self.try_release(dependent, now, fx);
@@ -523,7 +594,11 @@ impl Scheduler {
         } else if from.is_terminal() && !to.is_terminal() {
             self.n_finished -= 1;
             self.run_dirty = true;
-            self.open_count(task.workstream.as_deref(), 1);
+            let counters = self.counters(task.workstream.as_deref());
+            counters.n_open += 1;
+            if from != TaskState::Succeeded {
+                counters.n_unsuccessful -= 1;
+            }
         }
     }
 
@@ -541,9 +616,43 @@ impl Scheduler {
         }
     }
 
+    /// Keeps the run open when its tasks are done, for tasks added later.
+    pub fn stay_open(&mut self, open: bool) {
+        self.stays_open = open;
+    }
+
+    /// Stops assigning tasks; running attempts go on. For a graceful shutdown.
+    pub fn hold(&mut self) {
+        self.held_back = true;
+    }
+
+    /// Puts a running attempt back in the queue without counting it: it was interrupted by a
+    /// shutdown, not failed.
+    pub fn release(&mut self, id: TaskId, attempt: u32, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        if task.state != TaskState::Running || task.attempt != attempt {
+            return Err(Error::Stale { task: id, attempt, reason: format!("the task is {} at attempt {}", task.state, task.attempt) });
+        }
+        if let Some(&agent_idx) = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)) {
+            let slot = &mut self.agents[agent_idx];
+            slot.running = slot.running.saturating_sub(1);
+            self.dirty_agents.insert(agent_idx);
+        }
+        let mut change = task.change();
+        change.state = TaskState::Ready;
+        change.attempt = attempt - 1;
+        change.lease_owner = None;
+        change.lease_expires_at = None;
+        self.transition(id, change, vec![EventKind::TaskRequeued { task: id, from: TaskState::Running }], now, fx);
+        Ok(())
+    }
+
     /// Assigns ready tasks, most urgent first (priority, then age), each to the least-loaded
     /// agent that can run it, within per-agent concurrency and the global limit.
     fn dispatch(&mut self, now: Timestamp, fx: &mut Effects) {
+        if self.held_back {
+            return;
+        }
         let max_running = self.plan.settings.max_concurrent_agents;
         let mut free_slots: u64 = self
             .agents
@@ -865,11 +974,15 @@ impl Scheduler {
     fn finish_if_done(&mut self, now: Timestamp, fx: &mut Effects) {
         let phases_done = self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
         if !phases_done || self.n_finished < self.tasks.len() as u64 {
-            if self.n_running == 0 && self.delayed.is_empty() && !self.agents_starting() {
+            if !self.held_back
+                && self.n_running == 0 && self.delayed.is_empty() && !self.agents_starting() {
                 // Nothing running, nothing waiting on time, nothing starting: any task still
                 // ready has no agent that can take it.
                 self.cancel_unrunnable(now, fx);
             }
+            return;
+        }
+        if self.stays_open {
             return;
         }
         let mut counts = (0u64, 0u64, 0u64);

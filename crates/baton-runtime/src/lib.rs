@@ -1,1 +1,19 @@
-//! placeholder
+//! Baton's engine and agent runtimes: the imperative shell around `baton-core`.
+//!
+//! The [`engine`] loop feeds commands (outcomes, agent starts, operator commands, clock ticks)
+//! to the core scheduler, makes the writes it returns durable through the store, then performs
+//! the effects: starting agents and handing them tasks through the [`agent::AgentRuntime`]
+//! trait, behind which every kind of agent sits.
+//!
+//! Architecture invariant: this is the only crate that starts processes.
+
+pub mod agent;
+pub mod bench;
+pub mod check;
+pub mod clock;
+pub mod engine;
+pub mod process;
+
+pub use agent::{AgentRuntime, Attempt};
+pub use clock::Clock;
+pub use engine::{Engine, EngineHandle, EngineOptions, RunSummary};

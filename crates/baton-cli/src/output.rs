@@ -1,0 +1,75 @@
+//! How things are shown: tables, times, and one line per event.
+
+use std::collections::HashMap;
+
+use baton_core::model::TaskId;
+use baton_core::{Event, EventKind, Timestamp};
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{ContentArrangement, Table};
+
+pub fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    table
+}
+
+/// `2026-11-21 08:01:02.345` in local time.
+pub fn time(at: Timestamp) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(at.0) {
+        chrono::LocalResult::Single(time) => time.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        _ => at.0.to_string(),
+    }
+}
+
+/// `08:01:02.345` in local time.
+pub fn clock(at: Timestamp) -> String {
+    time(at).get(11..).unwrap_or_default().to_string()
+}
+
+/// "3.2s", "4m 10s".
+pub fn elapsed(from: Timestamp, to: Timestamp) -> String {
+    let duration = to.since(from);
+    if duration.as_secs() < 60 {
+        format!("{:.1}s", duration.as_secs_f64())
+    } else {
+        baton_core::time::format_duration(std::time::Duration::from_secs(duration.as_secs()))
+    }
+}
+
+/// Names tasks by key in event lines, where the key is known.
+#[derive(Default)]
+pub struct TaskNames {
+    keys: HashMap<TaskId, String>,
+}
+
+impl TaskNames {
+    pub fn insert(&mut self, id: TaskId, key: Option<String>) {
+        if let Some(key) = key {
+            self.keys.insert(id, key);
+        }
+    }
+
+    pub fn learn(&mut self, event: &Event) {
+        if let EventKind::TaskCreated { task, key, .. } = &event.kind {
+            self.insert(*task, key.clone());
+        }
+    }
+
+    /// One line for an event: its time, and what happened with task keys spelled out.
+    pub fn line(&self, event: &Event) -> String {
+        let mut text = event.kind.describe();
+        if let Some(task) = event.kind.task()
+            && let Some(key) = self.keys.get(&task)
+        {
+            text = text.replacen(&format!("task {task}"), &format!("task {key}"), 1);
+        }
+        format!("{} #{:<5} {text}", clock(event.at), event.seq)
+    }
+}
+
+/// Whether `baton run` prints an event as a line: the ones a person watching wants, not the
+/// bookkeeping (created, ready, agent records).
+pub fn is_notable(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::TaskCreated { .. } | EventKind::TaskReady { .. } | EventKind::AgentStateChanged { .. } | EventKind::TaskProgress { .. })
+}

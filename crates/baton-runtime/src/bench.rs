@@ -1,0 +1,293 @@
+//! `baton bench`: the figures of DESIGN.md §8 that concern the engine, measured on the real
+//! engine and the real SQLite store (a file, `synchronous=FULL` unless asked otherwise).
+//!
+//! Agents here are in-process and finish at once, so what is measured is Baton itself: the
+//! scheduler, the store and the group commit, not the agents' work.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use baton_core::config::{self, AgentSpec, Plan};
+use baton_core::model::{NewTask, Priority, TaskId};
+use baton_core::Outcome;
+use baton_store::sqlite::{Options, Synchronous};
+use baton_store::{EventQuery, SqliteStore, Store};
+
+use crate::agent::{AgentRuntime, Attempt};
+use crate::engine::{Engine, EngineOptions, RuntimeFactory};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where the benchmark stores are created (each figure gets a fresh file).
+    pub dir: PathBuf,
+    pub synchronous: Synchronous,
+    /// Tasks in the lifecycle figure.
+    pub n_tasks: u64,
+    /// Tasks per create call in the lifecycle figure.
+    pub batch: usize,
+    pub n_agents: u32,
+    pub concurrency: u32,
+    /// How long the dispatch-latency load runs.
+    pub latency_duration: Duration,
+    /// Runs of the lifecycle figure; the median is reported.
+    pub repeats: u32,
+}
+
+impl BenchOptions {
+    pub fn new(dir: PathBuf) -> BenchOptions {
+        BenchOptions {
+            dir,
+            synchronous: Synchronous::Full,
+            n_tasks: 20_000,
+            batch: 500,
+            n_agents: 8,
+            concurrency: 32,
+            latency_duration: Duration::from_secs(4),
+            repeats: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleFigure {
+    pub n_tasks: u64,
+    pub n_events: i64,
+    /// Each run's throughput, in tasks per second.
+    pub runs: Vec<f64>,
+    pub median_tasks_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DispatchFigure {
+    /// Offered load, in tasks per second: half of the lifecycle median.
+    pub offered_per_second: f64,
+    pub n_tasks: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub synchronous: String,
+    pub lifecycle: LifecycleFigure,
+    pub dispatch: DispatchFigure,
+}
+
+/// An agent that finishes every task at once and notes when it got each.
+struct InstantAgent {
+    arrivals: Arc<Mutex<HashMap<TaskId, Instant>>>,
+}
+
+#[async_trait]
+impl AgentRuntime for InstantAgent {
+    async fn start(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn run(&self, attempt: Attempt, _cancel: CancellationToken) -> Outcome {
+        let now = Instant::now();
+        self.arrivals.lock().unwrap_or_else(|p| p.into_inner()).insert(attempt.task.id, now);
+        Outcome::Succeeded { result: serde_json::Value::Null }
+    }
+
+    async fn stop(&self) {}
+}
+
+fn bench_plan(options: &BenchOptions) -> Plan {
+    let mut text = format!(
+        "[orchestration]\nname = \"bench\"\nmax_concurrent_agents = {}\n",
+        options.n_agents * options.concurrency
+    );
+    for idx in 0..options.n_agents {
+        text.push_str(&format!(
+            "[[agents]]\nname = \"agent-{idx}\"\ncommand = [\"true\"]\nconcurrency = {}\n",
+            options.concurrency
+        ));
+    }
+    config::load("bench.toml", &text, &Default::default()).expect("the benchmark plan is valid")
+}
+
+fn bench_task(idx: u64) -> NewTask {
+    NewTask {
+        key: None,
+        workstream: None,
+        title: format!("bench task {idx}"),
+        description: String::new(),
+        input: serde_json::json!({ "n": idx }),
+        requires: Vec::new(),
+        agent: None,
+        depends_on: Vec::new(),
+        priority: Priority::Medium,
+        max_attempts: 3,
+        timeout_ms: None,
+        resources: Vec::new(),
+    }
+}
+
+struct Bench {
+    store: Arc<SqliteStore>,
+    handle: crate::engine::EngineHandle,
+    arrivals: Arc<Mutex<HashMap<TaskId, Instant>>>,
+    shutdown: CancellationToken,
+    engine: tokio::task::JoinHandle<Result<crate::engine::RunSummary, crate::engine::Error>>,
+}
+
+async fn start(options: &BenchOptions, name: &str) -> Result<Bench, String> {
+    let path = options.dir.join(format!("{name}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let store = Arc::new(
+        SqliteStore::open(&path, Options { synchronous: options.synchronous }).map_err(|error| error.to_string())?,
+    );
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let factory_arrivals = Arc::clone(&arrivals);
+    let runtimes: RuntimeFactory = Arc::new(move |_: &AgentSpec| {
+        Arc::new(InstantAgent { arrivals: Arc::clone(&factory_arrivals) }) as Arc<dyn AgentRuntime>
+    });
+    let mut engine_options = EngineOptions::new(bench_plan(options), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    engine_options.keep_open = true;
+    engine_options.fresh = true;
+    let (engine, handle) = Engine::new(engine_options);
+    let shutdown = CancellationToken::new();
+    let engine = tokio::spawn(engine.run(shutdown.clone()));
+    Ok(Bench { store, handle, arrivals, shutdown, engine })
+}
+
+impl Bench {
+    async fn wait_finished(&self, n_tasks: u64) {
+        let mut progress = self.handle.progress();
+        while progress.borrow_and_update().workstreams.iter().map(|ws| ws.n_finished).sum::<u64>() < n_tasks {
+            if progress.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn stop(self) -> Result<(), String> {
+        self.shutdown.cancel();
+        self.engine.await.map_err(|error| error.to_string())?.map_err(|error| error.to_string())?;
+        Ok(())
+    }
+}
+
+/// The durable task lifecycle: tasks created in batches, each claimed by an agent, completed,
+/// with all their events, until every one is recorded as done.
+async fn lifecycle(options: &BenchOptions, run: u32) -> Result<(f64, i64), String> {
+    let bench = start(options, &format!("lifecycle-{run}")).await?;
+    let first_seq = bench.store.events(&EventQuery::default()).await.map_err(|e| e.to_string())?.last().map_or(0, |e| e.seq);
+    let started = Instant::now();
+    let mut created = 0u64;
+    while created < options.n_tasks {
+        let n = (options.n_tasks - created).min(options.batch as u64);
+        let tasks: Vec<NewTask> = (created..created + n).map(bench_task).collect();
+        bench.handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
+        created += n;
+    }
+    bench.wait_finished(options.n_tasks).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let last_seq = bench
+        .store
+        .events(&EventQuery { since: first_seq, ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?
+        .last()
+        .map_or(first_seq, |e| e.seq);
+    bench.stop().await?;
+    Ok((options.n_tasks as f64 / elapsed, last_seq - first_seq))
+}
+
+/// Dispatch latency: tasks arrive at `rate` per second while agents are idle; for each, the
+/// time from its creation being durable (it is ready) to an agent holding it (the claim is
+/// durable and the agent has it).
+async fn dispatch(options: &BenchOptions, rate: f64) -> Result<DispatchFigure, String> {
+    let bench = start(options, "dispatch").await?;
+    let tick = Duration::from_millis(2);
+    let per_tick = (rate * tick.as_secs_f64()).max(1.0);
+    let mut ready_at: HashMap<TaskId, Instant> = HashMap::new();
+    let started = Instant::now();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut owed = 0.0f64;
+    let mut n_created = 0u64;
+    while started.elapsed() < options.latency_duration {
+        interval.tick().await;
+        owed += per_tick;
+        let n = owed.floor() as u64;
+        owed -= n as f64;
+        if n == 0 {
+            continue;
+        }
+        let tasks: Vec<NewTask> = (n_created..n_created + n).map(bench_task).collect();
+        let ids = bench.handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
+        let now = Instant::now();
+        for id in ids {
+            ready_at.insert(id, now);
+        }
+        n_created += n;
+    }
+    bench.wait_finished(n_created).await;
+    let arrivals = bench.arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    bench.stop().await?;
+    let mut latencies: Vec<u64> = ready_at
+        .iter()
+        .filter_map(|(id, ready)| arrivals.get(id).map(|arrived| arrived.saturating_duration_since(*ready).as_micros() as u64))
+        .collect();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> u64 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[idx]
+    };
+    Ok(DispatchFigure {
+        offered_per_second: rate,
+        n_tasks: latencies.len() as u64,
+        p50_us: percentile(0.50),
+        p90_us: percentile(0.90),
+        p99_us: percentile(0.99),
+        max_us: latencies.last().copied().unwrap_or(0),
+    })
+}
+
+/// Runs every figure and returns the report. Progress lines go to `say`.
+pub async fn run(options: BenchOptions, say: impl Fn(String)) -> Result<BenchReport, String> {
+    std::fs::create_dir_all(&options.dir).map_err(|error| format!("cannot create {}: {error}", options.dir.display()))?;
+    let mut runs = Vec::new();
+    let mut n_events = 0;
+    for run in 0..options.repeats.max(1) {
+        let (tasks_per_second, events) = lifecycle(&options, run).await?;
+        say(format!(
+            "lifecycle run {}: {} tasks, {events} events, {tasks_per_second:.0} tasks/s",
+            run + 1,
+            options.n_tasks
+        ));
+        runs.push(tasks_per_second);
+        n_events = events;
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let rate = median / 2.0;
+    say(format!("dispatch latency at {rate:.0} tasks/s (half of peak) for {:?}", options.latency_duration));
+    let dispatch = dispatch(&options, rate).await?;
+    Ok(BenchReport {
+        synchronous: match options.synchronous {
+            Synchronous::Full => "full".into(),
+            Synchronous::Normal => "normal".into(),
+        },
+        lifecycle: LifecycleFigure { n_tasks: options.n_tasks, n_events, runs, median_tasks_per_second: median },
+        dispatch,
+    })
+}
+

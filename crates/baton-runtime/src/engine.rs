@@ -1,0 +1,566 @@
+//! The engine: runs one plan to completion, durably.
+//!
+//! It owns the core [`Scheduler`] and is the only writer of its run. Each turn of its loop takes
+//! whatever arrived (attempt outcomes, agent starts, operator commands, a clock tick), lets the
+//! scheduler decide, writes the decisions and their events in one store call (one group
+//! commit), and only then performs them: starting agents, handing out attempts, killing
+//! cancelled ones. A crash at any point leaves the store saying what was decided; the next
+//! `baton run` resumes from it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use baton_core::config::{AgentSpec, Plan};
+use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskState};
+use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Write};
+use baton_core::{EventKind, Outcome, Timestamp};
+use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
+
+use crate::agent::{AgentRuntime, Attempt};
+use crate::clock::Clock;
+use crate::process::{ProcessAgent, ProcessEnv};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] baton_store::Error),
+    #[error(
+        "run {run} is being executed by {owner} (pid {pid}); stop it first, or wait until its claim expires at {until}"
+    )]
+    Busy { run: String, owner: String, pid: u32, until: String },
+    #[error("the store changed under the engine: {0}; is another baton executing this run?")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Builds the runtime for an agent.
+pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send + Sync>;
+
+/// The runtime factory for agents declared in `baton.toml`.
+pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
+    Arc::new(move |spec: &AgentSpec| Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>)
+}
+
+/// Who is executing a run: written on the run so that a second `baton run` can tell whether
+/// the first is still alive.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+impl Node {
+    pub fn this_process() -> Node {
+        let host = nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok()).unwrap_or_else(|| "localhost".into());
+        let pid = std::process::id();
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        Node { id: format!("{host}:{pid}:{}", &suffix[suffix.len() - 6..]), host, pid }
+    }
+
+    /// Whether the node that wrote `owner` with `pid` is certainly gone: it ran on this host
+    /// and its process no longer exists.
+    fn is_dead(&self, owner: &str, pid: Option<u32>) -> bool {
+        let same_host = owner.split(':').next() == Some(self.host.as_str());
+        let Some(pid) = pid else { return false };
+        same_host
+            && pid != self.pid
+            && matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None), Err(nix::errno::Errno::ESRCH))
+    }
+}
+
+pub struct EngineOptions {
+    pub plan: Plan,
+    pub store: Arc<dyn Store>,
+    pub runtimes: RuntimeFactory,
+    /// Start a new run even when the last one is unfinished.
+    pub fresh: bool,
+    /// Keep the run open when its tasks are done (a server, a benchmark).
+    pub keep_open: bool,
+    pub clock: Clock,
+    pub node: Node,
+    /// How long running attempts may finish after a shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// How often commands left in the store by other processes are picked up.
+    pub control_interval: Duration,
+}
+
+impl EngineOptions {
+    pub fn new(plan: Plan, store: Arc<dyn Store>, runtimes: RuntimeFactory) -> EngineOptions {
+        EngineOptions {
+            plan,
+            store,
+            runtimes,
+            fresh: false,
+            keep_open: false,
+            clock: Clock::system(),
+            node: Node::this_process(),
+            shutdown_grace: Duration::from_secs(10),
+            control_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// How a run ended, or why it stopped.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub run_id: String,
+    /// `Running` when the engine was stopped before the run ended.
+    pub state: RunState,
+    pub resumed: bool,
+    pub error: Option<String>,
+    pub n_tasks: u64,
+    pub n_succeeded: u64,
+    /// Tasks that did not succeed, with why: (key or id, state, reason).
+    pub failures: Vec<(String, TaskState, String)>,
+}
+
+enum Command {
+    CreateTasks { tasks: Vec<NewTask>, reply: oneshot::Sender<Result<Vec<TaskId>, Error>> },
+    Cancel { task: TaskId, reason: String, reply: oneshot::Sender<Result<(), Error>> },
+    Retry { task: TaskId, reply: oneshot::Sender<Result<(), Error>> },
+}
+
+/// Talks to a running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    progress: watch::Receiver<Progress>,
+    run_id: watch::Receiver<Option<String>>,
+}
+
+impl EngineHandle {
+    /// Creates tasks in the run; returns once they are durable.
+    pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::CreateTasks { tasks, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub async fn cancel(&self, task: TaskId, reason: String) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Cancel { task, reason, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub async fn retry(&self, task: TaskId) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Retry { task, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Per-workstream progress, updated after every turn of the engine.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
+    /// The run's id, once the engine has opened or resumed it.
+    pub fn run_id(&self) -> watch::Receiver<Option<String>> {
+        self.run_id.clone()
+    }
+}
+
+fn stopped() -> Error {
+    Error::Invalid("the engine has stopped".into())
+}
+
+/// What the engine hears from the tasks it spawned.
+enum Report {
+    Outcome { task: TaskId, attempt: u32, outcome: Outcome },
+    AgentStarted { agent: String },
+    AgentFailed { agent: String, reason: String },
+}
+
+pub struct Engine {
+    options: EngineOptions,
+    commands: mpsc::UnboundedReceiver<Command>,
+    progress: watch::Sender<Progress>,
+    run_id: watch::Sender<Option<String>>,
+}
+
+impl Engine {
+    pub fn new(options: EngineOptions) -> (Engine, EngineHandle) {
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (progress, progress_rx) = watch::channel(Progress::default());
+        let (run_id, run_id_rx) = watch::channel(None);
+        let handle = EngineHandle { commands: commands_tx, progress: progress_rx, run_id: run_id_rx };
+        (Engine { options, commands, progress, run_id }, handle)
+    }
+
+    /// Runs the plan until it ends, or until `shutdown` fires (then running attempts get the
+    /// grace period to finish and the run stays resumable).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, Error> {
+        let Engine { options, mut commands, progress, run_id: run_id_tx } = self;
+        let store = Arc::clone(&options.store);
+        let clock = options.clock;
+        let now = clock.now();
+
+        let (run, resumed) = open_run(&options, now).await?;
+        let run_id = run.id.clone();
+        let _ = run_id_tx.send(Some(run_id.clone()));
+        let stored = sync_tasks(store.as_ref(), &options.plan, &run_id, now).await?;
+        let n_requeued = stored.iter().filter(|task| task.state == TaskState::Running).count() as u32;
+
+        let mut fx = Effects::default();
+        if resumed {
+            fx.writes.push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
+        }
+        let mut sched =
+            Scheduler::new(options.plan.clone(), run_id.clone(), options.node.id.clone(), stored, run.phase, now, &mut fx);
+        sched.stay_open(options.keep_open);
+        sched.agent_records(now, &mut fx);
+        sched.step(now, &mut fx);
+
+        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
+            options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
+        let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+        let mut shell = Shell {
+            store: Arc::clone(&store),
+            run_id: run_id.clone(),
+            runtimes,
+            reports: reports_tx,
+            attempts: HashMap::new(),
+            tracker: TaskTracker::new(),
+            spawn_timeout: options.plan.settings.agent_spawn_timeout,
+        };
+        shell.perform(fx, now).await?;
+        let _ = progress.send(sched.progress());
+
+        let lease_ttl = options.plan.settings.lease_ttl;
+        let mut next_owner_renewal = now.plus(lease_ttl / 3);
+        let mut control_tick = tokio::time::interval(options.control_interval);
+        control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut draining_until: Option<tokio::time::Instant> = None;
+
+        loop {
+            if sched.state() != RunState::Running && shell.attempts.is_empty() {
+                break;
+            }
+            if draining_until.is_some() && shell.attempts.is_empty() {
+                break;
+            }
+            let wakeup = sched.next_wakeup().map(|at| clock.instant_at(at));
+            let mut fx = Effects::default();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if draining_until.is_none() => {
+                    tracing::info!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
+                    sched.hold();
+                    draining_until = Some(tokio::time::Instant::now() + options.shutdown_grace);
+                }
+                () = sleep_until_opt(draining_until) => {
+                    // Grace is over: interrupted attempts go back to the queue uncounted.
+                    let now = clock.now();
+                    for ((task, attempt), token) in shell.attempts.drain() {
+                        token.cancel();
+                        if let Err(error) = sched.release(task, attempt, now, &mut fx) {
+                            tracing::debug!(%error, "release at shutdown");
+                        }
+                    }
+                }
+                Some(report) = reports.recv() => {
+                    let now = clock.now();
+                    handle_report(&mut sched, &mut shell, report, now, &mut fx);
+                    // Take everything else that is already waiting: one commit for all of it.
+                    while let Ok(report) = reports.try_recv() {
+                        handle_report(&mut sched, &mut shell, report, now, &mut fx);
+                    }
+                }
+                Some(command) = commands.recv() => {
+                    let now = clock.now();
+                    handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
+                }
+                () = sleep_until_opt(wakeup) => {
+                    sched.tick(clock.now(), &mut fx);
+                }
+                _ = control_tick.tick() => {
+                    let now = clock.now();
+                    for control in store.take_control(&run_id, now).await? {
+                        apply_control(&mut sched, control, now, &mut fx);
+                    }
+                    if now >= next_owner_renewal {
+                        fx.writes.push(Write::RunOwner {
+                            owner: Some(options.node.id.clone()),
+                            pid: Some(options.node.pid),
+                            until: Some(now.plus(lease_ttl)),
+                            expect_owner: Some(options.node.id.clone()),
+                        });
+                        next_owner_renewal = now.plus(lease_ttl / 3);
+                    }
+                }
+            }
+            let now = clock.now();
+            sched.step(now, &mut fx);
+            shell.perform(fx, now).await?;
+            progress.send_if_modified(|current| {
+                let next = sched.progress();
+                let changed = *current != next;
+                *current = next;
+                changed
+            });
+        }
+
+        for runtime in shell.runtimes.values() {
+            runtime.stop().await;
+        }
+        shell.tracker.close();
+        shell.tracker.wait().await;
+        let now = clock.now();
+        if sched.state() == RunState::Running {
+            // Stopped before the end: leave the run resumable by anyone.
+            store
+                .apply(&run_id, now, vec![Write::RunOwner { owner: None, pid: None, until: None, expect_owner: Some(options.node.id.clone()) }])
+                .await?;
+        }
+        Ok(summary(&sched, resumed))
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Finds the run to execute: the unfinished run of this plan (resumed), or a new one. Takes
+/// the claim on it.
+async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord, bool), Error> {
+    let store = options.store.as_ref();
+    let plan = &options.plan;
+    let node = &options.node;
+    let lease_ttl = options.plan.settings.lease_ttl;
+    let latest = store.latest_run(Some(&plan.name)).await?.filter(|run| run.state == RunState::Running);
+    if let Some(run) = latest {
+        let held = run.owner.as_ref().is_some_and(|owner| owner != &node.id && run.owner_until.is_some_and(|until| until > now));
+        if held {
+            let owner = run.owner.clone().unwrap_or_default();
+            if !node.is_dead(&owner, run.owner_pid) {
+                return Err(Error::Busy {
+                    run: run.id.clone(),
+                    owner,
+                    pid: run.owner_pid.unwrap_or_default(),
+                    until: format!("{}", run.owner_until.unwrap_or_default().0),
+                });
+            }
+        }
+        // The previous owner is gone (or its claim expired): take the run over.
+        let claim = Write::RunOwner {
+            owner: Some(node.id.clone()),
+            pid: Some(node.pid),
+            until: Some(now.plus(lease_ttl)),
+            expect_owner: run.owner.clone(),
+        };
+        let applied = store.apply(&run.id, now, vec![claim]).await?;
+        if let Some(Applied::Conflict(reason)) = applied.first() {
+            return Err(Error::Conflict(reason.clone()));
+        }
+        if !options.fresh {
+            return Ok((run, true));
+        }
+        // `--fresh`: the unfinished run is closed as abandoned, and a new one starts.
+        let reason = "abandoned: a fresh run was started".to_string();
+        let change = RunChange {
+            state: RunState::Failed,
+            phase: run.phase,
+            n_tasks: run.n_tasks,
+            n_finished: run.n_finished,
+            ended_at: Some(now),
+            error: Some(reason.clone()),
+        };
+        let completed = EventKind::RunCompleted { state: RunState::Failed, n_succeeded: 0, n_dead: 0, n_cancelled: 0, error: Some(reason) };
+        store.apply(&run.id, now, vec![Write::Run { change, events: vec![completed] }]).await?;
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let new_run = NewRun {
+        id,
+        name: plan.name.clone(),
+        n_phases: plan.phases.len() as u32,
+        owner: node.id.clone(),
+        owner_pid: node.pid,
+        owner_until: now.plus(lease_ttl),
+    };
+    Ok((store.create_run(new_run, now).await?, false))
+}
+
+/// Loads the run's tasks, creating those of the plan that the run does not have yet (a new
+/// run, or tasks added to `baton.toml` since).
+async fn sync_tasks(store: &dyn Store, plan: &Plan, run_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>, Error> {
+    let mut stored = store.tasks(run_id, &TaskFilter::default()).await?;
+    let known: std::collections::HashSet<&str> = stored.iter().filter_map(|task| task.key.as_deref()).collect();
+    let missing: Vec<NewTask> =
+        plan.tasks.iter().filter(|task| task.key.as_deref().is_none_or(|key| !known.contains(key))).cloned().collect();
+    if !missing.is_empty() {
+        stored.extend(store.create_tasks(run_id, missing, now).await?);
+    }
+    Ok(stored)
+}
+
+fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: Timestamp, fx: &mut Effects) {
+    match report {
+        Report::Outcome { task, attempt, outcome } => {
+            let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
+            if was_killed {
+                return;
+            }
+            if let Err(error) = sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
+                tracing::warn!(%error, "outcome not recorded");
+            }
+        }
+        Report::AgentStarted { agent } => {
+            let _ = sched.agent_started(&agent, now, fx);
+        }
+        Report::AgentFailed { agent, reason } => {
+            let _ = sched.agent_failed(&agent, reason, fx);
+        }
+    }
+}
+
+async fn handle_command(
+    sched: &mut Scheduler,
+    store: &dyn Store,
+    run_id: &str,
+    command: Command,
+    now: Timestamp,
+    fx: &mut Effects,
+) {
+    match command {
+        Command::CreateTasks { tasks, reply } => {
+            if let Some(task) = tasks.iter().find(|task| task.workstream.as_deref().is_some_and(|ws| sched.plan().workstream(ws).is_none())) {
+                let _ = reply.send(Err(Error::Invalid(format!(
+                    "unknown workstream `{}`",
+                    task.workstream.as_deref().unwrap_or_default()
+                ))));
+                return;
+            }
+            match store.create_tasks(run_id, tasks, now).await {
+                Ok(created) => {
+                    let ids = created.iter().map(|task| task.id).collect();
+                    for task in created {
+                        sched.add_task(task);
+                    }
+                    let _ = reply.send(Ok(ids));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+            }
+        }
+        Command::Cancel { task, reason, reply } => {
+            let result = sched.cancel(task, reason, now, fx).map_err(|error| Error::Invalid(error.to_string()));
+            let _ = reply.send(result);
+        }
+        Command::Retry { task, reply } => {
+            let result = sched.retry(task, now, fx).map_err(|error| Error::Invalid(error.to_string()));
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &mut Effects) {
+    let result = match control {
+        Control::CancelTask { task, reason } => sched.cancel(task, reason, now, fx),
+        Control::RetryTask { task } => sched.retry(task, now, fx),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, "control command not applied");
+    }
+}
+
+/// Carries out what the scheduler decided.
+struct Shell {
+    store: Arc<dyn Store>,
+    run_id: String,
+    runtimes: HashMap<String, Arc<dyn AgentRuntime>>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Running attempts and the token that kills each.
+    attempts: HashMap<(TaskId, u32), CancellationToken>,
+    tracker: TaskTracker,
+    spawn_timeout: Duration,
+}
+
+impl Shell {
+    /// Makes the writes durable, then performs the effects.
+    async fn perform(&mut self, fx: Effects, now: Timestamp) -> Result<(), Error> {
+        if !fx.writes.is_empty() {
+            let applied = self.store.apply(&self.run_id, now, fx.writes).await?;
+            if let Some(Applied::Conflict(reason)) = applied.into_iter().find(|applied| *applied != Applied::Done) {
+                return Err(Error::Conflict(reason));
+            }
+        }
+        for (task, attempt) in fx.kills {
+            if let Some(token) = self.attempts.get(&(task, attempt)) {
+                token.cancel();
+            }
+        }
+        if !fx.start_agents.is_empty() {
+            // In order (critical agents first), each within the spawn timeout.
+            let to_start: Vec<(String, Arc<dyn AgentRuntime>)> =
+                fx.start_agents.into_iter().map(|name| (name.clone(), Arc::clone(&self.runtimes[&name]))).collect();
+            let reports = self.reports.clone();
+            let spawn_timeout = self.spawn_timeout;
+            self.tracker.spawn(async move {
+                for (agent, runtime) in to_start {
+                    let report = match tokio::time::timeout(spawn_timeout, runtime.start()).await {
+                        Ok(Ok(())) => Report::AgentStarted { agent },
+                        Ok(Err(reason)) => Report::AgentFailed { agent, reason },
+                        Err(_) => Report::AgentFailed {
+                            agent,
+                            reason: format!("not started within {}", baton_core::time::format_duration(spawn_timeout)),
+                        },
+                    };
+                    let _ = reports.send(report);
+                }
+            });
+        }
+        for name in fx.stop_agents {
+            let runtime = Arc::clone(&self.runtimes[&name]);
+            self.tracker.spawn(async move { runtime.stop().await });
+        }
+        for assignment in fx.assignments {
+            let task_id = assignment.task.id;
+            let attempt_number = assignment.task.attempt;
+            let token = CancellationToken::new();
+            self.attempts.insert((task_id, attempt_number), token.clone());
+            let runtime = Arc::clone(&self.runtimes[&assignment.agent]);
+            let reports = self.reports.clone();
+            let attempt = Attempt { run_id: self.run_id.clone(), agent: assignment.agent, task: assignment.task };
+            self.tracker.spawn(async move {
+                let outcome = runtime.run(attempt, token).await;
+                let _ = reports.send(Report::Outcome { task: task_id, attempt: attempt_number, outcome });
+            });
+        }
+        Ok(())
+    }
+}
+
+fn summary(sched: &Scheduler, resumed: bool) -> RunSummary {
+    let mut failures: Vec<(TaskId, String, TaskState, String)> = sched
+        .tasks()
+        .filter(|task| matches!(task.state, TaskState::Dead | TaskState::Cancelled))
+        .map(|task| {
+            (
+                task.id,
+                task.key.clone().unwrap_or_else(|| task.id.to_string()),
+                task.state,
+                task.error.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    failures.sort_by_key(|failure| failure.0);
+    RunSummary {
+        run_id: sched.run_id().to_string(),
+        state: sched.state(),
+        resumed,
+        error: (sched.state() == RunState::Failed).then(|| sched.failure_summary()),
+        n_tasks: sched.tasks().count() as u64,
+        n_succeeded: sched.tasks().filter(|task| task.state == TaskState::Succeeded).count() as u64,
+        failures: failures.into_iter().map(|(_, key, state, error)| (key, state, error)).collect(),
+    }
+}

@@ -1,0 +1,329 @@
+//! Process agents. In `per-task` mode the agent's command is started once per task: the task
+//! goes in as JSON on stdin, as `BATON_*` environment variables and as `{task.…}`
+//! placeholders in the arguments (substituted as whole arguments, never through a shell). Exit
+//! status 0 is success; stdout is the result (kept as JSON when it parses); stderr goes to the
+//! agent's log file.
+//!
+//! Every attempt runs in its own process group, in the agent's working directory, with an
+//! allow-listed environment and the agent's limits. When it ends, times out or is cancelled the
+//! whole group is killed, so nothing it started outlives it; the parent-death signal covers a
+//! Baton that is itself killed.
+
+pub mod sys;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use baton_core::Outcome;
+use baton_core::config::AgentSpec;
+use baton_core::time::format_duration;
+
+use crate::agent::{AgentRuntime, Attempt};
+use crate::check::resolve_program;
+
+/// Variables of Baton's environment an agent inherits without asking.
+pub const INHERITED_ENV: &[&str] =
+    &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR", "SHELL"];
+
+/// Most bytes of stdout kept as a task's result.
+const MAX_RESULT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a stopped attempt gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Where an agent lives: its working directory, its log, the environment it may inherit.
+#[derive(Debug, Clone)]
+pub struct ProcessEnv {
+    /// The configuration file's directory: relative paths are resolved against it.
+    pub base_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// Baton's own environment (the allow-list is applied per agent).
+    pub env: BTreeMap<String, String>,
+}
+
+impl ProcessEnv {
+    pub fn log_path(&self, agent: &str) -> PathBuf {
+        self.log_dir.join(format!("{agent}.log"))
+    }
+}
+
+pub struct ProcessAgent {
+    spec: AgentSpec,
+    workdir: PathBuf,
+    log_path: PathBuf,
+    env: BTreeMap<String, String>,
+    /// Process groups of running attempts, for `stop`. A std mutex: held only to insert or
+    /// remove, never across an await.
+    groups: Mutex<HashSet<i32>>,
+}
+
+impl ProcessAgent {
+    pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> ProcessAgent {
+        let workdir = match &spec.workdir {
+            Some(dir) => process_env.base_dir.join(dir),
+            None => process_env.base_dir.clone(),
+        };
+        let mut env: BTreeMap<String, String> = process_env
+            .env
+            .iter()
+            .filter(|(key, _)| INHERITED_ENV.contains(&key.as_str()) || spec.env_passthrough.contains(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        env.extend(spec.env.clone());
+        ProcessAgent { log_path: process_env.log_path(&spec.name), spec, workdir, env, groups: Mutex::new(HashSet::new()) }
+    }
+
+    async fn log(&self, line: &str) {
+        if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await {
+            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    }
+
+    fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
+        let argv: Vec<String> =
+            self.spec.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
+        let program = resolve_program(&argv[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
+        let task = &attempt.task;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&argv[1..])
+            .current_dir(&self.workdir)
+            .env_clear()
+            .envs(&self.env)
+            .env("BATON_TASK_ID", task.id.to_string())
+            .env("BATON_TASK_KEY", task.key.clone().unwrap_or_default())
+            .env("BATON_TASK_TITLE", &task.title)
+            .env("BATON_TASK_INPUT", task.input.to_string())
+            .env("BATON_TASK_ATTEMPT", task.attempt.to_string())
+            .env("BATON_WORKSTREAM", task.workstream.clone().unwrap_or_default())
+            .env("BATON_AGENT", &attempt.agent)
+            .env("BATON_RUN_ID", &attempt.run_id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        sys::prepare_child(
+            &mut command,
+            sys::ChildLimits {
+                memory: self.spec.limits.memory,
+                cpu_seconds: self.spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)),
+            },
+        );
+        Ok(command)
+    }
+
+    async fn run_attempt(&self, attempt: &Attempt, cancel: &CancellationToken) -> Outcome {
+        let task = &attempt.task;
+        let mut command = match self.command(attempt) {
+            Ok(command) => command,
+            Err(reason) => return Outcome::Failed { reason },
+        };
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                return Outcome::Failed { reason: format!("cannot start `{}`: {error}", self.spec.command[0]) };
+            }
+        };
+        let pgid = child.id().map(|pid| pid as i32);
+        if let Some(pgid) = pgid {
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+        }
+        let stdin_json = serde_json::json!({
+            "id": task.id,
+            "key": task.key,
+            "title": task.title,
+            "description": task.description,
+            "input": task.input,
+            "workstream": task.workstream,
+            "attempt": task.attempt,
+            "agent": attempt.agent,
+            "run_id": attempt.run_id,
+        })
+        .to_string();
+        let mut stdin = child.stdin.take();
+        let feed = async move {
+            if let Some(stdin) = stdin.as_mut() {
+                // An agent that does not read its stdin closes the pipe: not an error.
+                let _ = stdin.write_all(stdin_json.as_bytes()).await;
+                let _ = stdin.write_all(b"\n").await;
+            }
+            drop(stdin);
+        };
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let read_stdout = tokio::spawn(async move {
+            let mut buffer = Vec::new();
+            let read = stdout.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buffer).await;
+            read.map(|_| buffer)
+        });
+        let log_path = self.log_path.clone();
+        let copy_stderr = tokio::spawn(async move {
+            let mut last_line = String::new();
+            let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(log) = log.as_mut() {
+                    let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+                }
+                if !line.trim().is_empty() {
+                    last_line = line;
+                }
+            }
+            last_line
+        });
+
+        let timeout = task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
+        let deadline = async {
+            match timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (_, ended) = tokio::join!(feed, async {
+            tokio::select! {
+                status = child.wait() => Ended::Exited(status),
+                () = deadline => Ended::TimedOut,
+                () = cancel.cancelled() => Ended::Cancelled,
+            }
+        });
+        if matches!(ended, Ended::TimedOut | Ended::Cancelled) {
+            if let Some(pgid) = pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+            }
+            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+                let _ = child.start_kill();
+            }
+        }
+        // Whatever the attempt started goes with it.
+        if let Some(pgid) = pgid {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
+        }
+        let _ = child.wait().await;
+        let stdout = read_stdout.await.ok().and_then(Result::ok).unwrap_or_default();
+        let last_stderr = copy_stderr.await.unwrap_or_default();
+        let with_stderr = |reason: String| {
+            if last_stderr.is_empty() { reason } else { format!("{reason}: {last_stderr}") }
+        };
+        match ended {
+            Ended::Exited(Ok(status)) if status.success() => {
+                if stdout.len() as u64 > MAX_RESULT_BYTES {
+                    return Outcome::Failed { reason: format!("stdout exceeded {} MiB", MAX_RESULT_BYTES >> 20) };
+                }
+                Outcome::Succeeded { result: parse_result(&stdout) }
+            }
+            Ended::Exited(Ok(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                let reason = match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("exit status {code}"),
+                    (None, Some(signal)) => match Signal::try_from(signal) {
+                        Ok(Signal::SIGXCPU) => "killed: cpu limit reached".to_string(),
+                        Ok(signal) => format!("killed by {signal}"),
+                        Err(_) => format!("killed by signal {signal}"),
+                    },
+                    (None, None) => "ended without a status".to_string(),
+                };
+                Outcome::Failed { reason: with_stderr(reason) }
+            }
+            Ended::Exited(Err(error)) => Outcome::Failed { reason: format!("cannot wait for the process: {error}") },
+            Ended::TimedOut => Outcome::Failed {
+                reason: format!("timed out after {}", format_duration(timeout.unwrap_or_default())),
+            },
+            Ended::Cancelled => Outcome::Failed { reason: "cancelled".into() },
+        }
+    }
+}
+
+enum Ended {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
+/// stdout as JSON when it parses, else as a string.
+fn parse_result(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(trimmed).unwrap_or_else(|_| serde_json::Value::String(trimmed.to_string()))
+}
+
+/// Replaces `{task.title}`, `{task.input.FIELD}`… in one argument.
+pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
+    let names = baton_core::config::placeholders(arg);
+    if names.is_empty() {
+        return Ok(arg.to_string());
+    }
+    let task = &attempt.task;
+    let mut out = arg.to_string();
+    for name in names {
+        let value = match name {
+            "task.id" => task.id.to_string(),
+            "task.key" => task.key.clone().unwrap_or_default(),
+            "task.title" => task.title.clone(),
+            "task.description" => task.description.clone(),
+            "agent.name" => attempt.agent.clone(),
+            "run.id" => attempt.run_id.clone(),
+            other => {
+                let field = other.strip_prefix("task.input.").ok_or_else(|| format!("unknown placeholder `{{{other}}}`"))?;
+                match task.input.get(field) {
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    Some(value) => value.to_string(),
+                    None => return Err(format!("the task's input has no field `{field}` for `{{{other}}}`")),
+                }
+            }
+        };
+        out = out.replace(&format!("{{{name}}}"), &value);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl AgentRuntime for ProcessAgent {
+    async fn start(&self) -> Result<(), String> {
+        if !self.workdir.is_dir() {
+            return Err(format!("working directory {} does not exist", self.workdir.display()));
+        }
+        if let Some(parent) = self.log_path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
+        }
+        resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
+        self.log(&format!("--- agent {} started", self.spec.name)).await;
+        Ok(())
+    }
+
+    async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
+        let task = &attempt.task;
+        self.log(&format!("--- task {} `{}` attempt {}", task.id, task.title, task.attempt)).await;
+        let started = tokio::time::Instant::now();
+        let outcome = self.run_attempt(&attempt, &cancel).await;
+        let took = format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
+        let line = match &outcome {
+            Outcome::Succeeded { .. } => format!("--- task {} attempt {} succeeded in {took}", task.id, task.attempt),
+            Outcome::Failed { reason } => format!("--- task {} attempt {} failed in {took}: {reason}", task.id, task.attempt),
+        };
+        self.log(&line).await;
+        outcome
+    }
+
+    async fn stop(&self) {
+        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        for pgid in groups {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+}
