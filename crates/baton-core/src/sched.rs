@@ -169,14 +169,15 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Builds the scheduler for a run from the plan and the run's stored tasks. `phase` is the
-    /// phase the run had reached (0 for a new run). Tasks left `running` by a previous node are
-    /// taken back: their lease is treated as expired and the attempt counted.
+    /// Builds the scheduler for a run from the plan and the run's stored tasks and agents.
+    /// `phase` is the phase the run had reached (0 for a new run). Tasks left `running` by a
+    /// previous node are taken back: their lease is treated as expired and the attempt counted.
     pub fn new(
         plan: Plan,
         run_id: String,
         node: String,
         stored: Vec<TaskRecord>,
+        stored_agents: &[AgentRecord],
         phase: u32,
         now: Timestamp,
         fx: &mut Effects,
@@ -184,13 +185,16 @@ impl Scheduler {
         let agents: Vec<AgentSlot> = plan
             .agents
             .iter()
-            .map(|spec| AgentSlot {
-                spec: spec.clone(),
-                state: AgentState::Waiting,
-                running: 0,
-                succeeded: 0,
-                failed: 0,
-                last_activity: None,
+            .map(|spec| {
+                let before = stored_agents.iter().find(|record| record.name == spec.name);
+                AgentSlot {
+                    spec: spec.clone(),
+                    state: AgentState::Waiting,
+                    running: 0,
+                    succeeded: before.map_or(0, |record| record.tasks_succeeded),
+                    failed: before.map_or(0, |record| record.tasks_failed),
+                    last_activity: before.and_then(|record| record.last_activity),
+                }
             })
             .collect();
         let agent_index = agents.iter().enumerate().map(|(idx, slot)| (slot.spec.name.clone(), idx)).collect();
@@ -472,6 +476,12 @@ impl Scheduler {
                 if ws.n_open == 0 {
                     ws.done = true;
                     ws.failed = failed;
+                    for idx in 0..self.agents.len() {
+                        if self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()) {
+                            self.agents[idx].state = AgentState::Stopped;
+                            self.dirty_agents.insert(idx);
+                        }
+                    }
                 }
             }
         }

@@ -211,8 +211,17 @@ impl Engine {
         if resumed {
             fx.writes.push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
         }
-        let mut sched =
-            Scheduler::new(options.plan.clone(), run_id.clone(), options.node.id.clone(), stored, run.phase, now, &mut fx);
+        let stored_agents = store.agents(&run_id).await?;
+        let mut sched = Scheduler::new(
+            options.plan.clone(),
+            run_id.clone(),
+            options.node.id.clone(),
+            stored,
+            &stored_agents,
+            run.phase,
+            now,
+            &mut fx,
+        );
         sched.stay_open(options.keep_open);
         sched.agent_records(now, &mut fx);
         sched.step(now, &mut fx);

@@ -110,7 +110,7 @@ impl Harness {
         let mut store = Store::default();
         store.create(&plan, now);
         let mut fx = Effects::default();
-        let sched = Scheduler::new(plan.clone(), "run".into(), "node-1".into(), Vec::new(), 0, now, &mut fx);
+        let sched = Scheduler::new(plan.clone(), "run".into(), "node-1".into(), Vec::new(), &[], 0, now, &mut fx);
         let mut harness = Harness { plan, store, sched, now, running: Vec::new(), claims: Vec::new() };
         // Like the runtime: tasks created by the store, then added.
         let tasks: Vec<TaskRecord> = harness.store.tasks.values().cloned().collect();
@@ -186,7 +186,7 @@ impl Harness {
         let stored: Vec<TaskRecord> = self.store.tasks.values().cloned().collect();
         let mut fx = Effects::default();
         self.sched =
-            Scheduler::new(self.plan.clone(), "run".into(), "node-2".into(), stored, self.store.phase, self.now, &mut fx);
+            Scheduler::new(self.plan.clone(), "run".into(), "node-2".into(), stored, &[], self.store.phase, self.now, &mut fx);
         self.sched.agent_records(self.now, &mut fx);
         self.sched.step(self.now, &mut fx);
         self.apply(fx);
