@@ -85,6 +85,7 @@ impl ProcessAgent {
     async fn log(&self, line: &str) {
         if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await {
             let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+            let _ = file.flush().await;
         }
     }
 
@@ -102,7 +103,7 @@ impl ProcessAgent {
             .env("BATON_TASK_ID", task.id.to_string())
             .env("BATON_TASK_KEY", task.key.clone().unwrap_or_default())
             .env("BATON_TASK_TITLE", &task.title)
-            .env("BATON_TASK_INPUT", task.input.to_string())
+            .env("BATON_TASK_INPUT", input_variable(&task.input))
             .env("BATON_TASK_ATTEMPT", task.attempt.to_string())
             .env("BATON_WORKSTREAM", task.workstream.clone().unwrap_or_default())
             .env("BATON_AGENT", &attempt.agent)
@@ -179,6 +180,9 @@ impl ProcessAgent {
                     last_line = line;
                 }
             }
+            if let Some(log) = log.as_mut() {
+                let _ = log.flush().await;
+            }
             last_line
         });
 
@@ -189,13 +193,14 @@ impl ProcessAgent {
                 None => std::future::pending().await,
             }
         };
-        let (_, ended) = tokio::join!(feed, async {
-            tokio::select! {
-                status = child.wait() => Ended::Exited(status),
-                () = deadline => Ended::TimedOut,
-                () = cancel.cancelled() => Ended::Cancelled,
-            }
-        });
+        // Fed on its own: a process that does not read a large input must not hold up its
+        // timeout or cancellation.
+        let feeder = tokio::spawn(feed);
+        let ended = tokio::select! {
+            status = child.wait() => Ended::Exited(status),
+            () = deadline => Ended::TimedOut,
+            () = cancel.cancelled() => Ended::Cancelled,
+        };
         if matches!(ended, Ended::TimedOut | Ended::Cancelled) {
             if let Some(pgid) = pgid {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
@@ -210,6 +215,7 @@ impl ProcessAgent {
             self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
         }
         let _ = child.wait().await;
+        feeder.abort();
         let stdout = read_stdout.await.ok().and_then(Result::ok).unwrap_or_default();
         let last_stderr = copy_stderr.await.unwrap_or_default();
         let with_stderr = |reason: String| {
@@ -248,6 +254,15 @@ enum Ended {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
     Cancelled,
+}
+
+/// Largest input passed in `BATON_TASK_INPUT`; Linux refuses a single variable over 128 KiB.
+/// Larger inputs are on stdin only.
+const MAX_INPUT_VARIABLE: usize = 64 * 1024;
+
+fn input_variable(input: &serde_json::Value) -> String {
+    let text = input.to_string();
+    if text.len() > MAX_INPUT_VARIABLE { String::new() } else { text }
 }
 
 /// stdout as JSON when it parses, else as a string.
