@@ -261,12 +261,15 @@ impl Scheduler {
         self.tasks.values()
     }
 
-    /// Adds a task that the store has just created (state `pending`). Call [`Scheduler::step`]
-    /// afterwards to make it ready when it can be.
-    pub fn add_task(&mut self, task: TaskRecord) {
+    /// Adds a task that the store has just created (state `pending`), making it ready at once
+    /// when its workstream has started and its dependencies are done. Call
+    /// [`Scheduler::step`] afterwards to assign it.
+    pub fn add_task(&mut self, task: TaskRecord, now: Timestamp, fx: &mut Effects) {
         debug_assert_eq!(task.state, TaskState::Pending);
+        let id = task.id;
         self.insert(task);
         self.run_dirty = true;
+        self.try_release(id, now, fx);
     }
 
     fn insert(&mut self, task: TaskRecord) {

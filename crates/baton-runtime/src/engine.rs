@@ -259,7 +259,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled(), if draining_until.is_none() => {
-                    tracing::info!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
+                    tracing::debug!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
                     sched.hold();
                     draining_until = Some(tokio::time::Instant::now() + options.shutdown_grace);
                 }
@@ -452,7 +452,7 @@ async fn handle_command(
                 Ok(created) => {
                     let ids = created.iter().map(|task| task.id).collect();
                     for task in created {
-                        sched.add_task(task);
+                        sched.add_task(task, now, fx);
                     }
                     let _ = reply.send(Ok(ids));
                 }

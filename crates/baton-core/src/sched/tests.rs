@@ -114,9 +114,11 @@ impl Harness {
         let mut harness = Harness { plan, store, sched, now, running: Vec::new(), claims: Vec::new() };
         // Like the runtime: tasks created by the store, then added.
         let tasks: Vec<TaskRecord> = harness.store.tasks.values().cloned().collect();
+        let mut fx = Effects::default();
         for task in tasks {
-            harness.sched.add_task(task);
+            harness.sched.add_task(task, now, &mut fx);
         }
+        harness.apply(fx);
         harness.step();
         harness
     }
@@ -358,6 +360,38 @@ fn a_crash_requeues_running_tasks_and_counts_the_attempt() {
     assert_eq!(h.sched.state(), RunState::Succeeded);
     assert_eq!(h.events("PhaseStarted").len(), 3, "no phase announced twice");
     assert_eq!(h.events("TaskCompleted").len(), 5, "each task completed once");
+}
+
+#[test]
+fn tasks_added_to_a_running_plan_are_assigned() {
+    let mut h = Harness::new(roadmap());
+    while !h.running.is_empty() {
+        h.finish(0, true);
+        if h.sched.phase() == 3 {
+            break;
+        }
+    }
+    let id = TaskId(100);
+    let mut new = h.plan.tasks[0].clone();
+    new.key = Some("late".into());
+    new.workstream = Some("storage".into());
+    new.requires = Vec::new();
+    new.depends_on = Vec::new();
+    let task = record(id, &new, Vec::new(), h.now);
+    h.store.tasks.insert(id, task.clone());
+    let mut fx = Effects::default();
+    h.sched.add_task(task, h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!(h.store.tasks[&id].state, TaskState::Ready, "ready at once: its phase has started");
+    // `dev`, the only agent that can run it, is busy; the task waits for a free slot.
+    while !h.running.iter().any(|(running, _)| *running == id) {
+        assert!(!h.running.is_empty(), "the new task was never assigned");
+        h.finish(0, true);
+    }
+    let progress = h.sched.progress();
+    let storage = progress.workstreams.iter().find(|ws| ws.name.as_deref() == Some("storage")).unwrap();
+    assert_eq!((storage.n_total, storage.phase, storage.started), (2, 3, true));
 }
 
 #[test]
