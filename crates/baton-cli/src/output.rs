@@ -9,7 +9,10 @@ use comfy_table::{ContentArrangement, Table};
 
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
     table
 }
 
@@ -71,5 +74,11 @@ impl TaskNames {
 /// Whether `baton run` prints an event as a line: the ones a person watching wants, not the
 /// bookkeeping (created, ready, agent records).
 pub fn is_notable(kind: &EventKind) -> bool {
-    !matches!(kind, EventKind::TaskCreated { .. } | EventKind::TaskReady { .. } | EventKind::AgentStateChanged { .. } | EventKind::TaskProgress { .. })
+    !matches!(
+        kind,
+        EventKind::TaskCreated { .. }
+            | EventKind::TaskReady { .. }
+            | EventKind::AgentStateChanged { .. }
+            | EventKind::TaskProgress { .. }
+    )
 }

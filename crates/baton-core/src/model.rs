@@ -20,7 +20,9 @@ impl fmt::Display for TaskId {
 }
 
 /// Priority of a workstream, agent or task. Ordered so that `Critical` sorts first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Critical,
@@ -31,7 +33,12 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Medium, Priority::Low];
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Medium,
+        Priority::Low,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,7 +114,10 @@ impl TaskState {
     /// A terminal task is finished: it counts towards progress and never runs again unless an
     /// operator retries it.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled
+        )
     }
 }
 
@@ -360,7 +370,11 @@ pub struct RunRecord {
 impl RunRecord {
     pub fn progress(&self) -> f64 {
         if self.n_tasks == 0 {
-            return if self.state == RunState::Running { 0.0 } else { 1.0 };
+            return if self.state == RunState::Running {
+                0.0
+            } else {
+                1.0
+            };
         }
         self.n_finished as f64 / self.n_tasks as f64
     }

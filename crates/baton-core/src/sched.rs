@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentSpec, Plan};
 use crate::event::EventKind;
-use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
+use crate::model::{
+    AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState,
+};
 use crate::time::{Timestamp, format_duration};
 
 /// A durable change. The store applies a batch of them in one transaction, writing each
@@ -22,16 +24,33 @@ use crate::time::{Timestamp, format_duration};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Write {
     /// Change a task, only if it is still in `expect_state` at `expect_attempt`.
-    Task { id: TaskId, expect_state: TaskState, expect_attempt: u32, change: TaskChange, events: Vec<EventKind> },
+    Task {
+        id: TaskId,
+        expect_state: TaskState,
+        expect_attempt: u32,
+        change: TaskChange,
+        events: Vec<EventKind>,
+    },
     /// Insert or replace an agent's record.
-    Agent { record: AgentRecord, events: Vec<EventKind> },
+    Agent {
+        record: AgentRecord,
+        events: Vec<EventKind>,
+    },
     /// Update the run's progress and state.
-    Run { change: RunChange, events: Vec<EventKind> },
+    Run {
+        change: RunChange,
+        events: Vec<EventKind>,
+    },
     /// Extend the leases of every running task this node owns.
     RenewLeases { owner: String, until: Timestamp },
     /// Take or renew the claim on executing the run, only if it is held by `expect_owner` (or
     /// by nobody, or expired by `now`). `owner: None` releases it.
-    RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
+    RunOwner {
+        owner: Option<String>,
+        pid: Option<u32>,
+        until: Option<Timestamp>,
+        expect_owner: Option<String>,
+    },
     /// An event about no record in particular.
     Event(EventKind),
 }
@@ -44,6 +63,16 @@ pub struct RunChange {
     pub n_finished: u64,
     pub ended_at: Option<Timestamp>,
     pub error: Option<String>,
+}
+
+/// What the store holds of a run: the input to [`Scheduler::new`].
+#[derive(Debug, Clone, Default)]
+pub struct Stored {
+    pub run_id: String,
+    /// The phase the run had reached (0 for a new run).
+    pub phase: u32,
+    pub tasks: Vec<TaskRecord>,
+    pub agents: Vec<AgentRecord>,
 }
 
 /// A task handed to an agent. The attempt number identifies it: an outcome for an older
@@ -80,10 +109,19 @@ pub enum Error {
     #[error("no task {0} in this run")]
     UnknownTask(TaskId),
     #[error("task {task} is {state}; only a {wanted} task can be {verb}")]
-    WrongState { task: TaskId, state: TaskState, wanted: &'static str, verb: &'static str },
+    WrongState {
+        task: TaskId,
+        state: TaskState,
+        wanted: &'static str,
+        verb: &'static str,
+    },
     /// A late or duplicate outcome: the attempt no longer holds the task.
     #[error("outcome for task {task} attempt {attempt} rejected: {reason}")]
-    Stale { task: TaskId, attempt: u32, reason: String },
+    Stale {
+        task: TaskId,
+        attempt: u32,
+        reason: String,
+    },
     #[error("no agent `{0}` in this run")]
     UnknownAgent(String),
 }
@@ -169,19 +207,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Builds the scheduler for a run from the plan and the run's stored tasks and agents.
-    /// `phase` is the phase the run had reached (0 for a new run). Tasks left `running` by a
-    /// previous node are taken back: their lease is treated as expired and the attempt counted.
+    /// Builds the scheduler for a run from the plan and what the store holds of the run. Tasks
+    /// left `running` by a previous node are taken back: their lease is treated as expired and
+    /// the attempt counted. `node` names this node as the holder of the leases it takes.
     pub fn new(
         plan: Plan,
-        run_id: String,
         node: String,
-        stored: Vec<TaskRecord>,
-        stored_agents: &[AgentRecord],
-        phase: u32,
+        stored: Stored,
         now: Timestamp,
         fx: &mut Effects,
     ) -> Scheduler {
+        let Stored {
+            run_id,
+            phase,
+            tasks: stored,
+            agents: stored_agents,
+        } = stored;
         let agents: Vec<AgentSlot> = plan
             .agents
             .iter()
@@ -197,8 +238,16 @@ impl Scheduler {
                 }
             })
             .collect();
-        let agent_index = agents.iter().enumerate().map(|(idx, slot)| (slot.spec.name.clone(), idx)).collect();
-        let workstreams = plan.workstreams.iter().map(|ws| (ws.name.clone(), WorkstreamState::default())).collect();
+        let agent_index = agents
+            .iter()
+            .enumerate()
+            .map(|(idx, slot)| (slot.spec.name.clone(), idx))
+            .collect();
+        let workstreams = plan
+            .workstreams
+            .iter()
+            .map(|ws| (ws.name.clone(), WorkstreamState::default()))
+            .collect();
         let mut sched = Scheduler {
             plan,
             run_id,
@@ -307,14 +356,16 @@ impl Scheduler {
     /// The run's progress per workstream, in phase order.
     pub fn progress(&self) -> Progress {
         let mut workstreams = Vec::with_capacity(self.workstreams.len() + 1);
-        let row = |name: Option<String>, phase: u32, ws: &WorkstreamState, started: bool| WorkstreamProgress {
-            name,
-            phase,
-            started,
-            n_total: ws.n_total,
-            n_finished: ws.n_total - ws.n_open,
-            n_running: ws.n_running,
-            n_unsuccessful: ws.n_unsuccessful,
+        let row = |name: Option<String>, phase: u32, ws: &WorkstreamState, started: bool| {
+            WorkstreamProgress {
+                name,
+                phase,
+                started,
+                n_total: ws.n_total,
+                n_finished: ws.n_total - ws.n_open,
+                n_running: ws.n_running,
+                n_unsuccessful: ws.n_unsuccessful,
+            }
         };
         if self.unassigned.n_total > 0 {
             workstreams.push(row(None, 1, &self.unassigned, self.phase >= 1));
@@ -345,12 +396,20 @@ impl Scheduler {
 
     /// Running tasks of a previous node: their lease is gone with it.
     fn take_back_running(&mut self, now: Timestamp, fx: &mut Effects) {
-        let mut running: Vec<TaskId> =
-            self.tasks.values().filter(|task| task.state == TaskState::Running).map(|task| task.id).collect();
+        let mut running: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|task| task.state == TaskState::Running)
+            .map(|task| task.id)
+            .collect();
         running.sort_unstable();
         for id in running {
             let task = &self.tasks[&id];
-            let expired = EventKind::TaskLeaseExpired { task: id, agent: task.assigned_agent.clone(), attempt: task.attempt };
+            let expired = EventKind::TaskLeaseExpired {
+                task: id,
+                agent: task.assigned_agent.clone(),
+                attempt: task.attempt,
+            };
             let reason = format!(
                 "lease expired: the node running attempt {} ({}) stopped",
                 task.attempt,
@@ -408,7 +467,13 @@ impl Scheduler {
         fx.start_agents.push(self.agents[idx].spec.name.clone());
     }
 
-    fn set_agent_state(&mut self, idx: usize, to: AgentState, reason: Option<String>, fx: &mut Effects) {
+    fn set_agent_state(
+        &mut self,
+        idx: usize,
+        to: AgentState,
+        reason: Option<String>,
+        fx: &mut Effects,
+    ) {
         let slot = &mut self.agents[idx];
         if slot.state == to {
             return;
@@ -416,7 +481,12 @@ impl Scheduler {
         let from = slot.state;
         slot.state = to;
         let agent = slot.spec.name.clone();
-        fx.writes.push(Write::Event(EventKind::AgentStateChanged { agent, from, to, reason }));
+        fx.writes.push(Write::Event(EventKind::AgentStateChanged {
+            agent,
+            from,
+            to,
+            reason,
+        }));
         self.dirty_agents.insert(idx);
     }
 
@@ -431,14 +501,27 @@ impl Scheduler {
         }
         let names = self.plan.phases[number as usize - 1].clone();
         if announce {
-            fx.writes.push(Write::Event(EventKind::PhaseStarted { phase: number, workstreams: names.clone() }));
+            fx.writes.push(Write::Event(EventKind::PhaseStarted {
+                phase: number,
+                workstreams: names.clone(),
+            }));
         }
         let workstream_timeout = self.plan.settings.workstream_timeout;
         for name in &names {
             let upstream_failed = self.plan.workstream(name).and_then(|spec| {
-                spec.depends_on.iter().find(|dep| self.workstreams.get(dep.as_str()).is_some_and(|ws| ws.failed)).cloned()
+                spec.depends_on
+                    .iter()
+                    .find(|dep| {
+                        self.workstreams
+                            .get(dep.as_str())
+                            .is_some_and(|ws| ws.failed)
+                    })
+                    .cloned()
             });
-            let ws = self.workstreams.get_mut(name).expect("phases name declared workstreams");
+            let ws = self
+                .workstreams
+                .get_mut(name)
+                .expect("phases name declared workstreams");
             ws.started = true;
             if ws.deadline.is_none() {
                 ws.deadline = workstream_timeout.map(|timeout| now.plus(timeout));
@@ -446,7 +529,12 @@ impl Scheduler {
             if let Some(upstream) = upstream_failed {
                 let ids = self.open_tasks_of(Some(name));
                 for id in ids {
-                    self.cancel_task(id, format!("upstream workstream `{upstream}` failed"), now, fx);
+                    self.cancel_task(
+                        id,
+                        format!("upstream workstream `{upstream}` failed"),
+                        now,
+                        fx,
+                    );
                 }
                 continue;
             }
@@ -456,7 +544,10 @@ impl Scheduler {
             .filter(|&idx| {
                 let ws = self.agents[idx].spec.workstream.as_deref();
                 ws.is_some_and(|ws| names.iter().any(|name| name == ws))
-                    && !self.workstreams.get(ws.unwrap_or_default()).is_some_and(|ws| ws.failed || ws.n_open == 0)
+                    && !self
+                        .workstreams
+                        .get(ws.unwrap_or_default())
+                        .is_some_and(|ws| ws.failed || ws.n_open == 0)
             })
             .collect();
         to_start.sort_by_key(|&idx| (self.agents[idx].spec.priority, idx));
@@ -473,7 +564,8 @@ impl Scheduler {
             // written with its last task; do not announce it twice.
             for name in &names {
                 let failed = self.tasks.values().any(|task| {
-                    task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
+                    task.workstream.as_deref() == Some(name.as_str())
+                        && task.state != TaskState::Succeeded
                 });
                 let ws = self.workstreams.get_mut(name).expect("declared");
                 if ws.n_open == 0 {
@@ -500,7 +592,9 @@ impl Scheduler {
         let mut ids: Vec<TaskId> = self
             .tasks
             .values()
-            .filter(|task| task.state == TaskState::Pending && task.workstream.as_deref() == workstream)
+            .filter(|task| {
+                task.state == TaskState::Pending && task.workstream.as_deref() == workstream
+            })
             .map(|task| task.id)
             .collect();
         ids.sort_unstable();
@@ -529,7 +623,8 @@ impl Scheduler {
     /// succeeded; cancels it when a dependency can no longer succeed.
     fn try_release(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) {
         let task = &self.tasks[&id];
-        if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
+        if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref())
+        {
             return;
         }
         let mut all_done = true;
@@ -537,14 +632,22 @@ impl Scheduler {
             match self.tasks.get(dep).map(|dep| dep.state) {
                 Some(TaskState::Succeeded) => {}
                 Some(TaskState::Dead | TaskState::Cancelled) => {
-                    let dep_name = self.tasks[dep].key.clone().unwrap_or_else(|| dep.to_string());
+                    let dep_name = self.tasks[dep]
+                        .key
+                        .clone()
+                        .unwrap_or_else(|| dep.to_string());
                     let state = self.tasks[dep].state;
                     self.cancel_task(id, format!("dependency `{dep_name}` is {state}"), now, fx);
                     return;
                 }
                 // A dependency outside this run can never finish here.
                 None => {
-                    self.cancel_task(id, format!("dependency {dep} does not exist in this run"), now, fx);
+                    self.cancel_task(
+                        id,
+                        format!("dependency {dep} does not exist in this run"),
+                        now,
+                        fx,
+                    );
                     return;
                 }
                 Some(_) => all_done = false,
@@ -561,12 +664,31 @@ impl Scheduler {
 
     /// Writes a task change (compare-and-set on the current state) and applies it in memory,
     /// keeping the queues and counters in step.
-    fn transition(&mut self, id: TaskId, change: TaskChange, events: Vec<EventKind>, now: Timestamp, fx: &mut Effects) {
-        let task = self.tasks.get_mut(&id).expect("transitions name known tasks");
+    fn transition(
+        &mut self,
+        id: TaskId,
+        change: TaskChange,
+        events: Vec<EventKind>,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) {
+        let task = self
+            .tasks
+            .get_mut(&id)
+            .expect("transitions name known tasks");
         let (from, attempt) = (task.state, task.attempt);
-        debug_assert!(!from.is_terminal() || change.state == TaskState::Pending, "terminal tasks leave only by retry");
+        debug_assert!(
+            !from.is_terminal() || change.state == TaskState::Pending,
+            "terminal tasks leave only by retry"
+        );
         let to = change.state;
-        fx.writes.push(Write::Task { id, expect_state: from, expect_attempt: attempt, change: change.clone(), events });
+        fx.writes.push(Write::Task {
+            id,
+            expect_state: from,
+            expect_attempt: attempt,
+            change: change.clone(),
+            events,
+        });
         if from == TaskState::Ready {
             self.ready.remove(&(task.priority.rank(), id));
             if let Some(not_before) = task.not_before {
@@ -641,12 +763,26 @@ impl Scheduler {
 
     /// Puts a running attempt back in the queue without counting it: it was interrupted by a
     /// shutdown, not failed.
-    pub fn release(&mut self, id: TaskId, attempt: u32, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+    pub fn release(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if task.state != TaskState::Running || task.attempt != attempt {
-            return Err(Error::Stale { task: id, attempt, reason: format!("the task is {} at attempt {}", task.state, task.attempt) });
+            return Err(Error::Stale {
+                task: id,
+                attempt,
+                reason: format!("the task is {} at attempt {}", task.state, task.attempt),
+            });
         }
-        if let Some(&agent_idx) = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)) {
+        if let Some(&agent_idx) = task
+            .assigned_agent
+            .as_ref()
+            .and_then(|agent| self.agent_index.get(agent))
+        {
             let slot = &mut self.agents[agent_idx];
             slot.running = slot.running.saturating_sub(1);
             self.dirty_agents.insert(agent_idx);
@@ -656,7 +792,16 @@ impl Scheduler {
         change.attempt = attempt - 1;
         change.lease_owner = None;
         change.lease_expires_at = None;
-        self.transition(id, change, vec![EventKind::TaskRequeued { task: id, from: TaskState::Running }], now, fx);
+        self.transition(
+            id,
+            change,
+            vec![EventKind::TaskRequeued {
+                task: id,
+                from: TaskState::Running,
+            }],
+            now,
+            fx,
+        );
         Ok(())
     }
 
@@ -682,7 +827,11 @@ impl Scheduler {
                 break;
             }
             let task = &self.tasks[&id];
-            if task.resources.iter().any(|resource| self.held.contains_key(resource)) {
+            if task
+                .resources
+                .iter()
+                .any(|resource| self.held.contains_key(resource))
+            {
                 continue;
             }
             let chosen = self
@@ -692,7 +841,11 @@ impl Scheduler {
                 .filter(|(_, slot)| {
                     matches!(slot.state, AgentState::Idle | AgentState::Active)
                         && slot.running < slot.spec.concurrency
-                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
+                        && slot.spec.can_run(
+                            task.workstream.as_deref(),
+                            &task.requires,
+                            task.agent.as_deref(),
+                        )
                 })
                 .min_by_key(|(idx, slot)| (slot.running, slot.spec.priority, *idx))
                 .map(|(idx, _)| idx);
@@ -715,7 +868,17 @@ impl Scheduler {
         change.not_before = None;
         change.error = None;
         let resources = task.resources.clone();
-        self.transition(id, change, vec![EventKind::TaskClaimed { task: id, agent: agent.clone(), attempt }], now, fx);
+        self.transition(
+            id,
+            change,
+            vec![EventKind::TaskClaimed {
+                task: id,
+                agent: agent.clone(),
+                attempt,
+            }],
+            now,
+            fx,
+        );
         for resource in resources {
             self.held.insert(resource, id);
         }
@@ -729,7 +892,10 @@ impl Scheduler {
         if self.next_lease_renewal.is_none() {
             self.next_lease_renewal = Some(now.plus(self.plan.settings.lease_ttl / 3));
         }
-        fx.assignments.push(Assignment { task: self.tasks[&id].clone(), agent });
+        fx.assignments.push(Assignment {
+            task: self.tasks[&id].clone(),
+            agent,
+        });
     }
 
     /// Records the outcome of a running attempt. A late or duplicate outcome (the attempt no
@@ -746,11 +912,18 @@ impl Scheduler {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if task.state != TaskState::Running || task.attempt != attempt {
             let reason = if task.attempt != attempt {
-                format!("the task is on attempt {} now (its lease expired and it was re-queued)", task.attempt)
+                format!(
+                    "the task is on attempt {} now (its lease expired and it was re-queued)",
+                    task.attempt
+                )
             } else {
                 format!("the task is {} already", task.state)
             };
-            return Err(Error::Stale { task: id, attempt, reason });
+            return Err(Error::Stale {
+                task: id,
+                attempt,
+                reason,
+            });
         }
         let agent = task.assigned_agent.clone().unwrap_or_default();
         if let Some(&agent_idx) = self.agent_index.get(&agent) {
@@ -774,10 +947,25 @@ impl Scheduler {
                 change.lease_owner = None;
                 change.lease_expires_at = None;
                 change.finished_at = Some(now);
-                self.transition(id, change, vec![EventKind::TaskCompleted { task: id, agent, attempt }], now, fx);
+                self.transition(
+                    id,
+                    change,
+                    vec![EventKind::TaskCompleted {
+                        task: id,
+                        agent,
+                        attempt,
+                    }],
+                    now,
+                    fx,
+                );
             }
             Outcome::Failed { reason } => {
-                let failed = EventKind::TaskFailed { task: id, agent: Some(agent), attempt, reason: reason.clone() };
+                let failed = EventKind::TaskFailed {
+                    task: id,
+                    agent: Some(agent),
+                    attempt,
+                    reason: reason.clone(),
+                };
                 self.fail_attempt(id, reason, Some(failed), now, Some(jitter), fx);
             }
         }
@@ -805,25 +993,49 @@ impl Scheduler {
         if attempt < task.max_attempts {
             let settings = &self.plan.settings;
             let delay = jitter.map_or(Duration::ZERO, |jitter| {
-                backoff(attempt, settings.retry_backoff, settings.retry_backoff_max, jitter)
+                backoff(
+                    attempt,
+                    settings.retry_backoff,
+                    settings.retry_backoff_max,
+                    jitter,
+                )
             });
             let not_before = now.plus(delay);
             change.state = TaskState::Ready;
             change.not_before = Some(not_before);
-            events.push(EventKind::TaskRetrying { task: id, attempt: attempt + 1, not_before });
+            events.push(EventKind::TaskRetrying {
+                task: id,
+                attempt: attempt + 1,
+                not_before,
+            });
         } else {
             change.state = TaskState::Dead;
             change.finished_at = Some(now);
-            events.push(EventKind::TaskDeadLettered { task: id, attempts: attempt, reason });
+            events.push(EventKind::TaskDeadLettered {
+                task: id,
+                attempts: attempt,
+                reason,
+            });
         }
         self.transition(id, change, events, now, fx);
     }
 
     /// Cancels a task that has not finished; a running attempt is killed.
-    pub fn cancel(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+    pub fn cancel(
+        &mut self,
+        id: TaskId,
+        reason: String,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if task.state.is_terminal() {
-            return Err(Error::WrongState { task: id, state: task.state, wanted: "unfinished", verb: "cancelled" });
+            return Err(Error::WrongState {
+                task: id,
+                state: task.state,
+                wanted: "unfinished",
+                verb: "cancelled",
+            });
         }
         self.cancel_task(id, reason, now, fx);
         Ok(())
@@ -836,7 +1048,11 @@ impl Scheduler {
         }
         if task.state == TaskState::Running {
             fx.kills.push((id, task.attempt));
-            if let Some(&agent_idx) = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)) {
+            if let Some(&agent_idx) = task
+                .assigned_agent
+                .as_ref()
+                .and_then(|agent| self.agent_index.get(agent))
+            {
                 let slot = &mut self.agents[agent_idx];
                 slot.running = slot.running.saturating_sub(1);
                 if slot.running == 0 && slot.state == AgentState::Active {
@@ -851,14 +1067,25 @@ impl Scheduler {
         change.lease_expires_at = None;
         change.error = Some(reason.clone());
         change.finished_at = Some(now);
-        self.transition(id, change, vec![EventKind::TaskCancelled { task: id, reason }], now, fx);
+        self.transition(
+            id,
+            change,
+            vec![EventKind::TaskCancelled { task: id, reason }],
+            now,
+            fx,
+        );
     }
 
     /// Puts a dead or cancelled task back in the queue with a fresh set of attempts.
     pub fn retry(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if !matches!(task.state, TaskState::Dead | TaskState::Cancelled) {
-            return Err(Error::WrongState { task: id, state: task.state, wanted: "dead or cancelled", verb: "retried" });
+            return Err(Error::WrongState {
+                task: id,
+                state: task.state,
+                wanted: "dead or cancelled",
+                verb: "retried",
+            });
         }
         let from = task.state;
         let mut change = task.change();
@@ -866,34 +1093,66 @@ impl Scheduler {
         change.attempt = 0;
         change.error = None;
         change.finished_at = None;
-        if let Some(ws) = task.workstream.as_deref().and_then(|ws| self.workstreams.get_mut(ws)) {
+        if let Some(ws) = task
+            .workstream
+            .as_deref()
+            .and_then(|ws| self.workstreams.get_mut(ws))
+        {
             // The workstream is open again; whether it failed is decided when it completes.
             ws.done = false;
             ws.failed = false;
         }
-        self.transition(id, change, vec![EventKind::TaskRequeued { task: id, from }], now, fx);
+        self.transition(
+            id,
+            change,
+            vec![EventKind::TaskRequeued { task: id, from }],
+            now,
+            fx,
+        );
         self.try_release(id, now, fx);
         Ok(())
     }
 
     /// The runtime started an agent: it can take tasks.
-    pub fn agent_started(&mut self, name: &str, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
-        let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+    pub fn agent_started(
+        &mut self,
+        name: &str,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
+        let idx = *self
+            .agent_index
+            .get(name)
+            .ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
         if self.agents[idx].state != AgentState::Starting {
             return Ok(());
         }
         let runtime = self.agents[idx].spec.runtime.as_str().to_string();
-        fx.writes.push(Write::Event(EventKind::AgentSpawned { agent: name.to_string(), runtime }));
+        fx.writes.push(Write::Event(EventKind::AgentSpawned {
+            agent: name.to_string(),
+            runtime,
+        }));
         self.agents[idx].last_activity = Some(now);
         self.set_agent_state(idx, AgentState::Idle, None, fx);
         Ok(())
     }
 
     /// The runtime could not start an agent, or it died for good.
-    pub fn agent_failed(&mut self, name: &str, reason: String, fx: &mut Effects) -> Result<(), Error> {
-        let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+    pub fn agent_failed(
+        &mut self,
+        name: &str,
+        reason: String,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
+        let idx = *self
+            .agent_index
+            .get(name)
+            .ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
         self.set_agent_state(idx, AgentState::Failed, Some(reason.clone()), fx);
-        fx.writes.push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason }));
+        fx.writes.push(Write::Event(EventKind::AgentTerminated {
+            agent: name.to_string(),
+            reason,
+        }));
         Ok(())
     }
 
@@ -904,8 +1163,15 @@ impl Scheduler {
         {
             if self.n_running > 0 {
                 let until = now.plus(self.plan.settings.lease_ttl);
-                fx.writes.push(Write::RenewLeases { owner: self.node.clone(), until });
-                for task in self.tasks.values_mut().filter(|task| task.state == TaskState::Running) {
+                fx.writes.push(Write::RenewLeases {
+                    owner: self.node.clone(),
+                    until,
+                });
+                for task in self
+                    .tasks
+                    .values_mut()
+                    .filter(|task| task.state == TaskState::Running)
+                {
                     task.lease_expires_at = Some(until);
                 }
                 self.next_lease_renewal = Some(now.plus(self.plan.settings.lease_ttl / 3));
@@ -916,13 +1182,25 @@ impl Scheduler {
         let expired: Vec<String> = self
             .workstreams
             .iter()
-            .filter(|(_, ws)| ws.started && !ws.done && ws.n_open > 0 && ws.deadline.is_some_and(|d| d <= now))
+            .filter(|(_, ws)| {
+                ws.started && !ws.done && ws.n_open > 0 && ws.deadline.is_some_and(|d| d <= now)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in expired {
-            let timeout = self.plan.settings.workstream_timeout.map(format_duration).unwrap_or_default();
+            let timeout = self
+                .plan
+                .settings
+                .workstream_timeout
+                .map(format_duration)
+                .unwrap_or_default();
             for id in self.open_tasks_of(Some(&name)) {
-                self.cancel_task(id, format!("workstream `{name}` timed out after {timeout}"), now, fx);
+                self.cancel_task(
+                    id,
+                    format!("workstream `{name}` timed out after {timeout}"),
+                    now,
+                    fx,
+                );
             }
         }
         self.step(now, fx);
@@ -937,7 +1215,10 @@ impl Scheduler {
             .filter(|ws| ws.started && !ws.done && ws.n_open > 0)
             .filter_map(|ws| ws.deadline)
             .min();
-        [retry, self.next_lease_renewal, deadline].into_iter().flatten().min()
+        [retry, self.next_lease_renewal, deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Completes finished workstreams and phases, and starts the next phase.
@@ -951,19 +1232,33 @@ impl Scheduler {
                 let ws = self.workstreams.get_mut(name).expect("declared");
                 if ws.started && !ws.done && ws.n_open == 0 {
                     let failed = self.tasks.values().any(|task| {
-                        task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
+                        task.workstream.as_deref() == Some(name.as_str())
+                            && task.state != TaskState::Succeeded
                     });
                     let ws = self.workstreams.get_mut(name).expect("declared");
                     ws.done = true;
                     ws.failed = failed;
                     let succeeded = !failed;
-                    fx.writes.push(Write::Event(EventKind::WorkstreamCompleted { workstream: name.clone(), succeeded }));
+                    fx.writes.push(Write::Event(EventKind::WorkstreamCompleted {
+                        workstream: name.clone(),
+                        succeeded,
+                    }));
                     let idxs: Vec<usize> = (0..self.agents.len())
-                        .filter(|&idx| self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()))
+                        .filter(|&idx| {
+                            self.agents[idx].spec.workstream.as_deref() == Some(name.as_str())
+                        })
                         .collect();
                     for idx in idxs {
-                        if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting) {
-                            self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
+                        if matches!(
+                            self.agents[idx].state,
+                            AgentState::Idle | AgentState::Active | AgentState::Starting
+                        ) {
+                            self.set_agent_state(
+                                idx,
+                                AgentState::Stopped,
+                                Some("its workstream is done".into()),
+                                fx,
+                            );
                             fx.stop_agents.push(self.agents[idx].spec.name.clone());
                         }
                     }
@@ -973,7 +1268,9 @@ impl Scheduler {
             if !all_done {
                 return;
             }
-            fx.writes.push(Write::Event(EventKind::PhaseCompleted { phase: self.phase }));
+            fx.writes.push(Write::Event(EventKind::PhaseCompleted {
+                phase: self.phase,
+            }));
             if self.phase as usize == self.plan.phases.len() {
                 // Past the last phase.
                 self.phase += 1;
@@ -985,10 +1282,14 @@ impl Scheduler {
     }
 
     fn finish_if_done(&mut self, now: Timestamp, fx: &mut Effects) {
-        let phases_done = self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
+        let phases_done =
+            self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
         if !phases_done || self.n_finished < self.tasks.len() as u64 {
             if !self.held_back
-                && self.n_running == 0 && self.delayed.is_empty() && !self.agents_starting() {
+                && self.n_running == 0
+                && self.delayed.is_empty()
+                && !self.agents_starting()
+            {
                 // Nothing running, nothing waiting on time, nothing starting: any task still
                 // ready has no agent that can take it.
                 self.cancel_unrunnable(now, fx);
@@ -1006,11 +1307,18 @@ impl Scheduler {
                 _ => counts.2 += 1,
             }
         }
-        let state = if counts.1 == 0 && counts.2 == 0 { RunState::Succeeded } else { RunState::Failed };
+        let state = if counts.1 == 0 && counts.2 == 0 {
+            RunState::Succeeded
+        } else {
+            RunState::Failed
+        };
         let error = (state == RunState::Failed).then(|| self.failure_summary());
         self.state = state;
         for idx in 0..self.agents.len() {
-            if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting) {
+            if matches!(
+                self.agents[idx].state,
+                AgentState::Idle | AgentState::Active | AgentState::Starting
+            ) {
                 self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
                 fx.stop_agents.push(self.agents[idx].spec.name.clone());
             }
@@ -1037,7 +1345,9 @@ impl Scheduler {
     }
 
     fn agents_starting(&self) -> bool {
-        self.agents.iter().any(|slot| slot.state == AgentState::Starting)
+        self.agents
+            .iter()
+            .any(|slot| slot.state == AgentState::Starting)
     }
 
     /// Cancels ready tasks that no live agent can run, so the run ends instead of waiting
@@ -1049,16 +1359,27 @@ impl Scheduler {
             let candidates: Vec<&AgentSlot> = self
                 .agents
                 .iter()
-                .filter(|slot| slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref()))
+                .filter(|slot| {
+                    slot.spec.can_run(
+                        task.workstream.as_deref(),
+                        &task.requires,
+                        task.agent.as_deref(),
+                    )
+                })
                 .collect();
-            if candidates.iter().any(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active)) {
+            if candidates
+                .iter()
+                .any(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active))
+            {
                 continue;
             }
             let reason = if candidates.is_empty() {
                 "no agent can run it".to_string()
             } else {
-                let names: Vec<String> =
-                    candidates.iter().map(|slot| format!("{} is {}", slot.spec.name, slot.state)).collect();
+                let names: Vec<String> = candidates
+                    .iter()
+                    .map(|slot| format!("{} is {}", slot.spec.name, slot.state))
+                    .collect();
                 format!("no agent is available to run it ({})", names.join(", "))
             };
             self.cancel_task(id, reason, now, fx);
@@ -1067,9 +1388,16 @@ impl Scheduler {
 
     /// "2 task(s) dead: compile (exit status 1); 1 cancelled: test (dependency `compile` is dead)"
     pub fn failure_summary(&self) -> String {
-        let mut dead: Vec<&TaskRecord> = self.tasks.values().filter(|task| task.state == TaskState::Dead).collect();
-        let mut cancelled: Vec<&TaskRecord> =
-            self.tasks.values().filter(|task| task.state == TaskState::Cancelled).collect();
+        let mut dead: Vec<&TaskRecord> = self
+            .tasks
+            .values()
+            .filter(|task| task.state == TaskState::Dead)
+            .collect();
+        let mut cancelled: Vec<&TaskRecord> = self
+            .tasks
+            .values()
+            .filter(|task| task.state == TaskState::Cancelled)
+            .collect();
         dead.sort_by_key(|task| task.id);
         cancelled.sort_by_key(|task| task.id);
         let describe = |tasks: &[&TaskRecord]| -> String {
@@ -1078,10 +1406,17 @@ impl Scheduler {
                 .take(5)
                 .map(|task| {
                     let name = task.key.clone().unwrap_or_else(|| task.id.to_string());
-                    format!("{name} ({})", task.error.as_deref().unwrap_or("no reason recorded"))
+                    format!(
+                        "{name} ({})",
+                        task.error.as_deref().unwrap_or("no reason recorded")
+                    )
                 })
                 .collect();
-            let more = if tasks.len() > 5 { format!(", and {} more", tasks.len() - 5) } else { String::new() };
+            let more = if tasks.len() > 5 {
+                format!(", and {} more", tasks.len() - 5)
+            } else {
+                String::new()
+            };
             format!("{}{more}", shown.join(", "))
         };
         let mut parts = Vec::new();
@@ -1089,7 +1424,11 @@ impl Scheduler {
             parts.push(format!("{} task(s) dead: {}", dead.len(), describe(&dead)));
         }
         if !cancelled.is_empty() {
-            parts.push(format!("{} task(s) cancelled: {}", cancelled.len(), describe(&cancelled)));
+            parts.push(format!(
+                "{} task(s) cancelled: {}",
+                cancelled.len(),
+                describe(&cancelled)
+            ));
         }
         parts.join("; ")
     }
@@ -1111,7 +1450,10 @@ impl Scheduler {
             self.run_dirty = false;
         }
         for idx in std::mem::take(&mut self.dirty_agents) {
-            fx.writes.push(Write::Agent { record: self.agent_record(idx, now), events: Vec::new() });
+            fx.writes.push(Write::Agent {
+                record: self.agent_record(idx, now),
+                events: Vec::new(),
+            });
         }
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -42,7 +44,9 @@ pub struct DurationStr(pub Duration);
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map(DurationStr).map_err(serde::de::Error::custom)
+        parse_duration(&text)
+            .map(DurationStr)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -59,7 +63,7 @@ pub fn format_duration(duration: Duration) -> String {
     if millis == 0 {
         return "0s".to_string();
     }
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
@@ -92,7 +96,11 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("10x").unwrap_err().contains("invalid duration `10x`"));
+        assert!(
+            parse_duration("10x")
+                .unwrap_err()
+                .contains("invalid duration `10x`")
+        );
         assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }
@@ -102,6 +110,9 @@ mod tests {
         let now = Timestamp(1_000);
         assert_eq!(now.plus(Duration::from_millis(500)), Timestamp(1_500));
         assert_eq!(Timestamp(1_000).since(Timestamp(2_000)), Duration::ZERO);
-        assert_eq!(Timestamp(2_000).since(Timestamp(1_000)), Duration::from_secs(1));
+        assert_eq!(
+            Timestamp(2_000).since(Timestamp(1_000)),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -15,13 +15,21 @@ pub struct Clock {
 impl Clock {
     /// A clock that reads the system time once, then advances with tokio's clock.
     pub fn system() -> Clock {
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        Clock { origin_wall: Timestamp(millis), origin: Instant::now() }
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Clock {
+            origin_wall: Timestamp(millis),
+            origin: Instant::now(),
+        }
     }
 
     /// A clock that starts at `start`.
     pub fn starting_at(start: Timestamp) -> Clock {
-        Clock { origin_wall: start, origin: Instant::now() }
+        Clock {
+            origin_wall: start,
+            origin: Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Timestamp {

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use baton_core::config::{AgentSpec, Plan};
 use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskState};
-use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Write};
+use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
 use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
 
@@ -32,7 +32,12 @@ pub enum Error {
     #[error(
         "run {run} is being executed by {owner} (pid {pid}); stop it first, or wait until its claim expires at {until}"
     )]
-    Busy { run: String, owner: String, pid: u32, until: String },
+    Busy {
+        run: String,
+        owner: String,
+        pid: u32,
+        until: String,
+    },
     #[error("the store changed under the engine: {0}; is another baton executing this run?")]
     Conflict(String),
     #[error("{0}")]
@@ -44,7 +49,9 @@ pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send
 
 /// The runtime factory for agents declared in `baton.toml`.
 pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
-    Arc::new(move |spec: &AgentSpec| Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>)
+    Arc::new(move |spec: &AgentSpec| {
+        Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>
+    })
 }
 
 /// Who is executing a run: written on the run so that a second `baton run` can tell whether
@@ -58,10 +65,17 @@ pub struct Node {
 
 impl Node {
     pub fn this_process() -> Node {
-        let host = nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok()).unwrap_or_else(|| "localhost".into());
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
         let pid = std::process::id();
         let suffix = uuid::Uuid::now_v7().simple().to_string();
-        Node { id: format!("{host}:{pid}:{}", &suffix[suffix.len() - 6..]), host, pid }
+        Node {
+            id: format!("{host}:{pid}:{}", &suffix[suffix.len() - 6..]),
+            host,
+            pid,
+        }
     }
 
     /// Whether the node that wrote `owner` with `pid` is certainly gone: it ran on this host
@@ -71,7 +85,10 @@ impl Node {
         let Some(pid) = pid else { return false };
         same_host
             && pid != self.pid
-            && matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None), Err(nix::errno::Errno::ESRCH))
+            && matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
     }
 }
 
@@ -122,9 +139,19 @@ pub struct RunSummary {
 }
 
 enum Command {
-    CreateTasks { tasks: Vec<NewTask>, reply: oneshot::Sender<Result<Vec<TaskId>, Error>> },
-    Cancel { task: TaskId, reason: String, reply: oneshot::Sender<Result<(), Error>> },
-    Retry { task: TaskId, reply: oneshot::Sender<Result<(), Error>> },
+    CreateTasks {
+        tasks: Vec<NewTask>,
+        reply: oneshot::Sender<Result<Vec<TaskId>, Error>>,
+    },
+    Cancel {
+        task: TaskId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Retry {
+        task: TaskId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// Talks to a running engine. Cheap to clone.
@@ -139,19 +166,29 @@ impl EngineHandle {
     /// Creates tasks in the run; returns once they are durable.
     pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>, Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::CreateTasks { tasks, reply }).map_err(|_| stopped())?;
+        self.commands
+            .send(Command::CreateTasks { tasks, reply })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
     pub async fn cancel(&self, task: TaskId, reason: String) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Cancel { task, reason, reply }).map_err(|_| stopped())?;
+        self.commands
+            .send(Command::Cancel {
+                task,
+                reason,
+                reply,
+            })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
     pub async fn retry(&self, task: TaskId) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Retry { task, reply }).map_err(|_| stopped())?;
+        self.commands
+            .send(Command::Retry { task, reply })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -172,9 +209,18 @@ fn stopped() -> Error {
 
 /// What the engine hears from the tasks it spawned.
 enum Report {
-    Outcome { task: TaskId, attempt: u32, outcome: Outcome },
-    AgentStarted { agent: String },
-    AgentFailed { agent: String, reason: String },
+    Outcome {
+        task: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    AgentStarted {
+        agent: String,
+    },
+    AgentFailed {
+        agent: String,
+        reason: String,
+    },
 }
 
 pub struct Engine {
@@ -189,14 +235,31 @@ impl Engine {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (progress, progress_rx) = watch::channel(Progress::default());
         let (run_id, run_id_rx) = watch::channel(None);
-        let handle = EngineHandle { commands: commands_tx, progress: progress_rx, run_id: run_id_rx };
-        (Engine { options, commands, progress, run_id }, handle)
+        let handle = EngineHandle {
+            commands: commands_tx,
+            progress: progress_rx,
+            run_id: run_id_rx,
+        };
+        (
+            Engine {
+                options,
+                commands,
+                progress,
+                run_id,
+            },
+            handle,
+        )
     }
 
     /// Runs the plan until it ends, or until `shutdown` fires (then running attempts get the
     /// grace period to finish and the run stays resumable).
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, Error> {
-        let Engine { options, mut commands, progress, run_id: run_id_tx } = self;
+        let Engine {
+            options,
+            mut commands,
+            progress,
+            run_id: run_id_tx,
+        } = self;
         let store = Arc::clone(&options.store);
         let clock = options.clock;
         let now = clock.now();
@@ -205,20 +268,28 @@ impl Engine {
         let run_id = run.id.clone();
         let _ = run_id_tx.send(Some(run_id.clone()));
         let stored = sync_tasks(store.as_ref(), &options.plan, &run_id, now).await?;
-        let n_requeued = stored.iter().filter(|task| task.state == TaskState::Running).count() as u32;
+        let n_requeued = stored
+            .iter()
+            .filter(|task| task.state == TaskState::Running)
+            .count() as u32;
 
         let mut fx = Effects::default();
         if resumed {
-            fx.writes.push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
+            fx.writes.push(Write::Event(EventKind::RunResumed {
+                previous_owner: run.owner.clone(),
+                requeued: n_requeued,
+            }));
         }
         let stored_agents = store.agents(&run_id).await?;
         let mut sched = Scheduler::new(
             options.plan.clone(),
-            run_id.clone(),
             options.node.id.clone(),
-            stored,
-            &stored_agents,
-            run.phase,
+            Stored {
+                run_id: run_id.clone(),
+                phase: run.phase,
+                tasks: stored,
+                agents: stored_agents,
+            },
             now,
             &mut fx,
         );
@@ -226,8 +297,12 @@ impl Engine {
         sched.agent_records(now, &mut fx);
         sched.step(now, &mut fx);
 
-        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
-            options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
+        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> = options
+            .plan
+            .agents
+            .iter()
+            .map(|spec| (spec.name.clone(), (options.runtimes)(spec)))
+            .collect();
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
         let mut shell = Shell {
             store: Arc::clone(&store),
@@ -324,7 +399,16 @@ impl Engine {
         if sched.state() == RunState::Running {
             // Stopped before the end: leave the run resumable by anyone.
             store
-                .apply(&run_id, now, vec![Write::RunOwner { owner: None, pid: None, until: None, expect_owner: Some(options.node.id.clone()) }])
+                .apply(
+                    &run_id,
+                    now,
+                    vec![Write::RunOwner {
+                        owner: None,
+                        pid: None,
+                        until: None,
+                        expect_owner: Some(options.node.id.clone()),
+                    }],
+                )
                 .await?;
         }
         Ok(summary(&sched, resumed))
@@ -345,9 +429,14 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
     let plan = &options.plan;
     let node = &options.node;
     let lease_ttl = options.plan.settings.lease_ttl;
-    let latest = store.latest_run(Some(&plan.name)).await?.filter(|run| run.state == RunState::Running);
+    let latest = store
+        .latest_run(Some(&plan.name))
+        .await?
+        .filter(|run| run.state == RunState::Running);
     if let Some(run) = latest {
-        let held = run.owner.as_ref().is_some_and(|owner| owner != &node.id && run.owner_until.is_some_and(|until| until > now));
+        let held = run.owner.as_ref().is_some_and(|owner| {
+            owner != &node.id && run.owner_until.is_some_and(|until| until > now)
+        });
         if held {
             let owner = run.owner.clone().unwrap_or_default();
             if !node.is_dead(&owner, run.owner_pid) {
@@ -383,8 +472,23 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
             ended_at: Some(now),
             error: Some(reason.clone()),
         };
-        let completed = EventKind::RunCompleted { state: RunState::Failed, n_succeeded: 0, n_dead: 0, n_cancelled: 0, error: Some(reason) };
-        store.apply(&run.id, now, vec![Write::Run { change, events: vec![completed] }]).await?;
+        let completed = EventKind::RunCompleted {
+            state: RunState::Failed,
+            n_succeeded: 0,
+            n_dead: 0,
+            n_cancelled: 0,
+            error: Some(reason),
+        };
+        store
+            .apply(
+                &run.id,
+                now,
+                vec![Write::Run {
+                    change,
+                    events: vec![completed],
+                }],
+            )
+            .await?;
     }
     let id = uuid::Uuid::now_v7().to_string();
     let new_run = NewRun {
@@ -400,25 +504,52 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
 
 /// Loads the run's tasks, creating those of the plan that the run does not have yet (a new
 /// run, or tasks added to `baton.toml` since).
-async fn sync_tasks(store: &dyn Store, plan: &Plan, run_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>, Error> {
+async fn sync_tasks(
+    store: &dyn Store,
+    plan: &Plan,
+    run_id: &str,
+    now: Timestamp,
+) -> Result<Vec<TaskRecord>, Error> {
     let mut stored = store.tasks(run_id, &TaskFilter::default()).await?;
-    let known: std::collections::HashSet<&str> = stored.iter().filter_map(|task| task.key.as_deref()).collect();
-    let missing: Vec<NewTask> =
-        plan.tasks.iter().filter(|task| task.key.as_deref().is_none_or(|key| !known.contains(key))).cloned().collect();
+    let known: std::collections::HashSet<&str> = stored
+        .iter()
+        .filter_map(|task| task.key.as_deref())
+        .collect();
+    let missing: Vec<NewTask> = plan
+        .tasks
+        .iter()
+        .filter(|task| task.key.as_deref().is_none_or(|key| !known.contains(key)))
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         stored.extend(store.create_tasks(run_id, missing, now).await?);
     }
     Ok(stored)
 }
 
-fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: Timestamp, fx: &mut Effects) {
+fn handle_report(
+    sched: &mut Scheduler,
+    shell: &mut Shell,
+    report: Report,
+    now: Timestamp,
+    fx: &mut Effects,
+) {
     match report {
-        Report::Outcome { task, attempt, outcome } => {
-            let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
+        Report::Outcome {
+            task,
+            attempt,
+            outcome,
+        } => {
+            let was_killed = shell
+                .attempts
+                .remove(&(task, attempt))
+                .is_none_or(|token| token.is_cancelled());
             if was_killed {
                 return;
             }
-            if let Err(error) = sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
+            if let Err(error) =
+                sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx)
+            {
                 tracing::warn!(%error, "outcome not recorded");
             }
         }
@@ -441,7 +572,11 @@ async fn handle_command(
 ) {
     match command {
         Command::CreateTasks { tasks, reply } => {
-            if let Some(task) = tasks.iter().find(|task| task.workstream.as_deref().is_some_and(|ws| sched.plan().workstream(ws).is_none())) {
+            if let Some(task) = tasks.iter().find(|task| {
+                task.workstream
+                    .as_deref()
+                    .is_some_and(|ws| sched.plan().workstream(ws).is_none())
+            }) {
                 let _ = reply.send(Err(Error::Invalid(format!(
                     "unknown workstream `{}`",
                     task.workstream.as_deref().unwrap_or_default()
@@ -461,12 +596,20 @@ async fn handle_command(
                 }
             }
         }
-        Command::Cancel { task, reason, reply } => {
-            let result = sched.cancel(task, reason, now, fx).map_err(|error| Error::Invalid(error.to_string()));
+        Command::Cancel {
+            task,
+            reason,
+            reply,
+        } => {
+            let result = sched
+                .cancel(task, reason, now, fx)
+                .map_err(|error| Error::Invalid(error.to_string()));
             let _ = reply.send(result);
         }
         Command::Retry { task, reply } => {
-            let result = sched.retry(task, now, fx).map_err(|error| Error::Invalid(error.to_string()));
+            let result = sched
+                .retry(task, now, fx)
+                .map_err(|error| Error::Invalid(error.to_string()));
             let _ = reply.send(result);
         }
     }
@@ -499,7 +642,10 @@ impl Shell {
     async fn perform(&mut self, fx: Effects, now: Timestamp) -> Result<(), Error> {
         if !fx.writes.is_empty() {
             let applied = self.store.apply(&self.run_id, now, fx.writes).await?;
-            if let Some(Applied::Conflict(reason)) = applied.into_iter().find(|applied| *applied != Applied::Done) {
+            if let Some(Applied::Conflict(reason)) = applied
+                .into_iter()
+                .find(|applied| *applied != Applied::Done)
+            {
                 return Err(Error::Conflict(reason));
             }
         }
@@ -510,8 +656,11 @@ impl Shell {
         }
         if !fx.start_agents.is_empty() {
             // In order (critical agents first), each within the spawn timeout.
-            let to_start: Vec<(String, Arc<dyn AgentRuntime>)> =
-                fx.start_agents.into_iter().map(|name| (name.clone(), Arc::clone(&self.runtimes[&name]))).collect();
+            let to_start: Vec<(String, Arc<dyn AgentRuntime>)> = fx
+                .start_agents
+                .into_iter()
+                .map(|name| (name.clone(), Arc::clone(&self.runtimes[&name])))
+                .collect();
             let reports = self.reports.clone();
             let spawn_timeout = self.spawn_timeout;
             self.tracker.spawn(async move {
@@ -521,7 +670,10 @@ impl Shell {
                         Ok(Err(reason)) => Report::AgentFailed { agent, reason },
                         Err(_) => Report::AgentFailed {
                             agent,
-                            reason: format!("not started within {}", baton_core::time::format_duration(spawn_timeout)),
+                            reason: format!(
+                                "not started within {}",
+                                baton_core::time::format_duration(spawn_timeout)
+                            ),
                         },
                     };
                     let _ = reports.send(report);
@@ -536,13 +688,22 @@ impl Shell {
             let task_id = assignment.task.id;
             let attempt_number = assignment.task.attempt;
             let token = CancellationToken::new();
-            self.attempts.insert((task_id, attempt_number), token.clone());
+            self.attempts
+                .insert((task_id, attempt_number), token.clone());
             let runtime = Arc::clone(&self.runtimes[&assignment.agent]);
             let reports = self.reports.clone();
-            let attempt = Attempt { run_id: self.run_id.clone(), agent: assignment.agent, task: assignment.task };
+            let attempt = Attempt {
+                run_id: self.run_id.clone(),
+                agent: assignment.agent,
+                task: assignment.task,
+            };
             self.tracker.spawn(async move {
                 let outcome = runtime.run(attempt, token).await;
-                let _ = reports.send(Report::Outcome { task: task_id, attempt: attempt_number, outcome });
+                let _ = reports.send(Report::Outcome {
+                    task: task_id,
+                    attempt: attempt_number,
+                    outcome,
+                });
             });
         }
         Ok(())
@@ -569,7 +730,13 @@ fn summary(sched: &Scheduler, resumed: bool) -> RunSummary {
         resumed,
         error: (sched.state() == RunState::Failed).then(|| sched.failure_summary()),
         n_tasks: sched.tasks().count() as u64,
-        n_succeeded: sched.tasks().filter(|task| task.state == TaskState::Succeeded).count() as u64,
-        failures: failures.into_iter().map(|(_, key, state, error)| (key, state, error)).collect(),
+        n_succeeded: sched
+            .tasks()
+            .filter(|task| task.state == TaskState::Succeeded)
+            .count() as u64,
+        failures: failures
+            .into_iter()
+            .map(|(_, key, state, error)| (key, state, error))
+            .collect(),
     }
 }

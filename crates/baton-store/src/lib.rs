@@ -95,14 +95,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates tasks in a run, resolving dependencies given by key against the run's tasks
     /// (including those in the same batch), and writes `TaskCreated` for each.
-    async fn create_tasks(&self, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>>;
+    async fn create_tasks(
+        &self,
+        run_id: &str,
+        tasks: Vec<NewTask>,
+        now: Timestamp,
+    ) -> Result<Vec<TaskRecord>>;
 
     /// Applies a batch of writes in one transaction, with their events.
-    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>) -> Result<Vec<Applied>>;
+    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>)
+    -> Result<Vec<Applied>>;
 
     /// Appends events that change no record.
-    async fn append_events(&self, run_id: &str, now: Timestamp, events: Vec<EventKind>) -> Result<()> {
-        self.apply(run_id, now, events.into_iter().map(Write::Event).collect()).await.map(|_| ())
+    async fn append_events(
+        &self,
+        run_id: &str,
+        now: Timestamp,
+        events: Vec<EventKind>,
+    ) -> Result<()> {
+        self.apply(run_id, now, events.into_iter().map(Write::Event).collect())
+            .await
+            .map(|_| ())
     }
 
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
-use baton_store::sqlite::Options;
 use baton_store::SqliteStore;
+use baton_store::sqlite::Options;
 
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -16,16 +16,24 @@ pub struct Project {
 impl Project {
     /// A project made by `baton init`.
     pub fn example() -> Project {
-        let project = Project { dir: tempfile::tempdir().unwrap() };
+        let project = Project {
+            dir: tempfile::tempdir().unwrap(),
+        };
         let output = project.baton(&["init", "."]);
-        assert!(output.status.success(), "baton init: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "baton init: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         project
     }
 
     /// A project with this `baton.toml` and these executable scripts.
     pub fn with(config: &str, scripts: &[(&str, &str)]) -> Project {
         use std::os::unix::fs::PermissionsExt;
-        let project = Project { dir: tempfile::tempdir().unwrap() };
+        let project = Project {
+            dir: tempfile::tempdir().unwrap(),
+        };
         std::fs::write(project.path().join("baton.toml"), config).unwrap();
         for (name, body) in scripts {
             let path = project.path().join(name);
@@ -42,7 +50,12 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
-        command.args(args).current_dir(self.path()).env_remove("BATON_CONFIG").env_remove("BATON_STORE").env_remove("RUST_LOG");
+        command
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("BATON_CONFIG")
+            .env_remove("BATON_STORE")
+            .env_remove("RUST_LOG");
         command
     }
 
@@ -52,9 +65,21 @@ impl Project {
 
     /// Starts `baton ARGS` with stderr piped, for reading its event lines as they come.
     pub fn spawn(&self, args: &[&str]) -> (Child, Lines) {
-        let mut child = self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stderr = child.stderr.take().unwrap();
-        (child, Lines { reader: BufReader::new(stderr), seen: Vec::new() })
+        (
+            child,
+            Lines {
+                reader: BufReader::new(stderr),
+                seen: Vec::new(),
+            },
+        )
     }
 
     pub fn store(&self) -> SqliteStore {
@@ -79,7 +104,11 @@ impl Lines {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "baton ended before printing `{needle}`; it printed:\n{}", self.seen.join(""));
+            assert!(
+                n > 0,
+                "baton ended before printing `{needle}`; it printed:\n{}",
+                self.seen.join("")
+            );
             self.seen.push(line.clone());
             if line.contains(needle) {
                 return line;

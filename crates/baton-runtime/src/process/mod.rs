@@ -31,8 +31,10 @@ use crate::agent::{AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
 /// Variables of Baton's environment an agent inherits without asking.
-pub const INHERITED_ENV: &[&str] =
-    &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR", "SHELL"];
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR",
+    "SHELL",
+];
 
 /// Most bytes of stdout kept as a task's result.
 const MAX_RESULT_BYTES: u64 = 16 * 1024 * 1024;
@@ -75,24 +77,45 @@ impl ProcessAgent {
         let mut env: BTreeMap<String, String> = process_env
             .env
             .iter()
-            .filter(|(key, _)| INHERITED_ENV.contains(&key.as_str()) || spec.env_passthrough.contains(key))
+            .filter(|(key, _)| {
+                INHERITED_ENV.contains(&key.as_str()) || spec.env_passthrough.contains(key)
+            })
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         env.extend(spec.env.clone());
-        ProcessAgent { log_path: process_env.log_path(&spec.name), spec, workdir, env, groups: Mutex::new(HashSet::new()) }
+        ProcessAgent {
+            log_path: process_env.log_path(&spec.name),
+            spec,
+            workdir,
+            env,
+            groups: Mutex::new(HashSet::new()),
+        }
     }
 
     async fn log(&self, line: &str) {
-        if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await {
+        if let Ok(mut file) = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .await
+        {
             let _ = file.write_all(format!("{line}\n").as_bytes()).await;
             let _ = file.flush().await;
         }
     }
 
     fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
-        let argv: Vec<String> =
-            self.spec.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
-        let program = resolve_program(&argv[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
+        let argv: Vec<String> = self
+            .spec
+            .command
+            .iter()
+            .map(|arg| substitute(arg, attempt))
+            .collect::<Result<_, _>>()?;
+        let program = resolve_program(
+            &argv[0],
+            &self.workdir,
+            self.env.get("PATH").map(String::as_str),
+        )?;
         let task = &attempt.task;
         let mut command = tokio::process::Command::new(program);
         command
@@ -105,7 +128,10 @@ impl ProcessAgent {
             .env("BATON_TASK_TITLE", &task.title)
             .env("BATON_TASK_INPUT", input_variable(&task.input))
             .env("BATON_TASK_ATTEMPT", task.attempt.to_string())
-            .env("BATON_WORKSTREAM", task.workstream.clone().unwrap_or_default())
+            .env(
+                "BATON_WORKSTREAM",
+                task.workstream.clone().unwrap_or_default(),
+            )
             .env("BATON_AGENT", &attempt.agent)
             .env("BATON_RUN_ID", &attempt.run_id)
             .stdin(Stdio::piped())
@@ -132,12 +158,17 @@ impl ProcessAgent {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                return Outcome::Failed { reason: format!("cannot start `{}`: {error}", self.spec.command[0]) };
+                return Outcome::Failed {
+                    reason: format!("cannot start `{}`: {error}", self.spec.command[0]),
+                };
             }
         };
         let pgid = child.id().map(|pid| pid as i32);
         if let Some(pgid) = pgid {
-            self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+            self.groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pgid);
         }
         let stdin_json = serde_json::json!({
             "id": task.id,
@@ -164,13 +195,21 @@ impl ProcessAgent {
         let stderr = child.stderr.take().expect("stderr is piped");
         let read_stdout = tokio::spawn(async move {
             let mut buffer = Vec::new();
-            let read = stdout.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buffer).await;
+            let read = stdout
+                .take(MAX_RESULT_BYTES + 1)
+                .read_to_end(&mut buffer)
+                .await;
             read.map(|_| buffer)
         });
         let log_path = self.log_path.clone();
         let copy_stderr = tokio::spawn(async move {
             let mut last_line = String::new();
-            let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
+            let mut log = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .await
+                .ok();
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(log) = log.as_mut() {
@@ -186,7 +225,10 @@ impl ProcessAgent {
             last_line
         });
 
-        let timeout = task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
+        let timeout = task
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(self.spec.limits.timeout);
         let deadline = async {
             match timeout {
                 Some(timeout) => tokio::time::sleep(timeout).await,
@@ -205,28 +247,46 @@ impl ProcessAgent {
             if let Some(pgid) = pgid {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
             }
-            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+            if tokio::time::timeout(KILL_GRACE, child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.start_kill();
             }
         }
         // Whatever the attempt started goes with it.
         if let Some(pgid) = pgid {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
+            self.groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&pgid);
         }
         let _ = child.wait().await;
         feeder.abort();
-        let stdout = read_stdout.await.ok().and_then(Result::ok).unwrap_or_default();
+        let stdout = read_stdout
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let last_stderr = copy_stderr.await.unwrap_or_default();
         let with_stderr = |reason: String| {
-            if last_stderr.is_empty() { reason } else { format!("{reason}: {last_stderr}") }
+            if last_stderr.is_empty() {
+                reason
+            } else {
+                format!("{reason}: {last_stderr}")
+            }
         };
         match ended {
             Ended::Exited(Ok(status)) if status.success() => {
                 if stdout.len() as u64 > MAX_RESULT_BYTES {
-                    return Outcome::Failed { reason: format!("stdout exceeded {} MiB", MAX_RESULT_BYTES >> 20) };
+                    return Outcome::Failed {
+                        reason: format!("stdout exceeded {} MiB", MAX_RESULT_BYTES >> 20),
+                    };
                 }
-                Outcome::Succeeded { result: parse_result(&stdout) }
+                Outcome::Succeeded {
+                    result: parse_result(&stdout),
+                }
             }
             Ended::Exited(Ok(status)) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -239,13 +299,22 @@ impl ProcessAgent {
                     },
                     (None, None) => "ended without a status".to_string(),
                 };
-                Outcome::Failed { reason: with_stderr(reason) }
+                Outcome::Failed {
+                    reason: with_stderr(reason),
+                }
             }
-            Ended::Exited(Err(error)) => Outcome::Failed { reason: format!("cannot wait for the process: {error}") },
-            Ended::TimedOut => Outcome::Failed {
-                reason: format!("timed out after {}", format_duration(timeout.unwrap_or_default())),
+            Ended::Exited(Err(error)) => Outcome::Failed {
+                reason: format!("cannot wait for the process: {error}"),
             },
-            Ended::Cancelled => Outcome::Failed { reason: "cancelled".into() },
+            Ended::TimedOut => Outcome::Failed {
+                reason: format!(
+                    "timed out after {}",
+                    format_duration(timeout.unwrap_or_default())
+                ),
+            },
+            Ended::Cancelled => Outcome::Failed {
+                reason: "cancelled".into(),
+            },
         }
     }
 }
@@ -262,7 +331,11 @@ const MAX_INPUT_VARIABLE: usize = 64 * 1024;
 
 fn input_variable(input: &serde_json::Value) -> String {
     let text = input.to_string();
-    if text.len() > MAX_INPUT_VARIABLE { String::new() } else { text }
+    if text.len() > MAX_INPUT_VARIABLE {
+        String::new()
+    } else {
+        text
+    }
 }
 
 /// stdout as JSON when it parses, else as a string.
@@ -292,11 +365,17 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
             "agent.name" => attempt.agent.clone(),
             "run.id" => attempt.run_id.clone(),
             other => {
-                let field = other.strip_prefix("task.input.").ok_or_else(|| format!("unknown placeholder `{{{other}}}`"))?;
+                let field = other
+                    .strip_prefix("task.input.")
+                    .ok_or_else(|| format!("unknown placeholder `{{{other}}}`"))?;
                 match task.input.get(field) {
                     Some(serde_json::Value::String(text)) => text.clone(),
                     Some(value) => value.to_string(),
-                    None => return Err(format!("the task's input has no field `{field}` for `{{{other}}}`")),
+                    None => {
+                        return Err(format!(
+                            "the task's input has no field `{field}` for `{{{other}}}`"
+                        ));
+                    }
                 }
             }
         };
@@ -309,34 +388,61 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 impl AgentRuntime for ProcessAgent {
     async fn start(&self) -> Result<(), String> {
         if !self.workdir.is_dir() {
-            return Err(format!("working directory {} does not exist", self.workdir.display()));
+            return Err(format!(
+                "working directory {} does not exist",
+                self.workdir.display()
+            ));
         }
         if let Some(parent) = self.log_path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
+            tokio::fs::create_dir_all(parent).await.map_err(|error| {
+                format!(
+                    "cannot create the log directory {}: {error}",
+                    parent.display()
+                )
+            })?;
         }
-        resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
-        self.log(&format!("--- agent {} started", self.spec.name)).await;
+        resolve_program(
+            &self.spec.command[0],
+            &self.workdir,
+            self.env.get("PATH").map(String::as_str),
+        )?;
+        self.log(&format!("--- agent {} started", self.spec.name))
+            .await;
         Ok(())
     }
 
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
         let task = &attempt.task;
-        self.log(&format!("--- task {} `{}` attempt {}", task.id, task.title, task.attempt)).await;
+        self.log(&format!(
+            "--- task {} `{}` attempt {}",
+            task.id, task.title, task.attempt
+        ))
+        .await;
         let started = tokio::time::Instant::now();
         let outcome = self.run_attempt(&attempt, &cancel).await;
         let took = format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
         let line = match &outcome {
-            Outcome::Succeeded { .. } => format!("--- task {} attempt {} succeeded in {took}", task.id, task.attempt),
-            Outcome::Failed { reason } => format!("--- task {} attempt {} failed in {took}: {reason}", task.id, task.attempt),
+            Outcome::Succeeded { .. } => format!(
+                "--- task {} attempt {} succeeded in {took}",
+                task.id, task.attempt
+            ),
+            Outcome::Failed { reason } => format!(
+                "--- task {} attempt {} failed in {took}: {reason}",
+                task.id, task.attempt
+            ),
         };
         self.log(&line).await;
         outcome
     }
 
     async fn stop(&self) {
-        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        let groups: Vec<i32> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
         for pgid in groups {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
