@@ -23,69 +23,22 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Init { dir, force } => crate::init::init(dir, *force),
         Command::Check { json } => check(&cli, *json),
-        Command::Run {
-            fresh,
-            plain,
-            grace,
-        } => run(&cli, *fresh, *plain, *grace).await,
+        Command::Run { fresh, plain, grace } => run(&cli, *fresh, *plain, *grace).await,
         Command::Status { json, run } => status(&cli, *json, run.as_deref()).await,
-        Command::Tasks {
-            state,
-            workstream,
-            agent,
-            json,
-            run,
-        } => {
-            let state = state
-                .as_deref()
-                .map(|state| state.parse::<TaskState>())
-                .transpose()
-                .map_err(Failure::usage)?;
-            let filter = TaskFilter {
-                state,
-                workstream: workstream.clone(),
-                agent: agent.clone(),
-                ..Default::default()
-            };
+        Command::Tasks { state, workstream, agent, json, run } => {
+            let state = state.as_deref().map(|state| state.parse::<TaskState>()).transpose().map_err(Failure::usage)?;
+            let filter =
+                TaskFilter { state, workstream: workstream.clone(), agent: agent.clone(), ..Default::default() };
             tasks(&cli, filter, *json, run.as_deref()).await
         }
         Command::Task { action } => task(&cli, action).await,
         Command::Agents { json, run } => agents(&cli, *json, run.as_deref()).await,
-        Command::Events {
-            follow,
-            since,
-            task,
-            json,
-            run,
-        } => {
-            events(
-                &cli,
-                *follow,
-                *since,
-                task.map(TaskId),
-                *json,
-                run.as_deref(),
-            )
-            .await
+        Command::Events { follow, since, task, json, run } => {
+            events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
-        Command::Bench {
-            tasks,
-            repeats,
-            latency_seconds,
-            synchronous,
-            dir,
-            json,
-        } => {
-            bench(
-                *tasks,
-                *repeats,
-                *latency_seconds,
-                synchronous,
-                dir.clone(),
-                *json,
-            )
-            .await
+        Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json } => {
+            bench(*tasks, *repeats, *latency_seconds, synchronous, dir.clone(), *json).await
         }
     }
 }
@@ -114,34 +67,23 @@ fn load(cli: &Cli) -> Result<Loaded, Failure> {
     })?;
     let plan = config::load(&path.display().to_string(), &text, &environment())
         .map_err(|error| Failure::usage(format!("{error}\n{} is not valid", path.display())))?;
-    let base_dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+    let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
     Ok(Loaded { plan, base_dir })
 }
 
 fn open_store(cli: &Cli, loaded: &Loaded) -> Result<SqliteStore, Failure> {
-    let url = cli
-        .store
-        .clone()
-        .unwrap_or_else(|| loaded.plan.store_url.clone());
-    let (path, options) = Options::from_url(&url, &loaded.base_dir)
-        .map_err(|error| Failure::usage(error.to_string()))?;
+    let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
+    let (path, options) =
+        Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
     SqliteStore::open(&path, options).map_err(|error| Failure::usage(error.to_string()))
 }
 
 /// For read commands: the store must exist already.
 fn open_existing_store(cli: &Cli) -> Result<(Loaded, SqliteStore), Failure> {
     let loaded = load(cli)?;
-    let url = cli
-        .store
-        .clone()
-        .unwrap_or_else(|| loaded.plan.store_url.clone());
-    let (path, _) = Options::from_url(&url, &loaded.base_dir)
-        .map_err(|error| Failure::usage(error.to_string()))?;
+    let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
+    let (path, _) = Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
     if !path.exists() {
         return Err(Failure::usage(format!(
             "no store at {}: nothing has run yet; start with `baton run`",
@@ -152,44 +94,26 @@ fn open_existing_store(cli: &Cli) -> Result<(Loaded, SqliteStore), Failure> {
     Ok((loaded, store))
 }
 
-async fn find_run(
-    store: &SqliteStore,
-    plan: &Plan,
-    run: Option<&str>,
-) -> Result<RunRecord, Failure> {
+async fn find_run(store: &SqliteStore, plan: &Plan, run: Option<&str>) -> Result<RunRecord, Failure> {
     let found = match run {
         Some(id) => store.run(id).await.context("reading the run")?,
-        None => store
-            .latest_run(Some(&plan.name))
-            .await
-            .context("reading the run")?,
+        None => store.latest_run(Some(&plan.name)).await.context("reading the run")?,
     };
     found.ok_or_else(|| match run {
         Some(id) => Failure::usage(format!("no run `{id}` in the store")),
-        None => Failure::usage(format!(
-            "plan `{}` has not run yet; start it with `baton run`",
-            plan.name
-        )),
+        None => Failure::usage(format!("plan `{}` has not run yet; start it with `baton run`", plan.name)),
     })
 }
 
 fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
     let loaded = load(cli)?;
-    let problems =
-        baton_runtime::check::check_environment(&loaded.plan, &loaded.base_dir, &environment());
+    let problems = baton_runtime::check::check_environment(&loaded.plan, &loaded.base_dir, &environment());
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        return Err(Failure::usage(format!(
-            "{}\n{} is not valid",
-            lines.join("\n"),
-            cli.config.display()
-        )));
+        return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&loaded.plan).context("serializing the plan")?
-        );
+        println!("{}", serde_json::to_string_pretty(&loaded.plan).context("serializing the plan")?);
     } else {
         println!("{} is valid", cli.config.display());
         println!("{}", loaded.plan.describe());
@@ -197,35 +121,27 @@ fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
-async fn run(
-    cli: &Cli,
-    fresh: bool,
-    plain: bool,
-    grace: std::time::Duration,
-) -> Result<u8, Failure> {
+async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) -> Result<u8, Failure> {
     let loaded = load(cli)?;
     let env = environment();
     let problems = baton_runtime::check::check_environment(&loaded.plan, &loaded.base_dir, &env);
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        return Err(Failure::usage(format!(
-            "{}\n{} is not valid",
-            lines.join("\n"),
-            cli.config.display()
-        )));
+        return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
     }
     let store = Arc::new(open_store(cli, &loaded)?);
     let log_dir = store.path().parent().unwrap_or(Path::new(".")).join("logs");
+    let registry = baton_runtime::process::Registry {
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        host: engine::Node::this_process().host,
+    };
     let runtimes = engine::process_runtimes(ProcessEnv {
         base_dir: loaded.base_dir.clone(),
         log_dir,
         env,
+        registry: Some(registry),
     });
-    let mut options = EngineOptions::new(
-        loaded.plan.clone(),
-        Arc::clone(&store) as Arc<dyn Store>,
-        runtimes,
-    );
+    let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
     options.fresh = fresh;
     options.shutdown_grace = grace;
     let started = options.clock.now();
@@ -245,14 +161,10 @@ async fn run(
     let result = engine.run(shutdown).await;
     done.cancel();
     signals.abort();
-    let mut display = display
-        .await
-        .map_err(|error| Failure::run(error.to_string()))?;
+    let mut display = display.await.map_err(|error| Failure::run(error.to_string()))?;
     display.finish();
     let summary = result.map_err(|error| match error {
-        engine::Error::Busy { .. } | engine::Error::Invalid(_) => {
-            Failure::usage(format!("error: {error}"))
-        }
+        engine::Error::Busy { .. } | engine::Error::Invalid(_) => Failure::usage(format!("error: {error}")),
         other => Failure::run(format!("error: {other}")),
     })?;
     let took = output::elapsed(started, baton_runtime::Clock::system().now());
@@ -288,10 +200,8 @@ async fn run(
 
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         return;
     };
     tokio::select! {
@@ -310,27 +220,15 @@ async fn watch_signals(shutdown: CancellationToken) {
 async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
     let (loaded, store) = open_existing_store(cli)?;
     let run = find_run(&store, &loaded.plan, run).await?;
-    let tasks = store
-        .tasks(&run.id, &TaskFilter::default())
-        .await
-        .context("reading tasks")?;
+    let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
     let mut by_workstream: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
     for task in &tasks {
         let ws = task.workstream.clone().unwrap_or_else(|| "(none)".into());
-        *by_workstream
-            .entry(ws)
-            .or_default()
-            .entry(task.state.as_str())
-            .or_default() += 1;
+        *by_workstream.entry(ws).or_default().entry(task.state.as_str()).or_default() += 1;
     }
     let current_phase = run.phase.min(run.n_phases);
     let phase_names: Vec<String> = if current_phase >= 1 {
-        loaded
-            .plan
-            .phases
-            .get(current_phase as usize - 1)
-            .cloned()
-            .unwrap_or_default()
+        loaded.plan.phases.get(current_phase as usize - 1).cloned().unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -352,37 +250,19 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
             "owner": run.owner,
             "workstreams": by_workstream,
         });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).context("serializing")?
-        );
+        println!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
         return Ok(0);
     }
-    let end = run
-        .ended_at
-        .unwrap_or_else(|| baton_runtime::Clock::system().now());
+    let end = run.ended_at.unwrap_or_else(|| baton_runtime::Clock::system().now());
     println!("run       {} ({})", run.id, run.name);
     println!("state     {}", run.state);
-    println!(
-        "phase     {current_phase}/{} {}",
-        run.n_phases,
-        phase_names.join(", ")
-    );
-    println!(
-        "progress  {:.0}% ({}/{} tasks finished)",
-        run.progress() * 100.0,
-        run.n_finished,
-        run.n_tasks
-    );
+    println!("phase     {current_phase}/{} {}", run.n_phases, phase_names.join(", "));
+    println!("progress  {:.0}% ({}/{} tasks finished)", run.progress() * 100.0, run.n_finished, run.n_tasks);
     println!(
         "started   {} ({} ago{})",
         output::time(run.started_at),
         output::elapsed(run.started_at, end),
-        if run.ended_at.is_some() {
-            ", ended"
-        } else {
-            ""
-        }
+        if run.ended_at.is_some() { ", ended" } else { "" }
     );
     if let Some(owner) = &run.owner {
         println!("executed by {owner}");
@@ -392,23 +272,12 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
     if let Some(error) = &run.error {
         println!("error     {error}");
     }
-    let mut table = output::table(&[
-        "phase",
-        "workstream",
-        "succeeded",
-        "running",
-        "waiting",
-        "failed",
-    ]);
+    let mut table = output::table(&["phase", "workstream", "succeeded", "running", "waiting", "failed"]);
     let phase_of = |ws: &str| loaded.plan.phase_of(Some(ws)).to_string();
     for (ws, counts) in &by_workstream {
         let get = |state: &str| counts.get(state).copied().unwrap_or(0);
         table.add_row(vec![
-            if ws == "(none)" {
-                "1".to_string()
-            } else {
-                phase_of(ws)
-            },
+            if ws == "(none)" { "1".to_string() } else { phase_of(ws) },
             ws.clone(),
             get("succeeded").to_string(),
             get("running").to_string(),
@@ -420,44 +289,23 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
     Ok(0)
 }
 
-async fn tasks(
-    cli: &Cli,
-    filter: TaskFilter,
-    json: bool,
-    run: Option<&str>,
-) -> Result<u8, Failure> {
+async fn tasks(cli: &Cli, filter: TaskFilter, json: bool, run: Option<&str>) -> Result<u8, Failure> {
     let (loaded, store) = open_existing_store(cli)?;
     let run = find_run(&store, &loaded.plan, run).await?;
-    let tasks = store
-        .tasks(&run.id, &filter)
-        .await
-        .context("reading tasks")?;
+    let tasks = store.tasks(&run.id, &filter).await.context("reading tasks")?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&tasks).context("serializing")?
-        );
+        println!("{}", serde_json::to_string_pretty(&tasks).context("serializing")?);
         return Ok(0);
     }
-    let mut table = output::table(&[
-        "id",
-        "key",
-        "workstream",
-        "state",
-        "attempt",
-        "agent",
-        "note",
-    ]);
+    let mut table = output::table(&["id", "key", "workstream", "state", "attempt", "agent", "note"]);
     for task in &tasks {
         let note = match task.state {
-            TaskState::Ready if task.not_before.is_some() => format!(
-                "retry at {}",
-                output::clock(task.not_before.unwrap_or_default())
-            ),
-            TaskState::Succeeded => task
-                .finished_at
-                .map(|at| format!("done {}", output::clock(at)))
-                .unwrap_or_default(),
+            TaskState::Ready if task.not_before.is_some() => {
+                format!("retry at {}", output::clock(task.not_before.unwrap_or_default()))
+            }
+            TaskState::Succeeded => {
+                task.finished_at.map(|at| format!("done {}", output::clock(at))).unwrap_or_default()
+            }
             _ => task.error.clone().unwrap_or_default(),
         };
         table.add_row(vec![
@@ -484,32 +332,20 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
                 .context("reading the task")?
                 .ok_or_else(|| Failure::usage(format!("no task {id}")))?;
             let events = store
-                .events(&EventQuery {
-                    task: Some(task.id),
-                    ..Default::default()
-                })
+                .events(&EventQuery { task: Some(task.id), ..Default::default() })
                 .await
                 .context("reading events")?;
             if *json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "task": task, "events": events })
-                    )
-                    .context("serializing")?
+                    serde_json::to_string_pretty(&serde_json::json!({ "task": task, "events": events }))
+                        .context("serializing")?
                 );
                 return Ok(0);
             }
-            println!(
-                "task      {} ({})",
-                task.id,
-                task.key.as_deref().unwrap_or("-")
-            );
+            println!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
             println!("title     {}", task.title);
-            println!(
-                "state     {} (attempt {}/{})",
-                task.state, task.attempt, task.max_attempts
-            );
+            println!("state     {} (attempt {}/{})", task.state, task.attempt, task.max_attempts);
             if let Some(ws) = &task.workstream {
                 println!("workstream {ws}");
             }
@@ -531,15 +367,7 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
         }
         TaskAction::Cancel { id, reason, run } => {
             let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
-            control(
-                &store,
-                &run,
-                Control::CancelTask {
-                    task: TaskId(*id),
-                    reason: reason.clone(),
-                },
-            )
-            .await
+            control(&store, &run, Control::CancelTask { task: TaskId(*id), reason: reason.clone() }).await
         }
         TaskAction::Retry { id, run } => {
             let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
@@ -554,10 +382,7 @@ async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Resu
     };
     let task = store.task(task_id).await.context("reading the task")?;
     if task.is_none_or(|task| task.run_id != run.id) {
-        return Err(Failure::usage(format!(
-            "no task {task_id} in run {}",
-            run.id
-        )));
+        return Err(Failure::usage(format!("no task {task_id} in run {}", run.id)));
     }
     if run.state != RunState::Running {
         return Err(Failure::usage(format!(
@@ -572,10 +397,7 @@ async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Resu
     if run.owner.is_some() {
         println!("sent to the running `baton run`; follow it with `baton events --follow`");
     } else {
-        println!(
-            "queued: no `baton run` is executing run {} now; it is applied when `baton run` resumes",
-            run.id
-        );
+        println!("queued: no `baton run` is executing run {} now; it is applied when `baton run` resumes", run.id);
     }
     Ok(0)
 }
@@ -585,39 +407,22 @@ async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
     let run = find_run(&store, &loaded.plan, run).await?;
     let agents = store.agents(&run.id).await.context("reading agents")?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&agents).context("serializing")?
-        );
+        println!("{}", serde_json::to_string_pretty(&agents).context("serializing")?);
         return Ok(0);
     }
     let now = baton_runtime::Clock::system().now();
-    let mut table = output::table(&[
-        "agent",
-        "workstream",
-        "priority",
-        "state",
-        "running",
-        "succeeded",
-        "failed",
-        "last activity",
-    ]);
+    let mut table =
+        output::table(&["agent", "workstream", "priority", "state", "running", "succeeded", "failed", "last activity"]);
     for agent in &agents {
         table.add_row(vec![
             agent.name.clone(),
-            agent
-                .workstream
-                .clone()
-                .unwrap_or_else(|| "(shared)".into()),
+            agent.workstream.clone().unwrap_or_else(|| "(shared)".into()),
             agent.priority.to_string(),
             agent.state.to_string(),
             agent.running.to_string(),
             agent.tasks_succeeded.to_string(),
             agent.tasks_failed.to_string(),
-            agent
-                .last_activity
-                .map(|at| format!("{} ago", output::elapsed(at, now)))
-                .unwrap_or_else(|| "-".into()),
+            agent.last_activity.map(|at| format!("{} ago", output::elapsed(at, now))).unwrap_or_else(|| "-".into()),
         ]);
     }
     println!("{table}");
@@ -635,19 +440,10 @@ async fn events(
     let (loaded, store) = open_existing_store(cli)?;
     let run = find_run(&store, &loaded.plan, run).await?;
     let mut names = TaskNames::default();
-    for stored in store
-        .tasks(&run.id, &TaskFilter::default())
-        .await
-        .context("reading tasks")?
-    {
+    for stored in store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")? {
         names.insert(stored.id, stored.key);
     }
-    let mut query = EventQuery {
-        run_id: Some(run.id.clone()),
-        since,
-        task,
-        limit: Some(10_000),
-    };
+    let mut query = EventQuery { run_id: Some(run.id.clone()), since, task, limit: Some(10_000) };
     loop {
         let batch = store.events(&query).await.context("reading events")?;
         let mut ended = false;
@@ -682,49 +478,30 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let (loaded, store) = open_existing_store(cli)?;
     if loaded.plan.agent(agent).is_none() {
-        let known: Vec<&str> = loaded
-            .plan
-            .agents
-            .iter()
-            .map(|agent| agent.name.as_str())
-            .collect();
+        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
         return Err(Failure::usage(format!(
             "no agent `{agent}` in {} (known: {})",
             cli.config.display(),
             known.join(", ")
         )));
     }
-    let path = store
-        .path()
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("logs")
-        .join(format!("{agent}.log"));
+    let path = store.path().parent().unwrap_or(Path::new(".")).join("logs").join(format!("{agent}.log"));
     let mut offset = 0u64;
     loop {
         if let Ok(mut file) = tokio::fs::File::open(&path).await {
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .context("reading the log")?;
-            let mut text = String::new();
-            file.read_to_string(&mut text)
-                .await
-                .context("reading the log")?;
-            offset += text.len() as u64;
-            print!("{text}");
+            file.seek(std::io::SeekFrom::Start(offset)).await.context("reading the log")?;
+            // Agents may write any bytes; show them as text without failing.
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).await.context("reading the log")?;
+            offset += bytes.len() as u64;
+            print!("{}", String::from_utf8_lossy(&bytes));
         } else if !follow {
-            return Err(Failure::usage(format!(
-                "agent `{agent}` has no log yet ({} does not exist)",
-                path.display()
-            )));
+            return Err(Failure::usage(format!("agent `{agent}` has no log yet ({} does not exist)", path.display())));
         }
         if !follow {
             return Ok(0);
         }
-        let run = store
-            .latest_run(Some(&loaded.plan.name))
-            .await
-            .context("reading the run")?;
+        let run = store.latest_run(Some(&loaded.plan.name)).await.context("reading the run")?;
         if run.is_some_and(|run| run.state != RunState::Running) {
             return Ok(0);
         }
@@ -744,9 +521,7 @@ async fn bench(
         "full" => Synchronous::Full,
         "normal" => Synchronous::Normal,
         other => {
-            return Err(Failure::usage(format!(
-                "unknown synchronous mode `{other}`; use full or normal"
-            )));
+            return Err(Failure::usage(format!("unknown synchronous mode `{other}`; use full or normal")));
         }
     };
     let temp = tempfile_dir()?;
@@ -756,21 +531,13 @@ async fn bench(
     options.repeats = repeats;
     options.synchronous = synchronous;
     options.latency_duration = std::time::Duration::from_secs(latency_seconds);
-    let report = baton_runtime::bench::run(options, |line| eprintln!("{line}"))
-        .await
-        .map_err(Failure::run)?;
+    let report = baton_runtime::bench::run(options, |line| eprintln!("{line}")).await.map_err(Failure::run)?;
     let _ = std::fs::remove_dir_all(&temp);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("serializing")?
-        );
+        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
         return Ok(0);
     }
-    println!(
-        "durable task lifecycle (create, claim, complete, events; synchronous={}):",
-        report.synchronous
-    );
+    println!("durable task lifecycle (create, claim, complete, events; synchronous={}):", report.synchronous);
     println!(
         "  {} tasks, {} events per run; median {:.0} tasks/s over {} run(s) (target >= 10,000)",
         report.lifecycle.n_tasks,
@@ -796,7 +563,6 @@ async fn bench(
 
 fn tempfile_dir() -> Result<PathBuf, Failure> {
     let dir = std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|error| Failure::run(format!("cannot create {}: {error}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|error| Failure::run(format!("cannot create {}: {error}", dir.display())))?;
     Ok(dir)
 }

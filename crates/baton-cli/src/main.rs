@@ -17,13 +17,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "baton", version, about, max_term_width = 100)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "BATON_CONFIG",
-        default_value = "baton.toml"
-    )]
+    #[arg(short, long, global = true, env = "BATON_CONFIG", default_value = "baton.toml")]
     pub config: PathBuf,
 
     /// The store to read, overriding the configuration's `store.url`.
@@ -181,43 +175,26 @@ pub struct Failure {
 
 impl Failure {
     pub fn usage(message: impl Into<String>) -> Failure {
-        Failure {
-            code: 2,
-            message: message.into(),
-        }
+        Failure { code: 2, message: message.into() }
     }
 
     pub fn run(message: impl Into<String>) -> Failure {
-        Failure {
-            code: 1,
-            message: message.into(),
-        }
+        Failure { code: 1, message: message.into() }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
-        Failure {
-            code: 1,
-            message: format!("{error:#}"),
-        }
+        Failure { code: 1, message: format!("{error:#}") }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{},baton=info", cli.log_level))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},baton=info", cli.log_level)));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

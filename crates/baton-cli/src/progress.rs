@@ -29,10 +29,7 @@ impl Display {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             by_workstream: HashMap::new(),
         });
-        Display {
-            bars,
-            names: TaskNames::default(),
-        }
+        Display { bars, names: TaskNames::default() }
     }
 
     pub fn event(&mut self, event: &Event) {
@@ -67,11 +64,9 @@ impl Display {
         let Some(bars) = self.bars.as_mut() else {
             return;
         };
-        let style = ProgressStyle::with_template(
-            "{prefix:.bold} {bar:30.cyan/blue} {pos:>3}/{len:3} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("━╸ ");
+        let style = ProgressStyle::with_template("{prefix:.bold} {bar:30.cyan/blue} {pos:>3}/{len:3} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("━╸ ");
         for ws in &progress.workstreams {
             let name = ws.name.clone().unwrap_or_else(|| "(no workstream)".into());
             let bar = bars.by_workstream.entry(name.clone()).or_insert_with(|| {
@@ -85,11 +80,7 @@ impl Display {
             let message = if !ws.started {
                 "waiting".to_string()
             } else if ws.n_finished == ws.n_total && ws.n_total > 0 {
-                if ws.n_unsuccessful > 0 {
-                    format!("done, {} failed", ws.n_unsuccessful)
-                } else {
-                    "done".to_string()
-                }
+                if ws.n_unsuccessful > 0 { format!("done, {} failed", ws.n_unsuccessful) } else { "done".to_string() }
             } else if ws.n_running > 0 {
                 format!("{} running", ws.n_running)
             } else {

@@ -122,26 +122,14 @@ const CASES: &[(&str, &str, &str, &str)] = &[
 fn broken_configurations_are_reported_with_their_place() {
     let project = Project::with(GOOD, &[("agent.sh", "#!/usr/bin/env bash\necho ok\n")]);
     let good = project.baton(&["check"]);
-    assert_eq!(
-        good.status.code(),
-        Some(0),
-        "the base configuration is valid: {}",
-        stderr(&good)
-    );
+    assert_eq!(good.status.code(), Some(0), "the base configuration is valid: {}", stderr(&good));
     let dir = std::fs::canonicalize(project.path()).unwrap();
     let mut failures = Vec::new();
     for (name, from, to, expected) in CASES {
         assert!(GOOD.contains(from), "case `{name}`: GOOD has no `{from}`");
-        std::fs::write(
-            project.path().join("baton.toml"),
-            GOOD.replacen(from, to, 1),
-        )
-        .unwrap();
+        std::fs::write(project.path().join("baton.toml"), GOOD.replacen(from, to, 1)).unwrap();
         let output = project.baton(&["check"]);
-        let expected = format!(
-            "{}\nbaton.toml is not valid\n",
-            expected.replace("{dir}", &dir.display().to_string())
-        );
+        let expected = format!("{}\nbaton.toml is not valid\n", expected.replace("{dir}", &dir.display().to_string()));
         let actual = stderr(&output);
         if output.status.code() != Some(2) || actual != expected {
             failures.push(format!(
@@ -164,11 +152,7 @@ fn run_refuses_a_broken_configuration_and_keeps_the_store() {
     .unwrap();
     let run = project.baton(&["run"]);
     assert_eq!(run.status.code(), Some(2));
-    assert!(
-        stderr(&run).starts_with("baton.toml:10:15: unknown workstream `nope`"),
-        "{}",
-        stderr(&run)
-    );
+    assert!(stderr(&run).starts_with("baton.toml:10:15: unknown workstream `nope`"), "{}", stderr(&run));
     // What was stored is still there.
     std::fs::write(project.path().join("baton.toml"), GOOD).unwrap();
     let status = project.baton(&["status"]);

@@ -22,24 +22,12 @@ async fn a_killed_run_resumes_and_completes_every_task_exactly_once() {
     let store = project.store();
     let killed = store.latest_run(None).await.unwrap().unwrap();
     assert_eq!(killed.state, RunState::Running);
-    let before = store
-        .tasks(&killed.id, &TaskFilter::default())
-        .await
-        .unwrap();
-    let running_at_kill: Vec<String> = before
-        .iter()
-        .filter(|task| task.state == TaskState::Running)
-        .map(|task| task.key.clone().unwrap())
-        .collect();
-    assert!(
-        running_at_kill.contains(&"integration-harness".to_string()),
-        "{running_at_kill:?}"
-    );
-    let done_before: Vec<i64> = before
-        .iter()
-        .filter(|task| task.state == TaskState::Succeeded)
-        .map(|task| task.id.0)
-        .collect();
+    let before = store.tasks(&killed.id, &TaskFilter::default()).await.unwrap();
+    let running_at_kill: Vec<String> =
+        before.iter().filter(|task| task.state == TaskState::Running).map(|task| task.key.clone().unwrap()).collect();
+    assert!(running_at_kill.contains(&"integration-harness".to_string()), "{running_at_kill:?}");
+    let done_before: Vec<i64> =
+        before.iter().filter(|task| task.state == TaskState::Succeeded).map(|task| task.id.0).collect();
     assert!(done_before.len() >= 4, "phase 1 was done");
 
     // `baton status` reads the interrupted run.
@@ -47,18 +35,9 @@ async fn a_killed_run_resumes_and_completes_every_task_exactly_once() {
     assert!(status.contains("state     running"), "{status}");
 
     let resumed = project.baton(&["run"]);
-    assert_eq!(
-        resumed.status.code(),
-        Some(0),
-        "{}\n{}",
-        stdout(&resumed),
-        stderr(&resumed)
-    );
+    assert_eq!(resumed.status.code(), Some(0), "{}\n{}", stdout(&resumed), stderr(&resumed));
     assert!(
-        stdout(&resumed).contains(&format!(
-            "run {} (resumed) succeeded: 15/15 tasks",
-            killed.id
-        )),
+        stdout(&resumed).contains(&format!("run {} (resumed) succeeded: 15/15 tasks", killed.id)),
         "{}",
         stdout(&resumed)
     );
@@ -78,13 +57,7 @@ async fn a_killed_run_resumes_and_completes_every_task_exactly_once() {
             );
         }
     }
-    let events = store
-        .events(&EventQuery {
-            run_id: Some(run.id.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = store.events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() }).await.unwrap();
     let mut completions: HashMap<i64, usize> = HashMap::new();
     let mut claims_after_resume: Vec<i64> = Vec::new();
     let mut resumed_seen = false;
@@ -101,20 +74,11 @@ async fn a_killed_run_resumes_and_completes_every_task_exactly_once() {
     }
     assert!(resumed_seen);
     assert_eq!(completions.len(), 15);
-    assert!(
-        completions.values().all(|&n| n == 1),
-        "every task completed exactly once: {completions:?}"
-    );
+    assert!(completions.values().all(|&n| n == 1), "every task completed exactly once: {completions:?}");
     for id in done_before {
-        assert!(
-            !claims_after_resume.contains(&id),
-            "task {id} was done before the kill and ran again"
-        );
+        assert!(!claims_after_resume.contains(&id), "task {id} was done before the kill and ran again");
     }
-    let expired = events
-        .iter()
-        .filter(|event| matches!(event.kind, EventKind::TaskLeaseExpired { .. }))
-        .count();
+    let expired = events.iter().filter(|event| matches!(event.kind, EventKind::TaskLeaseExpired { .. })).count();
     assert_eq!(expired, running_at_kill.len());
 }
 
@@ -135,10 +99,7 @@ async fn fresh_abandons_the_unfinished_run_and_starts_anew() {
     assert_eq!(second.state, RunState::Succeeded);
     let abandoned = store.run(&first.id).await.unwrap().unwrap();
     assert_eq!(abandoned.state, RunState::Failed);
-    assert_eq!(
-        abandoned.error.as_deref(),
-        Some("abandoned: a fresh run was started")
-    );
+    assert_eq!(abandoned.error.as_deref(), Some("abandoned: a fresh run was started"));
 }
 
 #[tokio::test]
@@ -149,42 +110,21 @@ async fn a_second_baton_run_refuses_while_the_first_works_and_sigterm_stops_grac
 
     let second = project.baton(&["run"]);
     assert_eq!(second.status.code(), Some(2));
-    assert!(
-        stderr(&second).contains("is being executed by"),
-        "{}",
-        stderr(&second)
-    );
+    assert!(stderr(&second).contains("is being executed by"), "{}", stderr(&second));
 
     // SIGTERM: no new claims, the running attempt finishes, the run stays resumable.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stdout(&output).contains("stopped before the end"),
-        "{}",
-        stdout(&output)
-    );
+    assert!(stdout(&output).contains("stopped before the end"), "{}", stdout(&output));
     let rest = lines.rest();
-    assert!(
-        rest.contains("task analyze-base64ct completed"),
-        "the running attempt finished:\n{rest}"
-    );
-    assert!(
-        !rest.contains("research-edition2024 claimed"),
-        "nothing new was claimed:\n{rest}"
-    );
+    assert!(rest.contains("task analyze-base64ct completed"), "the running attempt finished:\n{rest}");
+    assert!(!rest.contains("research-edition2024 claimed"), "nothing new was claimed:\n{rest}");
 
     let store = project.store();
     let run = store.latest_run(None).await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Running);
-    assert_eq!(
-        run.owner, None,
-        "a stopped run is left for anyone to resume"
-    );
+    assert_eq!(run.owner, None, "a stopped run is left for anyone to resume");
     let resumed = project.baton(&["run"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
     let research = store
@@ -195,4 +135,47 @@ async fn a_second_baton_run_refuses_while_the_first_works_and_sigterm_stops_grac
         .find(|t| t.key.as_deref() == Some("research-edition2024"))
         .unwrap();
     assert_eq!(research.attempt, 1);
+}
+
+#[tokio::test]
+async fn what_a_killed_run_left_running_is_killed_when_it_resumes() {
+    let plan = r#"
+[orchestration]
+name = "leftovers"
+
+[[agents]]
+name = "worker"
+command = ["bash", "work.sh"]
+
+[[tasks]]
+key = "job"
+title = "A job that starts a helper process"
+"#;
+    // The first attempt starts a long-lived grandchild and waits; the second finishes at once.
+    let work = r#"#!/usr/bin/env bash
+if [ "$BATON_TASK_ATTEMPT" = 1 ]; then
+    sleep 300 &
+    echo $! > grandchild.pid
+    echo "helper started" >&2
+    wait
+fi
+echo done
+"#;
+    let project = Project::with(plan, &[("work.sh", work)]);
+    let (mut child, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("task job claimed");
+    // The grandchild's pid file appears once the attempt is under way; the log line is written
+    // after it.
+    let log = project.log_path("worker");
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("helper started") {
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pid: i32 = std::fs::read_to_string(project.path().join("grandchild.pid")).unwrap().trim().parse().unwrap();
+    assert!(common::is_alive(pid), "the parent-death signal reaches only the agent's own process");
+
+    let resumed = project.baton(&["run"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    assert!(!common::is_alive(pid), "the resumed run killed the helper left by the killed one");
 }

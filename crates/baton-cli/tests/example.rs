@@ -17,68 +17,40 @@ async fn the_example_runs_to_completion_with_a_retry() {
     assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
     let plan = stdout(&check);
     assert!(
-        plan.contains(
-            "phase 1:\n  build-system-stabilization [critical]: 4 task(s); agents: build-agent"
-        ),
+        plan.contains("phase 1:\n  build-system-stabilization [critical]: 4 task(s); agents: build-agent"),
         "{plan}"
     );
+    assert!(plan.contains("phase 2:\n  testing-infrastructure [high, after build-system-stabilization]"), "{plan}");
     assert!(
-        plan.contains(
-            "phase 2:\n  testing-infrastructure [high, after build-system-stabilization]"
-        ),
+        plan.contains("performance-observability [medium, after build-system-stabilization, testing-infrastructure]"),
         "{plan}"
     );
-    assert!(plan.contains("performance-observability [medium, after build-system-stabilization, testing-infrastructure]"), "{plan}");
 
     let run = project.baton(&["run"]);
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(&run),
-        stderr(&run)
-    );
-    assert!(
-        stdout(&run).contains("succeeded: 15/15 tasks"),
-        "{}",
-        stdout(&run)
-    );
+    assert_eq!(run.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(&run), stderr(&run));
+    assert!(stdout(&run).contains("succeeded: 15/15 tasks"), "{}", stdout(&run));
     let lines = stderr(&run);
-    assert!(lines.contains("task property-tests failed on test-agent (attempt 1): exit status 1: [test-agent] proptest: seed 0x5eed"), "{lines}");
     assert!(
-        lines.contains("task property-tests will retry (attempt 2)"),
+        lines.contains(
+            "task property-tests failed on test-agent (attempt 1): exit status 1: [test-agent] proptest: seed 0x5eed"
+        ),
         "{lines}"
     );
+    assert!(lines.contains("task property-tests will retry (attempt 2)"), "{lines}");
 
     let store = project.store();
-    let run = store
-        .latest_run(Some("roadmap-v0.3.0"))
-        .await
-        .unwrap()
-        .unwrap();
+    let run = store.latest_run(Some("roadmap-v0.3.0")).await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Succeeded);
     assert_eq!((run.n_tasks, run.n_finished, run.phase), (15, 15, 3));
     let tasks = store.tasks(&run.id, &TaskFilter::default()).await.unwrap();
     assert!(tasks.iter().all(|task| task.state == TaskState::Succeeded));
-    let flaky = tasks
-        .iter()
-        .find(|task| task.key.as_deref() == Some("property-tests"))
-        .unwrap();
+    let flaky = tasks.iter().find(|task| task.key.as_deref() == Some("property-tests")).unwrap();
     assert_eq!(flaky.attempt, 2);
-    assert_eq!(
-        flaky.result.as_ref().unwrap()["summary"],
-        "40 properties, 10000 cases each"
-    );
+    assert_eq!(flaky.result.as_ref().unwrap()["summary"], "40 properties, 10000 cases each");
 
     // Phases in order, every task completed exactly once, and no task claimed before its
     // dependencies completed.
-    let events = store
-        .events(&EventQuery {
-            run_id: Some(run.id.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = store.events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() }).await.unwrap();
     let phases: Vec<u32> = events
         .iter()
         .filter_map(|event| match &event.kind {
@@ -90,10 +62,7 @@ async fn the_example_runs_to_completion_with_a_retry() {
     let mut completed_at: HashMap<i64, i64> = HashMap::new();
     for event in &events {
         if let EventKind::TaskCompleted { task, .. } = event.kind {
-            assert!(
-                completed_at.insert(task.0, event.seq).is_none(),
-                "task {task} completed twice"
-            );
+            assert!(completed_at.insert(task.0, event.seq).is_none(), "task {task} completed twice");
         }
     }
     assert_eq!(completed_at.len(), 15);
@@ -101,10 +70,7 @@ async fn the_example_runs_to_completion_with_a_retry() {
         if let EventKind::TaskClaimed { task, .. } = event.kind {
             let record = tasks.iter().find(|t| t.id == task).unwrap();
             for dep in &record.depends_on {
-                assert!(
-                    completed_at[&dep.0] < event.seq,
-                    "task {task} claimed before dependency {dep} completed"
-                );
+                assert!(completed_at[&dep.0] < event.seq, "task {task} claimed before dependency {dep} completed");
             }
         }
     }
@@ -119,45 +85,28 @@ async fn read_commands_print_tables_and_json() {
     assert_eq!(status.status.code(), Some(0));
     let text = stdout(&status);
     assert!(text.contains("state     succeeded"), "{text}");
-    assert!(
-        text.contains("progress  100% (15/15 tasks finished)"),
-        "{text}"
-    );
+    assert!(text.contains("progress  100% (15/15 tasks finished)"), "{text}");
 
-    let status: serde_json::Value =
-        serde_json::from_slice(&project.baton(&["status", "--json"]).stdout).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&project.baton(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["progress"], 1.0);
     assert_eq!(status["completed"], true);
     assert_eq!(status["current_phase"], 3);
-    assert_eq!(
-        status["workstreams"]["testing-infrastructure"]["succeeded"],
-        3
-    );
+    assert_eq!(status["workstreams"]["testing-infrastructure"]["succeeded"], 3);
 
-    let tasks: serde_json::Value = serde_json::from_slice(
-        &project
-            .baton(&["tasks", "--json", "--workstream", "testing-infrastructure"])
-            .stdout,
-    )
-    .unwrap();
+    let tasks: serde_json::Value =
+        serde_json::from_slice(&project.baton(&["tasks", "--json", "--workstream", "testing-infrastructure"]).stdout)
+            .unwrap();
     assert_eq!(tasks.as_array().unwrap().len(), 3);
     let table = stdout(&project.baton(&["tasks", "--state", "succeeded"]));
-    assert!(
-        table.contains("property-tests") && table.contains("2/3"),
-        "{table}"
-    );
+    assert!(table.contains("property-tests") && table.contains("2/3"), "{table}");
     let bad_state = project.baton(&["tasks", "--state", "finished"]);
     assert_eq!(bad_state.status.code(), Some(2));
-    assert!(stderr(&bad_state).contains("unknown task state `finished` (one of: pending, ready, running, succeeded, dead, cancelled, suspended)"));
+    assert!(stderr(&bad_state).contains(
+        "unknown task state `finished` (one of: pending, ready, running, succeeded, dead, cancelled, suspended)"
+    ));
 
-    let agents: serde_json::Value =
-        serde_json::from_slice(&project.baton(&["agents", "--json"]).stdout).unwrap();
-    let test_agent = agents
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "test-agent")
-        .unwrap();
+    let agents: serde_json::Value = serde_json::from_slice(&project.baton(&["agents", "--json"]).stdout).unwrap();
+    let test_agent = agents.as_array().unwrap().iter().find(|a| a["name"] == "test-agent").unwrap();
     assert_eq!(test_agent["tasks_succeeded"], 3);
     assert_eq!(test_agent["tasks_failed"], 1);
     assert_eq!(test_agent["state"], "stopped");
@@ -165,12 +114,7 @@ async fn read_commands_print_tables_and_json() {
     let events = stdout(&project.baton(&["events", "--json"]));
     let types: Vec<String> = events
         .lines()
-        .map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["type"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(types.first().map(String::as_str), Some("RunStarted"));
     assert_eq!(types.last().map(String::as_str), Some("RunCompleted"));
@@ -181,24 +125,14 @@ async fn read_commands_print_tables_and_json() {
     // --follow on a finished run prints everything and ends.
     let follow = project.baton(&["events", "--follow"]);
     assert_eq!(follow.status.code(), Some(0));
-    assert!(
-        stdout(&follow)
-            .trim_end()
-            .ends_with("run succeeded: 15 succeeded, 0 dead, 0 cancelled")
-    );
+    assert!(stdout(&follow).trim_end().ends_with("run succeeded: 15 succeeded, 0 dead, 0 cancelled"));
 
     let logs = stdout(&project.baton(&["logs", "test-agent"]));
-    assert!(
-        logs.contains("[test-agent] proptest: seed 0x5eed hit a flaky timing assertion"),
-        "{logs}"
-    );
+    assert!(logs.contains("[test-agent] proptest: seed 0x5eed hit a flaky timing assertion"), "{logs}");
     assert!(logs.contains("attempt 1 failed in"), "{logs}");
     let unknown = project.baton(&["logs", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(
-        stderr(&unknown)
-            .contains("no agent `nobody` in baton.toml (known: build-agent, test-agent")
-    );
+    assert!(stderr(&unknown).contains("no agent `nobody` in baton.toml (known: build-agent, test-agent"));
 
     let id = tasks[0]["id"].to_string();
     let show = stdout(&project.baton(&["task", "show", &id]));
@@ -219,11 +153,7 @@ fn read_commands_before_any_run_say_what_to_do() {
     let project = Project::example();
     let status = project.baton(&["status"]);
     assert_eq!(status.status.code(), Some(2));
-    assert!(
-        stderr(&status).contains("nothing has run yet; start with `baton run`"),
-        "{}",
-        stderr(&status)
-    );
+    assert!(stderr(&status).contains("nothing has run yet; start with `baton run`"), "{}", stderr(&status));
     let empty = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
         .arg("check")
@@ -232,8 +162,5 @@ fn read_commands_before_any_run_say_what_to_do() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert_eq!(
-        stderr(&output).trim(),
-        "baton.toml not found; run `baton init` to write an example, or pass -c FILE"
-    );
+    assert_eq!(stderr(&output).trim(), "baton.toml not found; run `baton init` to write an example, or pass -c FILE");
 }

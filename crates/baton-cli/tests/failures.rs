@@ -55,46 +55,27 @@ esac
 async fn timeouts_and_failures_end_the_run_failed_with_a_report() {
     let project = Project::with(PLAN, &[("work.sh", WORK)]);
     let run = project.baton(&["run"]);
-    assert_eq!(
-        run.status.code(),
-        Some(1),
-        "{}\n{}",
-        stdout(&run),
-        stderr(&run)
-    );
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", stdout(&run), stderr(&run));
     let report = stdout(&run);
     assert!(report.contains("failed: 0/3 tasks succeeded"), "{report}");
-    assert!(
-        report.contains("  slow: dead: timed out after 300ms"),
-        "{report}"
-    );
-    assert!(
-        report.contains("  broken: dead: exit status 4: cannot find libfoo"),
-        "{report}"
-    );
-    assert!(
-        report.contains("  ship: cancelled: upstream workstream `build` failed"),
-        "{report}"
-    );
+    assert!(report.contains("  slow: dead: timed out after 300ms"), "{report}");
+    assert!(report.contains("  broken: dead: exit status 4: cannot find libfoo"), "{report}");
+    assert!(report.contains("  ship: cancelled: upstream workstream `build` failed"), "{report}");
 
     // The timed-out attempt's whole process group was killed, grandchild included.
-    let pid: i32 = std::fs::read_to_string(project.path().join("grandchild.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ");
-    assert!(!alive, "the grandchild {pid} outlived its attempt");
+    let pid: i32 = std::fs::read_to_string(project.path().join("grandchild.pid")).unwrap().trim().parse().unwrap();
+    assert!(!common::is_alive(pid), "the grandchild {pid} outlived its attempt");
 
     let store = project.store();
     let stored = store.latest_run(None).await.unwrap().unwrap();
     assert_eq!(stored.state, RunState::Failed);
-    assert!(stored.error.as_deref().unwrap().starts_with(
-        "2 task(s) dead: slow (timed out after 300ms), broken (exit status 4: cannot find libfoo)"
-    ));
+    assert!(
+        stored
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("2 task(s) dead: slow (timed out after 300ms), broken (exit status 4: cannot find libfoo)")
+    );
     let broken = store
         .tasks(&stored.id, &TaskFilter::default())
         .await
@@ -125,28 +106,14 @@ title = "Long job"
     assert!(claimed.contains("(attempt 1)"));
     let store = project.store();
     let run = store.latest_run(None).await.unwrap().unwrap();
-    let task = store
-        .tasks(&run.id, &TaskFilter::default())
-        .await
-        .unwrap()
-        .remove(0);
-    let cancel = project.baton(&[
-        "task",
-        "cancel",
-        &task.id.to_string(),
-        "--reason",
-        "not needed",
-    ]);
+    let task = store.tasks(&run.id, &TaskFilter::default()).await.unwrap().remove(0);
+    let cancel = project.baton(&["task", "cancel", &task.id.to_string(), "--reason", "not needed"]);
     assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
     assert!(stdout(&cancel).contains("sent to the running `baton run`"));
 
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stdout(&output).contains("long: cancelled: not needed"),
-        "{}",
-        stdout(&output)
-    );
+    assert!(stdout(&output).contains("long: cancelled: not needed"), "{}", stdout(&output));
     let rest = lines.rest();
     assert!(rest.contains("task long cancelled: not needed"), "{rest}");
     let task = store.task(task.id).await.unwrap().unwrap();
@@ -155,9 +122,5 @@ title = "Long job"
     // Commands for a finished run are refused.
     let again = project.baton(&["task", "retry", &task.id.to_string()]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(
-        stderr(&again).contains("has ended (failed); only a running run takes commands"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("has ended (failed); only a running run takes commands"), "{}", stderr(&again));
 }

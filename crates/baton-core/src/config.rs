@@ -306,12 +306,7 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// Whether this agent may run a task of `workstream` requiring `requires`, pinned to
     /// `pinned`. An agent without a workstream serves every workstream.
-    pub fn can_run(
-        &self,
-        workstream: Option<&str>,
-        requires: &[String],
-        pinned: Option<&str>,
-    ) -> bool {
+    pub fn can_run(&self, workstream: Option<&str>, requires: &[String], pinned: Option<&str>) -> bool {
         if pinned.is_some_and(|pinned| pinned != self.name) {
             return false;
         }
@@ -320,9 +315,7 @@ impl AgentSpec {
         {
             return false;
         }
-        requires
-            .iter()
-            .all(|capability| self.capabilities.contains(capability))
+        requires.iter().all(|capability| self.capabilities.contains(capability))
     }
 }
 
@@ -355,10 +348,7 @@ impl Plan {
         let Some(workstream) = workstream else {
             return 1;
         };
-        self.phases
-            .iter()
-            .position(|phase| phase.iter().any(|name| name == workstream))
-            .map_or(1, |idx| idx as u32 + 1)
+        self.phases.iter().position(|phase| phase.iter().any(|name| name == workstream)).map_or(1, |idx| idx as u32 + 1)
     }
 
     /// A human summary of the phases: what runs in each.
@@ -371,28 +361,18 @@ impl Plan {
             self.tasks.len(),
             self.phases.len()
         );
-        let unassigned: Vec<&NewTask> = self
-            .tasks
-            .iter()
-            .filter(|task| task.workstream.is_none())
-            .collect();
+        let unassigned: Vec<&NewTask> = self.tasks.iter().filter(|task| task.workstream.is_none()).collect();
         for (idx, phase) in self.phases.iter().enumerate() {
             text.push_str(&format!("phase {}:\n", idx + 1));
             for name in phase {
-                let ws = self
-                    .workstream(name)
-                    .expect("phases name declared workstreams");
+                let ws = self.workstream(name).expect("phases name declared workstreams");
                 let agents: Vec<&str> = self
                     .agents
                     .iter()
                     .filter(|agent| agent.workstream.as_deref() == Some(name))
                     .map(|agent| agent.name.as_str())
                     .collect();
-                let n_tasks = self
-                    .tasks
-                    .iter()
-                    .filter(|task| task.workstream.as_deref() == Some(name))
-                    .count();
+                let n_tasks = self.tasks.iter().filter(|task| task.workstream.as_deref() == Some(name)).count();
                 let after = if ws.depends_on.is_empty() {
                     String::new()
                 } else {
@@ -401,37 +381,20 @@ impl Plan {
                 text.push_str(&format!(
                     "  {name} [{}{after}]: {n_tasks} task(s); agents: {}\n",
                     ws.priority,
-                    if agents.is_empty() {
-                        "shared".to_string()
-                    } else {
-                        agents.join(", ")
-                    }
+                    if agents.is_empty() { "shared".to_string() } else { agents.join(", ") }
                 ));
             }
             if idx == 0 && !unassigned.is_empty() {
-                text.push_str(&format!(
-                    "  (no workstream): {} task(s)\n",
-                    unassigned.len()
-                ));
+                text.push_str(&format!("  (no workstream): {} task(s)\n", unassigned.len()));
             }
         }
         if self.phases.is_empty() && !unassigned.is_empty() {
-            text.push_str(&format!(
-                "phase 1:\n  (no workstream): {} task(s)\n",
-                unassigned.len()
-            ));
+            text.push_str(&format!("phase 1:\n  (no workstream): {} task(s)\n", unassigned.len()));
         }
-        let shared: Vec<&str> = self
-            .agents
-            .iter()
-            .filter(|agent| agent.workstream.is_none())
-            .map(|agent| agent.name.as_str())
-            .collect();
+        let shared: Vec<&str> =
+            self.agents.iter().filter(|agent| agent.workstream.is_none()).map(|agent| agent.name.as_str()).collect();
         if !shared.is_empty() {
-            text.push_str(&format!(
-                "shared agents (all phases): {}\n",
-                shared.join(", ")
-            ));
+            text.push_str(&format!("shared agents (all phases): {}\n", shared.join(", ")));
         }
         text.push_str(&format!(
             "settings: max {} concurrent agent(s), retries back off from {}, leases last {}",
@@ -453,23 +416,12 @@ pub fn load(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<Pl
     let raw: RawConfig = toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
         let message = error.message().trim().to_string();
-        Error {
-            diagnostics: vec![Diagnostic {
-                location: locator.locate(span),
-                message,
-            }],
-        }
+        Error { diagnostics: vec![Diagnostic { location: locator.locate(span), message }] }
     })?;
-    let mut validator = Validator {
-        locator: &locator,
-        env,
-        diagnostics: Vec::new(),
-    };
+    let mut validator = Validator { locator: &locator, env, diagnostics: Vec::new() };
     let plan = validator.validate(raw);
     let mut diagnostics = validator.diagnostics;
-    diagnostics.sort_by(|a, b| {
-        (a.location.line, a.location.column).cmp(&(b.location.line, b.location.column))
-    });
+    diagnostics.sort_by(|a, b| (a.location.line, a.location.column).cmp(&(b.location.line, b.location.column)));
     match plan {
         Some(plan) if diagnostics.is_empty() => Ok(plan),
         _ => Err(Error { diagnostics }),
@@ -493,11 +445,7 @@ impl<'a> Locator<'a> {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |idx| idx + 1);
         let column = before[line_start..].chars().count() + 1;
-        Location {
-            file: self.file.to_string(),
-            line,
-            column,
-        }
+        Location { file: self.file.to_string(), line, column }
     }
 }
 
@@ -513,10 +461,7 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl Validator<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic {
-            location: self.locator.locate(span),
-            message: message.into(),
-        });
+        self.diagnostics.push(Diagnostic { location: self.locator.locate(span), message: message.into() });
     }
 
     fn expand(&mut self, value: &Spanned<String>) -> String {
@@ -531,13 +476,8 @@ impl Validator<'_> {
 
     fn check_name(&mut self, what: &str, name: &Spanned<String>) {
         let text = name.get_ref();
-        let valid = text
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        let valid = text.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !valid {
             self.error(
                 name.span(),
@@ -552,16 +492,9 @@ impl Validator<'_> {
         let settings = self.settings(&raw.orchestration);
         let name = raw.orchestration.name.get_ref().clone();
         if name.trim().is_empty() {
-            self.error(
-                raw.orchestration.name.span(),
-                "`orchestration.name` must not be empty",
-            );
+            self.error(raw.orchestration.name.span(), "`orchestration.name` must not be empty");
         }
-        let store_url = raw
-            .store
-            .url
-            .as_ref()
-            .map_or_else(|| DEFAULT_STORE_URL.to_string(), |url| self.expand(url));
+        let store_url = raw.store.url.as_ref().map_or_else(|| DEFAULT_STORE_URL.to_string(), |url| self.expand(url));
         if let Some(url) = &raw.store.url
             && !store_url.starts_with("sqlite:")
         {
@@ -570,25 +503,13 @@ impl Validator<'_> {
                 format!("unsupported store url `{store_url}`: this version supports `sqlite://PATH` (e.g. \"{DEFAULT_STORE_URL}\")"),
             );
         }
-        let listen = raw
-            .server
-            .listen
-            .as_ref()
-            .map_or_else(|| DEFAULT_LISTEN.to_string(), |listen| self.expand(listen));
+        let listen =
+            raw.server.listen.as_ref().map_or_else(|| DEFAULT_LISTEN.to_string(), |listen| self.expand(listen));
 
         let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
         let agents = self.agents(&raw.agents, &workstreams);
         let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
-        Some(Plan {
-            name,
-            settings,
-            store_url,
-            listen,
-            workstreams,
-            phases,
-            agents,
-            tasks,
-        })
+        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks })
     }
 
     fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -611,33 +532,23 @@ impl Validator<'_> {
         };
         Settings {
             max_concurrent_agents,
-            agent_spawn_timeout: raw
-                .agent_spawn_timeout
-                .map_or(defaults.agent_spawn_timeout, |d| d.0),
+            agent_spawn_timeout: raw.agent_spawn_timeout.map_or(defaults.agent_spawn_timeout, |d| d.0),
             workstream_timeout: raw.workstream_timeout.map(|d| d.0),
             coordinator: raw.coordinator.unwrap_or_default(),
             retry_backoff: raw.retry_backoff.map_or(defaults.retry_backoff, |d| d.0),
-            retry_backoff_max: raw
-                .retry_backoff_max
-                .map_or(defaults.retry_backoff_max, |d| d.0),
+            retry_backoff_max: raw.retry_backoff_max.map_or(defaults.retry_backoff_max, |d| d.0),
             lease_ttl,
         }
     }
 
     /// Validates workstreams and computes the phases. Returns `None` (with diagnostics) when
     /// the graph cannot be built, since nothing after it can be checked meaningfully.
-    fn workstreams(
-        &mut self,
-        raw: &[RawWorkstream],
-    ) -> Option<(Vec<WorkstreamSpec>, Vec<Vec<String>>)> {
+    fn workstreams(&mut self, raw: &[RawWorkstream]) -> Option<(Vec<WorkstreamSpec>, Vec<Vec<String>>)> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (idx, ws) in raw.iter().enumerate() {
             self.check_name("workstream", &ws.name);
             if index.insert(ws.name.get_ref(), idx).is_some() {
-                self.error(
-                    ws.name.span(),
-                    format!("duplicate workstream `{}`", ws.name.get_ref()),
-                );
+                self.error(ws.name.span(), format!("duplicate workstream `{}`", ws.name.get_ref()));
             }
         }
         let known: Vec<&str> = raw.iter().map(|ws| ws.name.get_ref().as_str()).collect();
@@ -660,23 +571,14 @@ impl Validator<'_> {
             return None;
         }
         if let Some(cycle) = graph::find_cycle(&depends_on) {
-            let path: Vec<&str> = cycle
-                .iter()
-                .map(|&idx| raw[idx].name.get_ref().as_str())
-                .collect();
-            self.error(
-                raw[cycle[0]].name.span(),
-                format!("workstream dependency cycle: {}", path.join(" -> ")),
-            );
+            let path: Vec<&str> = cycle.iter().map(|&idx| raw[idx].name.get_ref().as_str()).collect();
+            self.error(raw[cycle[0]].name.span(), format!("workstream dependency cycle: {}", path.join(" -> ")));
             return None;
         }
         let nodes: Vec<graph::Node> = raw
             .iter()
             .zip(&depends_on)
-            .map(|(ws, deps)| graph::Node {
-                priority: ws.priority.unwrap_or_default(),
-                depends_on: deps.clone(),
-            })
+            .map(|(ws, deps)| graph::Node { priority: ws.priority.unwrap_or_default(), depends_on: deps.clone() })
             .collect();
         let phases = graph::phases(&nodes)?;
         let specs = raw
@@ -685,21 +587,12 @@ impl Validator<'_> {
                 name: ws.name.get_ref().clone(),
                 description: ws.description.clone(),
                 priority: ws.priority.unwrap_or_default(),
-                depends_on: ws
-                    .depends_on
-                    .iter()
-                    .map(|dep| dep.get_ref().clone())
-                    .collect(),
+                depends_on: ws.depends_on.iter().map(|dep| dep.get_ref().clone()).collect(),
             })
             .collect();
         let phases = phases
             .into_iter()
-            .map(|phase| {
-                phase
-                    .into_iter()
-                    .map(|idx| raw[idx].name.get_ref().clone())
-                    .collect()
-            })
+            .map(|phase| phase.into_iter().map(|idx| raw[idx].name.get_ref().clone()).collect())
             .collect();
         Some((specs, phases))
     }
@@ -711,10 +604,7 @@ impl Validator<'_> {
         for agent in raw {
             self.check_name("agent", &agent.name);
             if !seen.insert(agent.name.get_ref()) {
-                self.error(
-                    agent.name.span(),
-                    format!("duplicate agent `{}`", agent.name.get_ref()),
-                );
+                self.error(agent.name.span(), format!("duplicate agent `{}`", agent.name.get_ref()));
             }
             let workstream = agent.workstream.as_ref().map(|ws| {
                 if !known_ws.contains(&ws.get_ref().as_str()) {
@@ -722,14 +612,9 @@ impl Validator<'_> {
                 }
                 ws.get_ref().clone()
             });
-            let ws_priority = workstream
-                .as_deref()
-                .and_then(|name| workstreams.iter().find(|ws| ws.name == name));
+            let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
             if agent.command.get_ref().is_empty() {
-                self.error(
-                    agent.command.span(),
-                    "`command` must name a program, e.g. [\"bash\", \"agents/build.sh\"]",
-                );
+                self.error(agent.command.span(), "`command` must name a program, e.g. [\"bash\", \"agents/build.sh\"]");
             }
             let mut command = Vec::with_capacity(agent.command.get_ref().len());
             for arg in agent.command.get_ref() {
@@ -747,27 +632,13 @@ impl Validator<'_> {
                 Some(value) => *value.get_ref(),
                 None => 1,
             };
-            let env = agent
-                .env
-                .iter()
-                .map(|(key, value)| (key.clone(), self.expand(value)))
-                .collect();
-            let command_span = agent
-                .command
-                .get_ref()
-                .first()
-                .map_or(agent.command.span(), |arg| arg.span());
+            let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
+            let command_span = agent.command.get_ref().first().map_or(agent.command.span(), |arg| arg.span());
             specs.push(AgentSpec {
                 name: agent.name.get_ref().clone(),
-                role: agent
-                    .role
-                    .clone()
-                    .unwrap_or_else(|| agent.name.get_ref().clone()),
+                role: agent.role.clone().unwrap_or_else(|| agent.name.get_ref().clone()),
                 workstream,
-                priority: agent
-                    .priority
-                    .or(ws_priority.map(|ws| ws.priority))
-                    .unwrap_or_default(),
+                priority: agent.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
                 capabilities: agent.capabilities.clone(),
                 runtime: agent.runtime,
                 mode: agent.mode,
@@ -802,11 +673,7 @@ impl Validator<'_> {
         let known_agents: Vec<&str> = agents.iter().map(|agent| agent.name.as_str()).collect();
         let keys: Vec<String> = raw
             .iter()
-            .map(|task| {
-                task.key
-                    .as_ref()
-                    .map_or_else(|| slug(task.title.get_ref()), |key| key.get_ref().clone())
-            })
+            .map(|task| task.key.as_ref().map_or_else(|| slug(task.title.get_ref()), |key| key.get_ref().clone()))
             .collect();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (idx, (task, key)) in raw.iter().zip(&keys).enumerate() {
@@ -814,25 +681,13 @@ impl Validator<'_> {
                 self.check_name("task key", given);
             }
             if index.insert(key.as_str(), idx).is_some() {
-                let span = task
-                    .key
-                    .as_ref()
-                    .map_or(task.title.span(), |key| key.span());
-                self.error(
-                    span,
-                    format!("duplicate task key `{key}`; give each task a distinct `key`"),
-                );
+                let span = task.key.as_ref().map_or(task.title.span(), |key| key.span());
+                self.error(span, format!("duplicate task key `{key}`; give each task a distinct `key`"));
             }
         }
         let known_keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let phase_of = |workstream: Option<&str>| -> usize {
-            workstream
-                .and_then(|ws| {
-                    phases
-                        .iter()
-                        .position(|phase| phase.iter().any(|name| name == ws))
-                })
-                .unwrap_or(0)
+            workstream.and_then(|ws| phases.iter().position(|phase| phase.iter().any(|name| name == ws))).unwrap_or(0)
         };
 
         let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
@@ -851,29 +706,15 @@ impl Validator<'_> {
             if let Some(agent) = &task.agent
                 && !known_agents.contains(&agent.get_ref().as_str())
             {
-                self.error(
-                    agent.span(),
-                    unknown("agent", agent.get_ref(), &known_agents),
-                );
+                self.error(agent.span(), unknown("agent", agent.get_ref(), &known_agents));
             }
-            let requires: Vec<String> = task
-                .requires
-                .iter()
-                .map(|cap| cap.get_ref().clone())
-                .collect();
+            let requires: Vec<String> = task.requires.iter().map(|cap| cap.get_ref().clone()).collect();
             let pinned = task.agent.as_ref().map(|agent| agent.get_ref().as_str());
-            let capable = agents
-                .iter()
-                .any(|agent| agent.can_run(workstream.as_deref(), &requires, pinned));
-            let workstream_known = workstream
-                .as_deref()
-                .is_none_or(|ws| known_ws.contains(&ws));
+            let capable = agents.iter().any(|agent| agent.can_run(workstream.as_deref(), &requires, pinned));
+            let workstream_known = workstream.as_deref().is_none_or(|ws| known_ws.contains(&ws));
             let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));
             if !capable && workstream_known && pinned_known {
-                let span = task
-                    .requires
-                    .first()
-                    .map_or(task.title.span(), |cap| cap.span());
+                let span = task.requires.first().map_or(task.title.span(), |cap| cap.span());
                 let scope = match &workstream {
                     Some(ws) => format!("of workstream `{ws}` or shared"),
                     None => "without a workstream".to_string(),
@@ -887,18 +728,18 @@ impl Validator<'_> {
                     Some(agent) => format!("pinned agent `{agent}` cannot run it"),
                     None => format!("no agent {scope} has {needs}"),
                 };
-                self.error(span, format!("task `{key}` cannot be assigned: {who}; add the capabilities to an agent or change `requires`"));
+                self.error(
+                    span,
+                    format!(
+                        "task `{key}` cannot be assigned: {who}; add the capabilities to an agent or change `requires`"
+                    ),
+                );
             }
             let mut deps = Vec::new();
             for dep in &task.depends_on {
                 match index.get(dep.get_ref().as_str()) {
                     Some(&dep_idx) => {
-                        let dep_phase = phase_of(
-                            raw[dep_idx]
-                                .workstream
-                                .as_ref()
-                                .map(|ws| ws.get_ref().as_str()),
-                        );
+                        let dep_phase = phase_of(raw[dep_idx].workstream.as_ref().map(|ws| ws.get_ref().as_str()));
                         let own_phase = phase_of(workstream.as_deref());
                         if dep_phase > own_phase {
                             self.error(
@@ -925,29 +766,17 @@ impl Validator<'_> {
                 Some(value) => *value.get_ref(),
                 None => DEFAULT_MAX_ATTEMPTS,
             };
-            let ws_priority = workstream
-                .as_deref()
-                .and_then(|name| workstreams.iter().find(|ws| ws.name == name));
+            let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
             tasks.push(NewTask {
                 key: Some(key.clone()),
                 workstream,
                 title: title.clone(),
                 description: task.description.clone(),
-                input: task
-                    .input
-                    .clone()
-                    .unwrap_or(serde_json::Value::Object(Default::default())),
+                input: task.input.clone().unwrap_or(serde_json::Value::Object(Default::default())),
                 requires,
                 agent: task.agent.as_ref().map(|agent| agent.get_ref().clone()),
-                depends_on: task
-                    .depends_on
-                    .iter()
-                    .map(|dep| TaskRef::Key(dep.get_ref().clone()))
-                    .collect(),
-                priority: task
-                    .priority
-                    .or(ws_priority.map(|ws| ws.priority))
-                    .unwrap_or_default(),
+                depends_on: task.depends_on.iter().map(|dep| TaskRef::Key(dep.get_ref().clone())).collect(),
+                priority: task.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
                 max_attempts,
                 timeout_ms: task.timeout.map(|d| d.0.as_millis() as u64),
                 resources: task.resources.clone(),
@@ -955,14 +784,8 @@ impl Validator<'_> {
         }
         if let Some(cycle) = graph::find_cycle(&depends_on) {
             let path: Vec<&str> = cycle.iter().map(|&idx| keys[idx].as_str()).collect();
-            let span = raw[cycle[0]]
-                .key
-                .as_ref()
-                .map_or(raw[cycle[0]].title.span(), |key| key.span());
-            self.error(
-                span,
-                format!("task dependency cycle: {}", path.join(" -> ")),
-            );
+            let span = raw[cycle[0]].key.as_ref().map_or(raw[cycle[0]].title.span(), |key| key.span());
+            self.error(span, format!("task dependency cycle: {}", path.join(" -> ")));
         }
         tasks
     }
@@ -995,11 +818,7 @@ pub fn slug(title: &str) -> String {
     while slug.ends_with('-') {
         slug.pop();
     }
-    if slug.is_empty() {
-        "task".to_string()
-    } else {
-        slug
-    }
+    if slug.is_empty() { "task".to_string() } else { slug }
 }
 
 /// Expands `${NAME}` and `${NAME:-default}`; `$$` is a literal `$`.
@@ -1014,9 +833,7 @@ pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> Result<String,
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('{') {
             let Some(end) = body.find('}') else {
-                return Err(format!(
-                    "unterminated `${{` in `{text}`; write `${{NAME}}`, or `$$` for a literal `$`"
-                ));
+                return Err(format!("unterminated `${{` in `{text}`; write `${{NAME}}`, or `$$` for a literal `$`"));
             };
             let inner = &body[..end];
             let (name, default) = match inner.split_once(":-") {
@@ -1045,30 +862,17 @@ pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> Result<String,
     Ok(out)
 }
 
-const PLACEHOLDERS: [&str; 6] = [
-    "task.id",
-    "task.key",
-    "task.title",
-    "task.description",
-    "agent.name",
-    "run.id",
-];
+const PLACEHOLDERS: [&str; 6] = ["task.id", "task.key", "task.title", "task.description", "agent.name", "run.id"];
 
 /// Checks that every `{...}` in an argument is a known placeholder.
 fn check_placeholders(arg: &str) -> Result<(), String> {
     for name in placeholders(arg) {
-        let known = PLACEHOLDERS.contains(&name)
-            || name
-                .strip_prefix("task.input.")
-                .is_some_and(|field| !field.is_empty());
+        let known =
+            PLACEHOLDERS.contains(&name) || name.strip_prefix("task.input.").is_some_and(|field| !field.is_empty());
         if !known {
             return Err(format!(
                 "unknown placeholder `{{{name}}}`; known: {}, {{task.input.FIELD}}",
-                PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{p}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
             ));
         }
     }
@@ -1095,16 +899,12 @@ pub fn placeholders(arg: &str) -> Vec<&str> {
 
 fn is_placeholder_name(name: &str) -> bool {
     let mut parts = name.split('.');
-    let head_ok = parts.next().is_some_and(|head| {
-        !head.is_empty() && head.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-    });
+    let head_ok =
+        parts.next().is_some_and(|head| !head.is_empty() && head.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
     let mut n_rest = 0;
     let rest_ok = parts.all(|part| {
         n_rest += 1;
-        !part.is_empty()
-            && part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     });
     head_ok && rest_ok && n_rest > 0
 }

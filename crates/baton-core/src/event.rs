@@ -20,100 +20,26 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum EventKind {
-    RunStarted {
-        name: String,
-        n_phases: u32,
-    },
-    RunResumed {
-        previous_owner: Option<String>,
-        requeued: u32,
-    },
-    RunCompleted {
-        state: RunState,
-        n_succeeded: u64,
-        n_dead: u64,
-        n_cancelled: u64,
-        error: Option<String>,
-    },
-    PhaseStarted {
-        phase: u32,
-        workstreams: Vec<String>,
-    },
-    PhaseCompleted {
-        phase: u32,
-    },
-    WorkstreamCompleted {
-        workstream: String,
-        succeeded: bool,
-    },
-    AgentSpawned {
-        agent: String,
-        runtime: String,
-    },
-    AgentStateChanged {
-        agent: String,
-        from: AgentState,
-        to: AgentState,
-        reason: Option<String>,
-    },
-    AgentTerminated {
-        agent: String,
-        reason: String,
-    },
-    TaskCreated {
-        task: TaskId,
-        key: Option<String>,
-        title: String,
-        workstream: Option<String>,
-    },
-    TaskReady {
-        task: TaskId,
-    },
-    TaskClaimed {
-        task: TaskId,
-        agent: String,
-        attempt: u32,
-    },
-    TaskProgress {
-        task: TaskId,
-        agent: String,
-        fraction: Option<f64>,
-        message: Option<String>,
-    },
-    TaskCompleted {
-        task: TaskId,
-        agent: String,
-        attempt: u32,
-    },
-    TaskFailed {
-        task: TaskId,
-        agent: Option<String>,
-        attempt: u32,
-        reason: String,
-    },
-    TaskRetrying {
-        task: TaskId,
-        attempt: u32,
-        not_before: Timestamp,
-    },
-    TaskDeadLettered {
-        task: TaskId,
-        attempts: u32,
-        reason: String,
-    },
-    TaskCancelled {
-        task: TaskId,
-        reason: String,
-    },
-    TaskLeaseExpired {
-        task: TaskId,
-        agent: Option<String>,
-        attempt: u32,
-    },
-    TaskRequeued {
-        task: TaskId,
-        from: TaskState,
-    },
+    RunStarted { name: String, n_phases: u32 },
+    RunResumed { previous_owner: Option<String>, requeued: u32 },
+    RunCompleted { state: RunState, n_succeeded: u64, n_dead: u64, n_cancelled: u64, error: Option<String> },
+    PhaseStarted { phase: u32, workstreams: Vec<String> },
+    PhaseCompleted { phase: u32 },
+    WorkstreamCompleted { workstream: String, succeeded: bool },
+    AgentSpawned { agent: String, runtime: String },
+    AgentStateChanged { agent: String, from: AgentState, to: AgentState, reason: Option<String> },
+    AgentTerminated { agent: String, reason: String },
+    TaskCreated { task: TaskId, key: Option<String>, title: String, workstream: Option<String> },
+    TaskReady { task: TaskId },
+    TaskClaimed { task: TaskId, agent: String, attempt: u32 },
+    TaskProgress { task: TaskId, agent: String, fraction: Option<f64>, message: Option<String> },
+    TaskCompleted { task: TaskId, agent: String, attempt: u32 },
+    TaskFailed { task: TaskId, agent: Option<String>, attempt: u32, reason: String },
+    TaskRetrying { task: TaskId, attempt: u32, not_before: Timestamp },
+    TaskDeadLettered { task: TaskId, attempts: u32, reason: String },
+    TaskCancelled { task: TaskId, reason: String },
+    TaskLeaseExpired { task: TaskId, agent: Option<String>, attempt: u32 },
+    TaskRequeued { task: TaskId, from: TaskState },
 }
 
 impl EventKind {
@@ -170,9 +96,7 @@ impl EventKind {
             | EventKind::TaskClaimed { agent, .. }
             | EventKind::TaskProgress { agent, .. }
             | EventKind::TaskCompleted { agent, .. } => Some(agent),
-            EventKind::TaskFailed { agent, .. } | EventKind::TaskLeaseExpired { agent, .. } => {
-                agent.as_deref()
-            }
+            EventKind::TaskFailed { agent, .. } | EventKind::TaskLeaseExpired { agent, .. } => agent.as_deref(),
             _ => None,
         }
     }
@@ -183,25 +107,14 @@ impl EventKind {
             EventKind::RunStarted { name, n_phases } => {
                 format!("run `{name}` started ({n_phases} phases)")
             }
-            EventKind::RunResumed {
-                previous_owner,
-                requeued,
-            } => match previous_owner {
+            EventKind::RunResumed { previous_owner, requeued } => match previous_owner {
                 Some(owner) => {
                     format!("run resumed from {owner}; {requeued} running task(s) re-queued")
                 }
                 None => format!("run resumed; {requeued} running task(s) re-queued"),
             },
-            EventKind::RunCompleted {
-                state,
-                n_succeeded,
-                n_dead,
-                n_cancelled,
-                error,
-            } => {
-                let mut text = format!(
-                    "run {state}: {n_succeeded} succeeded, {n_dead} dead, {n_cancelled} cancelled"
-                );
+            EventKind::RunCompleted { state, n_succeeded, n_dead, n_cancelled, error } => {
+                let mut text = format!("run {state}: {n_succeeded} succeeded, {n_dead} dead, {n_cancelled} cancelled");
                 if let Some(error) = error {
                     text.push_str(&format!(" ({error})"));
                 }
@@ -211,10 +124,7 @@ impl EventKind {
                 format!("phase {phase} started: {}", workstreams.join(", "))
             }
             EventKind::PhaseCompleted { phase } => format!("phase {phase} completed"),
-            EventKind::WorkstreamCompleted {
-                workstream,
-                succeeded,
-            } => {
+            EventKind::WorkstreamCompleted { workstream, succeeded } => {
                 if *succeeded {
                     format!("workstream {workstream} completed")
                 } else {
@@ -224,12 +134,7 @@ impl EventKind {
             EventKind::AgentSpawned { agent, runtime } => {
                 format!("agent {agent} spawned ({runtime})")
             }
-            EventKind::AgentStateChanged {
-                agent,
-                from,
-                to,
-                reason,
-            } => match reason {
+            EventKind::AgentStateChanged { agent, from, to, reason } => match reason {
                 Some(reason) => format!("agent {agent}: {from} -> {to} ({reason})"),
                 None => format!("agent {agent}: {from} -> {to}"),
             },
@@ -238,41 +143,18 @@ impl EventKind {
             }
             EventKind::TaskCreated { task, title, .. } => format!("task {task} created: {title}"),
             EventKind::TaskReady { task } => format!("task {task} ready"),
-            EventKind::TaskClaimed {
-                task,
-                agent,
-                attempt,
-            } => {
+            EventKind::TaskClaimed { task, agent, attempt } => {
                 format!("task {task} claimed by {agent} (attempt {attempt})")
             }
-            EventKind::TaskProgress {
-                task,
-                agent,
-                fraction,
-                message,
-            } => {
-                let fraction = fraction
-                    .map(|f| format!(" {:.0}%", f * 100.0))
-                    .unwrap_or_default();
-                let message = message
-                    .as_deref()
-                    .map(|m| format!(" {m}"))
-                    .unwrap_or_default();
+            EventKind::TaskProgress { task, agent, fraction, message } => {
+                let fraction = fraction.map(|f| format!(" {:.0}%", f * 100.0)).unwrap_or_default();
+                let message = message.as_deref().map(|m| format!(" {m}")).unwrap_or_default();
                 format!("task {task} progress from {agent}:{fraction}{message}")
             }
-            EventKind::TaskCompleted {
-                task,
-                agent,
-                attempt,
-            } => {
+            EventKind::TaskCompleted { task, agent, attempt } => {
                 format!("task {task} completed by {agent} (attempt {attempt})")
             }
-            EventKind::TaskFailed {
-                task,
-                agent,
-                attempt,
-                reason,
-            } => match agent {
+            EventKind::TaskFailed { task, agent, attempt, reason } => match agent {
                 Some(agent) => {
                     format!("task {task} failed on {agent} (attempt {attempt}): {reason}")
                 }
@@ -281,19 +163,11 @@ impl EventKind {
             EventKind::TaskRetrying { task, attempt, .. } => {
                 format!("task {task} will retry (attempt {attempt})")
             }
-            EventKind::TaskDeadLettered {
-                task,
-                attempts,
-                reason,
-            } => {
+            EventKind::TaskDeadLettered { task, attempts, reason } => {
                 format!("task {task} dead after {attempts} attempt(s): {reason}")
             }
             EventKind::TaskCancelled { task, reason } => format!("task {task} cancelled: {reason}"),
-            EventKind::TaskLeaseExpired {
-                task,
-                agent,
-                attempt,
-            } => match agent {
+            EventKind::TaskLeaseExpired { task, agent, attempt } => match agent {
                 Some(agent) => format!("task {task} lease expired on {agent} (attempt {attempt})"),
                 None => format!("task {task} lease expired (attempt {attempt})"),
             },
@@ -312,11 +186,7 @@ mod tests {
             seq: 7,
             run_id: "r1".into(),
             at: Timestamp(5),
-            kind: EventKind::TaskClaimed {
-                task: TaskId(3),
-                agent: "build".into(),
-                attempt: 1,
-            },
+            kind: EventKind::TaskClaimed { task: TaskId(3), agent: "build".into(), attempt: 1 },
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "TaskClaimed");

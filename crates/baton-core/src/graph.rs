@@ -70,17 +70,11 @@ pub fn phases(nodes: &[Node]) -> Option<Vec<Vec<usize>>> {
         let placeable: Vec<usize> = (0..n_nodes)
             .filter(|&idx| phase_of[idx].is_none())
             .filter(|&idx| {
-                nodes[idx]
-                    .depends_on
-                    .iter()
-                    .all(|&dep| phase_of[dep].is_some_and(|phase| phase < current_phase))
+                nodes[idx].depends_on.iter().all(|&dep| phase_of[dep].is_some_and(|phase| phase < current_phase))
             })
             .collect();
         let top_priority = placeable.iter().map(|&idx| nodes[idx].priority).min()?;
-        let phase: Vec<usize> = placeable
-            .into_iter()
-            .filter(|&idx| nodes[idx].priority == top_priority)
-            .collect();
+        let phase: Vec<usize> = placeable.into_iter().filter(|&idx| nodes[idx].priority == top_priority).collect();
         for &idx in &phase {
             phase_of[idx] = Some(current_phase);
         }
@@ -96,10 +90,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn node(priority: Priority, depends_on: &[usize]) -> Node {
-        Node {
-            priority,
-            depends_on: depends_on.to_vec(),
-        }
+        Node { priority, depends_on: depends_on.to_vec() }
     }
 
     #[test]
@@ -113,19 +104,12 @@ mod tests {
             node(Priority::Medium, &[0]),
             node(Priority::Medium, &[0, 1]),
         ];
-        assert_eq!(
-            phases(&nodes).unwrap(),
-            vec![vec![0], vec![1], vec![2, 3, 4, 5]]
-        );
+        assert_eq!(phases(&nodes).unwrap(), vec![vec![0], vec![1], vec![2, 3, 4, 5]]);
     }
 
     #[test]
     fn same_priority_without_dependencies_is_one_phase() {
-        let nodes = vec![
-            node(Priority::Medium, &[]),
-            node(Priority::Medium, &[]),
-            node(Priority::Medium, &[]),
-        ];
+        let nodes = vec![node(Priority::Medium, &[]), node(Priority::Medium, &[]), node(Priority::Medium, &[])];
         assert_eq!(phases(&nodes).unwrap(), vec![vec![0, 1, 2]]);
     }
 
@@ -151,10 +135,7 @@ mod tests {
                     (0usize..4, deps).prop_map(|(rank, mut deps)| {
                         deps.sort_unstable();
                         deps.dedup();
-                        Node {
-                            priority: Priority::from_rank(rank as i64),
-                            depends_on: deps,
-                        }
+                        Node { priority: Priority::from_rank(rank as i64), depends_on: deps }
                     })
                 })
                 .collect();

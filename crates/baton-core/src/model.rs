@@ -20,9 +20,7 @@ impl fmt::Display for TaskId {
 }
 
 /// Priority of a workstream, agent or task. Ordered so that `Critical` sorts first.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Critical,
@@ -33,12 +31,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub const ALL: [Priority; 4] = [
-        Priority::Critical,
-        Priority::High,
-        Priority::Medium,
-        Priority::Low,
-    ];
+    pub const ALL: [Priority; 4] = [Priority::Critical, Priority::High, Priority::Medium, Priority::Low];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -114,10 +107,7 @@ impl TaskState {
     /// A terminal task is finished: it counts towards progress and never runs again unless an
     /// operator retries it.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled
-        )
+        matches!(self, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled)
     }
 }
 
@@ -131,13 +121,10 @@ impl FromStr for TaskState {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        TaskState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| {
-                let known: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
-                format!("unknown task state `{text}` (one of: {})", known.join(", "))
-            })
+        TaskState::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| {
+            let known: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
+            format!("unknown task state `{text}` (one of: {})", known.join(", "))
+        })
     }
 }
 
@@ -370,11 +357,7 @@ pub struct RunRecord {
 impl RunRecord {
     pub fn progress(&self) -> f64 {
         if self.n_tasks == 0 {
-            return if self.state == RunState::Running {
-                0.0
-            } else {
-                1.0
-            };
+            return if self.state == RunState::Running { 0.0 } else { 1.0 };
         }
         self.n_finished as f64 / self.n_tasks as f64
     }

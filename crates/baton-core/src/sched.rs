@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentSpec, Plan};
 use crate::event::EventKind;
-use crate::model::{
-    AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState,
-};
+use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
 use crate::time::{Timestamp, format_duration};
 
 /// A durable change. The store applies a batch of them in one transaction, writing each
@@ -24,33 +22,16 @@ use crate::time::{Timestamp, format_duration};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Write {
     /// Change a task, only if it is still in `expect_state` at `expect_attempt`.
-    Task {
-        id: TaskId,
-        expect_state: TaskState,
-        expect_attempt: u32,
-        change: TaskChange,
-        events: Vec<EventKind>,
-    },
+    Task { id: TaskId, expect_state: TaskState, expect_attempt: u32, change: TaskChange, events: Vec<EventKind> },
     /// Insert or replace an agent's record.
-    Agent {
-        record: AgentRecord,
-        events: Vec<EventKind>,
-    },
+    Agent { record: AgentRecord, events: Vec<EventKind> },
     /// Update the run's progress and state.
-    Run {
-        change: RunChange,
-        events: Vec<EventKind>,
-    },
+    Run { change: RunChange, events: Vec<EventKind> },
     /// Extend the leases of every running task this node owns.
     RenewLeases { owner: String, until: Timestamp },
     /// Take or renew the claim on executing the run, only if it is held by `expect_owner` (or
     /// by nobody, or expired by `now`). `owner: None` releases it.
-    RunOwner {
-        owner: Option<String>,
-        pid: Option<u32>,
-        until: Option<Timestamp>,
-        expect_owner: Option<String>,
-    },
+    RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
     /// An event about no record in particular.
     Event(EventKind),
 }
@@ -109,19 +90,10 @@ pub enum Error {
     #[error("no task {0} in this run")]
     UnknownTask(TaskId),
     #[error("task {task} is {state}; only a {wanted} task can be {verb}")]
-    WrongState {
-        task: TaskId,
-        state: TaskState,
-        wanted: &'static str,
-        verb: &'static str,
-    },
+    WrongState { task: TaskId, state: TaskState, wanted: &'static str, verb: &'static str },
     /// A late or duplicate outcome: the attempt no longer holds the task.
     #[error("outcome for task {task} attempt {attempt} rejected: {reason}")]
-    Stale {
-        task: TaskId,
-        attempt: u32,
-        reason: String,
-    },
+    Stale { task: TaskId, attempt: u32, reason: String },
     #[error("no agent `{0}` in this run")]
     UnknownAgent(String),
 }
@@ -134,6 +106,12 @@ struct AgentSlot {
     succeeded: u64,
     failed: u64,
     last_activity: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+struct Dying {
+    agent_idx: Option<usize>,
+    resources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -169,6 +147,15 @@ pub struct WorkstreamProgress {
     pub n_unsuccessful: u64,
 }
 
+/// How an attempt was lost.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// It ran and failed; `jitter` in `[0, 1)` spreads the retry.
+    Attempt { jitter: f64 },
+    /// Its node stopped while it ran.
+    Lease,
+}
+
 /// Equal jitter: half the delay fixed, half random, so retries spread without ever being
 /// immediate. `jitter` is a number in `[0, 1)` from the caller's random source.
 pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
@@ -191,8 +178,11 @@ pub struct Scheduler {
     workstreams: BTreeMap<String, WorkstreamState>,
     /// Counters of the tasks without a workstream.
     unassigned: WorkstreamState,
-    /// Resource keys held by running tasks.
+    /// Resource keys held by running tasks, and by killed attempts until they have exited.
     held: HashMap<String, TaskId>,
+    /// Killed attempts whose process has not exited yet: they keep their agent slot and
+    /// resources until the runtime reports them ended.
+    dying: HashMap<(TaskId, u32), Dying>,
     phase: u32,
     n_running: u32,
     n_finished: u64,
@@ -210,19 +200,8 @@ impl Scheduler {
     /// Builds the scheduler for a run from the plan and what the store holds of the run. Tasks
     /// left `running` by a previous node are taken back: their lease is treated as expired and
     /// the attempt counted. `node` names this node as the holder of the leases it takes.
-    pub fn new(
-        plan: Plan,
-        node: String,
-        stored: Stored,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) -> Scheduler {
-        let Stored {
-            run_id,
-            phase,
-            tasks: stored,
-            agents: stored_agents,
-        } = stored;
+    pub fn new(plan: Plan, node: String, stored: Stored, now: Timestamp, fx: &mut Effects) -> Scheduler {
+        let Stored { run_id, phase, tasks: stored, agents: stored_agents } = stored;
         let agents: Vec<AgentSlot> = plan
             .agents
             .iter()
@@ -238,16 +217,8 @@ impl Scheduler {
                 }
             })
             .collect();
-        let agent_index = agents
-            .iter()
-            .enumerate()
-            .map(|(idx, slot)| (slot.spec.name.clone(), idx))
-            .collect();
-        let workstreams = plan
-            .workstreams
-            .iter()
-            .map(|ws| (ws.name.clone(), WorkstreamState::default()))
-            .collect();
+        let agent_index = agents.iter().enumerate().map(|(idx, slot)| (slot.spec.name.clone(), idx)).collect();
+        let workstreams = plan.workstreams.iter().map(|ws| (ws.name.clone(), WorkstreamState::default())).collect();
         let mut sched = Scheduler {
             plan,
             run_id,
@@ -261,6 +232,7 @@ impl Scheduler {
             workstreams,
             unassigned: WorkstreamState::default(),
             held: HashMap::new(),
+            dying: HashMap::new(),
             phase: 0,
             n_running: 0,
             n_finished: 0,
@@ -275,6 +247,7 @@ impl Scheduler {
             sched.insert(task);
         }
         sched.take_back_running(now, fx);
+        sched.cancel_orphans(now, fx);
         // Phases the run had already started are entered again silently: their events exist.
         for phase_number in 1..=phase.min(sched.plan.phases.len() as u32) {
             sched.enter_phase(phase_number, now, false, fx);
@@ -316,9 +289,27 @@ impl Scheduler {
     pub fn add_task(&mut self, task: TaskRecord, now: Timestamp, fx: &mut Effects) {
         debug_assert_eq!(task.state, TaskState::Pending);
         let id = task.id;
+        let workstream = task.workstream.clone();
         self.insert(task);
         self.run_dirty = true;
         self.try_release(id, now, fx);
+        self.wake_agents(workstream.as_deref(), fx);
+    }
+
+    /// Starts again the agents of a workstream that had completed and now has work (a retried
+    /// or added task).
+    fn wake_agents(&mut self, workstream: Option<&str>, fx: &mut Effects) {
+        let Some(workstream) = workstream else { return };
+        if !self.workstream_started(Some(workstream)) {
+            return;
+        }
+        for idx in 0..self.agents.len() {
+            let slot = &self.agents[idx];
+            if slot.spec.workstream.as_deref() == Some(workstream) && slot.state == AgentState::Stopped {
+                self.set_agent_state(idx, AgentState::Waiting, Some("its workstream has work again".into()), fx);
+                self.start_agent(idx, fx);
+            }
+        }
     }
 
     fn insert(&mut self, task: TaskRecord) {
@@ -356,16 +347,14 @@ impl Scheduler {
     /// The run's progress per workstream, in phase order.
     pub fn progress(&self) -> Progress {
         let mut workstreams = Vec::with_capacity(self.workstreams.len() + 1);
-        let row = |name: Option<String>, phase: u32, ws: &WorkstreamState, started: bool| {
-            WorkstreamProgress {
-                name,
-                phase,
-                started,
-                n_total: ws.n_total,
-                n_finished: ws.n_total - ws.n_open,
-                n_running: ws.n_running,
-                n_unsuccessful: ws.n_unsuccessful,
-            }
+        let row = |name: Option<String>, phase: u32, ws: &WorkstreamState, started: bool| WorkstreamProgress {
+            name,
+            phase,
+            started,
+            n_total: ws.n_total,
+            n_finished: ws.n_total - ws.n_open,
+            n_running: ws.n_running,
+            n_unsuccessful: ws.n_unsuccessful,
         };
         if self.unassigned.n_total > 0 {
             workstreams.push(row(None, 1, &self.unassigned, self.phase >= 1));
@@ -394,29 +383,40 @@ impl Scheduler {
         }
     }
 
-    /// Running tasks of a previous node: their lease is gone with it.
-    fn take_back_running(&mut self, now: Timestamp, fx: &mut Effects) {
-        let mut running: Vec<TaskId> = self
+    /// Tasks of a workstream no longer in the plan (renamed or removed in `baton.toml` since
+    /// they were created) can never run: they are cancelled, saying why.
+    fn cancel_orphans(&mut self, now: Timestamp, fx: &mut Effects) {
+        let mut orphans: Vec<(TaskId, String)> = self
             .tasks
             .values()
-            .filter(|task| task.state == TaskState::Running)
-            .map(|task| task.id)
+            .filter(|task| !task.state.is_terminal())
+            .filter_map(|task| {
+                let ws = task.workstream.as_deref()?;
+                (!self.workstreams.contains_key(ws)).then(|| (task.id, ws.to_string()))
+            })
             .collect();
+        orphans.sort();
+        for (id, ws) in orphans {
+            self.cancel_task(id, format!("workstream `{ws}` is no longer in the configuration"), now, fx);
+        }
+    }
+
+    /// Running tasks of a previous node: their lease is gone with it.
+    fn take_back_running(&mut self, now: Timestamp, fx: &mut Effects) {
+        let mut running: Vec<TaskId> =
+            self.tasks.values().filter(|task| task.state == TaskState::Running).map(|task| task.id).collect();
         running.sort_unstable();
         for id in running {
             let task = &self.tasks[&id];
-            let expired = EventKind::TaskLeaseExpired {
-                task: id,
-                agent: task.assigned_agent.clone(),
-                attempt: task.attempt,
-            };
+            let expired =
+                EventKind::TaskLeaseExpired { task: id, agent: task.assigned_agent.clone(), attempt: task.attempt };
             let reason = format!(
                 "lease expired: the node running attempt {} ({}) stopped",
                 task.attempt,
                 task.lease_owner.as_deref().unwrap_or("unknown")
             );
             // Retried at once: the attempt did not fail, its node did.
-            self.fail_attempt(id, reason, Some(expired), now, None, fx);
+            self.fail_attempt(id, reason, Some(expired), now, Lost::Lease, fx);
         }
     }
 
@@ -467,13 +467,7 @@ impl Scheduler {
         fx.start_agents.push(self.agents[idx].spec.name.clone());
     }
 
-    fn set_agent_state(
-        &mut self,
-        idx: usize,
-        to: AgentState,
-        reason: Option<String>,
-        fx: &mut Effects,
-    ) {
+    fn set_agent_state(&mut self, idx: usize, to: AgentState, reason: Option<String>, fx: &mut Effects) {
         let slot = &mut self.agents[idx];
         if slot.state == to {
             return;
@@ -481,12 +475,7 @@ impl Scheduler {
         let from = slot.state;
         slot.state = to;
         let agent = slot.spec.name.clone();
-        fx.writes.push(Write::Event(EventKind::AgentStateChanged {
-            agent,
-            from,
-            to,
-            reason,
-        }));
+        fx.writes.push(Write::Event(EventKind::AgentStateChanged { agent, from, to, reason }));
         self.dirty_agents.insert(idx);
     }
 
@@ -501,27 +490,17 @@ impl Scheduler {
         }
         let names = self.plan.phases[number as usize - 1].clone();
         if announce {
-            fx.writes.push(Write::Event(EventKind::PhaseStarted {
-                phase: number,
-                workstreams: names.clone(),
-            }));
+            fx.writes.push(Write::Event(EventKind::PhaseStarted { phase: number, workstreams: names.clone() }));
         }
         let workstream_timeout = self.plan.settings.workstream_timeout;
         for name in &names {
             let upstream_failed = self.plan.workstream(name).and_then(|spec| {
                 spec.depends_on
                     .iter()
-                    .find(|dep| {
-                        self.workstreams
-                            .get(dep.as_str())
-                            .is_some_and(|ws| ws.failed)
-                    })
+                    .find(|dep| self.workstreams.get(dep.as_str()).is_some_and(|ws| ws.failed))
                     .cloned()
             });
-            let ws = self
-                .workstreams
-                .get_mut(name)
-                .expect("phases name declared workstreams");
+            let ws = self.workstreams.get_mut(name).expect("phases name declared workstreams");
             ws.started = true;
             if ws.deadline.is_none() {
                 ws.deadline = workstream_timeout.map(|timeout| now.plus(timeout));
@@ -529,12 +508,7 @@ impl Scheduler {
             if let Some(upstream) = upstream_failed {
                 let ids = self.open_tasks_of(Some(name));
                 for id in ids {
-                    self.cancel_task(
-                        id,
-                        format!("upstream workstream `{upstream}` failed"),
-                        now,
-                        fx,
-                    );
+                    self.cancel_task(id, format!("upstream workstream `{upstream}` failed"), now, fx);
                 }
                 continue;
             }
@@ -544,10 +518,7 @@ impl Scheduler {
             .filter(|&idx| {
                 let ws = self.agents[idx].spec.workstream.as_deref();
                 ws.is_some_and(|ws| names.iter().any(|name| name == ws))
-                    && !self
-                        .workstreams
-                        .get(ws.unwrap_or_default())
-                        .is_some_and(|ws| ws.failed || ws.n_open == 0)
+                    && !self.workstreams.get(ws.unwrap_or_default()).is_some_and(|ws| ws.failed || ws.n_open == 0)
             })
             .collect();
         to_start.sort_by_key(|&idx| (self.agents[idx].spec.priority, idx));
@@ -564,8 +535,7 @@ impl Scheduler {
             // written with its last task; do not announce it twice.
             for name in &names {
                 let failed = self.tasks.values().any(|task| {
-                    task.workstream.as_deref() == Some(name.as_str())
-                        && task.state != TaskState::Succeeded
+                    task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
                 });
                 let ws = self.workstreams.get_mut(name).expect("declared");
                 if ws.n_open == 0 {
@@ -592,9 +562,7 @@ impl Scheduler {
         let mut ids: Vec<TaskId> = self
             .tasks
             .values()
-            .filter(|task| {
-                task.state == TaskState::Pending && task.workstream.as_deref() == workstream
-            })
+            .filter(|task| task.state == TaskState::Pending && task.workstream.as_deref() == workstream)
             .map(|task| task.id)
             .collect();
         ids.sort_unstable();
@@ -623,8 +591,7 @@ impl Scheduler {
     /// succeeded; cancels it when a dependency can no longer succeed.
     fn try_release(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) {
         let task = &self.tasks[&id];
-        if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref())
-        {
+        if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
             return;
         }
         let mut all_done = true;
@@ -632,22 +599,14 @@ impl Scheduler {
             match self.tasks.get(dep).map(|dep| dep.state) {
                 Some(TaskState::Succeeded) => {}
                 Some(TaskState::Dead | TaskState::Cancelled) => {
-                    let dep_name = self.tasks[dep]
-                        .key
-                        .clone()
-                        .unwrap_or_else(|| dep.to_string());
+                    let dep_name = self.tasks[dep].key.clone().unwrap_or_else(|| dep.to_string());
                     let state = self.tasks[dep].state;
                     self.cancel_task(id, format!("dependency `{dep_name}` is {state}"), now, fx);
                     return;
                 }
                 // A dependency outside this run can never finish here.
                 None => {
-                    self.cancel_task(
-                        id,
-                        format!("dependency {dep} does not exist in this run"),
-                        now,
-                        fx,
-                    );
+                    self.cancel_task(id, format!("dependency {dep} does not exist in this run"), now, fx);
                     return;
                 }
                 Some(_) => all_done = false,
@@ -664,31 +623,12 @@ impl Scheduler {
 
     /// Writes a task change (compare-and-set on the current state) and applies it in memory,
     /// keeping the queues and counters in step.
-    fn transition(
-        &mut self,
-        id: TaskId,
-        change: TaskChange,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) {
-        let task = self
-            .tasks
-            .get_mut(&id)
-            .expect("transitions name known tasks");
+    fn transition(&mut self, id: TaskId, change: TaskChange, events: Vec<EventKind>, now: Timestamp, fx: &mut Effects) {
+        let task = self.tasks.get_mut(&id).expect("transitions name known tasks");
         let (from, attempt) = (task.state, task.attempt);
-        debug_assert!(
-            !from.is_terminal() || change.state == TaskState::Pending,
-            "terminal tasks leave only by retry"
-        );
+        debug_assert!(!from.is_terminal() || change.state == TaskState::Pending, "terminal tasks leave only by retry");
         let to = change.state;
-        fx.writes.push(Write::Task {
-            id,
-            expect_state: from,
-            expect_attempt: attempt,
-            change: change.clone(),
-            events,
-        });
+        fx.writes.push(Write::Task { id, expect_state: from, expect_attempt: attempt, change: change.clone(), events });
         if from == TaskState::Ready {
             self.ready.remove(&(task.priority.rank(), id));
             if let Some(not_before) = task.not_before {
@@ -763,13 +703,7 @@ impl Scheduler {
 
     /// Puts a running attempt back in the queue without counting it: it was interrupted by a
     /// shutdown, not failed.
-    pub fn release(
-        &mut self,
-        id: TaskId,
-        attempt: u32,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) -> Result<(), Error> {
+    pub fn release(&mut self, id: TaskId, attempt: u32, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if task.state != TaskState::Running || task.attempt != attempt {
             return Err(Error::Stale {
@@ -778,11 +712,7 @@ impl Scheduler {
                 reason: format!("the task is {} at attempt {}", task.state, task.attempt),
             });
         }
-        if let Some(&agent_idx) = task
-            .assigned_agent
-            .as_ref()
-            .and_then(|agent| self.agent_index.get(agent))
-        {
+        if let Some(&agent_idx) = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)) {
             let slot = &mut self.agents[agent_idx];
             slot.running = slot.running.saturating_sub(1);
             self.dirty_agents.insert(agent_idx);
@@ -792,16 +722,7 @@ impl Scheduler {
         change.attempt = attempt - 1;
         change.lease_owner = None;
         change.lease_expires_at = None;
-        self.transition(
-            id,
-            change,
-            vec![EventKind::TaskRequeued {
-                task: id,
-                from: TaskState::Running,
-            }],
-            now,
-            fx,
-        );
+        self.transition(id, change, vec![EventKind::TaskRequeued { task: id, from: TaskState::Running }], now, fx);
         Ok(())
     }
 
@@ -818,20 +739,17 @@ impl Scheduler {
             .filter(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active))
             .map(|slot| u64::from(slot.spec.concurrency.saturating_sub(slot.running)))
             .sum();
-        if free_slots == 0 || self.n_running >= max_running || self.ready.is_empty() {
+        let n_dying = self.dying.len() as u32;
+        if free_slots == 0 || self.n_running + n_dying >= max_running || self.ready.is_empty() {
             return;
         }
         let candidates: Vec<TaskId> = self.ready.iter().map(|&(_, id)| id).collect();
         for id in candidates {
-            if free_slots == 0 || self.n_running >= max_running {
+            if free_slots == 0 || self.n_running + n_dying >= max_running {
                 break;
             }
             let task = &self.tasks[&id];
-            if task
-                .resources
-                .iter()
-                .any(|resource| self.held.contains_key(resource))
-            {
+            if task.resources.iter().any(|resource| self.held.contains_key(resource)) {
                 continue;
             }
             let chosen = self
@@ -841,11 +759,7 @@ impl Scheduler {
                 .filter(|(_, slot)| {
                     matches!(slot.state, AgentState::Idle | AgentState::Active)
                         && slot.running < slot.spec.concurrency
-                        && slot.spec.can_run(
-                            task.workstream.as_deref(),
-                            &task.requires,
-                            task.agent.as_deref(),
-                        )
+                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
                 })
                 .min_by_key(|(idx, slot)| (slot.running, slot.spec.priority, *idx))
                 .map(|(idx, _)| idx);
@@ -868,17 +782,7 @@ impl Scheduler {
         change.not_before = None;
         change.error = None;
         let resources = task.resources.clone();
-        self.transition(
-            id,
-            change,
-            vec![EventKind::TaskClaimed {
-                task: id,
-                agent: agent.clone(),
-                attempt,
-            }],
-            now,
-            fx,
-        );
+        self.transition(id, change, vec![EventKind::TaskClaimed { task: id, agent: agent.clone(), attempt }], now, fx);
         for resource in resources {
             self.held.insert(resource, id);
         }
@@ -892,10 +796,7 @@ impl Scheduler {
         if self.next_lease_renewal.is_none() {
             self.next_lease_renewal = Some(now.plus(self.plan.settings.lease_ttl / 3));
         }
-        fx.assignments.push(Assignment {
-            task: self.tasks[&id].clone(),
-            agent,
-        });
+        fx.assignments.push(Assignment { task: self.tasks[&id].clone(), agent });
     }
 
     /// Records the outcome of a running attempt. A late or duplicate outcome (the attempt no
@@ -912,18 +813,11 @@ impl Scheduler {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if task.state != TaskState::Running || task.attempt != attempt {
             let reason = if task.attempt != attempt {
-                format!(
-                    "the task is on attempt {} now (its lease expired and it was re-queued)",
-                    task.attempt
-                )
+                format!("the task is on attempt {} now (its lease expired and it was re-queued)", task.attempt)
             } else {
                 format!("the task is {} already", task.state)
             };
-            return Err(Error::Stale {
-                task: id,
-                attempt,
-                reason,
-            });
+            return Err(Error::Stale { task: id, attempt, reason });
         }
         let agent = task.assigned_agent.clone().unwrap_or_default();
         if let Some(&agent_idx) = self.agent_index.get(&agent) {
@@ -947,40 +841,27 @@ impl Scheduler {
                 change.lease_owner = None;
                 change.lease_expires_at = None;
                 change.finished_at = Some(now);
-                self.transition(
-                    id,
-                    change,
-                    vec![EventKind::TaskCompleted {
-                        task: id,
-                        agent,
-                        attempt,
-                    }],
-                    now,
-                    fx,
-                );
+                self.transition(id, change, vec![EventKind::TaskCompleted { task: id, agent, attempt }], now, fx);
             }
             Outcome::Failed { reason } => {
-                let failed = EventKind::TaskFailed {
-                    task: id,
-                    agent: Some(agent),
-                    attempt,
-                    reason: reason.clone(),
-                };
-                self.fail_attempt(id, reason, Some(failed), now, Some(jitter), fx);
+                let failed = EventKind::TaskFailed { task: id, agent: Some(agent), attempt, reason: reason.clone() };
+                self.fail_attempt(id, reason, Some(failed), now, Lost::Attempt { jitter }, fx);
             }
         }
         Ok(())
     }
 
-    /// Ends a running attempt as failed: back to `ready` while attempts are left (after a
-    /// backoff when `jitter` is given, at once otherwise), `dead` after the last.
+    /// Ends a running attempt as failed: back to `ready` while attempts are left, `dead` after
+    /// the last. A failed attempt retries after a backoff; an attempt lost with its node retries
+    /// at once and may go one attempt over `max_attempts`, so that a crash alone never makes a
+    /// task dead (a task that crashes Baton every time still ends).
     fn fail_attempt(
         &mut self,
         id: TaskId,
         reason: String,
         first_event: Option<EventKind>,
         now: Timestamp,
-        jitter: Option<f64>,
+        lost: Lost,
         fx: &mut Effects,
     ) {
         let task = &self.tasks[&id];
@@ -990,52 +871,35 @@ impl Scheduler {
         change.lease_expires_at = None;
         change.error = Some(reason.clone());
         let mut events: Vec<EventKind> = first_event.into_iter().collect();
-        if attempt < task.max_attempts {
+        let attempts_left = match lost {
+            Lost::Attempt { .. } => attempt < task.max_attempts,
+            Lost::Lease => attempt <= task.max_attempts,
+        };
+        if attempts_left {
             let settings = &self.plan.settings;
-            let delay = jitter.map_or(Duration::ZERO, |jitter| {
-                backoff(
-                    attempt,
-                    settings.retry_backoff,
-                    settings.retry_backoff_max,
-                    jitter,
-                )
-            });
+            let delay = match lost {
+                Lost::Attempt { jitter } => {
+                    backoff(attempt, settings.retry_backoff, settings.retry_backoff_max, jitter)
+                }
+                Lost::Lease => Duration::ZERO,
+            };
             let not_before = now.plus(delay);
             change.state = TaskState::Ready;
             change.not_before = Some(not_before);
-            events.push(EventKind::TaskRetrying {
-                task: id,
-                attempt: attempt + 1,
-                not_before,
-            });
+            events.push(EventKind::TaskRetrying { task: id, attempt: attempt + 1, not_before });
         } else {
             change.state = TaskState::Dead;
             change.finished_at = Some(now);
-            events.push(EventKind::TaskDeadLettered {
-                task: id,
-                attempts: attempt,
-                reason,
-            });
+            events.push(EventKind::TaskDeadLettered { task: id, attempts: attempt, reason });
         }
         self.transition(id, change, events, now, fx);
     }
 
     /// Cancels a task that has not finished; a running attempt is killed.
-    pub fn cancel(
-        &mut self,
-        id: TaskId,
-        reason: String,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) -> Result<(), Error> {
+    pub fn cancel(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
         if task.state.is_terminal() {
-            return Err(Error::WrongState {
-                task: id,
-                state: task.state,
-                wanted: "unfinished",
-                verb: "cancelled",
-            });
+            return Err(Error::WrongState { task: id, state: task.state, wanted: "unfinished", verb: "cancelled" });
         }
         self.cancel_task(id, reason, now, fx);
         Ok(())
@@ -1046,34 +910,47 @@ impl Scheduler {
         if task.state.is_terminal() {
             return;
         }
-        if task.state == TaskState::Running {
+        let dying = (task.state == TaskState::Running).then(|| {
             fx.kills.push((id, task.attempt));
-            if let Some(&agent_idx) = task
-                .assigned_agent
-                .as_ref()
-                .and_then(|agent| self.agent_index.get(agent))
-            {
-                let slot = &mut self.agents[agent_idx];
-                slot.running = slot.running.saturating_sub(1);
-                if slot.running == 0 && slot.state == AgentState::Active {
-                    slot.state = AgentState::Idle;
-                }
-                self.dirty_agents.insert(agent_idx);
-            }
-        }
+            let agent_idx = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)).copied();
+            (task.attempt, Dying { agent_idx, resources: task.resources.clone() })
+        });
         let mut change = task.change();
         change.state = TaskState::Cancelled;
         change.lease_owner = None;
         change.lease_expires_at = None;
         change.error = Some(reason.clone());
         change.finished_at = Some(now);
-        self.transition(
-            id,
-            change,
-            vec![EventKind::TaskCancelled { task: id, reason }],
-            now,
-            fx,
-        );
+        self.transition(id, change, vec![EventKind::TaskCancelled { task: id, reason }], now, fx);
+        // The killed attempt still holds its slot and resources until it has exited.
+        if let Some((attempt, dying)) = dying {
+            for resource in &dying.resources {
+                self.held.insert(resource.clone(), id);
+            }
+            self.dying.insert((id, attempt), dying);
+        }
+    }
+
+    /// The runtime reports that a killed attempt has exited: its agent slot and resources are
+    /// free again.
+    pub fn attempt_ended(&mut self, id: TaskId, attempt: u32, now: Timestamp) {
+        let Some(dying) = self.dying.remove(&(id, attempt)) else {
+            return;
+        };
+        for resource in &dying.resources {
+            if self.held.get(resource) == Some(&id) {
+                self.held.remove(resource);
+            }
+        }
+        if let Some(agent_idx) = dying.agent_idx {
+            let slot = &mut self.agents[agent_idx];
+            slot.running = slot.running.saturating_sub(1);
+            slot.last_activity = Some(now);
+            if slot.running == 0 && slot.state == AgentState::Active {
+                slot.state = AgentState::Idle;
+            }
+            self.dirty_agents.insert(agent_idx);
+        }
     }
 
     /// Puts a dead or cancelled task back in the queue with a fresh set of attempts.
@@ -1088,71 +965,42 @@ impl Scheduler {
             });
         }
         let from = task.state;
+        let task_workstream = task.workstream.clone();
         let mut change = task.change();
         change.state = TaskState::Pending;
         change.attempt = 0;
         change.error = None;
         change.finished_at = None;
-        if let Some(ws) = task
-            .workstream
-            .as_deref()
-            .and_then(|ws| self.workstreams.get_mut(ws))
-        {
+        if let Some(ws) = task.workstream.as_deref().and_then(|ws| self.workstreams.get_mut(ws)) {
             // The workstream is open again; whether it failed is decided when it completes.
             ws.done = false;
             ws.failed = false;
         }
-        self.transition(
-            id,
-            change,
-            vec![EventKind::TaskRequeued { task: id, from }],
-            now,
-            fx,
-        );
+        let workstream = task_workstream;
+        self.transition(id, change, vec![EventKind::TaskRequeued { task: id, from }], now, fx);
         self.try_release(id, now, fx);
+        self.wake_agents(workstream.as_deref(), fx);
         Ok(())
     }
 
     /// The runtime started an agent: it can take tasks.
-    pub fn agent_started(
-        &mut self,
-        name: &str,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) -> Result<(), Error> {
-        let idx = *self
-            .agent_index
-            .get(name)
-            .ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+    pub fn agent_started(&mut self, name: &str, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+        let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
         if self.agents[idx].state != AgentState::Starting {
             return Ok(());
         }
         let runtime = self.agents[idx].spec.runtime.as_str().to_string();
-        fx.writes.push(Write::Event(EventKind::AgentSpawned {
-            agent: name.to_string(),
-            runtime,
-        }));
+        fx.writes.push(Write::Event(EventKind::AgentSpawned { agent: name.to_string(), runtime }));
         self.agents[idx].last_activity = Some(now);
         self.set_agent_state(idx, AgentState::Idle, None, fx);
         Ok(())
     }
 
     /// The runtime could not start an agent, or it died for good.
-    pub fn agent_failed(
-        &mut self,
-        name: &str,
-        reason: String,
-        fx: &mut Effects,
-    ) -> Result<(), Error> {
-        let idx = *self
-            .agent_index
-            .get(name)
-            .ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+    pub fn agent_failed(&mut self, name: &str, reason: String, fx: &mut Effects) -> Result<(), Error> {
+        let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
         self.set_agent_state(idx, AgentState::Failed, Some(reason.clone()), fx);
-        fx.writes.push(Write::Event(EventKind::AgentTerminated {
-            agent: name.to_string(),
-            reason,
-        }));
+        fx.writes.push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason }));
         Ok(())
     }
 
@@ -1163,15 +1011,8 @@ impl Scheduler {
         {
             if self.n_running > 0 {
                 let until = now.plus(self.plan.settings.lease_ttl);
-                fx.writes.push(Write::RenewLeases {
-                    owner: self.node.clone(),
-                    until,
-                });
-                for task in self
-                    .tasks
-                    .values_mut()
-                    .filter(|task| task.state == TaskState::Running)
-                {
+                fx.writes.push(Write::RenewLeases { owner: self.node.clone(), until });
+                for task in self.tasks.values_mut().filter(|task| task.state == TaskState::Running) {
                     task.lease_expires_at = Some(until);
                 }
                 self.next_lease_renewal = Some(now.plus(self.plan.settings.lease_ttl / 3));
@@ -1182,25 +1023,13 @@ impl Scheduler {
         let expired: Vec<String> = self
             .workstreams
             .iter()
-            .filter(|(_, ws)| {
-                ws.started && !ws.done && ws.n_open > 0 && ws.deadline.is_some_and(|d| d <= now)
-            })
+            .filter(|(_, ws)| ws.started && !ws.done && ws.n_open > 0 && ws.deadline.is_some_and(|d| d <= now))
             .map(|(name, _)| name.clone())
             .collect();
         for name in expired {
-            let timeout = self
-                .plan
-                .settings
-                .workstream_timeout
-                .map(format_duration)
-                .unwrap_or_default();
+            let timeout = self.plan.settings.workstream_timeout.map(format_duration).unwrap_or_default();
             for id in self.open_tasks_of(Some(&name)) {
-                self.cancel_task(
-                    id,
-                    format!("workstream `{name}` timed out after {timeout}"),
-                    now,
-                    fx,
-                );
+                self.cancel_task(id, format!("workstream `{name}` timed out after {timeout}"), now, fx);
             }
         }
         self.step(now, fx);
@@ -1215,10 +1044,7 @@ impl Scheduler {
             .filter(|ws| ws.started && !ws.done && ws.n_open > 0)
             .filter_map(|ws| ws.deadline)
             .min();
-        [retry, self.next_lease_renewal, deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        [retry, self.next_lease_renewal, deadline].into_iter().flatten().min()
     }
 
     /// Completes finished workstreams and phases, and starts the next phase.
@@ -1232,33 +1058,23 @@ impl Scheduler {
                 let ws = self.workstreams.get_mut(name).expect("declared");
                 if ws.started && !ws.done && ws.n_open == 0 {
                     let failed = self.tasks.values().any(|task| {
-                        task.workstream.as_deref() == Some(name.as_str())
-                            && task.state != TaskState::Succeeded
+                        task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
                     });
                     let ws = self.workstreams.get_mut(name).expect("declared");
                     ws.done = true;
                     ws.failed = failed;
                     let succeeded = !failed;
-                    fx.writes.push(Write::Event(EventKind::WorkstreamCompleted {
-                        workstream: name.clone(),
-                        succeeded,
-                    }));
+                    fx.writes
+                        .push(Write::Event(EventKind::WorkstreamCompleted { workstream: name.clone(), succeeded }));
                     let idxs: Vec<usize> = (0..self.agents.len())
-                        .filter(|&idx| {
-                            self.agents[idx].spec.workstream.as_deref() == Some(name.as_str())
-                        })
+                        .filter(|&idx| self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()))
                         .collect();
                     for idx in idxs {
                         if matches!(
                             self.agents[idx].state,
                             AgentState::Idle | AgentState::Active | AgentState::Starting
                         ) {
-                            self.set_agent_state(
-                                idx,
-                                AgentState::Stopped,
-                                Some("its workstream is done".into()),
-                                fx,
-                            );
+                            self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
                             fx.stop_agents.push(self.agents[idx].spec.name.clone());
                         }
                     }
@@ -1268,9 +1084,7 @@ impl Scheduler {
             if !all_done {
                 return;
             }
-            fx.writes.push(Write::Event(EventKind::PhaseCompleted {
-                phase: self.phase,
-            }));
+            fx.writes.push(Write::Event(EventKind::PhaseCompleted { phase: self.phase }));
             if self.phase as usize == self.plan.phases.len() {
                 // Past the last phase.
                 self.phase += 1;
@@ -1282,11 +1096,11 @@ impl Scheduler {
     }
 
     fn finish_if_done(&mut self, now: Timestamp, fx: &mut Effects) {
-        let phases_done =
-            self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
+        let phases_done = self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
         if !phases_done || self.n_finished < self.tasks.len() as u64 {
             if !self.held_back
                 && self.n_running == 0
+                && self.dying.is_empty()
                 && self.delayed.is_empty()
                 && !self.agents_starting()
             {
@@ -1307,18 +1121,11 @@ impl Scheduler {
                 _ => counts.2 += 1,
             }
         }
-        let state = if counts.1 == 0 && counts.2 == 0 {
-            RunState::Succeeded
-        } else {
-            RunState::Failed
-        };
+        let state = if counts.1 == 0 && counts.2 == 0 { RunState::Succeeded } else { RunState::Failed };
         let error = (state == RunState::Failed).then(|| self.failure_summary());
         self.state = state;
         for idx in 0..self.agents.len() {
-            if matches!(
-                self.agents[idx].state,
-                AgentState::Idle | AgentState::Active | AgentState::Starting
-            ) {
+            if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting) {
                 self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
                 fx.stop_agents.push(self.agents[idx].spec.name.clone());
             }
@@ -1345,9 +1152,7 @@ impl Scheduler {
     }
 
     fn agents_starting(&self) -> bool {
-        self.agents
-            .iter()
-            .any(|slot| slot.state == AgentState::Starting)
+        self.agents.iter().any(|slot| slot.state == AgentState::Starting)
     }
 
     /// Cancels ready tasks that no live agent can run, so the run ends instead of waiting
@@ -1359,27 +1164,16 @@ impl Scheduler {
             let candidates: Vec<&AgentSlot> = self
                 .agents
                 .iter()
-                .filter(|slot| {
-                    slot.spec.can_run(
-                        task.workstream.as_deref(),
-                        &task.requires,
-                        task.agent.as_deref(),
-                    )
-                })
+                .filter(|slot| slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref()))
                 .collect();
-            if candidates
-                .iter()
-                .any(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active))
-            {
+            if candidates.iter().any(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active)) {
                 continue;
             }
             let reason = if candidates.is_empty() {
                 "no agent can run it".to_string()
             } else {
-                let names: Vec<String> = candidates
-                    .iter()
-                    .map(|slot| format!("{} is {}", slot.spec.name, slot.state))
-                    .collect();
+                let names: Vec<String> =
+                    candidates.iter().map(|slot| format!("{} is {}", slot.spec.name, slot.state)).collect();
                 format!("no agent is available to run it ({})", names.join(", "))
             };
             self.cancel_task(id, reason, now, fx);
@@ -1388,16 +1182,9 @@ impl Scheduler {
 
     /// "2 task(s) dead: compile (exit status 1); 1 cancelled: test (dependency `compile` is dead)"
     pub fn failure_summary(&self) -> String {
-        let mut dead: Vec<&TaskRecord> = self
-            .tasks
-            .values()
-            .filter(|task| task.state == TaskState::Dead)
-            .collect();
-        let mut cancelled: Vec<&TaskRecord> = self
-            .tasks
-            .values()
-            .filter(|task| task.state == TaskState::Cancelled)
-            .collect();
+        let mut dead: Vec<&TaskRecord> = self.tasks.values().filter(|task| task.state == TaskState::Dead).collect();
+        let mut cancelled: Vec<&TaskRecord> =
+            self.tasks.values().filter(|task| task.state == TaskState::Cancelled).collect();
         dead.sort_by_key(|task| task.id);
         cancelled.sort_by_key(|task| task.id);
         let describe = |tasks: &[&TaskRecord]| -> String {
@@ -1406,17 +1193,10 @@ impl Scheduler {
                 .take(5)
                 .map(|task| {
                     let name = task.key.clone().unwrap_or_else(|| task.id.to_string());
-                    format!(
-                        "{name} ({})",
-                        task.error.as_deref().unwrap_or("no reason recorded")
-                    )
+                    format!("{name} ({})", task.error.as_deref().unwrap_or("no reason recorded"))
                 })
                 .collect();
-            let more = if tasks.len() > 5 {
-                format!(", and {} more", tasks.len() - 5)
-            } else {
-                String::new()
-            };
+            let more = if tasks.len() > 5 { format!(", and {} more", tasks.len() - 5) } else { String::new() };
             format!("{}{more}", shown.join(", "))
         };
         let mut parts = Vec::new();
@@ -1424,11 +1204,7 @@ impl Scheduler {
             parts.push(format!("{} task(s) dead: {}", dead.len(), describe(&dead)));
         }
         if !cancelled.is_empty() {
-            parts.push(format!(
-                "{} task(s) cancelled: {}",
-                cancelled.len(),
-                describe(&cancelled)
-            ));
+            parts.push(format!("{} task(s) cancelled: {}", cancelled.len(), describe(&cancelled)));
         }
         parts.join("; ")
     }
@@ -1450,10 +1226,7 @@ impl Scheduler {
             self.run_dirty = false;
         }
         for idx in std::mem::take(&mut self.dirty_agents) {
-            fx.writes.push(Write::Agent {
-                record: self.agent_record(idx, now),
-                events: Vec::new(),
-            });
+            fx.writes.push(Write::Agent { record: self.agent_record(idx, now), events: Vec::new() });
         }
     }
 

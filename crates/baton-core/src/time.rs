@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch (UTC).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -44,9 +42,7 @@ pub struct DurationStr(pub Duration);
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_duration(&text)
-            .map(DurationStr)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&text).map(DurationStr).map_err(serde::de::Error::custom)
     }
 }
 
@@ -76,14 +72,11 @@ pub struct SizeStr(pub u64);
 impl<'de> Deserialize<'de> for SizeStr {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|size| SizeStr(size.as_u64()))
-            .map_err(|error| {
-                serde::de::Error::custom(format!(
-                    "invalid size `{text}` ({error}); write a number and a unit, e.g. \"512MiB\", \"2GiB\""
-                ))
-            })
+        text.trim().parse::<bytesize::ByteSize>().map(|size| SizeStr(size.as_u64())).map_err(|error| {
+            serde::de::Error::custom(format!(
+                "invalid size `{text}` ({error}); write a number and a unit, e.g. \"512MiB\", \"2GiB\""
+            ))
+        })
     }
 }
 
@@ -96,11 +89,7 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(
-            parse_duration("10x")
-                .unwrap_err()
-                .contains("invalid duration `10x`")
-        );
+        assert!(parse_duration("10x").unwrap_err().contains("invalid duration `10x`"));
         assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }
@@ -110,9 +99,6 @@ mod tests {
         let now = Timestamp(1_000);
         assert_eq!(now.plus(Duration::from_millis(500)), Timestamp(1_500));
         assert_eq!(Timestamp(1_000).since(Timestamp(2_000)), Duration::ZERO);
-        assert_eq!(
-            Timestamp(2_000).since(Timestamp(1_000)),
-            Duration::from_secs(1)
-        );
+        assert_eq!(Timestamp(2_000).since(Timestamp(1_000)), Duration::from_secs(1));
     }
 }

@@ -95,13 +95,8 @@ impl AgentRuntime for InstantAgent {
 
     async fn run(&self, attempt: Attempt, _cancel: CancellationToken) -> Outcome {
         let now = Instant::now();
-        self.arrivals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(attempt.task.id, now);
-        Outcome::Succeeded {
-            result: serde_json::Value::Null,
-        }
+        self.arrivals.lock().unwrap_or_else(|p| p.into_inner()).insert(attempt.task.id, now);
+        Outcome::Succeeded { result: serde_json::Value::Null }
     }
 
     async fn stop(&self) {}
@@ -152,51 +147,26 @@ async fn start(options: &BenchOptions, name: &str) -> Result<Bench, String> {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let store = Arc::new(
-        SqliteStore::open(
-            &path,
-            Options {
-                synchronous: options.synchronous,
-            },
-        )
-        .map_err(|error| error.to_string())?,
+        SqliteStore::open(&path, Options { synchronous: options.synchronous }).map_err(|error| error.to_string())?,
     );
     let arrivals = Arc::new(Mutex::new(HashMap::new()));
     let factory_arrivals = Arc::clone(&arrivals);
     let runtimes: RuntimeFactory = Arc::new(move |_: &AgentSpec| {
-        Arc::new(InstantAgent {
-            arrivals: Arc::clone(&factory_arrivals),
-        }) as Arc<dyn AgentRuntime>
+        Arc::new(InstantAgent { arrivals: Arc::clone(&factory_arrivals) }) as Arc<dyn AgentRuntime>
     });
-    let mut engine_options = EngineOptions::new(
-        bench_plan(options),
-        Arc::clone(&store) as Arc<dyn Store>,
-        runtimes,
-    );
+    let mut engine_options = EngineOptions::new(bench_plan(options), Arc::clone(&store) as Arc<dyn Store>, runtimes);
     engine_options.keep_open = true;
     engine_options.fresh = true;
     let (engine, handle) = Engine::new(engine_options);
     let shutdown = CancellationToken::new();
     let engine = tokio::spawn(engine.run(shutdown.clone()));
-    Ok(Bench {
-        store,
-        handle,
-        arrivals,
-        shutdown,
-        engine,
-    })
+    Ok(Bench { store, handle, arrivals, shutdown, engine })
 }
 
 impl Bench {
     async fn wait_finished(&self, n_tasks: u64) {
         let mut progress = self.handle.progress();
-        while progress
-            .borrow_and_update()
-            .workstreams
-            .iter()
-            .map(|ws| ws.n_finished)
-            .sum::<u64>()
-            < n_tasks
-        {
+        while progress.borrow_and_update().workstreams.iter().map(|ws| ws.n_finished).sum::<u64>() < n_tasks {
             if progress.changed().await.is_err() {
                 return;
             }
@@ -205,10 +175,7 @@ impl Bench {
 
     async fn stop(self) -> Result<(), String> {
         self.shutdown.cancel();
-        self.engine
-            .await
-            .map_err(|error| error.to_string())?
-            .map_err(|error| error.to_string())?;
+        self.engine.await.map_err(|error| error.to_string())?.map_err(|error| error.to_string())?;
         Ok(())
     }
 }
@@ -217,33 +184,21 @@ impl Bench {
 /// with all their events, until every one is recorded as done.
 async fn lifecycle(options: &BenchOptions, run: u32) -> Result<(f64, i64), String> {
     let bench = start(options, &format!("lifecycle-{run}")).await?;
-    let first_seq = bench
-        .store
-        .events(&EventQuery::default())
-        .await
-        .map_err(|e| e.to_string())?
-        .last()
-        .map_or(0, |e| e.seq);
+    let first_seq =
+        bench.store.events(&EventQuery::default()).await.map_err(|e| e.to_string())?.last().map_or(0, |e| e.seq);
     let started = Instant::now();
     let mut created = 0u64;
     while created < options.n_tasks {
         let n = (options.n_tasks - created).min(options.batch as u64);
         let tasks: Vec<NewTask> = (created..created + n).map(bench_task).collect();
-        bench
-            .handle
-            .create_tasks(tasks)
-            .await
-            .map_err(|error| error.to_string())?;
+        bench.handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
         created += n;
     }
     bench.wait_finished(options.n_tasks).await;
     let elapsed = started.elapsed().as_secs_f64();
     let last_seq = bench
         .store
-        .events(&EventQuery {
-            since: first_seq,
-            ..Default::default()
-        })
+        .events(&EventQuery { since: first_seq, ..Default::default() })
         .await
         .map_err(|e| e.to_string())?
         .last()
@@ -274,11 +229,7 @@ async fn dispatch(options: &BenchOptions, rate: f64) -> Result<DispatchFigure, S
             continue;
         }
         let tasks: Vec<NewTask> = (n_created..n_created + n).map(bench_task).collect();
-        let ids = bench
-            .handle
-            .create_tasks(tasks)
-            .await
-            .map_err(|error| error.to_string())?;
+        let ids = bench.handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
         let now = Instant::now();
         for id in ids {
             ready_at.insert(id, now);
@@ -286,18 +237,12 @@ async fn dispatch(options: &BenchOptions, rate: f64) -> Result<DispatchFigure, S
         n_created += n;
     }
     bench.wait_finished(n_created).await;
-    let arrivals = bench
-        .arrivals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let arrivals = bench.arrivals.lock().unwrap_or_else(|p| p.into_inner()).clone();
     bench.stop().await?;
     let mut latencies: Vec<u64> = ready_at
         .iter()
         .filter_map(|(id, ready)| {
-            arrivals
-                .get(id)
-                .map(|arrived| arrived.saturating_duration_since(*ready).as_micros() as u64)
+            arrivals.get(id).map(|arrived| arrived.saturating_duration_since(*ready).as_micros() as u64)
         })
         .collect();
     latencies.sort_unstable();
@@ -338,22 +283,14 @@ pub async fn run(options: BenchOptions, say: impl Fn(String)) -> Result<BenchRep
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     let rate = median / 2.0;
-    say(format!(
-        "dispatch latency at {rate:.0} tasks/s (half of peak) for {:?}",
-        options.latency_duration
-    ));
+    say(format!("dispatch latency at {rate:.0} tasks/s (half of peak) for {:?}", options.latency_duration));
     let dispatch = dispatch(&options, rate).await?;
     Ok(BenchReport {
         synchronous: match options.synchronous {
             Synchronous::Full => "full".into(),
             Synchronous::Normal => "normal".into(),
         },
-        lifecycle: LifecycleFigure {
-            n_tasks: options.n_tasks,
-            n_events,
-            runs,
-            median_tasks_per_second: median,
-        },
+        lifecycle: LifecycleFigure { n_tasks: options.n_tasks, n_events, runs, median_tasks_per_second: median },
         dispatch,
     })
 }

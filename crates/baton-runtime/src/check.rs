@@ -9,24 +9,15 @@ use baton_core::config::{Diagnostic, Plan};
 
 /// Finds the program to run: a path (relative to `workdir`) when it has a `/`, else a name
 /// looked up in `path_var`.
-pub fn resolve_program(
-    program: &str,
-    workdir: &Path,
-    path_var: Option<&str>,
-) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str, workdir: &Path, path_var: Option<&str>) -> Result<PathBuf, String> {
     if program.contains('/') {
         let path = workdir.join(program);
         return if is_executable(&path) {
             Ok(path)
         } else if path.exists() {
-            Err(format!(
-                "`{program}` is not executable (chmod +x it, or run it through an interpreter)"
-            ))
+            Err(format!("`{program}` is not executable (chmod +x it, or run it through an interpreter)"))
         } else {
-            Err(format!(
-                "command `{program}` not found (looked in {})",
-                workdir.display()
-            ))
+            Err(format!("command `{program}` not found (looked in {})", workdir.display()))
         };
     }
     let path_var = path_var.unwrap_or_default();
@@ -38,42 +29,28 @@ pub fn resolve_program(
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 const SCRIPT_EXTENSIONS: &[&str] = &["sh", "bash", "py", "js", "mjs", "rb", "pl", "ts"];
 
 /// Checks every agent's command and working directory. `base_dir` is the configuration file's
 /// directory; `env` is Baton's environment.
-pub fn check_environment(
-    plan: &Plan,
-    base_dir: &Path,
-    env: &BTreeMap<String, String>,
-) -> Vec<Diagnostic> {
+pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, String>) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     for agent in &plan.agents {
-        let workdir = agent
-            .workdir
-            .as_ref()
-            .map_or_else(|| base_dir.to_path_buf(), |dir| base_dir.join(dir));
+        let workdir = agent.workdir.as_ref().map_or_else(|| base_dir.to_path_buf(), |dir| base_dir.join(dir));
         if !workdir.is_dir() {
             diagnostics.push(Diagnostic {
                 location: agent.command_location.clone(),
-                message: format!(
-                    "agent `{}`: working directory {} does not exist",
-                    agent.name,
-                    workdir.display()
-                ),
+                message: format!("agent `{}`: working directory {} does not exist", agent.name, workdir.display()),
             });
             continue;
         }
         let Some(program) = agent.command.first() else {
             continue;
         };
-        if let Err(message) =
-            resolve_program(program, &workdir, env.get("PATH").map(String::as_str))
-        {
+        if let Err(message) = resolve_program(program, &workdir, env.get("PATH").map(String::as_str)) {
             diagnostics.push(Diagnostic {
                 location: agent.command_location.clone(),
                 message: format!("agent `{}`: {message}", agent.name),
@@ -86,18 +63,10 @@ pub fn check_environment(
                 .extension()
                 .and_then(|ext| ext.to_str())
                 .is_some_and(|ext| SCRIPT_EXTENSIONS.contains(&ext));
-            if is_script
-                && !arg.contains('{')
-                && !arg.starts_with('-')
-                && !workdir.join(arg).exists()
-            {
+            if is_script && !arg.contains('{') && !arg.starts_with('-') && !workdir.join(arg).exists() {
                 diagnostics.push(Diagnostic {
                     location: agent.command_location.clone(),
-                    message: format!(
-                        "agent `{}`: script `{arg}` not found in {}",
-                        agent.name,
-                        workdir.display()
-                    ),
+                    message: format!("agent `{}`: script `{arg}` not found in {}", agent.name, workdir.display()),
                 });
             }
         }

@@ -1,5 +1,6 @@
-//! The runtime's clock. Wall time is derived from tokio's monotonic clock, so tests that pause
-//! tokio's time control Baton's time too.
+//! The runtime's clock. In production it reads the system's wall clock at every call, so that
+//! timestamps stay true across a suspend of the machine (tokio's monotonic clock stops then).
+//! Tests use a clock derived from tokio's, so that pausing tokio's time controls Baton's.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,37 +8,34 @@ use baton_core::Timestamp;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    origin_wall: Timestamp,
-    origin: Instant,
+pub enum Clock {
+    /// The system's wall clock.
+    System,
+    /// `origin_wall` at `origin`, advancing with tokio's clock.
+    Tokio { origin_wall: Timestamp, origin: Instant },
 }
 
 impl Clock {
-    /// A clock that reads the system time once, then advances with tokio's clock.
     pub fn system() -> Clock {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Clock {
-            origin_wall: Timestamp(millis),
-            origin: Instant::now(),
-        }
+        Clock::System
     }
 
-    /// A clock that starts at `start`.
+    /// A clock that starts at `start` and advances with tokio's clock (paused in tests).
     pub fn starting_at(start: Timestamp) -> Clock {
-        Clock {
-            origin_wall: start,
-            origin: Instant::now(),
-        }
+        Clock::Tokio { origin_wall: start, origin: Instant::now() }
     }
 
     pub fn now(&self) -> Timestamp {
-        self.origin_wall.plus(self.origin.elapsed())
+        match self {
+            Clock::System => {
+                Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64))
+            }
+            Clock::Tokio { origin_wall, origin } => origin_wall.plus(origin.elapsed()),
+        }
     }
 
-    /// The tokio instant at which this clock reads `at`.
+    /// The tokio instant at which this clock will read `at` (now, if `at` has passed).
     pub fn instant_at(&self, at: Timestamp) -> Instant {
-        self.origin + at.since(self.origin_wall)
+        Instant::now() + at.since(self.now())
     }
 }

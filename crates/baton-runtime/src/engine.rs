@@ -32,12 +32,7 @@ pub enum Error {
     #[error(
         "run {run} is being executed by {owner} (pid {pid}); stop it first, or wait until its claim expires at {until}"
     )]
-    Busy {
-        run: String,
-        owner: String,
-        pid: u32,
-        until: String,
-    },
+    Busy { run: String, owner: String, pid: u32, until: String },
     #[error("the store changed under the engine: {0}; is another baton executing this run?")]
     Conflict(String),
     #[error("{0}")]
@@ -49,9 +44,7 @@ pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send
 
 /// The runtime factory for agents declared in `baton.toml`.
 pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
-    Arc::new(move |spec: &AgentSpec| {
-        Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>
-    })
+    Arc::new(move |spec: &AgentSpec| Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>)
 }
 
 /// Who is executing a run: written on the run so that a second `baton run` can tell whether
@@ -71,11 +64,7 @@ impl Node {
             .unwrap_or_else(|| "localhost".into());
         let pid = std::process::id();
         let suffix = uuid::Uuid::now_v7().simple().to_string();
-        Node {
-            id: format!("{host}:{pid}:{}", &suffix[suffix.len() - 6..]),
-            host,
-            pid,
-        }
+        Node { id: format!("{host}:{pid}:{}", &suffix[suffix.len() - 6..]), host, pid }
     }
 
     /// Whether the node that wrote `owner` with `pid` is certainly gone: it ran on this host
@@ -139,19 +128,9 @@ pub struct RunSummary {
 }
 
 enum Command {
-    CreateTasks {
-        tasks: Vec<NewTask>,
-        reply: oneshot::Sender<Result<Vec<TaskId>, Error>>,
-    },
-    Cancel {
-        task: TaskId,
-        reason: String,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    Retry {
-        task: TaskId,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
+    CreateTasks { tasks: Vec<NewTask>, reply: oneshot::Sender<Result<Vec<TaskId>, Error>> },
+    Cancel { task: TaskId, reason: String, reply: oneshot::Sender<Result<(), Error>> },
+    Retry { task: TaskId, reply: oneshot::Sender<Result<(), Error>> },
 }
 
 /// Talks to a running engine. Cheap to clone.
@@ -166,29 +145,19 @@ impl EngineHandle {
     /// Creates tasks in the run; returns once they are durable.
     pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>, Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::CreateTasks { tasks, reply })
-            .map_err(|_| stopped())?;
+        self.commands.send(Command::CreateTasks { tasks, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
     pub async fn cancel(&self, task: TaskId, reason: String) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Cancel {
-                task,
-                reason,
-                reply,
-            })
-            .map_err(|_| stopped())?;
+        self.commands.send(Command::Cancel { task, reason, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
     pub async fn retry(&self, task: TaskId) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Retry { task, reply })
-            .map_err(|_| stopped())?;
+        self.commands.send(Command::Retry { task, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -209,18 +178,9 @@ fn stopped() -> Error {
 
 /// What the engine hears from the tasks it spawned.
 enum Report {
-    Outcome {
-        task: TaskId,
-        attempt: u32,
-        outcome: Outcome,
-    },
-    AgentStarted {
-        agent: String,
-    },
-    AgentFailed {
-        agent: String,
-        reason: String,
-    },
+    Outcome { task: TaskId, attempt: u32, outcome: Outcome },
+    AgentStarted { agent: String },
+    AgentFailed { agent: String, reason: String },
 }
 
 pub struct Engine {
@@ -235,61 +195,48 @@ impl Engine {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (progress, progress_rx) = watch::channel(Progress::default());
         let (run_id, run_id_rx) = watch::channel(None);
-        let handle = EngineHandle {
-            commands: commands_tx,
-            progress: progress_rx,
-            run_id: run_id_rx,
-        };
-        (
-            Engine {
-                options,
-                commands,
-                progress,
-                run_id,
-            },
-            handle,
-        )
+        let handle = EngineHandle { commands: commands_tx, progress: progress_rx, run_id: run_id_rx };
+        (Engine { options, commands, progress, run_id }, handle)
     }
 
     /// Runs the plan until it ends, or until `shutdown` fires (then running attempts get the
     /// grace period to finish and the run stays resumable).
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, Error> {
-        let Engine {
-            options,
-            mut commands,
-            progress,
-            run_id: run_id_tx,
-        } = self;
+        let Engine { options, mut commands, progress, run_id: run_id_tx } = self;
         let store = Arc::clone(&options.store);
         let clock = options.clock;
         let now = clock.now();
 
         let (run, resumed) = open_run(&options, now).await?;
         let run_id = run.id.clone();
+        if resumed {
+            // What the previous node's attempts left running on this host goes first.
+            let leftovers: Vec<i32> = store
+                .take_processes(&run_id)
+                .await?
+                .into_iter()
+                .filter(|process| process.host == options.node.host)
+                .map(|process| process.pgid)
+                .collect();
+            let n_killed = crate::process::kill_leftovers(&run_id, &leftovers);
+            if n_killed > 0 {
+                tracing::warn!(n_killed, "killed processes left running by the previous node");
+            }
+        }
         let _ = run_id_tx.send(Some(run_id.clone()));
         let stored = sync_tasks(store.as_ref(), &options.plan, &run_id, now).await?;
-        let n_requeued = stored
-            .iter()
-            .filter(|task| task.state == TaskState::Running)
-            .count() as u32;
+        let n_requeued = stored.iter().filter(|task| task.state == TaskState::Running).count() as u32;
 
         let mut fx = Effects::default();
         if resumed {
-            fx.writes.push(Write::Event(EventKind::RunResumed {
-                previous_owner: run.owner.clone(),
-                requeued: n_requeued,
-            }));
+            fx.writes
+                .push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
         }
         let stored_agents = store.agents(&run_id).await?;
         let mut sched = Scheduler::new(
             options.plan.clone(),
             options.node.id.clone(),
-            Stored {
-                run_id: run_id.clone(),
-                phase: run.phase,
-                tasks: stored,
-                agents: stored_agents,
-            },
+            Stored { run_id: run_id.clone(), phase: run.phase, tasks: stored, agents: stored_agents },
             now,
             &mut fx,
         );
@@ -297,12 +244,8 @@ impl Engine {
         sched.agent_records(now, &mut fx);
         sched.step(now, &mut fx);
 
-        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> = options
-            .plan
-            .agents
-            .iter()
-            .map(|spec| (spec.name.clone(), (options.runtimes)(spec)))
-            .collect();
+        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
+            options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
         let mut shell = Shell {
             store: Arc::clone(&store),
@@ -322,72 +265,83 @@ impl Engine {
         control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining_until: Option<tokio::time::Instant> = None;
 
-        loop {
-            if sched.state() != RunState::Running && shell.attempts.is_empty() {
-                break;
-            }
-            if draining_until.is_some() && shell.attempts.is_empty() {
-                break;
-            }
-            let wakeup = sched.next_wakeup().map(|at| clock.instant_at(at));
-            let mut fx = Effects::default();
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled(), if draining_until.is_none() => {
-                    tracing::debug!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
-                    sched.hold();
-                    draining_until = Some(tokio::time::Instant::now() + options.shutdown_grace);
+        // The loop's errors (the store failing) still go through the cleanup below, so that no
+        // attempt outlives the engine.
+        let outcome: Result<(), Error> = async {
+            loop {
+                if sched.state() != RunState::Running && shell.attempts.is_empty() {
+                    break;
                 }
-                () = sleep_until_opt(draining_until) => {
-                    // Grace is over: interrupted attempts go back to the queue uncounted.
-                    let now = clock.now();
-                    for ((task, attempt), token) in shell.attempts.drain() {
-                        token.cancel();
-                        if let Err(error) = sched.release(task, attempt, now, &mut fx) {
-                            tracing::debug!(%error, "release at shutdown");
+                if draining_until.is_some() && shell.attempts.is_empty() {
+                    break;
+                }
+                let wakeup = sched.next_wakeup().map(|at| clock.instant_at(at));
+                let mut fx = Effects::default();
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled(), if draining_until.is_none() => {
+                        tracing::debug!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
+                        sched.hold();
+                        draining_until = Some(tokio::time::Instant::now() + options.shutdown_grace);
+                    }
+                    () = sleep_until_opt(draining_until) => {
+                        // Grace is over: interrupted attempts go back to the queue uncounted.
+                        let now = clock.now();
+                        for ((task, attempt), token) in shell.attempts.drain() {
+                            token.cancel();
+                            if let Err(error) = sched.release(task, attempt, now, &mut fx) {
+                                tracing::debug!(%error, "release at shutdown");
+                            }
+                        }
+                    }
+                    Some(report) = reports.recv() => {
+                        let now = clock.now();
+                        handle_report(&mut sched, &mut shell, report, now, &mut fx);
+                        // Take everything else that is already waiting: one commit for all of it.
+                        while let Ok(report) = reports.try_recv() {
+                            handle_report(&mut sched, &mut shell, report, now, &mut fx);
+                        }
+                    }
+                    Some(command) = commands.recv() => {
+                        let now = clock.now();
+                        handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
+                    }
+                    () = sleep_until_opt(wakeup) => {
+                        sched.tick(clock.now(), &mut fx);
+                    }
+                    _ = control_tick.tick() => {
+                        let now = clock.now();
+                        for control in store.take_control(&run_id, now).await? {
+                            apply_control(&mut sched, control, now, &mut fx);
+                        }
+                        if now >= next_owner_renewal {
+                            fx.writes.push(Write::RunOwner {
+                                owner: Some(options.node.id.clone()),
+                                pid: Some(options.node.pid),
+                                until: Some(now.plus(lease_ttl)),
+                                expect_owner: Some(options.node.id.clone()),
+                            });
+                            next_owner_renewal = now.plus(lease_ttl / 3);
                         }
                     }
                 }
-                Some(report) = reports.recv() => {
-                    let now = clock.now();
-                    handle_report(&mut sched, &mut shell, report, now, &mut fx);
-                    // Take everything else that is already waiting: one commit for all of it.
-                    while let Ok(report) = reports.try_recv() {
-                        handle_report(&mut sched, &mut shell, report, now, &mut fx);
-                    }
-                }
-                Some(command) = commands.recv() => {
-                    let now = clock.now();
-                    handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
-                }
-                () = sleep_until_opt(wakeup) => {
-                    sched.tick(clock.now(), &mut fx);
-                }
-                _ = control_tick.tick() => {
-                    let now = clock.now();
-                    for control in store.take_control(&run_id, now).await? {
-                        apply_control(&mut sched, control, now, &mut fx);
-                    }
-                    if now >= next_owner_renewal {
-                        fx.writes.push(Write::RunOwner {
-                            owner: Some(options.node.id.clone()),
-                            pid: Some(options.node.pid),
-                            until: Some(now.plus(lease_ttl)),
-                            expect_owner: Some(options.node.id.clone()),
-                        });
-                        next_owner_renewal = now.plus(lease_ttl / 3);
-                    }
-                }
+                let now = clock.now();
+                sched.step(now, &mut fx);
+                shell.perform(fx, now).await?;
+                progress.send_if_modified(|current| {
+                    let next = sched.progress();
+                    let changed = *current != next;
+                    *current = next;
+                    changed
+                });
             }
-            let now = clock.now();
-            sched.step(now, &mut fx);
-            shell.perform(fx, now).await?;
-            progress.send_if_modified(|current| {
-                let next = sched.progress();
-                let changed = *current != next;
-                *current = next;
-                changed
-            });
+            Ok(())
+        }
+        .await;
+        if outcome.is_err() {
+            for token in shell.attempts.values() {
+                token.cancel();
+            }
         }
 
         for runtime in shell.runtimes.values() {
@@ -395,6 +349,7 @@ impl Engine {
         }
         shell.tracker.close();
         shell.tracker.wait().await;
+        outcome?;
         let now = clock.now();
         if sched.state() == RunState::Running {
             // Stopped before the end: leave the run resumable by anyone.
@@ -429,14 +384,12 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
     let plan = &options.plan;
     let node = &options.node;
     let lease_ttl = options.plan.settings.lease_ttl;
-    let latest = store
-        .latest_run(Some(&plan.name))
-        .await?
-        .filter(|run| run.state == RunState::Running);
+    let latest = store.latest_run(Some(&plan.name)).await?.filter(|run| run.state == RunState::Running);
     if let Some(run) = latest {
-        let held = run.owner.as_ref().is_some_and(|owner| {
-            owner != &node.id && run.owner_until.is_some_and(|until| until > now)
-        });
+        let held = run
+            .owner
+            .as_ref()
+            .is_some_and(|owner| owner != &node.id && run.owner_until.is_some_and(|until| until > now));
         if held {
             let owner = run.owner.clone().unwrap_or_default();
             if !node.is_dead(&owner, run.owner_pid) {
@@ -472,23 +425,16 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
             ended_at: Some(now),
             error: Some(reason.clone()),
         };
+        let tasks = store.tasks(&run.id, &TaskFilter::default()).await?;
+        let count = |state: TaskState| tasks.iter().filter(|task| task.state == state).count() as u64;
         let completed = EventKind::RunCompleted {
             state: RunState::Failed,
-            n_succeeded: 0,
-            n_dead: 0,
-            n_cancelled: 0,
+            n_succeeded: count(TaskState::Succeeded),
+            n_dead: count(TaskState::Dead),
+            n_cancelled: count(TaskState::Cancelled),
             error: Some(reason),
         };
-        store
-            .apply(
-                &run.id,
-                now,
-                vec![Write::Run {
-                    change,
-                    events: vec![completed],
-                }],
-            )
-            .await?;
+        store.apply(&run.id, now, vec![Write::Run { change, events: vec![completed] }]).await?;
     }
     let id = uuid::Uuid::now_v7().to_string();
     let new_run = NewRun {
@@ -504,52 +450,27 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
 
 /// Loads the run's tasks, creating those of the plan that the run does not have yet (a new
 /// run, or tasks added to `baton.toml` since).
-async fn sync_tasks(
-    store: &dyn Store,
-    plan: &Plan,
-    run_id: &str,
-    now: Timestamp,
-) -> Result<Vec<TaskRecord>, Error> {
+async fn sync_tasks(store: &dyn Store, plan: &Plan, run_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>, Error> {
     let mut stored = store.tasks(run_id, &TaskFilter::default()).await?;
-    let known: std::collections::HashSet<&str> = stored
-        .iter()
-        .filter_map(|task| task.key.as_deref())
-        .collect();
-    let missing: Vec<NewTask> = plan
-        .tasks
-        .iter()
-        .filter(|task| task.key.as_deref().is_none_or(|key| !known.contains(key)))
-        .cloned()
-        .collect();
+    let known: std::collections::HashSet<&str> = stored.iter().filter_map(|task| task.key.as_deref()).collect();
+    let missing: Vec<NewTask> =
+        plan.tasks.iter().filter(|task| task.key.as_deref().is_none_or(|key| !known.contains(key))).cloned().collect();
     if !missing.is_empty() {
         stored.extend(store.create_tasks(run_id, missing, now).await?);
     }
     Ok(stored)
 }
 
-fn handle_report(
-    sched: &mut Scheduler,
-    shell: &mut Shell,
-    report: Report,
-    now: Timestamp,
-    fx: &mut Effects,
-) {
+fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: Timestamp, fx: &mut Effects) {
     match report {
-        Report::Outcome {
-            task,
-            attempt,
-            outcome,
-        } => {
-            let was_killed = shell
-                .attempts
-                .remove(&(task, attempt))
-                .is_none_or(|token| token.is_cancelled());
+        Report::Outcome { task, attempt, outcome } => {
+            let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
             if was_killed {
+                // Its process has exited: the slot and resources it held are free.
+                sched.attempt_ended(task, attempt, now);
                 return;
             }
-            if let Err(error) =
-                sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx)
-            {
+            if let Err(error) = sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
                 tracing::warn!(%error, "outcome not recorded");
             }
         }
@@ -572,11 +493,10 @@ async fn handle_command(
 ) {
     match command {
         Command::CreateTasks { tasks, reply } => {
-            if let Some(task) = tasks.iter().find(|task| {
-                task.workstream
-                    .as_deref()
-                    .is_some_and(|ws| sched.plan().workstream(ws).is_none())
-            }) {
+            if let Some(task) = tasks
+                .iter()
+                .find(|task| task.workstream.as_deref().is_some_and(|ws| sched.plan().workstream(ws).is_none()))
+            {
                 let _ = reply.send(Err(Error::Invalid(format!(
                     "unknown workstream `{}`",
                     task.workstream.as_deref().unwrap_or_default()
@@ -596,20 +516,12 @@ async fn handle_command(
                 }
             }
         }
-        Command::Cancel {
-            task,
-            reason,
-            reply,
-        } => {
-            let result = sched
-                .cancel(task, reason, now, fx)
-                .map_err(|error| Error::Invalid(error.to_string()));
+        Command::Cancel { task, reason, reply } => {
+            let result = sched.cancel(task, reason, now, fx).map_err(|error| Error::Invalid(error.to_string()));
             let _ = reply.send(result);
         }
         Command::Retry { task, reply } => {
-            let result = sched
-                .retry(task, now, fx)
-                .map_err(|error| Error::Invalid(error.to_string()));
+            let result = sched.retry(task, now, fx).map_err(|error| Error::Invalid(error.to_string()));
             let _ = reply.send(result);
         }
     }
@@ -642,10 +554,7 @@ impl Shell {
     async fn perform(&mut self, fx: Effects, now: Timestamp) -> Result<(), Error> {
         if !fx.writes.is_empty() {
             let applied = self.store.apply(&self.run_id, now, fx.writes).await?;
-            if let Some(Applied::Conflict(reason)) = applied
-                .into_iter()
-                .find(|applied| *applied != Applied::Done)
-            {
+            if let Some(Applied::Conflict(reason)) = applied.into_iter().find(|applied| *applied != Applied::Done) {
                 return Err(Error::Conflict(reason));
             }
         }
@@ -656,11 +565,8 @@ impl Shell {
         }
         if !fx.start_agents.is_empty() {
             // In order (critical agents first), each within the spawn timeout.
-            let to_start: Vec<(String, Arc<dyn AgentRuntime>)> = fx
-                .start_agents
-                .into_iter()
-                .map(|name| (name.clone(), Arc::clone(&self.runtimes[&name])))
-                .collect();
+            let to_start: Vec<(String, Arc<dyn AgentRuntime>)> =
+                fx.start_agents.into_iter().map(|name| (name.clone(), Arc::clone(&self.runtimes[&name]))).collect();
             let reports = self.reports.clone();
             let spawn_timeout = self.spawn_timeout;
             self.tracker.spawn(async move {
@@ -670,10 +576,7 @@ impl Shell {
                         Ok(Err(reason)) => Report::AgentFailed { agent, reason },
                         Err(_) => Report::AgentFailed {
                             agent,
-                            reason: format!(
-                                "not started within {}",
-                                baton_core::time::format_duration(spawn_timeout)
-                            ),
+                            reason: format!("not started within {}", baton_core::time::format_duration(spawn_timeout)),
                         },
                     };
                     let _ = reports.send(report);
@@ -688,22 +591,13 @@ impl Shell {
             let task_id = assignment.task.id;
             let attempt_number = assignment.task.attempt;
             let token = CancellationToken::new();
-            self.attempts
-                .insert((task_id, attempt_number), token.clone());
+            self.attempts.insert((task_id, attempt_number), token.clone());
             let runtime = Arc::clone(&self.runtimes[&assignment.agent]);
             let reports = self.reports.clone();
-            let attempt = Attempt {
-                run_id: self.run_id.clone(),
-                agent: assignment.agent,
-                task: assignment.task,
-            };
+            let attempt = Attempt { run_id: self.run_id.clone(), agent: assignment.agent, task: assignment.task };
             self.tracker.spawn(async move {
                 let outcome = runtime.run(attempt, token).await;
-                let _ = reports.send(Report::Outcome {
-                    task: task_id,
-                    attempt: attempt_number,
-                    outcome,
-                });
+                let _ = reports.send(Report::Outcome { task: task_id, attempt: attempt_number, outcome });
             });
         }
         Ok(())
@@ -730,13 +624,7 @@ fn summary(sched: &Scheduler, resumed: bool) -> RunSummary {
         resumed,
         error: (sched.state() == RunState::Failed).then(|| sched.failure_summary()),
         n_tasks: sched.tasks().count() as u64,
-        n_succeeded: sched
-            .tasks()
-            .filter(|task| task.state == TaskState::Succeeded)
-            .count() as u64,
-        failures: failures
-            .into_iter()
-            .map(|(_, key, state, error)| (key, state, error))
-            .collect(),
+        n_succeeded: sched.tasks().filter(|task| task.state == TaskState::Succeeded).count() as u64,
+        failures: failures.into_iter().map(|(_, key, state, error)| (key, state, error)).collect(),
     }
 }

@@ -34,10 +34,7 @@ impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let env = BTreeMap::from([
-            (
-                "PATH".to_string(),
-                std::env::var("PATH").expect("PATH is set"),
-            ),
+            ("PATH".to_string(), std::env::var("PATH").expect("PATH is set")),
             ("HOME".to_string(), dir.path().display().to_string()),
             ("BATON_SECRET".to_string(), "hunter2".to_string()),
             ("PASS_ME".to_string(), "passed".to_string()),
@@ -51,20 +48,19 @@ impl Setup {
 
     /// Writes a bash script into the working directory; agents run it as `bash NAME`.
     fn script(&self, name: &str, body: &str) {
-        std::fs::write(self.path(name), format!("#!/usr/bin/env bash\n{body}"))
-            .expect("write the script");
+        std::fs::write(self.path(name), format!("#!/usr/bin/env bash\n{body}")).expect("write the script");
     }
 
     /// An agent `a` whose `[[agents]]` table holds `fields` (at least `command`).
     fn agent(&self, fields: &str) -> ProcessAgent {
         let text = format!("[orchestration]\nname = \"t\"\n\n[[agents]]\nname = \"a\"\n{fields}\n");
-        let mut plan = baton_core::config::load("baton.toml", &text, &self.env)
-            .expect("a valid configuration");
+        let mut plan = baton_core::config::load("baton.toml", &text, &self.env).expect("a valid configuration");
         let spec = plan.agents.remove(0);
         let process_env = ProcessEnv {
             base_dir: self.dir.path().to_path_buf(),
             log_dir: self.path("logs"),
             env: self.env.clone(),
+            registry: None,
         };
         ProcessAgent::new(spec, &process_env)
     }
@@ -113,11 +109,7 @@ fn task(title: &str, input: Value) -> TaskRecord {
 }
 
 fn attempt(task: TaskRecord) -> Attempt {
-    Attempt {
-        run_id: "run-1".into(),
-        agent: "a".into(),
-        task,
-    }
+    Attempt { run_id: "run-1".into(), agent: "a".into(), task }
 }
 
 /// Runs one attempt of `task` that nobody cancels.
@@ -126,9 +118,7 @@ async fn run(agent: &ProcessAgent, task: TaskRecord) -> Outcome {
 }
 
 fn failed(reason: &str) -> Outcome {
-    Outcome::Failed {
-        reason: reason.into(),
-    }
+    Outcome::Failed { reason: reason.into() }
 }
 
 /// Makes a FIFO and opens its read end; a script signals it is running with
@@ -136,10 +126,8 @@ fn failed(reason: &str) -> Outcome {
 fn ready_fifo(path: &Path) -> BufReader<tokio::net::unix::pipe::Receiver> {
     mkfifo(path, Mode::from_bits_truncate(0o600)).expect("mkfifo");
     // Read-write, so that the read end does not see end-of-file before the script opens it.
-    let receiver = tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(path)
-        .expect("open the FIFO");
+    let receiver =
+        tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_receiver(path).expect("open the FIFO");
     BufReader::new(receiver)
 }
 
@@ -158,8 +146,7 @@ fn has_ended(pid: Pid) -> bool {
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state is the field after the parenthesised command name.
-    stat.rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
 
 #[tokio::test]
@@ -213,47 +200,29 @@ printf '{"stdin":%s,"env":{"BATON_TASK_ID":"%s","BATON_TASK_KEY":"%s","BATON_TAS
 async fn placeholders_become_whole_arguments_without_a_shell() {
     let setup = Setup::new();
     setup.script("args.sh", "printf '%s\\n' \"$#\" \"$@\"\n");
-    let agent = setup.started(r#"command = ["bash", "args.sh", "{task.title}", "--file={task.input.file}", "{task.input.count}"]"#).await;
+    let agent = setup
+        .started(r#"command = ["bash", "args.sh", "{task.title}", "--file={task.input.file}", "{task.input.count}"]"#)
+        .await;
     let title = "fix it; touch pwned $(touch pwned2) `touch pwned3` *";
 
-    let outcome = run(
-        &agent,
-        task(title, json!({ "file": "src/my file.rs", "count": 2 })),
-    )
-    .await;
+    let outcome = run(&agent, task(title, json!({ "file": "src/my file.rs", "count": 2 }))).await;
 
     let result = format!("3\n{title}\n--file=src/my file.rs\n2");
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            result: Value::String(result)
-        }
-    );
+    assert_eq!(outcome, Outcome::Succeeded { result: Value::String(result) });
     for name in ["pwned", "pwned2", "pwned3"] {
-        assert!(
-            !setup.path(name).exists(),
-            "`{name}` was created: the title went through a shell"
-        );
+        assert!(!setup.path(name).exists(), "`{name}` was created: the title went through a shell");
     }
 }
 
 #[tokio::test]
 async fn stdout_that_is_not_json_is_a_trimmed_string_result() {
     let setup = Setup::new();
-    setup.script(
-        "say.sh",
-        "printf '\\n  all done: 3 files {not json}  \\n\\n'\n",
-    );
+    setup.script("say.sh", "printf '\\n  all done: 3 files {not json}  \\n\\n'\n");
     let agent = setup.started(r#"command = ["bash", "say.sh"]"#).await;
 
     let outcome = run(&agent, task("say", json!({}))).await;
 
-    assert_eq!(
-        outcome,
-        Outcome::Succeeded {
-            result: json!("all done: 3 files {not json}")
-        }
-    );
+    assert_eq!(outcome, Outcome::Succeeded { result: json!("all done: 3 files {not json}") });
 }
 
 #[tokio::test]
@@ -263,19 +232,9 @@ async fn empty_or_blank_stdout_is_a_null_result() {
     setup.script("blank.sh", "printf '  \\n\\n'\n");
 
     let quiet = setup.started(r#"command = ["bash", "quiet.sh"]"#).await;
-    assert_eq!(
-        run(&quiet, task("quiet", json!({}))).await,
-        Outcome::Succeeded {
-            result: Value::Null
-        }
-    );
+    assert_eq!(run(&quiet, task("quiet", json!({}))).await, Outcome::Succeeded { result: Value::Null });
     let blank = setup.agent(r#"command = ["bash", "blank.sh"]"#);
-    assert_eq!(
-        run(&blank, task("blank", json!({}))).await,
-        Outcome::Succeeded {
-            result: Value::Null
-        }
-    );
+    assert_eq!(run(&blank, task("blank", json!({}))).await, Outcome::Succeeded { result: Value::Null });
 }
 
 #[tokio::test]
@@ -294,52 +253,28 @@ async fn a_non_zero_exit_fails_with_the_last_stderr_line_and_logs_stderr() {
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(
         lines[..6],
-        [
-            "--- agent a started",
-            "--- task 1 `Build it` attempt 1",
-            "starting",
-            "first problem",
-            "disk full",
-            ""
-        ],
+        ["--- agent a started", "--- task 1 `Build it` attempt 1", "starting", "first problem", "disk full", ""],
         "log:\n{log}"
     );
     assert_eq!(lines.len(), 7, "log:\n{log}");
     let footer = lines[6];
-    assert!(
-        footer.starts_with("--- task 1 attempt 1 failed in "),
-        "footer: {footer}"
-    );
-    assert!(
-        footer.ends_with(": exit status 3: disk full"),
-        "footer: {footer}"
-    );
-    assert!(
-        !log.contains("partial output"),
-        "stdout went to the log:\n{log}"
-    );
+    assert!(footer.starts_with("--- task 1 attempt 1 failed in "), "footer: {footer}");
+    assert!(footer.ends_with(": exit status 3: disk full"), "footer: {footer}");
+    assert!(!log.contains("partial output"), "stdout went to the log:\n{log}");
 }
 
 #[tokio::test]
 async fn the_environment_is_allow_listed() {
     let setup = Setup::new();
     // `env` itself is the agent, so no shell adds variables of its own.
-    let agent = setup
-        .started("command = [\"env\"]\nenv_passthrough = [\"PASS_ME\"]\nenv = { K = \"v\" }")
-        .await;
+    let agent = setup.started("command = [\"env\"]\nenv_passthrough = [\"PASS_ME\"]\nenv = { K = \"v\" }").await;
 
     let outcome = run(&agent, task("show env", json!({ "n": 1 }))).await;
 
-    let Outcome::Succeeded {
-        result: Value::String(stdout),
-    } = outcome
-    else {
+    let Outcome::Succeeded { result: Value::String(stdout) } = outcome else {
         panic!("unexpected outcome {outcome:?}")
     };
-    let env: BTreeMap<&str, &str> = stdout
-        .lines()
-        .map(|line| line.split_once('=').expect("NAME=value"))
-        .collect();
+    let env: BTreeMap<&str, &str> = stdout.lines().map(|line| line.split_once('=').expect("NAME=value")).collect();
     let home = setup.dir.path().display().to_string();
     let expected = BTreeMap::from([
         ("PATH", setup.env["PATH"].as_str()),
@@ -362,10 +297,7 @@ async fn the_environment_is_allow_listed() {
 #[tokio::test]
 async fn a_timeout_fails_the_task_and_kills_its_whole_process_group() {
     let setup = Setup::new();
-    setup.script(
-        "slow.sh",
-        "sleep 60 &\necho $! > grandchild.pid\nsleep 60\n",
-    );
+    setup.script("slow.sh", "sleep 60 &\necho $! > grandchild.pid\nsleep 60\n");
     let agent = setup.started(r#"command = ["bash", "slow.sh"]"#).await;
     let mut task = task("slow", json!({}));
     task.timeout_ms = Some(300);
@@ -373,8 +305,7 @@ async fn a_timeout_fails_the_task_and_kills_its_whole_process_group() {
     let outcome = run(&agent, task).await;
 
     assert_eq!(outcome, failed("timed out after 300ms"));
-    let pid = std::fs::read_to_string(setup.path("grandchild.pid"))
-        .expect("the script wrote the grandchild's pid");
+    let pid = std::fs::read_to_string(setup.path("grandchild.pid")).expect("the script wrote the grandchild's pid");
     let grandchild = Pid::from_raw(pid.trim().parse().expect("a pid"));
     // The group has been signalled when `run` returns, but the grandchild's death is
     // asynchronous: poll briefly, for this process-exit check only.
@@ -382,10 +313,7 @@ async fn a_timeout_fails_the_task_and_kills_its_whole_process_group() {
     while !has_ended(grandchild) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        has_ended(grandchild),
-        "the grandchild {grandchild} outlived the timed-out task"
-    );
+    assert!(has_ended(grandchild), "the grandchild {grandchild} outlived the timed-out task");
 }
 
 #[tokio::test]
@@ -396,21 +324,15 @@ async fn cancelling_stops_the_attempt_promptly() {
     let agent = setup.started(r#"command = ["bash", "sleep.sh"]"#).await;
     let cancel = CancellationToken::new();
 
-    let (outcome, cancelled_at) = tokio::join!(
-        agent.run(attempt(task("sleepy", json!({}))), cancel.clone()),
-        async {
-            wait_started(&mut fifo).await;
-            cancel.cancel();
-            Instant::now()
-        }
-    );
+    let (outcome, cancelled_at) = tokio::join!(agent.run(attempt(task("sleepy", json!({}))), cancel.clone()), async {
+        wait_started(&mut fifo).await;
+        cancel.cancel();
+        Instant::now()
+    });
 
     assert_eq!(outcome, failed("cancelled"));
     let took = cancelled_at.elapsed();
-    assert!(
-        took < Duration::from_secs(5),
-        "run returned {took:?} after the cancellation"
-    );
+    assert!(took < Duration::from_secs(5), "run returned {took:?} after the cancellation");
 }
 
 #[tokio::test]
@@ -428,31 +350,21 @@ async fn stop_kills_running_attempts() {
 
     assert_eq!(outcome, failed("killed by SIGKILL"));
     let took = stopped_at.elapsed();
-    assert!(
-        took < Duration::from_secs(5),
-        "run returned {took:?} after stop"
-    );
+    assert!(took < Duration::from_secs(5), "run returned {took:?} after stop");
 }
 
 #[tokio::test]
 async fn a_memory_limit_stops_a_process_that_allocates_more() {
     let setup = Setup::new();
     let command = r#"command = ["python3", "-c", "x = bytearray(512 * 1024 * 1024)"]"#;
-    let limited = setup
-        .started(&format!("{command}\nlimits = {{ memory = \"64MiB\" }}"))
-        .await;
+    let limited = setup.started(&format!("{command}\nlimits = {{ memory = \"64MiB\" }}")).await;
 
     let outcome = run(&limited, task("allocate", json!({}))).await;
 
     assert_eq!(outcome, failed("exit status 1: MemoryError"));
     // The same allocation without the limit succeeds: the limit, not the allocation, failed it.
     let unlimited = setup.agent(command);
-    assert_eq!(
-        run(&unlimited, task("allocate", json!({}))).await,
-        Outcome::Succeeded {
-            result: Value::Null
-        }
-    );
+    assert_eq!(run(&unlimited, task("allocate", json!({}))).await, Outcome::Succeeded { result: Value::Null });
 }
 
 #[tokio::test]
@@ -460,10 +372,7 @@ async fn start_checks_that_the_command_exists() {
     let setup = Setup::new();
 
     let missing = setup.agent(r#"command = ["nope-not-here", "--flag"]"#);
-    assert_eq!(
-        missing.start().await,
-        Err("command `nope-not-here` not found in PATH".to_string())
-    );
+    assert_eq!(missing.start().await, Err("command `nope-not-here` not found in PATH".to_string()));
 
     let bash = setup.agent(r#"command = ["bash", "anything.sh"]"#);
     assert_eq!(bash.start().await, Ok(()));
@@ -474,16 +383,11 @@ async fn start_checks_that_the_command_exists() {
 async fn a_missing_input_field_fails_the_attempt() {
     let setup = Setup::new();
     setup.script("ok.sh", "echo ok\n");
-    let agent = setup
-        .started(r#"command = ["bash", "ok.sh", "{task.input.missing}"]"#)
-        .await;
+    let agent = setup.started(r#"command = ["bash", "ok.sh", "{task.input.missing}"]"#).await;
 
     let outcome = run(&agent, task("needs input", json!({ "present": 1 }))).await;
 
-    assert_eq!(
-        outcome,
-        failed("the task's input has no field `missing` for `{task.input.missing}`")
-    );
+    assert_eq!(outcome, failed("the task's input has no field `missing` for `{task.input.missing}`"));
 }
 
 /// A timeout must hold even when the process never reads its stdin and the task's JSON is larger
@@ -500,21 +404,14 @@ async fn a_timeout_holds_when_the_process_does_not_read_a_large_stdin() {
 
     let outcome = tokio::time::timeout(Duration::from_secs(5), run(&agent, task)).await;
 
-    assert_eq!(
-        outcome,
-        Ok(failed("timed out after 300ms")),
-        "the 300ms timeout did not stop the process"
-    );
+    assert_eq!(outcome, Ok(failed("timed out after 300ms")), "the 300ms timeout did not stop the process");
 }
 
 /// An input too large for one environment variable still reaches the agent, on stdin.
 #[tokio::test]
 async fn a_large_input_arrives_on_stdin_only() {
     let setup = Setup::new();
-    setup.script(
-        "big.sh",
-        "printf '{\"var\":%d,\"stdin\":%d}' \"${#BATON_TASK_INPUT}\" \"$(wc -c)\"\n",
-    );
+    setup.script("big.sh", "printf '{\"var\":%d,\"stdin\":%d}' \"${#BATON_TASK_INPUT}\" \"$(wc -c)\"\n");
     let agent = setup.started(r#"command = ["bash", "big.sh"]"#).await;
     let task = task("big", json!({ "blob": "x".repeat(200 * 1024) }));
     let Outcome::Succeeded { result } = run(&agent, task).await else {
@@ -522,4 +419,30 @@ async fn a_large_input_arrives_on_stdin_only() {
     };
     assert_eq!(result["var"], 0, "too large for BATON_TASK_INPUT");
     assert!(result["stdin"].as_u64().unwrap() > 200 * 1024);
+}
+
+/// Bytes that are not UTF-8 on stderr are logged as they are, and the agent keeps running.
+#[tokio::test]
+async fn stderr_that_is_not_utf8_does_not_kill_the_agent() {
+    let setup = Setup::new();
+    setup.script("latin1.sh", "printf 'caf\\xe9\\n' >&2\nprintf 'more\\n' >&2\necho ok\n");
+    let agent = setup.started(r#"command = ["bash", "latin1.sh"]"#).await;
+    let outcome = run(&agent, task("latin1", json!({}))).await;
+    assert_eq!(outcome, Outcome::Succeeded { result: json!("ok") });
+    let log = std::fs::read(setup.path("logs/a.log")).unwrap();
+    assert!(log.windows(5).any(|window| window == b"caf\xe9\n"), "the raw bytes are logged");
+    assert!(String::from_utf8_lossy(&log).contains("more\n"));
+}
+
+/// A process that leaves the attempt's group and keeps the pipes open does not hold the
+/// attempt once the agent itself has exited.
+#[tokio::test]
+async fn an_escaped_process_does_not_hold_the_attempt_open() {
+    let setup = Setup::new();
+    setup.script("escape.sh", "setsid sleep 30 &\necho $! > escaped.pid\necho done\n");
+    let agent = setup.started(r#"command = ["bash", "escape.sh"]"#).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run(&agent, task("escape", json!({})))).await;
+    let pid: i32 = std::fs::read_to_string(setup.path("escaped.pid")).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    assert!(outcome.is_ok(), "the attempt ended without waiting for the escaped process");
 }

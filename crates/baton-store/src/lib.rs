@@ -75,6 +75,16 @@ pub enum Control {
     RetryTask { task: TaskId },
 }
 
+/// A process group started for an attempt, recorded so that a node taking over a run from a
+/// dead one can kill what the dead one left running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub pgid: i32,
+    pub host: String,
+}
+
 /// A run to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
@@ -95,27 +105,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates tasks in a run, resolving dependencies given by key against the run's tasks
     /// (including those in the same batch), and writes `TaskCreated` for each.
-    async fn create_tasks(
-        &self,
-        run_id: &str,
-        tasks: Vec<NewTask>,
-        now: Timestamp,
-    ) -> Result<Vec<TaskRecord>>;
+    async fn create_tasks(&self, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>>;
 
     /// Applies a batch of writes in one transaction, with their events.
-    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>)
-    -> Result<Vec<Applied>>;
+    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>) -> Result<Vec<Applied>>;
 
     /// Appends events that change no record.
-    async fn append_events(
-        &self,
-        run_id: &str,
-        now: Timestamp,
-        events: Vec<EventKind>,
-    ) -> Result<()> {
-        self.apply(run_id, now, events.into_iter().map(Write::Event).collect())
-            .await
-            .map(|_| ())
+    async fn append_events(&self, run_id: &str, now: Timestamp, events: Vec<EventKind>) -> Result<()> {
+        self.apply(run_id, now, events.into_iter().map(Write::Event).collect()).await.map(|_| ())
     }
 
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
@@ -136,6 +133,15 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 
     async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64>;
+
+    /// Records the process group of a running attempt.
+    async fn record_process(&self, run_id: &str, process: ProcessRecord) -> Result<()>;
+
+    /// Forgets the process group of an attempt that has ended.
+    async fn forget_process(&self, run_id: &str, task: TaskId, attempt: u32) -> Result<()>;
+
+    /// The process groups recorded for a run; `forget` removes them from the store.
+    async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 
     /// Takes the run's pending control commands, oldest first; each is returned once.
     async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>>;

@@ -15,13 +15,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use baton_core::model::{
-    AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState,
-};
+use baton_core::model::{AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_core::sched::Write;
 use baton_core::{Event, EventKind, Timestamp};
 
-use crate::{Applied, Control, Error, EventQuery, NewRun, Result, Store, TaskFilter};
+use crate::{Applied, Control, Error, EventQuery, NewRun, ProcessRecord, Result, Store, TaskFilter};
 
 /// How hard SQLite works to keep a commit on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,14 +44,10 @@ impl Options {
         let rest = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| {
-                Error::Invalid(format!("`{url}` is not a sqlite url; write sqlite://PATH"))
-            })?;
+            .ok_or_else(|| Error::Invalid(format!("`{url}` is not a sqlite url; write sqlite://PATH")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if path.is_empty() {
-            return Err(Error::Invalid(format!(
-                "`{url}` names no file; write sqlite://PATH"
-            )));
+            return Err(Error::Invalid(format!("`{url}` names no file; write sqlite://PATH")));
         }
         let mut options = Options::default();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -68,11 +62,7 @@ impl Options {
             }
         }
         let path = Path::new(path);
-        let path = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            base.join(path)
-        };
+        let path = if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
         Ok((path, options))
     }
 }
@@ -94,26 +84,13 @@ pub(crate) struct WriteCtx<'a> {
 
 impl WriteCtx<'_> {
     fn event(&mut self, run_id: &str, at: Timestamp, kind: EventKind) -> Result<i64> {
-        let data =
-            serde_json::to_string(&kind).map_err(|error| Error::Corrupt(error.to_string()))?;
+        let data = serde_json::to_string(&kind).map_err(|error| Error::Corrupt(error.to_string()))?;
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO events (run_id, at, type, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        stmt.execute(params![
-            run_id,
-            at.0,
-            kind.name(),
-            kind.task().map(|id| id.0),
-            kind.agent(),
-            data
-        ])?;
+        stmt.execute(params![run_id, at.0, kind.name(), kind.task().map(|id| id.0), kind.agent(), data])?;
         let seq = self.tx.last_insert_rowid();
-        self.events.push(Event {
-            seq,
-            run_id: run_id.to_string(),
-            at,
-            kind,
-        });
+        self.events.push(Event { seq, run_id: run_id.to_string(), at, kind });
         Ok(seq)
     }
 }
@@ -133,7 +110,8 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -209,13 +187,25 @@ CREATE TABLE control (
     taken_at INTEGER
 );
 CREATE INDEX control_pending ON control (run_id) WHERE taken_at IS NULL;
-"#];
+"#,
+    r#"
+CREATE TABLE processes (
+    run_id TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    pgid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    PRIMARY KEY (run_id, task_id, attempt)
+);
+"#,
+];
 
 const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
      priority, max_attempts, timeout_ms, resources, state, attempt, assigned_agent, lease_owner, lease_expires_at, \
      not_before, result, error, created_at, updated_at, finished_at";
 
-const RUN_COLUMNS: &str = "id, name, state, phase, n_phases, n_tasks, n_finished, started_at, ended_at, error, owner, owner_pid, owner_until";
+const RUN_COLUMNS: &str =
+    "id, name, state, phase, n_phases, n_tasks, n_finished, started_at, ended_at, error, owner, owner_pid, owner_until";
 
 /// Most operations one commit takes. Bounds the latency of the first caller in a batch.
 const MAX_BATCH: usize = 512;
@@ -231,10 +221,8 @@ impl SqliteStore {
                 message: format!("cannot create {}: {error}", parent.display()),
             })?;
         }
-        let open_error = |error: rusqlite::Error| Error::Open {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        };
+        let open_error =
+            |error: rusqlite::Error| Error::Open { path: path.display().to_string(), message: error.to_string() };
         let mut writer = Connection::open(path).map_err(open_error)?;
         configure(&writer, options).map_err(open_error)?;
         migrate(&mut writer)?;
@@ -247,17 +235,9 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("baton-store-writer".into())
             .spawn(move || write_loop(writer, job_rx, events_for_writer))
-            .map_err(|error| Error::Open {
-                path: path.display().to_string(),
-                message: error.to_string(),
-            })?;
+            .map_err(|error| Error::Open { path: path.display().to_string(), message: error.to_string() })?;
         Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                writer: job_tx,
-                reader: Mutex::new(reader),
-                events,
-            }),
+            inner: Arc::new(Inner { path: path.to_path_buf(), writer: job_tx, reader: Mutex::new(reader), events }),
         })
     }
 
@@ -273,14 +253,9 @@ impl SqliteStore {
     {
         let (reply, answer) = oneshot::channel();
         let op: Op = Box::new(move |ctx| op(ctx).map(|value| Box::new(value) as Output));
-        self.inner
-            .writer
-            .send(Job { op, reply })
-            .map_err(|_| Error::Closed)?;
+        self.inner.writer.send(Job { op, reply }).map_err(|_| Error::Closed)?;
         let output = answer.await.map_err(|_| Error::Closed)??;
-        Ok(*output
-            .downcast::<R>()
-            .expect("an operation's output has the type it was sent with"))
+        Ok(*output.downcast::<R>().expect("an operation's output has the type it was sent with"))
     }
 
     /// Runs `query` on the read connection off the async threads.
@@ -291,10 +266,7 @@ impl SqliteStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .reader
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let conn = inner.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             query(&conn)
         })
         .await
@@ -335,11 +307,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn write_loop(
-    mut conn: Connection,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
-    events: broadcast::Sender<Event>,
-) {
+fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, events: broadcast::Sender<Event>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -363,9 +331,7 @@ fn write_loop(
                 let message = error.to_string();
                 tracing::error!(%message, "store commit failed");
                 for job in batch.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(Error::Invalid(format!("commit failed: {message}"))));
+                    let _ = job.reply.send(Err(Error::Invalid(format!("commit failed: {message}"))));
                 }
             }
         }
@@ -374,10 +340,7 @@ fn write_loop(
 
 /// Runs every job of a batch in its own savepoint and commits once. Returns each job's output
 /// and, when the commit succeeded, the events to publish.
-fn run_batch(
-    conn: &mut Connection,
-    batch: &mut [Job],
-) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
+fn run_batch(conn: &mut Connection, batch: &mut [Job]) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
     let mut outputs = Vec::with_capacity(batch.len());
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -385,13 +348,16 @@ fn run_batch(
     };
     let mut published = Vec::new();
     for job in batch.iter_mut() {
+        if tx.is_autocommit() {
+            // SQLite rolled the whole transaction back (disk full, IO error): nothing more can
+            // join it.
+            outputs.push(Err(Error::Invalid("the transaction was rolled back by an earlier failure".into())));
+            continue;
+        }
         let op = std::mem::replace(&mut job.op, Box::new(|_| Err(Error::Closed)));
         let output = (|| -> Result<Output> {
             tx.execute_batch("SAVEPOINT job")?;
-            let mut ctx = WriteCtx {
-                tx: &tx,
-                events: Vec::new(),
-            };
+            let mut ctx = WriteCtx { tx: &tx, events: Vec::new() };
             match op(&mut ctx) {
                 Ok(output) => {
                     tx.execute_batch("RELEASE job")?;
@@ -418,11 +384,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> rusqlite::Result<T> {
     serde_json::from_str(text).map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("{what}: {error}").into(),
-        )
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("{what}: {error}").into())
     })
 }
 
@@ -455,10 +417,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         lease_owner: row.get(17)?,
         lease_expires_at: row.get::<_, Option<i64>>(18)?.map(Timestamp),
         not_before: row.get::<_, Option<i64>>(19)?.map(Timestamp),
-        result: row
-            .get::<_, Option<String>>(20)?
-            .map(|text| from_json(&text, "result"))
-            .transpose()?,
+        result: row.get::<_, Option<String>>(20)?.map(|text| from_json(&text, "result")).transpose()?,
         error: row.get(21)?,
         created_at: Timestamp(row.get(22)?),
         updated_at: Timestamp(row.get(23)?),
@@ -493,20 +452,9 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
     })
 }
 
-fn apply_write(
-    ctx: &mut WriteCtx<'_>,
-    run_id: &str,
-    now: Timestamp,
-    write: Write,
-) -> Result<Applied> {
+fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write: Write) -> Result<Applied> {
     match write {
-        Write::Task {
-            id,
-            expect_state,
-            expect_attempt,
-            change,
-            events,
-        } => {
+        Write::Task { id, expect_state, expect_attempt, change, events } => {
             let mut stmt = ctx.tx.prepare_cached(
                 "UPDATE tasks SET state = ?1, attempt = ?2, assigned_agent = ?3, lease_owner = ?4, \
                  lease_expires_at = ?5, not_before = ?6, result = ?7, error = ?8, finished_at = ?9, updated_at = ?10 \
@@ -540,13 +488,7 @@ fn apply_write(
             let mut stmt = ctx.tx.prepare_cached(
                 "INSERT OR REPLACE INTO agents (run_id, name, state, record, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            stmt.execute(params![
-                run_id,
-                record.name,
-                record.state.as_str(),
-                to_json(&record),
-                now.0
-            ])?;
+            stmt.execute(params![run_id, record.name, record.state.as_str(), to_json(&record), now.0])?;
             for event in events {
                 ctx.event(run_id, now, event)?;
             }
@@ -581,28 +523,14 @@ fn apply_write(
             )?;
             stmt.execute(params![until.0, run_id, owner])?;
         }
-        Write::RunOwner {
-            owner,
-            pid,
-            until,
-            expect_owner,
-        } => {
+        Write::RunOwner { owner, pid, until, expect_owner } => {
             let mut stmt = ctx.tx.prepare_cached(
                 "UPDATE runs SET owner = ?1, owner_pid = ?2, owner_until = ?3 WHERE id = ?4 \
                  AND (owner IS NULL OR owner = ?5 OR owner = ?1 OR owner_until < ?6)",
             )?;
-            let n_changed = stmt.execute(params![
-                owner,
-                pid,
-                until.map(|t| t.0),
-                run_id,
-                expect_owner,
-                now.0
-            ])?;
+            let n_changed = stmt.execute(params![owner, pid, until.map(|t| t.0), run_id, expect_owner, now.0])?;
             if n_changed == 0 {
-                return Ok(Applied::Conflict(format!(
-                    "run {run_id} is held by another node"
-                )));
+                return Ok(Applied::Conflict(format!("run {run_id} is held by another node")));
             }
         }
         Write::Event(event) => {
@@ -612,12 +540,7 @@ fn apply_write(
     Ok(Applied::Done)
 }
 
-fn insert_tasks(
-    ctx: &mut WriteCtx<'_>,
-    run_id: &str,
-    tasks: Vec<NewTask>,
-    now: Timestamp,
-) -> Result<Vec<TaskRecord>> {
+fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>> {
     let mut created: Vec<TaskRecord> = Vec::with_capacity(tasks.len());
     let mut by_key: HashMap<String, TaskId> = HashMap::new();
     {
@@ -712,10 +635,7 @@ fn insert_tasks(
                     TaskRef::Id(id) => id.to_string(),
                     TaskRef::Key(key) => format!("`{key}`"),
                 };
-                return Err(Error::Invalid(format!(
-                    "task `{}` depends on unknown task {name}",
-                    record.title
-                )));
+                return Err(Error::Invalid(format!("task `{}` depends on unknown task {name}", record.title)));
             };
             ids.push(id);
         }
@@ -769,23 +689,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_tasks(
-        &self,
-        run_id: &str,
-        tasks: Vec<NewTask>,
-        now: Timestamp,
-    ) -> Result<Vec<TaskRecord>> {
+    async fn create_tasks(&self, run_id: &str, tasks: Vec<NewTask>, now: Timestamp) -> Result<Vec<TaskRecord>> {
         let run_id = run_id.to_string();
-        self.write(move |ctx| insert_tasks(ctx, &run_id, tasks, now))
-            .await
+        self.write(move |ctx| insert_tasks(ctx, &run_id, tasks, now)).await
     }
 
-    async fn apply(
-        &self,
-        run_id: &str,
-        now: Timestamp,
-        writes: Vec<Write>,
-    ) -> Result<Vec<Applied>> {
+    async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>) -> Result<Vec<Applied>> {
         let run_id = run_id.to_string();
         self.write(move |ctx| {
             let mut applied = Vec::with_capacity(writes.len());
@@ -858,11 +767,9 @@ impl Store for SqliteStore {
     async fn agents(&self, run_id: &str) -> Result<Vec<AgentRecord>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT record FROM agents WHERE run_id = ?1 ORDER BY rowid")?;
-            let rows = stmt.query_map(params![run_id], |row| {
-                from_json::<AgentRecord>(&row.get::<_, String>(0)?, "agent")
-            })?;
+            let mut stmt = conn.prepare_cached("SELECT record FROM agents WHERE run_id = ?1 ORDER BY rowid")?;
+            let rows =
+                stmt.query_map(params![run_id], |row| from_json::<AgentRecord>(&row.get::<_, String>(0)?, "agent"))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -900,13 +807,59 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_process(&self, run_id: &str, process: ProcessRecord) -> Result<()> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            ctx.tx.prepare_cached(
+                "INSERT OR REPLACE INTO processes (run_id, task_id, attempt, pgid, host) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![run_id, process.task.0, process.attempt, process.pgid, process.host])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn forget_process(&self, run_id: &str, task: TaskId, attempt: u32) -> Result<()> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            ctx.tx
+                .prepare_cached("DELETE FROM processes WHERE run_id = ?1 AND task_id = ?2 AND attempt = ?3")?
+                .execute(params![run_id, task.0, attempt])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            let records = {
+                let mut stmt = ctx.tx.prepare_cached(
+                    "SELECT task_id, attempt, pgid, host FROM processes WHERE run_id = ?1 ORDER BY task_id, attempt",
+                )?;
+                let rows = stmt.query_map(params![run_id], |row| {
+                    Ok(ProcessRecord {
+                        task: TaskId(row.get(0)?),
+                        attempt: row.get(1)?,
+                        pgid: row.get(2)?,
+                        host: row.get(3)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            ctx.tx.execute("DELETE FROM processes WHERE run_id = ?1", params![run_id])?;
+            Ok(records)
+        })
+        .await
+    }
+
     async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>> {
         let run_id = run_id.to_string();
         self.write(move |ctx| {
             let commands = {
-                let mut stmt = ctx
-                    .tx
-                    .prepare_cached("SELECT id, command FROM control WHERE run_id = ?1 AND taken_at IS NULL ORDER BY id")?;
+                let mut stmt = ctx.tx.prepare_cached(
+                    "SELECT id, command FROM control WHERE run_id = ?1 AND taken_at IS NULL ORDER BY id",
+                )?;
                 let rows = stmt.query_map(params![run_id], |row| {
                     Ok((row.get::<_, i64>(0)?, from_json::<Control>(&row.get::<_, String>(1)?, "control")?))
                 })?;

@@ -1,9 +1,7 @@
 //! The conformance suite every [`Store`] implementation must pass. Each backend's tests call
 //! [`store_test_suite!`] with a function that makes an empty store.
 
-use baton_core::model::{
-    AgentRecord, AgentState, NewTask, Priority, RunState, TaskId, TaskRef, TaskState,
-};
+use baton_core::model::{AgentRecord, AgentState, NewTask, Priority, RunState, TaskId, TaskRef, TaskState};
 use baton_core::sched::{RunChange, Write};
 use baton_core::{EventKind, Timestamp};
 
@@ -22,6 +20,7 @@ macro_rules! store_test_suite {
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
             agents_and_control_commands_round_trip,
+            process_groups_are_recorded_and_taken,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -57,10 +56,7 @@ pub fn new_task(key: &str, depends_on: &[&str]) -> NewTask {
         input: serde_json::json!({"n": 1}),
         requires: vec!["rust".into()],
         agent: None,
-        depends_on: depends_on
-            .iter()
-            .map(|key| TaskRef::Key(key.to_string()))
-            .collect(),
+        depends_on: depends_on.iter().map(|key| TaskRef::Key(key.to_string())).collect(),
         priority: Priority::High,
         max_attempts: 3,
         timeout_ms: Some(5_000),
@@ -71,40 +67,17 @@ pub fn new_task(key: &str, depends_on: &[&str]) -> NewTask {
 pub async fn runs_are_created_and_found(store: impl Store) {
     assert!(store.latest_run(None).await.unwrap().is_none());
     store.create_run(new_run("r1"), T0).await.unwrap();
-    store
-        .create_run(new_run("r2"), Timestamp(T0.0 + 1))
-        .await
-        .unwrap();
+    store.create_run(new_run("r2"), Timestamp(T0.0 + 1)).await.unwrap();
     let latest = store.latest_run(Some("plan")).await.unwrap().unwrap();
     assert_eq!(latest.id, "r2");
     assert_eq!(latest.state, RunState::Running);
     assert_eq!(latest.owner.as_deref(), Some("node-a"));
     assert!(store.latest_run(Some("other")).await.unwrap().is_none());
-    let change = RunChange {
-        state: RunState::Succeeded,
-        phase: 2,
-        n_tasks: 3,
-        n_finished: 3,
-        ended_at: Some(T0),
-        error: None,
-    };
-    store
-        .apply(
-            "r2",
-            T0,
-            vec![Write::Run {
-                change,
-                events: vec![],
-            }],
-        )
-        .await
-        .unwrap();
+    let change =
+        RunChange { state: RunState::Succeeded, phase: 2, n_tasks: 3, n_finished: 3, ended_at: Some(T0), error: None };
+    store.apply("r2", T0, vec![Write::Run { change, events: vec![] }]).await.unwrap();
     let run = store.run("r2").await.unwrap().unwrap();
-    assert_eq!(
-        (run.state, run.n_finished, run.owner),
-        (RunState::Succeeded, 3, None),
-        "an ended run has no owner"
-    );
+    assert_eq!((run.state, run.n_finished, run.owner), (RunState::Succeeded, 3, None), "an ended run has no owner");
     assert!(
         store
             .apply(
@@ -129,64 +102,30 @@ pub async fn runs_are_created_and_found(store: impl Store) {
 
 pub async fn tasks_resolve_dependencies_by_key(store: impl Store) {
     store.create_run(new_run("r1"), T0).await.unwrap();
-    let first = store
-        .create_tasks("r1", vec![new_task("a", &[]), new_task("b", &["a"])], T0)
-        .await
-        .unwrap();
+    let first = store.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &["a"])], T0).await.unwrap();
     assert_eq!(first[1].depends_on, vec![first[0].id]);
     // A later batch can depend on an earlier one, by key or id.
     let mut by_id = new_task("d", &[]);
     by_id.depends_on = vec![TaskRef::Id(first[0].id)];
-    let second = store
-        .create_tasks("r1", vec![new_task("c", &["b"]), by_id], T0)
-        .await
-        .unwrap();
+    let second = store.create_tasks("r1", vec![new_task("c", &["b"]), by_id], T0).await.unwrap();
     assert_eq!(second[0].depends_on, vec![first[1].id]);
     assert_eq!(second[1].depends_on, vec![first[0].id]);
     // An unknown key or a duplicate key fails the whole batch.
-    let error = store
-        .create_tasks("r1", vec![new_task("e", &[]), new_task("f", &["zzz"])], T0)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "task `Task f` depends on unknown task `zzz`"
-    );
-    let error = store
-        .create_tasks("r1", vec![new_task("a", &[])], T0)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "a task with key `a` already exists in run r1"
-    );
+    let error = store.create_tasks("r1", vec![new_task("e", &[]), new_task("f", &["zzz"])], T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task `Task f` depends on unknown task `zzz`");
+    let error = store.create_tasks("r1", vec![new_task("a", &[])], T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "a task with key `a` already exists in run r1");
     let tasks = store.tasks("r1", &TaskFilter::default()).await.unwrap();
     assert_eq!(tasks.len(), 4, "failed batches left nothing behind");
     let stored = store.task(first[1].id).await.unwrap().unwrap();
     assert_eq!(stored, first[1], "a stored task reads back as created");
-    let created = store
-        .events(&EventQuery {
-            run_id: Some("r1".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        created
-            .iter()
-            .filter(|e| e.kind.name() == "TaskCreated")
-            .count(),
-        4
-    );
+    let created = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(created.iter().filter(|e| e.kind.name() == "TaskCreated").count(), 4);
 }
 
 pub async fn task_writes_are_compare_and_set(store: impl Store) {
     store.create_run(new_run("r1"), T0).await.unwrap();
-    let task = store
-        .create_tasks("r1", vec![new_task("a", &[])], T0)
-        .await
-        .unwrap()
-        .remove(0);
+    let task = store.create_tasks("r1", vec![new_task("a", &[])], T0).await.unwrap().remove(0);
     let mut change = task.change();
     change.state = TaskState::Running;
     change.attempt = 1;
@@ -198,65 +137,20 @@ pub async fn task_writes_are_compare_and_set(store: impl Store) {
         expect_state: TaskState::Pending,
         expect_attempt: 0,
         change: change.clone(),
-        events: vec![EventKind::TaskClaimed {
-            task: task.id,
-            agent: "builder".into(),
-            attempt: 1,
-        }],
+        events: vec![EventKind::TaskClaimed { task: task.id, agent: "builder".into(), attempt: 1 }],
     };
     let applied = store.apply("r1", T0, vec![claim.clone()]).await.unwrap();
     assert_eq!(applied, vec![Applied::Done]);
     // The same claim again is a conflict and writes no event.
     let applied = store.apply("r1", T0, vec![claim]).await.unwrap();
-    assert_eq!(
-        applied,
-        vec![Applied::Conflict(format!(
-            "task {} is no longer pending at attempt 0",
-            task.id
-        ))]
-    );
-    let claims = store
-        .events(&EventQuery {
-            task: Some(task.id),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        claims
-            .iter()
-            .filter(|e| e.kind.name() == "TaskClaimed")
-            .count(),
-        1
-    );
+    assert_eq!(applied, vec![Applied::Conflict(format!("task {} is no longer pending at attempt 0", task.id))]);
+    let claims = store.events(&EventQuery { task: Some(task.id), ..Default::default() }).await.unwrap();
+    assert_eq!(claims.iter().filter(|e| e.kind.name() == "TaskClaimed").count(), 1);
     // Lease renewal touches only this owner's running tasks.
     let until = Timestamp(T0.0 + 60_000);
-    store
-        .apply(
-            "r1",
-            T0,
-            vec![Write::RenewLeases {
-                owner: "node-b".into(),
-                until,
-            }],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store.task(task.id).await.unwrap().unwrap().lease_expires_at,
-        Some(Timestamp(T0.0 + 30_000))
-    );
-    store
-        .apply(
-            "r1",
-            T0,
-            vec![Write::RenewLeases {
-                owner: "node-a".into(),
-                until,
-            }],
-        )
-        .await
-        .unwrap();
+    store.apply("r1", T0, vec![Write::RenewLeases { owner: "node-b".into(), until }]).await.unwrap();
+    assert_eq!(store.task(task.id).await.unwrap().unwrap().lease_expires_at, Some(Timestamp(T0.0 + 30_000)));
+    store.apply("r1", T0, vec![Write::RenewLeases { owner: "node-a".into(), until }]).await.unwrap();
     let running = store.task(task.id).await.unwrap().unwrap();
     assert_eq!(running.lease_expires_at, Some(until));
     assert_eq!(running.state, TaskState::Running);
@@ -264,25 +158,12 @@ pub async fn task_writes_are_compare_and_set(store: impl Store) {
     let filtered = store
         .tasks(
             "r1",
-            &TaskFilter {
-                state: Some(TaskState::Running),
-                agent: Some("builder".into()),
-                ..Default::default()
-            },
+            &TaskFilter { state: Some(TaskState::Running), agent: Some("builder".into()), ..Default::default() },
         )
         .await
         .unwrap();
     assert_eq!(filtered.len(), 1);
-    let none = store
-        .tasks(
-            "r1",
-            &TaskFilter {
-                state: Some(TaskState::Dead),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let none = store.tasks("r1", &TaskFilter { state: Some(TaskState::Dead), ..Default::default() }).await.unwrap();
     assert!(none.is_empty());
 }
 
@@ -290,49 +171,17 @@ pub async fn events_are_sequenced_and_filtered(store: impl Store) {
     store.create_run(new_run("r1"), T0).await.unwrap();
     store.create_run(new_run("r2"), T0).await.unwrap();
     for phase in 1..=3 {
-        store
-            .append_events(
-                "r1",
-                T0,
-                vec![EventKind::PhaseStarted {
-                    phase,
-                    workstreams: vec![],
-                }],
-            )
-            .await
-            .unwrap();
+        store.append_events("r1", T0, vec![EventKind::PhaseStarted { phase, workstreams: vec![] }]).await.unwrap();
     }
     let all = store.events(&EventQuery::default()).await.unwrap();
     let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "sequence numbers grow by one: {seqs:?}"
-    );
-    let r1 = store
-        .events(&EventQuery {
-            run_id: Some("r1".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "sequence numbers grow by one: {seqs:?}");
+    let r1 = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
     assert_eq!(r1.len(), 4);
-    let since = store
-        .events(&EventQuery {
-            since: r1[1].seq,
-            limit: Some(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let since = store.events(&EventQuery { since: r1[1].seq, limit: Some(1), ..Default::default() }).await.unwrap();
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].seq, r1[1].seq + 1);
-    assert_eq!(
-        r1[3].kind,
-        EventKind::PhaseStarted {
-            phase: 3,
-            workstreams: vec![]
-        }
-    );
+    assert_eq!(r1[3].kind, EventKind::PhaseStarted { phase: 3, workstreams: vec![] });
 }
 
 pub async fn a_failed_write_in_a_batch_changes_nothing(store: impl Store) {
@@ -350,18 +199,9 @@ pub async fn a_failed_write_in_a_batch_changes_nothing(store: impl Store) {
         events: vec![],
     };
     // The event is written first, then the run update fails: both are rolled back.
-    let result = store
-        .apply(
-            "missing",
-            T0,
-            vec![Write::Event(EventKind::PhaseCompleted { phase: 1 }), bad],
-        )
-        .await;
+    let result = store.apply("missing", T0, vec![Write::Event(EventKind::PhaseCompleted { phase: 1 }), bad]).await;
     assert!(result.is_err());
-    assert_eq!(
-        store.events(&EventQuery::default()).await.unwrap().len(),
-        before
-    );
+    assert_eq!(store.events(&EventQuery::default()).await.unwrap().len(), before);
 }
 
 pub async fn concurrent_writers_are_all_committed(store: impl Store + Clone) {
@@ -372,10 +212,7 @@ pub async fn concurrent_writers_are_all_committed(store: impl Store + Clone) {
         handles.push(tokio::spawn(async move {
             for n in 0..25 {
                 let key = format!("w{writer}-{n}");
-                store
-                    .create_tasks("r1", vec![new_task(&key, &[])], T0)
-                    .await
-                    .unwrap();
+                store.create_tasks("r1", vec![new_task(&key, &[])], T0).await.unwrap();
             }
         }));
     }
@@ -385,14 +222,7 @@ pub async fn concurrent_writers_are_all_committed(store: impl Store + Clone) {
     let tasks = store.tasks("r1", &TaskFilter::default()).await.unwrap();
     assert_eq!(tasks.len(), 200);
     let page = store
-        .tasks(
-            "r1",
-            &TaskFilter {
-                after: Some(tasks[99].id),
-                limit: Some(50),
-                ..Default::default()
-            },
-        )
+        .tasks("r1", &TaskFilter { after: Some(tasks[99].id), limit: Some(50), ..Default::default() })
         .await
         .unwrap();
     assert_eq!(page.first().map(|t| t.id), Some(tasks[100].id));
@@ -414,27 +244,13 @@ pub async fn run_ownership_is_exclusive(store: impl Store) {
     };
     let (now, writes) = take("node-b", T0.0 + 1_000);
     let applied = store.apply("r1", now, writes).await.unwrap();
-    assert!(
-        matches!(applied[0], Applied::Conflict(_)),
-        "node-a's claim holds"
-    );
+    assert!(matches!(applied[0], Applied::Conflict(_)), "node-a's claim holds");
     let (now, writes) = take("node-b", T0.0 + 31_000);
-    assert_eq!(
-        store.apply("r1", now, writes).await.unwrap(),
-        vec![Applied::Done],
-        "an expired claim can be taken"
-    );
+    assert_eq!(store.apply("r1", now, writes).await.unwrap(), vec![Applied::Done], "an expired claim can be taken");
     let run = store.run("r1").await.unwrap().unwrap();
-    assert_eq!(
-        (run.owner.as_deref(), run.owner_pid),
-        (Some("node-b"), Some(7))
-    );
+    assert_eq!((run.owner.as_deref(), run.owner_pid), (Some("node-b"), Some(7)));
     let (now, writes) = take("node-b", T0.0 + 32_000);
-    assert_eq!(
-        store.apply("r1", now, writes).await.unwrap(),
-        vec![Applied::Done],
-        "the owner renews"
-    );
+    assert_eq!(store.apply("r1", now, writes).await.unwrap(), vec![Applied::Done], "the owner renews");
 }
 
 pub async fn agents_and_control_commands_round_trip(store: impl Store) {
@@ -454,64 +270,36 @@ pub async fn agents_and_control_commands_round_trip(store: impl Store) {
         last_activity: Some(T0),
         updated_at: T0,
     };
-    store
-        .apply(
-            "r1",
-            T0,
-            vec![Write::Agent {
-                record: record.clone(),
-                events: vec![],
-            }],
-        )
-        .await
-        .unwrap();
+    store.apply("r1", T0, vec![Write::Agent { record: record.clone(), events: vec![] }]).await.unwrap();
     let mut updated = record.clone();
     updated.state = AgentState::Active;
-    store
-        .apply(
-            "r1",
-            T0,
-            vec![Write::Agent {
-                record: updated.clone(),
-                events: vec![],
-            }],
-        )
-        .await
-        .unwrap();
+    store.apply("r1", T0, vec![Write::Agent { record: updated.clone(), events: vec![] }]).await.unwrap();
     assert_eq!(store.agents("r1").await.unwrap(), vec![updated]);
 
-    store
-        .enqueue_control(
-            "r1",
-            Control::CancelTask {
-                task: TaskId(3),
-                reason: "no".into(),
-            },
-            T0,
-        )
-        .await
-        .unwrap();
-    store
-        .enqueue_control("r1", Control::RetryTask { task: TaskId(4) }, T0)
-        .await
-        .unwrap();
-    store
-        .enqueue_control("r2", Control::RetryTask { task: TaskId(5) }, T0)
-        .await
-        .unwrap();
+    store.enqueue_control("r1", Control::CancelTask { task: TaskId(3), reason: "no".into() }, T0).await.unwrap();
+    store.enqueue_control("r1", Control::RetryTask { task: TaskId(4) }, T0).await.unwrap();
+    store.enqueue_control("r2", Control::RetryTask { task: TaskId(5) }, T0).await.unwrap();
     let taken = store.take_control("r1", T0).await.unwrap();
     assert_eq!(
         taken,
-        vec![
-            Control::CancelTask {
-                task: TaskId(3),
-                reason: "no".into()
-            },
-            Control::RetryTask { task: TaskId(4) }
-        ]
+        vec![Control::CancelTask { task: TaskId(3), reason: "no".into() }, Control::RetryTask { task: TaskId(4) }]
     );
-    assert!(
-        store.take_control("r1", T0).await.unwrap().is_empty(),
-        "each command is taken once"
-    );
+    assert!(store.take_control("r1", T0).await.unwrap().is_empty(), "each command is taken once");
+}
+
+pub async fn process_groups_are_recorded_and_taken(store: impl Store) {
+    use crate::ProcessRecord;
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let record = |task: i64, attempt: u32| ProcessRecord {
+        task: TaskId(task),
+        attempt,
+        pgid: 100 + task as i32,
+        host: "h".into(),
+    };
+    store.record_process("r1", record(1, 1)).await.unwrap();
+    store.record_process("r1", record(2, 1)).await.unwrap();
+    store.record_process("r2", record(3, 1)).await.unwrap();
+    store.forget_process("r1", TaskId(2), 1).await.unwrap();
+    assert_eq!(store.take_processes("r1").await.unwrap(), vec![record(1, 1)]);
+    assert!(store.take_processes("r1").await.unwrap().is_empty(), "taken once");
 }

@@ -32,32 +32,18 @@ async fn a_reopened_store_keeps_what_was_committed() {
             )
             .await
             .unwrap();
-        store
-            .create_tasks(
-                "r1",
-                vec![baton_store::suite::new_task("a", &[])],
-                baton_core::Timestamp(1),
-            )
-            .await
-            .unwrap();
+        store.create_tasks("r1", vec![baton_store::suite::new_task("a", &[])], baton_core::Timestamp(1)).await.unwrap();
     }
     let store = SqliteStore::open(&path, Options::default()).unwrap();
-    assert_eq!(
-        store.tasks("r1", &Default::default()).await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.tasks("r1", &Default::default()).await.unwrap().len(), 1);
 }
 
 #[test]
 fn urls_parse_with_options() {
     let base = std::path::Path::new("/project");
-    let (path, options) =
-        Options::from_url("sqlite://.baton/baton.db?synchronous=normal", base).unwrap();
+    let (path, options) = Options::from_url("sqlite://.baton/baton.db?synchronous=normal", base).unwrap();
     assert_eq!(path, base.join(".baton/baton.db"));
-    assert_eq!(
-        options.synchronous,
-        baton_store::sqlite::Synchronous::Normal
-    );
+    assert_eq!(options.synchronous, baton_store::sqlite::Synchronous::Normal);
     let (path, _) = Options::from_url("sqlite:///var/lib/baton.db", base).unwrap();
     assert_eq!(path, std::path::Path::new("/var/lib/baton.db"));
     let error = Options::from_url("sqlite://x.db?fast=yes", base).unwrap_err();

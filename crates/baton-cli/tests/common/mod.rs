@@ -16,24 +16,16 @@ pub struct Project {
 impl Project {
     /// A project made by `baton init`.
     pub fn example() -> Project {
-        let project = Project {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let project = Project { dir: tempfile::tempdir().unwrap() };
         let output = project.baton(&["init", "."]);
-        assert!(
-            output.status.success(),
-            "baton init: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "baton init: {}", String::from_utf8_lossy(&output.stderr));
         project
     }
 
     /// A project with this `baton.toml` and these executable scripts.
     pub fn with(config: &str, scripts: &[(&str, &str)]) -> Project {
         use std::os::unix::fs::PermissionsExt;
-        let project = Project {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let project = Project { dir: tempfile::tempdir().unwrap() };
         std::fs::write(project.path().join("baton.toml"), config).unwrap();
         for (name, body) in scripts {
             let path = project.path().join(name);
@@ -65,21 +57,10 @@ impl Project {
 
     /// Starts `baton ARGS` with stderr piped, for reading its event lines as they come.
     pub fn spawn(&self, args: &[&str]) -> (Child, Lines) {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
-        (
-            child,
-            Lines {
-                reader: BufReader::new(stderr),
-                seen: Vec::new(),
-            },
-        )
+        (child, Lines { reader: BufReader::new(stderr), seen: Vec::new() })
     }
 
     pub fn store(&self) -> SqliteStore {
@@ -104,11 +85,7 @@ impl Lines {
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).unwrap();
-            assert!(
-                n > 0,
-                "baton ended before printing `{needle}`; it printed:\n{}",
-                self.seen.join("")
-            );
+            assert!(n > 0, "baton ended before printing `{needle}`; it printed:\n{}", self.seen.join(""));
             self.seen.push(line.clone());
             if line.contains(needle) {
                 return line;
@@ -129,4 +106,12 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Whether a process exists and is not a zombie waiting for its parent to reap it.
+pub fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|idx| stat.get(idx + 2..idx + 3)) != Some("Z"),
+        Err(_) => false,
+    }
 }

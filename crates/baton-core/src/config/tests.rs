@@ -48,114 +48,55 @@ depends_on = ["compile"]
 #[test]
 fn a_valid_plan_has_phases_keys_and_defaults() {
     let plan = load("baton.toml", MINIMAL, &env()).unwrap();
-    assert_eq!(
-        plan.phases,
-        vec![vec!["build".to_string()], vec!["testing".to_string()]]
-    );
+    assert_eq!(plan.phases, vec![vec!["build".to_string()], vec!["testing".to_string()]]);
     assert_eq!(plan.tasks[1].key.as_deref(), Some("run-the-tests"));
-    assert_eq!(
-        plan.tasks[1].depends_on,
-        vec![TaskRef::Key("compile".into())]
-    );
-    assert_eq!(
-        plan.tasks[0].priority,
-        Priority::Critical,
-        "tasks inherit their workstream's priority"
-    );
+    assert_eq!(plan.tasks[1].depends_on, vec![TaskRef::Key("compile".into())]);
+    assert_eq!(plan.tasks[0].priority, Priority::Critical, "tasks inherit their workstream's priority");
     assert_eq!(plan.tasks[0].max_attempts, 3);
     assert_eq!(plan.agents[0].priority, Priority::Critical);
     assert_eq!(plan.agents[0].command_location.line, 18);
     assert_eq!(plan.store_url, "sqlite://.baton/baton.db");
     let description = plan.describe();
-    assert!(
-        description.contains("phase 1:\n  build [critical]: 1 task(s); agents: builder"),
-        "{description}"
-    );
-    assert!(
-        description.contains("shared agents (all phases): tester"),
-        "{description}"
-    );
+    assert!(description.contains("phase 1:\n  build [critical]: 1 task(s); agents: builder"), "{description}");
+    assert!(description.contains("shared agents (all phases): tester"), "{description}");
 }
 
 #[test]
 fn unknown_keys_name_the_place_and_what_is_expected() {
     let text = MINIMAL.replace("capabilities = [\"rust\"]", "capabilites = [\"rust\"]");
     let message = errors(&text);
-    assert!(
-        message.starts_with("baton.toml:17:1: unknown field `capabilites`, expected one of"),
-        "{message}"
-    );
+    assert!(message.starts_with("baton.toml:17:1: unknown field `capabilites`, expected one of"), "{message}");
 }
 
 #[test]
 fn wrong_types_are_reported_at_the_value() {
-    let text = MINIMAL.replace(
-        "name = \"demo\"",
-        "name = \"demo\"\nmax_concurrent_agents = \"eight\"",
-    );
-    assert_eq!(
-        errors(&text),
-        "baton.toml:4:25: invalid type: string \"eight\", expected u32"
-    );
+    let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nmax_concurrent_agents = \"eight\"");
+    assert_eq!(errors(&text), "baton.toml:4:25: invalid type: string \"eight\", expected u32");
     let text = MINIMAL.replace("priority = \"high\"", "priority = \"urgent\"");
     assert_eq!(
         errors(&text),
         "baton.toml:11:12: unknown variant `urgent`, expected one of `critical`, `high`, `medium`, `low`"
     );
-    let text = MINIMAL.replace(
-        "name = \"demo\"",
-        "name = \"demo\"\nagent_spawn_timeout = \"30 parsecs\"",
-    );
-    assert!(
-        errors(&text).starts_with("baton.toml:4:23: invalid duration `30 parsecs`"),
-        "{}",
-        errors(&text)
-    );
+    let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nagent_spawn_timeout = \"30 parsecs\"");
+    assert!(errors(&text).starts_with("baton.toml:4:23: invalid duration `30 parsecs`"), "{}", errors(&text));
 }
 
 #[test]
 fn references_to_missing_things_suggest_the_closest_name() {
     let text = MINIMAL.replace("depends_on = [\"build\"]", "depends_on = [\"biuld\"]");
-    assert_eq!(
-        errors(&text),
-        "baton.toml:12:15: unknown workstream `biuld` (did you mean `build`?)"
-    );
-    let text = MINIMAL.replace(
-        "depends_on = [\"compile\"]",
-        "depends_on = [\"nothing-like-it\"]",
-    );
-    assert_eq!(
-        errors(&text),
-        "baton.toml:35:15: unknown task `nothing-like-it` (known: compile, run-the-tests)"
-    );
-    let text = MINIMAL.replace(
-        "workstream = \"build\"\ncapabilities",
-        "workstream = \"buidl\"\ncapabilities",
-    );
-    assert!(
-        errors(&text)
-            .starts_with("baton.toml:16:14: unknown workstream `buidl` (did you mean `build`?)\n")
-    );
+    assert_eq!(errors(&text), "baton.toml:12:15: unknown workstream `biuld` (did you mean `build`?)");
+    let text = MINIMAL.replace("depends_on = [\"compile\"]", "depends_on = [\"nothing-like-it\"]");
+    assert_eq!(errors(&text), "baton.toml:35:15: unknown task `nothing-like-it` (known: compile, run-the-tests)");
+    let text = MINIMAL.replace("workstream = \"build\"\ncapabilities", "workstream = \"buidl\"\ncapabilities");
+    assert!(errors(&text).starts_with("baton.toml:16:14: unknown workstream `buidl` (did you mean `build`?)\n"));
 }
 
 #[test]
 fn cycles_are_named() {
-    let text = MINIMAL.replace(
-        "priority = \"critical\"",
-        "priority = \"critical\"\ndepends_on = [\"testing\"]",
-    );
-    assert_eq!(
-        errors(&text),
-        "baton.toml:6:8: workstream dependency cycle: build -> testing -> build"
-    );
-    let text = MINIMAL.replace(
-        "key = \"compile\"",
-        "key = \"compile\"\ndepends_on = [\"compile\"]",
-    );
-    assert_eq!(
-        errors(&text),
-        "baton.toml:26:7: task dependency cycle: compile -> compile"
-    );
+    let text = MINIMAL.replace("priority = \"critical\"", "priority = \"critical\"\ndepends_on = [\"testing\"]");
+    assert_eq!(errors(&text), "baton.toml:6:8: workstream dependency cycle: build -> testing -> build");
+    let text = MINIMAL.replace("key = \"compile\"", "key = \"compile\"\ndepends_on = [\"compile\"]");
+    assert_eq!(errors(&text), "baton.toml:26:7: task dependency cycle: compile -> compile");
 }
 
 #[test]
@@ -169,15 +110,10 @@ fn a_task_no_agent_can_run_is_an_error() {
 
 #[test]
 fn a_dependency_on_a_later_phase_is_an_error() {
-    let text = MINIMAL.replace(
-        "requires = [\"rust\"]",
-        "requires = [\"rust\"]\ndepends_on = [\"run-the-tests\"]",
-    );
+    let text = MINIMAL.replace("requires = [\"rust\"]", "requires = [\"rust\"]\ndepends_on = [\"run-the-tests\"]");
     let message = errors(&text);
     assert!(
-        message.contains(
-            "task `compile` (phase 1) depends on `run-the-tests`, which runs in a later phase (2)"
-        ),
+        message.contains("task `compile` (phase 1) depends on `run-the-tests`, which runs in a later phase (2)"),
         "{message}"
     );
 }
@@ -190,10 +126,7 @@ fn unset_variables_and_bad_placeholders_are_errors() {
         "baton.toml:18:39: environment variable `API_KEY` is not set; set it, or write `${API_KEY:-default}`\n\
          baton.toml:18:53: unknown placeholder `{task.titel}`; known: {task.id}, {task.key}, {task.title}, {task.description}, {agent.name}, {run.id}, {task.input.FIELD}"
     );
-    let text = MINIMAL.replace(
-        "\"{task.title}\"",
-        "\"${HOME}/x\", \"{task.input.path}\", \"awk '{print $1}'\"",
-    );
+    let text = MINIMAL.replace("\"{task.title}\"", "\"${HOME}/x\", \"{task.input.path}\", \"awk '{print $1}'\"");
     let plan = load("baton.toml", &text, &env()).unwrap();
     assert_eq!(plan.agents[0].command[2], "/home/me/x");
 }
@@ -203,10 +136,7 @@ fn syntax_errors_have_a_location() {
     let message = errors("[orchestration]\nname = \"x\"\n[[agents]\n");
     assert!(message.starts_with("baton.toml:3:"), "{message}");
     let message = errors("");
-    assert!(
-        message.contains("missing field `orchestration`"),
-        "{message}"
-    );
+    assert!(message.contains("missing field `orchestration`"), "{message}");
 }
 
 #[test]
@@ -220,12 +150,6 @@ fn expansion_handles_defaults_and_escapes() {
 
 #[test]
 fn slugs_and_placeholders() {
-    assert_eq!(
-        slug("Analyze the base64ct conflict!"),
-        "analyze-the-base64ct-conflict"
-    );
-    assert_eq!(
-        placeholders("--t={task.title} {x} {task.input.a-b}"),
-        vec!["task.title", "task.input.a-b"]
-    );
+    assert_eq!(slug("Analyze the base64ct conflict!"), "analyze-the-base64ct-conflict");
+    assert_eq!(placeholders("--t={task.title} {x} {task.input.a-b}"), vec!["task.title", "task.input.a-b"]);
 }

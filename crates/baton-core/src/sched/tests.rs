@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{
-    self, Limits, ProcessMode, RestartPolicy, RuntimeKind, Settings, WorkstreamSpec,
-};
+use crate::config::{self, Limits, ProcessMode, RestartPolicy, RuntimeKind, Settings, WorkstreamSpec};
 use crate::graph;
 use crate::model::{NewTask, Priority, TaskRef};
 
@@ -25,19 +23,9 @@ impl Store {
     fn apply(&mut self, writes: &[Write], now: Timestamp) {
         for write in writes {
             match write {
-                Write::Task {
-                    id,
-                    expect_state,
-                    expect_attempt,
-                    change,
-                    events,
-                } => {
+                Write::Task { id, expect_state, expect_attempt, change, events } => {
                     let task = self.tasks.get_mut(id).expect("known task");
-                    assert_eq!(
-                        (task.state, task.attempt),
-                        (*expect_state, *expect_attempt),
-                        "compare-and-set holds"
-                    );
+                    assert_eq!((task.state, task.attempt), (*expect_state, *expect_attempt), "compare-and-set holds");
                     task.apply(change.clone(), now);
                     self.events.extend(events.iter().cloned());
                 }
@@ -125,21 +113,11 @@ impl Harness {
         let sched = Scheduler::new(
             plan.clone(),
             "node-1".into(),
-            Stored {
-                run_id: "run".into(),
-                ..Stored::default()
-            },
+            Stored { run_id: "run".into(), ..Stored::default() },
             now,
             &mut fx,
         );
-        let mut harness = Harness {
-            plan,
-            store,
-            sched,
-            now,
-            running: Vec::new(),
-            claims: Vec::new(),
-        };
+        let mut harness = Harness { plan, store, sched, now, running: Vec::new(), claims: Vec::new() };
         // Like the runtime: tasks created by the store, then added.
         let tasks: Vec<TaskRecord> = harness.store.tasks.values().cloned().collect();
         let mut fx = Effects::default();
@@ -164,23 +142,21 @@ impl Harness {
                     );
                 }
                 let phase = self.plan.phase_of(task.workstream.as_deref());
-                assert!(
-                    phase <= self.sched.phase(),
-                    "a task starts only in its phase"
-                );
-                self.running
-                    .push((assignment.task.id, assignment.task.attempt));
-                self.claims
-                    .push((assignment.task.id, assignment.task.attempt));
+                assert!(phase <= self.sched.phase(), "a task starts only in its phase");
+                self.running.push((assignment.task.id, assignment.task.attempt));
+                self.claims.push((assignment.task.id, assignment.task.attempt));
             }
             for (id, attempt) in &fx.kills {
                 self.running.retain(|running| running != &(*id, *attempt));
             }
             let mut next = Effects::default();
             for agent in &fx.start_agents {
-                self.sched
-                    .agent_started(agent, self.now, &mut next)
-                    .unwrap();
+                self.sched.agent_started(agent, self.now, &mut next).unwrap();
+            }
+            // Killed attempts exit at once here.
+            for &(id, attempt) in &fx.kills {
+                self.sched.attempt_ended(id, attempt, self.now);
+                self.sched.step(self.now, &mut next);
             }
             if next.is_empty() {
                 return;
@@ -199,18 +175,12 @@ impl Harness {
     fn finish(&mut self, idx: usize, success: bool) {
         let (id, attempt) = self.running.remove(idx);
         let outcome = if success {
-            Outcome::Succeeded {
-                result: serde_json::json!({"ok": true}),
-            }
+            Outcome::Succeeded { result: serde_json::json!({"ok": true}) }
         } else {
-            Outcome::Failed {
-                reason: "exit status 1".into(),
-            }
+            Outcome::Failed { reason: "exit status 1".into() }
         };
         let mut fx = Effects::default();
-        self.sched
-            .complete(id, attempt, outcome, self.now, 0.5, &mut fx)
-            .unwrap();
+        self.sched.complete(id, attempt, outcome, self.now, 0.5, &mut fx).unwrap();
         self.sched.step(self.now, &mut fx);
         self.apply(fx);
     }
@@ -237,12 +207,7 @@ impl Harness {
         self.sched = Scheduler::new(
             self.plan.clone(),
             "node-2".into(),
-            Stored {
-                run_id: "run".into(),
-                phase: self.store.phase,
-                tasks: stored,
-                agents: Vec::new(),
-            },
+            Stored { run_id: "run".into(), phase: self.store.phase, tasks: stored, agents: Vec::new() },
             self.now,
             &mut fx,
         );
@@ -252,20 +217,11 @@ impl Harness {
     }
 
     fn events(&self, name: &str) -> Vec<&EventKind> {
-        self.store
-            .events
-            .iter()
-            .filter(|event| event.name() == name)
-            .collect()
+        self.store.events.iter().filter(|event| event.name() == name).collect()
     }
 
     fn state_of(&self, key: &str) -> TaskState {
-        self.store
-            .tasks
-            .values()
-            .find(|task| task.key.as_deref() == Some(key))
-            .unwrap()
-            .state
+        self.store.tasks.values().find(|task| task.key.as_deref() == Some(key)).unwrap().state
     }
 }
 
@@ -369,10 +325,8 @@ fn phases_run_in_order_and_the_run_succeeds() {
     assert_eq!(h.events("TaskCompleted").len(), 5);
     assert_eq!(h.events("RunCompleted").len(), 1);
     // Agents of a workstream stop when it is done.
-    assert!(
-        h.store.events.iter().any(|event| matches!(event,
-        EventKind::AgentStateChanged { agent, to: AgentState::Stopped, .. } if agent == "builder"))
-    );
+    assert!(h.store.events.iter().any(|event| matches!(event,
+        EventKind::AgentStateChanged { agent, to: AgentState::Stopped, .. } if agent == "builder")));
 }
 
 #[test]
@@ -383,10 +337,7 @@ fn a_failure_retries_after_a_backoff_then_dies() {
     h.finish(0, false); // fix, attempt 1
     assert!(h.running.is_empty(), "the retry waits for its backoff");
     let retry_at = h.sched.next_wakeup().unwrap();
-    assert!(
-        retry_at >= h.now.plus(Duration::from_millis(500))
-            && retry_at <= h.now.plus(Duration::from_secs(1))
-    );
+    assert!(retry_at >= h.now.plus(Duration::from_millis(500)) && retry_at <= h.now.plus(Duration::from_secs(1)));
     assert!(h.wait());
     assert_eq!(h.running.len(), 1);
     assert_eq!(h.running[0].1, 2, "second attempt");
@@ -395,14 +346,8 @@ fn a_failure_retries_after_a_backoff_then_dies() {
     // build failed: everything downstream is cancelled, with the reason.
     assert_eq!(h.sched.state(), RunState::Failed);
     let summary = h.sched.failure_summary();
-    assert!(
-        summary.starts_with("1 task(s) dead: fix (exit status 1)"),
-        "{summary}"
-    );
-    assert!(
-        summary.contains("harness (upstream workstream `build` failed)"),
-        "{summary}"
-    );
+    assert!(summary.starts_with("1 task(s) dead: fix (exit status 1)"), "{summary}");
+    assert!(summary.contains("harness (upstream workstream `build` failed)"), "{summary}");
     assert_eq!(h.events("TaskRetrying").len(), 1);
     assert_eq!(h.events("TaskDeadLettered").len(), 1);
 }
@@ -413,23 +358,9 @@ fn late_and_duplicate_outcomes_are_rejected() {
     let (id, attempt) = h.running[0];
     h.finish(0, true);
     let mut fx = Effects::default();
-    let error = h
-        .sched
-        .complete(
-            id,
-            attempt,
-            Outcome::Failed {
-                reason: "late".into(),
-            },
-            h.now,
-            0.5,
-            &mut fx,
-        )
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        format!("outcome for task {id} attempt 1 rejected: the task is succeeded already")
-    );
+    let error =
+        h.sched.complete(id, attempt, Outcome::Failed { reason: "late".into() }, h.now, 0.5, &mut fx).unwrap_err();
+    assert_eq!(error.to_string(), format!("outcome for task {id} attempt 1 rejected: the task is succeeded already"));
     assert!(fx.writes.is_empty());
 }
 
@@ -444,36 +375,14 @@ fn a_crash_requeues_running_tasks_and_counts_the_attempt() {
     assert_eq!(h.events("TaskLeaseExpired").len(), 1);
     // The old attempt's outcome is rejected: it lost its lease.
     let mut fx = Effects::default();
-    let error = h.sched.complete(
-        fix,
-        1,
-        Outcome::Succeeded {
-            result: serde_json::Value::Null,
-        },
-        h.now,
-        0.5,
-        &mut fx,
-    );
-    assert!(
-        error
-            .unwrap_err()
-            .to_string()
-            .contains("the task is on attempt 2 now")
-    );
+    let error = h.sched.complete(fix, 1, Outcome::Succeeded { result: serde_json::Value::Null }, h.now, 0.5, &mut fx);
+    assert!(error.unwrap_err().to_string().contains("the task is on attempt 2 now"));
     while !h.running.is_empty() {
         h.finish(0, true);
     }
     assert_eq!(h.sched.state(), RunState::Succeeded);
-    assert_eq!(
-        h.events("PhaseStarted").len(),
-        3,
-        "no phase announced twice"
-    );
-    assert_eq!(
-        h.events("TaskCompleted").len(),
-        5,
-        "each task completed once"
-    );
+    assert_eq!(h.events("PhaseStarted").len(), 3, "no phase announced twice");
+    assert_eq!(h.events("TaskCompleted").len(), 5, "each task completed once");
 }
 
 #[test]
@@ -497,26 +406,15 @@ fn tasks_added_to_a_running_plan_are_assigned() {
     h.sched.add_task(task, h.now, &mut fx);
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
-    assert_eq!(
-        h.store.tasks[&id].state,
-        TaskState::Ready,
-        "ready at once: its phase has started"
-    );
+    assert_eq!(h.store.tasks[&id].state, TaskState::Ready, "ready at once: its phase has started");
     // `dev`, the only agent that can run it, is busy; the task waits for a free slot.
     while !h.running.iter().any(|(running, _)| *running == id) {
         assert!(!h.running.is_empty(), "the new task was never assigned");
         h.finish(0, true);
     }
     let progress = h.sched.progress();
-    let storage = progress
-        .workstreams
-        .iter()
-        .find(|ws| ws.name.as_deref() == Some("storage"))
-        .unwrap();
-    assert_eq!(
-        (storage.n_total, storage.phase, storage.started),
-        (2, 3, true)
-    );
+    let storage = progress.workstreams.iter().find(|ws| ws.name.as_deref() == Some("storage")).unwrap();
+    assert_eq!((storage.n_total, storage.phase, storage.started), (2, 3, true));
 }
 
 #[test]
@@ -524,20 +422,14 @@ fn cancel_kills_and_skips_dependents() {
     let mut h = Harness::new(roadmap());
     let (analyze, attempt) = h.running[0];
     let mut fx = Effects::default();
-    h.sched
-        .cancel(analyze, "operator".into(), h.now, &mut fx)
-        .unwrap();
+    h.sched.cancel(analyze, "operator".into(), h.now, &mut fx).unwrap();
     assert_eq!(fx.kills, vec![(analyze, attempt)]);
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
     assert_eq!(h.state_of("fix"), TaskState::Cancelled);
     assert_eq!(h.sched.state(), RunState::Failed);
     let mut fx = Effects::default();
-    assert!(
-        h.sched
-            .cancel(analyze, "again".into(), h.now, &mut fx)
-            .is_err()
-    );
+    assert!(h.sched.cancel(analyze, "again".into(), h.now, &mut fx).is_err());
 }
 
 #[test]
@@ -560,20 +452,101 @@ title = "one"
     );
     // The harness started the agent; fail it and finish the running attempt as failed.
     let mut fx = Effects::default();
-    h.sched
-        .agent_failed("a", "could not start".into(), &mut fx)
-        .unwrap();
+    h.sched.agent_failed("a", "could not start".into(), &mut fx).unwrap();
     h.apply(fx);
     h.finish(0, false);
     h.wait();
     assert_eq!(h.sched.state(), RunState::Failed);
     assert!(
-        h.sched
-            .failure_summary()
-            .contains("no agent is available to run it (a is failed)"),
+        h.sched.failure_summary().contains("no agent is available to run it (a is failed)"),
         "{}",
         h.sched.failure_summary()
     );
+}
+
+#[test]
+fn a_task_retried_after_its_workstream_completed_runs_again() {
+    // storage does not wait for build here, so the run goes on after `fix` dies.
+    let text =
+        ROADMAP.replace("name = \"storage\"\ndepends_on = [\"build\"]", "name = \"storage\"\npriority = \"critical\"");
+    let mut h = Harness::new(config::load("baton.toml", &text, &BTreeMap::new()).unwrap());
+    let store_id = h.store.tasks.values().find(|t| t.key.as_deref() == Some("store")).unwrap().id;
+    // Finish analyze, keep `store` running, fail `fix` twice.
+    while h.state_of("fix") != TaskState::Dead {
+        let idx = h.running.iter().position(|(id, _)| *id != store_id);
+        match idx {
+            Some(idx) => {
+                let is_fix = h.store.tasks[&h.running[idx].0].key.as_deref() == Some("fix");
+                h.finish(idx, !is_fix);
+            }
+            None => assert!(h.wait()),
+        }
+    }
+    assert_eq!(h.sched.state(), RunState::Running, "`store` still runs");
+    let fix = h.store.tasks.values().find(|t| t.key.as_deref() == Some("fix")).unwrap().id;
+    let mut fx = Effects::default();
+    h.sched.retry(fix, h.now, &mut fx).unwrap();
+    h.sched.step(h.now, &mut fx);
+    assert!(fx.start_agents.contains(&"builder".to_string()), "the stopped builder starts again: {fx:?}");
+    h.apply(fx);
+    assert!(h.running.iter().any(|(id, _)| *id == fix), "the retried task runs: {:?}", h.running);
+}
+
+#[test]
+fn a_crash_on_the_last_attempt_does_not_make_the_task_dead() {
+    let text = ROADMAP.replace("key = \"analyze\"", "key = \"analyze\"\nmax_attempts = 1");
+    let mut h = Harness::new(config::load("baton.toml", &text, &BTreeMap::new()).unwrap());
+    h.crash_and_resume();
+    assert_eq!(h.state_of("analyze"), TaskState::Running);
+    assert_eq!(h.running.len(), 1);
+    assert_eq!(h.running[0].1, 2, "one attempt over max_attempts for a lost lease");
+    // A second crash on that attempt ends it.
+    h.crash_and_resume();
+    assert_eq!(h.state_of("analyze"), TaskState::Dead);
+}
+
+#[test]
+fn tasks_of_a_removed_workstream_are_cancelled_on_resume() {
+    let mut h = Harness::new(roadmap());
+    let renamed = ROADMAP
+        .replace("name = \"storage\"", "name = \"persistence\"")
+        .replace("workstream = \"storage\"", "workstream = \"persistence\"");
+    h.plan = config::load("baton.toml", &renamed, &BTreeMap::new()).unwrap();
+    h.crash_and_resume();
+    let store = h.store.tasks.values().find(|t| t.key.as_deref() == Some("store")).unwrap();
+    assert_eq!(store.state, TaskState::Cancelled);
+    assert_eq!(store.error.as_deref(), Some("workstream `storage` is no longer in the configuration"));
+}
+
+#[test]
+fn a_killed_attempt_keeps_its_resources_until_it_has_exited() {
+    let text = r#"
+[orchestration]
+name = "x"
+[[agents]]
+name = "a"
+concurrency = 2
+command = ["true"]
+[[tasks]]
+key = "one"
+title = "one"
+resources = ["file:x"]
+[[tasks]]
+key = "two"
+title = "two"
+resources = ["file:x"]
+"#;
+    let mut h = Harness::new(config::load("baton.toml", text, &BTreeMap::new()).unwrap());
+    assert_eq!(h.running.len(), 1, "the two tasks share a resource");
+    let (one, attempt) = h.running[0];
+    let mut fx = Effects::default();
+    h.sched.cancel(one, "operator".into(), h.now, &mut fx).unwrap();
+    h.sched.step(h.now, &mut fx);
+    assert!(fx.assignments.is_empty(), "`two` waits while `one` is being killed");
+    h.sched.attempt_ended(one, attempt, h.now);
+    let mut fx = Effects::default();
+    h.sched.step(h.now, &mut fx);
+    assert_eq!(fx.assignments.len(), 1, "`two` runs once `one` has exited");
 }
 
 #[test]
@@ -598,11 +571,8 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
     let workstreams = (1usize..5).prop_flat_map(|n_ws| {
         (0..n_ws)
             .map(|idx| {
-                let deps = if idx == 0 {
-                    Just(Vec::new()).boxed()
-                } else {
-                    proptest::collection::vec(0..idx, 0..2).boxed()
-                };
+                let deps =
+                    if idx == 0 { Just(Vec::new()).boxed() } else { proptest::collection::vec(0..idx, 0..2).boxed() };
                 (0i64..4, deps)
             })
             .collect::<Vec<_>>()
@@ -610,14 +580,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
     (
         workstreams,
         1usize..14,
-        proptest::collection::vec(
-            (
-                0usize..100,
-                proptest::collection::vec(0usize..100, 0..3),
-                1u32..4,
-            ),
-            14,
-        ),
+        proptest::collection::vec((0usize..100, proptest::collection::vec(0usize..100, 0..3), 1u32..4), 14),
         1u32..4,
         1u32..3,
     )
@@ -628,35 +591,20 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     let mut deps = deps.clone();
                     deps.sort_unstable();
                     deps.dedup();
-                    graph::Node {
-                        priority: Priority::from_rank(*rank),
-                        depends_on: deps,
-                    }
+                    graph::Node { priority: Priority::from_rank(*rank), depends_on: deps }
                 })
                 .collect();
             let phases_idx = graph::phases(&nodes).unwrap();
             let names: Vec<String> = (0..nodes.len()).map(|idx| format!("ws{idx}")).collect();
-            let phase_of_ws = |ws: usize| {
-                phases_idx
-                    .iter()
-                    .position(|phase| phase.contains(&ws))
-                    .unwrap()
-            };
+            let phase_of_ws = |ws: usize| phases_idx.iter().position(|phase| phase.contains(&ws)).unwrap();
             // Tasks sorted by phase so that depending on a lower index never means a later phase.
-            let mut task_ws: Vec<usize> = task_raw
-                .iter()
-                .take(n_tasks)
-                .map(|(ws, _, _)| ws % nodes.len())
-                .collect();
+            let mut task_ws: Vec<usize> = task_raw.iter().take(n_tasks).map(|(ws, _, _)| ws % nodes.len()).collect();
             task_ws.sort_by_key(|&ws| phase_of_ws(ws));
             let tasks: Vec<NewTask> = (0..n_tasks)
                 .map(|idx| {
                     let (_, deps, max_attempts) = &task_raw[idx];
-                    let mut deps: Vec<usize> = if idx == 0 {
-                        Vec::new()
-                    } else {
-                        deps.iter().map(|d| d % idx).collect()
-                    };
+                    let mut deps: Vec<usize> =
+                        if idx == 0 { Vec::new() } else { deps.iter().map(|d| d % idx).collect() };
                     deps.sort_unstable();
                     deps.dedup();
                     NewTask {
@@ -667,18 +615,11 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                         input: serde_json::json!({}),
                         requires: Vec::new(),
                         agent: None,
-                        depends_on: deps
-                            .into_iter()
-                            .map(|d| TaskRef::Key(format!("t{d}")))
-                            .collect(),
+                        depends_on: deps.into_iter().map(|d| TaskRef::Key(format!("t{d}"))).collect(),
                         priority: nodes[task_ws[idx]].priority,
                         max_attempts: *max_attempts,
                         timeout_ms: None,
-                        resources: if idx % 3 == 0 {
-                            vec!["file:shared".into()]
-                        } else {
-                            Vec::new()
-                        },
+                        resources: if idx % 3 == 0 { vec!["file:shared".into()] } else { Vec::new() },
                     }
                 })
                 .collect();
@@ -714,16 +655,10 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     depends_on: node.depends_on.iter().map(|d| names[*d].clone()).collect(),
                 })
                 .collect();
-            let phases = phases_idx
-                .iter()
-                .map(|phase| phase.iter().map(|idx| names[*idx].clone()).collect())
-                .collect();
+            let phases = phases_idx.iter().map(|phase| phase.iter().map(|idx| names[*idx].clone()).collect()).collect();
             let plan = Plan {
                 name: "random".into(),
-                settings: Settings {
-                    max_concurrent_agents: 3,
-                    ..Settings::default()
-                },
+                settings: Settings { max_concurrent_agents: 3, ..Settings::default() },
                 store_url: String::new(),
                 listen: String::new(),
                 workstreams,

@@ -31,10 +31,8 @@ use crate::agent::{AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
 /// Variables of Baton's environment an agent inherits without asking.
-pub const INHERITED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR",
-    "SHELL",
-];
+/// `LC_*` variables are inherited too.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TERM", "TZ", "TMPDIR", "SHELL"];
 
 /// Most bytes of stdout kept as a task's result.
 const MAX_RESULT_BYTES: u64 = 16 * 1024 * 1024;
@@ -42,14 +40,73 @@ const MAX_RESULT_BYTES: u64 = 16 * 1024 * 1024;
 /// How long a stopped attempt gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
+/// How long the output pipes are read after the process group is gone.
+const PIPE_DRAIN: Duration = Duration::from_secs(1);
+
 /// Where an agent lives: its working directory, its log, the environment it may inherit.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessEnv {
     /// The configuration file's directory: relative paths are resolved against it.
     pub base_dir: PathBuf,
     pub log_dir: PathBuf,
     /// Baton's own environment (the allow-list is applied per agent).
     pub env: BTreeMap<String, String>,
+    /// Where attempts' process groups are recorded, so that whoever resumes a run after
+    /// `kill -9` can kill what was left running.
+    pub registry: Option<Registry>,
+}
+
+/// Records attempts' process groups in the store.
+#[derive(Clone)]
+pub struct Registry {
+    pub store: std::sync::Arc<dyn baton_store::Store>,
+    pub host: String,
+}
+
+impl Registry {
+    async fn spawned(&self, attempt: &Attempt, pgid: i32) {
+        let record = baton_store::ProcessRecord {
+            task: attempt.task.id,
+            attempt: attempt.task.attempt,
+            pgid,
+            host: self.host.clone(),
+        };
+        if let Err(error) = self.store.record_process(&attempt.run_id, record).await {
+            tracing::warn!(%error, "cannot record an attempt's process group");
+        }
+    }
+
+    async fn ended(&self, attempt: &Attempt) {
+        if let Err(error) = self.store.forget_process(&attempt.run_id, attempt.task.id, attempt.task.attempt).await {
+            tracing::warn!(%error, "cannot forget an attempt's process group");
+        }
+    }
+}
+
+/// Kills the processes of a run that a dead node left behind: members of the recorded process
+/// groups that carry the run's id in their environment (so a reused group id is never hit).
+/// Returns how many were killed.
+pub fn kill_leftovers(run_id: &str, pgids: &[i32]) -> usize {
+    let marker = format!("BATON_RUN_ID={run_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let mut n_killed = 0;
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces, so split after its `)`.
+        let Some(fields) = stat.rfind(')').and_then(|idx| stat.get(idx + 2..)) else { continue };
+        let pgrp = fields.split_whitespace().nth(2).and_then(|field| field.parse::<i32>().ok());
+        if !pgrp.is_some_and(|pgrp| pgids.contains(&pgrp)) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if environ.split(|byte| *byte == 0).any(|var| var == marker.as_bytes())
+            && nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok()
+        {
+            n_killed += 1;
+        }
+    }
+    n_killed
 }
 
 impl ProcessEnv {
@@ -63,6 +120,7 @@ pub struct ProcessAgent {
     workdir: PathBuf,
     log_path: PathBuf,
     env: BTreeMap<String, String>,
+    registry: Option<Registry>,
     /// Process groups of running attempts, for `stop`. A std mutex: held only to insert or
     /// remove, never across an await.
     groups: Mutex<HashSet<i32>>,
@@ -78,7 +136,7 @@ impl ProcessAgent {
             .env
             .iter()
             .filter(|(key, _)| {
-                INHERITED_ENV.contains(&key.as_str()) || spec.env_passthrough.contains(key)
+                INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_") || spec.env_passthrough.contains(key)
             })
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
@@ -88,34 +146,22 @@ impl ProcessAgent {
             spec,
             workdir,
             env,
+            registry: process_env.registry.clone(),
             groups: Mutex::new(HashSet::new()),
         }
     }
 
     async fn log(&self, line: &str) {
-        if let Ok(mut file) = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .await
-        {
+        if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await {
             let _ = file.write_all(format!("{line}\n").as_bytes()).await;
             let _ = file.flush().await;
         }
     }
 
     fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
-        let argv: Vec<String> = self
-            .spec
-            .command
-            .iter()
-            .map(|arg| substitute(arg, attempt))
-            .collect::<Result<_, _>>()?;
-        let program = resolve_program(
-            &argv[0],
-            &self.workdir,
-            self.env.get("PATH").map(String::as_str),
-        )?;
+        let argv: Vec<String> =
+            self.spec.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
+        let program = resolve_program(&argv[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
         let task = &attempt.task;
         let mut command = tokio::process::Command::new(program);
         command
@@ -128,10 +174,7 @@ impl ProcessAgent {
             .env("BATON_TASK_TITLE", &task.title)
             .env("BATON_TASK_INPUT", input_variable(&task.input))
             .env("BATON_TASK_ATTEMPT", task.attempt.to_string())
-            .env(
-                "BATON_WORKSTREAM",
-                task.workstream.clone().unwrap_or_default(),
-            )
+            .env("BATON_WORKSTREAM", task.workstream.clone().unwrap_or_default())
             .env("BATON_AGENT", &attempt.agent)
             .env("BATON_RUN_ID", &attempt.run_id)
             .stdin(Stdio::piped())
@@ -158,17 +201,15 @@ impl ProcessAgent {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                return Outcome::Failed {
-                    reason: format!("cannot start `{}`: {error}", self.spec.command[0]),
-                };
+                return Outcome::Failed { reason: format!("cannot start `{}`: {error}", self.spec.command[0]) };
             }
         };
         let pgid = child.id().map(|pid| pid as i32);
         if let Some(pgid) = pgid {
-            self.groups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pgid);
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+            if let Some(registry) = &self.registry {
+                registry.spawned(attempt, pgid).await;
+            }
         }
         let stdin_json = serde_json::json!({
             "id": task.id,
@@ -195,28 +236,32 @@ impl ProcessAgent {
         let stderr = child.stderr.take().expect("stderr is piped");
         let read_stdout = tokio::spawn(async move {
             let mut buffer = Vec::new();
-            let read = stdout
-                .take(MAX_RESULT_BYTES + 1)
-                .read_to_end(&mut buffer)
-                .await;
+            let read = stdout.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buffer).await;
             read.map(|_| buffer)
         });
         let log_path = self.log_path.clone();
         let copy_stderr = tokio::spawn(async move {
             let mut last_line = String::new();
-            let mut log = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .await
-                .ok();
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(log) = log.as_mut() {
-                    let _ = log.write_all(format!("{line}\n").as_bytes()).await;
+            let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
+            // Bytes, not text: an agent may print anything, and the pipe must be drained to
+            // the end or the agent dies of SIGPIPE.
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
-                if !line.trim().is_empty() {
-                    last_line = line;
+                if let Some(log) = log.as_mut() {
+                    let _ = log.write_all(&line).await;
+                    if !line.ends_with(b"\n") {
+                        let _ = log.write_all(b"\n").await;
+                    }
+                }
+                let text = String::from_utf8_lossy(&line);
+                if !text.trim().is_empty() {
+                    last_line = text.trim_end_matches(['\n', '\r']).to_string();
                 }
             }
             if let Some(log) = log.as_mut() {
@@ -225,10 +270,7 @@ impl ProcessAgent {
             last_line
         });
 
-        let timeout = task
-            .timeout_ms
-            .map(Duration::from_millis)
-            .or(self.spec.limits.timeout);
+        let timeout = task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
         let deadline = async {
             match timeout {
                 Some(timeout) => tokio::time::sleep(timeout).await,
@@ -245,48 +287,36 @@ impl ProcessAgent {
         };
         if matches!(ended, Ended::TimedOut | Ended::Cancelled) {
             if let Some(pgid) = pgid {
+                // `stop` leaves this group to its own TERM-then-KILL sequence.
+                self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
             }
-            if tokio::time::timeout(KILL_GRACE, child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
                 let _ = child.start_kill();
             }
         }
         // Whatever the attempt started goes with it.
         if let Some(pgid) = pgid {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            self.groups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&pgid);
+            self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
         }
         let _ = child.wait().await;
         feeder.abort();
-        let stdout = read_stdout
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        let last_stderr = copy_stderr.await.unwrap_or_default();
+        if let (Some(registry), Some(_)) = (&self.registry, pgid) {
+            registry.ended(attempt).await;
+        }
+        // A process that left the group (setsid) may hold the pipes open; it is not waited for.
+        let stdout = drain(read_stdout).await.and_then(Result::ok).unwrap_or_default();
+        let last_stderr = drain(copy_stderr).await.unwrap_or_default();
         let with_stderr = |reason: String| {
-            if last_stderr.is_empty() {
-                reason
-            } else {
-                format!("{reason}: {last_stderr}")
-            }
+            if last_stderr.is_empty() { reason } else { format!("{reason}: {last_stderr}") }
         };
         match ended {
             Ended::Exited(Ok(status)) if status.success() => {
                 if stdout.len() as u64 > MAX_RESULT_BYTES {
-                    return Outcome::Failed {
-                        reason: format!("stdout exceeded {} MiB", MAX_RESULT_BYTES >> 20),
-                    };
+                    return Outcome::Failed { reason: format!("stdout exceeded {} MiB", MAX_RESULT_BYTES >> 20) };
                 }
-                Outcome::Succeeded {
-                    result: parse_result(&stdout),
-                }
+                Outcome::Succeeded { result: parse_result(&stdout) }
             }
             Ended::Exited(Ok(status)) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -299,22 +329,24 @@ impl ProcessAgent {
                     },
                     (None, None) => "ended without a status".to_string(),
                 };
-                Outcome::Failed {
-                    reason: with_stderr(reason),
-                }
+                Outcome::Failed { reason: with_stderr(reason) }
             }
-            Ended::Exited(Err(error)) => Outcome::Failed {
-                reason: format!("cannot wait for the process: {error}"),
-            },
-            Ended::TimedOut => Outcome::Failed {
-                reason: format!(
-                    "timed out after {}",
-                    format_duration(timeout.unwrap_or_default())
-                ),
-            },
-            Ended::Cancelled => Outcome::Failed {
-                reason: "cancelled".into(),
-            },
+            Ended::Exited(Err(error)) => Outcome::Failed { reason: format!("cannot wait for the process: {error}") },
+            Ended::TimedOut => {
+                Outcome::Failed { reason: format!("timed out after {}", format_duration(timeout.unwrap_or_default())) }
+            }
+            Ended::Cancelled => Outcome::Failed { reason: "cancelled".into() },
+        }
+    }
+}
+
+/// Waits up to [`PIPE_DRAIN`] for a pipe reader, then gives up on it.
+async fn drain<T>(mut reader: tokio::task::JoinHandle<T>) -> Option<T> {
+    match tokio::time::timeout(PIPE_DRAIN, &mut reader).await {
+        Ok(done) => done.ok(),
+        Err(_) => {
+            reader.abort();
+            None
         }
     }
 }
@@ -331,11 +363,7 @@ const MAX_INPUT_VARIABLE: usize = 64 * 1024;
 
 fn input_variable(input: &serde_json::Value) -> String {
     let text = input.to_string();
-    if text.len() > MAX_INPUT_VARIABLE {
-        String::new()
-    } else {
-        text
-    }
+    if text.len() > MAX_INPUT_VARIABLE { String::new() } else { text }
 }
 
 /// stdout as JSON when it parses, else as a string.
@@ -365,16 +393,13 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
             "agent.name" => attempt.agent.clone(),
             "run.id" => attempt.run_id.clone(),
             other => {
-                let field = other
-                    .strip_prefix("task.input.")
-                    .ok_or_else(|| format!("unknown placeholder `{{{other}}}`"))?;
+                let field =
+                    other.strip_prefix("task.input.").ok_or_else(|| format!("unknown placeholder `{{{other}}}`"))?;
                 match task.input.get(field) {
                     Some(serde_json::Value::String(text)) => text.clone(),
                     Some(value) => value.to_string(),
                     None => {
-                        return Err(format!(
-                            "the task's input has no field `{field}` for `{{{other}}}`"
-                        ));
+                        return Err(format!("the task's input has no field `{field}` for `{{{other}}}`"));
                     }
                 }
             }
@@ -388,61 +413,36 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 impl AgentRuntime for ProcessAgent {
     async fn start(&self) -> Result<(), String> {
         if !self.workdir.is_dir() {
-            return Err(format!(
-                "working directory {} does not exist",
-                self.workdir.display()
-            ));
+            return Err(format!("working directory {} does not exist", self.workdir.display()));
         }
         if let Some(parent) = self.log_path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|error| {
-                format!(
-                    "cannot create the log directory {}: {error}",
-                    parent.display()
-                )
-            })?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
         }
-        resolve_program(
-            &self.spec.command[0],
-            &self.workdir,
-            self.env.get("PATH").map(String::as_str),
-        )?;
-        self.log(&format!("--- agent {} started", self.spec.name))
-            .await;
+        resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
+        self.log(&format!("--- agent {} started", self.spec.name)).await;
         Ok(())
     }
 
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
         let task = &attempt.task;
-        self.log(&format!(
-            "--- task {} `{}` attempt {}",
-            task.id, task.title, task.attempt
-        ))
-        .await;
+        self.log(&format!("--- task {} `{}` attempt {}", task.id, task.title, task.attempt)).await;
         let started = tokio::time::Instant::now();
         let outcome = self.run_attempt(&attempt, &cancel).await;
         let took = format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
         let line = match &outcome {
-            Outcome::Succeeded { .. } => format!(
-                "--- task {} attempt {} succeeded in {took}",
-                task.id, task.attempt
-            ),
-            Outcome::Failed { reason } => format!(
-                "--- task {} attempt {} failed in {took}: {reason}",
-                task.id, task.attempt
-            ),
+            Outcome::Succeeded { .. } => format!("--- task {} attempt {} succeeded in {took}", task.id, task.attempt),
+            Outcome::Failed { reason } => {
+                format!("--- task {} attempt {} failed in {took}: {reason}", task.id, task.attempt)
+            }
         };
         self.log(&line).await;
         outcome
     }
 
     async fn stop(&self) {
-        let groups: Vec<i32> = self
-            .groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
+        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
         for pgid in groups {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }

@@ -21,27 +21,14 @@ pub struct ChildLimits {
 /// no agent behind) and applies its resource limits.
 pub fn prepare_child(command: &mut tokio::process::Command, limits: ChildLimits) {
     let parent_pid = std::process::id() as libc::pid_t;
-    let memory = limits.memory.map(|bytes| libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    });
+    let memory = limits.memory.map(|bytes| libc::rlimit { rlim_cur: bytes, rlim_max: bytes });
     // The soft limit sends SIGXCPU; the hard limit one second later kills.
-    let cpu = limits.cpu_seconds.map(|secs| libc::rlimit {
-        rlim_cur: secs,
-        rlim_max: secs + 1,
-    });
+    let cpu = limits.cpu_seconds.map(|secs| libc::rlimit { rlim_cur: secs, rlim_max: secs + 1 });
     // SAFETY: see the module comment; everything the closure uses was computed before the fork
     // and it calls only async-signal-safe system calls.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // Baton may have died between the fork and the prctl: then nobody would kill us.
