@@ -421,7 +421,7 @@ pub fn load(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<Pl
     let mut validator = Validator { locator: &locator, env, diagnostics: Vec::new() };
     let plan = validator.validate(raw);
     let mut diagnostics = validator.diagnostics;
-    diagnostics.sort_by(|a, b| (a.location.line, a.location.column).cmp(&(b.location.line, b.location.column)));
+    diagnostics.sort_by_key(|diagnostic| (diagnostic.location.line, diagnostic.location.column));
     match plan {
         Some(plan) if diagnostics.is_empty() => Ok(plan),
         _ => Err(Error { diagnostics }),
