@@ -143,6 +143,11 @@ struct RawAgent {
     #[serde(default)]
     restart: RestartPolicy,
     max_restarts: Option<u32>,
+    restart_window: Option<DurationStr>,
+    restart_backoff: Option<DurationStr>,
+    heartbeat_timeout: Option<DurationStr>,
+    circuit_breaker: Option<RawBreaker>,
+    max_message_size: Option<SizeStr>,
     concurrency: Option<Spanned<u32>>,
     runbook: Option<String>,
     #[serde(default)]
@@ -204,13 +209,39 @@ impl RuntimeKind {
     }
 }
 
-/// How a process agent runs. Long-running `worker` and `pty` agents come with supervision.
+/// How a process agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProcessMode {
     /// The command is started once per task.
     #[default]
     PerTask,
+    /// One long-running process speaking JSON-RPC on stdin/stdout (docs/agent-protocol.md).
+    Worker,
+}
+
+impl ProcessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessMode::PerTask => "per-task",
+            ProcessMode::Worker => "worker",
+        }
+    }
+}
+
+/// When an agent is taken out of rotation for failing tasks: after `failures` in a row, for
+/// `cooldown`, then one trial task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitBreaker {
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failures: Spanned<u32>,
+    cooldown: DurationStr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -291,7 +322,16 @@ pub struct AgentSpec {
     /// Where `command` is written, for errors about it found later (command not found).
     pub command_location: Location,
     pub restart: RestartPolicy,
+    /// At most this many restarts within `restart_window`; one more and the agent is failed.
     pub max_restarts: u32,
+    pub restart_window: Duration,
+    /// First restart delay; doubled for each restart in the window.
+    pub restart_backoff: Duration,
+    /// A worker silent for longer than this is killed and restarted.
+    pub heartbeat_timeout: Duration,
+    pub circuit_breaker: CircuitBreaker,
+    /// Largest protocol message a worker may send, in bytes.
+    pub max_message_size: u64,
     pub concurrency: u32,
     pub runbook: Option<String>,
     pub env: BTreeMap<String, String>,
@@ -646,6 +686,19 @@ impl Validator<'_> {
                 command_location: self.locator.locate(command_span),
                 restart: agent.restart,
                 max_restarts: agent.max_restarts.unwrap_or(5),
+                restart_window: agent.restart_window.map_or(Duration::from_secs(600), |d| d.0),
+                restart_backoff: agent.restart_backoff.map_or(Duration::from_secs(1), |d| d.0),
+                heartbeat_timeout: agent.heartbeat_timeout.map_or(Duration::from_secs(30), |d| d.0),
+                circuit_breaker: match &agent.circuit_breaker {
+                    Some(breaker) => {
+                        if *breaker.failures.get_ref() == 0 {
+                            self.error(breaker.failures.span(), "`circuit_breaker.failures` must be at least 1");
+                        }
+                        CircuitBreaker { failures: (*breaker.failures.get_ref()).max(1), cooldown: breaker.cooldown.0 }
+                    }
+                    None => CircuitBreaker { failures: 5, cooldown: Duration::from_secs(60) },
+                },
+                max_message_size: agent.max_message_size.map_or(1024 * 1024, |size| size.0),
                 concurrency,
                 runbook: agent.runbook.clone(),
                 env,

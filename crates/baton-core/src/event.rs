@@ -40,6 +40,10 @@ pub enum EventKind {
     TaskCancelled { task: TaskId, reason: String },
     TaskLeaseExpired { task: TaskId, agent: Option<String>, attempt: u32 },
     TaskRequeued { task: TaskId, from: TaskState },
+    TaskSuspended { task: TaskId, reason: String },
+    TaskResumed { task: TaskId },
+    /// Tokens an agent reports having used (the protocol's `usage/report`).
+    UsageReported { agent: String, task: Option<TaskId>, usage: serde_json::Value },
 }
 
 impl EventKind {
@@ -66,6 +70,9 @@ impl EventKind {
             EventKind::TaskCancelled { .. } => "TaskCancelled",
             EventKind::TaskLeaseExpired { .. } => "TaskLeaseExpired",
             EventKind::TaskRequeued { .. } => "TaskRequeued",
+            EventKind::TaskSuspended { .. } => "TaskSuspended",
+            EventKind::TaskResumed { .. } => "TaskResumed",
+            EventKind::UsageReported { .. } => "UsageReported",
         }
     }
 
@@ -82,7 +89,10 @@ impl EventKind {
             | EventKind::TaskDeadLettered { task, .. }
             | EventKind::TaskCancelled { task, .. }
             | EventKind::TaskLeaseExpired { task, .. }
-            | EventKind::TaskRequeued { task, .. } => Some(*task),
+            | EventKind::TaskRequeued { task, .. }
+            | EventKind::TaskSuspended { task, .. }
+            | EventKind::TaskResumed { task } => Some(*task),
+            EventKind::UsageReported { task, .. } => *task,
             _ => None,
         }
     }
@@ -95,7 +105,8 @@ impl EventKind {
             | EventKind::AgentTerminated { agent, .. }
             | EventKind::TaskClaimed { agent, .. }
             | EventKind::TaskProgress { agent, .. }
-            | EventKind::TaskCompleted { agent, .. } => Some(agent),
+            | EventKind::TaskCompleted { agent, .. }
+            | EventKind::UsageReported { agent, .. } => Some(agent),
             EventKind::TaskFailed { agent, .. } | EventKind::TaskLeaseExpired { agent, .. } => agent.as_deref(),
             _ => None,
         }
@@ -172,6 +183,9 @@ impl EventKind {
                 None => format!("task {task} lease expired (attempt {attempt})"),
             },
             EventKind::TaskRequeued { task, from } => format!("task {task} re-queued from {from}"),
+            EventKind::TaskSuspended { task, reason } => format!("task {task} suspended: {reason}"),
+            EventKind::TaskResumed { task } => format!("task {task} resumed"),
+            EventKind::UsageReported { agent, usage, .. } => format!("agent {agent} reported usage {usage}"),
         }
     }
 }

@@ -253,6 +253,10 @@ pub enum AgentState {
     Active,
     /// Started and without work.
     Idle,
+    /// Its process exited; it restarts after a backoff.
+    Restarting,
+    /// Failed too many tasks in a row: no new tasks until a cooldown ends.
+    CircuitOpen,
     /// Could not be started or gave up.
     Failed,
     /// Its work is done, or it was stopped.
@@ -266,6 +270,8 @@ impl AgentState {
             AgentState::Starting => "starting",
             AgentState::Active => "active",
             AgentState::Idle => "idle",
+            AgentState::Restarting => "restarting",
+            AgentState::CircuitOpen => "circuit-open",
             AgentState::Failed => "failed",
             AgentState::Stopped => "stopped",
         }

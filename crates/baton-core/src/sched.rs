@@ -106,6 +106,14 @@ struct AgentSlot {
     succeeded: u64,
     failed: u64,
     last_activity: Option<Timestamp>,
+    /// When it was restarted, within its restart window.
+    restarts: Vec<Timestamp>,
+    restart_at: Option<Timestamp>,
+    consecutive_failures: u32,
+    circuit_until: Option<Timestamp>,
+    /// Stopped by an operator: it is expected back, so its tasks wait instead of being
+    /// cancelled as unrunnable.
+    held_by_operator: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +191,8 @@ pub struct Scheduler {
     /// Killed attempts whose process has not exited yet: they keep their agent slot and
     /// resources until the runtime reports them ended.
     dying: HashMap<(TaskId, u32), Dying>,
+    /// Tasks suspended because a critical agent upstream failed, by that agent's index.
+    suspended_by: HashMap<TaskId, usize>,
     phase: u32,
     n_running: u32,
     n_finished: u64,
@@ -214,6 +224,11 @@ impl Scheduler {
                     succeeded: before.map_or(0, |record| record.tasks_succeeded),
                     failed: before.map_or(0, |record| record.tasks_failed),
                     last_activity: before.and_then(|record| record.last_activity),
+                    restarts: Vec::new(),
+                    restart_at: None,
+                    consecutive_failures: 0,
+                    circuit_until: None,
+                    held_by_operator: false,
                 }
             })
             .collect();
@@ -233,6 +248,7 @@ impl Scheduler {
             unassigned: WorkstreamState::default(),
             held: HashMap::new(),
             dying: HashMap::new(),
+            suspended_by: HashMap::new(),
             phase: 0,
             n_running: 0,
             n_finished: 0,
@@ -825,14 +841,21 @@ impl Scheduler {
             slot.running = slot.running.saturating_sub(1);
             slot.last_activity = Some(now);
             match &outcome {
-                Outcome::Succeeded { .. } => slot.succeeded += 1,
-                Outcome::Failed { .. } => slot.failed += 1,
+                Outcome::Succeeded { .. } => {
+                    slot.succeeded += 1;
+                    slot.consecutive_failures = 0;
+                }
+                Outcome::Failed { .. } => {
+                    slot.failed += 1;
+                    slot.consecutive_failures += 1;
+                }
             }
             if slot.running == 0 && slot.state == AgentState::Active {
                 slot.state = AgentState::Idle;
             }
             self.dirty_agents.insert(agent_idx);
         }
+        let agent_idx = self.agent_index.get(&agent).copied();
         match outcome {
             Outcome::Succeeded { result } => {
                 let mut change = task.change();
@@ -847,6 +870,9 @@ impl Scheduler {
                 let failed = EventKind::TaskFailed { task: id, agent: Some(agent), attempt, reason: reason.clone() };
                 self.fail_attempt(id, reason, Some(failed), now, Lost::Attempt { jitter }, fx);
             }
+        }
+        if let Some(agent_idx) = agent_idx {
+            self.trip_breaker_if_needed(agent_idx, now, fx);
         }
         Ok(())
     }
@@ -989,10 +1015,11 @@ impl Scheduler {
         if self.agents[idx].state != AgentState::Starting {
             return Ok(());
         }
-        let runtime = self.agents[idx].spec.runtime.as_str().to_string();
+        let runtime = format!("{} {}", self.agents[idx].spec.runtime.as_str(), self.agents[idx].spec.mode.as_str());
         fx.writes.push(Write::Event(EventKind::AgentSpawned { agent: name.to_string(), runtime }));
         self.agents[idx].last_activity = Some(now);
         self.set_agent_state(idx, AgentState::Idle, None, fx);
+        self.resume_suspended(idx, now, fx);
         Ok(())
     }
 
@@ -1004,8 +1031,10 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Periodic work: due retries, lease renewal, workstream timeouts.
+    /// Periodic work: due retries, lease renewal, workstream timeouts, agent restarts,
+    /// heartbeats and circuit breakers.
     pub fn tick(&mut self, now: Timestamp, fx: &mut Effects) {
+        self.supervise(now, fx);
         if let Some(renewal) = self.next_lease_renewal
             && renewal <= now
         {
@@ -1044,7 +1073,7 @@ impl Scheduler {
             .filter(|ws| ws.started && !ws.done && ws.n_open > 0)
             .filter_map(|ws| ws.deadline)
             .min();
-        [retry, self.next_lease_renewal, deadline].into_iter().flatten().min()
+        [retry, self.next_lease_renewal, deadline, self.next_supervision()].into_iter().flatten().min()
     }
 
     /// Completes finished workstreams and phases, and starts the next phase.
@@ -1072,7 +1101,7 @@ impl Scheduler {
                     for idx in idxs {
                         if matches!(
                             self.agents[idx].state,
-                            AgentState::Idle | AgentState::Active | AgentState::Starting
+                            AgentState::Idle | AgentState::Active | AgentState::Starting | AgentState::Restarting | AgentState::CircuitOpen
                         ) {
                             self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
                             fx.stop_agents.push(self.agents[idx].spec.name.clone());
@@ -1125,7 +1154,7 @@ impl Scheduler {
         let error = (state == RunState::Failed).then(|| self.failure_summary());
         self.state = state;
         for idx in 0..self.agents.len() {
-            if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting) {
+            if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting | AgentState::Restarting | AgentState::CircuitOpen) {
                 self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
                 fx.stop_agents.push(self.agents[idx].spec.name.clone());
             }
@@ -1151,8 +1180,14 @@ impl Scheduler {
         self.run_dirty = false;
     }
 
+    /// Whether an agent that is not available now will be (it is starting, restarting, in a
+    /// circuit-breaker cooldown, or paused by an operator): until then no task is given up as
+    /// unrunnable.
     fn agents_starting(&self) -> bool {
-        self.agents.iter().any(|slot| slot.state == AgentState::Starting)
+        self.agents.iter().any(|slot| {
+            matches!(slot.state, AgentState::Starting | AgentState::Restarting | AgentState::CircuitOpen)
+                || (slot.state == AgentState::Stopped && slot.held_by_operator)
+        })
     }
 
     /// Cancels ready tasks that no live agent can run, so the run ends instead of waiting
@@ -1257,6 +1292,8 @@ impl Scheduler {
         self.flush(now, fx);
     }
 }
+
+mod supervise;
 
 #[cfg(test)]
 mod tests;

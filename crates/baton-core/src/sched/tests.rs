@@ -636,6 +636,11 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     command_location: Default::default(),
                     restart: RestartPolicy::OnFailure,
                     max_restarts: 1,
+                    restart_window: Duration::from_secs(600),
+                    restart_backoff: Duration::from_secs(1),
+                    heartbeat_timeout: Duration::from_secs(30),
+                    circuit_breaker: config::CircuitBreaker { failures: 100, cooldown: Duration::from_secs(1) },
+                    max_message_size: 1 << 20,
                     concurrency,
                     runbook: None,
                     env: BTreeMap::new(),
@@ -731,4 +736,192 @@ proptest! {
         let succeeded = h.store.tasks.values().all(|task| task.state == TaskState::Succeeded);
         prop_assert_eq!(h.sched.state() == RunState::Succeeded, succeeded);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Supervision.
+
+const WORKERS: &str = r#"
+[orchestration]
+name = "workers"
+retry_backoff = "1s"
+
+[[workstreams]]
+name = "build"
+priority = "critical"
+
+[[workstreams]]
+name = "test"
+depends_on = ["build"]
+
+[[agents]]
+name = "builder"
+workstream = "build"
+mode = "worker"
+command = ["python3", "worker.py"]
+max_restarts = 2
+restart_window = "10m"
+restart_backoff = "1s"
+heartbeat_timeout = "30s"
+circuit_breaker = { failures = 2, cooldown = "1m" }
+
+[[agents]]
+name = "tester"
+workstream = "test"
+command = ["true"]
+
+[[tasks]]
+key = "compile"
+title = "Compile"
+workstream = "build"
+max_attempts = 5
+
+[[tasks]]
+key = "check"
+title = "Check"
+workstream = "build"
+max_attempts = 5
+
+[[tasks]]
+key = "unit"
+title = "Unit"
+workstream = "test"
+"#;
+
+fn workers() -> Harness {
+    Harness::new(config::load("baton.toml", WORKERS, &BTreeMap::new()).unwrap())
+}
+
+fn agent_state(h: &Harness, name: &str) -> Option<AgentState> {
+    h.store.events.iter().rev().find_map(|event| match event {
+        EventKind::AgentStateChanged { agent, to, .. } if agent == name => Some(*to),
+        _ => None,
+    })
+}
+
+fn exit(h: &mut Harness, agent: &str, reason: &str) {
+    let mut fx = Effects::default();
+    h.sched.agent_exited(agent, reason.into(), h.now, &mut fx).unwrap();
+    // Its attempts fail with it, as the runtime reports them.
+    let running: Vec<(TaskId, u32)> = h
+        .running
+        .iter()
+        .copied()
+        .filter(|(id, _)| h.store.tasks[id].assigned_agent.as_deref() == Some(agent))
+        .collect();
+    h.running.retain(|entry| !running.contains(entry));
+    for (id, attempt) in running {
+        h.sched.complete(id, attempt, Outcome::Failed { reason: format!("agent exited: {reason}") }, h.now, 0.5, &mut fx).unwrap();
+    }
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+}
+
+#[test]
+fn a_crashing_worker_restarts_with_backoff_until_its_cap_then_fails() {
+    let mut h = workers();
+    assert_eq!(h.running.len(), 1);
+    exit(&mut h, "builder", "exit status 1");
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
+    assert_eq!(h.state_of("unit"), TaskState::Suspended, "the critical agent's dependants are held");
+    // First restart after 1s, second after 2s.
+    let crashed_at = h.now;
+    while agent_state(&h, "builder") == Some(AgentState::Restarting) {
+        assert!(h.wait());
+    }
+    assert_eq!(h.now, crashed_at.plus(Duration::from_secs(1)), "restarted after 1s");
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Idle), "restarted");
+    assert_eq!(h.state_of("unit"), TaskState::Pending, "resumed once healthy");
+    exit(&mut h, "builder", "exit status 1");
+    let crashed_at = h.now;
+    while agent_state(&h, "builder") == Some(AgentState::Restarting) {
+        assert!(h.wait());
+    }
+    assert_eq!(h.now, crashed_at.plus(Duration::from_secs(2)), "backoff doubles");
+    // A third crash within the window is one too many.
+    exit(&mut h, "builder", "exit status 1");
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Failed));
+    assert!(h.store.events.iter().any(|event| matches!(event,
+        EventKind::AgentStateChanged { agent, to: AgentState::Failed, reason: Some(reason), .. }
+            if agent == "builder" && reason == "exit status 1; crash loop: 2 restarts within 10m")));
+    // The run ends failed, naming the cause.
+    while h.sched.state() == RunState::Running {
+        if !h.wait() {
+            break;
+        }
+    }
+    assert_eq!(h.sched.state(), RunState::Failed);
+    let summary = h.sched.failure_summary();
+    assert!(summary.contains("unit (critical agent `builder` failed: exit status 1; crash loop"), "{summary}");
+    assert!(summary.contains("compile (no agent is available to run it (builder is failed))"), "{summary}");
+}
+
+#[test]
+fn a_silent_worker_is_restarted_and_its_task_retried() {
+    let mut h = workers();
+    let (compile, _) = h.running[0];
+    h.now = h.now.plus(Duration::from_secs(29));
+    h.sched.agent_activity("builder", h.now); // a heartbeat
+    h.now = h.now.plus(Duration::from_secs(29));
+    let mut fx = Effects::default();
+    h.sched.tick(h.now, &mut fx);
+    assert!(fx.stop_agents.is_empty(), "heard from 29s ago: alive");
+    h.apply(fx);
+    h.now = h.now.plus(Duration::from_secs(1));
+    let mut fx = Effects::default();
+    h.sched.tick(h.now, &mut fx);
+    assert!(fx.stop_agents.contains(&"builder".to_string()), "the silent worker is killed");
+    h.apply(fx);
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
+    assert!(h.store.events.iter().any(|event| matches!(event,
+        EventKind::AgentTerminated { agent, reason } if agent == "builder" && reason == "no heartbeat for 30s")));
+    // The runtime fails the attempt it had; it is retried after the restart.
+    h.running.retain(|(id, _)| *id != compile);
+    let mut fx = Effects::default();
+    h.sched.complete(compile, 1, Outcome::Failed { reason: "agent exited".into() }, h.now, 0.5, &mut fx).unwrap();
+    h.apply(fx);
+    while !h.running.iter().any(|(id, _)| *id == compile) {
+        assert!(h.wait());
+    }
+}
+
+#[test]
+fn the_circuit_breaker_opens_after_failures_in_a_row_and_half_opens_after_the_cooldown() {
+    let mut h = workers();
+    h.finish(0, false);
+    h.wait();
+    h.finish(0, false);
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::CircuitOpen));
+    // Retries are due after 2s but the agent takes nothing for a minute.
+    h.now = h.now.plus(Duration::from_secs(5));
+    let mut fx = Effects::default();
+    h.sched.tick(h.now, &mut fx);
+    h.apply(fx);
+    assert!(h.running.is_empty(), "no task while the circuit is open");
+    while agent_state(&h, "builder") == Some(AgentState::CircuitOpen) {
+        assert!(h.wait());
+    }
+    assert_eq!(h.running.len(), 1, "one trial task after the cooldown");
+    h.finish(0, false);
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::CircuitOpen), "one more failure opens it again");
+}
+
+#[test]
+fn an_operator_stopped_agent_holds_its_tasks_until_started() {
+    let mut h = workers();
+    let mut fx = Effects::default();
+    h.sched.stop_agent("builder", &mut fx).unwrap();
+    assert_eq!(fx.stop_agents, vec!["builder".to_string()]);
+    h.apply(fx);
+    let (compile, attempt) = h.running.remove(0);
+    let mut fx = Effects::default();
+    h.sched.complete(compile, attempt, Outcome::Failed { reason: "killed by SIGKILL".into() }, h.now, 0.5, &mut fx).unwrap();
+    h.apply(fx);
+    while h.wait() {}
+    assert_eq!(h.sched.state(), RunState::Running, "the tasks wait for the stopped agent");
+    assert!(h.running.is_empty());
+    let mut fx = Effects::default();
+    h.sched.start_agent_again("builder", h.now, &mut fx).unwrap();
+    h.apply(fx);
+    assert_eq!(h.running.len(), 1, "started again, it takes work");
 }
