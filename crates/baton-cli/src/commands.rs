@@ -17,7 +17,7 @@ use baton_store::{Control, EventQuery, SqliteStore, Store, TaskFilter};
 
 use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
-use crate::{Cli, Command, Failure, TaskAction};
+use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
 pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
@@ -33,6 +33,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Task { action } => task(&cli, action).await,
         Command::Agents { json, run } => agents(&cli, *json, run.as_deref()).await,
+        Command::Agent { action } => agent(&cli, action).await,
         Command::Events { follow, since, task, json, run } => {
             events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
@@ -377,12 +378,11 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
 }
 
 async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Result<u8, Failure> {
-    let task_id = match &command {
-        Control::CancelTask { task, .. } | Control::RetryTask { task } => *task,
-    };
-    let task = store.task(task_id).await.context("reading the task")?;
-    if task.is_none_or(|task| task.run_id != run.id) {
-        return Err(Failure::usage(format!("no task {task_id} in run {}", run.id)));
+    if let Control::CancelTask { task: task_id, .. } | Control::RetryTask { task: task_id } = &command {
+        let task = store.task(*task_id).await.context("reading the task")?;
+        if task.is_none_or(|task| task.run_id != run.id) {
+            return Err(Failure::usage(format!("no task {task_id} in run {}", run.id)));
+        }
     }
     if run.state != RunState::Running {
         return Err(Failure::usage(format!(
@@ -400,6 +400,21 @@ async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Resu
         println!("queued: no `baton run` is executing run {} now; it is applied when `baton run` resumes", run.id);
     }
     Ok(0)
+}
+
+async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
+    let (loaded, store) = open_existing_store(cli)?;
+    let (name, run, command) = match action {
+        AgentAction::Start { name, run } => (name, run, Control::StartAgent { agent: name.clone() }),
+        AgentAction::Stop { name, run } => (name, run, Control::StopAgent { agent: name.clone() }),
+        AgentAction::Restart { name, run } => (name, run, Control::RestartAgent { agent: name.clone() }),
+    };
+    if loaded.plan.agent(name).is_none() {
+        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
+        return Err(Failure::usage(format!("no agent `{name}` in {} (known: {})", cli.config.display(), known.join(", "))));
+    }
+    let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
+    control(&store, &run, command).await
 }
 
 async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {

@@ -86,6 +86,11 @@ pub enum Command {
         #[command(subcommand)]
         action: TaskAction,
     },
+    /// Start, stop or restart an agent of the running `baton run`.
+    Agent {
+        #[command(subcommand)]
+        action: AgentAction,
+    },
     /// List the run's agents.
     Agents {
         #[arg(long)]
@@ -134,6 +139,28 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Start a stopped or failed agent (with a fresh restart budget).
+    Start {
+        name: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Stop an agent gracefully; tasks only it can run wait for it.
+    Stop {
+        name: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Stop an agent and start it again.
+    Restart {
+        name: String,
+        #[arg(long)]
+        run: Option<String>,
     },
 }
 

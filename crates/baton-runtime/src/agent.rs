@@ -2,10 +2,11 @@
 //! it is driving.
 
 use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use baton_core::Outcome;
-use baton_core::model::TaskRecord;
+use baton_core::model::{NewTask, TaskId, TaskRecord};
 
 /// One attempt of a task, handed to an agent.
 #[derive(Debug, Clone)]
@@ -21,11 +22,32 @@ impl Attempt {
     }
 }
 
+/// What a running agent tells the engine besides its attempts' outcomes.
+#[derive(Debug)]
+pub enum AgentEvent {
+    /// The agent's process ended on its own (not because it was stopped).
+    Exited { agent: String, reason: String },
+    /// Something was heard from the agent: it is alive.
+    Activity { agent: String },
+    Progress { agent: String, task: TaskId, fraction: Option<f64>, message: Option<String> },
+    /// Sub-tasks the agent asks for; the reply carries their ids or why they were refused.
+    CreateTasks { agent: String, tasks: Vec<NewTask>, reply: oneshot::Sender<Result<Vec<TaskId>, String>> },
+    Usage { agent: String, task: Option<TaskId>, usage: serde_json::Value },
+}
+
+/// Where an agent sends its [`AgentEvent`]s, and what it needs to know of the run.
+#[derive(Debug, Clone)]
+pub struct AgentContext {
+    pub run_id: String,
+    pub events: mpsc::UnboundedSender<AgentEvent>,
+}
+
 #[async_trait]
 pub trait AgentRuntime: Send + Sync + 'static {
     /// Makes the agent ready to take tasks. For a per-task process agent, checks that its
-    /// command can be started; for long-running agents, starts them. An error says why not.
-    async fn start(&self) -> Result<(), String>;
+    /// command can be started; for long-running agents, starts them (stopping what is left of
+    /// a previous start first). An error says why not.
+    async fn start(&self, context: AgentContext) -> Result<(), String>;
 
     /// Runs one attempt and returns how it ended. When `cancel` fires the attempt is stopped
     /// (its processes killed) and the returned outcome is ignored.

@@ -20,7 +20,7 @@ use baton_core::model::{NewTask, Priority, TaskId};
 use baton_store::sqlite::{Options, Synchronous};
 use baton_store::{EventQuery, SqliteStore, Store};
 
-use crate::agent::{AgentRuntime, Attempt};
+use crate::agent::{AgentContext, AgentRuntime, Attempt};
 use crate::engine::{Engine, EngineOptions, RuntimeFactory};
 
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ struct InstantAgent {
 
 #[async_trait]
 impl AgentRuntime for InstantAgent {
-    async fn start(&self) -> Result<(), String> {
+    async fn start(&self, _context: AgentContext) -> Result<(), String> {
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
 use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
 
-use crate::agent::{AgentRuntime, Attempt};
+use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::clock::Clock;
 use crate::process::{ProcessAgent, ProcessEnv};
 
@@ -247,11 +247,13 @@ impl Engine {
         let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
             options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+        let (agent_events_tx, mut agent_events) = mpsc::unbounded_channel::<AgentEvent>();
         let mut shell = Shell {
             store: Arc::clone(&store),
             run_id: run_id.clone(),
             runtimes,
             reports: reports_tx,
+            agent_context: AgentContext { run_id: run_id.clone(), events: agent_events_tx },
             attempts: HashMap::new(),
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
@@ -302,7 +304,14 @@ impl Engine {
                             handle_report(&mut sched, &mut shell, report, now, &mut fx);
                         }
                     }
-                    Some(command) = commands.recv() => {
+                    Some(event) = agent_events.recv() => {
+                    let now = clock.now();
+                    handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
+                    while let Ok(event) = agent_events.try_recv() {
+                        handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
+                    }
+                }
+                Some(command) = commands.recv() => {
                         let now = clock.now();
                         handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
                     }
@@ -483,6 +492,41 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
     }
 }
 
+async fn handle_agent_event(
+    sched: &mut Scheduler,
+    store: &dyn Store,
+    run_id: &str,
+    event: AgentEvent,
+    now: Timestamp,
+    fx: &mut Effects,
+) {
+    match event {
+        AgentEvent::Exited { agent, reason } => {
+            let _ = sched.agent_exited(&agent, reason, now, fx);
+        }
+        AgentEvent::Activity { agent } => sched.agent_activity(&agent, now),
+        AgentEvent::Progress { agent, task, fraction, message } => {
+            sched.agent_activity(&agent, now);
+            fx.writes.push(Write::Event(EventKind::TaskProgress { task, agent, fraction, message }));
+        }
+        AgentEvent::Usage { agent, task, usage } => {
+            sched.agent_activity(&agent, now);
+            fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage }));
+        }
+        AgentEvent::CreateTasks { agent, tasks, reply } => {
+            sched.agent_activity(&agent, now);
+            let (answer_tx, answer) = oneshot::channel();
+            handle_command(sched, store, run_id, Command::CreateTasks { tasks, reply: answer_tx }, now, fx).await;
+            let result = match answer.await {
+                Ok(Ok(ids)) => Ok(ids),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("the engine did not answer".to_string()),
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
 async fn handle_command(
     sched: &mut Scheduler,
     store: &dyn Store,
@@ -531,6 +575,9 @@ fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &m
     let result = match control {
         Control::CancelTask { task, reason } => sched.cancel(task, reason, now, fx),
         Control::RetryTask { task } => sched.retry(task, now, fx),
+        Control::StopAgent { agent } => sched.stop_agent(&agent, fx),
+        Control::StartAgent { agent } => sched.start_agent_again(&agent, now, fx),
+        Control::RestartAgent { agent } => sched.restart_agent(&agent, now, fx),
     };
     if let Err(error) = result {
         tracing::warn!(%error, "control command not applied");
@@ -543,6 +590,7 @@ struct Shell {
     run_id: String,
     runtimes: HashMap<String, Arc<dyn AgentRuntime>>,
     reports: mpsc::UnboundedSender<Report>,
+    agent_context: AgentContext,
     /// Running attempts and the token that kills each.
     attempts: HashMap<(TaskId, u32), CancellationToken>,
     tracker: TaskTracker,
@@ -569,9 +617,10 @@ impl Shell {
                 fx.start_agents.into_iter().map(|name| (name.clone(), Arc::clone(&self.runtimes[&name]))).collect();
             let reports = self.reports.clone();
             let spawn_timeout = self.spawn_timeout;
+            let context = self.agent_context.clone();
             self.tracker.spawn(async move {
                 for (agent, runtime) in to_start {
-                    let report = match tokio::time::timeout(spawn_timeout, runtime.start()).await {
+                    let report = match tokio::time::timeout(spawn_timeout, runtime.start(context.clone())).await {
                         Ok(Ok(())) => Report::AgentStarted { agent },
                         Ok(Err(reason)) => Report::AgentFailed { agent, reason },
                         Err(_) => Report::AgentFailed {

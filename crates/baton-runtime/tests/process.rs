@@ -68,7 +68,7 @@ impl Setup {
     /// Like `agent`, and started (which creates the log directory).
     async fn started(&self, fields: &str) -> ProcessAgent {
         let agent = self.agent(fields);
-        agent.start().await.expect("the agent starts");
+        agent.start(context()).await.expect("the agent starts");
         agent
     }
 
@@ -78,6 +78,12 @@ impl Setup {
 }
 
 /// A running task, on its first attempt.
+/// An agent context whose events nobody reads: per-task agents send none.
+fn context() -> baton_runtime::agent::AgentContext {
+    let (events, _) = tokio::sync::mpsc::unbounded_channel();
+    baton_runtime::agent::AgentContext { run_id: "run-1".into(), events }
+}
+
 fn task(title: &str, input: Value) -> TaskRecord {
     TaskRecord {
         id: TaskId(1),
@@ -372,10 +378,10 @@ async fn start_checks_that_the_command_exists() {
     let setup = Setup::new();
 
     let missing = setup.agent(r#"command = ["nope-not-here", "--flag"]"#);
-    assert_eq!(missing.start().await, Err("command `nope-not-here` not found in PATH".to_string()));
+    assert_eq!(missing.start(context()).await, Err("command `nope-not-here` not found in PATH".to_string()));
 
     let bash = setup.agent(r#"command = ["bash", "anything.sh"]"#);
-    assert_eq!(bash.start().await, Ok(()));
+    assert_eq!(bash.start(context()).await, Ok(()));
     assert_eq!(setup.log(), "--- agent a started\n");
 }
 

@@ -73,6 +73,9 @@ pub struct EventQuery {
 pub enum Control {
     CancelTask { task: TaskId, reason: String },
     RetryTask { task: TaskId },
+    StopAgent { agent: String },
+    StartAgent { agent: String },
+    RestartAgent { agent: String },
 }
 
 /// A process group started for an attempt, recorded so that a node taking over a run from a

@@ -10,6 +10,7 @@
 //! Baton that is itself killed.
 
 pub mod sys;
+pub mod worker;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use baton_core::Outcome;
 use baton_core::config::AgentSpec;
 use baton_core::time::format_duration;
 
-use crate::agent::{AgentRuntime, Attempt};
+use crate::agent::{AgentContext, AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
 /// Variables of Baton's environment an agent inherits without asking.
@@ -113,6 +114,93 @@ impl ProcessEnv {
     pub fn log_path(&self, agent: &str) -> PathBuf {
         self.log_dir.join(format!("{agent}.log"))
     }
+
+    /// An agent's working directory and its allow-listed environment.
+    fn for_agent(&self, spec: &AgentSpec) -> (PathBuf, BTreeMap<String, String>) {
+        let workdir = match &spec.workdir {
+            Some(dir) => self.base_dir.join(dir),
+            None => self.base_dir.clone(),
+        };
+        let mut env: BTreeMap<String, String> = self
+            .env
+            .iter()
+            .filter(|(key, _)| {
+                INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_") || spec.env_passthrough.contains(key)
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        env.extend(spec.env.clone());
+        (workdir, env)
+    }
+}
+
+/// Appends a line to an agent's log.
+async fn append_log(path: &std::path::Path, line: &str) {
+    if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
+        let _ = file.write_all(format!("{line}\n").as_bytes()).await;
+        let _ = file.flush().await;
+    }
+}
+
+/// A command in its own process group, in `workdir`, with exactly `env`, piped, with the
+/// agent's limits and the parent-death signal.
+fn base_command(
+    program: PathBuf,
+    args: &[String],
+    workdir: &std::path::Path,
+    env: &BTreeMap<String, String>,
+    spec: &AgentSpec,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(workdir)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    sys::prepare_child(
+        &mut command,
+        sys::ChildLimits {
+            memory: spec.limits.memory,
+            cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)),
+        },
+    );
+    command
+}
+
+/// Copies a process's stderr into its agent's log, as bytes (an agent may print anything, and
+/// the pipe must be drained to the end or the agent dies of SIGPIPE). Resolves to the last
+/// non-empty line.
+fn copy_stderr(stderr: tokio::process::ChildStderr, log_path: PathBuf) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut last_line = String::new();
+        let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if let Some(log) = log.as_mut() {
+                let _ = log.write_all(&line).await;
+                if !line.ends_with(b"\n") {
+                    let _ = log.write_all(b"\n").await;
+                }
+                let _ = log.flush().await;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if !text.trim().is_empty() {
+                last_line = text.trim_end_matches(['\n', '\r']).to_string();
+            }
+        }
+        last_line
+    })
 }
 
 pub struct ProcessAgent {
@@ -128,19 +216,7 @@ pub struct ProcessAgent {
 
 impl ProcessAgent {
     pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> ProcessAgent {
-        let workdir = match &spec.workdir {
-            Some(dir) => process_env.base_dir.join(dir),
-            None => process_env.base_dir.clone(),
-        };
-        let mut env: BTreeMap<String, String> = process_env
-            .env
-            .iter()
-            .filter(|(key, _)| {
-                INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_") || spec.env_passthrough.contains(key)
-            })
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        env.extend(spec.env.clone());
+        let (workdir, env) = process_env.for_agent(&spec);
         ProcessAgent {
             log_path: process_env.log_path(&spec.name),
             spec,
@@ -152,10 +228,7 @@ impl ProcessAgent {
     }
 
     async fn log(&self, line: &str) {
-        if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await {
-            let _ = file.write_all(format!("{line}\n").as_bytes()).await;
-            let _ = file.flush().await;
-        }
+        append_log(&self.log_path, line).await;
     }
 
     fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
@@ -163,12 +236,8 @@ impl ProcessAgent {
             self.spec.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
         let program = resolve_program(&argv[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
         let task = &attempt.task;
-        let mut command = tokio::process::Command::new(program);
+        let mut command = base_command(program, &argv[1..], &self.workdir, &self.env, &self.spec);
         command
-            .args(&argv[1..])
-            .current_dir(&self.workdir)
-            .env_clear()
-            .envs(&self.env)
             .env("BATON_TASK_ID", task.id.to_string())
             .env("BATON_TASK_KEY", task.key.clone().unwrap_or_default())
             .env("BATON_TASK_TITLE", &task.title)
@@ -176,19 +245,7 @@ impl ProcessAgent {
             .env("BATON_TASK_ATTEMPT", task.attempt.to_string())
             .env("BATON_WORKSTREAM", task.workstream.clone().unwrap_or_default())
             .env("BATON_AGENT", &attempt.agent)
-            .env("BATON_RUN_ID", &attempt.run_id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        sys::prepare_child(
-            &mut command,
-            sys::ChildLimits {
-                memory: self.spec.limits.memory,
-                cpu_seconds: self.spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)),
-            },
-        );
+            .env("BATON_RUN_ID", &attempt.run_id);
         Ok(command)
     }
 
@@ -211,18 +268,7 @@ impl ProcessAgent {
                 registry.spawned(attempt, pgid).await;
             }
         }
-        let stdin_json = serde_json::json!({
-            "id": task.id,
-            "key": task.key,
-            "title": task.title,
-            "description": task.description,
-            "input": task.input,
-            "workstream": task.workstream,
-            "attempt": task.attempt,
-            "agent": attempt.agent,
-            "run_id": attempt.run_id,
-        })
-        .to_string();
+        let stdin_json = task_json(attempt).to_string();
         let mut stdin = child.stdin.take();
         let feed = async move {
             if let Some(stdin) = stdin.as_mut() {
@@ -239,36 +285,7 @@ impl ProcessAgent {
             let read = stdout.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buffer).await;
             read.map(|_| buffer)
         });
-        let log_path = self.log_path.clone();
-        let copy_stderr = tokio::spawn(async move {
-            let mut last_line = String::new();
-            let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
-            // Bytes, not text: an agent may print anything, and the pipe must be drained to
-            // the end or the agent dies of SIGPIPE.
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                if let Some(log) = log.as_mut() {
-                    let _ = log.write_all(&line).await;
-                    if !line.ends_with(b"\n") {
-                        let _ = log.write_all(b"\n").await;
-                    }
-                }
-                let text = String::from_utf8_lossy(&line);
-                if !text.trim().is_empty() {
-                    last_line = text.trim_end_matches(['\n', '\r']).to_string();
-                }
-            }
-            if let Some(log) = log.as_mut() {
-                let _ = log.flush().await;
-            }
-            last_line
-        });
+        let copy_stderr = copy_stderr(stderr, self.log_path.clone());
 
         let timeout = task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
         let deadline = async {
@@ -357,6 +374,22 @@ enum Ended {
     Cancelled,
 }
 
+/// The task as an agent sees it: on a per-task agent's stdin, in a worker's `task/assign`.
+pub fn task_json(attempt: &Attempt) -> serde_json::Value {
+    let task = &attempt.task;
+    serde_json::json!({
+        "id": task.id,
+        "key": task.key,
+        "title": task.title,
+        "description": task.description,
+        "input": task.input,
+        "workstream": task.workstream,
+        "attempt": task.attempt,
+        "agent": attempt.agent,
+        "run_id": attempt.run_id,
+    })
+}
+
 /// Largest input passed in `BATON_TASK_INPUT`; Linux refuses a single variable over 128 KiB.
 /// Larger inputs are on stdin only.
 const MAX_INPUT_VARIABLE: usize = 64 * 1024;
@@ -411,7 +444,7 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 
 #[async_trait]
 impl AgentRuntime for ProcessAgent {
-    async fn start(&self) -> Result<(), String> {
+    async fn start(&self, _context: AgentContext) -> Result<(), String> {
         if !self.workdir.is_dir() {
             return Err(format!("working directory {} does not exist", self.workdir.display()));
         }
