@@ -411,7 +411,11 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
     };
     if loaded.plan.agent(name).is_none() {
         let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-        return Err(Failure::usage(format!("no agent `{name}` in {} (known: {})", cli.config.display(), known.join(", "))));
+        return Err(Failure::usage(format!(
+            "no agent `{name}` in {} (known: {})",
+            cli.config.display(),
+            known.join(", ")
+        )));
     }
     let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
     control(&store, &run, command).await

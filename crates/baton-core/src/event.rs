@@ -20,30 +20,113 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum EventKind {
-    RunStarted { name: String, n_phases: u32 },
-    RunResumed { previous_owner: Option<String>, requeued: u32 },
-    RunCompleted { state: RunState, n_succeeded: u64, n_dead: u64, n_cancelled: u64, error: Option<String> },
-    PhaseStarted { phase: u32, workstreams: Vec<String> },
-    PhaseCompleted { phase: u32 },
-    WorkstreamCompleted { workstream: String, succeeded: bool },
-    AgentSpawned { agent: String, runtime: String },
-    AgentStateChanged { agent: String, from: AgentState, to: AgentState, reason: Option<String> },
-    AgentTerminated { agent: String, reason: String },
-    TaskCreated { task: TaskId, key: Option<String>, title: String, workstream: Option<String> },
-    TaskReady { task: TaskId },
-    TaskClaimed { task: TaskId, agent: String, attempt: u32 },
-    TaskProgress { task: TaskId, agent: String, fraction: Option<f64>, message: Option<String> },
-    TaskCompleted { task: TaskId, agent: String, attempt: u32 },
-    TaskFailed { task: TaskId, agent: Option<String>, attempt: u32, reason: String },
-    TaskRetrying { task: TaskId, attempt: u32, not_before: Timestamp },
-    TaskDeadLettered { task: TaskId, attempts: u32, reason: String },
-    TaskCancelled { task: TaskId, reason: String },
-    TaskLeaseExpired { task: TaskId, agent: Option<String>, attempt: u32 },
-    TaskRequeued { task: TaskId, from: TaskState },
-    TaskSuspended { task: TaskId, reason: String },
-    TaskResumed { task: TaskId },
+    RunStarted {
+        name: String,
+        n_phases: u32,
+    },
+    RunResumed {
+        previous_owner: Option<String>,
+        requeued: u32,
+    },
+    RunCompleted {
+        state: RunState,
+        n_succeeded: u64,
+        n_dead: u64,
+        n_cancelled: u64,
+        error: Option<String>,
+    },
+    PhaseStarted {
+        phase: u32,
+        workstreams: Vec<String>,
+    },
+    PhaseCompleted {
+        phase: u32,
+    },
+    WorkstreamCompleted {
+        workstream: String,
+        succeeded: bool,
+    },
+    AgentSpawned {
+        agent: String,
+        runtime: String,
+    },
+    AgentStateChanged {
+        agent: String,
+        from: AgentState,
+        to: AgentState,
+        reason: Option<String>,
+    },
+    AgentTerminated {
+        agent: String,
+        reason: String,
+    },
+    TaskCreated {
+        task: TaskId,
+        key: Option<String>,
+        title: String,
+        workstream: Option<String>,
+    },
+    TaskReady {
+        task: TaskId,
+    },
+    TaskClaimed {
+        task: TaskId,
+        agent: String,
+        attempt: u32,
+    },
+    TaskProgress {
+        task: TaskId,
+        agent: String,
+        fraction: Option<f64>,
+        message: Option<String>,
+    },
+    TaskCompleted {
+        task: TaskId,
+        agent: String,
+        attempt: u32,
+    },
+    TaskFailed {
+        task: TaskId,
+        agent: Option<String>,
+        attempt: u32,
+        reason: String,
+    },
+    TaskRetrying {
+        task: TaskId,
+        attempt: u32,
+        not_before: Timestamp,
+    },
+    TaskDeadLettered {
+        task: TaskId,
+        attempts: u32,
+        reason: String,
+    },
+    TaskCancelled {
+        task: TaskId,
+        reason: String,
+    },
+    TaskLeaseExpired {
+        task: TaskId,
+        agent: Option<String>,
+        attempt: u32,
+    },
+    TaskRequeued {
+        task: TaskId,
+        from: TaskState,
+    },
+    TaskSuspended {
+        task: TaskId,
+        reason: String,
+    },
+    TaskResumed {
+        task: TaskId,
+    },
     /// Tokens an agent reports having used (the protocol's `usage/report`).
-    UsageReported { agent: String, task: Option<TaskId>, usage: serde_json::Value },
+    UsageReported {
+        agent: String,
+        task: Option<TaskId>,
+        usage: serde_json::Value,
+    },
 }
 
 impl EventKind {

@@ -1101,7 +1101,11 @@ impl Scheduler {
                     for idx in idxs {
                         if matches!(
                             self.agents[idx].state,
-                            AgentState::Idle | AgentState::Active | AgentState::Starting | AgentState::Restarting | AgentState::CircuitOpen
+                            AgentState::Idle
+                                | AgentState::Active
+                                | AgentState::Starting
+                                | AgentState::Restarting
+                                | AgentState::CircuitOpen
                         ) {
                             self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
                             fx.stop_agents.push(self.agents[idx].spec.name.clone());
@@ -1154,7 +1158,14 @@ impl Scheduler {
         let error = (state == RunState::Failed).then(|| self.failure_summary());
         self.state = state;
         for idx in 0..self.agents.len() {
-            if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Starting | AgentState::Restarting | AgentState::CircuitOpen) {
+            if matches!(
+                self.agents[idx].state,
+                AgentState::Idle
+                    | AgentState::Active
+                    | AgentState::Starting
+                    | AgentState::Restarting
+                    | AgentState::CircuitOpen
+            ) {
                 self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
                 fx.stop_agents.push(self.agents[idx].spec.name.clone());
             }

@@ -26,13 +26,33 @@ impl Attempt {
 #[derive(Debug)]
 pub enum AgentEvent {
     /// The agent's process ended on its own (not because it was stopped).
-    Exited { agent: String, reason: String },
+    Exited {
+        agent: String,
+        reason: String,
+    },
     /// Something was heard from the agent: it is alive.
-    Activity { agent: String },
-    Progress { agent: String, task: TaskId, fraction: Option<f64>, message: Option<String> },
+    Activity {
+        agent: String,
+    },
+    Progress {
+        agent: String,
+        task: TaskId,
+        fraction: Option<f64>,
+        message: Option<String>,
+    },
     /// Sub-tasks the agent asks for; the reply carries their ids or why they were refused.
-    CreateTasks { agent: String, tasks: Vec<NewTask>, reply: oneshot::Sender<Result<Vec<TaskId>, String>> },
-    Usage { agent: String, task: Option<TaskId>, usage: serde_json::Value },
+    /// `parent` is the task the agent was working on, whose workstream sub-tasks join by default.
+    CreateTasks {
+        agent: String,
+        parent: Option<TaskId>,
+        tasks: Vec<NewTask>,
+        reply: oneshot::Sender<Result<Vec<TaskId>, String>>,
+    },
+    Usage {
+        agent: String,
+        task: Option<TaskId>,
+        usage: serde_json::Value,
+    },
 }
 
 /// Where an agent sends its [`AgentEvent`]s, and what it needs to know of the run.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use baton_core::config::{AgentSpec, Plan};
+use baton_core::config::{AgentSpec, Plan, ProcessMode};
 use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskState};
 use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
@@ -23,6 +23,7 @@ use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
 
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::clock::Clock;
+use crate::process::worker::WorkerAgent;
 use crate::process::{ProcessAgent, ProcessEnv};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +45,10 @@ pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send
 
 /// The runtime factory for agents declared in `baton.toml`.
 pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
-    Arc::new(move |spec: &AgentSpec| Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>)
+    Arc::new(move |spec: &AgentSpec| match spec.mode {
+        ProcessMode::PerTask => Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
+        ProcessMode::Worker => Arc::new(WorkerAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
+    })
 }
 
 /// Who is executing a run: written on the run so that a second `baton run` can tell whether
@@ -513,8 +517,14 @@ async fn handle_agent_event(
             sched.agent_activity(&agent, now);
             fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage }));
         }
-        AgentEvent::CreateTasks { agent, tasks, reply } => {
+        AgentEvent::CreateTasks { agent, parent, mut tasks, reply } => {
             sched.agent_activity(&agent, now);
+            let parent_workstream = parent.and_then(|id| sched.task(id)).and_then(|task| task.workstream.clone());
+            for task in &mut tasks {
+                if task.workstream.is_none() {
+                    task.workstream = parent_workstream.clone();
+                }
+            }
             let (answer_tx, answer) = oneshot::channel();
             handle_command(sched, store, run_id, Command::CreateTasks { tasks, reply: answer_tx }, now, fx).await;
             let result = match answer.await {

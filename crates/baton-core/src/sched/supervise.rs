@@ -32,7 +32,8 @@ impl Scheduler {
     pub fn agent_exited(&mut self, name: &str, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = self.agent_idx(name)?;
         let slot = &self.agents[idx];
-        if !matches!(slot.state, AgentState::Starting | AgentState::Idle | AgentState::Active | AgentState::CircuitOpen) {
+        if !matches!(slot.state, AgentState::Starting | AgentState::Idle | AgentState::Active | AgentState::CircuitOpen)
+        {
             // Already stopped, failed or restarting: this exit was expected.
             return Ok(());
         }
@@ -48,12 +49,8 @@ impl Scheduler {
             slot.restarts.push(now);
             let delay = backoff(n_recent + 1, slot.spec.restart_backoff, MAX_RESTART_DELAY, 1.0);
             slot.restart_at = Some(now.plus(delay));
-            let why = format!(
-                "{reason}; restart {}/{} in {}",
-                n_recent + 1,
-                slot.spec.max_restarts,
-                format_duration(delay)
-            );
+            let why =
+                format!("{reason}; restart {}/{} in {}", n_recent + 1, slot.spec.max_restarts, format_duration(delay));
             self.set_agent_state(idx, AgentState::Restarting, Some(why.clone()), fx);
             self.suspend_dependants(idx, format!("critical agent `{name}` is restarting ({reason})"), now, fx);
         } else {
@@ -180,7 +177,8 @@ impl Scheduler {
     pub(super) fn trip_breaker_if_needed(&mut self, idx: usize, now: Timestamp, fx: &mut Effects) {
         let slot = &self.agents[idx];
         let breaker = slot.spec.circuit_breaker;
-        if slot.consecutive_failures < breaker.failures || !matches!(slot.state, AgentState::Idle | AgentState::Active) {
+        if slot.consecutive_failures < breaker.failures || !matches!(slot.state, AgentState::Idle | AgentState::Active)
+        {
             return;
         }
         let why = format!(

@@ -811,7 +811,9 @@ fn exit(h: &mut Harness, agent: &str, reason: &str) {
         .collect();
     h.running.retain(|entry| !running.contains(entry));
     for (id, attempt) in running {
-        h.sched.complete(id, attempt, Outcome::Failed { reason: format!("agent exited: {reason}") }, h.now, 0.5, &mut fx).unwrap();
+        h.sched
+            .complete(id, attempt, Outcome::Failed { reason: format!("agent exited: {reason}") }, h.now, 0.5, &mut fx)
+            .unwrap();
     }
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
@@ -915,7 +917,9 @@ fn an_operator_stopped_agent_holds_its_tasks_until_started() {
     h.apply(fx);
     let (compile, attempt) = h.running.remove(0);
     let mut fx = Effects::default();
-    h.sched.complete(compile, attempt, Outcome::Failed { reason: "killed by SIGKILL".into() }, h.now, 0.5, &mut fx).unwrap();
+    h.sched
+        .complete(compile, attempt, Outcome::Failed { reason: "killed by SIGKILL".into() }, h.now, 0.5, &mut fx)
+        .unwrap();
     h.apply(fx);
     while h.wait() {}
     assert_eq!(h.sched.state(), RunState::Running, "the tasks wait for the stopped agent");

@@ -164,10 +164,7 @@ fn base_command(
         .kill_on_drop(true);
     sys::prepare_child(
         &mut command,
-        sys::ChildLimits {
-            memory: spec.limits.memory,
-            cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)),
-        },
+        sys::ChildLimits { memory: spec.limits.memory, cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)) },
     );
     command
 }

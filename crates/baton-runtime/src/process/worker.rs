@@ -1,1 +1,609 @@
-//! placeholder
+//! Worker agents (`mode = "worker"`): one long-running process per agent, speaking JSON-RPC 2.0
+//! with Baton, one message per line, on its stdin and stdout (the protocol is in
+//! `docs/agent-protocol.md`).
+//!
+//! Baton sends `initialize` when the process starts, `task/assign` for each attempt (the
+//! response is the outcome), `task/cancel`, and `shutdown`. The worker may send `heartbeat`,
+//! `task/progress`, `task/create`, `usage/report` and `log`. Anything it sends counts as a sign
+//! of life. A malformed line, an unknown method, an oversized message or a response to an
+//! unknown id is answered with a JSON-RPC error (or logged) and counted; it never stops Baton
+//! or loses a task. When the process exits, its attempts fail (and are retried) and the engine
+//! is told, so that supervision can restart it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+
+use baton_core::Outcome;
+use baton_core::config::AgentSpec;
+use baton_core::model::{NewTask, Priority, TaskId, TaskRef};
+use baton_core::time::format_duration;
+
+use super::{ProcessEnv, Registry, append_log, base_command, copy_stderr, task_json};
+use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
+use crate::check::resolve_program;
+
+/// The protocol version Baton speaks, sent in `initialize`.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// How long a worker gets to exit after `shutdown`, and again after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// A JSON-RPC error as a worker returns it.
+#[derive(Debug, Clone, PartialEq)]
+struct RpcError {
+    code: i64,
+    message: String,
+}
+
+type Reply = Result<Value, RpcError>;
+
+/// One started process and its conversation.
+struct Connection {
+    agent: String,
+    outgoing: mpsc::UnboundedSender<String>,
+    /// Requests waiting for their response, by id. A std mutex: held only to insert or remove.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: AtomicU64,
+    pgid: Option<i32>,
+    /// Set when Baton stops the process, so that its exit is not reported as a crash.
+    stopping: AtomicBool,
+    /// Fires when the process has exited.
+    exited: CancellationToken,
+    exit_reason: Mutex<Option<String>>,
+    /// Protocol errors seen (malformed lines, unknown methods, stray responses...).
+    protocol_errors: AtomicU64,
+}
+
+impl Connection {
+    fn send(&self, message: &Value) {
+        let _ = self.outgoing.send(message.to_string());
+    }
+
+    fn request(&self, method: &str, params: Value) -> (u64, oneshot::Receiver<Reply>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
+        self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
+        (id, answer)
+    }
+
+    fn notify(&self, method: &str, params: Value) {
+        self.send(&json!({ "jsonrpc": "2.0", "method": method, "params": params }));
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    fn exit_reason(&self) -> String {
+        self.exit_reason.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "the agent exited".into())
+    }
+
+    /// Waits for the process to exit, up to `grace`. True if it did.
+    async fn wait_exit(&self, grace: Duration) -> bool {
+        tokio::time::timeout(grace, self.exited.cancelled()).await.is_ok()
+    }
+
+    /// `shutdown`, then SIGTERM, then SIGKILL, each after a grace period.
+    async fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.exited.is_cancelled() {
+            return;
+        }
+        let (id, _answer) = self.request("shutdown", json!({}));
+        if self.wait_exit(STOP_GRACE).await {
+            return;
+        }
+        self.forget(id);
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+            if self.wait_exit(STOP_GRACE).await {
+                return;
+            }
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        self.exited.cancelled().await;
+    }
+}
+
+pub struct WorkerAgent {
+    spec: AgentSpec,
+    workdir: PathBuf,
+    log_path: PathBuf,
+    env: BTreeMap<String, String>,
+    registry: Option<Registry>,
+    /// The running process, if any. A tokio mutex: `start` holds it while it replaces the
+    /// process.
+    current: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    generation: AtomicU64,
+}
+
+impl WorkerAgent {
+    pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> WorkerAgent {
+        let (workdir, env) = process_env.for_agent(&spec);
+        WorkerAgent {
+            log_path: process_env.log_path(&spec.name),
+            spec,
+            workdir,
+            env,
+            registry: process_env.registry.clone(),
+            current: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    async fn log(&self, line: &str) {
+        append_log(&self.log_path, line).await;
+    }
+
+    async fn connection(&self) -> Option<Arc<Connection>> {
+        self.current.lock().await.clone()
+    }
+
+    /// Starts the process and wires its pipes; does not wait for `initialize`.
+    async fn spawn(&self, context: &AgentContext) -> Result<Arc<Connection>, String> {
+        let program = resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
+        let mut command = base_command(program, &self.spec.command[1..], &self.workdir, &self.env, &self.spec);
+        command.env("BATON_AGENT", &self.spec.name).env("BATON_RUN_ID", &context.run_id);
+        let mut child = command.spawn().map_err(|error| format!("cannot start `{}`: {error}", self.spec.command[0]))?;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let pgid = child.id().map(|pid| pid as i32);
+        let (outgoing, mut to_write) = mpsc::unbounded_channel::<String>();
+        let connection = Arc::new(Connection {
+            agent: self.spec.name.clone(),
+            outgoing,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            pgid,
+            stopping: AtomicBool::new(false),
+            exited: CancellationToken::new(),
+            exit_reason: Mutex::new(None),
+            protocol_errors: AtomicU64::new(0),
+        });
+        let attempt_key = Attempt {
+            run_id: context.run_id.clone(),
+            agent: self.spec.name.clone(),
+            task: placeholder_task(generation),
+        };
+        if let (Some(registry), Some(pgid)) = (&self.registry, pgid) {
+            registry.spawned(&attempt_key, pgid).await;
+        }
+
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        tokio::spawn(async move {
+            while let Some(line) = to_write.recv().await {
+                if stdin.write_all(line.as_bytes()).await.is_err()
+                    || stdin.write_all(b"\n").await.is_err()
+                    || stdin.flush().await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let max = self.spec.max_message_size as usize;
+        let reader = Reader {
+            connection: Arc::clone(&connection),
+            events: context.events.clone(),
+            log_path: self.log_path.clone(),
+            max_message_size: max,
+        };
+        let read_task = tokio::spawn(reader.run(FramedRead::new(stdout, Lines(LinesCodec::new_with_max_length(max)))));
+        let stderr_task = copy_stderr(child.stderr.take().expect("stderr is piped"), self.log_path.clone());
+
+        let watcher = Arc::clone(&connection);
+        let events = context.events.clone();
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // Whatever the worker started goes with it.
+            if let Some(pgid) = watcher.pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), read_task).await;
+            let last_stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task).await.ok().and_then(Result::ok);
+            let mut reason = match status {
+                Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                    (Some(code), _) => format!("exit status {code}"),
+                    (None, Some(signal)) => match Signal::try_from(signal) {
+                        Ok(signal) => format!("killed by {signal}"),
+                        Err(_) => format!("killed by signal {signal}"),
+                    },
+                    (None, None) => "exited".to_string(),
+                },
+                Err(error) => format!("cannot wait for the process: {error}"),
+            };
+            if let Some(line) = last_stderr.filter(|line| !line.is_empty()) {
+                reason = format!("{reason}: {line}");
+            }
+            *watcher.exit_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            let waiting: Vec<oneshot::Sender<Reply>> =
+                watcher.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, reply)| reply).collect();
+            for reply in waiting {
+                let _ = reply.send(Err(RpcError { code: -32000, message: format!("agent exited: {reason}") }));
+            }
+            if let Some(registry) = registry {
+                registry.ended(&attempt_key).await;
+            }
+            watcher.exited.cancel();
+            if !watcher.stopping.load(Ordering::SeqCst) {
+                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason });
+            }
+        });
+        Ok(connection)
+    }
+}
+
+/// The registry keys a worker's process group by task 0 and its start number.
+fn placeholder_task(generation: u64) -> baton_core::model::TaskRecord {
+    baton_core::model::TaskRecord {
+        id: TaskId(0),
+        run_id: String::new(),
+        key: None,
+        workstream: None,
+        title: String::new(),
+        description: String::new(),
+        input: Value::Null,
+        requires: Vec::new(),
+        agent: None,
+        depends_on: Vec::new(),
+        priority: Priority::Medium,
+        max_attempts: 1,
+        timeout_ms: None,
+        resources: Vec::new(),
+        state: baton_core::TaskState::Running,
+        attempt: generation as u32,
+        assigned_agent: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        not_before: None,
+        result: None,
+        error: None,
+        created_at: Default::default(),
+        updated_at: Default::default(),
+        finished_at: None,
+    }
+}
+
+/// What one line of a worker's stdout is. Bad lines are frames too, so that reading goes on
+/// after them (a framed stream ends at its first error).
+enum Frame {
+    Line(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Lines of at most a maximum length, as [`Frame`]s.
+struct Lines(LinesCodec);
+
+impl Lines {
+    fn frame(result: Result<Option<String>, LinesCodecError>) -> std::io::Result<Option<Frame>> {
+        match result {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Frame::TooLong)),
+            Err(LinesCodecError::Io(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Some(Frame::NotUtf8))
+            }
+            Err(LinesCodecError::Io(error)) => Err(error),
+        }
+    }
+}
+
+impl tokio_util::codec::Decoder for Lines {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Frame>> {
+        Lines::frame(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<Option<Frame>> {
+        Lines::frame(self.0.decode_eof(buf))
+    }
+}
+
+/// Reads the worker's messages.
+struct Reader {
+    connection: Arc<Connection>,
+    events: mpsc::UnboundedSender<AgentEvent>,
+    log_path: PathBuf,
+    max_message_size: usize,
+}
+
+impl Reader {
+    async fn run(self, mut lines: FramedRead<tokio::process::ChildStdout, Lines>) {
+        while let Some(frame) = lines.next().await {
+            match frame {
+                Ok(Frame::Line(line)) if line.trim().is_empty() => {}
+                Ok(Frame::Line(line)) => self.handle(&line).await,
+                Ok(Frame::TooLong) => {
+                    let message = format!("message over {} bytes dropped", self.max_message_size);
+                    self.protocol_error(Value::Null, -32600, &message).await;
+                }
+                Ok(Frame::NotUtf8) => self.protocol_error(Value::Null, -32700, "a message is not valid UTF-8").await,
+                Err(_) => break,
+            }
+        }
+    }
+
+    async fn protocol_error(&self, id: Value, code: i64, message: &str) {
+        self.connection.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        append_log(&self.log_path, &format!("--- protocol error ({code}): {message}")).await;
+        self.connection.send(&json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } }));
+    }
+
+    fn reply(&self, id: &Option<Value>, result: Value) {
+        if let Some(id) = id {
+            self.connection.send(&json!({ "jsonrpc": "2.0", "id": id, "result": result }));
+        }
+    }
+
+    async fn handle(&self, line: &str) {
+        let agent = self.connection.agent.clone();
+        let message: Value = match serde_json::from_str(line) {
+            Ok(message) => message,
+            Err(error) => return self.protocol_error(Value::Null, -32700, &format!("parse error: {error}")).await,
+        };
+        let _ = self.events.send(AgentEvent::Activity { agent: agent.clone() });
+        let id = message.get("id").cloned();
+        let Some(method) = message.get("method").and_then(Value::as_str) else {
+            return self.response(id, &message).await;
+        };
+        let params = message.get("params").cloned().unwrap_or(Value::Null);
+        let task_id = params.get("task_id").and_then(Value::as_i64).map(TaskId);
+        match method {
+            "heartbeat" => self.reply(&id, json!({})),
+            "log" => {
+                let text = params.get("message").and_then(Value::as_str).unwrap_or_default();
+                let level = params.get("level").and_then(Value::as_str).unwrap_or("info");
+                append_log(&self.log_path, &format!("[{level}] {text}")).await;
+                self.reply(&id, json!({}));
+            }
+            "task/progress" => {
+                let Some(task) = task_id else {
+                    return self.invalid_params(id, "task/progress needs `task_id`").await;
+                };
+                let fraction = params.get("fraction").and_then(Value::as_f64).map(|f| f.clamp(0.0, 1.0));
+                let text = params.get("message").and_then(Value::as_str).map(str::to_string);
+                let _ = self.events.send(AgentEvent::Progress { agent, task, fraction, message: text });
+                self.reply(&id, json!({}));
+            }
+            "usage/report" => {
+                let _ = self.events.send(AgentEvent::Usage { agent, task: task_id, usage: params });
+                self.reply(&id, json!({}));
+            }
+            "task/create" => {
+                let tasks = match parse_new_tasks(&params) {
+                    Ok(tasks) => tasks,
+                    Err(message) => return self.invalid_params(id, &message).await,
+                };
+                let (reply, answer) = oneshot::channel();
+                let _ = self.events.send(AgentEvent::CreateTasks { agent, parent: task_id, tasks, reply });
+                let connection = Arc::clone(&self.connection);
+                // Answered when the engine has made the tasks durable, without holding up
+                // the reading of further messages.
+                tokio::spawn(async move {
+                    let response = match answer.await {
+                        Ok(Ok(ids)) => {
+                            json!({ "jsonrpc": "2.0", "id": id, "result": { "task_ids": ids } })
+                        }
+                        Ok(Err(message)) => {
+                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } })
+                        }
+                        Err(_) => {
+                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": "the engine stopped" } })
+                        }
+                    };
+                    if id.is_some() {
+                        connection.send(&response);
+                    }
+                });
+            }
+            other => {
+                let message = format!("unknown method `{other}`");
+                match id {
+                    Some(id) => self.protocol_error(id, -32601, &message).await,
+                    None => {
+                        self.connection.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        append_log(&self.log_path, &format!("--- protocol error: {message} (notification ignored)"))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn invalid_params(&self, id: Option<Value>, message: &str) {
+        self.protocol_error(id.unwrap_or(Value::Null), -32602, message).await;
+    }
+
+    /// A response to one of Baton's requests.
+    async fn response(&self, id: Option<Value>, message: &Value) {
+        let Some(numeric) = id.as_ref().and_then(Value::as_u64) else {
+            return self
+                .protocol_error(Value::Null, -32600, "a message with neither `method` nor a numeric `id`")
+                .await;
+        };
+        let waiting = self.connection.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&numeric);
+        let Some(reply) = waiting else {
+            self.connection.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            append_log(&self.log_path, &format!("--- protocol error: response to unknown id {numeric} ignored")).await;
+            return;
+        };
+        let answer = match (message.get("result"), message.get("error")) {
+            (_, Some(error)) => Err(RpcError {
+                code: error.get("code").and_then(Value::as_i64).unwrap_or(-32000),
+                message: error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the agent reported an error")
+                    .to_string(),
+            }),
+            (Some(result), None) => Ok(result.clone()),
+            (None, None) => Ok(Value::Null),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// The tasks of a `task/create` request.
+fn parse_new_tasks(params: &Value) -> Result<Vec<NewTask>, String> {
+    let Some(items) = params.get("tasks").and_then(Value::as_array) else {
+        return Err("task/create needs `tasks`: an array of tasks".into());
+    };
+    let strings = |value: Option<&Value>| -> Vec<String> {
+        value
+            .and_then(Value::as_array)
+            .map_or_else(Vec::new, |items| items.iter().filter_map(Value::as_str).map(str::to_string).collect())
+    };
+    let mut tasks = Vec::with_capacity(items.len());
+    for (idx, item) in items.iter().enumerate() {
+        let Some(title) = item.get("title").and_then(Value::as_str).filter(|title| !title.trim().is_empty()) else {
+            return Err(format!("tasks[{idx}] needs a `title`"));
+        };
+        let priority = match item.get("priority").and_then(Value::as_str) {
+            None => Priority::Medium,
+            Some(text) => serde_json::from_value(Value::String(text.to_string()))
+                .map_err(|_| format!("tasks[{idx}].priority `{text}` is not one of critical, high, medium, low"))?,
+        };
+        let depends_on = item.get("depends_on").and_then(Value::as_array).map_or_else(Vec::new, |deps| {
+            deps.iter()
+                .filter_map(|dep| match dep {
+                    Value::Number(number) => number.as_i64().map(|id| TaskRef::Id(TaskId(id))),
+                    Value::String(key) => Some(TaskRef::Key(key.clone())),
+                    _ => None,
+                })
+                .collect()
+        });
+        tasks.push(NewTask {
+            key: item.get("key").and_then(Value::as_str).map(str::to_string),
+            workstream: item.get("workstream").and_then(Value::as_str).map(str::to_string),
+            title: title.to_string(),
+            description: item.get("description").and_then(Value::as_str).unwrap_or_default().to_string(),
+            input: item.get("input").cloned().unwrap_or_else(|| json!({})),
+            requires: strings(item.get("requires")),
+            agent: item.get("agent").and_then(Value::as_str).map(str::to_string),
+            depends_on,
+            priority,
+            max_attempts: item.get("max_attempts").and_then(Value::as_u64).map_or(3, |n| n.clamp(1, 100) as u32),
+            timeout_ms: None,
+            resources: strings(item.get("resources")),
+        });
+    }
+    Ok(tasks)
+}
+
+#[async_trait]
+impl AgentRuntime for WorkerAgent {
+    async fn start(&self, context: AgentContext) -> Result<(), String> {
+        let mut current = self.current.lock().await;
+        if let Some(previous) = current.take() {
+            previous.stop().await;
+        }
+        if !self.workdir.is_dir() {
+            return Err(format!("working directory {} does not exist", self.workdir.display()));
+        }
+        if let Some(parent) = self.log_path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
+        }
+        let connection = self.spawn(&context).await?;
+        self.log(&format!("--- worker {} started (pid group {})", self.spec.name, connection.pgid.unwrap_or_default()))
+            .await;
+        let (_, answer) = connection.request(
+            "initialize",
+            json!({
+                "agent": self.spec.name,
+                "capabilities": self.spec.capabilities,
+                "concurrency": self.spec.concurrency,
+                "run_id": context.run_id,
+                "protocol_version": PROTOCOL_VERSION,
+            }),
+        );
+        let reply = tokio::select! {
+            reply = answer => reply,
+            () = connection.exited.cancelled() => {
+                return Err(format!("exited before answering `initialize`: {}", connection.exit_reason()));
+            }
+        };
+        match reply {
+            Ok(Ok(_)) => {
+                *current = Some(connection);
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                connection.stop().await;
+                Err(format!("refused `initialize`: {}", error.message))
+            }
+            Err(_) => {
+                connection.stop().await;
+                Err(format!("exited before answering `initialize`: {}", connection.exit_reason()))
+            }
+        }
+    }
+
+    async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
+        let Some(connection) = self.connection().await else {
+            return Outcome::Failed { reason: "the agent is not running".into() };
+        };
+        let task_id = attempt.task.id;
+        let (id, answer) = connection.request("task/assign", task_json(&attempt));
+        let timeout = attempt.task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
+        let deadline = async {
+            match timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            reply = answer => match reply {
+                Ok(Ok(result)) => Outcome::Succeeded { result },
+                Ok(Err(error)) => Outcome::Failed { reason: error.message },
+                Err(_) => Outcome::Failed { reason: format!("agent exited: {}", connection.exit_reason()) },
+            },
+            // Exited before the request could be answered (or even read).
+            () = connection.exited.cancelled() => {
+                connection.forget(id);
+                Outcome::Failed { reason: format!("agent exited: {}", connection.exit_reason()) }
+            }
+            () = deadline => {
+                connection.forget(id);
+                connection.notify("task/cancel", json!({ "task_id": task_id, "reason": "timeout" }));
+                Outcome::Failed { reason: format!("timed out after {}", format_duration(timeout.unwrap_or_default())) }
+            }
+            () = cancel.cancelled() => {
+                connection.forget(id);
+                connection.notify("task/cancel", json!({ "task_id": task_id, "reason": "cancelled" }));
+                Outcome::Failed { reason: "cancelled".into() }
+            }
+        }
+    }
+
+    async fn stop(&self) {
+        let connection = self.current.lock().await.take();
+        if let Some(connection) = connection {
+            connection.stop().await;
+            self.log(&format!(
+                "--- worker {} stopped ({} protocol error(s) in this run of it)",
+                self.spec.name,
+                connection.protocol_errors.load(Ordering::Relaxed)
+            ))
+            .await;
+        }
+    }
+}

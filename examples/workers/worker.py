@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""A Baton worker agent in Python, standard library only.
+
+Baton starts it once and talks to it with JSON-RPC 2.0, one message per line, on stdin and
+stdout (see docs/agent-protocol.md). It runs each assigned task in a thread, reports progress,
+may create sub-tasks, reports token usage, and sends a heartbeat every few seconds so that
+Baton knows it is alive. Anything it prints for people goes to stderr (the agent's log).
+
+What a task does here is driven by its input, so the examples and tests can exercise the
+protocol: {"steps": N} reports N progress steps; {"fail": "why"} fails the task;
+{"subtasks": ["title", ...]} creates sub-tasks; {"tokens": N} reports usage.
+
+Flags for tests: --crash-on-start (exit after `initialize`), --crash-once FILE (the same, the
+first time only: FILE remembers), --go-silent-after N (stop heartbeating and answering after N
+tasks), --garbage (send malformed messages at start).
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+HEARTBEAT_SECONDS = float(os.environ.get("WORKER_HEARTBEAT_SECONDS", "2"))
+
+out_lock = threading.Lock()
+silent = threading.Event()
+next_id = 1000
+pending = {}  # id -> (event, reply dict) for requests we send to Baton
+
+
+def send(message):
+    """Writes one message as one line on stdout."""
+    if silent.is_set():
+        return
+    message["jsonrpc"] = "2.0"
+    with out_lock:
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
+
+
+def log(text):
+    print(f"[worker {os.environ.get('BATON_AGENT', '?')}] {text}", file=sys.stderr, flush=True)
+
+
+def request(method, params):
+    """Sends a request to Baton and waits for its response."""
+    global next_id
+    with out_lock:
+        next_id += 1
+        request_id = next_id
+    done = threading.Event()
+    pending[request_id] = (done, {})
+    send({"id": request_id, "method": method, "params": params})
+    done.wait(30)
+    return pending.pop(request_id)[1]
+
+
+def run_task(request_id, task):
+    task_input = task.get("input") or {}
+    task_id = task["id"]
+    steps = int(task_input.get("steps", 1))
+    for step in range(steps):
+        time.sleep(float(task_input.get("step_seconds", 0.05)))
+        send({"method": "task/progress", "params": {"task_id": task_id, "fraction": (step + 1) / steps,
+                                                     "message": f"step {step + 1}/{steps}"}})
+    if "tokens" in task_input:
+        send({"method": "usage/report", "params": {"task_id": task_id, "input_tokens": task_input["tokens"],
+                                                    "output_tokens": task_input["tokens"] // 2}})
+    if task_input.get("subtasks"):
+        reply = request("task/create", {"task_id": task_id, "tasks": [
+            {"title": title, "input": {"steps": 1}} for title in task_input["subtasks"]]})
+        log(f"created sub-tasks: {reply}")
+    if "fail" in task_input:
+        send({"id": request_id, "error": {"code": 1, "message": task_input["fail"]}})
+        return
+    send({"id": request_id, "result": {"task": task["key"] or task_id, "attempt": task["attempt"],
+                                        "summary": f"{task['title']}: done"}})
+
+
+def heartbeat():
+    while True:
+        time.sleep(HEARTBEAT_SECONDS)
+        send({"method": "heartbeat", "params": {}})
+
+
+def main():
+    crash_on_start = "--crash-on-start" in sys.argv
+    if "--crash-once" in sys.argv:
+        marker = sys.argv[sys.argv.index("--crash-once") + 1]
+        crash_on_start = not os.path.exists(marker)
+        if crash_on_start:
+            open(marker, "w").close()
+    silent_after = None
+    if "--go-silent-after" in sys.argv:
+        silent_after = int(sys.argv[sys.argv.index("--go-silent-after") + 1])
+    n_tasks = 0
+    threading.Thread(target=heartbeat, daemon=True).start()
+    for line in sys.stdin:
+        message = json.loads(line)
+        method = message.get("method")
+        if method is None:  # a response to one of our requests
+            waiting = pending.get(message.get("id"))
+            if waiting:
+                waiting[1].update(message)
+                waiting[0].set()
+            elif "error" in message:
+                log(f"baton says: {message['error']['message']}")
+            continue
+        params = message.get("params") or {}
+        if method == "initialize":
+            log(f"initialized as {params['agent']} with {params['capabilities']}")
+            send({"id": message["id"], "result": {"name": "python-example-worker", "protocol_version": "1"}})
+            if crash_on_start:
+                log("crashing on purpose")
+                sys.exit(3)
+            if "--garbage" in sys.argv:
+                with out_lock:
+                    sys.stdout.write("this is not json\n")
+                    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "no/such/method"}) + "\n")
+                    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": 99999, "result": {}}) + "\n")
+                    sys.stdout.write("x" * 2_000_000 + "\n")
+                    sys.stdout.flush()
+        elif method == "task/assign":
+            n_tasks += 1
+            if silent_after is not None and n_tasks > silent_after:
+                log("going silent")
+                silent.set()
+                continue
+            threading.Thread(target=run_task, args=(message["id"], params), daemon=True).start()
+        elif method == "task/cancel":
+            log(f"asked to cancel task {params.get('task_id')}")
+        elif method == "shutdown":
+            send({"id": message["id"], "result": {}})
+            log("shutting down")
+            return
+
+
+if __name__ == "__main__":
+    main()
