@@ -162,6 +162,8 @@ enum Lost {
     Attempt { jitter: f64 },
     /// Its node stopped while it ran.
     Lease,
+    /// Its agent died or was stopped while it ran.
+    Agent,
 }
 
 /// Equal jitter: half the delay fixed, half random, so retries spread without ever being
@@ -898,7 +900,7 @@ impl Scheduler {
         change.error = Some(reason.clone());
         let mut events: Vec<EventKind> = first_event.into_iter().collect();
         let attempts_left = match lost {
-            Lost::Attempt { .. } => attempt < task.max_attempts,
+            Lost::Attempt { .. } | Lost::Agent => attempt < task.max_attempts,
             Lost::Lease => attempt <= task.max_attempts,
         };
         if attempts_left {
@@ -907,7 +909,7 @@ impl Scheduler {
                 Lost::Attempt { jitter } => {
                     backoff(attempt, settings.retry_backoff, settings.retry_backoff_max, jitter)
                 }
-                Lost::Lease => Duration::ZERO,
+                Lost::Lease | Lost::Agent => Duration::ZERO,
             };
             let not_before = now.plus(delay);
             change.state = TaskState::Ready;

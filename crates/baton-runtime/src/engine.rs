@@ -585,7 +585,7 @@ fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &m
     let result = match control {
         Control::CancelTask { task, reason } => sched.cancel(task, reason, now, fx),
         Control::RetryTask { task } => sched.retry(task, now, fx),
-        Control::StopAgent { agent } => sched.stop_agent(&agent, fx),
+        Control::StopAgent { agent } => sched.stop_agent(&agent, now, fx),
         Control::StartAgent { agent } => sched.start_agent_again(&agent, now, fx),
         Control::RestartAgent { agent } => sched.restart_agent(&agent, now, fx),
     };

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Effects, Error, Scheduler, Write, backoff};
+use super::{Effects, Error, Lost, Scheduler, Write, backoff};
 use crate::config::{ProcessMode, RestartPolicy};
 use crate::event::EventKind;
 use crate::model::{AgentState, Priority, TaskId, TaskState};
@@ -40,6 +40,7 @@ impl Scheduler {
         fx.writes.push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason: reason.clone() }));
         // Whatever is left of it goes: a silent worker may still be running.
         fx.stop_agents.push(name.to_string());
+        self.requeue_attempts_of(idx, &format!("agent `{name}` exited: {reason}"), now, fx);
         let slot = &mut self.agents[idx];
         let window_start = Timestamp(now.0 - slot.spec.restart_window.as_millis() as i64);
         slot.restarts.retain(|at| *at > window_start);
@@ -80,7 +81,7 @@ impl Scheduler {
 
     /// An operator stops an agent. Its running attempts are killed (and retried); it takes no
     /// task until started again, and tasks only it can run wait for it.
-    pub fn stop_agent(&mut self, name: &str, fx: &mut Effects) -> Result<(), Error> {
+    pub fn stop_agent(&mut self, name: &str, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = self.agent_idx(name)?;
         if matches!(self.agents[idx].state, AgentState::Stopped | AgentState::Waiting) {
             self.agents[idx].held_by_operator = true;
@@ -90,6 +91,7 @@ impl Scheduler {
         self.agents[idx].restart_at = None;
         self.set_agent_state(idx, AgentState::Stopped, Some("stopped by an operator".into()), fx);
         fx.stop_agents.push(name.to_string());
+        self.requeue_attempts_of(idx, &format!("agent `{name}` was stopped by an operator"), now, fx);
         Ok(())
     }
 
@@ -123,9 +125,33 @@ impl Scheduler {
             fx.stop_agents.push(name.to_string());
             self.agents[idx].restart_at = Some(now);
             self.set_agent_state(idx, AgentState::Restarting, Some("restarted by an operator".into()), fx);
+            self.requeue_attempts_of(idx, &format!("agent `{name}` was restarted by an operator"), now, fx);
             return Ok(());
         }
         self.start_agent_again(name, now, fx)
+    }
+
+    /// The attempts an agent was running when it went away fail now, and their tasks are
+    /// retried at once on any capable agent: the agent failed, not the task. The attempts'
+    /// late outcomes are rejected as stale.
+    fn requeue_attempts_of(&mut self, idx: usize, reason: &str, now: Timestamp, fx: &mut Effects) {
+        let name = self.agents[idx].spec.name.clone();
+        let mut running: Vec<(TaskId, u32)> = self
+            .tasks
+            .values()
+            .filter(|task| task.state == TaskState::Running && task.assigned_agent.as_deref() == Some(name.as_str()))
+            .map(|task| (task.id, task.attempt))
+            .collect();
+        running.sort_unstable();
+        for (id, attempt) in running {
+            let slot = &mut self.agents[idx];
+            slot.running = slot.running.saturating_sub(1);
+            slot.failed += 1;
+            self.dirty_agents.insert(idx);
+            let failed =
+                EventKind::TaskFailed { task: id, agent: Some(name.clone()), attempt, reason: reason.to_string() };
+            self.fail_attempt(id, reason.to_string(), Some(failed), now, Lost::Agent, fx);
+        }
     }
 
     /// Restarts that are due, silent workers, circuit breakers whose cooldown is over.

@@ -811,9 +811,9 @@ fn exit(h: &mut Harness, agent: &str, reason: &str) {
         .collect();
     h.running.retain(|entry| !running.contains(entry));
     for (id, attempt) in running {
-        h.sched
-            .complete(id, attempt, Outcome::Failed { reason: format!("agent exited: {reason}") }, h.now, 0.5, &mut fx)
-            .unwrap();
+        // The scheduler gave the attempt up with the agent; the runtime's report comes late.
+        let failed = Outcome::Failed { reason: format!("agent exited: {reason}") };
+        assert!(h.sched.complete(id, attempt, failed, h.now, 0.5, &mut fx).is_err(), "already given up");
     }
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
@@ -877,11 +877,9 @@ fn a_silent_worker_is_restarted_and_its_task_retried() {
     assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
     assert!(h.store.events.iter().any(|event| matches!(event,
         EventKind::AgentTerminated { agent, reason } if agent == "builder" && reason == "no heartbeat for 30s")));
-    // The runtime fails the attempt it had; it is retried after the restart.
+    // Its attempt was given up with it, and the task is retried after the restart.
     h.running.retain(|(id, _)| *id != compile);
-    let mut fx = Effects::default();
-    h.sched.complete(compile, 1, Outcome::Failed { reason: "agent exited".into() }, h.now, 0.5, &mut fx).unwrap();
-    h.apply(fx);
+    assert_eq!(h.state_of("compile"), TaskState::Ready);
     while !h.running.iter().any(|(id, _)| *id == compile) {
         assert!(h.wait());
     }
@@ -912,15 +910,16 @@ fn the_circuit_breaker_opens_after_failures_in_a_row_and_half_opens_after_the_co
 fn an_operator_stopped_agent_holds_its_tasks_until_started() {
     let mut h = workers();
     let mut fx = Effects::default();
-    h.sched.stop_agent("builder", &mut fx).unwrap();
+    h.sched.stop_agent("builder", h.now, &mut fx).unwrap();
     assert_eq!(fx.stop_agents, vec!["builder".to_string()]);
     h.apply(fx);
+    // Its running attempt was given up at once; the runtime's late report of it is stale.
     let (compile, attempt) = h.running.remove(0);
+    assert_eq!(h.state_of("compile"), TaskState::Ready);
     let mut fx = Effects::default();
-    h.sched
-        .complete(compile, attempt, Outcome::Failed { reason: "killed by SIGKILL".into() }, h.now, 0.5, &mut fx)
-        .unwrap();
-    h.apply(fx);
+    let late =
+        h.sched.complete(compile, attempt, Outcome::Failed { reason: "killed by SIGKILL".into() }, h.now, 0.5, &mut fx);
+    assert!(late.is_err());
     while h.wait() {}
     assert_eq!(h.sched.state(), RunState::Running, "the tasks wait for the stopped agent");
     assert!(h.running.is_empty());
