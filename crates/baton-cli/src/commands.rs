@@ -38,8 +38,15 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
-        Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json } => {
+        Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
+            soak(*agents, *tasks, *kill_every, dir.clone(), *json).await
+        }
+        Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json, .. } => {
             bench(*tasks, *repeats, *latency_seconds, synchronous, dir.clone(), *json).await
+        }
+        Command::BenchWorker => {
+            baton_runtime::bench::worker_main();
+            Ok(0)
         }
     }
 }
@@ -578,6 +585,44 @@ async fn bench(
         d.max_us as f64 / 1000.0
     );
     Ok(0)
+}
+
+async fn soak(
+    n_agents: u32,
+    n_tasks: u64,
+    kill_every: std::time::Duration,
+    dir: Option<PathBuf>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let temp = tempfile_dir()?;
+    let exe = std::env::current_exe().context("finding the baton binary")?;
+    let options = baton_runtime::bench::SoakOptions {
+        dir: dir.unwrap_or_else(|| temp.clone()),
+        worker_command: vec![exe.display().to_string(), "bench-worker".into()],
+        n_agents,
+        n_tasks,
+        concurrency: 4,
+        kill_every,
+    };
+    let report = baton_runtime::bench::soak(options, |line| eprintln!("{line}")).await.map_err(Failure::run)?;
+    let _ = std::fs::remove_dir_all(&temp);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+    } else {
+        println!(
+            "soak: {} worker agents, {} tasks in {:.1}s ({:.0} tasks/s), {} workers killed, {} restarts",
+            report.n_agents, report.n_tasks, report.seconds, report.tasks_per_second, report.n_kills, report.n_restarts
+        );
+        println!(
+            "  every task succeeded: {}; every task completed exactly once: {}",
+            report.all_succeeded, report.completed_exactly_once
+        );
+        println!(
+            "  {} interrupted attempts; from a kill to the task running again: p50 {} ms, p99 {} ms, max {} ms",
+            report.n_interrupted, report.requeue_p50_ms, report.requeue_p99_ms, report.requeue_max_ms
+        );
+    }
+    Ok(if report.all_succeeded && report.completed_exactly_once { 0 } else { 1 })
 }
 
 fn tempfile_dir() -> Result<PathBuf, Failure> {

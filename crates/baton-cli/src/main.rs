@@ -139,7 +139,19 @@ pub enum Command {
         dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Run the soak instead: real worker processes, killed at random.
+        #[arg(long)]
+        soak: bool,
+        /// Soak: worker agents.
+        #[arg(long, default_value_t = 200)]
+        agents: u32,
+        /// Soak: a worker is killed this often.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        kill_every: std::time::Duration,
     },
+    /// The minimal worker `baton bench --soak` runs (internal).
+    #[command(hide = true)]
+    BenchWorker,
 }
 
 #[derive(Debug, Subcommand)]

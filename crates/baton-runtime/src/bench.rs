@@ -294,3 +294,238 @@ pub async fn run(options: BenchOptions, say: impl Fn(String)) -> Result<BenchRep
         dispatch,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The soak: many real worker processes, many tasks, workers killed at random.
+
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    pub dir: PathBuf,
+    /// The program and arguments that run a worker ([`worker_main`] behind them).
+    pub worker_command: Vec<String>,
+    pub n_agents: u32,
+    pub n_tasks: u64,
+    pub concurrency: u32,
+    /// A worker is killed (SIGKILL) this often.
+    pub kill_every: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakReport {
+    pub n_agents: u32,
+    pub n_tasks: u64,
+    pub seconds: f64,
+    pub tasks_per_second: f64,
+    pub n_kills: usize,
+    /// Tasks that were running on a killed worker.
+    pub n_interrupted: usize,
+    pub all_succeeded: bool,
+    /// Every task has exactly one `TaskCompleted` event.
+    pub completed_exactly_once: bool,
+    pub n_restarts: usize,
+    /// From a kill to each interrupted task being claimed again, in milliseconds.
+    pub requeue_p50_ms: i64,
+    pub requeue_p99_ms: i64,
+    pub requeue_max_ms: i64,
+}
+
+/// A minimal worker for the soak: answers `initialize`, completes every `task/assign` at once,
+/// heartbeats, exits on `shutdown` or when its stdin closes. Synchronous and dependency-free, so
+/// that hundreds of them are cheap.
+pub fn worker_main() {
+    use std::io::{BufRead, Write};
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    let heartbeat = Arc::clone(&stdout);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let mut out = heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+            if writeln!(out, r#"{{"jsonrpc":"2.0","method":"heartbeat","params":{{}}}}"#)
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Some(id) = message.get("id").cloned() else { continue };
+        let method = message.get("method").and_then(serde_json::Value::as_str).unwrap_or_default();
+        let result = match method {
+            "task/assign" => serde_json::json!({ "ok": true }),
+            _ => serde_json::json!({}),
+        };
+        let reply = serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result });
+        let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
+        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() || method == "shutdown" {
+            return;
+        }
+    }
+}
+
+/// Worker processes that are children of this process, with the agent each serves.
+fn worker_children() -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(fields) = stat.rfind(')').and_then(|idx| stat.get(idx + 2..)) else { continue };
+        let mut fields = fields.split_whitespace();
+        let state = fields.next().unwrap_or_default();
+        let ppid = fields.next().and_then(|field| field.parse::<i32>().ok());
+        if ppid != Some(me) || state == "Z" {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let agent = environ
+            .split(|byte| *byte == 0)
+            .find_map(|var| var.strip_prefix(b"BATON_AGENT="))
+            .map(|name| String::from_utf8_lossy(name).into_owned());
+        if let Some(agent) = agent {
+            found.push((pid, agent));
+        }
+    }
+    found
+}
+
+pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakReport, String> {
+    use crate::process::ProcessEnv;
+    use baton_core::model::TaskState;
+    use baton_store::TaskFilter;
+
+    std::fs::create_dir_all(&options.dir)
+        .map_err(|error| format!("cannot create {}: {error}", options.dir.display()))?;
+    let command = options.worker_command.iter().map(|arg| format!("{arg:?}")).collect::<Vec<_>>().join(", ");
+    let mut text = format!(
+        "[orchestration]\nname = \"soak\"\nmax_concurrent_agents = {}\nagent_spawn_timeout = \"2m\"\n",
+        options.n_agents * options.concurrency
+    );
+    for idx in 0..options.n_agents {
+        text.push_str(&format!(
+            "[[agents]]\nname = \"worker-{idx}\"\nmode = \"worker\"\ncommand = [{command}]\nconcurrency = {}\n\
+             heartbeat_timeout = \"20s\"\nrestart_backoff = \"100ms\"\nmax_restarts = 1000\nrestart_window = \"1m\"\n\
+             circuit_breaker = {{ failures = 1000000, cooldown = \"1s\" }}\n",
+            options.concurrency
+        ));
+    }
+    let plan = config::load("soak.toml", &text, &Default::default()).map_err(|error| error.to_string())?;
+    let path = options.dir.join("soak.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let store = Arc::new(SqliteStore::open(&path, Options::default()).map_err(|error| error.to_string())?);
+    let env = std::env::vars().filter(|(key, _)| key == "PATH" || key == "HOME").collect();
+    let runtimes = crate::engine::process_runtimes(ProcessEnv {
+        base_dir: options.dir.clone(),
+        log_dir: options.dir.join("logs"),
+        env,
+        registry: None,
+    });
+    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    engine_options.keep_open = true;
+    engine_options.fresh = true;
+    let (engine, handle) = Engine::new(engine_options);
+    let shutdown = CancellationToken::new();
+    let engine = tokio::spawn(engine.run(shutdown.clone()));
+
+    let started = Instant::now();
+    let mut created = 0u64;
+    while created < options.n_tasks {
+        let n = (options.n_tasks - created).min(1000);
+        let tasks: Vec<NewTask> =
+            (created..created + n).map(|idx| NewTask { max_attempts: 20, ..bench_task(idx) }).collect();
+        handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
+        created += n;
+    }
+    say(format!("soak: {} tasks created for {} workers", options.n_tasks, options.n_agents));
+
+    // Kill a random worker every `kill_every` until every task is done.
+    let mut kills: Vec<(i64, String)> = Vec::new();
+    let mut progress = handle.progress();
+    let mut ticker = tokio::time::interval(options.kill_every);
+    ticker.tick().await;
+    loop {
+        let finished: u64 = progress.borrow_and_update().workstreams.iter().map(|ws| ws.n_finished).sum();
+        if finished >= options.n_tasks {
+            break;
+        }
+        tokio::select! {
+            changed = progress.changed() => if changed.is_err() { break },
+            _ = ticker.tick() => {
+                let workers = worker_children();
+                if workers.is_empty() {
+                    continue;
+                }
+                let (pid, agent) = workers[rand::random_range(0..workers.len())].clone();
+                let at = crate::clock::Clock::system().now().0;
+                if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+                    say(format!("soak: killed {agent} (pid {pid}) with {finished} tasks done"));
+                    kills.push((at, agent));
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    engine.await.map_err(|error| error.to_string())?.map_err(|error| error.to_string())?;
+
+    let run = store.latest_run(Some("soak")).await.map_err(|e| e.to_string())?.ok_or("no soak run")?;
+    let tasks = store.tasks(&run.id, &TaskFilter::default()).await.map_err(|e| e.to_string())?;
+    let all_succeeded =
+        tasks.len() as u64 == options.n_tasks && tasks.iter().all(|task| task.state == TaskState::Succeeded);
+    let events = store
+        .events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut completions: HashMap<TaskId, u32> = HashMap::new();
+    let mut claims: HashMap<TaskId, Vec<i64>> = HashMap::new();
+    let mut interrupted: Vec<(String, TaskId, i64)> = Vec::new();
+    let mut n_restarts = 0;
+    for event in &events {
+        match &event.kind {
+            baton_core::EventKind::TaskCompleted { task, .. } => *completions.entry(*task).or_default() += 1,
+            baton_core::EventKind::TaskClaimed { task, .. } => claims.entry(*task).or_default().push(event.at.0),
+            baton_core::EventKind::TaskFailed { task, agent: Some(agent), reason, .. } if reason.contains("exited") => {
+                interrupted.push((agent.clone(), *task, event.at.0));
+            }
+            baton_core::EventKind::AgentStateChanged { to: baton_core::model::AgentState::Restarting, .. } => {
+                n_restarts += 1;
+            }
+            _ => {}
+        }
+    }
+    let completed_exactly_once = completions.len() as u64 == options.n_tasks && completions.values().all(|&n| n == 1);
+    let mut latencies: Vec<i64> = Vec::new();
+    for (agent, task, failed_at) in &interrupted {
+        // The kill of this agent that caused the failure: the last one before it.
+        let Some(killed_at) =
+            kills.iter().filter(|(at, name)| name == agent && *at <= *failed_at).map(|(at, _)| *at).max()
+        else {
+            continue;
+        };
+        if let Some(reclaimed) = claims.get(task).and_then(|at| at.iter().copied().find(|at| *at >= *failed_at)) {
+            latencies.push(reclaimed - killed_at);
+        }
+    }
+    latencies.sort_unstable();
+    let percentile =
+        |p: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
+    Ok(SoakReport {
+        n_agents: options.n_agents,
+        n_tasks: options.n_tasks,
+        seconds,
+        tasks_per_second: options.n_tasks as f64 / seconds,
+        n_kills: kills.len(),
+        n_interrupted: interrupted.len(),
+        all_succeeded,
+        completed_exactly_once,
+        n_restarts,
+        requeue_p50_ms: percentile(0.5),
+        requeue_p99_ms: percentile(0.99),
+        requeue_max_ms: latencies.last().copied().unwrap_or(0),
+    })
+}
