@@ -300,6 +300,14 @@ impl Engine {
                             }
                         }
                     }
+                    // Before outcomes: an agent's exit decides what its attempts' failures mean.
+                    Some(event) = agent_events.recv() => {
+                        let now = clock.now();
+                        handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
+                        while let Ok(event) = agent_events.try_recv() {
+                            handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
+                        }
+                    }
                     Some(report) = reports.recv() => {
                         let now = clock.now();
                         handle_report(&mut sched, &mut shell, report, now, &mut fx);
@@ -308,14 +316,7 @@ impl Engine {
                             handle_report(&mut sched, &mut shell, report, now, &mut fx);
                         }
                     }
-                    Some(event) = agent_events.recv() => {
-                    let now = clock.now();
-                    handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
-                    while let Ok(event) = agent_events.try_recv() {
-                        handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
-                    }
-                }
-                Some(command) = commands.recv() => {
+                    Some(command) = commands.recv() => {
                         let now = clock.now();
                         handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
                     }
@@ -483,8 +484,11 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
                 sched.attempt_ended(task, attempt, now);
                 return;
             }
-            if let Err(error) = sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
-                tracing::warn!(%error, "outcome not recorded");
+            match sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
+                Ok(()) => {}
+                // The attempt was given up already (its agent died or was stopped).
+                Err(baton_core::sched::Error::Stale { .. }) => {}
+                Err(error) => tracing::warn!(%error, "outcome not recorded"),
             }
         }
         Report::AgentStarted { agent } => {

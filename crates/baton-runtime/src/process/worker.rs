@@ -231,17 +231,19 @@ impl WorkerAgent {
                 reason = format!("{reason}: {line}");
             }
             *watcher.exit_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            // The engine hears of the exit before the attempts fail, so that it gives them up
+            // (and retries them at once elsewhere) instead of retrying them as failures.
+            if !watcher.stopping.load(Ordering::SeqCst) {
+                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason: reason.clone() });
+            }
             let waiting: Vec<oneshot::Sender<Reply>> =
                 watcher.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, reply)| reply).collect();
             for reply in waiting {
                 let _ = reply.send(Err(RpcError { code: -32000, message: format!("agent exited: {reason}") }));
             }
+            watcher.exited.cancel();
             if let Some(registry) = registry {
                 registry.ended(&attempt_key).await;
-            }
-            watcher.exited.cancel();
-            if !watcher.stopping.load(Ordering::SeqCst) {
-                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason });
             }
         });
         Ok(connection)
