@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use baton_core::config::{self, Plan};
-use baton_core::model::{RunRecord, RunState, TaskId, TaskState};
+use baton_core::model::{AgentState, RunRecord, RunState, TaskId, TaskState};
 
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
@@ -431,12 +431,23 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
 async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
     let (loaded, store) = open_existing_store(cli)?;
     let run = find_run(&store, &loaded.plan, run).await?;
-    let agents = store.agents(&run.id).await.context("reading agents")?;
+    let mut agents = store.agents(&run.id).await.context("reading agents")?;
+    let now = baton_runtime::Clock::system().now();
+    // Nobody executes the run (it ended, or its `baton run` was killed): whatever the records
+    // say, no agent of it is alive.
+    let executed = run.owner.is_some() && run.owner_until.is_some_and(|until| until > now);
+    if !executed {
+        for agent in &mut agents {
+            if !matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting) {
+                agent.state = AgentState::Offline;
+                agent.running = 0;
+            }
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&agents).context("serializing")?);
         return Ok(0);
     }
-    let now = baton_runtime::Clock::system().now();
     let mut table =
         output::table(&["agent", "workstream", "priority", "state", "running", "succeeded", "failed", "last activity"]);
     for agent in &agents {

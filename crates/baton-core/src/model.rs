@@ -257,6 +257,15 @@ pub enum AgentState {
     Restarting,
     /// Failed too many tasks in a row: no new tasks until a cooldown ends.
     CircuitOpen,
+    /// A terminal agent that printed nothing for longer than its `stall_after` while working
+    /// on a task. It keeps its task and gets no new one until it prints again.
+    Stalled,
+    /// A terminal agent whose screen ends in a question (one of its `prompt_patterns`): it
+    /// waits for someone to answer through `baton attach`. It keeps its task and gets no new
+    /// one until it prints again.
+    WaitingInput,
+    /// Not heard from: nothing executes its run (shown by readers; never stored).
+    Offline,
     /// Could not be started or gave up.
     Failed,
     /// Its work is done, or it was stopped.
@@ -272,6 +281,9 @@ impl AgentState {
             AgentState::Idle => "idle",
             AgentState::Restarting => "restarting",
             AgentState::CircuitOpen => "circuit-open",
+            AgentState::Stalled => "stalled",
+            AgentState::WaitingInput => "waiting-input",
+            AgentState::Offline => "offline",
             AgentState::Failed => "failed",
             AgentState::Stopped => "stopped",
         }
