@@ -39,10 +39,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
         Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
-            soak(*agents, *tasks, *kill_every, dir.clone(), *json).await
+            soak(*agents, tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
         }
         Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json, .. } => {
-            bench(*tasks, *repeats, *latency_seconds, synchronous, dir.clone(), *json).await
+            bench(tasks.unwrap_or(20_000), *repeats, *latency_seconds, synchronous, dir.clone(), *json).await
         }
         Command::BenchWorker => {
             baton_runtime::bench::worker_main();

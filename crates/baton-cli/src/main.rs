@@ -122,9 +122,9 @@ pub enum Command {
     },
     /// Measure the engine on the embedded store (DESIGN.md §8 figures).
     Bench {
-        /// Tasks in the lifecycle figure.
-        #[arg(long, default_value_t = 20_000)]
-        tasks: u64,
+        /// Tasks in the lifecycle figure (default 20,000), or in the soak (default 100,000).
+        #[arg(long)]
+        tasks: Option<u64>,
         /// Lifecycle runs; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: u32,
@@ -146,7 +146,7 @@ pub enum Command {
         #[arg(long, default_value_t = 200)]
         agents: u32,
         /// Soak: a worker is killed this often.
-        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
         kill_every: std::time::Duration,
     },
     /// The minimal worker `baton bench --soak` runs (internal).
