@@ -148,6 +148,10 @@ struct RawAgent {
     heartbeat_timeout: Option<DurationStr>,
     circuit_breaker: Option<RawBreaker>,
     max_message_size: Option<SizeStr>,
+    input_template: Option<Spanned<String>>,
+    done_when: Option<Spanned<RawDoneWhen>>,
+    stall_after: Option<Spanned<DurationStr>>,
+    prompt_patterns: Option<Spanned<Vec<Spanned<String>>>>,
     concurrency: Option<Spanned<u32>>,
     runbook: Option<String>,
     #[serde(default)]
@@ -159,6 +163,15 @@ struct RawAgent {
     limits: RawLimits,
     #[serde(default)]
     objectives: Vec<Objective>,
+}
+
+/// `done_when = { output = "REGEX" }`, `{ file = "PATH" }` or `{ exit = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoneWhen {
+    output: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+    exit: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -218,6 +231,9 @@ pub enum ProcessMode {
     PerTask,
     /// One long-running process speaking JSON-RPC on stdin/stdout (docs/agent-protocol.md).
     Worker,
+    /// One long-running program in a pseudo-terminal, given tasks by typing
+    /// (docs/terminal-agents.md).
+    Pty,
 }
 
 impl ProcessMode {
@@ -225,8 +241,52 @@ impl ProcessMode {
         match self {
             ProcessMode::PerTask => "per-task",
             ProcessMode::Worker => "worker",
+            ProcessMode::Pty => "pty",
         }
     }
+}
+
+/// How a terminal agent (`mode = "pty"`) is given a task and how its end is recognised.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TerminalSpec {
+    /// What is typed to hand over a task, with `{task.…}` placeholders. A newline is typed as
+    /// Enter.
+    pub input_template: String,
+    pub done_when: DoneWhen,
+    /// Silence during a task for longer than this makes the agent `stalled`.
+    pub stall_after: Duration,
+    /// Regular expressions (validated) that recognise a question on the screen.
+    pub prompt_patterns: Vec<String>,
+}
+
+/// The typed input of a terminal agent when `input_template` is not set.
+pub const DEFAULT_INPUT_TEMPLATE: &str = "{task.description}\n";
+
+/// The prompts recognised when `prompt_patterns` is not set.
+pub const DEFAULT_PROMPT_PATTERNS: [&str; 4] = [r"\[y/N\]", r"\[Y/n\]", r"\(y/n\)", r"Do you want to proceed\?"];
+
+impl Default for TerminalSpec {
+    fn default() -> Self {
+        TerminalSpec {
+            input_template: DEFAULT_INPUT_TEMPLATE.to_string(),
+            done_when: DoneWhen::Exit,
+            stall_after: Duration::from_secs(300),
+            prompt_patterns: DEFAULT_PROMPT_PATTERNS.iter().map(|pattern| pattern.to_string()).collect(),
+        }
+    }
+}
+
+/// When a terminal agent's task is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DoneWhen {
+    /// The program's output after the task was typed matches this regular expression.
+    Output(String),
+    /// This file (relative to the working directory, `{task.…}` placeholders allowed)
+    /// appears, or changes, after the task was typed.
+    File(String),
+    /// The program exits; status 0 is success. It is started again for the next task.
+    Exit,
 }
 
 /// When an agent is taken out of rotation for failing tasks: after `failures` in a row, for
@@ -332,6 +392,8 @@ pub struct AgentSpec {
     pub circuit_breaker: CircuitBreaker,
     /// Largest protocol message a worker may send, in bytes.
     pub max_message_size: u64,
+    /// How a terminal agent is driven; set exactly when `mode` is `pty`.
+    pub terminal: Option<TerminalSpec>,
     pub concurrency: u32,
     pub runbook: Option<String>,
     pub env: BTreeMap<String, String>,
@@ -669,9 +731,17 @@ impl Validator<'_> {
                     self.error(value.span(), "`concurrency` must be at least 1");
                     1
                 }
+                Some(value) if *value.get_ref() > 1 && agent.mode == ProcessMode::Pty => {
+                    self.error(
+                        value.span(),
+                        "a terminal agent (mode = \"pty\") runs one task at a time; remove `concurrency`",
+                    );
+                    1
+                }
                 Some(value) => *value.get_ref(),
                 None => 1,
             };
+            let terminal = self.terminal(agent);
             let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
             let command_span = agent.command.get_ref().first().map_or(agent.command.span(), |arg| arg.span());
             specs.push(AgentSpec {
@@ -699,6 +769,7 @@ impl Validator<'_> {
                     None => CircuitBreaker { failures: 5, cooldown: Duration::from_secs(60) },
                 },
                 max_message_size: agent.max_message_size.map_or(1024 * 1024, |size| size.0),
+                terminal,
                 concurrency,
                 runbook: agent.runbook.clone(),
                 env,
@@ -713,6 +784,113 @@ impl Validator<'_> {
             });
         }
         specs
+    }
+
+    /// The terminal keys of an agent: validated when `mode = "pty"`, refused otherwise.
+    fn terminal(&mut self, agent: &RawAgent) -> Option<TerminalSpec> {
+        if agent.mode != ProcessMode::Pty {
+            let spans = [
+                ("input_template", agent.input_template.as_ref().map(Spanned::span)),
+                ("done_when", agent.done_when.as_ref().map(Spanned::span)),
+                ("stall_after", agent.stall_after.as_ref().map(Spanned::span)),
+                ("prompt_patterns", agent.prompt_patterns.as_ref().map(Spanned::span)),
+            ];
+            for (key, span) in spans {
+                if let Some(span) = span {
+                    self.error(
+                        span,
+                        format!(
+                            "`{key}` applies only to terminal agents; add mode = \"pty\" or remove `{key}` (this agent's mode is \"{}\")",
+                            agent.mode.as_str()
+                        ),
+                    );
+                }
+            }
+            return None;
+        }
+        let defaults = TerminalSpec::default();
+        let input_template = match &agent.input_template {
+            Some(template) => {
+                let expanded = self.expand(template);
+                if let Err(message) = check_placeholders(&expanded) {
+                    self.error(template.span(), message);
+                }
+                if expanded.is_empty() {
+                    self.error(template.span(), "`input_template` must not be empty, e.g. \"{task.description}\\n\"");
+                }
+                expanded
+            }
+            None => defaults.input_template,
+        };
+        let done_when = match &agent.done_when {
+            None => defaults.done_when,
+            Some(done_when) => {
+                let raw = done_when.get_ref();
+                let n_given = usize::from(raw.output.is_some())
+                    + usize::from(raw.file.is_some())
+                    + usize::from(raw.exit.is_some());
+                if n_given != 1 {
+                    self.error(
+                        done_when.span(),
+                        "`done_when` takes exactly one rule: { output = \"REGEX\" }, { file = \"PATH\" } or { exit = true }",
+                    );
+                }
+                if let Some(pattern) = &raw.output {
+                    self.check_regex("done_when.output", pattern);
+                    DoneWhen::Output(pattern.get_ref().clone())
+                } else if let Some(path) = &raw.file {
+                    let expanded = self.expand(path);
+                    if let Err(message) = check_placeholders(&expanded) {
+                        self.error(path.span(), message);
+                    }
+                    if expanded.trim().is_empty() {
+                        self.error(path.span(), "`done_when.file` must name a file, e.g. \"out/{task.key}.done\"");
+                    }
+                    DoneWhen::File(expanded)
+                } else {
+                    if let Some(exit) = &raw.exit
+                        && !*exit.get_ref()
+                    {
+                        self.error(
+                            exit.span(),
+                            "`done_when.exit` can only be true; to end tasks otherwise use `output` or `file`",
+                        );
+                    }
+                    DoneWhen::Exit
+                }
+            }
+        };
+        let stall_after = match &agent.stall_after {
+            Some(value) if value.get_ref().0.is_zero() => {
+                self.error(value.span(), "`stall_after` must be more than 0s, e.g. \"5m\"");
+                defaults.stall_after
+            }
+            Some(value) => value.get_ref().0,
+            None => defaults.stall_after,
+        };
+        let prompt_patterns = match &agent.prompt_patterns {
+            Some(patterns) => {
+                for pattern in patterns.get_ref() {
+                    self.check_regex("prompt_patterns", pattern);
+                }
+                patterns.get_ref().iter().map(|pattern| pattern.get_ref().clone()).collect()
+            }
+            None => defaults.prompt_patterns,
+        };
+        Some(TerminalSpec { input_template, done_when, stall_after, prompt_patterns })
+    }
+
+    fn check_regex(&mut self, key: &str, pattern: &Spanned<String>) {
+        if pattern.get_ref().is_empty() {
+            self.error(pattern.span(), format!("`{key}`: an empty regular expression matches everything"));
+            return;
+        }
+        if let Err(error) = regex::Regex::new(pattern.get_ref()) {
+            self.error(
+                pattern.span(),
+                format!("`{key}`: invalid regular expression `{}`: {}", pattern.get_ref(), regex_error(&error)),
+            );
+        }
     }
 
     fn tasks(
@@ -856,6 +1034,15 @@ fn unknown(what: &str, name: &str, known: &[&str]) -> String {
         None if known.is_empty() => format!("unknown {what} `{name}` (none is declared)"),
         None => format!("unknown {what} `{name}` (known: {})", known.join(", ")),
     }
+}
+
+/// The gist of a regular expression error on one line: `regex` explains syntax errors over
+/// several lines, with the pattern drawn and the problem on the line starting `error:`.
+fn regex_error(error: &regex::Error) -> String {
+    let text = error.to_string();
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("error: "))
+        .map_or_else(|| text.lines().last().unwrap_or_default().trim().to_string(), str::to_string)
 }
 
 /// A task key derived from a title: lowercase words joined by `-`.

@@ -874,6 +874,11 @@ impl Scheduler {
             }
         }
         if let Some(agent_idx) = agent_idx {
+            let slot = &self.agents[agent_idx];
+            if slot.running == 0 && slot.state == AgentState::Stalled {
+                // A stall is silence while working on a task; with the task over, so is it.
+                self.set_agent_state(agent_idx, AgentState::Idle, Some("its task ended".into()), fx);
+            }
             self.trip_breaker_if_needed(agent_idx, now, fx);
         }
         Ok(())
@@ -1108,6 +1113,8 @@ impl Scheduler {
                                 | AgentState::Starting
                                 | AgentState::Restarting
                                 | AgentState::CircuitOpen
+                                | AgentState::Stalled
+                                | AgentState::WaitingInput
                         ) {
                             self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
                             fx.stop_agents.push(self.agents[idx].spec.name.clone());
@@ -1167,6 +1174,8 @@ impl Scheduler {
                     | AgentState::Starting
                     | AgentState::Restarting
                     | AgentState::CircuitOpen
+                    | AgentState::Stalled
+                    | AgentState::WaitingInput
             ) {
                 self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
                 fx.stop_agents.push(self.agents[idx].spec.name.clone());
@@ -1194,12 +1203,18 @@ impl Scheduler {
     }
 
     /// Whether an agent that is not available now will be (it is starting, restarting, in a
-    /// circuit-breaker cooldown, or paused by an operator): until then no task is given up as
-    /// unrunnable.
+    /// circuit-breaker cooldown, stalled, waiting for someone to answer a prompt, or paused by
+    /// an operator): until then no task is given up as unrunnable.
     fn agents_starting(&self) -> bool {
         self.agents.iter().any(|slot| {
-            matches!(slot.state, AgentState::Starting | AgentState::Restarting | AgentState::CircuitOpen)
-                || (slot.state == AgentState::Stopped && slot.held_by_operator)
+            matches!(
+                slot.state,
+                AgentState::Starting
+                    | AgentState::Restarting
+                    | AgentState::CircuitOpen
+                    | AgentState::Stalled
+                    | AgentState::WaitingInput
+            ) || (slot.state == AgentState::Stopped && slot.held_by_operator)
         })
     }
 

@@ -30,7 +30,8 @@ pub enum AgentEvent {
         agent: String,
         reason: String,
     },
-    /// Something was heard from the agent: it is alive.
+    /// Something was heard from the agent: it is alive (and, if it was stalled or waiting for
+    /// input, back at work).
     Activity {
         agent: String,
     },
@@ -52,6 +53,16 @@ pub enum AgentEvent {
         agent: String,
         task: Option<TaskId>,
         usage: serde_json::Value,
+    },
+    /// A terminal agent printed nothing for `silent_for` while working on a task.
+    Stalled {
+        agent: String,
+        silent_for: std::time::Duration,
+    },
+    /// A terminal agent's screen ends in a question; `prompt` is the line that asks it.
+    WaitingInput {
+        agent: String,
+        prompt: String,
     },
 }
 

@@ -23,6 +23,7 @@ use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
 
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::clock::Clock;
+use crate::process::pty::PtyAgent;
 use crate::process::worker::WorkerAgent;
 use crate::process::{ProcessAgent, ProcessEnv};
 
@@ -48,6 +49,7 @@ pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
     Arc::new(move |spec: &AgentSpec| match spec.mode {
         ProcessMode::PerTask => Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
         ProcessMode::Worker => Arc::new(WorkerAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
+        ProcessMode::Pty => Arc::new(PtyAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
     })
 }
 
@@ -512,17 +514,24 @@ async fn handle_agent_event(
         AgentEvent::Exited { agent, reason } => {
             let _ = sched.agent_exited(&agent, reason, now, fx);
         }
-        AgentEvent::Activity { agent } => sched.agent_activity(&agent, now),
+        AgentEvent::Activity { agent } => sched.agent_activity(&agent, now, fx),
+        AgentEvent::Stalled { agent, silent_for } => {
+            let reason = format!("no output for {}", baton_core::time::format_duration(silent_for));
+            let _ = sched.agent_stalled(&agent, reason, fx);
+        }
+        AgentEvent::WaitingInput { agent, prompt } => {
+            let _ = sched.agent_waiting_input(&agent, &prompt, fx);
+        }
         AgentEvent::Progress { agent, task, fraction, message } => {
-            sched.agent_activity(&agent, now);
+            sched.agent_activity(&agent, now, fx);
             fx.writes.push(Write::Event(EventKind::TaskProgress { task, agent, fraction, message }));
         }
         AgentEvent::Usage { agent, task, usage } => {
-            sched.agent_activity(&agent, now);
+            sched.agent_activity(&agent, now, fx);
             fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage }));
         }
         AgentEvent::CreateTasks { agent, parent, mut tasks, reply } => {
-            sched.agent_activity(&agent, now);
+            sched.agent_activity(&agent, now, fx);
             let parent_workstream = parent.and_then(|id| sched.task(id)).and_then(|task| task.workstream.clone());
             for task in &mut tasks {
                 if task.workstream.is_none() {

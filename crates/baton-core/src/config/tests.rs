@@ -153,3 +153,84 @@ fn slugs_and_placeholders() {
     assert_eq!(slug("Analyze the base64ct conflict!"), "analyze-the-base64ct-conflict");
     assert_eq!(placeholders("--t={task.title} {x} {task.input.a-b}"), vec!["task.title", "task.input.a-b"]);
 }
+
+const TERMINAL: &str = r#"
+[orchestration]
+name = "terminal"
+
+[[agents]]
+name = "repl"
+mode = "pty"
+command = ["bash", "repl.sh"]
+
+[[tasks]]
+title = "Say hello"
+"#;
+
+#[test]
+fn a_terminal_agent_gets_the_terminal_defaults() {
+    let plan = load("baton.toml", TERMINAL, &env()).unwrap();
+    let agent = &plan.agents[0];
+    assert_eq!(agent.mode, ProcessMode::Pty);
+    let terminal = agent.terminal.as_ref().expect("a terminal agent has terminal settings");
+    assert_eq!(terminal.input_template, "{task.description}\n");
+    assert_eq!(terminal.done_when, DoneWhen::Exit);
+    assert_eq!(terminal.stall_after, Duration::from_secs(300));
+    assert_eq!(terminal.prompt_patterns.len(), DEFAULT_PROMPT_PATTERNS.len());
+    for pattern in &terminal.prompt_patterns {
+        assert!(regex::Regex::new(pattern).is_ok(), "default pattern `{pattern}` compiles");
+    }
+    let per_task = load("baton.toml", MINIMAL, &env()).unwrap();
+    assert_eq!(per_task.agents[0].terminal, None, "only terminal agents have terminal settings");
+}
+
+#[test]
+fn terminal_keys_are_read_and_checked() {
+    let text = TERMINAL.replace(
+        "command = [\"bash\", \"repl.sh\"]",
+        "command = [\"bash\", \"repl.sh\"]\ninput_template = \"{task.title}\\n\"\ndone_when = { file = \"out/{task.key}.done\" }\nstall_after = \"1m\"\nprompt_patterns = [\"Proceed\\\\?\"]",
+    );
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    let terminal = plan.agents[0].terminal.clone().unwrap();
+    assert_eq!(terminal.input_template, "{task.title}\n");
+    assert_eq!(terminal.done_when, DoneWhen::File("out/{task.key}.done".into()));
+    assert_eq!(terminal.stall_after, Duration::from_secs(60));
+    assert_eq!(terminal.prompt_patterns, vec!["Proceed\\?".to_string()]);
+
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"pty\"\ndone_when = { output = \"DONE (\" }");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:24: `done_when.output`: invalid regular expression `DONE (`: unclosed group"
+    );
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"pty\"\nprompt_patterns = [\"ok\", \"[y/N\"]");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:26: `prompt_patterns`: invalid regular expression `[y/N`: unclosed character class"
+    );
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"pty\"\ndone_when = { output = \"x\", exit = true }");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:13: `done_when` takes exactly one rule: { output = \"REGEX\" }, { file = \"PATH\" } or { exit = true }"
+    );
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"pty\"\ndone_when = { exit = false }");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:22: `done_when.exit` can only be true; to end tasks otherwise use `output` or `file`"
+    );
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"pty\"\ninput_template = \"{task.titel}\"");
+    assert!(errors(&text).starts_with("baton.toml:8:18: unknown placeholder `{task.titel}`"), "{}", errors(&text));
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"pty\"\nconcurrency = 2");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:15: a terminal agent (mode = \"pty\") runs one task at a time; remove `concurrency`"
+    );
+}
+
+#[test]
+fn terminal_keys_on_other_agents_are_errors() {
+    let text = TERMINAL.replace("mode = \"pty\"", "mode = \"worker\"\nstall_after = \"1m\"");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:15: `stall_after` applies only to terminal agents; add mode = \"pty\" or remove `stall_after` (this agent's mode is \"worker\")"
+    );
+}

@@ -11,6 +11,10 @@
 //!   the cause when it fails for good.
 //! - After `circuit_breaker.failures` task failures in a row an agent gets no new task for
 //!   `cooldown`; then it gets one trial task, and one more failure opens the circuit again.
+//! - A terminal agent that falls silent during a task is `stalled`, and one whose screen asks a
+//!   question is `waiting-input`. Neither is killed: each keeps its task, gets no new one, and
+//!   counts as coming back (its tasks are not cancelled as unrunnable). The next output makes
+//!   it `active` (or `idle`) again; a stall also ends with its task.
 
 use std::collections::BTreeSet;
 
@@ -32,8 +36,15 @@ impl Scheduler {
     pub fn agent_exited(&mut self, name: &str, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = self.agent_idx(name)?;
         let slot = &self.agents[idx];
-        if !matches!(slot.state, AgentState::Starting | AgentState::Idle | AgentState::Active | AgentState::CircuitOpen)
-        {
+        if !matches!(
+            slot.state,
+            AgentState::Starting
+                | AgentState::Idle
+                | AgentState::Active
+                | AgentState::CircuitOpen
+                | AgentState::Stalled
+                | AgentState::WaitingInput
+        ) {
             // Already stopped, failed or restarting: this exit was expected.
             return Ok(());
         }
@@ -72,11 +83,36 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Something was heard from an agent (a heartbeat, a log line, progress): it is alive.
-    pub fn agent_activity(&mut self, name: &str, now: Timestamp) {
-        if let Some(&idx) = self.agent_index.get(name) {
-            self.agents[idx].last_activity = Some(now);
+    /// Something was heard from an agent (a heartbeat, a log line, progress, terminal output):
+    /// it is alive. A stalled agent, or one waiting for input, is back at work.
+    pub fn agent_activity(&mut self, name: &str, now: Timestamp, fx: &mut Effects) {
+        let Some(&idx) = self.agent_index.get(name) else { return };
+        let slot = &mut self.agents[idx];
+        slot.last_activity = Some(now);
+        if matches!(slot.state, AgentState::Stalled | AgentState::WaitingInput) {
+            let next = if slot.running > 0 { AgentState::Active } else { AgentState::Idle };
+            self.set_agent_state(idx, next, Some("output resumed".into()), fx);
         }
+    }
+
+    /// A terminal agent printed nothing for a while during a task; `reason` says how long. It
+    /// keeps its task and gets no new one until it prints again.
+    pub fn agent_stalled(&mut self, name: &str, reason: String, fx: &mut Effects) -> Result<(), Error> {
+        let idx = self.agent_idx(name)?;
+        if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active) {
+            self.set_agent_state(idx, AgentState::Stalled, Some(reason), fx);
+        }
+        Ok(())
+    }
+
+    /// A terminal agent's screen ends in a question (`prompt`, the line that asks it). It keeps
+    /// its task and gets no new one until it prints again, normally because someone answered.
+    pub fn agent_waiting_input(&mut self, name: &str, prompt: &str, fx: &mut Effects) -> Result<(), Error> {
+        let idx = self.agent_idx(name)?;
+        if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::Stalled) {
+            self.set_agent_state(idx, AgentState::WaitingInput, Some(format!("prompt: {prompt}")), fx);
+        }
+        Ok(())
     }
 
     /// An operator stops an agent. Its running attempts are killed (and retried); it takes no
@@ -121,7 +157,14 @@ impl Scheduler {
     /// An operator restarts an agent: stopped, then started at once.
     pub fn restart_agent(&mut self, name: &str, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = self.agent_idx(name)?;
-        if matches!(self.agents[idx].state, AgentState::Idle | AgentState::Active | AgentState::CircuitOpen) {
+        if matches!(
+            self.agents[idx].state,
+            AgentState::Idle
+                | AgentState::Active
+                | AgentState::CircuitOpen
+                | AgentState::Stalled
+                | AgentState::WaitingInput
+        ) {
             fx.stop_agents.push(name.to_string());
             self.agents[idx].restart_at = Some(now);
             self.set_agent_state(idx, AgentState::Restarting, Some("restarted by an operator".into()), fx);

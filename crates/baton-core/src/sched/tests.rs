@@ -641,6 +641,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     heartbeat_timeout: Duration::from_secs(30),
                     circuit_breaker: config::CircuitBreaker { failures: 100, cooldown: Duration::from_secs(1) },
                     max_message_size: 1 << 20,
+                    terminal: None,
                     concurrency,
                     runbook: None,
                     env: BTreeMap::new(),
@@ -863,7 +864,7 @@ fn a_silent_worker_is_restarted_and_its_task_retried() {
     let mut h = workers();
     let (compile, _) = h.running[0];
     h.now = h.now.plus(Duration::from_secs(29));
-    h.sched.agent_activity("builder", h.now); // a heartbeat
+    h.sched.agent_activity("builder", h.now, &mut Effects::default()); // a heartbeat
     h.now = h.now.plus(Duration::from_secs(29));
     let mut fx = Effects::default();
     h.sched.tick(h.now, &mut fx);
@@ -927,4 +928,95 @@ fn an_operator_stopped_agent_holds_its_tasks_until_started() {
     h.sched.start_agent_again("builder", h.now, &mut fx).unwrap();
     h.apply(fx);
     assert_eq!(h.running.len(), 1, "started again, it takes work");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terminal agents: stalled and waiting for input.
+
+const TERMINAL: &str = r#"
+[orchestration]
+name = "terminal"
+retry_backoff = "1s"
+
+[[agents]]
+name = "term"
+mode = "pty"
+command = ["bash", "repl.sh"]
+stall_after = "1m"
+
+[[tasks]]
+key = "first"
+title = "First"
+
+[[tasks]]
+key = "second"
+title = "Second"
+"#;
+
+fn terminal() -> Harness {
+    Harness::new(config::load("baton.toml", TERMINAL, &BTreeMap::new()).unwrap())
+}
+
+/// Runs one scheduler command as the engine does: the command, a step, the effects applied.
+fn command(h: &mut Harness, run: impl FnOnce(&mut Scheduler, Timestamp, &mut Effects)) -> Effects {
+    let mut fx = Effects::default();
+    run(&mut h.sched, h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx.clone());
+    fx
+}
+
+fn last_reason(h: &Harness, name: &str) -> Option<String> {
+    h.store.events.iter().rev().find_map(|event| match event {
+        EventKind::AgentStateChanged { agent, reason, .. } if agent == name => reason.clone(),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_stalled_terminal_agent_keeps_its_task_and_comes_back_when_it_prints() {
+    let mut h = terminal();
+    assert_eq!(h.running.len(), 1, "one task at a time");
+    let fx = command(&mut h, |sched, _, fx| sched.agent_stalled("term", "no output for 1m".into(), fx).unwrap());
+    assert!(fx.kills.is_empty() && fx.stop_agents.is_empty(), "a stalled agent is not killed: {fx:?}");
+    assert_eq!(agent_state(&h, "term"), Some(AgentState::Stalled));
+    assert_eq!(last_reason(&h, "term").as_deref(), Some("no output for 1m"));
+    assert_eq!(h.running.len(), 1, "it keeps its task");
+    // An hour of silence later nothing has been given up.
+    h.now = h.now.plus(Duration::from_secs(3600));
+    command(&mut h, |sched, now, fx| sched.tick(now, fx));
+    assert_eq!(h.sched.state(), RunState::Running);
+    assert_eq!(h.state_of("second"), TaskState::Ready, "waits for the agent instead of being cancelled");
+    command(&mut h, |sched, now, fx| sched.agent_activity("term", now, fx));
+    assert_eq!(agent_state(&h, "term"), Some(AgentState::Active));
+    assert_eq!(last_reason(&h, "term").as_deref(), Some("output resumed"));
+    // Stalled again, then the task ends: so does the stall, and the next task goes out.
+    command(&mut h, |sched, _, fx| sched.agent_stalled("term", "no output for 1m".into(), fx).unwrap());
+    h.finish(0, true);
+    assert!(h.store.events.iter().any(|event| matches!(event,
+        EventKind::AgentStateChanged { agent, from: AgentState::Stalled, to: AgentState::Idle, reason: Some(reason) }
+            if agent == "term" && reason == "its task ended")));
+    assert_eq!(h.state_of("second"), TaskState::Running);
+    assert_eq!(agent_state(&h, "term"), Some(AgentState::Idle), "then busy again, without an event");
+}
+
+#[test]
+fn a_terminal_agent_waiting_for_input_takes_no_new_task_until_answered() {
+    let mut h = terminal();
+    command(&mut h, |sched, _, fx| sched.agent_waiting_input("term", "Continue? [y/N]", fx).unwrap());
+    assert_eq!(agent_state(&h, "term"), Some(AgentState::WaitingInput));
+    assert_eq!(last_reason(&h, "term").as_deref(), Some("prompt: Continue? [y/N]"));
+    // Its task ends, but the question is still on the screen: no new task.
+    h.finish(0, true);
+    assert_eq!(agent_state(&h, "term"), Some(AgentState::WaitingInput));
+    assert!(h.running.is_empty(), "no new task while a question waits");
+    h.now = h.now.plus(Duration::from_secs(3600));
+    command(&mut h, |sched, now, fx| sched.tick(now, fx));
+    assert_eq!(h.state_of("second"), TaskState::Ready, "waits for the agent instead of being cancelled");
+    command(&mut h, |sched, now, fx| sched.agent_activity("term", now, fx));
+    assert_eq!(h.state_of("second"), TaskState::Running, "answered, it takes the next task");
+    // A waiting agent whose program exits is restarted like any other.
+    command(&mut h, |sched, _, fx| sched.agent_waiting_input("term", "Continue? [y/N]", fx).unwrap());
+    exit(&mut h, "term", "exit status 1");
+    assert_eq!(agent_state(&h, "term"), Some(AgentState::Restarting));
 }

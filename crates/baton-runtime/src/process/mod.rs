@@ -8,7 +8,11 @@
 //! allow-listed environment and the agent's limits. When it ends, times out or is cancelled the
 //! whole group is killed, so nothing it started outlives it; the parent-death signal covers a
 //! Baton that is itself killed.
+//!
+//! Long-running agents live in the submodules: `worker` (JSON-RPC over stdio) and `pty` (a
+//! program in a pseudo-terminal).
 
+pub mod pty;
 pub mod sys;
 pub mod worker;
 
@@ -113,6 +117,13 @@ pub fn kill_leftovers(run_id: &str, pgids: &[i32]) -> usize {
 impl ProcessEnv {
     pub fn log_path(&self, agent: &str) -> PathBuf {
         self.log_dir.join(format!("{agent}.log"))
+    }
+
+    /// Where a terminal agent is served for `baton attach`: `sockets/` beside the log
+    /// directory, in the directory that holds the store.
+    pub fn socket_path(&self, agent: &str) -> PathBuf {
+        let state_dir = self.log_dir.parent().unwrap_or(&self.log_dir);
+        pty::attach_socket(state_dir, agent)
     }
 
     /// An agent's working directory and its allow-listed environment.

@@ -250,8 +250,8 @@ impl WorkerAgent {
     }
 }
 
-/// The registry keys a worker's process group by task 0 and its start number.
-fn placeholder_task(generation: u64) -> baton_core::model::TaskRecord {
+/// The registry keys a long-running agent's process group by task 0 and its start number.
+pub(super) fn placeholder_task(generation: u64) -> baton_core::model::TaskRecord {
     baton_core::model::TaskRecord {
         id: TaskId(0),
         run_id: String::new(),
