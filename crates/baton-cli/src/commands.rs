@@ -7,11 +7,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use baton_core::config::{self, Plan};
+use baton_core::config::{self, Plan, ProcessMode};
 use baton_core::model::{AgentState, RunRecord, RunState, TaskId, TaskState};
 
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
+use baton_runtime::process::pty::attach_socket;
 use baton_store::sqlite::{Options, Synchronous};
 use baton_store::{Control, EventQuery, SqliteStore, Store, TaskFilter};
 
@@ -38,6 +39,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
+        Command::Attach { agent } => attach(&cli, agent).await,
         Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
             soak(*agents, tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
         }
@@ -544,6 +546,35 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+async fn attach(cli: &Cli, agent: &str) -> Result<u8, Failure> {
+    let loaded = load(cli)?;
+    let Some(spec) = loaded.plan.agent(agent) else {
+        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
+        return Err(Failure::usage(format!(
+            "no agent `{agent}` in {} (known: {})",
+            cli.config.display(),
+            known.join(", ")
+        )));
+    };
+    if spec.mode != ProcessMode::Pty {
+        return Err(Failure::usage(format!(
+            "agent `{agent}` is not a terminal agent (its mode is \"{}\"); only agents with mode = \"pty\" can be attached",
+            spec.mode.as_str()
+        )));
+    }
+    let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
+    let (store_path, _) =
+        Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
+    let socket = attach_socket(store_path.parent().unwrap_or(Path::new(".")), agent);
+    let stream = tokio::net::UnixStream::connect(&socket).await.map_err(|error| {
+        Failure::run(format!(
+            "no running `baton run` serves agent {agent} (cannot connect to {}: {error}); start the run with `baton run`",
+            socket.display()
+        ))
+    })?;
+    crate::attach::attach(stream, agent).await
 }
 
 async fn bench(

@@ -1,6 +1,7 @@
 //! `baton`: the command line. Thin: it parses arguments, loads the configuration, opens the
 //! store and calls the engine; everything else lives in the library crates.
 
+mod attach;
 mod commands;
 mod init;
 mod output;
@@ -114,6 +115,9 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Connect this terminal to a terminal agent (mode = "pty") of the running `baton run`:
+    /// see its screen and type to it. Ctrl-] detaches; the agent keeps running.
+    Attach { agent: String },
     /// Print an agent's log (its stderr and Baton's notes about each task).
     Logs {
         agent: String,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use baton_core::model::TaskId;
+use baton_core::model::{AgentState, TaskId};
 use baton_core::{Event, EventKind, Timestamp};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
@@ -72,13 +72,16 @@ impl TaskNames {
 }
 
 /// Whether `baton run` prints an event as a line: the ones a person watching wants, not the
-/// bookkeeping (created, ready, agent records).
+/// bookkeeping (created, ready, agent records). An agent that stalls or waits for an answer is
+/// news, and so is its coming back.
 pub fn is_notable(kind: &EventKind) -> bool {
-    !matches!(
-        kind,
-        EventKind::TaskCreated { .. }
-            | EventKind::TaskReady { .. }
-            | EventKind::AgentStateChanged { .. }
-            | EventKind::TaskProgress { .. }
-    )
+    match kind {
+        EventKind::AgentStateChanged { from, to, .. } => {
+            [from, to].into_iter().any(|state| matches!(state, AgentState::Stalled | AgentState::WaitingInput))
+        }
+        _ => !matches!(
+            kind,
+            EventKind::TaskCreated { .. } | EventKind::TaskReady { .. } | EventKind::TaskProgress { .. }
+        ),
+    }
 }
