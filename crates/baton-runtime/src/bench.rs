@@ -433,15 +433,20 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
     let engine = tokio::spawn(engine.run(shutdown.clone()));
 
     let started = Instant::now();
-    let mut created = 0u64;
-    while created < options.n_tasks {
-        let n = (options.n_tasks - created).min(1000);
-        let tasks: Vec<NewTask> =
-            (created..created + n).map(|idx| NewTask { max_attempts: 20, ..bench_task(idx) }).collect();
-        handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
-        created += n;
-    }
-    say(format!("soak: {} tasks created for {} workers", options.n_tasks, options.n_agents));
+    // Tasks are created while workers are being killed: the kills start with the load.
+    let creator = handle.clone();
+    let n_tasks = options.n_tasks;
+    let creating = tokio::spawn(async move {
+        let mut created = 0u64;
+        while created < n_tasks {
+            let n = (n_tasks - created).min(1000);
+            let tasks: Vec<NewTask> =
+                (created..created + n).map(|idx| NewTask { max_attempts: 20, ..bench_task(idx) }).collect();
+            creator.create_tasks(tasks).await.map_err(|error| error.to_string())?;
+            created += n;
+        }
+        Ok::<(), String>(())
+    });
 
     // Kill a random worker every `kill_every` until every task is done.
     let mut kills: Vec<(i64, String)> = Vec::new();
@@ -470,6 +475,7 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    creating.await.map_err(|error| error.to_string())??;
     shutdown.cancel();
     engine.await.map_err(|error| error.to_string())?.map_err(|error| error.to_string())?;
 
