@@ -177,6 +177,52 @@ done
     assert!(log.contains("^C"), "Ctrl-C is typed into a task that timed out:\n{log}");
 }
 
+#[tokio::test]
+async fn a_program_that_exits_mid_task_is_restarted_and_the_task_retried() {
+    let config = r#"
+[orchestration]
+name = "crash"
+retry_backoff = "50ms"
+
+[[agents]]
+name = "flaky"
+mode = "pty"
+command = ["./flaky.sh"]
+done_when = { output = "DONE" }
+restart_backoff = "50ms"
+
+[[tasks]]
+key = "job"
+title = "Job"
+description = "the job"
+timeout = "30s"
+"#;
+    // Crashes on its first task, then behaves.
+    let flaky = r#"#!/usr/bin/env bash
+if [ ! -e crashed ]; then
+  touch crashed
+  read -r line
+  echo "crashing on $line"
+  exit 4
+fi
+while read -r line; do echo "did $line"; echo DONE; done
+"#;
+    let project = Project::with(config, &[("flaky.sh", flaky)]);
+    let run = project.baton(&["run"]);
+    assert_eq!(run.status.code(), Some(0), "{}\n{}", stdout(&run), stderr(&run));
+    let tasks = tasks(&project).await;
+    let job = task(&tasks, "job");
+    assert_eq!((job.state, job.attempt, output(job)), (TaskState::Succeeded, 2, "did the job\nDONE\n"));
+    let events = events(&project).await;
+    assert!(
+        events.iter().any(|event| matches!(event,
+            EventKind::AgentTerminated { agent, reason } if agent == "flaky" && reason == "exit status 4")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|event| matches!(event,
+        EventKind::AgentStateChanged { agent, to: AgentState::Restarting, .. } if agent == "flaky")));
+}
+
 /// Reads a child's stdout until it has printed `needle`; returns everything read.
 fn read_until(stdout: &mut ChildStdout, seen: &mut String, needle: &str) {
     let mut buffer = [0u8; 1024];
@@ -324,4 +370,37 @@ command = ["./repl.sh"]
         "{}",
         stderr(&not_running)
     );
+}
+
+#[tokio::test]
+async fn terminal_programs_die_with_a_killed_baton() {
+    let config = r#"
+[orchestration]
+name = "orphans"
+
+[[agents]]
+name = "repl"
+mode = "pty"
+command = ["./repl.sh"]
+done_when = { output = "never printed" }
+
+[[tasks]]
+key = "long"
+title = "Long"
+"#;
+    let project = Project::with(config, &[("repl.sh", REPL)]);
+    let (mut child, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("task long claimed");
+    let log = std::fs::read_to_string(project.log_path("repl")).unwrap();
+    let pgid: i32 = log.split("pid group ").nth(1).unwrap().split(')').next().unwrap().parse().unwrap();
+    assert!(common::is_alive(pgid));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Baton's end of the terminal closes as it dies, which hangs the program up.
+    let mut spins = 0u64;
+    while common::is_alive(pgid) {
+        spins += 1;
+        assert!(spins < 50_000_000, "the program {pgid} outlived baton");
+        std::thread::yield_now();
+    }
 }

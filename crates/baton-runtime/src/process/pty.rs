@@ -298,10 +298,14 @@ impl Monitor {
         self.last_output = now;
         self.screen.extend_from_slice(&bytes);
         if self.screen.len() > SCREEN_BYTES {
+            // Cut at a line start, so that a replay does not begin inside an escape sequence
+            // or a character.
             let excess = self.screen.len() - SCREEN_BYTES;
-            self.screen.drain(..excess);
+            let cut =
+                self.screen[excess..].iter().position(|byte| *byte == b'\n').map_or(excess, |idx| excess + idx + 1);
+            self.screen.drain(..cut);
         }
-        if let Some(output) = &self.output {
+        if let Some(output) = self.output.as_ref().filter(|output| output.receiver_count() > 0) {
             let _ = output.send(Bytes::from(bytes.clone()));
         }
         let text = self.stripper.push(&bytes);
@@ -876,9 +880,10 @@ impl PtyAgent {
         let rule = self.rules.as_ref().ok().and_then(|rules| rules.done_output.clone());
         let (matched_tx, mut matched) = oneshot::channel();
         // Enter is a carriage return, as a terminal sends it; the line discipline makes it a
-        // newline for programs that read lines.
-        let typed = typed_text.replace('\n', "\r").into_bytes();
-        session.send(Command::StartTask { watch: TaskWatch::new(rule, matched_tx, &typed_text), typed });
+        // newline for programs that read lines, and echoes it as one.
+        let lines = typed_text.replace("\r\n", "\n").replace('\r', "\n");
+        let typed = lines.replace('\n', "\r").into_bytes();
+        session.send(Command::StartTask { watch: TaskWatch::new(rule, matched_tx, &lines), typed });
 
         let timeout = attempt.task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
         let deadline = async {
