@@ -11,6 +11,7 @@ pub mod config;
 pub mod event;
 pub mod graph;
 pub mod model;
+pub mod resources;
 pub mod sched;
 pub mod time;
 
