@@ -250,9 +250,22 @@ key = "deploy"
 title = "Deploy"
 description = "deploy it"
 timeout = "60s"
+
+# Keeps the run going until the test is done with attach.
+[[tasks]]
+key = "hold"
+title = "Hold"
+description = "hold"
+depends_on = ["deploy"]
+timeout = "60s"
 "#;
     let ask = r#"#!/usr/bin/env bash
 while read -r line; do
+  if [ "$line" = hold ]; then
+    while [ ! -e release ]; do sleep 0.05; done
+    echo DONE
+    continue
+  fi
   printf 'Continue? [y/N] '
   read -r answer
   if [ "$answer" = y ]; then echo "proceeding with $line"; echo DONE; else echo aborted; fi
@@ -283,6 +296,7 @@ done
     assert!(stderr(&detached).contains("detached from asker; it keeps running"), "{}", stderr(&detached));
 
     lines.wait_for("agent asker: waiting-input -> active (output resumed)");
+    std::fs::write(project.path().join("release"), "").unwrap();
     let run = run.wait_with_output().unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", stdout(&run));
     let tasks = tasks(&project).await;

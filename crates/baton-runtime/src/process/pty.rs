@@ -91,8 +91,14 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 /// Typed when a task times out or is cancelled, as a person would press Ctrl-C.
 const INTERRUPT: u8 = 0x03;
 
+/// How long a program that Ctrl-C may end is given to do so before its exit counts as a crash.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
 /// Output chunks queued per attached client before it misses some.
 const ATTACH_BACKLOG: usize = 1024;
+
+/// How long the attach server waits after failing to accept a connection.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where the running `baton run` serves a terminal agent for `baton attach`: `sockets/` in the
 /// directory that holds the store (beside `logs/`).
@@ -555,7 +561,15 @@ async fn serve(listener: UnixListener, current: Current, cancel: CancellationTok
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors, say: wait a little rather than spin.
+                        tracing::warn!(%error, "cannot accept an attach connection");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
                 let session = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 clients.spawn(serve_client(stream, session, cancel.clone()));
             }
@@ -782,12 +796,14 @@ impl PtyAgent {
                 claim.exited = true;
                 claim.task_owns
             };
+            // The engine hears of a crash before the task waiting on the program fails, so
+            // that it gives the attempt up rather than retrying it as a failure.
+            if !watcher.stopping.load(Ordering::SeqCst) && !owned_by_task {
+                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason });
+            }
             watcher.exited.cancel();
             if let Some(registry) = registry {
                 registry.ended(&registry_key).await;
-            }
-            if !watcher.stopping.load(Ordering::SeqCst) && !owned_by_task {
-                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason });
             }
         });
         Ok(session)
@@ -802,6 +818,9 @@ impl PtyAgent {
         let bound = async {
             if let Some(dir) = self.socket_path.parent() {
                 tokio::fs::create_dir_all(dir).await?;
+                // Whoever can connect can type into the agent: its owner only.
+                use std::os::unix::fs::PermissionsExt;
+                tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await?;
             }
             // Left by a Baton that was killed: this run owns the name now.
             match tokio::fs::remove_file(&self.socket_path).await {
@@ -911,7 +930,17 @@ impl PtyAgent {
             let _ = tokio::time::timeout(OUTPUT_DRAIN, session.drained.cancelled()).await;
         }
         if matches!(ended, Ended::TimedOut | Ended::Cancelled) {
-            session.send(Command::Type(vec![INTERRUPT]));
+            // If Ctrl-C ends the program, that is the interrupt's doing, not a crash: it is
+            // started again below, and the attempt keeps its reason.
+            let already_exited = {
+                let mut claim = session.claim.lock().unwrap_or_else(|p| p.into_inner());
+                claim.task_owns |= !claim.exited;
+                claim.exited
+            };
+            if !already_exited {
+                session.send(Command::Type(vec![INTERRUPT]));
+                let _ = tokio::time::timeout(INTERRUPT_GRACE, session.exited.cancelled()).await;
+            }
         }
         let transcript = session.end_task().await;
         let exited_for_the_task = {
@@ -928,12 +957,12 @@ impl PtyAgent {
             Ended::Done => Outcome::Succeeded { result: result() },
             Ended::Exited => {
                 let (success, reason) = session.exit().unwrap_or((false, "exited".into()));
-                // The rule may have been met by the program's last output.
-                let met = matched.try_recv().is_ok()
-                    || marker.as_ref().is_some_and(|path| {
-                        std::fs::metadata(path).is_ok_and(|meta| meta.modified().ok() != marker_before)
-                    });
-                if (exit_rule && success) || met {
+                // The rule may have been met by the program's last words.
+                let marker_met = match &marker {
+                    Some(path) => modified(path).await.is_some_and(|now| Some(now) != marker_before),
+                    None => false,
+                };
+                if (exit_rule && success) || matched.try_recv().is_ok() || marker_met {
                     return Outcome::Succeeded { result: result() };
                 }
                 let last_line = transcript.lines().rev().map(str::trim).find(|line| !line.is_empty());
