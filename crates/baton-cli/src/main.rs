@@ -117,7 +117,10 @@ pub enum Command {
     },
     /// Connect this terminal to a terminal agent (mode = "pty") of the running `baton run`:
     /// see its screen and type to it. Ctrl-] detaches; the agent keeps running.
-    Attach { agent: String },
+    Attach {
+        /// The terminal agent's name.
+        agent: String,
+    },
     /// Print an agent's log (its stderr and Baton's notes about each task).
     Logs {
         agent: String,
