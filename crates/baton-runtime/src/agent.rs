@@ -25,10 +25,12 @@ impl Attempt {
 /// What a running agent tells the engine besides its attempts' outcomes.
 #[derive(Debug)]
 pub enum AgentEvent {
-    /// The agent's process ended on its own (not because it was stopped).
+    /// The agent's process ended on its own (not because it was stopped); `clean` when it
+    /// exited with status 0.
     Exited {
         agent: String,
         reason: String,
+        clean: bool,
     },
     /// Something was heard from the agent: it is alive (and, if it was stalled or waiting for
     /// input, back at work).

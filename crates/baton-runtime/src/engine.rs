@@ -511,8 +511,8 @@ async fn handle_agent_event(
     fx: &mut Effects,
 ) {
     match event {
-        AgentEvent::Exited { agent, reason } => {
-            let _ = sched.agent_exited(&agent, reason, now, fx);
+        AgentEvent::Exited { agent, reason, clean } => {
+            let _ = sched.agent_exited(&agent, reason, clean, now, fx);
         }
         AgentEvent::Activity { agent } => sched.agent_activity(&agent, now, fx),
         AgentEvent::Stalled { agent, silent_for } => {

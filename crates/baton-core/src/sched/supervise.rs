@@ -33,7 +33,15 @@ impl Scheduler {
     }
 
     /// A long-running agent's process exited, or was found silent. Decides on a restart.
-    pub fn agent_exited(&mut self, name: &str, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+    /// `clean` when it exited with status 0: `restart = "on-failure"` then lets it stay down.
+    pub fn agent_exited(
+        &mut self,
+        name: &str,
+        reason: String,
+        clean: bool,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
         let idx = self.agent_idx(name)?;
         let slot = &self.agents[idx];
         if !matches!(
@@ -56,7 +64,18 @@ impl Scheduler {
         let window_start = Timestamp(now.0 - slot.spec.restart_window.as_millis() as i64);
         slot.restarts.retain(|at| *at > window_start);
         let n_recent = slot.restarts.len() as u32;
-        let may_restart = slot.spec.restart != RestartPolicy::Never && n_recent < slot.spec.max_restarts;
+        let policy_restarts = match slot.spec.restart {
+            RestartPolicy::Never => false,
+            RestartPolicy::OnFailure => !clean,
+            RestartPolicy::Always => true,
+        };
+        if !policy_restarts && clean {
+            // It finished on its own, and its policy lets it: stopped, not failed.
+            let why = format!("{reason}; it exited cleanly and restart = \"on-failure\"");
+            self.set_agent_state(idx, AgentState::Stopped, Some(why), fx);
+            return Ok(());
+        }
+        let may_restart = policy_restarts && n_recent < slot.spec.max_restarts;
         if may_restart {
             slot.restarts.push(now);
             let delay = backoff(n_recent + 1, slot.spec.restart_backoff, MAX_RESTART_DELAY, 1.0);
@@ -221,7 +240,7 @@ impl Scheduler {
                 {
                     let name = slot.spec.name.clone();
                     let reason = format!("no heartbeat for {}", format_duration(slot.spec.heartbeat_timeout));
-                    let _ = self.agent_exited(&name, reason, now, fx);
+                    let _ = self.agent_exited(&name, reason, false, now, fx);
                 }
                 _ => {}
             }

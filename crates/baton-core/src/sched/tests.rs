@@ -802,7 +802,7 @@ fn agent_state(h: &Harness, name: &str) -> Option<AgentState> {
 
 fn exit(h: &mut Harness, agent: &str, reason: &str) {
     let mut fx = Effects::default();
-    h.sched.agent_exited(agent, reason.into(), h.now, &mut fx).unwrap();
+    h.sched.agent_exited(agent, reason.into(), false, h.now, &mut fx).unwrap();
     // Its attempts fail with it, as the runtime reports them.
     let running: Vec<(TaskId, u32)> = h
         .running
@@ -1019,4 +1019,19 @@ fn a_terminal_agent_waiting_for_input_takes_no_new_task_until_answered() {
     command(&mut h, |sched, _, fx| sched.agent_waiting_input("term", "Continue? [y/N]", fx).unwrap());
     exit(&mut h, "term", "exit status 1");
     assert_eq!(agent_state(&h, "term"), Some(AgentState::Restarting));
+}
+
+#[test]
+fn a_worker_that_exits_cleanly_stays_down_under_on_failure_and_restarts_under_always() {
+    let mut h = workers();
+    let mut fx = Effects::default();
+    h.sched.agent_exited("builder", "exit status 0".into(), true, h.now, &mut fx).unwrap();
+    h.apply(fx);
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Stopped));
+    let always = WORKERS.replace("max_restarts = 2", "max_restarts = 2\nrestart = \"always\"");
+    let mut h = Harness::new(config::load("baton.toml", &always, &BTreeMap::new()).unwrap());
+    let mut fx = Effects::default();
+    h.sched.agent_exited("builder", "exit status 0".into(), true, h.now, &mut fx).unwrap();
+    h.apply(fx);
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
 }

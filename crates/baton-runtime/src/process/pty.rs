@@ -799,7 +799,7 @@ impl PtyAgent {
             // The engine hears of a crash before the task waiting on the program fails, so
             // that it gives the attempt up rather than retrying it as a failure.
             if !watcher.stopping.load(Ordering::SeqCst) && !owned_by_task {
-                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason });
+                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason, clean: false });
             }
             watcher.exited.cancel();
             if let Some(registry) = registry {
@@ -864,7 +864,7 @@ impl PtyAgent {
                 self.replace_session(None);
                 let reason = format!("cannot start the program again: {reason}");
                 self.note(&format!("--- {reason}")).await;
-                let _ = context.events.send(AgentEvent::Exited { agent: self.spec.name.clone(), reason });
+                let _ = context.events.send(AgentEvent::Exited { agent: self.spec.name.clone(), reason, clean: false });
             }
         }
     }

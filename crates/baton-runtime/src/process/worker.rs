@@ -210,6 +210,7 @@ impl WorkerAgent {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            let clean = status.as_ref().is_ok_and(|status| status.success());
             // Whatever the worker started goes with it.
             if let Some(pgid) = watcher.pgid {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -234,7 +235,7 @@ impl WorkerAgent {
             // The engine hears of the exit before the attempts fail, so that it gives them up
             // (and retries them at once elsewhere) instead of retrying them as failures.
             if !watcher.stopping.load(Ordering::SeqCst) {
-                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason: reason.clone() });
+                let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason: reason.clone(), clean });
             }
             let waiting: Vec<oneshot::Sender<Reply>> =
                 watcher.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, reply)| reply).collect();
