@@ -236,6 +236,15 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
         let ws = task.workstream.clone().unwrap_or_else(|| "(none)".into());
         *by_workstream.entry(ws).or_default().entry(task.state.as_str()).or_default() += 1;
     }
+    let agents = store.agents(&run.id).await.context("reading agents")?;
+    let executed =
+        run.owner.is_some() && run.owner_until.is_some_and(|until| until > baton_runtime::Clock::system().now());
+    let mut agents_by_state: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for agent in &agents {
+        let live = matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
+        let state = if executed || live { agent.state } else { AgentState::Offline };
+        agents_by_state.entry(state.to_string()).or_default().push(agent.name.clone());
+    }
     let current_phase = run.phase.min(run.n_phases);
     let phase_names: Vec<String> = if current_phase >= 1 {
         loaded.plan.phases.get(current_phase as usize - 1).cloned().unwrap_or_default()
@@ -259,6 +268,8 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
             "ended_at": run.ended_at,
             "owner": run.owner,
             "workstreams": by_workstream,
+            "agents": agents_by_state,
+            "spawned_agents": agents.iter().filter(|a| a.state != AgentState::Waiting).map(|a| &a.name).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
         return Ok(0);
@@ -268,12 +279,19 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
     println!("state     {}", run.state);
     println!("phase     {current_phase}/{} {}", run.n_phases, phase_names.join(", "));
     println!("progress  {:.0}% ({}/{} tasks finished)", run.progress() * 100.0, run.n_finished, run.n_tasks);
-    println!(
-        "started   {} ({} ago{})",
-        output::time(run.started_at),
-        output::elapsed(run.started_at, end),
-        if run.ended_at.is_some() { ", ended" } else { "" }
-    );
+    let how_long = if run.ended_at.is_some() { "ran" } else { "running for" };
+    println!("started   {} ({how_long} {})", output::time(run.started_at), output::elapsed(run.started_at, end));
+    let summary: Vec<String> = agents_by_state
+        .iter()
+        .map(|(state, names)| match state.as_str() {
+            // The states that need attention name their agents.
+            "restarting" | "circuit-open" | "stalled" | "waiting-input" | "failed" => {
+                format!("{} {state} ({})", names.len(), names.join(", "))
+            }
+            _ => format!("{} {state}", names.len()),
+        })
+        .collect();
+    println!("agents    {}", summary.join(", "));
     if let Some(owner) = &run.owner {
         println!("executed by {owner}");
     } else if run.state == RunState::Running {
