@@ -767,7 +767,7 @@ impl Scheduler {
                 break;
             }
             let task = &self.tasks[&id];
-            if task.resources.iter().any(|resource| self.held.contains_key(resource)) {
+            if self.resource_busy(&task.resources) {
                 continue;
             }
             let chosen = self
@@ -785,6 +785,19 @@ impl Scheduler {
             self.claim(id, agent_idx, now, fx);
             free_slots -= 1;
         }
+    }
+
+    /// Whether a resource key overlaps one held by a running task (globs included).
+    fn resource_busy(&self, wanted: &[String]) -> bool {
+        if wanted.is_empty() || self.held.is_empty() {
+            return false;
+        }
+        let any_glob_held = self.held.keys().any(|key| crate::resources::is_glob(key));
+        wanted.iter().any(|key| {
+            self.held.contains_key(key)
+                || ((any_glob_held || crate::resources::is_glob(key))
+                    && self.held.keys().any(|held| crate::resources::overlaps(held, key)))
+        })
     }
 
     fn claim(&mut self, id: TaskId, agent_idx: usize, now: Timestamp, fx: &mut Effects) {

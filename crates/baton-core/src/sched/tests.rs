@@ -1035,3 +1035,33 @@ fn a_worker_that_exits_cleanly_stays_down_under_on_failure_and_restarts_under_al
     h.apply(fx);
     assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
 }
+
+#[test]
+fn tasks_whose_resource_globs_overlap_never_run_together() {
+    let text = r#"
+[orchestration]
+name = "x"
+[[agents]]
+name = "a"
+concurrency = 3
+command = ["true"]
+[[tasks]]
+key = "storage"
+title = "storage"
+resources = ["file:src/storage/**"]
+[[tasks]]
+key = "wal"
+title = "wal"
+resources = ["file:src/storage/wal.rs"]
+[[tasks]]
+key = "docs"
+title = "docs"
+resources = ["file:docs/*.md"]
+"#;
+    let mut h = Harness::new(config::load("baton.toml", text, &BTreeMap::new()).unwrap());
+    let running: Vec<&str> = h.running.iter().map(|(id, _)| h.store.tasks[id].key.as_deref().unwrap()).collect();
+    assert_eq!(running, vec!["storage", "docs"], "`wal` overlaps `storage/**` and waits");
+    let storage = h.running.iter().position(|(id, _)| h.store.tasks[id].key.as_deref() == Some("storage")).unwrap();
+    h.finish(storage, true);
+    assert!(h.running.iter().any(|(id, _)| h.store.tasks[id].key.as_deref() == Some("wal")));
+}
