@@ -80,6 +80,37 @@ struct RawConfig {
     agents: Vec<RawAgent>,
     #[serde(default)]
     tasks: Vec<RawTask>,
+    #[serde(default)]
+    conflicts: RawConflicts,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConflicts {
+    policy: Option<ConflictPolicy>,
+}
+
+/// What happens to a task whose resources overlap those of a running task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    /// It waits until the resource is free (the default).
+    #[default]
+    Wait,
+    /// It fails at once (dead), saying which task holds what.
+    Fail,
+    /// It runs anyway; the overlap is recorded as an event.
+    Warn,
+}
+
+impl ConflictPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Wait => "wait",
+            ConflictPolicy::Fail => "fail",
+            ConflictPolicy::Warn => "warn",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +232,7 @@ struct RawTask {
     timeout: Option<DurationStr>,
     #[serde(default)]
     resources: Vec<String>,
+    on_conflict: Option<ConflictPolicy>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,6 +367,10 @@ pub struct Settings {
     pub retry_backoff_max: Duration,
     /// How long a running task's lease lasts without renewal.
     pub lease_ttl: Duration,
+    /// The default for tasks whose resources are held by another (`[conflicts] policy`).
+    pub conflict_policy: ConflictPolicy,
+    /// Tasks of the file that set their own `on_conflict`, by key.
+    pub task_conflict_policies: BTreeMap<String, ConflictPolicy>,
 }
 
 impl Default for Settings {
@@ -347,6 +383,8 @@ impl Default for Settings {
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(100),
             lease_ttl: Duration::from_secs(30),
+            conflict_policy: ConflictPolicy::Wait,
+            task_conflict_policies: BTreeMap::new(),
         }
     }
 }
@@ -611,6 +649,14 @@ impl Validator<'_> {
         let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
         let agents = self.agents(&raw.agents, &workstreams);
         let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
+        let mut settings = settings;
+        settings.conflict_policy = raw.conflicts.policy.unwrap_or_default();
+        settings.task_conflict_policies = raw
+            .tasks
+            .iter()
+            .zip(&tasks)
+            .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
+            .collect();
         Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks })
     }
 
@@ -640,6 +686,8 @@ impl Validator<'_> {
             retry_backoff: raw.retry_backoff.map_or(defaults.retry_backoff, |d| d.0),
             retry_backoff_max: raw.retry_backoff_max.map_or(defaults.retry_backoff_max, |d| d.0),
             lease_ttl,
+            conflict_policy: ConflictPolicy::Wait,
+            task_conflict_policies: BTreeMap::new(),
         }
     }
 

@@ -121,6 +121,15 @@ pub enum EventKind {
     TaskResumed {
         task: TaskId,
     },
+    /// A task's resources overlap those of a running task (`held` by `holder`); `policy` says
+    /// what happened: it waits, it failed, or it ran anyway.
+    ResourceConflict {
+        task: TaskId,
+        resource: String,
+        holder: TaskId,
+        held: String,
+        policy: String,
+    },
     /// Tokens an agent reports having used (the protocol's `usage/report`).
     UsageReported {
         agent: String,
@@ -156,6 +165,7 @@ impl EventKind {
             EventKind::TaskSuspended { .. } => "TaskSuspended",
             EventKind::TaskResumed { .. } => "TaskResumed",
             EventKind::UsageReported { .. } => "UsageReported",
+            EventKind::ResourceConflict { .. } => "ResourceConflict",
         }
     }
 
@@ -174,7 +184,8 @@ impl EventKind {
             | EventKind::TaskLeaseExpired { task, .. }
             | EventKind::TaskRequeued { task, .. }
             | EventKind::TaskSuspended { task, .. }
-            | EventKind::TaskResumed { task } => Some(*task),
+            | EventKind::TaskResumed { task }
+            | EventKind::ResourceConflict { task, .. } => Some(*task),
             EventKind::UsageReported { task, .. } => *task,
             _ => None,
         }
@@ -269,6 +280,14 @@ impl EventKind {
             EventKind::TaskSuspended { task, reason } => format!("task {task} suspended: {reason}"),
             EventKind::TaskResumed { task } => format!("task {task} resumed"),
             EventKind::UsageReported { agent, usage, .. } => format!("agent {agent} reported usage {usage}"),
+            EventKind::ResourceConflict { task, resource, holder, held, policy } => {
+                let what = match policy.as_str() {
+                    "fail" => "fails",
+                    "warn" => "runs anyway",
+                    _ => "waits",
+                };
+                format!("task {task} {what}: `{resource}` overlaps `{held}` held by task {holder}")
+            }
         }
     }
 }

@@ -7,12 +7,12 @@
 //! durable *before* it performs the effects, so a crash never leaves an effect without its
 //! record.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AgentSpec, Plan};
+use crate::config::{AgentSpec, ConflictPolicy, Plan};
 use crate::event::EventKind;
 use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
 use crate::time::{Timestamp, format_duration};
@@ -193,6 +193,8 @@ pub struct Scheduler {
     /// Killed attempts whose process has not exited yet: they keep their agent slot and
     /// resources until the runtime reports them ended.
     dying: HashMap<(TaskId, u32), Dying>,
+    /// (task, holder) conflicts already reported, so that a waiting task says so once.
+    conflicts_reported: HashSet<(TaskId, TaskId)>,
     /// Tasks suspended because a critical agent upstream failed, by that agent's index.
     suspended_by: HashMap<TaskId, usize>,
     phase: u32,
@@ -251,6 +253,7 @@ impl Scheduler {
             held: HashMap::new(),
             dying: HashMap::new(),
             suspended_by: HashMap::new(),
+            conflicts_reported: HashSet::new(),
             phase: 0,
             n_running: 0,
             n_finished: 0,
@@ -767,9 +770,36 @@ impl Scheduler {
                 break;
             }
             let task = &self.tasks[&id];
-            if self.resource_busy(&task.resources) {
-                continue;
+            if let Some((resource, held, holder)) = self.resource_conflict(&task.resources) {
+                let policy = task
+                    .key
+                    .as_ref()
+                    .and_then(|key| self.plan.settings.task_conflict_policies.get(key))
+                    .copied()
+                    .unwrap_or(self.plan.settings.conflict_policy);
+                // Said once per task and holder, not at every turn it keeps waiting.
+                let first = self.conflicts_reported.insert((id, holder));
+                if first || policy != ConflictPolicy::Wait {
+                    fx.writes.push(Write::Event(EventKind::ResourceConflict {
+                        task: id,
+                        resource: resource.clone(),
+                        holder,
+                        held: held.clone(),
+                        policy: policy.as_str().to_string(),
+                    }));
+                }
+                match policy {
+                    ConflictPolicy::Wait => continue,
+                    ConflictPolicy::Fail => {
+                        let reason =
+                            format!("`{resource}` overlaps `{held}` held by task {holder} (on_conflict = fail)");
+                        self.fail_for_good(id, reason, now, fx);
+                        continue;
+                    }
+                    ConflictPolicy::Warn => {}
+                }
             }
+            let task = &self.tasks[&id];
             let chosen = self
                 .agents
                 .iter()
@@ -787,17 +817,36 @@ impl Scheduler {
         }
     }
 
-    /// Whether a resource key overlaps one held by a running task (globs included).
-    fn resource_busy(&self, wanted: &[String]) -> bool {
+    /// The first of `wanted` that overlaps a resource held by a running task (globs included):
+    /// (wanted key, held key, holder).
+    fn resource_conflict(&self, wanted: &[String]) -> Option<(String, String, TaskId)> {
         if wanted.is_empty() || self.held.is_empty() {
-            return false;
+            return None;
         }
         let any_glob_held = self.held.keys().any(|key| crate::resources::is_glob(key));
-        wanted.iter().any(|key| {
-            self.held.contains_key(key)
-                || ((any_glob_held || crate::resources::is_glob(key))
-                    && self.held.keys().any(|held| crate::resources::overlaps(held, key)))
+        wanted.iter().find_map(|key| {
+            if let Some(holder) = self.held.get(key) {
+                return Some((key.clone(), key.clone(), *holder));
+            }
+            if !any_glob_held && !crate::resources::is_glob(key) {
+                return None;
+            }
+            self.held
+                .iter()
+                .find(|(held, _)| crate::resources::overlaps(held, key))
+                .map(|(held, holder)| (key.clone(), held.clone(), *holder))
         })
+    }
+
+    /// Makes a waiting task dead without running it.
+    fn fail_for_good(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) {
+        let task = &self.tasks[&id];
+        let attempts = task.attempt;
+        let mut change = task.change();
+        change.state = TaskState::Dead;
+        change.error = Some(reason.clone());
+        change.finished_at = Some(now);
+        self.transition(id, change, vec![EventKind::TaskDeadLettered { task: id, attempts, reason }], now, fx);
     }
 
     fn claim(&mut self, id: TaskId, agent_idx: usize, now: Timestamp, fx: &mut Effects) {
@@ -815,7 +864,8 @@ impl Scheduler {
         let resources = task.resources.clone();
         self.transition(id, change, vec![EventKind::TaskClaimed { task: id, agent: agent.clone(), attempt }], now, fx);
         for resource in resources {
-            self.held.insert(resource, id);
+            // A task run despite a conflict (`warn`) does not take the resource from its holder.
+            self.held.entry(resource).or_insert(id);
         }
         let slot = &mut self.agents[agent_idx];
         slot.running += 1;

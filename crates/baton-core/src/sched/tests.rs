@@ -1065,3 +1065,59 @@ resources = ["file:docs/*.md"]
     h.finish(storage, true);
     assert!(h.running.iter().any(|(id, _)| h.store.tasks[id].key.as_deref() == Some("wal")));
 }
+
+#[test]
+fn conflict_policies_wait_fail_or_warn_and_say_so_once() {
+    let text = r#"
+[orchestration]
+name = "x"
+[conflicts]
+policy = "wait"
+[[agents]]
+name = "a"
+concurrency = 4
+command = ["true"]
+[[tasks]]
+key = "holder"
+title = "holder"
+resources = ["customer:*"]
+[[tasks]]
+key = "waits"
+title = "waits"
+resources = ["customer:456"]
+[[tasks]]
+key = "fails"
+title = "fails"
+resources = ["customer:457"]
+on_conflict = "fail"
+[[tasks]]
+key = "warns"
+title = "warns"
+resources = ["customer:458"]
+on_conflict = "warn"
+"#;
+    let mut h = Harness::new(config::load("baton.toml", text, &BTreeMap::new()).unwrap());
+    let running: Vec<&str> = h.running.iter().map(|(id, _)| h.store.tasks[id].key.as_deref().unwrap()).collect();
+    assert_eq!(running, vec!["holder", "warns"]);
+    assert_eq!(h.state_of("fails"), TaskState::Dead);
+    assert_eq!(h.state_of("waits"), TaskState::Ready);
+    let conflicts: Vec<String> = h
+        .store
+        .events
+        .iter()
+        .filter(|event| matches!(event, EventKind::ResourceConflict { .. }))
+        .map(|event| event.describe())
+        .collect();
+    assert_eq!(conflicts.len(), 3, "{conflicts:?}");
+    assert!(
+        conflicts.iter().any(|line| line.ends_with("waits: `customer:456` overlaps `customer:*` held by task 1")),
+        "{conflicts:?}"
+    );
+    // Another turn while `waits` still waits says nothing more.
+    let mut fx = Effects::default();
+    h.sched.step(h.now, &mut fx);
+    assert!(fx.writes.iter().all(|write| !matches!(write, Write::Event(EventKind::ResourceConflict { .. }))));
+    let holder = h.running.iter().position(|(id, _)| h.store.tasks[id].key.as_deref() == Some("holder")).unwrap();
+    h.finish(holder, true);
+    assert_eq!(h.state_of("waits"), TaskState::Running);
+}
