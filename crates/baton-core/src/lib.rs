@@ -13,6 +13,7 @@ pub mod graph;
 pub mod model;
 pub mod resources;
 pub mod sched;
+pub mod schedule;
 pub mod time;
 
 pub use event::{Event, EventKind};
