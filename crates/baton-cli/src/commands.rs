@@ -35,6 +35,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Task { action } => task(&cli, action).await,
         Command::Agents { json, run } => agents(&cli, *json, run.as_deref()).await,
         Command::Agent { action } => agent(&cli, action).await,
+        Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
         Command::Events { follow, since, task, json, run } => {
             events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
@@ -446,6 +447,57 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
     }
     let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
     control(&store, &run, command).await
+}
+
+async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
+    let (loaded, store) = open_existing_store(cli)?;
+    let run = find_run(&store, &loaded.plan, run).await?;
+    let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
+    let name = |task: &baton_core::model::TaskRecord| task.key.clone().unwrap_or_else(|| task.id.to_string());
+    let holders: Vec<&baton_core::model::TaskRecord> =
+        tasks.iter().filter(|task| task.state == TaskState::Running && !task.resources.is_empty()).collect();
+    let mut held = Vec::new();
+    for task in &holders {
+        for resource in &task.resources {
+            held.push(serde_json::json!({ "resource": resource, "task": name(task), "agent": task.assigned_agent }));
+        }
+    }
+    let mut waiting = Vec::new();
+    for task in tasks.iter().filter(|task| matches!(task.state, TaskState::Ready | TaskState::Pending)) {
+        for resource in &task.resources {
+            for holder in &holders {
+                if let Some(other) =
+                    holder.resources.iter().find(|other| baton_core::resources::overlaps(other, resource))
+                {
+                    waiting.push(serde_json::json!({
+                        "task": name(task), "state": task.state, "resource": resource,
+                        "held": other, "holder": name(holder),
+                    }));
+                }
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "held": held, "waiting": waiting }))
+                .context("serializing")?
+        );
+        return Ok(0);
+    }
+    let mut table = output::table(&["resource", "held by", "agent"]);
+    for row in &held {
+        let cell = |key: &str| row[key].as_str().unwrap_or("-").to_string();
+        table.add_row(vec![cell("resource"), cell("task"), cell("agent")]);
+    }
+    println!("held\n{table}");
+    let mut table = output::table(&["task", "state", "wants", "overlaps", "held by"]);
+    for row in &waiting {
+        let cell = |key: &str| row[key].as_str().unwrap_or("-").to_string();
+        table.add_row(vec![cell("task"), cell("state"), cell("resource"), cell("held"), cell("holder")]);
+    }
+    println!("waiting\n{table}");
+    Ok(0)
 }
 
 async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {

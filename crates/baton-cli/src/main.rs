@@ -99,6 +99,13 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Show the resources running tasks hold and the tasks waiting for them.
+    Conflicts {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// Print the run's events; with --follow, keep printing until the run ends.
     Events {
         #[arg(long, short)]

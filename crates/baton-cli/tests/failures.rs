@@ -124,3 +124,46 @@ title = "Long job"
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("has ended (failed); only a running run takes commands"), "{}", stderr(&again));
 }
+
+#[tokio::test]
+async fn a_task_waits_for_a_resource_and_baton_conflicts_shows_why() {
+    let plan = r#"
+[orchestration]
+name = "conflicts"
+
+[[agents]]
+name = "worker"
+concurrency = 2
+command = ["bash", "work.sh", "{task.key}"]
+
+[[tasks]]
+key = "edit-storage"
+title = "Edit the storage module"
+resources = ["file:src/storage/**"]
+
+[[tasks]]
+key = "edit-wal"
+title = "Edit the WAL"
+resources = ["file:src/storage/wal.rs"]
+"#;
+    // The first task holds its resource until the test lets it go.
+    let work = r#"#!/usr/bin/env bash
+if [ "$1" = edit-storage ]; then
+    while [ ! -e release ]; do sleep 0.05; done
+fi
+echo done
+"#;
+    let project = Project::with(plan, &[("work.sh", work)]);
+    let (child, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("task edit-wal waits: `file:src/storage/wal.rs` overlaps `file:src/storage/**` held by task");
+    let shown = project.baton(&["conflicts", "--json"]);
+    assert_eq!(shown.status.code(), Some(0), "{}", stderr(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["held"][0]["resource"], "file:src/storage/**");
+    assert_eq!(shown["held"][0]["task"], "edit-storage");
+    assert_eq!(shown["waiting"][0]["task"], "edit-wal");
+    assert_eq!(shown["waiting"][0]["holder"], "edit-storage");
+    std::fs::write(project.path().join("release"), "").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
