@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::graph;
+use crate::schedule::ScheduleSpec;
 use crate::model::{NewTask, Priority, TaskRef};
 use crate::time::{DurationStr, SizeStr, format_duration};
 
@@ -80,6 +81,8 @@ struct RawConfig {
     agents: Vec<RawAgent>,
     #[serde(default)]
     tasks: Vec<RawTask>,
+    #[serde(default)]
+    schedules: Vec<schedules::RawSchedule>,
     #[serde(default)]
     conflicts: RawConflicts,
 }
@@ -472,6 +475,8 @@ pub struct Plan {
     pub agents: Vec<AgentSpec>,
     /// The tasks declared in the file, each with a key.
     pub tasks: Vec<NewTask>,
+    /// `[[schedules]]`: tasks created from a template when a cron expression is due.
+    pub schedules: Vec<ScheduleSpec>,
 }
 
 impl Plan {
@@ -649,6 +654,7 @@ impl Validator<'_> {
         let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
         let agents = self.agents(&raw.agents, &workstreams);
         let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
+        let schedules = self.schedules(&raw.schedules, &workstreams, &agents);
         let mut settings = settings;
         settings.conflict_policy = raw.conflicts.policy.unwrap_or_default();
         settings.task_conflict_policies = raw
@@ -657,7 +663,7 @@ impl Validator<'_> {
             .zip(&tasks)
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
-        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks })
+        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks, schedules })
     }
 
     fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -941,6 +947,82 @@ impl Validator<'_> {
         }
     }
 
+    /// The fields of one task, `[[tasks]]` or a schedule's template, validated: title,
+    /// workstream, pinned agent, an agent able to run it, attempts, priority. Dependencies are
+    /// the caller's.
+    fn task_fields(
+        &mut self,
+        task: &RawTask,
+        key: &str,
+        workstreams: &[WorkstreamSpec],
+        agents: &[AgentSpec],
+    ) -> NewTask {
+        let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
+        let known_agents: Vec<&str> = agents.iter().map(|agent| agent.name.as_str()).collect();
+        let title = task.title.get_ref();
+        if title.trim().is_empty() {
+            self.error(task.title.span(), "task `title` must not be empty");
+        }
+        let workstream = task.workstream.as_ref().map(|ws| ws.get_ref().clone());
+        if let Some(ws) = &task.workstream
+            && !known_ws.contains(&ws.get_ref().as_str())
+        {
+            self.error(ws.span(), unknown("workstream", ws.get_ref(), &known_ws));
+        }
+        if let Some(agent) = &task.agent
+            && !known_agents.contains(&agent.get_ref().as_str())
+        {
+            self.error(agent.span(), unknown("agent", agent.get_ref(), &known_agents));
+        }
+        let requires: Vec<String> = task.requires.iter().map(|cap| cap.get_ref().clone()).collect();
+        let pinned = task.agent.as_ref().map(|agent| agent.get_ref().as_str());
+        let capable = agents.iter().any(|agent| agent.can_run(workstream.as_deref(), &requires, pinned));
+        let workstream_known = workstream.as_deref().is_none_or(|ws| known_ws.contains(&ws));
+        let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));
+        if !capable && workstream_known && pinned_known {
+            let span = task.requires.first().map_or(task.title.span(), |cap| cap.span());
+            let scope = match &workstream {
+                Some(ws) => format!("of workstream `{ws}` or shared"),
+                None => "without a workstream".to_string(),
+            };
+            let needs =
+                if requires.is_empty() { "any capability".to_string() } else { format!("[{}]", requires.join(", ")) };
+            let who = match pinned {
+                Some(agent) => format!("pinned agent `{agent}` cannot run it"),
+                None => format!("no agent {scope} has {needs}"),
+            };
+            self.error(
+                span,
+                format!(
+                    "task `{key}` cannot be assigned: {who}; add the capabilities to an agent or change `requires`"
+                ),
+            );
+        }
+        let max_attempts = match &task.max_attempts {
+            Some(value) if *value.get_ref() == 0 => {
+                self.error(value.span(), "`max_attempts` must be at least 1");
+                1
+            }
+            Some(value) => *value.get_ref(),
+            None => DEFAULT_MAX_ATTEMPTS,
+        };
+        let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
+        NewTask {
+            key: Some(key.to_string()),
+            workstream,
+            title: title.clone(),
+            description: task.description.clone(),
+            input: task.input.clone().unwrap_or(serde_json::Value::Object(Default::default())),
+            requires,
+            agent: task.agent.as_ref().map(|agent| agent.get_ref().clone()),
+            depends_on: Vec::new(),
+            priority: task.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
+            max_attempts,
+            timeout_ms: task.timeout.map(|d| d.0.as_millis() as u64),
+            resources: task.resources.clone(),
+        }
+    }
+
     fn tasks(
         &mut self,
         raw: &[RawTask],
@@ -948,8 +1030,6 @@ impl Validator<'_> {
         phases: &[Vec<String>],
         agents: &[AgentSpec],
     ) -> Vec<NewTask> {
-        let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
-        let known_agents: Vec<&str> = agents.iter().map(|agent| agent.name.as_str()).collect();
         let keys: Vec<String> = raw
             .iter()
             .map(|task| task.key.as_ref().map_or_else(|| slug(task.title.get_ref()), |key| key.get_ref().clone()))
@@ -972,48 +1052,8 @@ impl Validator<'_> {
         let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
         let mut tasks = Vec::with_capacity(raw.len());
         for (task, key) in raw.iter().zip(&keys) {
-            let title = task.title.get_ref();
-            if title.trim().is_empty() {
-                self.error(task.title.span(), "task `title` must not be empty");
-            }
-            let workstream = task.workstream.as_ref().map(|ws| ws.get_ref().clone());
-            if let Some(ws) = &task.workstream
-                && !known_ws.contains(&ws.get_ref().as_str())
-            {
-                self.error(ws.span(), unknown("workstream", ws.get_ref(), &known_ws));
-            }
-            if let Some(agent) = &task.agent
-                && !known_agents.contains(&agent.get_ref().as_str())
-            {
-                self.error(agent.span(), unknown("agent", agent.get_ref(), &known_agents));
-            }
-            let requires: Vec<String> = task.requires.iter().map(|cap| cap.get_ref().clone()).collect();
-            let pinned = task.agent.as_ref().map(|agent| agent.get_ref().as_str());
-            let capable = agents.iter().any(|agent| agent.can_run(workstream.as_deref(), &requires, pinned));
-            let workstream_known = workstream.as_deref().is_none_or(|ws| known_ws.contains(&ws));
-            let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));
-            if !capable && workstream_known && pinned_known {
-                let span = task.requires.first().map_or(task.title.span(), |cap| cap.span());
-                let scope = match &workstream {
-                    Some(ws) => format!("of workstream `{ws}` or shared"),
-                    None => "without a workstream".to_string(),
-                };
-                let needs = if requires.is_empty() {
-                    "any capability".to_string()
-                } else {
-                    format!("[{}]", requires.join(", "))
-                };
-                let who = match pinned {
-                    Some(agent) => format!("pinned agent `{agent}` cannot run it"),
-                    None => format!("no agent {scope} has {needs}"),
-                };
-                self.error(
-                    span,
-                    format!(
-                        "task `{key}` cannot be assigned: {who}; add the capabilities to an agent or change `requires`"
-                    ),
-                );
-            }
+            let mut new_task = self.task_fields(task, key, workstreams, agents);
+            let workstream = new_task.workstream.clone();
             let mut deps = Vec::new();
             for dep in &task.depends_on {
                 match index.get(dep.get_ref().as_str()) {
@@ -1037,29 +1077,8 @@ impl Validator<'_> {
                 }
             }
             depends_on.push(deps);
-            let max_attempts = match &task.max_attempts {
-                Some(value) if *value.get_ref() == 0 => {
-                    self.error(value.span(), "`max_attempts` must be at least 1");
-                    1
-                }
-                Some(value) => *value.get_ref(),
-                None => DEFAULT_MAX_ATTEMPTS,
-            };
-            let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
-            tasks.push(NewTask {
-                key: Some(key.clone()),
-                workstream,
-                title: title.clone(),
-                description: task.description.clone(),
-                input: task.input.clone().unwrap_or(serde_json::Value::Object(Default::default())),
-                requires,
-                agent: task.agent.as_ref().map(|agent| agent.get_ref().clone()),
-                depends_on: task.depends_on.iter().map(|dep| TaskRef::Key(dep.get_ref().clone())).collect(),
-                priority: task.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
-                max_attempts,
-                timeout_ms: task.timeout.map(|d| d.0.as_millis() as u64),
-                resources: task.resources.clone(),
-            });
+            new_task.depends_on = task.depends_on.iter().map(|dep| TaskRef::Key(dep.get_ref().clone())).collect();
+            tasks.push(new_task);
         }
         if let Some(cycle) = graph::find_cycle(&depends_on) {
             let path: Vec<&str> = cycle.iter().map(|&idx| keys[idx].as_str()).collect();
@@ -1196,6 +1215,8 @@ fn is_placeholder_name(name: &str) -> bool {
     });
     head_ok && rest_ok && n_rest > 0
 }
+
+mod schedules;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::schedule::{Missed, Overlap};
 
 fn env() -> BTreeMap<String, String> {
     BTreeMap::from([("HOME".to_string(), "/home/me".to_string())])
@@ -232,5 +233,61 @@ fn terminal_keys_on_other_agents_are_errors() {
     assert_eq!(
         errors(&text),
         "baton.toml:8:15: `stall_after` applies only to terminal agents; add mode = \"pty\" or remove `stall_after` (this agent's mode is \"worker\")"
+    );
+}
+
+#[test]
+fn schedules_are_read_with_their_defaults() {
+    let text = format!(
+        "{MINIMAL}\n[[schedules]]\nname = \"nightly\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Paris\"\noverlap = \"queue\"\nmissed = \"run-once\"\ntask = {{ title = \"Nightly build\", workstream = \"build\", requires = [\"rust\"], max_attempts = 1 }}\n\n[[schedules]]\nname = \"tick\"\ncron = \"*/1 * * * * *\"\npaused = true\ntask = {{ title = \"Tick\", requires = [\"test\"] }}\n"
+    );
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    let nightly = &plan.schedules[0];
+    assert_eq!((nightly.name.as_str(), nightly.timezone.as_str()), ("nightly", "Europe/Paris"));
+    assert_eq!((nightly.overlap, nightly.missed, nightly.paused), (Overlap::Queue, Missed::RunOnce, false));
+    assert_eq!(nightly.task.key, None);
+    assert_eq!(nightly.task.priority, Priority::Critical, "the template inherits its workstream's priority");
+    assert_eq!(nightly.task.max_attempts, 1);
+    let tick = &plan.schedules[1];
+    assert_eq!(
+        (tick.timezone.as_str(), tick.overlap, tick.missed, tick.paused),
+        ("UTC", Overlap::Skip, Missed::Skip, true)
+    );
+}
+
+#[test]
+fn schedule_errors_name_the_place() {
+    let schedule = |body: &str| errors(&format!("{MINIMAL}\n[[schedules]]\n{body}\n"));
+    assert_eq!(
+        schedule("name = \"n\"\ncron = \"* * * *\"\ntask = { title = \"T\", requires = [\"test\"] }"),
+        "baton.toml:39:8: invalid cron expression `* * * *`: it has 4 field(s); write 5 (minute hour day month weekday, e.g. \"30 2 * * *\") or 6 (with seconds first, e.g. \"0 30 2 * * *\")"
+    );
+    let message = schedule("name = \"n\"\ncron = \"61 * * * *\"\ntask = { title = \"T\", requires = [\"test\"] }");
+    assert!(message.starts_with("baton.toml:39:8: invalid cron expression `61 * * * *`"), "{message}");
+    assert_eq!(
+        schedule(
+            "name = \"n\"\ncron = \"@daily\"\ntimezone = \"Europe/Pariss\"\ntask = { title = \"T\", requires = [\"test\"] }"
+        ),
+        "baton.toml:40:12: unknown time zone `Europe/Pariss`; use an IANA name such as \"UTC\", \"Europe/Paris\" or \"America/New_York\""
+    );
+    assert_eq!(
+        schedule("name = \"n\"\ncron = \"@daily\"\novelap = \"skip\"\ntask = { title = \"T\" }"),
+        "baton.toml:40:1: unknown field `ovelap`, expected one of `name`, `cron`, `timezone`, `overlap`, `missed`, `paused`, `task`"
+    );
+    assert_eq!(
+        schedule("name = \"n\"\ncron = \"@daily\"\noverlap = \"replace\"\ntask = { title = \"T\" }"),
+        "baton.toml:40:11: unknown variant `replace`, expected one of `skip`, `queue`, `allow`"
+    );
+    assert_eq!(
+        schedule("name = \"n\"\ncron = \"@daily\"\ntask = { title = \"T\", workstream = \"biuld\" }"),
+        "baton.toml:40:36: unknown workstream `biuld` (did you mean `build`?)"
+    );
+    assert_eq!(
+        schedule("name = \"n\"\ncron = \"@daily\"\ntask = { title = \"T\", key = \"k\", requires = [\"test\"] }"),
+        "baton.toml:40:29: a schedule's task takes no `key`: each firing is a new task, keyed `n@TIME`"
+    );
+    assert_eq!(
+        schedule("name = \"n\"\ncron = \"@daily\"\ntask = { title = \"T\", requires = [\"gpu\"] }"),
+        "baton.toml:40:35: task `n@…` cannot be assigned: no agent without a workstream has [gpu]; add the capabilities to an agent or change `requires`"
     );
 }

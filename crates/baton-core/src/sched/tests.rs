@@ -671,6 +671,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 phases,
                 agents,
                 tasks,
+                schedules: Vec::new(),
             };
             RandomPlan { plan }
         })
