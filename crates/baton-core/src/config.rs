@@ -14,9 +14,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::budget::BudgetSpec;
 use crate::graph;
-use crate::schedule::ScheduleSpec;
 use crate::model::{NewTask, Priority, TaskRef};
+use crate::schedule::ScheduleSpec;
 use crate::time::{DurationStr, SizeStr, format_duration};
 
 /// A place in a configuration file. Lines and columns are 1-based; columns count characters.
@@ -75,6 +76,7 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     server: RawServer,
+    budget: Option<budget::RawBudget>,
     #[serde(default)]
     workstreams: Vec<RawWorkstream>,
     #[serde(default)]
@@ -158,6 +160,7 @@ struct RawWorkstream {
     priority: Option<Priority>,
     #[serde(default)]
     depends_on: Vec<Spanned<String>>,
+    budget: Option<Spanned<budget::RawLimit>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +200,7 @@ struct RawAgent {
     limits: RawLimits,
     #[serde(default)]
     objectives: Vec<Objective>,
+    budget: Option<Spanned<budget::RawLimit>>,
 }
 
 /// `done_when = { output = "REGEX" }`, `{ file = "PATH" }` or `{ exit = true }`.
@@ -232,6 +236,8 @@ struct RawTask {
     depends_on: Vec<Spanned<String>>,
     priority: Option<Priority>,
     max_attempts: Option<Spanned<u32>>,
+    /// Tokens the task is expected to use: it does not start when they exceed what is left.
+    estimated_tokens: Option<Spanned<u64>>,
     timeout: Option<DurationStr>,
     #[serde(default)]
     resources: Vec<String>,
@@ -477,6 +483,9 @@ pub struct Plan {
     pub tasks: Vec<NewTask>,
     /// `[[schedules]]`: tasks created from a template when a cron expression is due.
     pub schedules: Vec<ScheduleSpec>,
+    /// Token budgets (`[budget]`, the workstreams' and agents' `budget`, the tasks'
+    /// `estimated_tokens`).
+    pub budget: BudgetSpec,
 }
 
 impl Plan {
@@ -663,7 +672,8 @@ impl Validator<'_> {
             .zip(&tasks)
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
-        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks, schedules })
+        let budget = self.budget(&raw, &tasks);
+        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks, schedules, budget })
     }
 
     fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -1216,6 +1226,7 @@ fn is_placeholder_name(name: &str) -> bool {
     head_ok && rest_ok && n_rest > 0
 }
 
+mod budget;
 mod schedules;
 
 #[cfg(test)]

@@ -130,11 +130,42 @@ pub enum EventKind {
         held: String,
         policy: String,
     },
-    /// Tokens an agent reports having used (the protocol's `usage/report`).
+    /// Tokens an agent reports having used (the protocol's `usage/report`, or the `usage` in
+    /// a task's result).
     UsageReported {
         agent: String,
         task: Option<TaskId>,
         usage: serde_json::Value,
+    },
+    /// A budget (`global`, `workstream:NAME`, `agent:NAME`) reached one of its thresholds for
+    /// the period; at 100 % it is exhausted and the agents it covers get no new task until
+    /// `resets_at` or until an operator raises the limit.
+    BudgetThreshold {
+        scope: String,
+        percent: u8,
+        used_tokens: u64,
+        limit_tokens: Option<u64>,
+        used_cost_usd: f64,
+        limit_cost_usd: Option<f64>,
+        resets_at: Option<String>,
+    },
+    /// A ready task is held back by a budget: exhausted, or with less left than the task's
+    /// `estimated_tokens`. Said once per task and period.
+    TaskBudgetWait {
+        task: TaskId,
+        scope: String,
+        reason: String,
+    },
+    /// A new budget period started: usage counts from zero again.
+    BudgetReset {
+        period_start: Timestamp,
+        resets_at: Option<String>,
+    },
+    /// An operator set a budget's limit for the current period (`baton budget set`).
+    BudgetLimitSet {
+        scope: String,
+        daily_tokens: Option<u64>,
+        cost_usd: Option<f64>,
     },
 }
 
@@ -165,6 +196,10 @@ impl EventKind {
             EventKind::TaskSuspended { .. } => "TaskSuspended",
             EventKind::TaskResumed { .. } => "TaskResumed",
             EventKind::UsageReported { .. } => "UsageReported",
+            EventKind::BudgetThreshold { .. } => "BudgetThreshold",
+            EventKind::TaskBudgetWait { .. } => "TaskBudgetWait",
+            EventKind::BudgetReset { .. } => "BudgetReset",
+            EventKind::BudgetLimitSet { .. } => "BudgetLimitSet",
             EventKind::ResourceConflict { .. } => "ResourceConflict",
         }
     }
@@ -187,6 +222,7 @@ impl EventKind {
             | EventKind::TaskResumed { task }
             | EventKind::ResourceConflict { task, .. } => Some(*task),
             EventKind::UsageReported { task, .. } => *task,
+            EventKind::TaskBudgetWait { task, .. } => Some(*task),
             _ => None,
         }
     }
@@ -280,6 +316,43 @@ impl EventKind {
             EventKind::TaskSuspended { task, reason } => format!("task {task} suspended: {reason}"),
             EventKind::TaskResumed { task } => format!("task {task} resumed"),
             EventKind::UsageReported { agent, usage, .. } => format!("agent {agent} reported usage {usage}"),
+            EventKind::BudgetThreshold {
+                scope,
+                percent,
+                used_tokens,
+                limit_tokens,
+                used_cost_usd,
+                limit_cost_usd,
+                resets_at,
+            } => {
+                let mut used = Vec::new();
+                if let Some(limit) = limit_tokens {
+                    used.push(format!("{used_tokens}/{limit} tokens"));
+                }
+                if let Some(limit) = limit_cost_usd {
+                    used.push(format!("${used_cost_usd:.2}/${limit:.2}"));
+                }
+                let until = resets_at.as_deref().map(|at| format!(" at {at}")).unwrap_or_default();
+                if *percent >= 100 {
+                    format!(
+                        "budget {scope} exhausted ({}): blocked, its agents get no new task until the reset{until} or `baton budget set`",
+                        used.join(", ")
+                    )
+                } else {
+                    format!("budget {scope} reached {percent}% ({})", used.join(", "))
+                }
+            }
+            EventKind::TaskBudgetWait { task, scope, reason } => {
+                format!("task {task} waits for budget {scope}: {reason}")
+            }
+            EventKind::BudgetReset { resets_at, .. } => match resets_at {
+                Some(at) => format!("budgets reset; the next reset is at {at}"),
+                None => "budgets reset".to_string(),
+            },
+            EventKind::BudgetLimitSet { scope, daily_tokens, cost_usd } => {
+                let limit = crate::budget::Limit { daily_tokens: *daily_tokens, cost_usd: *cost_usd };
+                format!("budget {scope} limit set to {limit} for this period")
+            }
             EventKind::ResourceConflict { task, resource, holder, held, policy } => {
                 let what = match policy.as_str() {
                     "fail" => "fails",

@@ -7,6 +7,7 @@
 //! number, the environment as a map. The scheduler takes a command and returns the writes to
 //! make durable and the effects to perform; the runtime carries them out.
 
+pub mod budget;
 pub mod config;
 pub mod event;
 pub mod graph;

@@ -264,6 +264,10 @@ pub enum AgentState {
     /// waits for someone to answer through `baton attach`. It keeps its task and gets no new
     /// one until it prints again.
     WaitingInput,
+    /// Idle, but a budget that covers it (its own, its workstream's or the global one) is
+    /// exhausted: it gets no new task until the budget resets or its limit is raised. Derived
+    /// for display: the scheduler keeps such an agent `idle` and skips it when dispatching.
+    BlockedBudget,
     /// Not heard from: nothing executes its run (shown by readers; never stored).
     Offline,
     /// Could not be started or gave up.
@@ -283,6 +287,7 @@ impl AgentState {
             AgentState::CircuitOpen => "circuit-open",
             AgentState::Stalled => "stalled",
             AgentState::WaitingInput => "waiting-input",
+            AgentState::BlockedBudget => "blocked-budget",
             AgentState::Offline => "offline",
             AgentState::Failed => "failed",
             AgentState::Stopped => "stopped",

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{Budgets, Limit, Scope, Spent, UsageRecord};
 use crate::config::{AgentSpec, ConflictPolicy, Plan};
 use crate::event::EventKind;
 use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
@@ -34,6 +35,10 @@ pub enum Write {
     RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
     /// An event about no record in particular.
     Event(EventKind),
+    /// Add to a budget scope's usage in a period (creating its record), with events.
+    Usage { period_start: Timestamp, scope: Scope, spent: Spent, events: Vec<EventKind> },
+    /// Set an operator's limit on a budget scope for a period, with events.
+    BudgetLimit { period_start: Timestamp, scope: Scope, limit: Limit, events: Vec<EventKind> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +59,8 @@ pub struct Stored {
     pub phase: u32,
     pub tasks: Vec<TaskRecord>,
     pub agents: Vec<AgentRecord>,
+    /// Budget usage of the current period (older records are ignored).
+    pub usage: Vec<UsageRecord>,
 }
 
 /// A task handed to an agent. The attempt number identifies it: an outcome for an older
@@ -96,6 +103,8 @@ pub enum Error {
     Stale { task: TaskId, attempt: u32, reason: String },
     #[error("no agent `{0}` in this run")]
     UnknownAgent(String),
+    #[error("no budget `{0}` in this run; name global, workstream:NAME or agent:NAME")]
+    UnknownScope(String),
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +217,10 @@ pub struct Scheduler {
     run_dirty: bool,
     dirty_agents: BTreeSet<usize>,
     next_lease_renewal: Option<Timestamp>,
+    /// Token budgets of the current period (`sched/budget.rs`).
+    budgets: Budgets,
+    /// Tasks that have said, this period, that a budget holds them back.
+    budget_waits: BTreeSet<TaskId>,
 }
 
 impl Scheduler {
@@ -215,7 +228,8 @@ impl Scheduler {
     /// left `running` by a previous node are taken back: their lease is treated as expired and
     /// the attempt counted. `node` names this node as the holder of the leases it takes.
     pub fn new(plan: Plan, node: String, stored: Stored, now: Timestamp, fx: &mut Effects) -> Scheduler {
-        let Stored { run_id, phase, tasks: stored, agents: stored_agents } = stored;
+        let Stored { run_id, phase, tasks: stored, agents: stored_agents, usage } = stored;
+        let budgets = Budgets::new(plan.budget.clone(), &usage, now);
         let agents: Vec<AgentSlot> = plan
             .agents
             .iter()
@@ -263,6 +277,8 @@ impl Scheduler {
             run_dirty: true,
             dirty_agents: BTreeSet::new(),
             next_lease_renewal: None,
+            budgets,
+            budget_waits: BTreeSet::new(),
         };
         for task in stored {
             sched.insert(task);
@@ -457,6 +473,7 @@ impl Scheduler {
             self.release_unassigned(now, fx);
         }
         self.promote_due(now);
+        self.roll_budgets(now, fx);
         // Each pass may finish work that lets the next go further (a cancelled stuck task
         // completes its workstream, which starts the next phase); a pass that writes nothing
         // is the fixed point.
@@ -808,10 +825,14 @@ impl Scheduler {
                     matches!(slot.state, AgentState::Idle | AgentState::Active)
                         && slot.running < slot.spec.concurrency
                         && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
+                        && self.budget_block(&slot.spec, task).is_none()
                 })
                 .min_by_key(|(idx, slot)| (slot.running, slot.spec.priority, *idx))
                 .map(|(idx, _)| idx);
-            let Some(agent_idx) = chosen else { continue };
+            let Some(agent_idx) = chosen else {
+                self.note_budget_wait(id, fx);
+                continue;
+            };
             self.claim(id, agent_idx, now, fx);
             free_slots -= 1;
         }
@@ -1143,7 +1164,10 @@ impl Scheduler {
             .filter(|ws| ws.started && !ws.done && ws.n_open > 0)
             .filter_map(|ws| ws.deadline)
             .min();
-        [retry, self.next_lease_renewal, deadline, self.next_supervision()].into_iter().flatten().min()
+        [retry, self.next_lease_renewal, deadline, self.next_supervision(), self.next_budget_reset()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Completes finished workstreams and phases, and starts the next phase.
@@ -1366,7 +1390,7 @@ impl Scheduler {
             priority: slot.spec.priority,
             capabilities: slot.spec.capabilities.clone(),
             runtime: slot.spec.runtime.as_str().to_string(),
-            state: slot.state,
+            state: self.shown_state(idx),
             running: slot.running,
             tasks_succeeded: slot.succeeded,
             tasks_failed: slot.failed,
@@ -1384,6 +1408,7 @@ impl Scheduler {
     }
 }
 
+mod budget;
 mod supervise;
 
 #[cfg(test)]

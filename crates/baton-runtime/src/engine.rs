@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use baton_core::budget::{Limit, Scope, Usage};
 use baton_core::config::{AgentSpec, Plan, ProcessMode};
 use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskState};
 use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
@@ -239,10 +240,12 @@ impl Engine {
                 .push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
         }
         let stored_agents = store.agents(&run_id).await?;
+        // The budgets' usage of the current period: earlier periods no longer count.
+        let usage = store.usage(&run_id, options.plan.budget.schedule().period_start(now)).await?;
         let mut sched = Scheduler::new(
             options.plan.clone(),
             options.node.id.clone(),
-            Stored { run_id: run_id.clone(), phase: run.phase, tasks: stored, agents: stored_agents },
+            Stored { run_id: run_id.clone(), phase: run.phase, tasks: stored, agents: stored_agents, usage },
             now,
             &mut fx,
         );
@@ -480,6 +483,14 @@ async fn sync_tasks(store: &dyn Store, plan: &Plan, run_id: &str, now: Timestamp
 fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: Timestamp, fx: &mut Effects) {
     match report {
         Report::Outcome { task, attempt, outcome } => {
+            // Tokens a task's result says it used were used, whatever becomes of the outcome.
+            if let Outcome::Succeeded { result } = &outcome
+                && let Some(usage) = Usage::from_result(result)
+            {
+                let agent = sched.task(task).and_then(|record| record.assigned_agent.clone()).unwrap_or_default();
+                let report = serde_json::to_value(usage).unwrap_or_default();
+                sched.record_usage(&agent, Some(task), usage, report, now, fx);
+            }
             let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
             if was_killed {
                 // Its process has exited: the slot and resources it held are free.
@@ -528,7 +539,10 @@ async fn handle_agent_event(
         }
         AgentEvent::Usage { agent, task, usage } => {
             sched.agent_activity(&agent, now, fx);
-            fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage }));
+            match Usage::from_report(&usage) {
+                Some(parsed) => sched.record_usage(&agent, task, parsed, usage, now, fx),
+                None => fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage })),
+            }
         }
         AgentEvent::CreateTasks { agent, parent, mut tasks, reply } => {
             sched.agent_activity(&agent, now, fx);
@@ -601,6 +615,13 @@ fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &m
         Control::StopAgent { agent } => sched.stop_agent(&agent, now, fx),
         Control::StartAgent { agent } => sched.start_agent_again(&agent, now, fx),
         Control::RestartAgent { agent } => sched.restart_agent(&agent, now, fx),
+        Control::SetBudget { scope, daily_tokens, cost_usd } => match scope.parse::<Scope>() {
+            Ok(scope) => sched.set_budget_limit(scope, Limit { daily_tokens, cost_usd }, now, fx),
+            Err(error) => {
+                tracing::warn!(%error, "budget limit not set");
+                Ok(())
+            }
+        },
     };
     if let Err(error) = result {
         tracing::warn!(%error, "control command not applied");

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use baton_core::budget::UsageRecord;
 use baton_core::model::{AgentRecord, NewTask, RunRecord, TaskId, TaskRecord, TaskState};
 use baton_core::sched::Write;
 use baton_core::{Event, EventKind, Timestamp};
@@ -68,7 +69,7 @@ pub struct EventQuery {
 
 /// A command for the process executing a run, left in the store by another process (`baton
 /// task cancel` while `baton run` works).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Control {
     CancelTask { task: TaskId, reason: String },
@@ -76,6 +77,9 @@ pub enum Control {
     StopAgent { agent: String },
     StartAgent { agent: String },
     RestartAgent { agent: String },
+    /// Set a budget's limit for the current period (`baton budget set`); `scope` is `global`,
+    /// `workstream:NAME` or `agent:NAME`.
+    SetBudget { scope: String, daily_tokens: Option<u64>, cost_usd: Option<f64> },
 }
 
 /// A process group started for an attempt, recorded so that a node taking over a run from a
@@ -145,6 +149,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The process groups recorded for a run; `forget` removes them from the store.
     async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
+
+    /// Budget usage of a run per period and scope, from the period starting at `since` on,
+    /// with the limits operators set.
+    async fn usage(&self, run_id: &str, since: Timestamp) -> Result<Vec<UsageRecord>>;
 
     /// Takes the run's pending control commands, oldest first; each is returned once.
     async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>>;

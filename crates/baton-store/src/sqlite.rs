@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use baton_core::model::{AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::budget::{Limit, Scope, Spent, UsageRecord};
 use baton_core::sched::Write;
 use baton_core::{Event, EventKind, Timestamp};
 
@@ -196,6 +197,20 @@ CREATE TABLE processes (
     pgid INTEGER NOT NULL,
     host TEXT NOT NULL,
     PRIMARY KEY (run_id, task_id, attempt)
+);
+"#,
+    r#"
+CREATE TABLE usage (
+    run_id TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    scope_kind TEXT NOT NULL,
+    scope_name TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    has_limit INTEGER NOT NULL DEFAULT 0,
+    limit_tokens INTEGER,
+    limit_cost_usd REAL,
+    PRIMARY KEY (run_id, period_start, scope_kind, scope_name)
 );
 "#,
 ];
@@ -536,6 +551,30 @@ fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write: Writ
         Write::Event(event) => {
             ctx.event(run_id, now, event)?;
         }
+        Write::Usage { period_start, scope, spent, events } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "INSERT INTO usage (run_id, period_start, scope_kind, scope_name, tokens, cost_usd) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id, period_start, scope_kind, scope_name) \
+                 DO UPDATE SET tokens = tokens + excluded.tokens, cost_usd = cost_usd + excluded.cost_usd",
+            )?;
+            let tokens = i64::try_from(spent.tokens).unwrap_or(i64::MAX);
+            stmt.execute(params![run_id, period_start.0, scope.kind(), scope.name(), tokens, spent.cost_usd])?;
+            for event in events {
+                ctx.event(run_id, now, event)?;
+            }
+        }
+        Write::BudgetLimit { period_start, scope, limit, events } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "INSERT INTO usage (run_id, period_start, scope_kind, scope_name, has_limit, limit_tokens, limit_cost_usd) \
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6) ON CONFLICT (run_id, period_start, scope_kind, scope_name) \
+                 DO UPDATE SET has_limit = 1, limit_tokens = excluded.limit_tokens, limit_cost_usd = excluded.limit_cost_usd",
+            )?;
+            let tokens = limit.daily_tokens.map(|tokens| i64::try_from(tokens).unwrap_or(i64::MAX));
+            stmt.execute(params![run_id, period_start.0, scope.kind(), scope.name(), tokens, limit.cost_usd])?;
+            for event in events {
+                ctx.event(run_id, now, event)?;
+            }
+        }
     }
     Ok(Applied::Done)
 }
@@ -849,6 +888,41 @@ impl Store for SqliteStore {
             };
             ctx.tx.execute("DELETE FROM processes WHERE run_id = ?1", params![run_id])?;
             Ok(records)
+        })
+        .await
+    }
+
+    async fn usage(&self, run_id: &str, since: Timestamp) -> Result<Vec<UsageRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT period_start, scope_kind, scope_name, tokens, cost_usd, has_limit, limit_tokens, limit_cost_usd \
+                 FROM usage WHERE run_id = ?1 AND period_start >= ?2 ORDER BY period_start, scope_kind, scope_name",
+            )?;
+            let rows = stmt.query_map(params![run_id, since.0], |row| {
+                let kind: String = row.get(1)?;
+                let name: String = row.get(2)?;
+                let scope = Scope::from_parts(&kind, &name).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        format!("unknown budget scope `{kind}`").into(),
+                    )
+                })?;
+                let has_limit: bool = row.get(5)?;
+                Ok(UsageRecord {
+                    period_start: Timestamp(row.get(0)?),
+                    scope,
+                    spent: Spent { tokens: row.get::<_, i64>(3)?.max(0) as u64, cost_usd: row.get(4)? },
+                    limit: has_limit.then(|| -> rusqlite::Result<Limit> {
+                        Ok(Limit {
+                            daily_tokens: row.get::<_, Option<i64>>(6)?.map(|tokens| tokens.max(0) as u64),
+                            cost_usd: row.get(7)?,
+                        })
+                    }).transpose()?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -21,6 +21,7 @@ macro_rules! store_test_suite {
             run_ownership_is_exclusive,
             agents_and_control_commands_round_trip,
             process_groups_are_recorded_and_taken,
+            budget_usage_accumulates_per_period_and_scope,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -285,6 +286,55 @@ pub async fn agents_and_control_commands_round_trip(store: impl Store) {
         vec![Control::CancelTask { task: TaskId(3), reason: "no".into() }, Control::RetryTask { task: TaskId(4) }]
     );
     assert!(store.take_control("r1", T0).await.unwrap().is_empty(), "each command is taken once");
+}
+
+pub async fn budget_usage_accumulates_per_period_and_scope(store: impl Store) {
+    use baton_core::budget::{Limit, Scope, Spent};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    store.create_run(NewRun { name: "other".into(), ..new_run("r2") }, T0).await.unwrap();
+    let day = 86_400_000;
+    let usage = |period: i64, scope: Scope, tokens: u64, cost_usd: f64, events: Vec<EventKind>| Write::Usage {
+        period_start: Timestamp(T0.0 + period * day),
+        scope,
+        spent: Spent { tokens, cost_usd },
+        events,
+    };
+    let threshold = EventKind::BudgetThreshold {
+        scope: "global".into(),
+        percent: 50,
+        used_tokens: 700,
+        limit_tokens: Some(1000),
+        used_cost_usd: 0.0,
+        limit_cost_usd: None,
+        resets_at: None,
+    };
+    let writes = vec![
+        usage(0, Scope::Global, 500, 0.25, Vec::new()),
+        usage(0, Scope::Agent("coder".into()), 500, 0.25, Vec::new()),
+        usage(0, Scope::Global, 200, 0.5, vec![threshold]),
+        usage(0, Scope::Task(TaskId(7)), 200, 0.5, Vec::new()),
+        usage(1, Scope::Global, 30, 0.0, Vec::new()),
+    ];
+    store.apply("r1", T0, writes).await.unwrap();
+    store.apply("r2", T0, vec![usage(0, Scope::Global, 9, 0.0, Vec::new())]).await.unwrap();
+    let limit = Limit { daily_tokens: Some(5000), cost_usd: None };
+    let set = Write::BudgetLimit { period_start: T0, scope: Scope::Workstream("build".into()), limit, events: Vec::new() };
+    store.apply("r1", T0, vec![set]).await.unwrap();
+
+    let all = store.usage("r1", Timestamp::ZERO).await.unwrap();
+    assert_eq!(all.len(), 5);
+    let global = all.iter().find(|record| record.period_start == T0 && record.scope == Scope::Global).unwrap();
+    assert_eq!(global.spent, Spent { tokens: 700, cost_usd: 0.75 }, "usage adds up");
+    assert_eq!(global.limit, None);
+    let build = all.iter().find(|record| record.scope == Scope::Workstream("build".into())).unwrap();
+    assert_eq!((build.spent.tokens, build.limit), (0, Some(limit)));
+    assert!(all.iter().any(|record| record.scope == Scope::Task(TaskId(7)) && record.spent.tokens == 200));
+    let today = store.usage("r1", Timestamp(T0.0 + day)).await.unwrap();
+    assert_eq!(today.len(), 1, "only periods from `since` on");
+    assert_eq!(today[0].spent.tokens, 30);
+    assert_eq!(store.usage("r2", Timestamp::ZERO).await.unwrap()[0].spent.tokens, 9, "runs are apart");
+    let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
+    assert!(events.iter().any(|event| event.kind.name() == "BudgetThreshold"), "events go with the usage");
 }
 
 pub async fn process_groups_are_recorded_and_taken(store: impl Store) {

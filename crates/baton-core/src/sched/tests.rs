@@ -10,6 +10,8 @@ use crate::config::{self, Limits, ProcessMode, RestartPolicy, RuntimeKind, Setti
 use crate::graph;
 use crate::model::{NewTask, Priority, TaskRef};
 
+mod budget;
+
 /// A stand-in for the store: applies writes with the same compare-and-set rule.
 #[derive(Default)]
 struct Store {
@@ -17,6 +19,7 @@ struct Store {
     events: Vec<EventKind>,
     phase: u32,
     run_state: Option<RunState>,
+    usage: BTreeMap<(Timestamp, crate::budget::Scope), crate::budget::Spent>,
 }
 
 impl Store {
@@ -39,6 +42,12 @@ impl Store {
                 Write::Agent { events, .. } => self.events.extend(events.iter().cloned()),
                 Write::RenewLeases { .. } | Write::RunOwner { .. } => {}
                 Write::Event(event) => self.events.push(event.clone()),
+                Write::Usage { period_start, scope, spent, events } => {
+                    let record = self.usage.entry((*period_start, scope.clone())).or_default();
+                    record.add(*spent);
+                    self.events.extend(events.iter().cloned());
+                }
+                Write::BudgetLimit { events, .. } => self.events.extend(events.iter().cloned()),
             }
         }
     }
@@ -207,7 +216,23 @@ impl Harness {
         self.sched = Scheduler::new(
             self.plan.clone(),
             "node-2".into(),
-            Stored { run_id: "run".into(), phase: self.store.phase, tasks: stored, agents: Vec::new() },
+            Stored {
+                run_id: "run".into(),
+                phase: self.store.phase,
+                tasks: stored,
+                agents: Vec::new(),
+                usage: self
+                    .store
+                    .usage
+                    .iter()
+                    .map(|((period_start, scope), spent)| crate::budget::UsageRecord {
+                        period_start: *period_start,
+                        scope: scope.clone(),
+                        spent: *spent,
+                        limit: None,
+                    })
+                    .collect(),
+            },
             self.now,
             &mut fx,
         );
@@ -671,6 +696,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 phases,
                 agents,
                 tasks,
+                budget: Default::default(),
                 schedules: Vec::new(),
             };
             RandomPlan { plan }

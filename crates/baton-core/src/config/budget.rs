@@ -1,0 +1,230 @@
+//! `[budget]`, the `budget` key of workstreams and agents and the tasks' `estimated_tokens`:
+//! parsed with the rest of the file, validated into a [`BudgetSpec`].
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{RawConfig, Validator};
+use crate::budget::{BudgetSpec, DEFAULT_RESET, DEFAULT_THRESHOLDS, DEFAULT_TIMEZONE, Limit, Reset};
+use crate::model::NewTask;
+
+/// `[budget]`: the global limit per period, the thresholds and the reset schedule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    daily_tokens: Option<Spanned<u64>>,
+    cost_usd: Option<Spanned<f64>>,
+    thresholds: Option<Spanned<Vec<Spanned<i64>>>>,
+    reset: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+}
+
+/// `budget = { daily_tokens = …, cost_usd = … }` of a workstream or an agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimit {
+    daily_tokens: Option<Spanned<u64>>,
+    cost_usd: Option<Spanned<f64>>,
+}
+
+impl Validator<'_> {
+    fn limit(&mut self, daily_tokens: Option<&Spanned<u64>>, cost_usd: Option<&Spanned<f64>>) -> Limit {
+        if let Some(tokens) = daily_tokens
+            && *tokens.get_ref() == 0
+        {
+            self.error(tokens.span(), "`daily_tokens` must be at least 1");
+        }
+        if let Some(cost) = cost_usd
+            && !(cost.get_ref().is_finite() && *cost.get_ref() > 0.0)
+        {
+            self.error(cost.span(), "`cost_usd` must be more than 0, e.g. 5.0");
+        }
+        Limit {
+            daily_tokens: daily_tokens.map(|tokens| *tokens.get_ref()),
+            cost_usd: cost_usd.map(|cost| *cost.get_ref()),
+        }
+    }
+
+    fn scope_limit(&mut self, raw: &Spanned<RawLimit>) -> Limit {
+        let limit = self.limit(raw.get_ref().daily_tokens.as_ref(), raw.get_ref().cost_usd.as_ref());
+        if !limit.is_set() {
+            self.error(raw.span(), "`budget` needs `daily_tokens` or `cost_usd`, e.g. { daily_tokens = 100000 }");
+        }
+        limit
+    }
+
+    pub(super) fn budget(&mut self, raw: &RawConfig, tasks: &[NewTask]) -> BudgetSpec {
+        let mut spec = BudgetSpec::default();
+        if let Some(budget) = &raw.budget {
+            spec.global = self.limit(budget.daily_tokens.as_ref(), budget.cost_usd.as_ref());
+            if let Some(thresholds) = &budget.thresholds {
+                let mut percents = Vec::with_capacity(thresholds.get_ref().len());
+                for threshold in thresholds.get_ref() {
+                    match u8::try_from(*threshold.get_ref()) {
+                        Ok(percent) if (1..=99).contains(&percent) => percents.push(percent),
+                        _ => self.error(
+                            threshold.span(),
+                            format!(
+                                "threshold {} is not a percentage between 1 and 99 (100 % always counts), e.g. [50, 75, 90]",
+                                threshold.get_ref()
+                            ),
+                        ),
+                    }
+                }
+                percents.sort_unstable();
+                percents.dedup();
+                spec.thresholds = percents;
+            } else {
+                spec.thresholds = DEFAULT_THRESHOLDS.to_vec();
+            }
+            let reset = budget.reset.as_ref().map_or(DEFAULT_RESET.to_string(), |reset| reset.get_ref().clone());
+            let timezone =
+                budget.timezone.as_ref().map_or(DEFAULT_TIMEZONE.to_string(), |timezone| timezone.get_ref().clone());
+            if let Err(message) = Reset::parse(&reset, DEFAULT_TIMEZONE)
+                && let Some(value) = &budget.reset
+            {
+                self.error(value.span(), format!("`reset`: {message}"));
+            }
+            if let Err(message) = Reset::parse(DEFAULT_RESET, &timezone)
+                && let Some(value) = &budget.timezone
+            {
+                self.error(value.span(), format!("`timezone`: {message}"));
+            }
+            spec.reset = reset;
+            spec.timezone = timezone;
+        }
+        for ws in &raw.workstreams {
+            if let Some(budget) = &ws.budget {
+                let limit = self.scope_limit(budget);
+                spec.workstreams.insert(ws.name.get_ref().clone(), limit);
+            }
+        }
+        for agent in &raw.agents {
+            if let Some(budget) = &agent.budget {
+                let limit = self.scope_limit(budget);
+                spec.agents.insert(agent.name.get_ref().clone(), limit);
+            }
+        }
+        for (raw_task, task) in raw.tasks.iter().zip(tasks) {
+            let (Some(estimate), Some(key)) = (&raw_task.estimated_tokens, &task.key) else { continue };
+            let tokens = *estimate.get_ref();
+            if tokens == 0 {
+                self.error(estimate.span(), "`estimated_tokens` must be at least 1");
+                continue;
+            }
+            // A task that needs more than a whole period's budget could never start.
+            let ws_limit =
+                task.workstream.as_ref().and_then(|ws| spec.workstreams.get(ws)).and_then(|l| l.daily_tokens);
+            let too_big =
+                [("the global", spec.global.daily_tokens), ("its workstream's", ws_limit)].into_iter().find_map(
+                    |(whose, limit)| limit.filter(|limit| *limit > 0 && tokens > *limit).map(|limit| (whose, limit)),
+                );
+            if let Some((whose, limit)) = too_big {
+                self.error(
+                    estimate.span(),
+                    format!(
+                        "task `{key}` estimates {tokens} tokens, more than {whose} daily_tokens ({limit}): it could never start"
+                    ),
+                );
+            }
+            spec.task_estimates.insert(key.clone(), tokens);
+        }
+        spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::budget::{Limit, Scope};
+    use crate::config::load;
+
+    const PLAN: &str = r#"
+[orchestration]
+name = "demo"
+
+[budget]
+daily_tokens = 100000
+cost_usd = 5.0
+thresholds = [90, 50]
+reset = "0 6 * * *"
+timezone = "Europe/Paris"
+
+[[workstreams]]
+name = "build"
+budget = { daily_tokens = 20000 }
+
+[[agents]]
+name = "coder"
+command = ["true"]
+budget = { cost_usd = 1.5 }
+
+[[tasks]]
+key = "compile"
+title = "Compile"
+workstream = "build"
+estimated_tokens = 5000
+"#;
+
+    fn errors(text: &str) -> String {
+        load("baton.toml", text, &BTreeMap::new()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn budgets_are_read_with_their_scopes_and_estimates() {
+        let plan = load("baton.toml", PLAN, &BTreeMap::new()).unwrap();
+        let budget = &plan.budget;
+        assert_eq!(budget.global, Limit { daily_tokens: Some(100_000), cost_usd: Some(5.0) });
+        assert_eq!(budget.thresholds, vec![50, 90], "sorted");
+        assert_eq!((budget.reset.as_str(), budget.timezone.as_str()), ("0 6 * * *", "Europe/Paris"));
+        assert_eq!(budget.limit(&Scope::Workstream("build".into())).daily_tokens, Some(20_000));
+        assert_eq!(budget.limit(&Scope::Agent("coder".into())).cost_usd, Some(1.5));
+        assert_eq!(budget.task_estimates.get("compile"), Some(&5000));
+        let plain = load("baton.toml", "[orchestration]\nname = \"x\"\n", &BTreeMap::new()).unwrap();
+        assert_eq!(plain.budget.thresholds, vec![50, 75, 90]);
+        assert_eq!(plain.budget.reset, "0 0 * * *");
+        assert!(!plain.budget.global.is_set());
+    }
+
+    #[test]
+    fn bad_budgets_name_the_place() {
+        assert_eq!(
+            errors(&PLAN.replace("reset = \"0 6 * * *\"", "reset = \"0 6 * *\"")),
+            "baton.toml:9:9: `reset`: invalid cron expression `0 6 * *` (Invalid pattern: Pattern must have between 5 and 7 fields.); e.g. \"0 0 * * *\" for midnight"
+                .replace("(Invalid pattern: Pattern must have between 5 and 7 fields.)", &cron_error("0 6 * *"))
+        );
+        assert_eq!(
+            errors(&PLAN.replace("Europe/Paris", "Europe/Pariss")),
+            "baton.toml:10:12: `timezone`: unknown time zone `Europe/Pariss`; use an IANA name such as \"UTC\" or \"Europe/Paris\""
+        );
+        assert_eq!(
+            errors(&PLAN.replace("[90, 50]", "[50, 150]")),
+            "baton.toml:8:19: threshold 150 is not a percentage between 1 and 99 (100 % always counts), e.g. [50, 75, 90]"
+        );
+        assert_eq!(
+            errors(&PLAN.replace("budget = { daily_tokens = 20000 }", "budget = {}")),
+            "baton.toml:14:10: `budget` needs `daily_tokens` or `cost_usd`, e.g. { daily_tokens = 100000 }"
+        );
+        assert_eq!(
+            errors(&PLAN.replace("daily_tokens = 100000", "daily_tokens = 0")),
+            "baton.toml:6:16: `daily_tokens` must be at least 1"
+        );
+        assert_eq!(
+            errors(&PLAN.replace("estimated_tokens = 5000", "estimated_tokens = 25000")),
+            "baton.toml:25:20: task `compile` estimates 25000 tokens, more than its workstream's daily_tokens (20000): it could never start"
+        );
+        let message = errors(&PLAN.replace("budget = { cost_usd = 1.5 }", "budget = { tokens = 1 }"));
+        assert!(
+            message.starts_with("baton.toml:19:12: unknown field `tokens`, expected `daily_tokens` or `cost_usd`"),
+            "{message}"
+        );
+    }
+
+    fn cron_error(expression: &str) -> String {
+        let message = crate::budget::Reset::parse(expression, "UTC").unwrap_err();
+        let start = message.find('(').unwrap();
+        let end = message.rfind(')').unwrap();
+        message[start..=end].to_string()
+    }
+}

@@ -1,0 +1,198 @@
+//! Budgets in the scheduler: usage reported by agents is added to the agent's, its
+//! workstream's, its task's and the global totals of the period (durably, with the threshold
+//! events it triggers); dispatch skips agents a budget covers once it is exhausted, and tasks
+//! whose `estimated_tokens` exceed what is left. Such tasks stay `ready` and are never given up
+//! as unrunnable: the next reset (a wake-up) or a raised limit makes them runnable again.
+
+use super::{Effects, Error, Scheduler, Write};
+use crate::budget::{Crossing, Limit, Scope, Usage};
+use crate::config::AgentSpec;
+use crate::event::EventKind;
+use crate::model::{AgentState, TaskId, TaskRecord};
+use crate::time::Timestamp;
+
+impl Scheduler {
+    pub fn budgets(&self) -> &crate::budget::Budgets {
+        &self.budgets
+    }
+
+    /// An agent used tokens, for a task or not. `report` is what it reported, kept in the
+    /// `UsageReported` event.
+    pub fn record_usage(
+        &mut self,
+        agent: &str,
+        task: Option<TaskId>,
+        usage: Usage,
+        report: serde_json::Value,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) {
+        self.roll_budgets(now, fx);
+        let agent_workstream = self.agent_index.get(agent).and_then(|&idx| self.agents[idx].spec.workstream.clone());
+        let task_workstream = task.and_then(|id| self.tasks.get(&id)).and_then(|task| task.workstream.clone());
+        let mut scopes = vec![Scope::Global, Scope::Agent(agent.to_string())];
+        if let Some(workstream) = task_workstream.or(agent_workstream) {
+            scopes.push(Scope::Workstream(workstream));
+        }
+        if let Some(id) = task {
+            scopes.push(Scope::Task(id));
+        }
+        let spent = usage.spent();
+        let crossings = self.budgets.add(&scopes, spent);
+        let period_start = self.budgets.period_start();
+        let mut events = vec![EventKind::UsageReported { agent: agent.to_string(), task, usage: report }];
+        let exhausted = crossings.iter().any(|crossing| crossing.percent >= 100);
+        events.extend(crossings.into_iter().map(|crossing| self.threshold_event(crossing)));
+        // The events go with the last write: all of it is one transaction anyway.
+        let n_scopes = scopes.len();
+        for (idx, scope) in scopes.into_iter().enumerate() {
+            let events = if idx + 1 == n_scopes { std::mem::take(&mut events) } else { Vec::new() };
+            fx.writes.push(Write::Usage { period_start, scope, spent, events });
+        }
+        if exhausted {
+            self.budget_changed();
+        }
+    }
+
+    fn threshold_event(&self, crossing: Crossing) -> EventKind {
+        let Crossing { scope, percent, spent, limit } = crossing;
+        EventKind::BudgetThreshold {
+            scope: scope.to_string(),
+            percent,
+            used_tokens: spent.tokens,
+            limit_tokens: limit.daily_tokens,
+            used_cost_usd: spent.cost_usd,
+            limit_cost_usd: limit.cost_usd,
+            resets_at: self.budgets.next_reset().map(|at| self.budgets.schedule().show(at)),
+        }
+    }
+
+    /// An operator sets a budget's limit for the current period (`baton budget set`): raising
+    /// it lets the agents it held back work again.
+    pub fn set_budget_limit(
+        &mut self,
+        scope: Scope,
+        limit: Limit,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
+        match &scope {
+            Scope::Agent(name) if !self.agent_index.contains_key(name) => {
+                return Err(Error::UnknownAgent(name.clone()));
+            }
+            Scope::Workstream(name) if !self.workstreams.contains_key(name) => {
+                return Err(Error::UnknownScope(scope.to_string()));
+            }
+            Scope::Task(_) => return Err(Error::UnknownScope(scope.to_string())),
+            _ => {}
+        }
+        self.roll_budgets(now, fx);
+        self.budgets.set_limit(scope.clone(), limit);
+        let event = EventKind::BudgetLimitSet {
+            scope: scope.to_string(),
+            daily_tokens: limit.daily_tokens,
+            cost_usd: limit.cost_usd,
+        };
+        let period_start = self.budgets.period_start();
+        fx.writes.push(Write::BudgetLimit { period_start, scope, limit, events: vec![event] });
+        self.budget_waits.clear();
+        self.budget_changed();
+        Ok(())
+    }
+
+    /// Starts the next budget period when its reset is due.
+    pub(super) fn roll_budgets(&mut self, now: Timestamp, fx: &mut Effects) {
+        if !self.budgets.roll(now) {
+            return;
+        }
+        self.budget_waits.clear();
+        if self.budgets.any_limit() {
+            fx.writes.push(Write::Event(EventKind::BudgetReset {
+                period_start: self.budgets.period_start(),
+                resets_at: self.budgets.next_reset().map(|at| self.budgets.schedule().show(at)),
+            }));
+            self.budget_changed();
+        }
+    }
+
+    /// The agents' shown states may have changed (`blocked-budget`).
+    fn budget_changed(&mut self) {
+        for idx in 0..self.agents.len() {
+            self.dirty_agents.insert(idx);
+        }
+    }
+
+    /// The next reset, when a budget has a limit: it may let waiting tasks run.
+    pub(super) fn next_budget_reset(&self) -> Option<Timestamp> {
+        if self.budgets.any_limit() { self.budgets.next_reset() } else { None }
+    }
+
+    /// The budgets that cover an agent running a task: the global one, the agent's, and the
+    /// workstream's (the task's, or the agent's own).
+    fn covering(agent: &AgentSpec, workstream: Option<&str>) -> [Option<Scope>; 3] {
+        [
+            Some(Scope::Global),
+            Some(Scope::Agent(agent.name.clone())),
+            workstream.or(agent.workstream.as_deref()).map(|ws| Scope::Workstream(ws.to_string())),
+        ]
+    }
+
+    /// Why a budget keeps `agent` from starting `task`, if one does: (scope, reason).
+    pub(super) fn budget_block(&self, agent: &AgentSpec, task: &TaskRecord) -> Option<(Scope, String)> {
+        if !self.budgets.any_limit() {
+            return None;
+        }
+        let estimate = task.key.as_ref().and_then(|key| self.plan.budget.task_estimates.get(key)).copied();
+        for scope in Self::covering(agent, task.workstream.as_deref()).into_iter().flatten() {
+            if self.budgets.exhausted(&scope) {
+                return Some((scope, "exhausted".to_string()));
+            }
+            if let (Some(estimate), Some(left)) = (estimate, self.budgets.remaining_tokens(&scope))
+                && estimate > left
+            {
+                return Some((scope, format!("estimated_tokens {estimate} > {left} left")));
+            }
+        }
+        None
+    }
+
+    /// A ready task found no agent: if a budget is what holds it back, say so once per period.
+    pub(super) fn note_budget_wait(&mut self, id: TaskId, fx: &mut Effects) {
+        if !self.budgets.any_limit() || self.budget_waits.contains(&id) {
+            return;
+        }
+        let task = &self.tasks[&id];
+        let blocked = self
+            .agents
+            .iter()
+            .filter(|slot| {
+                matches!(slot.state, AgentState::Idle | AgentState::Active)
+                    && slot.running < slot.spec.concurrency
+                    && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
+            })
+            .find_map(|slot| self.budget_block(&slot.spec, task));
+        if let Some((scope, reason)) = blocked {
+            let until = self.budgets.next_reset().map(|at| self.budgets.schedule().show(at));
+            let reason = match until {
+                Some(until) => format!("{reason}; waits for the reset at {until} or a raised limit"),
+                None => format!("{reason}; waits for a raised limit"),
+            };
+            fx.writes.push(Write::Event(EventKind::TaskBudgetWait { task: id, scope: scope.to_string(), reason }));
+            self.budget_waits.insert(id);
+        }
+    }
+
+    /// The state shown for an agent: an idle agent that an exhausted budget covers is
+    /// `blocked-budget`.
+    pub(super) fn shown_state(&self, idx: usize) -> AgentState {
+        let slot = &self.agents[idx];
+        if slot.state == AgentState::Idle && self.budgets.any_limit() {
+            let blocked =
+                Self::covering(&slot.spec, None).into_iter().flatten().any(|scope| self.budgets.exhausted(&scope));
+            if blocked {
+                return AgentState::BlockedBudget;
+            }
+        }
+        slot.state
+    }
+}

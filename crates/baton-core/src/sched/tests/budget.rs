@@ -1,0 +1,224 @@
+//! Budgets in the scheduler, on a controlled clock: thresholds once per period, an exhausted
+//! budget holding tasks back (queued, never given up), `estimated_tokens` pre-flight, the reset
+//! in a time zone, a raised limit, and a resume that keeps the period's usage.
+
+use super::*;
+use crate::budget::{Limit, Scope, Usage};
+
+const PLAN: &str = r#"
+[orchestration]
+name = "budgets"
+max_concurrent_agents = 4
+
+[budget]
+daily_tokens = 1000
+timezone = "Europe/Paris"
+
+[[workstreams]]
+name = "build"
+
+[[agents]]
+name = "coder"
+workstream = "build"
+command = ["true"]
+
+[[tasks]]
+key = "a"
+title = "A"
+workstream = "build"
+
+[[tasks]]
+key = "b"
+title = "B"
+workstream = "build"
+depends_on = ["a"]
+
+[[tasks]]
+key = "c"
+title = "C"
+workstream = "build"
+depends_on = ["b"]
+"#;
+
+/// 2026-11-21 at `hh:mm` UTC.
+fn at(hh: i64, mm: i64) -> Timestamp {
+    Timestamp(1_795_219_200_000 + (hh * 60 + mm) * 60_000)
+}
+
+fn plan(text: &str) -> Plan {
+    config::load("baton.toml", text, &BTreeMap::new()).unwrap()
+}
+
+/// A harness whose clock starts at 09:00 UTC on 2026-11-21.
+fn harness(text: &str) -> Harness {
+    let mut h = Harness::new(plan(text));
+    h.now = at(9, 0);
+    h.step();
+    // The harness starts in 1970: what moving to 2026 wrote (a budget reset) is not the test's.
+    h.store.events.clear();
+    h
+}
+
+fn use_tokens(h: &mut Harness, key: &str, tokens: u64) {
+    let task = h.store.tasks.values().find(|task| task.key.as_deref() == Some(key)).unwrap().id;
+    let usage = Usage { input_tokens: tokens, ..Usage::default() };
+    let mut fx = Effects::default();
+    let report = serde_json::json!({ "input_tokens": tokens });
+    h.sched.record_usage("coder", Some(task), usage, report, h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+}
+
+fn thresholds(h: &Harness) -> Vec<(String, u8)> {
+    h.events("BudgetThreshold")
+        .iter()
+        .map(|event| match event {
+            EventKind::BudgetThreshold { scope, percent, .. } => (scope.clone(), *percent),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+fn coder_state(h: &Harness) -> AgentState {
+    h.sched.shown_state(h.sched.agent_index["coder"])
+}
+
+#[test]
+fn an_exhausted_budget_holds_tasks_queued_until_the_reset_in_its_time_zone() {
+    let mut h = harness(PLAN);
+    assert_eq!(h.sched.budgets().period_start(), Timestamp(at(0, 0).0 - 3_600_000), "midnight in Paris is 23:00 UTC");
+    assert_eq!(h.running.len(), 1);
+    use_tokens(&mut h, "a", 600);
+    assert_eq!(thresholds(&h), vec![("global".into(), 50)]);
+    h.finish(0, true);
+    use_tokens(&mut h, "b", 150);
+    assert_eq!(thresholds(&h).len(), 2, "75 % once");
+    use_tokens(&mut h, "b", 10);
+    assert_eq!(thresholds(&h).len(), 2, "and not again");
+    use_tokens(&mut h, "b", 400);
+    assert_eq!(
+        thresholds(&h).iter().map(|(_, percent)| *percent).collect::<Vec<_>>(),
+        vec![50, 75, 90, 100],
+        "a jump reports each threshold it passes"
+    );
+    h.finish(0, true);
+    // `c` is ready, but the budget that covers its only agent is exhausted.
+    assert_eq!(h.state_of("c"), TaskState::Ready);
+    assert!(h.running.is_empty());
+    assert_eq!(coder_state(&h), AgentState::BlockedBudget);
+    assert_eq!(h.events("TaskBudgetWait").len(), 1);
+    assert_eq!(h.sched.state(), RunState::Running, "not cancelled as unrunnable, not ended");
+    // Nothing else wakes the run before the reset: midnight in Paris.
+    let reset = at(23, 0);
+    while h.sched.next_wakeup().is_some_and(|wakeup| wakeup < reset) {
+        h.wait(); // a lease renewal left from when `a` and `b` ran
+    }
+    assert_eq!(h.sched.next_wakeup(), Some(reset));
+    h.now = Timestamp(reset.0 - 1);
+    let mut fx = Effects::default();
+    h.sched.tick(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!(h.state_of("c"), TaskState::Ready, "a millisecond before the reset it still waits");
+    assert!(h.wait());
+    assert_eq!(h.now, reset);
+    assert_eq!(h.events("BudgetReset").len(), 1);
+    assert_eq!(h.state_of("c"), TaskState::Running);
+    assert_eq!(coder_state(&h), AgentState::Active);
+    // The new period reports its thresholds again.
+    use_tokens(&mut h, "c", 500);
+    assert_eq!(thresholds(&h).last(), Some(&("global".to_string(), 50)));
+    h.finish(0, true);
+    assert_eq!(h.sched.state(), RunState::Succeeded);
+    let day_one: u64 = h
+        .store
+        .usage
+        .iter()
+        .filter(|((start, scope), _)| *start == Timestamp(at(0, 0).0 - 3_600_000) && *scope == Scope::Global)
+        .map(|(_, spent)| spent.tokens)
+        .sum();
+    assert_eq!(day_one, 1160, "usage is stored per period");
+    assert_eq!(h.store.usage[&(reset, Scope::Task(TaskId(3)))].tokens, 500, "and per task");
+}
+
+#[test]
+fn a_raised_limit_lets_the_agents_work_again() {
+    let mut h = harness(PLAN);
+    use_tokens(&mut h, "a", 1000);
+    h.finish(0, true);
+    assert_eq!(h.state_of("b"), TaskState::Ready);
+    assert_eq!(coder_state(&h), AgentState::BlockedBudget);
+    let mut fx = Effects::default();
+    let raised = Limit { daily_tokens: Some(5000), cost_usd: None };
+    h.sched.set_budget_limit(Scope::Global, raised, h.now, &mut fx).unwrap();
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!(h.state_of("b"), TaskState::Running);
+    assert_eq!(h.events("BudgetLimitSet").len(), 1);
+    let mut fx = Effects::default();
+    let unknown = h.sched.set_budget_limit(Scope::Agent("nobody".into()), raised, h.now, &mut fx);
+    assert_eq!(unknown, Err(Error::UnknownAgent("nobody".into())));
+}
+
+#[test]
+fn a_task_whose_estimate_exceeds_what_is_left_waits_while_smaller_ones_run() {
+    let text = PLAN
+        .replace("depends_on = [\"a\"]\n", "estimated_tokens = 500\n")
+        .replace("depends_on = [\"b\"]\n", "estimated_tokens = 100\n")
+        .replace("[[agents]]\nname = \"coder\"", "[[agents]]\nname = \"coder\"\nconcurrency = 1");
+    let mut h = harness(&text);
+    // `a` runs first (oldest), and uses 600 of 1000.
+    assert_eq!(h.running.len(), 1);
+    use_tokens(&mut h, "a", 600);
+    h.finish(0, true);
+    assert_eq!(h.state_of("b"), TaskState::Ready, "500 estimated > 400 left");
+    assert_eq!(h.state_of("c"), TaskState::Running, "100 estimated fits");
+    let waits: Vec<String> = h
+        .events("TaskBudgetWait")
+        .iter()
+        .map(|event| match event {
+            EventKind::TaskBudgetWait { reason, .. } => reason.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(waits.len(), 1);
+    assert!(
+        waits[0].starts_with("estimated_tokens 500 > 400 left; waits for the reset at 2026-11-22 00:00 Europe/Paris"),
+        "{waits:?}"
+    );
+    assert_eq!(coder_state(&h), AgentState::Active, "the agent itself is not blocked");
+}
+
+#[test]
+fn per_agent_and_per_workstream_budgets_cover_their_agents_only() {
+    let text = PLAN.replace("[budget]\ndaily_tokens = 1000\n", "[budget]\n").replace(
+        "[[agents]]\nname = \"coder\"\nworkstream = \"build\"\ncommand = [\"true\"]\n",
+        "[[agents]]\nname = \"coder\"\nworkstream = \"build\"\ncommand = [\"true\"]\nbudget = { daily_tokens = 100 }\n\n[[agents]]\nname = \"helper\"\nworkstream = \"build\"\ncommand = [\"true\"]\n",
+    );
+    let mut h = harness(&text);
+    use_tokens(&mut h, "a", 150);
+    assert_eq!(thresholds(&h).last(), Some(&("agent:coder".to_string(), 100)));
+    assert_eq!(coder_state(&h), AgentState::Active, "still running its task");
+    let running = h.running[0];
+    h.finish(0, true);
+    assert_eq!(h.store.tasks[&running.0].assigned_agent.as_deref(), Some("coder"));
+    assert_eq!(h.state_of("b"), TaskState::Running);
+    assert_eq!(
+        h.store.tasks.values().find(|t| t.key.as_deref() == Some("b")).unwrap().assigned_agent.as_deref(),
+        Some("helper")
+    );
+    assert_eq!(coder_state(&h), AgentState::BlockedBudget);
+}
+
+#[test]
+fn a_resumed_run_keeps_the_periods_usage() {
+    let mut h = harness(PLAN);
+    use_tokens(&mut h, "a", 1000);
+    h.finish(0, true);
+    assert_eq!(h.state_of("b"), TaskState::Ready);
+    h.crash_and_resume();
+    assert_eq!(h.sched.budgets().used(&Scope::Global).tokens, 1000);
+    assert_eq!(h.state_of("b"), TaskState::Ready, "still exhausted after the restart");
+    assert_eq!(thresholds(&h).len(), 4, "thresholds are not reported again");
+    assert!(h.wait());
+    assert_eq!(h.state_of("b"), TaskState::Running);
+}
