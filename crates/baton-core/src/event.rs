@@ -121,6 +121,29 @@ pub enum EventKind {
     TaskResumed {
         task: TaskId,
     },
+    /// A schedule created `task` for its due time `due`; `n_due` > 1 when the task also covers
+    /// due times missed before it, `late` when it fires after a downtime (`missed = "run-once"`).
+    ScheduleFired {
+        schedule: String,
+        due: Timestamp,
+        task: TaskId,
+        n_due: u32,
+        late: bool,
+    },
+    /// A schedule created nothing for its due times up to `due` (missed, or the previous task
+    /// unfinished with `overlap = "skip"`).
+    ScheduleSkipped {
+        schedule: String,
+        due: Timestamp,
+        n_due: u32,
+        reason: String,
+    },
+    SchedulePaused {
+        schedule: String,
+    },
+    ScheduleResumed {
+        schedule: String,
+    },
     /// A task's resources overlap those of a running task (`held` by `holder`); `policy` says
     /// what happened: it waits, it failed, or it ran anyway.
     ResourceConflict {
@@ -195,6 +218,10 @@ impl EventKind {
             EventKind::TaskRequeued { .. } => "TaskRequeued",
             EventKind::TaskSuspended { .. } => "TaskSuspended",
             EventKind::TaskResumed { .. } => "TaskResumed",
+            EventKind::ScheduleFired { .. } => "ScheduleFired",
+            EventKind::ScheduleSkipped { .. } => "ScheduleSkipped",
+            EventKind::SchedulePaused { .. } => "SchedulePaused",
+            EventKind::ScheduleResumed { .. } => "ScheduleResumed",
             EventKind::UsageReported { .. } => "UsageReported",
             EventKind::BudgetThreshold { .. } => "BudgetThreshold",
             EventKind::TaskBudgetWait { .. } => "TaskBudgetWait",
@@ -222,6 +249,7 @@ impl EventKind {
             | EventKind::TaskResumed { task }
             | EventKind::ResourceConflict { task, .. } => Some(*task),
             EventKind::UsageReported { task, .. } => *task,
+            EventKind::ScheduleFired { task, .. } => Some(*task),
             EventKind::TaskBudgetWait { task, .. } => Some(*task),
             _ => None,
         }
@@ -315,6 +343,17 @@ impl EventKind {
             EventKind::TaskRequeued { task, from } => format!("task {task} re-queued from {from}"),
             EventKind::TaskSuspended { task, reason } => format!("task {task} suspended: {reason}"),
             EventKind::TaskResumed { task } => format!("task {task} resumed"),
+            EventKind::ScheduleFired { schedule, due, task, n_due, late } => {
+                let due = crate::schedule::format_utc(*due);
+                let covers = if *n_due > 1 { format!(", covering {n_due} due times") } else { String::new() };
+                let late = if *late { " (late: missed while Baton was not running)" } else { "" };
+                format!("schedule {schedule} fired for {due}: task {task}{covers}{late}")
+            }
+            EventKind::ScheduleSkipped { schedule, due, reason, .. } => {
+                format!("schedule {schedule} skipped {}: {reason}", crate::schedule::format_utc(*due))
+            }
+            EventKind::SchedulePaused { schedule } => format!("schedule {schedule} paused"),
+            EventKind::ScheduleResumed { schedule } => format!("schedule {schedule} resumed"),
             EventKind::UsageReported { agent, usage, .. } => format!("agent {agent} reported usage {usage}"),
             EventKind::BudgetThreshold {
                 scope,

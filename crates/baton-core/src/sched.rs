@@ -16,6 +16,7 @@ use crate::budget::{Budgets, Limit, Scope, Spent, UsageRecord};
 use crate::config::{AgentSpec, ConflictPolicy, Plan};
 use crate::event::EventKind;
 use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
+use crate::schedule::{Firing, ScheduleRecord};
 use crate::time::{Timestamp, format_duration};
 
 /// A durable change. The store applies a batch of them in one transaction, writing each
@@ -35,6 +36,8 @@ pub enum Write {
     RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
     /// An event about no record in particular.
     Event(EventKind),
+    /// Insert or replace a schedule's record (its cursor, last firing, paused flag).
+    Schedule { record: ScheduleRecord, events: Vec<EventKind> },
     /// Add to a budget scope's usage in a period (creating its record), with events.
     Usage { period_start: Timestamp, scope: Scope, spent: Spent, events: Vec<EventKind> },
     /// Set an operator's limit on a budget scope for a period, with events.
@@ -59,6 +62,7 @@ pub struct Stored {
     pub phase: u32,
     pub tasks: Vec<TaskRecord>,
     pub agents: Vec<AgentRecord>,
+    pub schedules: Vec<ScheduleRecord>,
     /// Budget usage of the current period (older records are ignored).
     pub usage: Vec<UsageRecord>,
 }
@@ -80,6 +84,8 @@ pub struct Effects {
     pub assignments: Vec<Assignment>,
     /// Running attempts to kill (cancelled, or their workstream timed out).
     pub kills: Vec<(TaskId, u32)>,
+    /// Tasks schedules create, performed after the writes ([`Scheduler::schedule_fired`]).
+    pub fire: Vec<Firing>,
 }
 
 impl Effects {
@@ -89,6 +95,7 @@ impl Effects {
             && self.stop_agents.is_empty()
             && self.assignments.is_empty()
             && self.kills.is_empty()
+            && self.fire.is_empty()
     }
 }
 
@@ -103,6 +110,8 @@ pub enum Error {
     Stale { task: TaskId, attempt: u32, reason: String },
     #[error("no agent `{0}` in this run")]
     UnknownAgent(String),
+    #[error("no schedule `{0}` in this plan")]
+    UnknownSchedule(String),
     #[error("no budget `{0}` in this run; name global, workstream:NAME or agent:NAME")]
     UnknownScope(String),
 }
@@ -217,6 +226,10 @@ pub struct Scheduler {
     run_dirty: bool,
     dirty_agents: BTreeSet<usize>,
     next_lease_renewal: Option<Timestamp>,
+    /// `[[schedules]]` (`sched/schedules.rs`).
+    schedules: Vec<schedules::ScheduleSlot>,
+    /// The schedule of each task a schedule created.
+    schedule_of: HashMap<TaskId, usize>,
     /// Token budgets of the current period (`sched/budget.rs`).
     budgets: Budgets,
     /// Tasks that have said, this period, that a budget holds them back.
@@ -228,7 +241,7 @@ impl Scheduler {
     /// left `running` by a previous node are taken back: their lease is treated as expired and
     /// the attempt counted. `node` names this node as the holder of the leases it takes.
     pub fn new(plan: Plan, node: String, stored: Stored, now: Timestamp, fx: &mut Effects) -> Scheduler {
-        let Stored { run_id, phase, tasks: stored, agents: stored_agents, usage } = stored;
+        let Stored { run_id, phase, tasks: stored, agents: stored_agents, schedules: stored_schedules, usage } = stored;
         let budgets = Budgets::new(plan.budget.clone(), &usage, now);
         let agents: Vec<AgentSlot> = plan
             .agents
@@ -277,12 +290,15 @@ impl Scheduler {
             run_dirty: true,
             dirty_agents: BTreeSet::new(),
             next_lease_renewal: None,
+            schedules: Vec::new(),
+            schedule_of: HashMap::new(),
             budgets,
             budget_waits: BTreeSet::new(),
         };
         for task in stored {
             sched.insert(task);
         }
+        sched.init_schedules(stored_schedules, now, fx);
         sched.take_back_running(now, fx);
         sched.cancel_orphans(now, fx);
         // Phases the run had already started are entered again silently: their events exist.
@@ -632,6 +648,9 @@ impl Scheduler {
         if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
             return;
         }
+        if self.waits_for_earlier_firing(id) {
+            return;
+        }
         let mut all_done = true;
         for dep in &task.depends_on {
             match self.tasks.get(dep).map(|dep| dep.state) {
@@ -704,7 +723,9 @@ impl Scheduler {
             for dependent in dependents {
                 self.try_release(dependent, now, fx);
             }
+            self.schedule_task_ended(id, now, fx);
         } else if from.is_terminal() && !to.is_terminal() {
+            self.schedule_task_reopened(id);
             self.n_finished -= 1;
             self.run_dirty = true;
             let counters = self.counters(task.workstream.as_deref());
@@ -1126,6 +1147,7 @@ impl Scheduler {
     /// heartbeats and circuit breakers.
     pub fn tick(&mut self, now: Timestamp, fx: &mut Effects) {
         self.supervise(now, fx);
+        self.fire_schedules(now, fx);
         if let Some(renewal) = self.next_lease_renewal
             && renewal <= now
         {
@@ -1164,10 +1186,17 @@ impl Scheduler {
             .filter(|ws| ws.started && !ws.done && ws.n_open > 0)
             .filter_map(|ws| ws.deadline)
             .min();
-        [retry, self.next_lease_renewal, deadline, self.next_supervision(), self.next_budget_reset()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            retry,
+            self.next_lease_renewal,
+            deadline,
+            self.next_schedule_due(),
+            self.next_supervision(),
+            self.next_budget_reset(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Completes finished workstreams and phases, and starts the next phase.
@@ -1239,7 +1268,7 @@ impl Scheduler {
             }
             return;
         }
-        if self.stays_open {
+        if self.stays_open || self.schedules_keep_open() {
             return;
         }
         let mut counts = (0u64, 0u64, 0u64);
@@ -1409,6 +1438,7 @@ impl Scheduler {
 }
 
 mod budget;
+mod schedules;
 mod supervise;
 
 #[cfg(test)]

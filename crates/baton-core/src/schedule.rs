@@ -188,8 +188,7 @@ fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
 /// The key of the task a schedule creates for a due time: `NAME@2026-03-29T01:00:00Z`. It
 /// names the firing, and tells the scheduler which schedule a stored task belongs to.
 pub fn task_key(schedule: &str, due: Timestamp) -> String {
-    let due = DateTime::<Utc>::from_timestamp_millis(due.0).unwrap_or_default();
-    format!("{schedule}@{}", due.format("%Y-%m-%dT%H:%M:%SZ"))
+    format!("{schedule}@{}", format_utc(due))
 }
 
 /// The schedule a task key names, when it is a schedule's ([`task_key`]).
@@ -197,6 +196,27 @@ pub fn schedule_of_key(key: &str) -> Option<&str> {
     let (schedule, due) = key.split_once('@')?;
     DateTime::parse_from_rfc3339(due).ok()?;
     Some(schedule)
+}
+
+/// A task a schedule creates for a due time: the runtime has the store create it, move the
+/// schedule's cursor from `expect_cursor` to `due` (compare-and-set) and write `ScheduleFired`,
+/// all in one transaction, then hands the created task back to the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Firing {
+    pub schedule: String,
+    pub due: Timestamp,
+    pub expect_cursor: Timestamp,
+    /// How many due times the task covers (more than one after a downtime).
+    pub n_due: u32,
+    /// Whether the due time had passed by more than [`ON_TIME_GRACE`] (`missed = "run-once"`).
+    pub late: bool,
+    pub task: NewTask,
+}
+
+/// A time as shown in events and tables: `2026-03-29T01:00:00Z`.
+pub fn format_utc(at: Timestamp) -> String {
+    let utc = DateTime::<Utc>::from_timestamp_millis(at.0).unwrap_or_default();
+    utc.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// What to do about a schedule now.

@@ -240,12 +240,20 @@ impl Engine {
                 .push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
         }
         let stored_agents = store.agents(&run_id).await?;
+        let stored_schedules = store.schedules(&run_id).await?;
         // The budgets' usage of the current period: earlier periods no longer count.
         let usage = store.usage(&run_id, options.plan.budget.schedule().period_start(now)).await?;
         let mut sched = Scheduler::new(
             options.plan.clone(),
             options.node.id.clone(),
-            Stored { run_id: run_id.clone(), phase: run.phase, tasks: stored, agents: stored_agents, usage },
+            Stored {
+                run_id: run_id.clone(),
+                phase: run.phase,
+                tasks: stored,
+                agents: stored_agents,
+                schedules: stored_schedules,
+                usage,
+            },
             now,
             &mut fx,
         );
@@ -267,7 +275,7 @@ impl Engine {
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
         };
-        shell.perform(fx, now).await?;
+        perform(&mut sched, &mut shell, fx, now).await?;
         let _ = progress.send(sched.progress());
 
         let lease_ttl = options.plan.settings.lease_ttl;
@@ -346,7 +354,7 @@ impl Engine {
                 }
                 let now = clock.now();
                 sched.step(now, &mut fx);
-                shell.perform(fx, now).await?;
+                perform(&mut sched, &mut shell, fx, now).await?;
                 progress.send_if_modified(|current| {
                     let next = sched.progress();
                     let changed = *current != next;
@@ -386,6 +394,33 @@ impl Engine {
                 .await?;
         }
         Ok(summary(&sched, resumed))
+    }
+}
+
+/// Makes the writes durable and performs the effects, then the schedules' firings: each is one
+/// store transaction (task, cursor, `ScheduleFired`) whose task goes back to the scheduler, and
+/// what the scheduler decides about it (claim it, usually) is performed in turn.
+async fn perform(sched: &mut Scheduler, shell: &mut Shell, mut fx: Effects, now: Timestamp) -> Result<(), Error> {
+    loop {
+        let firings = std::mem::take(&mut fx.fire);
+        shell.perform(fx, now).await?;
+        if firings.is_empty() {
+            return Ok(());
+        }
+        fx = Effects::default();
+        for firing in firings {
+            let created = match shell.store.fire_schedule(&shell.run_id, firing.clone(), now).await {
+                Ok(created) => created,
+                // Refused (a task with its key exists): this due time has its task already.
+                Err(baton_store::Error::Invalid(error)) => {
+                    tracing::warn!(%error, schedule = %firing.schedule, "schedule firing refused");
+                    None
+                }
+                Err(error) => return Err(error.into()),
+            };
+            sched.schedule_fired(&firing, created, now, &mut fx);
+        }
+        sched.step(now, &mut fx);
     }
 }
 
@@ -615,6 +650,8 @@ fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &m
         Control::StopAgent { agent } => sched.stop_agent(&agent, now, fx),
         Control::StartAgent { agent } => sched.start_agent_again(&agent, now, fx),
         Control::RestartAgent { agent } => sched.restart_agent(&agent, now, fx),
+        Control::PauseSchedule { schedule } => sched.pause_schedule(&schedule, now, fx),
+        Control::ResumeSchedule { schedule } => sched.resume_schedule(&schedule, now, fx),
         Control::SetBudget { scope, daily_tokens, cost_usd } => match scope.parse::<Scope>() {
             Ok(scope) => sched.set_budget_limit(scope, Limit { daily_tokens, cost_usd }, now, fx),
             Err(error) => {

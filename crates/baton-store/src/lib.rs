@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use baton_core::budget::UsageRecord;
 use baton_core::model::{AgentRecord, NewTask, RunRecord, TaskId, TaskRecord, TaskState};
 use baton_core::sched::Write;
+use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
 pub mod sqlite;
@@ -72,14 +73,37 @@ pub struct EventQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Control {
-    CancelTask { task: TaskId, reason: String },
-    RetryTask { task: TaskId },
-    StopAgent { agent: String },
-    StartAgent { agent: String },
-    RestartAgent { agent: String },
+    CancelTask {
+        task: TaskId,
+        reason: String,
+    },
+    RetryTask {
+        task: TaskId,
+    },
+    StopAgent {
+        agent: String,
+    },
+    StartAgent {
+        agent: String,
+    },
+    RestartAgent {
+        agent: String,
+    },
+    /// Pause a schedule (`baton schedule pause`): its due times pass without firing.
+    PauseSchedule {
+        schedule: String,
+    },
+    /// Resume a paused schedule; it fires from its next due time on.
+    ResumeSchedule {
+        schedule: String,
+    },
     /// Set a budget's limit for the current period (`baton budget set`); `scope` is `global`,
     /// `workstream:NAME` or `agent:NAME`.
-    SetBudget { scope: String, daily_tokens: Option<u64>, cost_usd: Option<f64> },
+    SetBudget {
+        scope: String,
+        daily_tokens: Option<u64>,
+        cost_usd: Option<f64>,
+    },
 }
 
 /// A process group started for an attempt, recorded so that a node taking over a run from a
@@ -146,6 +170,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets the process group of an attempt that has ended.
     async fn forget_process(&self, run_id: &str, task: TaskId, attempt: u32) -> Result<()>;
+
+    /// Performs a schedule's firing in one transaction: creates its task (with `TaskCreated`),
+    /// moves the schedule's cursor from `firing.expect_cursor` to `firing.due` and writes
+    /// `ScheduleFired`. `None`, writing nothing, when the cursor is elsewhere: that due time
+    /// was dealt with already. This is what makes a due time fire at most once.
+    async fn fire_schedule(&self, run_id: &str, firing: Firing, now: Timestamp) -> Result<Option<TaskRecord>>;
+
+    /// The run's schedules, as last written ([`Write::Schedule`] and firings).
+    async fn schedules(&self, run_id: &str) -> Result<Vec<ScheduleRecord>>;
 
     /// The process groups recorded for a run; `forget` removes them from the store.
     async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;

@@ -15,9 +15,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use baton_core::model::{AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_core::budget::{Limit, Scope, Spent, UsageRecord};
+use baton_core::model::{AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_core::sched::Write;
+use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
 use crate::{Applied, Control, Error, EventQuery, NewRun, ProcessRecord, Result, Store, TaskFilter};
@@ -197,6 +198,15 @@ CREATE TABLE processes (
     pgid INTEGER NOT NULL,
     host TEXT NOT NULL,
     PRIMARY KEY (run_id, task_id, attempt)
+);
+"#,
+    r#"
+CREATE TABLE schedules (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
 );
 "#,
     r#"
@@ -551,6 +561,15 @@ fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write: Writ
         Write::Event(event) => {
             ctx.event(run_id, now, event)?;
         }
+        Write::Schedule { record, events } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "INSERT OR REPLACE INTO schedules (run_id, name, cursor, record) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            stmt.execute(params![run_id, record.name, record.cursor.0, to_json(&record)])?;
+            for event in events {
+                ctx.event(run_id, now, event)?;
+            }
+        }
         Write::Usage { period_start, scope, spent, events } => {
             let mut stmt = ctx.tx.prepare_cached(
                 "INSERT INTO usage (run_id, period_start, scope_kind, scope_name, tokens, cost_usd) \
@@ -854,6 +873,54 @@ impl Store for SqliteStore {
             )?
             .execute(params![run_id, process.task.0, process.attempt, process.pgid, process.host])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn fire_schedule(&self, run_id: &str, firing: Firing, now: Timestamp) -> Result<Option<TaskRecord>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            let stored: Option<String> = ctx
+                .tx
+                .prepare_cached("SELECT record FROM schedules WHERE run_id = ?1 AND name = ?2")?
+                .query_row(params![run_id, firing.schedule], |row| row.get(0))
+                .optional()?;
+            let Some(stored) = stored else {
+                return Err(Error::Invalid(format!("no schedule `{}` in run {run_id}", firing.schedule)));
+            };
+            let mut record: ScheduleRecord = from_json(&stored, "schedule")?;
+            if record.cursor != firing.expect_cursor {
+                return Ok(None);
+            }
+            let task = insert_tasks(ctx, &run_id, vec![firing.task], now)?.remove(0);
+            record.cursor = firing.due;
+            record.last_fired_due = Some(firing.due);
+            record.last_fired_at = Some(now);
+            record.last_task = Some(task.id);
+            record.updated_at = now;
+            ctx.tx
+                .prepare_cached("UPDATE schedules SET cursor = ?1, record = ?2 WHERE run_id = ?3 AND name = ?4")?
+                .execute(params![record.cursor.0, to_json(&record), run_id, record.name])?;
+            let fired = EventKind::ScheduleFired {
+                schedule: record.name.clone(),
+                due: firing.due,
+                task: task.id,
+                n_due: firing.n_due,
+                late: firing.late,
+            };
+            ctx.event(&run_id, now, fired)?;
+            Ok(Some(task))
+        })
+        .await
+    }
+
+    async fn schedules(&self, run_id: &str) -> Result<Vec<ScheduleRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT record FROM schedules WHERE run_id = ?1 ORDER BY rowid")?;
+            let rows = stmt
+                .query_map(params![run_id], |row| from_json::<ScheduleRecord>(&row.get::<_, String>(0)?, "schedule"))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -3,6 +3,7 @@
 
 use baton_core::model::{AgentRecord, AgentState, NewTask, Priority, RunState, TaskId, TaskRef, TaskState};
 use baton_core::sched::{RunChange, Write};
+use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{EventKind, Timestamp};
 
 use crate::{Applied, Control, EventQuery, NewRun, Store, TaskFilter};
@@ -21,6 +22,7 @@ macro_rules! store_test_suite {
             run_ownership_is_exclusive,
             agents_and_control_commands_round_trip,
             process_groups_are_recorded_and_taken,
+            schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
         );
     };
@@ -318,7 +320,8 @@ pub async fn budget_usage_accumulates_per_period_and_scope(store: impl Store) {
     store.apply("r1", T0, writes).await.unwrap();
     store.apply("r2", T0, vec![usage(0, Scope::Global, 9, 0.0, Vec::new())]).await.unwrap();
     let limit = Limit { daily_tokens: Some(5000), cost_usd: None };
-    let set = Write::BudgetLimit { period_start: T0, scope: Scope::Workstream("build".into()), limit, events: Vec::new() };
+    let set =
+        Write::BudgetLimit { period_start: T0, scope: Scope::Workstream("build".into()), limit, events: Vec::new() };
     store.apply("r1", T0, vec![set]).await.unwrap();
 
     let all = store.usage("r1", Timestamp::ZERO).await.unwrap();
@@ -335,6 +338,52 @@ pub async fn budget_usage_accumulates_per_period_and_scope(store: impl Store) {
     assert_eq!(store.usage("r2", Timestamp::ZERO).await.unwrap()[0].spent.tokens, 9, "runs are apart");
     let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
     assert!(events.iter().any(|event| event.kind.name() == "BudgetThreshold"), "events go with the usage");
+}
+
+/// A firing creates its task, moves the cursor and writes `ScheduleFired` together; a firing
+/// whose cursor has moved (replayed, or decided by a stale node) writes nothing.
+pub async fn schedules_fire_at_most_once_per_due_time(store: impl Store) {
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let record = ScheduleRecord {
+        run_id: "r1".into(),
+        name: "nightly".into(),
+        cursor: T0,
+        last_fired_due: None,
+        last_fired_at: None,
+        last_task: None,
+        paused: false,
+        updated_at: T0,
+    };
+    store.apply("r1", T0, vec![Write::Schedule { record: record.clone(), events: vec![] }]).await.unwrap();
+    assert_eq!(store.schedules("r1").await.unwrap(), vec![record.clone()]);
+    let due = Timestamp(T0.0 + 60_000);
+    let mut task = new_task("nightly@2023-11-14T22:14:20Z", &[]);
+    task.resources.clear();
+    let firing = Firing { schedule: "nightly".into(), due, expect_cursor: T0, n_due: 1, late: false, task };
+    let now = Timestamp(due.0 + 5);
+    let created = store.fire_schedule("r1", firing.clone(), now).await.unwrap().expect("fired");
+    assert_eq!(created.key.as_deref(), Some("nightly@2023-11-14T22:14:20Z"));
+    assert_eq!(created.state, TaskState::Pending);
+    assert_eq!(store.fire_schedule("r1", firing, now).await.unwrap(), None, "the same due time again");
+    assert_eq!(store.tasks("r1", &TaskFilter::default()).await.unwrap().len(), 1);
+    let stored = store.schedules("r1").await.unwrap().remove(0);
+    assert_eq!((stored.cursor, stored.last_fired_due, stored.last_task), (due, Some(due), Some(created.id)));
+    assert_eq!(stored.last_fired_at, Some(now));
+    let events = store.events(&EventQuery { run_id: Some("r1".into()), ..EventQuery::default() }).await.unwrap();
+    let names: Vec<&str> = events.iter().map(|event| event.kind.name()).collect();
+    assert_eq!(names, vec!["RunStarted", "TaskCreated", "ScheduleFired"]);
+    assert_eq!(events[2].kind.task(), Some(created.id), "the event names its task");
+    // Pausing is a plain write of the record.
+    let paused = ScheduleRecord { paused: true, ..stored };
+    let event = EventKind::SchedulePaused { schedule: "nightly".into() };
+    store.apply("r1", now, vec![Write::Schedule { record: paused.clone(), events: vec![event] }]).await.unwrap();
+    assert_eq!(store.schedules("r1").await.unwrap(), vec![paused]);
+    assert!(store.schedules("r2").await.unwrap().is_empty());
+    // A firing for a schedule the run has no record of is an error, and creates nothing.
+    let stray =
+        Firing { schedule: "other".into(), due, expect_cursor: T0, n_due: 1, late: false, task: new_task("x", &[]) };
+    assert!(store.fire_schedule("r1", stray, now).await.is_err());
+    assert_eq!(store.tasks("r1", &TaskFilter::default()).await.unwrap().len(), 1);
 }
 
 pub async fn process_groups_are_recorded_and_taken(store: impl Store) {

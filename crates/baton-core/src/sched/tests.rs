@@ -9,6 +9,9 @@ use super::*;
 use crate::config::{self, Limits, ProcessMode, RestartPolicy, RuntimeKind, Settings, WorkstreamSpec};
 use crate::graph;
 use crate::model::{NewTask, Priority, TaskRef};
+use crate::schedule::{Firing, ScheduleRecord};
+
+mod schedules;
 
 mod budget;
 
@@ -19,10 +22,35 @@ struct Store {
     events: Vec<EventKind>,
     phase: u32,
     run_state: Option<RunState>,
+    schedules: BTreeMap<String, ScheduleRecord>,
     usage: BTreeMap<(Timestamp, crate::budget::Scope), crate::budget::Spent>,
 }
 
 impl Store {
+    /// Like the store's `fire_schedule`: the task, the cursor (compare-and-set) and the event
+    /// at once; `None` when the cursor moved.
+    fn fire(&mut self, firing: &Firing, now: Timestamp) -> Option<TaskRecord> {
+        let schedule = self.schedules.get_mut(&firing.schedule).expect("written before it fires");
+        if schedule.cursor != firing.expect_cursor {
+            return None;
+        }
+        let id = TaskId(self.tasks.keys().last().map_or(1, |last| last.0 + 1));
+        schedule.cursor = firing.due;
+        schedule.last_fired_due = Some(firing.due);
+        schedule.last_fired_at = Some(now);
+        schedule.last_task = Some(id);
+        let task = record(id, &firing.task, Vec::new(), now);
+        self.tasks.insert(id, task.clone());
+        self.events.push(EventKind::ScheduleFired {
+            schedule: firing.schedule.clone(),
+            due: firing.due,
+            task: id,
+            n_due: firing.n_due,
+            late: firing.late,
+        });
+        Some(task)
+    }
+
     fn apply(&mut self, writes: &[Write], now: Timestamp) {
         for write in writes {
             match write {
@@ -42,6 +70,10 @@ impl Store {
                 Write::Agent { events, .. } => self.events.extend(events.iter().cloned()),
                 Write::RenewLeases { .. } | Write::RunOwner { .. } => {}
                 Write::Event(event) => self.events.push(event.clone()),
+                Write::Schedule { record, events } => {
+                    self.schedules.insert(record.name.clone(), record.clone());
+                    self.events.extend(events.iter().cloned());
+                }
                 Write::Usage { period_start, scope, spent, events } => {
                     let record = self.usage.entry((*period_start, scope.clone())).or_default();
                     record.add(*spent);
@@ -115,7 +147,10 @@ struct Harness {
 
 impl Harness {
     fn new(plan: Plan) -> Harness {
-        let now = Timestamp(1_000_000);
+        Harness::new_at(plan, Timestamp(1_000_000))
+    }
+
+    fn new_at(plan: Plan, now: Timestamp) -> Harness {
         let mut store = Store::default();
         store.create(&plan, now);
         let mut fx = Effects::default();
@@ -127,6 +162,8 @@ impl Harness {
             &mut fx,
         );
         let mut harness = Harness { plan, store, sched, now, running: Vec::new(), claims: Vec::new() };
+        // What the scheduler wrote when it was built (the schedules' records).
+        harness.store.apply(&fx.writes, now);
         // Like the runtime: tasks created by the store, then added.
         let tasks: Vec<TaskRecord> = harness.store.tasks.values().cloned().collect();
         let mut fx = Effects::default();
@@ -159,6 +196,10 @@ impl Harness {
                 self.running.retain(|running| running != &(*id, *attempt));
             }
             let mut next = Effects::default();
+            for firing in &fx.fire {
+                let created = self.store.fire(firing, self.now);
+                self.sched.schedule_fired(firing, created, self.now, &mut next);
+            }
             for agent in &fx.start_agents {
                 self.sched.agent_started(agent, self.now, &mut next).unwrap();
             }
@@ -221,6 +262,7 @@ impl Harness {
                 phase: self.store.phase,
                 tasks: stored,
                 agents: Vec::new(),
+                schedules: self.store.schedules.values().cloned().collect(),
                 usage: self
                     .store
                     .usage
