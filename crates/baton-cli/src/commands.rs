@@ -20,6 +20,8 @@ use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
+mod budget;
+
 pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Init { dir, force } => crate::init::init(dir, *force),
@@ -36,6 +38,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Agents { json, run } => agents(&cli, *json, run.as_deref()).await,
         Command::Agent { action } => agent(&cli, action).await,
         Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
+        Command::Budget { action, json, run } => budget::budget(&cli, action.as_ref(), *json, run.as_deref()).await,
         Command::Events { follow, since, task, json, run } => {
             events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
@@ -286,13 +289,16 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
         .iter()
         .map(|(state, names)| match state.as_str() {
             // The states that need attention name their agents.
-            "restarting" | "circuit-open" | "stalled" | "waiting-input" | "failed" => {
+            "restarting" | "circuit-open" | "stalled" | "waiting-input" | "blocked-budget" | "failed" => {
                 format!("{} {state} ({})", names.len(), names.join(", "))
             }
             _ => format!("{} {state}", names.len()),
         })
         .collect();
     println!("agents    {}", summary.join(", "));
+    if let Some(line) = budget::status_line(&store, &loaded.plan, &run).await {
+        println!("budget    {line}");
+    }
     if let Some(owner) = &run.owner {
         println!("executed by {owner}");
     } else if run.state == RunState::Running {

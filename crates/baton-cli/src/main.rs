@@ -99,6 +99,16 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Token budgets of the current period: use, limits, thresholds reached, the next reset;
+    /// `budget set` changes a limit in the running `baton run`.
+    Budget {
+        #[command(subcommand)]
+        action: Option<BudgetAction>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// Show the resources running tasks hold and the tasks waiting for them.
     Conflicts {
         #[arg(long)]
@@ -185,6 +195,21 @@ pub enum AgentAction {
     /// Stop an agent and start it again.
     Restart {
         name: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetAction {
+    /// Set a budget's limit until the next reset, in the running `baton run` (raising it lets
+    /// the agents it blocked work again). SCOPE: global, workstream:NAME or agent:NAME.
+    Set {
+        scope: String,
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[arg(long)]
+        cost_usd: Option<f64>,
         #[arg(long)]
         run: Option<String>,
     },

@@ -51,6 +51,9 @@ impl Display {
                         | EventKind::TaskLeaseExpired { .. }
                         | EventKind::RunResumed { .. }
                         | EventKind::AgentTerminated { .. }
+                        | EventKind::BudgetThreshold { .. }
+                        | EventKind::TaskBudgetWait { .. }
+                        | EventKind::BudgetReset { .. }
                 );
                 if important {
                     let _ = bars.multi.println(line);

@@ -1,0 +1,122 @@
+//! Token budgets end to end: per-task agents print claude-shaped JSON results with `usage`; a
+//! small daily budget stops the agent mid-plan, `baton run` says it is blocked until the reset,
+//! SIGTERM leaves the run resumable, `baton budget` shows the use, and a raised limit lets the
+//! resumed run finish.
+
+mod common;
+
+use baton_core::EventKind;
+use baton_core::model::RunState;
+use baton_store::{EventQuery, Store};
+use common::{Project, stderr, stdout};
+
+const PLAN: &str = r#"
+[orchestration]
+name = "budgeted"
+
+[budget]
+daily_tokens = 3000
+timezone = "Europe/Paris"
+
+[[agents]]
+name = "claude"
+command = ["bash", "claude.sh", "{task.key}"]
+
+[[tasks]]
+key = "a"
+title = "A"
+
+[[tasks]]
+key = "b"
+title = "B"
+depends_on = ["a"]
+
+[[tasks]]
+key = "c"
+title = "C"
+depends_on = ["b"]
+
+[[tasks]]
+key = "d"
+title = "D"
+depends_on = ["c"]
+
+[[tasks]]
+key = "e"
+title = "E"
+depends_on = ["d"]
+"#;
+
+/// What `claude -p --output-format json` prints, with 1000 tokens of usage.
+const CLAUDE: &str = r#"#!/usr/bin/env bash
+echo '{"type":"result","subtype":"success","is_error":false,"result":"did '"$1"'","total_cost_usd":0.01,"usage":{"input_tokens":100,"cache_creation_input_tokens":300,"cache_read_input_tokens":400,"output_tokens":200}}'
+"#;
+
+#[tokio::test]
+async fn an_exhausted_budget_blocks_the_agent_until_an_operator_raises_the_limit() {
+    let project = Project::with(PLAN, &[("claude.sh", CLAUDE)]);
+    let (child, mut lines) = project.spawn(&["run"]);
+    let blocked = lines.wait_for("blocked");
+    assert!(blocked.contains("budget global exhausted (3000/3000 tokens)"), "{blocked}");
+    assert!(blocked.contains("until the reset at") && blocked.contains("Europe/Paris"), "{blocked}");
+    lines.wait_for("task d waits for budget global: exhausted");
+
+    let status = project.baton(&["status"]);
+    assert!(stdout(&status).contains("budget    exhausted: global"), "{}", stdout(&status));
+    let agents = project.baton(&["agents"]);
+    assert!(stdout(&agents).contains("blocked-budget"), "{}", stdout(&agents));
+
+    // Waiting for tomorrow: Ctrl-C (here SIGTERM) stops it, resumably.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("stopped before the end (3/5 tasks done)"), "{}", stdout(&output));
+
+    let budget = project.baton(&["budget", "--json"]);
+    assert_eq!(budget.status.code(), Some(0), "{}", stderr(&budget));
+    let budget: serde_json::Value = serde_json::from_str(&stdout(&budget)).unwrap();
+    let global = budget["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap();
+    assert_eq!(global["used_tokens"], 3000);
+    assert_eq!(global["limit_tokens"], 3000);
+    assert_eq!(global["exhausted"], true);
+    assert_eq!(global["thresholds_crossed"], serde_json::json!([50, 75, 90, 100]));
+    assert!((global["used_cost_usd"].as_f64().unwrap() - 0.03).abs() < 1e-9);
+    let agent = budget["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "agent:claude").unwrap();
+    assert_eq!(agent["used_tokens"], 3000, "stored per agent");
+    assert_eq!(budget["scopes"].as_array().unwrap().iter().filter(|scope| scope["kind"] == "task").count(), 3);
+    assert_eq!(budget["waiting_tasks"][0][0], "4");
+    let table = project.baton(&["budget"]);
+    assert!(stdout(&table).contains("exhausted"), "{}", stdout(&table));
+
+    let store = project.store();
+    let run = store.latest_run(None).await.unwrap().unwrap();
+    let events = store.events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() }).await.unwrap();
+    let thresholds: Vec<u8> = events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::BudgetThreshold { scope, percent, .. } if scope == "global" => Some(*percent),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(thresholds, vec![50, 75, 90, 100], "each threshold once");
+    let reported = events.iter().filter(|event| matches!(event.kind, EventKind::UsageReported { .. })).count();
+    assert_eq!(reported, 3);
+
+    // An operator raises the limit; the resumed run finishes the plan.
+    let set = project.baton(&["budget", "set", "global", "--daily-tokens", "10000"]);
+    assert_eq!(set.status.code(), Some(0), "{}", stderr(&set));
+    let resumed = project.baton(&["run"]);
+    assert_eq!(resumed.status.code(), Some(0), "{}\n{}", stdout(&resumed), stderr(&resumed));
+    assert!(stdout(&resumed).contains("succeeded: 5/5 tasks"), "{}", stdout(&resumed));
+    let run = store.run(&run.id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let usage = store.usage(&run.id, baton_core::Timestamp::ZERO).await.unwrap();
+    let global: u64 = usage
+        .iter()
+        .filter(|record| record.scope == baton_core::budget::Scope::Global)
+        .map(|record| record.spent.tokens)
+        .sum();
+    assert_eq!(global, 5000);
+    let bad = project.baton(&["budget", "set", "agent:nobody", "--daily-tokens", "1"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
