@@ -20,6 +20,8 @@ use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
+mod schedules;
+
 mod budget;
 
 pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
@@ -37,6 +39,8 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Task { action } => task(&cli, action).await,
         Command::Agents { json, run } => agents(&cli, *json, run.as_deref()).await,
         Command::Agent { action } => agent(&cli, action).await,
+        Command::Schedules { json, run } => schedules::schedules(&cli, *json, run.as_deref()).await,
+        Command::Schedule { action } => schedules::schedule(&cli, action).await,
         Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
         Command::Budget { action, json, run } => budget::budget(&cli, action.as_ref(), *json, run.as_deref()).await,
         Command::Events { follow, since, task, json, run } => {

@@ -92,6 +92,18 @@ pub enum Command {
         #[command(subcommand)]
         action: AgentAction,
     },
+    /// List the schedules: cron, time zone, state, next fire times, last firing.
+    Schedules {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Pause or resume a schedule.
+    Schedule {
+        #[command(subcommand)]
+        action: ScheduleAction,
+    },
     /// List the run's agents.
     Agents {
         #[arg(long)]
@@ -210,6 +222,22 @@ pub enum BudgetAction {
         daily_tokens: Option<u64>,
         #[arg(long)]
         cost_usd: Option<f64>,
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Pause a schedule: its due times pass without firing until it is resumed.
+    Pause {
+        name: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Resume a paused schedule: it fires from its next due time on.
+    Resume {
+        name: String,
         #[arg(long)]
         run: Option<String>,
     },
