@@ -550,6 +550,25 @@ impl Plan {
         if !shared.is_empty() {
             text.push_str(&format!("shared agents (all phases): {}\n", shared.join(", ")));
         }
+        let budget = &self.budget;
+        let n_scoped = budget.workstreams.len() + budget.agents.len();
+        if budget.global.is_set() || n_scoped > 0 {
+            let global = if budget.global.is_set() { budget.global.to_string() } else { "no limit".to_string() };
+            let thresholds: Vec<String> = budget.thresholds.iter().map(|percent| format!("{percent}%")).collect();
+            text.push_str(&format!(
+                "budget: global {global}, {n_scoped} workstream/agent budget(s); thresholds {}; resets at \"{}\" in {}\n",
+                thresholds.join(", "),
+                budget.reset,
+                budget.timezone
+            ));
+        }
+        for schedule in &self.schedules {
+            let paused = if schedule.paused { ", paused" } else { "" };
+            text.push_str(&format!(
+                "schedule {}: `{}` ({}), overlap {}, missed {}{paused}: {}\n",
+                schedule.name, schedule.cron, schedule.timezone, schedule.overlap, schedule.missed, schedule.task.title
+            ));
+        }
         text.push_str(&format!(
             "settings: max {} concurrent agent(s), retries back off from {}, leases last {}",
             self.settings.max_concurrent_agents,

@@ -185,6 +185,14 @@ estimated_tokens = 5000
         assert_eq!(plain.budget.thresholds, vec![50, 75, 90]);
         assert_eq!(plain.budget.reset, "0 0 * * *");
         assert!(!plain.budget.global.is_set());
+        assert!(!plain.describe().contains("budget:"));
+        assert!(
+            plan.describe().contains(
+                "budget: global 100000 tokens, $5.00, 2 workstream/agent budget(s); thresholds 50%, 90%; resets at \"0 6 * * *\" in Europe/Paris\n"
+            ),
+            "{}",
+            plan.describe()
+        );
     }
 
     #[test]
