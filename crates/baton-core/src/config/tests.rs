@@ -248,6 +248,11 @@ fn schedules_are_read_with_their_defaults() {
     assert_eq!(nightly.task.key, None);
     assert_eq!(nightly.task.priority, Priority::Critical, "the template inherits its workstream's priority");
     assert_eq!(nightly.task.max_attempts, 1);
+    let description = plan.describe();
+    assert!(
+        description.contains("schedule nightly: `30 2 * * *` (Europe/Paris), overlap queue, missed run-once: Nightly build\n"),
+        "{description}"
+    );
     let tick = &plan.schedules[1];
     assert_eq!(
         (tick.timezone.as_str(), tick.overlap, tick.missed, tick.paused),
