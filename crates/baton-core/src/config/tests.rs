@@ -250,7 +250,8 @@ fn schedules_are_read_with_their_defaults() {
     assert_eq!(nightly.task.max_attempts, 1);
     let description = plan.describe();
     assert!(
-        description.contains("schedule nightly: `30 2 * * *` (Europe/Paris), overlap queue, missed run-once: Nightly build\n"),
+        description
+            .contains("schedule nightly: `30 2 * * *` (Europe/Paris), overlap queue, missed run-once: Nightly build\n"),
         "{description}"
     );
     let tick = &plan.schedules[1];
