@@ -254,6 +254,7 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
         agents_by_state.entry(state.to_string()).or_default().push(agent.name.clone());
     }
     let current_phase = run.phase.min(run.n_phases);
+    let budgets_exhausted = budget::exhausted(&store, &loaded.plan, &run).await;
     let phase_names: Vec<String> = if current_phase >= 1 {
         loaded.plan.phases.get(current_phase as usize - 1).cloned().unwrap_or_default()
     } else {
@@ -278,6 +279,7 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
             "workstreams": by_workstream,
             "agents": agents_by_state,
             "spawned_agents": agents.iter().filter(|a| a.state != AgentState::Waiting).map(|a| &a.name).collect::<Vec<_>>(),
+            "budgets_exhausted": budgets_exhausted,
         });
         println!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
         return Ok(0);

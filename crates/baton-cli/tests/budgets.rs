@@ -63,6 +63,9 @@ async fn an_exhausted_budget_blocks_the_agent_until_an_operator_raises_the_limit
 
     let status = project.baton(&["status"]);
     assert!(stdout(&status).contains("budget    exhausted: global"), "{}", stdout(&status));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&project.baton(&["status", "--json"]))).unwrap();
+    assert_eq!(status["budgets_exhausted"], serde_json::json!(["global"]));
+    assert_eq!(status["agents"]["blocked-budget"], serde_json::json!(["claude"]));
     let agents = project.baton(&["agents"]);
     assert!(stdout(&agents).contains("blocked-budget"), "{}", stdout(&agents));
 

@@ -24,24 +24,31 @@ async fn budgets(
     Ok(Budgets::new(plan.budget.clone(), &usage, now))
 }
 
+/// The budgets that are exhausted now (`global`, `workstream:NAME`, `agent:NAME`).
+pub(super) async fn exhausted(store: &SqliteStore, plan: &baton_core::config::Plan, run: &RunRecord) -> Vec<String> {
+    let now = baton_runtime::Clock::system().now();
+    let Ok(budgets) = budgets(store, plan, run, now).await else { return Vec::new() };
+    budgets
+        .scopes()
+        .into_iter()
+        .filter(|scope| !matches!(scope, Scope::Task(_)) && budgets.exhausted(scope))
+        .map(|scope| scope.to_string())
+        .collect()
+}
+
 /// One line for `baton status` when a budget holds work back, naming it and the reset.
 pub(super) async fn status_line(
     store: &SqliteStore,
     plan: &baton_core::config::Plan,
     run: &RunRecord,
 ) -> Option<String> {
-    let now = baton_runtime::Clock::system().now();
-    let budgets = budgets(store, plan, run, now).await.ok()?;
-    let exhausted: Vec<String> = budgets
-        .scopes()
-        .into_iter()
-        .filter(|scope| !matches!(scope, Scope::Task(_)) && budgets.exhausted(scope))
-        .map(|scope| scope.to_string())
-        .collect();
+    let exhausted = exhausted(store, plan, run).await;
     if exhausted.is_empty() {
         return None;
     }
-    let until = budgets.next_reset().map(|at| budgets.schedule().show(at)).unwrap_or_else(|| "never".into());
+    let now = baton_runtime::Clock::system().now();
+    let schedule = plan.budget.schedule();
+    let until = schedule.next_after(now).map(|at| schedule.show(at)).unwrap_or_else(|| "never".into());
     Some(format!(
         "exhausted: {} — the agents they cover get no new task (blocked-budget) until the reset at {until} or `baton budget set`",
         exhausted.join(", ")
