@@ -222,3 +222,90 @@ fn a_resumed_run_keeps_the_periods_usage() {
     assert!(h.wait());
     assert_eq!(h.state_of("b"), TaskState::Running);
 }
+
+const WIDE: &str = r#"
+[orchestration]
+name = "wide"
+
+[budget]
+daily_tokens = 1000
+thresholds = [50, 90]
+
+[[agents]]
+name = "coder"
+command = ["true"]
+concurrency = 2
+
+[[tasks]]
+title = "T1"
+
+[[tasks]]
+title = "T2"
+
+[[tasks]]
+title = "T3"
+
+[[tasks]]
+title = "T4"
+
+[[tasks]]
+title = "T5"
+
+[[tasks]]
+title = "T6"
+"#;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random usage, completions and waits: no task is claimed while the budget is exhausted,
+    /// each threshold is reported at most once per period, and the run always ends.
+    #[test]
+    fn budgets_hold_back_claims_and_never_stall_the_run(
+        steps in prop::collection::vec((0u64..600, any::<bool>()), 1..40)
+    ) {
+        let mut h = harness(WIDE);
+        for (tokens, finish) in steps {
+            if let Some(&(id, _)) = h.running.first() {
+                let mut fx = Effects::default();
+                let usage = Usage { output_tokens: tokens, ..Usage::default() };
+                h.sched.record_usage("coder", Some(id), usage, serde_json::json!({ "output_tokens": tokens }), h.now, &mut fx);
+                h.sched.step(h.now, &mut fx);
+                h.apply(fx);
+                if finish {
+                    h.finish(0, true);
+                }
+            } else if !h.wait() {
+                break;
+            }
+        }
+        // Whatever is left finishes without more usage, waiting for resets when it must.
+        for _ in 0..100 {
+            if h.sched.state() != RunState::Running {
+                break;
+            }
+            if h.running.is_empty() {
+                prop_assert!(h.wait(), "a run with open tasks has something to wait for");
+            } else {
+                h.finish(0, true);
+            }
+        }
+        prop_assert_eq!(h.sched.state(), RunState::Succeeded);
+        let mut used = 0u64;
+        let mut reported = std::collections::BTreeSet::new();
+        for event in &h.store.events {
+            match event {
+                EventKind::UsageReported { usage, .. } => used += usage["output_tokens"].as_u64().unwrap(),
+                EventKind::BudgetReset { .. } => {
+                    used = 0;
+                    reported.clear();
+                }
+                EventKind::TaskClaimed { task, .. } => prop_assert!(used < 1000, "task {} claimed with {} used", task, used),
+                EventKind::BudgetThreshold { scope, percent, .. } => {
+                    prop_assert!(reported.insert((scope.clone(), *percent)), "{} {}% twice in a period", scope, percent);
+                }
+                _ => {}
+            }
+        }
+    }
+}
