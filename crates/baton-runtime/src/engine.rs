@@ -418,7 +418,15 @@ async fn perform(sched: &mut Scheduler, shell: &mut Shell, mut fx: Effects, now:
                 }
                 Err(error) => return Err(error.into()),
             };
+            let refused = created.is_none();
             sched.schedule_fired(&firing, created, now, &mut fx);
+            if refused {
+                // The stored cursor is not the scheduler's: it takes the stored record.
+                let stored = shell.store.schedules(&shell.run_id).await?;
+                if let Some(record) = stored.into_iter().find(|record| record.name == firing.schedule) {
+                    sched.schedule_reloaded(record);
+                }
+            }
         }
         sched.step(now, &mut fx);
     }

@@ -144,6 +144,17 @@ impl Scheduler {
         self.add_task(task, now, fx);
     }
 
+    /// The store refused a firing because the stored cursor is not the one the scheduler had
+    /// (someone else wrote the schedule): the scheduler takes the stored record as it is.
+    pub fn schedule_reloaded(&mut self, record: ScheduleRecord) {
+        let Some(slot) = self.schedules.iter_mut().find(|slot| slot.spec.name == record.name) else {
+            return;
+        };
+        slot.firing = false;
+        slot.record = record;
+        slot.move_cursor(slot.record.cursor);
+    }
+
     /// When the next schedule is due, for [`Scheduler::next_wakeup`].
     pub(super) fn next_schedule_due(&self) -> Option<Timestamp> {
         self.schedules.iter().filter(|slot| !slot.record.paused).filter_map(|slot| slot.next_due).min()

@@ -214,6 +214,24 @@ fn a_due_time_fires_at_most_once_across_restarts() {
 }
 
 #[test]
+fn a_refused_firing_reloads_the_stored_schedule() {
+    let mut h = Harness::new_at(plan("allow", "skip"), start());
+    // Someone else moved the stored cursor (a `baton schedule resume` racing a starting run).
+    let moved = Timestamp(start().0 + 15 * SECOND);
+    h.store.schedules.get_mut("job").unwrap().cursor = moved;
+    tick_at(&mut h, Timestamp(start().0 + 31 * SECOND));
+    assert!(fired(&h).is_empty(), "the store refused the firing");
+    assert_eq!(h.store.tasks.len(), 0);
+    // The engine then reloads the stored record: the due time was not dealt with, so it is
+    // still owed.
+    let stored = h.store.schedules["job"].clone();
+    h.sched.schedule_reloaded(stored);
+    let now = h.now;
+    tick_at(&mut h, now);
+    assert_eq!(fired(&h), vec![("2026-01-01T00:01:00Z".to_string(), 1, false)]);
+}
+
+#[test]
 fn paused_schedules_do_not_fire_and_resume_from_the_next_due_time() {
     let mut h = Harness::new_at(plan("allow", "run-once"), start());
     let mut fx = Effects::default();
