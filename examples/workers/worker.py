@@ -8,7 +8,9 @@ Baton knows it is alive. Anything it prints for people goes to stderr (the agent
 
 What a task does here is driven by its input, so the examples and tests can exercise the
 protocol: {"steps": N} reports N progress steps; {"fail": "why"} fails the task;
-{"subtasks": ["title", ...]} creates sub-tasks; {"tokens": N} reports usage.
+{"subtasks": ["title", ...]} creates sub-tasks; {"tokens": N} reports usage;
+{"send": {"to": "agent", "body": "..."}} sends a message. A message whose body contains "ping"
+is answered with "pong" to its sender.
 
 Flags for tests: --crash-on-start (exit after `initialize`), --crash-once FILE (the same, the
 first time only: FILE remembers), --go-silent-after N (stop heartbeating and answering after N
@@ -71,6 +73,9 @@ def run_task(request_id, task):
         reply = request("task/create", {"task_id": task_id, "tasks": [
             {"title": title, "input": {"steps": 1}} for title in task_input["subtasks"]]})
         log(f"created sub-tasks: {reply}")
+    if "send" in task_input:
+        reply = request("message/send", dict(task_input["send"], task_id=task_id))
+        log(f"sent a message: {reply.get('result') or reply.get('error')}")
     if "fail" in task_input:
         send({"id": request_id, "error": {"code": 1, "message": task_input["fail"]}})
         return
@@ -128,6 +133,12 @@ def main():
                 silent.set()
                 continue
             threading.Thread(target=run_task, args=(message["id"], params), daemon=True).start()
+        elif method == "message/deliver":
+            log(f"message from {params['from']}: {params['body']}")
+            send({"id": message["id"], "result": {}})
+            if "ping" in params["body"]:
+                send({"id": 5000 + n_tasks, "method": "message/send",
+                      "params": {"to": params["from"], "body": "pong", "correlation_id": params["message_id"]}})
         elif method == "task/cancel":
             log(f"asked to cancel task {params.get('task_id')}")
         elif method == "shutdown":

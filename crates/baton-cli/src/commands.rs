@@ -20,9 +20,9 @@ use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
-mod schedules;
-
 mod budget;
+
+mod schedules;
 
 pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
@@ -43,6 +43,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Schedule { action } => schedules::schedule(&cli, action).await,
         Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
         Command::Budget { action, json, run } => budget::budget(&cli, action.as_ref(), *json, run.as_deref()).await,
+        Command::Send { text, data, run } => send(&cli, text, data.as_deref(), run.as_deref()).await,
+        Command::Messages { agent, limit, json, run } => {
+            messages(&cli, agent.as_deref(), *limit, *json, run.as_deref()).await
+        }
         Command::Events { follow, since, task, json, run } => {
             events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
         }
@@ -459,6 +463,95 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
     }
     let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
     control(&store, &run, command).await
+}
+
+async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> Result<u8, Failure> {
+    use baton_core::config::ProcessMode;
+    use baton_core::messages::{NewMessage, OPERATOR, Recipient, resolve_mentions};
+    let (loaded, store) = open_existing_store(cli)?;
+    let run = find_run(&store, &loaded.plan, run).await?;
+    if run.state != RunState::Running {
+        return Err(Failure::usage(format!("run {} has ended ({}); messages go to a running run", run.id, run.state)));
+    }
+    let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
+    let names = resolve_mentions(text, &known).map_err(Failure::usage)?;
+    let data: serde_json::Value = match data {
+        Some(data) => {
+            serde_json::from_str(data).map_err(|error| Failure::usage(format!("--data is not JSON: {error}")))?
+        }
+        None => serde_json::Value::Null,
+    };
+    let now = baton_runtime::Clock::system().now();
+    for name in names {
+        let spec = loaded.plan.agent(&name).expect("mentions were resolved against the plan");
+        if spec.mode == ProcessMode::Worker {
+            let message = NewMessage {
+                from: OPERATOR.into(),
+                to: Recipient::Agent(name.clone()),
+                body: text.to_string(),
+                data: data.clone(),
+                task: None,
+                correlation_id: None,
+            };
+            let id = uuid_like(now, &name);
+            store
+                .send_message(&run.id, id, message, vec![name.clone()], now)
+                .await
+                .map_err(|error| Failure::usage(error.to_string()))?;
+            println!("@{name}: message stored; it is delivered by the running `baton run`");
+        } else {
+            let title: String = text.chars().take(60).collect();
+            let task = baton_core::model::NewTask {
+                key: None,
+                workstream: spec.workstream.clone(),
+                title,
+                description: text.to_string(),
+                input: serde_json::json!({ "from": OPERATOR, "message": text, "data": data }),
+                requires: Vec::new(),
+                agent: Some(name.clone()),
+                depends_on: Vec::new(),
+                priority: spec.priority,
+                max_attempts: 3,
+                timeout_ms: None,
+                resources: Vec::new(),
+            };
+            store.enqueue_control(&run.id, Control::AddTask { task }, now).await.context("writing the command")?;
+            println!("@{name}: sent as a task (it runs once per task); the running `baton run` adds it");
+        }
+    }
+    Ok(0)
+}
+
+/// A message id for the CLI: time and recipient make it unique enough for one operator.
+fn uuid_like(now: baton_core::Timestamp, name: &str) -> String {
+    format!("cli-{}-{name}-{}", now.0, std::process::id())
+}
+
+async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: Option<&str>) -> Result<u8, Failure> {
+    let (loaded, store) = open_existing_store(cli)?;
+    let run = find_run(&store, &loaded.plan, run).await?;
+    let deliveries = store.deliveries(&run.id, agent, limit).await.context("reading messages")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&deliveries).context("serializing")?);
+        return Ok(0);
+    }
+    let mut table = output::table(&["time", "from", "to", "state", "tries", "message"]);
+    for delivery in &deliveries {
+        let to = match &delivery.topic {
+            Some(topic) => format!("{} (#{topic})", delivery.to),
+            None => delivery.to.clone(),
+        };
+        table.add_row(vec![
+            output::clock(delivery.created_at),
+            delivery.from.clone(),
+            to,
+            delivery.state.as_str().to_string(),
+            delivery.attempts.to_string(),
+            delivery.body.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(0)
 }
 
 async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {

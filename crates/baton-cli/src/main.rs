@@ -111,6 +111,28 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Send a chat message to the agents it @mentions: a message for a worker, a task for a
+    /// per-task or terminal agent.
+    Send {
+        /// The message, with @mentions: "@reviewer @tester please look at the storage change".
+        text: String,
+        /// JSON data to send along.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// List the run's messages (all, or to and from one agent).
+    Messages {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// Token budgets of the current period: use, limits, thresholds reached, the next reset;
     /// `budget set` changes a limit in the running `baton run`.
     Budget {
@@ -213,21 +235,6 @@ pub enum AgentAction {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BudgetAction {
-    /// Set a budget's limit until the next reset, in the running `baton run` (raising it lets
-    /// the agents it blocked work again). SCOPE: global, workstream:NAME or agent:NAME.
-    Set {
-        scope: String,
-        #[arg(long)]
-        daily_tokens: Option<u64>,
-        #[arg(long)]
-        cost_usd: Option<f64>,
-        #[arg(long)]
-        run: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum ScheduleAction {
     /// Pause a schedule: its due times pass without firing until it is resumed.
     Pause {
@@ -238,6 +245,21 @@ pub enum ScheduleAction {
     /// Resume a paused schedule: it fires from its next due time on.
     Resume {
         name: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetAction {
+    /// Set a budget's limit until the next reset, in the running `baton run` (raising it lets
+    /// the agents it blocked work again). SCOPE: global, workstream:NAME or agent:NAME.
+    Set {
+        scope: String,
+        #[arg(long)]
+        daily_tokens: Option<u64>,
+        #[arg(long)]
+        cost_usd: Option<f64>,
         #[arg(long)]
         run: Option<String>,
     },

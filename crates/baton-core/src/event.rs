@@ -153,6 +153,20 @@ pub enum EventKind {
         held: String,
         policy: String,
     },
+    /// A message was stored for its recipients.
+    MessageSent {
+        message: String,
+        from: String,
+        to: Vec<String>,
+        body: String,
+    },
+    /// A message was not acknowledged after its last try.
+    MessageDeadLettered {
+        message: String,
+        to: String,
+        attempts: u32,
+        error: String,
+    },
     /// Tokens an agent reports having used (the protocol's `usage/report`, or the `usage` in
     /// a task's result).
     UsageReported {
@@ -228,6 +242,8 @@ impl EventKind {
             EventKind::BudgetReset { .. } => "BudgetReset",
             EventKind::BudgetLimitSet { .. } => "BudgetLimitSet",
             EventKind::ResourceConflict { .. } => "ResourceConflict",
+            EventKind::MessageSent { .. } => "MessageSent",
+            EventKind::MessageDeadLettered { .. } => "MessageDeadLettered",
         }
     }
 
@@ -391,6 +407,13 @@ impl EventKind {
             EventKind::BudgetLimitSet { scope, daily_tokens, cost_usd } => {
                 let limit = crate::budget::Limit { daily_tokens: *daily_tokens, cost_usd: *cost_usd };
                 format!("budget {scope} limit set to {limit} for this period")
+            }
+            EventKind::MessageSent { from, to, body, .. } => {
+                let short: String = body.chars().take(60).collect();
+                format!("message from {from} to {}: {short}", to.join(", "))
+            }
+            EventKind::MessageDeadLettered { message, to, attempts, error } => {
+                format!("message {message} to {to} dead after {attempts} tries: {error}")
             }
             EventKind::ResourceConflict { task, resource, holder, held, policy } => {
                 let what = match policy.as_str() {

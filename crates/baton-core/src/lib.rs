@@ -11,6 +11,7 @@ pub mod budget;
 pub mod config;
 pub mod event;
 pub mod graph;
+pub mod messages;
 pub mod model;
 pub mod resources;
 pub mod sched;

@@ -56,6 +56,18 @@ pub enum AgentEvent {
         task: Option<TaskId>,
         usage: serde_json::Value,
     },
+    /// A message the agent sends (`message/send`); the reply carries its id, or why it was
+    /// refused (an unknown recipient, a full inbox).
+    SendMessage {
+        agent: String,
+        message: baton_core::messages::NewMessage,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The agent follows a topic from now on (`topic/subscribe`).
+    Subscribe {
+        agent: String,
+        topic: String,
+    },
     /// A terminal agent printed nothing for `silent_for` while working on a task.
     Stalled {
         agent: String,
@@ -88,4 +100,16 @@ pub trait AgentRuntime: Send + Sync + 'static {
 
     /// Stops the agent; attempts still running are killed.
     async fn stop(&self);
+
+    /// Hands a message to the agent; `Ok` when it acknowledged it. Only long-running agents
+    /// take messages this way: a per-task agent finds its messages in its next task's input.
+    async fn deliver(&self, delivery: &baton_core::messages::Delivery) -> Result<(), String> {
+        let _ = delivery;
+        Err("this agent takes messages with its tasks".into())
+    }
+
+    /// Whether [`AgentRuntime::deliver`] works for this agent.
+    fn takes_messages(&self) -> bool {
+        false
+    }
 }

@@ -24,6 +24,7 @@ use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
 
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::clock::Clock;
+use crate::postoffice::PostOffice;
 use crate::process::pty::PtyAgent;
 use crate::process::worker::WorkerAgent;
 use crate::process::{ProcessAgent, ProcessEnv};
@@ -263,6 +264,8 @@ impl Engine {
 
         let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
             options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
+        let post = PostOffice::new(Arc::clone(&store), run_id.clone(), Arc::new(runtimes.clone()), clock);
+        let post_stop = CancellationToken::new();
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
         let (agent_events_tx, mut agent_events) = mpsc::unbounded_channel::<AgentEvent>();
         let mut shell = Shell {
@@ -275,6 +278,7 @@ impl Engine {
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
         };
+        shell.tracker.spawn(post.clone().run(post_stop.clone()));
         perform(&mut sched, &mut shell, fx, now).await?;
         let _ = progress.send(sched.progress());
 
@@ -316,9 +320,9 @@ impl Engine {
                     // Before outcomes: an agent's exit decides what its attempts' failures mean.
                     Some(event) = agent_events.recv() => {
                         let now = clock.now();
-                        handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
+                        handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx).await;
                         while let Ok(event) = agent_events.try_recv() {
-                            handle_agent_event(&mut sched, store.as_ref(), &run_id, event, now, &mut fx).await;
+                            handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx).await;
                         }
                     }
                     Some(report) = reports.recv() => {
@@ -339,6 +343,13 @@ impl Engine {
                     _ = control_tick.tick() => {
                         let now = clock.now();
                         for control in store.take_control(&run_id, now).await? {
+                            if let Control::AddTask { task } = control {
+                                // A task for a per-task agent mentioned in a chat message.
+                                let (reply, _) = oneshot::channel();
+                                let command = Command::CreateTasks { tasks: vec![task], reply };
+                                handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
+                                continue;
+                            }
                             apply_control(&mut sched, control, now, &mut fx);
                         }
                         if now >= next_owner_renewal {
@@ -371,6 +382,7 @@ impl Engine {
             }
         }
 
+        post_stop.cancel();
         for runtime in shell.runtimes.values() {
             runtime.stop().await;
         }
@@ -559,12 +571,26 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
 async fn handle_agent_event(
     sched: &mut Scheduler,
     store: &dyn Store,
+    post: &PostOffice,
     run_id: &str,
     event: AgentEvent,
     now: Timestamp,
     fx: &mut Effects,
 ) {
     match event {
+        AgentEvent::SendMessage { agent, message, reply } => {
+            sched.agent_activity(&agent, now, fx);
+            // Stored (durable) before the agent hears it was sent, and delivered by the post
+            // office. Off the engine's loop: concurrent sends share commits.
+            let post = post.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(post.send(message).await);
+            });
+        }
+        AgentEvent::Subscribe { agent, topic } => {
+            sched.agent_activity(&agent, now, fx);
+            post.subscribe(&agent, &topic);
+        }
         AgentEvent::Exited { agent, reason, clean } => {
             let _ = sched.agent_exited(&agent, reason, clean, now, fx);
         }
@@ -667,6 +693,7 @@ fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &m
                 Ok(())
             }
         },
+        Control::AddTask { .. } => Ok(()),
     };
     if let Err(error) = result {
         tracing::warn!(%error, "control command not applied");

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod clock;
 pub mod engine;
+pub mod postoffice;
 pub mod process;
 
 pub use agent::{AgentRuntime, Attempt};

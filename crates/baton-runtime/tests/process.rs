@@ -187,6 +187,8 @@ printf '{"stdin":%s,"env":{"BATON_TASK_ID":"%s","BATON_TASK_KEY":"%s","BATON_TAS
             "attempt": 2,
             "agent": "a",
             "run_id": "run-1",
+            // Messages sent to the agent since its last task (none here).
+            "messages": [],
         },
         "env": {
             "BATON_TASK_ID": "7",

@@ -104,6 +104,10 @@ pub enum Control {
         daily_tokens: Option<u64>,
         cost_usd: Option<f64>,
     },
+    /// A task to add to the run (a chat message for a per-task agent).
+    AddTask {
+        task: baton_core::model::NewTask,
+    },
 }
 
 /// A process group started for an attempt, recorded so that a node taking over a run from a
@@ -114,6 +118,21 @@ pub struct ProcessRecord {
     pub attempt: u32,
     pub pgid: i32,
     pub host: String,
+}
+
+/// How one delivery attempt of a message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Acked,
+    /// Not acknowledged: tried again at `at`.
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    /// Not acknowledged after the last try.
+    Dead {
+        error: String,
+    },
 }
 
 /// A run to create.
@@ -179,6 +198,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// The run's schedules, as last written ([`Write::Schedule`] and firings).
     async fn schedules(&self, run_id: &str) -> Result<Vec<ScheduleRecord>>;
+
+    /// Stores a message for each recipient (one delivery each) and writes `MessageSent`.
+    /// Refused, storing nothing, when a recipient's inbox is full.
+    async fn send_message(
+        &self,
+        run_id: &str,
+        message_id: String,
+        message: baton_core::messages::NewMessage,
+        recipients: Vec<String>,
+        now: Timestamp,
+    ) -> Result<Vec<i64>>;
+
+    /// Pending deliveries to `recipients` whose time has come, oldest first.
+    async fn due_deliveries(
+        &self,
+        run_id: &str,
+        recipients: &[String],
+        now: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<baton_core::messages::Delivery>>;
+
+    /// Records how delivery attempts ended (dead letters get their event).
+    async fn settle_deliveries(
+        &self,
+        run_id: &str,
+        outcomes: Vec<(baton_core::messages::Delivery, DeliveryOutcome)>,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// The latest deliveries to or from `agent` (all when `None`), oldest first.
+    async fn deliveries(
+        &self,
+        run_id: &str,
+        agent: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<baton_core::messages::Delivery>>;
 
     /// The process groups recorded for a run; `forget` removes them from the store.
     async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;

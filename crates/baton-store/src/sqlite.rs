@@ -21,7 +21,8 @@ use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
-use crate::{Applied, Control, Error, EventQuery, NewRun, ProcessRecord, Result, Store, TaskFilter};
+use crate::{Applied, Control, DeliveryOutcome, Error, EventQuery, NewRun, ProcessRecord, Result, Store, TaskFilter};
+use baton_core::messages::{Delivery, DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
 
 /// How hard SQLite works to keep a commit on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -222,6 +223,27 @@ CREATE TABLE usage (
     limit_cost_usd REAL,
     PRIMARY KEY (run_id, period_start, scope_kind, scope_name)
 );
+"#,
+    r#"
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    topic TEXT,
+    body TEXT NOT NULL,
+    data TEXT NOT NULL,
+    task_id INTEGER,
+    correlation_id TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    error TEXT
+);
+CREATE INDEX deliveries_due ON deliveries (run_id, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX deliveries_by_recipient ON deliveries (run_id, recipient, state);
 "#,
 ];
 
@@ -465,6 +487,33 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         owner: row.get(10)?,
         owner_pid: row.get(11)?,
         owner_until: row.get::<_, Option<i64>>(12)?.map(Timestamp),
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, message_id, sender, recipient, topic, body, data, task_id, correlation_id, state, \
+     attempts, next_attempt_at, created_at, error";
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    let state = match row.get::<_, String>(9)?.as_str() {
+        "acked" => DeliveryState::Acked,
+        "dead" => DeliveryState::Dead,
+        _ => DeliveryState::Pending,
+    };
+    Ok(Delivery {
+        id: row.get(0)?,
+        message_id: row.get(1)?,
+        from: row.get(2)?,
+        to: row.get(3)?,
+        topic: row.get(4)?,
+        body: row.get(5)?,
+        data: from_json(&row.get::<_, String>(6)?, "message data")?,
+        task: row.get::<_, Option<i64>>(7)?.map(TaskId),
+        correlation_id: row.get(8)?,
+        state,
+        attempts: row.get(10)?,
+        next_attempt_at: Timestamp(row.get(11)?),
+        created_at: Timestamp(row.get(12)?),
+        error: row.get(13)?,
     })
 }
 
@@ -955,6 +1004,146 @@ impl Store for SqliteStore {
             };
             ctx.tx.execute("DELETE FROM processes WHERE run_id = ?1", params![run_id])?;
             Ok(records)
+        })
+        .await
+    }
+
+    async fn send_message(
+        &self,
+        run_id: &str,
+        message_id: String,
+        message: NewMessage,
+        recipients: Vec<String>,
+        now: Timestamp,
+    ) -> Result<Vec<i64>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            let topic = match &message.to {
+                Recipient::Topic(topic) => Some(topic.clone()),
+                _ => None,
+            };
+            let mut ids = Vec::with_capacity(recipients.len());
+            for recipient in &recipients {
+                let pending: i64 = ctx
+                    .tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM deliveries WHERE run_id = ?1 AND recipient = ?2 AND state = 'pending'",
+                    )?
+                    .query_row(params![run_id, recipient], |row| row.get(0))?;
+                if pending as u64 >= INBOX_LIMIT {
+                    return Err(Error::Invalid(format!(
+                        "the inbox of {recipient} is full ({INBOX_LIMIT} messages not yet acknowledged); try again later"
+                    )));
+                }
+                ctx.tx
+                    .prepare_cached(
+                        "INSERT INTO deliveries (run_id, message_id, sender, recipient, topic, body, data, task_id, \
+                         correlation_id, state, attempts, next_attempt_at, created_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?10)",
+                    )?
+                    .execute(params![
+                        run_id,
+                        message_id,
+                        message.from,
+                        recipient,
+                        topic,
+                        message.body,
+                        to_json(&message.data),
+                        message.task.map(|task| task.0),
+                        message.correlation_id,
+                        now.0,
+                    ])?;
+                ids.push(ctx.tx.last_insert_rowid());
+            }
+            ctx.event(
+                &run_id,
+                now,
+                EventKind::MessageSent { message: message_id, from: message.from, to: recipients, body: message.body },
+            )?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn due_deliveries(
+        &self,
+        run_id: &str,
+        recipients: &[String],
+        now: Timestamp,
+        limit: u64,
+    ) -> Result<Vec<Delivery>> {
+        let run_id = run_id.to_string();
+        // The recipients as a JSON array, expanded by SQLite: one statement whatever their number.
+        let recipients = to_json(&recipients);
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ?1 AND state = 'pending' \
+                 AND next_attempt_at <= ?2 AND recipient IN (SELECT value FROM json_each(?4)) \
+                 ORDER BY next_attempt_at, id LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![run_id, now.0, limit as i64, recipients], delivery_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn settle_deliveries(
+        &self,
+        run_id: &str,
+        outcomes: Vec<(Delivery, DeliveryOutcome)>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            for (delivery, outcome) in outcomes {
+                match outcome {
+                    DeliveryOutcome::Acked => {
+                        ctx.tx
+                            .prepare_cached("UPDATE deliveries SET state = 'acked', attempts = attempts + 1 WHERE id = ?1")?
+                            .execute(params![delivery.id])?;
+                    }
+                    DeliveryOutcome::Retry { at, error } => {
+                        ctx.tx
+                            .prepare_cached(
+                                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?2, error = ?3 WHERE id = ?1",
+                            )?
+                            .execute(params![delivery.id, at.0, error])?;
+                    }
+                    DeliveryOutcome::Dead { error } => {
+                        ctx.tx
+                            .prepare_cached(
+                                "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, error = ?2 WHERE id = ?1",
+                            )?
+                            .execute(params![delivery.id, error])?;
+                        let event = EventKind::MessageDeadLettered {
+                            message: delivery.message_id.clone(),
+                            to: delivery.to.clone(),
+                            attempts: delivery.attempts + 1,
+                            error,
+                        };
+                        ctx.event(&run_id, now, event)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deliveries(&self, run_id: &str, recipient: Option<&str>, limit: u64) -> Result<Vec<Delivery>> {
+        let run_id = run_id.to_string();
+        let recipient = recipient.map(str::to_string);
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE run_id = ?1 AND (?2 IS NULL OR recipient = ?2 \
+                 OR sender = ?2) ORDER BY id DESC LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![run_id, recipient, limit as i64], delivery_from_row)?;
+            let mut found = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            found.reverse();
+            Ok(found)
         })
         .await
     }

@@ -24,6 +24,7 @@ macro_rules! store_test_suite {
             process_groups_are_recorded_and_taken,
             schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
+            messages_are_delivered_retried_and_dead_lettered,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -401,4 +402,57 @@ pub async fn process_groups_are_recorded_and_taken(store: impl Store) {
     store.forget_process("r1", TaskId(2), 1).await.unwrap();
     assert_eq!(store.take_processes("r1").await.unwrap(), vec![record(1, 1)]);
     assert!(store.take_processes("r1").await.unwrap().is_empty(), "taken once");
+}
+
+pub async fn messages_are_delivered_retried_and_dead_lettered(store: impl Store) {
+    use crate::DeliveryOutcome;
+    use baton_core::messages::{DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let message = NewMessage {
+        from: "operator".into(),
+        to: Recipient::Broadcast,
+        body: "@all hello".into(),
+        data: serde_json::json!({"n": 1}),
+        task: None,
+        correlation_id: None,
+    };
+    let ids = store.send_message("r1", "m1".into(), message.clone(), vec!["a".into(), "b".into()], T0).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    let due = store.due_deliveries("r1", &["a".to_string(), "b".to_string()], T0, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.to.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(due[0].data["n"], 1);
+    let later = Timestamp(T0.0 + 1_000);
+    store
+        .settle_deliveries(
+            "r1",
+            vec![
+                (due[0].clone(), DeliveryOutcome::Acked),
+                (due[1].clone(), DeliveryOutcome::Retry { at: later, error: "busy".into() }),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store.due_deliveries("r1", &["a".to_string(), "b".to_string()], T0, 10).await.unwrap().is_empty(),
+        "the retry is not due yet"
+    );
+    let retry = store.due_deliveries("r1", &["a".to_string(), "b".to_string()], later, 10).await.unwrap();
+    assert_eq!((retry.len(), retry[0].attempts), (1, 1));
+    store
+        .settle_deliveries("r1", vec![(retry[0].clone(), DeliveryOutcome::Dead { error: "gone".into() })], later)
+        .await
+        .unwrap();
+    let all = store.deliveries("r1", None, 10).await.unwrap();
+    assert_eq!(all.iter().map(|d| d.state).collect::<Vec<_>>(), vec![DeliveryState::Acked, DeliveryState::Dead]);
+    let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
+    assert!(events.iter().any(|e| e.kind.name() == "MessageSent"));
+    assert!(events.iter().any(|e| e.kind.name() == "MessageDeadLettered"));
+    // A full inbox refuses the message and stores nothing.
+    for n in 0..INBOX_LIMIT {
+        store.send_message("r1", format!("f{n}"), message.clone(), vec!["full".into()], T0).await.unwrap();
+    }
+    let refused = store.send_message("r1", "over".into(), message, vec!["ok".into(), "full".into()], T0).await;
+    assert!(refused.unwrap_err().to_string().starts_with("the inbox of full is full"));
+    assert!(store.deliveries("r1", Some("ok"), 10).await.unwrap().is_empty(), "nothing stored for the others either");
 }

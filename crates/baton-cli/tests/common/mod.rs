@@ -93,6 +93,28 @@ impl Lines {
         }
     }
 
+    /// Reads lines until each of `needles` has appeared, in any order.
+    pub fn wait_for_all(&mut self, needles: &[&str]) {
+        let mut missing: Vec<&str> =
+            needles.iter().copied().filter(|needle| !self.seen.iter().any(|line| line.contains(needle))).collect();
+        while !missing.is_empty() {
+            let line = self.wait_for_any(&missing);
+            missing.retain(|candidate| !line.contains(candidate));
+        }
+    }
+
+    fn wait_for_any(&mut self, needles: &[&str]) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "baton ended before printing {needles:?}; it printed:\n{}", self.seen.join(""));
+            self.seen.push(line.clone());
+            if needles.iter().any(|needle| line.contains(needle)) {
+                return line;
+            }
+        }
+    }
+
     pub fn rest(mut self) -> String {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut self.reader, &mut text).unwrap();

@@ -81,6 +81,32 @@ impl Registry {
         }
     }
 
+    /// The messages waiting for a per-task agent.
+    async fn inbox(&self, run_id: &str, agent: &str) -> Vec<baton_core::messages::Delivery> {
+        match self.store.deliveries(run_id, Some(agent), baton_core::messages::INBOX_LIMIT).await {
+            Ok(deliveries) => deliveries
+                .into_iter()
+                .filter(|delivery| {
+                    delivery.to == agent && delivery.state == baton_core::messages::DeliveryState::Pending
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read an agent's messages");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn acknowledge(&self, run_id: &str, inbox: Vec<baton_core::messages::Delivery>) {
+        if inbox.is_empty() {
+            return;
+        }
+        let outcomes = inbox.into_iter().map(|delivery| (delivery, baton_store::DeliveryOutcome::Acked)).collect();
+        if let Err(error) = self.store.settle_deliveries(run_id, outcomes, crate::Clock::system().now()).await {
+            tracing::warn!(%error, "cannot acknowledge an agent's messages");
+        }
+    }
+
     async fn ended(&self, attempt: &Attempt) {
         if let Err(error) = self.store.forget_process(&attempt.run_id, attempt.task.id, attempt.task.attempt).await {
             tracing::warn!(%error, "cannot forget an attempt's process group");
@@ -276,7 +302,25 @@ impl ProcessAgent {
                 registry.spawned(attempt, pgid).await;
             }
         }
-        let stdin_json = task_json(attempt).to_string();
+        // Messages addressed to the agent since its last task come with this one.
+        let inbox = match &self.registry {
+            Some(registry) => registry.inbox(&attempt.run_id, &attempt.agent).await,
+            None => Vec::new(),
+        };
+        let mut task_value = task_json(attempt);
+        task_value["messages"] = serde_json::Value::Array(
+            inbox
+                .iter()
+                .map(|delivery| {
+                    serde_json::json!({
+                        "message_id": delivery.message_id, "from": delivery.from, "topic": delivery.topic,
+                        "body": delivery.body, "data": delivery.data, "task_id": delivery.task,
+                        "correlation_id": delivery.correlation_id,
+                    })
+                })
+                .collect(),
+        );
+        let stdin_json = task_value.to_string();
         let mut stdin = child.stdin.take();
         let feed = async move {
             if let Some(stdin) = stdin.as_mut() {
@@ -327,6 +371,10 @@ impl ProcessAgent {
         }
         let _ = child.wait().await;
         feeder.abort();
+        if let Some(registry) = &self.registry {
+            // Handed over with the task: acknowledged.
+            registry.acknowledge(&attempt.run_id, inbox).await;
+        }
         if let (Some(registry), Some(_)) = (&self.registry, pgid) {
             registry.ended(attempt).await;
         }

@@ -385,6 +385,38 @@ impl Reader {
                 let _ = self.events.send(AgentEvent::Progress { agent, task, fraction, message: text });
                 self.reply(&id, json!({}));
             }
+            "message/send" => {
+                let message = match parse_message(&agent, &params) {
+                    Ok(message) => message,
+                    Err(message) => return self.invalid_params(id, &message).await,
+                };
+                let (reply, answer) = oneshot::channel();
+                let _ = self.events.send(AgentEvent::SendMessage { agent, message, reply });
+                let connection = Arc::clone(&self.connection);
+                tokio::spawn(async move {
+                    let response = match answer.await {
+                        Ok(Ok(message_id)) => {
+                            json!({ "jsonrpc": "2.0", "id": id, "result": { "message_id": message_id } })
+                        }
+                        Ok(Err(message)) => {
+                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } })
+                        }
+                        Err(_) => {
+                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": "the engine stopped" } })
+                        }
+                    };
+                    if id.is_some() {
+                        connection.send(&response);
+                    }
+                });
+            }
+            "topic/subscribe" => {
+                let Some(topic) = params.get("topic").and_then(Value::as_str) else {
+                    return self.invalid_params(id, "topic/subscribe needs `topic`").await;
+                };
+                let _ = self.events.send(AgentEvent::Subscribe { agent, topic: topic.to_string() });
+                self.reply(&id, json!({}));
+            }
             "usage/report" => {
                 let _ = self.events.send(AgentEvent::Usage { agent, task: task_id, usage: params });
                 self.reply(&id, json!({}));
@@ -461,6 +493,28 @@ impl Reader {
         };
         let _ = reply.send(answer);
     }
+}
+
+/// The message of a `message/send` request: `to` is an agent's name, `"*"` for every agent,
+/// or `"#topic"`.
+fn parse_message(agent: &str, params: &Value) -> Result<baton_core::messages::NewMessage, String> {
+    use baton_core::messages::{NewMessage, Recipient};
+    let Some(to) = params.get("to").and_then(Value::as_str).filter(|to| !to.is_empty()) else {
+        return Err("message/send needs `to`: an agent, \"*\" or \"#topic\"".into());
+    };
+    let to = match to {
+        "*" => Recipient::Broadcast,
+        topic if topic.starts_with('#') => Recipient::Topic(topic[1..].to_string()),
+        name => Recipient::Agent(name.to_string()),
+    };
+    Ok(NewMessage {
+        from: agent.to_string(),
+        to,
+        body: params.get("body").and_then(Value::as_str).unwrap_or_default().to_string(),
+        data: params.get("data").cloned().unwrap_or(Value::Null),
+        task: params.get("task_id").and_then(Value::as_i64).map(TaskId),
+        correlation_id: params.get("correlation_id").and_then(Value::as_str).map(str::to_string),
+    })
 }
 
 /// The tasks of a `task/create` request.
@@ -593,6 +647,40 @@ impl AgentRuntime for WorkerAgent {
                 connection.forget(id);
                 connection.notify("task/cancel", json!({ "task_id": task_id, "reason": "cancelled" }));
                 Outcome::Failed { reason: "cancelled".into() }
+            }
+        }
+    }
+
+    fn takes_messages(&self) -> bool {
+        true
+    }
+
+    async fn deliver(&self, delivery: &baton_core::messages::Delivery) -> Result<(), String> {
+        let Some(connection) = self.connection().await else {
+            return Err("the agent is not running".into());
+        };
+        let (id, answer) = connection.request(
+            "message/deliver",
+            json!({
+                "message_id": delivery.message_id,
+                "from": delivery.from,
+                "topic": delivery.topic,
+                "body": delivery.body,
+                "data": delivery.data,
+                "task_id": delivery.task,
+                "correlation_id": delivery.correlation_id,
+                "attempt": delivery.attempts + 1,
+            }),
+        );
+        tokio::select! {
+            reply = answer => match reply {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(error.message),
+                Err(_) => Err(format!("agent exited: {}", connection.exit_reason())),
+            },
+            () = connection.exited.cancelled() => {
+                connection.forget(id);
+                Err(format!("agent exited: {}", connection.exit_reason()))
             }
         }
     }

@@ -1,0 +1,201 @@
+//! The post office: delivers stored messages to the agents that take them (workers), and
+//! tries again with backoff until they are acknowledged or dead-lettered.
+//!
+//! Messages are durable before anyone is told of them (`Store::send_message`); delivery is
+//! at-least-once: a worker acknowledges a message by answering `message/deliver`, and one that
+//! does not (busy, crashed, slow) gets it again after 1 s, 2 s, 4 s… until the last try, after
+//! which the message is dead-lettered with an event. Per-task agents take their messages with
+//! their next task (see `process::ProcessAgent`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use baton_core::messages::{self, Delivery, MAX_DELIVERY_ATTEMPTS, NewMessage, Recipient};
+use baton_store::{DeliveryOutcome, Store};
+
+use crate::agent::AgentRuntime;
+use crate::clock::Clock;
+
+/// How long an agent has to acknowledge one delivery.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the post office looks for due messages when nobody wakes it.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Most deliveries attempted in one round.
+const BATCH: u64 = 512;
+
+/// Sends and delivers the messages of one run. Cheap to clone.
+#[derive(Clone)]
+pub struct PostOffice {
+    store: Arc<dyn Store>,
+    run_id: String,
+    runtimes: Arc<HashMap<String, Arc<dyn AgentRuntime>>>,
+    /// Topics each agent follows. A std mutex: held only to read or update the map.
+    topics: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    wake: Arc<Notify>,
+    clock: Clock,
+}
+
+impl PostOffice {
+    pub fn new(
+        store: Arc<dyn Store>,
+        run_id: String,
+        runtimes: Arc<HashMap<String, Arc<dyn AgentRuntime>>>,
+        clock: Clock,
+    ) -> PostOffice {
+        PostOffice {
+            store,
+            run_id,
+            runtimes,
+            topics: Arc::new(Mutex::new(HashMap::new())),
+            wake: Arc::new(Notify::new()),
+            clock,
+        }
+    }
+
+    pub fn subscribe(&self, agent: &str, topic: &str) {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        let followed = topics.entry(agent.to_string()).or_default();
+        if !followed.iter().any(|known| known == topic) {
+            followed.push(topic.to_string());
+        }
+    }
+
+    /// Stores a message for its recipients and wakes the delivery loop. Returns its id.
+    pub async fn send(&self, message: NewMessage) -> Result<String, String> {
+        let agents: Vec<(String, Vec<String>)> = {
+            let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            self.runtimes.keys().map(|name| (name.clone(), topics.get(name).cloned().unwrap_or_default())).collect()
+        };
+        if let Recipient::Agent(name) = &message.to
+            && name != messages::OPERATOR
+            && !self.runtimes.contains_key(name)
+        {
+            let known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
+            return Err(messages::resolve_mentions(&format!("@{name}"), &known).unwrap_err());
+        }
+        let recipients = messages::recipients(&message.to, &message.from, &agents);
+        if recipients.is_empty() {
+            return Err("the message reaches nobody (no agent follows that topic)".into());
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        self.store
+            .send_message(&self.run_id, id.clone(), message, recipients, self.clock.now())
+            .await
+            .map_err(|error| error.to_string())?;
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Delivers due messages until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        let takers: Vec<String> = self
+            .runtimes
+            .iter()
+            .filter(|(_, runtime)| runtime.takes_messages())
+            .map(|(name, _)| name.clone())
+            .collect();
+        if takers.is_empty() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(POLL) => {}
+            }
+            let due = match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), BATCH).await {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the messages to deliver");
+                    continue;
+                }
+            };
+            if due.is_empty() {
+                continue;
+            }
+            let runtimes = &self.runtimes;
+            let attempts = due.into_iter().map(|delivery| async move {
+                let runtime = runtimes.get(&delivery.to).cloned();
+                let result = match runtime {
+                    Some(runtime) => match tokio::time::timeout(DELIVERY_TIMEOUT, runtime.deliver(&delivery)).await {
+                        Ok(result) => result,
+                        Err(_) => Err("not acknowledged in time".to_string()),
+                    },
+                    None => Err(format!("no agent {}", delivery.to)),
+                };
+                (delivery, result)
+            });
+            let results: Vec<(Delivery, Result<(), String>)> = futures::future::join_all(attempts).await;
+            let now = self.clock.now();
+            let outcomes = results
+                .into_iter()
+                .map(|(delivery, result)| {
+                    let outcome = settle(&delivery, result, now);
+                    (delivery, outcome)
+                })
+                .collect();
+            if let Err(error) = self.store.settle_deliveries(&self.run_id, outcomes, now).await {
+                tracing::warn!(%error, "cannot record message deliveries");
+            }
+        }
+    }
+}
+
+/// What becomes of a delivery after one try: acknowledged, tried again after a backoff, or
+/// dead after the last try.
+pub fn settle(delivery: &Delivery, result: Result<(), String>, now: baton_core::Timestamp) -> DeliveryOutcome {
+    match result {
+        Ok(()) => DeliveryOutcome::Acked,
+        Err(error) if delivery.attempts + 1 >= MAX_DELIVERY_ATTEMPTS => DeliveryOutcome::Dead { error },
+        Err(error) => DeliveryOutcome::Retry { at: now.plus(messages::redelivery_delay(delivery.attempts + 1)), error },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::Timestamp;
+    use baton_core::messages::DeliveryState;
+
+    fn delivery(attempts: u32) -> Delivery {
+        Delivery {
+            id: 1,
+            message_id: "m".into(),
+            from: "a".into(),
+            to: "b".into(),
+            topic: None,
+            body: "hi".into(),
+            data: serde_json::Value::Null,
+            task: None,
+            correlation_id: None,
+            state: DeliveryState::Pending,
+            attempts,
+            next_attempt_at: Timestamp(0),
+            created_at: Timestamp(0),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn unacknowledged_messages_back_off_then_die() {
+        let now = Timestamp(10_000);
+        assert_eq!(settle(&delivery(0), Ok(()), now), DeliveryOutcome::Acked);
+        let delays: Vec<i64> = (0..4)
+            .map(|attempts| match settle(&delivery(attempts), Err("busy".into()), now) {
+                DeliveryOutcome::Retry { at, .. } => at.0 - now.0,
+                other => panic!("expected a retry, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(delays, vec![1_000, 2_000, 4_000, 8_000]);
+        assert_eq!(
+            settle(&delivery(MAX_DELIVERY_ATTEMPTS - 1), Err("busy".into()), now),
+            DeliveryOutcome::Dead { error: "busy".into() }
+        );
+    }
+}
