@@ -52,6 +52,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
         Command::Attach { agent } => attach(&cli, agent).await,
+        Command::Bench { messages: true, tasks, agents, dir, json, .. } => {
+            bench_messages(*agents, tasks.unwrap_or(100_000), dir.clone(), *json).await
+        }
         Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
             soak(*agents, tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
         }
@@ -840,6 +843,28 @@ async fn soak(
         );
     }
     Ok(if report.all_succeeded && report.completed_exactly_once { 0 } else { 1 })
+}
+
+async fn bench_messages(n_agents: u32, n_messages: u64, dir: Option<PathBuf>, json: bool) -> Result<u8, Failure> {
+    let temp = tempfile_dir()?;
+    let exe = std::env::current_exe().context("finding the baton binary")?;
+    let worker = vec![exe.display().to_string(), "bench-worker".into()];
+    let report =
+        baton_runtime::bench::messages(dir.unwrap_or_else(|| temp.clone()), worker, n_agents, n_messages, |line| {
+            eprintln!("{line}")
+        })
+        .await
+        .map_err(Failure::run)?;
+    let _ = std::fs::remove_dir_all(&temp);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+    } else {
+        println!(
+            "messages: {} to {} worker agents: {:.0}/s stored durably, {:.0}/s stored and acknowledged (target >= 50,000/s)",
+            report.n_messages, report.n_agents, report.sent_per_second, report.delivered_per_second
+        );
+    }
+    Ok(0)
 }
 
 fn tempfile_dir() -> Result<PathBuf, Failure> {

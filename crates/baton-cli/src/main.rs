@@ -200,6 +200,9 @@ pub enum Command {
         /// Run the soak instead: real worker processes, killed at random.
         #[arg(long)]
         soak: bool,
+        /// Measure durable messages between worker agents instead.
+        #[arg(long)]
+        messages: bool,
         /// Soak: worker agents.
         #[arg(long, default_value_t = 200)]
         agents: u32,

@@ -569,13 +569,6 @@ impl Plan {
                 schedule.name, schedule.cron, schedule.timezone, schedule.overlap, schedule.missed, schedule.task.title
             ));
         }
-        for schedule in &self.schedules {
-            let paused = if schedule.paused { ", paused" } else { "" };
-            text.push_str(&format!(
-                "schedule {}: `{}` ({}), overlap {}, missed {}{paused}: {}\n",
-                schedule.name, schedule.cron, schedule.timezone, schedule.overlap, schedule.missed, schedule.task.title
-            ));
-        }
         text.push_str(&format!(
             "settings: max {} concurrent agent(s), retries back off from {}, leases last {}",
             self.settings.max_concurrent_agents,

@@ -535,3 +535,113 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
         requeue_max_ms: latencies.last().copied().unwrap_or(0),
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Messages between worker agents.
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MessagesReport {
+    pub n_agents: u32,
+    pub n_messages: u64,
+    /// Sending: every message durable (stored with its event), in messages per second.
+    pub sent_per_second: f64,
+    /// Sending and delivering: every message acknowledged by its worker.
+    pub delivered_per_second: f64,
+}
+
+/// Durable messages between worker agents: `n_messages` sent by 64 concurrent senders to
+/// `n_agents` real worker processes, each acknowledged by its recipient.
+pub async fn messages(
+    dir: PathBuf,
+    worker_command: Vec<String>,
+    n_agents: u32,
+    n_messages: u64,
+    say: impl Fn(String),
+) -> Result<MessagesReport, String> {
+    use baton_core::messages::{DeliveryState, NewMessage, Recipient};
+
+    std::fs::create_dir_all(&dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    let command = worker_command.iter().map(|arg| format!("{arg:?}")).collect::<Vec<_>>().join(", ");
+    let mut text = "[orchestration]\nname = \"messages\"\n".to_string();
+    for idx in 0..n_agents {
+        text.push_str(&format!("[[agents]]\nname = \"worker-{idx}\"\nmode = \"worker\"\ncommand = [{command}]\n"));
+    }
+    let plan = config::load("messages.toml", &text, &Default::default()).map_err(|error| error.to_string())?;
+    let path = dir.join("messages.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let store = Arc::new(SqliteStore::open(&path, Options::default()).map_err(|error| error.to_string())?);
+    let env = std::env::vars().filter(|(key, _)| key == "PATH" || key == "HOME").collect();
+    let runtimes = crate::engine::process_runtimes(crate::process::ProcessEnv {
+        base_dir: dir.clone(),
+        log_dir: dir.join("logs"),
+        env,
+        registry: None,
+    });
+    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    engine_options.keep_open = true;
+    engine_options.fresh = true;
+    let (engine, handle) = Engine::new(engine_options);
+    let shutdown = CancellationToken::new();
+    let engine = tokio::spawn(engine.run(shutdown.clone()));
+    let mut run_id = handle.run_id();
+    let run_id = run_id.wait_for(Option::is_some).await.map_err(|e| e.to_string())?.clone().unwrap_or_default();
+    // Let the workers start before the clock runs.
+    let mut progress = handle.progress();
+    let _ = tokio::time::timeout(Duration::from_secs(30), progress.changed()).await;
+    say(format!("messages: {n_messages} to {n_agents} workers"));
+
+    let started = Instant::now();
+    let n_senders = 64u64;
+    let mut senders = Vec::new();
+    for sender in 0..n_senders {
+        let store = Arc::clone(&store);
+        let run_id = run_id.clone();
+        senders.push(tokio::spawn(async move {
+            let mut idx = sender;
+            while idx < n_messages {
+                let to = format!("worker-{}", idx % u64::from(n_agents));
+                let message = NewMessage {
+                    from: "bench".into(),
+                    to: Recipient::Agent(to.clone()),
+                    body: format!("message {idx}"),
+                    data: serde_json::json!({ "n": idx }),
+                    task: None,
+                    correlation_id: None,
+                };
+                let now = crate::clock::Clock::system().now();
+                store
+                    .send_message(&run_id, format!("m{idx}"), message, vec![to], now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                idx += n_senders;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for sender in senders {
+        sender.await.map_err(|error| error.to_string())??;
+    }
+    let sent = started.elapsed().as_secs_f64();
+    // Wait until every message is acknowledged (the post office polls; the store is the truth).
+    let agents: Vec<String> = (0..n_agents).map(|idx| format!("worker-{idx}")).collect();
+    let far = baton_core::Timestamp(i64::MAX / 2);
+    while !store.due_deliveries(&run_id, &agents, far, 1).await.map_err(|e| e.to_string())?.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delivered = started.elapsed().as_secs_f64();
+    let deliveries = store.deliveries(&run_id, None, n_messages).await.map_err(|e| e.to_string())?;
+    shutdown.cancel();
+    engine.await.map_err(|error| error.to_string())?.map_err(|error| error.to_string())?;
+    let acked = deliveries.iter().filter(|delivery| delivery.state == DeliveryState::Acked).count() as u64;
+    if acked != n_messages {
+        return Err(format!("{acked} of {n_messages} messages were acknowledged"));
+    }
+    Ok(MessagesReport {
+        n_agents,
+        n_messages,
+        sent_per_second: n_messages as f64 / sent,
+        delivered_per_second: n_messages as f64 / delivered,
+    })
+}

@@ -103,11 +103,18 @@ impl PostOffice {
         if takers.is_empty() {
             return;
         }
+        let mut more = false;
         loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
+            if cancel.is_cancelled() {
+                return;
+            }
+            // A full batch means more may be due: no waiting then.
+            if !more {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
             }
             let due = match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), BATCH).await {
                 Ok(due) => due,
@@ -116,6 +123,7 @@ impl PostOffice {
                     continue;
                 }
             };
+            more = due.len() as u64 == BATCH;
             if due.is_empty() {
                 continue;
             }

@@ -738,8 +738,8 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 phases,
                 agents,
                 tasks,
-                budget: Default::default(),
                 schedules: Vec::new(),
+                budget: Default::default(),
             };
             RandomPlan { plan }
         })
