@@ -610,11 +610,17 @@ pub async fn messages(
                     task: None,
                     correlation_id: None,
                 };
-                let now = crate::clock::Clock::system().now();
-                store
-                    .send_message(&run_id, format!("m{idx}"), message, vec![to], now)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // A full inbox pushes back: the sender waits and tries again.
+                loop {
+                    let now = crate::clock::Clock::system().now();
+                    match store.send_message(&run_id, format!("m{idx}"), message.clone(), vec![to.clone()], now).await {
+                        Ok(_) => break,
+                        Err(error) if error.to_string().contains("is full") => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    }
+                }
                 idx += n_senders;
             }
             Ok::<(), String>(())
