@@ -392,23 +392,7 @@ impl Reader {
                 };
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::SendMessage { agent, message, reply });
-                let connection = Arc::clone(&self.connection);
-                tokio::spawn(async move {
-                    let response = match answer.await {
-                        Ok(Ok(message_id)) => {
-                            json!({ "jsonrpc": "2.0", "id": id, "result": { "message_id": message_id } })
-                        }
-                        Ok(Err(message)) => {
-                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } })
-                        }
-                        Err(_) => {
-                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": "the engine stopped" } })
-                        }
-                    };
-                    if id.is_some() {
-                        connection.send(&response);
-                    }
-                });
+                self.answer_later(id, answer, |message_id| json!({ "message_id": message_id }));
             }
             "topic/subscribe" => {
                 let Some(topic) = params.get("topic").and_then(Value::as_str) else {
@@ -428,25 +412,7 @@ impl Reader {
                 };
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::CreateTasks { agent, parent: task_id, tasks, reply });
-                let connection = Arc::clone(&self.connection);
-                // Answered when the engine has made the tasks durable, without holding up
-                // the reading of further messages.
-                tokio::spawn(async move {
-                    let response = match answer.await {
-                        Ok(Ok(ids)) => {
-                            json!({ "jsonrpc": "2.0", "id": id, "result": { "task_ids": ids } })
-                        }
-                        Ok(Err(message)) => {
-                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } })
-                        }
-                        Err(_) => {
-                            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": "the engine stopped" } })
-                        }
-                    };
-                    if id.is_some() {
-                        connection.send(&response);
-                    }
-                });
+                self.answer_later(id, answer, |ids| json!({ "task_ids": ids }));
             }
             other => {
                 let message = format!("unknown method `{other}`");
@@ -460,6 +426,30 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Answers a request once the engine has replied (the tasks or the message are durable),
+    /// without holding up the reading of further messages.
+    fn answer_later<T: Send + 'static>(
+        &self,
+        id: Option<Value>,
+        answer: oneshot::Receiver<Result<T, String>>,
+        result: impl FnOnce(T) -> Value + Send + 'static,
+    ) {
+        let connection = Arc::clone(&self.connection);
+        tokio::spawn(async move {
+            let outcome = match answer.await {
+                Ok(Ok(value)) => Ok(result(value)),
+                Ok(Err(message)) => Err(message),
+                Err(_) => Err("the engine stopped".to_string()),
+            };
+            let Some(id) = id else { return };
+            let response = match outcome {
+                Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+                Err(message) => json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } }),
+            };
+            connection.send(&response);
+        });
     }
 
     async fn invalid_params(&self, id: Option<Value>, message: &str) {
