@@ -277,6 +277,20 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    /// Started and not yet stopped or failed: there is something to stop.
+    pub fn is_started(self) -> bool {
+        matches!(
+            self,
+            AgentState::Starting
+                | AgentState::Idle
+                | AgentState::Active
+                | AgentState::Restarting
+                | AgentState::CircuitOpen
+                | AgentState::Stalled
+                | AgentState::WaitingInput
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentState::Waiting => "waiting",

@@ -1222,16 +1222,7 @@ impl Scheduler {
                         .filter(|&idx| self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()))
                         .collect();
                     for idx in idxs {
-                        if matches!(
-                            self.agents[idx].state,
-                            AgentState::Idle
-                                | AgentState::Active
-                                | AgentState::Starting
-                                | AgentState::Restarting
-                                | AgentState::CircuitOpen
-                                | AgentState::Stalled
-                                | AgentState::WaitingInput
-                        ) {
+                        if self.agents[idx].state.is_started() {
                             self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
                             fx.stop_agents.push(self.agents[idx].spec.name.clone());
                         }
@@ -1283,16 +1274,7 @@ impl Scheduler {
         let error = (state == RunState::Failed).then(|| self.failure_summary());
         self.state = state;
         for idx in 0..self.agents.len() {
-            if matches!(
-                self.agents[idx].state,
-                AgentState::Idle
-                    | AgentState::Active
-                    | AgentState::Starting
-                    | AgentState::Restarting
-                    | AgentState::CircuitOpen
-                    | AgentState::Stalled
-                    | AgentState::WaitingInput
-            ) {
+            if self.agents[idx].state.is_started() {
                 self.set_agent_state(idx, AgentState::Stopped, Some("the run is over".into()), fx);
                 fx.stop_agents.push(self.agents[idx].spec.name.clone());
             }
