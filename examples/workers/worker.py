@@ -8,9 +8,10 @@ Baton knows it is alive. Anything it prints for people goes to stderr (the agent
 
 What a task does here is driven by its input, so the examples and tests can exercise the
 protocol: {"steps": N} reports N progress steps; {"fail": "why"} fails the task;
-{"subtasks": ["title", ...]} creates sub-tasks; {"tokens": N} reports usage;
-{"send": {"to": "agent", "body": "..."}} sends a message. A message whose body contains "ping"
-is answered with "pong" to its sender.
+{"subtasks": ["title" or {task}, ...]} creates sub-tasks; {"tokens": N} reports usage;
+{"send": {"to": "agent", "body": "..."}} sends a message; {"lease": "file:X"} holds a resource
+lease while the task works. A message whose body contains "ping" is answered with "pong" to its
+sender.
 
 Flags for tests: --crash-on-start (exit after `initialize`), --crash-once FILE (the same, the
 first time only: FILE remembers), --go-silent-after N (stop heartbeating and answering after N
@@ -61,6 +62,9 @@ def request(method, params):
 def run_task(request_id, task):
     task_input = task.get("input") or {}
     task_id = task["id"]
+    if "lease" in task_input:
+        reply = request("resource/acquire", {"resource": task_input["lease"], "ttl_ms": 30000})
+        log(f"lease on {task_input['lease']}: {reply.get('result') or reply.get('error')}")
     steps = int(task_input.get("steps", 1))
     for step in range(steps):
         time.sleep(float(task_input.get("step_seconds", 0.05)))
@@ -71,11 +75,14 @@ def run_task(request_id, task):
                                                     "output_tokens": task_input["tokens"] // 2}})
     if task_input.get("subtasks"):
         reply = request("task/create", {"task_id": task_id, "tasks": [
-            {"title": title, "input": {"steps": 1}} for title in task_input["subtasks"]]})
+            sub if isinstance(sub, dict) else {"title": sub, "input": {"steps": 1}}
+            for sub in task_input["subtasks"]]})
         log(f"created sub-tasks: {reply}")
     if "send" in task_input:
         reply = request("message/send", dict(task_input["send"], task_id=task_id))
         log(f"sent a message: {reply.get('result') or reply.get('error')}")
+    if "lease" in task_input:
+        request("resource/release", {"resource": task_input["lease"]})
     if "fail" in task_input:
         send({"id": request_id, "error": {"code": 1, "message": task_input["fail"]}})
         return

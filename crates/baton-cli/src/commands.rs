@@ -570,6 +570,28 @@ async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failu
             held.push(serde_json::json!({ "resource": resource, "task": name(task), "agent": task.assigned_agent }));
         }
     }
+    // Agents' explicit leases, from their events (they live as long as the `baton run`).
+    if run.owner.is_some() {
+        let events = store
+            .events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() })
+            .await
+            .context("reading events")?;
+        let mut leases: BTreeMap<String, (String, baton_core::Timestamp)> = BTreeMap::new();
+        for event in events {
+            match event.kind {
+                baton_core::EventKind::ResourceLeased { agent, resource, until } => {
+                    leases.insert(resource, (agent, until));
+                }
+                baton_core::EventKind::ResourceReleased { resource, .. } => {
+                    leases.remove(&resource);
+                }
+                _ => {}
+            }
+        }
+        for (resource, (agent, until)) in leases {
+            held.push(serde_json::json!({ "resource": resource, "task": null, "agent": agent, "until": until }));
+        }
+    }
     let mut waiting = Vec::new();
     for task in tasks.iter().filter(|task| matches!(task.state, TaskState::Ready | TaskState::Pending)) {
         for resource in &task.resources {

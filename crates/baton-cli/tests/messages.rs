@@ -91,3 +91,39 @@ async fn agents_and_operators_exchange_messages() {
     let table = stdout(&project.baton(&["messages", "--agent", "reviewer"]));
     assert!(table.contains("please review the draft") && table.contains("acked"), "{table}");
 }
+
+#[tokio::test]
+async fn a_worker_leases_a_resource_and_a_task_waits_for_it() {
+    let plan = r#"
+[orchestration]
+name = "lease"
+
+[[agents]]
+name = "editor"
+mode = "worker"
+command = ["python3", "worker.py"]
+capabilities = ["edit"]
+
+[[agents]]
+name = "builder"
+command = ["bash", "-c", "echo built"]
+capabilities = ["build"]
+
+# While it holds the lease, the editor creates the build task, which must wait for it.
+[[tasks]]
+key = "edit"
+title = "Edit Cargo.toml"
+requires = ["edit"]
+input = { lease = "file:Cargo.toml", steps = 2, step_seconds = 0.1, subtasks = [{ key = "build", title = "Build", requires = ["build"], resources = ["file:Cargo.*"] }] }
+"#;
+    let project = Project::with(plan, &[("worker.py", WORKER_PY)]);
+    let run = project.baton(&["run"]);
+    assert_eq!(run.status.code(), Some(0), "{}\n{}", stdout(&run), stderr(&run));
+    let lines = stderr(&run);
+    let leased = lines.find("agent editor leased `file:Cargo.toml`");
+    let waits = lines.find("task build waits: `file:Cargo.*` overlaps `file:Cargo.toml` held by agent editor");
+    let released = lines.find("agent editor released `file:Cargo.toml` (released)");
+    let built = lines.find("task build completed");
+    assert!(leased.is_some() && waits.is_some() && released.is_some() && built.is_some(), "{lines}");
+    assert!(leased < waits && waits < released && released < built, "in that order:\n{lines}");
+}

@@ -144,14 +144,27 @@ pub enum EventKind {
     ScheduleResumed {
         schedule: String,
     },
-    /// A task's resources overlap those of a running task (`held` by `holder`); `policy` says
-    /// what happened: it waits, it failed, or it ran anyway.
+    /// A task's resources overlap those a running task or an agent's lease holds (`held` by
+    /// `holder`: "task 3", "agent classifier"); `policy` says what happened: it waits, it
+    /// failed, or it ran anyway.
     ResourceConflict {
         task: TaskId,
         resource: String,
-        holder: TaskId,
+        holder: String,
         held: String,
         policy: String,
+    },
+    /// An agent took a lease on a resource, until a time (renewed by taking it again).
+    ResourceLeased {
+        agent: String,
+        resource: String,
+        until: Timestamp,
+    },
+    /// An agent's lease ended: released, expired, or its agent went away.
+    ResourceReleased {
+        agent: String,
+        resource: String,
+        reason: String,
     },
     /// A message was stored for its recipients.
     MessageSent {
@@ -242,6 +255,8 @@ impl EventKind {
             EventKind::BudgetReset { .. } => "BudgetReset",
             EventKind::BudgetLimitSet { .. } => "BudgetLimitSet",
             EventKind::ResourceConflict { .. } => "ResourceConflict",
+            EventKind::ResourceLeased { .. } => "ResourceLeased",
+            EventKind::ResourceReleased { .. } => "ResourceReleased",
             EventKind::MessageSent { .. } => "MessageSent",
             EventKind::MessageDeadLettered { .. } => "MessageDeadLettered",
         }
@@ -421,7 +436,11 @@ impl EventKind {
                     "warn" => "runs anyway",
                     _ => "waits",
                 };
-                format!("task {task} {what}: `{resource}` overlaps `{held}` held by task {holder}")
+                format!("task {task} {what}: `{resource}` overlaps `{held}` held by {holder}")
+            }
+            EventKind::ResourceLeased { agent, resource, .. } => format!("agent {agent} leased `{resource}`"),
+            EventKind::ResourceReleased { agent, resource, reason } => {
+                format!("agent {agent} released `{resource}` ({reason})")
             }
         }
     }

@@ -212,7 +212,9 @@ pub struct Scheduler {
     /// resources until the runtime reports them ended.
     dying: HashMap<(TaskId, u32), Dying>,
     /// (task, holder) conflicts already reported, so that a waiting task says so once.
-    conflicts_reported: HashSet<(TaskId, TaskId)>,
+    conflicts_reported: HashSet<(TaskId, Holder)>,
+    /// Resources agents hold explicitly (the protocol's `resource/acquire`), by key.
+    leases: HashMap<String, leases::AgentLease>,
     /// Tasks suspended because a critical agent upstream failed, by that agent's index.
     suspended_by: HashMap<TaskId, usize>,
     phase: u32,
@@ -281,6 +283,7 @@ impl Scheduler {
             dying: HashMap::new(),
             suspended_by: HashMap::new(),
             conflicts_reported: HashSet::new(),
+            leases: HashMap::new(),
             phase: 0,
             n_running: 0,
             n_finished: 0,
@@ -529,8 +532,17 @@ impl Scheduler {
         let from = slot.state;
         slot.state = to;
         let agent = slot.spec.name.clone();
-        fx.writes.push(Write::Event(EventKind::AgentStateChanged { agent, from, to, reason }));
+        fx.writes.push(Write::Event(EventKind::AgentStateChanged { agent: agent.clone(), from, to, reason }));
         self.dirty_agents.insert(idx);
+        if from.is_started() && !to.is_started() || to == AgentState::Restarting {
+            // Its leases end with the process that took them.
+            let why = match to {
+                AgentState::Restarting => "its agent exited",
+                AgentState::Failed => "its agent failed",
+                _ => "its agent stopped",
+            };
+            self.release_leases_of(&agent, why, fx);
+        }
     }
 
     /// Enters phase `number`: starts its agents (critical first) and releases its tasks.
@@ -808,7 +820,7 @@ impl Scheduler {
                 break;
             }
             let task = &self.tasks[&id];
-            if let Some((resource, held, holder)) = self.resource_conflict(&task.resources) {
+            if let Some((resource, held, holder)) = self.resource_conflict(&task.resources, None) {
                 let policy = task
                     .key
                     .as_ref()
@@ -816,12 +828,12 @@ impl Scheduler {
                     .copied()
                     .unwrap_or(self.plan.settings.conflict_policy);
                 // Said once per task and holder, not at every turn it keeps waiting.
-                let first = self.conflicts_reported.insert((id, holder));
+                let first = self.conflicts_reported.insert((id, holder.clone()));
                 if first || policy != ConflictPolicy::Wait {
                     fx.writes.push(Write::Event(EventKind::ResourceConflict {
                         task: id,
                         resource: resource.clone(),
-                        holder,
+                        holder: holder.to_string(),
                         held: held.clone(),
                         policy: policy.as_str().to_string(),
                     }));
@@ -829,8 +841,7 @@ impl Scheduler {
                 match policy {
                     ConflictPolicy::Wait => continue,
                     ConflictPolicy::Fail => {
-                        let reason =
-                            format!("`{resource}` overlaps `{held}` held by task {holder} (on_conflict = fail)");
+                        let reason = format!("`{resource}` overlaps `{held}` held by {holder} (on_conflict = fail)");
                         self.fail_for_good(id, reason, now, fx);
                         continue;
                     }
@@ -861,22 +872,27 @@ impl Scheduler {
 
     /// The first of `wanted` that overlaps a resource held by a running task (globs included):
     /// (wanted key, held key, holder).
-    fn resource_conflict(&self, wanted: &[String]) -> Option<(String, String, TaskId)> {
-        if wanted.is_empty() || self.held.is_empty() {
+    /// `except` is an agent whose own leases do not count (it may use what it holds).
+    fn resource_conflict(&self, wanted: &[String], except: Option<&str>) -> Option<(String, String, Holder)> {
+        if wanted.is_empty() || (self.held.is_empty() && self.leases.is_empty()) {
             return None;
         }
-        let any_glob_held = self.held.keys().any(|key| crate::resources::is_glob(key));
+        let any_glob_held = self.held.keys().chain(self.leases.keys()).any(|key| crate::resources::is_glob(key));
         wanted.iter().find_map(|key| {
             if let Some(holder) = self.held.get(key) {
-                return Some((key.clone(), key.clone(), *holder));
+                return Some((key.clone(), key.clone(), Holder::Task(*holder)));
             }
-            if !any_glob_held && !crate::resources::is_glob(key) {
-                return None;
-            }
-            self.held
+            let by_tasks = self.held.iter().map(|(held, holder)| (held, Holder::Task(*holder)));
+            let by_agents = self
+                .leases
                 .iter()
-                .find(|(held, _)| crate::resources::overlaps(held, key))
-                .map(|(held, holder)| (key.clone(), held.clone(), *holder))
+                .filter(|(_, lease)| Some(lease.agent.as_str()) != except)
+                .map(|(held, lease)| (held, Holder::Agent(lease.agent.clone())));
+            let glob = any_glob_held || crate::resources::is_glob(key);
+            by_tasks
+                .chain(by_agents)
+                .find(|(held, _)| *held == key || (glob && crate::resources::overlaps(held, key)))
+                .map(|(held, holder)| (key.clone(), held.clone(), holder))
         })
     }
 
@@ -1147,6 +1163,7 @@ impl Scheduler {
     /// heartbeats and circuit breakers.
     pub fn tick(&mut self, now: Timestamp, fx: &mut Effects) {
         self.supervise(now, fx);
+        self.expire_leases(now, fx);
         self.fire_schedules(now, fx);
         if let Some(renewal) = self.next_lease_renewal
             && renewal <= now
@@ -1192,6 +1209,7 @@ impl Scheduler {
             deadline,
             self.next_schedule_due(),
             self.next_supervision(),
+            self.next_lease_expiry(),
             self.next_budget_reset(),
         ]
         .into_iter()
@@ -1420,8 +1438,25 @@ impl Scheduler {
 }
 
 mod budget;
+mod leases;
 mod schedules;
 mod supervise;
+
+/// Who holds a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Holder {
+    Task(TaskId),
+    Agent(String),
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Task(id) => write!(f, "task {id}"),
+            Holder::Agent(name) => write!(f, "agent {name}"),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

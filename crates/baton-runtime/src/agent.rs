@@ -63,6 +63,20 @@ pub enum AgentEvent {
         message: baton_core::messages::NewMessage,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// The agent asks for a lease on a resource (`resource/acquire`); the reply is when it
+    /// expires, or who holds the resource.
+    AcquireResource {
+        agent: String,
+        resource: String,
+        ttl: std::time::Duration,
+        reply: oneshot::Sender<Result<baton_core::Timestamp, String>>,
+    },
+    /// The agent gives a lease back (`resource/release`).
+    ReleaseResource {
+        agent: String,
+        resource: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// The agent follows a topic from now on (`topic/subscribe`).
     Subscribe {
         agent: String,

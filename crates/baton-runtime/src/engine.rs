@@ -587,6 +587,14 @@ async fn handle_agent_event(
                 let _ = reply.send(post.send(message).await);
             });
         }
+        AgentEvent::AcquireResource { agent, resource, ttl, reply } => {
+            sched.agent_activity(&agent, now, fx);
+            let _ = reply.send(sched.acquire_resource(&agent, &resource, ttl, now, fx));
+        }
+        AgentEvent::ReleaseResource { agent, resource, reply } => {
+            sched.agent_activity(&agent, now, fx);
+            let _ = reply.send(sched.release_resource(&agent, &resource, fx));
+        }
         AgentEvent::Subscribe { agent, topic } => {
             sched.agent_activity(&agent, now, fx);
             post.subscribe(&agent, &topic);

@@ -1190,3 +1190,79 @@ on_conflict = "warn"
     h.finish(holder, true);
     assert_eq!(h.state_of("waits"), TaskState::Running);
 }
+
+#[test]
+fn agent_leases_hold_resources_until_released_expired_or_the_agent_goes() {
+    let text = r#"
+[orchestration]
+name = "x"
+[[agents]]
+name = "editor"
+mode = "worker"
+command = ["true"]
+heartbeat_timeout = "1h"
+[[agents]]
+name = "other"
+mode = "worker"
+command = ["true"]
+heartbeat_timeout = "1h"
+[[tasks]]
+key = "keep"
+title = "keeps the run open"
+agent = "other"
+"#;
+    let mut h = Harness::new(config::load("baton.toml", text, &BTreeMap::new()).unwrap());
+    let mut fx = Effects::default();
+    let until = h.sched.acquire_resource("editor", "file:*.toml", Duration::from_secs(60), h.now, &mut fx).unwrap();
+    assert_eq!(until, h.now.plus(Duration::from_secs(60)));
+    let refused = h.sched.acquire_resource("other", "file:Cargo.toml", Duration::from_secs(60), h.now, &mut fx);
+    assert_eq!(refused.unwrap_err(), "`file:Cargo.toml` overlaps `file:*.toml` held by agent editor");
+    assert!(h.sched.release_resource("other", "file:*.toml", &mut fx).is_err(), "only its holder releases it");
+    h.apply(fx);
+    // It expires.
+    h.now = h.now.plus(Duration::from_secs(61));
+    let mut fx = Effects::default();
+    h.sched.tick(h.now, &mut fx);
+    assert!(fx.writes.iter().any(|write| matches!(write,
+        Write::Event(EventKind::ResourceReleased { reason, .. }) if reason == "expired")));
+    h.apply(fx);
+    let mut fx = Effects::default();
+    h.sched.acquire_resource("other", "file:Cargo.toml", Duration::from_secs(60), h.now, &mut fx).unwrap();
+    // The agent goes: its leases go with it.
+    h.sched.agent_exited("other", "exit status 1".into(), false, h.now, &mut fx).unwrap();
+    assert!(fx.writes.iter().any(|write| matches!(write,
+        Write::Event(EventKind::ResourceReleased { reason, .. }) if reason == "its agent exited")));
+}
+
+#[test]
+fn a_task_waits_for_a_resource_an_agent_leases() {
+    let text = r#"
+[orchestration]
+name = "x"
+[[agents]]
+name = "editor"
+mode = "worker"
+command = ["true"]
+heartbeat_timeout = "1h"
+[[tasks]]
+key = "a"
+title = "a"
+[[tasks]]
+key = "touch"
+title = "touch Cargo.toml"
+depends_on = ["a"]
+resources = ["file:Cargo.toml"]
+"#;
+    let mut h = Harness::new(config::load("baton.toml", text, &BTreeMap::new()).unwrap());
+    let mut fx = Effects::default();
+    h.sched.acquire_resource("editor", "file:Cargo.toml", Duration::from_secs(60), h.now, &mut fx).unwrap();
+    h.apply(fx);
+    h.finish(0, true); // `a`
+    assert_eq!(h.state_of("touch"), TaskState::Ready, "it waits for the lease");
+    assert!(h.store.events.iter().any(|event| event.describe().ends_with("held by agent editor")));
+    let mut fx = Effects::default();
+    h.sched.release_resource("editor", "file:Cargo.toml", &mut fx).unwrap();
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!(h.state_of("touch"), TaskState::Running);
+}

@@ -394,6 +394,23 @@ impl Reader {
                 let _ = self.events.send(AgentEvent::SendMessage { agent, message, reply });
                 self.answer_later(id, answer, |message_id| json!({ "message_id": message_id }));
             }
+            "resource/acquire" => {
+                let Some(resource) = params.get("resource").and_then(Value::as_str).map(str::to_string) else {
+                    return self.invalid_params(id, "resource/acquire needs `resource`").await;
+                };
+                let ttl = Duration::from_millis(params.get("ttl_ms").and_then(Value::as_u64).unwrap_or(60_000));
+                let (reply, answer) = oneshot::channel();
+                let _ = self.events.send(AgentEvent::AcquireResource { agent, resource, ttl, reply });
+                self.answer_later(id, answer, |until| json!({ "granted": true, "until": until }));
+            }
+            "resource/release" => {
+                let Some(resource) = params.get("resource").and_then(Value::as_str).map(str::to_string) else {
+                    return self.invalid_params(id, "resource/release needs `resource`").await;
+                };
+                let (reply, answer) = oneshot::channel();
+                let _ = self.events.send(AgentEvent::ReleaseResource { agent, resource, reply });
+                self.answer_later(id, answer, |()| json!({}));
+            }
             "topic/subscribe" => {
                 let Some(topic) = params.get("topic").and_then(Value::as_str) else {
                     return self.invalid_params(id, "topic/subscribe needs `topic`").await;
