@@ -638,12 +638,15 @@ async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
     // Nobody executes the run (it ended, or its `baton run` was killed): whatever the records
     // say, no agent of it is alive.
     let executed = run.owner.is_some() && run.owner_until.is_some_and(|until| until > now);
-    if !executed {
-        for agent in &mut agents {
-            if !matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting) {
-                agent.state = AgentState::Offline;
-                agent.running = 0;
-            }
+    let offline_after = loaded.plan.settings.offline_after;
+    for agent in &mut agents {
+        let live = !matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
+        // Idle and not heard from for `offline_after` (seed 004's 60 minutes by default).
+        let silent =
+            agent.state == AgentState::Idle && agent.last_activity.is_some_and(|at| at.plus(offline_after) <= now);
+        if live && (!executed || silent) {
+            agent.state = AgentState::Offline;
+            agent.running = 0;
         }
     }
     if json {

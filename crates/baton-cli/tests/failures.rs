@@ -167,3 +167,51 @@ echo done
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
 }
+
+#[tokio::test]
+async fn an_idle_agent_not_heard_from_shows_as_offline() {
+    let plan = r#"
+[orchestration]
+name = "offline"
+offline_after = "1s"
+
+[[agents]]
+name = "busy"
+command = ["bash", "-c", "while [ ! -e release ]; do sleep 0.05; done; echo done"]
+capabilities = ["long"]
+
+[[agents]]
+name = "quick"
+command = ["bash", "-c", "echo done"]
+capabilities = ["short"]
+
+[[tasks]]
+key = "long"
+title = "Long"
+requires = ["long"]
+
+[[tasks]]
+key = "short"
+title = "Short"
+requires = ["short"]
+"#;
+    let project = Project::with(plan, &[]);
+    let (child, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("task short completed by quick");
+    // `quick` is idle from now on; once a second has passed without a word from it, it is
+    // shown offline (the run itself is alive: `busy` still works).
+    let started = std::time::Instant::now();
+    let state = loop {
+        let agents: serde_json::Value = serde_json::from_slice(&project.baton(&["agents", "--json"]).stdout).unwrap();
+        let quick = agents.as_array().unwrap().iter().find(|a| a["name"] == "quick").unwrap()["state"].clone();
+        let busy = agents.as_array().unwrap().iter().find(|a| a["name"] == "busy").unwrap()["state"].clone();
+        assert_eq!(busy, "active");
+        if quick == "offline" || started.elapsed() > std::time::Duration::from_secs(10) {
+            break quick;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(state, "offline");
+    std::fs::write(project.path().join("release"), "").unwrap();
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(0));
+}

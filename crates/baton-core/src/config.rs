@@ -129,6 +129,7 @@ struct RawOrchestration {
     retry_backoff: Option<DurationStr>,
     retry_backoff_max: Option<DurationStr>,
     lease_ttl: Option<Spanned<DurationStr>>,
+    offline_after: Option<DurationStr>,
 }
 
 /// How tasks are assigned. Only the rule-based coordinator exists so far.
@@ -376,6 +377,8 @@ pub struct Settings {
     pub retry_backoff_max: Duration,
     /// How long a running task's lease lasts without renewal.
     pub lease_ttl: Duration,
+    /// An idle agent not heard from for this long is shown `offline`.
+    pub offline_after: Duration,
     /// The default for tasks whose resources are held by another (`[conflicts] policy`).
     pub conflict_policy: ConflictPolicy,
     /// Tasks of the file that set their own `on_conflict`, by key.
@@ -392,6 +395,7 @@ impl Default for Settings {
             retry_backoff: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(100),
             lease_ttl: Duration::from_secs(30),
+            offline_after: Duration::from_secs(60 * 60),
             conflict_policy: ConflictPolicy::Wait,
             task_conflict_policies: BTreeMap::new(),
         }
@@ -721,6 +725,7 @@ impl Validator<'_> {
             retry_backoff: raw.retry_backoff.map_or(defaults.retry_backoff, |d| d.0),
             retry_backoff_max: raw.retry_backoff_max.map_or(defaults.retry_backoff_max, |d| d.0),
             lease_ttl,
+            offline_after: raw.offline_after.map_or(defaults.offline_after, |d| d.0),
             conflict_policy: ConflictPolicy::Wait,
             task_conflict_policies: BTreeMap::new(),
         }
