@@ -147,9 +147,9 @@ fn the_support_desk_answers_its_inbox() {
     let conflicts: Vec<Value> = stdout(&events)
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|event| event["type"] == "ResourceConflict")
+        .filter(|event| event["type"] == "ConflictDeferred")
         .collect();
-    assert!(!conflicts.is_empty(), "no ResourceConflict event");
+    assert!(!conflicts.is_empty(), "no ConflictDeferred event");
     assert!(
         conflicts.iter().all(|c| c["resource"] == format!("customer:{}", shared[0]) && c["policy"] == "wait"),
         "{conflicts:?}"

@@ -147,7 +147,7 @@ pub enum EventKind {
     /// A task's resources overlap those a running task or an agent's lease holds (`held` by
     /// `holder`: "task 3", "agent classifier"); `policy` says what happened: it waits, it
     /// failed, or it ran anyway.
-    ResourceConflict {
+    ConflictDeferred {
         task: TaskId,
         resource: String,
         holder: String,
@@ -254,7 +254,7 @@ impl EventKind {
             EventKind::TaskBudgetWait { .. } => "TaskBudgetWait",
             EventKind::BudgetReset { .. } => "BudgetReset",
             EventKind::BudgetLimitSet { .. } => "BudgetLimitSet",
-            EventKind::ResourceConflict { .. } => "ResourceConflict",
+            EventKind::ConflictDeferred { .. } => "ConflictDeferred",
             EventKind::ResourceLeased { .. } => "ResourceLeased",
             EventKind::ResourceReleased { .. } => "ResourceReleased",
             EventKind::MessageSent { .. } => "MessageSent",
@@ -278,7 +278,7 @@ impl EventKind {
             | EventKind::TaskRequeued { task, .. }
             | EventKind::TaskSuspended { task, .. }
             | EventKind::TaskResumed { task }
-            | EventKind::ResourceConflict { task, .. } => Some(*task),
+            | EventKind::ConflictDeferred { task, .. } => Some(*task),
             EventKind::UsageReported { task, .. } => *task,
             EventKind::ScheduleFired { task, .. } => Some(*task),
             EventKind::TaskBudgetWait { task, .. } => Some(*task),
@@ -430,7 +430,7 @@ impl EventKind {
             EventKind::MessageDeadLettered { message, to, attempts, error } => {
                 format!("message {message} to {to} dead after {attempts} tries: {error}")
             }
-            EventKind::ResourceConflict { task, resource, holder, held, policy } => {
+            EventKind::ConflictDeferred { task, resource, holder, held, policy } => {
                 let what = match policy.as_str() {
                     "fail" => "fails",
                     "warn" => "runs anyway",

@@ -830,7 +830,7 @@ impl Scheduler {
                 // Said once per task and holder, not at every turn it keeps waiting.
                 let first = self.conflicts_reported.insert((id, holder.clone()));
                 if first || policy != ConflictPolicy::Wait {
-                    fx.writes.push(Write::Event(EventKind::ResourceConflict {
+                    fx.writes.push(Write::Event(EventKind::ConflictDeferred {
                         task: id,
                         resource: resource.clone(),
                         holder: holder.to_string(),

@@ -1174,7 +1174,7 @@ on_conflict = "warn"
         .store
         .events
         .iter()
-        .filter(|event| matches!(event, EventKind::ResourceConflict { .. }))
+        .filter(|event| matches!(event, EventKind::ConflictDeferred { .. }))
         .map(|event| event.describe())
         .collect();
     assert_eq!(conflicts.len(), 3, "{conflicts:?}");
@@ -1185,7 +1185,7 @@ on_conflict = "warn"
     // Another turn while `waits` still waits says nothing more.
     let mut fx = Effects::default();
     h.sched.step(h.now, &mut fx);
-    assert!(fx.writes.iter().all(|write| !matches!(write, Write::Event(EventKind::ResourceConflict { .. }))));
+    assert!(fx.writes.iter().all(|write| !matches!(write, Write::Event(EventKind::ConflictDeferred { .. }))));
     let holder = h.running.iter().position(|(id, _)| h.store.tasks[id].key.as_deref() == Some("holder")).unwrap();
     h.finish(holder, true);
     assert_eq!(h.state_of("waits"), TaskState::Running);
