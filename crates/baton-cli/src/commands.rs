@@ -233,8 +233,9 @@ async fn watch_signals(shutdown: CancellationToken) {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-    eprintln!("stopping: running tasks get the grace period to finish (again to stop at once)");
+    // Cancel first: telling the user must not be able to stand in the way (a closed stderr).
     shutdown.cancel();
+    crate::output::say("stopping: running tasks get the grace period to finish (again to stop at once)");
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}

@@ -7,6 +7,13 @@ use baton_core::{Event, EventKind, Timestamp};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
 
+/// A line on stderr. Unlike `eprintln!` it does not panic when stderr is closed (a pipe whose
+/// reader went away): Baton goes on working, and stops when asked, whoever reads its output.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table

@@ -59,7 +59,7 @@ impl Display {
                     let _ = bars.multi.println(line);
                 }
             }
-            None => eprintln!("{line}"),
+            None => crate::output::say(&line),
         }
     }
 
@@ -144,7 +144,9 @@ pub async fn follow(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!("({n} events not shown: the display fell behind; `baton events` has them all)");
+                    crate::output::say(&format!(
+                        "({n} events not shown: the display fell behind; `baton events` has them all)"
+                    ));
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },

@@ -179,3 +179,22 @@ echo done
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
     assert!(!common::is_alive(pid), "the resumed run killed the helper left by the killed one");
 }
+
+#[test]
+fn sigterm_stops_a_run_whose_output_pipe_was_closed() {
+    let project = Project::example();
+    let (child, mut lines) = project.spawn(&["run", "--grace", "5s"]);
+    lines.wait_for("task analyze-base64ct claimed");
+    // The reader goes away (`baton run | head` that has seen enough): later writes fail.
+    drop(lines);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let output = done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("baton stopped on SIGTERM although nobody reads its stderr")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "stopped before the end, resumable");
+}

@@ -833,7 +833,7 @@ impl Scheduler {
                     fx.writes.push(Write::Event(EventKind::ConflictDeferred {
                         task: id,
                         resource: resource.clone(),
-                        holder: holder.to_string(),
+                        holder: self.holder_name(&holder),
                         held: held.clone(),
                         policy: policy.as_str().to_string(),
                     }));
@@ -841,6 +841,7 @@ impl Scheduler {
                 match policy {
                     ConflictPolicy::Wait => continue,
                     ConflictPolicy::Fail => {
+                        let holder = self.holder_name(&holder);
                         let reason = format!("`{resource}` overlaps `{held}` held by {holder} (on_conflict = fail)");
                         self.fail_for_good(id, reason, now, fx);
                         continue;
@@ -894,6 +895,17 @@ impl Scheduler {
                 .find(|(held, _)| *held == key || (glob && crate::resources::overlaps(held, key)))
                 .map(|(held, holder)| (key.clone(), held.clone(), holder))
         })
+    }
+
+    /// "task analyze-base64ct" (its key, when it has one), or "agent editor".
+    fn holder_name(&self, holder: &Holder) -> String {
+        match holder {
+            Holder::Task(id) => match self.tasks.get(id).and_then(|task| task.key.as_deref()) {
+                Some(key) => format!("task {key}"),
+                None => holder.to_string(),
+            },
+            Holder::Agent(_) => holder.to_string(),
+        }
     }
 
     /// Makes a waiting task dead without running it.

@@ -45,7 +45,7 @@ impl Scheduler {
             .resource_conflict(&[resource.to_string()], Some(agent))
             .filter(|(_, held, holder)| !(matches!(holder, super::Holder::Task(_)) && own_tasks.contains(held)));
         if let Some((_, held, holder)) = conflict {
-            return Err(format!("`{resource}` overlaps `{held}` held by {holder}"));
+            return Err(format!("`{resource}` overlaps `{held}` held by {}", self.holder_name(&holder)));
         }
         let until = now.plus(ttl);
         self.leases.insert(resource.to_string(), AgentLease { agent: agent.to_string(), until });

@@ -1179,7 +1179,7 @@ on_conflict = "warn"
         .collect();
     assert_eq!(conflicts.len(), 3, "{conflicts:?}");
     assert!(
-        conflicts.iter().any(|line| line.ends_with("waits: `customer:456` overlaps `customer:*` held by task 1")),
+        conflicts.iter().any(|line| line.ends_with("waits: `customer:456` overlaps `customer:*` held by task holder")),
         "{conflicts:?}"
     );
     // Another turn while `waits` still waits says nothing more.
