@@ -141,25 +141,48 @@ struct Bench {
     engine: tokio::task::JoinHandle<Result<crate::engine::RunSummary, crate::engine::Error>>,
 }
 
-async fn start(options: &BenchOptions, name: &str) -> Result<Bench, String> {
-    let path = options.dir.join(format!("{name}.db"));
+/// An engine on a fresh store file, its run kept open for tasks added by the benchmark.
+struct Launched {
+    store: Arc<SqliteStore>,
+    handle: crate::engine::EngineHandle,
+    shutdown: CancellationToken,
+    engine: tokio::task::JoinHandle<Result<crate::engine::RunSummary, crate::engine::Error>>,
+}
+
+fn launch(path: &std::path::Path, options: Options, plan: Plan, runtimes: RuntimeFactory) -> Result<Launched, String> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let store = Arc::new(
-        SqliteStore::open(&path, Options { synchronous: options.synchronous }).map_err(|error| error.to_string())?,
-    );
-    let arrivals = Arc::new(Mutex::new(HashMap::new()));
-    let factory_arrivals = Arc::clone(&arrivals);
-    let runtimes: RuntimeFactory = Arc::new(move |_: &AgentSpec| {
-        Arc::new(InstantAgent { arrivals: Arc::clone(&factory_arrivals) }) as Arc<dyn AgentRuntime>
-    });
-    let mut engine_options = EngineOptions::new(bench_plan(options), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    let store = Arc::new(SqliteStore::open(path, options).map_err(|error| error.to_string())?);
+    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
     engine_options.keep_open = true;
     engine_options.fresh = true;
     let (engine, handle) = Engine::new(engine_options);
     let shutdown = CancellationToken::new();
     let engine = tokio::spawn(engine.run(shutdown.clone()));
+    Ok(Launched { store, handle, shutdown, engine })
+}
+
+/// Real worker processes for the soak and the messages figure, living in `dir`.
+fn worker_runtimes(dir: &std::path::Path) -> RuntimeFactory {
+    let env = std::env::vars().filter(|(key, _)| key == "PATH" || key == "HOME").collect();
+    crate::engine::process_runtimes(crate::process::ProcessEnv {
+        base_dir: dir.to_path_buf(),
+        log_dir: dir.join("logs"),
+        env,
+        registry: None,
+    })
+}
+
+async fn start(options: &BenchOptions, name: &str) -> Result<Bench, String> {
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let factory_arrivals = Arc::clone(&arrivals);
+    let runtimes: RuntimeFactory = Arc::new(move |_: &AgentSpec| {
+        Arc::new(InstantAgent { arrivals: Arc::clone(&factory_arrivals) }) as Arc<dyn AgentRuntime>
+    });
+    let path = options.dir.join(format!("{name}.db"));
+    let Launched { store, handle, shutdown, engine } =
+        launch(&path, Options { synchronous: options.synchronous }, bench_plan(options), runtimes)?;
     Ok(Bench { store, handle, arrivals, shutdown, engine })
 }
 
@@ -393,7 +416,6 @@ fn worker_children() -> Vec<(i32, String)> {
 }
 
 pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakReport, String> {
-    use crate::process::ProcessEnv;
     use baton_core::model::TaskState;
     use baton_store::TaskFilter;
 
@@ -413,24 +435,8 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
         ));
     }
     let plan = config::load("soak.toml", &text, &Default::default()).map_err(|error| error.to_string())?;
-    let path = options.dir.join("soak.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let store = Arc::new(SqliteStore::open(&path, Options::default()).map_err(|error| error.to_string())?);
-    let env = std::env::vars().filter(|(key, _)| key == "PATH" || key == "HOME").collect();
-    let runtimes = crate::engine::process_runtimes(ProcessEnv {
-        base_dir: options.dir.clone(),
-        log_dir: options.dir.join("logs"),
-        env,
-        registry: None,
-    });
-    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
-    engine_options.keep_open = true;
-    engine_options.fresh = true;
-    let (engine, handle) = Engine::new(engine_options);
-    let shutdown = CancellationToken::new();
-    let engine = tokio::spawn(engine.run(shutdown.clone()));
+    let Launched { store, handle, shutdown, engine } =
+        launch(&options.dir.join("soak.db"), Options::default(), plan, worker_runtimes(&options.dir))?;
 
     let started = Instant::now();
     // Tasks are created while workers are being killed: the kills start with the load.
@@ -567,24 +573,8 @@ pub async fn messages(
         text.push_str(&format!("[[agents]]\nname = \"worker-{idx}\"\nmode = \"worker\"\ncommand = [{command}]\n"));
     }
     let plan = config::load("messages.toml", &text, &Default::default()).map_err(|error| error.to_string())?;
-    let path = dir.join("messages.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let store = Arc::new(SqliteStore::open(&path, Options::default()).map_err(|error| error.to_string())?);
-    let env = std::env::vars().filter(|(key, _)| key == "PATH" || key == "HOME").collect();
-    let runtimes = crate::engine::process_runtimes(crate::process::ProcessEnv {
-        base_dir: dir.clone(),
-        log_dir: dir.join("logs"),
-        env,
-        registry: None,
-    });
-    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
-    engine_options.keep_open = true;
-    engine_options.fresh = true;
-    let (engine, handle) = Engine::new(engine_options);
-    let shutdown = CancellationToken::new();
-    let engine = tokio::spawn(engine.run(shutdown.clone()));
+    let Launched { store, handle, shutdown, engine } =
+        launch(&dir.join("messages.db"), Options::default(), plan, worker_runtimes(&dir))?;
     let mut run_id = handle.run_id();
     let run_id = run_id.wait_for(Option::is_some).await.map_err(|e| e.to_string())?.clone().unwrap_or_default();
     // Let the workers start before the clock runs.

@@ -171,6 +171,35 @@ impl ProcessEnv {
     }
 }
 
+/// Checks an agent's working directory and makes its log directory: what every start needs.
+async fn prepare_dirs(workdir: &std::path::Path, log_path: &std::path::Path) -> Result<(), String> {
+    if !workdir.is_dir() {
+        return Err(format!("working directory {} does not exist", workdir.display()));
+    }
+    if let Some(parent) = log_path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// The log line that opens an attempt.
+fn attempt_header(task: &baton_core::model::TaskRecord) -> String {
+    format!("--- task {} `{}` attempt {}", task.id, task.title, task.attempt)
+}
+
+/// The log line that closes an attempt, with how long it took and how it ended.
+fn attempt_footer(task: &baton_core::model::TaskRecord, outcome: &Outcome, started: tokio::time::Instant) -> String {
+    let took = format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
+    match outcome {
+        Outcome::Succeeded { .. } => format!("--- task {} attempt {} succeeded in {took}", task.id, task.attempt),
+        Outcome::Failed { reason } => {
+            format!("--- task {} attempt {} failed in {took}: {reason}", task.id, task.attempt)
+        }
+    }
+}
+
 /// Appends a line to an agent's log.
 async fn append_log(path: &std::path::Path, line: &str) {
     if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
@@ -501,14 +530,7 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 #[async_trait]
 impl AgentRuntime for ProcessAgent {
     async fn start(&self, _context: AgentContext) -> Result<(), String> {
-        if !self.workdir.is_dir() {
-            return Err(format!("working directory {} does not exist", self.workdir.display()));
-        }
-        if let Some(parent) = self.log_path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
-        }
+        prepare_dirs(&self.workdir, &self.log_path).await?;
         resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
         self.log(&format!("--- agent {} started", self.spec.name)).await;
         Ok(())
@@ -516,17 +538,10 @@ impl AgentRuntime for ProcessAgent {
 
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
         let task = &attempt.task;
-        self.log(&format!("--- task {} `{}` attempt {}", task.id, task.title, task.attempt)).await;
+        self.log(&attempt_header(task)).await;
         let started = tokio::time::Instant::now();
         let outcome = self.run_attempt(&attempt, &cancel).await;
-        let took = format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
-        let line = match &outcome {
-            Outcome::Succeeded { .. } => format!("--- task {} attempt {} succeeded in {took}", task.id, task.attempt),
-            Outcome::Failed { reason } => {
-                format!("--- task {} attempt {} failed in {took}: {reason}", task.id, task.attempt)
-            }
-        };
-        self.log(&line).await;
+        self.log(&attempt_footer(task, &outcome, started)).await;
         outcome
     }
 

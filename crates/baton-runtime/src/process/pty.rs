@@ -50,7 +50,7 @@ use baton_core::config::{AgentSpec, DoneWhen, Limits, TerminalSpec};
 use baton_core::time::format_duration;
 
 use super::worker::placeholder_task;
-use super::{ProcessEnv, Registry, append_log, substitute};
+use super::{ProcessEnv, Registry, append_log, attempt_footer, attempt_header, prepare_dirs, substitute};
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
@@ -1071,14 +1071,7 @@ impl AgentRuntime for PtyAgent {
             previous.stop().await;
         }
         let rules = self.rules.clone()?;
-        if !self.workdir.is_dir() {
-            return Err(format!("working directory {} does not exist", self.workdir.display()));
-        }
-        if let Some(parent) = self.log_path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
-        }
+        prepare_dirs(&self.workdir, &self.log_path).await?;
         *self.context.lock().unwrap_or_else(|p| p.into_inner()) = Some(context.clone());
         let session = self.spawn(&context, &rules).await?;
         let pid = session.pid;
@@ -1091,17 +1084,10 @@ impl AgentRuntime for PtyAgent {
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
         let _one_at_a_time = self.busy.lock().await;
         let task = &attempt.task;
-        self.note(&format!("--- task {} `{}` attempt {}", task.id, task.title, task.attempt)).await;
-        let started = Instant::now();
+        self.note(&attempt_header(task)).await;
+        let started = tokio::time::Instant::now();
         let outcome = self.run_attempt(&attempt, &cancel).await;
-        let took = format_duration(Duration::from_millis(started.elapsed().as_millis() as u64));
-        let line = match &outcome {
-            Outcome::Succeeded { .. } => format!("--- task {} attempt {} succeeded in {took}", task.id, task.attempt),
-            Outcome::Failed { reason } => {
-                format!("--- task {} attempt {} failed in {took}: {reason}", task.id, task.attempt)
-            }
-        };
-        self.note(&line).await;
+        self.note(&attempt_footer(task, &outcome, started)).await;
         outcome
     }
 

@@ -31,7 +31,7 @@ use baton_core::config::AgentSpec;
 use baton_core::model::{NewTask, Priority, TaskId, TaskRef};
 use baton_core::time::format_duration;
 
-use super::{ProcessEnv, Registry, append_log, base_command, copy_stderr, task_json};
+use super::{ProcessEnv, Registry, append_log, base_command, copy_stderr, prepare_dirs, task_json};
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
@@ -578,14 +578,7 @@ impl AgentRuntime for WorkerAgent {
         if let Some(previous) = current.take() {
             previous.stop().await;
         }
-        if !self.workdir.is_dir() {
-            return Err(format!("working directory {} does not exist", self.workdir.display()));
-        }
-        if let Some(parent) = self.log_path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
-        }
+        prepare_dirs(&self.workdir, &self.log_path).await?;
         let connection = self.spawn(&context).await?;
         self.log(&format!("--- worker {} started (pid group {})", self.spec.name, connection.pgid.unwrap_or_default()))
             .await;
