@@ -419,8 +419,14 @@ fn run_batch(conn: &mut Connection, batch: &mut [Job]) -> (Vec<Result<Output>>, 
         })();
         outputs.push(output);
     }
+    let commit_started = std::time::Instant::now();
     match tx.commit() {
-        Ok(()) => (outputs, Ok(published)),
+        Ok(()) => {
+            ::metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(commit_started.elapsed().as_secs_f64());
+            ::metrics::counter!(crate::metrics::COMMITS_TOTAL).increment(1);
+            ::metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
+            (outputs, Ok(published))
+        }
         Err(error) => (outputs, Err(error.into())),
     }
 }
