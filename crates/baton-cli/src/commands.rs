@@ -686,7 +686,7 @@ async fn events(
     for stored in store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")? {
         names.insert(stored.id, stored.key);
     }
-    let mut query = EventQuery { run_id: Some(run.id.clone()), since, task, limit: Some(10_000) };
+    let mut query = EventQuery { run_id: Some(run.id.clone()), since, task, limit: Some(10_000), ..Default::default() };
     loop {
         let batch = store.events(&query).await.context("reading events")?;
         let mut ended = false;

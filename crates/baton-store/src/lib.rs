@@ -59,14 +59,20 @@ pub struct TaskFilter {
     pub after: Option<TaskId>,
 }
 
-/// Which events to read.
+/// Which events to read: those matching every filter given, in sequence order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventQuery {
     pub run_id: Option<String>,
     /// Only events with a sequence number greater than this.
     pub since: i64,
     pub task: Option<TaskId>,
+    /// At most this many events (counting only those that match the filters).
     pub limit: Option<u64>,
+    /// Only events of these types, named as by [`EventKind::name`] (`"TaskCompleted"`); all
+    /// types when empty. A name no event has matches nothing.
+    pub kinds: Vec<String>,
+    /// Only events about this agent ([`EventKind::agent`]).
+    pub agent: Option<String>,
 }
 
 /// A command for the process executing a run, left in the store by another process (`baton

@@ -17,6 +17,7 @@ macro_rules! store_test_suite {
             tasks_resolve_dependencies_by_key,
             task_writes_are_compare_and_set,
             events_are_sequenced_and_filtered,
+            events_are_filtered_by_type_and_agent,
             a_failed_write_in_a_batch_changes_nothing,
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
@@ -186,6 +187,93 @@ pub async fn events_are_sequenced_and_filtered(store: impl Store) {
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].seq, r1[1].seq + 1);
     assert_eq!(r1[3].kind, EventKind::PhaseStarted { phase: 3, workstreams: vec![] });
+}
+
+/// Type and agent filters combine with the others, and `limit` counts matching events only,
+/// so that paging with `since` through a filtered stream misses nothing.
+pub async fn events_are_filtered_by_type_and_agent(store: impl Store) {
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    store.create_run(new_run("r2"), T0).await.unwrap();
+    let task = TaskId(7);
+    let claimed = |agent: &str, attempt: u32| EventKind::TaskClaimed { task, agent: agent.into(), attempt };
+    let progress = |agent: &str| EventKind::TaskProgress { task, agent: agent.into(), fraction: None, message: None };
+    let r1_events = vec![
+        claimed("builder", 1),
+        progress("builder"),
+        progress("builder"),
+        EventKind::TaskFailed { task, agent: Some("builder".into()), attempt: 1, reason: "exit 1".into() },
+        claimed("reviewer", 2),
+        progress("reviewer"),
+        EventKind::TaskLeaseExpired { task, agent: None, attempt: 2 },
+        claimed("builder", 3),
+        progress("builder"),
+        EventKind::TaskCompleted { task, agent: "builder".into(), attempt: 3 },
+    ];
+    store.append_events("r1", T0, r1_events).await.unwrap();
+    store.append_events("r2", T0, vec![claimed("builder", 1)]).await.unwrap();
+    let read = |query: EventQuery| {
+        let store = &store;
+        async move {
+            store
+                .events(&query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|event| (event.run_id, event.kind.name(), event.kind.agent().map(str::to_string)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let claims = |run: &str, agent: &str| (run.to_string(), "TaskClaimed", Some(agent.to_string()));
+    let kinds = |names: &[&str]| names.iter().map(|name| name.to_string()).collect::<Vec<_>>();
+
+    let all_claims = read(EventQuery { kinds: kinds(&["TaskClaimed"]), ..Default::default() }).await;
+    assert_eq!(
+        all_claims,
+        vec![claims("r1", "builder"), claims("r1", "reviewer"), claims("r1", "builder"), claims("r2", "builder")]
+    );
+    let builder_ends = read(EventQuery {
+        run_id: Some("r1".into()),
+        kinds: kinds(&["TaskCompleted", "TaskFailed", "TaskLeaseExpired"]),
+        agent: Some("builder".into()),
+        ..Default::default()
+    })
+    .await;
+    let names: Vec<&str> = builder_ends.iter().map(|(_, name, _)| *name).collect();
+    assert_eq!(names, vec!["TaskFailed", "TaskCompleted"], "a lease expired without an agent is nobody's");
+    let reviewer = read(EventQuery { agent: Some("reviewer".into()), ..Default::default() }).await;
+    let names: Vec<&str> = reviewer.iter().map(|(_, name, _)| *name).collect();
+    assert_eq!(names, vec!["TaskClaimed", "TaskProgress"]);
+    let nothing = read(EventQuery { kinds: kinds(&["NoSuchEvent"]), ..Default::default() }).await;
+    assert!(nothing.is_empty(), "an unknown type matches nothing");
+    let lost =
+        read(EventQuery { kinds: kinds(&["TaskLeaseExpired"]), agent: Some("builder".into()), ..Default::default() })
+            .await;
+    assert!(lost.is_empty());
+
+    // Paging through builder's progress two at a time: `limit` counts matches, `since` resumes.
+    let mut since = 0;
+    let mut pages = Vec::new();
+    loop {
+        let query = EventQuery {
+            run_id: Some("r1".into()),
+            since,
+            limit: Some(2),
+            kinds: kinds(&["TaskProgress", "TaskClaimed"]),
+            agent: Some("builder".into()),
+            ..Default::default()
+        };
+        let page = store.events(&query).await.unwrap();
+        let Some(last) = page.last() else { break };
+        since = last.seq;
+        pages.push(page.iter().map(|event| event.kind.name()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        pages,
+        vec![vec!["TaskClaimed", "TaskProgress"], vec!["TaskProgress", "TaskClaimed"], vec!["TaskProgress"]]
+    );
+    // The task filter still applies alongside.
+    let other_task = EventQuery { task: Some(TaskId(8)), kinds: kinds(&["TaskClaimed"]), ..Default::default() };
+    assert!(store.events(&other_task).await.unwrap().is_empty());
 }
 
 pub async fn a_failed_write_in_a_batch_changes_nothing(store: impl Store) {
