@@ -181,6 +181,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn task(&self, id: TaskId) -> Result<Option<TaskRecord>>;
 
+    /// How many of the run's tasks are in each state, counted by the store without loading
+    /// them: every [`TaskState`] in [`TaskState::ALL`] order, zeros included (a gauge per state
+    /// then falls back to zero). All zeros for a run the store does not have.
+    async fn task_counts(&self, run_id: &str) -> Result<Vec<(TaskState, u64)>>;
+
     async fn agents(&self, run_id: &str) -> Result<Vec<AgentRecord>>;
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;

@@ -884,6 +884,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn task_counts(&self, run_id: &str) -> Result<Vec<(TaskState, u64)>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM tasks WHERE run_id = ?1 GROUP BY state")?;
+            let rows = stmt.query_map(params![run_id], |row| {
+                Ok((parse::<TaskState>(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)?.max(0) as u64))
+            })?;
+            let counted: HashMap<TaskState, u64> = rows.collect::<rusqlite::Result<_>>()?;
+            Ok(TaskState::ALL.iter().map(|state| (*state, counted.get(state).copied().unwrap_or(0))).collect())
+        })
+        .await
+    }
+
     async fn agents(&self, run_id: &str) -> Result<Vec<AgentRecord>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {

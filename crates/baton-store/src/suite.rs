@@ -16,6 +16,7 @@ macro_rules! store_test_suite {
             runs_are_created_and_found,
             tasks_resolve_dependencies_by_key,
             task_writes_are_compare_and_set,
+            task_counts_cover_every_state,
             events_are_sequenced_and_filtered,
             events_are_filtered_by_type_and_agent,
             a_failed_write_in_a_batch_changes_nothing,
@@ -170,6 +171,53 @@ pub async fn task_writes_are_compare_and_set(store: impl Store) {
     assert_eq!(filtered.len(), 1);
     let none = store.tasks("r1", &TaskFilter { state: Some(TaskState::Dead), ..Default::default() }).await.unwrap();
     assert!(none.is_empty());
+}
+
+pub async fn task_counts_cover_every_state(store: impl Store) {
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    store.create_run(new_run("r2"), T0).await.unwrap();
+    let zeros: Vec<(TaskState, u64)> = TaskState::ALL.iter().map(|state| (*state, 0)).collect();
+    assert_eq!(store.task_counts("r1").await.unwrap(), zeros, "an empty run counts zero of each");
+    let tasks =
+        store.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &[]), new_task("c", &[])], T0).await.unwrap();
+    store.create_tasks("r2", vec![new_task("a", &[])], T0).await.unwrap();
+    let mut claim = tasks[0].change();
+    claim.state = TaskState::Running;
+    claim.attempt = 1;
+    let mut cancel = tasks[1].change();
+    cancel.state = TaskState::Cancelled;
+    let writes = vec![
+        Write::Task {
+            id: tasks[0].id,
+            expect_state: TaskState::Pending,
+            expect_attempt: 0,
+            change: claim,
+            events: vec![],
+        },
+        Write::Task {
+            id: tasks[1].id,
+            expect_state: TaskState::Pending,
+            expect_attempt: 0,
+            change: cancel,
+            events: vec![],
+        },
+    ];
+    store.apply("r1", T0, writes).await.unwrap();
+    let counts = store.task_counts("r1").await.unwrap();
+    let expected: Vec<(TaskState, u64)> = TaskState::ALL
+        .iter()
+        .map(|state| {
+            let n = match state {
+                TaskState::Pending | TaskState::Running | TaskState::Cancelled => 1,
+                _ => 0,
+            };
+            (*state, n)
+        })
+        .collect();
+    assert_eq!(counts, expected);
+    let r2: u64 = store.task_counts("r2").await.unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(r2, 1, "runs are counted apart");
+    assert_eq!(store.task_counts("missing").await.unwrap(), zeros);
 }
 
 pub async fn events_are_sequenced_and_filtered(store: impl Store) {
