@@ -142,6 +142,52 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// An entry for the audit log: who did what through the control plane, and how it ended.
+/// Audit entries belong to no run: a server outlives its runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAuditEntry {
+    pub at: Timestamp,
+    /// The token's subject: `admin`, `agent:builder`.
+    pub actor: String,
+    pub role: String,
+    /// What was asked: `POST /tasks`, `task.cancel`.
+    pub action: String,
+    /// What it was asked of (a task, an agent, a path), when anything.
+    pub target: Option<String>,
+    /// `ok`, `denied` or `error: ...`.
+    pub outcome: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A recorded [`NewAuditEntry`], with the id the store gave it (growing, never reused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub status: u16,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries with an id greater than this.
+    pub since_id: Option<i64>,
+    /// Only entries of this actor.
+    pub actor: Option<String>,
+    /// At most this many entries (the newest ones with `newest_first`, else the oldest).
+    pub limit: Option<u64>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+}
+
 /// A run to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
@@ -253,6 +299,12 @@ pub trait Store: Send + Sync + 'static {
     /// Budget usage of a run per period and scope, from the period starting at `since` on,
     /// with the limits operators set.
     async fn usage(&self, run_id: &str, since: Timestamp) -> Result<Vec<UsageRecord>>;
+
+    /// Records an entry in the audit log, durably before it returns, and gives its id.
+    async fn record_audit(&self, entry: NewAuditEntry) -> Result<i64>;
+
+    /// Reads the audit log.
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
 
     /// Takes the run's pending control commands, oldest first; each is returned once.
     async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>>;

@@ -21,7 +21,10 @@ use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
-use crate::{Applied, Control, DeliveryOutcome, Error, EventQuery, NewRun, ProcessRecord, Result, Store, TaskFilter};
+use crate::{
+    Applied, AuditEntry, AuditQuery, Control, DeliveryOutcome, Error, EventQuery, NewAuditEntry, NewRun, ProcessRecord,
+    Result, Store, TaskFilter,
+};
 use baton_core::messages::{Delivery, DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
 
 /// How hard SQLite works to keep a commit on disk.
@@ -251,6 +254,22 @@ CREATE INDEX deliveries_by_recipient ON deliveries (run_id, recipient, state);
     r#"
 CREATE INDEX events_by_type ON events (type, seq);
 CREATE INDEX events_by_agent ON events (agent, seq) WHERE agent IS NOT NULL;
+"#,
+    // The control plane's audit log. No run_id: a server outlives its runs. AUTOINCREMENT so
+    // that an id is never reused and `since_id` tailing misses nothing.
+    r#"
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT
+);
+CREATE INDEX audit_by_actor ON audit (actor, id);
 "#,
 ];
 
@@ -1226,6 +1245,63 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_audit(&self, entry: NewAuditEntry) -> Result<i64> {
+        self.write(move |ctx| {
+            ctx.tx
+                .prepare_cached(
+                    "INSERT INTO audit (at, actor, role, action, target, outcome, status, detail) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    entry.at.0,
+                    entry.actor,
+                    entry.role,
+                    entry.action,
+                    entry.target,
+                    entry.outcome,
+                    entry.status,
+                    entry.detail.as_ref().map(to_json),
+                ])?;
+            Ok(ctx.tx.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let query = query.clone();
+        self.read(move |conn| {
+            let mut sql = String::from(
+                "SELECT id, at, actor, role, action, target, outcome, status, detail FROM audit WHERE id > ?",
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![query.since_id.unwrap_or(0).into()];
+            if let Some(actor) = query.actor {
+                sql.push_str(" AND actor = ?");
+                values.push(actor.into());
+            }
+            sql.push_str(if query.newest_first { " ORDER BY id DESC LIMIT ?" } else { " ORDER BY id LIMIT ?" });
+            values.push(query.limit.map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX)).into());
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), |row| {
+                Ok(AuditEntry {
+                    id: row.get(0)?,
+                    at: Timestamp(row.get(1)?),
+                    actor: row.get(2)?,
+                    role: row.get(3)?,
+                    action: row.get(4)?,
+                    target: row.get(5)?,
+                    outcome: row.get(6)?,
+                    status: row.get(7)?,
+                    detail: row
+                        .get::<_, Option<String>>(8)?
+                        .map(|text| from_json(&text, "audit detail"))
+                        .transpose()?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>> {
         let run_id = run_id.to_string();
         self.write(move |ctx| {
@@ -1259,6 +1335,46 @@ mod tests {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let rows = stmt.query_map(values, |row| row.get::<_, String>(3)).unwrap();
         rows.collect::<rusqlite::Result<Vec<_>>>().unwrap().join("\n")
+    }
+
+    /// A store written by a baton from before the event indexes and the audit log opens, is
+    /// brought up to date, and keeps its events readable with the new filters.
+    #[tokio::test]
+    async fn a_store_of_schema_5_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..5] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            let kind = EventKind::TaskClaimed { task: TaskId(1), agent: "builder".into(), attempt: 1 };
+            conn.execute(
+                "INSERT INTO events (run_id, at, type, task_id, agent, data) VALUES ('r1', 1, ?1, 1, 'builder', ?2)",
+                params![kind.name(), to_json(&kind)],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Options::default()).unwrap();
+        let version: i64 =
+            store.read(|conn| Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)).await.unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let query =
+            EventQuery { kinds: vec!["TaskClaimed".into()], agent: Some("builder".into()), ..Default::default() };
+        assert_eq!(store.events(&query).await.unwrap().len(), 1);
+        let entry = NewAuditEntry {
+            at: Timestamp(1),
+            actor: "admin".into(),
+            role: "admin".into(),
+            action: "task.cancel".into(),
+            target: None,
+            outcome: "ok".into(),
+            status: 200,
+            detail: None,
+        };
+        let id = store.record_audit(entry).await.unwrap();
+        assert_eq!(store.audit(&AuditQuery::default()).await.unwrap()[0].id, id);
     }
 
     #[test]

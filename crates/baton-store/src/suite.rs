@@ -27,6 +27,7 @@ macro_rules! store_test_suite {
             schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
             messages_are_delivered_retried_and_dead_lettered,
+            audit_entries_are_recorded_and_queried,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -591,4 +592,69 @@ pub async fn messages_are_delivered_retried_and_dead_lettered(store: impl Store)
     let refused = store.send_message("r1", "over".into(), message, vec!["ok".into(), "full".into()], T0).await;
     assert!(refused.unwrap_err().to_string().starts_with("the inbox of full is full"));
     assert!(store.deliveries("r1", Some("ok"), 10).await.unwrap().is_empty(), "nothing stored for the others either");
+}
+
+/// The audit log: ids grow, entries read back whole, and `since_id`, `actor`, `limit` and
+/// `newest_first` combine. Audit entries are no run's events.
+pub async fn audit_entries_are_recorded_and_queried(store: impl Store) {
+    use crate::{AuditEntry, AuditQuery, NewAuditEntry};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let events_before = store.events(&EventQuery::default()).await.unwrap();
+    assert!(store.audit(&AuditQuery::default()).await.unwrap().is_empty());
+    let entry = |n: i64, actor: &str, outcome: &str, status: u16| NewAuditEntry {
+        at: Timestamp(T0.0 + n),
+        actor: actor.into(),
+        role: if actor == "admin" { "admin".into() } else { "agent".into() },
+        action: "POST /tasks".into(),
+        target: (n % 2 == 0).then(|| format!("task {n}")),
+        outcome: outcome.into(),
+        status,
+        detail: (n == 1).then(|| serde_json::json!({"reason": "quota", "tasks": [1, 2]})),
+    };
+    let mut ids = Vec::new();
+    for (n, actor, outcome, status) in [
+        (1, "admin", "ok", 200),
+        (2, "agent:builder", "denied", 403),
+        (3, "admin", "error: boom", 500),
+        (4, "admin", "ok", 201),
+    ] {
+        ids.push(store.record_audit(entry(n, actor, outcome, status)).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|pair| pair[1] > pair[0]), "ids grow: {ids:?}");
+
+    let all = store.audit(&AuditQuery::default()).await.unwrap();
+    let first = entry(1, "admin", "ok", 200);
+    assert_eq!(
+        all[0],
+        AuditEntry {
+            id: ids[0],
+            at: first.at,
+            actor: first.actor,
+            role: first.role,
+            action: first.action,
+            target: first.target,
+            outcome: first.outcome,
+            status: first.status,
+            detail: first.detail,
+        },
+        "an entry reads back as recorded"
+    );
+    assert_eq!(all.iter().map(|entry| entry.id).collect::<Vec<_>>(), ids, "oldest first by default");
+    assert_eq!((all[1].target.as_deref(), all[1].status), (Some("task 2"), 403));
+
+    let newest = store.audit(&AuditQuery { limit: Some(2), newest_first: true, ..Default::default() }).await.unwrap();
+    assert_eq!(newest.iter().map(|entry| entry.id).collect::<Vec<_>>(), vec![ids[3], ids[2]]);
+    let oldest = store.audit(&AuditQuery { limit: Some(2), ..Default::default() }).await.unwrap();
+    assert_eq!(oldest.iter().map(|entry| entry.id).collect::<Vec<_>>(), vec![ids[0], ids[1]]);
+    let admin_since = store
+        .audit(&AuditQuery { since_id: Some(ids[0]), actor: Some("admin".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(admin_since.iter().map(|entry| entry.id).collect::<Vec<_>>(), vec![ids[2], ids[3]]);
+    assert_eq!(admin_since[0].outcome, "error: boom");
+    let builder = store.audit(&AuditQuery { actor: Some("agent:builder".into()), ..Default::default() }).await.unwrap();
+    assert_eq!((builder.len(), builder[0].outcome.as_str()), (1, "denied"));
+    let after_all = store.audit(&AuditQuery { since_id: Some(ids[3]), ..Default::default() }).await.unwrap();
+    assert!(after_all.is_empty());
+    assert_eq!(store.events(&EventQuery::default()).await.unwrap(), events_before, "auditing writes no event");
 }

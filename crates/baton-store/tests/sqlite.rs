@@ -33,9 +33,22 @@ async fn a_reopened_store_keeps_what_was_committed() {
             .await
             .unwrap();
         store.create_tasks("r1", vec![baton_store::suite::new_task("a", &[])], baton_core::Timestamp(1)).await.unwrap();
+        let entry = baton_store::NewAuditEntry {
+            at: baton_core::Timestamp(2),
+            actor: "admin".into(),
+            role: "admin".into(),
+            action: "POST /tasks".into(),
+            target: None,
+            outcome: "ok".into(),
+            status: 201,
+            detail: Some(serde_json::json!({"n": 1})),
+        };
+        store.record_audit(entry).await.unwrap();
     }
     let store = SqliteStore::open(&path, Options::default()).unwrap();
     assert_eq!(store.tasks("r1", &Default::default()).await.unwrap().len(), 1);
+    let audit = store.audit(&Default::default()).await.unwrap();
+    assert_eq!((audit.len(), audit[0].status, audit[0].detail.clone()), (1, 201, Some(serde_json::json!({"n": 1}))));
 }
 
 #[test]
