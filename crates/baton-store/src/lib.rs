@@ -188,6 +188,88 @@ pub struct AuditQuery {
     pub newest_first: bool,
 }
 
+/// One attempt at a task, as its events tell it ([`attempts_from_events`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt's number. Not unique: an attempt interrupted by a shutdown is re-run under
+    /// the same number, and a manual retry counts from 1 again.
+    pub attempt: u32,
+    pub agent: Option<String>,
+    /// When it was claimed; `None` for an attempt whose claim is not among the events.
+    pub started_at: Option<Timestamp>,
+    /// `None` while it runs.
+    pub ended_at: Option<Timestamp>,
+    /// `succeeded`, `failed`, `lease expired`, `cancelled` or `requeued` (interrupted, to be run
+    /// again); `None` while it runs.
+    pub outcome: Option<String>,
+    /// Why it failed, or why it was cancelled.
+    pub error: Option<String>,
+}
+
+/// The event types [`attempts_from_events`] reads.
+pub const ATTEMPT_EVENT_KINDS: [&str; 6] =
+    ["TaskClaimed", "TaskCompleted", "TaskFailed", "TaskLeaseExpired", "TaskRequeued", "TaskCancelled"];
+
+/// A task's attempts, oldest first, from its events in sequence order (events of other types
+/// are skipped; all events must be about the same task). A claim starts an attempt; completion,
+/// failure, lease expiry, cancellation and a re-queue of a running task end the open one.
+pub fn attempts_from_events(events: &[Event]) -> Vec<AttemptRecord> {
+    let mut attempts: Vec<AttemptRecord> = Vec::new();
+    for event in events {
+        let (attempt, agent, outcome, error) = match &event.kind {
+            EventKind::TaskClaimed { agent, attempt, .. } => {
+                attempts.push(AttemptRecord {
+                    attempt: *attempt,
+                    agent: Some(agent.clone()),
+                    started_at: Some(event.at),
+                    ended_at: None,
+                    outcome: None,
+                    error: None,
+                });
+                continue;
+            }
+            EventKind::TaskCompleted { agent, attempt, .. } => (Some(*attempt), Some(agent), "succeeded", None),
+            EventKind::TaskFailed { agent, attempt, reason, .. } => {
+                (Some(*attempt), agent.as_ref(), "failed", Some(reason))
+            }
+            EventKind::TaskLeaseExpired { agent, attempt, .. } => {
+                (Some(*attempt), agent.as_ref(), "lease expired", None)
+            }
+            EventKind::TaskCancelled { reason, .. } => (None, None, "cancelled", Some(reason)),
+            EventKind::TaskRequeued { from: TaskState::Running, .. } => (None, None, "requeued", None),
+            _ => continue,
+        };
+        let open = attempts
+            .iter_mut()
+            .rev()
+            .find(|open| open.ended_at.is_none() && attempt.is_none_or(|attempt| open.attempt == attempt));
+        let ended = match open {
+            Some(open) => open,
+            // A cancellation or re-queue with no attempt running ends nothing.
+            None if attempt.is_none() => continue,
+            // An end whose claim is not among the events.
+            None => {
+                attempts.push(AttemptRecord {
+                    attempt: attempt.unwrap_or_default(),
+                    agent: None,
+                    started_at: None,
+                    ended_at: None,
+                    outcome: None,
+                    error: None,
+                });
+                attempts.last_mut().expect("just pushed")
+            }
+        };
+        ended.ended_at = Some(event.at);
+        ended.outcome = Some(outcome.to_string());
+        ended.error = error.cloned();
+        if ended.agent.is_none() {
+            ended.agent = agent.cloned();
+        }
+    }
+    attempts
+}
+
 /// A run to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRun {
@@ -226,6 +308,16 @@ pub trait Store: Send + Sync + 'static {
     async fn tasks(&self, run_id: &str, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
 
     async fn task(&self, id: TaskId) -> Result<Option<TaskRecord>>;
+
+    /// The task's attempts, oldest first, derived from its events ([`attempts_from_events`]).
+    async fn attempts(&self, task: TaskId) -> Result<Vec<AttemptRecord>> {
+        let query = EventQuery {
+            task: Some(task),
+            kinds: ATTEMPT_EVENT_KINDS.iter().map(|kind| kind.to_string()).collect(),
+            ..EventQuery::default()
+        };
+        Ok(attempts_from_events(&self.events(&query).await?))
+    }
 
     /// How many of the run's tasks are in each state, counted by the store without loading
     /// them: every [`TaskState`] in [`TaskState::ALL`] order, zeros included (a gauge per state

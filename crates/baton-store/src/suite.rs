@@ -17,6 +17,7 @@ macro_rules! store_test_suite {
             tasks_resolve_dependencies_by_key,
             task_writes_are_compare_and_set,
             task_counts_cover_every_state,
+            attempts_are_told_by_the_events,
             events_are_sequenced_and_filtered,
             events_are_filtered_by_type_and_agent,
             a_failed_write_in_a_batch_changes_nothing,
@@ -219,6 +220,66 @@ pub async fn task_counts_cover_every_state(store: impl Store) {
     let r2: u64 = store.task_counts("r2").await.unwrap().iter().map(|(_, n)| n).sum();
     assert_eq!(r2, 1, "runs are counted apart");
     assert_eq!(store.task_counts("missing").await.unwrap(), zeros);
+}
+
+/// Each claim starts an attempt and its end closes it, whatever ended it; a re-run attempt
+/// under the same number is a new record; other tasks' events are not mixed in.
+pub async fn attempts_are_told_by_the_events(store: impl Store) {
+    use crate::AttemptRecord;
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let tasks =
+        store.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &[]), new_task("c", &[])], T0).await.unwrap();
+    let (a, b, c) = (tasks[0].id, tasks[1].id, tasks[2].id);
+    let at = |n: i64| Timestamp(T0.0 + n * 1_000);
+    let claimed =
+        |task: TaskId, agent: &str, attempt: u32| EventKind::TaskClaimed { task, agent: agent.into(), attempt };
+    let steps = vec![
+        (1, vec![claimed(a, "builder", 1), claimed(b, "builder", 1)]),
+        (
+            2,
+            vec![
+                EventKind::TaskFailed { task: a, agent: Some("builder".into()), attempt: 1, reason: "exit 1".into() },
+                EventKind::TaskRetrying { task: a, attempt: 2, not_before: at(3) },
+            ],
+        ),
+        (3, vec![claimed(a, "reviewer", 2)]),
+        (4, vec![EventKind::TaskLeaseExpired { task: a, agent: None, attempt: 2 }]),
+        (5, vec![claimed(a, "builder", 3)]),
+        (6, vec![EventKind::TaskRequeued { task: a, from: TaskState::Running }]),
+        (7, vec![claimed(a, "builder", 3)]),
+        (8, vec![EventKind::TaskCompleted { task: a, agent: "builder".into(), attempt: 3 }]),
+    ];
+    for (n, events) in steps {
+        store.append_events("r1", at(n), events).await.unwrap();
+    }
+    let record = |attempt: u32, agent: &str, started: i64, ended: Option<(i64, &str, Option<&str>)>| AttemptRecord {
+        attempt,
+        agent: Some(agent.into()),
+        started_at: Some(at(started)),
+        ended_at: ended.map(|(n, _, _)| at(n)),
+        outcome: ended.map(|(_, outcome, _)| outcome.to_string()),
+        error: ended.and_then(|(_, _, error)| error.map(str::to_string)),
+    };
+    assert_eq!(
+        store.attempts(a).await.unwrap(),
+        vec![
+            record(1, "builder", 1, Some((2, "failed", Some("exit 1")))),
+            record(2, "reviewer", 3, Some((4, "lease expired", None))),
+            record(3, "builder", 5, Some((6, "requeued", None))),
+            record(3, "builder", 7, Some((8, "succeeded", None))),
+        ]
+    );
+    assert_eq!(store.attempts(b).await.unwrap(), vec![record(1, "builder", 1, None)], "a running attempt is open");
+    store
+        .append_events("r1", at(9), vec![EventKind::TaskCancelled { task: b, reason: "not needed".into() }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.attempts(b).await.unwrap(),
+        vec![record(1, "builder", 1, Some((9, "cancelled", Some("not needed"))))]
+    );
+    store.append_events("r1", at(9), vec![EventKind::TaskCancelled { task: c, reason: "no".into() }]).await.unwrap();
+    assert!(store.attempts(c).await.unwrap().is_empty(), "a task cancelled before any claim had no attempt");
 }
 
 pub async fn events_are_sequenced_and_filtered(store: impl Store) {
