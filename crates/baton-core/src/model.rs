@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::time::Timestamp;
 
 /// A task's id, assigned by the store when the task is created.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(pub i64);
@@ -20,6 +21,7 @@ impl fmt::Display for TaskId {
 }
 
 /// Priority of a workstream, agent or task. Ordered so that `Critical` sorts first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
@@ -64,6 +66,7 @@ impl fmt::Display for Priority {
 }
 
 /// Where a task is in its lifecycle (DESIGN.md §1).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -138,6 +141,7 @@ pub enum Outcome {
 }
 
 /// A task as stored.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: TaskId,
@@ -235,6 +239,7 @@ pub struct NewTask {
     pub resources: Vec<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TaskRef {
@@ -243,6 +248,7 @@ pub enum TaskRef {
 }
 
 /// An agent's status as shown to users.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AgentState {
@@ -291,6 +297,21 @@ impl AgentState {
         )
     }
 
+    pub const ALL: [AgentState; 12] = [
+        AgentState::Waiting,
+        AgentState::Starting,
+        AgentState::Active,
+        AgentState::Idle,
+        AgentState::Restarting,
+        AgentState::CircuitOpen,
+        AgentState::Stalled,
+        AgentState::WaitingInput,
+        AgentState::BlockedBudget,
+        AgentState::Offline,
+        AgentState::Failed,
+        AgentState::Stopped,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentState::Waiting => "waiting",
@@ -316,6 +337,7 @@ impl fmt::Display for AgentState {
 }
 
 /// An agent as stored, for `baton agents`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub run_id: String,
@@ -333,6 +355,7 @@ pub struct AgentRecord {
     pub updated_at: Timestamp,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
@@ -371,6 +394,7 @@ impl FromStr for RunState {
 }
 
 /// One execution of a plan.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: String,

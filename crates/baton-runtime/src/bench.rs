@@ -171,6 +171,7 @@ fn worker_runtimes(dir: &std::path::Path) -> RuntimeFactory {
         log_dir: dir.join("logs"),
         env,
         registry: None,
+        api: None,
     })
 }
 

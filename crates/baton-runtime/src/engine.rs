@@ -41,6 +41,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// The scheduler refused a command (an unknown task or agent, a task in the wrong state).
+    #[error(transparent)]
+    Refused(baton_core::sched::Error),
 }
 
 /// Builds the runtime for an agent.
@@ -136,15 +139,45 @@ pub struct RunSummary {
 }
 
 enum Command {
-    CreateTasks { tasks: Vec<NewTask>, reply: oneshot::Sender<Result<Vec<TaskId>, Error>> },
-    Cancel { task: TaskId, reason: String, reply: oneshot::Sender<Result<(), Error>> },
-    Retry { task: TaskId, reply: oneshot::Sender<Result<(), Error>> },
+    CreateTasks {
+        tasks: Vec<NewTask>,
+        reply: oneshot::Sender<Result<Vec<TaskId>, Error>>,
+    },
+    Cancel {
+        task: TaskId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Retry {
+        task: TaskId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    /// An operator's command about an agent (stop, start, restart), answered once applied.
+    Agent {
+        control: Control,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    AddAgent {
+        spec: AgentSpec,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    UpdateAgent {
+        spec: AgentSpec,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    RemoveAgent {
+        name: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// Talks to a running engine. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
     commands: mpsc::UnboundedSender<Command>,
+    /// Reports about agents from outside their runtimes (the HTTP API's agent-side endpoints).
+    agent_events: mpsc::UnboundedSender<AgentEvent>,
+    plan: watch::Receiver<Option<Arc<Plan>>>,
     progress: watch::Receiver<Progress>,
     run_id: watch::Receiver<Option<String>>,
 }
@@ -167,6 +200,62 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Retry { task, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    pub async fn stop_agent(&self, agent: String) -> Result<(), Error> {
+        self.agent_command(Control::StopAgent { agent }).await
+    }
+
+    pub async fn start_agent(&self, agent: String) -> Result<(), Error> {
+        self.agent_command(Control::StartAgent { agent }).await
+    }
+
+    pub async fn restart_agent(&self, agent: String) -> Result<(), Error> {
+        self.agent_command(Control::RestartAgent { agent }).await
+    }
+
+    /// Adds an agent to the running plan; it starts when its workstream's phase is active.
+    pub async fn add_agent(&self, spec: AgentSpec) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::AddAgent { spec, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Replaces an agent's configuration; it restarts when how it runs changed.
+    pub async fn update_agent(&self, spec: AgentSpec) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::UpdateAgent { spec, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Removes an agent from the running plan; its running attempts go back to the queue.
+    pub async fn remove_agent(&self, name: String) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::RemoveAgent { name, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The plan as it runs now: agents and workstreams added, changed or removed since the
+    /// start included. `None` until the engine has opened its run.
+    pub fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.borrow().clone()
+    }
+
+    async fn agent_command(&self, control: Control) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Agent { control, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Passes a report about an agent (progress, usage, a sign of life) to the engine, as if
+    /// its runtime had sent it.
+    pub fn report(&self, event: AgentEvent) -> Result<(), Error> {
+        self.agent_events.send(event).map_err(|_| stopped())
+    }
+
+    /// Whether the engine has stopped (its run ended or it was shut down).
+    pub fn is_stopped(&self) -> bool {
+        self.commands.is_closed()
     }
 
     /// Per-workstream progress, updated after every turn of the engine.
@@ -194,6 +283,8 @@ enum Report {
 pub struct Engine {
     options: EngineOptions,
     commands: mpsc::UnboundedReceiver<Command>,
+    agent_events: (mpsc::UnboundedSender<AgentEvent>, mpsc::UnboundedReceiver<AgentEvent>),
+    plan: watch::Sender<Option<Arc<Plan>>>,
     progress: watch::Sender<Progress>,
     run_id: watch::Sender<Option<String>>,
 }
@@ -203,14 +294,29 @@ impl Engine {
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let (progress, progress_rx) = watch::channel(Progress::default());
         let (run_id, run_id_rx) = watch::channel(None);
-        let handle = EngineHandle { commands: commands_tx, progress: progress_rx, run_id: run_id_rx };
-        (Engine { options, commands, progress, run_id }, handle)
+        let agent_events = mpsc::unbounded_channel();
+        let (plan, plan_rx) = watch::channel(None);
+        let handle = EngineHandle {
+            commands: commands_tx,
+            agent_events: agent_events.0.clone(),
+            plan: plan_rx,
+            progress: progress_rx,
+            run_id: run_id_rx,
+        };
+        (Engine { options, commands, agent_events, plan, progress, run_id }, handle)
     }
 
     /// Runs the plan until it ends, or until `shutdown` fires (then running attempts get the
     /// grace period to finish and the run stays resumable).
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, Error> {
-        let Engine { options, mut commands, progress, run_id: run_id_tx } = self;
+        let Engine {
+            options,
+            mut commands,
+            agent_events: (agent_events_tx, mut agent_events),
+            plan: plan_tx,
+            progress,
+            run_id: run_id_tx,
+        } = self;
         let store = Arc::clone(&options.store);
         let clock = options.clock;
         let now = clock.now();
@@ -267,7 +373,6 @@ impl Engine {
         let post = PostOffice::new(Arc::clone(&store), run_id.clone(), Arc::new(runtimes.clone()), clock);
         let post_stop = CancellationToken::new();
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
-        let (agent_events_tx, mut agent_events) = mpsc::unbounded_channel::<AgentEvent>();
         let mut shell = Shell {
             store: Arc::clone(&store),
             run_id: run_id.clone(),
@@ -281,6 +386,7 @@ impl Engine {
         shell.tracker.spawn(post.clone().run(post_stop.clone()));
         perform(&mut sched, &mut shell, fx, now).await?;
         let _ = progress.send(sched.progress());
+        let _ = plan_tx.send(Some(Arc::new(sched.plan().clone())));
 
         let lease_ttl = options.plan.settings.lease_ttl;
         let mut next_owner_renewal = now.plus(lease_ttl / 3);
@@ -300,6 +406,8 @@ impl Engine {
                 }
                 let wakeup = sched.next_wakeup().map(|at| clock.instant_at(at));
                 let mut fx = Effects::default();
+                // Answers to commands, sent once what they decided is durable.
+                let mut deferred: Vec<(oneshot::Sender<Result<(), Error>>, Result<(), Error>)> = Vec::new();
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled(), if draining_until.is_none() => {
@@ -335,7 +443,66 @@ impl Engine {
                     }
                     Some(command) = commands.recv() => {
                         let now = clock.now();
-                        handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
+                        let changes_plan = matches!(
+                            command,
+                            Command::AddAgent { .. } | Command::UpdateAgent { .. } | Command::RemoveAgent { .. }
+                        );
+                        match command {
+                            Command::AddAgent { spec, reply } => {
+                                let runtime = (options.runtimes)(&spec);
+                                let name = spec.name.clone();
+                                let result = sched.add_agent(spec, now, &mut fx);
+                                if result.is_ok() {
+                                    shell.runtimes.insert(name, runtime);
+                                }
+                                deferred.push((reply, result.map_err(refused)));
+                            }
+                            Command::UpdateAgent { spec, reply } => {
+                                let before = sched.plan().agent(&spec.name).cloned();
+                                let runtime = (options.runtimes)(&spec);
+                                let name = spec.name.clone();
+                                match sched.update_agent(spec.clone(), now, &mut fx) {
+                                    Ok(restarted) => {
+                                        // A new runtime when how the agent runs changed: the old one
+                                        // is stopped (the scheduler restarts the agent if it ran).
+                                        if restarted || before.is_none_or(|before| !same_runtime(&before, &spec)) {
+                                            if let Some(old) = shell.runtimes.insert(name, runtime) {
+                                                shell.tracker.spawn(async move { old.stop().await });
+                                            }
+                                        }
+                                        deferred.push((reply, Ok(())));
+                                    }
+                                    Err(error) => deferred.push((reply, Err(refused(error)))),
+                                }
+                            }
+                            Command::RemoveAgent { name, reply } => {
+                                let result = sched.remove_agent(&name, now, &mut fx);
+                                deferred.push((reply, result.map_err(refused)));
+                            }
+                            Command::Cancel { task, reason, reply } => {
+                                deferred.push((reply, sched.cancel(task, reason, now, &mut fx).map_err(refused)));
+                            }
+                            Command::Retry { task, reply } => {
+                                deferred.push((reply, sched.retry(task, now, &mut fx).map_err(refused)));
+                            }
+                            Command::Agent { control, reply } => {
+                                let result = match control {
+                                    Control::StopAgent { agent } => sched.stop_agent(&agent, now, &mut fx).map_err(refused),
+                                    Control::StartAgent { agent } => {
+                                        sched.start_agent_again(&agent, now, &mut fx).map_err(refused)
+                                    }
+                                    Control::RestartAgent { agent } => {
+                                        sched.restart_agent(&agent, now, &mut fx).map_err(refused)
+                                    }
+                                    other => Err(Error::Invalid(format!("not an agent command: {other:?}"))),
+                                };
+                                deferred.push((reply, result));
+                            }
+                            command => handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await,
+                        }
+                        if changes_plan {
+                            let _ = plan_tx.send(Some(Arc::new(sched.plan().clone())));
+                        }
                     }
                     () = sleep_until_opt(wakeup) => {
                         sched.tick(clock.now(), &mut fx);
@@ -366,6 +533,9 @@ impl Engine {
                 let now = clock.now();
                 sched.step(now, &mut fx);
                 perform(&mut sched, &mut shell, fx, now).await?;
+                for (reply, result) in deferred {
+                    let _ = reply.send(result);
+                }
                 progress.send_if_modified(|current| {
                     let next = sched.progress();
                     let changed = *current != next;
@@ -674,15 +844,34 @@ async fn handle_command(
                 }
             }
         }
-        Command::Cancel { task, reason, reply } => {
-            let result = sched.cancel(task, reason, now, fx).map_err(|error| Error::Invalid(error.to_string()));
-            let _ = reply.send(result);
-        }
-        Command::Retry { task, reply } => {
-            let result = sched.retry(task, now, fx).map_err(|error| Error::Invalid(error.to_string()));
-            let _ = reply.send(result);
+        Command::Cancel { reply, .. }
+        | Command::Retry { reply, .. }
+        | Command::Agent { reply, .. }
+        | Command::AddAgent { reply, .. }
+        | Command::UpdateAgent { reply, .. }
+        | Command::RemoveAgent { reply, .. } => {
+            let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
         }
     }
+}
+
+/// Whether two specs of an agent run it the same way (a change elsewhere needs no new runtime).
+fn same_runtime(a: &AgentSpec, b: &AgentSpec) -> bool {
+    a.runtime == b.runtime
+        && a.mode == b.mode
+        && a.command == b.command
+        && a.env == b.env
+        && a.env_passthrough == b.env_passthrough
+        && a.workdir == b.workdir
+        && a.limits == b.limits
+        && a.terminal == b.terminal
+        && a.heartbeat_timeout == b.heartbeat_timeout
+        && a.max_message_size == b.max_message_size
+}
+
+/// A command the scheduler refused, for the caller.
+fn refused(error: baton_core::sched::Error) -> Error {
+    Error::Refused(error)
 }
 
 fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &mut Effects) {

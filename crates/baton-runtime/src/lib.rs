@@ -14,6 +14,7 @@ pub mod clock;
 pub mod engine;
 pub mod postoffice;
 pub mod process;
+pub mod remote;
 
 pub use agent::{AgentRuntime, Attempt};
 pub use clock::Clock;

@@ -61,6 +61,7 @@ impl Setup {
             log_dir: self.path("logs"),
             env: self.env.clone(),
             registry: None,
+            api: None,
         };
         ProcessAgent::new(spec, &process_env)
     }

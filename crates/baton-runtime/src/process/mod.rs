@@ -59,6 +59,17 @@ pub struct ProcessEnv {
     /// Where attempts' process groups are recorded, so that whoever resumes a run after
     /// `kill -9` can kill what was left running.
     pub registry: Option<Registry>,
+    /// How agents reach the server's API (`baton serve`): `BATON_URL`, and `BATON_TOKEN`
+    /// scoped to the agent.
+    pub api: Option<ApiAccess>,
+}
+
+/// The API address and each agent's own token, for agents that `baton serve` starts.
+#[derive(Clone)]
+pub struct ApiAccess {
+    pub url: String,
+    /// Issues the token for an agent (`None` when the server has no `[auth]`).
+    pub token_for: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
 }
 
 /// Records attempts' process groups in the store.
@@ -167,6 +178,12 @@ impl ProcessEnv {
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         env.extend(spec.env.clone());
+        if let Some(api) = &self.api {
+            env.insert("BATON_URL".into(), api.url.clone());
+            if let Some(token) = (api.token_for)(&spec.name) {
+                env.insert("BATON_TOKEN".into(), token);
+            }
+        }
         (workdir, env)
     }
 }

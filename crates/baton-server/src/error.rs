@@ -1,0 +1,168 @@
+//! The API's errors: one table from what went wrong to an HTTP status and a stable code, and
+//! one JSON shape, `{"error": {"code", "message"}}`. Handlers return [`ApiError`]; nothing in
+//! the API answers with a panic or a bare text body.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
+    /// `conflict`, `lease_expired`, `payload_too_large`, `rate_limited`, `unavailable`,
+    /// `internal`.
+    pub code: String,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds to wait, for `429`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(status, "payload_too_large", "the request body is larger than the server accepts");
+        }
+        let message = match &rejection {
+            JsonRejection::JsonDataError(error) => format!("invalid request body: {}", source_text(error)),
+            JsonRejection::JsonSyntaxError(error) => {
+                format!("the request body is not valid JSON: {}", source_text(error))
+            }
+            JsonRejection::MissingJsonContentType(_) => {
+                "the request body must be JSON, with `Content-Type: application/json`".to_string()
+            }
+            other => other.body_text(),
+        };
+        let status = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { status } else { StatusCode::BAD_REQUEST };
+        ApiError::new(status, "bad_request", message)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        let text = match &rejection {
+            QueryRejection::FailedToDeserializeQueryString(error) => source_text(error),
+            other => other.body_text(),
+        };
+        ApiError::bad_request(format!("invalid query: {text}"))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::bad_request(format!("invalid path: {}", rejection.body_text()))
+    }
+}
+
+impl From<baton_store::Error> for ApiError {
+    fn from(error: baton_store::Error) -> ApiError {
+        match error {
+            baton_store::Error::Invalid(message) => ApiError::bad_request(message),
+            baton_store::Error::UnknownRun(_) => ApiError::not_found(error.to_string()),
+            baton_store::Error::Closed => ApiError::unavailable("the store is closed: the server is stopping"),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<baton_runtime::engine::Error> for ApiError {
+    fn from(error: baton_runtime::engine::Error) -> ApiError {
+        use baton_core::sched::Error as Refused;
+        use baton_runtime::engine::Error;
+        match error {
+            Error::Refused(refused) => {
+                let message = refused.to_string();
+                match refused {
+                    Refused::UnknownTask(_) | Refused::UnknownAgent(_) | Refused::UnknownSchedule(_) => {
+                        ApiError::not_found(message)
+                    }
+                    Refused::WrongState { .. }
+                    | Refused::Stale { .. }
+                    | Refused::AgentExists(_)
+                    | Refused::WorkstreamExists(_) => ApiError::conflict(message),
+                    _ => ApiError::bad_request(message),
+                }
+            }
+            Error::Invalid(message) if message.contains("has stopped") => ApiError::unavailable(message),
+            Error::Invalid(message) => ApiError::bad_request(message),
+            Error::Store(error) => error.into(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// The innermost message of an error chain: serde's, which names the field and the problem.
+fn source_text(error: &dyn std::error::Error) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}

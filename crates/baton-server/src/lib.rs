@@ -1,0 +1,312 @@
+//! Baton's control plane: `baton serve`'s HTTP API, live events over Server-Sent Events and
+//! WebSocket, bearer-token auth with roles, the audit log, rate limits, Prometheus metrics and
+//! the OpenAPI description of it all.
+//!
+//! Architecture invariant: this is the only crate that knows HTTP. It changes the run only
+//! through the engine's [`EngineHandle`] (the engine stays the single writer of its run) and
+//! the [`RemoteHub`] (remote agents' attempts), and reads through the [`Store`].
+//!
+//! Every request passes one gate ([`gate`]): it finds the caller from the bearer token, applies
+//! the caller's rate limit, times the request for the metrics, and writes mutating requests to
+//! the audit log with their outcome. Handlers then check what the caller's role allows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+use baton_core::config::Plan;
+use baton_runtime::remote::RemoteHub;
+use baton_runtime::{Clock, EngineHandle};
+use baton_store::{NewAuditEntry, Store};
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod live;
+pub mod metrics;
+pub mod openapi;
+pub mod worker;
+
+pub use auth::{Access, Auth, Caller, Role};
+pub use error::ApiError;
+
+/// Everything the server needs.
+pub struct ServerOptions {
+    pub store: Arc<dyn Store>,
+    pub engine: EngineHandle,
+    pub hub: RemoteHub,
+    pub run_id: String,
+    /// The plan the server started with; the engine's current plan is read from its handle.
+    pub plan: Plan,
+    /// `None`: no `[auth]`, every caller is an anonymous admin (loopback only).
+    pub auth: Option<Auth>,
+    /// Requests per second and burst, per token with `[auth]`, else per client address;
+    /// `None`: no limit.
+    pub rate_limit: Option<(u32, u32)>,
+    pub max_request_size: usize,
+    /// Where agents' logs are.
+    pub log_dir: PathBuf,
+    pub clock: Clock,
+    /// Fired when the server should stop: open streams end.
+    pub shutdown: CancellationToken,
+}
+
+/// The server's shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn Store>,
+    engine: EngineHandle,
+    hub: RemoteHub,
+    run_id: String,
+    plan: Plan,
+    auth: Option<Auth>,
+    limiter: Option<metrics::Limiter>,
+    log_dir: PathBuf,
+    clock: Clock,
+    started: Instant,
+    shutdown: CancellationToken,
+    metrics: metrics::Metrics,
+}
+
+impl AppState {
+    pub fn new(options: ServerOptions) -> AppState {
+        let metrics = metrics::Metrics::install();
+        let limiter = options.rate_limit.map(|(per_second, burst)| metrics::Limiter::new(per_second, burst));
+        AppState {
+            shared: Arc::new(Shared {
+                store: options.store,
+                engine: options.engine,
+                hub: options.hub,
+                run_id: options.run_id,
+                plan: options.plan,
+                auth: options.auth,
+                limiter,
+                log_dir: options.log_dir,
+                clock: options.clock,
+                started: Instant::now(),
+                shutdown: options.shutdown,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.shared.store.as_ref()
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.shared.engine
+    }
+
+    pub fn hub(&self) -> &RemoteHub {
+        &self.shared.hub
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// The plan as it runs now (with agents added, updated or removed since the start).
+    pub fn plan(&self) -> Plan {
+        self.shared.engine.plan().map_or_else(|| self.shared.plan.clone(), |plan| (*plan).clone())
+    }
+
+    pub fn auth(&self) -> Option<&Auth> {
+        self.shared.auth.as_ref()
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.shared.clock
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.shared.log_dir
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState, max_request_size: usize) -> Router {
+    api::routes()
+        .merge(worker::routes())
+        .merge(live::routes())
+        .merge(metrics::routes())
+        .merge(openapi::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
+        .layer(DefaultBodyLimit::max(max_request_size))
+        .with_state(state)
+}
+
+/// Authentication, rate limiting, metrics and the audit log, for every request.
+async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+
+    let caller = match (state.auth(), bearer(&request)) {
+        (None, _) => Ok(Caller::anonymous()),
+        // Health and the API description are open, so that probes and clients can find their way.
+        (Some(_), None) if matches!(path.as_str(), "/health" | "/openapi.json") => Ok(Caller::anonymous_viewer()),
+        (Some(_), None) => Err(ApiError::unauthorized(
+            "this server needs a bearer token: `Authorization: Bearer TOKEN` (see `baton token create`)",
+        )),
+        (Some(auth), Some(token)) => auth.verify(&token),
+    };
+    let response = match caller.clone() {
+        Err(error) => error.into_response(),
+        Ok(caller) => {
+            match state.shared.limiter.as_ref().map(|limiter| limiter.check(&limit_key(&state, &caller, &request))) {
+                Some(Err(retry_after)) => {
+                    let mut error = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        format!("too many requests from `{}`; retry after {retry_after} s", caller.subject),
+                    );
+                    error.retry_after = Some(retry_after);
+                    error.into_response()
+                }
+                _ => {
+                    request.extensions_mut().insert(caller);
+                    next.run(request).await
+                }
+            }
+        }
+    };
+    let status = response.status();
+    state.shared.metrics.http_request(method.as_str(), &route, status.as_u16(), started.elapsed());
+    if mutating {
+        let (actor, role) = match &caller {
+            Ok(caller) => (caller.subject.clone(), caller.role.as_str().to_string()),
+            Err(_) => ("unauthenticated".to_string(), String::new()),
+        };
+        let outcome = match status.as_u16() {
+            200..=299 => "ok".to_string(),
+            401 | 403 => "denied".to_string(),
+            429 => "rate limited".to_string(),
+            code => format!("error {code}"),
+        };
+        let entry = NewAuditEntry {
+            at: state.clock().now(),
+            actor,
+            role,
+            action: format!("{method} {route}"),
+            target: Some(path),
+            outcome,
+            status: status.as_u16(),
+            detail: None,
+        };
+        if let Err(error) = state.store().record_audit(entry).await {
+            tracing::error!(%error, "audit entry not written");
+        }
+    }
+    response
+}
+
+/// What a rate limit is kept per: the token with `[auth]`, else the client's address.
+fn limit_key(state: &AppState, caller: &Caller, request: &Request) -> String {
+    if state.auth().is_some() {
+        return caller.token_id.clone();
+    }
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string())
+}
+
+fn bearer(request: &Request) -> Option<String> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
+/// TLS from certificate and key files (PEM).
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("cannot load the TLS certificate or key: {0}")]
+    Tls(String),
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Binds `listen`; the caller learns the address (port 0 picks one) before serving.
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(listen).await.map_err(|source| Error::Bind { addr: listen.to_string(), source })
+}
+
+/// Serves the API on `listener` until `shutdown` fires; then stops accepting, lets requests in
+/// flight finish (open streams end with the shutdown) and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    max_request_size: usize,
+    tls: Option<Tls>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let app = router(state, max_request_size).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .map_err(Error::Serve),
+        Some(tls) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .map_err(|error| Error::Tls(format!("{} / {}: {error}", tls.cert.display(), tls.key.display())))?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            let std_listener = listener.into_std().map_err(Error::Serve)?;
+            axum_server::from_tcp_rustls(std_listener, config)
+                .map_err(Error::Serve)?
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(Error::Serve)
+        }
+    }
+}
+
+/// A response for a caller that wanted JSON.
+pub(crate) fn json<T: serde::Serialize>(value: T) -> Response {
+    axum::Json(value).into_response()
+}

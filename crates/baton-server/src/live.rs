@@ -1,0 +1,299 @@
+//! Live events: `GET /events` as Server-Sent Events and `GET /ws` as a WebSocket, both from
+//! any sequence number (`?since=`, or `Last-Event-ID` on an SSE reconnect); and agents' logs
+//! followed as SSE.
+//!
+//! A stream subscribes to the store's committed events *before* it reads the backlog, then
+//! sends the backlog, then the live events with a sequence number above the last it sent or
+//! skipped. Events are numbered without gaps, so a gap in what the subscription delivers (it
+//! lagged) is filled from the store. That is why no event is skipped or sent twice, across a
+//! reconnect too: the client says the last id it saw and gets exactly what follows.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use baton_core::Event;
+use baton_core::model::TaskId;
+use baton_store::EventQuery;
+
+use crate::api::Params;
+use crate::auth::{Access, Caller};
+use crate::{ApiError, AppState, json};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/events", get(events)).route("/events/history", get(history)).route("/ws", get(ws))
+}
+
+/// Which events a client wants.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// Only events with a greater sequence number (default 0: from the start). On an SSE
+    /// reconnect, `Last-Event-ID` wins.
+    pub since: Option<i64>,
+    /// Event types, comma-separated (`TaskCompleted,TaskFailed`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kinds: Option<String>,
+    /// Only events about this agent.
+    pub agent: Option<String>,
+    /// Only events about this task.
+    pub task: Option<i64>,
+    /// For `/events/history`: at most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+}
+
+impl EventFilter {
+    fn kinds(&self) -> Vec<String> {
+        self.kinds
+            .as_deref()
+            .map(|kinds| kinds.split(',').map(str::trim).filter(|kind| !kind.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    fn query(&self, run_id: &str, since: i64, limit: u64) -> EventQuery {
+        EventQuery {
+            run_id: Some(run_id.to_string()),
+            since,
+            task: self.task.map(TaskId),
+            limit: Some(limit),
+            kinds: self.kinds(),
+            agent: self.agent.clone(),
+        }
+    }
+
+    fn matches(&self, run_id: &str, kinds: &HashSet<String>, event: &Event) -> bool {
+        event.run_id == run_id
+            && (kinds.is_empty() || kinds.contains(event.kind.name()))
+            && self.agent.as_deref().is_none_or(|agent| event.kind.agent() == Some(agent))
+            && self.task.is_none_or(|task| event.kind.task() == Some(TaskId(task)))
+    }
+}
+
+/// The run's events, as Server-Sent Events: each event's `id` is its sequence number and its
+/// `event` its type; the data is the event as JSON.
+#[utoipa::path(get, path = "/events", tag = "events", params(EventFilter, ("Last-Event-ID" = Option<i64>, Header, description = "resume after this event")),
+    responses((status = 200, description = "`text/event-stream`", content_type = "text/event-stream", body = String), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    headers: HeaderMap,
+    Params(filter): Params<EventFilter>,
+) -> Result<Response, ApiError> {
+    caller.require(Access::Read)?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .ok_or_else(|| ApiError::bad_request("`Last-Event-ID` must be an event's sequence number"))?,
+        ),
+    };
+    let since = last_event_id.or(filter.since).unwrap_or(0);
+    let stream = follow(state, filter, since);
+    let sse = futures::StreamExt::map(stream, |event: Event| {
+        let data = serde_json::to_string(&event).unwrap_or_default();
+        Ok::<_, Infallible>(SseEvent::default().id(event.seq.to_string()).event(event.kind.name()).data(data))
+    });
+    Ok(Sse::new(sse).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// The run's events as a JSON array, oldest first (for pages; `/events` follows them live).
+#[utoipa::path(get, path = "/events/history", tag = "events", params(EventFilter),
+    responses((status = 200, body = Vec<Object>), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Params(filter): Params<EventFilter>,
+) -> Result<Response, ApiError> {
+    caller.require(Access::Read)?;
+    let limit = filter.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let events = state.store().events(&filter.query(state.run_id(), filter.since.unwrap_or(0), limit)).await?;
+    Ok(json(events))
+}
+
+/// The same events as `/events`, over a WebSocket: one JSON text message per event.
+#[utoipa::path(get, path = "/ws", tag = "events", params(EventFilter),
+    responses((status = 101, description = "switching to the WebSocket protocol"), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn ws(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Params(filter): Params<EventFilter>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    caller.require(Access::Read)?;
+    let since = filter.since.unwrap_or(0);
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, filter, since)))
+}
+
+async fn serve_socket(mut socket: WebSocket, state: AppState, filter: EventFilter, since: i64) {
+    let mut stream = Box::pin(follow(state.clone(), filter, since));
+    loop {
+        tokio::select! {
+            event = futures::StreamExt::next(&mut stream) => {
+                let Some(event) = event else { break };
+                let text = serde_json::to_string(&event).unwrap_or_default();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+const PAGE: u64 = 500;
+
+/// The run's events after `since` that pass `filter`, then live ones, in order, each once.
+fn follow(state: AppState, filter: EventFilter, since: i64) -> impl Stream<Item = Event> {
+    let (tx, rx) = mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let run_id = state.run_id().to_string();
+        let kinds: HashSet<String> = filter.kinds().into_iter().collect();
+        let mut live = state.store().subscribe();
+        // The highest sequence number dealt with (sent or filtered out).
+        let mut seen = since;
+        if catch_up(&state, &filter, &run_id, &mut seen, &tx).await.is_err() {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                () = state.shutdown().cancelled() => return,
+                () = tx.closed() => return,
+                event = live.recv() => event,
+            };
+            match event {
+                Ok(event) if event.run_id != run_id || event.seq <= seen => {}
+                Ok(event) if event.seq == seen + 1 => {
+                    seen = event.seq;
+                    if filter.matches(&run_id, &kinds, &event) && tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                // A gap: the subscription lagged. The store has what was missed.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if catch_up(&state, &filter, &run_id, &mut seen, &tx).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// Sends the stored events after `seen` that pass the filter, page by page, moving `seen` to
+/// the last event read. `Err` when the client has gone.
+async fn catch_up(
+    state: &AppState,
+    filter: &EventFilter,
+    run_id: &str,
+    seen: &mut i64,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    loop {
+        // Unfiltered, so that `seen` moves over everything, matching or not.
+        let query =
+            EventQuery { run_id: Some(run_id.to_string()), since: *seen, limit: Some(PAGE), ..Default::default() };
+        let page = match state.store().events(&query).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, "reading events for a stream");
+                return Err(());
+            }
+        };
+        let kinds: HashSet<String> = filter.kinds().into_iter().collect();
+        let n = page.len() as u64;
+        for event in page {
+            *seen = (*seen).max(event.seq);
+            if filter.matches(run_id, &kinds, &event) {
+                tx.send(event).await.map_err(|_| ())?;
+            }
+        }
+        if n < PAGE {
+            return Ok(());
+        }
+    }
+}
+
+/// An agent's log: the last `tail_bytes` as text, or followed as SSE (one `data` line per
+/// line of the log) until the client goes.
+pub async fn log_response(state: AppState, path: PathBuf, tail_bytes: u64, follow: bool) -> Result<Response, ApiError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let log_path = path.clone();
+    let read_from = move |offset: u64| {
+        let path = path.clone();
+        async move {
+            let Ok(mut file) = tokio::fs::File::open(&path).await else { return (offset, Vec::new()) };
+            let len = file.metadata().await.map_or(0, |meta| meta.len());
+            // A log that was truncated starts over.
+            let offset = if len < offset { 0 } else { offset };
+            if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+                return (offset, Vec::new());
+            }
+            let mut bytes = Vec::new();
+            let _ = file.read_to_end(&mut bytes).await;
+            (offset + bytes.len() as u64, bytes)
+        }
+    };
+    let len = tokio::fs::metadata(&log_path).await.map_or(0, |meta| meta.len());
+    let start = len.saturating_sub(tail_bytes);
+    if !follow {
+        let (_, bytes) = read_from(start).await;
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+            .into_response());
+    }
+    let (tx, rx) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut offset = start;
+        let mut partial = String::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                () = state.shutdown().cancelled() => return,
+                () = tx.closed() => return,
+                _ = tick.tick() => {}
+            }
+            let (next, bytes) = read_from(offset).await;
+            offset = next;
+            if bytes.is_empty() {
+                continue;
+            }
+            partial.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(end) = partial.find('\n') {
+                let line: String = partial.drain(..=end).collect();
+                if tx.send(Ok(SseEvent::default().data(line.trim_end_matches('\n')))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response())
+}

@@ -1,0 +1,306 @@
+//! The HTTP API end to end: a real engine, store, agents and server, a real HTTP client.
+
+mod common;
+
+use serde_json::{Value, json};
+
+use baton_core::EventKind;
+use common::{Options, Server, wait_event};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_status_have_the_documented_shapes() {
+    let server = Server::start().await;
+    let health = server.get_json("/health").await;
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["orchestration_status"], "running");
+    assert_eq!(health["agent_count"], 3);
+    assert!(health["version"].is_string() && health["uptime_seconds"].is_u64(), "{health}");
+
+    let status = server.get_json("/status").await;
+    assert_eq!(status["session_id"], server.run_id.as_str());
+    assert_eq!(status["completed"], false);
+    assert_eq!(status["error"], Value::Null);
+    assert!(status["progress"].is_f64() && status["spawned_agents"].is_u64(), "{status}");
+    assert!(status["current_phase"].is_string(), "{status}");
+
+    let plan = server.get_json("/plan").await;
+    assert_eq!(plan["name"], "api-test");
+    assert_eq!(plan["phases"], json!([["main"]]));
+    assert_eq!(plan["workstreams"][0]["name"], "main");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_over_http_runs_and_shows_its_attempts_and_events() {
+    let server = Server::start().await;
+    let mut events = server.events();
+    let created = server
+        .post_json("/tasks", json!({"title": "say hello", "requires": ["echo"], "input": {"greeting": "hi"}}))
+        .await;
+    let id = created["ids"][0].as_i64().expect("an id");
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
+
+    let detail = server.get_json(&format!("/tasks/{id}")).await;
+    assert_eq!(detail["task"]["state"], "succeeded");
+    assert_eq!(detail["task"]["assigned_agent"], "echo");
+    assert_eq!(detail["attempts"][0]["attempt"], 1);
+    assert_eq!(detail["attempts"][0]["outcome"], "succeeded");
+    let types: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains(&"TaskCreated") && types.contains(&"TaskClaimed") && types.contains(&"TaskCompleted"),
+        "{types:?}"
+    );
+
+    let page = server.get_json("/tasks?state=succeeded&agent=echo").await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_after"], Value::Null);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_listed_with_filters_and_pages() {
+    let server = Server::start().await;
+    let batch: Vec<Value> = (0..5).map(|n| json!({"title": format!("build {n}"), "requires": ["build"]})).collect();
+    let created = server.post_json("/tasks/batch", json!({"tasks": batch})).await;
+    assert_eq!(created["ids"].as_array().unwrap().len(), 5);
+    server.post_json("/tasks", json!({"title": "write docs", "requires": ["docs"], "workstream": "main"})).await;
+
+    let first = server.get_json("/tasks?limit=2").await;
+    assert_eq!(first["tasks"].as_array().unwrap().len(), 2);
+    let after = first["next_after"].as_i64().expect("a next page");
+    let second = server.get_json(&format!("/tasks?limit=10&after={after}")).await;
+    assert_eq!(second["tasks"].as_array().unwrap().len(), 4);
+    assert_eq!(second["next_after"], Value::Null);
+    let docs = server.get_json("/tasks?workstream=main").await;
+    assert_eq!(docs["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(docs["tasks"][0]["title"], "write docs");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_claims_only_what_its_capabilities_allow_and_completes_it() {
+    let server = Server::start().await;
+    let build = server.post_json("/tasks", json!({"title": "compile", "requires": ["build"]})).await["ids"][0]
+        .as_i64()
+        .unwrap();
+    let docs = server.post_json("/tasks", json!({"title": "document", "requires": ["docs"]})).await["ids"][0]
+        .as_i64()
+        .unwrap();
+
+    let claimed = server.post_json("/agent/claim", json!({"agent": "builder", "max": 10, "wait_ms": 5000})).await;
+    let tasks = claimed["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{claimed}");
+    assert_eq!(tasks[0]["task"]["id"], build);
+    assert_eq!(tasks[0]["attempt"], 1);
+    assert!(tasks[0]["lease_expires_at"].as_i64().unwrap() > 0);
+    // Nothing more for the builder: the docs task is the writer's.
+    let none = server.post_json("/agent/claim", json!({"agent": "builder", "max": 10})).await;
+    assert_eq!(none["tasks"], json!([]));
+
+    server
+        .post_json(
+            &format!("/agent/tasks/{build}/progress"),
+            json!({"agent": "builder", "attempt": 1, "fraction": 0.5, "message": "halfway"}),
+        )
+        .await;
+    let leases = server.post_json("/agent/heartbeat", json!({"agent": "builder"})).await;
+    assert_eq!(leases["leases"][0]["task"], build);
+    let done = server
+        .post_json(
+            &format!("/agent/tasks/{build}/complete"),
+            json!({"agent": "builder", "attempt": 1, "result": {"binary": "ok"}}),
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded");
+    let task = server.get_json(&format!("/tasks/{build}")).await;
+    assert_eq!(task["task"]["state"], "succeeded");
+    assert_eq!(task["task"]["result"], json!({"binary": "ok"}));
+
+    // A second completion of the same attempt is refused: exactly once.
+    let again = server
+        .post(&format!("/agent/tasks/{build}/complete"), json!({"agent": "builder", "attempt": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+
+    let writer = server.post_json("/agent/claim", json!({"agent": "writer", "max": 5, "wait_ms": 5000})).await;
+    assert_eq!(writer["tasks"][0]["task"]["id"], docs);
+    let failed = server
+        .post_json("/agent/results", json!({"agent": "writer", "results": [{"task": docs, "attempt": 1, "status": "failed", "error": "no ink"}]}))
+        .await;
+    assert_eq!(failed["results"][0]["state"], "ready", "{failed}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waits_for_a_task_that_arrives_later() {
+    let server = Server::start().await;
+    let claim = server.post("/agent/claim", json!({"agent": "builder", "wait_ms": 20000})).send();
+    let waiting = tokio::spawn(claim);
+    server.post_json("/tasks", json!({"title": "late", "requires": ["build"]})).await;
+    let claimed: Value = waiting.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(claimed["tasks"][0]["task"]["title"], "late");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_after_the_lease_expired_is_refused_with_409_and_the_reason() {
+    let server = Server::start().await;
+    let mut events = server.events();
+    let id =
+        server.post_json("/tasks", json!({"title": "slow", "requires": ["build"]})).await["ids"][0].as_i64().unwrap();
+    let claimed = server.post_json("/agent/claim", json!({"agent": "builder", "wait_ms": 5000})).await;
+    assert_eq!(claimed["tasks"][0]["task"]["id"], id);
+    // No heartbeat: the lease (heartbeat_timeout = 1s) runs out and the attempt fails.
+    let failed =
+        wait_event(&mut events, |event| matches!(&event.kind, EventKind::TaskFailed { task, .. } if task.0 == id))
+            .await;
+    let EventKind::TaskFailed { reason, .. } = failed.kind else { unreachable!() };
+    assert!(reason.starts_with("lease expired: no heartbeat from agent `builder`"), "{reason}");
+
+    let late = server
+        .post(&format!("/agent/tasks/{id}/complete"), json!({"agent": "builder", "attempt": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+    let body: Value = late.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "lease_expired");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("lease expired") && message.contains("given back to the queue"), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_that_say_what_is_wrong() {
+    let server = Server::start_with(Options { max_request_size: 4096, ..Options::default() }).await;
+    let unknown = server.post("/tasks", json!({"title": "x", "prority": "high"})).send().await.unwrap();
+    assert_eq!(unknown.status(), 400);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown field `prority`"), "{body}");
+
+    let syntax = server
+        .client
+        .post(format!("{}/tasks", server.url))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(syntax.status(), 400);
+    let body: Value = syntax.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("the request body is not valid JSON"), "{body}");
+
+    let big = server.post("/tasks", json!({"title": "x".repeat(10_000)})).send().await.unwrap();
+    assert_eq!(big.status(), 413);
+    assert_eq!(big.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
+
+    let missing = server.get("/tasks/999999").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await.unwrap()["error"]["message"], "no task 999999 in this run");
+
+    let nowhere = server.get("/nowhere").send().await.unwrap();
+    assert_eq!(nowhere.status(), 404);
+    assert_eq!(nowhere.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+
+    let query = server.get("/tasks?state=sleeping").send().await.unwrap();
+    assert_eq!(query.status(), 400);
+    assert!(query.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains("sleeping"));
+
+    let workstream = server.post("/tasks", json!({"title": "x", "workstream": "nope"})).send().await.unwrap();
+    assert_eq!(workstream.status(), 400);
+    assert!(
+        workstream.json::<Value>().await.unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown workstream `nope`")
+    );
+
+    let retry_live =
+        server.post_json("/tasks", json!({"title": "wait", "requires": ["build"]})).await["ids"][0].as_i64().unwrap();
+    let refused = server.post(&format!("/tasks/{retry_live}/retry"), json!({})).send().await.unwrap();
+    assert_eq!(refused.status(), 409, "{:?}", refused.text().await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_task_and_retry_brings_it_back() {
+    let server = Server::start().await;
+    let id = server.post_json("/tasks", json!({"title": "wait for a builder", "requires": ["build"]})).await["ids"][0]
+        .as_i64()
+        .unwrap();
+    let cancelled = server.post_json(&format!("/tasks/{id}/cancel"), json!({"reason": "not needed"})).await;
+    assert_eq!(cancelled["state"], "cancelled");
+    let retried = server.client.post(format!("{}/tasks/{id}/retry", server.url)).send().await.unwrap();
+    let retried_status = retried.status();
+    let task: Value = retried.json().await.unwrap();
+    assert_eq!(retried_status, 200, "{task}");
+    assert!(matches!(task["state"].as_str(), Some("ready" | "running")), "{task}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_tasks_agents_events_the_store_and_http() {
+    let server = Server::start().await;
+    let mut events = server.events();
+    let id = server.post_json("/tasks", json!({"title": "count me", "requires": ["echo"]})).await["ids"][0]
+        .as_i64()
+        .unwrap();
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
+    let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "baton_tasks{state=\"succeeded\"} 1",
+        "baton_agents{state=",
+        "baton_task_queue_wait_seconds_bucket",
+        "baton_task_run_seconds_bucket",
+        "baton_events_total{type=\"TaskCompleted\"}",
+        "baton_store_commit_seconds_bucket",
+        "baton_http_requests_total{method=\"POST\",route=\"/tasks\",status=\"201\"}",
+        "baton_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let server = Server::start().await;
+    let doc = server.get_json("/openapi.json").await;
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/health",
+        "/status",
+        "/plan",
+        "/tasks",
+        "/tasks/batch",
+        "/tasks/{id}",
+        "/tasks/{id}/cancel",
+        "/tasks/{id}/retry",
+        "/agents",
+        "/agents/{name}",
+        "/agents/{name}/start",
+        "/agents/{name}/stop",
+        "/agents/{name}/restart",
+        "/agents/{name}/logs",
+        "/agent/claim",
+        "/agent/heartbeat",
+        "/agent/results",
+        "/agent/usage",
+        "/agent/tasks/{id}/progress",
+        "/agent/tasks/{id}/complete",
+        "/agent/tasks/{id}/fail",
+        "/events",
+        "/events/history",
+        "/ws",
+        "/metrics",
+        "/openapi.json",
+        "/audit",
+        "/tokens",
+    ] {
+        assert!(paths.contains_key(path), "{path} is not in /openapi.json");
+    }
+    server.stop().await;
+}
