@@ -171,6 +171,9 @@ enum Command {
     },
 }
 
+/// An answer to a command, sent once the turn's writes are durable.
+type Deferred = (oneshot::Sender<Result<(), Error>>, Result<(), Error>);
+
 /// Talks to a running engine. Cheap to clone.
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -407,7 +410,7 @@ impl Engine {
                 let wakeup = sched.next_wakeup().map(|at| clock.instant_at(at));
                 let mut fx = Effects::default();
                 // Answers to commands, sent once what they decided is durable.
-                let mut deferred: Vec<(oneshot::Sender<Result<(), Error>>, Result<(), Error>)> = Vec::new();
+                let mut deferred: Vec<Deferred> = Vec::new();
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled(), if draining_until.is_none() => {
@@ -465,10 +468,10 @@ impl Engine {
                                     Ok(restarted) => {
                                         // A new runtime when how the agent runs changed: the old one
                                         // is stopped (the scheduler restarts the agent if it ran).
-                                        if restarted || before.is_none_or(|before| !same_runtime(&before, &spec)) {
-                                            if let Some(old) = shell.runtimes.insert(name, runtime) {
-                                                shell.tracker.spawn(async move { old.stop().await });
-                                            }
+                                        if (restarted || before.is_none_or(|before| !same_runtime(&before, &spec)))
+                                            && let Some(old) = shell.runtimes.insert(name, runtime)
+                                        {
+                                            shell.tracker.spawn(async move { old.stop().await });
                                         }
                                         deferred.push((reply, Ok(())));
                                     }

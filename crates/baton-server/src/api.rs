@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, State};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +27,12 @@ pub struct Body<T>(pub T);
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Params<T>(pub T);
+
+/// Path parameters, with errors in the API's shape (axum's own answer to `/tasks/abc` is a
+/// bare text body).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathParams<T>(pub T);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -217,7 +223,7 @@ pub struct TaskInput {
     pub description: String,
     pub workstream: Option<String>,
     /// Any JSON, handed to the agent.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub input: Option<serde_json::Value>,
     #[serde(default)]
     pub requires: Vec<String>,
@@ -320,6 +326,7 @@ pub async fn create_tasks(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {
     /// `pending`, `ready`, `running`, `succeeded`, `dead`, `cancelled` or `suspended`.
@@ -395,7 +402,7 @@ async fn find_task(state: &AppState, id: i64) -> Result<TaskRecord, ApiError> {
 pub async fn get_task(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(id): Path<i64>,
+    PathParams(id): PathParams<i64>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
     let task = find_task(&state, id).await?;
@@ -434,7 +441,7 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Resu
 pub async fn cancel_task(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(id): Path<i64>,
+    PathParams(id): PathParams<i64>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Operate)?;
@@ -451,7 +458,7 @@ pub async fn cancel_task(
 pub async fn retry_task(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(id): Path<i64>,
+    PathParams(id): PathParams<i64>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Operate)?;
     find_task(&state, id).await?;
@@ -504,7 +511,7 @@ async fn find_agent(state: &AppState, name: &str) -> Result<AgentInfo, ApiError>
 pub async fn get_agent(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
     Ok(json(find_agent(&state, &name).await?))
@@ -542,7 +549,7 @@ pub async fn create_agent(
 pub async fn update_agent(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     Body(mut body): Body<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Operate)?;
@@ -571,7 +578,7 @@ pub async fn update_agent(
 pub async fn delete_agent(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Operate)?;
     find_agent(&state, &name).await?;
@@ -587,7 +594,7 @@ macro_rules! agent_command {
         pub async fn $fn_name(
             State(state): State<AppState>,
             caller: Extension<Caller>,
-            Path(name): Path<String>,
+            PathParams(name): PathParams<String>,
         ) -> Result<Response, ApiError> {
             caller.require(Access::Operate)?;
             find_agent(&state, &name).await?;
@@ -607,6 +614,7 @@ agent_command!(
 agent_command!(restart_agent, restart_agent, "/agents/{name}/restart", "Restarts an agent.");
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Keep the response open and send what the agent writes, as Server-Sent Events.
@@ -622,7 +630,7 @@ pub struct LogQuery {
 pub async fn agent_logs(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     Params(query): Params<LogQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
@@ -695,6 +703,7 @@ pub async fn create_token(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
     /// Only entries with a greater id.

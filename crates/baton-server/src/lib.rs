@@ -29,6 +29,7 @@ use baton_store::{NewAuditEntry, Store};
 
 pub mod api;
 pub mod auth;
+pub mod chat;
 pub mod error;
 pub mod live;
 pub mod metrics;
@@ -148,6 +149,7 @@ impl AppState {
 pub fn router(state: AppState, max_request_size: usize) -> Router {
     api::routes()
         .merge(worker::routes())
+        .merge(chat::routes())
         .merge(live::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Which events a client wants.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
     /// Only events with a greater sequence number (default 0: from the start). On an SSE
@@ -131,7 +132,8 @@ pub async fn history(
     Ok(json(events))
 }
 
-/// The same events as `/events`, over a WebSocket: one JSON text message per event.
+/// The same events as `/events`, over a WebSocket: one JSON text message per event. The client
+/// may send chat messages: `{"type": "chat", "text": "@agent …", "data": {…}}`.
 #[utoipa::path(get, path = "/ws", tag = "events", params(EventFilter),
     responses((status = 101, description = "switching to the WebSocket protocol"), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn ws(
@@ -142,10 +144,18 @@ pub async fn ws(
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
     let since = filter.since.unwrap_or(0);
-    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, filter, since)))
+    let caller = caller.0;
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, caller, filter, since)))
 }
 
-async fn serve_socket(mut socket: WebSocket, state: AppState, filter: EventFilter, since: i64) {
+/// What a WebSocket client may send: chat messages.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Chat { text: String, data: Option<serde_json::Value> },
+}
+
+async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, filter: EventFilter, since: i64) {
     let mut stream = Box::pin(follow(state.clone(), filter, since));
     loop {
         tokio::select! {
@@ -158,6 +168,22 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, filter: EventFilte
             }
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Text(text))) => {
+                    // Chat: the answer is a `chat_result` or an `error`; the messages' events
+                    // follow on the stream like every other event.
+                    let answer = match serde_json::from_str::<ClientMessage>(&text) {
+                        Ok(ClientMessage::Chat { text, data }) => {
+                            match crate::chat::chat(&state, &caller, crate::chat::ChatMessage { text, data }).await {
+                                Ok(result) => serde_json::json!({"type": "chat_result", "sent": result.sent}),
+                                Err(error) => serde_json::json!({"type": "error", "error": {"code": error.code, "message": error.message}}),
+                            }
+                        }
+                        Err(error) => serde_json::json!({"type": "error", "error": {"code": "bad_request", "message": format!("unreadable message: {error}; send {{\"type\": \"chat\", \"text\": \"@agent …\"}}")}}),
+                    };
+                    if socket.send(Message::Text(answer.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
                 Some(Ok(_)) => {}
             },
         }

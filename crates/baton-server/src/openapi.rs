@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::{api, live, metrics, worker};
+use crate::{api, chat, live, metrics, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,15 +20,17 @@ use crate::{api, live, metrics, worker};
         api::start_agent, api::stop_agent, api::restart_agent, api::agent_logs,
         api::audit, api::create_token,
         worker::claim, worker::heartbeat, worker::progress, worker::complete, worker::fail, worker::results, worker::usage,
+        chat::send, chat::list,
         live::events, live::history, live::ws,
         metrics::scrape,
         spec,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     security(("bearer" = [])),
     tags(
         (name = "operations", description = "health, status, the plan, metrics"),
         (name = "tasks"), (name = "agents"), (name = "events"),
+        (name = "messages", description = "chat with the agents, with @mentions"),
         (name = "agent-side", description = "what worker agents use: claim, heartbeat, progress, results, usage"),
         (name = "admin", description = "tokens and the audit log"),
     )
@@ -44,6 +46,56 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
+    }
+}
+
+/// The errors any operation may answer with, whatever its handler does, documented here once
+/// rather than on every handler: the gate's (`401` for a missing or bad token on a server with
+/// `[auth]`, `429` over the rate limit) and the extractors' (`400` for a path, query string or
+/// body that does not parse, `413` for a body over `server.max_request_size`, `415` for a
+/// required JSON body sent without `Content-Type: application/json`).
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
+
+        let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            ResponseBuilder::new().description(description).content("application/json", content).build().into()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                let parsed_parameters = operation.parameters.iter().flatten().any(
+                    |parameter| matches!(parameter, RefOr::T(parameter) if parameter.parameter_in != ParameterIn::Header),
+                );
+                let (has_body, json_body) = match &operation.request_body {
+                    Some(RefOr::T(body)) => {
+                        (true, body.required == Some(Required::True) && body.content.contains_key("application/json"))
+                    }
+                    Some(RefOr::Ref(_)) => (true, false),
+                    None => (false, false),
+                };
+                let mut common = vec![
+                    ("401", "no valid bearer token (a server with [auth])"),
+                    ("429", "over the rate limit; `Retry-After` says when to try again"),
+                ];
+                if parsed_parameters || has_body {
+                    common.push(("400", "the path, the query string or the body is not valid"));
+                }
+                if has_body {
+                    common.push(("413", "the body is larger than `server.max_request_size`"));
+                }
+                if json_body {
+                    common.push(("415", "the body is not sent as `Content-Type: application/json`"));
+                }
+                for (status, description) in common {
+                    operation.responses.responses.entry(status.to_string()).or_insert_with(|| error(description));
+                }
+            }
+        }
     }
 }
 

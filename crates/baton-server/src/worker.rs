@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -20,7 +20,7 @@ use baton_core::{Event, EventKind, Outcome};
 use baton_runtime::agent::AgentEvent;
 use baton_runtime::remote;
 
-use crate::api::Body;
+use crate::api::{Body, PathParams};
 use crate::auth::Caller;
 use crate::{ApiError, AppState, json};
 
@@ -237,7 +237,7 @@ pub struct Accepted {
 pub async fn progress(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(id): Path<i64>,
+    PathParams(id): PathParams<i64>,
     Body(request): Body<ProgressRequest>,
 ) -> Result<Response, ApiError> {
     let agent = caller.acting_as(request.agent.as_deref())?;
@@ -261,7 +261,7 @@ pub struct CompleteRequest {
     pub agent: Option<String>,
     pub attempt: u32,
     /// The task's result: any JSON (a `usage` field counts against budgets).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
 }
 
@@ -291,7 +291,7 @@ pub struct ResultRecorded {
 pub async fn complete(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(id): Path<i64>,
+    PathParams(id): PathParams<i64>,
     Body(request): Body<CompleteRequest>,
 ) -> Result<Response, ApiError> {
     let agent = caller.acting_as(request.agent.as_deref())?;
@@ -307,7 +307,7 @@ pub async fn complete(
 pub async fn fail(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(id): Path<i64>,
+    PathParams(id): PathParams<i64>,
     Body(request): Body<FailRequest>,
 ) -> Result<Response, ApiError> {
     let agent = caller.acting_as(request.agent.as_deref())?;
@@ -323,7 +323,7 @@ pub struct ResultItem {
     pub attempt: u32,
     /// `succeeded` or `failed`.
     pub status: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// Why it failed (for `failed`).
     pub error: Option<String>,

@@ -45,6 +45,8 @@ fn endpoints(task: i64) -> Vec<(&'static str, String, Option<Value>, Needs)> {
         ("GET", "/agents/echo/logs".into(), None, Needs::Read),
         ("GET", "/events/history".into(), None, Needs::Read),
         ("GET", "/metrics".into(), None, Needs::Read),
+        ("GET", "/messages".into(), None, Needs::Read),
+        ("POST", "/messages".into(), Some(json!({"text": "@ghost hello"})), Needs::CreateTasks),
         (
             "POST",
             "/tasks".into(),

@@ -64,12 +64,15 @@ pub struct ProcessEnv {
     pub api: Option<ApiAccess>,
 }
 
+/// Issues the API token for an agent by name.
+pub type TokenFor = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The API address and each agent's own token, for agents that `baton serve` starts.
 #[derive(Clone)]
 pub struct ApiAccess {
     pub url: String,
     /// Issues the token for an agent (`None` when the server has no `[auth]`).
-    pub token_for: std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub token_for: TokenFor,
 }
 
 /// Records attempts' process groups in the store.

@@ -1,0 +1,140 @@
+//! Chat with the agents: `POST /messages` (and chat messages on `/ws`) with `@name` mentions,
+//! and `GET /messages`. A worker agent gets a durable message (delivered, acknowledged,
+//! redelivered by the post office); an agent that runs once per task (per-task, terminal,
+//! remote) gets a task pinned to it whose input is the message — as `baton send` does.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use utoipa::ToSchema;
+
+use baton_core::config::{ProcessMode, RuntimeKind};
+use baton_core::messages::{NewMessage, OPERATOR, Recipient, resolve_mentions};
+use baton_core::model::{NewTask, TaskId};
+use baton_runtime::agent::AgentEvent;
+
+use crate::api::{Body, Params};
+use crate::auth::{Access, Caller};
+use crate::{ApiError, AppState, json};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/messages", get(list).post(send))
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// The message, with `@name` mentions: "@reviewer please look at the storage change".
+    pub text: String,
+    /// JSON sent along.
+    #[schema(value_type = Object)]
+    pub data: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Sent {
+    pub agent: String,
+    /// For a worker agent: the stored message's id.
+    pub message_id: Option<String>,
+    /// For an agent that runs once per task: the task made of the message.
+    #[schema(value_type = Option<i64>)]
+    pub task: Option<TaskId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChatResult {
+    pub sent: Vec<Sent>,
+}
+
+/// Sends a chat message to each agent it mentions.
+pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Result<ChatResult, ApiError> {
+    caller.require(Access::CreateTasks)?;
+    let plan = state.plan();
+    let known: Vec<&str> = plan.agents.iter().map(|agent| agent.name.as_str()).collect();
+    let names = resolve_mentions(&message.text, &known).map_err(ApiError::bad_request)?;
+    let from = caller.agent.clone().unwrap_or_else(|| OPERATOR.to_string());
+    let data = message.data.unwrap_or(serde_json::Value::Null);
+    let mut sent = Vec::new();
+    for name in names {
+        let spec = plan.agent(&name).ok_or_else(|| ApiError::not_found(format!("no agent `{name}` in this run")))?;
+        if spec.runtime == RuntimeKind::Process && spec.mode == ProcessMode::Worker {
+            let (reply, answer) = oneshot::channel();
+            let new_message = NewMessage {
+                from: from.clone(),
+                to: Recipient::Agent(name.clone()),
+                body: message.text.clone(),
+                data: data.clone(),
+                task: None,
+                correlation_id: None,
+            };
+            state.engine().report(AgentEvent::SendMessage { agent: from.clone(), message: new_message, reply })?;
+            let id = answer
+                .await
+                .map_err(|_| ApiError::unavailable("the engine has stopped"))?
+                .map_err(ApiError::bad_request)?;
+            sent.push(Sent { agent: name, message_id: Some(id), task: None });
+        } else {
+            let title: String = message.text.chars().take(60).collect();
+            let task = NewTask {
+                key: None,
+                workstream: spec.workstream.clone(),
+                title,
+                description: message.text.clone(),
+                input: serde_json::json!({ "from": from, "message": message.text, "data": data }),
+                requires: Vec::new(),
+                agent: Some(name.clone()),
+                depends_on: Vec::new(),
+                priority: spec.priority,
+                max_attempts: 3,
+                timeout_ms: None,
+                resources: Vec::new(),
+            };
+            let ids = state.engine().create_tasks(vec![task]).await?;
+            sent.push(Sent { agent: name, message_id: None, task: ids.first().copied() });
+        }
+    }
+    Ok(ChatResult { sent })
+}
+
+/// Chat: a message to each agent it @mentions.
+#[utoipa::path(post, path = "/messages", tag = "messages", request_body = ChatMessage,
+    responses((status = 201, body = ChatResult), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Body(message): Body<ChatMessage>,
+) -> Result<Response, ApiError> {
+    let result = chat(&state, &caller, message).await?;
+    Ok((StatusCode::CREATED, axum::Json(result)).into_response())
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MessageQuery {
+    /// Only messages to or from this agent.
+    pub agent: Option<String>,
+    /// The latest this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+}
+
+/// Messages and their delivery state, oldest first.
+#[utoipa::path(get, path = "/messages", tag = "messages", params(MessageQuery),
+    responses((status = 200, body = Vec<Object>), (status = 400, body = crate::error::ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Params(query): Params<MessageQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Access::Read)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
+    }
+    let deliveries = state.store().deliveries(state.run_id(), query.agent.as_deref(), limit).await?;
+    Ok(json(deliveries))
+}

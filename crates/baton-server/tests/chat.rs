@@ -1,0 +1,70 @@
+//! Chat over the API and the WebSocket: a message to a worker agent is stored and delivered; a
+//! message to a per-task agent becomes its task.
+
+mod common;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+
+use baton_core::EventKind;
+use common::{Options, Server, wait_event};
+
+fn plan_with_worker() -> String {
+    let worker = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/workers/worker.py");
+    format!(
+        "{}\n[[agents]]\nname = \"pyworker\"\nmode = \"worker\"\ncommand = [\"python3\", \"{worker}\"]\ncapabilities = [\"py\"]\n",
+        common::PLAN
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_reaches_workers_as_messages_and_per_task_agents_as_tasks() {
+    let server = Server::start_with(Options { plan: plan_with_worker(), ..Options::default() }).await;
+    let mut events = server.events();
+    let sent = server.post_json("/messages", json!({"text": "@pyworker @echo please report", "data": {"n": 1}})).await;
+    let sent = sent["sent"].as_array().unwrap();
+    let worker = sent.iter().find(|s| s["agent"] == "pyworker").unwrap();
+    assert!(worker["message_id"].is_string(), "{worker}");
+    let echo = sent.iter().find(|s| s["agent"] == "echo").unwrap();
+    let task = echo["task"].as_i64().unwrap();
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task: id, .. } if id.0 == task))
+        .await;
+    let detail = server.get_json(&format!("/tasks/{task}")).await;
+    assert_eq!(detail["task"]["input"]["message"], "@pyworker @echo please report");
+    assert_eq!(detail["task"]["input"]["from"], "operator");
+
+    let bad = server.post("/messages", json!({"text": "hello nobody"})).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let unknown = server.post("/messages", json!({"text": "@ghost boo"})).send().await.unwrap();
+    assert_eq!(unknown.status(), 400);
+    let listed = server.get_json("/messages?agent=pyworker").await;
+    assert_eq!(listed[0]["to"], "pyworker");
+    assert_eq!(listed[0]["body"], "@pyworker @echo please report");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_over_the_websocket() {
+    let server = Server::start().await;
+    let url = format!("{}/ws?type=TaskCompleted", server.url.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(json!({"type": "chat", "text": "@echo hi"}).to_string()))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let message =
+            tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.unwrap().unwrap().unwrap();
+        got.push(serde_json::from_str::<Value>(message.to_text().unwrap()).unwrap());
+    }
+    let result = got.iter().find(|m| m["type"] == "chat_result").expect("an answer to the chat message");
+    let task = result["sent"][0]["task"].as_i64().unwrap();
+    assert!(got.iter().any(|m| m["type"] == "TaskCompleted" && m["task"] == task), "{got:?}");
+    socket.send(tokio_tungstenite::tungstenite::Message::text("{\"type\": \"shout\"}")).await.unwrap();
+    let message =
+        tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.unwrap().unwrap().unwrap();
+    let error: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+    assert_eq!(error["type"], "error");
+    server.stop().await;
+}
