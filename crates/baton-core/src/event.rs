@@ -217,6 +217,38 @@ pub enum EventKind {
         daily_tokens: Option<u64>,
         cost_usd: Option<f64>,
     },
+    /// An agent was added to the running plan (the API, or a reloaded `baton.toml`).
+    AgentAdded {
+        agent: String,
+    },
+    /// An agent's spec was replaced; `restarted` when its runtime changed and it was running,
+    /// so it was restarted to take the new spec.
+    AgentUpdated {
+        agent: String,
+        restarted: bool,
+    },
+    /// An agent was removed from the running plan: stopped, its running attempts re-queued.
+    AgentRemoved {
+        agent: String,
+    },
+    /// A workstream was added to the running plan.
+    WorkstreamAdded {
+        workstream: String,
+    },
+    /// A changed configuration was applied to the running run. Each list holds short names
+    /// ("agent reviewer", "workstream docs", "task write-docs"); `not_applied` the changes that
+    /// need a restart, each with why.
+    ConfigReloaded {
+        added: Vec<String>,
+        removed: Vec<String>,
+        updated: Vec<String>,
+        not_applied: Vec<String>,
+    },
+    /// A changed configuration was refused (it does not parse or validate): the running one
+    /// stays.
+    ConfigRejected {
+        errors: String,
+    },
 }
 
 impl EventKind {
@@ -259,6 +291,12 @@ impl EventKind {
             EventKind::ResourceReleased { .. } => "ResourceReleased",
             EventKind::MessageSent { .. } => "MessageSent",
             EventKind::MessageDeadLettered { .. } => "MessageDeadLettered",
+            EventKind::AgentAdded { .. } => "AgentAdded",
+            EventKind::AgentUpdated { .. } => "AgentUpdated",
+            EventKind::AgentRemoved { .. } => "AgentRemoved",
+            EventKind::WorkstreamAdded { .. } => "WorkstreamAdded",
+            EventKind::ConfigReloaded { .. } => "ConfigReloaded",
+            EventKind::ConfigRejected { .. } => "ConfigRejected",
         }
     }
 
@@ -295,7 +333,10 @@ impl EventKind {
             | EventKind::TaskClaimed { agent, .. }
             | EventKind::TaskProgress { agent, .. }
             | EventKind::TaskCompleted { agent, .. }
-            | EventKind::UsageReported { agent, .. } => Some(agent),
+            | EventKind::UsageReported { agent, .. }
+            | EventKind::AgentAdded { agent }
+            | EventKind::AgentUpdated { agent, .. }
+            | EventKind::AgentRemoved { agent } => Some(agent),
             EventKind::TaskFailed { agent, .. } | EventKind::TaskLeaseExpired { agent, .. } => agent.as_deref(),
             _ => None,
         }
@@ -442,6 +483,35 @@ impl EventKind {
             EventKind::ResourceReleased { agent, resource, reason } => {
                 format!("agent {agent} released `{resource}` ({reason})")
             }
+            EventKind::AgentAdded { agent } => format!("agent {agent} added"),
+            EventKind::AgentUpdated { agent, restarted } => {
+                if *restarted {
+                    format!("agent {agent} updated and restarted")
+                } else {
+                    format!("agent {agent} updated (applies to its next task)")
+                }
+            }
+            EventKind::AgentRemoved { agent } => format!("agent {agent} removed"),
+            EventKind::WorkstreamAdded { workstream } => format!("workstream {workstream} added"),
+            EventKind::ConfigReloaded { added, removed, updated, not_applied } => {
+                let mut parts = Vec::new();
+                for (what, names) in [("added", added), ("removed", removed), ("updated", updated)] {
+                    if !names.is_empty() {
+                        parts.push(format!("{what} {}", names.join(", ")));
+                    }
+                }
+                if parts.is_empty() {
+                    parts.push("nothing changed".to_string());
+                }
+                let mut text = format!("configuration reloaded: {}", parts.join("; "));
+                if !not_applied.is_empty() {
+                    text.push_str(&format!("; not applied (restart to apply): {}", not_applied.join("; ")));
+                }
+                text
+            }
+            EventKind::ConfigRejected { errors } => {
+                format!("configuration change rejected, the running one stays: {errors}")
+            }
         }
     }
 }
@@ -464,5 +534,27 @@ mod tests {
         assert_eq!(event.kind.name(), "TaskClaimed");
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn reconfiguration_events_name_what_changed() {
+        let reloaded = EventKind::ConfigReloaded {
+            added: vec!["agent reviewer".into(), "task write-docs".into()],
+            removed: vec![],
+            updated: vec!["settings max_concurrent_agents".into()],
+            not_applied: vec!["workstream docs: removing a workstream needs a restart".into()],
+        };
+        assert_eq!(reloaded.name(), "ConfigReloaded");
+        assert_eq!(
+            reloaded.describe(),
+            "configuration reloaded: added agent reviewer, task write-docs; updated settings max_concurrent_agents; \
+             not applied (restart to apply): workstream docs: removing a workstream needs a restart"
+        );
+        let updated = EventKind::AgentUpdated { agent: "reviewer".into(), restarted: true };
+        assert_eq!(updated.agent(), Some("reviewer"));
+        let json = serde_json::to_value(&updated).unwrap();
+        assert_eq!(json["type"], "AgentUpdated");
+        assert_eq!(serde_json::from_value::<EventKind>(json).unwrap(), updated);
+        assert_eq!(EventKind::ConfigRejected { errors: "x".into() }.agent(), None);
     }
 }

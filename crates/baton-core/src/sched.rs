@@ -114,6 +114,16 @@ pub enum Error {
     UnknownSchedule(String),
     #[error("no budget `{0}` in this run; name global, workstream:NAME or agent:NAME")]
     UnknownScope(String),
+    #[error("agent `{0}` exists already; update it instead, or pick another name")]
+    AgentExists(String),
+    #[error("no workstream `{0}` in this run; add it first")]
+    UnknownWorkstream(String),
+    #[error("workstream `{0}` exists already")]
+    WorkstreamExists(String),
+    #[error("workstream dependency cycle: {0}")]
+    WorkstreamCycle(String),
+    #[error("invalid agent `{name}`: {reason}")]
+    InvalidAgent { name: String, reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +142,10 @@ struct AgentSlot {
     /// Stopped by an operator: it is expected back, so its tasks wait instead of being
     /// cancelled as unrunnable.
     held_by_operator: bool,
+    /// Removed from the plan while the run went on (`sched/reconfigure.rs`). The slot stays,
+    /// so that indices held elsewhere stay valid, but it is out of `agent_index` and skipped
+    /// wherever agents are iterated.
+    removed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -262,6 +276,7 @@ impl Scheduler {
                     consecutive_failures: 0,
                     circuit_until: None,
                     held_by_operator: false,
+                    removed: false,
                 }
             })
             .collect();
@@ -348,6 +363,13 @@ impl Scheduler {
         let workstream = task.workstream.clone();
         self.insert(task);
         self.run_dirty = true;
+        if let Some(ws) = workstream.as_deref().and_then(|ws| self.workstreams.get_mut(ws))
+            && ws.done
+        {
+            // The workstream has work again; it completes again when that is done.
+            ws.done = false;
+            ws.failed = false;
+        }
         self.try_release(id, now, fx);
         self.wake_agents(workstream.as_deref(), fx);
     }
@@ -361,7 +383,8 @@ impl Scheduler {
         }
         for idx in 0..self.agents.len() {
             let slot = &self.agents[idx];
-            if slot.spec.workstream.as_deref() == Some(workstream) && slot.state == AgentState::Stopped {
+            if !slot.removed && slot.spec.workstream.as_deref() == Some(workstream) && slot.state == AgentState::Stopped
+            {
                 self.set_agent_state(idx, AgentState::Waiting, Some("its workstream has work again".into()), fx);
                 self.start_agent(idx, fx);
             }
@@ -556,10 +579,42 @@ impl Scheduler {
         }
         let names = self.plan.phases[number as usize - 1].clone();
         if announce {
-            fx.writes.push(Write::Event(EventKind::PhaseStarted { phase: number, workstreams: names.clone() }));
+            // A workstream added while the run went on may have started before its phase
+            // (`sched/reconfigure.rs`): only the others start now.
+            let starting: Vec<String> =
+                names.iter().filter(|name| !self.workstreams[name.as_str()].started).cloned().collect();
+            if !starting.is_empty() {
+                fx.writes.push(Write::Event(EventKind::PhaseStarted { phase: number, workstreams: starting }));
+            }
         }
+        self.start_workstreams(&names, now, fx);
+        if !announce {
+            // Re-entered after a restart: a workstream with nothing open had its completion
+            // written with its last task; do not announce it twice.
+            for name in &names {
+                let failed = self.tasks.values().any(|task| {
+                    task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
+                });
+                let ws = self.workstreams.get_mut(name).expect("declared");
+                if ws.n_open == 0 {
+                    ws.done = true;
+                    ws.failed = failed;
+                    for idx in 0..self.agents.len() {
+                        if self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()) {
+                            self.agents[idx].state = AgentState::Stopped;
+                            self.dirty_agents.insert(idx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts workstreams: their agents (critical first) and their tasks; their open tasks are
+    /// cancelled when a workstream they depend on failed.
+    fn start_workstreams(&mut self, names: &[String], now: Timestamp, fx: &mut Effects) {
         let workstream_timeout = self.plan.settings.workstream_timeout;
-        for name in &names {
+        for name in names {
             let upstream_failed = self.plan.workstream(name).and_then(|spec| {
                 spec.depends_on
                     .iter()
@@ -583,7 +638,8 @@ impl Scheduler {
         let mut to_start: Vec<usize> = (0..self.agents.len())
             .filter(|&idx| {
                 let ws = self.agents[idx].spec.workstream.as_deref();
-                ws.is_some_and(|ws| names.iter().any(|name| name == ws))
+                !self.agents[idx].removed
+                    && ws.is_some_and(|ws| names.iter().any(|name| name == ws))
                     && !self.workstreams.get(ws.unwrap_or_default()).is_some_and(|ws| ws.failed || ws.n_open == 0)
             })
             .collect();
@@ -591,29 +647,9 @@ impl Scheduler {
         for idx in to_start {
             self.start_agent(idx, fx);
         }
-        for name in &names {
+        for name in names {
             for id in self.pending_tasks_of(Some(name)) {
                 self.try_release(id, now, fx);
-            }
-        }
-        if !announce {
-            // Re-entered after a restart: a workstream with nothing open had its completion
-            // written with its last task; do not announce it twice.
-            for name in &names {
-                let failed = self.tasks.values().any(|task| {
-                    task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
-                });
-                let ws = self.workstreams.get_mut(name).expect("declared");
-                if ws.n_open == 0 {
-                    ws.done = true;
-                    ws.failed = failed;
-                    for idx in 0..self.agents.len() {
-                        if self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()) {
-                            self.agents[idx].state = AgentState::Stopped;
-                            self.dirty_agents.insert(idx);
-                        }
-                    }
-                }
             }
         }
     }
@@ -807,7 +843,7 @@ impl Scheduler {
         let mut free_slots: u64 = self
             .agents
             .iter()
-            .filter(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active))
+            .filter(|slot| !slot.removed && matches!(slot.state, AgentState::Idle | AgentState::Active))
             .map(|slot| u64::from(slot.spec.concurrency.saturating_sub(slot.running)))
             .sum();
         let n_dying = self.dying.len() as u32;
@@ -855,7 +891,8 @@ impl Scheduler {
                 .iter()
                 .enumerate()
                 .filter(|(_, slot)| {
-                    matches!(slot.state, AgentState::Idle | AgentState::Active)
+                    !slot.removed
+                        && matches!(slot.state, AgentState::Idle | AgentState::Active)
                         && slot.running < slot.spec.concurrency
                         && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
                         && self.budget_block(&slot.spec, task).is_none()
@@ -1230,47 +1267,66 @@ impl Scheduler {
     }
 
     /// Completes finished workstreams and phases, and starts the next phase.
+    ///
+    /// A started workstream completes when nothing of its is open, whatever its phase: a
+    /// workstream of an earlier phase may have had work again (a retried or added task), and
+    /// one of a later phase may have started early (added while the run went on, with its
+    /// dependencies done: `sched/reconfigure.rs`). A later phase that is complete already is
+    /// passed over without being announced again.
     fn advance_phases(&mut self, now: Timestamp, fx: &mut Effects) {
         loop {
-            if self.phase == 0 || self.phase as usize > self.plan.phases.len() {
+            if self.phase == 0 {
                 return;
             }
-            let names = self.plan.phases[self.phase as usize - 1].clone();
-            for name in &names {
-                let ws = self.workstreams.get_mut(name).expect("declared");
+            let all_workstreams: Vec<String> = self.plan.phases.concat();
+            for name in &all_workstreams {
+                let ws = &self.workstreams[name];
                 if ws.started && !ws.done && ws.n_open == 0 {
-                    let failed = self.tasks.values().any(|task| {
-                        task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
-                    });
-                    let ws = self.workstreams.get_mut(name).expect("declared");
-                    ws.done = true;
-                    ws.failed = failed;
-                    let succeeded = !failed;
-                    fx.writes
-                        .push(Write::Event(EventKind::WorkstreamCompleted { workstream: name.clone(), succeeded }));
-                    let idxs: Vec<usize> = (0..self.agents.len())
-                        .filter(|&idx| self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()))
-                        .collect();
-                    for idx in idxs {
-                        if self.agents[idx].state.is_started() {
-                            self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
-                            fx.stop_agents.push(self.agents[idx].spec.name.clone());
-                        }
-                    }
+                    self.complete_workstream(name, fx);
                 }
             }
+            if self.phase as usize > self.plan.phases.len() {
+                return;
+            }
+            let names = &self.plan.phases[self.phase as usize - 1];
             let all_done = names.iter().all(|name| self.workstreams[name].done);
             if !all_done {
                 return;
             }
             fx.writes.push(Write::Event(EventKind::PhaseCompleted { phase: self.phase }));
-            if self.phase as usize == self.plan.phases.len() {
+            let mut next = self.phase as usize + 1;
+            while next <= self.plan.phases.len()
+                && self.plan.phases[next - 1].iter().all(|name| self.workstreams[name].done)
+            {
+                next += 1;
+            }
+            if next > self.plan.phases.len() {
                 // Past the last phase.
-                self.phase += 1;
+                self.phase = self.plan.phases.len() as u32 + 1;
                 self.run_dirty = true;
                 return;
             }
-            self.enter_phase(self.phase + 1, now, true, fx);
+            self.enter_phase(next as u32, now, true, fx);
+        }
+    }
+
+    fn complete_workstream(&mut self, name: &str, fx: &mut Effects) {
+        let failed = self
+            .tasks
+            .values()
+            .any(|task| task.workstream.as_deref() == Some(name) && task.state != TaskState::Succeeded);
+        let ws = self.workstreams.get_mut(name).expect("declared");
+        ws.done = true;
+        ws.failed = failed;
+        let succeeded = !failed;
+        fx.writes.push(Write::Event(EventKind::WorkstreamCompleted { workstream: name.to_string(), succeeded }));
+        let idxs: Vec<usize> =
+            (0..self.agents.len()).filter(|&idx| self.agents[idx].spec.workstream.as_deref() == Some(name)).collect();
+        for idx in idxs {
+            if self.agents[idx].state.is_started() {
+                self.set_agent_state(idx, AgentState::Stopped, Some("its workstream is done".into()), fx);
+                fx.stop_agents.push(self.agents[idx].spec.name.clone());
+            }
         }
     }
 
@@ -1342,7 +1398,7 @@ impl Scheduler {
                     | AgentState::CircuitOpen
                     | AgentState::Stalled
                     | AgentState::WaitingInput
-            ) || (slot.state == AgentState::Stopped && slot.held_by_operator)
+            ) || (slot.state == AgentState::Stopped && slot.held_by_operator && !slot.removed)
         })
     }
 
@@ -1355,7 +1411,10 @@ impl Scheduler {
             let candidates: Vec<&AgentSlot> = self
                 .agents
                 .iter()
-                .filter(|slot| slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref()))
+                .filter(|slot| {
+                    !slot.removed
+                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
+                })
                 .collect();
             if candidates.iter().any(|slot| matches!(slot.state, AgentState::Idle | AgentState::Active)) {
                 continue;
@@ -1417,6 +1476,9 @@ impl Scheduler {
             self.run_dirty = false;
         }
         for idx in std::mem::take(&mut self.dirty_agents) {
+            if self.agents[idx].removed {
+                continue;
+            }
             fx.writes.push(Write::Agent { record: self.agent_record(idx, now), events: Vec::new() });
         }
     }
@@ -1451,8 +1513,11 @@ impl Scheduler {
 
 mod budget;
 mod leases;
+mod reconfigure;
 mod schedules;
 mod supervise;
+
+pub use reconfigure::ReloadSummary;
 
 /// Who holds a resource.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

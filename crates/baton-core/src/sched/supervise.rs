@@ -28,7 +28,7 @@ use crate::time::{Timestamp, format_duration};
 const MAX_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Scheduler {
-    fn agent_idx(&self, name: &str) -> Result<usize, Error> {
+    pub(super) fn agent_idx(&self, name: &str) -> Result<usize, Error> {
         self.agent_index.get(name).copied().ok_or_else(|| Error::UnknownAgent(name.to_string()))
     }
 
@@ -176,7 +176,17 @@ impl Scheduler {
     /// An operator restarts an agent: stopped, then started at once.
     pub fn restart_agent(&mut self, name: &str, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = self.agent_idx(name)?;
-        if matches!(
+        if self.restart_if_running(idx, "restarted by an operator", now, fx) {
+            return Ok(());
+        }
+        self.start_agent_again(name, now, fx)
+    }
+
+    /// Stops a running agent and has it started again at once (the next tick), its running
+    /// attempts re-queued. `why` ends "restarted by …". Returns false, doing nothing, when the
+    /// agent is not running.
+    pub(super) fn restart_if_running(&mut self, idx: usize, why: &str, now: Timestamp, fx: &mut Effects) -> bool {
+        if !matches!(
             self.agents[idx].state,
             AgentState::Idle
                 | AgentState::Active
@@ -184,19 +194,20 @@ impl Scheduler {
                 | AgentState::Stalled
                 | AgentState::WaitingInput
         ) {
-            fx.stop_agents.push(name.to_string());
-            self.agents[idx].restart_at = Some(now);
-            self.set_agent_state(idx, AgentState::Restarting, Some("restarted by an operator".into()), fx);
-            self.requeue_attempts_of(idx, &format!("agent `{name}` was restarted by an operator"), now, fx);
-            return Ok(());
+            return false;
         }
-        self.start_agent_again(name, now, fx)
+        let name = self.agents[idx].spec.name.clone();
+        fx.stop_agents.push(name.clone());
+        self.agents[idx].restart_at = Some(now);
+        self.set_agent_state(idx, AgentState::Restarting, Some(why.to_string()), fx);
+        self.requeue_attempts_of(idx, &format!("agent `{name}` was {why}"), now, fx);
+        true
     }
 
     /// The attempts an agent was running when it went away fail now, and their tasks are
     /// retried at once on any capable agent: the agent failed, not the task. The attempts'
     /// late outcomes are rejected as stale.
-    fn requeue_attempts_of(&mut self, idx: usize, reason: &str, now: Timestamp, fx: &mut Effects) {
+    pub(super) fn requeue_attempts_of(&mut self, idx: usize, reason: &str, now: Timestamp, fx: &mut Effects) {
         let name = self.agents[idx].spec.name.clone();
         let mut running: Vec<(TaskId, u32)> = self
             .tasks
