@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+use toml::de::DeTable;
 
 use crate::budget::BudgetSpec;
 use crate::graph;
@@ -21,6 +22,8 @@ use crate::schedule::ScheduleSpec;
 use crate::time::{DurationStr, SizeStr, format_duration};
 
 /// A place in a configuration file. Lines and columns are 1-based; columns count characters.
+/// Sources without lines (a `BATON_*` variable, an HTTP request body) have line and column 0,
+/// and the diagnostic's message starts with the variable or field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Location {
     pub file: String,
@@ -30,6 +33,9 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}", self.file);
+        }
         write!(f, "{}:{}:{}", self.file, self.line, self.column)
     }
 }
@@ -75,12 +81,13 @@ struct RawConfig {
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
-    server: RawServer,
+    server: server::RawServer,
+    auth: Option<Spanned<server::RawAuth>>,
     budget: Option<budget::RawBudget>,
     #[serde(default)]
     workstreams: Vec<RawWorkstream>,
     #[serde(default)]
-    agents: Vec<RawAgent>,
+    agents: Vec<Spanned<RawAgent>>,
     #[serde(default)]
     tasks: Vec<RawTask>,
     #[serde(default)]
@@ -146,12 +153,6 @@ struct RawStore {
     url: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<Spanned<String>>,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkstream {
@@ -175,9 +176,9 @@ struct RawAgent {
     capabilities: Vec<String>,
     #[serde(default)]
     runtime: RuntimeKind,
-    #[serde(default)]
-    mode: ProcessMode,
-    command: Spanned<Vec<Spanned<String>>>,
+    mode: Option<Spanned<ProcessMode>>,
+    /// Required for process agents, refused for remote ones (see `Validator::command`).
+    command: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     restart: RestartPolicy,
     max_restarts: Option<u32>,
@@ -202,6 +203,12 @@ struct RawAgent {
     #[serde(default)]
     objectives: Vec<Objective>,
     budget: Option<Spanned<budget::RawLimit>>,
+}
+
+impl RawAgent {
+    fn mode(&self) -> ProcessMode {
+        self.mode.as_ref().map_or_else(ProcessMode::default, |mode| *mode.get_ref())
+    }
 }
 
 /// `done_when = { output = "REGEX" }`, `{ file = "PATH" }` or `{ exit = true }`.
@@ -248,18 +255,24 @@ struct RawTask {
 // ---------------------------------------------------------------------------------------------
 // The validated plan.
 
-/// How an agent runs. Only OS processes exist so far; `llm` and `a2a` come later.
+/// How an agent runs: an OS process Baton starts, or a remote worker; `llm` and `a2a` come
+/// later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
+    /// Baton starts `command` and supervises it (`mode` says how).
     #[default]
     Process,
+    /// Baton starts nothing: a worker process anywhere claims the agent's tasks over HTTP.
+    /// Such an agent has no `command` and no `mode`.
+    Remote,
 }
 
 impl RuntimeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Process => "process",
+            RuntimeKind::Remote => "remote",
         }
     }
 }
@@ -428,7 +441,9 @@ pub struct AgentSpec {
     pub priority: Priority,
     pub capabilities: Vec<String>,
     pub runtime: RuntimeKind,
+    /// How a process agent runs; the default (`per-task`) for remote agents, which have none.
     pub mode: ProcessMode,
+    /// The program and its arguments; empty for remote agents, which Baton does not start.
     pub command: Vec<String>,
     /// Where `command` is written, for errors about it found later (command not found).
     pub command_location: Location,
@@ -478,7 +493,13 @@ pub struct Plan {
     pub name: String,
     pub settings: Settings,
     pub store_url: String,
+    /// `server.listen`, the same as `server.listen` (kept for the callers that predate
+    /// [`ServerSpec`]).
     pub listen: String,
+    /// `[server]`: where the API listens and how it is reached.
+    pub server: ServerSpec,
+    /// `[auth]`: bearer tokens for the API; `None` when the section is absent.
+    pub auth: Option<AuthSpec>,
     pub workstreams: Vec<WorkstreamSpec>,
     /// Workstream names per phase, in order.
     pub phases: Vec<Vec<String>>,
@@ -587,58 +608,131 @@ impl Plan {
 // Loading.
 
 /// Parses and validates a configuration. `file` is the name errors use; `env` is the
-/// environment `${VAR}` expands from.
+/// environment `${VAR}` expands from. For `baton.<profile>.toml` and `BATON_*` overrides, see
+/// [`load_layered`].
 pub fn load(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
     let locator = Locator::new(file, text);
-    let raw: RawConfig = toml::from_str(text).map_err(|error| {
+    let root = parse_segment(&locator, 0).map_err(|diagnostic| Error { diagnostics: vec![diagnostic] })?;
+    load_document(&locator, root, env)
+}
+
+/// Parses one source of `locator` (its text, spans shifted into the locator's offset space).
+fn parse_segment(locator: &Locator, idx: usize) -> Result<Spanned<DeTable<'_>>, Diagnostic> {
+    let segment = &locator.segments[idx];
+    let root = DeTable::parse(&segment.text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
-        let message = error.message().trim().to_string();
-        Error { diagnostics: vec![Diagnostic { location: locator.locate(span), message }] }
+        let shifted = segment.start + span.start..segment.start + span.end;
+        locator.diagnostic(shifted, error.message().trim().to_string())
     })?;
-    let mut validator = Validator { locator: &locator, env, diagnostics: Vec::new() };
+    Ok(layers::shift_table(root, segment.start))
+}
+
+/// Deserializes and validates a document whose spans are in `locator`'s offset space.
+fn load_document(locator: &Locator, root: Spanned<DeTable<'_>>, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
+    let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] }
+    })?;
+    let mut validator = Validator { locator, env, diagnostics: Vec::new() };
     let plan = validator.validate(raw);
     let mut diagnostics = validator.diagnostics;
-    diagnostics.sort_by_key(|diagnostic| (diagnostic.location.line, diagnostic.location.column));
+    diagnostics.sort_by_key(|diagnostic| {
+        (locator.segment_of(&diagnostic.location), diagnostic.location.line, diagnostic.location.column)
+    });
     match plan {
         Some(plan) if diagnostics.is_empty() => Ok(plan),
         _ => Err(Error { diagnostics }),
     }
 }
 
-/// Turns byte offsets into lines and columns.
-struct Locator<'a> {
-    file: &'a str,
-    text: &'a str,
+/// Turns byte offsets into places. A document may be assembled from several sources (the
+/// file, its profile, `BATON_*` variables, a request body): each is a segment of one offset
+/// space, so that a span alone says which source a value came from.
+struct Locator {
+    segments: Vec<Segment>,
 }
 
-impl<'a> Locator<'a> {
-    fn new(file: &'a str, text: &'a str) -> Self {
-        Locator { file, text }
+struct Segment {
+    file: String,
+    /// The segment's first offset in the shared offset space.
+    start: usize,
+    text: String,
+    /// For sources without lines: what each span (relative to the segment) is called, e.g.
+    /// `BATON_SERVER_LISTEN` or `command[0]`; the innermost span containing an offset names it.
+    labels: Option<Vec<(Range<usize>, String)>>,
+}
+
+impl Locator {
+    fn new(file: &str, text: &str) -> Self {
+        let mut locator = Locator { segments: Vec::new() };
+        locator.push(file, text.to_string(), None);
+        locator
+    }
+
+    /// Adds a source; returns its index.
+    fn push(&mut self, file: &str, text: String, labels: Option<Vec<(Range<usize>, String)>>) -> usize {
+        // One offset of separation, so that an empty source still has its own offset.
+        let start = self.segments.last().map_or(0, |last| last.start + last.text.len() + 1);
+        self.segments.push(Segment { file: file.to_string(), start, text, labels });
+        self.segments.len() - 1
+    }
+
+    fn segment(&self, offset: usize) -> &Segment {
+        self.segments.iter().rev().find(|segment| segment.start <= offset).unwrap_or(&self.segments[0])
+    }
+
+    /// The order of sources, for sorting diagnostics: base file first.
+    fn segment_of(&self, location: &Location) -> usize {
+        self.segments.iter().position(|segment| segment.file == location.file).unwrap_or(usize::MAX)
     }
 
     fn locate(&self, span: Range<usize>) -> Location {
-        let offset = span.start.min(self.text.len());
-        let before = self.text.get(..offset).unwrap_or(self.text);
+        let segment = self.segment(span.start);
+        if segment.labels.is_some() {
+            return Location { file: segment.file.clone(), line: 0, column: 0 };
+        }
+        let offset = (span.start - segment.start).min(segment.text.len());
+        let text = segment.text.as_str();
+        let before = text.get(..offset).unwrap_or(text);
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |idx| idx + 1);
         let column = before[line_start..].chars().count() + 1;
-        Location { file: self.file.to_string(), line, column }
+        Location { file: segment.file.clone(), line, column }
+    }
+
+    /// The name of exactly `span` (a key or a value); a source with a single name (a
+    /// variable) names all of its spans. A span of none (a whole request body) has no name.
+    fn label(&self, span: &Range<usize>) -> Option<&str> {
+        let segment = self.segment(span.start);
+        let relative = span.start - segment.start..span.end.saturating_sub(segment.start);
+        let labels = segment.labels.as_ref()?;
+        if let [(_, only)] = labels.as_slice() {
+            return Some(only);
+        }
+        labels.iter().find(|(range, _)| *range == relative).map(|(_, label)| label.as_str())
+    }
+
+    fn diagnostic(&self, span: Range<usize>, message: String) -> Diagnostic {
+        let message = match self.label(&span) {
+            Some(label) => format!("{label}: {message}"),
+            None => message,
+        };
+        Diagnostic { location: self.locate(span), message }
     }
 }
 
 struct Validator<'a> {
-    locator: &'a Locator<'a>,
+    locator: &'a Locator,
     env: &'a BTreeMap<String, String>,
     diagnostics: Vec<Diagnostic>,
 }
 
 const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 impl Validator<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.diagnostics.push(Diagnostic { location: self.locator.locate(span), message: message.into() });
+        self.diagnostics.push(self.locator.diagnostic(span, message.into()));
     }
 
     fn expand(&mut self, value: &Spanned<String>) -> String {
@@ -680,8 +774,9 @@ impl Validator<'_> {
                 format!("unsupported store url `{store_url}`: this version supports `sqlite://PATH` (e.g. \"{DEFAULT_STORE_URL}\")"),
             );
         }
-        let listen =
-            raw.server.listen.as_ref().map_or_else(|| DEFAULT_LISTEN.to_string(), |listen| self.expand(listen));
+        let server = self.server(&raw.server, raw.auth.is_some());
+        let auth = raw.auth.as_ref().map(|auth| self.auth(auth));
+        let listen = server.listen.clone();
 
         let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
         let agents = self.agents(&raw.agents, &workstreams);
@@ -696,7 +791,20 @@ impl Validator<'_> {
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
         let budget = self.budget(&raw, &tasks);
-        Some(Plan { name, settings, store_url, listen, workstreams, phases, agents, tasks, schedules, budget })
+        Some(Plan {
+            name,
+            settings,
+            store_url,
+            listen,
+            server,
+            auth,
+            workstreams,
+            phases,
+            agents,
+            tasks,
+            schedules,
+            budget,
+        })
     }
 
     fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -787,11 +895,12 @@ impl Validator<'_> {
         Some((specs, phases))
     }
 
-    fn agents(&mut self, raw: &[RawAgent], workstreams: &[WorkstreamSpec]) -> Vec<AgentSpec> {
+    fn agents(&mut self, raw: &[Spanned<RawAgent>], workstreams: &[WorkstreamSpec]) -> Vec<AgentSpec> {
         let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         let mut specs = Vec::with_capacity(raw.len());
-        for agent in raw {
+        for spanned_agent in raw {
+            let agent = spanned_agent.get_ref();
             self.check_name("agent", &agent.name);
             if !seen.insert(agent.name.get_ref()) {
                 self.error(agent.name.span(), format!("duplicate agent `{}`", agent.name.get_ref()));
@@ -803,23 +912,14 @@ impl Validator<'_> {
                 ws.get_ref().clone()
             });
             let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
-            if agent.command.get_ref().is_empty() {
-                self.error(agent.command.span(), "`command` must name a program, e.g. [\"bash\", \"agents/build.sh\"]");
-            }
-            let mut command = Vec::with_capacity(agent.command.get_ref().len());
-            for arg in agent.command.get_ref() {
-                let expanded = self.expand(arg);
-                if let Err(message) = check_placeholders(&expanded) {
-                    self.error(arg.span(), message);
-                }
-                command.push(expanded);
-            }
+            let command = self.command(agent, spanned_agent.span());
+            let mode = agent.mode();
             let concurrency = match &agent.concurrency {
                 Some(value) if *value.get_ref() == 0 => {
                     self.error(value.span(), "`concurrency` must be at least 1");
                     1
                 }
-                Some(value) if *value.get_ref() > 1 && agent.mode == ProcessMode::Pty => {
+                Some(value) if *value.get_ref() > 1 && mode == ProcessMode::Pty => {
                     self.error(
                         value.span(),
                         "a terminal agent (mode = \"pty\") runs one task at a time; remove `concurrency`",
@@ -831,7 +931,10 @@ impl Validator<'_> {
             };
             let terminal = self.terminal(agent);
             let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
-            let command_span = agent.command.get_ref().first().map_or(agent.command.span(), |arg| arg.span());
+            let command_span = match &agent.command {
+                Some(command) => command.get_ref().first().map_or(command.span(), |arg| arg.span()),
+                None => agent.name.span(),
+            };
             specs.push(AgentSpec {
                 name: agent.name.get_ref().clone(),
                 role: agent.role.clone().unwrap_or_else(|| agent.name.get_ref().clone()),
@@ -839,7 +942,7 @@ impl Validator<'_> {
                 priority: agent.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
                 capabilities: agent.capabilities.clone(),
                 runtime: agent.runtime,
-                mode: agent.mode,
+                mode,
                 command,
                 command_location: self.locator.locate(command_span),
                 restart: agent.restart,
@@ -874,9 +977,45 @@ impl Validator<'_> {
         specs
     }
 
+    /// An agent's `command`, expanded and checked: required for process agents, refused for
+    /// remote ones (as is `mode`). `agent_span` is where a missing command is reported.
+    fn command(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> Vec<String> {
+        if agent.runtime == RuntimeKind::Remote {
+            if let Some(command) = &agent.command {
+                self.error(
+                    command.span(),
+                    "remote agents are not started by Baton: remove `command` (a worker claims this agent's tasks over HTTP), or use runtime = \"process\"",
+                );
+            }
+            if let Some(mode) = &agent.mode {
+                self.error(
+                    mode.span(),
+                    "`mode` applies only to process agents: remove it (a remote agent's worker decides how it runs tasks)",
+                );
+            }
+            return Vec::new();
+        }
+        let Some(raw_command) = &agent.command else {
+            self.error(agent_span, "missing field `command`");
+            return Vec::new();
+        };
+        if raw_command.get_ref().is_empty() {
+            self.error(raw_command.span(), "`command` must name a program, e.g. [\"bash\", \"agents/build.sh\"]");
+        }
+        let mut command = Vec::with_capacity(raw_command.get_ref().len());
+        for arg in raw_command.get_ref() {
+            let expanded = self.expand(arg);
+            if let Err(message) = check_placeholders(&expanded) {
+                self.error(arg.span(), message);
+            }
+            command.push(expanded);
+        }
+        command
+    }
+
     /// The terminal keys of an agent: validated when `mode = "pty"`, refused otherwise.
     fn terminal(&mut self, agent: &RawAgent) -> Option<TerminalSpec> {
-        if agent.mode != ProcessMode::Pty {
+        if agent.mode() != ProcessMode::Pty {
             let spans = [
                 ("input_template", agent.input_template.as_ref().map(Spanned::span)),
                 ("done_when", agent.done_when.as_ref().map(Spanned::span)),
@@ -889,7 +1028,7 @@ impl Validator<'_> {
                         span,
                         format!(
                             "`{key}` applies only to terminal agents; add mode = \"pty\" or remove `{key}` (this agent's mode is \"{}\")",
-                            agent.mode.as_str()
+                            agent.mode().as_str()
                         ),
                     );
                 }
@@ -1251,7 +1390,15 @@ fn is_placeholder_name(name: &str) -> bool {
 }
 
 mod budget;
+mod json;
+mod layers;
 mod schedules;
+mod server;
+
+pub use json::{agent_from_json, agent_update_from_json};
+pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, load_layered, load_sources, profile_path};
+
+pub use server::{AuthSpec, RateLimit, ServerSpec, TlsSpec, is_loopback};
 
 #[cfg(test)]
 mod tests;

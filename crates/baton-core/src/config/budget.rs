@@ -99,7 +99,7 @@ impl Validator<'_> {
                 spec.workstreams.insert(ws.name.get_ref().clone(), limit);
             }
         }
-        for agent in &raw.agents {
+        for agent in raw.agents.iter().map(Spanned::get_ref) {
             if let Some(budget) = &agent.budget {
                 let limit = self.scope_limit(budget);
                 spec.agents.insert(agent.name.get_ref().clone(), limit);

@@ -297,3 +297,7 @@ fn schedule_errors_name_the_place() {
         "baton.toml:40:35: task `n@…` cannot be assigned: no agent without a workstream has [gpu]; add the capabilities to an agent or change `requires`"
     );
 }
+
+mod json;
+mod layers;
+mod server;

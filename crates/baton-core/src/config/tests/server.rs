@@ -1,0 +1,156 @@
+//! `runtime = "remote"` agents, `[server]` and `[auth]`.
+
+use super::*;
+
+const REMOTE: &str = r#"
+[orchestration]
+name = "remote"
+
+[[agents]]
+name = "far"
+runtime = "remote"
+capabilities = ["rust"]
+
+[[tasks]]
+title = "Build"
+requires = ["rust"]
+"#;
+
+#[test]
+fn a_remote_agent_has_no_command() {
+    let plan = load("baton.toml", REMOTE, &env()).unwrap();
+    let agent = &plan.agents[0];
+    assert_eq!(agent.runtime, RuntimeKind::Remote);
+    assert_eq!(agent.runtime.as_str(), "remote");
+    assert!(agent.command.is_empty());
+    assert_eq!(agent.command_location.line, 6, "a remote agent's location is its name");
+}
+
+#[test]
+fn a_remote_agent_refuses_command_and_mode() {
+    let text = REMOTE.replace("runtime = \"remote\"", "runtime = \"remote\"\ncommand = [\"true\"]\nmode = \"worker\"");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:8:11: remote agents are not started by Baton: remove `command` (a worker claims this agent's tasks over HTTP), or use runtime = \"process\"\n\
+         baton.toml:9:8: `mode` applies only to process agents: remove it (a remote agent's worker decides how it runs tasks)"
+    );
+}
+
+#[test]
+fn a_process_agent_still_needs_a_command() {
+    let text = REMOTE.replace("runtime = \"remote\"", "runtime = \"process\"");
+    assert_eq!(errors(&text), "baton.toml:5:1: missing field `command`");
+    let text = REMOTE.replace("runtime = \"remote\"\n", "");
+    assert_eq!(errors(&text), "baton.toml:5:1: missing field `command`");
+}
+
+#[test]
+fn server_defaults() {
+    let plan = load("baton.toml", MINIMAL, &env()).unwrap();
+    assert_eq!(plan.listen, "127.0.0.1:8080");
+    assert_eq!(plan.server, ServerSpec::default());
+    assert_eq!(plan.server.url, "http://127.0.0.1:8080");
+    assert_eq!(plan.server.max_request_size, 1024 * 1024);
+    assert!(plan.server.reload);
+    assert_eq!(plan.auth, None);
+}
+
+#[test]
+fn server_keys_are_read() {
+    let text = format!(
+        "{MINIMAL}\n[server]\nlisten = \"localhost:9000\"\nmax_request_size = \"4MiB\"\nreload = false\ntls = {{ cert = \"tls/cert.pem\", key = \"tls/key.pem\" }}\nrate_limit = {{ per_second = 5, burst = 10 }}\n"
+    );
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    assert_eq!(plan.listen, "localhost:9000");
+    let server = &plan.server;
+    assert_eq!(server.url, "https://localhost:9000", "with tls the default url is https");
+    assert_eq!(server.max_request_size, 4 * 1024 * 1024);
+    assert!(!server.reload);
+    assert_eq!(server.tls, Some(TlsSpec { cert: "tls/cert.pem".into(), key: "tls/key.pem".into() }));
+    assert_eq!(server.rate_limit, Some(RateLimit { per_second: 5, burst: 10 }));
+    let text = format!("{MINIMAL}\n[server]\nurl = \"http://baton.internal:8080/\"\n");
+    assert_eq!(load("baton.toml", &text, &env()).unwrap().server.url, "http://baton.internal:8080");
+}
+
+#[test]
+fn server_errors_name_the_place() {
+    let server = |body: &str| errors(&format!("{MINIMAL}\n[server]\n{body}\n"));
+    assert_eq!(
+        server("listen = \"0.0.0.0:8080\""),
+        "baton.toml:38:10: server.listen `0.0.0.0:8080` is not a loopback address: add an [auth] section so that the API is not open to the network"
+    );
+    assert_eq!(
+        server("listen = \"8080\""),
+        "baton.toml:38:10: server.listen `8080` is not an address: write HOST:PORT, e.g. \"127.0.0.1:8080\""
+    );
+    assert_eq!(
+        server("url = \"baton.internal\""),
+        "baton.toml:38:7: server.url `baton.internal` is not an HTTP address: write e.g. \"http://127.0.0.1:8080\" or \"https://baton.example.com\""
+    );
+    assert_eq!(
+        server("tls = { cert = \"c.pem\" }"),
+        "baton.toml:38:7: `server.tls` needs both `cert` and `key`, e.g. { cert = \"tls/cert.pem\", key = \"tls/key.pem\" }"
+    );
+    assert_eq!(
+        server("max_request_size = \"0B\""),
+        "baton.toml:38:20: `server.max_request_size` must be more than 0, e.g. \"1MiB\""
+    );
+    assert_eq!(
+        server("rate_limit = { per_second = 0, burst = 10 }"),
+        "baton.toml:38:29: `server.rate_limit.per_second` must be at least 1, e.g. 50"
+    );
+    assert_eq!(server("reload = \"yes\""), "baton.toml:38:10: invalid type: string \"yes\", expected a boolean");
+}
+
+#[test]
+fn auth_is_read_with_its_defaults() {
+    let mut env = env();
+    env.insert("BATON_JWT_SECRET".into(), "s3cret".into());
+    let text = format!("{MINIMAL}\n[server]\nlisten = \"0.0.0.0:8080\"\n\n[auth]\nsecret_env = \"BATON_JWT_SECRET\"\n");
+    let plan = load("baton.toml", &text, &env).unwrap();
+    let auth = plan.auth.expect("[auth] is read");
+    assert_eq!(auth.secret_env, "BATON_JWT_SECRET");
+    assert_eq!(auth.rate_limit, RateLimit { per_second: 50, burst: 100 });
+    assert_eq!(auth.token_ttl, Duration::from_secs(24 * 3600));
+    let text = format!(
+        "{MINIMAL}\n[auth]\nsecret_env = \"BATON_JWT_SECRET\"\nrate_limit = {{ per_second = 2, burst = 3 }}\ntoken_ttl = \"1h\"\n"
+    );
+    let auth = load("baton.toml", &text, &env).unwrap().auth.unwrap();
+    assert_eq!((auth.rate_limit, auth.token_ttl), (RateLimit { per_second: 2, burst: 3 }, Duration::from_secs(3600)));
+}
+
+#[test]
+fn auth_errors_name_the_place() {
+    let auth = |body: &str| errors(&format!("{MINIMAL}\n[auth]\n{body}\n"));
+    assert_eq!(
+        auth("secret_env = \"BATON_JWT_SECRET\""),
+        "baton.toml:38:14: environment variable `BATON_JWT_SECRET` named by auth.secret_env is not set; set it to the secret that signs the API's tokens"
+    );
+    assert_eq!(
+        auth("secret_env = \"hunter2 is my secret\""),
+        "baton.toml:38:14: auth.secret_env `hunter2 is my secret` is not an environment variable name: write the variable's name, e.g. \"BATON_JWT_SECRET\", not the secret"
+    );
+    assert_eq!(
+        auth("token_ttl = \"1h\""),
+        "baton.toml:37:1: [auth] needs `secret_env`, the name of the environment variable holding the token secret, e.g. secret_env = \"BATON_JWT_SECRET\""
+    );
+    assert_eq!(
+        auth("secret_env = \"HOME\"\nrate_limit = { per_second = 1, burst = -1 }\ntoken_ttl = \"0s\""),
+        "baton.toml:39:40: `auth.rate_limit.burst` must be at least 1, e.g. 50\n\
+         baton.toml:40:13: `auth.token_ttl` must be more than 0s, e.g. \"24h\""
+    );
+    assert_eq!(
+        auth("secret = \"x\""),
+        "baton.toml:38:1: unknown field `secret`, expected one of `secret_env`, `rate_limit`, `token_ttl`"
+    );
+}
+
+#[test]
+fn loopback_addresses() {
+    for listen in ["127.0.0.1:8080", "127.1.2.3:1", "[::1]:8080", "::1", "localhost:80", "LOCALHOST", "127.0.0.1"] {
+        assert!(is_loopback(listen), "{listen}");
+    }
+    for listen in ["0.0.0.0:8080", "[::]:8080", "10.0.0.1:80", "example.com:80", "localhost.example.com:80"] {
+        assert!(!is_loopback(listen), "{listen}");
+    }
+}
