@@ -136,6 +136,10 @@ impl RemoteHub {
         let hub = self.clone();
         Arc::new(move |spec: &AgentSpec| {
             if spec.runtime.as_str() == "remote" {
+                // Known from the start, so that its workers may poll before its phase begins.
+                let mut queues = hub.shared.queues.lock().expect("queues lock");
+                queues.entry(spec.name.clone()).or_default().lease = spec.heartbeat_timeout;
+                drop(queues);
                 Arc::new(RemoteAgent { hub: hub.clone(), spec: spec.clone() }) as Arc<dyn AgentRuntime>
             } else {
                 other(spec)
@@ -160,7 +164,8 @@ impl RemoteHub {
     }
 
     /// Takes up to `max` attempts waiting for `agent`, waiting up to `wait` for the first one
-    /// (a long poll). Empty when none came in time, or when `cancel` fired.
+    /// (a long poll). Empty when none came in time (a stopped agent has none), or when
+    /// `cancel` fired.
     pub async fn claim(
         &self,
         agent: &str,
@@ -189,8 +194,10 @@ impl RemoteHub {
     fn take(&self, agent: &str, max: usize) -> Result<Vec<Claim>, Error> {
         let now = self.shared.clock.now();
         let (claims, context) = self.with_queue(agent, |queue| {
+            // A stopped agent (its workstream done, an operator's stop) has nothing to hand
+            // out; its workers wait, as they would for work, until it starts again.
             if !queue.running {
-                return Err(Error::NotRunning(agent.to_string()));
+                return Ok((Vec::new(), None));
             }
             let lease = queue.lease;
             let mut claims = Vec::new();
