@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use baton_core::budget::{Limit, Scope, Usage};
 use baton_core::config::{AgentSpec, Plan, ProcessMode};
 use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskState};
+use baton_core::sched::ReloadSummary;
 use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
 use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
@@ -169,6 +170,16 @@ enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// A changed configuration to apply (hot reload), answered once applied and durable.
+    Reconfigure {
+        plan: Box<Plan>,
+        reply: oneshot::Sender<Result<ReloadSummary, Error>>,
+    },
+    /// A changed configuration was refused: the engine writes `ConfigRejected`.
+    RejectConfig {
+        errors: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
 /// An answer to a command, sent once the turn's writes are durable.
@@ -235,6 +246,24 @@ impl EngineHandle {
     pub async fn remove_agent(&self, name: String) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::RemoveAgent { name, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Applies a changed configuration to the running run (see
+    /// `baton_core::sched::Scheduler::reconfigure`): agents added, removed and updated,
+    /// workstreams added, live settings; the file's new tasks are created. Returns what was
+    /// applied and what needs a restart; an error changes nothing.
+    pub async fn reconfigure(&self, plan: Plan) -> Result<ReloadSummary, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Reconfigure { plan: Box::new(plan), reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Records that a changed configuration was refused (`ConfigRejected`, written by the
+    /// engine, the single writer of its run); the running configuration stays.
+    pub async fn reject_config(&self, errors: String) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::RejectConfig { errors, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -411,6 +440,7 @@ impl Engine {
                 let mut fx = Effects::default();
                 // Answers to commands, sent once what they decided is durable.
                 let mut deferred: Vec<Deferred> = Vec::new();
+                let mut deferred_reload: Option<(oneshot::Sender<Result<ReloadSummary, Error>>, ReloadSummary)> = None;
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled(), if draining_until.is_none() => {
@@ -448,7 +478,10 @@ impl Engine {
                         let now = clock.now();
                         let changes_plan = matches!(
                             command,
-                            Command::AddAgent { .. } | Command::UpdateAgent { .. } | Command::RemoveAgent { .. }
+                            Command::AddAgent { .. }
+                                | Command::UpdateAgent { .. }
+                                | Command::RemoveAgent { .. }
+                                | Command::Reconfigure { .. }
                         );
                         match command {
                             Command::AddAgent { spec, reply } => {
@@ -480,7 +513,36 @@ impl Engine {
                             }
                             Command::RemoveAgent { name, reply } => {
                                 let result = sched.remove_agent(&name, now, &mut fx);
+                                if result.is_ok()
+                                    && let Some(runtime) = shell.runtimes.remove(&name)
+                                {
+                                    // Stopped and dropped: the scheduler gave its attempts up.
+                                    shell.tracker.spawn(async move { runtime.stop().await });
+                                }
                                 deferred.push((reply, result.map_err(refused)));
+                            }
+                            Command::Reconfigure { plan, reply } => {
+                                let before = sched.plan().agents.clone();
+                                match sched.reconfigure(*plan, now, &mut fx) {
+                                    Ok(summary) => {
+                                        shell.replace_runtimes(&before, &sched.plan().agents, &options.runtimes);
+                                        if !summary.new_tasks.is_empty() {
+                                            let (created, _) = oneshot::channel();
+                                            let tasks = summary.new_tasks.clone();
+                                            let command = Command::CreateTasks { tasks, reply: created };
+                                            handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx)
+                                                .await;
+                                        }
+                                        deferred_reload = Some((reply, summary));
+                                    }
+                                    Err(error) => {
+                                        let _ = reply.send(Err(refused(error)));
+                                    }
+                                }
+                            }
+                            Command::RejectConfig { errors, reply } => {
+                                fx.writes.push(Write::Event(EventKind::ConfigRejected { errors }));
+                                deferred.push((reply, Ok(())));
                             }
                             Command::Cancel { task, reason, reply } => {
                                 deferred.push((reply, sched.cancel(task, reason, now, &mut fx).map_err(refused)));
@@ -505,6 +567,8 @@ impl Engine {
                         }
                         if changes_plan {
                             let _ = plan_tx.send(Some(Arc::new(sched.plan().clone())));
+                            // Messages reach the agents there are now.
+                            post.set_runtimes(Arc::new(shell.runtimes.clone()));
                         }
                     }
                     () = sleep_until_opt(wakeup) => {
@@ -538,6 +602,9 @@ impl Engine {
                 perform(&mut sched, &mut shell, fx, now).await?;
                 for (reply, result) in deferred {
                     let _ = reply.send(result);
+                }
+                if let Some((reply, summary)) = deferred_reload {
+                    let _ = reply.send(Ok(summary));
                 }
                 progress.send_if_modified(|current| {
                     let next = sched.progress();
@@ -852,7 +919,11 @@ async fn handle_command(
         | Command::Agent { reply, .. }
         | Command::AddAgent { reply, .. }
         | Command::UpdateAgent { reply, .. }
-        | Command::RemoveAgent { reply, .. } => {
+        | Command::RemoveAgent { reply, .. }
+        | Command::RejectConfig { reply, .. } => {
+            let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
+        }
+        Command::Reconfigure { reply, .. } => {
             let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
         }
     }
@@ -914,6 +985,28 @@ struct Shell {
 }
 
 impl Shell {
+    /// After a reconfiguration: agents that are new get a runtime built by `factory`, agents
+    /// whose runtime changed get a new one (the old one is stopped first, in the background;
+    /// the scheduler restarts the agent when it ran), removed ones are stopped and dropped.
+    fn replace_runtimes(&mut self, before: &[AgentSpec], after: &[AgentSpec], factory: &RuntimeFactory) {
+        for spec in after {
+            let previous = before.iter().find(|old| old.name == spec.name);
+            if previous.is_some_and(|old| same_runtime(old, spec)) {
+                continue;
+            }
+            if let Some(old) = self.runtimes.insert(spec.name.clone(), factory(spec)) {
+                self.tracker.spawn(async move { old.stop().await });
+            }
+        }
+        for old in before {
+            if after.iter().all(|spec| spec.name != old.name)
+                && let Some(runtime) = self.runtimes.remove(&old.name)
+            {
+                self.tracker.spawn(async move { runtime.stop().await });
+            }
+        }
+    }
+
     /// Makes the writes durable, then performs the effects.
     async fn perform(&mut self, fx: Effects, now: Timestamp) -> Result<(), Error> {
         if !fx.writes.is_empty() {
@@ -929,13 +1022,17 @@ impl Shell {
         }
         if !fx.start_agents.is_empty() {
             // In order (critical agents first), each within the spawn timeout.
-            let to_start: Vec<(String, Arc<dyn AgentRuntime>)> =
-                fx.start_agents.into_iter().map(|name| (name.clone(), Arc::clone(&self.runtimes[&name]))).collect();
+            let to_start: Vec<(String, Option<Arc<dyn AgentRuntime>>)> =
+                fx.start_agents.into_iter().map(|name| (name.clone(), self.runtimes.get(&name).cloned())).collect();
             let reports = self.reports.clone();
             let spawn_timeout = self.spawn_timeout;
             let context = self.agent_context.clone();
             self.tracker.spawn(async move {
                 for (agent, runtime) in to_start {
+                    let Some(runtime) = runtime else {
+                        let _ = reports.send(Report::AgentFailed { agent, reason: "it has no runtime".into() });
+                        continue;
+                    };
                     let report = match tokio::time::timeout(spawn_timeout, runtime.start(context.clone())).await {
                         Ok(Ok(())) => Report::AgentStarted { agent },
                         Ok(Err(reason)) => Report::AgentFailed { agent, reason },
@@ -949,7 +1046,8 @@ impl Shell {
             });
         }
         for name in fx.stop_agents {
-            let runtime = Arc::clone(&self.runtimes[&name]);
+            // A removed agent's runtime was stopped and dropped with it.
+            let Some(runtime) = self.runtimes.get(&name).cloned() else { continue };
             self.tracker.spawn(async move { runtime.stop().await });
         }
         for assignment in fx.assignments {

@@ -8,7 +8,7 @@
 //! their next task (see `process::ProcessAgent`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -29,12 +29,17 @@ const POLL: Duration = Duration::from_millis(250);
 /// Most deliveries attempted in one round.
 const BATCH: u64 = 512;
 
+/// The agents messages can reach, by name.
+type Runtimes = Arc<HashMap<String, Arc<dyn AgentRuntime>>>;
+
 /// Sends and delivers the messages of one run. Cheap to clone.
 #[derive(Clone)]
 pub struct PostOffice {
     store: Arc<dyn Store>,
     run_id: String,
-    runtimes: Arc<HashMap<String, Arc<dyn AgentRuntime>>>,
+    /// The run's agents, replaced when the plan changes ([`PostOffice::set_runtimes`]). A std
+    /// lock: held only to read or swap the map, never across an `.await`.
+    runtimes: Arc<RwLock<Runtimes>>,
     /// Topics each agent follows. A std mutex: held only to read or update the map.
     topics: Arc<Mutex<HashMap<String, Vec<String>>>>,
     wake: Arc<Notify>,
@@ -51,11 +56,21 @@ impl PostOffice {
         PostOffice {
             store,
             run_id,
-            runtimes,
+            runtimes: Arc::new(RwLock::new(runtimes)),
             topics: Arc::new(Mutex::new(HashMap::new())),
             wake: Arc::new(Notify::new()),
             clock,
         }
+    }
+
+    /// The agents changed (added, updated or removed while the run goes on).
+    pub fn set_runtimes(&self, runtimes: Runtimes) {
+        *self.runtimes.write().unwrap_or_else(|p| p.into_inner()) = runtimes;
+        self.wake.notify_one();
+    }
+
+    fn runtimes(&self) -> Runtimes {
+        Arc::clone(&self.runtimes.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn subscribe(&self, agent: &str, topic: &str) {
@@ -68,15 +83,16 @@ impl PostOffice {
 
     /// Stores a message for its recipients and wakes the delivery loop. Returns its id.
     pub async fn send(&self, message: NewMessage) -> Result<String, String> {
+        let runtimes = self.runtimes();
         let agents: Vec<(String, Vec<String>)> = {
             let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-            self.runtimes.keys().map(|name| (name.clone(), topics.get(name).cloned().unwrap_or_default())).collect()
+            runtimes.keys().map(|name| (name.clone(), topics.get(name).cloned().unwrap_or_default())).collect()
         };
         if let Recipient::Agent(name) = &message.to
             && name != messages::OPERATOR
-            && !self.runtimes.contains_key(name)
+            && !runtimes.contains_key(name)
         {
-            let known: Vec<&str> = self.runtimes.keys().map(String::as_str).collect();
+            let known: Vec<&str> = runtimes.keys().map(String::as_str).collect();
             return Err(messages::resolve_mentions(&format!("@{name}"), &known).unwrap_err());
         }
         let recipients = messages::recipients(&message.to, &message.from, &agents);
@@ -94,15 +110,6 @@ impl PostOffice {
 
     /// Delivers due messages until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
-        let takers: Vec<String> = self
-            .runtimes
-            .iter()
-            .filter(|(_, runtime)| runtime.takes_messages())
-            .map(|(name, _)| name.clone())
-            .collect();
-        if takers.is_empty() {
-            return;
-        }
         let mut more = false;
         loop {
             if cancel.is_cancelled() {
@@ -116,6 +123,14 @@ impl PostOffice {
                     () = tokio::time::sleep(POLL) => {}
                 }
             }
+            // Read each round: agents come and go with the plan.
+            let runtimes = self.runtimes();
+            let takers: Vec<String> =
+                runtimes.iter().filter(|(_, runtime)| runtime.takes_messages()).map(|(name, _)| name.clone()).collect();
+            if takers.is_empty() {
+                more = false;
+                continue;
+            }
             let due = match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), BATCH).await {
                 Ok(due) => due,
                 Err(error) => {
@@ -127,7 +142,7 @@ impl PostOffice {
             if due.is_empty() {
                 continue;
             }
-            let runtimes = &self.runtimes;
+            let runtimes = &runtimes;
             let attempts = due.into_iter().map(|delivery| async move {
                 let runtime = runtimes.get(&delivery.to).cloned();
                 let result = match runtime {

@@ -69,6 +69,14 @@ fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
         || old.max_message_size != new.max_message_size
 }
 
+/// Whether two specs of an agent say the same, wherever in the file they are written (lines
+/// added above an agent move its `command`).
+fn same_spec(old: &AgentSpec, new: &AgentSpec) -> bool {
+    let mut moved = new.clone();
+    moved.command_location = old.command_location.clone();
+    *old == moved
+}
+
 /// The phases of a list of workstreams, or the cycle that prevents them.
 fn compute_phases(workstreams: &[WorkstreamSpec]) -> Result<Vec<Vec<String>>, Error> {
     let index: HashMap<&str, usize> = workstreams.iter().enumerate().map(|(idx, ws)| (ws.name.as_str(), idx)).collect();
@@ -366,7 +374,7 @@ impl Scheduler {
             }
             match old.agent(&spec.name) {
                 None => added_agents.push(spec.clone()),
-                Some(current) if current != spec => updated_agents.push(spec.clone()),
+                Some(current) if !same_spec(current, spec) => updated_agents.push(spec.clone()),
                 Some(_) => {}
             }
         }
