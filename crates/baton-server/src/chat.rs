@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
-use baton_core::config::{ProcessMode, RuntimeKind};
-use baton_core::messages::{NewMessage, OPERATOR, Recipient, resolve_mentions};
-use baton_core::model::{NewTask, TaskId};
+use baton_core::messages::{NewMessage, OPERATOR, Recipient, chat_task, resolve_mentions, takes_messages};
+use baton_core::model::TaskId;
 use baton_runtime::agent::AgentEvent;
 
 use crate::api::{Body, Params};
@@ -61,7 +60,7 @@ pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Re
     let mut sent = Vec::new();
     for name in names {
         let spec = plan.agent(&name).ok_or_else(|| ApiError::not_found(format!("no agent `{name}` in this run")))?;
-        if spec.runtime == RuntimeKind::Process && spec.mode == ProcessMode::Worker {
+        if takes_messages(spec) {
             let (reply, answer) = oneshot::channel();
             let new_message = NewMessage {
                 from: from.clone(),
@@ -78,21 +77,7 @@ pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Re
                 .map_err(ApiError::bad_request)?;
             sent.push(Sent { agent: name, message_id: Some(id), task: None });
         } else {
-            let title: String = message.text.chars().take(60).collect();
-            let task = NewTask {
-                key: None,
-                workstream: spec.workstream.clone(),
-                title,
-                description: message.text.clone(),
-                input: serde_json::json!({ "from": from, "message": message.text, "data": data }),
-                requires: Vec::new(),
-                agent: Some(name.clone()),
-                depends_on: Vec::new(),
-                priority: spec.priority,
-                max_attempts: 3,
-                timeout_ms: None,
-                resources: Vec::new(),
-            };
+            let task = chat_task(spec, &from, &message.text, &data);
             let ids = state.engine().create_tasks(vec![task]).await?;
             sent.push(Sent { agent: name, message_id: None, task: ids.first().copied() });
         }
