@@ -1,0 +1,439 @@
+//! The CLI's side of `baton serve`'s HTTP API: a thin client for the commands that go through a
+//! running server (the read commands, `task add|cancel|retry`, `agent start|stop|restart`).
+//!
+//! The answers are deserialized into the same types the store returns (`TaskRecord`,
+//! `AgentRecord`, `Event`), so that a command prints the same whichever way its data came.
+//! API errors (`{"error": {"code", "message"}}`) become [`Failure`]s with the server's message:
+//! exit code 2 for a refused request (4xx), 1 for a server or network failure.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use baton_core::Event;
+use baton_core::config::Plan;
+use baton_core::model::{AgentRecord, TaskId, TaskRecord};
+use baton_server::api::{Created, Status, TaskDetail, TaskPage};
+use baton_store::TaskFilter;
+
+use crate::{Cli, Failure};
+
+/// How long the CLI waits for the configuration's server before it reads the store instead:
+/// short, because most of the time no server runs and the store answers at once.
+const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long an explicit `--url` may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `GET /health` may take, once connected; shorter for the configuration's server,
+/// which may not be a Baton server at all.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Tasks per page when listing them all.
+const TASK_PAGE: u64 = 1000;
+/// Events per page of `/events/history`.
+pub const EVENT_PAGE: u64 = 1000;
+
+/// A connection to a running `baton serve`.
+pub struct Client {
+    http: reqwest::Client,
+    /// `http://host:port`, without a trailing slash.
+    base: String,
+    token: Option<String>,
+}
+
+/// An entry of `GET /agents`: only what the CLI shows.
+#[derive(Debug, Deserialize)]
+struct AgentEntry {
+    status: Option<AgentRecord>,
+}
+
+/// The part of `GET /plan` the CLI checks.
+#[derive(Debug, Deserialize)]
+struct PlanName {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
+
+impl Client {
+    /// The server the command should talk to, if any. With `--url` (or `BATON_URL`) that
+    /// server must answer; without it, the configuration's `server.url` is tried briefly, and
+    /// `None` (read the store) when no server of this plan answers there.
+    pub async fn connect(cli: &Cli, plan: &Plan) -> Result<Option<Client>, Failure> {
+        // An empty `BATON_URL` is no URL.
+        match cli.url.as_deref().filter(|url| !url.trim().is_empty()) {
+            Some(url) => {
+                let client = Client::new(url, cli.token.clone(), CONNECT_TIMEOUT)?;
+                client.health(HEALTH_TIMEOUT).await.map_err(|error| {
+                    Failure::usage(format!(
+                        "no Baton server answers at {}: {error}; start one with `baton serve`, or leave out --url (BATON_URL) to read the store",
+                        client.base
+                    ))
+                })?;
+                Ok(Some(client))
+            }
+            None => {
+                let url = if plan.server.url.is_empty() {
+                    format!("http://{}", plan.listen)
+                } else {
+                    plan.server.url.clone()
+                };
+                let Ok(client) = Client::new(&url, cli.token.clone(), PROBE_CONNECT_TIMEOUT) else { return Ok(None) };
+                if client.health(PROBE_HEALTH_TIMEOUT).await.is_err() {
+                    return Ok(None);
+                }
+                // Another project's server may listen there: only this plan's server will do.
+                match client.get::<PlanName>("/plan", &[]).await {
+                    Ok(served) if served.name == plan.name => Ok(Some(client)),
+                    Ok(served) => {
+                        tracing::debug!(%url, served = %served.name, "the server there runs another plan; reading the store");
+                        Ok(None)
+                    }
+                    Err(failure) => {
+                        tracing::debug!(%url, error = %failure.message, "the server there does not answer; reading the store");
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn new(url: &str, token: Option<String>, connect_timeout: Duration) -> Result<Client, Failure> {
+        let base = url.trim().trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Failure::usage(format!(
+                "--url `{url}` is not an HTTP address: write e.g. http://127.0.0.1:8080"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .user_agent(concat!("baton-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| Failure::run(format!("cannot make an HTTP client: {error}")))?;
+        Ok(Client { http, base, token })
+    }
+
+    /// `http://host:port` of the server.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether a Baton server answers: `Err` says why not, for people.
+    async fn health(&self, timeout: Duration) -> Result<(), String> {
+        let response = self
+            .http
+            .get(format!("{}/health", self.base))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|error| describe(&error))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET /health answered {status}"));
+        }
+        let health: serde_json::Value =
+            response.json().await.map_err(|_| "it answers, but not as Baton does".to_string())?;
+        if health.get("orchestration_status").is_none() {
+            return Err("it answers, but not as Baton does".into());
+        }
+        Ok(())
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder, what: &str) -> Result<T, Failure> {
+        let response = request.send().await.map_err(|error| self.network(what, &error))?;
+        let response = check(response).await?;
+        response.json::<T>().await.map_err(|error| {
+            Failure::run(format!("{what}: the server's answer is not what this `baton` expects: {error}"))
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, Failure> {
+        self.send(self.request(reqwest::Method::GET, path).query(query), &format!("GET {path}")).await
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: Option<&serde_json::Value>) -> Result<T, Failure> {
+        let request = self.request(reqwest::Method::POST, path);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        self.send(request, &format!("POST {path}")).await
+    }
+
+    fn network(&self, what: &str, error: &reqwest::Error) -> Failure {
+        Failure::run(format!("{what} on {}: {}", self.base, describe(error)))
+    }
+
+    pub async fn status(&self) -> Result<Status, Failure> {
+        self.get("/status", &[]).await
+    }
+
+    /// Every task that passes `filter`, page after page.
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Failure> {
+        let mut query: Vec<(&str, String)> = vec![("limit", TASK_PAGE.to_string())];
+        if let Some(state) = filter.state {
+            query.push(("state", state.as_str().to_string()));
+        }
+        if let Some(workstream) = &filter.workstream {
+            query.push(("workstream", workstream.clone()));
+        }
+        if let Some(agent) = &filter.agent {
+            query.push(("agent", agent.clone()));
+        }
+        let mut tasks = Vec::new();
+        let mut after: Option<i64> = None;
+        loop {
+            let mut page_query = query.clone();
+            if let Some(after) = after {
+                page_query.push(("after", after.to_string()));
+            }
+            let page: TaskPage = self.get("/tasks", &page_query).await?;
+            tasks.extend(page.tasks);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(tasks),
+            }
+        }
+    }
+
+    pub async fn task(&self, id: TaskId) -> Result<TaskDetail, Failure> {
+        self.get(&format!("/tasks/{id}"), &[]).await
+    }
+
+    /// The agents the engine has recorded, in the plan's order.
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, Failure> {
+        let entries: Vec<AgentEntry> = self.get("/agents", &[]).await?;
+        Ok(entries.into_iter().filter_map(|entry| entry.status).collect())
+    }
+
+    /// Up to `limit` (at most 1000) events after `since`, oldest first.
+    pub async fn events(&self, since: i64, task: Option<TaskId>, limit: u64) -> Result<Vec<Event>, Failure> {
+        let mut query = vec![("since", since.to_string()), ("limit", limit.to_string())];
+        if let Some(task) = task {
+            query.push(("task", task.to_string()));
+        }
+        self.get("/events/history", &query).await
+    }
+
+    /// The run's events after `since` as they happen (`GET /events`, Server-Sent Events).
+    pub async fn follow_events(&self, since: i64, task: Option<TaskId>) -> Result<EventStream, Failure> {
+        let mut query = vec![("since", since.to_string())];
+        if let Some(task) = task {
+            query.push(("task", task.to_string()));
+        }
+        let request = self
+            .request(reqwest::Method::GET, "/events")
+            .query(&query)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header("Last-Event-ID", since.to_string());
+        let response = request.send().await.map_err(|error| self.network("GET /events", &error))?;
+        let response = check(response).await?;
+        Ok(EventStream { response, parser: SseParser::default(), ready: std::collections::VecDeque::new() })
+    }
+
+    /// Creates a task (`POST /tasks`, the body a `[[tasks]]` entry as JSON); its id.
+    pub async fn add_task(&self, task: &serde_json::Value) -> Result<TaskId, Failure> {
+        let created: Created = self.post("/tasks", Some(task)).await?;
+        created.ids.first().copied().ok_or_else(|| Failure::run("POST /tasks: the server created no task"))
+    }
+
+    pub async fn cancel_task(&self, id: TaskId, reason: &str) -> Result<TaskRecord, Failure> {
+        self.post(&format!("/tasks/{id}/cancel"), Some(&serde_json::json!({ "reason": reason }))).await
+    }
+
+    pub async fn retry_task(&self, id: TaskId) -> Result<TaskRecord, Failure> {
+        self.post(&format!("/tasks/{id}/retry"), None).await
+    }
+
+    /// `start`, `stop` or `restart` an agent; its record after the command, when there is one.
+    pub async fn agent_command(&self, name: &str, verb: &str) -> Result<Option<AgentRecord>, Failure> {
+        let entry: AgentEntry = self.post(&format!("/agents/{name}/{verb}"), None).await?;
+        Ok(entry.status)
+    }
+}
+
+/// A successful response, or the API's error as a [`Failure`].
+async fn check(response: reqwest::Response) -> Result<reqwest::Response, Failure> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let text = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<ErrorBody>(&text)
+        .map(|body| body.error.message)
+        .unwrap_or_else(|_| format!("the server answered {status}: {}", text.trim()));
+    let message = if status == reqwest::StatusCode::UNAUTHORIZED {
+        format!("{message}; the CLI sends the token given with --token (or BATON_TOKEN)")
+    } else {
+        message
+    };
+    let code = if status.is_client_error() { 2 } else { 1 };
+    Err(Failure { code, message })
+}
+
+/// A network error, for people: "cannot connect (Connection refused (os error 111))" rather
+/// than reqwest's whole chain, where the kind of failure says it.
+fn describe(error: &reqwest::Error) -> String {
+    let mut innermost = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        innermost = cause.to_string();
+        source = cause.source();
+    }
+    if error.is_timeout() {
+        "no answer in time".to_string()
+    } else if error.is_connect() {
+        format!("cannot connect ({innermost})")
+    } else {
+        format!("{error} ({innermost})")
+    }
+}
+
+/// The events of `GET /events`, one at a time.
+pub struct EventStream {
+    response: reqwest::Response,
+    parser: SseParser,
+    ready: std::collections::VecDeque<SseFrame>,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the server ended the stream (it is stopping).
+    pub async fn next(&mut self) -> Result<Option<Event>, Failure> {
+        loop {
+            while let Some(frame) = self.ready.pop_front() {
+                // Other kinds of frames (none today) are not events of the run.
+                if frame.data.is_empty() {
+                    continue;
+                }
+                let event: Event = serde_json::from_str(&frame.data).map_err(|error| {
+                    Failure::run(format!("GET /events: an event the CLI cannot read ({error}): {}", frame.data))
+                })?;
+                return Ok(Some(event));
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.ready.extend(self.parser.push(&bytes)),
+                Ok(None) => return Ok(None),
+                // A connection cut mid-stream ends the stream like a closed one: the caller
+                // resumes from the last event it saw.
+                Err(error) => {
+                    tracing::debug!(error = %describe(&error), "the event stream broke");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// One Server-Sent Event: its `id`, `event` type and `data` (lines joined by `\n`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SseFrame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Cuts a `text/event-stream` byte stream into frames, whatever the chunks' boundaries.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of a line not yet ended.
+    partial: Vec<u8>,
+    frame: SseFrame,
+    /// Whether the frame has a `data` field yet (an empty `data:` line counts).
+    has_data: bool,
+}
+
+impl SseParser {
+    /// The frames that `bytes` completes.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseFrame> {
+        let mut frames = Vec::new();
+        self.partial.extend_from_slice(bytes);
+        while let Some(end) = self.partial.iter().position(|&byte| byte == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\n').trim_end_matches('\r');
+            if line.is_empty() {
+                if self.has_data {
+                    frames.push(std::mem::take(&mut self.frame));
+                } else {
+                    self.frame = SseFrame::default();
+                }
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // a comment: the server's keep-alive
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (line, ""),
+            };
+            match field {
+                "id" => self.frame.id = Some(value.to_string()),
+                "event" => self.frame.event = Some(value.to_string()),
+                "data" => {
+                    if self.has_data {
+                        self.frame.data.push('\n');
+                    }
+                    self.frame.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: &str, event: &str, data: &str) -> SseFrame {
+        SseFrame { id: Some(id.into()), event: Some(event.into()), data: data.into() }
+    }
+
+    #[test]
+    fn frames_are_cut_at_blank_lines_whatever_the_chunks() {
+        let text = "id: 1\nevent: TaskCreated\ndata: {\"a\":1}\n\n: keep-alive\n\nid: 2\r\nevent: TaskReady\r\ndata: x\r\ndata: y\r\n\r\n";
+        let whole = SseParser::default().push(text.as_bytes());
+        let expected = vec![frame("1", "TaskCreated", "{\"a\":1}"), frame("2", "TaskReady", "x\ny")];
+        assert_eq!(whole, expected);
+        let mut parser = SseParser::default();
+        let mut by_byte = Vec::new();
+        for byte in text.as_bytes() {
+            by_byte.extend(parser.push(std::slice::from_ref(byte)));
+        }
+        assert_eq!(by_byte, expected);
+    }
+
+    #[test]
+    fn a_frame_without_data_is_no_event() {
+        let frames = SseParser::default().push(b"id: 3\nevent: x\n\n");
+        assert!(frames.is_empty(), "{frames:?}");
+        let frames = SseParser::default().push(b"data:\n\n");
+        assert_eq!(frames, vec![SseFrame::default()]);
+    }
+
+    #[test]
+    fn an_unfinished_frame_waits_for_its_blank_line() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b"id: 4\ndata: {}").is_empty());
+        assert_eq!(parser.push(b"\n\n"), vec![SseFrame { id: Some("4".into()), event: None, data: "{}".into() }]);
+    }
+}
