@@ -14,6 +14,7 @@ pub mod clock;
 pub mod engine;
 pub mod postoffice;
 pub mod process;
+pub mod reload;
 pub mod remote;
 
 pub use agent::{AgentRuntime, Attempt};
