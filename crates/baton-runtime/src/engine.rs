@@ -6,6 +6,12 @@
 //! commit), and only then performs them: starting agents, handing out attempts, killing
 //! cancelled ones. A crash at any point leaves the store saying what was decided; the next
 //! `baton run` resumes from it.
+//!
+//! The plan can change while it runs (agents added, updated and removed through the handle, or
+//! a whole configuration reloaded with [`EngineHandle::reconfigure`]): the scheduler decides
+//! what the change means for the run, and the shell builds runtimes for new agents with the
+//! engine's [`RuntimeFactory`], replaces the runtime of an agent whose command or environment
+//! changed (the old one is stopped), and stops and drops removed ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
