@@ -5,7 +5,7 @@
 //! - An added agent starts like the others: at once when it is shared or its workstream has
 //!   started (and still has work), else with its workstream's phase.
 //! - An updated agent whose runtime changed (command, mode, environment, working directory,
-//!   limits, terminal, runtime kind) is restarted when it runs, its running attempts re-queued
+//!   limits, terminal, heartbeat, runtime kind) is restarted when it runs, its running attempts re-queued
 //!   as an operator's restart does; any other change applies to its next task.
 //! - A removed agent is stopped (its attempts re-queued to other agents) and its slot is kept
 //!   as a tombstone (`AgentSlot::removed`), so that no index moves. Tasks only it could run
@@ -56,7 +56,8 @@ impl ReloadSummary {
 }
 
 /// Whether two specs of an agent differ in what its runtime was built from: such a change
-/// needs a new runtime, so a running agent is restarted.
+/// needs a new runtime, so a running agent is restarted. The engine's `same_runtime` is the
+/// same list: it builds the new runtime exactly when this says so.
 fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
     old.runtime != new.runtime
         || old.mode != new.mode
@@ -67,6 +68,7 @@ fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
         || old.limits != new.limits
         || old.terminal != new.terminal
         || old.max_message_size != new.max_message_size
+        || old.heartbeat_timeout != new.heartbeat_timeout
 }
 
 /// Whether two specs of an agent say the same, wherever in the file they are written (lines
