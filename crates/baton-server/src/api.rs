@@ -218,6 +218,7 @@ pub async fn plan(State(state): State<AppState>, caller: Extension<Caller>) -> R
 pub struct TaskInput {
     /// Identity within the run; a second task with the same key is refused.
     pub key: Option<String>,
+    #[schema(min_length = 1)]
     pub title: String,
     #[serde(default)]
     pub description: String,
@@ -231,7 +232,6 @@ pub struct TaskInput {
     pub agent: Option<String>,
     /// Other tasks, by id (a number) or key (a string).
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
     pub depends_on: Vec<TaskRef>,
     pub priority: Option<Priority>,
     #[schema(minimum = 1)]
@@ -280,6 +280,7 @@ impl TaskInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBatch {
+    #[schema(min_items = 1)]
     pub tasks: Vec<TaskInput>,
 }
 
@@ -426,12 +427,14 @@ pub struct CancelInput {
     pub reason: Option<String>,
 }
 
-/// Parses an optional JSON body: empty means the defaults.
+/// Parses an optional JSON body: empty or `null` means the defaults.
 fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|error| ApiError::bad_request(format!("invalid request body: {error}")))
+    serde_json::from_slice::<Option<T>>(bytes)
+        .map(Option::unwrap_or_default)
+        .map_err(|error| ApiError::bad_request(format!("invalid request body: {error}")))
 }
 
 /// Cancels a task that has not ended; a running attempt is stopped.

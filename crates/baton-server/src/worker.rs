@@ -92,7 +92,8 @@ pub struct ClaimResponse {
 /// Claims up to `max` of the tasks assigned to a remote agent, waiting up to `wait_ms` for
 /// one. Each comes with a lease that heartbeats renew.
 #[utoipa::path(post, path = "/agent/claim", tag = "agent-side", request_body = ClaimRequest,
-    responses((status = 200, body = ClaimResponse), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ClaimResponse), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn claim(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -154,7 +155,8 @@ pub struct HeartbeatResponse {
 
 /// Says the agent is alive and renews the leases of the attempts it holds.
 #[utoipa::path(post, path = "/agent/heartbeat", tag = "agent-side", request_body = HeartbeatRequest,
-    responses((status = 200, body = HeartbeatResponse), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = HeartbeatResponse), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -233,7 +235,8 @@ pub struct Accepted {
 /// Reports progress on a task the agent holds.
 #[utoipa::path(post, path = "/agent/tasks/{id}/progress", tag = "agent-side", params(("id" = i64, Path, description = "the task's id")),
     request_body = ProgressRequest,
-    responses((status = 200, body = Accepted), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Accepted), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn progress(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -287,7 +290,8 @@ pub struct ResultRecorded {
 /// Hands in a successful result for an attempt the agent holds.
 #[utoipa::path(post, path = "/agent/tasks/{id}/complete", tag = "agent-side", params(("id" = i64, Path, description = "the task's id")),
     request_body = CompleteRequest,
-    responses((status = 200, body = ResultRecorded), (status = 403, body = crate::error::ErrorBody), (status = 409, description = "the lease expired, or the attempt is not held", body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ResultRecorded), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody), (status = 409, description = "the lease expired, or the attempt is not held", body = crate::error::ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -303,7 +307,8 @@ pub async fn complete(
 /// left.
 #[utoipa::path(post, path = "/agent/tasks/{id}/fail", tag = "agent-side", params(("id" = i64, Path, description = "the task's id")),
     request_body = FailRequest,
-    responses((status = 200, body = ResultRecorded), (status = 403, body = crate::error::ErrorBody), (status = 409, description = "the lease expired, or the attempt is not held", body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ResultRecorded), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody), (status = 409, description = "the lease expired, or the attempt is not held", body = crate::error::ErrorBody)))]
 pub async fn fail(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -355,7 +360,9 @@ pub struct ResultsResponse {
 
 /// Hands in several results at once; each is recorded or refused on its own.
 #[utoipa::path(post, path = "/agent/results", tag = "agent-side", request_body = ResultsRequest,
-    responses((status = 200, body = ResultsResponse), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ResultsResponse), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody),
+        (status = 409, description = "the agent is not a remote agent: its results come from its process", body = crate::error::ErrorBody)))]
 pub async fn results(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -508,7 +515,8 @@ pub struct UsageRequest {
 
 /// Reports tokens the agent used; they count against its budgets.
 #[utoipa::path(post, path = "/agent/usage", tag = "agent-side", request_body = UsageRequest,
-    responses((status = 200, body = Accepted), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Accepted), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
     caller: Extension<Caller>,

@@ -304,3 +304,45 @@ async fn the_openapi_document_describes_every_route() {
     }
     server.stop().await;
 }
+
+/// What schemathesis (.ci/schemathesis/run) found: bad path parameters answered with a bare
+/// text body, query parameters documented as path parameters, a `null` body the document
+/// allows refused, and error statuses the document did not list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_answers_match_the_openapi_document() {
+    let server = Server::start().await;
+    let bad_id = server.get("/tasks/abc").send().await.unwrap();
+    assert_eq!(bad_id.status(), 400);
+    assert_eq!(bad_id.json::<Value>().await.unwrap()["error"]["code"], "bad_request");
+
+    let id = server.post_json("/tasks", json!({"title": "cancel me", "requires": ["build"]})).await["ids"][0]
+        .as_i64()
+        .unwrap();
+    let cancelled = server
+        .client
+        .post(format!("{}/tasks/{id}/cancel", server.url))
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+
+    let doc = server.get_json("/openapi.json").await;
+    for (path, name) in
+        [("/tasks", "state"), ("/audit", "limit"), ("/events/history", "since"), ("/agents/{name}/logs", "follow")]
+    {
+        let parameters = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let parameter = parameters.iter().find(|parameter| parameter["name"] == name).unwrap();
+        assert_eq!(parameter["in"], "query", "{path} {name}");
+        assert_eq!(parameter["required"], false, "{path} {name}");
+    }
+    let create = &doc["paths"]["/tasks"]["post"]["responses"];
+    for status in ["400", "401", "413", "415", "429"] {
+        assert!(create.get(status).is_some(), "POST /tasks does not document {status}");
+    }
+    assert!(doc["paths"]["/agent/claim"]["post"]["responses"].get("404").is_some());
+    let required = doc["components"]["schemas"]["TaskInput"]["required"].as_array().unwrap();
+    assert_eq!(required, &vec![json!("title")], "only `title` is required");
+    server.stop().await;
+}
