@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use baton_core::config::{self, Plan, ProcessMode};
-use baton_core::model::{AgentState, RunRecord, RunState, TaskId, TaskState};
+use baton_core::model::{AgentRecord, AgentState, RunRecord, RunState, TaskId, TaskRecord, TaskState};
 
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
@@ -16,19 +16,33 @@ use baton_runtime::process::pty::attach_socket;
 use baton_store::sqlite::{Options, Synchronous};
 use baton_store::{Control, EventQuery, SqliteStore, Store, TaskFilter};
 
+use crate::client::Client;
 use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
+mod bench_http;
+
 mod budget;
 
 mod schedules;
+
+mod serve;
+
+mod source;
+
+use source::Source;
 
 pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Init { dir, force } => crate::init::init(dir, *force),
         Command::Check { json } => check(&cli, *json),
         Command::Run { fresh, plain, grace } => run(&cli, *fresh, *plain, *grace).await,
+        Command::Serve { listen, fresh, grace } => serve::serve(&cli, listen.as_deref(), *fresh, *grace).await,
+        Command::Token { action: crate::TokenAction::Create { role, agent, ttl, subject } } => {
+            serve::create_token(&cli, role, agent.as_deref(), *ttl, subject.as_deref())
+        }
+        Command::Audit { limit, actor, json } => serve::audit(&cli, *limit, actor.as_deref(), *json).await,
         Command::Status { json, run } => status(&cli, *json, run.as_deref()).await,
         Command::Tasks { state, workstream, agent, json, run } => {
             let state = state.as_deref().map(|state| state.parse::<TaskState>()).transpose().map_err(Failure::usage)?;
@@ -52,6 +66,34 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
         Command::Attach { agent } => attach(&cli, agent).await,
+        Command::Bench {
+            http: true,
+            tasks,
+            repeats,
+            synchronous,
+            dir,
+            json,
+            workers,
+            remote_agents,
+            claim_batch,
+            create_batch,
+            ..
+        } => {
+            let temp = tempfile_dir()?;
+            let options = bench_http::HttpBenchOptions {
+                dir: dir.clone().unwrap_or_else(|| temp.clone()),
+                synchronous: parse_synchronous(synchronous)?,
+                n_tasks: tasks.unwrap_or(20_000),
+                create_batch: *create_batch,
+                n_workers: *workers,
+                n_agents: *remote_agents,
+                claim_batch: *claim_batch,
+                repeats: *repeats,
+            };
+            let outcome = bench_http::bench(options, *json).await;
+            let _ = std::fs::remove_dir_all(&temp);
+            outcome
+        }
         Command::Bench { messages: true, tasks, agents, dir, json, .. } => {
             bench_messages(*agents, tasks.unwrap_or(100_000), dir.clone(), *json).await
         }
@@ -65,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             baton_runtime::bench::worker_main();
             Ok(0)
         }
+        Command::BenchHttpWorker { url, agent, batch } => bench_http::worker(url.clone(), agent.clone(), *batch).await,
     }
 }
 
@@ -78,19 +121,22 @@ struct Loaded {
     base_dir: PathBuf,
 }
 
+/// Loads the configuration in layers: `baton.toml`, then `baton.<profile>.toml` with
+/// `--profile`, then the `BATON_*` overrides of the environment (`config::ENV_OVERRIDES`);
+/// command-line flags such as `--store` are applied by the commands after this.
 fn load(cli: &Cli) -> Result<Loaded, Failure> {
     let path = &cli.config;
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        if error.kind() == std::io::ErrorKind::NotFound {
+    if let Err(error) = std::fs::metadata(path) {
+        return Err(if error.kind() == std::io::ErrorKind::NotFound {
             Failure::usage(format!(
                 "{} not found; run `baton init` to write an example, or pass -c FILE",
                 path.display()
             ))
         } else {
             Failure::usage(format!("cannot read {}: {error}", path.display()))
-        }
-    })?;
-    let plan = config::load(&path.display().to_string(), &text, &environment())
+        });
+    }
+    let plan = config::load_layered(path, cli.profile.as_deref(), &environment())
         .map_err(|error| Failure::usage(format!("{error}\n{} is not valid", path.display())))?;
     let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
@@ -107,6 +153,11 @@ fn open_store(cli: &Cli, loaded: &Loaded) -> Result<SqliteStore, Failure> {
 /// For read commands: the store must exist already.
 fn open_existing_store(cli: &Cli) -> Result<(Loaded, SqliteStore), Failure> {
     let loaded = load(cli)?;
+    let store = existing_store(cli, &loaded)?;
+    Ok((loaded, store))
+}
+
+fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<SqliteStore, Failure> {
     let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
     let (path, _) = Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
     if !path.exists() {
@@ -115,8 +166,7 @@ fn open_existing_store(cli: &Cli) -> Result<(Loaded, SqliteStore), Failure> {
             path.display()
         )));
     }
-    let store = open_store(cli, &loaded)?;
-    Ok((loaded, store))
+    open_store(cli, loaded)
 }
 
 async fn find_run(store: &SqliteStore, plan: &Plan, run: Option<&str>) -> Result<RunRecord, Failure> {
@@ -146,7 +196,9 @@ fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
     Ok(0)
 }
 
-async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) -> Result<u8, Failure> {
+/// The configuration, checked against the environment it runs in (commands on the path,
+/// directories), with that environment: what `run` and `serve` start from.
+fn load_checked(cli: &Cli) -> Result<(Loaded, BTreeMap<String, String>), Failure> {
     let loaded = load(cli)?;
     let env = environment();
     let problems = baton_runtime::check::check_environment(&loaded.plan, &loaded.base_dir, &env);
@@ -154,6 +206,11 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
     }
+    Ok((loaded, env))
+}
+
+async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) -> Result<u8, Failure> {
+    let (loaded, env) = load_checked(cli)?;
     let store = Arc::new(open_store(cli, &loaded)?);
     let log_dir = store.path().parent().unwrap_or(Path::new(".")).join("logs");
     let registry = baton_runtime::process::Registry {
@@ -165,6 +222,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
         log_dir,
         env,
         registry: Some(registry),
+        api: None,
     });
     let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
     options.fresh = fresh;
@@ -243,28 +301,53 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// What `baton status` shows, from either source.
+struct StatusData {
+    run: RunRecord,
+    tasks: Vec<TaskRecord>,
+    agents: Vec<AgentRecord>,
+    budgets_exhausted: Vec<String>,
+    budget_line: Option<String>,
+}
+
 async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
-    let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
+    let (loaded, data) = match Source::open(cli, run).await? {
+        Source::Store { loaded, store, run } => {
+            let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
+            let agents = store.agents(&run.id).await.context("reading agents")?;
+            let budgets_exhausted = budget::exhausted(&store, &loaded.plan, &run).await;
+            let budget_line = budget::status_line(&store, &loaded.plan, &run).await;
+            (loaded, StatusData { run, tasks, agents, budgets_exhausted, budget_line })
+        }
+        // The API does not show budgets yet: the status leaves them out.
+        Source::Server { loaded, client } => {
+            let run = source::server_run(&client, &loaded.plan).await?;
+            let tasks = client.tasks(&TaskFilter::default()).await?;
+            let agents = client.agents().await?;
+            (loaded, StatusData { run, tasks, agents, budgets_exhausted: Vec::new(), budget_line: None })
+        }
+    };
+    print_status(&loaded.plan, &data, json)
+}
+
+fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failure> {
+    let StatusData { run, tasks, agents, budgets_exhausted, budget_line } = data;
     let mut by_workstream: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-    for task in &tasks {
+    for task in tasks {
         let ws = task.workstream.clone().unwrap_or_else(|| "(none)".into());
         *by_workstream.entry(ws).or_default().entry(task.state.as_str()).or_default() += 1;
     }
-    let agents = store.agents(&run.id).await.context("reading agents")?;
     let executed =
         run.owner.is_some() && run.owner_until.is_some_and(|until| until > baton_runtime::Clock::system().now());
     let mut agents_by_state: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for agent in &agents {
+    for agent in agents {
         let live = matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
         let state = if executed || live { agent.state } else { AgentState::Offline };
         agents_by_state.entry(state.to_string()).or_default().push(agent.name.clone());
     }
     let current_phase = run.phase.min(run.n_phases);
-    let budgets_exhausted = budget::exhausted(&store, &loaded.plan, &run).await;
     let phase_names: Vec<String> = if current_phase >= 1 {
-        loaded.plan.phases.get(current_phase as usize - 1).cloned().unwrap_or_default()
+        plan.phases.get(current_phase as usize - 1).cloned().unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -310,7 +393,7 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
         })
         .collect();
     println!("agents    {}", summary.join(", "));
-    if let Some(line) = budget::status_line(&store, &loaded.plan, &run).await {
+    if let Some(line) = budget_line {
         println!("budget    {line}");
     }
     if let Some(owner) = &run.owner {
@@ -322,7 +405,7 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
         println!("error     {error}");
     }
     let mut table = output::table(&["phase", "workstream", "succeeded", "running", "waiting", "failed"]);
-    let phase_of = |ws: &str| loaded.plan.phase_of(Some(ws)).to_string();
+    let phase_of = |ws: &str| plan.phase_of(Some(ws)).to_string();
     for (ws, counts) in &by_workstream {
         let get = |state: &str| counts.get(state).copied().unwrap_or(0);
         table.add_row(vec![
@@ -339,15 +422,20 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
 }
 
 async fn tasks(cli: &Cli, filter: TaskFilter, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
-    let tasks = store.tasks(&run.id, &filter).await.context("reading tasks")?;
+    let tasks = match Source::open(cli, run).await? {
+        Source::Server { client, .. } => client.tasks(&filter).await?,
+        Source::Store { store, run, .. } => store.tasks(&run.id, &filter).await.context("reading tasks")?,
+    };
+    print_tasks(&tasks, json)
+}
+
+fn print_tasks(tasks: &[TaskRecord], json: bool) -> Result<u8, Failure> {
     if json {
         println!("{}", serde_json::to_string_pretty(&tasks).context("serializing")?);
         return Ok(0);
     }
     let mut table = output::table(&["id", "key", "workstream", "state", "attempt", "agent", "note"]);
-    for task in &tasks {
+    for task in tasks {
         let note = match task.state {
             TaskState::Ready if task.not_before.is_some() => {
                 format!("retry at {}", output::clock(task.not_before.unwrap_or_default()))
@@ -372,55 +460,112 @@ async fn tasks(cli: &Cli, filter: TaskFilter, json: bool, run: Option<&str>) -> 
 }
 
 async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
     match action {
+        TaskAction::Add(args) => add_task(cli, args).await,
         TaskAction::Show { id, json } => {
-            let task = store
-                .task(TaskId(*id))
-                .await
-                .context("reading the task")?
-                .ok_or_else(|| Failure::usage(format!("no task {id}")))?;
-            let events = store
-                .events(&EventQuery { task: Some(task.id), ..Default::default() })
-                .await
-                .context("reading events")?;
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "task": task, "events": events }))
-                        .context("serializing")?
-                );
-                return Ok(0);
+            let (task, events) = match Source::open(cli, None).await? {
+                Source::Server { client, .. } => {
+                    let detail = client.task(TaskId(*id)).await?;
+                    (detail.task, detail.events)
+                }
+                Source::Store { store, .. } => {
+                    let task = store
+                        .task(TaskId(*id))
+                        .await
+                        .context("reading the task")?
+                        .ok_or_else(|| Failure::usage(format!("no task {id}")))?;
+                    let events = store
+                        .events(&EventQuery { task: Some(task.id), ..Default::default() })
+                        .await
+                        .context("reading events")?;
+                    (task, events)
+                }
+            };
+            print_task(&task, &events, *json)
+        }
+        TaskAction::Cancel { id, reason, run } => match Source::open(cli, run.as_deref()).await? {
+            Source::Server { client, .. } => print_changed_task(&client.cancel_task(TaskId(*id), reason).await?),
+            Source::Store { store, run, .. } => {
+                control(&store, &run, Control::CancelTask { task: TaskId(*id), reason: reason.clone() }).await
             }
-            println!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
-            println!("title     {}", task.title);
-            println!("state     {} (attempt {}/{})", task.state, task.attempt, task.max_attempts);
-            if let Some(ws) = &task.workstream {
-                println!("workstream {ws}");
-            }
-            if let Some(agent) = &task.assigned_agent {
-                println!("agent     {agent}");
-            }
-            if let Some(error) = &task.error {
-                println!("error     {error}");
-            }
-            if let Some(result) = &task.result {
-                println!("result    {result}");
-            }
-            let mut names = TaskNames::default();
-            names.insert(task.id, task.key.clone());
-            for event in &events {
-                println!("  {}", names.line(event));
-            }
+        },
+        TaskAction::Retry { id, run } => match Source::open(cli, run.as_deref()).await? {
+            Source::Server { client, .. } => print_changed_task(&client.retry_task(TaskId(*id)).await?),
+            Source::Store { store, run, .. } => control(&store, &run, Control::RetryTask { task: TaskId(*id) }).await,
+        },
+    }
+}
+
+fn print_task(task: &TaskRecord, events: &[baton_core::Event], json: bool) -> Result<u8, Failure> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "task": task, "events": events }))
+                .context("serializing")?
+        );
+        return Ok(0);
+    }
+    println!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
+    println!("title     {}", task.title);
+    println!("state     {} (attempt {}/{})", task.state, task.attempt, task.max_attempts);
+    if let Some(ws) = &task.workstream {
+        println!("workstream {ws}");
+    }
+    if let Some(agent) = &task.assigned_agent {
+        println!("agent     {agent}");
+    }
+    if let Some(error) = &task.error {
+        println!("error     {error}");
+    }
+    if let Some(result) = &task.result {
+        println!("result    {result}");
+    }
+    let mut names = TaskNames::default();
+    names.insert(task.id, task.key.clone());
+    for event in events {
+        println!("  {}", names.line(event));
+    }
+    Ok(0)
+}
+
+/// After a server applied a command to a task: where the task is now.
+fn print_changed_task(task: &TaskRecord) -> Result<u8, Failure> {
+    println!("task {} ({}) is {}", task.id, task.key.as_deref().unwrap_or("-"), task.state);
+    Ok(0)
+}
+
+/// `baton task add`: through the server, which creates the task at once; else queued in the
+/// store for the `baton run` executing the run, like a chat message for a per-task agent.
+async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
+    let task = source::new_task(args)?;
+    match Source::open(cli, args.run.as_deref()).await? {
+        Source::Server { client, .. } => {
+            let id = client.add_task(&source::task_json(&task)?).await?;
+            println!("task {id} added ({})", task.key.as_deref().unwrap_or("-"));
             Ok(0)
         }
-        TaskAction::Cancel { id, reason, run } => {
-            let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
-            control(&store, &run, Control::CancelTask { task: TaskId(*id), reason: reason.clone() }).await
-        }
-        TaskAction::Retry { id, run } => {
-            let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
-            control(&store, &run, Control::RetryTask { task: TaskId(*id) }).await
+        Source::Store { loaded, store, run } => {
+            source::check_against_plan(&task, &loaded.plan, &cli.config)?;
+            if run.state != RunState::Running {
+                return Err(Failure::usage(format!(
+                    "run {} has ended ({}); tasks are added to a running run",
+                    run.id, run.state
+                )));
+            }
+            let key = task.key.clone().unwrap_or_else(|| "-".into());
+            store
+                .enqueue_control(&run.id, Control::AddTask { task }, baton_runtime::Clock::system().now())
+                .await
+                .context("writing the command")?;
+            if run.owner.is_some() {
+                println!("task {key} queued: the running `baton run` adds it; follow it with `baton events --follow`");
+            } else {
+                println!(
+                    "task {key} queued: no `baton run` is executing run {} now; it is added when `baton run` resumes",
+                    run.id
+                );
+            }
+            Ok(0)
         }
     }
 }
@@ -451,26 +596,34 @@ async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Resu
 }
 
 async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let (name, run, command) = match action {
-        AgentAction::Start { name, run } => (name, run, Control::StartAgent { agent: name.clone() }),
-        AgentAction::Stop { name, run } => (name, run, Control::StopAgent { agent: name.clone() }),
-        AgentAction::Restart { name, run } => (name, run, Control::RestartAgent { agent: name.clone() }),
+    let (name, run, verb, command) = match action {
+        AgentAction::Start { name, run } => (name, run, "start", Control::StartAgent { agent: name.clone() }),
+        AgentAction::Stop { name, run } => (name, run, "stop", Control::StopAgent { agent: name.clone() }),
+        AgentAction::Restart { name, run } => (name, run, "restart", Control::RestartAgent { agent: name.clone() }),
     };
-    if loaded.plan.agent(name).is_none() {
-        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-        return Err(Failure::usage(format!(
-            "no agent `{name}` in {} (known: {})",
-            cli.config.display(),
-            known.join(", ")
-        )));
+    match Source::open(cli, run.as_deref()).await? {
+        // The server knows its agents, those added since it started too.
+        Source::Server { client, .. } => {
+            let record = client.agent_command(name, verb).await?;
+            let state = record.map_or_else(|| "not started".to_string(), |record| record.state.to_string());
+            println!("agent {name} is {state}");
+            Ok(0)
+        }
+        Source::Store { loaded, store, run } => {
+            if loaded.plan.agent(name).is_none() {
+                let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
+                return Err(Failure::usage(format!(
+                    "no agent `{name}` in {} (known: {})",
+                    cli.config.display(),
+                    known.join(", ")
+                )));
+            }
+            control(&store, &run, command).await
+        }
     }
-    let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
-    control(&store, &run, command).await
 }
 
 async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> Result<u8, Failure> {
-    use baton_core::config::ProcessMode;
     use baton_core::messages::{NewMessage, OPERATOR, Recipient, resolve_mentions};
     let (loaded, store) = open_existing_store(cli)?;
     let run = find_run(&store, &loaded.plan, run).await?;
@@ -488,7 +641,7 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
     let now = baton_runtime::Clock::system().now();
     for name in names {
         let spec = loaded.plan.agent(&name).expect("mentions were resolved against the plan");
-        if spec.mode == ProcessMode::Worker {
+        if baton_core::messages::takes_messages(spec) {
             let message = NewMessage {
                 from: OPERATOR.into(),
                 to: Recipient::Agent(name.clone()),
@@ -504,21 +657,7 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
                 .map_err(|error| Failure::usage(error.to_string()))?;
             println!("@{name}: message stored; it is delivered by the running `baton run`");
         } else {
-            let title: String = text.chars().take(60).collect();
-            let task = baton_core::model::NewTask {
-                key: None,
-                workstream: spec.workstream.clone(),
-                title,
-                description: text.to_string(),
-                input: serde_json::json!({ "from": OPERATOR, "message": text, "data": data }),
-                requires: Vec::new(),
-                agent: Some(name.clone()),
-                depends_on: Vec::new(),
-                priority: spec.priority,
-                max_attempts: 3,
-                timeout_ms: None,
-                resources: Vec::new(),
-            };
+            let task = baton_core::messages::chat_task(spec, OPERATOR, text, &data);
             store.enqueue_control(&run.id, Control::AddTask { task }, now).await.context("writing the command")?;
             println!("@{name}: sent as a task (it runs once per task); the running `baton run` adds it");
         }
@@ -632,14 +771,28 @@ async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failu
 }
 
 async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
-    let mut agents = store.agents(&run.id).await.context("reading agents")?;
     let now = baton_runtime::Clock::system().now();
-    // Nobody executes the run (it ended, or its `baton run` was killed): whatever the records
-    // say, no agent of it is alive.
-    let executed = run.owner.is_some() && run.owner_until.is_some_and(|until| until > now);
-    let offline_after = loaded.plan.settings.offline_after;
+    let (loaded, agents, executed) = match Source::open(cli, run).await? {
+        // The server executes its run.
+        Source::Server { loaded, client } => (loaded, client.agents().await?, true),
+        Source::Store { loaded, store, run } => {
+            let agents = store.agents(&run.id).await.context("reading agents")?;
+            // Nobody executes the run (it ended, or its `baton run` was killed): whatever the
+            // records say, no agent of it is alive.
+            let executed = run.owner.is_some() && run.owner_until.is_some_and(|until| until > now);
+            (loaded, agents, executed)
+        }
+    };
+    print_agents(agents, executed, loaded.plan.settings.offline_after, json)
+}
+
+fn print_agents(
+    mut agents: Vec<AgentRecord>,
+    executed: bool,
+    offline_after: std::time::Duration,
+    json: bool,
+) -> Result<u8, Failure> {
+    let now = baton_runtime::Clock::system().now();
     for agent in &mut agents {
         let live = !matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
         // Idle and not heard from for `offline_after` (seed 004's 60 minutes by default).
@@ -680,8 +833,31 @@ async fn events(
     json: bool,
     run: Option<&str>,
 ) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
+    match Source::open(cli, run).await? {
+        Source::Server { client, .. } => events_from_server(&client, follow, since, task, json).await,
+        Source::Store { store, run, .. } => events_from_store(&store, &run, follow, since, task, json).await,
+    }
+}
+
+/// Prints one event (a line, or JSON); whether it ends the run.
+fn print_event(names: &mut TaskNames, event: &baton_core::Event, json: bool) -> Result<bool, Failure> {
+    names.learn(event);
+    if json {
+        println!("{}", serde_json::to_string(event).context("serializing")?);
+    } else {
+        println!("{}", names.line(event));
+    }
+    Ok(matches!(event.kind, baton_core::EventKind::RunCompleted { .. }))
+}
+
+async fn events_from_store(
+    store: &SqliteStore,
+    run: &RunRecord,
+    follow: bool,
+    since: i64,
+    task: Option<TaskId>,
+    json: bool,
+) -> Result<u8, Failure> {
     let mut names = TaskNames::default();
     for stored in store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")? {
         names.insert(stored.id, stored.key);
@@ -691,13 +867,7 @@ async fn events(
         let batch = store.events(&query).await.context("reading events")?;
         let mut ended = false;
         for event in &batch {
-            names.learn(event);
-            if json {
-                println!("{}", serde_json::to_string(event).context("serializing")?);
-            } else {
-                println!("{}", names.line(event));
-            }
-            ended |= matches!(event.kind, baton_core::EventKind::RunCompleted { .. });
+            ended |= print_event(&mut names, event, json)?;
             query.since = event.seq;
         }
         if batch.len() as u64 == query.limit.unwrap_or(0) {
@@ -714,6 +884,70 @@ async fn events(
             // One last read picks up the final events.
             query.limit = Some(10_000);
         }
+    }
+}
+
+/// How often `events --follow` tries to get the stream back after the server ended it, and
+/// the first pause between tries (doubled each time).
+const RECONNECTS: u32 = 3;
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+async fn events_from_server(
+    client: &Client,
+    follow: bool,
+    since: i64,
+    task: Option<TaskId>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let mut names = TaskNames::default();
+    for listed in client.tasks(&TaskFilter::default()).await? {
+        names.insert(listed.id, listed.key);
+    }
+    // The history page by page, then (with --follow) the live stream from the last event seen.
+    let mut seen = since;
+    loop {
+        let page = client.events(seen, task, crate::client::EVENT_PAGE).await?;
+        for event in &page {
+            if print_event(&mut names, event, json)? && !follow {
+                return Ok(0);
+            }
+            seen = event.seq;
+        }
+        if (page.len() as u64) < crate::client::EVENT_PAGE {
+            break;
+        }
+    }
+    if !follow {
+        return Ok(0);
+    }
+    let mut failed_tries = 0;
+    loop {
+        let why = match client.follow_events(seen, task).await {
+            Ok(mut stream) => {
+                let seen_before = seen;
+                while let Some(event) = stream.next().await? {
+                    seen = event.seq;
+                    if print_event(&mut names, &event, json)? {
+                        return Ok(0);
+                    }
+                }
+                if seen > seen_before {
+                    failed_tries = 0;
+                }
+                // The server ended the stream (it is stopping) or the connection broke:
+                // resume after the last event seen (`Last-Event-ID`).
+                "it ended the stream".to_string()
+            }
+            // A refused request (4xx) will be refused again.
+            Err(failure) if failure.code == 2 => return Err(failure),
+            Err(failure) => failure.message,
+        };
+        failed_tries += 1;
+        if failed_tries > RECONNECTS {
+            output::say(&format!("the server at {} is gone ({why}); events stop here", client.url()));
+            return Ok(0);
+        }
+        tokio::time::sleep(RECONNECT_PAUSE * 2u32.pow(failed_tries - 1)).await;
     }
 }
 
@@ -789,13 +1023,7 @@ async fn bench(
     dir: Option<PathBuf>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let synchronous = match synchronous {
-        "full" => Synchronous::Full,
-        "normal" => Synchronous::Normal,
-        other => {
-            return Err(Failure::usage(format!("unknown synchronous mode `{other}`; use full or normal")));
-        }
-    };
+    let synchronous = parse_synchronous(synchronous)?;
     let temp = tempfile_dir()?;
     let dir = dir.unwrap_or_else(|| temp.clone());
     let mut options = baton_runtime::bench::BenchOptions::new(dir);
@@ -891,6 +1119,14 @@ async fn bench_messages(n_agents: u32, n_messages: u64, dir: Option<PathBuf>, js
         );
     }
     Ok(0)
+}
+
+fn parse_synchronous(text: &str) -> Result<Synchronous, Failure> {
+    match text {
+        "full" => Ok(Synchronous::Full),
+        "normal" => Ok(Synchronous::Normal),
+        other => Err(Failure::usage(format!("unknown synchronous mode `{other}`; use full or normal"))),
+    }
 }
 
 fn tempfile_dir() -> Result<PathBuf, Failure> {

@@ -2,6 +2,7 @@
 //! store and calls the engine; everything else lives in the library crates.
 
 mod attach;
+mod client;
 mod commands;
 mod init;
 mod output;
@@ -21,13 +22,31 @@ pub struct Cli {
     #[arg(short, long, global = true, env = "BATON_CONFIG", default_value = "baton.toml")]
     pub config: PathBuf,
 
+    /// Overlay `baton.PROFILE.toml` (beside the configuration file) on the configuration.
+    #[arg(long, global = true, env = "BATON_PROFILE")]
+    pub profile: Option<String>,
+
     /// The store to read, overriding the configuration's `store.url`.
     #[arg(long, global = true, env = "BATON_STORE")]
     pub store: Option<String>,
 
     /// Log level for Baton's own diagnostics (also `RUST_LOG`).
-    #[arg(long, global = true, default_value = "warn")]
+    #[arg(long, global = true, env = "BATON_LOG_LEVEL", default_value = "warn")]
     pub log_level: String,
+
+    /// How Baton's own diagnostics are written: `text`, or `json` (one object per line).
+    #[arg(long, global = true, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// A running `baton serve` to talk to (read commands, `task add|cancel|retry`, `agent
+    /// start|stop|restart`); by default the configuration's `server.url` when a server answers
+    /// there, else the store directly.
+    #[arg(long, global = true, env = "BATON_URL")]
+    pub url: Option<String>,
+
+    /// The bearer token for `--url` (a server with [auth]).
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -61,6 +80,34 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         grace: std::time::Duration,
     },
+    /// Run the plan behind the HTTP API: the run stays open for tasks that come through the
+    /// API, remote agents claim work over HTTP, and baton.toml is reloaded when it changes.
+    Serve {
+        /// Where to listen, overriding `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Start a new run even if the last one did not finish.
+        #[arg(long)]
+        fresh: bool,
+        /// How long running tasks may finish after Ctrl-C or SIGTERM.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Issue API tokens (signed with the secret `[auth] secret_env` names).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The server's audit log: every mutating API request, who made it and how it ended.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Only requests by this token subject.
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the current (or last) run: phase, progress, outcome, workstreams.
     Status {
         #[arg(long)]
@@ -82,12 +129,12 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
-    /// Show, cancel or retry one task.
+    /// Add a task, or show, cancel or retry one.
     Task {
         #[command(subcommand)]
         action: TaskAction,
     },
-    /// Start, stop or restart an agent of the running `baton run`.
+    /// Start, stop or restart an agent of the running `baton run` or `baton serve`.
     Agent {
         #[command(subcommand)]
         action: AgentAction,
@@ -209,10 +256,57 @@ pub enum Command {
         /// Soak: a worker is killed this often.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         kill_every: std::time::Duration,
+        /// Measure the task lifecycle through the HTTP API instead: tasks created with `POST
+        /// /tasks/batch`, claimed and completed by remote worker processes over HTTP, while
+        /// `GET /status` is timed (see BENCHMARKS.md).
+        #[arg(long)]
+        http: bool,
+        /// HTTP: worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+        /// HTTP: remote agents the workers serve (worker i serves agent w{i mod this}).
+        #[arg(long, default_value_t = 4)]
+        remote_agents: u32,
+        /// HTTP: tasks per claim (and so per `POST /agent/results`), at most.
+        #[arg(long, default_value_t = 64)]
+        claim_batch: u32,
+        /// HTTP: tasks per `POST /tasks/batch`.
+        #[arg(long, default_value_t = 500)]
+        create_batch: usize,
     },
     /// The minimal worker `baton bench --soak` runs (internal).
     #[command(hide = true)]
     BenchWorker,
+    /// The HTTP worker `baton bench --http` runs (internal): claims and completes tasks of a
+    /// remote agent until its stdin closes.
+    #[command(hide = true)]
+    BenchHttpWorker {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long, default_value_t = 64)]
+        batch: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Print a new token.
+    Create {
+        /// admin, operator, viewer or agent.
+        #[arg(long)]
+        role: String,
+        /// For `--role agent`: the agent the token acts as.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How long it is valid (default: `[auth] token_ttl`).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Who it is for, as the audit log will name them (default: the role, or agent:NAME).
+        #[arg(long)]
+        subject: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,6 +364,9 @@ pub enum BudgetAction {
 
 #[derive(Debug, Subcommand)]
 pub enum TaskAction {
+    /// Add a task to the run: through the running `baton serve` (prints its id), or else queued
+    /// in the store for the running `baton run`.
+    Add(Box<TaskArgs>),
     /// Show a task with its attempts' events.
     Show {
         id: i64,
@@ -290,6 +387,40 @@ pub enum TaskAction {
         #[arg(long)]
         run: Option<String>,
     },
+}
+
+/// The fields of a `[[tasks]]` entry, for `baton task add`.
+#[derive(Debug, clap::Args)]
+pub struct TaskArgs {
+    pub title: String,
+    #[arg(long)]
+    pub description: Option<String>,
+    #[arg(long)]
+    pub workstream: Option<String>,
+    /// A capability the agent needs (repeat, or separate with commas).
+    #[arg(long, value_name = "CAP", value_delimiter = ',')]
+    pub requires: Vec<String>,
+    /// Pin the task to this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// JSON handed to the agent.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// The task's key, its identity within the run (default: from the title).
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long, value_parser = ["critical", "high", "medium", "low"])]
+    pub priority: Option<String>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// How long an attempt may take, such as 30s or 10m.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// A task this one waits for, by key or id (repeat, or separate with commas).
+    #[arg(long, value_name = "KEY_OR_ID", value_delimiter = ',')]
+    pub depends_on: Vec<String>,
+    #[arg(long)]
+    pub run: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -324,7 +455,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},baton=info", cli.log_level)));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -79,6 +79,10 @@ pub struct Lines {
 }
 
 impl Lines {
+    pub fn new(stderr: ChildStderr) -> Lines {
+        Lines { reader: BufReader::new(stderr), seen: Vec::new() }
+    }
+
     /// Reads lines until one contains `needle`; waiting on the process's own output, not on
     /// time. Panics if the process ends first.
     pub fn wait_for(&mut self, needle: &str) -> String {

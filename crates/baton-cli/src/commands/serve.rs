@@ -1,0 +1,292 @@
+//! `baton serve`: the engine and the HTTP API in one process. The run stays open (tasks come
+//! through the API); the configuration file is watched and reloaded; SIGTERM or Ctrl-C stops
+//! claiming, lets running tasks finish within the grace period (the API keeps serving so that
+//! remote workers can hand their results in), then stops the agents and the server.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use baton_core::config::{self, Plan};
+use baton_runtime::engine::{self, Engine, EngineOptions};
+use baton_runtime::process::{ApiAccess, ProcessEnv};
+use baton_runtime::remote::RemoteHub;
+use baton_server::{AppState, Auth, ServerOptions, Tls};
+use baton_store::Store;
+
+use super::{environment, load, open_store};
+use crate::{Cli, Failure};
+
+/// How long the agent tokens Baton gives its own processes last: as long as a server may run
+/// without a restart.
+const AGENT_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Finds the `[auth]` secret in the environment.
+pub fn auth_from(plan: &Plan, env: &std::collections::BTreeMap<String, String>) -> Result<Option<Auth>, Failure> {
+    let Some(spec) = &plan.auth else { return Ok(None) };
+    let secret = env.get(&spec.secret_env).filter(|secret| !secret.is_empty()).ok_or_else(|| {
+        Failure::usage(format!(
+            "auth.secret_env names `{}`, which is not set: export it with the token secret (a long random string)",
+            spec.secret_env
+        ))
+    })?;
+    Auth::new(secret.as_bytes(), spec.token_ttl).map(Some).map_err(|error| Failure::usage(error.to_string()))
+}
+
+pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration) -> Result<u8, Failure> {
+    let (loaded, env) = super::load_checked(cli)?;
+    let plan = loaded.plan.clone();
+    let listen = listen.map_or_else(|| plan.listen.clone(), str::to_string);
+    if !config::is_loopback(&listen) && plan.auth.is_none() {
+        return Err(Failure::usage(format!(
+            "refusing to serve on {listen} without [auth]: it is not a loopback address, so the API would be open to the network; add an [auth] section (see the README) or listen on 127.0.0.1"
+        )));
+    }
+    let auth = auth_from(&plan, &env)?;
+    let tls = plan
+        .server
+        .tls
+        .as_ref()
+        .map(|tls| Tls { cert: loaded.base_dir.join(&tls.cert), key: loaded.base_dir.join(&tls.key) });
+
+    let store = Arc::new(open_store(cli, &loaded)?);
+    let listener = baton_server::bind(&listen).await.map_err(|error| Failure::usage(error.to_string()))?;
+    let local = listener.local_addr().map_err(|error| Failure::run(error.to_string()))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local}");
+
+    let log_dir = store.path().parent().unwrap_or(Path::new(".")).join("logs");
+    let node = engine::Node::this_process();
+    let registry =
+        baton_runtime::process::Registry { store: Arc::clone(&store) as Arc<dyn Store>, host: node.host.clone() };
+    let token_auth = auth.clone();
+    let api = ApiAccess {
+        url: url.clone(),
+        token_for: Arc::new(move |agent: &str| {
+            let auth = token_auth.as_ref()?;
+            let issued = auth.issue(
+                &format!("agent:{agent}"),
+                baton_server::Role::Agent,
+                Some(agent),
+                AGENT_TOKEN_TTL,
+                baton_server::auth::unix_now(),
+            );
+            issued.ok().map(|(token, _)| token)
+        }),
+    };
+    let clock = baton_runtime::Clock::system();
+    let hub = RemoteHub::new(clock);
+    let runtimes = hub.runtimes(engine::process_runtimes(ProcessEnv {
+        base_dir: loaded.base_dir.clone(),
+        log_dir: log_dir.clone(),
+        env: env.clone(),
+        registry: Some(registry),
+        api: Some(api),
+    }));
+    let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    options.fresh = fresh;
+    options.keep_open = true;
+    options.shutdown_grace = grace;
+    options.node = node;
+    options.clock = clock;
+    let (engine, handle) = Engine::new(options);
+
+    let engine_stop = CancellationToken::new();
+    let mut run_id_rx = handle.run_id();
+    let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
+    // The run is open (or resumed) before the API answers about it.
+    let run_id = loop {
+        if let Some(run_id) = run_id_rx.borrow().clone() {
+            break run_id;
+        }
+        if run_id_rx.changed().await.is_err() {
+            let error = match engine_task.await {
+                Ok(Err(error)) => error.to_string(),
+                Ok(Ok(_)) => "the engine stopped before opening the run".to_string(),
+                Err(error) => error.to_string(),
+            };
+            return Err(Failure::usage(format!("error: {error}")));
+        }
+    };
+
+    let server_stop = CancellationToken::new();
+    let state = AppState::new(ServerOptions {
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        engine: handle.clone(),
+        hub,
+        run_id: run_id.clone(),
+        plan: plan.clone(),
+        auth,
+        rate_limit: plan
+            .auth
+            .as_ref()
+            .map(|auth| auth.rate_limit)
+            .or(plan.server.rate_limit)
+            .map(|limit| (limit.per_second, limit.burst)),
+        max_request_size: plan.server.max_request_size as usize,
+        log_dir,
+        clock,
+        shutdown: server_stop.clone(),
+    });
+    let metrics_task = tokio::spawn(baton_server::metrics::follow_events(state.clone(), server_stop.clone()));
+    let reload_task = plan.server.reload.then(|| {
+        let path = cli.config.clone();
+        let profile = cli.profile.clone();
+        let loader_path = path.clone();
+        let load = move || {
+            config::load_layered(&loader_path, profile.as_deref(), &environment()).map_err(|error| error.to_string())
+        };
+        let store = Arc::clone(&store) as Arc<dyn Store>;
+        let (handle, run_id, stop) = (handle.clone(), run_id.clone(), server_stop.clone());
+        tokio::spawn(async move {
+            if let Err(error) = baton_runtime::reload::watch_config(path, load, handle, store, run_id, stop).await {
+                crate::output::say(&format!("baton.toml is not watched: {error}; edits apply at the next start"));
+            }
+        })
+    });
+    let server = tokio::spawn(baton_server::serve(
+        listener,
+        state,
+        plan.server.max_request_size as usize,
+        tls,
+        server_stop.clone(),
+    ));
+    crate::output::say(&format!("baton serve: run {run_id} of `{}`, API on {url}", plan.name));
+
+    let log_task = tokio::spawn(log_events(store.subscribe(), run_id.clone(), server_stop.clone()));
+    let signals = tokio::spawn(super::watch_signals(engine_stop.clone()));
+    let summary = engine_task.await.map_err(|error| Failure::run(error.to_string()))?;
+    signals.abort();
+    server_stop.cancel();
+    let served = server.await.map_err(|error| Failure::run(error.to_string()))?;
+    let _ = metrics_task.await;
+    let _ = log_task.await;
+    if let Some(task) = reload_task {
+        let _ = task.await;
+    }
+    let summary = summary.map_err(|error| Failure::run(format!("error: {error}")))?;
+    served.map_err(|error| Failure::run(format!("error: {error}")))?;
+    crate::output::say(&format!(
+        "baton serve stopped: run {} has {}/{} tasks succeeded; `baton serve` resumes it",
+        summary.run_id, summary.n_succeeded, summary.n_tasks
+    ));
+    Ok(0)
+}
+
+/// `baton token create`: signs a token locally with the `[auth]` secret; no server needed.
+pub fn create_token(
+    cli: &Cli,
+    role: &str,
+    agent: Option<&str>,
+    ttl: Option<Duration>,
+    subject: Option<&str>,
+) -> Result<u8, Failure> {
+    let loaded = load(cli)?;
+    let role: baton_server::Role = role.parse().map_err(Failure::usage)?;
+    let Some(auth) = auth_from(&loaded.plan, &environment())? else {
+        return Err(Failure::usage(format!(
+            "{} has no [auth] section: the API is open on loopback and takes no tokens",
+            cli.config.display()
+        )));
+    };
+    if let Some(agent) = agent
+        && loaded.plan.agent(agent).is_none()
+    {
+        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
+        return Err(Failure::usage(format!(
+            "no agent `{agent}` in {} (known: {})",
+            cli.config.display(),
+            known.join(", ")
+        )));
+    }
+    let subject = subject.map_or_else(
+        || agent.map_or_else(|| role.as_str().to_string(), |agent| format!("agent:{agent}")),
+        str::to_string,
+    );
+    let (token, _) = auth
+        .issue(&subject, role, agent, ttl.unwrap_or(auth.default_ttl), baton_server::auth::unix_now())
+        .map_err(|error| Failure::usage(error.to_string()))?;
+    println!("{token}");
+    Ok(0)
+}
+
+/// `baton audit`: the audit log, newest first, from the store.
+pub async fn audit(cli: &Cli, limit: u64, actor: Option<&str>, json: bool) -> Result<u8, Failure> {
+    let (_, store) = super::open_existing_store(cli)?;
+    let query = baton_store::AuditQuery {
+        since_id: None,
+        actor: actor.map(str::to_string),
+        limit: Some(limit),
+        newest_first: true,
+    };
+    let entries = store.audit(&query).await.map_err(|error| Failure::run(error.to_string()))?;
+    if json {
+        for entry in &entries {
+            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+        }
+        return Ok(0);
+    }
+    if entries.is_empty() {
+        println!("no audited requests yet");
+        return Ok(0);
+    }
+    let mut table = crate::output::table(&["id", "at", "who", "role", "request", "target", "outcome"]);
+    for entry in &entries {
+        table.add_row(vec![
+            entry.id.to_string(),
+            crate::output::time(entry.at),
+            entry.actor.clone(),
+            entry.role.clone(),
+            entry.action.clone(),
+            entry.target.clone().unwrap_or_default(),
+            entry.outcome.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(0)
+}
+
+/// Prints what an operator watching a server wants to know, one line each: configuration
+/// reloads, agents coming and going, failures. Routine task traffic is left to `/events`.
+async fn log_events(
+    mut events: tokio::sync::broadcast::Receiver<baton_core::Event>,
+    run_id: String,
+    stop: CancellationToken,
+) {
+    use baton_core::EventKind;
+    let mut names = crate::output::TaskNames::default();
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.recv() => event,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if event.run_id != run_id {
+            continue;
+        }
+        names.learn(&event);
+        let notable = matches!(
+            event.kind,
+            EventKind::ConfigReloaded { .. }
+                | EventKind::ConfigRejected { .. }
+                | EventKind::AgentAdded { .. }
+                | EventKind::AgentUpdated { .. }
+                | EventKind::AgentRemoved { .. }
+                | EventKind::AgentTerminated { .. }
+                | EventKind::TaskDeadLettered { .. }
+                | EventKind::TaskFailed { .. }
+                | EventKind::RunResumed { .. }
+                | EventKind::PhaseStarted { .. }
+                | EventKind::BudgetThreshold { .. }
+        );
+        if notable {
+            crate::output::say(&names.line(&event));
+        }
+    }
+}
