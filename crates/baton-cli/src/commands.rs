@@ -136,7 +136,7 @@ fn load(cli: &Cli) -> Result<Loaded, Failure> {
             Failure::usage(format!("cannot read {}: {error}", path.display()))
         });
     }
-    let plan = config::load_layered(path, cli.profile.as_deref(), &environment())
+    let plan = baton_runtime::config_file::load_layered(path, cli.profile.as_deref(), &environment())
         .map_err(|error| Failure::usage(format!("{error}\n{} is not valid", path.display())))?;
     let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
@@ -211,6 +211,12 @@ fn load_checked(cli: &Cli) -> Result<(Loaded, BTreeMap<String, String>), Failure
 
 async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) -> Result<u8, Failure> {
     let (loaded, env) = load_checked(cli)?;
+    if let Some(agent) = loaded.plan.agents.iter().find(|agent| agent.runtime == config::RuntimeKind::Remote) {
+        return Err(Failure::usage(format!(
+            "agent `{}` is remote: its workers take tasks over the HTTP API, which `baton run` does not serve; run this plan with `baton serve`",
+            agent.name
+        )));
+    }
     let store = Arc::new(open_store(cli, &loaded)?);
     let log_dir = store.path().parent().unwrap_or(Path::new(".")).join("logs");
     let registry = baton_runtime::process::Registry {

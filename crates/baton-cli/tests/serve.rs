@@ -279,3 +279,12 @@ fn the_remote_example_runs_with_its_python_worker() {
     let (code, stderr) = served.stop();
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn baton_run_refuses_remote_agents_and_says_to_serve() {
+    let project = Project::with(PLAN, &[]);
+    let output = project.baton(&["run"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(common::stderr(&output).contains("agent `remote` is remote"), "{}", common::stderr(&output));
+    assert!(common::stderr(&output).contains("run this plan with `baton serve`"));
+}

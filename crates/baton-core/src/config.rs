@@ -609,7 +609,7 @@ impl Plan {
 
 /// Parses and validates a configuration. `file` is the name errors use; `env` is the
 /// environment `${VAR}` expands from. For `baton.<profile>.toml` and `BATON_*` overrides, see
-/// [`load_layered`].
+/// `baton_runtime::config_file::load_layered`.
 pub fn load(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
     let locator = Locator::new(file, text);
     let root = parse_segment(&locator, 0).map_err(|diagnostic| Error { diagnostics: vec![diagnostic] })?;
@@ -1396,7 +1396,7 @@ mod schedules;
 mod server;
 
 pub use json::{agent_from_json, agent_update_from_json};
-pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, load_layered, load_sources, profile_path};
+pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, is_profile_name, load_sources, profile_path};
 
 pub use server::{AuthSpec, RateLimit, ServerSpec, TlsSpec, is_loopback};
 

@@ -145,6 +145,36 @@ pub fn resolve_mentions(text: &str, known: &[&str]) -> Result<Vec<String>, Strin
     Ok(names)
 }
 
+/// Whether a chat message reaches `agent` as a stored message (a worker, which takes messages
+/// while it runs) rather than as a task of its own (an agent that runs once per task).
+pub fn takes_messages(agent: &crate::config::AgentSpec) -> bool {
+    agent.runtime == crate::config::RuntimeKind::Process && agent.mode == crate::config::ProcessMode::Worker
+}
+
+/// The task a chat message becomes for an agent that runs once per task: pinned to it, in its
+/// workstream, with the message (and who sent it) as its input.
+pub fn chat_task(
+    agent: &crate::config::AgentSpec,
+    from: &str,
+    text: &str,
+    data: &serde_json::Value,
+) -> crate::model::NewTask {
+    crate::model::NewTask {
+        key: None,
+        workstream: agent.workstream.clone(),
+        title: text.chars().take(60).collect(),
+        description: text.to_string(),
+        input: serde_json::json!({ "from": from, "message": text, "data": data }),
+        requires: Vec::new(),
+        agent: Some(agent.name.clone()),
+        depends_on: Vec::new(),
+        priority: agent.priority,
+        max_attempts: 3,
+        timeout_ms: None,
+        resources: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,35 +217,5 @@ mod tests {
         assert_eq!(redelivery_delay(1), Duration::from_secs(1));
         assert_eq!(redelivery_delay(3), Duration::from_secs(4));
         assert_eq!(redelivery_delay(20), Duration::from_secs(60));
-    }
-}
-
-/// Whether a chat message reaches `agent` as a stored message (a worker, which takes messages
-/// while it runs) rather than as a task of its own (an agent that runs once per task).
-pub fn takes_messages(agent: &crate::config::AgentSpec) -> bool {
-    agent.runtime == crate::config::RuntimeKind::Process && agent.mode == crate::config::ProcessMode::Worker
-}
-
-/// The task a chat message becomes for an agent that runs once per task: pinned to it, in its
-/// workstream, with the message (and who sent it) as its input.
-pub fn chat_task(
-    agent: &crate::config::AgentSpec,
-    from: &str,
-    text: &str,
-    data: &serde_json::Value,
-) -> crate::model::NewTask {
-    crate::model::NewTask {
-        key: None,
-        workstream: agent.workstream.clone(),
-        title: text.chars().take(60).collect(),
-        description: text.to_string(),
-        input: serde_json::json!({ "from": from, "message": text, "data": data }),
-        requires: Vec::new(),
-        agent: Some(agent.name.clone()),
-        depends_on: Vec::new(),
-        priority: agent.priority,
-        max_attempts: 3,
-        timeout_ms: None,
-        resources: Vec::new(),
     }
 }

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod bench;
 pub mod check;
 pub mod clock;
+pub mod config_file;
 pub mod engine;
 pub mod postoffice;
 pub mod process;

@@ -135,7 +135,7 @@ impl RemoteHub {
     pub fn runtimes(&self, other: RuntimeFactory) -> RuntimeFactory {
         let hub = self.clone();
         Arc::new(move |spec: &AgentSpec| {
-            if spec.runtime.as_str() == "remote" {
+            if spec.runtime == baton_core::config::RuntimeKind::Remote {
                 // Known from the start, so that its workers may poll before its phase begins.
                 let mut queues = hub.shared.queues.lock().expect("queues lock");
                 queues.entry(spec.name.clone()).or_default().lease = spec.heartbeat_timeout;

@@ -136,7 +136,8 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         let profile = cli.profile.clone();
         let loader_path = path.clone();
         let load = move || {
-            config::load_layered(&loader_path, profile.as_deref(), &environment()).map_err(|error| error.to_string())
+            baton_runtime::config_file::load_layered(&loader_path, profile.as_deref(), &environment())
+                .map_err(|error| error.to_string())
         };
         let store = Arc::clone(&store) as Arc<dyn Store>;
         let (handle, run_id, stop) = (handle.clone(), run_id.clone(), server_stop.clone());

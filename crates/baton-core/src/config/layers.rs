@@ -90,44 +90,9 @@ pub fn profile_path(path: &Path, profile: &str) -> PathBuf {
     path.with_file_name(format!("{stem}.{profile}.toml"))
 }
 
-/// Reads `path`, and with `profile` the file beside it (see [`profile_path`]), and loads them
-/// layered with the `BATON_*` overrides of `env` (see [`load_sources`]). A file that cannot be
-/// read is an error naming it.
-///
-/// This is the one function of `baton-core` that touches the file system; everything it does
-/// after reading is [`load_sources`], which does no IO.
-pub fn load_layered(path: &Path, profile: Option<&str>, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
-    let read = |path: &Path, what: &str| {
-        std::fs::read_to_string(path).map_err(|error| {
-            let message = if error.kind() == std::io::ErrorKind::NotFound {
-                format!("{what} not found")
-            } else {
-                format!("cannot read {what}: {error}")
-            };
-            let location = Location { file: path.display().to_string(), line: 0, column: 0 };
-            Error { diagnostics: vec![Diagnostic { location, message }] }
-        })
-    };
-    let base_file = path.display().to_string();
-    let base_text = read(path, "the configuration file")?;
-    let profile_file = profile.map(|profile| {
-        if !is_profile_name(profile) {
-            let location = Location { file: base_file.clone(), line: 0, column: 0 };
-            let message =
-                format!("invalid profile name `{profile}`: use letters, digits, `-` and `_`, e.g. --profile prod");
-            return Err(Error { diagnostics: vec![Diagnostic { location, message }] });
-        }
-        let file = profile_path(path, profile);
-        let text = read(&file, &format!("the file of profile `{profile}`"))?;
-        Ok((file.display().to_string(), text))
-    });
-    let profile_file = profile_file.transpose()?;
-    let base = Source { file: &base_file, text: &base_text };
-    let profile = profile_file.as_ref().map(|(file, text)| Source { file, text });
-    load_sources(base, profile, env)
-}
-
-fn is_profile_name(profile: &str) -> bool {
+/// Whether `profile` may name a profile: letters, digits, `-` and `_` (it becomes part of a
+/// file name).
+pub fn is_profile_name(profile: &str) -> bool {
     !profile.is_empty() && profile.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 

@@ -153,27 +153,3 @@ fn every_override_names_a_key_of_the_file() {
         }
     }
 }
-
-#[test]
-fn load_layered_reads_the_profile_beside_the_file() {
-    let dir = std::env::temp_dir().join(format!("baton-layers-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let base = dir.join("baton.toml");
-    std::fs::write(&base, MINIMAL).unwrap();
-    assert_eq!(profile_path(&base, "prod"), dir.join("baton.prod.toml"));
-    let plan = load_layered(&base, None, &env()).unwrap();
-    assert_eq!(plan.name, "demo");
-    let missing = load_layered(&base, Some("prod"), &env()).unwrap_err().to_string();
-    assert_eq!(missing, format!("{}: the file of profile `prod` not found", dir.join("baton.prod.toml").display()));
-    std::fs::write(dir.join("baton.prod.toml"), "[orchestration]\nname = \"prod\"\n").unwrap();
-    assert_eq!(load_layered(&base, Some("prod"), &env()).unwrap().name, "prod");
-    let invalid = load_layered(&base, Some("../x"), &env()).unwrap_err().to_string();
-    assert_eq!(
-        invalid,
-        format!(
-            "{}: invalid profile name `../x`: use letters, digits, `-` and `_`, e.g. --profile prod",
-            base.display()
-        )
-    );
-    std::fs::remove_dir_all(&dir).unwrap();
-}
