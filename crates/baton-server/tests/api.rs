@@ -346,3 +346,30 @@ async fn requests_and_answers_match_the_openapi_document() {
     assert_eq!(required, &vec![json!("title")], "only `title` is required");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_log_is_read_and_followed() {
+    use futures::StreamExt;
+    let server = Server::start().await;
+    let mut events = server.events();
+    let follow = server.get("/agents/echo/logs?follow=true&tail_bytes=0").send().await.unwrap();
+    assert_eq!(follow.headers()["content-type"], "text/event-stream");
+    let id =
+        server.post_json("/tasks", json!({"title": "log me", "requires": ["echo"]})).await["ids"][0].as_i64().unwrap();
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
+
+    let text = server.get("/agents/echo/logs").send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&format!("--- task {id} `log me` attempt 1")), "{text}");
+    let mut stream = follow.bytes_stream();
+    let mut seen = String::new();
+    let needle = format!("data: --- task {id} `log me` attempt 1");
+    let read = async {
+        while !seen.contains(&needle) {
+            seen.push_str(&String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read).await.expect("the log line was followed");
+    let missing = server.get("/agents/nobody/logs").send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    server.stop().await;
+}
