@@ -90,12 +90,20 @@ impl Node {
     fn is_dead(&self, owner: &str, pid: Option<u32>) -> bool {
         let same_host = owner.split(':').next() == Some(self.host.as_str());
         let Some(pid) = pid else { return false };
-        same_host
-            && pid != self.pid
-            && matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
-                Err(nix::errno::Errno::ESRCH)
-            )
+        same_host && pid != self.pid && !is_running(pid)
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (a killed process its parent has not
+/// reaped yet is as dead as one that is gone).
+fn is_running(pid: u32) -> bool {
+    if matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None), Err(nix::errno::Errno::ESRCH)) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the command, which is in parentheses and may hold spaces.
+        Ok(stat) => stat.rfind(')').and_then(|idx| stat.get(idx + 2..idx + 3)) != Some("Z"),
+        Err(_) => true,
     }
 }
 

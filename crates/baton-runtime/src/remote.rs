@@ -100,7 +100,9 @@ impl Queue {
     }
 
     fn not_held(&self, agent: &str, task: TaskId, attempt: u32) -> Error {
-        let reason = self.gone.get(&(task, attempt)).cloned().unwrap_or_else(|| "it was never assigned to it".into());
+        let reason = self.gone.get(&(task, attempt)).cloned().unwrap_or_else(|| {
+            "this server never handed it out: a claim made before the server restarted is void; claim again".into()
+        });
         Error::NotHeld { agent: agent.to_string(), task, attempt, reason }
     }
 }
