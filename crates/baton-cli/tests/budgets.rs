@@ -123,3 +123,20 @@ async fn an_exhausted_budget_blocks_the_agent_until_an_operator_raises_the_limit
     let bad = project.baton(&["budget", "set", "agent:nobody", "--daily-tokens", "1"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn tokens_a_failed_attempt_reports_count_too() {
+    // A CLI coding agent that used tokens and then failed: its output still says what it used.
+    let failing = r#"#!/usr/bin/env bash
+echo '{"type":"result","subtype":"error_during_execution","is_error":true,"total_cost_usd":0.02,"usage":{"input_tokens":600,"output_tokens":100}}'
+exit 1
+"#;
+    let plan = "[orchestration]\nname = \"spent\"\nretry_backoff = \"10ms\"\n\n[[agents]]\nname = \"claude\"\ncommand = [\"bash\", \"claude.sh\"]\n\n[[tasks]]\nkey = \"a\"\ntitle = \"A\"\nmax_attempts = 2\n";
+    let project = Project::with(plan, &[("claude.sh", failing)]);
+    let output = project.baton(&["run"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let budget: serde_json::Value = serde_json::from_str(&stdout(&project.baton(&["budget", "--json"]))).unwrap();
+    let global = budget["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap();
+    assert_eq!(global["used_tokens"], 1400, "700 tokens for each of the two failed attempts: {budget}");
+    assert!((global["used_cost_usd"].as_f64().unwrap() - 0.04).abs() < 1e-9, "{budget}");
+}

@@ -295,9 +295,24 @@ pub struct ProcessAgent {
     /// Process groups of running attempts, for `stop`. A std mutex: held only to insert or
     /// remove, never across an await.
     groups: Mutex<HashSet<i32>>,
+    /// Where usage reported by a failed attempt goes (a successful one's is in its result).
+    context: Mutex<Option<AgentContext>>,
 }
 
 impl ProcessAgent {
+    /// Tokens are spent whether or not the task succeeds: a failed attempt whose output says
+    /// what it used (a CLI coding agent's `usage`) is counted too.
+    fn report_usage_of_failure(&self, attempt: &Attempt, stdout: &[u8]) {
+        let result = parse_result(stdout);
+        let Some(usage) = baton_core::budget::Usage::from_result(&result) else { return };
+        let Some(context) = self.context.lock().expect("context lock").clone() else { return };
+        let _ = context.events.send(crate::agent::AgentEvent::Usage {
+            agent: self.spec.name.clone(),
+            task: Some(attempt.task.id),
+            usage: serde_json::to_value(usage).unwrap_or_default(),
+        });
+    }
+
     pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> ProcessAgent {
         let (workdir, env) = process_env.for_agent(&spec);
         ProcessAgent {
@@ -307,6 +322,7 @@ impl ProcessAgent {
             env,
             registry: process_env.registry.clone(),
             groups: Mutex::new(HashSet::new()),
+            context: Mutex::new(None),
         }
     }
 
@@ -451,6 +467,7 @@ impl ProcessAgent {
                     },
                     (None, None) => "ended without a status".to_string(),
                 };
+                self.report_usage_of_failure(attempt, &stdout);
                 Outcome::Failed { reason: with_stderr(reason) }
             }
             Ended::Exited(Err(error)) => Outcome::Failed { reason: format!("cannot wait for the process: {error}") },
@@ -549,7 +566,8 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 
 #[async_trait]
 impl AgentRuntime for ProcessAgent {
-    async fn start(&self, _context: AgentContext) -> Result<(), String> {
+    async fn start(&self, context: AgentContext) -> Result<(), String> {
+        *self.context.lock().expect("context lock") = Some(context);
         prepare_dirs(&self.workdir, &self.log_path).await?;
         resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
         self.log(&format!("--- agent {} started", self.spec.name)).await;
