@@ -167,8 +167,9 @@ enum Command {
         task: TaskId,
         reply: oneshot::Sender<Result<(), Error>>,
     },
-    /// An operator's command about an agent (stop, start, restart), answered once applied.
-    Agent {
+    /// An operator's command (an agent's stop, start or restart, a schedule's pause or resume,
+    /// a budget's limit), answered once applied.
+    Control {
         control: Control,
         reply: oneshot::Sender<Result<(), Error>>,
     },
@@ -231,15 +232,15 @@ impl EngineHandle {
     }
 
     pub async fn stop_agent(&self, agent: String) -> Result<(), Error> {
-        self.agent_command(Control::StopAgent { agent }).await
+        self.control(Control::StopAgent { agent }).await
     }
 
     pub async fn start_agent(&self, agent: String) -> Result<(), Error> {
-        self.agent_command(Control::StartAgent { agent }).await
+        self.control(Control::StartAgent { agent }).await
     }
 
     pub async fn restart_agent(&self, agent: String) -> Result<(), Error> {
-        self.agent_command(Control::RestartAgent { agent }).await
+        self.control(Control::RestartAgent { agent }).await
     }
 
     /// Adds an agent to the running plan; it starts when its workstream's phase is active.
@@ -287,9 +288,29 @@ impl EngineHandle {
         self.plan.borrow().clone()
     }
 
-    async fn agent_command(&self, control: Control) -> Result<(), Error> {
+    /// Pauses a schedule: its due times pass without firing until it is resumed.
+    pub async fn pause_schedule(&self, schedule: String) -> Result<(), Error> {
+        self.control(Control::PauseSchedule { schedule }).await
+    }
+
+    pub async fn resume_schedule(&self, schedule: String) -> Result<(), Error> {
+        self.control(Control::ResumeSchedule { schedule }).await
+    }
+
+    /// Sets a budget's limit until its next reset; `scope` is `global`, `workstream:NAME` or
+    /// `agent:NAME`.
+    pub async fn set_budget(
+        &self,
+        scope: String,
+        daily_tokens: Option<u64>,
+        cost_usd: Option<f64>,
+    ) -> Result<(), Error> {
+        self.control(Control::SetBudget { scope, daily_tokens, cost_usd }).await
+    }
+
+    async fn control(&self, control: Control) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Agent { control, reply }).map_err(|_| stopped())?;
+        self.commands.send(Command::Control { control, reply }).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -564,18 +585,8 @@ impl Engine {
                             Command::Retry { task, reply } => {
                                 deferred.push((reply, sched.retry(task, now, &mut fx).map_err(refused)));
                             }
-                            Command::Agent { control, reply } => {
-                                let result = match control {
-                                    Control::StopAgent { agent } => sched.stop_agent(&agent, now, &mut fx).map_err(refused),
-                                    Control::StartAgent { agent } => {
-                                        sched.start_agent_again(&agent, now, &mut fx).map_err(refused)
-                                    }
-                                    Control::RestartAgent { agent } => {
-                                        sched.restart_agent(&agent, now, &mut fx).map_err(refused)
-                                    }
-                                    other => Err(Error::Invalid(format!("not an agent command: {other:?}"))),
-                                };
-                                deferred.push((reply, result));
+                            Command::Control { control, reply } => {
+                                deferred.push((reply, control_result(&mut sched, control, now, &mut fx)));
                             }
                             command => handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await,
                         }
@@ -930,7 +941,7 @@ async fn handle_command(
         }
         Command::Cancel { reply, .. }
         | Command::Retry { reply, .. }
-        | Command::Agent { reply, .. }
+        | Command::Control { reply, .. }
         | Command::AddAgent { reply, .. }
         | Command::UpdateAgent { reply, .. }
         | Command::RemoveAgent { reply, .. }
@@ -963,6 +974,13 @@ fn refused(error: baton_core::sched::Error) -> Error {
 }
 
 fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &mut Effects) {
+    if let Err(error) = control_result(sched, control, now, fx) {
+        tracing::warn!(%error, "control command not applied");
+    }
+}
+
+/// Applies an operator's command, saying why when it cannot be.
+fn control_result(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
     let result = match control {
         Control::CancelTask { task, reason } => sched.cancel(task, reason, now, fx),
         Control::RetryTask { task } => sched.retry(task, now, fx),
@@ -971,18 +989,13 @@ fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &m
         Control::RestartAgent { agent } => sched.restart_agent(&agent, now, fx),
         Control::PauseSchedule { schedule } => sched.pause_schedule(&schedule, now, fx),
         Control::ResumeSchedule { schedule } => sched.resume_schedule(&schedule, now, fx),
-        Control::SetBudget { scope, daily_tokens, cost_usd } => match scope.parse::<Scope>() {
-            Ok(scope) => sched.set_budget_limit(scope, Limit { daily_tokens, cost_usd }, now, fx),
-            Err(error) => {
-                tracing::warn!(%error, "budget limit not set");
-                Ok(())
-            }
-        },
-        Control::AddTask { .. } => Ok(()),
+        Control::SetBudget { scope, daily_tokens, cost_usd } => {
+            let scope = scope.parse::<Scope>().map_err(Error::Invalid)?;
+            sched.set_budget_limit(scope, Limit { daily_tokens, cost_usd }, now, fx)
+        }
+        Control::AddTask { .. } => return Err(Error::Invalid("tasks are added with create_tasks".into())),
     };
-    if let Err(error) = result {
-        tracing::warn!(%error, "control command not applied");
-    }
+    result.map_err(refused)
 }
 
 /// Carries out what the scheduler decided.

@@ -30,6 +30,7 @@ use baton_store::{NewAuditEntry, Store};
 pub mod api;
 pub mod auth;
 pub mod chat;
+pub mod coordination;
 pub mod error;
 pub mod live;
 pub mod metrics;
@@ -150,6 +151,7 @@ pub fn router(state: AppState, max_request_size: usize) -> Router {
     api::routes()
         .merge(worker::routes())
         .merge(chat::routes())
+        .merge(coordination::routes())
         .merge(live::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())

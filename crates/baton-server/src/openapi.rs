@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::{api, chat, live, metrics, worker};
+use crate::{api, chat, coordination, live, metrics, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,8 @@ use crate::{api, chat, live, metrics, worker};
         api::audit, api::create_token,
         worker::claim, worker::heartbeat, worker::progress, worker::complete, worker::fail, worker::results, worker::usage,
         chat::send, chat::list,
+        coordination::schedules, coordination::pause_schedule, coordination::resume_schedule,
+        coordination::budgets, coordination::set_budget,
         live::events, live::history, live::ws,
         metrics::scrape,
         spec,
@@ -31,6 +33,7 @@ use crate::{api, chat, live, metrics, worker};
         (name = "operations", description = "health, status, the plan, metrics"),
         (name = "tasks"), (name = "agents"), (name = "events"),
         (name = "messages", description = "chat with the agents, with @mentions"),
+        (name = "schedules"), (name = "budgets"),
         (name = "agent-side", description = "what worker agents use: claim, heartbeat, progress, results, usage"),
         (name = "admin", description = "tokens and the audit log"),
     )

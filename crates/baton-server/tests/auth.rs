@@ -46,6 +46,11 @@ fn endpoints(task: i64) -> Vec<(&'static str, String, Option<Value>, Needs)> {
         ("GET", "/events/history".into(), None, Needs::Read),
         ("GET", "/metrics".into(), None, Needs::Read),
         ("GET", "/messages".into(), None, Needs::Read),
+        ("GET", "/schedules".into(), None, Needs::Read),
+        ("GET", "/budgets".into(), None, Needs::Read),
+        ("POST", "/schedules/nope/pause".into(), None, Needs::Operate),
+        ("POST", "/schedules/nope/resume".into(), None, Needs::Operate),
+        ("POST", "/budgets/global".into(), Some(json!({})), Needs::Operate),
         ("POST", "/messages".into(), Some(json!({"text": "@ghost hello"})), Needs::CreateTasks),
         (
             "POST",

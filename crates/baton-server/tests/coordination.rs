@@ -1,0 +1,63 @@
+//! Schedules and budgets over the API.
+
+mod common;
+
+use serde_json::json;
+
+use baton_core::EventKind;
+use common::{Options, Server, wait_event};
+
+fn plan() -> String {
+    format!(
+        "{}\n[budget]\ndaily_tokens = 1000\n\n[[schedules]]\nname = \"nightly\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Paris\"\ntask = {{ title = \"Nightly echo\", requires = [\"echo\"] }}\n",
+        common::PLAN
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_paused_and_resumed() {
+    let server = Server::start_with(Options { plan: plan(), ..Options::default() }).await;
+    let listed = server.get_json("/schedules").await;
+    assert_eq!(listed[0]["name"], "nightly");
+    assert_eq!(listed[0]["paused"], false);
+    assert_eq!(listed[0]["next"].as_array().unwrap().len(), 3);
+    let paused = server.post_json("/schedules/nightly/pause", json!({})).await;
+    assert_eq!(paused[0]["paused"], true);
+    assert_eq!(paused[0]["next"], json!([]));
+    let resumed = server.post_json("/schedules/nightly/resume", json!({})).await;
+    assert_eq!(resumed[0]["paused"], false);
+    let missing = server.post("/schedules/weekly/pause", json!({})).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_show_use_and_an_operator_sets_a_limit() {
+    let server = Server::start_with(Options { plan: plan(), ..Options::default() }).await;
+    let mut events = server.events();
+    let id =
+        server.post_json("/tasks", json!({"title": "costly", "requires": ["build"]})).await["ids"][0].as_i64().unwrap();
+    server.post_json("/agent/claim", json!({"agent": "builder", "wait_ms": 5000})).await;
+    server
+        .post_json(
+            "/agent/usage",
+            json!({"agent": "builder", "task": id, "usage": {"input_tokens": 600, "output_tokens": 100}}),
+        )
+        .await;
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::UsageReported { .. })).await;
+    let budgets = server.get_json("/budgets").await;
+    let global = budgets["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap().clone();
+    assert_eq!(global["used_tokens"], 700, "{budgets}");
+    assert_eq!(global["limit_tokens"], 1000);
+    assert_eq!(global["exhausted"], false);
+    assert!(budgets["next_reset"].as_i64().unwrap() > budgets["period_start"].as_i64().unwrap());
+
+    let set = server.post_json("/budgets/global", json!({"daily_tokens": 500})).await;
+    let global = set["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap().clone();
+    assert_eq!((global["limit_tokens"].as_u64(), global["exhausted"].as_bool()), (Some(500), Some(true)), "{set}");
+    let bad = server.post("/budgets/planet:mars", json!({"daily_tokens": 1})).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let empty = server.post("/budgets/global", json!({})).send().await.unwrap();
+    assert_eq!(empty.status(), 400);
+    server.stop().await;
+}
