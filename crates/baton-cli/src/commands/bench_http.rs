@@ -68,6 +68,10 @@ pub struct HttpRun {
     pub n_empty_claims: u64,
     pub mean_claimed: f64,
     pub n_result_posts: u64,
+    /// Mean time from sending a claim that returned tasks to its answer, and from sending the
+    /// results to the answer that they are recorded (durable), in milliseconds.
+    pub mean_claim_ms: f64,
+    pub mean_results_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +87,8 @@ pub struct HttpBenchReport {
     pub median_status_p50_us: u64,
     pub median_status_p99_us: u64,
     pub median_mean_claimed: f64,
+    pub median_claim_ms: f64,
+    pub median_results_ms: f64,
 }
 
 /// What a worker process prints on its way out: its counts, as one JSON line.
@@ -92,6 +98,9 @@ struct WorkerStats {
     empty_claims: u64,
     claimed: u64,
     result_posts: u64,
+    /// Time spent waiting for answers to claims that returned tasks, and to result posts.
+    claim_us: u64,
+    results_us: u64,
 }
 
 fn median<T: Copy>(values: &[T], key: impl Fn(&T) -> f64) -> T {
@@ -171,6 +180,8 @@ async fn stop_workers(workers: Vec<Worker>) -> Result<WorkerStats, Failure> {
         total.empty_claims += stats.empty_claims;
         total.claimed += stats.claimed;
         total.result_posts += stats.result_posts;
+        total.claim_us += stats.claim_us;
+        total.results_us += stats.results_us;
         let status = worker.child.wait().await.context("waiting for a worker")?;
         if !status.success() {
             return Err(Failure::run(format!("a bench-http-worker failed: {status}")));
@@ -348,6 +359,12 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
         n_empty_claims: stats.empty_claims,
         mean_claimed: if n_claims == 0 { 0.0 } else { stats.claimed as f64 / n_claims as f64 },
         n_result_posts: stats.result_posts,
+        mean_claim_ms: if n_claims == 0 { 0.0 } else { stats.claim_us as f64 / n_claims as f64 / 1000.0 },
+        mean_results_ms: if stats.result_posts == 0 {
+            0.0
+        } else {
+            stats.results_us as f64 / stats.result_posts as f64 / 1000.0
+        },
     })
 }
 
@@ -365,7 +382,7 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         let figure = one_run(&options, run).await?;
         eprintln!(
             "http run {}: {} tasks in {:.2}s, {:.0} tasks/s; GET /status p50 {:.2} ms, p99 {:.2} ms ({} requests); \
-             {:.1} tasks per claim",
+             {:.1} tasks per claim, a claim answered in {:.1} ms and its results recorded in {:.1} ms on average",
             run + 1,
             options.n_tasks,
             figure.seconds,
@@ -374,6 +391,8 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
             figure.status_p99_us as f64 / 1000.0,
             figure.n_status,
             figure.mean_claimed,
+            figure.mean_claim_ms,
+            figure.mean_results_ms,
         );
         runs.push(figure);
     }
@@ -391,6 +410,8 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         median_status_p50_us: median(&runs.iter().map(|run| run.status_p50_us).collect::<Vec<_>>(), |v| *v as f64),
         median_status_p99_us: median(&runs.iter().map(|run| run.status_p99_us).collect::<Vec<_>>(), |v| *v as f64),
         median_mean_claimed: median(&runs.iter().map(|run| run.mean_claimed).collect::<Vec<_>>(), |v| *v),
+        median_claim_ms: median(&runs.iter().map(|run| run.mean_claim_ms).collect::<Vec<_>>(), |v| *v),
+        median_results_ms: median(&runs.iter().map(|run| run.mean_results_ms).collect::<Vec<_>>(), |v| *v),
         runs,
     };
     if json {
@@ -412,6 +433,10 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
     println!(
         "  batches: {} tasks per create, claims of at most {} (median {:.1} tasks per claim), results posted as claimed",
         report.create_batch, report.claim_batch, report.median_mean_claimed
+    );
+    println!(
+        "  a worker's cycle: a claim answered in {:.1} ms, its results recorded (durable) in {:.1} ms (means, median run)",
+        report.median_claim_ms, report.median_results_ms
     );
     println!(
         "GET /status under that load, one request at a time: median p50 {:.2} ms, p99 {:.2} ms",
@@ -472,6 +497,7 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
     let results_url = format!("{url}/agent/results");
     let claim = serde_json::json!({ "agent": agent, "max": batch, "wait_ms": 1000 });
     while !stop.is_cancelled() {
+        let claim_sent = Instant::now();
         let response = tokio::select! {
             response = client.post(&claim_url).json(&claim).send() => response,
             () = stop.cancelled() => break,
@@ -497,11 +523,13 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
             continue;
         }
         stats.claimed += claimed.tasks.len() as u64;
+        stats.claim_us += claim_sent.elapsed().as_micros() as u64;
         let results: Vec<serde_json::Value> = claimed
             .tasks
             .iter()
             .map(|claimed| serde_json::json!({ "task": claimed.task.id, "attempt": claimed.attempt, "status": "succeeded" }))
             .collect();
+        let results_sent = Instant::now();
         let response = client
             .post(&results_url)
             .json(&serde_json::json!({ "agent": agent, "results": results }))
@@ -516,6 +544,7 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
         // Read to the end, so that the connection is reused.
         let _ = response.bytes().await;
         stats.result_posts += 1;
+        stats.results_us += results_sent.elapsed().as_micros() as u64;
     }
     println!("{}", serde_json::to_string(&stats).context("serializing")?);
     Ok(0)
