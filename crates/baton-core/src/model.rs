@@ -85,6 +85,19 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// This state's place in [`TaskState::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            TaskState::Pending => 0,
+            TaskState::Ready => 1,
+            TaskState::Running => 2,
+            TaskState::Succeeded => 3,
+            TaskState::Dead => 4,
+            TaskState::Cancelled => 5,
+            TaskState::Suspended => 6,
+        }
+    }
+
     pub const ALL: [TaskState; 7] = [
         TaskState::Pending,
         TaskState::Ready,

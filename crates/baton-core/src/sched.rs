@@ -171,6 +171,8 @@ struct WorkstreamState {
 pub struct Progress {
     pub phase: u32,
     pub n_phases: u32,
+    /// The run's tasks per state, in [`TaskState::ALL`] order.
+    pub by_state: [u64; 7],
     pub workstreams: Vec<WorkstreamProgress>,
 }
 
@@ -250,6 +252,8 @@ pub struct Scheduler {
     budgets: Budgets,
     /// Tasks that have said, this period, that a budget holds them back.
     budget_waits: BTreeSet<TaskId>,
+    /// Tasks per state, in [`TaskState::ALL`] order, kept as they change.
+    by_state: [u64; 7],
 }
 
 impl Scheduler {
@@ -312,6 +316,7 @@ impl Scheduler {
             schedule_of: HashMap::new(),
             budgets,
             budget_waits: BTreeSet::new(),
+            by_state: [0; 7],
         };
         for task in stored {
             sched.insert(task);
@@ -392,6 +397,7 @@ impl Scheduler {
     }
 
     fn insert(&mut self, task: TaskRecord) {
+        self.by_state[task.state.index()] += 1;
         for dep in &task.depends_on {
             self.dependents.entry(*dep).or_default().push(task.id);
         }
@@ -444,9 +450,15 @@ impl Scheduler {
                 workstreams.push(row(Some(name.clone()), idx as u32 + 1, ws, ws.started));
             }
         }
+        debug_assert_eq!(
+            self.by_state,
+            TaskState::ALL.map(|state| self.tasks.values().filter(|task| task.state == state).count() as u64),
+            "the per-state counts follow every transition"
+        );
         Progress {
             phase: self.phase.min(self.plan.phases.len() as u32),
             n_phases: self.plan.phases.len() as u32,
+            by_state: self.by_state,
             workstreams,
         }
     }
@@ -742,6 +754,8 @@ impl Scheduler {
         }
         task.apply(change, now);
         let task = task.clone();
+        self.by_state[from.index()] -= 1;
+        self.by_state[to.index()] += 1;
         if from == TaskState::Running {
             self.n_running -= 1;
             self.counters(task.workstream.as_deref()).n_running -= 1;

@@ -117,7 +117,7 @@ pub async fn status(State(state): State<AppState>, caller: Extension<Caller>) ->
     caller.require(Access::Read)?;
     let run =
         state.store().run(state.run_id()).await?.ok_or_else(|| ApiError::unavailable("the run is not in the store"))?;
-    let counts = state.store().task_counts(state.run_id()).await?;
+    let counts = state.task_counts().await?;
     let agents = state.store().agents(state.run_id()).await?;
     let plan = state.plan();
     let current_phase = match run.phase {

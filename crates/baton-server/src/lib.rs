@@ -125,6 +125,16 @@ impl AppState {
         self.shared.engine.plan().map_or_else(|| self.shared.plan.clone(), |plan| (*plan).clone())
     }
 
+    /// The run's tasks per state: from the engine's counts while it runs (no query), else
+    /// from the store.
+    pub async fn task_counts(&self) -> Result<Vec<(baton_core::model::TaskState, u64)>, ApiError> {
+        if !self.shared.engine.is_stopped() {
+            let by_state = self.shared.engine.progress().borrow().by_state;
+            return Ok(baton_core::model::TaskState::ALL.into_iter().zip(by_state).collect());
+        }
+        Ok(self.store().task_counts(self.run_id()).await?)
+    }
+
     pub fn auth(&self) -> Option<&Auth> {
         self.shared.auth.as_ref()
     }

@@ -84,7 +84,7 @@ pub async fn scrape(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Access::Read)?;
     let run_id = state.run_id().to_string();
-    let counts = state.store().task_counts(&run_id).await?;
+    let counts = state.task_counts().await?;
     for task_state in TaskState::ALL {
         let n = counts.iter().find(|(state, _)| state == &task_state).map_or(0, |(_, n)| *n);
         metrics::gauge!("baton_tasks", "state" => task_state.as_str()).set(n as f64);

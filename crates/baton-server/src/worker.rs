@@ -454,13 +454,16 @@ async fn finish(
 }
 
 /// Waits (within [`RECORD_WAIT`]) for the events that record each attempt's result; returns
-/// the state each task was left in (`accepted` for those not recorded in time).
+/// the state each task was left in (`accepted` for those not recorded in time). A completion
+/// says `succeeded` by itself; after a failure the task is read back, since the same commit
+/// decided whether it is retried or dead.
 async fn wait_recorded(
     state: &AppState,
     mut events: broadcast::Receiver<Event>,
     mut waiting: HashSet<(TaskId, u32)>,
 ) -> HashMap<(TaskId, u32), String> {
-    let mut recorded = Vec::new();
+    let mut states = HashMap::new();
+    let mut failed = Vec::new();
     let give_up = tokio::time::Instant::now() + RECORD_WAIT;
     while !waiting.is_empty() {
         let event = tokio::select! {
@@ -468,14 +471,15 @@ async fn wait_recorded(
             () = tokio::time::sleep_until(give_up) => break,
         };
         match event {
-            Ok(event) => {
-                if let EventKind::TaskCompleted { task, attempt, .. } | EventKind::TaskFailed { task, attempt, .. } =
-                    &event.kind
-                    && waiting.remove(&(*task, *attempt))
-                {
-                    recorded.push((*task, *attempt));
+            Ok(event) => match &event.kind {
+                EventKind::TaskCompleted { task, attempt, .. } if waiting.remove(&(*task, *attempt)) => {
+                    states.insert((*task, *attempt), TaskState::Succeeded.as_str().to_string());
                 }
-            }
+                EventKind::TaskFailed { task, attempt, .. } if waiting.remove(&(*task, *attempt)) => {
+                    failed.push((*task, *attempt));
+                }
+                _ => {}
+            },
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 // Some events were missed: what the store says now decides.
                 for key in waiting.clone() {
@@ -483,15 +487,14 @@ async fn wait_recorded(
                         && (task.attempt != key.1 || task.state != TaskState::Running)
                     {
                         waiting.remove(&key);
-                        recorded.push(key);
+                        failed.push(key);
                     }
                 }
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }
     }
-    let mut states = HashMap::new();
-    for key in recorded {
+    for key in failed {
         let task_state = match state.store().task(key.0).await {
             Ok(Some(task)) => task.state.as_str().to_string(),
             _ => "recorded".to_string(),

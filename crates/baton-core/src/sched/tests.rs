@@ -184,6 +184,8 @@ impl Harness {
     fn apply(&mut self, mut fx: Effects) {
         loop {
             self.store.apply(&fx.writes, self.now);
+            // Checks, in debug builds, that the per-state counts follow every transition.
+            let _ = self.sched.progress();
             for assignment in &fx.assignments {
                 let task = &self.store.tasks[&assignment.task.id];
                 for dep in &task.depends_on {
