@@ -237,7 +237,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let (engine, handle) = Engine::new(options);
 
     let shutdown = CancellationToken::new();
-    let signals = tokio::spawn(watch_signals(shutdown.clone()));
+    let signals = watch_signals(shutdown.clone());
     let done = CancellationToken::new();
     let display = tokio::spawn(progress::follow(
         Display::new(plain),
@@ -287,12 +287,23 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     }
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
+/// Starts watching for SIGTERM and SIGINT. The handlers are in place when this returns (not
+/// when the task first runs), so a signal sent right after Baton says it is ready is not lost.
+fn watch_signals(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        return;
-    };
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    tokio::spawn(async move {
+        if let (Ok(terminate), Ok(interrupt)) = signals {
+            stop_on_signals(shutdown, terminate, interrupt).await;
+        }
+    })
+}
+
+async fn stop_on_signals(
+    shutdown: CancellationToken,
+    mut terminate: tokio::signal::unix::Signal,
+    mut interrupt: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}

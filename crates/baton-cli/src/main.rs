@@ -30,9 +30,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_STORE")]
     pub store: Option<String>,
 
-    /// Log level for Baton's own diagnostics (also `RUST_LOG`).
-    #[arg(long, global = true, env = "BATON_LOG_LEVEL", default_value = "warn")]
-    pub log_level: String,
+    /// Log level for Baton's own diagnostics: error, warn, info, debug or trace (`RUST_LOG`,
+    /// when set, wins). By default Baton's notices (info) and others' warnings.
+    #[arg(long, global = true, env = "BATON_LOG_LEVEL")]
+    pub log_level: Option<String>,
 
     /// How Baton's own diagnostics are written: `text`, or `json` (one object per line).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -453,8 +454,16 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{},baton=info", cli.log_level)));
+    // `baton` also matches the `baton_*` crates' targets (directives match by prefix).
+    let directives = match &cli.log_level {
+        Some(level) => format!("{level},baton={level}"),
+        None => "warn,baton=info".to_string(),
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+        .and_then(|value| tracing_subscriber::EnvFilter::try_new(value).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directives));
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     if cli.log_format == "json" {
         logs.json().init();

@@ -73,3 +73,22 @@ fn mistakes_in_a_layer_name_the_layer() {
     assert_eq!(open.status.code(), Some(2));
     assert!(stderr(&open).contains("is not a loopback address"), "{}", stderr(&open));
 }
+
+#[test]
+fn diagnostics_can_be_json_lines() {
+    let project = Project::with(BASE, &[]);
+    let (child, mut lines) =
+        project.spawn(&["--log-format", "json", "--log-level", "debug", "serve", "--listen", "127.0.0.1:0"]);
+    lines.wait_for("API on");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let said = lines.rest();
+    let logs: Vec<serde_json::Value> =
+        said.lines().filter(|line| line.starts_with('{')).map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert!(
+        logs.iter().any(|log| log["fields"]["message"].as_str().is_some_and(|m| m.starts_with("shutting down"))),
+        "{said}"
+    );
+    assert!(logs.iter().all(|log| log["level"].is_string() && log["timestamp"].is_string()), "{logs:?}");
+    let bad = project.baton(&["--log-format", "yaml", "check"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

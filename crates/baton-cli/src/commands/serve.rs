@@ -154,10 +154,11 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         tls,
         server_stop.clone(),
     ));
+    let signals = super::watch_signals(engine_stop.clone());
     crate::output::say(&format!("baton serve: run {run_id} of `{}`, API on {url}", plan.name));
 
     let log_task = tokio::spawn(log_events(store.subscribe(), run_id.clone(), server_stop.clone()));
-    let signals = tokio::spawn(super::watch_signals(engine_stop.clone()));
+
     let summary = engine_task.await.map_err(|error| Failure::run(error.to_string()))?;
     signals.abort();
     server_stop.cancel();
