@@ -30,6 +30,8 @@ pub fn routes() -> Router<AppState> {
         .route("/agent/heartbeat", post(heartbeat))
         .route("/agent/results", post(results))
         .route("/agent/usage", post(usage))
+        .route("/agent/resources/acquire", post(acquire))
+        .route("/agent/resources/release", post(release))
         .route("/agent/tasks/{id}/progress", post(progress))
         .route("/agent/tasks/{id}/complete", post(complete))
         .route("/agent/tasks/{id}/fail", post(fail))
@@ -543,5 +545,71 @@ pub async fn usage(
         .engine()
         .report(AgentEvent::Usage { agent, task: request.task, usage: request.usage })
         .map_err(ApiError::from)?;
+    Ok(json(Accepted { accepted: true }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    pub agent: Option<String>,
+    /// The resource key, as tasks name them (`file:Cargo.toml`, `customer:456`).
+    #[schema(min_length = 1)]
+    pub resource: String,
+    /// How long the lease lasts unless taken again (default 60000).
+    #[schema(minimum = 1)]
+    pub ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Leased {
+    pub resource: String,
+    /// When the lease runs out (ms since the epoch).
+    pub until: i64,
+}
+
+/// Takes (or renews) a lease on a resource: while it lasts, no task whose resources overlap
+/// it runs and no other agent gets an overlapping lease. `409` says who holds it.
+#[utoipa::path(post, path = "/agent/resources/acquire", tag = "agent-side", request_body = AcquireRequest,
+    responses((status = 200, body = Leased), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn acquire(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Body(request): Body<AcquireRequest>,
+) -> Result<Response, ApiError> {
+    let agent = caller.acting_as(request.agent.as_deref())?;
+    known_agent(&state, &agent)?;
+    if request.resource.trim().is_empty() {
+        return Err(ApiError::bad_request("`resource` must not be empty"));
+    }
+    let ttl = Duration::from_millis(request.ttl_ms.unwrap_or(60_000).max(1));
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let resource = request.resource.clone();
+    state.engine().report(AgentEvent::AcquireResource { agent, resource: request.resource, ttl, reply })?;
+    let until =
+        answer.await.map_err(|_| ApiError::unavailable("the engine has stopped"))?.map_err(ApiError::conflict)?;
+    Ok(json(Leased { resource, until: until.millis() }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub agent: Option<String>,
+    #[schema(min_length = 1)]
+    pub resource: String,
+}
+
+/// Gives a lease back.
+#[utoipa::path(post, path = "/agent/resources/release", tag = "agent-side", request_body = ReleaseRequest,
+    responses((status = 200, body = Accepted), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Body(request): Body<ReleaseRequest>,
+) -> Result<Response, ApiError> {
+    let agent = caller.acting_as(request.agent.as_deref())?;
+    known_agent(&state, &agent)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    state.engine().report(AgentEvent::ReleaseResource { agent, resource: request.resource, reply })?;
+    answer.await.map_err(|_| ApiError::unavailable("the engine has stopped"))?.map_err(ApiError::conflict)?;
     Ok(json(Accepted { accepted: true }))
 }

@@ -373,3 +373,40 @@ async fn an_agents_log_is_read_and_followed() {
     assert_eq!(missing.status(), 404);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_lease_resources_over_http_and_tasks_wait_for_them() {
+    let server = Server::start().await;
+    let mut events = server.events();
+    let leased = server
+        .post_json(
+            "/agent/resources/acquire",
+            json!({"agent": "builder", "resource": "file:Cargo.toml", "ttl_ms": 60000}),
+        )
+        .await;
+    assert_eq!(leased["resource"], "file:Cargo.toml");
+    assert!(leased["until"].as_i64().unwrap() > 0);
+    let taken = server
+        .post("/agent/resources/acquire", json!({"agent": "writer", "resource": "file:*.toml"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 409);
+    let body: Value = taken.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("builder"), "{body}");
+
+    // A task on the same file waits for the lease, and runs once it is given back.
+    let id = server
+        .post_json(
+            "/tasks",
+            json!({"title": "edit the manifest", "requires": ["echo"], "resources": ["file:Cargo.toml"]}),
+        )
+        .await["ids"][0]
+        .as_i64()
+        .unwrap();
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::ConflictDeferred { task, .. } if task.0 == id))
+        .await;
+    server.post_json("/agent/resources/release", json!({"agent": "builder", "resource": "file:Cargo.toml"})).await;
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
+    server.stop().await;
+}
