@@ -79,6 +79,10 @@ pub struct Delivery {
     pub next_attempt_at: Timestamp,
     pub created_at: Timestamp,
     pub error: Option<String>,
+    /// When it was acknowledged; `None` while pending, when dead, or for a delivery stored by
+    /// a baton that did not record it.
+    #[serde(default)]
+    pub acked_at: Option<Timestamp>,
 }
 
 /// When an unacknowledged delivery is tried again: 1 s, 2 s, 4 s… up to a minute.

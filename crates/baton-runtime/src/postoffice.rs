@@ -7,10 +7,11 @@
 //! which the message is dead-lettered with an event. Per-task agents take their messages with
 //! their next task (see `process::ProcessAgent`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -109,16 +110,23 @@ impl PostOffice {
     }
 
     /// Delivers due messages until `cancel` fires.
+    ///
+    /// Rounds overlap: while the outcomes of one round are being committed, the next round is
+    /// read and delivered, leaving out the deliveries still being settled (they are pending in
+    /// the store until that commit). A round therefore does not wait for the previous one's fsync.
     pub async fn run(self, cancel: CancellationToken) {
+        // The round being committed: the ids it settles, and the commit.
+        let mut settling: Option<(HashSet<i64>, BoxFuture<'static, ()>)> = None;
         let mut more = false;
         loop {
             if cancel.is_cancelled() {
-                return;
+                break;
             }
-            // A full batch means more may be due: no waiting then.
+            // Work found in the last round (or a commit that was still going on) means more may
+            // be due: no waiting then.
             if !more {
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => break,
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep(POLL) => {}
                 }
@@ -131,19 +139,23 @@ impl PostOffice {
                 more = false;
                 continue;
             }
-            let due = match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), BATCH).await {
+            let in_flight = settling.as_ref().map_or(0, |(ids, _)| ids.len() as u64);
+            let due = match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), BATCH + in_flight).await
+            {
                 Ok(due) => due,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the messages to deliver");
                     continue;
                 }
             };
-            more = due.len() as u64 == BATCH;
-            if due.is_empty() {
-                continue;
-            }
+            let previous = settling.take();
+            let due: Vec<Delivery> = match &previous {
+                Some((ids, _)) => due.into_iter().filter(|delivery| !ids.contains(&delivery.id)).collect(),
+                None => due,
+            };
+            more = !due.is_empty() || previous.is_some();
             let runtimes = &runtimes;
-            let attempts = due.into_iter().map(|delivery| async move {
+            let attempts = due.into_iter().take(BATCH as usize).map(|delivery| async move {
                 let runtime = runtimes.get(&delivery.to).cloned();
                 let result = match runtime {
                     Some(runtime) => match tokio::time::timeout(DELIVERY_TIMEOUT, runtime.deliver(&delivery)).await {
@@ -154,18 +166,37 @@ impl PostOffice {
                 };
                 (delivery, result)
             });
-            let results: Vec<(Delivery, Result<(), String>)> = futures::future::join_all(attempts).await;
+            let committed = async {
+                if let Some((_, commit)) = previous {
+                    commit.await;
+                }
+            };
+            let (results, ()) = tokio::join!(futures::future::join_all(attempts), committed);
+            if results.is_empty() {
+                continue;
+            }
             let now = self.clock.now();
-            let outcomes = results
+            let results: Vec<(Delivery, Result<(), String>)> = results;
+            let ids: HashSet<i64> = results.iter().map(|(delivery, _)| delivery.id).collect();
+            let outcomes: Vec<(Delivery, DeliveryOutcome)> = results
                 .into_iter()
                 .map(|(delivery, result)| {
                     let outcome = settle(&delivery, result, now);
                     (delivery, outcome)
                 })
                 .collect();
-            if let Err(error) = self.store.settle_deliveries(&self.run_id, outcomes, now).await {
-                tracing::warn!(%error, "cannot record message deliveries");
-            }
+            let store = Arc::clone(&self.store);
+            let run_id = self.run_id.clone();
+            let commit = Box::pin(async move {
+                if let Err(error) = store.settle_deliveries(&run_id, outcomes, now).await {
+                    tracing::warn!(%error, "cannot record message deliveries");
+                }
+            });
+            settling = Some((ids, commit));
+        }
+        // What was delivered is recorded before the post office stops.
+        if let Some((_, commit)) = settling {
+            commit.await;
         }
     }
 }
@@ -202,6 +233,7 @@ mod tests {
             next_attempt_at: Timestamp(0),
             created_at: Timestamp(0),
             error: None,
+            acked_at: None,
         }
     }
 

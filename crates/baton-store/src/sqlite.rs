@@ -76,9 +76,12 @@ impl Options {
 type Output = Box<dyn Any + Send>;
 type Op = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<Output> + Send>;
 
+/// Told how its operation ended, once the transaction is committed (or has failed).
+type Reply = Box<dyn FnOnce(Result<Output>) + Send>;
+
 struct Job {
     op: Op,
-    reply: oneshot::Sender<Result<Output>>,
+    reply: Reply,
 }
 
 /// What an operation sees: the open transaction, and the events it wrote (published to
@@ -86,6 +89,70 @@ struct Job {
 pub(crate) struct WriteCtx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     events: Vec<Event>,
+    inbox: &'a mut InboxCounts,
+}
+
+/// How many deliveries are pending per run and recipient, kept by the writer thread so that the
+/// inbox-full check of a send is a map lookup rather than an index count (which walked up to
+/// [`INBOX_LIMIT`] entries per send and was the largest cost of sending).
+///
+/// The counts are rebuilt from the table when they cannot be trusted: at the first write after
+/// opening, after a failed commit, and whenever another connection (another `baton` process
+/// sending with `baton send`) has committed since this one last looked (`PRAGMA data_version`
+/// tells). Changes made by an operation are undone when its savepoint is rolled back.
+#[derive(Default)]
+struct InboxCounts {
+    pending: HashMap<(String, String), u64>,
+    /// `PRAGMA data_version` as this connection saw it when the counts were last right; `None`
+    /// when they must be rebuilt.
+    data_version: Option<i64>,
+    /// What the operation running now changed, to undo if it fails.
+    job_changes: Vec<((String, String), i64)>,
+}
+
+impl InboxCounts {
+    /// Makes the counts right for the transaction just begun on `tx`.
+    fn refresh(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        if self.data_version == Some(version) {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT run_id, recipient, count(*) FROM deliveries WHERE state = 'pending' GROUP BY run_id, recipient",
+        )?;
+        let rows = stmt.query_map([], |row| Ok(((row.get(0)?, row.get(1)?), row.get::<_, i64>(2)? as u64)))?;
+        self.pending = rows.collect::<rusqlite::Result<_>>()?;
+        self.data_version = Some(version);
+        Ok(())
+    }
+
+    fn get(&self, run_id: &str, recipient: &str) -> u64 {
+        // A borrowed-key lookup would need a custom key type; the allocation is cheap next to
+        // the insert it guards.
+        self.pending.get(&(run_id.to_string(), recipient.to_string())).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, run_id: &str, recipient: &str, delta: i64) {
+        let key = (run_id.to_string(), recipient.to_string());
+        let count = self.pending.entry(key.clone()).or_default();
+        *count = count.saturating_add_signed(delta);
+        debug_assert!(delta >= 0 || *count < u64::MAX, "a pending count went below zero");
+        self.job_changes.push((key, delta));
+    }
+
+    /// The operation's savepoint was released: its changes stay.
+    fn keep_job(&mut self) {
+        self.job_changes.clear();
+    }
+
+    /// The operation's savepoint was rolled back: so are its changes.
+    fn undo_job(&mut self) {
+        for (key, delta) in self.job_changes.drain(..).rev() {
+            if let Some(count) = self.pending.get_mut(&key) {
+                *count = count.saturating_add_signed(-delta);
+            }
+        }
+    }
 }
 
 impl WriteCtx<'_> {
@@ -108,6 +175,9 @@ struct Inner {
     /// never across an `.await`.
     reader: Mutex<Connection>,
     events: broadcast::Sender<Event>,
+    /// Messages waiting to be stored by the next send operation ([`SqliteStore::send_message`]).
+    /// A std mutex: held only to push or take, never across an `.await`.
+    sends: Mutex<Vec<QueuedSend>>,
 }
 
 /// The SQLite store. Cheap to clone.
@@ -271,6 +341,14 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_actor ON audit (actor, id);
 "#,
+    // When a delivery was acknowledged: delivery latency (sent, `created_at`, to acknowledged)
+    // is read from the table; older deliveries have none. The index by recipient and state
+    // served only the inbox-full count, which the writer now keeps in memory: dropping it saves
+    // an index insert per message and an index update per acknowledgement.
+    r#"
+ALTER TABLE deliveries ADD COLUMN acked_at INTEGER;
+DROP INDEX deliveries_by_recipient;
+"#,
 ];
 
 const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
@@ -310,7 +388,13 @@ impl SqliteStore {
             .spawn(move || write_loop(writer, job_rx, events_for_writer))
             .map_err(|error| Error::Open { path: path.display().to_string(), message: error.to_string() })?;
         Ok(SqliteStore {
-            inner: Arc::new(Inner { path: path.to_path_buf(), writer: job_tx, reader: Mutex::new(reader), events }),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: job_tx,
+                reader: Mutex::new(reader),
+                events,
+                sends: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -326,9 +410,70 @@ impl SqliteStore {
     {
         let (reply, answer) = oneshot::channel();
         let op: Op = Box::new(move |ctx| op(ctx).map(|value| Box::new(value) as Output));
+        let reply: Reply = Box::new(move |output| {
+            let _ = reply.send(output);
+        });
         self.inner.writer.send(Job { op, reply }).map_err(|_| Error::Closed)?;
         let output = answer.await.map_err(|_| Error::Closed)??;
         Ok(*output.downcast::<R>().expect("an operation's output has the type it was sent with"))
+    }
+
+    /// Submits the operation that stores every queued message, each refused or stored on its
+    /// own, and answers their senders once the transaction is committed.
+    fn submit_sends(&self) -> Result<()> {
+        let senders: Arc<Mutex<Vec<SendReply>>> = Arc::default();
+        let inner = Arc::clone(&self.inner);
+        let taken = Arc::clone(&senders);
+        let op: Op = Box::new(move |ctx| {
+            let queued = std::mem::take(&mut *inner.sends.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            let mut results: Vec<Result<Vec<i64>>> = Vec::with_capacity(queued.len());
+            let mut replies = Vec::with_capacity(queued.len());
+            for send in queued {
+                replies.push(send.reply);
+                // A full inbox refuses this message only, before it writes anything.
+                if let Some(refusal) = full_inbox(ctx.inbox, &send.run_id, &send.recipients) {
+                    results.push(Err(refusal));
+                    continue;
+                }
+                match insert_message(ctx, &send.run_id, send.message_id, send.message, send.recipients, send.now) {
+                    Ok(ids) => results.push(Ok(ids)),
+                    // A failed write fails them all: the savepoint is rolled back.
+                    Err(error) => {
+                        *taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = replies;
+                        return Err(error);
+                    }
+                }
+            }
+            *taken.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = replies;
+            Ok(Box::new(results) as Output)
+        });
+        let reply: Reply = Box::new(move |output| {
+            let replies = std::mem::take(&mut *senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            match output {
+                Ok(output) => {
+                    let results = output
+                        .downcast::<Vec<Result<Vec<i64>>>>()
+                        .expect("the send operation answers one result per message");
+                    for (reply, result) in replies.into_iter().zip(*results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::Invalid(message.clone())));
+                    }
+                }
+            }
+        });
+        if self.inner.writer.send(Job { op, reply }).is_err() {
+            let queued = std::mem::take(&mut *self.inner.sends.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            for send in queued {
+                let _ = send.reply.send(Err(Error::Closed));
+            }
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     /// Runs `query` on the read connection off the async threads.
@@ -356,6 +501,10 @@ fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Every operation runs in a savepoint, whose journal of the pages it changes is a temporary
+    // file by default: creating, writing and deleting it each transaction was a fifth of the
+    // writer's time. In memory it costs a copy; it is never needed after a crash.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
@@ -382,6 +531,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 
 fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, events: broadcast::Sender<Event>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut inbox = InboxCounts::default();
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -390,11 +540,11 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, even
                 Err(_) => break,
             }
         }
-        let (outputs, committed) = run_batch(&mut conn, &mut batch);
+        let (outputs, committed) = run_batch(&mut conn, &mut batch, &mut inbox);
         match committed {
             Ok(published) => {
                 for (job, output) in batch.drain(..).zip(outputs) {
-                    let _ = job.reply.send(output);
+                    (job.reply)(output);
                 }
                 for event in published {
                     let _ = events.send(event);
@@ -404,7 +554,7 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, even
                 let message = error.to_string();
                 tracing::error!(%message, "store commit failed");
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(Error::Invalid(format!("commit failed: {message}"))));
+                    (job.reply)(Err(Error::Invalid(format!("commit failed: {message}"))));
                 }
             }
         }
@@ -413,32 +563,58 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, even
 
 /// Runs every job of a batch in its own savepoint and commits once. Returns each job's output
 /// and, when the commit succeeded, the events to publish.
-fn run_batch(conn: &mut Connection, batch: &mut [Job]) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Job],
+    inbox: &mut InboxCounts,
+) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
     let mut outputs = Vec::with_capacity(batch.len());
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(error) => return (outputs, Err(error.into())),
     };
+    if let Err(error) = inbox.refresh(&tx) {
+        inbox.data_version = None;
+        return (outputs, Err(error.into()));
+    }
     let mut published = Vec::new();
     for job in batch.iter_mut() {
         if tx.is_autocommit() {
             // SQLite rolled the whole transaction back (disk full, IO error): nothing more can
-            // join it.
+            // join it, and the inbox counts no longer match the table.
+            inbox.data_version = None;
             outputs.push(Err(Error::Invalid("the transaction was rolled back by an earlier failure".into())));
             continue;
         }
         let op = std::mem::replace(&mut job.op, Box::new(|_| Err(Error::Closed)));
         let output = (|| -> Result<Output> {
-            tx.execute_batch("SAVEPOINT job")?;
-            let mut ctx = WriteCtx { tx: &tx, events: Vec::new() };
-            match op(&mut ctx) {
+            // Cached: parsing these statements once per operation cost more than some
+            // operations themselves.
+            tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+            let mut ctx = WriteCtx { tx: &tx, events: Vec::new(), inbox: &mut *inbox };
+            let result = op(&mut ctx);
+            let mut events = std::mem::take(&mut ctx.events);
+            match result {
                 Ok(output) => {
-                    tx.execute_batch("RELEASE job")?;
-                    published.append(&mut ctx.events);
+                    if let Err(error) = tx.prepare_cached("RELEASE job").and_then(|mut stmt| stmt.execute([])) {
+                        // Whatever SQLite kept of it, the counts are rebuilt from the table.
+                        inbox.data_version = None;
+                        return Err(error.into());
+                    }
+                    inbox.keep_job();
+                    published.append(&mut events);
                     Ok(output)
                 }
                 Err(error) => {
-                    tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    inbox.undo_job();
+                    let rolled_back = tx
+                        .prepare_cached("ROLLBACK TO job")
+                        .and_then(|mut stmt| stmt.execute([]))
+                        .and_then(|_| tx.prepare_cached("RELEASE job")?.execute([]));
+                    if let Err(rollback_error) = rolled_back {
+                        inbox.data_version = None;
+                        return Err(rollback_error.into());
+                    }
                     Err(error)
                 }
             }
@@ -446,7 +622,11 @@ fn run_batch(conn: &mut Connection, batch: &mut [Job]) -> (Vec<Result<Output>>, 
         outputs.push(output);
     }
     let commit_started = std::time::Instant::now();
-    match tx.commit() {
+    let committed = tx.commit();
+    if committed.is_err() {
+        inbox.data_version = None;
+    }
+    match committed {
         Ok(()) => {
             ::metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(commit_started.elapsed().as_secs_f64());
             ::metrics::counter!(crate::metrics::COMMITS_TOTAL).increment(1);
@@ -523,7 +703,109 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
 }
 
 const DELIVERY_COLUMNS: &str = "id, message_id, sender, recipient, topic, body, data, task_id, correlation_id, state, \
-     attempts, next_attempt_at, created_at, error";
+     attempts, next_attempt_at, created_at, error, acked_at";
+
+/// Where the sender of a queued message hears whether it was stored, and its delivery ids.
+type SendReply = oneshot::Sender<Result<Vec<i64>>>;
+
+/// A message waiting for the writer, with the sender waiting for its answer.
+struct QueuedSend {
+    run_id: String,
+    message_id: String,
+    message: NewMessage,
+    recipients: Vec<String>,
+    now: Timestamp,
+    reply: SendReply,
+}
+
+/// The refusal of a message whose recipients' inboxes cannot take it, if any. Every inbox is
+/// checked before anything is written, so a refused message needs no savepoint of its own.
+fn full_inbox(inbox: &InboxCounts, run_id: &str, recipients: &[String]) -> Option<Error> {
+    for (idx, recipient) in recipients.iter().enumerate() {
+        // A recipient named twice gets two deliveries.
+        let earlier = recipients[..idx].iter().filter(|other| *other == recipient).count() as u64;
+        if inbox.get(run_id, recipient) + earlier >= INBOX_LIMIT {
+            return Some(Error::Invalid(format!(
+                "the inbox of {recipient} is full ({INBOX_LIMIT} messages not yet acknowledged); try again later"
+            )));
+        }
+    }
+    None
+}
+
+/// Stores one message for its recipients (whose inboxes have room) with its `MessageSent` event.
+fn insert_message(
+    ctx: &mut WriteCtx<'_>,
+    run_id: &str,
+    message_id: String,
+    message: NewMessage,
+    recipients: Vec<String>,
+    now: Timestamp,
+) -> Result<Vec<i64>> {
+    let topic = match &message.to {
+        Recipient::Topic(topic) => Some(topic.clone()),
+        _ => None,
+    };
+    let data = to_json(&message.data);
+    let mut ids = Vec::with_capacity(recipients.len());
+    {
+        let mut insert = ctx.tx.prepare_cached(
+            "INSERT INTO deliveries (run_id, message_id, sender, recipient, topic, body, data, task_id, \
+             correlation_id, state, attempts, next_attempt_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?10)",
+        )?;
+        for recipient in &recipients {
+            insert.execute(params![
+                run_id,
+                message_id,
+                message.from,
+                recipient,
+                topic,
+                message.body,
+                data,
+                message.task.map(|task| task.0),
+                message.correlation_id,
+                now.0,
+            ])?;
+            ids.push(ctx.tx.last_insert_rowid());
+        }
+    }
+    for recipient in &recipients {
+        ctx.inbox.add(run_id, recipient, 1);
+    }
+    ctx.event(
+        run_id,
+        now,
+        EventKind::MessageSent { message: message_id, from: message.from, to: recipients, body: message.body },
+    )?;
+    Ok(ids)
+}
+
+/// Acknowledges or dead-letters a delivery. Only a pending delivery leaves its recipient's
+/// inbox; settling one that was settled already rewrites it as before, without counting it twice.
+fn settle_final(ctx: &mut WriteCtx<'_>, id: i64, state: &str, error: Option<&str>, now: Timestamp) -> Result<()> {
+    let acked_at = (state == "acked").then_some(now.0);
+    let left_inbox: Option<(String, String)> = ctx
+        .tx
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, error = coalesce(?3, error), \
+             acked_at = coalesce(?4, acked_at) WHERE id = ?1 AND state = 'pending' RETURNING run_id, recipient",
+        )?
+        .query_row(params![id, state, error, acked_at], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    match left_inbox {
+        Some((run_id, recipient)) => ctx.inbox.add(&run_id, &recipient, -1),
+        None => {
+            ctx.tx
+                .prepare_cached(
+                    "UPDATE deliveries SET state = ?2, attempts = attempts + 1, error = coalesce(?3, error), \
+                     acked_at = coalesce(?4, acked_at) WHERE id = ?1",
+                )?
+                .execute(params![id, state, error, acked_at])?;
+        }
+    }
+    Ok(())
+}
 
 fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let state = match row.get::<_, String>(9)?.as_str() {
@@ -546,6 +828,7 @@ fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
         next_attempt_at: Timestamp(row.get(11)?),
         created_at: Timestamp(row.get(12)?),
         error: row.get(13)?,
+        acked_at: row.get::<_, Option<i64>>(14)?.map(Timestamp),
     })
 }
 
@@ -1078,53 +1361,20 @@ impl Store for SqliteStore {
         recipients: Vec<String>,
         now: Timestamp,
     ) -> Result<Vec<i64>> {
-        let run_id = run_id.to_string();
-        self.write(move |ctx| {
-            let topic = match &message.to {
-                Recipient::Topic(topic) => Some(topic.clone()),
-                _ => None,
-            };
-            let mut ids = Vec::with_capacity(recipients.len());
-            for recipient in &recipients {
-                let pending: i64 = ctx
-                    .tx
-                    .prepare_cached(
-                        "SELECT count(*) FROM deliveries WHERE run_id = ?1 AND recipient = ?2 AND state = 'pending'",
-                    )?
-                    .query_row(params![run_id, recipient], |row| row.get(0))?;
-                if pending as u64 >= INBOX_LIMIT {
-                    return Err(Error::Invalid(format!(
-                        "the inbox of {recipient} is full ({INBOX_LIMIT} messages not yet acknowledged); try again later"
-                    )));
-                }
-                ctx.tx
-                    .prepare_cached(
-                        "INSERT INTO deliveries (run_id, message_id, sender, recipient, topic, body, data, task_id, \
-                         correlation_id, state, attempts, next_attempt_at, created_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?10)",
-                    )?
-                    .execute(params![
-                        run_id,
-                        message_id,
-                        message.from,
-                        recipient,
-                        topic,
-                        message.body,
-                        to_json(&message.data),
-                        message.task.map(|task| task.0),
-                        message.correlation_id,
-                        now.0,
-                    ])?;
-                ids.push(ctx.tx.last_insert_rowid());
-            }
-            ctx.event(
-                &run_id,
-                now,
-                EventKind::MessageSent { message: message_id, from: message.from, to: recipients, body: message.body },
-            )?;
-            Ok(ids)
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        let send = QueuedSend { run_id: run_id.to_string(), message_id, message, recipients, now, reply };
+        let first = {
+            let mut queue = self.inner.sends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            queue.push(send);
+            queue.len() == 1
+        };
+        // The first send into an empty queue submits the operation that will take it and every
+        // send queued after it until the writer runs that operation: concurrent senders share one
+        // savepoint and one pass of the writer, not just one commit.
+        if first {
+            self.submit_sends()?;
+        }
+        answer.await.map_err(|_| Error::Closed)?
     }
 
     async fn due_deliveries(
@@ -1161,9 +1411,7 @@ impl Store for SqliteStore {
             for (delivery, outcome) in outcomes {
                 match outcome {
                     DeliveryOutcome::Acked => {
-                        ctx.tx
-                            .prepare_cached("UPDATE deliveries SET state = 'acked', attempts = attempts + 1 WHERE id = ?1")?
-                            .execute(params![delivery.id])?;
+                        settle_final(ctx, delivery.id, "acked", None, now)?;
                     }
                     DeliveryOutcome::Retry { at, error } => {
                         ctx.tx
@@ -1173,11 +1421,7 @@ impl Store for SqliteStore {
                             .execute(params![delivery.id, at.0, error])?;
                     }
                     DeliveryOutcome::Dead { error } => {
-                        ctx.tx
-                            .prepare_cached(
-                                "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, error = ?2 WHERE id = ?1",
-                            )?
-                            .execute(params![delivery.id, error])?;
+                        settle_final(ctx, delivery.id, "dead", Some(&error), now)?;
                         let event = EventKind::MessageDeadLettered {
                             message: delivery.message_id.clone(),
                             to: delivery.to.clone(),

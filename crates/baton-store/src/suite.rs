@@ -28,6 +28,7 @@ macro_rules! store_test_suite {
             schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
             messages_are_delivered_retried_and_dead_lettered,
+            inbox_room_follows_sends_acks_and_dead_letters,
             audit_entries_are_recorded_and_queried,
         );
     };
@@ -653,6 +654,82 @@ pub async fn messages_are_delivered_retried_and_dead_lettered(store: impl Store)
     let refused = store.send_message("r1", "over".into(), message, vec!["ok".into(), "full".into()], T0).await;
     assert!(refused.unwrap_err().to_string().starts_with("the inbox of full is full"));
     assert!(store.deliveries("r1", Some("ok"), 10).await.unwrap().is_empty(), "nothing stored for the others either");
+}
+
+/// An inbox holds [`INBOX_LIMIT`](baton_core::messages::INBOX_LIMIT) pending deliveries: refused
+/// sends take no room, an acknowledgement or a dead letter frees one place (once, however often
+/// the delivery is settled), a retry frees none, and concurrent senders never overfill it. An
+/// acknowledgement records when it happened.
+pub async fn inbox_room_follows_sends_acks_and_dead_letters(store: impl Store + Clone) {
+    use crate::DeliveryOutcome;
+    use baton_core::messages::{DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let message = NewMessage {
+        from: "operator".into(),
+        to: Recipient::Agent("x".into()),
+        body: "hello".into(),
+        data: serde_json::Value::Null,
+        task: None,
+        correlation_id: None,
+    };
+    // Concurrent senders, more than the inbox holds: exactly a full inbox is stored.
+    let mut senders = tokio::task::JoinSet::new();
+    for n in 0..INBOX_LIMIT + 50 {
+        let (store, message) = (store.clone(), message.clone());
+        senders.spawn(async move { store.send_message("r1", format!("m{n}"), message, vec!["x".into()], T0).await });
+    }
+    let mut n_refused = 0;
+    while let Some(sent) = senders.join_next().await {
+        match sent.unwrap() {
+            Ok(ids) => assert_eq!(ids.len(), 1),
+            Err(error) => {
+                assert!(error.to_string().starts_with("the inbox of x is full"), "{error}");
+                n_refused += 1;
+            }
+        }
+    }
+    assert_eq!(n_refused, 50);
+    let pending = |deliveries: &[baton_core::messages::Delivery]| {
+        deliveries.iter().filter(|delivery| delivery.state == DeliveryState::Pending).count() as u64
+    };
+    let all = store.deliveries("r1", Some("x"), 2 * INBOX_LIMIT).await.unwrap();
+    assert_eq!((all.len() as u64, pending(&all)), (INBOX_LIMIT, INBOX_LIMIT));
+    let send = |id: &str, recipients: &[&str]| {
+        let recipients = recipients.iter().map(|name| name.to_string()).collect();
+        store.send_message("r1", id.to_string(), message.clone(), recipients, T0)
+    };
+    // Refused, storing nothing, also for a recipient with room.
+    assert!(send("over", &["y", "x"]).await.is_err());
+    assert!(store.deliveries("r1", Some("y"), 10).await.unwrap().is_empty());
+
+    let due = store.due_deliveries("r1", &["x".to_string()], T0, 3).await.unwrap();
+    let later = Timestamp(T0.0 + 5);
+    let settle = |outcomes: Vec<(baton_core::messages::Delivery, DeliveryOutcome)>| {
+        store.settle_deliveries("r1", outcomes, later)
+    };
+    // A retry keeps its place.
+    settle(vec![(due[0].clone(), DeliveryOutcome::Retry { at: later, error: "busy".into() })]).await.unwrap();
+    assert!(send("after-retry", &["x"]).await.is_err());
+    // An acknowledgement frees one place, once, however often it is recorded.
+    settle(vec![(due[1].clone(), DeliveryOutcome::Acked)]).await.unwrap();
+    settle(vec![(due[1].clone(), DeliveryOutcome::Acked)]).await.unwrap();
+    send("after-ack", &["x"]).await.unwrap();
+    assert!(send("after-ack-2", &["x"]).await.is_err());
+    // So does a dead letter.
+    settle(vec![(due[2].clone(), DeliveryOutcome::Dead { error: "gone".into() })]).await.unwrap();
+    assert!(send("two-places", &["x", "x"]).await.is_err(), "a recipient named twice needs two places");
+    send("after-dead", &["x"]).await.unwrap();
+    assert!(send("after-dead-2", &["x"]).await.is_err());
+
+    let all = store.deliveries("r1", Some("x"), 2 * INBOX_LIMIT).await.unwrap();
+    assert_eq!(pending(&all), INBOX_LIMIT);
+    let by_id = |id: i64| all.iter().find(|delivery| delivery.id == id).unwrap();
+    assert_eq!((by_id(due[1].id).state, by_id(due[1].id).acked_at), (DeliveryState::Acked, Some(later)));
+    assert_eq!((by_id(due[2].id).state, by_id(due[2].id).acked_at), (DeliveryState::Dead, None));
+    assert_eq!(by_id(due[0].id).acked_at, None);
+    // Another run's inbox of the same name is another inbox.
+    store.create_run(new_run("r2"), T0).await.unwrap();
+    store.send_message("r2", "elsewhere".into(), message.clone(), vec!["x".into()], T0).await.unwrap();
 }
 
 /// The audit log: ids grow, entries read back whole, and `since_id`, `actor`, `limit` and

@@ -66,3 +66,58 @@ fn urls_parse_with_options() {
     );
     assert!(Options::from_url("postgres://x", base).is_err());
 }
+
+/// The inbox room the writer keeps in memory is rebuilt from the table: after a reopen, and
+/// when another connection (another `baton` process) has sent or acknowledged messages.
+#[tokio::test]
+async fn inbox_room_survives_a_reopen_and_other_writers() {
+    use baton_core::Timestamp;
+    use baton_core::messages::{INBOX_LIMIT, NewMessage, Recipient};
+    use baton_store::{DeliveryOutcome, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let message = NewMessage {
+        from: "operator".into(),
+        to: Recipient::Agent("x".into()),
+        body: "hello".into(),
+        data: serde_json::Value::Null,
+        task: None,
+        correlation_id: None,
+    };
+    let run = baton_store::NewRun {
+        id: "r1".into(),
+        name: "plan".into(),
+        n_phases: 1,
+        owner: "n".into(),
+        owner_pid: 1,
+        owner_until: Timestamp(1),
+    };
+    {
+        let store = SqliteStore::open(&path, Options::default()).unwrap();
+        store.create_run(run, Timestamp(1)).await.unwrap();
+        let mut senders = tokio::task::JoinSet::new();
+        for n in 0..INBOX_LIMIT - 1 {
+            let (store, message) = (store.clone(), message.clone());
+            senders.spawn(async move {
+                store.send_message("r1", format!("m{n}"), message, vec!["x".into()], Timestamp(1)).await
+            });
+        }
+        while let Some(sent) = senders.join_next().await {
+            sent.unwrap().unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path, Options::default()).unwrap();
+    store.send_message("r1", "last".into(), message.clone(), vec!["x".into()], Timestamp(2)).await.unwrap();
+    assert!(store.send_message("r1", "over".into(), message.clone(), vec!["x".into()], Timestamp(2)).await.is_err());
+
+    // Another process acknowledges one: this one sees the room.
+    let other = SqliteStore::open(&path, Options::default()).unwrap();
+    let due = other.due_deliveries("r1", &["x".to_string()], Timestamp(2), 1).await.unwrap();
+    other.settle_deliveries("r1", vec![(due[0].clone(), DeliveryOutcome::Acked)], Timestamp(3)).await.unwrap();
+    store.send_message("r1", "room".into(), message.clone(), vec!["x".into()], Timestamp(3)).await.unwrap();
+    // And another process filling it again: this one refuses.
+    let due = other.due_deliveries("r1", &["x".to_string()], Timestamp(3), 1).await.unwrap();
+    store.settle_deliveries("r1", vec![(due[0].clone(), DeliveryOutcome::Acked)], Timestamp(4)).await.unwrap();
+    other.send_message("r1", "theirs".into(), message.clone(), vec!["x".into()], Timestamp(4)).await.unwrap();
+    assert!(store.send_message("r1", "mine".into(), message, vec!["x".into()], Timestamp(4)).await.is_err());
+}
