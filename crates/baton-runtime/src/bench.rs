@@ -547,17 +547,64 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
 // Messages between worker agents.
 
 #[derive(Debug, Clone, Serialize)]
-pub struct MessagesReport {
-    pub n_agents: u32,
-    pub n_messages: u64,
+pub struct MessagesRun {
     /// Sending: every message durable (stored with its event), in messages per second.
     pub sent_per_second: f64,
     /// Sending and delivering: every message acknowledged by its worker.
     pub delivered_per_second: f64,
+    /// Delivery latency, from a message being sent (its `created_at`) to its acknowledgement
+    /// being recorded (`acked_at`), in milliseconds.
+    pub latency_p50_ms: i64,
+    pub latency_p99_ms: i64,
+    pub latency_max_ms: i64,
 }
 
-/// Durable messages between worker agents: `n_messages` sent by 64 concurrent senders to
-/// `n_agents` real worker processes, each acknowledged by its recipient.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessagesReport {
+    pub n_agents: u32,
+    pub n_messages: u64,
+    /// The senders went through the engine (a worker's `message/send` path), not straight to
+    /// the store.
+    pub through_engine: bool,
+    pub runs: Vec<MessagesRun>,
+    /// Medians over the runs, each figure on its own.
+    pub sent_per_second: f64,
+    pub delivered_per_second: f64,
+    pub latency_p50_ms: i64,
+    pub latency_p99_ms: i64,
+}
+
+/// The median of some figures (the upper one of an even number).
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
+/// How the benchmark's senders send.
+enum Route {
+    /// Straight to the store, as the post office does once it has resolved the recipients.
+    Store(Arc<SqliteStore>, String),
+    /// Through the engine, as a worker's `message/send` does (the post office resolves the
+    /// recipients and stores the message).
+    Engine(crate::engine::EngineHandle),
+}
+
+#[derive(Debug, Clone)]
+pub struct MessagesOptions {
+    pub dir: PathBuf,
+    /// The program and arguments that run a worker ([`worker_main`] behind them).
+    pub worker_command: Vec<String>,
+    pub n_agents: u32,
+    pub n_messages: u64,
+    /// Runs, each on a fresh store; medians are reported.
+    pub repeats: u32,
+    /// Send through the engine (a worker's `message/send` path) instead of straight to the store.
+    pub through_engine: bool,
+}
+
+/// Durable messages between worker agents: `n_messages` sent by 64 concurrent senders straight
+/// to the store, to `n_agents` real worker processes, each acknowledged by its recipient; three
+/// runs, each on a fresh store, and their medians ([`messages_with`] for other choices).
 pub async fn messages(
     dir: PathBuf,
     worker_command: Vec<String>,
@@ -565,9 +612,62 @@ pub async fn messages(
     n_messages: u64,
     say: impl Fn(String),
 ) -> Result<MessagesReport, String> {
+    let options = MessagesOptions { dir, worker_command, n_agents, n_messages, repeats: 3, through_engine: false };
+    messages_with(options, say).await
+}
+
+/// Durable messages between worker agents, `repeats` times on a fresh store each: `n_messages`
+/// sent by 64 concurrent senders to `n_agents` real worker processes, each acknowledged by its
+/// recipient. Medians over the runs.
+pub async fn messages_with(options: MessagesOptions, say: impl Fn(String)) -> Result<MessagesReport, String> {
+    let MessagesOptions { dir, worker_command, n_agents, n_messages, repeats, through_engine } = options;
+    let mut runs = Vec::new();
+    for run in 0..repeats.max(1) {
+        let figures = messages_run(&dir, &worker_command, n_agents, n_messages, run, through_engine, &say).await?;
+        say(format!(
+            "messages run {}: {:.0}/s stored, {:.0}/s acknowledged, delivery latency p50 {} ms, p99 {} ms",
+            run + 1,
+            figures.sent_per_second,
+            figures.delivered_per_second,
+            figures.latency_p50_ms,
+            figures.latency_p99_ms
+        ));
+        runs.push(figures);
+    }
+    let report = MessagesReport {
+        n_agents,
+        n_messages,
+        through_engine,
+        sent_per_second: median(runs.iter().map(|run| run.sent_per_second).collect()),
+        delivered_per_second: median(runs.iter().map(|run| run.delivered_per_second).collect()),
+        latency_p50_ms: median(runs.iter().map(|run| run.latency_p50_ms).collect()),
+        latency_p99_ms: median(runs.iter().map(|run| run.latency_p99_ms).collect()),
+        runs,
+    };
+    say(format!(
+        "messages, median of {} runs: {:.0}/s stored, {:.0}/s acknowledged, delivery latency (sent to acknowledged) \
+         p50 {} ms, p99 {} ms",
+        report.runs.len(),
+        report.sent_per_second,
+        report.delivered_per_second,
+        report.latency_p50_ms,
+        report.latency_p99_ms
+    ));
+    Ok(report)
+}
+
+async fn messages_run(
+    dir: &std::path::Path,
+    worker_command: &[String],
+    n_agents: u32,
+    n_messages: u64,
+    run: u32,
+    through_engine: bool,
+    say: &impl Fn(String),
+) -> Result<MessagesRun, String> {
     use baton_core::messages::{DeliveryState, NewMessage, Recipient};
 
-    std::fs::create_dir_all(&dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
     let command = worker_command.iter().map(|arg| format!("{arg:?}")).collect::<Vec<_>>().join(", ");
     let mut text = "[orchestration]\nname = \"messages\"\n".to_string();
     for idx in 0..n_agents {
@@ -575,7 +675,7 @@ pub async fn messages(
     }
     let plan = config::load("messages.toml", &text, &Default::default()).map_err(|error| error.to_string())?;
     let Launched { store, handle, shutdown, engine } =
-        launch(&dir.join("messages.db"), Options::default(), plan, worker_runtimes(&dir))?;
+        launch(&dir.join(format!("messages-{run}.db")), Options::default(), plan, worker_runtimes(dir))?;
     let mut run_id = handle.run_id();
     let run_id = run_id.wait_for(Option::is_some).await.map_err(|e| e.to_string())?.clone().unwrap_or_default();
     // Let the workers start before the clock runs.
@@ -587,8 +687,11 @@ pub async fn messages(
     let n_senders = 64u64;
     let mut senders = Vec::new();
     for sender in 0..n_senders {
-        let store = Arc::clone(&store);
-        let run_id = run_id.clone();
+        let route = if through_engine {
+            Route::Engine(handle.clone())
+        } else {
+            Route::Store(Arc::clone(&store), run_id.clone())
+        };
         senders.push(tokio::spawn(async move {
             let mut idx = sender;
             while idx < n_messages {
@@ -603,13 +706,35 @@ pub async fn messages(
                 };
                 // A full inbox pushes back: the sender waits and tries again.
                 loop {
-                    let now = crate::clock::Clock::system().now();
-                    match store.send_message(&run_id, format!("m{idx}"), message.clone(), vec![to.clone()], now).await {
-                        Ok(_) => break,
-                        Err(error) if error.to_string().contains("is full") => {
+                    let sent = match &route {
+                        // As a worker's `message/send` goes: to the engine, whose post office
+                        // stores it and answers once it is durable.
+                        Route::Engine(handle) => {
+                            let (reply, answer) = tokio::sync::oneshot::channel();
+                            let event = crate::agent::AgentEvent::SendMessage {
+                                agent: "bench".into(),
+                                message: message.clone(),
+                                reply,
+                            };
+                            handle.report(event).map_err(|error| error.to_string())?;
+                            answer.await.map_err(|_| "the engine stopped".to_string())?.map(|_| ())
+                        }
+                        Route::Store(store, run_id) => {
+                            let now = crate::clock::Clock::system().now();
+                            let id = format!("m{idx}");
+                            store
+                                .send_message(run_id, id, message.clone(), vec![to.clone()], now)
+                                .await
+                                .map(|_| ())
+                                .map_err(|error| error.to_string())
+                        }
+                    };
+                    match sent {
+                        Ok(()) => break,
+                        Err(error) if error.contains("is full") => {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        Err(error) => return Err(error.to_string()),
+                        Err(error) => return Err(error),
                     }
                 }
                 idx += n_senders;
@@ -635,10 +760,18 @@ pub async fn messages(
     if acked != n_messages {
         return Err(format!("{acked} of {n_messages} messages were acknowledged"));
     }
-    Ok(MessagesReport {
-        n_agents,
-        n_messages,
+    let mut latencies: Vec<i64> = deliveries
+        .iter()
+        .filter_map(|delivery| delivery.acked_at.map(|acked_at| acked_at.0 - delivery.created_at.0))
+        .collect();
+    latencies.sort_unstable();
+    let percentile =
+        |p: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
+    Ok(MessagesRun {
         sent_per_second: n_messages as f64 / sent,
         delivered_per_second: n_messages as f64 / delivered,
+        latency_p50_ms: percentile(0.50),
+        latency_p99_ms: percentile(0.99),
+        latency_max_ms: latencies.last().copied().unwrap_or(0),
     })
 }
