@@ -94,8 +94,16 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let _ = std::fs::remove_dir_all(&temp);
             outcome
         }
-        Command::Bench { messages: true, tasks, agents, dir, json, .. } => {
-            bench_messages(*agents, tasks.unwrap_or(100_000), dir.clone(), *json).await
+        Command::Bench { messages: true, tasks, agents, repeats, through_engine, dir, json, .. } => {
+            let options = baton_runtime::bench::MessagesOptions {
+                dir: PathBuf::new(),
+                worker_command: Vec::new(),
+                n_agents: *agents,
+                n_messages: tasks.unwrap_or(100_000),
+                repeats: *repeats,
+                through_engine: *through_engine,
+            };
+            bench_messages(options, dir.clone(), *json).await
         }
         Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
             soak(*agents, tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
@@ -1116,23 +1124,32 @@ async fn soak(
     Ok(if report.all_succeeded && report.completed_exactly_once { 0 } else { 1 })
 }
 
-async fn bench_messages(n_agents: u32, n_messages: u64, dir: Option<PathBuf>, json: bool) -> Result<u8, Failure> {
+async fn bench_messages(
+    mut options: baton_runtime::bench::MessagesOptions,
+    dir: Option<PathBuf>,
+    json: bool,
+) -> Result<u8, Failure> {
     let temp = tempfile_dir()?;
     let exe = std::env::current_exe().context("finding the baton binary")?;
-    let worker = vec![exe.display().to_string(), "bench-worker".into()];
+    options.worker_command = vec![exe.display().to_string(), "bench-worker".into()];
+    options.dir = dir.unwrap_or_else(|| temp.clone());
     let report =
-        baton_runtime::bench::messages(dir.unwrap_or_else(|| temp.clone()), worker, n_agents, n_messages, |line| {
-            eprintln!("{line}")
-        })
-        .await
-        .map_err(Failure::run)?;
+        baton_runtime::bench::messages_with(options, |line| eprintln!("{line}")).await.map_err(Failure::run)?;
     let _ = std::fs::remove_dir_all(&temp);
     if json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
     } else {
         println!(
-            "messages: {} to {} worker agents: {:.0}/s stored durably, {:.0}/s stored and acknowledged (target >= 50,000/s)",
-            report.n_messages, report.n_agents, report.sent_per_second, report.delivered_per_second
+            "messages: {} to {} worker agents{}, median of {} runs: {:.0}/s stored durably, {:.0}/s stored and \
+             acknowledged (target >= 50,000/s); delivery latency, sent to acknowledged: p50 {} ms, p99 {} ms",
+            report.n_messages,
+            report.n_agents,
+            if report.through_engine { " through the engine" } else { "" },
+            report.runs.len(),
+            report.sent_per_second,
+            report.delivered_per_second,
+            report.latency_p50_ms,
+            report.latency_p99_ms
         );
     }
     Ok(0)

@@ -231,7 +231,7 @@ pub enum Command {
         /// Tasks in the lifecycle figure (default 20,000), or in the soak (default 100,000).
         #[arg(long)]
         tasks: Option<u64>,
-        /// Lifecycle runs; the median is reported.
+        /// Lifecycle (or messages) runs; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: u32,
         /// Seconds of load for the dispatch-latency figure.
@@ -251,6 +251,10 @@ pub enum Command {
         /// Measure durable messages between worker agents instead.
         #[arg(long)]
         messages: bool,
+        /// Messages: send through the engine, as a worker's `message/send` does, instead of
+        /// straight to the store.
+        #[arg(long)]
+        through_engine: bool,
         /// Soak: worker agents.
         #[arg(long, default_value_t = 200)]
         agents: u32,
