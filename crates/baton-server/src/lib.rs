@@ -239,7 +239,18 @@ async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -
             status: status.as_u16(),
             detail: None,
         };
-        if let Err(error) = state.store().record_audit(entry).await {
+        // An operator's request answers once its audit entry is durable. A worker's traffic
+        // (claims, heartbeats, results: many per second) does not wait for it: the entry goes
+        // into the store's next group commit, so a crash in the millisecond after the answer
+        // can lose the entry of a request whose effect was recorded.
+        if route.starts_with("/agent/") {
+            let store = Arc::clone(&state.shared.store);
+            tokio::spawn(async move {
+                if let Err(error) = store.record_audit(entry).await {
+                    tracing::error!(%error, "audit entry not written");
+                }
+            });
+        } else if let Err(error) = state.store().record_audit(entry).await {
             tracing::error!(%error, "audit entry not written");
         }
     }
