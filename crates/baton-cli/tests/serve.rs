@@ -200,6 +200,18 @@ print(json.dumps({
     assert_eq!(task["task"]["result"], json!({"own": 200, "as_other": 403, "cancel": 403}), "{task}");
     let (status, _) = served.request("POST", "/tasks", Some(json!({"title": "a viewer may not"})));
     assert_eq!(status, 403);
+    // The audit log has both the agent's refused cancel and the viewer's refused create.
+    let audit = project.baton(&["audit", "--json"]);
+    assert!(audit.status.success(), "{}", common::stderr(&audit));
+    let entries: Vec<Value> = common::stdout(&audit).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(entries[0]["actor"], "viewer");
+    assert_eq!((entries[0]["action"].as_str(), entries[0]["outcome"].as_str()), (Some("POST /tasks"), Some("denied")));
+    assert!(
+        entries.iter().any(|entry| entry["actor"] == "agent:caller" && entry["action"] == "POST /tasks/{id}/cancel"),
+        "{entries:?}"
+    );
+    let table = project.baton(&["audit", "--actor", "viewer"]);
+    assert!(common::stdout(&table).contains("denied"), "{}", common::stdout(&table));
     let (code, stderr) = served.stop();
     assert_eq!(code, 0, "{stderr}");
 }

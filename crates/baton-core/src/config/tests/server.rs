@@ -122,9 +122,9 @@ fn auth_is_read_with_its_defaults() {
 #[test]
 fn auth_errors_name_the_place() {
     let auth = |body: &str| errors(&format!("{MINIMAL}\n[auth]\n{body}\n"));
-    assert_eq!(
-        auth("secret_env = \"BATON_JWT_SECRET\""),
-        "baton.toml:38:14: environment variable `BATON_JWT_SECRET` named by auth.secret_env is not set; set it to the secret that signs the API's tokens"
+    // An unset variable is not an error of the file: `baton status` needs no secret.
+    assert!(
+        load("baton.toml", &format!("{MINIMAL}\n[auth]\nsecret_env = \"UNSET_SECRET\"\n"), &BTreeMap::new()).is_ok()
     );
     assert_eq!(
         auth("secret_env = \"hunter2 is my secret\""),
