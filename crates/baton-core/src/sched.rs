@@ -1531,7 +1531,7 @@ mod reconfigure;
 mod schedules;
 mod supervise;
 
-pub use reconfigure::ReloadSummary;
+pub use reconfigure::{ReloadSummary, runtime_changed};
 
 /// Who holds a resource.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

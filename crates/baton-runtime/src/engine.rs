@@ -536,7 +536,7 @@ impl Engine {
                                     Ok(restarted) => {
                                         // A new runtime when how the agent runs changed: the old one
                                         // is stopped (the scheduler restarts the agent if it ran).
-                                        if (restarted || before.is_none_or(|before| !same_runtime(&before, &spec)))
+                                        if (restarted || before.is_none_or(|before| baton_core::sched::runtime_changed(&before, &spec)))
                                             && let Some(old) = shell.runtimes.insert(name, runtime)
                                         {
                                             shell.tracker.spawn(async move { old.stop().await });
@@ -954,20 +954,6 @@ async fn handle_command(
     }
 }
 
-/// Whether two specs of an agent run it the same way (a change elsewhere needs no new runtime).
-fn same_runtime(a: &AgentSpec, b: &AgentSpec) -> bool {
-    a.runtime == b.runtime
-        && a.mode == b.mode
-        && a.command == b.command
-        && a.env == b.env
-        && a.env_passthrough == b.env_passthrough
-        && a.workdir == b.workdir
-        && a.limits == b.limits
-        && a.terminal == b.terminal
-        && a.heartbeat_timeout == b.heartbeat_timeout
-        && a.max_message_size == b.max_message_size
-}
-
 /// A command the scheduler refused, for the caller.
 fn refused(error: baton_core::sched::Error) -> Error {
     Error::Refused(error)
@@ -1018,7 +1004,7 @@ impl Shell {
     fn replace_runtimes(&mut self, before: &[AgentSpec], after: &[AgentSpec], factory: &RuntimeFactory) {
         for spec in after {
             let previous = before.iter().find(|old| old.name == spec.name);
-            if previous.is_some_and(|old| same_runtime(old, spec)) {
+            if previous.is_some_and(|old| !baton_core::sched::runtime_changed(old, spec)) {
                 continue;
             }
             if let Some(old) = self.runtimes.insert(spec.name.clone(), factory(spec)) {

@@ -56,9 +56,9 @@ impl ReloadSummary {
 }
 
 /// Whether two specs of an agent differ in what its runtime was built from: such a change
-/// needs a new runtime, so a running agent is restarted. The engine's `same_runtime` is the
-/// same list: it builds the new runtime exactly when this says so.
-fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
+/// needs a new runtime, so a running agent is restarted. The engine builds the new runtime
+/// exactly when this says so.
+pub fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
     old.runtime != new.runtime
         || old.mode != new.mode
         || old.command != new.command
@@ -493,12 +493,15 @@ impl Scheduler {
         }
         self.plan.tasks = new_plan.tasks.clone();
 
-        fx.writes.push(Write::Event(EventKind::ConfigReloaded {
-            added: summary.added.clone(),
-            removed: summary.removed.clone(),
-            updated: summary.updated.clone(),
-            not_applied: summary.not_applied.clone(),
-        }));
+        // A save that changed nothing (an editor touching the file) is not news.
+        if !summary.is_empty() || !summary.not_applied.is_empty() {
+            fx.writes.push(Write::Event(EventKind::ConfigReloaded {
+                added: summary.added.clone(),
+                removed: summary.removed.clone(),
+                updated: summary.updated.clone(),
+                not_applied: summary.not_applied.clone(),
+            }));
+        }
         self.step(now, fx);
         Ok(summary)
     }

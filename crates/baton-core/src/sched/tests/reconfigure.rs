@@ -462,3 +462,12 @@ fn reconfigure_changes_nothing_when_it_fails() {
     assert!(fx.is_empty());
     assert_eq!(h.sched.plan().settings.max_concurrent_agents, 4);
 }
+
+#[test]
+fn a_reload_that_changes_nothing_writes_no_event() {
+    let mut h = live();
+    let mut summary = None;
+    h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(PLAN), now, fx).unwrap()));
+    assert!(summary.unwrap().is_empty());
+    assert!(!h.store.events.iter().any(|event| matches!(event, EventKind::ConfigReloaded { .. })));
+}
