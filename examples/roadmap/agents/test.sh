@@ -13,5 +13,5 @@ case "$1" in
         fi
         done_with "40 properties, 10000 cases each" ;;
     coverage-report) work 0.3; done_with "line coverage 78%" ;;
-    *) log "unknown task $1"; exit 2 ;;
+    *) work 0.2; done_with "$BATON_TASK_TITLE: done" ;;
 esac
