@@ -1,7 +1,7 @@
 //! Schedules and budgets over the API: read them, pause and resume a schedule, set a budget's
 //! limit until its reset — what `baton schedules`, `baton schedule` and `baton budget` do.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use baton_core::budget::{Scope, UsageRecord};
 
-use crate::api::Body;
+use crate::api::{Body, PathParams};
 use crate::auth::{Access, Caller};
 use crate::{ApiError, AppState, json};
 
@@ -82,12 +82,9 @@ async fn find_schedule(state: &AppState, name: &str) -> Result<(), ApiError> {
 pub async fn pause_schedule(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
-    find_schedule(&state, &name).await?;
-    state.engine().pause_schedule(name).await?;
-    schedules(State(state), caller).await
+    set_paused(state, caller, name, true).await
 }
 
 /// Resumes a paused schedule: it fires from its next due time on.
@@ -96,11 +93,24 @@ pub async fn pause_schedule(
 pub async fn resume_schedule(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, ApiError> {
+    set_paused(state, caller, name, false).await
+}
+
+async fn set_paused(
+    state: AppState,
+    caller: Extension<Caller>,
+    name: String,
+    paused: bool,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Operate)?;
     find_schedule(&state, &name).await?;
-    state.engine().resume_schedule(name).await?;
+    if paused {
+        state.engine().pause_schedule(name).await?;
+    } else {
+        state.engine().resume_schedule(name).await?;
+    }
     schedules(State(state), caller).await
 }
 
@@ -183,7 +193,7 @@ pub struct LimitInput {
 pub async fn set_budget(
     State(state): State<AppState>,
     caller: Extension<Caller>,
-    Path(scope): Path<String>,
+    PathParams(scope): PathParams<String>,
     Body(input): Body<LimitInput>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Operate)?;
