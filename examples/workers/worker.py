@@ -11,13 +11,17 @@ protocol: {"steps": N} reports N progress steps; {"fail": "why"} fails the task;
 {"subtasks": ["title" or {task}, ...]} creates sub-tasks; {"tokens": N} reports usage;
 {"send": {"to": "agent", "body": "..."}} sends a message; {"lease": "file:X"} holds a resource
 lease while the task works. A message whose body contains "ping" is answered with "pong" to its
-sender.
+sender. Messages come one per `message/deliver`, or several per `message/deliver_batch`, which
+it declares in its answer to `initialize`.
 
 Flags for tests: --crash-on-start (exit after `initialize`), --crash-once FILE (the same, the
 first time only: FILE remembers), --go-silent-after N (stop heartbeating and answering after N
-tasks), --garbage (send malformed messages at start).
+tasks), --garbage (send malformed messages at start), --no-batches (do not declare
+`message/deliver_batch`), --refuse WORD (in a batch, refuse the messages whose body contains
+WORD: they are delivered again).
 """
 
+import itertools
 import json
 import os
 import sys
@@ -30,6 +34,7 @@ out_lock = threading.Lock()
 silent = threading.Event()
 next_id = 1000
 pending = {}  # id -> (event, reply dict) for requests we send to Baton
+pong_ids = itertools.count(5000)
 
 
 def send(message):
@@ -90,6 +95,13 @@ def run_task(request_id, task):
                                         "summary": f"{task['title']}: done"}})
 
 
+def receive_message(params):
+    log(f"message from {params['from']}: {params['body']}")
+    if "ping" in params["body"]:
+        send({"id": next(pong_ids), "method": "message/send",
+              "params": {"to": params["from"], "body": "pong", "correlation_id": params["message_id"]}})
+
+
 def heartbeat():
     while True:
         time.sleep(HEARTBEAT_SECONDS)
@@ -122,7 +134,9 @@ def main():
         params = message.get("params") or {}
         if method == "initialize":
             log(f"initialized as {params['agent']} with {params['capabilities']}")
-            send({"id": message["id"], "result": {"name": "python-example-worker", "protocol_version": "1"}})
+            # `deliver_batch`: several messages may come in one `message/deliver_batch`.
+            send({"id": message["id"], "result": {"name": "python-example-worker", "protocol_version": "1",
+                                                  "deliver_batch": "--no-batches" not in sys.argv}})
             if crash_on_start:
                 log("crashing on purpose")
                 sys.exit(3)
@@ -141,11 +155,19 @@ def main():
                 continue
             threading.Thread(target=run_task, args=(message["id"], params), daemon=True).start()
         elif method == "message/deliver":
-            log(f"message from {params['from']}: {params['body']}")
+            receive_message(params)
             send({"id": message["id"], "result": {}})
-            if "ping" in params["body"]:
-                send({"id": 5000 + n_tasks, "method": "message/send",
-                      "params": {"to": params["from"], "body": "pong", "correlation_id": params["message_id"]}})
+        elif method == "message/deliver_batch":
+            log(f"batch of {len(params['messages'])} message(s)")
+            acked, errors = [], {}
+            for delivered in params["messages"]:
+                if "--refuse" in sys.argv and sys.argv[sys.argv.index("--refuse") + 1] in delivered["body"]:
+                    log(f"refusing: {delivered['body']}")
+                    errors[delivered["message_id"]] = "refused on purpose"
+                    continue
+                receive_message(delivered)
+                acked.append(delivered["message_id"])
+            send({"id": message["id"], "result": {"acked": acked, "errors": errors}})
         elif method == "task/cancel":
             log(f"asked to cancel task {params.get('task_id')}")
         elif method == "shutdown":

@@ -122,6 +122,14 @@ pub trait AgentRuntime: Send + Sync + 'static {
         Err("this agent takes messages with its tasks".into())
     }
 
+    /// Hands several messages for this agent to it at once; the result for each delivery, in
+    /// order. By default one [`AgentRuntime::deliver`] per message, all at once; a runtime that
+    /// can acknowledge many messages in one exchange (a worker that declared
+    /// `message/deliver_batch`) does better.
+    async fn deliver_batch(&self, deliveries: &[baton_core::messages::Delivery]) -> Vec<Result<(), String>> {
+        futures::future::join_all(deliveries.iter().map(|delivery| self.deliver(delivery))).await
+    }
+
     /// Whether [`AgentRuntime::deliver`] works for this agent.
     fn takes_messages(&self) -> bool {
         false

@@ -353,9 +353,10 @@ pub struct SoakReport {
     pub requeue_max_ms: i64,
 }
 
-/// A minimal worker for the soak: answers `initialize`, completes every `task/assign` at once,
-/// heartbeats, exits on `shutdown` or when its stdin closes. Synchronous and dependency-free, so
-/// that hundreds of them are cheap.
+/// A minimal worker for the soak and the message benchmark: answers `initialize` (declaring
+/// `message/deliver_batch`), completes every `task/assign` and acknowledges every message at
+/// once, heartbeats, exits on `shutdown` or when its stdin closes. Synchronous and
+/// dependency-free, so that hundreds of them are cheap.
 pub fn worker_main() {
     use std::io::{BufRead, Write};
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
@@ -378,7 +379,14 @@ pub fn worker_main() {
         let Some(id) = message.get("id").cloned() else { continue };
         let method = message.get("method").and_then(serde_json::Value::as_str).unwrap_or_default();
         let result = match method {
+            "initialize" => serde_json::json!({ "deliver_batch": true }),
             "task/assign" => serde_json::json!({ "ok": true }),
+            "message/deliver_batch" => {
+                let messages = message.pointer("/params/messages").and_then(serde_json::Value::as_array);
+                let acked: Vec<&serde_json::Value> =
+                    messages.into_iter().flatten().filter_map(|delivered| delivered.get("message_id")).collect();
+                serde_json::json!({ "acked": acked })
+            }
             _ => serde_json::json!({}),
         };
         let reply = serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result });

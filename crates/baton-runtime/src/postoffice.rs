@@ -2,7 +2,10 @@
 //! tries again with backoff until they are acknowledged or dead-lettered.
 //!
 //! Messages are durable before anyone is told of them (`Store::send_message`); delivery is
-//! at-least-once: a worker acknowledges a message by answering `message/deliver`, and one that
+//! at-least-once: each round hands every worker its due messages at once
+//! (`AgentRuntime::deliver_batch`: one `message/deliver_batch`, or one `message/deliver` per
+//! message), and settles all the round's outcomes in one store operation. A worker acknowledges
+//! a message by answering its `message/deliver` (or listing it in its batch's answer), and one that
 //! does not (busy, crashed, slow) gets it again after 1 s, 2 s, 4 s… until the last try, after
 //! which the message is dead-lettered with an event. Per-task agents take their messages with
 //! their next task (see `process::ProcessAgent`).
@@ -165,16 +168,29 @@ impl PostOffice {
             };
             more = !due.is_empty() || previous.is_some();
             let runtimes = &runtimes;
-            let attempts = due.into_iter().take(BATCH as usize).map(|delivery| async move {
-                let runtime = runtimes.get(&delivery.to).cloned();
-                let result = match runtime {
-                    Some(runtime) => match tokio::time::timeout(DELIVERY_TIMEOUT, runtime.deliver(&delivery)).await {
-                        Ok(result) => result,
-                        Err(_) => Err("not acknowledged in time".to_string()),
-                    },
-                    None => Err(format!("no agent {}", delivery.to)),
+            // One batch per recipient, in the order the store gave them (oldest first).
+            let mut batches: Vec<(String, Vec<Delivery>)> = Vec::new();
+            for delivery in due.into_iter().take(BATCH as usize) {
+                match batches.iter_mut().find(|(to, _)| *to == delivery.to) {
+                    Some((_, batch)) => batch.push(delivery),
+                    None => batches.push((delivery.to.clone(), vec![delivery])),
+                }
+            }
+            let attempts = batches.into_iter().map(|(to, batch)| async move {
+                let results = match runtimes.get(&to).cloned() {
+                    Some(runtime) => {
+                        match tokio::time::timeout(DELIVERY_TIMEOUT, runtime.deliver_batch(&batch)).await {
+                            Ok(results) => results,
+                            Err(_) => vec![Err("not acknowledged in time".to_string()); batch.len()],
+                        }
+                    }
+                    None => vec![Err(format!("no agent {to}")); batch.len()],
                 };
-                (delivery, result)
+                debug_assert_eq!(results.len(), batch.len(), "one result per delivery");
+                // A delivery without a result was not acknowledged: it is tried again.
+                let mut results = results;
+                results.resize(batch.len(), Err("not acknowledged".to_string()));
+                batch.into_iter().zip(results).collect::<Vec<_>>()
             });
             let committed = async {
                 if let Some((_, commit)) = previous {
@@ -182,11 +198,11 @@ impl PostOffice {
                 }
             };
             let (results, ()) = tokio::join!(futures::future::join_all(attempts), committed);
+            let results: Vec<(Delivery, Result<(), String>)> = results.into_iter().flatten().collect();
             if results.is_empty() {
                 continue;
             }
             let now = self.clock.now();
-            let results: Vec<(Delivery, Result<(), String>)> = results;
             let ids: HashSet<i64> = results.iter().map(|(delivery, _)| delivery.id).collect();
             let outcomes: Vec<(Delivery, DeliveryOutcome)> = results
                 .into_iter()

@@ -7,7 +7,7 @@
 //! mode they never wait for the writer.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -783,6 +783,36 @@ fn insert_message(
 
 /// Acknowledges or dead-letters a delivery. Only a pending delivery leaves its recipient's
 /// inbox; settling one that was settled already rewrites it as before, without counting it twice.
+/// Acknowledges deliveries in one statement (the ids go in as one JSON array); those that
+/// were no longer pending (settled twice) are updated one by one as [`settle_final`] does.
+fn settle_acked(ctx: &mut WriteCtx<'_>, ids: &[i64], now: Timestamp) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let id_list = serde_json::to_string(ids).map_err(|error| Error::Corrupt(error.to_string()))?;
+    let mut left_inbox: Vec<(i64, String, String)> = Vec::with_capacity(ids.len());
+    {
+        let mut stmt = ctx.tx.prepare_cached(
+            "UPDATE deliveries SET state = 'acked', attempts = attempts + 1, acked_at = ?2 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending' RETURNING id, run_id, recipient",
+        )?;
+        let rows = stmt.query_map(params![id_list, now.0], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        for row in rows {
+            left_inbox.push(row?);
+        }
+    }
+    for (_, run_id, recipient) in &left_inbox {
+        ctx.inbox.add(run_id, recipient, -1);
+    }
+    if left_inbox.len() < ids.len() {
+        let settled: HashSet<i64> = left_inbox.iter().map(|(id, _, _)| *id).collect();
+        for id in ids.iter().filter(|id| !settled.contains(id)) {
+            settle_final(ctx, *id, "acked", None, now)?;
+        }
+    }
+    Ok(())
+}
+
 fn settle_final(ctx: &mut WriteCtx<'_>, id: i64, state: &str, error: Option<&str>, now: Timestamp) -> Result<()> {
     let acked_at = (state == "acked").then_some(now.0);
     let left_inbox: Option<(String, String)> = ctx
@@ -1407,12 +1437,22 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<()> {
         let run_id = run_id.to_string();
+        // Sorted here, not in the writer: of an acknowledged delivery the writer needs only its
+        // id, and dropping the rest (its body, data, names) there cost the writer, the busiest
+        // thread, a tenth of its time.
+        let mut acked: Vec<i64> = Vec::with_capacity(outcomes.len());
+        let mut unacked: Vec<(Delivery, DeliveryOutcome)> = Vec::new();
+        for (delivery, outcome) in outcomes {
+            match outcome {
+                DeliveryOutcome::Acked => acked.push(delivery.id),
+                other => unacked.push((delivery, other)),
+            }
+        }
         self.write(move |ctx| {
-            for (delivery, outcome) in outcomes {
+            settle_acked(ctx, &acked, now)?;
+            for (delivery, outcome) in unacked {
                 match outcome {
-                    DeliveryOutcome::Acked => {
-                        settle_final(ctx, delivery.id, "acked", None, now)?;
-                    }
+                    DeliveryOutcome::Acked => settle_final(ctx, delivery.id, "acked", None, now)?,
                     DeliveryOutcome::Retry { at, error } => {
                         ctx.tx
                             .prepare_cached(

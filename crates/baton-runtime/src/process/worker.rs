@@ -3,7 +3,8 @@
 //! `docs/agent-protocol.md`).
 //!
 //! Baton sends `initialize` when the process starts, `task/assign` for each attempt (the
-//! response is the outcome), `task/cancel`, and `shutdown`. The worker may send `heartbeat`,
+//! response is the outcome), `task/cancel`, `message/deliver` (or `message/deliver_batch`, to a
+//! worker that declared it in its answer to `initialize`), and `shutdown`. The worker may send `heartbeat`,
 //! `task/progress`, `task/create`, `usage/report` and `log`. Anything it sends counts as a sign
 //! of life. A malformed line, an unknown method, an oversized message or a response to an
 //! unknown id is answered with a JSON-RPC error (or logged) and counted; it never stops Baton
@@ -65,6 +66,9 @@ struct Connection {
     exit_reason: Mutex<Option<String>>,
     /// Protocol errors seen (malformed lines, unknown methods, stray responses...).
     protocol_errors: AtomicU64,
+    /// The worker declared `"deliver_batch": true` in its answer to `initialize`: it takes
+    /// `message/deliver_batch`.
+    deliver_batch: AtomicBool,
 }
 
 impl Connection {
@@ -78,6 +82,33 @@ impl Connection {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
         self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
         (id, answer)
+    }
+
+    /// A request whose params are serialized straight from `params` (no `Value` built first:
+    /// deliveries are the hot path). Keys stay in sorted order as long as `params`' are.
+    fn request_with<T: serde::Serialize>(&self, method: &str, params: &T) -> (u64, oneshot::Receiver<Reply>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
+        let params = serde_json::to_string(params).unwrap_or_else(|_| "{}".into());
+        let method = Value::from(method);
+        let _ = self.outgoing.send(format!(r#"{{"id":{id},"jsonrpc":"2.0","method":{method},"params":{params}}}"#));
+        (id, answer)
+    }
+
+    /// Waits for the answer to request `id`; an error if the worker answers with one or exits.
+    async fn answer(&self, id: u64, answer: oneshot::Receiver<Reply>) -> Result<Value, String> {
+        tokio::select! {
+            reply = answer => match reply {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(error)) => Err(error.message),
+                Err(_) => Err(format!("agent exited: {}", self.exit_reason())),
+            },
+            () = self.exited.cancelled() => {
+                self.forget(id);
+                Err(format!("agent exited: {}", self.exit_reason()))
+            }
+        }
     }
 
     fn notify(&self, method: &str, params: Value) {
@@ -172,6 +203,7 @@ impl WorkerAgent {
             exited: CancellationToken::new(),
             exit_reason: Mutex::new(None),
             protocol_errors: AtomicU64::new(0),
+            deliver_batch: AtomicBool::new(false),
         });
         let attempt_key = Attempt {
             run_id: context.run_id.clone(),
@@ -502,6 +534,60 @@ impl Reader {
     }
 }
 
+/// A message as `message/deliver` and `message/deliver_batch` hand it to a worker. Fields in
+/// sorted order, as in every message Baton sends.
+#[derive(serde::Serialize)]
+struct DeliveredMessage<'a> {
+    attempt: u32,
+    body: &'a str,
+    correlation_id: &'a Option<String>,
+    data: &'a Value,
+    from: &'a str,
+    message_id: &'a str,
+    task_id: Option<TaskId>,
+    topic: &'a Option<String>,
+}
+
+impl<'a> From<&'a baton_core::messages::Delivery> for DeliveredMessage<'a> {
+    fn from(delivery: &'a baton_core::messages::Delivery) -> DeliveredMessage<'a> {
+        DeliveredMessage {
+            attempt: delivery.attempts + 1,
+            body: &delivery.body,
+            correlation_id: &delivery.correlation_id,
+            data: &delivery.data,
+            from: &delivery.from,
+            message_id: &delivery.message_id,
+            task_id: delivery.task,
+            topic: &delivery.topic,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct BatchParams<'a> {
+    messages: Vec<DeliveredMessage<'a>>,
+}
+
+/// The outcome of each delivery of a batch from the worker's answer,
+/// `{"acked": [message_id...], "errors"?: {message_id: reason}}`: a message is acknowledged
+/// only if its id is listed in `acked`; any other is tried again, with the reason the worker
+/// gave if it gave one.
+fn batch_results(deliveries: &[baton_core::messages::Delivery], result: &Value) -> Vec<Result<(), String>> {
+    let acked: std::collections::HashSet<&str> =
+        result.get("acked").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let errors = result.get("errors");
+    deliveries
+        .iter()
+        .map(|delivery| {
+            if acked.contains(delivery.message_id.as_str()) {
+                return Ok(());
+            }
+            let reason = errors.and_then(|errors| errors.get(&delivery.message_id)).and_then(Value::as_str);
+            Err(reason.unwrap_or("not acknowledged in the batch's answer").to_string())
+        })
+        .collect()
+}
+
 /// The message of a `message/send` request: `to` is an agent's name, `"*"` for every agent,
 /// or `"#topic"`.
 fn parse_message(agent: &str, params: &Value) -> Result<baton_core::messages::NewMessage, String> {
@@ -599,7 +685,9 @@ impl AgentRuntime for WorkerAgent {
             }
         };
         match reply {
-            Ok(Ok(_)) => {
+            Ok(Ok(result)) => {
+                let deliver_batch = result.get("deliver_batch").and_then(Value::as_bool).unwrap_or(false);
+                connection.deliver_batch.store(deliver_batch, Ordering::Relaxed);
                 *current = Some(connection);
                 Ok(())
             }
@@ -659,29 +747,27 @@ impl AgentRuntime for WorkerAgent {
         let Some(connection) = self.connection().await else {
             return Err("the agent is not running".into());
         };
-        let (id, answer) = connection.request(
-            "message/deliver",
-            json!({
-                "message_id": delivery.message_id,
-                "from": delivery.from,
-                "topic": delivery.topic,
-                "body": delivery.body,
-                "data": delivery.data,
-                "task_id": delivery.task,
-                "correlation_id": delivery.correlation_id,
-                "attempt": delivery.attempts + 1,
-            }),
-        );
-        tokio::select! {
-            reply = answer => match reply {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => Err(error.message),
-                Err(_) => Err(format!("agent exited: {}", connection.exit_reason())),
-            },
-            () = connection.exited.cancelled() => {
-                connection.forget(id);
-                Err(format!("agent exited: {}", connection.exit_reason()))
-            }
+        let (id, answer) = connection.request_with("message/deliver", &DeliveredMessage::from(delivery));
+        connection.answer(id, answer).await.map(|_| ())
+    }
+
+    async fn deliver_batch(&self, deliveries: &[baton_core::messages::Delivery]) -> Vec<Result<(), String>> {
+        let Some(connection) = self.connection().await else {
+            return vec![Err("the agent is not running".into()); deliveries.len()];
+        };
+        if !connection.deliver_batch.load(Ordering::Relaxed) {
+            let singles = deliveries.iter().map(|delivery| {
+                let (id, answer) = connection.request_with("message/deliver", &DeliveredMessage::from(delivery));
+                let connection = &connection;
+                async move { connection.answer(id, answer).await.map(|_| ()) }
+            });
+            return futures::future::join_all(singles).await;
+        }
+        let messages: Vec<DeliveredMessage<'_>> = deliveries.iter().map(DeliveredMessage::from).collect();
+        let (id, answer) = connection.request_with("message/deliver_batch", &BatchParams { messages });
+        match connection.answer(id, answer).await {
+            Ok(result) => batch_results(deliveries, &result),
+            Err(error) => vec![Err(error); deliveries.len()],
         }
     }
 
@@ -696,5 +782,52 @@ impl AgentRuntime for WorkerAgent {
             ))
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::Timestamp;
+    use baton_core::messages::{Delivery, DeliveryState};
+
+    fn delivery(message_id: &str) -> Delivery {
+        Delivery {
+            id: 1,
+            message_id: message_id.into(),
+            from: "a".into(),
+            to: "b".into(),
+            topic: None,
+            body: "hi".into(),
+            data: Value::Null,
+            task: None,
+            correlation_id: None,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at: Timestamp(0),
+            created_at: Timestamp(0),
+            error: None,
+            acked_at: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_acknowledges_only_the_messages_its_answer_lists() {
+        let batch = [delivery("m1"), delivery("m2"), delivery("m3")];
+        let answer = json!({ "acked": ["m3", "m1", "unknown"], "errors": { "m2": "busy" } });
+        assert_eq!(batch_results(&batch, &answer), vec![Ok(()), Err("busy".to_string()), Ok(())]);
+        let silent = batch_results(&batch, &json!({}));
+        assert!(silent.iter().all(|result| result == &Err("not acknowledged in the batch's answer".to_string())));
+    }
+
+    #[test]
+    fn delivered_messages_have_their_keys_in_sorted_order() {
+        let mut message = delivery("m1");
+        message.attempts = 2;
+        let text = serde_json::to_string(&BatchParams { messages: vec![DeliveredMessage::from(&message)] }).unwrap();
+        assert_eq!(
+            text,
+            r#"{"messages":[{"attempt":3,"body":"hi","correlation_id":null,"data":null,"from":"a","message_id":"m1","task_id":null,"topic":null}]}"#
+        );
     }
 }
