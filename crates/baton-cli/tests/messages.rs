@@ -109,12 +109,14 @@ name = "builder"
 command = ["bash", "-c", "echo built"]
 capabilities = ["build"]
 
-# While it holds the lease, the editor creates the build task, which must wait for it.
+# While it holds the lease, the editor creates the build task, which must wait for it. The
+# editor works a second, so that the builder has started (only a started agent is dispatched
+# to, and the wait is said when a dispatch finds the resource held) on a busy machine too.
 [[tasks]]
 key = "edit"
 title = "Edit Cargo.toml"
 requires = ["edit"]
-input = { lease = "file:Cargo.toml", steps = 2, step_seconds = 0.1, subtasks = [{ key = "build", title = "Build", requires = ["build"], resources = ["file:Cargo.*"] }] }
+input = { lease = "file:Cargo.toml", steps = 2, step_seconds = 0.5, subtasks = [{ key = "build", title = "Build", requires = ["build"], resources = ["file:Cargo.*"] }] }
 "#;
     let project = Project::with(plan, &[("worker.py", WORKER_PY)]);
     let run = project.baton(&["run"]);
