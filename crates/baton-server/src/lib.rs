@@ -72,7 +72,7 @@ struct Shared {
     engine: EngineHandle,
     hub: RemoteHub,
     run_id: String,
-    plan: Plan,
+    plan: Arc<Plan>,
     auth: Option<Auth>,
     limiter: Option<metrics::Limiter>,
     log_dir: PathBuf,
@@ -92,7 +92,7 @@ impl AppState {
                 engine: options.engine,
                 hub: options.hub,
                 run_id: options.run_id,
-                plan: options.plan,
+                plan: Arc::new(options.plan),
                 auth: options.auth,
                 limiter,
                 log_dir: options.log_dir,
@@ -121,8 +121,9 @@ impl AppState {
     }
 
     /// The plan as it runs now (with agents added, updated or removed since the start).
-    pub fn plan(&self) -> Plan {
-        self.shared.engine.plan().map_or_else(|| self.shared.plan.clone(), |plan| (*plan).clone())
+    /// Shared, not copied: every agent-side request looks its agent up here.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.shared.engine.plan().unwrap_or_else(|| Arc::clone(&self.shared.plan))
     }
 
     /// The run's tasks per state: from the engine's counts while it runs (no query), else
