@@ -1,7 +1,7 @@
 //! Token budgets end to end: per-task agents print claude-shaped JSON results with `usage`; a
 //! small daily budget stops the agent mid-plan, `baton run` says it is blocked until the reset,
-//! SIGTERM leaves the run resumable, `baton budget` shows the use, and a raised limit lets the
-//! resumed run finish.
+//! SIGTERM leaves the run resumable, `baton budget` shows the use, a fresh run of the plan is
+//! held by the same day's budget, and a raised limit lets it finish.
 
 mod common;
 
@@ -105,21 +105,37 @@ async fn an_exhausted_budget_blocks_the_agent_until_an_operator_raises_the_limit
     let reported = events.iter().filter(|event| matches!(event.kind, EventKind::UsageReported { .. })).count();
     assert_eq!(reported, 3);
 
-    // An operator raises the limit; the resumed run finishes the plan.
+    // The budget is the plan's, not the run's: a fresh run does not start the day anew.
+    let (child, mut lines) = project.spawn(&["run", "--fresh"]);
+    lines.wait_for("task a waits for budget global: exhausted");
+    let status: serde_json::Value = serde_json::from_str(&stdout(&project.baton(&["status", "--json"]))).unwrap();
+    assert_eq!(status["budgets_exhausted"], serde_json::json!(["global"]));
+    assert_eq!(status["agents"]["blocked-budget"], serde_json::json!(["claude"]));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("stopped before the end (0/5 tasks done)"), "{}", stdout(&output));
+    let fresh = store.latest_run(None).await.unwrap().unwrap();
+    assert_ne!(fresh.id, run.id);
+
+    // An operator raises the limit; the resumed (fresh) run finishes the plan within it.
     let set = project.baton(&["budget", "set", "global", "--daily-tokens", "10000"]);
     assert_eq!(set.status.code(), Some(0), "{}", stderr(&set));
     let resumed = project.baton(&["run"]);
     assert_eq!(resumed.status.code(), Some(0), "{}\n{}", stdout(&resumed), stderr(&resumed));
     assert!(stdout(&resumed).contains("succeeded: 5/5 tasks"), "{}", stdout(&resumed));
-    let run = store.run(&run.id).await.unwrap().unwrap();
-    assert_eq!(run.state, RunState::Succeeded);
-    let usage = store.usage(&run.id, baton_core::Timestamp::ZERO).await.unwrap();
-    let global: u64 = usage
+    let fresh = store.run(&fresh.id).await.unwrap().unwrap();
+    assert_eq!(fresh.state, RunState::Succeeded);
+    let usage = store.usage(&fresh.id, baton_core::Timestamp::ZERO).await.unwrap();
+    let global: Vec<u64> = usage
         .iter()
         .filter(|record| record.scope == baton_core::budget::Scope::Global)
         .map(|record| record.spent.tokens)
-        .sum();
-    assert_eq!(global, 5000);
+        .collect();
+    assert_eq!(global, vec![8000], "the day's use of both runs: 3000, then 5000");
+    let budget: serde_json::Value = serde_json::from_str(&stdout(&project.baton(&["budget", "--json"]))).unwrap();
+    let global = budget["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap();
+    assert_eq!((global["used_tokens"].as_u64(), global["limit_tokens"].as_u64()), (Some(8000), Some(10000)));
     let bad = project.baton(&["budget", "set", "agent:nobody", "--daily-tokens", "1"]);
     assert_eq!(bad.status.code(), Some(2));
 }

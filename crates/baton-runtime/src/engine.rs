@@ -388,7 +388,7 @@ impl Engine {
         let clock = options.clock;
         let now = clock.now();
 
-        let (run, resumed) = open_run(&options, now).await?;
+        let OpenedRun { run, resumed, previous } = open_run(&options, now).await?;
         let run_id = run.id.clone();
         if resumed {
             // What the previous node's attempts left running on this host goes first.
@@ -414,7 +414,14 @@ impl Engine {
                 .push(Write::Event(EventKind::RunResumed { previous_owner: run.owner.clone(), requeued: n_requeued }));
         }
         let stored_agents = store.agents(&run_id).await?;
-        let stored_schedules = store.schedules(&run_id).await?;
+        // A schedule fires at most once per due time across the plan's runs: a new run goes on
+        // from the previous run's cursors (and pauses), and does not owe what it fired.
+        let mut stored_schedules = store.schedules(&run_id).await?;
+        if stored_schedules.is_empty()
+            && let Some(previous) = previous
+        {
+            stored_schedules = store.schedules(&previous).await?;
+        }
         // The budgets' usage of the current period: earlier periods no longer count.
         let usage = store.usage(&run_id, options.plan.budget.schedule().period_start(now)).await?;
         let mut sched = Scheduler::new(
@@ -718,13 +725,14 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 
 /// Finds the run to execute: the unfinished run of this plan (resumed), or a new one. Takes
 /// the claim on it.
-async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord, bool), Error> {
+async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<OpenedRun, Error> {
     let store = options.store.as_ref();
     let plan = &options.plan;
     let node = &options.node;
     let lease_ttl = options.plan.settings.lease_ttl;
-    let latest = store.latest_run(Some(&plan.name)).await?.filter(|run| run.state == RunState::Running);
-    if let Some(run) = latest {
+    let latest = store.latest_run(Some(&plan.name)).await?;
+    let previous = latest.as_ref().map(|run| run.id.clone());
+    if let Some(run) = latest.filter(|run| run.state == RunState::Running) {
         let held = run
             .owner
             .as_ref()
@@ -752,7 +760,7 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
             return Err(Error::Conflict(reason.clone()));
         }
         if !options.fresh {
-            return Ok((run, true));
+            return Ok(OpenedRun { run, resumed: true, previous: None });
         }
         // `--fresh`: the unfinished run is closed as abandoned, and a new one starts.
         let reason = "abandoned: a fresh run was started".to_string();
@@ -784,7 +792,16 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<(RunRecord,
         owner_pid: node.pid,
         owner_until: now.plus(lease_ttl),
     };
-    Ok((store.create_run(new_run, now).await?, false))
+    Ok(OpenedRun { run: store.create_run(new_run, now).await?, resumed: false, previous })
+}
+
+/// The run an engine works on ([`open_run`]).
+struct OpenedRun {
+    run: RunRecord,
+    /// An unfinished run taken over (resumed), not a new one.
+    resumed: bool,
+    /// For a new run, the plan's run before it: its schedules' cursors carry over.
+    previous: Option<String>,
 }
 
 /// Loads the run's tasks, creating those of the plan that the run does not have yet (a new

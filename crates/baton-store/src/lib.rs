@@ -388,8 +388,10 @@ pub trait Store: Send + Sync + 'static {
     /// The process groups recorded for a run; `forget` removes them from the store.
     async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 
-    /// Budget usage of a run per period and scope, from the period starting at `since` on,
-    /// with the limits operators set.
+    /// Budget usage of a run's plan per period and scope, from the period starting at `since`
+    /// on, with the limits operators set: budgets belong to the plan, so the usage of every run
+    /// with the run's name counts (one record per period and scope, added up; a limit set in a
+    /// later run replaces an earlier one). A fresh run does not start the day's budget anew.
     async fn usage(&self, run_id: &str, since: Timestamp) -> Result<Vec<UsageRecord>>;
 
     /// Records an entry in the audit log, durably before it returns, and gives its id.

@@ -1497,9 +1497,16 @@ impl Store for SqliteStore {
     async fn usage(&self, run_id: &str, since: Timestamp) -> Result<Vec<UsageRecord>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {
+            // Every run of the plan (the runs with this run's name), oldest first, so that an
+            // operator's limit set in a later run replaces one set earlier in the period.
             let mut stmt = conn.prepare_cached(
-                "SELECT period_start, scope_kind, scope_name, tokens, cost_usd, has_limit, limit_tokens, limit_cost_usd \
-                 FROM usage WHERE run_id = ?1 AND period_start >= ?2 ORDER BY period_start, scope_kind, scope_name",
+                "SELECT u.period_start, u.scope_kind, u.scope_name, u.tokens, u.cost_usd, u.has_limit, \
+                 u.limit_tokens, u.limit_cost_usd \
+                 FROM usage u LEFT JOIN runs r ON r.id = u.run_id \
+                 WHERE (u.run_id = ?1 OR u.run_id IN \
+                     (SELECT id FROM runs WHERE name = (SELECT name FROM runs WHERE id = ?1))) \
+                   AND u.period_start >= ?2 \
+                 ORDER BY u.period_start, u.scope_kind, u.scope_name, r.started_at, u.run_id",
             )?;
             let rows = stmt.query_map(params![run_id, since.0], |row| {
                 let kind: String = row.get(1)?;
@@ -1516,15 +1523,31 @@ impl Store for SqliteStore {
                     period_start: Timestamp(row.get(0)?),
                     scope,
                     spent: Spent { tokens: row.get::<_, i64>(3)?.max(0) as u64, cost_usd: row.get(4)? },
-                    limit: has_limit.then(|| -> rusqlite::Result<Limit> {
-                        Ok(Limit {
-                            daily_tokens: row.get::<_, Option<i64>>(6)?.map(|tokens| tokens.max(0) as u64),
-                            cost_usd: row.get(7)?,
+                    limit: has_limit
+                        .then(|| -> rusqlite::Result<Limit> {
+                            Ok(Limit {
+                                daily_tokens: row.get::<_, Option<i64>>(6)?.map(|tokens| tokens.max(0) as u64),
+                                cost_usd: row.get(7)?,
+                            })
                         })
-                    }).transpose()?,
+                        .transpose()?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            // One record per period and scope: the runs' usage added up, the latest limit.
+            let mut records: Vec<UsageRecord> = Vec::new();
+            for row in rows {
+                let row = row?;
+                match records.last_mut() {
+                    Some(last) if last.period_start == row.period_start && last.scope == row.scope => {
+                        last.spent.add(row.spent);
+                        if row.limit.is_some() {
+                            last.limit = row.limit;
+                        }
+                    }
+                    _ => records.push(row),
+                }
+            }
+            Ok(records)
         })
         .await
     }

@@ -535,7 +535,31 @@ pub async fn budget_usage_accumulates_per_period_and_scope(store: impl Store) {
     let today = store.usage("r1", Timestamp(T0.0 + day)).await.unwrap();
     assert_eq!(today.len(), 1, "only periods from `since` on");
     assert_eq!(today[0].spent.tokens, 30);
-    assert_eq!(store.usage("r2", Timestamp::ZERO).await.unwrap()[0].spent.tokens, 9, "runs are apart");
+    assert_eq!(store.usage("r2", Timestamp::ZERO).await.unwrap()[0].spent.tokens, 9, "plans are apart");
+
+    // A later run of the same plan (a fresh run) shares the period's budget: its usage adds to
+    // the earlier run's, and its operator's limit replaces the earlier one.
+    store.create_run(new_run("r3"), Timestamp(T0.0 + 5)).await.unwrap();
+    let raised = Limit { daily_tokens: Some(9000), cost_usd: Some(2.0) };
+    let writes = vec![
+        usage(0, Scope::Global, 300, 0.25, Vec::new()),
+        Write::BudgetLimit {
+            period_start: T0,
+            scope: Scope::Workstream("build".into()),
+            limit: raised,
+            events: vec![],
+        },
+    ];
+    store.apply("r3", T0, writes).await.unwrap();
+    for run in ["r1", "r3"] {
+        let plan = store.usage(run, Timestamp::ZERO).await.unwrap();
+        assert_eq!(plan.len(), 5, "one record per period and scope, from {run}");
+        let global = plan.iter().find(|record| record.period_start == T0 && record.scope == Scope::Global).unwrap();
+        assert_eq!(global.spent, Spent { tokens: 1000, cost_usd: 1.0 }, "the plan's runs add up, from {run}");
+        let build = plan.iter().find(|record| record.scope == Scope::Workstream("build".into())).unwrap();
+        assert_eq!(build.limit, Some(raised), "the later run's limit, from {run}");
+    }
+    assert_eq!(store.usage("r2", Timestamp::ZERO).await.unwrap()[0].spent.tokens, 9, "other plans are untouched");
     let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
     assert!(events.iter().any(|event| event.kind.name() == "BudgetThreshold"), "events go with the usage");
 }

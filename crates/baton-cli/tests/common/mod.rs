@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use baton_store::SqliteStore;
 use baton_store::sqlite::Options;
@@ -60,7 +60,7 @@ impl Project {
         let mut child =
             self.command(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
-        (child, Lines { reader: BufReader::new(stderr), seen: Vec::new() })
+        (child, Lines::new(stderr))
     }
 
     pub fn store(&self) -> SqliteStore {
@@ -73,28 +73,58 @@ impl Project {
 }
 
 /// The event lines a running `baton run` prints (plain mode: its stderr is not a terminal).
+///
+/// A thread reads them, so that a test waiting for a line that never comes fails after
+/// [`LINE_DEADLINE`] with what was printed, instead of hanging CI.
 pub struct Lines {
-    reader: BufReader<ChildStderr>,
+    lines: std::sync::mpsc::Receiver<String>,
     pub seen: Vec<String>,
 }
 
+/// How long a test waits for the next line before it fails: far longer than any step takes,
+/// even on a loaded machine.
+const LINE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Lines {
-    pub fn new(stderr: ChildStderr) -> Lines {
-        Lines { reader: BufReader::new(stderr), seen: Vec::new() }
+    pub fn new(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Lines { lines, seen: Vec::new() }
+    }
+
+    /// The next line, or `None` once the process has closed its stderr.
+    fn next_line(&mut self, waiting_for: &str) -> Option<String> {
+        match self.lines.recv_timeout(LINE_DEADLINE) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                "no line for {} s while waiting for {waiting_for}; baton printed:\n{}",
+                LINE_DEADLINE.as_secs(),
+                self.seen.join("")
+            ),
+        }
     }
 
     /// Reads lines until one contains `needle`; waiting on the process's own output, not on
     /// time. Panics if the process ends first.
     pub fn wait_for(&mut self, needle: &str) -> String {
-        loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "baton ended before printing `{needle}`; it printed:\n{}", self.seen.join(""));
-            self.seen.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
+        self.wait_for_any(&[needle])
     }
 
     /// Reads lines until each of `needles` has appeared, in any order.
@@ -108,21 +138,21 @@ impl Lines {
     }
 
     fn wait_for_any(&mut self, needles: &[&str]) -> String {
+        let waiting_for = format!("{needles:?}");
         loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "baton ended before printing {needles:?}; it printed:\n{}", self.seen.join(""));
-            self.seen.push(line.clone());
+            let Some(line) = self.next_line(&waiting_for) else {
+                panic!("baton ended before printing {waiting_for}; it printed:\n{}", self.seen.join(""));
+            };
             if needles.iter().any(|needle| line.contains(needle)) {
                 return line;
             }
         }
     }
 
+    /// Everything printed, up to the end of the process's stderr.
     pub fn rest(mut self) -> String {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut self.reader, &mut text).unwrap();
-        self.seen.join("") + &text
+        while self.next_line("the end of the output").is_some() {}
+        self.seen.join("")
     }
 }
 

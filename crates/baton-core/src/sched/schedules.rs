@@ -40,12 +40,21 @@ impl ScheduleSlot {
 }
 
 impl Scheduler {
-    /// Builds the schedules from the plan and what the store holds. A schedule the store does
-    /// not know yet starts now: earlier due times are not owed. Its record is written at once,
-    /// so that a downtime before its first firing is seen as one.
+    /// Builds the schedules from the plan and what the store holds of this run, or else of the
+    /// plan's previous run. A schedule the store does not know yet starts now: earlier due
+    /// times are not owed. Its record is written at once, so that a downtime before its first
+    /// firing is seen as one.
     pub(super) fn init_schedules(&mut self, stored: Vec<ScheduleRecord>, now: Timestamp, fx: &mut Effects) {
         for spec in self.plan.schedules.clone() {
-            let known = stored.iter().find(|record| record.name == spec.name).cloned();
+            let mut known = stored.iter().find(|record| record.name == spec.name).cloned();
+            // A record of the plan's previous run: this run goes on from its cursor (its task
+            // belongs to that run), and writes the record as its own.
+            let carried = known.as_ref().is_some_and(|record| record.run_id != self.run_id);
+            if carried && let Some(record) = known.as_mut() {
+                record.run_id = self.run_id.clone();
+                record.last_task = None;
+                record.updated_at = now;
+            }
             let record = known.clone().unwrap_or_else(|| ScheduleRecord {
                 run_id: self.run_id.clone(),
                 name: spec.name.clone(),
@@ -56,7 +65,7 @@ impl Scheduler {
                 paused: spec.paused,
                 updated_at: now,
             });
-            if known.is_none() {
+            if known.is_none() || carried {
                 fx.writes.push(Write::Schedule { record: record.clone(), events: Vec::new() });
             }
             let timetable = spec.timetable();

@@ -1,0 +1,182 @@
+//! Schedules belong to the plan, not to one run: a fresh run (`baton run --fresh`) goes on from
+//! the previous run's cursors and pauses, so a due time is fired at most once across the plan's
+//! runs and a downtime between two runs counts as one. Each engine here starts on a controlled
+//! clock (hours apart), on one SQLite store, with a real per-task process running the tasks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use baton_core::config::{self, Plan};
+use baton_core::model::{NewTask, Priority, TaskId, TaskState};
+use baton_core::{EventKind, Timestamp};
+use baton_runtime::Clock;
+use baton_runtime::engine::Error;
+use baton_runtime::engine::{self, Engine, EngineHandle, EngineOptions, RunSummary};
+use baton_runtime::process::ProcessEnv;
+use baton_store::sqlite::SqliteStore;
+use baton_store::{EventQuery, Store};
+
+const PLAN: &str = r#"
+[orchestration]
+name = "hourly"
+
+[[agents]]
+name = "runner"
+capabilities = ["job"]
+command = ["sh", "-c", "echo ok"]
+
+[[schedules]]
+name = "report"
+cron = "0 * * * *"
+missed = "run-once"
+task = { title = "Report", requires = ["job"] }
+"#;
+
+/// 2026-03-02 10:00:30 UTC, and later times that day.
+const AT_10_00_30: Timestamp = Timestamp(1_772_445_630_000);
+const AT_12_00: Timestamp = Timestamp(1_772_452_800_000);
+const AT_12_30: Timestamp = Timestamp(1_772_454_600_000);
+const AT_15_30: Timestamp = Timestamp(1_772_465_400_000);
+
+struct Running {
+    handle: EngineHandle,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<RunSummary, Error>>,
+}
+
+impl Running {
+    async fn stop(self) -> RunSummary {
+        self.shutdown.cancel();
+        self.task.await.expect("the engine does not panic").expect("the engine stops cleanly")
+    }
+
+    async fn run_id(&self) -> String {
+        let mut run_id = self.handle.run_id();
+        let id = run_id.wait_for(Option::is_some).await.expect("the engine opens its run");
+        id.clone().expect("a run id")
+    }
+}
+
+fn start(dir: &std::path::Path, store: &Arc<SqliteStore>, plan: &Plan, at: Timestamp, fresh: bool) -> Running {
+    let env = BTreeMap::from([("PATH".to_string(), std::env::var("PATH").expect("PATH is set"))]);
+    let runtimes = engine::process_runtimes(ProcessEnv {
+        base_dir: dir.to_path_buf(),
+        log_dir: dir.join("logs"),
+        env,
+        registry: None,
+        api: None,
+    });
+    let mut options = EngineOptions::new(plan.clone(), Arc::clone(store) as Arc<dyn Store>, runtimes);
+    options.clock = Clock::starting_at(at);
+    options.fresh = fresh;
+    options.keep_open = true;
+    options.shutdown_grace = Duration::from_secs(2);
+    let (engine, handle) = Engine::new(options);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(engine.run(shutdown.clone()));
+    Running { handle, shutdown, task }
+}
+
+/// Waits (at most 30 s) until the run has a task in a terminal state, and returns it.
+async fn a_finished_task(store: &SqliteStore, run_id: &str) -> baton_core::model::TaskRecord {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let tasks = store.tasks(run_id, &Default::default()).await.expect("the store answers");
+            if let Some(task) = tasks.into_iter().find(|task| task.state.is_terminal()) {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a task ends within 30 s")
+}
+
+async fn finished(store: &SqliteStore, id: TaskId) -> TaskState {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let task = store.task(id).await.expect("the store answers").expect("the task exists");
+            if task.state.is_terminal() {
+                return task.state;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task ends within 30 s")
+}
+
+async fn firings(store: &SqliteStore, run_id: &str) -> Vec<(Timestamp, u32)> {
+    let events = store.events(&EventQuery { run_id: Some(run_id.to_string()), ..Default::default() }).await.unwrap();
+    events
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            EventKind::ScheduleFired { due, n_due, .. } => Some((due, n_due)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn job(title: &str) -> NewTask {
+    NewTask {
+        key: None,
+        workstream: None,
+        title: title.to_string(),
+        description: String::new(),
+        input: serde_json::Value::Null,
+        requires: vec!["job".to_string()],
+        agent: None,
+        depends_on: Vec::new(),
+        priority: Priority::Medium,
+        max_attempts: 1,
+        timeout_ms: None,
+        resources: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_run_goes_on_from_the_previous_runs_schedules() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let plan = config::load("baton.toml", PLAN, &BTreeMap::new()).unwrap_or_else(|error| panic!("{error}"));
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("baton.db"), baton_store::sqlite::Options::default()).expect("a store"),
+    );
+
+    // The first run starts at 10:00:30: nothing is owed yet, and it stops before 11:00.
+    let first = start(dir.path(), &store, &plan, AT_10_00_30, false);
+    let first_id = first.run_id().await;
+    let ids = first.handle.create_tasks(vec![job("warm up")]).await.expect("created");
+    assert_eq!(finished(&store, ids[0]).await, TaskState::Succeeded);
+    first.stop().await;
+    let stored = store.schedules(&first_id).await.unwrap();
+    assert_eq!((stored.len(), stored[0].cursor), (1, AT_10_00_30));
+    assert!(firings(&store, &first_id).await.is_empty());
+
+    // A fresh run at 12:30: 11:00 and 12:00 passed while nothing ran, and `missed = "run-once"`
+    // owes one firing for them (for 12:00), as a resumed run would.
+    let second = start(dir.path(), &store, &plan, AT_12_30, true);
+    let second_id = second.run_id().await;
+    assert_ne!(second_id, first_id, "--fresh starts a new run");
+    let report = a_finished_task(&store, &second_id).await;
+    assert_eq!((report.title.as_str(), report.state), ("Report", TaskState::Succeeded));
+    assert_eq!(firings(&store, &second_id).await, vec![(AT_12_00, 2)]);
+    second.handle.pause_schedule("report".into()).await.expect("paused");
+    second.stop().await;
+    let stored = store.schedules(&second_id).await.unwrap();
+    assert_eq!(stored[0].run_id, second_id, "the new run writes the schedule as its own");
+    assert!(stored[0].paused);
+    assert_eq!(store.schedules(&first_id).await.unwrap()[0].cursor, AT_10_00_30, "the first run's is left as it was");
+
+    // Another fresh run at 15:30: the pause carries over, so nothing fires.
+    let third = start(dir.path(), &store, &plan, AT_15_30, true);
+    let third_id = third.run_id().await;
+    let ids = third.handle.create_tasks(vec![job("after the first step")]).await.expect("created");
+    assert_eq!(finished(&store, ids[0]).await, TaskState::Succeeded);
+    third.stop().await;
+    assert!(firings(&store, &third_id).await.is_empty(), "a paused schedule stays paused in a fresh run");
+    let stored = store.schedules(&third_id).await.unwrap();
+    assert!(stored[0].paused);
+}
