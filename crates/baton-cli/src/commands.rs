@@ -579,7 +579,11 @@ async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
             }
             let key = task.key.clone().unwrap_or_else(|| "-".into());
             store
-                .enqueue_control(&run.id, Control::AddTask { task }, baton_runtime::Clock::system().now())
+                .enqueue_control(
+                    &run.id,
+                    Control::AddTask { task: Box::new(task) },
+                    baton_runtime::Clock::system().now(),
+                )
                 .await
                 .context("writing the command")?;
             if run.owner.is_some() {
@@ -683,7 +687,10 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
             println!("@{name}: message stored; it is delivered by the running `baton run`");
         } else {
             let task = baton_core::messages::chat_task(spec, OPERATOR, text, &data);
-            store.enqueue_control(&run.id, Control::AddTask { task }, now).await.context("writing the command")?;
+            store
+                .enqueue_control(&run.id, Control::AddTask { task: Box::new(task) }, now)
+                .await
+                .context("writing the command")?;
             println!("@{name}: sent as a task (it runs once per task); the running `baton run` adds it");
         }
     }

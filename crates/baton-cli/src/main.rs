@@ -424,6 +424,14 @@ pub struct TaskArgs {
     /// A task this one waits for, by key or id (repeat, or separate with commas).
     #[arg(long, value_name = "KEY_OR_ID", value_delimiter = ',')]
     pub depends_on: Vec<String>,
+    /// A resource the task uses, such as file:src/** (repeat, or separate with commas): tasks
+    /// whose resources overlap do not run at the same time.
+    #[arg(long = "resource", value_name = "RESOURCE", value_delimiter = ',')]
+    pub resources: Vec<String>,
+    /// Tokens the task expects to use: it does not start while a budget that covers it has
+    /// less left.
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub estimated_tokens: Option<u64>,
     #[arg(long)]
     pub run: Option<String>,
 }

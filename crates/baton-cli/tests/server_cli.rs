@@ -181,6 +181,9 @@ key = "hold"
 title = "Keep the run open until the test says so"
 requires = ["hold"]
 
+[budget]
+daily_tokens = 100000
+
 [server]
 url = "http://127.0.0.1:{}"
 "#,
@@ -190,12 +193,32 @@ url = "http://127.0.0.1:{}"
     let (child, mut lines) = project.spawn(&["run"]);
     lines.wait_for("task hold claimed by holder");
 
-    let added = project.baton(&["task", "add", "Echo this", "--agent", "echo", "--input", "[1, 2]"]);
+    let added = project.baton(&[
+        "task",
+        "add",
+        "Echo this",
+        "--agent",
+        "echo",
+        "--input",
+        "[1, 2]",
+        "--estimated-tokens",
+        "1500",
+        "--resource",
+        "file:notes/*.md,customer:7",
+    ]);
     assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
     assert!(stdout(&added).contains("task echo-this queued: the running `baton run` adds it"), "{}", stdout(&added));
     let unknown = project.baton(&["task", "add", "Nobody", "--agent", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("no agent `nobody`"), "{}", stderr(&unknown));
+    let huge = project.baton(&["task", "add", "Huge", "--agent", "echo", "--estimated-tokens", "200000"]);
+    assert_eq!(huge.status.code(), Some(2));
+    assert!(
+        stderr(&huge)
+            .contains("it estimates 200000 tokens, more than the global daily_tokens (100000): it could never start"),
+        "{}",
+        stderr(&huge)
+    );
     lines.wait_for("task echo-this completed by echo");
 
     std::fs::write(project.path().join("release"), "").unwrap();
@@ -208,4 +231,6 @@ url = "http://127.0.0.1:{}"
     assert_eq!(echoed.state, TaskState::Succeeded);
     assert_eq!(echoed.input, serde_json::json!([1, 2]));
     assert_eq!(echoed.agent.as_deref(), Some("echo"));
+    assert_eq!(echoed.estimated_tokens, Some(1500));
+    assert_eq!(echoed.resources, vec!["file:notes/*.md".to_string(), "customer:7".to_string()]);
 }

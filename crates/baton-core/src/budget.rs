@@ -54,7 +54,7 @@ impl fmt::Display for Limit {
 }
 
 /// The `[budget]` configuration, with the per-workstream and per-agent `budget` keys and the
-/// tasks' `estimated_tokens`, validated.
+/// tasks' `estimated_tokens` checked against them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetSpec {
     pub global: Limit,
@@ -66,8 +66,6 @@ pub struct BudgetSpec {
     pub reset: String,
     /// An IANA time zone name, e.g. `Europe/Paris`.
     pub timezone: String,
-    /// Tasks of the file that declare `estimated_tokens`, by key.
-    pub task_estimates: BTreeMap<String, u64>,
 }
 
 impl Default for BudgetSpec {
@@ -79,7 +77,6 @@ impl Default for BudgetSpec {
             thresholds: DEFAULT_THRESHOLDS.to_vec(),
             reset: DEFAULT_RESET.to_string(),
             timezone: DEFAULT_TIMEZONE.to_string(),
-            task_estimates: BTreeMap::new(),
         }
     }
 }
@@ -97,6 +94,12 @@ impl BudgetSpec {
 
     /// The reset schedule. Validated with the configuration, so it parses; the default
     /// (midnight UTC) stands in otherwise.
+    /// Why a task of `workstream` estimated at `tokens` could never start under the limits
+    /// configured, if it could not: more than a whole period's budget.
+    pub fn never_fits(&self, workstream: Option<&str>, tokens: u64) -> Option<String> {
+        never_fits(|scope| self.limit(scope), workstream, tokens)
+    }
+
     pub fn schedule(&self) -> Reset {
         Reset::parse(&self.reset, &self.timezone)
             .or_else(|_| Reset::parse(DEFAULT_RESET, DEFAULT_TIMEZONE))
@@ -301,6 +304,21 @@ pub struct UsageRecord {
     pub limit: Option<Limit>,
 }
 
+/// Why a task of `workstream` estimated at `tokens` could never start under `limit`, if it
+/// could not: it needs more than a whole period of the global or its workstream's budget.
+fn never_fits(limit: impl Fn(&Scope) -> Limit, workstream: Option<&str>, tokens: u64) -> Option<String> {
+    let mut scopes = vec![(Scope::Global, "the global".to_string())];
+    if let Some(ws) = workstream {
+        scopes.push((Scope::Workstream(ws.to_string()), format!("workstream `{ws}`'s")));
+    }
+    scopes.into_iter().find_map(|(scope, whose)| {
+        let max = limit(&scope).daily_tokens.filter(|max| *max > 0)?;
+        (tokens > max).then(|| {
+            format!("it estimates {tokens} tokens, more than {whose} daily_tokens ({max}): it could never start")
+        })
+    })
+}
+
 /// A threshold reached by a scope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Crossing {
@@ -394,6 +412,11 @@ impl Budgets {
         self.overrides.clear();
         self.reported.clear();
         true
+    }
+
+    /// [`BudgetSpec::never_fits`], with the limits of this period (an operator's included).
+    pub fn never_fits(&self, workstream: Option<&str>, tokens: u64) -> Option<String> {
+        never_fits(|scope| self.limit(scope), workstream, tokens)
     }
 
     pub fn limit(&self, scope: &Scope) -> Limit {

@@ -1179,6 +1179,13 @@ impl Validator<'_> {
             Some(value) => *value.get_ref(),
             None => DEFAULT_MAX_ATTEMPTS,
         };
+        let estimated_tokens = task.estimated_tokens.as_ref().and_then(|estimate| {
+            if *estimate.get_ref() == 0 {
+                self.error(estimate.span(), "`estimated_tokens` must be at least 1");
+                return None;
+            }
+            Some(*estimate.get_ref())
+        });
         let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
         NewTask {
             key: Some(key.to_string()),
@@ -1193,6 +1200,7 @@ impl Validator<'_> {
             max_attempts,
             timeout_ms: task.timeout.map(|d| d.0.as_millis() as u64),
             resources: task.resources.clone(),
+            estimated_tokens,
         }
     }
 

@@ -176,6 +176,7 @@ pub fn chat_task(
         max_attempts: 3,
         timeout_ms: None,
         resources: Vec::new(),
+        estimated_tokens: None,
     }
 }
 

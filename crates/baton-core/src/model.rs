@@ -173,6 +173,10 @@ pub struct TaskRecord {
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     pub resources: Vec<String>,
+    /// Tokens the task expects to use: it does not start while a budget that covers it has
+    /// less left (pre-flight).
+    #[serde(default)]
+    pub estimated_tokens: Option<u64>,
     pub state: TaskState,
     /// Number of attempts started so far.
     pub attempt: u32,
@@ -250,6 +254,9 @@ pub struct NewTask {
     pub max_attempts: u32,
     pub timeout_ms: Option<u64>,
     pub resources: Vec<String>,
+    /// Tokens the task expects to use ([`TaskRecord::estimated_tokens`]).
+    #[serde(default)]
+    pub estimated_tokens: Option<u64>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

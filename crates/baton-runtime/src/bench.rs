@@ -130,6 +130,7 @@ fn bench_task(idx: u64) -> NewTask {
         max_attempts: 3,
         timeout_ms: None,
         resources: Vec::new(),
+        estimated_tokens: None,
     }
 }
 

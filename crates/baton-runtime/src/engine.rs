@@ -612,7 +612,7 @@ impl Engine {
                             if let Control::AddTask { task } = control {
                                 // A task for a per-task agent mentioned in a chat message.
                                 let (reply, _) = oneshot::channel();
-                                let command = Command::CreateTasks { tasks: vec![task], reply };
+                                let command = Command::CreateTasks { tasks: vec![*task], reply };
                                 handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
                                 continue;
                             }
@@ -941,6 +941,15 @@ async fn handle_command(
                     "unknown workstream `{}`",
                     task.workstream.as_deref().unwrap_or_default()
                 ))));
+                return;
+            }
+            // A task that needs more than a whole period's budget would wait forever.
+            let never = tasks.iter().find_map(|task| {
+                let problem = sched.budgets().never_fits(task.workstream.as_deref(), task.estimated_tokens?)?;
+                Some(format!("task `{}`: {problem}", task.key.as_deref().unwrap_or(&task.title)))
+            });
+            if let Some(problem) = never {
+                let _ = reply.send(Err(Error::Invalid(problem)));
                 return;
             }
             match store.create_tasks(run_id, tasks, now).await {

@@ -134,6 +134,7 @@ fn job(title: &str) -> NewTask {
         max_attempts: 1,
         timeout_ms: None,
         resources: Vec::new(),
+        estimated_tokens: None,
     }
 }
 

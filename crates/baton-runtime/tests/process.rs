@@ -101,6 +101,7 @@ fn task(title: &str, input: Value) -> TaskRecord {
         max_attempts: 3,
         timeout_ms: None,
         resources: Vec::new(),
+        estimated_tokens: None,
         state: TaskState::Running,
         attempt: 1,
         assigned_agent: Some("a".into()),

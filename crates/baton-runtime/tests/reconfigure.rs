@@ -64,6 +64,7 @@ fn task(title: &str, requires: &str) -> NewTask {
         max_attempts: 1,
         timeout_ms: None,
         resources: Vec::new(),
+        estimated_tokens: None,
     }
 }
 

@@ -240,6 +240,10 @@ pub struct TaskInput {
     pub timeout: Option<String>,
     #[serde(default)]
     pub resources: Vec<String>,
+    /// Tokens the task expects to use: it does not start while a budget that covers it has
+    /// less left, and is refused if it needs more than a whole period's budget.
+    #[schema(minimum = 1)]
+    pub estimated_tokens: Option<u64>,
 }
 
 impl TaskInput {
@@ -250,6 +254,9 @@ impl TaskInput {
         }
         if self.max_attempts == Some(0) {
             return Err(ApiError::bad_request(format!("{at}`max_attempts` must be at least 1")));
+        }
+        if self.estimated_tokens == Some(0) {
+            return Err(ApiError::bad_request(format!("{at}`estimated_tokens` must be at least 1")));
         }
         let timeout_ms = match &self.timeout {
             None => None,
@@ -273,6 +280,7 @@ impl TaskInput {
             max_attempts: self.max_attempts.unwrap_or(3),
             timeout_ms,
             resources: self.resources,
+            estimated_tokens: self.estimated_tokens,
         })
     }
 }

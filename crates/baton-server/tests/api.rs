@@ -249,8 +249,7 @@ async fn metrics_cover_tasks_agents_events_the_store_and_http() {
         .as_i64()
         .unwrap();
     wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
-    let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
-    for needle in [
+    let needles = [
         "baton_tasks{state=\"succeeded\"} 1",
         "baton_agents{state=",
         "baton_task_queue_wait_seconds_bucket",
@@ -259,8 +258,18 @@ async fn metrics_cover_tasks_agents_events_the_store_and_http() {
         "baton_store_commit_seconds_bucket",
         "baton_http_requests_total{method=\"POST\",route=\"/tasks\",status=\"201\"}",
         "baton_http_request_duration_seconds_bucket",
-    ] {
-        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    ];
+    // The metrics follow the committed events on their own subscription, which may not have
+    // reached the completion this test saw on its own yet: scrape until it has (at most 10 s).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
+        let missing: Vec<&str> = needles.iter().copied().filter(|needle| !text.contains(needle)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {missing:?} in:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     server.stop().await;
 }

@@ -52,6 +52,42 @@ async fn budgets_show_use_and_an_operator_sets_a_limit() {
     assert_eq!(global["exhausted"], false);
     assert!(budgets["next_reset"].as_i64().unwrap() > budgets["period_start"].as_i64().unwrap());
 
+    // Pre-flight: 300 tokens are left, so a task estimated at 400 waits (and says so) while one
+    // estimated at 200 runs; one that needs more than the whole day's budget is refused.
+    let big = server.post_json("/tasks", json!({"title": "big", "requires": ["build"], "estimated_tokens": 400})).await
+        ["ids"][0]
+        .as_i64()
+        .unwrap();
+    let wait = wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskBudgetWait { .. })).await;
+    let EventKind::TaskBudgetWait { task, reason, .. } = wait.kind else { unreachable!() };
+    assert_eq!(task.0, big);
+    assert!(reason.starts_with("estimated_tokens 400 > 300 left"), "{reason}");
+    let small = server
+        .post_json("/tasks", json!({"title": "small", "requires": ["build"], "estimated_tokens": 200}))
+        .await["ids"][0]
+        .as_i64()
+        .unwrap();
+    let claimed = server.post_json("/agent/claim", json!({"agent": "builder", "max": 4, "wait_ms": 5000})).await;
+    let titles: Vec<&str> =
+        claimed["tasks"].as_array().unwrap().iter().filter_map(|claim| claim["task"]["title"].as_str()).collect();
+    assert!(titles.contains(&"small") && !titles.contains(&"big"), "{claimed}");
+    let small_task = server.get_json(&format!("/tasks/{small}")).await;
+    assert_eq!(small_task["task"]["estimated_tokens"], 200, "{small_task}");
+    assert_eq!(server.get_json(&format!("/tasks/{big}")).await["task"]["state"], "ready");
+    let never = server
+        .post("/tasks", json!({"title": "huge", "requires": ["build"], "estimated_tokens": 5000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(never.status(), 400);
+    let body: serde_json::Value = never.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "task `huge`: it estimates 5000 tokens, more than the global daily_tokens (1000): it could never start"
+    );
+    let zero = server.post("/tasks", json!({"title": "zero", "estimated_tokens": 0})).send().await.unwrap();
+    assert_eq!(zero.status(), 400);
+
     let set = server.post_json("/budgets/global", json!({"daily_tokens": 500})).await;
     let global = set["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap().clone();
     assert_eq!((global["limit_tokens"].as_u64(), global["exhausted"].as_bool()), (Some(500), Some(true)), "{set}");

@@ -113,7 +113,7 @@ pub enum Control {
     },
     /// A task to add to the run (a chat message for a per-task agent).
     AddTask {
-        task: baton_core::model::NewTask,
+        task: Box<baton_core::model::NewTask>,
     },
 }
 

@@ -349,11 +349,16 @@ CREATE INDEX audit_by_actor ON audit (actor, id);
 ALTER TABLE deliveries ADD COLUMN acked_at INTEGER;
 DROP INDEX deliveries_by_recipient;
 "#,
+    // A task's own `estimated_tokens` (budget pre-flight), whichever way it was created: the
+    // configuration, the API, `baton task add`, a worker's `task/create`, a schedule.
+    r#"
+ALTER TABLE tasks ADD COLUMN estimated_tokens INTEGER;
+"#,
 ];
 
 const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
      priority, max_attempts, timeout_ms, resources, state, attempt, assigned_agent, lease_owner, lease_expires_at, \
-     not_before, result, error, created_at, updated_at, finished_at";
+     not_before, result, error, created_at, updated_at, finished_at, estimated_tokens";
 
 const RUN_COLUMNS: &str =
     "id, name, state, phase, n_phases, n_tasks, n_finished, started_at, ended_at, error, owner, owner_pid, owner_until";
@@ -670,6 +675,7 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         max_attempts: row.get(11)?,
         timeout_ms: row.get::<_, Option<i64>>(12)?.map(|ms| ms as u64),
         resources: from_json(&row.get::<_, String>(13)?, "resources")?,
+        estimated_tokens: row.get::<_, Option<i64>>(25)?.map(|tokens| tokens.max(0) as u64),
         state: parse(&row.get::<_, String>(14)?)?,
         attempt: row.get(15)?,
         assigned_agent: row.get(16)?,
@@ -998,8 +1004,8 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
     {
         let mut stmt = ctx.tx.prepare_cached(
             "INSERT INTO tasks (run_id, key, workstream, title, description, input, requires, agent, depends_on, \
-             priority, max_attempts, timeout_ms, resources, state, attempt, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', ?9, ?10, ?11, ?12, 'pending', 0, ?13, ?13)",
+             priority, max_attempts, timeout_ms, resources, state, attempt, created_at, updated_at, estimated_tokens) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', ?9, ?10, ?11, ?12, 'pending', 0, ?13, ?13, ?14)",
         )?;
         for task in &tasks {
             let inserted = stmt.execute(params![
@@ -1016,6 +1022,7 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
                 task.timeout_ms.map(|ms| ms as i64),
                 to_json(&task.resources),
                 now.0,
+                task.estimated_tokens.map(|tokens| i64::try_from(tokens).unwrap_or(i64::MAX)),
             ]);
             if let Err(rusqlite::Error::SqliteFailure(failure, _)) = &inserted
                 && failure.code == rusqlite::ErrorCode::ConstraintViolation
@@ -1045,6 +1052,7 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
                 max_attempts: task.max_attempts,
                 timeout_ms: task.timeout_ms,
                 resources: task.resources.clone(),
+                estimated_tokens: task.estimated_tokens,
                 state: TaskState::Pending,
                 attempt: 0,
                 assigned_agent: None,

@@ -70,6 +70,7 @@ pub fn new_task(key: &str, depends_on: &[&str]) -> NewTask {
         max_attempts: 3,
         timeout_ms: Some(5_000),
         resources: vec!["file:Cargo.toml".into()],
+        estimated_tokens: None,
     }
 }
 
@@ -111,8 +112,10 @@ pub async fn runs_are_created_and_found(store: impl Store) {
 
 pub async fn tasks_resolve_dependencies_by_key(store: impl Store) {
     store.create_run(new_run("r1"), T0).await.unwrap();
-    let first = store.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &["a"])], T0).await.unwrap();
+    let estimated = NewTask { estimated_tokens: Some(12_000), ..new_task("b", &["a"]) };
+    let first = store.create_tasks("r1", vec![new_task("a", &[]), estimated], T0).await.unwrap();
     assert_eq!(first[1].depends_on, vec![first[0].id]);
+    assert_eq!((first[0].estimated_tokens, first[1].estimated_tokens), (None, Some(12_000)));
     // A later batch can depend on an earlier one, by key or id.
     let mut by_id = new_task("d", &[]);
     by_id.depends_on = vec![TaskRef::Id(first[0].id)];

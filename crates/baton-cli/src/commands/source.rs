@@ -106,7 +106,8 @@ pub(super) fn new_task(args: &TaskArgs) -> Result<NewTask, Failure> {
         priority,
         max_attempts: args.max_attempts.unwrap_or(3),
         timeout_ms: args.timeout.map(|timeout| timeout.as_millis() as u64),
-        resources: Vec::new(),
+        resources: args.resources.clone(),
+        estimated_tokens: args.estimated_tokens,
     })
 }
 
@@ -133,6 +134,8 @@ pub(super) fn task_json(task: &NewTask) -> Result<serde_json::Value, Failure> {
         "priority": task.priority,
         "max_attempts": task.max_attempts,
         "timeout": task.timeout_ms.map(|ms| format!("{ms}ms")),
+        "resources": task.resources,
+        "estimated_tokens": task.estimated_tokens,
     }))
 }
 
@@ -158,6 +161,11 @@ pub(super) fn check_against_plan(task: &NewTask, plan: &Plan, config_path: &std:
             config_path.display(),
             known.join(", ")
         )));
+    }
+    if let Some(tokens) = task.estimated_tokens
+        && let Some(problem) = plan.budget.never_fits(task.workstream.as_deref(), tokens)
+    {
+        return Err(Failure::usage(format!("{problem} (the budgets of {})", config_path.display())));
     }
     Ok(())
 }

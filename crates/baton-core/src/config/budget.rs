@@ -105,29 +105,17 @@ impl Validator<'_> {
                 spec.agents.insert(agent.name.get_ref().clone(), limit);
             }
         }
-        for (raw_task, task) in raw.tasks.iter().zip(tasks) {
-            let (Some(estimate), Some(key)) = (&raw_task.estimated_tokens, &task.key) else { continue };
-            let tokens = *estimate.get_ref();
-            if tokens == 0 {
-                self.error(estimate.span(), "`estimated_tokens` must be at least 1");
-                continue;
+        // A task (or a schedule's template) that needs more than a whole period's budget
+        // could never start.
+        let templates =
+            raw.schedules.iter().map(|schedule| (schedule.task.get_ref(), format!("{}@…", schedule.name.get_ref())));
+        let declared = raw.tasks.iter().zip(tasks).filter_map(|(raw_task, task)| Some((raw_task, task.key.clone()?)));
+        for (raw_task, key) in declared.chain(templates) {
+            let Some(estimate) = &raw_task.estimated_tokens else { continue };
+            let workstream = raw_task.workstream.as_ref().map(|ws| ws.get_ref().as_str());
+            if let Some(problem) = spec.never_fits(workstream, *estimate.get_ref()) {
+                self.error(estimate.span(), format!("task `{key}`: {problem}"));
             }
-            // A task that needs more than a whole period's budget could never start.
-            let ws_limit =
-                task.workstream.as_ref().and_then(|ws| spec.workstreams.get(ws)).and_then(|l| l.daily_tokens);
-            let too_big =
-                [("the global", spec.global.daily_tokens), ("its workstream's", ws_limit)].into_iter().find_map(
-                    |(whose, limit)| limit.filter(|limit| *limit > 0 && tokens > *limit).map(|limit| (whose, limit)),
-                );
-            if let Some((whose, limit)) = too_big {
-                self.error(
-                    estimate.span(),
-                    format!(
-                        "task `{key}` estimates {tokens} tokens, more than {whose} daily_tokens ({limit}): it could never start"
-                    ),
-                );
-            }
-            spec.task_estimates.insert(key.clone(), tokens);
         }
         spec
     }
@@ -180,7 +168,7 @@ estimated_tokens = 5000
         assert_eq!((budget.reset.as_str(), budget.timezone.as_str()), ("0 6 * * *", "Europe/Paris"));
         assert_eq!(budget.limit(&Scope::Workstream("build".into())).daily_tokens, Some(20_000));
         assert_eq!(budget.limit(&Scope::Agent("coder".into())).cost_usd, Some(1.5));
-        assert_eq!(budget.task_estimates.get("compile"), Some(&5000));
+        assert_eq!(plan.tasks[0].estimated_tokens, Some(5000));
         let plain = load("baton.toml", "[orchestration]\nname = \"x\"\n", &BTreeMap::new()).unwrap();
         assert_eq!(plain.budget.thresholds, vec![50, 75, 90]);
         assert_eq!(plain.budget.reset, "0 0 * * *");
@@ -220,7 +208,21 @@ estimated_tokens = 5000
         );
         assert_eq!(
             errors(&PLAN.replace("estimated_tokens = 5000", "estimated_tokens = 25000")),
-            "baton.toml:25:20: task `compile` estimates 25000 tokens, more than its workstream's daily_tokens (20000): it could never start"
+            "baton.toml:25:20: task `compile`: it estimates 25000 tokens, more than workstream `build`'s daily_tokens (20000): it could never start"
+        );
+        assert_eq!(
+            errors(&PLAN.replace("estimated_tokens = 5000", "estimated_tokens = 0")),
+            "baton.toml:25:20: `estimated_tokens` must be at least 1"
+        );
+        // A schedule's template is checked the same way, and keeps its estimate for each firing.
+        let scheduled = format!(
+            "{PLAN}\n[[schedules]]\nname = \"nightly\"\ncron = \"0 2 * * *\"\ntask = {{ title = \"Nightly\", estimated_tokens = 7000 }}\n"
+        );
+        let plan = load("baton.toml", &scheduled, &BTreeMap::new()).unwrap();
+        assert_eq!(plan.schedules[0].task.estimated_tokens, Some(7000));
+        assert_eq!(
+            errors(&scheduled.replace("estimated_tokens = 7000", "estimated_tokens = 200000")),
+            "baton.toml:30:48: task `nightly@…`: it estimates 200000 tokens, more than the global daily_tokens (100000): it could never start"
         );
         let message = errors(&PLAN.replace("budget = { cost_usd = 1.5 }", "budget = { tokens = 1 }"));
         assert!(

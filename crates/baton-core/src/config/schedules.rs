@@ -12,7 +12,7 @@ use crate::schedule::{Missed, Overlap, ScheduleSpec, Timetable};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSchedule {
-    name: Spanned<String>,
+    pub(super) name: Spanned<String>,
     cron: Spanned<String>,
     timezone: Option<Spanned<String>>,
     #[serde(default)]
@@ -21,7 +21,7 @@ pub(super) struct RawSchedule {
     missed: Missed,
     #[serde(default)]
     paused: bool,
-    task: Spanned<RawTask>,
+    pub(super) task: Spanned<RawTask>,
 }
 
 impl Validator<'_> {

@@ -142,7 +142,7 @@ impl Scheduler {
         if !self.budgets.any_limit() {
             return None;
         }
-        let estimate = task.key.as_ref().and_then(|key| self.plan.budget.task_estimates.get(key)).copied();
+        let estimate = task.estimated_tokens;
         for scope in Self::covering(agent, task.workstream.as_deref()).into_iter().flatten() {
             if self.budgets.exhausted(&scope) {
                 return Some((scope, "exhausted".to_string()));

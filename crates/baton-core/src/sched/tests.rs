@@ -122,6 +122,7 @@ fn record(id: TaskId, new: &NewTask, depends_on: Vec<TaskId>, now: Timestamp) ->
         max_attempts: new.max_attempts,
         timeout_ms: new.timeout_ms,
         resources: new.resources.clone(),
+        estimated_tokens: new.estimated_tokens,
         state: TaskState::Pending,
         attempt: 0,
         assigned_agent: None,
@@ -696,6 +697,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                         max_attempts: *max_attempts,
                         timeout_ms: None,
                         resources: if idx % 3 == 0 { vec!["file:shared".into()] } else { Vec::new() },
+                        estimated_tokens: None,
                     }
                 })
                 .collect();

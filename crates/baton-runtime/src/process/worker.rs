@@ -300,6 +300,7 @@ pub(super) fn placeholder_task(generation: u64) -> baton_core::model::TaskRecord
         max_attempts: 1,
         timeout_ms: None,
         resources: Vec::new(),
+        estimated_tokens: None,
         state: baton_core::TaskState::Running,
         attempt: generation as u32,
         assigned_agent: None,
@@ -639,6 +640,13 @@ fn parse_new_tasks(params: &Value) -> Result<Vec<NewTask>, String> {
                 })
                 .collect()
         });
+        let estimated_tokens = match item.get("estimated_tokens") {
+            None | Some(Value::Null) => None,
+            Some(value) => match value.as_u64() {
+                Some(tokens) if tokens > 0 => Some(tokens),
+                _ => return Err(format!("tasks[{idx}].estimated_tokens must be a whole number of at least 1")),
+            },
+        };
         tasks.push(NewTask {
             key: item.get("key").and_then(Value::as_str).map(str::to_string),
             workstream: item.get("workstream").and_then(Value::as_str).map(str::to_string),
@@ -652,6 +660,7 @@ fn parse_new_tasks(params: &Value) -> Result<Vec<NewTask>, String> {
             max_attempts: item.get("max_attempts").and_then(Value::as_u64).map_or(3, |n| n.clamp(1, 100) as u32),
             timeout_ms: None,
             resources: strings(item.get("resources")),
+            estimated_tokens,
         });
     }
     Ok(tasks)
@@ -808,6 +817,24 @@ mod tests {
             created_at: Timestamp(0),
             error: None,
             acked_at: None,
+        }
+    }
+
+    #[test]
+    fn task_create_takes_estimates_and_refuses_bad_ones() {
+        let params = json!({ "tasks": [
+            { "title": "Review", "estimated_tokens": 4000, "resources": ["file:src/**"] },
+            { "title": "Plain" },
+        ]});
+        let tasks = parse_new_tasks(&params).unwrap();
+        assert_eq!((tasks[0].estimated_tokens, tasks[1].estimated_tokens), (Some(4000), None));
+        assert_eq!(tasks[0].resources, vec!["file:src/**".to_string()]);
+        for bad in [json!(0), json!(-5), json!("lots"), json!(1.5)] {
+            let params = json!({ "tasks": [{ "title": "Plain" }, { "title": "Bad", "estimated_tokens": bad }] });
+            assert_eq!(
+                parse_new_tasks(&params).unwrap_err(),
+                "tasks[1].estimated_tokens must be a whole number of at least 1"
+            );
         }
     }
 
