@@ -2,9 +2,9 @@
 
 Baton talks to a worker with JSON-RPC 2.0, one message per line on stdin/stdout
 (docs/agent-protocol.md). `Worker.run()` reads Baton's messages, answers `initialize` and
-`shutdown`, runs each `task/assign` and `message/deliver` in a thread (so that a handler can
-itself send requests to Baton and wait for the answer), and sends a heartbeat every few
-seconds. Standard library only. Anything meant for people goes to stderr: the agent's log.
+`shutdown`, runs each `task/assign` and `message/deliver` (or `message/deliver_batch`, which it
+declares) in a thread (so that a handler can itself send requests to Baton and wait for the
+answer), and sends a heartbeat every few seconds. Standard library only. Anything meant for people goes to stderr: the agent's log.
 """
 
 import json
@@ -94,6 +94,19 @@ class Worker:
             self.log(f"{type(error).__name__}: {error}")
             self._write({"id": request_id, "error": {"code": 1, "message": str(error)}})
 
+    def _answer_batch(self, request_id, messages):
+        """`message/deliver_batch`: each message is handled (and acknowledged or refused) on its
+        own; one that raises is redelivered later, the others are acknowledged."""
+        acked, errors = [], {}
+        for delivered in messages:
+            try:
+                self.on_message(delivered)
+                acked.append(delivered["message_id"])
+            except Exception as error:
+                self.log(f"message {delivered.get('message_id')}: {type(error).__name__}: {error}")
+                errors[delivered.get("message_id")] = str(error)
+        self._write({"id": request_id, "result": {"acked": acked, "errors": errors}})
+
     def _heartbeat(self):
         stop = threading.Event()
         while not stop.wait(HEARTBEAT_SECONDS):
@@ -118,12 +131,17 @@ class Worker:
                     self.log(f"baton says: {message['error'].get('message')}")
             elif method == "initialize":
                 self.log(f"started as {params.get('agent')} in run {params.get('run_id')}")
-                self._write({"id": message["id"], "result": {"name": self.name, "protocol_version": "1"}})
+                # `deliver_batch`: Baton sends each round's messages in one request.
+                result = {"name": self.name, "protocol_version": "1", "deliver_batch": self.on_message is not None}
+                self._write({"id": message["id"], "result": result})
             elif method == "task/assign" and self.on_task:
                 threading.Thread(target=self._answer, args=(message["id"], self.on_task, params), daemon=True).start()
             elif method == "message/deliver" and self.on_message:
                 threading.Thread(target=self._answer, args=(message["id"], self.on_message, params),
                                  daemon=True).start()
+            elif method == "message/deliver_batch" and self.on_message:
+                batch = params.get("messages") or []
+                threading.Thread(target=self._answer_batch, args=(message["id"], batch), daemon=True).start()
             elif method == "task/cancel":
                 self.log(f"task {params.get('task_id')} cancelled ({params.get('reason')})")
             elif method == "shutdown":
