@@ -76,7 +76,7 @@ fn read_stdin(keys: mpsc::UnboundedSender<Option<Vec<u8>>>) {
 }
 
 pub async fn attach(stream: UnixStream, agent: &str) -> Result<u8, Failure> {
-    eprintln!("attached to {agent}; press Ctrl-] to detach");
+    errln!("attached to {agent}; press Ctrl-] to detach");
     let raw_mode = RawMode::enable()?;
     let (keys_tx, mut keys) = mpsc::unbounded_channel();
     std::thread::Builder::new()
@@ -118,11 +118,11 @@ pub async fn attach(stream: UnixStream, agent: &str) -> Result<u8, Failure> {
     drop(raw_mode);
     match end {
         End::Detached => {
-            eprintln!("\ndetached from {agent}; it keeps running");
+            errln!("\ndetached from {agent}; it keeps running");
             Ok(0)
         }
         End::Closed => {
-            eprintln!("\nthe connection to {agent} closed: its program exited or `baton run` stopped");
+            errln!("\nthe connection to {agent} closed: its program exited or `baton run` stopped");
             Ok(1)
         }
     }

@@ -196,10 +196,10 @@ fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
         return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&loaded.plan).context("serializing the plan")?);
+        outln!("{}", serde_json::to_string_pretty(&loaded.plan).context("serializing the plan")?);
     } else {
-        println!("{} is valid", cli.config.display());
-        println!("{}", loaded.plan.describe());
+        outln!("{} is valid", cli.config.display());
+        outln!("{}", loaded.plan.describe());
     }
     Ok(0)
 }
@@ -268,27 +268,33 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let resumed = if summary.resumed { " (resumed)" } else { "" };
     match summary.state {
         RunState::Succeeded => {
-            println!(
+            outln!(
                 "run {}{resumed} succeeded: {}/{} tasks in {took}",
-                summary.run_id, summary.n_succeeded, summary.n_tasks
+                summary.run_id,
+                summary.n_succeeded,
+                summary.n_tasks
             );
             Ok(0)
         }
         RunState::Failed => {
-            println!(
+            outln!(
                 "run {}{resumed} failed: {}/{} tasks succeeded in {took}",
-                summary.run_id, summary.n_succeeded, summary.n_tasks
+                summary.run_id,
+                summary.n_succeeded,
+                summary.n_tasks
             );
             for (key, state, reason) in &summary.failures {
-                println!("  {key}: {state}: {reason}");
+                outln!("  {key}: {state}: {reason}");
             }
-            println!("see `baton tasks --state dead`, `baton events` and `baton logs AGENT`");
+            outln!("see `baton tasks --state dead`, `baton events` and `baton logs AGENT`");
             Ok(1)
         }
         RunState::Running => {
-            println!(
+            outln!(
                 "run {} stopped before the end ({}/{} tasks done); `baton run` resumes it",
-                summary.run_id, summary.n_succeeded, summary.n_tasks
+                summary.run_id,
+                summary.n_succeeded,
+                summary.n_tasks
             );
             Ok(1)
         }
@@ -397,16 +403,16 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
             "spawned_agents": agents.iter().filter(|a| a.state != AgentState::Waiting).map(|a| &a.name).collect::<Vec<_>>(),
             "budgets_exhausted": budgets_exhausted,
         });
-        println!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
         return Ok(0);
     }
     let end = run.ended_at.unwrap_or_else(|| baton_runtime::Clock::system().now());
-    println!("run       {} ({})", run.id, run.name);
-    println!("state     {}", run.state);
-    println!("phase     {current_phase}/{} {}", run.n_phases, phase_names.join(", "));
-    println!("progress  {:.0}% ({}/{} tasks finished)", run.progress() * 100.0, run.n_finished, run.n_tasks);
+    outln!("run       {} ({})", run.id, run.name);
+    outln!("state     {}", run.state);
+    outln!("phase     {current_phase}/{} {}", run.n_phases, phase_names.join(", "));
+    outln!("progress  {:.0}% ({}/{} tasks finished)", run.progress() * 100.0, run.n_finished, run.n_tasks);
     let how_long = if run.ended_at.is_some() { "ran" } else { "running for" };
-    println!("started   {} ({how_long} {})", output::time(run.started_at), output::elapsed(run.started_at, end));
+    outln!("started   {} ({how_long} {})", output::time(run.started_at), output::elapsed(run.started_at, end));
     let summary: Vec<String> = agents_by_state
         .iter()
         .map(|(state, names)| match state.as_str() {
@@ -417,17 +423,17 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
             _ => format!("{} {state}", names.len()),
         })
         .collect();
-    println!("agents    {}", summary.join(", "));
+    outln!("agents    {}", summary.join(", "));
     if let Some(line) = budget_line {
-        println!("budget    {line}");
+        outln!("budget    {line}");
     }
     if let Some(owner) = &run.owner {
-        println!("executed by {owner}");
+        outln!("executed by {owner}");
     } else if run.state == RunState::Running {
-        println!("not being executed: `baton run` resumes it");
+        outln!("not being executed: `baton run` resumes it");
     }
     if let Some(error) = &run.error {
-        println!("error     {error}");
+        outln!("error     {error}");
     }
     let mut table = output::table(&["phase", "workstream", "succeeded", "running", "waiting", "failed"]);
     let phase_of = |ws: &str| plan.phase_of(Some(ws)).to_string();
@@ -442,7 +448,7 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
             (get("dead") + get("cancelled")).to_string(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(0)
 }
 
@@ -456,7 +462,7 @@ async fn tasks(cli: &Cli, filter: TaskFilter, json: bool, run: Option<&str>) -> 
 
 fn print_tasks(tasks: &[TaskRecord], json: bool) -> Result<u8, Failure> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&tasks).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&tasks).context("serializing")?);
         return Ok(0);
     }
     let mut table = output::table(&["id", "key", "workstream", "state", "attempt", "agent", "note"]);
@@ -480,7 +486,7 @@ fn print_tasks(tasks: &[TaskRecord], json: bool) -> Result<u8, Failure> {
             note,
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(0)
 }
 
@@ -523,39 +529,39 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
 
 fn print_task(task: &TaskRecord, events: &[baton_core::Event], json: bool) -> Result<u8, Failure> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "task": task, "events": events }))
                 .context("serializing")?
         );
         return Ok(0);
     }
-    println!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
-    println!("title     {}", task.title);
-    println!("state     {} (attempt {}/{})", task.state, task.attempt, task.max_attempts);
+    outln!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
+    outln!("title     {}", task.title);
+    outln!("state     {} (attempt {}/{})", task.state, task.attempt, task.max_attempts);
     if let Some(ws) = &task.workstream {
-        println!("workstream {ws}");
+        outln!("workstream {ws}");
     }
     if let Some(agent) = &task.assigned_agent {
-        println!("agent     {agent}");
+        outln!("agent     {agent}");
     }
     if let Some(error) = &task.error {
-        println!("error     {error}");
+        outln!("error     {error}");
     }
     if let Some(result) = &task.result {
-        println!("result    {result}");
+        outln!("result    {result}");
     }
     let mut names = TaskNames::default();
     names.insert(task.id, task.key.clone());
     for event in events {
-        println!("  {}", names.line(event));
+        outln!("  {}", names.line(event));
     }
     Ok(0)
 }
 
 /// After a server applied a command to a task: where the task is now.
 fn print_changed_task(task: &TaskRecord) -> Result<u8, Failure> {
-    println!("task {} ({}) is {}", task.id, task.key.as_deref().unwrap_or("-"), task.state);
+    outln!("task {} ({}) is {}", task.id, task.key.as_deref().unwrap_or("-"), task.state);
     Ok(0)
 }
 
@@ -566,7 +572,7 @@ async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
     match Source::open(cli, args.run.as_deref()).await? {
         Source::Server { client, .. } => {
             let id = client.add_task(&source::task_json(&task)?).await?;
-            println!("task {id} added ({})", task.key.as_deref().unwrap_or("-"));
+            outln!("task {id} added ({})", task.key.as_deref().unwrap_or("-"));
             Ok(0)
         }
         Source::Store { loaded, store, run } => {
@@ -587,9 +593,9 @@ async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
                 .await
                 .context("writing the command")?;
             if run.owner.is_some() {
-                println!("task {key} queued: the running `baton run` adds it; follow it with `baton events --follow`");
+                outln!("task {key} queued: the running `baton run` adds it; follow it with `baton events --follow`");
             } else {
-                println!(
+                outln!(
                     "task {key} queued: no `baton run` is executing run {} now; it is added when `baton run` resumes",
                     run.id
                 );
@@ -617,9 +623,9 @@ async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Resu
         .await
         .context("writing the command")?;
     if run.owner.is_some() {
-        println!("sent to the running `baton run`; follow it with `baton events --follow`");
+        outln!("sent to the running `baton run`; follow it with `baton events --follow`");
     } else {
-        println!("queued: no `baton run` is executing run {} now; it is applied when `baton run` resumes", run.id);
+        outln!("queued: no `baton run` is executing run {} now; it is applied when `baton run` resumes", run.id);
     }
     Ok(0)
 }
@@ -635,7 +641,7 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
         Source::Server { client, .. } => {
             let record = client.agent_command(name, verb).await?;
             let state = record.map_or_else(|| "not started".to_string(), |record| record.state.to_string());
-            println!("agent {name} is {state}");
+            outln!("agent {name} is {state}");
             Ok(0)
         }
         Source::Store { loaded, store, run } => {
@@ -684,14 +690,14 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
                 .send_message(&run.id, id, message, vec![name.clone()], now)
                 .await
                 .map_err(|error| Failure::usage(error.to_string()))?;
-            println!("@{name}: message stored; it is delivered by the running `baton run`");
+            outln!("@{name}: message stored; it is delivered by the running `baton run`");
         } else {
             let task = baton_core::messages::chat_task(spec, OPERATOR, text, &data);
             store
                 .enqueue_control(&run.id, Control::AddTask { task: Box::new(task) }, now)
                 .await
                 .context("writing the command")?;
-            println!("@{name}: sent as a task (it runs once per task); the running `baton run` adds it");
+            outln!("@{name}: sent as a task (it runs once per task); the running `baton run` adds it");
         }
     }
     Ok(0)
@@ -707,7 +713,7 @@ async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: O
     let run = find_run(&store, &loaded.plan, run).await?;
     let deliveries = store.deliveries(&run.id, agent, limit).await.context("reading messages")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&deliveries).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&deliveries).context("serializing")?);
         return Ok(0);
     }
     let mut table = output::table(&["time", "from", "to", "state", "tries", "message"]);
@@ -725,7 +731,7 @@ async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: O
             delivery.body.clone(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(0)
 }
 
@@ -780,7 +786,7 @@ async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failu
         }
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "held": held, "waiting": waiting }))
                 .context("serializing")?
@@ -792,13 +798,13 @@ async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failu
         let cell = |key: &str| row[key].as_str().unwrap_or("-").to_string();
         table.add_row(vec![cell("resource"), cell("task"), cell("agent")]);
     }
-    println!("held\n{table}");
+    outln!("held\n{table}");
     let mut table = output::table(&["task", "state", "wants", "overlaps", "held by"]);
     for row in &waiting {
         let cell = |key: &str| row[key].as_str().unwrap_or("-").to_string();
         table.add_row(vec![cell("task"), cell("state"), cell("resource"), cell("held"), cell("holder")]);
     }
-    println!("waiting\n{table}");
+    outln!("waiting\n{table}");
     Ok(0)
 }
 
@@ -836,7 +842,7 @@ fn print_agents(
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&agents).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&agents).context("serializing")?);
         return Ok(0);
     }
     let mut table =
@@ -853,7 +859,7 @@ fn print_agents(
             agent.last_activity.map(|at| format!("{} ago", output::elapsed(at, now))).unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(0)
 }
 
@@ -875,9 +881,9 @@ async fn events(
 fn print_event(names: &mut TaskNames, event: &baton_core::Event, json: bool) -> Result<bool, Failure> {
     names.learn(event);
     if json {
-        println!("{}", serde_json::to_string(event).context("serializing")?);
+        outln!("{}", serde_json::to_string(event).context("serializing")?);
     } else {
-        println!("{}", names.line(event));
+        outln!("{}", names.line(event));
     }
     Ok(matches!(event.kind, baton_core::EventKind::RunCompleted { .. }))
 }
@@ -1003,7 +1009,7 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).await.context("reading the log")?;
             offset += bytes.len() as u64;
-            print!("{}", String::from_utf8_lossy(&bytes));
+            out!("{}", String::from_utf8_lossy(&bytes));
         } else if !follow {
             return Err(Failure::usage(format!("agent `{agent}` has no log yet ({} does not exist)", path.display())));
         }
@@ -1063,14 +1069,14 @@ async fn bench(
     options.repeats = repeats;
     options.synchronous = synchronous;
     options.latency_duration = std::time::Duration::from_secs(latency_seconds);
-    let report = baton_runtime::bench::run(options, |line| eprintln!("{line}")).await.map_err(Failure::run)?;
+    let report = baton_runtime::bench::run(options, |line| errln!("{line}")).await.map_err(Failure::run)?;
     let _ = std::fs::remove_dir_all(&temp);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
         return Ok(0);
     }
-    println!("durable task lifecycle (create, claim, complete, events; synchronous={}):", report.synchronous);
-    println!(
+    outln!("durable task lifecycle (create, claim, complete, events; synchronous={}):", report.synchronous);
+    outln!(
         "  {} tasks, {} events per run; median {:.0} tasks/s over {} run(s) (target >= 10,000)",
         report.lifecycle.n_tasks,
         report.lifecycle.n_events,
@@ -1078,11 +1084,11 @@ async fn bench(
         report.lifecycle.runs.len()
     );
     let d = &report.dispatch;
-    println!(
+    outln!(
         "dispatch latency, ready -> claimed by an idle agent, at {:.0} tasks/s (half of peak):",
         d.offered_per_second
     );
-    println!(
+    outln!(
         "  {} tasks: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p50 <= 1 ms, p99 <= 5 ms)",
         d.n_tasks,
         d.p50_us as f64 / 1000.0,
@@ -1110,22 +1116,31 @@ async fn soak(
         concurrency: 4,
         kill_every,
     };
-    let report = baton_runtime::bench::soak(options, |line| eprintln!("{line}")).await.map_err(Failure::run)?;
+    let report = baton_runtime::bench::soak(options, |line| errln!("{line}")).await.map_err(Failure::run)?;
     let _ = std::fs::remove_dir_all(&temp);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
     } else {
-        println!(
+        outln!(
             "soak: {} worker agents, {} tasks in {:.1}s ({:.0} tasks/s), {} workers killed, {} restarts",
-            report.n_agents, report.n_tasks, report.seconds, report.tasks_per_second, report.n_kills, report.n_restarts
+            report.n_agents,
+            report.n_tasks,
+            report.seconds,
+            report.tasks_per_second,
+            report.n_kills,
+            report.n_restarts
         );
-        println!(
+        outln!(
             "  every task succeeded: {}; every task completed exactly once: {}",
-            report.all_succeeded, report.completed_exactly_once
+            report.all_succeeded,
+            report.completed_exactly_once
         );
-        println!(
+        outln!(
             "  {} interrupted attempts; from a kill to the task running again: p50 {} ms, p99 {} ms, max {} ms",
-            report.n_interrupted, report.requeue_p50_ms, report.requeue_p99_ms, report.requeue_max_ms
+            report.n_interrupted,
+            report.requeue_p50_ms,
+            report.requeue_p99_ms,
+            report.requeue_max_ms
         );
     }
     Ok(if report.all_succeeded && report.completed_exactly_once { 0 } else { 1 })
@@ -1140,13 +1155,12 @@ async fn bench_messages(
     let exe = std::env::current_exe().context("finding the baton binary")?;
     options.worker_command = vec![exe.display().to_string(), "bench-worker".into()];
     options.dir = dir.unwrap_or_else(|| temp.clone());
-    let report =
-        baton_runtime::bench::messages_with(options, |line| eprintln!("{line}")).await.map_err(Failure::run)?;
+    let report = baton_runtime::bench::messages_with(options, |line| errln!("{line}")).await.map_err(Failure::run)?;
     let _ = std::fs::remove_dir_all(&temp);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
     } else {
-        println!(
+        outln!(
             "messages: {} to {} worker agents{}, median of {} runs: {:.0}/s stored durably, {:.0}/s stored and \
              acknowledged (target >= 50,000/s); delivery latency, sent to acknowledged: p50 {} ms, p99 {} ms",
             report.n_messages,

@@ -35,10 +35,10 @@ pub fn init(dir: &Path, force: bool) -> Result<u8, Failure> {
         }
     }
     let shown = if dir == Path::new(".") { String::new() } else { format!("cd {} && ", dir.display()) };
-    println!("wrote the example roadmap to {}:", dir.display());
+    outln!("wrote the example roadmap to {}:", dir.display());
     for (name, _, _) in FILES {
-        println!("  {name}");
+        outln!("  {name}");
     }
-    println!("next: {shown}baton check && baton run");
+    outln!("next: {shown}baton check && baton run");
     Ok(0)
 }

@@ -1,6 +1,31 @@
 //! `baton`: the command line. Thin: it parses arguments, loads the configuration, opens the
 //! store and calls the engine; everything else lives in the library crates.
 
+/// `outln!` for what a command prints on stdout, except that a closed stdout (`baton events |
+/// head`) ends the process quietly instead of panicking ([`output::out`]).
+macro_rules! outln {
+    () => {
+        $crate::output::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `errln!` that does not panic when stderr is closed ([`output::say`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::say(&format!($($arg)*))
+    };
+}
+
+/// `print!` to stdout, as [`outln!`] does.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::out(format_args!($($arg)*))
+    };
+}
+
 mod attach;
 mod client;
 mod commands;
@@ -485,7 +510,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            errln!("error: cannot start the async runtime: {error}");
             return ExitCode::from(1);
         }
     };
@@ -493,7 +518,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             if !failure.message.is_empty() {
-                eprintln!("{}", failure.message);
+                errln!("{}", failure.message);
             }
             ExitCode::from(failure.code)
         }

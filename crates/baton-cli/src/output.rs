@@ -7,11 +7,25 @@ use baton_core::{Event, EventKind, Timestamp};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
 
-/// A line on stderr. Unlike `eprintln!` it does not panic when stderr is closed (a pipe whose
+/// A line on stderr. Unlike `errln!` it does not panic when stderr is closed (a pipe whose
 /// reader went away): Baton goes on working, and stops when asked, whoever reads its output.
 pub fn say(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes to stdout (the [`outln!`] and [`out!`] macros). When the reader has gone (a pipe into
+/// `head`), the process ends at once with success, as Unix tools do, instead of panicking as
+/// `outln!` would; anything it had to write is unwanted. Other write errors are ignored, as
+/// for stderr.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(args)
+        && error.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
 }
 
 pub fn table(header: &[&str]) -> Table {

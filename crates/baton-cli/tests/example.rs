@@ -164,3 +164,19 @@ fn read_commands_before_any_run_say_what_to_do() {
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stderr(&output).trim(), "baton.toml not found; run `baton init` to write an example, or pass -c FILE");
 }
+
+#[test]
+fn a_closed_stdout_ends_a_read_command_quietly() {
+    // `baton events | head -1`: the reader goes away. Here it is gone before baton writes
+    // anything, so every write to stdout fails with a broken pipe.
+    let project = Project::example();
+    let run = project.baton(&["run"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    for args in [&["events"][..], &["tasks"], &["agents", "--json"], &["status"]] {
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let output = project.command(args).stdin(std::process::Stdio::null()).stdout(writer).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "baton {args:?}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"), "baton {args:?}: {}", stderr(&output));
+    }
+}

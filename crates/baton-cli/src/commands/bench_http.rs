@@ -380,7 +380,7 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
     let mut runs = Vec::new();
     for run in 0..options.repeats.max(1) {
         let figure = one_run(&options, run).await?;
-        eprintln!(
+        errln!(
             "http run {}: {} tasks in {:.2}s, {:.0} tasks/s; GET /status p50 {:.2} ms, p99 {:.2} ms ({} requests); \
              {:.1} tasks per claim, a claim answered in {:.1} ms and its results recorded in {:.1} ms on average",
             run + 1,
@@ -415,14 +415,14 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         runs,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
         return Ok(0);
     }
-    println!(
+    outln!(
         "task lifecycle over HTTP (create via POST /tasks/batch, claim and results via the agent API; synchronous={}):",
         report.synchronous
     );
-    println!(
+    outln!(
         "  {} tasks, {} worker processes on {} remote agents; median {:.0} tasks/s over {} run(s)",
         report.n_tasks,
         report.n_workers,
@@ -430,15 +430,18 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         report.median_tasks_per_second,
         report.runs.len()
     );
-    println!(
+    outln!(
         "  batches: {} tasks per create, claims of at most {} (median {:.1} tasks per claim), results posted as claimed",
-        report.create_batch, report.claim_batch, report.median_mean_claimed
+        report.create_batch,
+        report.claim_batch,
+        report.median_mean_claimed
     );
-    println!(
+    outln!(
         "  a worker's cycle: a claim answered in {:.1} ms, its results recorded (durable) in {:.1} ms (means, median run)",
-        report.median_claim_ms, report.median_results_ms
+        report.median_claim_ms,
+        report.median_results_ms
     );
-    println!(
+    outln!(
         "GET /status under that load, one request at a time: median p50 {:.2} ms, p99 {:.2} ms",
         report.median_status_p50_us as f64 / 1000.0,
         report.median_status_p99_us as f64 / 1000.0
@@ -491,7 +494,7 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
         stdin_closed.cancel();
     });
     let client = reqwest::Client::new();
-    println!("ready");
+    outln!("ready");
     let mut stats = WorkerStats::default();
     let claim_url = format!("{url}/agent/claim");
     let results_url = format!("{url}/agent/results");
@@ -546,6 +549,6 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
         stats.result_posts += 1;
         stats.results_us += results_sent.elapsed().as_micros() as u64;
     }
-    println!("{}", serde_json::to_string(&stats).context("serializing")?);
+    outln!("{}", serde_json::to_string(&stats).context("serializing")?);
     Ok(0)
 }

@@ -131,11 +131,11 @@ pub(super) async fn budget(
             "scopes": rows,
             "waiting_tasks": waiting,
         });
-        println!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
         return Ok(0);
     }
-    println!("run          {} ({})", run.id, run.name);
-    println!(
+    outln!("run          {} ({})", run.id, run.name);
+    outln!(
         "period       since {}; next reset {} (reset = \"{}\", timezone = \"{}\")",
         schedule.show(budgets.period_start()),
         next_reset.map(|at| schedule.show(at)).unwrap_or_else(|| "never".into()),
@@ -143,7 +143,7 @@ pub(super) async fn budget(
         spec.timezone
     );
     let thresholds: Vec<String> = spec.thresholds.iter().map(|t| format!("{t}%")).collect();
-    println!("thresholds   {}, 100%", thresholds.join(", "));
+    outln!("thresholds   {}, 100%", thresholds.join(", "));
     let mut table = output::table(&["scope", "tokens", "limit", "used", "cost", "thresholds", "state"]);
     for scope in scopes.iter().filter(|scope| !matches!(scope, Scope::Task(_))) {
         let used = budgets.used(scope);
@@ -167,15 +167,15 @@ pub(super) async fn budget(
             state.to_string(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     if !waiting.is_empty() {
-        println!("waiting for budget:");
+        outln!("waiting for budget:");
         for (task, reason) in &waiting {
-            println!("  task {task}: {reason}");
+            outln!("  task {task}: {reason}");
         }
     }
     if scopes.is_empty() {
-        println!("no usage reported yet this period and no limit set; add [budget] daily_tokens to baton.toml");
+        outln!("no usage reported yet this period and no limit set; add [budget] daily_tokens to baton.toml");
     }
     Ok(0)
 }

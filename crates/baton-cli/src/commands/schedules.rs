@@ -70,11 +70,11 @@ pub(super) async fn schedules(cli: &Cli, json: bool, run: Option<&str>) -> Resul
         });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows).context("serializing")?);
+        outln!("{}", serde_json::to_string_pretty(&rows).context("serializing")?);
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("no schedules in {}", cli.config.display());
+        outln!("no schedules in {}", cli.config.display());
         return Ok(0);
     }
     let mut table = output::table(&["schedule", "cron", "timezone", "state", "next fire times", "last fired", "task"]);
@@ -90,7 +90,7 @@ pub(super) async fn schedules(cli: &Cli, json: bool, run: Option<&str>) -> Resul
             row.last_task.map_or_else(|| "-".into(), |id| id.to_string()),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(0)
 }
 
@@ -141,7 +141,7 @@ pub(super) async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, F
         updated_at: now,
     });
     if record.paused == paused {
-        println!("schedule {name} is {} already", if paused { "paused" } else { "active" });
+        outln!("schedule {name} is {} already", if paused { "paused" } else { "active" });
         return Ok(0);
     }
     record.paused = paused;
@@ -156,7 +156,7 @@ pub(super) async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, F
         .apply(&run.id, now, vec![Write::Schedule { record, events: vec![event] }])
         .await
         .context("writing the schedule")?;
-    println!(
+    outln!(
         "schedule {name} {}; no `baton run` is executing run {} now: it takes effect when it resumes",
         if paused { "paused" } else { "resumed" },
         run.id

@@ -210,7 +210,7 @@ pub fn create_token(
     let (token, _) = auth
         .issue(&subject, role, agent, ttl.unwrap_or(auth.default_ttl), baton_server::auth::unix_now())
         .map_err(|error| Failure::usage(error.to_string()))?;
-    println!("{token}");
+    outln!("{token}");
     Ok(0)
 }
 
@@ -226,12 +226,12 @@ pub async fn audit(cli: &Cli, limit: u64, actor: Option<&str>, json: bool) -> Re
     let entries = store.audit(&query).await.map_err(|error| Failure::run(error.to_string()))?;
     if json {
         for entry in &entries {
-            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+            outln!("{}", serde_json::to_string(entry).unwrap_or_default());
         }
         return Ok(0);
     }
     if entries.is_empty() {
-        println!("no audited requests yet");
+        outln!("no audited requests yet");
         return Ok(0);
     }
     let mut table = crate::output::table(&["id", "at", "who", "role", "request", "target", "outcome"]);
@@ -246,7 +246,7 @@ pub async fn audit(cli: &Cli, limit: u64, actor: Option<&str>, json: bool) -> Re
             entry.outcome.clone(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     Ok(0)
 }
 
