@@ -100,8 +100,10 @@ impl From<JsonRejection> for ApiError {
             }
             other => other.body_text(),
         };
-        let status = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { status } else { StatusCode::BAD_REQUEST };
-        ApiError::new(status, "bad_request", message)
+        if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            return ApiError::new(status, "unsupported_media_type", message);
+        }
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
 

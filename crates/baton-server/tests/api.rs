@@ -193,6 +193,12 @@ async fn bad_requests_get_json_errors_that_say_what_is_wrong() {
     let body: Value = syntax.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().starts_with("the request body is not valid JSON"), "{body}");
 
+    let plain = server.client.post(format!("{}/tasks", server.url)).body(r#"{"title": "t"}"#).send().await.unwrap();
+    assert_eq!(plain.status(), 415);
+    let body: Value = plain.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Content-Type: application/json"), "{body}");
+
     let big = server.post("/tasks", json!({"title": "x".repeat(10_000)})).send().await.unwrap();
     assert_eq!(big.status(), 413);
     assert_eq!(big.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
