@@ -1271,7 +1271,7 @@ impl Validator<'_> {
 }
 
 /// "unknown workstream `tesing` (did you mean `testing`?)", or the known names when none is close.
-fn unknown(what: &str, name: &str, known: &[&str]) -> String {
+pub fn unknown(what: &str, name: &str, known: &[&str]) -> String {
     let closest = known
         .iter()
         .map(|candidate| (strsim::jaro_winkler(name, candidate), *candidate))

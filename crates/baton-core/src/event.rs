@@ -17,7 +17,7 @@ pub struct Event {
 }
 
 /// What happened. Serialized with its name in `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames)]
 #[serde(tag = "type")]
 pub enum EventKind {
     RunStarted {
@@ -254,51 +254,11 @@ pub enum EventKind {
 impl EventKind {
     /// The variant's name, stored in its own column so that events can be filtered by type.
     pub fn name(&self) -> &'static str {
-        match self {
-            EventKind::RunStarted { .. } => "RunStarted",
-            EventKind::RunResumed { .. } => "RunResumed",
-            EventKind::RunCompleted { .. } => "RunCompleted",
-            EventKind::PhaseStarted { .. } => "PhaseStarted",
-            EventKind::PhaseCompleted { .. } => "PhaseCompleted",
-            EventKind::WorkstreamCompleted { .. } => "WorkstreamCompleted",
-            EventKind::AgentSpawned { .. } => "AgentSpawned",
-            EventKind::AgentStateChanged { .. } => "AgentStateChanged",
-            EventKind::AgentTerminated { .. } => "AgentTerminated",
-            EventKind::TaskCreated { .. } => "TaskCreated",
-            EventKind::TaskReady { .. } => "TaskReady",
-            EventKind::TaskClaimed { .. } => "TaskClaimed",
-            EventKind::TaskProgress { .. } => "TaskProgress",
-            EventKind::TaskCompleted { .. } => "TaskCompleted",
-            EventKind::TaskFailed { .. } => "TaskFailed",
-            EventKind::TaskRetrying { .. } => "TaskRetrying",
-            EventKind::TaskDeadLettered { .. } => "TaskDeadLettered",
-            EventKind::TaskCancelled { .. } => "TaskCancelled",
-            EventKind::TaskLeaseExpired { .. } => "TaskLeaseExpired",
-            EventKind::TaskRequeued { .. } => "TaskRequeued",
-            EventKind::TaskSuspended { .. } => "TaskSuspended",
-            EventKind::TaskResumed { .. } => "TaskResumed",
-            EventKind::ScheduleFired { .. } => "ScheduleFired",
-            EventKind::ScheduleSkipped { .. } => "ScheduleSkipped",
-            EventKind::SchedulePaused { .. } => "SchedulePaused",
-            EventKind::ScheduleResumed { .. } => "ScheduleResumed",
-            EventKind::UsageReported { .. } => "UsageReported",
-            EventKind::BudgetThreshold { .. } => "BudgetThreshold",
-            EventKind::TaskBudgetWait { .. } => "TaskBudgetWait",
-            EventKind::BudgetReset { .. } => "BudgetReset",
-            EventKind::BudgetLimitSet { .. } => "BudgetLimitSet",
-            EventKind::ConflictDeferred { .. } => "ConflictDeferred",
-            EventKind::ResourceLeased { .. } => "ResourceLeased",
-            EventKind::ResourceReleased { .. } => "ResourceReleased",
-            EventKind::MessageSent { .. } => "MessageSent",
-            EventKind::MessageDeadLettered { .. } => "MessageDeadLettered",
-            EventKind::AgentAdded { .. } => "AgentAdded",
-            EventKind::AgentUpdated { .. } => "AgentUpdated",
-            EventKind::AgentRemoved { .. } => "AgentRemoved",
-            EventKind::WorkstreamAdded { .. } => "WorkstreamAdded",
-            EventKind::ConfigReloaded { .. } => "ConfigReloaded",
-            EventKind::ConfigRejected { .. } => "ConfigRejected",
-        }
+        self.into()
     }
+
+    /// Every event type's name, for checking a filter.
+    pub const NAMES: &'static [&'static str] = <EventKind as strum::VariantNames>::VARIANTS;
 
     /// The task the event is about, if any.
     pub fn task(&self) -> Option<TaskId> {
@@ -519,6 +479,19 @@ impl EventKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_type_names_are_the_serialized_ones() {
+        assert!(EventKind::NAMES.len() > 40 && EventKind::NAMES.contains(&"TaskCompleted"));
+        for name in EventKind::NAMES {
+            // Each name is a variant serde knows: what fails is a missing field, not the type.
+            if let Err(error) = serde_json::from_value::<EventKind>(serde_json::json!({ "type": name })) {
+                assert!(!error.to_string().contains("unknown variant"), "{name}: {error}");
+            }
+        }
+        let unknown = serde_json::from_value::<EventKind>(serde_json::json!({ "type": "TaskExploded" }));
+        assert!(unknown.unwrap_err().to_string().contains("unknown variant"));
+    }
 
     #[test]
     fn events_serialize_with_their_type_name() {

@@ -25,8 +25,8 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use baton_core::Event;
 use baton_core::model::TaskId;
+use baton_core::{Event, EventKind};
 use baton_store::EventQuery;
 
 use crate::api::Params;
@@ -66,6 +66,17 @@ impl EventFilter {
             .unwrap_or_default()
     }
 
+    /// Refuses a type no event has (a typo would otherwise match nothing, silently).
+    fn check(&self) -> Result<(), ApiError> {
+        for kind in self.kinds() {
+            if !EventKind::NAMES.contains(&kind.as_str()) {
+                let message = baton_core::config::unknown("event type", &kind, EventKind::NAMES);
+                return Err(ApiError::bad_request(format!("`type`: {message}")));
+            }
+        }
+        Ok(())
+    }
+
     fn query(&self, run_id: &str, since: i64, limit: u64) -> EventQuery {
         EventQuery {
             run_id: Some(run_id.to_string()),
@@ -96,6 +107,7 @@ pub async fn events(
     Params(filter): Params<EventFilter>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
+    filter.check()?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(value) => Some(
@@ -124,6 +136,7 @@ pub async fn history(
     Params(filter): Params<EventFilter>,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
+    filter.check()?;
     let limit = filter.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
@@ -143,6 +156,7 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     caller.require(Access::Read)?;
+    filter.check()?;
     let since = filter.since.unwrap_or(0);
     let caller = caller.0;
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, caller, filter, since)))

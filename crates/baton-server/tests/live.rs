@@ -61,6 +61,18 @@ async fn sse_resumes_from_last_event_id_without_gaps_or_duplicates() {
     let history: Vec<Value> = server.get_json("/events/history?limit=1000").await.as_array().unwrap().clone();
     let all: Vec<i64> = history.iter().map(|event| event["seq"].as_i64().unwrap()).collect();
     assert!(all.len() > 40, "{}", all.len());
+    let completed = server.get_json("/events/history?limit=1000&type=TaskCompleted,TaskCreated").await;
+    assert_eq!(completed.as_array().unwrap().len(), 40, "20 created, 20 completed");
+    // A type no event has is a mistake, not an empty stream.
+    for path in ["/events/history?type=TaskCompleted,TaskComplete", "/events?type=TaskComplete"] {
+        let typo = server.get(path).send().await.unwrap();
+        assert_eq!(typo.status(), 400, "{path}");
+        let body: Value = typo.json().await.unwrap();
+        assert_eq!(
+            body["error"]["message"], "`type`: unknown event type `TaskComplete` (did you mean `TaskCompleted`?)",
+            "{path}"
+        );
+    }
 
     // First connection: read part of the stream, then drop it.
     let first = server.get("/events?since=0").send().await.unwrap();
