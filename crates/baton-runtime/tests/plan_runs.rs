@@ -3,6 +3,8 @@
 //! runs and a downtime between two runs counts as one. Each engine here starts on a controlled
 //! clock (hours apart), on one SQLite store, with a real per-task process running the tasks.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use baton_core::config::{self, Plan};
-use baton_core::model::{NewTask, Priority, TaskId, TaskState};
+use baton_core::model::TaskState;
 use baton_core::{EventKind, Timestamp};
 use baton_runtime::Clock;
 use baton_runtime::engine::Error;
@@ -95,20 +97,6 @@ async fn a_finished_task(store: &SqliteStore, run_id: &str) -> baton_core::model
     .expect("a task ends within 30 s")
 }
 
-async fn finished(store: &SqliteStore, id: TaskId) -> TaskState {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let task = store.task(id).await.expect("the store answers").expect("the task exists");
-            if task.state.is_terminal() {
-                return task.state;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the task ends within 30 s")
-}
-
 async fn firings(store: &SqliteStore, run_id: &str) -> Vec<(Timestamp, u32)> {
     let events = store.events(&EventQuery { run_id: Some(run_id.to_string()), ..Default::default() }).await.unwrap();
     events
@@ -118,24 +106,6 @@ async fn firings(store: &SqliteStore, run_id: &str) -> Vec<(Timestamp, u32)> {
             _ => None,
         })
         .collect()
-}
-
-fn job(title: &str) -> NewTask {
-    NewTask {
-        key: None,
-        workstream: None,
-        title: title.to_string(),
-        description: String::new(),
-        input: serde_json::Value::Null,
-        requires: vec!["job".to_string()],
-        agent: None,
-        depends_on: Vec::new(),
-        priority: Priority::Medium,
-        max_attempts: 1,
-        timeout_ms: None,
-        resources: Vec::new(),
-        estimated_tokens: None,
-    }
 }
 
 #[tokio::test]
@@ -149,8 +119,8 @@ async fn a_fresh_run_goes_on_from_the_previous_runs_schedules() {
     // The first run starts at 10:00:30: nothing is owed yet, and it stops before 11:00.
     let first = start(dir.path(), &store, &plan, AT_10_00_30, false);
     let first_id = first.run_id().await;
-    let ids = first.handle.create_tasks(vec![job("warm up")]).await.expect("created");
-    assert_eq!(finished(&store, ids[0]).await, TaskState::Succeeded);
+    let ids = first.handle.create_tasks(vec![common::task("warm up", "job")]).await.expect("created");
+    assert_eq!(common::ended(&store, ids[0]).await.state, TaskState::Succeeded);
     first.stop().await;
     let stored = store.schedules(&first_id).await.unwrap();
     assert_eq!((stored.len(), stored[0].cursor), (1, AT_10_00_30));
@@ -174,8 +144,8 @@ async fn a_fresh_run_goes_on_from_the_previous_runs_schedules() {
     // Another fresh run at 15:30: the pause carries over, so nothing fires.
     let third = start(dir.path(), &store, &plan, AT_15_30, true);
     let third_id = third.run_id().await;
-    let ids = third.handle.create_tasks(vec![job("after the first step")]).await.expect("created");
-    assert_eq!(finished(&store, ids[0]).await, TaskState::Succeeded);
+    let ids = third.handle.create_tasks(vec![common::task("after the first step", "job")]).await.expect("created");
+    assert_eq!(common::ended(&store, ids[0]).await.state, TaskState::Succeeded);
     third.stop().await;
     assert!(firings(&store, &third_id).await.is_empty(), "a paused schedule stays paused in a fresh run");
     let stored = store.schedules(&third_id).await.unwrap();

@@ -2,6 +2,8 @@
 //! SQLite store: an agent added runs the task only it can run, a removed one no longer runs
 //! anything, and a reloaded configuration brings agents back and creates its new tasks.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +11,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use baton_core::config::{self, AgentSpec, Plan};
-use baton_core::model::{NewTask, Priority, TaskId, TaskState};
+use baton_core::model::TaskState;
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_store::sqlite::SqliteStore;
 use baton_store::{EventQuery, Store};
+use common::{ended, task};
 
 const PLAN: &str = r#"
 [orchestration]
@@ -48,39 +51,6 @@ requires = ["extra"]
 
 fn load(text: &str, env: &BTreeMap<String, String>) -> Plan {
     config::load("baton.toml", text, env).unwrap_or_else(|error| panic!("{error}"))
-}
-
-fn task(title: &str, requires: &str) -> NewTask {
-    NewTask {
-        key: None,
-        workstream: None,
-        title: title.to_string(),
-        description: String::new(),
-        input: serde_json::Value::Null,
-        requires: vec![requires.to_string()],
-        agent: None,
-        depends_on: Vec::new(),
-        priority: Priority::Medium,
-        max_attempts: 1,
-        timeout_ms: None,
-        resources: Vec::new(),
-        estimated_tokens: None,
-    }
-}
-
-/// Waits (at most 30 s) until the task has ended, and returns it.
-async fn ended(store: &SqliteStore, id: TaskId) -> baton_core::model::TaskRecord {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let task = store.task(id).await.expect("the store answers").expect("the task exists");
-            if task.state.is_terminal() {
-                return task;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the task ends within 30 s")
 }
 
 #[tokio::test]
