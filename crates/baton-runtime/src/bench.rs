@@ -501,9 +501,14 @@ struct DeliveredId<'a> {
 }
 
 impl BenchWorker {
-    /// When the first refused message is to be sent again, if one is waiting.
+    /// When the first refused message is to be sent again, if one is waiting and there is room
+    /// to send it (otherwise only an answer can free a place, and the worker waits for lines).
     fn next_retry(&self) -> Option<std::time::Instant> {
-        self.sending.as_ref().and_then(|sending| sending.retries.front().map(|(at, _)| *at))
+        let sending = self.sending.as_ref()?;
+        if sending.in_flight.len() as u64 >= sending.order.in_flight.max(1) {
+            return None;
+        }
+        sending.retries.front().map(|(at, _)| *at)
     }
 
     /// Handles one line from Baton, writing any answer to `out`. True on `shutdown`.
