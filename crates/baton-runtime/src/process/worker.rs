@@ -39,6 +39,9 @@ use crate::check::resolve_program;
 /// The protocol version Baton speaks, sent in `initialize`.
 pub const PROTOCOL_VERSION: &str = "1";
 
+/// How many bytes of waiting lines are gathered into one write to a worker's stdin, about.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// How long a worker gets to exit after `shutdown`, and again after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -216,12 +219,23 @@ impl WorkerAgent {
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
         tokio::spawn(async move {
+            // Every line waiting goes in one write (up to 64 KiB): a busy worker's answers and
+            // deliveries cost one system call per batch, not two per line.
+            let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
             while let Some(line) = to_write.recv().await {
-                if stdin.write_all(line.as_bytes()).await.is_err()
-                    || stdin.write_all(b"\n").await.is_err()
-                    || stdin.flush().await.is_err()
-                {
+                buffer.clear();
+                buffer.extend_from_slice(line.as_bytes());
+                buffer.push(b'\n');
+                while buffer.len() < WRITE_BUFFER {
+                    let Ok(line) = to_write.try_recv() else { break };
+                    buffer.extend_from_slice(line.as_bytes());
+                    buffer.push(b'\n');
+                }
+                if stdin.write_all(&buffer).await.is_err() || stdin.flush().await.is_err() {
                     break;
+                }
+                if buffer.capacity() > 4 * WRITE_BUFFER {
+                    buffer = Vec::with_capacity(WRITE_BUFFER);
                 }
             }
         });
