@@ -929,9 +929,20 @@ async fn messages_run(options: &MessagesOptions, run: u32, say: &impl Fn(String)
         launch(&dir.join(format!("messages-{run}.db")), Options::default(), plan, worker_runtimes(&dir))?;
     let mut run_id = handle.run_id();
     let run_id = run_id.wait_for(Option::is_some).await.map_err(|e| e.to_string())?.clone().unwrap_or_default();
-    // Let the workers start before the clock runs.
-    let mut progress = handle.progress();
-    let _ = tokio::time::timeout(Duration::from_secs(30), progress.changed()).await;
+    // Every worker is started (it has answered `initialize`) before the clock runs: a message
+    // to a worker still starting would wait for its first redelivery.
+    let waiting_since = Instant::now();
+    loop {
+        let agents = store.agents(&run_id).await.map_err(|e| e.to_string())?;
+        let idle = agents.iter().filter(|agent| agent.state == baton_core::model::AgentState::Idle).count();
+        if idle >= n_agents as usize {
+            break;
+        }
+        if waiting_since.elapsed() > Duration::from_secs(60) {
+            return Err(format!("only {idle} of {n_agents} workers started within a minute"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     say(format!(
         "messages: {n_messages} to {n_agents} workers, sent by {}",
         match from {
