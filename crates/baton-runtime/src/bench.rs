@@ -594,12 +594,14 @@ impl BenchWorker {
                 sending.failure.get_or_insert_with(|| "no recipients".to_string());
                 break;
             };
+            // As a JSON string.
+            let to = serde_json::Value::from(to.as_str());
             self.next_id += 1;
             let id = self.next_id;
             sending.in_flight.insert(id, number);
             let _ = writeln!(
                 out,
-                r#"{{"id":{id},"jsonrpc":"2.0","method":"message/send","params":{{"body":"message {number}","data":{{"n":{number}}},"to":{to:?}}}}}"#
+                r#"{{"id":{id},"jsonrpc":"2.0","method":"message/send","params":{{"body":"message {number}","data":{{"n":{number}}},"to":{to}}}}}"#
             );
         }
         let done = sending.in_flight.is_empty()
@@ -1092,7 +1094,7 @@ mod tests {
     #[test]
     fn every_message_is_sent_once_by_one_worker_to_another() {
         let n_agents = 3;
-        let mut seen = vec![0u32; 10];
+        let mut seen = [0u32; 10];
         for idx in 0..n_agents {
             let order = send_order(idx, n_agents, 10, 4);
             assert!(!order.to.contains(&format!("worker-{idx}")), "a worker does not send to itself");
@@ -1103,5 +1105,68 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&n| n == 1));
+    }
+
+    fn lines(out: &mut Vec<u8>) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(std::mem::take(out)).expect("the worker writes UTF-8");
+        text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect()
+    }
+
+    #[test]
+    fn the_bench_worker_keeps_its_sends_in_flight_and_answers_its_task_once_all_are_answered() {
+        let mut worker = BenchWorker::default();
+        let mut out = Vec::new();
+        let order = SendOrder { first: 1, step: 2, end: 6, to: vec!["b".into(), "c".into()], in_flight: 2 };
+        let assign = serde_json::json!({
+            "id": 7, "jsonrpc": "2.0", "method": "task/assign", "params": { "id": 1, "input": { "send": order } }
+        });
+        assert!(!worker.handle(&assign.to_string(), &mut out));
+        let sent = lines(&mut out);
+        assert_eq!(sent.len(), 2, "two in flight: {sent:?}");
+        assert_eq!(sent[0]["method"], "message/send");
+        assert_eq!(sent[0]["params"]["to"], "b");
+        assert_eq!(sent[0]["params"]["data"]["n"], 1);
+        assert_eq!(sent[1]["params"]["to"], "c");
+
+        // Messages delivered meanwhile are acknowledged.
+        let batch = r#"{"id":3,"jsonrpc":"2.0","method":"message/deliver_batch","params":{"messages":[{"message_id":"m1"},{"message_id":"m2"}]}}"#;
+        worker.handle(batch, &mut out);
+        let acked = lines(&mut out);
+        assert_eq!(acked[0]["id"], 3);
+        assert_eq!(acked[0]["result"]["acked"], serde_json::json!(["m1", "m2"]));
+
+        // An answer frees a place: the third message goes out; the task is answered after it.
+        worker
+            .handle(&format!(r#"{{"id":{},"jsonrpc":"2.0","result":{{"message_id":"x"}}}}"#, sent[0]["id"]), &mut out);
+        worker.send_more(&mut out);
+        let third = lines(&mut out);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0]["params"]["data"]["n"], 5);
+        assert_eq!(third[0]["params"]["to"], "b");
+        for id in [&sent[1]["id"], &third[0]["id"]] {
+            worker.handle(&format!(r#"{{"id":{id},"jsonrpc":"2.0","result":{{"message_id":"x"}}}}"#), &mut out);
+        }
+        worker.send_more(&mut out);
+        let done = lines(&mut out);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0]["id"], 7);
+        assert_eq!(done[0]["result"]["sent"], 3);
+    }
+
+    #[test]
+    fn a_refused_send_fails_the_bench_workers_task() {
+        let mut worker = BenchWorker::default();
+        let mut out = Vec::new();
+        let order = SendOrder { first: 0, step: 1, end: 1, to: vec!["nobody".into()], in_flight: 4 };
+        let assign = serde_json::json!({ "id": 9, "method": "task/assign", "params": { "input": { "send": order } } });
+        worker.handle(&assign.to_string(), &mut out);
+        let sent = lines(&mut out);
+        let refusal =
+            serde_json::json!({ "id": sent[0]["id"], "error": { "code": -32000, "message": "unknown agent" } });
+        worker.handle(&refusal.to_string(), &mut out);
+        worker.send_more(&mut out);
+        let done = lines(&mut out);
+        assert_eq!(done[0]["id"], 9);
+        assert_eq!(done[0]["error"]["message"], "message 0: unknown agent");
     }
 }
