@@ -42,8 +42,12 @@ const POLL: Duration = Duration::from_millis(250);
 /// at the cost of a few cheap reads when it stops.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 
-/// Most deliveries attempted in one round.
+/// Most deliveries read from the store for one round.
 const BATCH: u64 = 512;
+
+/// Most handed deliveries taken in one round (they cost no read, and a busy spell's rounds are
+/// paced by the store's commits: larger rounds keep the delivery loop up with the senders).
+const HANDED_BATCH: usize = 2048;
 
 /// The agents messages can reach, by name.
 type Runtimes = Arc<HashMap<String, Arc<dyn AgentRuntime>>>;
@@ -212,7 +216,7 @@ impl PostOffice {
             // Handed messages first: no store read for them.
             let mut due: Vec<Delivery> = {
                 let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
-                let n = handed.len().min(BATCH as usize);
+                let n = handed.len().min(HANDED_BATCH);
                 handed.drain(..n).filter(|delivery| !found_lately.contains_key(&delivery.id)).collect()
             };
             // Deliveries to agents that no longer take messages stay pending in the store.
