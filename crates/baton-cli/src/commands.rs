@@ -94,14 +94,15 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             let _ = std::fs::remove_dir_all(&temp);
             outcome
         }
-        Command::Bench { messages: true, tasks, agents, repeats, through_engine, dir, json, .. } => {
-            let options = baton_runtime::bench::MessagesOptions {
-                dir: PathBuf::new(),
-                worker_command: Vec::new(),
+        Command::Bench { messages: true, tasks, agents, repeats, from_store, in_flight, dir, json, .. } => {
+            use baton_runtime::bench::{MessagesOptions, SendFrom};
+            let options = MessagesOptions {
                 n_agents: *agents,
                 n_messages: tasks.unwrap_or(100_000),
                 repeats: *repeats,
-                through_engine: *through_engine,
+                from: if *from_store { SendFrom::Store } else { SendFrom::Workers },
+                in_flight: *in_flight,
+                ..MessagesOptions::new(PathBuf::new(), Vec::new())
             };
             bench_messages(options, dir.clone(), *json).await
         }
@@ -1161,11 +1162,15 @@ async fn bench_messages(
         outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
     } else {
         outln!(
-            "messages: {} to {} worker agents{}, median of {} runs: {:.0}/s stored durably, {:.0}/s stored and \
+            "messages: {} between {} worker agents{}, median of {} runs: {:.0}/s stored durably, {:.0}/s stored and \
              acknowledged (target >= 50,000/s); delivery latency, sent to acknowledged: p50 {} ms, p99 {} ms",
             report.n_messages,
             report.n_agents,
-            if report.through_engine { " through the engine" } else { "" },
+            match report.from {
+                baton_runtime::bench::SendFrom::Workers =>
+                    format!(" sent by the workers ({} in flight each)", report.in_flight),
+                baton_runtime::bench::SendFrom::Store => " sent by the benchmark straight to the store".to_string(),
+            },
             report.runs.len(),
             report.sent_per_second,
             report.delivered_per_second,

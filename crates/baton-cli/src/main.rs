@@ -276,10 +276,13 @@ pub enum Command {
         /// Measure durable messages between worker agents instead.
         #[arg(long)]
         messages: bool,
-        /// Messages: send through the engine, as a worker's `message/send` does, instead of
-        /// straight to the store.
+        /// Messages: send from the benchmark straight to the store (as the post office does once
+        /// it has resolved the recipients) instead of from the workers with `message/send`.
         #[arg(long)]
-        through_engine: bool,
+        from_store: bool,
+        /// Messages: unanswered `message/send` requests per worker, at most.
+        #[arg(long, default_value_t = 64)]
+        in_flight: u64,
         /// Soak: worker agents.
         #[arg(long, default_value_t = 200)]
         agents: u32,
@@ -304,7 +307,7 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         create_batch: usize,
     },
-    /// The minimal worker `baton bench --soak` runs (internal).
+    /// The minimal worker `baton bench --soak` and `baton bench --messages` run (internal).
     #[command(hide = true)]
     BenchWorker,
     /// The HTTP worker `baton bench --http` runs (internal): claims and completes tasks of a

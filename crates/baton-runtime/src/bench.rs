@@ -355,12 +355,19 @@ pub struct SoakReport {
 }
 
 /// A minimal worker for the soak and the message benchmark: answers `initialize` (declaring
-/// `message/deliver_batch`), completes every `task/assign` and acknowledges every message at
-/// once, heartbeats, exits on `shutdown` or when its stdin closes. Synchronous and
-/// dependency-free, so that hundreds of them are cheap.
+/// `message/deliver_batch`), completes every `task/assign`, acknowledges every message at once,
+/// heartbeats, exits on `shutdown` or when its stdin closes. Synchronous and dependency-free, so
+/// that hundreds of them are cheap.
+///
+/// A task whose input has a `send` object ([`SendOrder`]) is the message benchmark's load: the
+/// worker sends its share of the messages as `message/send` requests, up to `in_flight` at a
+/// time, while it goes on acknowledging the messages delivered to it; a send refused because the
+/// recipient's inbox is full is tried again 5 ms later. It answers the task once every message
+/// has been answered, with `{"sent", "retried_full"}`, or with an error naming the first refusal
+/// of another kind.
 pub fn worker_main() {
     use std::io::{BufRead, Write};
-    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    let stdout = Arc::new(Mutex::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout())));
     let heartbeat = Arc::clone(&stdout);
     std::thread::spawn(move || {
         loop {
@@ -374,27 +381,248 @@ pub fn worker_main() {
             }
         }
     });
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { return };
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-        let Some(id) = message.get("id").cloned() else { continue };
-        let method = message.get("method").and_then(serde_json::Value::as_str).unwrap_or_default();
-        let result = match method {
-            "initialize" => serde_json::json!({ "deliver_batch": true }),
-            "task/assign" => serde_json::json!({ "ok": true }),
-            "message/deliver_batch" => {
-                let messages = message.pointer("/params/messages").and_then(serde_json::Value::as_array);
-                let acked: Vec<&serde_json::Value> =
-                    messages.into_iter().flatten().filter_map(|delivered| delivered.get("message_id")).collect();
-                serde_json::json!({ "acked": acked })
+    // Lines are read on a thread of their own so that the main loop can wait for a line or for
+    // its next retry, whichever comes first.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::with_capacity(1 << 16, std::io::stdin()).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(line).is_err() {
+                return;
             }
-            _ => serde_json::json!({}),
+        }
+    });
+    let mut worker = BenchWorker::default();
+    loop {
+        let first = match worker.next_retry() {
+            Some(at) => match lines.recv_timeout(at.saturating_duration_since(std::time::Instant::now())) {
+                Ok(line) => Some(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            },
+            None => match lines.recv() {
+                Ok(line) => Some(line),
+                Err(_) => return,
+            },
         };
-        let reply = serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result });
         let mut out = stdout.lock().unwrap_or_else(|p| p.into_inner());
-        if writeln!(out, "{reply}").and_then(|()| out.flush()).is_err() || method == "shutdown" {
+        // Everything already read is handled before the answers are flushed: one write for many.
+        let mut next = first;
+        let mut stop = false;
+        while let Some(line) = next {
+            stop |= worker.handle(&line, &mut *out);
+            next = lines.try_recv().ok();
+        }
+        worker.send_more(&mut *out);
+        if out.flush().is_err() || stop {
             return;
         }
+    }
+}
+
+/// What the message benchmark asks a worker to send, in its task's input under `send`: the
+/// messages numbered `first`, `first + step`, … below `end`, message `k` to
+/// `to[(k / step) % to.len()]`, with at most `in_flight` unanswered at a time.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SendOrder {
+    pub first: u64,
+    pub step: u64,
+    pub end: u64,
+    pub to: Vec<String>,
+    pub in_flight: u64,
+}
+
+/// The state of [`worker_main`]: the task it is sending for, if any.
+#[derive(Default)]
+struct BenchWorker {
+    sending: Option<Sending>,
+    /// The id of the worker's next request.
+    next_id: u64,
+}
+
+struct Sending {
+    /// The `task/assign` request to answer when every message is answered.
+    task: serde_json::Value,
+    order: SendOrder,
+    /// The next message not sent yet.
+    next: u64,
+    /// Unanswered `message/send` requests: request id to message number.
+    in_flight: HashMap<u64, u64>,
+    /// Messages refused because an inbox was full, to send again at the time given.
+    retries: std::collections::VecDeque<(std::time::Instant, u64)>,
+    retried_full: u64,
+    failure: Option<String>,
+}
+
+/// A line from Baton, as much of it as the benchmark worker reads first (`params` is skipped,
+/// and read again only by the methods that need it: no `Value` is built for a whole line).
+#[derive(serde::Deserialize)]
+struct Incoming<'a> {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    error: Option<IncomingError>,
+}
+
+#[derive(serde::Deserialize)]
+struct IncomingError {
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(serde::Deserialize)]
+struct WithParams<T> {
+    params: T,
+}
+
+#[derive(serde::Deserialize)]
+struct AssignParams {
+    #[serde(default)]
+    input: Option<AssignInput>,
+}
+
+#[derive(serde::Deserialize)]
+struct AssignInput {
+    #[serde(default)]
+    send: Option<SendOrder>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeliveredIds<'a> {
+    #[serde(borrow)]
+    messages: Vec<DeliveredId<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeliveredId<'a> {
+    #[serde(borrow)]
+    message_id: std::borrow::Cow<'a, str>,
+}
+
+impl BenchWorker {
+    /// When the first refused message is to be sent again, if one is waiting and there is room
+    /// to send it (otherwise only an answer can free a place, and the worker waits for lines).
+    fn next_retry(&self) -> Option<std::time::Instant> {
+        let sending = self.sending.as_ref()?;
+        if sending.in_flight.len() as u64 >= sending.order.in_flight.max(1) {
+            return None;
+        }
+        sending.retries.front().map(|(at, _)| *at)
+    }
+
+    /// Handles one line from Baton, writing any answer to `out`. True on `shutdown`.
+    fn handle(&mut self, line: &str, out: &mut impl std::io::Write) -> bool {
+        let Ok(message) = serde_json::from_str::<Incoming<'_>>(line) else { return false };
+        let Some(id) = message.id else { return false };
+        let Some(method) = message.method else {
+            self.answered(&id, message.error.map(|error| error.message));
+            return false;
+        };
+        let result = match method.as_ref() {
+            "initialize" => r#"{"deliver_batch":true}"#.to_string(),
+            "task/assign" => {
+                let order = serde_json::from_str::<WithParams<AssignParams>>(line)
+                    .ok()
+                    .and_then(|assign| assign.params.input)
+                    .and_then(|input| input.send);
+                match order {
+                    Some(order) if self.sending.is_none() => {
+                        self.sending = Some(Sending {
+                            task: id,
+                            next: order.first,
+                            order,
+                            in_flight: HashMap::new(),
+                            retries: Default::default(),
+                            retried_full: 0,
+                            failure: None,
+                        });
+                        self.send_more(out);
+                        return false;
+                    }
+                    _ => r#"{"ok":true}"#.to_string(),
+                }
+            }
+            "message/deliver_batch" => {
+                let acked: Vec<std::borrow::Cow<'_, str>> = serde_json::from_str::<WithParams<DeliveredIds<'_>>>(line)
+                    .map(|batch| batch.params.messages.into_iter().map(|message| message.message_id).collect())
+                    .unwrap_or_default();
+                serde_json::json!({ "acked": acked }).to_string()
+            }
+            _ => "{}".to_string(),
+        };
+        let _ = writeln!(out, r#"{{"id":{id},"jsonrpc":"2.0","result":{result}}}"#);
+        method == "shutdown"
+    }
+
+    /// The answer to one of the worker's `message/send` requests.
+    fn answered(&mut self, id: &serde_json::Value, error: Option<String>) {
+        let Some(sending) = self.sending.as_mut() else { return };
+        let Some(number) = id.as_u64().and_then(|id| sending.in_flight.remove(&id)) else { return };
+        let Some(error) = error else { return };
+        if error.contains("is full") {
+            sending.retried_full += 1;
+            let at = std::time::Instant::now() + Duration::from_millis(5);
+            sending.retries.push_back((at, number));
+        } else if sending.failure.is_none() {
+            sending.failure = Some(format!("message {number}: {error}"));
+        }
+    }
+
+    /// Sends messages while fewer than `in_flight` are unanswered; answers the task when all
+    /// are answered.
+    fn send_more(&mut self, out: &mut impl std::io::Write) {
+        let Some(sending) = self.sending.as_mut() else { return };
+        let now = std::time::Instant::now();
+        while (sending.in_flight.len() as u64) < sending.order.in_flight.max(1) {
+            let number = match sending.retries.front() {
+                Some((at, number)) if *at <= now => {
+                    let number = *number;
+                    sending.retries.pop_front();
+                    number
+                }
+                _ if sending.next < sending.order.end => {
+                    let number = sending.next;
+                    sending.next += sending.order.step.max(1);
+                    number
+                }
+                _ => break,
+            };
+            let Some(to) =
+                sending.order.to.get(((number / sending.order.step.max(1)) as usize) % sending.order.to.len().max(1))
+            else {
+                sending.failure.get_or_insert_with(|| "no recipients".to_string());
+                break;
+            };
+            // As a JSON string.
+            let to = serde_json::Value::from(to.as_str());
+            self.next_id += 1;
+            let id = self.next_id;
+            sending.in_flight.insert(id, number);
+            let _ = writeln!(
+                out,
+                r#"{{"id":{id},"jsonrpc":"2.0","method":"message/send","params":{{"body":"message {number}","data":{{"n":{number}}},"to":{to}}}}}"#
+            );
+        }
+        let done = sending.in_flight.is_empty()
+            && sending.retries.is_empty()
+            && (sending.next >= sending.order.end || sending.failure.is_some());
+        if !done {
+            return;
+        }
+        let Some(sending) = self.sending.take() else { return };
+        let id = sending.task;
+        let response = match sending.failure {
+            Some(failure) => {
+                serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": { "code": 1, "message": failure } })
+            }
+            None => {
+                let sent = (sending.order.end.saturating_sub(sending.order.first)).div_ceil(sending.order.step.max(1));
+                serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": { "sent": sent, "retried_full": sending.retried_full } })
+            }
+        };
+        let _ = writeln!(out, "{response}");
     }
 }
 
@@ -557,24 +785,41 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MessagesRun {
-    /// Sending: every message durable (stored with its event), in messages per second.
+    /// Sending: every message durable (stored with its event) and its sender told so, in
+    /// messages per second.
     pub sent_per_second: f64,
-    /// Sending and delivering: every message acknowledged by its worker.
+    /// Sending and delivering: every message acknowledged by its recipient.
     pub delivered_per_second: f64,
-    /// Delivery latency, from a message being sent (its `created_at`) to its acknowledgement
-    /// being recorded (`acked_at`), in milliseconds.
+    /// Delivery latency, from a message being stored (its `created_at`, taken when the send
+    /// reaches the post office) to its acknowledgement being recorded (`acked_at`), in
+    /// milliseconds.
     pub latency_p50_ms: i64,
     pub latency_p99_ms: i64,
     pub latency_max_ms: i64,
+    /// Sends refused because the recipient's inbox was full, and sent again.
+    pub retried_full: u64,
+}
+
+/// Who sends the benchmark's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendFrom {
+    /// The worker processes themselves, with `message/send` requests over their pipes (the
+    /// protocol's path: the engine, the post office, the store). The default.
+    Workers,
+    /// Tasks of the benchmark process calling the store directly, as the post office does once it
+    /// has resolved the recipients: the store's share alone, for comparison.
+    Store,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MessagesReport {
     pub n_agents: u32,
     pub n_messages: u64,
-    /// The senders went through the engine (a worker's `message/send` path), not straight to
-    /// the store.
-    pub through_engine: bool,
+    pub from: SendFrom,
+    /// Unanswered sends per sender: per worker process, or per task of the benchmark with
+    /// [`SendFrom::Store`] (64 of them).
+    pub in_flight: u64,
     pub runs: Vec<MessagesRun>,
     /// Medians over the runs, each figure on its own.
     pub sent_per_second: f64,
@@ -589,15 +834,6 @@ fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
     values[values.len() / 2]
 }
 
-/// How the benchmark's senders send.
-enum Route {
-    /// Straight to the store, as the post office does once it has resolved the recipients.
-    Store(Arc<SqliteStore>, String),
-    /// Through the engine, as a worker's `message/send` does (the post office resolves the
-    /// recipients and stores the message).
-    Engine(crate::engine::EngineHandle),
-}
-
 #[derive(Debug, Clone)]
 pub struct MessagesOptions {
     pub dir: PathBuf,
@@ -607,46 +843,51 @@ pub struct MessagesOptions {
     pub n_messages: u64,
     /// Runs, each on a fresh store; medians are reported.
     pub repeats: u32,
-    /// Send through the engine (a worker's `message/send` path) instead of straight to the store.
-    pub through_engine: bool,
+    pub from: SendFrom,
+    /// Unanswered `message/send` requests per worker, at most.
+    pub in_flight: u64,
 }
 
-/// Durable messages between worker agents: `n_messages` sent by 64 concurrent senders straight
-/// to the store, to `n_agents` real worker processes, each acknowledged by its recipient; three
-/// runs, each on a fresh store, and their medians ([`messages_with`] for other choices).
-pub async fn messages(
-    dir: PathBuf,
-    worker_command: Vec<String>,
-    n_agents: u32,
-    n_messages: u64,
-    say: impl Fn(String),
-) -> Result<MessagesReport, String> {
-    let options = MessagesOptions { dir, worker_command, n_agents, n_messages, repeats: 3, through_engine: false };
-    messages_with(options, say).await
+impl MessagesOptions {
+    /// The published figure's choices: 100,000 messages sent by 8 workers to each other, 64
+    /// unanswered sends per worker, three runs.
+    pub fn new(dir: PathBuf, worker_command: Vec<String>) -> MessagesOptions {
+        MessagesOptions {
+            dir,
+            worker_command,
+            n_agents: 8,
+            n_messages: 100_000,
+            repeats: 3,
+            from: SendFrom::Workers,
+            in_flight: 64,
+        }
+    }
 }
 
 /// Durable messages between worker agents, `repeats` times on a fresh store each: `n_messages`
-/// sent by 64 concurrent senders to `n_agents` real worker processes, each acknowledged by its
-/// recipient. Medians over the runs.
+/// sent by the `n_agents` worker processes to each other (or by the benchmark, see
+/// [`SendFrom`]), each acknowledged by its recipient. Medians over the runs.
 pub async fn messages_with(options: MessagesOptions, say: impl Fn(String)) -> Result<MessagesReport, String> {
-    let MessagesOptions { dir, worker_command, n_agents, n_messages, repeats, through_engine } = options;
     let mut runs = Vec::new();
-    for run in 0..repeats.max(1) {
-        let figures = messages_run(&dir, &worker_command, n_agents, n_messages, run, through_engine, &say).await?;
+    for run in 0..options.repeats.max(1) {
+        let figures = messages_run(&options, run, &say).await?;
         say(format!(
-            "messages run {}: {:.0}/s stored, {:.0}/s acknowledged, delivery latency p50 {} ms, p99 {} ms",
+            "messages run {}: {:.0}/s stored, {:.0}/s acknowledged, delivery latency p50 {} ms, p99 {} ms \
+             ({} sends retried after a full inbox)",
             run + 1,
             figures.sent_per_second,
             figures.delivered_per_second,
             figures.latency_p50_ms,
-            figures.latency_p99_ms
+            figures.latency_p99_ms,
+            figures.retried_full
         ));
         runs.push(figures);
     }
     let report = MessagesReport {
-        n_agents,
-        n_messages,
-        through_engine,
+        n_agents: options.n_agents,
+        n_messages: options.n_messages,
+        from: options.from,
+        in_flight: if options.from == SendFrom::Store { 1 } else { options.in_flight },
         sent_per_second: median(runs.iter().map(|run| run.sent_per_second).collect()),
         delivered_per_second: median(runs.iter().map(|run| run.delivered_per_second).collect()),
         latency_p50_ms: median(runs.iter().map(|run| run.latency_p50_ms).collect()),
@@ -665,18 +906,22 @@ pub async fn messages_with(options: MessagesOptions, say: impl Fn(String)) -> Re
     Ok(report)
 }
 
-async fn messages_run(
-    dir: &std::path::Path,
-    worker_command: &[String],
-    n_agents: u32,
-    n_messages: u64,
-    run: u32,
-    through_engine: bool,
-    say: &impl Fn(String),
-) -> Result<MessagesRun, String> {
-    use baton_core::messages::{DeliveryState, NewMessage, Recipient};
+/// The load of worker `idx` of `n_agents` when the workers send: every `n_agents`-th message,
+/// to the other workers in turn (to itself when it is alone).
+fn send_order(idx: u32, n_agents: u32, n_messages: u64, in_flight: u64) -> SendOrder {
+    let to: Vec<String> = if n_agents <= 1 {
+        vec![format!("worker-{idx}")]
+    } else {
+        (1..n_agents).map(|offset| format!("worker-{}", (idx + offset) % n_agents)).collect()
+    };
+    SendOrder { first: u64::from(idx), step: u64::from(n_agents), end: n_messages, to, in_flight }
+}
 
-    std::fs::create_dir_all(dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+async fn messages_run(options: &MessagesOptions, run: u32, say: &impl Fn(String)) -> Result<MessagesRun, String> {
+    use baton_core::messages::DeliveryState;
+
+    let MessagesOptions { dir, worker_command, n_agents, n_messages, from, in_flight, .. } = options.clone();
+    std::fs::create_dir_all(&dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
     let command = worker_command.iter().map(|arg| format!("{arg:?}")).collect::<Vec<_>>().join(", ");
     let mut text = "[orchestration]\nname = \"messages\"\n".to_string();
     for idx in 0..n_agents {
@@ -684,76 +929,36 @@ async fn messages_run(
     }
     let plan = config::load("messages.toml", &text, &Default::default()).map_err(|error| error.to_string())?;
     let Launched { store, handle, shutdown, engine } =
-        launch(&dir.join(format!("messages-{run}.db")), Options::default(), plan, worker_runtimes(dir))?;
+        launch(&dir.join(format!("messages-{run}.db")), Options::default(), plan, worker_runtimes(&dir))?;
     let mut run_id = handle.run_id();
     let run_id = run_id.wait_for(Option::is_some).await.map_err(|e| e.to_string())?.clone().unwrap_or_default();
-    // Let the workers start before the clock runs.
-    let mut progress = handle.progress();
-    let _ = tokio::time::timeout(Duration::from_secs(30), progress.changed()).await;
-    say(format!("messages: {n_messages} to {n_agents} workers"));
+    // Every worker is started (it has answered `initialize`) before the clock runs: a message
+    // to a worker still starting would wait for its first redelivery.
+    let waiting_since = Instant::now();
+    loop {
+        let agents = store.agents(&run_id).await.map_err(|e| e.to_string())?;
+        let idle = agents.iter().filter(|agent| agent.state == baton_core::model::AgentState::Idle).count();
+        if idle >= n_agents as usize {
+            break;
+        }
+        if waiting_since.elapsed() > Duration::from_secs(60) {
+            return Err(format!("only {idle} of {n_agents} workers started within a minute"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    say(format!(
+        "messages: {n_messages} to {n_agents} workers, sent by {}",
+        match from {
+            SendFrom::Workers => format!("the workers ({in_flight} in flight each)"),
+            SendFrom::Store => "64 tasks of the benchmark calling the store".to_string(),
+        }
+    ));
 
     let started = Instant::now();
-    let n_senders = 64u64;
-    let mut senders = Vec::new();
-    for sender in 0..n_senders {
-        let route = if through_engine {
-            Route::Engine(handle.clone())
-        } else {
-            Route::Store(Arc::clone(&store), run_id.clone())
-        };
-        senders.push(tokio::spawn(async move {
-            let mut idx = sender;
-            while idx < n_messages {
-                let to = format!("worker-{}", idx % u64::from(n_agents));
-                let message = NewMessage {
-                    from: "bench".into(),
-                    to: Recipient::Agent(to.clone()),
-                    body: format!("message {idx}"),
-                    data: serde_json::json!({ "n": idx }),
-                    task: None,
-                    correlation_id: None,
-                };
-                // A full inbox pushes back: the sender waits and tries again.
-                loop {
-                    let sent = match &route {
-                        // As a worker's `message/send` goes: to the engine, whose post office
-                        // stores it and answers once it is durable.
-                        Route::Engine(handle) => {
-                            let (reply, answer) = tokio::sync::oneshot::channel();
-                            let event = crate::agent::AgentEvent::SendMessage {
-                                agent: "bench".into(),
-                                message: message.clone(),
-                                reply,
-                            };
-                            handle.report(event).map_err(|error| error.to_string())?;
-                            answer.await.map_err(|_| "the engine stopped".to_string())?.map(|_| ())
-                        }
-                        Route::Store(store, run_id) => {
-                            let now = crate::clock::Clock::system().now();
-                            let id = format!("m{idx}");
-                            store
-                                .send_message(run_id, id, message.clone(), vec![to.clone()], now)
-                                .await
-                                .map(|_| ())
-                                .map_err(|error| error.to_string())
-                        }
-                    };
-                    match sent {
-                        Ok(()) => break,
-                        Err(error) if error.contains("is full") => {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err(error) => return Err(error),
-                    }
-                }
-                idx += n_senders;
-            }
-            Ok::<(), String>(())
-        }));
-    }
-    for sender in senders {
-        sender.await.map_err(|error| error.to_string())??;
-    }
+    let retried_full = match from {
+        SendFrom::Workers => send_from_workers(&store, &handle, &run_id, n_agents, n_messages, in_flight).await?,
+        SendFrom::Store => send_from_store(&store, &run_id, n_agents, n_messages).await?,
+    };
     let sent = started.elapsed().as_secs_f64();
     // Wait until every message is acknowledged (the post office polls; the store is the truth).
     let agents: Vec<String> = (0..n_agents).map(|idx| format!("worker-{idx}")).collect();
@@ -782,5 +987,187 @@ async fn messages_run(
         latency_p50_ms: percentile(0.50),
         latency_p99_ms: percentile(0.99),
         latency_max_ms: latencies.last().copied().unwrap_or(0),
+        retried_full,
     })
+}
+
+/// Each worker gets a task pinned to it whose input is its [`SendOrder`]; it sends its share
+/// with `message/send` and answers the task once every send is answered (durable). Returns the
+/// sends retried after a full inbox.
+async fn send_from_workers(
+    store: &Arc<SqliteStore>,
+    handle: &crate::engine::EngineHandle,
+    run_id: &str,
+    n_agents: u32,
+    n_messages: u64,
+    in_flight: u64,
+) -> Result<u64, String> {
+    use baton_core::model::TaskState;
+    use baton_store::TaskFilter;
+
+    let tasks: Vec<NewTask> = (0..n_agents)
+        .map(|idx| {
+            let order = send_order(idx, n_agents, n_messages, in_flight);
+            NewTask {
+                title: format!("worker-{idx} sends its messages"),
+                input: serde_json::json!({ "send": order }),
+                agent: Some(format!("worker-{idx}")),
+                max_attempts: 1,
+                ..bench_task(u64::from(idx))
+            }
+        })
+        .collect();
+    let ids = handle.create_tasks(tasks).await.map_err(|error| error.to_string())?;
+    let mut progress = handle.progress();
+    while progress.borrow_and_update().workstreams.iter().map(|ws| ws.n_finished).sum::<u64>() < ids.len() as u64 {
+        if progress.changed().await.is_err() {
+            return Err("the engine stopped".into());
+        }
+    }
+    let tasks = store.tasks(run_id, &TaskFilter::default()).await.map_err(|e| e.to_string())?;
+    let mut retried_full = 0;
+    for task in tasks.iter().filter(|task| ids.contains(&task.id)) {
+        if task.state != TaskState::Succeeded {
+            return Err(format!("{}: {}", task.title, task.error.as_deref().unwrap_or("did not succeed")));
+        }
+        retried_full +=
+            task.result.as_ref().and_then(|result| result.get("retried_full")).and_then(|n| n.as_u64()).unwrap_or(0);
+    }
+    Ok(retried_full)
+}
+
+/// 64 tasks of the benchmark call the store as the post office does once it has resolved the
+/// recipients, each waiting for its send to be durable before the next; a full inbox makes the
+/// sender wait 5 ms and try again. Returns the sends retried.
+async fn send_from_store(
+    store: &Arc<SqliteStore>,
+    run_id: &str,
+    n_agents: u32,
+    n_messages: u64,
+) -> Result<u64, String> {
+    use baton_core::messages::{NewMessage, Recipient};
+
+    let n_senders = 64u64;
+    let mut senders = Vec::new();
+    for sender in 0..n_senders {
+        let store = Arc::clone(store);
+        let run_id = run_id.to_string();
+        senders.push(tokio::spawn(async move {
+            let mut retried = 0u64;
+            let mut idx = sender;
+            while idx < n_messages {
+                let to = format!("worker-{}", idx % u64::from(n_agents));
+                let message = NewMessage {
+                    from: "bench".into(),
+                    to: Recipient::Agent(to.clone()),
+                    body: format!("message {idx}"),
+                    data: serde_json::json!({ "n": idx }),
+                    task: None,
+                    correlation_id: None,
+                };
+                loop {
+                    let now = crate::clock::Clock::system().now();
+                    match store.send_message(&run_id, format!("m{idx}"), message.clone(), vec![to.clone()], now).await {
+                        Ok(_) => break,
+                        Err(error) if error.to_string().contains("is full") => {
+                            retried += 1;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    }
+                }
+                idx += n_senders;
+            }
+            Ok::<u64, String>(retried)
+        }));
+    }
+    let mut retried = 0;
+    for sender in senders {
+        retried += sender.await.map_err(|error| error.to_string())??;
+    }
+    Ok(retried)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_is_sent_once_by_one_worker_to_another() {
+        let n_agents = 3;
+        let mut seen = [0u32; 10];
+        for idx in 0..n_agents {
+            let order = send_order(idx, n_agents, 10, 4);
+            assert!(!order.to.contains(&format!("worker-{idx}")), "a worker does not send to itself");
+            let mut number = order.first;
+            while number < order.end {
+                seen[number as usize] += 1;
+                number += order.step;
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+    }
+
+    fn lines(out: &mut Vec<u8>) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(std::mem::take(out)).expect("the worker writes UTF-8");
+        text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect()
+    }
+
+    #[test]
+    fn the_bench_worker_keeps_its_sends_in_flight_and_answers_its_task_once_all_are_answered() {
+        let mut worker = BenchWorker::default();
+        let mut out = Vec::new();
+        let order = SendOrder { first: 1, step: 2, end: 6, to: vec!["b".into(), "c".into()], in_flight: 2 };
+        let assign = serde_json::json!({
+            "id": 7, "jsonrpc": "2.0", "method": "task/assign", "params": { "id": 1, "input": { "send": order } }
+        });
+        assert!(!worker.handle(&assign.to_string(), &mut out));
+        let sent = lines(&mut out);
+        assert_eq!(sent.len(), 2, "two in flight: {sent:?}");
+        assert_eq!(sent[0]["method"], "message/send");
+        assert_eq!(sent[0]["params"]["to"], "b");
+        assert_eq!(sent[0]["params"]["data"]["n"], 1);
+        assert_eq!(sent[1]["params"]["to"], "c");
+
+        // Messages delivered meanwhile are acknowledged.
+        let batch = r#"{"id":3,"jsonrpc":"2.0","method":"message/deliver_batch","params":{"messages":[{"message_id":"m1"},{"message_id":"m2"}]}}"#;
+        worker.handle(batch, &mut out);
+        let acked = lines(&mut out);
+        assert_eq!(acked[0]["id"], 3);
+        assert_eq!(acked[0]["result"]["acked"], serde_json::json!(["m1", "m2"]));
+
+        // An answer frees a place: the third message goes out; the task is answered after it.
+        worker
+            .handle(&format!(r#"{{"id":{},"jsonrpc":"2.0","result":{{"message_id":"x"}}}}"#, sent[0]["id"]), &mut out);
+        worker.send_more(&mut out);
+        let third = lines(&mut out);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0]["params"]["data"]["n"], 5);
+        assert_eq!(third[0]["params"]["to"], "b");
+        for id in [&sent[1]["id"], &third[0]["id"]] {
+            worker.handle(&format!(r#"{{"id":{id},"jsonrpc":"2.0","result":{{"message_id":"x"}}}}"#), &mut out);
+        }
+        worker.send_more(&mut out);
+        let done = lines(&mut out);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0]["id"], 7);
+        assert_eq!(done[0]["result"]["sent"], 3);
+    }
+
+    #[test]
+    fn a_refused_send_fails_the_bench_workers_task() {
+        let mut worker = BenchWorker::default();
+        let mut out = Vec::new();
+        let order = SendOrder { first: 0, step: 1, end: 1, to: vec!["nobody".into()], in_flight: 4 };
+        let assign = serde_json::json!({ "id": 9, "method": "task/assign", "params": { "input": { "send": order } } });
+        worker.handle(&assign.to_string(), &mut out);
+        let sent = lines(&mut out);
+        let refusal =
+            serde_json::json!({ "id": sent[0]["id"], "error": { "code": -32000, "message": "unknown agent" } });
+        worker.handle(&refusal.to_string(), &mut out);
+        worker.send_more(&mut out);
+        let done = lines(&mut out);
+        assert_eq!(done[0]["id"], 9);
+        assert_eq!(done[0]["error"]["message"], "message 0: unknown agent");
+    }
 }

@@ -503,9 +503,36 @@ impl Engine {
                     // Before outcomes: an agent's exit decides what its attempts' failures mean.
                     Some(event) = agent_events.recv() => {
                         let now = clock.now();
-                        handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx).await;
-                        while let Ok(event) = agent_events.try_recv() {
-                            handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx).await;
+                        let mut sends = Vec::new();
+                        let mut next = Some(event);
+                        while let Some(event) = next {
+                            match event {
+                                // Taken together below.
+                                AgentEvent::SendMessage { agent, message, reply } => {
+                                    sched.agent_activity(&agent, now, &mut fx);
+                                    sends.push((message, reply));
+                                }
+                                event => {
+                                    handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx)
+                                        .await;
+                                }
+                            }
+                            next = agent_events.try_recv().ok();
+                        }
+                        if !sends.is_empty() {
+                            // Stored (durable) before each agent hears its message was sent, and
+                            // delivered by the post office. Off the engine's loop, in one task for
+                            // every send of this turn: concurrent sends share the store's commits.
+                            let post = post.clone();
+                            tokio::spawn(async move {
+                                let sending = sends.into_iter().map(|(message, reply)| {
+                                    let post = &post;
+                                    async move {
+                                        let _ = reply.send(post.send(message).await);
+                                    }
+                                });
+                                futures::future::join_all(sending).await;
+                            });
                         }
                     }
                     Some(report) = reports.recv() => {

@@ -9,16 +9,22 @@
 //! does not (busy, crashed, slow) gets it again after 1 s, 2 s, 4 s… until the last try, after
 //! which the message is dead-lettered with an event. Per-task agents take their messages with
 //! their next task (see `process::ProcessAgent`).
+//!
+//! A message sent through the post office ([`PostOffice::send`]) is handed to the delivery loop
+//! in memory once it is stored, so that the loop does not read back from the store what was just
+//! written there: the store is read for the rest (messages tried again after a backoff, and those
+//! stored without the post office, e.g. by `baton send` from another process), at least every
+//! 250 ms while handed messages keep it busy, and whenever nothing was handed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use baton_core::messages::{self, Delivery, MAX_DELIVERY_ATTEMPTS, NewMessage, Recipient};
+use baton_core::messages::{self, Delivery, DeliveryState, MAX_DELIVERY_ATTEMPTS, NewMessage, Recipient};
 use baton_store::{DeliveryOutcome, Store};
 
 use crate::agent::AgentRuntime;
@@ -36,8 +42,12 @@ const POLL: Duration = Duration::from_millis(250);
 /// at the cost of a few cheap reads when it stops.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 
-/// Most deliveries attempted in one round.
+/// Most deliveries read from the store for one round.
 const BATCH: u64 = 512;
+
+/// Most handed deliveries taken in one round (they cost no read, and a busy spell's rounds are
+/// paced by the store's commits: larger rounds keep the delivery loop up with the senders).
+const HANDED_BATCH: usize = 2048;
 
 /// The agents messages can reach, by name.
 type Runtimes = Arc<HashMap<String, Arc<dyn AgentRuntime>>>;
@@ -52,6 +62,10 @@ pub struct PostOffice {
     runtimes: Arc<RwLock<Runtimes>>,
     /// Topics each agent follows. A std mutex: held only to read or update the map.
     topics: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Deliveries stored by [`PostOffice::send`] and not yet taken by the delivery loop, oldest
+    /// first (only those to agents that take messages). At most one per pending delivery in the
+    /// store, so bounded by the inboxes' limit. A std mutex: held only to push or take.
+    handed: Arc<Mutex<VecDeque<Delivery>>>,
     wake: Arc<Notify>,
     clock: Clock,
 }
@@ -68,6 +82,7 @@ impl PostOffice {
             run_id,
             runtimes: Arc::new(RwLock::new(runtimes)),
             topics: Arc::new(Mutex::new(HashMap::new())),
+            handed: Arc::new(Mutex::new(VecDeque::new())),
             wake: Arc::new(Notify::new()),
             clock,
         }
@@ -91,29 +106,70 @@ impl PostOffice {
         }
     }
 
-    /// Stores a message for its recipients and wakes the delivery loop. Returns its id.
+    /// Stores a message for its recipients, hands its deliveries to the delivery loop and wakes
+    /// it. Returns its id once the message is durable.
     pub async fn send(&self, message: NewMessage) -> Result<String, String> {
         let runtimes = self.runtimes();
-        let agents: Vec<(String, Vec<String>)> = {
-            let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-            runtimes.keys().map(|name| (name.clone(), topics.get(name).cloned().unwrap_or_default())).collect()
+        let recipients = match &message.to {
+            Recipient::Agent(name) if name != messages::OPERATOR && !runtimes.contains_key(name) => {
+                let known: Vec<&str> = runtimes.keys().map(String::as_str).collect();
+                return Err(messages::resolve_mentions(&format!("@{name}"), &known).unwrap_err());
+            }
+            // One recipient: no list of every agent and its topics to build.
+            Recipient::Agent(name) => vec![name.clone()],
+            to => {
+                let agents: Vec<(String, Vec<String>)> = {
+                    let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+                    runtimes.keys().map(|name| (name.clone(), topics.get(name).cloned().unwrap_or_default())).collect()
+                };
+                messages::recipients(to, &message.from, &agents)
+            }
         };
-        if let Recipient::Agent(name) = &message.to
-            && name != messages::OPERATOR
-            && !runtimes.contains_key(name)
-        {
-            let known: Vec<&str> = runtimes.keys().map(String::as_str).collect();
-            return Err(messages::resolve_mentions(&format!("@{name}"), &known).unwrap_err());
-        }
-        let recipients = messages::recipients(&message.to, &message.from, &agents);
         if recipients.is_empty() {
             return Err("the message reaches nobody (no agent follows that topic)".into());
         }
         let id = uuid::Uuid::now_v7().to_string();
-        self.store
-            .send_message(&self.run_id, id.clone(), message, recipients, self.clock.now())
+        let now = self.clock.now();
+        // What the delivery loop is handed once the message is stored: its deliveries to the
+        // agents that take messages (the others take theirs from the store).
+        let takers: Vec<bool> =
+            recipients.iter().map(|name| runtimes.get(name).is_some_and(|runtime| runtime.takes_messages())).collect();
+        let kept = takers.contains(&true).then(|| (message.clone(), recipients.clone()));
+        let ids = self
+            .store
+            .send_message(&self.run_id, id.clone(), message, recipients, now)
             .await
             .map_err(|error| error.to_string())?;
+        if let Some((message, recipients)) = kept {
+            let topic = match &message.to {
+                Recipient::Topic(topic) => Some(topic.clone()),
+                _ => None,
+            };
+            let deliveries: Vec<Delivery> = ids
+                .into_iter()
+                .zip(recipients)
+                .zip(takers)
+                .filter(|(_, taker)| *taker)
+                .map(|((delivery_id, to), _)| Delivery {
+                    id: delivery_id,
+                    message_id: id.clone(),
+                    from: message.from.clone(),
+                    to,
+                    topic: topic.clone(),
+                    body: message.body.clone(),
+                    data: message.data.clone(),
+                    task: message.task,
+                    correlation_id: message.correlation_id.clone(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    created_at: now,
+                    error: None,
+                    acked_at: None,
+                })
+                .collect();
+            self.handed.lock().unwrap_or_else(|p| p.into_inner()).extend(deliveries);
+        }
         self.wake.notify_one();
         Ok(id)
     }
@@ -128,6 +184,11 @@ impl PostOffice {
         let mut settling: Option<(HashSet<i64>, BoxFuture<'static, ()>)> = None;
         let mut more = false;
         let mut poll = POLL;
+        // When the store was last read, and the deliveries that read found lately (a message is
+        // handed over just after its commit, so a read may find it first: it is not delivered
+        // twice for that).
+        let mut last_read: Option<Instant> = None;
+        let mut found_lately: HashMap<i64, Instant> = HashMap::new();
         loop {
             if cancel.is_cancelled() {
                 break;
@@ -152,25 +213,49 @@ impl PostOffice {
                 more = false;
                 continue;
             }
-            let in_flight = settling.as_ref().map_or(0, |(ids, _)| ids.len() as u64);
-            let due = match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), BATCH + in_flight).await
-            {
-                Ok(due) => due,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the messages to deliver");
-                    continue;
+            // Handed messages first: no store read for them.
+            let mut due: Vec<Delivery> = {
+                let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+                let n = handed.len().min(HANDED_BATCH);
+                handed.drain(..n).filter(|delivery| !found_lately.contains_key(&delivery.id)).collect()
+            };
+            // Deliveries to agents that no longer take messages stay pending in the store.
+            due.retain(|delivery| takers.contains(&delivery.to));
+            let handed_left = !self.handed.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+            let read_store = due.is_empty() || last_read.is_none_or(|at| at.elapsed() >= POLL);
+            if read_store {
+                let started = Instant::now();
+                last_read = Some(started);
+                found_lately.retain(|_, at| started.duration_since(*at) < POLL);
+                // What the post office holds already (being settled, taken this round, handed
+                // and not taken yet) is left out of what it reads.
+                let mut held: HashSet<i64> = settling.as_ref().map(|(ids, _)| ids.clone()).unwrap_or_default();
+                held.extend(due.iter().map(|delivery| delivery.id));
+                held.extend(self.handed.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|delivery| delivery.id));
+                let limit = BATCH + held.len() as u64;
+                match self.store.due_deliveries(&self.run_id, &takers, self.clock.now(), limit).await {
+                    Ok(read) => {
+                        for delivery in read {
+                            if !held.contains(&delivery.id) {
+                                found_lately.insert(delivery.id, started);
+                                due.push(delivery);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the messages to deliver");
+                        if due.is_empty() {
+                            continue;
+                        }
+                    }
                 }
-            };
+            }
             let previous = settling.take();
-            let due: Vec<Delivery> = match &previous {
-                Some((ids, _)) => due.into_iter().filter(|delivery| !ids.contains(&delivery.id)).collect(),
-                None => due,
-            };
-            more = !due.is_empty() || previous.is_some();
+            more = !due.is_empty() || previous.is_some() || handed_left;
             let runtimes = &runtimes;
             // One batch per recipient, in the order the store gave them (oldest first).
             let mut batches: Vec<(String, Vec<Delivery>)> = Vec::new();
-            for delivery in due.into_iter().take(BATCH as usize) {
+            for delivery in due {
                 match batches.iter_mut().find(|(to, _)| *to == delivery.to) {
                     Some((_, batch)) => batch.push(delivery),
                     None => batches.push((delivery.to.clone(), vec![delivery])),

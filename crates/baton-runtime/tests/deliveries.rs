@@ -2,7 +2,8 @@
 //! office on a SQLite store: a worker that declares `message/deliver_batch` gets a round's
 //! messages in one request and acknowledges them in its answer, the ones it refuses (and only
 //! those) are delivered again, and a worker that does not declare it still gets one
-//! `message/deliver` per message.
+//! `message/deliver` per message. Messages sent through the post office are handed to its
+//! delivery loop, one stored by someone else is read from the store, and none is delivered twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -126,16 +127,25 @@ async fn batches_are_acknowledged_per_message_and_workers_without_them_get_singl
     {
         post.send(message(to, body)).await.expect("the message is stored");
     }
+    // Stored without the post office (as `baton send` from another process does): it finds it
+    // in the store, and the messages handed to it are not delivered a second time from there.
+    store
+        .send_message(RUN_ID, "direct".into(), message("single", "five"), vec!["single".into()], Clock::system().now())
+        .await
+        .expect("the message is stored");
     let cancel = CancellationToken::new();
     let delivering = tokio::spawn(post.run(cancel.clone()));
 
     // The refused message is tried again (a second attempt recorded) while the others are
     // acknowledged, each after one delivery.
     let seen = deliveries_when(&store, |by_body| {
-        by_body.len() == 5 && by_body["please refuse"].attempts >= 2 && by_body["four"].state == DeliveryState::Acked
+        by_body.len() == 6
+            && by_body["please refuse"].attempts >= 2
+            && by_body["four"].state == DeliveryState::Acked
+            && by_body["five"].state == DeliveryState::Acked
     })
     .await;
-    for body in ["one", "two", "three", "four"] {
+    for body in ["one", "two", "three", "four", "five"] {
         let delivery = &seen[body];
         assert_eq!(delivery.state, DeliveryState::Acked, "{body}: {delivery:?}");
         assert_eq!(delivery.attempts, 1, "{body} was delivered once: {delivery:?}");
@@ -158,4 +168,5 @@ async fn batches_are_acknowledged_per_message_and_workers_without_them_get_singl
     assert!(!single_log.contains("batch of"), "{single_log}");
     assert!(single_log.contains("message from operator: three"), "{single_log}");
     assert!(single_log.contains("message from operator: four"), "{single_log}");
+    assert_eq!(single_log.matches("message from operator: five").count(), 1, "{single_log}");
 }

@@ -39,6 +39,9 @@ use crate::check::resolve_program;
 /// The protocol version Baton speaks, sent in `initialize`.
 pub const PROTOCOL_VERSION: &str = "1";
 
+/// How many bytes of waiting lines are gathered into one write to a worker's stdin, about.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 /// How long a worker gets to exit after `shutdown`, and again after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -216,12 +219,23 @@ impl WorkerAgent {
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
         tokio::spawn(async move {
+            // Every line waiting goes in one write (up to 64 KiB): a busy worker's answers and
+            // deliveries cost one system call per batch, not two per line.
+            let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
             while let Some(line) = to_write.recv().await {
-                if stdin.write_all(line.as_bytes()).await.is_err()
-                    || stdin.write_all(b"\n").await.is_err()
-                    || stdin.flush().await.is_err()
-                {
+                buffer.clear();
+                buffer.extend_from_slice(line.as_bytes());
+                buffer.push(b'\n');
+                while buffer.len() < WRITE_BUFFER {
+                    let Ok(line) = to_write.try_recv() else { break };
+                    buffer.extend_from_slice(line.as_bytes());
+                    buffer.push(b'\n');
+                }
+                if stdin.write_all(&buffer).await.is_err() || stdin.flush().await.is_err() {
                     break;
+                }
+                if buffer.capacity() > 4 * WRITE_BUFFER {
+                    buffer = Vec::with_capacity(WRITE_BUFFER);
                 }
             }
         });
@@ -390,16 +404,21 @@ impl Reader {
 
     async fn handle(&self, line: &str) {
         let agent = self.connection.agent.clone();
-        let message: Value = match serde_json::from_str(line) {
+        let mut message: Value = match serde_json::from_str(line) {
             Ok(message) => message,
             Err(error) => return self.protocol_error(Value::Null, -32700, &format!("parse error: {error}")).await,
         };
-        let _ = self.events.send(AgentEvent::Activity { agent: agent.clone() });
         let id = message.get("id").cloned();
-        let Some(method) = message.get("method").and_then(Value::as_str) else {
+        // Taken, not copied: a message's body and data go on to the engine.
+        let mut params = message.get_mut("params").map(Value::take).unwrap_or(Value::Null);
+        let method = message.get("method").and_then(Value::as_str);
+        // A sign of life; `message/send` is one by itself (the engine notes it with the send).
+        if method != Some("message/send") {
+            let _ = self.events.send(AgentEvent::Activity { agent: agent.clone() });
+        }
+        let Some(method) = method else {
             return self.response(id, &message).await;
         };
-        let params = message.get("params").cloned().unwrap_or(Value::Null);
         let task_id = params.get("task_id").and_then(Value::as_i64).map(TaskId);
         match method {
             "heartbeat" => self.reply(&id, json!({})),
@@ -419,7 +438,7 @@ impl Reader {
                 self.reply(&id, json!({}));
             }
             "message/send" => {
-                let message = match parse_message(&agent, &params) {
+                let message = match parse_message(&agent, &mut params) {
                     Ok(message) => message,
                     Err(message) => return self.invalid_params(id, &message).await,
                 };
@@ -591,7 +610,7 @@ fn batch_results(deliveries: &[baton_core::messages::Delivery], result: &Value) 
 
 /// The message of a `message/send` request: `to` is an agent's name, `"*"` for every agent,
 /// or `"#topic"`.
-fn parse_message(agent: &str, params: &Value) -> Result<baton_core::messages::NewMessage, String> {
+fn parse_message(agent: &str, params: &mut Value) -> Result<baton_core::messages::NewMessage, String> {
     use baton_core::messages::{NewMessage, Recipient};
     let Some(to) = params.get("to").and_then(Value::as_str).filter(|to| !to.is_empty()) else {
         return Err("message/send needs `to`: an agent, \"*\" or \"#topic\"".into());
@@ -605,7 +624,7 @@ fn parse_message(agent: &str, params: &Value) -> Result<baton_core::messages::Ne
         from: agent.to_string(),
         to,
         body: params.get("body").and_then(Value::as_str).unwrap_or_default().to_string(),
-        data: params.get("data").cloned().unwrap_or(Value::Null),
+        data: params.get_mut("data").map(Value::take).unwrap_or(Value::Null),
         task: params.get("task_id").and_then(Value::as_i64).map(TaskId),
         correlation_id: params.get("correlation_id").and_then(Value::as_str).map(str::to_string),
     })
