@@ -97,7 +97,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Bench { messages: true, tasks, agents, repeats, from_store, in_flight, dir, json, .. } => {
             use baton_runtime::bench::{MessagesOptions, SendFrom};
             let options = MessagesOptions {
-                n_agents: *agents,
+                n_agents: agents.unwrap_or(8),
                 n_messages: tasks.unwrap_or(100_000),
                 repeats: *repeats,
                 from: if *from_store { SendFrom::Store } else { SendFrom::Workers },
@@ -107,7 +107,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             bench_messages(options, dir.clone(), *json).await
         }
         Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
-            soak(*agents, tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
+            soak(agents.unwrap_or(200), tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
         }
         Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json, .. } => {
             bench(tasks.unwrap_or(20_000), *repeats, *latency_seconds, synchronous, dir.clone(), *json).await

@@ -283,9 +283,9 @@ pub enum Command {
         /// Messages: unanswered `message/send` requests per worker, at most.
         #[arg(long, default_value_t = 64)]
         in_flight: u64,
-        /// Soak: worker agents.
-        #[arg(long, default_value_t = 200)]
-        agents: u32,
+        /// Worker agents: for the soak (default 200) and the messages (default 8).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        agents: Option<u32>,
         /// Soak: a worker is killed this often.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         kill_every: std::time::Duration,
