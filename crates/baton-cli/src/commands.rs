@@ -1162,16 +1162,18 @@ async fn bench_messages(
         outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
     } else {
         outln!(
-            "messages: {} between {} worker agents{}, median of {} runs: {:.0}/s stored durably, {:.0}/s stored and \
+            "messages: {} between {} worker agent{}{}, median of {} run{}: {:.0}/s stored durably, {:.0}/s stored and \
              acknowledged (target >= 50,000/s); delivery latency, sent to acknowledged: p50 {} ms, p99 {} ms",
             report.n_messages,
             report.n_agents,
+            if report.n_agents == 1 { "" } else { "s" },
             match report.from {
                 baton_runtime::bench::SendFrom::Workers =>
                     format!(" sent by the workers ({} in flight each)", report.in_flight),
                 baton_runtime::bench::SendFrom::Store => " sent by the benchmark straight to the store".to_string(),
             },
             report.runs.len(),
+            if report.runs.len() == 1 { "" } else { "s" },
             report.sent_per_second,
             report.delivered_per_second,
             report.latency_p50_ms,
