@@ -271,13 +271,7 @@ async fn dispatch(options: &BenchOptions, rate: f64) -> Result<DispatchFigure, S
         })
         .collect();
     latencies.sort_unstable();
-    let percentile = |p: f64| -> u64 {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let idx = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[idx]
-    };
+    let percentile = |q: f64| percentile(&latencies, q);
     Ok(DispatchFigure {
         offered_per_second: rate,
         n_tasks: latencies.len() as u64,
@@ -304,10 +298,8 @@ pub async fn run(options: BenchOptions, say: impl Fn(String)) -> Result<BenchRep
         runs.push(tasks_per_second);
         n_events = events;
     }
-    let mut sorted = runs.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let rate = median / 2.0;
+    let median_tasks_per_second = median(runs.clone());
+    let rate = median_tasks_per_second / 2.0;
     say(format!("dispatch latency at {rate:.0} tasks/s (half of peak) for {:?}", options.latency_duration));
     let dispatch = dispatch(&options, rate).await?;
     Ok(BenchReport {
@@ -315,7 +307,7 @@ pub async fn run(options: BenchOptions, say: impl Fn(String)) -> Result<BenchRep
             Synchronous::Full => "full".into(),
             Synchronous::Normal => "normal".into(),
         },
-        lifecycle: LifecycleFigure { n_tasks: options.n_tasks, n_events, runs, median_tasks_per_second: median },
+        lifecycle: LifecycleFigure { n_tasks: options.n_tasks, n_events, runs, median_tasks_per_second },
         dispatch,
     })
 }
@@ -633,8 +625,7 @@ fn worker_children() -> Vec<(i32, String)> {
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(fields) = stat.rfind(')').and_then(|idx| stat.get(idx + 2..)) else { continue };
+        let Some(fields) = crate::process::proc_stat(pid) else { continue };
         let mut fields = fields.split_whitespace();
         let state = fields.next().unwrap_or_default();
         let ppid = fields.next().and_then(|field| field.parse::<i32>().ok());
@@ -762,8 +753,7 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
         }
     }
     latencies.sort_unstable();
-    let percentile =
-        |p: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
+    let percentile = |q: f64| percentile(&latencies, q);
     Ok(SoakReport {
         n_agents: options.n_agents,
         n_tasks: options.n_tasks,
@@ -829,9 +819,14 @@ pub struct MessagesReport {
 }
 
 /// The median of some figures (the upper one of an even number).
-fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+pub fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values[values.len() / 2]
+}
+
+/// The figure at quantile `q` (0 to 1) of `sorted` (nearest rank); zero when there is none.
+pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    sorted.get(((sorted.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or_default()
 }
 
 #[derive(Debug, Clone)]
@@ -979,8 +974,7 @@ async fn messages_run(options: &MessagesOptions, run: u32, say: &impl Fn(String)
         .filter_map(|delivery| delivery.acked_at.map(|acked_at| acked_at.0 - delivery.created_at.0))
         .collect();
     latencies.sort_unstable();
-    let percentile =
-        |p: f64| latencies.get(((latencies.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
+    let percentile = |q: f64| percentile(&latencies, q);
     Ok(MessagesRun {
         sent_per_second: n_messages as f64 / sent,
         delivered_per_second: n_messages as f64 / delivered,

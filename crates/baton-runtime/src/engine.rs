@@ -100,11 +100,7 @@ fn is_running(pid: u32) -> bool {
     if matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None), Err(nix::errno::Errno::ESRCH)) {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the field after the command, which is in parentheses and may hold spaces.
-        Ok(stat) => stat.rfind(')').and_then(|idx| stat.get(idx + 2..idx + 3)) != Some("Z"),
-        Err(_) => true,
-    }
+    crate::process::proc_stat(pid as i32).is_none_or(|fields| !fields.starts_with('Z'))
 }
 
 pub struct EngineOptions {
@@ -506,17 +502,10 @@ impl Engine {
                         let mut sends = Vec::new();
                         let mut next = Some(event);
                         while let Some(event) = next {
-                            match event {
-                                // Taken together below.
-                                AgentEvent::SendMessage { agent, message, reply } => {
-                                    sched.agent_activity(&agent, now, &mut fx);
-                                    sends.push((message, reply));
-                                }
-                                event => {
-                                    handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx)
-                                        .await;
-                                }
-                            }
+                            let send =
+                                handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx)
+                                    .await;
+                            sends.extend(send);
                             next = agent_events.try_recv().ok();
                         }
                         if !sends.is_empty() {
@@ -877,6 +866,11 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
     }
 }
 
+/// A message an agent sends, with where its id (or the refusal) goes.
+type MessageSend = (baton_core::messages::NewMessage, oneshot::Sender<Result<String, String>>);
+
+/// Applies what an agent reported; a message it sends is given back, to be sent with the
+/// turn's others.
 async fn handle_agent_event(
     sched: &mut Scheduler,
     store: &dyn Store,
@@ -885,16 +879,12 @@ async fn handle_agent_event(
     event: AgentEvent,
     now: Timestamp,
     fx: &mut Effects,
-) {
+) -> Option<MessageSend> {
     match event {
+        // Given back: the engine sends a turn's messages together.
         AgentEvent::SendMessage { agent, message, reply } => {
             sched.agent_activity(&agent, now, fx);
-            // Stored (durable) before the agent hears it was sent, and delivered by the post
-            // office. Off the engine's loop: concurrent sends share commits.
-            let post = post.clone();
-            tokio::spawn(async move {
-                let _ = reply.send(post.send(message).await);
-            });
+            return Some((message, reply));
         }
         AgentEvent::AcquireResource { agent, resource, ttl, reply } => {
             sched.agent_activity(&agent, now, fx);
@@ -948,6 +938,7 @@ async fn handle_agent_event(
             let _ = reply.send(result);
         }
     }
+    None
 }
 
 async fn handle_command(

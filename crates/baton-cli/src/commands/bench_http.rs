@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use baton_core::EventKind;
 use baton_core::model::TaskState;
+use baton_runtime::bench::{median, percentile};
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_runtime::remote::RemoteHub;
@@ -101,12 +102,6 @@ struct WorkerStats {
     /// Time spent waiting for answers to claims that returned tasks, and to result posts.
     claim_us: u64,
     results_us: u64,
-}
-
-fn median<T: Copy>(values: &[T], key: impl Fn(&T) -> f64) -> T {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    sorted[sorted.len() / 2]
 }
 
 fn plan(options: &HttpBenchOptions) -> Result<baton_core::config::Plan, Failure> {
@@ -341,12 +336,7 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
     }
 
     latencies.sort_unstable();
-    let percentile = |p: f64| -> u64 {
-        if latencies.is_empty() {
-            return 0;
-        }
-        latencies[((latencies.len() as f64 - 1.0) * p).round() as usize]
-    };
+    let percentile = |q: f64| percentile(&latencies, q);
     let n_claims = stats.claims - stats.empty_claims;
     Ok(HttpRun {
         seconds,
@@ -406,12 +396,12 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         n_workers: options.n_workers,
         n_agents: options.n_agents,
         claim_batch: options.claim_batch,
-        median_tasks_per_second: median(&runs.iter().map(|run| run.tasks_per_second).collect::<Vec<_>>(), |v| *v),
-        median_status_p50_us: median(&runs.iter().map(|run| run.status_p50_us).collect::<Vec<_>>(), |v| *v as f64),
-        median_status_p99_us: median(&runs.iter().map(|run| run.status_p99_us).collect::<Vec<_>>(), |v| *v as f64),
-        median_mean_claimed: median(&runs.iter().map(|run| run.mean_claimed).collect::<Vec<_>>(), |v| *v),
-        median_claim_ms: median(&runs.iter().map(|run| run.mean_claim_ms).collect::<Vec<_>>(), |v| *v),
-        median_results_ms: median(&runs.iter().map(|run| run.mean_results_ms).collect::<Vec<_>>(), |v| *v),
+        median_tasks_per_second: median(runs.iter().map(|run| run.tasks_per_second).collect()),
+        median_status_p50_us: median(runs.iter().map(|run| run.status_p50_us).collect()),
+        median_status_p99_us: median(runs.iter().map(|run| run.status_p99_us).collect()),
+        median_mean_claimed: median(runs.iter().map(|run| run.mean_claimed).collect()),
+        median_claim_ms: median(runs.iter().map(|run| run.mean_claim_ms).collect()),
+        median_results_ms: median(runs.iter().map(|run| run.mean_results_ms).collect()),
         runs,
     };
     if json {

@@ -128,6 +128,13 @@ impl Registry {
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command, `state ppid pgrp …` (the command is in
+/// parentheses and may hold spaces); `None` when there is no such process.
+pub fn proc_stat(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rfind(')').and_then(|idx| stat.get(idx + 2..)).map(str::to_string)
+}
+
 /// Kills the processes of a run that a dead node left behind: members of the recorded process
 /// groups that carry the run's id in their environment (so a reused group id is never hit).
 /// Returns how many were killed.
@@ -137,9 +144,7 @@ pub fn kill_leftovers(run_id: &str, pgids: &[i32]) -> usize {
     let mut n_killed = 0;
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // `pid (comm) state ppid pgrp ...`: comm may hold spaces, so split after its `)`.
-        let Some(fields) = stat.rfind(')').and_then(|idx| stat.get(idx + 2..)) else { continue };
+        let Some(fields) = proc_stat(pid) else { continue };
         let pgrp = fields.split_whitespace().nth(2).and_then(|field| field.parse::<i32>().ok());
         if !pgrp.is_some_and(|pgrp| pgids.contains(&pgrp)) {
             continue;

@@ -80,11 +80,7 @@ impl Connection {
     }
 
     fn request(&self, method: &str, params: Value) -> (u64, oneshot::Receiver<Reply>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
-        self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
-        (id, answer)
+        self.request_with(method, &params)
     }
 
     /// A request whose params are serialized straight from `params` (no `Value` built first:
