@@ -191,7 +191,13 @@ async fn find_run(store: &SqliteStore, plan: &Plan, run: Option<&str>) -> Result
 
 fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
     let loaded = load(cli)?;
-    let problems = baton_runtime::check::check_environment(&loaded.plan, &loaded.base_dir, &environment());
+    let env = environment();
+    let mut problems = baton_runtime::check::check_environment(&loaded.plan, &loaded.base_dir, &env);
+    // The secret is checked here and where it is used (`serve`, `token create`), not by every
+    // command that loads the file: reading the store needs none.
+    if let Some(Err(problem)) = loaded.plan.auth.as_ref().map(|auth| auth.secret(&env)) {
+        problems.push(problem);
+    }
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));

@@ -158,3 +158,21 @@ fn run_refuses_a_broken_configuration_and_keeps_the_store() {
     let status = project.baton(&["status"]);
     assert!(common::stdout(&status).contains("state     succeeded"));
 }
+
+#[test]
+fn check_refuses_an_unset_or_short_token_secret() {
+    let config = format!("{GOOD}\n[auth]\nsecret_env = \"TEST_CHECK_SECRET\"\n");
+    let project = Project::with(&config, &[("agent.sh", "#!/usr/bin/env bash\necho ok\n")]);
+    let unset = project.command(&["check"]).env_remove("TEST_CHECK_SECRET").output().unwrap();
+    assert_eq!(unset.status.code(), Some(2));
+    assert!(
+        stderr(&unset).contains("auth.secret_env names `TEST_CHECK_SECRET`, which is not set"),
+        "{}",
+        stderr(&unset)
+    );
+    let short = project.command(&["check"]).env("TEST_CHECK_SECRET", "x").output().unwrap();
+    assert_eq!(short.status.code(), Some(2));
+    assert!(stderr(&short).contains("is 1 byte(s) long; it must be at least 32"), "{}", stderr(&short));
+    let good = project.command(&["check"]).env("TEST_CHECK_SECRET", "k".repeat(32)).output().unwrap();
+    assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
+}

@@ -190,7 +190,7 @@ print(json.dumps({
         "{PLAN}\n[auth]\nsecret_env = \"TEST_JWT_SECRET\"\n\n[[agents]]\nname = \"caller\"\ncommand = [\"python3\", \"caller.py\"]\ncapabilities = [\"call\"]\n\n[[tasks]]\nkey = \"call\"\ntitle = \"Call the API\"\nrequires = [\"call\"]\n"
     );
     let project = Project::with(&plan, &[("caller.py", agent)]);
-    let secret = [("TEST_JWT_SECRET", "a secret for the serve tests")];
+    let secret = [("TEST_JWT_SECRET", "a secret for the serve tests, 32 bytes or more")];
     let token = project.command(&["token", "create", "--role", "viewer"]).envs(secret).output().unwrap();
     assert!(token.status.success(), "{}", common::stderr(&token));
     let mut served = Served::start(&project, &[], &secret);

@@ -433,7 +433,13 @@ pub struct Limits {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// An agent, validated.
+///
+/// `command` and `env` hold what the agent runs with, `${VAR}`s expanded — often a secret (an
+/// API key in `env`). They are never shown: serialization (the API, `baton check --json`) and
+/// `Debug` (logs) give `command_written` and `env_written` instead, the text as written in the
+/// file, `${ANTHROPIC_API_KEY}` and all.
+#[derive(Clone, PartialEq, Serialize)]
 pub struct AgentSpec {
     pub name: String,
     pub role: String,
@@ -443,8 +449,13 @@ pub struct AgentSpec {
     pub runtime: RuntimeKind,
     /// How a process agent runs; the default (`per-task`) for remote agents, which have none.
     pub mode: ProcessMode,
-    /// The program and its arguments; empty for remote agents, which Baton does not start.
+    /// The program and its arguments, `${VAR}`s expanded; empty for remote agents, which Baton
+    /// does not start. Never shown: see `command_written`.
+    #[serde(skip)]
     pub command: Vec<String>,
+    /// `command` as written, `${VAR}`s unexpanded: what the API and logs show.
+    #[serde(rename = "command")]
+    pub command_written: Vec<String>,
     /// Where `command` is written, for errors about it found later (command not found).
     pub command_location: Location,
     pub restart: RestartPolicy,
@@ -462,13 +473,30 @@ pub struct AgentSpec {
     pub terminal: Option<TerminalSpec>,
     pub concurrency: u32,
     pub runbook: Option<String>,
+    /// Variables set for the agent's processes, `${VAR}`s expanded. Never shown: see
+    /// `env_written`.
+    #[serde(skip)]
     pub env: BTreeMap<String, String>,
+    /// `env` as written, `${VAR}`s unexpanded: what the API and logs show.
+    #[serde(rename = "env")]
+    pub env_written: BTreeMap<String, String>,
     /// Variables of Baton's own environment the agent may inherit, beyond the safe defaults.
     pub env_passthrough: Vec<String>,
     /// Working directory, relative to the configuration file's directory.
     pub workdir: Option<String>,
     pub limits: Limits,
     pub objectives: Vec<Objective>,
+}
+
+impl fmt::Debug for AgentSpec {
+    /// The spec as it is shown (`command` and `env` as written, never expanded), so that a
+    /// `{:?}` in a log line cannot leak a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(shown) => write!(f, "AgentSpec {shown}"),
+            Err(_) => write!(f, "AgentSpec {{ name: {:?}, .. }}", self.name),
+        }
+    }
 }
 
 impl AgentSpec {
@@ -931,6 +959,11 @@ impl Validator<'_> {
             };
             let terminal = self.terminal(agent);
             let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
+            let env_written = agent.env.iter().map(|(key, value)| (key.clone(), value.get_ref().clone())).collect();
+            let command_written = match (&agent.command, command.is_empty()) {
+                (Some(raw), false) => raw.get_ref().iter().map(|arg| arg.get_ref().clone()).collect(),
+                _ => Vec::new(),
+            };
             let command_span = match &agent.command {
                 Some(command) => command.get_ref().first().map_or(command.span(), |arg| arg.span()),
                 None => agent.name.span(),
@@ -944,6 +977,7 @@ impl Validator<'_> {
                 runtime: agent.runtime,
                 mode,
                 command,
+                command_written,
                 command_location: self.locator.locate(command_span),
                 restart: agent.restart,
                 max_restarts: agent.max_restarts.unwrap_or(5),
@@ -964,6 +998,7 @@ impl Validator<'_> {
                 concurrency,
                 runbook: agent.runbook.clone(),
                 env,
+                env_written,
                 env_passthrough: agent.env_passthrough.clone(),
                 workdir: agent.workdir.as_ref().map(|dir| self.expand(dir)),
                 limits: Limits {
@@ -1406,7 +1441,10 @@ mod server;
 pub use json::{agent_from_json, agent_update_from_json};
 pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, is_profile_name, load_sources, profile_path};
 
-pub use server::{AuthSpec, RateLimit, ServerSpec, TlsSpec, is_loopback};
+pub use server::{
+    AuthSpec, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_TOKEN_TTL, MIN_SECRET_BYTES,
+    RateLimit, ServerSpec, TlsSpec, is_loopback,
+};
 
 #[cfg(test)]
 mod tests;

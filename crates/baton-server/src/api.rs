@@ -15,7 +15,7 @@ use baton_core::config::AgentSpec;
 use baton_core::model::{AgentRecord, NewTask, Priority, RunState, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_store::{AuditEntry, AuditQuery, EventQuery, TaskFilter};
 
-use crate::auth::{Access, Caller, Role};
+use crate::auth::{Action, Caller, Grant, Role};
 use crate::{ApiError, AppState, json};
 
 /// JSON in, with errors in the API's shape (a message naming the unknown or bad field).
@@ -114,7 +114,7 @@ pub struct Status {
 /// The run: its phase, progress and outcome.
 #[utoipa::path(get, path = "/status", tag = "operations", responses((status = 200, body = Status), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn status(State(state): State<AppState>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadStatus)?;
     let run =
         state.store().run(state.run_id()).await?.ok_or_else(|| ApiError::unavailable("the run is not in the store"))?;
     let counts = state.task_counts().await?;
@@ -170,7 +170,7 @@ pub struct WorkstreamView {
 /// The run's plan: workstreams, phases and progress.
 #[utoipa::path(get, path = "/plan", tag = "operations", responses((status = 200, body = PlanView)))]
 pub async fn plan(State(state): State<AppState>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadStatus)?;
     let plan = state.plan();
     let run = state.store().run(state.run_id()).await?;
     let tasks = state.store().tasks(state.run_id(), &TaskFilter::default()).await?;
@@ -306,7 +306,7 @@ pub async fn create_task(
     caller: Extension<Caller>,
     Body(input): Body<TaskInput>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::CreateTasks)?;
+    caller.require(Action::CreateTasks)?;
     let task = input.into_new_task(None)?;
     let ids = state.engine().create_tasks(vec![task]).await?;
     Ok((StatusCode::CREATED, axum::Json(Created { ids })).into_response())
@@ -320,7 +320,7 @@ pub async fn create_tasks(
     caller: Extension<Caller>,
     Body(batch): Body<TaskBatch>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::CreateTasks)?;
+    caller.require(Action::CreateTasks)?;
     if batch.tasks.is_empty() {
         return Err(ApiError::bad_request("`tasks` is empty"));
     }
@@ -365,7 +365,10 @@ pub async fn list_tasks(
     caller: Extension<Caller>,
     Params(query): Params<TaskQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    let agent = match caller.require(Action::ReadTasks)? {
+        Grant::Own => Some(own_only(&caller, query.agent.as_deref(), "tasks")?),
+        _ => query.agent,
+    };
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
@@ -373,7 +376,7 @@ pub async fn list_tasks(
     let filter = TaskFilter {
         state: query.state,
         workstream: query.workstream,
-        agent: query.agent,
+        agent,
         limit: Some(limit + 1),
         after: query.after.map(TaskId),
     };
@@ -396,6 +399,35 @@ pub struct TaskDetail {
     pub events: Vec<Event>,
 }
 
+/// Under [`Grant::Own`]: the caller's own agent, refusing a filter that names another.
+pub(crate) fn own_only(caller: &Caller, named: Option<&str>, what: &str) -> Result<String, ApiError> {
+    let own = caller.own_agent()?;
+    match named {
+        Some(named) if named != own => {
+            Err(ApiError::forbidden(format!("this token reads the {what} of agent `{own}` only, not of `{named}`")))
+        }
+        _ => Ok(own.to_string()),
+    }
+}
+
+/// Under [`Grant::Own`], an agent reads a task that is its own (assigned or pinned to it) or
+/// that one of its unfinished tasks depends on: what its work needs.
+async fn check_task_is_own(state: &AppState, caller: &Caller, task: &TaskRecord) -> Result<(), ApiError> {
+    let own = caller.own_agent()?;
+    if task.agent.as_deref() == Some(own) || task.assigned_agent.as_deref() == Some(own) {
+        return Ok(());
+    }
+    let filter = TaskFilter { state: Some(TaskState::Running), agent: Some(own.to_string()), ..TaskFilter::default() };
+    let running = state.store().tasks(state.run_id(), &filter).await?;
+    if running.iter().any(|mine| mine.depends_on.contains(&task.id)) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "task {} is not agent `{own}`'s: an agent token reads its own tasks and what they depend on",
+        task.id
+    )))
+}
+
 async fn find_task(state: &AppState, id: i64) -> Result<TaskRecord, ApiError> {
     state
         .store()
@@ -413,8 +445,11 @@ pub async fn get_task(
     caller: Extension<Caller>,
     PathParams(id): PathParams<i64>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    let grant = caller.require(Action::ReadTasks)?;
     let task = find_task(&state, id).await?;
+    if grant == Grant::Own {
+        check_task_is_own(&state, &caller, &task).await?;
+    }
     let events = state
         .store()
         .events(&EventQuery {
@@ -455,7 +490,7 @@ pub async fn cancel_task(
     PathParams(id): PathParams<i64>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::ControlTasks)?;
     let input: CancelInput = optional_body(&body)?;
     find_task(&state, id).await?;
     let reason = input.reason.unwrap_or_else(|| format!("cancelled by {}", caller.subject));
@@ -471,7 +506,7 @@ pub async fn retry_task(
     caller: Extension<Caller>,
     PathParams(id): PathParams<i64>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::ControlTasks)?;
     find_task(&state, id).await?;
     state.engine().retry(TaskId(id)).await?;
     Ok(json(find_task(&state, id).await?))
@@ -504,7 +539,7 @@ async fn agent_infos(state: &AppState) -> Result<Vec<AgentInfo>, ApiError> {
 /// The plan's agents, with their state.
 #[utoipa::path(get, path = "/agents", tag = "agents", responses((status = 200, body = Vec<AgentInfo>)))]
 pub async fn list_agents(State(state): State<AppState>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadAgents)?;
     Ok(json(agent_infos(&state).await?))
 }
 
@@ -524,7 +559,7 @@ pub async fn get_agent(
     caller: Extension<Caller>,
     PathParams(name): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadAgents)?;
     Ok(json(find_agent(&state, &name).await?))
 }
 
@@ -540,7 +575,7 @@ pub async fn create_agent(
     caller: Extension<Caller>,
     Body(body): Body<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::ManageAgents)?;
     let plan = state.plan();
     if let Some(name) = body.get("name").and_then(|name| name.as_str())
         && plan.agent(name).is_some()
@@ -563,7 +598,7 @@ pub async fn update_agent(
     PathParams(name): PathParams<String>,
     Body(mut body): Body<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::ManageAgents)?;
     let plan = state.plan();
     if plan.agent(&name).is_none() {
         return Err(ApiError::not_found(format!("no agent `{name}` in this run")));
@@ -591,7 +626,7 @@ pub async fn delete_agent(
     caller: Extension<Caller>,
     PathParams(name): PathParams<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::ManageAgents)?;
     find_agent(&state, &name).await?;
     state.engine().remove_agent(name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -607,7 +642,7 @@ macro_rules! agent_command {
             caller: Extension<Caller>,
             PathParams(name): PathParams<String>,
         ) -> Result<Response, ApiError> {
-            caller.require(Access::Operate)?;
+            caller.require(Action::ManageAgents)?;
             find_agent(&state, &name).await?;
             state.engine().$method(name.clone()).await?;
             Ok(json(find_agent(&state, &name).await?))
@@ -644,7 +679,9 @@ pub async fn agent_logs(
     PathParams(name): PathParams<String>,
     Params(query): Params<LogQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    if caller.require(Action::ReadAgentLogs)? == Grant::Own {
+        own_only(&caller, Some(&name), "log")?;
+    }
     find_agent(&state, &name).await?;
     let path = state.log_dir().join(format!("{name}.log"));
     crate::live::log_response(state.clone(), path, query.tail_bytes.unwrap_or(64 * 1024), query.follow.unwrap_or(false))
@@ -684,7 +721,7 @@ pub async fn create_token(
     caller: Extension<Caller>,
     Body(request): Body<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Admin)?;
+    caller.require(Action::Administer)?;
     let Some(auth) = state.auth() else {
         return Err(ApiError::bad_request("this server has no [auth] section: it issues no tokens"));
     };
@@ -733,7 +770,7 @@ pub async fn audit(
     caller: Extension<Caller>,
     Params(params): Params<AuditParams>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Admin)?;
+    caller.require(Action::Administer)?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));

@@ -51,17 +51,101 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// What a request needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Reading: every role.
-    Read,
-    /// Creating tasks: operators and admins, and agents (their sub-tasks).
+/// What a request does, as the authorization table knows it. Every endpoint names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumIter, strum::IntoStaticStr)]
+pub enum Action {
+    /// `/status`, `/plan`: the run's phase and progress.
+    ReadStatus,
+    /// `GET /tasks`, `GET /tasks/{id}`: tasks with their inputs, results and events.
+    ReadTasks,
+    /// `POST /tasks`, `POST /tasks/batch`.
     CreateTasks,
-    /// Running things: tasks, agents, schedules.
-    Operate,
-    /// Tokens and the audit log.
-    Admin,
+    /// Cancel or retry a task.
+    ControlTasks,
+    /// `GET /agents`, `GET /agents/{name}`: configuration (never a secret's value) and state.
+    ReadAgents,
+    /// Add, update, remove, start, stop or restart an agent.
+    ManageAgents,
+    /// `GET /agents/{name}/logs`.
+    ReadAgentLogs,
+    /// `GET /messages`: messages and their delivery state.
+    ReadMessages,
+    /// `POST /messages` and chat on `/ws`: a message to the agents it @mentions.
+    SendMessages,
+    /// `/events`, `/events/history`, `/ws`.
+    ReadEvents,
+    /// `/metrics`.
+    ReadMetrics,
+    /// `GET /budgets`.
+    ReadBudgets,
+    /// `POST /budgets/{scope}`.
+    SetBudgets,
+    /// `GET /schedules`.
+    ReadSchedules,
+    /// Pause or resume a schedule.
+    ControlSchedules,
+    /// The agent-side endpoints (`/agent/...`): claim, heartbeat, results, usage, resources.
+    ActAsAgent,
+    /// `POST /tokens`, `GET /audit`.
+    Administer,
+}
+
+/// What the table grants a role for an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Everything the action reaches.
+    All,
+    /// Only what is the caller's own agent's: an agent token's tasks (assigned or pinned to
+    /// it, and the tasks those depend on), its log, the messages to or from it, the events
+    /// about it; acting as itself.
+    Own,
+    /// Refused: `403`.
+    None,
+}
+
+/// Who may do what: one row per action, one column per role (admin, operator, viewer, agent).
+/// The README's authorization table is this one; a test checks every cell against a live
+/// server.
+pub const TABLE: &[(Action, [Grant; 4])] = {
+    use Action::*;
+    use Grant::{All, None as No, Own};
+    &[
+        //                 admin operator viewer agent
+        (ReadStatus, [All, All, All, All]),
+        (ReadTasks, [All, All, All, Own]),
+        (CreateTasks, [All, All, No, All]),
+        (ControlTasks, [All, All, No, No]),
+        (ReadAgents, [All, All, All, All]),
+        (ManageAgents, [All, All, No, No]),
+        (ReadAgentLogs, [All, All, All, Own]),
+        (ReadMessages, [All, All, All, Own]),
+        (SendMessages, [All, All, No, Own]),
+        (ReadEvents, [All, All, All, Own]),
+        (ReadMetrics, [All, All, All, No]),
+        (ReadBudgets, [All, All, All, No]),
+        (SetBudgets, [All, All, No, No]),
+        (ReadSchedules, [All, All, All, No]),
+        (ControlSchedules, [All, All, No, No]),
+        (ActAsAgent, [All, All, No, Own]),
+        (Administer, [All, No, No, No]),
+    ]
+};
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+
+    /// What `role` may do of this action, from [`TABLE`].
+    pub fn grant(self, role: Role) -> Grant {
+        let column = match role {
+            Role::Admin => 0,
+            Role::Operator => 1,
+            Role::Viewer => 2,
+            Role::Agent => 3,
+        };
+        TABLE.iter().find(|(action, _)| *action == self).map_or(Grant::None, |(_, grants)| grants[column])
+    }
 }
 
 /// The claims of a Baton token.
@@ -87,55 +171,75 @@ pub struct Caller {
     pub agent: Option<String>,
     /// Rate limits are kept per this key.
     pub token_id: String,
+    /// When the token expires, in seconds since the epoch; `None` without `[auth]`. A
+    /// WebSocket is closed then.
+    pub expires_at: Option<u64>,
 }
 
 impl Caller {
     pub fn anonymous() -> Caller {
-        Caller { subject: "anonymous".into(), role: Role::Admin, agent: None, token_id: "anonymous".into() }
+        Caller {
+            subject: "anonymous".into(),
+            role: Role::Admin,
+            agent: None,
+            token_id: "anonymous".into(),
+            expires_at: None,
+        }
     }
 
     /// A caller without a token on a server with `[auth]`: it may read what is open to all.
     pub fn anonymous_viewer() -> Caller {
-        Caller { subject: "anonymous".into(), role: Role::Viewer, agent: None, token_id: "anonymous".into() }
+        Caller {
+            subject: "anonymous".into(),
+            role: Role::Viewer,
+            agent: None,
+            token_id: "anonymous".into(),
+            expires_at: None,
+        }
     }
 
-    /// Allowed, or `403` saying what the role lacks.
-    pub fn require(&self, access: Access) -> Result<(), ApiError> {
-        let allowed = match access {
-            Access::Read => true,
-            Access::CreateTasks => matches!(self.role, Role::Admin | Role::Operator | Role::Agent),
-            Access::Operate => matches!(self.role, Role::Admin | Role::Operator),
-            Access::Admin => self.role == Role::Admin,
-        };
-        if allowed {
-            return Ok(());
+    /// What the table grants this caller for `action`, or `403` saying what it lacks.
+    pub fn require(&self, action: Action) -> Result<Grant, ApiError> {
+        match action.grant(self.role) {
+            Grant::None => {
+                let roles: Vec<&str> = [Role::Admin, Role::Operator, Role::Viewer, Role::Agent]
+                    .into_iter()
+                    .filter(|role| action.grant(*role) != Grant::None)
+                    .map(Role::as_str)
+                    .collect();
+                Err(ApiError::forbidden(format!(
+                    "`{}` has the {} role; {} needs the {} role",
+                    self.subject,
+                    self.role.as_str(),
+                    action.name(),
+                    roles.join(" or ")
+                )))
+            }
+            grant => Ok(grant),
         }
-        let needs = match access {
-            Access::Read => "any role",
-            Access::CreateTasks => "the operator or admin role (or an agent token)",
-            Access::Operate => "the operator or admin role",
-            Access::Admin => "the admin role",
-        };
-        Err(ApiError::forbidden(format!("`{}` has the {} role; this needs {needs}", self.subject, self.role.as_str())))
+    }
+
+    /// The agent whose own things this caller may reach, under [`Grant::Own`].
+    pub fn own_agent(&self) -> Result<&str, ApiError> {
+        self.agent.as_deref().ok_or_else(|| ApiError::forbidden("only an agent token has an agent of its own"))
     }
 
     /// The agent this caller acts as on the agent-side endpoints: an agent token's own agent
     /// (naming another is refused), or the agent an operator or admin names.
     pub fn acting_as(&self, named: Option<&str>) -> Result<String, ApiError> {
-        match (self.role, &self.agent, named) {
-            (Role::Agent, Some(own), Some(named)) if named != own => {
-                Err(ApiError::forbidden(format!("this token acts as agent `{own}` only, not as `{named}`")))
+        match self.require(Action::ActAsAgent)? {
+            Grant::Own => {
+                let own = self.own_agent()?;
+                match named {
+                    Some(named) if named != own => {
+                        Err(ApiError::forbidden(format!("this token acts as agent `{own}` only, not as `{named}`")))
+                    }
+                    _ => Ok(own.to_string()),
+                }
             }
-            (Role::Agent, Some(own), _) => Ok(own.clone()),
-            (Role::Admin | Role::Operator, _, Some(named)) => Ok(named.to_string()),
-            (Role::Admin | Role::Operator, _, None) => {
-                Err(ApiError::bad_request("name the agent to act as: `agent` in the request"))
-            }
-            _ => Err(ApiError::forbidden(format!(
-                "`{}` has the {} role; the agent-side endpoints need an agent token (or operator or admin)",
-                self.subject,
-                self.role.as_str()
-            ))),
+            _ => named
+                .map(str::to_string)
+                .ok_or_else(|| ApiError::bad_request("name the agent to act as: `agent` in the request")),
         }
     }
 }
@@ -157,8 +261,10 @@ impl std::fmt::Debug for Auth {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the token secret is empty; set it to a long random string")]
-    EmptySecret,
+    #[error("the token secret is {0} byte(s) long; it must be at least {min} (e.g. `openssl rand -hex 32`)", min = baton_core::config::MIN_SECRET_BYTES)]
+    ShortSecret(usize),
+    #[error("a token may last at most 3650d (ten years)")]
+    TtlTooLong,
     #[error("an agent token needs the agent it acts as (--agent NAME)")]
     AgentWithoutName,
     #[error("only agent tokens act as an agent; use --role agent with --agent")]
@@ -169,11 +275,13 @@ pub enum Error {
 
 impl Auth {
     pub fn new(secret: &[u8], default_ttl: Duration) -> Result<Auth, Error> {
-        if secret.is_empty() {
-            return Err(Error::EmptySecret);
+        if secret.len() < baton_core::config::MIN_SECRET_BYTES {
+            return Err(Error::ShortSecret(secret.len()));
         }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        // No leeway: a token is refused from the second its `exp` names (see `verify`). The
+        // clocks that matter are this server's own: it issues and checks its tokens.
+        validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Auth {
             encoding: EncodingKey::from_secret(secret),
@@ -197,12 +305,16 @@ impl Auth {
             (Role::Admin | Role::Operator | Role::Viewer, Some(_)) => return Err(Error::NameWithoutAgent),
             _ => {}
         }
+        if ttl > baton_core::config::MAX_TOKEN_TTL {
+            return Err(Error::TtlTooLong);
+        }
+        let exp = now_secs.checked_add(ttl.as_secs().max(1)).ok_or(Error::TtlTooLong)?;
         let claims = Claims {
             sub: subject.to_string(),
             role,
             agent: agent.map(str::to_string),
             iat: now_secs,
-            exp: now_secs + ttl.as_secs().max(1),
+            exp,
             jti: uuid::Uuid::now_v7().simple().to_string(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -212,6 +324,11 @@ impl Auth {
 
     /// The caller a bearer token names, or `401` saying what is wrong with it.
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// [`Auth::verify`] at `now_secs`: a token is valid while `now_secs < exp`.
+    pub fn verify_at(&self, token: &str, now_secs: u64) -> Result<Caller, ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|error| {
             use jsonwebtoken::errors::ErrorKind;
             let why = match error.kind() {
@@ -225,10 +342,19 @@ impl Auth {
             ApiError::unauthorized(why)
         })?;
         let claims = data.claims;
+        if now_secs >= claims.exp {
+            return Err(ApiError::unauthorized("the token has expired"));
+        }
         if claims.role == Role::Agent && claims.agent.is_none() {
             return Err(ApiError::unauthorized("an agent token must name its agent"));
         }
-        Ok(Caller { subject: claims.sub, role: claims.role, agent: claims.agent, token_id: claims.jti })
+        Ok(Caller {
+            subject: claims.sub,
+            role: claims.role,
+            agent: claims.agent,
+            token_id: claims.jti,
+            expires_at: Some(claims.exp),
+        })
     }
 }
 
@@ -242,7 +368,7 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
-        Auth::new(b"a test secret of some length", Duration::from_secs(3600)).unwrap()
+        Auth::new(b"a test secret of some length, 32 bytes or more", Duration::from_secs(3600)).unwrap()
     }
 
     #[test]
@@ -261,13 +387,43 @@ mod tests {
         let auth = auth();
         let (token, _) = auth.issue("old", Role::Viewer, None, Duration::from_secs(1), unix_now() - 3600).unwrap();
         assert_eq!(auth.verify(&token).unwrap_err().message, "the token has expired");
-        let other = Auth::new(b"another secret", Duration::from_secs(60)).unwrap();
+        let other = Auth::new(b"another secret, long enough to be accepted", Duration::from_secs(60)).unwrap();
         let (token, _) = other.issue("x", Role::Admin, None, Duration::from_secs(60), unix_now()).unwrap();
         assert_eq!(
             auth.verify(&token).unwrap_err().message,
             "the token's signature does not match this server's secret"
         );
         assert_eq!(auth.verify("garbage").unwrap_err().message, "the bearer token is not a Baton token");
+    }
+
+    #[test]
+    fn a_token_is_refused_from_the_second_it_expires_without_leeway() {
+        let auth = auth();
+        let now = 1_800_000_000;
+        let (token, claims) = auth.issue("ci", Role::Viewer, None, Duration::from_secs(1), now).unwrap();
+        assert_eq!(claims.exp, now + 1);
+        assert!(auth.verify_at(&token, now).is_ok());
+        assert_eq!(auth.verify_at(&token, now + 1).unwrap_err().message, "the token has expired");
+        assert_eq!(auth.verify_at(&token, now + 3).unwrap_err().message, "the token has expired");
+    }
+
+    #[test]
+    fn a_ttl_too_long_to_represent_is_refused_not_wrapped_into_the_past() {
+        let auth = auth();
+        assert!(matches!(auth.issue("x", Role::Admin, None, Duration::MAX, unix_now()), Err(Error::TtlTooLong)));
+        let eleven_years = Duration::from_secs(11 * 365 * 24 * 3600);
+        assert!(matches!(auth.issue("x", Role::Admin, None, eleven_years, unix_now()), Err(Error::TtlTooLong)));
+        assert!(matches!(
+            auth.issue("x", Role::Admin, None, Duration::from_secs(60), u64::MAX - 10),
+            Err(Error::TtlTooLong)
+        ));
+    }
+
+    #[test]
+    fn a_secret_shorter_than_32_bytes_is_refused() {
+        assert!(matches!(Auth::new(b"", Duration::from_secs(60)), Err(Error::ShortSecret(0))));
+        assert!(matches!(Auth::new(b"x", Duration::from_secs(60)), Err(Error::ShortSecret(1))));
+        assert!(Auth::new(&[b'k'; 32], Duration::from_secs(60)).is_ok());
     }
 
     #[test]
@@ -280,8 +436,13 @@ mod tests {
 
     #[test]
     fn agents_act_only_as_themselves() {
-        let agent =
-            Caller { subject: "s".into(), role: Role::Agent, agent: Some("builder".into()), token_id: "t".into() };
+        let agent = Caller {
+            subject: "s".into(),
+            role: Role::Agent,
+            agent: Some("builder".into()),
+            token_id: "t".into(),
+            expires_at: None,
+        };
         assert_eq!(agent.acting_as(None).unwrap(), "builder");
         assert_eq!(agent.acting_as(Some("builder")).unwrap(), "builder");
         assert_eq!(agent.acting_as(Some("other")).unwrap_err().status, 403);

@@ -17,7 +17,7 @@ use baton_core::model::TaskId;
 use baton_runtime::agent::AgentEvent;
 
 use crate::api::{Body, Params};
-use crate::auth::{Access, Caller};
+use crate::auth::{Action, Caller, Grant};
 use crate::{ApiError, AppState, json};
 
 pub fn routes() -> Router<AppState> {
@@ -51,11 +51,14 @@ pub struct ChatResult {
 
 /// Sends a chat message to each agent it mentions.
 pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Result<ChatResult, ApiError> {
-    caller.require(Access::CreateTasks)?;
+    // An agent token sends as its agent (`Grant::Own`); everyone else as the operator.
+    let from = match caller.require(Action::SendMessages)? {
+        Grant::Own => caller.own_agent()?.to_string(),
+        _ => OPERATOR.to_string(),
+    };
     let plan = state.plan();
     let known: Vec<&str> = plan.agents.iter().map(|agent| agent.name.as_str()).collect();
     let names = resolve_mentions(&message.text, &known).map_err(ApiError::bad_request)?;
-    let from = caller.agent.clone().unwrap_or_else(|| OPERATOR.to_string());
     let data = message.data.unwrap_or(serde_json::Value::Null);
     let mut sent = Vec::new();
     for name in names {
@@ -115,11 +118,14 @@ pub async fn list(
     caller: Extension<Caller>,
     Params(query): Params<MessageQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    let agent = match caller.require(Action::ReadMessages)? {
+        Grant::Own => Some(crate::api::own_only(&caller, query.agent.as_deref(), "messages")?),
+        _ => query.agent,
+    };
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
     }
-    let deliveries = state.store().deliveries(state.run_id(), query.agent.as_deref(), limit).await?;
+    let deliveries = state.store().deliveries(state.run_id(), agent.as_deref(), limit).await?;
     Ok(json(deliveries))
 }

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use baton_core::budget::{Scope, UsageRecord};
 
 use crate::api::{Body, PathParams};
-use crate::auth::{Access, Caller};
+use crate::auth::{Action, Caller};
 use crate::{ApiError, AppState, json};
 
 pub fn routes() -> Router<AppState> {
@@ -39,7 +39,7 @@ pub struct ScheduleView {
 /// The plan's schedules: cron, zone, state, next due times, last firing.
 #[utoipa::path(get, path = "/schedules", tag = "schedules", responses((status = 200, body = Vec<ScheduleView>)))]
 pub async fn schedules(State(state): State<AppState>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadSchedules)?;
     let stored = state.store().schedules(state.run_id()).await?;
     let now = state.clock().now();
     let plan = state.plan();
@@ -104,7 +104,7 @@ async fn set_paused(
     name: String,
     paused: bool,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::ControlSchedules)?;
     find_schedule(&state, &name).await?;
     if paused {
         state.engine().pause_schedule(name).await?;
@@ -138,7 +138,7 @@ pub struct Budgets {
 /// Token budgets of the current period: use and limits per scope.
 #[utoipa::path(get, path = "/budgets", tag = "budgets", responses((status = 200, body = Budgets)))]
 pub async fn budgets(State(state): State<AppState>, caller: Extension<Caller>) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadBudgets)?;
     let plan = state.plan();
     let now = state.clock().now();
     let reset = plan.budget.schedule();
@@ -196,7 +196,7 @@ pub async fn set_budget(
     PathParams(scope): PathParams<String>,
     Body(input): Body<LimitInput>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Operate)?;
+    caller.require(Action::SetBudgets)?;
     if input.daily_tokens.is_none() && input.cost_usd.is_none() {
         return Err(ApiError::bad_request("give `daily_tokens`, `cost_usd` or both"));
     }

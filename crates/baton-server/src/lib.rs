@@ -30,6 +30,7 @@ use baton_store::{NewAuditEntry, Store};
 pub mod api;
 pub mod auth;
 pub mod chat;
+pub mod connections;
 pub mod coordination;
 pub mod error;
 pub mod live;
@@ -37,7 +38,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod worker;
 
-pub use auth::{Access, Auth, Caller, Role};
+pub use auth::{Action, Auth, Caller, Grant, Role};
+pub use connections::ConnectionLimits;
 pub use error::ApiError;
 
 /// Everything the server needs.
@@ -75,6 +77,12 @@ struct Shared {
     plan: Arc<Plan>,
     auth: Option<Auth>,
     limiter: Option<metrics::Limiter>,
+    /// Requests without a valid token, per client address (see [`authenticate`]).
+    unauthenticated: metrics::Limiter,
+    /// Failed-authentication entries written to the audit log, from every address together.
+    unauthenticated_audit: metrics::Limiter,
+    /// Failed-authentication entries written since the oldest were last pruned.
+    n_unauthenticated_audited: std::sync::atomic::AtomicU64,
     log_dir: PathBuf,
     clock: Clock,
     started: Instant,
@@ -95,6 +103,12 @@ impl AppState {
                 plan: Arc::new(options.plan),
                 auth: options.auth,
                 limiter,
+                unauthenticated: metrics::Limiter::new(UNAUTHENTICATED_PER_SECOND, UNAUTHENTICATED_BURST),
+                unauthenticated_audit: metrics::Limiter::new(
+                    UNAUTHENTICATED_AUDIT_PER_SECOND,
+                    UNAUTHENTICATED_AUDIT_BURST,
+                ),
+                n_unauthenticated_audited: std::sync::atomic::AtomicU64::new(0),
                 log_dir: options.log_dir,
                 clock: options.clock,
                 started: Instant::now(),
@@ -157,6 +171,21 @@ impl AppState {
     }
 }
 
+/// Requests without a valid token that one client address may make: a burst, then this many a
+/// second. Over it, `429`, and no audit entry.
+const UNAUTHENTICATED_PER_SECOND: u32 = 2;
+const UNAUTHENTICATED_BURST: u32 = 30;
+/// Failed-authentication entries the audit log takes from all addresses together; the rest are
+/// counted (`baton_http_unaudited_total`) and not written.
+const UNAUTHENTICATED_AUDIT_PER_SECOND: u32 = 5;
+const UNAUTHENTICATED_AUDIT_BURST: u32 = 100;
+/// The audit log keeps this many failed-authentication entries, the newest.
+pub const UNAUTHENTICATED_AUDIT_KEEP: u64 = 10_000;
+/// The longest request path an audit entry stores; a longer one is cut, saying so.
+pub const AUDIT_TARGET_MAX: usize = 512;
+/// The actor of an audit entry for a request without a valid token.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
 /// The whole API.
 pub fn router(state: AppState, max_request_size: usize) -> Router {
     api::routes()
@@ -188,27 +217,13 @@ async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
 
-    let caller = match (state.auth(), bearer(&request)) {
-        (None, _) => Ok(Caller::anonymous()),
-        // Health and the API description are open, so that probes and clients can find their way.
-        (Some(_), None) if matches!(path.as_str(), "/health" | "/openapi.json") => Ok(Caller::anonymous_viewer()),
-        (Some(_), None) => Err(ApiError::unauthorized(
-            "this server needs a bearer token: `Authorization: Bearer TOKEN` (see `baton token create`)",
-        )),
-        (Some(auth), Some(token)) => auth.verify(&token),
-    };
+    let caller = authenticate(&state, &request, &path);
     let response = match caller.clone() {
         Err(error) => error.into_response(),
         Ok(caller) => {
             match state.shared.limiter.as_ref().map(|limiter| limiter.check(&limit_key(&state, &caller, &request))) {
                 Some(Err(retry_after)) => {
-                    let mut error = ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        format!("too many requests from `{}`; retry after {retry_after} s", caller.subject),
-                    );
-                    error.retry_after = Some(retry_after);
-                    error.into_response()
+                    rate_limited(format!("too many requests from `{}`", caller.subject), retry_after).into_response()
                 }
                 _ => {
                     request.extensions_mut().insert(caller);
@@ -220,42 +235,132 @@ async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -
     let status = response.status();
     state.shared.metrics.http_request(method.as_str(), &route, status.as_u16(), started.elapsed());
     if mutating {
-        let (actor, role) = match &caller {
-            Ok(caller) => (caller.subject.clone(), caller.role.as_str().to_string()),
-            Err(_) => ("unauthenticated".to_string(), String::new()),
-        };
-        let outcome = match status.as_u16() {
-            200..=299 => "ok".to_string(),
-            401 | 403 => "denied".to_string(),
-            429 => "rate limited".to_string(),
-            code => format!("error {code}"),
-        };
-        let entry = NewAuditEntry {
-            at: state.clock().now(),
-            actor,
-            role,
-            action: format!("{method} {route}"),
-            target: Some(path),
-            outcome,
-            status: status.as_u16(),
-            detail: None,
-        };
-        // An operator's request answers once its audit entry is durable. A worker's traffic
-        // (claims, heartbeats, results: many per second) does not wait for it: the entry goes
-        // into the store's next group commit, so a crash in the millisecond after the answer
-        // can lose the entry of a request whose effect was recorded.
-        if route.starts_with("/agent/") {
-            let store = Arc::clone(&state.shared.store);
-            tokio::spawn(async move {
-                if let Err(error) = store.record_audit(entry).await {
-                    tracing::error!(%error, "audit entry not written");
-                }
-            });
-        } else if let Err(error) = state.store().record_audit(entry).await {
-            tracing::error!(%error, "audit entry not written");
-        }
+        audit(&state, caller.as_ref().ok(), &method, &route, &path, status).await;
     }
     response
+}
+
+/// The caller of `request`: from its token with `[auth]` (a token for an agent that is not in
+/// the run is refused), else an anonymous admin.
+///
+/// Requests without a valid token are limited per client address: over the limit they get
+/// `429` instead of `401`, and are not written to the audit log. The token is read first —
+/// checking an HS256 signature costs microseconds — so that a client that keeps failing on a
+/// shared address (loopback, a NAT) does not shut out the clients there that hold a token.
+fn authenticate(state: &AppState, request: &Request, path: &str) -> Result<Caller, ApiError> {
+    let Some(auth) = state.auth() else { return Ok(Caller::anonymous()) };
+    let verified = match bearer(request) {
+        // Health and the API description are open, so that probes and clients can find their way.
+        None if matches!(path, "/health" | "/openapi.json") => return Ok(Caller::anonymous_viewer()),
+        None => Err(ApiError::unauthorized(
+            "this server needs a bearer token: `Authorization: Bearer TOKEN` (see `baton token create`)",
+        )),
+        Some(token) => auth.verify(&token),
+    };
+    let verified = verified.and_then(|caller| match &caller.agent {
+        Some(agent) if state.plan().agent(agent).is_none() => Err(ApiError::forbidden(format!(
+            "this token acts as agent `{agent}`, which is not in this run; issue a token for an agent of the plan"
+        ))),
+        _ => Ok(caller),
+    });
+    verified.map_err(|error| {
+        let address = client_address(request);
+        match state.shared.unauthenticated.check(&address) {
+            Ok(()) => error,
+            Err(retry_after) => {
+                rate_limited(format!("too many requests without a valid token from {address}"), retry_after)
+            }
+        }
+    })
+}
+
+fn rate_limited(message: String, retry_after: u64) -> ApiError {
+    let mut error =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", format!("{message}; retry after {retry_after} s"));
+    error.retry_after = Some(retry_after);
+    error
+}
+
+/// Writes a mutating request to the audit log. What an entry stores is bounded: the path is cut
+/// at [`AUDIT_TARGET_MAX`] bytes, and requests without a valid token are written at a bounded
+/// rate, the oldest of them pruned beyond [`UNAUTHENTICATED_AUDIT_KEEP`].
+async fn audit(
+    state: &AppState,
+    caller: Option<&Caller>,
+    method: &Method,
+    route: &str,
+    path: &str,
+    status: StatusCode,
+) {
+    let (actor, role) = match caller {
+        Some(caller) => (caller.subject.clone(), caller.role.as_str().to_string()),
+        None => (UNAUTHENTICATED.to_string(), String::new()),
+    };
+    if caller.is_none() {
+        if status == StatusCode::TOO_MANY_REQUESTS || state.shared.unauthenticated_audit.check(UNAUTHENTICATED).is_err()
+        {
+            ::metrics::counter!("baton_http_unaudited_total").increment(1);
+            return;
+        }
+        let n_written = state.shared.n_unauthenticated_audited.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if n_written.is_multiple_of(1000) {
+            let store = Arc::clone(&state.shared.store);
+            tokio::spawn(async move {
+                if let Err(error) = store.prune_audit(UNAUTHENTICATED, UNAUTHENTICATED_AUDIT_KEEP).await {
+                    tracing::error!(%error, "pruning the audit log's failed-authentication entries");
+                }
+            });
+        }
+    }
+    let outcome = match status.as_u16() {
+        200..=299 => "ok".to_string(),
+        401 | 403 => "denied".to_string(),
+        429 => "rate limited".to_string(),
+        code => format!("error {code}"),
+    };
+    let entry = NewAuditEntry {
+        at: state.clock().now(),
+        actor: cut(&actor, AUDIT_TARGET_MAX),
+        role,
+        action: format!("{method} {route}"),
+        target: Some(cut(path, AUDIT_TARGET_MAX)),
+        outcome,
+        status: status.as_u16(),
+        detail: None,
+    };
+    // An operator's request answers once its audit entry is durable. A worker's traffic
+    // (claims, heartbeats, results: many per second) does not wait for it: the entry goes
+    // into the store's next group commit, so a crash in the millisecond after the answer
+    // can lose the entry of a request whose effect was recorded.
+    if route.starts_with("/agent/") {
+        let store = Arc::clone(&state.shared.store);
+        tokio::spawn(async move {
+            if let Err(error) = store.record_audit(entry).await {
+                tracing::error!(%error, "audit entry not written");
+            }
+        });
+    } else if let Err(error) = state.store().record_audit(entry).await {
+        tracing::error!(%error, "audit entry not written");
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how much was cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes cut]", &text[..end], text.len() - end)
+}
+
+fn client_address(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string())
 }
 
 /// What a rate limit is kept per: the token with `[auth]`, else the client's address.
@@ -263,10 +368,7 @@ fn limit_key(state: &AppState, caller: &Caller, request: &Request) -> String {
     if state.auth().is_some() {
         return caller.token_id.clone();
     }
-    request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string())
+    client_address(request)
 }
 
 fn bearer(request: &Request) -> Option<String> {
@@ -297,39 +399,28 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, Error> {
 }
 
 /// Serves the API on `listener` until `shutdown` fires; then stops accepting, lets requests in
-/// flight finish (open streams end with the shutdown) and returns.
+/// flight finish (open streams end with the shutdown) and returns. `limits` bound how many
+/// connections are held and how slow a client may be (see [`connections`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     max_request_size: usize,
     tls: Option<Tls>,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let app = router(state, max_request_size).into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(Error::Serve),
+    let app = router(state, max_request_size);
+    let acceptor = match tls {
+        None => None,
         Some(tls) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                 .await
                 .map_err(|error| Error::Tls(format!("{} / {}: {error}", tls.cert.display(), tls.key.display())))?;
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
-            });
-            let std_listener = listener.into_std().map_err(Error::Serve)?;
-            axum_server::from_tcp_rustls(std_listener, config)
-                .map_err(Error::Serve)?
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(Error::Serve)
+            Some(tokio_rustls::TlsAcceptor::from(config.get_inner()))
         }
-    }
+    };
+    connections::serve(listener, app, acceptor, limits, shutdown).await;
+    Ok(())
 }
 
 /// A response for a caller that wanted JSON.

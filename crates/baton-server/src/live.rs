@@ -30,7 +30,7 @@ use baton_core::{Event, EventKind};
 use baton_store::EventQuery;
 
 use crate::api::Params;
-use crate::auth::{Access, Caller};
+use crate::auth::{Action, Caller, Grant};
 use crate::{ApiError, AppState, json};
 
 pub fn routes() -> Router<AppState> {
@@ -59,6 +59,14 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// Under [`Grant::Own`], an agent token follows the events about its own agent only.
+    fn authorize(mut self, caller: &Caller) -> Result<EventFilter, ApiError> {
+        if caller.require(Action::ReadEvents)? == Grant::Own {
+            self.agent = Some(crate::api::own_only(caller, self.agent.as_deref(), "events")?);
+        }
+        Ok(self)
+    }
+
     fn kinds(&self) -> Vec<String> {
         self.kinds
             .as_deref()
@@ -106,7 +114,7 @@ pub async fn events(
     headers: HeaderMap,
     Params(filter): Params<EventFilter>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    let filter = filter.authorize(&caller)?;
     filter.check()?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
@@ -119,7 +127,7 @@ pub async fn events(
         ),
     };
     let since = last_event_id.or(filter.since).unwrap_or(0);
-    let stream = follow(state, filter, since);
+    let stream = follow(state, filter, since, token_expiry(&caller));
     let sse = futures::StreamExt::map(stream, |event: Event| {
         let data = serde_json::to_string(&event).unwrap_or_default();
         Ok::<_, Infallible>(SseEvent::default().id(event.seq.to_string()).event(event.kind.name()).data(data))
@@ -135,7 +143,7 @@ pub async fn history(
     caller: Extension<Caller>,
     Params(filter): Params<EventFilter>,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    let filter = filter.authorize(&caller)?;
     filter.check()?;
     let limit = filter.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -155,7 +163,7 @@ pub async fn ws(
     Params(filter): Params<EventFilter>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    caller.require(Access::Read)?;
+    let filter = filter.authorize(&caller)?;
     filter.check()?;
     let since = filter.since.unwrap_or(0);
     let caller = caller.0;
@@ -169,10 +177,52 @@ enum ClientMessage {
     Chat { text: String, data: Option<serde_json::Value> },
 }
 
+/// When a stream opened with `caller`'s token must end: the token's expiry, on the tokio clock.
+fn token_expiry(caller: &Caller) -> Option<tokio::time::Instant> {
+    let expires_at = caller.expires_at?;
+    let left = expires_at.saturating_sub(crate::auth::unix_now());
+    // A deadline too far to represent is no deadline (tokens last at most ten years).
+    tokio::time::Instant::now().checked_add(Duration::from_secs(left))
+}
+
+/// Resolves at `deadline`, or never.
+async fn expiry(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often a WebSocket is pinged.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// The close code a socket gets when its token expires: 1008, policy violation.
+const CLOSE_TOKEN_EXPIRED: u16 = 1008;
+
 async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, filter: EventFilter, since: i64) {
-    let mut stream = Box::pin(follow(state.clone(), filter, since));
+    let deadline = token_expiry(&caller);
+    let mut stream = Box::pin(follow(state.clone(), filter, since, deadline));
+    let expired = expiry(deadline);
+    tokio::pin!(expired);
+    // A ping now and then: a quiet socket moves bytes, so the server's idle timeout leaves it be
+    // and a proxy in between does not drop it.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+            () = &mut expired => {
+                // The token ended: nothing more is sent or accepted on this socket.
+                let frame = axum::extract::ws::CloseFrame {
+                    code: CLOSE_TOKEN_EXPIRED,
+                    reason: "the token has expired; reconnect with a new one".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
             event = futures::StreamExt::next(&mut stream) => {
                 let Some(event) = event else { break };
                 let text = serde_json::to_string(&event).unwrap_or_default();
@@ -207,8 +257,14 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, fi
 
 const PAGE: u64 = 500;
 
-/// The run's events after `since` that pass `filter`, then live ones, in order, each once.
-fn follow(state: AppState, filter: EventFilter, since: i64) -> impl Stream<Item = Event> {
+/// The run's events after `since` that pass `filter`, then live ones, in order, each once;
+/// the stream ends at `until` (the caller's token's expiry).
+fn follow(
+    state: AppState,
+    filter: EventFilter,
+    since: i64,
+    until: Option<tokio::time::Instant>,
+) -> impl Stream<Item = Event> {
     let (tx, rx) = mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let run_id = state.run_id().to_string();
@@ -219,9 +275,12 @@ fn follow(state: AppState, filter: EventFilter, since: i64) -> impl Stream<Item 
         if catch_up(&state, &filter, &run_id, &mut seen, &tx).await.is_err() {
             return;
         }
+        let expired = expiry(until);
+        tokio::pin!(expired);
         loop {
             let event = tokio::select! {
                 () = state.shutdown().cancelled() => return,
+                () = &mut expired => return,
                 () = tx.closed() => return,
                 event = live.recv() => event,
             };

@@ -23,7 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 use baton_core::model::TaskState;
 use baton_core::{Event, EventKind};
 
-use crate::auth::{Access, Caller};
+use crate::auth::{Action, Caller};
 use crate::{ApiError, AppState};
 
 /// The process's Prometheus recorder (the `metrics` facade has one global recorder).
@@ -82,7 +82,7 @@ pub async fn scrape(
     State(state): State<AppState>,
     caller: axum::Extension<Caller>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(Access::Read)?;
+    caller.require(Action::ReadMetrics)?;
     let run_id = state.run_id().to_string();
     let counts = state.task_counts().await?;
     for task_state in TaskState::ALL {
@@ -168,17 +168,27 @@ fn millis_to_secs(millis: i64) -> f64 {
 /// Requests per second per token, with a burst.
 pub struct Limiter {
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Checks since the keys were last pruned: a key (a token, a client address) is kept
+    /// only while its bucket is not full again, so many one-off clients cost no memory.
+    n_checks: std::sync::atomic::AtomicU64,
 }
 
 impl Limiter {
     pub fn new(per_second: u32, burst: u32) -> Limiter {
         let per_second = NonZeroU32::new(per_second.max(1)).expect("at least 1");
         let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
-        Limiter { limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)) }
+        Limiter {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            n_checks: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// `Err(seconds to wait)` when the key is over its limit.
     pub fn check(&self, key: &str) -> Result<(), u64> {
+        const PRUNE_EVERY: u64 = 4096;
+        if (self.n_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1).is_multiple_of(PRUNE_EVERY) {
+            self.limiter.retain_recent();
+        }
         match self.limiter.check_key(&key.to_string()) {
             Ok(()) => Ok(()),
             Err(not_until) => {

@@ -5,83 +5,116 @@ mod common;
 
 use serde_json::{Value, json};
 
-use baton_server::Role;
+use baton_server::auth::TABLE;
+use baton_server::{Action, Grant, Role};
 use common::{Options, Server};
+use strum::IntoEnumIterator;
 
-/// What an endpoint needs.
+/// Whose things a request reaches, for the cells that grant an agent token its own only.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Needs {
-    Open,
-    Read,
-    CreateTasks,
-    Operate,
-    Admin,
-    /// The agent-side endpoints, as agent `builder`.
-    AsBuilder,
+enum Whose {
+    /// Not about one agent (or filtered to the caller's own).
+    Any,
+    /// Agent `builder`'s (the agent token of the test acts as `builder`).
+    Builders,
+    /// Agent `writer`'s or `echo`'s.
+    Others,
 }
 
-fn allowed(role: Role, needs: Needs) -> bool {
-    match needs {
-        Needs::Open | Needs::Read => true,
-        Needs::CreateTasks => role != Role::Viewer,
-        Needs::Operate => matches!(role, Role::Admin | Role::Operator),
-        Needs::Admin => role == Role::Admin,
-        Needs::AsBuilder => role != Role::Viewer,
+/// The authorization table as the README documents it: action → grants per role.
+fn documented_table() -> Vec<(String, [Grant; 4])> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let grant = |cell: &str| match cell.trim() {
+        "all" => Grant::All,
+        "own" => Grant::Own,
+        "none" => Grant::None,
+        other => panic!("README: unknown grant `{other}`"),
+    };
+    readme
+        .lines()
+        // `\|` is a `|` inside a cell.
+        .map(|line| line.replace("\\|", "/"))
+        .filter(|line| line.starts_with("| `") && line.split('|').count() == 8)
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').collect();
+            let action = cells[1].trim().trim_matches('`').to_string();
+            (action, [grant(cells[3]), grant(cells[4]), grant(cells[5]), grant(cells[6])])
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_documents_the_authorization_table_the_server_uses() {
+    let in_code: Vec<(String, [Grant; 4])> =
+        TABLE.iter().map(|(action, grants)| (action.name().to_string(), *grants)).collect();
+    assert_eq!(documented_table(), in_code);
+    let actions: Vec<Action> = Action::iter().collect();
+    assert_eq!(actions.len(), TABLE.len(), "every action has a row");
+}
+
+fn role_index(role: Role) -> usize {
+    match role {
+        Role::Admin => 0,
+        Role::Operator => 1,
+        Role::Viewer => 2,
+        Role::Agent => 3,
     }
 }
 
 /// Every endpoint, with a request that gets past the authorization check without changing
-/// anything that matters (unknown names give 404 once authorized).
-fn endpoints(task: i64) -> Vec<(&'static str, String, Option<Value>, Needs)> {
+/// anything that matters (unknown names give 404 once authorized). `None`: open to all.
+/// A request of the matrix: method, path, body, the action it is (`None`: open), whose.
+type Endpoint = (&'static str, String, Option<Value>, Option<Action>, Whose);
+
+fn endpoints(builders: i64, writers: i64) -> Vec<Endpoint> {
+    use Action::*;
+    use Whose::*;
+    let post = |path: &str, body: Value, action: Action, whose: Whose| {
+        ("POST", path.to_string(), Some(body), Some(action), whose)
+    };
+    let get = |path: &str, action: Action, whose: Whose| ("GET", path.to_string(), None, Some(action), whose);
     vec![
-        ("GET", "/health".into(), None, Needs::Open),
-        ("GET", "/openapi.json".into(), None, Needs::Open),
-        ("GET", "/status".into(), None, Needs::Read),
-        ("GET", "/plan".into(), None, Needs::Read),
-        ("GET", "/tasks".into(), None, Needs::Read),
-        ("GET", format!("/tasks/{task}"), None, Needs::Read),
-        ("GET", "/agents".into(), None, Needs::Read),
-        ("GET", "/agents/builder".into(), None, Needs::Read),
-        ("GET", "/agents/echo/logs".into(), None, Needs::Read),
-        ("GET", "/events/history".into(), None, Needs::Read),
-        ("GET", "/metrics".into(), None, Needs::Read),
-        ("GET", "/messages".into(), None, Needs::Read),
-        ("GET", "/schedules".into(), None, Needs::Read),
-        ("GET", "/budgets".into(), None, Needs::Read),
-        ("POST", "/schedules/nope/pause".into(), None, Needs::Operate),
-        ("POST", "/schedules/nope/resume".into(), None, Needs::Operate),
-        ("POST", "/budgets/global".into(), Some(json!({})), Needs::Operate),
-        ("POST", "/messages".into(), Some(json!({"text": "@ghost hello"})), Needs::CreateTasks),
-        (
-            "POST",
-            "/tasks".into(),
-            Some(json!({"title": "from the matrix", "requires": ["nobody"]})),
-            Needs::CreateTasks,
-        ),
-        (
-            "POST",
-            "/tasks/batch".into(),
-            Some(json!({"tasks": [{"title": "batch", "requires": ["nobody"]}]})),
-            Needs::CreateTasks,
-        ),
-        ("POST", "/tasks/999999/cancel".into(), Some(json!({})), Needs::Operate),
-        ("POST", "/tasks/999999/retry".into(), Some(json!({})), Needs::Operate),
-        ("POST", "/agents".into(), Some(json!({"name": "builder"})), Needs::Operate),
-        ("PUT", "/agents/nobody".into(), Some(json!({"command": ["true"]})), Needs::Operate),
-        ("DELETE", "/agents/nobody".into(), None, Needs::Operate),
-        ("POST", "/agents/nobody/start".into(), None, Needs::Operate),
-        ("POST", "/agents/nobody/stop".into(), None, Needs::Operate),
-        ("POST", "/agents/nobody/restart".into(), None, Needs::Operate),
-        ("GET", "/audit".into(), None, Needs::Admin),
-        ("POST", "/tokens".into(), Some(json!({"role": "viewer"})), Needs::Admin),
-        ("POST", "/agent/claim".into(), Some(json!({"agent": "builder"})), Needs::AsBuilder),
-        ("POST", "/agent/heartbeat".into(), Some(json!({"agent": "builder"})), Needs::AsBuilder),
-        (
-            "POST",
-            "/agent/usage".into(),
-            Some(json!({"agent": "builder", "usage": {"input_tokens": 1}})),
-            Needs::AsBuilder,
-        ),
+        ("GET", "/health".into(), None, None, Any),
+        ("GET", "/openapi.json".into(), None, None, Any),
+        get("/status", ReadStatus, Any),
+        get("/plan", ReadStatus, Any),
+        get("/tasks", ReadTasks, Any),
+        get("/tasks?agent=builder", ReadTasks, Builders),
+        get("/tasks?agent=writer", ReadTasks, Others),
+        get(&format!("/tasks/{builders}"), ReadTasks, Builders),
+        get(&format!("/tasks/{writers}"), ReadTasks, Others),
+        get("/agents", ReadAgents, Any),
+        get("/agents/writer", ReadAgents, Any),
+        get("/agents/builder/logs", ReadAgentLogs, Builders),
+        get("/agents/echo/logs", ReadAgentLogs, Others),
+        get("/events/history", ReadEvents, Any),
+        get("/events/history?agent=builder", ReadEvents, Builders),
+        get("/events/history?agent=writer", ReadEvents, Others),
+        get("/metrics", ReadMetrics, Any),
+        get("/messages", ReadMessages, Any),
+        get("/messages?agent=writer", ReadMessages, Others),
+        get("/schedules", ReadSchedules, Any),
+        get("/budgets", ReadBudgets, Any),
+        post("/schedules/nope/pause", json!({}), ControlSchedules, Any),
+        post("/schedules/nope/resume", json!({}), ControlSchedules, Any),
+        post("/budgets/global", json!({}), SetBudgets, Any),
+        post("/messages", json!({"text": "@ghost hello"}), SendMessages, Any),
+        post("/tasks", json!({"title": "from the matrix", "requires": ["nobody"]}), CreateTasks, Any),
+        post("/tasks/batch", json!({"tasks": [{"title": "batch", "requires": ["nobody"]}]}), CreateTasks, Any),
+        post("/tasks/999999/cancel", json!({}), ControlTasks, Any),
+        post("/tasks/999999/retry", json!({}), ControlTasks, Any),
+        post("/agents", json!({"name": "builder"}), ManageAgents, Any),
+        ("PUT", "/agents/nobody".into(), Some(json!({"command": ["true"]})), Some(ManageAgents), Any),
+        ("DELETE", "/agents/nobody".into(), None, Some(ManageAgents), Any),
+        post("/agents/nobody/start", json!({}), ManageAgents, Any),
+        post("/agents/nobody/stop", json!({}), ManageAgents, Any),
+        post("/agents/nobody/restart", json!({}), ManageAgents, Any),
+        get("/audit", Administer, Any),
+        post("/tokens", json!({"role": "viewer"}), Administer, Any),
+        post("/agent/claim", json!({"agent": "builder"}), ActAsAgent, Builders),
+        post("/agent/claim", json!({"agent": "writer"}), ActAsAgent, Others),
+        post("/agent/heartbeat", json!({"agent": "builder"}), ActAsAgent, Builders),
+        post("/agent/usage", json!({"agent": "builder", "usage": {"input_tokens": 1}}), ActAsAgent, Builders),
     ]
 }
 
@@ -89,48 +122,117 @@ fn endpoints(task: i64) -> Vec<(&'static str, String, Option<Value>, Needs)> {
 async fn every_role_against_every_endpoint() {
     let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
     let admin = server.token(Role::Admin, None);
-    let task = server
-        .post("/tasks", json!({"title": "seen by all", "requires": ["nobody"]}))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["ids"][0]
-        .as_i64()
-        .unwrap();
+    let mut ids = Vec::new();
+    for agent in ["builder", "writer"] {
+        let created: Value = server
+            .post("/tasks", json!({"title": format!("{agent}'s"), "agent": agent}))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(created["ids"][0].as_i64().unwrap());
+    }
     let roles = [
         (Role::Admin, server.token(Role::Admin, None)),
         (Role::Operator, server.token(Role::Operator, None)),
         (Role::Viewer, server.token(Role::Viewer, None)),
         (Role::Agent, server.token(Role::Agent, Some("builder"))),
     ];
+    let table = documented_table();
     let mut wrong = Vec::new();
-    for (method, path, body, needs) in endpoints(task) {
-        for (role, token) in &roles {
-            let mut request =
-                server.client.request(method.parse().unwrap(), format!("{}{path}", server.url)).bearer_auth(token);
+    let mut n_cells = 0;
+    for (method, path, body, action, whose) in endpoints(ids[0], ids[1]) {
+        let send = |token: Option<&str>| {
+            let mut request = server.client.request(method.parse().unwrap(), format!("{}{path}", server.url));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
             if let Some(body) = &body {
                 request = request.json(body);
             }
-            let status = request.send().await.unwrap().status().as_u16();
+            request.send()
+        };
+        for (role, token) in &roles {
+            let expected = match action {
+                None => true,
+                Some(action) => {
+                    let grants = table.iter().find(|(name, _)| name == action.name()).expect("a documented row").1;
+                    match grants[role_index(*role)] {
+                        Grant::All => true,
+                        Grant::Own => whose != Whose::Others,
+                        Grant::None => false,
+                    }
+                }
+            };
+            let status = send(Some(token)).await.unwrap().status().as_u16();
             let was_allowed = status != 401 && status != 403;
-            if was_allowed != allowed(*role, needs) {
+            n_cells += 1;
+            if was_allowed != expected {
                 wrong.push(format!("{method} {path} as {}: {status}", role.as_str()));
             }
         }
-        // Without a token only the open endpoints answer.
-        let mut request = server.client.request(method.parse().unwrap(), format!("{}{path}", server.url));
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let status = request.send().await.unwrap().status().as_u16();
-        if (status == 401) == (needs == Needs::Open) {
+        // Without a token only the open endpoints answer (after a burst of refusals, the
+        // refusal is 429: requests without a token are rate-limited per address).
+        let status = send(None).await.unwrap().status().as_u16();
+        if matches!(status, 401 | 429) == action.is_none() {
             wrong.push(format!("{method} {path} without a token: {status}"));
         }
     }
     assert!(wrong.is_empty(), "authorization is wrong for:\n{}", wrong.join("\n"));
+    assert!(n_cells > 150, "{n_cells} cells checked");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_sees_only_its_own_tasks_messages_and_events() {
+    let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
+    let admin = server.token(Role::Admin, None);
+    let builder = server.token(Role::Agent, Some("builder"));
+    for (title, agent) in [("mine", "builder"), ("theirs", "writer")] {
+        server
+            .post("/tasks", json!({"title": title, "agent": agent, "input": {"secret": title}}))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+    }
+    let claimed: Value = server
+        .post("/agent/claim", json!({"wait_ms": 5000}))
+        .bearer_auth(&builder)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(claimed["tasks"][0]["task"]["title"], "mine");
+    let listed: Value = server.get("/tasks").bearer_auth(&builder).send().await.unwrap().json().await.unwrap();
+    let titles: Vec<&str> =
+        listed["tasks"].as_array().unwrap().iter().map(|task| task["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["mine"], "an agent lists its own tasks only");
+    let events: Value = server.get("/events/history").bearer_auth(&builder).send().await.unwrap().json().await.unwrap();
+    let events = events.as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|event| event.to_string().contains("builder")), "{events:?}");
+    assert!(!events.iter().any(|event| event.to_string().contains("theirs")), "{events:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_an_agent_not_in_the_run_is_refused() {
+    let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
+    let ghost = server.token(Role::Agent, Some("ghost"));
+    for path in ["/status", "/tasks", "/agents"] {
+        let response = server.get(path).bearer_auth(&ghost).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("`ghost`, which is not in this run"), "{body}");
+    }
+    let claim = server.post("/agent/claim", json!({})).bearer_auth(&ghost).send().await.unwrap();
+    assert_eq!(claim.status(), 403);
     server.stop().await;
 }
 
@@ -212,7 +314,9 @@ async fn bad_tokens_are_refused_with_the_reason() {
     assert!(none.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().contains("needs a bearer token"));
     let garbage = server.get("/status").bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(garbage.status(), 401);
-    let other = baton_server::Auth::new(b"some other secret", std::time::Duration::from_secs(60)).unwrap();
+    let other =
+        baton_server::Auth::new(b"some other secret, long enough to be accepted", std::time::Duration::from_secs(60))
+            .unwrap();
     let (forged, _) = other
         .issue("mallory", Role::Admin, None, std::time::Duration::from_secs(60), baton_server::auth::unix_now())
         .unwrap();

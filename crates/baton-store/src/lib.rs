@@ -400,6 +400,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the audit log.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>>;
 
+    /// Deletes `actor`'s audit entries but the newest `keep`, and says how many went. Keeps
+    /// the entries of callers nobody vouches for (failed authentication) from growing without
+    /// bound.
+    async fn prune_audit(&self, actor: &str, keep: u64) -> Result<u64>;
+
     /// Takes the run's pending control commands, oldest first; each is returned once.
     async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>>;
 }

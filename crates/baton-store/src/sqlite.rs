@@ -1582,6 +1582,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_audit(&self, actor: &str, keep: u64) -> Result<u64> {
+        let actor = actor.to_string();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        self.write(move |ctx| {
+            let deleted = ctx
+                .tx
+                .prepare_cached(
+                    "DELETE FROM audit WHERE actor = ?1 AND id <= \
+                 (SELECT id FROM audit WHERE actor = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )?
+                .execute(params![actor, keep])?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let query = query.clone();
         self.read(move |conn| {

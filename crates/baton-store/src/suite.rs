@@ -822,4 +822,15 @@ pub async fn audit_entries_are_recorded_and_queried(store: impl Store) {
     let after_all = store.audit(&AuditQuery { since_id: Some(ids[3]), ..Default::default() }).await.unwrap();
     assert!(after_all.is_empty());
     assert_eq!(store.events(&EventQuery::default()).await.unwrap(), events_before, "auditing writes no event");
+
+    // Pruning keeps an actor's newest entries and leaves the others' alone.
+    let mut strangers = Vec::new();
+    for n in 5..10 {
+        strangers.push(store.record_audit(entry(n, "unauthenticated", "denied", 401)).await.unwrap());
+    }
+    assert_eq!(store.prune_audit("unauthenticated", 2).await.unwrap(), 3);
+    assert_eq!(store.prune_audit("unauthenticated", 2).await.unwrap(), 0, "nothing more to prune");
+    let left = store.audit(&AuditQuery::default()).await.unwrap();
+    let left: Vec<i64> = left.iter().map(|entry| entry.id).collect();
+    assert_eq!(left, [&ids[..], &strangers[3..]].concat());
 }

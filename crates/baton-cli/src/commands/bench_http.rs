@@ -253,7 +253,14 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
     });
     let listener = baton_server::bind("127.0.0.1:0").await.map_err(|error| Failure::run(error.to_string()))?;
     let url = format!("http://{}", listener.local_addr().context("the server's address")?);
-    let server = tokio::spawn(baton_server::serve(listener, state, max_request_size, None, server_stop.clone()));
+    let server = tokio::spawn(baton_server::serve(
+        listener,
+        state,
+        max_request_size,
+        None,
+        baton_server::ConnectionLimits::default(),
+        server_stop.clone(),
+    ));
 
     let workers = spawn_workers(options, &url).await?;
 

@@ -26,12 +26,7 @@ const AGENT_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Finds the `[auth]` secret in the environment.
 pub fn auth_from(plan: &Plan, env: &std::collections::BTreeMap<String, String>) -> Result<Option<Auth>, Failure> {
     let Some(spec) = &plan.auth else { return Ok(None) };
-    let secret = env.get(&spec.secret_env).filter(|secret| !secret.is_empty()).ok_or_else(|| {
-        Failure::usage(format!(
-            "auth.secret_env names `{}`, which is not set: export it with the token secret (a long random string)",
-            spec.secret_env
-        ))
-    })?;
+    let secret = spec.secret(env).map_err(|diagnostic| Failure::usage(diagnostic.to_string()))?;
     Auth::new(secret.as_bytes(), spec.token_ttl).map(Some).map_err(|error| Failure::usage(error.to_string()))
 }
 
@@ -152,6 +147,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         state,
         plan.server.max_request_size as usize,
         tls,
+        baton_server::ConnectionLimits::from_spec(&plan.server),
         server_stop.clone(),
     ));
     let signals = super::watch_signals(engine_stop.clone());

@@ -70,6 +70,16 @@ fn agent(plan: &Plan, value: &serde_json::Value, replace: bool) -> Result<AgentS
             format!("agent `{}` already exists; choose another name, or update the agent instead", name.get_ref()),
         );
     }
+    // Nor may it inherit the token secret: whoever reads the agent's output could then sign
+    // tokens of any role.
+    if let Some(auth) = &plan.auth
+        && raw.get_ref().env_passthrough.contains(&auth.secret_env)
+    {
+        validator.error(
+            raw.span(),
+            format!("`env_passthrough` may not name `{}`: it holds the API's token secret", auth.secret_env),
+        );
+    }
     let mut specs = validator.agents(std::slice::from_ref(&raw), &plan.workstreams);
     if validator.diagnostics.is_empty()
         && let Some(spec) = specs.pop()

@@ -4,6 +4,7 @@
 //! variable that holds it. A server listening beyond loopback without `[auth]` is refused, so
 //! that the API is never open to the network by accident.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -19,6 +20,16 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 1024 * 1024;
 /// `auth.rate_limit` when it is not set: requests per second per token, and the burst.
 pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit { per_second: 50, burst: 100 };
+/// Connections the API holds open at once when `server.max_connections` is not set; more wait
+/// to be accepted.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// How long a client may take to send a request's headers, or between two parts of its body,
+/// when `server.header_timeout` is not set.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may pass no bytes either way before it is closed, when
+/// `server.idle_timeout` is not set. Longer than the longest claim long-poll (60 s); event
+/// streams send a keep-alive every 15 s.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long an issued token lasts when `auth.token_ttl` is not set.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -31,6 +42,9 @@ pub(super) struct RawServer {
     tls: Option<Spanned<RawTls>>,
     reload: Option<bool>,
     rate_limit: Option<Spanned<RawRateLimit>>,
+    max_connections: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<DurationStr>>,
+    idle_timeout: Option<Spanned<DurationStr>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +85,13 @@ pub struct ServerSpec {
     pub reload: bool,
     /// Requests per client IP address, when set.
     pub rate_limit: Option<RateLimit>,
+    /// Connections held open at once; more wait to be accepted.
+    pub max_connections: u32,
+    /// The longest a client may take to send a request's headers, or between two parts of its
+    /// body.
+    pub header_timeout: Duration,
+    /// A connection that passes no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerSpec {
@@ -82,6 +103,9 @@ impl Default for ServerSpec {
             tls: None,
             reload: true,
             rate_limit: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -106,10 +130,44 @@ pub struct RateLimit {
 pub struct AuthSpec {
     /// The name of the environment variable that holds the HS256 secret (not the secret).
     pub secret_env: String,
+    /// Where `secret_env` is written, for errors about the secret found later (unset, short).
+    #[serde(skip)]
+    pub secret_env_location: super::Location,
     /// Requests per token.
     pub rate_limit: RateLimit,
     /// How long an issued token lasts.
     pub token_ttl: Duration,
+}
+
+/// The longest a token may last: a longer time would overflow an expiry in seconds, and no
+/// credential should outlive a decade.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// The shortest token secret Baton accepts: HS256 is as strong as its key, and a short one
+/// can be guessed offline from any token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl AuthSpec {
+    /// The token secret from `env`, or why it is not usable: unset, empty, or shorter than
+    /// [`MIN_SECRET_BYTES`]. `baton check` reports this; `baton serve` and `baton token create`
+    /// refuse to start without a usable secret.
+    pub fn secret<'env>(&self, env: &'env BTreeMap<String, String>) -> Result<&'env str, super::Diagnostic> {
+        let name = &self.secret_env;
+        let problem = match env.get(name) {
+            None => format!(
+                "auth.secret_env names `{name}`, which is not set: export it with the token secret, a random string of at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            ),
+            Some(secret) if secret.is_empty() => format!(
+                "auth.secret_env names `{name}`, which is empty: set it to a random string of at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            ),
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => format!(
+                "the token secret in `{name}` is {} byte(s) long; it must be at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+            Some(secret) => return Ok(secret),
+        };
+        Err(super::Diagnostic { location: self.secret_env_location.clone(), message: problem })
+    }
 }
 
 /// Whether `listen` (`HOST:PORT`, or a bare host) is a loopback address: `127.0.0.0/8`, `::1`
@@ -189,7 +247,61 @@ impl Validator<'_> {
             None => defaults.max_request_size,
         };
         let rate_limit = raw.rate_limit.as_ref().map(|limit| self.rate_limit("server.rate_limit", limit));
-        ServerSpec { listen, url, max_request_size, tls, reload: raw.reload.unwrap_or(defaults.reload), rate_limit }
+        let max_connections = match &raw.max_connections {
+            Some(n) if !(1..=1_000_000).contains(n.get_ref()) => {
+                self.error(n.span(), "`server.max_connections` must be between 1 and 1000000");
+                defaults.max_connections
+            }
+            Some(n) => u32::try_from(*n.get_ref()).unwrap_or(defaults.max_connections),
+            None => defaults.max_connections,
+        };
+        let header_timeout = self.bounded_duration(
+            "server.header_timeout",
+            raw.header_timeout.as_ref(),
+            Duration::from_millis(100)..=Duration::from_secs(600),
+            defaults.header_timeout,
+        );
+        let idle_timeout = self.bounded_duration(
+            "server.idle_timeout",
+            raw.idle_timeout.as_ref(),
+            Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+            defaults.idle_timeout,
+        );
+        ServerSpec {
+            listen,
+            url,
+            max_request_size,
+            tls,
+            reload: raw.reload.unwrap_or(defaults.reload),
+            rate_limit,
+            max_connections,
+            header_timeout,
+            idle_timeout,
+        }
+    }
+
+    /// A duration within `range`, or an error naming the key and the range.
+    fn bounded_duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<DurationStr>>,
+        range: std::ops::RangeInclusive<Duration>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        let duration = value.get_ref().0;
+        if range.contains(&duration) {
+            return duration;
+        }
+        self.error(
+            value.span(),
+            format!(
+                "`{key}` must be between {} and {}",
+                crate::time::format_duration(*range.start()),
+                crate::time::format_duration(*range.end())
+            ),
+        );
+        default
     }
 
     fn tls(&mut self, raw: &Spanned<RawTls>) -> Option<TlsSpec> {
@@ -244,6 +356,8 @@ impl Validator<'_> {
 
     pub(super) fn auth(&mut self, raw: &Spanned<RawAuth>) -> AuthSpec {
         let auth = raw.get_ref();
+        let secret_env_location =
+            self.locator.locate(auth.secret_env.as_ref().map_or_else(|| raw.span(), |name| name.span()));
         let secret_env = match &auth.secret_env {
             Some(name) => {
                 let text = name.get_ref();
@@ -256,8 +370,9 @@ impl Validator<'_> {
                         ),
                     );
                 }
-                // Whether the variable is set is checked where the secret is needed (`baton
-                // serve`, `baton token create`), not here: reading the store needs no secret.
+                // Whether the variable holds a usable secret is checked by `baton check` and where
+                // the secret is needed (`baton serve`, `baton token create`), not on every load:
+                // reading the store needs no secret (`AuthSpec::secret`).
                 text.clone()
             }
             None => {
@@ -275,9 +390,13 @@ impl Validator<'_> {
                 self.error(ttl.span(), "`auth.token_ttl` must be more than 0s, e.g. \"24h\"");
                 DEFAULT_TOKEN_TTL
             }
+            Some(ttl) if ttl.get_ref().0 > MAX_TOKEN_TTL => {
+                self.error(ttl.span(), "`auth.token_ttl` must be at most 3650d (ten years)");
+                DEFAULT_TOKEN_TTL
+            }
             Some(ttl) => ttl.get_ref().0,
             None => DEFAULT_TOKEN_TTL,
         };
-        AuthSpec { secret_env, rate_limit, token_ttl }
+        AuthSpec { secret_env, secret_env_location, rate_limit, token_ttl }
     }
 }

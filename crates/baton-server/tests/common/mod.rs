@@ -67,11 +67,21 @@ pub struct Options {
     pub auth: bool,
     pub rate_limit: Option<(u32, u32)>,
     pub max_request_size: usize,
+    pub limits: baton_server::ConnectionLimits,
+    /// More of Baton's environment, beyond `PATH` and `HOME`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { plan: PLAN.to_string(), auth: false, rate_limit: None, max_request_size: 1024 * 1024 }
+        Options {
+            plan: PLAN.to_string(),
+            auth: false,
+            rate_limit: None,
+            max_request_size: 1024 * 1024,
+            limits: baton_server::ConnectionLimits::default(),
+            env: Vec::new(),
+        }
     }
 }
 
@@ -82,10 +92,11 @@ impl Server {
 
     pub async fn start_with(options: Options) -> Server {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let env: BTreeMap<String, String> = BTreeMap::from([
+        let mut env: BTreeMap<String, String> = BTreeMap::from([
             ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
             ("HOME".to_string(), dir.path().display().to_string()),
         ]);
+        env.extend(options.env.iter().cloned());
         let plan = baton_core::config::load("baton.toml", &options.plan, &env).expect("a valid plan");
         let store = Arc::new(
             SqliteStore::open(&dir.path().join("baton.db"), baton_store::sqlite::Options::default()).expect("a store"),
@@ -138,7 +149,9 @@ impl Server {
             let state = state.clone();
             let stop = stop.clone();
             async move {
-                baton_server::serve(listener, state, options.max_request_size, None, stop).await.expect("served");
+                baton_server::serve(listener, state, options.max_request_size, None, options.limits, stop)
+                    .await
+                    .expect("served");
             }
         });
         let metrics_task = tokio::spawn(baton_server::metrics::follow_events(state.clone(), stop.clone()));

@@ -120,6 +120,53 @@ fn auth_is_read_with_its_defaults() {
 }
 
 #[test]
+fn the_token_secret_must_be_set_and_at_least_32_bytes_and_errors_name_the_place() {
+    let text = format!("{MINIMAL}\n[auth]\nsecret_env = \"BATON_JWT_SECRET\"\n");
+    let auth = load("baton.toml", &text, &BTreeMap::new()).unwrap().auth.unwrap();
+    let secret = |value: Option<&str>| {
+        let env: BTreeMap<String, String> =
+            value.map(|value| ("BATON_JWT_SECRET".to_string(), value.to_string())).into_iter().collect();
+        auth.secret(&env).map(str::to_string).map_err(|diagnostic| diagnostic.to_string())
+    };
+    let unset = secret(None).unwrap_err();
+    assert!(
+        unset.starts_with("baton.toml:38:14: auth.secret_env names `BATON_JWT_SECRET`, which is not set"),
+        "{unset}"
+    );
+    assert!(secret(Some("")).unwrap_err().contains("which is empty"));
+    assert_eq!(
+        secret(Some("x")).unwrap_err(),
+        "baton.toml:38:14: the token secret in `BATON_JWT_SECRET` is 1 byte(s) long; it must be at least 32 (e.g. `openssl rand -hex 32`)"
+    );
+    let good = "k".repeat(32);
+    assert_eq!(secret(Some(&good)).unwrap(), good);
+    // A TTL that would overflow an expiry is refused where it is written.
+    let too_long = errors(&format!("{MINIMAL}\n[auth]\nsecret_env = \"X\"\ntoken_ttl = \"3000000000000000h\"\n"));
+    assert_eq!(too_long, "baton.toml:39:13: `auth.token_ttl` must be at most 3650d (ten years)");
+}
+
+#[test]
+fn connection_limits_are_bounded() {
+    let server = |body: &str| errors(&format!("{MINIMAL}\n[server]\n{body}\n"));
+    assert_eq!(
+        server("max_connections = 0"),
+        "baton.toml:38:19: `server.max_connections` must be between 1 and 1000000"
+    );
+    assert_eq!(
+        server("header_timeout = \"0s\""),
+        "baton.toml:38:18: `server.header_timeout` must be between 100ms and 10m"
+    );
+    assert_eq!(
+        server("idle_timeout = \"3000000000000000h\""),
+        "baton.toml:38:16: `server.idle_timeout` must be between 1s and 1day"
+    );
+    let plan =
+        load("baton.toml", &format!("{MINIMAL}\n[server]\nmax_connections = 10\nidle_timeout = \"2m\"\n"), &env())
+            .unwrap();
+    assert_eq!((plan.server.max_connections, plan.server.idle_timeout), (10, Duration::from_secs(120)));
+}
+
+#[test]
 fn auth_errors_name_the_place() {
     let auth = |body: &str| errors(&format!("{MINIMAL}\n[auth]\n{body}\n"));
     // An unset variable is not an error of the file: `baton status` needs no secret.
