@@ -837,12 +837,17 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
     match report {
         Report::Outcome { task, attempt, outcome } => {
             // Tokens a task's result says it used were used, whatever becomes of the outcome.
-            if let Outcome::Succeeded { result } = &outcome
-                && let Some(usage) = Usage::from_result(result)
-            {
+            if let Outcome::Succeeded { result } = &outcome {
                 let agent = sched.task(task).and_then(|record| record.assigned_agent.clone()).unwrap_or_default();
-                let report = serde_json::to_value(usage).unwrap_or_default();
-                sched.record_usage(&agent, Some(task), usage, report, now, fx);
+                match Usage::from_result(result) {
+                    Ok(Some(usage)) => {
+                        let report = serde_json::to_value(usage).unwrap_or_default();
+                        sched.record_usage(&agent, Some(task), usage, report, now, fx);
+                    }
+                    Ok(None) => {}
+                    // Not counted: a report no agent could have made must not move the totals.
+                    Err(error) => tracing::warn!(%error, %agent, %task, "usage in a task's result refused"),
+                }
             }
             let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
             if was_killed {
@@ -916,8 +921,10 @@ async fn handle_agent_event(
         AgentEvent::Usage { agent, task, usage } => {
             sched.agent_activity(&agent, now, fx);
             match Usage::from_report(&usage) {
-                Some(parsed) => sched.record_usage(&agent, task, parsed, usage, now, fx),
-                None => fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage })),
+                Ok(Some(parsed)) => sched.record_usage(&agent, task, parsed, usage, now, fx),
+                Ok(None) => fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage })),
+                // The API and the worker protocol refuse such reports before they get here.
+                Err(error) => tracing::warn!(%error, %agent, "usage report refused"),
             }
         }
         AgentEvent::CreateTasks { agent, parent, mut tasks, reply } => {

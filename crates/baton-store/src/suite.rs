@@ -27,6 +27,7 @@ macro_rules! store_test_suite {
             process_groups_are_recorded_and_taken,
             schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
+            usage_totals_saturate_instead_of_overflowing,
             messages_are_delivered_retried_and_dead_lettered,
             inbox_room_follows_sends_acks_and_dead_letters,
             audit_entries_are_recorded_and_queried,
@@ -491,6 +492,31 @@ pub async fn agents_and_control_commands_round_trip(store: impl Store) {
         vec![Control::CancelTask { task: TaskId(3), reason: "no".into() }, Control::RetryTask { task: TaskId(4) }]
     );
     assert!(store.take_control("r1", T0).await.unwrap().is_empty(), "each command is taken once");
+}
+
+/// Totals at the edge of what a count holds: adding to them saturates (SQLite would otherwise
+/// turn an overflowing sum into a REAL, and the plan's budgets would no longer read), in one
+/// run and across the runs of a plan.
+pub async fn usage_totals_saturate_instead_of_overflowing(store: impl Store) {
+    use baton_core::budget::{Scope, Spent};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let usage = |tokens: u64, cost_usd: f64| Write::Usage {
+        period_start: T0,
+        scope: Scope::Global,
+        spent: Spent { tokens, cost_usd },
+        events: Vec::new(),
+    };
+    let near_max = i64::MAX as u64 - 10;
+    store.apply("r1", T0, vec![usage(near_max, 1.0), usage(100, 1.0)]).await.unwrap();
+    store.apply("r1", T0, vec![usage(u64::MAX, f64::MAX), usage(i64::MAX as u64, f64::MAX)]).await.unwrap();
+    let read = store.usage("r1", Timestamp::ZERO).await.unwrap();
+    assert_eq!(read[0].spent, Spent { tokens: i64::MAX as u64, cost_usd: f64::MAX });
+    // A second run of the plan at the maximum too: the plan's total saturates as well.
+    store.create_run(new_run("r2"), Timestamp(T0.0 + 1)).await.unwrap();
+    store.apply("r2", T0, vec![usage(u64::MAX, 1.0)]).await.unwrap();
+    let plan = store.usage("r2", Timestamp::ZERO).await.unwrap();
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].spent, Spent { tokens: u64::MAX - 1, cost_usd: f64::MAX });
 }
 
 pub async fn budget_usage_accumulates_per_period_and_scope(store: impl Store) {
