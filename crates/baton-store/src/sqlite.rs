@@ -497,9 +497,12 @@ impl SqliteStore {
     }
 }
 
+/// How long a connection waits for another one's lock before it gives up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    enable_wal(conn)?;
     let synchronous = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -514,23 +517,47 @@ fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Switches the database to WAL. On a new file that another process is creating at the same
+/// time, SQLite answers "database is locked" without calling the busy handler (the switch needs
+/// the file to itself), so the switch is retried within [`BUSY_TIMEOUT`].
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Brings the schema up to date. Race-safe: the version is read inside the write transaction
+/// that applies the migrations, so of two processes opening a new store at once, the second
+/// waits for the first (the busy timeout) and then finds nothing left to do.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let path = conn.path().unwrap_or_default().to_string();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(Error::Open {
-            path: conn.path().unwrap_or_default().to_string(),
+            path,
             message: format!(
                 "the store has schema version {version}, newer than this baton knows ({known}); upgrade baton"
             ),
         });
     }
-    for (idx, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (idx, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", idx as i64 + 1)?;
-        tx.commit()?;
     }
+    tx.commit()?;
     Ok(())
 }
 
@@ -1187,6 +1214,34 @@ impl Lenient<'_> {
 impl Store for SqliteStore {
     async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<RunRecord> {
         self.write(move |ctx| {
+            // Checked and inserted in one write transaction (taken with BEGIN IMMEDIATE, so no
+            // other process writes in between): two processes that both found no unfinished
+            // run cannot both create one.
+            let held = ctx
+                .tx
+                .prepare_cached(
+                    "SELECT id, owner, owner_pid, owner_until FROM runs \
+                     WHERE name = ?1 AND state = 'running' AND owner IS NOT NULL AND owner != ?2 AND owner_until > ?3 \
+                     ORDER BY started_at DESC LIMIT 1",
+                )?
+                .query_row(params![run.name, run.owner, now.0], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<u32>>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((held_run, owner, pid, until)) = held {
+                return Err(Error::RunHeld {
+                    plan: run.name,
+                    run: held_run,
+                    owner,
+                    pid: pid.unwrap_or_default(),
+                    until: Timestamp(until),
+                });
+            }
             ctx.tx.execute(
                 "INSERT INTO runs (id, name, state, phase, n_phases, started_at, owner, owner_pid, owner_until) \
                  VALUES (?1, ?2, 'running', 0, ?3, ?4, ?5, ?6, ?7)",

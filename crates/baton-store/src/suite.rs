@@ -23,6 +23,7 @@ macro_rules! store_test_suite {
             a_failed_write_in_a_batch_changes_nothing,
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
+            a_new_run_is_refused_while_another_owner_holds_the_plan,
             agents_and_control_commands_round_trip,
             process_groups_are_recorded_and_taken,
             schedules_fire_at_most_once_per_due_time,
@@ -458,6 +459,58 @@ pub async fn run_ownership_is_exclusive(store: impl Store) {
     assert_eq!((run.owner.as_deref(), run.owner_pid), (Some("node-b"), Some(7)));
     let (now, writes) = take("node-b", T0.0 + 32_000);
     assert_eq!(store.apply("r1", now, writes).await.unwrap(), vec![Applied::Done], "the owner renews");
+}
+
+/// The claim on a plan is taken with its new run, atomically: of two processes that both saw
+/// no unfinished run and create one at the same instant, the second is refused with who holds
+/// the plan. An unfinished run whose claim expired, a finished run, a run of another plan and
+/// a run of the same owner do not stand in the way.
+pub async fn a_new_run_is_refused_while_another_owner_holds_the_plan(store: impl Store) {
+    let by = |id: &str, owner: &str, pid: u32, until: i64| NewRun {
+        owner: owner.into(),
+        owner_pid: pid,
+        owner_until: Timestamp(until),
+        ..new_run(id)
+    };
+    let until = T0.0 + 30_000;
+    let (first, second) = tokio::join!(
+        store.create_run(by("r1", "host-a:11:x", 11, until), T0),
+        store.create_run(by("r2", "host-b:22:y", 22, until), T0)
+    );
+    let (created, refused) = match (first, second) {
+        (Ok(run), Err(error)) | (Err(error), Ok(run)) => (run, error),
+        other => panic!("exactly one of two simultaneous runs of a plan is created: {other:?}"),
+    };
+    let crate::Error::RunHeld { plan, run, owner, pid, .. } = &refused else { panic!("{refused:?}") };
+    assert_eq!(
+        (plan.as_str(), run, Some(owner), Some(*pid)),
+        ("plan", &created.id, created.owner.as_ref(), created.owner_pid)
+    );
+    let other_id = if created.id == "r1" { "r2" } else { "r1" };
+    assert!(store.run(other_id).await.unwrap().is_none(), "the refused run left nothing");
+
+    // Its owner's own second run, and another plan's, are not held.
+    let holder = created.owner.clone().unwrap();
+    store.create_run(NewRun { name: "other".into(), ..by("r3", "host-c:33:z", 33, until) }, T0).await.unwrap();
+    store.create_run(by("r4", &holder, 11, until), Timestamp(T0.0 + 1)).await.unwrap();
+    // Once the claims expired the plan is free; a live claim holds it until its run ends.
+    let later = Timestamp(until + 1);
+    store.create_run(by("r5", "host-d:44:w", 44, later.0 + 30_000), later).await.unwrap();
+    let held = store.create_run(by("r6", "host-e:55:v", 55, later.0 + 30_000), later).await;
+    assert!(matches!(&held, Err(crate::Error::RunHeld { run, .. }) if run == "r5"), "{held:?}");
+    let ended = Write::Run {
+        change: RunChange {
+            state: RunState::Succeeded,
+            phase: 0,
+            n_tasks: 0,
+            n_finished: 0,
+            ended_at: Some(later),
+            error: None,
+        },
+        events: vec![],
+    };
+    store.apply("r5", later, vec![ended]).await.unwrap();
+    store.create_run(by("r6", "host-e:55:v", 55, later.0 + 30_000), later).await.unwrap();
 }
 
 pub async fn agents_and_control_commands_round_trip(store: impl Store) {
