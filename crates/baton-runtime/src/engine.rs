@@ -485,7 +485,7 @@ impl Engine {
                     () = shutdown.cancelled(), if draining_until.is_none() => {
                         tracing::debug!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
                         sched.hold();
-                        draining_until = Some(tokio::time::Instant::now() + options.shutdown_grace);
+                        draining_until = Some(crate::clock::deadline_after(options.shutdown_grace));
                     }
                     () = sleep_until_opt(draining_until) => {
                         // Grace is over: interrupted attempts go back to the queue uncounted.

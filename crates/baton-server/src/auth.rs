@@ -202,7 +202,7 @@ impl Auth {
             role,
             agent: agent.map(str::to_string),
             iat: now_secs,
-            exp: now_secs + ttl.as_secs().max(1),
+            exp: now_secs.saturating_add(ttl.as_secs().max(1)),
             jti: uuid::Uuid::now_v7().simple().to_string(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

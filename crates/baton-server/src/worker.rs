@@ -592,6 +592,12 @@ pub async fn acquire(
         return Err(ApiError::bad_request("`resource` must not be empty"));
     }
     let ttl = Duration::from_millis(request.ttl_ms.unwrap_or(60_000).max(1));
+    if ttl > baton_core::time::MAX_DURATION {
+        return Err(ApiError::bad_request(format!(
+            "`ttl_ms` must be at most {} (3650 days)",
+            baton_core::time::MAX_DURATION.as_millis()
+        )));
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let resource = request.resource.clone();
     state.engine().report(AgentEvent::AcquireResource { agent, resource: request.resource, ttl, reply })?;

@@ -15,6 +15,7 @@ async fn health_and_status_have_the_documented_shapes() {
     assert_eq!(health["orchestration_status"], "running");
     assert_eq!(health["agent_count"], 3);
     assert!(health["version"].is_string() && health["uptime_seconds"].is_u64(), "{health}");
+    assert_eq!(health["problems"], json!([]));
 
     let status = server.get_json("/status").await;
     assert_eq!(status["session_id"], server.run_id.as_str());
@@ -27,6 +28,26 @@ async fn health_and_status_have_the_documented_shapes() {
     assert_eq!(plan["name"], "api-test");
     assert_eq!(plan["phases"], json!([["main"]]));
     assert_eq!(plan["workstreams"][0]["name"], "main");
+    server.stop().await;
+}
+
+/// A server whose engine stopped while its run is unfinished takes no result and changes
+/// nothing: `/health` says so with `503` and what is broken, instead of `healthy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_naming_the_broken_subsystem_when_the_engine_stopped() {
+    let mut server = Server::start().await;
+    server.stop_engine().await;
+    let response = server.get("/health").send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let health: Value = response.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["orchestration_status"], "running");
+    assert_eq!(
+        health["problems"],
+        json!([
+            "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton serve` starts again"
+        ])
+    );
     server.stop().await;
 }
 
@@ -401,6 +422,9 @@ async fn agents_lease_resources_over_http_and_tasks_wait_for_them() {
         .await;
     assert_eq!(leased["resource"], "file:Cargo.toml");
     assert!(leased["until"].as_i64().unwrap() > 0);
+    let forever = json!({"agent": "writer", "resource": "file:other", "ttl_ms": u64::MAX});
+    let refused = server.post("/agent/resources/acquire", forever).send().await.unwrap();
+    assert_eq!(refused.status(), 400, "a lease longer than any duration Baton takes");
     let taken = server
         .post("/agent/resources/acquire", json!({"agent": "writer", "resource": "file:*.toml"}))
         .send()

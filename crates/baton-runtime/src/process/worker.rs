@@ -447,6 +447,9 @@ impl Reader {
                     return self.invalid_params(id, "resource/acquire needs `resource`").await;
                 };
                 let ttl = Duration::from_millis(params.get("ttl_ms").and_then(Value::as_u64).unwrap_or(60_000));
+                if ttl > baton_core::time::MAX_DURATION {
+                    return self.invalid_params(id, "resource/acquire: `ttl_ms` must be at most 3650 days").await;
+                }
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::AcquireResource { agent, resource, ttl, reply });
                 self.answer_later(id, answer, |until| json!({ "granted": true, "until": until }));
