@@ -1247,12 +1247,15 @@ impl Validator<'_> {
 
         let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
         let mut tasks = Vec::with_capacity(raw.len());
-        for (task, key) in raw.iter().zip(&keys) {
+        for (task_idx, (task, key)) in raw.iter().zip(&keys).enumerate() {
             let mut new_task = self.task_fields(task, key, workstreams, agents);
             let workstream = new_task.workstream.clone();
             let mut deps = Vec::new();
             for dep in &task.depends_on {
                 match index.get(dep.get_ref().as_str()) {
+                    Some(&dep_idx) if dep_idx == task_idx => {
+                        self.error(dep.span(), format!("task `{key}` depends on itself"));
+                    }
                     Some(&dep_idx) => {
                         let dep_phase = phase_of(raw[dep_idx].workstream.as_ref().map(|ws| ws.get_ref().as_str()));
                         let own_phase = phase_of(workstream.as_deref());

@@ -1002,9 +1002,7 @@ async fn handle_command(
             match store.create_tasks(run_id, tasks, now).await {
                 Ok(created) => {
                     let ids = created.iter().map(|task| task.id).collect();
-                    for task in created {
-                        sched.add_task(task, now, fx);
-                    }
+                    sched.add_tasks(created, now, fx);
                     let _ = reply.send(Ok(ids));
                 }
                 Err(error) => {

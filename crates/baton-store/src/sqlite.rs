@@ -1102,10 +1102,10 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
             });
         }
     }
-    for (task, record) in tasks.iter().zip(created.iter_mut()) {
-        if task.depends_on.is_empty() {
-            continue;
-        }
+    // Resolved once every task of the batch has its id, so that a task may depend on a later
+    // one of its batch by key.
+    let mut resolved: Vec<Vec<TaskId>> = Vec::with_capacity(tasks.len());
+    for (task, record) in tasks.iter().zip(&created) {
         let mut ids = Vec::with_capacity(task.depends_on.len());
         for dep in &task.depends_on {
             let id = match dep {
@@ -1132,7 +1132,27 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
                 };
                 return Err(Error::Invalid(format!("task `{}` depends on unknown task {name}", record.title)));
             };
+            if id == record.id {
+                return Err(Error::Invalid(format!("task `{}` depends on itself", record.title)));
+            }
             ids.push(id);
+        }
+        resolved.push(ids);
+    }
+    // Tasks stored earlier depend on none of these, so a cycle can only run through the batch.
+    if resolved.iter().filter(|ids| !ids.is_empty()).nth(1).is_some() {
+        let position: HashMap<TaskId, usize> =
+            created.iter().enumerate().map(|(idx, record)| (record.id, idx)).collect();
+        let graph: Vec<Vec<usize>> =
+            resolved.iter().map(|ids| ids.iter().filter_map(|id| position.get(id).copied()).collect()).collect();
+        if let Some(cycle) = baton_core::graph::find_cycle(&graph) {
+            let path: Vec<&str> = cycle.iter().map(|&idx| created[idx].title.as_str()).collect();
+            return Err(Error::Invalid(format!("task dependency cycle: {}", path.join(" -> "))));
+        }
+    }
+    for (ids, record) in resolved.into_iter().zip(created.iter_mut()) {
+        if ids.is_empty() {
+            continue;
         }
         let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
         ctx.tx

@@ -129,12 +129,26 @@ pub async fn tasks_resolve_dependencies_by_key(store: impl Store) {
     assert_eq!(error.to_string(), "task `Task f` depends on unknown task `zzz`");
     let error = store.create_tasks("r1", vec![new_task("a", &[])], T0).await.unwrap_err();
     assert_eq!(error.to_string(), "a task with key `a` already exists in run r1");
+    // A task that depends on itself, by key or by the id it gets, or a cycle within a batch
+    // could never start: the batch is refused.
+    let error = store.create_tasks("r1", vec![new_task("g", &["g"])], T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task `Task g` depends on itself");
+    let mut itself = new_task("h", &[]);
+    itself.depends_on = vec![TaskRef::Id(TaskId(second[1].id.0 + 1))];
+    let error = store.create_tasks("r1", vec![itself], T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task `Task h` depends on itself");
+    let cycle = vec![new_task("i", &["a", "k"]), new_task("j", &["i"]), new_task("k", &["j"])];
+    let error = store.create_tasks("r1", cycle, T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task dependency cycle: Task i -> Task k -> Task j -> Task i");
     let tasks = store.tasks("r1", &TaskFilter::default()).await.unwrap();
     assert_eq!(tasks.len(), 4, "failed batches left nothing behind");
+    // A task may depend on a later one of its own batch.
+    let forward = store.create_tasks("r1", vec![new_task("l", &["m"]), new_task("m", &["a"])], T0).await.unwrap();
+    assert_eq!(forward[0].depends_on, vec![forward[1].id]);
     let stored = store.task(first[1].id).await.unwrap().unwrap();
     assert_eq!(stored, first[1], "a stored task reads back as created");
     let created = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(created.iter().filter(|e| e.kind.name() == "TaskCreated").count(), 4);
+    assert_eq!(created.iter().filter(|e| e.kind.name() == "TaskCreated").count(), 6);
 }
 
 pub async fn task_writes_are_compare_and_set(store: impl Store) {

@@ -97,7 +97,7 @@ fn cycles_are_named() {
     let text = MINIMAL.replace("priority = \"critical\"", "priority = \"critical\"\ndepends_on = [\"testing\"]");
     assert_eq!(errors(&text), "baton.toml:6:8: workstream dependency cycle: build -> testing -> build");
     let text = MINIMAL.replace("key = \"compile\"", "key = \"compile\"\ndepends_on = [\"compile\"]");
-    assert_eq!(errors(&text), "baton.toml:26:7: task dependency cycle: compile -> compile");
+    assert_eq!(errors(&text), "baton.toml:27:15: task `compile` depends on itself");
 }
 
 #[test]
