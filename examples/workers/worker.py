@@ -145,6 +145,8 @@ def main():
                     sys.stdout.write("this is not json\n")
                     sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "no/such/method"}) + "\n")
                     sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": 99999, "result": {}}) + "\n")
+                    too_many = {"input_tokens": 9223372036854775807}
+                    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": 8, "method": "usage/report", "params": too_many}) + "\n")
                     sys.stdout.write("x" * 2_000_000 + "\n")
                     sys.stdout.flush()
         elif method == "task/assign":

@@ -63,6 +63,18 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "baton.toml:3:13: invalid duration `soon` (expected number at 0); write a number and a unit, e.g. \"30s\", \"10m\", \"1h\"",
     ),
     (
+        "a duration no clock can add (it passed check, then panicked the first claim)",
+        "name = \"tester\"",
+        "name = \"tester\"\nheartbeat_timeout = \"3000000000000000h\"",
+        "baton.toml:20:21: duration `3000000000000000h` is too long: at most 3650 days (about 10 years)",
+    ),
+    (
+        "a memory limit no program starts under",
+        "command = [\"bash\", \"agent.sh\"]",
+        "command = [\"bash\", \"agent.sh\"]\nlimits = { memory = \"1B\" }",
+        "baton.toml:23:21: `limits.memory` must be at least \"1MiB\"",
+    ),
+    (
         "missing workstream",
         "depends_on = [\"build\"]",
         "depends_on = [\"biuld\"]",

@@ -110,7 +110,12 @@ async fn a_second_baton_run_refuses_while_the_first_works_and_sigterm_stops_grac
 
     let second = project.baton(&["run"]);
     assert_eq!(second.status.code(), Some(2));
-    assert!(stderr(&second).contains("is being executed by"), "{}", stderr(&second));
+    let pid = child.id();
+    assert!(
+        stderr(&second).contains(&format!("the plan `roadmap-v0.3.0` is being run by process {pid} on ")),
+        "{}",
+        stderr(&second)
+    );
 
     // SIGTERM: no new claims, the running attempt finishes, the run stays resumable.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -197,4 +202,75 @@ fn sigterm_stops_a_run_whose_output_pipe_was_closed() {
         .expect("baton stopped on SIGTERM although nobody reads its stderr")
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "stopped before the end, resumable");
+}
+
+const RACE: &str = r#"
+[orchestration]
+name = "race"
+
+[[agents]]
+name = "worker"
+command = ["sh", "-c", "sleep 0.2"]
+
+[[tasks]]
+key = "job"
+title = "Job"
+"#;
+
+/// Two `baton run` started at the same instant — on a new store, then on a finished one, with
+/// and without `--fresh` — never both run the plan: the store takes the claim with the new run,
+/// and the loser exits 2 naming the process that holds the plan. Each round races two real
+/// processes; before the claim was atomic both ran the plan in about a quarter of the rounds.
+#[tokio::test]
+async fn two_baton_runs_started_at_once_never_both_run_the_plan() {
+    const ROUNDS: usize = 16;
+    let project = Project::with(RACE, &[]);
+    let mut n_refused = 0;
+    for round in 0..ROUNDS {
+        let args: &[&str] = if round % 2 == 0 { &["run"] } else { &["run", "--fresh"] };
+        let children: Vec<std::process::Child> = (0..2)
+            .map(|_| {
+                project
+                    .command(args)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let pid = child.id();
+            let output = child.wait_with_output().unwrap();
+            match output.status.code() {
+                Some(0) => assert!(stdout(&output).contains("succeeded: 1/1 tasks"), "{}", stdout(&output)),
+                Some(2) => {
+                    n_refused += 1;
+                    let message = stderr(&output);
+                    assert!(message.contains("error: the plan `race` is being run by process "), "{message}");
+                    assert!(!message.contains(&format!("process {pid} ")), "it names the other process: {message}");
+                }
+                other => panic!("round {round}: exit {other:?}\n{}\n{}", stdout(&output), stderr(&output)),
+            }
+        }
+    }
+    // Runs of the plan, in the order of the store's events: each starts after the previous ended.
+    let events = project.store().events(&EventQuery::default()).await.unwrap();
+    let mut running: Option<String> = None;
+    let mut n_runs = 0;
+    for event in events {
+        match event.kind {
+            EventKind::RunStarted { .. } => {
+                assert!(running.is_none(), "run {} started while {running:?} was running", event.run_id);
+                running = Some(event.run_id);
+                n_runs += 1;
+            }
+            EventKind::RunCompleted { .. } => {
+                assert_eq!(running.as_deref(), Some(event.run_id.as_str()));
+                running = None;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(n_runs + n_refused, 2 * ROUNDS, "every process ran the plan or was refused");
 }

@@ -198,12 +198,15 @@ title = "Job"
         "--- protocol error (-32700): parse error: expected ident at line 1 column 2",
         "--- protocol error (-32601): unknown method `no/such/method`",
         "--- protocol error: response to unknown id 99999 ignored",
+        "--- protocol error (-32602): usage/report: `input_tokens` must be a whole number of tokens from 0 to 1000000000000, not 9223372036854775807",
         "--- protocol error (-32600): message over 1048576 bytes dropped",
         "baton says: parse error",
         "protocol error(s) in this run of it",
     ] {
         assert!(log.contains(expected), "`{expected}` not in the log:\n{log}");
     }
+    let budget = project.baton(&["budget"]);
+    assert_eq!(budget.status.code(), Some(0), "the refused report left the budgets readable: {}", stderr(&budget));
 }
 
 #[tokio::test]

@@ -180,10 +180,31 @@ pub struct Spent {
 }
 
 impl Spent {
+    /// Saturating: totals stop at the largest value rather than wrap or become infinite (which
+    /// JSON cannot carry).
     pub fn add(&mut self, other: Spent) {
         self.tokens = self.tokens.saturating_add(other.tokens);
-        self.cost_usd += other.cost_usd;
+        let cost_usd = self.cost_usd + other.cost_usd;
+        self.cost_usd = if cost_usd.is_nan() { self.cost_usd } else { cost_usd.min(f64::MAX) };
     }
+}
+
+/// The most tokens one report may count (input, output and cache tokens together): a million
+/// million, far beyond any real call, and far below what the store's 64-bit totals hold, so
+/// that no report can overflow them. A larger report is refused, not clamped.
+pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000_000;
+/// The largest cost one report may count, in US dollars.
+pub const MAX_REPORTED_COST_USD: f64 = 1_000_000.0;
+
+/// Why a usage report was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UsageError {
+    #[error("`{field}` must be a whole number of tokens from 0 to {MAX_REPORTED_TOKENS}, not {value}")]
+    NotACount { field: &'static str, value: String },
+    #[error("the report counts {tokens} tokens, more than the {MAX_REPORTED_TOKENS} one report may count")]
+    TooManyTokens { tokens: u64 },
+    #[error("`{field}` must be a cost in US dollars from 0 to {MAX_REPORTED_COST_USD}, not {value}")]
+    NotACost { field: &'static str, value: String },
 }
 
 /// One report of usage, in the shape CLI agents print (`claude -p --output-format json`):
@@ -197,6 +218,10 @@ pub struct Usage {
     pub cache_read_input_tokens: u64,
     pub cost_usd: f64,
 }
+
+/// The token counts a report may name.
+const COUNT_FIELDS: [&str; 4] =
+    ["input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"];
 
 impl Usage {
     /// Every token counts against a budget: input, output and both kinds of cache tokens.
@@ -212,39 +237,57 @@ impl Usage {
     }
 
     /// Usage with the token counts at the top level (the protocol's `usage/report` params, or
-    /// a result's `usage` object). `None` when it names no tokens and no cost.
-    pub fn from_report(value: &serde_json::Value) -> Option<Usage> {
-        let count = |key: &str| value.get(key).and_then(serde_json::Value::as_u64);
-        let cost = value.get("total_cost_usd").or_else(|| value.get("cost_usd")).and_then(serde_json::Value::as_f64);
-        let counts = [
-            count("input_tokens"),
-            count("output_tokens"),
-            count("cache_creation_input_tokens"),
-            count("cache_read_input_tokens"),
-        ];
-        if counts.iter().all(Option::is_none) && cost.is_none() {
-            return None;
+    /// a result's `usage` object). `Ok(None)` when it names no tokens and no cost; an error
+    /// when a count is not a whole number, or the report counts more than
+    /// [`MAX_REPORTED_TOKENS`] or [`MAX_REPORTED_COST_USD`].
+    pub fn from_report(value: &serde_json::Value) -> Result<Option<Usage>, UsageError> {
+        let mut counts = [None; 4];
+        for (count, field) in counts.iter_mut().zip(COUNT_FIELDS) {
+            *count = match value.get(field) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(found) => match found.as_u64().filter(|tokens| *tokens <= MAX_REPORTED_TOKENS) {
+                    Some(tokens) => Some(tokens),
+                    None => return Err(UsageError::NotACount { field, value: found.to_string() }),
+                },
+            };
         }
-        Some(Usage {
+        let cost = cost_field(value, "total_cost_usd")?.or(cost_field(value, "cost_usd")?);
+        if counts.iter().all(Option::is_none) && cost.is_none() {
+            return Ok(None);
+        }
+        let usage = Usage {
             input_tokens: counts[0].unwrap_or(0),
             output_tokens: counts[1].unwrap_or(0),
             cache_creation_input_tokens: counts[2].unwrap_or(0),
             cache_read_input_tokens: counts[3].unwrap_or(0),
-            cost_usd: cost.filter(|cost| cost.is_finite() && *cost >= 0.0).unwrap_or(0.0),
-        })
+            cost_usd: cost.unwrap_or(0.0),
+        };
+        if usage.tokens() > MAX_REPORTED_TOKENS {
+            return Err(UsageError::TooManyTokens { tokens: usage.tokens() });
+        }
+        Ok(Some(usage))
     }
 
     /// The usage in a task's result: its `usage` object, and `total_cost_usd` beside it.
-    pub fn from_result(result: &serde_json::Value) -> Option<Usage> {
-        let usage = result.get("usage").filter(|usage| usage.is_object())?;
-        let mut parsed = Usage::from_report(usage).unwrap_or_default();
-        if let Some(cost) = result.get("total_cost_usd").and_then(serde_json::Value::as_f64)
-            && cost.is_finite()
-            && cost >= 0.0
-        {
+    /// `Ok(None)` when the result has no `usage` object; refused as [`Usage::from_report`].
+    pub fn from_result(result: &serde_json::Value) -> Result<Option<Usage>, UsageError> {
+        let Some(usage) = result.get("usage").filter(|usage| usage.is_object()) else { return Ok(None) };
+        let mut parsed = Usage::from_report(usage)?.unwrap_or_default();
+        if let Some(cost) = cost_field(result, "total_cost_usd")? {
             parsed.cost_usd = cost;
         }
-        Some(parsed)
+        Ok(Some(parsed))
+    }
+}
+
+/// A cost a report names, if it names one: a number from 0 to [`MAX_REPORTED_COST_USD`].
+fn cost_field(value: &serde_json::Value, field: &'static str) -> Result<Option<f64>, UsageError> {
+    match value.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(found) => match found.as_f64().filter(|cost| (0.0..=MAX_REPORTED_COST_USD).contains(cost)) {
+            Some(cost) => Ok(Some(cost)),
+            None => Err(UsageError::NotACost { field, value: found.to_string() }),
+        },
     }
 }
 
@@ -603,19 +646,64 @@ mod tests {
     #[test]
     fn usage_is_read_from_reports_and_from_claude_shaped_results() {
         let report = serde_json::json!({"task_id": 3, "input_tokens": 1200, "output_tokens": 600});
-        assert_eq!(Usage::from_report(&report).unwrap().tokens(), 1800);
-        assert_eq!(Usage::from_report(&serde_json::json!({"task_id": 3})), None);
+        assert_eq!(Usage::from_report(&report).unwrap().unwrap().tokens(), 1800);
+        assert_eq!(Usage::from_report(&serde_json::json!({"task_id": 3})), Ok(None));
         let result = serde_json::json!({
             "type": "result",
             "result": "done",
             "total_cost_usd": 0.0123,
             "usage": {"input_tokens": 10, "cache_creation_input_tokens": 200, "cache_read_input_tokens": 3000, "output_tokens": 45}
         });
-        let usage = Usage::from_result(&result).unwrap();
+        let usage = Usage::from_result(&result).unwrap().unwrap();
         assert_eq!(usage.tokens(), 3255);
         assert_eq!(usage.cost_usd, 0.0123);
-        assert_eq!(Usage::from_result(&serde_json::json!({"ok": true})), None);
-        assert_eq!(Usage::from_result(&serde_json::json!("text")), None);
+        assert_eq!(Usage::from_result(&serde_json::json!({"ok": true})), Ok(None));
+        assert_eq!(Usage::from_result(&serde_json::json!("text")), Ok(None));
+    }
+
+    #[test]
+    fn usage_reports_beyond_the_bound_or_not_counts_are_refused() {
+        let refused = |report: serde_json::Value| Usage::from_report(&report).unwrap_err().to_string();
+        assert_eq!(
+            refused(serde_json::json!({"input_tokens": i64::MAX})),
+            "`input_tokens` must be a whole number of tokens from 0 to 1000000000000, not 9223372036854775807"
+        );
+        assert_eq!(
+            refused(serde_json::json!({"output_tokens": u64::MAX})),
+            "`output_tokens` must be a whole number of tokens from 0 to 1000000000000, not 18446744073709551615"
+        );
+        assert!(refused(serde_json::json!({"input_tokens": -5})).contains("not -5"));
+        assert!(refused(serde_json::json!({"input_tokens": 1.5})).contains("not 1.5"));
+        assert!(refused(serde_json::json!({"input_tokens": "12"})).contains("not \"12\""));
+        // Each count within the bound, their sum beyond it.
+        let half = MAX_REPORTED_TOKENS / 2 + 1;
+        assert_eq!(
+            refused(serde_json::json!({"input_tokens": half, "output_tokens": half})),
+            "the report counts 1000000000002 tokens, more than the 1000000000000 one report may count"
+        );
+        assert!(refused(serde_json::json!({"cost_usd": -1.0})).starts_with("`cost_usd` must be a cost in US dollars"));
+        assert!(refused(serde_json::json!({"total_cost_usd": 1e300})).starts_with("`total_cost_usd` must be"));
+        let in_result = serde_json::json!({"usage": {"input_tokens": i64::MAX}});
+        assert!(Usage::from_result(&in_result).is_err());
+        let cost_beside = serde_json::json!({"usage": {"input_tokens": 1}, "total_cost_usd": -3});
+        assert!(Usage::from_result(&cost_beside).is_err());
+        // The bound itself is a valid report; null is no count.
+        let largest = serde_json::json!({"input_tokens": MAX_REPORTED_TOKENS, "output_tokens": null});
+        assert_eq!(Usage::from_report(&largest).unwrap().unwrap().tokens(), MAX_REPORTED_TOKENS);
+    }
+
+    #[test]
+    fn budget_totals_saturate_instead_of_overflowing() {
+        let now = at("2026-11-21 09:00");
+        let mut budgets = Budgets::new(spec(1000), &[], now);
+        let huge = Spent { tokens: u64::MAX - 1, cost_usd: f64::MAX };
+        budgets.add(&[Scope::Global], huge);
+        let crossed = budgets.add(&[Scope::Global], huge);
+        assert_eq!(budgets.used(&Scope::Global).tokens, u64::MAX);
+        assert!(crossed.is_empty(), "every threshold was reported with the first report");
+        assert!(budgets.exhausted(&Scope::Global));
+        assert_eq!(budgets.remaining_tokens(&Scope::Global), Some(0));
+        assert_eq!(budgets.used(&Scope::Global).cost_usd, f64::MAX, "finite, so that JSON can carry it");
     }
 
     #[test]

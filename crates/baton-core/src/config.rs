@@ -186,7 +186,7 @@ struct RawAgent {
     restart_backoff: Option<DurationStr>,
     heartbeat_timeout: Option<DurationStr>,
     circuit_breaker: Option<RawBreaker>,
-    max_message_size: Option<SizeStr>,
+    max_message_size: Option<Spanned<SizeStr>>,
     input_template: Option<Spanned<String>>,
     done_when: Option<Spanned<RawDoneWhen>>,
     stall_after: Option<Spanned<DurationStr>>,
@@ -223,7 +223,7 @@ struct RawDoneWhen {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    memory: Option<SizeStr>,
+    memory: Option<Spanned<SizeStr>>,
     cpu: Option<DurationStr>,
     timeout: Option<DurationStr>,
 }
@@ -757,6 +757,10 @@ struct Validator<'a> {
 
 const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Below this, a memory limit leaves no room for a program to start.
+const MIN_MEMORY_LIMIT: u64 = 1 << 20;
+/// Below this, a worker's messages could not hold a JSON-RPC answer.
+const MIN_MESSAGE_SIZE: u64 = 1 << 10;
 
 impl Validator<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -993,7 +997,9 @@ impl Validator<'_> {
                     }
                     None => CircuitBreaker { failures: 5, cooldown: Duration::from_secs(60) },
                 },
-                max_message_size: agent.max_message_size.map_or(1024 * 1024, |size| size.0),
+                max_message_size: self
+                    .at_least(&agent.max_message_size, "max_message_size", MIN_MESSAGE_SIZE, "1KiB")
+                    .unwrap_or(1024 * 1024),
                 terminal,
                 concurrency,
                 runbook: agent.runbook.clone(),
@@ -1002,7 +1008,7 @@ impl Validator<'_> {
                 env_passthrough: agent.env_passthrough.clone(),
                 workdir: agent.workdir.as_ref().map(|dir| self.expand(dir)),
                 limits: Limits {
-                    memory: agent.limits.memory.map(|size| size.0),
+                    memory: self.at_least(&agent.limits.memory, "limits.memory", MIN_MEMORY_LIMIT, "1MiB"),
                     cpu: agent.limits.cpu.map(|d| d.0),
                     timeout: agent.limits.timeout.map(|d| d.0),
                 },
@@ -1010,6 +1016,15 @@ impl Validator<'_> {
             });
         }
         specs
+    }
+
+    /// A size that must be at least `min` (written `min_text`), or the error where it is written.
+    fn at_least(&mut self, size: &Option<Spanned<SizeStr>>, field: &str, min: u64, min_text: &str) -> Option<u64> {
+        let size = size.as_ref()?;
+        if size.get_ref().0 < min {
+            self.error(size.span(), format!("`{field}` must be at least \"{min_text}\""));
+        }
+        Some(size.get_ref().0.max(min))
     }
 
     /// An agent's `command`, expanded and checked: required for process agents, refused for
@@ -1233,7 +1248,7 @@ impl Validator<'_> {
             depends_on: Vec::new(),
             priority: task.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
             max_attempts,
-            timeout_ms: task.timeout.map(|d| d.0.as_millis() as u64),
+            timeout_ms: task.timeout.map(|d| u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX)),
             resources: task.resources.clone(),
             estimated_tokens,
         }
@@ -1267,12 +1282,15 @@ impl Validator<'_> {
 
         let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
         let mut tasks = Vec::with_capacity(raw.len());
-        for (task, key) in raw.iter().zip(&keys) {
+        for (task_idx, (task, key)) in raw.iter().zip(&keys).enumerate() {
             let mut new_task = self.task_fields(task, key, workstreams, agents);
             let workstream = new_task.workstream.clone();
             let mut deps = Vec::new();
             for dep in &task.depends_on {
                 match index.get(dep.get_ref().as_str()) {
+                    Some(&dep_idx) if dep_idx == task_idx => {
+                        self.error(dep.span(), format!("task `{key}` depends on itself"));
+                    }
                     Some(&dep_idx) => {
                         let dep_phase = phase_of(raw[dep_idx].workstream.as_ref().map(|ws| ws.get_ref().as_str()));
                         let own_phase = phase_of(workstream.as_deref());

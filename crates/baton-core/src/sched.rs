@@ -363,20 +363,36 @@ impl Scheduler {
     /// when its workstream has started and its dependencies are done. Call
     /// [`Scheduler::step`] afterwards to assign it.
     pub fn add_task(&mut self, task: TaskRecord, now: Timestamp, fx: &mut Effects) {
-        debug_assert_eq!(task.state, TaskState::Pending);
-        let id = task.id;
-        let workstream = task.workstream.clone();
-        self.insert(task);
-        self.run_dirty = true;
-        if let Some(ws) = workstream.as_deref().and_then(|ws| self.workstreams.get_mut(ws))
-            && ws.done
-        {
-            // The workstream has work again; it completes again when that is done.
-            ws.done = false;
-            ws.failed = false;
+        self.add_tasks(vec![task], now, fx);
+    }
+
+    /// Adds tasks created together (a batch). All of them are known before any is released,
+    /// so that a task may depend on a later one of its batch.
+    pub fn add_tasks(&mut self, tasks: Vec<TaskRecord>, now: Timestamp, fx: &mut Effects) {
+        let mut added = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            debug_assert_eq!(task.state, TaskState::Pending);
+            added.push((task.id, task.workstream.clone()));
+            if let Some(ws) = task.workstream.as_deref().and_then(|ws| self.workstreams.get_mut(ws))
+                && ws.done
+            {
+                // The workstream has work again; it completes again when that is done.
+                ws.done = false;
+                ws.failed = false;
+            }
+            self.insert(task);
         }
-        self.try_release(id, now, fx);
-        self.wake_agents(workstream.as_deref(), fx);
+        self.run_dirty = true;
+        for (id, _) in &added {
+            self.try_release(*id, now, fx);
+        }
+        let mut woken: Vec<Option<String>> = Vec::new();
+        for (_, workstream) in added {
+            if !woken.contains(&workstream) {
+                self.wake_agents(workstream.as_deref(), fx);
+                woken.push(workstream);
+            }
+        }
     }
 
     /// Starts again the agents of a workstream that had completed and now has work (a retried

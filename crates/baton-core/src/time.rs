@@ -24,9 +24,15 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(millis))
     }
 
+    /// Saturating, like [`Timestamp::plus`].
+    pub fn minus(self, duration: Duration) -> Timestamp {
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(millis))
+    }
+
     /// The time from `earlier` to `self`, zero when `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
-        Duration::from_millis(u64::try_from(self.0 - earlier.0).unwrap_or(0))
+        Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
     }
 }
 
@@ -47,11 +53,20 @@ impl<'de> Deserialize<'de> for DurationStr {
     }
 }
 
-/// Parses `"30s"`, `"10m"`, `"1h 30m"`, `"250ms"`.
+/// The longest duration Baton takes anywhere (a timeout, a lease, a backoff): 3650 days. Far
+/// beyond any real setting, and small enough that adding it to any instant or timestamp, or
+/// counting it in milliseconds, cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
+
+/// Parses `"30s"`, `"10m"`, `"1h 30m"`, `"250ms"`; refuses more than [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|error| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|error| {
         format!("invalid duration `{text}` ({error}); write a number and a unit, e.g. \"30s\", \"10m\", \"1h\"")
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!("duration `{text}` is too long: at most 3650 days (about 10 years)"));
+    }
+    Ok(duration)
 }
 
 /// Formats a duration the way it is written in `baton.toml`.
@@ -70,14 +85,21 @@ pub fn format_duration(duration: Duration) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeStr(pub u64);
 
+/// The largest size Baton takes anywhere: 1 PiB.
+pub const MAX_SIZE: u64 = 1 << 50;
+
 impl<'de> Deserialize<'de> for SizeStr {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.trim().parse::<bytesize::ByteSize>().map(|size| SizeStr(size.as_u64())).map_err(|error| {
+        let size = text.trim().parse::<bytesize::ByteSize>().map_err(|error| {
             serde::de::Error::custom(format!(
                 "invalid size `{text}` ({error}); write a number and a unit, e.g. \"512MiB\", \"2GiB\""
             ))
-        })
+        })?;
+        if size.as_u64() > MAX_SIZE {
+            return Err(serde::de::Error::custom(format!("size `{text}` is too large: at most 1PiB")));
+        }
+        Ok(SizeStr(size.as_u64()))
     }
 }
 
@@ -91,6 +113,11 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10x").unwrap_err().contains("invalid duration `10x`"));
+        assert_eq!(parse_duration("3650days").unwrap(), MAX_DURATION);
+        assert_eq!(
+            parse_duration("18446744073709553s").unwrap_err(),
+            "duration `18446744073709553s` is too long: at most 3650 days (about 10 years)"
+        );
         assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }
@@ -101,5 +128,9 @@ mod tests {
         assert_eq!(now.plus(Duration::from_millis(500)), Timestamp(1_500));
         assert_eq!(Timestamp(1_000).since(Timestamp(2_000)), Duration::ZERO);
         assert_eq!(Timestamp(2_000).since(Timestamp(1_000)), Duration::from_secs(1));
+        assert_eq!(Timestamp(i64::MAX).since(Timestamp(i64::MIN)), Duration::from_millis(i64::MAX as u64));
+        assert_eq!(Timestamp(i64::MIN).since(Timestamp(i64::MAX)), Duration::ZERO);
+        assert_eq!(Timestamp(i64::MIN + 5).minus(Duration::MAX), Timestamp(i64::MIN));
+        assert_eq!(Timestamp(5).plus(Duration::MAX), Timestamp(i64::MAX));
     }
 }

@@ -40,10 +40,11 @@ use crate::process::{ProcessAgent, ProcessEnv};
 pub enum Error {
     #[error(transparent)]
     Store(#[from] baton_store::Error),
+    /// Another process holds the plan's unfinished run.
     #[error(
-        "run {run} is being executed by {owner} (pid {pid}); stop it first, or wait until its claim expires at {until}"
+        "the plan `{plan}` is being run by process {pid} on {host} (run {run}); stop it first, or wait until its claim expires at {until}"
     )]
-    Busy { run: String, owner: String, pid: u32, until: String },
+    Busy { plan: String, run: String, host: String, pid: u32, until: String },
     #[error("the store changed under the engine: {0}; is another baton executing this run?")]
     Conflict(String),
     #[error("{0}")]
@@ -484,7 +485,7 @@ impl Engine {
                     () = shutdown.cancelled(), if draining_until.is_none() => {
                         tracing::debug!(running = shell.attempts.len(), "shutting down: letting running attempts finish");
                         sched.hold();
-                        draining_until = Some(tokio::time::Instant::now() + options.shutdown_grace);
+                        draining_until = Some(crate::clock::deadline_after(options.shutdown_grace));
                     }
                     () = sleep_until_opt(draining_until) => {
                         // Grace is over: interrupted attempts go back to the queue uncounted.
@@ -756,12 +757,7 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<OpenedRun, 
         if held {
             let owner = run.owner.clone().unwrap_or_default();
             if !node.is_dead(&owner, run.owner_pid) {
-                return Err(Error::Busy {
-                    run: run.id.clone(),
-                    owner,
-                    pid: run.owner_pid.unwrap_or_default(),
-                    until: format!("{}", run.owner_until.unwrap_or_default().0),
-                });
+                return Err(busy(&plan.name, &run.id, &owner, run.owner_pid, run.owner_until));
             }
         }
         // The previous owner is gone (or its claim expired): take the run over.
@@ -773,7 +769,12 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<OpenedRun, 
         };
         let applied = store.apply(&run.id, now, vec![claim]).await?;
         if let Some(Applied::Conflict(reason)) = applied.first() {
-            return Err(Error::Conflict(reason.clone()));
+            // Another process took it over first: it holds the plan now.
+            let taken = store.run(&run.id).await?;
+            return Err(match taken.as_ref().and_then(|run| Some((run.owner.as_deref()?, run))) {
+                Some((owner, taken)) => busy(&plan.name, &taken.id, owner, taken.owner_pid, taken.owner_until),
+                None => Error::Conflict(reason.clone()),
+            });
         }
         if !options.fresh {
             return Ok(OpenedRun { run, resumed: true, previous: None });
@@ -808,7 +809,28 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<OpenedRun, 
         owner_pid: node.pid,
         owner_until: now.plus(lease_ttl),
     };
-    Ok(OpenedRun { run: store.create_run(new_run, now).await?, resumed: false, previous })
+    match store.create_run(new_run, now).await {
+        Ok(run) => Ok(OpenedRun { run, resumed: false, previous }),
+        // Another process created a run of the plan since we looked.
+        Err(baton_store::Error::RunHeld { plan, run, owner, pid, until }) => {
+            Err(busy(&plan, &run, &owner, Some(pid), Some(until)))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// [`Error::Busy`] for the run `run` of `plan`, held by `owner` (`host:pid:suffix`).
+fn busy(plan: &str, run: &str, owner: &str, pid: Option<u32>, until: Option<Timestamp>) -> Error {
+    let mut parts = owner.split(':');
+    let host = parts.next().unwrap_or(owner).to_string();
+    let pid = pid.or_else(|| parts.next()?.parse().ok()).unwrap_or_default();
+    Error::Busy {
+        plan: plan.to_string(),
+        run: run.to_string(),
+        host,
+        pid,
+        until: until.map_or_else(|| "an unknown time".to_string(), baton_core::schedule::format_utc),
+    }
 }
 
 /// The run an engine works on ([`open_run`]).
@@ -837,12 +859,17 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
     match report {
         Report::Outcome { task, attempt, outcome } => {
             // Tokens a task's result says it used were used, whatever becomes of the outcome.
-            if let Outcome::Succeeded { result } = &outcome
-                && let Some(usage) = Usage::from_result(result)
-            {
+            if let Outcome::Succeeded { result } = &outcome {
                 let agent = sched.task(task).and_then(|record| record.assigned_agent.clone()).unwrap_or_default();
-                let report = serde_json::to_value(usage).unwrap_or_default();
-                sched.record_usage(&agent, Some(task), usage, report, now, fx);
+                match Usage::from_result(result) {
+                    Ok(Some(usage)) => {
+                        let report = serde_json::to_value(usage).unwrap_or_default();
+                        sched.record_usage(&agent, Some(task), usage, report, now, fx);
+                    }
+                    Ok(None) => {}
+                    // Not counted: a report no agent could have made must not move the totals.
+                    Err(error) => tracing::warn!(%error, %agent, %task, "usage in a task's result refused"),
+                }
             }
             let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
             if was_killed {
@@ -916,8 +943,10 @@ async fn handle_agent_event(
         AgentEvent::Usage { agent, task, usage } => {
             sched.agent_activity(&agent, now, fx);
             match Usage::from_report(&usage) {
-                Some(parsed) => sched.record_usage(&agent, task, parsed, usage, now, fx),
-                None => fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage })),
+                Ok(Some(parsed)) => sched.record_usage(&agent, task, parsed, usage, now, fx),
+                Ok(None) => fx.writes.push(Write::Event(EventKind::UsageReported { agent, task, usage })),
+                // The API and the worker protocol refuse such reports before they get here.
+                Err(error) => tracing::warn!(%error, %agent, "usage report refused"),
             }
         }
         AgentEvent::CreateTasks { agent, parent, mut tasks, reply } => {
@@ -973,9 +1002,7 @@ async fn handle_command(
             match store.create_tasks(run_id, tasks, now).await {
                 Ok(created) => {
                     let ids = created.iter().map(|task| task.id).collect();
-                    for task in created {
-                        sched.add_task(task, now, fx);
-                    }
+                    sched.add_tasks(created, now, fx);
                     let _ = reply.send(Ok(ids));
                 }
                 Err(error) => {

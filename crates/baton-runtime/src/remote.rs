@@ -14,10 +14,11 @@
 //! handlers take them out and bring outcomes back. It knows nothing of HTTP.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -28,7 +29,7 @@ use baton_core::model::{TaskId, TaskRecord};
 use baton_core::{Outcome, Timestamp};
 
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
-use crate::clock::Clock;
+use crate::clock::{Clock, deadline_after};
 use crate::engine::RuntimeFactory;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,7 +116,9 @@ pub struct RemoteHub {
 
 struct Shared {
     clock: Clock,
-    /// Held only for short, non-async sections: queue bookkeeping.
+    /// Held only for short, non-async sections: queue bookkeeping. A `parking_lot` mutex: it
+    /// is not poisoned, so a panic in one request (there should be none: nothing here
+    /// computes on what a worker sends without checking) cannot fail every later claim.
     queues: Mutex<HashMap<String, Queue>>,
     /// Wakes claims waiting for work, per agent.
     arrivals: Mutex<HashMap<String, Arc<Notify>>>,
@@ -139,7 +142,7 @@ impl RemoteHub {
         Arc::new(move |spec: &AgentSpec| {
             if spec.runtime == baton_core::config::RuntimeKind::Remote {
                 // Known from the start, so that its workers may poll before its phase begins.
-                let mut queues = hub.shared.queues.lock().expect("queues lock");
+                let mut queues = hub.shared.queues.lock();
                 queues.entry(spec.name.clone()).or_default().lease = spec.heartbeat_timeout;
                 drop(queues);
                 Arc::new(RemoteAgent { hub: hub.clone(), spec: spec.clone() }) as Arc<dyn AgentRuntime>
@@ -150,19 +153,19 @@ impl RemoteHub {
     }
 
     fn arrivals(&self, agent: &str) -> Arc<Notify> {
-        let mut arrivals = self.shared.arrivals.lock().expect("arrivals lock");
+        let mut arrivals = self.shared.arrivals.lock();
         Arc::clone(arrivals.entry(agent.to_string()).or_default())
     }
 
     fn with_queue<T>(&self, agent: &str, f: impl FnOnce(&mut Queue) -> Result<T, Error>) -> Result<T, Error> {
-        let mut queues = self.shared.queues.lock().expect("queues lock");
+        let mut queues = self.shared.queues.lock();
         let queue = queues.get_mut(agent).ok_or_else(|| Error::UnknownAgent(agent.to_string()))?;
         f(queue)
     }
 
     /// Whether `agent` is a remote agent of the running plan.
     pub fn is_remote(&self, agent: &str) -> bool {
-        self.shared.queues.lock().expect("queues lock").contains_key(agent)
+        self.shared.queues.lock().contains_key(agent)
     }
 
     /// Takes up to `max` attempts waiting for `agent`, waiting up to `wait` for the first one
@@ -176,7 +179,7 @@ impl RemoteHub {
         cancel: &CancellationToken,
     ) -> Result<Vec<Claim>, Error> {
         let arrivals = self.arrivals(agent);
-        let give_up = Instant::now() + wait;
+        let give_up = deadline_after(wait);
         loop {
             // Registered before looking, so that an arrival between the look and the wait is
             // not missed.
@@ -206,7 +209,7 @@ impl RemoteHub {
             while claims.len() < max {
                 let Some(key) = queue.waiting.pop_front() else { break };
                 let Some(pending) = queue.attempts.get_mut(&key) else { continue };
-                pending.deadline = Some(Instant::now() + lease);
+                pending.deadline = Some(deadline_after(lease));
                 pending.renewed.notify_one();
                 claims.push(Claim {
                     task: pending.attempt.task.clone(),
@@ -240,7 +243,7 @@ impl RemoteHub {
                 if pending.deadline.is_none() || (!only.is_empty() && !only.contains(key)) {
                     continue;
                 }
-                pending.deadline = Some(Instant::now() + lease);
+                pending.deadline = Some(deadline_after(lease));
                 pending.renewed.notify_one();
                 leases.push(Lease { task: key.0, attempt: key.1, lease_expires_at: now.plus(lease) });
             }
@@ -270,7 +273,7 @@ impl RemoteHub {
                 Some(pending) if pending.deadline.is_some() => {}
                 _ => return Err(queue.not_held(agent, task, attempt)),
             }
-            let pending = queue.attempts.remove(&key).expect("checked above");
+            let Some(pending) = queue.attempts.remove(&key) else { return Err(queue.not_held(agent, task, attempt)) };
             queue.forget(key, "it was reported already".into());
             Ok(pending.outcome)
         })?;
@@ -292,10 +295,12 @@ impl RemoteHub {
 
     /// Attempts waiting for a worker, per remote agent.
     pub fn waiting(&self) -> Vec<(String, usize, usize)> {
-        let queues = self.shared.queues.lock().expect("queues lock");
+        let queues = self.shared.queues.lock();
         let mut out: Vec<(String, usize, usize)> = queues
             .iter()
-            .map(|(name, queue)| (name.clone(), queue.waiting.len(), queue.attempts.len() - queue.waiting.len()))
+            .map(|(name, queue)| {
+                (name.clone(), queue.waiting.len(), queue.attempts.len().saturating_sub(queue.waiting.len()))
+            })
             .collect();
         out.sort();
         out
@@ -310,7 +315,7 @@ struct RemoteAgent {
 #[async_trait]
 impl AgentRuntime for RemoteAgent {
     async fn start(&self, context: AgentContext) -> Result<(), String> {
-        let mut queues = self.hub.shared.queues.lock().expect("queues lock");
+        let mut queues = self.hub.shared.queues.lock();
         let queue = queues.entry(self.spec.name.clone()).or_default();
         queue.running = true;
         queue.lease = self.spec.heartbeat_timeout;
@@ -378,7 +383,7 @@ impl AgentRuntime for RemoteAgent {
     }
 
     async fn stop(&self) {
-        let mut queues = self.hub.shared.queues.lock().expect("queues lock");
+        let mut queues = self.hub.shared.queues.lock();
         if let Some(queue) = queues.get_mut(&self.spec.name) {
             queue.running = false;
             let keys: Vec<(TaskId, u32)> = queue.attempts.keys().copied().collect();
@@ -393,5 +398,89 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAN: &str = r#"
+[orchestration]
+name = "remote"
+
+[[agents]]
+name = "far"
+runtime = "remote"
+
+[[agents]]
+name = "near"
+runtime = "remote"
+"#;
+
+    fn task(id: i64) -> TaskRecord {
+        TaskRecord {
+            id: TaskId(id),
+            run_id: "run-1".into(),
+            key: None,
+            workstream: None,
+            title: format!("task {id}"),
+            description: String::new(),
+            input: serde_json::Value::Null,
+            requires: Vec::new(),
+            agent: None,
+            depends_on: Vec::new(),
+            priority: baton_core::model::Priority::Medium,
+            max_attempts: 1,
+            timeout_ms: None,
+            resources: Vec::new(),
+            estimated_tokens: None,
+            state: baton_core::TaskState::Running,
+            attempt: 1,
+            assigned_agent: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            not_before: None,
+            result: None,
+            error: None,
+            created_at: Timestamp::ZERO,
+            updated_at: Timestamp::ZERO,
+            finished_at: None,
+        }
+    }
+
+    /// An agent whose lease no clock can add (`heartbeat_timeout` far beyond what `check`
+    /// allows, as a plan built in code could have it): its first claim used to panic while
+    /// holding the hub's lock, and every remote agent's claims failed from then on.
+    #[tokio::test]
+    async fn a_lease_too_long_for_the_clock_neither_panics_nor_breaks_other_agents_claims() {
+        let plan = baton_core::config::load("baton.toml", PLAN, &Default::default()).unwrap();
+        let mut far = plan.agent("far").unwrap().clone();
+        far.heartbeat_timeout = Duration::MAX;
+        let near = plan.agent("near").unwrap().clone();
+        let hub = RemoteHub::new(Clock::system());
+        let runtimes = hub.runtimes(Arc::new(|_: &AgentSpec| -> Arc<dyn AgentRuntime> { unreachable!() }));
+        let (events, _) = tokio::sync::mpsc::unbounded_channel();
+        let context = AgentContext { run_id: "run-1".into(), events };
+        let mut running = Vec::new();
+        for (idx, spec) in [far, near].into_iter().enumerate() {
+            let runtime = runtimes(&spec);
+            runtime.start(context.clone()).await.unwrap();
+            let attempt = Attempt { run_id: "run-1".into(), agent: spec.name.clone(), task: task(idx as i64 + 1) };
+            running.push(tokio::spawn(async move { runtime.run(attempt, CancellationToken::new()).await }));
+        }
+        let cancel = CancellationToken::new();
+        let claimed = hub.claim("far", 1, Duration::from_secs(10), &cancel).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].lease_expires_at, Timestamp(i64::MAX), "the lease saturates");
+        assert_eq!(hub.heartbeat("far", &[]).unwrap()[0].lease_expires_at, Timestamp(i64::MAX));
+        let near_claimed = hub.claim("near", 1, Duration::from_secs(10), &cancel).await.unwrap();
+        assert_eq!(near_claimed[0].task.id, TaskId(2), "the other agent's claims still work");
+        for (agent, id) in [("far", 1), ("near", 2)] {
+            hub.finish(agent, TaskId(id), 1, Outcome::Succeeded { result: serde_json::Value::Null }).unwrap();
+        }
+        for attempt in running {
+            assert!(matches!(attempt.await.unwrap(), Outcome::Succeeded { .. }));
+        }
     }
 }

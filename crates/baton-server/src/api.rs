@@ -66,26 +66,61 @@ pub struct Health {
     pub orchestration_status: String,
     pub agent_count: u64,
     pub uptime_seconds: u64,
+    /// What is broken, one line per subsystem (`store: …`, `engine: …`); empty when nothing
+    /// is. The answer is `503` when there is any.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
-/// Whether the server, its engine and its store are well.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
+/// Whether the server, its engine and its store are well: `503`, naming what is broken, when
+/// the store does not answer or the engine stopped with the run unfinished.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, description = "a subsystem is broken: see `problems`", body = Health)))]
 pub async fn health(State(state): State<AppState>) -> Response {
+    let mut problems = Vec::new();
     let run = state.store().run(state.run_id()).await;
-    let agent_count = state.store().agents(state.run_id()).await.map_or(0, |agents| agents.len() as u64);
-    let (status, orchestration) = match &run {
-        Ok(Some(run)) => ("healthy", run.state.as_str().to_string()),
-        Ok(None) => ("degraded", "unknown".to_string()),
-        Err(_) => ("degraded", "store unavailable".to_string()),
+    let agent_count = match state.store().agents(state.run_id()).await {
+        Ok(agents) => agents.len() as u64,
+        Err(error) => {
+            problems.push(format!("store: {error}"));
+            0
+        }
     };
-    let status = if state.engine().is_stopped() { "degraded" } else { status };
-    json(Health {
-        status: status.into(),
+    let engine_stopped = state.engine().is_stopped();
+    let orchestration = match &run {
+        Ok(Some(run)) => {
+            if engine_stopped && run.state == baton_core::model::RunState::Running {
+                problems.push(
+                    "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton serve` starts again"
+                        .to_string(),
+                );
+            }
+            run.state.as_str().to_string()
+        }
+        Ok(None) => {
+            problems.push(format!("store: run {} is not in the store", state.run_id()));
+            "unknown".to_string()
+        }
+        Err(error) => {
+            problems.push(format!("store: {error}"));
+            "store unavailable".to_string()
+        }
+    };
+    problems.dedup();
+    let healthy = problems.is_empty() && !engine_stopped;
+    let health = Health {
+        status: if healthy { "healthy" } else { "degraded" }.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         orchestration_status: orchestration,
         agent_count,
         uptime_seconds: state.uptime().as_secs(),
-    })
+        problems,
+    };
+    if health.problems.is_empty() {
+        json(health)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(health)).into_response()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -263,7 +298,9 @@ impl TaskInput {
             Some(text) => Some(
                 baton_core::time::parse_duration(text)
                     .map_err(|error| ApiError::bad_request(format!("{at}`timeout`: {error}")))?
-                    .as_millis() as u64,
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX),
             ),
         };
         let key = self.key.or_else(|| Some(baton_core::config::slug(&self.title))).filter(|key| !key.is_empty());

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::ToSchema;
 
+use baton_core::budget::Usage;
 use baton_core::model::{TaskId, TaskRecord, TaskState};
 use baton_core::{Event, EventKind, Outcome};
 use baton_runtime::agent::AgentEvent;
@@ -292,7 +293,7 @@ pub struct ResultRecorded {
 /// Hands in a successful result for an attempt the agent holds.
 #[utoipa::path(post, path = "/agent/tasks/{id}/complete", tag = "agent-side", params(("id" = i64, Path, description = "the task's id")),
     request_body = CompleteRequest,
-    responses((status = 200, body = ResultRecorded), (status = 403, body = crate::error::ErrorBody),
+    responses((status = 200, body = ResultRecorded), (status = 400, description = "the result's `usage` is refused, as in `/agent/usage`", body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody), (status = 409, description = "the lease expired, or the attempt is not held", body = crate::error::ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
@@ -301,7 +302,9 @@ pub async fn complete(
     Body(request): Body<CompleteRequest>,
 ) -> Result<Response, ApiError> {
     let agent = caller.acting_as(request.agent.as_deref())?;
-    let outcome = Outcome::Succeeded { result: request.result.unwrap_or(serde_json::Value::Null) };
+    let result = request.result.unwrap_or(serde_json::Value::Null);
+    Usage::from_result(&result).map_err(|error| ApiError::bad_request(format!("result.usage: {error}")))?;
+    let outcome = Outcome::Succeeded { result };
     finish_one(&state, &agent, TaskId(id), request.attempt, outcome).await
 }
 
@@ -377,7 +380,12 @@ pub async fn results(
     let mut items = Vec::with_capacity(request.results.len());
     for (idx, item) in request.results.into_iter().enumerate() {
         let outcome = match item.status.as_str() {
-            "succeeded" => Outcome::Succeeded { result: item.result.unwrap_or(serde_json::Value::Null) },
+            "succeeded" => {
+                let result = item.result.unwrap_or(serde_json::Value::Null);
+                Usage::from_result(&result)
+                    .map_err(|error| ApiError::bad_request(format!("results[{idx}].result.usage: {error}")))?;
+                Outcome::Succeeded { result }
+            }
             "failed" => Outcome::Failed { reason: item.error.unwrap_or_else(|| "failed".into()) },
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -513,14 +521,15 @@ pub struct UsageRequest {
     /// The task the tokens were used for, if one.
     #[schema(value_type = Option<i64>)]
     pub task: Option<TaskId>,
-    /// `{"input_tokens", "output_tokens", "cost_usd"}`, as `usage/report` in the worker protocol.
+    /// `{"input_tokens", "output_tokens", "cost_usd"}`, as `usage/report` in the worker protocol:
+    /// whole numbers of tokens, at most 10^12 in one report, and a cost of at most $10^6.
     #[schema(value_type = Object)]
     pub usage: serde_json::Value,
 }
 
 /// Reports tokens the agent used; they count against its budgets.
 #[utoipa::path(post, path = "/agent/usage", tag = "agent-side", request_body = UsageRequest,
-    responses((status = 200, body = Accepted), (status = 403, body = crate::error::ErrorBody),
+    responses((status = 200, body = Accepted), (status = 400, description = "a count that is not a whole number of tokens, or beyond the bound of one report", body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
         (status = 404, description = "no agent of that name in this run", body = crate::error::ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
@@ -534,6 +543,7 @@ pub async fn usage(
             "`usage` must be an object such as {\"input_tokens\": 120, \"output_tokens\": 40}",
         ));
     }
+    Usage::from_report(&request.usage).map_err(|error| ApiError::bad_request(format!("usage: {error}")))?;
     if let Some(task) = request.task {
         let record = state.store().task(task).await?.filter(|record| record.run_id == state.run_id());
         let own = record.is_some_and(|record| record.assigned_agent.as_deref() == Some(agent.as_str()));
@@ -582,6 +592,12 @@ pub async fn acquire(
         return Err(ApiError::bad_request("`resource` must not be empty"));
     }
     let ttl = Duration::from_millis(request.ttl_ms.unwrap_or(60_000).max(1));
+    if ttl > baton_core::time::MAX_DURATION {
+        return Err(ApiError::bad_request(format!(
+            "`ttl_ms` must be at most {} (3650 days)",
+            baton_core::time::MAX_DURATION.as_millis()
+        )));
+    }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let resource = request.resource.clone();
     state.engine().report(AgentEvent::AcquireResource { agent, resource: request.resource, ttl, reply })?;

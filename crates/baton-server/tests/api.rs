@@ -15,6 +15,7 @@ async fn health_and_status_have_the_documented_shapes() {
     assert_eq!(health["orchestration_status"], "running");
     assert_eq!(health["agent_count"], 3);
     assert!(health["version"].is_string() && health["uptime_seconds"].is_u64(), "{health}");
+    assert_eq!(health["problems"], json!([]));
 
     let status = server.get_json("/status").await;
     assert_eq!(status["session_id"], server.run_id.as_str());
@@ -27,6 +28,26 @@ async fn health_and_status_have_the_documented_shapes() {
     assert_eq!(plan["name"], "api-test");
     assert_eq!(plan["phases"], json!([["main"]]));
     assert_eq!(plan["workstreams"][0]["name"], "main");
+    server.stop().await;
+}
+
+/// A server whose engine stopped while its run is unfinished takes no result and changes
+/// nothing: `/health` says so with `503` and what is broken, instead of `healthy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_naming_the_broken_subsystem_when_the_engine_stopped() {
+    let mut server = Server::start().await;
+    server.stop_engine().await;
+    let response = server.get("/health").send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let health: Value = response.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["orchestration_status"], "running");
+    assert_eq!(
+        health["problems"],
+        json!([
+            "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton serve` starts again"
+        ])
+    );
     server.stop().await;
 }
 
@@ -280,6 +301,63 @@ async fn metrics_cover_tasks_agents_events_the_store_and_http() {
     server.stop().await;
 }
 
+/// A batch task may depend on a later task of the same batch by key: it waits for it (it used
+/// to be cancelled at once, "dependency 3 does not exist").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_task_depending_on_a_later_one_of_its_batch_waits_for_it() {
+    let server = Server::start().await;
+    let batch = json!({"tasks": [
+        {"key": "second", "title": "second", "requires": ["build"], "depends_on": ["first"]},
+        {"key": "first", "title": "first", "requires": ["build"]},
+    ]});
+    let ids = server.post_json("/tasks/batch", batch).await["ids"].clone();
+    let (second, first) = (ids[0].as_i64().unwrap(), ids[1].as_i64().unwrap());
+    let claim = json!({"agent": "builder", "max": 4, "wait_ms": 5000});
+    let claimed = server.post_json("/agent/claim", claim.clone()).await;
+    assert_eq!(claimed["tasks"].as_array().unwrap().len(), 1, "{claimed}");
+    assert_eq!(claimed["tasks"][0]["task"]["id"], first);
+    assert_eq!(server.get_json(&format!("/tasks/{second}")).await["task"]["state"], "pending");
+    let attempt = claimed["tasks"][0]["attempt"].clone();
+    server.post_json(&format!("/agent/tasks/{first}/complete"), json!({"agent": "builder", "attempt": attempt})).await;
+    let claimed = server.post_json("/agent/claim", claim).await;
+    assert_eq!(claimed["tasks"][0]["task"]["id"], second, "{claimed}");
+    server.stop().await;
+}
+
+/// A task that depends on itself (by key, or by the id it is about to get) or a cycle within a
+/// batch would stay pending forever: refused with `400`, and nothing of the batch is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_depending_on_themselves_or_in_a_cycle_are_refused() {
+    let server = Server::start().await;
+    let refused = |body: Value| {
+        let server = &server;
+        async move {
+            let path = if body.get("tasks").is_some() { "/tasks/batch" } else { "/tasks" };
+            let response = server.post(path, body).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(status, 400, "{body}");
+            body["error"]["message"].as_str().unwrap().to_string()
+        }
+    };
+    let myself = json!({"key": "loop", "title": "loop", "requires": ["build"], "depends_on": ["loop"]});
+    assert_eq!(refused(myself).await, "task `loop` depends on itself");
+    // The id the next task gets: one more than the last one created.
+    let last =
+        server.post_json("/tasks", json!({"title": "first", "requires": ["build"]})).await["ids"][0].as_i64().unwrap();
+    let by_id = json!({"title": "by id", "requires": ["build"], "depends_on": [last + 1]});
+    assert_eq!(refused(by_id).await, "task `by id` depends on itself");
+    let cycle = json!({"tasks": [
+        {"key": "a", "title": "a", "requires": ["build"], "depends_on": ["c"]},
+        {"key": "b", "title": "b", "requires": ["build"], "depends_on": ["a"]},
+        {"key": "c", "title": "c", "requires": ["build"], "depends_on": ["b"]},
+    ]});
+    assert_eq!(refused(cycle).await, "task dependency cycle: a -> c -> b -> a");
+    let tasks = server.get_json("/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(1), "only `first` was created: {tasks}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_describes_every_route() {
     let server = Server::start().await;
@@ -401,6 +479,9 @@ async fn agents_lease_resources_over_http_and_tasks_wait_for_them() {
         .await;
     assert_eq!(leased["resource"], "file:Cargo.toml");
     assert!(leased["until"].as_i64().unwrap() > 0);
+    let forever = json!({"agent": "writer", "resource": "file:other", "ttl_ms": u64::MAX});
+    let refused = server.post("/agent/resources/acquire", forever).send().await.unwrap();
+    assert_eq!(refused.status(), 400, "a lease longer than any duration Baton takes");
     let taken = server
         .post("/agent/resources/acquire", json!({"agent": "writer", "resource": "file:*.toml"}))
         .send()

@@ -97,3 +97,62 @@ async fn budgets_show_use_and_an_operator_sets_a_limit() {
     assert_eq!(empty.status(), 400);
     server.stop().await;
 }
+
+/// The attack: `input_tokens = i64::MAX` made SQLite store the budget totals as REAL, and
+/// from then on `GET /budgets` (and every start of the plan) failed. Every entry refuses such a
+/// report; the largest report allowed, however often, leaves the store readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_report_of_i64_max_is_refused_and_budgets_still_read() {
+    let server = Server::start_with(Options { plan: plan(), ..Options::default() }).await;
+    let mut events = server.events();
+    let refused_with = |body: serde_json::Value| body["error"]["message"].as_str().unwrap_or_default().to_string();
+    for _ in 0..2 {
+        let huge = json!({"agent": "builder", "usage": {"input_tokens": 9223372036854775807u64}});
+        let response = server.post("/agent/usage", huge).send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            refused_with(response.json().await.unwrap()),
+            "usage: `input_tokens` must be a whole number of tokens from 0 to 1000000000000, not 9223372036854775807"
+        );
+    }
+    let negative = json!({"agent": "builder", "usage": {"output_tokens": -1}});
+    assert_eq!(server.post("/agent/usage", negative).send().await.unwrap().status(), 400);
+
+    // In a result: refused, and the attempt is still held, so an honest result is taken.
+    let id =
+        server.post_json("/tasks", json!({"title": "costly", "requires": ["build"]})).await["ids"][0].as_i64().unwrap();
+    let claimed = server.post_json("/agent/claim", json!({"agent": "builder", "wait_ms": 5000})).await;
+    let attempt = claimed["tasks"][0]["attempt"].as_u64().unwrap();
+    let huge_result = json!({"agent": "builder", "attempt": attempt, "result": {"usage": {"output_tokens": u64::MAX}}});
+    let response = server.post(&format!("/agent/tasks/{id}/complete"), huge_result.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(refused_with(response.json().await.unwrap()).starts_with("result.usage: `output_tokens` must be"));
+    let batch = json!({"agent": "builder", "results": [{"task": id, "attempt": attempt, "status": "succeeded",
+        "result": {"usage": {"input_tokens": 1}, "total_cost_usd": 1e300}}]});
+    let response = server.post("/agent/results", batch).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        refused_with(response.json().await.unwrap()).starts_with("results[0].result.usage: `total_cost_usd` must be")
+    );
+
+    // The largest report allowed, many times over: the totals saturate, they do not overflow.
+    let largest = baton_core::budget::MAX_REPORTED_TOKENS;
+    for _ in 0..3 {
+        let usage = json!({"input_tokens": largest, "output_tokens": 0});
+        server.post_json("/agent/usage", json!({"agent": "builder", "task": id, "usage": usage})).await;
+        wait_event(&mut events, |event| matches!(event.kind, EventKind::UsageReported { .. })).await;
+    }
+    let budgets = server.get_json("/budgets").await;
+    let global = budgets["scopes"].as_array().unwrap().iter().find(|scope| scope["scope"] == "global").unwrap().clone();
+    assert_eq!(global["used_tokens"], 3 * largest, "{budgets}");
+    assert_eq!(global["exhausted"], true);
+    server.post_json(&format!("/agent/tasks/{id}/complete"), json!({"agent": "builder", "attempt": attempt})).await;
+
+    // What a restart reads: the plan's usage, from the file, by another connection.
+    let reopened =
+        baton_store::SqliteStore::open(&server.dir.path().join("baton.db"), baton_store::sqlite::Options::default())
+            .unwrap();
+    let stored = baton_store::Store::usage(&reopened, &server.run_id, baton_core::Timestamp::ZERO).await.unwrap();
+    assert!(stored.iter().any(|record| record.spent.tokens == 3 * largest), "{stored:?}");
+    server.stop().await;
+}

@@ -34,6 +34,10 @@ pub enum Error {
     Closed,
     #[error("no run `{0}` in the store")]
     UnknownRun(String),
+    /// A new run of a plan was refused: another owner holds a live claim on an unfinished run
+    /// of it.
+    #[error("the plan `{plan}` is being run by {owner} (run {run})")]
+    RunHeld { plan: String, run: String, owner: String, pid: u32, until: Timestamp },
     #[error("{0}")]
     Invalid(String),
 }

@@ -497,9 +497,12 @@ impl SqliteStore {
     }
 }
 
+/// How long a connection waits for another one's lock before it gives up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    enable_wal(conn)?;
     let synchronous = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -514,23 +517,47 @@ fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Switches the database to WAL. On a new file that another process is creating at the same
+/// time, SQLite answers "database is locked" without calling the busy handler (the switch needs
+/// the file to itself), so the switch is retried within [`BUSY_TIMEOUT`].
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Brings the schema up to date. Race-safe: the version is read inside the write transaction
+/// that applies the migrations, so of two processes opening a new store at once, the second
+/// waits for the first (the busy timeout) and then finds nothing left to do.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let path = conn.path().unwrap_or_default().to_string();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(Error::Open {
-            path: conn.path().unwrap_or_default().to_string(),
+            path,
             message: format!(
                 "the store has schema version {version}, newer than this baton knows ({known}); upgrade baton"
             ),
         });
     }
-    for (idx, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (idx, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         tx.execute_batch(migration)?;
         tx.pragma_update(None, "user_version", idx as i64 + 1)?;
-        tx.commit()?;
     }
+    tx.commit()?;
     Ok(())
 }
 
@@ -971,13 +998,21 @@ fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write: Writ
             }
         }
         Write::Usage { period_start, scope, spent, events } => {
+            // Saturating: SQLite turns an integer sum that overflows into a REAL, which would
+            // make the column unreadable as a count. Both sides are at least 0 here, so
+            // `MAX - tokens` cannot overflow; a stored value that is not an integer (written
+            // before this was so) is cast back to one, which SQLite clamps to the i64 range.
             let mut stmt = ctx.tx.prepare_cached(
                 "INSERT INTO usage (run_id, period_start, scope_kind, scope_name, tokens, cost_usd) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id, period_start, scope_kind, scope_name) \
-                 DO UPDATE SET tokens = tokens + excluded.tokens, cost_usd = cost_usd + excluded.cost_usd",
+                 DO UPDATE SET \
+                 tokens = CASE WHEN max(0, CAST(tokens AS INTEGER)) > 9223372036854775807 - excluded.tokens \
+                     THEN 9223372036854775807 ELSE max(0, CAST(tokens AS INTEGER)) + excluded.tokens END, \
+                 cost_usd = min(cost_usd + excluded.cost_usd, 1.7976931348623157e308)",
             )?;
             let tokens = i64::try_from(spent.tokens).unwrap_or(i64::MAX);
-            stmt.execute(params![run_id, period_start.0, scope.kind(), scope.name(), tokens, spent.cost_usd])?;
+            let cost_usd = if spent.cost_usd.is_finite() { spent.cost_usd.max(0.0) } else { 0.0 };
+            stmt.execute(params![run_id, period_start.0, scope.kind(), scope.name(), tokens, cost_usd])?;
             for event in events {
                 ctx.event(run_id, now, event)?;
             }
@@ -1067,10 +1102,10 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
             });
         }
     }
-    for (task, record) in tasks.iter().zip(created.iter_mut()) {
-        if task.depends_on.is_empty() {
-            continue;
-        }
+    // Resolved once every task of the batch has its id, so that a task may depend on a later
+    // one of its batch by key.
+    let mut resolved: Vec<Vec<TaskId>> = Vec::with_capacity(tasks.len());
+    for (task, record) in tasks.iter().zip(&created) {
         let mut ids = Vec::with_capacity(task.depends_on.len());
         for dep in &task.depends_on {
             let id = match dep {
@@ -1097,7 +1132,27 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
                 };
                 return Err(Error::Invalid(format!("task `{}` depends on unknown task {name}", record.title)));
             };
+            if id == record.id {
+                return Err(Error::Invalid(format!("task `{}` depends on itself", record.title)));
+            }
             ids.push(id);
+        }
+        resolved.push(ids);
+    }
+    // Tasks stored earlier depend on none of these, so a cycle can only run through the batch.
+    if resolved.iter().filter(|ids| !ids.is_empty()).nth(1).is_some() {
+        let position: HashMap<TaskId, usize> =
+            created.iter().enumerate().map(|(idx, record)| (record.id, idx)).collect();
+        let graph: Vec<Vec<usize>> =
+            resolved.iter().map(|ids| ids.iter().filter_map(|id| position.get(id).copied()).collect()).collect();
+        if let Some(cycle) = baton_core::graph::find_cycle(&graph) {
+            let path: Vec<&str> = cycle.iter().map(|&idx| created[idx].title.as_str()).collect();
+            return Err(Error::Invalid(format!("task dependency cycle: {}", path.join(" -> "))));
+        }
+    }
+    for (ids, record) in resolved.into_iter().zip(created.iter_mut()) {
+        if ids.is_empty() {
+            continue;
         }
         let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
         ctx.tx
@@ -1120,10 +1175,93 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
     Ok(created)
 }
 
+/// Reads the numbers of a usage row whatever SQLite holds in them. A row written before totals
+/// saturated may hold a REAL (SQLite's answer to an integer overflow) or, edited by hand,
+/// anything: such a value is clamped to the range it should have and reported, so that one bad
+/// row does not make the plan's budgets (and every command that reads them) fail.
+struct Lenient<'a> {
+    run: String,
+    scope: &'a Scope,
+}
+
+impl Lenient<'_> {
+    fn count(&self, row: &rusqlite::Row<'_>, idx: usize, column: &str) -> rusqlite::Result<Option<u64>> {
+        use rusqlite::types::ValueRef;
+        Ok(match row.get_ref(idx)? {
+            ValueRef::Null => None,
+            ValueRef::Integer(count) => Some(u64::try_from(count).unwrap_or(0)),
+            // `as` saturates (and NaN is 0): the nearest count there is.
+            ValueRef::Real(real) => {
+                let count = real as u64;
+                self.report(column, &real.to_string(), &count.to_string());
+                Some(count)
+            }
+            other => {
+                self.report(column, &format!("{other:?}"), "0");
+                Some(0)
+            }
+        })
+    }
+
+    fn cost(&self, row: &rusqlite::Row<'_>, idx: usize, column: &str) -> rusqlite::Result<Option<f64>> {
+        use rusqlite::types::ValueRef;
+        Ok(match row.get_ref(idx)? {
+            ValueRef::Null => None,
+            ValueRef::Real(cost) if cost.is_finite() && cost >= 0.0 => Some(cost),
+            ValueRef::Integer(cost) if cost >= 0 => Some(cost as f64),
+            ValueRef::Real(real) => {
+                let cost = if real.is_nan() { 0.0 } else { real.clamp(0.0, f64::MAX) };
+                self.report(column, &real.to_string(), &cost.to_string());
+                Some(cost)
+            }
+            other => {
+                self.report(column, &format!("{other:?}"), "0");
+                Some(0.0)
+            }
+        })
+    }
+
+    fn report(&self, column: &str, found: &str, counted: &str) {
+        tracing::warn!(
+            run = %self.run,
+            scope = %self.scope,
+            "corrupt usage record: `{column}` holds {found}, counted as {counted}"
+        );
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<RunRecord> {
         self.write(move |ctx| {
+            // Checked and inserted in one write transaction (taken with BEGIN IMMEDIATE, so no
+            // other process writes in between): two processes that both found no unfinished
+            // run cannot both create one.
+            let held = ctx
+                .tx
+                .prepare_cached(
+                    "SELECT id, owner, owner_pid, owner_until FROM runs \
+                     WHERE name = ?1 AND state = 'running' AND owner IS NOT NULL AND owner != ?2 AND owner_until > ?3 \
+                     ORDER BY started_at DESC LIMIT 1",
+                )?
+                .query_row(params![run.name, run.owner, now.0], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Option<u32>>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            if let Some((held_run, owner, pid, until)) = held {
+                return Err(Error::RunHeld {
+                    plan: run.name,
+                    run: held_run,
+                    owner,
+                    pid: pid.unwrap_or_default(),
+                    until: Timestamp(until),
+                });
+            }
             ctx.tx.execute(
                 "INSERT INTO runs (id, name, state, phase, n_phases, started_at, owner, owner_pid, owner_until) \
                  VALUES (?1, ?2, 'running', 0, ?3, ?4, ?5, ?6, ?7)",
@@ -1509,7 +1647,7 @@ impl Store for SqliteStore {
             // operator's limit set in a later run replaces one set earlier in the period.
             let mut stmt = conn.prepare_cached(
                 "SELECT u.period_start, u.scope_kind, u.scope_name, u.tokens, u.cost_usd, u.has_limit, \
-                 u.limit_tokens, u.limit_cost_usd \
+                 u.limit_tokens, u.limit_cost_usd, u.run_id \
                  FROM usage u LEFT JOIN runs r ON r.id = u.run_id \
                  WHERE (u.run_id = ?1 OR u.run_id IN \
                      (SELECT id FROM runs WHERE name = (SELECT name FROM runs WHERE id = ?1))) \
@@ -1527,18 +1665,22 @@ impl Store for SqliteStore {
                     )
                 })?;
                 let has_limit: bool = row.get(5)?;
+                let lenient = Lenient { run: row.get(8)?, scope: &scope };
                 Ok(UsageRecord {
                     period_start: Timestamp(row.get(0)?),
-                    scope,
-                    spent: Spent { tokens: row.get::<_, i64>(3)?.max(0) as u64, cost_usd: row.get(4)? },
+                    spent: Spent {
+                        tokens: lenient.count(row, 3, "tokens")?.unwrap_or(0),
+                        cost_usd: lenient.cost(row, 4, "cost_usd")?.unwrap_or(0.0),
+                    },
                     limit: has_limit
                         .then(|| -> rusqlite::Result<Limit> {
                             Ok(Limit {
-                                daily_tokens: row.get::<_, Option<i64>>(6)?.map(|tokens| tokens.max(0) as u64),
-                                cost_usd: row.get(7)?,
+                                daily_tokens: lenient.count(row, 6, "limit_tokens")?,
+                                cost_usd: lenient.cost(row, 7, "limit_cost_usd")?,
                             })
                         })
                         .transpose()?,
+                    scope,
                 })
             })?;
             // One record per period and scope: the runs' usage added up, the latest limit.
@@ -1706,6 +1848,63 @@ mod tests {
         };
         let id = store.record_audit(entry).await.unwrap();
         assert_eq!(store.audit(&AuditQuery::default()).await.unwrap()[0].id, id);
+    }
+
+    /// A store bricked before totals saturated: its usage rows hold REALs (an overflowed sum)
+    /// and worse. Reading the plan's budgets clamps and reports them instead of failing, and
+    /// the next report turns the column back into an integer.
+    #[tokio::test]
+    async fn usage_rows_holding_floats_from_an_overflow_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        let store = SqliteStore::open(&path, Options::default()).unwrap();
+        let run = NewRun {
+            id: "r1".into(),
+            name: "plan".into(),
+            n_phases: 1,
+            owner: "n".into(),
+            owner_pid: 1,
+            owner_until: Timestamp(1),
+        };
+        store.create_run(run, Timestamp(0)).await.unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "INSERT INTO usage (run_id, period_start, scope_kind, scope_name, tokens, cost_usd) VALUES \
+                 ('r1', 0, 'global', '', 1.8446744073709552e19, 0.5), \
+                 ('r1', 0, 'agent', 'coder', -3.5, 'lots'), \
+                 ('r1', 0, 'workstream', 'build', 'many', -1.0);
+                 INSERT INTO usage (run_id, period_start, scope_kind, scope_name, has_limit, limit_tokens, limit_cost_usd) \
+                 VALUES ('r1', 0, 'agent', 'tester', 1, 9.9e99, 2.0);",
+            )
+            .unwrap();
+        }
+        let records = store.usage("r1", Timestamp::ZERO).await.unwrap();
+        let spent = |scope: Scope| records.iter().find(|record| record.scope == scope).unwrap().spent;
+        assert_eq!(spent(Scope::Global), Spent { tokens: u64::MAX, cost_usd: 0.5 });
+        assert_eq!(spent(Scope::Agent("coder".into())), Spent { tokens: 0, cost_usd: 0.0 });
+        assert_eq!(spent(Scope::Workstream("build".into())), Spent { tokens: 0, cost_usd: 0.0 });
+        let tester = records.iter().find(|record| record.scope == Scope::Agent("tester".into())).unwrap();
+        assert_eq!(tester.limit, Some(Limit { daily_tokens: Some(u64::MAX), cost_usd: Some(2.0) }));
+
+        let more = Write::Usage {
+            period_start: Timestamp(0),
+            scope: Scope::Global,
+            spent: Spent { tokens: 5, cost_usd: 0.0 },
+            events: vec![],
+        };
+        store.apply("r1", Timestamp(0), vec![more]).await.unwrap();
+        let kind: String = store
+            .read(|conn| {
+                Ok(conn
+                    .query_row("SELECT typeof(tokens) FROM usage WHERE scope_kind = 'global'", [], |row| row.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kind, "integer");
+        let records = store.usage("r1", Timestamp::ZERO).await.unwrap();
+        let global = records.iter().find(|record| record.scope == Scope::Global).unwrap();
+        assert_eq!(global.spent.tokens, i64::MAX as u64, "the REAL was cast back to the largest count");
     }
 
     #[test]

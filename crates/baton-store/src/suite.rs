@@ -23,10 +23,12 @@ macro_rules! store_test_suite {
             a_failed_write_in_a_batch_changes_nothing,
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
+            a_new_run_is_refused_while_another_owner_holds_the_plan,
             agents_and_control_commands_round_trip,
             process_groups_are_recorded_and_taken,
             schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
+            usage_totals_saturate_instead_of_overflowing,
             messages_are_delivered_retried_and_dead_lettered,
             inbox_room_follows_sends_acks_and_dead_letters,
             audit_entries_are_recorded_and_queried,
@@ -127,12 +129,26 @@ pub async fn tasks_resolve_dependencies_by_key(store: impl Store) {
     assert_eq!(error.to_string(), "task `Task f` depends on unknown task `zzz`");
     let error = store.create_tasks("r1", vec![new_task("a", &[])], T0).await.unwrap_err();
     assert_eq!(error.to_string(), "a task with key `a` already exists in run r1");
+    // A task that depends on itself, by key or by the id it gets, or a cycle within a batch
+    // could never start: the batch is refused.
+    let error = store.create_tasks("r1", vec![new_task("g", &["g"])], T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task `Task g` depends on itself");
+    let mut itself = new_task("h", &[]);
+    itself.depends_on = vec![TaskRef::Id(TaskId(second[1].id.0 + 1))];
+    let error = store.create_tasks("r1", vec![itself], T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task `Task h` depends on itself");
+    let cycle = vec![new_task("i", &["a", "k"]), new_task("j", &["i"]), new_task("k", &["j"])];
+    let error = store.create_tasks("r1", cycle, T0).await.unwrap_err();
+    assert_eq!(error.to_string(), "task dependency cycle: Task i -> Task k -> Task j -> Task i");
     let tasks = store.tasks("r1", &TaskFilter::default()).await.unwrap();
     assert_eq!(tasks.len(), 4, "failed batches left nothing behind");
+    // A task may depend on a later one of its own batch.
+    let forward = store.create_tasks("r1", vec![new_task("l", &["m"]), new_task("m", &["a"])], T0).await.unwrap();
+    assert_eq!(forward[0].depends_on, vec![forward[1].id]);
     let stored = store.task(first[1].id).await.unwrap().unwrap();
     assert_eq!(stored, first[1], "a stored task reads back as created");
     let created = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(created.iter().filter(|e| e.kind.name() == "TaskCreated").count(), 4);
+    assert_eq!(created.iter().filter(|e| e.kind.name() == "TaskCreated").count(), 6);
 }
 
 pub async fn task_writes_are_compare_and_set(store: impl Store) {
@@ -459,6 +475,58 @@ pub async fn run_ownership_is_exclusive(store: impl Store) {
     assert_eq!(store.apply("r1", now, writes).await.unwrap(), vec![Applied::Done], "the owner renews");
 }
 
+/// The claim on a plan is taken with its new run, atomically: of two processes that both saw
+/// no unfinished run and create one at the same instant, the second is refused with who holds
+/// the plan. An unfinished run whose claim expired, a finished run, a run of another plan and
+/// a run of the same owner do not stand in the way.
+pub async fn a_new_run_is_refused_while_another_owner_holds_the_plan(store: impl Store) {
+    let by = |id: &str, owner: &str, pid: u32, until: i64| NewRun {
+        owner: owner.into(),
+        owner_pid: pid,
+        owner_until: Timestamp(until),
+        ..new_run(id)
+    };
+    let until = T0.0 + 30_000;
+    let (first, second) = tokio::join!(
+        store.create_run(by("r1", "host-a:11:x", 11, until), T0),
+        store.create_run(by("r2", "host-b:22:y", 22, until), T0)
+    );
+    let (created, refused) = match (first, second) {
+        (Ok(run), Err(error)) | (Err(error), Ok(run)) => (run, error),
+        other => panic!("exactly one of two simultaneous runs of a plan is created: {other:?}"),
+    };
+    let crate::Error::RunHeld { plan, run, owner, pid, .. } = &refused else { panic!("{refused:?}") };
+    assert_eq!(
+        (plan.as_str(), run, Some(owner), Some(*pid)),
+        ("plan", &created.id, created.owner.as_ref(), created.owner_pid)
+    );
+    let other_id = if created.id == "r1" { "r2" } else { "r1" };
+    assert!(store.run(other_id).await.unwrap().is_none(), "the refused run left nothing");
+
+    // Its owner's own second run, and another plan's, are not held.
+    let holder = created.owner.clone().unwrap();
+    store.create_run(NewRun { name: "other".into(), ..by("r3", "host-c:33:z", 33, until) }, T0).await.unwrap();
+    store.create_run(by("r4", &holder, 11, until), Timestamp(T0.0 + 1)).await.unwrap();
+    // Once the claims expired the plan is free; a live claim holds it until its run ends.
+    let later = Timestamp(until + 1);
+    store.create_run(by("r5", "host-d:44:w", 44, later.0 + 30_000), later).await.unwrap();
+    let held = store.create_run(by("r6", "host-e:55:v", 55, later.0 + 30_000), later).await;
+    assert!(matches!(&held, Err(crate::Error::RunHeld { run, .. }) if run == "r5"), "{held:?}");
+    let ended = Write::Run {
+        change: RunChange {
+            state: RunState::Succeeded,
+            phase: 0,
+            n_tasks: 0,
+            n_finished: 0,
+            ended_at: Some(later),
+            error: None,
+        },
+        events: vec![],
+    };
+    store.apply("r5", later, vec![ended]).await.unwrap();
+    store.create_run(by("r6", "host-e:55:v", 55, later.0 + 30_000), later).await.unwrap();
+}
+
 pub async fn agents_and_control_commands_round_trip(store: impl Store) {
     store.create_run(new_run("r1"), T0).await.unwrap();
     let record = AgentRecord {
@@ -491,6 +559,31 @@ pub async fn agents_and_control_commands_round_trip(store: impl Store) {
         vec![Control::CancelTask { task: TaskId(3), reason: "no".into() }, Control::RetryTask { task: TaskId(4) }]
     );
     assert!(store.take_control("r1", T0).await.unwrap().is_empty(), "each command is taken once");
+}
+
+/// Totals at the edge of what a count holds: adding to them saturates (SQLite would otherwise
+/// turn an overflowing sum into a REAL, and the plan's budgets would no longer read), in one
+/// run and across the runs of a plan.
+pub async fn usage_totals_saturate_instead_of_overflowing(store: impl Store) {
+    use baton_core::budget::{Scope, Spent};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let usage = |tokens: u64, cost_usd: f64| Write::Usage {
+        period_start: T0,
+        scope: Scope::Global,
+        spent: Spent { tokens, cost_usd },
+        events: Vec::new(),
+    };
+    let near_max = i64::MAX as u64 - 10;
+    store.apply("r1", T0, vec![usage(near_max, 1.0), usage(100, 1.0)]).await.unwrap();
+    store.apply("r1", T0, vec![usage(u64::MAX, f64::MAX), usage(i64::MAX as u64, f64::MAX)]).await.unwrap();
+    let read = store.usage("r1", Timestamp::ZERO).await.unwrap();
+    assert_eq!(read[0].spent, Spent { tokens: i64::MAX as u64, cost_usd: f64::MAX });
+    // A second run of the plan at the maximum too: the plan's total saturates as well.
+    store.create_run(new_run("r2"), Timestamp(T0.0 + 1)).await.unwrap();
+    store.apply("r2", T0, vec![usage(u64::MAX, 1.0)]).await.unwrap();
+    let plan = store.usage("r2", Timestamp::ZERO).await.unwrap();
+    assert_eq!(plan.len(), 1);
+    assert_eq!(plan[0].spent, Spent { tokens: u64::MAX - 1, cost_usd: f64::MAX });
 }
 
 pub async fn budget_usage_accumulates_per_period_and_scope(store: impl Store) {

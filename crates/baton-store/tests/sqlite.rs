@@ -121,3 +121,57 @@ async fn inbox_room_survives_a_reopen_and_other_writers() {
     other.send_message("r1", "theirs".into(), message.clone(), vec!["x".into()], Timestamp(4)).await.unwrap();
     assert!(store.send_message("r1", "mine".into(), message, vec!["x".into()], Timestamp(4)).await.is_err());
 }
+
+/// Two `baton` processes that create a new store at the same instant: each must find it
+/// migrated, whichever created the tables (the loser used to fail with `table runs already
+/// exists`). Threads with their own connections stand in for the processes; the barrier makes
+/// them open together, and the repetitions catch the interleavings.
+#[test]
+fn stores_opened_at_once_on_a_new_file_are_all_migrated() {
+    const OPENERS: usize = 4;
+    for round in 0..25 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(OPENERS));
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), std::sync::Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteStore::open(&path, Options::default()).map(|_| ()).map_err(|error| error.to_string())
+                })
+            })
+            .collect();
+        for opener in openers {
+            assert_eq!(opener.join().unwrap(), Ok(()), "round {round}");
+        }
+    }
+}
+
+/// Two processes' stores on one file (two connections, two writer threads) create a run of the
+/// same plan at once: one is created, the other refused with the holder, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_file_never_both_create_a_run_of_the_plan() {
+    use baton_store::{NewRun, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let first = SqliteStore::open(&path, Options::default()).unwrap();
+    let second = SqliteStore::open(&path, Options::default()).unwrap();
+    let now = baton_core::Timestamp(1_700_000_000_000);
+    for round in 0..20 {
+        let new_run = |owner: &str| NewRun {
+            id: format!("{owner}-{round}"),
+            name: format!("plan-{round}"),
+            n_phases: 1,
+            owner: owner.into(),
+            owner_pid: 1,
+            owner_until: baton_core::Timestamp(now.0 + 30_000),
+        };
+        let (a, b) = tokio::join!(first.create_run(new_run("a"), now), second.create_run(new_run("b"), now));
+        match (a, b) {
+            (Ok(_), Err(baton_store::Error::RunHeld { owner, .. })) => assert_eq!(owner, "a"),
+            (Err(baton_store::Error::RunHeld { owner, .. }), Ok(_)) => assert_eq!(owner, "b"),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}

@@ -97,7 +97,7 @@ fn cycles_are_named() {
     let text = MINIMAL.replace("priority = \"critical\"", "priority = \"critical\"\ndepends_on = [\"testing\"]");
     assert_eq!(errors(&text), "baton.toml:6:8: workstream dependency cycle: build -> testing -> build");
     let text = MINIMAL.replace("key = \"compile\"", "key = \"compile\"\ndepends_on = [\"compile\"]");
-    assert_eq!(errors(&text), "baton.toml:26:7: task dependency cycle: compile -> compile");
+    assert_eq!(errors(&text), "baton.toml:27:15: task `compile` depends on itself");
 }
 
 #[test]
@@ -301,3 +301,52 @@ fn schedule_errors_name_the_place() {
 mod json;
 mod layers;
 mod server;
+
+/// `heartbeat_timeout = "3000000000000000h"` passed `check`, then the first claim of a remote
+/// agent panicked adding it to an instant; `timeout = "18446744073709553s"` wrapped to 1.4 s.
+/// Every duration is bounded where it is parsed, and refused where it is written.
+#[test]
+fn durations_beyond_ten_years_are_refused_at_their_place() {
+    let text = MINIMAL.replace("name = \"tester\"", "name = \"tester\"\nheartbeat_timeout = \"3000000000000000h\"");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:22:21: duration `3000000000000000h` is too long: at most 3650 days (about 10 years)"
+    );
+    let text = MINIMAL.replace("title = \"Compile\"", "title = \"Compile\"\ntimeout = \"18446744073709553s\"");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:28:11: duration `18446744073709553s` is too long: at most 3650 days (about 10 years)"
+    );
+    let text = MINIMAL.replace("command = [\"true\"]", "command = [\"true\"]\nlimits = { cpu = \"3651days\" }");
+    assert!(errors(&text).starts_with("baton.toml:24:18: duration `3651days` is too long"), "{}", errors(&text));
+    let text = MINIMAL.replace("name = \"demo\"", "name = \"demo\"\nlease_ttl = \"18446744073709551615s\"");
+    assert!(errors(&text).starts_with("baton.toml:4:13: duration `18446744073709551615s` is too long"));
+    // The bound itself is a duration.
+    let text = MINIMAL.replace("title = \"Compile\"", "title = \"Compile\"\ntimeout = \"3650days\"");
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    assert_eq!(plan.tasks[0].timeout_ms, Some(3650 * 24 * 3600 * 1000));
+}
+
+/// A memory limit of `0B` or `1B` is no limit a program can start under, and a worker whose
+/// messages may be at most `0B` can say nothing: refused at `check`, as are sizes no machine has.
+#[test]
+fn memory_limits_and_message_sizes_too_small_or_too_large_are_refused() {
+    let with = |line: &str| MINIMAL.replace("command = [\"true\"]", &format!("command = [\"true\"]\n{line}"));
+    for size in ["0B", "1B", "1023KiB"] {
+        assert_eq!(
+            errors(&with(&format!("limits = {{ memory = \"{size}\" }}"))),
+            "baton.toml:24:21: `limits.memory` must be at least \"1MiB\""
+        );
+    }
+    assert_eq!(
+        errors(&with("max_message_size = \"0B\"")),
+        "baton.toml:24:20: `max_message_size` must be at least \"1KiB\""
+    );
+    assert_eq!(
+        errors(&with("max_message_size = \"2PiB\"")),
+        "baton.toml:24:20: size `2PiB` is too large: at most 1PiB"
+    );
+    let plan =
+        load("baton.toml", &with("limits = { memory = \"1MiB\" }\nmax_message_size = \"1KiB\""), &env()).unwrap();
+    assert_eq!((plan.agents[1].limits.memory, plan.agents[1].max_message_size), (Some(1 << 20), 1 << 10));
+}

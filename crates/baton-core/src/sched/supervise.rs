@@ -61,7 +61,7 @@ impl Scheduler {
         fx.stop_agents.push(name.to_string());
         self.requeue_attempts_of(idx, &format!("agent `{name}` exited: {reason}"), now, fx);
         let slot = &mut self.agents[idx];
-        let window_start = Timestamp(now.0 - slot.spec.restart_window.as_millis() as i64);
+        let window_start = now.minus(slot.spec.restart_window);
         slot.restarts.retain(|at| *at > window_start);
         let n_recent = slot.restarts.len() as u32;
         let policy_restarts = match slot.spec.restart {

@@ -494,6 +494,42 @@ fn tasks_added_to_a_running_plan_are_assigned() {
     assert_eq!((storage.n_total, storage.phase, storage.started), (2, 3, true));
 }
 
+/// A batch whose first task depends on its second: the first waits for the second, instead of
+/// being cancelled because its dependency was not known yet when it was added.
+#[test]
+fn a_batch_task_depending_on_a_later_task_of_its_batch_waits_for_it() {
+    let mut h = Harness::new(roadmap());
+    while !h.running.is_empty() {
+        h.finish(0, true);
+        if h.sched.phase() == 3 {
+            break;
+        }
+    }
+    let (first, second) = (TaskId(100), TaskId(101));
+    let mut new = h.plan.tasks[0].clone();
+    new.workstream = Some("storage".into());
+    new.requires = Vec::new();
+    new.depends_on = Vec::new();
+    new.key = Some("depends-on-the-next".into());
+    let waiting = record(first, &new, vec![second], h.now);
+    new.key = Some("the-next".into());
+    let next = record(second, &new, Vec::new(), h.now);
+    for task in [&waiting, &next] {
+        h.store.tasks.insert(task.id, task.clone());
+    }
+    let mut fx = Effects::default();
+    h.sched.add_tasks(vec![waiting, next], h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!(h.store.tasks[&first].state, TaskState::Pending, "{:?}", h.store.tasks[&first].error);
+    assert_eq!(h.store.tasks[&second].state, TaskState::Ready);
+    while h.store.tasks[&first].state != TaskState::Succeeded {
+        assert!(!h.running.is_empty(), "the batch never finished");
+        h.finish(0, true);
+    }
+    assert_eq!(h.store.tasks[&second].state, TaskState::Succeeded);
+}
+
 #[test]
 fn cancel_kills_and_skips_dependents() {
     let mut h = Harness::new(roadmap());

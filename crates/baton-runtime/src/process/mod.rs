@@ -309,7 +309,14 @@ impl ProcessAgent {
     /// what it used (a CLI coding agent's `usage`) is counted too.
     fn report_usage_of_failure(&self, attempt: &Attempt, stdout: &[u8]) {
         let result = parse_result(stdout);
-        let Some(usage) = baton_core::budget::Usage::from_result(&result) else { return };
+        let usage = match baton_core::budget::Usage::from_result(&result) {
+            Ok(Some(usage)) => usage,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, agent = %self.spec.name, task = %attempt.task.id, "usage of a failed attempt refused");
+                return;
+            }
+        };
         let Some(context) = self.context.lock().expect("context lock").clone() else { return };
         let _ = context.events.send(crate::agent::AgentEvent::Usage {
             agent: self.spec.name.clone(),

@@ -260,7 +260,7 @@ impl Monitor {
         if self.stalled || self.waiting || self.drained.is_cancelled() {
             return None;
         }
-        self.task.as_ref().map(|task| task.started.max(self.last_output) + self.stall_after)
+        self.task.as_ref().and_then(|task| task.started.max(self.last_output).checked_add(self.stall_after))
     }
 
     fn send(&self, event: AgentEvent) {

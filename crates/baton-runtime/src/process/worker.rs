@@ -447,6 +447,9 @@ impl Reader {
                     return self.invalid_params(id, "resource/acquire needs `resource`").await;
                 };
                 let ttl = Duration::from_millis(params.get("ttl_ms").and_then(Value::as_u64).unwrap_or(60_000));
+                if ttl > baton_core::time::MAX_DURATION {
+                    return self.invalid_params(id, "resource/acquire: `ttl_ms` must be at most 3650 days").await;
+                }
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::AcquireResource { agent, resource, ttl, reply });
                 self.answer_later(id, answer, |until| json!({ "granted": true, "until": until }));
@@ -467,6 +470,9 @@ impl Reader {
                 self.reply(&id, json!({}));
             }
             "usage/report" => {
+                if let Err(error) = baton_core::budget::Usage::from_report(&params) {
+                    return self.invalid_params(id, &format!("usage/report: {error}")).await;
+                }
                 let _ = self.events.send(AgentEvent::Usage { agent, task: task_id, usage: params });
                 self.reply(&id, json!({}));
             }
@@ -741,7 +747,14 @@ impl AgentRuntime for WorkerAgent {
         };
         tokio::select! {
             reply = answer => match reply {
-                Ok(Ok(result)) => Outcome::Succeeded { result },
+                Ok(Ok(result)) => {
+                    // The task succeeded all the same; its usage is not counted (the engine
+                    // refuses it too), and the worker's log says why.
+                    if let Err(error) = baton_core::budget::Usage::from_result(&result) {
+                        self.log(&format!("--- usage in the result of task {task_id} not counted: {error}")).await;
+                    }
+                    Outcome::Succeeded { result }
+                }
                 Ok(Err(error)) => Outcome::Failed { reason: error.message },
                 Err(_) => Outcome::Failed { reason: format!("agent exited: {}", connection.exit_reason()) },
             },

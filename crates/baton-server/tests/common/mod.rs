@@ -205,6 +205,13 @@ impl Server {
         if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).expect("JSON") }
     }
 
+    /// Stops the engine only, as a crash of it would: the server keeps answering.
+    pub async fn stop_engine(&mut self) {
+        self.engine_stop.cancel();
+        let engine = self.tasks.remove(0);
+        let _ = engine.await;
+    }
+
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.store.subscribe()
     }
