@@ -6,13 +6,14 @@
 //!
 //! Every attempt runs in its own process group, in the agent's working directory, with an
 //! allow-listed environment and the agent's limits. When it ends, times out or is cancelled the
-//! whole group is killed, so nothing it started outlives it; the parent-death signal covers a
-//! Baton that is itself killed.
+//! whole tree is killed, so nothing it started outlives it: its supervisor (`reaper`) kills every
+//! descendant, also daemons that left the group, and also when Baton itself is killed.
 //!
 //! Long-running agents live in the submodules: `worker` (JSON-RPC over stdio) and `pty` (a
 //! program in a pseudo-terminal).
 
 pub mod pty;
+pub mod reaper;
 pub mod sys;
 pub mod worker;
 
@@ -234,7 +235,7 @@ async fn append_log(path: &std::path::Path, line: &str) {
 }
 
 /// A command in its own process group, in `workdir`, with exactly `env`, piped, with the
-/// agent's limits and the parent-death signal.
+/// agent's limits and the parent-death signal, under its supervisor (`reaper`).
 fn base_command(
     program: PathBuf,
     args: &[String],
@@ -242,9 +243,10 @@ fn base_command(
     env: &BTreeMap<String, String>,
     spec: &AgentSpec,
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(program);
+    let limits =
+        sys::ChildLimits { memory: spec.limits.memory, cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)) };
+    let mut command = reaper::command(program, args, limits);
     command
-        .args(args)
         .current_dir(workdir)
         .env_clear()
         .envs(env)
@@ -253,10 +255,6 @@ fn base_command(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    sys::prepare_child(
-        &mut command,
-        sys::ChildLimits { memory: spec.limits.memory, cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)) },
-    );
     command
 }
 
@@ -431,7 +429,14 @@ impl ProcessAgent {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
             }
             if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
-                let _ = child.start_kill();
+                match pgid {
+                    Some(pgid) => reaper::kill_tree(pgid),
+                    None => {
+                        let _ = child.start_kill();
+                    }
+                }
+                // A supervisor is not killed under it: it kills its tree, then exits.
+                let _ = child.wait().await;
             }
         }
         // Whatever the attempt started goes with it.
@@ -591,7 +596,7 @@ impl AgentRuntime for ProcessAgent {
     async fn stop(&self) {
         let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
         for pgid in groups {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            reaper::kill_tree(pgid);
         }
     }
 }

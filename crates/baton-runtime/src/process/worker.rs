@@ -143,7 +143,7 @@ impl Connection {
             if self.wait_exit(STOP_GRACE).await {
                 return;
             }
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            super::reaper::kill_tree(pgid);
         }
         self.exited.cancelled().await;
     }
