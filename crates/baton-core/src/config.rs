@@ -94,6 +94,8 @@ struct RawConfig {
     schedules: Vec<schedules::RawSchedule>,
     #[serde(default)]
     conflicts: RawConflicts,
+    #[serde(default)]
+    logs: logs::RawLogs,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -469,6 +471,9 @@ pub struct AgentSpec {
     pub workdir: Option<String>,
     pub limits: Limits,
     pub objectives: Vec<Objective>,
+    /// `[logs]`: the rotation of the agent's log file (the same for every agent).
+    #[serde(skip)]
+    pub log_rotation: LogRotation,
 }
 
 impl AgentSpec {
@@ -779,7 +784,11 @@ impl Validator<'_> {
         let listen = server.listen.clone();
 
         let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
-        let agents = self.agents(&raw.agents, &workstreams);
+        let mut agents = self.agents(&raw.agents, &workstreams);
+        let log_rotation = self.logs(&raw.logs);
+        for agent in &mut agents {
+            agent.log_rotation = log_rotation;
+        }
         let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
         let schedules = self.schedules(&raw.schedules, &workstreams, &agents);
         let mut settings = settings;
@@ -972,6 +981,7 @@ impl Validator<'_> {
                     timeout: agent.limits.timeout.map(|d| d.0),
                 },
                 objectives: agent.objectives.clone(),
+                log_rotation: LogRotation::default(),
             });
         }
         specs
@@ -1400,12 +1410,14 @@ fn is_placeholder_name(name: &str) -> bool {
 mod budget;
 mod json;
 mod layers;
+mod logs;
 mod schedules;
 mod server;
 
 pub use json::{agent_from_json, agent_update_from_json};
 pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, is_profile_name, load_sources, profile_path};
 
+pub use logs::LogRotation;
 pub use server::{AuthSpec, RateLimit, ServerSpec, TlsSpec, is_loopback};
 
 #[cfg(test)]

@@ -727,6 +727,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     workdir: None,
                     limits: Limits::default(),
                     objectives: Vec::new(),
+                    log_rotation: Default::default(),
                 })
                 .collect();
             let workstreams = nodes
