@@ -1214,9 +1214,17 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The runtime could not start an agent, or it died for good.
-    pub fn agent_failed(&mut self, name: &str, reason: String, fx: &mut Effects) -> Result<(), Error> {
+    /// The runtime could not start an agent. A start that fails is an exit like any other: it
+    /// follows the agent's restart policy and crash-loop cap. The runtime may have reported the
+    /// process's exit first (a worker that died before answering `initialize`): then this
+    /// failure was decided already.
+    pub fn agent_failed(&mut self, name: &str, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+        match self.agents[idx].state {
+            AgentState::Starting => return self.agent_exited(name, reason, false, now, fx),
+            AgentState::Restarting | AgentState::Failed | AgentState::Stopped => return Ok(()),
+            _ => {}
+        }
         self.set_agent_state(idx, AgentState::Failed, Some(reason.clone()), fx);
         fx.writes.push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason }));
         Ok(())

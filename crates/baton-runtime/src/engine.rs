@@ -861,7 +861,7 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
             let _ = sched.agent_started(&agent, now, fx);
         }
         Report::AgentFailed { agent, reason } => {
-            let _ = sched.agent_failed(&agent, reason, fx);
+            let _ = sched.agent_failed(&agent, reason, now, fx);
         }
     }
 }

@@ -149,6 +149,9 @@ struct Harness {
     /// The plan changed while the run went on (`tests/reconfigure.rs`): a workstream added
     /// with its dependencies done may start before its phase.
     reconfigured: bool,
+    /// Starts of these agents that fail (as a worker that exits before answering
+    /// `initialize`), counted down.
+    failing_starts: BTreeMap<String, u32>,
 }
 
 impl Harness {
@@ -167,8 +170,16 @@ impl Harness {
             now,
             &mut fx,
         );
-        let mut harness =
-            Harness { plan, store, sched, now, running: Vec::new(), claims: Vec::new(), reconfigured: false };
+        let mut harness = Harness {
+            plan,
+            store,
+            sched,
+            now,
+            running: Vec::new(),
+            claims: Vec::new(),
+            reconfigured: false,
+            failing_starts: BTreeMap::new(),
+        };
         // What the scheduler wrote when it was built (the schedules' records).
         harness.store.apply(&fx.writes, now);
         // Like the runtime: tasks created by the store, then added.
@@ -211,7 +222,16 @@ impl Harness {
                 self.sched.schedule_fired(firing, created, self.now, &mut next);
             }
             for agent in &fx.start_agents {
-                self.sched.agent_started(agent, self.now, &mut next).unwrap();
+                match self.failing_starts.get_mut(agent) {
+                    Some(n_failing) if *n_failing > 0 => {
+                        *n_failing -= 1;
+                        // As a worker runtime reports it: the process's exit, then the failed start.
+                        self.sched.agent_exited(agent, "exit status 3".into(), false, self.now, &mut next).unwrap();
+                        let reason = "exited before answering `initialize`: exit status 3".to_string();
+                        self.sched.agent_failed(agent, reason, self.now, &mut next).unwrap();
+                    }
+                    _ => self.sched.agent_started(agent, self.now, &mut next).unwrap(),
+                }
             }
             // Killed attempts exit at once here.
             for &(id, attempt) in &fx.kills {
@@ -529,7 +549,7 @@ title = "one"
     );
     // The harness started the agent; fail it and finish the running attempt as failed.
     let mut fx = Effects::default();
-    h.sched.agent_failed("a", "could not start".into(), &mut fx).unwrap();
+    h.sched.agent_failed("a", "could not start".into(), h.now, &mut fx).unwrap();
     h.apply(fx);
     h.finish(0, false);
     h.wait();
@@ -901,6 +921,67 @@ fn exit(h: &mut Harness, agent: &str, reason: &str) {
     }
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
+}
+
+#[test]
+fn a_worker_that_crashes_before_initialize_is_restarted_by_its_policy() {
+    let mut h = workers();
+    // The first start after the crash fails, the next succeeds.
+    h.failing_starts.insert("builder".into(), 1);
+    exit(&mut h, "builder", "exit status 1");
+    while agent_state(&h, "builder") != Some(AgentState::Idle) {
+        assert_ne!(agent_state(&h, "builder"), Some(AgentState::Failed), "{:#?}", h.store.events);
+        assert!(h.wait(), "the builder is started again");
+    }
+    let reasons: Vec<&str> = h
+        .store
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            EventKind::AgentStateChanged { agent, to: AgentState::Restarting, reason: Some(reason), .. }
+                if agent == "builder" =>
+            {
+                Some(reason.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["exit status 1; restart 1/2 in 1s", "exit status 3; restart 2/2 in 2s"],
+        "the failed start is a restart like the crash, counted once"
+    );
+}
+
+#[test]
+fn a_worker_whose_starts_keep_failing_is_failed_by_the_crash_loop_cap() {
+    let mut h = workers();
+    h.failing_starts.insert("builder".into(), u32::MAX);
+    exit(&mut h, "builder", "exit status 1");
+    while agent_state(&h, "builder") != Some(AgentState::Failed) {
+        assert!(h.wait(), "the builder is started again");
+    }
+    let states: Vec<(AgentState, String)> = h
+        .store
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            EventKind::AgentStateChanged { agent, to, reason: Some(reason), .. }
+                if agent == "builder" && matches!(to, AgentState::Restarting | AgentState::Failed) =>
+            {
+                Some((*to, reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (AgentState::Restarting, "exit status 1; restart 1/2 in 1s".to_string()),
+            (AgentState::Restarting, "exit status 3; restart 2/2 in 2s".to_string()),
+            (AgentState::Failed, "exit status 3; crash loop: 2 restarts within 10m".to_string()),
+        ]
+    );
 }
 
 #[test]
