@@ -233,6 +233,9 @@ pub struct Scheduler {
     leases: HashMap<String, leases::AgentLease>,
     /// Tasks suspended because a critical agent upstream failed, by that agent's index.
     suspended_by: HashMap<TaskId, usize>,
+    /// Critical agents that are down (restarting, or failed for good), by index: a task
+    /// created downstream of one meanwhile is held (or cancelled) like those that were there.
+    outages: HashMap<usize, supervise::Outage>,
     phase: u32,
     n_running: u32,
     n_finished: u64,
@@ -301,6 +304,7 @@ impl Scheduler {
             held: HashMap::new(),
             dying: HashMap::new(),
             suspended_by: HashMap::new(),
+            outages: HashMap::new(),
             conflicts_reported: HashSet::new(),
             leases: HashMap::new(),
             phase: 0,
@@ -375,6 +379,7 @@ impl Scheduler {
             ws.done = false;
             ws.failed = false;
         }
+        self.hold_if_downstream_of_an_outage(id, now, fx);
         self.try_release(id, now, fx);
         self.wake_agents(workstream.as_deref(), fx);
     }

@@ -984,6 +984,55 @@ fn a_worker_whose_starts_keep_failing_is_failed_by_the_crash_loop_cap() {
     );
 }
 
+/// Adds a task to `workstream` as the store would create it (API, worker `task/create`).
+fn add_task_to(h: &mut Harness, id: TaskId, key: &str, workstream: &str) {
+    let mut new = h.plan.tasks[2].clone();
+    new.key = Some(key.into());
+    new.workstream = Some(workstream.into());
+    new.depends_on = Vec::new();
+    let task = record(id, &new, Vec::new(), h.now);
+    h.store.tasks.insert(id, task.clone());
+    let mut fx = Effects::default();
+    h.sched.add_task(task, h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+}
+
+#[test]
+fn tasks_created_while_a_critical_agent_is_down_are_held_with_its_dependants() {
+    let mut h = workers();
+    // The build is done and `test` has started: `unit` runs.
+    while h.state_of("unit") != TaskState::Running {
+        h.finish(0, true);
+    }
+    // More build work wakes the builder up; it crashes on it.
+    add_task_to(&mut h, TaskId(100), "rebuild", "build");
+    assert_eq!(h.state_of("rebuild"), TaskState::Running);
+    exit(&mut h, "builder", "exit status 1");
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
+    add_task_to(&mut h, TaskId(101), "late", "test");
+    assert_eq!(h.state_of("late"), TaskState::Suspended, "held like the dependants that were there");
+    // Healthy again: it is released.
+    while agent_state(&h, "builder") != Some(AgentState::Idle) {
+        assert!(h.wait());
+    }
+    assert_eq!(h.state_of("late"), TaskState::Ready);
+    // Down for good: a task created then is cancelled with the cause, as the held ones are.
+    h.failing_starts.insert("builder".into(), u32::MAX);
+    exit(&mut h, "builder", "exit status 1");
+    add_task_to(&mut h, TaskId(102), "later", "test");
+    assert_eq!(h.state_of("later"), TaskState::Suspended);
+    while agent_state(&h, "builder") != Some(AgentState::Failed) {
+        assert!(h.wait());
+    }
+    add_task_to(&mut h, TaskId(103), "last", "test");
+    for key in ["later", "last"] {
+        assert_eq!(h.state_of(key), TaskState::Cancelled, "{key}");
+        let error = h.store.tasks.values().find(|t| t.key.as_deref() == Some(key)).unwrap().error.clone().unwrap();
+        assert!(error.starts_with("critical agent `builder` failed: "), "{key}: {error}");
+    }
+}
+
 #[test]
 fn a_crashing_worker_restarts_with_backoff_until_its_cap_then_fails() {
     let mut h = workers();
