@@ -384,8 +384,9 @@ impl Scheduler {
         self.wake_agents(workstream.as_deref(), fx);
     }
 
-    /// Starts again the agents of a workstream that had completed and now has work (a retried
-    /// or added task).
+    /// Starts the agents of a started workstream that now has work (a retried or added task):
+    /// those stopped when it completed, and those never started because it had no task when
+    /// it started (a service fed through the API). An agent an operator stopped stays stopped.
     fn wake_agents(&mut self, workstream: Option<&str>, fx: &mut Effects) {
         let Some(workstream) = workstream else { return };
         if !self.workstream_started(Some(workstream)) {
@@ -393,10 +394,16 @@ impl Scheduler {
         }
         for idx in 0..self.agents.len() {
             let slot = &self.agents[idx];
-            if !slot.removed && slot.spec.workstream.as_deref() == Some(workstream) && slot.state == AgentState::Stopped
-            {
-                self.set_agent_state(idx, AgentState::Waiting, Some("its workstream has work again".into()), fx);
-                self.start_agent(idx, fx);
+            if slot.removed || slot.held_by_operator || slot.spec.workstream.as_deref() != Some(workstream) {
+                continue;
+            }
+            match slot.state {
+                AgentState::Stopped => {
+                    self.set_agent_state(idx, AgentState::Waiting, Some("its workstream has work again".into()), fx);
+                    self.start_agent(idx, fx);
+                }
+                AgentState::Waiting => self.start_agent(idx, fx),
+                _ => {}
             }
         }
     }
