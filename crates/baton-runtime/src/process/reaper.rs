@@ -200,7 +200,12 @@ impl Tree {
     fn kill_all(&mut self) {
         loop {
             self.reap();
-            let alive = live_descendants();
+            let mut alive = live_descendants();
+            if alive.is_empty() {
+                // The children lists may miss a process that forks or exits while they are
+                // read: none is left only if a full scan agrees.
+                alive = scan_descendants(std::process::id() as i32);
+            }
             if alive.is_empty() {
                 return;
             }
@@ -213,9 +218,43 @@ impl Tree {
     }
 }
 
-/// This process's descendants that are not zombies, found by walking `/proc`.
+/// This process's descendants that are not zombies, found in `/proc`: through each process's
+/// `children` lists when the kernel has them (a few reads), else by reading every process's
+/// parent.
 fn live_descendants() -> Vec<i32> {
     let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let mut stack = vec![me];
+    while let Some(parent) = stack.pop() {
+        let Some(children) = children_of(parent) else { return scan_descendants(me) };
+        for pid in children {
+            if super::proc_stat(pid).is_some_and(|fields| !fields.starts_with('Z')) {
+                found.push(pid);
+            }
+            stack.push(pid);
+        }
+    }
+    found
+}
+
+/// The children of `pid`, from `/proc/PID/task/*/children`; `None` when the kernel does not
+/// list them (the process may also be gone: then it has none).
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Some(Vec::new()) };
+    let mut children = Vec::new();
+    for thread in threads.flatten() {
+        let path = thread.path().join("children");
+        match std::fs::read_to_string(&path) {
+            Ok(list) => children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && thread.path().exists() => return None,
+            Err(_) => {}
+        }
+    }
+    Some(children)
+}
+
+/// This process's descendants that are not zombies, by reading every process's parent.
+fn scan_descendants(me: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<(i32, bool)>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     for entry in entries.flatten() {
@@ -245,6 +284,37 @@ mod tests {
 
     fn args(list: &[&str]) -> impl Iterator<Item = OsString> {
         list.iter().map(OsString::from).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn descendants_are_found_through_children_lists_as_by_a_full_scan() {
+        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & sleep 30 & wait"]).spawn().unwrap();
+        let me = std::process::id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while scan_descendants(me).len() < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Other tests of this binary may start processes too: compare the sh's subtree.
+        let sh = child.id() as i32;
+        let under_sh = |all: Vec<i32>| {
+            let mut all: Vec<i32> = all
+                .into_iter()
+                .filter(|pid| {
+                    super::super::proc_stat(*pid).and_then(|f| f.split_whitespace().nth(1).map(str::to_string))
+                        == Some(sh.to_string())
+                        || *pid == sh
+                })
+                .collect();
+            all.sort_unstable();
+            all
+        };
+        let scanned = under_sh(scan_descendants(me));
+        assert_eq!(scanned.len(), 3, "{scanned:?}");
+        assert_eq!(under_sh(live_descendants()), scanned);
+        for pid in &scanned {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        let _ = child.wait();
     }
 
     #[test]
