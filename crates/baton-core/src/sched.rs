@@ -720,9 +720,10 @@ impl Scheduler {
         if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
             return;
         }
-        if self.waits_for_earlier_firing(id) {
+        if self.waits_for_earlier_firing(id) || self.hold_if_downstream_of_an_outage(id, now, fx) {
             return;
         }
+        let task = &self.tasks[&id];
         let mut all_done = true;
         for dep in &task.depends_on {
             match self.tasks.get(dep).map(|dep| dep.state) {
@@ -1122,6 +1123,7 @@ impl Scheduler {
             events.push(EventKind::TaskDeadLettered { task: id, attempts: attempt, reason });
         }
         self.transition(id, change, events, now, fx);
+        self.hold_if_downstream_of_an_outage(id, now, fx);
     }
 
     /// Cancels a task that has not finished; a running attempt is killed.

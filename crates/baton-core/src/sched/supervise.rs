@@ -343,11 +343,14 @@ impl Scheduler {
         self.suspended_by.insert(id, idx);
     }
 
-    /// A task just created (`pending`) downstream of a critical agent that is down is held
-    /// like the tasks that were there when it went down — or cancelled with the cause, when it
-    /// failed for good.
-    pub(super) fn hold_if_downstream_of_an_outage(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) {
-        let Some(workstream) = self.tasks[&id].workstream.clone() else { return };
+    /// A task that would wait for its turn (`pending`, or `ready` again after a failed attempt)
+    /// downstream of a critical agent that is down is held like the tasks that were there when
+    /// it went down — or cancelled with the cause, when it failed for good. True if it was.
+    pub(super) fn hold_if_downstream_of_an_outage(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) -> bool {
+        if self.outages.is_empty() || !matches!(self.tasks[&id].state, TaskState::Pending | TaskState::Ready) {
+            return false;
+        }
+        let Some(workstream) = self.tasks[&id].workstream.clone() else { return false };
         let mut outages: Vec<(usize, Outage)> =
             self.outages.iter().map(|(idx, outage)| (*idx, outage.clone())).collect();
         outages.sort_by_key(|(idx, _)| *idx);
@@ -364,8 +367,9 @@ impl Scheduler {
                 Outage::Down { reason } => self.suspend(id, idx, reason, now, fx),
                 Outage::Failed { cause } => self.cancel_task(id, cause, now, fx),
             }
-            return;
+            return true;
         }
+        false
     }
 
     fn suspended_by_agent(&self, idx: usize) -> Vec<TaskId> {

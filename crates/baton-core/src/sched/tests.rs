@@ -1012,6 +1012,10 @@ fn tasks_created_while_a_critical_agent_is_down_are_held_with_its_dependants() {
     assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
     add_task_to(&mut h, TaskId(101), "late", "test");
     assert_eq!(h.state_of("late"), TaskState::Suspended, "held like the dependants that were there");
+    // A dependant that was running on another agent and fails is held too, not retried.
+    let unit = h.running.iter().position(|(id, _)| h.store.tasks[id].key.as_deref() == Some("unit")).unwrap();
+    h.finish(unit, false);
+    assert_eq!(h.state_of("unit"), TaskState::Suspended, "a retry waits for the critical agent");
     // Healthy again: it is released.
     while agent_state(&h, "builder") != Some(AgentState::Idle) {
         assert!(h.wait());
