@@ -493,6 +493,13 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    // `baton __reap -- PROGRAM…` is the supervisor Baton puts between itself and each agent.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == baton_runtime::process::reaper::SUBCOMMAND) {
+        return ExitCode::from(baton_runtime::process::reaper::main(std::env::args_os().skip(2)));
+    }
+    if let Some(binary) = baton_runtime::process::reaper::own_binary() {
+        baton_runtime::process::reaper::enable(binary);
+    }
     let cli = Cli::parse();
     // `baton` also matches the `baton_*` crates' targets (directives match by prefix).
     let directives = match &cli.log_level {

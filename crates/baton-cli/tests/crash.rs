@@ -178,7 +178,10 @@ echo done
     child.kill().unwrap();
     child.wait().unwrap();
     let pid: i32 = std::fs::read_to_string(project.path().join("grandchild.pid")).unwrap().trim().parse().unwrap();
-    assert!(common::is_alive(pid), "the parent-death signal reaches only the agent's own process");
+    assert!(
+        common::eventually(|| !common::is_alive(pid)),
+        "the agent's supervisor kills what the agent started when baton dies"
+    );
 
     let resumed = project.baton(&["run"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
@@ -273,4 +276,67 @@ async fn two_baton_runs_started_at_once_never_both_run_the_plan() {
         }
     }
     assert_eq!(n_runs + n_refused, 2 * ROUNDS, "every process ran the plan or was refused");
+}
+
+/// A daemon the agent started with `setsid` (its own session and process group) and exited.
+const DAEMON: &str = r#"setsid bash -c 'exec -a "$0" sleep 300' "$PWD/daemon-marker" </dev/null >/dev/null 2>&1 &"#;
+
+#[test]
+fn a_daemon_an_attempt_leaves_behind_is_killed_when_the_attempt_ends() {
+    let plan = r#"
+[orchestration]
+name = "daemons"
+
+[[agents]]
+name = "worker"
+command = ["bash", "work.sh"]
+
+[[tasks]]
+key = "job"
+title = "A job that starts a daemon and exits"
+"#;
+    let work = format!("#!/usr/bin/env bash\n{DAEMON}\necho done\n");
+    let project = Project::with(plan, &[("work.sh", &work)]);
+    let marker = project.path().join("daemon-marker").display().to_string();
+    let output = project.baton(&["run"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let gone = common::eventually(|| common::processes_with(&marker).is_empty());
+    let left = common::processes_with(&marker);
+    common::kill_all(&left);
+    assert!(gone, "the daemon outlived its attempt: {left:?}");
+}
+
+#[test]
+fn an_agents_children_and_daemons_die_with_a_killed_baton() {
+    let plan = r#"
+[orchestration]
+name = "orphans"
+
+[[agents]]
+name = "worker"
+command = ["bash", "work.sh"]
+
+[[tasks]]
+key = "job"
+title = "A job that starts a child and a daemon and waits"
+"#;
+    let work =
+        format!("#!/usr/bin/env bash\nbash -c 'exec -a \"$0\" sleep 300' \"$PWD/child-marker\" &\n{DAEMON}\nwait\n");
+    let project = Project::with(plan, &[("work.sh", &work)]);
+    let child_marker = project.path().join("child-marker").display().to_string();
+    let daemon_marker = project.path().join("daemon-marker").display().to_string();
+    let (mut baton, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("task job claimed");
+    let started = common::eventually(|| {
+        !common::processes_with(&child_marker).is_empty() && !common::processes_with(&daemon_marker).is_empty()
+    });
+    assert!(started, "the agent started its child and its daemon");
+    baton.kill().unwrap(); // SIGKILL
+    baton.wait().unwrap();
+    let gone = common::eventually(|| {
+        common::processes_with(&child_marker).is_empty() && common::processes_with(&daemon_marker).is_empty()
+    });
+    let left: Vec<i32> = [common::processes_with(&child_marker), common::processes_with(&daemon_marker)].concat();
+    common::kill_all(&left);
+    assert!(gone, "processes of the agent outlived baton: {left:?}");
 }

@@ -317,3 +317,30 @@ input = { steps = 100, step_seconds = 0.1 }
     let store = project.store();
     assert_eq!(store.latest_run(None).await.unwrap().unwrap().state, RunState::Running);
 }
+
+#[tokio::test]
+async fn a_worker_that_dies_before_initialize_is_restarted_by_its_policy_and_its_huge_stderr_is_cut() {
+    let config =
+        CRASHY.replace(r#"command = ["python3", "worker.py", "CRASH_FLAG"]"#, r#"command = ["bash", "dies.sh"]"#);
+    // 8 MiB of stderr on one line, then an exit before answering `initialize`.
+    let dies = "#!/usr/bin/env bash\nhead -c 8388608 /dev/zero | tr '\\0' x >&2\nexit 3\n";
+    let project = Project::with(&config, &[("dies.sh", dies)]);
+    let run = project.baton(&["run"]);
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", stdout(&run), stderr(&run));
+    let events = events(&project).await;
+    let restarts = agent_went(&events, "builder", AgentState::Restarting);
+    assert_eq!(restarts.len(), 2, "start failures follow the restart policy: {restarts:?}");
+    assert!(restarts[0].as_deref().unwrap().ends_with("restart 1/2 in 50ms"), "{restarts:?}");
+    assert!(restarts[1].as_deref().unwrap().ends_with("restart 2/2 in 100ms"), "{restarts:?}");
+    let failed = agent_went(&events, "builder", AgentState::Failed);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let reason = failed[0].as_deref().unwrap();
+    assert!(reason.contains("bytes cut]") && reason.ends_with("; crash loop: 2 restarts within 10m"), "{reason}");
+    for event in &events {
+        let size = serde_json::to_string(event).unwrap().len();
+        assert!(size < 16 * 1024, "every stored event is small, {size} bytes: {}", &format!("{event:?}")[..200]);
+    }
+    let log = std::fs::read_to_string(project.log_path("builder")).unwrap();
+    assert!(log.len() < 1024 * 1024, "the log holds the lines cut: {} bytes", log.len());
+    assert!(log.contains(&format!("… [{} bytes cut]", 8388608 - 64 * 1024)));
+}

@@ -94,6 +94,8 @@ struct RawConfig {
     schedules: Vec<schedules::RawSchedule>,
     #[serde(default)]
     conflicts: RawConflicts,
+    #[serde(default)]
+    logs: logs::RawLogs,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -486,6 +488,9 @@ pub struct AgentSpec {
     pub workdir: Option<String>,
     pub limits: Limits,
     pub objectives: Vec<Objective>,
+    /// `[logs]`: the rotation of the agent's log file (the same for every agent).
+    #[serde(skip)]
+    pub log_rotation: LogRotation,
 }
 
 impl fmt::Debug for AgentSpec {
@@ -811,7 +816,11 @@ impl Validator<'_> {
         let listen = server.listen.clone();
 
         let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
-        let agents = self.agents(&raw.agents, &workstreams);
+        let mut agents = self.agents(&raw.agents, &workstreams);
+        let log_rotation = self.logs(&raw.logs);
+        for agent in &mut agents {
+            agent.log_rotation = log_rotation;
+        }
         let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
         let schedules = self.schedules(&raw.schedules, &workstreams, &agents);
         let mut settings = settings;
@@ -1013,6 +1022,7 @@ impl Validator<'_> {
                     timeout: agent.limits.timeout.map(|d| d.0),
                 },
                 objectives: agent.objectives.clone(),
+                log_rotation: LogRotation::default(),
             });
         }
         specs
@@ -1453,12 +1463,14 @@ fn is_placeholder_name(name: &str) -> bool {
 mod budget;
 mod json;
 mod layers;
+mod logs;
 mod schedules;
 mod server;
 
 pub use json::{agent_from_json, agent_update_from_json};
 pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, is_profile_name, load_sources, profile_path};
 
+pub use logs::LogRotation;
 pub use server::{
     AuthSpec, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_TOKEN_TTL, MIN_SECRET_BYTES,
     RateLimit, ServerSpec, TlsSpec, is_loopback,

@@ -233,6 +233,9 @@ pub struct Scheduler {
     leases: HashMap<String, leases::AgentLease>,
     /// Tasks suspended because a critical agent upstream failed, by that agent's index.
     suspended_by: HashMap<TaskId, usize>,
+    /// Critical agents that are down (restarting, or failed for good), by index: a task
+    /// created downstream of one meanwhile is held (or cancelled) like those that were there.
+    outages: HashMap<usize, supervise::Outage>,
     phase: u32,
     n_running: u32,
     n_finished: u64,
@@ -301,6 +304,7 @@ impl Scheduler {
             held: HashMap::new(),
             dying: HashMap::new(),
             suspended_by: HashMap::new(),
+            outages: HashMap::new(),
             conflicts_reported: HashSet::new(),
             leases: HashMap::new(),
             phase: 0,
@@ -384,6 +388,7 @@ impl Scheduler {
         }
         self.run_dirty = true;
         for (id, _) in &added {
+            self.hold_if_downstream_of_an_outage(*id, now, fx);
             self.try_release(*id, now, fx);
         }
         let mut woken: Vec<Option<String>> = Vec::new();
@@ -395,8 +400,9 @@ impl Scheduler {
         }
     }
 
-    /// Starts again the agents of a workstream that had completed and now has work (a retried
-    /// or added task).
+    /// Starts the agents of a started workstream that now has work (a retried or added task):
+    /// those stopped when it completed, and those never started because it had no task when
+    /// it started (a service fed through the API). An agent an operator stopped stays stopped.
     fn wake_agents(&mut self, workstream: Option<&str>, fx: &mut Effects) {
         let Some(workstream) = workstream else { return };
         if !self.workstream_started(Some(workstream)) {
@@ -404,10 +410,16 @@ impl Scheduler {
         }
         for idx in 0..self.agents.len() {
             let slot = &self.agents[idx];
-            if !slot.removed && slot.spec.workstream.as_deref() == Some(workstream) && slot.state == AgentState::Stopped
-            {
-                self.set_agent_state(idx, AgentState::Waiting, Some("its workstream has work again".into()), fx);
-                self.start_agent(idx, fx);
+            if slot.removed || slot.held_by_operator || slot.spec.workstream.as_deref() != Some(workstream) {
+                continue;
+            }
+            match slot.state {
+                AgentState::Stopped => {
+                    self.set_agent_state(idx, AgentState::Waiting, Some("its workstream has work again".into()), fx);
+                    self.start_agent(idx, fx);
+                }
+                AgentState::Waiting => self.start_agent(idx, fx),
+                _ => {}
             }
         }
     }
@@ -724,9 +736,10 @@ impl Scheduler {
         if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
             return;
         }
-        if self.waits_for_earlier_firing(id) {
+        if self.waits_for_earlier_firing(id) || self.hold_if_downstream_of_an_outage(id, now, fx) {
             return;
         }
+        let task = &self.tasks[&id];
         let mut all_done = true;
         for dep in &task.depends_on {
             match self.tasks.get(dep).map(|dep| dep.state) {
@@ -1126,6 +1139,7 @@ impl Scheduler {
             events.push(EventKind::TaskDeadLettered { task: id, attempts: attempt, reason });
         }
         self.transition(id, change, events, now, fx);
+        self.hold_if_downstream_of_an_outage(id, now, fx);
     }
 
     /// Cancels a task that has not finished; a running attempt is killed.
@@ -1230,9 +1244,17 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The runtime could not start an agent, or it died for good.
-    pub fn agent_failed(&mut self, name: &str, reason: String, fx: &mut Effects) -> Result<(), Error> {
+    /// The runtime could not start an agent. A start that fails is an exit like any other: it
+    /// follows the agent's restart policy and crash-loop cap. The runtime may have reported the
+    /// process's exit first (a worker that died before answering `initialize`): then this
+    /// failure was decided already.
+    pub fn agent_failed(&mut self, name: &str, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
         let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
+        match self.agents[idx].state {
+            AgentState::Starting => return self.agent_exited(name, reason, false, now, fx),
+            AgentState::Restarting | AgentState::Failed | AgentState::Stopped => return Ok(()),
+            _ => {}
+        }
         self.set_agent_state(idx, AgentState::Failed, Some(reason.clone()), fx);
         fx.writes.push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason }));
         Ok(())

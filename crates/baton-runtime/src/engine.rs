@@ -401,6 +401,10 @@ impl Engine {
                 tracing::warn!(n_killed, "killed processes left running by the previous node");
             }
         }
+        // Made before the run is announced: a server that serves once it knows the run finds
+        // its remote agents' queues there from the first request.
+        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
+            options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
         let _ = run_id_tx.send(Some(run_id.clone()));
         let stored = sync_tasks(store.as_ref(), &options.plan, &run_id, now).await?;
         let n_requeued = stored.iter().filter(|task| task.state == TaskState::Running).count() as u32;
@@ -439,8 +443,6 @@ impl Engine {
         sched.agent_records(now, &mut fx);
         sched.step(now, &mut fx);
 
-        let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
-            options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
         let post = PostOffice::new(Arc::clone(&store), run_id.clone(), Arc::new(runtimes.clone()), clock);
         let post_stop = CancellationToken::new();
         let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
@@ -888,7 +890,7 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
             let _ = sched.agent_started(&agent, now, fx);
         }
         Report::AgentFailed { agent, reason } => {
-            let _ = sched.agent_failed(&agent, reason, fx);
+            let _ = sched.agent_failed(&agent, reason, now, fx);
         }
     }
 }

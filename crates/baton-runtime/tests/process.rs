@@ -456,3 +456,50 @@ async fn an_escaped_process_does_not_hold_the_attempt_open() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     assert!(outcome.is_ok(), "the attempt ended without waiting for the escaped process");
 }
+
+#[tokio::test]
+async fn a_huge_stderr_line_is_cut_in_the_log_and_in_the_failure_reason() {
+    let setup = Setup::new();
+    // 2 MiB of stderr without a newline, then a failure.
+    setup.script("loud.sh", "head -c 2097152 /dev/zero | tr '\\0' x >&2\nexit 3\n");
+    let agent = setup.started(r#"command = ["bash", "loud.sh"]"#).await;
+    let Outcome::Failed { reason } = run(&agent, task("loud", Value::Null)).await else { panic!("the attempt fails") };
+    assert!(reason.len() < 5 * 1024, "the failure reason is capped: {} bytes", reason.len());
+    assert!(reason.starts_with("exit status 3: xxx"), "{}", &reason[..40]);
+    assert!(
+        reason.ends_with(&format!("… [{} bytes cut]", 2097152 - 4096 + "exit status 3: ".len())),
+        "{}",
+        &reason[reason.len() - 40..]
+    );
+    let log = setup.log();
+    let line = log.lines().find(|line| line.starts_with("xxx")).expect("the stderr line is in the log");
+    assert_eq!(line.len(), 64 * 1024 + format!(" … [{} bytes cut]", 2097152 - 64 * 1024).len());
+    assert!(line.ends_with(&format!("… [{} bytes cut]", 2097152 - 64 * 1024)), "{}", &line[line.len() - 40..]);
+}
+
+#[tokio::test]
+async fn an_agents_log_is_rotated_by_size_and_old_files_are_dropped() {
+    let setup = Setup::new();
+    // 1 KiB of stderr per attempt.
+    setup.script("chatty.sh", "for i in $(seq 16); do printf '%063d\\n' $i >&2; done\necho done\n");
+    let agent =
+        setup.started("command = [\"bash\", \"chatty.sh\"]\n\n[logs]\nmax_size = \"4KiB\"\nmax_files = 2\n").await;
+    for _ in 0..20 {
+        assert_eq!(run(&agent, task("chatty", Value::Null)).await, Outcome::Succeeded { result: json!("done") });
+    }
+    let current = std::fs::metadata(setup.path("logs/a.log")).expect("the current log").len();
+    let first = std::fs::metadata(setup.path("logs/a.log.1")).expect("the first rotated log").len();
+    let second = std::fs::metadata(setup.path("logs/a.log.2")).expect("the second rotated log").len();
+    assert!(!setup.path("logs/a.log.3").exists(), "only max_files rotated files are kept");
+    for size in [current, first, second] {
+        assert!(size <= 4096, "a log file holds at most max_size bytes: {size}");
+    }
+    assert!(first > 3000 && second > 3000, "rotated files are full: {first} {second}");
+}
+
+#[tokio::test]
+async fn a_result_over_the_limit_is_reported_as_such() {
+    let setup = Setup::new();
+    let agent = setup.started(r#"command = ["head", "-c", "17000000", "/dev/zero"]"#).await;
+    assert_eq!(run(&agent, task("big", Value::Null)).await, failed("the result is over the limit of 16777216 bytes"));
+}

@@ -87,3 +87,58 @@ async fn bad_agents_are_refused_with_what_is_wrong() {
     assert_eq!(renamed.status(), 400);
     server.stop().await;
 }
+
+/// A service fed through the API: a workstream served by a remote agent, and no `[[tasks]]`.
+const SERVICE: &str = r#"
+[orchestration]
+name = "service"
+
+[[workstreams]]
+name = "w"
+
+[[agents]]
+name = "r"
+runtime = "remote"
+workstream = "w"
+concurrency = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_added_to_a_plan_without_tasks_wait_for_its_remote_agent_and_reach_it() {
+    let server = Server::start_with(common::Options { plan: SERVICE.to_string(), ..Default::default() }).await;
+    // Its workers may poll from the first moment, before there is any work.
+    let early = server.post_json("/agent/claim", json!({"agent": "r", "wait_ms": 0})).await;
+    assert_eq!(early["tasks"], json!([]));
+    let created = server
+        .post_json(
+            "/tasks/batch",
+            json!({"tasks": [{"title": "one", "workstream": "w"}, {"title": "two", "workstream": "w"}]}),
+        )
+        .await;
+    let ids: Vec<i64> = created["ids"].as_array().unwrap().iter().map(|id| id.as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{created}");
+    let mut claimed: Vec<i64> = Vec::new();
+    while claimed.len() < 2 {
+        let response =
+            server.post("/agent/claim", json!({"agent": "r", "max": 2, "wait_ms": 5000})).send().await.unwrap();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        for claim in body["tasks"].as_array().unwrap() {
+            claimed.push(claim["task"]["id"].as_i64().unwrap());
+        }
+        for id in &ids {
+            let task = server.get_json(&format!("/tasks/{id}")).await;
+            assert_ne!(task["task"]["state"], "cancelled", "{task}");
+        }
+    }
+    claimed.sort_unstable();
+    assert_eq!(claimed, ids);
+    for id in &ids {
+        let done = server
+            .post_json(&format!("/agent/tasks/{id}/complete"), json!({"agent": "r", "attempt": 1, "result": "ok"}))
+            .await;
+        assert_eq!(done["state"], "succeeded");
+    }
+    server.stop().await;
+}

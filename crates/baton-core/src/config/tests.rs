@@ -350,3 +350,19 @@ fn memory_limits_and_message_sizes_too_small_or_too_large_are_refused() {
         load("baton.toml", &with("limits = { memory = \"1MiB\" }\nmax_message_size = \"1KiB\""), &env()).unwrap();
     assert_eq!((plan.agents[1].limits.memory, plan.agents[1].max_message_size), (Some(1 << 20), 1 << 10));
 }
+
+#[test]
+fn logs_rotate_at_a_size_and_keep_some_files() {
+    let plan = load("baton.toml", MINIMAL, &env()).unwrap();
+    assert_eq!(plan.agents[0].log_rotation, LogRotation { max_size: 10 * 1024 * 1024, max_files: 3 });
+    let text = format!("{MINIMAL}\n[logs]\nmax_size = \"1MiB\"\nmax_files = 5\n");
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    assert!(plan.agents.iter().all(|agent| agent.log_rotation == LogRotation { max_size: 1024 * 1024, max_files: 5 }));
+    assert_eq!(
+        errors(&format!("{MINIMAL}\n[logs]\nmax_size = \"1KiB\"\nmax_files = 0\n")),
+        "baton.toml:38:12: `logs.max_size` must be at least 4096 bytes (e.g. \"10MiB\")\n\
+         baton.toml:39:13: `logs.max_files` must be between 1 and 100"
+    );
+    let unknown = errors(&format!("{MINIMAL}\n[logs]\nkeep = 3\n"));
+    assert!(unknown.starts_with("baton.toml:38:1: unknown field `keep`"), "{unknown}");
+}

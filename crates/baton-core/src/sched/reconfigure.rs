@@ -238,6 +238,7 @@ impl Scheduler {
         self.agent_index.remove(name);
         self.plan.agents.retain(|spec| spec.name != name);
         self.suspended_by.retain(|_, agent| *agent != idx);
+        self.outages.remove(&idx);
         fx.writes.push(Write::Event(EventKind::AgentRemoved { agent: name.to_string() }));
         Ok(())
     }

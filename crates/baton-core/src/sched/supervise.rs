@@ -24,6 +24,15 @@ use crate::event::EventKind;
 use crate::model::{AgentState, Priority, TaskId, TaskState};
 use crate::time::{Timestamp, format_duration};
 
+/// Why tasks downstream of a critical agent that is down do not run.
+#[derive(Debug, Clone)]
+pub(super) enum Outage {
+    /// Restarting: they are suspended, with this reason, until it is back.
+    Down { reason: String },
+    /// Failed for good: they are cancelled with this cause.
+    Failed { cause: String },
+}
+
 /// The longest delay between restarts, however many there were.
 const MAX_RESTART_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -303,7 +312,8 @@ impl Scheduler {
         found
     }
 
-    /// Holds the tasks downstream of a critical agent while it is down.
+    /// Holds the tasks downstream of a critical agent while it is down, and those created
+    /// downstream until it is back ([`Scheduler::hold_if_downstream_of_an_outage`]).
     fn suspend_dependants(&mut self, idx: usize, reason: String, now: Timestamp, fx: &mut Effects) {
         let slot = &self.agents[idx];
         if slot.spec.priority != Priority::Critical {
@@ -320,12 +330,46 @@ impl Scheduler {
             .collect();
         held.sort_unstable();
         for id in held {
-            let mut change = self.tasks[&id].change();
-            change.state = TaskState::Suspended;
-            let event = EventKind::TaskSuspended { task: id, reason: reason.clone() };
-            self.transition(id, change, vec![event], now, fx);
-            self.suspended_by.insert(id, idx);
+            self.suspend(id, idx, reason.clone(), now, fx);
         }
+        self.outages.insert(idx, Outage::Down { reason });
+    }
+
+    fn suspend(&mut self, id: TaskId, idx: usize, reason: String, now: Timestamp, fx: &mut Effects) {
+        let mut change = self.tasks[&id].change();
+        change.state = TaskState::Suspended;
+        let event = EventKind::TaskSuspended { task: id, reason };
+        self.transition(id, change, vec![event], now, fx);
+        self.suspended_by.insert(id, idx);
+    }
+
+    /// A task that would wait for its turn (`pending`, or `ready` again after a failed attempt)
+    /// downstream of a critical agent that is down is held like the tasks that were there when
+    /// it went down — or cancelled with the cause, when it failed for good. True if it was.
+    pub(super) fn hold_if_downstream_of_an_outage(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) -> bool {
+        if self.outages.is_empty() || !matches!(self.tasks[&id].state, TaskState::Pending | TaskState::Ready) {
+            return false;
+        }
+        let Some(workstream) = self.tasks[&id].workstream.clone() else { return false };
+        let mut outages: Vec<(usize, Outage)> =
+            self.outages.iter().map(|(idx, outage)| (*idx, outage.clone())).collect();
+        outages.sort_by_key(|(idx, _)| *idx);
+        for (idx, outage) in outages {
+            let slot = &self.agents[idx];
+            if slot.removed {
+                continue;
+            }
+            let Some(upstream) = slot.spec.workstream.as_deref() else { continue };
+            if !self.dependants_of(upstream).contains(&workstream) {
+                continue;
+            }
+            match outage {
+                Outage::Down { reason } => self.suspend(id, idx, reason, now, fx),
+                Outage::Failed { cause } => self.cancel_task(id, cause, now, fx),
+            }
+            return true;
+        }
+        false
     }
 
     fn suspended_by_agent(&self, idx: usize) -> Vec<TaskId> {
@@ -337,6 +381,7 @@ impl Scheduler {
 
     /// The critical agent is healthy again: its dependants' tasks go back to waiting.
     pub(super) fn resume_suspended(&mut self, idx: usize, now: Timestamp, fx: &mut Effects) {
+        self.outages.remove(&idx);
         for id in self.suspended_by_agent(idx) {
             self.suspended_by.remove(&id);
             if self.tasks[&id].state != TaskState::Suspended {
@@ -349,8 +394,12 @@ impl Scheduler {
         }
     }
 
-    /// The critical agent will not come back: what it held is cancelled, naming it.
+    /// The critical agent will not come back: what it held is cancelled, naming it, and so is
+    /// what is created downstream until an operator starts it again.
     fn fail_dependants(&mut self, idx: usize, reason: String, now: Timestamp, fx: &mut Effects) {
+        if self.outages.contains_key(&idx) {
+            self.outages.insert(idx, Outage::Failed { cause: reason.clone() });
+        }
         for id in self.suspended_by_agent(idx) {
             self.suspended_by.remove(&id);
             self.cancel_task(id, reason.clone(), now, fx);

@@ -149,6 +149,9 @@ struct Harness {
     /// The plan changed while the run went on (`tests/reconfigure.rs`): a workstream added
     /// with its dependencies done may start before its phase.
     reconfigured: bool,
+    /// Starts of these agents that fail (as a worker that exits before answering
+    /// `initialize`), counted down.
+    failing_starts: BTreeMap<String, u32>,
 }
 
 impl Harness {
@@ -167,8 +170,16 @@ impl Harness {
             now,
             &mut fx,
         );
-        let mut harness =
-            Harness { plan, store, sched, now, running: Vec::new(), claims: Vec::new(), reconfigured: false };
+        let mut harness = Harness {
+            plan,
+            store,
+            sched,
+            now,
+            running: Vec::new(),
+            claims: Vec::new(),
+            reconfigured: false,
+            failing_starts: BTreeMap::new(),
+        };
         // What the scheduler wrote when it was built (the schedules' records).
         harness.store.apply(&fx.writes, now);
         // Like the runtime: tasks created by the store, then added.
@@ -211,7 +222,16 @@ impl Harness {
                 self.sched.schedule_fired(firing, created, self.now, &mut next);
             }
             for agent in &fx.start_agents {
-                self.sched.agent_started(agent, self.now, &mut next).unwrap();
+                match self.failing_starts.get_mut(agent) {
+                    Some(n_failing) if *n_failing > 0 => {
+                        *n_failing -= 1;
+                        // As a worker runtime reports it: the process's exit, then the failed start.
+                        self.sched.agent_exited(agent, "exit status 3".into(), false, self.now, &mut next).unwrap();
+                        let reason = "exited before answering `initialize`: exit status 3".to_string();
+                        self.sched.agent_failed(agent, reason, self.now, &mut next).unwrap();
+                    }
+                    _ => self.sched.agent_started(agent, self.now, &mut next).unwrap(),
+                }
             }
             // Killed attempts exit at once here.
             for &(id, attempt) in &fx.kills {
@@ -565,7 +585,7 @@ title = "one"
     );
     // The harness started the agent; fail it and finish the running attempt as failed.
     let mut fx = Effects::default();
-    h.sched.agent_failed("a", "could not start".into(), &mut fx).unwrap();
+    h.sched.agent_failed("a", "could not start".into(), h.now, &mut fx).unwrap();
     h.apply(fx);
     h.finish(0, false);
     h.wait();
@@ -765,6 +785,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     workdir: None,
                     limits: Limits::default(),
                     objectives: Vec::new(),
+                    log_rotation: Default::default(),
                 })
                 .collect();
             let workstreams = nodes
@@ -938,6 +959,120 @@ fn exit(h: &mut Harness, agent: &str, reason: &str) {
     }
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
+}
+
+#[test]
+fn a_worker_that_crashes_before_initialize_is_restarted_by_its_policy() {
+    let mut h = workers();
+    // The first start after the crash fails, the next succeeds.
+    h.failing_starts.insert("builder".into(), 1);
+    exit(&mut h, "builder", "exit status 1");
+    while agent_state(&h, "builder") != Some(AgentState::Idle) {
+        assert_ne!(agent_state(&h, "builder"), Some(AgentState::Failed), "{:#?}", h.store.events);
+        assert!(h.wait(), "the builder is started again");
+    }
+    let reasons: Vec<&str> = h
+        .store
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            EventKind::AgentStateChanged { agent, to: AgentState::Restarting, reason: Some(reason), .. }
+                if agent == "builder" =>
+            {
+                Some(reason.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec!["exit status 1; restart 1/2 in 1s", "exit status 3; restart 2/2 in 2s"],
+        "the failed start is a restart like the crash, counted once"
+    );
+}
+
+#[test]
+fn a_worker_whose_starts_keep_failing_is_failed_by_the_crash_loop_cap() {
+    let mut h = workers();
+    h.failing_starts.insert("builder".into(), u32::MAX);
+    exit(&mut h, "builder", "exit status 1");
+    while agent_state(&h, "builder") != Some(AgentState::Failed) {
+        assert!(h.wait(), "the builder is started again");
+    }
+    let states: Vec<(AgentState, String)> = h
+        .store
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            EventKind::AgentStateChanged { agent, to, reason: Some(reason), .. }
+                if agent == "builder" && matches!(to, AgentState::Restarting | AgentState::Failed) =>
+            {
+                Some((*to, reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (AgentState::Restarting, "exit status 1; restart 1/2 in 1s".to_string()),
+            (AgentState::Restarting, "exit status 3; restart 2/2 in 2s".to_string()),
+            (AgentState::Failed, "exit status 3; crash loop: 2 restarts within 10m".to_string()),
+        ]
+    );
+}
+
+/// Adds a task to `workstream` as the store would create it (API, worker `task/create`).
+fn add_task_to(h: &mut Harness, id: TaskId, key: &str, workstream: &str) {
+    let mut new = h.plan.tasks[2].clone();
+    new.key = Some(key.into());
+    new.workstream = Some(workstream.into());
+    new.depends_on = Vec::new();
+    let task = record(id, &new, Vec::new(), h.now);
+    h.store.tasks.insert(id, task.clone());
+    let mut fx = Effects::default();
+    h.sched.add_task(task, h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+}
+
+#[test]
+fn tasks_created_while_a_critical_agent_is_down_are_held_with_its_dependants() {
+    let mut h = workers();
+    // The build is done and `test` has started: `unit` runs.
+    while h.state_of("unit") != TaskState::Running {
+        h.finish(0, true);
+    }
+    // More build work wakes the builder up; it crashes on it.
+    add_task_to(&mut h, TaskId(100), "rebuild", "build");
+    assert_eq!(h.state_of("rebuild"), TaskState::Running);
+    exit(&mut h, "builder", "exit status 1");
+    assert_eq!(agent_state(&h, "builder"), Some(AgentState::Restarting));
+    add_task_to(&mut h, TaskId(101), "late", "test");
+    assert_eq!(h.state_of("late"), TaskState::Suspended, "held like the dependants that were there");
+    // A dependant that was running on another agent and fails is held too, not retried.
+    let unit = h.running.iter().position(|(id, _)| h.store.tasks[id].key.as_deref() == Some("unit")).unwrap();
+    h.finish(unit, false);
+    assert_eq!(h.state_of("unit"), TaskState::Suspended, "a retry waits for the critical agent");
+    // Healthy again: it is released.
+    while agent_state(&h, "builder") != Some(AgentState::Idle) {
+        assert!(h.wait());
+    }
+    assert_eq!(h.state_of("late"), TaskState::Ready);
+    // Down for good: a task created then is cancelled with the cause, as the held ones are.
+    h.failing_starts.insert("builder".into(), u32::MAX);
+    exit(&mut h, "builder", "exit status 1");
+    add_task_to(&mut h, TaskId(102), "later", "test");
+    assert_eq!(h.state_of("later"), TaskState::Suspended);
+    while agent_state(&h, "builder") != Some(AgentState::Failed) {
+        assert!(h.wait());
+    }
+    add_task_to(&mut h, TaskId(103), "last", "test");
+    for key in ["later", "last"] {
+        assert_eq!(h.state_of(key), TaskState::Cancelled, "{key}");
+        let error = h.store.tasks.values().find(|t| t.key.as_deref() == Some(key)).unwrap().error.clone().unwrap();
+        assert!(error.starts_with("critical agent `builder` failed: "), "{key}: {error}");
+    }
 }
 
 #[test]

@@ -6,13 +6,15 @@
 //!
 //! Every attempt runs in its own process group, in the agent's working directory, with an
 //! allow-listed environment and the agent's limits. When it ends, times out or is cancelled the
-//! whole group is killed, so nothing it started outlives it; the parent-death signal covers a
-//! Baton that is itself killed.
+//! whole tree is killed, so nothing it started outlives it: its supervisor (`reaper`) kills every
+//! descendant, also daemons that left the group, and also when Baton itself is killed.
 //!
 //! Long-running agents live in the submodules: `worker` (JSON-RPC over stdio) and `pty` (a
 //! program in a pseudo-terminal).
 
+pub mod log;
 pub mod pty;
+pub mod reaper;
 pub mod sys;
 pub mod worker;
 
@@ -227,14 +229,11 @@ fn attempt_footer(task: &baton_core::model::TaskRecord, outcome: &Outcome, start
 
 /// Appends a line to an agent's log.
 async fn append_log(path: &std::path::Path, line: &str) {
-    if let Ok(mut file) = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await {
-        let _ = file.write_all(format!("{line}\n").as_bytes()).await;
-        let _ = file.flush().await;
-    }
+    log::AgentLog::of(path).line(line);
 }
 
 /// A command in its own process group, in `workdir`, with exactly `env`, piped, with the
-/// agent's limits and the parent-death signal.
+/// agent's limits and the parent-death signal, under its supervisor (`reaper`).
 fn base_command(
     program: PathBuf,
     args: &[String],
@@ -242,9 +241,10 @@ fn base_command(
     env: &BTreeMap<String, String>,
     spec: &AgentSpec,
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(program);
+    let limits =
+        sys::ChildLimits { memory: spec.limits.memory, cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)) };
+    let mut command = reaper::command(program, args, limits);
     command
-        .args(args)
         .current_dir(workdir)
         .env_clear()
         .envs(env)
@@ -253,39 +253,59 @@ fn base_command(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    sys::prepare_child(
-        &mut command,
-        sys::ChildLimits { memory: spec.limits.memory, cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)) },
-    );
     command
 }
 
+/// The last non-empty line a process wrote on stderr, as kept ([`log::MAX_LINE`] bytes at most),
+/// and how many bytes of it were cut.
+#[derive(Default)]
+pub(crate) struct LastLine {
+    text: String,
+    n_cut: u64,
+}
+
+impl LastLine {
+    /// `reason: LINE`, at most [`log::MAX_REASON`] bytes, saying what was cut.
+    fn after(&self, reason: String) -> String {
+        if self.text.is_empty() {
+            return reason;
+        }
+        log::cut(&format!("{reason}: {}", self.text), log::MAX_REASON, self.n_cut)
+    }
+}
+
 /// Copies a process's stderr into its agent's log, as bytes (an agent may print anything, and
-/// the pipe must be drained to the end or the agent dies of SIGPIPE). Resolves to the last
-/// non-empty line.
-fn copy_stderr(stderr: tokio::process::ChildStderr, log_path: PathBuf) -> tokio::task::JoinHandle<String> {
+/// the pipe must be drained to the end or the agent dies of SIGPIPE), a line at a time with
+/// each line cut to [`log::MAX_LINE`] bytes while it is read. Resolves to the last non-empty
+/// line.
+fn copy_stderr(stderr: tokio::process::ChildStderr, log_path: PathBuf) -> tokio::task::JoinHandle<LastLine> {
     tokio::spawn(async move {
-        let mut last_line = String::new();
-        let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&log_path).await.ok();
+        let log = log::AgentLog::of(&log_path);
+        let mut last_line = LastLine::default();
         let mut reader = BufReader::new(stderr);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if let Some(log) = log.as_mut() {
-                let _ = log.write_all(&line).await;
-                if !line.ends_with(b"\n") {
-                    let _ = log.write_all(b"\n").await;
+        let mut cutter = log::LineCutter::default();
+        let mut finish = |cutter: &mut log::LineCutter| {
+            cutter.take(|line| {
+                log.write(&line.logged());
+                let text = String::from_utf8_lossy(line.kept);
+                if !text.trim().is_empty() {
+                    last_line = LastLine { text: text.trim_end_matches('\r').to_string(), n_cut: line.n_cut };
                 }
-                let _ = log.flush().await;
+            })
+        };
+        loop {
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => chunk,
+            };
+            let (n_taken, ends) = cutter.push(chunk);
+            reader.consume(n_taken);
+            if ends {
+                finish(&mut cutter);
             }
-            let text = String::from_utf8_lossy(&line);
-            if !text.trim().is_empty() {
-                last_line = text.trim_end_matches(['\n', '\r']).to_string();
-            }
+        }
+        if !cutter.is_empty() {
+            finish(&mut cutter);
         }
         last_line
     })
@@ -295,6 +315,8 @@ pub struct ProcessAgent {
     spec: AgentSpec,
     workdir: PathBuf,
     log_path: PathBuf,
+    /// Held so that every writer of the log shares its rotation.
+    log: std::sync::Arc<log::AgentLog>,
     env: BTreeMap<String, String>,
     registry: Option<Registry>,
     /// Process groups of running attempts, for `stop`. A std mutex: held only to insert or
@@ -327,8 +349,10 @@ impl ProcessAgent {
 
     pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> ProcessAgent {
         let (workdir, env) = process_env.for_agent(&spec);
+        let log_path = process_env.log_path(&spec.name);
         ProcessAgent {
-            log_path: process_env.log_path(&spec.name),
+            log: log::AgentLog::open(&log_path, spec.log_rotation),
+            log_path,
             spec,
             workdir,
             env,
@@ -339,7 +363,7 @@ impl ProcessAgent {
     }
 
     async fn log(&self, line: &str) {
-        append_log(&self.log_path, line).await;
+        self.log.line(line);
     }
 
     fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
@@ -438,7 +462,14 @@ impl ProcessAgent {
                 let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
             }
             if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
-                let _ = child.start_kill();
+                match pgid {
+                    Some(pgid) => reaper::kill_tree(pgid),
+                    None => {
+                        let _ = child.start_kill();
+                    }
+                }
+                // A supervisor is not killed under it: it kills its tree, then exits.
+                let _ = child.wait().await;
             }
         }
         // Whatever the attempt started goes with it.
@@ -458,16 +489,14 @@ impl ProcessAgent {
         // A process that left the group (setsid) may hold the pipes open; it is not waited for.
         let stdout = drain(read_stdout).await.and_then(Result::ok).unwrap_or_default();
         let last_stderr = drain(copy_stderr).await.unwrap_or_default();
-        let with_stderr = |reason: String| {
-            if last_stderr.is_empty() { reason } else { format!("{reason}: {last_stderr}") }
-        };
+        let with_stderr = |reason: String| last_stderr.after(reason);
         match ended {
-            Ended::Exited(Ok(status)) if status.success() => {
-                if stdout.len() as u64 > MAX_RESULT_BYTES {
-                    return Outcome::Failed { reason: format!("stdout exceeded {} MiB", MAX_RESULT_BYTES >> 20) };
-                }
-                Outcome::Succeeded { result: parse_result(&stdout) }
+            // Reading stops at the limit, so an agent still writing dies of SIGPIPE: the
+            // limit is the reason, whatever the status.
+            Ended::Exited(Ok(_)) if stdout.len() as u64 > MAX_RESULT_BYTES => {
+                Outcome::Failed { reason: format!("the result is over the limit of {MAX_RESULT_BYTES} bytes") }
             }
+            Ended::Exited(Ok(status)) if status.success() => Outcome::Succeeded { result: parse_result(&stdout) },
             Ended::Exited(Ok(status)) => {
                 use std::os::unix::process::ExitStatusExt;
                 let reason = match (status.code(), status.signal()) {
@@ -598,7 +627,7 @@ impl AgentRuntime for ProcessAgent {
     async fn stop(&self) {
         let groups: Vec<i32> = self.groups.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
         for pgid in groups {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            reaper::kill_tree(pgid);
         }
     }
 }

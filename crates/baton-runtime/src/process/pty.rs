@@ -50,7 +50,7 @@ use baton_core::config::{AgentSpec, DoneWhen, Limits, TerminalSpec};
 use baton_core::time::format_duration;
 
 use super::worker::placeholder_task;
-use super::{ProcessEnv, Registry, append_log, attempt_footer, attempt_header, prepare_dirs, substitute};
+use super::{ProcessEnv, Registry, attempt_footer, attempt_header, prepare_dirs, substitute};
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
@@ -619,6 +619,8 @@ pub struct PtyAgent {
     rules: Result<Arc<Rules>, String>,
     workdir: PathBuf,
     log_path: PathBuf,
+    /// Held so that every writer of the log shares its rotation.
+    log: Arc<super::log::AgentLog>,
     socket_path: PathBuf,
     env: BTreeMap<String, String>,
     registry: Option<Registry>,
@@ -641,6 +643,7 @@ impl PtyAgent {
         PtyAgent {
             rules: Rules::compile(&terminal).map(Arc::new),
             terminal,
+            log: super::log::AgentLog::open(&process_env.log_path(&spec.name), spec.log_rotation),
             log_path: process_env.log_path(&spec.name),
             socket_path: process_env.socket_path(&spec.name),
             spec,
@@ -668,7 +671,7 @@ impl PtyAgent {
     async fn note(&self, line: &str) {
         let at_line_start = self.session().is_none_or(|session| session.at_line_start.swap(true, Ordering::Relaxed));
         let text = if at_line_start { line.to_string() } else { format!("\n{line}") };
-        append_log(&self.log_path, &text).await;
+        self.log.line(&text);
     }
 
     /// Starts the program in a new terminal, with the threads and the monitor around it.
@@ -1008,7 +1011,7 @@ fn read_terminal(
     at_line_start: Arc<AtomicBool>,
     commands: mpsc::UnboundedSender<Command>,
 ) {
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
+    let log = super::log::AgentLog::of(&log_path);
     let mut buffer = vec![0u8; 8192];
     loop {
         let n = match reader.read(&mut buffer) {
@@ -1018,9 +1021,7 @@ fn read_terminal(
             Err(_) => break,
         };
         let chunk = &buffer[..n];
-        if let Some(log) = log.as_mut() {
-            let _ = log.write_all(chunk);
-        }
+        log.write(chunk);
         at_line_start.store(chunk.ends_with(b"\n"), Ordering::Relaxed);
         if commands.send(Command::Output(chunk.to_vec())).is_err() {
             break;

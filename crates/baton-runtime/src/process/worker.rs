@@ -143,7 +143,7 @@ impl Connection {
             if self.wait_exit(STOP_GRACE).await {
                 return;
             }
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            super::reaper::kill_tree(pgid);
         }
         self.exited.cancelled().await;
     }
@@ -153,6 +153,8 @@ pub struct WorkerAgent {
     spec: AgentSpec,
     workdir: PathBuf,
     log_path: PathBuf,
+    /// Held so that every writer of the log shares its rotation.
+    log: Arc<super::log::AgentLog>,
     env: BTreeMap<String, String>,
     registry: Option<Registry>,
     /// The running process, if any. A tokio mutex: `start` holds it while it replaces the
@@ -164,8 +166,10 @@ pub struct WorkerAgent {
 impl WorkerAgent {
     pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> WorkerAgent {
         let (workdir, env) = process_env.for_agent(&spec);
+        let log_path = process_env.log_path(&spec.name);
         WorkerAgent {
-            log_path: process_env.log_path(&spec.name),
+            log: super::log::AgentLog::open(&log_path, spec.log_rotation),
+            log_path,
             spec,
             workdir,
             env,
@@ -176,7 +180,7 @@ impl WorkerAgent {
     }
 
     async fn log(&self, line: &str) {
-        append_log(&self.log_path, line).await;
+        self.log.line(line);
     }
 
     async fn connection(&self) -> Option<Arc<Connection>> {
@@ -259,7 +263,7 @@ impl WorkerAgent {
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), read_task).await;
             let last_stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task).await.ok().and_then(Result::ok);
-            let mut reason = match status {
+            let reason = match status {
                 Ok(status) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
                     (Some(code), _) => format!("exit status {code}"),
                     (None, Some(signal)) => match Signal::try_from(signal) {
@@ -270,9 +274,7 @@ impl WorkerAgent {
                 },
                 Err(error) => format!("cannot wait for the process: {error}"),
             };
-            if let Some(line) = last_stderr.filter(|line| !line.is_empty()) {
-                reason = format!("{reason}: {line}");
-            }
+            let reason = last_stderr.unwrap_or_default().after(reason);
             *watcher.exit_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
             // The engine hears of the exit before the attempts fail, so that it gives them up
             // (and retries them at once elsewhere) instead of retrying them as failures.
