@@ -267,7 +267,13 @@ impl Reset {
         let tz = timezone.parse::<chrono_tz::Tz>().map_err(|_| {
             format!("unknown time zone `{timezone}`; use an IANA name such as \"UTC\" or \"Europe/Paris\"")
         })?;
-        Ok(Reset { cron, tz })
+        let reset = Reset { cron, tz };
+        // A pattern that never matches (February 30th) is refused here: every question about
+        // its periods would search the whole calendar, and a period would never end.
+        if reset.next_after(Timestamp::ZERO).is_none() {
+            return Err(format!("cron expression `{expression}` never matches a date"));
+        }
+        Ok(reset)
     }
 
     fn local(&self, at: Timestamp) -> chrono::DateTime<chrono_tz::Tz> {
@@ -533,6 +539,12 @@ mod tests {
         assert_eq!(quarter.next_after(at("2026-11-21 09:30")), Some(at("2026-11-21 12:00")));
         assert!(Reset::parse("0 0 * *", "UTC").unwrap_err().contains("invalid cron expression"));
         assert!(Reset::parse("0 0 * * *", "Mars/Olympus").unwrap_err().contains("unknown time zone"));
+        // Found by fuzzing: `, * ,2 2 0` parsed, never matched, and each question about its
+        // periods searched the whole calendar.
+        for never in ["0 0 30 2 *", ", * ,2 2 0"] {
+            let message = Reset::parse(never, "UTC").unwrap_err();
+            assert_eq!(message, format!("cron expression `{never}` never matches a date"));
+        }
     }
 
     #[test]
