@@ -300,6 +300,7 @@ pub struct Reset {
 
 impl Reset {
     pub fn parse(expression: &str, timezone: &str) -> Result<Reset, String> {
+        crate::schedule::check_lists(expression)?;
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
             .build()
@@ -310,7 +311,13 @@ impl Reset {
         let tz = timezone.parse::<chrono_tz::Tz>().map_err(|_| {
             format!("unknown time zone `{timezone}`; use an IANA name such as \"UTC\" or \"Europe/Paris\"")
         })?;
-        Ok(Reset { cron, tz })
+        let reset = Reset { cron, tz };
+        // A pattern that never matches (February 30th) is refused here: every question about
+        // its periods would search the whole calendar, and a period would never end.
+        if reset.next_after(Timestamp::ZERO).is_none() {
+            return Err(format!("cron expression `{expression}` never matches a date"));
+        }
+        Ok(reset)
     }
 
     fn local(&self, at: Timestamp) -> chrono::DateTime<chrono_tz::Tz> {
@@ -576,6 +583,12 @@ mod tests {
         assert_eq!(quarter.next_after(at("2026-11-21 09:30")), Some(at("2026-11-21 12:00")));
         assert!(Reset::parse("0 0 * *", "UTC").unwrap_err().contains("invalid cron expression"));
         assert!(Reset::parse("0 0 * * *", "Mars/Olympus").unwrap_err().contains("unknown time zone"));
+        // Found by fuzzing: `, * ,2 2 0` parsed, never matched, and each question about its
+        // periods searched the whole calendar.
+        let message = Reset::parse("0 0 30 2 *", "UTC").unwrap_err();
+        assert_eq!(message, "cron expression `0 0 30 2 *` never matches a date");
+        let message = Reset::parse(", * ,2 2 0", "UTC").unwrap_err();
+        assert_eq!(message, "invalid cron expression `, * ,2 2 0`: field 1 (`,`) has an empty item in its list");
     }
 
     #[test]

@@ -173,6 +173,7 @@ fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
             "invalid cron expression `{cron}`: it has {n_fields} field(s); write 5 (minute hour day month weekday, e.g. \"30 2 * * *\") or 6 (with seconds first, e.g. \"0 30 2 * * *\")"
         ));
     }
+    check_lists(cron)?;
     let parsed = croner::Cron::from_str(text).map_err(|error| {
         let detail = error.to_string();
         format!("invalid cron expression `{cron}`: {}", detail.trim_end_matches('.'))
@@ -183,6 +184,21 @@ fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
         return Err(format!("cron expression `{cron}` never matches a date"));
     }
     Ok(parsed)
+}
+
+/// Refuses a cron expression with an empty item in a list (`,`, `1,`, `1,,2`). The parser
+/// takes such a field as matching nothing, and the search for a due time that never comes then
+/// goes through every minute of the calendar: `, * * 2 * 0` took seconds to refuse.
+pub(crate) fn check_lists(cron: &str) -> Result<(), String> {
+    for (idx, field) in cron.split_whitespace().enumerate() {
+        if field.contains(',') && field.split(',').any(str::is_empty) {
+            return Err(format!(
+                "invalid cron expression `{cron}`: field {} (`{field}`) has an empty item in its list",
+                idx + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The key of the task a schedule creates for a due time: `NAME@2026-03-29T01:00:00Z`. It
@@ -324,6 +340,13 @@ mod tests {
         assert!(error.starts_with("invalid cron expression `61 * * * *`"), "{error}");
         let error = Timetable::parse("0 0 30 2 *", "UTC").unwrap_err();
         assert!(error.contains("never matches"), "{error}");
+        // Found by fuzzing: a field that matches nothing made refusing it take seconds.
+        let error = Timetable::parse(", * * \u{c}2 * 0", "UTC").unwrap_err();
+        assert!(error.ends_with("field 1 (`,`) has an empty item in its list"), "{error}");
+        for cron in ["1, * * * *", "0 1,,2 * * *", "0 0 * * MON,"] {
+            assert!(Timetable::parse(cron, "UTC").unwrap_err().contains("has an empty item in its list"), "{cron}");
+        }
+        assert!(Timetable::parse("0,30 1,2 * * MON,FRI", "UTC").is_ok());
         let error = Timetable::parse("* * * * *", "Europe/Pariss").unwrap_err();
         assert!(error.starts_with("unknown time zone `Europe/Pariss`"), "{error}");
     }

@@ -69,16 +69,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Formats a duration the way it is written in `baton.toml`.
+/// Formats a duration the way it is written in `baton.toml` (to the millisecond), such that
+/// [`parse_duration`] reads it back.
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis == 0 {
         return "0s".to_string();
     }
-    if !millis.is_multiple_of(1000) {
+    // Under a minute, `1500ms` reads best. Not above: a count of milliseconds is read back
+    // only up to what fits in nanoseconds (about 584 years), when `1h 30m 500ms` always is.
+    if millis < 60_000 && !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
-    humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+    let whole = Duration::new(duration.as_secs(), duration.subsec_millis() * 1_000_000);
+    humantime::format_duration(whole).to_string()
 }
 
 /// A size written as a string in `baton.toml` (`"512MiB"`, `"2GB"`), in bytes.
@@ -120,6 +124,18 @@ mod tests {
         );
         assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_millis(90_500)), "1m 30s 500ms");
+    }
+
+    #[test]
+    fn formatted_durations_read_back() {
+        // Found by fuzzing: `2757 7w 777777777777.1s` was shown as `94456347377100ms`, which
+        // does not parse (too many nanoseconds).
+        let long = parse_duration("2757 7w 777777777777.1s").unwrap();
+        for duration in [long, Duration::from_millis(94_456_347_377_100), Duration::from_millis(61_001)] {
+            let shown = format_duration(duration);
+            assert_eq!(parse_duration(&shown).map(|back| back.as_millis()), Ok(duration.as_millis()), "{shown}");
+        }
     }
 
     #[test]

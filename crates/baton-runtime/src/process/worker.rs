@@ -47,12 +47,13 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A JSON-RPC error as a worker returns it.
 #[derive(Debug, Clone, PartialEq)]
-struct RpcError {
-    code: i64,
-    message: String,
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
 }
 
-type Reply = Result<Value, RpcError>;
+/// A worker's answer to one of Baton's requests.
+pub type Reply = Result<Value, RpcError>;
 
 /// One started process and its conversation.
 struct Connection {
@@ -248,7 +249,7 @@ impl WorkerAgent {
             log_path: self.log_path.clone(),
             max_message_size: max,
         };
-        let read_task = tokio::spawn(reader.run(FramedRead::new(stdout, Lines(LinesCodec::new_with_max_length(max)))));
+        let read_task = tokio::spawn(reader.run(FramedRead::new(stdout, Lines::new(max))));
         let stderr_task = copy_stderr(child.stderr.take().expect("stderr is piped"), self.log_path.clone());
 
         let watcher = Arc::clone(&connection);
@@ -329,16 +330,22 @@ pub(super) fn placeholder_task(generation: u64) -> baton_core::model::TaskRecord
 
 /// What one line of a worker's stdout is. Bad lines are frames too, so that reading goes on
 /// after them (a framed stream ends at its first error).
-enum Frame {
+#[derive(Debug)]
+pub enum Frame {
     Line(String),
     TooLong,
     NotUtf8,
 }
 
 /// Lines of at most a maximum length, as [`Frame`]s.
-struct Lines(LinesCodec);
+pub struct Lines(LinesCodec);
 
 impl Lines {
+    /// Lines of at most `max` bytes.
+    pub fn new(max: usize) -> Lines {
+        Lines(LinesCodec::new_with_max_length(max))
+    }
+
     fn frame(result: Result<Option<String>, LinesCodecError>) -> std::io::Result<Option<Frame>> {
         match result {
             Ok(line) => Ok(line.map(Frame::Line)),
@@ -402,93 +409,55 @@ impl Reader {
 
     async fn handle(&self, line: &str) {
         let agent = self.connection.agent.clone();
-        let mut message: Value = match serde_json::from_str(line) {
-            Ok(message) => message,
-            Err(error) => return self.protocol_error(Value::Null, -32700, &format!("parse error: {error}")).await,
-        };
-        let id = message.get("id").cloned();
-        // Taken, not copied: a message's body and data go on to the engine.
-        let mut params = message.get_mut("params").map(Value::take).unwrap_or(Value::Null);
-        let method = message.get("method").and_then(Value::as_str);
-        // A sign of life; `message/send` is one by itself (the engine notes it with the send).
-        if method != Some("message/send") {
+        let incoming = decode(&agent, line);
+        if incoming.is_sign_of_life() {
             let _ = self.events.send(AgentEvent::Activity { agent: agent.clone() });
         }
-        let Some(method) = method else {
-            return self.response(id, &message).await;
+        let (id, call) = match incoming {
+            Incoming::Call { id, call } => (id, call),
+            Incoming::Response { id, answer } => return self.response(id, answer).await,
+            Incoming::Invalid { id, code, message, .. } => return self.protocol_error(id, code, &message).await,
         };
-        let task_id = params.get("task_id").and_then(Value::as_i64).map(TaskId);
-        match method {
-            "heartbeat" => self.reply(&id, json!({})),
-            "log" => {
-                let text = params.get("message").and_then(Value::as_str).unwrap_or_default();
-                let level = params.get("level").and_then(Value::as_str).unwrap_or("info");
+        match call {
+            Call::Heartbeat => self.reply(&id, json!({})),
+            Call::Log { level, text } => {
                 append_log(&self.log_path, &format!("[{level}] {text}")).await;
                 self.reply(&id, json!({}));
             }
-            "task/progress" => {
-                let Some(task) = task_id else {
-                    return self.invalid_params(id, "task/progress needs `task_id`").await;
-                };
-                let fraction = params.get("fraction").and_then(Value::as_f64).map(|f| f.clamp(0.0, 1.0));
-                let text = params.get("message").and_then(Value::as_str).map(str::to_string);
-                let _ = self.events.send(AgentEvent::Progress { agent, task, fraction, message: text });
+            Call::Progress { task, fraction, message } => {
+                let _ = self.events.send(AgentEvent::Progress { agent, task, fraction, message });
                 self.reply(&id, json!({}));
             }
-            "message/send" => {
-                let message = match parse_message(&agent, &mut params) {
-                    Ok(message) => message,
-                    Err(message) => return self.invalid_params(id, &message).await,
-                };
+            Call::SendMessage(message) => {
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::SendMessage { agent, message, reply });
                 self.answer_later(id, answer, |message_id| json!({ "message_id": message_id }));
             }
-            "resource/acquire" => {
-                let Some(resource) = params.get("resource").and_then(Value::as_str).map(str::to_string) else {
-                    return self.invalid_params(id, "resource/acquire needs `resource`").await;
-                };
-                let ttl = Duration::from_millis(params.get("ttl_ms").and_then(Value::as_u64).unwrap_or(60_000));
-                if ttl > baton_core::time::MAX_DURATION {
-                    return self.invalid_params(id, "resource/acquire: `ttl_ms` must be at most 3650 days").await;
-                }
+            Call::AcquireResource { resource, ttl } => {
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::AcquireResource { agent, resource, ttl, reply });
                 self.answer_later(id, answer, |until| json!({ "granted": true, "until": until }));
             }
-            "resource/release" => {
-                let Some(resource) = params.get("resource").and_then(Value::as_str).map(str::to_string) else {
-                    return self.invalid_params(id, "resource/release needs `resource`").await;
-                };
+            Call::ReleaseResource { resource } => {
                 let (reply, answer) = oneshot::channel();
                 let _ = self.events.send(AgentEvent::ReleaseResource { agent, resource, reply });
                 self.answer_later(id, answer, |()| json!({}));
             }
-            "topic/subscribe" => {
-                let Some(topic) = params.get("topic").and_then(Value::as_str) else {
-                    return self.invalid_params(id, "topic/subscribe needs `topic`").await;
-                };
-                let _ = self.events.send(AgentEvent::Subscribe { agent, topic: topic.to_string() });
+            Call::Subscribe { topic } => {
+                let _ = self.events.send(AgentEvent::Subscribe { agent, topic });
                 self.reply(&id, json!({}));
             }
-            "usage/report" => {
-                if let Err(error) = baton_core::budget::Usage::from_report(&params) {
-                    return self.invalid_params(id, &format!("usage/report: {error}")).await;
-                }
-                let _ = self.events.send(AgentEvent::Usage { agent, task: task_id, usage: params });
+            Call::Usage { task, usage } => {
+                let _ = self.events.send(AgentEvent::Usage { agent, task, usage });
                 self.reply(&id, json!({}));
             }
-            "task/create" => {
-                let tasks = match parse_new_tasks(&params) {
-                    Ok(tasks) => tasks,
-                    Err(message) => return self.invalid_params(id, &message).await,
-                };
+            Call::CreateTasks { parent, tasks } => {
                 let (reply, answer) = oneshot::channel();
-                let _ = self.events.send(AgentEvent::CreateTasks { agent, parent: task_id, tasks, reply });
+                let _ = self.events.send(AgentEvent::CreateTasks { agent, parent, tasks, reply });
                 self.answer_later(id, answer, |ids| json!({ "task_ids": ids }));
             }
-            other => {
-                let message = format!("unknown method `{other}`");
+            Call::Unknown(method) => {
+                let message = format!("unknown method `{method}`");
                 match id {
                     Some(id) => self.protocol_error(id, -32601, &message).await,
                     None => {
@@ -525,37 +494,169 @@ impl Reader {
         });
     }
 
-    async fn invalid_params(&self, id: Option<Value>, message: &str) {
-        self.protocol_error(id.unwrap_or(Value::Null), -32602, message).await;
-    }
-
     /// A response to one of Baton's requests.
-    async fn response(&self, id: Option<Value>, message: &Value) {
-        let Some(numeric) = id.as_ref().and_then(Value::as_u64) else {
-            return self
-                .protocol_error(Value::Null, -32600, "a message with neither `method` nor a numeric `id`")
-                .await;
-        };
-        let waiting = self.connection.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&numeric);
+    async fn response(&self, id: u64, answer: Reply) {
+        let waiting = self.connection.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let Some(reply) = waiting else {
             self.connection.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            append_log(&self.log_path, &format!("--- protocol error: response to unknown id {numeric} ignored")).await;
+            append_log(&self.log_path, &format!("--- protocol error: response to unknown id {id} ignored")).await;
             return;
-        };
-        let answer = match (message.get("result"), message.get("error")) {
-            (_, Some(error)) => Err(RpcError {
-                code: error.get("code").and_then(Value::as_i64).unwrap_or(-32000),
-                message: error
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the agent reported an error")
-                    .to_string(),
-            }),
-            (Some(result), None) => Ok(result.clone()),
-            (None, None) => Ok(Value::Null),
         };
         let _ = reply.send(answer);
     }
+}
+
+/// One line of a worker's stdout, decoded ([`decode`]).
+#[derive(Debug)]
+pub enum Incoming {
+    /// A request (`id` is its id) or a notification (`id` is `None`) from the worker.
+    Call { id: Option<Value>, call: Call },
+    /// The worker's response to Baton's request `id`.
+    Response { id: u64, answer: Reply },
+    /// A line Baton cannot act on, answered with a JSON-RPC error (`id` is null when the line
+    /// has none). `sign_of_life` says whether it still counts as one.
+    Invalid { id: Value, code: i64, message: String, sign_of_life: bool },
+}
+
+impl Incoming {
+    /// Anything the worker sends is a sign of life, except a line that is not JSON, and
+    /// `message/send` (the engine notes that one with the send).
+    pub fn is_sign_of_life(&self) -> bool {
+        match self {
+            Incoming::Call { call: Call::SendMessage(_), .. } => false,
+            Incoming::Call { .. } | Incoming::Response { .. } => true,
+            Incoming::Invalid { sign_of_life, .. } => *sign_of_life,
+        }
+    }
+}
+
+/// A request or notification a worker sends, with its parameters checked.
+#[derive(Debug)]
+pub enum Call {
+    Heartbeat,
+    Log {
+        level: String,
+        text: String,
+    },
+    Progress {
+        task: TaskId,
+        fraction: Option<f64>,
+        message: Option<String>,
+    },
+    SendMessage(baton_core::messages::NewMessage),
+    AcquireResource {
+        resource: String,
+        ttl: Duration,
+    },
+    ReleaseResource {
+        resource: String,
+    },
+    Subscribe {
+        topic: String,
+    },
+    Usage {
+        task: Option<TaskId>,
+        usage: Value,
+    },
+    CreateTasks {
+        parent: Option<TaskId>,
+        tasks: Vec<NewTask>,
+    },
+    /// A method Baton does not know.
+    Unknown(String),
+}
+
+/// Decodes one line `agent`'s worker wrote: JSON-RPC 2.0, a request, a notification or a
+/// response. Pure; what Baton does with it is `Reader::handle`'s.
+pub fn decode(agent: &str, line: &str) -> Incoming {
+    let mut message: Value = match serde_json::from_str(line) {
+        Ok(message) => message,
+        Err(error) => {
+            let message = format!("parse error: {error}");
+            return Incoming::Invalid { id: Value::Null, code: -32700, message, sign_of_life: false };
+        }
+    };
+    let id = message.get("id").cloned();
+    // Taken, not copied: a message's body and data go on to the engine.
+    let mut params = message.get_mut("params").map(Value::take).unwrap_or(Value::Null);
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        return decode_response(id, &message);
+    };
+    let invalid = |message: String| Incoming::Invalid {
+        id: id.clone().unwrap_or(Value::Null),
+        code: -32602,
+        message,
+        sign_of_life: method != "message/send",
+    };
+    let task_id = params.get("task_id").and_then(Value::as_i64).map(TaskId);
+    let string = |key: &str| params.get(key).and_then(Value::as_str).map(str::to_string);
+    let call = match method {
+        "heartbeat" => Call::Heartbeat,
+        "log" => Call::Log {
+            level: string("level").unwrap_or_else(|| "info".to_string()),
+            text: string("message").unwrap_or_default(),
+        },
+        "task/progress" => {
+            let Some(task) = task_id else {
+                return invalid("task/progress needs `task_id`".into());
+            };
+            let fraction = params.get("fraction").and_then(Value::as_f64).map(|f| f.clamp(0.0, 1.0));
+            Call::Progress { task, fraction, message: string("message") }
+        }
+        "message/send" => match parse_message(agent, &mut params) {
+            Ok(message) => Call::SendMessage(message),
+            Err(message) => return invalid(message),
+        },
+        "resource/acquire" => {
+            let Some(resource) = string("resource") else {
+                return invalid("resource/acquire needs `resource`".into());
+            };
+            let ttl = Duration::from_millis(params.get("ttl_ms").and_then(Value::as_u64).unwrap_or(60_000));
+            if ttl > baton_core::time::MAX_DURATION {
+                return invalid("resource/acquire: `ttl_ms` must be at most 3650 days".into());
+            }
+            Call::AcquireResource { resource, ttl }
+        }
+        "resource/release" => {
+            let Some(resource) = string("resource") else {
+                return invalid("resource/release needs `resource`".into());
+            };
+            Call::ReleaseResource { resource }
+        }
+        "topic/subscribe" => {
+            let Some(topic) = string("topic") else {
+                return invalid("topic/subscribe needs `topic`".into());
+            };
+            Call::Subscribe { topic }
+        }
+        "usage/report" => match baton_core::budget::Usage::from_report(&params) {
+            Ok(_) => Call::Usage { task: task_id, usage: params },
+            Err(error) => return invalid(format!("usage/report: {error}")),
+        },
+        "task/create" => match parse_new_tasks(&params) {
+            Ok(tasks) => Call::CreateTasks { parent: task_id, tasks },
+            Err(message) => return invalid(message),
+        },
+        other => Call::Unknown(other.to_string()),
+    };
+    Incoming::Call { id, call }
+}
+
+/// A line without a `method`: a response to one of Baton's requests.
+fn decode_response(id: Option<Value>, message: &Value) -> Incoming {
+    let Some(id) = id.as_ref().and_then(Value::as_u64) else {
+        let message = "a message with neither `method` nor a numeric `id`".to_string();
+        return Incoming::Invalid { id: Value::Null, code: -32600, message, sign_of_life: true };
+    };
+    let answer = match (message.get("result"), message.get("error")) {
+        (_, Some(error)) => Err(RpcError {
+            code: error.get("code").and_then(Value::as_i64).unwrap_or(-32000),
+            message: error.get("message").and_then(Value::as_str).unwrap_or("the agent reported an error").to_string(),
+        }),
+        (Some(result), None) => Ok(result.clone()),
+        (None, None) => Ok(Value::Null),
+    };
+    Incoming::Response { id, answer }
 }
 
 /// A message as `message/deliver` and `message/deliver_batch` hand it to a worker. Fields in
@@ -829,6 +930,32 @@ mod tests {
     use super::*;
     use baton_core::Timestamp;
     use baton_core::messages::{Delivery, DeliveryState};
+
+    #[test]
+    fn lines_decode_into_calls_responses_and_errors() {
+        let progress =
+            decode("w", r#"{"id":3,"jsonrpc":"2.0","method":"task/progress","params":{"task_id":7,"fraction":2}}"#);
+        assert!(matches!(
+            progress,
+            Incoming::Call {
+                id: Some(_),
+                call: Call::Progress { task: TaskId(7), fraction: Some(1.0), message: None }
+            }
+        ));
+        let answer = decode("w", r#"{"id":2,"jsonrpc":"2.0","error":{"code":1,"message":"empty"}}"#);
+        assert!(matches!(answer, Incoming::Response { id: 2, answer: Err(RpcError { code: 1, .. }) }));
+        let garbage = decode("w", "not json");
+        assert!(matches!(garbage, Incoming::Invalid { code: -32700, sign_of_life: false, .. }));
+        let stray = decode("w", r#"{"id":"x","result":{}}"#);
+        assert!(matches!(stray, Incoming::Invalid { code: -32600, sign_of_life: true, .. }));
+        let unknown = decode("w", r#"{"jsonrpc":"2.0","method":"no/such"}"#);
+        assert!(matches!(unknown, Incoming::Call { id: None, call: Call::Unknown(ref method) } if method == "no/such"));
+        // A bad `message/send` is refused, and is no sign of life (a good one is noted with the send).
+        let send = decode("w", r#"{"id":5,"method":"message/send","params":{"body":"hi"}}"#);
+        assert!(matches!(send, Incoming::Invalid { code: -32602, sign_of_life: false, .. }));
+        let send = decode("w", r##"{"id":5,"method":"message/send","params":{"to":"#t","body":"hi"}}"##);
+        assert!(matches!(send, Incoming::Call { call: Call::SendMessage(_), .. }) && !send.is_sign_of_life());
+    }
 
     fn delivery(message_id: &str) -> Delivery {
         Delivery {
