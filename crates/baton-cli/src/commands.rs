@@ -13,8 +13,8 @@ use baton_core::model::{AgentRecord, AgentState, RunRecord, RunState, TaskId, Ta
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_runtime::process::pty::attach_socket;
-use baton_store::sqlite::{Options, Synchronous};
-use baton_store::{Control, EventQuery, SqliteStore, Store, TaskFilter};
+use baton_store::sqlite::Synchronous;
+use baton_store::{Control, EventQuery, Store, StoreUrl, TaskFilter};
 
 use crate::client::Client;
 use crate::output::{self, TaskNames};
@@ -152,33 +152,47 @@ fn load(cli: &Cli) -> Result<Loaded, Failure> {
     Ok(Loaded { plan, base_dir })
 }
 
-fn open_store(cli: &Cli, loaded: &Loaded) -> Result<SqliteStore, Failure> {
+/// The store URL in effect: `--store`, else the configuration's `store.url`.
+fn store_url(cli: &Cli, loaded: &Loaded) -> Result<StoreUrl, Failure> {
     let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
-    let (path, options) =
-        Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
-    SqliteStore::open(&path, options).map_err(|error| Failure::usage(error.to_string()))
+    StoreUrl::parse(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))
+}
+
+/// Where a run keeps its files beside the store (agents' logs, terminal sockets): the store
+/// file's directory, or `.baton` beside the configuration for a store in memory.
+fn store_dir(cli: &Cli, loaded: &Loaded) -> Result<PathBuf, Failure> {
+    let url = store_url(cli, loaded)?;
+    Ok(match url.path() {
+        Some(path) => path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        None => loaded.base_dir.join(".baton"),
+    })
+}
+
+fn open_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
+    store_url(cli, loaded)?.open().map_err(|error| Failure::usage(error.to_string()))
 }
 
 /// For read commands: the store must exist already.
-fn open_existing_store(cli: &Cli) -> Result<(Loaded, SqliteStore), Failure> {
+fn open_existing_store(cli: &Cli) -> Result<(Loaded, Arc<dyn Store>), Failure> {
     let loaded = load(cli)?;
     let store = existing_store(cli, &loaded)?;
     Ok((loaded, store))
 }
 
-fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<SqliteStore, Failure> {
-    let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
-    let (path, _) = Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
-    if !path.exists() {
+fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
+    let url = store_url(cli, loaded)?;
+    if let Some(path) = url.path()
+        && !path.exists()
+    {
         return Err(Failure::usage(format!(
             "no store at {}: nothing has run yet; start with `baton run`",
             path.display()
         )));
     }
-    open_store(cli, loaded)
+    url.open().map_err(|error| Failure::usage(error.to_string()))
 }
 
-async fn find_run(store: &SqliteStore, plan: &Plan, run: Option<&str>) -> Result<RunRecord, Failure> {
+async fn find_run(store: &dyn Store, plan: &Plan, run: Option<&str>) -> Result<RunRecord, Failure> {
     let found = match run {
         Some(id) => store.run(id).await.context("reading the run")?,
         None => store.latest_run(Some(&plan.name)).await.context("reading the run")?,
@@ -232,12 +246,10 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             agent.name
         )));
     }
-    let store = Arc::new(open_store(cli, &loaded)?);
-    let log_dir = store.path().parent().unwrap_or(Path::new(".")).join("logs");
-    let registry = baton_runtime::process::Registry {
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        host: engine::Node::this_process().host,
-    };
+    let store = open_store(cli, &loaded)?;
+    let log_dir = store_dir(cli, &loaded)?.join("logs");
+    let registry =
+        baton_runtime::process::Registry { store: Arc::clone(&store), host: engine::Node::this_process().host };
     let runtimes = engine::process_runtimes(ProcessEnv {
         base_dir: loaded.base_dir.clone(),
         log_dir,
@@ -245,7 +257,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
         registry: Some(registry),
         api: None,
     });
-    let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store), runtimes);
     options.fresh = fresh;
     options.shutdown_grace = grace;
     let started = options.clock.now();
@@ -256,7 +268,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let done = CancellationToken::new();
     let display = tokio::spawn(progress::follow(
         Display::new(plain),
-        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&store),
         store.subscribe(),
         handle.progress(),
         handle.run_id(),
@@ -353,8 +365,8 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
         Source::Store { loaded, store, run } => {
             let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
             let agents = store.agents(&run.id).await.context("reading agents")?;
-            let budgets_exhausted = budget::exhausted(&store, &loaded.plan, &run).await;
-            let budget_line = budget::status_line(&store, &loaded.plan, &run).await;
+            let budgets_exhausted = budget::exhausted(&*store, &loaded.plan, &run).await;
+            let budget_line = budget::status_line(&*store, &loaded.plan, &run).await;
             (loaded, StatusData { run, tasks, agents, budgets_exhausted, budget_line })
         }
         // The API does not show budgets yet: the status leaves them out.
@@ -524,12 +536,12 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
         TaskAction::Cancel { id, reason, run } => match Source::open(cli, run.as_deref()).await? {
             Source::Server { client, .. } => print_changed_task(&client.cancel_task(TaskId(*id), reason).await?),
             Source::Store { store, run, .. } => {
-                control(&store, &run, Control::CancelTask { task: TaskId(*id), reason: reason.clone() }).await
+                control(&*store, &run, Control::CancelTask { task: TaskId(*id), reason: reason.clone() }).await
             }
         },
         TaskAction::Retry { id, run } => match Source::open(cli, run.as_deref()).await? {
             Source::Server { client, .. } => print_changed_task(&client.retry_task(TaskId(*id)).await?),
-            Source::Store { store, run, .. } => control(&store, &run, Control::RetryTask { task: TaskId(*id) }).await,
+            Source::Store { store, run, .. } => control(&*store, &run, Control::RetryTask { task: TaskId(*id) }).await,
         },
     }
 }
@@ -612,7 +624,7 @@ async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
     }
 }
 
-async fn control(store: &SqliteStore, run: &RunRecord, command: Control) -> Result<u8, Failure> {
+async fn control(store: &dyn Store, run: &RunRecord, command: Control) -> Result<u8, Failure> {
     if let Control::CancelTask { task: task_id, .. } | Control::RetryTask { task: task_id } = &command {
         let task = store.task(*task_id).await.context("reading the task")?;
         if task.is_none_or(|task| task.run_id != run.id) {
@@ -660,7 +672,7 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
                     known.join(", ")
                 )));
             }
-            control(&store, &run, command).await
+            control(&*store, &run, command).await
         }
     }
 }
@@ -668,7 +680,7 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
 async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> Result<u8, Failure> {
     use baton_core::messages::{NewMessage, OPERATOR, Recipient, resolve_mentions};
     let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
+    let run = find_run(&*store, &loaded.plan, run).await?;
     if run.state != RunState::Running {
         return Err(Failure::usage(format!("run {} has ended ({}); messages go to a running run", run.id, run.state)));
     }
@@ -717,7 +729,7 @@ fn uuid_like(now: baton_core::Timestamp, name: &str) -> String {
 
 async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: Option<&str>) -> Result<u8, Failure> {
     let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
+    let run = find_run(&*store, &loaded.plan, run).await?;
     let deliveries = store.deliveries(&run.id, agent, limit).await.context("reading messages")?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&deliveries).context("serializing")?);
@@ -744,7 +756,7 @@ async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: O
 
 async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
     let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&store, &loaded.plan, run).await?;
+    let run = find_run(&*store, &loaded.plan, run).await?;
     let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
     let name = |task: &baton_core::model::TaskRecord| task.key.clone().unwrap_or_else(|| task.id.to_string());
     let holders: Vec<&baton_core::model::TaskRecord> =
@@ -880,7 +892,7 @@ async fn events(
 ) -> Result<u8, Failure> {
     match Source::open(cli, run).await? {
         Source::Server { client, .. } => events_from_server(&client, follow, since, task, json).await,
-        Source::Store { store, run, .. } => events_from_store(&store, &run, follow, since, task, json).await,
+        Source::Store { store, run, .. } => events_from_store(&*store, &run, follow, since, task, json).await,
     }
 }
 
@@ -896,7 +908,7 @@ fn print_event(names: &mut TaskNames, event: &baton_core::Event, json: bool) -> 
 }
 
 async fn events_from_store(
-    store: &SqliteStore,
+    store: &dyn Store,
     run: &RunRecord,
     follow: bool,
     since: i64,
@@ -1007,7 +1019,7 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
             known.join(", ")
         )));
     }
-    let path = store.path().parent().unwrap_or(Path::new(".")).join("logs").join(format!("{agent}.log"));
+    let path = store_dir(cli, &loaded)?.join("logs").join(format!("{agent}.log"));
     let mut offset = 0u64;
     loop {
         if let Ok(mut file) = tokio::fs::File::open(&path).await {
@@ -1047,10 +1059,7 @@ async fn attach(cli: &Cli, agent: &str) -> Result<u8, Failure> {
             spec.mode.as_str()
         )));
     }
-    let url = cli.store.clone().unwrap_or_else(|| loaded.plan.store_url.clone());
-    let (store_path, _) =
-        Options::from_url(&url, &loaded.base_dir).map_err(|error| Failure::usage(error.to_string()))?;
-    let socket = attach_socket(store_path.parent().unwrap_or(Path::new(".")), agent);
+    let socket = attach_socket(&store_dir(cli, &loaded)?, agent);
     let stream = tokio::net::UnixStream::connect(&socket).await.map_err(|error| {
         Failure::run(format!(
             "no running `baton run` serves agent {agent} (cannot connect to {}: {error}); start the run with `baton run`",

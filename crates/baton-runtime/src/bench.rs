@@ -1063,7 +1063,7 @@ async fn send_from_store(
                     let now = crate::clock::Clock::system().now();
                     match store.send_message(&run_id, format!("m{idx}"), message.clone(), vec![to.clone()], now).await {
                         Ok(_) => break,
-                        Err(error) if error.to_string().contains("is full") => {
+                        Err(error) if error.kind() == baton_store::ErrorKind::Full => {
                             retried += 1;
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }

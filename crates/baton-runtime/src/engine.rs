@@ -27,7 +27,7 @@ use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskSt
 use baton_core::sched::ReloadSummary;
 use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
-use baton_store::{Applied, Control, NewRun, Store, TaskFilter};
+use baton_store::{Applied, Control, ErrorKind, NewRun, Store, TaskFilter};
 
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::clock::Clock;
@@ -49,6 +49,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// The engine has stopped (its run ended or it was shut down): it takes no more commands.
+    #[error("the engine has stopped")]
+    Stopped,
     /// The scheduler refused a command (an unknown task or agent, a task in the wrong state).
     #[error(transparent)]
     Refused(baton_core::sched::Error),
@@ -334,7 +337,7 @@ impl EngineHandle {
 }
 
 fn stopped() -> Error {
-    Error::Invalid("the engine has stopped".into())
+    Error::Stopped
 }
 
 /// What the engine hears from the tasks it spawned.
@@ -714,8 +717,11 @@ async fn perform(sched: &mut Scheduler, shell: &mut Shell, mut fx: Effects, now:
         for firing in firings {
             let created = match shell.store.fire_schedule(&shell.run_id, firing.clone(), now).await {
                 Ok(created) => created,
-                // Refused (a task with its key exists): this due time has its task already.
-                Err(baton_store::Error::Invalid(error)) => {
+                // Refused (a task with its key exists, the schedule is gone, its task was refused):
+                // this due time has its task already, or will never have one.
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::Conflict | ErrorKind::NotFound | ErrorKind::Refused) =>
+                {
                     tracing::warn!(%error, schedule = %firing.schedule, "schedule firing refused");
                     None
                 }

@@ -18,8 +18,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
-    /// `conflict`, `lease_expired`, `payload_too_large`, `rate_limited`, `unavailable`,
-    /// `internal`.
+    /// `conflict`, `lease_expired`, `payload_too_large`, `rate_limited`, `full` (no room in the
+    /// store: an inbox at its limit; try again later), `unavailable`, `internal`.
     pub code: String,
     /// What is wrong, for people.
     pub message: String,
@@ -123,14 +123,37 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// The one table from a store error's kind to an HTTP status and code; every store error the
+/// API answers goes through it.
+///
+/// | kind | status | code |
+/// |---|---|---|
+/// | not found | 404 | `not_found` |
+/// | conflict | 409 | `conflict` |
+/// | refused | 400 | `bad_request` |
+/// | full | 429 | `full` |
+/// | unavailable | 503 | `unavailable` |
+/// | corrupt | 500 | `internal` |
+///
+/// A full store is 429, not 507: what fills up in practice is an agent's inbox, which takes the
+/// request again once the agent has acknowledged messages; the client's answer to both is to
+/// try again later.
+pub fn store_status(kind: baton_store::ErrorKind) -> (StatusCode, &'static str) {
+    use baton_store::ErrorKind;
+    match kind {
+        ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+        ErrorKind::Refused => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::Full => (StatusCode::TOO_MANY_REQUESTS, "full"),
+        ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl From<baton_store::Error> for ApiError {
     fn from(error: baton_store::Error) -> ApiError {
-        match error {
-            baton_store::Error::Invalid(message) => ApiError::bad_request(message),
-            baton_store::Error::UnknownRun(_) => ApiError::not_found(error.to_string()),
-            baton_store::Error::Closed => ApiError::unavailable("the store is closed: the server is stopping"),
-            other => ApiError::internal(other.to_string()),
-        }
+        let (status, code) = store_status(error.kind());
+        ApiError::new(status, code, error.to_string())
     }
 }
 
@@ -152,7 +175,7 @@ impl From<baton_runtime::engine::Error> for ApiError {
                     _ => ApiError::bad_request(message),
                 }
             }
-            Error::Invalid(message) if message.contains("has stopped") => ApiError::unavailable(message),
+            Error::Stopped => ApiError::unavailable(error.to_string()),
             Error::Invalid(message) => ApiError::bad_request(message),
             Error::Store(error) => error.into(),
             other => ApiError::internal(other.to_string()),
@@ -167,4 +190,34 @@ fn source_text(error: &dyn std::error::Error) -> String {
         current = next;
     }
     current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_store::{Error, ErrorKind};
+
+    #[test]
+    fn store_errors_answer_by_kind() {
+        let cases = [
+            (ErrorKind::NotFound, 404, "not_found"),
+            (ErrorKind::Conflict, 409, "conflict"),
+            (ErrorKind::Refused, 400, "bad_request"),
+            (ErrorKind::Full, 429, "full"),
+            (ErrorKind::Unavailable, 503, "unavailable"),
+            (ErrorKind::Corrupt, 500, "internal"),
+        ];
+        for (kind, status, code) in cases {
+            let error = ApiError::from(Error::new(kind, "what happened"));
+            assert_eq!((error.status.as_u16(), error.code, error.message.as_str()), (status, code, "what happened"));
+        }
+        let held = Error::RunHeld {
+            plan: "p".into(),
+            run: "r".into(),
+            owner: "o".into(),
+            pid: 1,
+            until: baton_core::Timestamp(0),
+        };
+        assert_eq!(ApiError::from(held).status, StatusCode::CONFLICT);
+    }
 }

@@ -18,28 +18,125 @@ use baton_core::{Event, EventKind, Timestamp};
 
 pub mod metrics;
 pub mod sqlite;
+#[cfg(feature = "test-suite")]
 pub mod suite;
+mod url;
 
 pub use sqlite::SqliteStore;
+pub use url::{StoreUrl, open};
 
+/// What kind of failure a store [`Error`] is: what a caller branches on, and what the HTTP API
+/// answers (one table, in the server's error module). Backends map their own errors to these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// What was asked for is not in the store (a run, a schedule).
+    NotFound,
+    /// The store's state conflicts with the write: a key already taken, a plan held by another
+    /// owner.
+    Conflict,
+    /// The caller's input was refused (a dependency on an unknown task, a dependency cycle, a
+    /// store URL that names no backend this baton has).
+    Refused,
+    /// No room: an inbox at its limit, or a full disk. Trying again later may succeed.
+    Full,
+    /// The store cannot serve now: it is closed, busy or locked past the timeout, cannot be
+    /// opened, or a commit failed (an IO error). Nothing of the failed operation was stored.
+    Unavailable,
+    /// The store holds or produced something this baton cannot read: a damaged database, a
+    /// record that does not parse, or an unexpected database error.
+    Corrupt,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Full => "full",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The underlying cause of an [`Error`], when there is one (a database error), kept for logs
+/// and [`std::error::Error::source`]; callers branch on [`Error::kind`], never on this.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// A store's error: one variant per [`ErrorKind`] (and [`Error::RunHeld`], a conflict with the
+/// fields the CLI reports). The message is for people; branch on [`Error::kind`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("store error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("cannot open the store at `{path}`: {message}")]
-    Open { path: String, message: String },
-    #[error("corrupt record in the store: {0}")]
-    Corrupt(String),
-    #[error("the store was closed")]
-    Closed,
-    #[error("no run `{0}` in the store")]
-    UnknownRun(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     /// A new run of a plan was refused: another owner holds a live claim on an unfinished run
-    /// of it.
+    /// of it. A [`ErrorKind::Conflict`].
     #[error("the plan `{plan}` is being run by {owner} (run {run})")]
     RunHeld { plan: String, run: String, owner: String, pid: u32, until: Timestamp },
     #[error("{0}")]
-    Invalid(String),
+    Refused(String),
+    #[error("{0}")]
+    Full(String),
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
+    #[error("{message}")]
+    Corrupt {
+        message: String,
+        #[source]
+        source: Option<Source>,
+    },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Conflict(_) | Error::RunHeld { .. } => ErrorKind::Conflict,
+            Error::Refused(_) => ErrorKind::Refused,
+            Error::Full(_) => ErrorKind::Full,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+        }
+    }
+
+    /// An error of `kind` with `message` (and no source).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        let message = message.into();
+        match kind {
+            ErrorKind::NotFound => Error::NotFound(message),
+            ErrorKind::Conflict => Error::Conflict(message),
+            ErrorKind::Refused => Error::Refused(message),
+            ErrorKind::Full => Error::Full(message),
+            ErrorKind::Unavailable => Error::Unavailable { message, source: None },
+            ErrorKind::Corrupt => Error::Corrupt { message, source: None },
+        }
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Error {
+        Error::Unavailable { message: message.into(), source: None }
+    }
+
+    pub fn corrupt(message: impl Into<String>) -> Error {
+        Error::Corrupt { message: message.into(), source: None }
+    }
+
+    /// The store was closed (its writer has stopped): the process is shutting down.
+    pub fn closed() -> Error {
+        Error::unavailable("the store is closed: the process is stopping")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -332,8 +429,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;
 
-    /// Events committed through this handle from now on. Other processes' events are read
-    /// with [`Store::events`].
+    /// Events committed through this handle from now on, once each, in sequence order, and
+    /// only once committed: when a write returns, its events have been published. Other
+    /// processes' events are read with [`Store::events`]. A subscriber that falls more than
+    /// the channel's capacity behind is told it lagged.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 
     async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64>;

@@ -22,8 +22,8 @@ use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
 use crate::{
-    Applied, AuditEntry, AuditQuery, Control, DeliveryOutcome, Error, EventQuery, NewAuditEntry, NewRun, ProcessRecord,
-    Result, Store, TaskFilter,
+    Applied, AuditEntry, AuditQuery, Control, DeliveryOutcome, Error, ErrorKind, EventQuery, NewAuditEntry, NewRun,
+    ProcessRecord, Result, Store, TaskFilter,
 };
 use baton_core::messages::{Delivery, DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
 
@@ -38,7 +38,7 @@ pub enum Synchronous {
     Normal,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
     pub synchronous: Synchronous,
 }
@@ -50,10 +50,10 @@ impl Options {
         let rest = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| Error::Invalid(format!("`{url}` is not a sqlite url; write sqlite://PATH")))?;
+            .ok_or_else(|| Error::Refused(format!("`{url}` is not a sqlite url; write sqlite://PATH")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         if path.is_empty() {
-            return Err(Error::Invalid(format!("`{url}` names no file; write sqlite://PATH")));
+            return Err(Error::Refused(format!("`{url}` names no file; write sqlite://PATH")));
         }
         let mut options = Options::default();
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
@@ -61,7 +61,7 @@ impl Options {
                 Some(("synchronous", "full")) => options.synchronous = Synchronous::Full,
                 Some(("synchronous", "normal")) => options.synchronous = Synchronous::Normal,
                 _ => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Refused(format!(
                         "unknown store option `{pair}` in `{url}`; known: synchronous=full|normal"
                     )));
                 }
@@ -157,7 +157,7 @@ impl InboxCounts {
 
 impl WriteCtx<'_> {
     fn event(&mut self, run_id: &str, at: Timestamp, kind: EventKind) -> Result<i64> {
-        let data = serde_json::to_string(&kind).map_err(|error| Error::Corrupt(error.to_string()))?;
+        let data = serde_json::to_string(&kind).map_err(|error| Error::corrupt(error.to_string()))?;
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO events (run_id, at, type, task_id, agent, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
@@ -169,7 +169,7 @@ impl WriteCtx<'_> {
 }
 
 struct Inner {
-    path: PathBuf,
+    location: Location,
     writer: mpsc::UnboundedSender<Job>,
     /// The read connection. A std mutex because it is only ever held inside `spawn_blocking`,
     /// never across an `.await`.
@@ -366,24 +366,56 @@ const RUN_COLUMNS: &str =
 /// Most operations one commit takes. Bounds the latency of the first caller in a batch.
 const MAX_BATCH: usize = 512;
 
+/// Where a [`SqliteStore`] keeps its database.
+#[derive(Debug, Clone)]
+enum Location {
+    File(PathBuf),
+    /// A database in this process's memory, named so that the writer's and the reader's
+    /// connections share it (SQLite's `memdb` VFS); gone when the store is dropped.
+    Memory(String),
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     pub fn open(path: &Path, options: Options) -> Result<SqliteStore> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|error| Error::Open {
-                path: path.display().to_string(),
-                message: format!("cannot create {}: {error}", parent.display()),
+            std::fs::create_dir_all(parent).map_err(|error| Error::Unavailable {
+                message: format!(
+                    "cannot open the store at `{}`: cannot create {}: {error}",
+                    path.display(),
+                    parent.display()
+                ),
+                source: Some(Box::new(error)),
             })?;
         }
-        let open_error =
-            |error: rusqlite::Error| Error::Open { path: path.display().to_string(), message: error.to_string() };
-        let mut writer = Connection::open(path).map_err(open_error)?;
-        configure(&writer, options).map_err(open_error)?;
-        migrate(&mut writer)?;
-        let reader = Connection::open(path).map_err(open_error)?;
-        configure(&reader, options).map_err(open_error)?;
+        SqliteStore::open_at(Location::File(path.to_path_buf()), options)
+    }
+
+    /// Opens a new, empty store in memory: the same SQLite implementation as [`SqliteStore::open`]
+    /// (schema, group commit, one writer thread and one reader), on no file. Nothing survives
+    /// the store, and no other process can open it. For tests and trials.
+    pub fn open_memory() -> Result<SqliteStore> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A name starting with `/` is shared by every connection of the process that opens it.
+        let uri = format!("file:/baton-memory-{}-{n}?vfs=memdb", std::process::id());
+        SqliteStore::open_at(Location::Memory(uri), Options::default())
+    }
+
+    fn open_at(location: Location, options: Options) -> Result<SqliteStore> {
+        let (target, shown) = match &location {
+            Location::File(path) => (path.to_string_lossy().into_owned(), path.display().to_string()),
+            Location::Memory(uri) => (uri.clone(), "memory".to_string()),
+        };
+        let memory = matches!(location, Location::Memory(_));
+        let open_error = |error: rusqlite::Error| opening(&shown, Error::from(error));
+        let mut writer = Connection::open(&target).map_err(open_error)?;
+        configure(&writer, options, memory).map_err(open_error)?;
+        migrate(&mut writer).map_err(|error| opening(&shown, error))?;
+        let reader = Connection::open(&target).map_err(open_error)?;
+        configure(&reader, options, memory).map_err(open_error)?;
 
         let (job_tx, job_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(65_536);
@@ -391,10 +423,13 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("baton-store-writer".into())
             .spawn(move || write_loop(writer, job_rx, events_for_writer))
-            .map_err(|error| Error::Open { path: path.display().to_string(), message: error.to_string() })?;
+            .map_err(|error| Error::Unavailable {
+                message: format!("cannot open the store at `{shown}`: cannot start its writer thread: {error}"),
+                source: Some(Box::new(error)),
+            })?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                path: path.to_path_buf(),
+                location,
                 writer: job_tx,
                 reader: Mutex::new(reader),
                 events,
@@ -403,8 +438,12 @@ impl SqliteStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// The database file; `None` for a store in memory.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.location {
+            Location::File(path) => Some(path),
+            Location::Memory(_) => None,
+        }
     }
 
     /// Runs `op` on the writer thread inside the group-commit transaction.
@@ -418,8 +457,8 @@ impl SqliteStore {
         let reply: Reply = Box::new(move |output| {
             let _ = reply.send(output);
         });
-        self.inner.writer.send(Job { op, reply }).map_err(|_| Error::Closed)?;
-        let output = answer.await.map_err(|_| Error::Closed)??;
+        self.inner.writer.send(Job { op, reply }).map_err(|_| Error::closed())?;
+        let output = answer.await.map_err(|_| Error::closed())??;
         Ok(*output.downcast::<R>().expect("an operation's output has the type it was sent with"))
     }
 
@@ -466,7 +505,7 @@ impl SqliteStore {
                 Err(error) => {
                     let message = error.to_string();
                     for reply in replies {
-                        let _ = reply.send(Err(Error::Invalid(message.clone())));
+                        let _ = reply.send(Err(Error::new(error.kind(), message.clone())));
                     }
                 }
             }
@@ -474,9 +513,9 @@ impl SqliteStore {
         if self.inner.writer.send(Job { op, reply }).is_err() {
             let queued = std::mem::take(&mut *self.inner.sends.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
             for send in queued {
-                let _ = send.reply.send(Err(Error::Closed));
+                let _ = send.reply.send(Err(Error::closed()));
             }
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         Ok(())
     }
@@ -493,16 +532,76 @@ impl SqliteStore {
             query(&conn)
         })
         .await
-        .map_err(|_| Error::Closed)?
+        .map_err(|_| Error::closed())?
+    }
+}
+
+/// `error`, said to have happened opening the store at `shown`.
+fn opening(shown: &str, mut error: Error) -> Error {
+    if let Error::NotFound(message)
+    | Error::Conflict(message)
+    | Error::Refused(message)
+    | Error::Full(message)
+    | Error::Unavailable { message, .. }
+    | Error::Corrupt { message, .. } = &mut error
+    {
+        *message = format!("cannot open the store at `{shown}`: {message}");
+    }
+    error
+}
+
+/// The kind of a SQLite error: busy, locked, IO and the like are `Unavailable` (nothing was
+/// stored; trying again may work), a full disk is `Full`, a damaged file or a value that does not
+/// read back is `Corrupt`, a constraint violated is a `Conflict`. Anything else is a query this
+/// baton got wrong: `Corrupt` too (a server error), with the SQLite error as its source.
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Error {
+        use rusqlite::ErrorCode as Code;
+        let kind = match &error {
+            rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+                Code::DatabaseBusy
+                | Code::DatabaseLocked
+                | Code::SystemIoFailure
+                | Code::CannotOpen
+                | Code::PermissionDenied
+                | Code::ReadOnly
+                | Code::OutOfMemory
+                | Code::OperationInterrupted
+                | Code::OperationAborted
+                | Code::FileLockingProtocolFailed
+                | Code::NoLargeFileSupport => ErrorKind::Unavailable,
+                Code::DiskFull => ErrorKind::Full,
+                Code::ConstraintViolation => ErrorKind::Conflict,
+                _ => ErrorKind::Corrupt,
+            },
+            _ => ErrorKind::Corrupt,
+        };
+        let message = match kind {
+            ErrorKind::Full => format!("the disk is full: {error}; free some space"),
+            ErrorKind::Corrupt => format!("store error: {error}"),
+            _ => error.to_string(),
+        };
+        match kind {
+            ErrorKind::Unavailable => Error::Unavailable { message, source: Some(Box::new(error)) },
+            ErrorKind::Corrupt => Error::Corrupt { message, source: Some(Box::new(error)) },
+            kind => Error::new(kind, message),
+        }
     }
 }
 
 /// How long a connection waits for another one's lock before it gives up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn configure(conn: &Connection, options: Options) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, options: Options, memory: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    enable_wal(conn)?;
+    if memory {
+        // WAL needs shared memory a `memdb` database has not; its rollback journal is kept in
+        // memory too (elsewhere it would be a file). Readers then wait (the busy timeout) only
+        // while a commit writes.
+        conn.pragma_update(None, "journal_mode", "MEMORY")?;
+    } else {
+        enable_wal(conn)?;
+    }
     let synchronous = match options.synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -541,17 +640,13 @@ fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
 /// that applies the migrations, so of two processes opening a new store at once, the second
 /// waits for the first (the busy timeout) and then finds nothing left to do.
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let path = conn.path().unwrap_or_default().to_string();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(Error::Open {
-            path,
-            message: format!(
-                "the store has schema version {version}, newer than this baton knows ({known}); upgrade baton"
-            ),
-        });
+        return Err(Error::unavailable(format!(
+            "the store has schema version {version}, newer than this baton knows ({known}); upgrade baton"
+        )));
     }
     for (idx, migration) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
         tx.execute_batch(migration)?;
@@ -575,18 +670,26 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, even
         let (outputs, committed) = run_batch(&mut conn, &mut batch, &mut inbox);
         match committed {
             Ok(published) => {
-                for (job, output) in batch.drain(..).zip(outputs) {
-                    (job.reply)(output);
-                }
+                // Published before the callers are answered: when a write returns, its events
+                // are already with every subscriber.
                 for event in published {
                     let _ = events.send(event);
+                }
+                for (job, output) in batch.drain(..).zip(outputs) {
+                    (job.reply)(output);
                 }
             }
             Err(error) => {
                 let message = error.to_string();
                 tracing::error!(%message, "store commit failed");
+                // A full disk stays `Full` and a damaged file `Corrupt`; any other failure to
+                // commit (an IO error, a lock held past the timeout) is `Unavailable`.
+                let kind = match error.kind() {
+                    kind @ (ErrorKind::Full | ErrorKind::Corrupt) => kind,
+                    _ => ErrorKind::Unavailable,
+                };
                 for job in batch.drain(..) {
-                    (job.reply)(Err(Error::Invalid(format!("commit failed: {message}"))));
+                    (job.reply)(Err(Error::new(kind, format!("commit failed: {message}; nothing was stored"))));
                 }
             }
         }
@@ -615,10 +718,10 @@ fn run_batch(
             // SQLite rolled the whole transaction back (disk full, IO error): nothing more can
             // join it, and the inbox counts no longer match the table.
             inbox.data_version = None;
-            outputs.push(Err(Error::Invalid("the transaction was rolled back by an earlier failure".into())));
+            outputs.push(Err(Error::unavailable("the transaction was rolled back by an earlier failure")));
             continue;
         }
-        let op = std::mem::replace(&mut job.op, Box::new(|_| Err(Error::Closed)));
+        let op = std::mem::replace(&mut job.op, Box::new(|_| Err(Error::closed())));
         let output = (|| -> Result<Output> {
             // Cached: parsing these statements once per operation cost more than some
             // operations themselves.
@@ -758,7 +861,7 @@ fn full_inbox(inbox: &InboxCounts, run_id: &str, recipients: &[String]) -> Optio
         // A recipient named twice gets two deliveries.
         let earlier = recipients[..idx].iter().filter(|other| *other == recipient).count() as u64;
         if inbox.get(run_id, recipient) + earlier >= INBOX_LIMIT {
-            return Some(Error::Invalid(format!(
+            return Some(Error::Full(format!(
                 "the inbox of {recipient} is full ({INBOX_LIMIT} messages not yet acknowledged); try again later"
             )));
         }
@@ -822,7 +925,7 @@ fn settle_acked(ctx: &mut WriteCtx<'_>, ids: &[i64], now: Timestamp) -> Result<(
     if ids.is_empty() {
         return Ok(());
     }
-    let id_list = serde_json::to_string(ids).map_err(|error| Error::Corrupt(error.to_string()))?;
+    let id_list = serde_json::to_string(ids).map_err(|error| Error::corrupt(error.to_string()))?;
     let mut left_inbox: Vec<(i64, String, String)> = Vec::with_capacity(ids.len());
     {
         let mut stmt = ctx.tx.prepare_cached(
@@ -963,7 +1066,7 @@ fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write: Writ
                 run_id,
             ])?;
             if n_changed == 0 {
-                return Err(Error::UnknownRun(run_id.to_string()));
+                return Err(Error::NotFound(format!("no run `{run_id}` in the store")));
             }
             for event in events {
                 ctx.event(run_id, now, event)?;
@@ -1062,7 +1165,7 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
             if let Err(rusqlite::Error::SqliteFailure(failure, _)) = &inserted
                 && failure.code == rusqlite::ErrorCode::ConstraintViolation
             {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Conflict(format!(
                     "a task with key `{}` already exists in run {run_id}",
                     task.key.as_deref().unwrap_or_default()
                 )));
@@ -1130,10 +1233,10 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
                     TaskRef::Id(id) => id.to_string(),
                     TaskRef::Key(key) => format!("`{key}`"),
                 };
-                return Err(Error::Invalid(format!("task `{}` depends on unknown task {name}", record.title)));
+                return Err(Error::Refused(format!("task `{}` depends on unknown task {name}", record.title)));
             };
             if id == record.id {
-                return Err(Error::Invalid(format!("task `{}` depends on itself", record.title)));
+                return Err(Error::Refused(format!("task `{}` depends on itself", record.title)));
             }
             ids.push(id);
         }
@@ -1147,7 +1250,7 @@ fn insert_tasks(ctx: &mut WriteCtx<'_>, run_id: &str, tasks: Vec<NewTask>, now: 
             resolved.iter().map(|ids| ids.iter().filter_map(|id| position.get(id).copied()).collect()).collect();
         if let Some(cycle) = baton_core::graph::find_cycle(&graph) {
             let path: Vec<&str> = cycle.iter().map(|&idx| created[idx].title.as_str()).collect();
-            return Err(Error::Invalid(format!("task dependency cycle: {}", path.join(" -> "))));
+            return Err(Error::Refused(format!("task dependency cycle: {}", path.join(" -> "))));
         }
     }
     for (ids, record) in resolved.into_iter().zip(created.iter_mut()) {
@@ -1456,7 +1559,7 @@ impl Store for SqliteStore {
                 .query_row(params![run_id, firing.schedule], |row| row.get(0))
                 .optional()?;
             let Some(stored) = stored else {
-                return Err(Error::Invalid(format!("no schedule `{}` in run {run_id}", firing.schedule)));
+                return Err(Error::NotFound(format!("no schedule `{}` in run {run_id}", firing.schedule)));
             };
             let mut record: ScheduleRecord = from_json(&stored, "schedule")?;
             if record.cursor != firing.expect_cursor {
@@ -1550,7 +1653,7 @@ impl Store for SqliteStore {
         if first {
             self.submit_sends()?;
         }
-        answer.await.map_err(|_| Error::Closed)?
+        answer.await.map_err(|_| Error::closed())?
     }
 
     async fn due_deliveries(

@@ -6,7 +6,7 @@ use baton_core::sched::{RunChange, Write};
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{EventKind, Timestamp};
 
-use crate::{Applied, Control, EventQuery, NewRun, Store, TaskFilter};
+use crate::{Applied, Control, ErrorKind, EventQuery, NewRun, Store, TaskFilter};
 
 /// Generates one `#[tokio::test]` per conformance test, each on a fresh store from `$make`.
 #[macro_export]
@@ -32,6 +32,7 @@ macro_rules! store_test_suite {
             messages_are_delivered_retried_and_dead_lettered,
             inbox_room_follows_sends_acks_and_dead_letters,
             audit_entries_are_recorded_and_queried,
+            subscribers_get_committed_events_in_order,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -90,7 +91,7 @@ pub async fn runs_are_created_and_found(store: impl Store) {
     store.apply("r2", T0, vec![Write::Run { change, events: vec![] }]).await.unwrap();
     let run = store.run("r2").await.unwrap().unwrap();
     assert_eq!((run.state, run.n_finished, run.owner), (RunState::Succeeded, 3, None), "an ended run has no owner");
-    assert!(
+    assert_eq!(
         store
             .apply(
                 "nope",
@@ -108,7 +109,10 @@ pub async fn runs_are_created_and_found(store: impl Store) {
                 }]
             )
             .await
-            .is_err()
+            .map_err(|error| error.kind())
+            .err(),
+        Some(ErrorKind::NotFound),
+        "a write to a run the store does not have"
     );
 }
 
@@ -124,22 +128,22 @@ pub async fn tasks_resolve_dependencies_by_key(store: impl Store) {
     let second = store.create_tasks("r1", vec![new_task("c", &["b"]), by_id], T0).await.unwrap();
     assert_eq!(second[0].depends_on, vec![first[1].id]);
     assert_eq!(second[1].depends_on, vec![first[0].id]);
-    // An unknown key or a duplicate key fails the whole batch.
+    // An unknown key fails the whole batch (refused); so does a key already taken (a conflict).
     let error = store.create_tasks("r1", vec![new_task("e", &[]), new_task("f", &["zzz"])], T0).await.unwrap_err();
-    assert_eq!(error.to_string(), "task `Task f` depends on unknown task `zzz`");
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
     let error = store.create_tasks("r1", vec![new_task("a", &[])], T0).await.unwrap_err();
-    assert_eq!(error.to_string(), "a task with key `a` already exists in run r1");
+    assert_eq!(error.kind(), ErrorKind::Conflict, "{error}");
     // A task that depends on itself, by key or by the id it gets, or a cycle within a batch
     // could never start: the batch is refused.
     let error = store.create_tasks("r1", vec![new_task("g", &["g"])], T0).await.unwrap_err();
-    assert_eq!(error.to_string(), "task `Task g` depends on itself");
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
     let mut itself = new_task("h", &[]);
     itself.depends_on = vec![TaskRef::Id(TaskId(second[1].id.0 + 1))];
     let error = store.create_tasks("r1", vec![itself], T0).await.unwrap_err();
-    assert_eq!(error.to_string(), "task `Task h` depends on itself");
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
     let cycle = vec![new_task("i", &["a", "k"]), new_task("j", &["i"]), new_task("k", &["j"])];
     let error = store.create_tasks("r1", cycle, T0).await.unwrap_err();
-    assert_eq!(error.to_string(), "task dependency cycle: Task i -> Task k -> Task j -> Task i");
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
     let tasks = store.tasks("r1", &TaskFilter::default()).await.unwrap();
     assert_eq!(tasks.len(), 4, "failed batches left nothing behind");
     // A task may depend on a later one of its own batch.
@@ -422,7 +426,7 @@ pub async fn a_failed_write_in_a_batch_changes_nothing(store: impl Store) {
     };
     // The event is written first, then the run update fails: both are rolled back.
     let result = store.apply("missing", T0, vec![Write::Event(EventKind::PhaseCompleted { phase: 1 }), bad]).await;
-    assert!(result.is_err());
+    assert_eq!(result.map_err(|error| error.kind()).err(), Some(ErrorKind::NotFound));
     assert_eq!(store.events(&EventQuery::default()).await.unwrap().len(), before);
 }
 
@@ -495,6 +499,7 @@ pub async fn a_new_run_is_refused_while_another_owner_holds_the_plan(store: impl
         (Ok(run), Err(error)) | (Err(error), Ok(run)) => (run, error),
         other => panic!("exactly one of two simultaneous runs of a plan is created: {other:?}"),
     };
+    assert_eq!(refused.kind(), ErrorKind::Conflict);
     let crate::Error::RunHeld { plan, run, owner, pid, .. } = &refused else { panic!("{refused:?}") };
     assert_eq!(
         (plan.as_str(), run, Some(owner), Some(*pid)),
@@ -702,7 +707,8 @@ pub async fn schedules_fire_at_most_once_per_due_time(store: impl Store) {
     // A firing for a schedule the run has no record of is an error, and creates nothing.
     let stray =
         Firing { schedule: "other".into(), due, expect_cursor: T0, n_due: 1, late: false, task: new_task("x", &[]) };
-    assert!(store.fire_schedule("r1", stray, now).await.is_err());
+    let stray = store.fire_schedule("r1", stray, now).await;
+    assert_eq!(stray.map_err(|error| error.kind()).err(), Some(ErrorKind::NotFound));
     assert_eq!(store.tasks("r1", &TaskFilter::default()).await.unwrap().len(), 1);
 }
 
@@ -772,7 +778,7 @@ pub async fn messages_are_delivered_retried_and_dead_lettered(store: impl Store)
         store.send_message("r1", format!("f{n}"), message.clone(), vec!["full".into()], T0).await.unwrap();
     }
     let refused = store.send_message("r1", "over".into(), message, vec!["ok".into(), "full".into()], T0).await;
-    assert!(refused.unwrap_err().to_string().starts_with("the inbox of full is full"));
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::Full);
     assert!(store.deliveries("r1", Some("ok"), 10).await.unwrap().is_empty(), "nothing stored for the others either");
 }
 
@@ -803,7 +809,7 @@ pub async fn inbox_room_follows_sends_acks_and_dead_letters(store: impl Store + 
         match sent.unwrap() {
             Ok(ids) => assert_eq!(ids.len(), 1),
             Err(error) => {
-                assert!(error.to_string().starts_with("the inbox of x is full"), "{error}");
+                assert_eq!(error.kind(), ErrorKind::Full, "{error}");
                 n_refused += 1;
             }
         }
@@ -818,8 +824,9 @@ pub async fn inbox_room_follows_sends_acks_and_dead_letters(store: impl Store + 
         let recipients = recipients.iter().map(|name| name.to_string()).collect();
         store.send_message("r1", id.to_string(), message.clone(), recipients, T0)
     };
+    let full = |sent: crate::Result<Vec<i64>>| sent.map_err(|error| error.kind()).err() == Some(ErrorKind::Full);
     // Refused, storing nothing, also for a recipient with room.
-    assert!(send("over", &["y", "x"]).await.is_err());
+    assert!(full(send("over", &["y", "x"]).await));
     assert!(store.deliveries("r1", Some("y"), 10).await.unwrap().is_empty());
 
     let due = store.due_deliveries("r1", &["x".to_string()], T0, 3).await.unwrap();
@@ -829,17 +836,17 @@ pub async fn inbox_room_follows_sends_acks_and_dead_letters(store: impl Store + 
     };
     // A retry keeps its place.
     settle(vec![(due[0].clone(), DeliveryOutcome::Retry { at: later, error: "busy".into() })]).await.unwrap();
-    assert!(send("after-retry", &["x"]).await.is_err());
+    assert!(full(send("after-retry", &["x"]).await));
     // An acknowledgement frees one place, once, however often it is recorded.
     settle(vec![(due[1].clone(), DeliveryOutcome::Acked)]).await.unwrap();
     settle(vec![(due[1].clone(), DeliveryOutcome::Acked)]).await.unwrap();
     send("after-ack", &["x"]).await.unwrap();
-    assert!(send("after-ack-2", &["x"]).await.is_err());
+    assert!(full(send("after-ack-2", &["x"]).await));
     // So does a dead letter.
     settle(vec![(due[2].clone(), DeliveryOutcome::Dead { error: "gone".into() })]).await.unwrap();
-    assert!(send("two-places", &["x", "x"]).await.is_err(), "a recipient named twice needs two places");
+    assert!(full(send("two-places", &["x", "x"]).await), "a recipient named twice needs two places");
     send("after-dead", &["x"]).await.unwrap();
-    assert!(send("after-dead-2", &["x"]).await.is_err());
+    assert!(full(send("after-dead-2", &["x"]).await));
 
     let all = store.deliveries("r1", Some("x"), 2 * INBOX_LIMIT).await.unwrap();
     assert_eq!(pending(&all), INBOX_LIMIT);
@@ -926,4 +933,65 @@ pub async fn audit_entries_are_recorded_and_queried(store: impl Store) {
     let left = store.audit(&AuditQuery::default()).await.unwrap();
     let left: Vec<i64> = left.iter().map(|entry| entry.id).collect();
     assert_eq!(left, [&ids[..], &strangers[3..]].concat());
+}
+
+/// A subscriber gets every event committed through the store after it subscribed, once each,
+/// in sequence order with no gap (the same events [`Store::events`] reads), and an event only
+/// once its write is committed: when the write returns, its events are there to receive. A
+/// failed write publishes nothing.
+pub async fn subscribers_get_committed_events_in_order(store: impl Store + Clone) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let mut events = store.subscribe();
+    assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty, "nothing committed before subscribing");
+    let since = store.events(&EventQuery::default()).await.unwrap().last().map_or(0, |event| event.seq);
+
+    // A write's events are received as soon as the write returns.
+    let created = store.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &["a"])], T0).await.unwrap();
+    for task in &created {
+        let event = events.try_recv().expect("a committed event is published before its write returns");
+        assert_eq!((event.run_id.as_str(), &event.kind.name()), ("r1", &"TaskCreated"));
+        assert_eq!(event.kind.task(), Some(task.id));
+    }
+    // A failed write publishes nothing.
+    let bad = Write::Run {
+        change: RunChange {
+            state: RunState::Running,
+            phase: 1,
+            n_tasks: 0,
+            n_finished: 0,
+            ended_at: None,
+            error: None,
+        },
+        events: vec![],
+    };
+    assert!(store.apply("missing", T0, vec![Write::Event(EventKind::PhaseCompleted { phase: 1 }), bad]).await.is_err());
+    assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty, "a rolled back write publishes nothing");
+
+    // Concurrent writers: every event is received once, in sequence order.
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..4 {
+        let store = store.clone();
+        writers.spawn(async move {
+            for n in 0..10 {
+                let phase = writer * 100 + n;
+                store.append_events("r1", T0, vec![EventKind::PhaseCompleted { phase }]).await.unwrap();
+            }
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined.unwrap();
+    }
+    let mut received = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => received.push(event),
+            Err(TryRecvError::Empty) => break,
+            Err(other) => panic!("the subscriber missed events: {other:?}"),
+        }
+    }
+    let stored = store.events(&EventQuery { since, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.len(), 2 + 40);
+    assert_eq!(received, stored[2..], "the subscriber got the stored events, in order, once each");
+    assert!(received.windows(2).all(|pair| pair[0].seq < pair[1].seq));
 }

@@ -175,3 +175,26 @@ async fn two_stores_on_one_file_never_both_create_a_run_of_the_plan() {
         }
     }
 }
+
+/// A file that is not a database is `Corrupt`; a schema newer than this baton knows is
+/// `Unavailable` (this baton cannot use it; a newer one can). Both say which store.
+#[test]
+fn a_damaged_or_newer_store_fails_to_open_with_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+    let error = SqliteStore::open(&path, Options::default()).err().unwrap();
+    assert_eq!(error.kind(), baton_store::ErrorKind::Corrupt, "{error}");
+    assert!(error.to_string().starts_with(&format!("cannot open the store at `{}`", path.display())), "{error}");
+
+    let path = dir.path().join("newer.db");
+    drop(SqliteStore::open(&path, Options::default()).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 1000).unwrap();
+    drop(conn);
+    let error = SqliteStore::open(&path, Options::default()).err().unwrap();
+    assert_eq!(error.kind(), baton_store::ErrorKind::Unavailable, "{error}");
+    let message = error.to_string();
+    assert!(message.contains("has schema version 1000, newer than this baton knows"), "{message}");
+    assert!(message.ends_with("; upgrade baton"), "{message}");
+}

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use baton_core::budget::{Budgets, Limit, Scope, percent_of};
 use baton_core::model::RunRecord;
 use baton_core::{EventKind, Timestamp};
-use baton_store::{Control, EventQuery, SqliteStore, Store};
+use baton_store::{Control, EventQuery, Store};
 
 use super::{control, find_run, open_existing_store};
 use crate::output;
@@ -14,7 +14,7 @@ use crate::{BudgetAction, Cli, Failure};
 
 /// The budgets of a run as they stand at `now`, from its stored usage.
 async fn budgets(
-    store: &SqliteStore,
+    store: &dyn Store,
     plan: &baton_core::config::Plan,
     run: &RunRecord,
     now: Timestamp,
@@ -25,7 +25,7 @@ async fn budgets(
 }
 
 /// The budgets that are exhausted now (`global`, `workstream:NAME`, `agent:NAME`).
-pub(super) async fn exhausted(store: &SqliteStore, plan: &baton_core::config::Plan, run: &RunRecord) -> Vec<String> {
+pub(super) async fn exhausted(store: &dyn Store, plan: &baton_core::config::Plan, run: &RunRecord) -> Vec<String> {
     let now = baton_runtime::Clock::system().now();
     let Ok(budgets) = budgets(store, plan, run, now).await else { return Vec::new() };
     budgets
@@ -37,11 +37,7 @@ pub(super) async fn exhausted(store: &SqliteStore, plan: &baton_core::config::Pl
 }
 
 /// One line for `baton status` when a budget holds work back, naming it and the reset.
-pub(super) async fn status_line(
-    store: &SqliteStore,
-    plan: &baton_core::config::Plan,
-    run: &RunRecord,
-) -> Option<String> {
+pub(super) async fn status_line(store: &dyn Store, plan: &baton_core::config::Plan, run: &RunRecord) -> Option<String> {
     let exhausted = exhausted(store, plan, run).await;
     if exhausted.is_empty() {
         return None;
@@ -83,18 +79,18 @@ pub(super) async fn budget(
         if daily_tokens == &Some(0) || cost_usd.is_some_and(|cost| !(cost.is_finite() && cost > 0.0)) {
             return Err(Failure::usage("a limit must be more than 0"));
         }
-        let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
+        let run = find_run(&*store, &loaded.plan, run.as_deref()).await?;
         let command =
             Control::SetBudget { scope: parsed.to_string(), daily_tokens: *daily_tokens, cost_usd: *cost_usd };
-        return control(&store, &run, command).await;
+        return control(&*store, &run, command).await;
     }
-    let run = find_run(&store, &loaded.plan, run).await?;
+    let run = find_run(&*store, &loaded.plan, run).await?;
     let now = baton_runtime::Clock::system().now();
-    let budgets = budgets(&store, &loaded.plan, &run, now).await?;
+    let budgets = budgets(&*store, &loaded.plan, &run, now).await?;
     let schedule = budgets.schedule();
     let spec = budgets.spec();
     let next_reset = budgets.next_reset();
-    let waiting = waiting_tasks(&store, &run, budgets.period_start()).await?;
+    let waiting = waiting_tasks(&*store, &run, budgets.period_start()).await?;
     let scopes = budgets.scopes();
     let crossed = |scope: &Scope| -> Vec<u8> {
         let reached = budgets.reported(scope).unwrap_or(0);
@@ -186,11 +182,7 @@ fn show_limit(limit: Limit) -> String {
 
 /// Tasks that said this period that a budget holds them back and are still ready: (task,
 /// reason).
-async fn waiting_tasks(
-    store: &SqliteStore,
-    run: &RunRecord,
-    since: Timestamp,
-) -> Result<Vec<(String, String)>, Failure> {
+async fn waiting_tasks(store: &dyn Store, run: &RunRecord, since: Timestamp) -> Result<Vec<(String, String)>, Failure> {
     let events = store
         .events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() })
         .await

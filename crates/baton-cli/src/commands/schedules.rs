@@ -7,7 +7,7 @@ use baton_core::model::{RunState, TaskId};
 use baton_core::sched::Write;
 use baton_core::schedule::{ScheduleRecord, format_utc};
 use baton_core::{EventKind, Timestamp};
-use baton_store::{Control, Store};
+use baton_store::Control;
 
 use super::{control, find_run, load, open_existing_store, open_store};
 use crate::output;
@@ -36,7 +36,7 @@ pub(super) async fn schedules(cli: &Cli, json: bool, run: Option<&str>) -> Resul
     let now = baton_runtime::Clock::system().now();
     // Before anything has run there is no store: the file alone says when schedules fire.
     let records: Vec<ScheduleRecord> = match open_existing_store(cli) {
-        Ok((_, store)) => match find_run(&store, &loaded.plan, run).await {
+        Ok((_, store)) => match find_run(&*store, &loaded.plan, run).await {
             Ok(run) => store.schedules(&run.id).await.context("reading schedules")?,
             Err(_) if run.is_none() => Vec::new(),
             Err(failure) => return Err(failure),
@@ -112,7 +112,7 @@ pub(super) async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, F
         return Err(Failure::usage(format!("no schedule `{name}` in {} ({known})", cli.config.display())));
     };
     let store = open_store(cli, &loaded)?;
-    let run = find_run(&store, &loaded.plan, run.as_deref()).await?;
+    let run = find_run(&*store, &loaded.plan, run.as_deref()).await?;
     if run.state != RunState::Running {
         return Err(Failure::usage(format!(
             "run {} has ended ({}); a schedule's state belongs to its run: start one with `baton run`",
@@ -127,7 +127,7 @@ pub(super) async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, F
         } else {
             Control::ResumeSchedule { schedule: name.clone() }
         };
-        return control(&store, &run, command).await;
+        return control(&*store, &run, command).await;
     }
     let records = store.schedules(&run.id).await.context("reading schedules")?;
     let mut record = records.into_iter().find(|record| &record.name == name).unwrap_or_else(|| ScheduleRecord {

@@ -3,7 +3,6 @@
 //! claiming, lets running tasks finish within the grace period (the API keeps serving so that
 //! remote workers can hand their results in), then stops the agents and the server.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,6 @@ use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::{ApiAccess, ProcessEnv};
 use baton_runtime::remote::RemoteHub;
 use baton_server::{AppState, Auth, ServerOptions, Tls};
-use baton_store::Store;
 
 use super::{environment, load, open_store};
 use crate::{Cli, Failure};
@@ -46,16 +44,15 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         .as_ref()
         .map(|tls| Tls { cert: loaded.base_dir.join(&tls.cert), key: loaded.base_dir.join(&tls.key) });
 
-    let store = Arc::new(open_store(cli, &loaded)?);
+    let store = open_store(cli, &loaded)?;
     let listener = baton_server::bind(&listen).await.map_err(|error| Failure::usage(error.to_string()))?;
     let local = listener.local_addr().map_err(|error| Failure::run(error.to_string()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{local}");
 
-    let log_dir = store.path().parent().unwrap_or(Path::new(".")).join("logs");
+    let log_dir = super::store_dir(cli, &loaded)?.join("logs");
     let node = engine::Node::this_process();
-    let registry =
-        baton_runtime::process::Registry { store: Arc::clone(&store) as Arc<dyn Store>, host: node.host.clone() };
+    let registry = baton_runtime::process::Registry { store: Arc::clone(&store), host: node.host.clone() };
     let token_auth = auth.clone();
     let api = ApiAccess {
         url: url.clone(),
@@ -80,7 +77,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         registry: Some(registry),
         api: Some(api),
     }));
-    let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store), runtimes);
     options.fresh = fresh;
     options.keep_open = true;
     options.shutdown_grace = grace;
@@ -108,7 +105,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
 
     let server_stop = CancellationToken::new();
     let state = AppState::new(ServerOptions {
-        store: Arc::clone(&store) as Arc<dyn Store>,
+        store: Arc::clone(&store),
         engine: handle.clone(),
         hub,
         run_id: run_id.clone(),
@@ -134,7 +131,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
             baton_runtime::config_file::load_layered(&loader_path, profile.as_deref(), &environment())
                 .map_err(|error| error.to_string())
         };
-        let store = Arc::clone(&store) as Arc<dyn Store>;
+        let store = Arc::clone(&store);
         let (handle, run_id, stop) = (handle.clone(), run_id.clone(), server_stop.clone());
         tokio::spawn(async move {
             if let Err(error) = baton_runtime::reload::watch_config(path, load, handle, store, run_id, stop).await {

@@ -6,7 +6,9 @@ use anyhow::Context as _;
 
 use baton_core::config::{self, Plan};
 use baton_core::model::{NewTask, Priority, RunRecord, TaskRef, TaskState};
-use baton_store::SqliteStore;
+use std::sync::Arc;
+
+use baton_store::Store;
 
 use super::{Loaded, existing_store, find_run, load};
 use crate::client::Client;
@@ -16,7 +18,7 @@ pub(super) enum Source {
     /// A running `baton serve` of this plan: it serves one run, its own.
     Server { loaded: Loaded, client: Client },
     /// The store, and the run the command is about.
-    Store { loaded: Loaded, store: SqliteStore, run: RunRecord },
+    Store { loaded: Loaded, store: Arc<dyn Store>, run: RunRecord },
 }
 
 impl Source {
@@ -38,7 +40,7 @@ impl Source {
             }
         }
         let store = existing_store(cli, &loaded)?;
-        let run = find_run(&store, &loaded.plan, run).await?;
+        let run = find_run(&*store, &loaded.plan, run).await?;
         Ok(Source::Store { loaded, store, run })
     }
 }
