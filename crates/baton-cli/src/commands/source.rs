@@ -133,3 +133,45 @@ pub(super) fn new_task(input: TaskInput, plan: &Plan, config_path: &std::path::P
     }
     Ok(task)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::{Command, TaskAction};
+
+    fn input(args: &[&str]) -> TaskInput {
+        let cli = Cli::try_parse_from(["baton", "task", "add"].iter().chain(args)).unwrap();
+        let Command::Task { action: TaskAction::Add(args) } = cli.command else { panic!("task add") };
+        task_input(&args).unwrap()
+    }
+
+    /// `baton task add` sends the fields it was given and nothing else: the defaults are
+    /// `baton_core::task::new_task`'s, as for every source (its table test).
+    #[test]
+    fn task_add_flags_are_the_fields_of_a_task_input() {
+        let minimal = input(&["Compile the crate", "--workstream", "build"]);
+        let expected =
+            TaskInput { title: "Compile the crate".into(), workstream: Some("build".into()), ..TaskInput::default() };
+        assert_eq!(minimal, expected);
+        let full = input(&[
+            "t",
+            "--input",
+            r#"{"a":1}"#,
+            "--priority",
+            "low",
+            "--timeout",
+            "90s",
+            "--depends-on",
+            "7,build",
+            "--max-attempts",
+            "5",
+        ]);
+        assert_eq!(full.input, Some(serde_json::json!({"a": 1})));
+        assert_eq!(full.priority, Some(Priority::Low));
+        assert_eq!(full.timeout.as_deref(), Some("90000ms"));
+        assert_eq!(full.depends_on, vec![TaskRef::Id(baton_core::model::TaskId(7)), TaskRef::Key("build".into())]);
+        assert_eq!(full.max_attempts, Some(5));
+    }
+}
