@@ -587,15 +587,17 @@ fn print_changed_task(task: &TaskRecord) -> Result<u8, Failure> {
 /// `baton task add`: through the server, which creates the task at once; else queued in the
 /// store for the `baton run` executing the run, like a chat message for a per-task agent.
 async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
-    let task = source::new_task(args)?;
+    let input = source::task_input(args)?;
     match Source::open(cli, args.run.as_deref()).await? {
         Source::Server { client, .. } => {
-            let id = client.add_task(&source::task_json(&task)?).await?;
-            outln!("task {id} added ({})", task.key.as_deref().unwrap_or("-"));
+            let key = source::key_of(&input);
+            let body = serde_json::to_value(&input).context("serializing the task")?;
+            let id = client.add_task(&body).await?;
+            outln!("task {id} added ({key})");
             Ok(0)
         }
         Source::Store { loaded, store, run } => {
-            source::check_against_plan(&task, &loaded.plan, &cli.config)?;
+            let task = source::new_task(input, &loaded.plan, &cli.config)?;
             if run.state != RunState::Running {
                 return Err(Failure::usage(format!(
                     "run {} has ended ({}); tasks are added to a running run",
@@ -711,7 +713,9 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
                 .map_err(|error| Failure::usage(error.to_string()))?;
             outln!("@{name}: message stored; it is delivered by the running `baton run`");
         } else {
-            let task = baton_core::messages::chat_task(spec, OPERATOR, text, &data);
+            let input = baton_core::messages::chat_task(spec, OPERATOR, text, &data, now);
+            let task = baton_core::task::new_task(input, (&loaded.plan).into())
+                .map_err(|error| Failure::usage(error.to_string()))?;
             store
                 .enqueue_control(&run.id, Control::AddTask { task: Box::new(task) }, now)
                 .await

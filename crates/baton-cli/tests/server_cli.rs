@@ -210,7 +210,9 @@ url = "http://127.0.0.1:{}"
     assert!(stdout(&added).contains("task echo-this queued: the running `baton run` adds it"), "{}", stdout(&added));
     let unknown = project.baton(&["task", "add", "Nobody", "--agent", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(stderr(&unknown).contains("no agent `nobody`"), "{}", stderr(&unknown));
+    // The same message as `POST /tasks` and `[[tasks]]` give (it said "no agent `nobody` in
+    // baton.toml" before tasks were made in one place).
+    assert!(stderr(&unknown).contains("unknown agent `nobody` (known: echo, holder)"), "{}", stderr(&unknown));
     let huge = project.baton(&["task", "add", "Huge", "--agent", "echo", "--estimated-tokens", "200000"]);
     assert_eq!(huge.status.code(), Some(2));
     assert!(

@@ -248,7 +248,8 @@ struct RawTask {
     max_attempts: Option<Spanned<u32>>,
     /// Tokens the task is expected to use: it does not start when they exceed what is left.
     estimated_tokens: Option<Spanned<u64>>,
-    timeout: Option<DurationStr>,
+    /// Checked by [`crate::task::check`], with the bounded duration parser.
+    timeout: Option<Spanned<String>>,
     #[serde(default)]
     resources: Vec<String>,
     on_conflict: Option<ConflictPolicy>,
@@ -761,7 +762,6 @@ struct Validator<'a> {
 }
 
 const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
-const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Below this, a memory limit leaves no room for a program to start.
 const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Below this, a worker's messages could not hold a JSON-RPC answer.
@@ -1180,9 +1180,10 @@ impl Validator<'_> {
         }
     }
 
-    /// The fields of one task, `[[tasks]]` or a schedule's template, validated: title,
-    /// workstream, pinned agent, an agent able to run it, attempts, priority. Dependencies are
-    /// the caller's.
+    /// The fields of one task, `[[tasks]]` or a schedule's template, checked and given their
+    /// defaults by [`crate::task::check`] (each error placed at the field it is about), then
+    /// whether an agent of the plan can run it. Dependencies on other tasks of the file are the
+    /// caller's; a dependency on the task itself is refused here.
     fn task_fields(
         &mut self,
         task: &RawTask,
@@ -1190,31 +1191,39 @@ impl Validator<'_> {
         workstreams: &[WorkstreamSpec],
         agents: &[AgentSpec],
     ) -> NewTask {
+        let input = crate::task::TaskInput {
+            key: task.key.as_ref().map(|key| key.get_ref().clone()),
+            title: task.title.get_ref().clone(),
+            description: task.description.clone(),
+            workstream: task.workstream.as_ref().map(|ws| ws.get_ref().clone()),
+            input: task.input.clone(),
+            requires: task.requires.iter().map(|cap| cap.get_ref().clone()).collect(),
+            agent: task.agent.as_ref().map(|agent| agent.get_ref().clone()),
+            depends_on: task.depends_on.iter().map(|dep| TaskRef::Key(dep.get_ref().clone())).collect(),
+            priority: task.priority,
+            max_attempts: task.max_attempts.as_ref().map(|value| *value.get_ref()),
+            timeout: task.timeout.as_ref().map(|value| value.get_ref().clone()),
+            resources: task.resources.clone(),
+            estimated_tokens: task.estimated_tokens.as_ref().map(|value| *value.get_ref()),
+        };
+        let (mut new_task, errors) = crate::task::check(input, crate::task::Catalog { workstreams, agents });
+        for error in errors {
+            let span = self.task_field_span(task, error.field());
+            self.error(span, error.to_string());
+        }
+        // A key derived from the title is the caller's (it may be a schedule's `NAME@…`).
+        new_task.key = Some(key.to_string());
         let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
         let known_agents: Vec<&str> = agents.iter().map(|agent| agent.name.as_str()).collect();
-        let title = task.title.get_ref();
-        if title.trim().is_empty() {
-            self.error(task.title.span(), "task `title` must not be empty");
-        }
-        let workstream = task.workstream.as_ref().map(|ws| ws.get_ref().clone());
-        if let Some(ws) = &task.workstream
-            && !known_ws.contains(&ws.get_ref().as_str())
-        {
-            self.error(ws.span(), unknown("workstream", ws.get_ref(), &known_ws));
-        }
-        if let Some(agent) = &task.agent
-            && !known_agents.contains(&agent.get_ref().as_str())
-        {
-            self.error(agent.span(), unknown("agent", agent.get_ref(), &known_agents));
-        }
-        let requires: Vec<String> = task.requires.iter().map(|cap| cap.get_ref().clone()).collect();
-        let pinned = task.agent.as_ref().map(|agent| agent.get_ref().as_str());
-        let capable = agents.iter().any(|agent| agent.can_run(workstream.as_deref(), &requires, pinned));
-        let workstream_known = workstream.as_deref().is_none_or(|ws| known_ws.contains(&ws));
+        let workstream = new_task.workstream.as_deref();
+        let pinned = new_task.agent.as_deref();
+        let requires = &new_task.requires;
+        let capable = agents.iter().any(|agent| agent.can_run(workstream, requires, pinned));
+        let workstream_known = workstream.is_none_or(|ws| known_ws.contains(&ws));
         let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));
         if !capable && workstream_known && pinned_known {
             let span = task.requires.first().map_or(task.title.span(), |cap| cap.span());
-            let scope = match &workstream {
+            let scope = match workstream {
                 Some(ws) => format!("of workstream `{ws}` or shared"),
                 None => "without a workstream".to_string(),
             };
@@ -1231,37 +1240,23 @@ impl Validator<'_> {
                 ),
             );
         }
-        let max_attempts = match &task.max_attempts {
-            Some(value) if *value.get_ref() == 0 => {
-                self.error(value.span(), "`max_attempts` must be at least 1");
-                1
-            }
-            Some(value) => *value.get_ref(),
-            None => DEFAULT_MAX_ATTEMPTS,
+        new_task
+    }
+
+    /// Where a field of a task is written, for its errors; the title when it is not written.
+    fn task_field_span(&self, task: &RawTask, field: crate::task::Field) -> Range<usize> {
+        use crate::task::Field;
+        let span = match field {
+            Field::Key => task.key.as_ref().map(Spanned::span),
+            Field::Title => None,
+            Field::Workstream => task.workstream.as_ref().map(Spanned::span),
+            Field::Agent => task.agent.as_ref().map(Spanned::span),
+            Field::DependsOn(idx) => task.depends_on.get(idx).map(Spanned::span),
+            Field::MaxAttempts => task.max_attempts.as_ref().map(Spanned::span),
+            Field::Timeout => task.timeout.as_ref().map(Spanned::span),
+            Field::EstimatedTokens => task.estimated_tokens.as_ref().map(Spanned::span),
         };
-        let estimated_tokens = task.estimated_tokens.as_ref().and_then(|estimate| {
-            if *estimate.get_ref() == 0 {
-                self.error(estimate.span(), "`estimated_tokens` must be at least 1");
-                return None;
-            }
-            Some(*estimate.get_ref())
-        });
-        let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
-        NewTask {
-            key: Some(key.to_string()),
-            workstream,
-            title: title.clone(),
-            description: task.description.clone(),
-            input: task.input.clone().unwrap_or(serde_json::Value::Object(Default::default())),
-            requires,
-            agent: task.agent.as_ref().map(|agent| agent.get_ref().clone()),
-            depends_on: Vec::new(),
-            priority: task.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
-            max_attempts,
-            timeout_ms: task.timeout.map(|d| u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX)),
-            resources: task.resources.clone(),
-            estimated_tokens,
-        }
+        span.unwrap_or_else(|| task.title.span())
     }
 
     fn tasks(
@@ -1277,9 +1272,6 @@ impl Validator<'_> {
             .collect();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (idx, (task, key)) in raw.iter().zip(&keys).enumerate() {
-            if let Some(given) = &task.key {
-                self.check_name("task key", given);
-            }
             if index.insert(key.as_str(), idx).is_some() {
                 let span = task.key.as_ref().map_or(task.title.span(), |key| key.span());
                 self.error(span, format!("duplicate task key `{key}`; give each task a distinct `key`"));
@@ -1293,14 +1285,13 @@ impl Validator<'_> {
         let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
         let mut tasks = Vec::with_capacity(raw.len());
         for (task_idx, (task, key)) in raw.iter().zip(&keys).enumerate() {
-            let mut new_task = self.task_fields(task, key, workstreams, agents);
+            let new_task = self.task_fields(task, key, workstreams, agents);
             let workstream = new_task.workstream.clone();
             let mut deps = Vec::new();
             for dep in &task.depends_on {
                 match index.get(dep.get_ref().as_str()) {
-                    Some(&dep_idx) if dep_idx == task_idx => {
-                        self.error(dep.span(), format!("task `{key}` depends on itself"));
-                    }
+                    // Refused by `task_fields`.
+                    Some(&dep_idx) if dep_idx == task_idx => {}
                     Some(&dep_idx) => {
                         let dep_phase = phase_of(raw[dep_idx].workstream.as_ref().map(|ws| ws.get_ref().as_str()));
                         let own_phase = phase_of(workstream.as_deref());
@@ -1321,7 +1312,6 @@ impl Validator<'_> {
                 }
             }
             depends_on.push(deps);
-            new_task.depends_on = task.depends_on.iter().map(|dep| TaskRef::Key(dep.get_ref().clone())).collect();
             tasks.push(new_task);
         }
         if let Some(cycle) = graph::find_cycle(&depends_on) {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod resources;
 pub mod sched;
 pub mod schedule;
+pub mod task;
 pub mod time;
 
 pub use event::{Event, EventKind};

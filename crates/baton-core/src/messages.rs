@@ -156,28 +156,31 @@ pub fn takes_messages(agent: &crate::config::AgentSpec) -> bool {
 }
 
 /// The task a chat message becomes for an agent that runs once per task: pinned to it, in its
-/// workstream, with the message (and who sent it) as its input.
+/// workstream, at its priority, with the message (and who sent it) as its input. Its key,
+/// `chat-AGENT-MILLIS`, is the time the message was sent (`now`): two messages to one agent are
+/// two tasks. Checked and given the other defaults by [`crate::task::new_task`].
 pub fn chat_task(
     agent: &crate::config::AgentSpec,
     from: &str,
     text: &str,
     data: &serde_json::Value,
-) -> crate::model::NewTask {
-    crate::model::NewTask {
-        key: None,
+    now: crate::time::Timestamp,
+) -> crate::task::TaskInput {
+    crate::task::TaskInput {
+        key: Some(chat_key(&agent.name, now)),
         workstream: agent.workstream.clone(),
         title: text.chars().take(60).collect(),
         description: text.to_string(),
-        input: serde_json::json!({ "from": from, "message": text, "data": data }),
-        requires: Vec::new(),
+        input: Some(serde_json::json!({ "from": from, "message": text, "data": data })),
         agent: Some(agent.name.clone()),
-        depends_on: Vec::new(),
-        priority: agent.priority,
-        max_attempts: 3,
-        timeout_ms: None,
-        resources: Vec::new(),
-        estimated_tokens: None,
+        priority: Some(agent.priority),
+        ..crate::task::TaskInput::default()
     }
+}
+
+/// The key of the task a chat message sent at `now` becomes for `agent`.
+pub fn chat_key(agent: &str, now: crate::time::Timestamp) -> String {
+    format!("chat-{agent}-{}", now.millis())
 }
 
 #[cfg(test)]

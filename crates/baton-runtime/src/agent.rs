@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use baton_core::Outcome;
-use baton_core::model::{NewTask, TaskId, TaskRecord};
+use baton_core::model::{TaskId, TaskRecord};
 
 /// One attempt of a task, handed to an agent.
 #[derive(Debug, Clone)]
@@ -45,10 +45,11 @@ pub enum AgentEvent {
     },
     /// Sub-tasks the agent asks for; the reply carries their ids or why they were refused.
     /// `parent` is the task the agent was working on, whose workstream sub-tasks join by default.
+    /// The engine checks them against the plan ([`baton_core::task::new_task`]).
     CreateTasks {
         agent: String,
         parent: Option<TaskId>,
-        tasks: Vec<NewTask>,
+        tasks: Vec<baton_core::task::TaskInput>,
         reply: oneshot::Sender<Result<Vec<TaskId>, String>>,
     },
     Usage {

@@ -957,12 +957,20 @@ async fn handle_agent_event(
                 Err(error) => tracing::warn!(%error, %agent, "usage report refused"),
             }
         }
-        AgentEvent::CreateTasks { agent, parent, mut tasks, reply } => {
+        AgentEvent::CreateTasks { agent, parent, tasks: inputs, reply } => {
             sched.agent_activity(&agent, now, fx);
             let parent_workstream = parent.and_then(|id| sched.task(id)).and_then(|task| task.workstream.clone());
-            for task in &mut tasks {
-                if task.workstream.is_none() {
-                    task.workstream = parent_workstream.clone();
+            let mut tasks = Vec::with_capacity(inputs.len());
+            for (idx, mut input) in inputs.into_iter().enumerate() {
+                if input.workstream.is_none() {
+                    input.workstream = parent_workstream.clone();
+                }
+                match baton_core::task::new_task(input, sched.plan().into()) {
+                    Ok(task) => tasks.push(task),
+                    Err(error) => {
+                        let _ = reply.send(Err(format!("tasks[{idx}]: {error}")));
+                        return None;
+                    }
                 }
             }
             let (answer_tx, answer) = oneshot::channel();

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use baton_core::Event;
 use baton_core::config::AgentSpec;
-use baton_core::model::{AgentRecord, NewTask, Priority, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::model::{AgentRecord, NewTask, Priority, RunState, TaskId, TaskRecord, TaskState};
 use baton_store::{AuditEntry, AuditQuery, EventQuery, TaskFilter};
 
 use crate::auth::{Action, Caller, Grant, Role};
@@ -247,79 +247,18 @@ pub async fn plan(State(state): State<AppState>, caller: Extension<Caller>) -> R
 // ---------------------------------------------------------------------------------------------
 // Tasks.
 
-/// A task to create: the fields of a `[[tasks]]` entry of baton.toml.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TaskInput {
-    /// Identity within the run; a second task with the same key is refused.
-    pub key: Option<String>,
-    #[schema(min_length = 1)]
-    pub title: String,
-    #[serde(default)]
-    pub description: String,
-    pub workstream: Option<String>,
-    /// Any JSON, handed to the agent.
-    #[schema(value_type = Option<Object>)]
-    pub input: Option<serde_json::Value>,
-    #[serde(default)]
-    pub requires: Vec<String>,
-    /// Pin the task to this agent.
-    pub agent: Option<String>,
-    /// Other tasks, by id (a number) or key (a string).
-    #[serde(default)]
-    pub depends_on: Vec<TaskRef>,
-    pub priority: Option<Priority>,
-    #[schema(minimum = 1)]
-    pub max_attempts: Option<u32>,
-    /// A duration such as `"30s"`, `"10m"`.
-    pub timeout: Option<String>,
-    #[serde(default)]
-    pub resources: Vec<String>,
-    /// Tokens the task expects to use: it does not start while a budget that covers it has
-    /// less left, and is refused if it needs more than a whole period's budget.
-    #[schema(minimum = 1)]
-    pub estimated_tokens: Option<u64>,
-}
+/// A task to create: the fields of a `[[tasks]]` entry of baton.toml, checked and given their
+/// defaults by [`baton_core::task::new_task`], as every source of tasks is.
+pub use baton_core::task::TaskInput;
 
-impl TaskInput {
-    fn into_new_task(self, index: Option<usize>) -> Result<NewTask, ApiError> {
+/// `input` as a task of the running plan, or a `400` naming the problem (and the task's place
+/// in a batch).
+fn new_task(state: &AppState, input: TaskInput, index: Option<usize>) -> Result<NewTask, ApiError> {
+    let plan = state.plan();
+    baton_core::task::new_task(input, (&*plan).into()).map_err(|error| {
         let at = index.map_or_else(String::new, |idx| format!("tasks[{idx}]: "));
-        if self.title.trim().is_empty() {
-            return Err(ApiError::bad_request(format!("{at}`title` must not be empty")));
-        }
-        if self.max_attempts == Some(0) {
-            return Err(ApiError::bad_request(format!("{at}`max_attempts` must be at least 1")));
-        }
-        if self.estimated_tokens == Some(0) {
-            return Err(ApiError::bad_request(format!("{at}`estimated_tokens` must be at least 1")));
-        }
-        let timeout_ms = match &self.timeout {
-            None => None,
-            Some(text) => Some(
-                baton_core::time::parse_duration(text)
-                    .map_err(|error| ApiError::bad_request(format!("{at}`timeout`: {error}")))?
-                    .as_millis()
-                    .try_into()
-                    .unwrap_or(u64::MAX),
-            ),
-        };
-        let key = self.key.or_else(|| Some(baton_core::config::slug(&self.title))).filter(|key| !key.is_empty());
-        Ok(NewTask {
-            key,
-            workstream: self.workstream,
-            title: self.title,
-            description: self.description,
-            input: self.input.unwrap_or(serde_json::Value::Null),
-            requires: self.requires,
-            agent: self.agent,
-            depends_on: self.depends_on,
-            priority: self.priority.unwrap_or_default(),
-            max_attempts: self.max_attempts.unwrap_or(3),
-            timeout_ms,
-            resources: self.resources,
-            estimated_tokens: self.estimated_tokens,
-        })
-    }
+        ApiError::bad_request(format!("{at}{error}"))
+    })
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -344,7 +283,7 @@ pub async fn create_task(
     Body(input): Body<TaskInput>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::CreateTasks)?;
-    let task = input.into_new_task(None)?;
+    let task = new_task(&state, input, None)?;
     let ids = state.engine().create_tasks(vec![task]).await?;
     Ok((StatusCode::CREATED, axum::Json(Created { ids })).into_response())
 }
@@ -365,7 +304,7 @@ pub async fn create_tasks(
         .tasks
         .into_iter()
         .enumerate()
-        .map(|(idx, task)| task.into_new_task(Some(idx)))
+        .map(|(idx, task)| new_task(&state, task, Some(idx)))
         .collect::<Result<_, _>>()?;
     let ids = state.engine().create_tasks(tasks).await?;
     Ok((StatusCode::CREATED, axum::Json(Created { ids })).into_response())

@@ -80,7 +80,9 @@ pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Re
                 .map_err(ApiError::bad_request)?;
             sent.push(Sent { agent: name, message_id: Some(id), task: None });
         } else {
-            let task = chat_task(spec, &from, &message.text, &data);
+            let input = chat_task(spec, &from, &message.text, &data, state.clock().now());
+            let task = baton_core::task::new_task(input, (&*plan).into())
+                .map_err(|error| ApiError::bad_request(error.to_string()))?;
             let ids = state.engine().create_tasks(vec![task]).await?;
             sent.push(Sent { agent: name, message_id: None, task: ids.first().copied() });
         }

@@ -506,3 +506,40 @@ async fn agents_lease_resources_over_http_and_tasks_wait_for_them() {
     wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
     server.stop().await;
 }
+
+/// `POST /tasks` gives a task the defaults of a `[[tasks]]` entry (input `{}`, the
+/// workstream's priority, 3 attempts) and refuses what baton.toml refuses, with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posted_tasks_get_the_defaults_and_errors_of_baton_toml() {
+    let plan = common::PLAN.replace("name = \"main\"", "name = \"main\"\npriority = \"high\"");
+    let server = Server::start_with(Options { plan, ..Options::default() }).await;
+    let body = json!({"title": "Build it", "workstream": "main", "requires": ["build"]});
+    let id = server.post_json("/tasks", body).await["ids"][0].as_i64().unwrap();
+    let task = &server.get_json(&format!("/tasks/{id}")).await["task"];
+    assert_eq!(task["key"], "build-it");
+    assert_eq!(task["input"], json!({}), "{task}");
+    assert_eq!(task["priority"], "high", "the workstream's: {task}");
+    assert_eq!(task["max_attempts"], 3);
+    let refused = |body: Value| {
+        let server = &server;
+        async move {
+            let response = server.post("/tasks/batch", json!({"tasks": [body]})).send().await.unwrap();
+            assert_eq!(response.status(), 400);
+            let body: Value = response.json().await.unwrap();
+            body["error"]["message"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(
+        refused(json!({"title": "t", "agent": "buildr"})).await,
+        "tasks[0]: unknown agent `buildr` (did you mean `builder`?)"
+    );
+    assert_eq!(
+        refused(json!({"title": "t", "max_attempts": 500})).await,
+        "tasks[0]: `max_attempts` must be at most 100, not 500"
+    );
+    assert_eq!(
+        refused(json!({"title": "t", "key": "a key"})).await,
+        "tasks[0]: invalid task key name `a key`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"
+    );
+    server.stop().await;
+}

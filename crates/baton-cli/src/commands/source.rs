@@ -2,12 +2,11 @@
 //! (through its HTTP API) when one answers, else the store directly. The commands then print
 //! the same records the same way, whichever source gave them.
 
-use anyhow::Context as _;
-
 use baton_core::config::{self, Plan};
 use baton_core::model::{NewTask, Priority, RunRecord, TaskRef, TaskState};
 use std::sync::Arc;
 
+use baton_core::task::TaskInput;
 use baton_store::Store;
 
 use super::{Loaded, existing_store, find_run, load};
@@ -79,38 +78,42 @@ pub(super) async fn server_run(client: &Client, plan: &Plan) -> Result<RunRecord
     })
 }
 
-/// The task `baton task add` describes, checked as the engine would check it.
-pub(super) fn new_task(args: &TaskArgs) -> Result<NewTask, Failure> {
-    if args.title.trim().is_empty() {
-        return Err(Failure::usage("the title must not be empty"));
-    }
+/// The task `baton task add` describes, as every source of tasks describes one: a server
+/// checks it against its plan, else [`new_task`] does against the loaded one.
+pub(super) fn task_input(args: &TaskArgs) -> Result<TaskInput, Failure> {
     let input = match &args.input {
         Some(text) => {
-            serde_json::from_str(text).map_err(|error| Failure::usage(format!("--input is not JSON: {error}")))?
+            Some(serde_json::from_str(text).map_err(|error| Failure::usage(format!("--input is not JSON: {error}")))?)
         }
-        None => serde_json::Value::Null,
+        None => None,
     };
-    let priority: Priority = match &args.priority {
-        Some(text) => serde_json::from_value(serde_json::Value::String(text.clone()))
-            .map_err(|_| Failure::usage(format!("unknown priority `{text}`; use critical, high, medium or low")))?,
-        None => Priority::default(),
+    let priority: Option<Priority> = match &args.priority {
+        Some(text) => Some(
+            serde_json::from_value(serde_json::Value::String(text.clone()))
+                .map_err(|_| Failure::usage(format!("unknown priority `{text}`; use critical, high, medium or low")))?,
+        ),
+        None => None,
     };
-    let key = args.key.clone().or_else(|| Some(config::slug(&args.title))).filter(|key| !key.is_empty());
-    Ok(NewTask {
-        key,
-        workstream: args.workstream.clone(),
+    Ok(TaskInput {
+        key: args.key.clone(),
         title: args.title.clone(),
         description: args.description.clone().unwrap_or_default(),
+        workstream: args.workstream.clone(),
         input,
         requires: args.requires.clone(),
         agent: args.agent.clone(),
         depends_on: args.depends_on.iter().map(|text| task_ref(text)).collect(),
         priority,
-        max_attempts: args.max_attempts.unwrap_or(3),
-        timeout_ms: args.timeout.map(|timeout| timeout.as_millis() as u64),
+        max_attempts: args.max_attempts,
+        timeout: args.timeout.map(|timeout| format!("{}ms", timeout.as_millis())),
         resources: args.resources.clone(),
         estimated_tokens: args.estimated_tokens,
     })
+}
+
+/// The key a task gets: its own, or the one derived from its title.
+pub(super) fn key_of(input: &TaskInput) -> String {
+    input.key.clone().unwrap_or_else(|| config::slug(&input.title))
 }
 
 /// A task named on the command line: a number is an id, anything else a key.
@@ -121,53 +124,56 @@ fn task_ref(text: &str) -> TaskRef {
     }
 }
 
-/// The body of `POST /tasks` for a task: a `[[tasks]]` entry as JSON.
-pub(super) fn task_json(task: &NewTask) -> Result<serde_json::Value, Failure> {
-    let depends_on = serde_json::to_value(&task.depends_on).context("serializing the task")?;
-    Ok(serde_json::json!({
-        "key": task.key,
-        "title": task.title,
-        "description": task.description,
-        "workstream": task.workstream,
-        "input": task.input,
-        "requires": task.requires,
-        "agent": task.agent,
-        "depends_on": depends_on,
-        "priority": task.priority,
-        "max_attempts": task.max_attempts,
-        "timeout": task.timeout_ms.map(|ms| format!("{ms}ms")),
-        "resources": task.resources,
-        "estimated_tokens": task.estimated_tokens,
-    }))
-}
-
-/// Refuses a task the plan cannot run, before it is queued for the engine (which would only
-/// log the mistake).
-pub(super) fn check_against_plan(task: &NewTask, plan: &Plan, config_path: &std::path::Path) -> Result<(), Failure> {
-    if let Some(agent) = &task.agent
-        && plan.agent(agent).is_none()
-    {
-        let known: Vec<&str> = plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-        return Err(Failure::usage(format!(
-            "no agent `{agent}` in {} (known: {})",
-            config_path.display(),
-            known.join(", ")
-        )));
-    }
-    if let Some(workstream) = &task.workstream
-        && plan.workstream(workstream).is_none()
-    {
-        let known: Vec<&str> = plan.workstreams.iter().map(|ws| ws.name.as_str()).collect();
-        return Err(Failure::usage(format!(
-            "no workstream `{workstream}` in {} (known: {})",
-            config_path.display(),
-            known.join(", ")
-        )));
-    }
+/// The task, checked against the plan as the server would check it, before it is queued for
+/// the engine (which would only log the mistake); also a budget it could never fit.
+pub(super) fn new_task(input: TaskInput, plan: &Plan, config_path: &std::path::Path) -> Result<NewTask, Failure> {
+    let task = baton_core::task::new_task(input, plan.into()).map_err(|error| Failure::usage(error.to_string()))?;
     if let Some(tokens) = task.estimated_tokens
         && let Some(problem) = plan.budget.never_fits(task.workstream.as_deref(), tokens)
     {
         return Err(Failure::usage(format!("{problem} (the budgets of {})", config_path.display())));
     }
-    Ok(())
+    Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::{Command, TaskAction};
+
+    fn input(args: &[&str]) -> TaskInput {
+        let cli = Cli::try_parse_from(["baton", "task", "add"].iter().chain(args)).unwrap();
+        let Command::Task { action: TaskAction::Add(args) } = cli.command else { panic!("task add") };
+        task_input(&args).unwrap()
+    }
+
+    /// `baton task add` sends the fields it was given and nothing else: the defaults are
+    /// `baton_core::task::new_task`'s, as for every source (its table test).
+    #[test]
+    fn task_add_flags_are_the_fields_of_a_task_input() {
+        let minimal = input(&["Compile the crate", "--workstream", "build"]);
+        let expected =
+            TaskInput { title: "Compile the crate".into(), workstream: Some("build".into()), ..TaskInput::default() };
+        assert_eq!(minimal, expected);
+        let full = input(&[
+            "t",
+            "--input",
+            r#"{"a":1}"#,
+            "--priority",
+            "low",
+            "--timeout",
+            "90s",
+            "--depends-on",
+            "7,build",
+            "--max-attempts",
+            "5",
+        ]);
+        assert_eq!(full.input, Some(serde_json::json!({"a": 1})));
+        assert_eq!(full.priority, Some(Priority::Low));
+        assert_eq!(full.timeout.as_deref(), Some("90000ms"));
+        assert_eq!(full.depends_on, vec![TaskRef::Id(baton_core::model::TaskId(7)), TaskRef::Key("build".into())]);
+        assert_eq!(full.max_attempts, Some(5));
+    }
 }

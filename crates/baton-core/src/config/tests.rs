@@ -315,7 +315,7 @@ fn durations_beyond_ten_years_are_refused_at_their_place() {
     let text = MINIMAL.replace("title = \"Compile\"", "title = \"Compile\"\ntimeout = \"18446744073709553s\"");
     assert_eq!(
         errors(&text),
-        "baton.toml:28:11: duration `18446744073709553s` is too long: at most 3650 days (about 10 years)"
+        "baton.toml:28:11: `timeout`: duration `18446744073709553s` is too long: at most 3650 days (about 10 years)"
     );
     let text = MINIMAL.replace("command = [\"true\"]", "command = [\"true\"]\nlimits = { cpu = \"3651days\" }");
     assert!(errors(&text).starts_with("baton.toml:24:18: duration `3651days` is too long"), "{}", errors(&text));

@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use baton_core::Outcome;
 use baton_core::config::AgentSpec;
-use baton_core::model::{NewTask, Priority, TaskId, TaskRef};
+use baton_core::model::{Priority, TaskId};
+use baton_core::task::TaskInput;
 use baton_core::time::format_duration;
 
 use super::{ProcessEnv, Registry, append_log, base_command, copy_stderr, prepare_dirs, task_json};
@@ -560,7 +561,7 @@ pub enum Call {
     },
     CreateTasks {
         parent: Option<TaskId>,
-        tasks: Vec<NewTask>,
+        tasks: Vec<TaskInput>,
     },
     /// A method Baton does not know.
     Unknown(String),
@@ -735,57 +736,18 @@ fn parse_message(agent: &str, params: &mut Value) -> Result<baton_core::messages
     })
 }
 
-/// The tasks of a `task/create` request.
-fn parse_new_tasks(params: &Value) -> Result<Vec<NewTask>, String> {
+/// The tasks of a `task/create` request: each a [`TaskInput`] (unknown fields refused), with
+/// what can be checked without the plan checked here; the engine checks the rest and fills the
+/// defaults (a task without a workstream joins its parent's).
+fn parse_new_tasks(params: &Value) -> Result<Vec<TaskInput>, String> {
     let Some(items) = params.get("tasks").and_then(Value::as_array) else {
         return Err("task/create needs `tasks`: an array of tasks".into());
     };
-    let strings = |value: Option<&Value>| -> Vec<String> {
-        value
-            .and_then(Value::as_array)
-            .map_or_else(Vec::new, |items| items.iter().filter_map(Value::as_str).map(str::to_string).collect())
-    };
     let mut tasks = Vec::with_capacity(items.len());
     for (idx, item) in items.iter().enumerate() {
-        let Some(title) = item.get("title").and_then(Value::as_str).filter(|title| !title.trim().is_empty()) else {
-            return Err(format!("tasks[{idx}] needs a `title`"));
-        };
-        let priority = match item.get("priority").and_then(Value::as_str) {
-            None => Priority::Medium,
-            Some(text) => serde_json::from_value(Value::String(text.to_string()))
-                .map_err(|_| format!("tasks[{idx}].priority `{text}` is not one of critical, high, medium, low"))?,
-        };
-        let depends_on = item.get("depends_on").and_then(Value::as_array).map_or_else(Vec::new, |deps| {
-            deps.iter()
-                .filter_map(|dep| match dep {
-                    Value::Number(number) => number.as_i64().map(|id| TaskRef::Id(TaskId(id))),
-                    Value::String(key) => Some(TaskRef::Key(key.clone())),
-                    _ => None,
-                })
-                .collect()
-        });
-        let estimated_tokens = match item.get("estimated_tokens") {
-            None | Some(Value::Null) => None,
-            Some(value) => match value.as_u64() {
-                Some(tokens) if tokens > 0 => Some(tokens),
-                _ => return Err(format!("tasks[{idx}].estimated_tokens must be a whole number of at least 1")),
-            },
-        };
-        tasks.push(NewTask {
-            key: item.get("key").and_then(Value::as_str).map(str::to_string),
-            workstream: item.get("workstream").and_then(Value::as_str).map(str::to_string),
-            title: title.to_string(),
-            description: item.get("description").and_then(Value::as_str).unwrap_or_default().to_string(),
-            input: item.get("input").cloned().unwrap_or_else(|| json!({})),
-            requires: strings(item.get("requires")),
-            agent: item.get("agent").and_then(Value::as_str).map(str::to_string),
-            depends_on,
-            priority,
-            max_attempts: item.get("max_attempts").and_then(Value::as_u64).map_or(3, |n| n.clamp(1, 100) as u32),
-            timeout_ms: None,
-            resources: strings(item.get("resources")),
-            estimated_tokens,
-        });
+        let task: TaskInput = serde_json::from_value(item.clone()).map_err(|error| format!("tasks[{idx}]: {error}"))?;
+        baton_core::task::check_alone(&task).map_err(|error| format!("tasks[{idx}]: {error}"))?;
+        tasks.push(task);
     }
     Ok(tasks)
 }
@@ -980,19 +942,40 @@ mod tests {
     #[test]
     fn task_create_takes_estimates_and_refuses_bad_ones() {
         let params = json!({ "tasks": [
-            { "title": "Review", "estimated_tokens": 4000, "resources": ["file:src/**"] },
+            { "title": "Review", "estimated_tokens": 4000, "resources": ["file:src/**"], "timeout": "5m" },
             { "title": "Plain" },
         ]});
         let tasks = parse_new_tasks(&params).unwrap();
         assert_eq!((tasks[0].estimated_tokens, tasks[1].estimated_tokens), (Some(4000), None));
         assert_eq!(tasks[0].resources, vec!["file:src/**".to_string()]);
-        for bad in [json!(0), json!(-5), json!("lots"), json!(1.5)] {
+        assert_eq!(tasks[0].timeout.as_deref(), Some("5m"), "the timeout is kept, not dropped");
+        assert_eq!(
+            parse_new_tasks(&json!({ "tasks": [{ "title": "Plain" }, { "title": "Bad", "estimated_tokens": 0 }] }))
+                .unwrap_err(),
+            "tasks[1]: `estimated_tokens` must be at least 1"
+        );
+        for bad in [json!(-5), json!("lots"), json!(1.5)] {
             let params = json!({ "tasks": [{ "title": "Plain" }, { "title": "Bad", "estimated_tokens": bad }] });
-            assert_eq!(
-                parse_new_tasks(&params).unwrap_err(),
-                "tasks[1].estimated_tokens must be a whole number of at least 1"
-            );
+            let error = parse_new_tasks(&params).unwrap_err();
+            assert!(error.starts_with("tasks[1]: invalid "), "{error}");
         }
+    }
+
+    /// The same refusals as `POST /tasks`: an unknown field, too many attempts (no silent
+    /// clamping), a bad timeout, a missing title.
+    #[test]
+    fn task_create_refuses_what_post_tasks_refuses() {
+        let refused = |task: Value| parse_new_tasks(&json!({ "tasks": [task] })).unwrap_err();
+        assert!(refused(json!({ "title": "t", "retries": 2 })).starts_with("tasks[0]: unknown field `retries`"));
+        assert_eq!(
+            refused(json!({ "title": "t", "max_attempts": 1000 })),
+            "tasks[0]: `max_attempts` must be at most 100, not 1000"
+        );
+        assert!(
+            refused(json!({ "title": "t", "timeout": "soon" })).starts_with("tasks[0]: `timeout`: invalid duration")
+        );
+        assert!(refused(json!({ "description": "no title" })).starts_with("tasks[0]: missing field `title`"));
+        assert_eq!(refused(json!({ "title": " " })), "tasks[0]: task `title` must not be empty");
     }
 
     #[test]
