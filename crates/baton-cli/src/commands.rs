@@ -713,7 +713,7 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
                 .map_err(|error| Failure::usage(error.to_string()))?;
             outln!("@{name}: message stored; it is delivered by the running `baton run`");
         } else {
-            let input = baton_core::messages::chat_task(spec, OPERATOR, text, &data, now);
+            let input = baton_core::messages::chat_task(spec, OPERATOR, text, &data, &uuid_like(now, &name));
             let task = baton_core::task::new_task(input, (&loaded.plan).into())
                 .map_err(|error| Failure::usage(error.to_string()))?;
             store

@@ -157,17 +157,18 @@ pub fn takes_messages(agent: &crate::config::AgentSpec) -> bool {
 
 /// The task a chat message becomes for an agent that runs once per task: pinned to it, in its
 /// workstream, at its priority, with the message (and who sent it) as its input. Its key,
-/// `chat-AGENT-MILLIS`, is the time the message was sent (`now`): two messages to one agent are
-/// two tasks. Checked and given the other defaults by [`crate::task::new_task`].
+/// `chat-AGENT-ID`, carries the message's own id (unique per message, from the caller: the core
+/// makes no ids), so two messages to one agent are two tasks, even in the same millisecond.
+/// Checked and given the other defaults by [`crate::task::new_task`].
 pub fn chat_task(
     agent: &crate::config::AgentSpec,
     from: &str,
     text: &str,
     data: &serde_json::Value,
-    now: crate::time::Timestamp,
+    message_id: &str,
 ) -> crate::task::TaskInput {
     crate::task::TaskInput {
-        key: Some(chat_key(&agent.name, now)),
+        key: Some(chat_key(&agent.name, message_id)),
         workstream: agent.workstream.clone(),
         title: text.chars().take(60).collect(),
         description: text.to_string(),
@@ -178,9 +179,9 @@ pub fn chat_task(
     }
 }
 
-/// The key of the task a chat message sent at `now` becomes for `agent`.
-pub fn chat_key(agent: &str, now: crate::time::Timestamp) -> String {
-    format!("chat-{agent}-{}", now.millis())
+/// The key of the task the chat message `message_id` becomes for `agent`.
+pub fn chat_key(agent: &str, message_id: &str) -> String {
+    format!("chat-{agent}-{message_id}")
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Re
                 .map_err(ApiError::bad_request)?;
             sent.push(Sent { agent: name, message_id: Some(id), task: None });
         } else {
-            let input = chat_task(spec, &from, &message.text, &data, state.clock().now());
+            let input = chat_task(spec, &from, &message.text, &data, &uuid::Uuid::now_v7().simple().to_string());
             let task = baton_core::task::new_task(input, (&*plan).into())
                 .map_err(|error| ApiError::bad_request(error.to_string()))?;
             let ids = state.engine().create_tasks(vec![task]).await?;

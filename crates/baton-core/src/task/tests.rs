@@ -64,7 +64,7 @@ fn row(source: &str, task: &NewTask) -> String {
 /// The defaults of every source of tasks, side by side. They are the same everywhere except
 /// for what the source itself decides, which the table shows: a schedule keys each firing
 /// `NAME@DUE`; a chat message pins the task to the agent it mentions, keys it
-/// `chat-AGENT-MILLIS` and carries the message as its input.
+/// `chat-AGENT-ID` and carries the message as its input.
 #[test]
 fn every_source_gives_a_minimal_task_the_same_defaults() {
     let plan = plan();
@@ -95,7 +95,7 @@ fn every_source_gives_a_minimal_task_the_same_defaults() {
     rows.push(row("worker task/create", &new_task(item, catalog).unwrap()));
 
     let builder = plan.agent("builder").unwrap();
-    let chat = chat_task(builder, OPERATOR, "Compile the crate", &serde_json::Value::Null, now);
+    let chat = chat_task(builder, OPERATOR, "Compile the crate", &serde_json::Value::Null, "0195f3a2");
     rows.push(row("chat @builder", &new_task(chat, catalog).unwrap()));
 
     let expected = [
@@ -104,7 +104,7 @@ fn every_source_gives_a_minimal_task_the_same_defaults() {
         r#"POST /tasks        key=compile-the-crate          ws=build priority=high attempts=3 input={} timeout=None agent=None"#,
         r#"baton task add     key=compile-the-crate          ws=build priority=high attempts=3 input={} timeout=None agent=None"#,
         r#"worker task/create key=compile-the-crate          ws=build priority=high attempts=3 input={} timeout=None agent=None"#,
-        r#"chat @builder      key=chat-builder-1767236400000 ws=build priority=high attempts=3 input={"data":null,"from":"operator","message":"Compile the crate"} timeout=None agent=Some("builder")"#,
+        r#"chat @builder      key=chat-builder-0195f3a2      ws=build priority=high attempts=3 input={"data":null,"from":"operator","message":"Compile the crate"} timeout=None agent=Some("builder")"#,
     ];
     assert_eq!(rows.join("\n"), expected.join("\n"));
 }
