@@ -91,6 +91,7 @@ pub enum Command {
     },
     /// Validate the configuration and its environment, and print the plan.
     Check {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -126,16 +127,19 @@ pub enum Command {
     },
     /// The server's audit log: every mutating API request, who made it and how it ended.
     Audit {
+        /// At most this many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u64,
         /// Only requests by this token subject.
         #[arg(long)]
         actor: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show the current (or last) run: phase, progress, outcome, workstreams.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// A run id; the latest run of the plan by default.
@@ -144,14 +148,19 @@ pub enum Command {
     },
     /// List the run's tasks.
     Tasks {
+        /// Only tasks in this state: pending, ready, running, succeeded, dead, cancelled or suspended.
         #[arg(long)]
         state: Option<String>,
+        /// Only tasks of this workstream.
         #[arg(long)]
         workstream: Option<String>,
+        /// Only tasks assigned to this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -167,8 +176,10 @@ pub enum Command {
     },
     /// List the schedules: cron, time zone, state, next fire times, last firing.
     Schedules {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -179,8 +190,10 @@ pub enum Command {
     },
     /// List the run's agents.
     Agents {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -192,17 +205,22 @@ pub enum Command {
         /// JSON data to send along.
         #[arg(long)]
         data: Option<String>,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// List the run's messages (all, or to and from one agent).
     Messages {
+        /// Only messages to or from this agent.
         #[arg(long)]
         agent: Option<String>,
+        /// At most this many, the latest.
         #[arg(long, default_value_t = 100)]
         limit: u64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -211,20 +229,25 @@ pub enum Command {
     Budget {
         #[command(subcommand)]
         action: Option<BudgetAction>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// Show the resources running tasks hold and the tasks waiting for them.
     Conflicts {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// Print the run's events; with --follow, keep printing until the run ends.
     Events {
+        /// Keep printing what comes next, until interrupted.
         #[arg(long, short)]
         follow: bool,
         /// Only events after this sequence number.
@@ -236,6 +259,7 @@ pub enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -247,7 +271,9 @@ pub enum Command {
     },
     /// Print an agent's log (its stderr and Baton's notes about each task).
     Logs {
+        /// The agent's name.
         agent: String,
+        /// Keep printing what comes next, until interrupted.
         #[arg(long, short)]
         follow: bool,
     },
@@ -268,6 +294,7 @@ pub enum Command {
         /// Where to put the benchmark's stores (a temporary directory by default).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Run the soak instead: real worker processes, killed at random.
@@ -346,19 +373,25 @@ pub enum TokenAction {
 pub enum AgentAction {
     /// Start a stopped or failed agent (with a fresh restart budget).
     Start {
+        /// The agent's name.
         name: String,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// Stop an agent gracefully; tasks only it can run wait for it.
     Stop {
+        /// The agent's name.
         name: String,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// Stop an agent and start it again.
     Restart {
+        /// The agent's name.
         name: String,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -368,13 +401,17 @@ pub enum AgentAction {
 pub enum ScheduleAction {
     /// Pause a schedule: its due times pass without firing until it is resumed.
     Pause {
+        /// The schedule's name.
         name: String,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// Resume a paused schedule: it fires from its next due time on.
     Resume {
+        /// The schedule's name.
         name: String,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -385,11 +422,15 @@ pub enum BudgetAction {
     /// Set a budget's limit until the next reset, in the running `baton run` (raising it lets
     /// the agents it blocked work again). SCOPE: global, workstream:NAME or agent:NAME.
     Set {
+        /// `global`, `workstream:NAME` or `agent:NAME`.
         scope: String,
+        /// The tokens the scope may use until the next reset.
         #[arg(long)]
         daily_tokens: Option<u64>,
+        /// The cost, in US dollars, the scope may spend until the next reset.
         #[arg(long)]
         cost_usd: Option<f64>,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -402,21 +443,28 @@ pub enum TaskAction {
     Add(Box<TaskArgs>),
     /// Show a task with its attempts' events.
     Show {
+        /// The task's id.
         id: i64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a task (a running attempt is killed). Applied by the running `baton run`.
     Cancel {
+        /// The task's id.
         id: i64,
+        /// Why; shown in the task's events.
         #[arg(long, default_value = "cancelled by an operator")]
         reason: String,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
     /// Put a dead or cancelled task back in the queue. Applied by the running `baton run`.
     Retry {
+        /// The task's id.
         id: i64,
+        /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
     },
@@ -425,9 +473,12 @@ pub enum TaskAction {
 /// The fields of a `[[tasks]]` entry, for `baton task add`.
 #[derive(Debug, clap::Args)]
 pub struct TaskArgs {
+    /// The task's title.
     pub title: String,
+    /// What the task is about, for the agent.
     #[arg(long)]
     pub description: Option<String>,
+    /// The workstream the task belongs to.
     #[arg(long)]
     pub workstream: Option<String>,
     /// A capability the agent needs (repeat, or separate with commas).
@@ -442,8 +493,10 @@ pub struct TaskArgs {
     /// The task's key, its identity within the run (default: from the title).
     #[arg(long)]
     pub key: Option<String>,
+    /// critical, high, medium or low (default: the workstream's).
     #[arg(long, value_parser = ["critical", "high", "medium", "low"])]
     pub priority: Option<String>,
+    /// Attempts before the task is dead (default 3).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
     /// How long an attempt may take, such as 30s or 10m.
@@ -460,6 +513,7 @@ pub struct TaskArgs {
     /// less left.
     #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..))]
     pub estimated_tokens: Option<u64>,
+    /// A run id; the latest run of the plan by default.
     #[arg(long)]
     pub run: Option<String>,
 }
@@ -532,5 +586,35 @@ fn main() -> ExitCode {
             }
             ExitCode::from(failure.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_option_of_every_command_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.is_hide_set() {
+                    continue;
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "baton", &mut missing);
+        assert!(missing.is_empty(), "options without help:\n{}", missing.join("\n"));
     }
 }
