@@ -276,7 +276,8 @@ pub struct Created {
 
 /// Creates a task.
 #[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = TaskInput,
-    responses((status = 201, body = Created), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Created), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 409, description = "a task with that key exists in the run", body = crate::error::ErrorBody)))]
 pub async fn create_task(
     State(state): State<AppState>,
     caller: Extension<Caller>,
@@ -290,7 +291,8 @@ pub async fn create_task(
 
 /// Creates several tasks at once (all or none); they may depend on each other by key.
 #[utoipa::path(post, path = "/tasks/batch", tag = "tasks", request_body = TaskBatch,
-    responses((status = 201, body = Created), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = Created), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 409, description = "a task with one of those keys exists in the run", body = crate::error::ErrorBody)))]
 pub async fn create_tasks(
     State(state): State<AppState>,
     caller: Extension<Caller>,
