@@ -18,7 +18,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -75,17 +74,20 @@ pub async fn serve(
 ) {
     let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.header_timeout));
     let permits = Arc::new(Semaphore::new(limits.max_connections as usize));
-    let at_cap_said = AtomicBool::new(false);
+    // Whether the cap was reported since a connection was last accepted below it: the loop is
+    // one task, so a plain flag.
+    let mut at_cap_said = false;
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
     loop {
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => {
-                at_cap_said.store(false, Ordering::Relaxed);
+                at_cap_said = false;
                 permit
             }
             Err(_) => {
-                if !at_cap_said.swap(true, Ordering::Relaxed) {
+                if !at_cap_said {
+                    at_cap_said = true;
                     tracing::warn!(
                         max_connections = limits.max_connections,
                         "the API holds {} connections, its cap (server.max_connections): new connections wait until one closes",
