@@ -123,63 +123,51 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// The one table from a store error's kind to an HTTP status and code; every store error the
-/// API answers goes through it.
+/// The one table from an operation's error kind to an HTTP status and code; every error of
+/// the operations layer, the store or the engine that the API answers goes through it.
 ///
 /// | kind | status | code |
 /// |---|---|---|
+/// | invalid | 400 | `bad_request` |
+/// | forbidden | 403 | `forbidden` |
 /// | not found | 404 | `not_found` |
 /// | conflict | 409 | `conflict` |
-/// | refused | 400 | `bad_request` |
 /// | full | 429 | `full` |
 /// | unavailable | 503 | `unavailable` |
-/// | corrupt | 500 | `internal` |
+/// | internal | 500 | `internal` |
 ///
 /// A full store is 429, not 507: what fills up in practice is an agent's inbox, which takes the
 /// request again once the agent has acknowledged messages; the client's answer to both is to
 /// try again later.
-pub fn store_status(kind: baton_store::ErrorKind) -> (StatusCode, &'static str) {
-    use baton_store::ErrorKind;
+pub fn status_of(kind: baton_ops::ErrorKind) -> (StatusCode, &'static str) {
+    use baton_ops::ErrorKind;
     match kind {
+        ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "bad_request"),
+        ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
         ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
-        ErrorKind::Refused => (StatusCode::BAD_REQUEST, "bad_request"),
         ErrorKind::Full => (StatusCode::TOO_MANY_REQUESTS, "full"),
         ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
+impl From<baton_ops::Error> for ApiError {
+    fn from(error: baton_ops::Error) -> ApiError {
+        let (status, code) = status_of(error.kind());
+        ApiError::new(status, code, error.message())
     }
 }
 
 impl From<baton_store::Error> for ApiError {
     fn from(error: baton_store::Error) -> ApiError {
-        let (status, code) = store_status(error.kind());
-        ApiError::new(status, code, error.to_string())
+        baton_ops::Error::from(error).into()
     }
 }
 
 impl From<baton_runtime::engine::Error> for ApiError {
     fn from(error: baton_runtime::engine::Error) -> ApiError {
-        use baton_core::sched::Error as Refused;
-        use baton_runtime::engine::Error;
-        match error {
-            Error::Refused(refused) => {
-                let message = refused.to_string();
-                match refused {
-                    Refused::UnknownTask(_) | Refused::UnknownAgent(_) | Refused::UnknownSchedule(_) => {
-                        ApiError::not_found(message)
-                    }
-                    Refused::WrongState { .. }
-                    | Refused::Stale { .. }
-                    | Refused::AgentExists(_)
-                    | Refused::WorkstreamExists(_) => ApiError::conflict(message),
-                    _ => ApiError::bad_request(message),
-                }
-            }
-            Error::Stopped => ApiError::unavailable(error.to_string()),
-            Error::Invalid(message) => ApiError::bad_request(message),
-            Error::Store(error) => error.into(),
-            other => ApiError::internal(other.to_string()),
-        }
+        baton_ops::Error::from(error).into()
     }
 }
 

@@ -70,11 +70,9 @@ pub struct AppState {
 }
 
 struct Shared {
-    store: Arc<dyn Store>,
+    ops: baton_ops::Ops,
     engine: EngineHandle,
     hub: RemoteHub,
-    run_id: String,
-    plan: Arc<Plan>,
     auth: Option<Auth>,
     limiter: Option<metrics::Limiter>,
     /// Requests without a valid token, per client address (see [`authenticate`]).
@@ -83,9 +81,6 @@ struct Shared {
     unauthenticated_audit: metrics::Limiter,
     /// Failed-authentication entries written since the oldest were last pruned.
     n_unauthenticated_audited: std::sync::atomic::AtomicU64,
-    log_dir: PathBuf,
-    clock: Clock,
-    started: Instant,
     shutdown: CancellationToken,
     metrics: metrics::Metrics,
 }
@@ -96,11 +91,16 @@ impl AppState {
         let limiter = options.rate_limit.map(|(per_second, burst)| metrics::Limiter::new(per_second, burst));
         AppState {
             shared: Arc::new(Shared {
-                store: options.store,
+                ops: baton_ops::Ops::new(baton_ops::OpsOptions {
+                    store: options.store,
+                    engine: Some(options.engine.clone()),
+                    run_id: options.run_id,
+                    plan: options.plan,
+                    log_dir: options.log_dir,
+                    clock: options.clock,
+                }),
                 engine: options.engine,
                 hub: options.hub,
-                run_id: options.run_id,
-                plan: Arc::new(options.plan),
                 auth: options.auth,
                 limiter,
                 unauthenticated: metrics::Limiter::new(UNAUTHENTICATED_PER_SECOND, UNAUTHENTICATED_BURST),
@@ -109,17 +109,19 @@ impl AppState {
                     UNAUTHENTICATED_AUDIT_BURST,
                 ),
                 n_unauthenticated_audited: std::sync::atomic::AtomicU64::new(0),
-                log_dir: options.log_dir,
-                clock: options.clock,
-                started: Instant::now(),
                 shutdown: options.shutdown,
                 metrics,
             }),
         }
     }
 
+    /// The operations layer: every handler's work is done there.
+    pub fn ops(&self) -> &baton_ops::Ops {
+        &self.shared.ops
+    }
+
     pub fn store(&self) -> &dyn Store {
-        self.shared.store.as_ref()
+        self.shared.ops.store()
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -131,23 +133,19 @@ impl AppState {
     }
 
     pub fn run_id(&self) -> &str {
-        &self.shared.run_id
+        self.shared.ops.run_id()
     }
 
     /// The plan as it runs now (with agents added, updated or removed since the start).
     /// Shared, not copied: every agent-side request looks its agent up here.
     pub fn plan(&self) -> Arc<Plan> {
-        self.shared.engine.plan().unwrap_or_else(|| Arc::clone(&self.shared.plan))
+        self.shared.ops.plan()
     }
 
     /// The run's tasks per state: from the engine's counts while it runs (no query), else
     /// from the store.
     pub async fn task_counts(&self) -> Result<Vec<(baton_core::model::TaskState, u64)>, ApiError> {
-        if !self.shared.engine.is_stopped() {
-            let by_state = self.shared.engine.progress().borrow().by_state;
-            return Ok(baton_core::model::TaskState::ALL.into_iter().zip(by_state).collect());
-        }
-        Ok(self.store().task_counts(self.run_id()).await?)
+        Ok(self.shared.ops.task_counts().await?)
     }
 
     pub fn auth(&self) -> Option<&Auth> {
@@ -155,11 +153,11 @@ impl AppState {
     }
 
     pub fn clock(&self) -> Clock {
-        self.shared.clock
+        self.shared.ops.clock()
     }
 
     pub fn uptime(&self) -> Duration {
-        self.shared.started.elapsed()
+        self.shared.ops.uptime()
     }
 
     pub fn shutdown(&self) -> &CancellationToken {
@@ -167,7 +165,7 @@ impl AppState {
     }
 
     pub fn log_dir(&self) -> &std::path::Path {
-        &self.shared.log_dir
+        self.shared.ops.log_dir()
     }
 }
 
@@ -304,7 +302,7 @@ async fn audit(
         }
         let n_written = state.shared.n_unauthenticated_audited.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if n_written.is_multiple_of(1000) {
-            let store = Arc::clone(&state.shared.store);
+            let store = state.shared.ops.store_arc();
             tokio::spawn(async move {
                 if let Err(error) = store.prune_audit(UNAUTHENTICATED, UNAUTHENTICATED_AUDIT_KEEP).await {
                     tracing::error!(%error, "pruning the audit log's failed-authentication entries");
@@ -333,7 +331,7 @@ async fn audit(
     // into the store's next group commit, so a crash in the millisecond after the answer
     // can lose the entry of a request whose effect was recorded.
     if route.starts_with("/agent/") {
-        let store = Arc::clone(&state.shared.store);
+        let store = state.shared.ops.store_arc();
         tokio::spawn(async move {
             if let Err(error) = store.record_audit(entry).await {
                 tracing::error!(%error, "audit entry not written");

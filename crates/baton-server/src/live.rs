@@ -1,14 +1,8 @@
 //! Live events: `GET /events` as Server-Sent Events and `GET /ws` as a WebSocket, both from
 //! any sequence number (`?since=`, or `Last-Event-ID` on an SSE reconnect); and agents' logs
-//! followed as SSE.
-//!
-//! A stream subscribes to the store's committed events *before* it reads the backlog, then
-//! sends the backlog, then the live events with a sequence number above the last it sent or
-//! skipped. Events are numbered without gaps, so a gap in what the subscription delivers (it
-//! lagged) is filled from the store. That is why no event is skipped or sent twice, across a
-//! reconnect too: the client says the last id it saw and gets exactly what follows.
+//! followed as SSE. The streams themselves — backlog then live, each event once, in order —
+//! are the operations layer's ([`baton_ops::Ops::follow_events`]).
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,88 +14,19 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use futures::Stream;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use baton_core::model::TaskId;
-use baton_core::{Event, EventKind};
-use baton_store::EventQuery;
+use baton_core::Event;
+pub use baton_ops::events::EventFilter;
 
 use crate::api::Params;
-use crate::auth::{Action, Caller, Grant};
+use crate::auth::Caller;
 use crate::{ApiError, AppState, json};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/events", get(events)).route("/events/history", get(history)).route("/ws", get(ws))
-}
-
-/// Which events a client wants.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct EventFilter {
-    /// Only events with a greater sequence number (default 0: from the start). On an SSE
-    /// reconnect, `Last-Event-ID` wins.
-    pub since: Option<i64>,
-    /// Event types, comma-separated (`TaskCompleted,TaskFailed`).
-    #[serde(rename = "type")]
-    #[param(rename = "type")]
-    pub kinds: Option<String>,
-    /// Only events about this agent.
-    pub agent: Option<String>,
-    /// Only events about this task.
-    pub task: Option<i64>,
-    /// For `/events/history`: at most this many (default 100, at most 1000).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u64>,
-}
-
-impl EventFilter {
-    /// Under [`Grant::Own`], an agent token follows the events about its own agent only.
-    fn authorize(mut self, caller: &Caller) -> Result<EventFilter, ApiError> {
-        if caller.require(Action::ReadEvents)? == Grant::Own {
-            self.agent = Some(crate::api::own_only(caller, self.agent.as_deref(), "events")?);
-        }
-        Ok(self)
-    }
-
-    fn kinds(&self) -> Vec<String> {
-        self.kinds
-            .as_deref()
-            .map(|kinds| kinds.split(',').map(str::trim).filter(|kind| !kind.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default()
-    }
-
-    /// Refuses a type no event has (a typo would otherwise match nothing, silently).
-    fn check(&self) -> Result<(), ApiError> {
-        for kind in self.kinds() {
-            if !EventKind::NAMES.contains(&kind.as_str()) {
-                let message = baton_core::config::unknown("event type", &kind, EventKind::NAMES);
-                return Err(ApiError::bad_request(format!("`type`: {message}")));
-            }
-        }
-        Ok(())
-    }
-
-    fn query(&self, run_id: &str, since: i64, limit: u64) -> EventQuery {
-        EventQuery {
-            run_id: Some(run_id.to_string()),
-            since,
-            task: self.task.map(TaskId),
-            limit: Some(limit),
-            kinds: self.kinds(),
-            agent: self.agent.clone(),
-        }
-    }
-
-    fn matches(&self, run_id: &str, kinds: &HashSet<String>, event: &Event) -> bool {
-        event.run_id == run_id
-            && (kinds.is_empty() || kinds.contains(event.kind.name()))
-            && self.agent.as_deref().is_none_or(|agent| event.kind.agent() == Some(agent))
-            && self.task.is_none_or(|task| event.kind.task() == Some(TaskId(task)))
-    }
 }
 
 /// The run's events, as Server-Sent Events: each event's `id` is its sequence number and its
@@ -115,7 +40,6 @@ pub async fn events(
     Params(filter): Params<EventFilter>,
 ) -> Result<Response, ApiError> {
     let filter = filter.authorize(&caller)?;
-    filter.check()?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(value) => Some(
@@ -127,7 +51,7 @@ pub async fn events(
         ),
     };
     let since = last_event_id.or(filter.since).unwrap_or(0);
-    let stream = follow(state, filter, since, token_expiry(&caller));
+    let stream = state.ops().follow_events(filter, since, state.shutdown().clone(), token_expiry(&caller));
     let sse = futures::StreamExt::map(stream, |event: Event| {
         let data = serde_json::to_string(&event).unwrap_or_default();
         Ok::<_, Infallible>(SseEvent::default().id(event.seq.to_string()).event(event.kind.name()).data(data))
@@ -143,14 +67,7 @@ pub async fn history(
     caller: Extension<Caller>,
     Params(filter): Params<EventFilter>,
 ) -> Result<Response, ApiError> {
-    let filter = filter.authorize(&caller)?;
-    filter.check()?;
-    let limit = filter.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("`limit` must be between 1 and 1000"));
-    }
-    let events = state.store().events(&filter.query(state.run_id(), filter.since.unwrap_or(0), limit)).await?;
-    Ok(json(events))
+    Ok(json(state.ops().events(&caller, filter).await?))
 }
 
 /// The same events as `/events`, over a WebSocket: one JSON text message per event. The client
@@ -164,7 +81,6 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let filter = filter.authorize(&caller)?;
-    filter.check()?;
     let since = filter.since.unwrap_or(0);
     let caller = caller.0;
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, caller, filter, since)))
@@ -201,7 +117,7 @@ const CLOSE_TOKEN_EXPIRED: u16 = 1008;
 
 async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, filter: EventFilter, since: i64) {
     let deadline = token_expiry(&caller);
-    let mut stream = Box::pin(follow(state.clone(), filter, since, deadline));
+    let mut stream = Box::pin(state.ops().follow_events(filter, since, state.shutdown().clone(), deadline));
     let expired = expiry(deadline);
     tokio::pin!(expired);
     // A ping now and then: a quiet socket moves bytes, so the server's idle timeout leaves it be
@@ -237,9 +153,12 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, fi
                     // follow on the stream like every other event.
                     let answer = match serde_json::from_str::<ClientMessage>(&text) {
                         Ok(ClientMessage::Chat { text, data }) => {
-                            match crate::chat::chat(&state, &caller, crate::chat::ChatMessage { text, data }).await {
+                            match state.ops().chat(&caller, crate::chat::ChatMessage { text, data }).await {
                                 Ok(result) => serde_json::json!({"type": "chat_result", "sent": result.sent}),
-                                Err(error) => serde_json::json!({"type": "error", "error": {"code": error.code, "message": error.message}}),
+                                Err(error) => {
+                                    let error = ApiError::from(error);
+                                    serde_json::json!({"type": "error", "error": {"code": error.code, "message": error.message}})
+                                }
                             }
                         }
                         Err(error) => serde_json::json!({"type": "error", "error": {"code": "bad_request", "message": format!("unreadable message: {error}; send {{\"type\": \"chat\", \"text\": \"@agent …\"}}")}}),
@@ -253,90 +172,6 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, fi
         }
     }
     let _ = socket.send(Message::Close(None)).await;
-}
-
-const PAGE: u64 = 500;
-
-/// The run's events after `since` that pass `filter`, then live ones, in order, each once;
-/// the stream ends at `until` (the caller's token's expiry).
-fn follow(
-    state: AppState,
-    filter: EventFilter,
-    since: i64,
-    until: Option<tokio::time::Instant>,
-) -> impl Stream<Item = Event> {
-    let (tx, rx) = mpsc::channel::<Event>(256);
-    tokio::spawn(async move {
-        let run_id = state.run_id().to_string();
-        let kinds: HashSet<String> = filter.kinds().into_iter().collect();
-        let mut live = state.store().subscribe();
-        // The highest sequence number dealt with (sent or filtered out).
-        let mut seen = since;
-        if catch_up(&state, &filter, &run_id, &mut seen, &tx).await.is_err() {
-            return;
-        }
-        let expired = expiry(until);
-        tokio::pin!(expired);
-        loop {
-            let event = tokio::select! {
-                () = state.shutdown().cancelled() => return,
-                () = &mut expired => return,
-                () = tx.closed() => return,
-                event = live.recv() => event,
-            };
-            match event {
-                Ok(event) if event.run_id != run_id || event.seq <= seen => {}
-                Ok(event) if event.seq == seen + 1 => {
-                    seen = event.seq;
-                    if filter.matches(&run_id, &kinds, &event) && tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                // A gap: the subscription lagged. The store has what was missed.
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if catch_up(&state, &filter, &run_id, &mut seen, &tx).await.is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// Sends the stored events after `seen` that pass the filter, page by page, moving `seen` to
-/// the last event read. `Err` when the client has gone.
-async fn catch_up(
-    state: &AppState,
-    filter: &EventFilter,
-    run_id: &str,
-    seen: &mut i64,
-    tx: &mpsc::Sender<Event>,
-) -> Result<(), ()> {
-    loop {
-        // Unfiltered, so that `seen` moves over everything, matching or not.
-        let query =
-            EventQuery { run_id: Some(run_id.to_string()), since: *seen, limit: Some(PAGE), ..Default::default() };
-        let page = match state.store().events(&query).await {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::warn!(%error, "reading events for a stream");
-                return Err(());
-            }
-        };
-        let kinds: HashSet<String> = filter.kinds().into_iter().collect();
-        let n = page.len() as u64;
-        for event in page {
-            *seen = (*seen).max(event.seq);
-            if filter.matches(run_id, &kinds, &event) {
-                tx.send(event).await.map_err(|_| ())?;
-            }
-        }
-        if n < PAGE {
-            return Ok(());
-        }
-    }
 }
 
 /// An agent's log: the last `tail_bytes` as text, or followed as SSE (one `data` line per

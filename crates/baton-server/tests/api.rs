@@ -45,7 +45,7 @@ async fn health_is_503_naming_the_broken_subsystem_when_the_engine_stopped() {
     assert_eq!(
         health["problems"],
         json!([
-            "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton serve` starts again"
+            "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton run` or `baton serve` starts again"
         ])
     );
     server.stop().await;

@@ -1,0 +1,137 @@
+//! Agents: read them, add, update and remove them in the running plan, start, stop and
+//! restart them, and find their logs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use baton_core::config::AgentSpec;
+use baton_core::model::AgentRecord;
+
+use crate::{Action, Caller, Error, Grant, Ops, Result, own_only};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentInfo {
+    pub name: String,
+    /// As last recorded; absent until the engine has written the agent.
+    pub status: Option<AgentRecord>,
+    /// The agent's configuration, as in baton.toml.
+    #[schema(value_type = Object)]
+    pub spec: AgentSpec,
+}
+
+/// What an operator asks of an agent that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCommand {
+    Start,
+    Stop,
+    Restart,
+}
+
+fn config_error(error: baton_core::config::Error) -> Error {
+    Error::invalid(error.to_string().trim().to_string())
+}
+
+impl Ops {
+    async fn agent_infos(&self) -> Result<Vec<AgentInfo>> {
+        let plan = self.plan();
+        let mut records: BTreeMap<String, AgentRecord> =
+            self.store().agents(self.run_id()).await?.into_iter().map(|record| (record.name.clone(), record)).collect();
+        Ok(plan
+            .agents
+            .iter()
+            .map(|spec| AgentInfo { name: spec.name.clone(), status: records.remove(&spec.name), spec: spec.clone() })
+            .collect())
+    }
+
+    async fn find_agent(&self, name: &str) -> Result<AgentInfo> {
+        self.agent_infos()
+            .await?
+            .into_iter()
+            .find(|info| info.name == name)
+            .ok_or_else(|| Error::not_found(format!("no agent `{name}` in this run")))
+    }
+
+    /// The plan's agents, with their state.
+    pub async fn agents(&self, caller: &Caller) -> Result<Vec<AgentInfo>> {
+        caller.require(Action::ReadAgents)?;
+        self.agent_infos().await
+    }
+
+    /// One agent.
+    pub async fn agent(&self, caller: &Caller, name: &str) -> Result<AgentInfo> {
+        caller.require(Action::ReadAgents)?;
+        self.find_agent(name).await
+    }
+
+    /// Adds an agent to the running plan; `body` is an `[[agents]]` entry of baton.toml, as
+    /// JSON.
+    pub async fn create_agent(&self, caller: &Caller, body: &serde_json::Value) -> Result<AgentInfo> {
+        caller.require(Action::ManageAgents)?;
+        let plan = self.plan();
+        if let Some(name) = body.get("name").and_then(|name| name.as_str())
+            && plan.agent(name).is_some()
+        {
+            return Err(Error::conflict(format!("agent `{name}` exists already; PUT /agents/{name} updates it")));
+        }
+        let spec = baton_core::config::agent_from_json(&plan, body).map_err(config_error)?;
+        let name = spec.name.clone();
+        self.engine()?.add_agent(spec).await?;
+        self.find_agent(&name).await
+    }
+
+    /// Replaces an agent's configuration; it restarts when how it runs changed. `body` may
+    /// leave out `name`, or give the same one.
+    pub async fn update_agent(&self, caller: &Caller, name: &str, mut body: serde_json::Value) -> Result<AgentInfo> {
+        caller.require(Action::ManageAgents)?;
+        let plan = self.plan();
+        if plan.agent(name).is_none() {
+            return Err(Error::not_found(format!("no agent `{name}` in this run")));
+        }
+        let Some(fields) = body.as_object_mut() else {
+            return Err(Error::invalid("the request body must be a JSON object"));
+        };
+        match fields.get("name") {
+            None => {
+                fields.insert("name".into(), serde_json::Value::String(name.to_string()));
+            }
+            Some(serde_json::Value::String(given)) if given == name => {}
+            Some(_) => return Err(Error::invalid(format!("`name` must be `{name}`, as in the path, or absent"))),
+        }
+        let spec = baton_core::config::agent_update_from_json(&plan, &body).map_err(config_error)?;
+        self.engine()?.update_agent(spec).await?;
+        self.find_agent(name).await
+    }
+
+    /// Removes an agent from the running plan; its running tasks go back to the queue.
+    pub async fn delete_agent(&self, caller: &Caller, name: &str) -> Result<()> {
+        caller.require(Action::ManageAgents)?;
+        self.find_agent(name).await?;
+        Ok(self.engine()?.remove_agent(name.to_string()).await?)
+    }
+
+    /// Starts, stops or restarts an agent; the agent as it is now.
+    pub async fn agent_command(&self, caller: &Caller, name: &str, command: AgentCommand) -> Result<AgentInfo> {
+        caller.require(Action::ManageAgents)?;
+        self.find_agent(name).await?;
+        let engine = self.engine()?;
+        let name_owned = name.to_string();
+        match command {
+            AgentCommand::Start => engine.start_agent(name_owned).await?,
+            AgentCommand::Stop => engine.stop_agent(name_owned).await?,
+            AgentCommand::Restart => engine.restart_agent(name_owned).await?,
+        }
+        self.find_agent(name).await
+    }
+
+    /// Where an agent's log is, for a caller that may read it.
+    pub async fn agent_log(&self, caller: &Caller, name: &str) -> Result<PathBuf> {
+        if caller.require(Action::ReadAgentLogs)? == Grant::Own {
+            own_only(caller, Some(name), "log")?;
+        }
+        self.find_agent(name).await?;
+        Ok(self.log_dir().join(format!("{name}.log")))
+    }
+}

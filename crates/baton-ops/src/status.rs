@@ -1,0 +1,196 @@
+//! The run as a whole: health, status and the plan with its progress.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use baton_core::model::{Priority, RunState, TaskState};
+use baton_store::TaskFilter;
+
+use crate::{Action, Caller, Ops, Result};
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `healthy` while the engine runs and the store answers; `degraded` otherwise.
+    pub status: String,
+    pub version: String,
+    /// `running`, `succeeded` or `failed`.
+    pub orchestration_status: String,
+    pub agent_count: u64,
+    pub uptime_seconds: u64,
+    /// What is broken, one line per subsystem (`store: …`, `engine: …`); empty when nothing
+    /// is. The answer is `503` when there is any.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// The run's id.
+    pub session_id: String,
+    /// The workstreams of the current phase, by name.
+    pub current_phase: String,
+    /// 1-based; 0 before the first phase starts.
+    pub phase: u32,
+    pub n_phases: u32,
+    /// Finished tasks over all tasks, 0 to 1.
+    pub progress: f64,
+    /// Whether the run has ended.
+    pub completed: bool,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// Why the run failed, when it did.
+    pub error: Option<String>,
+    /// Agents started and not stopped.
+    pub spawned_agents: u64,
+    /// Tasks per state.
+    pub tasks: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlanView {
+    pub name: String,
+    pub run_id: String,
+    pub phase: u32,
+    /// Workstream names per phase, in order.
+    pub phases: Vec<Vec<String>>,
+    pub workstreams: Vec<WorkstreamView>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkstreamView {
+    pub name: String,
+    pub description: String,
+    pub priority: Priority,
+    pub depends_on: Vec<String>,
+    pub phase: u32,
+    pub n_tasks: u64,
+    pub n_finished: u64,
+    pub n_running: u64,
+    /// Dead or cancelled.
+    pub n_unsuccessful: u64,
+    pub progress: f64,
+}
+
+impl Ops {
+    /// Whether the engine and the store are well, naming what is broken. Open to every
+    /// caller (it is what a load balancer asks).
+    pub async fn health(&self) -> Health {
+        let mut problems = Vec::new();
+        let run = self.store().run(self.run_id()).await;
+        let agent_count = match self.store().agents(self.run_id()).await {
+            Ok(agents) => agents.len() as u64,
+            Err(error) => {
+                problems.push(format!("store: {error}"));
+                0
+            }
+        };
+        let engine_stopped = !self.is_running();
+        let orchestration = match &run {
+            Ok(Some(run)) => {
+                if engine_stopped && run.state == RunState::Running {
+                    problems.push(
+                        "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton run` or `baton serve` starts again"
+                            .to_string(),
+                    );
+                }
+                run.state.as_str().to_string()
+            }
+            Ok(None) => {
+                problems.push(format!("store: run {} is not in the store", self.run_id()));
+                "unknown".to_string()
+            }
+            Err(error) => {
+                problems.push(format!("store: {error}"));
+                "store unavailable".to_string()
+            }
+        };
+        problems.dedup();
+        let healthy = problems.is_empty() && !engine_stopped;
+        Health {
+            status: if healthy { "healthy" } else { "degraded" }.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            orchestration_status: orchestration,
+            agent_count,
+            uptime_seconds: self.uptime().as_secs(),
+            problems,
+        }
+    }
+
+    /// The run: its phase, progress and outcome.
+    pub async fn status(&self, caller: &Caller) -> Result<Status> {
+        caller.require(Action::ReadStatus)?;
+        let run = self.run().await?;
+        let counts = self.task_counts().await?;
+        let agents = self.store().agents(self.run_id()).await?;
+        let plan = self.plan();
+        let current_phase = match run.phase {
+            0 => String::new(),
+            phase => plan.phases.get(phase as usize - 1).map(|names| names.join(", ")).unwrap_or_default(),
+        };
+        let tasks: BTreeMap<String, u64> = counts.iter().map(|(state, n)| (state.as_str().to_string(), *n)).collect();
+        let n_tasks: u64 = counts.iter().map(|(_, n)| n).sum();
+        let n_finished: u64 = counts.iter().filter(|(state, _)| state.is_terminal()).map(|(_, n)| n).sum();
+        let progress = if n_tasks == 0 { run.progress() } else { n_finished as f64 / n_tasks as f64 };
+        Ok(Status {
+            session_id: run.id.clone(),
+            current_phase,
+            phase: run.phase,
+            n_phases: plan.phases.len() as u32,
+            progress,
+            completed: run.state != RunState::Running,
+            state: run.state.as_str().into(),
+            error: run.error.clone(),
+            spawned_agents: agents.iter().filter(|agent| agent.state.is_started()).count() as u64,
+            tasks,
+        })
+    }
+
+    /// The run's plan: workstreams, phases and progress.
+    pub async fn plan_view(&self, caller: &Caller) -> Result<PlanView> {
+        caller.require(Action::ReadStatus)?;
+        let plan = self.plan();
+        let run = self.store().run(self.run_id()).await?;
+        let tasks = self.store().tasks(self.run_id(), &TaskFilter::default()).await?;
+        let workstreams = plan
+            .workstreams
+            .iter()
+            .map(|ws| {
+                let own = tasks.iter().filter(|task| task.workstream.as_deref() == Some(ws.name.as_str()));
+                let (mut n_tasks, mut n_finished, mut n_running, mut n_unsuccessful) = (0, 0, 0, 0);
+                for task in own {
+                    n_tasks += 1;
+                    n_finished += u64::from(task.state.is_terminal());
+                    n_running += u64::from(task.state == TaskState::Running);
+                    n_unsuccessful += u64::from(matches!(task.state, TaskState::Dead | TaskState::Cancelled));
+                }
+                WorkstreamView {
+                    name: ws.name.clone(),
+                    description: ws.description.clone(),
+                    priority: ws.priority,
+                    depends_on: ws.depends_on.clone(),
+                    phase: plan.phase_of(Some(&ws.name)),
+                    n_tasks,
+                    n_finished,
+                    n_running,
+                    n_unsuccessful,
+                    progress: if n_tasks == 0 { 0.0 } else { n_finished as f64 / n_tasks as f64 },
+                }
+            })
+            .collect();
+        Ok(PlanView {
+            name: plan.name.clone(),
+            run_id: self.run_id().to_string(),
+            phase: run.map_or(0, |run| run.phase),
+            phases: plan.phases.clone(),
+            workstreams,
+        })
+    }
+}
