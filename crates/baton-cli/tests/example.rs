@@ -1,6 +1,8 @@
 //! The bundled example, run by the real binary from `baton init` to the end, and read back
 //! through every read command.
 
+#![allow(clippy::disallowed_methods, reason = "the tests start the real `baton` binary")]
+
 mod common;
 
 use std::collections::HashMap;

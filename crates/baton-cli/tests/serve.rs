@@ -2,6 +2,8 @@
 //! reload of baton.toml, refusing an open API on the network, agent tokens, TLS, and a graceful
 //! stop that lets a remote worker hand its result in.
 
+#![allow(clippy::disallowed_methods, reason = "the tests start real processes (a Python worker)")]
+
 mod common;
 
 use std::process::Child;

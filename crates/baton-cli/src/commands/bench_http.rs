@@ -12,6 +12,8 @@
 //! the audit log of every mutating request), the engine, the hub's leases, group commit and
 //! the events. Only the workers' own work is nothing.
 
+#![allow(clippy::disallowed_methods, reason = "the benchmark starts `baton` workers as real processes")]
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;

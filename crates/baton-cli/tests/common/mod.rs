@@ -1,5 +1,6 @@
 //! Helpers for tests that run the real `baton` binary in a temporary project.
 
+#![allow(clippy::disallowed_methods, reason = "the tests start the real `baton` binary")]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

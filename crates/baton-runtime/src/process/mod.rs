@@ -12,6 +12,8 @@
 //! Long-running agents live in the submodules: `worker` (JSON-RPC over stdio) and `pty` (a
 //! program in a pseudo-terminal).
 
+#![allow(clippy::disallowed_methods, reason = "this module is where Baton starts agents' processes")]
+
 pub mod log;
 pub mod pty;
 pub mod reaper;
