@@ -109,24 +109,10 @@ impl Ops {
         Ok(self.store().events(&filter.query(self.run_id(), filter.since.unwrap_or(0), limit)).await?)
     }
 
-    /// The sequence number of the run's latest event (0 before the first): where a stream
-    /// that wants only what happens from now on starts.
+    /// The sequence number of the newest event (0 before the first): where a stream that
+    /// wants only what happens from now on starts.
     pub async fn latest_event(&self) -> Result<i64> {
-        let mut seen = 0;
-        loop {
-            let query = EventQuery {
-                run_id: Some(self.run_id().to_string()),
-                since: seen,
-                limit: Some(PAGE),
-                ..Default::default()
-            };
-            let page = self.store().events(&query).await?;
-            let n = page.len() as u64;
-            seen = page.last().map_or(seen, |event| event.seq);
-            if n < PAGE {
-                return Ok(seen);
-            }
-        }
+        Ok(self.store().last_event_seq().await?)
     }
 
     /// The run's events after `since` that pass `filter` (already [authorized]

@@ -206,6 +206,53 @@ pub fn router(state: AppState, max_request_size: usize) -> Router {
         .with_state(state)
 }
 
+/// Endpoints of other agent orchestrators that users bring with them (the briefs Baton was
+/// built from), and where Baton has the same thing: `(method, path, status, what to use)`.
+const ELSEWHERE: &[(Method, &str, StatusCode, &str)] = &[
+    (Method::POST, "/agents/start", StatusCode::METHOD_NOT_ALLOWED, "start an agent with `POST /agents/{name}/start`"),
+    (Method::POST, "/agents/stop", StatusCode::METHOD_NOT_ALLOWED, "stop an agent with `POST /agents/{name}/stop`"),
+    (
+        Method::POST,
+        "/agents/create",
+        StatusCode::METHOD_NOT_ALLOWED,
+        "add an agent with `POST /agents`, its `[[agents]]` entry as JSON",
+    ),
+    (Method::POST, "/agents/delete", StatusCode::METHOD_NOT_ALLOWED, "remove an agent with `DELETE /agents/{name}`"),
+    (
+        Method::GET,
+        "/agents/runbooks",
+        StatusCode::NOT_FOUND,
+        "each agent's runbook is its `spec.runbook` in `GET /agents` (names and state too)",
+    ),
+    (
+        Method::GET,
+        "/api/squad",
+        StatusCode::NOT_FOUND,
+        "Baton's API is at the root: `GET /status`, `GET /agents`, `POST /tasks`, `POST /messages`; see /openapi.json",
+    ),
+    (
+        Method::POST,
+        "/api/squad",
+        StatusCode::NOT_FOUND,
+        "Baton's API is at the root: `POST /tasks` creates work, `POST /messages` talks to agents; see /openapi.json",
+    ),
+];
+
+/// A request for another orchestrator's endpoint that Baton does not have: the error, naming
+/// Baton's equivalent. `None` for everything else — and for `/agents/NAME` when an agent has
+/// that name.
+fn elsewhere(state: &AppState, method: &Method, path: &str) -> Option<ApiError> {
+    let (_, _, status, hint) = ELSEWHERE.iter().find(|(m, p, _, _)| m == method && *p == path)?;
+    if let Some(name) = path.strip_prefix("/agents/")
+        && state.plan().agent(name).is_some()
+        && *method == Method::GET
+    {
+        return None;
+    }
+    let code = if *status == StatusCode::NOT_FOUND { "not_found" } else { "method_not_allowed" };
+    Some(ApiError::new(*status, code, format!("Baton has no `{method} {path}`: {hint}")))
+}
+
 /// Authentication, rate limiting, metrics and the audit log, for every request.
 async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -223,10 +270,13 @@ async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -
                 Some(Err(retry_after)) => {
                     rate_limited(format!("too many requests from `{}`", caller.subject), retry_after).into_response()
                 }
-                _ => {
-                    request.extensions_mut().insert(caller);
-                    next.run(request).await
-                }
+                _ => match elsewhere(&state, &method, &path) {
+                    Some(error) => error.into_response(),
+                    None => {
+                        request.extensions_mut().insert(caller);
+                        next.run(request).await
+                    }
+                },
             }
         }
     };

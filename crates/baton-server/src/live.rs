@@ -70,8 +70,9 @@ pub async fn history(
     Ok(json(state.ops().events(&caller, filter).await?))
 }
 
-/// The same events as `/events`, over a WebSocket: one JSON text message per event. The client
-/// may send chat messages: `{"type": "chat", "text": "@agent …", "data": {…}}`.
+/// The same events as `/events`, over a WebSocket: one JSON text message per event — from now
+/// on, unless `since` asks for the past too (`since=0`: from the start). The client may send
+/// chat messages: `{"type": "chat", "text": "@agent …", "data": {…}}`.
 #[utoipa::path(get, path = "/ws", tag = "events", params(EventFilter),
     responses((status = 101, description = "switching to the WebSocket protocol"), (status = 400, body = crate::error::ErrorBody)))]
 pub async fn ws(
@@ -81,7 +82,11 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let filter = filter.authorize(&caller)?;
-    let since = filter.since.unwrap_or(0);
+    // A socket follows what happens from now on unless it asks for the past with `since`.
+    let since = match filter.since {
+        Some(since) => since,
+        None => state.ops().latest_event().await?,
+    };
     let caller = caller.0;
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, state, caller, filter, since)))
 }

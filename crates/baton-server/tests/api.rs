@@ -543,3 +543,23 @@ async fn posted_tasks_get_the_defaults_and_errors_of_baton_toml() {
     );
     server.stop().await;
 }
+
+/// Users bring endpoints from the orchestrators they used; Baton says where its equivalent is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_orchestrators_endpoint_names_batons_equivalent() {
+    let server = Server::start().await;
+    let response = server.post("/agents/start", json!({"name": "echo"})).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "Baton has no `POST /agents/start`: start an agent with `POST /agents/{name}/start`"
+    );
+    let response = server.get("/agents/runbooks").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("`spec.runbook` in `GET /agents`"), "{body}");
+    let response = server.get("/api/squad?action=orchestrator-status").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    server.stop().await;
+}

@@ -136,3 +136,35 @@ async fn the_websocket_carries_the_same_events() {
     assert_eq!(event["task"], id);
     server.stop().await;
 }
+
+/// A WebSocket follows what happens from when it opens; `since=0` asks for the past too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_without_since_starts_live_and_since_0_replays() {
+    let server = Server::start().await;
+    let mut events = server.events();
+    let first =
+        server.post_json("/tasks", json!({"title": "before", "requires": ["echo"]})).await["ids"][0].as_i64().unwrap();
+    wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == first))
+        .await;
+    let base = server.url.replacen("http", "ws", 1);
+    let (mut live, _) = tokio_tungstenite::connect_async(format!("{base}/ws?type=TaskCreated")).await.unwrap();
+    let (mut replay, _) =
+        tokio_tungstenite::connect_async(format!("{base}/ws?type=TaskCreated&since=0")).await.unwrap();
+    let second =
+        server.post_json("/tasks", json!({"title": "after", "requires": ["echo"]})).await["ids"][0].as_i64().unwrap();
+    assert_eq!(next(&mut live).await["task"], second, "the live socket's first event is the new task");
+    assert_eq!(next(&mut replay).await["task"], first, "since=0 replays the first task's creation");
+    assert_eq!(next(&mut replay).await["task"], second);
+    server.stop().await;
+}
+
+/// The next event a WebSocket sends, as JSON.
+async fn next<S>(socket: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let message =
+        tokio::time::timeout(std::time::Duration::from_secs(20), socket.next()).await.unwrap().unwrap().unwrap();
+    serde_json::from_str(message.to_text().unwrap()).unwrap()
+}

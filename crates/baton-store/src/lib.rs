@@ -429,6 +429,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;
 
+    /// The sequence number of the newest event in the store, 0 when there is none: where a
+    /// stream that wants only what happens from now on starts.
+    async fn last_event_seq(&self) -> Result<i64>;
+
     /// Events committed through this handle from now on, once each, in sequence order, and
     /// only once committed: when a write returns, its events have been published. Other
     /// processes' events are read with [`Store::events`]. A subscriber that falls more than

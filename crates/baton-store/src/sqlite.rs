@@ -1489,6 +1489,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn last_event_seq(&self) -> Result<i64> {
+        self.read(|conn| Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |row| row.get(0))?)).await
+    }
+
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>> {
         let query = query.clone();
         self.read(move |conn| {

@@ -307,6 +307,7 @@ pub async fn attempts_are_told_by_the_events(store: impl Store) {
 }
 
 pub async fn events_are_sequenced_and_filtered(store: impl Store) {
+    assert_eq!(store.last_event_seq().await.unwrap(), 0, "no event yet");
     store.create_run(new_run("r1"), T0).await.unwrap();
     store.create_run(new_run("r2"), T0).await.unwrap();
     for phase in 1..=3 {
@@ -321,6 +322,7 @@ pub async fn events_are_sequenced_and_filtered(store: impl Store) {
     assert_eq!(since.len(), 1);
     assert_eq!(since[0].seq, r1[1].seq + 1);
     assert_eq!(r1[3].kind, EventKind::PhaseStarted { phase: 3, workstreams: vec![] });
+    assert_eq!(store.last_event_seq().await.unwrap(), *seqs.last().unwrap(), "the newest event's number");
 }
 
 /// Type and agent filters combine with the others, and `limit` counts matching events only,
