@@ -180,6 +180,12 @@ pub enum EventKind {
         attempts: u32,
         error: String,
     },
+    /// An operator asked for a dead letter to be delivered again: it is pending, with a fresh
+    /// count of tries.
+    MessageRedelivered {
+        message: String,
+        to: String,
+    },
     /// Tokens an agent reports having used (the protocol's `usage/report`, or the `usage` in
     /// a task's result).
     UsageReported {
@@ -431,6 +437,7 @@ impl EventKind {
             EventKind::MessageDeadLettered { message, to, attempts, error } => {
                 format!("message {message} to {to} dead after {attempts} tries: {error}")
             }
+            EventKind::MessageRedelivered { message, to } => format!("message {message} to {to} delivered again"),
             EventKind::ConflictDeferred { task, resource, holder, held, policy } => {
                 let what = match policy.as_str() {
                     "fail" => "fails",

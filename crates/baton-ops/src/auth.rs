@@ -67,6 +67,8 @@ pub enum Action {
     ReadMessages,
     /// `POST /messages` and chat on `/ws`: a message to the agents it @mentions.
     SendMessages,
+    /// `POST /messages/redeliver`: dead letters delivered again.
+    ControlMessages,
     /// `/events`, `/events/history`, `/ws`.
     ReadEvents,
     /// `/metrics`.
@@ -115,6 +117,7 @@ pub const TABLE: &[(Action, [Grant; 4])] = {
         (ReadAgentLogs, [All, All, All, Own]),
         (ReadMessages, [All, All, All, Own]),
         (SendMessages, [All, All, No, Own]),
+        (ControlMessages, [All, All, No, No]),
         (ReadEvents, [All, All, All, Own]),
         (ReadMetrics, [All, All, All, No]),
         (ReadBudgets, [All, All, All, No]),

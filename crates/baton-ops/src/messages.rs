@@ -48,7 +48,44 @@ pub struct MessageQuery {
     pub limit: Option<u64>,
 }
 
+/// Which dead letters to deliver again: give exactly one of the two.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverInput {
+    /// These deliveries (the `id`s of `GET /messages`); those that are not dead are left alone.
+    pub ids: Option<Vec<i64>>,
+    /// Every dead letter of the run.
+    #[serde(default)]
+    pub dead: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Redelivered {
+    /// The deliveries that were dead and are pending again, due now.
+    pub redelivered: Vec<i64>,
+}
+
 impl Ops {
+    /// Delivers dead letters again, with a fresh count of tries.
+    pub async fn redeliver(&self, caller: &Caller, input: RedeliverInput) -> Result<Redelivered> {
+        caller.require(Action::ControlMessages)?;
+        let ids = match (input.ids, input.dead) {
+            (Some(_), true) => return Err(Error::invalid("give `ids` or `dead`, not both")),
+            (None, false) => {
+                return Err(Error::invalid(
+                    "give `ids` (the deliveries to redeliver) or `\"dead\": true` (every dead letter)",
+                ));
+            }
+            (Some(ids), false) if ids.is_empty() => return Err(Error::invalid("`ids` is empty")),
+            (Some(ids), false) if ids.len() > 1000 => {
+                return Err(Error::invalid("at most 1000 `ids` at once; `\"dead\": true` takes them all"));
+            }
+            (ids, _) => ids,
+        };
+        let redelivered = self.engine()?.redeliver(ids).await?;
+        Ok(Redelivered { redelivered })
+    }
+
     /// Sends a chat message to each agent it mentions. An agent token sends as its agent;
     /// everyone else as the operator.
     pub async fn chat(&self, caller: &Caller, message: ChatMessage) -> Result<ChatResult> {

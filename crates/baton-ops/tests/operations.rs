@@ -161,6 +161,13 @@ fn operations() -> Vec<(Action, &'static str, Call)> {
             }),
         ),
         (
+            Action::ControlMessages,
+            "redeliver",
+            call(|ops: Ops, c: Caller| async move {
+                ops.redeliver(&c, baton_ops::messages::RedeliverInput { ids: None, dead: true }).await
+            }),
+        ),
+        (
             Action::ReadEvents,
             "events",
             call(|ops: Ops, c: Caller| async move { ops.events(&c, EventFilter::default()).await }),

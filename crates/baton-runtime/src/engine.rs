@@ -185,6 +185,12 @@ enum Command {
         name: String,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    /// Dead letters to deliver again (`None`: every one of the run's); answered with the ids
+    /// redelivered once that is durable.
+    Redeliver {
+        ids: Option<Vec<i64>>,
+        reply: oneshot::Sender<Result<Vec<i64>, Error>>,
+    },
     /// A changed configuration to apply (hot reload), answered once applied and durable.
     Reconfigure {
         plan: Box<Plan>,
@@ -286,6 +292,14 @@ impl EngineHandle {
     /// start included. `None` until the engine has opened its run.
     pub fn plan(&self) -> Option<Arc<Plan>> {
         self.plan.borrow().clone()
+    }
+
+    /// Delivers dead letters again: those of `ids`, or every one of the run's when `None`.
+    /// Returns the ids redelivered (a delivery that is not dead is left as it is).
+    pub async fn redeliver(&self, ids: Option<Vec<i64>>) -> Result<Vec<i64>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Redeliver { ids, reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Pauses a schedule: its due times pass without firing until it is resumed.
@@ -616,6 +630,14 @@ impl Engine {
                             }
                             Command::Control { control, reply } => {
                                 deferred.push((reply, control_result(&mut sched, control, now, &mut fx)));
+                            }
+                            Command::Redeliver { ids, reply } => {
+                                // The post office's own write, like its acknowledgements: it
+                                // does not wait for this turn.
+                                let post = post.clone();
+                                tokio::spawn(async move {
+                                    let _ = reply.send(post.redeliver(ids).await.map_err(Error::from));
+                                });
                             }
                             command => handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await,
                         }
@@ -1036,6 +1058,9 @@ async fn handle_command(
             let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
         }
         Command::Reconfigure { reply, .. } => {
+            let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
+        }
+        Command::Redeliver { reply, .. } => {
             let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
         }
     }

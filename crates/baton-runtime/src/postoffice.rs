@@ -174,6 +174,14 @@ impl PostOffice {
         Ok(id)
     }
 
+    /// Dead letters back to pending (those of `ids`, or all of the run's), then wakes the
+    /// delivery loop: they are delivered again at once. Returns the ids redelivered.
+    pub async fn redeliver(&self, ids: Option<Vec<i64>>) -> Result<Vec<i64>, baton_store::Error> {
+        let redelivered = self.store.redeliver(&self.run_id, ids, self.clock.now()).await?;
+        self.wake.notify_one();
+        Ok(redelivered)
+    }
+
     /// Delivers due messages until `cancel` fires.
     ///
     /// Rounds overlap: while the outcomes of one round are being committed, the next round is

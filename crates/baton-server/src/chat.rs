@@ -5,17 +5,17 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 
-pub use baton_ops::messages::{ChatMessage, ChatResult, MessageQuery, Sent};
+pub use baton_ops::messages::{ChatMessage, ChatResult, MessageQuery, RedeliverInput, Redelivered, Sent};
 
 use crate::api::{Body, Params};
 use crate::auth::Caller;
 use crate::{ApiError, AppState, json};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/messages", get(list).post(send))
+    Router::new().route("/messages", get(list).post(send)).route("/messages/redeliver", post(redeliver))
 }
 
 /// Chat: a message to each agent it @mentions.
@@ -39,4 +39,16 @@ pub async fn list(
     Params(query): Params<MessageQuery>,
 ) -> Result<Response, ApiError> {
     Ok(json(state.ops().messages(&caller, query).await?))
+}
+
+/// Delivers dead letters again (`ids`, or every one with `"dead": true`), with a fresh count
+/// of tries.
+#[utoipa::path(post, path = "/messages/redeliver", tag = "messages", request_body = RedeliverInput,
+    responses((status = 200, body = Redelivered), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Body(input): Body<RedeliverInput>,
+) -> Result<Response, ApiError> {
+    Ok(json(state.ops().redeliver(&caller, input).await?))
 }

@@ -20,7 +20,7 @@ use crate::{api, chat, coordination, live, metrics, worker};
         api::start_agent, api::stop_agent, api::restart_agent, api::agent_logs,
         api::audit, api::create_token,
         worker::claim, worker::heartbeat, worker::progress, worker::complete, worker::fail, worker::results, worker::usage, worker::acquire, worker::release,
-        chat::send, chat::list,
+        chat::send, chat::list, chat::redeliver,
         coordination::schedules, coordination::pause_schedule, coordination::resume_schedule,
         coordination::budgets, coordination::set_budget,
         live::events, live::history, live::ws,

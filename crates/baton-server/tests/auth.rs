@@ -99,6 +99,7 @@ fn endpoints(builders: i64, writers: i64) -> Vec<Endpoint> {
         post("/schedules/nope/resume", json!({}), ControlSchedules, Any),
         post("/budgets/global", json!({}), SetBudgets, Any),
         post("/messages", json!({"text": "@ghost hello"}), SendMessages, Any),
+        post("/messages/redeliver", json!({"ids": [999999]}), ControlMessages, Any),
         post("/tasks", json!({"title": "from the matrix", "requires": ["nobody"]}), CreateTasks, Any),
         post("/tasks/batch", json!({"tasks": [{"title": "batch", "requires": ["nobody"]}]}), CreateTasks, Any),
         post("/tasks/999999/cancel", json!({}), ControlTasks, Any),

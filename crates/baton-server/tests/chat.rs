@@ -68,3 +68,51 @@ async fn chat_over_the_websocket() {
     assert_eq!(error["type"], "error");
     server.stop().await;
 }
+
+/// A dead letter is delivered again when an operator asks: pending, due now, its tries counted
+/// afresh, with a `MessageRedelivered` event; a request naming nothing is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_redelivered_on_request() {
+    use baton_core::messages::{NewMessage, Recipient};
+    use baton_store::{DeliveryOutcome, Store};
+    let server = Server::start().await;
+    let mut events = server.events();
+    // A message to the per-task agent waits in the store for its next task; it is made dead
+    // here, as five unanswered tries would.
+    let now = baton_runtime::Clock::system().now();
+    let message = NewMessage {
+        from: "operator".into(),
+        to: Recipient::Agent("echo".into()),
+        body: "hello".into(),
+        data: Value::Null,
+        task: None,
+        correlation_id: None,
+    };
+    let ids =
+        server.store.send_message(&server.run_id, "m-dead".into(), message, vec!["echo".into()], now).await.unwrap();
+    let pending = server.store.deliveries(&server.run_id, Some("echo"), 10).await.unwrap();
+    let dead = DeliveryOutcome::Dead { error: "no answer".into() };
+    server.store.settle_deliveries(&server.run_id, vec![(pending[0].clone(), dead)], now).await.unwrap();
+    assert_eq!(server.get_json("/messages?agent=echo").await[0]["state"], "dead");
+
+    for (body, why) in
+        [(json!({}), "give `ids`"), (json!({"ids": [1], "dead": true}), "not both"), (json!({"ids": []}), "empty")]
+    {
+        let response = server.post("/messages/redeliver", body).send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"]["message"].as_str().unwrap().contains(why), "{error}");
+    }
+    let answer = server.post_json("/messages/redeliver", json!({"dead": true})).await;
+    assert_eq!(answer["redelivered"], json!(ids));
+    wait_event(
+        &mut events,
+        |event| matches!(&event.kind, EventKind::MessageRedelivered { message, .. } if message == "m-dead"),
+    )
+    .await;
+    let listed = server.get_json("/messages?agent=echo").await;
+    assert_eq!((listed[0]["state"].as_str(), listed[0]["attempts"].as_u64()), (Some("pending"), Some(0)), "{listed}");
+    let again = server.post_json("/messages/redeliver", json!({"ids": ids})).await;
+    assert_eq!(again["redelivered"], json!([]), "it is not dead any more");
+    server.stop().await;
+}

@@ -484,6 +484,12 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<()>;
 
+    /// Dead deliveries back to pending, tried again from `now` with a fresh count of tries: those
+    /// of `ids`, or every dead delivery of the run when `None`. Each gets a
+    /// `MessageRedelivered` event; a delivery that is not dead (or not of the run) is left as it
+    /// is. Returns the ids redelivered.
+    async fn redeliver(&self, run_id: &str, ids: Option<Vec<i64>>, now: Timestamp) -> Result<Vec<i64>>;
+
     /// The latest deliveries to or from `agent` (all when `None`), oldest first.
     async fn deliveries(
         &self,

@@ -1730,6 +1730,33 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn redeliver(&self, run_id: &str, ids: Option<Vec<i64>>, now: Timestamp) -> Result<Vec<i64>> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            // The ids as one JSON array (or null: every dead delivery), one statement whatever
+            // their number.
+            let ids = ids.map(|ids| to_json(&ids));
+            let revived: Vec<(i64, String, String)> = ctx
+                .tx
+                .prepare_cached(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?2, error = NULL \
+                     WHERE run_id = ?1 AND state = 'dead' AND (?3 IS NULL OR id IN (SELECT value FROM json_each(?3))) \
+                     RETURNING id, recipient, message_id",
+                )?
+                .query_map(params![run_id, now.0, ids], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut redelivered = Vec::with_capacity(revived.len());
+            for (id, to, message) in revived {
+                ctx.inbox.add(&run_id, &to, 1);
+                ctx.event(&run_id, now, EventKind::MessageRedelivered { message, to })?;
+                redelivered.push(id);
+            }
+            redelivered.sort_unstable();
+            Ok(redelivered)
+        })
+        .await
+    }
+
     async fn deliveries(&self, run_id: &str, recipient: Option<&str>, limit: u64) -> Result<Vec<Delivery>> {
         let run_id = run_id.to_string();
         let recipient = recipient.map(str::to_string);

@@ -775,6 +775,17 @@ pub async fn messages_are_delivered_retried_and_dead_lettered(store: impl Store)
     let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
     assert!(events.iter().any(|e| e.kind.name() == "MessageSent"));
     assert!(events.iter().any(|e| e.kind.name() == "MessageDeadLettered"));
+    // An operator redelivers the dead letter: pending again, due now, tries counted afresh; a
+    // delivery that is not dead, or not of the run, is left alone.
+    let dead = all[1].id;
+    let again = Timestamp(later.0 + 5_000);
+    assert_eq!(store.redeliver("r2", None, again).await.unwrap(), Vec::<i64>::new());
+    assert_eq!(store.redeliver("r1", Some(vec![all[0].id, dead]), again).await.unwrap(), vec![dead]);
+    let due = store.due_deliveries("r1", &["b".to_string()], again, 10).await.unwrap();
+    assert_eq!((due.len(), due[0].id, due[0].attempts, due[0].state), (1, dead, 0, DeliveryState::Pending));
+    assert_eq!(store.redeliver("r1", None, again).await.unwrap(), Vec::<i64>::new(), "nothing is dead now");
+    let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind.name() == "MessageRedelivered").count(), 1);
     // A full inbox refuses the message and stores nothing.
     for n in 0..INBOX_LIMIT {
         store.send_message("r1", format!("f{n}"), message.clone(), vec!["full".into()], T0).await.unwrap();
