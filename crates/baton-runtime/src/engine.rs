@@ -933,6 +933,15 @@ async fn handle_agent_event(
             sched.agent_activity(&agent, now, fx);
             post.subscribe(&agent, &topic);
         }
+        AgentEvent::MessagesTaken { deliveries, reply, .. } => {
+            // Off the loop, like a turn's sends: the agent waits for the answer, the engine
+            // does not wait for the commit.
+            let post = post.clone();
+            tokio::spawn(async move {
+                post.acknowledge(deliveries, now).await;
+                let _ = reply.send(());
+            });
+        }
         AgentEvent::Exited { agent, reason, clean } => {
             let _ = sched.agent_exited(&agent, reason, clean, now, fx);
         }
