@@ -8,6 +8,11 @@
 //!
 //! Without `[auth]` the API is open, and Baton only allows that on a loopback address: every
 //! caller is then `anonymous` with the `admin` role.
+//!
+//! A request through the Unix socket beside the store (see [`crate::local`]) without a token
+//! comes from the machine's user who owns the socket, the only one its mode lets in: it is
+//! `local`, with the `admin` role, whether or not there is `[auth]`. One with a token is the
+//! token's caller, as anywhere.
 
 use std::time::Duration;
 
@@ -185,6 +190,11 @@ impl Caller {
             token_id: "anonymous".into(),
             expires_at: None,
         }
+    }
+
+    /// A caller without a token through the local socket: the user who owns it.
+    pub fn local() -> Caller {
+        Caller { subject: "local".into(), role: Role::Admin, agent: None, token_id: "local".into(), expires_at: None }
     }
 
     /// A caller without a token on a server with `[auth]`: it may read what is open to all.
