@@ -114,13 +114,7 @@ impl Client {
             .user_agent(concat!("baton-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| Failure::run(format!("cannot make an HTTP client: {error}")))?;
-        Ok(Client {
-            http,
-            base: "http://localhost".to_string(),
-            shown: path.display().to_string(),
-            local: true,
-            token,
-        })
+        Ok(Client { http, base: "http://localhost".to_string(), shown: path.display().to_string(), local: true, token })
     }
 
     /// Whether a Baton server executing `plan` answers (probed briefly): another project's
@@ -164,7 +158,11 @@ impl Client {
 
     /// Who executes the run, for `baton status`.
     pub fn served_by(&self) -> String {
-        if self.local { format!("the process serving {}", self.shown) } else { format!("baton serve at {}", self.shown) }
+        if self.local {
+            format!("the process serving {}", self.shown)
+        } else {
+            format!("baton serve at {}", self.shown)
+        }
     }
 
     /// Whether a Baton server answers: `Err` says why not, for people.
@@ -315,7 +313,12 @@ impl Client {
     }
 
     /// Sets a budget's limit until the next reset.
-    pub async fn set_budget(&self, scope: &str, daily_tokens: Option<u64>, cost_usd: Option<f64>) -> Result<(), Failure> {
+    pub async fn set_budget(
+        &self,
+        scope: &str,
+        daily_tokens: Option<u64>,
+        cost_usd: Option<f64>,
+    ) -> Result<(), Failure> {
         let body = serde_json::json!({ "daily_tokens": daily_tokens, "cost_usd": cost_usd });
         let _: serde_json::Value = self.post(&format!("/budgets/{scope}"), Some(&body)).await?;
         Ok(())

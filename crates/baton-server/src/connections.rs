@@ -187,13 +187,8 @@ pub async fn serve<L: Listener>(
     connections.wait().await;
 }
 
-async fn serve_connection<I>(
-    io: I,
-    remote: Peer,
-    app: Router,
-    limits: ConnectionLimits,
-    closing: CancellationToken,
-) where
+async fn serve_connection<I>(io: I, remote: Peer, app: Router, limits: ConnectionLimits, closing: CancellationToken)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = app.map_request(move |request: Request<Incoming>| {

@@ -1,4 +1,5 @@
-//! Baton's control plane: `baton serve`'s HTTP API, live events over Server-Sent Events and
+//! Baton's control plane: the HTTP API of `baton serve` (on its address) and of `baton run`
+//! (on the socket beside the store, [`local`]), live events over Server-Sent Events and
 //! WebSocket, bearer-token auth with roles, the audit log, rate limits, Prometheus metrics and
 //! the OpenAPI description of it all.
 //!

@@ -1948,7 +1948,8 @@ mod tests {
         let store = SqliteStore::open(&path, Options::default()).unwrap();
         let tables: i64 = store
             .read(|conn| {
-                Ok(conn.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'control%'", [], |row| row.get(0))?)
+                Ok(conn
+                    .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'control%'", [], |row| row.get(0))?)
             })
             .await
             .unwrap();

@@ -14,7 +14,6 @@ use baton_runtime::process::{ApiAccess, ProcessEnv};
 use baton_runtime::remote::RemoteHub;
 use baton_server::{AppState, Auth, ServerOptions, Tls};
 
-
 use super::{environment, load, open_store};
 use crate::{Cli, Failure};
 

@@ -54,16 +54,17 @@ impl Source {
 pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<(Loaded, Client), Failure> {
     match Source::open(cli, run).await? {
         Source::Server { loaded, client } => Ok((loaded, client)),
-        Source::Store { run, .. } if run.state != RunState::Running => Err(Failure::usage(format!(
-            "run {} has ended ({}); only a running run takes commands",
-            run.id, run.state
-        ))),
+        Source::Store { run, .. } if run.state != RunState::Running => {
+            Err(Failure::usage(format!("run {} has ended ({}); only a running run takes commands", run.id, run.state)))
+        }
         Source::Store { loaded, run, .. } => {
             let now = baton_runtime::Clock::system().now();
             match &run.owner {
                 Some(owner) if run.owner_until.is_some_and(|until| until > now) => {
-                    let socket = socket_path(cli, &loaded)?
-                        .map_or_else(|| "no socket: the store is in memory".to_string(), |path| path.display().to_string());
+                    let socket = socket_path(cli, &loaded)?.map_or_else(
+                        || "no socket: the store is in memory".to_string(),
+                        |path| path.display().to_string(),
+                    );
                     Err(Failure::usage(format!(
                         "run {} is executed by {owner}, but its API answers neither at the configured server nor at {socket}; pass its address with --url",
                         run.id
