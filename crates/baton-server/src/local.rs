@@ -6,8 +6,9 @@
 //! has a name anyone can connect to — bound inside a fresh 0700 directory, its mode set, then
 //! linked into place — and a request through it without a token is the `local` admin (see
 //! [`crate::auth`]). A file left by a process that died (`kill -9`) is replaced when nothing
-//! answers on it; a socket something answers on is never taken over. The file is removed when
-//! the [`LocalSocket`] is dropped, unless another process's socket has replaced it by then.
+//! answers on it; a socket something answers on is never taken over. The [`LocalSocket`] is
+//! the accept loop's listener; when it is dropped it closes, and the file goes with it unless
+//! another process's socket, one that answers, has replaced it by then.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,11 +23,14 @@ pub fn socket_path(store_file: &Path) -> PathBuf {
     store_file.parent().unwrap_or(Path::new(".")).join(SOCKET_NAME)
 }
 
-/// The socket file, removed when this is dropped.
+/// The bound socket, a [`Listener`](crate::Listener) for the accept loop; closed and its file
+/// removed when this is dropped.
 #[derive(Debug)]
 pub struct LocalSocket {
+    /// `None` only while it is dropped.
+    listener: Option<tokio::net::UnixListener>,
     path: PathBuf,
-    /// The socket's inode: the file at `path` is removed only while it is still this one.
+    /// The socket's inode when it was bound.
     inode: u64,
 }
 
@@ -36,9 +40,24 @@ impl LocalSocket {
     }
 }
 
+impl crate::Listener for LocalSocket {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept(&self) -> std::io::Result<(tokio::net::UnixStream, crate::Peer)> {
+        match &self.listener {
+            Some(listener) => crate::Listener::accept(listener).await,
+            None => Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the socket is closed")),
+        }
+    }
+}
+
 impl Drop for LocalSocket {
     fn drop(&mut self) {
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|metadata| metadata.ino() == self.inode) {
+        // Closed first: then whatever answers at the path is another process's socket, which
+        // replaced this one (an inode can be reused, so its number alone does not tell).
+        drop(self.listener.take());
+        let same_inode = std::fs::symlink_metadata(&self.path).is_ok_and(|metadata| metadata.ino() == self.inode);
+        if same_inode && std::os::unix::net::UnixStream::connect(&self.path).is_err() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -47,7 +66,7 @@ impl Drop for LocalSocket {
 /// Binds the local socket at `path`, mode 0600, replacing a stale file (nothing answers on
 /// it); refuses with [`Error::SocketInUse`] when something answers there. Call it from within
 /// a tokio runtime.
-pub fn bind(path: &Path) -> Result<(tokio::net::UnixListener, LocalSocket), Error> {
+pub fn bind(path: &Path) -> Result<LocalSocket, Error> {
     let failed = |source: std::io::Error| Error::Socket { path: path.to_path_buf(), source };
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if !metadata.file_type().is_socket() => {
@@ -83,7 +102,7 @@ pub fn bind(path: &Path) -> Result<(tokio::net::UnixListener, LocalSocket), Erro
     let inode = std::fs::symlink_metadata(path).map_err(failed)?.ino();
     listener.set_nonblocking(true).map_err(failed)?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(failed)?;
-    Ok((listener, LocalSocket { path: path.to_path_buf(), inode }))
+    Ok(LocalSocket { listener: Some(listener), path: path.to_path_buf(), inode })
 }
 
 /// Binds at `temporary` (in a directory only this user can enter), makes the file 0600, and
@@ -105,17 +124,19 @@ fn bind_privately(temporary: &Path, path: &Path) -> Result<std::os::unix::net::U
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Listener as _;
 
     #[tokio::test]
     async fn the_socket_is_private_answers_and_goes_away() {
         let dir = tempfile::tempdir().unwrap();
         let path = socket_path(&dir.path().join("baton.db"));
-        let (listener, socket) = bind(&path).unwrap();
+        let socket = bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         let connected = tokio::net::UnixStream::connect(&path).await;
         assert!(connected.is_ok(), "{connected:?}");
-        assert!(listener.accept().await.is_ok());
+        let (_, peer) = socket.accept().await.unwrap();
+        assert_eq!(peer, crate::Peer::Local);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
         // Never taken over while it answers.
         assert!(matches!(bind(&path), Err(Error::SocketInUse { .. })));
@@ -130,7 +151,7 @@ mod tests {
         // A socket whose process is gone: the file stays, nobody listens.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let (_listener, socket) = bind(&path).unwrap();
+        let socket = bind(&path).unwrap();
         assert!(tokio::net::UnixStream::connect(&path).await.is_ok());
         drop(socket);
 
@@ -144,10 +165,10 @@ mod tests {
     async fn a_replaced_socket_is_not_removed_by_its_predecessor() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SOCKET_NAME);
-        let (listener, first) = bind(&path).unwrap();
-        // The first process is gone (its listener closed); a second one replaces the file.
-        drop(listener);
-        let (_listener, _second) = bind(&path).unwrap();
+        let first = bind(&path).unwrap();
+        // Someone removed the file and another process bound its own there.
+        std::fs::remove_file(&path).unwrap();
+        let _second = bind(&path).unwrap();
         drop(first);
         assert!(tokio::net::UnixStream::connect(&path).await.is_ok(), "the second socket stays");
     }

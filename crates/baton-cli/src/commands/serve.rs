@@ -206,9 +206,8 @@ pub(super) fn app_state(
 /// The API on the Unix socket beside the store (see `baton_server::local`): how the CLI on
 /// this machine reaches the process executing the run.
 pub(super) struct FrontDoor {
+    /// Owns the socket: it is closed and its file removed when the server returns.
     server: tokio::task::JoinHandle<Result<(), baton_server::Error>>,
-    /// Removed with this.
-    socket: baton_server::local::LocalSocket,
 }
 
 impl FrontDoor {
@@ -220,26 +219,25 @@ impl FrontDoor {
         plan: &Plan,
         stop: CancellationToken,
     ) -> Result<FrontDoor, baton_server::Error> {
-        let (listener, socket) = baton_server::local::bind(path)?;
+        let socket = baton_server::local::bind(path)?;
         tracing::debug!(path = %socket.path().display(), "the API answers on the local socket");
         let server = tokio::spawn(baton_server::serve(
-            listener,
+            socket,
             state,
             plan.server.max_request_size as usize,
             None,
             baton_server::ConnectionLimits::from_spec(&plan.server),
             stop,
         ));
-        Ok(FrontDoor { server, socket })
+        Ok(FrontDoor { server })
     }
 
-    /// Waits for the server (stopped by the token given to [`FrontDoor::open`]), then removes
-    /// the socket.
+    /// Waits for the server (stopped by the token given to [`FrontDoor::open`]); the socket
+    /// is gone when this returns.
     pub(super) async fn close(self) {
         if let Ok(Err(error)) = self.server.await {
             tracing::warn!(%error, "the local API failed");
         }
-        drop(self.socket);
     }
 }
 
