@@ -146,3 +146,41 @@ async fn a_stale_socket_is_replaced_and_commands_need_a_running_baton_run() {
         assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
     }
 }
+
+/// With `[auth]`, the socket still lets its owner in without a token, as the local admin: the
+/// file mode is the access control. A token, when given, is the caller it names.
+#[test]
+fn through_the_socket_the_local_user_needs_no_token() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    let plan = format!("{PLAN}\n[auth]\nsecret_env = \"FRONT_DOOR_SECRET\"\n");
+    let project = Project::with(&plan, &[]);
+    let mut child = project
+        .command(&["run"])
+        .env("FRONT_DOOR_SECRET", SECRET)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = common::Lines::new(child.stderr.take().unwrap());
+    lines.wait_for("task hold claimed by holder");
+    project.wait_for_front_door();
+
+    let added = project.baton(&["task", "add", "Echo this", "--agent", "echo"]);
+    added_id(&added);
+    let viewer =
+        project.command(&["token", "create", "--role", "viewer"]).env("FRONT_DOOR_SECRET", SECRET).output().unwrap();
+    let token = stdout(&viewer).trim().to_string();
+    let refused = project.baton(&["--token", &token, "task", "add", "Not as a viewer", "--agent", "echo"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    let audit = project.baton(&["audit", "--json"]);
+    let actors: Vec<String> = stdout(&audit)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["actor"].as_str().unwrap().to_string())
+        .collect();
+    assert!(actors.contains(&"local".to_string()) && actors.contains(&"viewer".to_string()), "{actors:?}");
+
+    std::fs::write(project.path().join("release"), "").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+}
