@@ -1,11 +1,13 @@
-//! The CLI's side of `baton serve`'s HTTP API: a thin client for the commands that go through a
-//! running server (the read commands, `task add|cancel|retry`, `agent start|stop|restart`).
+//! The CLI's side of the HTTP API of the process executing a run — `baton serve` at its
+//! address, or `baton run` (and `baton serve`) on the Unix socket beside the store: a thin
+//! client for the read commands and for every command that changes the run.
 //!
 //! The answers are deserialized into the same types the store returns (`TaskRecord`,
 //! `AgentRecord`, `Event`), so that a command prints the same whichever way its data came.
 //! API errors (`{"error": {"code", "message"}}`) become [`Failure`]s with the server's message:
 //! exit code 2 for a refused request (4xx), 1 for a server or network failure.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,6 +17,7 @@ use baton_core::Event;
 use baton_core::config::Plan;
 use baton_core::model::{AgentRecord, TaskId, TaskRecord};
 use baton_server::api::{Created, Status, TaskDetail, TaskPage};
+use baton_server::chat::ChatResult;
 use baton_store::TaskFilter;
 
 use crate::{Cli, Failure};
@@ -33,11 +36,15 @@ const TASK_PAGE: u64 = 1000;
 /// Events per page of `/events/history`.
 pub const EVENT_PAGE: u64 = 1000;
 
-/// A connection to a running `baton serve`.
+/// A connection to the API of a running `baton serve` or `baton run`.
 pub struct Client {
     http: reqwest::Client,
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port`, without a trailing slash (`http://localhost` on the local socket).
     base: String,
+    /// Where the API is, for people: the URL, or the socket's path.
+    shown: String,
+    /// Whether this is the local socket beside the store.
+    local: bool,
     token: Option<String>,
 }
 
@@ -64,10 +71,11 @@ struct ErrorDetail {
 }
 
 impl Client {
-    /// The server the command should talk to, if any. With `--url` (or `BATON_URL`) that
-    /// server must answer; without it, the configuration's `server.url` is tried briefly, and
-    /// `None` (read the store) when no server of this plan answers there.
-    pub async fn connect(cli: &Cli, plan: &Plan) -> Result<Option<Client>, Failure> {
+    /// The API the command should talk to, if any. With `--url` (or `BATON_URL`) that server
+    /// must answer; without it, the configuration's `server.url` is tried briefly, then the
+    /// local socket beside the store (`socket`), and `None` (read the store) when no process
+    /// executing this plan answers at either.
+    pub async fn connect(cli: &Cli, plan: &Plan, socket: Option<&Path>) -> Result<Option<Client>, Failure> {
         // An empty `BATON_URL` is no URL.
         match cli.url.as_deref().filter(|url| !url.trim().is_empty()) {
             Some(url) => {
@@ -86,22 +94,44 @@ impl Client {
                 } else {
                     plan.server.url.clone()
                 };
-                let Ok(client) = Client::new(&url, cli.token.clone(), PROBE_CONNECT_TIMEOUT) else { return Ok(None) };
-                if client.health(PROBE_HEALTH_TIMEOUT).await.is_err() {
-                    return Ok(None);
+                if let Ok(client) = Client::new(&url, cli.token.clone(), PROBE_CONNECT_TIMEOUT)
+                    && client.serves(plan).await
+                {
+                    return Ok(Some(client));
                 }
-                // Another project's server may listen there: only this plan's server will do.
-                match client.get::<PlanName>("/plan", &[]).await {
-                    Ok(served) if served.name == plan.name => Ok(Some(client)),
-                    Ok(served) => {
-                        tracing::debug!(%url, served = %served.name, "the server there runs another plan; reading the store");
-                        Ok(None)
-                    }
-                    Err(failure) => {
-                        tracing::debug!(%url, error = %failure.message, "the server there does not answer; reading the store");
-                        Ok(None)
-                    }
-                }
+                let Some(socket) = socket.filter(|socket| socket.exists()) else { return Ok(None) };
+                let client = Client::local(socket, cli.token.clone())?;
+                Ok(client.serves(plan).await.then_some(client))
+            }
+        }
+    }
+
+    /// A client of the local socket at `path`.
+    fn local(path: &Path, token: Option<String>) -> Result<Client, Failure> {
+        let http = reqwest::Client::builder()
+            .unix_socket(path)
+            .connect_timeout(PROBE_CONNECT_TIMEOUT)
+            .user_agent(concat!("baton-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| Failure::run(format!("cannot make an HTTP client: {error}")))?;
+        Ok(Client { http, base: "http://localhost".to_string(), shown: path.display().to_string(), local: true, token })
+    }
+
+    /// Whether a Baton server executing `plan` answers (probed briefly): another project's
+    /// server may listen at the configured address.
+    async fn serves(&self, plan: &Plan) -> bool {
+        if self.health(PROBE_HEALTH_TIMEOUT).await.is_err() {
+            return false;
+        }
+        match self.get::<PlanName>("/plan", &[]).await {
+            Ok(served) if served.name == plan.name => true,
+            Ok(served) => {
+                tracing::debug!(at = %self.shown, served = %served.name, "the server there runs another plan; reading the store");
+                false
+            }
+            Err(failure) => {
+                tracing::debug!(at = %self.shown, error = %failure.message, "the server there does not answer; reading the store");
+                false
             }
         }
     }
@@ -118,12 +148,21 @@ impl Client {
             .user_agent(concat!("baton-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| Failure::run(format!("cannot make an HTTP client: {error}")))?;
-        Ok(Client { http, base, token })
+        Ok(Client { http, shown: base.clone(), base, local: false, token })
     }
 
-    /// `http://host:port` of the server.
+    /// Where the API is: `http://host:port`, or the local socket's path.
     pub fn url(&self) -> &str {
-        &self.base
+        &self.shown
+    }
+
+    /// Who executes the run, for `baton status`.
+    pub fn served_by(&self) -> String {
+        if self.local {
+            format!("the process serving {}", self.shown)
+        } else {
+            format!("baton serve at {}", self.shown)
+        }
     }
 
     /// Whether a Baton server answers: `Err` says why not, for people.
@@ -177,7 +216,7 @@ impl Client {
     }
 
     fn network(&self, what: &str, error: &reqwest::Error) -> Failure {
-        Failure::run(format!("{what} on {}: {}", self.base, describe(error)))
+        Failure::run(format!("{what} on {}: {}", self.shown, describe(error)))
     }
 
     pub async fn status(&self) -> Result<Status, Failure> {
@@ -265,6 +304,30 @@ impl Client {
     pub async fn agent_command(&self, name: &str, verb: &str) -> Result<Option<AgentRecord>, Failure> {
         let entry: AgentEntry = self.post(&format!("/agents/{name}/{verb}"), None).await?;
         Ok(entry.status)
+    }
+
+    /// `pause` or `resume` a schedule.
+    pub async fn schedule_command(&self, name: &str, verb: &str) -> Result<(), Failure> {
+        let _: serde_json::Value = self.post(&format!("/schedules/{name}/{verb}"), None).await?;
+        Ok(())
+    }
+
+    /// Sets a budget's limit until the next reset.
+    pub async fn set_budget(
+        &self,
+        scope: &str,
+        daily_tokens: Option<u64>,
+        cost_usd: Option<f64>,
+    ) -> Result<(), Failure> {
+        let body = serde_json::json!({ "daily_tokens": daily_tokens, "cost_usd": cost_usd });
+        let _: serde_json::Value = self.post(&format!("/budgets/{scope}"), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Chat (`POST /messages`): a message to each mentioned worker, a task for each other agent.
+    pub async fn chat(&self, text: &str, data: Option<serde_json::Value>) -> Result<ChatResult, Failure> {
+        let body = serde_json::json!({ "text": text, "data": data });
+        self.post("/messages", Some(&body)).await
     }
 }
 

@@ -14,7 +14,7 @@ use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_runtime::process::pty::attach_socket;
 use baton_store::sqlite::Synchronous;
-use baton_store::{Control, EventQuery, Store, StoreUrl, TaskFilter};
+use baton_store::{EventQuery, Store, StoreUrl, TaskFilter};
 
 use crate::client::Client;
 use crate::output::{self, TaskNames};
@@ -168,6 +168,12 @@ fn store_dir(cli: &Cli, loaded: &Loaded) -> Result<PathBuf, Failure> {
     })
 }
 
+/// The local API socket of the process executing a run in this store: beside the store file
+/// (`api.sock`); none for a store in memory, which no other process can reach anyway.
+fn socket_path(cli: &Cli, loaded: &Loaded) -> Result<Option<PathBuf>, Failure> {
+    Ok(store_url(cli, loaded)?.path().map(baton_server::local::socket_path))
+}
+
 fn open_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
     store_url(cli, loaded)?.open().map_err(|error| Failure::usage(error.to_string()))
 }
@@ -242,7 +248,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let (loaded, env) = load_checked(cli)?;
     if let Some(agent) = loaded.plan.agents.iter().find(|agent| agent.runtime == config::RuntimeKind::Remote) {
         return Err(Failure::usage(format!(
-            "agent `{}` is remote: its workers take tasks over the HTTP API, which `baton run` does not serve; run this plan with `baton serve`",
+            "agent `{}` is remote: its workers take tasks over the network, where `baton run` serves no API; run this plan with `baton serve`",
             agent.name
         )));
     }
@@ -250,16 +256,19 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let log_dir = store_dir(cli, &loaded)?.join("logs");
     let registry =
         baton_runtime::process::Registry { store: Arc::clone(&store), host: engine::Node::this_process().host };
-    let runtimes = engine::process_runtimes(ProcessEnv {
+    let clock = baton_runtime::Clock::system();
+    let hub = baton_runtime::remote::RemoteHub::new(clock);
+    let runtimes = hub.runtimes(engine::process_runtimes(ProcessEnv {
         base_dir: loaded.base_dir.clone(),
-        log_dir,
-        env,
+        log_dir: log_dir.clone(),
+        env: env.clone(),
         registry: Some(registry),
         api: None,
-    });
+    }));
     let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store), runtimes);
     options.fresh = fresh;
     options.shutdown_grace = grace;
+    options.clock = clock;
     let started = options.clock.now();
     let (engine, handle) = Engine::new(options);
 
@@ -274,11 +283,41 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
         handle.run_id(),
         done.clone(),
     ));
-    let result = engine.run(shutdown).await;
+    let mut engine_task = tokio::spawn(engine.run(shutdown.clone()));
+    // The front door, once the run is claimed (a second `baton run` is refused before it comes
+    // near the socket): the API on the socket beside the store, where the CLI's commands reach
+    // the engine. The secret of `[auth]` is not needed: through the socket the local user is
+    // an admin without a token.
+    let front_stop = CancellationToken::new();
+    let mut front_door = None;
+    let mut refused = None;
+    if let Some(path) = socket_path(cli, &loaded)?
+        && let Some(run_id) = opened_run(&handle).await
+    {
+        let auth = serve::auth_from(&loaded.plan, &env).ok().flatten();
+        let state = serve::app_state(&loaded.plan, &store, &handle, hub, &run_id, auth, log_dir, clock, &front_stop);
+        match serve::FrontDoor::open(&path, state, &loaded.plan, front_stop.clone()) {
+            Ok(opened) => front_door = Some(opened),
+            Err(error) => {
+                // Commands could not reach this run: it stops (resumably) rather than run
+                // without them.
+                shutdown.cancel();
+                refused = Some(Failure::usage(format!("error: {error}")));
+            }
+        }
+    }
+    let result = (&mut engine_task).await.map_err(|error| Failure::run(error.to_string()))?;
+    front_stop.cancel();
+    if let Some(front_door) = front_door {
+        front_door.close().await;
+    }
     done.cancel();
     signals.abort();
     let mut display = display.await.map_err(|error| Failure::run(error.to_string()))?;
     display.finish();
+    if let Some(refused) = refused {
+        return Err(refused);
+    }
     let summary = result.map_err(|error| match error {
         engine::Error::Busy { .. } | engine::Error::Invalid(_) => Failure::usage(format!("error: {error}")),
         other => Failure::run(format!("error: {other}")),
@@ -317,6 +356,17 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             );
             Ok(1)
         }
+    }
+}
+
+/// The id of the run the engine opened (and claimed); `None` when it stopped before that.
+async fn opened_run(handle: &engine::EngineHandle) -> Option<String> {
+    let mut run_id = handle.run_id();
+    loop {
+        if let Some(id) = run_id.borrow_and_update().clone() {
+            return Some(id);
+        }
+        run_id.changed().await.ok()?;
     }
 }
 
@@ -369,12 +419,21 @@ async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure>
             let budget_line = budget::status_line(&*store, &loaded.plan, &run).await;
             (loaded, StatusData { run, tasks, agents, budgets_exhausted, budget_line })
         }
-        // The API does not show budgets yet: the status leaves them out.
         Source::Server { loaded, client } => {
             let run = source::server_run(&client, &loaded.plan).await?;
             let tasks = client.tasks(&TaskFilter::default()).await?;
             let agents = client.agents().await?;
-            (loaded, StatusData { run, tasks, agents, budgets_exhausted: Vec::new(), budget_line: None })
+            // The API does not show budgets yet: they come from the store when it is at hand
+            // and holds the served run (a local `baton run` or `baton serve`), else are left out.
+            let mut budgets_exhausted = Vec::new();
+            let mut budget_line = None;
+            if let Ok(store) = existing_store(cli, &loaded)
+                && let Ok(Some(stored)) = store.run(&run.id).await
+            {
+                budgets_exhausted = budget::exhausted(&*store, &loaded.plan, &stored).await;
+                budget_line = budget::status_line(&*store, &loaded.plan, &stored).await;
+            }
+            (loaded, StatusData { run, tasks, agents, budgets_exhausted, budget_line })
         }
     };
     print_status(&loaded.plan, &data, json)
@@ -533,16 +592,14 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
             };
             print_task(&task, &events, *json)
         }
-        TaskAction::Cancel { id, reason, run } => match Source::open(cli, run.as_deref()).await? {
-            Source::Server { client, .. } => print_changed_task(&client.cancel_task(TaskId(*id), reason).await?),
-            Source::Store { store, run, .. } => {
-                control(&*store, &run, Control::CancelTask { task: TaskId(*id), reason: reason.clone() }).await
-            }
-        },
-        TaskAction::Retry { id, run } => match Source::open(cli, run.as_deref()).await? {
-            Source::Server { client, .. } => print_changed_task(&client.retry_task(TaskId(*id)).await?),
-            Source::Store { store, run, .. } => control(&*store, &run, Control::RetryTask { task: TaskId(*id) }).await,
-        },
+        TaskAction::Cancel { id, reason, run } => {
+            let (_, client) = source::front_door(cli, run.as_deref()).await?;
+            print_changed_task(&client.cancel_task(TaskId(*id), reason).await?)
+        }
+        TaskAction::Retry { id, run } => {
+            let (_, client) = source::front_door(cli, run.as_deref()).await?;
+            print_changed_task(&client.retry_task(TaskId(*id)).await?)
+        }
     }
 }
 
@@ -584,151 +641,53 @@ fn print_changed_task(task: &TaskRecord) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// `baton task add`: through the server, which creates the task at once; else queued in the
-/// store for the `baton run` executing the run, like a chat message for a per-task agent.
+/// `baton task add`: through the API of the process executing the run, which creates the
+/// task at once.
 async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
     let input = source::task_input(args)?;
-    match Source::open(cli, args.run.as_deref()).await? {
-        Source::Server { client, .. } => {
-            let key = source::key_of(&input);
-            let body = serde_json::to_value(&input).context("serializing the task")?;
-            let id = client.add_task(&body).await?;
-            outln!("task {id} added ({key})");
-            Ok(0)
-        }
-        Source::Store { loaded, store, run } => {
-            let task = source::new_task(input, &loaded.plan, &cli.config)?;
-            if run.state != RunState::Running {
-                return Err(Failure::usage(format!(
-                    "run {} has ended ({}); tasks are added to a running run",
-                    run.id, run.state
-                )));
-            }
-            let key = task.key.clone().unwrap_or_else(|| "-".into());
-            store
-                .enqueue_control(
-                    &run.id,
-                    Control::AddTask { task: Box::new(task) },
-                    baton_runtime::Clock::system().now(),
-                )
-                .await
-                .context("writing the command")?;
-            if run.owner.is_some() {
-                outln!("task {key} queued: the running `baton run` adds it; follow it with `baton events --follow`");
-            } else {
-                outln!(
-                    "task {key} queued: no `baton run` is executing run {} now; it is added when `baton run` resumes",
-                    run.id
-                );
-            }
-            Ok(0)
-        }
-    }
-}
-
-async fn control(store: &dyn Store, run: &RunRecord, command: Control) -> Result<u8, Failure> {
-    if let Control::CancelTask { task: task_id, .. } | Control::RetryTask { task: task_id } = &command {
-        let task = store.task(*task_id).await.context("reading the task")?;
-        if task.is_none_or(|task| task.run_id != run.id) {
-            return Err(Failure::usage(format!("no task {task_id} in run {}", run.id)));
-        }
-    }
-    if run.state != RunState::Running {
-        return Err(Failure::usage(format!(
-            "run {} has ended ({}); only a running run takes commands",
-            run.id, run.state
-        )));
-    }
-    store
-        .enqueue_control(&run.id, command, baton_runtime::Clock::system().now())
-        .await
-        .context("writing the command")?;
-    if run.owner.is_some() {
-        outln!("sent to the running `baton run`; follow it with `baton events --follow`");
-    } else {
-        outln!("queued: no `baton run` is executing run {} now; it is applied when `baton run` resumes", run.id);
-    }
+    let (_, client) = source::front_door(cli, args.run.as_deref()).await?;
+    let key = source::key_of(&input);
+    let body = serde_json::to_value(&input).context("serializing the task")?;
+    let id = client.add_task(&body).await?;
+    outln!("task {id} added ({key})");
     Ok(0)
 }
 
 async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
-    let (name, run, verb, command) = match action {
-        AgentAction::Start { name, run } => (name, run, "start", Control::StartAgent { agent: name.clone() }),
-        AgentAction::Stop { name, run } => (name, run, "stop", Control::StopAgent { agent: name.clone() }),
-        AgentAction::Restart { name, run } => (name, run, "restart", Control::RestartAgent { agent: name.clone() }),
+    let (name, run, verb) = match action {
+        AgentAction::Start { name, run } => (name, run, "start"),
+        AgentAction::Stop { name, run } => (name, run, "stop"),
+        AgentAction::Restart { name, run } => (name, run, "restart"),
     };
-    match Source::open(cli, run.as_deref()).await? {
-        // The server knows its agents, those added since it started too.
-        Source::Server { client, .. } => {
-            let record = client.agent_command(name, verb).await?;
-            let state = record.map_or_else(|| "not started".to_string(), |record| record.state.to_string());
-            outln!("agent {name} is {state}");
-            Ok(0)
-        }
-        Source::Store { loaded, store, run } => {
-            if loaded.plan.agent(name).is_none() {
-                let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-                return Err(Failure::usage(format!(
-                    "no agent `{name}` in {} (known: {})",
-                    cli.config.display(),
-                    known.join(", ")
-                )));
-            }
-            control(&*store, &run, command).await
-        }
-    }
-}
-
-async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> Result<u8, Failure> {
-    use baton_core::messages::{NewMessage, OPERATOR, Recipient, resolve_mentions};
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&*store, &loaded.plan, run).await?;
-    if run.state != RunState::Running {
-        return Err(Failure::usage(format!("run {} has ended ({}); messages go to a running run", run.id, run.state)));
-    }
-    let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-    let names = resolve_mentions(text, &known).map_err(Failure::usage)?;
-    let data: serde_json::Value = match data {
-        Some(data) => {
-            serde_json::from_str(data).map_err(|error| Failure::usage(format!("--data is not JSON: {error}")))?
-        }
-        None => serde_json::Value::Null,
-    };
-    let now = baton_runtime::Clock::system().now();
-    for name in names {
-        let spec = loaded.plan.agent(&name).expect("mentions were resolved against the plan");
-        if baton_core::messages::takes_messages(spec) {
-            let message = NewMessage {
-                from: OPERATOR.into(),
-                to: Recipient::Agent(name.clone()),
-                body: text.to_string(),
-                data: data.clone(),
-                task: None,
-                correlation_id: None,
-            };
-            let id = uuid_like(now, &name);
-            store
-                .send_message(&run.id, id, message, vec![name.clone()], now)
-                .await
-                .map_err(|error| Failure::usage(error.to_string()))?;
-            outln!("@{name}: message stored; it is delivered by the running `baton run`");
-        } else {
-            let input = baton_core::messages::chat_task(spec, OPERATOR, text, &data, &uuid_like(now, &name));
-            let task = baton_core::task::new_task(input, (&loaded.plan).into())
-                .map_err(|error| Failure::usage(error.to_string()))?;
-            store
-                .enqueue_control(&run.id, Control::AddTask { task: Box::new(task) }, now)
-                .await
-                .context("writing the command")?;
-            outln!("@{name}: sent as a task (it runs once per task); the running `baton run` adds it");
-        }
-    }
+    // The engine knows its agents, those added since it started too.
+    let (_, client) = source::front_door(cli, run.as_deref()).await?;
+    let record = client.agent_command(name, verb).await?;
+    let state = record.map_or_else(|| "not started".to_string(), |record| record.state.to_string());
+    outln!("agent {name} is {state}");
     Ok(0)
 }
 
-/// A message id for the CLI: time and recipient make it unique enough for one operator.
-fn uuid_like(now: baton_core::Timestamp, name: &str) -> String {
-    format!("cli-{}-{name}-{}", now.0, std::process::id())
+/// `baton send`: chat through the API of the process executing the run (`POST /messages`),
+/// which checks the mentions against the running plan.
+async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> Result<u8, Failure> {
+    let data: Option<serde_json::Value> = match data {
+        Some(data) => {
+            Some(serde_json::from_str(data).map_err(|error| Failure::usage(format!("--data is not JSON: {error}")))?)
+        }
+        None => None,
+    };
+    let (_, client) = source::front_door(cli, run).await?;
+    let result = client.chat(text, data).await?;
+    for sent in &result.sent {
+        match (&sent.message_id, sent.task) {
+            (_, Some(task)) => {
+                outln!("@{}: sent as a task, task {task} (it runs once per task)", sent.agent);
+            }
+            (Some(id), None) => outln!("@{}: message {id} sent", sent.agent),
+            (None, None) => outln!("@{}: sent", sent.agent),
+        }
+    }
+    Ok(0)
 }
 
 async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: Option<&str>) -> Result<u8, Failure> {

@@ -64,13 +64,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// A running `baton serve` to talk to (read commands, `task add|cancel|retry`, `agent
-    /// start|stop|restart`); by default the configuration's `server.url` when a server answers
-    /// there, else the store directly.
+    /// The API of a running `baton serve` to talk to (read commands, and every command that
+    /// changes the run); by default the configuration's `server.url` when a server of this plan
+    /// answers there, else the socket beside the store of a running `baton run` or `baton
+    /// serve`, else (read commands only) the store directly.
     #[arg(long, global = true, env = "BATON_URL")]
     pub url: Option<String>,
 
-    /// The bearer token for `--url` (a server with [auth]).
+    /// The bearer token for a server with [auth] (not needed on the socket beside the store).
     #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
@@ -183,7 +184,7 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
-    /// Pause or resume a schedule.
+    /// Pause or resume a schedule of the running `baton run` or `baton serve`.
     Schedule {
         #[command(subcommand)]
         action: ScheduleAction,
@@ -197,8 +198,8 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
-    /// Send a chat message to the agents it @mentions: a message for a worker, a task for a
-    /// per-task or terminal agent.
+    /// Send a chat message to the agents it @mentions, through the running `baton run` or
+    /// `baton serve`: a message for a worker, a task for a per-task or terminal agent.
     Send {
         /// The message, with @mentions: "@reviewer @tester please look at the storage change".
         text: String,
@@ -438,8 +439,8 @@ pub enum BudgetAction {
 
 #[derive(Debug, Subcommand)]
 pub enum TaskAction {
-    /// Add a task to the run: through the running `baton serve` (prints its id), or else queued
-    /// in the store for the running `baton run`.
+    /// Add a task to the running run (through the API of the `baton run` or `baton serve`
+    /// executing it; prints its id).
     Add(Box<TaskArgs>),
     /// Show a task with its attempts' events.
     Show {
@@ -449,7 +450,7 @@ pub enum TaskAction {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a task (a running attempt is killed). Applied by the running `baton run`.
+    /// Cancel a task (a running attempt is killed), in the running `baton run` or `baton serve`.
     Cancel {
         /// The task's id.
         id: i64,
@@ -460,7 +461,8 @@ pub enum TaskAction {
         #[arg(long)]
         run: Option<String>,
     },
-    /// Put a dead or cancelled task back in the queue. Applied by the running `baton run`.
+    /// Put a dead or cancelled task back in the queue, in the running `baton run` or `baton
+    /// serve`.
     Retry {
         /// The task's id.
         id: i64,

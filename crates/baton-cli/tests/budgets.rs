@@ -118,10 +118,19 @@ async fn an_exhausted_budget_blocks_the_agent_until_an_operator_raises_the_limit
     let fresh = store.latest_run(None).await.unwrap().unwrap();
     assert_ne!(fresh.id, run.id);
 
-    // An operator raises the limit; the resumed (fresh) run finishes the plan within it.
+    // A limit is set by the process executing the run: with none, the command says so (it used
+    // to leave the command in the store for the next `baton run`).
+    let refused = project.baton(&["budget", "set", "global", "--daily-tokens", "10000"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("no `baton run` is executing run"), "{}", stderr(&refused));
+    // An operator raises the limit of the resumed (fresh) run, which then finishes the plan
+    // within it.
+    let (child, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("run resumed");
+    project.wait_for_front_door();
     let set = project.baton(&["budget", "set", "global", "--daily-tokens", "10000"]);
     assert_eq!(set.status.code(), Some(0), "{}", stderr(&set));
-    let resumed = project.baton(&["run"]);
+    let resumed = child.wait_with_output().unwrap();
     assert_eq!(resumed.status.code(), Some(0), "{}\n{}", stdout(&resumed), stderr(&resumed));
     assert!(stdout(&resumed).contains("succeeded: 5/5 tasks"), "{}", stdout(&resumed));
     let fresh = store.run(&fresh.id).await.unwrap().unwrap();

@@ -87,7 +87,7 @@ async fn timeouts_and_failures_end_the_run_failed_with_a_report() {
 }
 
 #[tokio::test]
-async fn an_operator_cancels_a_running_task_through_the_store() {
+async fn an_operator_cancels_a_running_task_through_the_running_baton_run() {
     let plan = r#"
 [orchestration]
 name = "cancel"
@@ -104,12 +104,13 @@ title = "Long job"
     let (child, mut lines) = project.spawn(&["run"]);
     let claimed = lines.wait_for("task long claimed");
     assert!(claimed.contains("(attempt 1)"));
+    project.wait_for_front_door();
     let store = project.store();
     let run = store.latest_run(None).await.unwrap().unwrap();
     let task = store.tasks(&run.id, &TaskFilter::default()).await.unwrap().remove(0);
     let cancel = project.baton(&["task", "cancel", &task.id.to_string(), "--reason", "not needed"]);
     assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
-    assert!(stdout(&cancel).contains("sent to the running `baton run`"));
+    assert_eq!(stdout(&cancel).trim(), format!("task {} (long) is cancelled", task.id));
 
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1));

@@ -62,6 +62,7 @@ async fn agents_and_operators_exchange_messages() {
     // The writer's message reached the reviewer, who answered "pong" to the writer.
     lines.wait_for("message from writer to reviewer: please review the draft (ping)");
     lines.wait_for("message from reviewer to writer: pong");
+    project.wait_for_front_door();
 
     // An operator mentions a worker and a per-task agent; an unknown name is refused.
     let unknown = project.baton(&["send", "@reviewr are you there?"]);

@@ -1,6 +1,6 @@
 //! Schedules through the real binary: `baton run` fires a per-second schedule whose task is a
 //! script, keeps running, stops on SIGTERM; `baton schedules` shows the last firing; pause and
-//! resume work with no `baton run` (written into the run) and with one (applied by it).
+//! resume are applied by the running `baton run`, and refused when none executes the run.
 
 mod common;
 
@@ -61,24 +61,32 @@ fn a_schedule_fires_keeps_the_run_open_and_pauses_and_resumes() {
     let table = stdout(&project.baton(&["schedules"]));
     assert!(table.contains("tick") && table.contains("*/1 * * * * *") && table.contains("active"), "{table}");
 
-    // No `baton run` now: the flag is written into the run.
-    let paused = project.baton(&["schedule", "pause", "tick"]);
-    assert_eq!(paused.status.code(), Some(0), "{}", stderr(&paused));
-    assert!(stdout(&paused).contains("schedule tick paused"), "{}", stdout(&paused));
-    let tick = schedules_json(&project);
-    assert_eq!(tick["paused"], true);
-    assert!(tick["next"].as_array().unwrap().is_empty());
+    // No `baton run` now: a schedule's state belongs to the process executing the run, and
+    // the command says to start one (it used to write the flag into the store itself).
+    let refused = project.baton(&["schedule", "pause", "tick"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("no `baton run` is executing run"), "{}", stderr(&refused));
+    assert_eq!(schedules_json(&project)["paused"], false, "nothing was written");
     let unknown = project.baton(&["schedule", "pause", "tock"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("no schedule `tock` in baton.toml (known: tick)"), "{}", stderr(&unknown));
 
-    // With `baton run` resumed: still paused; the resume is sent to it and applied.
-    let n_fired_before = count_fired(&project);
+    // With `baton run` resumed: pause and resume reach it through its socket and are applied
+    // before the commands return.
     let (child, mut lines) = project.spawn(&["run", "--plain"]);
     lines.wait_for("run resumed");
+    project.wait_for_front_door();
+    let paused = project.baton(&["schedule", "pause", "tick"]);
+    assert_eq!(paused.status.code(), Some(0), "{}", stderr(&paused));
+    assert_eq!(stdout(&paused).trim(), "schedule tick paused");
+    let tick = schedules_json(&project);
+    assert_eq!(tick["paused"], true);
+    assert!(tick["next"].as_array().unwrap().is_empty());
+    lines.wait_for("schedule tick paused");
+    let n_fired_before = count_fired(&project);
     let resumed = project.baton(&["schedule", "resume", "tick"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
-    assert!(stdout(&resumed).contains("sent to the running `baton run`"), "{}", stdout(&resumed));
+    assert_eq!(stdout(&resumed).trim(), "schedule tick resumed");
     lines.wait_for("schedule tick resumed");
     let fired = lines.wait_for("schedule tick fired");
     sigterm(&child);

@@ -1,7 +1,7 @@
 //! The CLI through a running `baton serve`: `--url` (or the configuration's `server.url`)
 //! sends the read commands, `task add|cancel` and `agent stop` to the server's API; without a
-//! server, `task add` is queued in the store for the running `baton run`; a `--url` where
-//! nothing answers is a usage error.
+//! server, `task add` reaches the running `baton run` through the socket beside the store; a
+//! `--url` where nothing answers is a usage error.
 
 mod common;
 
@@ -122,7 +122,7 @@ fn the_cli_goes_through_a_running_server() {
     assert!(stdout(&shown).contains("state     succeeded (attempt 1/3)"), "{}", stdout(&shown));
 
     // A stopped agent takes no work: its task waits, and is cancelled at once, through the
-    // server found by `server.url` (the store's way would only queue the cancel).
+    // server found by `server.url`.
     let stopped = project.baton(&["--url", &url, "agent", "stop", "echo"]);
     assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
     assert_eq!(stdout(&stopped).trim(), "agent echo is stopped");
@@ -167,8 +167,8 @@ fn a_url_where_no_server_answers_is_a_usage_error() {
 }
 
 #[tokio::test]
-async fn without_a_server_task_add_is_queued_for_the_running_baton_run() {
-    // `server.url` where nothing answers: the CLI uses the store.
+async fn without_a_server_task_add_reaches_the_running_baton_run_through_its_socket() {
+    // `server.url` where nothing answers: the CLI finds the socket beside the store.
     let plan = format!(
         r#"{PLAN}
 [[agents]]
@@ -192,6 +192,7 @@ url = "http://127.0.0.1:{}"
     let project = Project::with(&plan, &[]);
     let (child, mut lines) = project.spawn(&["run"]);
     lines.wait_for("task hold claimed by holder");
+    project.wait_for_front_door();
 
     let added = project.baton(&[
         "task",
@@ -206,8 +207,13 @@ url = "http://127.0.0.1:{}"
         "--resource",
         "file:notes/*.md,customer:7",
     ]);
-    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
-    assert!(stdout(&added).contains("task echo-this queued: the running `baton run` adds it"), "{}", stdout(&added));
+    // Added at once, by the engine, which says what it created.
+    let id = added_id(&added);
+    assert!(stdout(&added).contains("(echo-this)"), "{}", stdout(&added));
+    let store = project.store();
+    let run = store.latest_run(None).await.unwrap().unwrap();
+    let created = store.task(baton_core::model::TaskId(id.parse().unwrap())).await.unwrap();
+    assert_eq!(created.map(|task| task.run_id), Some(run.id.clone()));
     let unknown = project.baton(&["task", "add", "Nobody", "--agent", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
     // The same message as `POST /tasks` and `[[tasks]]` give (it said "no agent `nobody` in
@@ -226,8 +232,6 @@ url = "http://127.0.0.1:{}"
     std::fs::write(project.path().join("release"), "").unwrap();
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    let store = project.store();
-    let run = store.latest_run(None).await.unwrap().unwrap();
     let tasks = store.tasks(&run.id, &TaskFilter::default()).await.unwrap();
     let echoed = tasks.iter().find(|task| task.key.as_deref() == Some("echo-this")).unwrap();
     assert_eq!(echoed.state, TaskState::Succeeded);

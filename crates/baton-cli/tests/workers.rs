@@ -269,6 +269,7 @@ input = { steps = 20, step_seconds = 0.1 }
     let project = project(config);
     let (child, mut lines) = project.spawn(&["run"]);
     lines.wait_for("task long claimed by worker (attempt 1)");
+    project.wait_for_front_door();
     let restart = project.baton(&["agent", "restart", "worker"]);
     assert_eq!(restart.status.code(), Some(0), "{}", stderr(&restart));
     let output = child.wait_with_output().unwrap();

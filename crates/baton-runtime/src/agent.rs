@@ -78,6 +78,14 @@ pub enum AgentEvent {
         resource: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// A per-task agent was handed these messages with a task: the engine acknowledges them
+    /// (with its clock, as the run's writer) and then answers, so that the agent's next task
+    /// does not get them again.
+    MessagesTaken {
+        agent: String,
+        deliveries: Vec<baton_core::messages::Delivery>,
+        reply: oneshot::Sender<()>,
+    },
     /// The agent follows a topic from now on (`topic/subscribe`).
     Subscribe {
         agent: String,

@@ -27,7 +27,7 @@ use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskSt
 use baton_core::sched::ReloadSummary;
 use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
-use baton_store::{Applied, Control, ErrorKind, NewRun, Store, TaskFilter};
+use baton_store::{Applied, ErrorKind, NewRun, Store, TaskFilter};
 
 use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
 use crate::clock::Clock;
@@ -119,8 +119,6 @@ pub struct EngineOptions {
     pub node: Node,
     /// How long running attempts may finish after a shutdown is asked for.
     pub shutdown_grace: Duration,
-    /// How often commands left in the store by other processes are picked up.
-    pub control_interval: Duration,
 }
 
 impl EngineOptions {
@@ -134,7 +132,6 @@ impl EngineOptions {
             clock: Clock::system(),
             node: Node::this_process(),
             shutdown_grace: Duration::from_secs(10),
-            control_interval: Duration::from_millis(250),
         }
     }
 }
@@ -151,6 +148,35 @@ pub struct RunSummary {
     pub n_succeeded: u64,
     /// Tasks that did not succeed, with why: (key or id, state, reason).
     pub failures: Vec<(String, TaskState, String)>,
+}
+
+/// An operator's command for the run, from the API (through [`EngineHandle`]).
+#[derive(Debug, Clone, PartialEq)]
+enum Control {
+    StopAgent {
+        agent: String,
+    },
+    StartAgent {
+        agent: String,
+    },
+    RestartAgent {
+        agent: String,
+    },
+    /// Pause a schedule (`baton schedule pause`): its due times pass without firing.
+    PauseSchedule {
+        schedule: String,
+    },
+    /// Resume a paused schedule; it fires from its next due time on.
+    ResumeSchedule {
+        schedule: String,
+    },
+    /// Set a budget's limit for the current period (`baton budget set`); `scope` is `global`,
+    /// `workstream:NAME` or `agent:NAME`.
+    SetBudget {
+        scope: String,
+        daily_tokens: Option<u64>,
+        cost_usd: Option<f64>,
+    },
 }
 
 enum Command {
@@ -480,8 +506,6 @@ impl Engine {
 
         let lease_ttl = options.plan.settings.lease_ttl;
         let mut next_owner_renewal = now.plus(lease_ttl / 3);
-        let mut control_tick = tokio::time::interval(options.control_interval);
-        control_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining_until: Option<tokio::time::Instant> = None;
 
         // The loop's errors (the store failing) still go through the cleanup below, so that no
@@ -650,27 +674,15 @@ impl Engine {
                     () = sleep_until_opt(wakeup) => {
                         sched.tick(clock.now(), &mut fx);
                     }
-                    _ = control_tick.tick() => {
+                    () = sleep_until_opt(Some(clock.instant_at(next_owner_renewal))) => {
                         let now = clock.now();
-                        for control in store.take_control(&run_id, now).await? {
-                            if let Control::AddTask { task } = control {
-                                // A task for a per-task agent mentioned in a chat message.
-                                let (reply, _) = oneshot::channel();
-                                let command = Command::CreateTasks { tasks: vec![*task], reply };
-                                handle_command(&mut sched, store.as_ref(), &run_id, command, now, &mut fx).await;
-                                continue;
-                            }
-                            apply_control(&mut sched, control, now, &mut fx);
-                        }
-                        if now >= next_owner_renewal {
-                            fx.writes.push(Write::RunOwner {
-                                owner: Some(options.node.id.clone()),
-                                pid: Some(options.node.pid),
-                                until: Some(now.plus(lease_ttl)),
-                                expect_owner: Some(options.node.id.clone()),
-                            });
-                            next_owner_renewal = now.plus(lease_ttl / 3);
-                        }
+                        fx.writes.push(Write::RunOwner {
+                            owner: Some(options.node.id.clone()),
+                            pid: Some(options.node.pid),
+                            until: Some(now.plus(lease_ttl)),
+                            expect_owner: Some(options.node.id.clone()),
+                        });
+                        next_owner_renewal = now.plus(lease_ttl / 3);
                     }
                 }
                 let now = clock.now();
@@ -955,6 +967,15 @@ async fn handle_agent_event(
             sched.agent_activity(&agent, now, fx);
             post.subscribe(&agent, &topic);
         }
+        AgentEvent::MessagesTaken { deliveries, reply, .. } => {
+            // Off the loop, like a turn's sends: the agent waits for the answer, the engine
+            // does not wait for the commit.
+            let post = post.clone();
+            tokio::spawn(async move {
+                post.acknowledge(deliveries, now).await;
+                let _ = reply.send(());
+            });
+        }
         AgentEvent::Exited { agent, reason, clean } => {
             let _ = sched.agent_exited(&agent, reason, clean, now, fx);
         }
@@ -1071,17 +1092,9 @@ fn refused(error: baton_core::sched::Error) -> Error {
     Error::Refused(error)
 }
 
-fn apply_control(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &mut Effects) {
-    if let Err(error) = control_result(sched, control, now, fx) {
-        tracing::warn!(%error, "control command not applied");
-    }
-}
-
 /// Applies an operator's command, saying why when it cannot be.
 fn control_result(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
     let result = match control {
-        Control::CancelTask { task, reason } => sched.cancel(task, reason, now, fx),
-        Control::RetryTask { task } => sched.retry(task, now, fx),
         Control::StopAgent { agent } => sched.stop_agent(&agent, now, fx),
         Control::StartAgent { agent } => sched.start_agent_again(&agent, now, fx),
         Control::RestartAgent { agent } => sched.restart_agent(&agent, now, fx),
@@ -1091,7 +1104,6 @@ fn control_result(sched: &mut Scheduler, control: Control, now: Timestamp, fx: &
             let scope = scope.parse::<Scope>().map_err(Error::Invalid)?;
             sched.set_budget_limit(scope, Limit { daily_tokens, cost_usd }, now, fx)
         }
-        Control::AddTask { .. } => return Err(Error::Invalid("tasks are added with create_tasks".into())),
     };
     result.map_err(refused)
 }

@@ -13,8 +13,8 @@
 //! A message sent through the post office ([`PostOffice::send`]) is handed to the delivery loop
 //! in memory once it is stored, so that the loop does not read back from the store what was just
 //! written there: the store is read for the rest (messages tried again after a backoff, and those
-//! stored without the post office, e.g. by `baton send` from another process), at least every
-//! 250 ms while handed messages keep it busy, and whenever nothing was handed.
+//! stored without the post office, e.g. by a benchmark), at least every 250 ms while handed
+//! messages keep it busy, and whenever nothing was handed.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,8 +37,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(250);
 
 /// ...and at first: right after a busy spell it looks again soon, doubling the wait while it
-/// finds nothing. Messages stored without the post office (`baton send` from another process,
-/// a sender that calls the store) are then picked up within milliseconds while traffic flows,
+/// finds nothing. Messages stored without the post office (a sender that calls the store) are
+/// then picked up within milliseconds while traffic flows,
 /// at the cost of a few cheap reads when it stops.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 
@@ -103,6 +103,14 @@ impl PostOffice {
         let followed = topics.entry(agent.to_string()).or_default();
         if !followed.iter().any(|known| known == topic) {
             followed.push(topic.to_string());
+        }
+    }
+
+    /// Records messages a per-task agent was handed with its task as acknowledged.
+    pub async fn acknowledge(&self, deliveries: Vec<Delivery>, now: baton_core::Timestamp) {
+        let outcomes = deliveries.into_iter().map(|delivery| (delivery, DeliveryOutcome::Acked)).collect();
+        if let Err(error) = self.store.settle_deliveries(&self.run_id, outcomes, now).await {
+            tracing::warn!(%error, "cannot acknowledge an agent's messages");
         }
     }
 

@@ -156,3 +156,33 @@ async fn a_fresh_run_goes_on_from_the_previous_runs_schedules() {
     let stored = store.schedules(&third_id).await.unwrap();
     assert!(stored[0].paused);
 }
+
+/// The engine renews its claim on the run on its own timer (a third of `lease_ttl`), with
+/// nothing else going on: no poll of the store wakes it any more.
+#[tokio::test]
+async fn an_idle_engine_renews_its_claim_on_the_run() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let text = PLAN.replace("name = \"hourly\"", "name = \"hourly\"\nlease_ttl = \"1s\"");
+    let plan = config::load("baton.toml", &text, &BTreeMap::new()).unwrap_or_else(|error| panic!("{error}"));
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("baton.db"), baton_store::sqlite::Options::default()).expect("a store"),
+    );
+    let running = start(dir.path(), &store, &plan, AT_10_00_30, false);
+    let run_id = running.run_id().await;
+    let owner_until = || async { store.run(&run_id).await.unwrap().and_then(|run| run.owner_until).expect("a claim") };
+    let claimed_until = owner_until().await;
+    // Renewed twice at least: the claim then reaches past the first one by more than a third
+    // of the lease. The schedule's first due time (11:00) is far off: nothing else wakes it.
+    let renewed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let until = owner_until().await;
+            if until > claimed_until.plus(Duration::from_millis(400)) {
+                return until;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(renewed.is_ok(), "the claim, first until {claimed_until:?}, was not renewed");
+    running.stop().await;
+}

@@ -8,6 +8,11 @@
 //!
 //! Without `[auth]` the API is open, and Baton only allows that on a loopback address: every
 //! caller is then `anonymous` with the `admin` role.
+//!
+//! A request through the Unix socket beside the store (see [`crate::local`]) without a token
+//! comes from the machine's user who owns the socket, the only one its mode lets in: it is
+//! `local`, with the `admin` role, whether or not there is `[auth]`. One with a token is the
+//! token's caller, as anywhere.
 
 use std::time::Duration;
 

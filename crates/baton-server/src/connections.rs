@@ -12,7 +12,11 @@
 //!
 //! On shutdown the loop stops accepting, asks every connection to finish its request in
 //! flight, and returns when all have closed.
+//!
+//! The loop serves any [`Listener`]: TCP (`baton serve`'s address) or the Unix socket beside
+//! the store (see [`crate::local`]). Each request carries its connection's [`Peer`].
 
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -28,12 +32,58 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// Where a connection comes from; every request carries it as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A client at this TCP address (the request also carries it as `ConnectInfo`).
+    Tcp(SocketAddr),
+    /// A process of this machine, through the Unix socket beside the store: the socket file's
+    /// mode (0600, its owner only) is the access control.
+    Local,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            Peer::Local => f.write_str("local"),
+        }
+    }
+}
+
+/// What the accept loop takes connections from.
+pub trait Listener: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection, and where it comes from.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Peer)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = TcpStream;
+
+    async fn accept(&self) -> io::Result<(TcpStream, Peer)> {
+        let (stream, remote) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Peer::Tcp(remote)))
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = UnixStream;
+
+    async fn accept(&self) -> io::Result<(UnixStream, Peer)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, Peer::Local))
+    }
+}
 
 /// How many connections, and how slow, the server tolerates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +115,8 @@ impl ConnectionLimits {
 
 /// Accepts connections on `listener` and serves `app` on each (over TLS with `tls`), within
 /// `limits`, until `shutdown` fires and the connections in flight have finished.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L: Listener>(
+    listener: L,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: ConnectionLimits,
@@ -116,7 +166,6 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
         let closing = closing.clone();
@@ -138,18 +187,16 @@ pub async fn serve(
     connections.wait().await;
 }
 
-async fn serve_connection<I>(
-    io: I,
-    remote: SocketAddr,
-    app: Router,
-    limits: ConnectionLimits,
-    closing: CancellationToken,
-) where
+async fn serve_connection<I>(io: I, remote: Peer, app: Router, limits: ConnectionLimits, closing: CancellationToken)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = app.map_request(move |request: Request<Incoming>| {
         let mut request = request.map(axum::body::Body::new);
-        request.extensions_mut().insert(ConnectInfo(remote));
+        request.extensions_mut().insert(remote);
+        if let Peer::Tcp(address) = remote {
+            request.extensions_mut().insert(ConnectInfo(address));
+        }
         request
     });
     let mut builder = Builder::new(TokioExecutor::new());

@@ -1,4 +1,5 @@
-//! Baton's control plane: `baton serve`'s HTTP API, live events over Server-Sent Events and
+//! Baton's control plane: the HTTP API of `baton serve` (on its address) and of `baton run`
+//! (on the socket beside the store, [`local`]), live events over Server-Sent Events and
 //! WebSocket, bearer-token auth with roles, the audit log, rate limits, Prometheus metrics and
 //! the OpenAPI description of it all.
 //!
@@ -34,12 +35,13 @@ pub mod connections;
 pub mod coordination;
 pub mod error;
 pub mod live;
+pub mod local;
 pub mod metrics;
 pub mod openapi;
 pub mod worker;
 
 pub use auth::{Action, Auth, Caller, Grant, Role};
-pub use connections::ConnectionLimits;
+pub use connections::{ConnectionLimits, Listener, Peer};
 pub use error::ApiError;
 
 /// Everything the server needs.
@@ -296,8 +298,12 @@ async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -
 /// checking an HS256 signature costs microseconds — so that a client that keeps failing on a
 /// shared address (loopback, a NAT) does not shut out the clients there that hold a token.
 fn authenticate(state: &AppState, request: &Request, path: &str) -> Result<Caller, ApiError> {
+    let token = bearer(request);
+    if token.is_none() && request.extensions().get::<Peer>() == Some(&Peer::Local) {
+        return Ok(Caller::local());
+    }
     let Some(auth) = state.auth() else { return Ok(Caller::anonymous()) };
-    let verified = match bearer(request) {
+    let verified = match token {
         // Health and the API description are open, so that probes and clients can find their way.
         None if matches!(path, "/health" | "/openapi.json") => return Ok(Caller::anonymous_viewer()),
         None => Err(ApiError::unauthorized(
@@ -405,6 +411,9 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 fn client_address(request: &Request) -> String {
+    if request.extensions().get::<Peer>() == Some(&Peer::Local) {
+        return Peer::Local.to_string();
+    }
     request
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
@@ -439,6 +448,13 @@ pub enum Error {
     Tls(String),
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    /// Something answers on the local socket already: it is not taken over.
+    #[error(
+        "another process serves the API socket {path}; a second `baton` executing a plan from this store directory needs a store of its own (store.url)"
+    )]
+    SocketInUse { path: PathBuf },
+    #[error("cannot serve the API on {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
 }
 
 /// Binds `listen`; the caller learns the address (port 0 picks one) before serving.
@@ -446,11 +462,12 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(listen).await.map_err(|source| Error::Bind { addr: listen.to_string(), source })
 }
 
-/// Serves the API on `listener` until `shutdown` fires; then stops accepting, lets requests in
-/// flight finish (open streams end with the shutdown) and returns. `limits` bound how many
-/// connections are held and how slow a client may be (see [`connections`]).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves the API on `listener` (TCP, or the local socket from [`local::bind`]) until
+/// `shutdown` fires; then stops accepting, lets requests in flight finish (open streams end
+/// with the shutdown) and returns. `limits` bound how many connections are held and how slow
+/// a client may be (see [`connections`]).
+pub async fn serve<L: Listener>(
+    listener: L,
     state: AppState,
     max_request_size: usize,
     tls: Option<Tls>,

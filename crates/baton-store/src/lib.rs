@@ -176,48 +176,6 @@ pub struct EventQuery {
     pub agent: Option<String>,
 }
 
-/// A command for the process executing a run, left in the store by another process (`baton
-/// task cancel` while `baton run` works).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "kebab-case")]
-pub enum Control {
-    CancelTask {
-        task: TaskId,
-        reason: String,
-    },
-    RetryTask {
-        task: TaskId,
-    },
-    StopAgent {
-        agent: String,
-    },
-    StartAgent {
-        agent: String,
-    },
-    RestartAgent {
-        agent: String,
-    },
-    /// Pause a schedule (`baton schedule pause`): its due times pass without firing.
-    PauseSchedule {
-        schedule: String,
-    },
-    /// Resume a paused schedule; it fires from its next due time on.
-    ResumeSchedule {
-        schedule: String,
-    },
-    /// Set a budget's limit for the current period (`baton budget set`); `scope` is `global`,
-    /// `workstream:NAME` or `agent:NAME`.
-    SetBudget {
-        scope: String,
-        daily_tokens: Option<u64>,
-        cost_usd: Option<f64>,
-    },
-    /// A task to add to the run (a chat message for a per-task agent).
-    AddTask {
-        task: Box<baton_core::model::NewTask>,
-    },
-}
-
 /// A process group started for an attempt, recorded so that a node taking over a run from a
 /// dead one can kill what the dead one left running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,8 +397,6 @@ pub trait Store: Send + Sync + 'static {
     /// the channel's capacity behind is told it lagged.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 
-    async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64>;
-
     /// Records the process group of a running attempt.
     async fn record_process(&self, run_id: &str, process: ProcessRecord) -> Result<()>;
 
@@ -517,7 +473,4 @@ pub trait Store: Send + Sync + 'static {
     /// the entries of callers nobody vouches for (failed authentication) from growing without
     /// bound.
     async fn prune_audit(&self, actor: &str, keep: u64) -> Result<u64>;
-
-    /// Takes the run's pending control commands, oldest first; each is returned once.
-    async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>>;
 }

@@ -22,7 +22,7 @@ use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
 use crate::{
-    Applied, AuditEntry, AuditQuery, Control, DeliveryOutcome, Error, ErrorKind, EventQuery, NewAuditEntry, NewRun,
+    Applied, AuditEntry, AuditQuery, DeliveryOutcome, Error, ErrorKind, EventQuery, NewAuditEntry, NewRun,
     ProcessRecord, Result, Store, TaskFilter,
 };
 use baton_core::messages::{Delivery, DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
@@ -353,6 +353,14 @@ DROP INDEX deliveries_by_recipient;
     // configuration, the API, `baton task add`, a worker's `task/create`, a schedule.
     r#"
 ALTER TABLE tasks ADD COLUMN estimated_tokens INTEGER;
+"#,
+    // Commands for a running run no longer wait in the store: they reach the engine of the
+    // process executing the run through its API (a Unix socket beside the store, or
+    // `baton serve`'s address), so the engine is the only writer of its run. Commands a
+    // baton from before left unread are dropped with the table: nobody would take them.
+    r#"
+DROP INDEX control_pending;
+DROP TABLE control;
 "#,
 ];
 
@@ -1530,18 +1538,6 @@ impl Store for SqliteStore {
         self.inner.events.subscribe()
     }
 
-    async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64> {
-        let run_id = run_id.to_string();
-        self.write(move |ctx| {
-            ctx.tx.execute(
-                "INSERT INTO control (run_id, command, created_at) VALUES (?1, ?2, ?3)",
-                params![run_id, to_json(&control), now.0],
-            )?;
-            Ok(ctx.tx.last_insert_rowid())
-        })
-        .await
-    }
-
     async fn record_process(&self, run_id: &str, process: ProcessRecord) -> Result<()> {
         let run_id = run_id.to_string();
         self.write(move |ctx| {
@@ -1908,29 +1904,6 @@ impl Store for SqliteStore {
         })
         .await
     }
-
-    async fn take_control(&self, run_id: &str, now: Timestamp) -> Result<Vec<Control>> {
-        let run_id = run_id.to_string();
-        self.write(move |ctx| {
-            let commands = {
-                let mut stmt = ctx.tx.prepare_cached(
-                    "SELECT id, command FROM control WHERE run_id = ?1 AND taken_at IS NULL ORDER BY id",
-                )?;
-                let rows = stmt.query_map(params![run_id], |row| {
-                    Ok((row.get::<_, i64>(0)?, from_json::<Control>(&row.get::<_, String>(1)?, "control")?))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
-            };
-            if let Some((last, _)) = commands.last() {
-                ctx.tx.execute(
-                    "UPDATE control SET taken_at = ?1 WHERE run_id = ?2 AND taken_at IS NULL AND id <= ?3",
-                    params![now.0, run_id, last],
-                )?;
-            }
-            Ok(commands.into_iter().map(|(_, command)| command).collect())
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
@@ -1982,6 +1955,36 @@ mod tests {
         };
         let id = store.record_audit(entry).await.unwrap();
         assert_eq!(store.audit(&AuditQuery::default()).await.unwrap()[0].id, id);
+    }
+
+    /// A store from before commands went through the API loses its command table, commands
+    /// left unread in it included: no engine takes them any more.
+    #[tokio::test]
+    async fn the_command_table_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        let before = MIGRATIONS.len() - 1;
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..before] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.pragma_update(None, "user_version", before as i64).unwrap();
+            conn.execute(
+                "INSERT INTO control (run_id, command, created_at) VALUES ('r1', '{\"command\":\"retry-task\",\"task\":1}', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Options::default()).unwrap();
+        let tables: i64 = store
+            .read(|conn| {
+                Ok(conn
+                    .query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE 'control%'", [], |row| row.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(tables, 0, "neither the table nor its index is left");
     }
 
     /// A store bricked before totals saturated: its usage rows hold REALs (an overflowed sum)

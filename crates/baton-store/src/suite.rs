@@ -6,7 +6,7 @@ use baton_core::sched::{RunChange, Write};
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{EventKind, Timestamp};
 
-use crate::{Applied, Control, ErrorKind, EventQuery, NewRun, Store, TaskFilter};
+use crate::{Applied, ErrorKind, EventQuery, NewRun, Store, TaskFilter};
 
 /// Generates one `#[tokio::test]` per conformance test, each on a fresh store from `$make`.
 #[macro_export]
@@ -24,7 +24,7 @@ macro_rules! store_test_suite {
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
             a_new_run_is_refused_while_another_owner_holds_the_plan,
-            agents_and_control_commands_round_trip,
+            agents_round_trip,
             process_groups_are_recorded_and_taken,
             schedules_fire_at_most_once_per_due_time,
             budget_usage_accumulates_per_period_and_scope,
@@ -534,7 +534,7 @@ pub async fn a_new_run_is_refused_while_another_owner_holds_the_plan(store: impl
     store.create_run(by("r6", "host-e:55:v", 55, later.0 + 30_000), later).await.unwrap();
 }
 
-pub async fn agents_and_control_commands_round_trip(store: impl Store) {
+pub async fn agents_round_trip(store: impl Store) {
     store.create_run(new_run("r1"), T0).await.unwrap();
     let record = AgentRecord {
         run_id: "r1".into(),
@@ -556,16 +556,6 @@ pub async fn agents_and_control_commands_round_trip(store: impl Store) {
     updated.state = AgentState::Active;
     store.apply("r1", T0, vec![Write::Agent { record: updated.clone(), events: vec![] }]).await.unwrap();
     assert_eq!(store.agents("r1").await.unwrap(), vec![updated]);
-
-    store.enqueue_control("r1", Control::CancelTask { task: TaskId(3), reason: "no".into() }, T0).await.unwrap();
-    store.enqueue_control("r1", Control::RetryTask { task: TaskId(4) }, T0).await.unwrap();
-    store.enqueue_control("r2", Control::RetryTask { task: TaskId(5) }, T0).await.unwrap();
-    let taken = store.take_control("r1", T0).await.unwrap();
-    assert_eq!(
-        taken,
-        vec![Control::CancelTask { task: TaskId(3), reason: "no".into() }, Control::RetryTask { task: TaskId(4) }]
-    );
-    assert!(store.take_control("r1", T0).await.unwrap().is_empty(), "each command is taken once");
 }
 
 /// Totals at the edge of what a count holds: adding to them saturates (SQLite would otherwise

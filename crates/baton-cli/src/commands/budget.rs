@@ -6,9 +6,9 @@ use anyhow::Context as _;
 use baton_core::budget::{Budgets, Limit, Scope, percent_of};
 use baton_core::model::RunRecord;
 use baton_core::{EventKind, Timestamp};
-use baton_store::{Control, EventQuery, Store};
+use baton_store::{EventQuery, Store};
 
-use super::{control, find_run, open_existing_store};
+use super::{find_run, open_existing_store};
 use crate::output;
 use crate::{BudgetAction, Cli, Failure};
 
@@ -79,10 +79,11 @@ pub(super) async fn budget(
         if daily_tokens == &Some(0) || cost_usd.is_some_and(|cost| !(cost.is_finite() && cost > 0.0)) {
             return Err(Failure::usage("a limit must be more than 0"));
         }
-        let run = find_run(&*store, &loaded.plan, run.as_deref()).await?;
-        let command =
-            Control::SetBudget { scope: parsed.to_string(), daily_tokens: *daily_tokens, cost_usd: *cost_usd };
-        return control(&*store, &run, command).await;
+        let (_, client) = super::source::front_door(cli, run.as_deref()).await?;
+        client.set_budget(&parsed.to_string(), *daily_tokens, *cost_usd).await?;
+        let limit = Limit { daily_tokens: *daily_tokens, cost_usd: *cost_usd };
+        outln!("budget {parsed}: the limit is {limit} until the next reset");
+        return Ok(0);
     }
     let run = find_run(&*store, &loaded.plan, run).await?;
     let now = baton_runtime::Clock::system().now();

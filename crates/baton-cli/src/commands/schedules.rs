@@ -3,13 +3,10 @@
 use anyhow::Context as _;
 use serde::Serialize;
 
-use baton_core::model::{RunState, TaskId};
-use baton_core::sched::Write;
+use baton_core::model::TaskId;
 use baton_core::schedule::{ScheduleRecord, format_utc};
-use baton_core::{EventKind, Timestamp};
-use baton_store::Control;
 
-use super::{control, find_run, load, open_existing_store, open_store};
+use super::{find_run, load, open_existing_store};
 use crate::output;
 use crate::{Cli, Failure, ScheduleAction};
 
@@ -94,72 +91,22 @@ pub(super) async fn schedules(cli: &Cli, json: bool, run: Option<&str>) -> Resul
     Ok(0)
 }
 
-/// Pauses or resumes a schedule. A running `baton run` is sent the command through the store
-/// and applies it (its in-memory schedule is the one that fires). When nothing executes the
-/// run, the flag is written into the run's schedule record directly, where the next `baton run`
-/// reads it: a command queued instead would be applied only when that run starts, and a
-/// schedule resumed that late would have been paused through the due times before it.
+/// Pauses or resumes a schedule, through the API of the process executing the run: its
+/// in-memory schedule is the one that fires, and it writes the flag into the run.
 pub(super) async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, Failure> {
-    let (name, run, paused) = match action {
-        ScheduleAction::Pause { name, run } => (name, run, true),
-        ScheduleAction::Resume { name, run } => (name, run, false),
+    let (name, run, verb) = match action {
+        ScheduleAction::Pause { name, run } => (name, run, "pause"),
+        ScheduleAction::Resume { name, run } => (name, run, "resume"),
     };
     let loaded = load(cli)?;
-    let Some(spec) = loaded.plan.schedules.iter().find(|spec| &spec.name == name) else {
+    if !loaded.plan.schedules.iter().any(|spec| &spec.name == name) {
         let known: Vec<&str> = loaded.plan.schedules.iter().map(|spec| spec.name.as_str()).collect();
         let known =
             if known.is_empty() { "none is declared".to_string() } else { format!("known: {}", known.join(", ")) };
         return Err(Failure::usage(format!("no schedule `{name}` in {} ({known})", cli.config.display())));
-    };
-    let store = open_store(cli, &loaded)?;
-    let run = find_run(&*store, &loaded.plan, run.as_deref()).await?;
-    if run.state != RunState::Running {
-        return Err(Failure::usage(format!(
-            "run {} has ended ({}); a schedule's state belongs to its run: start one with `baton run`",
-            run.id, run.state
-        )));
     }
-    let now = baton_runtime::Clock::system().now();
-    let executed = run.owner.is_some() && run.owner_until.is_some_and(|until| until > now);
-    if executed {
-        let command = if paused {
-            Control::PauseSchedule { schedule: name.clone() }
-        } else {
-            Control::ResumeSchedule { schedule: name.clone() }
-        };
-        return control(&*store, &run, command).await;
-    }
-    let records = store.schedules(&run.id).await.context("reading schedules")?;
-    let mut record = records.into_iter().find(|record| &record.name == name).unwrap_or_else(|| ScheduleRecord {
-        run_id: run.id.clone(),
-        name: name.clone(),
-        cursor: now,
-        last_fired_due: None,
-        last_fired_at: None,
-        last_task: None,
-        paused: spec.paused,
-        updated_at: now,
-    });
-    if record.paused == paused {
-        outln!("schedule {name} is {} already", if paused { "paused" } else { "active" });
-        return Ok(0);
-    }
-    record.paused = paused;
-    record.updated_at = now;
-    if !paused && record.cursor < now {
-        // As when a running engine resumes it: the due times it was paused through are not owed.
-        record.cursor = Timestamp(now.0);
-    }
-    let schedule = name.clone();
-    let event = if paused { EventKind::SchedulePaused { schedule } } else { EventKind::ScheduleResumed { schedule } };
-    store
-        .apply(&run.id, now, vec![Write::Schedule { record, events: vec![event] }])
-        .await
-        .context("writing the schedule")?;
-    outln!(
-        "schedule {name} {}; no `baton run` is executing run {} now: it takes effect when it resumes",
-        if paused { "paused" } else { "resumed" },
-        run.id
-    );
+    let (_, client) = super::source::front_door(cli, run.as_deref()).await?;
+    client.schedule_command(name, verb).await?;
+    outln!("schedule {name} {}", if verb == "pause" { "paused" } else { "resumed" });
     Ok(0)
 }

@@ -104,24 +104,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
     };
 
     let server_stop = CancellationToken::new();
-    let state = AppState::new(ServerOptions {
-        store: Arc::clone(&store),
-        engine: handle.clone(),
-        hub,
-        run_id: run_id.clone(),
-        plan: plan.clone(),
-        auth,
-        rate_limit: plan
-            .auth
-            .as_ref()
-            .map(|auth| auth.rate_limit)
-            .or(plan.server.rate_limit)
-            .map(|limit| (limit.per_second, limit.burst)),
-        max_request_size: plan.server.max_request_size as usize,
-        log_dir,
-        clock,
-        shutdown: server_stop.clone(),
-    });
+    let state = app_state(&plan, &store, &handle, hub, &run_id, auth, log_dir, clock, &server_stop);
     let metrics_task = tokio::spawn(baton_server::metrics::follow_events(state.clone(), server_stop.clone()));
     let reload_task = plan.server.reload.then(|| {
         let path = cli.config.clone();
@@ -139,6 +122,19 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
             }
         })
     });
+    // The socket beside the store too: the CLI on this machine reaches the run there without
+    // an address or a token. Its API on the network is the one that matters: without the
+    // socket (another process holds it) the server goes on.
+    let front_door = match super::socket_path(cli, &loaded)? {
+        Some(path) => match FrontDoor::open(&path, state.clone(), &plan, server_stop.clone()) {
+            Ok(front_door) => Some(front_door),
+            Err(error) => {
+                crate::output::say(&format!("the CLI reaches this server at {url} only: {error}"));
+                None
+            }
+        },
+        None => None,
+    };
     let server = tokio::spawn(baton_server::serve(
         listener,
         state,
@@ -156,6 +152,9 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
     signals.abort();
     server_stop.cancel();
     let served = server.await.map_err(|error| Failure::run(error.to_string()))?;
+    if let Some(front_door) = front_door {
+        front_door.close().await;
+    }
     let _ = metrics_task.await;
     let _ = log_task.await;
     if let Some(task) = reload_task {
@@ -168,6 +167,78 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         summary.run_id, summary.n_succeeded, summary.n_tasks
     ));
     Ok(0)
+}
+
+/// The server's state, for `baton serve`'s address and for the local socket of `baton serve`
+/// and `baton run` alike.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn app_state(
+    plan: &Plan,
+    store: &Arc<dyn baton_store::Store>,
+    handle: &baton_runtime::EngineHandle,
+    hub: RemoteHub,
+    run_id: &str,
+    auth: Option<Auth>,
+    log_dir: std::path::PathBuf,
+    clock: baton_runtime::Clock,
+    stop: &CancellationToken,
+) -> AppState {
+    AppState::new(ServerOptions {
+        store: Arc::clone(store),
+        engine: handle.clone(),
+        hub,
+        run_id: run_id.to_string(),
+        plan: plan.clone(),
+        auth,
+        rate_limit: plan
+            .auth
+            .as_ref()
+            .map(|auth| auth.rate_limit)
+            .or(plan.server.rate_limit)
+            .map(|limit| (limit.per_second, limit.burst)),
+        max_request_size: plan.server.max_request_size as usize,
+        log_dir,
+        clock,
+        shutdown: stop.clone(),
+    })
+}
+
+/// The API on the Unix socket beside the store (see `baton_server::local`): how the CLI on
+/// this machine reaches the process executing the run.
+pub(super) struct FrontDoor {
+    /// Owns the socket: it is closed and its file removed when the server returns.
+    server: tokio::task::JoinHandle<Result<(), baton_server::Error>>,
+}
+
+impl FrontDoor {
+    /// Binds the socket at `path` (replacing a stale one, never a live one) and serves the API
+    /// there until `stop` fires.
+    pub(super) fn open(
+        path: &std::path::Path,
+        state: AppState,
+        plan: &Plan,
+        stop: CancellationToken,
+    ) -> Result<FrontDoor, baton_server::Error> {
+        let socket = baton_server::local::bind(path)?;
+        tracing::debug!(path = %socket.path().display(), "the API answers on the local socket");
+        let server = tokio::spawn(baton_server::serve(
+            socket,
+            state,
+            plan.server.max_request_size as usize,
+            None,
+            baton_server::ConnectionLimits::from_spec(&plan.server),
+            stop,
+        ));
+        Ok(FrontDoor { server })
+    }
+
+    /// Waits for the server (stopped by the token given to [`FrontDoor::open`]); the socket
+    /// is gone when this returns.
+    pub(super) async fn close(self) {
+        if let Ok(Err(error)) = self.server.await {
+            tracing::warn!(%error, "the local API failed");
+        }
+    }
 }
 
 /// `baton token create`: signs a token locally with the `[auth]` secret; no server needed.

@@ -1,20 +1,24 @@
-//! Where a command's data comes from, chosen once per command: a running `baton serve`
-//! (through its HTTP API) when one answers, else the store directly. The commands then print
-//! the same records the same way, whichever source gave them.
+//! Where a command's data comes from, chosen once per command: the API of the process
+//! executing the run (`baton serve` at its address, or the socket beside the store that
+//! `baton run` and `baton serve` open) when one answers, else the store directly. The read
+//! commands then print the same records the same way, whichever source gave them; a command
+//! that changes the run needs the API ([`front_door`]): the process executing a run is the only
+//! writer of its state.
 
 use baton_core::config::{self, Plan};
-use baton_core::model::{NewTask, Priority, RunRecord, TaskRef, TaskState};
+use baton_core::model::{Priority, RunRecord, RunState, TaskRef, TaskState};
 use std::sync::Arc;
 
 use baton_core::task::TaskInput;
 use baton_store::Store;
 
-use super::{Loaded, existing_store, find_run, load};
+use super::{Loaded, existing_store, find_run, load, socket_path};
 use crate::client::Client;
 use crate::{Cli, Failure, TaskArgs};
 
 pub(super) enum Source {
-    /// A running `baton serve` of this plan: it serves one run, its own.
+    /// The API of a running `baton serve` or `baton run` of this plan: it serves one run, its
+    /// own.
     Server { loaded: Loaded, client: Client },
     /// The store, and the run the command is about.
     Store { loaded: Loaded, store: Arc<dyn Store>, run: RunRecord },
@@ -25,7 +29,8 @@ impl Source {
     /// else the store and the run (`run`, or the plan's latest).
     pub(super) async fn open(cli: &Cli, run: Option<&str>) -> Result<Source, Failure> {
         let loaded = load(cli)?;
-        if let Some(client) = Client::connect(cli, &loaded.plan).await? {
+        let socket = socket_path(cli, &loaded)?;
+        if let Some(client) = Client::connect(cli, &loaded.plan, socket.as_deref()).await? {
             let Some(wanted) = run else { return Ok(Source::Server { loaded, client }) };
             let served = client.status().await?.session_id;
             if served == wanted {
@@ -41,6 +46,36 @@ impl Source {
         let store = existing_store(cli, &loaded)?;
         let run = find_run(&*store, &loaded.plan, run).await?;
         Ok(Source::Store { loaded, store, run })
+    }
+}
+
+/// The API of the process executing the run (`run`, or the plan's latest), for a command
+/// that changes it; a usage error saying so when no process executes it.
+pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<(Loaded, Client), Failure> {
+    match Source::open(cli, run).await? {
+        Source::Server { loaded, client } => Ok((loaded, client)),
+        Source::Store { run, .. } if run.state != RunState::Running => {
+            Err(Failure::usage(format!("run {} has ended ({}); only a running run takes commands", run.id, run.state)))
+        }
+        Source::Store { loaded, run, .. } => {
+            let now = baton_runtime::Clock::system().now();
+            match &run.owner {
+                Some(owner) if run.owner_until.is_some_and(|until| until > now) => {
+                    let socket = socket_path(cli, &loaded)?.map_or_else(
+                        || "no socket: the store is in memory".to_string(),
+                        |path| path.display().to_string(),
+                    );
+                    Err(Failure::usage(format!(
+                        "run {} is executed by {owner}, but its API answers neither at the configured server nor at {socket}; pass its address with --url",
+                        run.id
+                    )))
+                }
+                _ => Err(Failure::usage(format!(
+                    "no `baton run` is executing run {}: start it with `baton run`; commands change a running run",
+                    run.id
+                ))),
+            }
+        }
     }
 }
 
@@ -71,15 +106,15 @@ pub(super) async fn server_run(client: &Client, plan: &Plan) -> Result<RunRecord
         started_at,
         ended_at: None,
         error: status.error,
-        owner: Some(format!("baton serve at {}", client.url())),
+        owner: Some(client.served_by()),
         owner_pid: None,
         // It answered just now: it executes the run.
         owner_until: Some(now.plus(std::time::Duration::from_secs(60))),
     })
 }
 
-/// The task `baton task add` describes, as every source of tasks describes one: a server
-/// checks it against its plan, else [`new_task`] does against the loaded one.
+/// The task `baton task add` describes, as every source of tasks describes one; the engine's
+/// API checks it against the running plan.
 pub(super) fn task_input(args: &TaskArgs) -> Result<TaskInput, Failure> {
     let input = match &args.input {
         Some(text) => {
@@ -122,18 +157,6 @@ fn task_ref(text: &str) -> TaskRef {
         Ok(id) => TaskRef::Id(baton_core::model::TaskId(id)),
         Err(_) => TaskRef::Key(text.trim().to_string()),
     }
-}
-
-/// The task, checked against the plan as the server would check it, before it is queued for
-/// the engine (which would only log the mistake); also a budget it could never fit.
-pub(super) fn new_task(input: TaskInput, plan: &Plan, config_path: &std::path::Path) -> Result<NewTask, Failure> {
-    let task = baton_core::task::new_task(input, plan.into()).map_err(|error| Failure::usage(error.to_string()))?;
-    if let Some(tokens) = task.estimated_tokens
-        && let Some(problem) = plan.budget.never_fits(task.workstream.as_deref(), tokens)
-    {
-        return Err(Failure::usage(format!("{problem} (the budgets of {})", config_path.display())));
-    }
-    Ok(task)
 }
 
 #[cfg(test)]

@@ -68,6 +68,22 @@ impl Project {
         SqliteStore::open(&self.path().join(".baton/baton.db"), Options::default()).unwrap()
     }
 
+    /// The socket beside the store where the process executing the run serves its API.
+    pub fn socket_path(&self) -> PathBuf {
+        self.path().join(".baton/api.sock")
+    }
+
+    /// Waits until the running `baton run` (or `baton serve`) answers on its socket: commands
+    /// that change the run reach it there. It opens the socket once it has claimed the run.
+    pub fn wait_for_front_door(&self) {
+        let socket = self.socket_path();
+        assert!(
+            eventually(|| std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+            "nothing answers on {}",
+            socket.display()
+        );
+    }
+
     pub fn log_path(&self, agent: &str) -> PathBuf {
         self.path().join(".baton/logs").join(format!("{agent}.log"))
     }

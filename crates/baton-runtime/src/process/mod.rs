@@ -115,16 +115,6 @@ impl Registry {
         }
     }
 
-    async fn acknowledge(&self, run_id: &str, inbox: Vec<baton_core::messages::Delivery>) {
-        if inbox.is_empty() {
-            return;
-        }
-        let outcomes = inbox.into_iter().map(|delivery| (delivery, baton_store::DeliveryOutcome::Acked)).collect();
-        if let Err(error) = self.store.settle_deliveries(run_id, outcomes, crate::Clock::system().now()).await {
-            tracing::warn!(%error, "cannot acknowledge an agent's messages");
-        }
-    }
-
     async fn ended(&self, attempt: &Attempt) {
         if let Err(error) = self.store.forget_process(&attempt.run_id, attempt.task.id, attempt.task.attempt).await {
             tracing::warn!(%error, "cannot forget an attempt's process group");
@@ -349,6 +339,20 @@ impl ProcessAgent {
         });
     }
 
+    /// Has the engine acknowledge the messages handed over with a task; returns once they are
+    /// (or the engine has stopped).
+    async fn acknowledge(&self, inbox: Vec<baton_core::messages::Delivery>) {
+        if inbox.is_empty() {
+            return;
+        }
+        let Some(context) = self.context.lock().expect("context lock").clone() else { return };
+        let (reply, acknowledged) = tokio::sync::oneshot::channel();
+        let taken = crate::agent::AgentEvent::MessagesTaken { agent: self.spec.name.clone(), deliveries: inbox, reply };
+        if context.events.send(taken).is_ok() {
+            let _ = acknowledged.await;
+        }
+    }
+
     pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> ProcessAgent {
         let (workdir, env) = process_env.for_agent(&spec);
         let log_path = process_env.log_path(&spec.name);
@@ -481,10 +485,10 @@ impl ProcessAgent {
         }
         let _ = child.wait().await;
         feeder.abort();
-        if let Some(registry) = &self.registry {
-            // Handed over with the task: acknowledged.
-            registry.acknowledge(&attempt.run_id, inbox).await;
-        }
+        // Handed over with the task: acknowledged, by the engine (the writer of the run, with
+        // its clock), before the outcome is reported, so that the next task does not hand them
+        // over again.
+        self.acknowledge(inbox).await;
         if let (Some(registry), Some(_)) = (&self.registry, pgid) {
             registry.ended(attempt).await;
         }
