@@ -324,6 +324,13 @@ impl Client {
         Ok(())
     }
 
+    /// Dead letters delivered again (`POST /messages/redeliver`): the ids redelivered.
+    pub async fn redeliver(&self, ids: &[i64], dead: bool) -> Result<Vec<i64>, Failure> {
+        let body = if dead { serde_json::json!({ "dead": true }) } else { serde_json::json!({ "ids": ids }) };
+        let answer: baton_server::chat::Redelivered = self.post("/messages/redeliver", Some(&body)).await?;
+        Ok(answer.redelivered)
+    }
+
     /// Chat (`POST /messages`): a message to each mentioned worker, a task for each other agent.
     pub async fn chat(&self, text: &str, data: Option<serde_json::Value>) -> Result<ChatResult, Failure> {
         let body = serde_json::json!({ "text": text, "data": data });

@@ -58,7 +58,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
         Command::Budget { action, json, run } => budget::budget(&cli, action.as_ref(), *json, run.as_deref()).await,
         Command::Send { text, data, run } => send(&cli, text, data.as_deref(), run.as_deref()).await,
-        Command::Messages { agent, limit, json, run } => {
+        Command::Messages { action: Some(crate::MessagesAction::Redeliver { ids, dead, run }), .. } => {
+            redeliver(&cli, ids, *dead, run.as_deref()).await
+        }
+        Command::Messages { action: None, agent, limit, json, run } => {
             messages(&cli, agent.as_deref(), *limit, *json, run.as_deref()).await
         }
         Command::Events { follow, since, task, json, run } => {
@@ -690,6 +693,20 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
     Ok(0)
 }
 
+/// `baton messages redeliver`: through the running `baton run`'s front door.
+async fn redeliver(cli: &Cli, ids: &[i64], dead: bool, run: Option<&str>) -> Result<u8, Failure> {
+    let (_, client) = source::front_door(cli, run).await?;
+    let redelivered = client.redeliver(ids, dead).await?;
+    match redelivered.as_slice() {
+        [] => outln!("no dead letter to redeliver"),
+        ids => {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            outln!("redelivered {}: pending again, delivered from now on", ids.join(", "));
+        }
+    }
+    Ok(0)
+}
+
 async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: Option<&str>) -> Result<u8, Failure> {
     let (loaded, store) = open_existing_store(cli)?;
     let run = find_run(&*store, &loaded.plan, run).await?;
@@ -698,13 +715,14 @@ async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: O
         outln!("{}", serde_json::to_string_pretty(&deliveries).context("serializing")?);
         return Ok(0);
     }
-    let mut table = output::table(&["time", "from", "to", "state", "tries", "message"]);
+    let mut table = output::table(&["id", "time", "from", "to", "state", "tries", "message"]);
     for delivery in &deliveries {
         let to = match &delivery.topic {
             Some(topic) => format!("{} (#{topic})", delivery.to),
             None => delivery.to.clone(),
         };
         table.add_row(vec![
+            delivery.id.to_string(),
             output::clock(delivery.created_at),
             delivery.from.clone(),
             to,

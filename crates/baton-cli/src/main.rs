@@ -210,8 +210,12 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
-    /// List the run's messages (all, or to and from one agent).
+    /// List the run's messages (all, or to and from one agent); `messages redeliver` delivers
+    /// dead letters again.
+    #[command(args_conflicts_with_subcommands = true)]
     Messages {
+        #[command(subcommand)]
+        action: Option<MessagesAction>,
         /// Only messages to or from this agent.
         #[arg(long)]
         agent: Option<String>,
@@ -431,6 +435,22 @@ pub enum BudgetAction {
         /// The cost, in US dollars, the scope may spend until the next reset.
         #[arg(long)]
         cost_usd: Option<f64>,
+        /// A run id; the latest run of the plan by default.
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MessagesAction {
+    /// Deliver dead letters again, with a fresh count of tries, in the running `baton run`.
+    Redeliver {
+        /// The deliveries to redeliver (the `id` column of `baton messages`).
+        #[arg(required_unless_present = "dead", conflicts_with = "dead")]
+        ids: Vec<i64>,
+        /// Every dead letter of the run.
+        #[arg(long)]
+        dead: bool,
         /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,

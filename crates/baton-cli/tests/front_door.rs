@@ -79,6 +79,9 @@ async fn commands_reach_a_running_baton_run_through_its_socket() {
     // Chat: a per-task agent gets a task, made by the engine before the command returns.
     let sent = project.baton(&["send", "@echo ping"]);
     assert_eq!(sent.status.code(), Some(0), "{}", stderr(&sent));
+    let redelivered = project.baton(&["messages", "redeliver", "--dead"]);
+    assert_eq!(redelivered.status.code(), Some(0), "{}", stderr(&redelivered));
+    assert_eq!(stdout(&redelivered).trim(), "no dead letter to redeliver");
     assert!(stdout(&sent).contains("@echo: sent as a task"), "{}", stdout(&sent));
     let tasks = store.tasks(&run.id, &TaskFilter { agent: Some("echo".into()), ..Default::default() }).await.unwrap();
     assert_eq!(tasks.len(), 2, "echo-this and the chat task: {tasks:?}");
@@ -127,12 +130,13 @@ async fn a_stale_socket_is_replaced_and_commands_need_a_running_baton_run() {
     let run = store.latest_run(None).await.unwrap().unwrap();
     let message =
         format!("no `baton run` is executing run {}: start it with `baton run`; commands change a running run", run.id);
-    let commands: [&[&str]; 5] = [
+    let commands: [&[&str]; 6] = [
         &["task", "add", "Echo this", "--agent", "echo"],
         &["task", "cancel", "1"],
         &["agent", "stop", "echo"],
         &["send", "@echo ping"],
         &["budget", "set", "global", "--daily-tokens", "1000"],
+        &["messages", "redeliver", "--dead"],
     ];
     for args in commands {
         let output = project.baton(args);
