@@ -9,12 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
 use baton_core::messages::{NewMessage, OPERATOR, Recipient, chat_task, resolve_mentions, takes_messages};
 use baton_core::model::TaskId;
-use baton_runtime::agent::AgentEvent;
+use baton_runtime::agent::{AgentRequest, RequestErrorKind};
 
 use crate::api::{Body, Params};
 use crate::auth::{Action, Caller, Grant};
@@ -64,7 +63,6 @@ pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Re
     for name in names {
         let spec = plan.agent(&name).ok_or_else(|| ApiError::not_found(format!("no agent `{name}` in this run")))?;
         if takes_messages(spec) {
-            let (reply, answer) = oneshot::channel();
             let new_message = NewMessage {
                 from: from.clone(),
                 to: Recipient::Agent(name.clone()),
@@ -73,11 +71,16 @@ pub async fn chat(state: &AppState, caller: &Caller, message: ChatMessage) -> Re
                 task: None,
                 correlation_id: None,
             };
-            state.engine().report(AgentEvent::SendMessage { agent: from.clone(), message: new_message, reply })?;
-            let id = answer
+            let sent_by = from.clone();
+            let id = state
+                .engine()
+                .ask(|reply| AgentRequest::SendMessage { agent: sent_by, message: new_message, reply })
                 .await
-                .map_err(|_| ApiError::unavailable("the engine has stopped"))?
-                .map_err(ApiError::bad_request)?;
+                .map_err(|error| match error.kind {
+                    // As it always was: a message that reaches nobody is a bad request.
+                    RequestErrorKind::Unavailable => ApiError::unavailable(error.message),
+                    _ => ApiError::bad_request(error.message),
+                })?;
             sent.push(Sent { agent: name, message_id: Some(id), task: None });
         } else {
             let input = chat_task(spec, &from, &message.text, &data, &uuid::Uuid::now_v7().simple().to_string());
