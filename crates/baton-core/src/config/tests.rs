@@ -369,3 +369,55 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
     let unknown = errors(&format!("{MINIMAL}\n[logs]\nkeep = 3\n"));
     assert!(unknown.starts_with("baton.toml:38:1: unknown field `keep`"), "{unknown}");
 }
+
+/// `llm` and `a2a` are words Baton knows, refused until those runtimes exist.
+#[test]
+fn runtimes_not_available_yet_are_refused_with_what_is() {
+    for runtime in ["llm", "a2a"] {
+        let text = format!(
+            "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
+        );
+        assert_eq!(
+            errors(&text),
+            format!(
+                "baton.toml:6:11: runtime = \"{runtime}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
+            )
+        );
+    }
+}
+
+/// The kind is serialized flat, beside the common fields: a process agent shows the keys it
+/// always showed, a remote one only what applies to it. No expanded secret either way.
+#[test]
+fn an_agents_kind_is_serialized_beside_its_common_fields() {
+    let text = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"p\"\nmode = \"worker\"\ncommand = [\"run\", \"${HOME}\"]\nenv = { KEY = \"${HOME}\" }\n\n[[agents]]\nname = \"r\"\nruntime = \"remote\"\n";
+    let plan = load("baton.toml", text, &env()).unwrap();
+    let shown = serde_json::to_value(&plan.agents[0]).unwrap();
+    let keys: Vec<&str> = shown.as_object().unwrap().keys().map(String::as_str).collect();
+    for key in [
+        "name",
+        "role",
+        "runtime",
+        "mode",
+        "command",
+        "command_location",
+        "env",
+        "workdir",
+        "limits",
+        "terminal",
+        "max_message_size",
+        "env_passthrough",
+        "heartbeat_timeout",
+        "restart",
+        "concurrency",
+    ] {
+        assert!(keys.contains(&key), "`{key}` is shown: {keys:?}");
+    }
+    assert_eq!((shown["runtime"].as_str(), shown["mode"].as_str()), (Some("process"), Some("worker")));
+    assert_eq!(shown["command"], serde_json::json!(["run", "${HOME}"]));
+    assert_eq!(shown["env"], serde_json::json!({ "KEY": "${HOME}" }));
+    assert!(!format!("{:?}", plan.agents[0]).contains("/home/me"), "Debug shows no expanded value");
+    let remote = serde_json::to_value(&plan.agents[1]).unwrap();
+    assert_eq!(remote["runtime"], "remote");
+    assert!(remote.get("command").is_none() && remote.get("mode").is_none(), "{remote}");
+}
