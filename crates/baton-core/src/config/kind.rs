@@ -50,6 +50,8 @@ pub(super) enum RawRuntime {
 /// The kind-specific part of an agent's spec.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "runtime", rename_all = "lowercase")]
+// One per agent, matched far more often than moved: a box would buy nothing but indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum AgentKind {
     /// An OS process Baton starts and supervises (`runtime = "process"`).
     Process(ProcessSpec),
