@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use baton_core::Outcome;
-use baton_runtime::agent::{AgentContext, AgentRuntime, Attempt};
+use baton_runtime::agent::{AgentContext, AgentError, AgentRuntime, Attempt};
 use baton_runtime::engine::{Engine, EngineOptions, RuntimeFactory};
 use baton_runtime::remote::RemoteHub;
 use baton_server::{AppState, Auth, Role, ServerOptions};
@@ -83,7 +83,7 @@ struct Inert;
 
 #[async_trait]
 impl AgentRuntime for Inert {
-    async fn start(&self, _context: AgentContext) -> Result<(), String> {
+    async fn start(&self, _context: AgentContext) -> Result<(), AgentError> {
         Ok(())
     }
 

@@ -249,7 +249,7 @@ fn load_checked(cli: &Cli) -> Result<(Loaded, BTreeMap<String, String>), Failure
 
 async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) -> Result<u8, Failure> {
     let (loaded, env) = load_checked(cli)?;
-    if let Some(agent) = loaded.plan.agents.iter().find(|agent| agent.runtime == config::RuntimeKind::Remote) {
+    if let Some(agent) = loaded.plan.agents.iter().find(|agent| agent.runtime() == config::RuntimeKind::Remote) {
         return Err(Failure::usage(format!(
             "agent `{}` is remote: its workers take tasks over the network, where `baton run` serves no API; run this plan with `baton serve`",
             agent.name
@@ -1034,10 +1034,13 @@ async fn attach(cli: &Cli, agent: &str) -> Result<u8, Failure> {
             known.join(", ")
         )));
     };
-    if spec.mode != ProcessMode::Pty {
+    if spec.process_mode() != Some(ProcessMode::Pty) {
+        let what = match spec.process_mode() {
+            Some(mode) => format!("its mode is \"{}\"", mode.as_str()),
+            None => format!("it is a {} agent", spec.runtime().as_str()),
+        };
         return Err(Failure::usage(format!(
-            "agent `{agent}` is not a terminal agent (its mode is \"{}\"); only agents with mode = \"pty\" can be attached",
-            spec.mode.as_str()
+            "agent `{agent}` is not a terminal agent ({what}); only agents with mode = \"pty\" can be attached"
         )));
     }
     let socket = attach_socket(&store_dir(cli, &loaded)?, agent);

@@ -2,8 +2,9 @@
 
 mod common;
 
-use baton_core::model::{RunState, TaskState};
-use baton_store::{Store, TaskFilter};
+use baton_core::EventKind;
+use baton_core::model::{AgentState, RunState, TaskState};
+use baton_store::{EventQuery, Store, TaskFilter};
 use common::{Project, stderr, stdout};
 
 const PLAN: &str = r#"
@@ -215,4 +216,73 @@ requires = ["short"]
     assert_eq!(state, "offline");
     std::fs::write(project.path().join("release"), "").unwrap();
     assert_eq!(child.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+/// An agent whose command is gone when its phase comes (the first phase deletes it) cannot
+/// start, and never will: it is failed at once, with the reason, instead of being restarted
+/// until its crash-loop cap; the tasks only it could run are cancelled with the cause.
+#[tokio::test]
+async fn an_agent_whose_command_is_missing_is_failed_at_once_without_restarts() {
+    const PLAN: &str = r#"
+[orchestration]
+name = "missing"
+
+[[workstreams]]
+name = "prepare"
+
+[[workstreams]]
+name = "later"
+depends_on = ["prepare"]
+
+[[agents]]
+name = "janitor"
+workstream = "prepare"
+command = ["bash", "clean.sh"]
+
+[[agents]]
+name = "latecomer"
+workstream = "later"
+priority = "critical"
+mode = "worker"
+command = ["./later.sh"]
+max_restarts = 5
+
+[[tasks]]
+title = "Delete the latecomer's program"
+workstream = "prepare"
+
+[[tasks]]
+title = "Too late"
+workstream = "later"
+"#;
+    let project = Project::with(PLAN, &[("later.sh", "#!/usr/bin/env bash\nexit 0\n"), ("clean.sh", "rm later.sh\n")]);
+    let later = project.path().join("later.sh");
+    std::fs::set_permissions(&later, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = project.baton(&["run"]);
+    assert_eq!(run.status.code(), Some(1), "{}\n{}", stdout(&run), stderr(&run));
+
+    let store = project.store();
+    let stored = store.latest_run(None).await.unwrap().unwrap();
+    let events = store.events(&EventQuery { run_id: Some(stored.id.clone()), ..Default::default() }).await.unwrap();
+    let states: Vec<(AgentState, String)> = events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::AgentStateChanged { agent, to, reason: Some(reason), .. }
+                if agent == "latecomer" && matches!(to, AgentState::Restarting | AgentState::Failed) =>
+            {
+                Some((*to, reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states.len(), 1, "failed once, never restarting: {states:?}");
+    assert_eq!(states[0].0, AgentState::Failed);
+    assert!(
+        states[0].1.starts_with("command `./later.sh` not found")
+            && states[0].1.ends_with("; not restarted: starting it again would fail the same way"),
+        "{}",
+        states[0].1
+    );
+    let agent = store.agents(&stored.id).await.unwrap().into_iter().find(|agent| agent.name == "latecomer").unwrap();
+    assert_eq!(agent.state, AgentState::Failed);
 }

@@ -176,8 +176,7 @@ struct RawAgent {
     priority: Option<Priority>,
     #[serde(default)]
     capabilities: Vec<String>,
-    #[serde(default)]
-    runtime: RuntimeKind,
+    runtime: Option<Spanned<RawRuntime>>,
     mode: Option<Spanned<ProcessMode>>,
     /// Required for process agents, refused for remote ones (see `Validator::command`).
     command: Option<Spanned<Vec<Spanned<String>>>>,
@@ -208,6 +207,10 @@ struct RawAgent {
 }
 
 impl RawAgent {
+    fn runtime(&self) -> RawRuntime {
+        self.runtime.as_ref().map_or_else(RawRuntime::default, |runtime| *runtime.get_ref())
+    }
+
     fn mode(&self) -> ProcessMode {
         self.mode.as_ref().map_or_else(ProcessMode::default, |mode| *mode.get_ref())
     }
@@ -257,28 +260,6 @@ struct RawTask {
 
 // ---------------------------------------------------------------------------------------------
 // The validated plan.
-
-/// How an agent runs: an OS process Baton starts, or a remote worker; `llm` and `a2a` come
-/// later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    /// Baton starts `command` and supervises it (`mode` says how).
-    #[default]
-    Process,
-    /// Baton starts nothing: a worker process anywhere claims the agent's tasks over HTTP.
-    /// Such an agent has no `command` and no `mode`.
-    Remote,
-}
-
-impl RuntimeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeKind::Process => "process",
-            RuntimeKind::Remote => "remote",
-        }
-    }
-}
 
 /// How a process agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -436,12 +417,10 @@ pub struct Limits {
     pub timeout: Option<Duration>,
 }
 
-/// An agent, validated.
+/// An agent, validated: what every agent has, and its [`AgentKind`] (what only its kind has).
 ///
-/// `command` and `env` hold what the agent runs with, `${VAR}`s expanded — often a secret (an
-/// API key in `env`). They are never shown: serialization (the API, `baton check --json`) and
-/// `Debug` (logs) give `command_written` and `env_written` instead, the text as written in the
-/// file, `${ANTHROPIC_API_KEY}` and all.
+/// No field shows a secret: a process agent's expanded `command` and `env` are skipped by
+/// serialization and `Debug` (see [`ProcessSpec`]).
 #[derive(Clone, PartialEq, Serialize)]
 pub struct AgentSpec {
     pub name: String,
@@ -449,45 +428,21 @@ pub struct AgentSpec {
     pub workstream: Option<String>,
     pub priority: Priority,
     pub capabilities: Vec<String>,
-    pub runtime: RuntimeKind,
-    /// How a process agent runs; the default (`per-task`) for remote agents, which have none.
-    pub mode: ProcessMode,
-    /// The program and its arguments, `${VAR}`s expanded; empty for remote agents, which Baton
-    /// does not start. Never shown: see `command_written`.
-    #[serde(skip)]
-    pub command: Vec<String>,
-    /// `command` as written, `${VAR}`s unexpanded: what the API and logs show.
-    #[serde(rename = "command")]
-    pub command_written: Vec<String>,
-    /// Where `command` is written, for errors about it found later (command not found).
-    pub command_location: Location,
+    /// How the agent runs. Serialized flat: `runtime` names the kind, beside its own fields.
+    #[serde(flatten)]
+    pub kind: AgentKind,
     pub restart: RestartPolicy,
     /// At most this many restarts within `restart_window`; one more and the agent is failed.
     pub max_restarts: u32,
     pub restart_window: Duration,
     /// First restart delay; doubled for each restart in the window.
     pub restart_backoff: Duration,
-    /// A worker silent for longer than this is killed and restarted.
+    /// A worker silent for longer than this is killed and restarted; a remote worker's claim
+    /// lasts this long without a heartbeat.
     pub heartbeat_timeout: Duration,
     pub circuit_breaker: CircuitBreaker,
-    /// Largest protocol message a worker may send, in bytes.
-    pub max_message_size: u64,
-    /// How a terminal agent is driven; set exactly when `mode` is `pty`.
-    pub terminal: Option<TerminalSpec>,
     pub concurrency: u32,
     pub runbook: Option<String>,
-    /// Variables set for the agent's processes, `${VAR}`s expanded. Never shown: see
-    /// `env_written`.
-    #[serde(skip)]
-    pub env: BTreeMap<String, String>,
-    /// `env` as written, `${VAR}`s unexpanded: what the API and logs show.
-    #[serde(rename = "env")]
-    pub env_written: BTreeMap<String, String>,
-    /// Variables of Baton's own environment the agent may inherit, beyond the safe defaults.
-    pub env_passthrough: Vec<String>,
-    /// Working directory, relative to the configuration file's directory.
-    pub workdir: Option<String>,
-    pub limits: Limits,
     pub objectives: Vec<Objective>,
     /// `[logs]`: the rotation of the agent's log file (the same for every agent).
     #[serde(skip)]
@@ -518,6 +473,36 @@ impl AgentSpec {
             return false;
         }
         requires.iter().all(|capability| self.capabilities.contains(capability))
+    }
+
+    pub fn runtime(&self) -> RuntimeKind {
+        self.kind.runtime()
+    }
+
+    /// The process part of a process agent's spec.
+    pub fn process(&self) -> Option<&ProcessSpec> {
+        match &self.kind {
+            AgentKind::Process(process) => Some(process),
+            AgentKind::Remote(_) => None,
+        }
+    }
+
+    /// How a process agent runs; `None` for agents of other kinds.
+    pub fn process_mode(&self) -> Option<ProcessMode> {
+        self.process().map(|process| process.mode)
+    }
+
+    /// Whether the agent is a long-running worker speaking the JSON-RPC protocol.
+    pub fn is_worker(&self) -> bool {
+        self.process_mode() == Some(ProcessMode::Worker)
+    }
+
+    /// The runtime in a few words, as events show it: `process worker`, `remote`.
+    pub fn runtime_summary(&self) -> String {
+        match &self.kind {
+            AgentKind::Process(process) => format!("process {}", process.mode.as_str()),
+            AgentKind::Remote(_) => "remote".to_string(),
+        }
     }
 }
 
@@ -766,6 +751,8 @@ const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
 const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Below this, a worker's messages could not hold a JSON-RPC answer.
 const MIN_MESSAGE_SIZE: u64 = 1 << 10;
+/// The largest protocol message of a worker that sets no `max_message_size`.
+const DEFAULT_MESSAGE_SIZE: u64 = 1 << 20;
 
 impl Validator<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -953,7 +940,6 @@ impl Validator<'_> {
                 ws.get_ref().clone()
             });
             let ws_priority = workstream.as_deref().and_then(|name| workstreams.iter().find(|ws| ws.name == name));
-            let command = self.command(agent, spanned_agent.span());
             let mode = agent.mode();
             let concurrency = match &agent.concurrency {
                 Some(value) if *value.get_ref() == 0 => {
@@ -970,28 +956,14 @@ impl Validator<'_> {
                 Some(value) => *value.get_ref(),
                 None => 1,
             };
-            let terminal = self.terminal(agent);
-            let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
-            let env_written = agent.env.iter().map(|(key, value)| (key.clone(), value.get_ref().clone())).collect();
-            let command_written = match (&agent.command, command.is_empty()) {
-                (Some(raw), false) => raw.get_ref().iter().map(|arg| arg.get_ref().clone()).collect(),
-                _ => Vec::new(),
-            };
-            let command_span = match &agent.command {
-                Some(command) => command.get_ref().first().map_or(command.span(), |arg| arg.span()),
-                None => agent.name.span(),
-            };
+            let kind = self.kind(agent, spanned_agent.span());
             specs.push(AgentSpec {
                 name: agent.name.get_ref().clone(),
                 role: agent.role.clone().unwrap_or_else(|| agent.name.get_ref().clone()),
                 workstream,
                 priority: agent.priority.or(ws_priority.map(|ws| ws.priority)).unwrap_or_default(),
                 capabilities: agent.capabilities.clone(),
-                runtime: agent.runtime,
-                mode,
-                command,
-                command_written,
-                command_location: self.locator.locate(command_span),
+                kind,
                 restart: agent.restart,
                 max_restarts: agent.max_restarts.unwrap_or(5),
                 restart_window: agent.restart_window.map_or(Duration::from_secs(600), |d| d.0),
@@ -1006,21 +978,8 @@ impl Validator<'_> {
                     }
                     None => CircuitBreaker { failures: 5, cooldown: Duration::from_secs(60) },
                 },
-                max_message_size: self
-                    .at_least(&agent.max_message_size, "max_message_size", MIN_MESSAGE_SIZE, "1KiB")
-                    .unwrap_or(1024 * 1024),
-                terminal,
                 concurrency,
                 runbook: agent.runbook.clone(),
-                env,
-                env_written,
-                env_passthrough: agent.env_passthrough.clone(),
-                workdir: agent.workdir.as_ref().map(|dir| self.expand(dir)),
-                limits: Limits {
-                    memory: self.at_least(&agent.limits.memory, "limits.memory", MIN_MEMORY_LIMIT, "1MiB"),
-                    cpu: agent.limits.cpu.map(|d| d.0),
-                    timeout: agent.limits.timeout.map(|d| d.0),
-                },
                 objectives: agent.objectives.clone(),
                 log_rotation: LogRotation::default(),
             });
@@ -1037,10 +996,73 @@ impl Validator<'_> {
         Some(size.get_ref().0.max(min))
     }
 
+    /// The kind-specific part of an agent: its process spec, or its remote spec. Kinds not
+    /// available yet are refused here, with the kinds that are. `agent_span` is where a missing
+    /// command is reported.
+    fn kind(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> AgentKind {
+        match agent.runtime() {
+            RawRuntime::Process => AgentKind::Process(self.process(agent, agent_span)),
+            RawRuntime::Remote => {
+                // Checked as before kinds had specs of their own (a `command` or `mode` is
+                // refused, an unset `${VAR}` reported), then dropped: a remote agent has none.
+                let _ = self.process(agent, agent_span);
+                AgentKind::Remote(RemoteSpec {})
+            }
+            unavailable @ (RawRuntime::Llm | RawRuntime::A2a) => {
+                let name = if unavailable == RawRuntime::Llm { "llm" } else { "a2a" };
+                let span = agent.runtime.as_ref().map_or(agent_span.clone(), Spanned::span);
+                self.error(
+                    span,
+                    format!(
+                        "runtime = \"{name}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
+                    ),
+                );
+                // Checked as a process agent would be, so that every other mistake is reported
+                // at once; the plan is refused anyway.
+                AgentKind::Process(self.process(agent, agent_span))
+            }
+        }
+    }
+
+    /// A process agent's spec: command, environment, limits, terminal settings.
+    fn process(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> ProcessSpec {
+        let command = self.command(agent, agent_span);
+        let terminal = self.terminal(agent);
+        let env = agent.env.iter().map(|(key, value)| (key.clone(), self.expand(value))).collect();
+        let env_written = agent.env.iter().map(|(key, value)| (key.clone(), value.get_ref().clone())).collect();
+        let command_written = match (&agent.command, command.is_empty()) {
+            (Some(raw), false) => raw.get_ref().iter().map(|arg| arg.get_ref().clone()).collect(),
+            _ => Vec::new(),
+        };
+        let command_span = match &agent.command {
+            Some(command) => command.get_ref().first().map_or(command.span(), |arg| arg.span()),
+            None => agent.name.span(),
+        };
+        ProcessSpec {
+            mode: agent.mode(),
+            command,
+            command_written,
+            command_location: self.locator.locate(command_span),
+            max_message_size: self
+                .at_least(&agent.max_message_size, "max_message_size", MIN_MESSAGE_SIZE, "1KiB")
+                .unwrap_or(DEFAULT_MESSAGE_SIZE),
+            terminal,
+            env,
+            env_written,
+            env_passthrough: agent.env_passthrough.clone(),
+            workdir: agent.workdir.as_ref().map(|dir| self.expand(dir)),
+            limits: Limits {
+                memory: self.at_least(&agent.limits.memory, "limits.memory", MIN_MEMORY_LIMIT, "1MiB"),
+                cpu: agent.limits.cpu.map(|d| d.0),
+                timeout: agent.limits.timeout.map(|d| d.0),
+            },
+        }
+    }
+
     /// An agent's `command`, expanded and checked: required for process agents, refused for
     /// remote ones (as is `mode`). `agent_span` is where a missing command is reported.
     fn command(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> Vec<String> {
-        if agent.runtime == RuntimeKind::Remote {
+        if agent.runtime() == RawRuntime::Remote {
             if let Some(command) = &agent.command {
                 self.error(
                     command.span(),
@@ -1452,12 +1474,15 @@ fn is_placeholder_name(name: &str) -> bool {
 
 mod budget;
 mod json;
+mod kind;
 mod layers;
 mod logs;
 mod schedules;
 mod server;
 
 pub use json::{agent_from_json, agent_update_from_json};
+use kind::RawRuntime;
+pub use kind::{AgentKind, ProcessSpec, RemoteSpec, RuntimeKind};
 pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, is_profile_name, load_sources, profile_path};
 
 pub use logs::LogRotation;

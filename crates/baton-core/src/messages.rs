@@ -152,7 +152,7 @@ pub fn resolve_mentions(text: &str, known: &[&str]) -> Result<Vec<String>, Strin
 /// Whether a chat message reaches `agent` as a stored message (a worker, which takes messages
 /// while it runs) rather than as a task of its own (an agent that runs once per task).
 pub fn takes_messages(agent: &crate::config::AgentSpec) -> bool {
-    agent.runtime == crate::config::RuntimeKind::Process && agent.mode == crate::config::ProcessMode::Worker
+    agent.is_worker()
 }
 
 /// The task a chat message becomes for an agent that runs once per task: pinned to it, in its

@@ -124,6 +124,11 @@ pub enum Error {
     WorkstreamCycle(String),
     #[error("invalid agent `{name}`: {reason}")]
     InvalidAgent { name: String, reason: String },
+    /// A reservation of tokens that a budget does not allow now.
+    #[error("budget `{scope}` does not allow {tokens} more tokens now: {reason}")]
+    OverBudget { scope: String, tokens: u64, reason: String },
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +260,9 @@ pub struct Scheduler {
     budgets: Budgets,
     /// Tasks that have said, this period, that a budget holds them back.
     budget_waits: BTreeSet<TaskId>,
+    /// Tokens agents reserved ([`Scheduler::reserve_budget`]) and have not reported yet, by
+    /// agent and task; cleared at each budget reset.
+    reservations: budget::Reservations,
     /// Tasks per state, in [`TaskState::ALL`] order, kept as they change.
     by_state: [u64; 7],
 }
@@ -320,6 +328,7 @@ impl Scheduler {
             schedule_of: HashMap::new(),
             budgets,
             budget_waits: BTreeSet::new(),
+            reservations: Default::default(),
             by_state: [0; 7],
         };
         for task in stored {
@@ -1236,7 +1245,7 @@ impl Scheduler {
         if self.agents[idx].state != AgentState::Starting {
             return Ok(());
         }
-        let runtime = format!("{} {}", self.agents[idx].spec.runtime.as_str(), self.agents[idx].spec.mode.as_str());
+        let runtime = self.agents[idx].spec.runtime_summary();
         fx.writes.push(Write::Event(EventKind::AgentSpawned { agent: name.to_string(), runtime }));
         self.agents[idx].last_activity = Some(now);
         self.set_agent_state(idx, AgentState::Idle, None, fx);
@@ -1244,13 +1253,33 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The runtime could not start an agent. A start that fails is an exit like any other: it
-    /// follows the agent's restart policy and crash-loop cap. The runtime may have reported the
-    /// process's exit first (a worker that died before answering `initialize`): then this
-    /// failure was decided already.
-    pub fn agent_failed(&mut self, name: &str, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
+    /// The runtime could not start an agent. A transient failure is an exit like any other: it
+    /// follows the agent's restart policy and crash-loop cap. A permanent one (a command that
+    /// does not exist) fails the agent at once, with the reason: restarting would only burn
+    /// its restarts. The runtime may have reported the process's exit first (a worker that
+    /// died before answering `initialize`): then this failure was decided already.
+    pub fn agent_failed(
+        &mut self,
+        name: &str,
+        reason: String,
+        kind: FailureKind,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
         let idx = *self.agent_index.get(name).ok_or_else(|| Error::UnknownAgent(name.to_string()))?;
         match self.agents[idx].state {
+            AgentState::Starting if kind == FailureKind::Permanent => {
+                fx.writes
+                    .push(Write::Event(EventKind::AgentTerminated { agent: name.to_string(), reason: reason.clone() }));
+                self.requeue_attempts_of(idx, &format!("agent `{name}` could not start: {reason}"), now, fx);
+                self.fail_agent(
+                    idx,
+                    format!("{reason}; not restarted: starting it again would fail the same way"),
+                    now,
+                    fx,
+                );
+                return Ok(());
+            }
             AgentState::Starting => return self.agent_exited(name, reason, false, now, fx),
             AgentState::Restarting | AgentState::Failed | AgentState::Stopped => return Ok(()),
             _ => {}
@@ -1544,7 +1573,7 @@ impl Scheduler {
             workstream: slot.spec.workstream.clone(),
             priority: slot.spec.priority,
             capabilities: slot.spec.capabilities.clone(),
-            runtime: slot.spec.runtime.as_str().to_string(),
+            runtime: slot.spec.runtime().as_str().to_string(),
             state: self.shown_state(idx),
             running: slot.running,
             tasks_succeeded: slot.succeeded,
@@ -1569,7 +1598,9 @@ mod reconfigure;
 mod schedules;
 mod supervise;
 
+pub use budget::Reservation;
 pub use reconfigure::{ReloadSummary, runtime_changed};
+pub use supervise::FailureKind;
 
 /// Who holds a resource.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -4,12 +4,11 @@
 //! remote) gets a task pinned to it whose input is the message.
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
 use baton_core::messages::{NewMessage, OPERATOR, Recipient, chat_task, resolve_mentions, takes_messages};
 use baton_core::model::TaskId;
-use baton_runtime::agent::AgentEvent;
+use baton_runtime::agent::{AgentRequest, RequestErrorKind};
 
 use crate::{Action, Caller, Error, Grant, Ops, Result, own_only, page_limit};
 
@@ -102,7 +101,6 @@ impl Ops {
         for name in names {
             let spec = plan.agent(&name).ok_or_else(|| Error::not_found(format!("no agent `{name}` in this run")))?;
             if takes_messages(spec) {
-                let (reply, answer) = oneshot::channel();
                 let new_message = NewMessage {
                     from: from.clone(),
                     to: Recipient::Agent(name.clone()),
@@ -111,9 +109,15 @@ impl Ops {
                     task: None,
                     correlation_id: None,
                 };
-                engine.report(AgentEvent::SendMessage { agent: from.clone(), message: new_message, reply })?;
-                let id =
-                    answer.await.map_err(|_| Error::unavailable("the engine has stopped"))?.map_err(Error::invalid)?;
+                let sent_by = from.clone();
+                let id = engine
+                    .ask(|reply| AgentRequest::SendMessage { agent: sent_by, message: new_message, reply })
+                    .await
+                    .map_err(|error| match error.kind {
+                        RequestErrorKind::Unavailable => Error::unavailable(error.message),
+                        // A message that reaches nobody is a bad request.
+                        _ => Error::invalid(error.message),
+                    })?;
                 sent.push(Sent { agent: name, message_id: Some(id), task: None });
             } else {
                 let input = chat_task(spec, &from, &message.text, &data, &uuid::Uuid::now_v7().simple().to_string());

@@ -89,7 +89,7 @@ struct InstantAgent {
 
 #[async_trait]
 impl AgentRuntime for InstantAgent {
-    async fn start(&self, _context: AgentContext) -> Result<(), String> {
+    async fn start(&self, _context: AgentContext) -> Result<(), crate::agent::AgentError> {
         Ok(())
     }
 

@@ -39,33 +39,37 @@ const SCRIPT_EXTENSIONS: &[&str] = &["sh", "bash", "py", "js", "mjs", "rb", "pl"
 pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, String>) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     for agent in &plan.agents {
-        let workdir = agent.workdir.as_ref().map_or_else(|| base_dir.to_path_buf(), |dir| base_dir.join(dir));
+        // Only process agents run a program here.
+        let Some(process) = agent.process() else {
+            continue;
+        };
+        let workdir = process.workdir.as_ref().map_or_else(|| base_dir.to_path_buf(), |dir| base_dir.join(dir));
         if !workdir.is_dir() {
             diagnostics.push(Diagnostic {
-                location: agent.command_location.clone(),
+                location: process.command_location.clone(),
                 message: format!("agent `{}`: working directory {} does not exist", agent.name, workdir.display()),
             });
             continue;
         }
-        let Some(program) = agent.command.first() else {
+        let Some(program) = process.command.first() else {
             continue;
         };
         if let Err(message) = resolve_program(program, &workdir, env.get("PATH").map(String::as_str)) {
             diagnostics.push(Diagnostic {
-                location: agent.command_location.clone(),
+                location: process.command_location.clone(),
                 message: format!("agent `{}`: {message}", agent.name),
             });
             continue;
         }
         // A script handed to an interpreter (`bash agents/build.sh`) must exist too.
-        for arg in &agent.command[1..] {
+        for arg in &process.command[1..] {
             let is_script = Path::new(arg)
                 .extension()
                 .and_then(|ext| ext.to_str())
                 .is_some_and(|ext| SCRIPT_EXTENSIONS.contains(&ext));
             if is_script && !arg.contains('{') && !arg.starts_with('-') && !workdir.join(arg).exists() {
                 diagnostics.push(Diagnostic {
-                    location: agent.command_location.clone(),
+                    location: process.command_location.clone(),
                     message: format!("agent `{}`: script `{arg}` not found in {}", agent.name, workdir.display()),
                 });
             }

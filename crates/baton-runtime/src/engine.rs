@@ -22,14 +22,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use baton_core::budget::{Limit, Scope, Usage};
-use baton_core::config::{AgentSpec, Plan, ProcessMode};
+use baton_core::config::{AgentKind, AgentSpec, Plan, ProcessMode};
 use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskState};
 use baton_core::sched::ReloadSummary;
 use baton_core::sched::{Effects, Progress, RunChange, Scheduler, Stored, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
 use baton_store::{Applied, ErrorKind, NewRun, Store, TaskFilter};
 
-use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
+use crate::agent::{
+    AgentContext, AgentError, AgentEvent, AgentRequest, AgentRuntime, Attempt, Reply, RequestError, Unavailable,
+};
 use crate::clock::Clock;
 use crate::postoffice::PostOffice;
 use crate::process::pty::PtyAgent;
@@ -60,12 +62,24 @@ pub enum Error {
 /// Builds the runtime for an agent.
 pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send + Sync>;
 
-/// The runtime factory for agents declared in `baton.toml`.
+/// The runtime factory for agents declared in `baton.toml`: one runtime per kind of agent (and
+/// per mode of a process agent). Remote agents need a server's [`crate::RemoteHub`], which
+/// wraps this factory (`RemoteHub::runtimes`); without one they cannot start.
 pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
-    Arc::new(move |spec: &AgentSpec| match spec.mode {
-        ProcessMode::PerTask => Arc::new(ProcessAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
-        ProcessMode::Worker => Arc::new(WorkerAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
-        ProcessMode::Pty => Arc::new(PtyAgent::new(spec.clone(), &env)) as Arc<dyn AgentRuntime>,
+    Arc::new(move |spec: &AgentSpec| match &spec.kind {
+        AgentKind::Process(process) => {
+            let process = process.clone();
+            match process.mode {
+                ProcessMode::PerTask => {
+                    Arc::new(ProcessAgent::new(spec.clone(), process, &env)) as Arc<dyn AgentRuntime>
+                }
+                ProcessMode::Worker => Arc::new(WorkerAgent::new(spec.clone(), process, &env)) as Arc<dyn AgentRuntime>,
+                ProcessMode::Pty => Arc::new(PtyAgent::new(spec.clone(), process, &env)) as Arc<dyn AgentRuntime>,
+            }
+        }
+        AgentKind::Remote(_) => Arc::new(Unavailable {
+            reason: "remote agents take their tasks from `baton serve`; run the plan with it".into(),
+        }) as Arc<dyn AgentRuntime>,
     })
 }
 
@@ -238,6 +252,8 @@ pub struct EngineHandle {
     commands: mpsc::UnboundedSender<Command>,
     /// Reports about agents from outside their runtimes (the HTTP API's agent-side endpoints).
     agent_events: mpsc::UnboundedSender<AgentEvent>,
+    /// Requests of agents from outside their runtimes (the same endpoints, chat).
+    agent_requests: mpsc::UnboundedSender<AgentRequest>,
     plan: watch::Receiver<Option<Arc<Plan>>>,
     progress: watch::Receiver<Progress>,
     run_id: watch::Receiver<Option<String>>,
@@ -360,6 +376,12 @@ impl EngineHandle {
         self.agent_events.send(event).map_err(|_| stopped())
     }
 
+    /// Asks the engine something on an agent's behalf, as if its runtime had (a lease, a
+    /// message, tokens), and waits for the typed answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> AgentRequest) -> Result<T, RequestError> {
+        crate::agent::ask(&self.agent_requests, make).await
+    }
+
     /// Whether the engine has stopped (its run ended or it was shut down).
     pub fn is_stopped(&self) -> bool {
         self.commands.is_closed()
@@ -384,13 +406,14 @@ fn stopped() -> Error {
 enum Report {
     Outcome { task: TaskId, attempt: u32, outcome: Outcome },
     AgentStarted { agent: String },
-    AgentFailed { agent: String, reason: String },
+    AgentFailed { agent: String, error: AgentError },
 }
 
 pub struct Engine {
     options: EngineOptions,
     commands: mpsc::UnboundedReceiver<Command>,
     agent_events: (mpsc::UnboundedSender<AgentEvent>, mpsc::UnboundedReceiver<AgentEvent>),
+    agent_requests: (mpsc::UnboundedSender<AgentRequest>, mpsc::UnboundedReceiver<AgentRequest>),
     plan: watch::Sender<Option<Arc<Plan>>>,
     progress: watch::Sender<Progress>,
     run_id: watch::Sender<Option<String>>,
@@ -402,15 +425,17 @@ impl Engine {
         let (progress, progress_rx) = watch::channel(Progress::default());
         let (run_id, run_id_rx) = watch::channel(None);
         let agent_events = mpsc::unbounded_channel();
+        let agent_requests = mpsc::unbounded_channel();
         let (plan, plan_rx) = watch::channel(None);
         let handle = EngineHandle {
             commands: commands_tx,
             agent_events: agent_events.0.clone(),
+            agent_requests: agent_requests.0.clone(),
             plan: plan_rx,
             progress: progress_rx,
             run_id: run_id_rx,
         };
-        (Engine { options, commands, agent_events, plan, progress, run_id }, handle)
+        (Engine { options, commands, agent_events, agent_requests, plan, progress, run_id }, handle)
     }
 
     /// Runs the plan until it ends, or until `shutdown` fires (then running attempts get the
@@ -420,6 +445,7 @@ impl Engine {
             options,
             mut commands,
             agent_events: (agent_events_tx, mut agent_events),
+            agent_requests: (agent_requests_tx, mut agent_requests),
             plan: plan_tx,
             progress,
             run_id: run_id_tx,
@@ -494,7 +520,11 @@ impl Engine {
             run_id: run_id.clone(),
             runtimes,
             reports: reports_tx,
-            agent_context: AgentContext { run_id: run_id.clone(), events: agent_events_tx },
+            agent_context: AgentContext {
+                run_id: run_id.clone(),
+                events: agent_events_tx,
+                requests: agent_requests_tx,
+            },
             attempts: HashMap::new(),
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
@@ -543,14 +573,21 @@ impl Engine {
                     // Before outcomes: an agent's exit decides what its attempts' failures mean.
                     Some(event) = agent_events.recv() => {
                         let now = clock.now();
-                        let mut sends = Vec::new();
                         let mut next = Some(event);
                         while let Some(event) = next {
-                            let send =
-                                handle_agent_event(&mut sched, store.as_ref(), &post, &run_id, event, now, &mut fx)
-                                    .await;
-                            sends.extend(send);
+                            handle_agent_event(&mut sched, &post, event, now, &mut fx);
                             next = agent_events.try_recv().ok();
+                        }
+                    }
+                    Some(request) = agent_requests.recv() => {
+                        let now = clock.now();
+                        let mut sends = Vec::new();
+                        let mut next = Some(request);
+                        while let Some(request) = next {
+                            let send =
+                                handle_agent_request(&mut sched, store.as_ref(), &run_id, request, now, &mut fx).await;
+                            sends.extend(send);
+                            next = agent_requests.try_recv().ok();
                         }
                         if !sends.is_empty() {
                             // Stored (durable) before each agent hears its message was sent, and
@@ -929,40 +966,18 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
         Report::AgentStarted { agent } => {
             let _ = sched.agent_started(&agent, now, fx);
         }
-        Report::AgentFailed { agent, reason } => {
-            let _ = sched.agent_failed(&agent, reason, now, fx);
+        Report::AgentFailed { agent, error } => {
+            let _ = sched.agent_failed(&agent, error.message, error.kind, now, fx);
         }
     }
 }
 
 /// A message an agent sends, with where its id (or the refusal) goes.
-type MessageSend = (baton_core::messages::NewMessage, oneshot::Sender<Result<String, String>>);
+type MessageSend = (baton_core::messages::NewMessage, Reply<String>);
 
-/// Applies what an agent reported; a message it sends is given back, to be sent with the
-/// turn's others.
-async fn handle_agent_event(
-    sched: &mut Scheduler,
-    store: &dyn Store,
-    post: &PostOffice,
-    run_id: &str,
-    event: AgentEvent,
-    now: Timestamp,
-    fx: &mut Effects,
-) -> Option<MessageSend> {
+/// Applies what an agent reported.
+fn handle_agent_event(sched: &mut Scheduler, post: &PostOffice, event: AgentEvent, now: Timestamp, fx: &mut Effects) {
     match event {
-        // Given back: the engine sends a turn's messages together.
-        AgentEvent::SendMessage { agent, message, reply } => {
-            sched.agent_activity(&agent, now, fx);
-            return Some((message, reply));
-        }
-        AgentEvent::AcquireResource { agent, resource, ttl, reply } => {
-            sched.agent_activity(&agent, now, fx);
-            let _ = reply.send(sched.acquire_resource(&agent, &resource, ttl, now, fx));
-        }
-        AgentEvent::ReleaseResource { agent, resource, reply } => {
-            sched.agent_activity(&agent, now, fx);
-            let _ = reply.send(sched.release_resource(&agent, &resource, fx));
-        }
         AgentEvent::Subscribe { agent, topic } => {
             sched.agent_activity(&agent, now, fx);
             post.subscribe(&agent, &topic);
@@ -1000,8 +1015,38 @@ async fn handle_agent_event(
                 Err(error) => tracing::warn!(%error, %agent, "usage report refused"),
             }
         }
-        AgentEvent::CreateTasks { agent, parent, tasks: inputs, reply } => {
-            sched.agent_activity(&agent, now, fx);
+    }
+}
+
+/// Answers what an agent asked (asking is a sign of life). A message it sends is given back,
+/// to be sent with the turn's others, and answered once stored; tasks are answered once
+/// created; the scheduler's answers (leases, budget) are decided here, their writes going with
+/// the turn's.
+async fn handle_agent_request(
+    sched: &mut Scheduler,
+    store: &dyn Store,
+    run_id: &str,
+    request: AgentRequest,
+    now: Timestamp,
+    fx: &mut Effects,
+) -> Option<MessageSend> {
+    sched.agent_activity(request.agent(), now, fx);
+    match request {
+        // Given back: the engine sends a turn's messages together.
+        AgentRequest::SendMessage { message, reply, .. } => return Some((message, reply)),
+        AgentRequest::AcquireResource { agent, resource, ttl, reply } => {
+            let _ = reply.send(sched.acquire_resource(&agent, &resource, ttl, now, fx).map_err(RequestError::refused));
+        }
+        AgentRequest::ReleaseResource { agent, resource, reply } => {
+            let _ = reply.send(sched.release_resource(&agent, &resource, fx).map_err(RequestError::refused));
+        }
+        AgentRequest::ReserveBudget { agent, task, tokens, reply } => {
+            let _ = reply.send(sched.reserve_budget(&agent, task, tokens, now, fx).map_err(|error| match error {
+                baton_core::sched::Error::OverBudget { .. } => RequestError::refused(error.to_string()),
+                _ => RequestError::invalid(error.to_string()),
+            }));
+        }
+        AgentRequest::CreateTasks { parent, tasks: inputs, reply, .. } => {
             let parent_workstream = parent.and_then(|id| sched.task(id)).and_then(|task| task.workstream.clone());
             let mut tasks = Vec::with_capacity(inputs.len());
             for (idx, mut input) in inputs.into_iter().enumerate() {
@@ -1011,7 +1056,7 @@ async fn handle_agent_event(
                 match baton_core::task::new_task(input, sched.plan().into()) {
                     Ok(task) => tasks.push(task),
                     Err(error) => {
-                        let _ = reply.send(Err(format!("tasks[{idx}]: {error}")));
+                        let _ = reply.send(Err(RequestError::invalid(format!("tasks[{idx}]: {error}"))));
                         return None;
                     }
                 }
@@ -1020,8 +1065,9 @@ async fn handle_agent_event(
             handle_command(sched, store, run_id, Command::CreateTasks { tasks, reply: answer_tx }, now, fx).await;
             let result = match answer.await {
                 Ok(Ok(ids)) => Ok(ids),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err("the engine did not answer".to_string()),
+                Ok(Err(Error::Store(error))) => Err(store_refusal(error)),
+                Ok(Err(error)) => Err(RequestError::invalid(error.to_string())),
+                Err(_) => Err(RequestError::unavailable("the engine did not answer")),
             };
             let _ = reply.send(result);
         }
@@ -1084,6 +1130,16 @@ async fn handle_command(
         Command::Redeliver { reply, .. } => {
             let _ = reply.send(Err(Error::Invalid("this command is applied by the engine loop".into())));
         }
+    }
+}
+
+/// A store's refusal of what an agent asked: what the agent may do about it follows from the
+/// store error's kind.
+pub(crate) fn store_refusal(error: baton_store::Error) -> RequestError {
+    match error.kind() {
+        ErrorKind::Unavailable | ErrorKind::Corrupt => RequestError::unavailable(error.to_string()),
+        ErrorKind::Refused | ErrorKind::NotFound => RequestError::invalid(error.to_string()),
+        ErrorKind::Conflict | ErrorKind::Full => RequestError::refused(error.to_string()),
     }
 }
 
@@ -1167,15 +1223,19 @@ impl Shell {
             self.tracker.spawn(async move {
                 for (agent, runtime) in to_start {
                     let Some(runtime) = runtime else {
-                        let _ = reports.send(Report::AgentFailed { agent, reason: "it has no runtime".into() });
+                        let error = AgentError::permanent("it has no runtime");
+                        let _ = reports.send(Report::AgentFailed { agent, error });
                         continue;
                     };
                     let report = match tokio::time::timeout(spawn_timeout, runtime.start(context.clone())).await {
                         Ok(Ok(())) => Report::AgentStarted { agent },
-                        Ok(Err(reason)) => Report::AgentFailed { agent, reason },
+                        Ok(Err(error)) => Report::AgentFailed { agent, error },
                         Err(_) => Report::AgentFailed {
                             agent,
-                            reason: format!("not started within {}", baton_core::time::format_duration(spawn_timeout)),
+                            error: AgentError::transient(format!(
+                                "not started within {}",
+                                baton_core::time::format_duration(spawn_timeout)
+                            )),
                         },
                     };
                     let _ = reports.send(report);

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use baton_core::messages::{self, Delivery, DeliveryState, MAX_DELIVERY_ATTEMPTS, NewMessage, Recipient};
 use baton_store::{DeliveryOutcome, Store};
 
-use crate::agent::AgentRuntime;
+use crate::agent::{AgentError, AgentRuntime, RequestError};
 use crate::clock::Clock;
 
 /// How long an agent has to acknowledge one delivery.
@@ -116,12 +116,14 @@ impl PostOffice {
 
     /// Stores a message for its recipients, hands its deliveries to the delivery loop and wakes
     /// it. Returns its id once the message is durable.
-    pub async fn send(&self, message: NewMessage) -> Result<String, String> {
+    pub async fn send(&self, message: NewMessage) -> Result<String, RequestError> {
         let runtimes = self.runtimes();
         let recipients = match &message.to {
             Recipient::Agent(name) if name != messages::OPERATOR && !runtimes.contains_key(name) => {
                 let known: Vec<&str> = runtimes.keys().map(String::as_str).collect();
-                return Err(messages::resolve_mentions(&format!("@{name}"), &known).unwrap_err());
+                return Err(RequestError::refused(
+                    messages::resolve_mentions(&format!("@{name}"), &known).unwrap_err(),
+                ));
             }
             // One recipient: no list of every agent and its topics to build.
             Recipient::Agent(name) => vec![name.clone()],
@@ -134,7 +136,7 @@ impl PostOffice {
             }
         };
         if recipients.is_empty() {
-            return Err("the message reaches nobody (no agent follows that topic)".into());
+            return Err(RequestError::refused("the message reaches nobody (no agent follows that topic)"));
         }
         let id = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
@@ -147,7 +149,7 @@ impl PostOffice {
             .store
             .send_message(&self.run_id, id.clone(), message, recipients, now)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(crate::engine::store_refusal)?;
         if let Some((message, recipients)) = kept {
             let topic = match &message.to {
                 Recipient::Topic(topic) => Some(topic.clone()),
@@ -282,15 +284,15 @@ impl PostOffice {
                     Some(runtime) => {
                         match tokio::time::timeout(DELIVERY_TIMEOUT, runtime.deliver_batch(&batch)).await {
                             Ok(results) => results,
-                            Err(_) => vec![Err("not acknowledged in time".to_string()); batch.len()],
+                            Err(_) => vec![Err(AgentError::transient("not acknowledged in time")); batch.len()],
                         }
                     }
-                    None => vec![Err(format!("no agent {to}")); batch.len()],
+                    None => vec![Err(AgentError::transient(format!("no agent {to}"))); batch.len()],
                 };
                 debug_assert_eq!(results.len(), batch.len(), "one result per delivery");
                 // A delivery without a result was not acknowledged: it is tried again.
                 let mut results = results;
-                results.resize(batch.len(), Err("not acknowledged".to_string()));
+                results.resize(batch.len(), Err(AgentError::transient("not acknowledged")));
                 batch.into_iter().zip(results).collect::<Vec<_>>()
             });
             let committed = async {
@@ -299,7 +301,7 @@ impl PostOffice {
                 }
             };
             let (results, ()) = tokio::join!(futures::future::join_all(attempts), committed);
-            let results: Vec<(Delivery, Result<(), String>)> = results.into_iter().flatten().collect();
+            let results: Vec<(Delivery, Result<(), AgentError>)> = results.into_iter().flatten().collect();
             if results.is_empty() {
                 continue;
             }
@@ -330,11 +332,18 @@ impl PostOffice {
 
 /// What becomes of a delivery after one try: acknowledged, tried again after a backoff, or
 /// dead after the last try.
-pub fn settle(delivery: &Delivery, result: Result<(), String>, now: baton_core::Timestamp) -> DeliveryOutcome {
+/// A failure that is permanent (the agent cannot take messages this way) dead-letters the
+/// message at once: trying again would fail the same way.
+pub fn settle(delivery: &Delivery, result: Result<(), AgentError>, now: baton_core::Timestamp) -> DeliveryOutcome {
     match result {
         Ok(()) => DeliveryOutcome::Acked,
-        Err(error) if delivery.attempts + 1 >= MAX_DELIVERY_ATTEMPTS => DeliveryOutcome::Dead { error },
-        Err(error) => DeliveryOutcome::Retry { at: now.plus(messages::redelivery_delay(delivery.attempts + 1)), error },
+        Err(error) if error.is_permanent() || delivery.attempts + 1 >= MAX_DELIVERY_ATTEMPTS => {
+            DeliveryOutcome::Dead { error: error.message }
+        }
+        Err(error) => DeliveryOutcome::Retry {
+            at: now.plus(messages::redelivery_delay(delivery.attempts + 1)),
+            error: error.message,
+        },
     }
 }
 
@@ -369,15 +378,20 @@ mod tests {
         let now = Timestamp(10_000);
         assert_eq!(settle(&delivery(0), Ok(()), now), DeliveryOutcome::Acked);
         let delays: Vec<i64> = (0..4)
-            .map(|attempts| match settle(&delivery(attempts), Err("busy".into()), now) {
+            .map(|attempts| match settle(&delivery(attempts), Err(AgentError::transient("busy")), now) {
                 DeliveryOutcome::Retry { at, .. } => at.0 - now.0,
                 other => panic!("expected a retry, got {other:?}"),
             })
             .collect();
         assert_eq!(delays, vec![1_000, 2_000, 4_000, 8_000]);
         assert_eq!(
-            settle(&delivery(MAX_DELIVERY_ATTEMPTS - 1), Err("busy".into()), now),
+            settle(&delivery(MAX_DELIVERY_ATTEMPTS - 1), Err(AgentError::transient("busy")), now),
             DeliveryOutcome::Dead { error: "busy".into() }
+        );
+        // An agent that cannot take messages this way will not take this one later either.
+        assert_eq!(
+            settle(&delivery(0), Err(AgentError::permanent("no inbox")), now),
+            DeliveryOutcome::Dead { error: "no inbox".into() }
         );
     }
 }

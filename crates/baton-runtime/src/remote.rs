@@ -140,7 +140,7 @@ impl RemoteHub {
     pub fn runtimes(&self, other: RuntimeFactory) -> RuntimeFactory {
         let hub = self.clone();
         Arc::new(move |spec: &AgentSpec| {
-            if spec.runtime == baton_core::config::RuntimeKind::Remote {
+            if let baton_core::config::AgentKind::Remote(_) = spec.kind {
                 // Known from the start, so that its workers may poll before its phase begins.
                 let mut queues = hub.shared.queues.lock();
                 queues.entry(spec.name.clone()).or_default().lease = spec.heartbeat_timeout;
@@ -314,7 +314,7 @@ struct RemoteAgent {
 
 #[async_trait]
 impl AgentRuntime for RemoteAgent {
-    async fn start(&self, context: AgentContext) -> Result<(), String> {
+    async fn start(&self, context: AgentContext) -> Result<(), crate::agent::AgentError> {
         let mut queues = self.hub.shared.queues.lock();
         let queue = queues.entry(self.spec.name.clone()).or_default();
         queue.running = true;
@@ -461,7 +461,8 @@ runtime = "remote"
         let hub = RemoteHub::new(Clock::system());
         let runtimes = hub.runtimes(Arc::new(|_: &AgentSpec| -> Arc<dyn AgentRuntime> { unreachable!() }));
         let (events, _) = tokio::sync::mpsc::unbounded_channel();
-        let context = AgentContext { run_id: "run-1".into(), events };
+        let (requests, _) = tokio::sync::mpsc::unbounded_channel();
+        let context = AgentContext { run_id: "run-1".into(), events, requests };
         let mut running = Vec::new();
         for (idx, spec) in [far, near].into_iter().enumerate() {
             let runtime = runtimes(&spec);

@@ -106,11 +106,12 @@ async fn batches_are_acknowledged_per_message_and_workers_without_them_get_singl
         api: None,
     });
     let (events, _events) = mpsc::unbounded_channel();
+    let (requests, _requests) = mpsc::unbounded_channel();
     let mut runtimes: HashMap<String, Arc<dyn AgentRuntime>> = HashMap::new();
     for spec in &plan.agents {
         let runtime = factory(spec);
         runtime
-            .start(AgentContext { run_id: RUN_ID.into(), events: events.clone() })
+            .start(AgentContext { run_id: RUN_ID.into(), events: events.clone(), requests: requests.clone() })
             .await
             .unwrap_or_else(|error| panic!("{} does not start: {error}", spec.name));
         runtimes.insert(spec.name.clone(), runtime);

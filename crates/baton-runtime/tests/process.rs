@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use baton_core::Outcome;
 use baton_core::model::{Priority, TaskId, TaskRecord, TaskState};
 use baton_core::time::Timestamp;
+use baton_runtime::agent::AgentError;
 use baton_runtime::process::{ProcessAgent, ProcessEnv};
 use baton_runtime::{AgentRuntime, Attempt};
 
@@ -56,6 +57,7 @@ impl Setup {
         let text = format!("[orchestration]\nname = \"t\"\n\n[[agents]]\nname = \"a\"\n{fields}\n");
         let mut plan = baton_core::config::load("baton.toml", &text, &self.env).expect("a valid configuration");
         let spec = plan.agents.remove(0);
+        let process = spec.process().cloned().expect("a process agent");
         let process_env = ProcessEnv {
             base_dir: self.dir.path().to_path_buf(),
             log_dir: self.path("logs"),
@@ -63,7 +65,7 @@ impl Setup {
             registry: None,
             api: None,
         };
-        ProcessAgent::new(spec, &process_env)
+        ProcessAgent::new(spec, process, &process_env)
     }
 
     /// Like `agent`, and started (which creates the log directory).
@@ -82,7 +84,8 @@ impl Setup {
 /// An agent context whose events nobody reads: per-task agents send none.
 fn context() -> baton_runtime::agent::AgentContext {
     let (events, _) = tokio::sync::mpsc::unbounded_channel();
-    baton_runtime::agent::AgentContext { run_id: "run-1".into(), events }
+    let (requests, _) = tokio::sync::mpsc::unbounded_channel();
+    baton_runtime::agent::AgentContext { run_id: "run-1".into(), events, requests }
 }
 
 fn task(title: &str, input: Value) -> TaskRecord {
@@ -381,8 +384,17 @@ async fn a_memory_limit_stops_a_process_that_allocates_more() {
 async fn start_checks_that_the_command_exists() {
     let setup = Setup::new();
 
+    // Permanent: starting it again would fail the same way, so the engine fails the agent at
+    // once instead of burning its restarts.
     let missing = setup.agent(r#"command = ["nope-not-here", "--flag"]"#);
-    assert_eq!(missing.start(context()).await, Err("command `nope-not-here` not found in PATH".to_string()));
+    assert_eq!(missing.start(context()).await, Err(AgentError::permanent("command `nope-not-here` not found in PATH")));
+    setup.script("not-executable.sh", "exit 0");
+    let not_executable = setup.agent(r#"command = ["./not-executable.sh"]"#);
+    let error = not_executable.start(context()).await.unwrap_err();
+    assert!(error.is_permanent() && error.message.contains("is not executable"), "{error:?}");
+    let nowhere = setup.agent("command = [\"bash\"]\nworkdir = \"no-such-dir\"");
+    let error = nowhere.start(context()).await.unwrap_err();
+    assert!(error.is_permanent() && error.message.starts_with("working directory"), "{error:?}");
 
     let bash = setup.agent(r#"command = ["bash", "anything.sh"]"#);
     assert_eq!(bash.start(context()).await, Ok(()));

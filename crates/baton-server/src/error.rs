@@ -165,6 +165,19 @@ impl From<baton_store::Error> for ApiError {
     }
 }
 
+/// What an agent asked, refused: refused by the run's state is a conflict (409), a wrong
+/// request a bad one (400), an engine that could not answer unavailable (503).
+impl From<baton_runtime::agent::RequestError> for ApiError {
+    fn from(error: baton_runtime::agent::RequestError) -> ApiError {
+        use baton_runtime::agent::RequestErrorKind;
+        match error.kind {
+            RequestErrorKind::Refused => ApiError::conflict(error.message),
+            RequestErrorKind::Invalid => ApiError::bad_request(error.message),
+            RequestErrorKind::Unavailable => ApiError::unavailable(error.message),
+        }
+    }
+}
+
 impl From<baton_runtime::engine::Error> for ApiError {
     fn from(error: baton_runtime::engine::Error) -> ApiError {
         baton_ops::Error::from(error).into()

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use baton_core::budget::Usage;
 use baton_core::model::{TaskId, TaskRecord, TaskState};
 use baton_core::{Event, EventKind, Outcome};
-use baton_runtime::agent::AgentEvent;
+use baton_runtime::agent::{AgentEvent, AgentRequest};
 use baton_runtime::remote;
 
 use crate::api::{Body, PathParams};
@@ -598,11 +598,11 @@ pub async fn acquire(
             baton_core::time::MAX_DURATION.as_millis()
         )));
     }
-    let (reply, answer) = tokio::sync::oneshot::channel();
     let resource = request.resource.clone();
-    state.engine().report(AgentEvent::AcquireResource { agent, resource: request.resource, ttl, reply })?;
-    let until =
-        answer.await.map_err(|_| ApiError::unavailable("the engine has stopped"))?.map_err(ApiError::conflict)?;
+    let until = state
+        .engine()
+        .ask(|reply| AgentRequest::AcquireResource { agent, resource: request.resource, ttl, reply })
+        .await?;
     Ok(json(Leased { resource, until: until.millis() }))
 }
 
@@ -624,8 +624,6 @@ pub async fn release(
 ) -> Result<Response, ApiError> {
     let agent = caller.acting_as(request.agent.as_deref())?;
     known_agent(&state, &agent)?;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    state.engine().report(AgentEvent::ReleaseResource { agent, resource: request.resource, reply })?;
-    answer.await.map_err(|_| ApiError::unavailable("the engine has stopped"))?.map_err(ApiError::conflict)?;
+    state.engine().ask(|reply| AgentRequest::ReleaseResource { agent, resource: request.resource, reply }).await?;
     Ok(json(Accepted { accepted: true }))
 }

@@ -56,7 +56,7 @@ async fn no_role_reads_an_expanded_secret() {
     assert_eq!(agent["spec"]["command"][3], "--key=${ANTHROPIC_API_KEY}");
     // The agent itself still gets the value: it is what it runs with.
     let spec = server.state.plan().agent("llm").unwrap().clone();
-    assert_eq!(spec.env["ANTHROPIC_API_KEY"], SECRET_VALUE);
+    assert_eq!(spec.process().unwrap().env["ANTHROPIC_API_KEY"], SECRET_VALUE);
     assert!(!format!("{spec:?}").contains(SECRET_VALUE), "Debug shows the template");
     server.stop().await;
 }

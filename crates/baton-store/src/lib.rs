@@ -176,14 +176,23 @@ pub struct EventQuery {
     pub agent: Option<String>,
 }
 
-/// A process group started for an attempt, recorded so that a node taking over a run from a
-/// dead one can kill what the dead one left running.
+/// A process group Baton started, recorded so that a node taking over a run from a dead one
+/// can kill what the dead one left running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessRecord {
-    pub task: TaskId,
-    pub attempt: u32,
+    pub owner: ProcessOwner,
     pub pgid: i32,
     pub host: String,
+}
+
+/// What a recorded process group was started for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProcessOwner {
+    /// One attempt of a task (a per-task agent's process).
+    Attempt { task: TaskId, attempt: u32 },
+    /// A long-running agent (a worker, a terminal program), by its start in this node: the
+    /// `generation`-th start of `agent`'s runtime.
+    Agent { agent: String, generation: u64 },
 }
 
 /// How one delivery attempt of a message ended.
@@ -397,11 +406,13 @@ pub trait Store: Send + Sync + 'static {
     /// the channel's capacity behind is told it lagged.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
 
-    /// Records the process group of a running attempt.
+    /// Records a running process group (an attempt's, or a long-running agent's); a record of
+    /// the same owner is replaced.
     async fn record_process(&self, run_id: &str, process: ProcessRecord) -> Result<()>;
 
-    /// Forgets the process group of an attempt that has ended.
-    async fn forget_process(&self, run_id: &str, task: TaskId, attempt: u32) -> Result<()>;
+    /// Forgets a process group that has ended: `process`'s owner's record, if it is still of
+    /// the same group (a newer start of the same owner may have replaced it).
+    async fn forget_process(&self, run_id: &str, process: &ProcessRecord) -> Result<()>;
 
     /// Performs a schedule's firing in one transaction: creates its task (with `TaskCreated`),
     /// moves the schedule's cursor from `firing.expect_cursor` to `firing.due` and writes
@@ -454,7 +465,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u64,
     ) -> Result<Vec<baton_core::messages::Delivery>>;
 
-    /// The process groups recorded for a run; `forget` removes them from the store.
+    /// The process groups recorded for a run (attempts' first, then agents'), removed from the
+    /// store.
     async fn take_processes(&self, run_id: &str) -> Result<Vec<ProcessRecord>>;
 
     /// Budget usage of a run's plan per period and scope, from the period starting at `since`

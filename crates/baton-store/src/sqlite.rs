@@ -23,7 +23,7 @@ use baton_core::{Event, EventKind, Timestamp};
 
 use crate::{
     Applied, AuditEntry, AuditQuery, DeliveryOutcome, Error, ErrorKind, EventQuery, NewAuditEntry, NewRun,
-    ProcessRecord, Result, Store, TaskFilter,
+    ProcessOwner, ProcessRecord, Result, Store, TaskFilter,
 };
 use baton_core::messages::{Delivery, DeliveryState, INBOX_LIMIT, NewMessage, Recipient};
 
@@ -362,7 +362,26 @@ ALTER TABLE tasks ADD COLUMN estimated_tokens INTEGER;
 DROP INDEX control_pending;
 DROP TABLE control;
 "#,
+    // Long-running agents' process groups (workers, terminal programs), by agent and start:
+    // they belong to no task. (Before, they were recorded in `processes` under task 0; such
+    // rows are still taken, and killed, like any other.)
+    r#"
+CREATE TABLE agent_processes (
+    run_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    pgid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    PRIMARY KEY (run_id, agent, generation)
+);
+"#,
 ];
+
+/// An agent's start number as SQLite stores it (a signed 64-bit integer; no agent is started
+/// 2^63 times).
+fn sql_generation(generation: u64) -> i64 {
+    i64::try_from(generation).unwrap_or(i64::MAX)
+}
 
 const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
      priority, max_attempts, timeout_ms, resources, state, attempt, assigned_agent, lease_owner, lease_expires_at, \
@@ -1541,10 +1560,20 @@ impl Store for SqliteStore {
     async fn record_process(&self, run_id: &str, process: ProcessRecord) -> Result<()> {
         let run_id = run_id.to_string();
         self.write(move |ctx| {
-            ctx.tx.prepare_cached(
-                "INSERT OR REPLACE INTO processes (run_id, task_id, attempt, pgid, host) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![run_id, process.task.0, process.attempt, process.pgid, process.host])?;
+            match &process.owner {
+                ProcessOwner::Attempt { task, attempt } => ctx
+                    .tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO processes (run_id, task_id, attempt, pgid, host) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![run_id, task.0, attempt, process.pgid, process.host])?,
+                ProcessOwner::Agent { agent, generation } => ctx
+                    .tx
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO agent_processes (run_id, agent, generation, pgid, host) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![run_id, agent, sql_generation(*generation), process.pgid, process.host])?,
+            };
             Ok(())
         })
         .await
@@ -1598,12 +1627,24 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn forget_process(&self, run_id: &str, task: TaskId, attempt: u32) -> Result<()> {
+    async fn forget_process(&self, run_id: &str, process: &ProcessRecord) -> Result<()> {
         let run_id = run_id.to_string();
+        let process = process.clone();
         self.write(move |ctx| {
-            ctx.tx
-                .prepare_cached("DELETE FROM processes WHERE run_id = ?1 AND task_id = ?2 AND attempt = ?3")?
-                .execute(params![run_id, task.0, attempt])?;
+            match &process.owner {
+                ProcessOwner::Attempt { task, attempt } => ctx
+                    .tx
+                    .prepare_cached(
+                        "DELETE FROM processes WHERE run_id = ?1 AND task_id = ?2 AND attempt = ?3 AND pgid = ?4",
+                    )?
+                    .execute(params![run_id, task.0, attempt, process.pgid])?,
+                ProcessOwner::Agent { agent, generation } => ctx
+                    .tx
+                    .prepare_cached(
+                        "DELETE FROM agent_processes WHERE run_id = ?1 AND agent = ?2 AND generation = ?3 AND pgid = ?4",
+                    )?
+                    .execute(params![run_id, agent, sql_generation(*generation), process.pgid])?,
+            };
             Ok(())
         })
         .await
@@ -1618,15 +1659,30 @@ impl Store for SqliteStore {
                 )?;
                 let rows = stmt.query_map(params![run_id], |row| {
                     Ok(ProcessRecord {
-                        task: TaskId(row.get(0)?),
-                        attempt: row.get(1)?,
+                        owner: ProcessOwner::Attempt { task: TaskId(row.get(0)?), attempt: row.get(1)? },
                         pgid: row.get(2)?,
                         host: row.get(3)?,
                     })
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
+            let mut records = records;
+            {
+                let mut stmt = ctx.tx.prepare_cached(
+                    "SELECT agent, generation, pgid, host FROM agent_processes WHERE run_id = ?1 ORDER BY agent, generation",
+                )?;
+                let rows = stmt.query_map(params![run_id], |row| {
+                    let generation: i64 = row.get(1)?;
+                    Ok(ProcessRecord {
+                        owner: ProcessOwner::Agent { agent: row.get(0)?, generation: generation.max(0) as u64 },
+                        pgid: row.get(2)?,
+                        host: row.get(3)?,
+                    })
+                })?;
+                records.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+            }
             ctx.tx.execute("DELETE FROM processes WHERE run_id = ?1", params![run_id])?;
+            ctx.tx.execute("DELETE FROM agent_processes WHERE run_id = ?1", params![run_id])?;
             Ok(records)
         })
         .await

@@ -705,19 +705,34 @@ pub async fn schedules_fire_at_most_once_per_due_time(store: impl Store) {
 }
 
 pub async fn process_groups_are_recorded_and_taken(store: impl Store) {
-    use crate::ProcessRecord;
+    use crate::{ProcessOwner, ProcessRecord};
     store.create_run(new_run("r1"), T0).await.unwrap();
     let record = |task: i64, attempt: u32| ProcessRecord {
-        task: TaskId(task),
-        attempt,
+        owner: ProcessOwner::Attempt { task: TaskId(task), attempt },
         pgid: 100 + task as i32,
+        host: "h".into(),
+    };
+    let agent = |agent: &str, generation: u64, pgid: i32| ProcessRecord {
+        owner: ProcessOwner::Agent { agent: agent.into(), generation },
+        pgid,
         host: "h".into(),
     };
     store.record_process("r1", record(1, 1)).await.unwrap();
     store.record_process("r1", record(2, 1)).await.unwrap();
     store.record_process("r2", record(3, 1)).await.unwrap();
-    store.forget_process("r1", TaskId(2), 1).await.unwrap();
-    assert_eq!(store.take_processes("r1").await.unwrap(), vec![record(1, 1)]);
+    store.forget_process("r1", &record(2, 1)).await.unwrap();
+    // Long-running agents' groups, by agent and start; no task is involved.
+    store.record_process("r1", agent("worker", 1, 201)).await.unwrap();
+    store.record_process("r1", agent("worker", 2, 202)).await.unwrap();
+    store.record_process("r1", agent("pty", 1, 301)).await.unwrap();
+    store.forget_process("r1", &agent("worker", 1, 201)).await.unwrap();
+    // The end of an older group of the same owner does not forget a newer one.
+    store.record_process("r1", agent("pty", 1, 302)).await.unwrap();
+    store.forget_process("r1", &agent("pty", 1, 301)).await.unwrap();
+    assert_eq!(
+        store.take_processes("r1").await.unwrap(),
+        vec![record(1, 1), agent("pty", 1, 302), agent("worker", 2, 202)]
+    );
     assert!(store.take_processes("r1").await.unwrap().is_empty(), "taken once");
 }
 

@@ -55,7 +55,7 @@ fn a_valid_plan_has_phases_keys_and_defaults() {
     assert_eq!(plan.tasks[0].priority, Priority::Critical, "tasks inherit their workstream's priority");
     assert_eq!(plan.tasks[0].max_attempts, 3);
     assert_eq!(plan.agents[0].priority, Priority::Critical);
-    assert_eq!(plan.agents[0].command_location.line, 18);
+    assert_eq!(plan.agents[0].process().unwrap().command_location.line, 18);
     assert_eq!(plan.store_url, "sqlite://.baton/baton.db");
     let description = plan.describe();
     assert!(description.contains("phase 1:\n  build [critical]: 1 task(s); agents: builder"), "{description}");
@@ -129,7 +129,7 @@ fn unset_variables_and_bad_placeholders_are_errors() {
     );
     let text = MINIMAL.replace("\"{task.title}\"", "\"${HOME}/x\", \"{task.input.path}\", \"awk '{print $1}'\"");
     let plan = load("baton.toml", &text, &env()).unwrap();
-    assert_eq!(plan.agents[0].command[2], "/home/me/x");
+    assert_eq!(plan.agents[0].process().unwrap().command[2], "/home/me/x");
 }
 
 #[test]
@@ -172,8 +172,8 @@ title = "Say hello"
 fn a_terminal_agent_gets_the_terminal_defaults() {
     let plan = load("baton.toml", TERMINAL, &env()).unwrap();
     let agent = &plan.agents[0];
-    assert_eq!(agent.mode, ProcessMode::Pty);
-    let terminal = agent.terminal.as_ref().expect("a terminal agent has terminal settings");
+    assert_eq!(agent.process_mode(), Some(ProcessMode::Pty));
+    let terminal = agent.process().unwrap().terminal.as_ref().expect("a terminal agent has terminal settings");
     assert_eq!(terminal.input_template, "{task.description}\n");
     assert_eq!(terminal.done_when, DoneWhen::Exit);
     assert_eq!(terminal.stall_after, Duration::from_secs(300));
@@ -182,7 +182,7 @@ fn a_terminal_agent_gets_the_terminal_defaults() {
         assert!(regex::Regex::new(pattern).is_ok(), "default pattern `{pattern}` compiles");
     }
     let per_task = load("baton.toml", MINIMAL, &env()).unwrap();
-    assert_eq!(per_task.agents[0].terminal, None, "only terminal agents have terminal settings");
+    assert_eq!(per_task.agents[0].process().unwrap().terminal, None, "only terminal agents have terminal settings");
 }
 
 #[test]
@@ -192,7 +192,7 @@ fn terminal_keys_are_read_and_checked() {
         "command = [\"bash\", \"repl.sh\"]\ninput_template = \"{task.title}\\n\"\ndone_when = { file = \"out/{task.key}.done\" }\nstall_after = \"1m\"\nprompt_patterns = [\"Proceed\\\\?\"]",
     );
     let plan = load("baton.toml", &text, &env()).unwrap();
-    let terminal = plan.agents[0].terminal.clone().unwrap();
+    let terminal = plan.agents[0].process().unwrap().terminal.clone().unwrap();
     assert_eq!(terminal.input_template, "{task.title}\n");
     assert_eq!(terminal.done_when, DoneWhen::File("out/{task.key}.done".into()));
     assert_eq!(terminal.stall_after, Duration::from_secs(60));
@@ -348,7 +348,10 @@ fn memory_limits_and_message_sizes_too_small_or_too_large_are_refused() {
     );
     let plan =
         load("baton.toml", &with("limits = { memory = \"1MiB\" }\nmax_message_size = \"1KiB\""), &env()).unwrap();
-    assert_eq!((plan.agents[1].limits.memory, plan.agents[1].max_message_size), (Some(1 << 20), 1 << 10));
+    assert_eq!(
+        (plan.agents[1].process().unwrap().limits.memory, plan.agents[1].process().unwrap().max_message_size),
+        (Some(1 << 20), 1 << 10)
+    );
 }
 
 #[test]
@@ -365,4 +368,56 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
     );
     let unknown = errors(&format!("{MINIMAL}\n[logs]\nkeep = 3\n"));
     assert!(unknown.starts_with("baton.toml:38:1: unknown field `keep`"), "{unknown}");
+}
+
+/// `llm` and `a2a` are words Baton knows, refused until those runtimes exist.
+#[test]
+fn runtimes_not_available_yet_are_refused_with_what_is() {
+    for runtime in ["llm", "a2a"] {
+        let text = format!(
+            "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
+        );
+        assert_eq!(
+            errors(&text),
+            format!(
+                "baton.toml:6:11: runtime = \"{runtime}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
+            )
+        );
+    }
+}
+
+/// The kind is serialized flat, beside the common fields: a process agent shows the keys it
+/// always showed, a remote one only what applies to it. No expanded secret either way.
+#[test]
+fn an_agents_kind_is_serialized_beside_its_common_fields() {
+    let text = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"p\"\nmode = \"worker\"\ncommand = [\"run\", \"${HOME}\"]\nenv = { KEY = \"${HOME}\" }\n\n[[agents]]\nname = \"r\"\nruntime = \"remote\"\n";
+    let plan = load("baton.toml", text, &env()).unwrap();
+    let shown = serde_json::to_value(&plan.agents[0]).unwrap();
+    let keys: Vec<&str> = shown.as_object().unwrap().keys().map(String::as_str).collect();
+    for key in [
+        "name",
+        "role",
+        "runtime",
+        "mode",
+        "command",
+        "command_location",
+        "env",
+        "workdir",
+        "limits",
+        "terminal",
+        "max_message_size",
+        "env_passthrough",
+        "heartbeat_timeout",
+        "restart",
+        "concurrency",
+    ] {
+        assert!(keys.contains(&key), "`{key}` is shown: {keys:?}");
+    }
+    assert_eq!((shown["runtime"].as_str(), shown["mode"].as_str()), (Some("process"), Some("worker")));
+    assert_eq!(shown["command"], serde_json::json!(["run", "${HOME}"]));
+    assert_eq!(shown["env"], serde_json::json!({ "KEY": "${HOME}" }));
+    assert!(!format!("{:?}", plan.agents[0]).contains("/home/me"), "Debug shows no expanded value");
+    let remote = serde_json::to_value(&plan.agents[1]).unwrap();
+    assert_eq!(remote["runtime"], "remote");
+    assert!(remote.get("command").is_none() && remote.get("mode").is_none(), "{remote}");
 }

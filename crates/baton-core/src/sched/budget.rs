@@ -3,6 +3,16 @@
 //! events it triggers); dispatch skips agents a budget covers once it is exhausted, and tasks
 //! whose `estimated_tokens` exceed what is left. Such tasks stay `ready` and are never given up
 //! as unrunnable: the next reset (a wake-up) or a raised limit makes them runnable again.
+//!
+//! An agent that spends tokens as it goes (an LLM loop) asks before each model call:
+//! `reserve_budget` grants tokens only when every budget covering the agent has them left,
+//! counting what other calls reserved and have not reported yet. A reservation is held in
+//! memory until the agent reports usage for the same task (the usage then counts instead), or
+//! until the budgets reset; it is not durable — after a restart, only reported usage counts.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
 
 use super::{Effects, Error, Scheduler, Write};
 use crate::budget::{Crossing, Limit, Scope, Usage};
@@ -37,6 +47,7 @@ impl Scheduler {
         if let Some(id) = task {
             scopes.push(Scope::Task(id));
         }
+        self.reservations.held.remove(&(agent.to_string(), task));
         let spent = usage.spent();
         let crossings = self.budgets.add(&scopes, spent);
         let period_start = self.budgets.period_start();
@@ -106,6 +117,7 @@ impl Scheduler {
             return;
         }
         self.budget_waits.clear();
+        self.reservations.held.clear();
         if self.budgets.any_limit() {
             fx.writes.push(Write::Event(EventKind::BudgetReset {
                 period_start: self.budgets.period_start(),
@@ -125,6 +137,68 @@ impl Scheduler {
     /// The next reset, when a budget has a limit: it may let waiting tasks run.
     pub(super) fn next_budget_reset(&self) -> Option<Timestamp> {
         if self.budgets.any_limit() { self.budgets.next_reset() } else { None }
+    }
+
+    /// An agent asks to spend `tokens` now, for `task` (a model call): granted when every
+    /// budget that covers it has that many tokens left beyond what is reserved already, and
+    /// then held until the agent reports usage for the task. A new reservation for the same
+    /// agent and task replaces the previous one.
+    pub fn reserve_budget(
+        &mut self,
+        agent: &str,
+        task: Option<TaskId>,
+        tokens: u64,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<Reservation, Error> {
+        let idx = *self.agent_index.get(agent).ok_or_else(|| Error::UnknownAgent(agent.to_string()))?;
+        if tokens == 0 {
+            return Err(Error::InvalidRequest("reserve at least 1 token".into()));
+        }
+        let workstream = match task {
+            Some(id) => {
+                let record = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+                if record.assigned_agent.as_deref() != Some(agent) {
+                    return Err(Error::InvalidRequest(format!("task {id} is not agent `{agent}`'s")));
+                }
+                record.workstream.clone()
+            }
+            None => None,
+        };
+        self.roll_budgets(now, fx);
+        let key = (agent.to_string(), task);
+        // A new reservation for the same call site replaces the previous one.
+        let previous = self.reservations.held.remove(&key);
+        let scopes: Vec<Scope> =
+            Self::covering(&self.agents[idx].spec, workstream.as_deref()).into_iter().flatten().collect();
+        let mut remaining: Option<u64> = None;
+        for scope in &scopes {
+            let refusal = |reason: String| Error::OverBudget { scope: scope.to_string(), tokens, reason };
+            if self.budgets.exhausted(scope) {
+                let until = self.budgets.next_reset().map(|at| self.budgets.schedule().show(at));
+                let reason = match until {
+                    Some(until) => format!("exhausted until the reset at {until}"),
+                    None => "exhausted".to_string(),
+                };
+                if let Some(previous) = previous {
+                    self.reservations.held.insert(key, previous);
+                }
+                return Err(refusal(reason));
+            }
+            let Some(left) = self.budgets.remaining_tokens(scope) else { continue };
+            let reserved = self.reservations.reserved(scope);
+            let available = left.saturating_sub(reserved);
+            if tokens > available {
+                if let Some(previous) = previous {
+                    self.reservations.held.insert(key, previous);
+                }
+                return Err(refusal(format!("{left} left, {reserved} of them reserved by calls in flight")));
+            }
+            let after = available - tokens;
+            remaining = Some(remaining.map_or(after, |fewest| fewest.min(after)));
+        }
+        self.reservations.held.insert(key, Held { tokens, scopes });
+        Ok(Reservation { tokens, remaining })
     }
 
     /// The budgets that cover an agent running a task: the global one, the agent's, and the
@@ -194,5 +268,37 @@ impl Scheduler {
             }
         }
         slot.state
+    }
+}
+
+/// A granted [`Scheduler::reserve_budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    pub tokens: u64,
+    /// The fewest tokens left (beyond every reservation, this one included) in the budgets
+    /// covering the agent that have a limit; `None` when none has.
+    pub remaining: Option<u64>,
+}
+
+/// Reservations not reported yet, by agent and task.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Reservations {
+    held: HashMap<(String, Option<TaskId>), Held>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    tokens: u64,
+    /// The budgets it counts against.
+    scopes: Vec<Scope>,
+}
+
+impl Reservations {
+    /// Tokens reserved against `scope`.
+    fn reserved(&self, scope: &Scope) -> u64 {
+        self.held
+            .values()
+            .filter(|held| held.scopes.contains(scope))
+            .fold(0u64, |sum, held| sum.saturating_add(held.tokens))
     }
 }

@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde::Serialize;
 
 use super::{AgentSlot, Effects, Error, Scheduler, WorkstreamState, Write};
-use crate::config::{AgentSpec, Plan, WorkstreamSpec};
+use crate::config::{AgentKind, AgentSpec, Plan, WorkstreamSpec};
 use crate::event::EventKind;
 use crate::graph;
 use crate::model::{AgentState, NewTask};
@@ -59,23 +59,16 @@ impl ReloadSummary {
 /// needs a new runtime, so a running agent is restarted. The engine builds the new runtime
 /// exactly when this says so.
 pub fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
-    old.runtime != new.runtime
-        || old.mode != new.mode
-        || old.command != new.command
-        || old.env != new.env
-        || old.env_passthrough != new.env_passthrough
-        || old.workdir != new.workdir
-        || old.limits != new.limits
-        || old.terminal != new.terminal
-        || old.max_message_size != new.max_message_size
-        || old.heartbeat_timeout != new.heartbeat_timeout
+    old.kind.runtime_differs(&new.kind) || old.heartbeat_timeout != new.heartbeat_timeout
 }
 
 /// Whether two specs of an agent say the same, wherever in the file they are written (lines
 /// added above an agent move its `command`).
 fn same_spec(old: &AgentSpec, new: &AgentSpec) -> bool {
     let mut moved = new.clone();
-    moved.command_location = old.command_location.clone();
+    if let (AgentKind::Process(old), AgentKind::Process(moved)) = (&old.kind, &mut moved.kind) {
+        moved.command_location = old.command_location.clone();
+    }
     *old == moved
 }
 

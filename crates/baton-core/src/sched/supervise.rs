@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 
 use super::{Effects, Error, Lost, Scheduler, Write, backoff};
-use crate::config::{ProcessMode, RestartPolicy};
+use crate::config::RestartPolicy;
 use crate::event::EventKind;
 use crate::model::{AgentState, Priority, TaskId, TaskState};
 use crate::time::{Timestamp, format_duration};
@@ -31,6 +31,17 @@ pub(super) enum Outage {
     Down { reason: String },
     /// Failed for good: they are cancelled with this cause.
     Failed { cause: String },
+}
+
+/// Whether a failure to start an agent (or to reach it) may go away by trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// It may (a process that died early, a timeout, a resource short for a moment): the
+    /// agent is restarted with backoff, and the failure counts toward its crash-loop cap.
+    Transient,
+    /// It will not (a command that does not exist, a working directory that is missing,
+    /// credentials refused): the agent is failed at once, with the reason.
+    Permanent,
 }
 
 /// The longest delay between restarts, however many there were.
@@ -103,12 +114,20 @@ impl Scheduler {
                     format_duration(slot.spec.restart_window)
                 )
             };
-            self.set_agent_state(idx, AgentState::Failed, Some(why.clone()), fx);
-            let cause = format!("critical agent `{name}` failed: {why}");
-            self.suspend_dependants(idx, cause.clone(), now, fx);
-            self.fail_dependants(idx, cause, now, fx);
+            self.fail_agent(idx, why, now, fx);
         }
         Ok(())
+    }
+
+    /// The agent is `failed` for good (`why`): the tasks downstream of it, when it is critical,
+    /// are cancelled with the cause.
+    pub(super) fn fail_agent(&mut self, idx: usize, why: String, now: Timestamp, fx: &mut Effects) {
+        let name = self.agents[idx].spec.name.clone();
+        self.agents[idx].restart_at = None;
+        self.set_agent_state(idx, AgentState::Failed, Some(why.clone()), fx);
+        let cause = format!("critical agent `{name}` failed: {why}");
+        self.suspend_dependants(idx, cause.clone(), now, fx);
+        self.fail_dependants(idx, cause, now, fx);
     }
 
     /// Something was heard from an agent (a heartbeat, a log line, progress, terminal output):
@@ -255,7 +274,7 @@ impl Scheduler {
                     self.set_agent_state(idx, next, Some("cooldown over: one trial task".into()), fx);
                 }
                 AgentState::Idle | AgentState::Active | AgentState::CircuitOpen
-                    if slot.spec.mode == ProcessMode::Worker
+                    if slot.spec.is_worker()
                         && slot.last_activity.is_some_and(|at| at.plus(slot.spec.heartbeat_timeout) <= now) =>
                 {
                     let name = slot.spec.name.clone();
@@ -274,7 +293,7 @@ impl Scheduler {
             .filter_map(|slot| match slot.state {
                 AgentState::Restarting => slot.restart_at,
                 AgentState::CircuitOpen => slot.circuit_until,
-                AgentState::Idle | AgentState::Active if slot.spec.mode == ProcessMode::Worker => {
+                AgentState::Idle | AgentState::Active if slot.spec.is_worker() => {
                     slot.last_activity.map(|at| at.plus(slot.spec.heartbeat_timeout))
                 }
                 _ => None,

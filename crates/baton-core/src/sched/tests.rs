@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{self, Limits, ProcessMode, RestartPolicy, RuntimeKind, Settings, WorkstreamSpec};
+use crate::config::{self, AgentKind, ProcessSpec, RestartPolicy, Settings, WorkstreamSpec};
 use crate::graph;
 use crate::model::{NewTask, Priority, TaskRef};
 use crate::schedule::{Firing, ScheduleRecord};
@@ -152,6 +152,8 @@ struct Harness {
     /// Starts of these agents that fail (as a worker that exits before answering
     /// `initialize`), counted down.
     failing_starts: BTreeMap<String, u32>,
+    /// Agents whose starts fail for good (as one whose command does not exist).
+    broken_starts: BTreeSet<String>,
 }
 
 impl Harness {
@@ -179,6 +181,7 @@ impl Harness {
             claims: Vec::new(),
             reconfigured: false,
             failing_starts: BTreeMap::new(),
+            broken_starts: BTreeSet::new(),
         };
         // What the scheduler wrote when it was built (the schedules' records).
         harness.store.apply(&fx.writes, now);
@@ -222,13 +225,18 @@ impl Harness {
                 self.sched.schedule_fired(firing, created, self.now, &mut next);
             }
             for agent in &fx.start_agents {
+                if self.broken_starts.contains(agent) {
+                    let reason = "command `missing-agent` not found in PATH".to_string();
+                    self.sched.agent_failed(agent, reason, FailureKind::Permanent, self.now, &mut next).unwrap();
+                    continue;
+                }
                 match self.failing_starts.get_mut(agent) {
                     Some(n_failing) if *n_failing > 0 => {
                         *n_failing -= 1;
                         // As a worker runtime reports it: the process's exit, then the failed start.
                         self.sched.agent_exited(agent, "exit status 3".into(), false, self.now, &mut next).unwrap();
                         let reason = "exited before answering `initialize`: exit status 3".to_string();
-                        self.sched.agent_failed(agent, reason, self.now, &mut next).unwrap();
+                        self.sched.agent_failed(agent, reason, FailureKind::Transient, self.now, &mut next).unwrap();
                     }
                     _ => self.sched.agent_started(agent, self.now, &mut next).unwrap(),
                 }
@@ -585,7 +593,7 @@ title = "one"
     );
     // The harness started the agent; fail it and finish the running attempt as failed.
     let mut fx = Effects::default();
-    h.sched.agent_failed("a", "could not start".into(), h.now, &mut fx).unwrap();
+    h.sched.agent_failed("a", "could not start".into(), FailureKind::Transient, h.now, &mut fx).unwrap();
     h.apply(fx);
     h.finish(0, false);
     h.wait();
@@ -764,26 +772,15 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     workstream: None,
                     priority: Priority::Medium,
                     capabilities: Vec::new(),
-                    runtime: RuntimeKind::Process,
-                    mode: ProcessMode::PerTask,
-                    command: vec!["true".into()],
-                    command_written: vec!["true".into()],
-                    command_location: Default::default(),
+                    kind: AgentKind::Process(ProcessSpec::per_task(vec!["true".into()])),
                     restart: RestartPolicy::OnFailure,
                     max_restarts: 1,
                     restart_window: Duration::from_secs(600),
                     restart_backoff: Duration::from_secs(1),
                     heartbeat_timeout: Duration::from_secs(30),
                     circuit_breaker: config::CircuitBreaker { failures: 100, cooldown: Duration::from_secs(1) },
-                    max_message_size: 1 << 20,
-                    terminal: None,
                     concurrency,
                     runbook: None,
-                    env: BTreeMap::new(),
-                    env_written: BTreeMap::new(),
-                    env_passthrough: Vec::new(),
-                    workdir: None,
-                    limits: Limits::default(),
                     objectives: Vec::new(),
                     log_rotation: Default::default(),
                 })
@@ -1020,6 +1017,48 @@ fn a_worker_whose_starts_keep_failing_is_failed_by_the_crash_loop_cap() {
             (AgentState::Failed, "exit status 3; crash loop: 2 restarts within 10m".to_string()),
         ]
     );
+}
+
+/// A start that fails for good (the command does not exist) fails the agent at once, with the
+/// reason, without burning its restarts; a transient one is retried with backoff (above).
+#[test]
+fn a_worker_that_cannot_start_for_good_is_failed_at_once() {
+    let mut h = workers();
+    h.broken_starts.insert("builder".into());
+    exit(&mut h, "builder", "exit status 1");
+    while agent_state(&h, "builder") != Some(AgentState::Failed) {
+        assert!(h.wait(), "the builder is started again after its first exit");
+    }
+    let states: Vec<(AgentState, String)> = h
+        .store
+        .events
+        .iter()
+        .filter_map(|event| match event {
+            EventKind::AgentStateChanged { agent, to, reason: Some(reason), .. }
+                if agent == "builder" && matches!(to, AgentState::Restarting | AgentState::Failed) =>
+            {
+                Some((*to, reason.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (AgentState::Restarting, "exit status 1; restart 1/2 in 1s".to_string()),
+            (
+                AgentState::Failed,
+                "command `missing-agent` not found in PATH; not restarted: starting it again would fail the same way"
+                    .to_string()
+            ),
+        ]
+    );
+    let terminated = h.store.events.iter().any(|event| {
+        matches!(event, EventKind::AgentTerminated { agent, reason }
+            if agent == "builder" && reason == "command `missing-agent` not found in PATH")
+    });
+    assert!(terminated, "the reason is in the events");
+    assert!(!h.wait() || agent_state(&h, "builder") == Some(AgentState::Failed), "and it stays failed");
 }
 
 /// Adds a task to `workstream` as the store would create it (API, worker `task/create`).

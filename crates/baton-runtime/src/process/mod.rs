@@ -33,10 +33,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use baton_core::Outcome;
-use baton_core::config::AgentSpec;
+use baton_core::config::{AgentSpec, ProcessSpec};
 use baton_core::time::format_duration;
 
-use crate::agent::{AgentContext, AgentRuntime, Attempt};
+use crate::agent::{AgentContext, AgentError, AgentRuntime, Attempt};
 use crate::check::resolve_program;
 
 /// Variables of Baton's environment an agent inherits without asking.
@@ -79,7 +79,8 @@ pub struct ApiAccess {
     pub token_for: TokenFor,
 }
 
-/// Records attempts' process groups in the store.
+/// Records the process groups Baton starts in the store: attempts' (by task and attempt) and
+/// long-running agents' (by agent and start).
 #[derive(Clone)]
 pub struct Registry {
     pub store: std::sync::Arc<dyn baton_store::Store>,
@@ -87,16 +88,24 @@ pub struct Registry {
 }
 
 impl Registry {
-    async fn spawned(&self, attempt: &Attempt, pgid: i32) {
-        let record = baton_store::ProcessRecord {
-            task: attempt.task.id,
-            attempt: attempt.task.attempt,
-            pgid,
-            host: self.host.clone(),
-        };
-        if let Err(error) = self.store.record_process(&attempt.run_id, record).await {
-            tracing::warn!(%error, "cannot record an attempt's process group");
+    /// The record of a process group started for `owner`.
+    fn record(&self, owner: baton_store::ProcessOwner, pgid: i32) -> baton_store::ProcessRecord {
+        baton_store::ProcessRecord { owner, pgid, host: self.host.clone() }
+    }
+
+    async fn spawned(&self, run_id: &str, record: &baton_store::ProcessRecord) {
+        if let Err(error) = self.store.record_process(run_id, record.clone()).await {
+            tracing::warn!(%error, "cannot record a process group");
         }
+    }
+
+    fn attempt_record(&self, attempt: &Attempt, pgid: i32) -> baton_store::ProcessRecord {
+        self.record(baton_store::ProcessOwner::Attempt { task: attempt.task.id, attempt: attempt.task.attempt }, pgid)
+    }
+
+    /// The record of the `generation`-th start of long-running agent `agent`.
+    fn agent_record(&self, agent: &str, generation: u64, pgid: i32) -> baton_store::ProcessRecord {
+        self.record(baton_store::ProcessOwner::Agent { agent: agent.to_string(), generation }, pgid)
     }
 
     /// The messages waiting for a per-task agent.
@@ -115,9 +124,9 @@ impl Registry {
         }
     }
 
-    async fn ended(&self, attempt: &Attempt) {
-        if let Err(error) = self.store.forget_process(&attempt.run_id, attempt.task.id, attempt.task.attempt).await {
-            tracing::warn!(%error, "cannot forget an attempt's process group");
+    async fn ended(&self, run_id: &str, record: &baton_store::ProcessRecord) {
+        if let Err(error) = self.store.forget_process(run_id, record).await {
+            tracing::warn!(%error, "cannot forget a process group");
         }
     }
 }
@@ -166,8 +175,8 @@ impl ProcessEnv {
     }
 
     /// An agent's working directory and its allow-listed environment.
-    fn for_agent(&self, spec: &AgentSpec) -> (PathBuf, BTreeMap<String, String>) {
-        let workdir = match &spec.workdir {
+    fn for_agent(&self, spec: &AgentSpec, process: &ProcessSpec) -> (PathBuf, BTreeMap<String, String>) {
+        let workdir = match &process.workdir {
             Some(dir) => self.base_dir.join(dir),
             None => self.base_dir.clone(),
         };
@@ -175,11 +184,11 @@ impl ProcessEnv {
             .env
             .iter()
             .filter(|(key, _)| {
-                INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_") || spec.env_passthrough.contains(key)
+                INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_") || process.env_passthrough.contains(key)
             })
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        env.extend(spec.env.clone());
+        env.extend(process.env.clone());
         if let Some(api) = &self.api {
             env.insert("BATON_URL".into(), api.url.clone());
             if let Some(token) = (api.token_for)(&spec.name) {
@@ -191,16 +200,38 @@ impl ProcessEnv {
 }
 
 /// Checks an agent's working directory and makes its log directory: what every start needs.
-async fn prepare_dirs(workdir: &std::path::Path, log_path: &std::path::Path) -> Result<(), String> {
+/// A working directory that does not exist is a permanent failure; a log directory that
+/// cannot be made (a full disk, for now) a transient one.
+async fn prepare_dirs(workdir: &std::path::Path, log_path: &std::path::Path) -> Result<(), AgentError> {
     if !workdir.is_dir() {
-        return Err(format!("working directory {} does not exist", workdir.display()));
+        return Err(AgentError::permanent(format!("working directory {} does not exist", workdir.display())));
     }
     if let Some(parent) = log_path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|error| format!("cannot create the log directory {}: {error}", parent.display()))?;
+        tokio::fs::create_dir_all(parent).await.map_err(|error| {
+            AgentError::transient(format!("cannot create the log directory {}: {error}", parent.display()))
+        })?;
     }
     Ok(())
+}
+
+/// Finds an agent's program: one that does not exist, or is not executable, is a permanent
+/// failure (starting again would find the same).
+fn find_program(
+    program: &str,
+    workdir: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> Result<PathBuf, AgentError> {
+    resolve_program(program, workdir, env.get("PATH").map(String::as_str)).map_err(AgentError::permanent)
+}
+
+/// Why a program could not be spawned, and whether trying again may help: a program gone or
+/// not executable (or not a program at all) will not start next time either; a fork refused
+/// for lack of processes or memory may.
+fn spawn_error(program: &str, error: &std::io::Error) -> AgentError {
+    let message = format!("cannot start `{program}`: {error}");
+    let permanent = matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied)
+        || error.raw_os_error() == Some(nix::errno::Errno::ENOEXEC as i32);
+    if permanent { AgentError::permanent(message) } else { AgentError::transient(message) }
 }
 
 /// The log line that opens an attempt.
@@ -231,10 +262,9 @@ fn base_command(
     args: &[String],
     workdir: &std::path::Path,
     env: &BTreeMap<String, String>,
-    spec: &AgentSpec,
+    limits: &baton_core::config::Limits,
 ) -> tokio::process::Command {
-    let limits =
-        sys::ChildLimits { memory: spec.limits.memory, cpu_seconds: spec.limits.cpu.map(|cpu| cpu.as_secs().max(1)) };
+    let limits = sys::ChildLimits { memory: limits.memory, cpu_seconds: limits.cpu.map(|cpu| cpu.as_secs().max(1)) };
     let mut command = reaper::command(program, args, limits);
     command
         .current_dir(workdir)
@@ -305,6 +335,7 @@ fn copy_stderr(stderr: tokio::process::ChildStderr, log_path: PathBuf) -> tokio:
 
 pub struct ProcessAgent {
     spec: AgentSpec,
+    process: ProcessSpec,
     workdir: PathBuf,
     log_path: PathBuf,
     /// Held so that every writer of the log shares its rotation.
@@ -353,13 +384,14 @@ impl ProcessAgent {
         }
     }
 
-    pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> ProcessAgent {
-        let (workdir, env) = process_env.for_agent(&spec);
+    pub fn new(spec: AgentSpec, process: ProcessSpec, process_env: &ProcessEnv) -> ProcessAgent {
+        let (workdir, env) = process_env.for_agent(&spec, &process);
         let log_path = process_env.log_path(&spec.name);
         ProcessAgent {
             log: log::AgentLog::open(&log_path, spec.log_rotation),
             log_path,
             spec,
+            process,
             workdir,
             env,
             registry: process_env.registry.clone(),
@@ -374,10 +406,10 @@ impl ProcessAgent {
 
     fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
         let argv: Vec<String> =
-            self.spec.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
+            self.process.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
         let program = resolve_program(&argv[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
         let task = &attempt.task;
-        let mut command = base_command(program, &argv[1..], &self.workdir, &self.env, &self.spec);
+        let mut command = base_command(program, &argv[1..], &self.workdir, &self.env, &self.process.limits);
         command
             .env("BATON_TASK_ID", task.id.to_string())
             .env("BATON_TASK_KEY", task.key.clone().unwrap_or_default())
@@ -399,15 +431,19 @@ impl ProcessAgent {
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                return Outcome::Failed { reason: format!("cannot start `{}`: {error}", self.spec.command[0]) };
+                return Outcome::Failed { reason: format!("cannot start `{}`: {error}", self.process.command[0]) };
             }
         };
         let pgid = child.id().map(|pid| pid as i32);
+        let record = match (&self.registry, pgid) {
+            (Some(registry), Some(pgid)) => Some(registry.attempt_record(attempt, pgid)),
+            _ => None,
+        };
         if let Some(pgid) = pgid {
             self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
-            if let Some(registry) = &self.registry {
-                registry.spawned(attempt, pgid).await;
-            }
+        }
+        if let (Some(registry), Some(record)) = (&self.registry, &record) {
+            registry.spawned(&attempt.run_id, record).await;
         }
         // Messages addressed to the agent since its last task come with this one.
         let inbox = match &self.registry {
@@ -446,7 +482,7 @@ impl ProcessAgent {
         });
         let copy_stderr = copy_stderr(stderr, self.log_path.clone());
 
-        let timeout = task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
+        let timeout = task.timeout_ms.map(Duration::from_millis).or(self.process.limits.timeout);
         let deadline = async {
             match timeout {
                 Some(timeout) => tokio::time::sleep(timeout).await,
@@ -489,8 +525,8 @@ impl ProcessAgent {
         // its clock), before the outcome is reported, so that the next task does not hand them
         // over again.
         self.acknowledge(inbox).await;
-        if let (Some(registry), Some(_)) = (&self.registry, pgid) {
-            registry.ended(attempt).await;
+        if let (Some(registry), Some(record)) = (&self.registry, &record) {
+            registry.ended(&attempt.run_id, record).await;
         }
         // A process that left the group (setsid) may hold the pipes open; it is not waited for.
         let stdout = drain(read_stdout).await.and_then(Result::ok).unwrap_or_default();
@@ -613,10 +649,10 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 
 #[async_trait]
 impl AgentRuntime for ProcessAgent {
-    async fn start(&self, context: AgentContext) -> Result<(), String> {
+    async fn start(&self, context: AgentContext) -> Result<(), AgentError> {
         *self.context.lock().expect("context lock") = Some(context);
         prepare_dirs(&self.workdir, &self.log_path).await?;
-        resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
+        find_program(&self.process.command[0], &self.workdir, &self.env)?;
         self.log(&format!("--- agent {} started", self.spec.name)).await;
         Ok(())
     }

@@ -46,13 +46,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use baton_core::Outcome;
-use baton_core::config::{AgentSpec, DoneWhen, Limits, TerminalSpec};
+use baton_core::config::{AgentSpec, DoneWhen, Limits, ProcessSpec, TerminalSpec};
 use baton_core::time::format_duration;
 
-use super::worker::placeholder_task;
-use super::{ProcessEnv, Registry, attempt_footer, attempt_header, prepare_dirs, substitute};
-use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
-use crate::check::resolve_program;
+use super::{ProcessEnv, Registry, attempt_footer, attempt_header, find_program, prepare_dirs, substitute};
+use crate::agent::{AgentContext, AgentError, AgentEvent, AgentRuntime, Attempt};
 
 /// The terminal's size: wide enough for most programs' layouts.
 const SIZE: PtySize = PtySize { rows: 40, cols: 120, pixel_width: 0, pixel_height: 0 };
@@ -615,6 +613,7 @@ async fn serve_client(stream: UnixStream, session: Option<Arc<Session>>, cancel:
 
 pub struct PtyAgent {
     spec: AgentSpec,
+    process: ProcessSpec,
     terminal: TerminalSpec,
     rules: Result<Arc<Rules>, String>,
     workdir: PathBuf,
@@ -637,9 +636,9 @@ pub struct PtyAgent {
 }
 
 impl PtyAgent {
-    pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> PtyAgent {
-        let (workdir, env) = process_env.for_agent(&spec);
-        let terminal = spec.terminal.clone().unwrap_or_default();
+    pub fn new(spec: AgentSpec, process: ProcessSpec, process_env: &ProcessEnv) -> PtyAgent {
+        let (workdir, env) = process_env.for_agent(&spec, &process);
+        let terminal = process.terminal.clone().unwrap_or_default();
         PtyAgent {
             rules: Rules::compile(&terminal).map(Arc::new),
             terminal,
@@ -647,6 +646,7 @@ impl PtyAgent {
             log_path: process_env.log_path(&spec.name),
             socket_path: process_env.socket_path(&spec.name),
             spec,
+            process,
             workdir,
             env,
             registry: process_env.registry.clone(),
@@ -675,11 +675,15 @@ impl PtyAgent {
     }
 
     /// Starts the program in a new terminal, with the threads and the monitor around it.
-    async fn spawn(&self, context: &AgentContext, rules: &Rules) -> Result<Arc<Session>, String> {
-        let program = resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
-        let pair = native_pty_system().openpty(SIZE).map_err(|error| format!("cannot open a terminal: {error}"))?;
+    /// A program that cannot be found is a permanent failure; anything else that goes wrong
+    /// here (no terminal left, a fork refused) may go away, and is transient.
+    async fn spawn(&self, context: &AgentContext, rules: &Rules) -> Result<Arc<Session>, AgentError> {
+        let program = find_program(&self.process.command[0], &self.workdir, &self.env)?;
+        let pair = native_pty_system()
+            .openpty(SIZE)
+            .map_err(|error| AgentError::transient(format!("cannot open a terminal: {error}")))?;
         let mut command = CommandBuilder::new(&program);
-        command.args(&self.spec.command[1..]);
+        command.args(&self.process.command[1..]);
         command.cwd(&self.workdir);
         command.env_clear();
         for (key, value) in &self.env {
@@ -693,18 +697,18 @@ impl PtyAgent {
         let mut child = pair
             .slave
             .spawn_command(command)
-            .map_err(|error| format!("cannot start `{}`: {error}", self.spec.command[0]))?;
+            .map_err(|error| AgentError::transient(format!("cannot start `{}`: {error}", self.process.command[0])))?;
         // Only the program holds the terminal's other end: when it is gone, reading ends.
         drop(pair.slave);
         let Some(pid) = child.process_id().and_then(|pid| i32::try_from(pid).ok()) else {
             let _ = child.kill();
-            return Err(format!("`{}` started without a process id", self.spec.command[0]));
+            return Err(AgentError::transient(format!("`{}` started without a process id", self.process.command[0])));
         };
         let killed = |reason: String| {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            reason
+            AgentError::transient(reason)
         };
-        for problem in apply_limits(pid, &self.spec.limits) {
+        for problem in apply_limits(pid, &self.process.limits) {
             self.note(&format!("--- {problem}")).await;
         }
         let reader =
@@ -713,13 +717,10 @@ impl PtyAgent {
             pair.master.take_writer().map_err(|error| killed(format!("cannot write the terminal: {error}")))?;
 
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let registry_key = Attempt {
-            run_id: context.run_id.clone(),
-            agent: self.spec.name.clone(),
-            task: placeholder_task(generation),
-        };
-        if let Some(registry) = &self.registry {
-            registry.spawned(&registry_key, pid).await;
+        // Recorded by agent and start, so that whoever resumes the run after a crash kills it.
+        let record = self.registry.as_ref().map(|registry| registry.agent_record(&self.spec.name, generation, pid));
+        if let (Some(registry), Some(record)) = (&self.registry, &record) {
+            registry.spawned(&context.run_id, record).await;
         }
 
         let (commands, inbox) = mpsc::unbounded_channel::<Command>();
@@ -780,6 +781,7 @@ impl PtyAgent {
         let watcher = Arc::clone(&session);
         let events = context.events.clone();
         let registry = self.registry.clone();
+        let run_id = context.run_id.clone();
         tokio::spawn(async move {
             let status = exit_rx.await;
             // Whatever the program started goes with it.
@@ -805,8 +807,8 @@ impl PtyAgent {
                 let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason, clean: false });
             }
             watcher.exited.cancel();
-            if let Some(registry) = registry {
-                registry.ended(&registry_key).await;
+            if let (Some(registry), Some(record)) = (registry, record) {
+                registry.ended(&run_id, &record).await;
             }
         });
         Ok(session)
@@ -907,7 +909,7 @@ impl PtyAgent {
         let typed = lines.replace('\n', "\r").into_bytes();
         session.send(Command::StartTask { watch: TaskWatch::new(rule, matched_tx, &lines), typed });
 
-        let timeout = attempt.task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
+        let timeout = attempt.task.timeout_ms.map(Duration::from_millis).or(self.process.limits.timeout);
         let deadline = async {
             match timeout {
                 Some(timeout) => tokio::time::sleep(timeout).await,
@@ -1066,12 +1068,13 @@ async fn wait_for_marker(path: &Path, before: Option<SystemTime>) {
 
 #[async_trait]
 impl AgentRuntime for PtyAgent {
-    async fn start(&self, context: AgentContext) -> Result<(), String> {
+    async fn start(&self, context: AgentContext) -> Result<(), AgentError> {
         let _lifecycle = self.lifecycle.lock().await;
         if let Some(previous) = self.replace_session(None) {
             previous.stop().await;
         }
-        let rules = self.rules.clone()?;
+        // Rules that do not compile will not compile next time either.
+        let rules = self.rules.clone().map_err(AgentError::permanent)?;
         prepare_dirs(&self.workdir, &self.log_path).await?;
         *self.context.lock().unwrap_or_else(|p| p.into_inner()) = Some(context.clone());
         let session = self.spawn(&context, &rules).await?;

@@ -28,14 +28,15 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use baton_core::Outcome;
-use baton_core::config::AgentSpec;
-use baton_core::model::{Priority, TaskId};
+use baton_core::config::{AgentSpec, ProcessSpec};
+use baton_core::model::TaskId;
 use baton_core::task::TaskInput;
 use baton_core::time::format_duration;
 
-use super::{ProcessEnv, Registry, append_log, base_command, copy_stderr, prepare_dirs, task_json};
-use crate::agent::{AgentContext, AgentEvent, AgentRuntime, Attempt};
-use crate::check::resolve_program;
+use super::{
+    ProcessEnv, Registry, append_log, base_command, copy_stderr, find_program, prepare_dirs, spawn_error, task_json,
+};
+use crate::agent::{AgentContext, AgentError, AgentEvent, AgentRequest, AgentRuntime, Attempt, Reply, RequestError};
 
 /// The protocol version Baton speaks, sent in `initialize`.
 pub const PROTOCOL_VERSION: &str = "1";
@@ -54,14 +55,14 @@ pub struct RpcError {
 }
 
 /// A worker's answer to one of Baton's requests.
-pub type Reply = Result<Value, RpcError>;
+pub type RpcReply = Result<Value, RpcError>;
 
 /// One started process and its conversation.
 struct Connection {
     agent: String,
     outgoing: mpsc::UnboundedSender<String>,
     /// Requests waiting for their response, by id. A std mutex: held only to insert or remove.
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<RpcReply>>>,
     next_id: AtomicU64,
     pgid: Option<i32>,
     /// Set when Baton stops the process, so that its exit is not reported as a crash.
@@ -81,13 +82,13 @@ impl Connection {
         let _ = self.outgoing.send(message.to_string());
     }
 
-    fn request(&self, method: &str, params: Value) -> (u64, oneshot::Receiver<Reply>) {
+    fn request(&self, method: &str, params: Value) -> (u64, oneshot::Receiver<RpcReply>) {
         self.request_with(method, &params)
     }
 
     /// A request whose params are serialized straight from `params` (no `Value` built first:
     /// deliveries are the hot path). Keys stay in sorted order as long as `params`' are.
-    fn request_with<T: serde::Serialize>(&self, method: &str, params: &T) -> (u64, oneshot::Receiver<Reply>) {
+    fn request_with<T: serde::Serialize>(&self, method: &str, params: &T) -> (u64, oneshot::Receiver<RpcReply>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
@@ -97,17 +98,18 @@ impl Connection {
         (id, answer)
     }
 
-    /// Waits for the answer to request `id`; an error if the worker answers with one or exits.
-    async fn answer(&self, id: u64, answer: oneshot::Receiver<Reply>) -> Result<Value, String> {
+    /// Waits for the answer to request `id`; an error if the worker answers with one or exits
+    /// (both transient: the worker may take it next time, or its next start may).
+    async fn answer(&self, id: u64, answer: oneshot::Receiver<RpcReply>) -> Result<Value, AgentError> {
         tokio::select! {
             reply = answer => match reply {
                 Ok(Ok(result)) => Ok(result),
-                Ok(Err(error)) => Err(error.message),
-                Err(_) => Err(format!("agent exited: {}", self.exit_reason())),
+                Ok(Err(error)) => Err(AgentError::transient(error.message)),
+                Err(_) => Err(AgentError::transient(format!("agent exited: {}", self.exit_reason()))),
             },
             () = self.exited.cancelled() => {
                 self.forget(id);
-                Err(format!("agent exited: {}", self.exit_reason()))
+                Err(AgentError::transient(format!("agent exited: {}", self.exit_reason())))
             }
         }
     }
@@ -153,6 +155,7 @@ impl Connection {
 
 pub struct WorkerAgent {
     spec: AgentSpec,
+    process: ProcessSpec,
     workdir: PathBuf,
     log_path: PathBuf,
     /// Held so that every writer of the log shares its rotation.
@@ -166,13 +169,14 @@ pub struct WorkerAgent {
 }
 
 impl WorkerAgent {
-    pub fn new(spec: AgentSpec, process_env: &ProcessEnv) -> WorkerAgent {
-        let (workdir, env) = process_env.for_agent(&spec);
+    pub fn new(spec: AgentSpec, process: ProcessSpec, process_env: &ProcessEnv) -> WorkerAgent {
+        let (workdir, env) = process_env.for_agent(&spec, &process);
         let log_path = process_env.log_path(&spec.name);
         WorkerAgent {
             log: super::log::AgentLog::open(&log_path, spec.log_rotation),
             log_path,
             spec,
+            process,
             workdir,
             env,
             registry: process_env.registry.clone(),
@@ -190,11 +194,12 @@ impl WorkerAgent {
     }
 
     /// Starts the process and wires its pipes; does not wait for `initialize`.
-    async fn spawn(&self, context: &AgentContext) -> Result<Arc<Connection>, String> {
-        let program = resolve_program(&self.spec.command[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
-        let mut command = base_command(program, &self.spec.command[1..], &self.workdir, &self.env, &self.spec);
+    async fn spawn(&self, context: &AgentContext) -> Result<Arc<Connection>, AgentError> {
+        let program = find_program(&self.process.command[0], &self.workdir, &self.env)?;
+        let mut command =
+            base_command(program, &self.process.command[1..], &self.workdir, &self.env, &self.process.limits);
         command.env("BATON_AGENT", &self.spec.name).env("BATON_RUN_ID", &context.run_id);
-        let mut child = command.spawn().map_err(|error| format!("cannot start `{}`: {error}", self.spec.command[0]))?;
+        let mut child = command.spawn().map_err(|error| spawn_error(&self.process.command[0], &error))?;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pgid = child.id().map(|pid| pid as i32);
         let (outgoing, mut to_write) = mpsc::unbounded_channel::<String>();
@@ -210,13 +215,13 @@ impl WorkerAgent {
             protocol_errors: AtomicU64::new(0),
             deliver_batch: AtomicBool::new(false),
         });
-        let attempt_key = Attempt {
-            run_id: context.run_id.clone(),
-            agent: self.spec.name.clone(),
-            task: placeholder_task(generation),
+        // Recorded by agent and start, so that whoever resumes the run after a crash kills it.
+        let record = match (&self.registry, pgid) {
+            (Some(registry), Some(pgid)) => Some(registry.agent_record(&self.spec.name, generation, pgid)),
+            _ => None,
         };
-        if let (Some(registry), Some(pgid)) = (&self.registry, pgid) {
-            registry.spawned(&attempt_key, pgid).await;
+        if let (Some(registry), Some(record)) = (&self.registry, &record) {
+            registry.spawned(&context.run_id, record).await;
         }
 
         let mut stdin = child.stdin.take().expect("stdin is piped");
@@ -243,10 +248,11 @@ impl WorkerAgent {
         });
 
         let stdout = child.stdout.take().expect("stdout is piped");
-        let max = self.spec.max_message_size as usize;
+        let max = self.process.max_message_size as usize;
         let reader = Reader {
             connection: Arc::clone(&connection),
             events: context.events.clone(),
+            requests: context.requests.clone(),
             log_path: self.log_path.clone(),
             max_message_size: max,
         };
@@ -256,6 +262,7 @@ impl WorkerAgent {
         let watcher = Arc::clone(&connection);
         let events = context.events.clone();
         let registry = self.registry.clone();
+        let run_id = context.run_id.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let clean = status.as_ref().is_ok_and(|status| status.success());
@@ -283,49 +290,17 @@ impl WorkerAgent {
             if !watcher.stopping.load(Ordering::SeqCst) {
                 let _ = events.send(AgentEvent::Exited { agent: watcher.agent.clone(), reason: reason.clone(), clean });
             }
-            let waiting: Vec<oneshot::Sender<Reply>> =
+            let waiting: Vec<oneshot::Sender<RpcReply>> =
                 watcher.pending.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, reply)| reply).collect();
             for reply in waiting {
                 let _ = reply.send(Err(RpcError { code: -32000, message: format!("agent exited: {reason}") }));
             }
             watcher.exited.cancel();
-            if let Some(registry) = registry {
-                registry.ended(&attempt_key).await;
+            if let (Some(registry), Some(record)) = (registry, record) {
+                registry.ended(&run_id, &record).await;
             }
         });
         Ok(connection)
-    }
-}
-
-/// The registry keys a long-running agent's process group by task 0 and its start number.
-pub(super) fn placeholder_task(generation: u64) -> baton_core::model::TaskRecord {
-    baton_core::model::TaskRecord {
-        id: TaskId(0),
-        run_id: String::new(),
-        key: None,
-        workstream: None,
-        title: String::new(),
-        description: String::new(),
-        input: Value::Null,
-        requires: Vec::new(),
-        agent: None,
-        depends_on: Vec::new(),
-        priority: Priority::Medium,
-        max_attempts: 1,
-        timeout_ms: None,
-        resources: Vec::new(),
-        estimated_tokens: None,
-        state: baton_core::TaskState::Running,
-        attempt: generation as u32,
-        assigned_agent: None,
-        lease_owner: None,
-        lease_expires_at: None,
-        not_before: None,
-        result: None,
-        error: None,
-        created_at: Default::default(),
-        updated_at: Default::default(),
-        finished_at: None,
     }
 }
 
@@ -376,6 +351,7 @@ impl tokio_util::codec::Decoder for Lines {
 struct Reader {
     connection: Arc<Connection>,
     events: mpsc::UnboundedSender<AgentEvent>,
+    requests: mpsc::UnboundedSender<AgentRequest>,
     log_path: PathBuf,
     max_message_size: usize,
 }
@@ -430,19 +406,26 @@ impl Reader {
                 self.reply(&id, json!({}));
             }
             Call::SendMessage(message) => {
-                let (reply, answer) = oneshot::channel();
-                let _ = self.events.send(AgentEvent::SendMessage { agent, message, reply });
-                self.answer_later(id, answer, |message_id| json!({ "message_id": message_id }));
+                self.ask(
+                    id,
+                    |reply| AgentRequest::SendMessage { agent, message, reply },
+                    |message_id| json!({ "message_id": message_id }),
+                );
             }
             Call::AcquireResource { resource, ttl } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = self.events.send(AgentEvent::AcquireResource { agent, resource, ttl, reply });
-                self.answer_later(id, answer, |until| json!({ "granted": true, "until": until }));
+                self.ask(
+                    id,
+                    |reply| AgentRequest::AcquireResource { agent, resource, ttl, reply },
+                    |until| json!({ "granted": true, "until": until }),
+                );
             }
             Call::ReleaseResource { resource } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = self.events.send(AgentEvent::ReleaseResource { agent, resource, reply });
-                self.answer_later(id, answer, |()| json!({}));
+                self.ask(id, |reply| AgentRequest::ReleaseResource { agent, resource, reply }, |()| json!({}));
+            }
+            Call::ReserveBudget { task, tokens } => {
+                self.ask(id, |reply| AgentRequest::ReserveBudget { agent, task, tokens, reply }, |reservation| {
+                    json!({ "granted": true, "tokens": reservation.tokens, "remaining": reservation.remaining })
+                });
             }
             Call::Subscribe { topic } => {
                 let _ = self.events.send(AgentEvent::Subscribe { agent, topic });
@@ -453,9 +436,11 @@ impl Reader {
                 self.reply(&id, json!({}));
             }
             Call::CreateTasks { parent, tasks } => {
-                let (reply, answer) = oneshot::channel();
-                let _ = self.events.send(AgentEvent::CreateTasks { agent, parent, tasks, reply });
-                self.answer_later(id, answer, |ids| json!({ "task_ids": ids }));
+                self.ask(
+                    id,
+                    |reply| AgentRequest::CreateTasks { agent, parent, tasks, reply },
+                    |ids| json!({ "task_ids": ids }),
+                );
             }
             Call::Unknown(method) => {
                 let message = format!("unknown method `{method}`");
@@ -471,32 +456,31 @@ impl Reader {
         }
     }
 
-    /// Answers a request once the engine has replied (the tasks or the message are durable),
-    /// without holding up the reading of further messages.
-    fn answer_later<T: Send + 'static>(
+    /// Asks the engine what the request `make` builds, and answers the worker once the engine
+    /// has replied (the tasks or the message are durable), without holding up the reading of
+    /// further messages. A refusal is error `-32000` whatever its kind, as it always was; its
+    /// kind is in the error's `data`.
+    fn ask<T: Send + 'static>(
         &self,
         id: Option<Value>,
-        answer: oneshot::Receiver<Result<T, String>>,
+        make: impl FnOnce(Reply<T>) -> AgentRequest,
         result: impl FnOnce(T) -> Value + Send + 'static,
     ) {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.requests.send(make(reply));
         let connection = Arc::clone(&self.connection);
         tokio::spawn(async move {
-            let outcome = match answer.await {
-                Ok(Ok(value)) => Ok(result(value)),
-                Ok(Err(message)) => Err(message),
-                Err(_) => Err("the engine stopped".to_string()),
+            let outcome = match (sent, answer.await) {
+                (Ok(()), Ok(outcome)) => outcome.map(result),
+                _ => Err(RequestError::unavailable("the engine stopped")),
             };
             let Some(id) = id else { return };
-            let response = match outcome {
-                Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
-                Err(message) => json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } }),
-            };
-            connection.send(&response);
+            connection.send(&answer_json(id, outcome));
         });
     }
 
     /// A response to one of Baton's requests.
-    async fn response(&self, id: u64, answer: Reply) {
+    async fn response(&self, id: u64, answer: RpcReply) {
         let waiting = self.connection.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         let Some(reply) = waiting else {
             self.connection.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -507,13 +491,25 @@ impl Reader {
     }
 }
 
+/// The JSON-RPC response to a worker's request the engine answered.
+fn answer_json(id: Value, outcome: Result<Value, RequestError>) -> Value {
+    match outcome {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+        Err(error) => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": { "code": -32000, "message": error.message, "data": { "kind": error.kind.as_str() } },
+        }),
+    }
+}
+
 /// One line of a worker's stdout, decoded ([`decode`]).
 #[derive(Debug)]
 pub enum Incoming {
     /// A request (`id` is its id) or a notification (`id` is `None`) from the worker.
     Call { id: Option<Value>, call: Call },
     /// The worker's response to Baton's request `id`.
-    Response { id: u64, answer: Reply },
+    Response { id: u64, answer: RpcReply },
     /// A line Baton cannot act on, answered with a JSON-RPC error (`id` is null when the line
     /// has none). `sign_of_life` says whether it still counts as one.
     Invalid { id: Value, code: i64, message: String, sign_of_life: bool },
@@ -562,6 +558,11 @@ pub enum Call {
     CreateTasks {
         parent: Option<TaskId>,
         tasks: Vec<TaskInput>,
+    },
+    /// May the worker spend `tokens` now, for `task`? (`budget/reserve`, before a model call.)
+    ReserveBudget {
+        task: Option<TaskId>,
+        tokens: u64,
     },
     /// A method Baton does not know.
     Unknown(String),
@@ -634,6 +635,10 @@ pub fn decode(agent: &str, line: &str) -> Incoming {
             Ok(_) => Call::Usage { task: task_id, usage: params },
             Err(error) => return invalid(format!("usage/report: {error}")),
         },
+        "budget/reserve" => match params.get("tokens").and_then(Value::as_u64) {
+            Some(tokens) if tokens > 0 => Call::ReserveBudget { task: task_id, tokens },
+            _ => return invalid("budget/reserve needs `tokens`: a whole number of tokens, at least 1".into()),
+        },
         "task/create" => match parse_new_tasks(&params) {
             Ok(tasks) => Call::CreateTasks { parent: task_id, tasks },
             Err(message) => return invalid(message),
@@ -698,7 +703,7 @@ struct BatchParams<'a> {
 /// `{"acked": [message_id...], "errors"?: {message_id: reason}}`: a message is acknowledged
 /// only if its id is listed in `acked`; any other is tried again, with the reason the worker
 /// gave if it gave one.
-fn batch_results(deliveries: &[baton_core::messages::Delivery], result: &Value) -> Vec<Result<(), String>> {
+fn batch_results(deliveries: &[baton_core::messages::Delivery], result: &Value) -> Vec<Result<(), AgentError>> {
     let acked: std::collections::HashSet<&str> =
         result.get("acked").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
     let errors = result.get("errors");
@@ -709,7 +714,7 @@ fn batch_results(deliveries: &[baton_core::messages::Delivery], result: &Value) 
                 return Ok(());
             }
             let reason = errors.and_then(|errors| errors.get(&delivery.message_id)).and_then(Value::as_str);
-            Err(reason.unwrap_or("not acknowledged in the batch's answer").to_string())
+            Err(AgentError::transient(reason.unwrap_or("not acknowledged in the batch's answer")))
         })
         .collect()
 }
@@ -754,7 +759,7 @@ fn parse_new_tasks(params: &Value) -> Result<Vec<TaskInput>, String> {
 
 #[async_trait]
 impl AgentRuntime for WorkerAgent {
-    async fn start(&self, context: AgentContext) -> Result<(), String> {
+    async fn start(&self, context: AgentContext) -> Result<(), AgentError> {
         let mut current = self.current.lock().await;
         if let Some(previous) = current.take() {
             previous.stop().await;
@@ -776,7 +781,8 @@ impl AgentRuntime for WorkerAgent {
         let reply = tokio::select! {
             reply = answer => reply,
             () = connection.exited.cancelled() => {
-                return Err(format!("exited before answering `initialize`: {}", connection.exit_reason()));
+                let reason = format!("exited before answering `initialize`: {}", connection.exit_reason());
+                return Err(AgentError::transient(reason));
             }
         };
         match reply {
@@ -786,13 +792,18 @@ impl AgentRuntime for WorkerAgent {
                 *current = Some(connection);
                 Ok(())
             }
+            // The worker said no (bad credentials, a protocol version it does not speak): the
+            // same program started again with the same parameters would say no again.
             Ok(Err(error)) => {
                 connection.stop().await;
-                Err(format!("refused `initialize`: {}", error.message))
+                Err(AgentError::permanent(format!("refused `initialize`: {}", error.message)))
             }
             Err(_) => {
                 connection.stop().await;
-                Err(format!("exited before answering `initialize`: {}", connection.exit_reason()))
+                Err(AgentError::transient(format!(
+                    "exited before answering `initialize`: {}",
+                    connection.exit_reason()
+                )))
             }
         }
     }
@@ -803,7 +814,7 @@ impl AgentRuntime for WorkerAgent {
         };
         let task_id = attempt.task.id;
         let (id, answer) = connection.request("task/assign", task_json(&attempt));
-        let timeout = attempt.task.timeout_ms.map(Duration::from_millis).or(self.spec.limits.timeout);
+        let timeout = attempt.task.timeout_ms.map(Duration::from_millis).or(self.process.limits.timeout);
         let deadline = async {
             match timeout {
                 Some(timeout) => tokio::time::sleep(timeout).await,
@@ -845,17 +856,17 @@ impl AgentRuntime for WorkerAgent {
         true
     }
 
-    async fn deliver(&self, delivery: &baton_core::messages::Delivery) -> Result<(), String> {
+    async fn deliver(&self, delivery: &baton_core::messages::Delivery) -> Result<(), AgentError> {
         let Some(connection) = self.connection().await else {
-            return Err("the agent is not running".into());
+            return Err(AgentError::transient("the agent is not running"));
         };
         let (id, answer) = connection.request_with("message/deliver", &DeliveredMessage::from(delivery));
         connection.answer(id, answer).await.map(|_| ())
     }
 
-    async fn deliver_batch(&self, deliveries: &[baton_core::messages::Delivery]) -> Vec<Result<(), String>> {
+    async fn deliver_batch(&self, deliveries: &[baton_core::messages::Delivery]) -> Vec<Result<(), AgentError>> {
         let Some(connection) = self.connection().await else {
-            return vec![Err("the agent is not running".into()); deliveries.len()];
+            return vec![Err(AgentError::transient("the agent is not running")); deliveries.len()];
         };
         if !connection.deliver_batch.load(Ordering::Relaxed) {
             let singles = deliveries.iter().map(|delivery| {
@@ -982,9 +993,11 @@ mod tests {
     fn a_batch_acknowledges_only_the_messages_its_answer_lists() {
         let batch = [delivery("m1"), delivery("m2"), delivery("m3")];
         let answer = json!({ "acked": ["m3", "m1", "unknown"], "errors": { "m2": "busy" } });
-        assert_eq!(batch_results(&batch, &answer), vec![Ok(()), Err("busy".to_string()), Ok(())]);
+        assert_eq!(batch_results(&batch, &answer), vec![Ok(()), Err(AgentError::transient("busy")), Ok(())]);
         let silent = batch_results(&batch, &json!({}));
-        assert!(silent.iter().all(|result| result == &Err("not acknowledged in the batch's answer".to_string())));
+        assert!(
+            silent.iter().all(|result| result == &Err(AgentError::transient("not acknowledged in the batch's answer")))
+        );
     }
 
     #[test]

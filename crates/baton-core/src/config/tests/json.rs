@@ -31,12 +31,12 @@ fn a_valid_agent() {
     assert_eq!(agent.name, "reviewer");
     assert_eq!(agent.workstream.as_deref(), Some("testing"));
     assert_eq!(agent.priority, Priority::High, "the workstream's priority");
-    assert_eq!(agent.mode, ProcessMode::Worker);
-    assert_eq!(agent.command, ["python3", "review.py"]);
-    assert_eq!(agent.limits.memory, Some(256 * 1024 * 1024));
-    assert_eq!(agent.env.get("LEVEL").map(String::as_str), Some("strict"));
+    assert_eq!(agent.process_mode(), Some(ProcessMode::Worker));
+    assert_eq!(agent.process().unwrap().command, ["python3", "review.py"]);
+    assert_eq!(agent.process().unwrap().limits.memory, Some(256 * 1024 * 1024));
+    assert_eq!(agent.process().unwrap().env.get("LEVEL").map(String::as_str), Some("strict"));
     let remote = agent_from_json(&plan(), &json!({ "name": "far", "runtime": "remote" })).unwrap();
-    assert_eq!((remote.runtime, remote.command.len()), (RuntimeKind::Remote, 0));
+    assert_eq!((remote.runtime(), remote.process().is_none()), (RuntimeKind::Remote, true));
 }
 
 #[test]
@@ -83,7 +83,10 @@ fn names_must_be_new_unless_updating() {
         "request body: field `name`: agent `builder` already exists; choose another name, or update the agent instead"
     );
     let updated = agent_update_from_json(&plan(), &value).unwrap();
-    assert_eq!((updated.name.as_str(), updated.command.as_slice()), ("builder", ["true".to_string()].as_slice()));
+    assert_eq!(
+        (updated.name.as_str(), updated.process().unwrap().command.as_slice()),
+        ("builder", ["true".to_string()].as_slice())
+    );
     assert_eq!(
         json_errors(json!({ "name": "bad name", "command": ["true"] })),
         "request body: field `name`: invalid agent name `bad name`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"

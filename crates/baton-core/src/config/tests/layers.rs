@@ -45,8 +45,8 @@ title = "Compile for production"
     let builder = &plan.agents[0];
     assert_eq!(builder.capabilities, ["rust", "gpu"], "arrays are replaced");
     assert_eq!(builder.workstream.as_deref(), Some("build"), "the base entry's other keys stay");
-    assert_eq!(builder.command_location.file, "baton.toml");
-    assert_eq!(plan.agents[2].command_location.file, "baton.prod.toml");
+    assert_eq!(builder.process().unwrap().command_location.file, "baton.toml");
+    assert_eq!(plan.agents[2].process().unwrap().command_location.file, "baton.prod.toml");
     assert_eq!(plan.tasks.len(), 2);
     assert_eq!(plan.tasks[0].title, "Compile for production", "tasks merge by key");
     assert_eq!(plan.tasks[0].requires, ["rust"]);

@@ -20,10 +20,9 @@ requires = ["rust"]
 fn a_remote_agent_has_no_command() {
     let plan = load("baton.toml", REMOTE, &env()).unwrap();
     let agent = &plan.agents[0];
-    assert_eq!(agent.runtime, RuntimeKind::Remote);
-    assert_eq!(agent.runtime.as_str(), "remote");
-    assert!(agent.command.is_empty());
-    assert_eq!(agent.command_location.line, 6, "a remote agent's location is its name");
+    assert_eq!(agent.runtime(), RuntimeKind::Remote);
+    assert_eq!(agent.runtime().as_str(), "remote");
+    assert!(agent.process().is_none(), "a remote agent has no command, no environment, no limits");
 }
 
 #[test]

@@ -309,3 +309,42 @@ proptest! {
         }
     }
 }
+
+/// Before each model call an agent reserves tokens: granted while the budgets have them left
+/// beyond what calls in flight reserved, refused with the budget that does not allow it; the
+/// usage reported for the task settles the reservation, and the reset clears what is held.
+#[test]
+fn reservations_are_granted_within_what_is_left_and_settled_by_usage() {
+    let mut h = harness(PLAN);
+    let task = h.store.tasks.values().find(|task| task.key.as_deref() == Some("a")).unwrap().id;
+    let reserve = |h: &mut Harness, task: Option<TaskId>, tokens: u64| {
+        let mut fx = Effects::default();
+        let result = h.sched.reserve_budget("coder", task, tokens, h.now, &mut fx);
+        h.apply(fx);
+        result
+    };
+    let granted = reserve(&mut h, Some(task), 600).unwrap();
+    assert_eq!(granted, Reservation { tokens: 600, remaining: Some(400) });
+    // Another call in flight (no task) finds the first one's tokens held.
+    let refused = reserve(&mut h, None, 500).unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "budget `global` does not allow 500 more tokens now: 1000 left, 600 of them reserved by calls in flight"
+    );
+    assert_eq!(reserve(&mut h, None, 400).unwrap(), Reservation { tokens: 400, remaining: Some(0) });
+    // The task's call used less than it reserved: its usage counts instead.
+    use_tokens(&mut h, "a", 100);
+    assert_eq!(reserve(&mut h, Some(task), 500).unwrap(), Reservation { tokens: 500, remaining: Some(0) });
+    // Spent: refused whatever is asked, until the reset.
+    use_tokens(&mut h, "a", 900);
+    let exhausted = reserve(&mut h, None, 1).unwrap_err().to_string();
+    assert!(exhausted.starts_with("budget `global` does not allow 1 more tokens now: exhausted until the reset at"));
+    h.now = at(23, 30);
+    assert_eq!(reserve(&mut h, None, 1000).unwrap(), Reservation { tokens: 1000, remaining: Some(0) });
+    // What cannot be: no tokens, a task that is not the agent's, an agent that is not there.
+    assert!(matches!(reserve(&mut h, None, 0), Err(Error::InvalidRequest(_))));
+    let other = h.store.tasks.values().find(|task| task.key.as_deref() == Some("c")).unwrap().id;
+    assert!(matches!(reserve(&mut h, Some(other), 1), Err(Error::InvalidRequest(_))));
+    let mut fx = Effects::default();
+    assert!(matches!(h.sched.reserve_budget("nobody", None, 1, h.now, &mut fx), Err(Error::UnknownAgent(_))));
+}

@@ -188,7 +188,8 @@ fn an_update_restarts_a_running_agent_only_when_its_runtime_changed() {
     assert_eq!(h.running_on("builder"), vec![compile], "its task goes on");
     assert!(h.store.events.contains(&EventKind::AgentUpdated { agent: "builder".into(), restarted: false }));
 
-    spec.command = vec!["bash".into(), "build-v2.sh".into()];
+    let AgentKind::Process(process) = &mut spec.kind else { panic!("a process agent") };
+    process.command = vec!["bash".into(), "build-v2.sh".into()];
     let fx = h.command(|sched, now, fx| assert!(sched.update_agent(spec.clone(), now, fx).unwrap()));
     assert_eq!(fx.stop_agents, vec!["builder".to_string()]);
     assert!(h.store.events.contains(&EventKind::AgentUpdated { agent: "builder".into(), restarted: true }));
@@ -200,7 +201,7 @@ fn an_update_restarts_a_running_agent_only_when_its_runtime_changed() {
     while h.running_on("builder").is_empty() {
         assert!(h.wait());
     }
-    assert_eq!(h.sched.plan().agent("builder").unwrap().command, spec.command);
+    assert_eq!(h.sched.plan().agent("builder").unwrap().kind, spec.kind);
     h.finish_all();
     assert_eq!(h.sched.state(), RunState::Succeeded);
     assert_eq!(h.state_of("compile"), TaskState::Succeeded);
