@@ -16,6 +16,7 @@ use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
+pub mod bulk;
 pub mod metrics;
 pub mod sqlite;
 #[cfg(feature = "test-suite")]
