@@ -450,7 +450,7 @@ pub trait Store: Send + Sync + 'static {
     /// only once committed: when a write returns, its events have been published. Other
     /// processes' events are read with [`Store::events`]. A subscriber that falls more than
     /// the channel's capacity behind is told it lagged.
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
+    fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Event>>;
 
     async fn enqueue_control(&self, run_id: &str, control: Control, now: Timestamp) -> Result<i64>;
 

@@ -1055,7 +1055,7 @@ pub async fn subscribers_get_committed_events_in_order(store: impl Store + Clone
     let mut received = Vec::new();
     loop {
         match events.try_recv() {
-            Ok(event) => received.push(event),
+            Ok(event) => received.push(std::sync::Arc::unwrap_or_clone(event)),
             Err(TryRecvError::Empty) => break,
             Err(other) => panic!("the subscriber missed events: {other:?}"),
         }
