@@ -1567,9 +1567,11 @@ impl Store for SqliteStore {
         let ids = serde_json::to_string(&ids.iter().map(|id| id.0).collect::<Vec<i64>>())
             .map_err(|error| Error::corrupt(error.to_string()))?;
         self.read(move |conn| {
-            // By primary key, one lookup per id: the ids as one JSON array, one statement.
+            // By primary key, one lookup per id: the ids as one JSON array, one statement. The
+            // unary `+` keeps SQLite from the index by run, which would walk every task of the
+            // run (a million) to find a few.
             let mut stmt = conn.prepare_cached(
-                "SELECT id, key, state FROM tasks WHERE id IN (SELECT value FROM json_each(?2)) AND run_id = ?1 \
+                "SELECT id, key, state FROM tasks WHERE id IN (SELECT value FROM json_each(?2)) AND +run_id = ?1 \
                  ORDER BY id",
             )?;
             let rows = stmt.query_map(params![run_id, ids], task_status_from_row)?;
