@@ -22,6 +22,7 @@ use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
 mod bench_http;
+mod bench_restart;
 
 mod budget;
 
@@ -94,6 +95,18 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
                 repeats: *repeats,
             };
             let outcome = bench_http::bench(options, *json).await;
+            let _ = std::fs::remove_dir_all(&temp);
+            outcome
+        }
+        Command::Bench { restart: true, tasks, repeats, dir, json, .. } => {
+            let temp = tempfile_dir()?;
+            let options = bench_restart::RestartBenchOptions {
+                dir: dir.clone().unwrap_or_else(|| temp.clone()),
+                n_finished: tasks.unwrap_or(1_000_000),
+                n_unfinished: 1_000,
+                repeats: *repeats,
+            };
+            let outcome = bench_restart::bench(options, *json).await;
             let _ = std::fs::remove_dir_all(&temp);
             outcome
         }

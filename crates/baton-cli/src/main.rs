@@ -326,6 +326,11 @@ pub enum Command {
         /// `GET /status` is timed (see BENCHMARKS.md).
         #[arg(long)]
         http: bool,
+        /// Measure a restart instead: `baton serve` started on a store holding a long run
+        /// (--tasks finished tasks, default 1,000,000, and 1,000 unfinished ones), timed until
+        /// it serves and until the unfinished tasks are claimed, with its memory afterwards.
+        #[arg(long)]
+        restart: bool,
         /// HTTP: worker processes.
         #[arg(long, default_value_t = 4)]
         workers: u32,

@@ -106,7 +106,7 @@ impl Display {
 pub async fn follow(
     mut display: Display,
     store: std::sync::Arc<dyn baton_store::Store>,
-    mut events: broadcast::Receiver<Event>,
+    mut events: broadcast::Receiver<std::sync::Arc<Event>>,
     mut progress: watch::Receiver<Progress>,
     mut run_id: watch::Receiver<Option<String>>,
     done: tokio_util::sync::CancellationToken,

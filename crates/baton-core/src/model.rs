@@ -153,6 +153,24 @@ pub enum Outcome {
     Failed { reason: String },
 }
 
+/// What is known of a task without its record: enough to decide about the tasks that depend
+/// on it (a finished task is not held in memory; the store answers for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub id: TaskId,
+    pub key: Option<String>,
+    pub state: TaskState,
+}
+
+/// How many tasks of a run are in one state in one workstream (`None`: without one), as the
+/// store counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCount {
+    pub workstream: Option<String>,
+    pub state: TaskState,
+    pub n: u64,
+}
+
 /// A task as stored.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,11 +1,18 @@
 //! The scheduler: the engine's decisions, as a state machine with no IO.
 //!
-//! It holds a run's tasks and agents in memory, takes commands (start, an attempt's outcome,
+//! It holds a run's unfinished tasks and its agents in memory, takes commands (start, an attempt's outcome,
 //! cancel, a clock tick) with the current time, changes its state and returns [`Effects`]:
 //! the writes to make durable (each with its events) and the effects to perform afterwards
 //! (start an agent, hand a task to an agent, kill an attempt). The runtime makes the writes
 //! durable *before* it performs the effects, so a crash never leaves an effect without its
 //! record.
+//!
+//! Finished tasks are not held: a task's record leaves memory once it ends and its writes are
+//! durable ([`Scheduler::writes_durable`]). What the run still needs of them is kept compact —
+//! counts per workstream and state, the outcome of those that unfinished tasks depend on, a few
+//! dead and cancelled tasks for the failure report — and the store answers the rest (the
+//! runtime loads a finished task back for an operator's retry, [`Scheduler::restore`], and the
+//! outcome of a new task's finished dependencies, [`Scheduler::settle`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -15,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::budget::{Budgets, Limit, Scope, Spent, UsageRecord};
 use crate::config::{AgentSpec, ConflictPolicy, Plan};
 use crate::event::EventKind;
-use crate::model::{AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskId, TaskRecord, TaskState};
+use crate::model::{
+    AgentRecord, AgentState, Outcome, RunState, TaskChange, TaskCount, TaskId, TaskRecord, TaskState, TaskStatus,
+};
 use crate::schedule::{Firing, ScheduleRecord};
 use crate::time::{Timestamp, format_duration};
 
@@ -60,7 +69,16 @@ pub struct Stored {
     pub run_id: String,
     /// The phase the run had reached (0 for a new run).
     pub phase: u32,
+    /// The run's unfinished tasks. Finished ones given here are counted and dropped (their
+    /// outcome kept for the unfinished tasks that depend on them).
     pub tasks: Vec<TaskRecord>,
+    /// How many of the run's finished tasks there are, per workstream and state (entries for
+    /// unfinished states are ignored: those tasks are in `tasks`).
+    pub finished: Vec<TaskCount>,
+    /// What became of the finished tasks that tasks in `tasks` depend on.
+    pub dependencies: Vec<TaskStatus>,
+    /// The first few dead and cancelled tasks (by id), for the failure report.
+    pub failures: Vec<TaskRecord>,
     pub agents: Vec<AgentRecord>,
     pub schedules: Vec<ScheduleRecord>,
     /// Budget usage of the current period (older records are ignored).
@@ -214,12 +232,62 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
+/// How many dead and cancelled tasks the failure report names (each kind).
+const FAILURES_SHOWN: usize = 5;
+
+/// The first dead and cancelled tasks (by id), each as `name (reason)`, for the failure report;
+/// how many there are is in the per-state counts. A task retried leaves it.
+#[derive(Debug, Clone, Default)]
+struct Failures {
+    dead: BTreeMap<TaskId, String>,
+    cancelled: BTreeMap<TaskId, String>,
+}
+
+impl Failures {
+    fn note(&mut self, task: &TaskRecord) {
+        let shown = match task.state {
+            TaskState::Dead => &mut self.dead,
+            TaskState::Cancelled => &mut self.cancelled,
+            _ => return,
+        };
+        let name = task.key.clone().unwrap_or_else(|| task.id.to_string());
+        shown.insert(task.id, format!("{name} ({})", task.error.as_deref().unwrap_or("no reason recorded")));
+        if shown.len() > FAILURES_SHOWN {
+            shown.pop_last();
+        }
+    }
+
+    fn forget(&mut self, id: TaskId) {
+        self.dead.remove(&id);
+        self.cancelled.remove(&id);
+    }
+}
+
+fn status_of(task: &TaskRecord) -> TaskStatus {
+    TaskStatus { id: task.id, key: task.key.clone(), state: task.state }
+}
+
 pub struct Scheduler {
     plan: Plan,
     run_id: String,
     node: String,
+    /// The run's unfinished tasks. A task leaves when it ends (for `ended`) and comes back only
+    /// when an operator retries it: memory follows the work in flight, not the run's history.
     tasks: HashMap<TaskId, TaskRecord>,
+    /// Records of tasks that ended, or that the runtime loaded back ([`Scheduler::restore`]),
+    /// since the writes were last made durable ([`Scheduler::writes_durable`]): until then the
+    /// store may not know what became of them.
+    ended: HashMap<TaskId, TaskRecord>,
+    /// The unfinished tasks that depend on each task.
     dependents: HashMap<TaskId, Vec<TaskId>>,
+    /// What became of finished tasks that unfinished ones depend on. An entry goes with its
+    /// last dependant.
+    settled: HashMap<TaskId, TaskStatus>,
+    /// Entries the runtime settled ([`Scheduler::settle`]) that may have no dependant: checked
+    /// when the writes are durable.
+    unclaimed: Vec<TaskId>,
+    /// A few dead and cancelled tasks, for the failure report.
+    failures: Failures,
     ready: BTreeSet<(i64, TaskId)>,
     delayed: BTreeSet<(Timestamp, TaskId)>,
     agents: Vec<AgentSlot>,
@@ -233,7 +301,7 @@ pub struct Scheduler {
     /// resources until the runtime reports them ended.
     dying: HashMap<(TaskId, u32), Dying>,
     /// (task, holder) conflicts already reported, so that a waiting task says so once.
-    conflicts_reported: HashSet<(TaskId, Holder)>,
+    conflicts_reported: HashMap<TaskId, HashSet<Holder>>,
     /// Resources agents hold explicitly (the protocol's `resource/acquire`), by key.
     leases: HashMap<String, leases::AgentLease>,
     /// Tasks suspended because a critical agent upstream failed, by that agent's index.
@@ -254,7 +322,7 @@ pub struct Scheduler {
     next_lease_renewal: Option<Timestamp>,
     /// `[[schedules]]` (`sched/schedules.rs`).
     schedules: Vec<schedules::ScheduleSlot>,
-    /// The schedule of each task a schedule created.
+    /// The schedule of each unfinished task a schedule created.
     schedule_of: HashMap<TaskId, usize>,
     /// Token budgets of the current period (`sched/budget.rs`).
     budgets: Budgets,
@@ -272,7 +340,17 @@ impl Scheduler {
     /// left `running` by a previous node are taken back: their lease is treated as expired and
     /// the attempt counted. `node` names this node as the holder of the leases it takes.
     pub fn new(plan: Plan, node: String, stored: Stored, now: Timestamp, fx: &mut Effects) -> Scheduler {
-        let Stored { run_id, phase, tasks: stored, agents: stored_agents, schedules: stored_schedules, usage } = stored;
+        let Stored {
+            run_id,
+            phase,
+            tasks: stored,
+            finished,
+            dependencies,
+            failures,
+            agents: stored_agents,
+            schedules: stored_schedules,
+            usage,
+        } = stored;
         let budgets = Budgets::new(plan.budget.clone(), &usage, now);
         let agents: Vec<AgentSlot> = plan
             .agents
@@ -302,7 +380,11 @@ impl Scheduler {
             run_id,
             node,
             tasks: HashMap::with_capacity(stored.len()),
+            ended: HashMap::new(),
             dependents: HashMap::new(),
+            settled: HashMap::new(),
+            unclaimed: Vec::new(),
+            failures: Failures::default(),
             ready: BTreeSet::new(),
             delayed: BTreeSet::new(),
             agents,
@@ -313,7 +395,7 @@ impl Scheduler {
             dying: HashMap::new(),
             suspended_by: HashMap::new(),
             outages: HashMap::new(),
-            conflicts_reported: HashSet::new(),
+            conflicts_reported: HashMap::new(),
             leases: HashMap::new(),
             phase: 0,
             n_running: 0,
@@ -331,8 +413,32 @@ impl Scheduler {
             reservations: Default::default(),
             by_state: [0; 7],
         };
+        for count in finished.iter().filter(|count| count.state.is_terminal()) {
+            sched.count_finished(count.workstream.as_deref(), count.state, count.n);
+        }
+        for task in &failures {
+            sched.failures.note(task);
+        }
+        for status in dependencies.into_iter().filter(|status| status.state.is_terminal()) {
+            sched.settled.insert(status.id, status);
+        }
+        // Finished tasks given with the unfinished ones: counted, and their outcome kept for
+        // the unfinished tasks that depend on them.
+        let mut outcomes: HashMap<TaskId, TaskStatus> = HashMap::new();
         for task in stored {
-            sched.insert(task);
+            if task.state.is_terminal() {
+                sched.count_finished(task.workstream.as_deref(), task.state, 1);
+                sched.failures.note(&task);
+                outcomes.insert(task.id, status_of(&task));
+            } else {
+                sched.insert(task);
+            }
+        }
+        let depended_on: Vec<TaskId> = sched.dependents.keys().copied().collect();
+        for id in depended_on {
+            if let Some(status) = outcomes.remove(&id) {
+                sched.settled.insert(id, status);
+            }
         }
         sched.init_schedules(stored_schedules, now, fx);
         sched.take_back_running(now, fx);
@@ -364,12 +470,88 @@ impl Scheduler {
         self.n_running
     }
 
+    /// An unfinished task, or one that ended (or was restored) since the writes were last
+    /// made durable.
     pub fn task(&self, id: TaskId) -> Option<&TaskRecord> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).or_else(|| self.ended.get(&id))
     }
 
+    /// The unfinished tasks.
     pub fn tasks(&self) -> impl Iterator<Item = &TaskRecord> {
         self.tasks.values()
+    }
+
+    /// How many tasks the run has, finished ones included.
+    pub fn n_tasks(&self) -> u64 {
+        self.by_state.iter().sum()
+    }
+
+    /// The writes returned so far are durable: the records of tasks that ended leave memory
+    /// (the store has them now), keeping only the outcome of those that unfinished tasks
+    /// depend on. The runtime calls this after each successful [`Effects::writes`] commit.
+    pub fn writes_durable(&mut self) {
+        self.ended.clear();
+        for id in std::mem::take(&mut self.unclaimed) {
+            if !self.dependents.contains_key(&id) {
+                self.settled.remove(&id);
+            }
+        }
+        // A burst of work (100,000 tasks at once) must not keep its tables' room for ever.
+        if self.tasks.capacity() > 1024 && self.tasks.len() < self.tasks.capacity() / 4 {
+            self.tasks.shrink_to(self.tasks.len() * 2);
+        }
+        if self.ended.capacity() > 1024 {
+            self.ended.shrink_to(64);
+        }
+    }
+
+    /// Puts a finished task's record, which the runtime loaded from the store, back within
+    /// reach of the commands of this turn (an operator's retry, or a cancel to refuse). It
+    /// leaves again with [`Scheduler::writes_durable`] unless it was retried.
+    pub fn restore(&mut self, task: TaskRecord) {
+        if task.state.is_terminal() && !self.tasks.contains_key(&task.id) {
+            self.ended.entry(task.id).or_insert(task);
+        }
+    }
+
+    /// The dependencies of `tasks` the scheduler knows nothing of (neither unfinished nor
+    /// settled), other than tasks among them: finished tasks, whose outcome the runtime reads
+    /// from the store and gives to [`Scheduler::settle`] before adding or retrying the tasks.
+    pub fn unknown_dependencies<'a>(&self, tasks: impl IntoIterator<Item = &'a TaskRecord>) -> Vec<TaskId> {
+        let tasks: Vec<&TaskRecord> = tasks.into_iter().collect();
+        let batch: HashSet<TaskId> = tasks.iter().map(|task| task.id).collect();
+        let mut unknown: Vec<TaskId> = tasks
+            .iter()
+            .flat_map(|task| task.depends_on.iter().copied())
+            .filter(|dep| !batch.contains(dep) && self.dependency(*dep).is_none())
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        unknown
+    }
+
+    /// What became of finished tasks, as the store says: the outcome of dependencies of tasks
+    /// about to be added or retried ([`Scheduler::unknown_dependencies`]). A task not given
+    /// stays unknown, and a task depending on it is cancelled as depending on a task outside
+    /// the run.
+    pub fn settle(&mut self, statuses: Vec<TaskStatus>) {
+        for status in statuses {
+            if status.state.is_terminal() && !self.tasks.contains_key(&status.id) {
+                self.unclaimed.push(status.id);
+                self.settled.insert(status.id, status);
+            }
+        }
+    }
+
+    /// A dependency's state and key: unfinished, settled, or ended this turn.
+    fn dependency(&self, id: TaskId) -> Option<(TaskState, Option<&str>)> {
+        if let Some(task) = self.tasks.get(&id) {
+            return Some((task.state, task.key.as_deref()));
+        }
+        if let Some(status) = self.settled.get(&id) {
+            return Some((status.state, status.key.as_deref()));
+        }
+        self.ended.get(&id).map(|task| (task.state, task.key.as_deref()))
     }
 
     /// Adds a task that the store has just created (state `pending`), making it ready at once
@@ -433,21 +615,18 @@ impl Scheduler {
         }
     }
 
+    /// Adds a task to the counts and, unless it is finished, to memory.
     fn insert(&mut self, task: TaskRecord) {
-        self.by_state[task.state.index()] += 1;
-        for dep in &task.depends_on {
-            self.dependents.entry(*dep).or_default().push(task.id);
+        if task.state.is_terminal() {
+            self.count_finished(task.workstream.as_deref(), task.state, 1);
+            self.failures.note(&task);
+            return;
         }
+        self.by_state[task.state.index()] += 1;
+        self.watch_dependencies(&task);
         let counters = self.counters(task.workstream.as_deref());
         counters.n_total += 1;
-        if !task.state.is_terminal() {
-            counters.n_open += 1;
-        } else {
-            if task.state != TaskState::Succeeded {
-                counters.n_unsuccessful += 1;
-            }
-            self.n_finished += 1;
-        }
+        counters.n_open += 1;
         match task.state {
             TaskState::Ready => self.enqueue_ready(&task),
             TaskState::Running => {
@@ -457,6 +636,45 @@ impl Scheduler {
             _ => {}
         }
         self.tasks.insert(task.id, task);
+    }
+
+    /// Counts `n` finished tasks that are not in memory.
+    fn count_finished(&mut self, workstream: Option<&str>, state: TaskState, n: u64) {
+        self.by_state[state.index()] += n;
+        self.n_finished += n;
+        let counters = self.counters(workstream);
+        counters.n_total += n;
+        if state != TaskState::Succeeded {
+            counters.n_unsuccessful += n;
+        }
+    }
+
+    /// An unfinished task waits on its dependencies: it is among their dependants, and the
+    /// outcome of one that ended this turn is kept for it.
+    fn watch_dependencies(&mut self, task: &TaskRecord) {
+        for dep in &task.depends_on {
+            self.dependents.entry(*dep).or_default().push(task.id);
+            if !self.tasks.contains_key(dep)
+                && !self.settled.contains_key(dep)
+                && let Some(ended) = self.ended.get(dep)
+            {
+                self.settled.insert(*dep, status_of(ended));
+            }
+        }
+    }
+
+    /// A task ended: it no longer waits on its dependencies, and the outcome of one with no
+    /// other dependant is forgotten.
+    fn unwatch_dependencies(&mut self, id: TaskId, depends_on: &[TaskId]) {
+        for dep in depends_on {
+            if let Some(dependents) = self.dependents.get_mut(dep) {
+                dependents.retain(|dependent| *dependent != id);
+                if dependents.is_empty() {
+                    self.dependents.remove(dep);
+                    self.settled.remove(dep);
+                }
+            }
+        }
     }
 
     fn counters(&mut self, workstream: Option<&str>) -> &mut WorkstreamState {
@@ -487,11 +705,31 @@ impl Scheduler {
                 workstreams.push(row(Some(name.clone()), idx as u32 + 1, ws, ws.started));
             }
         }
+        // Finished tasks are not in memory: the unfinished states are recounted, the finished
+        // ones checked against the run's and the workstreams' totals.
+        let recounted = TaskState::ALL.map(|state| {
+            if state.is_terminal() {
+                self.by_state[state.index()]
+            } else {
+                self.tasks.values().filter(|task| task.state == state).count() as u64
+            }
+        });
+        debug_assert_eq!(self.by_state, recounted, "the per-state counts follow every transition");
         debug_assert_eq!(
-            self.by_state,
-            TaskState::ALL.map(|state| self.tasks.values().filter(|task| task.state == state).count() as u64),
-            "the per-state counts follow every transition"
+            TaskState::ALL
+                .iter()
+                .filter(|state| state.is_terminal())
+                .map(|state| self.by_state[state.index()])
+                .sum::<u64>(),
+            self.n_finished,
+            "the finished counts follow every transition"
         );
+        debug_assert_eq!(
+            self.workstreams.values().chain([&self.unassigned]).map(|ws| ws.n_total).sum::<u64>(),
+            self.n_tasks(),
+            "every task counts in one workstream"
+        );
+        debug_assert!(self.ended.values().all(|task| task.state.is_terminal()), "ended tasks are finished");
         Progress {
             phase: self.phase.min(self.plan.phases.len() as u32),
             n_phases: self.plan.phases.len() as u32,
@@ -641,13 +879,10 @@ impl Scheduler {
             // Re-entered after a restart: a workstream with nothing open had its completion
             // written with its last task; do not announce it twice.
             for name in &names {
-                let failed = self.tasks.values().any(|task| {
-                    task.workstream.as_deref() == Some(name.as_str()) && task.state != TaskState::Succeeded
-                });
                 let ws = self.workstreams.get_mut(name).expect("declared");
                 if ws.n_open == 0 {
                     ws.done = true;
-                    ws.failed = failed;
+                    ws.failed = ws.n_unsuccessful > 0;
                     for idx in 0..self.agents.len() {
                         if self.agents[idx].spec.workstream.as_deref() == Some(name.as_str()) {
                             self.agents[idx].state = AgentState::Stopped;
@@ -741,7 +976,8 @@ impl Scheduler {
     /// Makes a pending task ready when its workstream has started and its dependencies have
     /// succeeded; cancels it when a dependency can no longer succeed.
     fn try_release(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) {
-        let task = &self.tasks[&id];
+        // A dependant of a list may have ended meanwhile (cancelled with another dependency).
+        let Some(task) = self.tasks.get(&id) else { return };
         if task.state != TaskState::Pending || !self.workstream_started(task.workstream.as_deref()) {
             return;
         }
@@ -750,26 +986,31 @@ impl Scheduler {
         }
         let task = &self.tasks[&id];
         let mut all_done = true;
+        let mut cannot_run: Option<String> = None;
         for dep in &task.depends_on {
-            match self.tasks.get(dep).map(|dep| dep.state) {
-                Some(TaskState::Succeeded) => {}
-                Some(TaskState::Dead | TaskState::Cancelled) => {
-                    let dep_name = self.tasks[dep].key.clone().unwrap_or_else(|| dep.to_string());
-                    let state = self.tasks[dep].state;
-                    self.cancel_task(id, format!("dependency `{dep_name}` is {state}"), now, fx);
-                    return;
+            match self.dependency(*dep) {
+                Some((TaskState::Succeeded, _)) => {}
+                Some((state @ (TaskState::Dead | TaskState::Cancelled), key)) => {
+                    let dep_name = key.map_or_else(|| dep.to_string(), str::to_string);
+                    cannot_run = Some(format!("dependency `{dep_name}` is {state}"));
+                    break;
                 }
                 // A dependency outside this run can never finish here.
                 None => {
-                    self.cancel_task(id, format!("dependency {dep} does not exist in this run"), now, fx);
-                    return;
+                    cannot_run = Some(format!("dependency {dep} does not exist in this run"));
+                    break;
                 }
                 Some(_) => all_done = false,
             }
         }
+        if let Some(reason) = cannot_run {
+            self.cancel_task(id, reason, now, fx);
+            return;
+        }
         if !all_done {
             return;
         }
+        let task = &self.tasks[&id];
         let mut change = task.change();
         change.state = TaskState::Ready;
         change.not_before = None;
@@ -779,7 +1020,10 @@ impl Scheduler {
     /// Writes a task change (compare-and-set on the current state) and applies it in memory,
     /// keeping the queues and counters in step.
     fn transition(&mut self, id: TaskId, change: TaskChange, events: Vec<EventKind>, now: Timestamp, fx: &mut Effects) {
-        let task = self.tasks.get_mut(&id).expect("transitions name known tasks");
+        let mut task = match self.tasks.remove(&id) {
+            Some(task) => task,
+            None => self.ended.remove(&id).expect("transitions name known tasks"),
+        };
         let (from, attempt) = (task.state, task.attempt);
         debug_assert!(!from.is_terminal() || change.state == TaskState::Pending, "terminal tasks leave only by retry");
         let to = change.state;
@@ -791,7 +1035,6 @@ impl Scheduler {
             }
         }
         task.apply(change, now);
-        let task = task.clone();
         self.by_state[from.index()] -= 1;
         self.by_state[to.index()] += 1;
         if from == TaskState::Running {
@@ -819,13 +1062,27 @@ impl Scheduler {
             if to != TaskState::Succeeded {
                 counters.n_unsuccessful += 1;
             }
+            self.failures.note(&task);
+            self.conflicts_reported.remove(&id);
+            self.budget_waits.remove(&id);
+            self.suspended_by.remove(&id);
+            self.unwatch_dependencies(id, &task.depends_on);
+            let status = status_of(&task);
+            // Out of memory once this turn's writes are durable.
+            self.ended.insert(id, task);
             let dependents = self.dependents.get(&id).cloned().unwrap_or_default();
+            if !dependents.is_empty() {
+                self.settled.insert(id, status);
+            }
             for dependent in dependents {
                 self.try_release(dependent, now, fx);
             }
             self.schedule_task_ended(id, now, fx);
         } else if from.is_terminal() && !to.is_terminal() {
-            self.schedule_task_reopened(id);
+            self.failures.forget(id);
+            self.settled.remove(&id);
+            self.watch_dependencies(&task);
+            self.schedule_task_reopened(id, task.key.as_deref());
             self.n_finished -= 1;
             self.run_dirty = true;
             let counters = self.counters(task.workstream.as_deref());
@@ -833,6 +1090,9 @@ impl Scheduler {
             if from != TaskState::Succeeded {
                 counters.n_unsuccessful -= 1;
             }
+            self.tasks.insert(id, task);
+        } else {
+            self.tasks.insert(id, task);
         }
     }
 
@@ -863,7 +1123,7 @@ impl Scheduler {
     /// Puts a running attempt back in the queue without counting it: it was interrupted by a
     /// shutdown, not failed.
     pub fn release(&mut self, id: TaskId, attempt: u32, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
-        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let task = self.tasks.get(&id).or_else(|| self.ended.get(&id)).ok_or(Error::UnknownTask(id))?;
         if task.state != TaskState::Running || task.attempt != attempt {
             return Err(Error::Stale {
                 task: id,
@@ -916,7 +1176,7 @@ impl Scheduler {
                     .copied()
                     .unwrap_or(self.plan.settings.conflict_policy);
                 // Said once per task and holder, not at every turn it keeps waiting.
-                let first = self.conflicts_reported.insert((id, holder.clone()));
+                let first = self.conflicts_reported.entry(id).or_default().insert(holder.clone());
                 if first || policy != ConflictPolicy::Wait {
                     fx.writes.push(Write::Event(EventKind::ConflictDeferred {
                         task: id,
@@ -1050,7 +1310,11 @@ impl Scheduler {
         jitter: f64,
         fx: &mut Effects,
     ) -> Result<(), Error> {
-        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let Some(task) = self.tasks.get(&id).or_else(|| self.ended.get(&id)) else {
+            // Finished tasks are not held: an outcome for one that is not here is late.
+            let reason = "the task is not running (it has ended)".to_string();
+            return Err(Error::Stale { task: id, attempt, reason });
+        };
         if task.state != TaskState::Running || task.attempt != attempt {
             let reason = if task.attempt != attempt {
                 format!("the task is on attempt {} now (its lease expired and it was re-queued)", task.attempt)
@@ -1153,7 +1417,7 @@ impl Scheduler {
 
     /// Cancels a task that has not finished; a running attempt is killed.
     pub fn cancel(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
-        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let task = self.tasks.get(&id).or_else(|| self.ended.get(&id)).ok_or(Error::UnknownTask(id))?;
         if task.state.is_terminal() {
             return Err(Error::WrongState { task: id, state: task.state, wanted: "unfinished", verb: "cancelled" });
         }
@@ -1162,10 +1426,8 @@ impl Scheduler {
     }
 
     fn cancel_task(&mut self, id: TaskId, reason: String, now: Timestamp, fx: &mut Effects) {
-        let task = &self.tasks[&id];
-        if task.state.is_terminal() {
-            return;
-        }
+        // A task of a list may have ended meanwhile (cancelled with a dependency).
+        let Some(task) = self.tasks.get(&id) else { return };
         let dying = (task.state == TaskState::Running).then(|| {
             fx.kills.push((id, task.attempt));
             let agent_idx = task.assigned_agent.as_ref().and_then(|agent| self.agent_index.get(agent)).copied();
@@ -1209,9 +1471,11 @@ impl Scheduler {
         }
     }
 
-    /// Puts a dead or cancelled task back in the queue with a fresh set of attempts.
+    /// Puts a dead or cancelled task back in the queue with a fresh set of attempts. A task
+    /// that finished before the last durable writes is not in memory: the runtime loads it
+    /// first ([`Scheduler::restore`], and its dependencies' outcome, [`Scheduler::settle`]).
     pub fn retry(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) -> Result<(), Error> {
-        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let task = self.tasks.get(&id).or_else(|| self.ended.get(&id)).ok_or(Error::UnknownTask(id))?;
         if !matches!(task.state, TaskState::Dead | TaskState::Cancelled) {
             return Err(Error::WrongState {
                 task: id,
@@ -1391,12 +1655,11 @@ impl Scheduler {
         }
     }
 
+    /// A workstream with nothing open completes: it failed if any of its tasks did not succeed.
     fn complete_workstream(&mut self, name: &str, fx: &mut Effects) {
-        let failed = self
-            .tasks
-            .values()
-            .any(|task| task.workstream.as_deref() == Some(name) && task.state != TaskState::Succeeded);
         let ws = self.workstreams.get_mut(name).expect("declared");
+        debug_assert_eq!(ws.n_open, 0, "a workstream completes with nothing open");
+        let failed = ws.n_unsuccessful > 0;
         ws.done = true;
         ws.failed = failed;
         let succeeded = !failed;
@@ -1413,7 +1676,7 @@ impl Scheduler {
 
     fn finish_if_done(&mut self, now: Timestamp, fx: &mut Effects) {
         let phases_done = self.phase as usize > self.plan.phases.len() || self.plan.phases.is_empty();
-        if !phases_done || self.n_finished < self.tasks.len() as u64 {
+        if !phases_done || self.n_finished < self.n_tasks() {
             if !self.held_back
                 && self.n_running == 0
                 && self.dying.is_empty()
@@ -1429,14 +1692,8 @@ impl Scheduler {
         if self.stays_open || self.schedules_keep_open() {
             return;
         }
-        let mut counts = (0u64, 0u64, 0u64);
-        for task in self.tasks.values() {
-            match task.state {
-                TaskState::Succeeded => counts.0 += 1,
-                TaskState::Dead => counts.1 += 1,
-                _ => counts.2 += 1,
-            }
-        }
+        let count = |state: TaskState| self.by_state[state.index()];
+        let counts = (count(TaskState::Succeeded), count(TaskState::Dead), count(TaskState::Cancelled));
         let state = if counts.1 == 0 && counts.2 == 0 { RunState::Succeeded } else { RunState::Failed };
         let error = (state == RunState::Failed).then(|| self.failure_summary());
         self.state = state;
@@ -1457,7 +1714,7 @@ impl Scheduler {
             change: RunChange {
                 state,
                 phase: self.phase.min(self.plan.phases.len() as u32),
-                n_tasks: self.tasks.len() as u64,
+                n_tasks: self.n_tasks(),
                 n_finished: self.n_finished,
                 ended_at: Some(now),
                 error,
@@ -1512,31 +1769,28 @@ impl Scheduler {
     }
 
     /// "2 task(s) dead: compile (exit status 1); 1 cancelled: test (dependency `compile` is dead)"
+    ///
+    /// Names the first few of each kind; the counts are the run's.
     pub fn failure_summary(&self) -> String {
-        let mut dead: Vec<&TaskRecord> = self.tasks.values().filter(|task| task.state == TaskState::Dead).collect();
-        let mut cancelled: Vec<&TaskRecord> =
-            self.tasks.values().filter(|task| task.state == TaskState::Cancelled).collect();
-        dead.sort_by_key(|task| task.id);
-        cancelled.sort_by_key(|task| task.id);
-        let describe = |tasks: &[&TaskRecord]| -> String {
-            let shown: Vec<String> = tasks
-                .iter()
-                .take(5)
-                .map(|task| {
-                    let name = task.key.clone().unwrap_or_else(|| task.id.to_string());
-                    format!("{name} ({})", task.error.as_deref().unwrap_or("no reason recorded"))
-                })
-                .collect();
-            let more = if tasks.len() > 5 { format!(", and {} more", tasks.len() - 5) } else { String::new() };
-            format!("{}{more}", shown.join(", "))
+        let describe = |n: u64, shown: &BTreeMap<TaskId, String>, what: &str| -> Option<String> {
+            if n == 0 {
+                return None;
+            }
+            let names: Vec<&str> = shown.values().map(String::as_str).collect();
+            let more = n.saturating_sub(names.len() as u64);
+            Some(match (names.is_empty(), more) {
+                (true, _) => format!("{n} task(s) {what}"),
+                (false, 0) => format!("{n} task(s) {what}: {}", names.join(", ")),
+                (false, more) => format!("{n} task(s) {what}: {}, and {more} more", names.join(", ")),
+            })
         };
-        let mut parts = Vec::new();
-        if !dead.is_empty() {
-            parts.push(format!("{} task(s) dead: {}", dead.len(), describe(&dead)));
-        }
-        if !cancelled.is_empty() {
-            parts.push(format!("{} task(s) cancelled: {}", cancelled.len(), describe(&cancelled)));
-        }
+        let parts: Vec<String> = [
+            describe(self.by_state[TaskState::Dead.index()], &self.failures.dead, "dead"),
+            describe(self.by_state[TaskState::Cancelled.index()], &self.failures.cancelled, "cancelled"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         parts.join("; ")
     }
 
@@ -1547,7 +1801,7 @@ impl Scheduler {
                 change: RunChange {
                     state: self.state,
                     phase: self.phase.min(self.plan.phases.len() as u32),
-                    n_tasks: self.tasks.len() as u64,
+                    n_tasks: self.n_tasks(),
                     n_finished: self.n_finished,
                     ended_at: None,
                     error: None,

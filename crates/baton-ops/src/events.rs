@@ -155,7 +155,9 @@ impl Ops {
                     Ok(event) if event.run_id != run_id || event.seq <= seen => {}
                     Ok(event) if event.seq == seen + 1 => {
                         seen = event.seq;
-                        if filter.matches(&run_id, &kinds, &event) && tx.send(event).await.is_err() {
+                        if filter.matches(&run_id, &kinds, &event)
+                            && tx.send(std::sync::Arc::unwrap_or_clone(event)).await.is_err()
+                        {
                             return;
                         }
                     }

@@ -475,7 +475,19 @@ impl Engine {
         let runtimes: HashMap<String, Arc<dyn AgentRuntime>> =
             options.plan.agents.iter().map(|spec| (spec.name.clone(), (options.runtimes)(spec))).collect();
         let _ = run_id_tx.send(Some(run_id.clone()));
+        // Only the unfinished tasks are loaded; of the finished ones, the counts, the outcome of
+        // those the unfinished depend on, and the first few that failed.
         let stored = sync_tasks(store.as_ref(), &options.plan, &run_id, now).await?;
+        let finished = store.task_counts_by_workstream(&run_id).await?;
+        let mut depended_on: Vec<TaskId> = stored.iter().flat_map(|task| task.depends_on.iter().copied()).collect();
+        depended_on.sort_unstable();
+        depended_on.dedup();
+        let dependencies = store.task_statuses(&run_id, &depended_on).await?;
+        let mut failures = Vec::new();
+        for state in [TaskState::Dead, TaskState::Cancelled] {
+            let filter = TaskFilter { state: Some(state), limit: Some(FAILURES_SHOWN), ..TaskFilter::default() };
+            failures.extend(store.tasks(&run_id, &filter).await?);
+        }
         let n_requeued = stored.iter().filter(|task| task.state == TaskState::Running).count() as u32;
 
         let mut fx = Effects::default();
@@ -501,6 +513,9 @@ impl Engine {
                 run_id: run_id.clone(),
                 phase: run.phase,
                 tasks: stored,
+                finished,
+                dependencies,
+                failures,
                 agents: stored_agents,
                 schedules: stored_schedules,
                 usage,
@@ -662,7 +677,12 @@ impl Engine {
                             }
                             Command::Reconfigure { plan, reply } => {
                                 let before = sched.plan().agents.clone();
-                                match sched.reconfigure(*plan, now, &mut fx) {
+                                // Finished tasks are not in memory: the store says which of the
+                                // file's tasks the run has.
+                                let keys: Vec<String> = plan.tasks.iter().filter_map(|task| task.key.clone()).collect();
+                                let existing = store.tasks_by_key(&run_id, &keys).await?;
+                                let existing = existing.into_iter().filter_map(|task| task.key).collect();
+                                match sched.reconfigure(*plan, &existing, now, &mut fx) {
                                     Ok(summary) => {
                                         shell.replace_runtimes(&before, &sched.plan().agents, &options.runtimes);
                                         if !summary.new_tasks.is_empty() {
@@ -684,9 +704,11 @@ impl Engine {
                                 deferred.push((reply, Ok(())));
                             }
                             Command::Cancel { task, reason, reply } => {
+                                load_finished(&mut sched, store.as_ref(), &run_id, task).await?;
                                 deferred.push((reply, sched.cancel(task, reason, now, &mut fx).map_err(refused)));
                             }
                             Command::Retry { task, reply } => {
+                                load_finished(&mut sched, store.as_ref(), &run_id, task).await?;
                                 deferred.push((reply, sched.retry(task, now, &mut fx).map_err(refused)));
                             }
                             Command::Control { control, reply } => {
@@ -770,8 +792,26 @@ impl Engine {
                 )
                 .await?;
         }
-        Ok(summary(&sched, resumed))
+        summary(&sched, store.as_ref(), resumed).await
     }
+}
+
+/// How many dead (and cancelled) tasks a restart reads for the failure report.
+const FAILURES_SHOWN: u64 = 5;
+
+/// A command names a task that is not in memory: a finished task (the scheduler holds only
+/// unfinished ones). Its record is loaded from the store, with the outcome of its
+/// dependencies, so that a retry can bring it back and a cancel is refused for the right
+/// reason.
+async fn load_finished(sched: &mut Scheduler, store: &dyn Store, run_id: &str, id: TaskId) -> Result<(), Error> {
+    if sched.task(id).is_some() {
+        return Ok(());
+    }
+    let Some(task) = store.task(id).await?.filter(|task| task.run_id == run_id) else { return Ok(()) };
+    let unknown = sched.unknown_dependencies([&task]);
+    sched.settle(store.task_statuses(run_id, &unknown).await?);
+    sched.restore(task);
+    Ok(())
 }
 
 /// Makes the writes durable and performs the effects, then the schedules' firings: each is one
@@ -781,6 +821,8 @@ async fn perform(sched: &mut Scheduler, shell: &mut Shell, mut fx: Effects, now:
     loop {
         let firings = std::mem::take(&mut fx.fire);
         shell.perform(fx, now).await?;
+        // The writes are durable: the records of tasks that ended leave memory.
+        sched.writes_durable();
         if firings.is_empty() {
             return Ok(());
         }
@@ -868,8 +910,9 @@ async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<OpenedRun, 
             ended_at: Some(now),
             error: Some(reason.clone()),
         };
-        let tasks = store.tasks(&run.id, &TaskFilter::default()).await?;
-        let count = |state: TaskState| tasks.iter().filter(|task| task.state == state).count() as u64;
+        // Counted by the store, not loaded: the run may have millions of tasks.
+        let counts = store.task_counts(&run.id).await?;
+        let count = |state: TaskState| counts.iter().find(|(counted, _)| *counted == state).map_or(0, |(_, n)| *n);
         let completed = EventKind::RunCompleted {
             state: RunState::Failed,
             n_succeeded: count(TaskState::Succeeded),
@@ -921,11 +964,13 @@ struct OpenedRun {
     previous: Option<String>,
 }
 
-/// Loads the run's tasks, creating those of the plan that the run does not have yet (a new
-/// run, or tasks added to `baton.toml` since).
+/// Loads the run's unfinished tasks, creating those of the plan that the run does not have yet
+/// (a new run, or tasks added to `baton.toml` since).
 async fn sync_tasks(store: &dyn Store, plan: &Plan, run_id: &str, now: Timestamp) -> Result<Vec<TaskRecord>, Error> {
-    let mut stored = store.tasks(run_id, &TaskFilter::default()).await?;
-    let known: std::collections::HashSet<&str> = stored.iter().filter_map(|task| task.key.as_deref()).collect();
+    let mut stored = store.unfinished_tasks(run_id).await?;
+    let keys: Vec<String> = plan.tasks.iter().filter_map(|task| task.key.clone()).collect();
+    let existing = store.tasks_by_key(run_id, &keys).await?;
+    let known: std::collections::HashSet<&str> = existing.iter().filter_map(|task| task.key.as_deref()).collect();
     let missing: Vec<NewTask> =
         plan.tasks.iter().filter(|task| task.key.as_deref().is_none_or(|key| !known.contains(key))).cloned().collect();
     if !missing.is_empty() {
@@ -1107,6 +1152,18 @@ async fn handle_command(
             match store.create_tasks(run_id, tasks, now).await {
                 Ok(created) => {
                     let ids = created.iter().map(|task| task.id).collect();
+                    // Dependencies on finished tasks: their outcome is the store's to say.
+                    let unknown = sched.unknown_dependencies(&created);
+                    if !unknown.is_empty() {
+                        match store.task_statuses(run_id, &unknown).await {
+                            Ok(statuses) => sched.settle(statuses),
+                            Err(error) => {
+                                // The tasks exist: they are added, and a dependency nobody could
+                                // read cancels its dependant, saying so.
+                                tracing::warn!(%error, "the outcome of finished dependencies could not be read");
+                            }
+                        }
+                    }
                     sched.add_tasks(created, now, fx);
                     let _ = reply.send(Ok(ids));
                 }
@@ -1264,27 +1321,29 @@ impl Shell {
     }
 }
 
-fn summary(sched: &Scheduler, resumed: bool) -> RunSummary {
-    let mut failures: Vec<(TaskId, String, TaskState, String)> = sched
-        .tasks()
-        .filter(|task| matches!(task.state, TaskState::Dead | TaskState::Cancelled))
-        .map(|task| {
-            (
-                task.id,
-                task.key.clone().unwrap_or_else(|| task.id.to_string()),
-                task.state,
-                task.error.clone().unwrap_or_default(),
-            )
-        })
-        .collect();
-    failures.sort_by_key(|failure| failure.0);
-    RunSummary {
+/// The run's summary: counts from the scheduler, the failed tasks from the store (finished
+/// tasks are not in memory).
+async fn summary(sched: &Scheduler, store: &dyn Store, resumed: bool) -> Result<RunSummary, Error> {
+    let mut failures: Vec<TaskRecord> = Vec::new();
+    for state in [TaskState::Dead, TaskState::Cancelled] {
+        let filter = TaskFilter { state: Some(state), ..TaskFilter::default() };
+        failures.extend(store.tasks(sched.run_id(), &filter).await?);
+    }
+    failures.sort_by_key(|task| task.id);
+    let by_state = sched.progress().by_state;
+    Ok(RunSummary {
         run_id: sched.run_id().to_string(),
         state: sched.state(),
         resumed,
         error: (sched.state() == RunState::Failed).then(|| sched.failure_summary()),
-        n_tasks: sched.tasks().count() as u64,
-        n_succeeded: sched.tasks().filter(|task| task.state == TaskState::Succeeded).count() as u64,
-        failures: failures.into_iter().map(|(_, key, state, error)| (key, state, error)).collect(),
-    }
+        n_tasks: sched.n_tasks(),
+        n_succeeded: by_state[TaskState::Succeeded.index()],
+        failures: failures
+            .into_iter()
+            .map(|task| {
+                let key = task.key.clone().unwrap_or_else(|| task.id.to_string());
+                (key, task.state, task.error.unwrap_or_default())
+            })
+            .collect(),
+    })
 }

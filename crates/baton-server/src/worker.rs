@@ -469,7 +469,7 @@ async fn finish(
 /// decided whether it is retried or dead.
 async fn wait_recorded(
     state: &AppState,
-    mut events: broadcast::Receiver<Event>,
+    mut events: broadcast::Receiver<std::sync::Arc<Event>>,
     mut waiting: HashSet<(TaskId, u32)>,
 ) -> HashMap<(TaskId, u32), String> {
     let mut states = HashMap::new();

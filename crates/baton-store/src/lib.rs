@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use baton_core::budget::UsageRecord;
-use baton_core::model::{AgentRecord, NewTask, RunRecord, TaskId, TaskRecord, TaskState};
+use baton_core::model::{AgentRecord, NewTask, RunRecord, TaskCount, TaskId, TaskRecord, TaskState, TaskStatus};
 use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
+pub mod bulk;
 pub mod metrics;
 pub mod sqlite;
 #[cfg(feature = "test-suite")]
@@ -392,6 +393,22 @@ pub trait Store: Send + Sync + 'static {
     /// then falls back to zero). All zeros for a run the store does not have.
     async fn task_counts(&self, run_id: &str) -> Result<Vec<(TaskState, u64)>>;
 
+    /// The run's unfinished tasks (pending, ready, running, suspended), by id: what a restart
+    /// loads. Finished tasks are not read.
+    async fn unfinished_tasks(&self, run_id: &str) -> Result<Vec<TaskRecord>>;
+
+    /// How many of the run's tasks are in each state, per workstream (`None`: tasks without
+    /// one), kept by the store as tasks are written rather than counted: a restart reads the
+    /// counts of millions of finished tasks from a few rows. States with no task are left out.
+    async fn task_counts_by_workstream(&self, run_id: &str) -> Result<Vec<TaskCount>>;
+
+    /// The id, key and state of the run's tasks among `ids`, by id; ids of no task of the run
+    /// are left out. What the engine needs of finished tasks that others depend on.
+    async fn task_statuses(&self, run_id: &str, ids: &[TaskId]) -> Result<Vec<TaskStatus>>;
+
+    /// The run's tasks with one of these keys, by id (a key names at most one task of a run).
+    async fn tasks_by_key(&self, run_id: &str, keys: &[String]) -> Result<Vec<TaskStatus>>;
+
     async fn agents(&self, run_id: &str) -> Result<Vec<AgentRecord>>;
 
     async fn events(&self, query: &EventQuery) -> Result<Vec<Event>>;
@@ -404,7 +421,7 @@ pub trait Store: Send + Sync + 'static {
     /// only once committed: when a write returns, its events have been published. Other
     /// processes' events are read with [`Store::events`]. A subscriber that falls more than
     /// the channel's capacity behind is told it lagged.
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
+    fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Event>>;
 
     /// Records a running process group (an attempt's, or a long-running agent's); a record of
     /// the same owner is replaced.

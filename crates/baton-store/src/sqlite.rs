@@ -16,7 +16,9 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use baton_core::budget::{Limit, Scope, Spent, UsageRecord};
-use baton_core::model::{AgentRecord, NewTask, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::model::{
+    AgentRecord, NewTask, Priority, RunRecord, RunState, TaskCount, TaskId, TaskRecord, TaskRef, TaskState, TaskStatus,
+};
 use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
@@ -174,7 +176,10 @@ struct Inner {
     /// The read connection. A std mutex because it is only ever held inside `spawn_blocking`,
     /// never across an `.await`.
     reader: Mutex<Connection>,
-    events: broadcast::Sender<Event>,
+    /// Committed events, each shared by every subscriber: the channel's slots (65,536 of them,
+    /// allocated at once) hold a pointer each rather than an event, which keeps them at about
+    /// 2 MiB instead of 11.
+    events: broadcast::Sender<Arc<Event>>,
     /// Messages waiting to be stored by the next send operation ([`SqliteStore::send_message`]).
     /// A std mutex: held only to push or take, never across an `.await`.
     sends: Mutex<Vec<QueuedSend>>,
@@ -374,6 +379,37 @@ CREATE TABLE agent_processes (
     host TEXT NOT NULL,
     PRIMARY KEY (run_id, agent, generation)
 );
+"#,
+    // Tasks per run, workstream and state, kept by triggers in the transaction of every task
+    // insert, state change and delete: a restart reads the counts of a run's finished tasks
+    // from a few rows instead of counting (or loading) millions. `''` stands for no workstream
+    // (NULLs are never equal, so they cannot be part of a key).
+    r#"
+CREATE TABLE task_counts (
+    run_id TEXT NOT NULL,
+    workstream TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (run_id, workstream, state)
+) WITHOUT ROWID;
+INSERT INTO task_counts (run_id, workstream, state, n)
+    SELECT run_id, coalesce(workstream, ''), state, count(*) FROM tasks GROUP BY 1, 2, 3;
+CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO task_counts (run_id, workstream, state, n)
+        VALUES (new.run_id, coalesce(new.workstream, ''), new.state, 1)
+        ON CONFLICT (run_id, workstream, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER task_counts_update AFTER UPDATE OF state ON tasks WHEN old.state IS NOT new.state BEGIN
+    UPDATE task_counts SET n = n - 1
+        WHERE run_id = old.run_id AND workstream = coalesce(old.workstream, '') AND state = old.state;
+    INSERT INTO task_counts (run_id, workstream, state, n)
+        VALUES (new.run_id, coalesce(new.workstream, ''), new.state, 1)
+        ON CONFLICT (run_id, workstream, state) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
+    UPDATE task_counts SET n = n - 1
+        WHERE run_id = old.run_id AND workstream = coalesce(old.workstream, '') AND state = old.state;
+END;
 "#,
 ];
 
@@ -683,7 +719,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, events: broadcast::Sender<Event>) {
+fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, events: broadcast::Sender<Arc<Event>>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut inbox = InboxCounts::default();
     while let Some(first) = jobs.blocking_recv() {
@@ -700,7 +736,7 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, even
                 // Published before the callers are answered: when a write returns, its events
                 // are already with every subscriber.
                 for event in published {
-                    let _ = events.send(event);
+                    let _ = events.send(Arc::new(event));
                 }
                 for (job, output) in batch.drain(..).zip(outputs) {
                     (job.reply)(output);
@@ -813,6 +849,11 @@ fn parse<T: std::str::FromStr<Err = String>>(text: &str) -> rusqlite::Result<T> 
     text.parse().map_err(|error: String| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, error.into())
     })
+}
+
+/// `id, key, state`.
+fn task_status_from_row(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
+    Ok(TaskStatus { id: TaskId(row.get(0)?), key: row.get(1)?, state: parse::<TaskState>(&row.get::<_, String>(2)?)? })
 }
 
 fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
@@ -1460,23 +1501,27 @@ impl Store for SqliteStore {
         let run_id = run_id.to_string();
         let filter = filter.clone();
         self.read(move |conn| {
-            let sql = format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) \
-                 AND (?3 IS NULL OR workstream = ?3) AND (?4 IS NULL OR assigned_agent = ?4) AND id > ?5 \
-                 ORDER BY id LIMIT ?6"
-            );
+            // Only the filters given become conditions, so that SQLite can use the index by
+            // state (an `?2 IS NULL OR ...` term would hide it: a million finished tasks would
+            // be read to list ten dead ones).
+            let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ? AND id > ?");
+            let mut values: Vec<rusqlite::types::Value> = vec![run_id.into(), filter.after.map_or(0, |id| id.0).into()];
+            if let Some(state) = filter.state {
+                sql.push_str(" AND state = ?");
+                values.push(state.as_str().to_string().into());
+            }
+            if let Some(workstream) = filter.workstream {
+                sql.push_str(" AND workstream = ?");
+                values.push(workstream.into());
+            }
+            if let Some(agent) = filter.agent {
+                sql.push_str(" AND assigned_agent = ?");
+                values.push(agent.into());
+            }
+            sql.push_str(" ORDER BY id LIMIT ?");
+            values.push(filter.limit.map_or(-1, |limit| limit as i64).into());
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    run_id,
-                    filter.state.map(|state| state.as_str()),
-                    filter.workstream,
-                    filter.agent,
-                    filter.after.map_or(0, |id| id.0),
-                    filter.limit.map_or(-1, |limit| limit as i64),
-                ],
-                task_from_row,
-            )?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), task_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -1495,12 +1540,87 @@ impl Store for SqliteStore {
     async fn task_counts(&self, run_id: &str) -> Result<Vec<(TaskState, u64)>> {
         let run_id = run_id.to_string();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM tasks WHERE run_id = ?1 GROUP BY state")?;
+            // From the counts the triggers keep: a few rows, however many tasks the run has.
+            let mut stmt =
+                conn.prepare_cached("SELECT state, sum(n) FROM task_counts WHERE run_id = ?1 GROUP BY state")?;
             let rows = stmt.query_map(params![run_id], |row| {
                 Ok((parse::<TaskState>(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)?.max(0) as u64))
             })?;
             let counted: HashMap<TaskState, u64> = rows.collect::<rusqlite::Result<_>>()?;
             Ok(TaskState::ALL.iter().map(|state| (*state, counted.get(state).copied().unwrap_or(0))).collect())
+        })
+        .await
+    }
+
+    async fn unfinished_tasks(&self, run_id: &str) -> Result<Vec<TaskRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            // The index by state: the finished tasks are not read.
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE run_id = ?1 \
+                 AND state IN ('pending', 'ready', 'running', 'suspended') ORDER BY id"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![run_id], task_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn task_counts_by_workstream(&self, run_id: &str) -> Result<Vec<TaskCount>> {
+        let run_id = run_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT workstream, state, n FROM task_counts WHERE run_id = ?1 AND n > 0 ORDER BY workstream, state",
+            )?;
+            let rows = stmt.query_map(params![run_id], |row| {
+                let workstream: String = row.get(0)?;
+                Ok(TaskCount {
+                    workstream: (!workstream.is_empty()).then_some(workstream),
+                    state: parse::<TaskState>(&row.get::<_, String>(1)?)?,
+                    n: row.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn task_statuses(&self, run_id: &str, ids: &[TaskId]) -> Result<Vec<TaskStatus>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run_id = run_id.to_string();
+        let ids = serde_json::to_string(&ids.iter().map(|id| id.0).collect::<Vec<i64>>())
+            .map_err(|error| Error::corrupt(error.to_string()))?;
+        self.read(move |conn| {
+            // By primary key, one lookup per id: the ids as one JSON array, one statement. The
+            // unary `+` keeps SQLite from the index by run, which would walk every task of the
+            // run (a million) to find a few.
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, key, state FROM tasks WHERE id IN (SELECT value FROM json_each(?2)) AND +run_id = ?1 \
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![run_id, ids], task_status_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn tasks_by_key(&self, run_id: &str, keys: &[String]) -> Result<Vec<TaskStatus>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run_id = run_id.to_string();
+        let keys = serde_json::to_string(keys).map_err(|error| Error::corrupt(error.to_string()))?;
+        self.read(move |conn| {
+            // The unique index by run and key, one lookup per key.
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, key, state FROM tasks WHERE run_id = ?1 AND key IN (SELECT value FROM json_each(?2)) \
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![run_id, keys], task_status_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -1553,7 +1673,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.inner.events.subscribe()
     }
 

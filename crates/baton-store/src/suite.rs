@@ -1,7 +1,9 @@
 //! The conformance suite every [`Store`] implementation must pass. Each backend's tests call
 //! [`store_test_suite!`] with a function that makes an empty store.
 
-use baton_core::model::{AgentRecord, AgentState, NewTask, Priority, RunState, TaskId, TaskRef, TaskState};
+use baton_core::model::{
+    AgentRecord, AgentState, NewTask, Priority, RunState, TaskCount, TaskId, TaskRef, TaskState, TaskStatus,
+};
 use baton_core::sched::{RunChange, Write};
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{EventKind, Timestamp};
@@ -17,6 +19,7 @@ macro_rules! store_test_suite {
             tasks_resolve_dependencies_by_key,
             task_writes_are_compare_and_set,
             task_counts_cover_every_state,
+            a_restart_reads_unfinished_tasks_counts_and_statuses,
             attempts_are_told_by_the_events,
             events_are_sequenced_and_filtered,
             events_are_filtered_by_type_and_agent,
@@ -244,6 +247,73 @@ pub async fn task_counts_cover_every_state(store: impl Store) {
     let r2: u64 = store.task_counts("r2").await.unwrap().iter().map(|(_, n)| n).sum();
     assert_eq!(r2, 1, "runs are counted apart");
     assert_eq!(store.task_counts("missing").await.unwrap(), zeros);
+}
+
+/// What a restart reads instead of every task: the unfinished tasks, the counts per workstream
+/// and state (kept through inserts, state changes and a compare-and-set that fails), and the
+/// state of given tasks, by id or by key.
+pub async fn a_restart_reads_unfinished_tasks_counts_and_statuses(store: impl Store) {
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    store.create_run(new_run("r2"), T0).await.unwrap();
+    let mut loose = new_task("loose", &[]);
+    loose.workstream = None;
+    let tasks = store
+        .create_tasks("r1", vec![new_task("a", &[]), new_task("b", &["a"]), new_task("c", &[]), loose], T0)
+        .await
+        .unwrap();
+    let other = store.create_tasks("r2", vec![new_task("a", &[])], T0).await.unwrap().remove(0);
+    let (a, b, c, loose) = (&tasks[0], &tasks[1], &tasks[2], &tasks[3]);
+    let write = |task: &baton_core::model::TaskRecord, from: TaskState, to: TaskState| {
+        let mut change = task.change();
+        change.state = to;
+        Write::Task { id: task.id, expect_state: from, expect_attempt: 0, change, events: vec![] }
+    };
+    let writes = vec![
+        write(a, TaskState::Pending, TaskState::Succeeded),
+        write(b, TaskState::Pending, TaskState::Dead),
+        write(loose, TaskState::Pending, TaskState::Ready),
+    ];
+    store.apply("r1", T0, writes).await.unwrap();
+    // A compare-and-set that fails changes no count.
+    let stale = store.apply("r1", T0, vec![write(a, TaskState::Pending, TaskState::Cancelled)]).await.unwrap();
+    assert!(matches!(stale[0], Applied::Conflict(_)));
+
+    let unfinished: Vec<TaskId> = store.unfinished_tasks("r1").await.unwrap().iter().map(|task| task.id).collect();
+    assert_eq!(unfinished, vec![c.id, loose.id], "finished tasks are not read");
+    let counts = store.task_counts_by_workstream("r1").await.unwrap();
+    let count = |workstream: Option<&str>, state: TaskState| TaskCount {
+        workstream: workstream.map(str::to_string),
+        state,
+        n: 1,
+    };
+    let mut expected = vec![
+        count(None, TaskState::Ready),
+        count(Some("build"), TaskState::Pending),
+        count(Some("build"), TaskState::Succeeded),
+        count(Some("build"), TaskState::Dead),
+    ];
+    let order =
+        |counts: &mut Vec<TaskCount>| counts.sort_by_key(|count| (count.workstream.clone(), count.state.index()));
+    let mut counts = counts;
+    order(&mut counts);
+    order(&mut expected);
+    assert_eq!(counts, expected);
+    assert_eq!(store.task_counts_by_workstream("missing").await.unwrap(), Vec::new());
+
+    let statuses = store.task_statuses("r1", &[b.id, a.id, other.id, TaskId(999_999)]).await.unwrap();
+    let status = |task: &baton_core::model::TaskRecord, state| TaskStatus { id: task.id, key: task.key.clone(), state };
+    assert_eq!(
+        statuses,
+        vec![status(a, TaskState::Succeeded), status(b, TaskState::Dead)],
+        "by id; tasks of other runs and unknown ids are left out"
+    );
+    assert_eq!(store.task_statuses("r1", &[]).await.unwrap(), Vec::new());
+    let by_key = store.tasks_by_key("r1", &["c".to_string(), "a".to_string(), "nothing".to_string()]).await.unwrap();
+    assert_eq!(by_key, vec![status(a, TaskState::Succeeded), status(c, TaskState::Pending)]);
+    assert_eq!(store.tasks_by_key("r2", &["a".to_string()]).await.unwrap(), vec![status(&other, TaskState::Pending)]);
+    // The per-state totals come from the same counts.
+    let totals = store.task_counts("r1").await.unwrap();
+    assert_eq!(totals.iter().map(|(_, n)| n).sum::<u64>(), 4);
 }
 
 /// Each claim starts an attempt and its end closes it, whatever ended it; a re-run attempt
@@ -1003,7 +1073,7 @@ pub async fn subscribers_get_committed_events_in_order(store: impl Store + Clone
     let mut received = Vec::new();
     loop {
         match events.try_recv() {
-            Ok(event) => received.push(event),
+            Ok(event) => received.push(std::sync::Arc::unwrap_or_clone(event)),
             Err(TryRecvError::Empty) => break,
             Err(other) => panic!("the subscriber missed events: {other:?}"),
         }

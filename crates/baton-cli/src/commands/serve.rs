@@ -317,7 +317,7 @@ pub async fn audit(cli: &Cli, limit: u64, actor: Option<&str>, json: bool) -> Re
 /// Prints what an operator watching a server wants to know, one line each: configuration
 /// reloads, agents coming and going, failures. Routine task traffic is left to `/events`.
 async fn log_events(
-    mut events: tokio::sync::broadcast::Receiver<baton_core::Event>,
+    mut events: tokio::sync::broadcast::Receiver<std::sync::Arc<baton_core::Event>>,
     run_id: String,
     stop: CancellationToken,
 ) {

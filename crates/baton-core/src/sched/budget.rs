@@ -39,7 +39,7 @@ impl Scheduler {
     ) {
         self.roll_budgets(now, fx);
         let agent_workstream = self.agent_index.get(agent).and_then(|&idx| self.agents[idx].spec.workstream.clone());
-        let task_workstream = task.and_then(|id| self.tasks.get(&id)).and_then(|task| task.workstream.clone());
+        let task_workstream = task.and_then(|id| self.task(id)).and_then(|task| task.workstream.clone());
         let mut scopes = vec![Scope::Global, Scope::Agent(agent.to_string())];
         if let Some(workstream) = task_workstream.or(agent_workstream) {
             scopes.push(Scope::Workstream(workstream));

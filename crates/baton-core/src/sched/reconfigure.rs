@@ -303,7 +303,16 @@ impl Scheduler {
     /// not have are returned in [`ReloadSummary::new_tasks`] for the caller to create. What
     /// cannot change live is listed in [`ReloadSummary::not_applied`]. Nothing is changed when
     /// an error is returned.
-    pub fn reconfigure(&mut self, new_plan: Plan, now: Timestamp, fx: &mut Effects) -> Result<ReloadSummary, Error> {
+    ///
+    /// `existing_keys` are the keys of the new plan's tasks that the run has already, finished
+    /// tasks included: the store knows them, the scheduler holds only unfinished tasks.
+    pub fn reconfigure(
+        &mut self,
+        new_plan: Plan,
+        existing_keys: &BTreeSet<String>,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<ReloadSummary, Error> {
         let mut summary = ReloadSummary::default();
         let old = self.plan.clone();
 
@@ -465,7 +474,8 @@ impl Scheduler {
         }
 
         // Tasks: those of the file the run does not have are for the caller to create.
-        let known_keys: BTreeSet<&str> = self.tasks.values().filter_map(|task| task.key.as_deref()).collect();
+        let mut known_keys: BTreeSet<&str> = self.tasks.values().filter_map(|task| task.key.as_deref()).collect();
+        known_keys.extend(existing_keys.iter().map(String::as_str));
         summary.new_tasks = new_plan
             .tasks
             .iter()

@@ -74,21 +74,14 @@ impl Scheduler {
             slot.move_cursor(slot.record.cursor);
             self.schedules.push(slot);
         }
-        let mut owned: Vec<(TaskId, usize, bool)> = self
-            .tasks
-            .values()
-            .filter_map(|task| {
-                let name = schedule_of_key(task.key.as_deref()?)?;
-                let idx = self.schedules.iter().position(|slot| slot.spec.name == name)?;
-                Some((task.id, idx, task.state.is_terminal()))
-            })
-            .collect();
+        // Only unfinished tasks are in memory, and only they matter: a schedule waits for its
+        // unfinished tasks, not for those that ended.
+        let mut owned: Vec<(TaskId, usize)> =
+            self.tasks.values().filter_map(|task| Some((task.id, self.schedule_index(task.key.as_deref())?))).collect();
         owned.sort_unstable();
-        for (id, idx, terminal) in owned {
+        for (id, idx) in owned {
             self.schedule_of.insert(id, idx);
-            if !terminal {
-                self.schedules[idx].open_tasks.push(id);
-            }
+            self.schedules[idx].open_tasks.push(id);
         }
     }
 
@@ -183,9 +176,16 @@ impl Scheduler {
         slot.spec.overlap == Overlap::Queue && slot.open_tasks.first().is_some_and(|first| *first != id)
     }
 
-    /// A task of a schedule finished: the next queued one may go.
+    /// The schedule whose task has this key (`NAME@DUE`), if it is in the plan.
+    fn schedule_index(&self, key: Option<&str>) -> Option<usize> {
+        let name = schedule_of_key(key?)?;
+        self.schedules.iter().position(|slot| slot.spec.name == name)
+    }
+
+    /// A task of a schedule finished: the next queued one may go. The task leaves the
+    /// schedule's books (a retry finds its schedule again by its key).
     pub(super) fn schedule_task_ended(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) {
-        let Some(&idx) = self.schedule_of.get(&id) else { return };
+        let Some(idx) = self.schedule_of.remove(&id) else { return };
         let slot = &mut self.schedules[idx];
         slot.open_tasks.retain(|open| *open != id);
         if let Some(&next) = slot.open_tasks.first() {
@@ -194,8 +194,9 @@ impl Scheduler {
     }
 
     /// A finished task of a schedule was retried: it is open again, in its place by age.
-    pub(super) fn schedule_task_reopened(&mut self, id: TaskId) {
-        let Some(&idx) = self.schedule_of.get(&id) else { return };
+    pub(super) fn schedule_task_reopened(&mut self, id: TaskId, key: Option<&str>) {
+        let Some(idx) = self.schedule_index(key) else { return };
+        self.schedule_of.insert(id, idx);
         let open = &mut self.schedules[idx].open_tasks;
         if let Err(position) = open.binary_search(&id) {
             open.insert(position, id);

@@ -366,10 +366,12 @@ impl Scheduler {
     /// downstream of a critical agent that is down is held like the tasks that were there when
     /// it went down — or cancelled with the cause, when it failed for good. True if it was.
     pub(super) fn hold_if_downstream_of_an_outage(&mut self, id: TaskId, now: Timestamp, fx: &mut Effects) -> bool {
-        if self.outages.is_empty() || !matches!(self.tasks[&id].state, TaskState::Pending | TaskState::Ready) {
+        // A finished task is not in memory, and is not held.
+        let Some(task) = self.tasks.get(&id) else { return false };
+        if self.outages.is_empty() || !matches!(task.state, TaskState::Pending | TaskState::Ready) {
             return false;
         }
-        let Some(workstream) = self.tasks[&id].workstream.clone() else { return false };
+        let Some(workstream) = task.workstream.clone() else { return false };
         let mut outages: Vec<(usize, Outage)> =
             self.outages.iter().map(|(idx, outage)| (*idx, outage.clone())).collect();
         outages.sort_by_key(|(idx, _)| *idx);
@@ -403,7 +405,7 @@ impl Scheduler {
         self.outages.remove(&idx);
         for id in self.suspended_by_agent(idx) {
             self.suspended_by.remove(&id);
-            if self.tasks[&id].state != TaskState::Suspended {
+            if self.tasks.get(&id).is_none_or(|task| task.state != TaskState::Suspended) {
                 continue;
             }
             let mut change = self.tasks[&id].change();

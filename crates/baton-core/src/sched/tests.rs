@@ -1,14 +1,14 @@
 //! Scheduler tests: examples of each rule, and a property test that drives random plans with
 //! random outcomes and restarts through a simulated store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::config::{self, AgentKind, ProcessSpec, RestartPolicy, Settings, WorkstreamSpec};
 use crate::graph;
-use crate::model::{NewTask, Priority, TaskRef};
+use crate::model::{NewTask, Priority, TaskCount, TaskRef, TaskStatus};
 use crate::schedule::{Firing, ScheduleRecord};
 
 mod schedules;
@@ -84,6 +84,63 @@ impl Store {
                 Write::BudgetLimit { events, .. } => self.events.extend(events.iter().cloned()),
             }
         }
+    }
+
+    /// What the runtime loads when it resumes a run: the unfinished tasks, the counts of the
+    /// finished ones, the outcome of those the unfinished depend on, the first dead and
+    /// cancelled tasks.
+    fn stored(&self, phase: u32) -> Stored {
+        let unfinished: Vec<TaskRecord> =
+            self.tasks.values().filter(|task| !task.state.is_terminal()).cloned().collect();
+        let mut counts: BTreeMap<(Option<String>, usize), u64> = BTreeMap::new();
+        for task in self.tasks.values().filter(|task| task.state.is_terminal()) {
+            *counts.entry((task.workstream.clone(), task.state.index())).or_default() += 1;
+        }
+        let finished = counts
+            .into_iter()
+            .map(|((workstream, state), n)| TaskCount { workstream, state: TaskState::ALL[state], n })
+            .collect();
+        let mut dependencies: Vec<TaskId> = unfinished.iter().flat_map(|task| task.depends_on.clone()).collect();
+        dependencies.sort_unstable();
+        dependencies.dedup();
+        let failures = [TaskState::Dead, TaskState::Cancelled]
+            .into_iter()
+            .flat_map(|state| self.tasks.values().filter(move |task| task.state == state).take(FAILURES_SHOWN))
+            .cloned()
+            .collect();
+        Stored {
+            run_id: "run".into(),
+            phase,
+            tasks: unfinished,
+            finished,
+            dependencies: self.statuses(&dependencies),
+            failures,
+            agents: Vec::new(),
+            schedules: self.schedules.values().cloned().collect(),
+            usage: self
+                .usage
+                .iter()
+                .map(|((period_start, scope), spent)| crate::budget::UsageRecord {
+                    period_start: *period_start,
+                    scope: scope.clone(),
+                    spent: *spent,
+                    limit: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The state of the finished tasks among `ids`, as the store's `task_statuses` answers.
+    fn statuses(&self, ids: &[TaskId]) -> Vec<TaskStatus> {
+        ids.iter()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|task| task.state.is_terminal())
+            .map(|task| TaskStatus { id: task.id, key: task.key.clone(), state: task.state })
+            .collect()
+    }
+
+    fn keys(&self) -> BTreeSet<String> {
+        self.tasks.values().filter_map(|task| task.key.clone()).collect()
     }
 
     fn create(&mut self, plan: &Plan, now: Timestamp) {
@@ -199,8 +256,11 @@ impl Harness {
     fn apply(&mut self, mut fx: Effects) {
         loop {
             self.store.apply(&fx.writes, self.now);
-            // Checks, in debug builds, that the per-state counts follow every transition.
-            let _ = self.sched.progress();
+            // Like the runtime after each commit: ended tasks leave memory.
+            self.sched.writes_durable();
+            // Checks, in debug builds, that the per-state counts follow every transition; the
+            // finished tasks are not in memory, so the counts are checked against the store.
+            self.check_counts();
             for assignment in &fx.assignments {
                 let task = &self.store.tasks[&assignment.task.id];
                 for dep in &task.depends_on {
@@ -254,6 +314,50 @@ impl Harness {
         }
     }
 
+    /// Finishes every task that runs, successfully, until the run ends or nothing is left.
+    fn finish_all_tasks(&mut self) {
+        for _ in 0..1000 {
+            while !self.running.is_empty() {
+                self.finish(0, true);
+            }
+            if !self.wait() || self.sched.state() != RunState::Running {
+                return;
+            }
+        }
+        panic!("the run never settles");
+    }
+
+    /// The scheduler's counts (per state, per workstream) are the store's.
+    fn check_counts(&self) {
+        let progress = self.sched.progress();
+        let tasks = || self.store.tasks.values();
+        let by_state = TaskState::ALL.map(|state| tasks().filter(|task| task.state == state).count() as u64);
+        assert_eq!(progress.by_state, by_state, "the per-state counts are the store's");
+        for ws in &progress.workstreams {
+            let name = ws.name.as_deref();
+            let mine: Vec<&TaskRecord> = tasks()
+                .filter(|task| match name {
+                    Some(name) => task.workstream.as_deref() == Some(name),
+                    None => task.workstream.as_deref().is_none_or(|ws| self.sched.plan().workstream(ws).is_none()),
+                })
+                .collect();
+            let finished = mine.iter().filter(|task| task.state.is_terminal()).count() as u64;
+            let unsuccessful =
+                mine.iter().filter(|task| task.state.is_terminal() && task.state != TaskState::Succeeded);
+            assert_eq!(
+                (ws.n_total, ws.n_finished, ws.n_unsuccessful),
+                (mine.len() as u64, finished, unsuccessful.count() as u64),
+                "the counts of workstream {name:?} are the store's"
+            );
+        }
+        assert!(self.sched.tasks().all(|task| !task.state.is_terminal()), "only unfinished tasks are in memory");
+        assert_eq!(
+            self.sched.tasks().count(),
+            tasks().filter(|task| !task.state.is_terminal()).count(),
+            "every unfinished task is in memory"
+        );
+    }
+
     fn step(&mut self) {
         let mut fx = Effects::default();
         self.sched.step(self.now, &mut fx);
@@ -290,35 +394,33 @@ impl Harness {
     fn crash_and_resume(&mut self) {
         self.running.clear();
         self.now = self.now.plus(Duration::from_secs(1));
-        let stored: Vec<TaskRecord> = self.store.tasks.values().cloned().collect();
         let mut fx = Effects::default();
-        self.sched = Scheduler::new(
-            self.plan.clone(),
-            "node-2".into(),
-            Stored {
-                run_id: "run".into(),
-                phase: self.store.phase,
-                tasks: stored,
-                agents: Vec::new(),
-                schedules: self.store.schedules.values().cloned().collect(),
-                usage: self
-                    .store
-                    .usage
-                    .iter()
-                    .map(|((period_start, scope), spent)| crate::budget::UsageRecord {
-                        period_start: *period_start,
-                        scope: scope.clone(),
-                        spent: *spent,
-                        limit: None,
-                    })
-                    .collect(),
-            },
-            self.now,
-            &mut fx,
-        );
+        self.sched =
+            Scheduler::new(self.plan.clone(), "node-2".into(), self.store.stored(self.store.phase), self.now, &mut fx);
         self.sched.agent_records(self.now, &mut fx);
         self.sched.step(self.now, &mut fx);
         self.apply(fx);
+    }
+
+    /// Adds tasks the store has just created, as the runtime does: the outcome of their
+    /// finished dependencies first, from the store.
+    fn add(&mut self, tasks: Vec<TaskRecord>, fx: &mut Effects) {
+        let unknown = self.sched.unknown_dependencies(&tasks);
+        self.sched.settle(self.store.statuses(&unknown));
+        self.sched.add_tasks(tasks, self.now, fx);
+    }
+
+    /// An operator's retry, as the runtime does it: a finished task is loaded from the store
+    /// first, with the outcome of its dependencies.
+    fn retry(&mut self, id: TaskId, fx: &mut Effects) -> Result<(), Error> {
+        if self.sched.task(id).is_none()
+            && let Some(task) = self.store.tasks.get(&id).cloned()
+        {
+            let unknown = self.sched.unknown_dependencies([&task]);
+            self.sched.settle(self.store.statuses(&unknown));
+            self.sched.restore(task);
+        }
+        self.sched.retry(id, self.now, fx)
     }
 
     fn events(&self, name: &str) -> Vec<&EventKind> {
@@ -465,8 +567,19 @@ fn late_and_duplicate_outcomes_are_rejected() {
     let mut fx = Effects::default();
     let error =
         h.sched.complete(id, attempt, Outcome::Failed { reason: "late".into() }, h.now, 0.5, &mut fx).unwrap_err();
-    assert_eq!(error.to_string(), format!("outcome for task {id} attempt 1 rejected: the task is succeeded already"));
+    // Its record has left memory with the commit: the scheduler knows it is not running.
+    assert_eq!(
+        error.to_string(),
+        format!("outcome for task {id} attempt 1 rejected: the task is not running (it has ended)")
+    );
     assert!(fx.writes.is_empty());
+    // Within the turn it ended in, the record is still there and says what became of it.
+    let (id, attempt) = h.running[0];
+    let mut fx = Effects::default();
+    let done = Outcome::Succeeded { result: serde_json::json!({}) };
+    h.sched.complete(id, attempt, done.clone(), h.now, 0.5, &mut fx).unwrap();
+    let error = h.sched.complete(id, attempt, done, h.now, 0.5, &mut fx).unwrap_err();
+    assert_eq!(error.to_string(), format!("outcome for task {id} attempt 1 rejected: the task is succeeded already"));
 }
 
 #[test]
@@ -508,7 +621,7 @@ fn tasks_added_to_a_running_plan_are_assigned() {
     let task = record(id, &new, Vec::new(), h.now);
     h.store.tasks.insert(id, task.clone());
     let mut fx = Effects::default();
-    h.sched.add_task(task, h.now, &mut fx);
+    h.add(vec![task], &mut fx);
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
     assert_eq!(h.store.tasks[&id].state, TaskState::Ready, "ready at once: its phase has started");
@@ -546,7 +659,7 @@ fn a_batch_task_depending_on_a_later_task_of_its_batch_waits_for_it() {
         h.store.tasks.insert(task.id, task.clone());
     }
     let mut fx = Effects::default();
-    h.sched.add_tasks(vec![waiting, next], h.now, &mut fx);
+    h.add(vec![waiting, next], &mut fx);
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
     assert_eq!(h.store.tasks[&first].state, TaskState::Pending, "{:?}", h.store.tasks[&first].error);
@@ -626,7 +739,7 @@ fn a_task_retried_after_its_workstream_completed_runs_again() {
     assert_eq!(h.sched.state(), RunState::Running, "`store` still runs");
     let fix = h.store.tasks.values().find(|t| t.key.as_deref() == Some("fix")).unwrap().id;
     let mut fx = Effects::default();
-    h.sched.retry(fix, h.now, &mut fx).unwrap();
+    h.retry(fix, &mut fx).unwrap();
     h.sched.step(h.now, &mut fx);
     assert!(fx.start_agents.contains(&"builder".to_string()), "the stopped builder starts again: {fx:?}");
     h.apply(fx);
@@ -1070,7 +1183,7 @@ fn add_task_to(h: &mut Harness, id: TaskId, key: &str, workstream: &str) {
     let task = record(id, &new, Vec::new(), h.now);
     h.store.tasks.insert(id, task.clone());
     let mut fx = Effects::default();
-    h.sched.add_task(task, h.now, &mut fx);
+    h.add(vec![task], &mut fx);
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
 }
@@ -1490,4 +1603,129 @@ resources = ["file:Cargo.toml"]
     h.sched.step(h.now, &mut fx);
     h.apply(fx);
     assert_eq!(h.state_of("touch"), TaskState::Running);
+}
+
+/// Bounded memory: a task's record leaves the scheduler once it has ended and the commit is
+/// durable; what the run needs of it stays in the counts.
+#[test]
+fn a_task_record_leaves_memory_when_it_ends() {
+    let mut h = Harness::new(roadmap());
+    let (analyze, attempt) = h.running.remove(0);
+    let mut fx = Effects::default();
+    let done = Outcome::Succeeded { result: serde_json::json!({"big": "x".repeat(1 << 16)}) };
+    h.sched.complete(analyze, attempt, done, h.now, 0.5, &mut fx).unwrap();
+    assert!(h.sched.task(analyze).is_some(), "held until its write is durable");
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert!(h.sched.task(analyze).is_none(), "gone once durable");
+    assert!(h.sched.tasks().all(|task| task.id != analyze));
+    let progress = h.sched.progress();
+    assert_eq!(progress.by_state[TaskState::Succeeded.index()], 1);
+    assert_eq!(h.state_of("fix"), TaskState::Running, "its dependant was released");
+    h.finish_all_tasks();
+    assert_eq!(h.sched.state(), RunState::Succeeded);
+    assert_eq!(h.sched.tasks().count(), 0, "a finished run holds no task");
+    assert_eq!(h.sched.n_tasks(), h.store.tasks.len() as u64);
+}
+
+/// A restart loads only the unfinished tasks, with the counts of the finished ones and the
+/// outcome of those they depend on: progress, phases, dependencies, retries and the failure
+/// report come out as if every task had been loaded.
+#[test]
+fn a_restart_loads_only_unfinished_tasks_and_keeps_counts_phases_and_dependencies() {
+    let mut h = Harness::new(roadmap());
+    let mut new = h.plan.tasks[0].clone();
+    new.workstream = None;
+    new.max_attempts = 1;
+    let task = |key: &str, id: TaskId, depends_on: Vec<TaskId>, h: &mut Harness| {
+        let mut new = new.clone();
+        new.key = Some(key.into());
+        let task = record(id, &new, depends_on, h.now);
+        h.store.tasks.insert(id, task.clone());
+        task
+    };
+    let doomed = task("doomed", TaskId(100), Vec::new(), &mut h);
+    let mut fx = Effects::default();
+    h.add(vec![doomed], &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    // `analyze` succeeds, `doomed` dies (it has no workstream: no workstream fails with it).
+    while h.state_of("doomed") != TaskState::Dead || h.state_of("analyze") != TaskState::Succeeded {
+        let (id, _) = h.running[0];
+        let success = h.store.tasks[&id].key.as_deref() != Some("doomed");
+        h.finish(0, success);
+    }
+    let phase = h.sched.phase();
+    let before = h.sched.progress();
+    h.crash_and_resume();
+    let stored = h.store.stored(h.store.phase);
+    assert!(stored.tasks.iter().all(|task| !task.state.is_terminal()), "only unfinished tasks are loaded");
+    assert!(stored.tasks.len() < h.store.tasks.len());
+    assert_eq!(h.sched.tasks().count(), stored.tasks.len());
+    assert_eq!(h.sched.phase(), phase);
+    let after = h.sched.progress();
+    for state in [TaskState::Succeeded, TaskState::Dead] {
+        assert_eq!(after.by_state[state.index()], before.by_state[state.index()], "{state} tasks are counted");
+    }
+    assert_eq!(after.workstreams, before.workstreams, "the workstreams' counts survive the restart");
+
+    // New tasks depending on finished ones: the store answers for those.
+    let analyze = h.store.tasks.values().find(|task| task.key.as_deref() == Some("analyze")).unwrap().id;
+    let after_analyze = task("after-analyze", TaskId(101), vec![analyze], &mut h);
+    let after_doomed = task("after-doomed", TaskId(102), vec![TaskId(100)], &mut h);
+    // `analyze`'s outcome is in memory (unfinished `fix` depends on it); `doomed`'s is not.
+    assert_eq!(h.sched.unknown_dependencies([&after_analyze, &after_doomed]), vec![TaskId(100)]);
+    let mut fx = Effects::default();
+    h.add(vec![after_analyze, after_doomed], &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_ne!(h.state_of("after-analyze"), TaskState::Cancelled, "its dependency succeeded");
+    assert_eq!(h.state_of("after-doomed"), TaskState::Cancelled);
+    assert_eq!(h.store.tasks[&TaskId(102)].error.as_deref(), Some("dependency `doomed` is dead"));
+
+    // An operator retries the dead task: it is loaded from the store.
+    assert!(h.sched.task(TaskId(100)).is_none());
+    let mut fx = Effects::default();
+    h.retry(TaskId(100), &mut fx).unwrap();
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert!(!h.state_of("doomed").is_terminal(), "retried");
+    h.finish_all_tasks();
+    assert_eq!(h.state_of("doomed"), TaskState::Succeeded);
+    assert_eq!(h.sched.state(), RunState::Failed, "`after-doomed` stays cancelled");
+    assert_eq!(h.sched.failure_summary(), "1 task(s) cancelled: after-doomed (dependency `doomed` is dead)");
+}
+
+/// The failure report names the first dead tasks and counts them all, also after a restart
+/// that loaded none of them.
+#[test]
+fn the_failure_report_counts_every_dead_task_and_names_the_first() {
+    let mut h = Harness::new(roadmap());
+    let mut fx = Effects::default();
+    let mut new = h.plan.tasks[2].clone();
+    new.workstream = None;
+    new.requires = vec!["nobody-has-this".into()];
+    let first = TaskId(100);
+    let tasks: Vec<TaskRecord> = (0..8)
+        .map(|n| {
+            new.key = Some(format!("orphan-{n}"));
+            record(TaskId(first.0 + n), &new, Vec::new(), h.now)
+        })
+        .collect();
+    for task in &tasks {
+        h.store.tasks.insert(task.id, task.clone());
+    }
+    h.add(tasks, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    h.finish_all_tasks();
+    assert_eq!(h.sched.state(), RunState::Failed);
+    let expected = "8 task(s) cancelled: orphan-0 (no agent can run it), orphan-1 (no agent can run it), \
+         orphan-2 (no agent can run it), orphan-3 (no agent can run it), orphan-4 (no agent can run it), and 3 more";
+    assert_eq!(h.sched.failure_summary(), expected);
+    // Rebuilt from what the store gives a restart: the first few of them, and the counts.
+    let mut fx = Effects::default();
+    let rebuilt = Scheduler::new(h.plan.clone(), "node-2".into(), h.store.stored(h.store.phase), h.now, &mut fx);
+    assert_eq!(rebuilt.tasks().count(), 0);
+    assert_eq!(rebuilt.failure_summary(), expected);
 }

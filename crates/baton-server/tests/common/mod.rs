@@ -212,7 +212,7 @@ impl Server {
         let _ = engine.await;
     }
 
-    pub fn events(&self) -> broadcast::Receiver<Event> {
+    pub fn events(&self) -> broadcast::Receiver<std::sync::Arc<Event>> {
         self.store.subscribe()
     }
 
@@ -226,11 +226,14 @@ impl Server {
 }
 
 /// Waits for the first event that `pred` accepts (the test fails after 20 s).
-pub async fn wait_event(events: &mut broadcast::Receiver<Event>, pred: impl Fn(&Event) -> bool) -> Event {
+pub async fn wait_event(
+    events: &mut broadcast::Receiver<std::sync::Arc<Event>>,
+    pred: impl Fn(&Event) -> bool,
+) -> Event {
     let wait = async {
         loop {
             match events.recv().await {
-                Ok(event) if pred(&event) => return event,
+                Ok(event) if pred(&event) => return std::sync::Arc::unwrap_or_clone(event),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => panic!("the store closed"),
             }

@@ -99,7 +99,7 @@ impl Harness {
                 .collect();
             let created = record(id, &new, depends_on, self.now);
             self.store.tasks.insert(id, created.clone());
-            self.sched.add_task(created, self.now, &mut fx);
+            self.add(vec![created], &mut fx);
             ids.push(id);
         }
         self.sched.step(self.now, &mut fx);
@@ -412,7 +412,8 @@ workstream = "docs"
 fn reconfigure_applies_what_can_change_live_and_lists_the_rest() {
     let mut h = live();
     let mut summary = None;
-    h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(RELOADED), now, fx).unwrap()));
+    let keys = h.store.keys();
+    h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(RELOADED), &keys, now, fx).unwrap()));
     let summary = summary.unwrap();
     assert_eq!(summary.added, vec!["workstream docs", "agent writer", "task write-docs"]);
     assert_eq!(summary.removed, vec!["agent tester"]);
@@ -447,7 +448,7 @@ fn reconfigure_applies_what_can_change_live_and_lists_the_rest() {
 
     // The same configuration again changes nothing.
     let mut fx = Effects::default();
-    let again = h.sched.reconfigure(plan(RELOADED), h.now, &mut fx).unwrap();
+    let again = h.sched.reconfigure(plan(RELOADED), &h.store.keys(), h.now, &mut fx).unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
 
@@ -458,7 +459,7 @@ fn reconfigure_changes_nothing_when_it_fails() {
     broken.settings.max_concurrent_agents = 1;
     broken.agents.push(agent("ghost", Some("nowhere"), &[]));
     let mut fx = Effects::default();
-    let error = h.sched.reconfigure(broken, h.now, &mut fx).unwrap_err();
+    let error = h.sched.reconfigure(broken, &h.store.keys(), h.now, &mut fx).unwrap_err();
     assert_eq!(error, Error::UnknownWorkstream("nowhere".into()));
     assert!(fx.is_empty());
     assert_eq!(h.sched.plan().settings.max_concurrent_agents, 4);
@@ -468,7 +469,8 @@ fn reconfigure_changes_nothing_when_it_fails() {
 fn a_reload_that_changes_nothing_writes_no_event() {
     let mut h = live();
     let mut summary = None;
-    h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(PLAN), now, fx).unwrap()));
+    let keys = h.store.keys();
+    h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(PLAN), &keys, now, fx).unwrap()));
     assert!(summary.unwrap().is_empty());
     assert!(!h.store.events.iter().any(|event| matches!(event, EventKind::ConfigReloaded { .. })));
 }
