@@ -10,6 +10,8 @@
 //! done, and claimed them durably). The child's resident memory (`VmRSS`) and its peak
 //! (`VmHWM`) are then read from `/proc`.
 
+#![allow(clippy::disallowed_methods, reason = "the benchmark starts `baton serve` as a real process")]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
