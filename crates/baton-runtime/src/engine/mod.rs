@@ -32,6 +32,9 @@ mod running;
 mod shell;
 mod turn;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -185,7 +185,7 @@ impl Running {
 
     /// Waits for the next input. Agents' events come before outcomes: an agent's exit decides
     /// what its attempts' failures mean.
-    async fn next_input(&mut self, shutdown: &CancellationToken) -> Input {
+    pub(super) async fn next_input(&mut self, shutdown: &CancellationToken) -> Input {
         let wakeup = self.sched.next_wakeup().map(|at| self.clock.instant_at(at));
         let owner_renewal = self.clock.instant_at(self.next_owner_renewal);
         let inputs = &mut self.inputs;
