@@ -363,7 +363,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             outln!("see `baton tasks --state dead`, `baton events` and `baton logs AGENT`");
             Ok(1)
         }
-        RunState::Running => {
+        RunState::Running | RunState::Interrupted => {
             outln!(
                 "run {} stopped before the end ({}/{} tasks done); `baton run` resumes it",
                 summary.run_id,
@@ -485,7 +485,7 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
             "n_phases": run.n_phases,
             "phase_workstreams": phase_names,
             "progress": run.progress(),
-            "completed": run.state != RunState::Running,
+            "completed": run.state.is_finished(),
             "error": run.error,
             "n_tasks": run.n_tasks,
             "n_finished": run.n_finished,
@@ -523,7 +523,7 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
     }
     if let Some(owner) = &run.owner {
         outln!("executed by {owner}");
-    } else if run.state == RunState::Running {
+    } else if !run.state.is_finished() {
         outln!("not being executed: `baton run` resumes it");
     }
     if let Some(error) = &run.error {
@@ -931,7 +931,7 @@ async fn events_from_store(
         // a follower polls.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let current = store.run(&run.id).await.context("reading the run")?;
-        if current.is_some_and(|current| current.state != RunState::Running) {
+        if current.is_some_and(|current| current.state.is_finished()) {
             // One last read picks up the final events.
             query.limit = Some(10_000);
         }
@@ -1030,7 +1030,7 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
             return Ok(0);
         }
         let run = store.latest_run(Some(&loaded.plan.name)).await.context("reading the run")?;
-        if run.is_some_and(|run| run.state != RunState::Running) {
+        if run.is_some_and(|run| run.state.is_finished()) {
             return Ok(0);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

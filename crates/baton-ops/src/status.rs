@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use baton_core::model::{Priority, RunState, TaskState};
+use baton_core::model::{Priority, TaskState};
 use baton_store::TaskFilter;
 
 use crate::{Action, Caller, Ops, Result};
@@ -95,7 +95,7 @@ impl Ops {
         let engine_stopped = !self.is_running();
         let orchestration = match &run {
             Ok(Some(run)) => {
-                if engine_stopped && run.state == RunState::Running {
+                if engine_stopped && !run.state.is_finished() {
                     problems.push(
                         "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton run` or `baton serve` starts again"
                             .to_string(),
@@ -145,7 +145,7 @@ impl Ops {
             phase: run.phase,
             n_phases: plan.phases.len() as u32,
             progress,
-            completed: run.state != RunState::Running,
+            completed: run.state.is_finished(),
             state: run.state.as_str().into(),
             error: run.error.clone(),
             spawned_agents: agents.iter().filter(|agent| agent.state.is_started()).count() as u64,

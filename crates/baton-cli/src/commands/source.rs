@@ -6,7 +6,7 @@
 //! writer of its state.
 
 use baton_core::config::{self, Plan};
-use baton_core::model::{Priority, RunRecord, RunState, TaskRef, TaskState};
+use baton_core::model::{Priority, RunRecord, TaskRef, TaskState};
 use std::sync::Arc;
 
 use baton_core::task::TaskInput;
@@ -54,7 +54,7 @@ impl Source {
 pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<(Loaded, Client), Failure> {
     match Source::open(cli, run).await? {
         Source::Server { loaded, client } => Ok((loaded, client)),
-        Source::Store { run, .. } if run.state != RunState::Running => {
+        Source::Store { run, .. } if run.state.is_finished() => {
             Err(Failure::usage(format!("run {} has ended ({}); only a running run takes commands", run.id, run.state)))
         }
         Source::Store { loaded, run, .. } => {

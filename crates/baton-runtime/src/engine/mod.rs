@@ -107,7 +107,8 @@ impl EngineOptions {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub run_id: String,
-    /// `Running` when the engine was stopped before the run ended.
+    /// `Interrupted` when the engine was stopped before the run ended (recorded so in the
+    /// store; `Running` if it could not be, another node having taken the run over).
     pub state: RunState,
     pub resumed: bool,
     pub error: Option<String>,

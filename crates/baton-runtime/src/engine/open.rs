@@ -61,7 +61,8 @@ pub(super) async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<
     let lease_ttl = options.plan.settings.lease_ttl;
     let latest = store.latest_run(Some(&plan.name)).await?;
     let previous = latest.as_ref().map(|run| run.id.clone());
-    if let Some(run) = latest.filter(|run| run.state == RunState::Running) {
+    // A run that is running (its process may have died) or was interrupted is resumed.
+    if let Some(run) = latest.filter(|run| !run.state.is_finished()) {
         let held = run
             .owner
             .as_ref()
@@ -89,6 +90,18 @@ pub(super) async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<
             });
         }
         if !options.fresh {
+            if run.state == RunState::Interrupted {
+                // Executed again: it is running, as a run resumed after a crash always was.
+                let change = RunChange {
+                    state: RunState::Running,
+                    phase: run.phase,
+                    n_tasks: run.n_tasks,
+                    n_finished: run.n_finished,
+                    ended_at: None,
+                    error: None,
+                };
+                store.apply(&run.id, now, vec![Write::Run { change, events: Vec::new() }]).await?;
+            }
             return Ok(OpenedRun { run, resumed: true, previous: None });
         }
         // `--fresh`: the unfinished run is closed as abandoned, and a new one starts.

@@ -15,7 +15,7 @@ use baton_core::EventKind;
 use baton_core::config::Plan;
 use baton_core::model::{RunState, TaskRecord, TaskState};
 use baton_core::sched::{Effects, Progress, Scheduler, Write};
-use baton_store::{Store, TaskFilter};
+use baton_store::{Applied, Store, TaskFilter};
 
 use super::agents::Agents;
 use super::open::{self, Node};
@@ -245,12 +245,17 @@ impl Running {
         shell.tracker.wait().await;
         outcome?;
         let now = clock.now();
-        if sched.state() == RunState::Running {
-            // Stopped before the end: leave the run resumable by anyone.
-            let release = Write::RunOwner { owner: None, pid: None, until: None, expect_owner: Some(node.id.clone()) };
-            store.apply(&run_id, now, vec![release]).await?;
+        let mut state = sched.state();
+        if state == RunState::Running {
+            // Stopped before the end: the run says so, and is left resumable by anyone.
+            let interrupted = Write::RunInterrupted { expect_owner: node.id.clone() };
+            let applied = store.apply(&run_id, now, vec![interrupted]).await?;
+            match applied.first() {
+                Some(Applied::Conflict(reason)) => tracing::warn!(%reason, "the run could not be marked interrupted"),
+                _ => state = RunState::Interrupted,
+            }
         }
-        summary(&sched, store.as_ref(), resumed).await
+        summary(&sched, store.as_ref(), resumed, state).await
     }
 }
 
@@ -264,7 +269,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// The run's summary: counts from the scheduler, the failed tasks from the store (finished
 /// tasks are not in memory).
-async fn summary(sched: &Scheduler, store: &dyn Store, resumed: bool) -> Result<RunSummary, Error> {
+async fn summary(sched: &Scheduler, store: &dyn Store, resumed: bool, state: RunState) -> Result<RunSummary, Error> {
     let mut failures: Vec<TaskRecord> = Vec::new();
     for state in [TaskState::Dead, TaskState::Cancelled] {
         let filter = TaskFilter { state: Some(state), ..TaskFilter::default() };
@@ -274,7 +279,7 @@ async fn summary(sched: &Scheduler, store: &dyn Store, resumed: bool) -> Result<
     let by_state = sched.progress().by_state;
     Ok(RunSummary {
         run_id: sched.run_id().to_string(),
-        state: sched.state(),
+        state,
         resumed,
         error: (sched.state() == RunState::Failed).then(|| sched.failure_summary()),
         n_tasks: sched.n_tasks(),

@@ -532,9 +532,12 @@ requires = ["work"]
     // The attempt had the grace period (5s) to finish, then was killed and put back.
     let Seen::Killed { at: killed_at, .. } = world.next_seen().await else { panic!("the attempt is killed") };
     assert!(killed_at.since(started_at) >= Duration::from_secs(5));
-    assert_eq!((summary.run_id.as_str(), summary.state, summary.n_succeeded), (run_id.as_str(), RunState::Running, 0));
+    assert_eq!(
+        (summary.run_id.as_str(), summary.state, summary.n_succeeded),
+        (run_id.as_str(), RunState::Interrupted, 0)
+    );
     let run = world.store.run(&run_id).await.unwrap().expect("the run");
-    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.state, RunState::Interrupted, "the run says it was stopped before its end");
     assert_eq!((run.owner, run.owner_until), (None, None), "the claim is given up: anyone may resume");
     let record = world.task(task).await;
     assert_eq!(record.state, TaskState::Ready, "an interrupted attempt goes back to the queue");
@@ -546,6 +549,7 @@ requires = ["work"]
     let Seen::Started { task: resumed_task, .. } = world.next_seen().await else { panic!("the task starts again") };
     assert_eq!(resumed_task, task);
     assert_eq!(world.task(task).await.state, TaskState::Succeeded);
+    assert_eq!(world.store.run(&run_id).await.unwrap().expect("the run").state, RunState::Succeeded);
     let events = world.events_of(&run_id).await;
     assert!(events.iter().any(|event| matches!(event, EventKind::RunResumed { .. })), "{events:?}");
 }
