@@ -139,8 +139,9 @@ impl Store {
             .collect()
     }
 
-    fn keys(&self) -> BTreeSet<String> {
-        self.tasks.values().filter_map(|task| task.key.clone()).collect()
+    /// The run's tasks by key, as the store tells them to `reconfigure`.
+    fn keys(&self) -> BTreeMap<String, TaskId> {
+        self.tasks.values().filter_map(|task| Some((task.key.clone()?, task.id))).collect()
     }
 
     fn create(&mut self, plan: &Plan, now: Timestamp) {

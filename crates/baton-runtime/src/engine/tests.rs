@@ -553,3 +553,82 @@ requires = ["work"]
     let events = world.events_of(&run_id).await;
     assert!(events.iter().any(|event| matches!(event, EventKind::RunResumed { .. })), "{events:?}");
 }
+
+/// The file's task whose key a finished task made through the API holds (so only the store
+/// knows it) is not added, and the reload says which task holds the key.
+#[tokio::test(start_paused = true)]
+async fn a_reload_says_why_a_file_task_whose_key_is_taken_was_not_added() {
+    let mut world = World::new();
+    let first = plan("");
+    let started = world.start(first.clone());
+    let run_id = started.run_id().await;
+    let mut from_api = new_task(&first, "From the API", 1);
+    from_api.key = Some("review".into());
+    let ids = started.handle.create_tasks(vec![from_api]).await.expect("created");
+    let api_task = ids[0];
+    world
+        .event(
+            "the API's task completes",
+            |event| matches!(event, EventKind::TaskCompleted { task, .. } if *task == api_task),
+        )
+        .await;
+
+    let text = r#"
+[[tasks]]
+key = "review"
+title = "Review"
+requires = ["work"]
+"#;
+    let summary = started.handle.reconfigure(plan(text)).await.expect("reloaded");
+    assert!(summary.new_tasks.is_empty(), "{:?}", summary.new_tasks);
+    let reason = format!(
+        "task review: key `review` is taken by task {api_task}, which the file did not make (made through the API, by \
+         a worker or by chat); give the file's task another key"
+    );
+    assert_eq!(summary.not_added, std::slice::from_ref(&reason));
+    let reported: Vec<Vec<String>> = world
+        .events_of(&run_id)
+        .await
+        .into_iter()
+        .filter_map(|event| match event {
+            EventKind::ConfigReloaded { not_added, .. } => Some(not_added),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reported, [vec![reason]]);
+    assert_eq!(world.task_by_key(&run_id, "review").await.title, "From the API", "the key's task is the API's");
+    let summary = started.stop().await;
+    assert_eq!(summary.n_tasks, 1, "nothing was added");
+}
+
+/// Saving the file without a change (an editor, `touch`) is no news: no `ConfigReloaded`.
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_nothing_writes_no_event() {
+    let world = World::new();
+    let text = r#"
+[[tasks]]
+key = "first"
+title = "First"
+requires = ["work"]
+"#;
+    let started = world.start(plan(text));
+    let run_id = started.run_id().await;
+
+    let unchanged = started.handle.reconfigure(plan(text)).await.expect("reloaded");
+    assert!(unchanged.is_unchanged(), "{unchanged:?}");
+    let more = format!("{text}\n[[tasks]]\nkey = \"second\"\ntitle = \"Second\"\nrequires = [\"work\"]\n");
+    let changed = started.handle.reconfigure(plan(&more)).await.expect("reloaded");
+    assert_eq!(changed.added, ["task second"]);
+
+    let reloads: Vec<Vec<String>> = world
+        .events_of(&run_id)
+        .await
+        .into_iter()
+        .filter_map(|event| match event {
+            EventKind::ConfigReloaded { added, .. } => Some(added),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reloads, [vec!["task second".to_string()]], "only the reload that changed something is an event");
+    started.stop().await;
+}

@@ -159,7 +159,7 @@ impl Running {
                 // the run has.
                 let keys: Vec<String> = plan.tasks.iter().filter_map(|task| task.key.clone()).collect();
                 let existing = self.store.tasks_by_key(&self.run_id, &keys).await?;
-                let existing = existing.into_iter().filter_map(|task| task.key).collect();
+                let existing = existing.into_iter().filter_map(|task| Some((task.key?, task.id))).collect();
                 match self.sched.reconfigure(*plan, &existing, now, fx) {
                     Ok(summary) => {
                         self.shell.agents.replace(&before, &self.sched.plan().agents, &self.shell.tracker);
