@@ -165,9 +165,11 @@ impl Running {
                         self.shell.agents.replace(&before, &self.sched.plan().agents, &self.shell.tracker);
                         if !summary.new_tasks.is_empty() {
                             let tasks = summary.new_tasks.clone();
-                            // Refusals are the store's to log; the summary says what was asked.
-                            let _ =
+                            let created =
                                 create_tasks(&mut self.sched, self.store.as_ref(), &self.run_id, tasks, now, fx).await;
+                            if let Err(error) = created {
+                                tracing::warn!(%error, "the configuration's new tasks were not created");
+                            }
                         }
                         turn.deferred_reload = Some((reply, summary));
                     }
