@@ -292,7 +292,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let signals = watch_signals(shutdown.clone());
     let done = CancellationToken::new();
     let display = tokio::spawn(progress::follow(
-        Display::new(plain),
+        Display::new(plain, cli.log_format == "json"),
         Arc::clone(&store),
         store.subscribe(),
         handle.progress(),

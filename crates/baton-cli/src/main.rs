@@ -60,7 +60,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_LOG_LEVEL")]
     pub log_level: Option<String>,
 
-    /// How Baton's own diagnostics are written: `text`, or `json` (one object per line).
+    /// How Baton's own diagnostics are written: `text`, or `json` (one object per line; `baton
+    /// run`'s event lines too, each with the event).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
@@ -592,7 +593,13 @@ fn main() -> ExitCode {
         .filter(|value| !value.trim().is_empty())
         .and_then(|value| tracing_subscriber::EnvFilter::try_new(value).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directives));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only for a person at a terminal: a log redirected to a file stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     if cli.log_format == "json" {
         logs.json().init();
     } else {
