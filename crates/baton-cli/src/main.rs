@@ -128,8 +128,8 @@ pub enum Command {
     },
     /// The server's audit log: every mutating API request, who made it and how it ended.
     Audit {
-        /// At most this many entries, newest first.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many entries, newest first (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
         limit: u64,
         /// Only requests by this token subject.
         #[arg(long)]
@@ -219,8 +219,8 @@ pub enum Command {
         /// Only messages to or from this agent.
         #[arg(long)]
         agent: Option<String>,
-        /// At most this many, the latest.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many, the latest (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
         limit: u64,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -564,6 +564,22 @@ impl Failure {
 
     pub fn run(message: impl Into<String>) -> Failure {
         Failure { code: 1, message: message.into() }
+    }
+}
+
+/// An operation's failure, with the exit code its kind maps to: 2 for what the caller can fix
+/// (the kinds the API answers with a 4xx: invalid, forbidden, not found, conflict, full), 1 for
+/// what failed on Baton's side (unavailable, internal) — as [`client`] maps the API's statuses.
+impl From<baton_ops::Error> for Failure {
+    fn from(error: baton_ops::Error) -> Failure {
+        use baton_ops::ErrorKind;
+        let code = match error.kind() {
+            ErrorKind::Invalid | ErrorKind::Forbidden | ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Full => {
+                2
+            }
+            ErrorKind::Unavailable | ErrorKind::Internal => 1,
+        };
+        Failure { code, message: error.message().to_string() }
     }
 }
 
