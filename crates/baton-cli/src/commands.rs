@@ -682,13 +682,15 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
     };
     let client = source::front_door(cli, run).await?;
     let result = client.chat(text, data).await?;
+    // Who took it: the server at its address, or the process on the run's socket.
+    let by = client.served_by();
     for sent in &result.sent {
         match (&sent.message_id, sent.task) {
             (_, Some(task)) => {
-                outln!("@{}: sent as a task, task {task} (it runs once per task)", sent.agent);
+                outln!("@{}: sent as a task, task {task} (it runs once per task), created by {by}", sent.agent);
             }
-            (Some(id), None) => outln!("@{}: message {id} sent", sent.agent),
-            (None, None) => outln!("@{}: sent", sent.agent),
+            (Some(id), None) => outln!("@{}: message {id} sent, stored by {by}, which delivers it", sent.agent),
+            (None, None) => outln!("@{}: sent to {by}", sent.agent),
         }
     }
     Ok(0)
