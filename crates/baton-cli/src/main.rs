@@ -636,7 +636,7 @@ fn main() -> ExitCode {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every option and argument of every command says what it is for in `--help`.
+    /// Every command, and every option and argument of it, says what it is for in `--help`.
     #[test]
     fn every_option_of_every_command_has_help() {
         fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
@@ -650,10 +650,14 @@ mod tests {
                 }
             }
             for sub in command.get_subcommands() {
-                if sub.is_hide_set() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
                     continue;
                 }
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{sub_path} (the command itself)"));
+                }
+                walk(sub, &sub_path, missing);
             }
         }
         let mut missing = Vec::new();
