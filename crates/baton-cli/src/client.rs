@@ -317,7 +317,30 @@ impl Client {
             .header("Last-Event-ID", since.to_string());
         let response = request.send().await.map_err(|error| self.network("GET /events", &error))?;
         let response = check(response).await?;
-        Ok(EventStream { response, parser: SseParser::default(), ready: std::collections::VecDeque::new() })
+        Ok(EventStream { frames: FrameStream::new(response) })
+    }
+
+    /// An agent's whole log (`GET /agents/{name}/logs`).
+    pub async fn agent_log(&self, name: &str) -> Result<String, Failure> {
+        let path = format!("/agents/{name}/logs");
+        let request = self.request(reqwest::Method::GET, &path).query(&[("tail_bytes", u64::MAX.to_string())]);
+        let response = request.send().await.map_err(|error| self.network(&format!("GET {path}"), &error))?;
+        let response = check(response).await?;
+        response.text().await.map_err(|error| self.network(&format!("GET {path}"), &error))
+    }
+
+    /// An agent's log from its start, then what it writes, line by line
+    /// (`GET /agents/{name}/logs?follow=true`).
+    pub async fn follow_agent_log(&self, name: &str) -> Result<LogStream, Failure> {
+        let path = format!("/agents/{name}/logs");
+        let query = [("tail_bytes", u64::MAX.to_string()), ("follow", "true".to_string())];
+        let request = self
+            .request(reqwest::Method::GET, &path)
+            .query(&query)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let response = request.send().await.map_err(|error| self.network(&format!("GET {path}"), &error))?;
+        let response = check(response).await?;
+        Ok(LogStream { frames: FrameStream::new(response) })
     }
 
     /// Creates a task (`POST /tasks`, the body a `[[tasks]]` entry as JSON); its id.
@@ -409,38 +432,69 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
-/// The events of `GET /events`, one at a time.
-pub struct EventStream {
+/// The frames of a Server-Sent Events response, one at a time.
+struct FrameStream {
     response: reqwest::Response,
     parser: SseParser,
     ready: std::collections::VecDeque<SseFrame>,
 }
 
-impl EventStream {
-    /// The next event; `Ok(None)` when the server ended the stream (it is stopping).
-    pub async fn next(&mut self) -> Result<Option<Event>, Failure> {
+impl FrameStream {
+    fn new(response: reqwest::Response) -> FrameStream {
+        FrameStream { response, parser: SseParser::default(), ready: std::collections::VecDeque::new() }
+    }
+
+    /// The next frame with data; `None` when the server ended the stream (it is stopping).
+    async fn next(&mut self) -> Option<SseFrame> {
         loop {
-            while let Some(frame) = self.ready.pop_front() {
-                // Other kinds of frames (none today) are not events of the run.
-                if frame.data.is_empty() {
-                    continue;
-                }
-                let event: Event = serde_json::from_str(&frame.data).map_err(|error| {
-                    Failure::run(format!("GET /events: an event the CLI cannot read ({error}): {}", frame.data))
-                })?;
-                return Ok(Some(event));
+            if let Some(frame) = self.ready.pop_front() {
+                return Some(frame);
             }
             match self.response.chunk().await {
                 Ok(Some(bytes)) => self.ready.extend(self.parser.push(&bytes)),
-                Ok(None) => return Ok(None),
+                Ok(None) => return None,
                 // A connection cut mid-stream ends the stream like a closed one: the caller
-                // resumes from the last event it saw.
+                // resumes if it can.
                 Err(error) => {
-                    tracing::debug!(error = %describe(&error), "the event stream broke");
-                    return Ok(None);
+                    tracing::debug!(error = %describe(&error), "the stream broke");
+                    return None;
                 }
             }
         }
+    }
+}
+
+/// The events of `GET /events`, one at a time.
+pub struct EventStream {
+    frames: FrameStream,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the server ended the stream (it is stopping).
+    pub async fn next(&mut self) -> Result<Option<Event>, Failure> {
+        while let Some(frame) = self.frames.next().await {
+            // Other kinds of frames (none today) are not events of the run.
+            if frame.data.is_empty() {
+                continue;
+            }
+            let event: Event = serde_json::from_str(&frame.data).map_err(|error| {
+                Failure::run(format!("GET /events: an event the CLI cannot read ({error}): {}", frame.data))
+            })?;
+            return Ok(Some(event));
+        }
+        Ok(None)
+    }
+}
+
+/// The lines an agent writes to its log, as `GET /agents/{name}/logs?follow=true` sends them.
+pub struct LogStream {
+    frames: FrameStream,
+}
+
+impl LogStream {
+    /// The next line, without its newline; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<String> {
+        self.frames.next().await.map(|frame| frame.data)
     }
 }
 

@@ -192,13 +192,6 @@ fn open_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
     store_url(cli, loaded)?.open().map_err(|error| Failure::usage(error.to_string()))
 }
 
-/// For read commands: the store must exist already.
-fn open_existing_store(cli: &Cli) -> Result<(Loaded, Arc<dyn Store>), Failure> {
-    let loaded = load(cli)?;
-    let store = existing_store(cli, &loaded)?;
-    Ok((loaded, store))
-}
-
 fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
     let url = store_url(cli, loaded)?;
     if let Some(path) = url.path()
@@ -919,17 +912,27 @@ async fn follow_server(
 }
 
 async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let (loaded, store) = open_existing_store(cli)?;
-    if loaded.plan.agent(agent).is_none() {
-        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-        return Err(Failure::usage(format!(
-            "no agent `{agent}` in {} (known: {})",
-            cli.config.display(),
-            known.join(", ")
-        )));
+    match Source::open(cli, None).await? {
+        Source::Server { client } if follow => {
+            let mut lines = client.follow_agent_log(agent).await?;
+            while let Some(line) = lines.next().await {
+                outln!("{line}");
+            }
+            Ok(0)
+        }
+        Source::Server { client } => {
+            out!("{}", client.agent_log(agent).await?);
+            Ok(0)
+        }
+        Source::Store { ops, .. } => local_log(&ops, agent, follow).await,
     }
-    let path = store_dir(cli, &loaded)?.join("logs").join(format!("{agent}.log"));
+}
+
+/// An agent's log file, where the operations layer says it is; with `follow`, polled until
+/// the run ends (another process writes it).
+async fn local_log(ops: &baton_ops::Ops, agent: &str, follow: bool) -> Result<u8, Failure> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let path = ops.agent_log(&baton_ops::Caller::local(), agent).await?;
     let mut offset = 0u64;
     loop {
         if let Ok(mut file) = tokio::fs::File::open(&path).await {
@@ -942,11 +945,7 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
         } else if !follow {
             return Err(Failure::usage(format!("agent `{agent}` has no log yet ({} does not exist)", path.display())));
         }
-        if !follow {
-            return Ok(0);
-        }
-        let run = store.latest_run(Some(&loaded.plan.name)).await.context("reading the run")?;
-        if run.is_some_and(|run| run.state != RunState::Running) {
+        if !follow || ops.run().await?.state != RunState::Running {
             return Ok(0);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

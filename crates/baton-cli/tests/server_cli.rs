@@ -118,6 +118,14 @@ fn the_cli_goes_through_a_running_server() {
     assert!(text.contains("(1/1 tasks finished)"), "{text}");
     assert!(text.contains(&format!("executed by baton serve at {url}")), "{text}");
 
+    // The agent's log, from the server.
+    let log = project.baton(&["--url", &url, "logs", "echo"]);
+    assert_eq!(log.status.code(), Some(0), "{}", stderr(&log));
+    assert!(stdout(&log).contains("`Say hello` attempt 1"), "{}", stdout(&log));
+    let unknown = project.baton(&["--url", &url, "logs", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stdout(&unknown));
+    assert!(stderr(&unknown).contains("no agent `nobody` in this run (known: echo)"), "{}", stderr(&unknown));
+
     let shown = project.baton(&["--url", &url, "task", "show", &hello]);
     assert!(stdout(&shown).contains("state     succeeded (attempt 1/3)"), "{}", stdout(&shown));
 

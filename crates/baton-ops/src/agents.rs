@@ -73,11 +73,14 @@ impl Ops {
     }
 
     async fn find_agent(&self, name: &str) -> Result<AgentInfo> {
-        self.agent_infos()
-            .await?
-            .into_iter()
-            .find(|info| info.name == name)
-            .ok_or_else(|| Error::not_found(format!("no agent `{name}` in this run")))
+        let mut infos = self.agent_infos().await?;
+        match infos.iter().position(|info| info.name == name) {
+            Some(idx) => Ok(infos.swap_remove(idx)),
+            None => {
+                let known: Vec<&str> = infos.iter().map(|info| info.name.as_str()).collect();
+                Err(Error::not_found(format!("no agent `{name}` in this run (known: {})", known.join(", "))))
+            }
+        }
     }
 
     /// The plan's agents, with their state.
