@@ -353,7 +353,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             }
             // The report above is a sample; the counts say where the rest are.
             let counts = store.task_counts(&summary.run_id).await.unwrap_or_default();
-            outln!("{}", failure_hint(&counts));
+            outln!("{}", output::failure_hint(&counts));
             Ok(1)
         }
         RunState::Running => {
@@ -366,22 +366,6 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             Ok(1)
         }
     }
-}
-
-/// Where to look after a failed run: `baton tasks --state S` for each state other than
-/// succeeded that has tasks, with how many, then the events and the logs.
-fn failure_hint(counts: &[(TaskState, u64)]) -> String {
-    let mut places: Vec<String> = TaskState::ALL
-        .into_iter()
-        .filter(|state| *state != TaskState::Succeeded)
-        .filter_map(|state| {
-            let n = counts.iter().filter(|(counted, _)| *counted == state).map(|(_, n)| n).sum::<u64>();
-            let tasks = if n == 1 { "task" } else { "tasks" };
-            (n > 0).then(|| format!("`baton tasks --state {state}` ({n} {tasks})"))
-        })
-        .collect();
-    places.push("`baton events`".to_string());
-    format!("see {} and `baton logs AGENT`", places.join(", "))
 }
 
 /// The id of the run the engine opened (and claimed); `None` when it stopped before that.
@@ -1122,24 +1106,4 @@ fn tempfile_dir() -> Result<PathBuf, Failure> {
     let dir = std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|error| Failure::run(format!("cannot create {}: {error}", dir.display())))?;
     Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_run_points_at_the_states_that_have_tasks() {
-        let cancelled_only = [(TaskState::Succeeded, 4), (TaskState::Dead, 0), (TaskState::Cancelled, 8)];
-        assert_eq!(
-            failure_hint(&cancelled_only),
-            "see `baton tasks --state cancelled` (8 tasks), `baton events` and `baton logs AGENT`"
-        );
-        let mixed = [(TaskState::Dead, 1), (TaskState::Cancelled, 2), (TaskState::Suspended, 3)];
-        assert_eq!(
-            failure_hint(&mixed),
-            "see `baton tasks --state dead` (1 task), `baton tasks --state cancelled` (2 tasks), `baton tasks --state suspended` (3 tasks), `baton events` and `baton logs AGENT`"
-        );
-        assert_eq!(failure_hint(&[]), "see `baton events` and `baton logs AGENT`");
-    }
 }
