@@ -134,7 +134,11 @@ async fn read_commands_print_tables_and_json() {
     assert!(logs.contains("attempt 1 failed in"), "{logs}");
     let unknown = project.baton(&["logs", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(stderr(&unknown).contains("no agent `nobody` in baton.toml (known: build-agent, test-agent"));
+    assert!(
+        stderr(&unknown).contains("no agent `nobody` in this run (known: build-agent, test-agent"),
+        "{}",
+        stderr(&unknown)
+    );
 
     let id = tasks[0]["id"].to_string();
     let show = stdout(&project.baton(&["task", "show", &id]));
