@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod brief;
 pub mod check;
 pub mod clock;
 pub mod config_file;
