@@ -65,6 +65,10 @@ impl Error {
         Error::new(ErrorKind::Conflict, message)
     }
 
+    pub fn full(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Full, message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Unavailable, message)
     }

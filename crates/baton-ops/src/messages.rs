@@ -115,6 +115,7 @@ impl Ops {
                     .await
                     .map_err(|error| match error.kind {
                         RequestErrorKind::Unavailable => Error::unavailable(error.message),
+                        RequestErrorKind::Full => Error::full(error.message),
                         // A message that reaches nobody is a bad request.
                         _ => Error::invalid(error.message),
                     })?;

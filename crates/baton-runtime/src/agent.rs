@@ -141,6 +141,8 @@ pub enum RequestErrorKind {
     Refused,
     /// The request is wrong (a bad task, an unknown workstream): asking again will not help.
     Invalid,
+    /// The recipient's inbox is full: asking again once it has taken some messages may work.
+    Full,
     /// The engine could not answer (it stopped, the store failed).
     Unavailable,
 }
@@ -150,6 +152,7 @@ impl RequestErrorKind {
         match self {
             RequestErrorKind::Refused => "refused",
             RequestErrorKind::Invalid => "invalid",
+            RequestErrorKind::Full => "full",
             RequestErrorKind::Unavailable => "unavailable",
         }
     }
@@ -162,6 +165,10 @@ impl RequestError {
 
     pub fn invalid(message: impl Into<String>) -> RequestError {
         RequestError { kind: RequestErrorKind::Invalid, message: message.into() }
+    }
+
+    pub fn full(message: impl Into<String>) -> RequestError {
+        RequestError { kind: RequestErrorKind::Full, message: message.into() }
     }
 
     pub fn unavailable(message: impl Into<String>) -> RequestError {

@@ -20,7 +20,8 @@ pub fn routes() -> Router<AppState> {
 
 /// Chat: a message to each agent it @mentions.
 #[utoipa::path(post, path = "/messages", tag = "messages", request_body = ChatMessage,
-    responses((status = 201, body = ChatResult), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ChatResult), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 429, description = "the recipient's inbox is full (code `full`): send again once it has taken some", body = crate::error::ErrorBody)))]
 pub async fn send(
     State(state): State<AppState>,
     caller: Extension<Caller>,

@@ -166,7 +166,7 @@ impl From<baton_store::Error> for ApiError {
 }
 
 /// What an agent asked, refused: refused by the run's state is a conflict (409), a wrong
-/// request a bad one (400), an engine that could not answer unavailable (503).
+/// request a bad one (400), a full inbox 429, an engine that could not answer unavailable (503).
 impl From<baton_runtime::agent::RequestError> for ApiError {
     fn from(error: baton_runtime::agent::RequestError) -> ApiError {
         use baton_runtime::agent::RequestErrorKind;
@@ -174,6 +174,10 @@ impl From<baton_runtime::agent::RequestError> for ApiError {
             RequestErrorKind::Refused => ApiError::conflict(error.message),
             RequestErrorKind::Invalid => ApiError::bad_request(error.message),
             RequestErrorKind::Unavailable => ApiError::unavailable(error.message),
+            RequestErrorKind::Full => {
+                let (status, code) = status_of(baton_ops::ErrorKind::Full);
+                ApiError::new(status, code, error.message)
+            }
         }
     }
 }

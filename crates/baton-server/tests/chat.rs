@@ -116,3 +116,35 @@ async fn dead_letters_are_redelivered_on_request() {
     assert_eq!(again["redelivered"], json!([]), "it is not dead any more");
     server.stop().await;
 }
+
+/// A message to an agent whose inbox is full is refused as such: 429 with the code `full`
+/// (asking again later may work), not a bad request; nothing already stored is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_a_full_inbox_is_refused_as_full() {
+    use baton_core::messages::{INBOX_LIMIT, NewMessage, Recipient};
+    use baton_store::Store;
+    // A worker that never answers `initialize`: it takes no message, so its inbox fills.
+    let plan =
+        format!("{}\n[[agents]]\nname = \"mute\"\nmode = \"worker\"\ncommand = [\"sleep\", \"600\"]\n", common::PLAN);
+    let server = Server::start_with(Options { plan, ..Options::default() }).await;
+    let now = baton_runtime::Clock::system().now();
+    for n in 0..INBOX_LIMIT {
+        let message = NewMessage {
+            from: "operator".into(),
+            to: Recipient::Agent("mute".into()),
+            body: format!("message {n}"),
+            data: Value::Null,
+            task: None,
+            correlation_id: None,
+        };
+        server.store.send_message(&server.run_id, format!("m-{n}"), message, vec!["mute".into()], now).await.unwrap();
+    }
+    let response = server.post("/messages", json!({"text": "@mute one more"})).send().await.unwrap();
+    assert_eq!(response.status(), 429);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "full", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("full"), "{error}");
+    let stored = server.store.deliveries(&server.run_id, Some("mute"), INBOX_LIMIT + 10).await.unwrap();
+    assert_eq!(stored.len() as u64, INBOX_LIMIT);
+    server.stop().await;
+}

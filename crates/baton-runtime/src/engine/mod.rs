@@ -402,7 +402,8 @@ pub(crate) fn store_refusal(error: baton_store::Error) -> RequestError {
     match error.kind() {
         ErrorKind::Unavailable | ErrorKind::Corrupt => RequestError::unavailable(error.to_string()),
         ErrorKind::Refused | ErrorKind::NotFound => RequestError::invalid(error.to_string()),
-        ErrorKind::Conflict | ErrorKind::Full => RequestError::refused(error.to_string()),
+        ErrorKind::Conflict => RequestError::refused(error.to_string()),
+        ErrorKind::Full => RequestError::full(error.to_string()),
     }
 }
 
