@@ -473,8 +473,17 @@ fn print_status(
     outln!("state     {}", status.state);
     outln!("phase     {}/{} {}", status.phase, status.n_phases, status.phase_workstreams.join(", "));
     outln!("progress  {:.0}% ({}/{} tasks finished)", status.progress * 100.0, status.n_finished, status.n_tasks);
-    let how_long = if status.ended_at.is_some() { "ran" } else { "running for" };
-    outln!("started   {} ({how_long} {})", output::time(status.started_at), output::elapsed(status.started_at, end));
+    if status.state == "interrupted" {
+        // Stopped before its end: nothing runs it now, and it has no end time.
+        outln!("started   {}", output::time(status.started_at));
+    } else {
+        let how_long = if status.ended_at.is_some() { "ran" } else { "running for" };
+        outln!(
+            "started   {} ({how_long} {})",
+            output::time(status.started_at),
+            output::elapsed(status.started_at, end)
+        );
+    }
     let summary: Vec<String> = status
         .agents
         .iter()

@@ -133,6 +133,7 @@ async fn a_second_baton_run_refuses_while_the_first_works_and_sigterm_stops_grac
     let status = project.baton(&["status"]);
     assert!(stdout(&status).contains("state     interrupted"), "{}", stdout(&status));
     assert!(stdout(&status).contains("not being executed: `baton run` resumes it"), "{}", stdout(&status));
+    assert!(!stdout(&status).contains("running for"), "{}", stdout(&status));
     let resumed = project.baton(&["run"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
     assert_eq!(store.run(&run.id).await.unwrap().unwrap().state, RunState::Succeeded, "resumed to its end");
