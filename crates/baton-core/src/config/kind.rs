@@ -137,7 +137,7 @@ impl ProcessSpec {
             command_written: command.clone(),
             command,
             command_location: Location::default(),
-            max_message_size: super::DEFAULT_MESSAGE_SIZE,
+            max_message_size: super::validate::DEFAULT_MESSAGE_SIZE,
             terminal: None,
             env: BTreeMap::new(),
             env_written: BTreeMap::new(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::TaskRef;
 use crate::schedule::{Missed, Overlap};
 
 fn env() -> BTreeMap<String, String> {
