@@ -8,7 +8,6 @@
 //! Architecture invariant: this is the only crate that starts processes.
 
 pub mod agent;
-pub mod bench;
 pub mod check;
 pub mod clock;
 pub mod config_file;
