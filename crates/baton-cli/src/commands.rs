@@ -99,8 +99,15 @@ fn load(cli: &Cli) -> Result<Loaded, Failure> {
             Failure::usage(format!("cannot read {}: {error}", path.display()))
         });
     }
-    let plan = baton_runtime::config_file::load_layered(path, cli.profile.as_deref(), &environment())
-        .map_err(|error| Failure::usage(format!("{error}\n{} is not valid", path.display())))?;
+    let plan =
+        baton_runtime::config_file::load_layered(path, cli.profile.as_deref(), &environment()).map_err(|error| {
+            match error {
+                baton_runtime::config_file::Error::Invalid(error) => {
+                    Failure::usage(format!("{error}\n{} is not valid", path.display()))
+                }
+                error => Failure::usage(error.to_string()),
+            }
+        })?;
     let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
     Ok(Loaded { plan, base_dir })

@@ -423,7 +423,7 @@ impl Plan {
 pub fn load(file: &str, text: &str, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
     let locator = Locator::new(file, text);
     let root = parse_segment(&locator, 0).map_err(|diagnostic| Error { diagnostics: vec![diagnostic] })?;
-    load_document(&locator, root, env)
+    load_document(&locator, root, env).map_err(|invalid| invalid.error)
 }
 
 /// Parses one source of `locator` (its text, spans shifted into the locator's offset space).
@@ -437,11 +437,32 @@ fn parse_segment(locator: &Locator, idx: usize) -> Result<Spanned<DeTable<'_>>, 
     Ok(layers::shift_table(root, segment.start))
 }
 
+/// A configuration with problems, and as much of its plan as could be built despite them. The
+/// checks that need the machine (`baton_runtime::check`) run on the partial plan, so that one
+/// `baton check` reports every problem at once; it is good for nothing else.
+#[derive(Debug)]
+pub struct Invalid {
+    pub error: Error,
+    /// `None` when the text could not be read as a configuration at all (TOML syntax, a key of
+    /// the wrong type, an unknown key).
+    pub partial: Option<Box<Plan>>,
+}
+
+impl Invalid {
+    fn new(error: Error) -> Invalid {
+        Invalid { error, partial: None }
+    }
+}
+
 /// Deserializes and validates a document whose spans are in `locator`'s offset space.
-fn load_document(locator: &Locator, root: Spanned<DeTable<'_>>, env: &BTreeMap<String, String>) -> Result<Plan, Error> {
+fn load_document(
+    locator: &Locator,
+    root: Spanned<DeTable<'_>>,
+    env: &BTreeMap<String, String>,
+) -> Result<Plan, Invalid> {
     let raw = RawConfig::deserialize(toml::de::Deserializer::from(root)).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
-        Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] }
+        Invalid::new(Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] })
     })?;
     let mut validator = Validator { locator, env, diagnostics: Vec::new() };
     let plan = validator.validate(raw);
@@ -449,9 +470,10 @@ fn load_document(locator: &Locator, root: Spanned<DeTable<'_>>, env: &BTreeMap<S
     diagnostics.sort_by_key(|diagnostic| {
         (locator.segment_of(&diagnostic.location), diagnostic.location.line, diagnostic.location.column)
     });
-    match plan {
-        Some(plan) if diagnostics.is_empty() => Ok(plan),
-        _ => Err(Error { diagnostics }),
+    if diagnostics.is_empty() {
+        Ok(plan)
+    } else {
+        Err(Invalid { error: Error { diagnostics }, partial: Some(Box::new(plan)) })
     }
 }
 
@@ -574,7 +596,9 @@ use diagnostics::Locator;
 pub use diagnostics::{Diagnostic, Error, Location, unknown};
 pub use json::{agent_from_json, agent_update_from_json};
 pub use kind::{AgentKind, ProcessSpec, RemoteSpec, RuntimeKind};
-pub use layers::{ENV_OVERRIDES, EnvOverride, OverrideKind, Source, is_profile_name, load_sources, profile_path};
+pub use layers::{
+    ENV_OVERRIDES, EnvOverride, OverrideKind, Source, check_sources, is_profile_name, load_sources, profile_path,
+};
 
 pub use logs::LogRotation;
 use raw::{RawAgent, RawConfig, RawTask};

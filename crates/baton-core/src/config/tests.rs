@@ -101,6 +101,28 @@ fn cycles_are_named() {
     assert_eq!(errors(&text), "baton.toml:27:15: task `compile` depends on itself");
 }
 
+/// A cycle does not hide the rest: the checks that do not need the phases still run, in one
+/// report, and the partial plan keeps the agents for the checks that need the machine.
+#[test]
+fn every_problem_is_reported_beside_a_cycle() {
+    let text = MINIMAL
+        .replace("priority = \"critical\"", "priority = \"critical\"\ndepends_on = [\"testing\"]")
+        .replace("\"{task.title}\"", "\"${API_KEY}\"")
+        .replace("requires = [\"test\"]", "requires = [\"test\", \"gpu\"]");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:6:8: workstream dependency cycle: build -> testing -> build\n\
+         baton.toml:19:39: environment variable `API_KEY` is not set; set it, or write `${API_KEY:-default}`\n\
+         baton.toml:35:13: task `run-the-tests` cannot be assigned: no agent of workstream `testing` or shared has [test, gpu]; add the capabilities to an agent or change `requires`"
+    );
+    let source = Source { file: "baton.toml", text: &text };
+    let invalid = check_sources(source, None, &env()).unwrap_err();
+    let partial = invalid.partial.expect("a partial plan");
+    assert_eq!(partial.agents.len(), 2);
+    assert_eq!(partial.agents[1].process().unwrap().command, vec!["true".to_string()]);
+    assert!(partial.phases.is_empty());
+}
+
 #[test]
 fn a_task_no_agent_can_run_is_an_error() {
     let text = MINIMAL.replace("requires = [\"test\"]", "requires = [\"test\", \"gpu\"]");

@@ -62,7 +62,9 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn validate(&mut self, raw: RawConfig) -> Option<Plan> {
+    /// The plan, as far as it can be built: with problems (in `self.diagnostics`) it is a
+    /// partial plan, good only for the checks that need the machine.
+    pub(super) fn validate(&mut self, raw: RawConfig) -> Plan {
         let settings = self.settings(&raw.orchestration);
         let name = raw.orchestration.name.get_ref().clone();
         if name.trim().is_empty() {
@@ -81,7 +83,7 @@ impl Validator<'_> {
         let auth = raw.auth.as_ref().map(|auth| self.auth(auth));
         let listen = server.listen.clone();
 
-        let (workstreams, phases) = self.workstreams(&raw.workstreams)?;
+        let (workstreams, phases) = self.workstreams(&raw.workstreams);
         let mut agents = self.agents(&raw.agents, &workstreams);
         let log_rotation = self.logs(&raw.logs);
         for agent in &mut agents {
@@ -98,20 +100,7 @@ impl Validator<'_> {
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
         let budget = self.budget(&raw, &tasks);
-        Some(Plan {
-            name,
-            settings,
-            store_url,
-            listen,
-            server,
-            auth,
-            workstreams,
-            phases,
-            agents,
-            tasks,
-            schedules,
-            budget,
-        })
+        Plan { name, settings, store_url, listen, server, auth, workstreams, phases, agents, tasks, schedules, budget }
     }
 
     pub(super) fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -146,9 +135,10 @@ impl Validator<'_> {
         }
     }
 
-    /// Validates workstreams and computes the phases. Returns `None` (with diagnostics) when
-    /// the graph cannot be built, since nothing after it can be checked meaningfully.
-    pub(super) fn workstreams(&mut self, raw: &[RawWorkstream]) -> Option<(Vec<WorkstreamSpec>, Vec<Vec<String>>)> {
+    /// Validates workstreams and computes the phases. When the graph cannot be ordered (an
+    /// unknown dependency, a cycle) there are no phases, and the checks that need them (a task
+    /// depending on a later phase) are skipped; everything else is still checked.
+    pub(super) fn workstreams(&mut self, raw: &[RawWorkstream]) -> (Vec<WorkstreamSpec>, Vec<Vec<String>>) {
         let mut index: HashMap<&str, usize> = HashMap::new();
         for (idx, ws) in raw.iter().enumerate() {
             self.check_name("workstream", &ws.name);
@@ -172,20 +162,6 @@ impl Validator<'_> {
             }
             depends_on.push(deps);
         }
-        if broken {
-            return None;
-        }
-        if let Some(cycle) = graph::find_cycle(&depends_on) {
-            let path: Vec<&str> = cycle.iter().map(|&idx| raw[idx].name.get_ref().as_str()).collect();
-            self.error(raw[cycle[0]].name.span(), format!("workstream dependency cycle: {}", path.join(" -> ")));
-            return None;
-        }
-        let nodes: Vec<graph::Node> = raw
-            .iter()
-            .zip(&depends_on)
-            .map(|(ws, deps)| graph::Node { priority: ws.priority.unwrap_or_default(), depends_on: deps.clone() })
-            .collect();
-        let phases = graph::phases(&nodes)?;
         let specs = raw
             .iter()
             .map(|ws| WorkstreamSpec {
@@ -195,11 +171,28 @@ impl Validator<'_> {
                 depends_on: ws.depends_on.iter().map(|dep| dep.get_ref().clone()).collect(),
             })
             .collect();
+        // A cycle among the dependencies that are known is reported even beside unknown ones.
+        if let Some(cycle) = graph::find_cycle(&depends_on) {
+            let path: Vec<&str> = cycle.iter().map(|&idx| raw[idx].name.get_ref().as_str()).collect();
+            self.error(raw[cycle[0]].name.span(), format!("workstream dependency cycle: {}", path.join(" -> ")));
+            return (specs, Vec::new());
+        }
+        if broken {
+            return (specs, Vec::new());
+        }
+        let nodes: Vec<graph::Node> = raw
+            .iter()
+            .zip(&depends_on)
+            .map(|(ws, deps)| graph::Node { priority: ws.priority.unwrap_or_default(), depends_on: deps.clone() })
+            .collect();
+        let Some(phases) = graph::phases(&nodes) else {
+            return (specs, Vec::new());
+        };
         let phases = phases
             .into_iter()
             .map(|phase| phase.into_iter().map(|idx| raw[idx].name.get_ref().clone()).collect())
             .collect();
-        Some((specs, phases))
+        (specs, phases)
     }
 
     pub(super) fn agents(&mut self, raw: &[Spanned<RawAgent>], workstreams: &[WorkstreamSpec]) -> Vec<AgentSpec> {
