@@ -91,6 +91,7 @@ pub struct TerminalSpec {
     pub input_template: String,
     pub done_when: DoneWhen,
     /// Silence during a task for longer than this makes the agent `stalled`.
+    #[serde(with = "crate::time::humane")]
     pub stall_after: Duration,
     /// Regular expressions (validated) that recognise a question on the screen.
     pub prompt_patterns: Vec<String>,
@@ -131,6 +132,7 @@ pub enum DoneWhen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CircuitBreaker {
     pub failures: u32,
+    #[serde(with = "crate::time::humane")]
     pub cooldown: Duration,
 }
 
@@ -157,15 +159,21 @@ pub struct Objective {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     pub max_concurrent_agents: u32,
+    #[serde(with = "crate::time::humane")]
     pub agent_spawn_timeout: Duration,
+    #[serde(with = "crate::time::humane::option")]
     pub workstream_timeout: Option<Duration>,
     pub coordinator: Coordinator,
     /// First retry delay; doubled on each further attempt, with jitter.
+    #[serde(with = "crate::time::humane")]
     pub retry_backoff: Duration,
+    #[serde(with = "crate::time::humane")]
     pub retry_backoff_max: Duration,
     /// How long a running task's lease lasts without renewal.
+    #[serde(with = "crate::time::humane")]
     pub lease_ttl: Duration,
     /// An idle agent not heard from for this long is shown `offline`.
+    #[serde(with = "crate::time::humane")]
     pub offline_after: Duration,
     /// The default for tasks whose resources are held by another (`[conflicts] policy`).
     pub conflict_policy: ConflictPolicy,
@@ -203,8 +211,10 @@ pub struct Limits {
     /// Address-space limit in bytes.
     pub memory: Option<u64>,
     /// CPU-time limit.
+    #[serde(with = "crate::time::humane::option")]
     pub cpu: Option<Duration>,
     /// Wall-clock limit for one task, when the task sets none.
+    #[serde(with = "crate::time::humane::option")]
     pub timeout: Option<Duration>,
 }
 
@@ -225,11 +235,14 @@ pub struct AgentSpec {
     pub restart: RestartPolicy,
     /// At most this many restarts within `restart_window`; one more and the agent is failed.
     pub max_restarts: u32,
+    #[serde(with = "crate::time::humane")]
     pub restart_window: Duration,
     /// First restart delay; doubled for each restart in the window.
+    #[serde(with = "crate::time::humane")]
     pub restart_backoff: Duration,
     /// A worker silent for longer than this is killed and restarted; a remote worker's claim
     /// lasts this long without a heartbeat.
+    #[serde(with = "crate::time::humane")]
     pub heartbeat_timeout: Duration,
     pub circuit_breaker: CircuitBreaker,
     pub concurrency: u32,

@@ -10,11 +10,21 @@ use serde::{Deserialize, Serialize};
 /// A place in a configuration file. Lines and columns are 1-based; columns count characters.
 /// Sources without lines (a `BATON_*` variable, an HTTP request body) have line and column 0,
 /// and the diagnostic's message starts with the variable or field it is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+///
+/// Serialized as it is shown, `file:line:column` (or the file alone when there is no line),
+/// and read back from that.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Location {
     pub file: String,
     pub line: usize,
     pub column: usize,
+}
+
+impl Location {
+    /// A source without lines: a request body, a variable.
+    pub fn has_no_line(&self) -> bool {
+        self.line == 0
+    }
 }
 
 impl fmt::Display for Location {
@@ -23,6 +33,38 @@ impl fmt::Display for Location {
             return write!(f, "{}", self.file);
         }
         write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+impl std::str::FromStr for Location {
+    type Err = std::convert::Infallible;
+
+    /// `file:line:column`, or a file alone (a file name may hold `:`; the last two parts are
+    /// the line and column only when both are numbers and the line is not 0).
+    fn from_str(text: &str) -> Result<Location, Self::Err> {
+        let mut parts = text.rsplitn(3, ':');
+        let (column, line, file) = (parts.next(), parts.next(), parts.next());
+        if let (Some(column), Some(line), Some(file)) = (column, line, file)
+            && let (Ok(line), Ok(column)) = (line.parse::<usize>(), column.parse::<usize>())
+            && line > 0
+        {
+            return Ok(Location { file: file.to_string(), line, column });
+        }
+        Ok(Location { file: text.to_string(), line: 0, column: 0 })
+    }
+}
+
+impl Serialize for Location {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Location {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Location, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let Ok(location) = text.parse();
+        Ok(location)
     }
 }
 

@@ -96,6 +96,7 @@ pub struct ProcessSpec {
     #[serde(rename = "command")]
     pub command_written: Vec<String>,
     /// Where `command` is written, for errors about it found later (command not found).
+    #[serde(skip_serializing_if = "Location::has_no_line")]
     pub command_location: Location,
     /// Largest protocol message a worker may send, in bytes.
     pub max_message_size: u64,

@@ -444,3 +444,46 @@ fn an_agents_kind_is_serialized_beside_its_common_fields() {
     assert_eq!(remote["runtime"], "remote");
     assert!(remote.get("command").is_none() && remote.get("mode").is_none(), "{remote}");
 }
+
+/// Durations are shown as baton.toml writes them and read back; a place is `file:line:column`,
+/// and an agent whose command has no line (added through the API) shows none.
+#[test]
+fn durations_and_places_are_serialized_as_written() {
+    let plan = load("baton.toml", MINIMAL, &env()).unwrap();
+    let shown = serde_json::to_value(&plan.agents[0]).unwrap();
+    assert_eq!(shown["restart_window"], "10m");
+    assert_eq!(shown["restart_backoff"], "1s");
+    assert_eq!(shown["heartbeat_timeout"], "30s");
+    assert_eq!(shown["circuit_breaker"]["cooldown"], "1m");
+    assert_eq!(shown["limits"]["timeout"], serde_json::Value::Null);
+    assert_eq!(shown["command_location"], "baton.toml:18:12");
+    let settings = serde_json::to_value(&plan.settings).unwrap();
+    assert_eq!(settings["offline_after"], "1h");
+    assert_eq!(settings["workstream_timeout"], serde_json::Value::Null);
+
+    for (text, location) in [
+        ("baton.toml:18:11", Location { file: "baton.toml".into(), line: 18, column: 11 }),
+        ("C:/x/baton.toml:2:3", Location { file: "C:/x/baton.toml".into(), line: 2, column: 3 }),
+        ("request body", Location { file: "request body".into(), line: 0, column: 0 }),
+        ("a:b:c", Location { file: "a:b:c".into(), line: 0, column: 0 }),
+    ] {
+        let json = serde_json::to_value(&location).unwrap();
+        assert_eq!(json, text);
+        assert_eq!(serde_json::from_value::<Location>(json).unwrap(), location);
+    }
+    let mut process = plan.agents[0].process().unwrap().clone();
+    process.command_location = Location { file: "request body".into(), line: 0, column: 0 };
+    assert!(serde_json::to_value(&process).unwrap().get("command_location").is_none());
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Timed {
+        #[serde(with = "crate::time::humane")]
+        every: Duration,
+        #[serde(with = "crate::time::humane::option")]
+        maybe: Option<Duration>,
+    }
+    let timed = Timed { every: Duration::from_millis(1500), maybe: Some(Duration::from_secs(5400)) };
+    let json = serde_json::to_value(&timed).unwrap();
+    assert_eq!(json, serde_json::json!({ "every": "1500ms", "maybe": "1h 30m" }));
+    assert_eq!(serde_json::from_value::<Timed>(json).unwrap(), timed);
+}
