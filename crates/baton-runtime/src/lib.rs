@@ -5,7 +5,8 @@
 //! the effects: starting agents and handing them tasks through the [`agent::AgentRuntime`]
 //! trait, behind which every kind of agent sits.
 //!
-//! Architecture invariant: this is the only crate that starts processes.
+//! Architecture invariant: this is the only crate that starts agents' processes (the
+//! benchmarks, in `baton-bench`, start `baton` itself).
 
 pub mod agent;
 pub mod check;
