@@ -14,11 +14,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use baton_core::Event;
-use baton_core::config::Plan;
+use baton_core::messages::Delivery;
 use baton_core::model::{AgentRecord, TaskId, TaskRecord};
+use baton_ops::messages::MessageQuery;
+use baton_ops::schedules::{Budgets, ScheduleView};
+use baton_ops::tasks::TaskQuery;
 use baton_server::api::{Created, Status, TaskDetail, TaskPage};
 use baton_server::chat::ChatResult;
-use baton_store::TaskFilter;
 
 use crate::{Cli, Failure};
 
@@ -31,10 +33,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// which may not be a Baton server at all.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-/// Tasks per page when listing them all.
-const TASK_PAGE: u64 = 1000;
-/// Events per page of `/events/history`.
-pub const EVENT_PAGE: u64 = 1000;
+
+/// Where the configuration says its server is, to probe: the plan's name (another project's
+/// server may listen there), its address, and the socket beside its store.
+pub struct Probe {
+    pub name: String,
+    pub url: String,
+    pub socket: Option<std::path::PathBuf>,
+}
 
 /// A connection to the API of a running `baton serve` or `baton run`.
 pub struct Client {
@@ -72,10 +78,10 @@ struct ErrorDetail {
 
 impl Client {
     /// The API the command should talk to, if any. With `--url` (or `BATON_URL`) that server
-    /// must answer; without it, the configuration's `server.url` is tried briefly, then the
-    /// local socket beside the store (`socket`), and `None` (read the store) when no process
-    /// executing this plan answers at either.
-    pub async fn connect(cli: &Cli, plan: &Plan, socket: Option<&Path>) -> Result<Option<Client>, Failure> {
+    /// must answer; without it, the configuration's server (`probe`) is tried briefly, then the
+    /// local socket beside its store, and `None` (read the store) when no process executing
+    /// this plan answers at either.
+    pub async fn connect(cli: &Cli, probe: Option<&Probe>) -> Result<Option<Client>, Failure> {
         // An empty `BATON_URL` is no URL.
         match cli.url.as_deref().filter(|url| !url.trim().is_empty()) {
             Some(url) => {
@@ -89,19 +95,15 @@ impl Client {
                 Ok(Some(client))
             }
             None => {
-                let url = if plan.server.url.is_empty() {
-                    format!("http://{}", plan.listen)
-                } else {
-                    plan.server.url.clone()
-                };
-                if let Ok(client) = Client::new(&url, cli.token.clone(), PROBE_CONNECT_TIMEOUT)
-                    && client.serves(plan).await
+                let Some(probe) = probe else { return Ok(None) };
+                if let Ok(client) = Client::new(&probe.url, cli.token.clone(), PROBE_CONNECT_TIMEOUT)
+                    && client.serves(&probe.name).await
                 {
                     return Ok(Some(client));
                 }
-                let Some(socket) = socket.filter(|socket| socket.exists()) else { return Ok(None) };
+                let Some(socket) = probe.socket.as_deref().filter(|socket| socket.exists()) else { return Ok(None) };
                 let client = Client::local(socket, cli.token.clone())?;
-                Ok(client.serves(plan).await.then_some(client))
+                Ok(client.serves(&probe.name).await.then_some(client))
             }
         }
     }
@@ -117,14 +119,14 @@ impl Client {
         Ok(Client { http, base: "http://localhost".to_string(), shown: path.display().to_string(), local: true, token })
     }
 
-    /// Whether a Baton server executing `plan` answers (probed briefly): another project's
-    /// server may listen at the configured address.
-    async fn serves(&self, plan: &Plan) -> bool {
+    /// Whether a Baton server executing the plan named `plan` answers (probed briefly):
+    /// another project's server may listen at the configured address.
+    async fn serves(&self, plan: &str) -> bool {
         if self.health(PROBE_HEALTH_TIMEOUT).await.is_err() {
             return false;
         }
         match self.get::<PlanName>("/plan", &[]).await {
-            Ok(served) if served.name == plan.name => true,
+            Ok(served) if served.name == plan => true,
             Ok(served) => {
                 tracing::debug!(at = %self.shown, served = %served.name, "the server there runs another plan; reading the store");
                 false
@@ -223,32 +225,64 @@ impl Client {
         self.get("/status", &[]).await
     }
 
-    /// Every task that passes `filter`, page after page.
-    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, Failure> {
-        let mut query: Vec<(&str, String)> = vec![("limit", TASK_PAGE.to_string())];
-        if let Some(state) = filter.state {
-            query.push(("state", state.as_str().to_string()));
+    /// A page of tasks (`GET /tasks`).
+    pub async fn tasks(&self, query: &TaskQuery) -> Result<TaskPage, Failure> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(state) = query.state {
+            params.push(("state", state.as_str().to_string()));
         }
-        if let Some(workstream) = &filter.workstream {
-            query.push(("workstream", workstream.clone()));
+        if let Some(workstream) = &query.workstream {
+            params.push(("workstream", workstream.clone()));
         }
-        if let Some(agent) = &filter.agent {
-            query.push(("agent", agent.clone()));
+        if let Some(agent) = &query.agent {
+            params.push(("agent", agent.clone()));
         }
-        let mut tasks = Vec::new();
-        let mut after: Option<i64> = None;
-        loop {
-            let mut page_query = query.clone();
-            if let Some(after) = after {
-                page_query.push(("after", after.to_string()));
-            }
-            let page: TaskPage = self.get("/tasks", &page_query).await?;
-            tasks.extend(page.tasks);
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(tasks),
-            }
+        if let Some(limit) = query.limit {
+            params.push(("limit", limit.to_string()));
         }
+        if let Some(after) = query.after {
+            params.push(("after", after.to_string()));
+        }
+        self.get("/tasks", &params).await
+    }
+
+    /// Messages and their delivery state (`GET /messages`).
+    pub async fn messages(&self, query: &MessageQuery) -> Result<Vec<Delivery>, Failure> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(agent) = &query.agent {
+            params.push(("agent", agent.clone()));
+        }
+        if let Some(limit) = query.limit {
+            params.push(("limit", limit.to_string()));
+        }
+        self.get("/messages", &params).await
+    }
+
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>, Failure> {
+        self.get("/schedules", &[]).await
+    }
+
+    pub async fn conflicts(&self) -> Result<baton_ops::conflicts::Conflicts, Failure> {
+        self.get("/conflicts", &[]).await
+    }
+
+    /// The audit log, newest first (`GET /audit`, for an admin).
+    pub async fn audit(
+        &self,
+        params: &baton_ops::events::AuditParams,
+    ) -> Result<Vec<baton_store::AuditEntry>, Failure> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(actor) = &params.actor {
+            query.push(("actor", actor.clone()));
+        }
+        if let Some(limit) = params.limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.get("/audit", &query).await
+    }
+
+    pub async fn budgets(&self) -> Result<Budgets, Failure> {
+        self.get("/budgets", &[]).await
     }
 
     pub async fn task(&self, id: TaskId) -> Result<TaskDetail, Failure> {
@@ -283,7 +317,30 @@ impl Client {
             .header("Last-Event-ID", since.to_string());
         let response = request.send().await.map_err(|error| self.network("GET /events", &error))?;
         let response = check(response).await?;
-        Ok(EventStream { response, parser: SseParser::default(), ready: std::collections::VecDeque::new() })
+        Ok(EventStream { frames: FrameStream::new(response) })
+    }
+
+    /// An agent's whole log (`GET /agents/{name}/logs`).
+    pub async fn agent_log(&self, name: &str) -> Result<String, Failure> {
+        let path = format!("/agents/{name}/logs");
+        let request = self.request(reqwest::Method::GET, &path).query(&[("tail_bytes", u64::MAX.to_string())]);
+        let response = request.send().await.map_err(|error| self.network(&format!("GET {path}"), &error))?;
+        let response = check(response).await?;
+        response.text().await.map_err(|error| self.network(&format!("GET {path}"), &error))
+    }
+
+    /// An agent's log from its start, then what it writes, line by line
+    /// (`GET /agents/{name}/logs?follow=true`).
+    pub async fn follow_agent_log(&self, name: &str) -> Result<LogStream, Failure> {
+        let path = format!("/agents/{name}/logs");
+        let query = [("tail_bytes", u64::MAX.to_string()), ("follow", "true".to_string())];
+        let request = self
+            .request(reqwest::Method::GET, &path)
+            .query(&query)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let response = request.send().await.map_err(|error| self.network(&format!("GET {path}"), &error))?;
+        let response = check(response).await?;
+        Ok(LogStream { frames: FrameStream::new(response) })
     }
 
     /// Creates a task (`POST /tasks`, the body a `[[tasks]]` entry as JSON); its id.
@@ -375,38 +432,69 @@ fn describe(error: &reqwest::Error) -> String {
     }
 }
 
-/// The events of `GET /events`, one at a time.
-pub struct EventStream {
+/// The frames of a Server-Sent Events response, one at a time.
+struct FrameStream {
     response: reqwest::Response,
     parser: SseParser,
     ready: std::collections::VecDeque<SseFrame>,
 }
 
-impl EventStream {
-    /// The next event; `Ok(None)` when the server ended the stream (it is stopping).
-    pub async fn next(&mut self) -> Result<Option<Event>, Failure> {
+impl FrameStream {
+    fn new(response: reqwest::Response) -> FrameStream {
+        FrameStream { response, parser: SseParser::default(), ready: std::collections::VecDeque::new() }
+    }
+
+    /// The next frame with data; `None` when the server ended the stream (it is stopping).
+    async fn next(&mut self) -> Option<SseFrame> {
         loop {
-            while let Some(frame) = self.ready.pop_front() {
-                // Other kinds of frames (none today) are not events of the run.
-                if frame.data.is_empty() {
-                    continue;
-                }
-                let event: Event = serde_json::from_str(&frame.data).map_err(|error| {
-                    Failure::run(format!("GET /events: an event the CLI cannot read ({error}): {}", frame.data))
-                })?;
-                return Ok(Some(event));
+            if let Some(frame) = self.ready.pop_front() {
+                return Some(frame);
             }
             match self.response.chunk().await {
                 Ok(Some(bytes)) => self.ready.extend(self.parser.push(&bytes)),
-                Ok(None) => return Ok(None),
+                Ok(None) => return None,
                 // A connection cut mid-stream ends the stream like a closed one: the caller
-                // resumes from the last event it saw.
+                // resumes if it can.
                 Err(error) => {
-                    tracing::debug!(error = %describe(&error), "the event stream broke");
-                    return Ok(None);
+                    tracing::debug!(error = %describe(&error), "the stream broke");
+                    return None;
                 }
             }
         }
+    }
+}
+
+/// The events of `GET /events`, one at a time.
+pub struct EventStream {
+    frames: FrameStream,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the server ended the stream (it is stopping).
+    pub async fn next(&mut self) -> Result<Option<Event>, Failure> {
+        while let Some(frame) = self.frames.next().await {
+            // Other kinds of frames (none today) are not events of the run.
+            if frame.data.is_empty() {
+                continue;
+            }
+            let event: Event = serde_json::from_str(&frame.data).map_err(|error| {
+                Failure::run(format!("GET /events: an event the CLI cannot read ({error}): {}", frame.data))
+            })?;
+            return Ok(Some(event));
+        }
+        Ok(None)
+    }
+}
+
+/// The lines an agent writes to its log, as `GET /agents/{name}/logs?follow=true` sends them.
+pub struct LogStream {
+    frames: FrameStream,
+}
+
+impl LogStream {
+    /// The next line, without its newline; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<String> {
+        self.frames.next().await.map(|frame| frame.data)
     }
 }
 

@@ -8,12 +8,12 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use baton_core::config::{self, Plan, ProcessMode};
-use baton_core::model::{AgentRecord, AgentState, RunRecord, RunState, TaskId, TaskRecord, TaskState};
+use baton_core::model::{AgentRecord, RunRecord, RunState, TaskId, TaskRecord, TaskState};
 
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_runtime::process::pty::attach_socket;
-use baton_store::{EventQuery, Store, StoreUrl, TaskFilter};
+use baton_store::{Store, StoreUrl};
 
 use crate::client::Client;
 use crate::output::{self, TaskNames};
@@ -45,9 +45,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Status { json, run } => status(&cli, *json, run.as_deref()).await,
         Command::Tasks { state, workstream, agent, json, run } => {
             let state = state.as_deref().map(|state| state.parse::<TaskState>()).transpose().map_err(Failure::usage)?;
-            let filter =
-                TaskFilter { state, workstream: workstream.clone(), agent: agent.clone(), ..Default::default() };
-            tasks(&cli, filter, *json, run.as_deref()).await
+            tasks(&cli, state, workstream.as_deref(), agent.as_deref(), *json, run.as_deref()).await
         }
         Command::Task { action } => task(&cli, action).await,
         Command::Agents { json, run } => agents(&cli, *json, run.as_deref()).await,
@@ -137,13 +135,6 @@ fn socket_path(cli: &Cli, loaded: &Loaded) -> Result<Option<PathBuf>, Failure> {
 
 fn open_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
     store_url(cli, loaded)?.open().map_err(|error| Failure::usage(error.to_string()))
-}
-
-/// For read commands: the store must exist already.
-fn open_existing_store(cli: &Cli) -> Result<(Loaded, Arc<dyn Store>), Failure> {
-    let loaded = load(cli)?;
-    let store = existing_store(cli, &loaded)?;
-    Ok((loaded, store))
 }
 
 fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
@@ -237,7 +228,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let signals = watch_signals(shutdown.clone());
     let done = CancellationToken::new();
     let display = tokio::spawn(progress::follow(
-        Display::new(plain),
+        Display::new(plain, cli.log_format == "json"),
         Arc::clone(&store),
         store.subscribe(),
         handle.progress(),
@@ -305,7 +296,9 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             for (key, state, reason) in &summary.failures {
                 outln!("  {key}: {state}: {reason}");
             }
-            outln!("see `baton tasks --state dead`, `baton events` and `baton logs AGENT`");
+            // The report above is a sample; the counts say where the rest are.
+            let counts = store.task_counts(&summary.run_id).await.unwrap_or_default();
+            outln!("{}", output::failure_hint(&counts));
             Ok(1)
         }
         RunState::Running => {
@@ -362,97 +355,73 @@ async fn stop_on_signals(
     std::process::exit(130);
 }
 
-/// What `baton status` shows, from either source.
-struct StatusData {
-    run: RunRecord,
-    tasks: Vec<TaskRecord>,
-    agents: Vec<AgentRecord>,
-    budgets_exhausted: Vec<String>,
-    budget_line: Option<String>,
-}
-
 async fn status(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (loaded, data) = match Source::open(cli, run).await? {
-        Source::Store { loaded, store, run } => {
-            let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
-            let agents = store.agents(&run.id).await.context("reading agents")?;
-            let budgets_exhausted = budget::exhausted(&*store, &loaded.plan, &run).await;
-            let budget_line = budget::status_line(&*store, &loaded.plan, &run).await;
-            (loaded, StatusData { run, tasks, agents, budgets_exhausted, budget_line })
-        }
-        Source::Server { loaded, client } => {
-            let run = source::server_run(&client, &loaded.plan).await?;
-            let tasks = client.tasks(&TaskFilter::default()).await?;
-            let agents = client.agents().await?;
-            // The API does not show budgets yet: they come from the store when it is at hand
-            // and holds the served run (a local `baton run` or `baton serve`), else are left out.
-            let mut budgets_exhausted = Vec::new();
-            let mut budget_line = None;
-            if let Ok(store) = existing_store(cli, &loaded)
-                && let Ok(Some(stored)) = store.run(&run.id).await
-            {
-                budgets_exhausted = budget::exhausted(&*store, &loaded.plan, &stored).await;
-                budget_line = budget::status_line(&*store, &loaded.plan, &stored).await;
-            }
-            (loaded, StatusData { run, tasks, agents, budgets_exhausted, budget_line })
-        }
-    };
-    print_status(&loaded.plan, &data, json)
+    let source = Source::open(cli, run).await?;
+    let reader = source.reader();
+    let status = reader.status().await?;
+    let executed_by = source.executed_by(&status);
+    // Left out for a caller that may not read budgets (an agent's token).
+    let budgets = reader.budgets().await.ok();
+    print_status(&status, executed_by.as_deref(), budgets.as_ref(), json)
 }
 
-fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failure> {
-    let StatusData { run, tasks, agents, budgets_exhausted, budget_line } = data;
-    let mut by_workstream: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-    for task in tasks {
-        let ws = task.workstream.clone().unwrap_or_else(|| "(none)".into());
-        *by_workstream.entry(ws).or_default().entry(task.state.as_str()).or_default() += 1;
-    }
-    let executed =
-        run.owner.is_some() && run.owner_until.is_some_and(|until| until > baton_runtime::Clock::system().now());
-    let mut agents_by_state: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for agent in agents {
-        let live = matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
-        let state = if executed || live { agent.state } else { AgentState::Offline };
-        agents_by_state.entry(state.to_string()).or_default().push(agent.name.clone());
-    }
-    let current_phase = run.phase.min(run.n_phases);
-    let phase_names: Vec<String> = if current_phase >= 1 {
-        plan.phases.get(current_phase as usize - 1).cloned().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+/// The budgets that are exhausted now (`global`, `workstream:NAME`, `agent:NAME`).
+fn exhausted_budgets(budgets: Option<&baton_ops::schedules::Budgets>) -> Vec<String> {
+    budgets
+        .map(|budgets| {
+            budgets
+                .scopes
+                .iter()
+                .filter(|view| view.exhausted && !view.scope.starts_with("task:"))
+                .map(|view| view.scope.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn print_status(
+    status: &baton_ops::status::Status,
+    executed_by: Option<&str>,
+    budgets: Option<&baton_ops::schedules::Budgets>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let exhausted = exhausted_budgets(budgets);
+    let by_workstream: BTreeMap<&String, &BTreeMap<String, u64>> =
+        status.workstreams.iter().map(|(name, ws)| (name, &ws.tasks)).collect();
     if json {
         let value = serde_json::json!({
-            "session_id": run.id,
-            "name": run.name,
-            "state": run.state,
-            "current_phase": current_phase,
-            "n_phases": run.n_phases,
-            "phase_workstreams": phase_names,
-            "progress": run.progress(),
-            "completed": run.state != RunState::Running,
-            "error": run.error,
-            "n_tasks": run.n_tasks,
-            "n_finished": run.n_finished,
-            "started_at": run.started_at,
-            "ended_at": run.ended_at,
-            "owner": run.owner,
+            "session_id": status.session_id,
+            "name": status.name,
+            "state": status.state,
+            "current_phase": status.phase,
+            "n_phases": status.n_phases,
+            "phase_workstreams": status.phase_workstreams,
+            "progress": status.progress,
+            "completed": status.completed,
+            "error": status.error,
+            "n_tasks": status.n_tasks,
+            "n_finished": status.n_finished,
+            "started_at": status.started_at,
+            "ended_at": status.ended_at,
+            "owner": executed_by,
             "workstreams": by_workstream,
-            "agents": agents_by_state,
-            "spawned_agents": agents.iter().filter(|a| a.state != AgentState::Waiting).map(|a| &a.name).collect::<Vec<_>>(),
-            "budgets_exhausted": budgets_exhausted,
+            "agents": status.agents,
+            "spawned_agents": status.spawned_agents,
+            "running_agents": status.running_agents,
+            "budgets_exhausted": exhausted,
         });
         outln!("{}", serde_json::to_string_pretty(&value).context("serializing")?);
         return Ok(0);
     }
-    let end = run.ended_at.unwrap_or_else(|| baton_runtime::Clock::system().now());
-    outln!("run       {} ({})", run.id, run.name);
-    outln!("state     {}", run.state);
-    outln!("phase     {current_phase}/{} {}", run.n_phases, phase_names.join(", "));
-    outln!("progress  {:.0}% ({}/{} tasks finished)", run.progress() * 100.0, run.n_finished, run.n_tasks);
-    let how_long = if run.ended_at.is_some() { "ran" } else { "running for" };
-    outln!("started   {} ({how_long} {})", output::time(run.started_at), output::elapsed(run.started_at, end));
-    let summary: Vec<String> = agents_by_state
+    let end = status.ended_at.unwrap_or_else(|| baton_runtime::Clock::system().now());
+    outln!("run       {} ({})", status.session_id, status.name);
+    outln!("state     {}", status.state);
+    outln!("phase     {}/{} {}", status.phase, status.n_phases, status.phase_workstreams.join(", "));
+    outln!("progress  {:.0}% ({}/{} tasks finished)", status.progress * 100.0, status.n_finished, status.n_tasks);
+    let how_long = if status.ended_at.is_some() { "ran" } else { "running for" };
+    outln!("started   {} ({how_long} {})", output::time(status.started_at), output::elapsed(status.started_at, end));
+    let summary: Vec<String> = status
+        .agents
         .iter()
         .map(|(state, names)| match state.as_str() {
             // The states that need attention name their agents.
@@ -463,24 +432,31 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
         })
         .collect();
     outln!("agents    {}", summary.join(", "));
-    if let Some(line) = budget_line {
-        outln!("budget    {line}");
+    if let Some(budgets) = budgets.filter(|_| !exhausted.is_empty()) {
+        let until = match (budgets.next_reset, baton_core::budget::Reset::parse(&budgets.reset, &budgets.timezone)) {
+            (Some(at), Ok(reset)) => reset.show(baton_core::Timestamp(at)),
+            (Some(at), Err(_)) => output::time(baton_core::Timestamp(at)),
+            (None, _) => "never".to_string(),
+        };
+        outln!(
+            "budget    exhausted: {} — the agents they cover get no new task (blocked-budget) until the reset at {until} or `baton budget set`",
+            exhausted.join(", ")
+        );
     }
-    if let Some(owner) = &run.owner {
+    if let Some(owner) = executed_by {
         outln!("executed by {owner}");
-    } else if run.state == RunState::Running {
+    } else if !status.completed {
         outln!("not being executed: `baton run` resumes it");
     }
-    if let Some(error) = &run.error {
+    if let Some(error) = &status.error {
         outln!("error     {error}");
     }
     let mut table = output::table(&["phase", "workstream", "succeeded", "running", "waiting", "failed"]);
-    let phase_of = |ws: &str| plan.phase_of(Some(ws)).to_string();
-    for (ws, counts) in &by_workstream {
-        let get = |state: &str| counts.get(state).copied().unwrap_or(0);
+    for (name, ws) in &status.workstreams {
+        let get = |state: &str| ws.tasks.get(state).copied().unwrap_or(0);
         table.add_row(vec![
-            if ws == "(none)" { "1".to_string() } else { phase_of(ws) },
-            ws.clone(),
+            ws.phase.to_string(),
+            name.clone(),
             get("succeeded").to_string(),
             get("running").to_string(),
             (get("pending") + get("ready") + get("suspended")).to_string(),
@@ -491,11 +467,16 @@ fn print_status(plan: &Plan, data: &StatusData, json: bool) -> Result<u8, Failur
     Ok(0)
 }
 
-async fn tasks(cli: &Cli, filter: TaskFilter, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let tasks = match Source::open(cli, run).await? {
-        Source::Server { client, .. } => client.tasks(&filter).await?,
-        Source::Store { store, run, .. } => store.tasks(&run.id, &filter).await.context("reading tasks")?,
-    };
+async fn tasks(
+    cli: &Cli,
+    state: Option<TaskState>,
+    workstream: Option<&str>,
+    agent: Option<&str>,
+    json: bool,
+    run: Option<&str>,
+) -> Result<u8, Failure> {
+    let source = Source::open(cli, run).await?;
+    let tasks = source.reader().tasks(state, workstream, agent).await?;
     print_tasks(&tasks, json)
 }
 
@@ -533,32 +514,16 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
     match action {
         TaskAction::Add(args) => add_task(cli, args).await,
         TaskAction::Show { id, json } => {
-            let (task, events) = match Source::open(cli, None).await? {
-                Source::Server { client, .. } => {
-                    let detail = client.task(TaskId(*id)).await?;
-                    (detail.task, detail.events)
-                }
-                Source::Store { store, .. } => {
-                    let task = store
-                        .task(TaskId(*id))
-                        .await
-                        .context("reading the task")?
-                        .ok_or_else(|| Failure::usage(format!("no task {id}")))?;
-                    let events = store
-                        .events(&EventQuery { task: Some(task.id), ..Default::default() })
-                        .await
-                        .context("reading events")?;
-                    (task, events)
-                }
-            };
-            print_task(&task, &events, *json)
+            let source = Source::open(cli, None).await?;
+            let detail = source.reader().task(TaskId(*id)).await?;
+            print_task(&detail.task, &detail.events, *json)
         }
         TaskAction::Cancel { id, reason, run } => {
-            let (_, client) = source::front_door(cli, run.as_deref()).await?;
+            let client = source::front_door(cli, run.as_deref()).await?;
             print_changed_task(&client.cancel_task(TaskId(*id), reason).await?)
         }
         TaskAction::Retry { id, run } => {
-            let (_, client) = source::front_door(cli, run.as_deref()).await?;
+            let client = source::front_door(cli, run.as_deref()).await?;
             print_changed_task(&client.retry_task(TaskId(*id)).await?)
         }
     }
@@ -606,7 +571,7 @@ fn print_changed_task(task: &TaskRecord) -> Result<u8, Failure> {
 /// task at once.
 async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
     let input = source::task_input(args)?;
-    let (_, client) = source::front_door(cli, args.run.as_deref()).await?;
+    let client = source::front_door(cli, args.run.as_deref()).await?;
     let key = source::key_of(&input);
     let body = serde_json::to_value(&input).context("serializing the task")?;
     let id = client.add_task(&body).await?;
@@ -621,7 +586,7 @@ async fn agent(cli: &Cli, action: &AgentAction) -> Result<u8, Failure> {
         AgentAction::Restart { name, run } => (name, run, "restart"),
     };
     // The engine knows its agents, those added since it started too.
-    let (_, client) = source::front_door(cli, run.as_deref()).await?;
+    let client = source::front_door(cli, run.as_deref()).await?;
     let record = client.agent_command(name, verb).await?;
     let state = record.map_or_else(|| "not started".to_string(), |record| record.state.to_string());
     outln!("agent {name} is {state}");
@@ -637,15 +602,17 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
         }
         None => None,
     };
-    let (_, client) = source::front_door(cli, run).await?;
+    let client = source::front_door(cli, run).await?;
     let result = client.chat(text, data).await?;
+    // Who took it: the server at its address, or the process on the run's socket.
+    let by = client.served_by();
     for sent in &result.sent {
         match (&sent.message_id, sent.task) {
             (_, Some(task)) => {
-                outln!("@{}: sent as a task, task {task} (it runs once per task)", sent.agent);
+                outln!("@{}: sent as a task, task {task} (it runs once per task), created by {by}", sent.agent);
             }
-            (Some(id), None) => outln!("@{}: message {id} sent", sent.agent),
-            (None, None) => outln!("@{}: sent", sent.agent),
+            (Some(id), None) => outln!("@{}: message {id} sent, stored by {by}, which delivers it", sent.agent),
+            (None, None) => outln!("@{}: sent to {by}", sent.agent),
         }
     }
     Ok(0)
@@ -653,7 +620,7 @@ async fn send(cli: &Cli, text: &str, data: Option<&str>, run: Option<&str>) -> R
 
 /// `baton messages redeliver`: through the running `baton run`'s front door.
 async fn redeliver(cli: &Cli, ids: &[i64], dead: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (_, client) = source::front_door(cli, run).await?;
+    let client = source::front_door(cli, run).await?;
     let redelivered = client.redeliver(ids, dead).await?;
     match redelivered.as_slice() {
         [] => outln!("no dead letter to redeliver"),
@@ -666,9 +633,8 @@ async fn redeliver(cli: &Cli, ids: &[i64], dead: bool, run: Option<&str>) -> Res
 }
 
 async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&*store, &loaded.plan, run).await?;
-    let deliveries = store.deliveries(&run.id, agent, limit).await.context("reading messages")?;
+    let source = Source::open(cli, run).await?;
+    let deliveries = source.reader().messages(agent, limit).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&deliveries).context("serializing")?);
         return Ok(0);
@@ -694,118 +660,47 @@ async fn messages(cli: &Cli, agent: Option<&str>, limit: u64, json: bool, run: O
 }
 
 async fn conflicts(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let (loaded, store) = open_existing_store(cli)?;
-    let run = find_run(&*store, &loaded.plan, run).await?;
-    let tasks = store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")?;
-    let name = |task: &baton_core::model::TaskRecord| task.key.clone().unwrap_or_else(|| task.id.to_string());
-    let holders: Vec<&baton_core::model::TaskRecord> =
-        tasks.iter().filter(|task| task.state == TaskState::Running && !task.resources.is_empty()).collect();
-    let mut held = Vec::new();
-    for task in &holders {
-        for resource in &task.resources {
-            held.push(serde_json::json!({ "resource": resource, "task": name(task), "agent": task.assigned_agent }));
-        }
-    }
-    // Agents' explicit leases, from their events (they live as long as the `baton run`).
-    if run.owner.is_some() {
-        let events = store
-            .events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() })
-            .await
-            .context("reading events")?;
-        let mut leases: BTreeMap<String, (String, baton_core::Timestamp)> = BTreeMap::new();
-        for event in events {
-            match event.kind {
-                baton_core::EventKind::ResourceLeased { agent, resource, until } => {
-                    leases.insert(resource, (agent, until));
-                }
-                baton_core::EventKind::ResourceReleased { resource, .. } => {
-                    leases.remove(&resource);
-                }
-                _ => {}
-            }
-        }
-        for (resource, (agent, until)) in leases {
-            held.push(serde_json::json!({ "resource": resource, "task": null, "agent": agent, "until": until }));
-        }
-    }
-    let mut waiting = Vec::new();
-    for task in tasks.iter().filter(|task| matches!(task.state, TaskState::Ready | TaskState::Pending)) {
-        for resource in &task.resources {
-            for holder in &holders {
-                if let Some(other) =
-                    holder.resources.iter().find(|other| baton_core::resources::overlaps(other, resource))
-                {
-                    waiting.push(serde_json::json!({
-                        "task": name(task), "state": task.state, "resource": resource,
-                        "held": other, "holder": name(holder),
-                    }));
-                }
-            }
-        }
-    }
+    let source = Source::open(cli, run).await?;
+    let conflicts = source.reader().conflicts().await?;
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "held": held, "waiting": waiting }))
-                .context("serializing")?
-        );
+        outln!("{}", serde_json::to_string_pretty(&conflicts).context("serializing")?);
         return Ok(0);
     }
+    let cell = |text: Option<&String>| text.cloned().unwrap_or_else(|| "-".to_string());
     let mut table = output::table(&["resource", "held by", "agent"]);
-    for row in &held {
-        let cell = |key: &str| row[key].as_str().unwrap_or("-").to_string();
-        table.add_row(vec![cell("resource"), cell("task"), cell("agent")]);
+    for held in &conflicts.held {
+        table.add_row(vec![held.resource.clone(), cell(held.task.as_ref()), cell(held.agent.as_ref())]);
     }
     outln!("held\n{table}");
     let mut table = output::table(&["task", "state", "wants", "overlaps", "held by"]);
-    for row in &waiting {
-        let cell = |key: &str| row[key].as_str().unwrap_or("-").to_string();
-        table.add_row(vec![cell("task"), cell("state"), cell("resource"), cell("held"), cell("holder")]);
+    for waiting in &conflicts.waiting {
+        table.add_row(vec![
+            waiting.task.clone(),
+            waiting.state.to_string(),
+            waiting.resource.clone(),
+            waiting.held.clone(),
+            waiting.holder.clone(),
+        ]);
     }
     outln!("waiting\n{table}");
     Ok(0)
 }
 
 async fn agents(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let now = baton_runtime::Clock::system().now();
-    let (loaded, agents, executed) = match Source::open(cli, run).await? {
-        // The server executes its run.
-        Source::Server { loaded, client } => (loaded, client.agents().await?, true),
-        Source::Store { loaded, store, run } => {
-            let agents = store.agents(&run.id).await.context("reading agents")?;
-            // Nobody executes the run (it ended, or its `baton run` was killed): whatever the
-            // records say, no agent of it is alive.
-            let executed = run.owner.is_some() && run.owner_until.is_some_and(|until| until > now);
-            (loaded, agents, executed)
-        }
-    };
-    print_agents(agents, executed, loaded.plan.settings.offline_after, json)
+    let source = Source::open(cli, run).await?;
+    let agents = source.reader().agents().await?;
+    print_agents(&agents, json)
 }
 
-fn print_agents(
-    mut agents: Vec<AgentRecord>,
-    executed: bool,
-    offline_after: std::time::Duration,
-    json: bool,
-) -> Result<u8, Failure> {
+fn print_agents(agents: &[AgentRecord], json: bool) -> Result<u8, Failure> {
     let now = baton_runtime::Clock::system().now();
-    for agent in &mut agents {
-        let live = !matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
-        // Idle and not heard from for `offline_after` (seed 004's 60 minutes by default).
-        let silent =
-            agent.state == AgentState::Idle && agent.last_activity.is_some_and(|at| at.plus(offline_after) <= now);
-        if live && (!executed || silent) {
-            agent.state = AgentState::Offline;
-            agent.running = 0;
-        }
-    }
     if json {
         outln!("{}", serde_json::to_string_pretty(&agents).context("serializing")?);
         return Ok(0);
     }
     let mut table =
         output::table(&["agent", "workstream", "priority", "state", "running", "succeeded", "failed", "last activity"]);
-    for agent in &agents {
+    for agent in agents {
         table.add_row(vec![
             agent.name.clone(),
             agent.workstream.clone().unwrap_or_else(|| "(shared)".into()),
@@ -829,9 +724,31 @@ async fn events(
     json: bool,
     run: Option<&str>,
 ) -> Result<u8, Failure> {
-    match Source::open(cli, run).await? {
-        Source::Server { client, .. } => events_from_server(&client, follow, since, task, json).await,
-        Source::Store { store, run, .. } => events_from_store(&*store, &run, follow, since, task, json).await,
+    let source = Source::open(cli, run).await?;
+    let reader = source.reader();
+    let mut names = TaskNames::default();
+    for listed in reader.tasks(None, None, None).await? {
+        names.insert(listed.id, listed.key);
+    }
+    // The history page by page, then (with --follow) what comes next.
+    let mut seen = since;
+    let mut ended = false;
+    loop {
+        let page = reader.events(seen, task).await?;
+        for event in &page {
+            ended |= print_event(&mut names, event, json)?;
+            seen = event.seq;
+        }
+        if (page.len() as u64) < source::PAGE {
+            break;
+        }
+    }
+    if !follow || ended {
+        return Ok(0);
+    }
+    match &source {
+        Source::Server { client } => follow_server(client, &mut names, seen, task, json).await,
+        Source::Store { ops, .. } => follow_store(ops, &mut names, seen, task, json).await,
     }
 }
 
@@ -846,39 +763,34 @@ fn print_event(names: &mut TaskNames, event: &baton_core::Event, json: bool) -> 
     Ok(matches!(event.kind, baton_core::EventKind::RunCompleted { .. }))
 }
 
-async fn events_from_store(
-    store: &dyn Store,
-    run: &RunRecord,
-    follow: bool,
-    since: i64,
+/// Follows a run another process writes to the store: the store has no cross-process
+/// notification, so the follower polls, until the run ends.
+async fn follow_store(
+    ops: &baton_ops::Ops,
+    names: &mut TaskNames,
+    mut seen: i64,
     task: Option<TaskId>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let mut names = TaskNames::default();
-    for stored in store.tasks(&run.id, &TaskFilter::default()).await.context("reading tasks")? {
-        names.insert(stored.id, stored.key);
-    }
-    let mut query = EventQuery { run_id: Some(run.id.clone()), since, task, limit: Some(10_000), ..Default::default() };
+    let reader = source::Reader::Local(ops);
     loop {
-        let batch = store.events(&query).await.context("reading events")?;
-        let mut ended = false;
-        for event in &batch {
-            ended |= print_event(&mut names, event, json)?;
-            query.since = event.seq;
-        }
-        if batch.len() as u64 == query.limit.unwrap_or(0) {
-            continue;
-        }
-        if !follow || ended {
-            return Ok(0);
-        }
-        // Another process writes the events; the store has no cross-process notification, so
-        // a follower polls.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let current = store.run(&run.id).await.context("reading the run")?;
-        if current.is_some_and(|current| current.state != RunState::Running) {
-            // One last read picks up the final events.
-            query.limit = Some(10_000);
+        // Read after the run is seen ended: this read has its final events.
+        let ended = ops.run().await?.state != RunState::Running;
+        loop {
+            let page = reader.events(seen, task).await?;
+            for event in &page {
+                if print_event(names, event, json)? {
+                    return Ok(0);
+                }
+                seen = event.seq;
+            }
+            if (page.len() as u64) < source::PAGE {
+                break;
+            }
+        }
+        if ended {
+            return Ok(0);
         }
     }
 }
@@ -888,34 +800,15 @@ async fn events_from_store(
 const RECONNECTS: u32 = 3;
 const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
-async fn events_from_server(
+/// Follows the server's live stream (`GET /events`) from the last event seen, getting it back
+/// when the server ends it.
+async fn follow_server(
     client: &Client,
-    follow: bool,
-    since: i64,
+    names: &mut TaskNames,
+    mut seen: i64,
     task: Option<TaskId>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let mut names = TaskNames::default();
-    for listed in client.tasks(&TaskFilter::default()).await? {
-        names.insert(listed.id, listed.key);
-    }
-    // The history page by page, then (with --follow) the live stream from the last event seen.
-    let mut seen = since;
-    loop {
-        let page = client.events(seen, task, crate::client::EVENT_PAGE).await?;
-        for event in &page {
-            if print_event(&mut names, event, json)? && !follow {
-                return Ok(0);
-            }
-            seen = event.seq;
-        }
-        if (page.len() as u64) < crate::client::EVENT_PAGE {
-            break;
-        }
-    }
-    if !follow {
-        return Ok(0);
-    }
     let mut failed_tries = 0;
     loop {
         let why = match client.follow_events(seen, task).await {
@@ -923,7 +816,7 @@ async fn events_from_server(
                 let seen_before = seen;
                 while let Some(event) = stream.next().await? {
                     seen = event.seq;
-                    if print_event(&mut names, &event, json)? {
+                    if print_event(names, &event, json)? {
                         return Ok(0);
                     }
                 }
@@ -948,17 +841,27 @@ async fn events_from_server(
 }
 
 async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let (loaded, store) = open_existing_store(cli)?;
-    if loaded.plan.agent(agent).is_none() {
-        let known: Vec<&str> = loaded.plan.agents.iter().map(|agent| agent.name.as_str()).collect();
-        return Err(Failure::usage(format!(
-            "no agent `{agent}` in {} (known: {})",
-            cli.config.display(),
-            known.join(", ")
-        )));
+    match Source::open(cli, None).await? {
+        Source::Server { client } if follow => {
+            let mut lines = client.follow_agent_log(agent).await?;
+            while let Some(line) = lines.next().await {
+                outln!("{line}");
+            }
+            Ok(0)
+        }
+        Source::Server { client } => {
+            out!("{}", client.agent_log(agent).await?);
+            Ok(0)
+        }
+        Source::Store { ops, .. } => local_log(&ops, agent, follow).await,
     }
-    let path = store_dir(cli, &loaded)?.join("logs").join(format!("{agent}.log"));
+}
+
+/// An agent's log file, where the operations layer says it is; with `follow`, polled until
+/// the run ends (another process writes it).
+async fn local_log(ops: &baton_ops::Ops, agent: &str, follow: bool) -> Result<u8, Failure> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let path = ops.agent_log(&baton_ops::Caller::local(), agent).await?;
     let mut offset = 0u64;
     loop {
         if let Ok(mut file) = tokio::fs::File::open(&path).await {
@@ -971,11 +874,7 @@ async fn logs(cli: &Cli, agent: &str, follow: bool) -> Result<u8, Failure> {
         } else if !follow {
             return Err(Failure::usage(format!("agent `{agent}` has no log yet ({} does not exist)", path.display())));
         }
-        if !follow {
-            return Ok(0);
-        }
-        let run = store.latest_run(Some(&loaded.plan.name)).await.context("reading the run")?;
-        if run.is_some_and(|run| run.state != RunState::Running) {
+        if !follow || ops.run().await?.state != RunState::Running {
             return Ok(0);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

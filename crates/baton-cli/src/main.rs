@@ -60,7 +60,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "BATON_LOG_LEVEL")]
     pub log_level: Option<String>,
 
-    /// How Baton's own diagnostics are written: `text`, or `json` (one object per line).
+    /// How Baton's own diagnostics are written: `text`, or `json` (one object per line; `baton
+    /// run`'s event lines too, each with the event).
     #[arg(long, global = true, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
@@ -128,8 +129,8 @@ pub enum Command {
     },
     /// The server's audit log: every mutating API request, who made it and how it ended.
     Audit {
-        /// At most this many entries, newest first.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many entries, newest first (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
         limit: u64,
         /// Only requests by this token subject.
         #[arg(long)]
@@ -219,8 +220,8 @@ pub enum Command {
         /// Only messages to or from this agent.
         #[arg(long)]
         agent: Option<String>,
-        /// At most this many, the latest.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many, the latest (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
         limit: u64,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -567,6 +568,22 @@ impl Failure {
     }
 }
 
+/// An operation's failure, with the exit code its kind maps to: 2 for what the caller can fix
+/// (the kinds the API answers with a 4xx: invalid, forbidden, not found, conflict, full), 1 for
+/// what failed on Baton's side (unavailable, internal) — as [`client`] maps the API's statuses.
+impl From<baton_ops::Error> for Failure {
+    fn from(error: baton_ops::Error) -> Failure {
+        use baton_ops::ErrorKind;
+        let code = match error.kind() {
+            ErrorKind::Invalid | ErrorKind::Forbidden | ErrorKind::NotFound | ErrorKind::Conflict | ErrorKind::Full => {
+                2
+            }
+            ErrorKind::Unavailable | ErrorKind::Internal => 1,
+        };
+        Failure { code, message: error.message().to_string() }
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
         Failure { code: 1, message: format!("{error:#}") }
@@ -592,7 +609,13 @@ fn main() -> ExitCode {
         .filter(|value| !value.trim().is_empty())
         .and_then(|value| tracing_subscriber::EnvFilter::try_new(value).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(directives));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only for a person at a terminal: a log redirected to a file stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
     if cli.log_format == "json" {
         logs.json().init();
     } else {
@@ -620,7 +643,7 @@ fn main() -> ExitCode {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every option and argument of every command says what it is for in `--help`.
+    /// Every command, and every option and argument of it, says what it is for in `--help`.
     #[test]
     fn every_option_of_every_command_has_help() {
         fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
@@ -634,10 +657,14 @@ mod tests {
                 }
             }
             for sub in command.get_subcommands() {
-                if sub.is_hide_set() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
                     continue;
                 }
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{sub_path} (the command itself)"));
+                }
+                walk(sub, &sub_path, missing);
             }
         }
         let mut missing = Vec::new();

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use baton_core::model::{AgentState, TaskId};
+use baton_core::model::{AgentState, TaskId, TaskState};
 use baton_core::{Event, EventKind, Timestamp};
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{ContentArrangement, Table};
@@ -104,5 +104,41 @@ pub fn is_notable(kind: &EventKind) -> bool {
             kind,
             EventKind::TaskCreated { .. } | EventKind::TaskReady { .. } | EventKind::TaskProgress { .. }
         ),
+    }
+}
+
+/// Where to look after a failed run: `baton tasks --state S` for each state other than
+/// succeeded that has tasks, with how many, then the events and the logs.
+pub fn failure_hint(counts: &[(TaskState, u64)]) -> String {
+    let mut places: Vec<String> = TaskState::ALL
+        .into_iter()
+        .filter(|state| *state != TaskState::Succeeded)
+        .filter_map(|state| {
+            let n = counts.iter().filter(|(counted, _)| *counted == state).map(|(_, n)| n).sum::<u64>();
+            let tasks = if n == 1 { "task" } else { "tasks" };
+            (n > 0).then(|| format!("`baton tasks --state {state}` ({n} {tasks})"))
+        })
+        .collect();
+    places.push("`baton events`".to_string());
+    format!("see {} and `baton logs AGENT`", places.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_points_at_the_states_that_have_tasks() {
+        let cancelled_only = [(TaskState::Succeeded, 4), (TaskState::Dead, 0), (TaskState::Cancelled, 8)];
+        assert_eq!(
+            failure_hint(&cancelled_only),
+            "see `baton tasks --state cancelled` (8 tasks), `baton events` and `baton logs AGENT`"
+        );
+        let mixed = [(TaskState::Dead, 1), (TaskState::Cancelled, 2), (TaskState::Suspended, 3)];
+        assert_eq!(
+            failure_hint(&mixed),
+            "see `baton tasks --state dead` (1 task), `baton tasks --state cancelled` (2 tasks), `baton tasks --state suspended` (3 tasks), `baton events` and `baton logs AGENT`"
+        );
+        assert_eq!(failure_hint(&[]), "see `baton events` and `baton logs AGENT`");
     }
 }

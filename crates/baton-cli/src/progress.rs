@@ -1,5 +1,7 @@
 //! What `baton run` shows while it works: a progress bar per workstream on a terminal, plain
-//! event lines elsewhere.
+//! event lines elsewhere, and with `--log-format json` one JSON object per event line, in the
+//! shape of the JSON log lines (`timestamp`, `level`, `fields.message`) with the event itself in
+//! `event`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -15,6 +17,8 @@ use crate::output::{TaskNames, is_notable};
 pub struct Display {
     bars: Option<Bars>,
     names: TaskNames,
+    /// Event lines as JSON objects (`--log-format json`).
+    json: bool,
 }
 
 struct Bars {
@@ -23,13 +27,13 @@ struct Bars {
 }
 
 impl Display {
-    /// Bars when stderr is a terminal and `plain` is not asked for.
-    pub fn new(plain: bool) -> Display {
-        let bars = (!plain && std::io::stderr().is_terminal()).then(|| Bars {
+    /// Bars when stderr is a terminal and neither `plain` nor `json` lines are asked for.
+    pub fn new(plain: bool, json: bool) -> Display {
+        let bars = (!plain && !json && std::io::stderr().is_terminal()).then(|| Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             by_workstream: HashMap::new(),
         });
-        Display { bars, names: TaskNames::default() }
+        Display { bars, names: TaskNames::default(), json }
     }
 
     pub fn event(&mut self, event: &Event) {
@@ -38,6 +42,10 @@ impl Display {
             return;
         }
         let line = self.names.line(event);
+        if self.json {
+            crate::output::say(&json_line(event, &line));
+            return;
+        }
         match &self.bars {
             // On a terminal the bars show the routine progress; lines are for what matters.
             Some(bars) => {
@@ -100,6 +108,29 @@ impl Display {
             }
         }
     }
+}
+
+/// An event line as a JSON log line: what `--log-format json` writes for Baton's diagnostics,
+/// with the event as `baton events --json` shows it.
+fn json_line(event: &Event, line: &str) -> String {
+    let timestamp = chrono::DateTime::from_timestamp_millis(event.at.millis())
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default();
+    let level = if is_warning(&event.kind) { "WARN" } else { "INFO" };
+    serde_json::json!({ "timestamp": timestamp, "level": level, "fields": { "message": line }, "event": event })
+        .to_string()
+}
+
+/// Events that say something went wrong.
+fn is_warning(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::TaskFailed { .. }
+            | EventKind::TaskDeadLettered { .. }
+            | EventKind::TaskLeaseExpired { .. }
+            | EventKind::AgentTerminated { .. }
+            | EventKind::BudgetThreshold { .. }
+    )
 }
 
 /// Feeds events and progress to the display until `done` fires, then shows what is left.

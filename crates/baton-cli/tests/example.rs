@@ -134,11 +134,41 @@ async fn read_commands_print_tables_and_json() {
     assert!(logs.contains("attempt 1 failed in"), "{logs}");
     let unknown = project.baton(&["logs", "nobody"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(stderr(&unknown).contains("no agent `nobody` in baton.toml (known: build-agent, test-agent"));
+    assert!(
+        stderr(&unknown).contains("no agent `nobody` in this run (known: build-agent, test-agent"),
+        "{}",
+        stderr(&unknown)
+    );
 
     let id = tasks[0]["id"].to_string();
     let show = stdout(&project.baton(&["task", "show", &id]));
     assert!(show.contains("state     succeeded"), "{show}");
+}
+
+/// `--log-format json`: every line on stderr is a JSON object, the event lines among them with
+/// their event; text logs that go to a file or a pipe carry no colour escapes.
+#[test]
+fn json_logs_carry_the_events_and_text_logs_off_a_terminal_have_no_escapes() {
+    let project = Project::example();
+    let run = project.baton(&["run", "--log-format", "json", "--log-level", "debug"]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let mut kinds = Vec::new();
+    for line in stderr(&run).lines() {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}"));
+        assert!(object["level"].is_string() && object["fields"]["message"].is_string(), "{line}");
+        if let Some(kind) = object["event"]["type"].as_str() {
+            kinds.push(kind.to_string());
+        }
+    }
+    assert_eq!(kinds.first().map(String::as_str), Some("RunStarted"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("RunCompleted"), "{kinds:?}");
+    assert!(kinds.iter().any(|kind| kind == "TaskFailed"), "the flaky task's failure is a line: {kinds:?}");
+
+    let text = project.baton(&["run", "--log-level", "debug"]);
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    assert!(stderr(&text).contains("DEBUG"), "debug lines are written: {}", stderr(&text));
+    assert!(!stderr(&text).contains('\u{1b}'), "escapes in a log off a terminal:\n{}", stderr(&text));
 }
 
 #[test]

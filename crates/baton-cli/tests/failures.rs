@@ -62,6 +62,12 @@ async fn timeouts_and_failures_end_the_run_failed_with_a_report() {
     assert!(report.contains("  slow: dead: timed out after 300ms"), "{report}");
     assert!(report.contains("  broken: dead: exit status 4: cannot find libfoo"), "{report}");
     assert!(report.contains("  ship: cancelled: upstream workstream `build` failed"), "{report}");
+    assert!(
+        report.contains(
+            "see `baton tasks --state dead` (2 tasks), `baton tasks --state cancelled` (1 task), `baton events` and `baton logs AGENT`"
+        ),
+        "{report}"
+    );
 
     // The timed-out attempt's whole process group was killed, grandchild included.
     let pid: i32 = std::fs::read_to_string(project.path().join("grandchild.pid")).unwrap().trim().parse().unwrap();
@@ -116,6 +122,12 @@ title = "Long job"
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains("long: cancelled: not needed"), "{}", stdout(&output));
+    // No task is dead: the report points at the cancelled one only.
+    assert!(
+        stdout(&output).contains("see `baton tasks --state cancelled` (1 task), `baton events`"),
+        "{}",
+        stdout(&output)
+    );
     let rest = lines.rest();
     assert!(rest.contains("task long cancelled: not needed"), "{rest}");
     let task = store.task(task.id).await.unwrap().unwrap();

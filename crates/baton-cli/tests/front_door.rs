@@ -83,6 +83,12 @@ async fn commands_reach_a_running_baton_run_through_its_socket() {
     assert_eq!(redelivered.status.code(), Some(0), "{}", stderr(&redelivered));
     assert_eq!(stdout(&redelivered).trim(), "no dead letter to redeliver");
     assert!(stdout(&sent).contains("@echo: sent as a task"), "{}", stdout(&sent));
+    // It names the process that took it: the run's, on its socket.
+    assert!(
+        stdout(&sent).contains("created by the process serving ") && stdout(&sent).contains("api.sock"),
+        "{}",
+        stdout(&sent)
+    );
     let tasks = store.tasks(&run.id, &TaskFilter { agent: Some("echo".into()), ..Default::default() }).await.unwrap();
     assert_eq!(tasks.len(), 2, "echo-this and the chat task: {tasks:?}");
 

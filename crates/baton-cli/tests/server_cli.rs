@@ -118,6 +118,14 @@ fn the_cli_goes_through_a_running_server() {
     assert!(text.contains("(1/1 tasks finished)"), "{text}");
     assert!(text.contains(&format!("executed by baton serve at {url}")), "{text}");
 
+    // The agent's log, from the server.
+    let log = project.baton(&["--url", &url, "logs", "echo"]);
+    assert_eq!(log.status.code(), Some(0), "{}", stderr(&log));
+    assert!(stdout(&log).contains("`Say hello` attempt 1"), "{}", stdout(&log));
+    let unknown = project.baton(&["--url", &url, "logs", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stdout(&unknown));
+    assert!(stderr(&unknown).contains("no agent `nobody` in this run (known: echo)"), "{}", stderr(&unknown));
+
     let shown = project.baton(&["--url", &url, "task", "show", &hello]);
     assert!(stdout(&shown).contains("state     succeeded (attempt 1/3)"), "{}", stdout(&shown));
 
@@ -130,6 +138,14 @@ fn the_cli_goes_through_a_running_server() {
     let agents: Vec<serde_json::Value> = serde_json::from_str(&stdout(&agents)).unwrap();
     assert_eq!(agents[0]["name"], "echo");
     assert_eq!(agents[0]["state"], "stopped");
+    // `spawned_agents` (as `GET /status` gives it) names the agents started in this run, the
+    // stopped one too; `running_agents` counts those running now.
+    let status = project.baton(&["--url", &url, "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(
+        (&status["spawned_agents"], &status["running_agents"]),
+        (&serde_json::json!(["echo"]), &serde_json::json!(0))
+    );
 
     let waiting = added_id(&project.baton(&["--url", &url, "task", "add", "Wait for echo", "--agent", "echo"]));
     events.wait_for("task wait-for-echo ready");
@@ -155,6 +171,70 @@ fn the_cli_goes_through_a_running_server() {
     // The follower ends when the server has gone.
     let followed = follower.wait().unwrap();
     assert_eq!(followed.code(), Some(0));
+    // From the store, the same shape: the names of the agents the run started.
+    let status = project.baton(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(
+        (&status["spawned_agents"], &status["running_agents"]),
+        (&serde_json::json!(["echo"]), &serde_json::json!(0))
+    );
+}
+
+/// Through a server the CLI needs no valid local configuration: what it shows comes from the
+/// server. An invalid file does not stop the read commands with --url, nor without it when the
+/// file still says where the server is; with no server, the configuration's error stands.
+#[test]
+fn through_a_server_an_invalid_local_file_is_not_needed() {
+    let project = Project::with(PLAN, &[]);
+    let (server, mut lines) = project.spawn(&["serve", "--listen", "127.0.0.1:0"]);
+    let line = lines.wait_for("API on ");
+    let url = line.split("API on ").nth(1).unwrap().trim().to_string();
+    let invalid = PLAN.replace("name = \"served\"", "name = \"served\"\nnot_a_setting = true");
+    std::fs::write(project.path().join("broken.toml"), &invalid).unwrap();
+    // Elsewhere, so that the store beside it (and its socket) is not the server's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let remote = elsewhere.path().join("remote.toml");
+    std::fs::write(&remote, format!("{invalid}\n[server]\nurl = \"{url}\"\n")).unwrap();
+    let remote = remote.display().to_string();
+    let unserved = elsewhere.path().join("baton.toml");
+    std::fs::write(&unserved, &invalid).unwrap();
+    let unserved = unserved.display().to_string();
+
+    let reads: [&[&str]; 9] = [
+        &["status"],
+        &["tasks"],
+        &["agents"],
+        &["events"],
+        &["messages"],
+        &["schedules"],
+        &["conflicts"],
+        &["budget"],
+        &["audit"],
+    ];
+    for args in reads {
+        let through_url = project.baton(&[&["-c", "broken.toml", "--url", &url][..], args].concat());
+        assert_eq!(through_url.status.code(), Some(0), "{args:?} with --url: {}", stderr(&through_url));
+        // The server the file names, found without --url.
+        let found = project.baton(&[&["-c", &remote][..], args].concat());
+        assert_eq!(found.status.code(), Some(0), "{args:?} through server.url: {}", stderr(&found));
+    }
+    let status = stdout(&project.baton(&["-c", &remote, "status"]));
+    assert!(status.contains("run ") && status.contains("(served)"), "{status}");
+    assert!(status.contains(&format!("executed by baton serve at {url}")), "{status}");
+
+    // No server given, none at the file's address: the file's error, as without a server.
+    let refused = project.baton(&["-c", &unserved, "status"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    assert!(
+        stderr(&refused).contains("not_a_setting") && stderr(&refused).contains("is not valid"),
+        "{}",
+        stderr(&refused)
+    );
+
+    sigterm(&server);
+    let output = server.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", lines.rest());
 }
 
 #[test]

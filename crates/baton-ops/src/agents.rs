@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use baton_core::config::AgentSpec;
-use baton_core::model::AgentRecord;
+use baton_core::model::{AgentRecord, AgentState, RunRecord};
 
 use crate::{Action, Caller, Error, Grant, Ops, Result, own_only};
 
@@ -35,10 +35,36 @@ fn config_error(error: baton_core::config::Error) -> Error {
 }
 
 impl Ops {
+    /// Whether a process executes the run: this one's engine, or another's live claim.
+    pub(crate) fn executed(&self, run: &RunRecord) -> bool {
+        self.is_running() || (run.owner.is_some() && run.owner_until.is_some_and(|until| until > self.clock().now()))
+    }
+
+    /// The run's agents as recorded, with the state a reader should see: `offline` for a
+    /// started agent when nothing executes the run (whatever its record says, no agent of it
+    /// is alive), or when it has been idle and silent for `offline_after`.
+    pub(crate) async fn agent_records(&self, run: &RunRecord) -> Result<Vec<AgentRecord>> {
+        let mut agents = self.store().agents(self.run_id()).await?;
+        let executed = self.executed(run);
+        let offline_after = self.plan().settings.offline_after;
+        let now = self.clock().now();
+        for agent in &mut agents {
+            let live = !matches!(agent.state, AgentState::Stopped | AgentState::Failed | AgentState::Waiting);
+            let silent =
+                agent.state == AgentState::Idle && agent.last_activity.is_some_and(|at| at.plus(offline_after) <= now);
+            if live && (!executed || silent) {
+                agent.state = AgentState::Offline;
+                agent.running = 0;
+            }
+        }
+        Ok(agents)
+    }
+
     async fn agent_infos(&self) -> Result<Vec<AgentInfo>> {
         let plan = self.plan();
+        let run = self.run().await?;
         let mut records: BTreeMap<String, AgentRecord> =
-            self.store().agents(self.run_id()).await?.into_iter().map(|record| (record.name.clone(), record)).collect();
+            self.agent_records(&run).await?.into_iter().map(|record| (record.name.clone(), record)).collect();
         Ok(plan
             .agents
             .iter()
@@ -47,11 +73,14 @@ impl Ops {
     }
 
     async fn find_agent(&self, name: &str) -> Result<AgentInfo> {
-        self.agent_infos()
-            .await?
-            .into_iter()
-            .find(|info| info.name == name)
-            .ok_or_else(|| Error::not_found(format!("no agent `{name}` in this run")))
+        let mut infos = self.agent_infos().await?;
+        match infos.iter().position(|info| info.name == name) {
+            Some(idx) => Ok(infos.swap_remove(idx)),
+            None => {
+                let known: Vec<&str> = infos.iter().map(|info| info.name.as_str()).collect();
+                Err(Error::not_found(format!("no agent `{name}` in this run (known: {})", known.join(", "))))
+            }
+        }
     }
 
     /// The plan's agents, with their state.

@@ -24,6 +24,7 @@ use baton_store::Store;
 
 pub mod agents;
 pub mod auth;
+pub mod conflicts;
 pub mod error;
 pub mod events;
 pub mod messages;

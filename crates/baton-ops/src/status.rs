@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use baton_core::model::{Priority, RunState, TaskState};
+use baton_core::Timestamp;
+use baton_core::model::{AgentState, Priority, RunState, TaskState};
 use baton_store::TaskFilter;
 
 use crate::{Action, Caller, Ops, Result};
@@ -48,9 +49,40 @@ pub struct Status {
     pub state: String,
     /// Why the run failed, when it did.
     pub error: Option<String>,
-    /// Agents started and not stopped.
-    pub spawned_agents: u64,
+    /// The plan's name.
+    pub name: String,
+    /// The workstreams of the current phase.
+    pub phase_workstreams: Vec<String>,
+    pub n_tasks: u64,
+    pub n_finished: u64,
+    /// When the run started, and ended (ms since the epoch).
+    #[schema(value_type = i64)]
+    pub started_at: Timestamp,
+    #[schema(value_type = Option<i64>)]
+    pub ended_at: Option<Timestamp>,
+    /// Who executes the run (its claim's owner) while the claim holds; absent when nothing
+    /// does.
+    pub executed_by: Option<String>,
+    /// The agents started in this run (every agent past `waiting`), by name, in the plan's
+    /// order; they stay in the list when they stop.
+    pub spawned_agents: Vec<String>,
+    /// Agents started and not stopped or failed, now; 0 when nothing executes the run.
+    pub running_agents: u64,
+    /// Agents' names by state, as `GET /agents` shows them (`offline` when nothing executes
+    /// the run).
+    pub agents: BTreeMap<String, Vec<String>>,
     /// Tasks per state.
+    pub tasks: BTreeMap<String, u64>,
+    /// Tasks per workstream (`(none)` for those without one) and state, with the
+    /// workstream's phase.
+    pub workstreams: BTreeMap<String, WorkstreamTasks>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WorkstreamTasks {
+    /// 1-based; tasks without a workstream are in phase 1.
+    pub phase: u32,
+    /// Tasks per state; states without tasks are left out.
     pub tasks: BTreeMap<String, u64>,
 }
 
@@ -129,27 +161,60 @@ impl Ops {
         caller.require(Action::ReadStatus)?;
         let run = self.run().await?;
         let counts = self.task_counts().await?;
-        let agents = self.store().agents(self.run_id()).await?;
+        let agents = self.agent_records(&run).await?;
         let plan = self.plan();
-        let current_phase = match run.phase {
-            0 => String::new(),
-            phase => plan.phases.get(phase as usize - 1).map(|names| names.join(", ")).unwrap_or_default(),
+        let n_phases = plan.phases.len() as u32;
+        // After the last phase the run stays in it.
+        let phase = run.phase.min(n_phases);
+        let phase_workstreams = match phase {
+            0 => Vec::new(),
+            phase => plan.phases.get(phase as usize - 1).cloned().unwrap_or_default(),
         };
         let tasks: BTreeMap<String, u64> = counts.iter().map(|(state, n)| (state.as_str().to_string(), *n)).collect();
         let n_tasks: u64 = counts.iter().map(|(_, n)| n).sum();
         let n_finished: u64 = counts.iter().filter(|(state, _)| state.is_terminal()).map(|(_, n)| n).sum();
+        // Before the first count (an old store) the run's record has them.
+        let (n_tasks, n_finished) = if n_tasks == 0 { (run.n_tasks, run.n_finished) } else { (n_tasks, n_finished) };
         let progress = if n_tasks == 0 { run.progress() } else { n_finished as f64 / n_tasks as f64 };
+        let mut workstreams: BTreeMap<String, WorkstreamTasks> = BTreeMap::new();
+        for count in self.store().task_counts_by_workstream(self.run_id()).await? {
+            if count.n == 0 {
+                continue;
+            }
+            let phase = plan.phase_of(count.workstream.as_deref());
+            let name = count.workstream.unwrap_or_else(|| "(none)".to_string());
+            let entry = workstreams.entry(name).or_insert_with(|| WorkstreamTasks { phase, tasks: BTreeMap::new() });
+            *entry.tasks.entry(count.state.as_str().to_string()).or_default() += count.n;
+        }
+        let mut by_state: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for agent in &agents {
+            by_state.entry(agent.state.to_string()).or_default().push(agent.name.clone());
+        }
         Ok(Status {
             session_id: run.id.clone(),
-            current_phase,
-            phase: run.phase,
-            n_phases: plan.phases.len() as u32,
+            current_phase: phase_workstreams.join(", "),
+            phase,
+            n_phases,
             progress,
             completed: run.state != RunState::Running,
             state: run.state.as_str().into(),
             error: run.error.clone(),
-            spawned_agents: agents.iter().filter(|agent| agent.state.is_started()).count() as u64,
+            name: run.name.clone(),
+            phase_workstreams,
+            n_tasks,
+            n_finished,
+            started_at: run.started_at,
+            ended_at: run.ended_at,
+            executed_by: self.executed(&run).then(|| run.owner.clone()).flatten(),
+            spawned_agents: agents
+                .iter()
+                .filter(|agent| agent.state != AgentState::Waiting)
+                .map(|agent| agent.name.clone())
+                .collect(),
+            running_agents: agents.iter().filter(|agent| agent.state.is_started()).count() as u64,
+            agents: by_state,
             tasks,
+            workstreams,
         })
     }
 

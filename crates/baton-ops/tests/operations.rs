@@ -117,6 +117,7 @@ fn operations() -> Vec<(Action, &'static str, Call)> {
             call(|ops: Ops, c: Caller| async move { ops.cancel_task(&c, TaskId(1), CancelInput::default()).await }),
         ),
         (Action::ControlTasks, "retry", call(|ops: Ops, c: Caller| async move { ops.retry_task(&c, TaskId(1)).await })),
+        (Action::ReadTasks, "conflicts", call(|ops: Ops, c: Caller| async move { ops.conflicts(&c).await })),
         (Action::ReadAgents, "agents", call(|ops: Ops, c: Caller| async move { ops.agents(&c).await })),
         (Action::ReadAgents, "agent", call(|ops: Ops, c: Caller| async move { ops.agent(&c, "builder").await })),
         (

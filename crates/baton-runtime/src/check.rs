@@ -39,6 +39,20 @@ const SCRIPT_EXTENSIONS: &[&str] = &["sh", "bash", "py", "js", "mjs", "rb", "pl"
 pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, String>) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     for agent in &plan.agents {
+        // Every kind of agent is handed its runbook: it must be there to be read.
+        if let Some(runbook) = &agent.runbook {
+            let path = base_dir.join(runbook);
+            if !path.is_file() {
+                diagnostics.push(Diagnostic {
+                    location: agent.process().map(|process| process.command_location.clone()).unwrap_or_default(),
+                    message: format!(
+                        "agent `{}`: runbook `{runbook}` not found (looked for {})",
+                        agent.name,
+                        path.display()
+                    ),
+                });
+            }
+        }
         // Only process agents run a program here.
         let Some(process) = agent.process() else {
             continue;
@@ -76,4 +90,27 @@ pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, St
         }
     }
     diagnostics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_runbook_is_reported_with_the_path_looked_for() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let env = BTreeMap::from([("PATH".to_string(), std::env::var("PATH").unwrap_or_default())]);
+        let text = "[orchestration]\nname = \"t\"\n\n[[agents]]\nname = \"a\"\ncommand = [\"true\"]\nrunbook = \"runbooks/a.md\"\n";
+        let plan = baton_core::config::load("baton.toml", text, &env).expect("a valid configuration");
+
+        let problems = check_environment(&plan, dir.path(), &env);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let looked = dir.path().join("runbooks/a.md").display().to_string();
+        assert_eq!(problems[0].message, format!("agent `a`: runbook `runbooks/a.md` not found (looked for {looked})"));
+        assert_eq!(problems[0].location.line, 6);
+
+        std::fs::create_dir(dir.path().join("runbooks")).expect("mkdir");
+        std::fs::write(dir.path().join("runbooks/a.md"), "# Runbook\n").expect("write the runbook");
+        assert!(check_environment(&plan, dir.path(), &env).is_empty());
+    }
 }

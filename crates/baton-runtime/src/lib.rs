@@ -9,6 +9,7 @@
 //! benchmarks, in `baton-bench`, start `baton` itself).
 
 pub mod agent;
+pub mod brief;
 pub mod check;
 pub mod clock;
 pub mod config_file;

@@ -194,6 +194,8 @@ printf '{"stdin":%s,"env":{"BATON_TASK_ID":"%s","BATON_TASK_KEY":"%s","BATON_TAS
             "run_id": "run-1",
             // Messages sent to the agent since its last task (none here).
             "messages": [],
+            // Its `[[agents]]` role (the name when unset), runbook and objectives.
+            "brief": { "role": "a", "runbook": null, "objectives": [] },
         },
         "env": {
             "BATON_TASK_ID": "7",
@@ -207,6 +209,47 @@ printf '{"stdin":%s,"env":{"BATON_TASK_ID":"%s","BATON_TASK_KEY":"%s","BATON_TAS
         },
     });
     assert_eq!(outcome, Outcome::Succeeded { result });
+}
+
+/// The agent's `role`, `runbook` and `objectives` reach it: as `brief` on stdin and as
+/// `BATON_AGENT_*` variables, the runbook's path resolved beside the configuration.
+#[tokio::test]
+async fn the_agents_role_runbook_and_objectives_reach_it() {
+    let setup = Setup::new();
+    setup.script(
+        "brief.sh",
+        r#"stdin=$(cat)
+printf '{"stdin":%s,"role":"%s","runbook":"%s","objectives":%s}\n' \
+  "$stdin" "$BATON_AGENT_ROLE" "$BATON_AGENT_RUNBOOK" "$BATON_AGENT_OBJECTIVES"
+"#,
+    );
+    let agent = setup
+        .started(
+            r#"role = "Release manager"
+command = ["bash", "brief.sh"]
+runbook = "runbooks/release.md"
+[[agents.objectives]]
+description = "Ship 1.0"
+deliverable = "A tagged release"
+validation = "the tag exists"
+"#,
+        )
+        .await;
+
+    let Outcome::Succeeded { result } = run(&agent, task("Cut the release", json!({}))).await else {
+        panic!("the attempt succeeds");
+    };
+
+    let runbook = setup.path("runbooks/release.md").display().to_string();
+    let objectives =
+        json!([{ "description": "Ship 1.0", "deliverable": "A tagged release", "validation": "the tag exists" }]);
+    assert_eq!(
+        result["stdin"]["brief"],
+        json!({ "role": "Release manager", "runbook": runbook, "objectives": objectives })
+    );
+    assert_eq!(result["role"], "Release manager");
+    assert_eq!(result["runbook"], runbook.as_str());
+    assert_eq!(result["objectives"], objectives);
 }
 
 #[tokio::test]
@@ -302,6 +345,8 @@ async fn the_environment_is_allow_listed() {
         ("BATON_WORKSTREAM", ""),
         ("BATON_AGENT", "a"),
         ("BATON_RUN_ID", "run-1"),
+        ("BATON_AGENT_ROLE", "a"),
+        ("BATON_AGENT_OBJECTIVES", "[]"),
     ]);
     assert_eq!(env, expected);
     assert!(!stdout.contains("hunter2"), "the secret leaked:\n{stdout}");

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use baton_core::model::{TaskId, TaskRecord};
 use baton_ops::agents::AgentCommand;
 pub use baton_ops::agents::AgentInfo;
+pub use baton_ops::conflicts::{Conflicts, Held, Waiting};
 pub use baton_ops::events::AuditParams;
 pub use baton_ops::status::{Health, PlanView, Status, WorkstreamView};
 pub use baton_ops::tasks::{CancelInput, Created, TaskBatch, TaskDetail, TaskInput, TaskPage, TaskQuery};
@@ -46,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/tasks/{id}", get(get_task))
         .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/tasks/{id}/retry", post(retry_task))
+        .route("/conflicts", get(conflicts))
         .route("/agents", get(list_agents).post(create_agent))
         .route("/agents/{name}", get(get_agent).put(update_agent).delete(delete_agent))
         .route("/agents/{name}/start", post(start_agent))
@@ -133,6 +135,12 @@ pub async fn get_task(
     PathParams(id): PathParams<i64>,
 ) -> Result<Response, ApiError> {
     Ok(json(state.ops().task(&caller, TaskId(id)).await?))
+}
+
+/// The resources running tasks and agents' leases hold, and the tasks waiting for them.
+#[utoipa::path(get, path = "/conflicts", tag = "tasks", responses((status = 200, body = Conflicts)))]
+pub async fn conflicts(State(state): State<AppState>, caller: Extension<Caller>) -> Result<Response, ApiError> {
+    Ok(json(state.ops().conflicts(&caller).await?))
 }
 
 /// Parses an optional JSON body: empty or `null` means the defaults.

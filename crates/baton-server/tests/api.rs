@@ -21,7 +21,11 @@ async fn health_and_status_have_the_documented_shapes() {
     assert_eq!(status["session_id"], server.run_id.as_str());
     assert_eq!(status["completed"], false);
     assert_eq!(status["error"], Value::Null);
-    assert!(status["progress"].is_f64() && status["spawned_agents"].is_u64(), "{status}");
+    assert!(status["progress"].is_f64() && status["running_agents"].is_u64(), "{status}");
+    // The agents started in this run, by name, as `baton status --json` gives them.
+    let spawned = status["spawned_agents"].as_array().unwrap_or_else(|| panic!("a list: {status}"));
+    assert!(spawned.iter().all(|name| ["builder", "writer", "echo"].contains(&name.as_str().unwrap())), "{status}");
+    assert!(status["running_agents"].as_u64().unwrap() <= spawned.len() as u64, "{status}");
     assert!(status["current_phase"].is_string(), "{status}");
 
     let plan = server.get_json("/plan").await;
@@ -372,6 +376,7 @@ async fn the_openapi_document_describes_every_route() {
         "/tasks/{id}",
         "/tasks/{id}/cancel",
         "/tasks/{id}/retry",
+        "/conflicts",
         "/agents",
         "/agents/{name}",
         "/agents/{name}/start",

@@ -83,6 +83,7 @@ fn endpoints(builders: i64, writers: i64) -> Vec<Endpoint> {
         get("/tasks?agent=writer", ReadTasks, Others),
         get(&format!("/tasks/{builders}"), ReadTasks, Builders),
         get(&format!("/tasks/{writers}"), ReadTasks, Others),
+        get("/conflicts", ReadTasks, Any),
         get("/agents", ReadAgents, Any),
         get("/agents/writer", ReadAgents, Any),
         get("/agents/builder/logs", ReadAgentLogs, Builders),

@@ -3,15 +3,15 @@
 use anyhow::Context as _;
 use serde::Serialize;
 
+use baton_core::Timestamp;
 use baton_core::model::TaskId;
-use baton_core::schedule::{ScheduleRecord, format_utc};
+use baton_core::schedule::{Timetable, format_utc};
+use baton_ops::schedules::{ScheduleView, schedule_views};
 
-use super::{find_run, load, open_existing_store};
+use super::load;
+use super::source::Source;
 use crate::output;
 use crate::{Cli, Failure, ScheduleAction};
-
-/// How many upcoming fire times are shown.
-const N_NEXT: usize = 3;
 
 #[derive(Debug, Serialize)]
 struct ScheduleRow {
@@ -29,66 +29,64 @@ struct ScheduleRow {
 }
 
 pub(super) async fn schedules(cli: &Cli, json: bool, run: Option<&str>) -> Result<u8, Failure> {
-    let loaded = load(cli)?;
-    let now = baton_runtime::Clock::system().now();
-    // Before anything has run there is no store: the file alone says when schedules fire.
-    let records: Vec<ScheduleRecord> = match open_existing_store(cli) {
-        Ok((_, store)) => match find_run(&*store, &loaded.plan, run).await {
-            Ok(run) => store.schedules(&run.id).await.context("reading schedules")?,
-            Err(_) if run.is_none() => Vec::new(),
-            Err(failure) => return Err(failure),
+    let views = match Source::open(cli, run).await {
+        Ok(source) => source.reader().schedules().await?,
+        // Before anything has run there is no store: the file alone says when schedules fire.
+        Err(failure) if run.is_none() => match load(cli) {
+            Ok(loaded) => schedule_views(&loaded.plan, &[], baton_runtime::Clock::system().now()),
+            Err(_) => return Err(failure),
         },
-        Err(_) if run.is_none() => Vec::new(),
         Err(failure) => return Err(failure),
     };
-    let mut rows = Vec::with_capacity(loaded.plan.schedules.len());
-    let mut shown = Vec::with_capacity(loaded.plan.schedules.len());
-    for spec in &loaded.plan.schedules {
-        let record = records.iter().find(|record| record.name == spec.name);
-        let paused = record.map_or(spec.paused, |record| record.paused);
-        let timetable = spec.timetable();
-        let next = if paused { Vec::new() } else { timetable.upcoming(now, N_NEXT) };
-        let last_fired = record.and_then(|record| record.last_fired_due);
-        shown.push((
-            next.iter().map(|at| timetable.local(*at)).collect::<Vec<_>>(),
-            last_fired.map(|due| timetable.local(due)),
-        ));
-        rows.push(ScheduleRow {
-            name: spec.name.clone(),
-            cron: spec.cron.clone(),
-            timezone: spec.timezone.clone(),
-            overlap: spec.overlap.to_string(),
-            missed: spec.missed.to_string(),
-            paused,
-            next: next.into_iter().map(format_utc).collect(),
-            last_fired_due: last_fired.map(format_utc),
-            last_fired_at: record.and_then(|record| record.last_fired_at).map(format_utc),
-            last_task: record.and_then(|record| record.last_task),
-        });
-    }
+    let utc = |at: i64| format_utc(Timestamp(at));
     if json {
+        let rows: Vec<ScheduleRow> = views
+            .iter()
+            .map(|view| ScheduleRow {
+                name: view.name.clone(),
+                cron: view.cron.clone(),
+                timezone: view.timezone.clone(),
+                overlap: view.overlap.clone(),
+                missed: view.missed.clone(),
+                paused: view.paused,
+                next: view.next.iter().copied().map(utc).collect(),
+                last_fired_due: view.last_fired_due.map(utc),
+                last_fired_at: view.last_fired_at.map(utc),
+                last_task: view.last_task.map(TaskId),
+            })
+            .collect();
         outln!("{}", serde_json::to_string_pretty(&rows).context("serializing")?);
         return Ok(0);
     }
-    if rows.is_empty() {
-        outln!("no schedules in {}", cli.config.display());
+    if views.is_empty() {
+        outln!("no schedules in the plan");
         return Ok(0);
     }
     let mut table = output::table(&["schedule", "cron", "timezone", "state", "next fire times", "last fired", "task"]);
-    for (row, (next, last_fired)) in rows.iter().zip(shown) {
-        let state = if row.paused { "paused" } else { "active" };
-        table.add_row(vec![
-            row.name.clone(),
-            row.cron.clone(),
-            row.timezone.clone(),
-            state.to_string(),
-            if next.is_empty() { "-".to_string() } else { next.join("\n") },
-            last_fired.unwrap_or_else(|| "never".into()),
-            row.last_task.map_or_else(|| "-".into(), |id| id.to_string()),
-        ]);
+    for view in &views {
+        table.add_row(schedule_cells(view));
     }
     outln!("{table}");
     Ok(0)
+}
+
+/// A schedule's row of the table, its times in its own zone.
+fn schedule_cells(view: &ScheduleView) -> Vec<String> {
+    let timetable = Timetable::parse(&view.cron, &view.timezone).ok();
+    let local = |at: i64| match &timetable {
+        Some(timetable) => timetable.local(Timestamp(at)),
+        None => format_utc(Timestamp(at)),
+    };
+    let next: Vec<String> = view.next.iter().copied().map(local).collect();
+    vec![
+        view.name.clone(),
+        view.cron.clone(),
+        view.timezone.clone(),
+        if view.paused { "paused" } else { "active" }.to_string(),
+        if next.is_empty() { "-".to_string() } else { next.join("\n") },
+        view.last_fired_due.map(local).unwrap_or_else(|| "never".into()),
+        view.last_task.map_or_else(|| "-".into(), |id| id.to_string()),
+    ]
 }
 
 /// Pauses or resumes a schedule, through the API of the process executing the run: its
@@ -105,7 +103,7 @@ pub(super) async fn schedule(cli: &Cli, action: &ScheduleAction) -> Result<u8, F
             if known.is_empty() { "none is declared".to_string() } else { format!("known: {}", known.join(", ")) };
         return Err(Failure::usage(format!("no schedule `{name}` in {} ({known})", cli.config.display())));
     }
-    let (_, client) = super::source::front_door(cli, run.as_deref()).await?;
+    let client = super::source::front_door(cli, run.as_deref()).await?;
     client.schedule_command(name, verb).await?;
     outln!("schedule {name} {}", if verb == "pause" { "paused" } else { "resumed" });
     Ok(0)

@@ -278,16 +278,10 @@ pub fn create_token(
     Ok(0)
 }
 
-/// `baton audit`: the audit log, newest first, from the store.
+/// `baton audit`: the audit log, newest first.
 pub async fn audit(cli: &Cli, limit: u64, actor: Option<&str>, json: bool) -> Result<u8, Failure> {
-    let (_, store) = super::open_existing_store(cli)?;
-    let query = baton_store::AuditQuery {
-        since_id: None,
-        actor: actor.map(str::to_string),
-        limit: Some(limit),
-        newest_first: true,
-    };
-    let entries = store.audit(&query).await.map_err(|error| Failure::run(error.to_string()))?;
+    let source = super::source::Source::open(cli, None).await?;
+    let entries = source.reader().audit(actor, limit).await?;
     if json {
         for entry in &entries {
             outln!("{}", serde_json::to_string(entry).unwrap_or_default());

@@ -1,67 +1,288 @@
 //! Where a command's data comes from, chosen once per command: the API of the process
 //! executing the run (`baton serve` at its address, or the socket beside the store that
-//! `baton run` and `baton serve` open) when one answers, else the store directly. The read
-//! commands then print the same records the same way, whichever source gave them; a command
-//! that changes the run needs the API ([`front_door`]): the process executing a run is the only
-//! writer of its state.
+//! `baton run` and `baton serve` open) when one answers, else the store directly. Either way a
+//! read command asks a [`Reader`] — the operations layer over the store, or the API, which is
+//! the operations layer of the process executing the run — for the same view types, and
+//! prints them one way. A command that changes the run needs the API ([`front_door`]): the
+//! process executing a run is the only writer of its state.
+//!
+//! Through a server the local configuration is not needed: what a command shows comes from
+//! the server, so an invalid baton.toml does not stop `baton status --url …`.
 
-use baton_core::config::{self, Plan};
-use baton_core::model::{Priority, RunRecord, RunState, TaskRef, TaskState};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use baton_core::Event;
+use baton_core::config;
+use baton_core::messages::Delivery;
+use baton_core::model::{AgentRecord, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_core::task::TaskInput;
-use baton_store::Store;
+use baton_ops::conflicts::Conflicts;
+use baton_ops::events::{AuditParams, EventFilter};
+use baton_ops::messages::MessageQuery;
+use baton_ops::schedules::{Budgets, ScheduleView};
+use baton_ops::status::Status;
+use baton_ops::tasks::{TaskDetail, TaskPage, TaskQuery};
+use baton_ops::{Caller, Ops, OpsOptions};
+use baton_store::{AuditEntry, Store, StoreUrl};
 
-use super::{Loaded, existing_store, find_run, load, socket_path};
-use crate::client::Client;
+use super::{Loaded, existing_store, find_run, load, socket_path, store_dir};
+use crate::client::{Client, Probe};
 use crate::{Cli, Failure, TaskArgs};
+
+/// Tasks per page when listing them all, and events per page of the history.
+pub(super) const PAGE: u64 = 1000;
 
 pub(super) enum Source {
     /// The API of a running `baton serve` or `baton run` of this plan: it serves one run, its
     /// own.
-    Server { loaded: Loaded, client: Client },
-    /// The store, and the run the command is about.
-    Store { loaded: Loaded, store: Arc<dyn Store>, run: RunRecord },
+    Server { client: Client },
+    /// The store, and the run the command is about, read through the operations layer (with
+    /// no engine: queries only); `socket` is where the API of a process executing it would be.
+    Store { ops: Ops, run: Box<RunRecord>, socket: Option<PathBuf> },
+}
+
+/// What a read command asks; the same view types whichever way they come.
+pub(super) enum Reader<'a> {
+    /// The operations layer over the store, as the local admin.
+    Local(&'a Ops),
+    /// The API of the process executing the run.
+    Remote(&'a Client),
 }
 
 impl Source {
     /// The server when one answers (see [`Client::connect`]) and serves the run asked for;
     /// else the store and the run (`run`, or the plan's latest).
     pub(super) async fn open(cli: &Cli, run: Option<&str>) -> Result<Source, Failure> {
-        let loaded = load(cli)?;
+        let loaded = match load(cli) {
+            Ok(loaded) => loaded,
+            // No valid file: a server still answers for it, when one is named or the file
+            // says where one is (`--url`, else what can be read of the file); else the
+            // configuration's error stands.
+            Err(invalid) => {
+                let probe = Probe::from_file(cli);
+                return match Client::connect(cli, probe.as_ref()).await {
+                    Ok(Some(client)) => Source::served(cli, client, run).await?.ok_or(invalid),
+                    Ok(None) => Err(invalid),
+                    Err(failure) if cli.url.as_deref().is_some_and(|url| !url.trim().is_empty()) => Err(failure),
+                    Err(_) => Err(invalid),
+                };
+            }
+        };
         let socket = socket_path(cli, &loaded)?;
-        if let Some(client) = Client::connect(cli, &loaded.plan, socket.as_deref()).await? {
-            let Some(wanted) = run else { return Ok(Source::Server { loaded, client }) };
-            let served = client.status().await?.session_id;
-            if served == wanted {
-                return Ok(Source::Server { loaded, client });
-            }
-            if cli.url.as_deref().is_some_and(|url| !url.trim().is_empty()) {
-                return Err(Failure::usage(format!(
-                    "the server at {} serves run {served}, not {wanted}; leave out --url (BATON_URL) to read run {wanted} from the store",
-                    client.url()
-                )));
-            }
+        let probe = Probe { name: loaded.plan.name.clone(), url: server_url(&loaded.plan), socket: socket.clone() };
+        if let Some(client) = Client::connect(cli, Some(&probe)).await?
+            && let Some(source) = Source::served(cli, client, run).await?
+        {
+            return Ok(source);
         }
         let store = existing_store(cli, &loaded)?;
         let run = find_run(&*store, &loaded.plan, run).await?;
-        Ok(Source::Store { loaded, store, run })
+        let ops = local_ops(cli, &loaded, store, &run)?;
+        Ok(Source::Store { ops, run: Box::new(run), socket })
+    }
+
+    /// The server, when it serves the run asked for; `None` when it serves another and the
+    /// store may have the one asked for.
+    async fn served(cli: &Cli, client: Client, run: Option<&str>) -> Result<Option<Source>, Failure> {
+        let Some(wanted) = run else { return Ok(Some(Source::Server { client })) };
+        let served = client.status().await?.session_id;
+        if served == wanted {
+            return Ok(Some(Source::Server { client }));
+        }
+        if cli.url.as_deref().is_some_and(|url| !url.trim().is_empty()) {
+            return Err(Failure::usage(format!(
+                "the server at {} serves run {served}, not {wanted}; leave out --url (BATON_URL) to read run {wanted} from the store",
+                client.url()
+            )));
+        }
+        Ok(None)
+    }
+
+    pub(super) fn reader(&self) -> Reader<'_> {
+        match self {
+            Source::Server { client } => Reader::Remote(client),
+            Source::Store { ops, .. } => Reader::Local(ops),
+        }
+    }
+
+    /// Who executes the run, for people: the server answering, or the claim's owner in the
+    /// store.
+    pub(super) fn executed_by(&self, status: &Status) -> Option<String> {
+        match self {
+            Source::Server { client } => Some(client.served_by()),
+            Source::Store { .. } => status.executed_by.clone(),
+        }
+    }
+}
+
+/// The address the configuration gives for its server: `server.url`, else `server.listen`.
+fn server_url(plan: &config::Plan) -> String {
+    if plan.server.url.is_empty() { format!("http://{}", plan.listen) } else { plan.server.url.clone() }
+}
+
+/// The operations on `run` over the store, with no engine: its queries answer from the store.
+fn local_ops(cli: &Cli, loaded: &Loaded, store: Arc<dyn Store>, run: &RunRecord) -> Result<Ops, Failure> {
+    Ok(Ops::new(OpsOptions {
+        store,
+        engine: None,
+        run_id: run.id.clone(),
+        plan: loaded.plan.clone(),
+        log_dir: store_dir(cli, loaded)?.join("logs"),
+        clock: baton_runtime::Clock::system(),
+    }))
+}
+
+impl Probe {
+    /// What a configuration that does not load still says of where its server is: the plan's
+    /// name, `server.url` (or `server.listen`) and the store's socket, read leniently. `None`
+    /// when the file is not even TOML or names no plan.
+    fn from_file(cli: &Cli) -> Option<Probe> {
+        let text = std::fs::read_to_string(&cli.config).ok()?;
+        let value: toml::Table = text.parse().ok()?;
+        let text_at =
+            |table: &str, key: &str| -> Option<String> { value.get(table)?.get(key)?.as_str().map(str::to_string) };
+        let name = text_at("orchestration", "name")?;
+        let url = text_at("server", "url").unwrap_or_else(|| {
+            // The default of `server.listen` (baton-core's config).
+            format!("http://{}", text_at("server", "listen").unwrap_or_else(|| "127.0.0.1:8080".to_string()))
+        });
+        // The default of `store.url` (baton-core's config).
+        let store = cli.store.clone().or_else(|| text_at("store", "url")).unwrap_or("sqlite://.baton/baton.db".into());
+        let base_dir: PathBuf =
+            cli.config.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).into();
+        let socket = StoreUrl::parse(&store, &base_dir).ok()?.path().map(baton_server::local::socket_path);
+        Some(Probe { name, url, socket })
+    }
+}
+
+impl Reader<'_> {
+    fn caller() -> Caller {
+        Caller::local()
+    }
+
+    pub(super) async fn status(&self) -> Result<Status, Failure> {
+        match self {
+            Reader::Local(ops) => Ok(ops.status(&Self::caller()).await?),
+            Reader::Remote(client) => client.status().await,
+        }
+    }
+
+    /// Every task that passes the filter, page after page.
+    pub(super) async fn tasks(
+        &self,
+        state: Option<TaskState>,
+        workstream: Option<&str>,
+        agent: Option<&str>,
+    ) -> Result<Vec<TaskRecord>, Failure> {
+        let mut tasks = Vec::new();
+        let mut after = None;
+        loop {
+            let query = TaskQuery {
+                state,
+                workstream: workstream.map(str::to_string),
+                agent: agent.map(str::to_string),
+                limit: Some(PAGE),
+                after,
+            };
+            let page: TaskPage = match self {
+                Reader::Local(ops) => ops.tasks(&Self::caller(), query).await?,
+                Reader::Remote(client) => client.tasks(&query).await?,
+            };
+            tasks.extend(page.tasks);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(tasks),
+            }
+        }
+    }
+
+    pub(super) async fn task(&self, id: TaskId) -> Result<TaskDetail, Failure> {
+        match self {
+            Reader::Local(ops) => Ok(ops.task(&Self::caller(), id).await?),
+            Reader::Remote(client) => client.task(id).await,
+        }
+    }
+
+    /// The agents the engine has recorded, in the plan's order.
+    pub(super) async fn agents(&self) -> Result<Vec<AgentRecord>, Failure> {
+        match self {
+            Reader::Local(ops) => {
+                let infos = ops.agents(&Self::caller()).await?;
+                Ok(infos.into_iter().filter_map(|info| info.status).collect())
+            }
+            Reader::Remote(client) => client.agents().await,
+        }
+    }
+
+    pub(super) async fn messages(&self, agent: Option<&str>, limit: u64) -> Result<Vec<Delivery>, Failure> {
+        let query = MessageQuery { agent: agent.map(str::to_string), limit: Some(limit) };
+        match self {
+            Reader::Local(ops) => Ok(ops.messages(&Self::caller(), query).await?),
+            Reader::Remote(client) => client.messages(&query).await,
+        }
+    }
+
+    /// Up to [`PAGE`] events after `since`, oldest first.
+    pub(super) async fn events(&self, since: i64, task: Option<TaskId>) -> Result<Vec<Event>, Failure> {
+        match self {
+            Reader::Local(ops) => {
+                let filter = EventFilter {
+                    since: Some(since),
+                    task: task.map(|id| id.0),
+                    limit: Some(PAGE),
+                    ..Default::default()
+                };
+                Ok(ops.events(&Self::caller(), filter).await?)
+            }
+            Reader::Remote(client) => client.events(since, task, PAGE).await,
+        }
+    }
+
+    pub(super) async fn schedules(&self) -> Result<Vec<ScheduleView>, Failure> {
+        match self {
+            Reader::Local(ops) => Ok(ops.schedules(&Self::caller()).await?),
+            Reader::Remote(client) => client.schedules().await,
+        }
+    }
+
+    pub(super) async fn conflicts(&self) -> Result<Conflicts, Failure> {
+        match self {
+            Reader::Local(ops) => Ok(ops.conflicts(&Self::caller()).await?),
+            Reader::Remote(client) => client.conflicts().await,
+        }
+    }
+
+    /// The audit log, newest first.
+    pub(super) async fn audit(&self, actor: Option<&str>, limit: u64) -> Result<Vec<AuditEntry>, Failure> {
+        let params = AuditParams { since_id: None, actor: actor.map(str::to_string), limit: Some(limit) };
+        match self {
+            Reader::Local(ops) => Ok(ops.audit(&Self::caller(), params).await?),
+            Reader::Remote(client) => client.audit(&params).await,
+        }
+    }
+
+    pub(super) async fn budgets(&self) -> Result<Budgets, Failure> {
+        match self {
+            Reader::Local(ops) => Ok(ops.budgets(&Self::caller()).await?),
+            Reader::Remote(client) => client.budgets().await,
+        }
     }
 }
 
 /// The API of the process executing the run (`run`, or the plan's latest), for a command
 /// that changes it; a usage error saying so when no process executes it.
-pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<(Loaded, Client), Failure> {
+pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<Client, Failure> {
     match Source::open(cli, run).await? {
-        Source::Server { loaded, client } => Ok((loaded, client)),
+        Source::Server { client } => Ok(client),
         Source::Store { run, .. } if run.state != RunState::Running => {
             Err(Failure::usage(format!("run {} has ended ({}); only a running run takes commands", run.id, run.state)))
         }
-        Source::Store { loaded, run, .. } => {
+        Source::Store { run, socket, .. } => {
             let now = baton_runtime::Clock::system().now();
             match &run.owner {
                 Some(owner) if run.owner_until.is_some_and(|until| until > now) => {
-                    let socket = socket_path(cli, &loaded)?.map_or_else(
+                    let socket = socket.map_or_else(
                         || "no socket: the store is in memory".to_string(),
                         |path| path.display().to_string(),
                     );
@@ -77,40 +298,6 @@ pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<(Loaded, 
             }
         }
     }
-}
-
-/// The run a server serves, as the store would record it, for `baton status`.
-pub(super) async fn server_run(client: &Client, plan: &Plan) -> Result<RunRecord, Failure> {
-    let status = client.status().await?;
-    let state = status.state.parse().map_err(Failure::run)?;
-    let mut n_tasks = 0;
-    let mut n_finished = 0;
-    for (name, n) in &status.tasks {
-        n_tasks += n;
-        if name.parse::<TaskState>().is_ok_and(TaskState::is_terminal) {
-            n_finished += n;
-        }
-    }
-    // The run started with its first event.
-    let first = client.events(0, None, 1).await?;
-    let now = baton_runtime::Clock::system().now();
-    let started_at = first.first().map_or(now, |event| event.at);
-    Ok(RunRecord {
-        id: status.session_id,
-        name: plan.name.clone(),
-        state,
-        phase: status.phase,
-        n_phases: status.n_phases,
-        n_tasks,
-        n_finished,
-        started_at,
-        ended_at: None,
-        error: status.error,
-        owner: Some(client.served_by()),
-        owner_pid: None,
-        // It answered just now: it executes the run.
-        owner_until: Some(now.plus(std::time::Duration::from_secs(60))),
-    })
 }
 
 /// The task `baton task add` describes, as every source of tasks describes one; the engine's

@@ -189,6 +189,7 @@ impl ProcessEnv {
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         env.extend(process.env.clone());
+        crate::brief::Brief::of(spec, &self.base_dir).add_to(&mut env);
         if let Some(api) = &self.api {
             env.insert("BATON_URL".into(), api.url.clone());
             if let Some(token) = (api.token_for)(&spec.name) {
@@ -342,6 +343,8 @@ pub struct ProcessAgent {
     log: std::sync::Arc<log::AgentLog>,
     env: BTreeMap<String, String>,
     registry: Option<Registry>,
+    /// The agent's role, runbook and objectives, handed with each task as `brief`.
+    brief: serde_json::Value,
     /// Process groups of running attempts, for `stop`. A std mutex: held only to insert or
     /// remove, never across an await.
     groups: Mutex<HashSet<i32>>,
@@ -389,6 +392,7 @@ impl ProcessAgent {
         let log_path = process_env.log_path(&spec.name);
         ProcessAgent {
             log: log::AgentLog::open(&log_path, spec.log_rotation),
+            brief: crate::brief::Brief::of(&spec, &process_env.base_dir).json(),
             log_path,
             spec,
             process,
@@ -451,6 +455,7 @@ impl ProcessAgent {
             None => Vec::new(),
         };
         let mut task_value = task_json(attempt);
+        task_value["brief"] = self.brief.clone();
         task_value["messages"] = serde_json::Value::Array(
             inbox
                 .iter()

@@ -162,6 +162,8 @@ pub struct WorkerAgent {
     log: Arc<super::log::AgentLog>,
     env: BTreeMap<String, String>,
     registry: Option<Registry>,
+    /// The agent's role, runbook and objectives, handed in `initialize` as `brief`.
+    brief: Value,
     /// The running process, if any. A tokio mutex: `start` holds it while it replaces the
     /// process.
     current: tokio::sync::Mutex<Option<Arc<Connection>>>,
@@ -174,6 +176,7 @@ impl WorkerAgent {
         let log_path = process_env.log_path(&spec.name);
         WorkerAgent {
             log: super::log::AgentLog::open(&log_path, spec.log_rotation),
+            brief: crate::brief::Brief::of(&spec, &process_env.base_dir).json(),
             log_path,
             spec,
             process,
@@ -776,6 +779,7 @@ impl AgentRuntime for WorkerAgent {
                 "concurrency": self.spec.concurrency,
                 "run_id": context.run_id,
                 "protocol_version": PROTOCOL_VERSION,
+                "brief": self.brief,
             }),
         );
         let reply = tokio::select! {
