@@ -301,7 +301,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             outln!("{}", output::failure_hint(&counts));
             Ok(1)
         }
-        RunState::Running => {
+        RunState::Running | RunState::Interrupted => {
             outln!(
                 "run {} stopped before the end ({}/{} tasks done); `baton run` resumes it",
                 summary.run_id,
@@ -776,7 +776,7 @@ async fn follow_store(
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         // Read after the run is seen ended: this read has its final events.
-        let ended = ops.run().await?.state != RunState::Running;
+        let ended = ops.run().await?.state.is_finished();
         loop {
             let page = reader.events(seen, task).await?;
             for event in &page {
@@ -874,7 +874,7 @@ async fn local_log(ops: &baton_ops::Ops, agent: &str, follow: bool) -> Result<u8
         } else if !follow {
             return Err(Failure::usage(format!("agent `{agent}` has no log yet ({} does not exist)", path.display())));
         }
-        if !follow || ops.run().await?.state != RunState::Running {
+        if !follow || ops.run().await?.state.is_finished() {
             return Ok(0);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

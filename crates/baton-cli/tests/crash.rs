@@ -128,10 +128,14 @@ async fn a_second_baton_run_refuses_while_the_first_works_and_sigterm_stops_grac
 
     let store = project.store();
     let run = store.latest_run(None).await.unwrap().unwrap();
-    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.state, RunState::Interrupted, "a stopped run says so");
     assert_eq!(run.owner, None, "a stopped run is left for anyone to resume");
+    let status = project.baton(&["status"]);
+    assert!(stdout(&status).contains("state     interrupted"), "{}", stdout(&status));
+    assert!(stdout(&status).contains("not being executed: `baton run` resumes it"), "{}", stdout(&status));
     let resumed = project.baton(&["run"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", stderr(&resumed));
+    assert_eq!(store.run(&run.id).await.unwrap().unwrap().state, RunState::Succeeded, "resumed to its end");
     let research = store
         .tasks(&run.id, &TaskFilter::default())
         .await

@@ -243,12 +243,16 @@ pub enum EventKind {
     },
     /// A changed configuration was applied to the running run. Each list holds short names
     /// ("agent reviewer", "workstream docs", "task write-docs"); `not_applied` the changes that
-    /// need a restart, each with why.
+    /// need a restart, each with why; `not_added` the file's tasks that were not added, each
+    /// with why (their key is taken by a task the file did not make).
     ConfigReloaded {
         added: Vec<String>,
         removed: Vec<String>,
         updated: Vec<String>,
         not_applied: Vec<String>,
+        /// Absent from events written before it existed.
+        #[serde(default)]
+        not_added: Vec<String>,
     },
     /// A changed configuration was refused (it does not parse or validate): the running one
     /// stays.
@@ -460,7 +464,7 @@ impl EventKind {
             }
             EventKind::AgentRemoved { agent } => format!("agent {agent} removed"),
             EventKind::WorkstreamAdded { workstream } => format!("workstream {workstream} added"),
-            EventKind::ConfigReloaded { added, removed, updated, not_applied } => {
+            EventKind::ConfigReloaded { added, removed, updated, not_applied, not_added } => {
                 let mut parts = Vec::new();
                 for (what, names) in [("added", added), ("removed", removed), ("updated", updated)] {
                     if !names.is_empty() {
@@ -473,6 +477,9 @@ impl EventKind {
                 let mut text = format!("configuration reloaded: {}", parts.join("; "));
                 if !not_applied.is_empty() {
                     text.push_str(&format!("; not applied (restart to apply): {}", not_applied.join("; ")));
+                }
+                if !not_added.is_empty() {
+                    text.push_str(&format!("; not added: {}", not_added.join("; ")));
                 }
                 text
             }
@@ -523,6 +530,7 @@ mod tests {
             removed: vec![],
             updated: vec!["settings max_concurrent_agents".into()],
             not_applied: vec!["workstream docs: removing a workstream needs a restart".into()],
+            not_added: vec![],
         };
         assert_eq!(reloaded.name(), "ConfigReloaded");
         assert_eq!(
@@ -530,6 +538,22 @@ mod tests {
             "configuration reloaded: added agent reviewer, task write-docs; updated settings max_concurrent_agents; \
              not applied (restart to apply): workstream docs: removing a workstream needs a restart"
         );
+        let clashed = EventKind::ConfigReloaded {
+            added: vec![],
+            removed: vec![],
+            updated: vec![],
+            not_applied: vec![],
+            not_added: vec!["task review: key `review` is taken by task 7, which the file did not make".into()],
+        };
+        assert_eq!(
+            clashed.describe(),
+            "configuration reloaded: nothing changed; not added: task review: key `review` is taken by task 7, \
+             which the file did not make"
+        );
+        // Written before `not_added` existed: read as none.
+        let old = serde_json::json!({ "type": "ConfigReloaded", "added": [], "removed": [], "updated": [], "not_applied": [] });
+        let read = serde_json::from_value::<EventKind>(old).unwrap();
+        assert!(matches!(read, EventKind::ConfigReloaded { not_added, .. } if not_added.is_empty()));
         let updated = EventKind::AgentUpdated { agent: "reviewer".into(), restarted: true };
         assert_eq!(updated.agent(), Some("reviewer"));
         let json = serde_json::to_value(&updated).unwrap();

@@ -398,6 +398,9 @@ pub struct AgentRecord {
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     Running,
+    /// Stopped before its end by a shutdown (Ctrl-C, SIGTERM): nobody executes it, and the next
+    /// `baton run` resumes it as it would a run whose process died while `running`.
+    Interrupted,
     Succeeded,
     Failed,
 }
@@ -406,9 +409,16 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Running => "running",
+            RunState::Interrupted => "interrupted",
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
         }
+    }
+
+    /// Whether the run has ended (succeeded or failed); a running or interrupted run has not,
+    /// and is resumed by the next `baton run`.
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Failed)
     }
 }
 
@@ -424,6 +434,7 @@ impl FromStr for RunState {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "running" => Ok(RunState::Running),
+            "interrupted" => Ok(RunState::Interrupted),
             "succeeded" => Ok(RunState::Succeeded),
             "failed" => Ok(RunState::Failed),
             other => Err(format!("unknown run state `{other}`")),
@@ -456,7 +467,7 @@ pub struct RunRecord {
 impl RunRecord {
     pub fn progress(&self) -> f64 {
         if self.n_tasks == 0 {
-            return if self.state == RunState::Running { 0.0 } else { 1.0 };
+            return if self.state.is_finished() { 1.0 } else { 0.0 };
         }
         self.n_finished as f64 / self.n_tasks as f64
     }

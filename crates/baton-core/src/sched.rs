@@ -43,6 +43,9 @@ pub enum Write {
     /// Take or renew the claim on executing the run, only if it is held by `expect_owner` (or
     /// by nobody, or expired by `now`). `owner: None` releases it.
     RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
+    /// The run stopped before its end (a shutdown): it becomes `interrupted` and its claim is
+    /// released, only if it is `running` and held by `expect_owner`.
+    RunInterrupted { expect_owner: String },
     /// An event about no record in particular.
     Event(EventKind),
     /// Insert or replace a schedule's record (its cursor, last firing, paused flag).

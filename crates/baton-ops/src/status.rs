@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use baton_core::Timestamp;
-use baton_core::model::{AgentState, Priority, RunState, TaskState};
+use baton_core::model::{AgentState, Priority, TaskState};
 use baton_store::TaskFilter;
 
 use crate::{Action, Caller, Ops, Result};
@@ -127,7 +127,7 @@ impl Ops {
         let engine_stopped = !self.is_running();
         let orchestration = match &run {
             Ok(Some(run)) => {
-                if engine_stopped && run.state == RunState::Running {
+                if engine_stopped && !run.state.is_finished() {
                     problems.push(
                         "engine: stopped while the run is unfinished; nothing is claimed or recorded until `baton run` or `baton serve` starts again"
                             .to_string(),
@@ -196,7 +196,7 @@ impl Ops {
             phase,
             n_phases,
             progress,
-            completed: run.state != RunState::Running,
+            completed: run.state.is_finished(),
             state: run.state.as_str().into(),
             error: run.error.clone(),
             name: run.name.clone(),

@@ -131,14 +131,22 @@ async fn reload(
             }
         }
         Ok(plan) => match handle.reconfigure(plan).await {
-            Ok(summary) => tracing::info!(
-                path = %path.display(),
-                added = ?summary.added,
-                removed = ?summary.removed,
-                updated = ?summary.updated,
-                not_applied = ?summary.not_applied,
-                "configuration reloaded"
-            ),
+            // Saved without a change (or only touched): not news.
+            Ok(summary) if summary.is_unchanged() => tracing::debug!(path = %path.display(), "configuration unchanged"),
+            Ok(summary) => {
+                tracing::info!(
+                    path = %path.display(),
+                    added = ?summary.added,
+                    removed = ?summary.removed,
+                    updated = ?summary.updated,
+                    not_applied = ?summary.not_applied,
+                    not_added = ?summary.not_added,
+                    "configuration reloaded"
+                );
+                for reason in &summary.not_added {
+                    tracing::warn!(path = %path.display(), "a task of the configuration was not added: {reason}");
+                }
+            }
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "configuration change not applied");
                 let _ = handle.reject_config(error.to_string()).await;

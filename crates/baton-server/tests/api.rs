@@ -45,7 +45,7 @@ async fn health_is_503_naming_the_broken_subsystem_when_the_engine_stopped() {
     assert_eq!(response.status(), 503);
     let health: Value = response.json().await.unwrap();
     assert_eq!(health["status"], "degraded");
-    assert_eq!(health["orchestration_status"], "running");
+    assert_eq!(health["orchestration_status"], "interrupted", "the stopped engine recorded it");
     assert_eq!(
         health["problems"],
         json!([

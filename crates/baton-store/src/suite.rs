@@ -26,6 +26,7 @@ macro_rules! store_test_suite {
             a_failed_write_in_a_batch_changes_nothing,
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
+            an_interrupted_run_says_so_and_is_free_to_resume,
             a_new_run_is_refused_while_another_owner_holds_the_plan,
             agents_round_trip,
             process_groups_are_recorded_and_taken,
@@ -549,6 +550,24 @@ pub async fn run_ownership_is_exclusive(store: impl Store) {
     assert_eq!((run.owner.as_deref(), run.owner_pid), (Some("node-b"), Some(7)));
     let (now, writes) = take("node-b", T0.0 + 32_000);
     assert_eq!(store.apply("r1", now, writes).await.unwrap(), vec![Applied::Done], "the owner renews");
+}
+
+/// A run stopped before its end by its owner is `interrupted`, unclaimed; only its owner may
+/// say so, and only of a running run.
+pub async fn an_interrupted_run_says_so_and_is_free_to_resume(store: impl Store) {
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let interrupted = |owner: &str| vec![Write::RunInterrupted { expect_owner: owner.into() }];
+    let applied = store.apply("r1", T0, interrupted("node-b")).await.unwrap();
+    assert!(matches!(applied[0], Applied::Conflict(_)), "only the owner interrupts its run");
+    assert_eq!(store.run("r1").await.unwrap().unwrap().state, RunState::Running);
+
+    assert_eq!(store.apply("r1", T0, interrupted("node-a")).await.unwrap(), vec![Applied::Done]);
+    let run = store.run("r1").await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Interrupted);
+    assert_eq!((run.owner, run.owner_pid, run.owner_until, run.ended_at), (None, None, None, None));
+    let applied = store.apply("r1", T0, interrupted("node-a")).await.unwrap();
+    assert!(matches!(applied[0], Applied::Conflict(_)), "an interrupted run is not interrupted again");
+    assert_eq!(store.latest_run(Some("plan")).await.unwrap().map(|run| run.state), Some(RunState::Interrupted));
 }
 
 /// The claim on a plan is taken with its new run, atomically: of two processes that both saw

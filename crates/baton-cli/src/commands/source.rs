@@ -15,7 +15,7 @@ use std::sync::Arc;
 use baton_core::Event;
 use baton_core::config;
 use baton_core::messages::Delivery;
-use baton_core::model::{AgentRecord, Priority, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::model::{AgentRecord, Priority, RunRecord, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_core::task::TaskInput;
 use baton_ops::conflicts::Conflicts;
 use baton_ops::events::{AuditParams, EventFilter};
@@ -275,7 +275,7 @@ impl Reader<'_> {
 pub(super) async fn front_door(cli: &Cli, run: Option<&str>) -> Result<Client, Failure> {
     match Source::open(cli, run).await? {
         Source::Server { client } => Ok(client),
-        Source::Store { run, .. } if run.state != RunState::Running => {
+        Source::Store { run, .. } if run.state.is_finished() => {
             Err(Failure::usage(format!("run {} has ended ({}); only a running run takes commands", run.id, run.state)))
         }
         Source::Store { run, socket, .. } => {

@@ -20,7 +20,7 @@
 //!   schedules, budgets, the store, the server) is listed in [`ReloadSummary::not_applied`],
 //!   each with why: a reload never fails because of it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
@@ -28,7 +28,7 @@ use super::{AgentSlot, Effects, Error, Scheduler, WorkstreamState, Write};
 use crate::config::{AgentKind, AgentSpec, Plan, WorkstreamSpec};
 use crate::event::EventKind;
 use crate::graph;
-use crate::model::{AgentState, NewTask};
+use crate::model::{AgentState, NewTask, TaskId};
 use crate::time::Timestamp;
 
 /// What [`Scheduler::reconfigure`] did. The short names read "agent reviewer", "workstream
@@ -40,6 +40,9 @@ pub struct ReloadSummary {
     pub updated: Vec<String>,
     /// Changes that need a restart, each with why.
     pub not_applied: Vec<String>,
+    /// Tasks of the file that were not added, each with why: their key is taken by a task of
+    /// the run that the file did not make (one made through the API, by a worker or by chat).
+    pub not_added: Vec<String>,
     /// Agents restarted because their runtime changed.
     pub restarted: Vec<String>,
     /// Tasks of the new configuration that the run does not have yet. The scheduler does not
@@ -52,6 +55,12 @@ impl ReloadSummary {
     /// Whether the new configuration changed nothing that was applied.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.updated.is_empty() && self.new_tasks.is_empty()
+    }
+
+    /// Whether the reload is no news: nothing applied, nothing that needs a restart, nothing
+    /// refused (an editor touching the file). Such a reload writes no event and logs at debug.
+    pub fn is_unchanged(&self) -> bool {
+        self.is_empty() && self.not_applied.is_empty() && self.not_added.is_empty()
     }
 }
 
@@ -304,12 +313,15 @@ impl Scheduler {
     /// cannot change live is listed in [`ReloadSummary::not_applied`]. Nothing is changed when
     /// an error is returned.
     ///
-    /// `existing_keys` are the keys of the new plan's tasks that the run has already, finished
-    /// tasks included: the store knows them, the scheduler holds only unfinished tasks.
+    /// `existing` are the new plan's tasks that the run has already, by key, finished tasks
+    /// included: the store knows them, the scheduler holds only unfinished tasks. A task of
+    /// the file whose key is taken by a task the file did not make (made through the API, by a
+    /// worker or by chat) is not added, and [`ReloadSummary::not_added`] says so; it stays out
+    /// of the running plan, so that every reload says it again until the clash is resolved.
     pub fn reconfigure(
         &mut self,
         new_plan: Plan,
-        existing_keys: &BTreeSet<String>,
+        existing: &BTreeMap<String, TaskId>,
         now: Timestamp,
         fx: &mut Effects,
     ) -> Result<ReloadSummary, Error> {
@@ -473,17 +485,30 @@ impl Scheduler {
             summary.updated.push(format!("agent {name}"));
         }
 
-        // Tasks: those of the file the run does not have are for the caller to create.
-        let mut known_keys: BTreeSet<&str> = self.tasks.values().filter_map(|task| task.key.as_deref()).collect();
-        known_keys.extend(existing_keys.iter().map(String::as_str));
-        summary.new_tasks = new_plan
-            .tasks
-            .iter()
-            .filter(|task| task.key.as_deref().is_some_and(|key| !known_keys.contains(key)))
-            .cloned()
-            .collect();
-        for task in &summary.new_tasks {
-            summary.added.push(format!("task {}", task.key.as_deref().unwrap_or_default()));
+        // Tasks: those of the file the run does not have are for the caller to create. A key
+        // the run has from elsewhere than the file (the running plan's tasks are the file's)
+        // is taken: that task of the file is not added, and left out of the running plan.
+        let mut known: BTreeMap<&str, TaskId> =
+            self.tasks.values().filter_map(|task| Some((task.key.as_deref()?, task.id))).collect();
+        known.extend(existing.iter().map(|(key, id)| (key.as_str(), *id)));
+        let files_keys: BTreeSet<&str> = old.tasks.iter().filter_map(|task| task.key.as_deref()).collect();
+        let mut taken_keys: BTreeSet<String> = BTreeSet::new();
+        for task in &new_plan.tasks {
+            let Some(key) = task.key.as_deref() else { continue };
+            match known.get(key) {
+                None => {
+                    summary.added.push(format!("task {key}"));
+                    summary.new_tasks.push(task.clone());
+                }
+                Some(id) if !files_keys.contains(key) => {
+                    summary.not_added.push(format!(
+                        "task {key}: key `{key}` is taken by task {id}, which the file did not make (made through \
+                         the API, by a worker or by chat); give the file's task another key"
+                    ));
+                    taken_keys.insert(key.to_string());
+                }
+                Some(_) => {}
+            }
         }
         let new_keys: BTreeSet<&str> = new_plan.tasks.iter().filter_map(|task| task.key.as_deref()).collect();
         for task in &old.tasks {
@@ -495,15 +520,21 @@ impl Scheduler {
                 ));
             }
         }
-        self.plan.tasks = new_plan.tasks.clone();
+        self.plan.tasks = new_plan
+            .tasks
+            .iter()
+            .filter(|task| task.key.as_ref().is_none_or(|key| !taken_keys.contains(key)))
+            .cloned()
+            .collect();
 
         // A save that changed nothing (an editor touching the file) is not news.
-        if !summary.is_empty() || !summary.not_applied.is_empty() {
+        if !summary.is_unchanged() {
             fx.writes.push(Write::Event(EventKind::ConfigReloaded {
                 added: summary.added.clone(),
                 removed: summary.removed.clone(),
                 updated: summary.updated.clone(),
                 not_applied: summary.not_applied.clone(),
+                not_added: summary.not_added.clone(),
             }));
         }
         self.step(now, fx);

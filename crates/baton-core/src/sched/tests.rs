@@ -70,7 +70,7 @@ impl Store {
                     self.events.extend(events.iter().cloned());
                 }
                 Write::Agent { events, .. } => self.events.extend(events.iter().cloned()),
-                Write::RenewLeases { .. } | Write::RunOwner { .. } => {}
+                Write::RenewLeases { .. } | Write::RunOwner { .. } | Write::RunInterrupted { .. } => {}
                 Write::Event(event) => self.events.push(event.clone()),
                 Write::Schedule { record, events } => {
                     self.schedules.insert(record.name.clone(), record.clone());
@@ -139,8 +139,9 @@ impl Store {
             .collect()
     }
 
-    fn keys(&self) -> BTreeSet<String> {
-        self.tasks.values().filter_map(|task| task.key.clone()).collect()
+    /// The run's tasks by key, as the store tells them to `reconfigure`.
+    fn keys(&self) -> BTreeMap<String, TaskId> {
+        self.tasks.values().filter_map(|task| Some((task.key.clone()?, task.id))).collect()
     }
 
     fn create(&mut self, plan: &Plan, now: Timestamp) {

@@ -55,7 +55,7 @@ pub(super) fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, 
             }
         }
         Write::Run { change, events } => {
-            let ended = change.state != RunState::Running;
+            let ended = change.state.is_finished();
             let mut stmt = ctx.tx.prepare_cached(
                 "UPDATE runs SET state = ?1, phase = ?2, n_tasks = ?3, n_finished = ?4, ended_at = ?5, error = ?6, \
                  owner = CASE WHEN ?7 THEN NULL ELSE owner END, \
@@ -92,6 +92,15 @@ pub(super) fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, 
             let n_changed = stmt.execute(params![owner, pid, until.map(|t| t.0), run_id, expect_owner, now.0])?;
             if n_changed == 0 {
                 return Ok(Applied::Conflict(format!("run {run_id} is held by another node")));
+            }
+        }
+        Write::RunInterrupted { expect_owner } => {
+            let mut stmt = ctx.tx.prepare_cached(
+                "UPDATE runs SET state = 'interrupted', owner = NULL, owner_pid = NULL, owner_until = NULL \
+                 WHERE id = ?1 AND state = 'running' AND owner = ?2",
+            )?;
+            if stmt.execute(params![run_id, expect_owner])? == 0 {
+                return Ok(Applied::Conflict(format!("run {run_id} is not running under {expect_owner}")));
             }
         }
         Write::Event(event) => {

@@ -433,6 +433,7 @@ fn reconfigure_applies_what_can_change_live_and_lists_the_rest() {
         removed: summary.removed.clone(),
         updated: summary.updated.clone(),
         not_applied: summary.not_applied.clone(),
+        not_added: Vec::new(),
     }));
     assert_eq!(h.sched.plan().settings.max_concurrent_agents, 2);
     assert_eq!(h.sched.plan().settings.retry_backoff, Duration::from_secs(5));
@@ -471,6 +472,40 @@ fn a_reload_that_changes_nothing_writes_no_event() {
     let mut summary = None;
     let keys = h.store.keys();
     h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(PLAN), &keys, now, fx).unwrap()));
-    assert!(summary.unwrap().is_empty());
+    let summary = summary.unwrap();
+    assert!(summary.is_empty() && summary.is_unchanged(), "{summary:?}");
     assert!(!h.store.events.iter().any(|event| matches!(event, EventKind::ConfigReloaded { .. })));
+}
+
+/// A task of the file whose key a task made through the API has already is not added, and the
+/// reload says so, naming the task that holds the key, again at every reload until the clash
+/// is resolved.
+#[test]
+fn a_file_task_whose_key_an_api_task_holds_is_reported_not_added() {
+    let mut h = live();
+    let ids = h.create(vec![task("write-docs", Some("build"), &["rust"])]);
+    let keys = h.store.keys();
+    let mut summary = None;
+    h.command(|sched, now, fx| summary = Some(sched.reconfigure(plan(RELOADED), &keys, now, fx).unwrap()));
+    let summary = summary.unwrap();
+    let reason = format!(
+        "task write-docs: key `write-docs` is taken by task {}, which the file did not make (made through the API, by \
+         a worker or by chat); give the file's task another key",
+        ids[0]
+    );
+    assert_eq!(summary.not_added, vec![reason.clone()]);
+    assert!(summary.new_tasks.is_empty(), "{:?}", summary.new_tasks);
+    assert!(!summary.added.iter().any(|added| added.starts_with("task")), "{:?}", summary.added);
+    assert!(!summary.is_unchanged());
+    let reported = h.store.events.iter().any(
+        |event| matches!(event, EventKind::ConfigReloaded { not_added, .. } if *not_added == vec![reason.clone()]),
+    );
+    assert!(reported, "the event says it");
+    let in_plan = h.sched.plan().tasks.iter().any(|task| task.key.as_deref() == Some("write-docs"));
+    assert!(!in_plan, "the running plan does not have the file's task");
+
+    // Saved again unchanged: still not added, said again.
+    let mut fx = Effects::default();
+    let again = h.sched.reconfigure(plan(RELOADED), &h.store.keys(), h.now, &mut fx).unwrap();
+    assert_eq!(again.not_added, vec![reason]);
 }
