@@ -13,7 +13,6 @@ use baton_core::model::{AgentRecord, RunRecord, RunState, TaskId, TaskRecord, Ta
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_runtime::process::pty::attach_socket;
-use baton_store::sqlite::Synchronous;
 use baton_store::{Store, StoreUrl};
 
 use crate::client::Client;
@@ -21,8 +20,7 @@ use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
-mod bench_http;
-mod bench_restart;
+mod bench;
 
 mod budget;
 
@@ -68,69 +66,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
         Command::Attach { agent } => attach(&cli, agent).await,
-        Command::Bench {
-            http: true,
-            tasks,
-            repeats,
-            synchronous,
-            dir,
-            json,
-            workers,
-            remote_agents,
-            claim_batch,
-            create_batch,
-            ..
-        } => {
-            let temp = tempfile_dir()?;
-            let options = bench_http::HttpBenchOptions {
-                dir: dir.clone().unwrap_or_else(|| temp.clone()),
-                synchronous: parse_synchronous(synchronous)?,
-                n_tasks: tasks.unwrap_or(20_000),
-                create_batch: *create_batch,
-                n_workers: *workers,
-                n_agents: *remote_agents,
-                claim_batch: *claim_batch,
-                repeats: *repeats,
-            };
-            let outcome = bench_http::bench(options, *json).await;
-            let _ = std::fs::remove_dir_all(&temp);
-            outcome
+        Command::Bench { .. } | Command::BenchWorker | Command::BenchHttpWorker { .. } => {
+            bench::bench(&cli.command).await
         }
-        Command::Bench { restart: true, tasks, repeats, dir, json, .. } => {
-            let temp = tempfile_dir()?;
-            let options = bench_restart::RestartBenchOptions {
-                dir: dir.clone().unwrap_or_else(|| temp.clone()),
-                n_finished: tasks.unwrap_or(1_000_000),
-                n_unfinished: 1_000,
-                repeats: *repeats,
-            };
-            let outcome = bench_restart::bench(options, *json).await;
-            let _ = std::fs::remove_dir_all(&temp);
-            outcome
-        }
-        Command::Bench { messages: true, tasks, agents, repeats, from_store, in_flight, dir, json, .. } => {
-            use baton_runtime::bench::{MessagesOptions, SendFrom};
-            let options = MessagesOptions {
-                n_agents: agents.unwrap_or(8),
-                n_messages: tasks.unwrap_or(100_000),
-                repeats: *repeats,
-                from: if *from_store { SendFrom::Store } else { SendFrom::Workers },
-                in_flight: *in_flight,
-                ..MessagesOptions::new(PathBuf::new(), Vec::new())
-            };
-            bench_messages(options, dir.clone(), *json).await
-        }
-        Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
-            soak(agents.unwrap_or(200), tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json).await
-        }
-        Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json, .. } => {
-            bench(tasks.unwrap_or(20_000), *repeats, *latency_seconds, synchronous, dir.clone(), *json).await
-        }
-        Command::BenchWorker => {
-            baton_runtime::bench::worker_main();
-            Ok(0)
-        }
-        Command::BenchHttpWorker { url, agent, batch } => bench_http::worker(url.clone(), agent.clone(), *batch).await,
     }
 }
 
@@ -159,8 +97,15 @@ fn load(cli: &Cli) -> Result<Loaded, Failure> {
             Failure::usage(format!("cannot read {}: {error}", path.display()))
         });
     }
-    let plan = baton_runtime::config_file::load_layered(path, cli.profile.as_deref(), &environment())
-        .map_err(|error| Failure::usage(format!("{error}\n{} is not valid", path.display())))?;
+    let plan =
+        baton_runtime::config_file::load_layered(path, cli.profile.as_deref(), &environment()).map_err(|error| {
+            match error {
+                baton_runtime::config_file::Error::Invalid(error) => {
+                    Failure::usage(format!("{error}\n{} is not valid", path.display()))
+                }
+                error => Failure::usage(error.to_string()),
+            }
+        })?;
     let base_dir = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
     let base_dir = std::fs::canonicalize(&base_dir).unwrap_or(base_dir);
     Ok(Loaded { plan, base_dir })
@@ -972,147 +917,4 @@ async fn attach(cli: &Cli, agent: &str) -> Result<u8, Failure> {
         ))
     })?;
     crate::attach::attach(stream, agent).await
-}
-
-async fn bench(
-    n_tasks: u64,
-    repeats: u32,
-    latency_seconds: u64,
-    synchronous: &str,
-    dir: Option<PathBuf>,
-    json: bool,
-) -> Result<u8, Failure> {
-    let synchronous = parse_synchronous(synchronous)?;
-    let temp = tempfile_dir()?;
-    let dir = dir.unwrap_or_else(|| temp.clone());
-    let mut options = baton_runtime::bench::BenchOptions::new(dir);
-    options.n_tasks = n_tasks;
-    options.repeats = repeats;
-    options.synchronous = synchronous;
-    options.latency_duration = std::time::Duration::from_secs(latency_seconds);
-    let report = baton_runtime::bench::run(options, |line| errln!("{line}")).await.map_err(Failure::run)?;
-    let _ = std::fs::remove_dir_all(&temp);
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
-        return Ok(0);
-    }
-    outln!("durable task lifecycle (create, claim, complete, events; synchronous={}):", report.synchronous);
-    outln!(
-        "  {} tasks, {} events per run; median {:.0} tasks/s over {} run(s) (target >= 10,000)",
-        report.lifecycle.n_tasks,
-        report.lifecycle.n_events,
-        report.lifecycle.median_tasks_per_second,
-        report.lifecycle.runs.len()
-    );
-    let d = &report.dispatch;
-    outln!(
-        "dispatch latency, ready -> claimed by an idle agent, at {:.0} tasks/s (half of peak):",
-        d.offered_per_second
-    );
-    outln!(
-        "  {} tasks: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p50 <= 1 ms, p99 <= 5 ms)",
-        d.n_tasks,
-        d.p50_us as f64 / 1000.0,
-        d.p90_us as f64 / 1000.0,
-        d.p99_us as f64 / 1000.0,
-        d.max_us as f64 / 1000.0
-    );
-    Ok(0)
-}
-
-async fn soak(
-    n_agents: u32,
-    n_tasks: u64,
-    kill_every: std::time::Duration,
-    dir: Option<PathBuf>,
-    json: bool,
-) -> Result<u8, Failure> {
-    let temp = tempfile_dir()?;
-    let exe = std::env::current_exe().context("finding the baton binary")?;
-    let options = baton_runtime::bench::SoakOptions {
-        dir: dir.unwrap_or_else(|| temp.clone()),
-        worker_command: vec![exe.display().to_string(), "bench-worker".into()],
-        n_agents,
-        n_tasks,
-        concurrency: 4,
-        kill_every,
-    };
-    let report = baton_runtime::bench::soak(options, |line| errln!("{line}")).await.map_err(Failure::run)?;
-    let _ = std::fs::remove_dir_all(&temp);
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
-    } else {
-        outln!(
-            "soak: {} worker agents, {} tasks in {:.1}s ({:.0} tasks/s), {} workers killed, {} restarts",
-            report.n_agents,
-            report.n_tasks,
-            report.seconds,
-            report.tasks_per_second,
-            report.n_kills,
-            report.n_restarts
-        );
-        outln!(
-            "  every task succeeded: {}; every task completed exactly once: {}",
-            report.all_succeeded,
-            report.completed_exactly_once
-        );
-        outln!(
-            "  {} interrupted attempts; from a kill to the task running again: p50 {} ms, p99 {} ms, max {} ms",
-            report.n_interrupted,
-            report.requeue_p50_ms,
-            report.requeue_p99_ms,
-            report.requeue_max_ms
-        );
-    }
-    Ok(if report.all_succeeded && report.completed_exactly_once { 0 } else { 1 })
-}
-
-async fn bench_messages(
-    mut options: baton_runtime::bench::MessagesOptions,
-    dir: Option<PathBuf>,
-    json: bool,
-) -> Result<u8, Failure> {
-    let temp = tempfile_dir()?;
-    let exe = std::env::current_exe().context("finding the baton binary")?;
-    options.worker_command = vec![exe.display().to_string(), "bench-worker".into()];
-    options.dir = dir.unwrap_or_else(|| temp.clone());
-    let report = baton_runtime::bench::messages_with(options, |line| errln!("{line}")).await.map_err(Failure::run)?;
-    let _ = std::fs::remove_dir_all(&temp);
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
-    } else {
-        outln!(
-            "messages: {} between {} worker agent{}{}, median of {} run{}: {:.0}/s stored durably, {:.0}/s stored and \
-             acknowledged (target >= 50,000/s); delivery latency, sent to acknowledged: p50 {} ms, p99 {} ms",
-            report.n_messages,
-            report.n_agents,
-            if report.n_agents == 1 { "" } else { "s" },
-            match report.from {
-                baton_runtime::bench::SendFrom::Workers =>
-                    format!(" sent by the workers ({} in flight each)", report.in_flight),
-                baton_runtime::bench::SendFrom::Store => " sent by the benchmark straight to the store".to_string(),
-            },
-            report.runs.len(),
-            if report.runs.len() == 1 { "" } else { "s" },
-            report.sent_per_second,
-            report.delivered_per_second,
-            report.latency_p50_ms,
-            report.latency_p99_ms
-        );
-    }
-    Ok(0)
-}
-
-fn parse_synchronous(text: &str) -> Result<Synchronous, Failure> {
-    match text {
-        "full" => Ok(Synchronous::Full),
-        "normal" => Ok(Synchronous::Normal),
-        other => Err(Failure::usage(format!("unknown synchronous mode `{other}`; use full or normal"))),
-    }
-}
-
-fn tempfile_dir() -> Result<PathBuf, Failure> {
-    let dir = std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|error| Failure::run(format!("cannot create {}: {error}", dir.display())))?;
-    Ok(dir)
 }

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The crates, lowest layer first: each may depend on those before it only.
-const LAYERS: &[&str] = &["baton-core", "baton-store", "baton-runtime", "baton-ops", "baton-server", "baton-cli"];
+const LAYERS: &[&str] =
+    &["baton-core", "baton-store", "baton-runtime", "baton-ops", "baton-server", "baton-bench", "baton-cli"];
 
 /// Dependencies (not dev-dependencies) that only the named crates may have.
 const ONLY: &[(&str, &[&str], &str)] = &[
@@ -17,9 +18,13 @@ const ONLY: &[(&str, &[&str], &str)] = &[
     ("hyper", &["baton-server"], "only the server serves HTTP"),
     ("hyper-util", &["baton-server"], "only the server serves HTTP"),
     ("tower-http", &["baton-server"], "only the server serves HTTP"),
-    ("reqwest", &["baton-cli"], "only the CLI is an HTTP client (of the server)"),
+    ("reqwest", &["baton-bench", "baton-cli"], "only the CLI and the HTTP benchmarks are HTTP clients (of the server)"),
     ("portable-pty", &["baton-runtime"], "only the runtime starts processes"),
-    ("tokio", &["baton-store", "baton-runtime", "baton-ops", "baton-server", "baton-cli"], "baton-core does no IO"),
+    (
+        "tokio",
+        &["baton-store", "baton-runtime", "baton-ops", "baton-server", "baton-bench", "baton-cli"],
+        "baton-core does no IO",
+    ),
 ];
 
 fn manifests() -> BTreeMap<String, toml::Table> {

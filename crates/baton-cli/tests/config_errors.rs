@@ -188,3 +188,46 @@ fn check_refuses_an_unset_or_short_token_secret() {
     let good = project.command(&["check"]).env("TEST_CHECK_SECRET", "k".repeat(32)).output().unwrap();
     assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
 }
+
+/// A workstream cycle, an unset variable and a command that does not exist: one `baton check`
+/// reports all three, in file order, instead of one per round.
+#[test]
+fn check_reports_every_problem_at_once() {
+    let config = GOOD
+        .replacen("priority = \"critical\"", "priority = \"critical\"\ndepends_on = [\"testing\"]", 1)
+        .replacen("\"{task.title}\"", "\"${CHECK_TEST_UNSET}\"", 1)
+        .replacen("command = [\"bash\", \"agent.sh\"]", "command = [\"no-such-program-for-baton\"]", 1);
+    let project = Project::with(&config, &[("agent.sh", "#!/usr/bin/env bash\necho ok\n")]);
+    let output = project.command(&["check"]).env_remove("CHECK_TEST_UNSET").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let actual = stderr(&output);
+    let lines: Vec<&str> = actual.lines().collect();
+    assert_eq!(lines.len(), 4, "{actual}");
+    assert_eq!(lines[0], "baton.toml:5:8: workstream dependency cycle: build -> testing -> build", "{actual}");
+    assert!(lines[1].starts_with("baton.toml:17:32: environment variable `CHECK_TEST_UNSET` is not set"), "{actual}");
+    assert!(
+        lines[2].starts_with("baton.toml:23:12: agent `tester`: command `no-such-program-for-baton` not found"),
+        "{actual}"
+    );
+    assert_eq!(lines[3], "baton.toml is not valid", "{actual}");
+}
+
+/// A profile that has no file: one message saying where it was looked for and which profiles
+/// there are, not "baton.toml is not valid".
+#[test]
+fn a_missing_profile_is_one_clear_message() {
+    let project = Project::with(GOOD, &[("agent.sh", "#!/usr/bin/env bash\necho ok\n")]);
+    let output = project.baton(&["check", "--profile", "nope"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "profile `nope` not found: there is no baton.nope.toml; there is no profile beside it\n"
+    );
+    std::fs::write(project.path().join("baton.prod.toml"), "[orchestration]\nname = \"prod\"\n").unwrap();
+    let output = project.baton(&["check", "--profile", "nope"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output),
+        "profile `nope` not found: there is no baton.nope.toml; the only profile there is `prod`\n"
+    );
+}

@@ -60,7 +60,10 @@ fn mistakes_in_a_layer_name_the_layer() {
 
     let missing = project.baton(&["--profile", "staging", "check"]);
     assert_eq!(missing.status.code(), Some(2));
-    assert!(stderr(&missing).contains("the file of profile `staging` not found"), "{}", stderr(&missing));
+    assert_eq!(
+        stderr(&missing),
+        "profile `staging` not found: there is no baton.staging.toml; the only profile there is `prod`\n"
+    );
 
     let bad = project.command(&["check"]).env("BATON_ORCHESTRATION_MAX_CONCURRENT_AGENTS", "many").output().unwrap();
     assert_eq!(bad.status.code(), Some(2));

@@ -85,6 +85,45 @@ pub fn format_duration(duration: Duration) -> String {
     humantime::format_duration(whole).to_string()
 }
 
+/// Serde for a [`Duration`] as `baton.toml` writes it (`"10m"`, `"1500ms"`; see
+/// [`format_duration`]), for `#[serde(with = "crate::time::humane")]`: how the API and
+/// `baton check --json` show durations, and read them back.
+pub mod humane {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{DurationStr, format_duration};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_duration(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        DurationStr::deserialize(deserializer).map(|duration| duration.0)
+    }
+
+    /// The same for an `Option<Duration>`: `null` when there is none.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::super::{DurationStr, format_duration};
+
+        pub fn serialize<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+            match duration {
+                Some(duration) => serializer.serialize_some(&format_duration(*duration)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+            Option::<DurationStr>::deserialize(deserializer).map(|duration| duration.map(|duration| duration.0))
+        }
+    }
+}
+
 /// A size written as a string in `baton.toml` (`"512MiB"`, `"2GB"`), in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeStr(pub u64);

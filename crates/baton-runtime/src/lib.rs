@@ -5,10 +5,10 @@
 //! the effects: starting agents and handing them tasks through the [`agent::AgentRuntime`]
 //! trait, behind which every kind of agent sits.
 //!
-//! Architecture invariant: this is the only crate that starts processes.
+//! Architecture invariant: this is the only crate that starts agents' processes (the
+//! benchmarks, in `baton-bench`, start `baton` itself).
 
 pub mod agent;
-pub mod bench;
 pub mod brief;
 pub mod check;
 pub mod clock;

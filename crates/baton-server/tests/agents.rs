@@ -142,3 +142,32 @@ async fn tasks_added_to_a_plan_without_tasks_wait_for_its_remote_agent_and_reach
     }
     server.stop().await;
 }
+
+/// `GET /agents` shows durations as baton.toml writes them and a command's place as
+/// `file:line:column`; an agent added through the API, whose command has no line, shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_show_durations_and_places_as_written() {
+    let server = Server::start().await;
+    let created = server
+        .post("/agents", json!({"name": "added", "command": ["true"], "restart_window": "90s", "workstream": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let agents = server.get_json("/agents").await;
+    let agent = |name: &str| {
+        agents.as_array().unwrap().iter().find(|agent| agent["name"] == name).unwrap_or_else(|| panic!("{agents}"))["spec"]
+            .clone()
+    };
+    let echo = agent("echo");
+    assert_eq!(echo["restart_window"], "10m", "{echo}");
+    assert_eq!(echo["restart_backoff"], "1s", "{echo}");
+    assert_eq!(echo["heartbeat_timeout"], "30s", "{echo}");
+    assert_eq!(echo["circuit_breaker"]["cooldown"], "1m", "{echo}");
+    assert_eq!(echo["command_location"], "baton.toml:23:12", "{echo}");
+    assert_eq!(agent("builder")["heartbeat_timeout"], "1s");
+    let added = agent("added");
+    assert_eq!(added["restart_window"], "1m 30s", "{added}");
+    assert!(added.get("command_location").is_none(), "{added}");
+    server.stop().await;
+}

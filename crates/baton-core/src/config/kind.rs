@@ -96,6 +96,7 @@ pub struct ProcessSpec {
     #[serde(rename = "command")]
     pub command_written: Vec<String>,
     /// Where `command` is written, for errors about it found later (command not found).
+    #[serde(skip_serializing_if = "Location::has_no_line")]
     pub command_location: Location,
     /// Largest protocol message a worker may send, in bytes.
     pub max_message_size: u64,
@@ -137,7 +138,7 @@ impl ProcessSpec {
             command_written: command.clone(),
             command,
             command_location: Location::default(),
-            max_message_size: super::DEFAULT_MESSAGE_SIZE,
+            max_message_size: super::validate::DEFAULT_MESSAGE_SIZE,
             terminal: None,
             env: BTreeMap::new(),
             env_written: BTreeMap::new(),

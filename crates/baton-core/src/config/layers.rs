@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Diagnostic, Error, Location, Locator, Plan, load_document, parse_segment};
+use super::{Diagnostic, Error, Invalid, Location, Locator, Plan, load_document, parse_segment};
 
 /// One source of configuration: the name its errors use, and its text.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +104,16 @@ pub fn load_sources(
     profile: Option<Source<'_>>,
     env: &BTreeMap<String, String>,
 ) -> Result<Plan, Error> {
+    check_sources(base, profile, env).map_err(|invalid| invalid.error)
+}
+
+/// [`load_sources`], with what could be built of the plan when the configuration is not valid
+/// (see [`Invalid`]).
+pub fn check_sources(
+    base: Source<'_>,
+    profile: Option<Source<'_>>,
+    env: &BTreeMap<String, String>,
+) -> Result<Plan, Invalid> {
     let mut locator = Locator::new(base.file, base.text);
     let profile_idx = profile.map(|profile| locator.push(profile.file, profile.text.to_string(), None));
     let mut diagnostics = Vec::new();
@@ -136,7 +146,7 @@ pub fn load_sources(
         overrides.push((spec, idx));
     }
     if !diagnostics.is_empty() {
-        return Err(Error { diagnostics });
+        return Err(Invalid::new(Error { diagnostics }));
     }
 
     let base_root = parse_segment(&locator, 0);
@@ -145,7 +155,7 @@ pub fn load_sources(
         (Ok(root), Ok(profile_root)) => (root, profile_root),
         (base, profile) => {
             let diagnostics = [base.err(), profile.err()].into_iter().flatten().collect();
-            return Err(Error { diagnostics });
+            return Err(Invalid::new(Error { diagnostics }));
         }
     };
     if let Some(profile_root) = profile_root {

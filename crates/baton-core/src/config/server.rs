@@ -89,8 +89,10 @@ pub struct ServerSpec {
     pub max_connections: u32,
     /// The longest a client may take to send a request's headers, or between two parts of its
     /// body.
+    #[serde(with = "crate::time::humane")]
     pub header_timeout: Duration,
     /// A connection that passes no bytes either way for this long is closed.
+    #[serde(with = "crate::time::humane")]
     pub idle_timeout: Duration,
 }
 
@@ -132,10 +134,12 @@ pub struct AuthSpec {
     pub secret_env: String,
     /// Where `secret_env` is written, for errors about the secret found later (unset, short).
     #[serde(skip)]
+    #[serde(skip_serializing_if = "super::Location::has_no_line")]
     pub secret_env_location: super::Location,
     /// Requests per token.
     pub rate_limit: RateLimit,
     /// How long an issued token lasts.
+    #[serde(with = "crate::time::humane")]
     pub token_ttl: Duration,
 }
 

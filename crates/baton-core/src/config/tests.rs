@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::TaskRef;
 use crate::schedule::{Missed, Overlap};
 
 fn env() -> BTreeMap<String, String> {
@@ -98,6 +99,28 @@ fn cycles_are_named() {
     assert_eq!(errors(&text), "baton.toml:6:8: workstream dependency cycle: build -> testing -> build");
     let text = MINIMAL.replace("key = \"compile\"", "key = \"compile\"\ndepends_on = [\"compile\"]");
     assert_eq!(errors(&text), "baton.toml:27:15: task `compile` depends on itself");
+}
+
+/// A cycle does not hide the rest: the checks that do not need the phases still run, in one
+/// report, and the partial plan keeps the agents for the checks that need the machine.
+#[test]
+fn every_problem_is_reported_beside_a_cycle() {
+    let text = MINIMAL
+        .replace("priority = \"critical\"", "priority = \"critical\"\ndepends_on = [\"testing\"]")
+        .replace("\"{task.title}\"", "\"${API_KEY}\"")
+        .replace("requires = [\"test\"]", "requires = [\"test\", \"gpu\"]");
+    assert_eq!(
+        errors(&text),
+        "baton.toml:6:8: workstream dependency cycle: build -> testing -> build\n\
+         baton.toml:19:39: environment variable `API_KEY` is not set; set it, or write `${API_KEY:-default}`\n\
+         baton.toml:35:13: task `run-the-tests` cannot be assigned: no agent of workstream `testing` or shared has [test, gpu]; add the capabilities to an agent or change `requires`"
+    );
+    let source = Source { file: "baton.toml", text: &text };
+    let invalid = check_sources(source, None, &env()).unwrap_err();
+    let partial = invalid.partial.expect("a partial plan");
+    assert_eq!(partial.agents.len(), 2);
+    assert_eq!(partial.agents[1].process().unwrap().command, vec!["true".to_string()]);
+    assert!(partial.phases.is_empty());
 }
 
 #[test]
@@ -420,4 +443,47 @@ fn an_agents_kind_is_serialized_beside_its_common_fields() {
     let remote = serde_json::to_value(&plan.agents[1]).unwrap();
     assert_eq!(remote["runtime"], "remote");
     assert!(remote.get("command").is_none() && remote.get("mode").is_none(), "{remote}");
+}
+
+/// Durations are shown as baton.toml writes them and read back; a place is `file:line:column`,
+/// and an agent whose command has no line (added through the API) shows none.
+#[test]
+fn durations_and_places_are_serialized_as_written() {
+    let plan = load("baton.toml", MINIMAL, &env()).unwrap();
+    let shown = serde_json::to_value(&plan.agents[0]).unwrap();
+    assert_eq!(shown["restart_window"], "10m");
+    assert_eq!(shown["restart_backoff"], "1s");
+    assert_eq!(shown["heartbeat_timeout"], "30s");
+    assert_eq!(shown["circuit_breaker"]["cooldown"], "1m");
+    assert_eq!(shown["limits"]["timeout"], serde_json::Value::Null);
+    assert_eq!(shown["command_location"], "baton.toml:18:12");
+    let settings = serde_json::to_value(&plan.settings).unwrap();
+    assert_eq!(settings["offline_after"], "1h");
+    assert_eq!(settings["workstream_timeout"], serde_json::Value::Null);
+
+    for (text, location) in [
+        ("baton.toml:18:11", Location { file: "baton.toml".into(), line: 18, column: 11 }),
+        ("C:/x/baton.toml:2:3", Location { file: "C:/x/baton.toml".into(), line: 2, column: 3 }),
+        ("request body", Location { file: "request body".into(), line: 0, column: 0 }),
+        ("a:b:c", Location { file: "a:b:c".into(), line: 0, column: 0 }),
+    ] {
+        let json = serde_json::to_value(&location).unwrap();
+        assert_eq!(json, text);
+        assert_eq!(serde_json::from_value::<Location>(json).unwrap(), location);
+    }
+    let mut process = plan.agents[0].process().unwrap().clone();
+    process.command_location = Location { file: "request body".into(), line: 0, column: 0 };
+    assert!(serde_json::to_value(&process).unwrap().get("command_location").is_none());
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Timed {
+        #[serde(with = "crate::time::humane")]
+        every: Duration,
+        #[serde(with = "crate::time::humane::option")]
+        maybe: Option<Duration>,
+    }
+    let timed = Timed { every: Duration::from_millis(1500), maybe: Some(Duration::from_secs(5400)) };
+    let json = serde_json::to_value(&timed).unwrap();
+    assert_eq!(json, serde_json::json!({ "every": "1500ms", "maybe": "1h 30m" }));
+    assert_eq!(serde_json::from_value::<Timed>(json).unwrap(), timed);
 }

@@ -16,17 +16,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::Context as _;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
+use crate::lifecycle::median;
 use baton_core::Timestamp;
-use baton_runtime::bench::median;
 use baton_store::sqlite::Options;
 use baton_store::{NewRun, SqliteStore, Store};
 
-use crate::Failure;
+use crate::{Error, Output};
 
 /// What `baton bench --restart` measures, and with how much.
 #[derive(Debug, Clone)]
@@ -83,13 +83,14 @@ const MAX_CLAIM: u64 = 1000;
 
 /// Writes the plan and fills the template store: the run (claimed by nobody: its owner's
 /// claim has expired, as after a crash) and its tasks.
-async fn fill(options: &RestartBenchOptions, template: &Path) -> Result<(), Failure> {
+async fn fill(options: &RestartBenchOptions, template: &Path) -> Result<(), Error> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", template.display()));
     }
     let now = baton_runtime::Clock::system().now();
     {
-        let store = SqliteStore::open(template, Options::default()).map_err(|error| Failure::run(error.to_string()))?;
+        let store =
+            SqliteStore::open(template, Options::default()).map_err(|error| Error::failed(error.to_string()))?;
         let run = NewRun {
             id: format!("bench-restart-{}", std::process::id()),
             name: "bench-restart".into(),
@@ -98,7 +99,7 @@ async fn fill(options: &RestartBenchOptions, template: &Path) -> Result<(), Fail
             owner_pid: 1,
             owner_until: Timestamp(now.0 - 3_600_000),
         };
-        let run = store.create_run(run, now).await.map_err(|error| Failure::run(error.to_string()))?;
+        let run = store.create_run(run, now).await.map_err(|error| Error::failed(error.to_string()))?;
         let fill = baton_store::bulk::Fill {
             run_id: run.id,
             n_finished: options.n_finished,
@@ -111,13 +112,13 @@ async fn fill(options: &RestartBenchOptions, template: &Path) -> Result<(), Fail
         tokio::task::spawn_blocking(move || baton_store::bulk::fill_run(&path, &fill))
             .await
             .context("filling the store")?
-            .map_err(|error| Failure::run(error.to_string()))?;
+            .map_err(|error| Error::failed(error.to_string()))?;
     }
     Ok(())
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
-fn memory_of(pid: u32) -> Result<(u64, u64), Failure> {
+fn memory_of(pid: u32) -> Result<(u64, u64), Error> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the child's memory")?;
     let field = |name: &str| {
         status
@@ -129,7 +130,12 @@ fn memory_of(pid: u32) -> Result<(u64, u64), Failure> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
-async fn one_run(options: &RestartBenchOptions, template: &Path, run: u32) -> Result<RestartRun, Failure> {
+async fn one_run(
+    options: &RestartBenchOptions,
+    template: &Path,
+    run: u32,
+    out: &dyn Output,
+) -> Result<RestartRun, Error> {
     let path = options.dir.join("restart.db");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -155,9 +161,9 @@ async fn one_run(options: &RestartBenchOptions, template: &Path, run: u32) -> Re
     let url = loop {
         let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
             .await
-            .map_err(|_| Failure::run("baton serve said nothing for two minutes"))?
+            .map_err(|_| Error::failed("baton serve said nothing for two minutes"))?
             .context("reading baton serve's output")?
-            .ok_or_else(|| Failure::run("baton serve exited before serving"))?;
+            .ok_or_else(|| Error::failed("baton serve exited before serving"))?;
         if let Some((_, url)) = line.split_once("API on ") {
             break url.trim().to_string();
         }
@@ -171,7 +177,7 @@ async fn one_run(options: &RestartBenchOptions, template: &Path, run: u32) -> Re
             _ => tokio::time::sleep(Duration::from_millis(1)).await,
         }
         if started.elapsed() > Duration::from_secs(120) {
-            return Err(Failure::run("GET /health did not answer 200 within two minutes"));
+            return Err(Error::failed("GET /health did not answer 200 within two minutes"));
         }
     }
     let serving = started.elapsed();
@@ -187,12 +193,12 @@ async fn one_run(options: &RestartBenchOptions, template: &Path, run: u32) -> Re
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
-            return Err(Failure::run(format!("POST /agent/claim: {status} {text}")));
+            return Err(Error::failed(format!("POST /agent/claim: {status} {text}")));
         }
         let body: serde_json::Value = response.json().await.context("reading a claim")?;
         claimed += body["tasks"].as_array().map_or(0, |tasks| tasks.len() as u64);
         if started.elapsed() > Duration::from_secs(120) {
-            return Err(Failure::run(format!("only {claimed} tasks were claimed within two minutes")));
+            return Err(Error::failed(format!("only {claimed} tasks were claimed within two minutes")));
         }
     }
     let claimable = started.elapsed();
@@ -205,6 +211,7 @@ async fn one_run(options: &RestartBenchOptions, template: &Path, run: u32) -> Re
         hwm_kib,
     };
     errln!(
+        out,
         "restart {}: serving in {:.0} ms, {} tasks claimable in {:.0} ms; RSS {:.1} MiB (peak {:.1} MiB)",
         run + 1,
         figure.serving_ms,
@@ -216,12 +223,12 @@ async fn one_run(options: &RestartBenchOptions, template: &Path, run: u32) -> Re
     Ok(figure)
 }
 
-pub async fn bench(options: RestartBenchOptions, json: bool) -> Result<u8, Failure> {
+pub async fn bench(options: RestartBenchOptions, json: bool, out: &dyn Output) -> Result<u8, Error> {
     if options.n_unfinished == 0 {
-        return Err(Failure::usage("the restart benchmark needs unfinished tasks to claim"));
+        return Err(Error::usage("the restart benchmark needs unfinished tasks to claim"));
     }
     std::fs::create_dir_all(&options.dir)
-        .map_err(|error| Failure::run(format!("cannot create {}: {error}", options.dir.display())))?;
+        .map_err(|error| Error::failed(format!("cannot create {}: {error}", options.dir.display())))?;
     std::fs::write(options.dir.join("baton.toml"), PLAN).context("writing the plan")?;
     let template = options.dir.join("template.db");
     let filling = Instant::now();
@@ -229,6 +236,7 @@ pub async fn bench(options: RestartBenchOptions, json: bool) -> Result<u8, Failu
     let fill_seconds = filling.elapsed().as_secs_f64();
     let store_bytes = std::fs::metadata(&template).map(|meta| meta.len()).unwrap_or(0);
     errln!(
+        out,
         "store filled: {} finished and {} unfinished tasks, {:.0} MiB, in {:.1}s",
         options.n_finished,
         options.n_unfinished,
@@ -237,7 +245,7 @@ pub async fn bench(options: RestartBenchOptions, json: bool) -> Result<u8, Failu
     );
     let mut runs = Vec::new();
     for run in 0..options.repeats.max(1) {
-        runs.push(one_run(&options, &template, run).await?);
+        runs.push(one_run(&options, &template, run, out).await?);
     }
     for name in ["template.db", "restart.db", "restart.db-wal", "restart.db-shm"] {
         let _ = std::fs::remove_file(options.dir.join(name));
@@ -254,20 +262,21 @@ pub async fn bench(options: RestartBenchOptions, json: bool) -> Result<u8, Failu
         runs,
     };
     if json {
-        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        outln!(out, "{}", serde_json::to_string_pretty(&report).context("serializing")?);
         return Ok(0);
     }
     outln!(
+        out,
         "restart of `baton serve` on a store with {} finished and {} unfinished tasks ({:.0} MiB), median of {} run(s):",
         report.n_finished,
         report.n_unfinished,
         report.store_bytes as f64 / (1024.0 * 1024.0),
         report.runs.len()
     );
-    outln!("  {:<36} {:>10}", "figure", "median");
-    outln!("  {:<36} {:>7.0} ms", "spawn to GET /health 200", report.median_serving_ms);
-    outln!("  {:<36} {:>7.0} ms", "spawn to every task claimed", report.median_claimable_ms);
-    outln!("  {:<36} {:>7.1} MiB", "RSS once claimed (VmRSS)", report.median_rss_kib as f64 / 1024.0);
-    outln!("  {:<36} {:>7.1} MiB", "peak RSS (VmHWM)", report.median_hwm_kib as f64 / 1024.0);
+    outln!(out, "  {:<36} {:>10}", "figure", "median");
+    outln!(out, "  {:<36} {:>7.0} ms", "spawn to GET /health 200", report.median_serving_ms);
+    outln!(out, "  {:<36} {:>7.0} ms", "spawn to every task claimed", report.median_claimable_ms);
+    outln!(out, "  {:<36} {:>7.1} MiB", "RSS once claimed (VmRSS)", report.median_rss_kib as f64 / 1024.0);
+    outln!(out, "  {:<36} {:>7.1} MiB", "peak RSS (VmHWM)", report.median_hwm_kib as f64 / 1024.0);
     Ok(0)
 }

@@ -19,15 +19,15 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use crate::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::{median, percentile};
 use baton_core::EventKind;
 use baton_core::model::TaskState;
-use baton_runtime::bench::{median, percentile};
 use baton_runtime::engine::{self, Engine, EngineOptions};
 use baton_runtime::process::ProcessEnv;
 use baton_runtime::remote::RemoteHub;
@@ -35,7 +35,7 @@ use baton_server::{AppState, ServerOptions};
 use baton_store::sqlite::{Options, Synchronous};
 use baton_store::{SqliteStore, Store};
 
-use crate::Failure;
+use crate::{Error, Output};
 
 /// What `baton bench --http` measures, and with how much.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ struct WorkerStats {
     results_us: u64,
 }
 
-fn plan(options: &HttpBenchOptions) -> Result<baton_core::config::Plan, Failure> {
+fn plan(options: &HttpBenchOptions) -> Result<baton_core::config::Plan, Error> {
     // Enough slots that a worker finds its next batch queued while it hands in the last one.
     let workers_per_agent = options.n_workers.div_ceil(options.n_agents);
     let concurrency = (4 * options.claim_batch * workers_per_agent).max(256);
@@ -119,7 +119,7 @@ fn plan(options: &HttpBenchOptions) -> Result<baton_core::config::Plan, Failure>
         ));
     }
     baton_core::config::load("bench-http.toml", &text, &Default::default())
-        .map_err(|error| Failure::run(format!("the benchmark plan is not valid: {error}")))
+        .map_err(|error| Error::failed(format!("the benchmark plan is not valid: {error}")))
 }
 
 /// A worker process and its pipes: its stdin closing tells it to stop.
@@ -128,7 +128,7 @@ struct Worker {
     stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
-async fn spawn_workers(options: &HttpBenchOptions, url: &str) -> Result<Vec<Worker>, Failure> {
+async fn spawn_workers(options: &HttpBenchOptions, url: &str) -> Result<Vec<Worker>, Error> {
     let exe = std::env::current_exe().context("finding the baton binary")?;
     let mut workers = Vec::new();
     for idx in 0..options.n_workers {
@@ -151,14 +151,14 @@ async fn spawn_workers(options: &HttpBenchOptions, url: &str) -> Result<Vec<Work
             .context("waiting for a worker to start")?
             .context("reading a worker's output")?;
         if line.as_deref() != Some("ready") {
-            return Err(Failure::run(format!("a bench-http-worker did not start: {line:?}")));
+            return Err(Error::failed(format!("a bench-http-worker did not start: {line:?}")));
         }
     }
     Ok(workers)
 }
 
 /// Closes the workers' stdin and collects their counts.
-async fn stop_workers(workers: Vec<Worker>) -> Result<WorkerStats, Failure> {
+async fn stop_workers(workers: Vec<Worker>) -> Result<WorkerStats, Error> {
     let mut total = WorkerStats::default();
     let mut running = Vec::new();
     for mut worker in workers {
@@ -181,7 +181,7 @@ async fn stop_workers(workers: Vec<Worker>) -> Result<WorkerStats, Failure> {
         total.results_us += stats.results_us;
         let status = worker.child.wait().await.context("waiting for a worker")?;
         if !status.success() {
-            return Err(Failure::run(format!("a bench-http-worker failed: {status}")));
+            return Err(Error::failed(format!("a bench-http-worker failed: {status}")));
         }
     }
     Ok(total)
@@ -203,14 +203,14 @@ async fn poll_status(client: reqwest::Client, url: String, stop: CancellationTok
     Ok(latencies)
 }
 
-async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failure> {
+async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Error> {
     let path = options.dir.join(format!("http-{run}.db"));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     let store = Arc::new(
         SqliteStore::open(&path, Options { synchronous: options.synchronous })
-            .map_err(|e| Failure::run(e.to_string()))?,
+            .map_err(|e| Error::failed(e.to_string()))?,
     );
     let plan = plan(options)?;
     let clock = baton_runtime::Clock::system();
@@ -234,7 +234,7 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
     let run_id = run_id
         .wait_for(Option::is_some)
         .await
-        .map_err(|_| Failure::run("the engine stopped before opening its run"))?
+        .map_err(|_| Error::failed("the engine stopped before opening its run"))?
         .clone()
         .unwrap_or_default();
 
@@ -253,7 +253,7 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
         clock,
         shutdown: server_stop.clone(),
     });
-    let listener = baton_server::bind("127.0.0.1:0").await.map_err(|error| Failure::run(error.to_string()))?;
+    let listener = baton_server::bind("127.0.0.1:0").await.map_err(|error| Error::failed(error.to_string()))?;
     let url = format!("http://{}", listener.local_addr().context("the server's address")?);
     let server = tokio::spawn(baton_server::serve(
         listener,
@@ -314,20 +314,20 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
         let status = response.status();
         if status != reqwest::StatusCode::CREATED {
             let text = response.text().await.unwrap_or_default();
-            return Err(Failure::run(format!("POST /tasks/batch: {status} {text}")));
+            return Err(Error::failed(format!("POST /tasks/batch: {status} {text}")));
         }
         created += n;
     }
     let finished = tokio::time::timeout(Duration::from_secs(300), completions)
         .await
-        .map_err(|_| Failure::run("the tasks did not all complete within 5 minutes"))?
-        .map_err(|error| Failure::run(error.to_string()))?
-        .map_err(Failure::run)?;
+        .map_err(|_| Error::failed("the tasks did not all complete within 5 minutes"))?
+        .map_err(|error| Error::failed(error.to_string()))?
+        .map_err(Error::failed)?;
     let seconds = finished.duration_since(started).as_secs_f64();
     poll_stop.cancel();
-    let mut latencies = poller.await.map_err(|error| Failure::run(error.to_string()))?.map_err(Failure::run)?;
+    let mut latencies = poller.await.map_err(|error| Error::failed(error.to_string()))?.map_err(Error::failed)?;
 
-    let counts = store.task_counts(&run_id).await.map_err(|error| Failure::run(error.to_string()))?;
+    let counts = store.task_counts(&run_id).await.map_err(|error| Error::failed(error.to_string()))?;
     let n_succeeded = counts.iter().find(|(state, _)| *state == TaskState::Succeeded).map_or(0, |(_, n)| *n);
 
     // The workers stop first (their stdin closes; a claim waiting is abandoned), then the
@@ -335,13 +335,16 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
     let stats = stop_workers(workers).await?;
     server_stop.cancel();
     engine_stop.cancel();
-    server.await.map_err(|error| Failure::run(error.to_string()))?.map_err(|error| Failure::run(error.to_string()))?;
+    server
+        .await
+        .map_err(|error| Error::failed(error.to_string()))?
+        .map_err(|error| Error::failed(error.to_string()))?;
     engine_task
         .await
-        .map_err(|error| Failure::run(error.to_string()))?
-        .map_err(|error| Failure::run(error.to_string()))?;
+        .map_err(|error| Error::failed(error.to_string()))?
+        .map_err(|error| Error::failed(error.to_string()))?;
     if n_succeeded != options.n_tasks {
-        return Err(Failure::run(format!("{n_succeeded} of {} tasks succeeded", options.n_tasks)));
+        return Err(Error::failed(format!("{n_succeeded} of {} tasks succeeded", options.n_tasks)));
     }
 
     latencies.sort_unstable();
@@ -367,19 +370,20 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Failur
     })
 }
 
-pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure> {
+pub async fn bench(options: HttpBenchOptions, json: bool, out: &dyn Output) -> Result<u8, Error> {
     if options.n_workers == 0 || options.n_agents == 0 || options.claim_batch == 0 || options.n_tasks == 0 {
-        return Err(Failure::usage("--tasks, --workers, --remote-agents and --claim-batch must be at least 1"));
+        return Err(Error::usage("--tasks, --workers, --remote-agents and --claim-batch must be at least 1"));
     }
     if options.claim_batch > 1000 {
-        return Err(Failure::usage("--claim-batch must be at most 1000 (the API's limit per claim)"));
+        return Err(Error::usage("--claim-batch must be at most 1000 (the API's limit per claim)"));
     }
     std::fs::create_dir_all(&options.dir)
-        .map_err(|error| Failure::run(format!("cannot create {}: {error}", options.dir.display())))?;
+        .map_err(|error| Error::failed(format!("cannot create {}: {error}", options.dir.display())))?;
     let mut runs = Vec::new();
     for run in 0..options.repeats.max(1) {
         let figure = one_run(&options, run).await?;
         errln!(
+            out,
             "http run {}: {} tasks in {:.2}s, {:.0} tasks/s; GET /status p50 {:.2} ms, p99 {:.2} ms ({} requests); \
              {:.1} tasks per claim, a claim answered in {:.1} ms and its results recorded in {:.1} ms on average",
             run + 1,
@@ -414,14 +418,16 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         runs,
     };
     if json {
-        outln!("{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        outln!(out, "{}", serde_json::to_string_pretty(&report).context("serializing")?);
         return Ok(0);
     }
     outln!(
+        out,
         "task lifecycle over HTTP (create via POST /tasks/batch, claim and results via the agent API; synchronous={}):",
         report.synchronous
     );
     outln!(
+        out,
         "  {} tasks, {} worker processes on {} remote agents; median {:.0} tasks/s over {} run(s)",
         report.n_tasks,
         report.n_workers,
@@ -430,17 +436,20 @@ pub async fn bench(options: HttpBenchOptions, json: bool) -> Result<u8, Failure>
         report.runs.len()
     );
     outln!(
+        out,
         "  batches: {} tasks per create, claims of at most {} (median {:.1} tasks per claim), results posted as claimed",
         report.create_batch,
         report.claim_batch,
         report.median_mean_claimed
     );
     outln!(
+        out,
         "  a worker's cycle: a claim answered in {:.1} ms, its results recorded (durable) in {:.1} ms (means, median run)",
         report.median_claim_ms,
         report.median_results_ms
     );
     outln!(
+        out,
         "GET /status under that load, one request at a time: median p50 {:.2} ms, p99 {:.2} ms",
         report.median_status_p50_us as f64 / 1000.0,
         report.median_status_p99_us as f64 / 1000.0
@@ -475,16 +484,16 @@ struct ClaimedRecord {
 ///
 /// One current-thread runtime on a thread of its own: a worker is a single sequential client,
 /// and the benchmark runs several of them on the same cores as the server.
-pub async fn worker(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
+pub async fn worker<O: Output + 'static>(url: String, agent: String, batch: u32, out: O) -> Result<u8, Error> {
     tokio::task::spawn_blocking(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("a runtime")?;
-        runtime.block_on(work(url, agent, batch))
+        runtime.block_on(work(url, agent, batch, &out))
     })
     .await
-    .map_err(|error| Failure::run(error.to_string()))?
+    .map_err(|error| Error::failed(error.to_string()))?
 }
 
-async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
+async fn work(url: String, agent: String, batch: u32, out: &dyn Output) -> Result<u8, Error> {
     let stop = CancellationToken::new();
     let stdin_closed = stop.clone();
     // Reading stdin to its end is a blocking wait; a thread of its own does it.
@@ -493,7 +502,7 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
         stdin_closed.cancel();
     });
     let client = reqwest::Client::new();
-    outln!("ready");
+    outln!(out, "ready");
     let mut stats = WorkerStats::default();
     let claim_url = format!("{url}/agent/claim");
     let results_url = format!("{url}/agent/results");
@@ -508,7 +517,7 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
             Ok(response) => response,
             // The server went away: the benchmark is over.
             Err(error) if error.is_connect() || stop.is_cancelled() => break,
-            Err(error) => return Err(Failure::run(format!("bench-http-worker {agent}: POST /agent/claim: {error}"))),
+            Err(error) => return Err(Error::failed(format!("bench-http-worker {agent}: POST /agent/claim: {error}"))),
         };
         let status = response.status();
         if status == reqwest::StatusCode::CONFLICT {
@@ -516,7 +525,7 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
         }
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
-            return Err(Failure::run(format!("bench-http-worker {agent}: POST /agent/claim: {status} {text}")));
+            return Err(Error::failed(format!("bench-http-worker {agent}: POST /agent/claim: {status} {text}")));
         }
         let claimed: ClaimBody = response.json().await.context("a claim's answer")?;
         stats.claims += 1;
@@ -541,13 +550,13 @@ async fn work(url: String, agent: String, batch: u32) -> Result<u8, Failure> {
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
-            return Err(Failure::run(format!("bench-http-worker {agent}: POST /agent/results: {status} {text}")));
+            return Err(Error::failed(format!("bench-http-worker {agent}: POST /agent/results: {status} {text}")));
         }
         // Read to the end, so that the connection is reused.
         let _ = response.bytes().await;
         stats.result_posts += 1;
         stats.results_us += results_sent.elapsed().as_micros() as u64;
     }
-    outln!("{}", serde_json::to_string(&stats).context("serializing")?);
+    outln!(out, "{}", serde_json::to_string(&stats).context("serializing")?);
     Ok(0)
 }

@@ -24,33 +24,46 @@
 //! One task at a time: the configuration refuses `concurrency` above 1, and attempts queue.
 //! Threads, not tasks, read and write the terminal and wait for the program, since
 //! `portable-pty` blocks; none of them holds up the engine or its shutdown.
+//!
+//! Here is the agent (`PtyAgent`); beside it `session` (one start of the program and the
+//! threads on its terminal), `monitor` (what is known of its output, the stall and prompt
+//! detectors), `ansi` (escapes removed from the output) and `attach` (the socket of
+//! `baton attach`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 use regex::Regex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use baton_core::Outcome;
-use baton_core::config::{AgentSpec, DoneWhen, Limits, ProcessSpec, TerminalSpec};
+use baton_core::config::{AgentSpec, DoneWhen, ProcessSpec, TerminalSpec};
 use baton_core::time::format_duration;
 
 use super::{ProcessEnv, Registry, attempt_footer, attempt_header, find_program, prepare_dirs, substitute};
 use crate::agent::{AgentContext, AgentError, AgentEvent, AgentRuntime, Attempt};
+
+mod ansi;
+mod attach;
+mod monitor;
+mod session;
+#[cfg(test)]
+mod tests;
+
+pub use self::ansi::AnsiStripper;
+use self::attach::{Current, Server, serve};
+use self::monitor::{Monitor, TaskWatch};
+use self::session::{Command, Session, apply_limits, read_terminal, write_terminal};
 
 /// The terminal's size: wide enough for most programs' layouts.
 const SIZE: PtySize = PtySize { rows: 40, cols: 120, pixel_width: 0, pixel_height: 0 };
@@ -130,485 +143,6 @@ impl Rules {
 struct ExitClaim {
     task_owns: bool,
     exited: bool,
-}
-
-/// One start of the program.
-struct Session {
-    agent: String,
-    /// The program's pid, which is also its session and process group id.
-    pid: i32,
-    commands: mpsc::UnboundedSender<Command>,
-    exited: CancellationToken,
-    /// Fires when all the program's output has been read.
-    drained: CancellationToken,
-    exit: Mutex<Option<(bool, String)>>,
-    claim: Mutex<ExitClaim>,
-    /// Set when Baton stops the program, so that its exit is not reported as a crash.
-    stopping: AtomicBool,
-    /// Whether the log ends with a newline, so that Baton's notes start on their own line.
-    at_line_start: Arc<AtomicBool>,
-    /// Keeps the terminal open while the session lives. A mutex only because the master is
-    /// `Send` but not `Sync`; it is never locked.
-    _master: Mutex<Box<dyn MasterPty + Send>>,
-}
-
-impl Session {
-    fn send(&self, command: Command) {
-        let _ = self.commands.send(command);
-    }
-
-    /// `(success, reason)` once the program has exited.
-    fn exit(&self) -> Option<(bool, String)> {
-        self.exit.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn exit_reason(&self) -> String {
-        self.exit().map_or_else(|| "it exited".to_string(), |(_, reason)| reason)
-    }
-
-    /// The screen so far and the output to come, with nothing lost or repeated between them.
-    async fn attach(&self) -> (Bytes, Option<broadcast::Receiver<Bytes>>) {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Attach(reply));
-        answer.await.unwrap_or_default()
-    }
-
-    /// Ends the task being watched and returns its text.
-    async fn end_task(&self) -> String {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::EndTask(reply));
-        answer.await.unwrap_or_default()
-    }
-
-    /// SIGHUP and SIGTERM, as when a terminal is closed, then SIGKILL after a grace period.
-    async fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        if self.exited.is_cancelled() {
-            return;
-        }
-        let group = Pid::from_raw(self.pid);
-        let _ = killpg(group, Signal::SIGHUP);
-        let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, self.exited.cancelled()).await.is_ok() {
-            return;
-        }
-        let _ = killpg(group, Signal::SIGKILL);
-        self.exited.cancelled().await;
-    }
-}
-
-/// What the session's monitor is told.
-enum Command {
-    /// The program printed this (from the reader thread).
-    Output(Vec<u8>),
-    /// The program's output has ended: it and everything that held its terminal are gone.
-    Eof,
-    /// Type this into the terminal (from `baton attach`).
-    Type(Vec<u8>),
-    Attach(oneshot::Sender<(Bytes, Option<broadcast::Receiver<Bytes>>)>),
-    /// Watch a task, then type its input.
-    StartTask {
-        watch: TaskWatch,
-        typed: Vec<u8>,
-    },
-    EndTask(oneshot::Sender<String>),
-}
-
-/// Owns what is known of the program's output: the screen buffer, the attached clients, the
-/// task being watched, and the stall and prompt detectors. One task per session; everything
-/// reaches it as a [`Command`], in order.
-struct Monitor {
-    agent: String,
-    events: mpsc::UnboundedSender<AgentEvent>,
-    /// To the writer thread.
-    typed: std::sync::mpsc::Sender<Vec<u8>>,
-    prompts: Vec<Regex>,
-    stall_after: Duration,
-    screen: Vec<u8>,
-    /// New output for attached clients; gone once the output has ended.
-    output: Option<broadcast::Sender<Bytes>>,
-    stripper: AnsiStripper,
-    /// Text printed since something was last typed.
-    prompt_tail: String,
-    task: Option<TaskWatch>,
-    last_output: Instant,
-    stalled: bool,
-    waiting: bool,
-    /// A prompt is the last thing printed: it is a question if nothing follows by then.
-    settle_at: Option<Instant>,
-    last_activity: Option<Instant>,
-    drained: CancellationToken,
-}
-
-impl Monitor {
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Command>) {
-        loop {
-            let wake = [self.stall_deadline(), self.settle_at].into_iter().flatten().min();
-            tokio::select! {
-                command = inbox.recv() => match command {
-                    Some(command) => self.handle(command),
-                    None => break,
-                },
-                () = sleep_until_opt(wake) => self.on_timer(),
-            }
-        }
-    }
-
-    fn stall_deadline(&self) -> Option<Instant> {
-        if self.stalled || self.waiting || self.drained.is_cancelled() {
-            return None;
-        }
-        self.task.as_ref().and_then(|task| task.started.max(self.last_output).checked_add(self.stall_after))
-    }
-
-    fn send(&self, event: AgentEvent) {
-        let _ = self.events.send(event);
-    }
-
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Output(bytes) => self.on_output(bytes),
-            Command::Eof => {
-                self.output = None;
-                self.settle_at = None;
-                self.drained.cancel();
-            }
-            Command::Type(bytes) => self.type_bytes(bytes),
-            Command::Attach(reply) => {
-                let output = self.output.as_ref().map(broadcast::Sender::subscribe);
-                let _ = reply.send((Bytes::copy_from_slice(&self.screen), output));
-            }
-            Command::StartTask { watch, typed } => {
-                self.task = Some(watch);
-                self.stalled = false;
-                self.type_bytes(typed);
-            }
-            Command::EndTask(reply) => {
-                let text = self.task.take().map(TaskWatch::finish).unwrap_or_default();
-                let _ = reply.send(text);
-            }
-        }
-    }
-
-    fn type_bytes(&mut self, bytes: Vec<u8>) {
-        // Whatever question was on the screen has been answered, or typed over.
-        self.prompt_tail.clear();
-        self.settle_at = None;
-        let _ = self.typed.send(bytes);
-    }
-
-    fn on_output(&mut self, bytes: Vec<u8>) {
-        let now = Instant::now();
-        self.last_output = now;
-        self.screen.extend_from_slice(&bytes);
-        if self.screen.len() > SCREEN_BYTES {
-            // Cut at a line start, so that a replay does not begin inside an escape sequence
-            // or a character.
-            let excess = self.screen.len() - SCREEN_BYTES;
-            let cut =
-                self.screen[excess..].iter().position(|byte| *byte == b'\n').map_or(excess, |idx| excess + idx + 1);
-            self.screen.drain(..cut);
-        }
-        if let Some(output) = self.output.as_ref().filter(|output| output.receiver_count() > 0) {
-            let _ = output.send(Bytes::from(bytes.clone()));
-        }
-        let text = self.stripper.push(&bytes);
-        if let Some(task) = self.task.as_mut() {
-            task.push(&text);
-        }
-        self.prompt_tail.push_str(&text);
-        keep_tail(&mut self.prompt_tail, PROMPT_TAIL_BYTES);
-        let prompt = self.prompt_on_screen();
-        self.settle_at = (prompt.is_some() && !self.waiting).then_some(now + PROMPT_SETTLE);
-        // A question still on the screen is still unanswered, whatever else is redrawn.
-        let back = self.stalled || (self.waiting && prompt.is_none());
-        if back {
-            self.stalled = false;
-            self.waiting = false;
-        }
-        let due = self.last_activity.is_none_or(|at| now.duration_since(at) >= ACTIVITY_EVERY);
-        if back || (!self.waiting && due) {
-            self.last_activity = Some(now);
-            self.send(AgentEvent::Activity { agent: self.agent.clone() });
-        }
-    }
-
-    fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.settle_at.is_some_and(|at| at <= now) {
-            self.settle_at = None;
-            if let Some(prompt) = self.prompt_on_screen() {
-                self.waiting = true;
-                self.send(AgentEvent::WaitingInput { agent: self.agent.clone(), prompt });
-            }
-        }
-        if self.stall_deadline().is_some_and(|at| at <= now) {
-            self.stalled = true;
-            self.send(AgentEvent::Stalled { agent: self.agent.clone(), silent_for: self.stall_after });
-        }
-    }
-
-    /// The line asking a question, if one of the last lines printed since anything was typed
-    /// matches a prompt pattern.
-    fn prompt_on_screen(&self) -> Option<String> {
-        let lines: Vec<&str> = self.prompt_tail.lines().filter(|line| !line.trim().is_empty()).collect();
-        let recent = &lines[lines.len().saturating_sub(PROMPT_LINES)..];
-        recent
-            .iter()
-            .rev()
-            .find(|line| self.prompts.iter().any(|pattern| pattern.is_match(line)))
-            .map(|line| line.trim().chars().take(200).collect())
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Drops the start of `text` so that at most about `max` bytes are left, at a char boundary.
-/// Returns how many bytes were dropped.
-fn keep_tail(text: &mut String, max: usize) -> usize {
-    if text.len() <= max {
-        return 0;
-    }
-    let mut cut = text.len() - max;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    text.drain(..cut);
-    cut
-}
-
-/// The output of one task, from when its input was typed.
-struct TaskWatch {
-    rule: Option<Regex>,
-    /// Fires when `rule` matches.
-    matched: Option<oneshot::Sender<()>>,
-    /// What the terminal is expected to echo of the typed input and has not yet: the echo is
-    /// not the program's output (and would match a rule that quotes the task).
-    echo: Option<String>,
-    /// The start of the echo, seen so far; it is output after all if the echo goes astray.
-    held: String,
-    transcript: String,
-    n_dropped: usize,
-    started: Instant,
-}
-
-impl TaskWatch {
-    fn new(rule: Option<Regex>, matched: oneshot::Sender<()>, typed_text: &str) -> TaskWatch {
-        TaskWatch {
-            rule,
-            matched: Some(matched),
-            echo: (!typed_text.is_empty()).then(|| typed_text.to_string()),
-            held: String::new(),
-            transcript: String::new(),
-            n_dropped: 0,
-            started: Instant::now(),
-        }
-    }
-
-    fn push(&mut self, text: &str) {
-        let output = self.skip_echo(text);
-        if output.is_empty() {
-            return;
-        }
-        self.transcript.push_str(&output);
-        self.n_dropped += keep_tail(&mut self.transcript, MAX_TRANSCRIPT);
-        if let Some(rule) = &self.rule
-            && self.matched.is_some()
-        {
-            let mut from = self.transcript.len().saturating_sub(SEARCH_WINDOW);
-            while !self.transcript.is_char_boundary(from) {
-                from += 1;
-            }
-            if rule.is_match(&self.transcript[from..])
-                && let Some(matched) = self.matched.take()
-            {
-                let _ = matched.send(());
-            }
-        }
-    }
-
-    fn skip_echo(&mut self, text: &str) -> String {
-        let Some(expected) = self.echo.as_mut() else { return text.to_string() };
-        let common = text
-            .char_indices()
-            .zip(expected.chars())
-            .take_while(|((_, seen), wanted)| seen == wanted)
-            .last()
-            .map_or(0, |((idx, c), _)| idx + c.len_utf8());
-        if common == expected.len() {
-            self.echo = None;
-            self.held.clear();
-            return text[common..].to_string();
-        }
-        if common == text.len() {
-            self.held.push_str(text);
-            expected.drain(..common);
-            return String::new();
-        }
-        // No echo (the program turned it off, or draws its own): all of it is output.
-        self.echo = None;
-        let mut output = std::mem::take(&mut self.held);
-        output.push_str(text);
-        output
-    }
-
-    fn finish(self) -> String {
-        let mut text = self.held;
-        text.push_str(&self.transcript);
-        if self.n_dropped > 0 { format!("[{} earlier bytes dropped]\n{text}", self.n_dropped) } else { text }
-    }
-}
-
-/// Removes terminal escape sequences (colours, cursor movement, titles) and control characters
-/// from a stream of output, keeping text, newlines and tabs; `\r\n` becomes `\n`. Works chunk
-/// by chunk: a sequence or a UTF-8 character split between chunks is handled.
-#[derive(Debug, Default)]
-pub struct AnsiStripper {
-    state: EscapeState,
-    /// The start of a UTF-8 character whose end is in the next chunk.
-    pending: Vec<u8>,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum EscapeState {
-    #[default]
-    Text,
-    /// After ESC.
-    Escape,
-    /// After ESC and an intermediate byte (`ESC ( B`).
-    Intermediate,
-    /// In a control sequence (`ESC [ … final`).
-    Csi,
-    /// In a string (`ESC ] …`, also DCS, SOS, PM, APC), ended by BEL or `ESC \`.
-    String,
-    /// After ESC inside a string.
-    StringEscape,
-}
-
-impl AnsiStripper {
-    pub fn push(&mut self, bytes: &[u8]) -> String {
-        let mut text = std::mem::take(&mut self.pending);
-        for &byte in bytes {
-            self.state = match self.state {
-                EscapeState::Text => match byte {
-                    0x1b => EscapeState::Escape,
-                    b'\n' | b'\t' => {
-                        text.push(byte);
-                        EscapeState::Text
-                    }
-                    // Carriage returns, bells, backspaces and the like move the cursor or
-                    // make noise: not text.
-                    0x00..=0x1f | 0x7f => EscapeState::Text,
-                    _ => {
-                        text.push(byte);
-                        EscapeState::Text
-                    }
-                },
-                EscapeState::Escape => match byte {
-                    b'[' => EscapeState::Csi,
-                    b']' | b'P' | b'X' | b'^' | b'_' => EscapeState::String,
-                    0x20..=0x2f => EscapeState::Intermediate,
-                    _ => EscapeState::Text,
-                },
-                EscapeState::Intermediate => match byte {
-                    0x20..=0x2f => EscapeState::Intermediate,
-                    _ => EscapeState::Text,
-                },
-                EscapeState::Csi => match byte {
-                    0x40..=0x7e => EscapeState::Text,
-                    _ => EscapeState::Csi,
-                },
-                EscapeState::String => match byte {
-                    0x07 => EscapeState::Text,
-                    0x1b => EscapeState::StringEscape,
-                    _ => EscapeState::String,
-                },
-                EscapeState::StringEscape => match byte {
-                    b'\\' => EscapeState::Text,
-                    _ => EscapeState::String,
-                },
-            };
-        }
-        let complete = match std::str::from_utf8(&text) {
-            Ok(_) => text.len(),
-            // Cut short at the end: the rest of the character is in the next chunk.
-            Err(error) if error.error_len().is_none() => error.valid_up_to(),
-            Err(_) => text.len(),
-        };
-        self.pending = text.split_off(complete);
-        String::from_utf8_lossy(&text).into_owned()
-    }
-}
-
-/// The attach server: a Unix socket on which each connection gets the screen, then the output
-/// as it comes, and has what it sends typed into the terminal.
-struct Server {
-    cancel: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-type Current = Arc<Mutex<Option<Arc<Session>>>>;
-
-async fn serve(listener: UnixListener, current: Current, cancel: CancellationToken) {
-    let clients = TaskTracker::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors, say: wait a little rather than spin.
-                        tracing::warn!(%error, "cannot accept an attach connection");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        continue;
-                    }
-                };
-                let session = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                clients.spawn(serve_client(stream, session, cancel.clone()));
-            }
-            () = cancel.cancelled() => break,
-        }
-    }
-    clients.close();
-    clients.wait().await;
-}
-
-async fn serve_client(stream: UnixStream, session: Option<Arc<Session>>, cancel: CancellationToken) {
-    let (mut from_client, mut to_client) = stream.into_split();
-    let Some(session) = session.filter(|session| !session.exited.is_cancelled()) else {
-        let _ = to_client.write_all(b"\r\n[baton] the program is not running; it restarts soon\r\n").await;
-        return;
-    };
-    let (screen, output) = session.attach().await;
-    if to_client.write_all(&screen).await.is_err() {
-        return;
-    }
-    let Some(mut output) = output else { return };
-    let mut buffer = vec![0u8; 4096];
-    loop {
-        tokio::select! {
-            chunk = output.recv() => match chunk {
-                Ok(bytes) => {
-                    if to_client.write_all(&bytes).await.is_err() {
-                        break;
-                    }
-                }
-                // A client too slow to keep up misses some output, not the program's time.
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-            read = from_client.read(&mut buffer) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => session.send(Command::Type(buffer[..n].to_vec())),
-            },
-            () = cancel.cancelled() => break,
-        }
-    }
 }
 
 pub struct PtyAgent {
@@ -997,60 +531,6 @@ enum Ended {
     Cancelled,
 }
 
-/// Copies what is typed into the terminal, until the session is gone.
-fn write_terminal(mut writer: Box<dyn Write + Send>, to_type: std::sync::mpsc::Receiver<Vec<u8>>) {
-    while let Ok(bytes) = to_type.recv() {
-        if writer.write_all(&bytes).and_then(|()| writer.flush()).is_err() {
-            break;
-        }
-    }
-}
-
-/// Copies the program's output to the log and the monitor, until the terminal closes.
-fn read_terminal(
-    mut reader: Box<dyn Read + Send>,
-    log_path: PathBuf,
-    at_line_start: Arc<AtomicBool>,
-    commands: mpsc::UnboundedSender<Command>,
-) {
-    let log = super::log::AgentLog::of(&log_path);
-    let mut buffer = vec![0u8; 8192];
-    loop {
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let chunk = &buffer[..n];
-        log.write(chunk);
-        at_line_start.store(chunk.ends_with(b"\n"), Ordering::Relaxed);
-        if commands.send(Command::Output(chunk.to_vec())).is_err() {
-            break;
-        }
-    }
-    let _ = commands.send(Command::Eof);
-}
-
-/// Applies the agent's memory and CPU limits to the started program. Returns what could not
-/// be applied.
-fn apply_limits(pid: i32, limits: &Limits) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Some(bytes) = limits.memory
-        && let Err(error) = rlimit::prlimit(pid, rlimit::Resource::AS, Some((bytes, bytes)), None)
-    {
-        problems.push(format!("cannot apply the memory limit: {error}"));
-    }
-    if let Some(cpu) = limits.cpu {
-        // The soft limit sends SIGXCPU; the hard limit one second later kills.
-        let secs = cpu.as_secs().max(1);
-        if let Err(error) = rlimit::prlimit(pid, rlimit::Resource::CPU, Some((secs, secs + 1)), None) {
-            problems.push(format!("cannot apply the cpu limit: {error}"));
-        }
-    }
-    problems
-}
-
 async fn modified(path: &Path) -> Option<SystemTime> {
     tokio::fs::metadata(path).await.ok().and_then(|meta| meta.modified().ok())
 }
@@ -1107,67 +587,5 @@ impl AgentRuntime for PtyAgent {
             session.stop().await;
             self.note(&format!("--- terminal {} stopped: {}", self.spec.name, session.exit_reason())).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strip_all(chunks: &[&[u8]]) -> String {
-        let mut stripper = AnsiStripper::default();
-        chunks.iter().map(|chunk| stripper.push(chunk)).collect()
-    }
-
-    #[test]
-    fn escapes_and_control_characters_are_stripped() {
-        assert_eq!(strip_all(&[b"\x1b[1;32mgreen\x1b[0m text\r\n"]), "green text\n");
-        assert_eq!(strip_all(&[b"\x1b]0;window title\x07visible"]), "visible");
-        assert_eq!(strip_all(&[b"\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"]), "link");
-        assert_eq!(strip_all(&[b"\x1b(Bcharset \x1b7saved\x1b8\x1b[?25l"]), "charset saved");
-        assert_eq!(strip_all(&[b"bell\x07 tab\tback\x08space"]), "bell tab\tbackspace");
-        assert_eq!(strip_all(&["caf\u{e9} \u{2714}".as_bytes()]), "caf\u{e9} \u{2714}");
-    }
-
-    #[test]
-    fn sequences_and_characters_split_between_chunks_are_handled() {
-        assert_eq!(strip_all(&[b"a\x1b[3", b"1mb\x1b", b"[0mc"]), "abc");
-        assert_eq!(strip_all(&[b"\x1b]0;ti", b"tle\x1b", b"\\d"]), "d");
-        let check = "\u{2714}".as_bytes();
-        assert_eq!(strip_all(&[&check[..1], &check[1..2], &check[2..]]), "\u{2714}");
-    }
-
-    fn watch(rule: Option<&str>, typed: &str) -> (TaskWatch, oneshot::Receiver<()>) {
-        let (matched, rx) = oneshot::channel();
-        (TaskWatch::new(rule.map(|rule| Regex::new(rule).unwrap()), matched, typed), rx)
-    }
-
-    #[test]
-    fn the_echo_of_the_typed_input_is_not_output() {
-        // "say DONE" typed; the terminal echoes it in two chunks, then the program answers.
-        let (mut task, mut rx) = watch(Some("DONE"), "say DONE\n");
-        task.push("say DO");
-        task.push("NE\ngot it\n");
-        assert!(rx.try_recv().is_err(), "the echo does not meet the rule");
-        task.push("DONE\n");
-        assert!(rx.try_recv().is_ok());
-        assert_eq!(task.finish(), "got it\nDONE\n");
-        // A program that does not echo: what looked like the echo's start is output.
-        let (mut task, _) = watch(None, "go\n");
-        task.push("go");
-        task.push("t: go\n");
-        assert_eq!(task.finish(), "got: go\n");
-    }
-
-    #[test]
-    fn a_long_transcript_keeps_its_end() {
-        let (mut task, _) = watch(None, "");
-        let line = "x".repeat(1023) + "\n";
-        for _ in 0..300 {
-            task.push(&line);
-        }
-        let text = task.finish();
-        assert!(text.starts_with("[45056 earlier bytes dropped]\n"), "{}", &text[..40]);
-        assert!(text.len() <= MAX_TRANSCRIPT + 64);
     }
 }

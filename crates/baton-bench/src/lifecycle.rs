@@ -20,8 +20,8 @@ use baton_core::model::{NewTask, Priority, TaskId};
 use baton_store::sqlite::{Options, Synchronous};
 use baton_store::{EventQuery, SqliteStore, Store};
 
-use crate::agent::{AgentContext, AgentRuntime, Attempt};
-use crate::engine::{Engine, EngineOptions, RuntimeFactory};
+use baton_runtime::agent::{AgentContext, AgentRuntime, Attempt};
+use baton_runtime::engine::{Engine, EngineOptions, RuntimeFactory};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -89,7 +89,7 @@ struct InstantAgent {
 
 #[async_trait]
 impl AgentRuntime for InstantAgent {
-    async fn start(&self, _context: AgentContext) -> Result<(), crate::agent::AgentError> {
+    async fn start(&self, _context: AgentContext) -> Result<(), baton_runtime::agent::AgentError> {
         Ok(())
     }
 
@@ -136,18 +136,18 @@ fn bench_task(idx: u64) -> NewTask {
 
 struct Bench {
     store: Arc<SqliteStore>,
-    handle: crate::engine::EngineHandle,
+    handle: baton_runtime::engine::EngineHandle,
     arrivals: Arc<Mutex<HashMap<TaskId, Instant>>>,
     shutdown: CancellationToken,
-    engine: tokio::task::JoinHandle<Result<crate::engine::RunSummary, crate::engine::Error>>,
+    engine: tokio::task::JoinHandle<Result<baton_runtime::engine::RunSummary, baton_runtime::engine::Error>>,
 }
 
 /// An engine on a fresh store file, its run kept open for tasks added by the benchmark.
 struct Launched {
     store: Arc<SqliteStore>,
-    handle: crate::engine::EngineHandle,
+    handle: baton_runtime::engine::EngineHandle,
     shutdown: CancellationToken,
-    engine: tokio::task::JoinHandle<Result<crate::engine::RunSummary, crate::engine::Error>>,
+    engine: tokio::task::JoinHandle<Result<baton_runtime::engine::RunSummary, baton_runtime::engine::Error>>,
 }
 
 fn launch(path: &std::path::Path, options: Options, plan: Plan, runtimes: RuntimeFactory) -> Result<Launched, String> {
@@ -167,7 +167,7 @@ fn launch(path: &std::path::Path, options: Options, plan: Plan, runtimes: Runtim
 /// Real worker processes for the soak and the messages figure, living in `dir`.
 fn worker_runtimes(dir: &std::path::Path) -> RuntimeFactory {
     let env = std::env::vars().filter(|(key, _)| key == "PATH" || key == "HOME").collect();
-    crate::engine::process_runtimes(crate::process::ProcessEnv {
+    baton_runtime::engine::process_runtimes(baton_runtime::process::ProcessEnv {
         base_dir: dir.to_path_buf(),
         log_dir: dir.join("logs"),
         env,
@@ -625,7 +625,7 @@ fn worker_children() -> Vec<(i32, String)> {
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Some(fields) = crate::process::proc_stat(pid) else { continue };
+        let Some(fields) = baton_runtime::process::proc_stat(pid) else { continue };
         let mut fields = fields.split_whitespace();
         let state = fields.next().unwrap_or_default();
         let ppid = fields.next().and_then(|field| field.parse::<i32>().ok());
@@ -701,7 +701,7 @@ pub async fn soak(options: SoakOptions, say: impl Fn(String)) -> Result<SoakRepo
                     continue;
                 }
                 let (pid, agent) = workers[rand::random_range(0..workers.len())].clone();
-                let at = crate::clock::Clock::system().now().0;
+                let at = baton_runtime::Clock::system().now().0;
                 if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
                     say(format!("soak: killed {agent} (pid {pid}) with {finished} tasks done"));
                     kills.push((at, agent));
@@ -990,7 +990,7 @@ async fn messages_run(options: &MessagesOptions, run: u32, say: &impl Fn(String)
 /// sends retried after a full inbox.
 async fn send_from_workers(
     store: &Arc<SqliteStore>,
-    handle: &crate::engine::EngineHandle,
+    handle: &baton_runtime::engine::EngineHandle,
     run_id: &str,
     n_agents: u32,
     n_messages: u64,
@@ -1060,7 +1060,7 @@ async fn send_from_store(
                     correlation_id: None,
                 };
                 loop {
-                    let now = crate::clock::Clock::system().now();
+                    let now = baton_runtime::Clock::system().now();
                     match store.send_message(&run_id, format!("m{idx}"), message.clone(), vec![to.clone()], now).await {
                         Ok(_) => break,
                         Err(error) if error.kind() == baton_store::ErrorKind::Full => {
