@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use baton_core::model::{NewTask, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::model::{NewTask, TaskId, TaskRecord, TaskRef, TaskState};
 use baton_core::sched::Write;
 use baton_core::{EventKind, Timestamp};
 
