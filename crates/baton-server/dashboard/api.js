@@ -13,6 +13,21 @@ export function setToken(value) {
   else sessionStorage.removeItem(TOKEN_KEY);
 }
 
+/**
+ * Who the token says its holder is (`{ sub, role, exp }`), read from its payload for display
+ * only: the server checks the signature and decides what the holder may do.
+ */
+export function tokenClaims() {
+  const bearer = token();
+  if (!bearer) return null;
+  try {
+    const payload = bearer.split(".")[1].replaceAll("-", "+").replaceAll("_", "/");
+    return JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, "=")));
+  } catch {
+    return null;
+  }
+}
+
 /** An error the API answered with: its status, its code and its message. */
 export class ApiError extends Error {
   constructor(status, code, message) {

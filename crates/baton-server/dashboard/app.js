@@ -79,7 +79,7 @@ export function notify(message, kind = "error") {
   const close = h("button", { type: "button", "aria-label": "Dismiss" }, "Dismiss");
   const notice = h("div", { class: `notice ${kind}`, role: kind === "error" ? "alert" : "status" }, h("span", {}, message), close);
   close.addEventListener("click", () => notice.remove());
-  const notices = document.getElementById("notices");
+  const notices = document.getElementById(kind === "error" ? "notices" : "toasts");
   notices.append(notice);
   while (notices.children.length > 3) notices.firstChild.remove();
   if (kind !== "error") setTimeout(() => notice.remove(), 6000);
@@ -370,6 +370,8 @@ function route() {
 
 function mount() {
   if (current && current.unmount) current.unmount();
+  // A confirmation belongs to the page it was given on; a refusal stays until dismissed.
+  document.getElementById("toasts").replaceChildren();
   const { page, argument } = route();
   for (const link of document.querySelectorAll("header nav a")) {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
@@ -423,6 +425,8 @@ async function start() {
     ]);
     state.loaded = true;
     document.getElementById("logout").hidden = !api.token();
+    const claims = api.tokenClaims();
+    document.getElementById("who").textContent = claims ? `${claims.sub} (${claims.role})` : "";
     stopEvents = api.followEvents({ since, onEvent: apply, onState: setConnection });
     if (current && current.update) current.update();
     redraw();

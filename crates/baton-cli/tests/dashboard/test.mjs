@@ -174,7 +174,11 @@ async function authMode() {
     await page.getByLabel("Title").fill("Viewer's task");
     await page.getByRole("button", { name: "Create task" }).click();
     await page.getByRole("alert").filter({ hasText: "Refused (403" }).waitFor();
+    await page.getByText("viewer (viewer)").waitFor();
     await shot("refused");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await shot("refused-dark");
+    await page.emulateMedia({ colorScheme: "light" });
   });
 
   await check("an operator's token does it", async () => {
