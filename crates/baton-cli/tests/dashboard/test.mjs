@@ -4,6 +4,7 @@
 // Screenshots go to SCREENSHOTS. Every wait is Playwright's own (no sleeps); each step fails
 // with its name after a generous timeout.
 
+import { readFile } from "node:fs/promises";
 import { chromium } from "playwright-core";
 
 const url = process.env.BATON_URL;
@@ -45,7 +46,74 @@ async function api(method, path, body, token) {
 const count = (state) => page.locator(`[data-testid=count-${state}] .value`);
 const live = () => page.locator("#connection[data-state=live]").waitFor();
 
+/**
+ * The dashboard's own event reader (api.js), run here in Node against the server, over a
+ * connection that drops after each of its first reads: it must reconnect by itself and resume
+ * with Last-Event-ID, so that every event comes once, in order.
+ */
+async function resumesAfterDrops() {
+  const source = await readFile(new URL("../../../baton-server/dashboard/api.js", import.meta.url), "utf8");
+  globalThis.sessionStorage = { getItem: () => null, setItem() {}, removeItem() {} };
+  const realFetch = globalThis.fetch;
+  const resumedFrom = [];
+  let drops = 3;
+  globalThis.fetch = async (path, init = {}) => {
+    const response = await realFetch(new URL(path, url), init);
+    if (!String(path).startsWith("/events") || String(path).startsWith("/events/history")) return response;
+    resumedFrom.push(init.headers["last-event-id"]);
+    if (drops === 0) return response;
+    drops -= 1;
+    // Hands on the first read only, then ends the stream: the connection dropped.
+    const reader = response.body.getReader();
+    const body = new ReadableStream({
+      async pull(controller) {
+        const { value, done } = await reader.read();
+        if (!done) controller.enqueue(value.slice(0, Math.max(1, value.length - 7)));
+        reader.cancel();
+        controller.close();
+      },
+    });
+    return new Response(body, { status: response.status, headers: response.headers });
+  };
+  try {
+    const events = await import(`data:text/javascript,${encodeURIComponent(source)}`);
+    const latest = await events.latestEventSeq();
+    const history = await api("GET", `/events/history?since=${latest - 1}&limit=1`);
+    if (history.length !== 1 || history[0].seq !== latest) throw new Error(`latestEventSeq() = ${latest}, not the newest`);
+    const seen = [];
+    const states = [];
+    await new Promise((resolve, reject) => {
+      const stop = events.followEvents({
+        since: 0,
+        onEvent: (event) => {
+          seen.push(event.seq);
+          if (event.seq >= latest) {
+            stop();
+            resolve();
+          }
+        },
+        onState: (state, detail) => {
+          states.push(state);
+          if (state === "stopped") reject(new Error(detail));
+        },
+      });
+    });
+    const first = (await api("GET", "/events/history?limit=1"))[0].seq;
+    seen.forEach((seq, index) => {
+      if (seq !== first + index) throw new Error(`events out of order or repeated: ${seen.join(",")}`);
+    });
+    if (resumedFrom.length < 4 || resumedFrom[0] !== "0" || resumedFrom.slice(1).some((id) => !id || id === "0")) {
+      throw new Error(`the reconnections sent Last-Event-ID ${JSON.stringify(resumedFrom)}`);
+    }
+    if (!states.includes("reconnecting")) throw new Error(`states: ${states.join(",")}`);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+}
+
 async function openMode() {
+  await check("the event stream reconnects by itself and resumes with Last-Event-ID", resumesAfterDrops);
+
   await check("overview shows the run, the plan and the budgets", async () => {
     await page.goto(`${url}/#/`);
     await live();
