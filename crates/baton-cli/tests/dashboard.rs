@@ -20,8 +20,9 @@ use common::Project;
 
 const SECRET: &str = "a dashboard test secret of more than thirty-two bytes";
 
-/// The workers example, with a token budget (so that the gauges have a limit) and a workstream
-/// whose remote agent no worker serves: its tasks wait until they are cancelled.
+/// The workers example, with a token budget (so that the gauges have a limit), a workstream
+/// whose remote agent no worker serves (its tasks wait until they are cancelled) and a nightly
+/// schedule.
 fn plan(auth: bool) -> String {
     let example = include_str!("../../../examples/workers/baton.toml");
     let mut plan = example.replacen(
@@ -36,6 +37,11 @@ daily_tokens = 3000
 
 [[workstreams]]
 name = "training"
+
+[[schedules]]
+name = "nightly-training"
+cron = "0 3 * * *"
+task = { title = "Train overnight", workstream = "training", requires = ["far"] }
 
 [[agents]]
 name = "gpu"

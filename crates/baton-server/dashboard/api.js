@@ -144,7 +144,6 @@ export function followEvents({ since, onEvent, onState }) {
           throw error;
         }
         onState("live");
-        delay = 500;
         await read(response.body);
       } catch (error) {
         if (stopped) return;
@@ -157,35 +156,8 @@ export function followEvents({ since, onEvent, onState }) {
     }
   }
 
-  // Server-Sent Events, as the specification parses them: lines of `field: value`, an event
-  // ends at an empty line; comments (`:`) keep the connection alive.
   async function read(body) {
-    const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    let event = { id: null, type: "message", data: [] };
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += value;
-      let end;
-      while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
-        const line = buffer.slice(0, end);
-        buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
-        if (line === "") {
-          if (event.data.length > 0) dispatch(event);
-          event = { id: null, type: "message", data: [] };
-          continue;
-        }
-        if (line.startsWith(":")) continue;
-        const colon = line.indexOf(":");
-        const field = colon < 0 ? line : line.slice(0, colon);
-        let value = colon < 0 ? "" : line.slice(colon + 1);
-        if (value.startsWith(" ")) value = value.slice(1);
-        if (field === "id") event.id = value;
-        else if (field === "event") event.type = value;
-        else if (field === "data") event.data.push(value);
-      }
-    }
+    await readServerSentEvents(body, dispatch);
   }
 
   function dispatch(event) {
@@ -196,6 +168,9 @@ export function followEvents({ since, onEvent, onState }) {
       return;
     }
     if (event.id !== null) lastId = Number(event.id);
+    // Events flow again: the next drop is retried soon (a connection that drops before any
+    // event keeps backing off).
+    delay = 500;
     onEvent(parsed);
   }
 
@@ -204,4 +179,58 @@ export function followEvents({ since, onEvent, onState }) {
     stopped = true;
     if (controller) controller.abort();
   };
+}
+
+/**
+ * Reads Server-Sent Events from `body` as the specification parses them — lines of
+ * `field: value`, an event ends at an empty line, comments (`:`) keep the connection alive —
+ * calling `onEvent({ id, type, data: [lines] })` for each. Resolves when the stream ends.
+ */
+export async function readServerSentEvents(body, onEvent) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let event = { id: null, type: "message", data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      const line = buffer.slice(0, end);
+      buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
+      if (line === "") {
+        if (event.data.length > 0) onEvent(event);
+        event = { id: null, type: "message", data: [] };
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "id") event.id = value;
+      else if (field === "event") event.type = value;
+      else if (field === "data") event.data.push(value);
+    }
+  }
+}
+
+/**
+ * Follows agent `name`'s log from its last `tailBytes`: `onLine(text)` for each line as it is
+ * written, `onEnd(error?)` when the stream ends. Returns a function that stops it.
+ */
+export function followLog(name, tailBytes, onLine, onEnd) {
+  const controller = new AbortController();
+  (async () => {
+    try {
+      const path = `/agents/${encodeURIComponent(name)}/logs${query({ follow: true, tail_bytes: tailBytes })}`;
+      const response = await fetch(path, { headers: headers({ accept: "text/event-stream" }), signal: controller.signal });
+      if (!response.ok) throw await failure(response);
+      await readServerSentEvents(response.body, (event) => onLine(event.data.join("\n")));
+      onEnd();
+    } catch (error) {
+      if (!controller.signal.aborted) onEnd(error);
+    }
+  })();
+  return () => controller.abort();
 }

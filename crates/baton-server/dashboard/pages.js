@@ -419,25 +419,42 @@ function agents({ root, argument }) {
 function agentPage({ root, name }) {
   const props = h("div");
   const log = h("pre", { class: "log", tabindex: 0, "aria-label": `${name}'s log` }, "Loading…");
-  let seen = -1;
-  let loading = false;
-  const loadLog = async () => {
-    if (loading) return;
-    loading = true;
-    try {
-      const text = await api.get(`/agents/${encodeURIComponent(name)}/logs?tail_bytes=32768`);
-      log.textContent = text || "(empty)";
-      log.scrollTop = log.scrollHeight;
-    } catch (error) {
-      log.textContent = describe(error);
-    }
-    loading = false;
+  const logState = h("p", { class: "muted", role: "status" });
+  let lines = [];
+  let stopLog = null;
+  let drawQueued = false;
+  const drawLog = () => {
+    if (drawQueued) return;
+    drawQueued = true;
+    requestAnimationFrame(() => {
+      drawQueued = false;
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.textContent = lines.length ? lines.join("\n") : "(empty)";
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    });
+  };
+  // The log as it is written: its last 32 KiB, then each new line.
+  const followLog = () => {
+    if (stopLog) stopLog();
+    lines = [];
+    logState.textContent = "Following the log as it is written.";
+    stopLog = api.followLog(name, 32768, (line) => {
+      lines.push(line);
+      if (lines.length > 2000) lines.splice(0, lines.length - 2000);
+      drawLog();
+    }, (error) => {
+      logState.textContent = error ? `The log stream ended: ${describe(error)}` : "The log stream ended; Follow again to resume.";
+      drawLog();
+    });
   };
   root.append(h("p", {}, link("#/agents", "← All agents")), h("h1", {}, `Agent ${name}`), props, agentButtons(name),
-    section("Recent log", h("button", { type: "button", onclick: loadLog }, "Refresh log"), log));
-  loadLog();
+    section("Recent log", h("div", { class: "row" }, h("button", { type: "button", onclick: followLog }, "Follow again"), logState), log));
+  followLog();
   return {
     title: `Agent ${name}`,
+    unmount() {
+      if (stopLog) stopLog();
+    },
     update() {
       const agent = state.agents.get(name);
       if (!agent) return fill(props, h("p", { class: "muted" }, "No such agent in the run."));
@@ -452,12 +469,6 @@ function agentPage({ root, name }) {
         h("dt", {}, "Done / failed"), h("dd", {}, `${status.tasks_succeeded || 0} / ${status.tasks_failed || 0}`),
         h("dt", {}, "Restarts"), h("dd", {}, String(state.restarts.get(name) || 0)),
         h("dt", {}, "Last activity"), h("dd", {}, dateTime(status.last_activity))));
-      // The log is not in the events: read it again when something happens to this agent.
-      const newest = state.events.findLast((event) => event.agent === name);
-      if (newest && newest.seq > seen) {
-        seen = newest.seq;
-        loadLog();
-      }
     },
   };
 }
@@ -641,7 +652,7 @@ function budgets({ root }) {
           h("td", {}, schedule.name), h("td", { class: "mono" }, `${schedule.cron} (${schedule.timezone})`),
           h("td", {}, badge(schedule.paused ? "paused" : "live")), h("td", {}, schedule.next.map(dateTime).join(", ")),
           h("td", {}, schedule.last_fired_at ? dateTime(schedule.last_fired_at) : "never", schedule.last_task ? [" ", link(`#/tasks/${schedule.last_task}`, `task ${schedule.last_task}`)] : null),
-          h("td", {}, h("button", { type: "button",
+          h("td", {}, h("button", { type: "button", "aria-label": `${schedule.paused ? "Resume" : "Pause"} ${schedule.name}`,
             onclick: () => act(`${schedule.paused ? "Resume" : "Pause"} schedule ${schedule.name}`, () => api.post(`/schedules/${encodeURIComponent(schedule.name)}/${schedule.paused ? "resume" : "pause"}`)).then(() => refetch("schedules")) },
           schedule.paused ? "Resume" : "Pause")))));
     },

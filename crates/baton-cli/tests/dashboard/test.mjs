@@ -175,6 +175,11 @@ async function openMode() {
     await shot("agents");
     await page.getByRole("link", { name: "python-worker" }).click();
     await page.locator("pre.log").getByText("worker python-worker started").first().waitFor();
+    // The log is followed: a restart's lines come in without a reload.
+    const starts = await page.locator("pre.log").evaluate((log) => log.textContent.split("worker python-worker started").length);
+    await page.getByRole("button", { name: "Restart python-worker" }).click();
+    await page.getByText("Restart agent python-worker: done").waitFor();
+    await page.waitForFunction((n) => document.querySelector("pre.log").textContent.split("worker python-worker started").length > n, starts);
     await shot("agent");
   });
 
@@ -208,7 +213,12 @@ async function openMode() {
     await page.goto(`${url}/#/budgets`);
     await page.getByRole("meter", { name: "budget global" }).waitFor();
     await page.getByRole("cell", { name: "global", exact: true }).waitFor();
+    await page.getByRole("button", { name: "Pause nightly-training" }).click();
+    await page.getByText("Pause schedule nightly-training: done").waitFor();
+    await page.getByRole("button", { name: "Resume nightly-training" }).waitFor();
     await shot("budgets");
+    await page.getByRole("button", { name: "Resume nightly-training" }).click();
+    await page.getByRole("button", { name: "Pause nightly-training" }).waitFor();
   });
 
   await check("dark theme follows the system", async () => {
