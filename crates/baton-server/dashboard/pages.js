@@ -366,7 +366,8 @@ function taskPage({ root, id }) {
 // ---------------------------------------------------------------------------------------------
 
 function eventSummary(event) {
-  const skip = new Set(["seq", "run_id", "at", "type"]);
+  // The task is shown as a link beside it.
+  const skip = new Set(["seq", "run_id", "at", "type", "task"]);
   return Object.entries(event).filter(([key]) => !skip.has(key))
     .map(([key, value]) => `${key}=${typeof value === "object" ? JSON.stringify(value) : value}`).join(" ");
 }
@@ -619,10 +620,11 @@ function budgets({ root }) {
   const table = h("tbody");
   const scheduleRows = h("tbody");
   const period = h("p", { class: "muted" });
-  const scope = h("input", { id: "limit-scope", placeholder: "global, agent:NAME, workstream:NAME", required: true });
+  const scope = h("input", { id: "limit-scope", list: "limit-scopes", placeholder: "global, agent:NAME, workstream:NAME", required: true });
+  const scopes = h("datalist", { id: "limit-scopes" });
   const tokens = h("input", { id: "limit-tokens", type: "number", min: 0, required: true });
   const form = h("form", { class: "row", "aria-label": "Set a budget limit" },
-    h("div", { class: "field" }, h("label", { for: "limit-scope" }, "Scope"), scope),
+    h("div", { class: "field" }, h("label", { for: "limit-scope" }, "Scope"), scope, scopes),
     h("div", { class: "field" }, h("label", { for: "limit-tokens" }, "Daily tokens"), tokens),
     h("button", { type: "submit" }, "Set limit until the reset"));
   form.addEventListener("submit", (submitted) => {
@@ -639,7 +641,10 @@ function budgets({ root }) {
       const data = state.budgets;
       if (data) {
         period.textContent = `Period started ${dateTime(data.period_start)}${data.next_reset ? `; resets ${dateTime(data.next_reset)}` : ""}.`;
-        fill(gaugeList, ...[gauges(data.scopes)].flat());
+        fill(gaugeList, gauges(data.scopes));
+        const names = ["global", ...[...state.agents.keys()].map((name) => `agent:${name}`),
+          ...(state.plan ? state.plan.workstreams.map((w) => `workstream:${w.name}`) : [])];
+        fill(scopes, names.map((name) => h("option", { value: name })));
         fill(table, data.scopes.map((s) => h("tr", {},
           h("td", { class: "mono" }, s.scope), h("td", {}, s.used_tokens.toLocaleString()), h("td", {}, s.limit_tokens ? s.limit_tokens.toLocaleString() : "—"),
           h("td", {}, `$${s.used_cost_usd.toFixed(2)}`), h("td", {}, s.limit_cost_usd ? `$${s.limit_cost_usd.toFixed(2)}` : "—"),

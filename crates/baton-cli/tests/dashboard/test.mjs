@@ -213,6 +213,10 @@ async function openMode() {
     await page.goto(`${url}/#/budgets`);
     await page.getByRole("meter", { name: "budget global" }).waitFor();
     await page.getByRole("cell", { name: "global", exact: true }).waitFor();
+    await page.getByLabel("Scope").fill("workstream:pipeline");
+    await page.getByLabel("Daily tokens").fill("4000");
+    await page.getByRole("button", { name: "Set limit until the reset" }).click();
+    await page.getByRole("meter", { name: "budget workstream:pipeline" }).waitFor();
     await page.getByRole("button", { name: "Pause nightly-training" }).click();
     await page.getByText("Pause schedule nightly-training: done").waitFor();
     await page.getByRole("button", { name: "Resume nightly-training" }).waitFor();
