@@ -135,14 +135,17 @@ async function loadAgents() {
   state.agents = new Map(agents.map((agent) => [agent.name, agent]));
 }
 
-/** Restarts from the past events (at most the first 10,000 agent state changes). */
-async function loadRestarts() {
+/**
+ * Restarts from the past events up to `until` (the live stream counts those after it), at most
+ * the first 10,000 agent state changes.
+ */
+async function loadRestarts(until) {
   const restarts = new Map();
   let since = 0;
   for (let n_pages = 0; n_pages < 10; n_pages += 1) {
     const events = await api.get(`/events/history${api.query({ type: "AgentStateChanged", since, limit: 1000 })}`);
-    for (const event of events) countRestart(restarts, event);
-    if (events.length < 1000) break;
+    for (const event of events.filter((past) => past.seq <= until)) countRestart(restarts, event);
+    if (events.length < 1000 || events[events.length - 1].seq >= until) break;
     since = events[events.length - 1].seq;
   }
   state.restarts = restarts;
@@ -209,17 +212,35 @@ function schedule() {
     pendingTasks.clear();
     await Promise.all([
       refetch(...names),
-      ...ids.map(async (id) => {
-        try {
-          const detail = await api.get(`/tasks/${id}`);
-          state.tasks.set(id, detail.task);
-        } catch {
-          // Gone or not ours to read: the events keep what they told.
-        }
-      }),
+      refetchTasks(ids),
     ]);
     redraw();
   }, 300);
+}
+
+/** Tasks some events were about: a few one by one, many (a batch was created) by pages. */
+async function refetchTasks(ids) {
+  if (ids.length === 0) return;
+  try {
+    if (ids.length <= 20) {
+      await Promise.all(ids.map(async (id) => {
+        const detail = await api.get(`/tasks/${id}`);
+        state.tasks.set(id, detail.task);
+      }));
+      return;
+    }
+    // Task ids grow: the pages from the smallest id to the largest hold them all.
+    const last = Math.max(...ids);
+    let after = Math.min(...ids) - 1;
+    while (after < last) {
+      const page = await api.get(`/tasks${api.query({ limit: 1000, after })}`);
+      for (const task of page.tasks) state.tasks.set(task.id, task);
+      if (page.next_after === null || page.next_after === undefined || page.tasks.length === 0) break;
+      after = page.next_after;
+    }
+  } catch {
+    // Gone or not ours to read: the events keep what they told.
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,11 +279,12 @@ function apply(event) {
       break;
     case "TaskCompleted":
       setTask(event.task, { state: "succeeded", finished_at: event.at, error: null });
-      bumpAgent(event.agent, "tasks_succeeded");
+      // The agent's counts: refetched, since the snapshot may hold this event already.
+      later("agents");
       break;
     case "TaskFailed":
       setTask(event.task, { error: event.reason });
-      if (event.agent) bumpAgent(event.agent, "tasks_failed");
+      if (event.agent) later("agents");
       break;
     case "TaskRetrying":
       setTask(event.task, { state: "ready", not_before: event.not_before });
@@ -336,11 +358,6 @@ function apply(event) {
       break;
   }
   redraw();
-}
-
-function bumpAgent(name, field) {
-  const agent = state.agents.get(name);
-  if (agent && agent.status) agent.status[field] = (agent.status[field] || 0) + 1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,7 +435,7 @@ async function start() {
     const since = await api.latestEventSeq();
     await Promise.all([
       ...Object.entries(loaders).map(([name, load]) => part(name, load)),
-      part("restarts", loadRestarts),
+      part("restarts", () => loadRestarts(since)),
       part("events", async () => {
         state.events = await api.get(`/events/history${api.query({ since: Math.max(0, since - 200), limit: 200 })}`);
       }),
