@@ -21,8 +21,9 @@ use common::Project;
 const SECRET: &str = "a dashboard test secret of more than thirty-two bytes";
 
 /// The workers example, with a token budget (so that the gauges have a limit), a workstream
-/// whose remote agent no worker serves (its tasks wait until they are cancelled) and a nightly
-/// schedule.
+/// whose remote agent no worker serves (its tasks wait until they are cancelled), a shared
+/// worker that refuses the messages saying `refuse-me` (they become dead letters) and a
+/// nightly schedule.
 fn plan(auth: bool) -> String {
     let example = include_str!("../../../examples/workers/baton.toml");
     let mut plan = example.replacen(
@@ -37,6 +38,12 @@ daily_tokens = 3000
 
 [[workstreams]]
 name = "training"
+
+[[agents]]
+name = "helper"
+mode = "worker"
+command = ["python3", "worker.py", "--refuse", "refuse-me"]
+capabilities = ["help"]
 
 [[schedules]]
 name = "nightly-training"

@@ -601,7 +601,7 @@ function chat({ root }) {
       const letters = state.messages.filter((message) => message.state === "dead");
       fill(dead, letters.length === 0 ? h("p", { class: "muted" }, "None.") : [
         h("ul", {}, letters.map((letter) => h("li", {}, `to ${letter.to}: “${letter.body}” — ${letter.error || "not acknowledged"} `,
-          h("button", { type: "button", onclick: () => act(`Redeliver message ${letter.id}`, () => api.post("/messages/redeliver", { ids: [letter.id] })).then(() => refetch("messages")) }, "Redeliver")))),
+          h("button", { type: "button", "aria-label": `Redeliver message ${letter.id} to ${letter.to}`, onclick: () => act(`Redeliver message ${letter.id}`, () => api.post("/messages/redeliver", { ids: [letter.id] })).then(() => refetch("messages")) }, "Redeliver")))),
         h("button", { type: "button", onclick: () => act("Redeliver all dead letters", () => api.post("/messages/redeliver", { dead: true })).then(() => refetch("messages")) }, "Redeliver all"),
       ]);
       fill(log, [...state.messages].reverse().map((message) => h("tr", { "data-message": message.id },

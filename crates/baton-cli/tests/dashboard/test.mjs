@@ -206,7 +206,20 @@ async function openMode() {
     await page.getByRole("button", { name: "Send" }).click();
     await page.getByText("Sent to shell-worker").waitFor();
     await page.locator("tr[data-message]", { hasText: "ping from the dashboard" }).first().waitFor();
+  });
+
+  await check("chat: a refused message becomes a dead letter, and is redelivered", async () => {
+    const input = page.getByRole("textbox", { name: /Message/ });
+    await input.fill("@helper refuse-me");
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.getByText("Sent to helper").waitFor();
+    // Five tries, 1 + 2 + 4 + 8 s apart, then it is dead.
+    const letter = page.locator("#h-dead-letters + * li", { hasText: "refuse-me" });
+    await letter.waitFor({ timeout: 90_000 });
     await shot("chat");
+    await letter.getByRole("button", { name: "Redeliver" }).click();
+    await page.getByText(/Redeliver message \d+: done/).waitFor();
+    await page.locator("tr[data-message]", { hasText: "refuse-me" }).locator(".state.pending").waitFor();
   });
 
   await check("budgets and schedules", async () => {
