@@ -468,6 +468,11 @@ window.addEventListener("DOMContentLoaded", () => {
     start();
   });
   document.getElementById("login").addEventListener("cancel", (cancelled) => cancelled.preventDefault());
+  // The skip link moves focus only: `#main` is not a page.
+  document.querySelector(".skip").addEventListener("click", (clicked) => {
+    clicked.preventDefault();
+    document.getElementById("main").focus();
+  });
   document.getElementById("logout").addEventListener("click", () => {
     api.setToken(null);
     location.reload();

@@ -238,6 +238,21 @@ async function openMode() {
     await page.getByRole("button", { name: "Pause nightly-training" }).waitFor();
   });
 
+  await check("the keyboard reaches the pages: skip link, navigation", async () => {
+    // A fresh load: the first Tab starts from the top of the page.
+    await page.goto(`${url}/#/agents`);
+    await page.reload();
+    await page.locator("tr[data-agent]").first().waitFor();
+    await page.keyboard.press("Tab");
+    await page.waitForFunction(() => document.activeElement?.textContent === "Skip to content");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.activeElement?.id === "main");
+    if (!page.url().endsWith("#/agents")) throw new Error(`the skip link left the page for ${page.url()}`);
+    await page.getByRole("link", { name: "Events" }).focus();
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { name: "Events" }).waitFor();
+  });
+
   await check("dark theme follows the system", async () => {
     await page.emulateMedia({ colorScheme: "dark" });
     await page.goto(`${url}/#/`);
