@@ -11,6 +11,11 @@ const url = process.env.BATON_URL;
 const mode = process.env.BATON_MODE || "open";
 const screenshots = process.env.SCREENSHOTS;
 const TIMEOUT = 30_000;
+// Whatever hangs, the script ends: CI is never left waiting.
+setTimeout(() => {
+  console.error(`not ok - ${step}: the browser test took over 5 minutes`);
+  process.exit(1);
+}, 300_000).unref();
 
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 const context = await browser.newContext({ viewport: { width: 1366, height: 860 }, colorScheme: "light" });
@@ -136,6 +141,13 @@ async function openMode() {
     await page.getByText("Crunch the numbers: done").waitFor();
   });
 
+  await check("a task that fails for good shows as an alert", async () => {
+    await page.goto(`${url}/#/`);
+    await api("POST", "/tasks", { title: "Break on purpose", workstream: "pipeline", requires: ["python"], max_attempts: 1, input: { fail: "broken on purpose" } });
+    await page.locator(".alerts li", { hasText: "1 dead task(s)" }).getByRole("link", { name: "Break on purpose" }).waitFor();
+    await page.waitForFunction(() => document.querySelector("[data-testid=count-dead] .value")?.textContent === "1");
+  });
+
   await check("tasks: the table filters, and a task made with the form runs live", async () => {
     await page.goto(`${url}/#/tasks`);
     await page.locator("tr[data-task]").first().waitFor();
@@ -164,8 +176,12 @@ async function openMode() {
     await page.getByRole("button", { name: "Cancel task" }).click();
     await page.getByText(/Cancel task \d+: done/).waitFor();
     await page.locator("main .row .state.cancelled").waitFor();
-    await page.getByRole("button", { name: "Retry task" }).waitFor();
     await shot("task");
+    await page.getByRole("button", { name: "Retry task" }).click();
+    await page.getByText(/Retry task \d+: done/).waitFor();
+    await page.locator("main .row .state.cancelled").waitFor({ state: "detached" });
+    await page.getByRole("button", { name: "Cancel task" }).click();
+    await page.locator("main .row .state.cancelled").waitFor();
   });
 
   await check("agents: states, current work and a log", async () => {
