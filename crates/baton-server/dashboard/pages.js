@@ -52,7 +52,7 @@ function progressBar(progress, label) {
     "div",
     {
       class: "bar", role: "progressbar", "aria-label": label, "aria-valuemin": 0, "aria-valuemax": progress.n || 1,
-      "aria-valuenow": finished, "aria-valuetext": `${progress.succeeded} succeeded, ${progress.running} running, ${progress.failed} failed of ${progress.n}`,
+      "aria-valuenow": finished, "aria-valuetext": `${progress.succeeded} succeeded, ${progress.running} running, ${progress.failed} dead or cancelled, of ${progress.n}`,
     },
     h("span", { class: "succeeded", style: `width:${percent(progress.succeeded)}%` }),
     h("span", { class: "failed", style: `width:${percent(progress.failed)}%` }),
@@ -169,7 +169,7 @@ function overview({ root }) {
                   h("div", { class: "row" }, h("span", { class: "name" }, name), badge(wsState)),
                   h("div", { class: "deps" }, workstream.priority, workstream.depends_on.length ? ` · after ${workstream.depends_on.join(", ")}` : ""),
                   progressBar(progress, `${name} progress`),
-                  h("div", { class: "muted" }, `${progress.succeeded}/${progress.n} done`, progress.running ? `, ${progress.running} running` : "", progress.failed ? `, ${progress.failed} failed` : ""));
+                  h("div", { class: "muted" }, `${progress.succeeded}/${progress.n} done`, progress.running ? `, ${progress.running} running` : "", progress.failed ? `, ${progress.failed} dead or cancelled` : ""));
               }));
           })),
       );
