@@ -33,6 +33,7 @@ pub mod auth;
 pub mod chat;
 pub mod connections;
 pub mod coordination;
+pub mod dashboard;
 pub mod error;
 pub mod live;
 pub mod local;
@@ -206,6 +207,9 @@ pub fn router(state: AppState, max_request_size: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .layer(DefaultBodyLimit::max(max_request_size))
         .with_state(state)
+        // The dashboard's static files hold no data: served beside the gate, not behind it, so
+        // that the page loads before it has a token.
+        .merge(dashboard::routes())
 }
 
 /// Endpoints of other agent orchestrators that users bring with them (the briefs Baton was

@@ -1,0 +1,333 @@
+// Drives the dashboard of a running `baton serve` (BATON_URL) in Chromium, as a user would.
+// BATON_MODE=open: a server without [auth]; every page, live updates, actions.
+// BATON_MODE=auth: log in as a viewer (an action refused), then as an operator (it works).
+// Screenshots go to SCREENSHOTS. Every wait is Playwright's own (no sleeps); each step fails
+// with its name after a generous timeout.
+
+import { readFile } from "node:fs/promises";
+import { chromium } from "playwright-core";
+
+const url = process.env.BATON_URL;
+const mode = process.env.BATON_MODE || "open";
+const screenshots = process.env.SCREENSHOTS;
+const TIMEOUT = 30_000;
+// Whatever hangs, the script ends: CI is never left waiting.
+setTimeout(() => {
+  console.error(`not ok - ${step}: the browser test took over 5 minutes`);
+  process.exit(1);
+}, 300_000).unref();
+
+const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
+const context = await browser.newContext({ viewport: { width: 1366, height: 860 }, colorScheme: "light" });
+const page = await context.newPage();
+page.setDefaultTimeout(TIMEOUT);
+const problems = [];
+page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+page.on("console", (message) => {
+  if (message.type() === "error" && !message.text().includes("status of 40")) problems.push(`console: ${message.text()}`);
+});
+
+let step = "start";
+async function check(name, body) {
+  step = name;
+  await body();
+  console.log(`ok - ${name}`);
+}
+
+async function shot(name) {
+  if (screenshots) await page.screenshot({ path: `${screenshots}/${name}.png`, fullPage: false });
+}
+
+/** Calls the API directly (for what the page has no form for), with `token` if given. */
+async function api(method, path, body, token) {
+  const headers = { "content-type": "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const response = await fetch(`${url}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${text}`);
+  return JSON.parse(text);
+}
+
+const count = (state) => page.locator(`[data-testid=count-${state}] .value`);
+const live = () => page.locator("#connection[data-state=live]").waitFor();
+
+/**
+ * The dashboard's own event reader (api.js), run here in Node against the server, over a
+ * connection that drops after each of its first reads: it must reconnect by itself and resume
+ * with Last-Event-ID, so that every event comes once, in order.
+ */
+async function resumesAfterDrops() {
+  const source = await readFile(new URL("../../../baton-server/dashboard/api.js", import.meta.url), "utf8");
+  globalThis.sessionStorage = { getItem: () => null, setItem() {}, removeItem() {} };
+  const realFetch = globalThis.fetch;
+  const resumedFrom = [];
+  let drops = 3;
+  globalThis.fetch = async (path, init = {}) => {
+    const response = await realFetch(new URL(path, url), init);
+    if (!String(path).startsWith("/events") || String(path).startsWith("/events/history")) return response;
+    resumedFrom.push(init.headers["last-event-id"]);
+    if (drops === 0) return response;
+    drops -= 1;
+    // Hands on the first read only, then ends the stream: the connection dropped.
+    const reader = response.body.getReader();
+    const body = new ReadableStream({
+      async pull(controller) {
+        const { value, done } = await reader.read();
+        if (!done) controller.enqueue(value.slice(0, Math.max(1, value.length - 7)));
+        reader.cancel();
+        controller.close();
+      },
+    });
+    return new Response(body, { status: response.status, headers: response.headers });
+  };
+  try {
+    const events = await import(`data:text/javascript,${encodeURIComponent(source)}`);
+    const latest = await events.latestEventSeq();
+    const history = await api("GET", `/events/history?since=${latest - 1}&limit=1`);
+    if (history.length !== 1 || history[0].seq !== latest) throw new Error(`latestEventSeq() = ${latest}, not the newest`);
+    const seen = [];
+    const states = [];
+    await new Promise((resolve, reject) => {
+      const stop = events.followEvents({
+        since: 0,
+        onEvent: (event) => {
+          seen.push(event.seq);
+          if (event.seq >= latest) {
+            stop();
+            resolve();
+          }
+        },
+        onState: (state, detail) => {
+          states.push(state);
+          if (state === "stopped") reject(new Error(detail));
+        },
+      });
+    });
+    const first = (await api("GET", "/events/history?limit=1"))[0].seq;
+    seen.forEach((seq, index) => {
+      if (seq !== first + index) throw new Error(`events out of order or repeated: ${seen.join(",")}`);
+    });
+    if (resumedFrom.length < 4 || resumedFrom[0] !== "0" || resumedFrom.slice(1).some((id) => !id || id === "0")) {
+      throw new Error(`the reconnections sent Last-Event-ID ${JSON.stringify(resumedFrom)}`);
+    }
+    if (!states.includes("reconnecting")) throw new Error(`states: ${states.join(",")}`);
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+}
+
+async function openMode() {
+  await check("the event stream reconnects by itself and resumes with Last-Event-ID", resumesAfterDrops);
+
+  await check("overview shows the run, the plan and the budgets", async () => {
+    await page.goto(`${url}/#/`);
+    await live();
+    await page.locator("[data-workstream=pipeline] .state.done").waitFor();
+    await page.locator("[data-workstream=reports] .state.done").waitFor();
+    await page.getByRole("meter", { name: "budget global" }).waitFor();
+    await page.waitForFunction(() => Number(document.querySelector("[data-testid=count-succeeded] .value")?.textContent) >= 3);
+  });
+
+  await check("a task created through the API moves to done live on the overview", async () => {
+    const before = Number(await count("succeeded").textContent());
+    const created = await api("POST", "/tasks", {
+      title: "Crunch the numbers", workstream: "pipeline", requires: ["python"], input: { steps: 8, step_seconds: 0.25 },
+    });
+    const id = created.ids[0];
+    await page.waitForFunction((n) => Number(document.querySelector("[data-testid=count-running] .value")?.textContent) >= n, 1);
+    await shot("overview");
+    await page.waitForFunction((n) => Number(document.querySelector("[data-testid=count-succeeded] .value")?.textContent) >= n, before + 1);
+    await page.goto(`${url}/#/tasks/${id}`);
+    await page.getByText("Crunch the numbers: done").waitFor();
+  });
+
+  await check("a task that fails for good shows as an alert", async () => {
+    await page.goto(`${url}/#/`);
+    await api("POST", "/tasks", { title: "Break on purpose", workstream: "pipeline", requires: ["python"], max_attempts: 1, input: { fail: "broken on purpose" } });
+    await page.locator(".alerts li", { hasText: "1 dead task(s)" }).getByRole("link", { name: "Break on purpose" }).waitFor();
+    await page.waitForFunction(() => document.querySelector("[data-testid=count-dead] .value")?.textContent === "1");
+  });
+
+  await check("tasks: the table filters, and a task made with the form runs live", async () => {
+    await page.goto(`${url}/#/tasks`);
+    await page.locator("tr[data-task]").first().waitFor();
+    await page.getByLabel("State").selectOption("succeeded");
+    await page.getByRole("link", { name: "Ingest the data" }).waitFor();
+    await page.getByLabel("Text").fill("transform");
+    await page.getByText("1 of").waitFor();
+    await page.getByLabel("Text").fill("");
+    await page.getByLabel("State").selectOption("");
+    await page.getByLabel("Title").fill("Summarise again");
+    await page.locator("#new-workstream").selectOption("reports");
+    await page.getByLabel("Requires (capabilities)").fill("shell");
+    await page.getByRole("button", { name: "Create task" }).click();
+    await page.getByText("Create task “Summarise again”: done").waitFor();
+    const row = page.locator("tr[data-task]", { hasText: "Summarise again" });
+    await row.locator(".state.succeeded").waitFor();
+    await shot("tasks");
+  });
+
+  await check("a task is cancelled from its page", async () => {
+    await page.getByLabel("Title").fill("Train the model");
+    await page.getByLabel("Requires (capabilities)").fill("far");
+    await page.locator("#new-workstream").selectOption("training");
+    await page.getByRole("button", { name: "Create task" }).click();
+    await page.getByRole("link", { name: "Train the model" }).click();
+    await page.getByRole("button", { name: "Cancel task" }).click();
+    await page.getByText(/Cancel task \d+: done/).waitFor();
+    await page.locator("main .row .state.cancelled").waitFor();
+    await shot("task");
+    await page.getByRole("button", { name: "Retry task" }).click();
+    await page.getByText(/Retry task \d+: done/).waitFor();
+    await page.locator("main .row .state.cancelled").waitFor({ state: "detached" });
+    await page.getByRole("button", { name: "Cancel task" }).click();
+    await page.locator("main .row .state.cancelled").waitFor();
+  });
+
+  await check("agents: states, current work and a log", async () => {
+    await page.goto(`${url}/#/agents`);
+    for (const name of ["python-worker", "shell-worker", "gpu"]) await page.locator(`tr[data-agent="${name}"]`).waitFor();
+    await page.getByRole("button", { name: "Restart python-worker" }).waitFor();
+    await shot("agents");
+    await page.getByRole("link", { name: "python-worker" }).click();
+    await page.locator("pre.log").getByText("worker python-worker started").first().waitFor();
+    // The log is followed: a restart's lines come in without a reload.
+    const starts = await page.locator("pre.log").evaluate((log) => log.textContent.split("worker python-worker started").length);
+    await page.getByRole("button", { name: "Restart python-worker" }).click();
+    await page.getByText("Restart agent python-worker: done").waitFor();
+    await page.waitForFunction((n) => document.querySelector("pre.log").textContent.split("worker python-worker started").length > n, starts);
+    await shot("agent");
+  });
+
+  await check("events: a live feed filtered by type", async () => {
+    await page.goto(`${url}/#/events`);
+    await page.locator(".feed li").first().waitFor();
+    await page.getByLabel("Type").selectOption("TaskCompleted");
+    await page.locator('.feed li[data-type="TaskCompleted"]').first().waitFor();
+    const others = await page.locator('.feed li:not([data-type="TaskCompleted"])').count();
+    if (others !== 0) throw new Error(`${others} events of another type shown`);
+    await shot("events");
+  });
+
+  await check("chat: @mention completion and a message sent", async () => {
+    await page.goto(`${url}/#/chat`);
+    const input = page.getByRole("textbox", { name: /Message/ });
+    await input.click();
+    await input.pressSequentially("@shell");
+    await page.getByRole("option", { name: "@shell-worker" }).waitFor();
+    await input.press("Enter");
+    await input.pressSequentially("ping from the dashboard");
+    const text = await input.inputValue();
+    if (text !== "@shell-worker ping from the dashboard") throw new Error(`the message reads ${JSON.stringify(text)}`);
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.getByText("Sent to shell-worker").waitFor();
+    await page.locator("tr[data-message]", { hasText: "ping from the dashboard" }).first().waitFor();
+  });
+
+  await check("chat: a refused message becomes a dead letter, and is redelivered", async () => {
+    const input = page.getByRole("textbox", { name: /Message/ });
+    await input.fill("@helper refuse-me");
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.getByText("Sent to helper").waitFor();
+    // Five tries, 1 + 2 + 4 + 8 s apart, then it is dead.
+    const letter = page.locator("#h-dead-letters + * li", { hasText: "refuse-me" });
+    await letter.waitFor({ timeout: 90_000 });
+    await shot("chat");
+    await letter.getByRole("button", { name: "Redeliver" }).click();
+    await page.getByText(/Redeliver message \d+: done/).waitFor();
+    await page.locator("tr[data-message]", { hasText: "refuse-me" }).locator(".state.pending").waitFor();
+  });
+
+  await check("budgets and schedules", async () => {
+    await page.goto(`${url}/#/budgets`);
+    await page.getByRole("meter", { name: "budget global" }).waitFor();
+    await page.getByRole("cell", { name: "global", exact: true }).waitFor();
+    await page.getByLabel("Scope").fill("workstream:pipeline");
+    await page.getByLabel("Daily tokens").fill("4000");
+    await page.getByRole("button", { name: "Set limit until the reset" }).click();
+    await page.getByRole("meter", { name: "budget workstream:pipeline" }).waitFor();
+    await page.getByRole("button", { name: "Pause nightly-training" }).click();
+    await page.getByText("Pause schedule nightly-training: done").waitFor();
+    await page.getByRole("button", { name: "Resume nightly-training" }).waitFor();
+    await shot("budgets");
+    await page.getByRole("button", { name: "Resume nightly-training" }).click();
+    await page.getByRole("button", { name: "Pause nightly-training" }).waitFor();
+  });
+
+  await check("the keyboard reaches the pages: skip link, navigation", async () => {
+    // A fresh load: the first Tab starts from the top of the page.
+    await page.goto(`${url}/#/agents`);
+    await page.reload();
+    await page.locator("tr[data-agent]").first().waitFor();
+    await page.keyboard.press("Tab");
+    await page.waitForFunction(() => document.activeElement?.textContent === "Skip to content");
+    await page.keyboard.press("Enter");
+    await page.waitForFunction(() => document.activeElement?.id === "main");
+    if (!page.url().endsWith("#/agents")) throw new Error(`the skip link left the page for ${page.url()}`);
+    await page.getByRole("link", { name: "Events" }).focus();
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { name: "Events" }).waitFor();
+  });
+
+  await check("dark theme follows the system", async () => {
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.goto(`${url}/#/`);
+    await page.locator("[data-workstream=pipeline]").waitFor();
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    if (background === "rgb(255, 255, 255)") throw new Error("the page stayed light");
+    await shot("overview-dark");
+    await page.emulateMedia({ colorScheme: "light" });
+  });
+}
+
+async function login(token) {
+  await page.getByRole("dialog", { name: "Log in" }).waitFor();
+  await page.getByLabel("Token").fill(token);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await live();
+}
+
+async function authMode() {
+  await check("without a token the page asks for one", async () => {
+    await page.goto(`${url}/#/tasks`);
+    await page.getByRole("dialog", { name: "Log in" }).waitFor();
+    await shot("login");
+  });
+
+  await check("a viewer sees the run and is refused an action", async () => {
+    await login(process.env.BATON_VIEWER_TOKEN);
+    await page.locator("tr[data-task]").first().waitFor();
+    await page.getByLabel("Title").fill("Viewer's task");
+    await page.getByRole("button", { name: "Create task" }).click();
+    await page.getByRole("alert").filter({ hasText: "Refused (403" }).waitFor();
+    await page.getByText("viewer (viewer)").waitFor();
+    await shot("refused");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await shot("refused-dark");
+    await page.emulateMedia({ colorScheme: "light" });
+  });
+
+  await check("an operator's token does it", async () => {
+    await page.getByRole("button", { name: "Log out" }).click();
+    await login(process.env.BATON_OPERATOR_TOKEN);
+    await page.getByLabel("Title").fill("Operator's task");
+    await page.locator("#new-workstream").selectOption("training");
+    await page.getByLabel("Requires (capabilities)").fill("far");
+    await page.getByRole("button", { name: "Create task" }).click();
+    await page.getByText("Create task “Operator's task”: done").waitFor();
+    await page.getByRole("link", { name: "Operator's task" }).waitFor();
+  });
+}
+
+try {
+  if (mode === "auth") await authMode();
+  else await openMode();
+  if (problems.length) throw new Error(problems.join("\n"));
+} catch (error) {
+  console.error(`not ok - ${step}: ${error.message}`);
+  if (problems.length) console.error(problems.join("\n"));
+  if (screenshots) await page.screenshot({ path: `${screenshots}/failed-${mode}.png`, fullPage: true }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();

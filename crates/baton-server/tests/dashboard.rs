@@ -1,0 +1,63 @@
+//! The dashboard's files: served at `/` and `/dashboard/NAME` with and without `[auth]` (they
+//! hold no data; the API behind them still wants its token), with a content security policy,
+//! and every file the page refers to exists. The page itself is driven in a real browser by
+//! `baton-cli`'s `tests/dashboard.rs`.
+
+mod common;
+
+use common::{Options, Server};
+
+async fn fetch(server: &Server, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    let response = server.get(path).send().await.expect("a response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.text().await.expect("a body"), headers)
+}
+
+#[tokio::test]
+async fn the_page_and_its_files_are_served() {
+    let server = Server::start().await;
+    let (status, page, headers) = fetch(&server, "/").await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+    assert!(page.contains(r#"<script type="module" src="/dashboard/app.js">"#), "{page}");
+    for (path, content_type) in [
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/api.js", "text/javascript"),
+        ("/dashboard/pages.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+    ] {
+        let (status, body, headers) = fetch(&server, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(headers["content-type"].to_str().unwrap().starts_with(content_type), "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    // Every module the scripts import is served.
+    for script in ["app.js", "pages.js"] {
+        let (_, body, _) = fetch(&server, &format!("/dashboard/{script}")).await;
+        for line in body.lines().filter(|line| line.starts_with("import ")) {
+            let file = line.rsplit("\"./").next().unwrap().trim_end_matches("\";");
+            let (status, _, _) = fetch(&server, &format!("/dashboard/{file}")).await;
+            assert_eq!(status, 200, "{script} imports {file}");
+        }
+    }
+    let (status, body, _) = fetch(&server, "/dashboard/nothing.js").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("not_found"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_auth_the_page_loads_and_the_api_still_wants_a_token() {
+    let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
+    let (status, _, _) = fetch(&server, "/").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = fetch(&server, "/dashboard/app.js").await;
+    assert_eq!(status, 200);
+    let (status, _, _) = fetch(&server, "/status").await;
+    assert_eq!(status, 401);
+    let (status, _, _) = fetch(&server, "/no/such/endpoint").await;
+    assert_eq!(status, 401, "the API's fallback stays behind the gate");
+    server.stop().await;
+}
