@@ -616,9 +616,10 @@ pub use layers::{
 pub use logs::LogRotation;
 use raw::{RawAgent, RawConfig, RawTask};
 pub use server::{
-    AuthSpec, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_TOKEN_TTL, MIN_SECRET_BYTES,
-    RateLimit, ServerSpec, TlsSpec, is_loopback,
+    AuthSpec, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, MAX_TOKEN_TTL,
+    MIN_SECRET_BYTES, RateLimit, ServerSpec, TlsSpec, is_loopback,
 };
+pub use validate::DEFAULT_STORE_URL;
 use validate::Validator;
 
 #[cfg(test)]

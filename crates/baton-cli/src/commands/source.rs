@@ -145,10 +145,14 @@ impl Probe {
         let name = text_at("orchestration", "name")?;
         let url = text_at("server", "url").unwrap_or_else(|| {
             // The default of `server.listen` (baton-core's config).
-            format!("http://{}", text_at("server", "listen").unwrap_or_else(|| "127.0.0.1:8080".to_string()))
+            format!("http://{}", text_at("server", "listen").unwrap_or_else(|| config::DEFAULT_LISTEN.to_string()))
         });
         // The default of `store.url` (baton-core's config).
-        let store = cli.store.clone().or_else(|| text_at("store", "url")).unwrap_or("sqlite://.baton/baton.db".into());
+        let store = cli
+            .store
+            .clone()
+            .or_else(|| text_at("store", "url"))
+            .unwrap_or_else(|| config::DEFAULT_STORE_URL.to_string());
         let base_dir: PathBuf =
             cli.config.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).into();
         let socket = StoreUrl::parse(&store, &base_dir).ok()?.path().map(baton_server::local::socket_path);

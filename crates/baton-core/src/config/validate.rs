@@ -25,7 +25,8 @@ pub(super) struct Validator<'a> {
     pub(super) diagnostics: Vec<Diagnostic>,
 }
 
-pub(super) const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
+/// Where the store is when `store.url` is not set.
+pub const DEFAULT_STORE_URL: &str = "sqlite://.baton/baton.db";
 /// Below this, a memory limit leaves no room for a program to start.
 pub(super) const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Below this, a worker's messages could not hold a JSON-RPC answer.
