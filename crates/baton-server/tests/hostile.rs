@@ -84,12 +84,15 @@ async fn failed_authentication_is_rate_limited_per_address_and_its_audit_entries
     let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
     let long_path = format!("/tasks/{}", "x".repeat(60 * 1024));
     let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
     for _ in 0..60 {
         statuses.push(server.post(&long_path, json!({})).send().await.unwrap().status().as_u16());
     }
+    // The limit refills at 2 per second: a slow machine lets a few more through.
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
     let n_unauthorized = statuses.iter().filter(|status| **status == 401).count();
     let n_limited = statuses.iter().filter(|status| **status == 429).count();
-    assert!((30..=35).contains(&n_unauthorized), "a burst of 30 gets 401: {statuses:?}");
+    assert!((30..=30 + refilled).contains(&n_unauthorized), "a burst of 30 gets 401 (+{refilled}): {statuses:?}");
     assert_eq!(n_unauthorized + n_limited, 60, "{statuses:?}");
     assert_eq!(statuses.last(), Some(&429));
 
@@ -183,8 +186,10 @@ async fn a_websocket_is_closed_when_its_token_expires() {
     use tokio_tungstenite::tungstenite::Message;
     let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
     let auth = server.auth.as_ref().unwrap();
+    // Expiry is in whole seconds: a token of 1 s issued late in a second could expire before the
+    // socket opens; 3 s leaves the connection time on a loaded machine.
     let (token, claims) =
-        auth.issue("short", Role::Operator, None, Duration::from_secs(1), baton_server::auth::unix_now()).unwrap();
+        auth.issue("short", Role::Operator, None, Duration::from_secs(3), baton_server::auth::unix_now()).unwrap();
     let url = format!("{}/ws", server.url.replace("http://", "ws://"));
     let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
     request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
