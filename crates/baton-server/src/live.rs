@@ -137,15 +137,16 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, fi
             }
             () = &mut expired => {
                 // The token ended: nothing more is sent or accepted on this socket.
-                let frame = axum::extract::ws::CloseFrame {
-                    code: CLOSE_TOKEN_EXPIRED,
-                    reason: "the token has expired; reconnect with a new one".into(),
-                };
-                let _ = socket.send(Message::Close(Some(frame))).await;
-                return;
+                return close_expired(socket).await;
             }
             event = futures::StreamExt::next(&mut stream) => {
-                let Some(event) = event else { break };
+                let Some(event) = event else {
+                    // The event stream ends at the token's expiry too, and may notice first.
+                    if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                        return close_expired(socket).await;
+                    }
+                    break;
+                };
                 let text = serde_json::to_string(&event).unwrap_or_default();
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     break;
@@ -177,6 +178,15 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, fi
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+}
+
+/// Closes a socket whose token has expired, saying so (1008).
+async fn close_expired(mut socket: WebSocket) {
+    let frame = axum::extract::ws::CloseFrame {
+        code: CLOSE_TOKEN_EXPIRED,
+        reason: "the token has expired; reconnect with a new one".into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 /// An agent's log: the last `tail_bytes` as text, or followed as SSE (one `data` line per
