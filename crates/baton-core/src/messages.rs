@@ -91,6 +91,13 @@ pub fn redelivery_delay(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << exponent).min(Duration::from_secs(60))
 }
 
+/// Where a topic message that no agent follows yet is held: a pending delivery to `#TOPIC`
+/// (no agent has that name: names are letters, digits, `-`, `_` and `.`), handed over to the
+/// first agent that follows the topic. Held messages count against the topic's own inbox limit.
+pub fn topic_holder(topic: &str) -> String {
+    format!("#{topic}")
+}
+
 /// The agents a message reaches, given the agents there are and the topics they follow.
 pub fn recipients(to: &Recipient, from: &str, agents: &[(String, Vec<String>)]) -> Vec<String> {
     match to {

@@ -98,11 +98,41 @@ impl PostOffice {
         Arc::clone(&self.runtimes.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// `agent` follows `topic` from now on. The first agent to follow a topic is handed the
+    /// messages held for it (sent while nobody followed it), off the caller's turn.
     pub fn subscribe(&self, agent: &str, topic: &str) {
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        let followed = topics.entry(agent.to_string()).or_default();
-        if !followed.iter().any(|known| known == topic) {
+        let first = {
+            let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+            let first = !topics.values().any(|followed| followed.iter().any(|known| known == topic));
+            let followed = topics.entry(agent.to_string()).or_default();
+            if followed.iter().any(|known| known == topic) {
+                return;
+            }
             followed.push(topic.to_string());
+            first
+        };
+        if first {
+            let (post, agent, topic) = (self.clone(), agent.to_string(), topic.to_string());
+            tokio::spawn(async move { post.hand_over_held(&agent, &topic).await });
+        }
+    }
+
+    /// Hands the messages held for `topic` to `agent`, and wakes the delivery loop, which finds
+    /// them due in the store.
+    async fn hand_over_held(&self, agent: &str, topic: &str) {
+        let holder = messages::topic_holder(topic);
+        match self.store.hand_over(&self.run_id, &holder, agent, self.clock.now()).await {
+            Ok(handed) if handed.is_empty() => {}
+            Ok(handed) => {
+                tracing::info!(
+                    agent,
+                    topic,
+                    n = handed.len(),
+                    "messages held for a topic handed to its first follower"
+                );
+                self.wake.notify_one();
+            }
+            Err(error) => tracing::warn!(%error, agent, topic, "cannot hand over the messages held for a topic"),
         }
     }
 
@@ -135,9 +165,12 @@ impl PostOffice {
                 messages::recipients(to, &message.from, &agents)
             }
         };
-        if recipients.is_empty() {
-            return Err(RequestError::refused("the message reaches nobody (no agent follows that topic)"));
-        }
+        let recipients = match (&message.to, recipients.is_empty()) {
+            // Nobody follows the topic yet: the message is held for its first follower.
+            (Recipient::Topic(topic), true) => vec![messages::topic_holder(topic)],
+            (_, true) => return Err(RequestError::refused("the message reaches nobody (there is no other agent)")),
+            (_, false) => recipients,
+        };
         let id = uuid::Uuid::now_v7().to_string();
         let now = self.clock.now();
         // What the delivery loop is handed once the message is stored: its deliveries to the

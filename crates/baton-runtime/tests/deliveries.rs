@@ -135,7 +135,7 @@ async fn batches_are_acknowledged_per_message_and_workers_without_them_get_singl
         .await
         .expect("the message is stored");
     let cancel = CancellationToken::new();
-    let delivering = tokio::spawn(post.run(cancel.clone()));
+    let delivering = tokio::spawn(post.clone().run(cancel.clone()));
 
     // The refused message is tried again (a second attempt recorded) while the others are
     // acknowledged, each after one delivery.
@@ -154,6 +154,22 @@ async fn batches_are_acknowledged_per_message_and_workers_without_them_get_singl
     let refused = &seen["please refuse"];
     assert_eq!(refused.state, DeliveryState::Pending);
     assert_eq!(refused.error.as_deref(), Some("refused on purpose"));
+
+    // A topic message sent while nobody follows the topic is held, not refused, and handed to
+    // the first agent that follows it; the next one goes straight to the follower.
+    let to_topic = |body: &str| NewMessage { to: Recipient::Topic("reviews".into()), ..message("x", body) };
+    post.send(to_topic("held review")).await.expect("a topic message nobody follows yet is held");
+    let held = deliveries_when(&store, |by_body| by_body.contains_key("held review")).await;
+    assert_eq!(held["held review"].to, "#reviews");
+    post.subscribe("single", "reviews");
+    post.send(to_topic("followed review")).await.expect("the topic has a follower");
+    let seen = deliveries_when(&store, |by_body| {
+        ["held review", "followed review"].iter().all(|body| by_body[*body].state == DeliveryState::Acked)
+    })
+    .await;
+    for body in ["held review", "followed review"] {
+        assert_eq!((seen[body].to.as_str(), seen[body].attempts), ("single", 1), "{body}: {:?}", seen[body]);
+    }
 
     cancel.cancel();
     delivering.await.expect("the post office stops");

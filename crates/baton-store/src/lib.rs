@@ -474,6 +474,18 @@ pub trait Store: Send + Sync + 'static {
     /// is. Returns the ids redelivered.
     async fn redeliver(&self, run_id: &str, ids: Option<Vec<i64>>, now: Timestamp) -> Result<Vec<i64>>;
 
+    /// Hands the pending deliveries held for `holder` (a topic nobody followed,
+    /// [`baton_core::messages::topic_holder`]) over to `agent`, due now; returns them as they are
+    /// now. Counted in `agent`'s inbox from then on (it may go over the limit: they were sent
+    /// when the topic's limit allowed them).
+    async fn hand_over(
+        &self,
+        run_id: &str,
+        holder: &str,
+        agent: &str,
+        now: Timestamp,
+    ) -> Result<Vec<baton_core::messages::Delivery>>;
+
     /// The latest deliveries to or from `agent` (all when `None`), oldest first.
     async fn deliveries(
         &self,

@@ -35,6 +35,7 @@ macro_rules! store_test_suite {
             usage_totals_saturate_instead_of_overflowing,
             messages_are_delivered_retried_and_dead_lettered,
             inbox_room_follows_sends_acks_and_dead_letters,
+            messages_held_for_a_topic_are_handed_to_its_first_follower,
             audit_entries_are_recorded_and_queried,
             subscribers_get_committed_events_in_order,
         );
@@ -887,6 +888,43 @@ pub async fn messages_are_delivered_retried_and_dead_lettered(store: impl Store)
     let refused = store.send_message("r1", "over".into(), message, vec!["ok".into(), "full".into()], T0).await;
     assert_eq!(refused.unwrap_err().kind(), ErrorKind::Full);
     assert!(store.deliveries("r1", Some("ok"), 10).await.unwrap().is_empty(), "nothing stored for the others either");
+}
+
+/// A topic message sent before anyone follows the topic is held for it (a pending delivery to
+/// `#TOPIC`, never due to an agent) and handed whole to the first follower, due at once and in
+/// its inbox from then on; a second follower gets nothing more, another run's hold is its own.
+pub async fn messages_held_for_a_topic_are_handed_to_its_first_follower(store: impl Store) {
+    use baton_core::messages::{DeliveryState, NewMessage, Recipient, topic_holder};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    store.create_run(new_run("r2"), T0).await.unwrap();
+    let holder = topic_holder("reviews");
+    for (run, n) in [("r1", 0), ("r1", 1), ("r2", 2)] {
+        let message = NewMessage {
+            from: "operator".into(),
+            to: Recipient::Topic("reviews".into()),
+            body: format!("review {n}"),
+            data: serde_json::Value::Null,
+            task: None,
+            correlation_id: None,
+        };
+        store.send_message(run, format!("m{n}"), message, vec![holder.clone()], T0).await.unwrap();
+    }
+    let held = store.deliveries("r1", Some(&holder), 10).await.unwrap();
+    assert_eq!(
+        held.iter().map(|d| (d.to.as_str(), d.state)).collect::<Vec<_>>(),
+        vec![(holder.as_str(), DeliveryState::Pending); 2]
+    );
+    assert!(store.due_deliveries("r1", &["a".to_string()], T0, 10).await.unwrap().is_empty());
+
+    let later = Timestamp(T0.0 + 60_000);
+    let handed = store.hand_over("r1", &holder, "a", later).await.unwrap();
+    assert_eq!(handed.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), vec!["review 0", "review 1"]);
+    assert!(handed.iter().all(|d| d.to == "a" && d.topic.as_deref() == Some("reviews") && d.next_attempt_at == later));
+    let due = store.due_deliveries("r1", &["a".to_string()], later, 10).await.unwrap();
+    assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), handed.iter().map(|d| d.id).collect::<Vec<_>>());
+    assert!(store.hand_over("r1", &holder, "b", later).await.unwrap().is_empty(), "handed once");
+    assert!(store.deliveries("r1", Some(&holder), 10).await.unwrap().is_empty());
+    assert_eq!(store.deliveries("r2", Some(&holder), 10).await.unwrap().len(), 1, "the other run's hold is its own");
 }
 
 /// An inbox holds [`INBOX_LIMIT`](baton_core::messages::INBOX_LIMIT) pending deliveries: refused

@@ -774,6 +774,29 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn hand_over(&self, run_id: &str, holder: &str, agent: &str, now: Timestamp) -> Result<Vec<Delivery>> {
+        let (run_id, holder, agent) = (run_id.to_string(), holder.to_string(), agent.to_string());
+        self.write(move |ctx| {
+            let sql = format!(
+                "UPDATE deliveries SET recipient = ?3, next_attempt_at = ?4 \
+                 WHERE run_id = ?1 AND recipient = ?2 AND state = 'pending' RETURNING {DELIVERY_COLUMNS}"
+            );
+            let mut handed: Vec<Delivery> = ctx
+                .tx
+                .prepare_cached(&sql)?
+                .query_map(params![run_id, holder, agent, now.0], delivery_from_row)?
+                .collect::<rusqlite::Result<_>>()?;
+            let n = handed.len() as i64;
+            if n > 0 {
+                ctx.inbox.add(&run_id, &holder, -n);
+                ctx.inbox.add(&run_id, &agent, n);
+            }
+            handed.sort_by_key(|delivery| delivery.id);
+            Ok(handed)
+        })
+        .await
+    }
+
     async fn deliveries(&self, run_id: &str, recipient: Option<&str>, limit: u64) -> Result<Vec<Delivery>> {
         let run_id = run_id.to_string();
         let recipient = recipient.map(str::to_string);

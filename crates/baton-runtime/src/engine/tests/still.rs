@@ -131,6 +131,9 @@ impl Store for Still {
     async fn redeliver(&self, run_id: &str, ids: Option<Vec<i64>>, now: Timestamp) -> Result<Vec<i64>> {
         still(self.0.redeliver(run_id, ids, now)).await
     }
+    async fn hand_over(&self, run_id: &str, holder: &str, agent: &str, now: Timestamp) -> Result<Vec<Delivery>> {
+        still(self.0.hand_over(run_id, holder, agent, now)).await
+    }
     async fn deliveries(&self, run_id: &str, agent: Option<&str>, limit: u64) -> Result<Vec<Delivery>> {
         still(self.0.deliveries(run_id, agent, limit)).await
     }
