@@ -28,6 +28,11 @@ pub enum EventKind {
         previous_owner: Option<String>,
         requeued: u32,
     },
+    /// The run was stopped before its end (Ctrl-C, SIGTERM, `baton serve` shut down) by the
+    /// process that executed it; it is `interrupted`, and the next `baton run` resumes it.
+    RunInterrupted {
+        owner: String,
+    },
     RunCompleted {
         state: RunState,
         n_succeeded: u64,
@@ -324,6 +329,9 @@ impl EventKind {
                 }
                 None => format!("run resumed; {requeued} running task(s) re-queued"),
             },
+            EventKind::RunInterrupted { owner } => {
+                format!("run interrupted: stopped before its end by {owner}; `baton run` resumes it")
+            }
             EventKind::RunCompleted { state, n_succeeded, n_dead, n_cancelled, error } => {
                 let mut text = format!("run {state}: {n_succeeded} succeeded, {n_dead} dead, {n_cancelled} cancelled");
                 if let Some(error) = error {

@@ -44,7 +44,8 @@ pub enum Write {
     /// by nobody, or expired by `now`). `owner: None` releases it.
     RunOwner { owner: Option<String>, pid: Option<u32>, until: Option<Timestamp>, expect_owner: Option<String> },
     /// The run stopped before its end (a shutdown): it becomes `interrupted` and its claim is
-    /// released, only if it is `running` and held by `expect_owner`.
+    /// released, only if it is `running` and held by `expect_owner`; with a `RunInterrupted`
+    /// event.
     RunInterrupted { expect_owner: String },
     /// An event about no record in particular.
     Event(EventKind),

@@ -566,6 +566,10 @@ pub async fn an_interrupted_run_says_so_and_is_free_to_resume(store: impl Store)
     let run = store.run("r1").await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Interrupted);
     assert_eq!((run.owner, run.owner_pid, run.owner_until, run.ended_at), (None, None, None, None));
+    let events = store.events(&EventQuery { run_id: Some("r1".into()), ..Default::default() }).await.unwrap();
+    let said: Vec<&EventKind> =
+        events.iter().map(|event| &event.kind).filter(|kind| kind.name() == "RunInterrupted").collect();
+    assert_eq!(said, vec![&EventKind::RunInterrupted { owner: "node-a".into() }], "said once, with the state change");
     let applied = store.apply("r1", T0, interrupted("node-a")).await.unwrap();
     assert!(matches!(applied[0], Applied::Conflict(_)), "an interrupted run is not interrupted again");
     assert_eq!(store.latest_run(Some("plan")).await.unwrap().map(|run| run.state), Some(RunState::Interrupted));

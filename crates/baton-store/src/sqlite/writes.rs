@@ -102,6 +102,7 @@ pub(super) fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, 
             if stmt.execute(params![run_id, expect_owner])? == 0 {
                 return Ok(Applied::Conflict(format!("run {run_id} is not running under {expect_owner}")));
             }
+            ctx.event(run_id, now, EventKind::RunInterrupted { owner: expect_owner })?;
         }
         Write::Event(event) => {
             ctx.event(run_id, now, event)?;
