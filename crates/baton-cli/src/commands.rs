@@ -461,7 +461,10 @@ fn print_status(
         outln!("error     {error}");
     }
     let mut table = output::table(&["phase", "workstream", "succeeded", "running", "waiting", "failed"]);
-    for (name, ws) in &status.workstreams {
+    // In the order the plan runs them: by phase, then by name.
+    let mut by_phase: Vec<_> = status.workstreams.iter().collect();
+    by_phase.sort_by_key(|(name, ws)| (ws.phase, *name));
+    for (name, ws) in by_phase {
         let get = |state: &str| ws.tasks.get(state).copied().unwrap_or(0);
         table.add_row(vec![
             ws.phase.to_string(),
