@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use baton_core::Event;
 use baton_core::messages::Delivery;
 use baton_core::model::{AgentRecord, TaskId, TaskRecord};
+use baton_ops::events::EventFilter;
 use baton_ops::messages::MessageQuery;
 use baton_ops::schedules::{Budgets, ScheduleView};
 use baton_ops::tasks::TaskQuery;
@@ -296,20 +297,14 @@ impl Client {
     }
 
     /// Up to `limit` (at most 1000) events after `since`, oldest first.
-    pub async fn events(&self, since: i64, task: Option<TaskId>, limit: u64) -> Result<Vec<Event>, Failure> {
-        let mut query = vec![("since", since.to_string()), ("limit", limit.to_string())];
-        if let Some(task) = task {
-            query.push(("task", task.to_string()));
-        }
-        self.get("/events/history", &query).await
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, Failure> {
+        self.get("/events/history", &event_query(filter)).await
     }
 
     /// The run's events after `since` as they happen (`GET /events`, Server-Sent Events).
-    pub async fn follow_events(&self, since: i64, task: Option<TaskId>) -> Result<EventStream, Failure> {
-        let mut query = vec![("since", since.to_string())];
-        if let Some(task) = task {
-            query.push(("task", task.to_string()));
-        }
+    pub async fn follow_events(&self, filter: &EventFilter) -> Result<EventStream, Failure> {
+        let query = event_query(filter);
+        let since = filter.since.unwrap_or(0);
         let request = self
             .request(reqwest::Method::GET, "/events")
             .query(&query)
@@ -556,6 +551,24 @@ impl SseParser {
         }
         frames
     }
+}
+
+/// The query of `/events` and `/events/history` for `filter`.
+fn event_query(filter: &EventFilter) -> Vec<(&'static str, String)> {
+    let mut query = vec![("since", filter.since.unwrap_or(0).to_string())];
+    if let Some(limit) = filter.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    if let Some(task) = filter.task {
+        query.push(("task", task.to_string()));
+    }
+    if let Some(kinds) = &filter.kinds {
+        query.push(("type", kinds.clone()));
+    }
+    if let Some(agent) = &filter.agent {
+        query.push(("agent", agent.clone()));
+    }
+    query
 }
 
 #[cfg(test)]

@@ -61,8 +61,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Messages { action: None, agent, limit, json, run } => {
             messages(&cli, agent.as_deref(), *limit, *json, run.as_deref()).await
         }
-        Command::Events { follow, since, task, json, run } => {
-            events(&cli, *follow, *since, task.map(TaskId), *json, run.as_deref()).await
+        Command::Events { follow, since, task, kinds, agent, json, run } => {
+            let wanted = source::Wanted { task: task.map(TaskId), kinds: kinds.clone(), agent: agent.clone() };
+            events(&cli, *follow, *since, &wanted, *json, run.as_deref()).await
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
         Command::Attach { agent } => attach(&cli, agent).await,
@@ -732,7 +733,7 @@ async fn events(
     cli: &Cli,
     follow: bool,
     since: i64,
-    task: Option<TaskId>,
+    wanted: &source::Wanted,
     json: bool,
     run: Option<&str>,
 ) -> Result<u8, Failure> {
@@ -746,7 +747,7 @@ async fn events(
     let mut seen = since;
     let mut ended = false;
     loop {
-        let page = reader.events(seen, task).await?;
+        let page = reader.events(seen, wanted).await?;
         for event in &page {
             ended |= print_event(&mut names, event, json)?;
             seen = event.seq;
@@ -759,8 +760,8 @@ async fn events(
         return Ok(0);
     }
     match &source {
-        Source::Server { client } => follow_server(client, &mut names, seen, task, json).await,
-        Source::Store { ops, .. } => follow_store(ops, &mut names, seen, task, json).await,
+        Source::Server { client } => follow_server(client, &mut names, seen, wanted, json).await,
+        Source::Store { ops, .. } => follow_store(ops, &mut names, seen, wanted, json).await,
     }
 }
 
@@ -781,7 +782,7 @@ async fn follow_store(
     ops: &baton_ops::Ops,
     names: &mut TaskNames,
     mut seen: i64,
-    task: Option<TaskId>,
+    wanted: &source::Wanted,
     json: bool,
 ) -> Result<u8, Failure> {
     let reader = source::Reader::Local(ops);
@@ -790,7 +791,7 @@ async fn follow_store(
         // Read after the run is seen ended: this read has its final events.
         let ended = ops.run().await?.state.is_finished();
         loop {
-            let page = reader.events(seen, task).await?;
+            let page = reader.events(seen, wanted).await?;
             for event in &page {
                 if print_event(names, event, json)? {
                     return Ok(0);
@@ -818,12 +819,12 @@ async fn follow_server(
     client: &Client,
     names: &mut TaskNames,
     mut seen: i64,
-    task: Option<TaskId>,
+    wanted: &source::Wanted,
     json: bool,
 ) -> Result<u8, Failure> {
     let mut failed_tries = 0;
     loop {
-        let why = match client.follow_events(seen, task).await {
+        let why = match client.follow_events(&wanted.filter(seen, None)).await {
             Ok(mut stream) => {
                 let seen_before = seen;
                 while let Some(event) = stream.next().await? {

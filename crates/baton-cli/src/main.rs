@@ -262,6 +262,12 @@ pub enum Command {
         /// Only events about this task.
         #[arg(long)]
         task: Option<i64>,
+        /// Only events of these types, comma-separated (`TaskFailed,TaskDeadLettered`).
+        #[arg(long = "type", value_name = "TYPES")]
+        kinds: Option<String>,
+        /// Only events about this agent.
+        #[arg(long)]
+        agent: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,

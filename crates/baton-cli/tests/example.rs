@@ -124,6 +124,15 @@ async fn read_commands_print_tables_and_json() {
     let tenth: serde_json::Value = serde_json::from_str(since[9]).unwrap();
     let after = stdout(&project.baton(&["events", "--json", "--since", &tenth["seq"].to_string()]));
     assert_eq!(after.lines().count(), since.len() - 10);
+    // --type and --agent narrow it, as the API's filters do.
+    let failed = stdout(&project.baton(&["events", "--type", "TaskFailed,TaskRetrying", "--agent", "test-agent"]));
+    assert_eq!(failed.lines().count(), 1, "the flaky task's failure (a retry is about no agent):\n{failed}");
+    assert!(failed.contains("task property-tests failed on test-agent (attempt 1)"), "{failed}");
+    let retries = stdout(&project.baton(&["events", "--type", "TaskRetrying"]));
+    assert!(retries.lines().count() == 1 && retries.contains("will retry (attempt 2)"), "{retries}");
+    let typo = project.baton(&["events", "--type", "TaskFailled"]);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(stderr(&typo).contains("unknown event type `TaskFailled`"), "{}", stderr(&typo));
     // --follow on a finished run prints everything and ends.
     let follow = project.baton(&["events", "--follow"]);
     assert_eq!(follow.status.code(), Some(0));

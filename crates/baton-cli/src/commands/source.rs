@@ -160,6 +160,28 @@ impl Probe {
     }
 }
 
+/// Which of a run's events a command shows: about a task, of some types, about an agent.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Wanted {
+    pub(super) task: Option<TaskId>,
+    /// Event types, comma-separated, as the API takes them.
+    pub(super) kinds: Option<String>,
+    pub(super) agent: Option<String>,
+}
+
+impl Wanted {
+    /// The operations layer's filter (the API's query) for the events after `since`.
+    pub(super) fn filter(&self, since: i64, limit: Option<u64>) -> EventFilter {
+        EventFilter {
+            since: Some(since),
+            kinds: self.kinds.clone(),
+            agent: self.agent.clone(),
+            task: self.task.map(|id| id.0),
+            limit,
+        }
+    }
+}
+
 impl Reader<'_> {
     fn caller() -> Caller {
         Caller::local()
@@ -228,18 +250,10 @@ impl Reader<'_> {
     }
 
     /// Up to [`PAGE`] events after `since`, oldest first.
-    pub(super) async fn events(&self, since: i64, task: Option<TaskId>) -> Result<Vec<Event>, Failure> {
+    pub(super) async fn events(&self, since: i64, wanted: &Wanted) -> Result<Vec<Event>, Failure> {
         match self {
-            Reader::Local(ops) => {
-                let filter = EventFilter {
-                    since: Some(since),
-                    task: task.map(|id| id.0),
-                    limit: Some(PAGE),
-                    ..Default::default()
-                };
-                Ok(ops.events(&Self::caller(), filter).await?)
-            }
-            Reader::Remote(client) => client.events(since, task, PAGE).await,
+            Reader::Local(ops) => Ok(ops.events(&Self::caller(), wanted.filter(since, Some(PAGE))).await?),
+            Reader::Remote(client) => client.events(&wanted.filter(since, Some(PAGE))).await,
         }
     }
 
