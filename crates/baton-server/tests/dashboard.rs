@@ -61,3 +61,16 @@ async fn with_auth_the_page_loads_and_the_api_still_wants_a_token() {
     assert_eq!(status, 401, "the API's fallback stays behind the gate");
     server.stop().await;
 }
+
+/// The page follows `/events` from the status's `last_event_seq`: the newest event when the
+/// status was read, so that nothing after the page's first reads is missed.
+#[tokio::test]
+async fn the_status_says_where_the_event_stream_stands() {
+    let server = Server::start().await;
+    let status = server.get_json("/status").await;
+    let seq = status["last_event_seq"].as_i64().unwrap_or_else(|| panic!("a number: {status}"));
+    assert!(seq > 0, "the run has started, with events: {status}");
+    let history = server.get_json(&format!("/events/history?since={}&limit=1", seq - 1)).await;
+    assert_eq!(history[0]["seq"], seq, "{history}");
+    server.stop().await;
+}

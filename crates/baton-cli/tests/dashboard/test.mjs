@@ -82,9 +82,9 @@ async function resumesAfterDrops() {
   };
   try {
     const events = await import(`data:text/javascript,${encodeURIComponent(source)}`);
-    const latest = await events.latestEventSeq();
+    const latest = (await api("GET", "/status")).last_event_seq;
     const history = await api("GET", `/events/history?since=${latest - 1}&limit=1`);
-    if (history.length !== 1 || history[0].seq !== latest) throw new Error(`latestEventSeq() = ${latest}, not the newest`);
+    if (history.length !== 1 || history[0].seq !== latest) throw new Error(`/status's last_event_seq = ${latest}, not an event`);
     const seen = [];
     const states = [];
     await new Promise((resolve, reject) => {
@@ -294,11 +294,26 @@ async function authMode() {
     await shot("login");
   });
 
-  await check("a viewer sees the run and is refused an action", async () => {
+  await check("a viewer sees the run; the actions it may not take are disabled, saying why", async () => {
     await login(process.env.BATON_VIEWER_TOKEN);
     await page.locator("tr[data-task]").first().waitFor();
-    await page.getByLabel("Title").fill("Viewer's task");
-    await page.getByRole("button", { name: "Create task" }).click();
+    const create = page.getByRole("button", { name: "Create task" });
+    if (!(await create.isDisabled())) throw new Error("a viewer's Create task button is enabled");
+    const why = await create.getAttribute("title");
+    if (!why || !why.includes("viewer token may not create tasks")) throw new Error(`the button says ${JSON.stringify(why)}`);
+    await page.goto(`${url}/#/agents`);
+    const restart = page.getByRole("button", { name: "Restart python-worker" });
+    await restart.waitFor();
+    if (!(await restart.isDisabled())) throw new Error("a viewer's Restart button is enabled");
+    await page.goto(`${url}/#/budgets`);
+    await page.getByRole("button", { name: "Pause nightly-training" }).and(page.locator("[data-refused=ControlSchedules]")).waitFor();
+  });
+
+  await check("a viewer's action the page does not stop is refused by the server, and the page says so", async () => {
+    await page.goto(`${url}/#/chat`);
+    const input = page.getByRole("textbox", { name: /Message/ });
+    await input.fill("@shell-worker hello from a viewer");
+    await input.press("Control+Enter");
     await page.getByRole("alert").filter({ hasText: "Refused (403" }).waitFor();
     await page.getByText("viewer (viewer)").waitFor();
     await shot("refused");
@@ -310,6 +325,7 @@ async function authMode() {
   await check("an operator's token does it", async () => {
     await page.getByRole("button", { name: "Log out" }).click();
     await login(process.env.BATON_OPERATOR_TOKEN);
+    await page.goto(`${url}/#/tasks`);
     await page.getByLabel("Title").fill("Operator's task");
     await page.locator("#new-workstream").selectOption("training");
     await page.getByLabel("Requires (capabilities)").fill("far");
