@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: `baton serve` on the workers example, and a Node script
 //! (`tests/dashboard/test.mjs`, Playwright driving Chromium) that loads every page, watches
-//! tasks finish live, creates and cancels tasks, sends a chat message, and — with `[auth]` —
-//! logs in as a viewer (an action refused) and as an operator (the same action done). It saves
+//! tasks finish live, creates and cancels tasks, sends a chat message, types into a terminal
+//! agent's screen, and — with `[auth]` — logs in as a viewer (actions disabled or refused, a
+//! terminal watched but not typed into) and as an operator (the same action done). It saves
 //! a screenshot of each page in `target/dashboard-screenshots/`.
 //!
 //! It needs Node, the npm packages of `tests/dashboard` and Chromium at `/usr/bin/chromium`
@@ -23,7 +24,7 @@ const SECRET: &str = "a dashboard test secret of more than thirty-two bytes";
 /// The workers example, with a token budget (so that the gauges have a limit), a workstream
 /// whose remote agent no worker serves (its tasks wait until they are cancelled), a shared
 /// worker that refuses the messages saying `refuse-me` (they become dead letters) and a
-/// nightly schedule.
+/// nightly schedule, and a terminal agent.
 fn plan(auth: bool) -> String {
     let example = include_str!("../../../examples/workers/baton.toml");
     let mut plan = example.replacen(
@@ -51,6 +52,14 @@ cron = "0 3 * * *"
 task = { title = "Train overnight", workstream = "training", requires = ["far"] }
 
 [[agents]]
+name = "console"
+mode = "pty"
+command = ["bash", "console.sh"]
+capabilities = ["console"]
+# Shared, it may be handed the workers' sub-tasks: each is done once it is answered.
+done_when = { output = "(?m)^got: " }
+
+[[agents]]
 name = "gpu"
 workstream = "training"
 runtime = "remote"
@@ -64,12 +73,21 @@ heartbeat_timeout = "1m"
     plan
 }
 
+/// The terminal agent's program: says it is ready, then answers each line it reads.
+const CONSOLE: &str = r#"#!/usr/bin/env bash
+echo "console ready for input"
+while read -r line; do
+  echo "got: $line"
+done
+"#;
+
 fn project(auth: bool) -> Project {
     Project::with(
         &plan(auth),
         &[
             ("worker.py", include_str!("../../../examples/workers/worker.py")),
             ("worker.sh", include_str!("../../../examples/workers/worker.sh")),
+            ("console.sh", CONSOLE),
         ],
     )
 }

@@ -3,7 +3,8 @@
 // redraws the parts that show the run's state, after each change.
 
 import * as api from "./api.js";
-import { state, h, fill, badge, time, dateTime, act, describe, refetch } from "./app.js";
+import { state, h, fill, badge, time, dateTime, act, describe, refetch, refusal } from "./app.js";
+import { openTerminal } from "./terminal.js";
 
 const TASK_STATES = ["pending", "ready", "running", "succeeded", "dead", "cancelled", "suspended"];
 const FINISHED = new Set(["succeeded", "dead", "cancelled"]);
@@ -448,17 +449,40 @@ function agentPage({ root, name }) {
       drawLog();
     });
   };
-  root.append(h("p", {}, link("#/agents", "← All agents")), h("h1", {}, `Agent ${name}`), props, agentButtons(name),
+  // A terminal agent's screen, once the agent is known to be one.
+  const screenPart = h("div");
+  let closeTerminal = null;
+  const showTerminal = () => {
+    if (closeTerminal) closeTerminal();
+    const why = refusal("TypeInTerminal");
+    const screen = h("div", { class: "screen", "data-testid": "terminal" });
+    const screenState = h("p", { class: "muted", role: "status" });
+    const reconnect = h("button", { type: "button", onclick: showTerminal }, "Reconnect");
+    fill(screenPart, section("Terminal",
+      h("p", { class: "muted" }, why ? `Watching only: ${why}` : "Click the screen and type: keys go to the program, as with baton attach."),
+      h("div", { class: "row" }, reconnect, screenState), screen));
+    const words = { connecting: "Connecting…", live: "Live.", refused: "Not typed", closed: "Closed" };
+    closeTerminal = openTerminal(screen, name, {
+      mayType: !why,
+      onState: (terminalState, detail) => {
+        screenState.dataset.state = terminalState;
+        screenState.textContent = detail ? `${words[terminalState]}: ${detail}` : words[terminalState];
+      },
+    });
+  };
+  root.append(h("p", {}, link("#/agents", "← All agents")), h("h1", {}, `Agent ${name}`), props, agentButtons(name), screenPart,
     section("Recent log", h("div", { class: "row" }, h("button", { type: "button", onclick: followLog }, "Follow again"), logState), log));
   followLog();
   return {
     title: `Agent ${name}`,
     unmount() {
       if (stopLog) stopLog();
+      if (closeTerminal) closeTerminal();
     },
     update() {
       const agent = state.agents.get(name);
       if (!agent) return fill(props, h("p", { class: "muted" }, "No such agent in the run."));
+      if (!closeTerminal && agent.spec.mode === "pty") showTerminal();
       const status = agent.status || {};
       const current = runningTasks(name);
       fill(props, h("dl", { class: "props" },

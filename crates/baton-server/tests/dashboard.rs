@@ -27,6 +27,9 @@ async fn the_page_and_its_files_are_served() {
         ("/dashboard/api.js", "text/javascript"),
         ("/dashboard/pages.js", "text/javascript"),
         ("/dashboard/style.css", "text/css"),
+        ("/dashboard/terminal.js", "text/javascript"),
+        ("/dashboard/vendor/xterm.js", "text/javascript"),
+        ("/dashboard/vendor/xterm.css", "text/css"),
     ] {
         let (status, body, headers) = fetch(&server, path).await;
         assert_eq!(status, 200, "{path}");
@@ -72,5 +75,33 @@ async fn the_status_says_where_the_event_stream_stands() {
     assert!(seq > 0, "the run has started, with events: {status}");
     let history = server.get_json(&format!("/events/history?since={}&limit=1", seq - 1)).await;
     assert_eq!(history[0]["seq"], seq, "{history}");
+    server.stop().await;
+}
+
+/// xterm.js makes `<style>` elements: the page's policy allows those with the nonce the page
+/// was served with (a fresh one each time, said in the page for its scripts), and no other.
+#[tokio::test]
+async fn the_page_allows_style_elements_with_its_own_fresh_nonce() {
+    let server = Server::start().await;
+    let mut nonces = Vec::new();
+    for _ in 0..2 {
+        let (_, page, headers) = fetch(&server, "/").await;
+        let policy = headers["content-security-policy"].to_str().unwrap().to_string();
+        let nonce = page
+            .split(r#"<meta name="baton-style-nonce" content=""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(nonce.len(), 32, "{page}");
+        assert!(policy.contains(&format!("style-src 'self' 'nonce-{nonce}';")), "{policy}");
+        assert!(policy.contains("script-src 'self';"), "{policy}");
+        nonces.push(nonce);
+    }
+    assert_ne!(nonces[0], nonces[1]);
+    let (_, _, headers) = fetch(&server, "/dashboard/vendor/xterm.js").await;
+    assert!(!headers["content-security-policy"].to_str().unwrap().contains("nonce"));
     server.stop().await;
 }

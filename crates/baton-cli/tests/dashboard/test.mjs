@@ -199,6 +199,18 @@ async function openMode() {
     await shot("agent");
   });
 
+  await check("a terminal agent's screen: what it printed, and a line typed and echoed", async () => {
+    await page.goto(`${url}/#/agents/console`);
+    const screen = page.getByTestId("terminal");
+    await screen.getByText("console ready for input").waitFor();
+    await page.locator("main [role=status][data-state=live]").waitFor();
+    await screen.click();
+    await page.keyboard.type("hello from the browser");
+    await page.keyboard.press("Enter");
+    await screen.getByText("got: hello from the browser").waitFor();
+    await shot("terminal");
+  });
+
   await check("events: a live feed filtered by type", async () => {
     await page.goto(`${url}/#/events`);
     await page.locator(".feed li").first().waitFor();
@@ -309,6 +321,26 @@ async function authMode() {
     await page.getByRole("button", { name: "Pause nightly-training" }).and(page.locator("[data-refused=ControlSchedules]")).waitFor();
   });
 
+  await check("a viewer watches a terminal agent's screen and cannot type into it", async () => {
+    await page.goto(`${url}/#/agents/console`);
+    const screen = page.getByTestId("terminal");
+    await screen.getByText("console ready for input").waitFor();
+    await page.getByText("Watching only: A viewer token may not type into an agent's terminal").waitFor();
+    // The page sends no keys; and the server types none of a viewer's, saying so.
+    const answer = await page.evaluate((token) => new Promise((resolve, reject) => {
+      const socket = new WebSocket(`ws://${location.host}/agents/console/terminal`, ["baton.terminal", `bearer.${token}`]);
+      socket.onopen = () => socket.send("typed by a viewer\r");
+      socket.onmessage = (message) => {
+        if (typeof message.data === "string") {
+          socket.close();
+          resolve(message.data);
+        }
+      };
+      socket.onclose = (closed) => reject(new Error(`closed: ${closed.code} ${closed.reason}`));
+    }), process.env.BATON_VIEWER_TOKEN);
+    if (!answer.includes("forbidden")) throw new Error(`the server answered ${answer}`);
+  });
+
   await check("a viewer's action the page does not stop is refused by the server, and the page says so", async () => {
     await page.goto(`${url}/#/chat`);
     const input = page.getByRole("textbox", { name: /Message/ });
@@ -332,6 +364,16 @@ async function authMode() {
     await page.getByRole("button", { name: "Create task" }).click();
     await page.getByText("Create task “Operator's task”: done").waitFor();
     await page.getByRole("link", { name: "Operator's task" }).waitFor();
+    // The viewer's line was never typed: the operator's comes first.
+    await page.goto(`${url}/#/agents/console`);
+    const screen = page.getByTestId("terminal");
+    await screen.getByText("console ready for input").waitFor();
+    await screen.click();
+    await page.keyboard.type("typed by an operator");
+    await page.keyboard.press("Enter");
+    await screen.getByText("got: typed by an operator").waitFor();
+    const text = await screen.textContent();
+    if (text.includes("typed by a viewer")) throw new Error(`a viewer's keys reached the program: ${text}`);
   });
 }
 
