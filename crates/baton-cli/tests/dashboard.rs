@@ -3,7 +3,8 @@
 //! tasks finish live, creates and cancels tasks, sends a chat message, types into a terminal
 //! agent's screen, and — with `[auth]` — logs in as a viewer (actions disabled or refused, a
 //! terminal watched but not typed into) and as an operator (the same action done). It saves
-//! a screenshot of each page in `target/dashboard-screenshots/`.
+//! a screenshot of each page in `target/dashboard-screenshots/`. Last, it measures the tasks
+//! page with 10,000 tasks and 200 agents, and prints the figures (BENCHMARKS.md's).
 //!
 //! It needs Node, the npm packages of `tests/dashboard` and Chromium at `/usr/bin/chromium`
 //! (`.ci/run` installs them), so it runs only with `BATON_TEST_BROWSER` set and says so once
@@ -162,6 +163,18 @@ fn drive(mode: &str, served: &Served, tokens: &[(&str, String)]) {
     let _ = writeln!(std::io::stdout(), "{stdout}");
 }
 
+/// 200 remote agents (no process each: the cheapest agents) that no worker serves, so that the
+/// tasks given to them wait.
+fn crowded_plan() -> String {
+    let mut plan = String::from("[orchestration]\nname = \"dashboard-load\"\n");
+    for idx in 0..200 {
+        plan.push_str(&format!(
+            "\n[[agents]]\nname = \"remote-{idx:03}\"\nruntime = \"remote\"\ncapabilities = [\"far\"]\nheartbeat_timeout = \"1h\"\n"
+        ));
+    }
+    plan
+}
+
 #[test]
 fn the_dashboard_in_a_browser() {
     if std::env::var_os("BATON_TEST_BROWSER").is_none() {
@@ -176,9 +189,15 @@ fn the_dashboard_in_a_browser() {
         let served = Served::start(&project);
         drive("open", &served, &[]);
     }
-    let project = project(true);
+    {
+        let project = project(true);
+        let served = Served::start(&project);
+        let tokens =
+            [("BATON_VIEWER_TOKEN", token(&project, "viewer")), ("BATON_OPERATOR_TOKEN", token(&project, "operator"))];
+        drive("auth", &served, &tokens);
+    }
+    // The figures of BENCHMARKS.md's "Dashboard" section.
+    let project = Project::with(&crowded_plan(), &[]);
     let served = Served::start(&project);
-    let tokens =
-        [("BATON_VIEWER_TOKEN", token(&project, "viewer")), ("BATON_OPERATOR_TOKEN", token(&project, "operator"))];
-    drive("auth", &served, &tokens);
+    drive("perf", &served, &[]);
 }

@@ -1,6 +1,7 @@
 // Drives the dashboard of a running `baton serve` (BATON_URL) in Chromium, as a user would.
 // BATON_MODE=open: a server without [auth]; every page, live updates, actions.
 // BATON_MODE=auth: log in as a viewer (an action refused), then as an operator (it works).
+// BATON_MODE=perf: 10,000 tasks and 200 agents; the tasks page's figures printed.
 // Screenshots go to SCREENSHOTS. Every wait is Playwright's own (no sleeps); each step fails
 // with its name after a generous timeout.
 
@@ -377,8 +378,69 @@ async function authMode() {
   });
 }
 
+/** `n` tasks for the remote agents no worker serves: they wait, ready, until cancelled. */
+function waitingTasks(n, prefix) {
+  return Array.from({ length: n }, (_, i) => ({ title: `${prefix} ${i + 1}`, requires: ["far"] }));
+}
+
+/**
+ * BATON_MODE=perf: a run of 200 remote agents given 10,000 tasks (through `POST /tasks/batch`,
+ * 500 at a time); the tasks page loaded three times, then three bursts of 1,000 tasks created
+ * at once. Prints the time until the table shows every task, for each.
+ */
+async function perfMode() {
+  const N_TASKS = 10_000;
+  const BATCH = 500;
+  const BURST = 1_000;
+  // A generous bound only: the figures are printed, not judged.
+  const SANITY_MS = 60_000;
+  let expected = 0;
+  await check(`${N_TASKS} tasks created in batches of ${BATCH}`, async () => {
+    for (let created = 0; created < N_TASKS; created += BATCH) {
+      await api("POST", "/tasks/batch", { tasks: waitingTasks(BATCH, `Queued ${created}`) });
+    }
+    expected = (await api("GET", "/status")).n_tasks;
+    if (expected !== N_TASKS) throw new Error(`the run has ${expected} tasks`);
+    const agents = await api("GET", "/agents");
+    if (agents.length !== 200) throw new Error(`the run has ${agents.length} agents`);
+  });
+  const loads = [];
+  const bursts = [];
+  const burstEvents = [];
+  const summary = () => page.locator("main p[role=status]").filter({ hasText: `${expected} of ${expected} tasks` });
+  for (let run = 1; run <= 3; run += 1) {
+    await check(`load ${run}: the tasks page's first render shows all ${expected} tasks`, async () => {
+      await page.goto("about:blank");
+      const started = performance.now();
+      await page.goto(`${url}/#/tasks`);
+      // The table is drawn once everything is loaded: its first render counts every task.
+      await page.locator("tr[data-task]").first().waitFor({ timeout: SANITY_MS });
+      await summary().waitFor({ timeout: SANITY_MS });
+      loads.push(performance.now() - started);
+      await live();
+    });
+  }
+  for (let run = 1; run <= 3; run += 1) {
+    await check(`burst ${run}: ${BURST} tasks created at once show in the table`, async () => {
+      const before = (await api("GET", "/status")).last_event_seq;
+      const started = performance.now();
+      await api("POST", "/tasks/batch", { tasks: waitingTasks(BURST, `Burst ${run}`) });
+      expected += BURST;
+      await summary().waitFor({ timeout: SANITY_MS });
+      bursts.push(performance.now() - started);
+      burstEvents.push((await api("GET", "/status")).last_event_seq - before);
+    });
+  }
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
+  console.log(`figure - tasks page, 10,000 tasks and 200 agents, from navigation to the first render (every task in the table): ${loads.map(seconds).join(", ")}; median ${seconds(median(loads))}`);
+  console.log(`figure - a burst of ${BURST} tasks created (${burstEvents.join(", ")} events), from the request until the table shows them all: ${bursts.map(seconds).join(", ")}; median ${seconds(median(bursts))}`);
+  if (Math.max(...loads, ...bursts) > SANITY_MS) throw new Error("over the sanity bound");
+}
+
 try {
   if (mode === "auth") await authMode();
+  else if (mode === "perf") await perfMode();
   else await openMode();
   if (problems.length) throw new Error(problems.join("\n"));
 } catch (error) {
