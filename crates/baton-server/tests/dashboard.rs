@@ -105,3 +105,107 @@ async fn the_page_allows_style_elements_with_its_own_fresh_nonce() {
     assert!(!headers["content-security-policy"].to_str().unwrap().contains("nonce"));
     server.stop().await;
 }
+
+/// A plan with a terminal agent beside the usual ones: it says it is ready, then answers each
+/// line it reads.
+fn plan_with_a_terminal() -> String {
+    format!(
+        "{}{}",
+        common::PLAN,
+        r#"
+[[agents]]
+name = "console"
+mode = "pty"
+command = ["sh", "-c", "echo console ready; while read -r line; do echo \"got: $line\"; done"]
+capabilities = ["console"]
+"#
+    )
+}
+
+/// Waits, on the event stream, until agent `name` has started (its terminal is served then).
+async fn started(server: &Server, name: &str, token: &str) {
+    use futures::StreamExt;
+    let url = format!("{}/ws?since=0", server.url.replace("http://", "ws://"));
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    while let Some(Ok(message)) = socket.next().await {
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else { continue };
+        let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if event["type"] == "AgentStateChanged" && event["agent"] == name && event["to"] == "idle" {
+            return;
+        }
+    }
+    panic!("the event stream ended before {name} started");
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/agents/{name}/terminal` the way a browser does: the token as a subprotocol.
+async fn terminal(server: &Server, name: &str, token: &str) -> Socket {
+    let url = format!("{}/agents/{name}/terminal", server.url.replace("http://", "ws://"));
+    let mut request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", format!("baton.terminal, bearer.{token}").parse().unwrap());
+    let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("the terminal opens");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "baton.terminal");
+    socket
+}
+
+/// Reads the terminal's bytes until they hold `expected`; a text message (a refusal) on the
+/// way is returned too.
+async fn read_until(socket: &mut Socket, expected: &str) -> (String, Vec<String>) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut screen = String::new();
+    let mut texts = Vec::new();
+    while !screen.contains(expected) {
+        match socket.next().await {
+            Some(Ok(Message::Binary(bytes))) => screen.push_str(&String::from_utf8_lossy(&bytes)),
+            Some(Ok(Message::Text(text))) => texts.push(text.to_string()),
+            Some(Ok(_)) => {}
+            other => panic!("the terminal ended before `{expected}` ({other:?}): {screen}"),
+        }
+    }
+    (screen, texts)
+}
+
+/// `GET /agents/{name}/terminal`: the screen, then the output; an operator's keys are typed,
+/// a viewer's are refused (and never reach the program); not a WebSocket or not a terminal
+/// agent is a `400`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_agent_is_watched_and_typed_into_over_a_websocket() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start_with(Options { plan: plan_with_a_terminal(), auth: true, ..Options::default() }).await;
+    let operator = server.token(baton_server::Role::Operator, None);
+    let viewer = server.token(baton_server::Role::Viewer, None);
+    started(&server, "console", &operator).await;
+
+    let mut watching = terminal(&server, "console", &viewer).await;
+    read_until(&mut watching, "console ready").await;
+    watching.send(Message::text("typed by a viewer\r")).await.unwrap();
+    let refusal = loop {
+        match futures::StreamExt::next(&mut watching).await {
+            Some(Ok(Message::Text(text))) => break text.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("no refusal: {other:?}"),
+        }
+    };
+    assert!(refusal.contains("forbidden"), "{refusal}");
+    let mut typing = terminal(&server, "console", &operator).await;
+    read_until(&mut typing, "console ready").await;
+    typing.send(Message::binary(b"typed by an operator\r".to_vec())).await.unwrap();
+    let (screen, _) = read_until(&mut typing, "got: typed by an operator").await;
+    // The viewer sees it too; its own keys never reached the program.
+    let (seen, _) = read_until(&mut watching, "got: typed by an operator").await;
+    assert!(!screen.contains("viewer") && !seen.contains("viewer"), "{screen}\n{seen}");
+
+    let plain = server.get("/agents/console/terminal").bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(plain.status(), 400);
+    let not_a_terminal = server.get("/agents/echo/terminal").bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(not_a_terminal.status(), 400);
+    assert!(not_a_terminal.text().await.unwrap().contains("not a terminal agent"));
+    let none = server.get("/agents/nobody/terminal").bearer_auth(&viewer).send().await.unwrap();
+    assert_eq!(none.status(), 404);
+    server.stop().await;
+}
