@@ -1,8 +1,10 @@
 //! The dashboard in a real browser: `baton serve` on the workers example, and a Node script
 //! (`tests/dashboard/test.mjs`, Playwright driving Chromium) that loads every page, watches
-//! tasks finish live, creates and cancels tasks, sends a chat message, and — with `[auth]` —
-//! logs in as a viewer (an action refused) and as an operator (the same action done). It saves
-//! a screenshot of each page in `target/dashboard-screenshots/`.
+//! tasks finish live, creates and cancels tasks, sends a chat message, types into a terminal
+//! agent's screen, and — with `[auth]` — logs in as a viewer (actions disabled or refused, a
+//! terminal watched but not typed into) and as an operator (the same action done). It saves
+//! a screenshot of each page in `target/dashboard-screenshots/`. Last, it measures the tasks
+//! page with 10,000 tasks and 200 agents, and prints the figures (BENCHMARKS.md's).
 //!
 //! It needs Node, the npm packages of `tests/dashboard` and Chromium at `/usr/bin/chromium`
 //! (`.ci/run` installs them), so it runs only with `BATON_TEST_BROWSER` set and says so once
@@ -23,7 +25,7 @@ const SECRET: &str = "a dashboard test secret of more than thirty-two bytes";
 /// The workers example, with a token budget (so that the gauges have a limit), a workstream
 /// whose remote agent no worker serves (its tasks wait until they are cancelled), a shared
 /// worker that refuses the messages saying `refuse-me` (they become dead letters) and a
-/// nightly schedule.
+/// nightly schedule, and a terminal agent.
 fn plan(auth: bool) -> String {
     let example = include_str!("../../../examples/workers/baton.toml");
     let mut plan = example.replacen(
@@ -51,6 +53,14 @@ cron = "0 3 * * *"
 task = { title = "Train overnight", workstream = "training", requires = ["far"] }
 
 [[agents]]
+name = "console"
+mode = "pty"
+command = ["bash", "console.sh"]
+capabilities = ["console"]
+# Shared, it may be handed the workers' sub-tasks: each is done once it is answered.
+done_when = { output = "(?m)^got: " }
+
+[[agents]]
 name = "gpu"
 workstream = "training"
 runtime = "remote"
@@ -64,12 +74,21 @@ heartbeat_timeout = "1m"
     plan
 }
 
+/// The terminal agent's program: says it is ready, then answers each line it reads.
+const CONSOLE: &str = r#"#!/usr/bin/env bash
+echo "console ready for input"
+while read -r line; do
+  echo "got: $line"
+done
+"#;
+
 fn project(auth: bool) -> Project {
     Project::with(
         &plan(auth),
         &[
             ("worker.py", include_str!("../../../examples/workers/worker.py")),
             ("worker.sh", include_str!("../../../examples/workers/worker.sh")),
+            ("console.sh", CONSOLE),
         ],
     )
 }
@@ -144,6 +163,18 @@ fn drive(mode: &str, served: &Served, tokens: &[(&str, String)]) {
     let _ = writeln!(std::io::stdout(), "{stdout}");
 }
 
+/// 200 remote agents (no process each: the cheapest agents) that no worker serves, so that the
+/// tasks given to them wait.
+fn crowded_plan() -> String {
+    let mut plan = String::from("[orchestration]\nname = \"dashboard-load\"\n");
+    for idx in 0..200 {
+        plan.push_str(&format!(
+            "\n[[agents]]\nname = \"remote-{idx:03}\"\nruntime = \"remote\"\ncapabilities = [\"far\"]\nheartbeat_timeout = \"1h\"\n"
+        ));
+    }
+    plan
+}
+
 #[test]
 fn the_dashboard_in_a_browser() {
     if std::env::var_os("BATON_TEST_BROWSER").is_none() {
@@ -158,9 +189,15 @@ fn the_dashboard_in_a_browser() {
         let served = Served::start(&project);
         drive("open", &served, &[]);
     }
-    let project = project(true);
+    {
+        let project = project(true);
+        let served = Served::start(&project);
+        let tokens =
+            [("BATON_VIEWER_TOKEN", token(&project, "viewer")), ("BATON_OPERATOR_TOKEN", token(&project, "operator"))];
+        drive("auth", &served, &tokens);
+    }
+    // The figures of BENCHMARKS.md's "Dashboard" section.
+    let project = Project::with(&crowded_plan(), &[]);
     let served = Served::start(&project);
-    let tokens =
-        [("BATON_VIEWER_TOKEN", token(&project, "viewer")), ("BATON_OPERATOR_TOKEN", token(&project, "operator"))];
-    drive("auth", &served, &tokens);
+    drive("perf", &served, &[]);
 }

@@ -1,5 +1,5 @@
 //! Agents: read them, add, update and remove them in the running plan, start, stop and
-//! restart them, and find their logs.
+//! restart them, and find their logs and terminals.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,10 +7,21 @@ use std::path::PathBuf;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use baton_core::config::AgentSpec;
+use baton_core::config::{AgentSpec, ProcessMode};
 use baton_core::model::{AgentRecord, AgentState, RunRecord};
 
 use crate::{Action, Caller, Error, Grant, Ops, Result, own_only};
+
+/// Where a terminal agent's screen is served, and whether the caller may type into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalAccess {
+    /// The socket `baton attach` connects to: the screen so far, then the output as it comes;
+    /// what is written to it is typed into the terminal.
+    pub socket: PathBuf,
+    /// Whether the caller may type: reading a terminal is reading the agent's log
+    /// (`ReadAgentLogs`), typing into it is controlling the agent (`ManageAgents`).
+    pub may_type: bool,
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentInfo {
@@ -162,5 +173,23 @@ impl Ops {
         }
         self.find_agent(name).await?;
         Ok(self.log_dir().join(format!("{name}.log")))
+    }
+
+    /// A terminal agent's screen, for a caller that may read its log; typing into it is for a
+    /// caller that may control agents.
+    pub async fn agent_terminal(&self, caller: &Caller, name: &str) -> Result<TerminalAccess> {
+        if caller.require(Action::ReadAgentLogs)? == Grant::Own {
+            own_only(caller, Some(name), "terminal")?;
+        }
+        let info = self.find_agent(name).await?;
+        if info.spec.process_mode() != Some(ProcessMode::Pty) {
+            return Err(Error::invalid(format!(
+                "agent `{name}` is not a terminal agent; only an agent with mode = \"pty\" has a screen (its log is at /agents/{name}/logs)"
+            )));
+        }
+        let may_type = caller.require(Action::ManageAgents).is_ok_and(|grant| grant == Grant::All);
+        // The sockets are beside the logs, in the directory that holds the store.
+        let state_dir = self.log_dir().parent().unwrap_or(self.log_dir());
+        Ok(TerminalAccess { socket: baton_runtime::process::pty::attach_socket(state_dir, name), may_type })
     }
 }

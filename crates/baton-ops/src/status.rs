@@ -76,6 +76,11 @@ pub struct Status {
     /// Tasks per workstream (`(none)` for those without one) and state, with the
     /// workstream's phase.
     pub workstreams: BTreeMap<String, WorkstreamTasks>,
+    /// The sequence number of the store's newest event when this status was read (0 when
+    /// there is none): a client that reads the run, then follows `/events` with this as
+    /// `Last-Event-ID`, misses nothing that happened after its reads.
+    #[serde(default)]
+    pub last_event_seq: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -159,6 +164,8 @@ impl Ops {
     /// The run: its phase, progress and outcome.
     pub async fn status(&self, caller: &Caller) -> Result<Status> {
         caller.require(Action::ReadStatus)?;
+        // Read first: what the rest of this answer shows is at least as new as this event.
+        let last_event_seq = self.store().last_event_seq().await?;
         let run = self.run().await?;
         let counts = self.task_counts().await?;
         let agents = self.agent_records(&run).await?;
@@ -215,6 +222,7 @@ impl Ops {
             agents: by_state,
             tasks,
             workstreams,
+            last_event_seq,
         })
     }
 

@@ -150,6 +150,12 @@ fn operations() -> Vec<(Action, &'static str, Call)> {
             call(|ops: Ops, c: Caller| async move { ops.agent_log(&c, "builder").await }),
         ),
         (
+            Action::ReadAgentLogs,
+            "agent terminal",
+            // Not a terminal agent: invalid, once the caller may read it.
+            call(|ops: Ops, c: Caller| async move { ops.agent_terminal(&c, "builder").await }),
+        ),
+        (
             Action::ReadMessages,
             "messages",
             call(|ops: Ops, c: Caller| async move { ops.messages(&c, MessageQuery::default()).await }),

@@ -94,29 +94,6 @@ export function query(params) {
 }
 
 /**
- * The sequence number of the run's newest event. The API has no call for it, but sequence
- * numbers have no gaps and `/events/history?since=X&limit=1` is empty exactly when nothing is
- * newer than X, so a search finds it in about 2·log2(n) small requests.
- */
-export async function latestEventSeq() {
-  const newerThan = async (seq) => (await get(`/events/history?since=${seq}&limit=1`)).length > 0;
-  if (!(await newerThan(0))) return 0;
-  let low = 0; // an event is newer than low
-  let high = 1;
-  while (await newerThan(high)) {
-    low = high;
-    high *= 2;
-  }
-  // Newer than low, nothing newer than high.
-  while (high - low > 1) {
-    const middle = Math.floor((low + high) / 2);
-    if (await newerThan(middle)) low = middle;
-    else high = middle;
-  }
-  return high;
-}
-
-/**
  * Follows `/events` from after `since`: calls `onEvent(event)` for each event in order, and
  * `onState("live" | "reconnecting" | "stopped", detail)` as the connection changes. Reconnects
  * by itself with backoff (0.5 s doubling to 15 s), resuming after the last event seen with

@@ -25,7 +25,32 @@ export const state = {
   /** Why a part could not be loaded: part → message (a viewer may not read everything). */
   unavailable: new Map(),
   loaded: false,
+  /** The token's role (`viewer`, `operator`, …), or null without a token (no `[auth]`). */
+  role: null,
 };
+
+/** What each action a button takes is, in words, for the reason it is disabled. */
+const ACTIONS = {
+  CreateTasks: "create tasks",
+  ControlTasks: "cancel or retry tasks",
+  ManageAgents: "start, stop or restart agents",
+  SendMessages: "send messages",
+  ControlMessages: "redeliver messages",
+  SetBudgets: "set budget limits",
+  ControlSchedules: "pause or resume schedules",
+  TypeInTerminal: "type into an agent's terminal",
+};
+
+/**
+ * Why the token's role may not take `action` (an `Action` of the server's table), or null when
+ * it may. This only spares the user a click that would be refused: the server decides.
+ */
+export function refusal(action) {
+  const role = state.role;
+  if (!role || role === "admin" || role === "operator") return null;
+  if (role === "agent" && (action === "CreateTasks" || action === "SendMessages")) return null;
+  return `A ${role} token may not ${ACTIONS[action] || action}; an operator token can.`;
+}
 
 const MAX_EVENTS = 2000;
 
@@ -38,7 +63,15 @@ export function h(tag, attributes = {}, ...children) {
   for (const [name, value] of Object.entries(attributes || {})) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith("on") && typeof value === "function") element.addEventListener(name.slice(2), value);
-    else if (name === "class") element.className = value;
+    // `action: "ControlTasks"`: disabled, saying why, when the role may not take it.
+    else if (name === "action") {
+      const why = refusal(value);
+      if (why) {
+        element.disabled = true;
+        element.title = why;
+        element.dataset.refused = value;
+      }
+    } else if (name === "class") element.className = value;
     // Through the CSSOM: the page's policy refuses style attributes in markup.
     else if (name === "style") element.style.cssText = value;
     else if (value === true) element.setAttribute(name, "");
@@ -364,6 +397,8 @@ function apply(event) {
 // Pages: the current one is mounted once and asked to update when the state changes.
 
 let current = null;
+/** The role the current page was built for: a new role (a new token) builds it again. */
+let mountedRole = null;
 let redrawQueued = false;
 let stopEvents = null;
 
@@ -395,6 +430,7 @@ function mount() {
     else link.removeAttribute("aria-current");
   }
   const main = document.getElementById("main");
+  mountedRole = state.role;
   fill(main);
   current = pages[page]({ root: main, argument });
   document.title = `${current.title} — Baton`;
@@ -430,11 +466,14 @@ async function start() {
   stopEvents = null;
   setConnection("connecting");
   try {
-    // Where to follow from is taken first: events between it and the snapshot are applied
-    // twice, which changes nothing, rather than missed.
-    const since = await api.latestEventSeq();
+    const claims = api.tokenClaims();
+    state.role = claims ? claims.role : null;
+    // Where to follow from comes with the status, which is read first: events between it and
+    // the snapshot are applied twice, which changes nothing, rather than missed.
+    state.status = await api.get("/status");
+    const since = state.status.last_event_seq;
     await Promise.all([
-      ...Object.entries(loaders).map(([name, load]) => part(name, load)),
+      ...Object.entries(loaders).filter(([name]) => name !== "status").map(([name, load]) => part(name, load)),
       part("restarts", () => loadRestarts(since)),
       part("events", async () => {
         state.events = await api.get(`/events/history${api.query({ since: Math.max(0, since - 200), limit: 200 })}`);
@@ -442,7 +481,7 @@ async function start() {
     ]);
     state.loaded = true;
     document.getElementById("logout").hidden = !api.token();
-    const claims = api.tokenClaims();
+    if (state.role !== mountedRole) mount();
     document.getElementById("who").textContent = claims ? `${claims.sub} (${claims.role})` : "";
     stopEvents = api.followEvents({ since, onEvent: apply, onState: setConnection });
     if (current && current.update) current.update();

@@ -3,7 +3,8 @@
 // redraws the parts that show the run's state, after each change.
 
 import * as api from "./api.js";
-import { state, h, fill, badge, time, dateTime, act, describe, refetch } from "./app.js";
+import { state, h, fill, badge, time, dateTime, act, describe, refetch, refusal } from "./app.js";
+import { openTerminal } from "./terminal.js";
 
 const TASK_STATES = ["pending", "ready", "running", "succeeded", "dead", "cancelled", "suspended"];
 const FINISHED = new Set(["succeeded", "dead", "cancelled"]);
@@ -284,7 +285,7 @@ function createTaskForm() {
       h("div", { class: "field" }, h("label", { for: "new-agent" }, "Pin to agent"), fields.agent),
       h("div", { class: "field" }, h("label", { for: "new-priority" }, "Priority"), fields.priority)),
     h("div", { class: "field" }, h("label", { for: "new-description" }, "Description"), fields.description),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Create task")));
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", action: "CreateTasks" }, "Create task")));
   form.addEventListener("focusin", refresh);
   refresh();
   form.addEventListener("submit", async (submitted) => {
@@ -326,9 +327,9 @@ function taskPage({ root, id }) {
     fill(content, 
       h("div", { class: "row" }, badge(task.state), h("span", { class: "muted" }, `attempt ${task.attempt} of at most ${task.max_attempts}`)),
       h("div", { class: "actions" },
-        h("button", { type: "button", class: "danger", disabled: FINISHED.has(task.state),
+        h("button", { type: "button", class: "danger", disabled: FINISHED.has(task.state), action: "ControlTasks",
           onclick: () => act(`Cancel task ${task.id}`, () => api.post(`/tasks/${task.id}/cancel`, { reason: "cancelled from the dashboard" })).then(load) }, "Cancel task"),
-        h("button", { type: "button", disabled: !(task.state === "dead" || task.state === "cancelled"),
+        h("button", { type: "button", disabled: !(task.state === "dead" || task.state === "cancelled"), action: "ControlTasks",
           onclick: () => act(`Retry task ${task.id}`, () => api.post(`/tasks/${task.id}/retry`)).then(load) }, "Retry task")),
       h("dl", { class: "props" },
         [["Key", task.key], ["Workstream", task.workstream], ["Priority", task.priority], ["Requires", (task.requires || []).join(", ")],
@@ -383,9 +384,9 @@ function eventItem(event) {
 function agentButtons(name) {
   const command = (verb) => () => act(`${verb[0].toUpperCase()}${verb.slice(1)} agent ${name}`, () => api.post(`/agents/${encodeURIComponent(name)}/${verb}`)).then(() => refetch("agents"));
   return h("div", { class: "actions" },
-    h("button", { type: "button", onclick: command("start"), "aria-label": `Start ${name}` }, "Start"),
-    h("button", { type: "button", onclick: command("stop"), "aria-label": `Stop ${name}` }, "Stop"),
-    h("button", { type: "button", onclick: command("restart"), "aria-label": `Restart ${name}` }, "Restart"));
+    h("button", { type: "button", onclick: command("start"), "aria-label": `Start ${name}`, action: "ManageAgents" }, "Start"),
+    h("button", { type: "button", onclick: command("stop"), "aria-label": `Stop ${name}`, action: "ManageAgents" }, "Stop"),
+    h("button", { type: "button", onclick: command("restart"), "aria-label": `Restart ${name}`, action: "ManageAgents" }, "Restart"));
 }
 
 function runningTasks(name) {
@@ -448,17 +449,40 @@ function agentPage({ root, name }) {
       drawLog();
     });
   };
-  root.append(h("p", {}, link("#/agents", "← All agents")), h("h1", {}, `Agent ${name}`), props, agentButtons(name),
+  // A terminal agent's screen, once the agent is known to be one.
+  const screenPart = h("div");
+  let closeTerminal = null;
+  const showTerminal = () => {
+    if (closeTerminal) closeTerminal();
+    const why = refusal("TypeInTerminal");
+    const screen = h("div", { class: "screen", "data-testid": "terminal" });
+    const screenState = h("p", { class: "muted", role: "status" });
+    const reconnect = h("button", { type: "button", onclick: showTerminal }, "Reconnect");
+    fill(screenPart, section("Terminal",
+      h("p", { class: "muted" }, why ? `Watching only: ${why}` : "Click the screen and type: keys go to the program, as with baton attach."),
+      h("div", { class: "row" }, reconnect, screenState), screen));
+    const words = { connecting: "Connecting…", live: "Live.", refused: "Not typed", closed: "Closed" };
+    closeTerminal = openTerminal(screen, name, {
+      mayType: !why,
+      onState: (terminalState, detail) => {
+        screenState.dataset.state = terminalState;
+        screenState.textContent = detail ? `${words[terminalState]}: ${detail}` : words[terminalState];
+      },
+    });
+  };
+  root.append(h("p", {}, link("#/agents", "← All agents")), h("h1", {}, `Agent ${name}`), props, agentButtons(name), screenPart,
     section("Recent log", h("div", { class: "row" }, h("button", { type: "button", onclick: followLog }, "Follow again"), logState), log));
   followLog();
   return {
     title: `Agent ${name}`,
     unmount() {
       if (stopLog) stopLog();
+      if (closeTerminal) closeTerminal();
     },
     update() {
       const agent = state.agents.get(name);
       if (!agent) return fill(props, h("p", { class: "muted" }, "No such agent in the run."));
+      if (!closeTerminal && agent.spec.mode === "pty") showTerminal();
       const status = agent.status || {};
       const current = runningTasks(name);
       fill(props, h("dl", { class: "props" },
@@ -576,7 +600,7 @@ function chat({ root }) {
   });
   const form = h("form", { class: "composer", "aria-label": "Send a message" },
     h("div", { class: "field" }, h("label", { for: "chat-text" }, "Message (mention agents with @; Ctrl+Enter sends)"), input), suggestions,
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Send")), result);
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", action: "SendMessages" }, "Send")), result);
   form.addEventListener("submit", async (submitted) => {
     submitted.preventDefault();
     const text = input.value.trim();
@@ -601,8 +625,8 @@ function chat({ root }) {
       const letters = state.messages.filter((message) => message.state === "dead");
       fill(dead, letters.length === 0 ? h("p", { class: "muted" }, "None.") : [
         h("ul", {}, letters.map((letter) => h("li", {}, `to ${letter.to}: “${letter.body}” — ${letter.error || "not acknowledged"} `,
-          h("button", { type: "button", "aria-label": `Redeliver message ${letter.id} to ${letter.to}`, onclick: () => act(`Redeliver message ${letter.id}`, () => api.post("/messages/redeliver", { ids: [letter.id] })).then(() => refetch("messages")) }, "Redeliver")))),
-        h("button", { type: "button", onclick: () => act("Redeliver all dead letters", () => api.post("/messages/redeliver", { dead: true })).then(() => refetch("messages")) }, "Redeliver all"),
+          h("button", { type: "button", "aria-label": `Redeliver message ${letter.id} to ${letter.to}`, action: "ControlMessages", onclick: () => act(`Redeliver message ${letter.id}`, () => api.post("/messages/redeliver", { ids: [letter.id] })).then(() => refetch("messages")) }, "Redeliver")))),
+        h("button", { type: "button", action: "ControlMessages", onclick: () => act("Redeliver all dead letters", () => api.post("/messages/redeliver", { dead: true })).then(() => refetch("messages")) }, "Redeliver all"),
       ]);
       fill(log, [...state.messages].reverse().map((message) => h("tr", { "data-message": message.id },
         h("td", {}, time(message.created_at)), h("td", {}, message.from), h("td", {}, message.to),
@@ -626,7 +650,7 @@ function budgets({ root }) {
   const form = h("form", { class: "row", "aria-label": "Set a budget limit" },
     h("div", { class: "field" }, h("label", { for: "limit-scope" }, "Scope"), scope, scopes),
     h("div", { class: "field" }, h("label", { for: "limit-tokens" }, "Daily tokens"), tokens),
-    h("button", { type: "submit" }, "Set limit until the reset"));
+    h("button", { type: "submit", action: "SetBudgets" }, "Set limit until the reset"));
   form.addEventListener("submit", (submitted) => {
     submitted.preventDefault();
     act(`Set budget ${scope.value}`, () => api.post(`/budgets/${encodeURIComponent(scope.value.trim())}`, { daily_tokens: Number(tokens.value) })).then(() => refetch("budgets"));
@@ -657,7 +681,7 @@ function budgets({ root }) {
           h("td", {}, schedule.name), h("td", { class: "mono" }, `${schedule.cron} (${schedule.timezone})`),
           h("td", {}, badge(schedule.paused ? "paused" : "live")), h("td", {}, schedule.next.map(dateTime).join(", ")),
           h("td", {}, schedule.last_fired_at ? dateTime(schedule.last_fired_at) : "never", schedule.last_task ? [" ", link(`#/tasks/${schedule.last_task}`, `task ${schedule.last_task}`)] : null),
-          h("td", {}, h("button", { type: "button", "aria-label": `${schedule.paused ? "Resume" : "Pause"} ${schedule.name}`,
+          h("td", {}, h("button", { type: "button", "aria-label": `${schedule.paused ? "Resume" : "Pause"} ${schedule.name}`, action: "ControlSchedules",
             onclick: () => act(`${schedule.paused ? "Resume" : "Pause"} schedule ${schedule.name}`, () => api.post(`/schedules/${encodeURIComponent(schedule.name)}/${schedule.paused ? "resume" : "pause"}`)).then(() => refetch("schedules")) },
           schedule.paused ? "Resume" : "Pause")))));
     },

@@ -39,6 +39,7 @@ pub mod live;
 pub mod local;
 pub mod metrics;
 pub mod openapi;
+pub mod terminal;
 pub mod worker;
 
 pub use auth::{Action, Auth, Caller, Grant, Role};
@@ -194,6 +195,7 @@ pub fn router(state: AppState, max_request_size: usize) -> Router {
         .merge(chat::routes())
         .merge(coordination::routes())
         .merge(live::routes())
+        .merge(terminal::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
@@ -433,7 +435,13 @@ fn limit_key(state: &AppState, caller: &Caller, request: &Request) -> String {
 }
 
 fn bearer(request: &Request) -> Option<String> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        // A browser's WebSocket cannot send headers, only subprotocols: the token comes as
+        // `bearer.TOKEN` among them (a JWT is made of characters a subprotocol may hold).
+        let protocols = request.headers().get(header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
+        return protocols.split(',').find_map(|protocol| protocol.trim().strip_prefix("bearer.")).map(str::to_string);
+    };
+    let value = value.to_str().ok()?;
     let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
     Some(token.trim().to_string())
 }

@@ -99,7 +99,7 @@ enum ClientMessage {
 }
 
 /// When a stream opened with `caller`'s token must end: the token's expiry, on the tokio clock.
-fn token_expiry(caller: &Caller) -> Option<tokio::time::Instant> {
+pub(crate) fn token_expiry(caller: &Caller) -> Option<tokio::time::Instant> {
     let expires_at = caller.expires_at?;
     let left = expires_at.saturating_sub(crate::auth::unix_now());
     // A deadline too far to represent is no deadline (tokens last at most ten years).
@@ -107,7 +107,7 @@ fn token_expiry(caller: &Caller) -> Option<tokio::time::Instant> {
 }
 
 /// Resolves at `deadline`, or never.
-async fn expiry(deadline: Option<tokio::time::Instant>) {
+pub(crate) async fn expiry(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
@@ -115,7 +115,7 @@ async fn expiry(deadline: Option<tokio::time::Instant>) {
 }
 
 /// How often a WebSocket is pinged.
-const PING_EVERY: Duration = Duration::from_secs(20);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// The close code a socket gets when its token expires: 1008, policy violation.
 const CLOSE_TOKEN_EXPIRED: u16 = 1008;
@@ -181,7 +181,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller, fi
 }
 
 /// Closes a socket whose token has expired, saying so (1008).
-async fn close_expired(mut socket: WebSocket) {
+pub(crate) async fn close_expired(mut socket: WebSocket) {
     let frame = axum::extract::ws::CloseFrame {
         code: CLOSE_TOKEN_EXPIRED,
         reason: "the token has expired; reconnect with a new one".into(),

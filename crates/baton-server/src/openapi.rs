@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::{api, chat, coordination, live, metrics, worker};
+use crate::{api, chat, coordination, live, metrics, terminal, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +17,7 @@ use crate::{api, chat, coordination, live, metrics, worker};
         api::health, api::status, api::plan,
         api::list_tasks, api::create_task, api::create_tasks, api::get_task, api::cancel_task, api::retry_task, api::conflicts,
         api::list_agents, api::create_agent, api::get_agent, api::update_agent, api::delete_agent,
-        api::start_agent, api::stop_agent, api::restart_agent, api::agent_logs,
+        api::start_agent, api::stop_agent, api::restart_agent, api::agent_logs, terminal::terminal,
         api::audit, api::create_token,
         worker::claim, worker::heartbeat, worker::progress, worker::complete, worker::fail, worker::results, worker::usage, worker::acquire, worker::release,
         chat::send, chat::list, chat::redeliver,

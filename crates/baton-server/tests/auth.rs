@@ -88,6 +88,9 @@ fn endpoints(builders: i64, writers: i64) -> Vec<Endpoint> {
         get("/agents/writer", ReadAgents, Any),
         get("/agents/builder/logs", ReadAgentLogs, Builders),
         get("/agents/echo/logs", ReadAgentLogs, Others),
+        // Not WebSocket requests, nor terminal agents: 400 once authorized.
+        get("/agents/builder/terminal", ReadAgentLogs, Builders),
+        get("/agents/echo/terminal", ReadAgentLogs, Others),
         get("/events/history", ReadEvents, Any),
         get("/events/history?agent=builder", ReadEvents, Builders),
         get("/events/history?agent=writer", ReadEvents, Others),

@@ -1,6 +1,7 @@
 // Drives the dashboard of a running `baton serve` (BATON_URL) in Chromium, as a user would.
 // BATON_MODE=open: a server without [auth]; every page, live updates, actions.
 // BATON_MODE=auth: log in as a viewer (an action refused), then as an operator (it works).
+// BATON_MODE=perf: 10,000 tasks and 200 agents; the tasks page's figures printed.
 // Screenshots go to SCREENSHOTS. Every wait is Playwright's own (no sleeps); each step fails
 // with its name after a generous timeout.
 
@@ -82,9 +83,9 @@ async function resumesAfterDrops() {
   };
   try {
     const events = await import(`data:text/javascript,${encodeURIComponent(source)}`);
-    const latest = await events.latestEventSeq();
+    const latest = (await api("GET", "/status")).last_event_seq;
     const history = await api("GET", `/events/history?since=${latest - 1}&limit=1`);
-    if (history.length !== 1 || history[0].seq !== latest) throw new Error(`latestEventSeq() = ${latest}, not the newest`);
+    if (history.length !== 1 || history[0].seq !== latest) throw new Error(`/status's last_event_seq = ${latest}, not an event`);
     const seen = [];
     const states = [];
     await new Promise((resolve, reject) => {
@@ -199,6 +200,18 @@ async function openMode() {
     await shot("agent");
   });
 
+  await check("a terminal agent's screen: what it printed, and a line typed and echoed", async () => {
+    await page.goto(`${url}/#/agents/console`);
+    const screen = page.getByTestId("terminal");
+    await screen.getByText("console ready for input").waitFor();
+    await page.locator("main [role=status][data-state=live]").waitFor();
+    await screen.click();
+    await page.keyboard.type("hello from the browser");
+    await page.keyboard.press("Enter");
+    await screen.getByText("got: hello from the browser").waitFor();
+    await shot("terminal");
+  });
+
   await check("events: a live feed filtered by type", async () => {
     await page.goto(`${url}/#/events`);
     await page.locator(".feed li").first().waitFor();
@@ -294,11 +307,46 @@ async function authMode() {
     await shot("login");
   });
 
-  await check("a viewer sees the run and is refused an action", async () => {
+  await check("a viewer sees the run; the actions it may not take are disabled, saying why", async () => {
     await login(process.env.BATON_VIEWER_TOKEN);
     await page.locator("tr[data-task]").first().waitFor();
-    await page.getByLabel("Title").fill("Viewer's task");
-    await page.getByRole("button", { name: "Create task" }).click();
+    const create = page.getByRole("button", { name: "Create task" });
+    if (!(await create.isDisabled())) throw new Error("a viewer's Create task button is enabled");
+    const why = await create.getAttribute("title");
+    if (!why || !why.includes("viewer token may not create tasks")) throw new Error(`the button says ${JSON.stringify(why)}`);
+    await page.goto(`${url}/#/agents`);
+    const restart = page.getByRole("button", { name: "Restart python-worker" });
+    await restart.waitFor();
+    if (!(await restart.isDisabled())) throw new Error("a viewer's Restart button is enabled");
+    await page.goto(`${url}/#/budgets`);
+    await page.getByRole("button", { name: "Pause nightly-training" }).and(page.locator("[data-refused=ControlSchedules]")).waitFor();
+  });
+
+  await check("a viewer watches a terminal agent's screen and cannot type into it", async () => {
+    await page.goto(`${url}/#/agents/console`);
+    const screen = page.getByTestId("terminal");
+    await screen.getByText("console ready for input").waitFor();
+    await page.getByText("Watching only: A viewer token may not type into an agent's terminal").waitFor();
+    // The page sends no keys; and the server types none of a viewer's, saying so.
+    const answer = await page.evaluate((token) => new Promise((resolve, reject) => {
+      const socket = new WebSocket(`ws://${location.host}/agents/console/terminal`, ["baton.terminal", `bearer.${token}`]);
+      socket.onopen = () => socket.send("typed by a viewer\r");
+      socket.onmessage = (message) => {
+        if (typeof message.data === "string") {
+          socket.close();
+          resolve(message.data);
+        }
+      };
+      socket.onclose = (closed) => reject(new Error(`closed: ${closed.code} ${closed.reason}`));
+    }), process.env.BATON_VIEWER_TOKEN);
+    if (!answer.includes("forbidden")) throw new Error(`the server answered ${answer}`);
+  });
+
+  await check("a viewer's action the page does not stop is refused by the server, and the page says so", async () => {
+    await page.goto(`${url}/#/chat`);
+    const input = page.getByRole("textbox", { name: /Message/ });
+    await input.fill("@shell-worker hello from a viewer");
+    await input.press("Control+Enter");
     await page.getByRole("alert").filter({ hasText: "Refused (403" }).waitFor();
     await page.getByText("viewer (viewer)").waitFor();
     await shot("refused");
@@ -310,17 +358,89 @@ async function authMode() {
   await check("an operator's token does it", async () => {
     await page.getByRole("button", { name: "Log out" }).click();
     await login(process.env.BATON_OPERATOR_TOKEN);
+    await page.goto(`${url}/#/tasks`);
     await page.getByLabel("Title").fill("Operator's task");
     await page.locator("#new-workstream").selectOption("training");
     await page.getByLabel("Requires (capabilities)").fill("far");
     await page.getByRole("button", { name: "Create task" }).click();
     await page.getByText("Create task “Operator's task”: done").waitFor();
     await page.getByRole("link", { name: "Operator's task" }).waitFor();
+    // The viewer's line was never typed: the operator's comes first.
+    await page.goto(`${url}/#/agents/console`);
+    const screen = page.getByTestId("terminal");
+    await screen.getByText("console ready for input").waitFor();
+    await screen.click();
+    await page.keyboard.type("typed by an operator");
+    await page.keyboard.press("Enter");
+    await screen.getByText("got: typed by an operator").waitFor();
+    const text = await screen.textContent();
+    if (text.includes("typed by a viewer")) throw new Error(`a viewer's keys reached the program: ${text}`);
   });
+}
+
+/** `n` tasks for the remote agents no worker serves: they wait, ready, until cancelled. */
+function waitingTasks(n, prefix) {
+  return Array.from({ length: n }, (_, i) => ({ title: `${prefix} ${i + 1}`, requires: ["far"] }));
+}
+
+/**
+ * BATON_MODE=perf: a run of 200 remote agents given 10,000 tasks (through `POST /tasks/batch`,
+ * 500 at a time); the tasks page loaded three times, then three bursts of 1,000 tasks created
+ * at once. Prints the time until the table shows every task, for each.
+ */
+async function perfMode() {
+  const N_TASKS = 10_000;
+  const BATCH = 500;
+  const BURST = 1_000;
+  // A generous bound only: the figures are printed, not judged.
+  const SANITY_MS = 60_000;
+  let expected = 0;
+  await check(`${N_TASKS} tasks created in batches of ${BATCH}`, async () => {
+    for (let created = 0; created < N_TASKS; created += BATCH) {
+      await api("POST", "/tasks/batch", { tasks: waitingTasks(BATCH, `Queued ${created}`) });
+    }
+    expected = (await api("GET", "/status")).n_tasks;
+    if (expected !== N_TASKS) throw new Error(`the run has ${expected} tasks`);
+    const agents = await api("GET", "/agents");
+    if (agents.length !== 200) throw new Error(`the run has ${agents.length} agents`);
+  });
+  const loads = [];
+  const bursts = [];
+  const burstEvents = [];
+  const summary = () => page.locator("main p[role=status]").filter({ hasText: `${expected} of ${expected} tasks` });
+  for (let run = 1; run <= 3; run += 1) {
+    await check(`load ${run}: the tasks page's first render shows all ${expected} tasks`, async () => {
+      await page.goto("about:blank");
+      const started = performance.now();
+      await page.goto(`${url}/#/tasks`);
+      // The table is drawn once everything is loaded: its first render counts every task.
+      await page.locator("tr[data-task]").first().waitFor({ timeout: SANITY_MS });
+      await summary().waitFor({ timeout: SANITY_MS });
+      loads.push(performance.now() - started);
+      await live();
+    });
+  }
+  for (let run = 1; run <= 3; run += 1) {
+    await check(`burst ${run}: ${BURST} tasks created at once show in the table`, async () => {
+      const before = (await api("GET", "/status")).last_event_seq;
+      const started = performance.now();
+      await api("POST", "/tasks/batch", { tasks: waitingTasks(BURST, `Burst ${run}`) });
+      expected += BURST;
+      await summary().waitFor({ timeout: SANITY_MS });
+      bursts.push(performance.now() - started);
+      burstEvents.push((await api("GET", "/status")).last_event_seq - before);
+    });
+  }
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
+  console.log(`figure - tasks page, 10,000 tasks and 200 agents, from navigation to the first render (every task in the table): ${loads.map(seconds).join(", ")}; median ${seconds(median(loads))}`);
+  console.log(`figure - a burst of ${BURST} tasks created (${burstEvents.join(", ")} events), from the request until the table shows them all: ${bursts.map(seconds).join(", ")}; median ${seconds(median(bursts))}`);
+  if (Math.max(...loads, ...bursts) > SANITY_MS) throw new Error("over the sanity bound");
 }
 
 try {
   if (mode === "auth") await authMode();
+  else if (mode === "perf") await perfMode();
   else await openMode();
   if (problems.length) throw new Error(problems.join("\n"));
 } catch (error) {
