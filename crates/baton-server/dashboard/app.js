@@ -365,6 +365,7 @@ function apply(event) {
       break;
     case "RunStarted":
     case "RunResumed":
+    case "RunInterrupted":
     case "RunCompleted":
       later("status");
       later("plan");

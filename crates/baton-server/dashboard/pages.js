@@ -501,7 +501,7 @@ function agentPage({ root, name }) {
 // ---------------------------------------------------------------------------------------------
 
 const EVENT_TYPES = [
-  "RunStarted", "RunResumed", "RunCompleted", "PhaseStarted", "PhaseCompleted", "WorkstreamCompleted", "AgentSpawned",
+  "RunStarted", "RunResumed", "RunInterrupted", "RunCompleted", "PhaseStarted", "PhaseCompleted", "WorkstreamCompleted", "AgentSpawned",
   "AgentStateChanged", "AgentTerminated", "TaskCreated", "TaskReady", "TaskClaimed", "TaskProgress", "TaskCompleted",
   "TaskFailed", "TaskRetrying", "TaskDeadLettered", "TaskCancelled", "TaskLeaseExpired", "TaskRequeued", "TaskSuspended",
   "TaskResumed", "ScheduleFired", "ScheduleSkipped", "SchedulePaused", "ScheduleResumed", "ConflictDeferred",

@@ -209,3 +209,13 @@ async fn a_terminal_agent_is_watched_and_typed_into_over_a_websocket() {
     assert_eq!(none.status(), 404);
     server.stop().await;
 }
+
+/// The Events page's type filter offers every event type there is (its list is written out in
+/// `pages.js`): a new event kind must be added there too.
+#[test]
+fn the_events_page_knows_every_event_type() {
+    let pages = include_str!("../dashboard/pages.js");
+    let missing: Vec<&str> =
+        baton_core::EventKind::NAMES.iter().copied().filter(|name| !pages.contains(&format!("\"{name}\""))).collect();
+    assert!(missing.is_empty(), "event types missing from EVENT_TYPES in pages.js: {missing:?}");
+}
