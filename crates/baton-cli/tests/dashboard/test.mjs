@@ -69,12 +69,28 @@ async function resumesAfterDrops() {
     resumedFrom.push(init.headers["last-event-id"]);
     if (drops === 0) return response;
     drops -= 1;
-    // Hands on the first read only, then ends the stream: the connection dropped.
+    // Hands on the first whole event and the start of the next, then ends the stream: the
+    // connection dropped in the middle of an event, however the server's writes were cut into
+    // reads.
     const reader = response.body.getReader();
     const body = new ReadableStream({
       async pull(controller) {
-        const { value, done } = await reader.read();
-        if (!done) controller.enqueue(value.slice(0, Math.max(1, value.length - 7)));
+        const decoder = new TextDecoder();
+        let text = "";
+        let handed = null;
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += decoder.decode(value, { stream: true });
+          // A second `id:` line means the first event is whole, whichever line comes first.
+          const second = [...text.matchAll(/^id:/gm)][1];
+          if (second) {
+            handed = text.slice(0, second.index + 3);
+            break;
+          }
+        }
+        if (handed === null) handed = text;
+        if (handed) controller.enqueue(new TextEncoder().encode(handed));
         reader.cancel();
         controller.close();
       },
