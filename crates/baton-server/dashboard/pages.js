@@ -639,6 +639,112 @@ function chat({ root }) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** The events after which the held resources and their waiters may have changed. */
+const CONFLICT_EVENTS = new Set([
+  "ConflictDeferred", "ResourceLeased", "ResourceReleased", "TaskClaimed", "TaskCompleted", "TaskFailed", "TaskCancelled",
+]);
+
+/** A task named as `GET /conflicts` names it (its key, or its id without one). */
+function taskNamed(name, byKey) {
+  const task = byKey.get(name) || state.tasks.get(Number(name));
+  return task ? link(`#/tasks/${task.id}`, name) : h("span", { class: "mono" }, name);
+}
+
+/** When a holder took `resource`: its lease's or its task's claim event, if the page holds it. */
+function heldSince(held, task) {
+  for (let index = state.events.length - 1; index >= 0; index -= 1) {
+    const event = state.events[index];
+    if (!held.task && event.type === "ResourceLeased" && event.resource === held.resource && event.agent === held.agent) return event.at;
+    if (held.task && task && event.type === "TaskClaimed" && event.task === task.id) return event.at;
+  }
+  return task ? task.updated_at : null;
+}
+
+function conflicts({ root }) {
+  const heldRows = h("tbody");
+  const waitingRows = h("tbody");
+  const summary = h("p", { class: "muted", role: "status" });
+  let data = null;
+  let failure = null;
+  let timer = null;
+  let lastSeq = state.events.length ? state.events[state.events.length - 1].seq : 0;
+
+  async function load() {
+    try {
+      data = await api.get("/conflicts");
+      failure = null;
+    } catch (error) {
+      failure = describe(error);
+    }
+    draw();
+  }
+  // A burst of events (a batch finishing) costs one read.
+  function loadSoon() {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      load();
+    }, 300);
+  }
+
+  function draw() {
+    if (failure) {
+      summary.textContent = `Not shown: ${failure}`;
+      return;
+    }
+    if (!data) return;
+    const byKey = new Map();
+    for (const task of state.tasks.values()) if (task.key) byKey.set(task.key, task);
+    summary.textContent = `${data.held.length} resource(s) held; ${data.waiting.length} task(s) waiting for one.`;
+    fill(heldRows, data.held.length === 0 ? h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No resource is held.")) :
+      data.held.map((held) => {
+        const task = held.task ? byKey.get(held.task) || state.tasks.get(Number(held.task)) : null;
+        return h("tr", { "data-held": held.resource },
+          h("td", { class: "mono" }, held.resource),
+          h("td", {}, held.task ? ["task ", taskNamed(held.task, byKey)] : "an agent's lease"),
+          h("td", {}, held.agent ? link(`#/agents/${encodeURIComponent(held.agent)}`, held.agent) : ""),
+          h("td", {}, dateTime(heldSince(held, task))),
+          h("td", {}, held.until ? dateTime(held.until) : "while the task runs"));
+      }));
+    fill(waitingRows, data.waiting.length === 0 ? h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No task waits for a resource.")) :
+      data.waiting.map((waiting) => h("tr", { "data-waiting": waiting.task },
+        h("td", {}, taskNamed(waiting.task, byKey)),
+        h("td", {}, badge(waiting.state)),
+        h("td", {}, "task ", taskNamed(waiting.holder, byKey)),
+        h("td", {}, "it wants ", h("span", { class: "mono" }, waiting.resource),
+          waiting.resource === waiting.held ? null : [", which overlaps ", h("span", { class: "mono" }, waiting.held)],
+          `, held by ${waiting.holder} while it runs`))));
+  }
+
+  root.append(h("h1", {}, "Conflicts"),
+    h("p", { class: "muted" }, "Resources held by running tasks and by agents' leases, and the tasks that wait until they are released."),
+    summary,
+    section("Held resources", h("table", {},
+      h("thead", {}, h("tr", {}, ["Resource", "Held by", "Agent", "Since", "Until"].map((n) => h("th", { scope: "col" }, n)))), heldRows)),
+    section("Waiting tasks", h("table", {},
+      h("thead", {}, h("tr", {}, ["Task", "State", "Waits for", "Why"].map((n) => h("th", { scope: "col" }, n)))), waitingRows)));
+  load();
+  return {
+    title: "Conflicts",
+    unmount() { clearTimeout(timer); },
+    update() {
+      const events = state.events;
+      const newest = events.length ? events[events.length - 1].seq : 0;
+      if (newest > lastSeq) {
+        let relevant = false;
+        for (let index = events.length - 1; index >= 0 && events[index].seq > lastSeq; index -= 1) {
+          if (CONFLICT_EVENTS.has(events[index].type)) relevant = true;
+        }
+        lastSeq = newest;
+        if (relevant) loadSoon();
+      }
+      draw();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
 function budgets({ root }) {
   const gaugeList = h("div");
   const table = h("tbody");
@@ -688,4 +794,4 @@ function budgets({ root }) {
   };
 }
 
-export const pages = { overview, tasks, agents, events, chat, budgets };
+export const pages = { overview, tasks, agents, events, conflicts, chat, budgets };

@@ -149,6 +149,27 @@ async function openMode() {
     await page.waitForFunction(() => document.querySelector("[data-testid=count-dead] .value")?.textContent === "1");
   });
 
+  await check("conflicts: the task holding a resource, and the task waiting for it, live", async () => {
+    await page.goto(`${url}/#/conflicts`);
+    await page.getByText("No task waits for a resource.").waitFor();
+    // The holder runs far longer than any wait here: it holds `file:x` until it is cancelled.
+    const holder = (await api("POST", "/tasks", {
+      key: "hold-x", title: "Hold the file", workstream: "pipeline", requires: ["python"], resources: ["file:x"], input: { steps: 600, step_seconds: 0.1 },
+    })).ids[0];
+    const held = page.locator('tr[data-held="file:x"]');
+    await held.getByRole("link", { name: "hold-x" }).waitFor();
+    await held.getByRole("link", { name: "python-worker" }).waitFor();
+    await api("POST", "/tasks", { key: "wait-x", title: "Wait for the file", workstream: "pipeline", requires: ["python"], resources: ["file:x"], input: { steps: 1 } });
+    const waiting = page.locator('tr[data-waiting="wait-x"]');
+    await waiting.getByRole("link", { name: "hold-x" }).waitFor();
+    await waiting.getByText("it wants file:x").waitFor();
+    await shot("conflicts");
+    await api("POST", `/tasks/${holder}/cancel`, {});
+    await page.getByText("No task waits for a resource.").waitFor();
+    // The waiter runs in its turn, and lets the resource go when it is done.
+    await page.getByText("No resource is held.").waitFor();
+  });
+
   await check("tasks: the table filters, and a task made with the form runs live", async () => {
     await page.goto(`${url}/#/tasks`);
     await page.locator("tr[data-task]").first().waitFor();
