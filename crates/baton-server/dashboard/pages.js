@@ -8,6 +8,10 @@ import { openTerminal } from "./terminal.js";
 
 const TASK_STATES = ["pending", "ready", "running", "succeeded", "dead", "cancelled", "suspended"];
 const FINISHED = new Set(["succeeded", "dead", "cancelled"]);
+/** The most cards a column of the tasks board shows: 10,000 tasks stay quick. */
+const BOARD_CAP = 50;
+/** How the Tasks page shows them, `table` or `board`: kept while the tab is open. */
+let tasksView = "table";
 
 function link(href, text) {
   return h("a", { href }, text);
@@ -232,6 +236,50 @@ function tasks({ root, argument }) {
   }
   scroller.addEventListener("scroll", () => requestAnimationFrame(drawRows));
 
+  // The board: a column per state, each showing at most BOARD_CAP cards (the rest counted).
+  const board = h("div", { class: "board", role: "region", "aria-label": "Board of tasks" });
+  function drawBoard() {
+    const byState = new Map(TASK_STATES.map((name) => [name, []]));
+    for (const task of shown) {
+      if (!byState.has(task.state)) byState.set(task.state, []);
+      byState.get(task.state).push(task);
+    }
+    // Drawn again at each change: the card (or link) that had the focus gets it back.
+    const focused = board.contains(document.activeElement) ? document.activeElement : null;
+    const focusedCard = focused && focused.closest("[data-task]") ? focused.closest("[data-task]").dataset.task : null;
+    const focusedMore = focused && focused.classList.contains("more") ? focused.closest("[data-column]").dataset.column : null;
+    fill(board, [...byState].map(([name, column]) => {
+      // Finished tasks newest first (what just happened); the others in the order they came.
+      const cards = FINISHED.has(name) ? column.slice(-BOARD_CAP).reverse() : column.slice(0, BOARD_CAP);
+      const id = `column-${name}`;
+      return h("section", { class: "column", "data-column": name, "aria-labelledby": id },
+        h("h3", { id }, badge(name), ` ${column.length}`),
+        h("ul", {}, cards.map((task) =>
+          h("li", { class: "task-card", "data-task": task.id },
+            h("a", { href: `#/tasks/${task.id}` }, task.key ? h("span", { class: "mono" }, task.key) : null, task.key ? " " : null, task.title || `task ${task.id}`),
+            h("div", { class: "muted" }, task.workstream || "no workstream", (task.assigned_agent || task.agent) ? ` · ${task.assigned_agent || task.agent}` : "")))),
+        column.length > cards.length
+          ? h("a", { class: "more", href: `#/tasks?state=${name}`, onclick: () => { tasksView = "table"; } }, `and ${column.length - cards.length} more`)
+          : null);
+    }));
+    const refocus = focusedCard ? board.querySelector(`[data-task="${focusedCard}"] a`)
+      : focusedMore ? board.querySelector(`[data-column="${focusedMore}"] .more`) : null;
+    if (refocus) refocus.focus();
+  }
+
+  const views = {
+    table: h("button", { type: "button", "data-view": "table" }, "Table"),
+    board: h("button", { type: "button", "data-view": "board" }, "Board"),
+  };
+  function showView(view) {
+    tasksView = view;
+    for (const [name, button] of Object.entries(views)) button.setAttribute("aria-pressed", String(name === view));
+    scroller.hidden = view !== "table";
+    board.hidden = view !== "board";
+    if (state.loaded) update();
+  }
+  for (const [name, button] of Object.entries(views)) button.addEventListener("click", () => showView(name));
+
   function update() {
     options(filters.workstream, state.plan ? state.plan.workstreams.map((w) => w.name) : [], "any workstream");
     options(filters.agent, [...state.agents.keys()], "any agent");
@@ -244,7 +292,8 @@ function tasks({ root, argument }) {
       .filter((task) => !text || `${task.title} ${task.key || ""}`.toLowerCase().includes(text))
       .sort((a, b) => a.id - b.id);
     summary.textContent = `${shown.length} of ${all.length} tasks`;
-    drawRows();
+    if (tasksView === "board") drawBoard();
+    else drawRows();
   }
   for (const control of Object.values(filters)) control.addEventListener("input", update);
 
@@ -255,11 +304,14 @@ function tasks({ root, argument }) {
       h("div", { class: "field" }, h("label", { for: "filter-workstream" }, "Workstream"), filters.workstream),
       h("div", { class: "field" }, h("label", { for: "filter-agent" }, "Agent"), filters.agent),
       h("div", { class: "field" }, h("label", { for: "filter-state" }, "State"), filters.state),
-      h("div", { class: "field" }, h("label", { for: "filter-text" }, "Text"), filters.text)),
+      h("div", { class: "field" }, h("label", { for: "filter-text" }, "Text"), filters.text),
+      h("div", { class: "toggle", role: "group", "aria-label": "Show tasks as" }, views.table, views.board)),
     summary,
     scroller,
+    board,
     form,
   );
+  showView(tasksView);
   return { title: "Tasks", update };
 }
 
