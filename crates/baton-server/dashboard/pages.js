@@ -123,6 +123,52 @@ function alerts() {
 
 // ---------------------------------------------------------------------------------------------
 
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An SVG element, its attributes set one by one (the page's policy refuses style attributes). */
+function svg(tag, attributes = {}) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
+  return element;
+}
+
+/**
+ * Draws, in `edges` (an SVG laid over the phase columns), an arrow from each workstream's box
+ * to the box of each workstream that depends on it, from where the boxes are after layout.
+ */
+function drawEdges(edges) {
+  const container = edges.parentElement;
+  if (!container || !state.plan) return;
+  const origin = container.getBoundingClientRect();
+  const box = (name) => {
+    const element = container.querySelector(`[data-workstream="${CSS.escape(name)}"]`);
+    if (!element) return null;
+    const rect = element.getBoundingClientRect();
+    const left = rect.left - origin.left + container.scrollLeft;
+    const top = rect.top - origin.top + container.scrollTop;
+    return { left, right: left + rect.width, middle: top + rect.height / 2 };
+  };
+  edges.setAttribute("width", container.scrollWidth);
+  edges.setAttribute("height", container.scrollHeight);
+  const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+  marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }));
+  const defs = svg("defs");
+  defs.append(marker);
+  const paths = [];
+  for (const workstream of state.plan.workstreams) {
+    for (const dependency of workstream.depends_on) {
+      const from = box(dependency);
+      const to = box(workstream.name);
+      if (!from || !to) continue;
+      const bend = Math.max(24, (to.left - from.right) / 2);
+      const d = `M ${from.right} ${from.middle} C ${from.right + bend} ${from.middle}, ${to.left - bend} ${to.middle}, ${to.left} ${to.middle}`;
+      const path = svg("path", { d, class: "edge", "marker-end": "url(#arrow)", "data-edge": `${dependency}→${workstream.name}`, "data-from": dependency, "data-to": workstream.name });
+      paths.push(path);
+    }
+  }
+  edges.replaceChildren(defs, ...paths);
+}
+
 function overview({ root }) {
   const summary = h("div");
   const alertList = h("div");
@@ -135,8 +181,15 @@ function overview({ root }) {
       section("Plan", plan),
       h("div", {}, section("Alerts", alertList), section("Budgets", budgets))),
   );
+  // The boxes move when the window's width changes: the edges follow them.
+  const redrawEdges = () => {
+    const edges = plan.querySelector("svg.edges");
+    if (edges) drawEdges(edges);
+  };
+  window.addEventListener("resize", redrawEdges);
   return {
     title: "Overview",
+    unmount() { window.removeEventListener("resize", redrawEdges); },
     update() {
       const status = state.status;
       const taskCounts = counts();
@@ -159,9 +212,10 @@ function overview({ root }) {
         return;
       }
       const byName = new Map(state.plan.workstreams.map((workstream) => [workstream.name, workstream]));
+      const edges = svg("svg", { class: "edges", "aria-hidden": "true" });
       fill(plan, 
         h("p", { class: "muted" }, `${state.plan.name}: phase ${state.plan.phase} of ${state.plan.phases.length}. Workstreams run in the phase after those they depend on.`),
-        h("div", { class: "phases" },
+        h("div", { class: "phases" }, edges,
           state.plan.phases.map((names, index) => {
             const number = index + 1;
             return h("section", { class: `phase${number === state.plan.phase ? " current" : ""}`, "aria-label": `Phase ${number}` },
@@ -178,6 +232,7 @@ function overview({ root }) {
               }));
           })),
       );
+      drawEdges(edges);
     },
   };
 }

@@ -149,6 +149,33 @@ async function openMode() {
     await page.waitForFunction(() => document.querySelector("[data-testid=count-dead] .value")?.textContent === "1");
   });
 
+  await check("the overview draws an arrow for each dependency between workstreams", async () => {
+    await page.goto(`${url}/#/`);
+    const plan = await api("GET", "/plan");
+    const dependencies = plan.workstreams.flatMap((workstream) => workstream.depends_on.map((on) => `${on}→${workstream.name}`));
+    if (dependencies.length === 0) throw new Error("the test's plan has no dependency between workstreams");
+    for (const edge of dependencies) await page.locator(`svg.edges path[data-edge="${edge}"]`).waitFor({ state: "attached" });
+    const drawn = await page.locator("svg.edges path[data-edge]").count();
+    if (drawn !== dependencies.length) throw new Error(`${drawn} arrows drawn for ${dependencies.length} dependencies`);
+    // The arrow goes from the right of the box it leaves to the left of the box it reaches.
+    const [edge] = dependencies;
+    const [from, to] = edge.split("→");
+    const fits = await page.evaluate(({ edge, from, to }) => {
+      const path = document.querySelector(`svg.edges path[data-edge="${edge}"]`).getBoundingClientRect();
+      const left = document.querySelector(`[data-workstream="${from}"]`).getBoundingClientRect();
+      const right = document.querySelector(`[data-workstream="${to}"]`).getBoundingClientRect();
+      return Math.abs(path.left - left.right) < 2 && Math.abs(path.right - right.left) < 2;
+    }, { edge, from, to });
+    if (!fits) throw new Error(`the arrow ${edge} does not join its boxes`);
+    // Narrower, the columns move: the arrow is drawn again where they are.
+    await page.setViewportSize({ width: 1000, height: 860 });
+    await page.waitForFunction(({ edge, to }) => {
+      const path = document.querySelector(`svg.edges path[data-edge="${edge}"]`).getBoundingClientRect();
+      return Math.abs(path.right - document.querySelector(`[data-workstream="${to}"]`).getBoundingClientRect().left) < 2;
+    }, { edge, to });
+    await page.setViewportSize({ width: 1366, height: 860 });
+  });
+
   await check("conflicts: the task holding a resource, and the task waiting for it, live", async () => {
     await page.goto(`${url}/#/conflicts`);
     await page.getByText("No task waits for a resource.").waitFor();
