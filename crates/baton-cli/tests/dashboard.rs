@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: `baton serve` on the workers example, and a Node script
 //! (`tests/dashboard/test.mjs`, Playwright driving Chromium) that loads every page, watches
-//! tasks finish live, creates and cancels tasks, sends a chat message, types into a terminal
-//! agent's screen, and — with `[auth]` — logs in as a viewer (actions disabled or refused, a
+//! tasks finish live (in the table and on the board), the dependency arrows of the overview,
+//! a task waiting for a resource another holds on the conflicts page, creates and cancels
+//! tasks, sends a chat message, types into a terminal agent's screen, and — with `[auth]` — logs in as a viewer (actions disabled or refused, a
 //! terminal watched but not typed into) and as an operator (the same action done). It saves
 //! a screenshot of each page in `target/dashboard-screenshots/`. Last, it measures the tasks
 //! page with 10,000 tasks and 200 agents, and prints the figures (BENCHMARKS.md's).

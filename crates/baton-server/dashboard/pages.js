@@ -8,6 +8,10 @@ import { openTerminal } from "./terminal.js";
 
 const TASK_STATES = ["pending", "ready", "running", "succeeded", "dead", "cancelled", "suspended"];
 const FINISHED = new Set(["succeeded", "dead", "cancelled"]);
+/** The most cards a column of the tasks board shows: 10,000 tasks stay quick. */
+const BOARD_CAP = 50;
+/** How the Tasks page shows them, `table` or `board`: kept while the tab is open. */
+let tasksView = "table";
 
 function link(href, text) {
   return h("a", { href }, text);
@@ -119,6 +123,52 @@ function alerts() {
 
 // ---------------------------------------------------------------------------------------------
 
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An SVG element, its attributes set one by one (the page's policy refuses style attributes). */
+function svg(tag, attributes = {}) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
+  return element;
+}
+
+/**
+ * Draws, in `edges` (an SVG laid over the phase columns), an arrow from each workstream's box
+ * to the box of each workstream that depends on it, from where the boxes are after layout.
+ */
+function drawEdges(edges) {
+  const container = edges.parentElement;
+  if (!container || !state.plan) return;
+  const origin = container.getBoundingClientRect();
+  const box = (name) => {
+    const element = container.querySelector(`[data-workstream="${CSS.escape(name)}"]`);
+    if (!element) return null;
+    const rect = element.getBoundingClientRect();
+    const left = rect.left - origin.left + container.scrollLeft;
+    const top = rect.top - origin.top + container.scrollTop;
+    return { left, right: left + rect.width, middle: top + rect.height / 2 };
+  };
+  edges.setAttribute("width", container.scrollWidth);
+  edges.setAttribute("height", container.scrollHeight);
+  const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
+  marker.append(svg("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }));
+  const defs = svg("defs");
+  defs.append(marker);
+  const paths = [];
+  for (const workstream of state.plan.workstreams) {
+    for (const dependency of workstream.depends_on) {
+      const from = box(dependency);
+      const to = box(workstream.name);
+      if (!from || !to) continue;
+      const bend = Math.max(24, (to.left - from.right) / 2);
+      const d = `M ${from.right} ${from.middle} C ${from.right + bend} ${from.middle}, ${to.left - bend} ${to.middle}, ${to.left} ${to.middle}`;
+      const path = svg("path", { d, class: "edge", "marker-end": "url(#arrow)", "data-edge": `${dependency}→${workstream.name}`, "data-from": dependency, "data-to": workstream.name });
+      paths.push(path);
+    }
+  }
+  edges.replaceChildren(defs, ...paths);
+}
+
 function overview({ root }) {
   const summary = h("div");
   const alertList = h("div");
@@ -131,8 +181,15 @@ function overview({ root }) {
       section("Plan", plan),
       h("div", {}, section("Alerts", alertList), section("Budgets", budgets))),
   );
+  // The boxes move when the window's width changes: the edges follow them.
+  const redrawEdges = () => {
+    const edges = plan.querySelector("svg.edges");
+    if (edges) drawEdges(edges);
+  };
+  window.addEventListener("resize", redrawEdges);
   return {
     title: "Overview",
+    unmount() { window.removeEventListener("resize", redrawEdges); },
     update() {
       const status = state.status;
       const taskCounts = counts();
@@ -155,9 +212,10 @@ function overview({ root }) {
         return;
       }
       const byName = new Map(state.plan.workstreams.map((workstream) => [workstream.name, workstream]));
+      const edges = svg("svg", { class: "edges", "aria-hidden": "true" });
       fill(plan, 
         h("p", { class: "muted" }, `${state.plan.name}: phase ${state.plan.phase} of ${state.plan.phases.length}. Workstreams run in the phase after those they depend on.`),
-        h("div", { class: "phases" },
+        h("div", { class: "phases" }, edges,
           state.plan.phases.map((names, index) => {
             const number = index + 1;
             return h("section", { class: `phase${number === state.plan.phase ? " current" : ""}`, "aria-label": `Phase ${number}` },
@@ -174,6 +232,7 @@ function overview({ root }) {
               }));
           })),
       );
+      drawEdges(edges);
     },
   };
 }
@@ -232,6 +291,50 @@ function tasks({ root, argument }) {
   }
   scroller.addEventListener("scroll", () => requestAnimationFrame(drawRows));
 
+  // The board: a column per state, each showing at most BOARD_CAP cards (the rest counted).
+  const board = h("div", { class: "board", role: "region", "aria-label": "Board of tasks" });
+  function drawBoard() {
+    const byState = new Map(TASK_STATES.map((name) => [name, []]));
+    for (const task of shown) {
+      if (!byState.has(task.state)) byState.set(task.state, []);
+      byState.get(task.state).push(task);
+    }
+    // Drawn again at each change: the card (or link) that had the focus gets it back.
+    const focused = board.contains(document.activeElement) ? document.activeElement : null;
+    const focusedCard = focused && focused.closest("[data-task]") ? focused.closest("[data-task]").dataset.task : null;
+    const focusedMore = focused && focused.classList.contains("more") ? focused.closest("[data-column]").dataset.column : null;
+    fill(board, [...byState].map(([name, column]) => {
+      // Finished tasks newest first (what just happened); the others in the order they came.
+      const cards = FINISHED.has(name) ? column.slice(-BOARD_CAP).reverse() : column.slice(0, BOARD_CAP);
+      const id = `column-${name}`;
+      return h("section", { class: "column", "data-column": name, "aria-labelledby": id },
+        h("h3", { id }, badge(name), ` ${column.length}`),
+        h("ul", {}, cards.map((task) =>
+          h("li", { class: "task-card", "data-task": task.id },
+            h("a", { href: `#/tasks/${task.id}` }, task.key ? h("span", { class: "mono" }, task.key) : null, task.key ? " " : null, task.title || `task ${task.id}`),
+            h("div", { class: "muted" }, task.workstream || "no workstream", (task.assigned_agent || task.agent) ? ` · ${task.assigned_agent || task.agent}` : "")))),
+        column.length > cards.length
+          ? h("a", { class: "more", href: `#/tasks?state=${name}`, onclick: () => { tasksView = "table"; } }, `and ${column.length - cards.length} more`)
+          : null);
+    }));
+    const refocus = focusedCard ? board.querySelector(`[data-task="${focusedCard}"] a`)
+      : focusedMore ? board.querySelector(`[data-column="${focusedMore}"] .more`) : null;
+    if (refocus) refocus.focus();
+  }
+
+  const views = {
+    table: h("button", { type: "button", "data-view": "table" }, "Table"),
+    board: h("button", { type: "button", "data-view": "board" }, "Board"),
+  };
+  function showView(view) {
+    tasksView = view;
+    for (const [name, button] of Object.entries(views)) button.setAttribute("aria-pressed", String(name === view));
+    scroller.hidden = view !== "table";
+    board.hidden = view !== "board";
+    if (state.loaded) update();
+  }
+  for (const [name, button] of Object.entries(views)) button.addEventListener("click", () => showView(name));
+
   function update() {
     options(filters.workstream, state.plan ? state.plan.workstreams.map((w) => w.name) : [], "any workstream");
     options(filters.agent, [...state.agents.keys()], "any agent");
@@ -244,7 +347,8 @@ function tasks({ root, argument }) {
       .filter((task) => !text || `${task.title} ${task.key || ""}`.toLowerCase().includes(text))
       .sort((a, b) => a.id - b.id);
     summary.textContent = `${shown.length} of ${all.length} tasks`;
-    drawRows();
+    if (tasksView === "board") drawBoard();
+    else drawRows();
   }
   for (const control of Object.values(filters)) control.addEventListener("input", update);
 
@@ -255,11 +359,14 @@ function tasks({ root, argument }) {
       h("div", { class: "field" }, h("label", { for: "filter-workstream" }, "Workstream"), filters.workstream),
       h("div", { class: "field" }, h("label", { for: "filter-agent" }, "Agent"), filters.agent),
       h("div", { class: "field" }, h("label", { for: "filter-state" }, "State"), filters.state),
-      h("div", { class: "field" }, h("label", { for: "filter-text" }, "Text"), filters.text)),
+      h("div", { class: "field" }, h("label", { for: "filter-text" }, "Text"), filters.text),
+      h("div", { class: "toggle", role: "group", "aria-label": "Show tasks as" }, views.table, views.board)),
     summary,
     scroller,
+    board,
     form,
   );
+  showView(tasksView);
   return { title: "Tasks", update };
 }
 
@@ -639,6 +746,112 @@ function chat({ root }) {
 
 // ---------------------------------------------------------------------------------------------
 
+/** The events after which the held resources and their waiters may have changed. */
+const CONFLICT_EVENTS = new Set([
+  "ConflictDeferred", "ResourceLeased", "ResourceReleased", "TaskClaimed", "TaskCompleted", "TaskFailed", "TaskCancelled",
+]);
+
+/** A task named as `GET /conflicts` names it (its key, or its id without one). */
+function taskNamed(name, byKey) {
+  const task = byKey.get(name) || state.tasks.get(Number(name));
+  return task ? link(`#/tasks/${task.id}`, name) : h("span", { class: "mono" }, name);
+}
+
+/** When a holder took `resource`: its lease's or its task's claim event, if the page holds it. */
+function heldSince(held, task) {
+  for (let index = state.events.length - 1; index >= 0; index -= 1) {
+    const event = state.events[index];
+    if (!held.task && event.type === "ResourceLeased" && event.resource === held.resource && event.agent === held.agent) return event.at;
+    if (held.task && task && event.type === "TaskClaimed" && event.task === task.id) return event.at;
+  }
+  return task ? task.updated_at : null;
+}
+
+function conflicts({ root }) {
+  const heldRows = h("tbody");
+  const waitingRows = h("tbody");
+  const summary = h("p", { class: "muted", role: "status" });
+  let data = null;
+  let failure = null;
+  let timer = null;
+  let lastSeq = state.events.length ? state.events[state.events.length - 1].seq : 0;
+
+  async function load() {
+    try {
+      data = await api.get("/conflicts");
+      failure = null;
+    } catch (error) {
+      failure = describe(error);
+    }
+    draw();
+  }
+  // A burst of events (a batch finishing) costs one read.
+  function loadSoon() {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      load();
+    }, 300);
+  }
+
+  function draw() {
+    if (failure) {
+      summary.textContent = `Not shown: ${failure}`;
+      return;
+    }
+    if (!data) return;
+    const byKey = new Map();
+    for (const task of state.tasks.values()) if (task.key) byKey.set(task.key, task);
+    summary.textContent = `${data.held.length} resource(s) held; ${data.waiting.length} task(s) waiting for one.`;
+    fill(heldRows, data.held.length === 0 ? h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No resource is held.")) :
+      data.held.map((held) => {
+        const task = held.task ? byKey.get(held.task) || state.tasks.get(Number(held.task)) : null;
+        return h("tr", { "data-held": held.resource },
+          h("td", { class: "mono" }, held.resource),
+          h("td", {}, held.task ? ["task ", taskNamed(held.task, byKey)] : "an agent's lease"),
+          h("td", {}, held.agent ? link(`#/agents/${encodeURIComponent(held.agent)}`, held.agent) : ""),
+          h("td", {}, dateTime(heldSince(held, task))),
+          h("td", {}, held.until ? dateTime(held.until) : "while the task runs"));
+      }));
+    fill(waitingRows, data.waiting.length === 0 ? h("tr", {}, h("td", { colspan: 4, class: "muted" }, "No task waits for a resource.")) :
+      data.waiting.map((waiting) => h("tr", { "data-waiting": waiting.task },
+        h("td", {}, taskNamed(waiting.task, byKey)),
+        h("td", {}, badge(waiting.state)),
+        h("td", {}, "task ", taskNamed(waiting.holder, byKey)),
+        h("td", {}, "it wants ", h("span", { class: "mono" }, waiting.resource),
+          waiting.resource === waiting.held ? null : [", which overlaps ", h("span", { class: "mono" }, waiting.held)],
+          `, held by ${waiting.holder} while it runs`))));
+  }
+
+  root.append(h("h1", {}, "Conflicts"),
+    h("p", { class: "muted" }, "Resources held by running tasks and by agents' leases, and the tasks that wait until they are released."),
+    summary,
+    section("Held resources", h("table", {},
+      h("thead", {}, h("tr", {}, ["Resource", "Held by", "Agent", "Since", "Until"].map((n) => h("th", { scope: "col" }, n)))), heldRows)),
+    section("Waiting tasks", h("table", {},
+      h("thead", {}, h("tr", {}, ["Task", "State", "Waits for", "Why"].map((n) => h("th", { scope: "col" }, n)))), waitingRows)));
+  load();
+  return {
+    title: "Conflicts",
+    unmount() { clearTimeout(timer); },
+    update() {
+      const events = state.events;
+      const newest = events.length ? events[events.length - 1].seq : 0;
+      if (newest > lastSeq) {
+        let relevant = false;
+        for (let index = events.length - 1; index >= 0 && events[index].seq > lastSeq; index -= 1) {
+          if (CONFLICT_EVENTS.has(events[index].type)) relevant = true;
+        }
+        lastSeq = newest;
+        if (relevant) loadSoon();
+      }
+      draw();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
 function budgets({ root }) {
   const gaugeList = h("div");
   const table = h("tbody");
@@ -688,4 +901,4 @@ function budgets({ root }) {
   };
 }
 
-export const pages = { overview, tasks, agents, events, chat, budgets };
+export const pages = { overview, tasks, agents, events, conflicts, chat, budgets };
