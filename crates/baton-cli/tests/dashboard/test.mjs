@@ -256,15 +256,15 @@ async function openMode() {
     await page.keyboard.press("Enter");
     await page.locator("[data-column=succeeded] .task-card").first().waitFor();
     for (const name of ["pending", "ready", "running", "succeeded", "dead", "cancelled", "suspended"]) await page.locator(`[data-column=${name}]`).waitFor();
+    // Six seconds of work: time enough, on a loaded machine, to focus its card while it runs.
     const created = await api("POST", "/tasks", {
-      title: "Crunch on the board", workstream: "pipeline", requires: ["python"], input: { steps: 8, step_seconds: 0.25 },
+      title: "Crunch on the board", workstream: "pipeline", requires: ["python"], input: { steps: 24, step_seconds: 0.25 },
     });
     const card = (column) => page.locator(`[data-column=${column}] .task-card[data-task="${created.ids[0]}"]`);
-    await card("running").waitFor();
+    // A card keeps the keyboard's focus as it moves: focused as soon as it is running.
+    await card("running").getByRole("link").focus();
     await card("running").getByText("python-worker").waitFor();
     await shot("board");
-    // A card keeps the keyboard's focus as it moves.
-    await card("running").getByRole("link").focus();
     await card("succeeded").waitFor();
     await page.waitForFunction((id) => document.activeElement?.closest("[data-task]")?.dataset.task === String(id), created.ids[0]);
     await page.getByRole("button", { name: "Table" }).click();
@@ -321,6 +321,18 @@ async function openMode() {
     await page.getByRole("button", { name: "Send" }).click();
     await page.getByText("Sent to shell-worker").waitFor();
     await page.locator("tr[data-message]", { hasText: "ping from the dashboard" }).first().waitFor();
+  });
+
+  await check("chat: a worker's reply to the operator is shown as it comes", async () => {
+    const input = page.getByRole("textbox", { name: /Message/ });
+    await input.fill("@python-worker ping, are you there?");
+    await page.getByRole("button", { name: "Send" }).click();
+    await page.getByText("Sent to python-worker").waitFor();
+    // worker.py answers a ping with a message to its sender: `pong`, from python-worker.
+    const reply = page.locator("tr[data-message]", { hasText: "pong" }).filter({ hasText: "python-worker" });
+    await reply.first().waitFor();
+    const cells = await reply.first().locator("td").allTextContents();
+    if (cells[1] !== "python-worker" || cells[2] !== "operator") throw new Error(`the reply reads ${JSON.stringify(cells)}`);
   });
 
   await check("chat: a refused message becomes a dead letter, and is redelivered", async () => {
