@@ -859,15 +859,32 @@ function budgets({ root }) {
   const period = h("p", { class: "muted" });
   const scope = h("input", { id: "limit-scope", list: "limit-scopes", placeholder: "global, agent:NAME, workstream:NAME", required: true });
   const scopes = h("datalist", { id: "limit-scopes" });
-  const tokens = h("input", { id: "limit-tokens", type: "number", min: 0, required: true });
+  const tokens = h("input", { id: "limit-tokens", type: "number", min: 0, step: 1 });
+  const cost = h("input", { id: "limit-cost", type: "number", min: 0, step: "0.01" });
   const form = h("form", { class: "row", "aria-label": "Set a budget limit" },
     h("div", { class: "field" }, h("label", { for: "limit-scope" }, "Scope"), scope, scopes),
     h("div", { class: "field" }, h("label", { for: "limit-tokens" }, "Daily tokens"), tokens),
+    h("div", { class: "field" }, h("label", { for: "limit-cost" }, "Cost limit (USD)"), cost),
     h("button", { type: "submit", action: "SetBudgets" }, "Set limit until the reset"));
   form.addEventListener("submit", (submitted) => {
     submitted.preventDefault();
-    act(`Set budget ${scope.value}`, () => api.post(`/budgets/${encodeURIComponent(scope.value.trim())}`, { daily_tokens: Number(tokens.value) })).then(() => refetch("budgets"));
+    // Either limit, or both; a field left empty keeps the scope's limit as it is (the API sets
+    // both at once, so the current one is sent again).
+    const current = state.budgets?.scopes.find((s) => s.scope === scope.value.trim());
+    const limit = {};
+    if (tokens.value !== "") limit.daily_tokens = Number(tokens.value);
+    else if (cost.value !== "" && current?.limit_tokens) limit.daily_tokens = current.limit_tokens;
+    if (cost.value !== "") limit.cost_usd = Number(cost.value);
+    else if (tokens.value !== "" && current?.limit_cost_usd) limit.cost_usd = current.limit_cost_usd;
+    if (tokens.value === "" && cost.value === "") {
+      tokens.setCustomValidity("Give a token limit, a cost limit, or both.");
+      tokens.reportValidity();
+      return;
+    }
+    act(`Set budget ${scope.value}`, () => api.post(`/budgets/${encodeURIComponent(scope.value.trim())}`, limit)).then(() => refetch("budgets"));
   });
+  tokens.addEventListener("input", () => tokens.setCustomValidity(""));
+  cost.addEventListener("input", () => tokens.setCustomValidity(""));
   root.append(h("h1", {}, "Budgets & schedules"),
     section("Budgets", period, gaugeList,
       h("table", {}, h("thead", {}, h("tr", {}, ["Scope", "Tokens used", "Token limit", "Cost used", "Cost limit", "State"].map((n) => h("th", { scope: "col" }, n)))), table), form),

@@ -357,6 +357,14 @@ async function openMode() {
     await page.getByLabel("Daily tokens").fill("4000");
     await page.getByRole("button", { name: "Set limit until the reset" }).click();
     await page.getByRole("meter", { name: "budget workstream:pipeline" }).waitFor();
+    // A cost limit alone leaves the token limit as it was.
+    await page.getByLabel("Daily tokens").fill("");
+    await page.getByLabel("Cost limit (USD)").fill("12.5");
+    await page.getByRole("button", { name: "Set limit until the reset" }).click();
+    await page.getByText("Set budget workstream:pipeline: done").first().waitFor();
+    const row = page.locator("tr", { has: page.getByRole("cell", { name: "workstream:pipeline", exact: true }) });
+    await row.getByText("$12.50").waitFor();
+    await row.getByText("4,000").first().waitFor();
     await page.getByRole("button", { name: "Pause nightly-training" }).click();
     await page.getByText("Pause schedule nightly-training: done").waitFor();
     await page.getByRole("button", { name: "Resume nightly-training" }).waitFor();
