@@ -25,6 +25,9 @@ use baton_server::chat::ChatResult;
 
 use crate::{Cli, Failure};
 
+/// The query of a request that has none.
+const NO_QUERY: &[(&str, &str)] = &[];
+
 /// How long the CLI waits for the configuration's server before it reads the store instead:
 /// short, because most of the time no server runs and the store answers at once.
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -126,7 +129,7 @@ impl Client {
         if self.health(PROBE_HEALTH_TIMEOUT).await.is_err() {
             return false;
         }
-        match self.get::<PlanName>("/plan", &[]).await {
+        match self.get::<PlanName>("/plan", NO_QUERY).await {
             Ok(served) if served.name == plan => true,
             Ok(served) => {
                 tracing::debug!(at = %self.shown, served = %served.name, "the server there runs another plan; reading the store");
@@ -205,7 +208,11 @@ impl Client {
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, Failure> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &(impl serde::Serialize + ?Sized),
+    ) -> Result<T, Failure> {
         self.send(self.request(reqwest::Method::GET, path).query(query), &format!("GET {path}")).await
     }
 
@@ -223,48 +230,25 @@ impl Client {
     }
 
     pub async fn status(&self) -> Result<Status, Failure> {
-        self.get("/status", &[]).await
+        self.get("/status", NO_QUERY).await
     }
 
     /// A page of tasks (`GET /tasks`).
     pub async fn tasks(&self, query: &TaskQuery) -> Result<TaskPage, Failure> {
-        let mut params: Vec<(&str, String)> = Vec::new();
-        if let Some(state) = query.state {
-            params.push(("state", state.as_str().to_string()));
-        }
-        if let Some(workstream) = &query.workstream {
-            params.push(("workstream", workstream.clone()));
-        }
-        if let Some(agent) = &query.agent {
-            params.push(("agent", agent.clone()));
-        }
-        if let Some(limit) = query.limit {
-            params.push(("limit", limit.to_string()));
-        }
-        if let Some(after) = query.after {
-            params.push(("after", after.to_string()));
-        }
-        self.get("/tasks", &params).await
+        self.get("/tasks", query).await
     }
 
     /// Messages and their delivery state (`GET /messages`).
     pub async fn messages(&self, query: &MessageQuery) -> Result<Vec<Delivery>, Failure> {
-        let mut params: Vec<(&str, String)> = Vec::new();
-        if let Some(agent) = &query.agent {
-            params.push(("agent", agent.clone()));
-        }
-        if let Some(limit) = query.limit {
-            params.push(("limit", limit.to_string()));
-        }
-        self.get("/messages", &params).await
+        self.get("/messages", query).await
     }
 
     pub async fn schedules(&self) -> Result<Vec<ScheduleView>, Failure> {
-        self.get("/schedules", &[]).await
+        self.get("/schedules", NO_QUERY).await
     }
 
     pub async fn conflicts(&self) -> Result<baton_ops::conflicts::Conflicts, Failure> {
-        self.get("/conflicts", &[]).await
+        self.get("/conflicts", NO_QUERY).await
     }
 
     /// The audit log, newest first (`GET /audit`, for an admin).
@@ -283,31 +267,30 @@ impl Client {
     }
 
     pub async fn budgets(&self) -> Result<Budgets, Failure> {
-        self.get("/budgets", &[]).await
+        self.get("/budgets", NO_QUERY).await
     }
 
     pub async fn task(&self, id: TaskId) -> Result<TaskDetail, Failure> {
-        self.get(&format!("/tasks/{id}"), &[]).await
+        self.get(&format!("/tasks/{id}"), NO_QUERY).await
     }
 
     /// The agents the engine has recorded, in the plan's order.
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, Failure> {
-        let entries: Vec<AgentEntry> = self.get("/agents", &[]).await?;
+        let entries: Vec<AgentEntry> = self.get("/agents", NO_QUERY).await?;
         Ok(entries.into_iter().filter_map(|entry| entry.status).collect())
     }
 
     /// Up to `limit` (at most 1000) events after `since`, oldest first.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, Failure> {
-        self.get("/events/history", &event_query(filter)).await
+        self.get("/events/history", filter).await
     }
 
     /// The run's events after `since` as they happen (`GET /events`, Server-Sent Events).
     pub async fn follow_events(&self, filter: &EventFilter) -> Result<EventStream, Failure> {
-        let query = event_query(filter);
         let since = filter.since.unwrap_or(0);
         let request = self
             .request(reqwest::Method::GET, "/events")
-            .query(&query)
+            .query(filter)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .header("Last-Event-ID", since.to_string());
         let response = request.send().await.map_err(|error| self.network("GET /events", &error))?;
@@ -551,24 +534,6 @@ impl SseParser {
         }
         frames
     }
-}
-
-/// The query of `/events` and `/events/history` for `filter`.
-fn event_query(filter: &EventFilter) -> Vec<(&'static str, String)> {
-    let mut query = vec![("since", filter.since.unwrap_or(0).to_string())];
-    if let Some(limit) = filter.limit {
-        query.push(("limit", limit.to_string()));
-    }
-    if let Some(task) = filter.task {
-        query.push(("task", task.to_string()));
-    }
-    if let Some(kinds) = &filter.kinds {
-        query.push(("type", kinds.clone()));
-    }
-    if let Some(agent) = &filter.agent {
-        query.push(("agent", agent.clone()));
-    }
-    query
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use futures::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +22,9 @@ use baton_store::{AuditEntry, AuditQuery, EventQuery};
 
 use crate::{Action, Caller, Error, Grant, Ops, Result, own_only, page_limit};
 
-/// Which events a client wants.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+/// Which events a client wants; serialized as the query string a client sends (absent fields
+/// left out).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {

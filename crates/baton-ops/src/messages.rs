@@ -37,7 +37,8 @@ pub struct ChatResult {
     pub sent: Vec<Sent>,
 }
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+/// Serialized as the query string a client sends (absent fields left out).
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct MessageQuery {
     /// Only messages to or from this agent.

@@ -25,7 +25,8 @@ pub struct Created {
     pub ids: Vec<TaskId>,
 }
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+/// Serialized as the query string a client sends (absent fields left out).
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {

@@ -70,7 +70,8 @@ impl Source {
             }
         };
         let socket = socket_path(cli, &loaded)?;
-        let probe = Probe { name: loaded.plan.name.clone(), url: server_url(&loaded.plan), socket: socket.clone() };
+        let probe =
+            Probe { name: loaded.plan.name.clone(), url: loaded.plan.server.url.clone(), socket: socket.clone() };
         if let Some(client) = Client::connect(cli, Some(&probe)).await?
             && let Some(source) = Source::served(cli, client, run).await?
         {
@@ -114,11 +115,6 @@ impl Source {
             Source::Store { .. } => status.executed_by.clone(),
         }
     }
-}
-
-/// The address the configuration gives for its server: `server.url`, else `server.listen`.
-fn server_url(plan: &config::Plan) -> String {
-    if plan.server.url.is_empty() { format!("http://{}", plan.listen) } else { plan.server.url.clone() }
 }
 
 /// The operations on `run` over the store, with no engine: its queries answer from the store.
