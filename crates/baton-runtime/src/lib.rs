@@ -18,6 +18,7 @@ pub mod postoffice;
 pub mod process;
 pub mod reload;
 pub mod remote;
+pub mod tools;
 
 pub use agent::{AgentRuntime, Attempt};
 pub use clock::Clock;

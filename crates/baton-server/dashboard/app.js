@@ -163,9 +163,33 @@ async function loadTasks() {
   state.tasks = tasks;
 }
 
+// What the events told wins over an answer read before it: a refetch whose request was under
+// way when an event changed the same task or agent keeps the event's fields (the answer may
+// have been read before the change; the events come in order, so they are never behind).
+/** Task id or agent name → how many events have changed it. */
+const touched = new Map();
+
+function touch(key) {
+  touched.set(key, (touched.get(key) || 0) + 1);
+}
+
+/** The fields of a task that its events set (see `apply`). */
+const TASK_EVENT_FIELDS = ["state", "assigned_agent", "attempt", "error", "finished_at", "not_before"];
+
+function keepTold(fetched, current, fields) {
+  for (const field of fields) if (current && field in current) fetched[field] = current[field];
+  return fetched;
+}
+
 async function loadAgents() {
+  const before = new Map(touched);
   const agents = await api.get("/agents");
-  state.agents = new Map(agents.map((agent) => [agent.name, agent]));
+  state.agents = new Map(agents.map((agent) => {
+    const current = state.agents.get(agent.name);
+    const key = `agent:${agent.name}`;
+    if (current && current.status && agent.status && touched.get(key) !== before.get(key)) agent.status.state = current.status.state;
+    return [agent.name, agent];
+  }));
 }
 
 /**
@@ -255,11 +279,15 @@ function schedule() {
 async function refetchTasks(ids) {
   if (ids.length === 0) return;
   try {
+    const before = new Map(ids.map((id) => [id, touched.get(id)]));
+    const take = (task) => {
+      const current = state.tasks.get(task.id);
+      if (before.has(task.id) && touched.get(task.id) !== before.get(task.id)) keepTold(task, current, TASK_EVENT_FIELDS);
+      else if (!before.has(task.id) && current) return;
+      state.tasks.set(task.id, task);
+    };
     if (ids.length <= 20) {
-      await Promise.all(ids.map(async (id) => {
-        const detail = await api.get(`/tasks/${id}`);
-        state.tasks.set(id, detail.task);
-      }));
+      await Promise.all(ids.map(async (id) => take((await api.get(`/tasks/${id}`)).task)));
       return;
     }
     // Task ids grow: the pages from the smallest id to the largest hold them all.
@@ -267,7 +295,7 @@ async function refetchTasks(ids) {
     let after = Math.min(...ids) - 1;
     while (after < last) {
       const page = await api.get(`/tasks${api.query({ limit: 1000, after })}`);
-      for (const task of page.tasks) state.tasks.set(task.id, task);
+      for (const task of page.tasks) take(task);
       if (page.next_after === null || page.next_after === undefined || page.tasks.length === 0) break;
       after = page.next_after;
     }
@@ -280,6 +308,7 @@ async function refetchTasks(ids) {
 // Events: each applied to the state as it comes.
 
 function setTask(id, change) {
+  touch(id);
   const task = state.tasks.get(id);
   if (task) Object.assign(task, change);
   else laterTask(id);
@@ -336,6 +365,7 @@ function apply(event) {
       break;
     case "AgentStateChanged": {
       const agent = state.agents.get(event.agent);
+      touch(`agent:${event.agent}`);
       if (agent && agent.status) agent.status.state = event.to;
       else later("agents");
       countRestart(state.restarts, event);
