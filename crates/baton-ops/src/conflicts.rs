@@ -75,13 +75,20 @@ impl Ops {
             }
         }
         // Agents' explicit leases, from their events: they live as long as the process
-        // executing the run.
+        // executing the run, so those taken before its latest start or resume are gone. Only
+        // the events that say so are read.
         if self.executed(&run) {
-            let events =
-                self.store().events(&EventQuery { run_id: Some(run.id.clone()), ..Default::default() }).await?;
+            let kinds = ["RunStarted", "RunResumed", "ResourceLeased", "ResourceReleased"];
+            let query = EventQuery {
+                run_id: Some(run.id.clone()),
+                kinds: kinds.iter().map(|kind| kind.to_string()).collect(),
+                ..Default::default()
+            };
+            let events = self.store().events(&query).await?;
             let mut leases: BTreeMap<String, (String, Timestamp)> = BTreeMap::new();
             for event in events {
                 match event.kind {
+                    EventKind::RunStarted { .. } | EventKind::RunResumed { .. } => leases.clear(),
                     EventKind::ResourceLeased { agent, resource, until } => {
                         leases.insert(resource, (agent, until));
                     }

@@ -507,8 +507,14 @@ async fn agents_lease_resources_over_http_and_tasks_wait_for_them() {
         .unwrap();
     wait_event(&mut events, |event| matches!(event.kind, EventKind::ConflictDeferred { task, .. } if task.0 == id))
         .await;
+    // `/conflicts` shows the lease, from the events since the run started.
+    let conflicts: Value = server.get("/conflicts").send().await.unwrap().json().await.unwrap();
+    let held = conflicts["held"].as_array().unwrap();
+    assert!(held.iter().any(|held| held["resource"] == "file:Cargo.toml" && held["agent"] == "builder"), "{conflicts}");
     server.post_json("/agent/resources/release", json!({"agent": "builder", "resource": "file:Cargo.toml"})).await;
     wait_event(&mut events, |event| matches!(event.kind, EventKind::TaskCompleted { task, .. } if task.0 == id)).await;
+    let conflicts: Value = server.get("/conflicts").send().await.unwrap().json().await.unwrap();
+    assert_eq!(conflicts["held"], json!([]), "the lease given back is gone");
     server.stop().await;
 }
 
