@@ -65,13 +65,23 @@ async function failure(response) {
   return error;
 }
 
+/**
+ * Where an API path is, from the page's own address: the dashboard works behind a proxy that
+ * serves it under a path prefix (`https://host/baton/`), as at the root. Outside a page (the
+ * browser test reads this module in Node) the path as given.
+ */
+export function at(path) {
+  if (typeof document === "undefined") return path;
+  return new URL(path.replace(/^\//, ""), document.baseURI).href;
+}
+
 /** `method path` with an optional JSON body; the answer's JSON, or text for text answers. */
 export async function request(method, path, body) {
   const init = { method, headers: headers(body === undefined ? {} : { "content-type": "application/json" }) };
   if (body !== undefined) init.body = JSON.stringify(body);
   let response;
   try {
-    response = await fetch(path, init);
+    response = await fetch(at(path), init);
   } catch (error) {
     throw new ApiError(0, "unreachable", `the server did not answer: ${error.message}`);
   }
@@ -111,7 +121,7 @@ export function followEvents({ since, onEvent, onState }) {
       try {
         const extra = { accept: "text/event-stream" };
         if (lastId !== null && lastId !== undefined) extra["last-event-id"] = String(lastId);
-        const response = await fetch("/events", { headers: headers(extra), signal: controller.signal });
+        const response = await fetch(at("/events"), { headers: headers(extra), signal: controller.signal });
         if (!response.ok) {
           const error = await failure(response);
           if (response.status === 401 || response.status === 403) {
@@ -201,7 +211,7 @@ export function followLog(name, tailBytes, onLine, onEnd) {
   (async () => {
     try {
       const path = `/agents/${encodeURIComponent(name)}/logs${query({ follow: true, tail_bytes: tailBytes })}`;
-      const response = await fetch(path, { headers: headers({ accept: "text/event-stream" }), signal: controller.signal });
+      const response = await fetch(at(path), { headers: headers({ accept: "text/event-stream" }), signal: controller.signal });
       if (!response.ok) throw await failure(response);
       await readServerSentEvents(response.body, (event) => onLine(event.data.join("\n")));
       onEnd();

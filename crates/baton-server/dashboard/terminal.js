@@ -36,8 +36,9 @@ export function openTerminal(container, name, { mayType, onState }) {
   const protocols = ["baton.terminal"];
   const bearer = api.token();
   if (bearer) protocols.push(`bearer.${bearer}`);
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${location.host}/agents/${encodeURIComponent(name)}/terminal`, protocols);
+  const address = new URL(api.at(`/agents/${encodeURIComponent(name)}/terminal`));
+  address.protocol = address.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(address, protocols);
   socket.binaryType = "arraybuffer";
   let opened = false;
   onState("connecting");

@@ -21,7 +21,7 @@ async fn the_page_and_its_files_are_served() {
     assert_eq!(status, 200);
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
-    assert!(page.contains(r#"<script type="module" src="/dashboard/app.js">"#), "{page}");
+    assert!(page.contains(r#"<script type="module" src="dashboard/app.js">"#), "{page}");
     for (path, content_type) in [
         ("/dashboard/app.js", "text/javascript"),
         ("/dashboard/api.js", "text/javascript"),
@@ -218,4 +218,31 @@ fn the_events_page_knows_every_event_type() {
     let missing: Vec<&str> =
         baton_core::EventKind::NAMES.iter().copied().filter(|name| !pages.contains(&format!("\"{name}\""))).collect();
     assert!(missing.is_empty(), "event types missing from EVENT_TYPES in pages.js: {missing:?}");
+}
+
+/// Behind a proxy that serves the dashboard under a path prefix (`https://host/baton/`), the
+/// page finds its files and the API beside it: no address in it starts at the server's root.
+#[test]
+fn the_page_uses_addresses_relative_to_itself() {
+    let page = include_str!("../dashboard/index.html");
+    assert!(!page.contains("=\"/"), "an address from the root in index.html");
+    for (name, script) in [
+        ("api.js", include_str!("../dashboard/api.js")),
+        ("app.js", include_str!("../dashboard/app.js")),
+        ("pages.js", include_str!("../dashboard/pages.js")),
+        ("terminal.js", include_str!("../dashboard/terminal.js")),
+    ] {
+        for (number, line) in script.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") || code.starts_with('*') {
+                continue;
+            }
+            // `fetch(` itself, not `refetch(`.
+            let fetches = line.match_indices("fetch(").filter(|(at, _)| {
+                !line[..*at].ends_with(|c: char| c.is_alphanumeric()) && !line[*at..].starts_with("fetch(at(")
+            });
+            assert_eq!(fetches.count(), 0, "{name}:{}: fetch without at(): {line}", number + 1);
+            assert!(!line.contains("location.host"), "{name}:{}: an address from the host: {line}", number + 1);
+        }
+    }
 }
