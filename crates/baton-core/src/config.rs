@@ -114,7 +114,8 @@ impl Default for TerminalSpec {
     }
 }
 
-/// When a terminal agent's task is done.
+/// When a terminal agent's task is done. Shown as written in `baton.toml`: `{"output": "…"}`,
+/// `{"file": "…"}` or `{"exit": true}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DoneWhen {
@@ -124,7 +125,12 @@ pub enum DoneWhen {
     /// appears, or changes, after the task was typed.
     File(String),
     /// The program exits; status 0 is success. It is started again for the next task.
+    #[serde(serialize_with = "exit_as_written")]
     Exit,
+}
+
+fn exit_as_written<S: serde::Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bool(true)
 }
 
 /// When an agent is taken out of rotation for failing tasks: after `failures` in a row, for
@@ -209,6 +215,7 @@ pub struct WorkstreamSpec {
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Limits {
     /// Address-space limit in bytes.
+    #[serde(with = "crate::time::humane_size::option")]
     pub memory: Option<u64>,
     /// CPU-time limit.
     #[serde(with = "crate::time::humane::option")]

@@ -146,9 +146,62 @@ impl<'de> Deserialize<'de> for SizeStr {
     }
 }
 
+/// `bytes` as `baton.toml` writes a size, exactly: in the largest binary unit that divides it
+/// (`1048576` is `"1MiB"`, `1500` is `"1500B"`), so that it reads back as the same number.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 5] =
+        [("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    match UNITS.iter().find(|(_, unit)| bytes > 0 && bytes % unit == 0) {
+        Some((name, unit)) => format!("{}{name}", bytes / unit),
+        None => format!("{bytes}B"),
+    }
+}
+
+/// Serde for a size in bytes shown as `baton.toml` writes it (`"512MiB"`), and read back.
+pub mod humane_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{SizeStr, format_size};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format_size(*bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        SizeStr::deserialize(deserializer).map(|size| size.0)
+    }
+
+    /// The same for an `Option<u64>`: `null` when there is none.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::super::{SizeStr, format_size};
+
+        pub fn serialize<S: Serializer>(bytes: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(bytes) => serializer.serialize_some(&format_size(*bytes)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+            Option::<SizeStr>::deserialize(deserializer).map(|size| size.map(|size| size.0))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_format_as_they_are_written_and_read_back() {
+        for (bytes, text) in [(1 << 20, "1MiB"), (1500, "1500B"), (1536, "1536B"), (3 << 30, "3GiB"), (0, "0B")] {
+            assert_eq!(format_size(bytes), text);
+            let read: SizeStr = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(read.0, bytes, "{text}");
+        }
+    }
 
     #[test]
     fn durations_parse_and_format() {

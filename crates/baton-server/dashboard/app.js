@@ -33,7 +33,7 @@ export const state = {
 const ACTIONS = {
   CreateTasks: "create tasks",
   ControlTasks: "cancel or retry tasks",
-  ManageAgents: "start, stop or restart agents",
+  ManageAgents: "add, change, remove, start, stop or restart agents",
   SendMessages: "send messages",
   ControlMessages: "redeliver messages",
   SetBudgets: "set budget limits",

@@ -500,11 +500,59 @@ function runningTasks(name) {
   return [...state.tasks.values()].filter((task) => task.state === "running" && task.assigned_agent === name);
 }
 
+/** What the form to add an agent starts with: an `[[agents]]` entry of baton.toml, as JSON. */
+const NEW_AGENT = `{
+  "name": "new-agent",
+  "command": ["bash", "-c", "echo done"],
+  "capabilities": ["shell"]
+}`;
+
+/**
+ * A form of an `[[agents]]` entry as JSON (the body `POST /agents` and `PUT /agents/{name}`
+ * take); `send(body)` acts on it. JSON that does not parse is said here, before any request;
+ * what the server refuses (with where in the entry) is said in a banner.
+ */
+function agentForm({ id, label, text, submit, send, extra = [] }) {
+  const area = h("textarea", { id, rows: 10, spellcheck: "false", class: "mono", "aria-describedby": `${id}-help ${id}-error` }, text);
+  const error = h("p", { id: `${id}-error`, class: "error", role: "alert" });
+  const form = h("form", { "aria-label": label },
+    h("div", { class: "field" },
+      h("label", { for: id }, label),
+      h("p", { id: `${id}-help`, class: "muted" }, "An [[agents]] entry of baton.toml, as JSON: the same keys, checked the same way."),
+      area),
+    error,
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", action: "ManageAgents" }, submit), ...extra));
+  form.addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    let body;
+    try {
+      body = JSON.parse(area.value);
+    } catch (problem) {
+      error.textContent = `Not JSON: ${problem.message}`;
+      return;
+    }
+    error.textContent = "";
+    await send(body);
+  });
+  return { form, area };
+}
+
 function agents({ root, argument }) {
   if (argument) return agentPage({ root, name: argument });
   const body = h("tbody");
+  const adding = agentForm({
+    id: "agent-new", label: "Add an agent", text: NEW_AGENT, submit: "Add agent",
+    send: async (entry) => {
+      const added = await act(`Add agent ${entry.name}`, () => api.post("/agents", entry));
+      if (added !== undefined) {
+        await refetch("agents");
+        location.hash = `#/agents/${encodeURIComponent(entry.name)}`;
+      }
+    },
+  });
   root.append(h("h1", {}, "Agents"),
-    h("table", {}, h("thead", {}, h("tr", {}, ["Agent", "State", "Runtime", "Workstream", "Current task", "Done / failed", "Restarts", "Actions"].map((n) => h("th", { scope: "col" }, n)))), body));
+    h("table", {}, h("thead", {}, h("tr", {}, ["Agent", "State", "Runtime", "Workstream", "Current task", "Done / failed", "Restarts", "Actions"].map((n) => h("th", { scope: "col" }, n)))), body),
+    section("Add an agent", adding.form));
   return {
     title: "Agents",
     update() {
@@ -577,8 +625,33 @@ function agentPage({ root, name }) {
       },
     });
   };
+  // Its entry, to change (the agent is replaced by the new one) or remove.
+  const remove = h("button", {
+    type: "button", class: "danger", action: "ManageAgents", "aria-label": `Remove ${name}`,
+    onclick: async () => {
+      if (!confirm(`Remove agent ${name} from the running plan? Its running tasks are stopped and retried elsewhere.`)) return;
+      const removed = await act(`Remove agent ${name}`, () => api.del(`/agents/${encodeURIComponent(name)}`));
+      if (removed !== undefined) {
+        await refetch("agents");
+        location.hash = "#/agents";
+      }
+    },
+  }, "Remove agent");
+  const editing = agentForm({
+    id: "agent-edit", label: "Its configuration", text: "", submit: "Save changes", extra: [remove],
+    send: async (entry) => {
+      const saved = await act(`Update agent ${name}`, () => api.put(`/agents/${encodeURIComponent(name)}`, entry));
+      if (saved !== undefined) {
+        edited = false;
+        refetch("agents");
+      }
+    },
+  });
+  let edited = false;
+  editing.area.addEventListener("input", () => { edited = true; });
   root.append(h("p", {}, link("#/agents", "← All agents")), h("h1", {}, `Agent ${name}`), props, agentButtons(name), screenPart,
-    section("Recent log", h("div", { class: "row" }, h("button", { type: "button", onclick: followLog }, "Follow again"), logState), log));
+    section("Recent log", h("div", { class: "row" }, h("button", { type: "button", onclick: followLog }, "Follow again"), logState), log),
+    section("Configuration", editing.form));
   followLog();
   return {
     title: `Agent ${name}`,
@@ -590,6 +663,8 @@ function agentPage({ root, name }) {
       const agent = state.agents.get(name);
       if (!agent) return fill(props, h("p", { class: "muted" }, "No such agent in the run."));
       if (!closeTerminal && agent.spec.mode === "pty") showTerminal();
+      // The entry as it is now, until the user starts changing it.
+      if (!edited) editing.area.value = JSON.stringify(agent.spec, null, 2);
       const status = agent.status || {};
       const current = runningTasks(name);
       fill(props, h("dl", { class: "props" },

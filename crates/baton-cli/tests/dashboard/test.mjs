@@ -31,7 +31,15 @@ page.on("console", (message) => {
 let step = "start";
 async function check(name, body) {
   step = name;
-  await body();
+  try {
+    await body();
+  } catch (error) {
+    // What the page said and showed when the step failed, to find why.
+    const notices = await page.locator("#notices").innerText().catch(() => "(unreadable)");
+    await shot(`failed-${name.replace(/[^a-z0-9]+/gi, "-").slice(0, 60)}`).catch(() => {});
+    error.message = `${error.message}\n  the page's notices: ${JSON.stringify(notices)}; at ${page.url()}`;
+    throw error;
+  }
   console.log(`ok - ${name}`);
 }
 
@@ -286,6 +294,38 @@ async function openMode() {
     await shot("agent");
   });
 
+  await check("agents: one added, changed and removed from the page", async () => {
+    await page.goto(`${url}/#/agents`);
+    const entry = page.locator("#agent-new");
+    await entry.fill("{ not json");
+    await page.getByRole("button", { name: "Add agent" }).click();
+    await page.locator("#agent-new-error").getByText("Not JSON").waitFor();
+    // The server checks it as baton.toml would: a key it does not know, named.
+    await entry.fill(JSON.stringify({ name: "scribe", command: ["bash", "-c", "echo done"], capabilitiez: ["shell"] }));
+    await page.getByRole("button", { name: "Add agent" }).click();
+    await page.locator("#notices").getByText("capabilitiez").waitFor();
+    await entry.fill(JSON.stringify({ name: "scribe", command: ["bash", "-c", "echo done"], capabilities: ["shell"] }));
+    await page.getByRole("button", { name: "Add agent" }).click();
+    await page.getByRole("heading", { name: "Agent scribe" }).waitFor();
+    if ((await api("GET", "/agents/scribe")).spec.capabilities.join() !== "shell") throw new Error("the agent was not added as written");
+    // Its entry, shown as JSON, changed and saved.
+    const edit = page.locator("#agent-edit");
+    await page.waitForFunction(() => document.getElementById("agent-edit").value.includes("\"scribe\""));
+    const spec = JSON.parse(await edit.inputValue());
+    spec.capabilities = ["shell", "docs"];
+    await edit.fill(JSON.stringify(spec, null, 2));
+    await page.getByRole("button", { name: "Save changes" }).click();
+    await page.getByText("Update agent scribe: done").waitFor();
+    const changed = (await api("GET", "/agents/scribe")).spec.capabilities.join();
+    if (changed !== "shell,docs") throw new Error(`capabilities after the change: ${changed}`);
+    page.once("dialog", (dialog) => dialog.accept());
+    await page.getByRole("button", { name: "Remove scribe" }).click();
+    await page.getByText("Remove agent scribe: done").waitFor();
+    await page.waitForFunction(() => location.hash === "#/agents");
+    const gone = await fetch(`${url}/agents/scribe`);
+    if (gone.status !== 404) throw new Error(`the removed agent answers ${gone.status}`);
+  });
+
   await check("a terminal agent's screen: what it printed, and a line typed and echoed", async () => {
     await page.goto(`${url}/#/agents/console`);
     const screen = page.getByTestId("terminal");
@@ -424,6 +464,7 @@ async function authMode() {
     const restart = page.getByRole("button", { name: "Restart python-worker" });
     await restart.waitFor();
     if (!(await restart.isDisabled())) throw new Error("a viewer's Restart button is enabled");
+    if (!(await page.getByRole("button", { name: "Add agent" }).isDisabled())) throw new Error("a viewer's Add agent button is enabled");
     await page.goto(`${url}/#/budgets`);
     await page.getByRole("button", { name: "Pause nightly-training" }).and(page.locator("[data-refused=ControlSchedules]")).waitFor();
   });

@@ -42,8 +42,14 @@ fn agent(plan: &Plan, value: &serde_json::Value, replace: bool) -> Result<AgentS
             "expected a JSON object with the keys of an [[agents]] entry, e.g. {\"name\": \"builder\", \"command\": [\"bash\", \"build.sh\"]}".to_string(),
         ));
     }
-    let table = toml::Table::try_from(without_nulls(value))
-        .map_err(|error| body_error(format!("cannot be read as an agent: {error}")))?;
+    // What `GET /agents/{name}` shows and a file does not hold: where the command was
+    // written. Its JSON, sent back as it is, is taken.
+    let mut value = without_nulls(value);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("command_location");
+    }
+    let table =
+        toml::Table::try_from(value).map_err(|error| body_error(format!("cannot be read as an agent: {error}")))?;
     let text = toml::to_string(&table).map_err(|error| body_error(format!("cannot be read as an agent: {error}")))?;
     let labels = {
         let root = DeTable::parse(&text).map_err(|error| body_error(error.message().trim().to_string()))?;

@@ -99,8 +99,11 @@ pub struct ProcessSpec {
     #[serde(skip_serializing_if = "Location::has_no_line")]
     pub command_location: Location,
     /// Largest protocol message a worker may send, in bytes.
+    #[serde(with = "crate::time::humane_size")]
     pub max_message_size: u64,
-    /// How a terminal agent is driven; set exactly when `mode` is `pty`.
+    /// How a terminal agent is driven; set exactly when `mode` is `pty`. Its keys are the
+    /// agent's own in `baton.toml` (`input_template`, `done_when`, …), and so in JSON.
+    #[serde(flatten)]
     pub terminal: Option<TerminalSpec>,
     /// Variables set for the agent's processes, `${VAR}`s expanded. Never shown: see
     /// `env_written`.

@@ -427,7 +427,6 @@ fn an_agents_kind_is_serialized_beside_its_common_fields() {
         "env",
         "workdir",
         "limits",
-        "terminal",
         "max_message_size",
         "env_passthrough",
         "heartbeat_timeout",

@@ -92,3 +92,57 @@ fn names_must_be_new_unless_updating() {
         "request body: field `name`: invalid agent name `bad name`: use letters, digits, `-`, `_` and `.`, starting with a letter or digit"
     );
 }
+
+/// What `GET /agents/{name}` shows of an agent is an entry `PUT /agents/{name}` takes back, to
+/// the same agent: the dashboard edits an agent that way. Every kind and mode, with the keys
+/// that have their own shapes (sizes, durations, `done_when`, limits, objectives).
+#[test]
+fn an_agent_as_shown_is_taken_back_as_the_same_agent() {
+    let text = format!(
+        r#"{MINIMAL}
+[[agents]]
+name = "worker"
+mode = "worker"
+command = ["python3", "worker.py"]
+capabilities = ["python"]
+max_message_size = "4MiB"
+limits = {{ memory = "512MiB", cpu = "2m", timeout = "10m" }}
+env = {{ MODE = "fast" }}
+objectives = [{{ description = "keep it green", deliverable = "a report" }}]
+
+[[agents]]
+name = "console"
+mode = "pty"
+command = ["bash"]
+capabilities = ["shell"]
+input_template = "{{task.description}}\n"
+done_when = {{ exit = true }}
+stall_after = "45s"
+prompt_patterns = ["\\? $"]
+
+[[agents]]
+name = "watcher"
+mode = "pty"
+command = ["bash"]
+capabilities = ["watch"]
+done_when = {{ output = "DONE" }}
+
+[[agents]]
+name = "far"
+runtime = "remote"
+capabilities = ["gpu"]
+heartbeat_timeout = "1h"
+"#
+    );
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    for agent in &plan.agents {
+        let shown = serde_json::to_value(agent).unwrap();
+        let taken =
+            agent_update_from_json(&plan, &shown).unwrap_or_else(|error| panic!("{}: {error}\n{shown:#}", agent.name));
+        // All but where the command was written (the request body, now).
+        let mut expected = shown.clone();
+        expected.as_object_mut().unwrap().remove("command_location");
+        assert_eq!(serde_json::to_value(&taken).unwrap(), expected, "{}", agent.name);
+        assert!(!agent.kind.runtime_differs(&taken.kind), "{}", agent.name);
+    }
+}
