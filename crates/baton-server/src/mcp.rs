@@ -250,7 +250,7 @@ async fn post_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = check_origin(&headers) {
+    if let Err(refused) = check_origin(&state, &headers) {
         return refused;
     }
     let message: Value = match serde_json::from_slice(&body) {
@@ -339,7 +339,7 @@ fn era_of(
     let meta_version = meta.and_then(|meta| meta.get(VERSION_META));
     let header_version = header_text(headers, VERSION_HEADER);
     let stateless_header = header_version.as_deref().is_some_and(|version| !HANDSHAKE_VERSIONS.contains(&version));
-    if method != "initialize" && (meta_version.is_some() || stateless_header) {
+    if meta_version.is_some() || stateless_header {
         return stateless(headers, method, params).map_err(|error| (StatusCode::BAD_REQUEST, error));
     }
     if method == "initialize" {
@@ -420,17 +420,19 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     Some(value.to_string())
 }
 
-/// Refuses a request from a browser page of another site: an `Origin` must name a loopback
-/// host or the host the request was sent to.
-fn check_origin(headers: &HeaderMap) -> Result<(), Response> {
+/// Refuses a request from a browser page of another site, DNS rebinding included: an
+/// `Origin` must name a loopback host or the host of the plan's `server.url` (the name the
+/// server is reached by). Clients that are not browsers send no `Origin`.
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let own = state.plan().server.url.split_once("://").map(|(_, rest)| host_of(rest));
+    origin_allowed(headers, own.as_deref())
+}
+
+fn origin_allowed(headers: &HeaderMap, own_host: Option<&str>) -> Result<(), Response> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or("");
-    let origin_host = origin.split_once("://").map(|(_, rest)| host_of(rest));
-    let request_host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).map(host_of);
-    let allowed = match origin_host {
-        Some(host) => {
-            matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]") || request_host.is_some_and(|own| own == host)
-        }
+    let allowed = match origin.split_once("://").map(|(_, rest)| host_of(rest)) {
+        Some(host) => matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]") || own_host == Some(host.as_str()),
         None => false,
     };
     if allowed {
@@ -438,9 +440,7 @@ fn check_origin(headers: &HeaderMap) -> Result<(), Response> {
     }
     let error = RpcError::new(
         code::INVALID_REQUEST,
-        format!(
-            "Origin `{origin}` is not this server's: /mcp serves pages of this server's host and of localhost only"
-        ),
+        format!("Origin `{origin}` is not this server's: /mcp serves pages of localhost and of server.url's host only"),
     );
     Err(refuse(StatusCode::FORBIDDEN, &Value::Null, error))
 }
@@ -459,6 +459,10 @@ fn host_of(authority: &str) -> String {
 /// Answers one request of either era.
 async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, params: &Value) -> Result<Value, RpcError> {
     let stateless = matches!(era, Era::Stateless { .. });
+    if stateless && matches!(method, "initialize" | "ping" | "logging/setLevel") {
+        let message = format!("`{method}` is not in protocol 2026-07-28 (stateless): call what you need directly");
+        return Err(RpcError::new(code::METHOD_NOT_FOUND, message));
+    }
     let mut result = match method {
         "initialize" => {
             let Era::Handshake { version, .. } = era else {
@@ -472,6 +476,7 @@ async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, para
             })
         }
         "server/discover" => json!({
+            "_meta": { "io.modelcontextprotocol/serverInfo": server_info() },
             "supportedVersions": supported_versions(),
             "capabilities": capabilities(true),
             "serverInfo": server_info(),
@@ -486,7 +491,17 @@ async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, para
         "tools/call" => call_tool(state, caller, params).await?,
         "resources/list" => json!({ "resources": resources(state, caller) }),
         "resources/templates/list" => json!({ "resourceTemplates": resource_templates() }),
-        "resources/read" => read_resource(state, caller, params).await?,
+        // A resource that is not there: -32002 in the handshake era, -32602 (with the URI) in
+        // the stateless one (SEP-2164).
+        "resources/read" => read_resource(state, caller, params).await.map_err(|mut error| {
+            if error.code == code::RESOURCE_NOT_FOUND {
+                error.data = Some(json!({ "uri": params.get("uri") }));
+                if stateless {
+                    error.code = code::INVALID_PARAMS;
+                }
+            }
+            error
+        })?,
         "resources/subscribe" | "resources/unsubscribe" => {
             let Era::Handshake { session: Some(session), .. } = era else {
                 return Err(RpcError::new(
@@ -508,7 +523,12 @@ async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, para
             ));
         }
     };
-    if stateless && matches!(method, "server/discover" | "tools/list" | "resources/list" | "resources/templates/list") {
+    if stateless
+        && matches!(
+            method,
+            "server/discover" | "tools/list" | "resources/list" | "resources/templates/list" | "resources/read"
+        )
+    {
         // What the caller may see depends on its token: cached by it only, and not for long.
         result["ttlMs"] = json!(0);
         result["cacheScope"] = json!("private");
@@ -702,7 +722,7 @@ async fn open_stream(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = check_origin(&headers) {
+    if let Err(refused) = check_origin(&state, &headers) {
         return refused;
     }
     let session = match session_of(&state, &caller, &headers) {
@@ -761,7 +781,7 @@ async fn end_session(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = check_origin(&headers) {
+    if let Err(refused) = check_origin(&state, &headers) {
         return refused;
     }
     let session = match session_of(&state, &caller, &headers) {
@@ -786,16 +806,19 @@ mod tests {
 
     #[test]
     fn origins_of_other_sites_are_refused() {
-        assert!(check_origin(&headers(&[])).is_ok());
-        assert!(check_origin(&headers(&[("origin", "http://localhost:3000")])).is_ok());
-        assert!(check_origin(&headers(&[("origin", "http://127.0.0.1:9")])).is_ok());
-        assert!(check_origin(&headers(&[("origin", "http://[::1]:9")])).is_ok());
-        assert!(
-            check_origin(&headers(&[("origin", "https://baton.example:8443"), ("host", "baton.example:8443")])).is_ok()
-        );
-        assert!(check_origin(&headers(&[("origin", "https://evil.example"), ("host", "127.0.0.1:8080")])).is_err());
-        assert!(check_origin(&headers(&[("origin", "null")])).is_err());
-        assert!(check_origin(&headers(&[("origin", "http://localhost.evil.example")])).is_err());
+        let own = Some("baton.example");
+        let allowed = |origin: &str| origin_allowed(&headers(&[("origin", origin)]), own).is_ok();
+        assert!(origin_allowed(&headers(&[]), own).is_ok());
+        assert!(allowed("http://localhost:3000"));
+        assert!(allowed("http://127.0.0.1:9"));
+        assert!(allowed("http://[::1]:9"));
+        assert!(allowed("https://baton.example:8443"));
+        assert!(!allowed("https://evil.example"));
+        assert!(!allowed("null"));
+        assert!(!allowed("http://localhost.evil.example"));
+        // DNS rebinding: the attacker's name resolves to this server, so Host names it too.
+        let rebound = headers(&[("origin", "http://evil.example"), ("host", "evil.example")]);
+        assert!(origin_allowed(&rebound, own).is_err());
     }
 
     #[test]
