@@ -180,6 +180,55 @@ fn the_transport_keeps_sessions_checks_headers_and_refuses_bad_input() {
     assert_eq!((status, &answer["error"]["code"]), (400, &json!(-32602)), "{answer}");
 }
 
+#[test]
+fn a_session_hears_about_the_resources_it_subscribed_to() {
+    let project = Project::with(PLAN, &[]);
+    let served = Served::start(&project, &[]);
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (_, session, answer) = served.mcp("POST", &[], Some(initialize));
+    assert_eq!(answer["result"]["capabilities"]["resources"]["subscribe"], true);
+    let session = session.unwrap();
+    let call = |id: i64, name: &str, arguments: Value| {
+        let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}});
+        served.mcp("POST", &[("mcp-session-id", &session)], Some(request)).2["result"].clone()
+    };
+    // A task that waits: the holder agent is busy until the test ends.
+    let created = call(2, "create_tasks", json!({"tasks": [{"title": "Wait for the holder", "requires": ["hold"]}]}));
+    let id = created["structuredContent"]["ids"][0].as_i64().unwrap();
+    let uri = format!("baton://tasks/{id}");
+
+    // The stream is the session's once its answer has begun; then the subscription.
+    let mut stream = served
+        .runtime
+        .block_on(served.client.get(format!("{}/mcp", served.url)).header("mcp-session-id", &session).send())
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    let subscribe = json!({"jsonrpc": "2.0", "id": 3, "method": "resources/subscribe", "params": {"uri": uri}});
+    let (status, _, answer) = served.mcp("POST", &[("mcp-session-id", &session)], Some(subscribe));
+    assert_eq!((status, &answer["result"]), (200, &json!({})), "{answer}");
+    let cancelled = call(4, "cancel_task", json!({"id": id, "reason": "the test is done with it"}));
+    assert_eq!(cancelled["structuredContent"]["task"]["state"], "cancelled", "{cancelled}");
+
+    let notification = served.runtime.block_on(async {
+        let wait = async {
+            let mut buffer = String::new();
+            loop {
+                let chunk = stream.chunk().await.unwrap().expect("the stream stays open");
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                if let Some(data) = buffer.lines().find_map(|line| line.strip_prefix("data:")) {
+                    return serde_json::from_str::<Value>(data.trim()).unwrap();
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait).await.expect("a notification within 30 s")
+    });
+    assert_eq!(
+        notification,
+        json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}})
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real clients.
 
