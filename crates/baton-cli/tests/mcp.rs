@@ -11,7 +11,11 @@
 //!
 //! A test whose client is not installed says so once and passes.
 
+#![allow(clippy::disallowed_methods, reason = "the tests start the real `baton` binary, Python and Node")]
+
 mod common;
+
+use std::io::Write as _;
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -237,7 +241,8 @@ fn python() -> Option<PathBuf> {
     match std::env::var_os("BATON_TEST_MCP_PYTHON") {
         Some(path) => Some(PathBuf::from(path)),
         None => {
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "skipped: BATON_TEST_MCP_PYTHON is not set (a Python with the `mcp` SDK; .ci/mcp-server/setup makes one)"
             );
             None
@@ -362,7 +367,8 @@ fn a_viewer_cannot_create_tasks_over_mcp_and_an_operator_can() {
 #[test]
 fn the_conformance_suite_passes_its_server_scenarios() {
     let Some(conformance) = std::env::var_os("BATON_TEST_MCP_CONFORMANCE").map(PathBuf::from) else {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "skipped: BATON_TEST_MCP_CONFORMANCE is not set (the MCP conformance suite's command; .ci/mcp-server/setup installs it)"
         );
         return;
@@ -389,7 +395,7 @@ fn the_conformance_suite_passes_its_server_scenarios() {
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         let summary = stdout.split("=== SUMMARY ===").nth(1).unwrap_or(&stdout);
-        eprintln!("conformance {revision}:{summary}");
+        let _ = writeln!(std::io::stderr(), "conformance {revision}:{summary}");
         assert!(output.status.success(), "the conformance suite ({revision}) failed:\n{stdout}\n{stderr}");
         assert!(stdout.contains("Baseline check passed"), "{stdout}");
     }

@@ -251,7 +251,7 @@ async fn post_message(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = check_origin(&state, &headers) {
-        return refused;
+        return *refused;
     }
     let message: Value = match serde_json::from_slice(&body) {
         Ok(message) => message,
@@ -318,11 +318,11 @@ async fn post_message(
         (Era::Handshake { session, .. }, Err(error)) => {
             rpc_response(StatusCode::OK, error.body(&id), session.as_deref())
         }
-        (Era::Stateless { .. }, Ok(mut result)) => {
+        (Era::Stateless, Ok(mut result)) => {
             result["resultType"] = json!("complete");
             rpc_response(StatusCode::OK, json!({ "jsonrpc": "2.0", "id": id, "result": result }), None)
         }
-        (Era::Stateless { .. }, Err(error)) => rpc_response(error.status(), error.body(&id), None),
+        (Era::Stateless, Err(error)) => rpc_response(error.status(), error.body(&id), None),
     }
 }
 
@@ -423,12 +423,12 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Refuses a request from a browser page of another site, DNS rebinding included: an
 /// `Origin` must name a loopback host or the host of the plan's `server.url` (the name the
 /// server is reached by). Clients that are not browsers send no `Origin`.
-fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let own = state.plan().server.url.split_once("://").map(|(_, rest)| host_of(rest));
     origin_allowed(headers, own.as_deref())
 }
 
-fn origin_allowed(headers: &HeaderMap, own_host: Option<&str>) -> Result<(), Response> {
+fn origin_allowed(headers: &HeaderMap, own_host: Option<&str>) -> Result<(), Box<Response>> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or("");
     let allowed = match origin.split_once("://").map(|(_, rest)| host_of(rest)) {
@@ -442,7 +442,7 @@ fn origin_allowed(headers: &HeaderMap, own_host: Option<&str>) -> Result<(), Res
         code::INVALID_REQUEST,
         format!("Origin `{origin}` is not this server's: /mcp serves pages of localhost and of server.url's host only"),
     );
-    Err(refuse(StatusCode::FORBIDDEN, &Value::Null, error))
+    Err(Box::new(refuse(StatusCode::FORBIDDEN, &Value::Null, error)))
 }
 
 /// The host of `host[:port][/…]`, lowercase.
@@ -458,7 +458,7 @@ fn host_of(authority: &str) -> String {
 
 /// Answers one request of either era.
 async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, params: &Value) -> Result<Value, RpcError> {
-    let stateless = matches!(era, Era::Stateless { .. });
+    let stateless = matches!(era, Era::Stateless);
     if stateless && matches!(method, "initialize" | "ping" | "logging/setLevel") {
         let message = format!("`{method}` is not in protocol 2026-07-28 (stateless): call what you need directly");
         return Err(RpcError::new(code::METHOD_NOT_FOUND, message));
@@ -694,7 +694,7 @@ async fn read_resource(state: &AppState, caller: &Caller, params: &Value) -> Res
 // ---------------------------------------------------------------------------------------------
 // The session's stream and its end (handshake era).
 
-fn session_of(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<String, Response> {
+fn session_of(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<String, Box<Response>> {
     let Some(session) = header_text(headers, SESSION_HEADER) else {
         let mut response = refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -705,11 +705,11 @@ fn session_of(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<
             ),
         );
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return Err(response);
+        return Err(Box::new(response));
     };
     if state.mcp_sessions().touch(&session, caller).is_none() {
         let error = RpcError::new(code::INVALID_REQUEST, "no such MCP session: send `initialize` again");
-        return Err(refuse(StatusCode::NOT_FOUND, &Value::Null, error));
+        return Err(Box::new(refuse(StatusCode::NOT_FOUND, &Value::Null, error)));
     }
     Ok(session)
 }
@@ -723,11 +723,11 @@ async fn open_stream(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = check_origin(&state, &headers) {
-        return refused;
+        return *refused;
     }
     let session = match session_of(&state, &caller, &headers) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let filter = match baton_ops::events::EventFilter::default().authorize(&caller) {
         Ok(filter) => filter,
@@ -782,11 +782,11 @@ async fn end_session(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = check_origin(&state, &headers) {
-        return refused;
+        return *refused;
     }
     let session = match session_of(&state, &caller, &headers) {
         Ok(session) => session,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     state.mcp_sessions().close(&session, &caller);
     StatusCode::OK.into_response()
@@ -829,7 +829,7 @@ mod tests {
             ("mcp-method", "tools/call"),
             ("mcp-name", "list_agents"),
         ]);
-        assert!(matches!(stateless(&good, "tools/call", &meta), Ok(Era::Stateless { .. })));
+        assert!(matches!(stateless(&good, "tools/call", &meta), Ok(Era::Stateless)));
         let no_meta = stateless(&good, "tools/call", &json!({})).err().unwrap();
         assert_eq!(no_meta.code, code::INVALID_PARAMS);
         let wrong_method = stateless(&good, "tools/list", &meta).err().unwrap();
