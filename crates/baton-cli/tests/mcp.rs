@@ -8,6 +8,8 @@
 //!   `BATON_TEST_MCP_PYTHON`, a Python with the SDK (`.ci/mcp-server/setup` makes one).
 //! - The official conformance suite's server scenarios. Needs `BATON_TEST_MCP_CONFORMANCE`,
 //!   the suite's command (`.ci/mcp-server/setup` installs it).
+//! - The MCP Inspector's CLI mode listing and calling tools, over HTTP and over stdio. Needs
+//!   `BATON_TEST_MCP_INSPECTOR`, its command (`.ci/mcp-server/setup` installs it).
 //!
 //! A test whose client is not installed says so once and passes.
 
@@ -374,11 +376,7 @@ fn the_conformance_suite_passes_its_server_scenarios() {
         return;
     };
     // The suite needs Node 22, installed beside it (npm `node`).
-    let bin = conformance.parent().unwrap().to_path_buf();
-    let path = std::env::join_paths(
-        std::iter::once(bin).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
-    .unwrap();
+    let path = path_with_dir_of(&conformance);
     let baseline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/conformance-baseline.yml");
     let project = Project::with(PLAN, &[]);
     let served = Served::start(&project, &[]);
@@ -399,4 +397,64 @@ fn the_conformance_suite_passes_its_server_scenarios() {
         assert!(output.status.success(), "the conformance suite ({revision}) failed:\n{stdout}\n{stderr}");
         assert!(stdout.contains("Baseline check passed"), "{stdout}");
     }
+}
+
+/// `PATH` with `command`'s directory first: the npm packages' commands run on the Node 22
+/// installed beside them.
+fn path_with_dir_of(command: &std::path::Path) -> std::ffi::OsString {
+    let bin = command.parent().unwrap().to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&rest))).unwrap()
+}
+
+#[test]
+fn the_mcp_inspector_lists_and_calls_tools() {
+    let Some(inspector) = std::env::var_os("BATON_TEST_MCP_INSPECTOR").map(PathBuf::from) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: BATON_TEST_MCP_INSPECTOR is not set (the MCP Inspector's command; .ci/mcp-server/setup installs it)"
+        );
+        return;
+    };
+    let project = Project::with(PLAN, &[]);
+    let served = Served::start(&project, &[]);
+    let inspect = |target: &[&str], method: &[&str]| -> Value {
+        let output = std::process::Command::new(&inspector)
+            .arg("--cli")
+            .args(target)
+            .args(method)
+            .current_dir(project.path())
+            .env("PATH", path_with_dir_of(&inspector))
+            // Its catalog of servers goes in the project, not in the home directory.
+            .env("MCP_CATALOG_PATH", project.path().join("inspector-catalog.json"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "inspector {target:?} {method:?}: {stdout}\n{}", common::stderr(&output));
+        serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("{error}: {stdout}"))
+    };
+    let url = format!("{}/mcp", served.url);
+    let listed = inspect(&[&url], &["--method", "tools/list"]);
+    let names: Vec<&str> =
+        listed["tools"].as_array().unwrap().iter().map(|tool| tool["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"create_tasks") && names.contains(&"plan_status"), "{names:?}");
+    let created = inspect(
+        &[&url],
+        &[
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "create_tasks",
+            "--tool-arg",
+            r#"tasks=[{"title": "From the inspector", "requires": ["echo"]}]"#,
+        ],
+    );
+    assert_eq!(created["isError"], false, "{created}");
+    assert_eq!(created["structuredContent"]["ids"], json!([2]), "{created}");
+    // Over stdio: `baton mcp`, started by the inspector, reaches the same server.
+    let baton = env!("CARGO_BIN_EXE_baton");
+    let cwd = project.path().to_str().unwrap();
+    let status = inspect(&[baton, "mcp", "--cwd", cwd], &["--method", "tools/call", "--tool-name", "plan_status"]);
+    assert_eq!(status["structuredContent"]["plan"]["name"], "mcp-test", "{status}");
 }
