@@ -321,6 +321,40 @@ impl Client {
         Ok(LogStream { frames: FrameStream::new(response) })
     }
 
+    /// Sends one MCP message (`POST /mcp`) as it came, with `headers`; the answer whatever its
+    /// status (`baton mcp` passes it on). `Err` only when the server cannot be reached.
+    pub async fn mcp_post(&self, body: String, headers: &[(&str, String)]) -> Result<McpAnswer, String> {
+        let mut request = self
+            .request(reqwest::Method::POST, "/mcp")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json, text/event-stream")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.map_err(|error| describe(&error))?;
+        let status = response.status();
+        let session = response
+            .headers()
+            .get(baton_server::mcp::SESSION_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        let body = response.text().await.map_err(|error| describe(&error))?;
+        Ok(McpAnswer { status: status.as_u16(), session, body })
+    }
+
+    /// The notifications of an MCP session (`GET /mcp`, Server-Sent Events), one JSON-RPC
+    /// message each.
+    pub async fn mcp_stream(&self, session: &str) -> Result<McpStream, Failure> {
+        let request = self
+            .request(reqwest::Method::GET, "/mcp")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header(baton_server::mcp::SESSION_HEADER, session);
+        let response = request.send().await.map_err(|error| self.network("GET /mcp", &error))?;
+        let response = check(response).await?;
+        Ok(McpStream { frames: FrameStream::new(response) })
+    }
+
     /// Creates a task (`POST /tasks`, the body a `[[tasks]]` entry as JSON); its id.
     pub async fn add_task(&self, task: &serde_json::Value) -> Result<TaskId, Failure> {
         let created: Created = self.post("/tasks", Some(task)).await?;
@@ -439,6 +473,26 @@ impl FrameStream {
                 }
             }
         }
+    }
+}
+
+/// What `POST /mcp` answered.
+pub struct McpAnswer {
+    pub status: u16,
+    /// `Mcp-Session-Id`, when the answer opened a session.
+    pub session: Option<String>,
+    pub body: String,
+}
+
+/// The messages of an MCP session's stream (`GET /mcp`), one at a time.
+pub struct McpStream {
+    frames: FrameStream,
+}
+
+impl McpStream {
+    /// The next message's text; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<String> {
+        self.frames.next().await.map(|frame| frame.data)
     }
 }
 

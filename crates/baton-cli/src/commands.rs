@@ -24,6 +24,8 @@ mod bench;
 
 mod budget;
 
+mod mcp;
+
 mod schedules;
 
 mod serve;
@@ -66,6 +68,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             events(&cli, *follow, *since, &wanted, *json, run.as_deref()).await
         }
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
+        Command::Mcp => mcp::mcp(&cli).await,
         Command::Attach { agent } => attach(&cli, agent).await,
         Command::Bench { .. } | Command::BenchWorker | Command::BenchHttpWorker { .. } => {
             bench::bench(&cli.command).await

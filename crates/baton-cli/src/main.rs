@@ -281,6 +281,11 @@ pub enum Command {
         /// The terminal agent's name.
         agent: String,
     },
+    /// Serve Baton's MCP tools over stdio, for a coding agent (`claude mcp add baton -- baton
+    /// mcp`): each JSON-RPC message read from stdin goes to the `/mcp` endpoint of the process
+    /// executing the run (--url, else the configured server, else the socket beside the store),
+    /// with the token of --token (BATON_TOKEN), and its answer is written to stdout.
+    Mcp,
     /// Print an agent's log (its stderr and Baton's notes about each task).
     Logs {
         /// The agent's name.

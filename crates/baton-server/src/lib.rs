@@ -37,6 +37,7 @@ pub mod dashboard;
 pub mod error;
 pub mod live;
 pub mod local;
+pub mod mcp;
 pub mod metrics;
 pub mod openapi;
 pub mod terminal;
@@ -87,6 +88,8 @@ struct Shared {
     n_unauthenticated_audited: std::sync::atomic::AtomicU64,
     shutdown: CancellationToken,
     metrics: metrics::Metrics,
+    /// The MCP sessions of the handshake era (`/mcp`).
+    mcp_sessions: mcp::Sessions,
 }
 
 impl AppState {
@@ -115,6 +118,7 @@ impl AppState {
                 n_unauthenticated_audited: std::sync::atomic::AtomicU64::new(0),
                 shutdown: options.shutdown,
                 metrics,
+                mcp_sessions: mcp::Sessions::default(),
             }),
         }
     }
@@ -164,6 +168,10 @@ impl AppState {
         self.shared.ops.uptime()
     }
 
+    pub fn mcp_sessions(&self) -> &mcp::Sessions {
+        &self.shared.mcp_sessions
+    }
+
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shared.shutdown
     }
@@ -195,6 +203,7 @@ pub fn router(state: AppState, max_request_size: usize) -> Router {
         .merge(chat::routes())
         .merge(coordination::routes())
         .merge(live::routes())
+        .merge(mcp::routes())
         .merge(terminal::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
