@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -20,7 +21,10 @@ fn sdk_python() -> Option<PathBuf> {
     match std::env::var_os("BATON_TEST_A2A_PYTHON") {
         Some(path) => Some(PathBuf::from(path)),
         None => {
-            eprintln!("skipped: BATON_TEST_A2A_PYTHON is not set (run .ci/a2a/setup; .ci/run sets it)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: BATON_TEST_A2A_PYTHON is not set (run .ci/a2a/setup; .ci/run sets it)"
+            );
             None
         }
     }
@@ -104,7 +108,6 @@ fn the_python_sdk_is_a_client_of_baton() {
         .unwrap();
     let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
     assert!(output.status.success(), "the SDK client failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
-    eprintln!("{said}");
     assert!(said.contains("all A2A client checks passed"), "{said}");
 }
 

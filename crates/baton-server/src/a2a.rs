@@ -451,7 +451,7 @@ impl Handler {
             context.is_none_or(|context| context_id(task) == context)
                 && status.is_none_or(|status| state_name(task.state) == status)
         });
-        matching.sort_by(|a, b| b.id.cmp(&a.id));
+        matching.sort_by_key(|task| std::cmp::Reverse(task.id));
         let total_size = matching.len();
         let page: Vec<&TaskRecord> =
             matching.iter().filter(|task| before.is_none_or(|before| task.id.0 < before)).take(page_size).collect();

@@ -396,17 +396,11 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
 /// `llm` is a word Baton knows, refused until that runtime exists.
 #[test]
 fn runtimes_not_available_yet_are_refused_with_what_is() {
-    for runtime in ["llm"] {
-        let text = format!(
-            "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
-        );
-        assert_eq!(
-            errors(&text),
-            format!(
-                "baton.toml:6:11: runtime = \"{runtime}\" is not available yet; use runtime = \"process\" (Baton starts `command`), runtime = \"remote\" (a worker claims tasks over HTTP) or runtime = \"a2a\" (an A2A agent elsewhere)"
-            )
-        );
-    }
+    let text = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"llm\"\ncommand = [\"true\"]\n";
+    assert_eq!(
+        errors(text),
+        "baton.toml:6:11: runtime = \"llm\" is not available yet; use runtime = \"process\" (Baton starts `command`), runtime = \"remote\" (a worker claims tasks over HTTP) or runtime = \"a2a\" (an A2A agent elsewhere)"
+    );
 }
 
 /// An A2A agent: its card's URL, the variable of its credentials (never shown), and the keys
