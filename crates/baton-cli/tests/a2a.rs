@@ -1,10 +1,11 @@
 //! A2A 1.0 with the official SDKs: the real `baton serve` driven by the A2A Python SDK as a
-//! client (`tests/a2a/client.py`), and a `runtime = "a2a"` agent calling a server made with the
-//! SDK (`tests/a2a/agent.py`).
+//! client (`tests/a2a/client.py`) and by the JavaScript SDK (`tests/a2a/js/client.mjs`), and a
+//! `runtime = "a2a"` agent calling a server made with the Python SDK (`tests/a2a/agent.py`).
 //!
-//! The SDK is installed by `.ci/a2a/setup` (a virtual environment under `target/`);
-//! `.ci/run` sets `BATON_TEST_A2A_PYTHON` to its interpreter. Without it these tests say so
-//! and pass, as the tests that need PostgreSQL do.
+//! The SDKs are installed by `.ci/a2a/setup` (a virtual environment under `target/`, `npm ci`
+//! in `tests/a2a/js`); `.ci/run` sets `BATON_TEST_A2A_PYTHON` to the Python interpreter and
+//! `BATON_TEST_A2A_NODE` to node. Without them these tests say so and pass, as the tests that
+//! need PostgreSQL do.
 
 #![allow(clippy::disallowed_methods, reason = "the tests start real processes (baton, Python)")]
 
@@ -24,6 +25,20 @@ fn sdk_python() -> Option<PathBuf> {
             let _ = writeln!(
                 std::io::stderr(),
                 "skipped: BATON_TEST_A2A_PYTHON is not set (run .ci/a2a/setup; .ci/run sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// The node that runs the JavaScript SDK, or `None` (and a notice) when it is not set.
+fn sdk_node() -> Option<PathBuf> {
+    match std::env::var_os("BATON_TEST_A2A_NODE") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: BATON_TEST_A2A_NODE is not set (run .ci/a2a/setup; .ci/run sets it)"
             );
             None
         }
@@ -109,6 +124,23 @@ fn the_python_sdk_is_a_client_of_baton() {
     let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
     assert!(output.status.success(), "the SDK client failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
     assert!(said.contains("all A2A client checks passed"), "{said}");
+}
+
+#[test]
+fn the_js_sdk_is_a_client_of_baton() {
+    let Some(node) = sdk_node() else { return };
+    let project = Project::with(SERVED, &[]);
+    let operator = token(&project, "operator");
+    let served = Served::start(&project);
+    let output = Command::new(node)
+        .arg(script("js/client.mjs"))
+        .args([&served.url, &operator])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
+    assert!(output.status.success(), "the JS SDK client failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
+    assert!(said.contains("all A2A JS client checks passed"), "{said}");
 }
 
 /// The SDK's agent (`tests/a2a/agent.py`) on a port of its own; killed when dropped.
