@@ -115,6 +115,13 @@ async def main():
         body = {"jsonrpc": "2.0", "id": 2, "method": "tasks/get", "params": {}}
         raw = await anonymous.post(f"{BASE}/a2a", json=body, headers={**headers, "A2A-Version": "1.0"})
         check("an unknown method is -32601", raw.json()["error"]["code"] == -32601, raw.text)
+        versioned = {**headers, "A2A-Version": "1.0"}
+        raw = await anonymous.post(f"{BASE}/a2a", json={"jsonrpc": "2.0", "id": 3}, headers=versioned)
+        check("a request without a method is -32600", raw.json()["error"]["code"] == -32600, raw.text)
+        body = {"jsonrpc": "2.0", "id": 4, "method": "SendMessage", "params": {"message": {"role": "ROLE_USER"}}}
+        raw = await anonymous.post(f"{BASE}/a2a", json=body, headers=versioned)
+        check("a message without an id or parts is -32602", raw.json()["error"]["code"] == -32602, raw.text)
+        body = {"jsonrpc": "2.0", "id": 5, "method": "GetTask", "params": {"id": "1"}}
         raw = await anonymous.post(f"{BASE}/a2a", json=body)
         check("no token is 401", raw.status_code == 401, raw.text)
 
