@@ -294,7 +294,7 @@ impl AgentSpec {
     pub fn process(&self) -> Option<&ProcessSpec> {
         match &self.kind {
             AgentKind::Process(process) => Some(process),
-            AgentKind::Remote(_) => None,
+            AgentKind::Remote(_) | AgentKind::A2a(_) => None,
         }
     }
 
@@ -313,6 +313,7 @@ impl AgentSpec {
         match &self.kind {
             AgentKind::Process(process) => format!("process {}", process.mode.as_str()),
             AgentKind::Remote(_) => "remote".to_string(),
+            AgentKind::A2a(a2a) => format!("a2a {}", a2a.url),
         }
     }
 }
@@ -615,7 +616,7 @@ mod validate;
 use diagnostics::Locator;
 pub use diagnostics::{Diagnostic, Error, Location, unknown};
 pub use json::{agent_from_json, agent_update_from_json};
-pub use kind::{AgentKind, ProcessSpec, RemoteSpec, RuntimeKind};
+pub use kind::{A2aSpec, AgentKind, ProcessSpec, RemoteSpec, RuntimeKind};
 pub use layers::{
     ENV_OVERRIDES, EnvOverride, OverrideKind, Source, check_sources, is_profile_name, load_sources, profile_path,
 };

@@ -8,6 +8,7 @@
 //! Architecture invariant: this is the only crate that starts agents' processes (the
 //! benchmarks, in `baton-bench`, start `baton` itself).
 
+pub mod a2a;
 pub mod agent;
 pub mod brief;
 pub mod check;

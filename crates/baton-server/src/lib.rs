@@ -28,6 +28,7 @@ use baton_runtime::remote::RemoteHub;
 use baton_runtime::{Clock, EngineHandle};
 use baton_store::{NewAuditEntry, Store};
 
+pub mod a2a;
 pub mod api;
 pub mod auth;
 pub mod chat;
@@ -207,6 +208,7 @@ pub fn router(state: AppState, max_request_size: usize) -> Router {
         .merge(terminal::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
+        .merge(a2a::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -319,8 +321,11 @@ fn authenticate(state: &AppState, request: &Request, path: &str) -> Result<Calle
     }
     let Some(auth) = state.auth() else { return Ok(Caller::anonymous()) };
     let verified = match token {
-        // Health and the API description are open, so that probes and clients can find their way.
-        None if matches!(path, "/health" | "/openapi.json") => return Ok(Caller::anonymous_viewer()),
+        // Health, the API description and the A2A Agent Cards are open, so that probes and
+        // clients can find their way.
+        None if matches!(path, "/health" | "/openapi.json") || a2a::is_card_path(path) => {
+            return Ok(Caller::anonymous_viewer());
+        }
         None => Err(ApiError::unauthorized(
             "this server needs a bearer token: `Authorization: Bearer TOKEN` (see `baton token create`)",
         )),

@@ -2,8 +2,8 @@
 //!
 //! [`AgentSpec`](super::AgentSpec) holds what every agent has (a name, a role, capabilities,
 //! concurrency, a restart policy, a circuit breaker…); its `kind` holds the rest: the program
-//! and environment of a process agent, nothing (yet) for a remote one. A new kind of agent
-//! (`llm`, `a2a`) is a new variant here with its own spec struct, validated in `config.rs`, and a
+//! and environment of a process agent, nothing (yet) for a remote one, the card's URL for an
+//! A2A one. A new kind of agent (`llm`) is a new variant here with its own spec struct, validated in `config.rs`, and a
 //! new `AgentRuntime` in baton-runtime that the engine's runtime factory builds for it.
 //!
 //! The kind is serialized flat, beside the common fields: `"runtime": "process"` and the
@@ -24,6 +24,8 @@ pub enum RuntimeKind {
     Process,
     /// Baton starts nothing: a worker process anywhere claims the agent's tasks over HTTP.
     Remote,
+    /// A remote agent that speaks A2A: Baton sends it each task as a message.
+    A2a,
 }
 
 impl RuntimeKind {
@@ -31,6 +33,7 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Process => "process",
             RuntimeKind::Remote => "remote",
+            RuntimeKind::A2a => "a2a",
         }
     }
 }
@@ -57,6 +60,8 @@ pub enum AgentKind {
     Process(ProcessSpec),
     /// A worker Baton does not start, taking tasks over HTTP (`runtime = "remote"`).
     Remote(RemoteSpec),
+    /// An agent elsewhere that speaks A2A 1.0, sent each task as a message (`runtime = "a2a"`).
+    A2a(A2aSpec),
 }
 
 impl AgentKind {
@@ -64,6 +69,7 @@ impl AgentKind {
         match self {
             AgentKind::Process(_) => RuntimeKind::Process,
             AgentKind::Remote(_) => RuntimeKind::Remote,
+            AgentKind::A2a(_) => RuntimeKind::A2a,
         }
     }
 
@@ -74,6 +80,7 @@ impl AgentKind {
         match (self, other) {
             (AgentKind::Process(old), AgentKind::Process(new)) => !old.same_runtime(new),
             (AgentKind::Remote(old), AgentKind::Remote(new)) => old != new,
+            (AgentKind::A2a(old), AgentKind::A2a(new)) => old != new,
             _ => true,
         }
     }
@@ -169,3 +176,37 @@ impl ProcessSpec {
 /// of a claimed attempt is the agent's `heartbeat_timeout`, common to every agent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct RemoteSpec {}
+
+/// An A2A agent: where its Agent Card is, and the credentials Baton sends it.
+///
+/// The header's value is a secret: it is read from the variable `auth_header_env` names and
+/// never shown (serialization and `Debug` give the variable's name only).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct A2aSpec {
+    /// The remote agent's card (`https://host/.well-known/agent-card.json`), or the URL it is
+    /// served under, to which `/.well-known/agent-card.json` is added.
+    pub url: String,
+    /// The variable that holds the `Authorization` header sent with every request
+    /// (`Bearer …`).
+    pub auth_header_env: Option<String>,
+    /// The header's value, from the environment. Never shown.
+    #[serde(skip)]
+    pub auth_header: Option<String>,
+}
+
+impl std::fmt::Debug for A2aSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("A2aSpec").field("url", &self.url).field("auth_header_env", &self.auth_header_env).finish()
+    }
+}
+
+impl A2aSpec {
+    /// The card's URL: `url` itself when it names a JSON document, else the well-known path
+    /// under it.
+    pub fn card_url(&self) -> String {
+        if self.url.ends_with(".json") {
+            return self.url.clone();
+        }
+        format!("{}/.well-known/agent-card.json", self.url.trim_end_matches('/'))
+    }
+}

@@ -115,6 +115,10 @@ pub(super) struct RawAgent {
     #[serde(default)]
     pub(super) objectives: Vec<Objective>,
     pub(super) budget: Option<Spanned<budget::RawLimit>>,
+    /// An A2A agent's card (`runtime = "a2a"` only).
+    pub(super) url: Option<Spanned<String>>,
+    /// The variable holding the `Authorization` header for an A2A agent.
+    pub(super) auth_header_env: Option<Spanned<String>>,
 }
 
 impl RawAgent {

@@ -393,20 +393,41 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
     assert!(unknown.starts_with("baton.toml:38:1: unknown field `keep`"), "{unknown}");
 }
 
-/// `llm` and `a2a` are words Baton knows, refused until those runtimes exist.
+/// `llm` is a word Baton knows, refused until that runtime exists.
 #[test]
 fn runtimes_not_available_yet_are_refused_with_what_is() {
-    for runtime in ["llm", "a2a"] {
-        let text = format!(
-            "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
-        );
-        assert_eq!(
-            errors(&text),
-            format!(
-                "baton.toml:6:11: runtime = \"{runtime}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
-            )
-        );
-    }
+    let text = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"llm\"\ncommand = [\"true\"]\n";
+    assert_eq!(
+        errors(text),
+        "baton.toml:6:11: runtime = \"llm\" is not available yet; use runtime = \"process\" (Baton starts `command`), runtime = \"remote\" (a worker claims tasks over HTTP) or runtime = \"a2a\" (an A2A agent elsewhere)"
+    );
+}
+
+/// An A2A agent: its card's URL, the variable of its credentials (never shown), and the keys
+/// of other kinds refused, as theirs are on it.
+#[test]
+fn a2a_agents_name_their_card_and_credentials() {
+    let text = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"far\"\nruntime = \"a2a\"\nurl = \"http://127.0.0.1:9/\"\nauth_header_env = \"FAR_AUTH\"\n";
+    let mut env = env();
+    env.insert("FAR_AUTH".into(), "Bearer s3cret".into());
+    let plan = load("baton.toml", text, &env).unwrap();
+    let AgentKind::A2a(spec) = &plan.agents[0].kind else { panic!("{:?}", plan.agents[0].kind) };
+    assert_eq!(spec.card_url(), "http://127.0.0.1:9/.well-known/agent-card.json");
+    assert_eq!(spec.auth_header.as_deref(), Some("Bearer s3cret"));
+    let shown = serde_json::to_string(&plan.agents[0]).unwrap() + &format!("{:?}", plan.agents[0]);
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("\"runtime\":\"a2a\""), "{shown}");
+
+    let problems = errors(
+        "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"far\"\nruntime = \"a2a\"\nurl = \"ftp://x\"\ncommand = [\"true\"]\nauth_header_env = \"UNSET_AUTH\"\n\n[[agents]]\nname = \"p\"\ncommand = [\"true\"]\nurl = \"http://x\"\n",
+    );
+    assert_eq!(
+        problems,
+        "baton.toml:7:7: `url` must be an http:// or https:// URL, not `ftp://x`\n\
+         baton.toml:8:11: A2A agents are not started by Baton: remove `command` (Baton sends tasks to the agent at `url`), or use runtime = \"process\"\n\
+         baton.toml:9:19: `auth_header_env`: the variable `UNSET_AUTH` is not set; set it to the `Authorization` header the agent expects (e.g. \"Bearer …\")\n\
+         baton.toml:14:7: `url` applies only to A2A agents: remove it, or use runtime = \"a2a\""
+    );
 }
 
 /// The kind is serialized flat, beside the common fields: a process agent shows the keys it

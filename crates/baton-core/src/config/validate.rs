@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::diagnostics::{Diagnostic, Locator, unknown};
 use super::kind::RawRuntime;
 use super::raw::{RawAgent, RawConfig, RawOrchestration, RawTask, RawWorkstream};
-use super::{AgentKind, LogRotation, ProcessSpec, RemoteSpec};
+use super::{A2aSpec, AgentKind, LogRotation, ProcessSpec, RemoteSpec};
 use super::{
     AgentSpec, CircuitBreaker, ConflictPolicy, DoneWhen, Limits, Plan, ProcessMode, Settings, TerminalSpec,
     WorkstreamSpec, check_placeholders, expand_vars, slug,
@@ -287,18 +287,67 @@ impl Validator<'_> {
                 let _ = self.process(agent, agent_span);
                 AgentKind::Remote(RemoteSpec {})
             }
-            unavailable @ (RawRuntime::Llm | RawRuntime::A2a) => {
-                let name = if unavailable == RawRuntime::Llm { "llm" } else { "a2a" };
+            RawRuntime::A2a => {
+                let _ = self.process(agent, agent_span.clone());
+                AgentKind::A2a(self.a2a(agent, agent_span))
+            }
+            RawRuntime::Llm => {
                 let span = agent.runtime.as_ref().map_or(agent_span.clone(), Spanned::span);
                 self.error(
                     span,
-                    format!(
-                        "runtime = \"{name}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
-                    ),
+                    "runtime = \"llm\" is not available yet; use runtime = \"process\" (Baton starts `command`), runtime = \"remote\" (a worker claims tasks over HTTP) or runtime = \"a2a\" (an A2A agent elsewhere)",
                 );
                 // Checked as a process agent would be, so that every other mistake is reported
                 // at once; the plan is refused anyway.
                 AgentKind::Process(self.process(agent, agent_span))
+            }
+        }
+    }
+
+    /// An A2A agent's spec: the card's URL (`${VAR}`s expanded; http or https) and the variable
+    /// that holds its credentials, which must be set. The other agents may not have them.
+    pub(super) fn a2a(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> A2aSpec {
+        let url = match &agent.url {
+            None => {
+                self.error(agent_span, "missing field `url`: the remote agent's card, e.g. \"https://agent.example/.well-known/agent-card.json\"");
+                String::new()
+            }
+            Some(raw) => {
+                let url = self.expand(raw);
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.contains(char::is_whitespace) {
+                    self.error(raw.span(), format!("`url` must be an http:// or https:// URL, not `{url}`"));
+                }
+                url
+            }
+        };
+        let (auth_header_env, auth_header) = match &agent.auth_header_env {
+            None => (None, None),
+            Some(name) => match self.env.get(name.get_ref()) {
+                Some(value) if !value.is_empty() => (Some(name.get_ref().clone()), Some(value.clone())),
+                _ => {
+                    self.error(
+                        name.span(),
+                        format!("`auth_header_env`: the variable `{}` is not set; set it to the `Authorization` header the agent expects (e.g. \"Bearer …\")", name.get_ref()),
+                    );
+                    (Some(name.get_ref().clone()), None)
+                }
+            },
+        };
+        A2aSpec { url, auth_header_env, auth_header }
+    }
+
+    /// Refuses the keys of an A2A agent on an agent of another kind.
+    fn refuse_a2a_keys(&mut self, agent: &RawAgent) {
+        let runtime = agent.runtime();
+        if runtime == RawRuntime::A2a {
+            return;
+        }
+        for (key, value) in [("url", &agent.url), ("auth_header_env", &agent.auth_header_env)] {
+            if let Some(value) = value {
+                self.error(
+                    value.span(),
+                    format!("`{key}` applies only to A2A agents: remove it, or use runtime = \"a2a\""),
+                );
             }
         }
     }
@@ -341,6 +390,19 @@ impl Validator<'_> {
     /// An agent's `command`, expanded and checked: required for process agents, refused for
     /// remote ones (as is `mode`). `agent_span` is where a missing command is reported.
     pub(super) fn command(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> Vec<String> {
+        self.refuse_a2a_keys(agent);
+        if agent.runtime() == RawRuntime::A2a {
+            if let Some(command) = &agent.command {
+                self.error(
+                    command.span(),
+                    "A2A agents are not started by Baton: remove `command` (Baton sends tasks to the agent at `url`), or use runtime = \"process\"",
+                );
+            }
+            if let Some(mode) = &agent.mode {
+                self.error(mode.span(), "`mode` applies only to process agents: remove it");
+            }
+            return Vec::new();
+        }
         if agent.runtime() == RawRuntime::Remote {
             if let Some(command) = &agent.command {
                 self.error(

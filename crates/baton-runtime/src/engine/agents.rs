@@ -33,6 +33,7 @@ pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
                 ProcessMode::Pty => Arc::new(PtyAgent::new(spec.clone(), process, &env)) as Arc<dyn AgentRuntime>,
             }
         }
+        AgentKind::A2a(a2a) => Arc::new(crate::a2a::A2aAgent::new(spec, a2a.clone())) as Arc<dyn AgentRuntime>,
         AgentKind::Remote(_) => Arc::new(Unavailable {
             reason: "remote agents take their tasks from `baton serve`; run the plan with it".into(),
         }) as Arc<dyn AgentRuntime>,

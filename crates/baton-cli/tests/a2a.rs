@@ -1,0 +1,287 @@
+//! A2A 1.0 with the official SDKs: the real `baton serve` driven by the A2A Python SDK as a
+//! client (`tests/a2a/client.py`) and by the JavaScript SDK (`tests/a2a/js/client.mjs`), and a
+//! `runtime = "a2a"` agent calling a server made with the Python SDK (`tests/a2a/agent.py`).
+//!
+//! The SDKs are installed by `.ci/a2a/setup` (a virtual environment under `target/`, `npm ci`
+//! in `tests/a2a/js`); `.ci/run` sets `BATON_TEST_A2A_PYTHON` to the Python interpreter and
+//! `BATON_TEST_A2A_NODE` to node. Without them these tests say so and pass, as the tests that
+//! need PostgreSQL do.
+
+#![allow(clippy::disallowed_methods, reason = "the tests start real processes (baton, Python)")]
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use common::{Lines, Project};
+
+/// The Python interpreter that has `a2a-sdk`, or `None` (and a notice) when it is not set.
+fn sdk_python() -> Option<PathBuf> {
+    match std::env::var_os("BATON_TEST_A2A_PYTHON") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: BATON_TEST_A2A_PYTHON is not set (run .ci/a2a/setup; .ci/run sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// The node that runs the JavaScript SDK, or `None` (and a notice) when it is not set.
+fn sdk_node() -> Option<PathBuf> {
+    match std::env::var_os("BATON_TEST_A2A_NODE") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: BATON_TEST_A2A_NODE is not set (run .ci/a2a/setup; .ci/run sets it)"
+            );
+            None
+        }
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/a2a").join(name)
+}
+
+const SECRET: (&str, &str) = ("TEST_JWT_SECRET", "a secret for the a2a tests, 32 bytes or more");
+
+/// `baton serve` on a port of its own; killed when dropped.
+struct Served {
+    child: Child,
+    lines: Lines,
+    url: String,
+}
+
+impl Served {
+    fn start(project: &Project) -> Served {
+        let mut child = project
+            .command(&["serve", "--listen", "127.0.0.1:0"])
+            .envs([SECRET])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = Lines::new(child.stderr.take().unwrap());
+        let line = lines.wait_for("API on ");
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        Served { child, lines, url }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(project: &Project, role: &str) -> String {
+    let output = project.command(&["token", "create", "--role", role]).envs([SECRET]).output().unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    common::stdout(&output).trim().to_string()
+}
+
+const SERVED: &str = r#"
+[orchestration]
+name = "a2a-served"
+
+[auth]
+secret_env = "TEST_JWT_SECRET"
+
+[[agents]]
+name = "echo"
+role = "Echoes the task it is given"
+capabilities = ["echo"]
+command = ["sh", "-c", "cat"]
+
+[[agents]]
+name = "sleeper"
+role = "Works until it is cancelled"
+capabilities = ["sleep"]
+command = ["sleep", "600"]
+"#;
+
+#[test]
+fn the_python_sdk_is_a_client_of_baton() {
+    let Some(python) = sdk_python() else { return };
+    let project = Project::with(SERVED, &[]);
+    let operator = token(&project, "operator");
+    let viewer = token(&project, "viewer");
+    let served = Served::start(&project);
+    let output = Command::new(python)
+        .arg(script("client.py"))
+        .args([&served.url, &operator, &viewer])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
+    assert!(output.status.success(), "the SDK client failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
+    assert!(said.contains("all A2A client checks passed"), "{said}");
+}
+
+#[test]
+fn the_js_sdk_is_a_client_of_baton() {
+    let Some(node) = sdk_node() else { return };
+    let project = Project::with(SERVED, &[]);
+    let operator = token(&project, "operator");
+    let served = Served::start(&project);
+    let output = Command::new(node)
+        .arg(script("js/client.mjs"))
+        .args([&served.url, &operator])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
+    assert!(output.status.success(), "the JS SDK client failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
+    assert!(said.contains("all A2A JS client checks passed"), "{said}");
+}
+
+/// The SDK's agent (`tests/a2a/agent.py`) on a port of its own; killed when dropped.
+struct FarAgent {
+    child: Child,
+    lines: Lines,
+    url: String,
+}
+
+impl FarAgent {
+    fn start(python: &std::path::Path, mode: &str) -> FarAgent {
+        let mut child = Command::new(python)
+            .arg(script("agent.py"))
+            .arg(mode)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let line = lines.wait_for("listening on ");
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        FarAgent { child, lines, url }
+    }
+}
+
+impl Drop for FarAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `baton ARGS` in a project whose plan reads the A2A agent's credentials from `FAR_AUTH`.
+fn far_baton(project: &Project, args: &[&str]) -> std::process::Output {
+    project.command(args).env("FAR_AUTH", "Bearer far-secret").stdin(Stdio::null()).output().unwrap()
+}
+
+fn tasks_by_key(project: &Project) -> std::collections::HashMap<String, serde_json::Value> {
+    let output = far_baton(project, &["tasks", "--json"]);
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let tasks: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tasks = tasks.as_array().cloned().or_else(|| tasks["tasks"].as_array().cloned()).unwrap();
+    tasks.into_iter().map(|task| (task["key"].as_str().unwrap().to_string(), task)).collect()
+}
+
+/// A `runtime = "a2a"` agent calls the SDK's agent: a task's result is the remote artifact, a
+/// remote failure fails the task with the remote's words, a task cancelled in Baton is
+/// cancelled remotely, and the usage the remote reports is recorded.
+fn calls_an_sdk_agent(mode: &str) {
+    let Some(python) = sdk_python() else { return };
+    let mut far = FarAgent::start(&python, mode);
+    let plan = format!(
+        r#"
+[orchestration]
+name = "a2a-calls"
+
+[[agents]]
+name = "far"
+runtime = "a2a"
+url = "{url}"
+auth_header_env = "FAR_AUTH"
+capabilities = ["echo"]
+concurrency = 3
+
+[[tasks]]
+key = "echo"
+title = "hello"
+input = {{ n = 1 }}
+
+[[tasks]]
+key = "fail"
+title = "fail now"
+max_attempts = 1
+
+[[tasks]]
+key = "sleep"
+title = "sleep until cancelled"
+max_attempts = 1
+"#,
+        url = far.url
+    );
+    let project = Project::with(&plan, &[]);
+    let mut command = project.command(&["run", "--grace", "0s"]);
+    command.env("FAR_AUTH", "Bearer far-secret");
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = Lines::new(child.stderr.take().unwrap());
+    lines.wait_for("task sleep claimed by far");
+    project.wait_for_front_door();
+    let sleeping = tasks_by_key(&project)["sleep"]["id"].to_string();
+    let cancel = far_baton(&project, &["task", "cancel", &sleeping]);
+    assert!(cancel.status.success(), "{}", common::stderr(&cancel));
+    far.lines.wait_for("canceled ");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "a task failed, so the run did: {}", lines.seen.join(""));
+
+    let tasks = tasks_by_key(&project);
+    let echo = &tasks["echo"];
+    assert_eq!(echo["state"], "succeeded", "{echo}");
+    assert_eq!(echo["result"]["echo"], "hello", "{echo}");
+    assert_eq!(echo["result"]["input"]["n"].as_f64(), Some(1.0), "{echo}");
+    let fail = &tasks["fail"];
+    assert_eq!(fail["state"], "dead", "{fail}");
+    assert!(fail["error"].as_str().unwrap().contains("the remote agent failed the task: asked to fail"), "{fail}");
+    assert_eq!(tasks["sleep"]["state"], "cancelled");
+
+    let events = far_baton(&project, &["events", "--json", "--type", "UsageReported"]);
+    let events = common::stdout(&events);
+    assert!(events.contains("\"input_tokens\":11") && events.contains("\"agent\":\"far\""), "{events}");
+}
+
+#[test]
+fn a_baton_agent_calls_a_streaming_sdk_agent() {
+    calls_an_sdk_agent("streaming");
+}
+
+#[test]
+fn a_baton_agent_polls_an_sdk_agent_that_does_not_stream() {
+    calls_an_sdk_agent("polling");
+}
+
+/// An A2A agent whose card cannot be read does not start, and says why.
+#[test]
+fn an_unreachable_card_is_reported() {
+    let plan = r#"
+[orchestration]
+name = "a2a-nowhere"
+
+[[agents]]
+name = "far"
+runtime = "a2a"
+url = "http://127.0.0.1:9/"
+restart = "never"
+
+[[tasks]]
+title = "never sent"
+max_attempts = 1
+"#;
+    let project = Project::with(plan, &[]);
+    let output = project.command(&["run", "--grace", "0s"]).stdin(Stdio::null()).output().unwrap();
+    let said = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("cannot read the agent card at http://127.0.0.1:9/.well-known/agent-card.json"), "{said}");
+}

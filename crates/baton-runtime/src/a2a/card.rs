@@ -1,0 +1,92 @@
+//! An A2A Agent Card, as much of it as Baton needs: the JSON-RPC endpoint of A2A 1.0 and
+//! whether the agent streams.
+
+use serde_json::Value;
+
+/// What Baton calls: where, and how it follows a task there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The JSON-RPC endpoint.
+    pub url: String,
+    /// The card says `capabilities.streaming`.
+    pub streaming: bool,
+    /// The agent's name, for logs.
+    pub name: String,
+}
+
+/// The card at `url` read from `text`, or why it cannot be used (permanent: the same card
+/// will not do better).
+pub fn parse(url: &str, text: &str) -> Result<Remote, String> {
+    let card: Value =
+        serde_json::from_str(text).map_err(|error| format!("the agent card at {url} is not JSON: {error}"))?;
+    let Some(interfaces) = card.get("supportedInterfaces").and_then(Value::as_array) else {
+        return Err(format!(
+            "the agent card at {url} has no `supportedInterfaces`: it is not an A2A 1.0 card (Baton speaks A2A 1.0)"
+        ));
+    };
+    let offered: Vec<String> = interfaces
+        .iter()
+        .map(|interface| {
+            format!(
+                "{} {}",
+                interface.get("protocolBinding").and_then(Value::as_str).unwrap_or("?"),
+                interface.get("protocolVersion").and_then(Value::as_str).unwrap_or("?")
+            )
+        })
+        .collect();
+    let jsonrpc = interfaces.iter().find(|interface| {
+        interface.get("protocolBinding").and_then(Value::as_str) == Some("JSONRPC")
+            && interface
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|version| version == "1" || version.starts_with("1."))
+    });
+    let Some(jsonrpc) = jsonrpc else {
+        return Err(format!(
+            "the agent card at {url} offers no JSON-RPC interface of A2A 1.0 (it offers: {}); Baton calls A2A agents over JSON-RPC",
+            if offered.is_empty() { "nothing".to_string() } else { offered.join(", ") }
+        ));
+    };
+    let Some(endpoint) = jsonrpc.get("url").and_then(Value::as_str).filter(|endpoint| !endpoint.is_empty()) else {
+        return Err(format!("the agent card at {url}: its JSON-RPC interface has no `url`"));
+    };
+    let streaming =
+        card.get("capabilities").and_then(|capabilities| capabilities.get("streaming")).and_then(Value::as_bool);
+    Ok(Remote {
+        url: endpoint.to_string(),
+        streaming: streaming == Some(true),
+        name: card.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_gives_its_json_rpc_endpoint() {
+        let card = r#"{"name": "far", "supportedInterfaces": [
+            {"url": "http://far/grpc", "protocolBinding": "GRPC", "protocolVersion": "1.0"},
+            {"url": "http://far/rpc", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
+            "capabilities": {"streaming": true}}"#;
+        let remote = parse("http://far/card", card).unwrap();
+        assert_eq!((remote.url.as_str(), remote.streaming), ("http://far/rpc", true));
+    }
+
+    #[test]
+    fn cards_baton_cannot_use_say_why() {
+        let cases = [
+            ("not json", "is not JSON"),
+            (r#"{"url": "http://far", "protocolVersion": "0.3.0"}"#, "not an A2A 1.0 card"),
+            (
+                r#"{"supportedInterfaces": [{"url": "u", "protocolBinding": "GRPC", "protocolVersion": "1.0"}]}"#,
+                "offers no JSON-RPC interface of A2A 1.0 (it offers: GRPC 1.0)",
+            ),
+            (r#"{"supportedInterfaces": [{"protocolBinding": "JSONRPC", "protocolVersion": "1.0"}]}"#, "has no `url`"),
+        ];
+        for (card, expected) in cases {
+            let error = parse("http://far/card", card).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+}

@@ -1,0 +1,910 @@
+//! A2A 1.0 over the operations layer: the plan served as an A2A agent (its Agent Card at
+//! `/.well-known/agent-card.json`, the JSON-RPC binding at `POST /a2a`), and each agent of the
+//! plan served alone (`/a2a/agents/{name}/.well-known/agent-card.json`, `POST
+//! /a2a/agents/{name}`: its messages become tasks pinned to that agent, and it sees only its
+//! tasks).
+//!
+//! An A2A message is a Baton task: its text parts give the title (the first line) and the
+//! description, its data parts the input, and the plan's routing picks the agent (or the
+//! agent the endpoint serves). An A2A task *is* the Baton task (its id is the task's id);
+//! its state, result (an artifact) and failure (the status message) are read from the store,
+//! and the streams follow the run's events ([`baton_ops::Ops::follow_events`]). Who may do
+//! what is the operations layer's table: `SendMessage` needs `CreateTasks`, `GetTask`,
+//! `ListTasks` and the streams `ReadTasks`, `CancelTask` `ControlTasks`.
+//!
+//! The wire shapes are ProtoJSON of the A2A 1.0 proto (`camelCase` fields, enums by their
+//! proto names such as `TASK_STATE_COMPLETED`), written here as `serde_json` values: the
+//! protocol is data we translate at the edge, not a model of our own.
+
+use std::convert::Infallible;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use baton_core::EventKind;
+use baton_core::config::{AgentSpec, Plan};
+use baton_core::model::{TaskId, TaskRecord, TaskState};
+use baton_ops::events::EventFilter;
+use baton_ops::tasks::{CancelInput, TaskInput, TaskQuery};
+use baton_ops::{ErrorKind, Ops};
+
+use crate::auth::Caller;
+use crate::live::token_expiry;
+use crate::{ApiError, AppState};
+
+/// The protocol version served, as the card's interfaces and the `A2A-Version` header say it.
+pub const PROTOCOL_VERSION: &str = "1.0";
+/// The header (or query parameter) in which a client names the protocol version it speaks.
+pub const VERSION_HEADER: &str = "A2A-Version";
+
+/// The routes: the cards are open to all (a client reads them before it has a token, as the
+/// spec has it); the JSON-RPC endpoints are behind the gate like every other endpoint.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/agent-card.json", get(plan_card))
+        .route("/a2a", post(plan_rpc))
+        .route("/a2a/agents/{name}/.well-known/agent-card.json", get(agent_card))
+        .route("/a2a/agents/{name}", post(agent_rpc))
+}
+
+/// Whether `path` is an Agent Card, which a client may read without a token.
+pub fn is_card_path(path: &str) -> bool {
+    path == "/.well-known/agent-card.json"
+        || path.strip_prefix("/a2a/agents/").is_some_and(|rest| rest.ends_with("/.well-known/agent-card.json"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent Cards.
+
+/// The URL clients reach this server at: the host they asked for, with the scheme of the
+/// server's url (`server.url` may name port 0 when the server picked its port).
+fn base_url(plan: &Plan, headers: &HeaderMap) -> String {
+    let scheme = if plan.server.url.starts_with("https://") { "https" } else { "http" };
+    match headers.get(header::HOST).and_then(|host| host.to_str().ok()) {
+        Some(host) if !host.is_empty() => format!("{scheme}://{host}"),
+        _ => plan.server.url.trim_end_matches('/').to_string(),
+    }
+}
+
+fn skill(agent: &AgentSpec) -> Value {
+    let mut description =
+        if agent.role.is_empty() { format!("Baton agent `{}`", agent.name) } else { agent.role.clone() };
+    for objective in &agent.objectives {
+        description.push_str("\n- ");
+        description.push_str(&objective.description);
+    }
+    let tags = if agent.capabilities.is_empty() { vec![agent.name.clone()] } else { agent.capabilities.clone() };
+    json!({ "id": agent.name, "name": agent.name, "description": description, "tags": tags })
+}
+
+fn card(plan: &Plan, name: &str, description: String, url: String, skills: Vec<Value>) -> Value {
+    let mut card = json!({
+        "name": name,
+        "description": description,
+        "version": env!("CARGO_PKG_VERSION"),
+        "supportedInterfaces": [{ "url": url, "protocolBinding": "JSONRPC", "protocolVersion": PROTOCOL_VERSION }],
+        "provider": { "organization": "Baton", "url": "https://github.com/baton-rs/baton" },
+        "capabilities": { "streaming": true, "pushNotifications": false },
+        "defaultInputModes": ["text/plain", "application/json"],
+        "defaultOutputModes": ["text/plain", "application/json"],
+        "skills": skills,
+    });
+    if plan.auth.is_some() {
+        card["securitySchemes"] = json!({
+            "bearer": { "httpAuthSecurityScheme": {
+                "scheme": "Bearer",
+                "bearerFormat": "JWT",
+                "description": "a Baton token (`baton token create --role operator`)",
+            } }
+        });
+        card["securityRequirements"] = json!([{ "schemes": { "bearer": { "list": [] } } }]);
+    }
+    card
+}
+
+/// `GET /.well-known/agent-card.json`: the plan as one A2A agent, a skill per agent.
+async fn plan_card(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let plan = state.plan();
+    let skills = plan.agents.iter().map(skill).collect();
+    let description = format!(
+        "Baton plan `{}`: a message becomes a task, routed to an agent with the capabilities it needs",
+        plan.name
+    );
+    let url = format!("{}/a2a", base_url(&plan, &headers));
+    axum::Json(card(&plan, &plan.name, description, url, skills)).into_response()
+}
+
+/// `GET /a2a/agents/{name}/.well-known/agent-card.json`: one agent of the plan alone.
+async fn agent_card(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let plan = state.plan();
+    let Some(agent) = plan.agent(&name) else {
+        return ApiError::not_found(format!("no agent `{name}` in this plan")).into_response();
+    };
+    let description = if agent.role.is_empty() { format!("Baton agent `{name}`") } else { agent.role.clone() };
+    let url = format!("{}/a2a/agents/{name}", base_url(&plan, &headers));
+    axum::Json(card(&plan, &name, description, url, vec![skill(agent)])).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON-RPC.
+
+/// JSON-RPC and A2A error codes (A2A 1.0, section 5.4).
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL: i64 = -32603;
+    /// The JSON-RPC server-error code A2A leaves to implementations: Baton answers a refused
+    /// caller, a full store and an unavailable engine with it, the reason in `data`.
+    pub const SERVER: i64 = -32000;
+    pub const TASK_NOT_FOUND: i64 = -32001;
+    pub const TASK_NOT_CANCELABLE: i64 = -32002;
+    pub const PUSH_NOTIFICATION_NOT_SUPPORTED: i64 = -32003;
+    pub const UNSUPPORTED_OPERATION: i64 = -32004;
+    pub const CONTENT_TYPE_NOT_SUPPORTED: i64 = -32005;
+    pub const EXTENDED_CARD_NOT_CONFIGURED: i64 = -32007;
+    pub const VERSION_NOT_SUPPORTED: i64 = -32009;
+}
+
+/// A JSON-RPC error: a code, a message and, for Baton's own reasons, a `google.rpc.ErrorInfo`.
+#[derive(Debug)]
+struct RpcError {
+    code: i64,
+    message: String,
+    reason: Option<&'static str>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> RpcError {
+        RpcError { code, message: message.into(), reason: None }
+    }
+
+    fn invalid(message: impl Into<String>) -> RpcError {
+        RpcError::new(code::INVALID_PARAMS, message)
+    }
+
+    fn task_not_found(id: &str) -> RpcError {
+        RpcError::new(code::TASK_NOT_FOUND, format!("no task `{id}` here"))
+    }
+
+    fn body(&self) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(reason) = self.reason {
+            error["data"] = json!([{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "baton",
+            }]);
+        }
+        error
+    }
+}
+
+/// The one table from an operation's error kind to a JSON-RPC error.
+impl From<baton_ops::Error> for RpcError {
+    fn from(error: baton_ops::Error) -> RpcError {
+        let message = error.message().to_string();
+        let (code, reason) = match error.kind() {
+            ErrorKind::Invalid | ErrorKind::Conflict => (code::INVALID_PARAMS, None),
+            ErrorKind::NotFound => (code::TASK_NOT_FOUND, None),
+            ErrorKind::Forbidden => (code::SERVER, Some("PERMISSION_DENIED")),
+            ErrorKind::Full => (code::SERVER, Some("RESOURCE_EXHAUSTED")),
+            ErrorKind::Unavailable => (code::SERVER, Some("UNAVAILABLE")),
+            ErrorKind::Internal => (code::INTERNAL, None),
+        };
+        RpcError { code, message, reason }
+    }
+}
+
+fn rpc_result(id: &Value, result: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+fn rpc_error(id: &Value, error: &RpcError) -> Response {
+    axum::Json(json!({ "jsonrpc": "2.0", "id": id, "error": error.body() })).into_response()
+}
+
+/// Which agent an endpoint serves: the whole plan, or one agent alone.
+#[derive(Clone)]
+struct Scope {
+    agent: Option<String>,
+}
+
+async fn plan_rpc(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    rpc(state, caller.0, Scope { agent: None }, &headers, &uri, &body).await
+}
+
+async fn agent_rpc(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if state.plan().agent(&name).is_none() {
+        return ApiError::not_found(format!("no agent `{name}` in this plan")).into_response();
+    }
+    rpc(state, caller.0, Scope { agent: Some(name) }, &headers, &uri, &body).await
+}
+
+/// The protocol version the client speaks: the header, else the query parameter; none means
+/// 0.3 (the spec's rule for clients that predate the header).
+fn check_version(headers: &HeaderMap, uri: &Uri) -> Result<(), RpcError> {
+    let from_query = uri.query().and_then(|query| {
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            key.eq_ignore_ascii_case(VERSION_HEADER).then(|| value.to_string())
+        })
+    });
+    let version = headers
+        .get(VERSION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.trim().to_string())
+        .or(from_query)
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| "0.3".to_string());
+    let mut numbers = version.split('.');
+    if numbers.next() == Some("1") && numbers.next().is_none_or(|minor| minor == "0") {
+        return Ok(());
+    }
+    Err(RpcError::new(
+        code::VERSION_NOT_SUPPORTED,
+        format!(
+            "A2A version {version} is not supported: this agent speaks {PROTOCOL_VERSION}; send `{VERSION_HEADER}: {PROTOCOL_VERSION}`"
+        ),
+    ))
+}
+
+async fn rpc(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Response {
+    let request: Value = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(error) => {
+            return rpc_error(&Value::Null, &RpcError::new(code::PARSE_ERROR, format!("invalid JSON: {error}")));
+        }
+    };
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let valid_id = matches!(id, Value::Null | Value::String(_) | Value::Number(_));
+    let method = request.get("method").and_then(Value::as_str);
+    let (Some(method), true, Some("2.0")) = (method, valid_id, request.get("jsonrpc").and_then(Value::as_str)) else {
+        let error = RpcError::new(
+            code::INVALID_REQUEST,
+            "not a JSON-RPC 2.0 request: it needs `\"jsonrpc\": \"2.0\"`, a string `method` and a string or number `id`",
+        );
+        return rpc_error(if valid_id { &id } else { &Value::Null }, &error);
+    };
+    if let Err(error) = check_version(headers, uri) {
+        return rpc_error(&id, &error);
+    }
+    let params = match request.get("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(params)) => params.clone(),
+        Some(_) => return rpc_error(&id, &RpcError::invalid("`params` must be an object")),
+    };
+    let handler = Handler { ops: state.ops().clone(), caller, scope, shutdown: state.shutdown().clone() };
+    let answer = match method {
+        "SendMessage" => handler.send_message(&params).await,
+        "GetTask" => handler.get_task(&params).await,
+        "ListTasks" => handler.list_tasks(&params).await,
+        "CancelTask" => handler.cancel_task(&params).await,
+        "SendStreamingMessage" => {
+            return match handler.send_streaming_message(&params).await {
+                Ok(stream) => sse(id, stream),
+                Err(error) => rpc_error(&id, &error),
+            };
+        }
+        "SubscribeToTask" => {
+            return match handler.subscribe(&params).await {
+                Ok(stream) => sse(id, stream),
+                Err(error) => rpc_error(&id, &error),
+            };
+        }
+        "CreateTaskPushNotificationConfig"
+        | "GetTaskPushNotificationConfig"
+        | "ListTaskPushNotificationConfigs"
+        | "DeleteTaskPushNotificationConfig" => Err(RpcError::new(
+            code::PUSH_NOTIFICATION_NOT_SUPPORTED,
+            "this agent does not send push notifications: follow a task with SubscribeToTask or poll GetTask",
+        )),
+        "GetExtendedAgentCard" => Err(RpcError::new(
+            code::EXTENDED_CARD_NOT_CONFIGURED,
+            "this agent has no extended card: its card is at /.well-known/agent-card.json",
+        )),
+        other => Err(RpcError::new(code::METHOD_NOT_FOUND, format!("no method `{other}` in A2A {PROTOCOL_VERSION}"))),
+    };
+    match answer {
+        Ok(result) => axum::Json(rpc_result(&id, result)).into_response(),
+        Err(error) => rpc_error(&id, &error),
+    }
+}
+
+/// A stream of `StreamResponse`s as Server-Sent Events, each a JSON-RPC response.
+fn sse(id: Value, stream: ReceiverStream<Value>) -> Response {
+    let events = stream.map(move |result| {
+        let data = serde_json::to_string(&rpc_result(&id, result)).unwrap_or_default();
+        Ok::<_, Infallible>(SseEvent::default().data(data))
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods.
+
+struct Handler {
+    ops: Ops,
+    caller: Caller,
+    scope: Scope,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// At most this many tasks in a `ListTasks` page (the spec's default is 50).
+const MAX_PAGE_SIZE: usize = 100;
+const DEFAULT_PAGE_SIZE: usize = 50;
+
+impl Handler {
+    async fn send_message(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let return_immediately =
+            params.get("configuration").and_then(|c| c.get("returnImmediately")).and_then(Value::as_bool) == Some(true);
+        let history_length = history_length(params.get("configuration").and_then(|c| c.get("historyLength")))?;
+        let since = self.ops.latest_event().await?;
+        let id = self.create(params).await?;
+        if !return_immediately {
+            // Blocking by default: the answer is the task once it has ended.
+            let mut updates = self.follow(id, since)?;
+            while updates.next().await.is_some() {}
+        }
+        let task = self.read(id).await?;
+        Ok(json!({ "task": task_json(&task, history_length, true) }))
+    }
+
+    async fn send_streaming_message(&self, params: &Map<String, Value>) -> Result<ReceiverStream<Value>, RpcError> {
+        let since = self.ops.latest_event().await?;
+        let id = self.create(params).await?;
+        self.stream(id, since).await
+    }
+
+    async fn subscribe(&self, params: &Map<String, Value>) -> Result<ReceiverStream<Value>, RpcError> {
+        let id = self.task_id(params.get("id"))?;
+        let since = self.ops.latest_event().await?;
+        let task = self.read(id).await?;
+        if is_terminal(task.state) {
+            return Err(RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!("task {id} has ended ({}); read it with GetTask", state_name(task.state)),
+            ));
+        }
+        self.stream(id, since).await
+    }
+
+    async fn get_task(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let id = self.task_id(params.get("id"))?;
+        let history_length = history_length(params.get("historyLength"))?;
+        Ok(task_json(&self.read(id).await?, history_length, true))
+    }
+
+    async fn cancel_task(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let id = self.task_id(params.get("id"))?;
+        // Who may cancel is decided before whether the task can be: a viewer learns nothing
+        // of a task's state from a refusal.
+        self.caller.require(baton_ops::Action::ControlTasks)?;
+        let task = self.read(id).await?;
+        if is_terminal(task.state) {
+            return Err(RpcError::new(
+                code::TASK_NOT_CANCELABLE,
+                format!("task {id} has ended ({}) and cannot be canceled", state_name(task.state)),
+            ));
+        }
+        let reason = Some(format!("canceled over A2A by {}", self.caller.subject));
+        let task = self.ops.cancel_task(&self.caller, id, CancelInput { reason }).await?;
+        Ok(task_json(&task, None, true))
+    }
+
+    /// `ListTasks`: the run's tasks (the endpoint's agent's only), newest first, filtered by
+    /// context and state, a page at a time; `pageToken` is the last id of the previous page.
+    async fn list_tasks(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let context = params.get("contextId").and_then(Value::as_str).filter(|context| !context.is_empty());
+        let status = match params.get("status").and_then(Value::as_str) {
+            None | Some("TASK_STATE_UNSPECIFIED") => None,
+            Some(status) if STATE_NAMES.contains(&status) => Some(status),
+            Some(other) => {
+                return Err(RpcError::invalid(format!(
+                    "`status`: unknown state `{other}`; expected one of {}",
+                    STATE_NAMES.join(", ")
+                )));
+            }
+        };
+        let page_size = match params.get("pageSize") {
+            None => DEFAULT_PAGE_SIZE,
+            Some(size) => match size.as_u64() {
+                Some(size @ 1..) => (size as usize).min(MAX_PAGE_SIZE),
+                _ => return Err(RpcError::invalid("`pageSize` must be a number from 1 to 100")),
+            },
+        };
+        let before = match params.get("pageToken").and_then(Value::as_str).filter(|token| !token.is_empty()) {
+            None => None,
+            Some(token) => {
+                Some(token.parse::<i64>().map_err(|_| RpcError::invalid("`pageToken` is not one this server gave"))?)
+            }
+        };
+        let history_length = history_length(params.get("historyLength"))?;
+        let include_artifacts = params.get("includeArtifacts").and_then(Value::as_bool).unwrap_or(false);
+
+        let mut matching = self.all_tasks().await?;
+        matching.retain(|task| {
+            context.is_none_or(|context| context_id(task) == context)
+                && status.is_none_or(|status| state_name(task.state) == status)
+        });
+        matching.sort_by_key(|task| std::cmp::Reverse(task.id));
+        let total_size = matching.len();
+        let page: Vec<&TaskRecord> =
+            matching.iter().filter(|task| before.is_none_or(|before| task.id.0 < before)).take(page_size).collect();
+        let next_page_token = match page.last() {
+            Some(last) if matching.iter().any(|task| task.id.0 < last.id.0) => last.id.0.to_string(),
+            _ => String::new(),
+        };
+        let tasks: Vec<Value> = page.iter().map(|task| task_json(task, history_length, include_artifacts)).collect();
+        Ok(json!({ "tasks": tasks, "nextPageToken": next_page_token, "pageSize": page_size, "totalSize": total_size }))
+    }
+
+    // -----------------------------------------------------------------------------------------
+
+    /// Every task of the run the caller may list (the endpoint's agent's only).
+    async fn all_tasks(&self) -> Result<Vec<TaskRecord>, RpcError> {
+        let mut tasks = Vec::new();
+        let mut after = None;
+        loop {
+            let query = TaskQuery { agent: self.scope.agent.clone(), limit: Some(1000), after, ..TaskQuery::default() };
+            let page = self.ops.tasks(&self.caller, query).await?;
+            tasks.extend(page.tasks);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(tasks),
+            }
+        }
+    }
+
+    /// A task id of the request: a Baton task's id, as a string.
+    fn task_id(&self, id: Option<&Value>) -> Result<TaskId, RpcError> {
+        let Some(text) = id.and_then(Value::as_str) else {
+            return Err(RpcError::invalid("`id` must be a task id (a string)"));
+        };
+        text.trim().parse::<i64>().map(TaskId).map_err(|_| RpcError::task_not_found(text))
+    }
+
+    /// The task, if the caller may read it and it is the endpoint's.
+    async fn read(&self, id: TaskId) -> Result<TaskRecord, RpcError> {
+        let task = self.ops.task(&self.caller, id).await.map_err(|error| match error.kind() {
+            ErrorKind::NotFound => RpcError::task_not_found(&id.to_string()),
+            _ => RpcError::from(error),
+        })?;
+        let task = task.task;
+        if let Some(agent) = &self.scope.agent
+            && task.agent.as_deref() != Some(agent)
+            && task.assigned_agent.as_deref() != Some(agent)
+        {
+            return Err(RpcError::task_not_found(&id.to_string()));
+        }
+        Ok(task)
+    }
+
+    /// The task a message asks for.
+    async fn create(&self, params: &Map<String, Value>) -> Result<TaskId, RpcError> {
+        let message = params.get("message").ok_or_else(|| RpcError::invalid("`message` is required"))?;
+        let mut input = task_input(message)?;
+        input.requires = requires(params.get("metadata"))?;
+        if let Some(agent) = &self.scope.agent {
+            input.agent = Some(agent.clone());
+        }
+        Ok(self.ops.create_task(&self.caller, input).await?)
+    }
+
+    /// The events about task `id` after `since`, authorized for the caller.
+    fn follow(&self, id: TaskId, since: i64) -> Result<Updates, RpcError> {
+        let filter = EventFilter { task: Some(id.0), ..EventFilter::default() }.authorize(&self.caller)?;
+        let events = self.ops.follow_events(filter, since, self.shutdown.clone(), token_expiry(&self.caller));
+        Ok(Updates { ops: self.ops.clone(), caller: self.caller.clone(), id, events: Box::pin(events), done: false })
+    }
+
+    /// The stream of a task: the task, then a status update per change of state (and per
+    /// progress report), the result as an artifact before the final status; it closes when the
+    /// task ends.
+    async fn stream(&self, id: TaskId, since: i64) -> Result<ReceiverStream<Value>, RpcError> {
+        let mut updates = self.follow(id, since)?;
+        let first = self.read(id).await?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut sent_state = a2a_state(first.state);
+            let mut sent_result = first.result.is_some();
+            if tx.send(json!({ "task": task_json(&first, None, true) })).await.is_err() {
+                return;
+            }
+            if is_terminal(first.state) {
+                return;
+            }
+            while let Some((task, progress)) = updates.next().await {
+                let context = context_id(&task);
+                if !sent_result && let Some(artifact) = artifact(&task) {
+                    sent_result = true;
+                    let update = json!({ "artifactUpdate": {
+                        "taskId": task.id.to_string(), "contextId": context, "artifact": artifact, "lastChunk": true,
+                    } });
+                    if tx.send(update).await.is_err() {
+                        return;
+                    }
+                }
+                let state = a2a_state(task.state);
+                if state != sent_state || progress.is_some() {
+                    sent_state = state;
+                    let mut status = status_json(&task);
+                    if let Some(text) = progress {
+                        status["message"] = agent_message(&task, "progress", &text);
+                    }
+                    let update = json!({ "statusUpdate": {
+                        "taskId": task.id.to_string(), "contextId": context, "status": status,
+                    } });
+                    if tx.send(update).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// A task as its events change it: after each event about it, the task as it is then (and
+/// the progress message, for a progress report); ends after the task has ended.
+struct Updates {
+    ops: Ops,
+    caller: Caller,
+    id: TaskId,
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = baton_core::Event> + Send>>,
+    done: bool,
+}
+
+impl Updates {
+    async fn next(&mut self) -> Option<(TaskRecord, Option<String>)> {
+        if self.done {
+            return None;
+        }
+        let Some(event) = self.events.next().await else {
+            self.done = true;
+            return None;
+        };
+        let progress = match &event.kind {
+            EventKind::TaskProgress { message: Some(message), .. } => Some(message.clone()),
+            _ => None,
+        };
+        // The task as it is now: it may have moved on since the event, never back.
+        let Ok(detail) = self.ops.task(&self.caller, self.id).await else {
+            self.done = true;
+            return None;
+        };
+        if is_terminal(detail.task.state) {
+            self.done = true;
+        }
+        Some((detail.task, progress))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baton's tasks as A2A's.
+
+/// The A2A states, as ProtoJSON names them.
+pub const STATE_NAMES: &[&str] = &[
+    "TASK_STATE_SUBMITTED",
+    "TASK_STATE_WORKING",
+    "TASK_STATE_COMPLETED",
+    "TASK_STATE_FAILED",
+    "TASK_STATE_CANCELED",
+    "TASK_STATE_INPUT_REQUIRED",
+    "TASK_STATE_REJECTED",
+    "TASK_STATE_AUTH_REQUIRED",
+];
+
+/// Baton's task state as A2A's: waiting (pending, ready, and suspended — held until what it
+/// waits for upstream recovers) is submitted; the Baton state is in the task's metadata.
+pub fn a2a_state(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Pending | TaskState::Ready | TaskState::Suspended => "TASK_STATE_SUBMITTED",
+        TaskState::Running => "TASK_STATE_WORKING",
+        TaskState::Succeeded => "TASK_STATE_COMPLETED",
+        TaskState::Dead => "TASK_STATE_FAILED",
+        TaskState::Cancelled => "TASK_STATE_CANCELED",
+    }
+}
+
+fn state_name(state: TaskState) -> &'static str {
+    a2a_state(state)
+}
+
+fn is_terminal(state: TaskState) -> bool {
+    matches!(state, TaskState::Succeeded | TaskState::Dead | TaskState::Cancelled)
+}
+
+/// What the server keeps of the A2A message in the task's input, under this key: the
+/// message's id and its context's.
+pub const INPUT_KEY: &str = "a2a";
+
+/// A task's context: the one its message named, else the run's (every task of a run shares
+/// it, as the run is the conversation).
+fn context_id(task: &TaskRecord) -> String {
+    task.input
+        .get(INPUT_KEY)
+        .and_then(|a2a| a2a.get("contextId"))
+        .and_then(Value::as_str)
+        .map_or_else(|| task.run_id.clone(), str::to_string)
+}
+
+fn timestamp(millis: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn agent_message(task: &TaskRecord, what: &str, text: &str) -> Value {
+    json!({
+        "messageId": format!("baton-task-{}-{what}-{}", task.id, task.updated_at.millis()),
+        "contextId": context_id(task),
+        "taskId": task.id.to_string(),
+        "role": "ROLE_AGENT",
+        "parts": [{ "text": text }],
+    })
+}
+
+fn status_json(task: &TaskRecord) -> Value {
+    let mut status = json!({ "state": a2a_state(task.state), "timestamp": timestamp(task.updated_at.millis()) });
+    if let Some(error) = &task.error
+        && matches!(task.state, TaskState::Dead | TaskState::Cancelled | TaskState::Suspended)
+    {
+        status["message"] = agent_message(task, "status", error);
+    }
+    status
+}
+
+/// A value as a part: a string as text, anything else as data.
+pub fn part(value: &Value) -> Value {
+    match value {
+        Value::String(text) => json!({ "text": text }),
+        other => json!({ "data": other, "mediaType": "application/json" }),
+    }
+}
+
+fn artifact(task: &TaskRecord) -> Option<Value> {
+    let result = task.result.as_ref()?;
+    Some(json!({ "artifactId": format!("baton-task-{}-result", task.id), "name": "result", "parts": [part(result)] }))
+}
+
+/// The message that made the task, as the task keeps it: its text, its data.
+fn user_message(task: &TaskRecord) -> Value {
+    let text = if task.description.is_empty() { task.title.clone() } else { task.description.clone() };
+    let mut parts = vec![json!({ "text": text })];
+    let mut data = task.input.clone();
+    if let Value::Object(fields) = &mut data {
+        fields.remove(INPUT_KEY);
+    }
+    if data != json!({}) && !data.is_null() {
+        parts.push(json!({ "data": data, "mediaType": "application/json" }));
+    }
+    let message_id = task
+        .input
+        .get(INPUT_KEY)
+        .and_then(|a2a| a2a.get("messageId"))
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("baton-task-{}", task.id), str::to_string);
+    json!({
+        "messageId": message_id,
+        "contextId": context_id(task),
+        "taskId": task.id.to_string(),
+        "role": "ROLE_USER",
+        "parts": parts,
+    })
+}
+
+fn task_json(task: &TaskRecord, history_length: Option<usize>, with_artifacts: bool) -> Value {
+    let history = if history_length == Some(0) { vec![] } else { vec![user_message(task)] };
+    let mut value = json!({
+        "id": task.id.to_string(),
+        "contextId": context_id(task),
+        "status": status_json(task),
+        "history": history,
+        "metadata": { "baton": {
+            "state": task.state,
+            "attempt": task.attempt,
+            "agent": task.assigned_agent.as_ref().or(task.agent.as_ref()),
+            "workstream": task.workstream,
+            "title": task.title,
+        } },
+    });
+    if with_artifacts && let Some(artifact) = artifact(task) {
+        value["artifacts"] = json!([artifact]);
+    }
+    value
+}
+
+fn history_length(value: Option<&Value>) -> Result<Option<usize>, RpcError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_i64() {
+            Some(length) if length >= 0 => Ok(Some(length as usize)),
+            _ => Err(RpcError::invalid("`historyLength` must be a number, 0 or more")),
+        },
+    }
+}
+
+/// The capabilities a task needs, from the request's `metadata.requires` (a list of strings):
+/// the plan's routing then picks an agent that has them.
+fn requires(metadata: Option<&Value>) -> Result<Vec<String>, RpcError> {
+    let Some(requires) = metadata.and_then(|metadata| metadata.get("requires")) else { return Ok(Vec::new()) };
+    let refused = || RpcError::invalid("`metadata.requires` must be a list of capability names");
+    let list = requires.as_array().ok_or_else(refused)?;
+    list.iter().map(|name| name.as_str().map(str::to_string).ok_or_else(refused)).collect()
+}
+
+/// The longest title taken from a message's first line.
+const TITLE_MAX: usize = 120;
+
+/// What task a message asks for: the first line of its text is the title, the whole text the
+/// description, its data parts the input (one object as it is; several merged, or kept in a
+/// list when they are not objects). The message's id keys the task, so that a message sent
+/// twice makes one task.
+fn task_input(message: &Value) -> Result<TaskInput, RpcError> {
+    let Some(message) = message.as_object() else { return Err(RpcError::invalid("`message` must be an object")) };
+    let message_id = message
+        .get("messageId")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| RpcError::invalid("`message.messageId` is required"))?;
+    match message.get("role").and_then(Value::as_str) {
+        Some("ROLE_USER") => {}
+        other => {
+            return Err(RpcError::invalid(format!(
+                "`message.role` must be `ROLE_USER`, not {}",
+                other.map_or_else(|| "absent".to_string(), |role| format!("`{role}`"))
+            )));
+        }
+    }
+    if let Some(task_id) = message.get("taskId").and_then(Value::as_str).filter(|id| !id.is_empty()) {
+        return Err(RpcError::new(
+            code::UNSUPPORTED_OPERATION,
+            format!("a Baton task takes no further messages (task `{task_id}`): send a new message without `taskId`"),
+        ));
+    }
+    let parts = message.get("parts").and_then(Value::as_array).filter(|parts| !parts.is_empty());
+    let Some(parts) = parts else {
+        return Err(RpcError::invalid("`message.parts` must be a list of parts, not empty"));
+    };
+    let mut texts = Vec::new();
+    let mut data = Vec::new();
+    for (idx, part) in parts.iter().enumerate() {
+        if let Some(text) = part.get("text").and_then(Value::as_str) {
+            texts.push(text.to_string());
+        } else if let Some(value) = part.get("data") {
+            data.push(value.clone());
+        } else if part.get("url").is_some() || part.get("raw").is_some() {
+            return Err(RpcError::new(
+                code::CONTENT_TYPE_NOT_SUPPORTED,
+                format!("`message.parts[{idx}]`: files are not taken; send text or data parts"),
+            ));
+        } else {
+            return Err(RpcError::invalid(format!("`message.parts[{idx}]` has no `text`, `data`, `url` or `raw`")));
+        }
+    }
+    let description = texts.join("\n\n");
+    let first_line = description.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("");
+    let title = if first_line.is_empty() {
+        format!("A2A message {message_id}")
+    } else if first_line.chars().count() > TITLE_MAX {
+        format!("{}…", first_line.chars().take(TITLE_MAX).collect::<String>())
+    } else {
+        first_line.to_string()
+    };
+    let mut input = match data.len() {
+        0 => Map::new(),
+        1 if data[0].is_object() => data[0].as_object().cloned().unwrap_or_default(),
+        _ if data.iter().all(Value::is_object) => {
+            data.iter().filter_map(Value::as_object).flat_map(|fields| fields.clone()).collect()
+        }
+        _ => Map::from_iter([("data".to_string(), Value::Array(data))]),
+    };
+    let mut a2a = Map::new();
+    a2a.insert("messageId".into(), json!(message_id));
+    if let Some(context) = message.get("contextId").and_then(Value::as_str).filter(|context| !context.is_empty()) {
+        a2a.insert("contextId".into(), json!(context));
+    }
+    input.insert(INPUT_KEY.into(), Value::Object(a2a));
+    Ok(TaskInput {
+        key: Some(task_key(message_id)),
+        title,
+        description,
+        input: Some(Value::Object(input)),
+        ..TaskInput::default()
+    })
+}
+
+/// A task key from a message id: the characters a key may not hold become `_`, and a long id
+/// is cut (keys stay unique in practice: message ids are UUIDs).
+fn task_key(message_id: &str) -> String {
+    let cleaned: String = message_id
+        .chars()
+        .take(100)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
+    format!("a2a-{cleaned}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_becomes_a_task() {
+        let message = json!({
+            "messageId": "m-1", "role": "ROLE_USER", "contextId": "c-9",
+            "parts": [{ "text": "Fix the build\nit fails on CI" }, { "data": { "branch": "main" } }],
+        });
+        let input = task_input(&message).unwrap();
+        assert_eq!(input.title, "Fix the build");
+        assert_eq!(input.description, "Fix the build\nit fails on CI");
+        assert_eq!(input.key.as_deref(), Some("a2a-m-1"));
+        assert_eq!(input.input, Some(json!({ "branch": "main", "a2a": { "messageId": "m-1", "contextId": "c-9" } })));
+    }
+
+    #[test]
+    fn bad_messages_are_refused_with_their_code() {
+        let cases = [
+            (json!("text"), code::INVALID_PARAMS),
+            (json!({ "role": "ROLE_USER", "parts": [{ "text": "x" }] }), code::INVALID_PARAMS),
+            (json!({ "messageId": "m", "role": "ROLE_AGENT", "parts": [{ "text": "x" }] }), code::INVALID_PARAMS),
+            (json!({ "messageId": "m", "role": "ROLE_USER", "parts": [] }), code::INVALID_PARAMS),
+            (
+                json!({ "messageId": "m", "role": "ROLE_USER", "parts": [{ "url": "http://x" }] }),
+                code::CONTENT_TYPE_NOT_SUPPORTED,
+            ),
+            (
+                json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3", "parts": [{ "text": "x" }] }),
+                code::UNSUPPORTED_OPERATION,
+            ),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(task_input(&message).unwrap_err().code, expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn versions() {
+        let uri: Uri = "/a2a".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(check_version(&headers, &uri).unwrap_err().code, code::VERSION_NOT_SUPPORTED);
+        headers.insert(VERSION_HEADER, "1.0".parse().unwrap());
+        assert!(check_version(&headers, &uri).is_ok());
+        headers.insert(VERSION_HEADER, "0.3".parse().unwrap());
+        assert!(check_version(&headers, &uri).is_err());
+        let uri: Uri = "/a2a?A2A-Version=1.0".parse().unwrap();
+        assert!(check_version(&HeaderMap::new(), &uri).is_ok());
+    }
+
+    #[test]
+    fn card_paths_are_open() {
+        assert!(is_card_path("/.well-known/agent-card.json"));
+        assert!(is_card_path("/a2a/agents/echo/.well-known/agent-card.json"));
+        assert!(!is_card_path("/a2a"));
+        assert!(!is_card_path("/a2a/agents/echo"));
+    }
+}
