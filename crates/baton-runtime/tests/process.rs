@@ -64,6 +64,7 @@ impl Setup {
             env: self.env.clone(),
             registry: None,
             api: None,
+            mcp_servers: Vec::new(),
         };
         ProcessAgent::new(spec, process, &process_env)
     }

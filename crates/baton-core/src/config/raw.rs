@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{budget, logs, schedules, server};
+use super::{budget, logs, mcp, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -38,6 +38,8 @@ pub(super) struct RawConfig {
     pub(super) conflicts: RawConflicts,
     #[serde(default)]
     pub(super) logs: logs::RawLogs,
+    #[serde(default)]
+    pub(super) mcp_servers: BTreeMap<Spanned<String>, Spanned<mcp::RawMcpServer>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -115,6 +117,9 @@ pub(super) struct RawAgent {
     #[serde(default)]
     pub(super) objectives: Vec<Objective>,
     pub(super) budget: Option<Spanned<budget::RawLimit>>,
+    /// Globs of the tools (`server/tool`) the agent may call, e.g. `["fs/*", "baton/*"]`.
+    #[serde(default)]
+    pub(super) tools: Vec<Spanned<String>>,
 }
 
 impl RawAgent {

@@ -110,6 +110,7 @@ impl Server {
             env,
             registry: None,
             api: None,
+            mcp_servers: Vec::new(),
         }));
         let mut engine_options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
         engine_options.keep_open = true;
