@@ -20,6 +20,9 @@ const ONLY: &[(&str, &[&str], &str)] = &[
     ("tower-http", &["baton-server"], "only the server serves HTTP"),
     ("reqwest", &["baton-bench", "baton-cli"], "only the CLI and the HTTP benchmarks are HTTP clients (of the server)"),
     ("portable-pty", &["baton-runtime"], "only the runtime starts processes"),
+    // The runtime's MCP hub reaches MCP servers (stdio or Streamable HTTP) through rmcp; the
+    // tools it offers reach the rest through the `ToolProvider` seam.
+    ("rmcp", &["baton-runtime"], "only the runtime is an MCP client (its `mcp` module)"),
     (
         "tokio",
         &["baton-store", "baton-runtime", "baton-ops", "baton-server", "baton-bench", "baton-cli"],

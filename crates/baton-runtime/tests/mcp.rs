@@ -10,6 +10,7 @@
 #![allow(clippy::disallowed_methods, reason = "the tests start the HTTP servers they connect to")]
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -36,7 +37,13 @@ fn test_dir() -> PathBuf {
 /// The installed servers, or `None` (with a notice) when `BATON_TEST_MCP` is not set.
 fn servers() -> Option<(PathBuf, PathBuf)> {
     if std::env::var_os("BATON_TEST_MCP").is_none() {
-        eprintln!("skipped: set BATON_TEST_MCP=1 after .ci/mcp/setup to run the MCP client tests against real servers");
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: set BATON_TEST_MCP=1 after .ci/mcp/setup to run the MCP client tests against real servers"
+            );
+        });
         return None;
     }
     let everything = test_dir().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");

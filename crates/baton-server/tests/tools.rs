@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -14,9 +15,13 @@ use common::{Options, Server};
 
 fn python_server() -> Option<(PathBuf, PathBuf)> {
     if std::env::var_os("BATON_TEST_MCP").is_none() {
-        eprintln!(
-            "skipped: set BATON_TEST_MCP=1 after .ci/mcp/setup to run the tools API tests against a real MCP server"
-        );
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: set BATON_TEST_MCP=1 after .ci/mcp/setup to run the tools API tests against a real MCP server"
+            );
+        });
         return None;
     }
     let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("../baton-runtime");

@@ -51,7 +51,7 @@ pub(super) async fn tools(
     }
     let mut tools = output::table(&["tool", "description"]);
     for tool in &list.tools {
-        tools.add_row(vec![tool.name.clone(), tool.description.clone()]);
+        tools.add_row(vec![tool.name.clone(), first_line(&tool.description)]);
     }
     outln!("{tools}");
     Ok(0)
@@ -81,4 +81,14 @@ pub(super) async fn tool(cli: &Cli, action: &ToolAction) -> Result<u8, Failure> 
         }
     }
     Ok(if result.is_error { 1 } else { 0 })
+}
+
+/// A description's first line, cut to fit a table (`--json` has it whole).
+fn first_line(description: &str) -> String {
+    const MAX: usize = 100;
+    let line = description.lines().next().unwrap_or_default().trim();
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_string(),
+    }
 }
