@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rmcp::model::{CallToolRequestParams, ClientConfig, Implementation, ProtocolVersion, SubscriptionFilter};
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, RunningService, Subscription};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient};
@@ -63,7 +63,7 @@ pub struct ServerStatus {
     pub protocol: Option<String>,
     /// Why it is down, when it is.
     pub error: Option<String>,
-    /// How many times it was connected again after the first time.
+    /// How many times it was started (or connected) again after the first try.
     pub restarts: u64,
     pub n_tools: usize,
 }
@@ -229,6 +229,8 @@ impl McpHub {
                         .stderr(std::process::Stdio::piped())
                         .spawn()
                         .map_err(|error| format!("cannot start `{}`: {error}", command_name(command_of(server))))?;
+                    // Not awaited on purpose: it ends when the server's stderr closes, which a
+                    // descendant of the server may hold open after the run has stopped.
                     if let Some(stderr) = stderr {
                         tokio::spawn(copy_to_log(stderr, log_path));
                     }
@@ -271,7 +273,7 @@ impl McpHub {
         let peer = running.peer().clone();
         let protocol = running.peer().peer_info().map(|info| info.protocol_version.as_str().to_string());
         // On the stateless era, list changes come on a subscription, not as free notifications.
-        let subscription = if protocol.as_deref() == Some(ProtocolVersion::V_2026_07_28.as_str()) {
+        let mut subscription = if protocol.as_deref() == Some(ProtocolVersion::V_2026_07_28.as_str()) {
             let filter = SubscriptionFilter::builder().tools_list_changed().build();
             match peer.listen(filter).await {
                 Ok(subscription) => Some(subscription),
@@ -283,21 +285,6 @@ impl McpHub {
         } else {
             None
         };
-        if let Some(mut subscription) = subscription {
-            let server = Arc::clone(server);
-            let cancel = cancel.child_token();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        next = subscription.next() => match next {
-                            Ok(Some(_)) => server.list_changed.notify_one(),
-                            _ => break,
-                        },
-                    }
-                }
-            });
-        }
         if let Err(error) = self.discover(server, &peer).await {
             let _ = running.cancel().await;
             return error;
@@ -324,6 +311,13 @@ impl McpHub {
                         Ok(reason) => format!("the connection ended ({reason:?})"),
                         Err(error) => format!("the connection failed: {error}"),
                     };
+                }
+                // A subscription's notifications wait in it while the tools are listed.
+                next = next_notification(&mut subscription) => {
+                    match next {
+                        Some(_) => server.list_changed.notify_one(),
+                        None => subscription = None,
+                    }
                 }
                 _ = server.list_changed.notified() => {
                     if let Err(error) = self.discover(server, &peer).await {
@@ -413,6 +407,15 @@ impl ClientHandler for Handler {
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.server.list_changed.notify_one();
+    }
+}
+
+/// The next notification of a subscription; `None` when it ended (or there is none: then it
+/// never answers).
+async fn next_notification(subscription: &mut Option<Subscription>) -> Option<()> {
+    match subscription {
+        Some(subscription) => subscription.next().await.ok().flatten().map(|_| ()),
+        None => std::future::pending().await,
     }
 }
 
