@@ -58,12 +58,12 @@ fn servers() -> Option<(PathBuf, PathBuf)> {
 fn stdio(name: &str, command: &[&str]) -> McpServerSpec {
     let transport =
         McpTransport::Stdio { command: command.iter().map(|arg| arg.to_string()).collect(), env: BTreeMap::new() };
-    McpServerSpec { name: name.into(), transport: transport.clone(), written: transport }
+    McpServerSpec { name: name.into(), transport: transport.clone(), written: transport, location: Default::default() }
 }
 
 fn http(name: &str, url: &str) -> McpServerSpec {
     let transport = McpTransport::Http { url: url.into(), headers: BTreeMap::new() };
-    McpServerSpec { name: name.into(), transport: transport.clone(), written: transport }
+    McpServerSpec { name: name.into(), transport: transport.clone(), written: transport, location: Default::default() }
 }
 
 struct Hub {

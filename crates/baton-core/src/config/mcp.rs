@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::Validator;
-use super::diagnostics::unknown;
+use super::diagnostics::{Location, unknown};
 
 /// The server part of `baton/...`: Baton's own tools, never a configured server.
 pub const RESERVED_SERVER: &str = "baton";
@@ -49,6 +49,9 @@ pub struct McpServerSpec {
     pub transport: McpTransport,
     #[serde(flatten)]
     pub written: McpTransport,
+    /// Where its `command` or `url` is written, for the checks that need the machine.
+    #[serde(skip)]
+    pub location: Location,
 }
 
 impl fmt::Debug for McpServerSpec {
@@ -96,7 +99,7 @@ impl Validator<'_> {
                 }
                 (None, None) => {
                     self.error(
-                        server_span,
+                        server_span.clone(),
                         format!(
                             "MCP server `{text}` needs `command = [\"program\", \"arg\"…]` (stdio) or `url = \"https://…\"` (Streamable HTTP)"
                         ),
@@ -106,8 +109,14 @@ impl Validator<'_> {
                 (Some(command), None) => Some(self.mcp_stdio(text, command, server)),
                 (None, Some(url)) => Some(self.mcp_http(text, url, server)),
             };
+            let written_at = match (&server.command, &server.url) {
+                (Some(command), _) => command.span(),
+                (None, Some(url)) => url.span(),
+                (None, None) => server_span,
+            };
             if let Some((transport, written)) = transport {
-                specs.push(McpServerSpec { name: text.clone(), transport, written });
+                let location = self.locator.locate(written_at);
+                specs.push(McpServerSpec { name: text.clone(), transport, written, location });
             }
         }
         specs
