@@ -222,6 +222,7 @@ async fn one_run(options: &HttpBenchOptions, run: u32) -> Result<HttpRun, Error>
         env,
         registry: None,
         api: None,
+        mcp_servers: Vec::new(),
     }));
     let mut engine_options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
     engine_options.keep_open = true;

@@ -173,6 +173,7 @@ fn worker_runtimes(dir: &std::path::Path) -> RuntimeFactory {
         env,
         registry: None,
         api: None,
+        mcp_servers: Vec::new(),
     })
 }
 

@@ -376,6 +376,20 @@ impl Client {
     }
 
     /// `pause` or `resume` a schedule.
+    /// The run's MCP servers and tools (`GET /tools`).
+    pub async fn tools(&self, query: &baton_ops::tools::ToolQuery) -> Result<baton_ops::tools::ToolList, Failure> {
+        self.get("/tools", query).await
+    }
+
+    /// Calls a tool (`POST /tools/{server}/{tool}`); `name` is `server/tool`.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: &serde_json::Value,
+    ) -> Result<baton_ops::tools::ToolCallResult, Failure> {
+        self.post(&format!("/tools/{name}"), Some(arguments)).await
+    }
+
     pub async fn schedule_command(&self, name: &str, verb: &str) -> Result<(), Failure> {
         let _: serde_json::Value = self.post(&format!("/schedules/{name}/{verb}"), None).await?;
         Ok(())

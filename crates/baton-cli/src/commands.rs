@@ -32,6 +32,8 @@ mod serve;
 
 mod source;
 
+mod tools;
+
 use source::Source;
 
 pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
@@ -54,6 +56,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Agent { action } => agent(&cli, action).await,
         Command::Schedules { json, run } => schedules::schedules(&cli, *json, run.as_deref()).await,
         Command::Schedule { action } => schedules::schedule(&cli, action).await,
+        Command::Tools { query, agent, json, run } => {
+            tools::tools(&cli, query.clone(), agent.clone(), *json, run.as_deref()).await
+        }
+        Command::Tool { action } => tools::tool(&cli, action).await,
         Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
         Command::Budget { action, json, run } => budget::budget(&cli, action.as_ref(), *json, run.as_deref()).await,
         Command::Send { text, data, run } => send(&cli, text, data.as_deref(), run.as_deref()).await,
@@ -214,14 +220,18 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
         baton_runtime::process::Registry { store: Arc::clone(&store), host: engine::Node::this_process().host };
     let clock = baton_runtime::Clock::system();
     let hub = baton_runtime::remote::RemoteHub::new(clock);
-    let runtimes = hub.runtimes(engine::process_runtimes(ProcessEnv {
+    let process_env = ProcessEnv {
         base_dir: loaded.base_dir.clone(),
         log_dir: log_dir.clone(),
         env: env.clone(),
         registry: Some(registry),
         api: None,
-    }));
+        mcp_servers: loaded.plan.mcp_servers.clone(),
+    };
+    let tools = baton_runtime::mcp::McpHub::new(&loaded.plan.mcp_servers, Some(process_env.clone()));
+    let runtimes = hub.runtimes(engine::process_runtimes(process_env));
     let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store), runtimes);
+    options.tools = tools;
     options.fresh = fresh;
     options.shutdown_grace = grace;
     options.clock = clock;

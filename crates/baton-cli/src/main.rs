@@ -185,6 +185,26 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// List the tools of the run's MCP servers (`[mcp_servers]`), with the servers' state.
+    Tools {
+        /// Only the tools whose name or description has every one of these words.
+        #[arg(long, short = 'q')]
+        query: Option<String>,
+        /// Only the tools this agent's `tools` globs allow.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// A run id; the latest run of the plan by default.
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// Call a tool of the running `baton run` or `baton serve`'s MCP servers.
+    Tool {
+        #[command(subcommand)]
+        action: ToolAction,
+    },
     /// Pause or resume a schedule of the running `baton run` or `baton serve`.
     Schedule {
         #[command(subcommand)]
@@ -413,6 +433,25 @@ pub enum AgentAction {
     Restart {
         /// The agent's name.
         name: String,
+        /// A run id; the latest run of the plan by default.
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolAction {
+    /// Call a tool with JSON arguments and print its result; exits 1 when the tool reports an
+    /// error (`isError`).
+    Call {
+        /// The tool, `SERVER/TOOL` (`baton tools` lists them).
+        name: String,
+        /// The arguments, a JSON object.
+        #[arg(long = "args", default_value = "{}")]
+        arguments: String,
+        /// Print the whole result as JSON.
+        #[arg(long)]
+        json: bool,
         /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,

@@ -24,6 +24,9 @@ const ONLY: &[(&str, &[&str], &str)] = &[
         "only the CLI and the HTTP benchmarks (of the server) and the runtime (of remote agents: A2A) are HTTP clients",
     ),
     ("portable-pty", &["baton-runtime"], "only the runtime starts processes"),
+    // The runtime's MCP hub reaches MCP servers (stdio or Streamable HTTP) through rmcp; the
+    // tools it offers reach the rest through the `ToolProvider` seam.
+    ("rmcp", &["baton-runtime"], "only the runtime is an MCP client (its `mcp` module)"),
     (
         "tokio",
         &["baton-store", "baton-runtime", "baton-ops", "baton-server", "baton-bench", "baton-cli"],

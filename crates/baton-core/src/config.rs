@@ -255,6 +255,9 @@ pub struct AgentSpec {
     pub concurrency: u32,
     pub runbook: Option<String>,
     pub objectives: Vec<Objective>,
+    /// Globs of the tools (`server/tool`) the agent may call: `["fs/*", "baton/*"]`. Matched
+    /// by `baton_runtime::tools::allowed`.
+    pub tools: Vec<String>,
     /// `[logs]`: the rotation of the agent's log file (the same for every agent).
     #[serde(skip)]
     pub log_rotation: LogRotation,
@@ -342,6 +345,8 @@ pub struct Plan {
     /// Token budgets (`[budget]`, the workstreams' and agents' `budget`, the tasks'
     /// `estimated_tokens`).
     pub budget: BudgetSpec,
+    /// `[mcp_servers.NAME]`: the MCP servers whose tools agents may call, by name.
+    pub mcp_servers: Vec<McpServerSpec>,
 }
 
 impl Plan {
@@ -485,7 +490,7 @@ fn load_document(
         let span = error.span().unwrap_or(0..0);
         Invalid::new(Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] })
     })?;
-    let mut validator = Validator { locator, env, diagnostics: Vec::new() };
+    let mut validator = Validator { locator, env, diagnostics: Vec::new(), mcp_server_names: Vec::new() };
     let plan = validator.validate(raw);
     let mut diagnostics = validator.diagnostics;
     diagnostics.sort_by_key(|diagnostic| {
@@ -555,7 +560,8 @@ pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> Result<String,
     Ok(out)
 }
 
-const PLACEHOLDERS: [&str; 6] = ["task.id", "task.key", "task.title", "task.description", "agent.name", "run.id"];
+const PLACEHOLDERS: [&str; 7] =
+    ["task.id", "task.key", "task.title", "task.description", "agent.name", "run.id", "mcp.config"];
 
 /// Checks that every `{...}` in an argument is a known placeholder.
 fn check_placeholders(arg: &str) -> Result<(), String> {
@@ -608,6 +614,7 @@ mod json;
 mod kind;
 mod layers;
 mod logs;
+mod mcp;
 mod raw;
 mod schedules;
 mod server;
@@ -622,6 +629,7 @@ pub use layers::{
 };
 
 pub use logs::LogRotation;
+pub use mcp::{McpServerSpec, McpTransport, RESERVED_SERVER, is_server_name};
 use raw::{RawAgent, RawConfig, RawTask};
 pub use server::{
     AuthSpec, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, MAX_TOKEN_TTL,

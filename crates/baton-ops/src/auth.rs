@@ -81,6 +81,10 @@ pub enum Action {
     ReadSchedules,
     /// Pause or resume a schedule.
     ControlSchedules,
+    /// `GET /tools`: the MCP servers' tools, searched.
+    ReadTools,
+    /// `POST /tools/{server}/{tool}`: a call of an MCP server's tool.
+    CallTools,
     /// The agent-side endpoints (`/agent/...`): claim, heartbeat, results, usage, resources.
     ActAsAgent,
     /// `POST /tokens`, `GET /audit`.
@@ -124,6 +128,8 @@ pub const TABLE: &[(Action, [Grant; 4])] = {
         (SetBudgets, [All, All, No, No]),
         (ReadSchedules, [All, All, All, No]),
         (ControlSchedules, [All, All, No, No]),
+        (ReadTools, [All, All, All, No]),
+        (CallTools, [All, All, No, No]),
         (ActAsAgent, [All, All, No, Own]),
         (Administer, [All, No, No, No]),
     ]

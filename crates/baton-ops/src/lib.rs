@@ -31,6 +31,7 @@ pub mod messages;
 pub mod schedules;
 pub mod status;
 pub mod tasks;
+pub mod tools;
 
 pub use auth::{Action, Caller, Grant, Role};
 pub use error::{Error, ErrorKind};

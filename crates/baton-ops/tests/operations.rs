@@ -189,6 +189,16 @@ fn operations() -> Vec<(Action, &'static str, Call)> {
         ),
         (Action::ReadSchedules, "schedules", call(|ops: Ops, c: Caller| async move { ops.schedules(&c).await })),
         (
+            Action::ReadTools,
+            "tools",
+            call(|ops: Ops, c: Caller| async move { ops.tools(&c, baton_ops::tools::ToolQuery::default()).await }),
+        ),
+        (
+            Action::CallTools,
+            "call tool",
+            call(|ops: Ops, c: Caller| async move { ops.call_tool(&c, "fs/read_file", serde_json::json!({})).await }),
+        ),
+        (
             Action::ControlSchedules,
             "pause schedule",
             call(|ops: Ops, c: Caller| async move { ops.set_schedule_paused(&c, "nightly", true).await }),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use baton_core::config::{Diagnostic, Plan};
+use baton_core::config::{Diagnostic, McpTransport, Plan};
 
 /// Finds the program to run: a path (relative to `workdir`) when it has a `/`, else a name
 /// looked up in `path_var`.
@@ -89,6 +89,19 @@ pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, St
             }
         }
     }
+    // A stdio MCP server's program, looked for as it will be started: in the configuration's
+    // directory, on the PATH it is given.
+    for server in &plan.mcp_servers {
+        let McpTransport::Stdio { command, env: server_env } = &server.transport else { continue };
+        let Some(program) = command.first() else { continue };
+        let path = server_env.get("PATH").or_else(|| env.get("PATH")).map(String::as_str);
+        if let Err(message) = resolve_program(program, base_dir, path) {
+            diagnostics.push(Diagnostic {
+                location: server.location.clone(),
+                message: format!("MCP server `{}`: {message}", server.name),
+            });
+        }
+    }
     diagnostics
 }
 
@@ -112,5 +125,18 @@ mod tests {
         std::fs::create_dir(dir.path().join("runbooks")).expect("mkdir");
         std::fs::write(dir.path().join("runbooks/a.md"), "# Runbook\n").expect("write the runbook");
         assert!(check_environment(&plan, dir.path(), &env).is_empty());
+    }
+
+    #[test]
+    fn a_missing_mcp_server_program_is_reported_where_it_is_written() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let env = BTreeMap::from([("PATH".to_string(), std::env::var("PATH").unwrap_or_default())]);
+        let text = "[orchestration]\nname = \"t\"\n\n[mcp_servers.fs]\ncommand = [\"no-such-mcp-server\", \".\"]\n\n[mcp_servers.web]\nurl = \"https://example.com/mcp\"\n\n[mcp_servers.ok]\ncommand = [\"true\"]\n";
+        let plan = baton_core::config::load("baton.toml", text, &env).expect("a valid configuration");
+        let problems = check_environment(&plan, dir.path(), &env);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.starts_with("MCP server `fs`: "), "{}", problems[0].message);
+        assert!(problems[0].message.contains("no-such-mcp-server"), "{}", problems[0].message);
+        assert_eq!((problems[0].location.line, problems[0].location.column), (5, 11));
     }
 }

@@ -71,3 +71,69 @@ pub trait ToolProvider: Send + Sync + 'static {
     /// Calls the tool named `name` (`server/tool`) with `arguments` (a JSON object).
     async fn call(&self, name: &str, arguments: Value) -> Result<ToolResult, ToolError>;
 }
+
+/// Whether `name` (`server/tool`) matches `glob`, where `*` matches any run of characters
+/// (also `/`): `fs/*`, `*/read_*`, `search/query`. The one place an agent's `tools` globs are
+/// matched: the MCP hub's listing for an agent, `{mcp.config}` and LLM agents use it.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let mut parts = glob.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole name.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(idx) => rest = &rest[idx + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Whether an agent with these `tools` globs may call the tool `name`.
+pub fn allowed(globs: &[String], name: &str) -> bool {
+    globs.iter().any(|glob| glob_matches(glob, name))
+}
+
+/// Whether an agent with these `tools` globs may call some tool of `server`: a glob's server
+/// part matches it. (`{mcp.config}` hands a CLI agent whole servers.)
+pub fn server_allowed(globs: &[String], server: &str) -> bool {
+    globs.iter().any(|glob| {
+        let server_glob = glob.split_once('/').map_or(glob.as_str(), |(server, _)| server);
+        glob_matches(server_glob, server)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_whole_names() {
+        let cases = [
+            ("fs/*", "fs/read_file", true),
+            ("fs/*", "fsx/read_file", false),
+            ("fs/read_file", "fs/read_file", true),
+            ("fs/read", "fs/read_file", false),
+            ("*/read_*", "fs/read_file", true),
+            ("*/read_*", "fs/write_file", false),
+            ("*", "any/thing", true),
+            ("s*/*y", "search/query", true),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+        ];
+        for (glob, name, expected) in cases {
+            assert_eq!(glob_matches(glob, name), expected, "{glob} ~ {name}");
+        }
+        assert!(allowed(&["fs/*".into(), "baton/*".into()], "baton/create_task"));
+        assert!(!allowed(&[], "fs/read_file"));
+        assert!(server_allowed(&["fs/read_file".into()], "fs"));
+        assert!(server_allowed(&["*/x".into()], "search"));
+        assert!(!server_allowed(&["fs/*".into()], "search"));
+    }
+}

@@ -104,6 +104,7 @@ async fn batches_are_acknowledged_per_message_and_workers_without_them_get_singl
         env,
         registry: None,
         api: None,
+        mcp_servers: Vec::new(),
     });
     let (events, _events) = mpsc::unbounded_channel();
     let (requests, _requests) = mpsc::unbounded_channel();

@@ -70,6 +70,7 @@ fn start(dir: &std::path::Path, store: &Arc<SqliteStore>, plan: &Plan, at: Times
         env,
         registry: None,
         api: None,
+        mcp_servers: Vec::new(),
     });
     let mut options = EngineOptions::new(plan.clone(), Arc::clone(store) as Arc<dyn Store>, runtimes);
     options.clock = Clock::starting_at(at);

@@ -64,6 +64,7 @@ impl Setup {
             env: self.env.clone(),
             registry: None,
             api: None,
+            mcp_servers: Vec::new(),
         };
         ProcessAgent::new(spec, process, &process_env)
     }
@@ -559,4 +560,49 @@ async fn a_result_over_the_limit_is_reported_as_such() {
     let setup = Setup::new();
     let agent = setup.started(r#"command = ["head", "-c", "17000000", "/dev/zero"]"#).await;
     assert_eq!(run(&agent, task("big", Value::Null)).await, failed("the result is over the limit of 16777216 bytes"));
+}
+
+/// `{mcp.config}` is the path of the agent's MCP configuration: the servers its `tools` reach,
+/// expanded, in the run's directory (beside the logs), readable by its owner only.
+#[tokio::test]
+async fn mcp_config_is_the_servers_the_agents_tools_reach() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let text = r#"
+[orchestration]
+name = "t"
+
+[mcp_servers.fs]
+command = ["fs-server", "."]
+env = { ROOT = "${HOME}" }
+
+[mcp_servers.search]
+url = "https://mcp.example.com/mcp"
+headers = { Authorization = "Bearer ${BATON_SECRET}" }
+
+[[agents]]
+name = "a"
+command = ["cat", "{mcp.config}"]
+tools = ["search/*"]
+"#;
+    let mut plan = baton_core::config::load("baton.toml", text, &setup.env).expect("a valid configuration");
+    let spec = plan.agents.remove(0);
+    let process = spec.process().cloned().expect("a process agent");
+    let process_env = ProcessEnv {
+        base_dir: setup.dir.path().to_path_buf(),
+        log_dir: setup.path("logs"),
+        env: setup.env.clone(),
+        registry: None,
+        api: None,
+        mcp_servers: plan.mcp_servers.clone(),
+    };
+    let agent = ProcessAgent::new(spec, process, &process_env);
+    agent.start(context()).await.expect("the agent starts");
+    let outcome = run(&agent, task("configured", json!({}))).await;
+    let expected = json!({"mcpServers": {"search": {
+        "type": "http", "url": "https://mcp.example.com/mcp", "headers": {"Authorization": "Bearer hunter2"},
+    }}});
+    assert_eq!(outcome, Outcome::Succeeded { result: expected });
+    let path = setup.path("mcp/a.json");
+    assert_eq!(std::fs::metadata(&path).expect("the file").permissions().mode() & 0o777, 0o600);
 }

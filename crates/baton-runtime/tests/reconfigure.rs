@@ -70,6 +70,7 @@ async fn agents_added_removed_and_reloaded_while_the_engine_runs() {
         env: env.clone(),
         registry: None,
         api: None,
+        mcp_servers: Vec::new(),
     });
     let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
     options.keep_open = true;

@@ -73,6 +73,7 @@ async fn a_saved_configuration_is_applied_and_a_broken_one_rejected() {
         env,
         registry: None,
         api: None,
+        mcp_servers: Vec::new(),
     });
     let mut options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
     options.keep_open = true;

@@ -17,6 +17,7 @@ pub use baton_ops::conflicts::{Conflicts, Held, Waiting};
 pub use baton_ops::events::AuditParams;
 pub use baton_ops::status::{Health, PlanView, Status, WorkstreamView};
 pub use baton_ops::tasks::{CancelInput, Created, TaskBatch, TaskDetail, TaskInput, TaskPage, TaskQuery};
+pub use baton_ops::tools::{ServerView, ToolCallResult, ToolList, ToolQuery, ToolView};
 
 use crate::auth::{Action, Caller, Role};
 use crate::{ApiError, AppState, json};
@@ -54,6 +55,8 @@ pub fn routes() -> Router<AppState> {
         .route("/agents/{name}/stop", post(stop_agent))
         .route("/agents/{name}/restart", post(restart_agent))
         .route("/agents/{name}/logs", get(agent_logs))
+        .route("/tools", get(list_tools))
+        .route("/tools/{server}/{tool}", post(call_tool))
         .route("/audit", get(audit))
         .route("/tokens", post(create_token))
 }
@@ -282,6 +285,37 @@ pub async fn agent_logs(
     let path = state.ops().agent_log(&caller, &name).await?;
     crate::live::log_response(state.clone(), path, query.tail_bytes.unwrap_or(64 * 1024), query.follow.unwrap_or(false))
         .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools of the run's MCP servers.
+
+/// The run's MCP servers and their tools; `q` searches names and descriptions, `agent` keeps
+/// the tools that agent's `tools` globs allow.
+#[utoipa::path(get, path = "/tools", tag = "tools", params(ToolQuery),
+    responses((status = 200, body = ToolList), (status = 403, body = crate::error::ErrorBody), (status = 404, description = "no such agent", body = crate::error::ErrorBody)))]
+pub async fn list_tools(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Params(query): Params<ToolQuery>,
+) -> Result<Response, ApiError> {
+    Ok(json(state.ops().tools(&caller, query).await?))
+}
+
+/// Calls a tool with the JSON object of its arguments (operator). A tool that ran and failed
+/// answers `200` with `is_error` set.
+#[utoipa::path(post, path = "/tools/{server}/{tool}", tag = "tools",
+    params(("server" = String, Path, description = "the MCP server, as named in [mcp_servers]"), ("tool" = String, Path, description = "the tool")),
+    request_body(content = Object, description = "the tool's arguments"),
+    responses((status = 200, body = ToolCallResult), (status = 400, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody),
+        (status = 404, description = "no such tool", body = crate::error::ErrorBody), (status = 503, description = "the server is down, or the run is not executing here", body = crate::error::ErrorBody)))]
+pub async fn call_tool(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    PathParams((server, tool)): PathParams<(String, String)>,
+    Body(arguments): Body<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    Ok(json(state.ops().call_tool(&caller, &format!("{server}/{tool}"), arguments).await?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ use crate::{api, chat, coordination, live, metrics, terminal, worker};
         api::list_tasks, api::create_task, api::create_tasks, api::get_task, api::cancel_task, api::retry_task, api::conflicts,
         api::list_agents, api::create_agent, api::get_agent, api::update_agent, api::delete_agent,
         api::start_agent, api::stop_agent, api::restart_agent, api::agent_logs, terminal::terminal,
+        api::list_tools, api::call_tool,
         api::audit, api::create_token,
         worker::claim, worker::heartbeat, worker::progress, worker::complete, worker::fail, worker::results, worker::usage, worker::acquire, worker::release,
         chat::send, chat::list, chat::redeliver,
@@ -34,6 +35,7 @@ use crate::{api, chat, coordination, live, metrics, terminal, worker};
         (name = "tasks"), (name = "agents"), (name = "events"),
         (name = "messages", description = "chat with the agents, with @mentions"),
         (name = "schedules"), (name = "budgets"),
+        (name = "tools", description = "the tools of the run's MCP servers: list, search, call"),
         (name = "agent-side", description = "what worker agents use: claim, heartbeat, progress, results, usage"),
         (name = "admin", description = "tokens and the audit log"),
     )

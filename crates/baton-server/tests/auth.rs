@@ -99,6 +99,8 @@ fn endpoints(builders: i64, writers: i64) -> Vec<Endpoint> {
         get("/messages?agent=writer", ReadMessages, Others),
         get("/schedules", ReadSchedules, Any),
         get("/budgets", ReadBudgets, Any),
+        get("/tools", ReadTools, Any),
+        post("/tools/nope/nothing", json!({}), CallTools, Any),
         post("/schedules/nope/pause", json!({}), ControlSchedules, Any),
         post("/schedules/nope/resume", json!({}), ControlSchedules, Any),
         post("/budgets/global", json!({}), SetBudgets, Any),

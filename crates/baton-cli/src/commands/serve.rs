@@ -70,14 +70,18 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
     };
     let clock = baton_runtime::Clock::system();
     let hub = RemoteHub::new(clock);
-    let runtimes = hub.runtimes(engine::process_runtimes(ProcessEnv {
+    let process_env = ProcessEnv {
         base_dir: loaded.base_dir.clone(),
         log_dir: log_dir.clone(),
         env: env.clone(),
         registry: Some(registry),
         api: Some(api),
-    }));
+        mcp_servers: plan.mcp_servers.clone(),
+    };
+    let tools = baton_runtime::mcp::McpHub::new(&plan.mcp_servers, Some(process_env.clone()));
+    let runtimes = hub.runtimes(engine::process_runtimes(process_env));
     let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store), runtimes);
+    options.tools = tools;
     options.fresh = fresh;
     options.keep_open = true;
     options.shutdown_grace = grace;

@@ -253,6 +253,16 @@ impl Reader<'_> {
         }
     }
 
+    pub(super) async fn tools(
+        &self,
+        query: baton_ops::tools::ToolQuery,
+    ) -> Result<baton_ops::tools::ToolList, Failure> {
+        match self {
+            Reader::Local(ops) => Ok(ops.tools(&Self::caller(), query).await?),
+            Reader::Remote(client) => client.tools(&query).await,
+        }
+    }
+
     pub(super) async fn schedules(&self) -> Result<Vec<ScheduleView>, Failure> {
         match self {
             Reader::Local(ops) => Ok(ops.schedules(&Self::caller()).await?),

@@ -68,7 +68,12 @@ fn agent(plan: &Plan, value: &serde_json::Value, replace: bool) -> Result<AgentS
         Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] }
     })?;
     let no_env = BTreeMap::new();
-    let mut validator = Validator { locator: &locator, env: &no_env, diagnostics: Vec::new() };
+    let mut validator = Validator {
+        locator: &locator,
+        env: &no_env,
+        diagnostics: Vec::new(),
+        mcp_server_names: plan.mcp_servers.iter().map(|server| server.name.clone()).collect(),
+    };
     let name = raw.get_ref().name.clone();
     if !replace && plan.agent(name.get_ref()).is_some() {
         validator.error(

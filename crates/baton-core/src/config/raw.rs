@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{budget, logs, schedules, server};
+use super::{budget, logs, mcp, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -38,6 +38,8 @@ pub(super) struct RawConfig {
     pub(super) conflicts: RawConflicts,
     #[serde(default)]
     pub(super) logs: logs::RawLogs,
+    #[serde(default)]
+    pub(super) mcp_servers: BTreeMap<Spanned<String>, Spanned<mcp::RawMcpServer>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -119,6 +121,9 @@ pub(super) struct RawAgent {
     pub(super) url: Option<Spanned<String>>,
     /// The variable holding the `Authorization` header for an A2A agent.
     pub(super) auth_header_env: Option<Spanned<String>>,
+    /// Globs of the tools (`server/tool`) the agent may call, e.g. `["fs/*", "baton/*"]`.
+    #[serde(default)]
+    pub(super) tools: Vec<Spanned<String>>,
 }
 
 impl RawAgent {

@@ -148,7 +148,7 @@ fn unset_variables_and_bad_placeholders_are_errors() {
     assert_eq!(
         errors(&text),
         "baton.toml:18:39: environment variable `API_KEY` is not set; set it, or write `${API_KEY:-default}`\n\
-         baton.toml:18:53: unknown placeholder `{task.titel}`; known: {task.id}, {task.key}, {task.title}, {task.description}, {agent.name}, {run.id}, {task.input.FIELD}"
+         baton.toml:18:53: unknown placeholder `{task.titel}`; known: {task.id}, {task.key}, {task.title}, {task.description}, {agent.name}, {run.id}, {mcp.config}, {task.input.FIELD}"
     );
     let text = MINIMAL.replace("\"{task.title}\"", "\"${HOME}/x\", \"{task.input.path}\", \"awk '{print $1}'\"");
     let plan = load("baton.toml", &text, &env()).unwrap();
@@ -506,4 +506,103 @@ fn durations_and_places_are_serialized_as_written() {
     let json = serde_json::to_value(&timed).unwrap();
     assert_eq!(json, serde_json::json!({ "every": "1500ms", "maybe": "1h 30m" }));
     assert_eq!(serde_json::from_value::<Timed>(json).unwrap(), timed);
+}
+
+const MCP: &str = r#"
+[orchestration]
+name = "tools"
+
+[mcp_servers.fs]
+command = ["npx", "-y", "@modelcontextprotocol/server-filesystem", "."]
+env = { ROOT = "${HOME}" }
+
+[mcp_servers.search]
+url = "https://mcp.example.com/mcp"
+headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
+
+[[agents]]
+name = "coder"
+command = ["claude", "-p", "{task.description}", "--mcp-config", "{mcp.config}"]
+tools = ["fs/*", "search/query", "baton/*"]
+"#;
+
+#[test]
+fn mcp_servers_are_expanded_and_shown_as_written() {
+    let mut env = env();
+    env.insert("SEARCH_TOKEN".into(), "s3cret".into());
+    let plan = load("baton.toml", MCP, &env).unwrap();
+    let names: Vec<&str> = plan.mcp_servers.iter().map(|server| server.name.as_str()).collect();
+    assert_eq!(names, ["fs", "search"]);
+    // `McpTransport` has no `Debug`: it would show the secrets.
+    assert!(
+        plan.mcp_servers[0].transport
+            == McpTransport::Stdio {
+                command: vec!["npx".into(), "-y".into(), "@modelcontextprotocol/server-filesystem".into(), ".".into()],
+                env: BTreeMap::from([("ROOT".to_string(), "/home/me".to_string())]),
+            }
+    );
+    assert!(
+        plan.mcp_servers[1].transport
+            == McpTransport::Http {
+                url: "https://mcp.example.com/mcp".into(),
+                headers: BTreeMap::from([("Authorization".to_string(), "Bearer s3cret".to_string())]),
+            }
+    );
+    // The token is in the expanded transport only: never serialized, never in `Debug`.
+    let shown = serde_json::to_string(&plan).unwrap();
+    assert!(!shown.contains("s3cret") && shown.contains("Bearer ${SEARCH_TOKEN}"), "{shown}");
+    assert!(!format!("{plan:?}").contains("s3cret"));
+    assert_eq!(plan.agents[0].tools, ["fs/*", "search/query", "baton/*"]);
+    assert!(shown.contains(r#""tools":["fs/*","search/query","baton/*"]"#), "{shown}");
+}
+
+#[test]
+fn mcp_server_mistakes_are_reported_at_their_place() {
+    // An unset variable, with what to do.
+    let message = errors(MCP);
+    assert!(message.contains("baton.toml:11:") && message.contains("`SEARCH_TOKEN` is not set"), "{message}");
+    let cases = [
+        ("[mcp_servers.x]\ncommand = [\"a\"]\nurl = \"http://h\"\n", "has both `command` and `url`; keep one"),
+        ("[mcp_servers.x]\nenv = { A = \"b\" }\n", "needs `command = [\"program\", \"arg\"…]` (stdio) or `url"),
+        ("[mcp_servers.baton]\nurl = \"http://h\"\n", "`baton` is reserved for Baton's own tools"),
+        ("[mcp_servers.\"a/b\"]\nurl = \"http://h\"\n", "invalid MCP server name `a/b`"),
+        ("[mcp_servers.x]\nurl = \"ftp://h\"\n", "`url` must start with http:// or https://"),
+        ("[mcp_servers.x]\nurl = \"http://h\"\nenv = { A = \"b\" }\n", "`env` is for a `command`"),
+        ("[mcp_servers.x]\ncommand = [\"a\"]\nheaders = { A = \"b\" }\n", "`headers` are for a `url`"),
+        ("[mcp_servers.x]\ncommand = []\n", "`command` must name a program"),
+        ("[mcp_servers.x]\nurl = \"http://h\"\ntimeout = 3\n", "unknown field `timeout`"),
+    ];
+    for (section, expected) in cases {
+        let text = format!("[orchestration]\nname = \"x\"\n\n{section}");
+        let message = errors(&text);
+        assert!(message.contains(expected), "{section}: {message}");
+        assert!(message.contains("baton.toml:"), "{message}");
+    }
+}
+
+#[test]
+fn tool_globs_name_known_servers() {
+    let agent = |tools: &str, command: &str| {
+        format!(
+            "[orchestration]\nname = \"x\"\n\n[mcp_servers.fs]\ncommand = [\"fs-server\"]\n\n[[agents]]\nname = \"a\"\n{command}\ntools = {tools}\n"
+        )
+    };
+    let per_task = "command = [\"true\"]";
+    for ok in ["[\"fs/*\"]", "[\"*/read_*\"]", "[\"baton/*\", \"fs/read_file\"]", "[\"f*/x\"]"] {
+        load("baton.toml", &agent(ok, per_task), &env()).unwrap_or_else(|error| panic!("{ok}: {error}"));
+    }
+    let message = errors(&agent("[\"fss/*\"]", per_task));
+    assert!(
+        message.contains("baton.toml:10:") && message.contains("unknown MCP server `fss` (did you mean `fs`?)"),
+        "{message}"
+    );
+    for bad in ["[\"fs\"]", "[\"/x\"]", "[\"fs/\"]", "[\"a b/c\"]"] {
+        let message = errors(&agent(bad, per_task));
+        assert!(message.contains("must be `SERVER/TOOL`"), "{bad}: {message}");
+    }
+    // `{mcp.config}` is for per-task agents, whose command is started per task.
+    let worker = "command = [\"w\", \"{mcp.config}\"]\nmode = \"worker\"";
+    let message = errors(&agent("[\"fs/*\"]", worker));
+    assert!(message.contains("`{mcp.config}` is given to per-task agents only"), "{message}");
+    load("baton.toml", &agent("[\"fs/*\"]", "command = [\"c\", \"{mcp.config}\"]"), &env()).unwrap();
 }

@@ -23,6 +23,8 @@ pub(super) struct Validator<'a> {
     pub(super) locator: &'a Locator,
     pub(super) env: &'a BTreeMap<String, String>,
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// The names of the run's `[mcp_servers]`, which agents' `tools` globs name.
+    pub(super) mcp_server_names: Vec<String>,
 }
 
 /// Where the store is when `store.url` is not set.
@@ -84,6 +86,8 @@ impl Validator<'_> {
         let auth = raw.auth.as_ref().map(|auth| self.auth(auth));
         let listen = server.listen.clone();
 
+        let mcp_servers = self.mcp_servers(&raw.mcp_servers);
+        self.mcp_server_names = raw.mcp_servers.keys().map(|name| name.get_ref().clone()).collect();
         let (workstreams, phases) = self.workstreams(&raw.workstreams);
         let mut agents = self.agents(&raw.agents, &workstreams);
         let log_rotation = self.logs(&raw.logs);
@@ -101,7 +105,21 @@ impl Validator<'_> {
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
         let budget = self.budget(&raw, &tasks);
-        Plan { name, settings, store_url, listen, server, auth, workstreams, phases, agents, tasks, schedules, budget }
+        Plan {
+            name,
+            settings,
+            store_url,
+            listen,
+            server,
+            auth,
+            workstreams,
+            phases,
+            agents,
+            tasks,
+            schedules,
+            budget,
+            mcp_servers,
+        }
     }
 
     pub(super) fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -230,6 +248,7 @@ impl Validator<'_> {
                 None => 1,
             };
             let kind = self.kind(agent, spanned_agent.span());
+            let tools = self.tool_globs(&agent.tools);
             specs.push(AgentSpec {
                 name: agent.name.get_ref().clone(),
                 role: agent.role.clone().unwrap_or_else(|| agent.name.get_ref().clone()),
@@ -254,6 +273,7 @@ impl Validator<'_> {
                 concurrency,
                 runbook: agent.runbook.clone(),
                 objectives: agent.objectives.clone(),
+                tools,
                 log_rotation: LogRotation::default(),
             });
         }
@@ -430,6 +450,12 @@ impl Validator<'_> {
             let expanded = self.expand(arg);
             if let Err(message) = check_placeholders(&expanded) {
                 self.error(arg.span(), message);
+            }
+            if expanded.contains("{mcp.config}") && agent.mode() != ProcessMode::PerTask {
+                self.error(
+                    arg.span(),
+                    "`{mcp.config}` is given to per-task agents only (mode = \"per-task\"); a worker or terminal agent reads its MCP servers itself",
+                );
             }
             command.push(expanded);
         }

@@ -68,7 +68,8 @@ impl ReloadSummary {
 /// needs a new runtime, so a running agent is restarted. The engine builds the new runtime
 /// exactly when this says so.
 pub fn runtime_changed(old: &AgentSpec, new: &AgentSpec) -> bool {
-    old.kind.runtime_differs(&new.kind) || old.heartbeat_timeout != new.heartbeat_timeout
+    // The tools an agent may call are in its `{mcp.config}` file, written when it starts.
+    old.kind.runtime_differs(&new.kind) || old.heartbeat_timeout != new.heartbeat_timeout || old.tools != new.tools
 }
 
 /// Whether two specs of an agent say the same, wherever in the file they are written (lines

@@ -896,6 +896,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     concurrency,
                     runbook: None,
                     objectives: Vec::new(),
+                    tools: Vec::new(),
                     log_rotation: Default::default(),
                 })
                 .collect();
@@ -923,6 +924,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 tasks,
                 schedules: Vec::new(),
                 budget: Default::default(),
+                mcp_servers: Vec::new(),
             };
             RandomPlan { plan }
         })

@@ -48,6 +48,7 @@ use baton_store::{ErrorKind, Store};
 
 use crate::agent::{AgentEvent, AgentRequest, Reply, RequestError};
 use crate::clock::Clock;
+use crate::mcp::McpHub;
 use running::Running;
 
 pub use agents::{RuntimeFactory, process_runtimes};
@@ -86,6 +87,9 @@ pub struct EngineOptions {
     pub node: Node,
     /// How long running attempts may finish after a shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// The run's MCP servers (`[mcp_servers]`): started with the run, stopped when it ends,
+    /// given out by [`EngineHandle::tools`]. Build it before the runtimes, which call it.
+    pub tools: Arc<McpHub>,
 }
 
 impl EngineOptions {
@@ -99,6 +103,7 @@ impl EngineOptions {
             clock: Clock::system(),
             node: Node::this_process(),
             shutdown_grace: Duration::from_secs(10),
+            tools: McpHub::empty(),
         }
     }
 }
@@ -211,9 +216,15 @@ pub struct EngineHandle {
     plan: watch::Receiver<Option<Arc<Plan>>>,
     progress: watch::Receiver<Progress>,
     run_id: watch::Receiver<Option<String>>,
+    tools: Arc<McpHub>,
 }
 
 impl EngineHandle {
+    /// The run's MCP servers and their tools (a [`crate::tools::ToolProvider`]).
+    pub fn tools(&self) -> Arc<McpHub> {
+        Arc::clone(&self.tools)
+    }
+
     /// Creates tasks in the run; returns once they are durable.
     pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>, Error> {
         let (reply, answer) = oneshot::channel();
@@ -381,6 +392,7 @@ impl Engine {
             plan: plan_rx,
             progress: progress_rx,
             run_id: run_id_rx,
+            tools: Arc::clone(&options.tools),
         };
         (Engine { options, commands, agent_events, agent_requests, plan, progress, run_id }, handle)
     }
@@ -388,11 +400,22 @@ impl Engine {
     /// Runs the plan until it ends, or until `shutdown` fires (then running attempts get the
     /// grace period to finish and the run stays resumable).
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunSummary, Error> {
-        let mut running = Running::open(self).await?;
-        // The loop's errors (the store failing) still go through `close`, so that no attempt
-        // outlives the engine.
-        let outcome = running.turns(&shutdown).await;
-        running.close(outcome).await
+        // The MCP servers start with the run and stop after it, when no attempt calls them.
+        let tools = Arc::clone(&self.options.tools);
+        let (tools_stop, tools_tasks) = (CancellationToken::new(), tokio_util::task::TaskTracker::new());
+        tools.start(&tools_stop, &tools_tasks);
+        let summary = async {
+            let mut running = Running::open(self).await?;
+            // The loop's errors (the store failing) still go through `close`, so that no
+            // attempt outlives the engine.
+            let outcome = running.turns(&shutdown).await;
+            running.close(outcome).await
+        }
+        .await;
+        tools_stop.cancel();
+        tools_tasks.close();
+        tools_tasks.wait().await;
+        summary
     }
 }
 

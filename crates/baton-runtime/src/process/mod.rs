@@ -66,6 +66,9 @@ pub struct ProcessEnv {
     /// How agents reach the server's API (`baton serve`): `BATON_URL`, and `BATON_TOKEN`
     /// scoped to the agent.
     pub api: Option<ApiAccess>,
+    /// The run's MCP servers (`[mcp_servers]`): stdio ones are started with this environment,
+    /// and a per-task agent's `{mcp.config}` file lists those its `tools` reach.
+    pub mcp_servers: Vec<baton_core::config::McpServerSpec>,
 }
 
 /// Issues the API token for an agent by name.
@@ -163,6 +166,11 @@ pub fn kill_leftovers(run_id: &str, pgids: &[i32]) -> usize {
 }
 
 impl ProcessEnv {
+    /// The directory that holds the store, the logs and the run's other files.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.log_dir.parent().unwrap_or(&self.log_dir)
+    }
+
     pub fn log_path(&self, agent: &str) -> PathBuf {
         self.log_dir.join(format!("{agent}.log"))
     }
@@ -198,6 +206,27 @@ impl ProcessEnv {
         }
         (workdir, env)
     }
+}
+
+/// The command of a stdio MCP server (`[mcp_servers.NAME] command`), started like an agent's
+/// process: its own process group under the reaper, in the configuration's directory, with the
+/// allow-listed part of Baton's environment and the server's own `env`. Only this module starts
+/// processes; the MCP hub (`crate::mcp`) hands the command to its transport.
+pub(crate) fn mcp_server_command(
+    command: &[String],
+    server_env: &BTreeMap<String, String>,
+    process_env: &ProcessEnv,
+) -> Result<tokio::process::Command, String> {
+    let (program, args) = command.split_first().ok_or("the command is empty")?;
+    let mut env: BTreeMap<String, String> = process_env
+        .env
+        .iter()
+        .filter(|(key, _)| INHERITED_ENV.contains(&key.as_str()) || key.starts_with("LC_"))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    env.extend(server_env.clone());
+    let program = resolve_program(program, &process_env.base_dir, env.get("PATH").map(String::as_str))?;
+    Ok(base_command(program, args, &process_env.base_dir, &env, &baton_core::config::Limits::default()))
 }
 
 /// Checks an agent's working directory and makes its log directory: what every start needs.
@@ -350,6 +379,10 @@ pub struct ProcessAgent {
     groups: Mutex<HashSet<i32>>,
     /// Where usage reported by a failed attempt goes (a successful one's is in its result).
     context: Mutex<Option<AgentContext>>,
+    /// When the command has `{mcp.config}`: the file it stands for, written when the agent
+    /// starts (`crate::mcp::config`), and the servers that may go in it.
+    mcp_config: Option<std::path::PathBuf>,
+    mcp_servers: Vec<baton_core::config::McpServerSpec>,
 }
 
 impl ProcessAgent {
@@ -390,7 +423,14 @@ impl ProcessAgent {
     pub fn new(spec: AgentSpec, process: ProcessSpec, process_env: &ProcessEnv) -> ProcessAgent {
         let (workdir, env) = process_env.for_agent(&spec, &process);
         let log_path = process_env.log_path(&spec.name);
+        let mcp_config = process
+            .command
+            .iter()
+            .any(|arg| arg.contains("{mcp.config}"))
+            .then(|| crate::mcp::config::path(process_env.state_dir(), &spec.name));
         ProcessAgent {
+            mcp_config,
+            mcp_servers: process_env.mcp_servers.clone(),
             log: log::AgentLog::open(&log_path, spec.log_rotation),
             brief: crate::brief::Brief::of(&spec, &process_env.base_dir).json(),
             log_path,
@@ -409,8 +449,15 @@ impl ProcessAgent {
     }
 
     fn command(&self, attempt: &Attempt) -> Result<tokio::process::Command, String> {
-        let argv: Vec<String> =
-            self.process.command.iter().map(|arg| substitute(arg, attempt)).collect::<Result<_, _>>()?;
+        let argv: Vec<String> = self
+            .process
+            .command
+            .iter()
+            .map(|arg| match &self.mcp_config {
+                Some(path) => substitute(&arg.replace("{mcp.config}", &path.to_string_lossy()), attempt),
+                None => substitute(arg, attempt),
+            })
+            .collect::<Result<_, _>>()?;
         let program = resolve_program(&argv[0], &self.workdir, self.env.get("PATH").map(String::as_str))?;
         let task = &attempt.task;
         let mut command = base_command(program, &argv[1..], &self.workdir, &self.env, &self.process.limits);
@@ -635,6 +682,7 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
             "task.description" => task.description.clone(),
             "agent.name" => attempt.agent.clone(),
             "run.id" => attempt.run_id.clone(),
+            "mcp.config" => return Err("`{mcp.config}` is expanded in a per-task agent's command only".to_string()),
             other => {
                 let field =
                     other.strip_prefix("task.input.").ok_or_else(|| format!("unknown placeholder `{{{other}}}`"))?;
@@ -658,6 +706,11 @@ impl AgentRuntime for ProcessAgent {
         *self.context.lock().expect("context lock") = Some(context);
         prepare_dirs(&self.workdir, &self.log_path).await?;
         find_program(&self.process.command[0], &self.workdir, &self.env)?;
+        if let Some(path) = &self.mcp_config {
+            crate::mcp::config::write(path, &self.mcp_servers, &self.spec.tools).map_err(|error| {
+                AgentError::permanent(format!("cannot write the agent's {{mcp.config}} file: {error}"))
+            })?;
+        }
         self.log(&format!("--- agent {} started", self.spec.name)).await;
         Ok(())
     }

@@ -104,14 +104,18 @@ impl Server {
         let auth = options.auth.then(|| Auth::new(SECRET.as_bytes(), Duration::from_secs(3600)).expect("auth"));
         let clock = baton_runtime::Clock::system();
         let hub = RemoteHub::new(clock);
-        let runtimes = hub.runtimes(engine::process_runtimes(ProcessEnv {
+        let process_env = ProcessEnv {
             base_dir: dir.path().to_path_buf(),
             log_dir: dir.path().join("logs"),
             env,
             registry: None,
             api: None,
-        }));
+            mcp_servers: plan.mcp_servers.clone(),
+        };
+        let tools = baton_runtime::mcp::McpHub::new(&plan.mcp_servers, Some(process_env.clone()));
+        let runtimes = hub.runtimes(engine::process_runtimes(process_env));
         let mut engine_options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+        engine_options.tools = tools;
         engine_options.keep_open = true;
         engine_options.shutdown_grace = Duration::from_secs(2);
         let (engine, handle) = Engine::new(engine_options);

@@ -62,7 +62,7 @@ fn values_are_checked_as_in_the_file() {
     );
     assert_eq!(
         json_errors(json!({ "name": "x", "command": ["true", "{task.titel}"] })),
-        "request body: field `command[1]`: unknown placeholder `{task.titel}`; known: {task.id}, {task.key}, {task.title}, {task.description}, {agent.name}, {run.id}, {task.input.FIELD}"
+        "request body: field `command[1]`: unknown placeholder `{task.titel}`; known: {task.id}, {task.key}, {task.title}, {task.description}, {agent.name}, {run.id}, {mcp.config}, {task.input.FIELD}"
     );
     assert_eq!(json_errors(json!({ "name": "x" })), "request body: missing field `command`");
     assert_eq!(
