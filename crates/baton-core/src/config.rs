@@ -287,7 +287,7 @@ impl AgentSpec {
     pub fn process(&self) -> Option<&ProcessSpec> {
         match &self.kind {
             AgentKind::Process(process) => Some(process),
-            AgentKind::Remote(_) => None,
+            AgentKind::Remote(_) | AgentKind::Llm(_) => None,
         }
     }
 
@@ -306,6 +306,7 @@ impl AgentSpec {
         match &self.kind {
             AgentKind::Process(process) => format!("process {}", process.mode.as_str()),
             AgentKind::Remote(_) => "remote".to_string(),
+            AgentKind::Llm(llm) => format!("llm {}/{}", llm.provider.name, llm.model),
         }
     }
 }
@@ -334,6 +335,8 @@ pub struct Plan {
     /// Token budgets (`[budget]`, the workstreams' and agents' `budget`, the tasks'
     /// `estimated_tokens`).
     pub budget: BudgetSpec,
+    /// `[llm]`: the providers LLM agents call.
+    pub llm: LlmSettings,
 }
 
 impl Plan {
@@ -477,7 +480,7 @@ fn load_document(
         let span = error.span().unwrap_or(0..0);
         Invalid::new(Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] })
     })?;
-    let mut validator = Validator { locator, env, diagnostics: Vec::new() };
+    let mut validator = Validator { locator, env, diagnostics: Vec::new(), llm_providers: BTreeMap::new() };
     let plan = validator.validate(raw);
     let mut diagnostics = validator.diagnostics;
     diagnostics.sort_by_key(|diagnostic| {
@@ -599,6 +602,7 @@ mod diagnostics;
 mod json;
 mod kind;
 mod layers;
+mod llm;
 mod logs;
 mod raw;
 mod schedules;
@@ -613,6 +617,10 @@ pub use layers::{
     ENV_OVERRIDES, EnvOverride, OverrideKind, Source, check_sources, is_profile_name, load_sources, profile_path,
 };
 
+pub use llm::{
+    DEFAULT_MAX_TOKENS, DEFAULT_MAX_TURNS, LlmSettings, LlmSpec, MAX_TURNS_LIMIT, Price, ProviderKind, ProviderSpec,
+    check_tool_glob,
+};
 pub use logs::LogRotation;
 use raw::{RawAgent, RawConfig, RawTask};
 pub use server::{

@@ -62,7 +62,12 @@ fn agent(plan: &Plan, value: &serde_json::Value, replace: bool) -> Result<AgentS
         Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] }
     })?;
     let no_env = BTreeMap::new();
-    let mut validator = Validator { locator: &locator, env: &no_env, diagnostics: Vec::new() };
+    let mut validator = Validator {
+        locator: &locator,
+        env: &no_env,
+        diagnostics: Vec::new(),
+        llm_providers: plan.llm.providers.clone(),
+    };
     let name = raw.get_ref().name.clone();
     if !replace && plan.agent(name.get_ref()).is_some() {
         validator.error(

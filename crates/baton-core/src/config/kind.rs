@@ -3,7 +3,7 @@
 //! [`AgentSpec`](super::AgentSpec) holds what every agent has (a name, a role, capabilities,
 //! concurrency, a restart policy, a circuit breaker…); its `kind` holds the rest: the program
 //! and environment of a process agent, nothing (yet) for a remote one. A new kind of agent
-//! (`llm`, `a2a`) is a new variant here with its own spec struct, validated in `config.rs`, and a
+//! (`a2a`) is a new variant here with its own spec struct, validated in `config.rs`, and a
 //! new `AgentRuntime` in baton-runtime that the engine's runtime factory builds for it.
 //!
 //! The kind is serialized flat, beside the common fields: `"runtime": "process"` and the
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Limits, Location, ProcessMode, TerminalSpec};
+use super::{Limits, LlmSpec, Location, ProcessMode, TerminalSpec};
 
 /// How an agent runs, by name: the `runtime` key of an `[[agents]]` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -24,6 +24,8 @@ pub enum RuntimeKind {
     Process,
     /// Baton starts nothing: a worker process anywhere claims the agent's tasks over HTTP.
     Remote,
+    /// Baton calls a model's API in a loop, with tools.
+    Llm,
 }
 
 impl RuntimeKind {
@@ -31,6 +33,7 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Process => "process",
             RuntimeKind::Remote => "remote",
+            RuntimeKind::Llm => "llm",
         }
     }
 }
@@ -57,6 +60,8 @@ pub enum AgentKind {
     Process(ProcessSpec),
     /// A worker Baton does not start, taking tasks over HTTP (`runtime = "remote"`).
     Remote(RemoteSpec),
+    /// A model called in a loop with tools (`runtime = "llm"`).
+    Llm(LlmSpec),
 }
 
 impl AgentKind {
@@ -64,6 +69,7 @@ impl AgentKind {
         match self {
             AgentKind::Process(_) => RuntimeKind::Process,
             AgentKind::Remote(_) => RuntimeKind::Remote,
+            AgentKind::Llm(_) => RuntimeKind::Llm,
         }
     }
 
@@ -74,6 +80,7 @@ impl AgentKind {
         match (self, other) {
             (AgentKind::Process(old), AgentKind::Process(new)) => !old.same_runtime(new),
             (AgentKind::Remote(old), AgentKind::Remote(new)) => old != new,
+            (AgentKind::Llm(old), AgentKind::Llm(new)) => old != new,
             _ => true,
         }
     }

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{budget, logs, schedules, server};
+use super::{budget, llm, logs, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -38,6 +38,8 @@ pub(super) struct RawConfig {
     pub(super) conflicts: RawConflicts,
     #[serde(default)]
     pub(super) logs: logs::RawLogs,
+    #[serde(default)]
+    pub(super) llm: llm::RawLlm,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -115,6 +117,12 @@ pub(super) struct RawAgent {
     #[serde(default)]
     pub(super) objectives: Vec<Objective>,
     pub(super) budget: Option<Spanned<budget::RawLimit>>,
+    /// LLM agents only (see `Validator::llm_agent`).
+    pub(super) provider: Option<Spanned<String>>,
+    pub(super) model: Option<Spanned<String>>,
+    pub(super) tools: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) max_turns: Option<Spanned<u32>>,
+    pub(super) max_tokens: Option<Spanned<u32>>,
 }
 
 impl RawAgent {

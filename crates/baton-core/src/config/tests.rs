@@ -323,6 +323,7 @@ fn schedule_errors_name_the_place() {
 
 mod json;
 mod layers;
+mod llm;
 mod server;
 
 /// `heartbeat_timeout = "3000000000000000h"` passed `check`, then the first claim of a remote
@@ -393,10 +394,10 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
     assert!(unknown.starts_with("baton.toml:38:1: unknown field `keep`"), "{unknown}");
 }
 
-/// `llm` and `a2a` are words Baton knows, refused until those runtimes exist.
+/// `a2a` is a word Baton knows, refused until that runtime exists.
 #[test]
 fn runtimes_not_available_yet_are_refused_with_what_is() {
-    for runtime in ["llm", "a2a"] {
+    for runtime in ["a2a"] {
         let text = format!(
             "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
         );

@@ -23,6 +23,8 @@ pub(super) struct Validator<'a> {
     pub(super) locator: &'a Locator,
     pub(super) env: &'a BTreeMap<String, String>,
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// `[llm.providers]`, validated before the agents that name them.
+    pub(super) llm_providers: BTreeMap<String, super::ProviderSpec>,
 }
 
 /// Where the store is when `store.url` is not set.
@@ -84,6 +86,8 @@ impl Validator<'_> {
         let auth = raw.auth.as_ref().map(|auth| self.auth(auth));
         let listen = server.listen.clone();
 
+        let llm = self.llm(&raw.llm);
+        self.llm_providers = llm.providers.clone();
         let (workstreams, phases) = self.workstreams(&raw.workstreams);
         let mut agents = self.agents(&raw.agents, &workstreams);
         let log_rotation = self.logs(&raw.logs);
@@ -101,7 +105,7 @@ impl Validator<'_> {
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
         let budget = self.budget(&raw, &tasks);
-        Plan { name, settings, store_url, listen, server, auth, workstreams, phases, agents, tasks, schedules, budget }
+        Plan { name, settings, store_url, listen, server, auth, workstreams, phases, agents, tasks, schedules, budget, llm }
     }
 
     pub(super) fn settings(&mut self, raw: &RawOrchestration) -> Settings {
@@ -279,6 +283,9 @@ impl Validator<'_> {
     /// available yet are refused here, with the kinds that are. `agent_span` is where a missing
     /// command is reported.
     pub(super) fn kind(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> AgentKind {
+        if agent.runtime() != RawRuntime::Llm {
+            self.refuse_llm_keys(agent);
+        }
         match agent.runtime() {
             RawRuntime::Process => AgentKind::Process(self.process(agent, agent_span)),
             RawRuntime::Remote => {
@@ -287,14 +294,15 @@ impl Validator<'_> {
                 let _ = self.process(agent, agent_span);
                 AgentKind::Remote(RemoteSpec {})
             }
-            unavailable @ (RawRuntime::Llm | RawRuntime::A2a) => {
-                let name = if unavailable == RawRuntime::Llm { "llm" } else { "a2a" };
+            RawRuntime::Llm => {
+                let _ = self.terminal(agent);
+                AgentKind::Llm(self.llm_agent(agent, agent_span))
+            }
+            RawRuntime::A2a => {
                 let span = agent.runtime.as_ref().map_or(agent_span.clone(), Spanned::span);
                 self.error(
                     span,
-                    format!(
-                        "runtime = \"{name}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
-                    ),
+                    "runtime = \"a2a\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)",
                 );
                 // Checked as a process agent would be, so that every other mistake is reported
                 // at once; the plan is refused anyway.

@@ -923,6 +923,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 tasks,
                 schedules: Vec::new(),
                 budget: Default::default(),
+                llm: Default::default(),
             };
             RandomPlan { plan }
         })
