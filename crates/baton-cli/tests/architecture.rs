@@ -18,7 +18,11 @@ const ONLY: &[(&str, &[&str], &str)] = &[
     ("hyper", &["baton-server"], "only the server serves HTTP"),
     ("hyper-util", &["baton-server"], "only the server serves HTTP"),
     ("tower-http", &["baton-server"], "only the server serves HTTP"),
-    ("reqwest", &["baton-bench", "baton-cli"], "only the CLI and the HTTP benchmarks are HTTP clients (of the server)"),
+    (
+        "reqwest",
+        &["baton-runtime", "baton-bench", "baton-cli"],
+        "only the CLI and the HTTP benchmarks are HTTP clients (of the server), and the runtime (of LLM providers)",
+    ),
     ("portable-pty", &["baton-runtime"], "only the runtime starts processes"),
     (
         "tokio",

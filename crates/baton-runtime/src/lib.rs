@@ -14,6 +14,7 @@ pub mod check;
 pub mod clock;
 pub mod config_file;
 pub mod engine;
+pub mod llm;
 pub mod postoffice;
 pub mod process;
 pub mod reload;

@@ -50,7 +50,7 @@ use crate::agent::{AgentEvent, AgentRequest, Reply, RequestError};
 use crate::clock::Clock;
 use running::Running;
 
-pub use agents::{RuntimeFactory, process_runtimes};
+pub use agents::{RuntimeFactory, agent_runtimes, process_runtimes};
 pub use open::Node;
 
 #[derive(Debug, thiserror::Error)]
