@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use baton_core::config::{ProviderKind, ProviderSpec};
 use baton_core::time::format_duration;
@@ -19,7 +18,7 @@ use baton_core::time::format_duration;
 use super::wire::{self, Reply, StreamError};
 use crate::clock::Clock;
 
-/// How a turn is tried again.
+/// How a turn is tried again. The bound is on the time spent waiting between tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The first wait; doubled after each failure.
@@ -63,7 +62,9 @@ impl Client {
     /// failed for [`RetryPolicy::give_up_after`]. The error says why, naming the provider.
     pub(crate) async fn turn(&self, body: &Value) -> Result<Reply, String> {
         let name = &self.provider.name;
-        let started = Instant::now();
+        // The time spent waiting between tries: what the bound is on (a try's own time is
+        // bounded by the stream it reads), and what tests can count on a paused clock.
+        let mut waited = Duration::ZERO;
         let mut delay = self.retry.first_delay;
         loop {
             let (what, retry_after) = match self.try_once(body).await {
@@ -71,10 +72,9 @@ impl Client {
                 Err(Failure::Fatal(message)) => return Err(format!("provider {name}: {message}")),
                 Err(Failure::Retry { what, retry_after }) => (what, retry_after),
             };
-            let elapsed = started.elapsed();
-            let left = self.retry.give_up_after.saturating_sub(elapsed);
+            let left = self.retry.give_up_after.saturating_sub(waited);
             if left.is_zero() {
-                return Err(format!("provider {name}: {what} for {}, gave up", format_duration(elapsed)));
+                return Err(format!("provider {name}: {what} for {}, gave up", format_duration(waited)));
             }
             let wait = match retry_after {
                 Some(asked) if asked > left => {
@@ -89,6 +89,7 @@ impl Client {
             };
             tracing::info!(provider = %name, %what, wait = %format_duration(wait), "model call failed; trying again");
             tokio::time::sleep(wait).await;
+            waited += wait;
             delay = (delay * 2).min(self.retry.max_delay);
         }
     }
