@@ -80,7 +80,7 @@ impl AgentKind {
         match (self, other) {
             (AgentKind::Process(old), AgentKind::Process(new)) => !old.same_runtime(new),
             (AgentKind::Remote(old), AgentKind::Remote(new)) => old != new,
-            (AgentKind::Llm(old), AgentKind::Llm(new)) => old != new,
+            (AgentKind::Llm(old), AgentKind::Llm(new)) => !old.same_runtime(new),
             _ => true,
         }
     }

@@ -11,7 +11,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::Validator;
+use super::{Location, Validator};
 use super::diagnostics::unknown;
 use super::raw::RawAgent;
 
@@ -95,6 +95,18 @@ pub struct LlmSpec {
     pub max_turns: u32,
     /// Output tokens asked for per turn.
     pub max_tokens: u32,
+    /// Where `provider` is written, for errors found later (its key is not set).
+    #[serde(skip_serializing_if = "Location::has_no_line")]
+    pub provider_location: Location,
+}
+
+impl LlmSpec {
+    /// Whether a runtime built from `self` is the one `other` needs: everything but where the
+    /// provider is written.
+    pub fn same_runtime(&self, other: &LlmSpec) -> bool {
+        LlmSpec { provider_location: Location::default(), ..self.clone() }
+            == LlmSpec { provider_location: Location::default(), ..other.clone() }
+    }
 }
 
 /// `[llm]` as written.
@@ -252,7 +264,8 @@ impl Validator<'_> {
             api_key_env: None,
             prices: BTreeMap::new(),
         });
-        LlmSpec { provider, model, tools, max_turns, max_tokens }
+        let provider_location = self.locator.locate(agent.provider.as_ref().map_or(agent_span, Spanned::span));
+        LlmSpec { provider, model, tools, max_turns, max_tokens, provider_location }
     }
 
     /// The keys only LLM agents have, refused on other agents.
