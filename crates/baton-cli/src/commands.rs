@@ -529,7 +529,7 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
         TaskAction::Show { id, json } => {
             let source = Source::open(cli, None).await?;
             let detail = source.reader().task(TaskId(*id)).await?;
-            print_task(&detail.task, &detail.events, *json)
+            print_task(&detail, *json)
         }
         TaskAction::Cancel { id, reason, run } => {
             let client = source::front_door(cli, run.as_deref()).await?;
@@ -542,13 +542,14 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
     }
 }
 
-fn print_task(task: &TaskRecord, events: &[baton_core::Event], json: bool) -> Result<u8, Failure> {
+fn print_task(detail: &baton_ops::tasks::TaskDetail, json: bool) -> Result<u8, Failure> {
+    let (task, events) = (&detail.task, &detail.events);
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "task": task, "events": events }))
-                .context("serializing")?
-        );
+        let mut shown = serde_json::json!({ "task": task, "events": events });
+        if !detail.transcript.is_empty() {
+            shown["transcript"] = serde_json::to_value(&detail.transcript).context("serializing")?;
+        }
+        outln!("{}", serde_json::to_string_pretty(&shown).context("serializing")?);
         return Ok(0);
     }
     outln!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
@@ -570,6 +571,10 @@ fn print_task(task: &TaskRecord, events: &[baton_core::Event], json: bool) -> Re
     names.insert(task.id, task.key.clone());
     for event in events {
         outln!("  {}", names.line(event));
+    }
+    if !detail.transcript.is_empty() {
+        outln!("transcript");
+        out!("{}", baton_core::transcript::render(&detail.transcript));
     }
     Ok(0)
 }

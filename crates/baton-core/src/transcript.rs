@@ -65,6 +65,55 @@ impl Entry {
     }
 }
 
+/// Entries as lines for a person (`baton task show`, an LLM agent's log): the role, the
+/// text (long texts cut), the tools called, a turn's tokens and cost.
+pub fn render(entries: &[Entry]) -> String {
+    let mut out = String::new();
+    let mut attempt = None;
+    for entry in entries {
+        if attempt != Some(entry.attempt) {
+            attempt = Some(entry.attempt);
+            out.push_str(&format!("--- attempt {} ---\n", entry.attempt));
+        }
+        let role = match (entry.role, &entry.tool_call_id) {
+            (Role::Tool, Some(id)) => format!("tool {id}"),
+            (role, _) => format!("{role:?}").to_lowercase(),
+        };
+        let text = match &entry.content {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Array(blocks) => blocks
+                .iter()
+                .map(|block| block["text"].as_str().map_or_else(|| block.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(" "),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("[{role}] {}\n", cut(&text, 2000)));
+        for call in &entry.tool_calls {
+            out.push_str(&format!("  -> {} {}\n", call.name, cut(&call.arguments.to_string(), 500)));
+        }
+        if let Some(usage) = &entry.usage {
+            let count = |key: &str| usage[key].as_u64().unwrap_or(0);
+            out.push_str(&format!(
+                "  (tokens: {} in, {} out, {} cache read, {} cache write; ${:.6})\n",
+                count("input_tokens"),
+                count("output_tokens"),
+                count("cache_read_input_tokens"),
+                count("cache_creation_input_tokens"),
+                usage["cost_usd"].as_f64().unwrap_or(0.0)
+            ));
+        }
+    }
+    out
+}
+
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((idx, _)) => format!("{}… ({} more bytes)", &text[..idx], text.len() - idx),
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +128,12 @@ mod tests {
         entry.tool_calls.push(ToolCall { id: "t1".into(), name: "baton/get_task".into(), arguments: serde_json::json!({"id": 1}) });
         let back: Entry = serde_json::from_value(serde_json::to_value(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);
+        entry.usage = Some(serde_json::json!({"input_tokens": 3, "output_tokens": 4, "cost_usd": 0.5}));
+        let mut tool = Entry::new(Role::Tool, serde_json::json!([{"type": "text", "text": "done"}]), Timestamp(6));
+        tool.tool_call_id = Some("t1".into());
+        assert_eq!(
+            render(&[entry, tool]),
+            "--- attempt 0 ---\n[assistant] hi\n  -> baton/get_task {\"id\":1}\n  (tokens: 3 in, 4 out, 0 cache read, 0 cache write; $0.500000)\n[tool t1] done\n"
+        );
     }
 }

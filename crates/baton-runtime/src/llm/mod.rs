@@ -71,6 +71,8 @@ pub struct LlmAgent {
     external: Option<Arc<dyn ToolProvider>>,
     /// Where the agent's waiting messages are read.
     registry: Option<Registry>,
+    /// Where the agent's log is written (`NAME.log`): its transcripts as text.
+    log_dir: std::path::PathBuf,
     clock: Clock,
     /// Set by `start`. A std mutex: held only to clone it, never across an await.
     context: Mutex<Option<AgentContext>>,
@@ -110,6 +112,7 @@ impl LlmAgent {
             client,
             external,
             registry: env.registry.clone(),
+            log_dir: env.log_dir.clone(),
             clock: options.clock,
             context: Mutex::new(None),
         }
@@ -155,11 +158,23 @@ impl LlmAgent {
     /// Writes transcript entries through the engine; a failure is logged, not the attempt's.
     async fn record(&self, context: &AgentContext, attempt: &Attempt, entries: Vec<Entry>) {
         let (agent, task, number) = (self.name.clone(), attempt.task.id, attempt.number());
+        let shown: Vec<Entry> = entries.iter().map(|entry| Entry { attempt: number, ..entry.clone() }).collect();
         let written = context
             .ask(|reply| AgentRequest::Transcript { agent, task, attempt: number, entries, reply })
             .await;
         if let Err(error) = written {
             tracing::warn!(%error, agent = %self.name, %task, "cannot write a transcript");
+        }
+        // The agent's log (`baton logs`) is the transcript as text.
+        let text = baton_core::transcript::render(&shown);
+        let appended = async {
+            tokio::fs::create_dir_all(&self.log_dir).await?;
+            let mut file =
+                tokio::fs::OpenOptions::new().create(true).append(true).open(self.log_dir.join(format!("{}.log", self.name))).await?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, format!("task {task} {text}").as_bytes()).await
+        };
+        if let Err(error) = appended.await {
+            tracing::warn!(%error, agent = %self.name, "cannot write the agent's log");
         }
     }
 

@@ -84,6 +84,7 @@ struct Run {
     handle: engine::EngineHandle,
     shutdown: CancellationToken,
     run_id: String,
+    log_dir: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -99,7 +100,7 @@ async fn start(plan: Plan) -> Run {
     let shutdown = CancellationToken::new();
     tokio::spawn(engine.run(shutdown.clone()));
     let run_id = handle.run_id().wait_for(Option::is_some).await.expect("a run").clone().expect("an id");
-    Run { store, handle, shutdown, run_id, _dir: dir }
+    Run { store, handle, shutdown, run_id, log_dir: dir.path().join("logs"), _dir: dir }
 }
 
 fn lead_task(title: &str, input: Value) -> baton_core::model::NewTask {
@@ -164,6 +165,8 @@ async fn an_llm_agent_creates_a_sub_task_which_runs_then_answers() {
     assert_eq!(transcript[3].tool_call_id.as_deref(), Some("toolu_1"));
     assert_eq!(transcript[4].content, "All planned.");
     assert!(transcript.iter().all(|entry| entry.attempt == 1));
+    let log = std::fs::read_to_string(run.log_dir.join("lead.log")).expect("the agent's log");
+    assert!(log.contains("[assistant] Let me do that.\n  -> baton/create_tasks"), "{log}");
 
     // The key is in none of what Baton shows.
     let events = run.store.events(&EventQuery { run_id: Some(run.run_id.clone()), ..Default::default() }).await.unwrap();
