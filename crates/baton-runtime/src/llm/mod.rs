@@ -2,8 +2,8 @@
 //! model's final answer is the task's result.
 //!
 //! An attempt is a conversation. The system prompt is the agent's brief (role, objectives,
-//! runbook); the user turn is the task (title, description, input, the messages waiting for
-//! the agent). Each turn reserves budget first (`AgentRequest::ReserveBudget`: a budget that
+//! runbook); the user turn is the task (title, description, input, the results of the tasks it
+//! depends on, the messages waiting for the agent). Each turn reserves budget first (`AgentRequest::ReserveBudget`: a budget that
 //! runs out stops the conversation between turns, saying which), streams the model's answer
 //! ([`wire`], [`http`]: retries with backoff), reports the provider's exact token counts and
 //! their cost ([`prices`]) to the budgets, and runs the tools the model called, all at once
@@ -193,7 +193,14 @@ impl LlmAgent {
             Some(registry) => registry.inbox(&attempt.run_id, &attempt.agent).await,
             None => Vec::new(),
         };
-        let user = user_turn(attempt, &inbox);
+        let mut dependencies = Vec::with_capacity(task.depends_on.len());
+        for &id in &task.depends_on {
+            let agent = self.name.clone();
+            if let Ok(record) = context.ask(|reply| AgentRequest::GetTask { agent, task: id, reply }).await {
+                dependencies.push(record);
+            }
+        }
+        let user = user_turn(attempt, &dependencies, &inbox);
         let now = self.clock.now();
         self.record(context, attempt, vec![Entry::new(Role::System, system.clone(), now), Entry::new(Role::User, user.clone(), now)])
             .await;
@@ -316,8 +323,8 @@ impl LlmAgent {
     }
 }
 
-/// The task as the model is handed it.
-fn user_turn(attempt: &Attempt, inbox: &[Delivery]) -> String {
+/// The task as the model is handed it, with the results of the tasks it depends on.
+fn user_turn(attempt: &Attempt, dependencies: &[baton_core::model::TaskRecord], inbox: &[Delivery]) -> String {
     let task = &attempt.task;
     let mut text = format!("Task {} (attempt {}): {}\n", task.id, task.attempt, task.title);
     if !task.description.is_empty() {
@@ -329,6 +336,15 @@ fn user_turn(attempt: &Attempt, inbox: &[Delivery]) -> String {
     if has_input {
         text.push_str("\nInput:\n");
         text.push_str(&serde_json::to_string_pretty(&task.input).unwrap_or_default());
+        text.push('\n');
+    }
+    for dependency in dependencies {
+        text.push_str(&format!("\nResult of task {} ({}), which this task depends on:\n", dependency.id, dependency.title));
+        match &dependency.result {
+            Some(Value::String(result)) => text.push_str(result),
+            Some(result) => text.push_str(&serde_json::to_string_pretty(result).unwrap_or_default()),
+            None => text.push_str("(none)"),
+        }
         text.push('\n');
     }
     if !inbox.is_empty() {

@@ -191,13 +191,19 @@ async fn an_openai_compatible_agent_calls_tools_in_parallel_and_answers_json() {
         Reply::Stream(standin::openai_text("```json\n{\"verdict\": \"ship\"}\n```", 200, 5, 50)),
     ]);
     let run = start(plan("openai", &standin.url, "")).await;
-    let ids = run.handle.create_tasks(vec![lead_task("Review", json!({"response_format": "json"}))]).await.unwrap();
+    let mut prep = common::task("Prepare", "work");
+    prep.key = Some("prep".into());
+    let mut review = lead_task("Review", json!({"response_format": "json"}));
+    review.depends_on = vec![baton_core::model::TaskRef::Key("prep".into())];
+    let ids = run.handle.create_tasks(vec![review, prep]).await.unwrap();
     let task = common::ended(&run.store, ids[0]).await;
     assert_eq!((task.state, task.result.clone()), (TaskState::Succeeded, Some(json!({"verdict": "ship"}))), "{task:?}");
     let received = standin.received();
     assert_eq!(received[0].path, "/chat/completions");
     assert_eq!(received[0].headers["authorization"], format!("Bearer {KEY}"));
     assert_eq!(received[0].body["stream_options"], json!({"include_usage": true}));
+    let user = received[0].body["messages"][1]["content"].as_str().unwrap();
+    assert!(user.contains(&format!("Result of task {} (Prepare), which this task depends on:\ndone", ids[1])), "{user}");
     let tool_messages: Vec<&Value> =
         received[1].body["messages"].as_array().unwrap().iter().filter(|message| message["role"] == "tool").collect();
     assert_eq!(tool_messages.len(), 2);
