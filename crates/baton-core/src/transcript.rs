@@ -125,7 +125,11 @@ mod tests {
             serde_json::to_value(&entry).unwrap(),
             serde_json::json!({"attempt": 0, "role": "assistant", "content": "hi", "at": 5})
         );
-        entry.tool_calls.push(ToolCall { id: "t1".into(), name: "baton/get_task".into(), arguments: serde_json::json!({"id": 1}) });
+        entry.tool_calls.push(ToolCall {
+            id: "t1".into(),
+            name: "baton/get_task".into(),
+            arguments: serde_json::json!({"id": 1}),
+        });
         let back: Entry = serde_json::from_value(serde_json::to_value(&entry).unwrap()).unwrap();
         assert_eq!(back, entry);
         entry.usage = Some(serde_json::json!({"input_tokens": 3, "output_tokens": 4, "cost_usd": 0.5}));

@@ -11,9 +11,9 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{Location, Validator};
 use super::diagnostics::unknown;
 use super::raw::RawAgent;
+use super::{Location, Validator};
 
 /// The most turns (model calls) one attempt of an LLM agent may take.
 pub const MAX_TURNS_LIMIT: u32 = 1000;
@@ -144,7 +144,10 @@ impl Validator<'_> {
                     if !(expanded.starts_with("http://") || expanded.starts_with("https://")) {
                         self.error(
                             url.span(),
-                            format!("`base_url` must be an http:// or https:// URL, e.g. \"{}\"", kind.default_base_url()),
+                            format!(
+                                "`base_url` must be an http:// or https:// URL, e.g. \"{}\"",
+                                kind.default_base_url()
+                            ),
                         );
                     }
                     expanded
@@ -199,7 +202,10 @@ impl Validator<'_> {
         let known: Vec<String> = self.llm_providers.keys().cloned().collect();
         let provider = match &agent.provider {
             None => {
-                self.error(agent_span.clone(), "missing field `provider`: name one of [llm.providers], e.g. provider = \"claude\"");
+                self.error(
+                    agent_span.clone(),
+                    "missing field `provider`: name one of [llm.providers], e.g. provider = \"claude\"",
+                );
                 None
             }
             Some(name) => {
@@ -279,7 +285,10 @@ impl Validator<'_> {
         ];
         for (key, span) in keys {
             if let Some(span) = span {
-                self.error(span, format!("`{key}` applies only to LLM agents: add runtime = \"llm\" or remove `{key}`"));
+                self.error(
+                    span,
+                    format!("`{key}` applies only to LLM agents: add runtime = \"llm\" or remove `{key}`"),
+                );
             }
         }
     }

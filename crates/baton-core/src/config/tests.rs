@@ -397,17 +397,16 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
 /// `a2a` is a word Baton knows, refused until that runtime exists.
 #[test]
 fn runtimes_not_available_yet_are_refused_with_what_is() {
-    for runtime in ["a2a"] {
-        let text = format!(
-            "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
-        );
-        assert_eq!(
-            errors(&text),
-            format!(
-                "baton.toml:6:11: runtime = \"{runtime}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
-            )
-        );
-    }
+    let runtime = "a2a";
+    let text = format!(
+        "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"{runtime}\"\ncommand = [\"true\"]\n"
+    );
+    assert_eq!(
+        errors(&text),
+        format!(
+            "baton.toml:6:11: runtime = \"{runtime}\" is not available yet; use runtime = \"process\" (Baton starts `command`) or runtime = \"remote\" (a worker claims tasks over HTTP)"
+        )
+    );
 }
 
 /// The kind is serialized flat, beside the common fields: a process agent shows the keys it

@@ -105,7 +105,21 @@ impl Validator<'_> {
             .filter_map(|(raw_task, task)| Some((task.key.clone()?, raw_task.on_conflict?)))
             .collect();
         let budget = self.budget(&raw, &tasks);
-        Plan { name, settings, store_url, listen, server, auth, workstreams, phases, agents, tasks, schedules, budget, llm }
+        Plan {
+            name,
+            settings,
+            store_url,
+            listen,
+            server,
+            auth,
+            workstreams,
+            phases,
+            agents,
+            tasks,
+            schedules,
+            budget,
+            llm,
+        }
     }
 
     pub(super) fn settings(&mut self, raw: &RawOrchestration) -> Settings {

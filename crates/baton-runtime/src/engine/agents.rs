@@ -12,10 +12,10 @@ use baton_core::config::{AgentKind, AgentSpec, ProcessMode};
 
 use crate::agent::{AgentRuntime, Unavailable};
 use crate::llm::{LlmAgent, LlmOptions};
-use crate::tools::ToolProvider;
 use crate::process::pty::PtyAgent;
 use crate::process::worker::WorkerAgent;
 use crate::process::{ProcessAgent, ProcessEnv};
+use crate::tools::ToolProvider;
 
 /// Builds the runtime for an agent.
 pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send + Sync>;

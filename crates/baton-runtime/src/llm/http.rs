@@ -136,7 +136,9 @@ impl Client {
                 let what = if detail.is_empty() { "stream cut".to_string() } else { format!("stream cut ({detail})") };
                 Err(Failure::Retry { what, retry_after: None })
             }
-            Err(StreamError::Provider { message, retryable: true }) => Err(Failure::Retry { what: message, retry_after: None }),
+            Err(StreamError::Provider { message, retryable: true }) => {
+                Err(Failure::Retry { what: message, retry_after: None })
+            }
             Err(error) => Err(Failure::Fatal(error.to_string())),
         }
     }

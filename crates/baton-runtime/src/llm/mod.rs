@@ -124,7 +124,10 @@ impl LlmAgent {
 
     /// The system prompt: role, objectives, runbook, and how to answer.
     async fn system_prompt(&self, wants_json: bool) -> Result<String, String> {
-        let mut prompt = format!("You are {}, an agent of a team that Baton orchestrates.\n\nRole: {}\n", self.name, self.brief.role);
+        let mut prompt = format!(
+            "You are {}, an agent of a team that Baton orchestrates.\n\nRole: {}\n",
+            self.name, self.brief.role
+        );
         if !self.brief.objectives.is_empty() {
             prompt.push_str("\nObjectives:\n");
             for objective in &self.brief.objectives {
@@ -159,9 +162,8 @@ impl LlmAgent {
     async fn record(&self, context: &AgentContext, attempt: &Attempt, entries: Vec<Entry>) {
         let (agent, task, number) = (self.name.clone(), attempt.task.id, attempt.number());
         let shown: Vec<Entry> = entries.iter().map(|entry| Entry { attempt: number, ..entry.clone() }).collect();
-        let written = context
-            .ask(|reply| AgentRequest::Transcript { agent, task, attempt: number, entries, reply })
-            .await;
+        let written =
+            context.ask(|reply| AgentRequest::Transcript { agent, task, attempt: number, entries, reply }).await;
         if let Err(error) = written {
             tracing::warn!(%error, agent = %self.name, %task, "cannot write a transcript");
         }
@@ -169,8 +171,11 @@ impl LlmAgent {
         let text = baton_core::transcript::render(&shown);
         let appended = async {
             tokio::fs::create_dir_all(&self.log_dir).await?;
-            let mut file =
-                tokio::fs::OpenOptions::new().create(true).append(true).open(self.log_dir.join(format!("{}.log", self.name))).await?;
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.log_dir.join(format!("{}.log", self.name)))
+                .await?;
             tokio::io::AsyncWriteExt::write_all(&mut file, format!("task {task} {text}").as_bytes()).await
         };
         if let Err(error) = appended.await {
@@ -202,8 +207,12 @@ impl LlmAgent {
         }
         let user = user_turn(attempt, &dependencies, &inbox);
         let now = self.clock.now();
-        self.record(context, attempt, vec![Entry::new(Role::System, system.clone(), now), Entry::new(Role::User, user.clone(), now)])
-            .await;
+        self.record(
+            context,
+            attempt,
+            vec![Entry::new(Role::System, system.clone(), now), Entry::new(Role::User, user.clone(), now)],
+        )
+        .await;
         let mut providers: Vec<Arc<dyn ToolProvider>> =
             vec![Arc::new(BatonTools { context: context.clone(), agent: self.name.clone(), task: task.id })];
         providers.extend(self.external.clone());
@@ -263,7 +272,11 @@ impl LlmAgent {
                 "model": self.llm.model,
                 "provider": self.llm.provider.name,
             });
-            let _ = context.events.send(AgentEvent::Usage { agent: self.name.clone(), task: Some(task), usage: usage.clone() });
+            let _ = context.events.send(AgentEvent::Usage {
+                agent: self.name.clone(),
+                task: Some(task),
+                usage: usage.clone(),
+            });
             let mut entry = Entry::new(Role::Assistant, reply.text.clone(), self.clock.now());
             entry.usage = Some(usage);
             entry.tool_calls = reply
@@ -306,7 +319,10 @@ impl LlmAgent {
             messages.push(Msg::ToolResults(outputs));
         }
         Outcome::Failed {
-            reason: format!("no final answer after max_turns = {} turns (the model kept calling tools)", self.llm.max_turns),
+            reason: format!(
+                "no final answer after max_turns = {} turns (the model kept calling tools)",
+                self.llm.max_turns
+            ),
         }
     }
 
@@ -339,7 +355,10 @@ fn user_turn(attempt: &Attempt, dependencies: &[baton_core::model::TaskRecord], 
         text.push('\n');
     }
     for dependency in dependencies {
-        text.push_str(&format!("\nResult of task {} ({}), which this task depends on:\n", dependency.id, dependency.title));
+        text.push_str(&format!(
+            "\nResult of task {} ({}), which this task depends on:\n",
+            dependency.id, dependency.title
+        ));
         match &dependency.result {
             Some(Value::String(result)) => text.push_str(result),
             Some(result) => text.push_str(&serde_json::to_string_pretty(result).unwrap_or_default()),
@@ -417,6 +436,9 @@ mod tests {
         assert_eq!(answer("```json\n{\"ok\": true}\n```", true), Outcome::Succeeded { result: json!({"ok": true}) });
         assert_eq!(answer(" [1, 2] ", true), Outcome::Succeeded { result: json!([1, 2]) });
         let Outcome::Failed { reason } = answer("sure! {", true) else { panic!("not JSON") };
-        assert!(reason.starts_with("the task asks for JSON (response_format = \"json\") and the answer is not"), "{reason}");
+        assert!(
+            reason.starts_with("the task asks for JSON (response_format = \"json\") and the answer is not"),
+            "{reason}"
+        );
     }
 }

@@ -137,7 +137,11 @@ impl ToolProvider for BatonTools {
         let answer = match name {
             "baton/create_tasks" => {
                 let CreateTasks { tasks } = arguments(name, args)?;
-                match self.context.ask(|reply| AgentRequest::CreateTasks { agent, parent: Some(task), tasks, reply }).await {
+                match self
+                    .context
+                    .ask(|reply| AgentRequest::CreateTasks { agent, parent: Some(task), tasks, reply })
+                    .await
+                {
                     Ok(ids) => structured(format!("created tasks {ids:?}"), json!({"ids": ids})),
                     Err(error) => refused(error),
                 }
@@ -252,7 +256,11 @@ impl ToolSet {
                     n += 1;
                 }
                 by_api_name.insert(candidate.clone(), (tool.name.clone(), idx));
-                offered.push(ApiTool { api_name: candidate, description: tool.description, input_schema: tool.input_schema });
+                offered.push(ApiTool {
+                    api_name: candidate,
+                    description: tool.description,
+                    input_schema: tool.input_schema,
+                });
             }
         }
         ToolSet { providers, by_api_name, offered }
@@ -302,7 +310,10 @@ mod tests {
     #[async_trait]
     impl ToolProvider for Fixed {
         async fn list(&self) -> Vec<Tool> {
-            self.0.iter().map(|name| Tool { name: name.to_string(), description: String::new(), input_schema: json!({}) }).collect()
+            self.0
+                .iter()
+                .map(|name| Tool { name: name.to_string(), description: String::new(), input_schema: json!({}) })
+                .collect()
         }
 
         async fn call(&self, name: &str, _arguments: Value) -> Result<ToolResult, ToolError> {
@@ -314,7 +325,8 @@ mod tests {
     async fn globs_pick_tools_and_names_map_both_ways() {
         let external = Arc::new(Fixed(vec!["github/create_pr", "github/list.issues", "fs/read", "git_hub/create_pr"]));
         let providers: Vec<Arc<dyn ToolProvider>> = vec![external, Arc::new(Fixed(vec!["github__create/pr"]))];
-        let set = ToolSet::new(providers, &globs(&["github/*".into(), "git_hub/*".into(), "github__create/*".into()])).await;
+        let set =
+            ToolSet::new(providers, &globs(&["github/*".into(), "git_hub/*".into(), "github__create/*".into()])).await;
         let names: Vec<&str> = set.offered.iter().map(|tool| tool.api_name.as_str()).collect();
         assert_eq!(names, ["github__create_pr", "github__list_issues", "git_hub__create_pr", "github__create__pr"]);
         assert_eq!(set.name_of("github__list_issues"), Some("github/list.issues"));

@@ -472,7 +472,11 @@ data: {\"type\":\"message_stop\"}
         assert_eq!(reply.text, "Okay, let me check");
         assert_eq!(
             reply.calls,
-            [Call { id: "toolu_01".into(), api_name: "get_weather".into(), arguments: json!({"location": "San Francisco, CA"}) }]
+            [Call {
+                id: "toolu_01".into(),
+                api_name: "get_weather".into(),
+                arguments: json!({"location": "San Francisco, CA"})
+            }]
         );
         assert_eq!(reply.usage, TokenUsage { input: 472, output: 89, cache_read: 20, cache_write: 10 });
         assert_eq!(reply.stop_reason.as_deref(), Some("tool_use"));
@@ -513,7 +517,10 @@ data: [DONE]
     async fn openai_tool_call_deltas_and_the_usage_chunk() {
         let reply = read(ProviderKind::Openai, OPENAI).await.unwrap();
         assert_eq!(reply.calls.len(), 2);
-        assert_eq!(reply.calls[0], Call { id: "call_a".into(), api_name: "baton__get_task".into(), arguments: json!({"id": 7}) });
+        assert_eq!(
+            reply.calls[0],
+            Call { id: "call_a".into(), api_name: "baton__get_task".into(), arguments: json!({"id": 7}) }
+        );
         assert_eq!(reply.calls[1].api_name, "fs__read");
         assert_eq!(reply.usage, TokenUsage { input: 60, output: 17, cache_read: 40, cache_write: 0 });
         assert_eq!(reply.stop_reason.as_deref(), Some("tool_calls"));
@@ -536,11 +543,18 @@ data: [DONE]
             },
             Msg::ToolResults(vec![ToolOutput { call_id: "c1".into(), content: "{}".into(), is_error: false }]),
         ];
-        let tools = vec![ApiTool { api_name: "baton__get_task".into(), description: "d".into(), input_schema: json!({"type": "object"}) }];
+        let tools = vec![ApiTool {
+            api_name: "baton__get_task".into(),
+            description: "d".into(),
+            input_schema: json!({"type": "object"}),
+        }];
         let request = Request { model: "m", max_tokens: 10, system: "sys", messages: &messages, tools: &tools };
         let anthropic = body(ProviderKind::Anthropic, &request);
         assert_eq!(anthropic["system"], "sys");
-        assert_eq!(anthropic["messages"][1]["content"], json!([{"type": "tool_use", "id": "c1", "name": "baton__get_task", "input": {"id": 1}}]));
+        assert_eq!(
+            anthropic["messages"][1]["content"],
+            json!([{"type": "tool_use", "id": "c1", "name": "baton__get_task", "input": {"id": 1}}])
+        );
         assert_eq!(anthropic["messages"][2]["content"][0]["type"], "tool_result");
         assert_eq!(anthropic["tools"][0]["input_schema"], json!({"type": "object"}));
         let openai = body(ProviderKind::Openai, &request);

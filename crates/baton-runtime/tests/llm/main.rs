@@ -143,7 +143,8 @@ async fn an_llm_agent_creates_a_sub_task_which_runs_then_answers() {
     assert!(system.contains("Role: Team lead") && system.contains("- Split the work"), "{system}");
     let user = first["messages"][0]["content"].as_str().unwrap();
     assert!(user.contains("Plan the release") && user.contains("\"version\": \"1.2\""), "{user}");
-    let tool_names: Vec<&str> = first["tools"].as_array().unwrap().iter().map(|tool| tool["name"].as_str().unwrap()).collect();
+    let tool_names: Vec<&str> =
+        first["tools"].as_array().unwrap().iter().map(|tool| tool["name"].as_str().unwrap()).collect();
     assert!(tool_names.contains(&"baton__create_tasks") && tool_names.contains(&"baton__get_task"), "{tool_names:?}");
     let second = &received[1].body["messages"];
     assert_eq!(second[2]["content"][0]["tool_use_id"], "toolu_1");
@@ -169,7 +170,8 @@ async fn an_llm_agent_creates_a_sub_task_which_runs_then_answers() {
     assert!(log.contains("[assistant] Let me do that.\n  -> baton/create_tasks"), "{log}");
 
     // The key is in none of what Baton shows.
-    let events = run.store.events(&EventQuery { run_id: Some(run.run_id.clone()), ..Default::default() }).await.unwrap();
+    let events =
+        run.store.events(&EventQuery { run_id: Some(run.run_id.clone()), ..Default::default() }).await.unwrap();
     let shown = [serde_json::to_string(&events).unwrap(), serde_json::to_string(&transcript).unwrap(), shown_plan];
     for text in shown {
         assert!(!text.contains(KEY), "the API key leaked: {text}");
@@ -203,7 +205,10 @@ async fn an_openai_compatible_agent_calls_tools_in_parallel_and_answers_json() {
     assert_eq!(received[0].headers["authorization"], format!("Bearer {KEY}"));
     assert_eq!(received[0].body["stream_options"], json!({"include_usage": true}));
     let user = received[0].body["messages"][1]["content"].as_str().unwrap();
-    assert!(user.contains(&format!("Result of task {} (Prepare), which this task depends on:\ndone", ids[1])), "{user}");
+    assert!(
+        user.contains(&format!("Result of task {} (Prepare), which this task depends on:\ndone", ids[1])),
+        "{user}"
+    );
     let tool_messages: Vec<&Value> =
         received[1].body["messages"].as_array().unwrap().iter().filter(|message| message["role"] == "tool").collect();
     assert_eq!(tool_messages.len(), 2);
@@ -252,7 +257,8 @@ fn agent_alone(standin: &Standin, retry: RetryPolicy) -> Alone {
     let spec = plan.agent("lead").unwrap().clone();
     let AgentKind::Llm(llm) = spec.kind.clone() else { panic!("an LLM agent") };
     let dir = std::env::temp_dir();
-    let options = LlmOptions { retry, clock: baton_runtime::Clock::starting_at(baton_core::Timestamp(1_700_000_000_000)) };
+    let options =
+        LlmOptions { retry, clock: baton_runtime::Clock::starting_at(baton_core::Timestamp(1_700_000_000_000)) };
     let agent = LlmAgent::new(&spec, llm, &process_env(&dir), None, options);
     let (events, usage) = mpsc::unbounded_channel();
     let (requests, mut asked) = mpsc::unbounded_channel();
@@ -292,7 +298,11 @@ async fn retries_honour_retry_after_then_give_up_after_a_bounded_time() {
     let overloaded = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#.to_string();
     let text = standin::anthropic_text("fine", 10, 2, 0, 0);
     let standin = Standin::start(vec![
-        Reply::Status(429, vec![("retry-after", "30".into())], r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#.into()),
+        Reply::Status(
+            429,
+            vec![("retry-after", "30".into())],
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#.into(),
+        ),
         Reply::Status(529, Vec::new(), overloaded.clone()),
         Reply::Cut(text[..text.len() / 2].to_string()),
         Reply::Stream(text),
@@ -317,7 +327,11 @@ async fn retries_honour_retry_after_then_give_up_after_a_bounded_time() {
     assert_eq!(outcome, Outcome::Failed { reason: "provider standin: 529 overloaded for 2m, gave up".into() });
     assert!(started.elapsed() >= Duration::from_secs(120), "{:?}", started.elapsed());
 
-    let standin = Standin::start(vec![Reply::Status(401, Vec::new(), r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#.into())]);
+    let standin = Standin::start(vec![Reply::Status(
+        401,
+        Vec::new(),
+        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#.into(),
+    )]);
     let outcome = agent_alone(&standin, RetryPolicy::default()).agent.run(attempt(), CancellationToken::new()).await;
     assert_eq!(outcome, Outcome::Failed { reason: "provider standin: 401 unauthorized: invalid x-api-key".into() });
     assert_eq!(standin.received().len(), 1, "not retried");

@@ -83,11 +83,12 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, headers
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
     shared.received.lock().unwrap().push(Received { path: uri.path().to_string(), headers, body });
     let reply = shared.replies.lock().unwrap().pop_front();
-    let sse = |body: Body| {
-        Response::builder().status(200).header("content-type", "text/event-stream").body(body).unwrap()
-    };
+    let sse =
+        |body: Body| Response::builder().status(200).header("content-type", "text/event-stream").body(body).unwrap();
     match reply {
-        None => Response::builder().status(500).body(Body::from("{\"error\":{\"message\":\"no scripted reply\"}}")).unwrap(),
+        None => {
+            Response::builder().status(500).body(Body::from("{\"error\":{\"message\":\"no scripted reply\"}}")).unwrap()
+        }
         Some(Reply::Stream(text)) => sse(Body::from(text)),
         Some(Reply::Cut(text)) => {
             let chunks: Vec<Result<Bytes, std::io::Error>> =
@@ -130,18 +131,29 @@ fn message_start(input: u64, cache_read: u64, cache_write: u64) -> String {
 }
 
 fn message_end(stop_reason: &str, output: u64) -> String {
-    event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output}}))
-        + &event("message_stop", json!({"type": "message_stop"}))
+    event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output}}),
+    ) + &event("message_stop", json!({"type": "message_stop"}))
 }
 
 /// An Anthropic answer of text only.
 pub fn anthropic_text(text: &str, input: u64, output: u64, cache_read: u64, cache_write: u64) -> String {
     let (head, tail) = text.split_at(text.len() / 2);
     message_start(input, cache_read, cache_write)
-        + &event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+        + &event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        )
         + &event("ping", json!({"type": "ping"}))
-        + &event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": head}}))
-        + &event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tail}}))
+        + &event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": head}}),
+        )
+        + &event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tail}}),
+        )
         + &event("content_block_stop", json!({"type": "content_block_stop", "index": 0}))
         + &message_end("end_turn", output)
 }
@@ -149,16 +161,28 @@ pub fn anthropic_text(text: &str, input: u64, output: u64, cache_read: u64, cach
 /// An Anthropic answer calling tools (`(id, name, input)`), their input streamed in pieces.
 pub fn anthropic_tools(calls: &[(&str, &str, Value)], input: u64, output: u64) -> String {
     let mut text = message_start(input, 0, 0)
-        + &event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
-        + &event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me do that."}}))
+        + &event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        )
+        + &event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me do that."}}),
+        )
         + &event("content_block_stop", json!({"type": "content_block_stop", "index": 0}));
     for (idx, (id, name, arguments)) in calls.iter().enumerate() {
         let index = idx + 1;
         let json = arguments.to_string();
         let (head, tail) = json.split_at(json.len() / 2);
-        text += &event("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+        text += &event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+        );
         for part in ["", head, tail] {
-            text += &event("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}}));
+            text += &event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}}),
+            );
         }
         text += &event("content_block_stop", json!({"type": "content_block_stop", "index": index}));
     }
@@ -166,14 +190,20 @@ pub fn anthropic_tools(calls: &[(&str, &str, Value)], input: u64, output: u64) -
 }
 
 fn chunk(delta: Value, finish_reason: Option<&str>) -> String {
-    format!("data: {}\n\n", json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], "usage": null}))
+    format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], "usage": null})
+    )
 }
 
 fn usage_chunk(prompt: u64, completion: u64, cached: u64) -> String {
-    format!("data: {}\n\ndata: [DONE]\n\n", json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
+    format!(
+        "data: {}\n\ndata: [DONE]\n\n",
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}}))
+            "prompt_tokens_details": {"cached_tokens": cached}}})
+    )
 }
 
 /// An OpenAI answer of text only, with the usage chunk `include_usage` asks for.
@@ -188,7 +218,10 @@ pub fn openai_text(text: &str, prompt: u64, completion: u64, cached: u64) -> Str
 pub fn openai_tools(calls: &[(&str, &str, Value)], prompt: u64, completion: u64) -> String {
     let mut text = chunk(json!({"role": "assistant", "content": null}), None);
     for (index, (id, name, _)) in calls.iter().enumerate() {
-        text += &chunk(json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}), None);
+        text += &chunk(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        );
     }
     for (index, (_, _, arguments)) in calls.iter().enumerate() {
         let json = arguments.to_string();
