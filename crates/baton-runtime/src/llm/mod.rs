@@ -168,7 +168,14 @@ impl LlmAgent {
             tracing::warn!(%error, agent = %self.name, %task, "cannot write a transcript");
         }
         // The agent's log (`baton logs`) is the transcript as text.
-        let text = baton_core::transcript::render(&shown);
+        // As a process agent's log: a header line per attempt, then what was said.
+        let rendered = baton_core::transcript::render(&shown);
+        let body = rendered.split_once('\n').map_or("", |(_, body)| body);
+        let text = if shown.first().is_some_and(|entry| entry.role == Role::System) {
+            format!("--- task {task} `{}` attempt {number}\n{body}", attempt.task.title)
+        } else {
+            body.to_string()
+        };
         let appended = async {
             tokio::fs::create_dir_all(&self.log_dir).await?;
             let mut file = tokio::fs::OpenOptions::new()
@@ -176,7 +183,7 @@ impl LlmAgent {
                 .append(true)
                 .open(self.log_dir.join(format!("{}.log", self.name)))
                 .await?;
-            tokio::io::AsyncWriteExt::write_all(&mut file, format!("task {task} {text}").as_bytes()).await
+            tokio::io::AsyncWriteExt::write_all(&mut file, text.as_bytes()).await
         };
         if let Err(error) = appended.await {
             tracing::warn!(%error, agent = %self.name, "cannot write the agent's log");

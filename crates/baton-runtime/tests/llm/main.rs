@@ -167,6 +167,7 @@ async fn an_llm_agent_creates_a_sub_task_which_runs_then_answers() {
     assert_eq!(transcript[4].content, "All planned.");
     assert!(transcript.iter().all(|entry| entry.attempt == 1));
     let log = std::fs::read_to_string(run.log_dir.join("lead.log")).expect("the agent's log");
+    assert!(log.starts_with(&format!("--- task {} `Plan the release` attempt 1\n[system] ", ids[0])), "{log}");
     assert!(log.contains("[assistant] Let me do that.\n  -> baton/create_tasks"), "{log}");
 
     // The key is in none of what Baton shows.
