@@ -229,7 +229,9 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
         mcp_servers: loaded.plan.mcp_servers.clone(),
     };
     let tools = baton_runtime::mcp::McpHub::new(&loaded.plan.mcp_servers, Some(process_env.clone()));
-    let runtimes = hub.runtimes(engine::process_runtimes(process_env));
+    // LLM agents are offered the run's MCP tools beside Baton's own.
+    let external: Arc<dyn baton_runtime::tools::ToolProvider> = tools.clone();
+    let runtimes = hub.runtimes(engine::agent_runtimes(process_env, Some(external), Default::default()));
     let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store), runtimes);
     options.tools = tools;
     options.fresh = fresh;
@@ -542,7 +544,7 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
         TaskAction::Show { id, json } => {
             let source = Source::open(cli, None).await?;
             let detail = source.reader().task(TaskId(*id)).await?;
-            print_task(&detail.task, &detail.events, *json)
+            print_task(&detail, *json)
         }
         TaskAction::Cancel { id, reason, run } => {
             let client = source::front_door(cli, run.as_deref()).await?;
@@ -555,13 +557,14 @@ async fn task(cli: &Cli, action: &TaskAction) -> Result<u8, Failure> {
     }
 }
 
-fn print_task(task: &TaskRecord, events: &[baton_core::Event], json: bool) -> Result<u8, Failure> {
+fn print_task(detail: &baton_ops::tasks::TaskDetail, json: bool) -> Result<u8, Failure> {
+    let (task, events) = (&detail.task, &detail.events);
     if json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "task": task, "events": events }))
-                .context("serializing")?
-        );
+        let mut shown = serde_json::json!({ "task": task, "events": events });
+        if !detail.transcript.is_empty() {
+            shown["transcript"] = serde_json::to_value(&detail.transcript).context("serializing")?;
+        }
+        outln!("{}", serde_json::to_string_pretty(&shown).context("serializing")?);
         return Ok(0);
     }
     outln!("task      {} ({})", task.id, task.key.as_deref().unwrap_or("-"));
@@ -583,6 +586,10 @@ fn print_task(task: &TaskRecord, events: &[baton_core::Event], json: bool) -> Re
     names.insert(task.id, task.key.clone());
     for event in events {
         outln!("  {}", names.line(event));
+    }
+    if !detail.transcript.is_empty() {
+        outln!("transcript");
+        out!("{}", baton_core::transcript::render(&detail.transcript));
     }
     Ok(0)
 }

@@ -21,7 +21,7 @@ const ONLY: &[(&str, &[&str], &str)] = &[
     (
         "reqwest",
         &["baton-bench", "baton-cli", "baton-runtime"],
-        "only the CLI and the HTTP benchmarks (of the server) and the runtime (of remote agents: A2A) are HTTP clients",
+        "only the CLI and the HTTP benchmarks are HTTP clients (of the server), and the runtime (of LLM providers and A2A agents)",
     ),
     ("portable-pty", &["baton-runtime"], "only the runtime starts processes"),
     // The runtime's MCP hub reaches MCP servers (stdio or Streamable HTTP) through rmcp; the

@@ -297,7 +297,7 @@ impl AgentSpec {
     pub fn process(&self) -> Option<&ProcessSpec> {
         match &self.kind {
             AgentKind::Process(process) => Some(process),
-            AgentKind::Remote(_) | AgentKind::A2a(_) => None,
+            AgentKind::Remote(_) | AgentKind::A2a(_) | AgentKind::Llm(_) => None,
         }
     }
 
@@ -317,6 +317,7 @@ impl AgentSpec {
             AgentKind::Process(process) => format!("process {}", process.mode.as_str()),
             AgentKind::Remote(_) => "remote".to_string(),
             AgentKind::A2a(a2a) => format!("a2a {}", a2a.url),
+            AgentKind::Llm(llm) => format!("llm {}/{}", llm.provider.name, llm.model),
         }
     }
 }
@@ -347,6 +348,8 @@ pub struct Plan {
     pub budget: BudgetSpec,
     /// `[mcp_servers.NAME]`: the MCP servers whose tools agents may call, by name.
     pub mcp_servers: Vec<McpServerSpec>,
+    /// `[llm]`: the providers LLM agents call.
+    pub llm: LlmSettings,
 }
 
 impl Plan {
@@ -490,7 +493,13 @@ fn load_document(
         let span = error.span().unwrap_or(0..0);
         Invalid::new(Error { diagnostics: vec![locator.diagnostic(span, error.message().trim().to_string())] })
     })?;
-    let mut validator = Validator { locator, env, diagnostics: Vec::new(), mcp_server_names: Vec::new() };
+    let mut validator = Validator {
+        locator,
+        env,
+        diagnostics: Vec::new(),
+        mcp_server_names: Vec::new(),
+        llm_providers: BTreeMap::new(),
+    };
     let plan = validator.validate(raw);
     let mut diagnostics = validator.diagnostics;
     diagnostics.sort_by_key(|diagnostic| {
@@ -613,6 +622,7 @@ mod diagnostics;
 mod json;
 mod kind;
 mod layers;
+mod llm;
 mod logs;
 mod mcp;
 mod raw;
@@ -628,6 +638,9 @@ pub use layers::{
     ENV_OVERRIDES, EnvOverride, OverrideKind, Source, check_sources, is_profile_name, load_sources, profile_path,
 };
 
+pub use llm::{
+    DEFAULT_MAX_TOKENS, DEFAULT_MAX_TURNS, LlmSettings, LlmSpec, MAX_TURNS_LIMIT, Price, ProviderKind, ProviderSpec,
+};
 pub use logs::LogRotation;
 pub use mcp::{McpServerSpec, McpTransport, RESERVED_SERVER, is_server_name};
 use raw::{RawAgent, RawConfig, RawTask};

@@ -18,6 +18,7 @@ pub mod sched;
 pub mod schedule;
 pub mod task;
 pub mod time;
+pub mod transcript;
 
 pub use event::{Event, EventKind};
 pub use model::{Outcome, Priority, TaskId, TaskState};

@@ -56,6 +56,12 @@ pub struct TaskDetail {
     pub attempts: Vec<baton_store::AttemptRecord>,
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<Event>,
+    /// What an LLM agent's attempts said, in order (absent for other agents' tasks):
+    /// `[{"attempt", "role": "system"|"user"|"assistant"|"tool", "content", "tool_calls":
+    /// [{"id", "name", "arguments"}], "tool_call_id", "usage", "at"}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub transcript: Vec<baton_core::transcript::Entry>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -168,7 +174,8 @@ impl Ops {
             })
             .await?;
         let attempts = self.store().attempts(task.id).await?;
-        Ok(TaskDetail { task, attempts, events })
+        let transcript = self.store().transcript(task.id).await?;
+        Ok(TaskDetail { task, attempts, events, transcript })
     }
 
     /// Cancels a task that has not ended (a running attempt is stopped); the task as it is

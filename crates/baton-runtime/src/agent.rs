@@ -110,6 +110,17 @@ pub enum AgentRequest {
     /// agent that calls one: granted, and held against the budgets until the agent reports
     /// what it used, or refused with the budget that does not allow it.
     ReserveBudget { agent: String, task: Option<TaskId>, tokens: u64, reply: Reply<baton_core::sched::Reservation> },
+    /// A task of the run as it is now (an LLM agent's `baton/get_task`): from the scheduler
+    /// while unfinished, from the store once finished. Refused for a task of another run.
+    GetTask { agent: String, task: TaskId, reply: Reply<TaskRecord> },
+    /// Entries of an attempt's transcript (an LLM agent's conversation), stored in order.
+    Transcript {
+        agent: String,
+        task: TaskId,
+        attempt: u32,
+        entries: Vec<baton_core::transcript::Entry>,
+        reply: Reply<()>,
+    },
 }
 
 impl AgentRequest {
@@ -120,7 +131,9 @@ impl AgentRequest {
             | AgentRequest::SendMessage { agent, .. }
             | AgentRequest::AcquireResource { agent, .. }
             | AgentRequest::ReleaseResource { agent, .. }
-            | AgentRequest::ReserveBudget { agent, .. } => agent,
+            | AgentRequest::ReserveBudget { agent, .. }
+            | AgentRequest::GetTask { agent, .. }
+            | AgentRequest::Transcript { agent, .. } => agent,
         }
     }
 }

@@ -53,6 +53,19 @@ pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, St
                 });
             }
         }
+        // An LLM agent needs its provider's key (its value is never shown, only its name).
+        if let baton_core::config::AgentKind::Llm(llm) = &agent.kind
+            && let Some(var) = &llm.provider.api_key_env
+            && env.get(var).is_none_or(|key| key.is_empty())
+        {
+            diagnostics.push(Diagnostic {
+                location: llm.provider_location.clone(),
+                message: format!(
+                    "agent `{}`: provider `{}` reads its API key from {var}, which is not set; export {var}, or point the agent at another provider",
+                    agent.name, llm.provider.name
+                ),
+            });
+        }
         // Only process agents run a program here.
         let Some(process) = agent.process() else {
             continue;
@@ -138,5 +151,22 @@ mod tests {
         assert!(problems[0].message.starts_with("MCP server `fs`: "), "{}", problems[0].message);
         assert!(problems[0].message.contains("no-such-mcp-server"), "{}", problems[0].message);
         assert_eq!((problems[0].location.line, problems[0].location.column), (5, 11));
+    }
+
+    #[test]
+    fn an_llm_agent_whose_key_is_not_set_is_reported_without_a_key() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let text = "[orchestration]\nname = \"t\"\n[llm.providers.claude]\nkind = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\n[[agents]]\nname = \"a\"\nruntime = \"llm\"\nprovider = \"claude\"\nmodel = \"claude-sonnet-4-5\"\n";
+        let mut env = BTreeMap::new();
+        let plan = baton_core::config::load("baton.toml", text, &env).expect("a valid configuration");
+        let problems = check_environment(&plan, dir.path(), &env);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].location.line, 9);
+        assert_eq!(
+            problems[0].message,
+            "agent `a`: provider `claude` reads its API key from ANTHROPIC_API_KEY, which is not set; export ANTHROPIC_API_KEY, or point the agent at another provider"
+        );
+        env.insert("ANTHROPIC_API_KEY".to_string(), "sk-1".to_string());
+        assert!(check_environment(&plan, dir.path(), &env).is_empty());
     }
 }

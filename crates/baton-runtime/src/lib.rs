@@ -15,6 +15,7 @@ pub mod check;
 pub mod clock;
 pub mod config_file;
 pub mod engine;
+pub mod llm;
 pub mod mcp;
 pub mod postoffice;
 pub mod process;

@@ -574,3 +574,38 @@ async fn another_orchestrators_endpoint_names_batons_equivalent() {
     assert_eq!(response.status(), 404);
     server.stop().await;
 }
+
+/// An LLM agent's provider key is in none of what the API shows (its variable's name is), and
+/// a task's transcript comes with the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_agents_key_is_never_shown_and_its_transcript_is() {
+    use baton_core::transcript::{Entry, Role};
+    use baton_store::Store;
+    const KEY: &str = "sk-ant-never-shown-0123456789";
+    let plan = format!(
+        "{}\n[llm.providers.claude]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\napi_key_env = \"ANTHROPIC_API_KEY\"\n\n[[agents]]\nname = \"reviewer\"\nruntime = \"llm\"\nprovider = \"claude\"\nmodel = \"claude-sonnet-4-5\"\ncapabilities = [\"review\"]\n",
+        common::PLAN
+    );
+    let env = vec![("ANTHROPIC_API_KEY".to_string(), KEY.to_string())];
+    let server = Server::start_with(Options { plan, env, ..Options::default() }).await;
+    for path in ["/plan", "/agents", "/agents/reviewer", "/openapi.json"] {
+        let text = server.get(path).send().await.unwrap().text().await.unwrap();
+        assert!(!text.contains(KEY), "GET {path} shows the key: {text}");
+    }
+    let agents = server.get("/agents/reviewer").send().await.unwrap().text().await.unwrap();
+    assert!(agents.contains("\"api_key_env\":\"ANTHROPIC_API_KEY\""), "the variable's name is shown: {agents}");
+
+    let id = server.post_json("/tasks", json!({"title": "build it", "requires": ["build"]})).await["ids"][0]
+        .as_i64()
+        .unwrap();
+    let entries = vec![
+        Entry::new(Role::User, "build it", baton_core::Timestamp(1)),
+        Entry::new(Role::Assistant, "built", baton_core::Timestamp(2)),
+    ];
+    server.store.append_transcript(&server.run_id, baton_core::model::TaskId(id), 1, entries).await.unwrap();
+    let detail = server.get_json(&format!("/tasks/{id}")).await;
+    assert_eq!(detail["transcript"][1], json!({"attempt": 1, "role": "assistant", "content": "built", "at": 2}));
+    let doc = server.get_json("/openapi.json").await;
+    assert!(doc["components"]["schemas"]["TaskDetail"]["properties"].get("transcript").is_some());
+    server.stop().await;
+}

@@ -369,6 +369,26 @@ pub trait Store: Send + Sync + 'static {
         self.apply(run_id, now, events.into_iter().map(Write::Event).collect()).await.map(|_| ())
     }
 
+    /// Appends entries to the transcript of a task's attempt (an LLM agent's conversation),
+    /// after those it has. Written by the engine, the run's single writer.
+    async fn append_transcript(
+        &self,
+        run_id: &str,
+        task: TaskId,
+        attempt: u32,
+        entries: Vec<baton_core::transcript::Entry>,
+    ) -> Result<()> {
+        let _ = (run_id, task, attempt, entries);
+        Ok(())
+    }
+
+    /// The transcripts of a task's attempts, oldest attempt first, each in order; each entry's
+    /// `attempt` says whose. Empty for a task no LLM agent ran.
+    async fn transcript(&self, task: TaskId) -> Result<Vec<baton_core::transcript::Entry>> {
+        let _ = task;
+        Ok(Vec::new())
+    }
+
     async fn run(&self, id: &str) -> Result<Option<RunRecord>>;
 
     /// The most recently started run, of the plan `name` when given.

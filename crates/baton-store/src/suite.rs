@@ -38,6 +38,7 @@ macro_rules! store_test_suite {
             messages_held_for_a_topic_are_handed_to_its_first_follower,
             audit_entries_are_recorded_and_queried,
             subscribers_get_committed_events_in_order,
+            transcripts_are_appended_in_order_per_attempt,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1143,4 +1144,22 @@ pub async fn subscribers_get_committed_events_in_order(store: impl Store + Clone
     assert_eq!(stored.len(), 2 + 40);
     assert_eq!(received, stored[2..], "the subscriber got the stored events, in order, once each");
     assert!(received.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+}
+
+/// An LLM agent's transcript: entries appended in several writes come back in order, attempt
+/// by attempt, each saying whose.
+pub async fn transcripts_are_appended_in_order_per_attempt(store: impl Store) {
+    use baton_core::transcript::{Entry, Role};
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let tasks = store.create_tasks("r1", vec![new_task("a", &[])], T0).await.unwrap();
+    let id = tasks[0].id;
+    assert!(store.transcript(id).await.unwrap().is_empty());
+    let entry = |role, text: &str| Entry::new(role, text, T0);
+    store.append_transcript("r1", id, 2, vec![entry(Role::User, "again")]).await.unwrap();
+    store.append_transcript("r1", id, 1, vec![entry(Role::System, "sys"), entry(Role::User, "task")]).await.unwrap();
+    store.append_transcript("r1", id, 1, vec![entry(Role::Assistant, "done")]).await.unwrap();
+    let transcript = store.transcript(id).await.unwrap();
+    let shown: Vec<(u32, &str)> =
+        transcript.iter().map(|entry| (entry.attempt, entry.content.as_str().unwrap_or_default())).collect();
+    assert_eq!(shown, [(1, "sys"), (1, "task"), (1, "done"), (2, "again")]);
 }

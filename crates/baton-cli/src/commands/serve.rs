@@ -79,7 +79,9 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         mcp_servers: plan.mcp_servers.clone(),
     };
     let tools = baton_runtime::mcp::McpHub::new(&plan.mcp_servers, Some(process_env.clone()));
-    let runtimes = hub.runtimes(engine::process_runtimes(process_env));
+    // LLM agents are offered the run's MCP tools beside Baton's own.
+    let external: Arc<dyn baton_runtime::tools::ToolProvider> = tools.clone();
+    let runtimes = hub.runtimes(engine::agent_runtimes(process_env, Some(external), Default::default()));
     let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store), runtimes);
     options.tools = tools;
     options.fresh = fresh;

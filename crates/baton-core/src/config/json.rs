@@ -73,6 +73,7 @@ fn agent(plan: &Plan, value: &serde_json::Value, replace: bool) -> Result<AgentS
         env: &no_env,
         diagnostics: Vec::new(),
         mcp_server_names: plan.mcp_servers.iter().map(|server| server.name.clone()).collect(),
+        llm_providers: plan.llm.providers.clone(),
     };
     let name = raw.get_ref().name.clone();
     if !replace && plan.agent(name.get_ref()).is_some() {

@@ -3,7 +3,8 @@
 //! [`AgentSpec`](super::AgentSpec) holds what every agent has (a name, a role, capabilities,
 //! concurrency, a restart policy, a circuit breaker…); its `kind` holds the rest: the program
 //! and environment of a process agent, nothing (yet) for a remote one, the card's URL for an
-//! A2A one. A new kind of agent (`llm`) is a new variant here with its own spec struct, validated in `config.rs`, and a
+//! A2A one, the provider and model for an LLM one. A new kind of agent is a new variant here
+//! with its own spec struct, validated in `config.rs`, and a
 //! new `AgentRuntime` in baton-runtime that the engine's runtime factory builds for it.
 //!
 //! The kind is serialized flat, beside the common fields: `"runtime": "process"` and the
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Limits, Location, ProcessMode, TerminalSpec};
+use super::{Limits, LlmSpec, Location, ProcessMode, TerminalSpec};
 
 /// How an agent runs, by name: the `runtime` key of an `[[agents]]` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -26,6 +27,8 @@ pub enum RuntimeKind {
     Remote,
     /// A remote agent that speaks A2A: Baton sends it each task as a message.
     A2a,
+    /// Baton calls a model's API in a loop, with tools.
+    Llm,
 }
 
 impl RuntimeKind {
@@ -34,6 +37,7 @@ impl RuntimeKind {
             RuntimeKind::Process => "process",
             RuntimeKind::Remote => "remote",
             RuntimeKind::A2a => "a2a",
+            RuntimeKind::Llm => "llm",
         }
     }
 }
@@ -62,6 +66,8 @@ pub enum AgentKind {
     Remote(RemoteSpec),
     /// An agent elsewhere that speaks A2A 1.0, sent each task as a message (`runtime = "a2a"`).
     A2a(A2aSpec),
+    /// A model called in a loop with tools (`runtime = "llm"`).
+    Llm(LlmSpec),
 }
 
 impl AgentKind {
@@ -70,6 +76,7 @@ impl AgentKind {
             AgentKind::Process(_) => RuntimeKind::Process,
             AgentKind::Remote(_) => RuntimeKind::Remote,
             AgentKind::A2a(_) => RuntimeKind::A2a,
+            AgentKind::Llm(_) => RuntimeKind::Llm,
         }
     }
 
@@ -81,6 +88,7 @@ impl AgentKind {
             (AgentKind::Process(old), AgentKind::Process(new)) => !old.same_runtime(new),
             (AgentKind::Remote(old), AgentKind::Remote(new)) => old != new,
             (AgentKind::A2a(old), AgentKind::A2a(new)) => old != new,
+            (AgentKind::Llm(old), AgentKind::Llm(new)) => !old.same_runtime(new),
             _ => true,
         }
     }

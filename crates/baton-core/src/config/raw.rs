@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{budget, logs, mcp, schedules, server};
+use super::{budget, llm, logs, mcp, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -40,6 +40,8 @@ pub(super) struct RawConfig {
     pub(super) logs: logs::RawLogs,
     #[serde(default)]
     pub(super) mcp_servers: BTreeMap<Spanned<String>, Spanned<mcp::RawMcpServer>>,
+    #[serde(default)]
+    pub(super) llm: llm::RawLlm,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -124,6 +126,11 @@ pub(super) struct RawAgent {
     /// Globs of the tools (`server/tool`) the agent may call, e.g. `["fs/*", "baton/*"]`.
     #[serde(default)]
     pub(super) tools: Vec<Spanned<String>>,
+    /// LLM agents only (see `Validator::llm_agent`).
+    pub(super) provider: Option<Spanned<String>>,
+    pub(super) model: Option<Spanned<String>>,
+    pub(super) max_turns: Option<Spanned<u32>>,
+    pub(super) max_tokens: Option<Spanned<u32>>,
 }
 
 impl RawAgent {

@@ -323,6 +323,7 @@ fn schedule_errors_name_the_place() {
 
 mod json;
 mod layers;
+mod llm;
 mod server;
 
 /// `heartbeat_timeout = "3000000000000000h"` passed `check`, then the first claim of a remote
@@ -391,16 +392,6 @@ fn logs_rotate_at_a_size_and_keep_some_files() {
     );
     let unknown = errors(&format!("{MINIMAL}\n[logs]\nkeep = 3\n"));
     assert!(unknown.starts_with("baton.toml:38:1: unknown field `keep`"), "{unknown}");
-}
-
-/// `llm` is a word Baton knows, refused until that runtime exists.
-#[test]
-fn runtimes_not_available_yet_are_refused_with_what_is() {
-    let text = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"a\"\nruntime = \"llm\"\ncommand = [\"true\"]\n";
-    assert_eq!(
-        errors(text),
-        "baton.toml:6:11: runtime = \"llm\" is not available yet; use runtime = \"process\" (Baton starts `command`), runtime = \"remote\" (a worker claims tasks over HTTP) or runtime = \"a2a\" (an A2A agent elsewhere)"
-    );
 }
 
 /// An A2A agent: its card's URL, the variable of its credentials (never shown), and the keys

@@ -25,6 +25,8 @@ pub(super) struct Validator<'a> {
     pub(super) diagnostics: Vec<Diagnostic>,
     /// The names of the run's `[mcp_servers]`, which agents' `tools` globs name.
     pub(super) mcp_server_names: Vec<String>,
+    /// `[llm.providers]`, validated before the agents that name them.
+    pub(super) llm_providers: BTreeMap<String, super::ProviderSpec>,
 }
 
 /// Where the store is when `store.url` is not set.
@@ -88,6 +90,8 @@ impl Validator<'_> {
 
         let mcp_servers = self.mcp_servers(&raw.mcp_servers);
         self.mcp_server_names = raw.mcp_servers.keys().map(|name| name.get_ref().clone()).collect();
+        let llm = self.llm(&raw.llm);
+        self.llm_providers = llm.providers.clone();
         let (workstreams, phases) = self.workstreams(&raw.workstreams);
         let mut agents = self.agents(&raw.agents, &workstreams);
         let log_rotation = self.logs(&raw.logs);
@@ -119,6 +123,7 @@ impl Validator<'_> {
             schedules,
             budget,
             mcp_servers,
+            llm,
         }
     }
 
@@ -299,6 +304,9 @@ impl Validator<'_> {
     /// available yet are refused here, with the kinds that are. `agent_span` is where a missing
     /// command is reported.
     pub(super) fn kind(&mut self, agent: &RawAgent, agent_span: Range<usize>) -> AgentKind {
+        if agent.runtime() != RawRuntime::Llm {
+            self.refuse_llm_keys(agent);
+        }
         match agent.runtime() {
             RawRuntime::Process => AgentKind::Process(self.process(agent, agent_span)),
             RawRuntime::Remote => {
@@ -312,14 +320,9 @@ impl Validator<'_> {
                 AgentKind::A2a(self.a2a(agent, agent_span))
             }
             RawRuntime::Llm => {
-                let span = agent.runtime.as_ref().map_or(agent_span.clone(), Spanned::span);
-                self.error(
-                    span,
-                    "runtime = \"llm\" is not available yet; use runtime = \"process\" (Baton starts `command`), runtime = \"remote\" (a worker claims tasks over HTTP) or runtime = \"a2a\" (an A2A agent elsewhere)",
-                );
-                // Checked as a process agent would be, so that every other mistake is reported
-                // at once; the plan is refused anyway.
-                AgentKind::Process(self.process(agent, agent_span))
+                self.refuse_a2a_keys(agent);
+                let _ = self.terminal(agent);
+                AgentKind::Llm(self.llm_agent(agent, agent_span))
             }
         }
     }

@@ -925,6 +925,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 schedules: Vec::new(),
                 budget: Default::default(),
                 mcp_servers: Vec::new(),
+                llm: Default::default(),
             };
             RandomPlan { plan }
         })

@@ -11,17 +11,28 @@ use tokio_util::task::TaskTracker;
 use baton_core::config::{AgentKind, AgentSpec, ProcessMode};
 
 use crate::agent::{AgentRuntime, Unavailable};
+use crate::llm::{LlmAgent, LlmOptions};
 use crate::process::pty::PtyAgent;
 use crate::process::worker::WorkerAgent;
 use crate::process::{ProcessAgent, ProcessEnv};
+use crate::tools::ToolProvider;
 
 /// Builds the runtime for an agent.
 pub type RuntimeFactory = Arc<dyn Fn(&AgentSpec) -> Arc<dyn AgentRuntime> + Send + Sync>;
 
+/// The runtime factory for agents declared in `baton.toml`, without tools beyond Baton's own
+/// for LLM agents: [`agent_runtimes`] with `None`.
+pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
+    agent_runtimes(env, None, LlmOptions::default())
+}
+
 /// The runtime factory for agents declared in `baton.toml`: one runtime per kind of agent (and
 /// per mode of a process agent). Remote agents need a server's [`crate::RemoteHub`], which
 /// wraps this factory (`RemoteHub::runtimes`); without one they cannot start.
-pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
+///
+/// `tools` are the tools LLM agents may call besides Baton's own (`baton/*`): the run's MCP
+/// servers, as one [`ToolProvider`]. Each LLM agent is offered those its `tools` globs pick.
+pub fn agent_runtimes(env: ProcessEnv, tools: Option<Arc<dyn ToolProvider>>, llm: LlmOptions) -> RuntimeFactory {
     Arc::new(move |spec: &AgentSpec| match &spec.kind {
         AgentKind::Process(process) => {
             let process = process.clone();
@@ -34,6 +45,9 @@ pub fn process_runtimes(env: ProcessEnv) -> RuntimeFactory {
             }
         }
         AgentKind::A2a(a2a) => Arc::new(crate::a2a::A2aAgent::new(spec, a2a.clone())) as Arc<dyn AgentRuntime>,
+        AgentKind::Llm(llm_spec) => {
+            Arc::new(LlmAgent::new(spec, llm_spec.clone(), &env, tools.clone(), llm)) as Arc<dyn AgentRuntime>
+        }
         AgentKind::Remote(_) => Arc::new(Unavailable {
             reason: "remote agents take their tasks from `baton serve`; run the plan with it".into(),
         }) as Arc<dyn AgentRuntime>,

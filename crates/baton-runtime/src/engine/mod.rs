@@ -51,7 +51,7 @@ use crate::clock::Clock;
 use crate::mcp::McpHub;
 use running::Running;
 
-pub use agents::{RuntimeFactory, process_runtimes};
+pub use agents::{RuntimeFactory, agent_runtimes, process_runtimes};
 pub use open::Node;
 
 #[derive(Debug, thiserror::Error)]

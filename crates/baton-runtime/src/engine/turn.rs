@@ -394,6 +394,23 @@ async fn handle_agent_request(
                 _ => RequestError::invalid(error.to_string()),
             }));
         }
+        AgentRequest::GetTask { task, reply, .. } => {
+            let found = match sched.task(task) {
+                Some(record) => Ok(Some(record.clone())),
+                None => store.task(task).await.map(|record| record.filter(|record| record.run_id == run_id)),
+            };
+            let _ = reply.send(match found {
+                Ok(Some(record)) => Ok(record),
+                Ok(None) => Err(RequestError::invalid(format!("no task {task} in this run"))),
+                Err(error) => Err(store_refusal(error)),
+            });
+        }
+        // Written at once, by the engine as the run's single writer; the agent waits for it,
+        // so that a transcript is durable before the outcome it led to.
+        AgentRequest::Transcript { task, attempt, entries, reply, .. } => {
+            let result = store.append_transcript(run_id, task, attempt, entries).await.map_err(store_refusal);
+            let _ = reply.send(result);
+        }
         AgentRequest::CreateTasks { parent, tasks: inputs, reply, .. } => {
             let parent_workstream = parent.and_then(|id| sched.task(id)).and_then(|task| task.workstream.clone());
             let mut tasks = Vec::with_capacity(inputs.len());

@@ -112,7 +112,7 @@ impl Registry {
     }
 
     /// The messages waiting for a per-task agent.
-    async fn inbox(&self, run_id: &str, agent: &str) -> Vec<baton_core::messages::Delivery> {
+    pub(crate) async fn inbox(&self, run_id: &str, agent: &str) -> Vec<baton_core::messages::Delivery> {
         match self.store.deliveries(run_id, Some(agent), baton_core::messages::INBOX_LIMIT).await {
             Ok(deliveries) => deliveries
                 .into_iter()

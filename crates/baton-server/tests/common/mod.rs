@@ -113,7 +113,9 @@ impl Server {
             mcp_servers: plan.mcp_servers.clone(),
         };
         let tools = baton_runtime::mcp::McpHub::new(&plan.mcp_servers, Some(process_env.clone()));
-        let runtimes = hub.runtimes(engine::process_runtimes(process_env));
+        // LLM agents are offered the run's MCP tools beside Baton's own.
+        let external: Arc<dyn baton_runtime::tools::ToolProvider> = tools.clone();
+        let runtimes = hub.runtimes(engine::agent_runtimes(process_env, Some(external), Default::default()));
         let mut engine_options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
         engine_options.tools = tools;
         engine_options.keep_open = true;

@@ -225,6 +225,17 @@ CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
         WHERE run_id = old.run_id AND workstream = coalesce(old.workstream, '') AND state = old.state;
 END;
 "#,
+    // The transcripts of LLM agents' attempts, one row per entry, in order.
+    r#"
+CREATE TABLE transcripts (
+    run_id TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (task_id, attempt, seq)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the schema up to date. Race-safe: the version is read inside the write transaction

@@ -876,6 +876,46 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn append_transcript(
+        &self,
+        run_id: &str,
+        task: TaskId,
+        attempt: u32,
+        entries: Vec<baton_core::transcript::Entry>,
+    ) -> Result<()> {
+        let run_id = run_id.to_string();
+        self.write(move |ctx| {
+            let next: i64 = ctx.tx.query_row(
+                "SELECT coalesce(max(seq), -1) + 1 FROM transcripts WHERE task_id = ?1 AND attempt = ?2",
+                params![task.0, attempt],
+                |row| row.get(0),
+            )?;
+            let mut insert = ctx.tx.prepare_cached(
+                "INSERT INTO transcripts (run_id, task_id, attempt, seq, entry) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (offset, mut entry) in entries.into_iter().enumerate() {
+                entry.attempt = attempt;
+                insert.execute(params![run_id, task.0, attempt, next + offset as i64, to_json(&entry)])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn transcript(&self, task: TaskId) -> Result<Vec<baton_core::transcript::Entry>> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT entry FROM transcripts WHERE task_id = ?1 ORDER BY attempt, seq")?;
+            let rows = stmt.query_map(params![task.0], |row| row.get::<_, String>(0))?;
+            let mut entries = Vec::new();
+            for row in rows {
+                entries.push(from_json(&row?, "a transcript entry")?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<i64> {
         self.write(move |ctx| {
             ctx.tx
