@@ -48,7 +48,7 @@ const CASES: &[(&str, &str, &str, &str)] = &[
         "unknown key",
         "capabilities = [\"rust\"]",
         "capabilites = [\"rust\"]",
-        "baton.toml:15:1: unknown field `capabilites`, expected one of `name`, `role`, `workstream`, `priority`, `capabilities`, `runtime`, `mode`, `command`, `restart`, `max_restarts`, `restart_window`, `restart_backoff`, `heartbeat_timeout`, `circuit_breaker`, `max_message_size`, `input_template`, `done_when`, `stall_after`, `prompt_patterns`, `concurrency`, `runbook`, `env`, `env_passthrough`, `workdir`, `limits`, `objectives`, `budget`, `tools`",
+        "baton.toml:15:1: unknown field `capabilites`, expected one of `name`, `role`, `workstream`, `priority`, `capabilities`, `runtime`, `mode`, `command`, `restart`, `max_restarts`, `restart_window`, `restart_backoff`, `heartbeat_timeout`, `circuit_breaker`, `max_message_size`, `input_template`, `done_when`, `stall_after`, `prompt_patterns`, `concurrency`, `runbook`, `env`, `env_passthrough`, `workdir`, `limits`, `objectives`, `budget`, `url`, `auth_header_env`, `tools`, `provider`, `model`, `max_turns`, `max_tokens`",
     ),
     (
         "wrong type",
