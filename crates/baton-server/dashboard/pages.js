@@ -413,6 +413,44 @@ function createTaskForm() {
   return form;
 }
 
+/** Text of a transcript entry's content: as it is when text, else its JSON. */
+function contentText(content) {
+  if (content === null || content === undefined) return "";
+  return typeof content === "string" ? content : JSON.stringify(content, null, 2);
+}
+
+/** Tokens and cost of a turn, in words. */
+function usageText(usage) {
+  if (!usage) return null;
+  const parts = [`${usage.input_tokens || 0} in`, `${usage.output_tokens || 0} out`];
+  if (usage.cache_read_input_tokens) parts.push(`${usage.cache_read_input_tokens} cache read`);
+  if (usage.cache_creation_input_tokens) parts.push(`${usage.cache_creation_input_tokens} cache write`);
+  if (usage.cost_usd !== undefined) parts.push(`$${Number(usage.cost_usd).toFixed(4)}`);
+  return `${usage.model ? `${usage.model}: ` : ""}${parts.join(", ")}`;
+}
+
+/**
+ * An LLM agent's conversation, attempt by attempt: each message with its role, the tools it
+ * called with their arguments, what they answered, and each turn's usage.
+ */
+function transcriptView(entries) {
+  const attempts = new Map();
+  for (const entry of entries) {
+    if (!attempts.has(entry.attempt)) attempts.set(entry.attempt, []);
+    attempts.get(entry.attempt).push(entry);
+  }
+  return [...attempts.entries()].map(([attempt, turns]) => h("details", { class: "transcript", open: attempt === Math.max(...attempts.keys()) },
+    h("summary", {}, `Attempt ${attempt}: ${turns.length} message(s)`),
+    h("ol", { class: "feed", "aria-label": `Transcript of attempt ${attempt}` }, turns.map((entry) => h("li", { "data-role": entry.role },
+      h("span", { class: "muted" }, time(entry.at)),
+      h("span", { class: "type" }, entry.role + (entry.tool_call_id ? ` (${entry.tool_call_id})` : "")),
+      h("div", {},
+        entry.role === "system" ? h("details", {}, h("summary", {}, "System prompt"), h("pre", { class: "log" }, contentText(entry.content)))
+          : contentText(entry.content) ? h("pre", { class: "log" }, contentText(entry.content)) : null,
+        (entry.tool_calls || []).map((call) => h("p", { class: "mono" }, `→ ${call.name}(${JSON.stringify(call.arguments)})`)),
+        entry.usage ? h("p", { class: "muted" }, usageText(entry.usage)) : null))))));
+}
+
 function taskPage({ root, id }) {
   const content = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   let detail = null;
@@ -451,6 +489,7 @@ function taskPage({ root, id }) {
             h("tbody", {}, detail.attempts.map((attempt) => h("tr", {},
               h("td", {}, String(attempt.attempt)), h("td", {}, attempt.agent || ""), h("td", {}, time(attempt.started_at)),
               h("td", {}, time(attempt.ended_at)), h("td", {}, attempt.outcome ? badge(attempt.outcome.replaceAll(" ", "_")) : "running"), h("td", {}, attempt.error || "")))))),
+      detail.transcript && detail.transcript.length ? section("Transcript", transcriptView(detail.transcript)) : null,
       section("Events", h("ul", { class: "feed" }, detail.events.map(eventItem))),
     );
   };

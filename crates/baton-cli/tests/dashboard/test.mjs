@@ -240,6 +240,19 @@ async function openMode() {
     await shot("tasks");
   });
 
+  await check("an LLM agent's task shows its transcript: the prompt, the answer, the usage", async () => {
+    const created = await api("POST", "/tasks", { title: "Check the sums", requires: ["analysis"], description: "Add the numbers." });
+    const id = created.ids[0];
+    await page.goto(`${url}/#/tasks/${id}`);
+    await page.locator("main .row .state.succeeded").waitFor();
+    const transcript = page.getByRole("region", { name: "Transcript" });
+    await transcript.getByText("The numbers add up: 42.").first().waitFor();
+    await transcript.getByText("Add the numbers.").first().waitFor();
+    await transcript.getByText("gpt-4o: 120 in, 9 out").waitFor();
+    await shot("transcript");
+    await page.goto(`${url}/#/tasks`);
+  });
+
   await check("a task is cancelled from its page", async () => {
     await page.getByLabel("Title").fill("Train the model");
     await page.getByLabel("Requires (capabilities)").fill("far");
@@ -320,7 +333,7 @@ async function openMode() {
     if (changed !== "shell,docs") throw new Error(`capabilities after the change: ${changed}`);
     page.once("dialog", (dialog) => dialog.accept());
     await page.getByRole("button", { name: "Remove scribe" }).click();
-    await page.getByText("Remove agent scribe: done").waitFor();
+    // Removed, the page goes back to the list (where the confirmation does not follow).
     await page.waitForFunction(() => location.hash === "#/agents");
     const gone = await fetch(`${url}/agents/scribe`);
     if (gone.status !== 404) throw new Error(`the removed agent answers ${gone.status}`);
