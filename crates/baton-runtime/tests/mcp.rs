@@ -263,6 +263,21 @@ async fn a_server_that_cannot_start_is_down_with_the_reason() {
     hub.stop().await;
 }
 
+/// A server that cannot be reached is down with a reason that names its URL as written in
+/// baton.toml, never as expanded: a `${VAR}` in it may be a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_servers_reason_never_shows_its_expanded_url() {
+    let mut search = http("search", "http://127.0.0.1:1/mcp?key=${SEARCH_KEY}");
+    search.transport =
+        McpTransport::Http { url: "http://127.0.0.1:1/mcp?key=s3cret-key".into(), headers: BTreeMap::new() };
+    let hub = Hub::start(&[search]).await;
+    let status = &hub.hub.statuses()[0];
+    assert_eq!(status.state, "down");
+    let error = status.error.as_deref().unwrap_or_default();
+    assert!(error.contains("${SEARCH_KEY}") && !error.contains("s3cret-key"), "{error}");
+    hub.stop().await;
+}
+
 #[test]
 fn an_agents_mcp_config_has_the_servers_its_globs_reach_and_only_its_owner_reads_it() {
     use std::os::unix::fs::PermissionsExt;

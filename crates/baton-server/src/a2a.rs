@@ -21,7 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -274,6 +274,19 @@ fn check_version(headers: &HeaderMap, uri: &Uri) -> Result<(), RpcError> {
 }
 
 async fn rpc(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap, uri: &Uri, body: &[u8]) -> Response {
+    // A page of another site may not send messages or cancel tasks through the visitor's
+    // browser (the body is read whatever its content type, so no preflight stops it).
+    if let Some(origin) = crate::mcp::foreign_origin(&state, headers) {
+        let error = RpcError::new(
+            code::INVALID_REQUEST,
+            format!(
+                "Origin `{origin}` is not this server's: /a2a serves pages of localhost and of server.url's host only"
+            ),
+        );
+        let mut response = rpc_error(&Value::Null, &error);
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
     let request: Value = match serde_json::from_slice(body) {
         Ok(request) => request,
         Err(error) => {

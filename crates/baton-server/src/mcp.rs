@@ -428,16 +428,26 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Box<Respons
     origin_allowed(headers, own.as_deref())
 }
 
-fn origin_allowed(headers: &HeaderMap, own_host: Option<&str>) -> Result<(), Box<Response>> {
-    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+/// The `Origin` of a request from a page of another site (a browser's cross-site request, or
+/// DNS rebinding), or `None` when there is none or it is loopback or `server.url`'s host. The
+/// JSON-RPC endpoints (`/mcp`, `/a2a`), which read bodies of any content type, refuse those.
+pub(crate) fn foreign_origin(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let own = state.plan().server.url.split_once("://").map(|(_, rest)| host_of(rest));
+    foreign(headers, own.as_deref())
+}
+
+fn foreign(headers: &HeaderMap, own_host: Option<&str>) -> Option<String> {
+    let origin = headers.get(header::ORIGIN)?;
     let origin = origin.to_str().unwrap_or("");
     let allowed = match origin.split_once("://").map(|(_, rest)| host_of(rest)) {
         Some(host) => matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]") || own_host == Some(host.as_str()),
         None => false,
     };
-    if allowed {
-        return Ok(());
-    }
+    (!allowed).then(|| origin.to_string())
+}
+
+fn origin_allowed(headers: &HeaderMap, own_host: Option<&str>) -> Result<(), Box<Response>> {
+    let Some(origin) = foreign(headers, own_host) else { return Ok(()) };
     let error = RpcError::new(
         code::INVALID_REQUEST,
         format!("Origin `{origin}` is not this server's: /mcp serves pages of localhost and of server.url's host only"),

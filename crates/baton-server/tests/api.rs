@@ -609,3 +609,35 @@ async fn an_llm_agents_key_is_never_shown_and_its_transcript_is() {
     assert!(doc["components"]["schemas"]["TaskDetail"]["properties"].get("transcript").is_some());
     server.stop().await;
 }
+
+/// A page of another site cannot send a message (and so make a task) through `/a2a` in its
+/// visitor's browser: the endpoint reads bodies of any content type, so it checks `Origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a2a_refuses_pages_of_other_sites() {
+    let server = Server::start().await;
+    let message = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+        "params": { "message": { "messageId": "m-1", "role": "ROLE_USER", "parts": [{ "text": "rm -rf" }] }, "configuration": { "returnImmediately": true } },
+    });
+    let refused = server
+        .post("/a2a", message.clone())
+        .header("origin", "https://evil.example")
+        .header("a2a-version", "1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("evil.example"), "{body}");
+    let tasks: Value = server.get("/tasks").send().await.unwrap().json().await.unwrap();
+    assert_eq!(tasks["tasks"], json!([]), "no task was made");
+    let local = server
+        .post("/a2a", message)
+        .header("origin", "http://localhost:3000")
+        .header("a2a-version", "1.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 200, "a page of localhost is served");
+    server.stop().await;
+}

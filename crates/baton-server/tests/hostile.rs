@@ -94,7 +94,7 @@ async fn failed_authentication_is_rate_limited_per_address_and_its_audit_entries
     let n_limited = statuses.iter().filter(|status| **status == 429).count();
     assert!((30..=30 + refilled).contains(&n_unauthorized), "a burst of 30 gets 401 (+{refilled}): {statuses:?}");
     assert_eq!(n_unauthorized + n_limited, 60, "{statuses:?}");
-    assert_eq!(statuses.last(), Some(&429));
+    assert!(n_limited > 0, "the burst is held back: {statuses:?}");
 
     // A client with a token, from the same address, is not held back by the one without.
     let admin = server.token(Role::Admin, None);

@@ -55,7 +55,12 @@ impl A2aAgent {
         A2aAgent {
             name: agent.name.clone(),
             spec,
-            http: reqwest::Client::new(),
+            // A remote that cannot be reached fails at once; one reached may take as long as
+            // its task takes (the attempt's timeout and cancellation bound it).
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(15))
+                .build()
+                .unwrap_or_default(),
             state: parking_lot::Mutex::new(None),
             n_requests: 0.into(),
         }

@@ -50,11 +50,18 @@ pub struct LlmOptions {
     pub retry: RetryPolicy,
     /// Stamps transcript entries and reads `retry-after` dates.
     pub clock: Clock,
+    /// The longest silence from a provider before the try fails (and is retried): the streams
+    /// send a token or a ping every few seconds, so a long silence is a dead connection. `None`
+    /// for tests on tokio's paused clock, which would fire it while real I/O is pending.
+    pub read_timeout: Option<std::time::Duration>,
 }
+
+/// The default of [`LlmOptions::read_timeout`].
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Default for LlmOptions {
     fn default() -> LlmOptions {
-        LlmOptions { retry: RetryPolicy::default(), clock: Clock::system() }
+        LlmOptions { retry: RetryPolicy::default(), clock: Clock::system(), read_timeout: Some(READ_TIMEOUT) }
     }
 }
 
@@ -98,8 +105,15 @@ impl LlmAgent {
             },
         };
         let client = api_key.and_then(|api_key| {
-            let http = reqwest::Client::builder()
+            // A provider that does not answer, or stops sending mid-stream, fails the try (and
+            // is retried) instead of holding the attempt forever.
+            let mut http = reqwest::Client::builder()
                 .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(std::time::Duration::from_secs(15));
+            if let Some(timeout) = options.read_timeout {
+                http = http.read_timeout(timeout);
+            }
+            let http = http
                 .build()
                 .map_err(|error| format!("provider {}: cannot make an HTTP client: {error}", provider.name))?;
             Ok(Arc::new(Client { http, provider, api_key, retry: options.retry, clock: options.clock }))

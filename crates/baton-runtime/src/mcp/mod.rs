@@ -249,10 +249,16 @@ impl McpHub {
                     }
                     let config = StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(custom);
                     let transport = StreamableHttpClientTransport::from_config(config);
-                    handler
-                        .serve_with_lifecycle(transport, lifecycle)
-                        .await
-                        .map_err(|error| format!("cannot connect to {url}: {error}"))
+                    handler.serve_with_lifecycle(transport, lifecycle).await.map_err(|error| {
+                        // Said with the URL as written: the expanded one may hold a secret
+                        // (`?key=${TOKEN}`), and the HTTP client's errors name it.
+                        let written = match &server.spec.written {
+                            McpTransport::Http { url, .. } => url.as_str(),
+                            McpTransport::Stdio { .. } => "",
+                        };
+                        let said = format!("cannot connect to {url}: {error}");
+                        if url.is_empty() { said } else { said.replace(url.as_str(), written) }
+                    })
                 }
             }
         };

@@ -265,8 +265,13 @@ fn agent_alone(standin: &Standin, retry: RetryPolicy) -> Alone {
     let spec = plan.agent("lead").unwrap().clone();
     let AgentKind::Llm(llm) = spec.kind.clone() else { panic!("an LLM agent") };
     let dir = std::env::temp_dir();
-    let options =
-        LlmOptions { retry, clock: baton_runtime::Clock::starting_at(baton_core::Timestamp(1_700_000_000_000)) };
+    let options = LlmOptions {
+        retry,
+        clock: baton_runtime::Clock::starting_at(baton_core::Timestamp(1_700_000_000_000)),
+        // On the paused clock a read timeout would fire while the stand-in's bytes are on
+        // their way.
+        read_timeout: None,
+    };
     let agent = LlmAgent::new(&spec, llm, &process_env(&dir), None, options);
     let (events, usage) = mpsc::unbounded_channel();
     let (requests, mut asked) = mpsc::unbounded_channel();
