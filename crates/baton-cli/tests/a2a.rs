@@ -126,6 +126,27 @@ fn the_python_sdk_is_a_client_of_baton() {
     assert!(said.contains("all A2A client checks passed"), "{said}");
 }
 
+/// Push notifications (`tests/a2a/push.py`): a webhook on an allowed host hears a task through
+/// to its end, with the config's token and authentication; configs are read, listed and
+/// deleted; a webhook on another host is refused.
+#[test]
+fn push_notifications_reach_an_allowed_webhook() {
+    let Some(python) = sdk_python() else { return };
+    let plan = format!("{SERVED}\n[a2a]\npush_hosts = [\"127.0.0.1\"]\n");
+    let project = Project::with(&plan, &[]);
+    let operator = token(&project, "operator");
+    let served = Served::start(&project);
+    let output = Command::new(python)
+        .arg(script("push.py"))
+        .args([&served.url, &operator])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
+    assert!(output.status.success(), "the push checks failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
+    assert!(said.contains("all A2A push checks passed"), "{said}");
+}
+
 #[test]
 fn the_js_sdk_is_a_client_of_baton() {
     let Some(node) = sdk_node() else { return };

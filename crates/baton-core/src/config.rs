@@ -350,6 +350,8 @@ pub struct Plan {
     pub mcp_servers: Vec<McpServerSpec>,
     /// `[llm]`: the providers LLM agents call.
     pub llm: LlmSettings,
+    /// `[a2a]`: the A2A server's settings (the hosts push notifications may go to).
+    pub a2a: A2aSettings,
 }
 
 impl Plan {
@@ -617,6 +619,7 @@ fn is_placeholder_name(name: &str) -> bool {
     head_ok && rest_ok && n_rest > 0
 }
 
+mod a2a;
 mod budget;
 mod diagnostics;
 mod json;
@@ -630,6 +633,7 @@ mod schedules;
 mod server;
 mod validate;
 
+pub use a2a::A2aSettings;
 use diagnostics::Locator;
 pub use diagnostics::{Diagnostic, Error, Location, unknown};
 pub use json::{agent_from_json, agent_update_from_json};

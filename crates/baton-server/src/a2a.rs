@@ -16,6 +16,8 @@
 //! proto names such as `TASK_STATE_COMPLETED`), written here as `serde_json` values: the
 //! protocol is data we translate at the edge, not a model of our own.
 
+pub mod push;
+
 use std::convert::Infallible;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -94,7 +96,7 @@ fn card(plan: &Plan, name: &str, description: String, url: String, skills: Vec<V
         "version": env!("CARGO_PKG_VERSION"),
         "supportedInterfaces": [{ "url": url, "protocolBinding": "JSONRPC", "protocolVersion": PROTOCOL_VERSION }],
         "provider": { "organization": "Baton", "url": "https://github.com/baton-rs/baton" },
-        "capabilities": { "streaming": true, "pushNotifications": false },
+        "capabilities": { "streaming": true, "pushNotifications": !plan.a2a.push_hosts.is_empty() },
         "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["text/plain", "application/json"],
         "skills": skills,
@@ -311,7 +313,7 @@ async fn rpc(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap,
         Some(Value::Object(params)) => params.clone(),
         Some(_) => return rpc_error(&id, &RpcError::invalid("`params` must be an object")),
     };
-    let handler = Handler { ops: state.ops().clone(), caller, scope, shutdown: state.shutdown().clone() };
+    let handler = Handler { ops: state.ops().clone(), caller, scope, shutdown: state.shutdown().clone(), state };
     let answer = match method {
         "SendMessage" => handler.send_message(&params).await,
         "GetTask" => handler.get_task(&params).await,
@@ -329,13 +331,10 @@ async fn rpc(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap,
                 Err(error) => rpc_error(&id, &error),
             };
         }
-        "CreateTaskPushNotificationConfig"
-        | "GetTaskPushNotificationConfig"
-        | "ListTaskPushNotificationConfigs"
-        | "DeleteTaskPushNotificationConfig" => Err(RpcError::new(
-            code::PUSH_NOTIFICATION_NOT_SUPPORTED,
-            "this agent does not send push notifications: follow a task with SubscribeToTask or poll GetTask",
-        )),
+        "CreateTaskPushNotificationConfig" => handler.create_push_config(&params).await,
+        "GetTaskPushNotificationConfig" => handler.get_push_config(&params).await,
+        "ListTaskPushNotificationConfigs" => handler.list_push_configs(&params).await,
+        "DeleteTaskPushNotificationConfig" => handler.delete_push_config(&params).await,
         "GetExtendedAgentCard" => Err(RpcError::new(
             code::EXTENDED_CARD_NOT_CONFIGURED,
             "this agent has no extended card: its card is at /.well-known/agent-card.json",
@@ -365,6 +364,7 @@ struct Handler {
     caller: Caller,
     scope: Scope,
     shutdown: tokio_util::sync::CancellationToken,
+    state: AppState,
 }
 
 /// At most this many tasks in a `ListTasks` page (the spec's default is 50).
@@ -376,8 +376,12 @@ impl Handler {
         let return_immediately =
             params.get("configuration").and_then(|c| c.get("returnImmediately")).and_then(Value::as_bool) == Some(true);
         let history_length = history_length(params.get("configuration").and_then(|c| c.get("historyLength")))?;
+        let push = self.message_push_config(params)?;
         let since = self.ops.latest_event().await?;
         let id = self.create(params).await?;
+        if let Some(push) = push {
+            self.set_push_config(id, &push, since).await?;
+        }
         if !return_immediately {
             // Blocking by default: the answer is the task once it has ended.
             let mut updates = self.follow(id, since)?;
@@ -388,8 +392,12 @@ impl Handler {
     }
 
     async fn send_streaming_message(&self, params: &Map<String, Value>) -> Result<ReceiverStream<Value>, RpcError> {
+        let push = self.message_push_config(params)?;
         let since = self.ops.latest_event().await?;
         let id = self.create(params).await?;
+        if let Some(push) = push {
+            self.set_push_config(id, &push, since).await?;
+        }
         self.stream(id, since).await
     }
 
@@ -474,6 +482,133 @@ impl Handler {
         };
         let tasks: Vec<Value> = page.iter().map(|task| task_json(task, history_length, include_artifacts)).collect();
         Ok(json!({ "tasks": tasks, "nextPageToken": next_page_token, "pageSize": page_size, "totalSize": total_size }))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Push notifications (see [`push`]).
+
+    /// `configuration.taskPushNotificationConfig` of a message (`pushNotificationConfig`, its
+    /// name before 1.0, is read too), checked before the task is made.
+    fn message_push_config(&self, params: &Map<String, Value>) -> Result<Option<Map<String, Value>>, RpcError> {
+        let configuration = params.get("configuration");
+        let config = configuration
+            .and_then(|c| c.get("taskPushNotificationConfig").or_else(|| c.get("pushNotificationConfig")));
+        match config {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(config)) => {
+                self.webhook(config)?;
+                Ok(Some(config.clone()))
+            }
+            Some(_) => Err(RpcError::invalid("`configuration.taskPushNotificationConfig` must be an object")),
+        }
+    }
+
+    /// The webhook a config names, if this server may post to it.
+    fn webhook(&self, config: &Map<String, Value>) -> Result<baton_runtime::a2a::push::Webhook, RpcError> {
+        let plan = self.state.plan();
+        let hosts = &plan.a2a.push_hosts;
+        if hosts.is_empty() {
+            return Err(RpcError::new(
+                code::PUSH_NOTIFICATION_NOT_SUPPORTED,
+                "this server sends no push notifications ([a2a] push_hosts is empty): follow the task with SubscribeToTask or poll GetTask",
+            ));
+        }
+        let url = push::string(config, "url").ok_or_else(|| RpcError::invalid("the push config's `url` is required"))?;
+        let url = baton_runtime::a2a::push::check_url(&url, |host| plan.a2a.allows_push_host(host), hosts)
+            .map_err(|error| RpcError::invalid(error.to_string()))?;
+        let authentication = config.get("authentication");
+        let scheme = authentication.and_then(|auth| auth.get("scheme")).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let credentials =
+            authentication.and_then(|auth| auth.get("credentials")).and_then(Value::as_str).filter(|c| !c.is_empty());
+        let authorization = scheme.zip(credentials).map(|(scheme, credentials)| format!("{scheme} {credentials}"));
+        Ok(baton_runtime::a2a::push::Webhook { url, token: push::string(config, "token"), authorization })
+    }
+
+    /// Keeps a config for task `id` and, if the task is not followed yet, follows it from the
+    /// event after `since`.
+    async fn set_push_config(&self, id: TaskId, config: &Map<String, Value>, since: i64) -> Result<Value, RpcError> {
+        // Only those who may make tasks may make the server post to a webhook.
+        self.caller.require(baton_ops::Action::CreateTasks)?;
+        let webhook = self.webhook(config)?;
+        let scheme = config
+            .get("authentication")
+            .and_then(|auth| auth.get("scheme"))
+            .and_then(Value::as_str)
+            .filter(|scheme| !scheme.is_empty())
+            .map(str::to_string);
+        let config_id = push::string(config, "id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let config = push::Config { id: config_id, task_id: id, webhook, scheme };
+        let answer = config.to_json();
+        let registry = std::sync::Arc::clone(self.state.a2a_pushes());
+        let start = registry.set(config).map_err(|refused| {
+            let message = match refused {
+                push::Refused::TooManyForTask => {
+                    format!("task {id} has {} push configs already: delete one first", push::MAX_PER_TASK)
+                }
+                push::Refused::Full => "this server holds as many push configs as it can: try again later".to_string(),
+            };
+            RpcError { code: code::SERVER, message, reason: Some("RESOURCE_EXHAUSTED") }
+        })?;
+        if start {
+            match self.stream(id, since).await {
+                Ok(updates) => {
+                    let shutdown = self.shutdown.clone();
+                    tokio::spawn(async move { registry.follow(id, updates, shutdown).await });
+                }
+                Err(error) => {
+                    registry.follow(id, futures::stream::empty(), self.shutdown.clone()).await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The task a push config request names (`taskId`), if the caller may read it.
+    async fn push_task(&self, params: &Map<String, Value>) -> Result<TaskId, RpcError> {
+        let id = self.task_id(params.get("taskId"))?;
+        self.read(id).await?;
+        Ok(id)
+    }
+
+    async fn create_push_config(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        // 0.3 clients wrapped the config; 1.0 sends it as the params.
+        let config = match params.get("pushNotificationConfig") {
+            Some(Value::Object(inner)) => inner.clone(),
+            _ => params.clone(),
+        };
+        // A server that pushes nothing says so before it looks for the task.
+        self.webhook(&config)?;
+        let since = self.ops.latest_event().await?;
+        let id = self.push_task(params).await?;
+        self.set_push_config(id, &config, since).await
+    }
+
+    async fn get_push_config(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let task_id = self.push_task(params).await?;
+        let id = push::string(params, "id").ok_or_else(|| RpcError::invalid("`id` (the config's) is required"))?;
+        let config = self
+            .state
+            .a2a_pushes()
+            .get(task_id, &id)
+            .ok_or_else(|| RpcError::invalid(format!("task {task_id} has no push config `{id}`")))?;
+        Ok(config.to_json())
+    }
+
+    async fn list_push_configs(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let task_id = self.push_task(params).await?;
+        let configs: Vec<Value> = self.state.a2a_pushes().list(task_id).iter().map(push::Config::to_json).collect();
+        Ok(json!({ "configs": configs, "nextPageToken": "" }))
+    }
+
+    async fn delete_push_config(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
+        let task_id = self.push_task(params).await?;
+        self.caller.require(baton_ops::Action::CreateTasks)?;
+        let id = push::string(params, "id").ok_or_else(|| RpcError::invalid("`id` (the config's) is required"))?;
+        if !self.state.a2a_pushes().delete(task_id, &id) {
+            return Err(RpcError::invalid(format!("task {task_id} has no push config `{id}`")));
+        }
+        Ok(Value::Null)
     }
 
     // -----------------------------------------------------------------------------------------

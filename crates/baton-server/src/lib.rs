@@ -91,6 +91,8 @@ struct Shared {
     metrics: metrics::Metrics,
     /// The MCP sessions of the handshake era (`/mcp`).
     mcp_sessions: mcp::Sessions,
+    /// The A2A push notification configs, and their tasks' followers.
+    a2a_pushes: Arc<a2a::push::Registry>,
 }
 
 impl AppState {
@@ -120,6 +122,7 @@ impl AppState {
                 shutdown: options.shutdown,
                 metrics,
                 mcp_sessions: mcp::Sessions::default(),
+                a2a_pushes: Arc::default(),
             }),
         }
     }
@@ -171,6 +174,10 @@ impl AppState {
 
     pub fn mcp_sessions(&self) -> &mcp::Sessions {
         &self.shared.mcp_sessions
+    }
+
+    pub fn a2a_pushes(&self) -> &Arc<a2a::push::Registry> {
+        &self.shared.a2a_pushes
     }
 
     pub fn shutdown(&self) -> &CancellationToken {

@@ -121,6 +121,10 @@ async def main():
         body = {"jsonrpc": "2.0", "id": 4, "method": "SendMessage", "params": {"message": {"role": "ROLE_USER"}}}
         raw = await anonymous.post(f"{BASE}/a2a", json=body, headers=versioned)
         check("a message without an id or parts is -32602", raw.json()["error"]["code"] == -32602, raw.text)
+        body = {"jsonrpc": "2.0", "id": 6, "method": "CreateTaskPushNotificationConfig",
+                "params": {"taskId": "1", "url": "http://127.0.0.1:9/hook"}}
+        raw = await anonymous.post(f"{BASE}/a2a", json=body, headers=versioned)
+        check("no push_hosts: push configs are -32003", raw.json()["error"]["code"] == -32003, raw.text)
         body = {"jsonrpc": "2.0", "id": 5, "method": "GetTask", "params": {"id": "1"}}
         raw = await anonymous.post(f"{BASE}/a2a", json=body)
         check("no token is 401", raw.status_code == 401, raw.text)

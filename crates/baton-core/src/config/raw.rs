@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{budget, llm, logs, mcp, schedules, server};
+use super::{a2a, budget, llm, logs, mcp, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -42,6 +42,8 @@ pub(super) struct RawConfig {
     pub(super) mcp_servers: BTreeMap<Spanned<String>, Spanned<mcp::RawMcpServer>>,
     #[serde(default)]
     pub(super) llm: llm::RawLlm,
+    #[serde(default)]
+    pub(super) a2a: a2a::RawA2a,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -91,6 +91,7 @@ impl Validator<'_> {
         let mcp_servers = self.mcp_servers(&raw.mcp_servers);
         self.mcp_server_names = raw.mcp_servers.keys().map(|name| name.get_ref().clone()).collect();
         let llm = self.llm(&raw.llm);
+        let a2a = self.a2a_settings(&raw.a2a);
         self.llm_providers = llm.providers.clone();
         let (workstreams, phases) = self.workstreams(&raw.workstreams);
         let mut agents = self.agents(&raw.agents, &workstreams);
@@ -124,6 +125,7 @@ impl Validator<'_> {
             budget,
             mcp_servers,
             llm,
+            a2a,
         }
     }
 

@@ -926,6 +926,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 budget: Default::default(),
                 mcp_servers: Vec::new(),
                 llm: Default::default(),
+                a2a: Default::default(),
             };
             RandomPlan { plan }
         })

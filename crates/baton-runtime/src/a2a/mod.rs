@@ -12,6 +12,7 @@
 
 pub mod card;
 pub mod outcome;
+pub mod push;
 
 use std::sync::Arc;
 

@@ -1,0 +1,238 @@
+//! A2A push notifications: the configs clients set on tasks (`CreateTaskPushNotificationConfig`
+//! and the rest, or `configuration.taskPushNotificationConfig` of `SendMessage`), and the
+//! followers that deliver a task's updates to them.
+//!
+//! A config's webhook must be on a host `[a2a] push_hosts` names; with none (the default) the
+//! server sends no push notifications and its card says so. The configs live in memory for the
+//! server's life: a restart forgets them (a client sets them again, or follows with
+//! `SubscribeToTask`). A task with configs has one follower: it reads the task's updates as a
+//! stream does (the task, then a status update per change, the artifact before the final
+//! status) from the event log, not from the engine, and posts each to every config of the task
+//! in turn (a slow webhook holds back that task's notifications only; the stream it reads
+//! from is bounded, so it never buffers without limit). It ends when the task ends or the
+//! server shuts down. At most [`MAX_CONFIGS`] configs are kept, [`MAX_PER_TASK`] per task;
+//! when full, the configs of the tasks that ended longest ago make room.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+use baton_core::model::TaskId;
+use baton_runtime::a2a::push::{Sender, Webhook};
+
+/// Configs kept at once, for every task together.
+pub const MAX_CONFIGS: usize = 10_000;
+/// Configs one task may have.
+pub const MAX_PER_TASK: usize = 16;
+
+/// A config as a client set it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: String,
+    pub task_id: TaskId,
+    pub webhook: Webhook,
+    /// The authentication's scheme; its credentials are in the webhook, never shown.
+    pub scheme: Option<String>,
+}
+
+impl Config {
+    /// As the protocol writes a `TaskPushNotificationConfig` (the credentials left out).
+    pub fn to_json(&self) -> Value {
+        let mut value = json!({ "id": self.id, "taskId": self.task_id.to_string(), "url": self.webhook.url.as_str() });
+        if let Some(token) = &self.webhook.token {
+            value["token"] = json!(token);
+        }
+        if let Some(scheme) = &self.scheme {
+            value["authentication"] = json!({ "scheme": scheme });
+        }
+        value
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    configs: Vec<Config>,
+    following: bool,
+    /// When the task's follower saw it end (a count of ends, for eviction), if it has.
+    ended: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: HashMap<TaskId, Entry>,
+    n_configs: usize,
+    n_ended: u64,
+}
+
+/// Every task's configs, and which tasks are followed. A `std` mutex: held only to read or
+/// change the map, never across an `.await`.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    sender: Sender,
+}
+
+/// Why a config is not kept.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    TooManyForTask,
+    Full,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `config` (replacing one of the same id on the same task); whether the task needs
+    /// a follower started (it has none yet).
+    pub fn set(&self, config: Config) -> Result<bool, Refused> {
+        let mut inner = self.lock();
+        let existing =
+            inner.tasks.get(&config.task_id).and_then(|entry| entry.configs.iter().position(|c| c.id == config.id));
+        if existing.is_none() {
+            if inner.tasks.get(&config.task_id).is_some_and(|entry| entry.configs.len() >= MAX_PER_TASK) {
+                return Err(Refused::TooManyForTask);
+            }
+            while inner.n_configs >= MAX_CONFIGS {
+                // The task that ended longest ago (and is no longer followed) makes room.
+                let oldest = inner
+                    .tasks
+                    .iter()
+                    .filter(|(_, entry)| !entry.following)
+                    .filter_map(|(id, entry)| entry.ended.map(|ended| (ended, *id)))
+                    .min();
+                let Some((_, id)) = oldest else { return Err(Refused::Full) };
+                if let Some(entry) = inner.tasks.remove(&id) {
+                    inner.n_configs -= entry.configs.len();
+                }
+            }
+        }
+        let entry = inner.tasks.entry(config.task_id).or_default();
+        match existing {
+            Some(idx) => entry.configs[idx] = config,
+            None => entry.configs.push(config),
+        }
+        let start = !entry.following && entry.ended.is_none();
+        if start {
+            entry.following = true;
+        }
+        if existing.is_none() {
+            inner.n_configs += 1;
+        }
+        Ok(start)
+    }
+
+    pub fn get(&self, task_id: TaskId, id: &str) -> Option<Config> {
+        self.lock().tasks.get(&task_id)?.configs.iter().find(|config| config.id == id).cloned()
+    }
+
+    pub fn list(&self, task_id: TaskId) -> Vec<Config> {
+        self.lock().tasks.get(&task_id).map(|entry| entry.configs.clone()).unwrap_or_default()
+    }
+
+    /// Whether there was such a config.
+    pub fn delete(&self, task_id: TaskId, id: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.tasks.get_mut(&task_id) else { return false };
+        let before = entry.configs.len();
+        entry.configs.retain(|config| config.id != id);
+        let removed = before - entry.configs.len();
+        inner.n_configs -= removed;
+        removed > 0
+    }
+
+    fn webhooks(&self, task_id: TaskId) -> Vec<(String, Webhook)> {
+        self.list(task_id).into_iter().map(|config| (config.id, config.webhook)).collect()
+    }
+
+    /// The task's follower has stopped: after its end, or before (a shutdown, an expired
+    /// token), when a new config may start another.
+    fn stopped(&self, task_id: TaskId, ended: bool) {
+        let mut inner = self.lock();
+        inner.n_ended += 1;
+        let n_ended = inner.n_ended;
+        if let Some(entry) = inner.tasks.get_mut(&task_id) {
+            entry.following = false;
+            if ended {
+                entry.ended = Some(n_ended);
+            }
+        }
+    }
+
+    /// Delivers each update of `updates` (the task's stream) to the task's configs as they
+    /// are when it comes, until the stream ends.
+    pub async fn follow(
+        &self,
+        task_id: TaskId,
+        mut updates: impl futures::Stream<Item = Value> + Unpin,
+        shutdown: CancellationToken,
+    ) {
+        let mut ended = false;
+        while let Some(update) = updates.next().await {
+            ended = is_final(&update);
+            for (id, webhook) in self.webhooks(task_id) {
+                if let Err(error) = self.sender.deliver(&webhook, &update, &shutdown).await {
+                    tracing::warn!(task = %task_id, config = %id, %error, "an A2A push notification was not delivered");
+                }
+            }
+        }
+        self.stopped(task_id, ended);
+    }
+}
+
+/// Whether an update is the last of its task (a final state, or the task sent when it had
+/// already ended).
+fn is_final(update: &Value) -> bool {
+    let state = update
+        .get("statusUpdate")
+        .or_else(|| update.get("task"))
+        .and_then(|value| value.get("status"))
+        .and_then(|status| status.get("state"))
+        .and_then(Value::as_str);
+    matches!(state, Some("TASK_STATE_COMPLETED" | "TASK_STATE_FAILED" | "TASK_STATE_CANCELED"))
+}
+
+/// The string field `name` of `params`, if set and not empty.
+pub fn string(params: &Map<String, Value>, name: &str) -> Option<String> {
+    params.get(name).and_then(Value::as_str).filter(|value| !value.is_empty()).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(task: i64, id: &str) -> Config {
+        let webhook = Webhook { url: "http://127.0.0.1:9/hook".parse().unwrap(), token: None, authorization: None };
+        Config { id: id.to_string(), task_id: TaskId(task), webhook, scheme: None }
+    }
+
+    #[test]
+    fn a_task_is_followed_once_and_its_configs_are_bounded() {
+        let registry = Registry::default();
+        assert_eq!(registry.set(config(1, "a")), Ok(true));
+        assert_eq!(registry.set(config(1, "b")), Ok(false));
+        assert_eq!(registry.set(config(1, "a")), Ok(false), "the same id replaces");
+        assert_eq!(registry.list(TaskId(1)).len(), 2);
+        for n in 2..MAX_PER_TASK {
+            registry.set(config(1, &n.to_string())).unwrap();
+        }
+        assert_eq!(registry.set(config(1, "over")), Err(Refused::TooManyForTask));
+        assert!(registry.delete(TaskId(1), "a"));
+        assert!(!registry.delete(TaskId(1), "a"));
+        assert!(registry.get(TaskId(1), "b").is_some());
+        registry.stopped(TaskId(1), true);
+        assert_eq!(registry.set(config(1, "late")), Ok(false), "an ended task is not followed again");
+    }
+
+    #[test]
+    fn final_updates() {
+        assert!(is_final(&json!({ "statusUpdate": { "status": { "state": "TASK_STATE_COMPLETED" } } })));
+        assert!(is_final(&json!({ "task": { "status": { "state": "TASK_STATE_CANCELED" } } })));
+        assert!(!is_final(&json!({ "statusUpdate": { "status": { "state": "TASK_STATE_WORKING" } } })));
+        assert!(!is_final(&json!({ "artifactUpdate": {} })));
+    }
+}
