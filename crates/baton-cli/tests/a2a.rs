@@ -283,6 +283,91 @@ fn a_baton_agent_polls_an_sdk_agent_that_does_not_stream() {
     calls_an_sdk_agent("polling");
 }
 
+/// An A2A agent without `capabilities` takes its card's skills (ids and tags): the config
+/// accepts tasks that need them, routing gives them to it, and a task that needs what the card
+/// does not offer is cancelled as unrunnable once the card is read.
+#[test]
+fn a_card_s_skills_are_the_capabilities_of_an_agent_without_them() {
+    let Some(python) = sdk_python() else { return };
+    let far = FarAgent::start(&python, "streaming");
+    let plan = format!(
+        r#"
+[orchestration]
+name = "a2a-skills"
+
+[[agents]]
+name = "far"
+runtime = "a2a"
+url = "{url}"
+auth_header_env = "FAR_AUTH"
+
+[[tasks]]
+key = "by-id"
+title = "by its skill's id"
+requires = ["echo"]
+
+[[tasks]]
+key = "by-tag"
+title = "by its skill's tag"
+requires = ["words"]
+
+[[tasks]]
+key = "not-offered"
+title = "nobody can"
+requires = ["painting"]
+"#,
+        url = far.url
+    );
+    let project = Project::with(&plan, &[]);
+    let checked = far_baton(&project, &["check"]);
+    assert!(checked.status.success(), "the config accepts tasks for the card's skills: {}", common::stderr(&checked));
+    let output = far_baton(&project, &["run", "--grace", "0s"]);
+    assert_eq!(output.status.code(), Some(1), "one task cannot run: {}", common::stderr(&output));
+    let tasks = tasks_by_key(&project);
+    assert_eq!(tasks["by-id"]["state"], "succeeded", "{}", tasks["by-id"]);
+    assert_eq!(tasks["by-tag"]["state"], "succeeded", "{}", tasks["by-tag"]);
+    let not_offered = &tasks["not-offered"];
+    assert_eq!(not_offered["state"], "cancelled", "{not_offered}");
+    assert!(not_offered["error"].as_str().unwrap_or_default().contains("no agent can run it"), "{not_offered}");
+    let agents = far_baton(&project, &["agents", "--json"]);
+    let agents = common::stdout(&agents);
+    assert!(agents.contains("\"echo\"") && agents.contains("\"words\""), "{agents}");
+}
+
+/// The credentials go to the card's own origin only: a card whose JSON-RPC interface is on
+/// another host (`localhost` for a card read at `127.0.0.1`) is called without them, and that
+/// agent, which wants them, refuses.
+#[test]
+fn credentials_stay_with_the_card_s_origin() {
+    let Some(python) = sdk_python() else { return };
+    let far = FarAgent::start(&python, "elsewhere");
+    let plan = format!(
+        r#"
+[orchestration]
+name = "a2a-elsewhere"
+
+[[agents]]
+name = "far"
+runtime = "a2a"
+url = "{url}"
+auth_header_env = "FAR_AUTH"
+capabilities = ["echo"]
+
+[[tasks]]
+key = "echo"
+title = "hello"
+max_attempts = 1
+"#,
+        url = far.url
+    );
+    let project = Project::with(&plan, &[]);
+    let output = far_baton(&project, &["run", "--grace", "0s"]);
+    assert_eq!(output.status.code(), Some(1), "{}", common::stderr(&output));
+    let echo = &tasks_by_key(&project)["echo"];
+    assert_eq!(echo["state"], "dead", "{echo}");
+    assert!(echo["error"].as_str().unwrap_or_default().contains("401"), "{echo}");
+}
+
 /// An A2A agent whose card cannot be read does not start, and says why.
 #[test]
 fn an_unreachable_card_is_reported() {

@@ -289,6 +289,13 @@ impl AgentSpec {
         requires.iter().all(|capability| self.capabilities.contains(capability))
     }
 
+    /// Whether the agent takes its capabilities from elsewhere when it starts: an A2A agent
+    /// without `capabilities` in the config takes its card's skills. Until then nothing is
+    /// known of them, so the config's check that a task has an agent counts it as able.
+    pub fn learns_capabilities(&self) -> bool {
+        matches!(self.kind, AgentKind::A2a(_)) && self.capabilities.is_empty()
+    }
+
     pub fn runtime(&self) -> RuntimeKind {
         self.kind.runtime()
     }

@@ -249,6 +249,12 @@ pub trait AgentRuntime: Send + Sync + 'static {
     /// a previous start first). An error says why not, and whether trying again may help.
     async fn start(&self, context: AgentContext) -> Result<(), AgentError>;
 
+    /// The capabilities the agent learned when it started, for an agent whose config sets
+    /// none (an A2A agent's card's skills): the engine routes by them from then on.
+    fn learned_capabilities(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Runs one attempt and returns how it ended. When `cancel` fires the attempt is stopped
     /// (its processes killed) and the returned outcome is ignored.
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome;

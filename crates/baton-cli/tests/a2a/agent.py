@@ -1,7 +1,10 @@
 """A tiny A2A 1.0 agent made with the official A2A Python SDK (a2a-sdk 1.x): what a
 `runtime = "a2a"` Baton agent calls in the tests.
 
-Usage: agent.py streaming|polling
+Usage: agent.py streaming|polling|elsewhere
+
+`elsewhere` streams too, but its card names its JSON-RPC interface at `localhost` while the
+card is read at `127.0.0.1`: another origin, which must not be sent the credentials.
 
 It listens on a port the system picks and prints `listening on URL` once it serves. Every
 request must carry `Authorization: Bearer far-secret`. What it does with a message, by its
@@ -36,7 +39,8 @@ from a2a.types import (
     TaskState,
 )
 
-STREAMING = sys.argv[1] == "streaming"
+MODE = sys.argv[1]
+STREAMING = MODE in ("streaming", "elsewhere")
 TOKEN = "Bearer far-secret"
 
 
@@ -80,15 +84,16 @@ async def main():
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    rpc_base = url.replace("127.0.0.1", "localhost") if MODE == "elsewhere" else url
     card = AgentCard(
         name="far-echo",
         description="Echoes what it is sent",
         version="1.0.0",
-        supported_interfaces=[AgentInterface(url=f"{url}/rpc", protocol_binding="JSONRPC", protocol_version="1.0")],
+        supported_interfaces=[AgentInterface(url=f"{rpc_base}/rpc", protocol_binding="JSONRPC", protocol_version="1.0")],
         capabilities=AgentCapabilities(streaming=STREAMING, push_notifications=False),
         default_input_modes=["text/plain", "application/json"],
         default_output_modes=["application/json"],
-        skills=[AgentSkill(id="echo", name="echo", description="echoes", tags=["echo"])],
+        skills=[AgentSkill(id="echo", name="echo", description="echoes", tags=["echo", "words"])],
     )
     handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=card)
     app = Starlette(routes=create_agent_card_routes(card) + create_jsonrpc_routes(handler, rpc_url="/rpc"))

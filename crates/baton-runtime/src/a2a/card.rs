@@ -1,5 +1,5 @@
-//! An A2A Agent Card, as much of it as Baton needs: the JSON-RPC endpoint of A2A 1.0 and
-//! whether the agent streams.
+//! An A2A Agent Card, as much of it as Baton needs: the JSON-RPC endpoint of A2A 1.0, whether
+//! the agent streams, and its skills (the capabilities of an agent whose config sets none).
 
 use serde_json::Value;
 
@@ -12,6 +12,8 @@ pub struct Remote {
     pub streaming: bool,
     /// The agent's name, for logs.
     pub name: String,
+    /// Its skills' ids and tags, sorted, once each: what it can do, as capabilities.
+    pub skills: Vec<String>,
 }
 
 /// The card at `url` read from `text`, or why it cannot be used (permanent: the same card
@@ -56,7 +58,30 @@ pub fn parse(url: &str, text: &str) -> Result<Remote, String> {
         url: endpoint.to_string(),
         streaming: streaming == Some(true),
         name: card.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+        skills: skills(&card),
     })
+}
+
+/// The most capabilities taken from one card, and the longest name kept.
+const MAX_SKILL_NAMES: usize = 256;
+const MAX_SKILL_NAME_LEN: usize = 100;
+
+/// A card's skills as capabilities: each skill's `id` and its `tags`, trimmed, without blanks
+/// or control characters, sorted and once each.
+fn skills(card: &Value) -> Vec<String> {
+    let Some(skills) = card.get("skills").and_then(Value::as_array) else { return Vec::new() };
+    let mut names = std::collections::BTreeSet::new();
+    for skill in skills {
+        let id = skill.get("id").and_then(Value::as_str);
+        let tags = skill.get("tags").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str);
+        for name in id.into_iter().chain(tags) {
+            let name = name.trim();
+            if !name.is_empty() && name.chars().count() <= MAX_SKILL_NAME_LEN && !name.chars().any(char::is_control) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names.into_iter().take(MAX_SKILL_NAMES).collect()
 }
 
 #[cfg(test)]
@@ -71,6 +96,15 @@ mod tests {
             "capabilities": {"streaming": true}}"#;
         let remote = parse("http://far/card", card).unwrap();
         assert_eq!((remote.url.as_str(), remote.streaming), ("http://far/rpc", true));
+        assert!(remote.skills.is_empty());
+    }
+
+    #[test]
+    fn skills_give_ids_and_tags() {
+        let card = r#"{"supportedInterfaces": [{"url": "u", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}],
+            "skills": [{"id": "echo", "tags": ["text", " echo ", ""]}, {"id": "sum", "tags": ["math"]}, {"tags": [7]}]}"#;
+        let remote = parse("http://far/card", card).unwrap();
+        assert_eq!(remote.skills, ["echo", "math", "sum", "text"]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub const PROTOCOL_VERSION: &str = "1.0";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a remote task is polled when its agent does not stream.
 const POLL_EVERY: Duration = Duration::from_millis(500);
+/// The largest answer read (a card, a JSON-RPC answer), and the largest event of a stream.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// An A2A agent's runtime.
 pub struct A2aAgent {
@@ -49,6 +51,8 @@ pub struct A2aAgent {
     state: parking_lot::Mutex<Option<(Arc<Remote>, AgentContext)>>,
     /// JSON-RPC request ids.
     n_requests: std::sync::atomic::AtomicU64,
+    /// The config sets no capabilities: the card's skills are the agent's.
+    learns_capabilities: bool,
 }
 
 impl A2aAgent {
@@ -64,6 +68,7 @@ impl A2aAgent {
                 .unwrap_or_default(),
             state: parking_lot::Mutex::new(None),
             n_requests: 0.into(),
+            learns_capabilities: agent.capabilities.is_empty(),
         }
     }
 
@@ -71,9 +76,14 @@ impl A2aAgent {
         self.n_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
+    /// A request to `url`, with the configured credentials only when `url` has the origin of
+    /// the configured url (where the card is): a card may name an interface anywhere, and the
+    /// credentials are for the agent the config names, not for any host its card points to.
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, url).header("A2A-Version", PROTOCOL_VERSION);
-        if let Some(header) = &self.spec.auth_header {
+        if let Some(header) = &self.spec.auth_header
+            && same_origin(url, &self.spec.url)
+        {
             request = request.header(reqwest::header::AUTHORIZATION, header);
         }
         request
@@ -90,7 +100,7 @@ impl A2aAgent {
             .await
             .map_err(|error| format!("{method} to {}: {error}", remote.url))?;
         let status = response.status();
-        let text = response.text().await.map_err(|error| format!("{method} to {}: {error}", remote.url))?;
+        let text = read_body(response).await.map_err(|error| format!("{method} to {}: {error}", remote.url))?;
         if !status.is_success() {
             return Err(format!("{method} to {}: HTTP {status}: {}", remote.url, cut(&text)));
         }
@@ -118,35 +128,27 @@ impl A2aAgent {
             .is_some_and(|value| value.starts_with("text/event-stream"));
         if !status.is_success() || !is_stream {
             // An error comes as one JSON-RPC answer, not a stream.
-            let text = response.text().await.unwrap_or_default();
+            let text = read_body(response).await.unwrap_or_else(|error| error);
             let answer: Value = serde_json::from_str(&text)
-                .map_err(|_| format!("SendStreamingMessage: HTTP {status}: {}", cut(&text)))?;
+                .ok()
+                .filter(|answer: &Value| answer.get("jsonrpc").is_some())
+                .ok_or_else(|| format!("SendStreamingMessage to {}: HTTP {status}: {}", remote.url, cut(&text)))?;
             return rpc_result("SendStreamingMessage", answer)
                 .map(|result| followed.lock().take(&result, self.reporter()));
         }
-        let mut bytes = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(chunk) = bytes.next().await {
-            let chunk = chunk.map_err(|error| format!("the stream from {} broke: {error}", remote.url))?;
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = frame_end(&buffer) {
-                let frame: String = buffer.drain(..end).collect();
-                let data: Vec<&str> = frame
-                    .lines()
-                    .filter_map(|line| line.strip_prefix("data:"))
-                    .map(|data| data.strip_prefix(' ').unwrap_or(data))
-                    .collect();
-                if data.is_empty() {
-                    continue;
-                }
-                let answer: Value = serde_json::from_str(&data.join("\n"))
-                    .map_err(|error| format!("SendStreamingMessage: an event is not JSON ({error})"))?;
-                let result = rpc_result("SendStreamingMessage", answer)?;
-                let mut followed = followed.lock();
-                followed.take(&result, self.reporter());
-                if followed.state.is_some_and(RemoteState::is_final) {
-                    return Ok(());
-                }
+        let mut events = bounded_events(response.bytes_stream());
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|error| format!("the stream from {} broke: {error}", remote.url))?;
+            if event.data.is_empty() {
+                continue;
+            }
+            let answer: Value = serde_json::from_str(&event.data)
+                .map_err(|error| format!("SendStreamingMessage: an event is not JSON ({error})"))?;
+            let result = rpc_result("SendStreamingMessage", answer)?;
+            let mut followed = followed.lock();
+            followed.take(&result, self.reporter());
+            if followed.state.is_some_and(RemoteState::is_final) {
+                return Ok(());
             }
         }
         Ok(())
@@ -207,8 +209,7 @@ impl AgentRuntime for A2aAgent {
                 AgentError::permanent(message)
             });
         }
-        let text = response
-            .text()
+        let text = read_body(response)
             .await
             .map_err(|error| AgentError::transient(format!("cannot read the agent card at {url}: {error}")))?;
         let remote = card::parse(&url, &text).map_err(AgentError::permanent)?;
@@ -228,22 +229,36 @@ impl AgentRuntime for A2aAgent {
         let follow = self.follow(&remote, &attempt, &followed);
         tokio::pin!(follow);
         let ended = tokio::select! {
-            ended = &mut follow => ended,
-            () = cancel.cancelled() => {
-                let task_id = followed.lock().task_id.clone();
-                if let Some(task_id) = task_id
-                    && let Err(error) = self.call(&remote, "CancelTask", json!({ "id": task_id })).await
-                {
-                    tracing::warn!(agent = %self.name, %error, "the remote task was not cancelled");
-                }
-                return Outcome::Failed { reason: "cancelled".into() };
+            ended = &mut follow => Some(ended),
+            () = cancel.cancelled() => None,
+        };
+        let Some(ended) = ended else {
+            // Cancelled before the remote said its task's id: the message may still make a
+            // task there, so its answer is waited for (a while) to cancel that task too.
+            let known = followed.lock().task_id.clone();
+            let task_id = match known {
+                Some(task_id) => Some(task_id),
+                None => wait_for_task_id(follow, &followed).await,
+            };
+            if let Some(task_id) = task_id
+                && let Err(error) = self.call(&remote, "CancelTask", json!({ "id": task_id })).await
+            {
+                tracing::warn!(agent = %self.name, %error, "the remote task was not cancelled");
             }
+            return Outcome::Failed { reason: "cancelled".into() };
         };
         let outcome = followed.lock().outcome();
         match ended {
             Ok(()) => outcome,
             Err(error) => Outcome::Failed { reason: format!("A2A agent `{}`: {error}", self.name) },
         }
+    }
+
+    fn learned_capabilities(&self) -> Option<Vec<String>> {
+        if !self.learns_capabilities {
+            return None;
+        }
+        self.state.lock().as_ref().map(|(remote, _)| remote.skills.clone())
     }
 
     async fn stop(&self) {
@@ -261,14 +276,80 @@ fn rpc_result(method: &str, answer: Value) -> Result<Value, String> {
     answer.get("result").cloned().ok_or_else(|| format!("{method}: the answer has neither `result` nor `error`"))
 }
 
-/// Where the first complete Server-Sent Event of `buffer` ends (after its blank line).
-fn frame_end(buffer: &str) -> Option<usize> {
-    let lf = buffer.find("\n\n").map(|at| at + 2);
-    let crlf = buffer.find("\r\n\r\n").map(|at| at + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// How long a cancelled attempt waits for the remote to name its task, to cancel it.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How often it looks.
+const CANCEL_LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// Drives `follow` until the remote task's id is known (or the follow ends, or
+/// [`CANCEL_WAIT`] passes); the id, if known by then.
+async fn wait_for_task_id(
+    mut follow: std::pin::Pin<&mut impl std::future::Future<Output = Result<(), String>>>,
+    followed: &Mutex<Followed>,
+) -> Option<String> {
+    let deadline = tokio::time::sleep(CANCEL_WAIT);
+    tokio::pin!(deadline);
+    let mut looks = tokio::time::interval(CANCEL_LOOK_EVERY);
+    loop {
+        tokio::select! {
+            _ = follow.as_mut() => return followed.lock().task_id.clone(),
+            () = &mut deadline => return None,
+            _ = looks.tick() => {
+                if let Some(task_id) = followed.lock().task_id.clone() {
+                    return Some(task_id);
+                }
+            }
+        }
     }
+}
+
+/// Whether two URLs have the same origin (scheme, host and port).
+fn same_origin(a: &str, b: &str) -> bool {
+    match (reqwest::Url::parse(a), reqwest::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
+/// A whole answer as text, at most [`MAX_BODY_BYTES`]; UTF-8 decoded once it is all here.
+async fn read_body(response: reqwest::Response) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| error.to_string())?;
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(format!("the answer is larger than {} MiB, the most Baton reads", MAX_BODY_BYTES >> 20));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|error| format!("the answer is not UTF-8: {error}"))
+}
+
+/// The Server-Sent Events of a byte stream (split and UTF-8 decoded by `eventsource-stream`,
+/// so a character cut between two chunks arrives whole), failing when the bytes since the
+/// last event pass [`MAX_BODY_BYTES`]: what the parser may hold unparsed is bounded.
+fn bounded_events<S, E>(
+    bytes: S,
+) -> impl futures::Stream<Item = Result<eventsource_stream::Event, String>> + Unpin
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use eventsource_stream::Eventsource;
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&pending);
+    let bytes = bytes.map(move |chunk| {
+        let chunk = chunk.map_err(|error| error.to_string())?;
+        let held = counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed) + chunk.len();
+        if held > MAX_BODY_BYTES {
+            return Err(format!("an event is larger than {} MiB, the most Baton reads", MAX_BODY_BYTES >> 20));
+        }
+        Ok(chunk)
+    });
+    bytes.eventsource().map(move |event| {
+        pending.store(0, std::sync::atomic::Ordering::Relaxed);
+        event.map_err(|error| error.to_string())
+    })
 }
 
 /// A remote's text, cut for an error message.
@@ -280,5 +361,45 @@ fn cut(text: &str) -> String {
 pub(crate) fn report(reporter: Option<&(String, AgentContext)>, event: impl FnOnce(String) -> AgentEvent) {
     if let Some((agent, context)) = reporter {
         let _ = context.events.send(event(agent.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_go_to_the_configured_origin_only() {
+        assert!(same_origin("http://far:8000/rpc", "http://far:8000/"));
+        assert!(!same_origin("http://elsewhere:8000/rpc", "http://far:8000/"));
+        assert!(!same_origin("http://far:9000/rpc", "http://far:8000/"));
+        assert!(!same_origin("https://far:8000/rpc", "http://far:8000/"));
+        assert!(!same_origin("not a url", "not a url"));
+    }
+
+    #[tokio::test]
+    async fn a_character_split_between_chunks_arrives_whole() {
+        let text = "data: {\"text\": \"caf\u{e9} \u{2713}\"}\n\n".as_bytes().to_vec();
+        // Cut inside `é` (2 bytes) and inside `✓` (3 bytes).
+        let e_at = text.iter().position(|&b| b == 0xc3).unwrap() + 1;
+        let check_at = text.iter().position(|&b| b == 0xe2).unwrap() + 2;
+        let chunks = vec![
+            Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&text[..e_at])),
+            Ok(bytes::Bytes::copy_from_slice(&text[e_at..check_at])),
+            Ok(bytes::Bytes::copy_from_slice(&text[check_at..])),
+        ];
+        let mut events = bounded_events(futures::stream::iter(chunks));
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(event.data, "{\"text\": \"caf\u{e9} \u{2713}\"}");
+    }
+
+    #[tokio::test]
+    async fn an_event_too_large_is_refused() {
+        let chunk = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+        let mut chunks = vec![Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"data: "))];
+        chunks.extend((0..=MAX_BODY_BYTES / chunk.len()).map(|_| Ok(chunk.clone())));
+        let mut events = bounded_events(futures::stream::iter(chunks));
+        let error = events.next().await.unwrap().unwrap_err();
+        assert!(error.contains("larger than 8 MiB"), "{error}");
     }
 }

@@ -24,7 +24,8 @@ use crate::agent::{AgentContext, AgentError, AgentRuntime, Attempt};
 /// What the engine hears from the tasks the shell spawned.
 pub(super) enum Report {
     Outcome { task: TaskId, attempt: u32, outcome: Outcome },
-    AgentStarted { agent: String },
+    /// The agent is ready; with the capabilities it learned at start, if any.
+    AgentStarted { agent: String, capabilities: Option<Vec<String>> },
     AgentFailed { agent: String, error: AgentError },
 }
 
@@ -118,7 +119,7 @@ impl Shell {
                         continue;
                     };
                     let report = match tokio::time::timeout(spawn_timeout, runtime.start(context.clone())).await {
-                        Ok(Ok(())) => Report::AgentStarted { agent },
+                        Ok(Ok(())) => Report::AgentStarted { agent, capabilities: runtime.learned_capabilities() },
                         Ok(Err(error)) => Report::AgentFailed { agent, error },
                         Err(_) => Report::AgentFailed {
                             agent,

@@ -81,10 +81,13 @@ impl Running {
             }
             Input::Report(report) => {
                 let now = self.clock.now();
-                handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                let mut plan_changed = handle_report(&mut self.sched, &mut self.shell, report, now, fx);
                 // Take everything else that is already waiting: one commit for all of it.
                 while let Ok(report) = self.inputs.reports.try_recv() {
-                    handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                    plan_changed |= handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                }
+                if plan_changed {
+                    self.plan_changed();
                 }
             }
             Input::Command(command) => self.command(*command, turn).await?,
@@ -282,7 +285,33 @@ async fn load_finished(sched: &mut Scheduler, store: &dyn Store, run_id: &str, i
     Ok(())
 }
 
-fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: Timestamp, fx: &mut Effects) {
+/// An agent whose config sets no capabilities takes those it learned at start; an operator's
+/// or the config's, once set, are not replaced. Whether the plan changed.
+fn learn_capabilities(
+    sched: &mut Scheduler,
+    agent: &str,
+    capabilities: Vec<String>,
+    now: Timestamp,
+    fx: &mut Effects,
+) -> bool {
+    let Some(mut spec) = sched.plan().agent(agent).cloned() else { return false };
+    if !spec.capabilities.is_empty() || capabilities.is_empty() {
+        return false;
+    }
+    tracing::info!(%agent, capabilities = %capabilities.join(", "), "capabilities learned at start");
+    spec.capabilities = capabilities;
+    match sched.update_agent(spec, now, fx) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%agent, %error, "the capabilities learned at start were refused");
+            false
+        }
+    }
+}
+
+/// Applies what a spawned task reported; whether the plan changed (an agent learned its
+/// capabilities).
+fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: Timestamp, fx: &mut Effects) -> bool {
     match report {
         Report::Outcome { task, attempt, outcome } => {
             // Tokens a task's result says it used were used, whatever becomes of the outcome.
@@ -302,7 +331,7 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
             if was_killed {
                 // Its process has exited: the slot and resources it held are free.
                 sched.attempt_ended(task, attempt, now);
-                return;
+                return false;
             }
             match sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
                 Ok(()) => {}
@@ -311,13 +340,18 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
                 Err(error) => tracing::warn!(%error, "outcome not recorded"),
             }
         }
-        Report::AgentStarted { agent } => {
+        Report::AgentStarted { agent, capabilities } => {
+            // Learned before the agent counts as started: while it starts no task is given up
+            // as unrunnable, so a task only these capabilities can run waits for them.
+            let learned = capabilities.is_some_and(|capabilities| learn_capabilities(sched, &agent, capabilities, now, fx));
             let _ = sched.agent_started(&agent, now, fx);
+            return learned;
         }
         Report::AgentFailed { agent, error } => {
             let _ = sched.agent_failed(&agent, error.message, error.kind, now, fx);
         }
     }
+    false
 }
 
 /// A message an agent sends, with where its id (or the refusal) goes.
