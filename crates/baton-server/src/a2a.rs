@@ -115,7 +115,9 @@ fn card(plan: &Plan, name: &str, description: String, url: String, skills: Vec<V
 }
 
 /// `GET /.well-known/agent-card.json`: the plan as one A2A agent, a skill per agent.
-async fn plan_card(State(state): State<AppState>, headers: HeaderMap) -> Response {
+#[utoipa::path(get, path = "/.well-known/agent-card.json", tag = "a2a", security(()),
+    responses((status = 200, description = "the plan's A2A Agent Card (A2A 1.0, ProtoJSON)", body = Object)))]
+pub async fn plan_card(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let plan = state.plan();
     let skills = plan.agents.iter().map(skill).collect();
     let description = format!(
@@ -127,7 +129,11 @@ async fn plan_card(State(state): State<AppState>, headers: HeaderMap) -> Respons
 }
 
 /// `GET /a2a/agents/{name}/.well-known/agent-card.json`: one agent of the plan alone.
-async fn agent_card(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+#[utoipa::path(get, path = "/a2a/agents/{name}/.well-known/agent-card.json", tag = "a2a", security(()),
+    params(("name" = String, Path, description = "an agent of the plan")),
+    responses((status = 200, description = "the agent's A2A Agent Card", body = Object),
+        (status = 404, description = "no such agent in the plan", body = crate::error::ErrorBody)))]
+pub async fn agent_card(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Response {
     let plan = state.plan();
     let Some(agent) = plan.agent(&name) else {
         return ApiError::not_found(format!("no agent `{name}` in this plan")).into_response();
@@ -223,7 +229,18 @@ struct Scope {
     agent: Option<String>,
 }
 
-async fn plan_rpc(
+/// `POST /a2a`: A2A 1.0's JSON-RPC binding for the plan: `SendMessage`,
+/// `SendStreamingMessage`, `GetTask`, `ListTasks`, `CancelTask`, `SubscribeToTask` and the push
+/// notification config methods. Every answer is `200`, a JSON-RPC response (errors included),
+/// or for the streaming methods Server-Sent Events each holding one; the request must say
+/// `A2A-Version: 1.0`.
+#[utoipa::path(post, path = "/a2a", tag = "a2a",
+    params(("A2A-Version" = Option<String>, Header, description = "the protocol version the client speaks: `1.0`")),
+    request_body(content = Object, content_type = "application/json", description = "a JSON-RPC 2.0 request"),
+    responses((status = 200, description = "a JSON-RPC response, or for a streaming method `text/event-stream` of them",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 403, description = "sent from a page of another site (`Origin`)", body = Object)))]
+pub async fn plan_rpc(
     State(state): State<AppState>,
     caller: Extension<Caller>,
     headers: HeaderMap,
@@ -233,7 +250,17 @@ async fn plan_rpc(
     rpc(state, caller.0, Scope { agent: None }, &headers, &uri, &body).await
 }
 
-async fn agent_rpc(
+/// `POST /a2a/agents/{name}`: the JSON-RPC binding for one agent: its messages become tasks
+/// pinned to it, and it sees only its tasks.
+#[utoipa::path(post, path = "/a2a/agents/{name}", tag = "a2a",
+    params(("name" = String, Path, description = "an agent of the plan"),
+        ("A2A-Version" = Option<String>, Header, description = "the protocol version the client speaks: `1.0`")),
+    request_body(content = Object, content_type = "application/json", description = "a JSON-RPC 2.0 request"),
+    responses((status = 200, description = "a JSON-RPC response, or for a streaming method `text/event-stream` of them",
+            content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 403, description = "sent from a page of another site (`Origin`)", body = Object),
+        (status = 404, description = "no such agent in the plan", body = crate::error::ErrorBody)))]
+pub async fn agent_rpc(
     State(state): State<AppState>,
     caller: Extension<Caller>,
     Path(name): Path<String>,
@@ -341,10 +368,13 @@ async fn rpc(state: AppState, caller: Caller, scope: Scope, headers: &HeaderMap,
         )),
         other => Err(RpcError::new(code::METHOD_NOT_FOUND, format!("no method `{other}` in A2A {PROTOCOL_VERSION}"))),
     };
-    match answer {
+    let mut response = match answer {
         Ok(result) => axum::Json(rpc_result(&id, result)).into_response(),
         Err(error) => rpc_error(&id, &error),
-    }
+    };
+    let method: String = method.chars().take(100).collect();
+    response.extensions_mut().insert(crate::AuditDetail(json!({ "a2a": method })));
+    response
 }
 
 /// A stream of `StreamResponse`s as Server-Sent Events, each a JSON-RPC response.

@@ -279,6 +279,11 @@ fn elsewhere(state: &AppState, method: &Method, path: &str) -> Option<ApiError> 
     Some(ApiError::new(*status, code, format!("Baton has no `{method} {path}`: {hint}")))
 }
 
+/// What a handler adds to its request's audit entry (as `detail`), put in its response's
+/// extensions: a protocol endpoint's method and what it named (an MCP tool call's tool).
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub serde_json::Value);
+
 /// Authentication, rate limiting, metrics and the audit log, for every request.
 async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -309,7 +314,8 @@ async fn gate(State(state): State<AppState>, mut request: Request, next: Next) -
     let status = response.status();
     state.shared.metrics.http_request(method.as_str(), &route, status.as_u16(), started.elapsed());
     if mutating {
-        audit(&state, caller.as_ref().ok(), &method, &route, &path, status).await;
+        let detail = response.extensions().get::<AuditDetail>().map(|detail| detail.0.clone());
+        audit(&state, caller.as_ref().ok(), &method, &route, &path, status, detail).await;
     }
     response
 }
@@ -372,6 +378,7 @@ async fn audit(
     route: &str,
     path: &str,
     status: StatusCode,
+    detail: Option<serde_json::Value>,
 ) {
     let (actor, role) = match caller {
         Some(caller) => (caller.subject.clone(), caller.role.as_str().to_string()),
@@ -407,7 +414,7 @@ async fn audit(
         target: Some(cut(path, AUDIT_TARGET_MAX)),
         outcome,
         status: status.as_u16(),
-        detail: None,
+        detail,
     };
     // An operator's request answers once its audit entry is durable. A worker's traffic
     // (claims, heartbeats, results: many per second) does not wait for it: the entry goes

@@ -304,7 +304,8 @@ async fn post_message(
         return StatusCode::ACCEPTED.into_response();
     };
     let answer = handle(&state, &caller, &era, method, &params).await;
-    match (era, answer) {
+    let detail = audit_detail(method, &params, &answer);
+    let mut response = match (era, answer) {
         (Era::Handshake { session, version }, Ok(result)) => {
             let opened = if method == "initialize" {
                 let version = result["protocolVersion"].as_str().unwrap_or(&version).to_string();
@@ -323,7 +324,25 @@ async fn post_message(
             rpc_response(StatusCode::OK, json!({ "jsonrpc": "2.0", "id": id, "result": result }), None)
         }
         (Era::Stateless, Err(error)) => rpc_response(error.status(), error.body(&id), None),
+    };
+    response.extensions_mut().insert(detail);
+    response
+}
+
+/// What the audit entry of an MCP request says beyond `POST /mcp`: the method, and for a
+/// tool call the tool (its name cut to 100 characters) and whether it failed.
+fn audit_detail(method: &str, params: &Value, answer: &Result<Value, RpcError>) -> crate::AuditDetail {
+    let mut detail = json!({ "mcp": method.chars().take(100).collect::<String>() });
+    if method == "tools/call" {
+        let tool: String = params.get("name").and_then(Value::as_str).unwrap_or("").chars().take(100).collect();
+        detail["tool"] = json!(tool);
+        let failed = match answer {
+            Ok(result) => result.get("isError").and_then(Value::as_bool).unwrap_or(false),
+            Err(_) => true,
+        };
+        detail["isError"] = json!(failed);
     }
+    crate::AuditDetail(detail)
 }
 
 /// The era of a message, checked: a stateless request's `_meta` and headers, a handshake

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::AppState;
-use crate::{api, chat, coordination, live, metrics, terminal, worker};
+use crate::{a2a, api, chat, coordination, live, metrics, terminal, worker};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use crate::{api, chat, coordination, live, metrics, terminal, worker};
         coordination::budgets, coordination::set_budget,
         live::events, live::history, live::ws,
         metrics::scrape,
+        a2a::plan_card, a2a::agent_card, a2a::plan_rpc, a2a::agent_rpc,
         spec,
     ),
     modifiers(&BearerAuth, &CommonErrors),
@@ -38,6 +39,7 @@ use crate::{api, chat, coordination, live, metrics, terminal, worker};
         (name = "tools", description = "the tools of the run's MCP servers: list, search, call"),
         (name = "agent-side", description = "what worker agents use: claim, heartbeat, progress, results, usage"),
         (name = "admin", description = "tokens and the audit log"),
+        (name = "a2a", description = "A2A 1.0: Agent Cards and the JSON-RPC binding (methods and shapes: the A2A specification)"),
     )
 )]
 pub struct ApiDoc;

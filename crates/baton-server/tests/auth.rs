@@ -385,6 +385,47 @@ async fn mutating_requests_are_audited_with_who_what_and_the_outcome() {
     server.stop().await;
 }
 
+/// An MCP request's entry says more than `POST /mcp`: the method, and a tool call's tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_tool_call_is_audited_with_its_tool() {
+    let server = Server::start_with(Options { auth: true, ..Options::default() }).await;
+    let admin = server.token(Role::Admin, None);
+    let viewer = server.token(Role::Viewer, None);
+    for (token, tool, arguments) in
+        [(&admin, "plan_status", json!({})), (&viewer, "create_tasks", json!({ "tasks": [{ "title": "no" }] }))]
+    {
+        let meta = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        });
+        let body = json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": { "name": tool, "arguments": arguments, "_meta": meta },
+        });
+        let answer = server
+            .post("/mcp", body)
+            .bearer_auth(token)
+            .header("MCP-Protocol-Version", "2026-07-28")
+            .header("Mcp-Method", "tools/call")
+            .header("Mcp-Name", tool)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    }
+    let entries: Value = server.get("/audit").bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let details: Vec<&Value> = entries.as_array().unwrap().iter().map(|entry| &entry["detail"]).collect();
+    assert_eq!(
+        details,
+        [
+            &json!({ "mcp": "tools/call", "tool": "create_tasks", "isError": true }),
+            &json!({ "mcp": "tools/call", "tool": "plan_status", "isError": false }),
+        ],
+        "{entries}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_token_has_its_own_rate_limit_and_429_says_when_to_retry() {
     let server = Server::start_with(Options { auth: true, rate_limit: Some((1, 3)), ..Options::default() }).await;
