@@ -114,10 +114,13 @@ fn the_python_sdk_is_a_client_of_baton() {
     let project = Project::with(SERVED, &[]);
     let operator = token(&project, "operator");
     let viewer = token(&project, "viewer");
+    let output = project.command(&["token", "create", "--role", "agent", "--agent", "sleeper"]).envs([SECRET]).output().unwrap();
+    assert!(output.status.success(), "{}", common::stderr(&output));
+    let sleeper = common::stdout(&output).trim().to_string();
     let served = Served::start(&project);
     let output = Command::new(python)
         .arg(script("client.py"))
-        .args([&served.url, &operator, &viewer])
+        .args([&served.url, &operator, &viewer, &sleeper])
         .stdin(Stdio::null())
         .output()
         .unwrap();

@@ -412,13 +412,33 @@ impl Handler {
         if let Some(push) = push {
             self.set_push_config(id, &push, since).await?;
         }
+        // An agent's token may make a task that another agent runs, and not read it: it gets
+        // the task as made, at once (waiting would follow events it may not see).
+        match self.read(id).await {
+            Err(error) if error.reason == Some("PERMISSION_DENIED") => {
+                return Ok(json!({ "task": self.made_only(id, params) }));
+            }
+            Err(error) => return Err(error),
+            Ok(_) => {}
+        }
         if !return_immediately {
             // Blocking by default: the answer is the task once it has ended.
-            let mut updates = self.follow(id, since)?;
+            let mut updates = self.follow(id, since).await?;
             while updates.next().await.is_some() {}
         }
         let task = self.read(id).await?;
         Ok(json!({ "task": task_json(&task, history_length, true) }))
+    }
+
+    /// A task the caller made but may not read, as much as it knows of it.
+    fn made_only(&self, id: TaskId, params: &Map<String, Value>) -> Value {
+        let context = params
+            .get("message")
+            .and_then(|message| message.get("contextId"))
+            .and_then(Value::as_str)
+            .filter(|context| !context.is_empty())
+            .map_or_else(|| self.ops.run_id().to_string(), str::to_string);
+        json!({ "id": id.to_string(), "contextId": context, "status": { "state": "TASK_STATE_SUBMITTED" } })
     }
 
     async fn send_streaming_message(&self, params: &Map<String, Value>) -> Result<ReceiverStream<Value>, RpcError> {
@@ -693,9 +713,14 @@ impl Handler {
         Ok(self.ops.create_task(&self.caller, input).await?)
     }
 
-    /// The events about task `id` after `since`, authorized for the caller.
-    fn follow(&self, id: TaskId, since: i64) -> Result<Updates, RpcError> {
-        let filter = EventFilter { task: Some(id.0), ..EventFilter::default() }.authorize(&self.caller)?;
+    /// The events about task `id` after `since`, if the caller may read the task. Then it may
+    /// read all of the task's events (`Ops::task` gives them), so they are followed whoever
+    /// they name: an agent token's own-events filter would hide a cancel, or another agent's
+    /// completion, and leave a blocking call waiting for them.
+    async fn follow(&self, id: TaskId, since: i64) -> Result<Updates, RpcError> {
+        self.caller.require(baton_ops::Action::ReadEvents)?;
+        self.read(id).await?;
+        let filter = EventFilter { task: Some(id.0), ..EventFilter::default() };
         let events = self.ops.follow_events(filter, since, self.shutdown.clone(), token_expiry(&self.caller));
         Ok(Updates { ops: self.ops.clone(), caller: self.caller.clone(), id, events: Box::pin(events), done: false })
     }
@@ -704,7 +729,7 @@ impl Handler {
     /// progress report), the result as an artifact before the final status; it closes when the
     /// task ends.
     async fn stream(&self, id: TaskId, since: i64) -> Result<ReceiverStream<Value>, RpcError> {
-        let mut updates = self.follow(id, since)?;
+        let mut updates = self.follow(id, since).await?;
         let first = self.read(id).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {

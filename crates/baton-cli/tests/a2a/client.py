@@ -1,6 +1,8 @@
 """Baton's A2A server, driven by the official A2A Python SDK (a2a-sdk 1.x) as a client.
 
-Usage: client.py BASE_URL OPERATOR_TOKEN VIEWER_TOKEN
+Usage: client.py BASE_URL OPERATOR_TOKEN VIEWER_TOKEN SLEEPER_TOKEN
+
+SLEEPER_TOKEN is an agent token, of the agent `sleeper`.
 
 The plan has an agent `echo` (capability `echo`: its result is the task it was given) and an
 agent `sleeper` (it works until it is cancelled). Each check prints a line; the first failure
@@ -33,7 +35,7 @@ from a2a.utils.errors import (
     UnsupportedOperationError,
 )
 
-BASE, OPERATOR, VIEWER = sys.argv[1], sys.argv[2], sys.argv[3]
+BASE, OPERATOR, VIEWER, SLEEPER = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 DEADLINE = 60.0
 
 
@@ -230,6 +232,25 @@ async def main():
         check("a viewer's cancel is refused", False, "the task's state was checked before the caller")
     except Exception as error:  # noqa: BLE001
         check("a viewer's cancel is refused", "role" in str(error), str(error))
+
+    # An agent's token may make a task another agent runs without reading it: a blocking
+    # SendMessage answers at once with the task as made, rather than wait for what it cannot see.
+    async with httpx.AsyncClient(timeout=DEADLINE) as raw_client:
+        body = {
+            "jsonrpc": "2.0", "id": 7, "method": "SendMessage",
+            "params": {
+                "message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": "Echo for sleeper"}]},
+                "metadata": {"requires": ["echo"]},
+            },
+        }
+        headers = {"Authorization": f"Bearer {SLEEPER}", "A2A-Version": "1.0"}
+        raw = await raw_client.post(f"{BASE}/a2a", json=body, headers=headers)
+        answer = raw.json()
+        check(
+            "an agent's message for another agent answers at once",
+            answer.get("result", {}).get("task", {}).get("status", {}).get("state") == "TASK_STATE_SUBMITTED",
+            raw.text,
+        )
     print("all A2A client checks passed", flush=True)
 
 
