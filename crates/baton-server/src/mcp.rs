@@ -73,6 +73,9 @@ pub mod code {
 
 /// Sessions of the handshake era held at once; the one used least recently goes first.
 const MAX_SESSIONS: usize = 1024;
+/// Sessions one token may hold, so that one client cannot push every other's out; beyond it
+/// that token's least recently used goes.
+const MAX_SESSIONS_PER_TOKEN: usize = 64;
 
 /// The open sessions of the handshake era.
 #[derive(Default)]
@@ -97,6 +100,17 @@ impl Sessions {
         // Unguessable: the id is all a client shows of its session (beside its token).
         let id = format!("{:032x}", rand::random::<u128>());
         let mut sessions = self.lock();
+        let of_token = |session: &&Session| session.token_id == caller.token_id;
+        let n_of_token = sessions.values().filter(of_token).count();
+        if n_of_token >= MAX_SESSIONS_PER_TOKEN
+            && let Some(oldest) = sessions
+                .iter()
+                .filter(|(_, session)| of_token(session))
+                .min_by_key(|(_, session)| session.last_used)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
         if sessions.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions.iter().min_by_key(|(_, session)| session.last_used).map(|(id, _)| id.clone())
         {
@@ -824,6 +838,22 @@ async fn end_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_token_holds_a_bounded_share_of_the_sessions() {
+        let sessions = Sessions::default();
+        let busy = Caller { token_id: "busy".into(), ..Caller::anonymous() };
+        let other = Caller { token_id: "other".into(), ..Caller::anonymous() };
+        let kept = sessions.open("2025-11-25", &other);
+        let first = sessions.open("2025-11-25", &busy);
+        for _ in 0..MAX_SESSIONS_PER_TOKEN {
+            sessions.open("2025-11-25", &busy);
+        }
+        let n_busy = sessions.lock().values().filter(|session| session.token_id == "busy").count();
+        assert_eq!(n_busy, MAX_SESSIONS_PER_TOKEN);
+        assert!(sessions.touch(&first, &busy).is_none(), "the busy token's oldest went");
+        assert!(sessions.touch(&kept, &other).is_some(), "another token's session stays");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
