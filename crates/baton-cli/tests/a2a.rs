@@ -114,7 +114,8 @@ fn the_python_sdk_is_a_client_of_baton() {
     let project = Project::with(SERVED, &[]);
     let operator = token(&project, "operator");
     let viewer = token(&project, "viewer");
-    let output = project.command(&["token", "create", "--role", "agent", "--agent", "sleeper"]).envs([SECRET]).output().unwrap();
+    let output =
+        project.command(&["token", "create", "--role", "agent", "--agent", "sleeper"]).envs([SECRET]).output().unwrap();
     assert!(output.status.success(), "{}", common::stderr(&output));
     let sleeper = common::stdout(&output).trim().to_string();
     let served = Served::start(&project);

@@ -541,8 +541,8 @@ impl Handler {
     /// name before 1.0, is read too), checked before the task is made.
     fn message_push_config(&self, params: &Map<String, Value>) -> Result<Option<Map<String, Value>>, RpcError> {
         let configuration = params.get("configuration");
-        let config = configuration
-            .and_then(|c| c.get("taskPushNotificationConfig").or_else(|| c.get("pushNotificationConfig")));
+        let config =
+            configuration.and_then(|c| c.get("taskPushNotificationConfig").or_else(|| c.get("pushNotificationConfig")));
         match config {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(config)) => {
@@ -563,11 +563,13 @@ impl Handler {
                 "this server sends no push notifications ([a2a] push_hosts is empty): follow the task with SubscribeToTask or poll GetTask",
             ));
         }
-        let url = push::string(config, "url").ok_or_else(|| RpcError::invalid("the push config's `url` is required"))?;
+        let url =
+            push::string(config, "url").ok_or_else(|| RpcError::invalid("the push config's `url` is required"))?;
         let url = baton_runtime::a2a::push::check_url(&url, |host| plan.a2a.allows_push_host(host), hosts)
             .map_err(|error| RpcError::invalid(error.to_string()))?;
         let authentication = config.get("authentication");
-        let scheme = authentication.and_then(|auth| auth.get("scheme")).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let scheme =
+            authentication.and_then(|auth| auth.get("scheme")).and_then(Value::as_str).filter(|s| !s.is_empty());
         let credentials =
             authentication.and_then(|auth| auth.get("credentials")).and_then(Value::as_str).filter(|c| !c.is_empty());
         let authorization = scheme.zip(credentials).map(|(scheme, credentials)| format!("{scheme} {credentials}"));

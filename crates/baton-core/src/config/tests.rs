@@ -421,6 +421,27 @@ fn a2a_agents_name_their_card_and_credentials() {
     );
 }
 
+/// An A2A agent without `capabilities` learns them from its card at start: until then the
+/// check counts it as able to run any task it may take; one with `capabilities` is checked as
+/// any agent. `[a2a] push_hosts` takes bare hosts only.
+#[test]
+fn a2a_agents_without_capabilities_may_run_what_tasks_require() {
+    let agent = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"far\"\nruntime = \"a2a\"\nurl = \"http://127.0.0.1:9/\"\n";
+    let task = "\n[[tasks]]\ntitle = \"paint\"\nrequires = [\"painting\"]\n";
+    let plan = load("baton.toml", &format!("{agent}{task}"), &env()).unwrap();
+    assert!(plan.agents[0].learns_capabilities());
+    let configured = format!("{agent}capabilities = [\"echo\"]\n{task}");
+    assert!(
+        errors(&configured).contains("task `paint` cannot be assigned: no agent without a workstream has [painting]")
+    );
+
+    let hosts = format!("{agent}\n[a2a]\npush_hosts = [\"Hooks.Example.com\", \"127.0.0.1\"]\n");
+    let plan = load("baton.toml", &hosts, &env()).unwrap();
+    assert_eq!(plan.a2a.push_hosts, ["hooks.example.com", "127.0.0.1"]);
+    let bad = format!("{agent}\n[a2a]\npush_hosts = [\"https://hooks.example.com\"]\n");
+    assert!(errors(&bad).contains("invalid push host `https://hooks.example.com`"), "{}", errors(&bad));
+}
+
 /// The kind is serialized flat, beside the common fields: a process agent shows the keys it
 /// always showed, a remote one only what applies to it. No expanded secret either way.
 #[test]

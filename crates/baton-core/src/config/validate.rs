@@ -614,7 +614,8 @@ impl Validator<'_> {
         let requires = &new_task.requires;
         // An agent that learns its capabilities at start (an A2A agent's card) may have them.
         let capable = agents.iter().any(|agent| {
-            agent.can_run(workstream, requires, pinned) || (agent.learns_capabilities() && agent.can_run(workstream, &[], pinned))
+            agent.can_run(workstream, requires, pinned)
+                || (agent.learns_capabilities() && agent.can_run(workstream, &[], pinned))
         });
         let workstream_known = workstream.is_none_or(|ws| known_ws.contains(&ws));
         let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));

@@ -328,9 +328,7 @@ async fn read_body(response: reqwest::Response) -> Result<String, String> {
 /// The Server-Sent Events of a byte stream (split and UTF-8 decoded by `eventsource-stream`,
 /// so a character cut between two chunks arrives whole), failing when the bytes since the
 /// last event pass [`MAX_BODY_BYTES`]: what the parser may hold unparsed is bounded.
-fn bounded_events<S, E>(
-    bytes: S,
-) -> impl futures::Stream<Item = Result<eventsource_stream::Event, String>> + Unpin
+fn bounded_events<S, E>(bytes: S) -> impl futures::Stream<Item = Result<eventsource_stream::Event, String>> + Unpin
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::fmt::Display,

@@ -55,8 +55,7 @@ pub fn check_url(url: &str, allowed: impl Fn(&str) -> bool, allowed_list: &[Stri
         _ => return Err(Error::NotHttp(url.to_string())),
     };
     if !allowed(&host) {
-        let allowed =
-            if allowed_list.is_empty() { "none".to_string() } else { allowed_list.join(", ") };
+        let allowed = if allowed_list.is_empty() { "none".to_string() } else { allowed_list.join(", ") };
         return Err(Error::HostNotAllowed { host, allowed });
     }
     Ok(parsed)

@@ -23,10 +23,20 @@ use crate::agent::{AgentContext, AgentError, AgentRuntime, Attempt};
 
 /// What the engine hears from the tasks the shell spawned.
 pub(super) enum Report {
-    Outcome { task: TaskId, attempt: u32, outcome: Outcome },
+    Outcome {
+        task: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+    },
     /// The agent is ready; with the capabilities it learned at start, if any.
-    AgentStarted { agent: String, capabilities: Option<Vec<String>> },
-    AgentFailed { agent: String, error: AgentError },
+    AgentStarted {
+        agent: String,
+        capabilities: Option<Vec<String>>,
+    },
+    AgentFailed {
+        agent: String,
+        error: AgentError,
+    },
 }
 
 /// Carries out what the scheduler decided.

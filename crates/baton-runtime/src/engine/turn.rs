@@ -343,7 +343,8 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
         Report::AgentStarted { agent, capabilities } => {
             // Learned before the agent counts as started: while it starts no task is given up
             // as unrunnable, so a task only these capabilities can run waits for them.
-            let learned = capabilities.is_some_and(|capabilities| learn_capabilities(sched, &agent, capabilities, now, fx));
+            let learned =
+                capabilities.is_some_and(|capabilities| learn_capabilities(sched, &agent, capabilities, now, fx));
             let _ = sched.agent_started(&agent, now, fx);
             return learned;
         }
