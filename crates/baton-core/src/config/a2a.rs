@@ -25,7 +25,7 @@ impl A2aSettings {
     /// Whether a webhook on `host` may be sent push notifications.
     pub fn allows_push_host(&self, host: &str) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        self.push_hosts.iter().any(|allowed| *allowed == host)
+        self.push_hosts.contains(&host)
     }
 }
 
