@@ -2,10 +2,12 @@
 //! engine in-process with an LLM agent that calls Baton's tools (a sub-task that then runs),
 //! usage in the budgets, the transcript in the store, the API key nowhere it could be read;
 //! and, with the agent alone on a paused clock, retries that honour `retry-after`, a budget
-//! that runs out between turns, and a cancellation that drops the stream.
+//! that runs out between turns, and a cancellation that drops the stream. `mcp`: a real MCP
+//! server's tool and a Baton tool in one task (with `BATON_TEST_MCP=1`).
 
 #[path = "../common/mod.rs"]
 mod common;
+mod mcp;
 mod standin;
 
 use std::collections::BTreeMap;
