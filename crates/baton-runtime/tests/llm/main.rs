@@ -256,6 +256,58 @@ async fn a_budget_that_runs_out_stops_the_conversation_between_turns() {
     run.shutdown.cancel();
 }
 
+#[tokio::test]
+async fn a_budget_that_refuses_the_first_turn_makes_the_task_wait_without_losing_an_attempt() {
+    let standin = Standin::start(vec![Reply::Stream(standin::anthropic_text("Done at last.", 100, 5, 0, 0))]);
+    let run = start(plan("anthropic", &standin.url, "")).await;
+    // Less than one turn asks for (max_tokens = 1000, and the prompt), yet within a period's
+    // global budget: the task can run once the limit is raised (or at the reset).
+    run.handle.set_budget("agent:lead".into(), Some(1000), None).await.unwrap();
+    let ids = run.handle.create_tasks(vec![lead_task("Plan", Value::Null)]).await.unwrap();
+    let query = EventQuery { task: Some(ids[0]), ..Default::default() };
+    let wait = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let events = run.store.events(&query).await.unwrap();
+            let said = events.iter().find_map(|event| match &event.kind {
+                baton_core::EventKind::TaskBudgetWait { scope, reason, .. } => Some((scope.clone(), reason.clone())),
+                _ => None,
+            });
+            if let Some(said) = said {
+                return said;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task says it waits for budget");
+    assert_eq!(wait.0, "agent:lead");
+    assert!(wait.1.starts_with("its first model call needs "), "{}", wait.1);
+    let waiting = run.store.task(ids[0]).await.unwrap().unwrap();
+    assert_eq!((waiting.state, waiting.attempt), (TaskState::Ready, 0), "the attempt was not counted: {waiting:?}");
+    assert!(standin.received().is_empty(), "the provider was not called");
+    assert!(run.store.transcript(ids[0]).await.unwrap().is_empty(), "nothing was said");
+
+    run.handle.set_budget("agent:lead".into(), Some(100_000), None).await.unwrap();
+    let task = common::ended(&run.store, ids[0]).await;
+    assert_eq!((task.state, task.attempt), (TaskState::Succeeded, 1), "{task:?}");
+    let roles: Vec<Role> = run.store.transcript(ids[0]).await.unwrap().iter().map(|entry| entry.role).collect();
+    assert_eq!(roles, [Role::System, Role::User, Role::Assistant]);
+    run.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_first_turn_larger_than_a_whole_periods_budget_fails_the_attempt_saying_so() {
+    let standin = Standin::start(Vec::new());
+    let run = start(plan("anthropic", &standin.url, "[budget]\ndaily_tokens = 1000\n")).await;
+    let ids = run.handle.create_tasks(vec![lead_task("Plan", Value::Null)]).await.unwrap();
+    let task = common::ended(&run.store, ids[0]).await;
+    assert_eq!(task.state, TaskState::Dead, "{task:?}");
+    let error = task.error.unwrap_or_default();
+    assert!(error.starts_with("stopped before turn 1: budget `global`"), "{error}");
+    assert!(error.contains("its first model call needs") && error.contains("could never start"), "{error}");
+    run.shutdown.cancel();
+}
+
 /// The agent alone, its requests answered at once (budget granted, transcripts taken).
 struct Alone {
     agent: LlmAgent,
