@@ -118,6 +118,7 @@ fn bench_plan(options: &BenchOptions) -> Plan {
 
 fn bench_task(idx: u64) -> NewTask {
     NewTask {
+        parent: None,
         key: None,
         workstream: None,
         title: format!("bench task {idx}"),

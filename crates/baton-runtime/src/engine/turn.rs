@@ -440,7 +440,7 @@ async fn handle_agent_request(
                     input.workstream = parent_workstream.clone();
                 }
                 match baton_core::task::new_task(input, sched.plan().into()) {
-                    Ok(task) => tasks.push(task),
+                    Ok(task) => tasks.push(NewTask { parent, ..task }),
                     Err(error) => {
                         let _ = reply.send(Err(RequestError::invalid(format!("tasks[{idx}]: {error}"))));
                         return None;

@@ -237,6 +237,61 @@ async fn an_openai_compatible_agent_calls_tools_in_parallel_and_answers_json() {
 }
 
 #[tokio::test]
+async fn get_task_reads_the_agents_own_tasks_its_sub_tasks_and_dependencies_only() {
+    // In a fresh store the tasks are 1 (the lead's), 2 (its dependency), 3 (another's), and
+    // the sub-task the lead creates is 4.
+    let get = |id: i64| (format!("get_{id}"), json!({"id": id}));
+    let reads: Vec<(String, Value)> = [1, 2, 3, 4, 99].into_iter().map(get).collect();
+    let calls: Vec<(&str, &str, Value)> =
+        reads.iter().map(|(id, args)| (id.as_str(), "baton__get_task", args.clone())).collect();
+    let standin = Standin::start(vec![
+        Reply::Stream(standin::anthropic_tools(
+            &[("toolu_sub", "baton__create_tasks", json!({"tasks": [{"title": "Sub", "requires": ["work"]}]}))],
+            100,
+            10,
+        )),
+        Reply::Stream(standin::anthropic_tools(&calls, 100, 10)),
+        Reply::Stream(standin::anthropic_text("Read what I may.", 100, 5, 0, 0)),
+    ]);
+    let run = start(plan("anthropic", &standin.url, "")).await;
+    let mut prep = common::task("Prepare", "work");
+    prep.key = Some("prep".into());
+    let mut review = lead_task("Review", Value::Null);
+    review.depends_on = vec![baton_core::model::TaskRef::Key("prep".into())];
+    let other = common::task("Someone else's", "work");
+    let ids = run.handle.create_tasks(vec![review, prep, other]).await.unwrap();
+    assert_eq!(ids.iter().map(|id| id.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let task = common::ended(&run.store, ids[0]).await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    let tasks = run.store.tasks(&run.run_id, &Default::default()).await.unwrap();
+    let sub = tasks.iter().find(|task| task.title == "Sub").expect("the sub-task");
+    assert_eq!((sub.id.0, sub.parent), (4, Some(ids[0])), "a sub-task records its parent");
+    assert_eq!(tasks.iter().find(|task| task.id == ids[2]).unwrap().parent, None);
+
+    let received = standin.received();
+    let results = received[2].body["messages"][4]["content"].as_array().unwrap().clone();
+    let said: Vec<(bool, String)> = results
+        .iter()
+        .map(|result| (result["is_error"].as_bool().unwrap_or(false), result["content"].as_str().unwrap().to_string()))
+        .collect();
+    for (idx, id) in [1, 2, 4].into_iter().enumerate() {
+        let (is_error, text) = &said[[0, 1, 3][idx]];
+        assert!(!is_error, "task {id} is readable: {text}");
+        assert_eq!(serde_json::from_str::<Value>(text).unwrap()["id"], id);
+    }
+    assert_eq!(
+        said[2],
+        (
+            true,
+            "refused: task 3 is not yours to read; you may read your own tasks, those you created and those your current task depends on"
+                .to_string()
+        )
+    );
+    assert_eq!(said[4], (true, "invalid: no task 99 in this run".to_string()));
+    run.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn a_budget_that_runs_out_stops_the_conversation_between_turns() {
     // The first turn spends 2 600 of 4 000 tokens: what is left cannot hold the second turn
     // (1 000 output tokens and the prompt).
