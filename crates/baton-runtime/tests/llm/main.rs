@@ -8,6 +8,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod mcp;
+// The one stand-in provider, which lives in the server (it serves HTTP): compiled in here, as
+// the runtime cannot depend on the server.
+#[path = "../../../baton-server/src/standin.rs"]
+#[allow(dead_code, reason = "the benchmark's responder mode is not used here")]
 mod standin;
 
 use std::collections::BTreeMap;
