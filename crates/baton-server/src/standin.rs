@@ -85,6 +85,7 @@ impl Standin {
         let app = Router::new()
             .route("/v1/messages", post(answer))
             .route("/chat/completions", post(answer))
+            .route("/v1/chat/completions", post(answer))
             .with_state(Arc::clone(&shared));
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
