@@ -314,14 +314,18 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
                 sched.attempt_ended(task, attempt, now);
                 return;
             }
-            if let Some(tokens) = waits_for_budget {
-                match sched.wait_for_budget(task, attempt, tokens, now, fx) {
-                    Ok(()) => return,
+            let waits =
+                waits_for_budget.is_some_and(|tokens| match sched.wait_for_budget(task, attempt, tokens, now, fx) {
+                    Ok(()) => true,
                     // The budget's limits changed meanwhile: the attempt's outcome stands.
-                    Err(error) => tracing::debug!(%error, %task, "the attempt cannot wait for budget"),
-                }
-            }
-            match sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
+                    Err(error) => {
+                        tracing::debug!(%error, %task, "the attempt cannot wait for budget");
+                        false
+                    }
+                });
+            let completed =
+                if waits { Ok(()) } else { sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) };
+            match completed {
                 Ok(()) => {}
                 // The attempt was given up already (its agent died or was stopped).
                 Err(baton_core::sched::Error::Stale { .. }) => {}
