@@ -161,3 +161,58 @@ pub fn temp_dir() -> Result<PathBuf, Error> {
         .map_err(|error| Error::failed(format!("cannot create {}: {error}", dir.display())))?;
     Ok(dir)
 }
+
+pub async fn llm(
+    n_tasks: Option<u64>,
+    n_agents: Option<u32>,
+    turns: u32,
+    repeats: u32,
+    dir: Option<PathBuf>,
+    json: bool,
+    out: &dyn Output,
+) -> Result<u8, Error> {
+    if repeats == 0 || turns == 0 {
+        return Err(Error::usage("--repeats and --turns must be at least 1"));
+    }
+    let temp = temp_dir()?;
+    let options = crate::llm::LlmBenchOptions {
+        dir: dir.unwrap_or_else(|| temp.clone()),
+        n_tasks: n_tasks.unwrap_or(200).max(1),
+        n_agents: n_agents.unwrap_or(100),
+        turns,
+        repeats,
+    };
+    let report = crate::llm::run(options, |line| out.progress(line)).await.map_err(Error::failed)?;
+    let _ = std::fs::remove_dir_all(&temp);
+    if json {
+        outln!(out, "{}", serde_json::to_string_pretty(&report).context("serializing")?);
+        return Ok(0);
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    outln!(
+        out,
+        "LLM turn overhead, the model excluded (a stand-in answering at once; {} turns per task):",
+        report.turns_per_task
+    );
+    let alone = &report.alone;
+    outln!(out, "  one agent: {} turns, p50 {:.2} ms, p99 {:.2} ms", alone.n_turns, ms(alone.p50_us), ms(alone.p99_us));
+    let concurrent = &report.concurrent;
+    outln!(
+        out,
+        "  {} agents at once: {} turns in {:.2} s, p50 {:.2} ms, p99 {:.2} ms",
+        report.n_agents,
+        concurrent.n_turns,
+        concurrent.seconds,
+        ms(concurrent.p50_us),
+        ms(concurrent.p99_us)
+    );
+    outln!(
+        out,
+        "  process: peak RSS {:.1} MiB (RSS after {:.1} MiB), CPU {:.2} s for the {} agents' run",
+        report.peak_rss_kib as f64 / 1024.0,
+        report.rss_kib as f64 / 1024.0,
+        report.cpu_seconds,
+        report.n_agents
+    );
+    Ok(0)
+}

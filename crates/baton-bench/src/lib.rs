@@ -3,7 +3,8 @@
 //! `lifecycle` drives the engine in process (the task lifecycle, dispatch latency, the soak
 //! and the messages benchmark, with the minimal worker they run); `http` drives `baton serve`'s
 //! API with worker processes; `restart` restarts `baton serve` on a long run's store.
-//! `commands` is what each mode of `baton bench` runs and prints.
+//! `llm` runs LLM agents against a stand-in provider in process (the overhead of a turn, many
+//! agents at once). `commands` is what each mode of `baton bench` runs and prints.
 //!
 //! The benchmarks that start processes start the running binary (`std::env::current_exe`),
 //! which must be `baton`: they run its `serve`, `bench-worker` and `bench-http-worker`
@@ -34,6 +35,7 @@ macro_rules! errln {
 pub mod commands;
 pub mod http;
 pub mod lifecycle;
+pub mod llm;
 pub mod restart;
 
 /// Why a benchmark did not produce its figures.

@@ -118,6 +118,7 @@ fn bench_plan(options: &BenchOptions) -> Plan {
 
 fn bench_task(idx: u64) -> NewTask {
     NewTask {
+        parent: None,
         key: None,
         workstream: None,
         title: format!("bench task {idx}"),
@@ -143,14 +144,19 @@ struct Bench {
 }
 
 /// An engine on a fresh store file, its run kept open for tasks added by the benchmark.
-struct Launched {
-    store: Arc<SqliteStore>,
-    handle: baton_runtime::engine::EngineHandle,
-    shutdown: CancellationToken,
-    engine: tokio::task::JoinHandle<Result<baton_runtime::engine::RunSummary, baton_runtime::engine::Error>>,
+pub(crate) struct Launched {
+    pub(crate) store: Arc<SqliteStore>,
+    pub(crate) handle: baton_runtime::engine::EngineHandle,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) engine: tokio::task::JoinHandle<Result<baton_runtime::engine::RunSummary, baton_runtime::engine::Error>>,
 }
 
-fn launch(path: &std::path::Path, options: Options, plan: Plan, runtimes: RuntimeFactory) -> Result<Launched, String> {
+pub(crate) fn launch(
+    path: &std::path::Path,
+    options: Options,
+    plan: Plan,
+    runtimes: RuntimeFactory,
+) -> Result<Launched, String> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

@@ -347,7 +347,8 @@ pub enum Command {
         /// Messages: unanswered `message/send` requests per worker, at most.
         #[arg(long, default_value_t = 64)]
         in_flight: u64,
-        /// Worker agents: for the soak (default 200) and the messages (default 8).
+        /// Agents: workers for the soak (default 200) and the messages (default 8); LLM agents at
+        /// once for --llm (default 100).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         agents: Option<u32>,
         /// Soak: a worker is killed this often.
@@ -363,6 +364,14 @@ pub enum Command {
         /// it serves and until the unfinished tasks are claimed, with its memory afterwards.
         #[arg(long)]
         restart: bool,
+        /// Measure LLM agents instead, against a stand-in provider in process that answers at
+        /// once: the overhead of a turn with one agent (--tasks conversations, default 200) and
+        /// with --agents at once (default 100), with the process's memory and CPU time.
+        #[arg(long)]
+        llm: bool,
+        /// LLM: turns per conversation.
+        #[arg(long, default_value_t = 5)]
+        turns: u32,
         /// HTTP: worker processes.
         #[arg(long, default_value_t = 4)]
         workers: u32,

@@ -84,50 +84,14 @@ heartbeat_timeout = "1m"
 /// The answer the stand-in model gives to every request.
 const ANSWER: &str = "The numbers add up: 42.";
 
-/// A stand-in for an OpenAI-compatible server on a port of its own (0): every request is
-/// answered with a streamed chat completion of [`ANSWER`], as the API streams one (content
-/// deltas, the finish reason, then the usage chunk `stream_options.include_usage` asks for).
+/// The stand-in provider ([`baton_server::standin`]) as an OpenAI-compatible server on a port
+/// of its own (0): every request is answered with a streamed chat completion of [`ANSWER`], as
+/// the API streams one (content deltas, the finish reason, then the usage chunk
+/// `stream_options.include_usage` asks for).
 fn stand_in_llm() -> String {
-    use std::io::{BufRead, BufReader, Read};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let chunk = |delta: &str, finish: &str| {
-                format!(
-                    "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n"
-                )
-            };
-            let mut events = chunk(r#"{"role":"assistant","content":""}"#, "null");
-            for word in ANSWER.split_inclusive(' ') {
-                events += &chunk(&format!("{{\"content\":{}}}", serde_json::json!(word)), "null");
-            }
-            events += &chunk("{}", "\"stop\"");
-            events += "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":9,\"total_tokens\":129}}\n\ndata: [DONE]\n\n";
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{events}",
-                events.len()
-            );
-        }
-    });
-    url
+    use baton_server::standin::{Reply, Standin, openai_text};
+    let standin = Standin::answering(Box::new(|_| Reply::Stream(openai_text(ANSWER, 120, 9, 0))));
+    format!("{}/v1", standin.url)
 }
 
 /// The terminal agent's program: says it is ready, then answers each line it reads.

@@ -653,7 +653,7 @@ pub use llm::{
     DEFAULT_MAX_TOKENS, DEFAULT_MAX_TURNS, LlmSettings, LlmSpec, MAX_TURNS_LIMIT, Price, ProviderKind, ProviderSpec,
 };
 pub use logs::LogRotation;
-pub use mcp::{McpServerSpec, McpTransport, RESERVED_SERVER, is_server_name};
+pub use mcp::{DEFAULT_TIMEOUT as DEFAULT_MCP_TIMEOUT, McpServerSpec, McpTransport, RESERVED_SERVER, is_server_name};
 use raw::{RawAgent, RawConfig, RawTask};
 pub use server::{
     AuthSpec, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, MAX_TOKEN_TTL,

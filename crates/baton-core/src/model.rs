@@ -195,6 +195,9 @@ pub struct TaskRecord {
     /// less left (pre-flight).
     #[serde(default)]
     pub estimated_tokens: Option<u64>,
+    /// The task whose attempt created this one (an agent's sub-task), if any.
+    #[serde(default)]
+    pub parent: Option<TaskId>,
     pub state: TaskState,
     /// Number of attempts started so far.
     pub attempt: u32,
@@ -275,6 +278,9 @@ pub struct NewTask {
     /// Tokens the task expects to use ([`TaskRecord::estimated_tokens`]).
     #[serde(default)]
     pub estimated_tokens: Option<u64>,
+    /// The task whose attempt creates this one ([`TaskRecord::parent`]).
+    #[serde(default)]
+    pub parent: Option<TaskId>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

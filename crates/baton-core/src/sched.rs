@@ -335,6 +335,10 @@ pub struct Scheduler {
     /// Tokens agents reserved ([`Scheduler::reserve_budget`]) and have not reported yet, by
     /// agent and task; cleared at each budget reset.
     reservations: budget::Reservations,
+    /// Tokens a task's first model call needs, learnt when the budget refused it before the
+    /// attempt did anything ([`Scheduler::wait_for_budget`]): counted as its `estimated_tokens`
+    /// until a call of it is granted. In memory only: after a restart it is learnt again.
+    budget_needs: HashMap<TaskId, u64>,
     /// Tasks per state, in [`TaskState::ALL`] order, kept as they change.
     by_state: [u64; 7],
 }
@@ -415,6 +419,7 @@ impl Scheduler {
             budgets,
             budget_waits: BTreeSet::new(),
             reservations: Default::default(),
+            budget_needs: HashMap::new(),
             by_state: [0; 7],
         };
         for count in finished.iter().filter(|count| count.state.is_terminal()) {
@@ -1069,6 +1074,7 @@ impl Scheduler {
             self.failures.note(&task);
             self.conflicts_reported.remove(&id);
             self.budget_waits.remove(&id);
+            self.budget_needs.remove(&id);
             self.suspended_by.remove(&id);
             self.unwatch_dependencies(id, &task.depends_on);
             let status = status_of(&task);

@@ -220,6 +220,7 @@ pub fn check(input: TaskInput, catalog: Catalog<'_>) -> (NewTask, Vec<Error>) {
     }
     let priority = input.priority.or(workstream.map(|ws| ws.priority)).unwrap_or_default();
     let task = NewTask {
+        parent: None,
         key: Some(key),
         workstream: input.workstream,
         title: input.title,

@@ -113,6 +113,11 @@ pub enum AgentRequest {
     /// A task of the run as it is now (an LLM agent's `baton/get_task`): from the scheduler
     /// while unfinished, from the store once finished. Refused for a task of another run.
     GetTask { agent: String, task: TaskId, reply: Reply<TaskRecord> },
+    /// The budget refused the first model call of the agent's attempt at `task`, before the
+    /// attempt did anything: the attempt is to end at once, and the engine then puts the task
+    /// back uncounted, to wait until `tokens` fit (as a task whose `estimated_tokens` do not
+    /// fit waits). Refused when they never can; then the attempt fails.
+    WaitForBudget { agent: String, task: TaskId, tokens: u64, reply: Reply<()> },
     /// Entries of an attempt's transcript (an LLM agent's conversation), stored in order.
     Transcript {
         agent: String,
@@ -133,6 +138,7 @@ impl AgentRequest {
             | AgentRequest::ReleaseResource { agent, .. }
             | AgentRequest::ReserveBudget { agent, .. }
             | AgentRequest::GetTask { agent, .. }
+            | AgentRequest::WaitForBudget { agent, .. }
             | AgentRequest::Transcript { agent, .. } => agent,
         }
     }

@@ -420,6 +420,7 @@ runtime = "remote"
 
     fn task(id: i64) -> TaskRecord {
         TaskRecord {
+            parent: None,
             id: TaskId(id),
             run_id: "run-1".into(),
             key: None,

@@ -58,12 +58,24 @@ fn servers() -> Option<(PathBuf, PathBuf)> {
 fn stdio(name: &str, command: &[&str]) -> McpServerSpec {
     let transport =
         McpTransport::Stdio { command: command.iter().map(|arg| arg.to_string()).collect(), env: BTreeMap::new() };
-    McpServerSpec { name: name.into(), transport: transport.clone(), written: transport, location: Default::default() }
+    McpServerSpec {
+        name: name.into(),
+        transport: transport.clone(),
+        written: transport,
+        location: Default::default(),
+        timeout: baton_core::config::DEFAULT_MCP_TIMEOUT,
+    }
 }
 
 fn http(name: &str, url: &str) -> McpServerSpec {
     let transport = McpTransport::Http { url: url.into(), headers: BTreeMap::new() };
-    McpServerSpec { name: name.into(), transport: transport.clone(), written: transport, location: Default::default() }
+    McpServerSpec {
+        name: name.into(),
+        transport: transport.clone(),
+        written: transport,
+        location: Default::default(),
+        timeout: baton_core::config::DEFAULT_MCP_TIMEOUT,
+    }
 }
 
 struct Hub {
@@ -276,6 +288,40 @@ async fn an_unreachable_servers_reason_never_shows_its_expanded_url() {
     let error = status.error.as_deref().unwrap_or_default();
     assert!(error.contains("${SEARCH_KEY}") && !error.contains("s3cret-key"), "{error}");
     hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_costs_a_tool_error_after_its_timeout_and_never_holds_the_stop() {
+    let Some((_, python)) = servers() else { return };
+    let python = python.to_str().unwrap();
+    // A short timeout for the first (what the test waits for); the second would hold a call
+    // for an hour, were it not raced with the hub's stop.
+    let mut quick = stdio("quick", &[python, "hang.py"]);
+    quick.timeout = Duration::from_millis(300);
+    let mut slow = stdio("slow", &[python, "hang.py"]);
+    slow.timeout = Duration::from_secs(3600);
+    let hub = Hub::start(&[quick, slow]).await;
+    hub.up("quick");
+    hub.up("slow");
+
+    let result = tokio::time::timeout(PATIENCE, hub.hub.call("quick/hang", json!({}))).await.expect("it ends");
+    let result = result.expect("a result for the model, not an error of the call");
+    assert!(result.is_error, "{result:?}");
+    assert_eq!(
+        text(&result),
+        "quick/hang: MCP server `quick` did not answer within 300ms (its `timeout`); the call was given up"
+    );
+    // The server is still up: a slow tool is not a broken connection.
+    hub.up("quick");
+
+    let call = tokio::spawn({
+        let hub = Arc::clone(&hub.hub);
+        async move { hub.call("slow/hang", json!({})).await }
+    });
+    let stopping = tokio::time::timeout(PATIENCE, hub.stop()).await;
+    assert!(stopping.is_ok(), "the stop was not held by the hung call");
+    let ended = tokio::time::timeout(PATIENCE, call).await.expect("the call ended with the stop").unwrap();
+    assert_eq!(ended, Err(ToolError::Unavailable("MCP server `slow`: the run is stopping".into())));
 }
 
 #[test]

@@ -91,6 +91,7 @@ fn context() -> baton_runtime::agent::AgentContext {
 
 fn task(title: &str, input: Value) -> TaskRecord {
     TaskRecord {
+        parent: None,
         id: TaskId(1),
         run_id: "run-1".into(),
         key: Some("the-task".into()),

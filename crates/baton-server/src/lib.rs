@@ -41,6 +41,7 @@ pub mod local;
 pub mod mcp;
 pub mod metrics;
 pub mod openapi;
+pub mod standin;
 pub mod terminal;
 pub mod worker;
 

@@ -67,6 +67,7 @@ fn new_run(id: &str) -> NewRun {
 
 pub fn new_task(key: &str, depends_on: &[&str]) -> NewTask {
     NewTask {
+        parent: None,
         key: Some(key.into()),
         workstream: Some("build".into()),
         title: format!("Task {key}"),
@@ -131,9 +132,13 @@ pub async fn tasks_resolve_dependencies_by_key(store: impl Store) {
     // A later batch can depend on an earlier one, by key or id.
     let mut by_id = new_task("d", &[]);
     by_id.depends_on = vec![TaskRef::Id(first[0].id)];
+    by_id.parent = Some(first[0].id);
     let second = store.create_tasks("r1", vec![new_task("c", &["b"]), by_id], T0).await.unwrap();
     assert_eq!(second[0].depends_on, vec![first[1].id]);
     assert_eq!(second[1].depends_on, vec![first[0].id]);
+    // The task whose attempt created it is kept, as returned and as read again.
+    assert_eq!((second[0].parent, second[1].parent), (None, Some(first[0].id)));
+    assert_eq!(store.task(second[1].id).await.unwrap().unwrap().parent, Some(first[0].id));
     // An unknown key fails the whole batch (refused); so does a key already taken (a conflict).
     let error = store.create_tasks("r1", vec![new_task("e", &[]), new_task("f", &["zzz"])], T0).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Refused, "{error}");

@@ -85,6 +85,9 @@ pub async fn bench(command: &Command) -> Result<u8, Failure> {
             };
             commands::messages(options, dir.clone(), *json, &Terminal).await
         }
+        Command::Bench { llm: true, tasks, agents, turns, repeats, dir, json, .. } => {
+            commands::llm(*tasks, *agents, *turns, *repeats, dir.clone(), *json, &Terminal).await
+        }
         Command::Bench { soak: true, tasks, agents, kill_every, dir, json, .. } => {
             commands::soak(agents.unwrap_or(200), tasks.unwrap_or(100_000), *kill_every, dir.clone(), *json, &Terminal)
                 .await

@@ -5,16 +5,18 @@
 //! endpoint (`url`, optional `headers`); exactly one of the two. `${VAR}` in any of these is
 //! expanded from the environment, an unset one being an error at its place. The expanded values
 //! may hold secrets (a bearer token), so a [`McpServerSpec`] shows and serializes only what was
-//! written.
+//! written. `timeout` bounds discovery and each tool call (default 60s).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::Validator;
 use super::diagnostics::{Location, unknown};
+use crate::time::DurationStr;
 
 /// The server part of `baton/...`: Baton's own tools, never a configured server.
 pub const RESERVED_SERVER: &str = "baton";
@@ -28,7 +30,13 @@ pub(super) struct RawMcpServer {
     url: Option<Spanned<String>>,
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
+    /// How long discovery (`tools/list`) and a tool call may take (default [`DEFAULT_TIMEOUT`]).
+    timeout: Option<Spanned<DurationStr>>,
 }
+
+/// How long an MCP server gets to list its tools or answer a call, when its `timeout` is not
+/// set: a hung server costs the model a tool error, never a held attempt or shutdown.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How Baton reaches an MCP server.
 #[derive(Clone, PartialEq, Eq, Serialize)]
@@ -52,6 +60,9 @@ pub struct McpServerSpec {
     /// Where its `command` or `url` is written, for the checks that need the machine.
     #[serde(skip)]
     pub location: Location,
+    /// How long discovery and a tool call may take (`timeout`): then the call is a tool error.
+    #[serde(with = "crate::time::humane")]
+    pub timeout: Duration,
 }
 
 impl fmt::Debug for McpServerSpec {
@@ -116,7 +127,15 @@ impl Validator<'_> {
             };
             if let Some((transport, written)) = transport {
                 let location = self.locator.locate(written_at);
-                specs.push(McpServerSpec { name: text.clone(), transport, written, location });
+                let timeout = match &server.timeout {
+                    Some(timeout) if timeout.get_ref().0.is_zero() => {
+                        self.error(timeout.span(), format!("MCP server `{text}`: `timeout` must be more than 0s"));
+                        DEFAULT_TIMEOUT
+                    }
+                    Some(timeout) => timeout.get_ref().0,
+                    None => DEFAULT_TIMEOUT,
+                };
+                specs.push(McpServerSpec { name: text.clone(), transport, written, location, timeout });
             }
         }
         specs

@@ -529,6 +529,7 @@ command = ["npx", "-y", "@modelcontextprotocol/server-filesystem", "."]
 env = { ROOT = "${HOME}" }
 
 [mcp_servers.search]
+timeout = "5s"
 url = "https://mcp.example.com/mcp"
 headers = { Authorization = "Bearer ${SEARCH_TOKEN}" }
 
@@ -564,6 +565,10 @@ fn mcp_servers_are_expanded_and_shown_as_written() {
     let shown = serde_json::to_string(&plan).unwrap();
     assert!(!shown.contains("s3cret") && shown.contains("Bearer ${SEARCH_TOKEN}"), "{shown}");
     assert!(!format!("{plan:?}").contains("s3cret"));
+    // A call's timeout: 60s unless set.
+    let timeouts: Vec<Duration> = plan.mcp_servers.iter().map(|server| server.timeout).collect();
+    assert_eq!(timeouts, [Duration::from_secs(60), Duration::from_secs(5)]);
+    assert!(shown.contains(r#""timeout":"5s""#), "{shown}");
     assert_eq!(plan.agents[0].tools, ["fs/*", "search/query", "baton/*"]);
     assert!(shown.contains(r#""tools":["fs/*","search/query","baton/*"]"#), "{shown}");
 }
@@ -572,7 +577,7 @@ fn mcp_servers_are_expanded_and_shown_as_written() {
 fn mcp_server_mistakes_are_reported_at_their_place() {
     // An unset variable, with what to do.
     let message = errors(MCP);
-    assert!(message.contains("baton.toml:11:") && message.contains("`SEARCH_TOKEN` is not set"), "{message}");
+    assert!(message.contains("baton.toml:12:") && message.contains("`SEARCH_TOKEN` is not set"), "{message}");
     let cases = [
         ("[mcp_servers.x]\ncommand = [\"a\"]\nurl = \"http://h\"\n", "has both `command` and `url`; keep one"),
         ("[mcp_servers.x]\nenv = { A = \"b\" }\n", "needs `command = [\"program\", \"arg\"…]` (stdio) or `url"),
@@ -582,7 +587,9 @@ fn mcp_server_mistakes_are_reported_at_their_place() {
         ("[mcp_servers.x]\nurl = \"http://h\"\nenv = { A = \"b\" }\n", "`env` is for a `command`"),
         ("[mcp_servers.x]\ncommand = [\"a\"]\nheaders = { A = \"b\" }\n", "`headers` are for a `url`"),
         ("[mcp_servers.x]\ncommand = []\n", "`command` must name a program"),
-        ("[mcp_servers.x]\nurl = \"http://h\"\ntimeout = 3\n", "unknown field `timeout`"),
+        ("[mcp_servers.x]\nurl = \"http://h\"\ntimeout = 3\n", "invalid type: integer `3`"),
+        ("[mcp_servers.x]\nurl = \"http://h\"\ntimeout = \"0s\"\n", "`timeout` must be more than 0s"),
+        ("[mcp_servers.x]\nurl = \"http://h\"\ntimeouts = \"1s\"\n", "unknown field `timeouts`"),
     ];
     for (section, expected) in cases {
         let text = format!("[orchestration]\nname = \"x\"\n\n{section}");

@@ -198,7 +198,37 @@ impl Scheduler {
             remaining = Some(remaining.map_or(after, |fewest| fewest.min(after)));
         }
         self.reservations.held.insert(key, Held { tokens, scopes });
+        if let Some(id) = task {
+            self.budget_needs.remove(&id);
+        }
         Ok(Reservation { tokens, remaining })
+    }
+
+    /// A running attempt gives its task back before doing anything, because the budget refused
+    /// its first model call (`tokens`): the task goes back to the queue without counting the
+    /// attempt, as a task whose `estimated_tokens` do not fit waits before it starts, and it
+    /// waits the same way (until the reset or a raised limit) for `tokens` to fit. Refused when
+    /// they never can (more than a whole period's budget): then the attempt fails.
+    pub fn wait_for_budget(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        tokens: u64,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<(), Error> {
+        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        if let Some(problem) = self.budgets.never_fits(task.workstream.as_deref(), tokens) {
+            let problem = problem.replace(
+                &format!("it estimates {tokens} tokens"),
+                &format!("its first model call needs {tokens} tokens"),
+            );
+            return Err(Error::InvalidRequest(problem));
+        }
+        self.release(id, attempt, now, fx)?;
+        let need = self.budget_needs.entry(id).or_default();
+        *need = (*need).max(tokens);
+        Ok(())
     }
 
     /// The budgets that cover an agent running a task: the global one, the agent's, and the
@@ -216,15 +246,28 @@ impl Scheduler {
         if !self.budgets.any_limit() {
             return None;
         }
-        let estimate = task.estimated_tokens;
+        let learnt = self.budget_needs.get(&task.id).copied();
+        let estimate = task.estimated_tokens.max(learnt);
         for scope in Self::covering(agent, task.workstream.as_deref()).into_iter().flatten() {
             if self.budgets.exhausted(&scope) {
                 return Some((scope, "exhausted".to_string()));
             }
-            if let (Some(estimate), Some(left)) = (estimate, self.budgets.remaining_tokens(&scope))
-                && estimate > left
-            {
-                return Some((scope, format!("estimated_tokens {estimate} > {left} left")));
+            let Some(left) = self.budgets.remaining_tokens(&scope) else { continue };
+            let Some(estimate) = estimate else { continue };
+            if estimate > left {
+                let named = if learnt == Some(estimate) { "its first model call needs" } else { "estimated_tokens" };
+                return Some((scope, format!("{named} {estimate} > {left} left")));
+            }
+            // Tokens reserved by calls in flight are not there to take either: a task that
+            // waited for them waits until they are reported.
+            let reserved = self.reservations.reserved(&scope);
+            if learnt.is_some() && estimate > left.saturating_sub(reserved) {
+                return Some((
+                    scope,
+                    format!(
+                        "its first model call needs {estimate}: {left} left, {reserved} of them reserved by calls in flight"
+                    ),
+                ));
             }
         }
         None

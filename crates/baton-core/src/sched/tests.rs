@@ -166,6 +166,7 @@ impl Store {
 
 fn record(id: TaskId, new: &NewTask, depends_on: Vec<TaskId>, now: Timestamp) -> TaskRecord {
     TaskRecord {
+        parent: None,
         id,
         run_id: "run".into(),
         key: new.key.clone(),
@@ -863,6 +864,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     deps.sort_unstable();
                     deps.dedup();
                     NewTask {
+                        parent: None,
                         key: Some(format!("t{idx}")),
                         workstream: Some(names[task_ws[idx]].clone()),
                         title: format!("task {idx}"),

@@ -138,6 +138,7 @@ impl Running {
                 requests: agent_requests_tx,
             },
             attempts: std::collections::HashMap::new(),
+            budget_waits: std::collections::HashMap::new(),
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
         };

@@ -48,6 +48,9 @@ pub(super) struct Shell {
     pub(super) agent_context: AgentContext,
     /// Running attempts and the token that kills each.
     pub(super) attempts: HashMap<(TaskId, u32), CancellationToken>,
+    /// Attempts that end to wait for budget (`AgentRequest::WaitForBudget`), with the tokens
+    /// they wait for: their outcome puts the task back uncounted.
+    pub(super) budget_waits: HashMap<(TaskId, u32), u64>,
     /// Every task the shell spawns (attempts, agents' starts and stops, the post office), so
     /// that closing the run waits for them all.
     pub(super) tracker: TaskTracker,

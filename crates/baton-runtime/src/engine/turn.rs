@@ -10,7 +10,7 @@
 use tokio::sync::oneshot;
 
 use baton_core::budget::{Limit, Scope, Usage};
-use baton_core::model::{NewTask, TaskId};
+use baton_core::model::{NewTask, TaskId, TaskState};
 use baton_core::sched::{Effects, ReloadSummary, Scheduler, Write};
 use baton_core::{EventKind, Outcome, Timestamp};
 use baton_store::Store;
@@ -59,6 +59,15 @@ impl Running {
                 let mut sends = Vec::new();
                 let mut next = Some(request);
                 while let Some(request) = next {
+                    if let AgentRequest::WaitForBudget { agent, task, tokens, reply } = request {
+                        let waits = wait_for_budget(&mut self.sched, &agent, task, tokens, now, fx);
+                        if let Ok(attempt) = waits {
+                            self.shell.budget_waits.insert((task, attempt), tokens);
+                        }
+                        let _ = reply.send(waits.map(|_| ()));
+                        next = self.inputs.agent_requests.try_recv().ok();
+                        continue;
+                    }
                     let store = self.store.as_ref();
                     sends.extend(handle_agent_request(&mut self.sched, store, &self.run_id, request, now, fx).await);
                     next = self.inputs.agent_requests.try_recv().ok();
@@ -328,12 +337,24 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
                 }
             }
             let was_killed = shell.attempts.remove(&(task, attempt)).is_none_or(|token| token.is_cancelled());
+            let waits_for_budget = shell.budget_waits.remove(&(task, attempt));
             if was_killed {
                 // Its process has exited: the slot and resources it held are free.
                 sched.attempt_ended(task, attempt, now);
                 return false;
             }
-            match sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) {
+            let waits =
+                waits_for_budget.is_some_and(|tokens| match sched.wait_for_budget(task, attempt, tokens, now, fx) {
+                    Ok(()) => true,
+                    // The budget's limits changed meanwhile: the attempt's outcome stands.
+                    Err(error) => {
+                        tracing::debug!(%error, %task, "the attempt cannot wait for budget");
+                        false
+                    }
+                });
+            let completed =
+                if waits { Ok(()) } else { sched.complete(task, attempt, outcome, now, rand::random::<f64>(), fx) };
+            match completed {
                 Ok(()) => {}
                 // The attempt was given up already (its agent died or was stopped).
                 Err(baton_core::sched::Error::Stale { .. }) => {}
@@ -440,6 +461,10 @@ async fn handle_agent_request(
                 Err(error) => Err(store_refusal(error)),
             });
         }
+        // Answered by `Running::apply`, which knows the shell's attempts.
+        AgentRequest::WaitForBudget { reply, .. } => {
+            let _ = reply.send(Err(RequestError::unavailable("waiting for budget is not handled here".to_string())));
+        }
         // Written at once, by the engine as the run's single writer; the agent waits for it,
         // so that a transcript is durable before the outcome it led to.
         AgentRequest::Transcript { task, attempt, entries, reply, .. } => {
@@ -454,7 +479,7 @@ async fn handle_agent_request(
                     input.workstream = parent_workstream.clone();
                 }
                 match baton_core::task::new_task(input, sched.plan().into()) {
-                    Ok(task) => tasks.push(task),
+                    Ok(task) => tasks.push(NewTask { parent, ..task }),
                     Err(error) => {
                         let _ = reply.send(Err(RequestError::invalid(format!("tasks[{idx}]: {error}"))));
                         return None;
@@ -470,6 +495,32 @@ async fn handle_agent_request(
         }
     }
     None
+}
+
+/// An agent's attempt at `task` is to wait for budget (`AgentRequest::WaitForBudget`): checked
+/// now (the attempt is the agent's, and `tokens` can fit at all), carried out when its outcome
+/// comes. The answer is the attempt's number.
+fn wait_for_budget(
+    sched: &mut Scheduler,
+    agent: &str,
+    task: TaskId,
+    tokens: u64,
+    now: Timestamp,
+    fx: &mut Effects,
+) -> Result<u32, RequestError> {
+    sched.agent_activity(agent, now, fx);
+    let Some(record) = sched.task(task) else {
+        return Err(RequestError::invalid(format!("task {task} is not running")));
+    };
+    if record.state != TaskState::Running || record.assigned_agent.as_deref() != Some(agent) {
+        return Err(RequestError::invalid(format!("task {task} is not running on agent `{agent}`")));
+    }
+    if let Some(problem) = sched.budgets().never_fits(record.workstream.as_deref(), tokens) {
+        let problem = problem
+            .replace(&format!("it estimates {tokens} tokens"), &format!("its first model call needs {tokens} tokens"));
+        return Err(RequestError::invalid(problem));
+    }
+    Ok(record.attempt)
 }
 
 /// Applies an operator's command, saying why when it cannot be.

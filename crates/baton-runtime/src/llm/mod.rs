@@ -4,7 +4,8 @@
 //! An attempt is a conversation. The system prompt is the agent's brief (role, objectives,
 //! runbook); the user turn is the task (title, description, input, the results of the tasks it
 //! depends on, the messages waiting for the agent). Each turn reserves budget first (`AgentRequest::ReserveBudget`: a budget that
-//! runs out stops the conversation between turns, saying which), streams the model's answer
+//! runs out stops the conversation between turns, saying which; one that refuses the first
+//! turn gives the task back uncounted, to wait for budget, `AgentRequest::WaitForBudget`), streams the model's answer
 //! ([`wire`], [`http`]: retries with backoff), reports the provider's exact token counts and
 //! their cost ([`prices`]) to the budgets, and runs the tools the model called, all at once
 //! ([`tools`]: Baton's own and an external [`ToolProvider`]'s). A turn without tool calls ends
@@ -228,20 +229,23 @@ impl LlmAgent {
         }
         let user = user_turn(attempt, &dependencies, &inbox);
         let now = self.clock.now();
-        self.record(
-            context,
-            attempt,
-            vec![Entry::new(Role::System, system.clone(), now), Entry::new(Role::User, user.clone(), now)],
-        )
-        .await;
+        // Written once the first turn has its budget: an attempt that waits for budget leaves
+        // no trace, its task being given back uncounted.
+        let opening = vec![Entry::new(Role::System, system.clone(), now), Entry::new(Role::User, user.clone(), now)];
         let mut providers: Vec<Arc<dyn ToolProvider>> =
             vec![Arc::new(BatonTools { context: context.clone(), agent: self.name.clone(), task: task.id })];
         providers.extend(self.external.clone());
         let toolset = ToolSet::new(providers, &self.globs).await;
         let mut messages = vec![Msg::User(user)];
-        let outcome = self.turns(attempt, context, &client, &system, &toolset, &mut messages, wants_json).await;
-        self.acknowledge(context, inbox).await;
-        outcome
+        let ended = self.turns(attempt, context, &client, &system, &toolset, &mut messages, wants_json, opening).await;
+        match ended {
+            Ended::Outcome(outcome) => {
+                self.acknowledge(context, inbox).await;
+                outcome
+            }
+            // The messages wait for the next attempt, which is handed them again.
+            Ended::WaitsForBudget(reason) => Outcome::Failed { reason },
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -254,8 +258,10 @@ impl LlmAgent {
         toolset: &ToolSet,
         messages: &mut Vec<Msg>,
         wants_json: bool,
-    ) -> Outcome {
+        opening: Vec<Entry>,
+    ) -> Ended {
         let task = attempt.task.id;
+        let mut opening = Some(opening);
         let price = prices::price_of(&self.llm.provider, &self.llm.model);
         for turn in 1..=self.llm.max_turns {
             let request = Request {
@@ -277,11 +283,24 @@ impl LlmAgent {
                     RequestErrorKind::Refused => format!("stopped before turn {turn}: {}", error.message),
                     _ => format!("stopped before turn {turn}: cannot reserve budget: {}", error.message),
                 };
-                return Outcome::Failed { reason };
+                // Refused before anything was done: the task waits for budget, as one whose
+                // `estimated_tokens` do not fit, without losing an attempt.
+                if turn == 1 && error.kind == RequestErrorKind::Refused {
+                    let agent = self.name.clone();
+                    let waits = context.ask(|reply| AgentRequest::WaitForBudget { agent, task, tokens, reply }).await;
+                    return match waits {
+                        Ok(()) => Ended::WaitsForBudget(reason),
+                        Err(refusal) => Ended::Outcome(Outcome::Failed { reason: format!("{reason}; {refusal}") }),
+                    };
+                }
+                return Ended::Outcome(Outcome::Failed { reason });
+            }
+            if let Some(opening) = opening.take() {
+                self.record(context, attempt, opening).await;
             }
             let reply = match client.turn(&body).await {
                 Ok(reply) => reply,
-                Err(reason) => return Outcome::Failed { reason },
+                Err(reason) => return Ended::Outcome(Outcome::Failed { reason }),
             };
             let cost = prices::cost(price, &reply.usage);
             let usage = json!({
@@ -313,14 +332,14 @@ impl LlmAgent {
             messages.push(Msg::Assistant { text: reply.text.clone(), calls: reply.calls.clone() });
             if reply.calls.is_empty() {
                 if reply.stop_reason.as_deref().is_some_and(|reason| matches!(reason, "max_tokens" | "length")) {
-                    return Outcome::Failed {
+                    return Ended::Outcome(Outcome::Failed {
                         reason: format!(
                             "the answer was cut at max_tokens ({}); raise the agent's max_tokens",
                             self.llm.max_tokens
                         ),
-                    };
+                    });
                 }
-                return answer(&reply.text, wants_json);
+                return Ended::Outcome(answer(&reply.text, wants_json));
             }
             let results = futures::future::join_all(
                 reply.calls.iter().map(|call| toolset.call(&call.api_name, call.arguments.clone())),
@@ -339,12 +358,12 @@ impl LlmAgent {
             self.record(context, attempt, entries).await;
             messages.push(Msg::ToolResults(outputs));
         }
-        Outcome::Failed {
+        Ended::Outcome(Outcome::Failed {
             reason: format!(
                 "no final answer after max_turns = {} turns (the model kept calling tools)",
                 self.llm.max_turns
             ),
-        }
+        })
     }
 
     /// Has the engine acknowledge the messages handed over with the task.
@@ -358,6 +377,14 @@ impl LlmAgent {
             let _ = acknowledged.await;
         }
     }
+}
+
+/// How a conversation ended.
+enum Ended {
+    Outcome(Outcome),
+    /// The budget refused the first turn and the engine takes the task back, uncounted, to
+    /// wait for budget: the outcome is not the task's.
+    WaitsForBudget(String),
 }
 
 /// The task as the model is handed it, with the results of the tasks it depends on.

@@ -69,7 +69,7 @@ pub fn baton_tools() -> Vec<Tool> {
         ),
         tool(
             "get_task",
-            "Read a task of the run by id: its state, input, result or error.",
+            "Read a task by id: its state, input, result or error. You may read your own tasks, the tasks you created and the tasks your current task depends on.",
             json!({"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}),
         ),
     ]
@@ -193,16 +193,53 @@ impl ToolProvider for BatonTools {
                 let GetTask { id } = arguments(name, args)?;
                 let id = TaskId(id);
                 match self.context.ask(|reply| AgentRequest::GetTask { agent, task: id, reply }).await {
-                    Ok(record) => {
+                    Ok(record) if self.may_read(&record).await => {
                         let value = serde_json::to_value(&record).unwrap_or_default();
                         structured(value.to_string(), value)
                     }
+                    // Said as for a task that is not there: which tasks exist is not its to know.
+                    Ok(_) => ToolResult::text(
+                        format!(
+                            "refused: task {id} is not yours to read; you may read your own tasks, those you created and those your current task depends on"
+                        ),
+                        true,
+                    ),
                     Err(error) => refused(error),
                 }
             }
             other => return Err(ToolError::NotFound(other.to_string())),
         };
         Ok(answer)
+    }
+}
+
+impl BatonTools {
+    /// Whether the agent may read `record` with `baton/get_task`: as an `agent`-role API token
+    /// reads only its own tasks, an LLM agent reads its own tasks (those it runs or ran), the
+    /// tasks it created (whose parent is one of its tasks) and those its current task depends
+    /// on.
+    async fn may_read(&self, record: &baton_core::model::TaskRecord) -> bool {
+        if record.id == self.task || record.assigned_agent.as_deref() == Some(self.agent.as_str()) {
+            return true;
+        }
+        if record.parent == Some(self.task) {
+            return true;
+        }
+        let mut asked = vec![self.task];
+        asked.extend(record.parent);
+        for id in asked {
+            let agent = self.agent.clone();
+            let Ok(known) = self.context.ask(|reply| AgentRequest::GetTask { agent, task: id, reply }).await else {
+                continue;
+            };
+            let current_depends_on_it = known.id == self.task && known.depends_on.contains(&record.id);
+            let created_by_it =
+                Some(known.id) == record.parent && known.assigned_agent.as_deref() == Some(self.agent.as_str());
+            if current_depends_on_it || created_by_it {
+                return true;
+            }
+        }
+        false
     }
 }
 

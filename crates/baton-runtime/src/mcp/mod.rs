@@ -10,6 +10,11 @@
 //! stateless 2026-07-28 era), falling back to `initialize` (2025-11-25, with an
 //! `Mcp-Session-Id` over HTTP) when the server does not know it.
 //!
+//! Every exchange with a server is bounded by its `timeout` (default 60s; the handshake gets at
+//! least that, since it includes starting the program) and raced with the
+//! run's stop: a server that hangs costs a tool error given back to the model (or a failed
+//! discovery, then a reconnection), never an attempt or a shutdown held forever.
+//!
 //! The hub's state is behind a std mutex: it is only read or replaced, never held across an
 //! await. Calls clone the server's peer out of it and await without it.
 
@@ -75,6 +80,8 @@ pub struct McpHub {
     backoff: Backoff,
     /// Bumped on every change of a server's state or tools, for those who wait for one.
     changes: watch::Sender<u64>,
+    /// Fires when the hub stops ([`McpHub::start`]'s `cancel`): calls under way end then.
+    stop: CancellationToken,
 }
 
 struct Server {
@@ -113,7 +120,13 @@ impl McpHub {
                 })
             })
             .collect();
-        Arc::new(McpHub { servers, process_env, backoff, changes: watch::Sender::new(0) })
+        Arc::new(McpHub {
+            servers,
+            process_env,
+            backoff,
+            changes: watch::Sender::new(0),
+            stop: CancellationToken::new(),
+        })
     }
 
     /// A hub without servers.
@@ -123,6 +136,13 @@ impl McpHub {
 
     /// Starts every server's supervisor on `tasks`; they stop when `cancel` fires.
     pub fn start(self: &Arc<Self>, cancel: &CancellationToken, tasks: &TaskTracker) {
+        tasks.spawn({
+            let (cancel, stop) = (cancel.clone(), self.stop.clone());
+            async move {
+                cancel.cancelled().await;
+                stop.cancel();
+            }
+        });
         for server in &self.servers {
             let hub = Arc::clone(self);
             let server = Arc::clone(server);
@@ -262,9 +282,14 @@ impl McpHub {
                 }
             }
         };
+        // Starting a program (an interpreter loading its libraries) may take longer than a
+        // call is allowed: the handshake gets at least the default.
+        let timeout = server.spec.timeout.max(baton_core::config::DEFAULT_MCP_TIMEOUT);
         tokio::select! {
             _ = cancel.cancelled() => Err("the run is stopping".to_string()),
-            result = connecting => result,
+            result = tokio::time::timeout(timeout, connecting) => result.unwrap_or_else(|_| {
+                Err(format!("cannot connect: no answer within {} (its `timeout`)", baton_core::time::format_duration(timeout)))
+            }),
         }
     }
 
@@ -281,9 +306,13 @@ impl McpHub {
         // On the stateless era, list changes come on a subscription, not as free notifications.
         let mut subscription = if protocol.as_deref() == Some(ProtocolVersion::V_2026_07_28.as_str()) {
             let filter = SubscriptionFilter::builder().tools_list_changed().build();
-            match peer.listen(filter).await {
-                Ok(subscription) => Some(subscription),
-                Err(error) => {
+            match tokio::time::timeout(server.spec.timeout, peer.listen(filter)).await {
+                Ok(Ok(subscription)) => Some(subscription),
+                Err(_) => {
+                    tracing::debug!(server = %server.spec.name, "no tools list subscription: no answer in time");
+                    None
+                }
+                Ok(Err(error)) => {
                     tracing::debug!(server = %server.spec.name, %error, "no tools list subscription");
                     None
                 }
@@ -291,7 +320,11 @@ impl McpHub {
         } else {
             None
         };
-        if let Err(error) = self.discover(server, &peer).await {
+        let discovered = tokio::select! {
+            _ = cancel.cancelled() => Err("the run stopped".to_string()),
+            discovered = self.discover(server, &peer) => discovered,
+        };
+        if let Err(error) = discovered {
             let _ = running.cancel().await;
             return error;
         }
@@ -326,7 +359,11 @@ impl McpHub {
                     }
                 }
                 _ = server.list_changed.notified() => {
-                    if let Err(error) = self.discover(server, &peer).await {
+                    let discovered = tokio::select! {
+                        _ = cancel.cancelled() => continue,
+                        discovered = self.discover(server, &peer) => discovered,
+                    };
+                    if let Err(error) = discovered {
                         tracing::warn!(server = %server.spec.name, %error, "cannot list the tools again");
                     }
                     self.changed();
@@ -337,7 +374,16 @@ impl McpHub {
 
     /// `tools/list`, every page, into the server's state.
     async fn discover(&self, server: &Server, peer: &Peer<RoleClient>) -> Result<(), String> {
-        let listed = peer.list_all_tools().await.map_err(|error| format!("cannot list its tools: {error}"))?;
+        let timeout = server.spec.timeout;
+        let listed = tokio::time::timeout(timeout, peer.list_all_tools())
+            .await
+            .map_err(|_| {
+                format!(
+                    "cannot list its tools: no answer within {} (its `timeout`)",
+                    baton_core::time::format_duration(timeout)
+                )
+            })?
+            .map_err(|error| format!("cannot list its tools: {error}"))?;
         let tools = listed
             .into_iter()
             .map(|tool| Tool {
@@ -384,7 +430,24 @@ impl ToolProvider for McpHub {
         };
         let mut params = CallToolRequestParams::new(tool.to_string());
         params.arguments = arguments;
-        let result = peer.call_tool(params).await.map_err(|error| match error {
+        let timeout = server.spec.timeout;
+        // Bounded, and raced with the hub's stop: a hung server is a tool error for the model.
+        let answered = tokio::select! {
+            answered = tokio::time::timeout(timeout, peer.call_tool(params)) => answered,
+            () = self.stop.cancelled() => {
+                return Err(ToolError::Unavailable(format!("MCP server `{server_name}`: the run is stopping")));
+            }
+        };
+        let Ok(answered) = answered else {
+            let waited = baton_core::time::format_duration(timeout);
+            return Ok(ToolResult::text(
+                format!(
+                    "{name}: MCP server `{server_name}` did not answer within {waited} (its `timeout`); the call was given up"
+                ),
+                true,
+            ));
+        };
+        let result = answered.map_err(|error| match error {
             rmcp::ServiceError::McpError(error) if error.code == rmcp::model::ErrorCode::INVALID_PARAMS => {
                 ToolError::Invalid(error.message.to_string())
             }

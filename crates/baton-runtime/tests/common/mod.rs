@@ -11,6 +11,7 @@ use baton_store::sqlite::SqliteStore;
 /// A task that needs the capability `requires`, tried once.
 pub fn task(title: &str, requires: &str) -> NewTask {
     NewTask {
+        parent: None,
         key: None,
         workstream: None,
         title: title.to_string(),

@@ -2,10 +2,16 @@
 //! engine in-process with an LLM agent that calls Baton's tools (a sub-task that then runs),
 //! usage in the budgets, the transcript in the store, the API key nowhere it could be read;
 //! and, with the agent alone on a paused clock, retries that honour `retry-after`, a budget
-//! that runs out between turns, and a cancellation that drops the stream.
+//! that runs out between turns, and a cancellation that drops the stream. `mcp`: a real MCP
+//! server's tool and a Baton tool in one task (with `BATON_TEST_MCP=1`).
 
 #[path = "../common/mod.rs"]
 mod common;
+mod mcp;
+// The one stand-in provider, which lives in the server (it serves HTTP): compiled in here, as
+// the runtime cannot depend on the server.
+#[path = "../../../baton-server/src/standin.rs"]
+#[allow(dead_code, reason = "the benchmark's responder mode is not used here")]
 mod standin;
 
 use std::collections::BTreeMap;
@@ -235,6 +241,61 @@ async fn an_openai_compatible_agent_calls_tools_in_parallel_and_answers_json() {
 }
 
 #[tokio::test]
+async fn get_task_reads_the_agents_own_tasks_its_sub_tasks_and_dependencies_only() {
+    // In a fresh store the tasks are 1 (the lead's), 2 (its dependency), 3 (another's), and
+    // the sub-task the lead creates is 4.
+    let get = |id: i64| (format!("get_{id}"), json!({"id": id}));
+    let reads: Vec<(String, Value)> = [1, 2, 3, 4, 99].into_iter().map(get).collect();
+    let calls: Vec<(&str, &str, Value)> =
+        reads.iter().map(|(id, args)| (id.as_str(), "baton__get_task", args.clone())).collect();
+    let standin = Standin::start(vec![
+        Reply::Stream(standin::anthropic_tools(
+            &[("toolu_sub", "baton__create_tasks", json!({"tasks": [{"title": "Sub", "requires": ["work"]}]}))],
+            100,
+            10,
+        )),
+        Reply::Stream(standin::anthropic_tools(&calls, 100, 10)),
+        Reply::Stream(standin::anthropic_text("Read what I may.", 100, 5, 0, 0)),
+    ]);
+    let run = start(plan("anthropic", &standin.url, "")).await;
+    let mut prep = common::task("Prepare", "work");
+    prep.key = Some("prep".into());
+    let mut review = lead_task("Review", Value::Null);
+    review.depends_on = vec![baton_core::model::TaskRef::Key("prep".into())];
+    let other = common::task("Someone else's", "work");
+    let ids = run.handle.create_tasks(vec![review, prep, other]).await.unwrap();
+    assert_eq!(ids.iter().map(|id| id.0).collect::<Vec<_>>(), [1, 2, 3]);
+    let task = common::ended(&run.store, ids[0]).await;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    let tasks = run.store.tasks(&run.run_id, &Default::default()).await.unwrap();
+    let sub = tasks.iter().find(|task| task.title == "Sub").expect("the sub-task");
+    assert_eq!((sub.id.0, sub.parent), (4, Some(ids[0])), "a sub-task records its parent");
+    assert_eq!(tasks.iter().find(|task| task.id == ids[2]).unwrap().parent, None);
+
+    let received = standin.received();
+    let results = received[2].body["messages"][4]["content"].as_array().unwrap().clone();
+    let said: Vec<(bool, String)> = results
+        .iter()
+        .map(|result| (result["is_error"].as_bool().unwrap_or(false), result["content"].as_str().unwrap().to_string()))
+        .collect();
+    for (idx, id) in [1, 2, 4].into_iter().enumerate() {
+        let (is_error, text) = &said[[0, 1, 3][idx]];
+        assert!(!is_error, "task {id} is readable: {text}");
+        assert_eq!(serde_json::from_str::<Value>(text).unwrap()["id"], id);
+    }
+    assert_eq!(
+        said[2],
+        (
+            true,
+            "refused: task 3 is not yours to read; you may read your own tasks, those you created and those your current task depends on"
+                .to_string()
+        )
+    );
+    assert_eq!(said[4], (true, "invalid: no task 99 in this run".to_string()));
+    run.shutdown.cancel();
+}
+
+#[tokio::test]
 async fn a_budget_that_runs_out_stops_the_conversation_between_turns() {
     // The first turn spends 2 600 of 4 000 tokens: what is left cannot hold the second turn
     // (1 000 output tokens and the prompt).
@@ -251,6 +312,58 @@ async fn a_budget_that_runs_out_stops_the_conversation_between_turns() {
     assert!(error.starts_with("stopped before turn 2: "), "{error}");
     assert!(error.contains("global"), "says which budget: {error}");
     assert_eq!(standin.received().len(), 1, "no second call");
+    run.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_budget_that_refuses_the_first_turn_makes_the_task_wait_without_losing_an_attempt() {
+    let standin = Standin::start(vec![Reply::Stream(standin::anthropic_text("Done at last.", 100, 5, 0, 0))]);
+    let run = start(plan("anthropic", &standin.url, "")).await;
+    // Less than one turn asks for (max_tokens = 1000, and the prompt), yet within a period's
+    // global budget: the task can run once the limit is raised (or at the reset).
+    run.handle.set_budget("agent:lead".into(), Some(1000), None).await.unwrap();
+    let ids = run.handle.create_tasks(vec![lead_task("Plan", Value::Null)]).await.unwrap();
+    let query = EventQuery { task: Some(ids[0]), ..Default::default() };
+    let wait = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let events = run.store.events(&query).await.unwrap();
+            let said = events.iter().find_map(|event| match &event.kind {
+                baton_core::EventKind::TaskBudgetWait { scope, reason, .. } => Some((scope.clone(), reason.clone())),
+                _ => None,
+            });
+            if let Some(said) = said {
+                return said;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task says it waits for budget");
+    assert_eq!(wait.0, "agent:lead");
+    assert!(wait.1.starts_with("its first model call needs "), "{}", wait.1);
+    let waiting = run.store.task(ids[0]).await.unwrap().unwrap();
+    assert_eq!((waiting.state, waiting.attempt), (TaskState::Ready, 0), "the attempt was not counted: {waiting:?}");
+    assert!(standin.received().is_empty(), "the provider was not called");
+    assert!(run.store.transcript(ids[0]).await.unwrap().is_empty(), "nothing was said");
+
+    run.handle.set_budget("agent:lead".into(), Some(100_000), None).await.unwrap();
+    let task = common::ended(&run.store, ids[0]).await;
+    assert_eq!((task.state, task.attempt), (TaskState::Succeeded, 1), "{task:?}");
+    let roles: Vec<Role> = run.store.transcript(ids[0]).await.unwrap().iter().map(|entry| entry.role).collect();
+    assert_eq!(roles, [Role::System, Role::User, Role::Assistant]);
+    run.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_first_turn_larger_than_a_whole_periods_budget_fails_the_attempt_saying_so() {
+    let standin = Standin::start(Vec::new());
+    let run = start(plan("anthropic", &standin.url, "[budget]\ndaily_tokens = 1000\n")).await;
+    let ids = run.handle.create_tasks(vec![lead_task("Plan", Value::Null)]).await.unwrap();
+    let task = common::ended(&run.store, ids[0]).await;
+    assert_eq!(task.state, TaskState::Dead, "{task:?}");
+    let error = task.error.unwrap_or_default();
+    assert!(error.starts_with("stopped before turn 1: budget `global`"), "{error}");
+    assert!(error.contains("its first model call needs") && error.contains("could never start"), "{error}");
     run.shutdown.cancel();
 }
 

@@ -236,6 +236,11 @@ CREATE TABLE transcripts (
     PRIMARY KEY (task_id, attempt, seq)
 ) WITHOUT ROWID;
 "#,
+    // The task whose attempt created a task (an agent's sub-task): an LLM agent's
+    // `baton/get_task` reads the tasks it created. Tasks from before have none.
+    r#"
+ALTER TABLE tasks ADD COLUMN parent INTEGER;
+"#,
 ];
 
 /// Brings the schema up to date. Race-safe: the version is read inside the write transaction

@@ -17,7 +17,7 @@ pub(super) fn sql_generation(generation: u64) -> i64 {
 
 pub(super) const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
      priority, max_attempts, timeout_ms, resources, state, attempt, assigned_agent, lease_owner, lease_expires_at, \
-     not_before, result, error, created_at, updated_at, finished_at, estimated_tokens";
+     not_before, result, error, created_at, updated_at, finished_at, estimated_tokens, parent";
 
 pub(super) const RUN_COLUMNS: &str =
     "id, name, state, phase, n_phases, n_tasks, n_finished, started_at, ended_at, error, owner, owner_pid, owner_until";
@@ -61,6 +61,7 @@ pub(super) fn task_from_row(row: &Row<'_>) -> rusqlite::Result<TaskRecord> {
         timeout_ms: row.get::<_, Option<i64>>(12)?.map(|ms| ms as u64),
         resources: from_json(&row.get::<_, String>(13)?, "resources")?,
         estimated_tokens: row.get::<_, Option<i64>>(25)?.map(|tokens| tokens.max(0) as u64),
+        parent: row.get::<_, Option<i64>>(26)?.map(TaskId),
         state: parse(&row.get::<_, String>(14)?)?,
         attempt: row.get(15)?,
         assigned_agent: row.get(16)?,

@@ -163,8 +163,8 @@ pub(super) fn insert_tasks(
     {
         let mut stmt = ctx.tx.prepare_cached(
             "INSERT INTO tasks (run_id, key, workstream, title, description, input, requires, agent, depends_on, \
-             priority, max_attempts, timeout_ms, resources, state, attempt, created_at, updated_at, estimated_tokens) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', ?9, ?10, ?11, ?12, 'pending', 0, ?13, ?13, ?14)",
+             priority, max_attempts, timeout_ms, resources, state, attempt, created_at, updated_at, estimated_tokens, parent) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]', ?9, ?10, ?11, ?12, 'pending', 0, ?13, ?13, ?14, ?15)",
         )?;
         for task in &tasks {
             let inserted = stmt.execute(params![
@@ -182,6 +182,7 @@ pub(super) fn insert_tasks(
                 to_json(&task.resources),
                 now.0,
                 task.estimated_tokens.map(|tokens| i64::try_from(tokens).unwrap_or(i64::MAX)),
+                task.parent.map(|parent| parent.0),
             ]);
             if let Err(rusqlite::Error::SqliteFailure(failure, _)) = &inserted
                 && failure.code == rusqlite::ErrorCode::ConstraintViolation
@@ -212,6 +213,7 @@ pub(super) fn insert_tasks(
                 timeout_ms: task.timeout_ms,
                 resources: task.resources.clone(),
                 estimated_tokens: task.estimated_tokens,
+                parent: task.parent,
                 state: TaskState::Pending,
                 attempt: 0,
                 assigned_agent: None,

@@ -348,3 +348,42 @@ fn reservations_are_granted_within_what_is_left_and_settled_by_usage() {
     let mut fx = Effects::default();
     assert!(matches!(h.sched.reserve_budget("nobody", None, 1, h.now, &mut fx), Err(Error::UnknownAgent(_))));
 }
+
+#[test]
+fn a_task_whose_first_call_is_refused_waits_uncounted_until_it_fits() {
+    let text = PLAN.replace("[[agents]]\nname = \"coder\"", "[[agents]]\nname = \"coder\"\nconcurrency = 1");
+    let mut h = harness(&text);
+    let task = h.store.tasks.values().find(|task| task.key.as_deref() == Some("a")).unwrap().id;
+    assert_eq!((h.state_of("a"), h.sched.task(task).unwrap().attempt), (TaskState::Running, 1));
+    // Another call of the agent's holds 600 of the 1000: the task's first call (500) is refused,
+    // and the task waits for it, its attempt not counted.
+    let mut fx = Effects::default();
+    h.sched.reserve_budget("coder", None, 600, h.now, &mut fx).unwrap();
+    assert!(h.sched.reserve_budget("coder", Some(task), 500, h.now, &mut fx).is_err());
+    let never = h.sched.wait_for_budget(task, 1, 5000, h.now, &mut fx).unwrap_err().to_string();
+    assert!(never.starts_with("its first model call needs 5000 tokens, more than the global daily_tokens"), "{never}");
+    h.sched.wait_for_budget(task, 1, 500, h.now, &mut fx).unwrap();
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!((h.state_of("a"), h.sched.task(task).unwrap().attempt), (TaskState::Ready, 0));
+    let waits: Vec<String> = h
+        .events("TaskBudgetWait")
+        .iter()
+        .map(|event| match event {
+            EventKind::TaskBudgetWait { reason, .. } => reason.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(waits.len(), 1);
+    assert!(
+        waits[0].starts_with("its first model call needs 500: 1000 left, 600 of them reserved by calls in flight"),
+        "{waits:?}"
+    );
+    // The other call reports what it used: what the task needs is left, and it runs again.
+    let usage = Usage { input_tokens: 100, ..Usage::default() };
+    let mut fx = Effects::default();
+    h.sched.record_usage("coder", None, usage, serde_json::json!({ "input_tokens": 100 }), h.now, &mut fx);
+    h.sched.step(h.now, &mut fx);
+    h.apply(fx);
+    assert_eq!((h.state_of("a"), h.sched.task(task).unwrap().attempt), (TaskState::Running, 1));
+}

@@ -1,6 +1,11 @@
-//! A stand-in LLM provider for tests: an HTTP server on 127.0.0.1 (port 0, on a thread of its
-//! own) that answers each request with the next scripted reply, in the providers' real wire
-//! formats (Anthropic's Messages SSE, OpenAI's chunks), and records what it was asked.
+//! A stand-in LLM provider, for tests and `baton bench --llm`: an HTTP server on 127.0.0.1
+//! (port 0, on a thread of its own) that answers each request with the next scripted reply, or
+//! with what a function of the request says, at once, in the providers' real wire formats
+//! (Anthropic's Messages SSE, OpenAI's chunks), and records what it was asked.
+//!
+//! The one stand-in: the runtime's LLM tests compile this file into their binary (the runtime
+//! cannot depend on the server), the CLI's dashboard test and the benchmark use this module.
+//! It panics on what cannot happen in a test (a poisoned lock, no port to bind).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,10 +39,15 @@ pub struct Received {
     pub body: Value,
 }
 
-#[derive(Default)]
+/// Answers a request (its JSON body) when no scripted reply is left.
+pub type Responder = Box<dyn Fn(&Value) -> Reply + Send + Sync>;
+
 struct Shared {
     replies: Mutex<VecDeque<Reply>>,
     received: Mutex<Vec<Received>>,
+    responder: Option<Responder>,
+    /// Whether requests are kept for [`Standin::received`] (a benchmark does not keep them).
+    record: bool,
 }
 
 pub struct Standin {
@@ -48,13 +58,34 @@ pub struct Standin {
 impl Standin {
     /// Starts a stand-in that answers with `replies`, in order.
     pub fn start(replies: Vec<Reply>) -> Standin {
-        let shared = Arc::new(Shared { replies: Mutex::new(replies.into()), received: Mutex::default() });
+        Standin::serve(Shared {
+            replies: Mutex::new(replies.into()),
+            received: Mutex::default(),
+            responder: None,
+            record: true,
+        })
+    }
+
+    /// Starts a stand-in that answers every request with `responder`'s reply to it, keeping
+    /// nothing of what it was asked.
+    pub fn answering(responder: Responder) -> Standin {
+        Standin::serve(Shared {
+            replies: Mutex::default(),
+            received: Mutex::default(),
+            responder: Some(responder),
+            record: false,
+        })
+    }
+
+    fn serve(shared: Shared) -> Standin {
+        let shared = Arc::new(shared);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         listener.set_nonblocking(true).expect("non-blocking");
         let url = format!("http://{}", listener.local_addr().expect("an address"));
         let app = Router::new()
             .route("/v1/messages", post(answer))
             .route("/chat/completions", post(answer))
+            .route("/v1/chat/completions", post(answer))
             .with_state(Arc::clone(&shared));
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
@@ -80,9 +111,12 @@ impl Drop for SetOnDrop {
 }
 
 async fn answer(State(shared): State<Arc<Shared>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    shared.received.lock().unwrap().push(Received { path: uri.path().to_string(), headers, body });
-    let reply = shared.replies.lock().unwrap().pop_front();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let scripted = shared.replies.lock().unwrap().pop_front();
+    let reply = scripted.or_else(|| shared.responder.as_ref().map(|responder| responder(&body)));
+    if shared.record {
+        shared.received.lock().unwrap().push(Received { path: uri.path().to_string(), headers, body });
+    }
     let sse =
         |body: Body| Response::builder().status(200).header("content-type", "text/event-stream").body(body).unwrap();
     match reply {
