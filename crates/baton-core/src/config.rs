@@ -48,12 +48,23 @@ impl ConflictPolicy {
     }
 }
 
-/// How tasks are assigned. Only the rule-based coordinator exists so far.
+/// Who decomposes objectives and triages failed tasks: the rules (routing by capability), or
+/// a model that falls back to the rules on any failure (`[coordinator]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Coordinator {
     #[default]
     Rules,
+    Llm,
+}
+
+impl Coordinator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coordinator::Rules => "rules",
+            Coordinator::Llm => "llm",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,6 +221,10 @@ pub struct WorkstreamSpec {
     pub description: String,
     pub priority: Priority,
     pub depends_on: Vec<String>,
+    /// What the workstream is for, turned into tasks by the coordinator at the start of the
+    /// run (once: the tasks it made are keyed by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -350,6 +365,8 @@ pub struct Plan {
     pub mcp_servers: Vec<McpServerSpec>,
     /// `[llm]`: the providers LLM agents call.
     pub llm: LlmSettings,
+    /// `[coordinator]`: the rules, or a model that falls back to them.
+    pub coordinator: CoordinatorSpec,
 }
 
 impl Plan {
@@ -618,6 +635,7 @@ fn is_placeholder_name(name: &str) -> bool {
 }
 
 mod budget;
+mod coordinator;
 mod diagnostics;
 mod json;
 mod kind;
@@ -630,6 +648,7 @@ mod schedules;
 mod server;
 mod validate;
 
+pub use coordinator::{CoordinatorSpec, DEFAULT_COORDINATOR_MAX_TOKENS, DEFAULT_COORDINATOR_TIMEOUT};
 use diagnostics::Locator;
 pub use diagnostics::{Diagnostic, Error, Location, unknown};
 pub use json::{agent_from_json, agent_update_from_json};

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{budget, llm, logs, mcp, schedules, server};
+use super::{budget, coordinator, llm, logs, mcp, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -42,6 +42,7 @@ pub(super) struct RawConfig {
     pub(super) mcp_servers: BTreeMap<Spanned<String>, Spanned<mcp::RawMcpServer>>,
     #[serde(default)]
     pub(super) llm: llm::RawLlm,
+    pub(super) coordinator: Option<Spanned<coordinator::RawCoordinator>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -80,6 +81,7 @@ pub(super) struct RawWorkstream {
     #[serde(default)]
     pub(super) depends_on: Vec<Spanned<String>>,
     pub(super) budget: Option<Spanned<budget::RawLimit>>,
+    pub(super) objective: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
