@@ -23,9 +23,20 @@ use crate::agent::{AgentContext, AgentError, AgentRuntime, Attempt};
 
 /// What the engine hears from the tasks the shell spawned.
 pub(super) enum Report {
-    Outcome { task: TaskId, attempt: u32, outcome: Outcome },
-    AgentStarted { agent: String },
-    AgentFailed { agent: String, error: AgentError },
+    Outcome {
+        task: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+    },
+    AgentStarted {
+        agent: String,
+    },
+    AgentFailed {
+        agent: String,
+        error: AgentError,
+    },
+    /// The coordinator answered about an objective (boxed: it holds the proposed tasks).
+    Coordinated(Box<super::objectives::Coordinated>),
 }
 
 /// Carries out what the scheduler decided.

@@ -17,7 +17,7 @@ use baton_store::Store;
 
 use super::running::{Input, Running};
 use super::shell::{Report, Shell};
-use super::{Command, Control, Deferred, Error, refused, store_refusal};
+use super::{Command, Control, Deferred, Error, Planned, refused, store_refusal};
 use crate::agent::{AgentEvent, AgentRequest, Reply, RequestError};
 use crate::postoffice::PostOffice;
 
@@ -28,6 +28,8 @@ pub(super) struct Turn {
     /// Answers to commands, sent once what they decided is durable.
     deferred: Vec<Deferred>,
     deferred_reload: Option<(oneshot::Sender<Result<ReloadSummary, Error>>, ReloadSummary)>,
+    /// Answers about objectives planned in this turn.
+    pub(super) deferred_planned: Vec<(oneshot::Sender<Result<Planned, Error>>, Result<Planned, Error>)>,
 }
 
 impl Running {
@@ -81,10 +83,14 @@ impl Running {
             }
             Input::Report(report) => {
                 let now = self.clock.now();
-                handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                let mut next = Some(report);
                 // Take everything else that is already waiting: one commit for all of it.
-                while let Ok(report) = self.inputs.reports.try_recv() {
-                    handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                while let Some(report) = next {
+                    match report {
+                        Report::Coordinated(coordinated) => self.coordinated(*coordinated, turn).await?,
+                        report => handle_report(&mut self.sched, &mut self.shell, report, now, &mut turn.fx),
+                    }
+                    next = self.inputs.reports.try_recv().ok();
                 }
             }
             Input::Command(command) => self.command(*command, turn).await?,
@@ -178,6 +184,9 @@ impl Running {
                     }
                 }
             }
+            Command::PlanObjective { workstream, objective, reply } => {
+                self.plan_objective(workstream, objective, reply).await?;
+            }
             Command::RejectConfig { errors, reply } => {
                 fx.writes.push(Write::Event(EventKind::ConfigRejected { errors }));
                 turn.deferred.push((reply, Ok(())));
@@ -211,7 +220,7 @@ impl Running {
     /// Ends a turn: the scheduler steps, the shell makes the writes durable and performs the
     /// effects, the commands that waited are answered and the progress published.
     pub(super) async fn end_turn(&mut self, turn: Turn) -> Result<(), Error> {
-        let Turn { mut fx, deferred, deferred_reload } = turn;
+        let Turn { mut fx, deferred, deferred_reload, deferred_planned } = turn;
         let now = self.clock.now();
         self.sched.step(now, &mut fx);
         self.shell.perform(&mut self.sched, fx, now).await?;
@@ -221,6 +230,9 @@ impl Running {
         if let Some((reply, summary)) = deferred_reload {
             let _ = reply.send(Ok(summary));
         }
+        for (reply, planned) in deferred_planned {
+            let _ = reply.send(planned);
+        }
         self.publish_progress();
         Ok(())
     }
@@ -228,7 +240,7 @@ impl Running {
 
 /// Creates tasks in the run, after the checks that need the running plan (their workstream
 /// exists; no task needs more than a whole period's budget), and hands them to the scheduler.
-async fn create_tasks(
+pub(super) async fn create_tasks(
     sched: &mut Scheduler,
     store: &dyn Store,
     run_id: &str,
@@ -317,6 +329,8 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
         Report::AgentFailed { agent, error } => {
             let _ = sched.agent_failed(&agent, error.message, error.kind, now, fx);
         }
+        // Applied by `Running::coordinated`, which needs the store; never handed here.
+        Report::Coordinated(_) => tracing::warn!("a coordinator's answer reached the wrong handler"),
     }
 }
 
