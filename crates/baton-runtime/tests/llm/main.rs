@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod coordinator;
 mod standin;
 
 use std::collections::BTreeMap;
