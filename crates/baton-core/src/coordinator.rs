@@ -12,7 +12,7 @@
 use serde::Deserialize;
 
 use crate::config::Plan;
-use crate::model::{NewTask, TaskRef};
+use crate::model::{NewTask, TaskRecord, TaskRef};
 use crate::task::{self, TaskInput};
 
 /// The most tasks a proposal may have: more is a model that lost its way.
@@ -122,7 +122,7 @@ pub fn parse_proposal(text: &str) -> Result<Vec<ProposedTask>, String> {
 /// Each goes through [`task::new_task`] and [`task::assignable`], like a task of baton.toml.
 pub fn proposal_tasks(
     plan: &Plan,
-    workstream: &str,
+    workstream: Option<&str>,
     prefix: &str,
     proposed: &[ProposedTask],
 ) -> Result<Vec<NewTask>, String> {
@@ -140,7 +140,7 @@ pub fn proposal_tasks(
             key: Some(format!("{prefix}.{}", idx + 1)),
             title: task.title.clone(),
             description: task.description.clone(),
-            workstream: Some(workstream.to_string()),
+            workstream: workstream.map(str::to_string),
             requires: task.requires.clone(),
             depends_on,
             estimated_tokens: task.estimated_tokens,
@@ -165,6 +165,89 @@ pub fn fallback_task(plan: &Plan, workstream: &str, prefix: &str, objective: &st
         ..TaskInput::default()
     };
     task::new_task(input, plan.into()).map_err(|error| error.to_string())
+}
+
+/// What the coordinator decides about a task that failed its last attempt.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Triage {
+    /// Try again: the same task, or a copy pinned to `agent`.
+    Retry {
+        #[serde(default)]
+        agent: Option<String>,
+        reason: String,
+    },
+    /// New tasks replace it (checked as a proposal).
+    Split { tasks: Vec<ProposedTask>, reason: String },
+    /// It stays failed.
+    GiveUp { reason: String },
+}
+
+/// The instructions of a triage: the team and the answer's format.
+pub fn triage_system_prompt(plan: &Plan, workstream: Option<&str>) -> String {
+    let mut prompt = String::from(
+        "You are the coordinator of a team of agents that Baton orchestrates. A task failed its last attempt: decide what to do.\n\nThe team (only these capabilities exist):\n",
+    );
+    for agent in
+        plan.agents.iter().filter(|agent| agent.workstream.is_none() || agent.workstream.as_deref() == workstream)
+    {
+        prompt.push_str(&format!(
+            "- {} (capabilities: [{}]): {}\n",
+            agent.name,
+            agent.capabilities.join(", "),
+            agent.role
+        ));
+    }
+    prompt.push_str(
+        "\nAnswer with one JSON object and nothing else, one of:\n{\"action\": \"retry\", \"agent\": \"name of another agent, or omit\", \"reason\": \"...\"}\n{\"action\": \"split\", \"tasks\": [{\"key\": \"short-name\", \"title\": \"...\", \"description\": \"...\", \"requires\": [\"capability\"], \"depends_on\": [\"key\"]}], \"reason\": \"...\"}\n{\"action\": \"give_up\", \"reason\": \"...\"}",
+    );
+    prompt
+}
+
+/// The question of a triage: the task and why it failed.
+pub fn triage_user_prompt(task: &TaskRecord) -> String {
+    format!(
+        "Task {} `{}` failed after {} attempt(s) (last agent: {}).\nDescription: {}\nRequires: [{}]\nWhy it failed: {}",
+        task.id,
+        task.title,
+        task.attempt,
+        task.assigned_agent.as_deref().unwrap_or("none"),
+        task.description,
+        task.requires.join(", "),
+        task.error.as_deref().unwrap_or("unknown")
+    )
+}
+
+/// Reads a triage's answer.
+pub fn parse_triage(text: &str) -> Result<Triage, String> {
+    let value = answer_json(text)?;
+    serde_json::from_value(value).map_err(|error| format!("the model's answer is not a triage: {error}"))
+}
+
+/// The key the tasks made by a triage of `task` start with.
+pub fn triage_key(task: &TaskRecord) -> String {
+    let base = task.key.clone().unwrap_or_else(|| format!("task-{}", task.id));
+    format!("{base}.triage-{}", task.attempt)
+}
+
+/// A failed task tried again on `agent`: a copy of it, pinned, checked as any task.
+pub fn retry_on(plan: &Plan, task: &TaskRecord, agent: &str) -> Result<NewTask, String> {
+    let input = TaskInput {
+        key: Some(triage_key(task)),
+        title: task.title.clone(),
+        description: task.description.clone(),
+        workstream: task.workstream.clone(),
+        input: Some(task.input.clone()),
+        requires: task.requires.clone(),
+        agent: Some(agent.to_string()),
+        priority: Some(task.priority),
+        max_attempts: Some(task.max_attempts),
+        estimated_tokens: task.estimated_tokens,
+        ..TaskInput::default()
+    };
+    let new = task::new_task(input, plan.into()).map_err(|error| error.to_string())?;
+    task::assignable(&new, &plan.agents).map_err(|who| format!("the retry cannot be assigned: {who}"))?;
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -201,12 +284,24 @@ capabilities = ["review"]
     fn a_proposal_becomes_keyed_tasks_with_their_dependencies() {
         let answer = "Here:\n```json\n{\"tasks\": [{\"key\": \"draft\", \"title\": \"Draft\", \"requires\": [\"write\"]}, {\"key\": \"review\", \"title\": \"Review\", \"requires\": [\"review\"], \"depends_on\": [\"draft\"], \"estimated_tokens\": 500}]}\n```";
         let proposed = parse_proposal(answer).unwrap();
-        let tasks = proposal_tasks(&plan(), "docs", "docs.objective-1", &proposed).unwrap();
+        let tasks = proposal_tasks(&plan(), Some("docs"), "docs.objective-1", &proposed).unwrap();
         assert_eq!(tasks[0].key.as_deref(), Some("docs.objective-1.1"));
         assert_eq!(tasks[1].depends_on, vec![TaskRef::Key("docs.objective-1.1".into())]);
         assert_eq!(tasks[1].requires, vec!["review".to_string()]);
         assert_eq!(tasks[1].estimated_tokens, Some(500));
         assert_eq!(tasks[1].workstream.as_deref(), Some("docs"));
+    }
+
+    #[test]
+    fn a_triage_is_retry_split_or_give_up() {
+        assert_eq!(
+            parse_triage("{\"action\": \"retry\", \"agent\": \"reviewer\", \"reason\": \"r\"}").unwrap(),
+            Triage::Retry { agent: Some("reviewer".into()), reason: "r".into() }
+        );
+        assert!(matches!(parse_triage("{\"action\": \"give_up\", \"reason\": \"no\"}"), Ok(Triage::GiveUp { .. })));
+        let split = "{\"action\": \"split\", \"reason\": \"big\", \"tasks\": [{\"key\": \"a\", \"title\": \"A\"}]}";
+        assert!(matches!(parse_triage(split), Ok(Triage::Split { tasks, .. }) if tasks.len() == 1));
+        assert!(parse_triage("{\"action\": \"pray\"}").unwrap_err().contains("not a triage"));
     }
 
     #[test]
@@ -216,9 +311,9 @@ capabilities = ["review"]
         assert!(parse_proposal("{\"steps\": []}").unwrap_err().contains("not a proposal"));
         let unknown =
             parse_proposal("{\"tasks\": [{\"key\": \"a\", \"title\": \"A\", \"requires\": [\"fly\"]}]}").unwrap();
-        let error = proposal_tasks(&plan(), "docs", "p", &unknown).unwrap_err();
+        let error = proposal_tasks(&plan(), Some("docs"), "p", &unknown).unwrap_err();
         assert_eq!(error, "proposed task 1 `a` cannot be assigned: no agent of workstream `docs` or shared has [fly]");
         let empty = parse_proposal("{\"tasks\": [{\"key\": \"a\", \"title\": \"\"}]}").unwrap();
-        assert!(proposal_tasks(&plan(), "docs", "p", &empty).unwrap_err().contains("title"));
+        assert!(proposal_tasks(&plan(), Some("docs"), "p", &empty).unwrap_err().contains("title"));
     }
 }

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use baton_core::config::{CoordinatorSpec, Plan};
 use baton_core::coordinator as core;
-use baton_core::model::NewTask;
+use baton_core::coordinator::Triage;
+use baton_core::model::{NewTask, TaskRecord};
 
 use crate::llm::LlmOptions;
 use crate::llm::http::Client;
@@ -38,6 +39,13 @@ pub struct Decomposed {
     /// Whether a model was asked (usage may then be reported even when it failed).
     pub asked: bool,
     /// The usage of the call (`UsageReported`'s fields), when the provider answered.
+    pub usage: Option<Value>,
+}
+
+/// What the model decided about a failed task, or why the rules decide (it stays failed).
+#[derive(Debug)]
+pub struct Triaged {
+    pub triage: Result<Triage, String>,
     pub usage: Option<Value>,
 }
 
@@ -72,9 +80,23 @@ impl Coordinator {
             Err(reason) => return Decomposed { tasks: Err(reason), asked: true, usage: None },
         };
         let tasks = core::parse_proposal(&text)
-            .and_then(|proposed| core::proposal_tasks(plan, workstream, prefix, &proposed))
+            .and_then(|proposed| core::proposal_tasks(plan, Some(workstream), prefix, &proposed))
             .map_err(|reason| format!("invalid proposal: {reason}"));
         Decomposed { tasks, asked: true, usage: Some(usage) }
+    }
+
+    /// Asks the model what to do with `task`, which failed its last attempt.
+    pub async fn triage(&self, plan: &Plan, task: &TaskRecord) -> Triaged {
+        let client = match &self.client {
+            Ok(client) => Arc::clone(client),
+            Err(reason) => return Triaged { triage: Err(reason.clone()), usage: None },
+        };
+        let system = core::triage_system_prompt(plan, task.workstream.as_deref());
+        let user = core::triage_user_prompt(task);
+        match self.complete(&client, &system, &user).await {
+            Ok((text, usage)) => Triaged { triage: core::parse_triage(&text), usage: Some(usage) },
+            Err(reason) => Triaged { triage: Err(reason), usage: None },
+        }
     }
 
     /// One question, one answer, within `timeout`: the text and its usage.

@@ -8,6 +8,11 @@
 //! `CoordinatorFallback` event and the coordinator's usage written with the turn. While an
 //! objective is being planned the run stays open.
 //!
+//! Triage, in llm mode: a task that failed its last attempt is described to the model (off
+//! the loop, as above), which answers `retry` (the task again, or a copy pinned to another
+//! agent), `split` (new tasks, checked as a proposal) or `give_up`; any failure leaves the
+//! task failed, as the rules do, with a `CoordinatorFallback` event.
+//!
 //! An objective's tasks are keyed by it (`baton_core::coordinator::objective_key`), so it is
 //! planned once per run: a restart finds the keys and asks no one again.
 
@@ -16,15 +21,17 @@ use tokio::sync::oneshot;
 
 use baton_core::EventKind;
 use baton_core::budget::Usage;
-use baton_core::coordinator::{fallback_task, objective_key, planned_keys};
-use baton_core::model::{NewTask, TaskId};
+use baton_core::coordinator::{
+    Triage, fallback_task, objective_key, planned_keys, proposal_tasks, retry_on, triage_key,
+};
+use baton_core::model::{NewTask, TaskId, TaskRecord};
 use baton_core::sched::{Effects, Write};
 
 use super::running::Running;
 use super::shell::Report;
-use super::turn::{Turn, create_tasks};
+use super::turn::{Turn, create_tasks, load_finished};
 use super::{Error, Planned};
-use crate::coordinator::Decomposed;
+use crate::coordinator::{Decomposed, Triaged};
 
 /// Who the coordinator's usage is reported as (its `agent` scope; the global budget counts it).
 pub const COORDINATOR: &str = "coordinator";
@@ -36,6 +43,14 @@ pub(in crate::engine) struct Coordinated {
     prefix: String,
     decomposed: Decomposed,
     reply: Option<oneshot::Sender<Result<Planned, Error>>>,
+}
+
+/// The coordinator's answer about a failed task, on its way back to the loop.
+pub(in crate::engine) struct TriagedTask {
+    /// The task as the store had it, or why it could not be read.
+    task: Result<TaskRecord, String>,
+    id: TaskId,
+    triaged: Triaged,
 }
 
 impl Running {
@@ -226,6 +241,117 @@ impl Running {
         turn.fx.writes.push(Write::Event(event));
         let fallback_reason = self.coordinator.is_llm().then_some(reason);
         Ok(Planned { tasks: ids, by: "rules".into(), fallback_reason })
+    }
+}
+
+impl Running {
+    /// Asks the coordinator, off the loop, what to do with a task that failed its last
+    /// attempt (its record is read once the turn that made it dead is durable).
+    pub(super) fn ask_triage(&mut self, id: TaskId) {
+        let coordinator = std::sync::Arc::clone(&self.coordinator);
+        let plan = self.sched.plan().clone();
+        let store = std::sync::Arc::clone(&self.store);
+        let reports = self.shell.reports.clone();
+        let stop = self.coordinator_stop.clone();
+        self.shell.tracker.spawn(async move {
+            let asked = async {
+                let task = match store.task(id).await {
+                    Ok(Some(task)) => Ok(task),
+                    Ok(None) => Err(format!("task {id} is not in the store")),
+                    Err(error) => Err(format!("cannot read task {id}: {error}")),
+                };
+                let triaged = match &task {
+                    // A triage's own task is not triaged again: a chain of retries would not end.
+                    Ok(task) if task.key.as_deref().is_some_and(|key| key.contains(".triage-")) => {
+                        Triaged { triage: Err("a task made by a triage is not triaged again".into()), usage: None }
+                    }
+                    Ok(task) => coordinator.triage(&plan, task).await,
+                    Err(reason) => Triaged { triage: Err(reason.clone()), usage: None },
+                };
+                TriagedTask { task, id, triaged }
+            };
+            let triaged = tokio::select! {
+                triaged = asked => triaged,
+                () = stop.cancelled() => return,
+            };
+            let _ = reports.send(Report::Triaged(Box::new(triaged)));
+        });
+    }
+
+    /// Applies the coordinator's triage of a failed task, with its event and usage.
+    pub(super) async fn triaged(&mut self, triaged: TriagedTask, turn: &mut Turn) -> Result<(), Error> {
+        let TriagedTask { task, id, triaged } = triaged;
+        self.coordinating -= 1;
+        if self.coordinating == 0 {
+            self.sched.stay_open(self.keep_open);
+        }
+        let now = self.clock.now();
+        if let Some(usage) = &triaged.usage
+            && let Ok(Some(parsed)) = Usage::from_report(usage)
+        {
+            self.sched.record_usage(COORDINATOR, None, parsed, usage.clone(), now, &mut turn.fx);
+        }
+        let workstream = task.as_ref().ok().and_then(|task| task.workstream.clone());
+        let decided = match (task, triaged.triage) {
+            (Ok(task), Ok(triage)) => self.apply_triage(&task, triage, turn).await?,
+            (_, Err(reason)) | (Err(reason), _) => Err(reason),
+        };
+        let event = match decided {
+            Ok(output) => EventKind::CoordinatorDecision {
+                decision: "triage".into(),
+                workstream,
+                task: Some(id),
+                input: json!({"task": id}),
+                output,
+                usage: triaged.usage.unwrap_or(Value::Null),
+            },
+            Err(reason) => {
+                EventKind::CoordinatorFallback { decision: "triage".into(), workstream, task: Some(id), reason }
+            }
+        };
+        turn.fx.writes.push(Write::Event(event));
+        Ok(())
+    }
+
+    /// Carries out a triage: what was done (the decision's output), or why it could not be.
+    async fn apply_triage(
+        &mut self,
+        task: &TaskRecord,
+        triage: Triage,
+        turn: &mut Turn,
+    ) -> Result<Result<Value, String>, Error> {
+        let now = self.clock.now();
+        let (new_tasks, output) = match triage {
+            Triage::GiveUp { reason } => return Ok(Ok(json!({"action": "give_up", "reason": reason}))),
+            Triage::Retry { agent: None, reason } => {
+                load_finished(&mut self.sched, self.store.as_ref(), &self.run_id, task.id).await?;
+                return Ok(match self.sched.retry(task.id, now, &mut turn.fx) {
+                    Ok(()) => Ok(json!({"action": "retry", "reason": reason})),
+                    Err(error) => Err(format!("the retry was refused: {error}")),
+                });
+            }
+            Triage::Retry { agent: Some(agent), reason } => match retry_on(self.sched.plan(), task, &agent) {
+                Ok(new) => (vec![new], json!({"action": "retry", "agent": agent, "reason": reason})),
+                Err(problem) => return Ok(Err(format!("invalid retry on `{agent}`: {problem}"))),
+            },
+            Triage::Split { tasks, reason } => {
+                let prefix = triage_key(task);
+                match proposal_tasks(self.sched.plan(), task.workstream.as_deref(), &prefix, &tasks) {
+                    Ok(new) => (new, json!({"action": "split", "reason": reason})),
+                    Err(problem) => return Ok(Err(format!("invalid split: {problem}"))),
+                }
+            }
+        };
+        let shown = new_tasks.clone();
+        let store = self.store.as_ref();
+        match create_tasks(&mut self.sched, store, &self.run_id, new_tasks, now, &mut turn.fx).await {
+            Ok(ids) => {
+                let mut output = output;
+                output["tasks"] = shown_tasks(&shown, &ids);
+                Ok(Ok(output))
+            }
+            Err(error) => Ok(Err(format!("invalid triage: {error}"))),
+        }
     }
 }
 

@@ -55,6 +55,9 @@ pub(super) struct Running {
     pub(super) keep_open: bool,
     /// Cancels the coordinator's calls when the run closes.
     pub(super) coordinator_stop: CancellationToken,
+    /// Tasks the coordinator was asked to triage: each once per start of the run, so that a
+    /// model that keeps answering `retry` cannot keep a task alive forever.
+    pub(super) triaged: std::collections::HashSet<baton_core::model::TaskId>,
 }
 
 /// Where the engine's inputs arrive.
@@ -182,6 +185,7 @@ impl Running {
             coordinating: 0,
             keep_open: options.keep_open,
             coordinator_stop: CancellationToken::new(),
+            triaged: std::collections::HashSet::new(),
         };
         running.plan_workstream_objectives().await?;
         Ok(running)

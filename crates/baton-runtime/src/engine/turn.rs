@@ -88,6 +88,7 @@ impl Running {
                 while let Some(report) = next {
                     match report {
                         Report::Coordinated(coordinated) => self.coordinated(*coordinated, turn).await?,
+                        Report::Triaged(triaged) => self.triaged(*triaged, turn).await?,
                         report => handle_report(&mut self.sched, &mut self.shell, report, now, &mut turn.fx),
                     }
                     next = self.inputs.reports.try_recv().ok();
@@ -222,8 +223,19 @@ impl Running {
     pub(super) async fn end_turn(&mut self, turn: Turn) -> Result<(), Error> {
         let Turn { mut fx, deferred, deferred_reload, deferred_planned } = turn;
         let now = self.clock.now();
+        // Tasks that failed their last attempt are the coordinator's to triage (llm mode): the
+        // run stays open until it has answered.
+        let mut dead = if self.coordinator.is_llm() { dead_lettered(&fx) } else { Vec::new() };
+        dead.retain(|task| self.triaged.insert(*task));
+        if !dead.is_empty() {
+            self.coordinating += dead.len();
+            self.sched.stay_open(true);
+        }
         self.sched.step(now, &mut fx);
         self.shell.perform(&mut self.sched, fx, now).await?;
+        for task in dead {
+            self.ask_triage(task);
+        }
         for (reply, result) in deferred {
             let _ = reply.send(result);
         }
@@ -279,11 +291,32 @@ pub(super) async fn create_tasks(
     Ok(ids)
 }
 
+/// The tasks this turn made dead.
+fn dead_lettered(fx: &Effects) -> Vec<TaskId> {
+    fx.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Task { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|event| match event {
+            EventKind::TaskDeadLettered { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A command names a task that is not in memory: a finished task (the scheduler holds only
 /// unfinished ones). Its record is loaded from the store, with the outcome of its
 /// dependencies, so that a retry can bring it back and a cancel is refused for the right
 /// reason.
-async fn load_finished(sched: &mut Scheduler, store: &dyn Store, run_id: &str, id: TaskId) -> Result<(), Error> {
+pub(super) async fn load_finished(
+    sched: &mut Scheduler,
+    store: &dyn Store,
+    run_id: &str,
+    id: TaskId,
+) -> Result<(), Error> {
     if sched.task(id).is_some() {
         return Ok(());
     }
@@ -330,7 +363,9 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
             let _ = sched.agent_failed(&agent, error.message, error.kind, now, fx);
         }
         // Applied by `Running::coordinated`, which needs the store; never handed here.
-        Report::Coordinated(_) => tracing::warn!("a coordinator's answer reached the wrong handler"),
+        Report::Coordinated(_) | Report::Triaged(_) => {
+            tracing::warn!("a coordinator's answer reached the wrong handler");
+        }
     }
 }
 

@@ -249,3 +249,73 @@ async fn an_objective_is_planned_once_per_run() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// A plan whose task `build` fails on `flaky`; `steady` can do the same work.
+fn failing_plan(url: &str) -> Plan {
+    let text = format!(
+        r#"
+[orchestration]
+name = "triage"
+
+[llm.providers.standin]
+kind = "anthropic"
+base_url = "{url}"
+api_key_env = "STANDIN_KEY"
+
+[coordinator]
+{LLM}
+
+[[agents]]
+name = "flaky"
+capabilities = ["build"]
+command = ["sh", "-c", "exit 3"]
+
+[[agents]]
+name = "steady"
+capabilities = ["check"]
+command = ["sh", "-c", "echo built"]
+
+[[tasks]]
+key = "build"
+title = "Build"
+agent = "flaky"
+max_attempts = 1
+"#
+    );
+    config::load("baton.toml", &text, &env()).unwrap_or_else(|error| panic!("{error}"))
+}
+
+#[tokio::test]
+async fn a_failed_task_is_retried_elsewhere_when_the_coordinator_says_so() {
+    let answer = json!({"action": "retry", "agent": "steady", "reason": "flaky keeps failing"}).to_string();
+    let standin = Standin::start(vec![Reply::Stream(standin::anthropic_text(&answer, 300, 40, 0, 0))]);
+    let ended = run(failing_plan(&standin.url), env()).await;
+    let tasks = ended.tasks().await;
+    let [build, retry] = tasks.as_slice() else { panic!("the task and its retry: {tasks:?}") };
+    assert_eq!(build.state, TaskState::Dead);
+    assert_eq!((retry.agent.as_deref(), retry.state), (Some("steady"), TaskState::Succeeded), "{retry:?}");
+    assert_eq!(retry.key.as_deref(), Some("build.triage-1"));
+    let events = ended.coordinator_events().await;
+    let [Event { kind: EventKind::CoordinatorDecision { decision, task, output, .. }, .. }] = events.as_slice() else {
+        panic!("one decision: {events:?}")
+    };
+    assert_eq!((decision.as_str(), *task), ("triage", Some(build.id)));
+    assert_eq!((output["action"].as_str(), output["agent"].as_str()), (Some("retry"), Some("steady")));
+    let asked = standin.received()[0].body.to_string();
+    assert!(asked.contains("Why it failed: ") && asked.contains("(last agent: flaky)"), "{asked}");
+}
+
+#[tokio::test]
+async fn a_triage_that_is_not_understood_leaves_the_task_failed() {
+    let standin = Standin::start(vec![Reply::Stream(standin::anthropic_text("{\"action\": \"pray\"}", 10, 5, 0, 0))]);
+    let ended = run(failing_plan(&standin.url), env()).await;
+    assert_eq!(ended.summary.state, RunState::Failed);
+    let tasks = ended.tasks().await;
+    assert_eq!(tasks.len(), 1);
+    let events = ended.coordinator_events().await;
+    let [Event { kind: EventKind::CoordinatorFallback { decision, reason, .. }, .. }] = events.as_slice() else {
+        panic!("one fallback: {events:?}")
+    };
+    assert_eq!(decision, "triage");
+    assert!(reason.contains("not a triage"), "{reason}");
+}
