@@ -183,13 +183,13 @@ fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
     if let Some(Err(problem)) = loaded.plan.auth.as_ref().map(|auth| auth.secret(&env)) {
         problems.push(problem);
     }
-    if !problems.is_empty() {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
-    }
     // What the coordinator lacks is said, not refused: the rules plan objectives instead.
     for note in baton_runtime::check::coordinator_notes(&loaded.plan, &env) {
         errln!("note: {note}");
+    }
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
     }
     if json {
         outln!("{}", serde_json::to_string_pretty(&loaded.plan).context("serializing the plan")?);

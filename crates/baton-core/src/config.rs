@@ -418,6 +418,12 @@ impl Plan {
                     ws.priority,
                     if agents.is_empty() { "shared".to_string() } else { agents.join(", ") }
                 ));
+                if let Some(objective) = &ws.objective {
+                    let shown: String = objective.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let cut: String = shown.chars().take(100).collect();
+                    let more = if cut.len() < shown.len() { "…" } else { "" };
+                    text.push_str(&format!("    objective (planned by the coordinator): {cut}{more}\n"));
+                }
             }
             if idx == 0 && !unassigned.is_empty() {
                 text.push_str(&format!("  (no workstream): {} task(s)\n", unassigned.len()));
@@ -448,6 +454,14 @@ impl Plan {
             text.push_str(&format!(
                 "schedule {}: `{}` ({}), overlap {}, missed {}{paused}: {}\n",
                 schedule.name, schedule.cron, schedule.timezone, schedule.overlap, schedule.missed, schedule.task.title
+            ));
+        }
+        if self.coordinator.is_llm() {
+            let provider = self.coordinator.provider.as_ref().map_or("none", |provider| provider.name.as_str());
+            text.push_str(&format!(
+                "coordinator: llm (provider {provider}, model `{}`, timeout {}), falls back to the rules\n",
+                self.coordinator.model,
+                format_duration(self.coordinator.timeout)
             ));
         }
         text.push_str(&format!(
