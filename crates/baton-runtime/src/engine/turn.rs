@@ -21,6 +21,9 @@ use super::{Command, Control, Deferred, Error, Planned, refused, store_refusal};
 use crate::agent::{AgentEvent, AgentRequest, Reply, RequestError};
 use crate::postoffice::PostOffice;
 
+/// An answer about an objective, sent once what it created is durable.
+pub(super) type DeferredPlanned = (oneshot::Sender<Result<Planned, Error>>, Result<Planned, Error>);
+
 /// What one turn decided, and the answers that wait until it is durable.
 #[derive(Default)]
 pub(super) struct Turn {
@@ -29,7 +32,7 @@ pub(super) struct Turn {
     deferred: Vec<Deferred>,
     deferred_reload: Option<(oneshot::Sender<Result<ReloadSummary, Error>>, ReloadSummary)>,
     /// Answers about objectives planned in this turn.
-    pub(super) deferred_planned: Vec<(oneshot::Sender<Result<Planned, Error>>, Result<Planned, Error>)>,
+    pub(super) deferred_planned: Vec<DeferredPlanned>,
 }
 
 impl Running {
