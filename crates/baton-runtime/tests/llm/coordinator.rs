@@ -319,3 +319,50 @@ async fn a_triage_that_is_not_understood_leaves_the_task_failed() {
     assert_eq!(decision, "triage");
     assert!(reason.contains("not a triage"), "{reason}");
 }
+
+/// A run stopped after its objective was planned, then resumed, asks no one again: the
+/// objective's tasks are found by their keys.
+#[tokio::test]
+async fn a_resumed_run_does_not_plan_its_objective_again() {
+    let answer = json!([{"key": "draft", "title": "Draft", "requires": ["write"]}]);
+    let standin = Standin::start(vec![proposal(answer)]);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("baton.db"), baton_store::sqlite::Options::default()).expect("a store"),
+    );
+    let start = |plan: Plan| {
+        let runtimes = engine::process_runtimes(process_env(dir.path()));
+        let mut options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
+        options.coordinator_env = env();
+        options.keep_open = true;
+        let (engine, handle) = Engine::new(options);
+        let shutdown = CancellationToken::new();
+        (tokio::spawn(engine.run(shutdown.clone())), handle, shutdown)
+    };
+    let (first, handle, shutdown) = start(plan(&standin.url, LLM));
+    let run_id = handle.run_id().wait_for(Option::is_some).await.unwrap().clone().unwrap();
+    let task = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Some(task) = store.tasks(&run_id, &Default::default()).await.unwrap().into_iter().next() {
+                return task;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the objective is planned within 30 s");
+    super::common::ended(&store, task.id).await;
+    shutdown.cancel();
+    assert_eq!(first.await.unwrap().unwrap().state, RunState::Interrupted);
+
+    let (second, handle, shutdown) = start(plan(&standin.url, LLM));
+    let resumed = handle.run_id().wait_for(Option::is_some).await.unwrap().clone().unwrap();
+    assert_eq!(resumed, run_id, "the same run, resumed");
+    // A command answered after the open: the objectives were looked at by then.
+    let again = handle.plan_objective("docs".into(), "Release notes for 1.2, reviewed".into()).await;
+    assert!(matches!(again, Err(Error::AlreadyPlanned(_))), "{again:?}");
+    shutdown.cancel();
+    second.await.unwrap().unwrap();
+    assert_eq!(standin.received().len(), 1, "asked once, by the first start");
+    assert_eq!(store.tasks(&run_id, &Default::default()).await.unwrap().len(), 1);
+}
