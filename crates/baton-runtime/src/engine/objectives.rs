@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use baton_core::EventKind;
-use baton_core::budget::Usage;
+use baton_core::budget::{Scope, Usage};
 use baton_core::coordinator::{
     Triage, fallback_task, objective_key, planned_keys, proposal_tasks, retry_on, triage_key,
 };
@@ -138,8 +138,14 @@ impl Running {
         let plan = self.sched.plan().clone();
         let reports = self.shell.reports.clone();
         let stop = self.coordinator_stop.clone();
+        let refusal = self.budget_refusal();
         self.shell.tracker.spawn(async move {
-            let asked = coordinator.decompose(&plan, &workstream, &objective, &prefix);
+            let asked = async {
+                match refusal {
+                    Some(reason) => Decomposed { tasks: Err(reason), asked: false, usage: None },
+                    None => coordinator.decompose(&plan, &workstream, &objective, &prefix).await,
+                }
+            };
             let decomposed = tokio::select! {
                 decomposed = asked => decomposed,
                 () = stop.cancelled() => return,
@@ -147,6 +153,13 @@ impl Running {
             let coordinated = Coordinated { workstream, objective, prefix, decomposed, reply };
             let _ = reports.send(Report::Coordinated(Box::new(coordinated)));
         });
+    }
+
+    /// Why the model must not be asked now: the global budget is spent (its tokens would
+    /// count against it). Only in llm mode: the rules cost nothing.
+    fn budget_refusal(&self) -> Option<String> {
+        let exhausted = self.coordinator.is_llm() && self.sched.budgets().exhausted(&Scope::Global);
+        exhausted.then(|| "budget: the global budget is spent until its reset".to_string())
     }
 
     /// Applies the coordinator's answer: its tasks, or the rules' one task, with the event and
@@ -253,8 +266,16 @@ impl Running {
         let store = std::sync::Arc::clone(&self.store);
         let reports = self.shell.reports.clone();
         let stop = self.coordinator_stop.clone();
+        let refusal = self.budget_refusal();
         self.shell.tracker.spawn(async move {
             let asked = async {
+                if let Some(reason) = refusal {
+                    return TriagedTask {
+                        task: Err(reason.clone()),
+                        id,
+                        triaged: Triaged { triage: Err(reason), usage: None },
+                    };
+                }
                 let task = match store.task(id).await {
                     Ok(Some(task)) => Ok(task),
                     Ok(None) => Err(format!("task {id} is not in the store")),

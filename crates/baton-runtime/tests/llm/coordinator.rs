@@ -366,3 +366,34 @@ async fn a_resumed_run_does_not_plan_its_objective_again() {
     assert_eq!(standin.received().len(), 1, "asked once, by the first start");
     assert_eq!(store.tasks(&run_id, &Default::default()).await.unwrap().len(), 1);
 }
+
+/// Once the global budget is spent (here by the coordinator itself), the model is not asked:
+/// the rules plan the next objective, saying why.
+#[tokio::test]
+async fn a_spent_budget_falls_back_without_asking() {
+    let answer = json!([{"key": "draft", "title": "Draft", "requires": ["write"]}]);
+    let standin = Standin::start(vec![proposal(answer)]);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("baton.db"), baton_store::sqlite::Options::default()).expect("a store"),
+    );
+    let text = format!("{LLM}\n\n[budget]\ndaily_tokens = 500\n");
+    let mut plan = plan(&standin.url, &text);
+    plan.workstreams[0].objective = None;
+    let runtimes = engine::process_runtimes(process_env(dir.path()));
+    let mut options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    options.coordinator_env = env();
+    options.keep_open = true;
+    let (engine, handle) = Engine::new(options);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(engine.run(shutdown.clone()));
+
+    let first = handle.plan_objective("docs".into(), "Write the notes".into()).await.unwrap();
+    assert_eq!(first.by, "llm", "820 tokens spent of 500");
+    let second = handle.plan_objective("docs".into(), "Review the notes".into()).await.unwrap();
+    assert_eq!(second.by, "rules");
+    assert_eq!(second.fallback_reason.as_deref(), Some("budget: the global budget is spent until its reset"));
+    assert_eq!(standin.received().len(), 1, "not asked the second time");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
