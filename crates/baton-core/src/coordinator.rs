@@ -156,7 +156,8 @@ pub fn proposal_tasks(
 /// The rules' plan for an objective: one task, keyed `PREFIX`, that any agent of the
 /// workstream (or a shared one) may take.
 pub fn fallback_task(plan: &Plan, workstream: &str, prefix: &str, objective: &str) -> Result<NewTask, String> {
-    let title: String = objective.chars().take(120).collect();
+    // One line: an objective written over several lines is still a title.
+    let title: String = objective.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(120).collect();
     let input = TaskInput {
         key: Some(prefix.to_string()),
         title,

@@ -166,7 +166,7 @@ impl Running {
     /// the usage.
     pub(super) async fn coordinated(&mut self, coordinated: Coordinated, turn: &mut Turn) -> Result<(), Error> {
         let Coordinated { workstream, objective, prefix, decomposed, reply } = coordinated;
-        self.coordinating -= 1;
+        self.coordinating = self.coordinating.saturating_sub(1);
         if self.coordinating == 0 {
             self.sched.stay_open(self.keep_open);
         }
@@ -302,7 +302,7 @@ impl Running {
     /// Applies the coordinator's triage of a failed task, with its event and usage.
     pub(super) async fn triaged(&mut self, triaged: TriagedTask, turn: &mut Turn) -> Result<(), Error> {
         let TriagedTask { task, id, triaged } = triaged;
-        self.coordinating -= 1;
+        self.coordinating = self.coordinating.saturating_sub(1);
         if self.coordinating == 0 {
             self.sched.stay_open(self.keep_open);
         }
