@@ -361,6 +361,16 @@ impl Client {
         created.ids.first().copied().ok_or_else(|| Failure::run("POST /tasks: the server created no task"))
     }
 
+    /// Turns an objective into tasks (`POST /objectives`).
+    pub async fn plan_objective(
+        &self,
+        objective: &str,
+        workstream: &str,
+    ) -> Result<baton_ops::tasks::ObjectivePlan, Failure> {
+        let body = serde_json::json!({ "objective": objective, "workstream": workstream });
+        self.post("/objectives", Some(&body)).await
+    }
+
     pub async fn cancel_task(&self, id: TaskId, reason: &str) -> Result<TaskRecord, Failure> {
         self.post(&format!("/tasks/{id}/cancel"), Some(&serde_json::json!({ "reason": reason }))).await
     }

@@ -62,6 +62,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Tool { action } => tools::tool(&cli, action).await,
         Command::Conflicts { json, run } => conflicts(&cli, *json, run.as_deref()).await,
         Command::Budget { action, json, run } => budget::budget(&cli, action.as_ref(), *json, run.as_deref()).await,
+        Command::Plan { objective, workstream, run, json } => {
+            plan_objective(&cli, objective, workstream, run.as_deref(), *json).await
+        }
         Command::Send { text, data, run } => send(&cli, text, data.as_deref(), run.as_deref()).await,
         Command::Messages { action: Some(crate::MessagesAction::Redeliver { ids, dead, run }), .. } => {
             redeliver(&cli, ids, *dead, run.as_deref()).await
@@ -180,6 +183,10 @@ fn check(cli: &Cli, json: bool) -> Result<u8, Failure> {
     if let Some(Err(problem)) = loaded.plan.auth.as_ref().map(|auth| auth.secret(&env)) {
         problems.push(problem);
     }
+    // What the coordinator lacks is said, not refused: the rules plan objectives instead.
+    for note in baton_runtime::check::coordinator_notes(&loaded.plan, &env) {
+        errln!("note: {note}");
+    }
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         return Err(Failure::usage(format!("{}\n{} is not valid", lines.join("\n"), cli.config.display())));
@@ -234,6 +241,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
     let runtimes = hub.runtimes(engine::agent_runtimes(process_env, Some(external), Default::default()));
     let mut options = EngineOptions::new(loaded.plan.clone(), Arc::clone(&store), runtimes);
     options.tools = tools;
+    options.coordinator_env = env.clone();
     options.fresh = fresh;
     options.shutdown_grace = grace;
     options.clock = clock;
@@ -609,6 +617,29 @@ async fn add_task(cli: &Cli, args: &crate::TaskArgs) -> Result<u8, Failure> {
     let body = serde_json::to_value(&input).context("serializing the task")?;
     let id = client.add_task(&body).await?;
     outln!("task {id} added ({key})");
+    Ok(0)
+}
+
+/// `baton plan "OBJECTIVE" --workstream W`: through the API of the process executing the run
+/// (`POST /objectives`), which asks the coordinator and creates the tasks.
+async fn plan_objective(
+    cli: &Cli,
+    objective: &str,
+    workstream: &str,
+    run: Option<&str>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let client = source::front_door(cli, run).await?;
+    let planned = client.plan_objective(objective, workstream).await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&planned).context("serializing the plan")?);
+        return Ok(0);
+    }
+    let ids: Vec<String> = planned.tasks.iter().map(ToString::to_string).collect();
+    if let Some(reason) = &planned.fallback_reason {
+        outln!("the coordinator fell back to the rules: {reason}");
+    }
+    outln!("{} task(s) created by the {}: {}", ids.len(), planned.by, ids.join(", "));
     Ok(0)
 }
 

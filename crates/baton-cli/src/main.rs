@@ -219,6 +219,22 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Turn an objective into tasks of a workstream, through the running `baton run` or
+    /// `baton serve`: the coordinator's model proposes them (`[coordinator] mode = "llm"`), or
+    /// the rules make one task; prints the tasks and why the rules decided.
+    Plan {
+        /// What to achieve: "Release notes for 1.2, reviewed".
+        objective: String,
+        /// The workstream the tasks belong to.
+        #[arg(long)]
+        workstream: String,
+        /// A run id; the latest run of the plan by default.
+        #[arg(long)]
+        run: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a chat message to the agents it @mentions, through the running `baton run` or
     /// `baton serve`: a message for a worker, a task for a per-task or terminal agent.
     Send {

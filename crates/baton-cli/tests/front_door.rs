@@ -194,3 +194,37 @@ fn through_the_socket_the_local_user_needs_no_token() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
 }
+
+/// `baton plan` reaches the running run's coordinator: with `mode = "llm"` and no provider it
+/// falls back to the rules and says why; the same objective again is refused (exit 2).
+#[tokio::test]
+async fn baton_plan_turns_an_objective_into_tasks_through_the_socket() {
+    let plan = format!("{PLAN}\n[coordinator]\nmode = \"llm\"\n\n[[workstreams]]\nname = \"ops\"\n");
+    let project = Project::with(&plan, &[]);
+    let check = project.baton(&["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    assert!(stderr(&check).contains("note: baton.toml:"), "{}", stderr(&check));
+    assert!(stderr(&check).contains("names no provider"), "{}", stderr(&check));
+
+    let (child, mut lines) = project.spawn(&["run"]);
+    lines.wait_for("task hold claimed by holder");
+    project.wait_for_front_door();
+    let planned = project.baton(&["plan", "Say hello", "--workstream", "ops"]);
+    assert_eq!(planned.status.code(), Some(0), "{}", stderr(&planned));
+    let text = stdout(&planned);
+    assert!(text.contains("the coordinator fell back to the rules: no provider configured"), "{text}");
+    assert!(text.contains("1 task(s) created by the rules: "), "{text}");
+    let again = project.baton(&["plan", "Say hello", "--workstream", "ops"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("planned already"), "{}", stderr(&again));
+
+    std::fs::write(project.path().join("release"), "").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let store = project.store();
+    let run = store.latest_run(None).await.unwrap().unwrap();
+    let tasks =
+        store.tasks(&run.id, &TaskFilter { workstream: Some("ops".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].state, TaskState::Succeeded);
+}

@@ -48,12 +48,23 @@ impl ConflictPolicy {
     }
 }
 
-/// How tasks are assigned. Only the rule-based coordinator exists so far.
+/// Who decomposes objectives and triages failed tasks: the rules (routing by capability), or
+/// a model that falls back to the rules on any failure (`[coordinator]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Coordinator {
     #[default]
     Rules,
+    Llm,
+}
+
+impl Coordinator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coordinator::Rules => "rules",
+            Coordinator::Llm => "llm",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,6 +221,10 @@ pub struct WorkstreamSpec {
     pub description: String,
     pub priority: Priority,
     pub depends_on: Vec<String>,
+    /// What the workstream is for, turned into tasks by the coordinator at the start of the
+    /// run (once: the tasks it made are keyed by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -359,6 +374,8 @@ pub struct Plan {
     pub llm: LlmSettings,
     /// `[a2a]`: the A2A server's settings (the hosts push notifications may go to).
     pub a2a: A2aSettings,
+    /// `[coordinator]`: the rules, or a model that falls back to them.
+    pub coordinator: CoordinatorSpec,
 }
 
 impl Plan {
@@ -410,6 +427,12 @@ impl Plan {
                     ws.priority,
                     if agents.is_empty() { "shared".to_string() } else { agents.join(", ") }
                 ));
+                if let Some(objective) = &ws.objective {
+                    let shown: String = objective.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let cut: String = shown.chars().take(100).collect();
+                    let more = if cut.len() < shown.len() { "…" } else { "" };
+                    text.push_str(&format!("    objective (planned by the coordinator): {cut}{more}\n"));
+                }
             }
             if idx == 0 && !unassigned.is_empty() {
                 text.push_str(&format!("  (no workstream): {} task(s)\n", unassigned.len()));
@@ -440,6 +463,14 @@ impl Plan {
             text.push_str(&format!(
                 "schedule {}: `{}` ({}), overlap {}, missed {}{paused}: {}\n",
                 schedule.name, schedule.cron, schedule.timezone, schedule.overlap, schedule.missed, schedule.task.title
+            ));
+        }
+        if self.coordinator.is_llm() {
+            let provider = self.coordinator.provider.as_ref().map_or("none", |provider| provider.name.as_str());
+            text.push_str(&format!(
+                "coordinator: llm (provider {provider}, model `{}`, timeout {}), falls back to the rules\n",
+                self.coordinator.model,
+                format_duration(self.coordinator.timeout)
             ));
         }
         text.push_str(&format!(
@@ -628,6 +659,7 @@ fn is_placeholder_name(name: &str) -> bool {
 
 mod a2a;
 mod budget;
+mod coordinator;
 mod diagnostics;
 mod json;
 mod kind;
@@ -641,6 +673,7 @@ mod server;
 mod validate;
 
 pub use a2a::A2aSettings;
+pub use coordinator::{CoordinatorSpec, DEFAULT_COORDINATOR_MAX_TOKENS, DEFAULT_COORDINATOR_TIMEOUT};
 use diagnostics::Locator;
 pub use diagnostics::{Diagnostic, Error, Location, unknown};
 pub use json::{agent_from_json, agent_update_from_json};

@@ -264,6 +264,26 @@ pub enum EventKind {
     ConfigRejected {
         errors: String,
     },
+    /// The coordinator's model decided: an objective turned into tasks (`decision` is
+    /// `decompose`), or a failed task triaged (`triage`). `input` is what it was asked about,
+    /// `output` what it chose (the tasks, with their ids), `usage` its tokens and cost.
+    CoordinatorDecision {
+        decision: String,
+        workstream: Option<String>,
+        task: Option<TaskId>,
+        input: serde_json::Value,
+        output: serde_json::Value,
+        usage: serde_json::Value,
+    },
+    /// The coordinator fell back to the rules (an objective is one task routed by capability;
+    /// a failed task stays failed), and why: no provider, its key not set, a timeout, an API
+    /// error, an answer that is not the JSON asked for, or a proposal that failed validation.
+    CoordinatorFallback {
+        decision: String,
+        workstream: Option<String>,
+        task: Option<TaskId>,
+        reason: String,
+    },
 }
 
 impl EventKind {
@@ -295,6 +315,7 @@ impl EventKind {
             EventKind::UsageReported { task, .. } => *task,
             EventKind::ScheduleFired { task, .. } => Some(*task),
             EventKind::TaskBudgetWait { task, .. } => Some(*task),
+            EventKind::CoordinatorDecision { task, .. } | EventKind::CoordinatorFallback { task, .. } => *task,
             _ => None,
         }
     }
@@ -493,6 +514,14 @@ impl EventKind {
             }
             EventKind::ConfigRejected { errors } => {
                 format!("configuration change rejected, the running one stays: {errors}")
+            }
+            EventKind::CoordinatorDecision { decision, workstream, output, .. } => {
+                let about = workstream.as_deref().map_or_else(String::new, |ws| format!(" for workstream `{ws}`"));
+                format!("coordinator decided ({decision}){about}: {output}")
+            }
+            EventKind::CoordinatorFallback { decision, workstream, reason, .. } => {
+                let about = workstream.as_deref().map_or_else(String::new, |ws| format!(" for workstream `{ws}`"));
+                format!("coordinator fell back to the rules ({decision}){about}: {reason}")
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod config;
+pub mod coordinator;
 pub mod event;
 pub mod graph;
 pub mod messages;

@@ -150,6 +150,33 @@ pub fn is_valid_key(key: &str) -> bool {
         && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Whether some agent of `agents` can run `task` (its workstream's or a shared one, with every
+/// capability it requires, the pinned one if it is pinned); else who is missing, e.g. "no
+/// agent of workstream `docs` or shared has [review]". Checked for baton.toml's tasks and the
+/// coordinator's proposals, whose agents are known when they are made.
+pub fn assignable(task: &NewTask, agents: &[AgentSpec]) -> Result<(), String> {
+    let workstream = task.workstream.as_deref();
+    let pinned = task.agent.as_deref();
+    let requires = &task.requires;
+    // An agent that learns its capabilities at start (an A2A agent's card) may have them.
+    let able = |agent: &AgentSpec| {
+        agent.can_run(workstream, requires, pinned)
+            || (agent.learns_capabilities() && agent.can_run(workstream, &[], pinned))
+    };
+    if agents.iter().any(able) {
+        return Ok(());
+    }
+    let scope = match workstream {
+        Some(ws) => format!("of workstream `{ws}` or shared"),
+        None => "without a workstream".to_string(),
+    };
+    let needs = if requires.is_empty() { "any capability".to_string() } else { format!("[{}]", requires.join(", ")) };
+    Err(match pinned {
+        Some(agent) => format!("pinned agent `{agent}` cannot run it"),
+        None => format!("no agent {scope} has {needs}"),
+    })
+}
+
 /// Checks a task against a plan and fills in its defaults; the first problem found.
 pub fn new_task(input: TaskInput, catalog: Catalog<'_>) -> Result<NewTask, Error> {
     let (task, mut errors) = check(input, catalog);

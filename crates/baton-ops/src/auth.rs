@@ -57,6 +57,9 @@ pub enum Action {
     CreateTasks,
     /// Cancel or retry a task.
     ControlTasks,
+    /// `POST /objectives`: an objective turned into tasks by the coordinator (a model's
+    /// tokens are spent on it).
+    PlanObjectives,
     /// `GET /agents`, `GET /agents/{name}`: configuration (never a secret's value) and state.
     ReadAgents,
     /// Add, update, remove, start, stop or restart an agent.
@@ -116,6 +119,7 @@ pub const TABLE: &[(Action, [Grant; 4])] = {
         (ReadTasks, [All, All, All, Own]),
         (CreateTasks, [All, All, No, All]),
         (ControlTasks, [All, All, No, No]),
+        (PlanObjectives, [All, All, No, No]),
         (ReadAgents, [All, All, All, All]),
         (ManageAgents, [All, All, No, No]),
         (ReadAgentLogs, [All, All, All, Own]),

@@ -135,6 +135,7 @@ impl From<baton_runtime::engine::Error> for Error {
             }
             Engine::Stopped => Error::unavailable(error.to_string()),
             Engine::Invalid(message) => Error::invalid(message),
+            Engine::AlreadyPlanned(message) => Error::new(ErrorKind::Conflict, message),
             Engine::Store(error) => error.into(),
             other => Error::new(ErrorKind::Internal, other.to_string()),
         }

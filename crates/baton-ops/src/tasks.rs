@@ -64,6 +64,31 @@ pub struct TaskDetail {
     pub transcript: Vec<baton_core::transcript::Entry>,
 }
 
+/// An objective for the coordinator to turn into tasks of a workstream.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveInput {
+    /// What to achieve, in a few sentences.
+    #[schema(min_length = 1)]
+    pub objective: String,
+    /// The workstream the tasks belong to.
+    #[schema(min_length = 1)]
+    pub workstream: String,
+}
+
+/// What the coordinator made of an objective.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ObjectivePlan {
+    /// The tasks created, in the proposal's order.
+    #[schema(value_type = Vec<i64>)]
+    pub tasks: Vec<TaskId>,
+    /// `llm` when the model's proposal was taken, `rules` when one task was made by the rules.
+    pub by: String,
+    /// Why the rules decided although `[coordinator] mode = "llm"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelInput {
@@ -103,6 +128,18 @@ impl Ops {
         let task = self.new_task(input, None)?;
         let ids = self.engine()?.create_tasks(vec![task]).await?;
         ids.first().copied().ok_or_else(|| Error::new(crate::ErrorKind::Internal, "the engine created no task"))
+    }
+
+    /// Turns an objective into tasks of a workstream through the coordinator: a model's
+    /// proposal, checked as any batch, or one task by the rules (with the reason). Refused as
+    /// a conflict when the run planned the same objective already.
+    pub async fn plan_objective(&self, caller: &Caller, input: ObjectiveInput) -> Result<ObjectivePlan> {
+        caller.require(Action::PlanObjectives)?;
+        if input.objective.trim().is_empty() {
+            return Err(Error::invalid("`objective` must not be empty: say what the tasks should achieve"));
+        }
+        let planned = self.engine()?.plan_objective(input.workstream, input.objective).await?;
+        Ok(ObjectivePlan { tasks: planned.tasks, by: planned.by, fallback_reason: planned.fallback_reason })
     }
 
     /// Tasks, with filters and paging by id. An agent token lists its own.

@@ -15,7 +15,7 @@ use baton_ops::auth::TABLE;
 use baton_ops::events::{AuditParams, EventFilter};
 use baton_ops::messages::{ChatMessage, MessageQuery};
 use baton_ops::schedules::LimitInput;
-use baton_ops::tasks::{CancelInput, TaskInput, TaskQuery};
+use baton_ops::tasks::{CancelInput, ObjectiveInput, TaskInput, TaskQuery};
 use baton_ops::{Action, Caller, ErrorKind, Grant, Ops, OpsOptions, Role};
 use baton_store::{NewRun, Store};
 
@@ -115,6 +115,14 @@ fn operations() -> Vec<(Action, &'static str, Call)> {
             Action::ControlTasks,
             "cancel",
             call(|ops: Ops, c: Caller| async move { ops.cancel_task(&c, TaskId(1), CancelInput::default()).await }),
+        ),
+        (
+            Action::PlanObjectives,
+            "plan objective",
+            call(|ops: Ops, c: Caller| async move {
+                let input = ObjectiveInput { objective: "Ship it".into(), workstream: "build".into() };
+                ops.plan_objective(&c, input).await
+            }),
         ),
         (Action::ControlTasks, "retry", call(|ops: Ops, c: Caller| async move { ops.retry_task(&c, TaskId(1)).await })),
         (Action::ReadTasks, "conflicts", call(|ops: Ops, c: Caller| async move { ops.conflicts(&c).await })),

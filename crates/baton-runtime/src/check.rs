@@ -34,6 +34,29 @@ fn is_executable(path: &Path) -> bool {
 
 const SCRIPT_EXTENSIONS: &[&str] = &["sh", "bash", "py", "js", "mjs", "rb", "pl", "ts"];
 
+/// What the coordinator lacks to ask its model (`[coordinator] mode = "llm"`): no provider, or
+/// its key is not set. Not errors: the rules plan objectives then, and the run says so with a
+/// `CoordinatorFallback` event.
+pub fn coordinator_notes(plan: &Plan, env: &BTreeMap<String, String>) -> Vec<Diagnostic> {
+    let spec = &plan.coordinator;
+    if !spec.is_llm() {
+        return Vec::new();
+    }
+    let message = match &spec.provider {
+        None => Some(
+            "coordinator: mode = \"llm\" names no provider; objectives will be planned by the rules (one task each): set [coordinator] provider and model"
+                .to_string(),
+        ),
+        Some(provider) => provider.api_key_env.as_ref().filter(|var| env.get(*var).is_none_or(|key| key.is_empty())).map(|var| {
+            format!(
+                "coordinator: provider `{}` reads its API key from {var}, which is not set; objectives will be planned by the rules (one task each) until you export {var}",
+                provider.name
+            )
+        }),
+    };
+    message.map(|message| Diagnostic { location: spec.location.clone(), message }).into_iter().collect()
+}
+
 /// Checks every agent's command and working directory. `base_dir` is the configuration file's
 /// directory; `env` is Baton's environment.
 pub fn check_environment(plan: &Plan, base_dir: &Path, env: &BTreeMap<String, String>) -> Vec<Diagnostic> {

@@ -14,6 +14,7 @@ pub mod brief;
 pub mod check;
 pub mod clock;
 pub mod config_file;
+pub mod coordinator;
 pub mod engine;
 pub mod llm;
 pub mod mcp;

@@ -33,6 +33,7 @@ export const state = {
 const ACTIONS = {
   CreateTasks: "create tasks",
   ControlTasks: "cancel or retry tasks",
+  PlanObjectives: "plan objectives",
   ManageAgents: "add, change, remove, start, stop or restart agents",
   SendMessages: "send messages",
   ControlMessages: "redeliver messages",

@@ -728,7 +728,7 @@ const EVENT_TYPES = [
   "TaskResumed", "ScheduleFired", "ScheduleSkipped", "SchedulePaused", "ScheduleResumed", "ConflictDeferred",
   "ResourceLeased", "ResourceReleased", "MessageSent", "MessageDeadLettered", "MessageRedelivered", "UsageReported",
   "BudgetThreshold", "TaskBudgetWait", "BudgetReset", "BudgetLimitSet", "AgentAdded", "AgentUpdated", "AgentRemoved",
-  "WorkstreamAdded", "ConfigReloaded", "ConfigRejected",
+  "WorkstreamAdded", "ConfigReloaded", "ConfigRejected", "CoordinatorDecision", "CoordinatorFallback",
 ];
 
 function events({ root }) {

@@ -16,7 +16,9 @@ pub use baton_ops::agents::AgentInfo;
 pub use baton_ops::conflicts::{Conflicts, Held, Waiting};
 pub use baton_ops::events::AuditParams;
 pub use baton_ops::status::{Health, PlanView, Status, WorkstreamView};
-pub use baton_ops::tasks::{CancelInput, Created, TaskBatch, TaskDetail, TaskInput, TaskPage, TaskQuery};
+pub use baton_ops::tasks::{
+    CancelInput, Created, ObjectiveInput, ObjectivePlan, TaskBatch, TaskDetail, TaskInput, TaskPage, TaskQuery,
+};
 pub use baton_ops::tools::{ServerView, ToolCallResult, ToolList, ToolQuery, ToolView};
 
 use crate::auth::{Action, Caller, Role};
@@ -45,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/plan", get(plan))
         .route("/tasks", get(list_tasks).post(create_task))
         .route("/tasks/batch", post(create_tasks))
+        .route("/objectives", post(plan_objective))
         .route("/tasks/{id}", get(get_task))
         .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/tasks/{id}/retry", post(retry_task))
@@ -116,6 +119,24 @@ pub async fn create_tasks(
 ) -> Result<Response, ApiError> {
     let ids = state.ops().create_tasks(&caller, batch.tasks).await?;
     Ok((StatusCode::CREATED, axum::Json(Created { ids })).into_response())
+}
+
+/// Turns an objective into tasks of a workstream: the coordinator's model proposes them
+/// (checked as a batch), or, in rules mode and on any failure of the model, one task routed
+/// by capability is made, with the reason in `fallback_reason` and a `CoordinatorFallback`
+/// event.
+#[utoipa::path(post, path = "/objectives", tag = "tasks", request_body = ObjectiveInput,
+    responses((status = 201, body = ObjectivePlan), (status = 400, description = "an empty objective, an unknown workstream", body = crate::error::ErrorBody),
+        (status = 403, body = crate::error::ErrorBody),
+        (status = 409, description = "the run planned this objective already", body = crate::error::ErrorBody),
+        (status = 503, description = "the run is not executing here", body = crate::error::ErrorBody)))]
+pub async fn plan_objective(
+    State(state): State<AppState>,
+    caller: Extension<Caller>,
+    Body(input): Body<ObjectiveInput>,
+) -> Result<Response, ApiError> {
+    let planned = state.ops().plan_objective(&caller, input).await?;
+    Ok((StatusCode::CREATED, axum::Json(planned)).into_response())
 }
 
 /// Lists tasks, with filters and paging by id.

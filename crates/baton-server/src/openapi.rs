@@ -15,7 +15,7 @@ use crate::{a2a, api, chat, coordination, live, metrics, terminal, worker};
     info(title = "Baton", description = "Baton's control plane: run a team of agents against a plan."),
     paths(
         api::health, api::status, api::plan,
-        api::list_tasks, api::create_task, api::create_tasks, api::get_task, api::cancel_task, api::retry_task, api::conflicts,
+        api::list_tasks, api::create_task, api::create_tasks, api::plan_objective, api::get_task, api::cancel_task, api::retry_task, api::conflicts,
         api::list_agents, api::create_agent, api::get_agent, api::update_agent, api::delete_agent,
         api::start_agent, api::stop_agent, api::restart_agent, api::agent_logs, terminal::terminal,
         api::list_tools, api::call_tool,

@@ -641,3 +641,28 @@ async fn a2a_refuses_pages_of_other_sites() {
     assert_eq!(local.status(), 200, "a page of localhost is served");
     server.stop().await;
 }
+
+/// `POST /objectives` with the rules as the coordinator: one task for the objective, answered
+/// `201` with who made it; the same objective again is a conflict, an unknown workstream a
+/// `400` naming the known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_objective_posted_becomes_a_task_of_the_rules_once() {
+    let server = Server::start().await;
+    let body = json!({"objective": "Tidy the changelog", "workstream": "main"});
+    let planned = server.post("/objectives", body.clone()).send().await.unwrap();
+    assert_eq!(planned.status(), 201);
+    let planned: Value = planned.json().await.unwrap();
+    assert_eq!(planned["by"], "rules", "{planned}");
+    assert!(planned.get("fallback_reason").is_none(), "{planned}");
+    let id = planned["tasks"][0].as_i64().unwrap_or_else(|| panic!("a task id: {planned}"));
+    let task = server.get_json(&format!("/tasks/{id}")).await;
+    assert_eq!(task["task"]["workstream"], "main", "{task}");
+    assert!(task["task"]["key"].as_str().unwrap().starts_with("main.objective-"), "{task}");
+
+    let again = server.post("/objectives", body).send().await.unwrap();
+    assert_eq!(again.status(), 409);
+    let unknown = server.post("/objectives", json!({"objective": "x", "workstream": "mian"})).send().await.unwrap();
+    assert_eq!(unknown.status(), 400);
+    assert!(unknown.text().await.unwrap().contains("did you mean `main`"));
+    server.stop().await;
+}

@@ -108,6 +108,7 @@ fn endpoints(builders: i64, writers: i64) -> Vec<Endpoint> {
         post("/messages/redeliver", json!({"ids": [999999]}), ControlMessages, Any),
         post("/tasks", json!({"title": "from the matrix", "requires": ["nobody"]}), CreateTasks, Any),
         post("/tasks/batch", json!({"tasks": [{"title": "batch", "requires": ["nobody"]}]}), CreateTasks, Any),
+        post("/objectives", json!({"objective": "from the matrix", "workstream": "nope"}), PlanObjectives, Any),
         post("/tasks/999999/cancel", json!({}), ControlTasks, Any),
         post("/tasks/999999/retry", json!({}), ControlTasks, Any),
         post("/agents", json!({"name": "builder"}), ManageAgents, Any),

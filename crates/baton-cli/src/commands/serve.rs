@@ -84,6 +84,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
     let runtimes = hub.runtimes(engine::agent_runtimes(process_env, Some(external), Default::default()));
     let mut options = EngineOptions::new(plan.clone(), Arc::clone(&store), runtimes);
     options.tools = tools;
+    options.coordinator_env = env.clone();
     options.fresh = fresh;
     options.keep_open = true;
     options.shutdown_grace = grace;

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::kind::RawRuntime;
 use super::{ConflictPolicy, Coordinator, Objective, ProcessMode, RestartPolicy};
-use super::{a2a, budget, llm, logs, mcp, schedules, server};
+use super::{a2a, budget, coordinator, llm, logs, mcp, schedules, server};
 use crate::model::Priority;
 use crate::time::{DurationStr, SizeStr};
 
@@ -44,6 +44,7 @@ pub(super) struct RawConfig {
     pub(super) llm: llm::RawLlm,
     #[serde(default)]
     pub(super) a2a: a2a::RawA2a,
+    pub(super) coordinator: Option<Spanned<coordinator::RawCoordinator>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -82,6 +83,7 @@ pub(super) struct RawWorkstream {
     #[serde(default)]
     pub(super) depends_on: Vec<Spanned<String>>,
     pub(super) budget: Option<Spanned<budget::RawLimit>>,
+    pub(super) objective: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,6 +93,9 @@ impl Validator<'_> {
         let llm = self.llm(&raw.llm);
         let a2a = self.a2a_settings(&raw.a2a);
         self.llm_providers = llm.providers.clone();
+        let coordinator = self.coordinator(raw.coordinator.as_ref(), raw.orchestration.coordinator);
+        let mut settings = settings;
+        settings.coordinator = coordinator.mode;
         let (workstreams, phases) = self.workstreams(&raw.workstreams);
         let mut agents = self.agents(&raw.agents, &workstreams);
         let log_rotation = self.logs(&raw.logs);
@@ -101,7 +104,6 @@ impl Validator<'_> {
         }
         let tasks = self.tasks(&raw.tasks, &workstreams, &phases, &agents);
         let schedules = self.schedules(&raw.schedules, &workstreams, &agents);
-        let mut settings = settings;
         settings.conflict_policy = raw.conflicts.policy.unwrap_or_default();
         settings.task_conflict_policies = raw
             .tasks
@@ -126,6 +128,7 @@ impl Validator<'_> {
             mcp_servers,
             llm,
             a2a,
+            coordinator,
         }
     }
 
@@ -171,6 +174,14 @@ impl Validator<'_> {
             if index.insert(ws.name.get_ref(), idx).is_some() {
                 self.error(ws.name.span(), format!("duplicate workstream `{}`", ws.name.get_ref()));
             }
+            if let Some(objective) = &ws.objective
+                && objective.get_ref().trim().is_empty()
+            {
+                self.error(
+                    objective.span(),
+                    "`objective` must not be empty: say what the workstream is for, or remove it",
+                );
+            }
         }
         let known: Vec<&str> = raw.iter().map(|ws| ws.name.get_ref().as_str()).collect();
         let mut depends_on: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
@@ -195,6 +206,7 @@ impl Validator<'_> {
                 description: ws.description.clone(),
                 priority: ws.priority.unwrap_or_default(),
                 depends_on: ws.depends_on.iter().map(|dep| dep.get_ref().clone()).collect(),
+                objective: ws.objective.as_ref().map(|objective| objective.get_ref().trim().to_string()),
             })
             .collect();
         // A cycle among the dependencies that are known is reported even beside unknown ones.
@@ -609,28 +621,13 @@ impl Validator<'_> {
         new_task.key = Some(key.to_string());
         let known_ws: Vec<&str> = workstreams.iter().map(|ws| ws.name.as_str()).collect();
         let known_agents: Vec<&str> = agents.iter().map(|agent| agent.name.as_str()).collect();
-        let workstream = new_task.workstream.as_deref();
-        let pinned = new_task.agent.as_deref();
-        let requires = &new_task.requires;
-        // An agent that learns its capabilities at start (an A2A agent's card) may have them.
-        let capable = agents.iter().any(|agent| {
-            agent.can_run(workstream, requires, pinned)
-                || (agent.learns_capabilities() && agent.can_run(workstream, &[], pinned))
-        });
-        let workstream_known = workstream.is_none_or(|ws| known_ws.contains(&ws));
-        let pinned_known = pinned.is_none_or(|name| known_agents.contains(&name));
-        if !capable && workstream_known && pinned_known {
+        let workstream_known = new_task.workstream.as_deref().is_none_or(|ws| known_ws.contains(&ws));
+        let pinned_known = new_task.agent.as_deref().is_none_or(|name| known_agents.contains(&name));
+        if workstream_known
+            && pinned_known
+            && let Err(who) = crate::task::assignable(&new_task, agents)
+        {
             let span = task.requires.first().map_or(task.title.span(), |cap| cap.span());
-            let scope = match workstream {
-                Some(ws) => format!("of workstream `{ws}` or shared"),
-                None => "without a workstream".to_string(),
-            };
-            let needs =
-                if requires.is_empty() { "any capability".to_string() } else { format!("[{}]", requires.join(", ")) };
-            let who = match pinned {
-                Some(agent) => format!("pinned agent `{agent}` cannot run it"),
-                None => format!("no agent {scope} has {needs}"),
-            };
             self.error(
                 span,
                 format!(

@@ -910,6 +910,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                     description: String::new(),
                     priority: node.priority,
                     depends_on: node.depends_on.iter().map(|d| names[*d].clone()).collect(),
+                    objective: None,
                 })
                 .collect();
             let phases = phases_idx.iter().map(|phase| phase.iter().map(|idx| names[*idx].clone()).collect()).collect();
@@ -929,6 +930,7 @@ fn random_plan() -> impl Strategy<Value = RandomPlan> {
                 mcp_servers: Vec::new(),
                 llm: Default::default(),
                 a2a: Default::default(),
+                coordinator: Default::default(),
             };
             RandomPlan { plan }
         })

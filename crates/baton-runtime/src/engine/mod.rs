@@ -27,6 +27,7 @@
 //!   when the plan changes.
 
 mod agents;
+mod objectives;
 mod open;
 mod running;
 mod shell;
@@ -73,6 +74,9 @@ pub enum Error {
     /// The scheduler refused a command (an unknown task or agent, a task in the wrong state).
     #[error(transparent)]
     Refused(baton_core::sched::Error),
+    /// The objective was planned already in this run (its tasks are keyed by it).
+    #[error("{0}")]
+    AlreadyPlanned(String),
 }
 
 pub struct EngineOptions {
@@ -90,6 +94,10 @@ pub struct EngineOptions {
     /// The run's MCP servers (`[mcp_servers]`): started with the run, stopped when it ends,
     /// given out by [`EngineHandle::tools`]. Build it before the runtimes, which call it.
     pub tools: Arc<McpHub>,
+    /// Where the coordinator's provider key is read (Baton's environment), and how its model
+    /// is called.
+    pub coordinator_env: std::collections::BTreeMap<String, String>,
+    pub coordinator_llm: crate::llm::LlmOptions,
 }
 
 impl EngineOptions {
@@ -104,8 +112,22 @@ impl EngineOptions {
             node: Node::this_process(),
             shutdown_grace: Duration::from_secs(10),
             tools: McpHub::empty(),
+            coordinator_env: std::collections::BTreeMap::new(),
+            coordinator_llm: crate::llm::LlmOptions::default(),
         }
     }
+}
+
+/// What became of an objective: the tasks made for it, and why the rules made them when a
+/// model did not.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Planned {
+    pub tasks: Vec<TaskId>,
+    /// `llm` when the model's proposal was taken, `rules` otherwise.
+    pub by: String,
+    /// Why the rules decided, when the mode is `llm` (or the coordinator is the rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
 }
 
 /// How a run ended, or why it stopped.
@@ -194,6 +216,13 @@ enum Command {
     Reconfigure {
         plan: Box<Plan>,
         reply: oneshot::Sender<Result<ReloadSummary, Error>>,
+    },
+    /// An objective to turn into tasks (`POST /objectives`; a workstream's `objective` at the
+    /// start, with no one to answer): the coordinator is asked off the loop.
+    PlanObjective {
+        workstream: String,
+        objective: String,
+        reply: Option<oneshot::Sender<Result<Planned, Error>>>,
     },
     /// A changed configuration was refused: the engine writes `ConfigRejected`.
     RejectConfig {
@@ -284,6 +313,15 @@ impl EngineHandle {
     pub async fn reconfigure(&self, plan: Plan) -> Result<ReloadSummary, Error> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Reconfigure { plan: Box::new(plan), reply }).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Turns an objective into tasks of `workstream` through the coordinator (a model's
+    /// proposal, or one task by the rules); returns once they are durable.
+    pub async fn plan_objective(&self, workstream: String, objective: String) -> Result<Planned, Error> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::PlanObjective { workstream, objective, reply: Some(reply) };
+        self.commands.send(command).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 

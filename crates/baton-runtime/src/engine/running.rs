@@ -47,6 +47,17 @@ pub(super) struct Running {
     pub(super) draining_until: Option<Instant>,
     pub(super) inputs: Inputs,
     published: Published,
+    /// The run's coordinator, asked off the loop (`objectives.rs`).
+    pub(super) coordinator: Arc<crate::coordinator::Coordinator>,
+    /// Objectives the coordinator is working on: the run stays open until they are planned.
+    pub(super) coordinating: usize,
+    /// Whether the run stays open when its tasks are done (a server).
+    pub(super) keep_open: bool,
+    /// Cancels the coordinator's calls when the run closes.
+    pub(super) coordinator_stop: CancellationToken,
+    /// Tasks the coordinator was asked to triage: each once per start of the run, so that a
+    /// model that keeps answering `retry` cannot keep a task alive forever.
+    pub(super) triaged: std::collections::HashSet<baton_core::model::TaskId>,
 }
 
 /// Where the engine's inputs arrive.
@@ -120,7 +131,9 @@ impl Running {
             fx.writes.push(Write::Event(resumed));
         }
         let mut sched = Scheduler::new(options.plan.clone(), options.node.id.clone(), loaded.stored, now, &mut fx);
-        sched.stay_open(options.keep_open);
+        // Objectives to plan keep the run open until they are (`plan_workstream_objectives`).
+        let has_objectives = options.plan.workstreams.iter().any(|ws| ws.objective.is_some());
+        sched.stay_open(options.keep_open || has_objectives);
         sched.agent_records(now, &mut fx);
         sched.step(now, &mut fx);
 
@@ -148,7 +161,12 @@ impl Running {
         let _ = plan_tx.send(Some(Arc::new(sched.plan().clone())));
 
         let lease_ttl = options.plan.settings.lease_ttl;
-        Ok(Running {
+        let coordinator = crate::coordinator::Coordinator::new(
+            &options.plan.coordinator,
+            &options.coordinator_env,
+            options.coordinator_llm,
+        );
+        let mut running = Running {
             sched,
             shell,
             post,
@@ -164,7 +182,14 @@ impl Running {
             draining_until: None,
             inputs: Inputs { commands, agent_events, agent_requests, reports },
             published: Published { plan: plan_tx, progress },
-        })
+            coordinator: Arc::new(coordinator),
+            coordinating: 0,
+            keep_open: options.keep_open,
+            coordinator_stop: CancellationToken::new(),
+            triaged: std::collections::HashSet::new(),
+        };
+        running.plan_workstream_objectives().await?;
+        Ok(running)
     }
 
     /// Turns until the run has ended and its last attempts are back, or until a shutdown's
@@ -232,7 +257,8 @@ impl Running {
     /// for every task the shell spawned, and says how the run ended. A run stopped before its
     /// end is left resumable by anyone.
     pub(super) async fn close(self, outcome: Result<(), Error>) -> Result<RunSummary, Error> {
-        let Running { sched, shell, post_stop, store, run_id, resumed, clock, node, .. } = self;
+        let Running { sched, shell, post_stop, store, run_id, resumed, clock, node, coordinator_stop, .. } = self;
+        coordinator_stop.cancel();
         if outcome.is_err() {
             for token in shell.attempts.values() {
                 token.cancel();

@@ -37,6 +37,10 @@ pub(super) enum Report {
         agent: String,
         error: AgentError,
     },
+    /// The coordinator answered about an objective (boxed: it holds the proposed tasks).
+    Coordinated(Box<super::objectives::Coordinated>),
+    /// The coordinator answered about a task that failed its last attempt.
+    Triaged(Box<super::objectives::TriagedTask>),
 }
 
 /// Carries out what the scheduler decided.

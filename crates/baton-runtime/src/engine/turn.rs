@@ -17,9 +17,12 @@ use baton_store::Store;
 
 use super::running::{Input, Running};
 use super::shell::{Report, Shell};
-use super::{Command, Control, Deferred, Error, refused, store_refusal};
+use super::{Command, Control, Deferred, Error, Planned, refused, store_refusal};
 use crate::agent::{AgentEvent, AgentRequest, Reply, RequestError};
 use crate::postoffice::PostOffice;
+
+/// An answer about an objective, sent once what it created is durable.
+pub(super) type DeferredPlanned = (oneshot::Sender<Result<Planned, Error>>, Result<Planned, Error>);
 
 /// What one turn decided, and the answers that wait until it is durable.
 #[derive(Default)]
@@ -28,6 +31,8 @@ pub(super) struct Turn {
     /// Answers to commands, sent once what they decided is durable.
     deferred: Vec<Deferred>,
     deferred_reload: Option<(oneshot::Sender<Result<ReloadSummary, Error>>, ReloadSummary)>,
+    /// Answers about objectives planned in this turn.
+    pub(super) deferred_planned: Vec<DeferredPlanned>,
 }
 
 impl Running {
@@ -90,10 +95,18 @@ impl Running {
             }
             Input::Report(report) => {
                 let now = self.clock.now();
-                let mut plan_changed = handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                let mut plan_changed = false;
+                let mut next = Some(report);
                 // Take everything else that is already waiting: one commit for all of it.
-                while let Ok(report) = self.inputs.reports.try_recv() {
-                    plan_changed |= handle_report(&mut self.sched, &mut self.shell, report, now, fx);
+                while let Some(report) = next {
+                    match report {
+                        Report::Coordinated(coordinated) => self.coordinated(*coordinated, turn).await?,
+                        Report::Triaged(triaged) => self.triaged(*triaged, turn).await?,
+                        report => {
+                            plan_changed |= handle_report(&mut self.sched, &mut self.shell, report, now, &mut turn.fx)
+                        }
+                    }
+                    next = self.inputs.reports.try_recv().ok();
                 }
                 if plan_changed {
                     self.plan_changed();
@@ -190,6 +203,9 @@ impl Running {
                     }
                 }
             }
+            Command::PlanObjective { workstream, objective, reply } => {
+                self.plan_objective(workstream, objective, reply).await?;
+            }
             Command::RejectConfig { errors, reply } => {
                 fx.writes.push(Write::Event(EventKind::ConfigRejected { errors }));
                 turn.deferred.push((reply, Ok(())));
@@ -223,15 +239,29 @@ impl Running {
     /// Ends a turn: the scheduler steps, the shell makes the writes durable and performs the
     /// effects, the commands that waited are answered and the progress published.
     pub(super) async fn end_turn(&mut self, turn: Turn) -> Result<(), Error> {
-        let Turn { mut fx, deferred, deferred_reload } = turn;
+        let Turn { mut fx, deferred, deferred_reload, deferred_planned } = turn;
         let now = self.clock.now();
+        // Tasks that failed their last attempt are the coordinator's to triage (llm mode): the
+        // run stays open until it has answered.
+        let mut dead = if self.coordinator.is_llm() { dead_lettered(&fx) } else { Vec::new() };
+        dead.retain(|task| self.triaged.insert(*task));
+        if !dead.is_empty() {
+            self.coordinating += dead.len();
+            self.sched.stay_open(true);
+        }
         self.sched.step(now, &mut fx);
         self.shell.perform(&mut self.sched, fx, now).await?;
+        for task in dead {
+            self.ask_triage(task);
+        }
         for (reply, result) in deferred {
             let _ = reply.send(result);
         }
         if let Some((reply, summary)) = deferred_reload {
             let _ = reply.send(Ok(summary));
+        }
+        for (reply, planned) in deferred_planned {
+            let _ = reply.send(planned);
         }
         self.publish_progress();
         Ok(())
@@ -240,7 +270,7 @@ impl Running {
 
 /// Creates tasks in the run, after the checks that need the running plan (their workstream
 /// exists; no task needs more than a whole period's budget), and hands them to the scheduler.
-async fn create_tasks(
+pub(super) async fn create_tasks(
     sched: &mut Scheduler,
     store: &dyn Store,
     run_id: &str,
@@ -279,11 +309,32 @@ async fn create_tasks(
     Ok(ids)
 }
 
+/// The tasks this turn made dead.
+fn dead_lettered(fx: &Effects) -> Vec<TaskId> {
+    fx.writes
+        .iter()
+        .filter_map(|write| match write {
+            Write::Task { events, .. } => Some(events),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|event| match event {
+            EventKind::TaskDeadLettered { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A command names a task that is not in memory: a finished task (the scheduler holds only
 /// unfinished ones). Its record is loaded from the store, with the outcome of its
 /// dependencies, so that a retry can bring it back and a cancel is refused for the right
 /// reason.
-async fn load_finished(sched: &mut Scheduler, store: &dyn Store, run_id: &str, id: TaskId) -> Result<(), Error> {
+pub(super) async fn load_finished(
+    sched: &mut Scheduler,
+    store: &dyn Store,
+    run_id: &str,
+    id: TaskId,
+) -> Result<(), Error> {
     if sched.task(id).is_some() {
         return Ok(());
     }
@@ -371,6 +422,10 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
         }
         Report::AgentFailed { agent, error } => {
             let _ = sched.agent_failed(&agent, error.message, error.kind, now, fx);
+        }
+        // Applied by `Running::coordinated`, which needs the store; never handed here.
+        Report::Coordinated(_) | Report::Triaged(_) => {
+            tracing::warn!("a coordinator's answer reached the wrong handler");
         }
     }
     false

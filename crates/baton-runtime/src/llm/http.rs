@@ -58,6 +58,39 @@ enum Failure {
 }
 
 impl Client {
+    /// A client of `provider`; `api_key` is never shown. `who` names the caller in errors
+    /// ("agent `writer`", "the coordinator").
+    pub(crate) fn build(
+        provider: ProviderSpec,
+        env: &std::collections::BTreeMap<String, String>,
+        options: &super::LlmOptions,
+        who: &str,
+    ) -> Result<Client, String> {
+        let api_key = match &provider.api_key_env {
+            None => None,
+            Some(var) => match env.get(var).filter(|key| !key.is_empty()) {
+                Some(key) => Some(key.clone()),
+                None => {
+                    return Err(format!(
+                        "provider {}: the API key variable {var} is not set; export it, or point {who} at another provider",
+                        provider.name
+                    ));
+                }
+            },
+        };
+        // A provider that does not answer, or stops sending mid-stream, fails the try (and
+        // is retried) instead of holding the caller forever.
+        let mut http = reqwest::Client::builder()
+            .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15));
+        if let Some(timeout) = options.read_timeout {
+            http = http.read_timeout(timeout);
+        }
+        let http =
+            http.build().map_err(|error| format!("provider {}: cannot make an HTTP client: {error}", provider.name))?;
+        Ok(Client { http, provider, api_key, retry: options.retry, clock: options.clock })
+    }
+
     /// One turn: the request `body`, tried until it gives an answer, fails for good, or has
     /// failed for [`RetryPolicy::give_up_after`]. The error says why, naming the provider.
     pub(crate) async fn turn(&self, body: &Value) -> Result<Reply, String> {

@@ -94,31 +94,8 @@ impl LlmAgent {
         external: Option<Arc<dyn ToolProvider>>,
         options: LlmOptions,
     ) -> LlmAgent {
-        let provider = llm.provider.clone();
-        let api_key = match &provider.api_key_env {
-            None => Ok(None),
-            Some(var) => match env.env.get(var).filter(|key| !key.is_empty()) {
-                Some(key) => Ok(Some(key.clone())),
-                None => Err(format!(
-                    "provider {}: the API key variable {var} is not set; export it, or point agent `{}` at another provider",
-                    provider.name, spec.name
-                )),
-            },
-        };
-        let client = api_key.and_then(|api_key| {
-            // A provider that does not answer, or stops sending mid-stream, fails the try (and
-            // is retried) instead of holding the attempt forever.
-            let mut http = reqwest::Client::builder()
-                .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(std::time::Duration::from_secs(15));
-            if let Some(timeout) = options.read_timeout {
-                http = http.read_timeout(timeout);
-            }
-            let http = http
-                .build()
-                .map_err(|error| format!("provider {}: cannot make an HTTP client: {error}", provider.name))?;
-            Ok(Arc::new(Client { http, provider, api_key, retry: options.retry, clock: options.clock }))
-        });
+        let who = format!("agent `{}`", spec.name);
+        let client = Client::build(llm.provider.clone(), &env.env, &options, &who).map(Arc::new);
         LlmAgent {
             name: spec.name.clone(),
             globs: spec.tools.clone(),

@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod coordinator;
 mod mcp;
 // The one stand-in provider, which lives in the server (it serves HTTP): compiled in here, as
 // the runtime cannot depend on the server.

@@ -89,3 +89,36 @@ fn a_provider_and_model_may_come_from_the_environment() {
     let AgentKind::Llm(llm) = &plan.agents[0].kind else { panic!("an llm agent") };
     assert_eq!(llm.provider.name, "local");
 }
+
+#[test]
+fn the_coordinator_table_names_a_provider_and_its_mode_wins() {
+    let text = format!(
+        "{LLM}\n[coordinator]\nmode = \"llm\"\nprovider = \"claude\"\nmodel = \"claude-sonnet-4-5\"\ntimeout = \"20s\"\nmax_tokens = 2000\n[[workstreams]]\nname = \"docs\"\nobjective = \"Release notes, reviewed\"\n"
+    );
+    let plan = load("baton.toml", &text, &env()).unwrap();
+    let coordinator = &plan.coordinator;
+    assert_eq!((coordinator.mode, plan.settings.coordinator), (Coordinator::Llm, Coordinator::Llm));
+    assert_eq!(coordinator.provider.as_ref().map(|provider| provider.name.as_str()), Some("claude"));
+    assert_eq!((coordinator.timeout, coordinator.max_tokens), (Duration::from_secs(20), 2000));
+    assert_eq!(plan.workstreams[0].objective.as_deref(), Some("Release notes, reviewed"));
+    // The string of [orchestration] sets the mode; the table's, when written, wins.
+    let short = LLM.replace("name = \"llm\"\n", "name = \"llm\"\ncoordinator = \"llm\"\n");
+    assert_eq!(load("baton.toml", &short, &env()).unwrap().coordinator.mode, Coordinator::Llm);
+    let both = format!("{short}\n[coordinator]\nmode = \"rules\"\n");
+    assert_eq!(load("baton.toml", &both, &env()).unwrap().settings.coordinator, Coordinator::Rules);
+    assert_eq!(load("baton.toml", LLM, &env()).unwrap().coordinator.mode, Coordinator::Rules);
+}
+
+#[test]
+fn coordinator_mistakes_are_reported_at_their_place() {
+    let unknown = format!("{LLM}\n[coordinator]\nmode = \"llm\"\nprovider = \"claud\"\nmodel = \"m\"\n");
+    assert_eq!(errors(&unknown), "baton.toml:29:12: unknown provider `claud` (did you mean `claude`?)");
+    let no_model = format!("{LLM}\n[coordinator]\nprovider = \"claude\"\n");
+    assert!(errors(&no_model).contains("missing field `model` in [coordinator]"), "{}", errors(&no_model));
+    let zero = format!("{LLM}\n[coordinator]\nprovider = \"claude\"\nmodel = \"m\"\ntimeout = \"0s\"\n");
+    assert!(errors(&zero).contains("`timeout` must be more than 0"), "{}", errors(&zero));
+    let mode = format!("{LLM}\n[coordinator]\nmode = \"smart\"\n");
+    assert!(errors(&mode).contains("unknown variant `smart`, expected `rules` or `llm`"), "{}", errors(&mode));
+    let empty = format!("{LLM}\n[[workstreams]]\nname = \"docs\"\nobjective = \" \"\n");
+    assert!(errors(&empty).contains("`objective` must not be empty"), "{}", errors(&empty));
+}

@@ -68,6 +68,7 @@ fn workstream(name: &str, priority: Priority, depends_on: &[&str]) -> Workstream
         description: String::new(),
         priority,
         depends_on: depends_on.iter().map(|dep| dep.to_string()).collect(),
+        objective: None,
     }
 }
 
