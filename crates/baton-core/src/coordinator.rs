@@ -65,14 +65,9 @@ pub fn decompose_system_prompt(plan: &Plan, workstream: &str) -> String {
     let mut prompt = String::from(
         "You are the coordinator of a team of agents that Baton orchestrates. You turn an objective into a small set of tasks the team can do.\n\nThe team (only these capabilities exist):\n",
     );
-    for agent in plan.agents.iter().filter(|agent| agent.workstream.as_deref().is_none_or(|ws| ws == workstream)) {
-        prompt.push_str(&format!(
-            "- {} (capabilities: [{}]): {}\n",
-            agent.name,
-            agent.capabilities.join(", "),
-            agent.role
-        ));
-    }
+    prompt.push_str(&team(
+        plan.agents.iter().filter(|agent| agent.workstream.as_deref().is_none_or(|ws| ws == workstream)),
+    ));
     prompt.push_str(
         "\nAnswer with one JSON object and nothing else:\n{\"tasks\": [{\"key\": \"short-name\", \"title\": \"...\", \"description\": \"...\", \"requires\": [\"capability\"], \"depends_on\": [\"key of an earlier task\"], \"estimated_tokens\": 4000}]}\n`key` is letters, digits and `-`; `requires` names capabilities of the team; `depends_on` names keys of other tasks of your answer. No cycles.",
     );
@@ -189,16 +184,9 @@ pub fn triage_system_prompt(plan: &Plan, workstream: Option<&str>) -> String {
     let mut prompt = String::from(
         "You are the coordinator of a team of agents that Baton orchestrates. A task failed its last attempt: decide what to do.\n\nThe team (only these capabilities exist):\n",
     );
-    for agent in
-        plan.agents.iter().filter(|agent| agent.workstream.is_none() || agent.workstream.as_deref() == workstream)
-    {
-        prompt.push_str(&format!(
-            "- {} (capabilities: [{}]): {}\n",
-            agent.name,
-            agent.capabilities.join(", "),
-            agent.role
-        ));
-    }
+    prompt.push_str(&team(
+        plan.agents.iter().filter(|agent| agent.workstream.is_none() || agent.workstream.as_deref() == workstream),
+    ));
     prompt.push_str(
         "\nAnswer with one JSON object and nothing else, one of:\n{\"action\": \"retry\", \"agent\": \"name of another agent, or omit\", \"reason\": \"...\"}\n{\"action\": \"split\", \"tasks\": [{\"key\": \"short-name\", \"title\": \"...\", \"description\": \"...\", \"requires\": [\"capability\"], \"depends_on\": [\"key\"]}], \"reason\": \"...\"}\n{\"action\": \"give_up\", \"reason\": \"...\"}",
     );
@@ -229,6 +217,59 @@ pub fn parse_triage(text: &str) -> Result<Triage, String> {
 pub fn triage_key(task: &TaskRecord) -> String {
     let base = task.key.clone().unwrap_or_else(|| format!("task-{}", task.id));
     format!("{base}.triage-{}", task.attempt)
+}
+
+/// The team as the prompts show it: a line per agent, its capabilities and role.
+fn team<'a>(agents: impl Iterator<Item = &'a crate::config::AgentSpec>) -> String {
+    agents
+        .map(|agent| format!("- {} (capabilities: [{}]): {}\n", agent.name, agent.capabilities.join(", "), agent.role))
+        .collect()
+}
+
+/// What the coordinator chose for a task that several agents can take.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Assignment {
+    pub agent: String,
+    pub reason: String,
+}
+
+/// The instructions of an assignment: the agents that can take the task, and the answer's
+/// format.
+pub fn assign_system_prompt(plan: &Plan, candidates: &[String]) -> String {
+    let mut prompt = String::from(
+        "You are the coordinator of a team of agents that Baton orchestrates. Several agents can take a task: choose the one best suited to it.\n\nThe agents that can take it:\n",
+    );
+    prompt.push_str(&team(plan.agents.iter().filter(|agent| candidates.contains(&agent.name))));
+    prompt.push_str(
+        "\nAnswer with one JSON object and nothing else:\n{\"agent\": \"name of one of these agents\", \"reason\": \"...\"}",
+    );
+    prompt
+}
+
+/// The question of an assignment: the task.
+pub fn assign_user_prompt(task: &TaskRecord) -> String {
+    format!(
+        "Task {} `{}`\nDescription: {}\nRequires: [{}]",
+        task.id,
+        task.title,
+        task.description,
+        task.requires.join(", ")
+    )
+}
+
+/// Reads an assignment's answer: one of `candidates`, with its reason.
+pub fn parse_assignment(text: &str, candidates: &[String]) -> Result<Assignment, String> {
+    let value = answer_json(text)?;
+    let assignment: Assignment =
+        serde_json::from_value(value).map_err(|error| format!("the model's answer is not an assignment: {error}"))?;
+    if !candidates.contains(&assignment.agent) {
+        return Err(format!(
+            "the model chose `{}`, which is not one of the agents that can take the task ({})",
+            assignment.agent,
+            candidates.join(", ")
+        ));
+    }
+    Ok(assignment)
 }
 
 /// A failed task tried again on `agent`: a copy of it, pinned, checked as any task.

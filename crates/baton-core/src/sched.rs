@@ -108,6 +108,9 @@ pub struct Effects {
     pub kills: Vec<(TaskId, u32)>,
     /// Tasks schedules create, performed after the writes ([`Scheduler::schedule_fired`]).
     pub fire: Vec<Firing>,
+    /// Ready tasks that several agents can take, held until the coordinator chooses among
+    /// them (the agents' names) and [`Scheduler::assignment_chosen`] is called.
+    pub choose_agent: Vec<(TaskId, Vec<String>)>,
 }
 
 impl Effects {
@@ -118,6 +121,7 @@ impl Effects {
             && self.assignments.is_empty()
             && self.kills.is_empty()
             && self.fire.is_empty()
+            && self.choose_agent.is_empty()
     }
 }
 
@@ -341,6 +345,23 @@ pub struct Scheduler {
     budget_needs: HashMap<TaskId, u64>,
     /// Tasks per state, in [`TaskState::ALL`] order, kept as they change.
     by_state: [u64; 7],
+    /// Whether the coordinator chooses among several agents that can take a task
+    /// ([`Scheduler::coordinator_assigns`]).
+    coordinator_assigns: bool,
+    /// The coordinator's choices, by task, until the task is claimed. In memory only: after a
+    /// restart it is asked again.
+    choices: HashMap<TaskId, Choice>,
+}
+
+/// Where the coordinator's choice of agent for a task stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Choice {
+    /// Asked; the task waits for the answer.
+    Asking,
+    /// This agent takes it when it can (unless it is gone, then the rules choose).
+    Agent(String),
+    /// The rules choose (the coordinator fell back).
+    Rules,
 }
 
 impl Scheduler {
@@ -404,6 +425,8 @@ impl Scheduler {
             suspended_by: HashMap::new(),
             outages: HashMap::new(),
             conflicts_reported: HashMap::new(),
+            coordinator_assigns: false,
+            choices: HashMap::new(),
             leases: HashMap::new(),
             phase: 0,
             n_running: 0,
@@ -1073,6 +1096,7 @@ impl Scheduler {
             }
             self.failures.note(&task);
             self.conflicts_reported.remove(&id);
+            self.choices.remove(&id);
             self.budget_waits.remove(&id);
             self.budget_needs.remove(&id);
             self.suspended_by.remove(&id);
@@ -1125,6 +1149,63 @@ impl Scheduler {
         self.stays_open = open;
     }
 
+    /// Whether the coordinator chooses among several agents that can take a task: a ready task
+    /// without a pinned agent that more than one agent can run waits (as
+    /// [`Effects::choose_agent`]) until [`Scheduler::assignment_chosen`] says who takes it.
+    pub fn coordinator_assigns(&mut self, assigns: bool) {
+        self.coordinator_assigns = assigns;
+        if !assigns {
+            self.choices.clear();
+        }
+    }
+
+    /// The coordinator's choice for `task` (`None`: the rules choose). The task is assigned at
+    /// the next step, to that agent when it has room.
+    pub fn assignment_chosen(&mut self, task: TaskId, agent: Option<String>) {
+        if self.choices.contains_key(&task) {
+            self.choices.insert(task, agent.map_or(Choice::Rules, Choice::Agent));
+        }
+    }
+
+    /// The agent the coordinator chose for a ready task, `None` for the rules; `Err(())` while
+    /// it must wait (asked, or asked now).
+    /// At most `may_ask` questions are asked (one per free slot): the others wait their turn.
+    fn coordinator_choice(&mut self, id: TaskId, may_ask: &mut u64, fx: &mut Effects) -> Result<Option<String>, ()> {
+        if !self.coordinator_assigns {
+            return Ok(None);
+        }
+        match self.choices.get(&id) {
+            Some(Choice::Asking) => return Err(()),
+            Some(Choice::Agent(agent)) => return Ok(Some(agent.clone())),
+            Some(Choice::Rules) => return Ok(None),
+            None => {}
+        }
+        let task = &self.tasks[&id];
+        if task.agent.is_some() {
+            return Ok(None);
+        }
+        let able: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|slot| {
+                !slot.removed
+                    && !matches!(slot.state, AgentState::Failed | AgentState::Stopped)
+                    && slot.spec.can_run(task.workstream.as_deref(), &task.requires, None)
+            })
+            .map(|slot| slot.spec.name.clone())
+            .collect();
+        if able.len() < 2 {
+            return Ok(None);
+        }
+        if *may_ask == 0 {
+            return Err(());
+        }
+        *may_ask -= 1;
+        self.choices.insert(id, Choice::Asking);
+        fx.choose_agent.push((id, able));
+        Err(())
+    }
+
     /// Stops assigning tasks; running attempts go on. For a graceful shutdown.
     pub fn hold(&mut self) {
         self.held_back = true;
@@ -1173,6 +1254,9 @@ impl Scheduler {
             return;
         }
         let candidates: Vec<TaskId> = self.ready.iter().map(|&(_, id)| id).collect();
+        // Questions to the coordinator in flight count against the free slots.
+        let asking = self.choices.values().filter(|choice| **choice == Choice::Asking).count() as u64;
+        let mut may_ask = free_slots.saturating_sub(asking);
         for id in candidates {
             if free_slots == 0 || self.n_running + n_dying >= max_running {
                 break;
@@ -1207,7 +1291,20 @@ impl Scheduler {
                     ConflictPolicy::Warn => {}
                 }
             }
+            let Ok(preferred) = self.coordinator_choice(id, &mut may_ask, fx) else {
+                continue;
+            };
+            // The coordinator's choice, while that agent can still run the task (else the rules').
             let task = &self.tasks[&id];
+            let preferred = preferred.filter(|name| {
+                self.agents.iter().any(|slot| {
+                    slot.spec.name == *name
+                        && !slot.removed
+                        && !matches!(slot.state, AgentState::Failed | AgentState::Stopped)
+                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, None)
+                })
+            });
+            let pinned = task.agent.as_deref().or(preferred.as_deref());
             let chosen = self
                 .agents
                 .iter()
@@ -1216,7 +1313,7 @@ impl Scheduler {
                     !slot.removed
                         && matches!(slot.state, AgentState::Idle | AgentState::Active)
                         && slot.running < slot.spec.concurrency
-                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
+                        && slot.spec.can_run(task.workstream.as_deref(), &task.requires, pinned)
                         && self.budget_block(&slot.spec, task).is_none()
                 })
                 .min_by_key(|(idx, slot)| (slot.running, slot.spec.priority, *idx))
@@ -1279,6 +1376,7 @@ impl Scheduler {
     }
 
     fn claim(&mut self, id: TaskId, agent_idx: usize, now: Timestamp, fx: &mut Effects) {
+        self.choices.remove(&id);
         let agent = self.agents[agent_idx].spec.name.clone();
         let task = &self.tasks[&id];
         let attempt = task.attempt + 1;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use baton_core::config::{CoordinatorSpec, Plan};
 use baton_core::coordinator as core;
-use baton_core::coordinator::Triage;
+use baton_core::coordinator::{Assignment, Triage};
 use baton_core::model::{NewTask, TaskRecord};
 
 use crate::llm::LlmOptions;
@@ -46,6 +46,13 @@ pub struct Decomposed {
 #[derive(Debug)]
 pub struct Triaged {
     pub triage: Result<Triage, String>,
+    pub usage: Option<Value>,
+}
+
+/// Which agent the model chose for a task that several can take, or why the rules choose.
+#[derive(Debug)]
+pub struct Assigned {
+    pub assignment: Result<Assignment, String>,
     pub usage: Option<Value>,
 }
 
@@ -96,6 +103,26 @@ impl Coordinator {
         match self.complete(&client, &system, &user).await {
             Ok((text, usage)) => Triaged { triage: core::parse_triage(&text), usage: Some(usage) },
             Err(reason) => Triaged { triage: Err(reason), usage: None },
+        }
+    }
+
+    /// Whether the model is asked to choose among agents: llm mode, `assign` on, and a
+    /// provider it can call (without one the run said so once, and the rules choose).
+    pub fn can_assign(&self) -> bool {
+        self.spec.assigns() && self.client.is_ok()
+    }
+
+    /// Asks the model which of `candidates` (agents that can all run it) should take `task`.
+    pub async fn assign(&self, plan: &Plan, task: &TaskRecord, candidates: &[String]) -> Assigned {
+        let client = match &self.client {
+            Ok(client) => Arc::clone(client),
+            Err(reason) => return Assigned { assignment: Err(reason.clone()), usage: None },
+        };
+        let system = core::assign_system_prompt(plan, candidates);
+        let user = core::assign_user_prompt(task);
+        match self.complete(&client, &system, &user).await {
+            Ok((text, usage)) => Assigned { assignment: core::parse_assignment(&text, candidates), usage: Some(usage) },
+            Err(reason) => Assigned { assignment: Err(reason), usage: None },
         }
     }
 

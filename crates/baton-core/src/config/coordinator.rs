@@ -31,6 +31,9 @@ pub struct CoordinatorSpec {
     #[serde(with = "crate::time::humane")]
     pub timeout: Duration,
     pub max_tokens: u32,
+    /// Whether the model chooses among several agents that can take a task (llm mode;
+    /// `assign = false` leaves every choice to the rules).
+    pub assign: bool,
     /// Where `[coordinator]` (or `provider`) is written, for what the shell finds missing.
     #[serde(skip)]
     pub location: Location,
@@ -51,6 +54,7 @@ impl Default for CoordinatorSpec {
             model: String::new(),
             timeout: DEFAULT_COORDINATOR_TIMEOUT,
             max_tokens: DEFAULT_COORDINATOR_MAX_TOKENS,
+            assign: true,
             location: Location::default(),
         }
     }
@@ -60,6 +64,11 @@ impl CoordinatorSpec {
     /// Whether a model is asked (the mode is `llm`); it may still fall back.
     pub fn is_llm(&self) -> bool {
         self.mode == Coordinator::Llm
+    }
+
+    /// Whether the model is asked to choose among agents (llm mode with `assign` on).
+    pub fn assigns(&self) -> bool {
+        self.is_llm() && self.assign
     }
 }
 
@@ -72,6 +81,7 @@ pub(super) struct RawCoordinator {
     model: Option<Spanned<String>>,
     timeout: Option<Spanned<DurationStr>>,
     max_tokens: Option<Spanned<u32>>,
+    assign: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -124,7 +134,8 @@ impl Validator<'_> {
             None => defaults.max_tokens,
         };
         let location = self.locator.locate(table.provider.as_ref().map_or(span, Spanned::span));
-        CoordinatorSpec { mode, provider, model, timeout, max_tokens, location }
+        let assign = table.assign.unwrap_or(defaults.assign);
+        CoordinatorSpec { mode, provider, model, timeout, max_tokens, assign, location }
     }
 
     /// The provider `[coordinator]` names: one of `[llm.providers]`, else an error that says

@@ -1738,3 +1738,74 @@ fn the_failure_report_counts_every_dead_task_and_names_the_first() {
     assert_eq!(rebuilt.tasks().count(), 0);
     assert_eq!(rebuilt.failure_summary(), expected);
 }
+
+/// With the coordinator choosing agents, a task that several agents can take waits for its
+/// choice (asked once, as an effect) and goes to the agent chosen; a task that one agent can
+/// take, or that is pinned, is assigned by the rules at once; a fallback lets the rules choose.
+#[test]
+fn the_coordinator_chooses_among_agents_that_can_take_a_task() {
+    let text = r#"
+[orchestration]
+name = "x"
+[[agents]]
+name = "a"
+capabilities = ["write"]
+command = ["true"]
+[[agents]]
+name = "b"
+capabilities = ["write"]
+command = ["true"]
+[[agents]]
+name = "c"
+capabilities = ["test"]
+concurrency = 2
+command = ["true"]
+[[tasks]]
+key = "seed"
+title = "seed"
+requires = ["test"]
+"#;
+    // `seed` keeps the run going.
+    let mut h = Harness::new(config::load("baton.toml", text, &BTreeMap::new()).unwrap());
+    h.sched.coordinator_assigns(true);
+    let add = |h: &mut Harness, id: i64, key: &str, requires: &[&str], agent: Option<&str>| {
+        let mut new = h.plan.tasks[0].clone();
+        new.key = Some(key.into());
+        new.requires = requires.iter().map(|cap| cap.to_string()).collect();
+        new.agent = agent.map(str::to_string);
+        let task = record(TaskId(id), &new, Vec::new(), h.now);
+        h.store.tasks.insert(TaskId(id), task.clone());
+        let mut fx = Effects::default();
+        h.add(vec![task], &mut fx);
+        h.sched.step(h.now, &mut fx);
+        let asked = fx.choose_agent.clone();
+        h.apply(fx);
+        asked
+    };
+    let agent_of = |h: &Harness, id: i64| h.store.tasks[&TaskId(id)].assigned_agent.clone();
+
+    let asked = add(&mut h, 10, "draft", &["write"], None);
+    assert_eq!(asked, vec![(TaskId(10), vec!["a".to_string(), "b".to_string()])]);
+    assert_eq!(h.store.tasks[&TaskId(10)].state, TaskState::Ready, "held for the choice");
+    // Asked once: later steps do not ask again while the answer is out.
+    let fx = command(&mut h, |_, _, _| {});
+    assert!(fx.choose_agent.is_empty() && fx.assignments.is_empty());
+
+    assert!(add(&mut h, 11, "pinned", &["write"], Some("a")).is_empty());
+    assert_eq!(agent_of(&h, 11).as_deref(), Some("a"), "a pinned task is not asked about");
+    assert!(add(&mut h, 12, "check", &["test"], None).is_empty());
+    assert_eq!(agent_of(&h, 12).as_deref(), Some("c"), "one agent can take it");
+
+    // `a` is busy (concurrency 1) but chosen anyway for `draft`: it waits for `a`.
+    let fx = command(&mut h, |sched, _, _| sched.assignment_chosen(TaskId(10), Some("a".into())));
+    assert!(fx.assignments.is_empty(), "`b` is free, but `a` was chosen");
+    let pinned = h.running.iter().position(|(id, _)| *id == TaskId(11)).unwrap();
+    h.finish(pinned, true);
+    assert_eq!(agent_of(&h, 10).as_deref(), Some("a"));
+
+    // A fallback: the rules choose (the least busy agent).
+    let asked = add(&mut h, 13, "more", &["write"], None);
+    assert_eq!(asked.len(), 1);
+    command(&mut h, |sched, _, _| sched.assignment_chosen(TaskId(13), None));
+    assert_eq!(agent_of(&h, 13).as_deref(), Some("b"));
+}

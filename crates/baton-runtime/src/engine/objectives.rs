@@ -31,7 +31,7 @@ use super::running::Running;
 use super::shell::Report;
 use super::turn::{Turn, create_tasks, load_finished};
 use super::{Error, Planned};
-use crate::coordinator::{Decomposed, Triaged};
+use crate::coordinator::{Assigned, Decomposed, Triaged};
 
 /// Who the coordinator's usage is reported as (its `agent` scope; the global budget counts it).
 pub const COORDINATOR: &str = "coordinator";
@@ -72,7 +72,9 @@ impl Running {
             let now = self.clock.now();
             let mut fx = Effects::default();
             self.sched.step(now, &mut fx);
+            let choose = std::mem::take(&mut fx.choose_agent);
             self.shell.perform(&mut self.sched, fx, now).await?;
+            self.ask_assignments(choose);
         }
         Ok(())
     }
@@ -373,6 +375,76 @@ impl Running {
             }
             Err(error) => Ok(Err(format!("invalid triage: {error}"))),
         }
+    }
+}
+
+/// The coordinator's choice of agent for a task, on its way back to the loop.
+pub(in crate::engine) struct AssignedTask {
+    id: TaskId,
+    workstream: Option<String>,
+    candidates: Vec<String>,
+    assigned: Assigned,
+}
+
+impl Running {
+    /// Asks the coordinator, off the loop, which agent takes each task that several can take
+    /// (the scheduler holds them until [`Running::assigned`] applies the answer).
+    pub(super) fn ask_assignments(&mut self, asks: Vec<(TaskId, Vec<String>)>) {
+        for (id, candidates) in asks {
+            let Some(task) = self.sched.task(id).cloned() else {
+                self.sched.assignment_chosen(id, None);
+                continue;
+            };
+            let coordinator = std::sync::Arc::clone(&self.coordinator);
+            let plan = self.sched.plan().clone();
+            let reports = self.shell.reports.clone();
+            let stop = self.coordinator_stop.clone();
+            let refusal = self.budget_refusal();
+            self.shell.tracker.spawn(async move {
+                let asked = async {
+                    match refusal {
+                        Some(reason) => Assigned { assignment: Err(reason), usage: None },
+                        None => coordinator.assign(&plan, &task, &candidates).await,
+                    }
+                };
+                let assigned = tokio::select! {
+                    assigned = asked => assigned,
+                    () = stop.cancelled() => return,
+                };
+                let workstream = task.workstream.clone();
+                let _ = reports.send(Report::Assigned(Box::new(AssignedTask { id, workstream, candidates, assigned })));
+            });
+        }
+    }
+
+    /// Applies the coordinator's choice of agent (or the rules', on a fallback), with its event
+    /// and usage.
+    pub(super) fn assigned(&mut self, assigned: AssignedTask, turn: &mut Turn) {
+        let AssignedTask { id, workstream, candidates, assigned } = assigned;
+        let now = self.clock.now();
+        if let Some(usage) = &assigned.usage
+            && let Ok(Some(parsed)) = Usage::from_report(usage)
+        {
+            self.sched.record_usage(COORDINATOR, None, parsed, usage.clone(), now, &mut turn.fx);
+        }
+        let event = match assigned.assignment {
+            Ok(choice) => {
+                self.sched.assignment_chosen(id, Some(choice.agent.clone()));
+                EventKind::CoordinatorDecision {
+                    decision: "assign".into(),
+                    workstream,
+                    task: Some(id),
+                    input: json!({"task": id, "candidates": candidates}),
+                    output: json!({"agent": choice.agent, "reason": choice.reason}),
+                    usage: assigned.usage.unwrap_or(Value::Null),
+                }
+            }
+            Err(reason) => {
+                self.sched.assignment_chosen(id, None);
+                EventKind::CoordinatorFallback { decision: "assign".into(), workstream, task: Some(id), reason }
+            }
+        };
+        turn.fx.writes.push(Write::Event(event));
     }
 }
 

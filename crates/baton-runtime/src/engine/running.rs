@@ -124,6 +124,11 @@ impl Running {
         let _ = run_id_tx.send(Some(run_id.clone()));
         let loaded = open::load(store.as_ref(), &options.plan, &opened, now).await?;
 
+        let coordinator = crate::coordinator::Coordinator::new(
+            &options.plan.coordinator,
+            &options.coordinator_env,
+            options.coordinator_llm,
+        );
         let mut fx = Effects::default();
         if opened.resumed {
             let resumed =
@@ -131,6 +136,7 @@ impl Running {
             fx.writes.push(Write::Event(resumed));
         }
         let mut sched = Scheduler::new(options.plan.clone(), options.node.id.clone(), loaded.stored, now, &mut fx);
+        sched.coordinator_assigns(coordinator.can_assign());
         // Objectives to plan keep the run open until they are (`plan_workstream_objectives`).
         let has_objectives = options.plan.workstreams.iter().any(|ws| ws.objective.is_some());
         sched.stay_open(options.keep_open || has_objectives);
@@ -156,16 +162,12 @@ impl Running {
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
         };
         shell.tracker.spawn(post.clone().run(post_stop.clone()));
+        let choose = std::mem::take(&mut fx.choose_agent);
         shell.perform(&mut sched, fx, now).await?;
         let _ = progress.send(sched.progress());
         let _ = plan_tx.send(Some(Arc::new(sched.plan().clone())));
 
         let lease_ttl = options.plan.settings.lease_ttl;
-        let coordinator = crate::coordinator::Coordinator::new(
-            &options.plan.coordinator,
-            &options.coordinator_env,
-            options.coordinator_llm,
-        );
         let mut running = Running {
             sched,
             shell,
@@ -188,6 +190,7 @@ impl Running {
             coordinator_stop: CancellationToken::new(),
             triaged: std::collections::HashSet::new(),
         };
+        running.ask_assignments(choose);
         running.plan_workstream_objectives().await?;
         Ok(running)
     }

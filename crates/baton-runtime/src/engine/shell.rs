@@ -41,6 +41,8 @@ pub(super) enum Report {
     Coordinated(Box<super::objectives::Coordinated>),
     /// The coordinator answered about a task that failed its last attempt.
     Triaged(Box<super::objectives::TriagedTask>),
+    /// The coordinator chose (or could not choose) among the agents that can take a task.
+    Assigned(Box<super::objectives::AssignedTask>),
 }
 
 /// Carries out what the scheduler decided.

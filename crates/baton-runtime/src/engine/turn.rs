@@ -102,6 +102,7 @@ impl Running {
                     match report {
                         Report::Coordinated(coordinated) => self.coordinated(*coordinated, turn).await?,
                         Report::Triaged(triaged) => self.triaged(*triaged, turn).await?,
+                        Report::Assigned(assigned) => self.assigned(*assigned, turn),
                         report => {
                             plan_changed |= handle_report(&mut self.sched, &mut self.shell, report, now, &mut turn.fx)
                         }
@@ -250,7 +251,9 @@ impl Running {
             self.sched.stay_open(true);
         }
         self.sched.step(now, &mut fx);
+        let choose = std::mem::take(&mut fx.choose_agent);
         self.shell.perform(&mut self.sched, fx, now).await?;
+        self.ask_assignments(choose);
         for task in dead {
             self.ask_triage(task);
         }
@@ -424,7 +427,7 @@ fn handle_report(sched: &mut Scheduler, shell: &mut Shell, report: Report, now: 
             let _ = sched.agent_failed(&agent, error.message, error.kind, now, fx);
         }
         // Applied by `Running::coordinated`, which needs the store; never handed here.
-        Report::Coordinated(_) | Report::Triaged(_) => {
+        Report::Coordinated(_) | Report::Triaged(_) | Report::Assigned(_) => {
             tracing::warn!("a coordinator's answer reached the wrong handler");
         }
     }

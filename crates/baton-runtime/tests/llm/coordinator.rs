@@ -148,7 +148,12 @@ async fn falls_back(plan: Plan, env: BTreeMap<String, String>, reason: &str) {
     let [task] = tasks.as_slice() else { panic!("one task of the rules: {tasks:?}") };
     assert_eq!((task.key.as_deref(), task.state), (Some(prefix.as_str()), TaskState::Succeeded));
     assert!(task.requires.is_empty());
-    let events = ended.coordinator_events().await;
+    // The decomposition's fallback (the coordinator is then asked who takes the rules' task,
+    // which two agents can: that decision is another test's).
+    let mut events = ended.coordinator_events().await;
+    events.retain(
+        |event| !matches!(&event.kind, EventKind::CoordinatorFallback { decision, .. } if decision == "assign"),
+    );
     let [Event { kind: EventKind::CoordinatorFallback { reason: given, task: Some(id), .. }, .. }] = events.as_slice()
     else {
         panic!("one fallback: {events:?}")
@@ -396,4 +401,80 @@ async fn a_spent_budget_falls_back_without_asking() {
     assert_eq!(standin.received().len(), 1, "not asked the second time");
     shutdown.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// Two agents that can both write, and a task that needs writing: the coordinator chooses.
+fn choosing_plan(url: &str) -> Plan {
+    let text = format!(
+        r#"
+[orchestration]
+name = "assign"
+
+[llm.providers.standin]
+kind = "anthropic"
+base_url = "{url}"
+api_key_env = "STANDIN_KEY"
+
+[coordinator]
+{LLM}
+
+[[agents]]
+name = "first"
+role = "Writes quickly"
+capabilities = ["write"]
+command = ["sh", "-c", "echo first"]
+
+[[agents]]
+name = "second"
+role = "Writes about releases"
+capabilities = ["write"]
+command = ["sh", "-c", "echo second"]
+
+[[tasks]]
+key = "notes"
+title = "Release notes for 1.2"
+requires = ["write"]
+"#
+    );
+    config::load("baton.toml", &text, &env()).unwrap_or_else(|error| panic!("{error}"))
+}
+
+#[tokio::test]
+async fn the_coordinator_chooses_among_agents_that_can_take_a_task() {
+    let answer = json!({"agent": "second", "reason": "it writes about releases"}).to_string();
+    let standin = Standin::start(vec![Reply::Stream(standin::anthropic_text(&answer, 200, 20, 0, 0))]);
+    let ended = run(choosing_plan(&standin.url), env()).await;
+    assert_eq!(ended.summary.state, RunState::Succeeded, "{:?}", ended.summary);
+    let tasks = ended.tasks().await;
+    let [task] = tasks.as_slice() else { panic!("one task: {tasks:?}") };
+    // The rules would have chosen `first` (declared first, equally idle).
+    assert_eq!(task.assigned_agent.as_deref(), Some("second"));
+    let events = ended.coordinator_events().await;
+    let [Event { kind: EventKind::CoordinatorDecision { decision, task: id, input, output, usage, .. }, .. }] =
+        events.as_slice()
+    else {
+        panic!("one decision: {events:?}")
+    };
+    assert_eq!((decision.as_str(), *id), ("assign", Some(task.id)));
+    assert_eq!(input["candidates"], json!(["first", "second"]));
+    assert_eq!(output["reason"], "it writes about releases");
+    assert_eq!(usage["input_tokens"], 200);
+    let asked = standin.received()[0].body.to_string();
+    assert!(asked.contains("Writes about releases") && asked.contains("Release notes for 1.2"), "{asked}");
+}
+
+#[tokio::test]
+async fn a_choice_of_an_agent_that_cannot_take_the_task_falls_back_to_the_rules() {
+    let answer = json!({"agent": "nobody", "reason": "?"}).to_string();
+    let standin = Standin::start(vec![Reply::Stream(standin::anthropic_text(&answer, 10, 5, 0, 0))]);
+    let ended = run(choosing_plan(&standin.url), env()).await;
+    assert_eq!(ended.summary.state, RunState::Succeeded, "{:?}", ended.summary);
+    let tasks = ended.tasks().await;
+    assert_eq!(tasks[0].assigned_agent.as_deref(), Some("first"));
+    let events = ended.coordinator_events().await;
+    let [Event { kind: EventKind::CoordinatorFallback { decision, reason, .. }, .. }] = events.as_slice() else {
+        panic!("one fallback: {events:?}")
+    };
+    assert_eq!(decision, "assign");
+    assert!(reason.contains("`nobody`, which is not one of the agents"), "{reason}");
 }
