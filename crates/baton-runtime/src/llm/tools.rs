@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use baton_core::messages::{NewMessage, Recipient};
-use baton_core::model::TaskId;
+use baton_core::model::{TaskId, TaskRef};
 use baton_core::task::TaskInput;
 
 use super::wire::ApiTool;
@@ -136,6 +136,11 @@ impl ToolProvider for BatonTools {
         let answer = match name {
             "baton/create_tasks" => {
                 let CreateTasks { tasks } = arguments(name, args)?;
+                // A dependency's result reaches the dependent task's prompt: an agent may make its
+                // tasks depend only on tasks it may read, or on others of the same batch.
+                if let Some(refusal) = self.unreadable_dependency(&tasks).await {
+                    return Ok(ToolResult::text(refusal, true));
+                }
                 match self
                     .context
                     .ask(|reply| AgentRequest::CreateTasks { agent, parent: Some(task), tasks, reply })
@@ -198,12 +203,7 @@ impl ToolProvider for BatonTools {
                         structured(value.to_string(), value)
                     }
                     // Said as for a task that is not there: which tasks exist is not its to know.
-                    Ok(_) => ToolResult::text(
-                        format!(
-                            "refused: task {id} is not yours to read; you may read your own tasks, those you created and those your current task depends on"
-                        ),
-                        true,
-                    ),
+                    Ok(_) => refused(RequestError::invalid(format!("no task {id} in this run"))),
                     Err(error) => refused(error),
                 }
             }
@@ -214,6 +214,35 @@ impl ToolProvider for BatonTools {
 }
 
 impl BatonTools {
+    /// Why a batch the agent creates may not be made: a dependency on a task it may not read
+    /// (by id), or on a key that is not one of the batch's; `None` when every one is allowed.
+    async fn unreadable_dependency(&self, tasks: &[TaskInput]) -> Option<String> {
+        let keys: Vec<&str> = tasks.iter().filter_map(|task| task.key.as_deref()).collect();
+        for dependency in tasks.iter().flat_map(|task| &task.depends_on) {
+            let allowed = match dependency {
+                TaskRef::Key(key) => keys.contains(&key.as_str()),
+                TaskRef::Id(id) => {
+                    let agent = self.agent.clone();
+                    let asked = self.context.ask(|reply| AgentRequest::GetTask { agent, task: *id, reply }).await;
+                    match asked {
+                        Ok(record) => self.may_read(&record).await,
+                        Err(_) => false,
+                    }
+                }
+            };
+            if !allowed {
+                let named = match dependency {
+                    TaskRef::Id(id) => format!("task {id}"),
+                    TaskRef::Key(key) => format!("`{key}`"),
+                };
+                return Some(format!(
+                    "refused: a task you create may depend on {named} only if you may read it (your own tasks, those you created, those your current task depends on) or if it is another task of this batch, by key"
+                ));
+            }
+        }
+        None
+    }
+
     /// Whether the agent may read `record` with `baton/get_task`: as an `agent`-role API token
     /// reads only its own tasks, an LLM agent reads its own tasks (those it runs or ran), the
     /// tasks it created (whose parent is one of its tasks) and those its current task depends

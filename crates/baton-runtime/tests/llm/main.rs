@@ -251,7 +251,15 @@ async fn get_task_reads_the_agents_own_tasks_its_sub_tasks_and_dependencies_only
         reads.iter().map(|(id, args)| (id.as_str(), "baton__get_task", args.clone())).collect();
     let standin = Standin::start(vec![
         Reply::Stream(standin::anthropic_tools(
-            &[("toolu_sub", "baton__create_tasks", json!({"tasks": [{"title": "Sub", "requires": ["work"]}]}))],
+            &[
+                ("toolu_sub", "baton__create_tasks", json!({"tasks": [{"title": "Sub", "requires": ["work"]}]})),
+                // A dependency's result would reach the new task's prompt: refused for task 3.
+                (
+                    "toolu_peek",
+                    "baton__create_tasks",
+                    json!({"tasks": [{"title": "Peek", "requires": ["work"], "agent": "lead", "depends_on": [3]}]}),
+                ),
+            ],
             100,
             10,
         )),
@@ -284,14 +292,16 @@ async fn get_task_reads_the_agents_own_tasks_its_sub_tasks_and_dependencies_only
         assert!(!is_error, "task {id} is readable: {text}");
         assert_eq!(serde_json::from_str::<Value>(text).unwrap()["id"], id);
     }
-    assert_eq!(
-        said[2],
-        (
-            true,
-            "refused: task 3 is not yours to read; you may read your own tasks, those you created and those your current task depends on"
-                .to_string()
-        )
+    // Refused as a task that is not there: which tasks exist is not the agent's to know.
+    assert_eq!(said[2], (true, "invalid: no task 3 in this run".to_string()));
+    let created = received[1].body["messages"][2]["content"].as_array().unwrap().clone();
+    assert_eq!(created[1]["is_error"], true, "{created:?}");
+    let refusal = created[1]["content"].as_str().unwrap();
+    assert!(
+        refusal.starts_with("refused: a task you create may depend on task 3 only if you may read it"),
+        "{refusal}"
     );
+    assert!(!tasks.iter().any(|task| task.title == "Peek"));
     assert_eq!(said[4], (true, "invalid: no task 99 in this run".to_string()));
     run.shutdown.cancel();
 }
