@@ -1294,14 +1294,17 @@ impl Scheduler {
             let Ok(preferred) = self.coordinator_choice(id, &mut may_ask, fx) else {
                 continue;
             };
-            // The coordinator's choice, while that agent can still run the task (else the rules').
+            // The coordinator's choice, while that agent is up and may run the task: the task
+            // waits while it is only busy; if it is down, gone, or its budget is spent, the
+            // rules choose.
             let task = &self.tasks[&id];
             let preferred = preferred.filter(|name| {
                 self.agents.iter().any(|slot| {
                     slot.spec.name == *name
                         && !slot.removed
-                        && !matches!(slot.state, AgentState::Failed | AgentState::Stopped)
+                        && matches!(slot.state, AgentState::Idle | AgentState::Active)
                         && slot.spec.can_run(task.workstream.as_deref(), &task.requires, None)
+                        && self.budget_block(&slot.spec, task).is_none()
                 })
             });
             let pinned = task.agent.as_deref().or(preferred.as_deref());

@@ -1808,4 +1808,17 @@ requires = ["test"]
     assert_eq!(asked.len(), 1);
     command(&mut h, |sched, _, _| sched.assignment_chosen(TaskId(13), None));
     assert_eq!(agent_of(&h, 13).as_deref(), Some("b"));
+
+    // The agent chosen is stopped while the task waits for it: the rules choose another. (A
+    // question is asked only when some agent has room: `b` is freed first.)
+    let on_b = h.running.iter().position(|(id, _)| *id == TaskId(13)).unwrap();
+    h.finish(on_b, true);
+    assert_eq!(add(&mut h, 14, "last", &["write"], None).len(), 1);
+    command(&mut h, |sched, now, fx| {
+        sched.assignment_chosen(TaskId(14), Some("b".into()));
+        sched.stop_agent("b", now, fx).unwrap();
+    });
+    let running_on_a = h.running.iter().position(|(id, _)| *id == TaskId(10)).unwrap();
+    h.finish(running_on_a, true);
+    assert_eq!(agent_of(&h, 14).as_deref(), Some("a"), "`b` is stopped: not waited for");
 }
