@@ -443,8 +443,17 @@ impl Scheduler {
         if current.workstream_timeout != new_settings.workstream_timeout {
             summary.not_applied.push("setting workstream_timeout: applies at the next start".into());
         }
-        if current.coordinator != new_settings.coordinator {
-            summary.not_applied.push("setting coordinator: applies at the next start".into());
+        if current.coordinator != new_settings.coordinator || old.coordinator != new_plan.coordinator {
+            summary.not_applied.push("[coordinator]: applies at the next start".into());
+        }
+        for ws in &new_plan.workstreams {
+            let before = old.workstream(&ws.name).and_then(|old_ws| old_ws.objective.as_ref());
+            if ws.objective.is_some() && ws.objective.as_ref() != before {
+                summary.not_applied.push(format!(
+                    "workstream `{}` objective: planned at the next start, or now with `baton plan`",
+                    ws.name
+                ));
+            }
         }
         if old.name != new_plan.name {
             summary.not_applied.push("name: a plan with another name is another run; restart to start it".into());

@@ -33,6 +33,9 @@ use super::turn::{Turn, create_tasks, load_finished};
 use super::{Error, Planned};
 use crate::coordinator::{Assigned, Decomposed, Triaged};
 
+/// How many calls to the coordinator's model may be out at once.
+pub const COORDINATOR_CALLS: usize = 4;
+
 /// Who the coordinator's usage is reported as (its `agent` scope; the global budget counts it).
 pub const COORDINATOR: &str = "coordinator";
 
@@ -116,6 +119,11 @@ impl Running {
             let known: Vec<&str> = plan.workstreams.iter().map(|ws| ws.name.as_str()).collect();
             return Ok(Some(Error::Invalid(baton_core::config::unknown("workstream", workstream, &known))));
         }
+        if self.planning.contains(prefix) {
+            return Ok(Some(Error::AlreadyPlanned(format!(
+                "this objective of workstream `{workstream}` is being planned: the coordinator has not answered yet"
+            ))));
+        }
         let existing = self.store.tasks_by_key(&self.run_id, &planned_keys(prefix)).await?;
         Ok(existing.first().map(|task| {
             Error::AlreadyPlanned(format!(
@@ -136,16 +144,21 @@ impl Running {
     ) {
         self.coordinating += 1;
         self.sched.stay_open(true);
+        self.planning.insert(prefix.clone());
         let coordinator = std::sync::Arc::clone(&self.coordinator);
         let plan = self.sched.plan().clone();
         let reports = self.shell.reports.clone();
         let stop = self.coordinator_stop.clone();
         let refusal = self.budget_refusal();
+        let calls = std::sync::Arc::clone(&self.coordinator_calls);
         self.shell.tracker.spawn(async move {
             let asked = async {
                 match refusal {
                     Some(reason) => Decomposed { tasks: Err(reason), asked: false, usage: None },
-                    None => coordinator.decompose(&plan, &workstream, &objective, &prefix).await,
+                    None => {
+                        let _call = calls.acquire().await;
+                        coordinator.decompose(&plan, &workstream, &objective, &prefix).await
+                    }
                 }
             };
             let decomposed = tokio::select! {
@@ -168,6 +181,7 @@ impl Running {
     /// the usage.
     pub(super) async fn coordinated(&mut self, coordinated: Coordinated, turn: &mut Turn) -> Result<(), Error> {
         let Coordinated { workstream, objective, prefix, decomposed, reply } = coordinated;
+        self.planning.remove(&prefix);
         self.coordinating = self.coordinating.saturating_sub(1);
         if self.coordinating == 0 {
             self.sched.stay_open(self.keep_open);
@@ -269,6 +283,7 @@ impl Running {
         let reports = self.shell.reports.clone();
         let stop = self.coordinator_stop.clone();
         let refusal = self.budget_refusal();
+        let calls = std::sync::Arc::clone(&self.coordinator_calls);
         self.shell.tracker.spawn(async move {
             let asked = async {
                 if let Some(reason) = refusal {
@@ -288,7 +303,10 @@ impl Running {
                     Ok(task) if task.key.as_deref().is_some_and(|key| key.contains(".triage-")) => {
                         Triaged { triage: Err("a task made by a triage is not triaged again".into()), usage: None }
                     }
-                    Ok(task) => coordinator.triage(&plan, task).await,
+                    Ok(task) => {
+                        let _call = calls.acquire().await;
+                        coordinator.triage(&plan, task).await
+                    }
                     Err(reason) => Triaged { triage: Err(reason.clone()), usage: None },
                 };
                 TriagedTask { task, id, triaged }
@@ -400,11 +418,15 @@ impl Running {
             let reports = self.shell.reports.clone();
             let stop = self.coordinator_stop.clone();
             let refusal = self.budget_refusal();
+            let calls = std::sync::Arc::clone(&self.coordinator_calls);
             self.shell.tracker.spawn(async move {
                 let asked = async {
                     match refusal {
                         Some(reason) => Assigned { assignment: Err(reason), usage: None },
-                        None => coordinator.assign(&plan, &task, &candidates).await,
+                        None => {
+                            let _call = calls.acquire().await;
+                            coordinator.assign(&plan, &task, &candidates).await
+                        }
                     }
                 };
                 let assigned = tokio::select! {

@@ -58,6 +58,11 @@ pub(super) struct Running {
     /// Tasks the coordinator was asked to triage: each once per start of the run, so that a
     /// model that keeps answering `retry` cannot keep a task alive forever.
     pub(super) triaged: std::collections::HashSet<baton_core::model::TaskId>,
+    /// Objectives being planned (their key prefixes): a second request is refused at once.
+    pub(super) planning: std::collections::HashSet<String>,
+    /// Calls to the coordinator's model at once, at most [`super::objectives::COORDINATOR_CALLS`]:
+    /// a burst of failed tasks or objectives waits its turn instead of calling the model all at once.
+    pub(super) coordinator_calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where the engine's inputs arrive.
@@ -189,6 +194,8 @@ impl Running {
             keep_open: options.keep_open,
             coordinator_stop: CancellationToken::new(),
             triaged: std::collections::HashSet::new(),
+            planning: std::collections::HashSet::new(),
+            coordinator_calls: Arc::new(tokio::sync::Semaphore::new(super::objectives::COORDINATOR_CALLS)),
         };
         running.ask_assignments(choose);
         running.plan_workstream_objectives().await?;
