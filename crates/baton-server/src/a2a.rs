@@ -565,7 +565,7 @@ impl Handler {
         }
         let url =
             push::string(config, "url").ok_or_else(|| RpcError::invalid("the push config's `url` is required"))?;
-        let url = baton_runtime::a2a::push::check_url(&url, |host| plan.a2a.allows_push_host(host), hosts)
+        let url = baton_runtime::a2a::push::check_url(&url, |host, port| plan.a2a.allows_push(host, port), hosts)
             .map_err(|error| RpcError::invalid(error.to_string()))?;
         let authentication = config.get("authentication");
         let scheme =
@@ -589,18 +589,11 @@ impl Handler {
             .filter(|scheme| !scheme.is_empty())
             .map(str::to_string);
         let config_id = push::string(config, "id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let config = push::Config { id: config_id, task_id: id, webhook, scheme };
-        let answer = config.to_json();
+        let owner = self.caller.token_id.clone();
+        let config = push::Config { id: config_id, task_id: id, webhook, scheme, owner };
+        let answer = config.to_json(true);
         let registry = std::sync::Arc::clone(self.state.a2a_pushes());
-        let start = registry.set(config).map_err(|refused| {
-            let message = match refused {
-                push::Refused::TooManyForTask => {
-                    format!("task {id} has {} push configs already: delete one first", push::MAX_PER_TASK)
-                }
-                push::Refused::Full => "this server holds as many push configs as it can: try again later".to_string(),
-            };
-            RpcError { code: code::SERVER, message, reason: Some("RESOURCE_EXHAUSTED") }
-        })?;
+        let start = registry.set(config, self.is_admin()).map_err(|refused| self.push_refusal(id, refused))?;
         if start {
             match self.stream(id, since).await {
                 Ok(updates) => {
@@ -614,6 +607,37 @@ impl Handler {
             }
         }
         Ok(answer)
+    }
+
+    fn is_admin(&self) -> bool {
+        self.caller.role == baton_ops::Role::Admin
+    }
+
+    /// Whether the caller set `config` (or is an admin): only then is its `token` shown.
+    fn owns(&self, config: &push::Config) -> bool {
+        self.is_admin() || config.owner == self.caller.token_id
+    }
+
+    fn push_refusal(&self, id: TaskId, refused: push::Refused) -> RpcError {
+        let message = match refused {
+            push::Refused::TooManyForTask => {
+                format!("task {id} has {} push configs already: delete one first", push::MAX_PER_TASK)
+            }
+            push::Refused::TooManyForOwner => {
+                format!("your token has {} push configs already: delete some first", push::MAX_PER_OWNER)
+            }
+            push::Refused::Full => "this server holds as many push configs as it can: try again later".to_string(),
+            push::Refused::NotYours => {
+                return RpcError {
+                    code: code::SERVER,
+                    message:
+                        "this push config was set by another client: only it, or an admin, may change or delete it"
+                            .into(),
+                    reason: Some("PERMISSION_DENIED"),
+                };
+            }
+        };
+        RpcError { code: code::SERVER, message, reason: Some("RESOURCE_EXHAUSTED") }
     }
 
     /// The task a push config request names (`taskId`), if the caller may read it.
@@ -644,12 +668,13 @@ impl Handler {
             .a2a_pushes()
             .get(task_id, &id)
             .ok_or_else(|| RpcError::invalid(format!("task {task_id} has no push config `{id}`")))?;
-        Ok(config.to_json())
+        Ok(config.to_json(self.owns(&config)))
     }
 
     async fn list_push_configs(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
         let task_id = self.push_task(params).await?;
-        let configs: Vec<Value> = self.state.a2a_pushes().list(task_id).iter().map(push::Config::to_json).collect();
+        let configs: Vec<Value> =
+            self.state.a2a_pushes().list(task_id).iter().map(|config| config.to_json(self.owns(config))).collect();
         Ok(json!({ "configs": configs, "nextPageToken": "" }))
     }
 
@@ -657,7 +682,12 @@ impl Handler {
         let task_id = self.push_task(params).await?;
         self.caller.require(baton_ops::Action::CreateTasks)?;
         let id = push::string(params, "id").ok_or_else(|| RpcError::invalid("`id` (the config's) is required"))?;
-        if !self.state.a2a_pushes().delete(task_id, &id) {
+        let deleted = self
+            .state
+            .a2a_pushes()
+            .delete(task_id, &id, &self.caller.token_id, self.is_admin())
+            .map_err(|refused| self.push_refusal(task_id, refused))?;
+        if !deleted {
             return Err(RpcError::invalid(format!("task {task_id} has no push config `{id}`")));
         }
         Ok(Value::Null)

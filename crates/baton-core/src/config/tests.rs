@@ -423,7 +423,7 @@ fn a2a_agents_name_their_card_and_credentials() {
 
 /// An A2A agent without `capabilities` learns them from its card at start: until then the
 /// check counts it as able to run any task it may take; one with `capabilities` is checked as
-/// any agent. `[a2a] push_hosts` takes bare hosts only.
+/// any agent. `[a2a] push_hosts` takes hosts, with a port or without, and nothing else.
 #[test]
 fn a2a_agents_without_capabilities_may_run_what_tasks_require() {
     let agent = "[orchestration]\nname = \"x\"\n\n[[agents]]\nname = \"far\"\nruntime = \"a2a\"\nurl = \"http://127.0.0.1:9/\"\n";
@@ -435,9 +435,9 @@ fn a2a_agents_without_capabilities_may_run_what_tasks_require() {
         errors(&configured).contains("task `paint` cannot be assigned: no agent without a workstream has [painting]")
     );
 
-    let hosts = format!("{agent}\n[a2a]\npush_hosts = [\"Hooks.Example.com\", \"127.0.0.1\"]\n");
+    let hosts = format!("{agent}\n[a2a]\npush_hosts = [\"Hooks.Example.com\", \"127.0.0.1:8080\", \"[0:0::1]:99\"]\n");
     let plan = load("baton.toml", &hosts, &env()).unwrap();
-    assert_eq!(plan.a2a.push_hosts, ["hooks.example.com", "127.0.0.1"]);
+    assert_eq!(plan.a2a.push_hosts, ["hooks.example.com", "127.0.0.1:8080", "[::1]:99"]);
     let bad = format!("{agent}\n[a2a]\npush_hosts = [\"https://hooks.example.com\"]\n");
     assert!(errors(&bad).contains("invalid push host `https://hooks.example.com`"), "{}", errors(&bad));
 }

@@ -39,7 +39,7 @@ impl std::fmt::Debug for Webhook {
 /// Why a webhook's URL is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("`{0}` is not an http(s) URL with a host")]
+    #[error("`{0}` is not an http(s) URL with a host and without credentials")]
     NotHttp(String),
     #[error(
         "push notifications may not go to host `{host}`: [a2a] push_hosts allows {allowed}; add the host there or use an allowed one"
@@ -48,13 +48,23 @@ pub enum Error {
 }
 
 /// The webhook URL `url`, if it is http(s) and on a host `allowed` accepts.
-pub fn check_url(url: &str, allowed: impl Fn(&str) -> bool, allowed_list: &[String]) -> Result<reqwest::Url, Error> {
+/// `allowed` is asked with the URL's host and port (the scheme's default when not written).
+/// A URL with credentials in it (`user:pass@`) is refused: they would be shown back.
+pub fn check_url(
+    url: &str,
+    allowed: impl Fn(&str, u16) -> bool,
+    allowed_list: &[String],
+) -> Result<reqwest::Url, Error> {
     let parsed = reqwest::Url::parse(url).map_err(|_| Error::NotHttp(url.to_string()))?;
-    let host = match parsed.host_str() {
-        Some(host) if matches!(parsed.scheme(), "http" | "https") => host.to_string(),
+    let host = match (parsed.host_str(), parsed.port_or_known_default()) {
+        (Some(host), Some(_)) if matches!(parsed.scheme(), "http" | "https") => host.to_string(),
         _ => return Err(Error::NotHttp(url.to_string())),
     };
-    if !allowed(&host) {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::NotHttp(url.to_string()));
+    }
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    if !allowed(&host, port) {
         let allowed = if allowed_list.is_empty() { "none".to_string() } else { allowed_list.join(", ") };
         return Err(Error::HostNotAllowed { host, allowed });
     }
@@ -129,8 +139,10 @@ mod tests {
     #[test]
     fn only_http_urls_on_allowed_hosts() {
         let list = vec!["127.0.0.1".to_string()];
-        let allowed = |host: &str| host == "127.0.0.1";
+        let allowed = |host: &str, port: u16| host == "127.0.0.1" && port == 9;
         assert!(check_url("http://127.0.0.1:9/hook", allowed, &list).is_ok());
+        assert!(matches!(check_url("http://127.0.0.1:10/hook", allowed, &list), Err(Error::HostNotAllowed { .. })));
+        assert!(matches!(check_url("http://me:secret@127.0.0.1:9/hook", allowed, &list), Err(Error::NotHttp(_))));
         assert!(matches!(
             check_url("http://evil.example/hook", allowed, &list),
             Err(Error::HostNotAllowed { host, .. }) if host == "evil.example"

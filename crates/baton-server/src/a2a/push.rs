@@ -27,6 +27,9 @@ use baton_runtime::a2a::push::{Sender, Webhook};
 pub const MAX_CONFIGS: usize = 10_000;
 /// Configs one task may have.
 pub const MAX_PER_TASK: usize = 16;
+/// Configs one client (token) may have, for every task together: one client cannot take the
+/// room of all.
+pub const MAX_PER_OWNER: usize = 1_000;
 
 /// A config as a client set it.
 #[derive(Debug, Clone)]
@@ -36,13 +39,17 @@ pub struct Config {
     pub webhook: Webhook,
     /// The authentication's scheme; its credentials are in the webhook, never shown.
     pub scheme: Option<String>,
+    /// The token that set it (its id): only it, or an admin, may replace or delete it, or see
+    /// its `token`.
+    pub owner: String,
 }
 
 impl Config {
-    /// As the protocol writes a `TaskPushNotificationConfig` (the credentials left out).
-    pub fn to_json(&self) -> Value {
+    /// As the protocol writes a `TaskPushNotificationConfig` (the credentials left out; the
+    /// `token` too unless `yours`).
+    pub fn to_json(&self, yours: bool) -> Value {
         let mut value = json!({ "id": self.id, "taskId": self.task_id.to_string(), "url": self.webhook.url.as_str() });
-        if let Some(token) = &self.webhook.token {
+        if let Some(token) = self.webhook.token.as_ref().filter(|_| yours) {
             value["token"] = json!(token);
         }
         if let Some(scheme) = &self.scheme {
@@ -79,7 +86,10 @@ pub struct Registry {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     TooManyForTask,
+    TooManyForOwner,
     Full,
+    /// Another client set the config of that id.
+    NotYours,
 }
 
 impl Registry {
@@ -87,15 +97,26 @@ impl Registry {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps `config` (replacing one of the same id on the same task); whether the task needs
-    /// a follower started (it has none yet).
-    pub fn set(&self, config: Config) -> Result<bool, Refused> {
+    /// Keeps `config` (replacing one of the same id on the same task, if its owner set it or
+    /// `admin`); whether the task needs a follower started (it has none yet).
+    pub fn set(&self, config: Config, admin: bool) -> Result<bool, Refused> {
         let mut inner = self.lock();
         let existing =
             inner.tasks.get(&config.task_id).and_then(|entry| entry.configs.iter().position(|c| c.id == config.id));
+        if let Some(idx) = existing
+            && !admin
+            && inner.tasks[&config.task_id].configs[idx].owner != config.owner
+        {
+            return Err(Refused::NotYours);
+        }
         if existing.is_none() {
             if inner.tasks.get(&config.task_id).is_some_and(|entry| entry.configs.len() >= MAX_PER_TASK) {
                 return Err(Refused::TooManyForTask);
+            }
+            let owned =
+                inner.tasks.values().flat_map(|entry| &entry.configs).filter(|c| c.owner == config.owner).count();
+            if owned >= MAX_PER_OWNER {
+                return Err(Refused::TooManyForOwner);
             }
             while inner.n_configs >= MAX_CONFIGS {
                 // The task that ended longest ago (and is no longer followed) makes room.
@@ -134,15 +155,18 @@ impl Registry {
         self.lock().tasks.get(&task_id).map(|entry| entry.configs.clone()).unwrap_or_default()
     }
 
-    /// Whether there was such a config.
-    pub fn delete(&self, task_id: TaskId, id: &str) -> bool {
+    /// Deletes the config if `owner` set it or `admin`; whether there was such a config.
+    pub fn delete(&self, task_id: TaskId, id: &str, owner: &str, admin: bool) -> Result<bool, Refused> {
         let mut inner = self.lock();
-        let Some(entry) = inner.tasks.get_mut(&task_id) else { return false };
+        let Some(entry) = inner.tasks.get_mut(&task_id) else { return Ok(false) };
+        if entry.configs.iter().any(|config| config.id == id && config.owner != owner && !admin) {
+            return Err(Refused::NotYours);
+        }
         let before = entry.configs.len();
         entry.configs.retain(|config| config.id != id);
         let removed = before - entry.configs.len();
         inner.n_configs -= removed;
-        removed > 0
+        Ok(removed > 0)
     }
 
     fn webhooks(&self, task_id: TaskId) -> Vec<(String, Webhook)> {
@@ -206,26 +230,48 @@ mod tests {
     use super::*;
 
     fn config(task: i64, id: &str) -> Config {
-        let webhook = Webhook { url: "http://127.0.0.1:9/hook".parse().unwrap(), token: None, authorization: None };
-        Config { id: id.to_string(), task_id: TaskId(task), webhook, scheme: None }
+        owned(task, id, "op")
+    }
+
+    fn owned(task: i64, id: &str, owner: &str) -> Config {
+        let webhook =
+            Webhook { url: "http://127.0.0.1:9/hook".parse().unwrap(), token: Some("t".into()), authorization: None };
+        Config { id: id.to_string(), task_id: TaskId(task), webhook, scheme: None, owner: owner.to_string() }
     }
 
     #[test]
     fn a_task_is_followed_once_and_its_configs_are_bounded() {
         let registry = Registry::default();
-        assert_eq!(registry.set(config(1, "a")), Ok(true));
-        assert_eq!(registry.set(config(1, "b")), Ok(false));
-        assert_eq!(registry.set(config(1, "a")), Ok(false), "the same id replaces");
+        assert_eq!(registry.set(config(1, "a"), false), Ok(true));
+        assert_eq!(registry.set(config(1, "b"), false), Ok(false));
+        assert_eq!(registry.set(config(1, "a"), false), Ok(false), "the same id replaces");
         assert_eq!(registry.list(TaskId(1)).len(), 2);
         for n in 2..MAX_PER_TASK {
-            registry.set(config(1, &n.to_string())).unwrap();
+            registry.set(config(1, &n.to_string()), false).unwrap();
         }
-        assert_eq!(registry.set(config(1, "over")), Err(Refused::TooManyForTask));
-        assert!(registry.delete(TaskId(1), "a"));
-        assert!(!registry.delete(TaskId(1), "a"));
+        assert_eq!(registry.set(config(1, "over"), false), Err(Refused::TooManyForTask));
+        assert_eq!(registry.delete(TaskId(1), "a", "op", false), Ok(true));
+        assert_eq!(registry.delete(TaskId(1), "a", "op", false), Ok(false));
         assert!(registry.get(TaskId(1), "b").is_some());
         registry.stopped(TaskId(1), true);
-        assert_eq!(registry.set(config(1, "late")), Ok(false), "an ended task is not followed again");
+        assert_eq!(registry.set(config(1, "late"), false), Ok(false), "an ended task is not followed again");
+    }
+
+    #[test]
+    fn a_config_is_its_owner_s_and_an_owner_s_configs_are_bounded() {
+        let registry = Registry::default();
+        registry.set(owned(1, "hook", "alice"), false).unwrap();
+        assert_eq!(registry.set(owned(1, "hook", "mallory"), false), Err(Refused::NotYours));
+        assert_eq!(registry.delete(TaskId(1), "hook", "mallory", false), Err(Refused::NotYours));
+        assert_eq!(registry.set(owned(1, "hook", "admin"), true), Ok(false), "an admin may replace it");
+        assert_eq!(registry.delete(TaskId(1), "hook", "someone", true), Ok(true));
+        assert!(owned(1, "x", "a").to_json(true).get("token").is_some());
+        assert!(owned(1, "x", "a").to_json(false).get("token").is_none(), "another's token is not shown");
+        for n in 0..MAX_PER_OWNER {
+            registry.set(owned(n as i64 + 10, "h", "greedy"), false).unwrap();
+        }
+        assert_eq!(registry.set(owned(5, "h", "greedy"), false), Err(Refused::TooManyForOwner));
+        assert_eq!(registry.set(owned(5, "h", "other"), false), Ok(true), "others still have room");
     }
 
     #[test]
