@@ -225,23 +225,6 @@ impl Scheduler {
             );
             return Err(Error::InvalidRequest(problem));
         }
-        // An agent's own daily budget may be too small too: the task waits only if some agent
-        // that can run it has room for the call in a whole period.
-        let fits_an_agent = self.agents.iter().any(|slot| {
-            !slot.removed
-                && slot.spec.can_run(task.workstream.as_deref(), &task.requires, task.agent.as_deref())
-                && self
-                    .budgets
-                    .limit(&Scope::Agent(slot.spec.name.clone()))
-                    .daily_tokens
-                    .filter(|max| *max > 0)
-                    .is_none_or(|max| tokens <= max)
-        });
-        if !fits_an_agent {
-            return Err(Error::InvalidRequest(format!(
-                "its first model call needs {tokens} tokens, more than the daily_tokens of every agent that can run it: it could never start"
-            )));
-        }
         self.release(id, attempt, now, fx)?;
         let need = self.budget_needs.entry(id).or_default();
         *need = (*need).max(tokens);
