@@ -48,6 +48,26 @@ pub(in crate::engine) struct Coordinated {
     reply: Option<oneshot::Sender<Result<Planned, Error>>>,
 }
 
+/// What a call to the coordinator needs, taken from the run when it starts.
+pub(in crate::engine) struct Call {
+    coordinator: std::sync::Arc<crate::coordinator::Coordinator>,
+    plan: baton_core::config::Plan,
+    /// Why the model must not be asked (the global budget is spent), if it must not.
+    refusal: Option<String>,
+    calls: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Call {
+    /// A turn to ask the model (at most [`COORDINATOR_CALLS`] at once), or why it must not be
+    /// asked.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, String> {
+        if let Some(reason) = &self.refusal {
+            return Err(reason.clone());
+        }
+        self.calls.acquire().await.map_err(|_| "the run is closing".to_string())
+    }
+}
+
 /// The coordinator's answer about a failed task, on its way back to the loop.
 pub(in crate::engine) struct TriagedTask {
     /// The task as the store had it, or why it could not be read.
@@ -145,28 +165,37 @@ impl Running {
         self.coordinating += 1;
         self.sched.stay_open(true);
         self.planning.insert(prefix.clone());
-        let coordinator = std::sync::Arc::clone(&self.coordinator);
-        let plan = self.sched.plan().clone();
+        self.spawn_coordinator_call(move |call| async move {
+            let decomposed = match call.permit().await {
+                Err(reason) => Decomposed { tasks: Err(reason), asked: false, usage: None },
+                Ok(_permit) => call.coordinator.decompose(&call.plan, &workstream, &objective, &prefix).await,
+            };
+            Report::Coordinated(Box::new(Coordinated { workstream, objective, prefix, decomposed, reply }))
+        });
+    }
+
+    /// Starts a call to the coordinator off the loop: `ask` makes the report its answer comes
+    /// back as (unless the run closes first).
+    fn spawn_coordinator_call<F, Fut>(&mut self, ask: F)
+    where
+        F: FnOnce(Call) -> Fut,
+        Fut: std::future::Future<Output = Report> + Send + 'static,
+    {
+        let call = Call {
+            coordinator: std::sync::Arc::clone(&self.coordinator),
+            plan: self.sched.plan().clone(),
+            refusal: self.budget_refusal(),
+            calls: std::sync::Arc::clone(&self.coordinator_calls),
+        };
+        let asked = ask(call);
         let reports = self.shell.reports.clone();
         let stop = self.coordinator_stop.clone();
-        let refusal = self.budget_refusal();
-        let calls = std::sync::Arc::clone(&self.coordinator_calls);
         self.shell.tracker.spawn(async move {
-            let asked = async {
-                match refusal {
-                    Some(reason) => Decomposed { tasks: Err(reason), asked: false, usage: None },
-                    None => {
-                        let _call = calls.acquire().await;
-                        coordinator.decompose(&plan, &workstream, &objective, &prefix).await
-                    }
-                }
-            };
-            let decomposed = tokio::select! {
-                decomposed = asked => decomposed,
+            let report = tokio::select! {
+                report = asked => report,
                 () = stop.cancelled() => return,
             };
-            let coordinated = Coordinated { workstream, objective, prefix, decomposed, reply };
-            let _ = reports.send(Report::Coordinated(Box::new(coordinated)));
+            let _ = reports.send(report);
         });
     }
 
@@ -277,45 +306,29 @@ impl Running {
     /// Asks the coordinator, off the loop, what to do with a task that failed its last
     /// attempt (its record is read once the turn that made it dead is durable).
     pub(super) fn ask_triage(&mut self, id: TaskId) {
-        let coordinator = std::sync::Arc::clone(&self.coordinator);
-        let plan = self.sched.plan().clone();
         let store = std::sync::Arc::clone(&self.store);
-        let reports = self.shell.reports.clone();
-        let stop = self.coordinator_stop.clone();
-        let refusal = self.budget_refusal();
-        let calls = std::sync::Arc::clone(&self.coordinator_calls);
-        self.shell.tracker.spawn(async move {
-            let asked = async {
-                if let Some(reason) = refusal {
-                    return TriagedTask {
-                        task: Err(reason.clone()),
-                        id,
-                        triaged: Triaged { triage: Err(reason), usage: None },
-                    };
+        self.spawn_coordinator_call(move |call| async move {
+            if let Some(reason) = call.refusal.clone() {
+                let triaged = Triaged { triage: Err(reason.clone()), usage: None };
+                return Report::Triaged(Box::new(TriagedTask { task: Err(reason), id, triaged }));
+            }
+            let task = match store.task(id).await {
+                Ok(Some(task)) => Ok(task),
+                Ok(None) => Err(format!("task {id} is not in the store")),
+                Err(error) => Err(format!("cannot read task {id}: {error}")),
+            };
+            let triaged = match &task {
+                // A triage's own task is not triaged again: a chain of retries would not end.
+                Ok(task) if task.key.as_deref().is_some_and(|key| key.contains(".triage-")) => {
+                    Triaged { triage: Err("a task made by a triage is not triaged again".into()), usage: None }
                 }
-                let task = match store.task(id).await {
-                    Ok(Some(task)) => Ok(task),
-                    Ok(None) => Err(format!("task {id} is not in the store")),
-                    Err(error) => Err(format!("cannot read task {id}: {error}")),
-                };
-                let triaged = match &task {
-                    // A triage's own task is not triaged again: a chain of retries would not end.
-                    Ok(task) if task.key.as_deref().is_some_and(|key| key.contains(".triage-")) => {
-                        Triaged { triage: Err("a task made by a triage is not triaged again".into()), usage: None }
-                    }
-                    Ok(task) => {
-                        let _call = calls.acquire().await;
-                        coordinator.triage(&plan, task).await
-                    }
-                    Err(reason) => Triaged { triage: Err(reason.clone()), usage: None },
-                };
-                TriagedTask { task, id, triaged }
+                Ok(task) => match call.permit().await {
+                    Err(reason) => Triaged { triage: Err(reason), usage: None },
+                    Ok(_permit) => call.coordinator.triage(&call.plan, task).await,
+                },
+                Err(reason) => Triaged { triage: Err(reason.clone()), usage: None },
             };
-            let triaged = tokio::select! {
-                triaged = asked => triaged,
-                () = stop.cancelled() => return,
-            };
-            let _ = reports.send(Report::Triaged(Box::new(triaged)));
+            Report::Triaged(Box::new(TriagedTask { task, id, triaged }))
         });
     }
 
@@ -413,28 +426,13 @@ impl Running {
                 self.sched.assignment_chosen(id, None);
                 continue;
             };
-            let coordinator = std::sync::Arc::clone(&self.coordinator);
-            let plan = self.sched.plan().clone();
-            let reports = self.shell.reports.clone();
-            let stop = self.coordinator_stop.clone();
-            let refusal = self.budget_refusal();
-            let calls = std::sync::Arc::clone(&self.coordinator_calls);
-            self.shell.tracker.spawn(async move {
-                let asked = async {
-                    match refusal {
-                        Some(reason) => Assigned { assignment: Err(reason), usage: None },
-                        None => {
-                            let _call = calls.acquire().await;
-                            coordinator.assign(&plan, &task, &candidates).await
-                        }
-                    }
-                };
-                let assigned = tokio::select! {
-                    assigned = asked => assigned,
-                    () = stop.cancelled() => return,
+            self.spawn_coordinator_call(move |call| async move {
+                let assigned = match call.permit().await {
+                    Err(reason) => Assigned { assignment: Err(reason), usage: None },
+                    Ok(_permit) => call.coordinator.assign(&call.plan, &task, &candidates).await,
                 };
                 let workstream = task.workstream.clone();
-                let _ = reports.send(Report::Assigned(Box::new(AssignedTask { id, workstream, candidates, assigned })));
+                Report::Assigned(Box::new(AssignedTask { id, workstream, candidates, assigned }))
             });
         }
     }
