@@ -56,6 +56,10 @@ impl Metrics {
                 // Another recorder may be installed already (a test harness); then ours only renders.
                 let _ = metrics::set_global_recorder(recorder);
                 baton_store::metrics::describe();
+                // Counters of rare trouble are exported from the start, at zero, so that an
+                // alert on their increase has a series to look at before the first one.
+                metrics::counter!("baton_metrics_events_missed_total").increment(0);
+                metrics::counter!("baton_http_unaudited_total").increment(0);
                 handle
             })
             .clone();

@@ -302,6 +302,40 @@ async fn metrics_cover_tasks_agents_events_the_store_and_http() {
         assert!(tokio::time::Instant::now() < deadline, "no {missing:?} in:\n{text}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The Grafana dashboard and the Prometheus alert rules shipped in deploy/ query only
+    // metrics that Baton exports.
+    let text = server.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let exported: std::collections::BTreeSet<&str> =
+        text.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy.join("grafana/dashboards/baton.json")).unwrap()).unwrap();
+    let mut queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .map(|target| target["expr"].as_str().unwrap().to_string())
+        .collect();
+    queries.push(dashboard["templating"]["list"][0]["definition"].as_str().unwrap().to_string());
+    let alerts = std::fs::read_to_string(deploy.join("prometheus/alerts.yml")).unwrap();
+    queries.extend(alerts.lines().filter(|line| !line.trim_start().starts_with('#')).map(str::to_string));
+    let mut named = std::collections::BTreeSet::new();
+    for query in &queries {
+        for (start, _) in query.match_indices("baton_") {
+            let name: String =
+                query[start..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            named.insert(name);
+        }
+    }
+    assert!(named.len() >= 10, "the dashboard and the alerts query {named:?}");
+    for name in &named {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|family| exported.contains(family)))
+            .unwrap_or(name);
+        assert!(exported.contains(family), "deploy/ queries `{name}`, which /metrics does not export: {exported:?}");
+    }
     server.stop().await;
 }
 

@@ -37,7 +37,9 @@ use crate::coordinator::{Assigned, Decomposed, Triaged};
 pub const COORDINATOR_CALLS: usize = 4;
 
 /// Who the coordinator's usage is reported as (its `agent` scope; the global budget counts it).
-pub const COORDINATOR: &str = "coordinator";
+/// Not a name an agent can have (those start with a letter or digit), so the coordinator's
+/// tokens never count against the budget of an agent that happens to be called `coordinator`.
+pub const COORDINATOR: &str = "@coordinator";
 
 /// The coordinator's answer about one objective, on its way back to the loop.
 pub(in crate::engine) struct Coordinated {

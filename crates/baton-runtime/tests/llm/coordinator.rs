@@ -137,6 +137,10 @@ async fn an_objective_is_decomposed_into_tasks_that_run() {
     let usage = ended.store.usage(&ended.summary.run_id, baton_core::Timestamp(0)).await.unwrap();
     let global = usage.iter().find(|record| record.scope == Scope::Global).expect("global usage");
     assert_eq!(global.spent.tokens, 820);
+    // Reported under a name no agent can have.
+    let coordinator = Scope::Agent("@coordinator".into());
+    let reported = usage.iter().find(|record| record.scope == coordinator).expect("the coordinator's usage");
+    assert_eq!(reported.spent.tokens, 820);
 }
 
 /// Runs the plan and checks the fallback: one task of the rules that ran, and the reason.
