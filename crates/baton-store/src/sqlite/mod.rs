@@ -39,6 +39,7 @@ mod messages;
 mod migrations;
 mod options;
 mod rows;
+pub(crate) mod rows_shared;
 #[cfg(test)]
 mod tests;
 mod writer;

@@ -1,0 +1,175 @@
+//! The conformance suite on the PostgreSQL store, against the server named by
+//! `BATON_TEST_POSTGRES_URL` (skipped, saying so once, when it is unset). Each test works in a
+//! fresh schema of its own (a random name, set as the search path of every connection through
+//! the URL), dropped when the test ends, so tests and parallel runs do not meet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use baton_store::{ErrorKind, PostgresStore, Store};
+
+const ENV: &str = "BATON_TEST_POSTGRES_URL";
+
+/// The server's URL, or `None` (said once) when the tests are to be skipped.
+fn server_url() -> Option<String> {
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    match std::env::var(ENV) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            // Written to stderr itself, not with `eprintln!`, which the test harness captures:
+            // the notice is seen in every run, once.
+            NOTICE.call_once(|| {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "{ENV} is not set: skipping the PostgreSQL store tests");
+            });
+            None
+        }
+    }
+}
+
+/// A schema of one test's own, dropped with it.
+struct Schema {
+    server: String,
+    name: String,
+}
+
+impl Schema {
+    async fn new(server: &str) -> Schema {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!("baton_test_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
+        Schema { server: server.to_string(), name }
+    }
+
+    /// The server's URL with this schema as the search path.
+    fn url(&self) -> String {
+        let separator = if self.server.contains('?') { '&' } else { '?' };
+        format!("{}{separator}options=-c%20search_path%3D{}", self.server, self.name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // On a thread of its own: a test's runtime may be the one dropping this, and cannot
+        // be blocked on from inside.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the test schema {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+async fn make() -> Option<(PostgresStore, Schema)> {
+    let server = server_url()?;
+    let schema = Schema::new(&server).await;
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    Some((store, schema))
+}
+
+baton_store::store_test_suite!(match make().await {
+    Some(made) => made,
+    None => return,
+});
+
+fn new_run(id: &str, owner: &str, plan: &str) -> baton_store::NewRun {
+    baton_store::NewRun {
+        id: id.into(),
+        name: plan.into(),
+        n_phases: 1,
+        owner: owner.into(),
+        owner_pid: 1,
+        owner_until: baton_core::Timestamp(1_700_000_030_000),
+    }
+}
+
+/// Nodes that start at once on a new database each find it migrated, once; opening again
+/// changes nothing; a schema newer than this baton knows is refused as `Unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_safe_when_nodes_start_at_once() {
+    let Some(server) = server_url() else { return };
+    for _round in 0..5 {
+        let schema = Schema::new(&server).await;
+        let url = schema.url();
+        let mut opens = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            opens.spawn(async move { PostgresStore::open(&url).await.map_err(|error| error.to_string()) });
+        }
+        let mut stores = Vec::new();
+        while let Some(opened) = opens.join_next().await {
+            stores.push(opened.unwrap().unwrap());
+        }
+        let version = PostgresStore::migrate(&url).await.unwrap();
+        assert_eq!(version.version, version.known);
+        assert_eq!(PostgresStore::schema_version(&url).await.unwrap(), version);
+        // Every store works on the one schema.
+        stores[0].create_run(new_run("r1", "a", "plan"), baton_core::Timestamp(1_700_000_000_000)).await.unwrap();
+        assert!(stores[3].run("r1").await.unwrap().is_some());
+    }
+
+    let schema = Schema::new(&server).await;
+    drop(PostgresStore::open(&schema.url()).await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&schema.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute("UPDATE schema_version SET version = 1000").await.unwrap();
+    let error = PostgresStore::open(&schema.url()).await.err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("has schema version 1000, newer than this baton knows"), "{error}");
+}
+
+/// Two processes' stores on one database create a run of the same plan at once: one is
+/// created, the other refused with the holder, every time (the write lock serializes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_never_both_create_a_run_of_the_plan() {
+    let Some((first, schema)) = make().await else { return };
+    let second = PostgresStore::open(&schema.url()).await.unwrap();
+    let now = baton_core::Timestamp(1_700_000_000_000);
+    for round in 0..20 {
+        let plan = format!("plan-{round}");
+        let (a, b) = tokio::join!(
+            first.create_run(new_run(&format!("a-{round}"), "a", &plan), now),
+            second.create_run(new_run(&format!("b-{round}"), "b", &plan), now)
+        );
+        match (a, b) {
+            (Ok(_), Err(baton_store::Error::RunHeld { owner, .. })) => assert_eq!(owner, "a"),
+            (Err(baton_store::Error::RunHeld { owner, .. }), Ok(_)) => assert_eq!(owner, "b"),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    // Events written through both are numbered in one sequence without gaps.
+    let events = first.events(&Default::default()).await.unwrap();
+    let seqs: Vec<i64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+}
+
+/// A server that does not answer, or a URL that does not parse, fails to open with a message
+/// naming the store without its password.
+#[tokio::test]
+async fn an_unreachable_server_or_a_bad_url_is_a_clear_error() {
+    // A port nothing listens on: bound, then closed, by this test.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://baton:s3cret@127.0.0.1:{port}/baton");
+    let error = PostgresStore::open(&url).await.err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("cannot open the store at `postgres://baton@127.0.0.1:{port}/baton`: ")),
+        "{message}"
+    );
+    assert!(!message.contains("s3cret"), "{message}");
+
+    let error = PostgresStore::open("postgres://baton:s3cret@127.0.0.1:notaport/baton").await.err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+}
