@@ -17,6 +17,7 @@ use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
+pub mod admin;
 pub mod bulk;
 pub mod metrics;
 pub mod postgres;
@@ -25,7 +26,7 @@ pub mod sqlite;
 pub mod suite;
 mod url;
 
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, SchemaVersion};
 pub use sqlite::SqliteStore;
 pub use url::{StoreUrl, open};
 

@@ -43,10 +43,11 @@ impl Schema {
         Schema { server: server.to_string(), name }
     }
 
-    /// The server's URL with this schema as the search path.
+    /// The server's URL with this schema as the search path, and its name as the connections'
+    /// application name (so that they can be found and ended when the test is over).
     fn url(&self) -> String {
         let separator = if self.server.contains('?') { '&' } else { '?' };
-        format!("{}{separator}options=-c%20search_path%3D{}", self.server, self.name)
+        format!("{}{separator}options=-c%20search_path%3D{name}&application_name={name}", self.server, name = self.name)
     }
 }
 
@@ -60,6 +61,14 @@ impl Drop for Schema {
             runtime.block_on(async {
                 let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
                 tokio::spawn(connection);
+                // Connections the test left behind (a store's, idle, or one whose transaction
+                // a stopped runtime never ended) would hold the drop up.
+                client
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&name],
+                    )
+                    .await?;
                 client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
             })
         })
@@ -172,4 +181,91 @@ async fn an_unreachable_server_or_a_bad_url_is_a_clear_error() {
     let error = PostgresStore::open("postgres://baton:s3cret@127.0.0.1:notaport/baton").await.err().unwrap();
     assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
     assert!(!error.to_string().contains("s3cret"), "{error}");
+}
+
+/// A SQLite store copied into PostgreSQL reads back the same: runs, tasks (and their counts),
+/// events with their numbers, deliveries, audit, transcripts, agents, budgets; new writes then
+/// continue the ids and the event numbers. A second copy into the same store is refused.
+#[tokio::test]
+async fn a_sqlite_store_copied_into_postgres_reads_back_the_same() {
+    use baton_core::Timestamp;
+    use baton_core::messages::{NewMessage, Recipient};
+    use baton_store::{StoreUrl, admin, suite::new_task};
+    let Some(server) = server_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let now = Timestamp(1_700_000_000_000);
+    let sqlite = baton_store::SqliteStore::open(&path, Default::default()).unwrap();
+    sqlite.create_run(new_run("r1", "a", "plan"), now).await.unwrap();
+    let tasks = sqlite.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &["a"])], now).await.unwrap();
+    let mut change = tasks[0].change();
+    change.state = baton_core::model::TaskState::Succeeded;
+    let write = baton_core::sched::Write::Task {
+        id: tasks[0].id,
+        expect_state: baton_core::model::TaskState::Pending,
+        expect_attempt: 0,
+        change,
+        events: vec![baton_core::EventKind::TaskCompleted { task: tasks[0].id, agent: "w".into(), attempt: 1 }],
+    };
+    sqlite.apply("r1", now, vec![write]).await.unwrap();
+    let message = NewMessage {
+        from: "operator".into(),
+        to: Recipient::Agent("w".into()),
+        body: "hello".into(),
+        data: serde_json::json!({"n": 1}),
+        task: Some(tasks[1].id),
+        correlation_id: None,
+    };
+    sqlite.send_message("r1", "m1".into(), message, vec!["w".into()], now).await.unwrap();
+    let entry = baton_store::NewAuditEntry {
+        at: now,
+        actor: "admin".into(),
+        role: "admin".into(),
+        action: "POST /tasks".into(),
+        target: None,
+        outcome: "ok".into(),
+        status: 201,
+        detail: Some(serde_json::json!({"n": 1})),
+    };
+    sqlite.record_audit(entry.clone()).await.unwrap();
+    let transcript = vec![baton_core::transcript::Entry::new(baton_core::transcript::Role::User, "hi", now)];
+    sqlite.append_transcript("r1", tasks[1].id, 1, transcript).await.unwrap();
+    drop(sqlite);
+
+    let schema = Schema::new(&server).await;
+    let from = StoreUrl::parse(&format!("sqlite://{}", path.display()), dir.path()).unwrap();
+    let to = StoreUrl::parse(&schema.url(), dir.path()).unwrap();
+    let copied = admin::copy(&from, &to).await.unwrap();
+    let n = |table: &str| copied.iter().find(|(name, _)| name == table).unwrap().1;
+    assert_eq!((n("runs"), n("tasks"), n("deliveries"), n("audit"), n("transcripts")), (1, 2, 1, 1, 1));
+    let check = admin::check(&to).await.unwrap();
+    assert_eq!(check.schema.version, check.schema.known);
+    assert_eq!(check.rows, admin::check(&from).await.unwrap().rows, "the same rows on both sides");
+
+    let sqlite = baton_store::SqliteStore::open(&path, Default::default()).unwrap();
+    let postgres = PostgresStore::open(&schema.url()).await.unwrap();
+    let all = baton_store::EventQuery::default();
+    assert_eq!(postgres.events(&all).await.unwrap(), sqlite.events(&all).await.unwrap());
+    assert_eq!(
+        postgres.tasks("r1", &Default::default()).await.unwrap(),
+        sqlite.tasks("r1", &Default::default()).await.unwrap()
+    );
+    assert_eq!(postgres.task_counts("r1").await.unwrap(), sqlite.task_counts("r1").await.unwrap());
+    assert_eq!(postgres.run("r1").await.unwrap(), sqlite.run("r1").await.unwrap());
+    assert_eq!(postgres.deliveries("r1", None, 10).await.unwrap(), sqlite.deliveries("r1", None, 10).await.unwrap());
+    assert_eq!(postgres.audit(&Default::default()).await.unwrap(), sqlite.audit(&Default::default()).await.unwrap());
+    assert_eq!(postgres.transcript(tasks[1].id).await.unwrap(), sqlite.transcript(tasks[1].id).await.unwrap());
+    assert_eq!(postgres.last_event_seq().await.unwrap(), sqlite.last_event_seq().await.unwrap());
+
+    // New writes continue where the copy ended.
+    let more = postgres.create_tasks("r1", vec![new_task("c", &["b"])], now).await.unwrap();
+    assert!(more[0].id.0 > tasks[1].id.0);
+    assert_eq!(more[0].depends_on, vec![tasks[1].id]);
+    let events = postgres.events(&all).await.unwrap();
+    let seqs: Vec<i64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    assert!(postgres.record_audit(entry).await.unwrap() > 1);
+
+    let again = admin::copy(&from, &to).await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Conflict, "{again}");
 }

@@ -28,6 +28,7 @@ use crate::{
     Store, TaskFilter,
 };
 
+pub mod copy;
 mod error;
 mod migrations;
 mod ops;

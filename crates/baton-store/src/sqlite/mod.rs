@@ -36,7 +36,7 @@ use baton_core::messages::{Delivery, NewMessage};
 
 mod error;
 mod messages;
-mod migrations;
+pub(crate) mod migrations;
 mod options;
 mod rows;
 pub(crate) mod rows_shared;
