@@ -24,6 +24,8 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "test-suite")]
 pub mod suite;
+#[cfg(feature = "test-suite")]
+pub mod testing;
 mod url;
 
 pub use postgres::{PostgresStore, SchemaVersion};

@@ -3,81 +3,8 @@
 //! fresh schema of its own (a random name, set as the search path of every connection through
 //! the URL), dropped when the test ends, so tests and parallel runs do not meet.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use baton_store::testing::{PostgresSchema as Schema, postgres_server as server_url};
 use baton_store::{ErrorKind, PostgresStore, Store};
-
-const ENV: &str = "BATON_TEST_POSTGRES_URL";
-
-/// The server's URL, or `None` (said once) when the tests are to be skipped.
-fn server_url() -> Option<String> {
-    static NOTICE: std::sync::Once = std::sync::Once::new();
-    match std::env::var(ENV) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            // Written to stderr itself, not with `eprintln!`, which the test harness captures:
-            // the notice is seen in every run, once.
-            NOTICE.call_once(|| {
-                use std::io::Write as _;
-                let _ = writeln!(std::io::stderr(), "{ENV} is not set: skipping the PostgreSQL store tests");
-            });
-            None
-        }
-    }
-}
-
-/// A schema of one test's own, dropped with it.
-struct Schema {
-    server: String,
-    name: String,
-}
-
-impl Schema {
-    async fn new(server: &str) -> Schema {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("baton_test_{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(&format!("CREATE SCHEMA {name}")).await.unwrap();
-        Schema { server: server.to_string(), name }
-    }
-
-    /// The server's URL with this schema as the search path, and its name as the connections'
-    /// application name (so that they can be found and ended when the test is over).
-    fn url(&self) -> String {
-        let separator = if self.server.contains('?') { '&' } else { '?' };
-        format!("{}{separator}options=-c%20search_path%3D{name}&application_name={name}", self.server, name = self.name)
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        // On a thread of its own: a test's runtime may be the one dropping this, and cannot
-        // be blocked on from inside.
-        let (server, name) = (self.server.clone(), self.name.clone());
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                // Connections the test left behind (a store's, idle, or one whose transaction
-                // a stopped runtime never ended) would hold the drop up.
-                client
-                    .execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                        &[&name],
-                    )
-                    .await?;
-                client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test schema {}: {dropped:?}", self.name);
-        }
-    }
-}
 
 async fn make() -> Option<(PostgresStore, Schema)> {
     let server = server_url()?;
@@ -129,9 +56,7 @@ async fn migrations_are_safe_when_nodes_start_at_once() {
 
     let schema = Schema::new(&server).await;
     drop(PostgresStore::open(&schema.url()).await.unwrap());
-    let (client, connection) = tokio_postgres::connect(&schema.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute("UPDATE schema_version SET version = 1000").await.unwrap();
+    schema.execute("UPDATE schema_version SET version = 1000").await;
     let error = PostgresStore::open(&schema.url()).await.err().unwrap();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
     assert!(error.to_string().contains("has schema version 1000, newer than this baton knows"), "{error}");
