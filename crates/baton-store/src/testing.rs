@@ -86,7 +86,8 @@ impl Drop for PostgresSchema {
         })
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test schema {}: {dropped:?}", self.name);
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "could not drop the test schema {}: {dropped:?}", self.name);
         }
     }
 }

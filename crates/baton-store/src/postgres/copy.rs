@@ -25,7 +25,10 @@ use Kind::{Bool, Float, Int, Text};
 
 /// The tables copied, in order, with their columns and the order rows are read in (which
 /// gives `ord` its order where there is one).
-const TABLES: &[(&str, &[(&str, Kind)], &str)] = &[
+/// A table: its name, its columns, and the order its rows are read in.
+type Table = (&'static str, &'static [(&'static str, Kind)], &'static str);
+
+const TABLES: &[Table] = &[
     (
         "runs",
         &[

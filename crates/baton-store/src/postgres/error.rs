@@ -33,7 +33,12 @@ impl From<tokio_postgres::Error> for Error {
         let kind = if error.code().is_none() && is_conversion(&error) { ErrorKind::Corrupt } else { kind };
         let message = match error.as_db_error() {
             Some(db) => format!("postgres: {}", db.message()),
-            None => format!("postgres: {error}"),
+            // The driver's own text ("error connecting to server") leaves the cause (connection
+            // refused, a timeout, a wrong password) to its source.
+            None => match std::error::Error::source(&error) {
+                Some(cause) => format!("postgres: {error}: {cause}"),
+                None => format!("postgres: {error}"),
+            },
         };
         match kind {
             ErrorKind::Full => Error::Full(format!("{message}; free some space")),

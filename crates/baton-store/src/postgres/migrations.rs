@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// The advisory lock held (for its transaction) by whoever migrates: any fixed number, the
 /// same for every baton. `BATON` in ASCII.
-const MIGRATION_LOCK: i64 = 0x4241_544f_4e;
+const MIGRATION_LOCK: i64 = 0x0042_4154_4f4e;
 
 pub(super) const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE runs (

@@ -210,7 +210,7 @@ fn all<T>(rows: &[Row], read: fn(&Row) -> Result<T>) -> Result<Vec<T>> {
 impl Store for PostgresStore {
     async fn create_run(&self, run: NewRun, now: Timestamp) -> Result<RunRecord> {
         match self.write(Op::CreateRun { run, now }).await? {
-            Output::Run(run) => Ok(run),
+            Output::Run(run) => Ok(*run),
             _ => Err(mismatched()),
         }
     }
@@ -405,7 +405,7 @@ impl Store for PostgresStore {
 
     async fn fire_schedule(&self, run_id: &str, firing: Firing, now: Timestamp) -> Result<Option<TaskRecord>> {
         match self.write(Op::FireSchedule { run_id: run_id.to_string(), firing: Box::new(firing), now }).await? {
-            Output::Fired(task) => Ok(task),
+            Output::Fired(task) => Ok(task.map(|task| *task)),
             _ => Err(mismatched()),
         }
     }

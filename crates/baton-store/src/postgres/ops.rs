@@ -90,11 +90,11 @@ pub(super) enum Op {
 /// What an operation answers.
 pub(super) enum Output {
     Unit,
-    Run(RunRecord),
+    Run(Box<RunRecord>),
     Tasks(Vec<TaskRecord>),
     Applied(Vec<Applied>),
     Processes(Vec<ProcessRecord>),
-    Fired(Option<TaskRecord>),
+    Fired(Option<Box<TaskRecord>>),
     Ids(Vec<i64>),
     Deliveries(Vec<Delivery>),
     Id(i64),
@@ -110,7 +110,7 @@ impl Op {
     pub(super) async fn run(self, ctx: &mut WriteCtx<'_>) -> Result<Output> {
         match self {
             Op::Nothing => Err(Error::closed()),
-            Op::CreateRun { run, now } => create_run(ctx, run, now).await.map(Output::Run),
+            Op::CreateRun { run, now } => create_run(ctx, run, now).await.map(|run| Output::Run(Box::new(run))),
             Op::CreateTasks { run_id, tasks, now } => insert_tasks(ctx, &run_id, tasks, now).await.map(Output::Tasks),
             Op::Apply { run_id, now, writes } => {
                 let mut applied = Vec::with_capacity(writes.len());
@@ -183,7 +183,7 @@ impl Op {
             }
             Op::TakeProcesses { run_id } => take_processes(ctx, &run_id).await.map(Output::Processes),
             Op::FireSchedule { run_id, firing, now } => {
-                fire_schedule(ctx, &run_id, *firing, now).await.map(Output::Fired)
+                fire_schedule(ctx, &run_id, *firing, now).await.map(|task| Output::Fired(task.map(Box::new)))
             }
             Op::SendMessage { run_id, message_id, message, recipients, now } => {
                 // A full inbox refuses this message only, before it writes anything.
