@@ -32,6 +32,8 @@ mod serve;
 
 mod source;
 
+mod store;
+
 mod tools;
 
 use source::Source;
@@ -79,6 +81,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Logs { agent, follow } => logs(&cli, agent, *follow).await,
         Command::Mcp => mcp::mcp(&cli).await,
         Command::Attach { agent } => attach(&cli, agent).await,
+        Command::Store { action } => store::store(&cli, action).await,
         Command::Bench { .. } | Command::BenchWorker | Command::BenchHttpWorker { .. } => {
             bench::bench(&cli.command).await
         }
@@ -131,7 +134,8 @@ fn store_url(cli: &Cli, loaded: &Loaded) -> Result<StoreUrl, Failure> {
 }
 
 /// Where a run keeps its files beside the store (agents' logs, terminal sockets): the store
-/// file's directory, or `.baton` beside the configuration for a store in memory.
+/// file's directory, or `.baton` beside the configuration for a store in memory or on
+/// PostgreSQL.
 fn store_dir(cli: &Cli, loaded: &Loaded) -> Result<PathBuf, Failure> {
     let url = store_url(cli, loaded)?;
     Ok(match url.path() {
@@ -141,16 +145,27 @@ fn store_dir(cli: &Cli, loaded: &Loaded) -> Result<PathBuf, Failure> {
 }
 
 /// The local API socket of the process executing a run in this store: beside the store file
-/// (`api.sock`); none for a store in memory, which no other process can reach anyway.
+/// (`api.sock`), or in `.baton` beside the configuration for a store on PostgreSQL; none for a
+/// store in memory, which no other process can reach anyway.
 fn socket_path(cli: &Cli, loaded: &Loaded) -> Result<Option<PathBuf>, Failure> {
-    Ok(store_url(cli, loaded)?.path().map(baton_server::local::socket_path))
+    Ok(match store_url(cli, loaded)? {
+        StoreUrl::Sqlite { path, .. } => Some(baton_server::local::socket_path(&path)),
+        StoreUrl::Postgres { .. } => Some(store_dir(cli, loaded)?.join(baton_server::local::SOCKET_NAME)),
+        StoreUrl::Memory => None,
+    })
 }
 
-fn open_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
-    store_url(cli, loaded)?.open().map_err(|error| Failure::usage(error.to_string()))
+async fn open_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
+    store_url(cli, loaded)?.open().await.map_err(store_failure)
 }
 
-fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
+/// A store that cannot be opened: a URL refused is the user's to fix (exit 2), as is a store
+/// that is unavailable (a server down, a file locked) or damaged.
+fn store_failure(error: baton_store::Error) -> Failure {
+    Failure::usage(error.to_string())
+}
+
+async fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure> {
     let url = store_url(cli, loaded)?;
     if let Some(path) = url.path()
         && !path.exists()
@@ -160,7 +175,7 @@ fn existing_store(cli: &Cli, loaded: &Loaded) -> Result<Arc<dyn Store>, Failure>
             path.display()
         )));
     }
-    url.open().map_err(|error| Failure::usage(error.to_string()))
+    url.open().await.map_err(store_failure)
 }
 
 async fn find_run(store: &dyn Store, plan: &Plan, run: Option<&str>) -> Result<RunRecord, Failure> {
@@ -221,7 +236,7 @@ async fn run(cli: &Cli, fresh: bool, plain: bool, grace: std::time::Duration) ->
             agent.name
         )));
     }
-    let store = open_store(cli, &loaded)?;
+    let store = open_store(cli, &loaded).await?;
     let log_dir = store_dir(cli, &loaded)?.join("logs");
     let registry =
         baton_runtime::process::Registry { store: Arc::clone(&store), host: engine::Node::this_process().host };

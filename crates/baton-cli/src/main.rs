@@ -330,6 +330,11 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Look after the store itself: its schema, what it holds, moving it to PostgreSQL.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Measure the engine on the embedded store (DESIGN.md §8 figures).
     Bench {
         /// Tasks in the lifecycle figure (default 20,000), or in the soak (default 100,000).
@@ -519,6 +524,31 @@ pub enum BudgetAction {
         /// A run id; the latest run of the plan by default.
         #[arg(long)]
         run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Bring the store's schema up to date (what every command that opens it does first);
+    /// safe while other nodes start on the same database.
+    Migrate,
+    /// Say whether the store's schema is current and how many rows each table holds; exits
+    /// with 1 when the schema is older or newer than this baton's.
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a SQLite store (its runs, tasks, events, schedules, messages, usage, audit and
+    /// transcripts, ids and event numbers kept) into an empty PostgreSQL store, in one
+    /// transaction.
+    Copy {
+        /// The store to copy: sqlite://PATH.
+        #[arg(long)]
+        from: String,
+        /// The store to fill: postgres://USER@HOST/DATABASE, empty.
+        #[arg(long)]
+        to: String,
     },
 }
 

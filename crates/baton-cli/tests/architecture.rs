@@ -13,6 +13,8 @@ const LAYERS: &[&str] =
 /// Dependencies (not dev-dependencies) that only the named crates may have.
 const ONLY: &[(&str, &[&str], &str)] = &[
     ("rusqlite", &["baton-store"], "only the store has SQL"),
+    ("tokio-postgres", &["baton-store"], "only the store has SQL"),
+    ("deadpool-postgres", &["baton-store"], "only the store has SQL"),
     ("axum", &["baton-server"], "only the server serves HTTP"),
     ("axum-server", &["baton-server"], "only the server serves HTTP"),
     ("hyper", &["baton-server"], "only the server serves HTTP"),

@@ -44,7 +44,7 @@ task = { title = "nightly build" }
 
 async fn ops() -> Ops {
     let plan = baton_core::config::load("baton.toml", PLAN, &BTreeMap::new()).expect("the test plan is valid");
-    let store: Arc<dyn Store> = baton_store::open("sqlite::memory:", std::path::Path::new(".")).unwrap();
+    let store: Arc<dyn Store> = baton_store::open("sqlite::memory:", std::path::Path::new(".")).await.unwrap();
     let run = NewRun {
         id: "run-1".into(),
         name: plan.name.clone(),

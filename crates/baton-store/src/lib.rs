@@ -1,4 +1,5 @@
-//! Baton's durable store: the [`Store`] trait and its embedded SQLite implementation.
+//! Baton's durable store: the [`Store`] trait, its embedded SQLite implementation and its
+//! PostgreSQL one.
 //!
 //! Architecture invariant: this is the only crate with SQL. State tables are the source of
 //! truth; every state change is written in the same transaction as its events. Writes are
@@ -16,13 +17,18 @@ use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
 
+pub mod admin;
 pub mod bulk;
 pub mod metrics;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "test-suite")]
 pub mod suite;
+#[cfg(feature = "test-suite")]
+pub mod testing;
 mod url;
 
+pub use postgres::{PostgresStore, SchemaVersion};
 pub use sqlite::SqliteStore;
 pub use url::{StoreUrl, open};
 

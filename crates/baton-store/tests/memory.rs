@@ -18,9 +18,11 @@ fn urls_choose_the_backend() {
     for memory in ["sqlite::memory:", "memory://"] {
         assert_eq!(StoreUrl::parse(memory, base).unwrap(), StoreUrl::Memory);
     }
-    let postgres = StoreUrl::parse("postgres://db.example/baton", base).unwrap_err();
-    assert_eq!(postgres.kind(), ErrorKind::Refused);
-    assert!(postgres.to_string().starts_with("the PostgreSQL store is not built yet; use sqlite://"), "{postgres}");
+    let postgres = StoreUrl::parse("postgres://baton:secret@db.example/baton", base).unwrap();
+    assert_eq!(postgres, StoreUrl::Postgres { url: "postgres://baton:secret@db.example/baton".into() });
+    assert_eq!((postgres.path(), postgres.shown().as_str()), (None, "postgres://baton@db.example/baton"));
+    let bad = StoreUrl::parse("postgres://db.example:port/baton", base).unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::Refused, "{bad}");
     let unknown = StoreUrl::parse("mysql://db/baton", base).unwrap_err();
     assert_eq!(unknown.kind(), ErrorKind::Refused);
     assert_eq!(StoreUrl::parse("sqlite://x.db?fast=yes", base).unwrap_err().kind(), ErrorKind::Refused);
@@ -38,14 +40,14 @@ async fn stores_open_by_url() {
         owner_pid: 1,
         owner_until: baton_core::Timestamp(1),
     };
-    let first = baton_store::open("sqlite::memory:", dir.path()).unwrap();
-    let second = baton_store::open("sqlite::memory:", dir.path()).unwrap();
+    let first = baton_store::open("sqlite::memory:", dir.path()).await.unwrap();
+    let second = baton_store::open("sqlite::memory:", dir.path()).await.unwrap();
     first.create_run(run("r1"), baton_core::Timestamp(1)).await.unwrap();
     assert!(first.run("r1").await.unwrap().is_some());
     assert!(second.run("r1").await.unwrap().is_none(), "each in-memory store is its own");
     assert!(!dir.path().read_dir().unwrap().any(|_| true), "an in-memory store writes no file");
 
-    let file = baton_store::open("sqlite://data/baton.db", dir.path()).unwrap();
+    let file = baton_store::open("sqlite://data/baton.db", dir.path()).await.unwrap();
     file.create_run(run("r2"), baton_core::Timestamp(1)).await.unwrap();
     drop(file);
     let reopened = SqliteStore::open(&dir.path().join("data/baton.db"), Default::default()).unwrap();

@@ -44,7 +44,7 @@ pub async fn serve(cli: &Cli, listen: Option<&str>, fresh: bool, grace: Duration
         .as_ref()
         .map(|tls| Tls { cert: loaded.base_dir.join(&tls.cert), key: loaded.base_dir.join(&tls.key) });
 
-    let store = open_store(cli, &loaded)?;
+    let store = open_store(cli, &loaded).await?;
     let listener = baton_server::bind(&listen).await.map_err(|error| Failure::usage(error.to_string()))?;
     let local = listener.local_addr().map_err(|error| Failure::run(error.to_string()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -77,7 +77,7 @@ impl Source {
         {
             return Ok(source);
         }
-        let store = existing_store(cli, &loaded)?;
+        let store = existing_store(cli, &loaded).await?;
         let run = find_run(&*store, &loaded.plan, run).await?;
         let ops = local_ops(cli, &loaded, store, &run)?;
         Ok(Source::Store { ops, run: Box::new(run), socket })

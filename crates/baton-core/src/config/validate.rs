@@ -77,11 +77,15 @@ impl Validator<'_> {
         }
         let store_url = raw.store.url.as_ref().map_or_else(|| DEFAULT_STORE_URL.to_string(), |url| self.expand(url));
         if let Some(url) = &raw.store.url
-            && !store_url.starts_with("sqlite:")
+            && !["sqlite:", "postgres://", "postgresql://"].iter().any(|scheme| store_url.starts_with(scheme))
         {
+            // Only the scheme is shown: the rest may hold a password.
+            let scheme = store_url.split_once(':').map_or(store_url.as_str(), |(scheme, _)| scheme);
             self.error(
                 url.span(),
-                format!("unsupported store url `{store_url}`: this version supports `sqlite://PATH` (e.g. \"{DEFAULT_STORE_URL}\")"),
+                format!(
+                    "unsupported store url `{scheme}:...`: this version supports `sqlite://PATH` (e.g. \"{DEFAULT_STORE_URL}\") and `postgres://USER@HOST/DATABASE`"
+                ),
             );
         }
         let server = self.server(&raw.server, raw.auth.is_some());

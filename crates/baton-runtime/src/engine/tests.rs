@@ -127,7 +127,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let memory = baton_store::open("memory:", std::path::Path::new(".")).expect("a store in memory");
+        let memory: Arc<dyn Store> = Arc::new(baton_store::SqliteStore::open_memory().expect("a store in memory"));
         let store: Arc<dyn Store> = Arc::new(still::Still(memory));
         let events = store.subscribe();
         let clock = Clock::starting_at(T0);

@@ -36,9 +36,10 @@ use baton_core::messages::{Delivery, NewMessage};
 
 mod error;
 mod messages;
-mod migrations;
+pub(crate) mod migrations;
 mod options;
 mod rows;
+pub(crate) mod rows_shared;
 #[cfg(test)]
 mod tests;
 mod writer;

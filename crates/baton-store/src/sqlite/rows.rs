@@ -15,12 +15,7 @@ pub(super) fn sql_generation(generation: u64) -> i64 {
     i64::try_from(generation).unwrap_or(i64::MAX)
 }
 
-pub(super) const TASK_COLUMNS: &str = "id, run_id, key, workstream, title, description, input, requires, agent, depends_on, \
-     priority, max_attempts, timeout_ms, resources, state, attempt, assigned_agent, lease_owner, lease_expires_at, \
-     not_before, result, error, created_at, updated_at, finished_at, estimated_tokens, parent";
-
-pub(super) const RUN_COLUMNS: &str =
-    "id, name, state, phase, n_phases, n_tasks, n_finished, started_at, ended_at, error, owner, owner_pid, owner_until";
+pub(super) use super::rows_shared::{RUN_COLUMNS, TASK_COLUMNS};
 
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("records serialize")
@@ -94,8 +89,7 @@ pub(super) fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-pub(super) const DELIVERY_COLUMNS: &str = "id, message_id, sender, recipient, topic, body, data, task_id, correlation_id, state, \
-     attempts, next_attempt_at, created_at, error, acked_at";
+pub(super) use super::rows_shared::DELIVERY_COLUMNS;
 
 pub(super) fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
     let state = match row.get::<_, String>(9)?.as_str() {

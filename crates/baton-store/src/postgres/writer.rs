@@ -1,0 +1,285 @@
+//! The writer task and group commit, as on SQLite: one task owns the one write connection; it
+//! takes every operation waiting (up to [`MAX_BATCH`]), runs each in its own savepoint inside
+//! one transaction, commits once and then answers them all. A failed operation rolls back to
+//! its savepoint and fails alone.
+//!
+//! Each transaction starts by taking the write lock (the `writer_state` row), so writers of
+//! every process on the database take turns: event numbers are given here, in order, and are
+//! therefore in commit order and without gaps, as SQLite's are.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use baton_core::{Event, EventKind, Timestamp};
+
+use super::ops::{Op, Output};
+use crate::{Error, ErrorKind, Result};
+
+pub(super) struct Job {
+    pub(super) op: Op,
+    pub(super) reply: oneshot::Sender<Result<Output>>,
+}
+
+/// Most operations one commit takes. Bounds the latency of the first caller in a batch.
+pub(super) const MAX_BATCH: usize = 512;
+
+/// What an operation sees: the connection inside the open transaction, the events it wrote
+/// (published after the commit), the next event number, and the inbox counts.
+pub(super) struct WriteCtx<'a> {
+    client: &'a Client,
+    statements: &'a mut HashMap<String, Statement>,
+    pub(super) events: Vec<Event>,
+    pub(super) next_seq: i64,
+    pub(super) inbox: &'a mut InboxCounts,
+}
+
+pub(super) type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl WriteCtx<'_> {
+    async fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    pub(super) async fn execute(&mut self, sql: &str, params: &Params<'_>) -> Result<u64> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.execute(&statement, params).await?)
+    }
+
+    pub(super) async fn query(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.query(&statement, params).await?)
+    }
+
+    pub(super) async fn query_opt(&mut self, sql: &str, params: &Params<'_>) -> Result<Option<Row>> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.query_opt(&statement, params).await?)
+    }
+
+    pub(super) async fn query_one(&mut self, sql: &str, params: &Params<'_>) -> Result<Row> {
+        let statement = self.statement(sql).await?;
+        Ok(self.client.query_one(&statement, params).await?)
+    }
+
+    pub(super) async fn event(&mut self, run_id: &str, at: Timestamp, kind: EventKind) -> Result<i64> {
+        let data = serde_json::to_string(&kind).map_err(|error| Error::corrupt(error.to_string()))?;
+        let seq = self.next_seq;
+        let task = kind.task().map(|id| id.0);
+        let agent = kind.agent();
+        self.execute(
+            "INSERT INTO events (seq, run_id, at, type, task_id, agent, data) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&seq, &run_id, &at.0, &kind.name(), &task, &agent, &data],
+        )
+        .await?;
+        self.next_seq += 1;
+        self.events.push(Event { seq, run_id: run_id.to_string(), at, kind });
+        Ok(seq)
+    }
+}
+
+/// How many deliveries are pending per run and recipient, kept by the writer so that the
+/// inbox-full check of a send is a map lookup (as on SQLite). Rebuilt from the table when it
+/// cannot be trusted: at the first write, after a failed commit, and when another process has
+/// written since (the write count moved by more than this writer's own commits).
+#[derive(Default)]
+pub(super) struct InboxCounts {
+    pending: HashMap<(String, String), u64>,
+    /// What the operation running now changed, to undo if it fails.
+    job_changes: Vec<((String, String), i64)>,
+}
+
+impl InboxCounts {
+    async fn rebuild(&mut self, client: &Client) -> Result<()> {
+        let rows = client
+            .query(
+                "SELECT run_id, recipient, count(*) FROM deliveries WHERE state = 'pending' GROUP BY run_id, recipient",
+                &[],
+            )
+            .await?;
+        let mut pending = HashMap::with_capacity(rows.len());
+        for row in rows {
+            pending.insert((row.try_get(0)?, row.try_get(1)?), row.try_get::<_, i64>(2)?.max(0) as u64);
+        }
+        self.pending = pending;
+        Ok(())
+    }
+
+    pub(super) fn get(&self, run_id: &str, recipient: &str) -> u64 {
+        self.pending.get(&(run_id.to_string(), recipient.to_string())).copied().unwrap_or(0)
+    }
+
+    pub(super) fn add(&mut self, run_id: &str, recipient: &str, delta: i64) {
+        let key = (run_id.to_string(), recipient.to_string());
+        let count = self.pending.entry(key.clone()).or_default();
+        *count = count.saturating_add_signed(delta);
+        self.job_changes.push((key, delta));
+    }
+
+    fn keep_job(&mut self) {
+        self.job_changes.clear();
+    }
+
+    fn undo_job(&mut self) {
+        for (key, delta) in self.job_changes.drain(..).rev() {
+            if let Some(count) = self.pending.get_mut(&key) {
+                *count = count.saturating_add_signed(-delta);
+            }
+        }
+    }
+}
+
+/// The writer's connection and what it keeps between transactions.
+pub(super) struct Writer {
+    config: tokio_postgres::Config,
+    client: Client,
+    statements: HashMap<String, Statement>,
+    inbox: InboxCounts,
+    /// The write count after this writer's last commit, and the next event number then;
+    /// `None` when they must be read again.
+    last: Option<(i64, i64)>,
+}
+
+impl Writer {
+    pub(super) fn new(config: tokio_postgres::Config, client: Client) -> Writer {
+        Writer { config, client, statements: HashMap::new(), inbox: InboxCounts::default(), last: None }
+    }
+
+    /// A connection that is open: after the server closed the last one (a restart, a
+    /// failover), the next batch connects again rather than failing every write from then on.
+    async fn reconnect_if_closed(&mut self) -> Result<()> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        self.client = super::connect(&self.config).await?;
+        self.statements.clear();
+        self.last = None;
+        Ok(())
+    }
+}
+
+pub(super) async fn write_loop(
+    mut writer: Writer,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    events: broadcast::Sender<Arc<Event>>,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<Op> = batch.iter_mut().map(|job| std::mem::replace(&mut job.op, Op::Nothing)).collect();
+        let n_ops = ops.len();
+        let (outputs, committed) = run_batch(&mut writer, ops).await;
+        match committed {
+            Ok(published) => {
+                // Published before the callers are answered: when a write returns, its events
+                // are already with every subscriber.
+                for event in published {
+                    let _ = events.send(Arc::new(event));
+                }
+                for (job, output) in batch.drain(..).zip(outputs) {
+                    let _ = job.reply.send(output);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                tracing::error!(%message, n_ops, "store commit failed");
+                let kind = match error.kind() {
+                    kind @ (ErrorKind::Full | ErrorKind::Corrupt) => kind,
+                    _ => ErrorKind::Unavailable,
+                };
+                for job in batch.drain(..) {
+                    let _ =
+                        job.reply.send(Err(Error::new(kind, format!("commit failed: {message}; nothing was stored"))));
+                }
+            }
+        }
+    }
+}
+
+/// Runs every operation of a batch in its own savepoint and commits once. Returns each
+/// operation's output and, when the commit succeeded, the events to publish.
+async fn run_batch(writer: &mut Writer, ops: Vec<Op>) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
+    let mut outputs = Vec::with_capacity(ops.len());
+    if let Err(error) = writer.reconnect_if_closed().await {
+        return (outputs, Err(error));
+    }
+    match run_transaction(writer, ops, &mut outputs).await {
+        Ok(published) => (outputs, Ok(published)),
+        Err(error) => {
+            writer.last = None;
+            if !writer.client.is_closed() {
+                let _ = writer.client.batch_execute("ROLLBACK").await;
+            }
+            (outputs, Err(error))
+        }
+    }
+}
+
+async fn run_transaction(writer: &mut Writer, ops: Vec<Op>, outputs: &mut Vec<Result<Output>>) -> Result<Vec<Event>> {
+    let n_ops = ops.len();
+    writer.client.batch_execute("BEGIN").await?;
+    // The write lock, held to the commit: other writers wait here.
+    let generation: i64 = writer
+        .client
+        .query_one("UPDATE writer_state SET generation = generation + 1 WHERE id = 1 RETURNING generation", &[])
+        .await?
+        .try_get(0)?;
+    let next_seq = match writer.last {
+        Some((last_generation, next_seq)) if last_generation + 1 == generation => next_seq,
+        _ => {
+            // Another process wrote since (or this is the first write): what this writer
+            // kept is stale.
+            writer.inbox.rebuild(&writer.client).await?;
+            let max: i64 =
+                writer.client.query_one("SELECT coalesce(max(seq), 0) FROM events", &[]).await?.try_get(0)?;
+            max + 1
+        }
+    };
+    let Writer { client, statements, inbox, .. } = writer;
+    let mut ctx = WriteCtx { client, statements, events: Vec::new(), next_seq, inbox };
+    let mut published = Vec::new();
+    for op in ops {
+        let seq_before = ctx.next_seq;
+        ctx.client.batch_execute("SAVEPOINT job").await?;
+        let output = op.run(&mut ctx).await;
+        match output {
+            Ok(output) => {
+                ctx.client.batch_execute("RELEASE SAVEPOINT job").await?;
+                ctx.inbox.keep_job();
+                published.append(&mut ctx.events);
+                outputs.push(Ok(output));
+            }
+            Err(error) => {
+                if ctx.client.is_closed() {
+                    return Err(error);
+                }
+                ctx.inbox.undo_job();
+                ctx.events.clear();
+                ctx.next_seq = seq_before;
+                ctx.client.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job").await?;
+                outputs.push(Err(error));
+            }
+        }
+    }
+    let next_seq = ctx.next_seq;
+    let commit_started = std::time::Instant::now();
+    writer.client.batch_execute("COMMIT").await?;
+    writer.last = Some((generation, next_seq));
+    ::metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(commit_started.elapsed().as_secs_f64());
+    ::metrics::counter!(crate::metrics::COMMITS_TOTAL).increment(1);
+    ::metrics::histogram!(crate::metrics::BATCH_SIZE).record(n_ops as f64);
+    Ok(published)
+}
