@@ -34,8 +34,9 @@ def sh(cmd, timeout=10):
 
 
 def redis_config(port, key):
-    out = sh(["redis-cli", "-p", str(port), "config", "get", key]).splitlines()
-    return out[1] if len(out) > 1 else "?"
+    out = subprocess.run(["redis-cli", "-p", str(port), "config", "get", key], capture_output=True, text=True).stdout
+    lines = out.split("\n")
+    return lines[1] if len(lines) > 1 else "?"
 
 
 def pg_setting(name):
@@ -79,7 +80,7 @@ def systems(args):
     def baton_cmd(n, drain):
         cmd = [baton, "bench", "--http", "--tasks", str(n), "--repeats", "1", "--json", "--latency-seconds", "0",
                "--dir", os.path.join(args.work_dir, "baton"), "--workers", str(args.baton_workers)]
-        return cmd + (["--drain"] if drain else [])
+        return cmd + args.baton_args.split() + (["--drain"] if drain else [])
 
     def baton_parse(stdout):
         report = json.loads(stdout[stdout.index("{"):])
@@ -97,7 +98,7 @@ def systems(args):
                                          "--drain", "1" if drain else "0"],
             last_json)
     out["bullmq-fsync"] = System(
-        "bullmq-fsync", "BullMQ (2 processes, concurrency 100)",
+        "bullmq-fsync", "BullMQ (2 processes, concurrency 100 each)",
         f"Redis appendonly={redis_config(fsync_port, 'appendonly')}, appendfsync={redis_config(fsync_port, 'appendfsync')}",
         lambda n, drain: [node, os.path.join(NODE, "bullmq.mjs"), "run", "--port", str(fsync_port), "--n", str(n),
                           "--drain", "1" if drain else "0", "--prefix", "bench-fsync"],
@@ -105,7 +106,7 @@ def systems(args):
     mem = args.redis_memory_port
     if sh(["redis-cli", "-p", str(mem), "ping"]) == "PONG":
         out["bullmq-memory"] = System(
-            "bullmq-memory", "BullMQ (2 processes, concurrency 100)",
+            "bullmq-memory", "BullMQ, Redis without persistence",
             f"Redis appendonly={redis_config(mem, 'appendonly')}, save='{redis_config(mem, 'save')}' (not durable)",
             lambda n, drain: [node, os.path.join(NODE, "bullmq.mjs"), "run", "--port", str(mem), "--n", str(n),
                               "--drain", "1" if drain else "0", "--prefix", f"baton-peers-{os.getpid()}"],
@@ -129,6 +130,7 @@ def main():
     p.add_argument("--systems", default=",".join(DEFAULT), help=f"comma-separated, of {', '.join(ALL)}")
     p.add_argument("--modes", default="throughput,drain", help="throughput, drain, or both (default both)")
     p.add_argument("--baton-workers", type=int, default=4, help="Baton's worker processes (default 4)")
+    p.add_argument("--baton-args", default="", help="more arguments for `baton bench --http`, e.g. '--pipeline 2'")
     p.add_argument("--timeout", type=float, default=0, help="seconds a single run may take (default: from N)")
     p.add_argument("--json-out", help="also write every run's figures to this file")
     p.add_argument("--python", action="store_true", help="(for `run`) install Celery and Dramatiq too")

@@ -20,10 +20,26 @@ export async function startWorkers(script, n, extra) {
     const lines = createInterface({ input: child.stdout });
     const queue = [];
     const waiters = [];
+    let closed = false;
     lines.on("line", (line) => (waiters.length ? waiters.shift()(line) : queue.push(line)));
-    lines.on("close", () => waiters.splice(0).forEach((w) => w(null)));
-    const next = () => (queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => waiters.push(r)));
-    workers.push({ child, next });
+    lines.on("close", () => {
+      closed = true;
+      waiters.splice(0).forEach((w) => w(null));
+    });
+    // After the end, every read answers null (a read then must not wait forever: Node would
+    // exit with the promise unsettled).
+    const next = () =>
+      queue.length ? Promise.resolve(queue.shift()) : closed ? Promise.resolve(null) : new Promise((r) => waiters.push(r));
+    const w = { child, next, stopping: false };
+    // A worker that dies before it is told to stop fails the run at once, rather than leaving
+    // the driver waiting for completions that will not come.
+    child.on("exit", (code, signal) => {
+      if (!w.stopping) {
+        console.error(`a worker process exited early (code ${code}, signal ${signal})`);
+        process.exit(1);
+      }
+    });
+    workers.push(w);
   }
   for (const w of workers) {
     const line = await w.next();
@@ -35,7 +51,10 @@ export async function startWorkers(script, n, extra) {
 /** Tells the workers to stop (stdin closes) and returns what each printed last (a JSON line). */
 export async function stopWorkers(workers) {
   const out = [];
-  for (const w of workers) w.child.stdin.end();
+  for (const w of workers) {
+    w.stopping = true;
+    w.child.stdin.end();
+  }
   for (const w of workers) {
     let last = null;
     for (;;) {
