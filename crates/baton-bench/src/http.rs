@@ -4,7 +4,8 @@
 //! engine with its run kept open, and `baton serve`'s API on a loopback port, with a plan of
 //! remote agents (`runtime = "remote"`). Outside it: worker processes (`baton
 //! bench-http-worker`), each a loop of `POST /agent/claim` (a long poll for up to a batch of
-//! tasks) and `POST /agent/results` (all of them succeeded). The benchmark creates the tasks
+//! tasks) and `POST /agent/results` (all of them succeeded; by default the next claim goes out
+//! while the last results commit). The benchmark creates the tasks
 //! with `POST /tasks/batch` and, meanwhile, asks `GET /status` over and over, one request at a
 //! time, to see how an operator's reads fare under that load.
 //!
@@ -677,7 +678,9 @@ struct ClaimedRecord {
 }
 
 /// `baton bench-http-worker`: claims up to `batch` tasks for `agent` (a one-second long poll),
-/// hands them all in as succeeded in one `POST /agent/results`, and again, until its stdin
+/// hands them all in as succeeded in one `POST /agent/results` (with `pipeline` > 1, without
+/// waiting for that answer before the next claim, up to `pipeline` posts in flight; what it
+/// claimed is always handed in before it stops), and again, until its stdin
 /// closes or the server goes away (connection refused, or `409`: the agent stopped). Prints
 /// `ready` when it starts and its counts as one JSON line when it stops.
 ///

@@ -407,7 +407,7 @@ pub enum Command {
         drain: bool,
         /// HTTP: results posts each worker keeps in flight (1: claim only once the last results
         /// are recorded; more: claim the next batch while they commit).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
         pipeline: u32,
     },
     /// The minimal worker `baton bench --soak` and `baton bench --messages` run (internal).
