@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,25 @@ def systems(args):
     return out
 
 
+def run_group(cmd, timeout):
+    """Runs a driver in a process group of its own; on a time-out the whole group (its worker
+    processes too) is killed. Returns its stdout."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    if proc.returncode != 0:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise RuntimeError(f"exit {proc.returncode}: {stderr.strip()[-600:]}")
+    return stdout
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=20000, help="jobs per run (default 20,000)")
@@ -163,10 +183,8 @@ def main():
                 cmd = system.cmd(args.n, mode == "drain")
                 started = time.monotonic()
                 try:
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-                    if done.returncode != 0:
-                        raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-600:]}")
-                    figure = system.parse(done.stdout)
+                    stdout = run_group(cmd, timeout)
+                    figure = system.parse(stdout)
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                     failures.setdefault((mode, name), []).append(str(error))
                     print(f"round {rnd + 1} {mode:10} {name:18} FAILED: {error}", file=sys.stderr)
