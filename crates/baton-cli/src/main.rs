@@ -343,7 +343,8 @@ pub enum Command {
         /// Lifecycle (or messages) runs; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: u32,
-        /// Seconds of load for the dispatch-latency figure.
+        /// Seconds of load for the dispatch-latency figure (with --http: of the per-task latency
+        /// run through the worker processes; 0 for none).
         #[arg(long, default_value_t = 4)]
         latency_seconds: u64,
         /// SQLite synchronous mode: full (default) or normal.
@@ -405,6 +406,14 @@ pub enum Command {
         /// HTTP: tasks per `POST /tasks/batch`.
         #[arg(long, default_value_t = 500)]
         create_batch: usize,
+        /// HTTP: queue every task before the workers start and time only the processing (from
+        /// the first task handed to a worker to the last completion recorded).
+        #[arg(long)]
+        drain: bool,
+        /// HTTP: results posts each worker keeps in flight (1: claim only once the last results
+        /// are recorded; more: claim the next batch while they commit).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+        pipeline: u32,
     },
     /// The minimal worker `baton bench --soak` and `baton bench --messages` run (internal).
     #[command(hide = true)]
@@ -419,6 +428,12 @@ pub enum Command {
         agent: String,
         #[arg(long, default_value_t = 64)]
         batch: u32,
+        /// Results posts kept in flight.
+        #[arg(long, default_value_t = 1)]
+        pipeline: u32,
+        /// Note when each task was handed over, for the latency figure.
+        #[arg(long)]
+        record: bool,
     },
 }
 

@@ -44,6 +44,9 @@ pub async fn bench(command: &Command) -> Result<u8, Failure> {
             remote_agents,
             claim_batch,
             create_batch,
+            drain,
+            latency_seconds,
+            pipeline,
             ..
         } => {
             let temp = commands::temp_dir()?;
@@ -56,6 +59,9 @@ pub async fn bench(command: &Command) -> Result<u8, Failure> {
                 n_agents: *remote_agents,
                 claim_batch: *claim_batch,
                 repeats: *repeats,
+                drain: *drain,
+                latency_seconds: *latency_seconds,
+                pipeline: *pipeline,
             };
             let outcome = baton_bench::http::bench(options, *json, &Terminal).await;
             let _ = std::fs::remove_dir_all(&temp);
@@ -108,8 +114,8 @@ pub async fn bench(command: &Command) -> Result<u8, Failure> {
             baton_bench::lifecycle::worker_main();
             Ok(0)
         }
-        Command::BenchHttpWorker { url, agent, batch } => {
-            baton_bench::http::worker(url.clone(), agent.clone(), *batch, Terminal).await
+        Command::BenchHttpWorker { url, agent, batch, pipeline, record } => {
+            baton_bench::http::worker(url.clone(), agent.clone(), *batch, *pipeline, *record, Terminal).await
         }
         _ => unreachable!("only `baton bench` and its workers come here"),
     };
