@@ -130,6 +130,54 @@ fn the_python_sdk_is_a_client_of_baton() {
     assert!(said.contains("all A2A client checks passed"), "{said}");
 }
 
+/// A terminal agent that asks before it goes on: the task of a message for it.
+const ASKER: &str = r#"
+[orchestration]
+name = "a2a-served"
+
+[auth]
+secret_env = "TEST_JWT_SECRET"
+
+[[agents]]
+name = "asker"
+role = "Asks before it deploys"
+capabilities = ["ask"]
+mode = "pty"
+command = ["./ask.sh"]
+done_when = { output = "DONE" }
+"#;
+
+const ASK: &str = r#"#!/usr/bin/env bash
+while read -r line; do
+  printf 'Continue? [y/N] '
+  read -r answer
+  if [ "$answer" = y ]; then echo "proceeding with $line"; echo DONE; else echo aborted; fi
+done
+"#;
+
+/// Follow-up messages (`tests/a2a/followup.py`): a task whose terminal agent asks a question is
+/// input-required; a message with its `taskId` answers it (an operator's; a viewer's is
+/// refused), and the task goes on to complete; then a follow-up is refused as the task ended.
+#[test]
+fn a_follow_up_message_answers_a_task_that_waits_for_input() {
+    let Some(python) = sdk_python() else { return };
+    let project = Project::with(ASKER, &[("ask.sh", ASK)]);
+    let operator = token(&project, "operator");
+    let viewer = token(&project, "viewer");
+    let mut served = Served::start(&project);
+    let run = |args: &[&str]| {
+        let output = Command::new(&python).arg(script("followup.py")).args(args).stdin(Stdio::null()).output().unwrap();
+        let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
+        assert!(output.status.success(), "followup.py {}:\n{said}", args[0]);
+        said
+    };
+    let said = run(&["create", &served.url, &operator]);
+    let id = said.lines().find_map(|line| line.strip_prefix("task ")).expect("the task's id").trim().to_string();
+    served.lines.wait_for("agent asker: active -> waiting-input");
+    let said = run(&["answer", &served.url, &operator, &viewer, &id]);
+    assert!(said.contains("all follow-up checks passed"), "{said}\nbaton:\n{}", served.lines.seen.join(""));
+}
+
 /// Push notifications (`tests/a2a/push.py`): a webhook on an allowed host hears a task through
 /// to its end, with the config's token and authentication; configs are read, listed and
 /// deleted; a webhook on another host is refused.

@@ -285,7 +285,7 @@ fn check_wait_report(report: &Value) {
     assert_eq!(wait["is_error"], false, "{report}");
     assert_eq!(wait["ended"], true, "{report}");
     assert_eq!(wait["state"], "succeeded", "{report}");
-    assert_eq!(wait["result"], json!({ "via": "wait" }), "{report}");
+    assert_eq!(wait["result"]["input"], json!({ "via": "wait" }), "the agent's result: {report}");
     let heard = wait["progress"].as_array().unwrap();
     let id = wait["id"].as_i64().unwrap();
     assert!(heard.len() >= 2, "a notification at the start and on each change: {report}");

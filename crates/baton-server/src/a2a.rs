@@ -406,6 +406,10 @@ impl Handler {
         let return_immediately =
             params.get("configuration").and_then(|c| c.get("returnImmediately")).and_then(Value::as_bool) == Some(true);
         let history_length = history_length(params.get("configuration").and_then(|c| c.get("historyLength")))?;
+        if let Some((task_id, text)) = follow_up(params)? {
+            let task = self.answer(&task_id, &text).await?;
+            return Ok(json!({ "task": self.shown(&task, history_length).await }));
+        }
         let push = self.message_push_config(params)?;
         let since = self.ops.latest_event().await?;
         let id = self.create(params).await?;
@@ -427,7 +431,48 @@ impl Handler {
             while updates.next().await.is_some() {}
         }
         let task = self.read(id).await?;
-        Ok(json!({ "task": task_json(&task, history_length, true) }))
+        Ok(json!({ "task": self.shown(&task, history_length).await }))
+    }
+
+    /// A task as an A2A `Task`, with its artifacts; a task whose terminal agent waits for an
+    /// answer is `TASK_STATE_INPUT_REQUIRED`, its question in the status message.
+    async fn shown(&self, task: &TaskRecord, history_length: Option<usize>) -> Value {
+        let mut value = task_json(task, history_length, true);
+        if self.ops.task_waits_for_input(task).await.unwrap_or(false) {
+            value["status"]["state"] = json!("TASK_STATE_INPUT_REQUIRED");
+            value["status"]["message"] =
+                agent_message(task, "input", "the agent waits for an answer: send it as a message with this taskId");
+        }
+        value
+    }
+
+    /// A follow-up message to task `task_id`: its text answers the question the task waits on
+    /// (typed into its terminal agent, [`Ops::answer_task_input`]). A task the caller cannot
+    /// read is not found; one that has ended, or does not wait for input, takes no message.
+    async fn answer(&self, task_id: &str, text: &str) -> Result<TaskRecord, RpcError> {
+        let id = self.task_id(Some(&json!(task_id)))?;
+        let task = self.read(id).await.map_err(|error| {
+            if error.reason == Some("PERMISSION_DENIED") { RpcError::task_not_found(task_id) } else { error }
+        })?;
+        if is_terminal(task.state) {
+            return Err(RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!(
+                    "task {id} has ended ({}): it takes no more messages; send a new message without `taskId`",
+                    state_name(task.state)
+                ),
+            ));
+        }
+        self.ops.answer_task_input(&self.caller, id, text).await.map_err(|error| match error.kind() {
+            ErrorKind::Conflict => RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!(
+                    "{}: a Baton task takes a message only while it waits for input (TASK_STATE_INPUT_REQUIRED)",
+                    error.message()
+                ),
+            ),
+            _ => RpcError::from(error),
+        })
     }
 
     /// A task the caller made but may not read, as much as it knows of it.
@@ -442,6 +487,11 @@ impl Handler {
     }
 
     async fn send_streaming_message(&self, params: &Map<String, Value>) -> Result<ReceiverStream<Value>, RpcError> {
+        if let Some((task_id, text)) = follow_up(params)? {
+            let since = self.ops.latest_event().await?;
+            let task = self.answer(&task_id, &text).await?;
+            return self.stream(task.id, since).await;
+        }
         let push = self.message_push_config(params)?;
         let since = self.ops.latest_event().await?;
         let id = self.create(params).await?;
@@ -467,7 +517,7 @@ impl Handler {
     async fn get_task(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
         let id = self.task_id(params.get("id"))?;
         let history_length = history_length(params.get("historyLength"))?;
-        Ok(task_json(&self.read(id).await?, history_length, true))
+        Ok(self.shown(&self.read(id).await?, history_length).await)
     }
 
     async fn cancel_task(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
@@ -992,6 +1042,30 @@ fn requires(metadata: Option<&Value>) -> Result<Vec<String>, RpcError> {
     list.iter().map(|name| name.as_str().map(str::to_string).ok_or_else(refused)).collect()
 }
 
+/// A follow-up message (one with a `taskId`): the task it is for and its text (its text parts
+/// joined by newlines); `None` for a message that asks for a new task.
+fn follow_up(params: &Map<String, Value>) -> Result<Option<(String, String)>, RpcError> {
+    let Some(message) = params.get("message").and_then(Value::as_object) else { return Ok(None) };
+    let Some(task_id) = message.get("taskId").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
+        return Ok(None);
+    };
+    if message.get("messageId").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(RpcError::invalid("`message.messageId` is required"));
+    }
+    if message.get("role").and_then(Value::as_str) != Some("ROLE_USER") {
+        return Err(RpcError::invalid("`message.role` must be `ROLE_USER`"));
+    }
+    let parts = message.get("parts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let texts: Vec<&str> = parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect();
+    if texts.is_empty() || texts.len() != parts.len() {
+        return Err(RpcError::new(
+            code::CONTENT_TYPE_NOT_SUPPORTED,
+            format!("a message to task `{task_id}` answers its question: send text parts only"),
+        ));
+    }
+    Ok(Some((task_id.to_string(), texts.join("\n"))))
+}
+
 /// The longest title taken from a message's first line.
 const TITLE_MAX: usize = 120;
 
@@ -1014,12 +1088,6 @@ fn task_input(message: &Value) -> Result<TaskInput, RpcError> {
                 other.map_or_else(|| "absent".to_string(), |role| format!("`{role}`"))
             )));
         }
-    }
-    if let Some(task_id) = message.get("taskId").and_then(Value::as_str).filter(|id| !id.is_empty()) {
-        return Err(RpcError::new(
-            code::UNSUPPORTED_OPERATION,
-            format!("a Baton task takes no further messages (task `{task_id}`): send a new message without `taskId`"),
-        ));
     }
     let parts = message.get("parts").and_then(Value::as_array).filter(|parts| !parts.is_empty());
     let Some(parts) = parts else {
@@ -1112,14 +1180,26 @@ mod tests {
                 json!({ "messageId": "m", "role": "ROLE_USER", "parts": [{ "url": "http://x" }] }),
                 code::CONTENT_TYPE_NOT_SUPPORTED,
             ),
-            (
-                json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3", "parts": [{ "text": "x" }] }),
-                code::UNSUPPORTED_OPERATION,
-            ),
         ];
         for (message, expected) in cases {
             assert_eq!(task_input(&message).unwrap_err().code, expected, "{message}");
         }
+    }
+
+    #[test]
+    fn a_message_with_a_task_id_is_a_follow_up_of_text() {
+        let params = |message: Value| json!({ "message": message }).as_object().cloned().unwrap();
+        let answer = params(json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3",
+            "parts": [{ "text": "y" }, { "text": "and go on" }] }));
+        assert_eq!(follow_up(&answer).unwrap(), Some(("3".to_string(), "y\nand go on".to_string())));
+        let new_task =
+            params(json!({ "messageId": "m", "role": "ROLE_USER", "contextId": "c", "parts": [{ "text": "x" }] }));
+        assert_eq!(follow_up(&new_task).unwrap(), None);
+        let data = params(json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3", "parts": [{ "data": {} }] }));
+        assert_eq!(follow_up(&data).unwrap_err().code, code::CONTENT_TYPE_NOT_SUPPORTED);
+        let agent =
+            params(json!({ "messageId": "m", "role": "ROLE_AGENT", "taskId": "3", "parts": [{ "text": "y" }] }));
+        assert_eq!(follow_up(&agent).unwrap_err().code, code::INVALID_PARAMS);
     }
 
     #[test]
