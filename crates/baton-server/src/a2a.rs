@@ -386,6 +386,83 @@ fn sse(id: Value, stream: ReceiverStream<Value>) -> Response {
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
+/// Deletes from the store the configs of the tasks that made room in the registry.
+async fn forget_evicted(ops: &Ops, registry: &push::Registry) {
+    for task in registry.take_evicted() {
+        let configs = ops.store().push_configs(Some(task)).await.unwrap_or_default();
+        for config in configs {
+            if let Err(error) = ops.store().delete_push_config(task, &config.id).await {
+                tracing::warn!(%task, %error, "an evicted A2A push config stays in the store");
+            }
+        }
+    }
+}
+
+/// Loads the push configs the store kept (a restart) for the run's tasks, once per server:
+/// each webhook is checked against `[a2a] push_hosts` again (one no longer allowed is left
+/// out, with a warning), and each unfinished task with configs is followed from now on, as
+/// an admin reads it (its configs' owners could read it when they set them).
+pub async fn restore_push_configs(state: &AppState) {
+    let registry = std::sync::Arc::clone(state.a2a_pushes());
+    if !registry.start_restoring() {
+        return;
+    }
+    let ops = state.ops().clone();
+    let records = match ops.store().push_configs(None).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the A2A push configs kept in the store");
+            return;
+        }
+    };
+    let handler = Handler {
+        ops: ops.clone(),
+        caller: Caller::local(),
+        scope: Scope { agent: None },
+        shutdown: state.shutdown().clone(),
+        state: state.clone(),
+    };
+    let plan = state.plan();
+    let check = |url: &str| {
+        baton_runtime::a2a::push::check_url(url, |host, port| plan.a2a.allows_push(host, port), &plan.a2a.push_hosts)
+            .map_err(|error| error.to_string())
+    };
+    let mut n = 0;
+    for record in records {
+        let task = record.task;
+        match ops.store().task(task).await {
+            Ok(Some(found)) if found.run_id == ops.run_id() => {}
+            // Another run's task: its configs are that run's.
+            _ => continue,
+        }
+        let id = record.id.clone();
+        let config = match push::Config::from_record(record, check) {
+            Ok(config) => config,
+            Err(why) => {
+                tracing::warn!(%task, config = %id, why, "a kept A2A push config is not taken");
+                continue;
+            }
+        };
+        let Ok(since) = ops.latest_event().await else { return };
+        match registry.set(config, true) {
+            Ok(true) => match handler.stream(task, since).await {
+                Ok(updates) => {
+                    let (registry, shutdown) = (std::sync::Arc::clone(&registry), state.shutdown().clone());
+                    tokio::spawn(async move { registry.follow(task, updates, shutdown).await });
+                }
+                Err(error) => tracing::warn!(%task, error = %error.message, "cannot follow a task for its push configs"),
+            },
+            Ok(false) => {}
+            Err(refused) => tracing::warn!(%task, config = %id, ?refused, "a kept A2A push config is not taken"),
+        }
+        n += 1;
+    }
+    forget_evicted(&ops, &registry).await;
+    if n > 0 {
+        tracing::info!(configs = n, "A2A push configs loaded from the store");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Methods.
 
@@ -643,7 +720,16 @@ impl Handler {
         let config = push::Config { id: config_id, task_id: id, webhook, scheme, owner };
         let answer = config.to_json(true);
         let registry = std::sync::Arc::clone(self.state.a2a_pushes());
+        let record = config.to_record();
+        let owner = record.owner.clone();
         let start = registry.set(config, self.is_admin()).map_err(|refused| self.push_refusal(id, refused))?;
+        // Kept in the store too, so that a restarted server still delivers to it.
+        forget_evicted(&self.ops, &registry).await;
+        let config_id = record.id.clone();
+        if let Err(error) = self.ops.store().put_push_config(record).await {
+            let _ = registry.delete(id, &config_id, &owner, true);
+            return Err(RpcError::from(baton_ops::Error::from(error)));
+        }
         if start {
             match self.stream(id, since).await {
                 Ok(updates) => {
@@ -740,6 +826,7 @@ impl Handler {
         if !deleted {
             return Err(RpcError::invalid(format!("task {task_id} has no push config `{id}`")));
         }
+        self.ops.store().delete_push_config(task_id, &id).await.map_err(baton_ops::Error::from)?;
         Ok(Value::Null)
     }
 

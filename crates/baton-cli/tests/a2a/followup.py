@@ -5,8 +5,8 @@ Usage:
   followup.py answer BASE_URL OPERATOR_TOKEN VIEWER_TOKEN TASK_ID
 
 `create` sends a message for the terminal agent `asker` (capability `ask`), which asks
-"Continue? [y/N]", and prints the task's id. The Rust test waits until Baton reports the agent
-waiting for input, then runs `answer`: the task is input-required; a viewer's follow-up is
+"Continue? [y/N]", and prints the task's id. `answer` follows Baton's events until the agent
+waits for input, then: the task is input-required; a viewer's follow-up is
 refused; the operator's follow-up (`y`) is typed into the terminal and the task goes on to
 complete; a follow-up to the completed task is UnsupportedOperation, one to a task that is not
 there TaskNotFound; a message with a contextId and no taskId is a new task in that context.
@@ -76,7 +76,19 @@ async def create(base, operator):
     print(f"task {task.id}", flush=True)
 
 
+async def until_asked(base, token):
+    """Follows Baton's event stream until the agent `asker` waits for input."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    params = {"type": "AgentStateChanged", "agent": "asker"}
+    async with httpx.AsyncClient(timeout=DEADLINE) as http:
+        async with http.stream("GET", f"{base}/events", headers=headers, params=params) as events:
+            async for line in events.aiter_lines():
+                if line.startswith("data:") and '"to":"waiting-input"' in line:
+                    return
+
+
 async def answer(base, operator, viewer, task_id):
+    await until_asked(base, operator)
     client = await client_for(base, operator, streaming=False)
     task = await client.get_task(GetTaskRequest(id=task_id))
     check(
