@@ -130,6 +130,45 @@ fn the_python_sdk_is_a_client_of_baton() {
     assert!(said.contains("all A2A client checks passed"), "{said}");
 }
 
+/// Push configs outlive the server: one set before a restart (`push.py --restart`) is listed by
+/// the server started again on the same store, and its webhook hears the task's cancel.
+#[test]
+fn push_configs_survive_a_restart() {
+    use std::io::{BufRead, BufReader};
+    let Some(python) = sdk_python() else { return };
+    let plan = format!("{SERVED}\n[a2a]\npush_hosts = [\"127.0.0.1\"]\n");
+    let project = Project::with(&plan, &[]);
+    let operator = token(&project, "operator");
+    let served = Served::start(&project);
+    let mut client = Command::new(python)
+        .arg(script("push.py"))
+        .args([&served.url, &operator, "--restart"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "push.py ended before the restart: {said:?}");
+        said.push(line.clone());
+        if line.trim() == "restart now" {
+            break;
+        }
+    }
+    drop(served);
+    let served = Served::start(&project);
+    writeln!(client.stdin.as_mut().unwrap(), "{}", served.url).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let output = client.wait_with_output().unwrap();
+    let said = format!("{}{rest}\n{}", said.join(""), common::stderr(&output));
+    assert!(output.status.success(), "the restart checks failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
+    assert!(said.contains("all A2A push restart checks passed"), "{said}");
+}
+
 /// A terminal agent that asks before it goes on: the task of a message for it.
 const ASKER: &str = r#"
 [orchestration]

@@ -10,7 +10,9 @@
 //! its state, result (an artifact) and failure (the status message) are read from the store,
 //! and the streams follow the run's events ([`baton_ops::Ops::follow_events`]). Who may do
 //! what is the operations layer's table: `SendMessage` needs `CreateTasks`, `GetTask`,
-//! `ListTasks` and the streams `ReadTasks`, `CancelTask` `ControlTasks`.
+//! `ListTasks` and the streams `ReadTasks`, `CancelTask` `ControlTasks`. A follow-up message
+//! (with the `taskId` of a task whose terminal agent waits for input, `INPUT_REQUIRED`) is
+//! typed into that agent's terminal ([`baton_ops::Ops::answer_task_input`], `ManageAgents`).
 //!
 //! The wire shapes are ProtoJSON of the A2A 1.0 proto (`camelCase` fields, enums by their
 //! proto names such as `TASK_STATE_COMPLETED`), written here as `serde_json` values: the
@@ -450,7 +452,9 @@ pub async fn restore_push_configs(state: &AppState) {
                     let (registry, shutdown) = (std::sync::Arc::clone(&registry), state.shutdown().clone());
                     tokio::spawn(async move { registry.follow(task, updates, shutdown).await });
                 }
-                Err(error) => tracing::warn!(%task, error = %error.message, "cannot follow a task for its push configs"),
+                Err(error) => {
+                    tracing::warn!(%task, error = %error.message, "cannot follow a task for its push configs")
+                }
             },
             Ok(false) => {}
             Err(refused) => tracing::warn!(%task, config = %id, ?refused, "a kept A2A push config is not taken"),

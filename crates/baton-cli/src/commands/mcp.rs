@@ -12,7 +12,11 @@
 //! Both protocol eras pass through: a stateless (2026-07-28) request's routing headers
 //! (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) are written from the message itself, and
 //! a handshake-era session's id is kept from the `initialize` answer and sent with every later
-//! message; the session's notifications (`GET /mcp`) are written to stdout as they come.
+//! message; the session's notifications (`GET /mcp`) are written to stdout as they come. An
+//! answer that is a stream of Server-Sent Events (a long call's `notifications/progress`, then
+//! its response) is written a line per message as it comes; meanwhile stdin is read on, its
+//! lines kept for after, and its end or a `notifications/cancelled` of the call drops the
+//! stream, which ends the call on the server.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
