@@ -12,6 +12,9 @@ use baton_core::model::{AgentRecord, AgentState, RunRecord, TaskId, TaskRecord, 
 
 use crate::{Action, Caller, Error, Grant, Ops, Result, own_only};
 
+/// How long typing an answer into a terminal waits for the attach socket to take it.
+const TYPE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where a terminal agent's screen is served, and whether the caller may type into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TerminalAccess {
@@ -208,12 +211,16 @@ impl Ops {
         let agent = task.assigned_agent.clone().unwrap_or_default();
         let access = self.agent_terminal(caller, &agent).await?;
         let typed = async {
-            use tokio::io::AsyncWriteExt as _;
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
             let mut stream = tokio::net::UnixStream::connect(&access.socket).await?;
-            // Enter as a terminal sends it.
+            // Enter as a terminal sends it; then the end of what is typed.
             stream.write_all(format!("{text}\r").as_bytes()).await?;
-            stream.flush().await?;
-            stream.shutdown().await
+            stream.shutdown().await?;
+            // The socket answers with the screen, then reads what was typed and closes at its
+            // end: read until then, so that the connection stays open while it is typed.
+            let mut screen = Vec::new();
+            let _ = tokio::time::timeout(TYPE_WAIT, stream.read_to_end(&mut screen)).await;
+            Ok::<(), std::io::Error>(())
         };
         typed.await.map_err(|error| {
             Error::unavailable(format!(
