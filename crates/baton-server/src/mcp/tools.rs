@@ -745,6 +745,83 @@ mod tests {
         }
     }
 
+    /// An operations layer on an in-memory store, without an engine, with one pending task.
+    async fn ops_with_a_task() -> (Ops, i64) {
+        let plan = "[orchestration]\nname = \"t\"\n\n[[agents]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        let plan = baton_core::config::load("baton.toml", plan, &std::collections::BTreeMap::new()).unwrap();
+        let store: std::sync::Arc<dyn baton_store::Store> =
+            baton_store::open("sqlite::memory:", std::path::Path::new(".")).unwrap();
+        let run = baton_store::NewRun {
+            id: "run-1".into(),
+            name: "t".into(),
+            n_phases: 1,
+            owner: "test".into(),
+            owner_pid: 1,
+            owner_until: baton_core::Timestamp(1_000),
+        };
+        store.create_run(run, baton_core::Timestamp(0)).await.unwrap();
+        let task = baton_core::model::NewTask {
+            parent: None,
+            key: Some("k".into()),
+            workstream: None,
+            title: "Wait for me".into(),
+            description: String::new(),
+            input: json!({}),
+            requires: Vec::new(),
+            agent: None,
+            depends_on: Vec::new(),
+            priority: baton_core::model::Priority::Medium,
+            max_attempts: 1,
+            timeout_ms: None,
+            resources: Vec::new(),
+            estimated_tokens: None,
+        };
+        let tasks = store.create_tasks("run-1", vec![task], baton_core::Timestamp(0)).await.unwrap();
+        let ops = Ops::new(baton_ops::OpsOptions {
+            store,
+            engine: None,
+            run_id: "run-1".into(),
+            plan,
+            log_dir: std::env::temp_dir(),
+            clock: baton_runtime::Clock::system(),
+        });
+        (ops, tasks[0].id.0)
+    }
+
+    /// The client going away (the receiver of its notifications dropped) ends a wait at
+    /// once, not at its timeout.
+    #[tokio::test]
+    async fn a_wait_ends_when_its_client_goes_away() {
+        let (ops, id) = ops_with_a_task().await;
+        let (sender, mut receiver) = mpsc::channel(1);
+        let context =
+            Context { progress: Some(Progress::new(json!("p"), sender)), stop: CancellationToken::new(), until: None };
+        let arguments = WaitArgs { id, timeout_seconds: Some(MAX_WAIT_SECONDS) };
+        let waiting = tokio::spawn(async move { wait_for_task(&ops, &Caller::local(), arguments, context).await });
+        let first = receiver.recv().await.unwrap();
+        assert_eq!(first["params"]["progress"], 0, "{first}");
+        assert!(first["params"]["message"].as_str().unwrap().starts_with(&format!("task {id} is ")), "{first}");
+        drop(receiver);
+        // A guard against a hang, far below the wait's own timeout.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the wait ended");
+        let error = ended.unwrap().unwrap_err();
+        assert!(error.message.contains("the client went away"), "{}", error.message);
+    }
+
+    /// A server that stops ends a wait too.
+    #[tokio::test]
+    async fn a_wait_ends_when_the_server_stops() {
+        let (ops, id) = ops_with_a_task().await;
+        let stop = CancellationToken::new();
+        let context = Context::plain(stop.clone());
+        let arguments = WaitArgs { id, timeout_seconds: Some(MAX_WAIT_SECONDS) };
+        let waiting = tokio::spawn(async move { wait_for_task(&ops, &Caller::local(), arguments, context).await });
+        stop.cancel();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the wait ended");
+        let error = ended.unwrap().unwrap_err();
+        assert!(error.message.contains("the server is stopping"), "{}", error.message);
+    }
+
     #[test]
     fn bad_arguments_are_invalid_with_the_reason() {
         let error = args::<TaskIdArgs>(json!({ "id": "seven" })).unwrap_err();
