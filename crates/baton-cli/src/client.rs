@@ -339,8 +339,17 @@ impl Client {
             .get(baton_server::mcp::SESSION_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_string);
+        let is_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+        if is_stream {
+            let stream = McpStream { frames: FrameStream::new(response) };
+            return Ok(McpAnswer { status: status.as_u16(), session, body: String::new(), stream: Some(stream) });
+        }
         let body = response.text().await.map_err(|error| describe(&error))?;
-        Ok(McpAnswer { status: status.as_u16(), session, body })
+        Ok(McpAnswer { status: status.as_u16(), session, body, stream: None })
     }
 
     /// The notifications of an MCP session (`GET /mcp`, Server-Sent Events), one JSON-RPC
@@ -505,7 +514,11 @@ pub struct McpAnswer {
     pub status: u16,
     /// `Mcp-Session-Id`, when the answer opened a session.
     pub session: Option<String>,
+    /// The JSON answer (empty when the answer is a stream).
     pub body: String,
+    /// A stream of Server-Sent Events answering a long call: its notifications, then the
+    /// response.
+    pub stream: Option<McpStream>,
 }
 
 /// The messages of an MCP session's stream (`GET /mcp`), one at a time.

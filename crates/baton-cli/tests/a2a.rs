@@ -130,6 +130,92 @@ fn the_python_sdk_is_a_client_of_baton() {
     assert!(said.contains("all A2A client checks passed"), "{said}");
 }
 
+/// Push configs outlive the server: one set before a restart (`push.py --restart`) is listed by
+/// the server started again on the same store, and its webhook hears the task's cancel.
+#[test]
+fn push_configs_survive_a_restart() {
+    use std::io::{BufRead, BufReader};
+    let Some(python) = sdk_python() else { return };
+    let plan = format!("{SERVED}\n[a2a]\npush_hosts = [\"127.0.0.1\"]\n");
+    let project = Project::with(&plan, &[]);
+    let operator = token(&project, "operator");
+    let served = Served::start(&project);
+    let mut client = Command::new(python)
+        .arg(script("push.py"))
+        .args([&served.url, &operator, "--restart"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = Vec::new();
+    let mut out = BufReader::new(client.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "push.py ended before the restart: {said:?}");
+        said.push(line.clone());
+        if line.trim() == "restart now" {
+            break;
+        }
+    }
+    drop(served);
+    let served = Served::start(&project);
+    writeln!(client.stdin.as_mut().unwrap(), "{}", served.url).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let output = client.wait_with_output().unwrap();
+    let said = format!("{}{rest}\n{}", said.join(""), common::stderr(&output));
+    assert!(output.status.success(), "the restart checks failed:\n{said}\nbaton:\n{}", served.lines.seen.join(""));
+    assert!(said.contains("all A2A push restart checks passed"), "{said}");
+}
+
+/// A terminal agent that asks before it goes on: the task of a message for it.
+const ASKER: &str = r#"
+[orchestration]
+name = "a2a-served"
+
+[auth]
+secret_env = "TEST_JWT_SECRET"
+
+[[agents]]
+name = "asker"
+role = "Asks before it deploys"
+capabilities = ["ask"]
+mode = "pty"
+command = ["./ask.sh"]
+done_when = { output = "DONE" }
+"#;
+
+const ASK: &str = r#"#!/usr/bin/env bash
+while read -r line; do
+  printf 'Continue? [y/N] '
+  read -r answer
+  if [ "$answer" = y ]; then echo "proceeding with $line"; echo DONE; else echo aborted; fi
+done
+"#;
+
+/// Follow-up messages (`tests/a2a/followup.py`): a task whose terminal agent asks a question is
+/// input-required; a message with its `taskId` answers it (an operator's; a viewer's is
+/// refused), and the task goes on to complete; then a follow-up is refused as the task ended.
+#[test]
+fn a_follow_up_message_answers_a_task_that_waits_for_input() {
+    let Some(python) = sdk_python() else { return };
+    let project = Project::with(ASKER, &[("ask.sh", ASK)]);
+    let operator = token(&project, "operator");
+    let viewer = token(&project, "viewer");
+    let served = Served::start(&project);
+    let run = |args: &[&str]| {
+        let output = Command::new(&python).arg(script("followup.py")).args(args).stdin(Stdio::null()).output().unwrap();
+        let said = format!("{}\n{}", common::stdout(&output), common::stderr(&output));
+        assert!(output.status.success(), "followup.py {}:\n{said}", args[0]);
+        said
+    };
+    let said = run(&["create", &served.url, &operator]);
+    let id = said.lines().find_map(|line| line.strip_prefix("task ")).expect("the task's id").trim().to_string();
+    let said = run(&["answer", &served.url, &operator, &viewer, &id]);
+    assert!(said.contains("all follow-up checks passed"), "{said}\nbaton:\n{}", served.lines.seen.join(""));
+}
+
 /// Push notifications (`tests/a2a/push.py`): a webhook on an allowed host hears a task through
 /// to its end, with the config's token and authentication; configs are read, listed and
 /// deleted; a webhook on another host is refused.

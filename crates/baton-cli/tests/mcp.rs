@@ -43,6 +43,11 @@ name = "holder"
 command = ["sh", "-c", "while [ ! -e release ]; do sleep 0.05; done; echo ok"]
 capabilities = ["hold"]
 
+[[agents]]
+name = "gate"
+command = ["sh", "-c", "while [ ! -e gate-open ]; do sleep 0.05; done; cat"]
+capabilities = ["gate"]
+
 [[tasks]]
 key = "hold"
 title = "Keep the run open until the test says so"
@@ -273,6 +278,24 @@ fn run_client(python: &PathBuf, project: &Project, args: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
 }
 
+/// What `client.py --wait` heard: progress notifications while the task waited, ran and
+/// ended (their `progress` increasing), then the task with its result.
+fn check_wait_report(report: &Value) {
+    let wait = &report["wait"];
+    assert_eq!(wait["is_error"], false, "{report}");
+    assert_eq!(wait["ended"], true, "{report}");
+    assert_eq!(wait["state"], "succeeded", "{report}");
+    assert_eq!(wait["result"]["input"], json!({ "via": "wait" }), "the agent's result: {report}");
+    let heard = wait["progress"].as_array().unwrap();
+    let id = wait["id"].as_i64().unwrap();
+    assert!(heard.len() >= 2, "a notification at the start and on each change: {report}");
+    assert!(heard[0]["message"].as_str().unwrap().starts_with(&format!("task {id} is ")), "{report}");
+    assert!(heard.iter().any(|note| note["message"].as_str().unwrap().contains("running")), "{report}");
+    assert!(heard.iter().any(|note| note["message"].as_str().unwrap().contains("-> succeeded")), "{report}");
+    let values: Vec<f64> = heard.iter().map(|note| note["progress"].as_f64().unwrap()).collect();
+    assert!(values.windows(2).all(|pair| pair[0] < pair[1]), "progress increases: {values:?}");
+}
+
 /// What every era and transport answers alike, for a caller that may create tasks.
 fn check_operator_report(report: &Value, title: &str) {
     assert_eq!(report["plan_name"], "mcp-test", "{report}");
@@ -286,7 +309,10 @@ fn check_operator_report(report: &Value, title: &str) {
     assert_eq!(report["bad_arguments"]["is_error"], true, "{report}");
     assert!(report["bad_arguments"]["text"].as_str().unwrap().contains("fix the arguments"), "{report}");
     assert!(report["unknown_tool"].as_str().unwrap().contains("no tool `no_such_tool`"), "{report}");
-    assert_eq!(report["resources"], json!(["baton://agents/echo/log", "baton://agents/holder/log", "baton://status"]));
+    assert_eq!(
+        report["resources"],
+        json!(["baton://agents/echo/log", "baton://agents/gate/log", "baton://agents/holder/log", "baton://status"])
+    );
     assert_eq!(report["status_resource_has_plan"], true, "{report}");
 }
 
@@ -298,9 +324,10 @@ fn the_python_sdk_speaks_both_eras_over_http() {
     let url = format!("{}/mcp", served.url);
     for (mode, version) in [("legacy", "2025-11-25"), ("2026-07-28", "2026-07-28"), ("auto", "2026-07-28")] {
         let title = format!("Echo over HTTP in mode {mode}");
-        let report = run_client(&python, &project, &["--url", &url, "--mode", mode, "--title", &title]);
+        let report = run_client(&python, &project, &["--url", &url, "--mode", mode, "--title", &title, "--wait"]);
         assert_eq!(report["protocol_version"], version, "{report}");
         check_operator_report(&report, &title);
+        check_wait_report(&report);
     }
 }
 
@@ -315,10 +342,14 @@ fn the_python_sdk_speaks_both_eras_over_stdio_to_baton_run() {
     let cwd = project.path().to_str().unwrap();
     for (mode, version) in [("legacy", "2025-11-25"), ("2026-07-28", "2026-07-28")] {
         let title = format!("Echo over stdio in mode {mode}");
-        let report =
-            run_client(&python, &project, &["--stdio", baton, "--cwd", cwd, "--mode", mode, "--title", &title]);
+        let report = run_client(
+            &python,
+            &project,
+            &["--stdio", baton, "--cwd", cwd, "--mode", mode, "--title", &title, "--wait"],
+        );
         assert_eq!(report["protocol_version"], version, "{report}");
         check_operator_report(&report, &title);
+        check_wait_report(&report);
         // The engine of `baton run` ran the task the MCP client created.
         lines.wait_for("completed by echo");
     }
@@ -343,6 +374,7 @@ fn a_viewer_cannot_create_tasks_over_mcp_and_an_operator_can() {
         let report = run_client(&python, &project, &["--url", &url, "--mode", mode, "--token", &viewer]);
         let tools = report["tools"].as_array().unwrap();
         assert!(tools.contains(&json!("plan_status")) && tools.contains(&json!("list_tasks")), "{report}");
+        assert!(tools.contains(&json!("wait_for_task")), "a viewer may wait for a task: {report}");
         for refused in ["create_tasks", "cancel_task", "send_message", "pause_schedule"] {
             assert!(!tools.contains(&json!(refused)), "a viewer is not offered {refused}: {report}");
         }

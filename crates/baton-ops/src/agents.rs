@@ -8,9 +8,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use baton_core::config::{AgentSpec, ProcessMode};
-use baton_core::model::{AgentRecord, AgentState, RunRecord};
+use baton_core::model::{AgentRecord, AgentState, RunRecord, TaskId, TaskRecord, TaskState};
 
 use crate::{Action, Caller, Error, Grant, Ops, Result, own_only};
+
+/// How long typing an answer into a terminal waits for the attach socket to take it.
+const TYPE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a terminal agent's screen is served, and whether the caller may type into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +176,58 @@ impl Ops {
         }
         self.find_agent(name).await?;
         Ok(self.log_dir().join(format!("{name}.log")))
+    }
+
+    /// Whether `task` waits for input: it runs on a terminal agent whose screen ends in a
+    /// question (the agent is `waiting-input`). A2A shows such a task as `input-required`.
+    pub async fn task_waits_for_input(&self, task: &TaskRecord) -> Result<bool> {
+        if task.state != TaskState::Running {
+            return Ok(false);
+        }
+        let Some(agent) = task.assigned_agent.as_deref() else { return Ok(false) };
+        let info = self.find_agent(agent).await?;
+        Ok(info.status.is_some_and(|status| status.state == AgentState::WaitingInput))
+    }
+
+    /// Answers the question a task waits on (see [`Ops::task_waits_for_input`]): `text` and
+    /// Enter typed into the terminal of the agent that runs it, as `baton attach` would. The
+    /// caller must be able to read the task (else it is not found) and to type into the
+    /// terminal (`ManageAgents`, as for `baton attach`); a task that has ended, or that does
+    /// not wait for input, is a conflict. The task as it is then.
+    pub async fn answer_task_input(&self, caller: &Caller, id: TaskId, text: &str) -> Result<TaskRecord> {
+        let task = self.task_record(caller, id).await.map_err(|error| match error.kind() {
+            crate::ErrorKind::Forbidden => Error::not_found(format!("no task {id} in this run")),
+            _ => error,
+        })?;
+        if caller.require(Action::ManageAgents)? != Grant::All {
+            return Err(Error::forbidden("answering a task's question types into its agent's terminal: ManageAgents"));
+        }
+        if task.state.is_terminal() {
+            return Err(Error::conflict(format!("task {id} has ended ({}): it takes no more input", task.state)));
+        }
+        if !self.task_waits_for_input(&task).await? {
+            return Err(Error::conflict(format!("task {id} is {}, not waiting for input", task.state)));
+        }
+        let agent = task.assigned_agent.clone().unwrap_or_default();
+        let access = self.agent_terminal(caller, &agent).await?;
+        let typed = async {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut stream = tokio::net::UnixStream::connect(&access.socket).await?;
+            // Enter as a terminal sends it; then the end of what is typed.
+            stream.write_all(format!("{text}\r").as_bytes()).await?;
+            stream.shutdown().await?;
+            // The socket answers with the screen, then reads what was typed and closes at its
+            // end: read until then, so that the connection stays open while it is typed.
+            let mut screen = Vec::new();
+            let _ = tokio::time::timeout(TYPE_WAIT, stream.read_to_end(&mut screen)).await;
+            Ok::<(), std::io::Error>(())
+        };
+        typed.await.map_err(|error| {
+            Error::unavailable(format!(
+                "agent `{agent}`'s terminal is not served ({error}): its program has ended, or the run is not executing in this process"
+            ))
+        })?;
+        self.task_record(caller, id).await
     }
 
     /// A terminal agent's screen, for a caller that may read its log; typing into it is for a

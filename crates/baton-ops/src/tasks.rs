@@ -194,6 +194,39 @@ impl Ops {
         )))
     }
 
+    /// Task `id` as it is now, and the events about it from now on as they happen (see
+    /// [`Ops::follow_events`]), for a caller who may read the task: what waiting for a task
+    /// to end follows. The stream starts before the task is read, so no change between the
+    /// two is missed (one may be heard of twice). It ends on `stop`, at `until` or when the
+    /// store's subscription closes.
+    pub async fn follow_task(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        stop: tokio_util::sync::CancellationToken,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<(TaskRecord, impl futures::Stream<Item = Event> + use<>)> {
+        let grant = caller.require(Action::ReadTasks)?;
+        let since = self.latest_event().await?;
+        let task = self.find_task(id).await?;
+        if grant == Grant::Own {
+            self.check_task_is_own(caller, &task).await?;
+        }
+        // The caller may read the task, and so its events (as `task` shows them).
+        let filter = crate::events::EventFilter { task: Some(id.0), ..Default::default() };
+        Ok((task, self.follow_events(filter, since, stop, until)))
+    }
+
+    /// Task `id` as it is now, for a caller who may read it (without its attempts and events).
+    pub async fn task_record(&self, caller: &Caller, id: TaskId) -> Result<TaskRecord> {
+        let grant = caller.require(Action::ReadTasks)?;
+        let task = self.find_task(id).await?;
+        if grant == Grant::Own {
+            self.check_task_is_own(caller, &task).await?;
+        }
+        Ok(task)
+    }
+
     /// A task, with its attempts and events.
     pub async fn task(&self, caller: &Caller, id: TaskId) -> Result<TaskDetail> {
         let grant = caller.require(Action::ReadTasks)?;

@@ -10,7 +10,9 @@
 //! its state, result (an artifact) and failure (the status message) are read from the store,
 //! and the streams follow the run's events ([`baton_ops::Ops::follow_events`]). Who may do
 //! what is the operations layer's table: `SendMessage` needs `CreateTasks`, `GetTask`,
-//! `ListTasks` and the streams `ReadTasks`, `CancelTask` `ControlTasks`.
+//! `ListTasks` and the streams `ReadTasks`, `CancelTask` `ControlTasks`. A follow-up message
+//! (with the `taskId` of a task whose terminal agent waits for input, `INPUT_REQUIRED`) is
+//! typed into that agent's terminal ([`baton_ops::Ops::answer_task_input`], `ManageAgents`).
 //!
 //! The wire shapes are ProtoJSON of the A2A 1.0 proto (`camelCase` fields, enums by their
 //! proto names such as `TASK_STATE_COMPLETED`), written here as `serde_json` values: the
@@ -386,6 +388,85 @@ fn sse(id: Value, stream: ReceiverStream<Value>) -> Response {
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
+/// Deletes from the store the configs of the tasks that made room in the registry.
+async fn forget_evicted(ops: &Ops, registry: &push::Registry) {
+    for task in registry.take_evicted() {
+        let configs = ops.store().push_configs(Some(task)).await.unwrap_or_default();
+        for config in configs {
+            if let Err(error) = ops.store().delete_push_config(task, &config.id).await {
+                tracing::warn!(%task, %error, "an evicted A2A push config stays in the store");
+            }
+        }
+    }
+}
+
+/// Loads the push configs the store kept (a restart) for the run's tasks, once per server:
+/// each webhook is checked against `[a2a] push_hosts` again (one no longer allowed is left
+/// out, with a warning), and each unfinished task with configs is followed from now on, as
+/// an admin reads it (its configs' owners could read it when they set them).
+pub async fn restore_push_configs(state: &AppState) {
+    let registry = std::sync::Arc::clone(state.a2a_pushes());
+    if !registry.start_restoring() {
+        return;
+    }
+    let ops = state.ops().clone();
+    let records = match ops.store().push_configs(None).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the A2A push configs kept in the store");
+            return;
+        }
+    };
+    let handler = Handler {
+        ops: ops.clone(),
+        caller: Caller::local(),
+        scope: Scope { agent: None },
+        shutdown: state.shutdown().clone(),
+        state: state.clone(),
+    };
+    let plan = state.plan();
+    let check = |url: &str| {
+        baton_runtime::a2a::push::check_url(url, |host, port| plan.a2a.allows_push(host, port), &plan.a2a.push_hosts)
+            .map_err(|error| error.to_string())
+    };
+    let mut n = 0;
+    for record in records {
+        let task = record.task;
+        match ops.store().task(task).await {
+            Ok(Some(found)) if found.run_id == ops.run_id() => {}
+            // Another run's task: its configs are that run's.
+            _ => continue,
+        }
+        let id = record.id.clone();
+        let config = match push::Config::from_record(record, check) {
+            Ok(config) => config,
+            Err(why) => {
+                tracing::warn!(%task, config = %id, why, "a kept A2A push config is not taken");
+                continue;
+            }
+        };
+        let Ok(since) = ops.latest_event().await else { return };
+        match registry.set(config, true) {
+            Ok(true) => match handler.stream(task, since).await {
+                Ok(updates) => {
+                    let (registry, shutdown) = (std::sync::Arc::clone(&registry), state.shutdown().clone());
+                    tokio::spawn(async move { registry.follow(task, updates, shutdown).await });
+                }
+                Err(error) => {
+                    tracing::warn!(%task, error = %error.message, "cannot follow a task for its push configs")
+                }
+            },
+            Ok(false) => {}
+            Err(refused) => tracing::warn!(%task, config = %id, ?refused, "a kept A2A push config is not taken"),
+        }
+        n += 1;
+    }
+    forget_evicted(&ops, &registry).await;
+    if n > 0 {
+        tracing::info!(configs = n, "A2A push configs loaded from the store");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Methods.
 
@@ -406,6 +487,10 @@ impl Handler {
         let return_immediately =
             params.get("configuration").and_then(|c| c.get("returnImmediately")).and_then(Value::as_bool) == Some(true);
         let history_length = history_length(params.get("configuration").and_then(|c| c.get("historyLength")))?;
+        if let Some((task_id, text)) = follow_up(params)? {
+            let task = self.answer(&task_id, &text).await?;
+            return Ok(json!({ "task": self.shown(&task, history_length).await }));
+        }
         let push = self.message_push_config(params)?;
         let since = self.ops.latest_event().await?;
         let id = self.create(params).await?;
@@ -427,7 +512,48 @@ impl Handler {
             while updates.next().await.is_some() {}
         }
         let task = self.read(id).await?;
-        Ok(json!({ "task": task_json(&task, history_length, true) }))
+        Ok(json!({ "task": self.shown(&task, history_length).await }))
+    }
+
+    /// A task as an A2A `Task`, with its artifacts; a task whose terminal agent waits for an
+    /// answer is `TASK_STATE_INPUT_REQUIRED`, its question in the status message.
+    async fn shown(&self, task: &TaskRecord, history_length: Option<usize>) -> Value {
+        let mut value = task_json(task, history_length, true);
+        if self.ops.task_waits_for_input(task).await.unwrap_or(false) {
+            value["status"]["state"] = json!("TASK_STATE_INPUT_REQUIRED");
+            value["status"]["message"] =
+                agent_message(task, "input", "the agent waits for an answer: send it as a message with this taskId");
+        }
+        value
+    }
+
+    /// A follow-up message to task `task_id`: its text answers the question the task waits on
+    /// (typed into its terminal agent, [`Ops::answer_task_input`]). A task the caller cannot
+    /// read is not found; one that has ended, or does not wait for input, takes no message.
+    async fn answer(&self, task_id: &str, text: &str) -> Result<TaskRecord, RpcError> {
+        let id = self.task_id(Some(&json!(task_id)))?;
+        let task = self.read(id).await.map_err(|error| {
+            if error.reason == Some("PERMISSION_DENIED") { RpcError::task_not_found(task_id) } else { error }
+        })?;
+        if is_terminal(task.state) {
+            return Err(RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!(
+                    "task {id} has ended ({}): it takes no more messages; send a new message without `taskId`",
+                    state_name(task.state)
+                ),
+            ));
+        }
+        self.ops.answer_task_input(&self.caller, id, text).await.map_err(|error| match error.kind() {
+            ErrorKind::Conflict => RpcError::new(
+                code::UNSUPPORTED_OPERATION,
+                format!(
+                    "{}: a Baton task takes a message only while it waits for input (TASK_STATE_INPUT_REQUIRED)",
+                    error.message()
+                ),
+            ),
+            _ => RpcError::from(error),
+        })
     }
 
     /// A task the caller made but may not read, as much as it knows of it.
@@ -442,6 +568,11 @@ impl Handler {
     }
 
     async fn send_streaming_message(&self, params: &Map<String, Value>) -> Result<ReceiverStream<Value>, RpcError> {
+        if let Some((task_id, text)) = follow_up(params)? {
+            let since = self.ops.latest_event().await?;
+            let task = self.answer(&task_id, &text).await?;
+            return self.stream(task.id, since).await;
+        }
         let push = self.message_push_config(params)?;
         let since = self.ops.latest_event().await?;
         let id = self.create(params).await?;
@@ -467,7 +598,7 @@ impl Handler {
     async fn get_task(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
         let id = self.task_id(params.get("id"))?;
         let history_length = history_length(params.get("historyLength"))?;
-        Ok(task_json(&self.read(id).await?, history_length, true))
+        Ok(self.shown(&self.read(id).await?, history_length).await)
     }
 
     async fn cancel_task(&self, params: &Map<String, Value>) -> Result<Value, RpcError> {
@@ -593,7 +724,16 @@ impl Handler {
         let config = push::Config { id: config_id, task_id: id, webhook, scheme, owner };
         let answer = config.to_json(true);
         let registry = std::sync::Arc::clone(self.state.a2a_pushes());
+        let record = config.to_record();
+        let owner = record.owner.clone();
         let start = registry.set(config, self.is_admin()).map_err(|refused| self.push_refusal(id, refused))?;
+        // Kept in the store too, so that a restarted server still delivers to it.
+        forget_evicted(&self.ops, &registry).await;
+        let config_id = record.id.clone();
+        if let Err(error) = self.ops.store().put_push_config(record).await {
+            let _ = registry.delete(id, &config_id, &owner, true);
+            return Err(RpcError::from(baton_ops::Error::from(error)));
+        }
         if start {
             match self.stream(id, since).await {
                 Ok(updates) => {
@@ -690,6 +830,7 @@ impl Handler {
         if !deleted {
             return Err(RpcError::invalid(format!("task {task_id} has no push config `{id}`")));
         }
+        self.ops.store().delete_push_config(task_id, &id).await.map_err(baton_ops::Error::from)?;
         Ok(Value::Null)
     }
 
@@ -992,6 +1133,30 @@ fn requires(metadata: Option<&Value>) -> Result<Vec<String>, RpcError> {
     list.iter().map(|name| name.as_str().map(str::to_string).ok_or_else(refused)).collect()
 }
 
+/// A follow-up message (one with a `taskId`): the task it is for and its text (its text parts
+/// joined by newlines); `None` for a message that asks for a new task.
+fn follow_up(params: &Map<String, Value>) -> Result<Option<(String, String)>, RpcError> {
+    let Some(message) = params.get("message").and_then(Value::as_object) else { return Ok(None) };
+    let Some(task_id) = message.get("taskId").and_then(Value::as_str).filter(|id| !id.is_empty()) else {
+        return Ok(None);
+    };
+    if message.get("messageId").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(RpcError::invalid("`message.messageId` is required"));
+    }
+    if message.get("role").and_then(Value::as_str) != Some("ROLE_USER") {
+        return Err(RpcError::invalid("`message.role` must be `ROLE_USER`"));
+    }
+    let parts = message.get("parts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let texts: Vec<&str> = parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)).collect();
+    if texts.is_empty() || texts.len() != parts.len() {
+        return Err(RpcError::new(
+            code::CONTENT_TYPE_NOT_SUPPORTED,
+            format!("a message to task `{task_id}` answers its question: send text parts only"),
+        ));
+    }
+    Ok(Some((task_id.to_string(), texts.join("\n"))))
+}
+
 /// The longest title taken from a message's first line.
 const TITLE_MAX: usize = 120;
 
@@ -1014,12 +1179,6 @@ fn task_input(message: &Value) -> Result<TaskInput, RpcError> {
                 other.map_or_else(|| "absent".to_string(), |role| format!("`{role}`"))
             )));
         }
-    }
-    if let Some(task_id) = message.get("taskId").and_then(Value::as_str).filter(|id| !id.is_empty()) {
-        return Err(RpcError::new(
-            code::UNSUPPORTED_OPERATION,
-            format!("a Baton task takes no further messages (task `{task_id}`): send a new message without `taskId`"),
-        ));
     }
     let parts = message.get("parts").and_then(Value::as_array).filter(|parts| !parts.is_empty());
     let Some(parts) = parts else {
@@ -1112,14 +1271,26 @@ mod tests {
                 json!({ "messageId": "m", "role": "ROLE_USER", "parts": [{ "url": "http://x" }] }),
                 code::CONTENT_TYPE_NOT_SUPPORTED,
             ),
-            (
-                json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3", "parts": [{ "text": "x" }] }),
-                code::UNSUPPORTED_OPERATION,
-            ),
         ];
         for (message, expected) in cases {
             assert_eq!(task_input(&message).unwrap_err().code, expected, "{message}");
         }
+    }
+
+    #[test]
+    fn a_message_with_a_task_id_is_a_follow_up_of_text() {
+        let params = |message: Value| json!({ "message": message }).as_object().cloned().unwrap();
+        let answer = params(json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3",
+            "parts": [{ "text": "y" }, { "text": "and go on" }] }));
+        assert_eq!(follow_up(&answer).unwrap(), Some(("3".to_string(), "y\nand go on".to_string())));
+        let new_task =
+            params(json!({ "messageId": "m", "role": "ROLE_USER", "contextId": "c", "parts": [{ "text": "x" }] }));
+        assert_eq!(follow_up(&new_task).unwrap(), None);
+        let data = params(json!({ "messageId": "m", "role": "ROLE_USER", "taskId": "3", "parts": [{ "data": {} }] }));
+        assert_eq!(follow_up(&data).unwrap_err().code, code::CONTENT_TYPE_NOT_SUPPORTED);
+        let agent =
+            params(json!({ "messageId": "m", "role": "ROLE_AGENT", "taskId": "3", "parts": [{ "text": "y" }] }));
+        assert_eq!(follow_up(&agent).unwrap_err().code, code::INVALID_PARAMS);
     }
 
     #[test]

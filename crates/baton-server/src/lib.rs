@@ -515,6 +515,7 @@ pub async fn serve<L: Listener>(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    a2a::restore_push_configs(&state).await;
     let app = router(state, max_request_size);
     let acceptor = match tls {
         None => None,

@@ -256,7 +256,9 @@ enum Era {
     Stateless,
 }
 
-/// `POST /mcp`: one JSON-RPC message. A request is answered with one JSON object; a
+/// `POST /mcp`: one JSON-RPC message. A request is answered with one JSON object, or — a call
+/// of a tool that sends progress, with a `progressToken`, from a client that accepts
+/// `text/event-stream` — with a stream of Server-Sent Events (see [`answer_as_stream`]); a
 /// notification or a response with `202` and no body.
 async fn post_message(
     State(state): State<AppState>,
@@ -314,10 +316,14 @@ async fn post_message(
     };
     let Some(id) = id else {
         // A notification (`notifications/initialized`, `notifications/cancelled`, …): Baton
-        // acts on none of them; every call it answers is short.
+        // acts on none of them. A long call (wait_for_task) that the client no longer wants
+        // ends when the client closes its answer's stream.
         return StatusCode::ACCEPTED.into_response();
     };
-    let answer = handle(&state, &caller, &era, method, &params).await;
+    if let Some(token) = progress_token(&headers, method, &params) {
+        return answer_as_stream(state, caller, era, id, params, token);
+    }
+    let answer = handle(&state, &caller, &era, method, &params, None).await;
     let detail = audit_detail(method, &params, &answer);
     let mut response = match (era, answer) {
         (Era::Handshake { session, version }, Ok(result)) => {
@@ -341,6 +347,87 @@ async fn post_message(
     };
     response.extensions_mut().insert(detail);
     response
+}
+
+/// The `progressToken` of a request that is answered with a stream of Server-Sent Events:
+/// a call of a tool that sends progress ([`tools::Tool::progress`]), with a `progressToken` in
+/// `params._meta`, from a client that accepts `text/event-stream`. Every other request is
+/// answered with one JSON object.
+fn progress_token(headers: &HeaderMap, method: &str, params: &Value) -> Option<Value> {
+    if method != "tools/call" {
+        return None;
+    }
+    let token = params.get("_meta")?.get("progressToken")?;
+    if !(token.is_string() || token.is_i64() || token.is_u64()) {
+        return None;
+    }
+    let tool = tools::find(params.get("name")?.as_str()?)?;
+    if !tool.progress || !accepts_event_stream(headers) {
+        return None;
+    }
+    if !params.get("arguments").is_none_or(|arguments| arguments.is_null() || arguments.is_object()) {
+        return None;
+    }
+    Some(token.clone())
+}
+
+/// Whether the request's `Accept` names `text/event-stream` (or `text/*`, `*/*`).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
+        })
+}
+
+/// Answers a tool call that sends progress with a stream of Server-Sent Events (the Streamable
+/// HTTP transport's other answer to a `POST`): each `notifications/progress` as the call
+/// sends it, then the call's JSON-RPC response, which ends the stream. When the client goes
+/// away (the stream is dropped), the call ends.
+fn answer_as_stream(state: AppState, caller: Caller, era: Era, id: Value, params: Value, token: Value) -> Response {
+    let tool: String = params.get("name").and_then(Value::as_str).unwrap_or("").chars().take(100).collect();
+    let session = match &era {
+        Era::Handshake { session, .. } => session.clone(),
+        Era::Stateless => None,
+    };
+    let (sender, receiver) = mpsc::channel::<Value>(16);
+    tokio::spawn(async move {
+        let progress = tools::Progress::new(token, sender.clone());
+        let answer = tokio::select! {
+            () = sender.closed() => return,
+            answer = handle(&state, &caller, &era, "tools/call", &params, Some(progress)) => answer,
+        };
+        let body = match answer {
+            Ok(mut result) => {
+                if matches!(era, Era::Stateless) {
+                    result["resultType"] = json!("complete");
+                }
+                json!({ "jsonrpc": "2.0", "id": id, "result": result })
+            }
+            Err(error) => error.body(&id),
+        };
+        let _ = sender.send(body).await;
+    });
+    let mut response = Sse::new(sse_messages(receiver)).keep_alive(KeepAlive::default()).into_response();
+    if let Some(session) = session.and_then(|session| HeaderValue::from_str(&session).ok()) {
+        response.headers_mut().insert(SESSION_HEADER, session);
+    }
+    // Whether the call failed is not known when the answer starts.
+    let detail = json!({ "mcp": "tools/call", "tool": tool, "stream": true });
+    response.extensions_mut().insert(crate::AuditDetail(detail));
+    response
+}
+
+/// JSON-RPC messages as Server-Sent Events: one `message` event each, its data the message.
+fn sse_messages(
+    receiver: mpsc::Receiver<Value>,
+) -> impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+    ReceiverStream::new(receiver)
+        .map(|message| Ok::<_, Infallible>(SseEvent::default().event("message").data(message.to_string())))
 }
 
 /// What the audit entry of an MCP request says beyond `POST /mcp`: the method, and for a
@@ -500,7 +587,14 @@ fn host_of(authority: &str) -> String {
 }
 
 /// Answers one request of either era.
-async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, params: &Value) -> Result<Value, RpcError> {
+async fn handle(
+    state: &AppState,
+    caller: &Caller,
+    era: &Era,
+    method: &str,
+    params: &Value,
+    progress: Option<tools::Progress>,
+) -> Result<Value, RpcError> {
     let stateless = matches!(era, Era::Stateless);
     if stateless && matches!(method, "initialize" | "ping" | "logging/setLevel") {
         let message = format!("`{method}` is not in protocol 2026-07-28 (stateless): call what you need directly");
@@ -531,7 +625,7 @@ async fn handle(state: &AppState, caller: &Caller, era: &Era, method: &str, para
                 tools::TOOLS.iter().filter(|tool| tools::allowed(caller, tool)).map(tools::describe).collect();
             json!({ "tools": tools })
         }
-        "tools/call" => call_tool(state, caller, params).await?,
+        "tools/call" => call_tool(state, caller, params, progress).await?,
         "resources/list" => json!({ "resources": resources(state, caller) }),
         "resources/templates/list" => json!({ "resourceTemplates": resource_templates() }),
         // A resource that is not there: -32002 in the handshake era, -32602 (with the URI) in
@@ -608,13 +702,19 @@ fn string_param(params: &Value, name: &str) -> Result<String, RpcError> {
         .ok_or_else(|| RpcError::new(code::INVALID_PARAMS, format!("`params.{name}` (a string) is needed")))
 }
 
-async fn call_tool(state: &AppState, caller: &Caller, params: &Value) -> Result<Value, RpcError> {
+async fn call_tool(
+    state: &AppState,
+    caller: &Caller,
+    params: &Value,
+    progress: Option<tools::Progress>,
+) -> Result<Value, RpcError> {
     let name = string_param(params, "name")?;
     let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
     if !(arguments.is_null() || arguments.is_object()) {
         return Err(RpcError::new(code::INVALID_PARAMS, "`params.arguments` must be an object"));
     }
-    let Some(outcome) = tools::call(state.ops(), caller, &name, arguments).await else {
+    let context = tools::Context { progress, stop: state.shutdown().clone(), until: crate::live::token_expiry(caller) };
+    let Some(outcome) = tools::call(state.ops(), caller, &name, arguments, context).await else {
         let names: Vec<&str> = tools::TOOLS.iter().map(|tool| tool.name).collect();
         let message = format!("no tool `{name}`: the tools are {}", names.join(", "));
         return Err(RpcError::new(code::INVALID_PARAMS, message));

@@ -236,6 +236,19 @@ pub struct NewAuditEntry {
     pub detail: Option<serde_json::Value>,
 }
 
+/// An A2A push notification config a client set on a task: kept so that a restarted server
+/// still delivers to it. The store keeps it as it is given (`config`: the webhook and its
+/// credentials, as the server writes them) and knows only its keys and owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushConfigRecord {
+    pub task: TaskId,
+    /// The config's id, unique per task.
+    pub id: String,
+    /// The token that set it (its id).
+    pub owner: String,
+    pub config: serde_json::Value,
+}
+
 /// A recorded [`NewAuditEntry`], with the id the store gave it (growing, never reused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -540,4 +553,15 @@ pub trait Store: Send + Sync + 'static {
     /// the entries of callers nobody vouches for (failed authentication) from growing without
     /// bound.
     async fn prune_audit(&self, actor: &str, keep: u64) -> Result<u64>;
+
+    /// Keeps an A2A push config, durably before it returns: a config of the same task and id
+    /// is replaced.
+    async fn put_push_config(&self, config: PushConfigRecord) -> Result<()>;
+
+    /// Deletes task `task`'s push config `id`; whether there was one.
+    async fn delete_push_config(&self, task: TaskId, id: &str) -> Result<bool>;
+
+    /// The push configs kept: `task`'s, or every task's; by task, then in the order they were
+    /// first put.
+    async fn push_configs(&self, task: Option<TaskId>) -> Result<Vec<PushConfigRecord>>;
 }

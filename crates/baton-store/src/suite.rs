@@ -39,6 +39,7 @@ macro_rules! store_test_suite {
             audit_entries_are_recorded_and_queried,
             subscribers_get_committed_events_in_order,
             transcripts_are_appended_in_order_per_attempt,
+            push_configs_are_kept_replaced_and_deleted,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1167,4 +1168,34 @@ pub async fn transcripts_are_appended_in_order_per_attempt(store: impl Store) {
     let shown: Vec<(u32, &str)> =
         transcript.iter().map(|entry| (entry.attempt, entry.content.as_str().unwrap_or_default())).collect();
     assert_eq!(shown, [(1, "sys"), (1, "task"), (1, "done"), (2, "again")]);
+}
+
+pub async fn push_configs_are_kept_replaced_and_deleted(store: impl Store) {
+    use crate::PushConfigRecord;
+    let config = |task: i64, id: &str, owner: &str, url: &str| PushConfigRecord {
+        task: TaskId(task),
+        id: id.into(),
+        owner: owner.into(),
+        config: serde_json::json!({ "url": url, "token": "t", "authorization": "Bearer secret" }),
+    };
+    assert!(store.push_configs(None).await.unwrap().is_empty());
+    store.put_push_config(config(2, "b", "tok-1", "http://h/1")).await.unwrap();
+    store.put_push_config(config(1, "z", "tok-1", "http://h/2")).await.unwrap();
+    store.put_push_config(config(2, "a", "tok-2", "http://h/3")).await.unwrap();
+    let all = store.push_configs(None).await.unwrap();
+    let keys: Vec<(i64, &str)> = all.iter().map(|c| (c.task.0, c.id.as_str())).collect();
+    assert_eq!(keys, vec![(1, "z"), (2, "b"), (2, "a")], "by task, then in the order put");
+    assert_eq!(all[0], config(1, "z", "tok-1", "http://h/2"), "kept as given");
+
+    // The same task and id: replaced in place.
+    store.put_push_config(config(2, "b", "tok-3", "http://h/4")).await.unwrap();
+    let two = store.push_configs(Some(TaskId(2))).await.unwrap();
+    assert_eq!(two, vec![config(2, "b", "tok-3", "http://h/4"), config(2, "a", "tok-2", "http://h/3")]);
+
+    assert!(store.delete_push_config(TaskId(2), "b").await.unwrap());
+    assert!(!store.delete_push_config(TaskId(2), "b").await.unwrap(), "gone already");
+    assert!(!store.delete_push_config(TaskId(1), "a").await.unwrap(), "another task's id");
+    let left: Vec<String> = store.push_configs(None).await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(left, vec!["z".to_string(), "a".to_string()]);
+    assert!(store.push_configs(Some(TaskId(3))).await.unwrap().is_empty());
 }

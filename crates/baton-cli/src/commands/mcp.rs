@@ -12,8 +12,13 @@
 //! Both protocol eras pass through: a stateless (2026-07-28) request's routing headers
 //! (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) are written from the message itself, and
 //! a handshake-era session's id is kept from the `initialize` answer and sent with every later
-//! message; the session's notifications (`GET /mcp`) are written to stdout as they come.
+//! message; the session's notifications (`GET /mcp`) are written to stdout as they come. An
+//! answer that is a stream of Server-Sent Events (a long call's `notifications/progress`, then
+//! its response) is written a line per message as it comes; meanwhile stdin is read on, its
+//! lines kept for after, and its end or a `notifications/cancelled` of the call drops the
+//! stream, which ends the call on the server.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -50,15 +55,24 @@ pub(super) async fn mcp(cli: &Cli) -> Result<u8, Failure> {
     });
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // Lines read while a long call's stream was being written, to send after it.
+    let mut pending: VecDeque<String> = VecDeque::new();
+    let mut stdin_ended = false;
     let mut session: Option<String> = None;
     let mut notifications: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(error) => {
-                tracing::warn!(%error, "baton mcp: cannot read stdin");
-                break;
+        let line = if let Some(line) = pending.pop_front() {
+            line
+        } else if stdin_ended {
+            break;
+        } else {
+            match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "baton mcp: cannot read stdin");
+                    break;
+                }
             }
         };
         if line.trim().is_empty() {
@@ -68,7 +82,7 @@ pub(super) async fn mcp(cli: &Cli) -> Result<u8, Failure> {
         let id = message.as_ref().and_then(|message| message.get("id")).cloned();
         let headers = headers_for(message.as_ref(), session.as_deref());
         match client.mcp_post(line, &headers).await {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 if let Some(opened) = answer.session.clone().filter(|opened| session.as_ref() != Some(opened)) {
                     if let Some(previous) = notifications.take() {
                         previous.abort();
@@ -77,7 +91,34 @@ pub(super) async fn mcp(cli: &Cli) -> Result<u8, Failure> {
                         Some(tokio::spawn(forward_notifications(Arc::clone(&client), opened.clone(), out_tx.clone())));
                     session = Some(opened);
                 }
-                if let Some(reply) = reply(&answer, id.as_ref()) {
+                if let Some(mut stream) = answer.stream.take() {
+                    // A long call: its notifications and then its response, line by line, as
+                    // they come. Meanwhile stdin is read on: a line is kept for after, a
+                    // `notifications/cancelled` of this call or the end of stdin (the client
+                    // went away) drops the stream, which ends the call on the server.
+                    loop {
+                        tokio::select! {
+                            data = stream.next() => {
+                                let Some(data) = data else { break };
+                                let line = serde_json::from_str::<Value>(&data).map_or(data, |message| message.to_string());
+                                let _ = out_tx.send(line).await;
+                            }
+                            line = lines.next_line(), if !stdin_ended => match line {
+                                Ok(Some(line)) => {
+                                    let cancels = cancelled_request(&line).is_some_and(|cancelled| Some(&cancelled) == id.as_ref());
+                                    pending.push_back(line);
+                                    if cancels {
+                                        break;
+                                    }
+                                }
+                                Ok(None) | Err(_) => {
+                                    stdin_ended = true;
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                } else if let Some(reply) = reply(&answer, id.as_ref()) {
                     let _ = out_tx.send(reply).await;
                 }
             }
@@ -95,6 +136,15 @@ pub(super) async fn mcp(cli: &Cli) -> Result<u8, Failure> {
     drop(out_tx);
     let _ = writer.await;
     Ok(0)
+}
+
+/// The request a `notifications/cancelled` line cancels.
+fn cancelled_request(line: &str) -> Option<Value> {
+    let message: Value = serde_json::from_str(line).ok()?;
+    if message.get("method").and_then(Value::as_str) != Some("notifications/cancelled") {
+        return None;
+    }
+    message.get("params")?.get("requestId").cloned()
 }
 
 /// The headers a message is sent with: a stateless request's routing headers, from the
@@ -212,11 +262,12 @@ mod tests {
             status: 401,
             session: None,
             body: r#"{"error":{"code":"unauthorized","message":"this server needs a bearer token"}}"#.into(),
+            stream: None,
         };
         let line = reply(&answer, Some(&json!(7))).unwrap();
         let message: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(message["id"], 7);
         assert!(message["error"]["message"].as_str().unwrap().contains("BATON_TOKEN"));
-        assert!(reply(&McpAnswer { status: 202, session: None, body: String::new() }, None).is_none());
+        assert!(reply(&McpAnswer { status: 202, session: None, body: String::new(), stream: None }, None).is_none());
     }
 }

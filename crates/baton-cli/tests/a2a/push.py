@@ -1,6 +1,10 @@
 """Baton's A2A push notifications, driven by the official A2A Python SDK (a2a-sdk 1.x).
 
-Usage: push.py BASE_URL OPERATOR_TOKEN
+Usage: push.py BASE_URL OPERATOR_TOKEN [--restart]
+
+With --restart: sets a config on a task of `sleeper`, prints `restart now`, reads the restarted
+server's base URL from stdin, and checks that the config is still listed and that the webhook
+hears the task's cancel.
 
 The plan allows push notifications to 127.0.0.1 only (`[a2a] push_hosts`) and has the agents
 `echo` and `sleeper` of client.py. A webhook receiver (http.server on port 0, in a thread)
@@ -35,6 +39,7 @@ from a2a.types import (
 from a2a.utils.errors import InvalidParamsError
 
 BASE, OPERATOR = sys.argv[1], sys.argv[2]
+RESTART = "--restart" in sys.argv[3:]
 DEADLINE = 60.0
 
 
@@ -96,7 +101,52 @@ def request(text, requires, configuration=None):
     return SendMessageRequest(message=message, metadata=metadata, configuration=configuration)
 
 
+async def client_at(base):
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=DEADLINE)
+    card = await A2ACardResolver(http, base).get_agent_card()
+    return ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
+
+
+async def across_a_restart():
+    hook = Hook()
+    client = await client_at(BASE)
+    responses = [
+        r
+        async for r in client.send_message(
+            request("Sleep across a restart", ["sleep"], SendMessageConfiguration(return_immediately=True))
+        )
+    ]
+    sleeping = responses[-1].task.id if responses[-1].HasField("task") else responses[-1][0].id
+    await client.create_task_push_notification_config(
+        TaskPushNotificationConfig(
+            task_id=sleeping,
+            id="kept",
+            url=f"{hook.url}/kept",
+            token="kept-token",
+            authentication=AuthenticationInfo(scheme="Bearer", credentials="kept-secret"),
+        )
+    )
+    print("restart now", flush=True)
+    base = sys.stdin.readline().strip()
+    client = await client_at(base)
+    listed = await client.list_task_push_notification_configs(ListTaskPushNotificationConfigsRequest(task_id=sleeping))
+    check(
+        "the config is still listed after the restart",
+        [(config.id, config.url, config.token) for config in listed.configs] == [("kept", f"{hook.url}/kept", "kept-token")],
+        str(listed),
+    )
+    await client.cancel_task(CancelTaskRequest(id=sleeping))
+    posts = hook.wait_for_state("/kept", "TASK_STATE_CANCELED")
+    headers = posts[-1][1]
+    check("the restarted server delivers with the config's token", headers.get("x-a2a-notification-token") == "kept-token", str(headers))
+    check("and its authentication", headers.get("authorization") == "Bearer kept-secret", str(headers))
+    hook.server.shutdown()
+    print("all A2A push restart checks passed", flush=True)
+
+
 async def main():
+    if RESTART:
+        return await across_a_restart()
     hook = Hook()
     http = httpx.AsyncClient(headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=DEADLINE)
     card = await A2ACardResolver(http, BASE).get_agent_card()

@@ -1,10 +1,12 @@
 """A real MCP client (the Python SDK) against Baton's MCP server, for crates/baton-cli/tests/mcp.rs.
 
-Usage: client.py (--url URL | --stdio BATON_BINARY) --mode MODE [--token TOKEN] [--create]
+Usage: client.py (--url URL | --stdio BATON_BINARY) --mode MODE [--token TOKEN] [--create] [--wait]
 
 MODE is `legacy` (the 2025-11-25 handshake), `2026-07-28` (stateless) or `auto` (server/discover,
 then the handshake if the server does not speak the stateless era). With --create the script
-creates a task and reads it back. It prints one JSON object: what the server answered, for the
+creates a task and reads it back. With --wait it creates a task for the `gate` agent (which
+waits for a file `gate-open` in the working directory) and waits for it with wait_for_task and a
+progress callback, which opens the gate once it hears that the task runs. It prints one JSON object: what the server answered, for the
 Rust test to check.
 """
 
@@ -24,6 +26,35 @@ def text_of(result):
     return "".join(getattr(block, "text", "") for block in result.content)
 
 
+async def wait_for_gated_task(client, title):
+    gate = os.path.join(os.getcwd(), "gate-open")
+    if os.path.exists(gate):
+        os.remove(gate)
+    created = await client.call_tool(
+        "create_tasks", {"tasks": [{"title": f"{title} (waited for)", "requires": ["gate"], "input": {"via": "wait"}}]}
+    )
+    task_id = created.structured_content["ids"][0]
+    heard = []
+
+    async def on_progress(progress, total, message):
+        heard.append({"progress": progress, "total": total, "message": message})
+        if message and "running" in message and not os.path.exists(gate):
+            with open(gate, "w"):
+                pass
+
+    waited = await client.call_tool("wait_for_task", {"id": task_id, "timeout_seconds": 120}, progress_callback=on_progress)
+    answer = waited.structured_content or {}
+    return {
+        "id": task_id,
+        "is_error": waited.is_error,
+        "text": text_of(waited),
+        "ended": answer.get("ended"),
+        "state": (answer.get("task") or {}).get("state"),
+        "result": (answer.get("task") or {}).get("result"),
+        "progress": heard,
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--url")
@@ -33,6 +64,7 @@ async def main() -> None:
     parser.add_argument("--token")
     parser.add_argument("--create", action="store_true")
     parser.add_argument("--title", default="Echo from MCP")
+    parser.add_argument("--wait", action="store_true")
     args = parser.parse_args()
 
     if args.url:
@@ -80,6 +112,9 @@ async def main() -> None:
             report["search_found"] = [t["id"] for t in listed.structured_content["tasks"]]
             read = await client.read_resource(f"baton://tasks/{task_id}")
             report["task_resource_title"] = json.loads(read.contents[0].text)["task"]["title"]
+
+        if args.wait:
+            report["wait"] = await wait_for_gated_task(client, args.title)
 
         resources = await client.list_resources()
         report["resources"] = sorted(str(resource.uri) for resource in resources.resources)

@@ -47,6 +47,9 @@ pub enum Error {
     HostNotAllowed { host: String, allowed: String },
 }
 
+/// A webhook's URL, as [`check_url`] gives it.
+pub type Url = reqwest::Url;
+
 /// The webhook URL `url`, if it is http(s) and on a host `allowed` accepts.
 /// `allowed` is asked with the URL's host and port (the scheme's default when not written).
 /// A URL with credentials in it (`user:pass@`) is refused: they would be shown back.

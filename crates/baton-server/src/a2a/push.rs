@@ -3,9 +3,11 @@
 //! followers that deliver a task's updates to them.
 //!
 //! A config's webhook must be on a host `[a2a] push_hosts` names; with none (the default) the
-//! server sends no push notifications and its card says so. The configs live in memory for the
-//! server's life: a restart forgets them (a client sets them again, or follows with
-//! `SubscribeToTask`). A task with configs has one follower: it reads the task's updates as a
+//! server sends no push notifications and its card says so. The configs are kept in the store
+//! (written through, with the webhook's credentials) and in memory: a restarted server loads
+//! them ([`crate::a2a::restore_push_configs`]), checks their webhooks against `push_hosts` again
+//! and follows their unfinished tasks, the first update each config hears being the task as it
+//! is then. A task with configs has one follower: it reads the task's updates as a
 //! stream does (the task, then a status update per change, the artifact before the final
 //! status) from the event log, not from the engine, and posts each to every config of the task
 //! in turn (a slow webhook holds back that task's notifications only; the stream it reads
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use baton_core::model::TaskId;
 use baton_runtime::a2a::push::{Sender, Webhook};
+use baton_store::PushConfigRecord;
 
 /// Configs kept at once, for every task together.
 pub const MAX_CONFIGS: usize = 10_000;
@@ -59,6 +62,35 @@ impl Config {
     }
 }
 
+impl Config {
+    /// As the store keeps it: the webhook (with its credentials) and the scheme as JSON.
+    pub fn to_record(&self) -> PushConfigRecord {
+        PushConfigRecord {
+            task: self.task_id,
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            config: json!({
+                "url": self.webhook.url.as_str(),
+                "token": self.webhook.token,
+                "authorization": self.webhook.authorization,
+                "scheme": self.scheme,
+            }),
+        }
+    }
+
+    /// A config the store kept, its URL checked again by `check` (the server's `push_hosts`
+    /// may have changed since): `Err` says why it is not taken.
+    pub fn from_record(
+        record: PushConfigRecord,
+        check: impl Fn(&str) -> Result<baton_runtime::a2a::push::Url, String>,
+    ) -> Result<Config, String> {
+        let field = |name: &str| record.config.get(name).and_then(Value::as_str).map(str::to_string);
+        let url = check(&field("url").ok_or("no url")?)?;
+        let webhook = Webhook { url, token: field("token"), authorization: field("authorization") };
+        Ok(Config { id: record.id, task_id: record.task, webhook, scheme: field("scheme"), owner: record.owner })
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     configs: Vec<Config>,
@@ -72,6 +104,9 @@ struct Inner {
     tasks: HashMap<TaskId, Entry>,
     n_configs: usize,
     n_ended: u64,
+    /// Tasks whose configs made room for others since [`Registry::take_evicted`] was last
+    /// called: their configs are to be deleted from the store too.
+    evicted: Vec<TaskId>,
 }
 
 /// Every task's configs, and which tasks are followed. A `std` mutex: held only to read or
@@ -80,6 +115,8 @@ struct Inner {
 pub struct Registry {
     inner: Mutex<Inner>,
     sender: Sender,
+    /// Whether the configs kept in the store were loaded (or are being).
+    restored: std::sync::atomic::AtomicBool,
 }
 
 /// Why a config is not kept.
@@ -129,6 +166,7 @@ impl Registry {
                 let Some((_, id)) = oldest else { return Err(Refused::Full) };
                 if let Some(entry) = inner.tasks.remove(&id) {
                     inner.n_configs -= entry.configs.len();
+                    inner.evicted.push(id);
                 }
             }
         }
@@ -145,6 +183,16 @@ impl Registry {
             inner.n_configs += 1;
         }
         Ok(start)
+    }
+
+    /// Whether the caller is the one to load the configs kept in the store: true once.
+    pub fn start_restoring(&self) -> bool {
+        !self.restored.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The tasks whose configs were dropped to make room since the last call.
+    pub fn take_evicted(&self) -> Vec<TaskId> {
+        std::mem::take(&mut self.lock().evicted)
     }
 
     pub fn get(&self, task_id: TaskId, id: &str) -> Option<Config> {
@@ -272,6 +320,33 @@ mod tests {
         }
         assert_eq!(registry.set(owned(5, "h", "greedy"), false), Err(Refused::TooManyForOwner));
         assert_eq!(registry.set(owned(5, "h", "other"), false), Ok(true), "others still have room");
+    }
+
+    #[test]
+    fn a_config_round_trips_through_its_record() {
+        let mut kept = owned(3, "hook", "alice");
+        kept.webhook.authorization = Some("Bearer s3cret".into());
+        kept.scheme = Some("Bearer".into());
+        let record = kept.to_record();
+        assert_eq!((record.task, record.id.as_str(), record.owner.as_str()), (TaskId(3), "hook", "alice"));
+        let back = Config::from_record(record.clone(), |url| url.parse().map_err(|_| "bad".to_string())).unwrap();
+        assert_eq!(back.to_json(true), kept.to_json(true));
+        assert_eq!(back.webhook.authorization.as_deref(), Some("Bearer s3cret"));
+        let refused = Config::from_record(record, |_| Err("not an allowed host".to_string()));
+        assert_eq!(refused.unwrap_err(), "not an allowed host");
+    }
+
+    #[test]
+    fn evicted_tasks_are_told_once() {
+        let registry = Registry::default();
+        registry.set(config(1, "a"), false).unwrap();
+        registry.stopped(TaskId(1), true);
+        let mut inner = registry.lock();
+        inner.n_configs = MAX_CONFIGS;
+        drop(inner);
+        registry.set(config(2, "b"), true).unwrap();
+        assert_eq!(registry.take_evicted(), vec![TaskId(1)]);
+        assert!(registry.take_evicted().is_empty());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use baton_core::model::{TaskId, TaskState};
 use baton_ops::messages::ChatMessage;
@@ -25,6 +27,9 @@ pub struct Tool {
     /// Whether it only reads (the `readOnlyHint` annotation).
     pub read_only: bool,
     pub input_schema: fn() -> Value,
+    /// Whether a call may last long and sends `notifications/progress` while it runs (to a
+    /// request with a `progressToken`).
+    pub progress: bool,
 }
 
 /// Every tool, in the order `tools/list` shows them.
@@ -37,6 +42,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadStatus,
         read_only: true,
         input_schema: no_arguments,
+        progress: false,
     },
     Tool {
         name: "list_tasks",
@@ -47,6 +53,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadTasks,
         read_only: true,
         input_schema: list_tasks_schema,
+        progress: false,
     },
     Tool {
         name: "get_task",
@@ -55,6 +62,19 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadTasks,
         read_only: true,
         input_schema: task_id_schema,
+        progress: false,
+    },
+    Tool {
+        name: "wait_for_task",
+        title: "Wait for a task",
+        description: "Waits until a task has ended (succeeded, dead or cancelled) or `timeout_seconds` have \
+            passed (default 60, at most 300), then answers the task with its result (or error) and whether it \
+            ended. Sends a progress notification on each change of the task while it waits, to a request with a \
+            progressToken. Call again to wait longer.",
+        action: Action::ReadTasks,
+        read_only: true,
+        input_schema: wait_for_task_schema,
+        progress: true,
     },
     Tool {
         name: "create_tasks",
@@ -65,6 +85,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::CreateTasks,
         read_only: false,
         input_schema: create_tasks_schema,
+        progress: false,
     },
     Tool {
         name: "cancel_task",
@@ -73,6 +94,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ControlTasks,
         read_only: false,
         input_schema: cancel_task_schema,
+        progress: false,
     },
     Tool {
         name: "retry_task",
@@ -81,6 +103,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ControlTasks,
         read_only: false,
         input_schema: task_id_schema,
+        progress: false,
     },
     Tool {
         name: "list_agents",
@@ -90,6 +113,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadAgents,
         read_only: true,
         input_schema: no_arguments,
+        progress: false,
     },
     Tool {
         name: "send_message",
@@ -100,6 +124,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::SendMessages,
         read_only: false,
         input_schema: send_message_schema,
+        progress: false,
     },
     Tool {
         name: "agent_log",
@@ -108,6 +133,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadAgentLogs,
         read_only: true,
         input_schema: agent_log_schema,
+        progress: false,
     },
     Tool {
         name: "budgets",
@@ -117,6 +143,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadBudgets,
         read_only: true,
         input_schema: no_arguments,
+        progress: false,
     },
     Tool {
         name: "list_schedules",
@@ -125,6 +152,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ReadSchedules,
         read_only: true,
         input_schema: no_arguments,
+        progress: false,
     },
     Tool {
         name: "pause_schedule",
@@ -133,6 +161,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ControlSchedules,
         read_only: false,
         input_schema: schedule_schema,
+        progress: false,
     },
     Tool {
         name: "resume_schedule",
@@ -141,6 +170,7 @@ pub const TOOLS: &[Tool] = &[
         action: Action::ControlSchedules,
         read_only: false,
         input_schema: schedule_schema,
+        progress: false,
     },
 ];
 
@@ -206,11 +236,139 @@ impl ToolError {
     }
 }
 
+/// Where a long call's progress goes: `notifications/progress` messages for the request's
+/// `progressToken`, to the stream that answers the request.
+pub struct Progress {
+    token: Value,
+    sender: mpsc::Sender<Value>,
+}
+
+impl Progress {
+    pub fn new(token: Value, sender: mpsc::Sender<Value>) -> Progress {
+        Progress { token, sender }
+    }
+
+    /// Sends one notification: `progress` (increasing with each), `total` when known, and a
+    /// message. `Err` when the client has gone away: the call ends.
+    async fn send(&self, progress: u64, total: Option<u64>, message: String) -> Result<(), ToolError> {
+        let mut params = json!({ "progressToken": self.token, "progress": progress, "message": message });
+        if let Some(total) = total {
+            params["total"] = json!(total);
+        }
+        let notification = json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": params });
+        self.sender
+            .send(notification)
+            .await
+            .map_err(|_| ToolError { kind: ErrorKind::Unavailable, message: "the client went away".to_string() })
+    }
+
+    /// Resolves when the client has gone away.
+    async fn gone(&self) {
+        self.sender.closed().await;
+    }
+}
+
+/// What a call runs with beside its arguments.
+pub struct Context {
+    /// Where a long call's progress goes (`None`: the request asked for none, or its answer
+    /// cannot carry notifications).
+    pub progress: Option<Progress>,
+    /// Fires when the server stops: a long call ends.
+    pub stop: CancellationToken,
+    /// When the caller's token expires: a long call ends then.
+    pub until: Option<tokio::time::Instant>,
+}
+
+impl Context {
+    /// A call that sends no progress and ends only with the server.
+    pub fn plain(stop: CancellationToken) -> Context {
+        Context { progress: None, stop, until: None }
+    }
+}
+
 /// Calls the tool `name` for `caller`: its answer as a JSON object, or what went wrong.
 /// `None`: there is no such tool.
-pub async fn call(ops: &Ops, caller: &Caller, name: &str, arguments: Value) -> Option<Result<Value, ToolError>> {
+pub async fn call(
+    ops: &Ops,
+    caller: &Caller,
+    name: &str,
+    arguments: Value,
+    context: Context,
+) -> Option<Result<Value, ToolError>> {
     let tool = find(name)?;
+    if tool.name == "wait_for_task" {
+        if let Err(error) = caller.require(tool.action) {
+            return Some(Err(error.into()));
+        }
+        return Some(match args(arguments) {
+            Ok(arguments) => wait_for_task(ops, caller, arguments, context).await,
+            Err(error) => Err(error),
+        });
+    }
     Some(run(ops, caller, tool, arguments).await)
+}
+
+/// What `wait_for_task` waits at most, and by default.
+pub const MAX_WAIT_SECONDS: u64 = 300;
+pub const DEFAULT_WAIT_SECONDS: u64 = 60;
+
+/// Waits until task `id` has ended or the timeout passes, sending a progress notification on
+/// each change of the task; the task as it is then, and whether it ended. Ends early, with an
+/// error, when the client goes away, the server stops or the caller's token expires.
+async fn wait_for_task(ops: &Ops, caller: &Caller, arguments: WaitArgs, context: Context) -> Result<Value, ToolError> {
+    use tokio_stream::StreamExt as _;
+    let WaitArgs { id, timeout_seconds } = arguments;
+    let timeout_seconds = timeout_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
+    if timeout_seconds > MAX_WAIT_SECONDS {
+        return Err(invalid(format!("`timeout_seconds` must be at most {MAX_WAIT_SECONDS}")));
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_seconds);
+    let (mut task, events) = ops.follow_task(caller, TaskId(id), context.stop.clone(), context.until).await?;
+    tokio::pin!(events);
+    let mut sent = 0;
+    let progress = context.progress.as_ref();
+    if let Some(progress) = progress {
+        progress.send(sent, None, format!("task {id} is {}", task.state)).await?;
+    }
+    let gone = async {
+        match progress {
+            Some(progress) => progress.gone().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(gone);
+    while !task.state.is_terminal() {
+        let event = tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            () = &mut gone => return Err(ToolError { kind: ErrorKind::Unavailable, message: "the client went away".into() }),
+            event = events.next() => event,
+        };
+        let Some(event) = event else {
+            // The stream ended: the server is stopping or the token expired.
+            let message = if context.stop.is_cancelled() {
+                "the server is stopping".to_string()
+            } else {
+                "the token expired while waiting".to_string()
+            };
+            return Err(ToolError {
+                kind: ErrorKind::Unavailable,
+                message: format!("stopped waiting for task {id}: {message}"),
+            });
+        };
+        let previous = task.state;
+        task = ops.task_record(caller, TaskId(id)).await?;
+        if let Some(progress) = progress {
+            sent += 1;
+            let change = if previous == task.state {
+                format!("task {id} is {} ({})", task.state, event.kind.name())
+            } else {
+                format!("task {id}: {previous} -> {} ({})", task.state, event.kind.name())
+            };
+            progress.send(sent, None, change).await?;
+        }
+    }
+    let ended = task.state.is_terminal();
+    Ok(json!({ "task": task, "ended": ended, "timed_out": !ended }))
 }
 
 async fn run(ops: &Ops, caller: &Caller, tool: &Tool, arguments: Value) -> Result<Value, ToolError> {
@@ -374,6 +532,13 @@ struct TaskIdArgs {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct WaitArgs {
+    id: i64,
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateTasksArgs {
     tasks: Vec<TaskInput>,
 }
@@ -419,6 +584,23 @@ fn task_id_schema() -> Value {
     json!({
         "type": "object",
         "properties": { "id": { "type": "integer", "description": "The task's id." } },
+        "required": ["id"],
+        "additionalProperties": false,
+    })
+}
+
+fn wait_for_task_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "id": { "type": "integer", "description": "The task's id." },
+            "timeout_seconds": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_WAIT_SECONDS,
+                "description": "Answer after this many seconds even if the task has not ended (default 60).",
+            },
+        },
         "required": ["id"],
         "additionalProperties": false,
     })
@@ -561,6 +743,83 @@ mod tests {
             assert_eq!(schema["type"], "object", "{}", tool.name);
             assert_eq!(TOOLS.iter().filter(|other| other.name == tool.name).count(), 1, "{}", tool.name);
         }
+    }
+
+    /// An operations layer on an in-memory store, without an engine, with one pending task.
+    async fn ops_with_a_task() -> (Ops, i64) {
+        let plan = "[orchestration]\nname = \"t\"\n\n[[agents]]\nname = \"a\"\ncommand = [\"true\"]\n";
+        let plan = baton_core::config::load("baton.toml", plan, &std::collections::BTreeMap::new()).unwrap();
+        let store: std::sync::Arc<dyn baton_store::Store> =
+            baton_store::open("sqlite::memory:", std::path::Path::new(".")).unwrap();
+        let run = baton_store::NewRun {
+            id: "run-1".into(),
+            name: "t".into(),
+            n_phases: 1,
+            owner: "test".into(),
+            owner_pid: 1,
+            owner_until: baton_core::Timestamp(1_000),
+        };
+        store.create_run(run, baton_core::Timestamp(0)).await.unwrap();
+        let task = baton_core::model::NewTask {
+            parent: None,
+            key: Some("k".into()),
+            workstream: None,
+            title: "Wait for me".into(),
+            description: String::new(),
+            input: json!({}),
+            requires: Vec::new(),
+            agent: None,
+            depends_on: Vec::new(),
+            priority: baton_core::model::Priority::Medium,
+            max_attempts: 1,
+            timeout_ms: None,
+            resources: Vec::new(),
+            estimated_tokens: None,
+        };
+        let tasks = store.create_tasks("run-1", vec![task], baton_core::Timestamp(0)).await.unwrap();
+        let ops = Ops::new(baton_ops::OpsOptions {
+            store,
+            engine: None,
+            run_id: "run-1".into(),
+            plan,
+            log_dir: std::env::temp_dir(),
+            clock: baton_runtime::Clock::system(),
+        });
+        (ops, tasks[0].id.0)
+    }
+
+    /// The client going away (the receiver of its notifications dropped) ends a wait at
+    /// once, not at its timeout.
+    #[tokio::test]
+    async fn a_wait_ends_when_its_client_goes_away() {
+        let (ops, id) = ops_with_a_task().await;
+        let (sender, mut receiver) = mpsc::channel(1);
+        let context =
+            Context { progress: Some(Progress::new(json!("p"), sender)), stop: CancellationToken::new(), until: None };
+        let arguments = WaitArgs { id, timeout_seconds: Some(MAX_WAIT_SECONDS) };
+        let waiting = tokio::spawn(async move { wait_for_task(&ops, &Caller::local(), arguments, context).await });
+        let first = receiver.recv().await.unwrap();
+        assert_eq!(first["params"]["progress"], 0, "{first}");
+        assert!(first["params"]["message"].as_str().unwrap().starts_with(&format!("task {id} is ")), "{first}");
+        drop(receiver);
+        // A guard against a hang, far below the wait's own timeout.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the wait ended");
+        let error = ended.unwrap().unwrap_err();
+        assert!(error.message.contains("the client went away"), "{}", error.message);
+    }
+
+    /// A server that stops ends a wait too.
+    #[tokio::test]
+    async fn a_wait_ends_when_the_server_stops() {
+        let (ops, id) = ops_with_a_task().await;
+        let stop = CancellationToken::new();
+        let context = Context::plain(stop.clone());
+        let arguments = WaitArgs { id, timeout_seconds: Some(MAX_WAIT_SECONDS) };
+        let waiting = tokio::spawn(async move { wait_for_task(&ops, &Caller::local(), arguments, context).await });
+        stop.cancel();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await.expect("the wait ended");
+        let error = ended.unwrap().unwrap_err();
+        assert!(error.message.contains("the server is stopping"), "{}", error.message);
     }
 
     #[test]

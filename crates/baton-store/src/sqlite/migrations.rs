@@ -241,6 +241,18 @@ CREATE TABLE transcripts (
     r#"
 ALTER TABLE tasks ADD COLUMN parent INTEGER;
 "#,
+    // A2A push notification configs, so that a restarted server still delivers to them: the
+    // config (webhook, token, credentials) as JSON, keyed by task and id.
+    r#"
+CREATE TABLE push_configs (
+    task_id INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    config TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (task_id, id)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Brings the schema up to date. Race-safe: the version is read inside the write transaction

@@ -30,7 +30,7 @@ use baton_core::{Event, EventKind, Timestamp};
 
 use crate::{
     Applied, AuditEntry, AuditQuery, DeliveryOutcome, Error, EventQuery, NewAuditEntry, NewRun, ProcessOwner,
-    ProcessRecord, Result, Store, TaskFilter,
+    ProcessRecord, PushConfigRecord, Result, Store, TaskFilter,
 };
 use baton_core::messages::{Delivery, NewMessage};
 
@@ -951,6 +951,51 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![actor, keep])?;
             Ok(deleted as u64)
+        })
+        .await
+    }
+
+    async fn put_push_config(&self, config: PushConfigRecord) -> Result<()> {
+        self.write(move |ctx| {
+            ctx.tx
+                .prepare_cached(
+                    "INSERT INTO push_configs (task_id, id, owner, config, seq) \
+                     VALUES (?1, ?2, ?3, ?4, (SELECT coalesce(max(seq), 0) + 1 FROM push_configs)) \
+                     ON CONFLICT (task_id, id) DO UPDATE SET owner = excluded.owner, config = excluded.config",
+                )?
+                .execute(params![config.task.0, config.id, config.owner, to_json(&config.config)])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_push_config(&self, task: TaskId, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |ctx| {
+            let deleted = ctx
+                .tx
+                .prepare_cached("DELETE FROM push_configs WHERE task_id = ?1 AND id = ?2")?
+                .execute(params![task.0, id])?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+
+    async fn push_configs(&self, task: Option<TaskId>) -> Result<Vec<PushConfigRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT task_id, id, owner, config FROM push_configs \
+                 WHERE ?1 IS NULL OR task_id = ?1 ORDER BY task_id, seq",
+            )?;
+            let rows = stmt.query_map(params![task.map(|task| task.0)], |row| {
+                Ok(PushConfigRecord {
+                    task: TaskId(row.get(0)?),
+                    id: row.get(1)?,
+                    owner: row.get(2)?,
+                    config: from_json(&row.get::<_, String>(3)?, "push config")?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -152,4 +152,13 @@ impl Store for Still {
     async fn prune_audit(&self, actor: &str, keep: u64) -> Result<u64> {
         still(self.0.prune_audit(actor, keep)).await
     }
+    async fn put_push_config(&self, config: baton_store::PushConfigRecord) -> Result<()> {
+        still(self.0.put_push_config(config)).await
+    }
+    async fn delete_push_config(&self, task: TaskId, id: &str) -> Result<bool> {
+        still(self.0.delete_push_config(task, id)).await
+    }
+    async fn push_configs(&self, task: Option<TaskId>) -> Result<Vec<baton_store::PushConfigRecord>> {
+        still(self.0.push_configs(task)).await
+    }
 }
