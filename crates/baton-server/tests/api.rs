@@ -323,8 +323,7 @@ async fn metrics_cover_tasks_agents_events_the_store_and_http() {
     let mut named = std::collections::BTreeSet::new();
     for query in &queries {
         for (start, _) in query.match_indices("baton_") {
-            let name: String =
-                query[start..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let name: String = query[start..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
             named.insert(name);
         }
     }

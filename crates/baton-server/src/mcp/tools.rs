@@ -750,7 +750,7 @@ mod tests {
         let plan = "[orchestration]\nname = \"t\"\n\n[[agents]]\nname = \"a\"\ncommand = [\"true\"]\n";
         let plan = baton_core::config::load("baton.toml", plan, &std::collections::BTreeMap::new()).unwrap();
         let store: std::sync::Arc<dyn baton_store::Store> =
-            baton_store::open("sqlite::memory:", std::path::Path::new(".")).unwrap();
+            baton_store::open("sqlite::memory:", std::path::Path::new(".")).await.unwrap();
         let run = baton_store::NewRun {
             id: "run-1".into(),
             name: "t".into(),

@@ -159,6 +159,11 @@ const TABLES: &[Table] = &[
         &[("run_id", Text), ("task_id", Int), ("attempt", Int), ("seq", Int), ("entry", Text)],
         "task_id, attempt, seq",
     ),
+    (
+        "push_configs",
+        &[("task_id", Int), ("id", Text), ("owner", Text), ("config", Text), ("seq", Int)],
+        "task_id, seq",
+    ),
 ];
 
 /// The tables whose ids PostgreSQL gives: their sequences continue after the copied ids.

@@ -13,7 +13,8 @@ use crate::{Error, Result};
 /// same for every baton. `BATON` in ASCII.
 const MIGRATION_LOCK: i64 = 0x0042_4154_4f4e;
 
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -209,7 +210,20 @@ CREATE TABLE writer_state (
     generation BIGINT NOT NULL
 );
 INSERT INTO writer_state (id, generation) VALUES (1, 0);
-"#];
+"#,
+    r#"
+-- A2A push notification configs, so that they outlive a restart: the owner (the token that set
+-- it) and the config (webhook, token, credentials) as JSON, keyed by task and id.
+CREATE TABLE push_configs (
+    task_id BIGINT NOT NULL,
+    id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    config TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (task_id, id)
+);
+"#,
+];
 
 /// The schema version of the database `client` is connected to (0: no Baton schema yet), read
 /// without changing anything.

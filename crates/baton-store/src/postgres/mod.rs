@@ -592,6 +592,41 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn put_push_config(&self, config: crate::PushConfigRecord) -> Result<()> {
+        match self.write(Op::PutPushConfig(config)).await? {
+            Output::Unit => Ok(()),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn delete_push_config(&self, task: TaskId, id: &str) -> Result<bool> {
+        match self.write(Op::DeletePushConfig { task: task.0, id: id.to_string() }).await? {
+            Output::Count(n) => Ok(n > 0),
+            _ => Err(mismatched()),
+        }
+    }
+
+    async fn push_configs(&self, task: Option<TaskId>) -> Result<Vec<crate::PushConfigRecord>> {
+        let task = task.map(|task| task.0);
+        let rows = self
+            .query(
+                "SELECT task_id, id, owner, config FROM push_configs \
+                 WHERE $1::BIGINT IS NULL OR task_id = $1 ORDER BY task_id, seq",
+                &[&task],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::PushConfigRecord {
+                    task: TaskId(row.try_get(0)?),
+                    id: row.try_get(1)?,
+                    owner: row.try_get(2)?,
+                    config: from_json(row.try_get::<_, &str>(3)?, "push config")?,
+                })
+            })
+            .collect()
+    }
+
     async fn prune_audit(&self, actor: &str, keep: u64) -> Result<u64> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         match self.write(Op::PruneAudit { actor: actor.to_string(), keep }).await? {

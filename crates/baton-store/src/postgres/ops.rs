@@ -85,6 +85,11 @@ pub(super) enum Op {
         actor: String,
         keep: i64,
     },
+    PutPushConfig(crate::PushConfigRecord),
+    DeletePushConfig {
+        task: i64,
+        id: String,
+    },
 }
 
 /// What an operation answers.
@@ -262,6 +267,21 @@ impl Op {
                         &[&actor, &keep],
                     )
                     .await?;
+                Ok(Output::Count(deleted))
+            }
+            Op::PutPushConfig(config) => {
+                ctx.execute(
+                    "INSERT INTO push_configs (task_id, id, owner, config, seq) \
+                     VALUES ($1, $2, $3, $4, (SELECT coalesce(max(seq), 0) + 1 FROM push_configs)) \
+                     ON CONFLICT (task_id, id) DO UPDATE SET owner = excluded.owner, config = excluded.config",
+                    &[&config.task.0, &config.id, &config.owner, &to_json(&config.config)],
+                )
+                .await?;
+                Ok(Output::Unit)
+            }
+            Op::DeletePushConfig { task, id } => {
+                let deleted =
+                    ctx.execute("DELETE FROM push_configs WHERE task_id = $1 AND id = $2", &[&task, &id]).await?;
                 Ok(Output::Count(deleted))
             }
         }
