@@ -1,7 +1,8 @@
 # Baton in a small image: one static binary (musl) on Alpine.
 #
 #   docker build -t baton .
-#   docker run --rm -v "$PWD:/plan" -p 8080:8080 baton serve --listen 0.0.0.0:8080
+#   docker run --rm -v "$PWD:/plan" -p 8080:8080 -e BATON_AUTH_SECRET_ENV=BATON_JWT_SECRET \
+#       -e BATON_JWT_SECRET="$(openssl rand -hex 32)" baton serve --listen 0.0.0.0:8080
 #
 # The plan directory (baton.toml and its agents) is mounted at /plan. `deploy/docker-compose.yml`
 # runs two nodes on PostgreSQL with Prometheus and Grafana.

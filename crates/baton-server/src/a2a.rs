@@ -403,7 +403,8 @@ async fn forget_evicted(ops: &Ops, registry: &push::Registry) {
 /// Loads the push configs the store kept (a restart) for the run's tasks, once per server:
 /// each webhook is checked against `[a2a] push_hosts` again (one no longer allowed is left
 /// out, with a warning), and each unfinished task with configs is followed from now on, as
-/// an admin reads it (its configs' owners could read it when they set them).
+/// an admin reads it (its configs' owners could read it when they set them); the configs of
+/// finished tasks are dropped.
 pub async fn restore_push_configs(state: &AppState) {
     let registry = std::sync::Arc::clone(state.a2a_pushes());
     if !registry.start_restoring() {
@@ -433,6 +434,14 @@ pub async fn restore_push_configs(state: &AppState) {
     for record in records {
         let task = record.task;
         match ops.store().task(task).await {
+            // A finished task's webhooks had its last update: they are not sent it again, and
+            // its configs are dropped from the store.
+            Ok(Some(found)) if found.run_id == ops.run_id() && found.state.is_terminal() => {
+                if let Err(error) = ops.store().delete_push_config(task, &record.id).await {
+                    tracing::warn!(%task, config = %record.id, %error, "cannot drop the push config of a finished task");
+                }
+                continue;
+            }
             Ok(Some(found)) if found.run_id == ops.run_id() => {}
             // Another run's task: its configs are that run's.
             _ => continue,
