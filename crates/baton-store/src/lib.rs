@@ -369,6 +369,79 @@ pub struct NewRun {
     pub owner_until: Timestamp,
 }
 
+impl NewRun {
+    /// The run as [`Store::create_run`] answers it: running, at phase 0, claimed by its owner.
+    pub(crate) fn record(self, now: Timestamp) -> RunRecord {
+        RunRecord {
+            id: self.id,
+            name: self.name,
+            state: baton_core::model::RunState::Running,
+            phase: 0,
+            n_phases: self.n_phases,
+            n_tasks: 0,
+            n_finished: 0,
+            started_at: now,
+            ended_at: None,
+            error: None,
+            owner: Some(self.owner),
+            owner_pid: Some(self.owner_pid),
+            owner_until: Some(self.owner_until),
+        }
+    }
+}
+
+/// A task just created from `task` under `id`, as [`Store::create_tasks`] answers it: pending,
+/// with its dependencies still to be resolved (`depends_on` empty).
+pub(crate) fn created_task(task: &NewTask, id: TaskId, run_id: &str, now: Timestamp) -> TaskRecord {
+    TaskRecord {
+        id,
+        run_id: run_id.to_string(),
+        key: task.key.clone(),
+        workstream: task.workstream.clone(),
+        title: task.title.clone(),
+        description: task.description.clone(),
+        input: task.input.clone(),
+        requires: task.requires.clone(),
+        agent: task.agent.clone(),
+        depends_on: Vec::new(),
+        priority: task.priority,
+        max_attempts: task.max_attempts,
+        timeout_ms: task.timeout_ms,
+        resources: task.resources.clone(),
+        estimated_tokens: task.estimated_tokens,
+        parent: task.parent,
+        state: TaskState::Pending,
+        attempt: 0,
+        assigned_agent: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        not_before: None,
+        result: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    }
+}
+
+/// One usage record per period and scope from rows ordered by period, scope, then run (oldest
+/// first): the runs' usage added up, the latest limit set.
+pub(crate) fn merge_usage(rows: impl IntoIterator<Item = UsageRecord>) -> Vec<UsageRecord> {
+    let mut records: Vec<UsageRecord> = Vec::new();
+    for row in rows {
+        match records.last_mut() {
+            Some(last) if last.period_start == row.period_start && last.scope == row.scope => {
+                last.spent.add(row.spent);
+                if row.limit.is_some() {
+                    last.limit = row.limit;
+                }
+            }
+            _ => records.push(row),
+        }
+    }
+    records
+}
+
 /// The durable store. One implementation per database; one conformance suite ([`suite`]) for
 /// all of them.
 #[async_trait]

@@ -538,18 +538,9 @@ impl Store for PostgresStore {
                 },
                 scope,
             };
-            // One record per period and scope: the runs' usage added up, the latest limit.
-            match records.last_mut() {
-                Some(last) if last.period_start == record.period_start && last.scope == record.scope => {
-                    last.spent.add(record.spent);
-                    if record.limit.is_some() {
-                        last.limit = record.limit;
-                    }
-                }
-                _ => records.push(record),
-            }
+            records.push(record);
         }
-        Ok(records)
+        Ok(crate::merge_usage(records))
     }
 
     async fn record_audit(&self, entry: NewAuditEntry) -> Result<i64> {

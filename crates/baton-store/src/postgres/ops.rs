@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use baton_core::messages::{Delivery, INBOX_LIMIT, NewMessage, Recipient};
-use baton_core::model::{NewTask, RunRecord, RunState, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::model::{NewTask, RunRecord, TaskId, TaskRecord, TaskRef};
 use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{EventKind, Timestamp};
@@ -323,21 +323,7 @@ async fn create_run(ctx: &mut WriteCtx<'_>, run: NewRun, now: Timestamp) -> Resu
     )
     .await?;
     ctx.event(&run.id, now, EventKind::RunStarted { name: run.name.clone(), n_phases: run.n_phases }).await?;
-    Ok(RunRecord {
-        id: run.id,
-        name: run.name,
-        state: RunState::Running,
-        phase: 0,
-        n_phases: run.n_phases,
-        n_tasks: 0,
-        n_finished: 0,
-        started_at: now,
-        ended_at: None,
-        error: None,
-        owner: Some(run.owner),
-        owner_pid: Some(run.owner_pid),
-        owner_until: Some(run.owner_until),
-    })
+    Ok(run.record(now))
 }
 
 async fn events_of(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, events: Vec<EventKind>) -> Result<()> {
@@ -543,35 +529,7 @@ pub(super) async fn insert_tasks(
         if let Some(key) = &task.key {
             by_key.insert(key.clone(), id);
         }
-        created.push(TaskRecord {
-            id,
-            run_id: run_id.to_string(),
-            key: task.key.clone(),
-            workstream: task.workstream.clone(),
-            title: task.title.clone(),
-            description: task.description.clone(),
-            input: task.input.clone(),
-            requires: task.requires.clone(),
-            agent: task.agent.clone(),
-            depends_on: Vec::new(),
-            priority: task.priority,
-            max_attempts: task.max_attempts,
-            timeout_ms: task.timeout_ms,
-            resources: task.resources.clone(),
-            estimated_tokens: task.estimated_tokens,
-            parent: task.parent,
-            state: TaskState::Pending,
-            attempt: 0,
-            assigned_agent: None,
-            lease_owner: None,
-            lease_expires_at: None,
-            not_before: None,
-            result: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        });
+        created.push(crate::created_task(task, id, run_id, now));
     }
     // Resolved once every task of the batch has its id, so that a task may depend on a later
     // one of its batch by key.

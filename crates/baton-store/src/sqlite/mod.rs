@@ -21,9 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use baton_core::budget::{Limit, Scope, Spent, UsageRecord};
-use baton_core::model::{
-    AgentRecord, NewTask, RunRecord, RunState, TaskCount, TaskId, TaskRecord, TaskState, TaskStatus,
-};
+use baton_core::model::{AgentRecord, NewTask, RunRecord, TaskCount, TaskId, TaskRecord, TaskState, TaskStatus};
 use baton_core::sched::Write;
 use baton_core::schedule::{Firing, ScheduleRecord};
 use baton_core::{Event, EventKind, Timestamp};
@@ -285,21 +283,7 @@ impl Store for SqliteStore {
                 params![run.id, run.name, run.n_phases, now.0, run.owner, run.owner_pid, run.owner_until.0],
             )?;
             ctx.event(&run.id, now, EventKind::RunStarted { name: run.name.clone(), n_phases: run.n_phases })?;
-            Ok(RunRecord {
-                id: run.id,
-                name: run.name,
-                state: RunState::Running,
-                phase: 0,
-                n_phases: run.n_phases,
-                n_tasks: 0,
-                n_finished: 0,
-                started_at: now,
-                ended_at: None,
-                error: None,
-                owner: Some(run.owner),
-                owner_pid: Some(run.owner_pid),
-                owner_until: Some(run.owner_until),
-            })
+            Ok(run.record(now))
         })
         .await
     }
@@ -859,20 +843,7 @@ impl Store for SqliteStore {
                 })
             })?;
             // One record per period and scope: the runs' usage added up, the latest limit.
-            let mut records: Vec<UsageRecord> = Vec::new();
-            for row in rows {
-                let row = row?;
-                match records.last_mut() {
-                    Some(last) if last.period_start == row.period_start && last.scope == row.scope => {
-                        last.spent.add(row.spent);
-                        if row.limit.is_some() {
-                            last.limit = row.limit;
-                        }
-                    }
-                    _ => records.push(row),
-                }
-            }
-            Ok(records)
+            Ok(crate::merge_usage(rows.collect::<rusqlite::Result<Vec<_>>>()?))
         })
         .await
     }

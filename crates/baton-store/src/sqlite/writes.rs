@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use baton_core::model::{NewTask, TaskId, TaskRecord, TaskRef, TaskState};
+use baton_core::model::{NewTask, TaskId, TaskRecord, TaskRef};
 use baton_core::sched::Write;
 use baton_core::{EventKind, Timestamp};
 
@@ -197,35 +197,7 @@ pub(super) fn insert_tasks(
             if let Some(key) = &task.key {
                 by_key.insert(key.clone(), id);
             }
-            created.push(TaskRecord {
-                id,
-                run_id: run_id.to_string(),
-                key: task.key.clone(),
-                workstream: task.workstream.clone(),
-                title: task.title.clone(),
-                description: task.description.clone(),
-                input: task.input.clone(),
-                requires: task.requires.clone(),
-                agent: task.agent.clone(),
-                depends_on: Vec::new(),
-                priority: task.priority,
-                max_attempts: task.max_attempts,
-                timeout_ms: task.timeout_ms,
-                resources: task.resources.clone(),
-                estimated_tokens: task.estimated_tokens,
-                parent: task.parent,
-                state: TaskState::Pending,
-                attempt: 0,
-                assigned_agent: None,
-                lease_owner: None,
-                lease_expires_at: None,
-                not_before: None,
-                result: None,
-                error: None,
-                created_at: now,
-                updated_at: now,
-                finished_at: None,
-            });
+            created.push(crate::created_task(task, id, run_id, now));
         }
     }
     // Resolved once every task of the batch has its id, so that a task may depend on a later
