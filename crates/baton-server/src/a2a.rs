@@ -402,9 +402,11 @@ async fn forget_evicted(ops: &Ops, registry: &push::Registry) {
 
 /// Loads the push configs the store kept (a restart) for the run's tasks, once per server:
 /// each webhook is checked against `[a2a] push_hosts` again (one no longer allowed is left
-/// out, with a warning), and each unfinished task with configs is followed from now on, as
-/// an admin reads it (its configs' owners could read it when they set them); the configs of
-/// finished tasks are dropped.
+/// out, with a warning), and each unfinished task with configs is followed from now on as the
+/// client that set its first config reads it (its role, agent and endpoint, until its token
+/// expires), as it was while the server ran. A config whose token has expired is dropped; one
+/// whose owner may no longer read its task is left out. The configs of finished tasks are
+/// dropped.
 pub async fn restore_push_configs(state: &AppState) {
     let registry = std::sync::Arc::clone(state.a2a_pushes());
     if !registry.start_restoring() {
@@ -418,17 +420,18 @@ pub async fn restore_push_configs(state: &AppState) {
             return;
         }
     };
-    let handler = Handler {
-        ops: ops.clone(),
-        caller: Caller::local(),
-        scope: Scope { agent: None },
-        shutdown: state.shutdown().clone(),
-        state: state.clone(),
-    };
     let plan = state.plan();
     let check = |url: &str| {
         baton_runtime::a2a::push::check_url(url, |host, port| plan.a2a.allows_push(host, port), &plan.a2a.push_hosts)
             .map_err(|error| error.to_string())
+    };
+    let discard = |task: TaskId, id: String, why: &'static str| {
+        let ops = ops.clone();
+        async move {
+            if let Err(error) = ops.store().delete_push_config(task, &id).await {
+                tracing::warn!(%task, config = %id, %error, why, "cannot drop a kept A2A push config");
+            }
+        }
     };
     let mut n = 0;
     for record in records {
@@ -437,9 +440,7 @@ pub async fn restore_push_configs(state: &AppState) {
             // A finished task's webhooks had its last update: they are not sent it again, and
             // its configs are dropped from the store.
             Ok(Some(found)) if found.run_id == ops.run_id() && found.state.is_terminal() => {
-                if let Err(error) = ops.store().delete_push_config(task, &record.id).await {
-                    tracing::warn!(%task, config = %record.id, %error, "cannot drop the push config of a finished task");
-                }
+                discard(task, record.id, "its task has ended").await;
                 continue;
             }
             Ok(Some(found)) if found.run_id == ops.run_id() => {}
@@ -454,6 +455,24 @@ pub async fn restore_push_configs(state: &AppState) {
                 continue;
             }
         };
+        if config.reader.expired(crate::auth::unix_now()) {
+            tracing::info!(%task, config = %id, "a kept A2A push config is dropped: the token that set it has expired");
+            discard(task, id, "its token has expired").await;
+            continue;
+        }
+        // Read as its owner: a webhook hears no more than the client that set it may read now.
+        let handler = Handler {
+            ops: ops.clone(),
+            caller: config.reader.caller.clone(),
+            scope: Scope { agent: config.reader.scope.clone() },
+            shutdown: state.shutdown().clone(),
+            state: state.clone(),
+        };
+        if let Err(error) = handler.read(task).await {
+            tracing::warn!(%task, config = %id, error = %error.message,
+                "a kept A2A push config is not taken: the client that set it may no longer read its task");
+            continue;
+        }
         let Ok(since) = ops.latest_event().await else { return };
         match registry.set(config, true) {
             Ok(true) => match handler.stream(task, since).await {
@@ -462,6 +481,7 @@ pub async fn restore_push_configs(state: &AppState) {
                     tokio::spawn(async move { registry.follow(task, updates, shutdown).await });
                 }
                 Err(error) => {
+                    registry.follow(task, futures::stream::empty(), state.shutdown().clone()).await;
                     tracing::warn!(%task, error = %error.message, "cannot follow a task for its push configs")
                 }
             },
@@ -730,7 +750,8 @@ impl Handler {
             .map(str::to_string);
         let config_id = push::string(config, "id").unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let owner = self.caller.token_id.clone();
-        let config = push::Config { id: config_id, task_id: id, webhook, scheme, owner };
+        let reader = push::Reader { caller: self.caller.clone(), scope: self.scope.agent.clone() };
+        let config = push::Config { id: config_id, task_id: id, webhook, scheme, owner, reader };
         let answer = config.to_json(true);
         let registry = std::sync::Arc::clone(self.state.a2a_pushes());
         let record = config.to_record();

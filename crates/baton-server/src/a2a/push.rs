@@ -6,8 +6,9 @@
 //! server sends no push notifications and its card says so. The configs are kept in the store
 //! (written through, with the webhook's credentials) and in memory: a restarted server loads
 //! them ([`crate::a2a::restore_push_configs`]), checks their webhooks against `push_hosts` again
-//! and follows their unfinished tasks, the first update each config hears being the task as it
-//! is then. A task with configs has one follower: it reads the task's updates as a
+//! and follows their unfinished tasks as the clients that set the configs read them (role,
+//! agent, endpoint and token expiry are kept with each config), the first update each config
+//! hears being the task as it is then. A task with configs has one follower: it reads the task's updates as a
 //! stream does (the task, then a status update per change, the artifact before the final
 //! status) from the event log, not from the engine, and posts each to every config of the task
 //! in turn (a slow webhook holds back that task's notifications only; the stream it reads
@@ -23,6 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use baton_core::model::TaskId;
+use baton_ops::Caller;
 use baton_runtime::a2a::push::{Sender, Webhook};
 use baton_store::PushConfigRecord;
 
@@ -45,6 +47,45 @@ pub struct Config {
     /// The token that set it (its id): only it, or an admin, may replace or delete it, or see
     /// its `token`.
     pub owner: String,
+    /// Who set it, and through which endpoint: a restarted server follows the task as this
+    /// reader, so the webhook hears no more than its owner may still read.
+    pub reader: Reader,
+}
+
+/// The caller that set a config and the agent its endpoint served (`/a2a/agents/{name}`), if
+/// one: what a task's follower reads the task as.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub caller: Caller,
+    pub scope: Option<String>,
+}
+
+impl Reader {
+    fn to_json(&self) -> Value {
+        let caller = &self.caller;
+        json!({
+            "subject": caller.subject, "role": caller.role.as_str(), "agent": caller.agent,
+            "token_id": caller.token_id, "expires_at": caller.expires_at, "scope": self.scope,
+        })
+    }
+
+    fn from_json(value: &Value) -> Result<Reader, String> {
+        let text = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
+        let role = text("role").ok_or("its owner's role is not kept")?.parse()?;
+        let caller = Caller {
+            subject: text("subject").unwrap_or_default(),
+            role,
+            agent: text("agent"),
+            token_id: text("token_id").ok_or("its owner's token is not kept")?,
+            expires_at: value.get("expires_at").and_then(Value::as_u64),
+        };
+        Ok(Reader { caller, scope: text("scope") })
+    }
+
+    /// Whether the token that set the config has expired at `now` (seconds since the epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.caller.expires_at.is_some_and(|at| at <= now)
+    }
 }
 
 impl Config {
@@ -74,20 +115,28 @@ impl Config {
                 "token": self.webhook.token,
                 "authorization": self.webhook.authorization,
                 "scheme": self.scheme,
+                "reader": self.reader.to_json(),
             }),
         }
     }
 
     /// A config the store kept, its URL checked again by `check` (the server's `push_hosts`
-    /// may have changed since): `Err` says why it is not taken.
+    /// may have changed since): `Err` says why it is not taken. One kept by an earlier baton,
+    /// which did not say who set it, is not taken: it is to be set again.
     pub fn from_record(
         record: PushConfigRecord,
         check: impl Fn(&str) -> Result<baton_runtime::a2a::push::Url, String>,
     ) -> Result<Config, String> {
         let field = |name: &str| record.config.get(name).and_then(Value::as_str).map(str::to_string);
         let url = check(&field("url").ok_or("no url")?)?;
+        let reader = Reader::from_json(record.config.get("reader").unwrap_or(&Value::Null))
+            .map_err(|why| format!("{why} (it was set by an earlier version of baton): set it again"))?;
+        if reader.caller.token_id != record.owner {
+            return Err("its owner and the token kept with it differ".to_string());
+        }
         let webhook = Webhook { url, token: field("token"), authorization: field("authorization") };
-        Ok(Config { id: record.id, task_id: record.task, webhook, scheme: field("scheme"), owner: record.owner })
+        let scheme = field("scheme");
+        Ok(Config { id: record.id, task_id: record.task, webhook, scheme, owner: record.owner, reader })
     }
 }
 
@@ -284,7 +333,15 @@ mod tests {
     fn owned(task: i64, id: &str, owner: &str) -> Config {
         let webhook =
             Webhook { url: "http://127.0.0.1:9/hook".parse().unwrap(), token: Some("t".into()), authorization: None };
-        Config { id: id.to_string(), task_id: TaskId(task), webhook, scheme: None, owner: owner.to_string() }
+        let caller = Caller {
+            subject: owner.to_string(),
+            role: baton_ops::Role::Agent,
+            agent: Some("coder".into()),
+            token_id: owner.to_string(),
+            expires_at: Some(2_000_000_000),
+        };
+        let reader = Reader { caller, scope: Some("coder".into()) };
+        Config { id: id.to_string(), task_id: TaskId(task), webhook, scheme: None, owner: owner.to_string(), reader }
     }
 
     #[test]
@@ -332,6 +389,20 @@ mod tests {
         let back = Config::from_record(record.clone(), |url| url.parse().map_err(|_| "bad".to_string())).unwrap();
         assert_eq!(back.to_json(true), kept.to_json(true));
         assert_eq!(back.webhook.authorization.as_deref(), Some("Bearer s3cret"));
+        let (caller, kept_caller) = (&back.reader.caller, &kept.reader.caller);
+        assert_eq!(
+            (caller.role, &caller.agent, &caller.token_id),
+            (kept_caller.role, &kept_caller.agent, &kept_caller.token_id)
+        );
+        assert_eq!((caller.expires_at, back.reader.scope.as_deref()), (Some(2_000_000_000), Some("coder")));
+        assert!(back.reader.expired(2_000_000_000) && !back.reader.expired(1_999_999_999));
+        let mut earlier = record.clone();
+        earlier.config.as_object_mut().unwrap().remove("reader");
+        let refused = Config::from_record(earlier, |url| url.parse().map_err(|_| "bad".to_string()));
+        assert!(refused.unwrap_err().contains("set it again"));
+        let mut forged = record.clone();
+        forged.owner = "mallory".into();
+        assert!(Config::from_record(forged, |url| url.parse().map_err(|_| "bad".to_string())).is_err());
         let refused = Config::from_record(record, |_| Err("not an allowed host".to_string()));
         assert_eq!(refused.unwrap_err(), "not an allowed host");
     }

@@ -60,6 +60,8 @@ pub struct Server {
     engine_stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub dir: tempfile::TempDir,
+    /// What a second server state on the same engine and store is made of.
+    parts: (engine::EngineHandle, RemoteHub, baton_core::config::Plan),
 }
 
 pub struct Options {
@@ -136,6 +138,7 @@ impl Server {
             run_id_rx.changed().await.expect("the engine opens a run");
         };
         let stop = CancellationToken::new();
+        let parts = (handle.clone(), hub.clone(), plan.clone());
         let state = AppState::new(ServerOptions {
             store: Arc::clone(&store) as Arc<dyn Store>,
             engine: handle,
@@ -175,7 +178,27 @@ impl Server {
             engine_stop,
             tasks: vec![engine_task, server_task, metrics_task],
             dir,
+            parts,
         }
+    }
+
+    /// A new server state on this server's engine and store, as a restarted server has: what
+    /// it keeps in memory alone (A2A push configs, MCP sessions) starts empty.
+    pub fn restarted_state(&self) -> AppState {
+        let (engine, hub, plan) = self.parts.clone();
+        AppState::new(ServerOptions {
+            store: Arc::clone(&self.store) as Arc<dyn Store>,
+            engine,
+            hub,
+            run_id: self.run_id.clone(),
+            plan,
+            auth: self.auth.clone(),
+            rate_limit: None,
+            max_request_size: 1024 * 1024,
+            log_dir: self.dir.path().join("logs"),
+            clock: baton_runtime::Clock::system(),
+            shutdown: self.stop.clone(),
+        })
     }
 
     /// A token for `role` (agent tokens act as `agent`).
