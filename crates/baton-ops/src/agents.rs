@@ -189,6 +189,17 @@ impl Ops {
         Ok(info.status.is_some_and(|status| status.state == AgentState::WaitingInput))
     }
 
+    /// The agents that wait for input now: a running task assigned to one of them waits for
+    /// input (see [`Ops::task_waits_for_input`]). For many tasks at once, with one read.
+    pub async fn agents_waiting_for_input(&self) -> Result<std::collections::HashSet<String>> {
+        let infos = self.agent_infos().await?;
+        Ok(infos
+            .into_iter()
+            .filter(|info| info.status.as_ref().is_some_and(|status| status.state == AgentState::WaitingInput))
+            .map(|info| info.name)
+            .collect())
+    }
+
     /// Answers the question a task waits on (see [`Ops::task_waits_for_input`]): `text` and
     /// Enter typed into the terminal of the agent that runs it, as `baton attach` would. The
     /// caller must be able to read the task (else it is not found) and to type into the

@@ -537,8 +537,16 @@ impl Handler {
         }
         if !return_immediately {
             // Blocking by default: the answer is the task once it has ended.
+            // Blocking by default: the answer is the task once it has ended, or once it waits
+            // for input (an interrupted state, as the specification has it).
             let mut updates = self.follow(id, since).await?;
-            while updates.next().await.is_some() {}
+            if !updates.waiting {
+                while let Some(update) = updates.next().await {
+                    if update.waiting {
+                        break;
+                    }
+                }
+            }
         }
         let task = self.read(id).await?;
         Ok(json!({ "task": self.shown(&task, history_length).await }))
@@ -549,9 +557,7 @@ impl Handler {
     async fn shown(&self, task: &TaskRecord, history_length: Option<usize>) -> Value {
         let mut value = task_json(task, history_length, true);
         if self.ops.task_waits_for_input(task).await.unwrap_or(false) {
-            value["status"]["state"] = json!("TASK_STATE_INPUT_REQUIRED");
-            value["status"]["message"] =
-                agent_message(task, "input", "the agent waits for an answer: send it as a message with this taskId");
+            value["status"] = input_required_status(task);
         }
         value
     }
@@ -678,9 +684,16 @@ impl Handler {
         let include_artifacts = params.get("includeArtifacts").and_then(Value::as_bool).unwrap_or(false);
 
         let mut matching = self.all_tasks().await?;
+        // A running task whose terminal agent waits for an answer is input-required.
+        let waiting = self.ops.agents_waiting_for_input().await?;
+        let waits = |task: &TaskRecord| {
+            task.state == TaskState::Running
+                && task.assigned_agent.as_ref().is_some_and(|agent| waiting.contains(agent))
+        };
+        let shown_state = |task: &TaskRecord| if waits(task) { INPUT_REQUIRED } else { state_name(task.state) };
         matching.retain(|task| {
             context.is_none_or(|context| context_id(task) == context)
-                && status.is_none_or(|status| state_name(task.state) == status)
+                && status.is_none_or(|status| shown_state(task) == status)
         });
         matching.sort_by_key(|task| std::cmp::Reverse(task.id));
         let total_size = matching.len();
@@ -690,7 +703,16 @@ impl Handler {
             Some(last) if matching.iter().any(|task| task.id.0 < last.id.0) => last.id.0.to_string(),
             _ => String::new(),
         };
-        let tasks: Vec<Value> = page.iter().map(|task| task_json(task, history_length, include_artifacts)).collect();
+        let tasks: Vec<Value> = page
+            .iter()
+            .map(|task| {
+                let mut value = task_json(task, history_length, include_artifacts);
+                if waits(task) {
+                    value["status"] = input_required_status(task);
+                }
+                value
+            })
+            .collect();
         Ok(json!({ "tasks": tasks, "nextPageToken": next_page_token, "pageSize": page_size, "totalSize": total_size }))
     }
 
@@ -919,13 +941,23 @@ impl Handler {
     /// The events about task `id` after `since`, if the caller may read the task. Then it may
     /// read all of the task's events (`Ops::task` gives them), so they are followed whoever
     /// they name: an agent token's own-events filter would hide a cancel, or another agent's
-    /// completion, and leave a blocking call waiting for them.
+    /// completion, and leave a blocking call waiting for them. The state changes of the agent
+    /// that runs the task are followed too: they say when it waits for input.
     async fn follow(&self, id: TaskId, since: i64) -> Result<Updates, RpcError> {
         self.caller.require(baton_ops::Action::ReadEvents)?;
-        self.read(id).await?;
-        let filter = EventFilter { task: Some(id.0), ..EventFilter::default() };
-        let events = self.ops.follow_events(filter, since, self.shutdown.clone(), token_expiry(&self.caller));
-        Ok(Updates { ops: self.ops.clone(), caller: self.caller.clone(), id, events: Box::pin(events), done: false })
+        let task = self.read(id).await?;
+        let waiting = self.ops.task_waits_for_input(&task).await.unwrap_or(false);
+        let events =
+            self.ops.follow_events(EventFilter::default(), since, self.shutdown.clone(), token_expiry(&self.caller));
+        Ok(Updates {
+            ops: self.ops.clone(),
+            caller: self.caller.clone(),
+            id,
+            agent: task.assigned_agent,
+            waiting,
+            events: Box::pin(events),
+            done: false,
+        })
     }
 
     /// The stream of a task: the task, then a status update per change of state (and per
@@ -936,15 +968,19 @@ impl Handler {
         let first = self.read(id).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut sent_state = a2a_state(first.state);
+            let mut first_json = task_json(&first, None, true);
+            if updates.waiting && first.state == TaskState::Running {
+                first_json["status"] = input_required_status(&first);
+            }
+            let mut sent_state = first_json["status"]["state"].as_str().unwrap_or_default().to_string();
             let mut sent_result = first.result.is_some();
-            if tx.send(json!({ "task": task_json(&first, None, true) })).await.is_err() {
+            if tx.send(json!({ "task": first_json })).await.is_err() {
                 return;
             }
             if is_terminal(first.state) {
                 return;
             }
-            while let Some((task, progress)) = updates.next().await {
+            while let Some(Update { task, progress, waiting }) = updates.next().await {
                 let context = context_id(&task);
                 if !sent_result && let Some(artifact) = artifact(&task) {
                     sent_result = true;
@@ -955,10 +991,10 @@ impl Handler {
                         return;
                     }
                 }
-                let state = a2a_state(task.state);
+                let mut status = if waiting { input_required_status(&task) } else { status_json(&task) };
+                let state = status["state"].as_str().unwrap_or_default();
                 if state != sent_state || progress.is_some() {
-                    sent_state = state;
-                    let mut status = status_json(&task);
+                    sent_state = state.to_string();
                     if let Some(text) = progress {
                         status["message"] = agent_message(&task, "progress", &text);
                     }
@@ -975,24 +1011,45 @@ impl Handler {
     }
 }
 
-/// A task as its events change it: after each event about it, the task as it is then (and
-/// the progress message, for a progress report); ends after the task has ended.
+/// A task as its events change it: after each event about it (or about the state of the
+/// agent that runs it), the task as it is then, the progress message for a progress report,
+/// and whether it waits for input; ends after the task has ended.
 struct Updates {
     ops: Ops,
     caller: Caller,
     id: TaskId,
+    /// The agent the task was last seen assigned to: its state changes are the task's too.
+    agent: Option<String>,
+    /// Whether the task waits for input: it runs on a terminal agent that asked a question.
+    waiting: bool,
     events: std::pin::Pin<Box<dyn futures::Stream<Item = baton_core::Event> + Send>>,
     done: bool,
 }
 
+struct Update {
+    task: TaskRecord,
+    progress: Option<String>,
+    waiting: bool,
+}
+
 impl Updates {
-    async fn next(&mut self) -> Option<(TaskRecord, Option<String>)> {
+    async fn next(&mut self) -> Option<Update> {
         if self.done {
             return None;
         }
-        let Some(event) = self.events.next().await else {
-            self.done = true;
-            return None;
+        let event = loop {
+            let Some(event) = self.events.next().await else {
+                self.done = true;
+                return None;
+            };
+            match &event.kind {
+                EventKind::AgentStateChanged { agent, to, .. } if self.agent.as_ref() == Some(agent) => {
+                    self.waiting = *to == baton_core::model::AgentState::WaitingInput;
+                    break event;
+                }
+                _ if event.kind.task() == Some(self.id) => break event,
+                _ => {}
+            }
         };
         let progress = match &event.kind {
             EventKind::TaskProgress { message: Some(message), .. } => Some(message.clone()),
@@ -1003,10 +1060,17 @@ impl Updates {
             self.done = true;
             return None;
         };
-        if is_terminal(detail.task.state) {
+        let task = detail.task;
+        if is_terminal(task.state) {
             self.done = true;
         }
-        Some((detail.task, progress))
+        if task.assigned_agent != self.agent {
+            // Another attempt, on another agent (or none): it has not asked anything yet.
+            self.agent.clone_from(&task.assigned_agent);
+            self.waiting = false;
+        }
+        let waiting = self.waiting && task.state == TaskState::Running;
+        Some(Update { task, progress, waiting })
     }
 }
 
@@ -1071,6 +1135,18 @@ fn agent_message(task: &TaskRecord, what: &str, text: &str) -> Value {
         "taskId": task.id.to_string(),
         "role": "ROLE_AGENT",
         "parts": [{ "text": text }],
+    })
+}
+
+/// The state of a running task whose terminal agent waits for an answer.
+const INPUT_REQUIRED: &str = "TASK_STATE_INPUT_REQUIRED";
+
+/// The status of a task that waits for input: the state, and what to do as its message.
+fn input_required_status(task: &TaskRecord) -> Value {
+    json!({
+        "state": INPUT_REQUIRED,
+        "timestamp": timestamp(task.updated_at.millis()),
+        "message": agent_message(task, "input", "the agent waits for an answer: send it as a message with this taskId"),
     })
 }
 

@@ -6,10 +6,12 @@ Usage:
 
 `create` sends a message for the terminal agent `asker` (capability `ask`), which asks
 "Continue? [y/N]", and prints the task's id. `answer` follows Baton's events until the agent
-waits for input, then: the task is input-required; a viewer's follow-up is
-refused; the operator's follow-up (`y`) is typed into the terminal and the task goes on to
+waits for input, then: the task is input-required (in GetTask, in ListTasks and its status
+filter, and at the start of a subscription); a viewer's follow-up is refused; the operator's follow-up (`y`) is typed into the terminal and the task goes on to
 complete; a follow-up to the completed task is UnsupportedOperation, one to a task that is not
-there TaskNotFound; a message with a contextId and no taskId is a new task in that context.
+there TaskNotFound; a message with a contextId and no taskId is a new task in that context,
+and, sent blocking, its answer comes when the agent asks (input-required); a subscription to
+it hears the answer typed in and the task complete.
 Each check prints a line; the first failure raises, and the process exits non-zero.
 """
 
@@ -22,6 +24,7 @@ import httpx
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.types import (
     GetTaskRequest,
+    ListTasksRequest,
     Message,
     Part,
     Role,
@@ -97,6 +100,25 @@ async def answer(base, operator, viewer, task_id):
         str(task.status),
     )
 
+    listed = await client.list_tasks(ListTasksRequest())
+    states = {t.id: t.status.state for t in listed.tasks}
+    check(
+        "ListTasks shows it input-required",
+        states.get(task_id) == TaskState.TASK_STATE_INPUT_REQUIRED,
+        str(states),
+    )
+    asking = await client.list_tasks(ListTasksRequest(status=TaskState.TASK_STATE_INPUT_REQUIRED))
+    check("ListTasks filters by input-required", [t.id for t in asking.tasks] == [task_id], str(asking))
+    streamer = await client_for(base, operator, streaming=True)
+    stream = streamer.subscribe(SubscribeToTaskRequest(id=task_id))
+    first = await stream.__anext__()
+    check(
+        "a subscription begins with the task input-required",
+        first.task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED,
+        str(first),
+    )
+    await stream.aclose()
+
     watcher = await client_for(base, viewer, streaming=False)
     try:
         await send(watcher, message("y", task_id=task_id))
@@ -131,11 +153,31 @@ async def answer(base, operator, viewer, task_id):
     except UnsupportedOperationError:
         check("a follow-up to a completed task is UnsupportedOperation", True)
 
-    in_context = await send(client, message("deploy again", context_id="ctx-42"), requires=["ask"])
+    in_context = await send(client, message("deploy again", context_id="ctx-42"), requires=["ask"], immediately=False)
     check(
         "a message with a contextId and no taskId is a new task in that context",
         in_context.id != task_id and in_context.context_id == "ctx-42",
         str(in_context),
+    )
+    check(
+        "a blocking message is answered when its agent asks",
+        in_context.status.state == TaskState.TASK_STATE_INPUT_REQUIRED,
+        str(in_context.status),
+    )
+    stream = subscriber.subscribe(SubscribeToTaskRequest(id=in_context.id))
+    first = await stream.__anext__()
+    check(
+        "a subscription to a task that asks begins input-required",
+        first.task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED,
+        str(first),
+    )
+    await send(client, message("y", task_id=in_context.id))
+    rest = [response async for response in stream]
+    states = [r.status_update.status.state for r in rest if r.WhichOneof("payload") == "status_update"]
+    check(
+        "the subscription hears the answered task go on and complete",
+        states[-1:] == [TaskState.TASK_STATE_COMPLETED] and TaskState.TASK_STATE_INPUT_REQUIRED not in states,
+        str(rest),
     )
     print("all follow-up checks passed", flush=True)
 
