@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 use baton_ops::{Action, Caller, ErrorKind, Grant};
 
@@ -69,6 +70,9 @@ pub mod code {
     pub const UNAVAILABLE: i64 = -32003;
     pub const HEADER_MISMATCH: i64 = -32020;
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+    /// A call the client cancelled, answered anyway because its answer is a JSON body (the
+    /// code JSON-RPC peers such as LSP use).
+    pub const REQUEST_CANCELLED: i64 = -32800;
 }
 
 /// Sessions of the handshake era held at once; the one used least recently goes first.
@@ -93,6 +97,49 @@ struct Session {
     /// Where the session's notifications go while its `GET` stream is open.
     stream: Option<mpsc::Sender<Value>>,
     last_used: Instant,
+    /// Its tool calls in progress, by request id (as JSON): `notifications/cancelled` fires
+    /// the call's token.
+    calls: HashMap<String, CancellationToken>,
+}
+
+/// Tool calls in progress one session may have cancellable at once; beyond it a call still
+/// runs, but only closing its answer's stream ends it early.
+const MAX_CALLS_PER_SESSION: usize = 64;
+
+/// A tool call in progress in a session, cancellable by the client: `cancelled` fires on its
+/// `notifications/cancelled`. Dropped when the call ends, which forgets it.
+struct Call {
+    state: AppState,
+    session: String,
+    id: String,
+    cancelled: CancellationToken,
+}
+
+impl Call {
+    /// Registers the call `id` of the request's session (handshake era only: the stateless
+    /// era has no session to match a cancellation with, and its client closes the stream).
+    fn start(state: &AppState, era: &Era, id: &Value) -> Option<Call> {
+        let Era::Handshake { session: Some(session), .. } = era else { return None };
+        let id = id.to_string();
+        let cancelled = state.mcp_sessions().start_call(session, &id)?;
+        Some(Call { state: state.clone(), session: session.clone(), id, cancelled })
+    }
+
+    /// Resolves when the client cancels the call; never without one.
+    async fn cancelled(call: Option<&Call>) {
+        match call {
+            Some(call) => call.cancelled.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(session) = self.state.mcp_sessions().lock().get_mut(&self.session) {
+            session.calls.remove(&self.id);
+        }
+    }
 }
 
 impl Sessions {
@@ -122,6 +169,7 @@ impl Sessions {
             subscriptions: HashSet::new(),
             stream: None,
             last_used: Instant::now(),
+            calls: HashMap::new(),
         };
         sessions.insert(id.clone(), session);
         id
@@ -142,6 +190,36 @@ impl Sessions {
             return true;
         }
         false
+    }
+
+    /// A token for the call `request` (its id as JSON) of session `id`, fired if the client
+    /// cancels it; `None` when the session is gone, has as many calls as it may, or already
+    /// has a call of that id.
+    fn start_call(&self, id: &str, request: &str) -> Option<CancellationToken> {
+        let mut sessions = self.lock();
+        let session = sessions.get_mut(id)?;
+        if session.calls.len() >= MAX_CALLS_PER_SESSION || session.calls.contains_key(request) {
+            return None;
+        }
+        let token = CancellationToken::new();
+        session.calls.insert(request.to_string(), token.clone());
+        Some(token)
+    }
+
+    /// Cancels the call `request` of session `id` when the session is `caller`'s token's;
+    /// whether there was such a call.
+    fn cancel_call(&self, id: &str, caller: &Caller, request: &Value) -> bool {
+        let sessions = self.lock();
+        let Some(session) = sessions.get(id).filter(|session| session.token_id == caller.token_id) else {
+            return false;
+        };
+        match session.calls.get(&request.to_string()) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     fn subscribe(&self, id: &str, uri: &str, subscribed: bool) {
@@ -315,15 +393,30 @@ async fn post_message(
         Err((status, error)) => return refuse(status, &shown_id, error),
     };
     let Some(id) = id else {
-        // A notification (`notifications/initialized`, `notifications/cancelled`, …): Baton
-        // acts on none of them. A long call (wait_for_task) that the client no longer wants
-        // ends when the client closes its answer's stream.
+        // A notification. `notifications/cancelled` ends a tool call in progress of the
+        // session (`wait_for_task`): its stream closes without an answer, or its JSON answer
+        // is an error saying so. Baton acts on no other (`notifications/initialized`, …). In
+        // the stateless era a client ends a call by closing its answer's stream.
+        if method == "notifications/cancelled"
+            && let Era::Handshake { session: Some(session), .. } = &era
+            && let Some(request) = params.get("requestId")
+        {
+            state.mcp_sessions().cancel_call(session, &caller, request);
+        }
         return StatusCode::ACCEPTED.into_response();
     };
+    let call = if method == "tools/call" { Call::start(&state, &era, &id) } else { None };
     if let Some(token) = progress_token(&headers, method, &params) {
-        return answer_as_stream(state, caller, era, id, params, token);
+        return answer_as_stream(state, caller, era, id, params, token, call);
     }
-    let answer = handle(&state, &caller, &era, method, &params, None).await;
+    let answer = tokio::select! {
+        answer = handle(&state, &caller, &era, method, &params, None) => answer,
+        () = Call::cancelled(call.as_ref()) => Err(RpcError::new(
+            code::REQUEST_CANCELLED,
+            "the client cancelled this call (notifications/cancelled)",
+        )),
+    };
+    drop(call);
     let detail = audit_detail(method, &params, &answer);
     let mut response = match (era, answer) {
         (Era::Handshake { session, version }, Ok(result)) => {
@@ -388,7 +481,15 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 /// HTTP transport's other answer to a `POST`): each `notifications/progress` as the call
 /// sends it, then the call's JSON-RPC response, which ends the stream. When the client goes
 /// away (the stream is dropped), the call ends.
-fn answer_as_stream(state: AppState, caller: Caller, era: Era, id: Value, params: Value, token: Value) -> Response {
+fn answer_as_stream(
+    state: AppState,
+    caller: Caller,
+    era: Era,
+    id: Value,
+    params: Value,
+    token: Value,
+    call: Option<Call>,
+) -> Response {
     let tool: String = params.get("name").and_then(Value::as_str).unwrap_or("").chars().take(100).collect();
     let session = match &era {
         Era::Handshake { session, .. } => session.clone(),
@@ -397,10 +498,13 @@ fn answer_as_stream(state: AppState, caller: Caller, era: Era, id: Value, params
     let (sender, receiver) = mpsc::channel::<Value>(16);
     tokio::spawn(async move {
         let progress = tools::Progress::new(token, sender.clone());
+        // A cancelled call sends no answer (MCP's rule): the stream just ends.
         let answer = tokio::select! {
             () = sender.closed() => return,
+            () = Call::cancelled(call.as_ref()) => return,
             answer = handle(&state, &caller, &era, "tools/call", &params, Some(progress)) => answer,
         };
+        drop(call);
         let body = match answer {
             Ok(mut result) => {
                 if matches!(era, Era::Stateless) {
@@ -953,6 +1057,26 @@ mod tests {
         assert_eq!(n_busy, MAX_SESSIONS_PER_TOKEN);
         assert!(sessions.touch(&first, &busy).is_none(), "the busy token's oldest went");
         assert!(sessions.touch(&kept, &other).is_some(), "another token's session stays");
+    }
+
+    #[test]
+    fn a_session_s_calls_are_cancelled_by_its_own_token_only() {
+        let sessions = Sessions::default();
+        let owner = Caller { token_id: "owner".into(), ..Caller::anonymous() };
+        let other = Caller { token_id: "other".into(), ..Caller::anonymous() };
+        let session = sessions.open("2025-11-25", &owner);
+        let call = sessions.start_call(&session, "7").unwrap();
+        assert!(sessions.start_call(&session, "7").is_none(), "one call per request id");
+        assert!(sessions.start_call("no-such-session", "8").is_none());
+        assert!(!sessions.cancel_call(&session, &other, &json!(7)), "another token's cancel is ignored");
+        assert!(!call.is_cancelled());
+        assert!(!sessions.cancel_call(&session, &owner, &json!("7")), "the id \"7\" is not the id 7");
+        assert!(sessions.cancel_call(&session, &owner, &json!(7)));
+        assert!(call.is_cancelled());
+        for n in 1..MAX_CALLS_PER_SESSION {
+            sessions.start_call(&session, &format!("\"call-{n}\"")).unwrap();
+        }
+        assert!(sessions.start_call(&session, "over").is_none(), "a session's calls are bounded");
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

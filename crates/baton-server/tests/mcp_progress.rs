@@ -3,6 +3,7 @@
 //! Events — `notifications/progress` on each change of the task, then the JSON-RPC response,
 //! which ends the stream; a client that accepts only JSON gets the response alone. The task is
 //! moved by the test, as a remote worker (claim, complete), so every change is of its making.
+//! In a session (the 2025-11-25 era), `notifications/cancelled` ends such a call.
 
 mod common;
 
@@ -224,5 +225,63 @@ async fn a_viewer_may_wait_for_a_task_and_an_agent_only_for_its_own() {
     let text = response.text().await.unwrap();
     assert!(text.contains("\"isError\":true") && text.contains("not agent `writer`'s"), "{text}");
     assert!(!text.contains("notifications/progress"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_s_client_cancels_a_call_in_progress() {
+    let server = Server::start().await;
+    let id = create_build_task(&server).await;
+    let post = |body: Value, session: Option<&str>| {
+        let mut request = server
+            .post("/mcp", body)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let opened = post(
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "test", "version": "1" },
+        } }),
+        None,
+    )
+    .await
+    .unwrap();
+    let session = opened.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let call = json!({ "jsonrpc": "2.0", "id": "wait-1", "method": "tools/call", "params": {
+        "name": "wait_for_task", "arguments": { "id": id, "timeout_seconds": 300 }, "_meta": { "progressToken": "p" },
+    } });
+    let response = post(call, Some(&session)).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = Events { response, buffer: String::new() };
+    let (_, first) = events.next().await.unwrap();
+    assert_eq!(first["method"], "notifications/progress", "{first}");
+
+    // Another session's cancel, or one of another request id, is not this call's.
+    let cancel = |request: Value| json!({ "jsonrpc": "2.0", "method": "notifications/cancelled", "params": { "requestId": request } });
+    let other = post(
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "other", "version": "1" },
+        } }),
+        None,
+    )
+    .await
+    .unwrap();
+    let other = other.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    assert_eq!(post(cancel(json!("wait-1")), Some(&other)).await.unwrap().status(), 202);
+    assert_eq!(post(cancel(json!("wait-2")), Some(&session)).await.unwrap().status(), 202);
+    // The call is still waiting: the task's next change is heard.
+    server.post_json("/agent/claim", json!({"agent": "builder", "max": 1, "wait_ms": 5000})).await;
+    let (_, heard) = events.next().await.unwrap();
+    assert_eq!(heard["method"], "notifications/progress", "{heard}");
+
+    // Its own cancel ends it: the stream closes without an answer.
+    assert_eq!(post(cancel(json!("wait-1")), Some(&session)).await.unwrap().status(), 202);
+    while let Some((_, message)) = events.next().await {
+        assert!(message.get("id").is_none(), "a cancelled call is not answered: {message}");
+    }
     server.stop().await;
 }
