@@ -108,6 +108,31 @@ async fn an_unreachable_server_or_a_bad_url_is_a_clear_error() {
     assert!(!error.to_string().contains("s3cret"), "{error}");
 }
 
+/// A database that is not there is `Unavailable` (the URL is to be fixed), not a damaged
+/// store; a value the database refuses (a NUL character in a title) is `Refused`, fails alone,
+/// and the store goes on.
+#[tokio::test]
+async fn a_missing_database_and_a_refused_value_are_said_so() {
+    use baton_store::suite::new_task;
+    let Some(server) = server_url() else { return };
+    let (base, _) = server.split_once('?').unwrap_or((&server, ""));
+    let (host, _) = base.rsplit_once('/').unwrap();
+    let error = PostgresStore::open(&format!("{host}/baton_no_such_database")).await.err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("baton_no_such_database"), "{error}");
+
+    let schema = Schema::new(&server).await;
+    let store = PostgresStore::open(&schema.url()).await.unwrap();
+    let now = baton_core::Timestamp(1_700_000_000_000);
+    store.create_run(new_run("r1", "a", "plan"), now).await.unwrap();
+    let mut bad = new_task("a", &[]);
+    bad.title = "nul \0 inside".into();
+    let error = store.create_tasks("r1", vec![bad], now).await.err().unwrap();
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
+    let made = store.create_tasks("r1", vec![new_task("b", &[])], now).await.unwrap();
+    assert_eq!(made.len(), 1);
+}
+
 /// A SQLite store copied into PostgreSQL reads back the same: runs, tasks (and their counts),
 /// events with their numbers, deliveries, audit, transcripts, agents, budgets; new writes then
 /// continue the ids and the event numbers. A second copy into the same store is refused.

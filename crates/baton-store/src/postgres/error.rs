@@ -5,11 +5,13 @@ use tokio_postgres::error::SqlState;
 
 use crate::{Error, ErrorKind};
 
-/// The kind of a PostgreSQL error: a lost or refused connection, a server shutting down, a
-/// serialization failure or a deadlock is `Unavailable` (nothing was stored; trying again may
-/// work), a full disk is `Full`, a unique key taken is a `Conflict`. Anything else is a query
-/// this baton got wrong or a value that does not read back: `Corrupt`, with the driver's error
-/// as its source.
+/// The kind of a PostgreSQL error: a lost or refused connection, a wrong password, a missing
+/// database or privilege, a server shutting down, a serialization failure or a deadlock is
+/// `Unavailable` (nothing was stored; trying again, or after fixing the URL or the grants, may
+/// work), a full disk is `Full`, a unique key taken is a `Conflict`, a value the database
+/// refuses (a NUL character in text) is `Refused`. Anything else is a query this baton got
+/// wrong or a value that does not read back: `Corrupt`, with the driver's error as its
+/// source.
 impl From<tokio_postgres::Error> for Error {
     fn from(error: tokio_postgres::Error) -> Error {
         let kind = match error.code() {
@@ -21,8 +23,13 @@ impl From<tokio_postgres::Error> for Error {
                 // 08: connection; 40: transaction rollback (serialization, deadlock); 53:
                 // insufficient resources; 55: object not in prerequisite state (lock not
                 // available); 57: operator intervention (shutdown, cancel).
-                if ["08", "40", "53", "55", "57"].contains(&class) {
+                // 28: a wrong user or password; 3D: no such database; 42501: no privilege
+                // (the store's URL or the database's grants are to be fixed).
+                if ["08", "40", "53", "55", "57", "28", "3D"].contains(&class) || code.code() == "42501" {
                     ErrorKind::Unavailable
+                } else if class == "22" {
+                    // 22: a value the database refuses (a NUL in text, a number out of range).
+                    ErrorKind::Refused
                 } else {
                     ErrorKind::Corrupt
                 }

@@ -193,50 +193,85 @@ pub(super) async fn write_loop(
                     let _ = job.reply.send(output);
                 }
             }
-            Err(error) => {
+            Err(Failed { error, maybe_stored }) => {
                 let message = error.to_string();
-                tracing::error!(%message, n_ops, "store commit failed");
+                tracing::error!(%message, n_ops, maybe_stored, "store commit failed");
                 let kind = match error.kind() {
                     kind @ (ErrorKind::Full | ErrorKind::Corrupt) => kind,
                     _ => ErrorKind::Unavailable,
                 };
+                let stored = if maybe_stored {
+                    "it may have been stored: check before doing it again"
+                } else {
+                    "nothing was stored"
+                };
                 for job in batch.drain(..) {
-                    let _ =
-                        job.reply.send(Err(Error::new(kind, format!("commit failed: {message}; nothing was stored"))));
+                    let _ = job.reply.send(Err(Error::new(kind, format!("commit failed: {message}; {stored}"))));
                 }
             }
         }
     }
 }
 
+/// A batch that did not commit: why, and whether it may have been stored all the same (the
+/// connection was lost during COMMIT and the server could not tell what became of it).
+struct Failed {
+    error: Error,
+    maybe_stored: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed { error, maybe_stored: false }
+    }
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(error: tokio_postgres::Error) -> Failed {
+        Failed::from(Error::from(error))
+    }
+}
+
 /// Runs every operation of a batch in its own savepoint and commits once. Returns each
 /// operation's output and, when the commit succeeded, the events to publish.
-async fn run_batch(writer: &mut Writer, ops: Vec<Op>) -> (Vec<Result<Output>>, Result<Vec<Event>>) {
+async fn run_batch(
+    writer: &mut Writer,
+    ops: Vec<Op>,
+) -> (Vec<Result<Output>>, std::result::Result<Vec<Event>, Failed>) {
     let mut outputs = Vec::with_capacity(ops.len());
     if let Err(error) = writer.reconnect_if_closed().await {
-        return (outputs, Err(error));
+        return (outputs, Err(error.into()));
     }
     match run_transaction(writer, ops, &mut outputs).await {
         Ok(published) => (outputs, Ok(published)),
-        Err(error) => {
+        Err(failed) => {
             writer.last = None;
             if !writer.client.is_closed() {
                 let _ = writer.client.batch_execute("ROLLBACK").await;
             }
-            (outputs, Err(error))
+            (outputs, Err(failed))
         }
     }
 }
 
-async fn run_transaction(writer: &mut Writer, ops: Vec<Op>, outputs: &mut Vec<Result<Output>>) -> Result<Vec<Event>> {
+async fn run_transaction(
+    writer: &mut Writer,
+    ops: Vec<Op>,
+    outputs: &mut Vec<Result<Output>>,
+) -> std::result::Result<Vec<Event>, Failed> {
     let n_ops = ops.len();
     writer.client.batch_execute("BEGIN").await?;
-    // The write lock, held to the commit: other writers wait here.
-    let generation: i64 = writer
+    // The write lock, held to the commit: other writers wait here. The transaction's id and
+    // the server process's say, should the connection be lost during COMMIT, what became of it.
+    let lock = writer
         .client
-        .query_one("UPDATE writer_state SET generation = generation + 1 WHERE id = 1 RETURNING generation", &[])
-        .await?
-        .try_get(0)?;
+        .query_one(
+            "UPDATE writer_state SET generation = generation + 1 WHERE id = 1 \
+             RETURNING generation, txid_current(), pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    let (generation, xid, pid): (i64, i64, i32) = (lock.try_get(0)?, lock.try_get(1)?, lock.try_get(2)?);
     let next_seq = match writer.last {
         Some((last_generation, next_seq)) if last_generation + 1 == generation => next_seq,
         _ => {
@@ -264,7 +299,7 @@ async fn run_transaction(writer: &mut Writer, ops: Vec<Op>, outputs: &mut Vec<Re
             }
             Err(error) => {
                 if ctx.client.is_closed() {
-                    return Err(error);
+                    return Err(error.into());
                 }
                 ctx.inbox.undo_job();
                 ctx.events.clear();
@@ -276,10 +311,109 @@ async fn run_transaction(writer: &mut Writer, ops: Vec<Op>, outputs: &mut Vec<Re
     }
     let next_seq = ctx.next_seq;
     let commit_started = std::time::Instant::now();
-    writer.client.batch_execute("COMMIT").await?;
+    match writer.client.batch_execute("COMMIT").await {
+        Ok(()) => {}
+        // No answer (the connection was lost), or the server ending the connection (a
+        // shutdown, a terminated process): before or after it committed.
+        Err(error) if error.code().is_none_or(|code| matches!(&code.code()[..2], "08" | "57")) => {
+            match commit_outcome(&writer.config, xid, pid).await {
+                Ok(true) => tracing::warn!(%error, "the store's connection was lost as it committed; the commit took"),
+                Ok(false) => return Err(error.into()),
+                Err(why) => {
+                    let error = Error::Unavailable {
+                        message: format!(
+                            "postgres: the connection was lost during COMMIT, and whether it took is unknown: {why}"
+                        ),
+                        source: Some(Box::new(error)),
+                    };
+                    return Err(Failed { error, maybe_stored: true });
+                }
+            }
+        }
+        Err(error) => return Err(error.into()),
+    }
     writer.last = Some((generation, next_seq));
     ::metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(commit_started.elapsed().as_secs_f64());
     ::metrics::counter!(crate::metrics::COMMITS_TOTAL).increment(1);
     ::metrics::histogram!(crate::metrics::BATCH_SIZE).record(n_ops as f64);
     Ok(published)
+}
+
+/// How long the writer tries to learn whether a commit whose answer was lost took.
+const COMMIT_CHECK_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether transaction `xid` (of server process `pid`), whose COMMIT went unanswered because
+/// the connection was lost, committed: asked on a new connection with `txid_status`, which
+/// PostgreSQL has for this. A transaction still in progress (its process has not noticed yet
+/// that its client is gone) is ended with `pg_terminate_backend` first, so that the answer is
+/// final. Tried for [`COMMIT_CHECK_TIME`] while the server cannot be reached; `Err` says why
+/// it could not tell.
+async fn commit_outcome(config: &tokio_postgres::Config, xid: i64, pid: i32) -> std::result::Result<bool, String> {
+    let deadline = tokio::time::Instant::now() + COMMIT_CHECK_TIME;
+    let mut why = "the server was not reached".to_string();
+    loop {
+        match tokio::time::timeout_at(deadline, transaction_status(config, xid, pid)).await {
+            Ok(Ok(Some(committed))) => return Ok(committed),
+            Ok(Ok(None)) => {}
+            Ok(Err(error)) => why = error.to_string(),
+            Err(_) => return Err(why),
+        }
+        if tokio::time::Instant::now() + std::time::Duration::from_millis(200) >= deadline {
+            return Err(why);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// One try of [`commit_outcome`]: `None` when the transaction was still in progress (its
+/// process is then told to end).
+async fn transaction_status(config: &tokio_postgres::Config, xid: i64, pid: i32) -> Result<Option<bool>> {
+    let client = super::connect(config).await?;
+    let status: Option<String> = client.query_one("SELECT txid_status($1)", &[&xid]).await?.try_get(0)?;
+    match status.as_deref() {
+        Some("committed") => Ok(Some(true)),
+        Some("aborted") => Ok(Some(false)),
+        Some(_) => {
+            client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+            Ok(None)
+        }
+        None => Err(Error::corrupt(format!("the server no longer knows transaction {xid}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test PostgreSQL server, or `None` (with a notice) when none is named.
+    fn config() -> Option<tokio_postgres::Config> {
+        let url = crate::testing::postgres_server()?;
+        Some(url.parse().expect("the test server's URL is a PostgreSQL URL"))
+    }
+
+    async fn begin(config: &tokio_postgres::Config) -> (Client, i64, i32) {
+        let client = super::super::connect(config).await.unwrap();
+        client.batch_execute("BEGIN").await.unwrap();
+        let row = client.query_one("SELECT txid_current(), pg_backend_pid()", &[]).await.unwrap();
+        (client, row.get(0), row.get(1))
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_answer_was_lost_is_found_out() {
+        let Some(config) = config() else { return };
+        // One that committed.
+        let (client, xid, pid) = begin(&config).await;
+        client.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(commit_outcome(&config, xid, pid).await, Ok(true));
+        // One rolled back.
+        let (client, xid, pid) = begin(&config).await;
+        client.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(commit_outcome(&config, xid, pid).await, Ok(false));
+        // One still open when its client is taken for gone: its process is ended, and it did
+        // not commit; its connection is closed, so a COMMIT now fails as a lost one does.
+        let (client, xid, pid) = begin(&config).await;
+        assert_eq!(commit_outcome(&config, xid, pid).await, Ok(false));
+        let error = client.batch_execute("COMMIT").await.unwrap_err();
+        assert!(error.code().is_none() || client.is_closed(), "{error}");
+    }
 }
