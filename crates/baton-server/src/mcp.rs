@@ -405,6 +405,9 @@ async fn post_message(
         }
         return StatusCode::ACCEPTED.into_response();
     };
+    if method == "subscriptions/listen" && matches!(era, Era::Stateless) {
+        return listen(state, caller, id, &params).await;
+    }
     let call = if method == "tools/call" { Call::start(&state, &era, &id) } else { None };
     if let Some(token) = progress_token(&headers, method, &params) {
         return answer_as_stream(state, caller, era, id, params, token, call);
@@ -779,7 +782,8 @@ async fn handle(
 
 fn capabilities(stateless: bool) -> Value {
     if stateless {
-        json!({ "tools": {}, "resources": {} })
+        // `subscribe`: `subscriptions/listen` takes `resourceSubscriptions`.
+        json!({ "tools": { "listChanged": false }, "resources": { "subscribe": true, "listChanged": false } })
     } else {
         json!({ "tools": { "listChanged": false }, "resources": { "subscribe": true, "listChanged": false } })
     }
@@ -961,6 +965,99 @@ fn session_of(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<
     Ok(session)
 }
 
+/// Resources one `subscriptions/listen` stream may name.
+const MAX_LISTENED: usize = 100;
+const SUBSCRIPTION_META: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// The resources an event changes: the status always, and the task it is about.
+fn changed_resources(event: &baton_core::Event) -> Vec<String> {
+    let mut changed = vec![STATUS_URI.to_string()];
+    if let Some(task) = event.kind.task() {
+        changed.push(format!("baton://tasks/{task}"));
+    }
+    changed
+}
+
+/// `subscriptions/listen` (protocol 2026-07-28, which has no sessions and no `GET` stream):
+/// the answer is a stream of Server-Sent Events, first `notifications/subscriptions/acknowledged`
+/// with the filter the server honours — the `resourceSubscriptions` (Baton's tools and
+/// resource lists do not change, so the list-changed opt-ins are left out) — then a
+/// `notifications/resources/updated` for each of those resources that changes, each with the
+/// request's id as `_meta`'s subscription id. It ends when the client closes it; when the
+/// server stops or the token expires, with the request's response.
+async fn listen(state: AppState, caller: Caller, id: Value, params: &Value) -> Response {
+    let Some(filter) = params.get("notifications").filter(|filter| filter.is_object()) else {
+        let error =
+            RpcError::new(code::INVALID_PARAMS, "`notifications` (the subscription filter, an object) is required");
+        return refuse(StatusCode::BAD_REQUEST, &id, error);
+    };
+    let uris: Vec<String> = match filter.get("resourceSubscriptions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(uris)) if uris.len() <= MAX_LISTENED => {
+            let mut listened = Vec::with_capacity(uris.len());
+            for uri in uris {
+                let Some(uri) = uri.as_str() else {
+                    let error =
+                        RpcError::new(code::INVALID_PARAMS, "`resourceSubscriptions` holds resource URIs (strings)");
+                    return refuse(StatusCode::BAD_REQUEST, &id, error);
+                };
+                if let Err(error) = parse_uri(uri) {
+                    return refuse(StatusCode::BAD_REQUEST, &id, error);
+                }
+                listened.push(uri.to_string());
+            }
+            listened
+        }
+        Some(_) => {
+            let message = format!("`resourceSubscriptions` must be a list of at most {MAX_LISTENED} resource URIs");
+            return refuse(StatusCode::BAD_REQUEST, &id, RpcError::new(code::INVALID_PARAMS, message));
+        }
+    };
+    let events_filter = match baton_ops::events::EventFilter::default().authorize(&caller) {
+        Ok(filter) => filter,
+        Err(error) => return refuse(crate::error::status_of(error.kind()).0, &id, RpcError::from(error)),
+    };
+    let since = match state.ops().latest_event().await {
+        Ok(since) => since,
+        Err(error) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &id, RpcError::from(error)),
+    };
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    let ack = json!({
+        "jsonrpc": "2.0",
+        "method": "notifications/subscriptions/acknowledged",
+        "params": { "notifications": { "resourceSubscriptions": uris }, "_meta": { SUBSCRIPTION_META: id } },
+    });
+    let _ = tx.try_send(ack);
+    let events =
+        state.ops().follow_events(events_filter, since, state.shutdown().clone(), crate::live::token_expiry(&caller));
+    tokio::spawn(async move {
+        tokio::pin!(events);
+        let listened: HashSet<String> = uris.into_iter().collect();
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = events.next() => event,
+            };
+            let Some(event) = event else { break };
+            for uri in changed_resources(&event).into_iter().filter(|uri| listened.contains(uri)) {
+                let notification = json!({
+                    "jsonrpc": "2.0",
+                    "method": "notifications/resources/updated",
+                    "params": { "uri": uri, "_meta": { SUBSCRIPTION_META: id } },
+                });
+                if tx.send(notification).await.is_err() {
+                    return;
+                }
+            }
+        }
+        // The server stops, or the token expired: the request's response ends the stream.
+        let _ = tx.send(json!({ "jsonrpc": "2.0", "id": id, "result": { "resultType": "complete" } })).await;
+    });
+    let mut response = Sse::new(sse_messages(rx)).keep_alive(KeepAlive::default()).into_response();
+    response.extensions_mut().insert(crate::AuditDetail(json!({ "mcp": "subscriptions/listen", "stream": true })));
+    response
+}
+
 /// `GET /mcp`: the session's notifications, as Server-Sent Events — a
 /// `notifications/resources/updated` for each subscribed resource that changed (a task when an
 /// event about it is recorded, the status on every event).
@@ -999,11 +1096,7 @@ async fn open_stream(
                 event = events.next() => event,
             };
             let Some(event) = event else { return };
-            let mut changed = vec![STATUS_URI.to_string()];
-            if let Some(task) = event.kind.task() {
-                changed.push(format!("baton://tasks/{task}"));
-            }
-            for uri in changed {
+            for uri in changed_resources(&event) {
                 if let Some(stream) = sessions_state.mcp_sessions().subscriber(&session, &uri) {
                     let notification = json!({
                         "jsonrpc": "2.0",

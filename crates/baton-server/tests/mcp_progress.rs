@@ -285,3 +285,50 @@ async fn a_session_s_client_cancels_a_call_in_progress() {
     }
     server.stop().await;
 }
+
+/// `subscriptions/listen` (2026-07-28, stateless): the stream starts with the acknowledgement
+/// of what the server honours, then says when a listened resource changes; a request without
+/// a filter is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_client_listens_for_resource_changes() {
+    let server = Server::start().await;
+    let id = create_build_task(&server).await;
+    let listen = |params: Value| {
+        server
+            .post(
+                "/mcp",
+                json!({ "jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen", "params": params }),
+            )
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .send()
+    };
+    let refused = listen(json!({ "_meta": stateless_meta(None) })).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+
+    let uri = format!("baton://tasks/{id}");
+    let response = listen(json!({
+        "_meta": stateless_meta(None),
+        "notifications": { "resourceSubscriptions": [uri], "toolsListChanged": true },
+    }))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = Events { response, buffer: String::new() };
+    let (_, ack) = events.next().await.unwrap();
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged", "{ack}");
+    assert_eq!(ack["params"]["notifications"], json!({ "resourceSubscriptions": [uri] }), "only what it honours");
+    assert_eq!(ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1");
+
+    // The worker claims the task: its resource changed.
+    server.post_json("/agent/claim", json!({"agent": "builder", "max": 1, "wait_ms": 5000})).await;
+    let (_, updated) = events.next().await.unwrap();
+    assert_eq!(updated["method"], "notifications/resources/updated", "{updated}");
+    assert_eq!(updated["params"]["uri"], uri.as_str());
+    assert_eq!(updated["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1");
+    server.stop().await;
+}
