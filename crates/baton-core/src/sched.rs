@@ -38,6 +38,11 @@ pub enum Write {
     Agent { record: AgentRecord, events: Vec<EventKind> },
     /// Update the run's progress and state.
     Run { change: RunChange, events: Vec<EventKind> },
+    /// The writes of this batch are `owner`'s, the node that leads the run: the batch is
+    /// applied only while `owner` holds the run's claim, else refused whole (nothing of it
+    /// stored) as a conflict. A leader deposed by another node's takeover can never write
+    /// again. First in a batch.
+    Fence { owner: String },
     /// Extend the leases of every running task this node owns.
     RenewLeases { owner: String, until: Timestamp },
     /// Take or renew the claim on executing the run, only if it is held by `expect_owner` (or

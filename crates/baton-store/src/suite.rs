@@ -26,6 +26,7 @@ macro_rules! store_test_suite {
             a_failed_write_in_a_batch_changes_nothing,
             concurrent_writers_are_all_committed,
             run_ownership_is_exclusive,
+            a_deposed_leader_writes_nothing,
             an_interrupted_run_says_so_and_is_free_to_resume,
             a_new_run_is_refused_while_another_owner_holds_the_plan,
             agents_round_trip,
@@ -558,6 +559,52 @@ pub async fn run_ownership_is_exclusive(store: impl Store) {
     assert_eq!((run.owner.as_deref(), run.owner_pid), (Some("node-b"), Some(7)));
     let (now, writes) = take("node-b", T0.0 + 32_000);
     assert_eq!(store.apply("r1", now, writes).await.unwrap(), vec![Applied::Done], "the owner renews");
+}
+
+/// A batch fenced on its node's claim (`Write::Fence`) is applied while that node holds the
+/// run; once another node has taken the run over, the deposed node's batch is refused whole,
+/// as a conflict saying who leads now, and nothing of it is stored: neither its task change
+/// nor its events.
+pub async fn a_deposed_leader_writes_nothing(store: impl Store) {
+    store.create_run(new_run("r1"), T0).await.unwrap();
+    let tasks = store.create_tasks("r1", vec![new_task("a", &[]), new_task("b", &[])], T0).await.unwrap();
+    let start = |task: &baton_core::model::TaskRecord, by: &str| {
+        let mut change = task.change();
+        change.state = TaskState::Running;
+        change.attempt = 1;
+        change.assigned_agent = Some("w".into());
+        vec![
+            Write::Fence { owner: by.into() },
+            Write::Task {
+                id: task.id,
+                expect_state: TaskState::Pending,
+                expect_attempt: 0,
+                change,
+                events: vec![EventKind::TaskClaimed { task: task.id, agent: "w".into(), attempt: 1 }],
+            },
+        ]
+    };
+    assert_eq!(store.apply("r1", T0, start(&tasks[0], "node-a")).await.unwrap(), vec![Applied::Done, Applied::Done]);
+
+    // node-a's claim lapses and node-b takes the run over.
+    let later = Timestamp(T0.0 + 31_000);
+    let take = Write::RunOwner {
+        owner: Some("node-b".into()),
+        pid: Some(8),
+        until: Some(Timestamp(T0.0 + 61_000)),
+        expect_owner: None,
+    };
+    assert_eq!(store.apply("r1", later, vec![take]).await.unwrap(), vec![Applied::Done]);
+    let n_events = store.events(&EventQuery::default()).await.unwrap().len();
+    let error = store.apply("r1", later, start(&tasks[1], "node-a")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "{error}");
+    assert!(error.to_string().contains("node-b"), "it says who leads: {error}");
+    assert_eq!(store.task(tasks[1].id).await.unwrap().unwrap().state, TaskState::Pending, "nothing stored");
+    assert_eq!(store.events(&EventQuery::default()).await.unwrap().len(), n_events, "no event stored");
+    // The new leader writes.
+    assert_eq!(store.apply("r1", later, start(&tasks[1], "node-b")).await.unwrap(), vec![Applied::Done, Applied::Done]);
+    let error = store.apply("r2", later, vec![Write::Fence { owner: "node-b".into() }]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound, "{error}");
 }
 
 /// A run stopped before its end by its owner is `interrupted`, unclaimed; only its owner may

@@ -70,7 +70,10 @@ impl Store {
                     self.events.extend(events.iter().cloned());
                 }
                 Write::Agent { events, .. } => self.events.extend(events.iter().cloned()),
-                Write::RenewLeases { .. } | Write::RunOwner { .. } | Write::RunInterrupted { .. } => {}
+                Write::Fence { .. }
+                | Write::RenewLeases { .. }
+                | Write::RunOwner { .. }
+                | Write::RunInterrupted { .. } => {}
                 Write::Event(event) => self.events.push(event.clone()),
                 Write::Schedule { record, events } => {
                     self.schedules.insert(record.name.clone(), record.clone());

@@ -66,6 +66,13 @@ pub enum Error {
     Busy { plan: String, run: String, host: String, pid: u32, until: String },
     #[error("the store changed under the engine: {0}; is another baton executing this run?")]
     Conflict(String),
+    /// The claim on the run was not renewed in time (the store unreachable or too slow): the
+    /// engine killed its attempts and stopped, so that a node taking the run over runs them
+    /// alone.
+    #[error(
+        "lost the claim on run {run}: it was not renewed within {within} (is the store reachable?);          this node's attempts were stopped so that the node taking the run over runs them alone"
+    )]
+    ClaimLost { run: String, within: String },
     #[error("{0}")]
     Invalid(String),
     /// The engine has stopped (its run ended or it was shut down): it takes no more commands.

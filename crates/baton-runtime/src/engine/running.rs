@@ -43,6 +43,11 @@ pub(super) struct Running {
     shutdown_grace: Duration,
     /// When the claim on the run is renewed next (every third of `lease_ttl`).
     pub(super) next_owner_renewal: baton_core::Timestamp,
+    /// When the renewal being written was made: once it is stored, the claim holds until
+    /// then plus the claim window.
+    pub(super) renewal_sent: Option<baton_core::Timestamp>,
+    /// The claim watchdog's deadline (`watch_claim`).
+    claim_deadline: watch::Sender<Instant>,
     /// Set once a shutdown is asked for: when running attempts' grace is over.
     pub(super) draining_until: Option<Instant>,
     pub(super) inputs: Inputs,
@@ -98,6 +103,33 @@ pub(super) enum Input {
     Wakeup,
     /// Time to renew the claim on the run.
     RenewClaim,
+    /// The claim was not renewed in time: the attempts are being stopped, and the engine stops.
+    ClaimLost,
+}
+
+/// How long a claim holds unrenewed before its node gives it up: three quarters of the lease
+/// TTL. Another node takes the run over only once the whole TTL has passed (by its clock), so
+/// the last quarter is the margin for the clocks of the two nodes to differ and for the
+/// attempts to stop.
+pub(super) fn claim_window(lease_ttl: Duration) -> Duration {
+    lease_ttl - lease_ttl / 4
+}
+
+/// Fires `lost` when the deadline `deadline` holds passes without being moved (a renewal that
+/// succeeded moves it). Runs beside the engine, so that it fires even while the engine waits
+/// on a store that does not answer (a partition); ends when the run closes.
+async fn watch_claim(mut deadline: watch::Receiver<Instant>, lost: CancellationToken) {
+    loop {
+        let at = *deadline.borrow_and_update();
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {
+                tracing::error!("the claim on the run was not renewed in time: stopping this node's attempts");
+                lost.cancel();
+                return;
+            }
+            changed = deadline.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 impl Running {
@@ -165,7 +197,13 @@ impl Running {
             budget_waits: std::collections::HashMap::new(),
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
+            fence: options.node.id.clone(),
+            claim_lost: CancellationToken::new(),
+            claim_window: claim_window(options.plan.settings.lease_ttl),
         };
+        // The claim was taken (or renewed) at `now` by `open_run`.
+        let (claim_deadline, watched) = watch::channel(clock.instant_at(now.plus(shell.claim_window)));
+        tokio::spawn(watch_claim(watched, shell.claim_lost.clone()));
         shell.tracker.spawn(post.clone().run(post_stop.clone()));
         let choose = std::mem::take(&mut fx.choose_agent);
         shell.perform(&mut sched, fx, now).await?;
@@ -186,6 +224,8 @@ impl Running {
             lease_ttl,
             shutdown_grace: options.shutdown_grace,
             next_owner_renewal: now.plus(lease_ttl / 3),
+            renewal_sent: None,
+            claim_deadline,
             draining_until: None,
             inputs: Inputs { commands, agent_events, agent_requests, reports },
             published: Published { plan: plan_tx, progress },
@@ -216,6 +256,14 @@ impl Running {
             let mut turn = Turn::default();
             self.apply(input, &mut turn).await?;
             self.end_turn(turn).await?;
+            self.claim_renewed();
+        }
+    }
+
+    /// A renewal of the claim was stored: the watchdog's deadline moves on.
+    pub(super) fn claim_renewed(&mut self) {
+        if let Some(sent) = self.renewal_sent.take() {
+            let _ = self.claim_deadline.send(self.clock.instant_at(sent.plus(self.shell.claim_window)));
         }
     }
 
@@ -227,6 +275,7 @@ impl Running {
         let inputs = &mut self.inputs;
         tokio::select! {
             biased;
+            () = self.shell.claim_lost.cancelled() => Input::ClaimLost,
             () = shutdown.cancelled(), if self.draining_until.is_none() => Input::Shutdown,
             () = sleep_until_opt(self.draining_until) => Input::GraceOver,
             Some(event) = inputs.agent_events.recv() => Input::AgentEvent(event),

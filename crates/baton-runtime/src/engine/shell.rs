@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use baton_core::model::TaskId;
-use baton_core::sched::{Effects, Scheduler};
+use baton_core::sched::{Effects, Scheduler, Write};
 use baton_core::{Outcome, Timestamp};
 use baton_store::{Applied, ErrorKind, Store};
 
@@ -61,9 +61,21 @@ pub(super) struct Shell {
     /// that closing the run waits for them all.
     pub(super) tracker: TaskTracker,
     pub(super) spawn_timeout: Duration,
+    /// This node's id: every batch of writes is fenced on it (`Write::Fence`), so that once
+    /// another node has taken the run over, nothing this one decides is stored.
+    pub(super) fence: String,
+    /// Fired when the claim on the run lapses unrenewed (see `running::watch_claim`): every
+    /// attempt's token is its child, so they all stop, and nothing new is started.
+    pub(super) claim_lost: CancellationToken,
+    /// How long the claim holds unrenewed before this node gives it up (`claim_window`).
+    pub(super) claim_window: Duration,
 }
 
 impl Shell {
+    pub(super) fn claim_lost_error(&self) -> Error {
+        Error::ClaimLost { run: self.run_id.clone(), within: baton_core::time::format_duration(self.claim_window) }
+    }
+
     /// Makes the writes durable and performs the effects, then the schedules' firings: each is
     /// one store transaction (task, cursor, `ScheduleFired`) whose task goes back to the
     /// scheduler, and what the scheduler decides about it (claim it, usually) is performed in
@@ -110,13 +122,18 @@ impl Shell {
         }
     }
 
-    /// Makes the writes durable, then performs the effects.
-    async fn write_then_act(&mut self, fx: Effects, now: Timestamp) -> Result<(), Error> {
+    /// Makes the writes durable (fenced on this node's claim), then performs the effects —
+    /// unless the claim has lapsed meanwhile.
+    async fn write_then_act(&mut self, mut fx: Effects, now: Timestamp) -> Result<(), Error> {
         if !fx.writes.is_empty() {
+            fx.writes.insert(0, Write::Fence { owner: self.fence.clone() });
             let applied = self.store.apply(&self.run_id, now, fx.writes).await?;
             if let Some(Applied::Conflict(reason)) = applied.into_iter().find(|applied| *applied != Applied::Done) {
                 return Err(Error::Conflict(reason));
             }
+        }
+        if self.claim_lost.is_cancelled() {
+            return Err(self.claim_lost_error());
         }
         for (task, attempt) in fx.kills {
             if let Some(token) = self.attempts.get(&(task, attempt)) {
@@ -160,7 +177,7 @@ impl Shell {
         for assignment in fx.assignments {
             let task_id = assignment.task.id;
             let attempt_number = assignment.task.attempt;
-            let token = CancellationToken::new();
+            let token = self.claim_lost.child_token();
             self.attempts.insert((task_id, attempt_number), token.clone());
             let runtime = Arc::clone(&self.agents[assignment.agent.as_str()]);
             let reports = self.reports.clone();

@@ -119,6 +119,10 @@ impl AgentRuntime for Fake {
 /// committed events.
 struct World {
     store: Arc<dyn Store>,
+    /// The store itself, reachable when `store` is cut off.
+    memory: Arc<dyn Store>,
+    /// While set, `store`'s writes never answer.
+    cut_off: Arc<std::sync::atomic::AtomicBool>,
     clock: Clock,
     fake: Arc<Fake>,
     seen: mpsc::UnboundedReceiver<Seen>,
@@ -128,12 +132,13 @@ struct World {
 impl World {
     fn new() -> World {
         let memory: Arc<dyn Store> = Arc::new(baton_store::SqliteStore::open_memory().expect("a store in memory"));
-        let store: Arc<dyn Store> = Arc::new(still::Still(memory));
+        let cut_off = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store: Arc<dyn Store> = Arc::new(still::Still(Arc::clone(&memory), Arc::clone(&cut_off)));
         let events = store.subscribe();
         let clock = Clock::starting_at(T0);
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let fake = Arc::new(Fake { clock, acts: Mutex::new(HashMap::new()), seen: seen_tx });
-        World { store, clock, fake, seen, events }
+        World { store, memory, cut_off, clock, fake, seen, events }
     }
 
     /// The attempts of the task titled `title` will do `acts`, in order.
@@ -224,6 +229,7 @@ async fn turn_until(running: &mut Running, what: &str, done: impl Fn(&Running) -
             let mut turn = Turn::default();
             running.apply(input, &mut turn).await.expect("the input is applied");
             running.end_turn(turn).await.expect("the turn ends");
+            running.claim_renewed();
         }
     };
     tokio::time::timeout(PATIENCE, turns).await.unwrap_or_else(|_| panic!("never: {what}"));
@@ -631,4 +637,73 @@ requires = ["work"]
         .collect();
     assert_eq!(reloads, [vec!["task second".to_string()]], "only the reload that changed something is an event");
     started.stop().await;
+}
+
+/// Once another node has taken the run over, everything this engine decides is refused by
+/// the store (every batch is fenced on its claim): it stops, killing its attempts, and
+/// nothing of what it decided after the takeover is stored.
+#[tokio::test(start_paused = true)]
+async fn a_deposed_engine_writes_nothing_and_stops() {
+    let mut world = World::new();
+    world.script("Long", &[Act::Hang]);
+    let started = world.start(plan(
+        r#"
+[[tasks]]
+key = "long"
+title = "Long"
+requires = ["work"]
+"#,
+    ));
+    let run_id = started.run_id().await;
+    let Seen::Started { task, attempt: 1, .. } = world.next_seen().await else { panic!("the attempt starts") };
+
+    // Another node takes the run over (as after this one's claim lapsed).
+    let later = world.clock.now().plus(Duration::from_secs(3600));
+    let take = baton_core::sched::Write::RunOwner {
+        owner: Some("node-b".into()),
+        pid: Some(2),
+        until: Some(later.plus(Duration::from_secs(30))),
+        expect_owner: None,
+    };
+    world.store.apply(&run_id, later, vec![take]).await.expect("the takeover is stored");
+
+    // The deposed engine's next decision is refused whole.
+    let cancelled = started.handle.cancel(task, "not needed any more".into()).await;
+    assert!(cancelled.is_err(), "{cancelled:?}");
+    let stopped = started.task.await.expect("the engine does not panic");
+    let error = stopped.expect_err("the deposed engine stops").to_string();
+    assert!(error.contains("fenced") && error.contains("node-b"), "{error}");
+    assert!(matches!(world.next_seen().await, Seen::Killed { task: killed, .. } if killed == task));
+    let record = world.task(task).await;
+    assert_eq!(record.state, TaskState::Running, "its cancel was not stored");
+    let events = world.events_of(&run_id).await;
+    assert!(!events.iter().any(|event| matches!(event, EventKind::TaskCancelled { .. })), "{events:?}");
+}
+
+/// A leader cut off from the store (its writes never answer) stops its attempts before its
+/// claim expires, by its own clock: a node taking the run over at the claim's expiry runs
+/// them alone.
+#[tokio::test(start_paused = true)]
+async fn a_leader_cut_off_from_the_store_stops_its_attempts_before_its_claim_expires() {
+    let mut world = World::new();
+    world.script("Long", &[Act::Hang]);
+    let started = world.start(plan(
+        r#"
+[[tasks]]
+key = "long"
+title = "Long"
+requires = ["work"]
+"#,
+    ));
+    let run_id = started.run_id().await;
+    let Seen::Started { task, attempt: 1, .. } = world.next_seen().await else { panic!("the attempt starts") };
+    world.cut_off.store(true, std::sync::atomic::Ordering::SeqCst);
+    let claimed_until = world.memory.run(&run_id).await.unwrap().expect("the run").owner_until.expect("claimed");
+
+    let Seen::Killed { task: killed, at, .. } = world.next_seen().await else { panic!("the attempt is killed") };
+    assert_eq!(killed, task);
+    assert!(at < claimed_until, "killed at {at:?}, before the claim expires at {claimed_until:?}");
+    // Its claim, as stored, is the one it last renewed: a takeover waits for its expiry.
+    assert_eq!(world.memory.run(&run_id).await.unwrap().unwrap().owner_until, Some(claimed_until));
+    started.task.abort();
 }

@@ -115,8 +115,10 @@ impl Running {
             }
             Input::Command(command) => self.command(*command, turn).await?,
             Input::Wakeup => self.sched.tick(self.clock.now(), fx),
+            Input::ClaimLost => return Err(self.shell.claim_lost_error()),
             Input::RenewClaim => {
                 let now = self.clock.now();
+                self.renewal_sent = Some(now);
                 fx.writes.push(Write::RunOwner {
                     owner: Some(self.node.id.clone()),
                     pid: Some(self.node.pid),

@@ -78,6 +78,12 @@ pub(super) fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, 
                 ctx.event(run_id, now, event)?;
             }
         }
+        Write::Fence { owner } => {
+            let mut stmt =
+                ctx.tx.prepare_cached("SELECT owner, state IN ('succeeded', 'failed') FROM runs WHERE id = ?1")?;
+            let held = stmt.query_row(params![run_id], |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
+            crate::fenced(run_id, &owner, held)?;
+        }
         Write::RenewLeases { owner, until } => {
             let mut stmt = ctx.tx.prepare_cached(
                 "UPDATE tasks SET lease_expires_at = ?1 WHERE run_id = ?2 AND state = 'running' AND lease_owner = ?3",

@@ -5,6 +5,8 @@
 //! call here holds a blocking task for as long as it runs, and tokio does not advance a paused
 //! clock while a blocking task runs: time moves only when the engine, the agents and the store
 //! all wait for it.
+//!
+//! It can also be cut off: its writes then never answer (a partition).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,8 +25,9 @@ use baton_store::{
     TaskFilter,
 };
 
-/// `inner`, with the paused clock still while each of its calls runs.
-pub(super) struct Still(pub(super) Arc<dyn Store>);
+/// `inner`, with the paused clock still while each of its calls runs. While `.1` is set,
+/// `apply` never answers, as a store cut off by a partition would not.
+pub(super) struct Still(pub(super) Arc<dyn Store>, pub(super) Arc<std::sync::atomic::AtomicBool>);
 
 /// Runs `work` with tokio's clock held still: a blocking task, which tokio counts as work in
 /// progress, waits until `work` is done.
@@ -48,6 +51,9 @@ impl Store for Still {
         still(self.0.create_tasks(run_id, tasks, now)).await
     }
     async fn apply(&self, run_id: &str, now: Timestamp, writes: Vec<Write>) -> Result<Vec<Applied>> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
         still(self.0.apply(run_id, now, writes)).await
     }
     async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
