@@ -421,3 +421,20 @@ fn a_result_after_the_lease_expired_is_refused_and_the_task_completes_once_on_it
     );
     assert!(stderr.contains(&format!("task {id} attempt 2 succeeded (recorded: succeeded)")), "{stderr}");
 }
+
+#[test]
+fn a_command_over_its_timeout_is_stopped_and_fails_its_task() {
+    let project = Project::with(PLAN, &[]);
+    let served = Served::start(&project, &[]);
+    let args = ["--url", &served.url, "--agent", "far", "--timeout", "300ms", "--", "sh", "-c", "sleep 30"];
+    let host = Host::start(&project, &args, &[]);
+    let (status, created) =
+        served.request("POST", "/tasks", Some(json!({"title": "endless", "requires": ["far"], "max_attempts": 1})));
+    assert_eq!(status, 201, "{created}");
+    let id = created["ids"][0].as_i64().unwrap();
+    let events = served.events_until(|events| events.iter().any(|event| event["type"] == "TaskDeadLettered"));
+    let failed = events.iter().find(|event| event["type"] == "TaskFailed").unwrap();
+    assert_eq!((failed["task"].as_i64(), failed["reason"].as_str()), (Some(id), Some("timed out after 300ms")));
+    let (code, stderr) = host.stop();
+    assert_eq!(code, 0, "{stderr}");
+}

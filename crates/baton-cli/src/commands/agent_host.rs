@@ -329,6 +329,12 @@ async fn run_one(host: &Host, claimed: ClaimedTask) {
         Outcome::Failed { reason } if host.kill.is_cancelled() && reason == "cancelled" => {
             Outcome::Failed { reason: "cancelled: `baton agent-host` stopped before the command finished".into() }
         }
+        // Checked as the server checks it: a result it would refuse is handed in as the
+        // failure it is, not left to run out its lease.
+        Outcome::Succeeded { result } => match baton_core::budget::Usage::from_result(&result) {
+            Ok(_) => Outcome::Succeeded { result },
+            Err(error) => Outcome::Failed { reason: format!("the result's `usage` is refused: {error}") },
+        },
         outcome => outcome,
     };
     let said = match &outcome {
