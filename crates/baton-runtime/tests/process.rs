@@ -607,3 +607,25 @@ tools = ["search/*"]
     let path = setup.path("mcp/a.json");
     assert_eq!(std::fs::metadata(&path).expect("the file").permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn an_attempt_run_without_an_engine_taps_its_stderr_lines_as_they_are_logged() {
+    // What `baton agent-host` does: `prepare` instead of `start` (no engine), and each stderr
+    // line to its channel besides the log.
+    let setup = Setup::new();
+    setup.script("talk.sh", "echo 'first line' >&2\necho 'second line' >&2\necho '{\"done\": true}'\n");
+    let agent = setup.agent(r#"command = ["bash", "talk.sh"]"#);
+    agent.prepare().await.expect("the agent is ready");
+    let (tap, mut lines) = tokio::sync::mpsc::channel(16);
+
+    let outcome = agent.run_tapped(attempt(task("Talk", json!({}))), CancellationToken::new(), Some(tap)).await;
+
+    assert_eq!(outcome, Outcome::Succeeded { result: json!({"done": true}) });
+    let mut tapped = Vec::new();
+    while let Some(line) = lines.recv().await {
+        tapped.push(line);
+    }
+    assert_eq!(tapped, ["first line", "second line"]);
+    let log = setup.log();
+    assert!(log.contains("first line\nsecond line\n"), "log:\n{log}");
+}
