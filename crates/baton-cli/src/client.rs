@@ -481,6 +481,13 @@ impl Client {
         Ok(())
     }
 
+    /// Reports tokens `agent` used for `task` (`POST /agent/usage`).
+    pub async fn usage(&self, agent: &str, task: TaskId, usage: &serde_json::Value) -> Result<(), Failure> {
+        let body = serde_json::json!({ "agent": agent, "task": task, "usage": usage });
+        let _: baton_server::worker::Accepted = self.post("/agent/usage", Some(&body)).await?;
+        Ok(())
+    }
+
     /// Hands in how an attempt `agent` holds ended (`POST /agent/tasks/{id}/complete` or
     /// `…/fail`); refused (a 409) when its lease expired, so that a task completes once.
     pub async fn finish(

@@ -218,7 +218,12 @@ fn two_hosts_serve_one_agent_and_every_task_completes_once() {
     let doomed = created["ids"][0].as_i64().unwrap();
 
     let events = served.events_until(|events| {
-        count(events, "TaskCompleted") == 6 && events.iter().any(|event| event["type"] == "TaskDeadLettered")
+        count(events, "TaskCompleted") == 6
+            && events.iter().any(|event| event["type"] == "TaskDeadLettered")
+            && events.iter().any(|event| {
+                event["type"] == "TaskProgress"
+                    && event["message"].as_str().is_some_and(|message| message.contains("working on t1"))
+            })
     });
 
     // Each task completed exactly once, in its first attempt, with the command's stdout.
@@ -435,6 +440,26 @@ fn a_command_over_its_timeout_is_stopped_and_fails_its_task() {
     let events = served.events_until(|events| events.iter().any(|event| event["type"] == "TaskDeadLettered"));
     let failed = events.iter().find(|event| event["type"] == "TaskFailed").unwrap();
     assert_eq!((failed["task"].as_i64(), failed["reason"].as_str()), (Some(id), Some("timed out after 300ms")));
+    let (code, stderr) = host.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn the_usage_a_failed_command_printed_is_counted() {
+    let project = Project::with(PLAN, &[]);
+    let served = Served::start(&project, &[]);
+    let script = r#"printf '{"usage": {"input_tokens": 7, "output_tokens": 3}}'; exit 1"#;
+    let host = Host::start(&project, &["--url", &served.url, "--agent", "far", "--", "sh", "-c", script], &[]);
+    let (status, created) =
+        served.request("POST", "/tasks", Some(json!({"title": "spender", "requires": ["far"], "max_attempts": 1})));
+    assert_eq!(status, 201, "{created}");
+    let events = served.events_until(|events| {
+        events.iter().any(|event| event["type"] == "TaskDeadLettered")
+            && events.iter().any(|event| event["type"] == "UsageReported")
+    });
+    let usage = events.iter().find(|event| event["type"] == "UsageReported").unwrap();
+    assert_eq!((usage["agent"].as_str(), usage["task"].as_i64()), (Some("far"), created["ids"][0].as_i64()));
+    assert_eq!(usage["usage"]["input_tokens"], 7, "{usage}");
     let (code, stderr) = host.stop();
     assert_eq!(code, 0, "{stderr}");
 }

@@ -609,13 +609,11 @@ tools = ["search/*"]
 }
 
 #[tokio::test]
-async fn an_attempt_run_without_an_engine_taps_its_stderr_lines_as_they_are_logged() {
-    // What `baton agent-host` does: `prepare` instead of `start` (no engine), and each stderr
-    // line to its channel besides the log.
+async fn a_tapped_attempt_hands_its_stderr_lines_over_as_they_are_logged() {
+    // What `baton agent-host` does: each stderr line goes to its channel besides the log.
     let setup = Setup::new();
     setup.script("talk.sh", "echo 'first line' >&2\necho 'second line' >&2\necho '{\"done\": true}'\n");
-    let agent = setup.agent(r#"command = ["bash", "talk.sh"]"#);
-    agent.prepare().await.expect("the agent is ready");
+    let agent = setup.started(r#"command = ["bash", "talk.sh"]"#).await;
     let (tap, mut lines) = tokio::sync::mpsc::channel(16);
 
     let outcome = agent.run_tapped(attempt(task("Talk", json!({}))), CancellationToken::new(), Some(tap)).await;

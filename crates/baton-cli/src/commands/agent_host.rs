@@ -13,7 +13,8 @@
 //! SIGINT or SIGTERM stops the claiming; running commands get `--grace` to finish, are then
 //! stopped, and every outcome is reported before the host exits.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use baton_core::Outcome;
 use baton_core::config::{AgentKind, AgentSpec, CircuitBreaker, LogRotation, ProcessSpec};
 use baton_core::model::TaskId;
-use baton_runtime::agent::Attempt;
+use baton_runtime::AgentRuntime;
+use baton_runtime::agent::{AgentContext, AgentEvent, AgentRequest, Attempt};
 use baton_runtime::process::{ApiAccess, ProcessAgent, ProcessEnv};
 use baton_server::worker::ClaimedTask;
 
@@ -63,6 +65,36 @@ struct Host {
     heartbeat: Duration,
     /// Fires `--grace` after a stop was asked for: running commands are stopped then.
     kill: CancellationToken,
+    /// What the agent tells its engine, which the host stands in for. A std mutex: held only
+    /// to take what is waiting, never across an await.
+    told: Mutex<Told>,
+}
+
+/// The agent's side of its context: the usage its failed attempts reported (a successful
+/// attempt's is in its result), kept per task until that task's outcome is handed in.
+struct Told {
+    events: tokio::sync::mpsc::UnboundedReceiver<AgentEvent>,
+    /// Held so that the agent's requests channel stays open (a per-task agent asks nothing).
+    _requests: tokio::sync::mpsc::UnboundedReceiver<AgentRequest>,
+    usage: HashMap<TaskId, Vec<serde_json::Value>>,
+}
+
+impl Host {
+    /// The usage reports of `task`'s attempt. Its agent sends them before the attempt ends, so
+    /// all of them are waiting once it has.
+    fn usage_of(&self, task: TaskId) -> Vec<serde_json::Value> {
+        let mut told = self.told.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Ok(event) = told.events.try_recv() {
+            match event {
+                AgentEvent::Usage { task: Some(of), usage, .. } => told.usage.entry(of).or_default().push(usage),
+                AgentEvent::MessagesTaken { reply, .. } => {
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+        told.usage.remove(&task).unwrap_or_default()
+    }
 }
 
 pub async fn agent_host(cli: &Cli, options: HostOptions) -> Result<u8, Failure> {
@@ -114,7 +146,11 @@ pub async fn agent_host(cli: &Cli, options: HostOptions) -> Result<u8, Failure> 
     };
     let log_path = process_env.log_path(&options.agent);
     let runtime = ProcessAgent::new(agent_spec, process, &process_env);
-    runtime.prepare().await.map_err(|error| Failure::usage(format!("cannot run `{}`: {error}", command[0])))?;
+    let (events, told_events) = tokio::sync::mpsc::unbounded_channel();
+    let (requests, told_requests) = tokio::sync::mpsc::unbounded_channel();
+    let context = AgentContext { run_id: String::new(), events, requests };
+    runtime.start(context).await.map_err(|error| Failure::usage(format!("cannot run `{}`: {error}", command[0])))?;
+    let told = Mutex::new(Told { events: told_events, _requests: told_requests, usage: HashMap::new() });
 
     errln!(
         "agent-host: serving agent `{}` of {} with up to {} task(s) at once: {} (log: {})",
@@ -130,6 +166,7 @@ pub async fn agent_host(cli: &Cli, options: HostOptions) -> Result<u8, Failure> 
         runtime,
         heartbeat,
         kill: CancellationToken::new(),
+        told,
     });
     let mut running = JoinSet::new();
     let ended = claim_loop(&host, options.concurrency as usize, &shutdown, &mut running).await;
@@ -321,9 +358,19 @@ async fn run_one(host: &Host, claimed: ClaimedTask) {
     heartbeats.abort();
     // The tap closed with the process's stderr: what is left is shipped before the result.
     let _ = tokio::time::timeout(Duration::from_secs(10), shipper).await;
+    let usage = host.usage_of(id);
     if lease_lost.is_cancelled() {
         errln!("agent-host: task {id} attempt {attempt_no}: not reported, the server gave the attempt up");
         return;
+    }
+    // Tokens a failed attempt used count as the process runtime counts them.
+    for usage in usage {
+        if let Err(failure) = host.client.usage(&host.agent, id, &usage).await {
+            errln!(
+                "agent-host: task {id} attempt {attempt_no}: the usage it reported is not counted: {}",
+                failure.message
+            );
+        }
     }
     let outcome = match outcome {
         Outcome::Failed { reason } if host.kill.is_cancelled() && reason == "cancelled" => {

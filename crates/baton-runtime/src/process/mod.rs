@@ -717,7 +717,15 @@ pub fn substitute(arg: &str, attempt: &Attempt) -> Result<String, String> {
 impl AgentRuntime for ProcessAgent {
     async fn start(&self, context: AgentContext) -> Result<(), AgentError> {
         *self.context.lock().expect("context lock") = Some(context);
-        self.prepare().await
+        prepare_dirs(&self.workdir, &self.log_path).await?;
+        find_program(&self.process.command[0], &self.workdir, &self.env)?;
+        if let Some(path) = &self.mcp_config {
+            crate::mcp::config::write(path, &self.mcp_servers, &self.spec.tools).map_err(|error| {
+                AgentError::permanent(format!("cannot write the agent's {{mcp.config}} file: {error}"))
+            })?;
+        }
+        self.log(&format!("--- agent {} started", self.spec.name)).await;
+        Ok(())
     }
 
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
@@ -733,21 +741,6 @@ impl AgentRuntime for ProcessAgent {
 }
 
 impl ProcessAgent {
-    /// What starting the agent checks and makes, without an engine: its working directory and
-    /// log directory, its program, its `{mcp.config}` file. `start` does this; `baton
-    /// agent-host`, which runs a per-task agent for a server elsewhere, calls it directly.
-    pub async fn prepare(&self) -> Result<(), AgentError> {
-        prepare_dirs(&self.workdir, &self.log_path).await?;
-        find_program(&self.process.command[0], &self.workdir, &self.env)?;
-        if let Some(path) = &self.mcp_config {
-            crate::mcp::config::write(path, &self.mcp_servers, &self.spec.tools).map_err(|error| {
-                AgentError::permanent(format!("cannot write the agent's {{mcp.config}} file: {error}"))
-            })?;
-        }
-        self.log(&format!("--- agent {} started", self.spec.name)).await;
-        Ok(())
-    }
-
     /// Runs one attempt as [`AgentRuntime::run`] does; with `tap`, its stderr lines also go
     /// there as they come (see [`StderrTap`]).
     pub async fn run_tapped(&self, attempt: Attempt, cancel: CancellationToken, tap: Option<StderrTap>) -> Outcome {
