@@ -463,3 +463,26 @@ fn the_usage_a_failed_command_printed_is_counted() {
     let (code, stderr) = host.stop();
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn a_command_still_running_after_the_grace_period_is_stopped_and_its_task_failed_for_a_retry() {
+    let project = Project::with(PLAN, &[]);
+    let served = Served::start(&project, &[]);
+    let args =
+        ["--url", &served.url, "--agent", "far", "--grace", "200ms", "--", "sh", "-c", "echo started >&2; sleep 30"];
+    let mut host = Host::start(&project, &args, &[]);
+    host.lines().wait_for("agent-host: serving agent `far`");
+    let (status, created) =
+        served.request("POST", "/tasks", Some(json!({"title": "too long", "requires": ["far"], "max_attempts": 1})));
+    assert_eq!(status, 201, "{created}");
+    let id = created["ids"][0].as_i64().unwrap();
+    served.events_until(|events| {
+        events.iter().any(|event| event["type"] == "TaskProgress" && event["message"] == "started")
+    });
+    let (code, stderr) = host.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("agent-host: the grace period is over: stopping 1 command(s)"), "{stderr}");
+    let (_, task) = served.request("GET", &format!("/tasks/{id}"), None);
+    assert_eq!(task["task"]["state"], "dead", "{task}");
+    assert_eq!(task["task"]["error"], "cancelled: `baton agent-host` stopped before the command finished", "{task}");
+}

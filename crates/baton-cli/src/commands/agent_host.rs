@@ -97,6 +97,9 @@ impl Host {
     }
 }
 
+/// `baton agent-host`: checks what it was given and the agent it is to serve (exit 2 saying
+/// what is wrong), then claims and runs that agent's tasks until stopped; exits 0 once every
+/// running task's outcome has been handed in.
 pub async fn agent_host(cli: &Cli, options: HostOptions) -> Result<u8, Failure> {
     let command = checked_command(&options.command)?;
     if options.concurrency == 0 {
