@@ -433,6 +433,82 @@ impl Client {
         Ok(answer.redelivered)
     }
 
+    /// A client of the server at `url` for `baton agent-host`: no probe, and no health check
+    /// here (the host retries until the server answers). Refused when `url` is not an HTTP
+    /// address.
+    pub fn for_agent_host(url: &str, token: Option<String>) -> Result<Client, Failure> {
+        Client::new(url, token, CONNECT_TIMEOUT)
+    }
+
+    /// One agent's configuration as the server runs it (`GET /agents/{name}`, its `spec`).
+    pub async fn agent_spec(&self, name: &str) -> Result<serde_json::Value, Failure> {
+        let mut info: serde_json::Value = self.get(&format!("/agents/{name}"), NO_QUERY).await?;
+        Ok(info["spec"].take())
+    }
+
+    /// Claims up to `max` tasks of the remote agent `agent`, waiting up to `wait` for the first
+    /// (`POST /agent/claim`, a long poll).
+    pub async fn claim(
+        &self,
+        agent: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<baton_server::worker::ClaimResponse, Failure> {
+        let body = serde_json::json!({ "agent": agent, "max": max, "wait_ms": wait.as_millis() as u64 });
+        // Bounded, so that a connection that died silently does not hold the claim forever.
+        let request =
+            self.request(reqwest::Method::POST, "/agent/claim").json(&body).timeout(wait + CONNECT_TIMEOUT * 6);
+        self.send(request, "POST /agent/claim").await
+    }
+
+    /// Renews the lease of one attempt `agent` holds (`POST /agent/heartbeat`); refused (a 409)
+    /// when it holds it no more, saying what became of it.
+    pub async fn heartbeat(
+        &self,
+        agent: &str,
+        task: TaskId,
+        attempt: u32,
+    ) -> Result<baton_server::worker::HeartbeatResponse, Failure> {
+        let body = serde_json::json!({ "agent": agent, "tasks": [{ "task": task, "attempt": attempt }] });
+        self.post("/agent/heartbeat", Some(&body)).await
+    }
+
+    /// Reports progress on an attempt `agent` holds (`POST /agent/tasks/{id}/progress`).
+    pub async fn progress(&self, agent: &str, task: TaskId, attempt: u32, message: &str) -> Result<(), Failure> {
+        let body = serde_json::json!({ "agent": agent, "attempt": attempt, "message": message });
+        let _: baton_server::worker::Accepted =
+            self.post(&format!("/agent/tasks/{task}/progress"), Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Reports tokens `agent` used for `task` (`POST /agent/usage`).
+    pub async fn usage(&self, agent: &str, task: TaskId, usage: &serde_json::Value) -> Result<(), Failure> {
+        let body = serde_json::json!({ "agent": agent, "task": task, "usage": usage });
+        let _: baton_server::worker::Accepted = self.post("/agent/usage", Some(&body)).await?;
+        Ok(())
+    }
+
+    /// Hands in how an attempt `agent` holds ended (`POST /agent/tasks/{id}/complete` or
+    /// `…/fail`); refused (a 409) when its lease expired, so that a task completes once.
+    pub async fn finish(
+        &self,
+        agent: &str,
+        task: TaskId,
+        attempt: u32,
+        outcome: &baton_core::Outcome,
+    ) -> Result<baton_server::worker::ResultRecorded, Failure> {
+        match outcome {
+            baton_core::Outcome::Succeeded { result } => {
+                let body = serde_json::json!({ "agent": agent, "attempt": attempt, "result": result });
+                self.post(&format!("/agent/tasks/{task}/complete"), Some(&body)).await
+            }
+            baton_core::Outcome::Failed { reason } => {
+                let body = serde_json::json!({ "agent": agent, "attempt": attempt, "error": reason });
+                self.post(&format!("/agent/tasks/{task}/fail"), Some(&body)).await
+            }
+        }
+    }
+
     /// Chat (`POST /messages`): a message to each mentioned worker, a task for each other agent.
     pub async fn chat(&self, text: &str, data: Option<serde_json::Value>) -> Result<ChatResult, Failure> {
         let body = serde_json::json!({ "text": text, "data": data });

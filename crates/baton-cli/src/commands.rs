@@ -20,6 +20,8 @@ use crate::output::{self, TaskNames};
 use crate::progress::{self, Display};
 use crate::{AgentAction, Cli, Command, Failure, TaskAction};
 
+mod agent_host;
+
 mod bench;
 
 mod budget;
@@ -44,6 +46,19 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Check { json } => check(&cli, *json),
         Command::Run { fresh, plain, grace } => run(&cli, *fresh, *plain, *grace).await,
         Command::Serve { listen, fresh, grace } => serve::serve(&cli, listen.as_deref(), *fresh, *grace).await,
+        Command::AgentHost { agent, concurrency, token_env, timeout, env_passthrough, log_dir, grace, command } => {
+            let options = agent_host::HostOptions {
+                agent: agent.clone(),
+                concurrency: *concurrency,
+                grace: *grace,
+                timeout: *timeout,
+                env_passthrough: env_passthrough.clone(),
+                log_dir: log_dir.clone(),
+                token_env: token_env.clone(),
+                command: command.clone(),
+            };
+            agent_host::agent_host(&cli, options).await
+        }
         Command::Token { action: crate::TokenAction::Create { role, agent, ttl, subject } } => {
             serve::create_token(&cli, role, agent.as_deref(), *ttl, subject.as_deref())
         }

@@ -122,6 +122,40 @@ pub enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         grace: std::time::Duration,
     },
+    /// Serve a remote agent (runtime = "remote") of a `baton serve` elsewhere: claim its tasks
+    /// over HTTP (--url, --token) and run COMMAND for each, as a per-task agent runs (the task as
+    /// JSON on stdin, BATON_* variables, {task.…} placeholders, limits); its stdout is the
+    /// result, its stderr the task's progress. Ctrl-C or SIGTERM stops claiming and lets running
+    /// tasks finish within --grace.
+    AgentHost {
+        /// The remote agent whose tasks this host runs.
+        #[arg(long)]
+        agent: String,
+        /// At most this many tasks at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
+        /// Read the bearer token from this environment variable instead of --token
+        /// (BATON_TOKEN): an agent token, `baton token create --role agent --agent NAME`.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+        /// How long a task may take when it sets no timeout of its own, such as 10m.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// A variable of this environment the command inherits, beyond PATH, HOME, LANG and the
+        /// like (repeat, or separate with commas).
+        #[arg(long, value_name = "VAR", value_delimiter = ',')]
+        env_passthrough: Vec<String>,
+        /// Where the agent's log is written (default: .baton/logs in the current directory).
+        #[arg(long)]
+        log_dir: Option<PathBuf>,
+        /// How long running tasks may finish after Ctrl-C or SIGTERM; then they are stopped and
+        /// reported failed (the server retries them).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+        /// The program and its arguments, run once per task in the current directory.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Issue API tokens (signed with the secret `[auth] secret_env` names).
     Token {
         #[command(subcommand)]

@@ -612,8 +612,9 @@ pub fn expand_vars(text: &str, env: &BTreeMap<String, String>) -> Result<String,
 const PLACEHOLDERS: [&str; 7] =
     ["task.id", "task.key", "task.title", "task.description", "agent.name", "run.id", "mcp.config"];
 
-/// Checks that every `{...}` in an argument is a known placeholder.
-fn check_placeholders(arg: &str) -> Result<(), String> {
+/// Checks that every `{...}` in an argument is a known placeholder (also `baton agent-host`'s
+/// command, which no configuration file holds).
+pub fn check_placeholders(arg: &str) -> Result<(), String> {
     for name in placeholders(arg) {
         let known =
             PLACEHOLDERS.contains(&name) || name.strip_prefix("task.input.").is_some_and(|field| !field.is_empty());

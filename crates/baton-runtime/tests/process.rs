@@ -607,3 +607,23 @@ tools = ["search/*"]
     let path = setup.path("mcp/a.json");
     assert_eq!(std::fs::metadata(&path).expect("the file").permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn a_tapped_attempt_hands_its_stderr_lines_over_as_they_are_logged() {
+    // What `baton agent-host` does: each stderr line goes to its channel besides the log.
+    let setup = Setup::new();
+    setup.script("talk.sh", "echo 'first line' >&2\necho 'second line' >&2\necho '{\"done\": true}'\n");
+    let agent = setup.started(r#"command = ["bash", "talk.sh"]"#).await;
+    let (tap, mut lines) = tokio::sync::mpsc::channel(16);
+
+    let outcome = agent.run_tapped(attempt(task("Talk", json!({}))), CancellationToken::new(), Some(tap)).await;
+
+    assert_eq!(outcome, Outcome::Succeeded { result: json!({"done": true}) });
+    let mut tapped = Vec::new();
+    while let Some(line) = lines.recv().await {
+        tapped.push(line);
+    }
+    assert_eq!(tapped, ["first line", "second line"]);
+    let log = setup.log();
+    assert!(log.contains("first line\nsecond line\n"), "log:\n{log}");
+}

@@ -71,6 +71,11 @@ pub struct ProcessEnv {
     pub mcp_servers: Vec<baton_core::config::McpServerSpec>,
 }
 
+/// Where a per-task attempt's stderr lines go besides the agent's log, as they come: a
+/// bounded channel, so that a process writing faster than the lines are taken away is never
+/// held up (the lines that do not fit are only logged).
+pub type StderrTap = tokio::sync::mpsc::Sender<String>;
+
 /// Issues the API token for an agent by name.
 pub type TokenFor = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -329,8 +334,13 @@ impl LastLine {
 /// Copies a process's stderr into its agent's log, as bytes (an agent may print anything, and
 /// the pipe must be drained to the end or the agent dies of SIGPIPE), a line at a time with
 /// each line cut to [`log::MAX_LINE`] bytes while it is read. Resolves to the last non-empty
-/// line.
-fn copy_stderr(stderr: tokio::process::ChildStderr, log_path: PathBuf) -> tokio::task::JoinHandle<LastLine> {
+/// line. With `tap`, each line also goes there as it is logged (`baton agent-host` ships them
+/// to the server); a line that does not fit in the tap's channel is not sent there, only logged.
+fn copy_stderr(
+    stderr: tokio::process::ChildStderr,
+    log_path: PathBuf,
+    tap: Option<StderrTap>,
+) -> tokio::task::JoinHandle<LastLine> {
     tokio::spawn(async move {
         let log = log::AgentLog::of(&log_path);
         let mut last_line = LastLine::default();
@@ -340,6 +350,9 @@ fn copy_stderr(stderr: tokio::process::ChildStderr, log_path: PathBuf) -> tokio:
             cutter.take(|line| {
                 log.write(&line.logged());
                 let text = String::from_utf8_lossy(line.kept);
+                if let Some(tap) = &tap {
+                    let _ = tap.try_send(text.trim_end_matches('\r').to_string());
+                }
                 if !text.trim().is_empty() {
                     last_line = LastLine { text: text.trim_end_matches('\r').to_string(), n_cut: line.n_cut };
                 }
@@ -473,7 +486,7 @@ impl ProcessAgent {
         Ok(command)
     }
 
-    async fn run_attempt(&self, attempt: &Attempt, cancel: &CancellationToken) -> Outcome {
+    async fn run_attempt(&self, attempt: &Attempt, cancel: &CancellationToken, tap: Option<StderrTap>) -> Outcome {
         let task = &attempt.task;
         let mut command = match self.command(attempt) {
             Ok(command) => command,
@@ -532,7 +545,7 @@ impl ProcessAgent {
             let read = stdout.take(MAX_RESULT_BYTES + 1).read_to_end(&mut buffer).await;
             read.map(|_| buffer)
         });
-        let copy_stderr = copy_stderr(stderr, self.log_path.clone());
+        let copy_stderr = copy_stderr(stderr, self.log_path.clone(), tap);
 
         let timeout = task.timeout_ms.map(Duration::from_millis).or(self.process.limits.timeout);
         let deadline = async {
@@ -716,12 +729,7 @@ impl AgentRuntime for ProcessAgent {
     }
 
     async fn run(&self, attempt: Attempt, cancel: CancellationToken) -> Outcome {
-        let task = &attempt.task;
-        self.log(&attempt_header(task)).await;
-        let started = tokio::time::Instant::now();
-        let outcome = self.run_attempt(&attempt, &cancel).await;
-        self.log(&attempt_footer(task, &outcome, started)).await;
-        outcome
+        self.run_tapped(attempt, cancel, None).await
     }
 
     async fn stop(&self) {
@@ -729,5 +737,18 @@ impl AgentRuntime for ProcessAgent {
         for pgid in groups {
             reaper::kill_tree(pgid);
         }
+    }
+}
+
+impl ProcessAgent {
+    /// Runs one attempt as [`AgentRuntime::run`] does; with `tap`, its stderr lines also go
+    /// there as they come (see [`StderrTap`]).
+    pub async fn run_tapped(&self, attempt: Attempt, cancel: CancellationToken, tap: Option<StderrTap>) -> Outcome {
+        let task = &attempt.task;
+        self.log(&attempt_header(task)).await;
+        let started = tokio::time::Instant::now();
+        let outcome = self.run_attempt(&attempt, &cancel, tap).await;
+        self.log(&attempt_footer(task, &outcome, started)).await;
+        outcome
     }
 }

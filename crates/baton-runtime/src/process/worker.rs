@@ -260,7 +260,7 @@ impl WorkerAgent {
             max_message_size: max,
         };
         let read_task = tokio::spawn(reader.run(FramedRead::new(stdout, Lines::new(max))));
-        let stderr_task = copy_stderr(child.stderr.take().expect("stderr is piped"), self.log_path.clone());
+        let stderr_task = copy_stderr(child.stderr.take().expect("stderr is piped"), self.log_path.clone(), None);
 
         let watcher = Arc::clone(&connection);
         let events = context.events.clone();
