@@ -8,23 +8,27 @@ use baton_store::sqlite::Synchronous;
 
 use crate::{Context as _, Error, Output};
 
-pub async fn lifecycle(
-    n_tasks: u64,
-    repeats: u32,
-    latency_seconds: u64,
-    synchronous: &str,
-    dir: Option<PathBuf>,
-    json: bool,
-    out: &dyn Output,
-) -> Result<u8, Error> {
-    let synchronous = parse_synchronous(synchronous)?;
+/// What `baton bench` (the lifecycle figures) is asked for.
+pub struct LifecycleArgs<'a> {
+    pub n_tasks: u64,
+    pub repeats: u32,
+    pub latency_seconds: u64,
+    pub synchronous: &'a str,
+    pub dir: Option<PathBuf>,
+    /// A `postgres://` store to measure instead of SQLite files.
+    pub store_url: Option<String>,
+}
+
+pub async fn lifecycle(args: LifecycleArgs<'_>, json: bool, out: &dyn Output) -> Result<u8, Error> {
+    let synchronous = parse_synchronous(args.synchronous)?;
     let temp = temp_dir()?;
-    let dir = dir.unwrap_or_else(|| temp.clone());
+    let dir = args.dir.unwrap_or_else(|| temp.clone());
     let mut options = crate::lifecycle::BenchOptions::new(dir);
-    options.n_tasks = n_tasks;
-    options.repeats = repeats;
+    options.n_tasks = args.n_tasks;
+    options.repeats = args.repeats;
     options.synchronous = synchronous;
-    options.latency_duration = std::time::Duration::from_secs(latency_seconds);
+    options.latency_duration = std::time::Duration::from_secs(args.latency_seconds);
+    options.store_url = args.store_url;
     let report = crate::lifecycle::run(options, |line| out.progress(line)).await.map_err(Error::failed)?;
     let _ = std::fs::remove_dir_all(&temp);
     if json {

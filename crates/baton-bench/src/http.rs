@@ -34,7 +34,6 @@ use baton_runtime::process::ProcessEnv;
 use baton_runtime::remote::RemoteHub;
 use baton_server::{AppState, ServerOptions};
 use baton_store::sqlite::{Options, Synchronous};
-use baton_store::{SqliteStore, Store};
 
 use crate::{Error, Output};
 
@@ -61,6 +60,8 @@ pub struct HttpBenchOptions {
     /// Results posts a worker keeps in flight: above 1 it claims its next batch while the
     /// last ones commit.
     pub pipeline: u32,
+    /// The store to measure instead of a SQLite file per run: a `postgres://` URL.
+    pub store_url: Option<String>,
 }
 
 /// How a run creates its tasks.
@@ -272,13 +273,13 @@ async fn poll_status(client: reqwest::Client, url: String, stop: CancellationTok
 
 async fn one_run(options: &HttpBenchOptions, run: u32, mode: RunMode) -> Result<HttpRun, Error> {
     let path = options.dir.join(format!("http-{run}.db"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    let store = Arc::new(
-        SqliteStore::open(&path, Options { synchronous: options.synchronous })
-            .map_err(|e| Error::failed(e.to_string()))?,
-    );
+    let store = crate::lifecycle::figure_store(
+        &path,
+        Options { synchronous: options.synchronous },
+        options.store_url.as_deref(),
+    )
+    .await
+    .map_err(|e| Error::failed(e.to_string()))?;
     let plan = plan(options)?;
     let clock = baton_runtime::Clock::system();
     let hub = RemoteHub::new(clock);
@@ -291,7 +292,7 @@ async fn one_run(options: &HttpBenchOptions, run: u32, mode: RunMode) -> Result<
         api: None,
         mcp_servers: Vec::new(),
     }));
-    let mut engine_options = EngineOptions::new(plan.clone(), Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    let mut engine_options = EngineOptions::new(plan.clone(), Arc::clone(&store), runtimes);
     engine_options.keep_open = true;
     engine_options.fresh = true;
     engine_options.clock = clock;
@@ -309,7 +310,7 @@ async fn one_run(options: &HttpBenchOptions, run: u32, mode: RunMode) -> Result<
     let server_stop = CancellationToken::new();
     let max_request_size = 16 * 1024 * 1024;
     let state = AppState::new(ServerOptions {
-        store: Arc::clone(&store) as Arc<dyn Store>,
+        store: Arc::clone(&store),
         engine: handle.clone(),
         hub,
         run_id: run_id.clone(),

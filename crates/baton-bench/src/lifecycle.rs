@@ -38,6 +38,9 @@ pub struct BenchOptions {
     pub latency_duration: Duration,
     /// Runs of the lifecycle figure; the median is reported.
     pub repeats: u32,
+    /// The store to measure instead of a SQLite file per figure: a `postgres://` URL (an
+    /// empty database is best; each figure starts a fresh run in it).
+    pub store_url: Option<String>,
 }
 
 impl BenchOptions {
@@ -51,6 +54,7 @@ impl BenchOptions {
             concurrency: 32,
             latency_duration: Duration::from_secs(4),
             repeats: 3,
+            store_url: None,
         }
     }
 }
@@ -136,7 +140,7 @@ fn bench_task(idx: u64) -> NewTask {
 }
 
 struct Bench {
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     handle: baton_runtime::engine::EngineHandle,
     arrivals: Arc<Mutex<HashMap<TaskId, Instant>>>,
     shutdown: CancellationToken,
@@ -145,7 +149,7 @@ struct Bench {
 
 /// An engine on a fresh store file, its run kept open for tasks added by the benchmark.
 pub(crate) struct Launched {
-    pub(crate) store: Arc<SqliteStore>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) handle: baton_runtime::engine::EngineHandle,
     pub(crate) shutdown: CancellationToken,
     pub(crate) engine: tokio::task::JoinHandle<Result<baton_runtime::engine::RunSummary, baton_runtime::engine::Error>>,
@@ -157,11 +161,33 @@ pub(crate) fn launch(
     plan: Plan,
     runtimes: RuntimeFactory,
 ) -> Result<Launched, String> {
+    let store = fresh_sqlite(path, options).map_err(|error| error.to_string())?;
+    launch_on(store, plan, runtimes)
+}
+
+/// A SQLite store in a new file at `path` (one left by an earlier figure is removed first).
+pub(crate) fn fresh_sqlite(path: &std::path::Path, options: Options) -> baton_store::Result<Arc<dyn Store>> {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let store = Arc::new(SqliteStore::open(path, options).map_err(|error| error.to_string())?);
-    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store) as Arc<dyn Store>, runtimes);
+    Ok(Arc::new(SqliteStore::open(path, options)?))
+}
+
+/// The store a figure runs on: `url`'s when one is given, else a fresh SQLite file at `path`.
+pub(crate) async fn figure_store(
+    path: &std::path::Path,
+    options: Options,
+    url: Option<&str>,
+) -> baton_store::Result<Arc<dyn Store>> {
+    match url {
+        Some(url) => baton_store::open(url, path.parent().unwrap_or(path)).await,
+        None => fresh_sqlite(path, options),
+    }
+}
+
+/// An engine on `store`, its run (a new one) kept open for tasks added by the benchmark.
+pub(crate) fn launch_on(store: Arc<dyn Store>, plan: Plan, runtimes: RuntimeFactory) -> Result<Launched, String> {
+    let mut engine_options = EngineOptions::new(plan, Arc::clone(&store), runtimes);
     engine_options.keep_open = true;
     engine_options.fresh = true;
     let (engine, handle) = Engine::new(engine_options);
@@ -190,8 +216,10 @@ async fn start(options: &BenchOptions, name: &str) -> Result<Bench, String> {
         Arc::new(InstantAgent { arrivals: Arc::clone(&factory_arrivals) }) as Arc<dyn AgentRuntime>
     });
     let path = options.dir.join(format!("{name}.db"));
-    let Launched { store, handle, shutdown, engine } =
-        launch(&path, Options { synchronous: options.synchronous }, bench_plan(options), runtimes)?;
+    let store = figure_store(&path, Options { synchronous: options.synchronous }, options.store_url.as_deref())
+        .await
+        .map_err(|error| error.to_string())?;
+    let Launched { store, handle, shutdown, engine } = launch_on(store, bench_plan(options), runtimes)?;
     Ok(Bench { store, handle, arrivals, shutdown, engine })
 }
 
@@ -996,7 +1024,7 @@ async fn messages_run(options: &MessagesOptions, run: u32, say: &impl Fn(String)
 /// with `message/send` and answers the task once every send is answered (durable). Returns the
 /// sends retried after a full inbox.
 async fn send_from_workers(
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn Store>,
     handle: &baton_runtime::engine::EngineHandle,
     run_id: &str,
     n_agents: u32,
@@ -1040,12 +1068,7 @@ async fn send_from_workers(
 /// 64 tasks of the benchmark call the store as the post office does once it has resolved the
 /// recipients, each waiting for its send to be durable before the next; a full inbox makes the
 /// sender wait 5 ms and try again. Returns the sends retried.
-async fn send_from_store(
-    store: &Arc<SqliteStore>,
-    run_id: &str,
-    n_agents: u32,
-    n_messages: u64,
-) -> Result<u64, String> {
+async fn send_from_store(store: &Arc<dyn Store>, run_id: &str, n_agents: u32, n_messages: u64) -> Result<u64, String> {
     use baton_core::messages::{NewMessage, Recipient};
 
     let n_senders = 64u64;

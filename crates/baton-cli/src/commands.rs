@@ -98,7 +98,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Attach { agent } => attach(&cli, agent).await,
         Command::Store { action } => store::store(&cli, action).await,
         Command::Bench { .. } | Command::BenchWorker | Command::BenchHttpWorker { .. } => {
-            bench::bench(&cli.command).await
+            bench::bench(&cli.command, cli.store.as_deref()).await
         }
     }
 }

@@ -385,7 +385,7 @@ fn an_unreachable_server_is_waited_for_with_a_clear_message() {
 #[test]
 fn a_result_after_the_lease_expired_is_refused_and_the_task_completes_once_on_its_retry() {
     let plan = PLAN
-        .replace("heartbeat_timeout = \"1m\"", "heartbeat_timeout = \"1s\"")
+        .replace("heartbeat_timeout = \"1m\"", "heartbeat_timeout = \"3s\"")
         .replace("name = \"hosted\"", "name = \"hosted\"\nretry_backoff = \"50ms\"");
     let project = Project::with(&plan, &[]);
     let served = Served::start(&project, &[]);
@@ -410,11 +410,14 @@ fn a_result_after_the_lease_expired_is_refused_and_the_task_completes_once_on_it
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     let events = served.events_until(|events| count(events, "TaskCompleted") == 1);
     let completed = events.iter().find(|event| event["type"] == "TaskCompleted").unwrap();
-    assert_eq!((completed["task"].as_i64(), completed["attempt"].as_i64()), (Some(id), Some(2)), "{completed}");
+    // A later attempt (the second, unless a busy machine cost it its lease too) completes it.
+    let attempt = completed["attempt"].as_i64().unwrap_or(0);
+    assert!(completed["task"].as_i64() == Some(id) && attempt >= 2, "{completed}");
     let (_, task) = served.request("GET", &format!("/tasks/{id}"), None);
+    let expected = format!("done in {attempt}");
     assert_eq!(
         (task["task"]["state"].as_str(), task["task"]["result"].as_str()),
-        (Some("succeeded"), Some("done in 2"))
+        (Some("succeeded"), Some(expected.as_str()))
     );
     let (code, stderr) = host.stop();
     assert_eq!(code, 0, "{stderr}");

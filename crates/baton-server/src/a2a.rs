@@ -536,7 +536,6 @@ impl Handler {
             Ok(_) => {}
         }
         if !return_immediately {
-            // Blocking by default: the answer is the task once it has ended.
             // Blocking by default: the answer is the task once it has ended, or once it waits
             // for input (an interrupted state, as the specification has it).
             let mut updates = self.follow(id, since).await?;
@@ -947,8 +946,15 @@ impl Handler {
         self.caller.require(baton_ops::Action::ReadEvents)?;
         let task = self.read(id).await?;
         let waiting = self.ops.task_waits_for_input(&task).await.unwrap_or(false);
-        let events =
-            self.ops.follow_events(EventFilter::default(), since, self.shutdown.clone(), token_expiry(&self.caller));
+        // Two filtered follows, not every event of the run: the task's events, and agents'
+        // state changes (few), of which `Updates` keeps its agent's.
+        let expiry = token_expiry(&self.caller);
+        let about_task = EventFilter { task: Some(id.0), ..EventFilter::default() };
+        let agent_states = EventFilter { kinds: Some("AgentStateChanged".into()), ..EventFilter::default() };
+        let events = futures::stream::select(
+            self.ops.follow_events(about_task, since, self.shutdown.clone(), expiry),
+            self.ops.follow_events(agent_states, since, self.shutdown.clone(), expiry),
+        );
         Ok(Updates {
             ops: self.ops.clone(),
             caller: self.caller.clone(),

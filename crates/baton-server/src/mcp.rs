@@ -408,7 +408,11 @@ async fn post_message(
     if method == "subscriptions/listen" && matches!(era, Era::Stateless) {
         return listen(state, caller, id, &params).await;
     }
-    let call = if method == "tools/call" { Call::start(&state, &era, &id) } else { None };
+    // Only a waiting tool (`wait_for_task`) is cancellable: a cancel must not cut a tool that
+    // changes something (create_tasks, …) halfway, its change made and its answer an error.
+    let waits = method == "tools/call"
+        && params.get("name").and_then(Value::as_str).and_then(tools::find).is_some_and(|tool| tool.progress);
+    let call = if waits { Call::start(&state, &era, &id) } else { None };
     if let Some(token) = progress_token(&headers, method, &params) {
         return answer_as_stream(state, caller, era, id, params, token, call);
     }
@@ -714,7 +718,7 @@ async fn handle(
             };
             json!({
                 "protocolVersion": version,
-                "capabilities": capabilities(false),
+                "capabilities": capabilities(),
                 "serverInfo": server_info(),
                 "instructions": instructions(state),
             })
@@ -722,7 +726,7 @@ async fn handle(
         "server/discover" => json!({
             "_meta": { "io.modelcontextprotocol/serverInfo": server_info() },
             "supportedVersions": supported_versions(),
-            "capabilities": capabilities(true),
+            "capabilities": capabilities(),
             "serverInfo": server_info(),
             "instructions": instructions(state),
         }),
@@ -780,13 +784,11 @@ async fn handle(
     Ok(result)
 }
 
-fn capabilities(stateless: bool) -> Value {
-    if stateless {
-        // `subscribe`: `subscriptions/listen` takes `resourceSubscriptions`.
-        json!({ "tools": { "listChanged": false }, "resources": { "subscribe": true, "listChanged": false } })
-    } else {
-        json!({ "tools": { "listChanged": false }, "resources": { "subscribe": true, "listChanged": false } })
-    }
+/// The server's capabilities, the same in both eras: resources may be subscribed to
+/// (`resources/subscribe` in a session, `subscriptions/listen`'s `resourceSubscriptions`
+/// without), and the lists never change.
+fn capabilities() -> Value {
+    json!({ "tools": { "listChanged": false }, "resources": { "subscribe": true, "listChanged": false } })
 }
 
 fn server_info() -> Value {
@@ -1022,12 +1024,19 @@ async fn listen(state: AppState, caller: Caller, id: Value, params: &Value) -> R
         Err(error) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &id, RpcError::from(error)),
     };
     let (tx, rx) = mpsc::channel::<Value>(64);
+    let nothing_to_hear = uris.is_empty();
     let ack = json!({
         "jsonrpc": "2.0",
         "method": "notifications/subscriptions/acknowledged",
         "params": { "notifications": { "resourceSubscriptions": uris }, "_meta": { SUBSCRIPTION_META: id } },
     });
     let _ = tx.try_send(ack);
+    if nothing_to_hear {
+        // Nothing it may hear of here: the response ends the stream at once.
+        let _ = tx.try_send(json!({ "jsonrpc": "2.0", "id": id, "result": { "resultType": "complete" } }));
+        drop(tx);
+        return Sse::new(sse_messages(rx)).into_response();
+    }
     let events =
         state.ops().follow_events(events_filter, since, state.shutdown().clone(), crate::live::token_expiry(&caller));
     tokio::spawn(async move {

@@ -424,25 +424,24 @@ pub(crate) fn created_task(task: &NewTask, id: TaskId, run_id: &str, now: Timest
     }
 }
 
-/// One usage record per period and scope from rows ordered by period, scope, then run (oldest
-/// first): the runs' usage added up, the latest limit set.
 /// A `Write::Fence` of `owner` on run `run_id`, whose claim is `held` (`None`: no such run;
-/// `Some((None, _))`: nobody holds it) and which has `finished` or not: a conflict unless
-/// `owner` holds it — or nobody does because it has finished (its last attempts come back
-/// after its end) — which refuses the whole batch, as the backends apply a batch in one
-/// savepoint.
-pub(crate) fn fenced(run_id: &str, owner: &str, held: Option<(Option<String>, bool)>) -> Result<()> {
+/// `Some(None)`: nobody holds it, as after the run finished or was interrupted): a conflict
+/// unless `owner` holds it, which refuses the whole batch, as the backends apply a batch in
+/// one savepoint. (The engine that finished a run writes its last attempts' outcomes
+/// unfenced: its fenced batch finished the run.)
+pub(crate) fn fenced(run_id: &str, owner: &str, held: Option<Option<String>>) -> Result<()> {
     match held {
         None => Err(Error::NotFound(format!("no run `{run_id}` in the store"))),
-        Some((Some(holder), _)) if holder == owner => Ok(()),
-        Some((None, true)) => Ok(()),
-        Some((holder, _)) => Err(Error::Conflict(format!(
+        Some(Some(holder)) if holder == owner => Ok(()),
+        Some(holder) => Err(Error::Conflict(format!(
             "fenced: run {run_id} is led by {} now, not by this node ({owner}); it writes no more",
             holder.as_deref().unwrap_or("no node")
         ))),
     }
 }
 
+/// One usage record per period and scope from rows ordered by period, scope, then run (oldest
+/// first): the runs' usage added up, the latest limit set.
 pub(crate) fn merge_usage(rows: impl IntoIterator<Item = UsageRecord>) -> Vec<UsageRecord> {
     let mut records: Vec<UsageRecord> = Vec::new();
     for row in rows {

@@ -605,6 +605,18 @@ pub async fn a_deposed_leader_writes_nothing(store: impl Store) {
     assert_eq!(store.apply("r1", later, start(&tasks[1], "node-b")).await.unwrap(), vec![Applied::Done, Applied::Done]);
     let error = store.apply("r2", later, vec![Write::Fence { owner: "node-b".into() }]).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound, "{error}");
+    // Once the run has finished (its claim released), a fenced batch is nobody's.
+    let change = RunChange {
+        state: RunState::Succeeded,
+        phase: 0,
+        n_tasks: 2,
+        n_finished: 2,
+        ended_at: Some(later),
+        error: None,
+    };
+    store.apply("r1", later, vec![Write::Run { change, events: Vec::new() }]).await.unwrap();
+    let error = store.apply("r1", later, vec![Write::Fence { owner: "node-a".into() }]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "a deposed node does not write into a finished run: {error}");
 }
 
 /// A run stopped before its end by its owner is `interrupted`, unclaimed; only its owner may

@@ -335,6 +335,15 @@ async fn claim_loop(
     }
 }
 
+/// A task that is stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs one claimed attempt: the command, with its lease renewed and its stderr shipped, then
 /// its outcome handed in.
 async fn run_one(host: &Host, claimed: ClaimedTask) {
@@ -344,8 +353,15 @@ async fn run_one(host: &Host, claimed: ClaimedTask) {
     let attempt = Attempt { run_id: claimed.run_id, agent: host.agent.clone(), task };
     let cancel = host.kill.child_token();
     let lease_lost = CancellationToken::new();
-    let heartbeats =
-        tokio::spawn(renew_lease(Arc::clone(&host.client), host.agent.clone(), id, attempt_no, host.heartbeat, {
+    // Renewed until the result is handed in (or given up on): a lease that ran out while the
+    // result waits for a slow server would have the task run again elsewhere.
+    let _heartbeats = AbortOnDrop(tokio::spawn(renew_lease(
+        Arc::clone(&host.client),
+        host.agent.clone(),
+        id,
+        attempt_no,
+        host.heartbeat,
+        {
             let (cancel, lease_lost) = (cancel.clone(), lease_lost.clone());
             move |reason: String| {
                 errln!(
@@ -354,11 +370,11 @@ async fn run_one(host: &Host, claimed: ClaimedTask) {
                 lease_lost.cancel();
                 cancel.cancel();
             }
-        }));
+        },
+    )));
     let (lines, shipped) = tokio::sync::mpsc::channel(SHIPPED_LINES);
     let shipper = tokio::spawn(ship_lines(Arc::clone(&host.client), host.agent.clone(), id, attempt_no, shipped));
     let outcome = host.runtime.run_tapped(attempt, cancel, Some(lines)).await;
-    heartbeats.abort();
     // The tap closed with the process's stderr: what is left is shipped before the result.
     let _ = tokio::time::timeout(Duration::from_secs(10), shipper).await;
     let usage = host.usage_of(id);

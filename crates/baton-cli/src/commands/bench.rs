@@ -31,7 +31,16 @@ impl From<baton_bench::Error> for Failure {
 }
 
 /// `baton bench` in each of its modes, and the workers its benchmarks start.
-pub async fn bench(command: &Command) -> Result<u8, Failure> {
+pub async fn bench(command: &Command, store: Option<&str>) -> Result<u8, Failure> {
+    let store_url = match store {
+        None => None,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_string()),
+        Some(other) => {
+            return Err(Failure::usage(format!(
+                "`--store {other}`: the benchmarks take a PostgreSQL store (postgres://…); without --store they make their own SQLite files"
+            )));
+        }
+    };
     let outcome: Result<u8, baton_bench::Error> = match command {
         Command::Bench {
             http: true,
@@ -62,6 +71,7 @@ pub async fn bench(command: &Command) -> Result<u8, Failure> {
                 drain: *drain,
                 latency_seconds: *latency_seconds,
                 pipeline: *pipeline,
+                store_url: store_url.clone(),
             };
             let outcome = baton_bench::http::bench(options, *json, &Terminal).await;
             let _ = std::fs::remove_dir_all(&temp);
@@ -99,16 +109,15 @@ pub async fn bench(command: &Command) -> Result<u8, Failure> {
                 .await
         }
         Command::Bench { tasks, repeats, latency_seconds, synchronous, dir, json, .. } => {
-            commands::lifecycle(
-                tasks.unwrap_or(20_000),
-                *repeats,
-                *latency_seconds,
+            let args = commands::LifecycleArgs {
+                n_tasks: tasks.unwrap_or(20_000),
+                repeats: *repeats,
+                latency_seconds: *latency_seconds,
                 synchronous,
-                dir.clone(),
-                *json,
-                &Terminal,
-            )
-            .await
+                dir: dir.clone(),
+                store_url,
+            };
+            commands::lifecycle(args, *json, &Terminal).await
         }
         Command::BenchWorker => {
             baton_bench::lifecycle::worker_main();

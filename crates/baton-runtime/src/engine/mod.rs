@@ -70,7 +70,7 @@ pub enum Error {
     /// engine killed its attempts and stopped, so that a node taking the run over runs them
     /// alone.
     #[error(
-        "lost the claim on run {run}: it was not renewed within {within} (is the store reachable?);          this node's attempts were stopped so that the node taking the run over runs them alone"
+        "lost the claim on run {run}: it was not renewed within {within} (is the store reachable?); this node's attempts were stopped so that the node taking the run over runs them alone"
     )]
     ClaimLost { run: String, within: String },
     #[error("{0}")]

@@ -160,6 +160,18 @@ impl Running {
         let agents = Agents::new(Arc::clone(&options.runtimes), &options.plan.agents);
         let _ = run_id_tx.send(Some(run_id.clone()));
         let loaded = open::load(store.as_ref(), &options.plan, &opened, now).await?;
+        // Loading a long run takes a while: the claim is renewed now, and the claim watchdog
+        // counts from here.
+        let now = clock.now();
+        let renewal = Write::RunOwner {
+            owner: Some(options.node.id.clone()),
+            pid: Some(options.node.pid),
+            until: Some(now.plus(options.plan.settings.lease_ttl)),
+            expect_owner: Some(options.node.id.clone()),
+        };
+        if let Some(Applied::Conflict(reason)) = store.apply(&run_id, now, vec![renewal]).await?.first() {
+            return Err(Error::Conflict(reason.clone()));
+        }
 
         let coordinator = crate::coordinator::Coordinator::new(
             &options.plan.coordinator,
@@ -197,7 +209,7 @@ impl Running {
             budget_waits: std::collections::HashMap::new(),
             tracker: TaskTracker::new(),
             spawn_timeout: options.plan.settings.agent_spawn_timeout,
-            fence: options.node.id.clone(),
+            fence: Some(options.node.id.clone()),
             claim_lost: CancellationToken::new(),
             claim_window: claim_window(options.plan.settings.lease_ttl),
         };
@@ -277,13 +289,13 @@ impl Running {
             biased;
             () = self.shell.claim_lost.cancelled() => Input::ClaimLost,
             () = shutdown.cancelled(), if self.draining_until.is_none() => Input::Shutdown,
+            () = tokio::time::sleep_until(owner_renewal) => Input::RenewClaim,
             () = sleep_until_opt(self.draining_until) => Input::GraceOver,
             Some(event) = inputs.agent_events.recv() => Input::AgentEvent(event),
             Some(request) = inputs.agent_requests.recv() => Input::AgentRequest(request),
             Some(report) = inputs.reports.recv() => Input::Report(report),
             Some(command) = inputs.commands.recv() => Input::Command(Box::new(command)),
             () = sleep_until_opt(wakeup) => Input::Wakeup,
-            () = tokio::time::sleep_until(owner_renewal) => Input::RenewClaim,
         }
     }
 

@@ -62,8 +62,10 @@ pub(super) struct Shell {
     pub(super) tracker: TaskTracker,
     pub(super) spawn_timeout: Duration,
     /// This node's id: every batch of writes is fenced on it (`Write::Fence`), so that once
-    /// another node has taken the run over, nothing this one decides is stored.
-    pub(super) fence: String,
+    /// another node has taken the run over, nothing this one decides is stored. `None` once
+    /// this engine's fenced batch has finished the run (which releases the claim): its last
+    /// attempts' outcomes are written unfenced.
+    pub(super) fence: Option<String>,
     /// Fired when the claim on the run lapses unrenewed (see `running::watch_claim`): every
     /// attempt's token is its child, so they all stop, and nothing new is started.
     pub(super) claim_lost: CancellationToken,
@@ -89,6 +91,9 @@ impl Shell {
         loop {
             let firings = std::mem::take(&mut fx.fire);
             self.write_then_act(fx, now).await?;
+            if sched.state().is_finished() {
+                self.fence = None;
+            }
             // The writes are durable: the records of tasks that ended leave memory.
             sched.writes_durable();
             if firings.is_empty() {
@@ -126,7 +131,9 @@ impl Shell {
     /// unless the claim has lapsed meanwhile.
     async fn write_then_act(&mut self, mut fx: Effects, now: Timestamp) -> Result<(), Error> {
         if !fx.writes.is_empty() {
-            fx.writes.insert(0, Write::Fence { owner: self.fence.clone() });
+            if let Some(owner) = &self.fence {
+                fx.writes.insert(0, Write::Fence { owner: owner.clone() });
+            }
             let applied = self.store.apply(&self.run_id, now, fx.writes).await?;
             if let Some(Applied::Conflict(reason)) = applied.into_iter().find(|applied| *applied != Applied::Done) {
                 return Err(Error::Conflict(reason));

@@ -116,19 +116,28 @@ impl Running {
             Input::Command(command) => self.command(*command, turn).await?,
             Input::Wakeup => self.sched.tick(self.clock.now(), fx),
             Input::ClaimLost => return Err(self.shell.claim_lost_error()),
-            Input::RenewClaim => {
-                let now = self.clock.now();
-                self.renewal_sent = Some(now);
-                fx.writes.push(Write::RunOwner {
-                    owner: Some(self.node.id.clone()),
-                    pid: Some(self.node.pid),
-                    until: Some(now.plus(self.lease_ttl)),
-                    expect_owner: Some(self.node.id.clone()),
-                });
-                self.next_owner_renewal = now.plus(self.lease_ttl / 3);
-            }
+            // Renewed in `end_turn`, as in every turn where it is due.
+            Input::RenewClaim => {}
         }
         Ok(())
+    }
+
+    /// Adds the renewal of the claim on the run to the turn's writes when it is due. Done in
+    /// every turn, not only on the renewal's own timer: a busy run (a flood of agent events)
+    /// would otherwise keep that timer's input from ever being taken, and the claim watchdog
+    /// would stop a healthy leader.
+    fn renew_claim_if_due(&mut self, now: Timestamp, fx: &mut Effects) {
+        if now < self.next_owner_renewal {
+            return;
+        }
+        self.renewal_sent = Some(now);
+        fx.writes.push(Write::RunOwner {
+            owner: Some(self.node.id.clone()),
+            pid: Some(self.node.pid),
+            until: Some(now.plus(self.lease_ttl)),
+            expect_owner: Some(self.node.id.clone()),
+        });
+        self.next_owner_renewal = now.plus(self.lease_ttl / 3);
     }
 
     /// Applies an operator's command. Its answer waits for the turn's writes when it changed
@@ -253,6 +262,7 @@ impl Running {
             self.sched.stay_open(true);
         }
         self.sched.step(now, &mut fx);
+        self.renew_claim_if_due(now, &mut fx);
         let choose = std::mem::take(&mut fx.choose_agent);
         self.shell.perform(&mut self.sched, fx, now).await?;
         self.ask_assignments(choose);

@@ -8,8 +8,8 @@ use crate::{Error, ErrorKind};
 /// The kind of a PostgreSQL error: a lost or refused connection, a wrong password, a missing
 /// database or privilege, a server shutting down, a serialization failure or a deadlock is
 /// `Unavailable` (nothing was stored; trying again, or after fixing the URL or the grants, may
-/// work), a full disk is `Full`, a unique key taken is a `Conflict`, a value the database
-/// refuses (a NUL character in text) is `Refused`. Anything else is a query this baton got
+/// work), a full disk is `Full`, a unique key taken is a `Conflict`, a text the database
+/// refuses (a NUL character, one its encoding lacks, one too long) is `Refused`. Anything else is a query this baton got
 /// wrong or a value that does not read back: `Corrupt`, with the driver's error as its
 /// source.
 impl From<tokio_postgres::Error> for Error {
@@ -27,8 +27,10 @@ impl From<tokio_postgres::Error> for Error {
                 // (the store's URL or the database's grants are to be fixed).
                 if ["08", "40", "53", "55", "57", "28", "3D"].contains(&class) || code.code() == "42501" {
                     ErrorKind::Unavailable
-                } else if class == "22" {
-                    // 22: a value the database refuses (a NUL in text, a number out of range).
+                } else if ["22P05", "22021", "22001"].contains(&code.code()) {
+                    // A value of the user's the database refuses: a NUL or a character its
+                    // encoding lacks in text, a string too long. (Other data exceptions, such
+                    // as a number or date out of range, are this baton's to fix: `Corrupt`.)
                     ErrorKind::Refused
                 } else {
                     ErrorKind::Corrupt

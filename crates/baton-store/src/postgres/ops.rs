@@ -403,11 +403,9 @@ async fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, write
             events_of(ctx, run_id, now, events).await?;
         }
         Write::Fence { owner } => {
-            let row = ctx
-                .query_opt("SELECT owner, state IN ('succeeded', 'failed') FROM runs WHERE id = $1", &[&run_id])
-                .await?;
+            let row = ctx.query_opt("SELECT owner FROM runs WHERE id = $1", &[&run_id]).await?;
             let held = match row {
-                Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+                Some(row) => Some(row.try_get(0)?),
                 None => None,
             };
             crate::fenced(run_id, &owner, held)?;

@@ -267,11 +267,12 @@ async fn run_transaction(
         .client
         .query_one(
             "UPDATE writer_state SET generation = generation + 1 WHERE id = 1 \
-             RETURNING generation, txid_current(), pg_backend_pid()",
+             RETURNING generation, txid_current(), pg_backend_pid(), pg_postmaster_start_time()::text",
             &[],
         )
         .await?;
     let (generation, xid, pid): (i64, i64, i32) = (lock.try_get(0)?, lock.try_get(1)?, lock.try_get(2)?);
+    let server = Server { pid, started: lock.try_get(3)? };
     let next_seq = match writer.last {
         Some((last_generation, next_seq)) if last_generation + 1 == generation => next_seq,
         _ => {
@@ -314,9 +315,10 @@ async fn run_transaction(
     match writer.client.batch_execute("COMMIT").await {
         Ok(()) => {}
         // No answer (the connection was lost), or the server ending the connection (a
-        // shutdown, a terminated process): before or after it committed.
-        Err(error) if error.code().is_none_or(|code| matches!(&code.code()[..2], "08" | "57")) => {
-            match commit_outcome(&writer.config, xid, pid).await {
+        // shutdown, a terminated process): before or after it committed. (A cancelled
+        // statement, 57014, leaves the connection open: that COMMIT did not happen.)
+        Err(error) if error.code().is_none_or(|code| lost_with_the_connection(code.code())) => {
+            match commit_outcome(&writer.config, xid, &server).await {
                 Ok(true) => tracing::warn!(%error, "the store's connection was lost as it committed; the commit took"),
                 Ok(false) => return Err(error.into()),
                 Err(why) => {
@@ -342,17 +344,36 @@ async fn run_transaction(
 /// How long the writer tries to learn whether a commit whose answer was lost took.
 const COMMIT_CHECK_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Whether transaction `xid` (of server process `pid`), whose COMMIT went unanswered because
-/// the connection was lost, committed: asked on a new connection with `txid_status`, which
+/// Whether an error with SQLSTATE `code` at COMMIT means the connection went with it: class
+/// 08, or the server ending the session (57P01-57P03).
+fn lost_with_the_connection(code: &str) -> bool {
+    code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code)
+}
+
+/// The server process a transaction ran in, and when the server started: a check of what
+/// became of it asks the same server (not a failed-over replica, where the id means another
+/// transaction) and ends only that process.
+struct Server {
+    pid: i32,
+    started: String,
+}
+
+/// Whether transaction `xid` (of `server`), whose COMMIT went unanswered because the
+/// connection was lost, committed: asked on a new connection with `txid_status`, which
 /// PostgreSQL has for this. A transaction still in progress (its process has not noticed yet
-/// that its client is gone) is ended with `pg_terminate_backend` first, so that the answer is
-/// final. Tried for [`COMMIT_CHECK_TIME`] while the server cannot be reached; `Err` says why
-/// it could not tell.
-async fn commit_outcome(config: &tokio_postgres::Config, xid: i64, pid: i32) -> std::result::Result<bool, String> {
+/// that its client is gone) is ended first — the process that still runs that very
+/// transaction, no other — so that the answer is final. A server started since (a restart, a
+/// failover) cannot tell. Tried for [`COMMIT_CHECK_TIME`] while the server cannot be reached;
+/// `Err` says why it could not tell.
+async fn commit_outcome(
+    config: &tokio_postgres::Config,
+    xid: i64,
+    server: &Server,
+) -> std::result::Result<bool, String> {
     let deadline = tokio::time::Instant::now() + COMMIT_CHECK_TIME;
     let mut why = "the server was not reached".to_string();
     loop {
-        match tokio::time::timeout_at(deadline, transaction_status(config, xid, pid)).await {
+        match tokio::time::timeout_at(deadline, transaction_status(config, xid, server)).await {
             Ok(Ok(Some(committed))) => return Ok(committed),
             Ok(Ok(None)) => {}
             Ok(Err(error)) => why = error.to_string(),
@@ -367,14 +388,28 @@ async fn commit_outcome(config: &tokio_postgres::Config, xid: i64, pid: i32) -> 
 
 /// One try of [`commit_outcome`]: `None` when the transaction was still in progress (its
 /// process is then told to end).
-async fn transaction_status(config: &tokio_postgres::Config, xid: i64, pid: i32) -> Result<Option<bool>> {
+async fn transaction_status(config: &tokio_postgres::Config, xid: i64, server: &Server) -> Result<Option<bool>> {
     let client = super::connect(config).await?;
-    let status: Option<String> = client.query_one("SELECT txid_status($1)", &[&xid]).await?.try_get(0)?;
+    let row = client.query_one("SELECT txid_status($1), pg_postmaster_start_time()::text", &[&xid]).await?;
+    let (status, started): (Option<String>, String) = (row.try_get(0)?, row.try_get(1)?);
+    if started != server.started {
+        return Err(Error::corrupt(format!(
+            "the server restarted (or another answered) since the commit: it started at {started}, not {}",
+            server.started
+        )));
+    }
     match status.as_deref() {
         Some("committed") => Ok(Some(true)),
         Some("aborted") => Ok(Some(false)),
         Some(_) => {
-            client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await?;
+            // Only the process whose transaction this is: a process id may be taken again.
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid = $1 AND backend_xid::text = ($2 % 4294967296)::text",
+                    &[&server.pid, &xid],
+                )
+                .await?;
             Ok(None)
         }
         None => Err(Error::corrupt(format!("the server no longer knows transaction {xid}"))),
@@ -391,11 +426,14 @@ mod tests {
         Some(url.parse().expect("the test server's URL is a PostgreSQL URL"))
     }
 
-    async fn begin(config: &tokio_postgres::Config) -> (Client, i64, i32) {
+    async fn begin(config: &tokio_postgres::Config) -> (Client, i64, Server) {
         let client = super::super::connect(config).await.unwrap();
         client.batch_execute("BEGIN").await.unwrap();
-        let row = client.query_one("SELECT txid_current(), pg_backend_pid()", &[]).await.unwrap();
-        (client, row.get(0), row.get(1))
+        let row = client
+            .query_one("SELECT txid_current(), pg_backend_pid(), pg_postmaster_start_time()::text", &[])
+            .await
+            .unwrap();
+        (client, row.get(0), Server { pid: row.get(1), started: row.get(2) })
     }
 
     #[tokio::test]
@@ -404,15 +442,18 @@ mod tests {
         // One that committed.
         let (client, xid, pid) = begin(&config).await;
         client.batch_execute("COMMIT").await.unwrap();
-        assert_eq!(commit_outcome(&config, xid, pid).await, Ok(true));
+        assert_eq!(commit_outcome(&config, xid, &pid).await, Ok(true));
+        // A server that started since cannot tell.
+        let restarted = Server { pid: pid.pid, started: "1999-01-01 00:00:00+00".into() };
+        assert!(transaction_status(&config, xid, &restarted).await.is_err());
         // One rolled back.
         let (client, xid, pid) = begin(&config).await;
         client.batch_execute("ROLLBACK").await.unwrap();
-        assert_eq!(commit_outcome(&config, xid, pid).await, Ok(false));
+        assert_eq!(commit_outcome(&config, xid, &pid).await, Ok(false));
         // One still open when its client is taken for gone: its process is ended, and it did
         // not commit; its connection is closed, so a COMMIT now fails as a lost one does.
         let (client, xid, pid) = begin(&config).await;
-        assert_eq!(commit_outcome(&config, xid, pid).await, Ok(false));
+        assert_eq!(commit_outcome(&config, xid, &pid).await, Ok(false));
         let error = client.batch_execute("COMMIT").await.unwrap_err();
         assert!(error.code().is_none() || client.is_closed(), "{error}");
     }

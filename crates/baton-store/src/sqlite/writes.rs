@@ -79,9 +79,8 @@ pub(super) fn apply_write(ctx: &mut WriteCtx<'_>, run_id: &str, now: Timestamp, 
             }
         }
         Write::Fence { owner } => {
-            let mut stmt =
-                ctx.tx.prepare_cached("SELECT owner, state IN ('succeeded', 'failed') FROM runs WHERE id = ?1")?;
-            let held = stmt.query_row(params![run_id], |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
+            let mut stmt = ctx.tx.prepare_cached("SELECT owner FROM runs WHERE id = ?1")?;
+            let held = stmt.query_row(params![run_id], |row| row.get(0)).optional()?;
             crate::fenced(run_id, &owner, held)?;
         }
         Write::RenewLeases { owner, until } => {
