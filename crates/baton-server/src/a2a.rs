@@ -1071,9 +1071,10 @@ impl Updates {
             self.done = true;
         }
         if task.assigned_agent != self.agent {
-            // Another attempt, on another agent (or none): it has not asked anything yet.
+            // Another attempt, on another agent (or none). The agent's own state changes come
+            // on a stream of their own, and one may have come before this: its state is read.
             self.agent.clone_from(&task.assigned_agent);
-            self.waiting = false;
+            self.waiting = self.ops.task_waits_for_input(&task).await.unwrap_or(false);
         }
         let waiting = self.waiting && task.state == TaskState::Running;
         Some(Update { task, progress, waiting })
