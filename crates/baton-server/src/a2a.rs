@@ -554,11 +554,8 @@ impl Handler {
     /// A task as an A2A `Task`, with its artifacts; a task whose terminal agent waits for an
     /// answer is `TASK_STATE_INPUT_REQUIRED`, its question in the status message.
     async fn shown(&self, task: &TaskRecord, history_length: Option<usize>) -> Value {
-        let mut value = task_json(task, history_length, true);
-        if self.ops.task_waits_for_input(task).await.unwrap_or(false) {
-            value["status"] = input_required_status(task);
-        }
-        value
+        let waits = self.ops.task_waits_for_input(task).await.unwrap_or(false);
+        task_shown(task, history_length, true, waits)
     }
 
     /// A follow-up message to task `task_id`: its text answers the question the task waits on
@@ -702,16 +699,8 @@ impl Handler {
             Some(last) if matching.iter().any(|task| task.id.0 < last.id.0) => last.id.0.to_string(),
             _ => String::new(),
         };
-        let tasks: Vec<Value> = page
-            .iter()
-            .map(|task| {
-                let mut value = task_json(task, history_length, include_artifacts);
-                if waits(task) {
-                    value["status"] = input_required_status(task);
-                }
-                value
-            })
-            .collect();
+        let tasks: Vec<Value> =
+            page.iter().map(|task| task_shown(task, history_length, include_artifacts, waits(task))).collect();
         Ok(json!({ "tasks": tasks, "nextPageToken": next_page_token, "pageSize": page_size, "totalSize": total_size }))
     }
 
@@ -974,10 +963,7 @@ impl Handler {
         let first = self.read(id).await?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut first_json = task_json(&first, None, true);
-            if updates.waiting && first.state == TaskState::Running {
-                first_json["status"] = input_required_status(&first);
-            }
+            let first_json = task_shown(&first, None, true, updates.waiting && first.state == TaskState::Running);
             let mut sent_state = first_json["status"]["state"].as_str().unwrap_or_default().to_string();
             let mut sent_result = first.result.is_some();
             if tx.send(json!({ "task": first_json })).await.is_err() {
@@ -1155,6 +1141,16 @@ fn input_required_status(task: &TaskRecord) -> Value {
         "timestamp": timestamp(task.updated_at.millis()),
         "message": agent_message(task, "input", "the agent waits for an answer: send it as a message with this taskId"),
     })
+}
+
+/// A task as an A2A `Task` ([`task_json`]), `TASK_STATE_INPUT_REQUIRED` when it `waits` for
+/// an answer.
+fn task_shown(task: &TaskRecord, history_length: Option<usize>, with_artifacts: bool, waits: bool) -> Value {
+    let mut value = task_json(task, history_length, with_artifacts);
+    if waits {
+        value["status"] = input_required_status(task);
+    }
+    value
 }
 
 fn status_json(task: &TaskRecord) -> Value {

@@ -971,13 +971,30 @@ fn session_of(state: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<
 const MAX_LISTENED: usize = 100;
 const SUBSCRIPTION_META: &str = "io.modelcontextprotocol/subscriptionId";
 
-/// The resources an event changes: the status always, and the task it is about.
-fn changed_resources(event: &baton_core::Event) -> Vec<String> {
-    let mut changed = vec![STATUS_URI.to_string()];
-    if let Some(task) = event.kind.task() {
-        changed.push(format!("baton://tasks/{task}"));
-    }
-    changed
+/// The resources that change from now on, as `caller` may hear of them: for each event it
+/// may follow, the status, and the task the event is about. What a session's stream and
+/// `subscriptions/listen` tell of; `Err` is the refusal to answer a request `id` with.
+async fn resource_changes(
+    state: &AppState,
+    caller: &Caller,
+    id: &Value,
+) -> Result<impl tokio_stream::Stream<Item = Vec<String>> + Send + 'static, Box<Response>> {
+    let filter = baton_ops::events::EventFilter::default()
+        .authorize(caller)
+        .map_err(|error| Box::new(refuse(crate::error::status_of(error.kind()).0, id, RpcError::from(error))))?;
+    let since = state
+        .ops()
+        .latest_event()
+        .await
+        .map_err(|error| Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, id, RpcError::from(error))))?;
+    let events = state.ops().follow_events(filter, since, state.shutdown().clone(), crate::live::token_expiry(caller));
+    Ok(events.map(|event| {
+        let mut changed = vec![STATUS_URI.to_string()];
+        if let Some(task) = event.kind.task() {
+            changed.push(format!("baton://tasks/{task}"));
+        }
+        changed
+    }))
 }
 
 /// `subscriptions/listen` (protocol 2026-07-28, which has no sessions and no `GET` stream):
@@ -1015,13 +1032,9 @@ async fn listen(state: AppState, caller: Caller, id: Value, params: &Value) -> R
             return refuse(StatusCode::BAD_REQUEST, &id, RpcError::new(code::INVALID_PARAMS, message));
         }
     };
-    let events_filter = match baton_ops::events::EventFilter::default().authorize(&caller) {
-        Ok(filter) => filter,
-        Err(error) => return refuse(crate::error::status_of(error.kind()).0, &id, RpcError::from(error)),
-    };
-    let since = match state.ops().latest_event().await {
-        Ok(since) => since,
-        Err(error) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &id, RpcError::from(error)),
+    let changes = match resource_changes(&state, &caller, &id).await {
+        Ok(changes) => changes,
+        Err(refused) => return *refused,
     };
     let (tx, rx) = mpsc::channel::<Value>(64);
     let nothing_to_hear = uris.is_empty();
@@ -1037,18 +1050,16 @@ async fn listen(state: AppState, caller: Caller, id: Value, params: &Value) -> R
         drop(tx);
         return Sse::new(sse_messages(rx)).into_response();
     }
-    let events =
-        state.ops().follow_events(events_filter, since, state.shutdown().clone(), crate::live::token_expiry(&caller));
     tokio::spawn(async move {
-        tokio::pin!(events);
+        tokio::pin!(changes);
         let listened: HashSet<String> = uris.into_iter().collect();
         loop {
-            let event = tokio::select! {
+            let changed = tokio::select! {
                 () = tx.closed() => return,
-                event = events.next() => event,
+                changed = changes.next() => changed,
             };
-            let Some(event) = event else { break };
-            for uri in changed_resources(&event).into_iter().filter(|uri| listened.contains(uri)) {
+            let Some(changed) = changed else { break };
+            for uri in changed.into_iter().filter(|uri| listened.contains(uri)) {
                 let notification = json!({
                     "jsonrpc": "2.0",
                     "method": "notifications/resources/updated",
@@ -1082,30 +1093,22 @@ async fn open_stream(
         Ok(session) => session,
         Err(refused) => return *refused,
     };
-    let filter = match baton_ops::events::EventFilter::default().authorize(&caller) {
-        Ok(filter) => filter,
-        Err(error) => {
-            let status = crate::error::status_of(error.kind()).0;
-            return refuse(status, &Value::Null, RpcError::from(error));
-        }
-    };
-    let since = match state.ops().latest_event().await {
-        Ok(since) => since,
-        Err(error) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &Value::Null, RpcError::from(error)),
+    let changes = match resource_changes(&state, &caller, &Value::Null).await {
+        Ok(changes) => changes,
+        Err(refused) => return *refused,
     };
     let (tx, rx) = mpsc::channel::<Value>(64);
     state.mcp_sessions().attach_stream(&session, tx.clone());
-    let events = state.ops().follow_events(filter, since, state.shutdown().clone(), crate::live::token_expiry(&caller));
     let sessions_state = state.clone();
     tokio::spawn(async move {
-        tokio::pin!(events);
+        tokio::pin!(changes);
         loop {
-            let event = tokio::select! {
+            let changed = tokio::select! {
                 () = tx.closed() => return,
-                event = events.next() => event,
+                changed = changes.next() => changed,
             };
-            let Some(event) = event else { return };
-            for uri in changed_resources(&event) {
+            let Some(changed) = changed else { return };
+            for uri in changed {
                 if let Some(stream) = sessions_state.mcp_sessions().subscriber(&session, &uri) {
                     let notification = json!({
                         "jsonrpc": "2.0",

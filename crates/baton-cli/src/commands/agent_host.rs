@@ -335,15 +335,6 @@ async fn claim_loop(
     }
 }
 
-/// A task that is stopped when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs one claimed attempt: the command, with its lease renewed and its stderr shipped, then
 /// its outcome handed in.
 async fn run_one(host: &Host, claimed: ClaimedTask) {
@@ -355,7 +346,7 @@ async fn run_one(host: &Host, claimed: ClaimedTask) {
     let lease_lost = CancellationToken::new();
     // Renewed until the result is handed in (or given up on): a lease that ran out while the
     // result waits for a slow server would have the task run again elsewhere.
-    let _heartbeats = AbortOnDrop(tokio::spawn(renew_lease(
+    let _heartbeats = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(renew_lease(
         Arc::clone(&host.client),
         host.agent.clone(),
         id,

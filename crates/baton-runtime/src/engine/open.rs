@@ -21,6 +21,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// This node's claim on a run, from `now` for `lease_ttl`, taken only from `expect_owner`
+    /// (or from nobody, or from an expired claim): a takeover, or a renewal of its own.
+    pub(super) fn claim(&self, now: Timestamp, lease_ttl: std::time::Duration, expect_owner: Option<String>) -> Write {
+        Write::RunOwner {
+            owner: Some(self.id.clone()),
+            pid: Some(self.pid),
+            until: Some(now.plus(lease_ttl)),
+            expect_owner,
+        }
+    }
+
     pub fn this_process() -> Node {
         let host = nix::unistd::gethostname()
             .ok()
@@ -74,12 +85,7 @@ pub(super) async fn open_run(options: &EngineOptions, now: Timestamp) -> Result<
             }
         }
         // The previous owner is gone (or its claim expired): take the run over.
-        let claim = Write::RunOwner {
-            owner: Some(node.id.clone()),
-            pid: Some(node.pid),
-            until: Some(now.plus(lease_ttl)),
-            expect_owner: run.owner.clone(),
-        };
+        let claim = node.claim(now, lease_ttl, run.owner.clone());
         let applied = store.apply(&run.id, now, vec![claim]).await?;
         if let Some(Applied::Conflict(reason)) = applied.first() {
             // Another process took it over first: it holds the plan now.

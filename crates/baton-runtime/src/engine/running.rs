@@ -43,9 +43,6 @@ pub(super) struct Running {
     shutdown_grace: Duration,
     /// When the claim on the run is renewed next (every third of `lease_ttl`).
     pub(super) next_owner_renewal: baton_core::Timestamp,
-    /// When the renewal being written was made: once it is stored, the claim holds until
-    /// then plus the claim window.
-    pub(super) renewal_sent: Option<baton_core::Timestamp>,
     /// The claim watchdog's deadline (`watch_claim`).
     claim_deadline: watch::Sender<Instant>,
     /// Set once a shutdown is asked for: when running attempts' grace is over.
@@ -163,12 +160,7 @@ impl Running {
         // Loading a long run takes a while: the claim is renewed now, and the claim watchdog
         // counts from here.
         let now = clock.now();
-        let renewal = Write::RunOwner {
-            owner: Some(options.node.id.clone()),
-            pid: Some(options.node.pid),
-            until: Some(now.plus(options.plan.settings.lease_ttl)),
-            expect_owner: Some(options.node.id.clone()),
-        };
+        let renewal = options.node.claim(now, options.plan.settings.lease_ttl, Some(options.node.id.clone()));
         if let Some(Applied::Conflict(reason)) = store.apply(&run_id, now, vec![renewal]).await?.first() {
             return Err(Error::Conflict(reason.clone()));
         }
@@ -236,7 +228,6 @@ impl Running {
             lease_ttl,
             shutdown_grace: options.shutdown_grace,
             next_owner_renewal: now.plus(lease_ttl / 3),
-            renewal_sent: None,
             claim_deadline,
             draining_until: None,
             inputs: Inputs { commands, agent_events, agent_requests, reports },
@@ -268,15 +259,12 @@ impl Running {
             let mut turn = Turn::default();
             self.apply(input, &mut turn).await?;
             self.end_turn(turn).await?;
-            self.claim_renewed();
         }
     }
 
-    /// A renewal of the claim was stored: the watchdog's deadline moves on.
-    pub(super) fn claim_renewed(&mut self) {
-        if let Some(sent) = self.renewal_sent.take() {
-            let _ = self.claim_deadline.send(self.clock.instant_at(sent.plus(self.shell.claim_window)));
-        }
+    /// A renewal of the claim made at `sent` was stored: the watchdog's deadline moves on.
+    pub(super) fn claim_renewed(&self, sent: baton_core::Timestamp) {
+        let _ = self.claim_deadline.send(self.clock.instant_at(sent.plus(self.shell.claim_window)));
     }
 
     /// Waits for the next input. Agents' events come before outcomes: an agent's exit decides

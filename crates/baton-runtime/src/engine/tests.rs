@@ -229,7 +229,6 @@ async fn turn_until(running: &mut Running, what: &str, done: impl Fn(&Running) -
             let mut turn = Turn::default();
             running.apply(input, &mut turn).await.expect("the input is applied");
             running.end_turn(turn).await.expect("the turn ends");
-            running.claim_renewed();
         }
     };
     tokio::time::timeout(PATIENCE, turns).await.unwrap_or_else(|_| panic!("never: {what}"));

@@ -126,18 +126,14 @@ impl Running {
     /// every turn, not only on the renewal's own timer: a busy run (a flood of agent events)
     /// would otherwise keep that timer's input from ever being taken, and the claim watchdog
     /// would stop a healthy leader.
-    fn renew_claim_if_due(&mut self, now: Timestamp, fx: &mut Effects) {
+    /// Whether it did.
+    fn renew_claim_if_due(&mut self, now: Timestamp, fx: &mut Effects) -> bool {
         if now < self.next_owner_renewal {
-            return;
+            return false;
         }
-        self.renewal_sent = Some(now);
-        fx.writes.push(Write::RunOwner {
-            owner: Some(self.node.id.clone()),
-            pid: Some(self.node.pid),
-            until: Some(now.plus(self.lease_ttl)),
-            expect_owner: Some(self.node.id.clone()),
-        });
+        fx.writes.push(self.node.claim(now, self.lease_ttl, Some(self.node.id.clone())));
         self.next_owner_renewal = now.plus(self.lease_ttl / 3);
+        true
     }
 
     /// Applies an operator's command. Its answer waits for the turn's writes when it changed
@@ -262,9 +258,12 @@ impl Running {
             self.sched.stay_open(true);
         }
         self.sched.step(now, &mut fx);
-        self.renew_claim_if_due(now, &mut fx);
+        let renewed = self.renew_claim_if_due(now, &mut fx);
         let choose = std::mem::take(&mut fx.choose_agent);
         self.shell.perform(&mut self.sched, fx, now).await?;
+        if renewed {
+            self.claim_renewed(now);
+        }
         self.ask_assignments(choose);
         for task in dead {
             self.ask_triage(task);
